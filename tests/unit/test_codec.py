@@ -1,0 +1,146 @@
+"""The wire codec round-trips and refuses hostile input quickly."""
+
+import contextlib
+import time
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from intent_contract.codec import (
+    Ack,
+    AckState,
+    Envelope,
+    Limits,
+    decode_acks,
+    decode_batch,
+    decode_confirms,
+    encode_acks,
+    encode_batch,
+    encode_confirms,
+)
+from intent_contract.errors import DecodeError
+
+PAYLOAD = {"to": "a@example.com", "subject": "S", "text": "t"}
+
+
+def envelope(i: int = 1, **kw: object) -> Envelope:
+    fields: dict[str, object] = {
+        "id": f"id-{i}",
+        "app": "hvac",
+        "kind": "email.send",
+        "created": 1000 + i,
+        "expires": None,
+        "attempt": 1,
+        "payload": PAYLOAD,
+    }
+    fields.update(kw)
+    return Envelope(**fields)  # type: ignore[arg-type]
+
+
+def test_batch_round_trip() -> None:
+    batch = [envelope(i, priority=i % 10) for i in range(50)]
+    decoded = decode_batch(encode_batch(batch))
+    assert decoded.envelopes == batch
+    assert decoded.invalid == []
+
+
+def test_bad_envelope_is_reported_not_fatal() -> None:
+    raw = msgpack.packb(
+        {
+            "v": 1,
+            "items": [
+                envelope(1).to_wire(),
+                {"id": "x2", "kind": "fax"},
+                envelope(3, payload={"to": "a@example.com"}).to_wire(),
+            ],
+        }
+    )
+    decoded = decode_batch(raw)
+    assert [e.id for e in decoded.envelopes] == ["id-1"]
+    assert [(i, c) for i, c, _ in decoded.invalid] == [("x2", "schema_violation"), ("id-3", "schema_violation")]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\xc1",
+        msgpack.packb({"v": 2, "items": []}),
+        msgpack.packb({"items": []}),
+        msgpack.packb([1, 2, 3]),
+        msgpack.packb({1: 2}),
+    ],
+)
+def test_malformed_batches_raise(raw: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_batch(raw)
+
+
+def test_oversized_message_refused_before_unpacking() -> None:
+    raw = b"\x00" * (Limits().max_bytes + 1)
+    with pytest.raises(DecodeError, match="over the"):
+        decode_batch(raw)
+
+
+def test_huge_declared_lengths_refused_quickly() -> None:
+    # array32 / map32 / str32 headers that claim 4 billion entries, with no data behind them
+    for header in (b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff", b"\xdb\xff\xff\xff\xff", b"\xc6\xff\xff\xff\xff"):
+        started = time.perf_counter()
+        with pytest.raises(DecodeError):
+            decode_batch(header)
+        assert time.perf_counter() - started < 0.5
+
+
+def test_deep_nesting_refused() -> None:
+    deep: object = "x"
+    for _ in range(40):
+        deep = [deep]
+    with pytest.raises(DecodeError, match="nested deeper"):
+        decode_batch(msgpack.packb({"v": 1, "items": [envelope(1, payload={"to": deep}).to_wire()]}))
+    # the small limit holds too
+    with pytest.raises(DecodeError):
+        decode_batch(msgpack.packb({"v": 1, "items": [[[[1]]]]}), Limits(max_depth=3))
+
+
+def test_acks_round_trip_and_validation() -> None:
+    acks = [
+        Ack("a1", AckState.ACCEPTED, at=5),
+        Ack("a2", AckState.FAILED, "smtp_550", "mailbox unavailable", 6, "hvac"),
+    ]
+    assert decode_acks(encode_acks(acks)) == acks
+    with pytest.raises(DecodeError):
+        decode_acks(msgpack.packb({"v": 1, "acks": [{"id": "a1", "state": "bogus"}]}))
+    with pytest.raises(DecodeError):
+        decode_acks(msgpack.packb({"v": 1, "acks": [{"id": "bad id", "state": "failed"}]}))
+
+
+def test_confirms() -> None:
+    assert decode_confirms(encode_confirms(["a", "b"])) == ["a", "b"]
+    with pytest.raises(DecodeError):
+        decode_confirms(msgpack.packb({"v": 1, "ids": ["ok", "not ok"]}))
+
+
+@given(st.binary(max_size=2048))
+def test_decoders_never_raise_anything_but_decode_error(raw: bytes) -> None:
+    for decode in (decode_batch, decode_acks, decode_confirms):
+        with contextlib.suppress(DecodeError):
+            decode(raw)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=30,
+)
+
+
+@given(json_values)
+def test_arbitrary_structures_inside_v1_batches(value: object) -> None:
+    try:
+        decoded = decode_batch(msgpack.packb({"v": 1, "items": [value]}))
+    except DecodeError:
+        return
+    assert decoded.envelopes == []
+    assert len(decoded.invalid) == 1

@@ -1,0 +1,58 @@
+"""Sortable ids and the time/duration helpers."""
+
+import itertools
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from intent_contract.ids import IdGenerator, encode_id
+from intent_contract.names import is_name
+from intent_contract.timefmt import format_ms, parse_duration, parse_rfc3339_ms
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2**40), min_size=1, max_size=200))
+def test_ids_sort_in_creation_order_even_when_clock_repeats_or_steps_back(clock_values: list[int]) -> None:
+    ticks = iter(clock_values)
+    gen = IdGenerator(lambda: next(ticks), os.urandom)
+    ids = [gen.new() for _ in clock_values]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(is_name(i) and len(i) == 26 for i in ids)
+
+
+def test_counting_up_within_a_millisecond_stays_monotonic() -> None:
+    gen = IdGenerator(itertools.repeat(5).__next__, lambda n: b"\xff" * n)
+    ids = [gen.new() for _ in range(1000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 1000
+
+
+def test_encode_bounds() -> None:
+    assert encode_id(0, 0) == "0" * 26
+    with pytest.raises(ValueError, match="timestamp"):
+        encode_id(-1, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("30s", 30), ("15m", 900), ("24h", 86400), ("7d", 604800), ("1w", 604800), ("250ms", 0.25)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_bad_duration_message_shows_format() -> None:
+    with pytest.raises(ValueError, match="24h"):
+        parse_duration("soon")
+
+
+def test_rfc3339() -> None:
+    assert parse_rfc3339_ms("1970-01-01T00:00:01Z") == 1000
+    assert parse_rfc3339_ms("1970-01-01T01:00:01+01:00") == 1000
+    assert format_ms(1500) == "1970-01-01T00:00:01.500Z"
+    with pytest.raises(ValueError, match="zone"):
+        parse_rfc3339_ms("2030-01-01T00:00:00")
+    with pytest.raises(ValueError, match="RFC 3339"):
+        parse_rfc3339_ms("tomorrow")

@@ -1,0 +1,43 @@
+"""Every schema's examples: the valid ones pass, each invalid one fails."""
+
+import json
+
+import pytest
+
+from intent_contract.errors import SchemaViolationError
+from intent_contract.names import KINDS
+from intent_contract.schemas import known_schemas, schema_dir, validate
+
+EXAMPLES = {p.stem: json.loads(p.read_text()) for p in (schema_dir() / "examples").glob("*.json")}
+
+
+def test_every_schema_has_examples() -> None:
+    assert set(known_schemas()) == set(EXAMPLES)
+    assert set(KINDS) < set(EXAMPLES)
+    for name, ex in EXAMPLES.items():
+        assert ex["valid"], name
+        assert ex["invalid"], name
+
+
+@pytest.mark.parametrize(("name", "doc"), [(n, d) for n, ex in EXAMPLES.items() for d in ex["valid"]])
+def test_valid_examples_pass(name: str, doc: object) -> None:
+    validate(name, doc)
+
+
+@pytest.mark.parametrize(
+    ("name", "case"),
+    [(n, c) for n, ex in EXAMPLES.items() for c in ex["invalid"]],
+    ids=lambda v: v["why"] if isinstance(v, dict) else v,
+)
+def test_invalid_examples_fail(name: str, case: dict[str, object]) -> None:
+    with pytest.raises(SchemaViolationError) as info:
+        validate(name, case["doc"])
+    assert info.value.code == "schema_violation"
+    assert info.value.detail
+
+
+def test_unknown_kind_is_named() -> None:
+    with pytest.raises(SchemaViolationError) as info:
+        validate("fax.send", {})
+    assert info.value.code == "unknown_kind"
+    assert "email.send" in info.value.detail

@@ -56,3 +56,14 @@ def test_rfc3339() -> None:
         parse_rfc3339_ms("2030-01-01T00:00:00")
     with pytest.raises(ValueError, match="RFC 3339"):
         parse_rfc3339_ms("tomorrow")
+
+
+@given(st.integers(1, 200), st.floats(0, 1))
+def test_backoff_grows_to_cap_and_stays_within_it(attempt: int, jitter: float) -> None:
+    from intent_contract.backoff import compute_backoff
+
+    delay = compute_backoff(attempt, base=0.5, cap=60, jitter=jitter)
+    assert 0 <= delay <= min(60, 0.5 * 2 ** (attempt - 1))
+    assert compute_backoff(attempt, base=0.5, cap=60, jitter=1.0) >= compute_backoff(
+        max(1, attempt - 1), base=0.5, cap=60, jitter=1.0
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +34,7 @@ def ca() -> trustme.CA:
 
 
 @pytest.fixture(scope="session")
-def server_cert_files(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+def server_cert_files(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A CA file and a server certificate/key for 127.0.0.1 and localhost."""
     directory = tmp_path_factory.mktemp("tls")
     cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -45,4 +44,4 @@ def server_cert_files(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) 
     for pem in cert.cert_chain_pems[1:]:
         pem.write_to_path(str(files["cert"]), append=True)
     cert.private_key_pem.write_to_path(str(files["key"]))
-    yield files
+    return files

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from intent_contract.backoff import compute_backoff
 from intent_contract.ids import IdGenerator, encode_id
 from intent_contract.names import is_name
 from intent_contract.timefmt import format_ms, parse_duration, parse_rfc3339_ms
@@ -60,8 +61,6 @@ def test_rfc3339() -> None:
 
 @given(st.integers(1, 200), st.floats(0, 1))
 def test_backoff_grows_to_cap_and_stays_within_it(attempt: int, jitter: float) -> None:
-    from intent_contract.backoff import compute_backoff
-
     delay = compute_backoff(attempt, base=0.5, cap=60, jitter=jitter)
     assert 0 <= delay <= min(60, 0.5 * 2 ** (attempt - 1))
     assert compute_backoff(attempt, base=0.5, cap=60, jitter=1.0) >= compute_backoff(

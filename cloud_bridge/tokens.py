@@ -1,0 +1,141 @@
+"""Verification of the short-lived ES256 JWT a device presents as its MQTT password.
+
+Pure: the caller passes the device's stored public key and `now`; nothing here reads the clock.
+pyjwt checks the signature, audience and required claims; the time checks are done here against the
+injected `now` (pyjwt would read the wall clock).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cloud_bridge.errors import AuthError
+from intent_contract.device_token import ALGORITHM, MAX_LIFETIME_S
+
+LEEWAY_S = 30.0
+REQUIRED_CLAIMS = ("exp", "iat", "aud", "sub", "jti")
+_MAX_TOKEN_CHARS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    """The claims of a verified device token."""
+
+    device_id: str
+    jti: str
+    iat: float
+    exp: float
+
+    def __post_init__(self) -> None:
+        if self.exp <= self.iat:
+            raise ValueError("token exp must be after iat")
+
+
+def load_device_public_key(pem: str) -> ec.EllipticCurvePublicKey:
+    """The P-256 public key in an SPKI PEM, or AuthError('bad_public_key')."""
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise AuthError("public key is not a valid SPKI PEM", code="bad_public_key") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise AuthError("public key must be an EC P-256 key", code="bad_public_key")
+    return key
+
+
+def _number(claims: dict[str, object], name: str) -> float:
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AuthError(f"claim {name} must be a number", code="token_invalid")
+    return float(value)
+
+
+def verify_device_token(
+    token: str,
+    *,
+    device_id: str,
+    public_key_pem: str,
+    audience: str,
+    now: float,
+    leeway: float = LEEWAY_S,
+    max_lifetime: float = MAX_LIFETIME_S,
+) -> TokenClaims:
+    """Verify `token` for `device_id` at time `now` (seconds); raises AuthError with a stable code.
+
+    Algorithms are pinned to ES256, so neither `none` nor an HMAC keyed with the public key passes.
+    Replay of the `jti` is checked separately by ReplayCache.
+    """
+    if not token or len(token) > _MAX_TOKEN_CHARS:
+        raise AuthError("token missing or too long", code="token_invalid")
+    key = load_device_public_key(public_key_pem)
+    try:
+        claims: dict[str, object] = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=audience,
+            subject=device_id,
+            options={
+                "require": list(REQUIRED_CLAIMS),
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+            },
+        )
+    except jwt.InvalidAudienceError as exc:
+        raise AuthError("token audience is wrong", code="token_audience") from exc
+    except jwt.MissingRequiredClaimError as exc:
+        raise AuthError(f"token lacks claim {exc.claim}", code="token_claims") from exc
+    except jwt.InvalidTokenError as exc:
+        # The exception text names the failed check, never key material.
+        raise AuthError(f"token rejected: {exc}", code="token_invalid") from exc
+    iat = _number(claims, "iat")
+    exp = _number(claims, "exp")
+    if exp <= iat:
+        raise AuthError("token exp is not after iat", code="token_invalid")
+    if exp - iat > max_lifetime:
+        raise AuthError(f"token lifetime over {max_lifetime:.0f} s", code="token_lifetime")
+    if now > exp + leeway:
+        raise AuthError("token expired", code="token_expired")
+    if iat > now + leeway:
+        raise AuthError("token issued in the future", code="token_not_yet_valid")
+    if "nbf" in claims and _number(claims, "nbf") > now + leeway:
+        raise AuthError("token not yet valid", code="token_not_yet_valid")
+    jti = claims["jti"]
+    if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
+        raise AuthError("claim jti must be a string of 8-128 characters", code="token_claims")
+    return TokenClaims(device_id=device_id, jti=jti, iat=iat, exp=exp)
+
+
+@dataclass(slots=True)
+class ReplayCache:
+    """Remembers each (device, jti) until its token expires, so a token opens one session only."""
+
+    leeway: float = LEEWAY_S
+    max_entries: int = 200_000
+    _seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    _by_expiry: list[tuple[float, tuple[str, str]]] = field(default_factory=list)
+
+    def check_and_add(self, claims: TokenClaims, now: float) -> None:
+        """Record the token; raises AuthError('token_replayed') when it was seen before."""
+        self._prune(now)
+        key = (claims.device_id, claims.jti)
+        if key in self._seen:
+            raise AuthError("token jti was used before", code="token_replayed")
+        if len(self._seen) >= self.max_entries:
+            raise AuthError("too many live tokens; try again later", code="token_cache_full")
+        until = claims.exp + self.leeway
+        self._seen[key] = until
+        heapq.heappush(self._by_expiry, (until, key))
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def _prune(self, now: float) -> None:
+        while self._by_expiry and self._by_expiry[0][0] < now:
+            _, key = heapq.heappop(self._by_expiry)
+            self._seen.pop(key, None)

@@ -1,0 +1,317 @@
+"""Per-tenant policy with per-device overrides: a pure decision for each intent, with an injected `now`."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from cloud_bridge.errors import ConfigError
+from cloud_bridge.ratelimit import Bucket, QuotaCount, RateRule, utc_day
+from intent_contract.names import KINDS, is_name
+
+log = logging.getLogger(__name__)
+
+CODES: Final = frozenset(
+    {
+        "policy_kind",
+        "policy_recipient",
+        "policy_from",
+        "policy_credential",
+        "policy_url",
+        "policy_method",
+        "policy_target",
+        "rate_limited",
+        "quota_exceeded",
+        "policy_tenant",
+    }
+)
+_PERIODS: Final = {"per_second": 1.0, "per_minute": 60.0, "per_hour": 3600.0}
+_KEYS: Final = frozenset(
+    {
+        "kinds",
+        "email_domains",
+        "email_from",
+        "allow_app_from",
+        "http_credentials",
+        "notify_targets",
+        "sms_prefixes",
+        "rate",
+        "daily_quota",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRef:
+    """The device an intent came from, as the registry knows it."""
+
+    device_id: str
+    tenant: str
+    name: str
+
+    def __post_init__(self) -> None:
+        for value in (self.device_id, self.tenant, self.name):
+            if not isinstance(value, str) or not value:
+                raise ValueError("device_id, tenant and name must be non-empty strings")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Allowed, with what policy decided (`overrides`), or refused with a stable `code`."""
+
+    allowed: bool
+    code: str = ""
+    detail: str = ""
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.allowed and self.code:
+            raise ValueError("an allowed decision has no code")
+        if not self.allowed and self.code not in CODES:
+            raise ValueError(f"unknown policy code {self.code!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The effective policy of one device (tenant keys, with the device's keys replacing them)."""
+
+    kinds: frozenset[str] = frozenset()
+    email_domains: frozenset[str] = frozenset()
+    email_from: str | None = None
+    allow_app_from: bool = False
+    http_credentials: frozenset[str] = frozenset()
+    notify_targets: frozenset[str] = frozenset()
+    sms_prefixes: tuple[str, ...] | None = None
+    rate: Mapping[str, RateRule] = field(default_factory=dict)
+    daily_quota: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str) -> Rules:
+        """Validate a merged policy table; raises ConfigError naming `where`."""
+        unknown = set(table) - _KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown policy keys {sorted(unknown)}; known: {sorted(_KEYS)}")
+        kinds = _names(table.get("kinds", []), f"{where}.kinds", kinds=True)
+        email_from = table.get("email_from")
+        if email_from is not None and not _is_address(email_from):
+            raise ConfigError(f"{where}.email_from must be an email address")
+        allow_app_from = table.get("allow_app_from", False)
+        if not isinstance(allow_app_from, bool):
+            raise ConfigError(f"{where}.allow_app_from must be true or false")
+        prefixes = table.get("sms_prefixes")
+        if prefixes is not None:
+            if not isinstance(prefixes, list) or not all(
+                isinstance(p, str) and p.startswith("+") and p[1:].isdigit() for p in prefixes
+            ):
+                raise ConfigError(f"{where}.sms_prefixes must be a list of '+<digits>' prefixes")
+            prefixes = tuple(prefixes)
+        return cls(
+            kinds=kinds,
+            email_domains=frozenset(
+                d.lower() for d in _strings(table.get("email_domains", []), f"{where}.email_domains")
+            ),
+            email_from=email_from,
+            allow_app_from=allow_app_from,
+            http_credentials=_names(table.get("http_credentials", []), f"{where}.http_credentials"),
+            notify_targets=_names(table.get("notify_targets", []), f"{where}.notify_targets"),
+            sms_prefixes=prefixes,
+            rate=_rates(table.get("rate", {}), f"{where}.rate"),
+            daily_quota=_quotas(table.get("daily_quota", {}), f"{where}.daily_quota"),
+        )
+
+
+def _strings(value: object, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where} must be a list of non-empty strings")
+    return value
+
+
+def _names(value: object, where: str, *, kinds: bool = False) -> frozenset[str]:
+    items = _strings(value, where)
+    for item in items:
+        if kinds and item not in KINDS:
+            raise ConfigError(f"{where}: unknown kind {item!r}; known: {', '.join(KINDS)}")
+        if not kinds and not is_name(item):
+            raise ConfigError(f"{where}: {item!r} is not a valid name")
+    return frozenset(items)
+
+
+def _table(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a table")
+    for kind in value:
+        if kind not in KINDS:
+            raise ConfigError(f"{where}: unknown kind {kind!r}")
+    return value
+
+
+def _rates(value: object, where: str) -> dict[str, RateRule]:
+    rules: dict[str, RateRule] = {}
+    for kind, spec in _table(value, where).items():
+        if not isinstance(spec, Mapping) or set(spec) - {*_PERIODS, "burst"}:
+            raise ConfigError(f"{where}.{kind} must be a table of one of {sorted(_PERIODS)} and optional burst")
+        periods = [p for p in _PERIODS if p in spec]
+        if len(periods) != 1:
+            raise ConfigError(f"{where}.{kind} needs exactly one of {sorted(_PERIODS)}")
+        count = spec[periods[0]]
+        burst = spec.get("burst", max(1, math.ceil(count)) if isinstance(count, int | float) else 0)
+        if isinstance(count, bool) or not isinstance(count, int | float) or count <= 0:
+            raise ConfigError(f"{where}.{kind}.{periods[0]} must be a positive number")
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise ConfigError(f"{where}.{kind}.burst must be a positive integer")
+        rules[kind] = RateRule(rate=float(count) / _PERIODS[periods[0]], burst=burst)
+    return rules
+
+
+def _quotas(value: object, where: str) -> dict[str, int]:
+    quotas: dict[str, int] = {}
+    for kind, limit in _table(value, where).items():
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"{where}.{kind} must be a non-negative integer")
+        quotas[kind] = limit
+    return quotas
+
+
+def _is_address(value: object) -> bool:
+    if not isinstance(value, str) or any(c.isspace() for c in value):
+        return False
+    local, at, domain = value.rpartition("@")
+    return bool(at and local and domain) and "@" not in local
+
+
+def _addresses(value: object) -> list[object]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+class PolicyEngine:
+    """Decides whether a device may run an intent, and counts its rate and daily quota.
+
+    The only state is the token buckets and quota counts; `check` mutates them only when it allows.
+    """
+
+    def __init__(self, tenants: Mapping[str, Rules], devices: Mapping[tuple[str, str], Rules]) -> None:
+        self._tenants = dict(tenants)
+        self._devices = dict(devices)
+        self._buckets: dict[tuple[str, str], Bucket] = {}
+        self._quota: dict[tuple[str, str], QuotaCount] = {}
+
+    @classmethod
+    def from_config(cls, tenants: Mapping[str, Any]) -> PolicyEngine:
+        """Build from the `[tenants]` table of the config file; raises ConfigError."""
+        if not isinstance(tenants, Mapping):
+            raise ConfigError("[tenants] must be a table")
+        by_tenant: dict[str, Rules] = {}
+        by_device: dict[tuple[str, str], Rules] = {}
+        for tenant, body in tenants.items():
+            where = f"tenants.{tenant}"
+            if not is_name(tenant) or not isinstance(body, Mapping):
+                raise ConfigError(f"{where}: tenant names must be valid names with a table")
+            base = body.get("policy", {})
+            if not isinstance(base, Mapping):
+                raise ConfigError(f"{where}.policy must be a table")
+            by_tenant[tenant] = Rules.from_table(base, f"{where}.policy")
+            devices = body.get("devices", {})
+            if not isinstance(devices, Mapping):
+                raise ConfigError(f"{where}.devices must be a table")
+            for name, device in devices.items():
+                dwhere = f"{where}.devices.{name}.policy"
+                override = device.get("policy", {}) if isinstance(device, Mapping) else None
+                if not is_name(name) or not isinstance(override, Mapping):
+                    raise ConfigError(f"{dwhere}: device names must be valid names with a policy table")
+                by_device[(tenant, name)] = Rules.from_table({**base, **override}, dwhere)
+        return cls(by_tenant, by_device)
+
+    def rules_for(self, device: DeviceRef) -> Rules | None:
+        """The effective rules of a device, or None when its tenant has no policy."""
+        found = self._devices.get((device.tenant, device.name))
+        return found if found is not None else self._tenants.get(device.tenant)
+
+    def check(self, device: DeviceRef, kind: str, payload: Mapping[str, Any], now: float) -> Decision:
+        """Allow or refuse one intent at time `now`; an allowed one takes a rate token and a quota unit."""
+        rules = self.rules_for(device)
+        if rules is None:
+            return Decision(False, "policy_tenant", f"tenant {device.tenant!r} has no policy")
+        if kind not in rules.kinds:
+            return Decision(False, "policy_kind", f"kind {kind!r} is not allowed for this device")
+        content = _check_content(rules, kind, payload)
+        if not content.allowed:
+            return content
+        key = (device.device_id, kind)
+        day = utc_day(now)
+        limit = rules.daily_quota.get(kind)
+        count = self._quota.get(key, QuotaCount(day, 0)).at(day)
+        if limit is not None and count.used >= limit:
+            return Decision(False, "quota_exceeded", f"daily quota of {limit} {kind} used up (UTC day)")
+        rule = rules.rate.get(kind)
+        if rule is not None:
+            bucket = self._buckets.get(key, Bucket.full(rule, now)).refilled(rule, now)
+            self._buckets[key] = bucket
+            if not bucket.can_take():
+                wait = bucket.wait_seconds(rule)
+                return Decision(False, "rate_limited", f"rate limit for {kind}; next token in {wait:.1f}s")
+            self._buckets[key] = bucket.take()
+        if limit is not None:
+            self._quota[key] = QuotaCount(day, count.used + 1)
+        return content
+
+    def load_usage(self, counts: Mapping[tuple[str, str], int], day: int) -> None:
+        """Restore daily quota usage, keyed by (device_id, kind), for UTC day `day` (days since epoch)."""
+        for key, used in counts.items():
+            if used < 0:
+                raise ValueError("usage counts are non-negative")
+            self._quota[key] = QuotaCount(day, used)
+
+    def usage(self, now: float) -> dict[tuple[str, str], int]:
+        """Quota units used today, keyed by (device_id, kind)."""
+        day = utc_day(now)
+        return {key: c.used for key, c in self._quota.items() if c.day == day}
+
+
+def _check_content(rules: Rules, kind: str, payload: Mapping[str, Any]) -> Decision:
+    if kind == "email.send":
+        return _check_email(rules, payload)
+    if kind == "http.request":
+        credential = payload.get("credential")
+        if credential not in rules.http_credentials:
+            return Decision(False, "policy_credential", f"credential {credential!r} is not allowed")
+    elif kind == "notify":
+        target = payload.get("target")
+        if target not in rules.notify_targets:
+            return Decision(False, "policy_target", f"notify target {target!r} is not allowed")
+    elif kind == "sms.send" and rules.sms_prefixes is not None:
+        to = payload.get("to")
+        if not isinstance(to, str) or not to.startswith(rules.sms_prefixes):
+            return Decision(False, "policy_recipient", "SMS number is outside the allowed prefixes")
+    return Decision(True)
+
+
+def _check_email(rules: Rules, payload: Mapping[str, Any]) -> Decision:
+    recipients: Iterable[object] = [a for f in ("to", "cc", "bcc") for a in _addresses(payload.get(f))]
+    seen = 0
+    for address in recipients:
+        seen += 1
+        if not _is_address(address):
+            return Decision(False, "policy_recipient", "recipient is not an email address")
+        assert isinstance(address, str)
+        domain = address.rpartition("@")[2].lower()
+        if domain not in rules.email_domains:
+            return Decision(False, "policy_recipient", f"recipient domain {domain!r} is not allowed")
+    if seen == 0:
+        return Decision(False, "policy_recipient", "no recipients")
+    app_from = payload.get("from")
+    if app_from is not None:
+        if not _is_address(app_from):
+            return Decision(False, "policy_from", "from is not an email address")
+        assert isinstance(app_from, str)
+        if rules.allow_app_from:
+            return Decision(True, overrides={"from": app_from})
+        if rules.email_from is None or app_from.lower() != rules.email_from.lower():
+            return Decision(False, "policy_from", "this device may not choose its from-address")
+    if rules.email_from is None:
+        return Decision(False, "policy_from", "no from-address is configured for this device")
+    return Decision(True, overrides={"from": rules.email_from})

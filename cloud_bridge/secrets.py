@@ -1,0 +1,73 @@
+"""Provider secrets: read from the environment or a file named in the config, never shown."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from cloud_bridge.errors import ConfigError
+
+_MASK: Final = "Secret('***')"
+
+
+class Secret:
+    """A secret value whose repr and str are masked; call `reveal()` only where it is sent."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise ConfigError("a secret must be a non-empty string")
+        self._value = value
+
+    def reveal(self) -> str:
+        """The plain value, for the one place that hands it to a provider."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return _MASK
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickling would write the plain value somewhere nobody reviewed.
+        raise TypeError("Secret cannot be pickled")
+
+
+def resolve_secret(
+    section: Mapping[str, Any], field: str, env: Mapping[str, str], *, required: bool = True
+) -> Secret | None:
+    """The secret `field` of a config table, given as `{field}_env` or `{field}_file`.
+
+    A plain `{field}` in the file is refused: secrets are never written into the config.
+    """
+    if field in section:
+        raise ConfigError(f"{field!r} must not be written in the config file; give {field}_env or {field}_file")
+    env_key, file_key = f"{field}_env", f"{field}_file"
+    if env_key in section and file_key in section:
+        raise ConfigError(f"give only one of {env_key!r} and {file_key!r}")
+    if env_key in section:
+        name = section[env_key]
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{env_key!r} must name an environment variable")
+        value = env.get(name)
+        if not value:
+            raise ConfigError(f"environment variable {name!r} (for {field!r}) is not set or empty")
+        return Secret(value)
+    if file_key in section:
+        path = section[file_key]
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"{file_key!r} must be a file path")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            # The OS error names the path and the reason, never the content.
+            raise ConfigError(f"cannot read secret file for {field!r}: {exc.__class__.__name__}") from None
+        value = text.strip()
+        if not value:
+            raise ConfigError(f"secret file for {field!r} is empty")
+        return Secret(value)
+    if required:
+        raise ConfigError(f"missing secret {field!r}: give {env_key} or {file_key}")
+    return None

@@ -1,0 +1,123 @@
+"""Rate limits (token bucket) and daily quotas, driven with an injected clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloud_bridge.policy import DeviceRef, PolicyEngine
+from cloud_bridge.ratelimit import SECONDS_PER_DAY, Bucket, RateRule, utc_day
+
+DAY0 = 19_700 * SECONDS_PER_DAY  # midnight UTC
+DEV = DeviceRef("d-1", "t", "n")
+NOTE = {"target": "oncall", "body": "b"}
+
+
+def engine(rate: dict[str, Any] | None = None, quota: int | None = None) -> PolicyEngine:
+    policy: dict[str, Any] = {"kinds": ["notify", "sms.send"], "notify_targets": ["oncall"]}
+    if rate is not None:
+        policy["rate"] = {"notify": rate}
+    if quota is not None:
+        policy["daily_quota"] = {"notify": quota}
+    return PolicyEngine.from_config({"t": {"policy": policy}})
+
+
+def test_burst_then_refill() -> None:
+    e = engine({"per_minute": 60, "burst": 3})
+    assert [e.check(DEV, "notify", NOTE, DAY0).allowed for _ in range(4)] == [True, True, True, False]
+    assert e.check(DEV, "notify", NOTE, DAY0).code == "rate_limited"
+    assert e.check(DEV, "notify", NOTE, DAY0 + 1.0).allowed
+    assert not e.check(DEV, "notify", NOTE, DAY0 + 1.0).allowed
+
+
+def test_buckets_are_per_device_and_kind() -> None:
+    e = engine({"per_hour": 1, "burst": 1})
+    assert e.check(DEV, "notify", NOTE, DAY0).allowed
+    assert not e.check(DEV, "notify", NOTE, DAY0).allowed
+    assert e.check(DeviceRef("d-2", "t", "n"), "notify", NOTE, DAY0).allowed
+    assert e.check(DEV, "sms.send", {"to": "+4915112345678", "text": "x"}, DAY0).allowed
+
+
+def test_refused_intents_take_no_token() -> None:
+    e = engine({"per_hour": 1, "burst": 1})
+    assert e.check(DEV, "notify", {"target": "nope", "body": "b"}, DAY0).code == "policy_target"
+    assert e.check(DEV, "notify", NOTE, DAY0).allowed
+
+
+def test_daily_quota_resets_at_utc_midnight() -> None:
+    e = engine(quota=2)
+    assert e.check(DEV, "notify", NOTE, DAY0 + 10).allowed
+    assert e.check(DEV, "notify", NOTE, DAY0 + 20).allowed
+    assert e.check(DEV, "notify", NOTE, DAY0 + SECONDS_PER_DAY - 1).code == "quota_exceeded"
+    assert e.check(DEV, "notify", NOTE, DAY0 + SECONDS_PER_DAY).allowed
+    assert e.usage(DAY0 + SECONDS_PER_DAY) == {("d-1", "notify"): 1}
+
+
+def test_quota_refusal_takes_no_token_and_rate_refusal_takes_no_quota() -> None:
+    e = engine({"per_hour": 1, "burst": 1}, quota=5)
+    assert e.check(DEV, "notify", NOTE, DAY0).allowed
+    assert e.check(DEV, "notify", NOTE, DAY0).code == "rate_limited"
+    assert e.usage(DAY0) == {("d-1", "notify"): 1}
+    e2 = engine({"per_hour": 1, "burst": 1}, quota=0)
+    assert e2.check(DEV, "notify", NOTE, DAY0).code == "quota_exceeded"
+
+
+def test_load_usage_restores_today_only() -> None:
+    e = engine(quota=3)
+    e.load_usage({("d-1", "notify"): 3}, utc_day(DAY0))
+    assert e.check(DEV, "notify", NOTE, DAY0 + 5).code == "quota_exceeded"
+    e.load_usage({("d-1", "notify"): 3}, utc_day(DAY0) - 1)
+    assert e.check(DEV, "notify", NOTE, DAY0 + 5).allowed
+
+
+def test_default_burst_is_the_period_count() -> None:
+    e = engine({"per_minute": 2})
+    assert [e.check(DEV, "notify", NOTE, DAY0).allowed for _ in range(3)] == [True, True, False]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rate=st.floats(min_value=0.01, max_value=50),
+    burst=st.integers(min_value=1, max_value=20),
+    steps=st.lists(st.floats(min_value=-5, max_value=30, allow_nan=False), min_size=1, max_size=80),
+)
+def test_bucket_never_admits_more_than_burst_plus_rate_times_elapsed(
+    rate: float, burst: int, steps: list[float]
+) -> None:
+    rule = RateRule(rate, burst)
+    # Times mostly advance but may step back (a clock adjustment) or repeat.
+    times, t = [], 1000.0
+    for step in steps:
+        t += step
+        times.append(t)
+    bucket = Bucket.full(rule, times[0])
+    admitted: list[float] = []
+    for now in times:
+        bucket = bucket.refilled(rule, now)
+        if bucket.can_take():
+            bucket = bucket.take()
+            admitted.append(now)
+        assert 0.0 <= bucket.tokens <= burst
+    # Over any window of the effective (monotone) clock, admissions are bounded.
+    effective, high = [], float("-inf")
+    for now in admitted:
+        high = max(high, now)
+        effective.append(high)
+    for i in range(len(effective)):
+        for j in range(i, len(effective)):
+            window = effective[j] - effective[i]
+            assert j - i + 1 <= burst + rate * window + 1e-6
+
+
+@settings(max_examples=100, deadline=None)
+@given(calls=st.lists(st.floats(min_value=0, max_value=5), min_size=1, max_size=60))
+def test_engine_respects_bucket_bound(calls: list[float]) -> None:
+    e = engine({"per_second": 1, "burst": 2})
+    t = DAY0
+    admitted = 0
+    for gap in calls:
+        t += gap
+        admitted += e.check(DEV, "notify", NOTE, t).allowed
+    assert admitted <= 2 + (t - DAY0) * 1 + 1e-6

@@ -1,0 +1,216 @@
+"""SSRF guard: which addresses an outbound request may reach, checked where the socket is opened.
+
+The pure part classifies an address and parses every spelling of an IPv4 literal that resolvers
+accept (decimal, octal, hex, short forms). `GuardedBackend` is the httpcore network backend that
+resolves a host, checks every answer and connects to the checked address itself, so a DNS answer
+that changes between check and connect (rebinding) is never used unchecked. TLS SNI and the Host
+header still carry the original name because httpcore passes it to `start_tls` separately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Final
+
+import httpcore
+
+from cloud_bridge.errors import PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+METADATA: Final = frozenset(
+    {
+        ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack
+        ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
+        ipaddress.ip_address("169.254.170.2"),  # AWS ECS task metadata
+        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+    }
+)
+_CGNAT: Final = ipaddress.ip_network("100.64.0.0/10")
+_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPAT: Final = ipaddress.ip_network("::/96")
+
+
+def _parse_ipv4_part(part: str) -> int | None:
+    text = part.lower()
+    try:
+        if text.startswith("0x"):
+            return int(text[2:] or "0", 16)
+        if len(text) > 1 and text.startswith("0"):
+            return int(text[1:], 8)
+        return int(text, 10) if text.isdigit() else None
+    except ValueError:
+        return None
+
+
+def _parse_ipv4_loose(host: str) -> ipaddress.IPv4Address | None:
+    """inet_aton semantics: 1 to 4 parts, each decimal, 0-octal or 0x-hex; the last fills the rest."""
+    parts = host.split(".")
+    if not 1 <= len(parts) <= 4 or any(not p for p in parts):
+        return None
+    values = [_parse_ipv4_part(p) for p in parts]
+    if any(v is None for v in values):
+        return None
+    numbers = [v for v in values if v is not None]
+    *head, last = numbers
+    if any(v > 255 for v in head) or last >= 256 ** (5 - len(numbers)):
+        return None
+    value = last
+    for index, byte in enumerate(head):
+        value |= byte << (8 * (3 - index))
+    return ipaddress.IPv4Address(value)
+
+
+def parse_ip(host: str) -> IPAddress | None:
+    """The address a host string denotes when it is an IP literal in any accepted spelling, else None."""
+    text = host.strip().lower()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if ":" in text:
+        try:
+            return ipaddress.IPv6Address(text.split("%", 1)[0])
+        except ValueError:
+            return None
+    return _parse_ipv4_loose(text.removesuffix("."))
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or (ip in _IPV4_COMPAT and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def blocked_reason(ip: IPAddress) -> str | None:
+    """Why `ip` must not be reached from the bridge, or None when it is a public unicast address."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            inner = blocked_reason(embedded)
+            return f"embeds {inner} IPv4 address" if inner else None
+    checks: tuple[tuple[bool, str], ...] = (
+        (ip in METADATA, "cloud metadata"),
+        (ip.is_loopback, "loopback"),
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_link_local, "link-local"),
+        (ip.is_multicast, "multicast"),
+        (isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT, "carrier-grade NAT"),
+        (ip.is_private, "private"),
+        (ip.is_reserved, "reserved"),
+        (not ip.is_global, "not globally routable"),
+    )
+    return next((reason for hit, reason in checks if hit), None)
+
+
+class SsrfGuard:
+    """Decides which hosts and addresses may be reached; `allow_private_hosts` exempts names or IPs."""
+
+    def __init__(self, allow_private_hosts: Iterable[str] = (), resolver: Resolver | None = None) -> None:
+        self._names: set[str] = set()
+        self._ips: set[IPAddress] = set()
+        for host in allow_private_hosts:
+            ip = parse_ip(host)
+            if ip is None:
+                self._names.add(host.strip().lower().removesuffix("."))
+            else:
+                self._ips.add(ip)
+        self._resolver = resolver or _getaddrinfo
+
+    def check_address(self, ip: IPAddress, host: str) -> None:
+        """Raise PermanentError(code='ssrf_blocked') unless `ip` may be reached."""
+        if ip in self._ips:
+            return
+        reason = blocked_reason(ip)
+        if reason is not None:
+            raise PermanentError(f"refused to connect to {host!r}: {reason} address", code="ssrf_blocked")
+
+    def check_literal(self, host: str) -> None:
+        """Refuse an IP literal host early (before any request is built); names are checked on resolve."""
+        ip = parse_ip(host)
+        if ip is not None and not self._is_exempt_name(host):
+            self.check_address(ip, host)
+
+    def _is_exempt_name(self, host: str) -> bool:
+        return host.strip().lower().removesuffix(".") in self._names
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """Addresses to connect to for `host`: every one checked; one blocked answer refuses the host."""
+        ip = parse_ip(host)
+        if ip is not None:
+            if not self._is_exempt_name(host):
+                self.check_address(ip, host)
+            return [str(ip)]
+        answers = await self._resolver(host, port)
+        if not answers:
+            raise TransientError(f"no address for {host!r}", code="dns_error")
+        if self._is_exempt_name(host):
+            return answers
+        checked = []
+        for answer in answers:
+            address = ipaddress.ip_address(answer.split("%", 1)[0])
+            self.check_address(address, host)
+            checked.append(str(address))
+        return checked
+
+
+async def _getaddrinfo(host: str, port: int) -> list[str]:
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise TransientError(f"cannot resolve {host!r}: {exc.__class__.__name__}", code="dns_error") from None
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """An httpcore network backend that connects only to addresses the guard has checked."""
+
+    def __init__(self, guard: SsrfGuard, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self._guard = guard
+        self._inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend signature
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                addresses = await self._guard.resolve(host, port)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"resolving {host!r} timed out") from None
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                log.debug("connect to %s port %d failed: %s", address, port, exc.__class__.__name__)
+                last = exc
+        assert last is not None
+        raise last
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend signature
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise PermanentError("unix sockets are not reachable from integrations", code="ssrf_blocked")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)

@@ -1,0 +1,528 @@
+"""SqliteLedger: the ledger on one SQLite file (WAL, synchronous=FULL) with group commit.
+
+One dedicated thread owns the connection. Calls queue an operation and await its future; the thread
+takes every operation waiting at that moment, runs them in ONE transaction (each inside a savepoint, so
+one failing call does not undo the others), commits once (one fsync), then resolves the futures. While
+a commit is on disk, new calls pile up and share the next one: that is what lets thousands of intents
+per second be admitted durably on one disk.
+
+`decide` (see `admit`) runs on that thread, serialized with every other `decide` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from cloud_bridge.audit import AuditEvent, AuditQuery, AuditRecord
+from cloud_bridge.errors import TransientError
+from cloud_bridge.ledger import (
+    READMITTABLE,
+    DecisionLike,
+    DeviceLike,
+    EntryState,
+    LedgerEntry,
+    clip_detail,
+)
+from intent_contract.codec import Ack, AckState, Envelope
+
+logger = logging.getLogger(__name__)
+
+_MAX_BATCH = 1000  # operations per transaction; bounds how long one commit holds callers
+_LIVE = "('queued', 'running')"
+_FINAL_EVENTS = {
+    EntryState.DELIVERED: AuditEvent.DELIVER,
+    EntryState.FAILED: AuditEvent.FAIL,
+    EntryState.EXPIRED: AuditEvent.EXPIRE,
+    EntryState.REJECTED: AuditEvent.REJECT,
+}
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS intents (
+    seq INTEGER PRIMARY KEY, device_id TEXT NOT NULL, intent_id TEXT NOT NULL, tenant TEXT NOT NULL,
+    app TEXT NOT NULL, kind TEXT NOT NULL, payload BLOB NOT NULL, attempt INTEGER NOT NULL,
+    priority INTEGER NOT NULL, created INTEGER NOT NULL, expires INTEGER, state TEXT NOT NULL,
+    code TEXT NOT NULL, detail TEXT NOT NULL, tries INTEGER NOT NULL, next_run REAL NOT NULL,
+    overrides BLOB NOT NULL, confirmed INTEGER NOT NULL, updated REAL NOT NULL,
+    UNIQUE (device_id, intent_id)
+);
+CREATE INDEX IF NOT EXISTS intents_due ON intents (kind, priority DESC, seq) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS intents_running ON intents (state) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS intents_unconfirmed ON intents (device_id, seq)
+    WHERE confirmed = 0 AND state NOT IN {_LIVE};
+CREATE INDEX IF NOT EXISTS intents_purge ON intents (updated) WHERE confirmed = 1;
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY, at REAL NOT NULL, device_id TEXT NOT NULL, tenant TEXT NOT NULL,
+    intent_id TEXT NOT NULL, kind TEXT NOT NULL, event TEXT NOT NULL, integration TEXT NOT NULL,
+    code TEXT NOT NULL, detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+CREATE INDEX IF NOT EXISTS audit_device ON audit (device_id, at);
+"""
+
+_Fn = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass(slots=True)
+class _Op:
+    fn: _Fn
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    writes: bool
+
+    def resolve(self, value: Any, error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting
+            self.loop.call_soon_threadsafe(_settle, self.future, value, error)
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled; the work is committed all the same
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+def _pack(obj: object) -> bytes:
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
+
+
+def _entry(row: sqlite3.Row) -> LedgerEntry:
+    fields = dict(zip(row.keys(), row, strict=True))
+    del fields["seq"]
+    fields.update(
+        payload=msgpack.unpackb(row["payload"], raw=False),
+        overrides=msgpack.unpackb(row["overrides"], raw=False),
+        state=EntryState(row["state"]),
+        confirmed=bool(row["confirmed"]),
+    )
+    return LedgerEntry(**fields)
+
+
+def _audit_row(
+    conn: sqlite3.Connection,
+    at: float,
+    who: tuple[str, str, str, str],
+    event: AuditEvent,
+    *,
+    integration: str = "",
+    code: str,
+    detail: str,
+) -> None:
+    """Insert an audit row; `who` is (device_id, tenant, intent_id, kind)."""
+    conn.execute(
+        "INSERT INTO audit (at, device_id, tenant, intent_id, kind, event, integration, code, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (at, *who, str(event), integration, code, detail),
+    )
+
+
+def _audit_record(row: sqlite3.Row) -> AuditRecord:
+    fields = dict(zip(row.keys(), row, strict=True))
+    del fields["seq"]
+    return AuditRecord(**{**fields, "event": AuditEvent(row["event"])})
+
+
+def _who(entry: LedgerEntry) -> tuple[str, str, str, str]:
+    return (entry.device_id, entry.tenant, entry.intent_id, entry.kind)
+
+
+def _row_ack(row: sqlite3.Row) -> Ack:
+    state = EntryState(row["state"])
+    final = state.final
+    return Ack(
+        id=row["intent_id"],
+        state=state.ack_state,
+        code=row["code"] if final else "",
+        detail=row["detail"] if final else "",
+        at=int(row["updated"] * 1000),
+        app=row["app"],
+    )
+
+
+def _marks(values: Collection[str]) -> str:
+    return ",".join("?" * len(values))
+
+
+_UPSERT = (
+    "INSERT INTO intents (device_id, intent_id, tenant, app, kind, payload, attempt, priority, created, expires,"
+    " state, code, detail, tries, next_run, overrides, confirmed, updated)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?)"
+    " ON CONFLICT (device_id, intent_id) DO UPDATE SET tenant = excluded.tenant, app = excluded.app,"
+    " kind = excluded.kind, payload = excluded.payload, attempt = excluded.attempt, priority = excluded.priority,"
+    " created = excluded.created, expires = excluded.expires, state = excluded.state, code = excluded.code,"
+    " detail = excluded.detail, tries = 0, next_run = excluded.next_run, overrides = excluded.overrides,"
+    " confirmed = 0, updated = excluded.updated"
+)
+
+
+def _verdict(
+    env: Envelope, decide: Callable[[Envelope], DecisionLike], now: float
+) -> tuple[EntryState, str, str, dict[str, Any]]:
+    """(state, code, detail, overrides) for an envelope that is not a duplicate."""
+    if env.expires is not None and env.expires <= now * 1000:
+        return EntryState.EXPIRED, "expired", "expired before it reached the bridge", {}
+    decision = decide(env)
+    if decision.allowed:
+        return EntryState.QUEUED, "", "", dict(decision.overrides)
+    return EntryState.REJECTED, decision.code or "policy", clip_detail(decision.detail), {}
+
+
+def _admit(
+    conn: sqlite3.Connection,
+    device: DeviceLike,
+    envelopes: list[Envelope],
+    decide: Callable[[Envelope], DecisionLike],
+    now: float,
+) -> list[Ack]:
+    acks = []
+    for env in envelopes:
+        row = conn.execute(
+            "SELECT intent_id, app, state, attempt, code, detail, updated FROM intents"
+            " WHERE device_id = ? AND intent_id = ?",
+            (device.device_id, env.id),
+        ).fetchone()
+        if row is not None and not (EntryState(row["state"]) in READMITTABLE and env.attempt > row["attempt"]):
+            acks.append(_row_ack(row))  # a duplicate: acked again, never decided or run again
+            continue
+        state, code, detail, overrides = _verdict(env, decide, now)
+        conn.execute(
+            _UPSERT,
+            (device.device_id, env.id, device.tenant, env.app, env.kind, _pack(env.payload), env.attempt,
+             env.priority, env.created, env.expires, str(state), code, detail, now, _pack(overrides), now),
+        )  # fmt: skip
+        event = AuditEvent.ACCEPT if state is EntryState.QUEUED else _FINAL_EVENTS[state]
+        _audit_row(conn, now, (device.device_id, device.tenant, env.id, env.kind), event, code=code, detail=detail)
+        acks.append(Ack(env.id, state.ack_state, code, detail, int(now * 1000), env.app))
+    return acks
+
+
+class SqliteLedger:
+    """The Ledger protocol on a SQLite file; `commits` counts write transactions (for tests, metrics)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.commits = 0
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteLedger({str(self.path)!r})"
+
+    # -- the writer thread ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (creating if needed) the database and start the writer thread."""
+        if self._thread is not None:
+            raise RuntimeError("ledger already open")
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(target=self._run, args=(loop, ready), name="ledger-writer", daemon=True)
+        self._thread.start()
+        try:
+            await ready
+        except BaseException:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+            raise
+
+    async def close(self) -> None:
+        """Run what is queued, stop the thread and close the database."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._queue.put(None)
+        await asyncio.to_thread(thread.join)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.executescript(_SCHEMA)
+        return conn
+
+    def _run(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            error = TransientError(f"cannot open ledger {self.path}: {exc}", code="ledger_error")
+            _Op(lambda c: None, ready, loop, writes=False).resolve(None, error)
+            return
+        _Op(lambda c: None, ready, loop, writes=False).resolve(None, None)
+        try:
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if first is None:
+                    break
+                batch = [first]
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        op = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if op is None:
+                        stopping = True
+                        break
+                    batch.append(op)
+                self._run_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        writes = any(op.writes for op in batch)
+        results: list[tuple[_Op, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op.fn(conn)
+                except Exception as exc:  # noqa: BLE001 - handed to the caller, not swallowed
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((op, None, _convert(exc)))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((op, value, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            logger.exception("ledger transaction failed; %d calls get an error", len(batch))
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            failure = _convert(exc)
+            results = [(op, None, failure) for op in batch]
+        else:
+            if writes:
+                self.commits += 1
+        for op, value, error in results:
+            op.resolve(value, error)
+
+    async def _call(self, fn: _Fn, *, writes: bool = True) -> Any:
+        if self._thread is None:
+            raise RuntimeError("ledger is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Op(fn, future, loop, writes))
+        return await future
+
+    # -- admission --------------------------------------------------------------------------------
+
+    async def admit(
+        self,
+        device: DeviceLike,
+        envelopes: Sequence[Envelope],
+        decide: Callable[[Envelope], DecisionLike],
+        now: float,
+    ) -> list[Ack]:
+        """Record a batch in one durable transaction; see `Ledger.admit`. `decide` runs on the writer thread."""
+        envs = list(envelopes)
+        acks: list[Ack] = await self._call(lambda c: _admit(c, device, envs, decide, now))
+        return acks
+
+    async def unconfirmed(self, device_id: str) -> list[Ack]:
+        """Final results the edge has not confirmed yet, oldest first."""
+
+        def run(conn: sqlite3.Connection) -> list[Ack]:
+            rows = conn.execute(
+                "SELECT intent_id, app, state, code, detail, updated FROM intents"
+                f" WHERE device_id = ? AND confirmed = 0 AND state NOT IN {_LIVE} ORDER BY seq",
+                (device_id,),
+            ).fetchall()
+            return [_row_ack(row) for row in rows]
+
+        acks: list[Ack] = await self._call(run, writes=False)
+        return acks
+
+    async def confirm(self, device_id: str, ids: Sequence[str]) -> int:
+        """Mark final results as applied by the edge; unknown, live or already confirmed ids are ignored."""
+        params = [(device_id, i) for i in dict.fromkeys(ids)]
+
+        def run(conn: sqlite3.Connection) -> int:
+            cursor = conn.executemany(
+                "UPDATE intents SET confirmed = 1"
+                f" WHERE device_id = ? AND intent_id = ? AND confirmed = 0 AND state NOT IN {_LIVE}",
+                params,
+            )
+            return cursor.rowcount
+
+        if not params:
+            return 0
+        changed: int = await self._call(run)
+        return changed
+
+    async def usage_since(self, since: float) -> dict[tuple[str, str], int]:
+        """(device_id, kind) -> intents admitted by policy since `since` (from the audit's accept rows)."""
+
+        def run(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+            rows = conn.execute(
+                "SELECT device_id, kind, COUNT(*) AS n FROM audit WHERE at >= ? AND event = ? GROUP BY device_id, kind",
+                (since, str(AuditEvent.ACCEPT)),
+            ).fetchall()
+            return {(row["device_id"], row["kind"]): row["n"] for row in rows}
+
+        usage: dict[tuple[str, str], int] = await self._call(run, writes=False)
+        return usage
+
+    # -- execution --------------------------------------------------------------------------------
+
+    async def recover(self, now: float) -> int:
+        """Rows left running by a crash go back to the queue (code `resumed`); returns how many."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            rows = conn.execute("SELECT * FROM intents WHERE state = 'running'").fetchall()
+            detail = "the bridge stopped while it ran; running it again"
+            for row in rows:
+                conn.execute(
+                    "UPDATE intents SET state = 'queued', code = 'resumed', detail = ?, next_run = ?, updated = ?"
+                    " WHERE seq = ?",
+                    (detail, now, now, row["seq"]),
+                )
+                _audit_row(conn, now, _who(_entry(row)), AuditEvent.RETRY, code="resumed", detail=detail)
+            return len(rows)
+
+        count: int = await self._call(run)
+        if count:
+            logger.warning("recovered %d intents that were running when the bridge stopped", count)
+        return count
+
+    async def claim(self, kinds: Collection[str], limit: int, now: float) -> list[LedgerEntry]:
+        """Move up to `limit` due queued rows of `kinds` to running, highest priority then oldest first."""
+        kind_list = list(dict.fromkeys(kinds))
+        if not kind_list or limit < 1:
+            return []
+
+        def run(conn: sqlite3.Connection) -> list[LedgerEntry]:
+            rows = conn.execute(
+                f"SELECT * FROM intents WHERE state = 'queued' AND kind IN ({_marks(kind_list)}) AND next_run <= ?"
+                " ORDER BY priority DESC, seq LIMIT ?",
+                (*kind_list, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE intents SET state = 'running', tries = tries + 1, updated = ? WHERE seq = ?",
+                [(now, row["seq"]) for row in rows],
+            )
+            return [replace(_entry(row), state=EntryState.RUNNING, tries=row["tries"] + 1, updated=now) for row in rows]
+
+        entries: list[LedgerEntry] = await self._call(run)
+        return entries
+
+    async def next_due(self, kinds: Collection[str]) -> float | None:
+        """When the earliest queued row of `kinds` becomes due, or None when none is queued."""
+        kind_list = list(dict.fromkeys(kinds))
+        if not kind_list:
+            return None
+
+        def run(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                f"SELECT MIN(next_run) AS due FROM intents WHERE state = 'queued' AND kind IN ({_marks(kind_list)})",
+                kind_list,
+            ).fetchone()
+            due: float | None = row["due"]
+            return due
+
+        due: float | None = await self._call(run, writes=False)
+        return due
+
+    async def finish(  # noqa: PLR0917 - the Ledger protocol's signature
+        self, entry: LedgerEntry, state: EntryState, code: str, detail: str, now: float, integration: str
+    ) -> Ack:
+        """Record the final state of a running row; a row no longer running is left alone (logged)."""
+        if not state.final:
+            raise ValueError(f"finish needs a final state, not {state}")
+        detail = clip_detail(detail)
+
+        def run(conn: sqlite3.Connection) -> Ack:
+            cursor = conn.execute(
+                "UPDATE intents SET state = ?, code = ?, detail = ?, updated = ?"
+                " WHERE device_id = ? AND intent_id = ? AND state = 'running' AND attempt = ?",
+                (str(state), code, detail, now, entry.device_id, entry.intent_id, entry.attempt),
+            )
+            if cursor.rowcount == 0:
+                logger.warning("finish of %s/%s ignored: not running", entry.device_id, entry.intent_id)
+                row = conn.execute(
+                    "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?", (entry.device_id, entry.intent_id)
+                ).fetchone()
+                return _row_ack(row) if row is not None else entry.ack()
+            event = _FINAL_EVENTS[state]
+            _audit_row(conn, now, _who(entry), event, integration=integration, code=code, detail=detail)
+            return Ack(entry.intent_id, AckState(str(state)), code, detail, int(now * 1000), entry.app)
+
+        ack: Ack = await self._call(run)
+        return ack
+
+    async def reschedule(self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float) -> None:
+        """Put a running row back in the queue, due at `next_run`, and audit the retry."""
+        detail = clip_detail(detail)
+
+        def run(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "UPDATE intents SET state = 'queued', code = ?, detail = ?, next_run = ?, updated = ?"
+                " WHERE device_id = ? AND intent_id = ? AND state = 'running' AND attempt = ?",
+                (code, detail, next_run, now, entry.device_id, entry.intent_id, entry.attempt),
+            )
+            if cursor.rowcount == 0:
+                logger.warning("reschedule of %s/%s ignored: not running", entry.device_id, entry.intent_id)
+                return
+            _audit_row(conn, now, _who(entry), AuditEvent.RETRY, code=code, detail=detail)
+
+        await self._call(run)
+
+    # -- operations -------------------------------------------------------------------------------
+
+    async def audit(
+        self, device_id: str | None = None, since: float | None = None, limit: int = 1000
+    ) -> list[AuditRecord]:
+        """Audit records, oldest first, of one device or all, from `since` on, at most `limit`."""
+        query = AuditQuery(device_id, since, limit)
+        where, params = ["1 = 1"], list[str | float]()
+        if query.device_id is not None:
+            where.append("device_id = ?")
+            params.append(query.device_id)
+        if query.since is not None:
+            where.append("at >= ?")
+            params.append(query.since)
+
+        def run(conn: sqlite3.Connection) -> list[AuditRecord]:
+            rows = conn.execute(
+                f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", (*params, query.limit)
+            ).fetchall()
+            return [_audit_record(row) for row in rows]
+
+        records: list[AuditRecord] = await self._call(run, writes=False)
+        return records
+
+    async def purge(self, older_than: float) -> int:
+        """Delete final rows the edge confirmed whose last change is before `older_than`."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                f"DELETE FROM intents WHERE confirmed = 1 AND state NOT IN {_LIVE} AND updated < ?", (older_than,)
+            )
+            return cursor.rowcount
+
+        count: int = await self._call(run)
+        return count
+
+
+def _convert(exc: Exception) -> Exception:
+    """sqlite3 errors become TransientError (the caller may retry); others pass through unchanged."""
+    if isinstance(exc, sqlite3.Error):
+        converted = TransientError(f"ledger error: {exc}", code="ledger_error")
+        converted.__cause__ = exc
+        return converted
+    return exc

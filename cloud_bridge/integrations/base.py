@@ -36,6 +36,8 @@ class Integration(Protocol):
     """An integration for one kind. Raises TransientError or PermanentError; never leaks its secret."""
 
     kind: str
+    # How many jobs of this kind the executor may run at once.
+    concurrency: int
 
     async def execute(self, job: Job) -> Outcome: ...
 

@@ -167,7 +167,7 @@ class Ledger(Protocol):
     async def next_due(self, kinds: Collection[str]) -> float | None:
         """When the earliest queued row of `kinds` becomes due (seconds), or None."""
 
-    async def finish(  # noqa: PLR0917 - positional by contract, as the wiring engineer calls it
+    async def finish(
         self, entry: LedgerEntry, state: EntryState, code: str, detail: str, now: float, integration: str
     ) -> Ack:
         """Record the final state of a running row; returns the ack to send."""

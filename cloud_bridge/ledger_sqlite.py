@@ -438,7 +438,7 @@ class SqliteLedger:
         due: float | None = await self._call(run, writes=False)
         return due
 
-    async def finish(  # noqa: PLR0917 - the Ledger protocol's signature
+    async def finish(
         self, entry: LedgerEntry, state: EntryState, code: str, detail: str, now: float, integration: str
     ) -> Ack:
         """Record the final state of a running row; a row no longer running is left alone (logged)."""

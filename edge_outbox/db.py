@@ -1,0 +1,173 @@
+"""The outbox database: schema, pragmas and the row type. Shared by the running outbox and the ops CLI.
+
+Triggers keep two derived tables exact whoever writes (the outbox or an ops command in another
+process): `stats` (items and bytes per state, so queue limits and `status` are O(1)) and `events`
+(every state change, tailed by the status publisher).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_outbox.errors import ConfigError
+from edge_outbox.states import State
+
+DB_NAME = "outbox.db"
+BUSY_TIMEOUT_MS = 10_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS intents (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    app TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    code TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '',
+    priority INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL,
+    expires INTEGER,
+    updated INTEGER NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    sent INTEGER NOT NULL DEFAULT 0,
+    confirmed INTEGER NOT NULL DEFAULT 0,
+    payload BLOB NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS intents_id ON intents(id) WHERE state <> 'rejected';
+CREATE INDEX IF NOT EXISTS intents_pending ON intents(priority DESC, seq)
+    WHERE state IN ('accepted', 'forwarded');
+CREATE INDEX IF NOT EXISTS intents_expiring ON intents(expires) WHERE state = 'accepted' AND sent = 0;
+CREATE INDEX IF NOT EXISTS intents_state_updated ON intents(state, updated);
+CREATE INDEX IF NOT EXISTS intents_app ON intents(app, seq);
+
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    app TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    code TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS stats (
+    state TEXT PRIMARY KEY,
+    items INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TRIGGER IF NOT EXISTS intents_ins AFTER INSERT ON intents BEGIN
+    INSERT INTO stats(state, items, bytes) VALUES (NEW.state, 1, NEW.size)
+        ON CONFLICT(state) DO UPDATE SET items = items + 1, bytes = bytes + NEW.size;
+    INSERT INTO events(id, app, kind, state, code, detail, at)
+        VALUES (NEW.id, NEW.app, NEW.kind, NEW.state, NEW.code, NEW.detail, NEW.updated);
+END;
+CREATE TRIGGER IF NOT EXISTS intents_upd AFTER UPDATE OF state, attempt ON intents
+    WHEN OLD.state <> NEW.state OR OLD.attempt <> NEW.attempt BEGIN
+    UPDATE stats SET items = items - 1, bytes = bytes - OLD.size WHERE state = OLD.state;
+    INSERT INTO stats(state, items, bytes) VALUES (NEW.state, 1, NEW.size)
+        ON CONFLICT(state) DO UPDATE SET items = items + 1, bytes = bytes + NEW.size;
+    INSERT INTO events(id, app, kind, state, code, detail, at)
+        VALUES (NEW.id, NEW.app, NEW.kind, NEW.state, NEW.code, NEW.detail, NEW.updated);
+END;
+CREATE TRIGGER IF NOT EXISTS intents_del AFTER DELETE ON intents BEGIN
+    UPDATE stats SET items = items - 1, bytes = bytes - OLD.size WHERE state = OLD.state;
+END;
+"""
+
+COLUMNS = (
+    "seq",
+    "id",
+    "app",
+    "kind",
+    "state",
+    "code",
+    "detail",
+    "priority",
+    "created",
+    "expires",
+    "updated",
+    "attempt",
+    "sent",
+    "confirmed",
+    "payload",
+    "size",
+)
+SELECT_ROW = f"SELECT {', '.join(COLUMNS)} FROM intents"
+
+
+@dataclass(frozen=True, slots=True)
+class IntentRow:
+    """One stored intent."""
+
+    seq: int
+    id: str
+    app: str
+    kind: str
+    state: State
+    code: str
+    detail: str
+    priority: int
+    created: int
+    expires: int | None
+    updated: int
+    attempt: int
+    sent: int
+    confirmed: int
+    payload: bytes
+    size: int
+
+    @classmethod
+    def from_db(cls, row: tuple[Any, ...]) -> IntentRow:
+        values = dict(zip(COLUMNS, row, strict=True))
+        values["state"] = State(values["state"])
+        values["payload"] = bytes(values["payload"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEvent:
+    """A state change to publish to the app."""
+
+    seq: int
+    id: str
+    app: str
+    kind: str
+    state: State
+    code: str
+    detail: str
+    at: int
+
+
+def db_path(data_dir: Path) -> Path:
+    return data_dir / DB_NAME
+
+
+def connect(data_dir: Path, *, create: bool = True) -> sqlite3.Connection:
+    """A connection in autocommit mode with WAL and synchronous=FULL; creates the schema if asked."""
+    path = db_path(data_dir)
+    if not create and not path.exists():
+        raise ConfigError(f"no outbox database in {data_dir} (is --data-dir right? `edge-outbox run` creates it)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    if create:
+        conn.executescript(SCHEMA)
+    return conn
+
+
+def pending_totals(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(items, bytes) not yet in a final state: what counts against the queue limits."""
+    row = conn.execute(
+        "SELECT COALESCE(SUM(items), 0), COALESCE(SUM(bytes), 0) FROM stats WHERE state IN ('accepted', 'forwarded')"
+    ).fetchone()
+    return int(row[0]), int(row[1])

@@ -1,0 +1,249 @@
+"""Every read and write of intents, as plain functions on a sqlite3 connection.
+
+The running outbox calls the writing ones inside its group commit (edge_outbox.store); the ops CLI
+calls the same functions inside its own transaction. Either way, triggers keep stats and events exact.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from edge_outbox.db import SELECT_ROW, IntentRow, StatusEvent, pending_totals
+from edge_outbox.errors import IllegalTransitionError, NotFoundError
+from edge_outbox.intake_rules import Admitted, Refused
+from edge_outbox.states import FINAL, PENDING, Event, State, step
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """Bounds on what may wait in the queue; 0 means no bound."""
+
+    max_items: int = 0
+    max_bytes: int = 0
+
+
+class Outcome(StrEnum):
+    STORED = "stored"  # a new row (accepted, expired on arrival, or rejected)
+    DUPLICATE = "duplicate"  # the app sent an id it had sent before: nothing new stored
+    QUEUE_FULL = "queue_full"  # refused by the queue limits: nothing stored
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    outcome: Outcome
+    row: IntentRow | None  # the stored or existing row; None when the queue was full
+    detail: str = ""
+
+
+def _row(conn: sqlite3.Connection, where: str, *args: object) -> IntentRow | None:
+    found = conn.execute(f"{SELECT_ROW} WHERE {where} LIMIT 1", args).fetchone()
+    return IntentRow.from_db(found) if found else None
+
+
+def _insert(conn: sqlite3.Connection, values: dict[str, object]) -> IntentRow:
+    names = ", ".join(values)
+    marks = ", ".join("?" * len(values))
+    cur = conn.execute(f"INSERT INTO intents({names}) VALUES ({marks})", tuple(values.values()))
+    row = _row(conn, "seq = ?", cur.lastrowid)
+    assert row is not None
+    return row
+
+
+def commit_intake(conn: sqlite3.Connection, item: Admitted | Refused, limits: QueueLimits, now: int) -> IntakeResult:
+    """Store one intake decision, deduplicating repeated ids and enforcing the queue limits."""
+    common = {
+        "id": item.id,
+        "app": item.app,
+        "kind": item.kind,
+        "created": item.created,
+        "updated": now,
+        "payload": item.payload,
+    }
+    if isinstance(item, Refused):
+        row = _insert(
+            conn, {**common, "state": State.REJECTED, "code": item.code, "detail": item.detail, "size": item.size}
+        )
+        return IntakeResult(Outcome.STORED, row)
+    existing = _row(conn, "id = ? AND state <> 'rejected'", item.id)
+    if existing is not None:
+        if existing.app == item.app:
+            return IntakeResult(Outcome.DUPLICATE, existing)
+        row = _insert(
+            conn,
+            {
+                **common,
+                "state": State.REJECTED,
+                "code": "id_conflict",
+                "detail": f"id {item.id!r} is already used by another app",
+                "size": len(item.payload),
+            },
+        )
+        return IntakeResult(Outcome.STORED, row)
+    size = len(item.payload)
+    items, used = pending_totals(conn)
+    if (limits.max_items and items + 1 > limits.max_items) or (limits.max_bytes and used + size > limits.max_bytes):
+        return IntakeResult(
+            Outcome.QUEUE_FULL,
+            None,
+            f"queue full ({items} intents, {used} bytes pending; limits {limits.max_items} "
+            f"intents, {limits.max_bytes} bytes): not stored, publish again later",
+        )
+    expired = item.expires is not None and item.expires <= now
+    row = _insert(
+        conn,
+        {
+            **common,
+            "state": State.EXPIRED if expired else State.ACCEPTED,
+            "code": "expired_on_arrival" if expired else "",
+            "detail": "its deadline had passed when it arrived" if expired else "",
+            "priority": item.priority,
+            "expires": item.expires,
+            "size": size,
+        },
+    )
+    return IntakeResult(Outcome.STORED, row)
+
+
+def get(conn: sqlite3.Connection, intent_id: str) -> IntentRow:
+    """The intent with this id (the live one if a rejected duplicate shares it)."""
+    row = _row(conn, "id = ? ORDER BY state = 'rejected', seq DESC", intent_id)
+    if row is None:
+        raise NotFoundError(f"no intent with id {intent_id!r}")
+    return row
+
+
+def _transition(
+    conn: sqlite3.Connection, row: IntentRow, event: Event, now: int, *, code: str = "", detail: str = ""
+) -> IntentRow:
+    result = step(row.state, event, sent=row.sent > 0)
+    if not result.changed and event is not Event.RETRY:
+        return row
+    attempt = row.attempt + 1 if event is Event.RETRY else row.attempt
+    expires = None if event is Event.RETRY else row.expires
+    sent = 0 if event is Event.RETRY else row.sent
+    conn.execute(
+        "UPDATE intents SET state = ?, code = ?, detail = ?, updated = ?, attempt = ?, expires = ?, sent = ?,"
+        " confirmed = 0 WHERE seq = ?",
+        (result.state, code, detail[:1000], now, attempt, expires, sent, row.seq),
+    )
+    updated = _row(conn, "seq = ?", row.seq)
+    assert updated is not None
+    return updated
+
+
+def cancel(conn: sqlite3.Connection, intent_id: str, now: int) -> IntentRow:
+    """Cancel an intent that was never sent to the bridge."""
+    return _transition(
+        conn,
+        get(conn, intent_id),
+        Event.CANCEL,
+        now,
+        code="cancelled_by_operator",
+        detail="cancelled with edge-outbox cancel",
+    )
+
+
+def retry(conn: sqlite3.Connection, intent_id: str, now: int) -> IntentRow:
+    """Queue a failed or expired intent again as a new attempt (clearing its deadline)."""
+    return _transition(
+        conn,
+        get(conn, intent_id),
+        Event.RETRY,
+        now,
+        code="retried_by_operator",
+        detail="queued again with edge-outbox retry",
+    )
+
+
+def retry_state(conn: sqlite3.Connection, state: State, now: int) -> list[IntentRow]:
+    """Retry every intent in a retryable state."""
+    rows = [IntentRow.from_db(r) for r in conn.execute(f"{SELECT_ROW} WHERE state = ? ORDER BY seq", (state,))]
+    return [retry(conn, r.id, now) for r in rows]
+
+
+def expire_due(conn: sqlite3.Connection, now: int) -> int:
+    """Expire every never-sent intent whose deadline has passed; returns how many."""
+    cur = conn.execute(
+        "UPDATE intents SET state = 'expired', code = 'deadline', updated = ?,"
+        " detail = 'its deadline passed before it could be forwarded'"
+        " WHERE state = 'accepted' AND sent = 0 AND expires IS NOT NULL AND expires <= ?",
+        (now, now),
+    )
+    return cur.rowcount
+
+
+def purge(conn: sqlite3.Connection, before: int, states: Iterable[State] = FINAL) -> int:
+    """Delete intents in final states last changed before `before` (ms); pending ones are never deleted."""
+    chosen = [s for s in states if s in FINAL]
+    if not chosen:
+        raise IllegalTransitionError("only intents in a final state can be purged")
+    marks = ", ".join("?" * len(chosen))
+    cur = conn.execute(f"DELETE FROM intents WHERE state IN ({marks}) AND updated < ?", (*chosen, before))
+    return cur.rowcount
+
+
+def listing(
+    conn: sqlite3.Connection, state: State | None = None, app: str | None = None, limit: int = 50
+) -> list[IntentRow]:
+    """Newest first, optionally filtered by state and app."""
+    where, args = [], []
+    if state is not None:
+        where.append("state = ?")
+        args.append(str(state))
+    if app is not None:
+        where.append("app = ?")
+        args.append(app)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = conn.execute(f"{SELECT_ROW} {clause} ORDER BY seq DESC LIMIT ?", (*args, limit))
+    return [IntentRow.from_db(r) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    counts: dict[str, int]
+    bytes: dict[str, int]
+    pending: int
+    pending_bytes: int
+    oldest_pending_created: int | None
+
+
+def summary(conn: sqlite3.Connection) -> Summary:
+    """Counts and bytes per state, and the oldest pending intent's creation time."""
+    counts = {s.value: 0 for s in State}
+    sizes = {s.value: 0 for s in State}
+    for state, items, size in conn.execute("SELECT state, items, bytes FROM stats"):
+        counts[state], sizes[state] = int(items), int(size)
+    oldest = conn.execute("SELECT MIN(created) FROM intents WHERE state IN ('accepted', 'forwarded')").fetchone()[0]
+    pending = sum(counts[s] for s in PENDING)
+    return Summary(counts, sizes, pending, sum(sizes[s] for s in PENDING), oldest)
+
+
+def events_after(conn: sqlite3.Connection, seq: int, limit: int = 5000) -> list[StatusEvent]:
+    rows = conn.execute(
+        "SELECT seq, id, app, kind, state, code, detail, at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        (seq, limit),
+    )
+    return [StatusEvent(r[0], r[1], r[2], r[3], State(r[4]), r[5], r[6], r[7]) for r in rows]
+
+
+def last_event_seq(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = ?", (key, value, value)
+    )
+
+
+def prune_events(conn: sqlite3.Connection, upto_seq: int, before: int) -> int:
+    """Drop published events older than `before` (ms): the status history lives in the intents table."""
+    return conn.execute("DELETE FROM events WHERE seq <= ? AND at < ?", (upto_seq, before)).rowcount

@@ -1,0 +1,125 @@
+"""`edge-outbox run`: wires store, intake, status and the transport together and keeps house."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+from edge_outbox import ops
+from edge_outbox.attach import AttachedClient
+from edge_outbox.broker import EmbeddedBroker
+from edge_outbox.intake import Intake
+from edge_outbox.ops import QueueLimits
+from edge_outbox.settings import OutboxSettings
+from edge_outbox.status import StatusPublisher
+from edge_outbox.store import Store
+from intent_contract.ids import IdGenerator
+
+log = logging.getLogger(__name__)
+
+STATUS_KEY = "status_published_seq"
+EVENT_KEEP_MS = 3600_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Outbox:
+    """The running outbox. `start()` returns once it serves; `stop()` shuts it down in order."""
+
+    def __init__(self, settings: OutboxSettings) -> None:
+        self.settings = settings
+        self._transport: EmbeddedBroker | AttachedClient | None = None
+        self.status = StatusPublisher(self._publish)
+        self.store = Store(settings.data_dir, on_events=self.status.on_events)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        if self._transport is not None:
+            await self._transport.publish(topic, payload)
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.store.start(replay_key=STATUS_KEY)
+        intake = Intake(
+            self.store,
+            self.status,
+            QueueLimits(s.max_queue_items, s.max_queue_bytes),
+            now_ms,
+            IdGenerator(now_ms, os.urandom),
+        )
+        if s.attach is not None:
+            self._transport = AttachedClient(s.attach, intake)
+        else:
+            self._transport = EmbeddedBroker(s.listen_host, s.listen_port, intake, s.users)
+        try:
+            await self._transport.start()
+        except BaseException:
+            await self.store.close()
+            raise
+        self._tasks = [
+            asyncio.create_task(self.status.run(), name="status"),
+            asyncio.create_task(self._housekeeping(), name="housekeeping"),
+        ]
+        where = (
+            f"attached to mqtt://{s.attach.host}:{s.attach.port}"
+            if s.attach
+            else f"listening on {s.listen_host}:{s.listen_port}"
+        )
+        log.info("edge outbox %s, data in %s", where, s.data_dir)
+
+    async def stop(self) -> None:
+        if self._transport is not None:
+            await self._transport.stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await self.status.drain()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.store.call(ops.set_meta, STATUS_KEY, str(self.status.published_seq))
+        await self.store.close()
+
+    async def _housekeeping(self) -> None:
+        """Expire overdue intents, remember how far statuses went out, purge what retention allows."""
+        last_purge = 0.0
+        while True:
+            await asyncio.sleep(self.settings.housekeeping_s)
+            try:
+                now = now_ms()
+                expired = await self.store.call(ops.expire_due, now)
+                if expired:
+                    log.info("%d intents expired before they could be forwarded", expired)
+                await self.store.call(ops.set_meta, STATUS_KEY, str(self.status.published_seq))
+                if time.monotonic() - last_purge > 3600:
+                    last_purge = time.monotonic()
+                    purged = await self.store.call(ops.purge, now - int(self.settings.retention_s * 1000))
+                    await self.store.call(ops.prune_events, self.status.published_seq, now - EVENT_KEEP_MS)
+                    if purged:
+                        log.info("retention: purged %d final intents", purged)
+            except Exception:
+                log.exception("housekeeping failed; trying again")
+
+
+async def serve(settings: OutboxSettings, ready: Callable[[], Awaitable[None] | None] | None = None) -> None:
+    """Run until SIGINT or SIGTERM."""
+    outbox = Outbox(settings)
+    await outbox.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        result = ready()
+        if result is not None:
+            await result
+    await stop.wait()
+    log.info("stopping")
+    await outbox.stop()

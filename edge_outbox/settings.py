@@ -1,0 +1,70 @@
+"""The outbox's settings: one frozen object, built by the CLI from flags and environment, passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from edge_outbox.errors import ConfigError
+
+DEFAULT_DATA_DIR = Path("outbox-data")
+DEFAULT_LISTEN = "127.0.0.1:1883"
+
+
+def parse_host_port(text: str, flag: str, default_port: int = 1883) -> tuple[str, int]:
+    """'HOST:PORT' (or '[v6]:PORT', or ':PORT' for loopback) -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = text, str(default_port)
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: port must be a number (HOST:PORT)") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"{flag} {text!r}: port must be within 1..65535")
+    return host, port
+
+
+@dataclass(frozen=True, slots=True)
+class AttachTarget:
+    """An existing broker to attach to, from `--attach mqtt://[user@]host[:port]`."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_id: str = "edge-outbox"
+
+    @classmethod
+    def parse(cls, url: str, password: str | None, client_id: str) -> AttachTarget:
+        parts = urlsplit(url)
+        if parts.scheme != "mqtt" or not parts.hostname:
+            raise ConfigError(f"--attach {url!r}: expected mqtt://HOST:PORT")
+        if parts.password:
+            raise ConfigError("--attach: put the password in EDGE_OUTBOX_ATTACH_PASSWORD, not in the URL")
+        try:
+            port = parts.port or 1883
+        except ValueError:
+            raise ConfigError(f"--attach {url!r}: bad port") from None
+        return cls(parts.hostname, port, parts.username, password, client_id)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxSettings:
+    data_dir: Path = DEFAULT_DATA_DIR
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 1883
+    attach: AttachTarget | None = None
+    users: dict[str, str] = field(default_factory=dict, repr=False)  # app -> scrypt hash
+    max_queue_items: int = 1_000_000
+    max_queue_bytes: int = 1 << 30
+    retention_s: float = 7 * 86400.0
+    housekeeping_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_queue_items < 0 or self.max_queue_bytes < 0:
+            raise ConfigError("queue limits cannot be negative (0 means no limit)")
+        if self.retention_s <= 0:
+            raise ConfigError("--retention must be positive")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -71,3 +73,58 @@ def resolve_secret(
     if required:
         raise ConfigError(f"missing secret {field!r}: give {env_key} or {file_key}")
     return None
+
+
+# Third-party clients log what providers send back (status lines, response headers) at DEBUG or
+# INFO, and a provider may echo a request header there. These loggers get a filter that masks every
+# registered secret value; levels and handlers stay the application's business.
+THIRD_PARTY_LOGGERS: Final = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+    "aiosmtplib",
+    "apprise",
+)
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces registered secret values in a record's message with '***'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._values: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, values: Iterable[str]) -> None:
+        with self._lock:
+            # Short values would mask ordinary words; secrets this short are refused elsewhere anyway.
+            self._values.update(v for v in values if len(v) >= 6)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        values = self._values
+        if not values:
+            return True
+        message = record.getMessage()
+        masked = message
+        for value in values:
+            masked = masked.replace(value, "***")
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_FILTER = RedactingFilter()
+_installed: set[str] = set()
+
+
+def redact_in_logs(values: Iterable[str], loggers: Iterable[str] = THIRD_PARTY_LOGGERS) -> None:
+    """Mask these secret values (and encodings of them the caller adds) in third-party log records."""
+    _FILTER.add(values)
+    with _FILTER._lock:
+        for name in loggers:
+            if name not in _installed:
+                logging.getLogger(name).addFilter(_FILTER)
+                _installed.add(name)

@@ -1,0 +1,281 @@
+"""http.request against a real local HTTPS server: credentials, URL scope, redirects, SSRF, no leaks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiohttp import web
+
+from cloud_bridge.errors import BridgeError, PermanentError, TransientError
+from cloud_bridge.integrations.base import Job, Outcome
+from cloud_bridge.integrations.http import HttpIntegration, parse_retry_after
+from cloud_bridge.integrations.ssrf import SsrfGuard
+from tests.helpers import free_port
+
+CANARY = "canary-SECRET-5f3a"
+
+
+@dataclass
+class Recorder:
+    """A local HTTPS server that records every request and answers by path."""
+
+    port: int = 0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append(
+            {"method": request.method, "path": request.path_qs, "headers": dict(request.headers), "body": body}
+        )
+        echo = json.dumps({"error": "denied", "you_sent": dict(request.headers), "body": body.decode()})
+        routes: dict[str, web.StreamResponse] = {
+            "/v1/redirect": web.Response(status=302, headers={"Location": "/v1/elsewhere"}),
+            "/v1/busy": web.Response(status=429, headers={"Retry-After": "7"}),
+            "/v1/fail": web.Response(status=503, text=echo),
+            "/v1/denied": web.Response(status=401, text=echo, reason=f"Bad {request.headers.get('Authorization')}"),
+            "/v1/missing": web.Response(status=404, text=echo),
+            "/v1/timeout": web.Response(status=408),
+        }
+        return routes.get(
+            request.path, web.json_response({"ok": True}, status=201 if request.method == "POST" else 200)
+        )
+
+
+async def serve(recorder: Recorder, cert: Path, key: Path) -> web.AppRunner:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", recorder.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    recorder.port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", recorder.port, ssl_context=context).start()
+    return runner
+
+
+@pytest.fixture
+async def api(server_cert_files: dict[str, Path]) -> AsyncIterator[Recorder]:
+    recorder = Recorder()
+    runner = await serve(recorder, server_cert_files["cert"], server_cert_files["key"])
+    yield recorder
+    await runner.cleanup()
+
+
+def make_job(payload: dict[str, Any], intent_id: str = "i-1") -> Job:
+    return Job("dev-1", "acme", intent_id, "http.request", payload, 1, {})
+
+
+def config(port: int, ca: Path, **credential: Any) -> dict[str, Any]:
+    crm = {"base_urls": [f"https://127.0.0.1:{port}/v1/"], "methods": ["GET", "POST"], "token_env": "CRM_TOKEN"}
+    crm.update(credential)
+    return {"allow_private_hosts": ["127.0.0.1"], "ca_file": str(ca), "credentials": {"crm": crm}}
+
+
+ENV = {"CRM_TOKEN": CANARY, "CRM_PASSWORD": CANARY}
+
+
+@pytest.fixture
+async def http(api: Recorder, server_cert_files: dict[str, Path]) -> AsyncIterator[HttpIntegration]:
+    integration = HttpIntegration.from_config(config(api.port, server_cert_files["ca"]), ENV)
+    yield integration
+    await integration.aclose()
+
+
+async def test_bearer_is_injected_with_idempotency_key_and_json(http: HttpIntegration, api: Recorder) -> None:
+    job = make_job({"credential": "crm", "method": "POST", "path": "/contacts?x=1", "json": {"a": 1}})
+    outcome = await http.execute(job)
+    assert outcome == Outcome("HTTP 201")
+    (seen,) = api.requests
+    assert seen["path"] == "/v1/contacts?x=1"
+    assert seen["headers"]["Authorization"] == f"Bearer {CANARY}"
+    assert seen["headers"]["Idempotency-Key"] == job.idempotency_key
+    assert json.loads(seen["body"]) == {"a": 1}
+    assert CANARY not in repr(outcome)
+
+
+@pytest.mark.parametrize(
+    ("credential", "header", "value"),
+    [
+        ({"auth": "basic", "username": "svc", "password_env": "CRM_PASSWORD", "token_env": None}, "Authorization",
+         "Basic c3ZjOmNhbmFyeS1TRUNSRVQtNWYzYQ=="),
+        ({"auth": "header", "header": "X-Api-Key"}, "X-Api-Key", CANARY),
+    ],
+)  # fmt: skip
+async def test_basic_and_named_header_auth(
+    api: Recorder, server_cert_files: dict[str, Path], credential: dict[str, Any], header: str, value: str
+) -> None:
+    section = config(api.port, server_cert_files["ca"], **credential)
+    section["credentials"]["crm"] = {k: v for k, v in section["credentials"]["crm"].items() if v is not None}
+    integration = HttpIntegration.from_config(section, ENV)
+    try:
+        await integration.execute(make_job({"credential": "crm", "method": "GET", "path": "/x", "body": "raw"}))
+    finally:
+        await integration.aclose()
+    assert api.requests[0]["headers"][header] == value
+    assert api.requests[0]["body"] == b"GET"[:0] + b"raw"
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"path": "/../admin"},
+        {"path": "/%2e%2e/admin"},
+        {"path": "/a/%2E%2E/%2e%2e/admin"},
+        {"path": "/a%2f..%2fadmin"},
+        {"path": "/a\\..\\admin"},
+        {"url": "https://127.0.0.1:{port}/admin"},
+        {"url": "https://127.0.0.1:{port}/v1x/"},
+        {"url": "https://127.0.0.1:{port}/v1"},
+        {"url": "https://user:pw@127.0.0.1:{port}/v1/x"},
+        {"url": "https://127.0.0.1:{port}@evil.example/v1/x"},
+        {"url": "http://127.0.0.1:{port}/v1/x"},
+        {"url": "https://127.0.0.1:1/v1/x"},
+        {"url": "https://localhost:{port}/v1/x"},
+        {"url": "https://127.0.0.1:{port}/v1/x#frag"},
+        {"url": "https://127.0.0.1:{port}/v1/x y"},
+    ],
+)
+async def test_urls_outside_the_base_are_refused_before_any_request(
+    http: HttpIntegration, api: Recorder, where: dict[str, str]
+) -> None:
+    payload = {"credential": "crm", "method": "GET", **{k: v.format(port=api.port) for k, v in where.items()}}
+    with pytest.raises(PermanentError) as info:
+        await http.execute(make_job(payload))
+    assert info.value.code == "policy_url"
+    assert api.requests == []
+
+
+async def test_full_url_under_the_base_is_allowed(http: HttpIntegration, api: Recorder) -> None:
+    url = f"https://127.0.0.1:{api.port}/v1/deep/er?q=1"
+    assert await http.execute(make_job({"credential": "crm", "method": "GET", "url": url})) == Outcome("HTTP 200")
+    assert api.requests[0]["path"] == "/v1/deep/er?q=1"
+
+
+async def test_method_unknown_credential_and_reserved_headers(http: HttpIntegration, api: Recorder) -> None:
+    get = {"credential": "crm", "method": "GET", "path": "/x"}
+    cases = [
+        ({**get, "method": "DELETE"}, "policy_method"),
+        ({**get, "credential": "billing"}, "policy_credential"),
+        ({**get, "headers": {"authorization": "x"}}, "http_header_forbidden"),
+        ({**get, "headers": {"Host": "evil"}}, "http_header_forbidden"),
+    ]
+    for payload, code in cases:
+        with pytest.raises(PermanentError) as info:
+            await http.execute(make_job(payload))
+        assert info.value.code == code
+    assert api.requests == []
+
+
+async def test_redirect_is_never_followed(http: HttpIntegration, api: Recorder) -> None:
+    with pytest.raises(PermanentError) as info:
+        await http.execute(make_job({"credential": "crm", "method": "GET", "path": "/redirect"}))
+    assert info.value.code == "http_redirect"
+    assert [r["path"] for r in api.requests] == ["/v1/redirect"]
+
+
+@pytest.mark.parametrize(
+    ("path", "error", "code", "retry_after"),
+    [
+        ("/busy", TransientError, "http_429", 7.0),
+        ("/fail", TransientError, "http_503", None),
+        ("/timeout", TransientError, "http_408", None),
+        ("/missing", PermanentError, "http_404", None),
+        ("/denied", PermanentError, "http_401", None),
+    ],
+)
+async def test_status_mapping(
+    http: HttpIntegration, path: str, error: type[Exception], code: str, retry_after: float | None
+) -> None:
+    with pytest.raises(error) as info:
+        await http.execute(make_job({"credential": "crm", "method": "GET", "path": path}))
+    assert getattr(info.value, "code", None) == code
+    assert getattr(info.value, "retry_after", None) == retry_after
+
+
+async def test_canary_never_leaks_when_provider_echoes_headers(
+    http: HttpIntegration, api: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    for path in ("/denied", "/fail", "/missing"):
+        with pytest.raises(BridgeError) as info:
+            await http.execute(make_job({"credential": "crm", "method": "POST", "path": path, "json": {"n": 1}}))
+        texts += [str(info.value), repr(info.value), info.value.detail, repr(info.value.__dict__)]
+        texts.append(repr(info.value.__cause__) + repr(info.value.__context__))
+    outcome = await http.execute(make_job({"credential": "crm", "method": "GET", "path": "/ok"}))
+    texts += [repr(outcome), repr(http.__dict__), caplog.text]
+    # The server did receive the secret, and echoed it in its reason phrase and bodies.
+    assert all(CANARY in r["headers"]["Authorization"] for r in api.requests)
+    for text in texts:
+        assert CANARY not in text
+        assert "Y2FuYXJ5" not in text  # base64 of the canary's start
+
+
+async def test_ssrf_guard_refuses_loopback_without_exemption(api: Recorder, server_cert_files: dict[str, Path]) -> None:
+    section = config(api.port, server_cert_files["ca"])
+    section["allow_private_hosts"] = []
+    section["credentials"]["crm"]["base_urls"].append(f"https://localhost:{api.port}/v1/")
+    integration = HttpIntegration.from_config(section, ENV)
+    try:
+        for url in (f"https://127.0.0.1:{api.port}/v1/x", f"https://localhost:{api.port}/v1/x"):
+            with pytest.raises(PermanentError) as info:
+                await integration.execute(make_job({"credential": "crm", "method": "GET", "url": url}))
+            assert info.value.code == "ssrf_blocked"
+    finally:
+        await integration.aclose()
+    assert api.requests == []
+
+
+async def test_connects_to_the_checked_address_with_original_host_and_sni(
+    ca: trustme.CA, server_cert_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The name is resolved once by the guard; TLS is verified for the name, not the IP."""
+    cert = ca.issue_cert("api.test")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    recorder = Recorder()
+    runner = await serve(recorder, tmp_path / "cert.pem", tmp_path / "key.pem")
+    lookups: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return ["127.0.0.1"]
+
+    section = config(recorder.port, server_cert_files["ca"])
+    section["credentials"]["crm"]["base_urls"] = [f"https://api.test:{recorder.port}/v1/"]
+    integration = HttpIntegration.from_config(section, ENV, guard=SsrfGuard(["127.0.0.1"], resolver=resolver))
+    try:
+        await integration.execute(make_job({"credential": "crm", "method": "GET", "path": "/x"}))
+    finally:
+        await integration.aclose()
+        await runner.cleanup()
+    assert lookups == ["api.test"]
+    assert recorder.requests[0]["headers"]["Host"] == f"api.test:{recorder.port}"
+
+
+async def test_tls_is_verified(api: Recorder, server_cert_files: dict[str, Path]) -> None:
+    section = config(api.port, server_cert_files["ca"])
+    del section["ca_file"]  # system roots do not know the test CA
+    integration = HttpIntegration.from_config(section, ENV)
+    try:
+        with pytest.raises(TransientError) as info:
+            await integration.execute(make_job({"credential": "crm", "method": "GET", "path": "/x"}))
+    finally:
+        await integration.aclose()
+    assert info.value.code == "http_connection"
+    assert api.requests == []
+
+
+def test_retry_after_forms() -> None:
+    assert parse_retry_after("120", 0.0) == 120.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470.0) == 10.0
+    assert parse_retry_after("soon", 0.0) is None
+    assert parse_retry_after(None, 0.0) is None

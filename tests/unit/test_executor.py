@@ -1,0 +1,308 @@
+"""Executor over a real SqliteLedger with in-process fake integrations, a fake clock and fixed jitter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from cloud_bridge.audit import AuditEvent
+from cloud_bridge.errors import PermanentError, TransientError
+from cloud_bridge.executor import Executor, retry_delay
+from cloud_bridge.integrations.base import Job, Outcome
+from cloud_bridge.ledger import EntryState
+from cloud_bridge.ledger_sqlite import SqliteLedger
+from cloud_bridge.policy import Decision, DeviceRef
+from intent_contract.backoff import compute_backoff
+from intent_contract.codec import Ack, AckState, Envelope
+
+NOW = 1_800_000_000.0
+DEV = DeviceRef("dev-1", "acme", "boiler-7")
+SECRET = "sk_live_SECRET123"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = NOW
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeIntegration:
+    """Records jobs; each call pops the next scripted result for its intent id (default: delivered)."""
+
+    def __init__(self, kind: str = "email.send", concurrency: int = 4) -> None:
+        self.kind = kind
+        self.concurrency = concurrency
+        self.jobs: list[Job] = []
+        self.script: dict[str, list[BaseException | Outcome]] = {}
+        self.gate: asyncio.Event | None = None
+        self.active = 0
+        self.max_active = 0
+
+    async def execute(self, job: Job) -> Outcome:
+        self.jobs.append(job)
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            steps = self.script.get(job.intent_id)
+            result = steps.pop(0) if steps else Outcome("250 queued as 42")
+            if isinstance(result, BaseException):
+                raise result
+            return result
+        finally:
+            self.active -= 1
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Finals:
+    def __init__(self) -> None:
+        self.acks: list[tuple[str, Ack]] = []
+
+    async def __call__(self, device_id: str, ack: Ack) -> None:
+        self.acks.append((device_id, ack))
+
+    def states(self) -> dict[str, tuple[AckState, str]]:
+        return {ack.id: (ack.state, ack.code) for _, ack in self.acks}
+
+
+def allow(_: Envelope) -> Decision:
+    return Decision(True, overrides={"from": "alerts@acme.example"})
+
+
+def env(ident: str, *, kind: str = "email.send", expires: int | None = None) -> Envelope:
+    return Envelope(ident, "hvac-ui", kind, int(NOW * 1000), expires, 1, {"to": "ops@example.com", "text": "hot"})
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def ledger(tmp_path: Path) -> AsyncIterator[SqliteLedger]:
+    store = SqliteLedger(tmp_path / "ledger.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+def make(
+    ledger: SqliteLedger, *integrations: FakeIntegration, clock: Clock, finals: Finals, **options: float
+) -> Executor:
+    return Executor(
+        ledger,
+        {i.kind: i for i in integrations},
+        on_final=finals,
+        now=clock,
+        rand=lambda: 0.5,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def test_delivers_and_reports_each_result(ledger: SqliteLedger) -> None:
+    smtp, clock, finals = FakeIntegration(), Clock(), Finals()
+    await ledger.admit(DEV, [env("a"), env("b")], allow, NOW)
+    assert await make(ledger, smtp, clock=clock, finals=finals).run_due() == 2
+    assert finals.states() == {"a": (AckState.DELIVERED, ""), "b": (AckState.DELIVERED, "")}
+    assert {d for d, _ in finals.acks} == {"dev-1"}
+    job = smtp.jobs[0]
+    assert (job.device_id, job.tenant, job.kind, job.attempt) == ("dev-1", "acme", "email.send", 1)
+    assert job.overrides == {"from": "alerts@acme.example"}
+    assert job.payload["to"] == "ops@example.com"
+    assert job.idempotency_key == "dev-1:a:1"
+    records = await ledger.audit(DEV.device_id)
+    assert [(r.event, r.integration, r.detail) for r in records][-1] == (
+        AuditEvent.DELIVER,
+        "email.send",
+        "250 queued as 42",
+    )
+    assert await ledger.unconfirmed(DEV.device_id) == [ack for _, ack in finals.acks]
+
+
+async def test_transient_errors_are_retried_with_backoff(ledger: SqliteLedger) -> None:
+    smtp, clock, finals = FakeIntegration(), Clock(), Finals()
+    smtp.script["a"] = [TransientError("421 busy", code="smtp_421")]
+    executor = make(ledger, smtp, clock=clock, finals=finals, retry_base=2.0, retry_cap=300.0)
+    await ledger.admit(DEV, [env("a")], allow, NOW)
+    assert await executor.run_due() == 1
+    assert finals.acks == []
+    due = NOW + compute_backoff(1, base=2.0, cap=300.0, jitter=0.5)
+    assert await ledger.next_due(["email.send"]) == due
+    assert await executor.run_due() == 0
+    clock.t = due
+    assert await executor.run_due() == 1
+    assert finals.states() == {"a": (AckState.DELIVERED, "")}
+    events = [(r.event, r.code) for r in await ledger.audit()]
+    assert events == [(AuditEvent.ACCEPT, ""), (AuditEvent.RETRY, "smtp_421"), (AuditEvent.DELIVER, "")]
+    assert [j.idempotency_key for j in smtp.jobs] == ["dev-1:a:1", "dev-1:a:1"]
+
+
+async def test_retry_after_wins_when_longer(ledger: SqliteLedger) -> None:
+    smtp, clock, finals = FakeIntegration(), Clock(), Finals()
+    smtp.script["a"] = [TransientError("429", code="http_429", retry_after=120.0)]
+    await ledger.admit(DEV, [env("a")], allow, NOW)
+    await make(ledger, smtp, clock=clock, finals=finals).run_due()
+    assert await ledger.next_due(["email.send"]) == NOW + 120.0
+
+
+async def test_gives_up_after_max_attempts(ledger: SqliteLedger) -> None:
+    smtp, clock, finals = FakeIntegration(), Clock(), Finals()
+    smtp.script["a"] = [TransientError("421 busy", code="smtp_421") for _ in range(10)]
+    executor = Executor(ledger, {"email.send": smtp}, on_final=finals, now=clock, rand=lambda: 0.0, max_attempts=3)
+    await ledger.admit(DEV, [env("a")], allow, NOW)
+    assert await executor.run_due() == 3
+    [(_, ack)] = finals.acks
+    assert (ack.state, ack.code) == (AckState.FAILED, "smtp_421")
+    assert "gave up after 3 tries" in ack.detail
+    assert len(smtp.jobs) == 3
+
+
+async def test_permanent_errors_fail_at_once(ledger: SqliteLedger) -> None:
+    smtp, clock, finals = FakeIntegration(), Clock(), Finals()
+    smtp.script["a"] = [PermanentError("550 no such user", code="smtp_550")]
+    await ledger.admit(DEV, [env("a")], allow, NOW)
+    assert await make(ledger, smtp, clock=clock, finals=finals).run_due() == 1
+    [(_, ack)] = finals.acks
+    assert (ack.state, ack.code, ack.detail) == (AckState.FAILED, "smtp_550", "550 no such user")
+
+
+async def test_foreign_exceptions_retry_and_log_no_secret(
+    ledger: SqliteLedger, caplog: pytest.LogCaptureFixture
+) -> None:
+    smtp, clock, finals = FakeIntegration(), Clock(), Finals()
+    smtp.script["a"] = [RuntimeError(f"connect https://api.example/?token={SECRET}")]
+    await ledger.admit(DEV, [env("a")], allow, NOW)
+    with caplog.at_level(logging.DEBUG):
+        await make(ledger, smtp, clock=clock, finals=finals).run_due()
+    assert "RuntimeError" in caplog.text
+    assert SECRET not in caplog.text
+    assert "ops@example.com" not in caplog.text
+    [record] = [r for r in await ledger.audit() if r.event is AuditEvent.RETRY]
+    assert record.code == "integration_error"
+    assert SECRET not in record.detail
+    assert finals.acks == []
+
+
+async def test_kind_without_integration_fails(ledger: SqliteLedger) -> None:
+    smtp, clock, finals = FakeIntegration(), Clock(), Finals()
+    await ledger.admit(DEV, [env("s", kind="sms.send")], allow, NOW)
+    assert await make(ledger, smtp, clock=clock, finals=finals).run_due() == 1
+    assert finals.states() == {"s": (AckState.FAILED, "no_integration")}
+    assert smtp.jobs == []
+
+
+async def test_expired_before_run_is_not_executed(ledger: SqliteLedger) -> None:
+    smtp, clock, finals = FakeIntegration(), Clock(), Finals()
+    await ledger.admit(DEV, [env("a", expires=int(NOW * 1000) + 1000)], allow, NOW)
+    clock.t = NOW + 1
+    await make(ledger, smtp, clock=clock, finals=finals).run_due()
+    assert finals.states() == {"a": (AckState.EXPIRED, "expired")}
+    assert smtp.jobs == []
+
+
+async def test_expires_instead_of_waiting_past_its_deadline(ledger: SqliteLedger) -> None:
+    smtp, clock, finals = FakeIntegration(), Clock(), Finals()
+    smtp.script["a"] = [TransientError("429", code="http_429", retry_after=60.0)]
+    await ledger.admit(DEV, [env("a", expires=int(NOW * 1000) + 10_000)], allow, NOW)
+    await make(ledger, smtp, clock=clock, finals=finals).run_due()
+    assert finals.states() == {"a": (AckState.EXPIRED, "expired")}
+
+
+async def test_loop_honours_concurrency_and_wakes(ledger: SqliteLedger) -> None:
+    smtp, clock, finals = FakeIntegration(concurrency=2), Clock(), Finals()
+    smtp.gate = asyncio.Event()
+    executor = make(ledger, smtp, clock=clock, finals=finals, idle_poll=60.0)
+    await executor.start()
+    try:
+        await ledger.admit(DEV, [env(f"i{n}") for n in range(6)], allow, NOW)
+        executor.wake()
+        await eventually(lambda: smtp.active == 2)
+        await asyncio.sleep(0.05)
+        assert executor.in_flight == 2
+        smtp.gate.set()
+        await eventually(lambda: len(finals.acks) == 6)
+        assert smtp.max_active == 2
+        await ledger.admit(DEV, [env("late")], allow, NOW)
+        executor.wake()
+        await eventually(lambda: len(finals.acks) == 7)
+    finally:
+        await executor.stop()
+
+
+async def test_start_resumes_rows_left_running(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    crashed = SqliteLedger(path)
+    await crashed.open()
+    await crashed.admit(DEV, [env("a")], allow, NOW)
+    await crashed.claim(["email.send"], 5, NOW)  # the bridge died during the provider call
+    await crashed.close()
+    ledger = SqliteLedger(path)
+    await ledger.open()
+    smtp, clock, finals = FakeIntegration(), Clock(), Finals()
+    executor = make(ledger, smtp, clock=clock, finals=finals)
+    try:
+        await executor.start()
+        await eventually(lambda: len(finals.acks) == 1)
+        assert finals.states() == {"a": (AckState.DELIVERED, "")}
+        assert [j.idempotency_key for j in smtp.jobs] == ["dev-1:a:1"]
+    finally:
+        await executor.stop()
+        await ledger.close()
+
+
+async def test_stop_cancels_hung_jobs_which_resume_later(ledger: SqliteLedger) -> None:
+    smtp, clock, finals = FakeIntegration(), Clock(), Finals()
+    smtp.gate = asyncio.Event()  # never set: the provider hangs
+    executor = make(ledger, smtp, clock=clock, finals=finals, stop_grace=0.05)
+    await ledger.admit(DEV, [env("a")], allow, NOW)
+    await executor.start()
+    await eventually(lambda: smtp.active == 1)
+    await executor.stop()
+    assert smtp.active == 0
+    assert finals.acks == []
+    assert await ledger.recover(NOW) == 1
+
+
+async def test_a_failing_on_final_does_not_stop_the_executor(ledger: SqliteLedger) -> None:
+    smtp, clock = FakeIntegration(), Clock()
+    seen: list[str] = []
+
+    async def on_final(device_id: str, ack: Ack) -> None:
+        seen.append(ack.id)
+        raise ConnectionError("listener gone")
+
+    await ledger.admit(DEV, [env("a"), env("b")], allow, NOW)
+    executor = Executor(ledger, {"email.send": smtp}, on_final=on_final, now=clock)
+    assert await executor.run_due() == 2
+    assert sorted(seen) == ["a", "b"]
+    assert {a.state for a in await ledger.unconfirmed(DEV.device_id)} == {AckState.DELIVERED}
+
+
+def test_retry_delay_is_backoff_until_max_attempts() -> None:
+    options = {"max_attempts": 4, "base": 1.0, "cap": 10.0}
+    assert retry_delay(1, jitter=1.0, **options) == 1.0  # type: ignore[arg-type]
+    assert retry_delay(3, jitter=0.5, **options) == 2.0  # type: ignore[arg-type]
+    assert retry_delay(3, jitter=0.5, retry_after=7.0, **options) == 7.0  # type: ignore[arg-type]
+    assert retry_delay(3, jitter=1.0, retry_after=1.0, **options) == 4.0  # type: ignore[arg-type]
+    assert retry_delay(4, jitter=0.5, **options) is None  # type: ignore[arg-type]
+
+
+def test_bad_settings_are_refused(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "x.db")
+    with pytest.raises(ValueError, match="max_attempts"):
+        Executor(ledger, {}, on_final=Finals(), max_attempts=0)
+    with pytest.raises(ValueError, match="retry_base"):
+        Executor(ledger, {}, on_final=Finals(), retry_base=10.0, retry_cap=1.0)
+    with pytest.raises(ValueError, match="concurrency"):
+        Executor(ledger, {"email.send": FakeIntegration(concurrency=0)}, on_final=Finals())
+    assert EntryState.RUNNING.ack_state is AckState.ACCEPTED

@@ -117,8 +117,12 @@ class Registry:
     def open(self) -> None:
         """Create the file and tables if needed."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._tx() as db:
-            db.executescript(_SCHEMA)
+        try:
+            with closing(sqlite3.connect(self.path, timeout=10)) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)  # commits by itself
+        except sqlite3.Error as exc:
+            raise BridgeError(f"device registry {self.path}: {exc}", code="registry_error") from exc
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

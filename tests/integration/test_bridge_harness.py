@@ -135,6 +135,8 @@ class DeviceClient:
     connack: Any = None
     disconnected: threading.Event = field(default_factory=threading.Event)
     suback: list[Any] = field(default_factory=list)
+    message_sizes: list[int] = field(default_factory=list)
+    acks_per_message: list[int] = field(default_factory=list)
     _connected: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -164,7 +166,10 @@ class DeviceClient:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.acks.extend(decode_acks(message.payload))
+            acks = decode_acks(message.payload)
+            self.message_sizes.append(len(message.payload))
+            self.acks_per_message.append(len(acks))
+            self.acks.extend(acks)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.disconnected.set()

@@ -240,7 +240,7 @@ class Bridge:
         policy = PolicyEngine.from_config(settings.tenants)
         if self._given_integrations is not None:
             self.integrations = dict(self._given_integrations)
-        else:
+        elif settings.integrations:
             # TEMP: resolved at run time until cloud_bridge.integrations.build_integrations lands.
             build = importlib.import_module("cloud_bridge.integrations").build_integrations
             self.integrations = build(settings.integrations, settings.env)

@@ -1,0 +1,136 @@
+"""The bridge as real processes: `cloud-bridge run`, and `devices revoke` from another process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.helpers import free_port, wait_for_port
+from tests.integration.test_bridge_harness import Harness, counting, harness, until
+
+__all__ = ["counting", "harness"]
+
+CLI = [sys.executable, "-m", "cloud_bridge.cli"]
+
+
+def _cli(*args: str, data_dir: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+async def test_revoke_from_another_process_drops_the_live_session_within_2s(harness: Harness) -> None:
+    creds = await harness.enroll()
+    client = await harness.connect(creds)
+    assert client.accepted
+    result = await asyncio.to_thread(_cli, "devices", "revoke", creds.device_id, data_dir=harness.settings.data_dir)
+    assert result.returncode == 0, result.stderr
+    revoked_at = time.monotonic()
+    await until(client.disconnected.is_set, timeout=5, what="session dropped")
+    assert time.monotonic() - revoked_at < 2.0
+    await client.stop()
+    again = await harness.connect(creds)
+    assert not again.accepted
+    await again.stop()
+
+
+def _https_get(url: str, ca: Path) -> dict[str, str]:
+    context = ssl.create_default_context(cafile=str(ca))
+    with urllib.request.urlopen(url, context=context, timeout=10) as response:
+        data: dict[str, str] = json.loads(response.read())
+    return data
+
+
+def test_cloud_bridge_run_as_a_subprocess(tmp_path: Path, server_cert_files: dict[str, Path]) -> None:
+    mqtt_port, http_port = free_port(), free_port()
+    args = [
+        *CLI,
+        "run",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--listen",
+        f"127.0.0.1:{mqtt_port}",
+        "--http-listen",
+        f"127.0.0.1:{http_port}",
+        "--tls-cert",
+        str(server_cert_files["cert"]),
+        "--tls-key",
+        str(server_cert_files["key"]),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "CLOUD_BRIDGE_DATA_DIR"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_for_port(http_port, timeout=30)
+        wait_for_port(mqtt_port, timeout=30)
+        assert _https_get(f"https://127.0.0.1:{http_port}/healthz", server_cert_files["ca"]) == {"status": "ok"}
+
+        # A second bridge on the same MQTT port fails with one line naming the flag, no traceback.
+        second = subprocess.run(
+            [*args[:4], "--data-dir", str(tmp_path / "other"), *args[6:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode != 0
+        assert "--listen" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "no integration enabled" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_run_without_certificates_is_a_clean_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*CLI, "run", "--data-dir", str(tmp_path), "--listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "--tls-cert" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_http_port_in_use_names_its_flag(tmp_path: Path, server_cert_files: dict[str, Path]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                *CLI,
+                "run",
+                "--data-dir",
+                str(tmp_path),
+                "--listen",
+                f"127.0.0.1:{free_port()}",
+                "--http-listen",
+                f"127.0.0.1:{port}",
+                "--tls-cert",
+                str(server_cert_files["cert"]),
+                "--tls-key",
+                str(server_cert_files["key"]),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode != 0
+    assert "--http-listen" in result.stderr
+    assert "Traceback" not in result.stderr

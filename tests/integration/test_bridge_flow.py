@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import msgpack
 
+from cloud_bridge.service import Bridge
+from cloud_bridge.settings import HostPort
 from intent_contract.codec import encode_batch, encode_confirms
-from tests.integration.test_bridge_harness import CountingIntegration, Harness, counting, email, harness, until
+from tests.helpers import free_port
+from tests.integration.test_bridge_harness import (
+    CountingIntegration,
+    Harness,
+    counting,
+    email,
+    harness,
+    make_settings,
+    until,
+)
 
 __all__ = ["counting", "harness"]
 
@@ -139,3 +152,24 @@ async def test_batches_are_chunked_into_small_ack_messages(harness: Harness) -> 
         assert max(client.message_sizes) < 1 << 20
     finally:
         await client.stop()
+
+
+async def test_websocket_over_tls_listener(
+    tmp_path: Path, server_cert_files: dict[str, Path], counting: CountingIntegration
+) -> None:
+    settings = replace(make_settings(tmp_path, server_cert_files), ws_listen=HostPort("127.0.0.1", free_port()))
+    bridge = Bridge(settings, integrations={"email.send": counting})
+    await bridge.start()
+    h = Harness(bridge, settings, server_cert_files["ca"])
+    try:
+        creds = await h.enroll()
+        client = await h.connect(creds, websocket=True)
+        assert client.accepted
+        client.send([email("ws-1")])
+        await until(lambda: "delivered" in client.states().get("ws-1", []), what="delivered over websocket")
+        await client.stop()
+        refused = await h.connect(creds, password="not-a-token", websocket=True)
+        assert not refused.accepted
+        await refused.stop()
+    finally:
+        await bridge.stop()

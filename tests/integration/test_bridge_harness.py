@@ -131,6 +131,7 @@ class DeviceClient:
     client_id: str | None = None
     username: str | None = None
     subscribe: bool = True
+    websocket: bool = False
     acks: list[Ack] = field(default_factory=list)
     connack: Any = None
     disconnected: threading.Event = field(default_factory=threading.Event)
@@ -146,6 +147,7 @@ class DeviceClient:
             client_id=self.client_id or self.device_id,
             protocol=mqtt.MQTTv311,
             clean_session=True,
+            transport="websockets" if self.websocket else "tcp",
         )
         self.mqtt.tls_set(ca_certs=str(self.harness.ca_file))
         self.mqtt.username_pw_set(self.username or self.device_id, self.password)
@@ -176,7 +178,8 @@ class DeviceClient:
         self._connected.set()
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.mqtt.connect, "127.0.0.1", self.harness.mqtt_port, 30)
+        port = self.harness.settings.ws_listen.port if self.websocket and self.harness.settings.ws_listen else None
+        await asyncio.to_thread(self.mqtt.connect, "127.0.0.1", port or self.harness.mqtt_port, 30)
         self.mqtt.loop_start()
         await until(self._connected.is_set, what="connack or disconnect")
 

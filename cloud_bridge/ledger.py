@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from cloud_bridge.audit import AuditRecord
+from cloud_bridge.audit import AuditEvent, AuditRecord
 from intent_contract.codec import Ack, AckState, Envelope
 from intent_contract.names import is_name
 
@@ -44,6 +44,14 @@ class EntryState(StrEnum):
 FINAL_STATES: tuple[EntryState, ...] = tuple(s for s in EntryState if s.final)
 # A row in one of these states runs again when an envelope arrives with a higher attempt.
 READMITTABLE: tuple[EntryState, ...] = (EntryState.FAILED, EntryState.EXPIRED)
+# The audit event written when a row enters each state (running is not audited).
+AUDIT_EVENTS: Mapping[EntryState, AuditEvent] = {
+    EntryState.QUEUED: AuditEvent.ACCEPT,
+    EntryState.DELIVERED: AuditEvent.DELIVER,
+    EntryState.FAILED: AuditEvent.FAIL,
+    EntryState.EXPIRED: AuditEvent.EXPIRE,
+    EntryState.REJECTED: AuditEvent.REJECT,
+}
 
 
 class DeviceLike(Protocol):
@@ -124,6 +132,26 @@ class LedgerEntry:
             at=int(self.updated * 1000),
             app=self.app,
         )
+
+
+def is_duplicate(state: EntryState, attempt: int, new_attempt: int) -> bool:
+    """True when an envelope for an existing row is a duplicate: acked again, never decided or run."""
+    return not (state in READMITTABLE and new_attempt > attempt)
+
+
+def admission(
+    env: Envelope, decide: Callable[[Envelope], DecisionLike], now: float
+) -> tuple[EntryState, str, str, dict[str, Any]]:
+    """(state, code, detail, overrides) for an envelope that is not a duplicate; pure but for `decide`.
+
+    Already expired: `expired`, and `decide` is not called (it would spend a rate token).
+    """
+    if env.expires is not None and env.expires <= now * 1000:
+        return EntryState.EXPIRED, "expired", "expired before it reached the bridge", {}
+    decision = decide(env)
+    if decision.allowed:
+        return EntryState.QUEUED, "", "", dict(decision.overrides)
+    return EntryState.REJECTED, decision.code or "policy", clip_detail(decision.detail), {}
 
 
 class Ledger(Protocol):

@@ -27,12 +27,14 @@ import msgpack
 from cloud_bridge.audit import AuditEvent, AuditQuery, AuditRecord
 from cloud_bridge.errors import TransientError
 from cloud_bridge.ledger import (
-    READMITTABLE,
+    AUDIT_EVENTS,
     DecisionLike,
     DeviceLike,
     EntryState,
     LedgerEntry,
+    admission,
     clip_detail,
+    is_duplicate,
 )
 from intent_contract.codec import Ack, AckState, Envelope
 
@@ -40,12 +42,6 @@ logger = logging.getLogger(__name__)
 
 _MAX_BATCH = 1000  # operations per transaction; bounds how long one commit holds callers
 _LIVE = "('queued', 'running')"
-_FINAL_EVENTS = {
-    EntryState.DELIVERED: AuditEvent.DELIVER,
-    EntryState.FAILED: AuditEvent.FAIL,
-    EntryState.EXPIRED: AuditEvent.EXPIRE,
-    EntryState.REJECTED: AuditEvent.REJECT,
-}
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS intents (
@@ -168,18 +164,6 @@ _UPSERT = (
 )
 
 
-def _verdict(
-    env: Envelope, decide: Callable[[Envelope], DecisionLike], now: float
-) -> tuple[EntryState, str, str, dict[str, Any]]:
-    """(state, code, detail, overrides) for an envelope that is not a duplicate."""
-    if env.expires is not None and env.expires <= now * 1000:
-        return EntryState.EXPIRED, "expired", "expired before it reached the bridge", {}
-    decision = decide(env)
-    if decision.allowed:
-        return EntryState.QUEUED, "", "", dict(decision.overrides)
-    return EntryState.REJECTED, decision.code or "policy", clip_detail(decision.detail), {}
-
-
 def _admit(
     conn: sqlite3.Connection,
     device: DeviceLike,
@@ -194,16 +178,16 @@ def _admit(
             " WHERE device_id = ? AND intent_id = ?",
             (device.device_id, env.id),
         ).fetchone()
-        if row is not None and not (EntryState(row["state"]) in READMITTABLE and env.attempt > row["attempt"]):
+        if row is not None and is_duplicate(EntryState(row["state"]), row["attempt"], env.attempt):
             acks.append(_row_ack(row))  # a duplicate: acked again, never decided or run again
             continue
-        state, code, detail, overrides = _verdict(env, decide, now)
+        state, code, detail, overrides = admission(env, decide, now)
         conn.execute(
             _UPSERT,
             (device.device_id, env.id, device.tenant, env.app, env.kind, _pack(env.payload), env.attempt,
              env.priority, env.created, env.expires, str(state), code, detail, now, _pack(overrides), now),
         )  # fmt: skip
-        event = AuditEvent.ACCEPT if state is EntryState.QUEUED else _FINAL_EVENTS[state]
+        event = AUDIT_EVENTS[state]
         _audit_row(conn, now, (device.device_id, device.tenant, env.id, env.kind), event, code=code, detail=detail)
         acks.append(Ack(env.id, state.ack_state, code, detail, int(now * 1000), env.app))
     return acks
@@ -458,8 +442,7 @@ class SqliteLedger:
                     "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?", (entry.device_id, entry.intent_id)
                 ).fetchone()
                 return _row_ack(row) if row is not None else entry.ack()
-            event = _FINAL_EVENTS[state]
-            _audit_row(conn, now, _who(entry), event, integration=integration, code=code, detail=detail)
+            _audit_row(conn, now, _who(entry), AUDIT_EVENTS[state], integration=integration, code=code, detail=detail)
             return Ack(entry.intent_id, AckState(str(state)), code, detail, int(now * 1000), entry.app)
 
         ack: Ack = await self._call(run)

@@ -11,7 +11,7 @@ import pytest
 
 from cloud_bridge.audit import AuditEvent
 from cloud_bridge.errors import TransientError
-from cloud_bridge.ledger import EntryState, LedgerEntry
+from cloud_bridge.ledger import EntryState, LedgerEntry, admission, is_duplicate
 from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.policy import Decision, DeviceRef
 from intent_contract.codec import AckState, Envelope
@@ -315,3 +315,17 @@ async def test_calls_need_an_open_ledger_and_open_errors_are_bridge_errors(tmp_p
         await store.open()
     await store.close()
     await store.close()
+
+
+def test_duplicate_rule_and_admission_are_pure() -> None:
+    assert is_duplicate(EntryState.QUEUED, 1, 2)
+    assert is_duplicate(EntryState.DELIVERED, 1, 9)
+    assert is_duplicate(EntryState.REJECTED, 1, 2)
+    assert is_duplicate(EntryState.FAILED, 2, 2)
+    assert not is_duplicate(EntryState.FAILED, 1, 2)
+    assert not is_duplicate(EntryState.EXPIRED, 1, 2)
+    decide = Decider({"from": "x@acme.example"})
+    assert admission(env("a", expires=int(NOW * 1000)), decide, NOW)[:2] == (EntryState.EXPIRED, "expired")
+    assert decide.calls == []
+    assert admission(env("a"), decide, NOW) == (EntryState.QUEUED, "", "", {"from": "x@acme.example"})
+    assert admission(env("bad"), decide, NOW)[:2] == (EntryState.REJECTED, "policy_recipient")

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -67,6 +67,7 @@ CREATE INDEX IF NOT EXISTS audit_device ON audit (device_id, at);
 """
 
 _Fn = Callable[[sqlite3.Connection], Any]
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -296,11 +297,11 @@ class SqliteLedger:
         for op, value, error in results:
             op.resolve(value, error)
 
-    async def _call(self, fn: _Fn, *, writes: bool = True) -> Any:
+    async def _call(self, fn: Callable[[sqlite3.Connection], T], *, writes: bool = True) -> T:
         if self._thread is None:
             raise RuntimeError("ledger is not open")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Op(fn, future, loop, writes))
         return await future
 
@@ -315,8 +316,7 @@ class SqliteLedger:
     ) -> list[Ack]:
         """Record a batch in one durable transaction; see `Ledger.admit`. `decide` runs on the writer thread."""
         envs = list(envelopes)
-        acks: list[Ack] = await self._call(lambda c: _admit(c, device, envs, decide, now))
-        return acks
+        return await self._call(lambda c: _admit(c, device, envs, decide, now))
 
     async def unconfirmed(self, device_id: str) -> list[Ack]:
         """Final results the edge has not confirmed yet, oldest first."""
@@ -329,8 +329,7 @@ class SqliteLedger:
             ).fetchall()
             return [_row_ack(row) for row in rows]
 
-        acks: list[Ack] = await self._call(run, writes=False)
-        return acks
+        return await self._call(run, writes=False)
 
     async def confirm(self, device_id: str, ids: Sequence[str]) -> int:
         """Mark final results as applied by the edge; unknown, live or already confirmed ids are ignored."""
@@ -346,8 +345,7 @@ class SqliteLedger:
 
         if not params:
             return 0
-        changed: int = await self._call(run)
-        return changed
+        return await self._call(run)
 
     async def usage_since(self, since: float) -> dict[tuple[str, str], int]:
         """(device_id, kind) -> intents admitted by policy since `since` (from the audit's accept rows)."""
@@ -359,8 +357,7 @@ class SqliteLedger:
             ).fetchall()
             return {(row["device_id"], row["kind"]): row["n"] for row in rows}
 
-        usage: dict[tuple[str, str], int] = await self._call(run, writes=False)
-        return usage
+        return await self._call(run, writes=False)
 
     # -- execution --------------------------------------------------------------------------------
 
@@ -402,8 +399,7 @@ class SqliteLedger:
             )
             return [replace(_entry(row), state=EntryState.RUNNING, tries=row["tries"] + 1, updated=now) for row in rows]
 
-        entries: list[LedgerEntry] = await self._call(run)
-        return entries
+        return await self._call(run)
 
     async def next_due(self, kinds: Collection[str]) -> float | None:
         """When the earliest queued row of `kinds` becomes due, or None when none is queued."""
@@ -419,8 +415,7 @@ class SqliteLedger:
             due: float | None = row["due"]
             return due
 
-        due: float | None = await self._call(run, writes=False)
-        return due
+        return await self._call(run, writes=False)
 
     async def finish(
         self, entry: LedgerEntry, state: EntryState, code: str, detail: str, now: float, integration: str
@@ -445,8 +440,7 @@ class SqliteLedger:
             _audit_row(conn, now, _who(entry), AUDIT_EVENTS[state], integration=integration, code=code, detail=detail)
             return Ack(entry.intent_id, AckState(str(state)), code, detail, int(now * 1000), entry.app)
 
-        ack: Ack = await self._call(run)
-        return ack
+        return await self._call(run)
 
     async def reschedule(self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float) -> None:
         """Put a running row back in the queue, due at `next_run`, and audit the retry."""
@@ -486,8 +480,7 @@ class SqliteLedger:
             ).fetchall()
             return [_audit_record(row) for row in rows]
 
-        records: list[AuditRecord] = await self._call(run, writes=False)
-        return records
+        return await self._call(run, writes=False)
 
     async def purge(self, older_than: float) -> int:
         """Delete final rows the edge confirmed whose last change is before `older_than`."""
@@ -498,8 +491,7 @@ class SqliteLedger:
             )
             return cursor.rowcount
 
-        count: int = await self._call(run)
-        return count
+        return await self._call(run)
 
 
 def _convert(exc: Exception) -> Exception:

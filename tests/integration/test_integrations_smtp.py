@@ -1,0 +1,233 @@
+"""email.send against a real aiosmtpd server: plain, STARTTLS and implicit TLS with trustme, AUTH, errors."""
+
+from __future__ import annotations
+
+import email
+import logging
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from cloud_bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
+from cloud_bridge.integrations.base import Job
+from cloud_bridge.integrations.smtp import SmtpIntegration, message_id
+from tests.helpers import free_port, wait_until
+
+CANARY = "canary-SECRET-5f3a"
+ENV = {"SMTP_PASSWORD": CANARY}
+
+
+@dataclass
+class Sink:
+    """Records messages; refuses some recipients by their local part."""
+
+    messages: list[tuple[str, list[str], Message]] = field(default_factory=list)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if address.startswith("bounce@"):
+            return "550 5.1.1 no such user"
+        if address.startswith("later@"):
+            return "451 4.3.0 try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), email.message_from_bytes(envelope.content)))
+        return "250 2.0.0 queued as ABC123"
+
+
+def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+    if isinstance(data, LoginPassword) and data.login == b"apikey" and data.password == CANARY.encode():
+        return AuthResult(success=True)
+    # A careless server that echoes what it was given.
+    return AuthResult(success=False, handled=False, message=f"535 5.7.8 bad credentials {data!r}")
+
+
+class TrackingController(Controller):  # type: ignore[misc]
+    """Counts open server connections so teardown can wait for clients to finish before stopping.
+
+    Stopping the server thread's loop while it still holds a connection would leave that socket
+    unclosed (a ResourceWarning, which is an error here).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_connections: set[int] = set()
+
+    def factory(self) -> Any:
+        server = super().factory()
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(transport: Any) -> None:
+            self.open_connections.add(id(server))  # STARTTLS calls this a second time
+            made(transport)
+
+        def connection_lost(exc: Exception | None) -> None:
+            self.open_connections.discard(id(server))
+            lost(exc)
+
+        server.connection_made, server.connection_lost = connection_made, connection_lost
+        return server
+
+    def stop(self, no_assert: bool = False) -> None:
+        wait_until(lambda: not self.open_connections, timeout=10, what="SMTP clients disconnected")
+        super().stop(no_assert)
+
+
+@dataclass
+class Server:
+    sink: Sink
+    port: int
+
+
+def start(server_cert_files: dict[str, Path] | None, mode: str, **kwargs: Any) -> tuple[TrackingController, Server]:
+    sink, port = Sink(), free_port()
+    if server_cert_files is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(server_cert_files["cert"]), str(server_cert_files["key"]))
+        kwargs["tls_context" if mode == "starttls" else "ssl_context"] = context
+    controller = TrackingController(sink, hostname="127.0.0.1", port=port, server_hostname="127.0.0.1", **kwargs)
+    controller.start()
+    return controller, Server(sink, port)
+
+
+@pytest.fixture
+def plain() -> Iterator[Server]:
+    controller, server = start(None, "none")
+    yield server
+    controller.stop()
+
+
+@pytest.fixture
+def starttls_auth(server_cert_files: dict[str, Path]) -> Iterator[Server]:
+    controller, server = start(
+        server_cert_files, "starttls", require_starttls=True, auth_required=True, authenticator=authenticator
+    )
+    yield server
+    controller.stop()
+
+
+def job(payload: dict[str, Any], sender: str = "alerts@acme.example", intent_id: str = "i-1") -> Job:
+    return Job("dev-1", "acme", intent_id, "email.send", payload, 1, {"from": sender})
+
+
+MAIL = {"to": ["ops@example.com"], "cc": "boss@example.com", "bcc": ["audit@example.com"], "subject": "Alarm",
+        "text": "Boiler 3 hot", "html": "<b>Boiler 3 hot</b>", "reply_to": "desk@example.com"}  # fmt: skip
+
+
+async def test_plain_delivery_with_stable_message_id(plain: Server) -> None:
+    smtp = SmtpIntegration.from_config({"host": "127.0.0.1", "port": plain.port, "security": "none"}, {})
+    first = job(MAIL)
+    outcome = await smtp.execute(first)
+    await smtp.execute(first)  # a resend of the same attempt
+    assert "queued as ABC123" in outcome.detail
+    (sender, rcpts, msg), (_, _, again) = plain.sink.messages
+    assert sender == "alerts@acme.example"
+    assert rcpts == ["ops@example.com", "boss@example.com", "audit@example.com"]
+    assert msg["From"] == "alerts@acme.example"
+    assert msg["Bcc"] is None
+    assert msg["Reply-To"] == "desk@example.com"
+    assert msg["Message-ID"] == again["Message-ID"] == message_id(first.idempotency_key)
+    assert msg.is_multipart()
+    other = job(MAIL, intent_id="i-2")
+    await smtp.execute(other)
+    assert plain.sink.messages[2][2]["Message-ID"] != msg["Message-ID"]
+
+
+async def test_starttls_with_auth(starttls_auth: Server, server_cert_files: dict[str, Path]) -> None:
+    section = {"host": "127.0.0.1", "port": starttls_auth.port, "security": "starttls", "username": "apikey",
+               "password_env": "SMTP_PASSWORD", "ca_file": str(server_cert_files["ca"])}  # fmt: skip
+    smtp = SmtpIntegration.from_config(section, ENV)
+    await smtp.execute(job({"to": "ops@example.com", "subject": "s", "text": "t"}))
+    assert len(starttls_auth.sink.messages) == 1
+
+
+async def test_implicit_tls(server_cert_files: dict[str, Path]) -> None:
+    controller, server = start(server_cert_files, "tls")
+    try:
+        section = {"host": "127.0.0.1", "port": server.port, "security": "tls", "ca_file": str(server_cert_files["ca"])}
+        await SmtpIntegration.from_config(section, {}).execute(
+            job({"to": "a@example.com", "subject": "s", "html": "h"})
+        )
+    finally:
+        controller.stop()
+    assert server.sink.messages[0][2].get_content_type() == "text/html"
+
+
+async def test_untrusted_certificate_is_refused(starttls_auth: Server) -> None:
+    section = {"host": "127.0.0.1", "port": starttls_auth.port, "username": "apikey", "password_env": "SMTP_PASSWORD"}
+    with pytest.raises(TransientError) as info:
+        await SmtpIntegration.from_config(section, ENV).execute(job(MAIL))
+    assert info.value.code == "smtp_connection"
+    assert starttls_auth.sink.messages == []
+
+
+async def test_wrong_password_is_permanent_and_never_echoed(
+    starttls_auth: Server, server_cert_files: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    section = {"host": "127.0.0.1", "port": starttls_auth.port, "username": "apikey",
+               "password_env": "SMTP_PASSWORD", "ca_file": str(server_cert_files["ca"])}  # fmt: skip
+    smtp = SmtpIntegration.from_config(section, {"SMTP_PASSWORD": CANARY + "-wrong"})
+    with pytest.raises(PermanentError) as info:
+        await smtp.execute(job(MAIL))
+    assert info.value.code == "smtp_535"
+    good = SmtpIntegration.from_config(section, ENV)
+    outcome = await good.execute(job(MAIL))
+    for text in (str(info.value), repr(info.value), info.value.detail, repr(outcome), repr(smtp.__dict__), caplog.text):
+        assert CANARY not in text
+
+
+async def test_refusals(plain: Server) -> None:
+    smtp = SmtpIntegration.from_config({"host": "127.0.0.1", "port": plain.port, "security": "none"}, {})
+    with pytest.raises(PermanentError) as permanent:
+        await smtp.execute(job({"to": "bounce@example.com", "subject": "s", "text": "t"}))
+    assert permanent.value.code == "smtp_550"
+    with pytest.raises(TransientError) as transient:
+        await smtp.execute(job({"to": "later@example.com", "subject": "s", "text": "t"}))
+    assert transient.value.code == "smtp_451"
+    partly = await smtp.execute(job({"to": ["ops@example.com", "bounce@example.com"], "subject": "s", "text": "t"}))
+    assert "1 recipients refused" in partly.detail
+    assert [m[1] for m in plain.sink.messages] == [["ops@example.com"]]
+
+
+async def test_connection_refused_is_transient() -> None:
+    smtp = SmtpIntegration.from_config({"host": "127.0.0.1", "port": free_port(), "security": "none", "timeout": 5}, {})
+    with pytest.raises(TransientError) as info:
+        await smtp.execute(job(MAIL))
+    assert info.value.code == "smtp_connection"
+
+
+async def test_header_injection_and_missing_from_are_permanent(plain: Server) -> None:
+    smtp = SmtpIntegration.from_config({"host": "127.0.0.1", "port": plain.port, "security": "none"}, {})
+    with pytest.raises(PermanentError) as injected:
+        await smtp.execute(job({"to": "ops@example.com", "subject": "hi\r\nBcc: x@evil.com", "text": "t"}))
+    assert injected.value.code == "bad_message"
+    with pytest.raises(BridgeError) as no_from:
+        await smtp.execute(Job("d", "t", "i", "email.send", MAIL, 1, {}))
+    assert no_from.value.code == "policy_from"
+    assert plain.sink.messages == []
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"port": 25},
+        {"host": "h", "security": "ssl"},
+        {"host": "h", "username": "u", "password": CANARY},
+        {"host": "h", "username": "u"},
+        {"host": "h", "port": 0},
+        {"host": "h", "hostname": "typo"},
+    ],
+)
+def test_bad_config(section: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as info:
+        SmtpIntegration.from_config(section, ENV)
+    assert CANARY not in str(info.value)

@@ -87,6 +87,7 @@ THIRD_PARTY_LOGGERS: Final = (
     "httpcore.socks",
     "aiosmtplib",
     "apprise",
+    "urllib3.connectionpool",
 )
 
 

@@ -1,0 +1,133 @@
+"""notify: fan-out to chat and push services through Apprise, one named target per set of URLs.
+
+Apprise URLs carry tokens, so they are secrets: read from the environment or a file, never logged.
+Apprise is blocking (requests), so each notification runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import warnings
+from collections.abc import Mapping
+from functools import cache
+from typing import Any, Final
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import apprise
+
+from cloud_bridge.errors import ConfigError, PermanentError, TransientError
+from cloud_bridge.integrations.base import Job, Outcome
+from cloud_bridge.integrations.http import positive
+from cloud_bridge.secrets import Secret, redact_in_logs, resolve_secret
+from intent_contract.names import is_name
+
+log = logging.getLogger(__name__)
+
+_SEPARATORS: Final = re.compile(r"[\s,]+")
+
+
+def _secret_parts(url: str) -> list[str]:
+    """The pieces of an Apprise URL that may be tokens, for log redaction."""
+    parts = [url]
+    try:
+        split = urlsplit(url)
+    except ValueError:
+        return parts
+    if split.password:
+        parts += [split.password, unquote(split.password)]
+        userinfo = f"{unquote(split.username or '')}:{unquote(split.password)}"
+        parts.append(base64.b64encode(userinfo.encode()).decode())
+    if split.hostname and "." not in split.hostname:
+        parts.append(split.hostname)  # e.g. tgram://{bot_token}/...: the "host" is a token
+    parts += [unquote(s) for s in split.path.split("/") if s]
+    parts += [v for _, v in parse_qsl(split.query)]
+    return parts
+
+
+@cache
+def _load_plugins() -> None:
+    """Make Apprise import its plugins once, here, rather than on first use in a worker thread.
+
+    Some plugin modules import `imghdr`, which warns on Python 3.11/3.12; the warning is about
+    Apprise's code, so it is silenced for that import only.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*imghdr.*", category=DeprecationWarning)
+        apprise.Apprise(asset=_asset()).add("json://localhost")
+
+
+def _asset() -> apprise.AppriseAsset:
+    # Keep Apprise's persistent store in memory: the bridge writes nothing it did not choose to.
+    return apprise.AppriseAsset(storage_mode=apprise.PersistentStoreMode.MEMORY)
+
+
+class NotifyIntegration:
+    """Sends notify jobs to the Apprise URLs of a named target."""
+
+    kind = "notify"
+
+    def __init__(self, targets: Mapping[str, tuple[Secret, ...]], *, concurrency: int = 2) -> None:
+        _load_plugins()
+        self.concurrency = concurrency
+        self._targets = dict(targets)
+        for urls in self._targets.values():
+            redact_in_logs(part for url in urls for part in _secret_parts(url.reveal()))
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any], env: Mapping[str, str]) -> NotifyIntegration:
+        """Build from `[integrations.notify]`; every URL is checked by Apprise now; raises ConfigError."""
+        unknown = set(section) - {"concurrency", "targets"}
+        if unknown:
+            raise ConfigError(f"integrations.notify: unknown keys {sorted(unknown)}")
+        targets_section = section.get("targets", {})
+        if not isinstance(targets_section, Mapping):
+            raise ConfigError("integrations.notify.targets must be a table")
+        _load_plugins()
+        targets: dict[str, tuple[Secret, ...]] = {}
+        for name, body in targets_section.items():
+            where = f"integrations.notify.targets.{name}"
+            if not is_name(name) or not isinstance(body, Mapping) or set(body) - {"urls", "urls_env", "urls_file"}:
+                raise ConfigError(f"{where}: a valid name with urls_env or urls_file")
+            secret = resolve_secret(body, "urls", env)
+            assert secret is not None
+            urls = [u for u in _SEPARATORS.split(secret.reveal()) if u]
+            checker = apprise.Apprise(asset=_asset())
+            for index, url in enumerate(urls, start=1):
+                if not checker.add(url):
+                    raise ConfigError(f"{where}: URL #{index} is not a valid Apprise URL")
+            if not urls:
+                raise ConfigError(f"{where}: no URLs")
+            targets[name] = tuple(Secret(u) for u in urls)
+        return cls(targets, concurrency=positive(section, "concurrency", 2, "integrations.notify"))
+
+    async def execute(self, job: Job) -> Outcome:
+        """Notify every URL of the target; any failure is retried (Apprise does not say which kind)."""
+        target = job.payload.get("target")
+        urls = self._targets.get(target) if isinstance(target, str) else None
+        if urls is None:
+            raise PermanentError("notify target is not configured at the bridge", code="policy_target")
+        body, title = str(job.payload.get("body", "")), str(job.payload.get("title", ""))
+        if not body:
+            raise PermanentError("notify needs a body", code="bad_message")
+        delivered = await asyncio.to_thread(self._notify, urls, title, body)
+        if not delivered:
+            raise TransientError(f"notify target {target!r}: a service did not accept it", code="notify_failed")
+        log.debug("notify to target %s delivered to %d services", target, len(urls))
+        return Outcome(f"notified {len(urls)} services")
+
+    @staticmethod
+    def _notify(urls: tuple[Secret, ...], title: str, body: str) -> bool:
+        sender = apprise.Apprise(asset=_asset())
+        for url in urls:
+            sender.add(url.reveal())
+        try:
+            return bool(sender.notify(body=body, title=title))
+        except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; its text may hold the URL
+            log.debug("apprise raised %s", exc.__class__.__name__)
+            return False
+
+    async def aclose(self) -> None:
+        """Nothing to close: Apprise opens a connection per notification."""

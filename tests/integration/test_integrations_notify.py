@@ -1,0 +1,114 @@
+"""notify through Apprise's json:// plugin against a local HTTP server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from cloud_bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
+from cloud_bridge.integrations.base import Job, Outcome
+from cloud_bridge.integrations.notify import NotifyIntegration
+from tests.helpers import free_port
+
+CANARY = "canary-SECRET-5f3a"
+
+
+class Hook:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append({"path": request.path, "headers": dict(request.headers), "json": json.loads(body)})
+        if request.path.startswith("/broken"):
+            auth = request.headers.get("Authorization", "")
+            decoded = base64.b64decode(auth.partition(" ")[2] or "").decode(errors="replace")
+            return web.Response(status=500, text=f"bad auth {auth} ({decoded}) path {request.path}")
+        return web.json_response({"ok": True})
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[Hook]:
+    recorder = Hook()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", recorder.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    recorder.port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", recorder.port).start()
+    yield recorder
+    await runner.cleanup()
+
+
+def make(hook: Hook, urls: str) -> NotifyIntegration:
+    env = {"ONCALL_URLS": urls.format(port=hook.port, canary=CANARY)}
+    return NotifyIntegration.from_config({"targets": {"oncall": {"urls_env": "ONCALL_URLS"}}}, env)
+
+
+def job(**payload: Any) -> Job:
+    return Job("dev-1", "acme", "i-1", "notify", {"target": "oncall", "body": "Boiler 3 hot", **payload}, 1, {})
+
+
+async def test_fans_out_to_every_url(hook: Hook) -> None:
+    notify = make(hook, "json://ops:{canary}@127.0.0.1:{port}/a, json://127.0.0.1:{port}/b")
+    outcome = await notify.execute(job(title="Alarm"))
+    assert outcome == Outcome("notified 2 services")
+    assert sorted(r["path"] for r in hook.requests) == ["/a", "/b"]
+    first = next(r for r in hook.requests if r["path"] == "/a")
+    assert first["json"]["title"] == "Alarm"
+    assert first["json"]["message"] == "Boiler 3 hot"
+    assert first["headers"]["Authorization"] == "Basic " + base64.b64encode(f"ops:{CANARY}".encode()).decode()
+
+
+async def test_failure_is_transient_and_never_leaks(hook: Hook, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    notify = make(hook, "json://ops:{canary}@127.0.0.1:{port}/broken/{canary}")
+    with pytest.raises(TransientError) as info:
+        await notify.execute(job())
+    assert info.value.code == "notify_failed"
+    assert len(hook.requests) == 1  # the server did get it, and echoed the secret back
+    basic = base64.b64encode(f"ops:{CANARY}".encode()).decode()
+    for text in (str(info.value), repr(info.value), repr(info.value.__dict__), repr(notify.__dict__), caplog.text):
+        assert CANARY not in text
+        assert basic not in text
+
+
+async def test_unreachable_service_is_transient() -> None:
+    notify = NotifyIntegration.from_config(
+        {"targets": {"oncall": {"urls_env": "U"}}}, {"U": f"json://127.0.0.1:{free_port()}/x?cto=2&rto=2"}
+    )
+    with pytest.raises(TransientError):
+        await notify.execute(job())
+
+
+async def test_unknown_target_is_permanent(hook: Hook) -> None:
+    notify = make(hook, "json://127.0.0.1:{port}/a")
+    with pytest.raises(BridgeError) as info:
+        await notify.execute(job(target="ceo"))
+    assert isinstance(info.value, PermanentError)
+    assert info.value.code == "policy_target"
+    assert hook.requests == []
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"urls": f"json://u:{CANARY}@127.0.0.1/x"},
+        {"urls_env": "BAD"},
+        {"urls_env": "EMPTY"},
+        {"urls_env": "MISSING"},
+        {"urls_env": "GOOD", "title": "x"},
+    ],
+)
+def test_bad_config(target: dict[str, str]) -> None:
+    env = {"BAD": f"notaservice://{CANARY}", "EMPTY": " , ", "GOOD": "json://127.0.0.1/x"}
+    with pytest.raises(ConfigError) as info:
+        NotifyIntegration.from_config({"targets": {"oncall": target}}, env)
+    assert CANARY not in str(info.value)

@@ -1,0 +1,3 @@
+from edge_outbox.cli import main
+
+main()

@@ -1,0 +1,204 @@
+"""The SQLite store: group commit, deduplication, queue limits, ops commands and derived tables."""
+
+import asyncio
+import itertools
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_outbox import db, ops
+from edge_outbox.errors import IllegalTransitionError, NotFoundError
+from edge_outbox.intake_rules import Admitted, admit
+from edge_outbox.ops import Outcome, QueueLimits
+from edge_outbox.states import State
+from edge_outbox.store import Store
+
+NOW = 1_800_000_000_000
+GOOD = json.dumps({"to": "ops@example.com", "subject": "S", "text": "t"}).encode()
+ids = itertools.count()
+
+
+def intent(app: str = "hvac", intent_id: str | None = None, body: bytes = GOOD, **kw: object) -> Admitted:
+    fields: dict[str, object] = {
+        "id": intent_id or f"i{next(ids)}",
+        "app": app,
+        "kind": "email.send",
+        "payload": body,
+        "priority": 0,
+        "created": NOW,
+        "expires": None,
+        "id_given": True,
+    }
+    fields.update(kw)
+    return Admitted(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    return db.connect(tmp_path)
+
+
+def actual_stats(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    rows = conn.execute("SELECT state, COUNT(*), SUM(size) FROM intents GROUP BY state")
+    return {state: (count, size) for state, count, size in rows}
+
+
+def derived_stats(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    return {s: (i, b) for s, i, b in conn.execute("SELECT state, items, bytes FROM stats WHERE items > 0")}
+
+
+def test_duplicate_id_from_same_app_is_not_stored_twice(conn: sqlite3.Connection) -> None:
+    first = ops.commit_intake(conn, intent(intent_id="a1"), QueueLimits(), NOW)
+    again = ops.commit_intake(conn, intent(intent_id="a1"), QueueLimits(), NOW + 5)
+    assert first.outcome is Outcome.STORED
+    assert again.outcome is Outcome.DUPLICATE
+    assert again.row == first.row
+    assert conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 1
+
+
+def test_same_id_from_another_app_is_rejected_not_merged(conn: sqlite3.Connection) -> None:
+    ops.commit_intake(conn, intent(app="a", intent_id="x1"), QueueLimits(), NOW)
+    other = ops.commit_intake(conn, intent(app="b", intent_id="x1"), QueueLimits(), NOW)
+    assert other.row is not None
+    assert (other.row.state, other.row.code, other.row.app) == (State.REJECTED, "id_conflict", "b")
+    assert ops.get(conn, "x1").app == "a"
+
+
+def test_queue_limits_refuse_new_but_never_evict(conn: sqlite3.Connection) -> None:
+    limits = QueueLimits(max_items=3)
+    outcomes = [ops.commit_intake(conn, intent(), limits, NOW).outcome for _ in range(5)]
+    assert outcomes == [Outcome.STORED] * 3 + [Outcome.QUEUE_FULL] * 2
+    assert ops.summary(conn).pending == 3
+    by_bytes = QueueLimits(max_bytes=len(GOOD) * 2)
+    conn.execute("DELETE FROM intents")
+    outcomes = [ops.commit_intake(conn, intent(), by_bytes, NOW).outcome for _ in range(3)]
+    assert outcomes == [Outcome.STORED, Outcome.STORED, Outcome.QUEUE_FULL]
+
+
+def test_expiry_on_arrival_and_while_waiting(conn: sqlite3.Connection) -> None:
+    late = ops.commit_intake(conn, intent(expires=NOW - 1), QueueLimits(), NOW)
+    assert late.row is not None and late.row.state is State.EXPIRED
+    waiting = ops.commit_intake(conn, intent(expires=NOW + 1000), QueueLimits(), NOW).row
+    assert waiting is not None
+    assert ops.expire_due(conn, NOW + 999) == 0
+    assert ops.expire_due(conn, NOW + 1000) == 1
+    assert ops.get(conn, waiting.id).state is State.EXPIRED
+    # retry clears the deadline and starts a new attempt
+    retried = ops.retry(conn, waiting.id, NOW + 2000)
+    assert (retried.state, retried.attempt, retried.expires) == (State.ACCEPTED, 2, None)
+
+
+def test_cancel_refuses_sent_intents_and_changes_nothing(conn: sqlite3.Connection) -> None:
+    row = ops.commit_intake(conn, intent(), QueueLimits(), NOW).row
+    assert row is not None
+    conn.execute("UPDATE intents SET sent = 1 WHERE seq = ?", (row.seq,))
+    with pytest.raises(IllegalTransitionError, match="already sent"):
+        ops.cancel(conn, row.id, NOW)
+    assert ops.get(conn, row.id).state is State.ACCEPTED
+    fresh = ops.commit_intake(conn, intent(), QueueLimits(), NOW).row
+    assert fresh is not None
+    assert ops.cancel(conn, fresh.id, NOW).state is State.CANCELLED
+    with pytest.raises(NotFoundError):
+        ops.cancel(conn, "nope", NOW)
+
+
+def test_purge_never_deletes_pending(conn: sqlite3.Connection) -> None:
+    pending = ops.commit_intake(conn, intent(), QueueLimits(), NOW).row
+    done = ops.commit_intake(conn, intent(), QueueLimits(), NOW).row
+    assert pending is not None and done is not None
+    ops.cancel(conn, done.id, NOW)
+    assert ops.purge(conn, NOW + 10**9) == 1
+    assert ops.get(conn, pending.id).state is State.ACCEPTED
+    with pytest.raises(IllegalTransitionError):
+        ops.purge(conn, NOW + 10**9, [State.ACCEPTED])
+
+
+def test_every_state_change_is_an_event(conn: sqlite3.Connection) -> None:
+    row = ops.commit_intake(conn, intent(), QueueLimits(), NOW).row
+    assert row is not None
+    ops.cancel(conn, row.id, NOW + 1)
+    states = [e.state for e in ops.events_after(conn, 0)]
+    assert states == [State.ACCEPTED, State.CANCELLED]
+
+
+@settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(st.lists(st.sampled_from(["add", "dup", "cancel", "expire", "retry", "purge", "bad"]), max_size=30))
+def test_derived_stats_always_match_the_rows(tmp_path_factory: pytest.TempPathFactory, actions: list[str]) -> None:
+    conn = db.connect(tmp_path_factory.mktemp("stats"))
+    now = NOW
+    for action in actions:
+        now += 10
+        rows = ops.listing(conn, limit=1000)
+        try:
+            if action == "add":
+                ops.commit_intake(conn, intent(expires=now + 15), QueueLimits(), now)
+            elif action == "dup" and rows:
+                ops.commit_intake(conn, intent(app=rows[0].app, intent_id=rows[0].id), QueueLimits(), now)
+            elif action == "bad":
+                ops.commit_intake(
+                    conn, admit("outbox/x/email.send", b"{", now, lambda: f"b{next(ids)}"), QueueLimits(), now
+                )
+            elif action == "cancel" and rows:
+                ops.cancel(conn, rows[-1].id, now)
+            elif action == "expire":
+                ops.expire_due(conn, now)
+            elif action == "retry" and rows:
+                ops.retry(conn, rows[0].id, now)
+            elif action == "purge":
+                ops.purge(conn, now)
+        except IllegalTransitionError:
+            pass
+        assert derived_stats(conn) == actual_stats(conn)
+    conn.close()
+
+
+async def test_group_commit_shares_commits_between_concurrent_callers(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    await store.start()
+    try:
+        results = await asyncio.gather(
+            *(store.call(ops.commit_intake, intent(), QueueLimits(), NOW) for _ in range(500))
+        )
+    finally:
+        await store.close()
+    assert all(r.outcome is Outcome.STORED for r in results)
+    assert store.commits < 100, f"{store.commits} commits for 500 calls: no grouping"
+    conn = db.connect(tmp_path)
+    assert conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 500
+
+
+async def test_one_failing_operation_does_not_undo_the_rest_of_its_group(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    await store.start()
+    try:
+        good = [store.call(ops.commit_intake, intent(), QueueLimits(), NOW) for _ in range(20)]
+        bad = store.call(ops.cancel, "no-such-id", NOW)
+        results = await asyncio.gather(*good, bad, return_exceptions=True)
+    finally:
+        await store.close()
+    assert isinstance(results[-1], NotFoundError)
+    assert sum(1 for r in results[:-1] if not isinstance(r, BaseException)) == 20
+    assert db.connect(tmp_path).execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 20
+
+
+async def test_events_from_other_processes_reach_the_publisher(tmp_path: Path) -> None:
+    seen: list[State] = []
+    store = Store(tmp_path, on_events=lambda events: seen.extend(e.state for e in events))
+    await store.start()
+    try:
+        row = (await store.call(ops.commit_intake, intent(), QueueLimits(), NOW)).row
+        assert row is not None
+        other = db.connect(tmp_path)  # as the ops CLI would, in its own connection
+        other.execute("BEGIN IMMEDIATE")
+        ops.cancel(other, row.id, NOW + 1)
+        other.execute("COMMIT")
+        async with asyncio.timeout(5):
+            while State.CANCELLED not in seen:
+                await asyncio.sleep(0.05)
+    finally:
+        await store.close()
+    assert seen == [State.ACCEPTED, State.CANCELLED]

@@ -1,0 +1,81 @@
+"""Every kind of bad input becomes a Refused with its own code; good input is Admitted."""
+
+import itertools
+import json
+
+import pytest
+
+from edge_outbox.intake_rules import MAX_PAYLOAD_BYTES, Admitted, Refused, admit, split_topic
+
+NOW = 1_800_000_000_000
+counter = itertools.count()
+
+
+def new_id() -> str:
+    return f"gen{next(counter)}"
+
+
+GOOD = {"to": "ops@example.com", "subject": "Alarm", "text": "Boiler 3 hot"}
+
+
+def run(topic: str, body: object) -> Admitted | Refused:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return admit(topic, raw, NOW, new_id)
+
+
+def test_good_intent_gets_an_id_and_no_deadline() -> None:
+    result = run("outbox/hvac-ui/email.send", GOOD)
+    assert isinstance(result, Admitted)
+    assert result.id.startswith("gen") and not result.id_given
+    assert (result.app, result.kind, result.expires, result.priority) == ("hvac-ui", "email.send", None, 0)
+
+
+def test_app_id_ttl_and_priority_are_honoured() -> None:
+    result = run("outbox/hvac/email.send", {**GOOD, "id": "alarm-7", "ttl": 60, "priority": 7})
+    assert isinstance(result, Admitted)
+    assert (result.id, result.id_given, result.expires, result.priority) == ("alarm-7", True, NOW + 60_000, 7)
+    at = run("outbox/hvac/email.send", {**GOOD, "expires_at": "2030-01-01T00:00:00Z"})
+    assert isinstance(at, Admitted)
+    assert at.expires == 1893456000000
+
+
+@pytest.mark.parametrize(
+    ("topic", "body", "code"),
+    [
+        ("outbox/hvac", GOOD, "bad_topic"),
+        ("outbox/hvac/email.send/extra", GOOD, "bad_topic"),
+        ("outbox/bad app!/email.send", GOOD, "bad_app"),
+        ("outbox/hvac/fax.send", GOOD, "unknown_kind"),
+        ("outbox/hvac/email.send", b"{not json", "bad_json"),
+        ("outbox/hvac/email.send", b"\xff\xfe", "bad_json"),
+        ("outbox/hvac/email.send", b"[1, 2]", "bad_json"),
+        ("outbox/hvac/email.send", b'{"to": NaN}', "bad_json"),
+        ("outbox/hvac/email.send", b'{"n": 99999999999999999999999}', "bad_json"),
+        ("outbox/hvac/email.send", b"[" * 40 + b"]" * 40, "bad_json"),
+        ("outbox/hvac/email.send", b"[" * 5000 + b"]" * 5000, "bad_json"),
+        ("outbox/hvac/email.send", {**GOOD, "id": "has space"}, "bad_id"),
+        ("outbox/hvac/email.send", {**GOOD, "id": 7}, "bad_id"),
+        ("outbox/hvac/email.send", {"to": "ops@example.com"}, "schema_violation"),
+        ("outbox/hvac/email.send", {**GOOD, "expires_at": "soon"}, "bad_expiry"),
+        ("outbox/hvac/email.send", {**GOOD, "text": "x" * MAX_PAYLOAD_BYTES}, "too_large"),
+    ],
+)
+def test_bad_input_is_refused_with_its_code(topic: str, body: object, code: str) -> None:
+    result = run(topic, body)
+    assert isinstance(result, Refused), result
+    assert result.code == code
+    assert result.detail
+    assert len(result.payload) <= 4096
+    assert result.size > 0
+
+
+def test_refused_keeps_a_valid_app_id_for_its_status() -> None:
+    result = run("outbox/hvac/email.send", {"id": "mine-1", "to": "x"})
+    assert isinstance(result, Refused)
+    assert result.id == "mine-1"
+
+
+def test_split_topic() -> None:
+    assert split_topic("outbox/a/email.send") == ("a", "email.send")
+    assert split_topic("outbox/a/status/x") is None
+    assert split_topic("other/a/b") is None

@@ -1,0 +1,68 @@
+"""The intent state machine, driven by arbitrary sequences of events."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge_outbox.errors import IllegalTransitionError
+from edge_outbox.states import FINAL, PENDING, Event, State, event_for_ack, step
+
+
+def test_happy_path() -> None:
+    s = State.ACCEPTED
+    s = step(s, Event.BRIDGE_ACCEPTED, sent=True).state
+    assert s is State.FORWARDED
+    s = step(s, Event.BRIDGE_DELIVERED, sent=True).state
+    assert s is State.DELIVERED
+
+
+def test_result_may_overtake_accepted_ack() -> None:
+    assert step(State.ACCEPTED, Event.BRIDGE_DELIVERED, sent=True).state is State.DELIVERED
+
+
+def test_late_acks_on_final_states_are_no_ops() -> None:
+    for final in FINAL:
+        for event in (Event.BRIDGE_ACCEPTED, Event.BRIDGE_FAILED, Event.BRIDGE_DELIVERED):
+            result = step(final, event, sent=True)
+            assert result.state is final
+            assert not result.changed
+
+
+@pytest.mark.parametrize("event", [Event.CANCEL, Event.DEADLINE])
+def test_cancel_and_deadline_only_before_sending(event: Event) -> None:
+    assert step(State.ACCEPTED, event, sent=False).changed
+    with pytest.raises(IllegalTransitionError, match="already sent"):
+        step(State.ACCEPTED, event, sent=True)
+    with pytest.raises(IllegalTransitionError):
+        step(State.FORWARDED, event, sent=True)
+
+
+def test_retry_only_from_failed_or_expired() -> None:
+    assert step(State.FAILED, Event.RETRY).state is State.ACCEPTED
+    assert step(State.EXPIRED, Event.RETRY).state is State.ACCEPTED
+    for state in (State.DELIVERED, State.CANCELLED, State.REJECTED, *PENDING):
+        with pytest.raises(IllegalTransitionError):
+            step(state, Event.RETRY)
+
+
+def test_ack_state_mapping() -> None:
+    assert event_for_ack("delivered") is Event.BRIDGE_DELIVERED
+    with pytest.raises(IllegalTransitionError):
+        event_for_ack("teleported")
+
+
+@given(st.lists(st.tuples(st.sampled_from(list(Event)), st.booleans()), max_size=40))
+def test_any_sequence_keeps_the_invariants(events: list[tuple[Event, bool]]) -> None:
+    state = State.ACCEPTED
+    for event, sent in events:
+        before = state
+        try:
+            result = step(state, event, sent=sent)
+        except IllegalTransitionError:
+            assert state is before  # an illegal event changes nothing
+            continue
+        if before.final and event is not Event.RETRY:
+            assert result.state is before  # a final state only leaves by an ops retry
+        if event is Event.RETRY:
+            assert before in (State.FAILED, State.EXPIRED)
+        state = result.state

@@ -136,7 +136,7 @@ class Client:
         return self
 
     def subscribe(self, topic: str) -> None:
-        result, mid = self.client.subscribe(topic, qos=1)
+        result, _mid = self.client.subscribe(topic, qos=1)
         assert result == mqtt.MQTT_ERR_SUCCESS
         time.sleep(0.2)  # let the SUBACK land before anything is published
 

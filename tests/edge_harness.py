@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -166,8 +167,6 @@ def email(intent_id: str | None = None, **extra: Any) -> dict[str, Any]:
 
 def stored_ids(data_dir: Path) -> dict[str, str]:
     """id -> state of every intent in the database (read directly, as a test oracle)."""
-    import sqlite3  # noqa: PLC0415
-
     conn = sqlite3.connect(data_dir / "outbox.db")
     try:
         return dict(conn.execute("SELECT id, state FROM intents"))

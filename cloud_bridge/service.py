@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import socket
 import time
@@ -19,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from cloud_bridge.enroll_http import BridgeMetrics, HttpServer, build_http_app, server_ssl_context
 from cloud_bridge.errors import BridgeError, ConfigError
 from cloud_bridge.executor import Executor
+from cloud_bridge.integrations import build_integrations
 from cloud_bridge.integrations.base import Integration
 from cloud_bridge.ledger import Ledger
 from cloud_bridge.ledger_sqlite import SqliteLedger
@@ -241,9 +241,7 @@ class Bridge:
         if self._given_integrations is not None:
             self.integrations = dict(self._given_integrations)
         elif settings.integrations:
-            # TEMP: resolved at run time until cloud_bridge.integrations.build_integrations lands.
-            build = importlib.import_module("cloud_bridge.integrations").build_integrations
-            self.integrations = build(settings.integrations, settings.env)
+            self.integrations = build_integrations(settings.integrations, settings.env)
         logger.info("integrations enabled: %s", ", ".join(sorted(self.integrations)) or "none")
         await asyncio.to_thread(self.registry.open)
         await self.ledger.open()

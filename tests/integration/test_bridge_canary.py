@@ -16,9 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-import cloud_bridge.integrations as package
 from cloud_bridge.errors import ConfigError
-from cloud_bridge.integrations.http import HttpIntegration
 from cloud_bridge.service import Bridge
 from intent_contract.codec import Envelope
 from tests.helpers import free_port
@@ -82,14 +80,6 @@ def _http_config(port: int, ca: Path, **token: str) -> dict[str, Any]:
     }
 
 
-def _integrations(settings: Any) -> dict[str, Any] | None:
-    """None: the bridge builds its integrations from the config (the real path)."""
-    if hasattr(package, "build_integrations"):
-        return None
-    # Fallback while build_integrations has not landed: the same integration, built from the same table.
-    return {"http.request": HttpIntegration.from_config(settings.integrations["http"], settings.env)}
-
-
 def _request(intent_id: str, path: str) -> Envelope:
     return Envelope(
         id=intent_id,
@@ -117,7 +107,7 @@ async def test_canary_secret_reaches_the_provider_and_nowhere_else(
         env={"CRM_TOKEN": CANARY},
     )
     settings = type(settings)(**{**_fields(settings), "max_attempts": 2})
-    bridge = Bridge(settings, integrations=_integrations(settings))
+    bridge = Bridge(settings)
     await bridge.start()
     harness = Harness(bridge, settings, server_cert_files["ca"])
     try:
@@ -168,7 +158,7 @@ async def test_canary_secret_reaches_the_provider_and_nowhere_else(
 
 
 async def _start(settings: Any) -> None:
-    bridge = Bridge(settings, integrations=_integrations(settings))
+    bridge = Bridge(settings)
     try:
         await bridge.start()
     finally:

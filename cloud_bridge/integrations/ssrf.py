@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
@@ -36,18 +37,20 @@ METADATA: Final = frozenset(
 _CGNAT: Final = ipaddress.ip_network("100.64.0.0/10")
 _NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
 _IPV4_COMPAT: Final = ipaddress.ip_network("::/96")
+# The number forms inet_aton accepts in each dotted part (ASCII only, no sign, no underscores).
+_HEX_PART: Final = re.compile(r"0[xX][0-9a-fA-F]+")
+_OCT_PART: Final = re.compile(r"0[0-7]*")
+_DEC_PART: Final = re.compile(r"[1-9][0-9]*")
 
 
 def _parse_ipv4_part(part: str) -> int | None:
-    text = part.lower()
-    try:
-        if text.startswith("0x"):
-            return int(text[2:] or "0", 16)
-        if len(text) > 1 and text.startswith("0"):
-            return int(text[1:], 8)
-        return int(text, 10) if text.isdigit() else None
-    except ValueError:
-        return None
+    if _HEX_PART.fullmatch(part):
+        return int(part[2:], 16)
+    if _OCT_PART.fullmatch(part):
+        return int(part, 8)
+    if _DEC_PART.fullmatch(part):
+        return int(part, 10)
+    return None
 
 
 def _parse_ipv4_loose(host: str) -> ipaddress.IPv4Address | None:

@@ -79,13 +79,18 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def status_error(status: int, retry_after: float | None, prefix: str = "http") -> TransientError | PermanentError:
-    """The bridge error for a non-2xx status: 408/429/5xx retry, 3xx and other 4xx fail."""
+def status_error(
+    status: int, retry_after: float | None, prefix: str = "http", note: str = ""
+) -> TransientError | PermanentError:
+    """The bridge error for a non-2xx status: 408/429/5xx retry, 3xx and other 4xx fail.
+
+    The detail is the status and its standard reason phrase (plus `note`), never the provider's text.
+    """
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "unknown status"
-    detail = f"HTTP {status} {reason}"
+    detail = f"HTTP {status} {reason}{note}"
     if 300 <= status < 400:
         return PermanentError(detail + " (redirects are not followed)", code=f"{prefix}_redirect")
     if status in (408, 429) or status >= 500:
@@ -300,6 +305,8 @@ class HttpIntegration:
         self._guard.check_literal(urlsplit(url).hostname or "")
         headers: dict[str, str] = {}
         for name, value in (payload.get("headers") or {}).items():
+            if not isinstance(name, str) or not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+                raise PermanentError("header values must be single-line strings", code="bad_request")
             if name.lower() in _RESERVED_HEADERS or name.lower() == credential.header.lower():
                 raise PermanentError(f"header {name!r} is set by the bridge", code="http_header_forbidden")
             headers[name] = value

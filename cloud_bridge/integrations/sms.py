@@ -102,12 +102,10 @@ class SmsIntegration:
         log.debug("sms.send to provider %s answered %d", self._host, status)
         if 200 <= status < 300:
             return Outcome(f"HTTP {status} sid {self._message_sid(response)}")
-        error = status_error(status, parse_retry_after(response.headers.get("retry-after"), self._now()), "sms")
         provider_code = self._provider_code(response)
-        if provider_code is not None:
-            error.detail = f"{error.detail} (provider code {provider_code})"
-            error.args = (error.detail,)
-        raise error
+        note = f" (provider code {provider_code})" if provider_code is not None else ""
+        retry_after = parse_retry_after(response.headers.get("retry-after"), self._now())
+        raise status_error(status, retry_after, "sms", note)
 
     def _message_sid(self, response: httpx.Response) -> str:
         try:

@@ -166,6 +166,7 @@ async def test_method_unknown_credential_and_reserved_headers(http: HttpIntegrat
         ({**get, "credential": "billing"}, "policy_credential"),
         ({**get, "headers": {"authorization": "x"}}, "http_header_forbidden"),
         ({**get, "headers": {"Host": "evil"}}, "http_header_forbidden"),
+        ({**get, "headers": {"X-Note": "a\r\nAuthorization: x"}}, "bad_request"),
     ]
     for payload, code in cases:
         with pytest.raises(PermanentError) as info:

@@ -8,7 +8,7 @@ process): `stats` (items and bytes per state, so queue limits and `status` are O
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS intents (
     updated INTEGER NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 1,
     sent INTEGER NOT NULL DEFAULT 0,
+    sent_at INTEGER NOT NULL DEFAULT 0,
     confirmed INTEGER NOT NULL DEFAULT 0,
     payload BLOB NOT NULL,
     size INTEGER NOT NULL
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS intents (
 CREATE UNIQUE INDEX IF NOT EXISTS intents_id ON intents(id) WHERE state <> 'rejected';
 CREATE INDEX IF NOT EXISTS intents_pending ON intents(priority DESC, seq)
     WHERE state IN ('accepted', 'forwarded');
+CREATE INDEX IF NOT EXISTS intents_to_send ON intents(priority DESC, seq) WHERE state = 'accepted';
 CREATE INDEX IF NOT EXISTS intents_expiring ON intents(expires) WHERE state = 'accepted' AND sent = 0;
 CREATE INDEX IF NOT EXISTS intents_state_updated ON intents(state, updated);
 CREATE INDEX IF NOT EXISTS intents_app ON intents(app, seq);
@@ -82,26 +84,6 @@ CREATE TRIGGER IF NOT EXISTS intents_del AFTER DELETE ON intents BEGIN
 END;
 """
 
-COLUMNS = (
-    "seq",
-    "id",
-    "app",
-    "kind",
-    "state",
-    "code",
-    "detail",
-    "priority",
-    "created",
-    "expires",
-    "updated",
-    "attempt",
-    "sent",
-    "confirmed",
-    "payload",
-    "size",
-)
-SELECT_ROW = f"SELECT {', '.join(COLUMNS)} FROM intents"
-
 
 @dataclass(frozen=True, slots=True)
 class IntentRow:
@@ -120,16 +102,22 @@ class IntentRow:
     updated: int
     attempt: int
     sent: int
+    sent_at: int
     confirmed: int
     payload: bytes
     size: int
 
     @classmethod
     def from_db(cls, row: tuple[Any, ...]) -> IntentRow:
+        """From a row selected with SELECT_ROW."""
         values = dict(zip(COLUMNS, row, strict=True))
         values["state"] = State(values["state"])
         values["payload"] = bytes(values["payload"])
         return cls(**values)
+
+
+COLUMNS = tuple(f.name for f in fields(IntentRow))
+SELECT_ROW = f"SELECT {', '.join(COLUMNS)} FROM intents"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ from enum import StrEnum
 from edge_outbox.db import SELECT_ROW, IntentRow, StatusEvent, pending_totals
 from edge_outbox.errors import IllegalTransitionError, NotFoundError
 from edge_outbox.intake_rules import Admitted, Refused
-from edge_outbox.states import FINAL, PENDING, Event, State, step
+from edge_outbox.states import FINAL, PENDING, Event, State, event_for_ack, step
+from intent_contract.codec import Ack
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,3 +248,62 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
 def prune_events(conn: sqlite3.Connection, upto_seq: int, before: int) -> int:
     """Drop published events older than `before` (ms): the status history lives in the intents table."""
     return conn.execute("DELETE FROM events WHERE seq <= ? AND at < ?", (upto_seq, before)).rowcount
+
+
+def next_batch(conn: sqlite3.Connection, *, limit: int, max_bytes: int, sent_before: int) -> list[IntentRow]:
+    """Intents to send: not yet accepted by the bridge, not sent since `sent_before` (ms), highest
+    priority first, then oldest; at most `limit` rows and `max_bytes` of payload (at least one row)."""
+    rows = conn.execute(
+        f"{SELECT_ROW} WHERE state = 'accepted' AND sent_at < ? ORDER BY priority DESC, seq LIMIT ?",
+        (sent_before, limit),
+    )
+    batch: list[IntentRow] = []
+    used = 0
+    for raw in rows:
+        row = IntentRow.from_db(raw)
+        if batch and used + row.size > max_bytes:
+            break
+        batch.append(row)
+        used += row.size
+    return batch
+
+
+def mark_sent(conn: sqlite3.Connection, seqs: list[int], now: int) -> None:
+    """Record that these intents are about to go to the bridge (so they can no longer be cancelled)."""
+    conn.executemany(
+        "UPDATE intents SET sent = sent + 1, sent_at = ? WHERE seq = ? AND state = 'accepted'",
+        [(now, seq) for seq in seqs],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedAcks:
+    changed: int  # intents whose state changed
+    final_ids: list[str]  # ids with a final result, to confirm to the bridge (also repeats and unknowns)
+
+
+def apply_acks(conn: sqlite3.Connection, acks: list[Ack], now: int) -> AppliedAcks:
+    """Apply the bridge's acks; repeated or late ones change nothing (acks come at least once)."""
+    changed = 0
+    final_ids = []
+    for ack in acks:
+        if ack.state.final:
+            final_ids.append(ack.id)
+        row = _row(conn, "id = ? AND state <> 'rejected'", ack.id)
+        if row is None:
+            continue  # purged here already, or never ours: confirming it is harmless
+        before = row.state
+        after = _transition(
+            conn, row, event_for_ack(ack.state), now, code=ack.code, detail=ack.detail if ack.state.final else ""
+        )
+        changed += after.state is not before
+    return AppliedAcks(changed, final_ids)
+
+
+def fail_pending(conn: sqlite3.Connection, code: str, detail: str, now: int) -> int:
+    """End every pending intent as failed (used when the bridge has revoked this device)."""
+    return conn.execute(
+        "UPDATE intents SET state = 'failed', code = ?, detail = ?, updated = ?"
+        " WHERE state IN ('accepted', 'forwarded')",
+        (code, detail, now),
+    ).rowcount

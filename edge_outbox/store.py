@@ -108,7 +108,11 @@ class Store:
                 conn.execute("SAVEPOINT op")
                 try:
                     value = fn(conn, *args)
-                except OutboxError as exc:
+                except sqlite3.Error:
+                    raise  # the transaction itself is in doubt: fail the whole group below
+                except Exception as exc:
+                    if not isinstance(exc, OutboxError):
+                        log.exception("store operation %s failed", getattr(fn, "__name__", fn))
                     conn.execute("ROLLBACK TO op")
                     results.append((future, None, exc))
                 else:

@@ -202,3 +202,20 @@ async def test_events_from_other_processes_reach_the_publisher(tmp_path: Path) -
     finally:
         await store.close()
     assert seen == [State.ACCEPTED, State.CANCELLED]
+
+
+def _broken_operation(_conn: sqlite3.Connection) -> None:
+    raise ZeroDivisionError("a bug in one operation")
+
+
+async def test_a_bug_in_one_operation_fails_only_that_call(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(tmp_path)
+    await store.start()
+    try:
+        with pytest.raises(ZeroDivisionError):
+            await store.call(_broken_operation)
+        result = await store.call(ops.commit_intake, intent(), QueueLimits(), NOW)  # the writer is still alive
+    finally:
+        await store.close()
+    assert result.outcome is Outcome.STORED
+    assert "_broken_operation failed" in caplog.text

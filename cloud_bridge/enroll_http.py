@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jwt
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from cloud_bridge.errors import AuthError, BridgeError
 from cloud_bridge.registry import Registry
 from cloud_bridge.settings import HostPort
+from cloud_bridge.tokens import verify_device_token
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +105,29 @@ def build_http_app(
             status=201,
         )
 
+    async def device_status(request: web.Request) -> web.Response:
+        """A device asks, with a token signed by its own key, whether it is still enrolled.
+
+        Answered for revoked devices too, so that an edge whose connects are refused can tell
+        "revoked" (end its backlog with a clear status) from a passing fault (keep retrying).
+        """
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        try:
+            subject = jwt.decode(token, options={"verify_signature": False}).get("sub")
+        except jwt.PyJWTError:
+            subject = None
+        device = await asyncio.to_thread(registry.get, subject) if isinstance(subject, str) else None
+        if device is None:
+            return _error(401, "unknown_device", "no such device, or a malformed token")
+        try:
+            verify_device_token(
+                token, device_id=device.device_id, public_key_pem=device.public_key, audience=audience, now=clock()
+            )
+        except AuthError as exc:
+            return _error(401, exc.code, "the token does not verify for this device")
+        status = "revoked" if device.revoked_at is not None else "active"
+        return web.json_response({"device_id": device.device_id, "status": status})
+
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -119,6 +144,7 @@ def build_http_app(
 
     app = web.Application(client_max_size=_MAX_BODY)
     app.router.add_post("/v1/enroll", enroll)
+    app.router.add_get("/v1/device", device_status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
     return app

@@ -1,4 +1,4 @@
-"""Optional per-app logins for local clients of the embedded broker, and the topics each app may use.
+"""Optional per-app logins for local clients of the embedded broker (the plugins are in broker.py).
 
 The users file has one `app:hash` line per app (`#` starts a comment); `edge-outbox hash-password`
 makes the hash (scrypt). With no users file, anonymous local clients may use any app name.
@@ -10,12 +10,7 @@ import base64
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-
-from amqtt.contexts import Action
-from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
-from amqtt.session import Session
 
 from edge_outbox.errors import ConfigError
 from intent_contract.names import is_name
@@ -57,36 +52,3 @@ def load_users(path: Path) -> dict[str, str]:
             raise ConfigError(f"{path}:{number}: expected `app:scrypt$...` (make one with edge-outbox hash-password)")
         users[app] = stored
     return users
-
-
-class AppAuthPlugin(BaseAuthPlugin):
-    """Lets a client in when its username is a known app and the password matches, or anyone without users."""
-
-    @dataclass
-    class Config:
-        users: dict[str, str] = field(default_factory=dict)
-
-    async def authenticate(self, *, session: Session) -> bool | None:
-        users: dict[str, str] = self.config.users
-        if not users:
-            return True
-        stored = users.get(session.username or "")
-        return stored is not None and session.password is not None and verify_password(session.password, stored)
-
-
-class AppTopicPlugin(BaseTopicPlugin):
-    """With logins: an app publishes only under outbox/{app}/ and subscribes only to its own statuses."""
-
-    @dataclass
-    class Config:
-        enabled: bool = True
-
-    async def topic_filtering(
-        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
-    ) -> bool | None:
-        if session is None or topic is None or not session.username:
-            return False
-        own = f"outbox/{session.username}/"
-        if action is Action.PUBLISH:
-            return topic.startswith(own) and not topic.startswith(own + "status/")
-        return topic.startswith(own + "status/")

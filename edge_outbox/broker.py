@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import errno
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from amqtt.broker import Broker
+from amqtt.contexts import Action
 from amqtt.errors import BrokerError
 from amqtt.mqtt.constants import QOS_0, QOS_1
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.protocol.handler import INCOMING
 from amqtt.mqtt.puback import PubackPacket
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
 
+from edge_outbox.apps_auth import verify_password
 from edge_outbox.errors import ConfigError
 from edge_outbox.intake import Intake
 from edge_outbox.intake_rules import TOPIC_ROOT
@@ -75,9 +80,9 @@ class EmbeddedBroker:
     """Starts and stops the local broker; publishes status messages into it."""
 
     def __init__(self, host: str, port: int, intake: Intake, users: dict[str, str]) -> None:
-        plugins: dict[str, Any] = {"edge_outbox.apps_auth.AppAuthPlugin": {"users": users}}
+        plugins: dict[str, Any] = {"edge_outbox.broker.AppAuthPlugin": {"users": users}}
         if users:
-            plugins["edge_outbox.apps_auth.AppTopicPlugin"] = {"enabled": True}
+            plugins["edge_outbox.broker.AppTopicPlugin"] = {"enabled": True}
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
             "plugins": plugins,
@@ -111,3 +116,36 @@ class EmbeddedBroker:
 
 def _drop_startup_traceback(record: logging.LogRecord) -> bool:
     return record.getMessage() != "Broker startup failed"
+
+
+class AppAuthPlugin(BaseAuthPlugin):
+    """Lets a client in when its username is a known app and the password matches, or anyone without users."""
+
+    @dataclass
+    class Config:
+        users: dict[str, str] = field(default_factory=dict)
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        users: dict[str, str] = self.config.users
+        if not users:
+            return True
+        stored = users.get(session.username or "")
+        return stored is not None and session.password is not None and verify_password(session.password, stored)
+
+
+class AppTopicPlugin(BaseTopicPlugin):
+    """With logins: an app publishes only under outbox/{app}/ and subscribes only to its own statuses."""
+
+    @dataclass
+    class Config:
+        enabled: bool = True
+
+    async def topic_filtering(
+        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
+    ) -> bool | None:
+        if session is None or topic is None or not session.username:
+            return False
+        own = f"outbox/{session.username}/"
+        if action is Action.PUBLISH:
+            return topic.startswith(own) and not topic.startswith(own + "status/")
+        return topic.startswith(own + "status/")

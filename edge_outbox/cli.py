@@ -20,9 +20,11 @@ from rich.table import Table
 
 from edge_outbox import db, ops
 from edge_outbox.apps_auth import hash_password, load_users
-from edge_outbox.db import IntentRow
+from edge_outbox.db import LINK_KEY, IntentRow
 from edge_outbox.errors import OutboxError
-from edge_outbox.settings import DEFAULT_DATA_DIR, AttachTarget, OutboxSettings, parse_host_port
+from edge_outbox.identity import Identity, load_identity
+from edge_outbox.identity import enroll as enroll_device
+from edge_outbox.settings import DEFAULT_DATA_DIR, AttachTarget, ForwarderSettings, OutboxSettings, parse_host_port
 from edge_outbox.states import FINAL, RETRYABLE, State
 from intent_contract.timefmt import format_age, format_ms, parse_duration
 
@@ -187,6 +189,13 @@ def main() -> None:
     callback=duration_seconds,
     help="Purge intents this long after they reached a final state.",
 )
+@click.option("--no-forward", is_flag=True, help="Only take in and keep intents; do not forward them.")
+@click.option(
+    "--bridge-websocket",
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Reach the bridge by MQTT over WebSocket over TLS on this port (for sites that only allow HTTPS out).",
+)
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -204,9 +213,11 @@ def run(
     max_queue_items: int,
     max_queue_bytes: str,
     retention: float,
+    no_forward: bool,
+    bridge_websocket: int | None,
     log_level: str,
 ) -> None:
-    """Run the outbox: take intents from local apps, store them durably, publish their status."""
+    """Run the outbox: take intents from local apps, store them durably, forward them, publish their status."""
     from edge_outbox.runner import serve  # noqa: PLC0415 - keeps the ops commands quick to start
 
     host, port = parse_host_port(listen, "--listen")
@@ -219,6 +230,10 @@ def run(
         max_queue_items=max_queue_items,
         max_queue_bytes=parse_size(max_queue_bytes),
         retention_s=retention,
+        forward=not no_forward,
+        forwarder=ForwarderSettings(transport="websockets", websocket_port=bridge_websocket)
+        if bridge_websocket
+        else ForwarderSettings(),
     )
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -236,6 +251,8 @@ def status(data_dir: Path, as_json: bool) -> None:
     """Counts per state, bytes used and the age of the oldest pending intent."""
     with _connection(data_dir) as conn:
         summary = ops.summary(conn)
+        link_text = ops.get_meta(conn, LINK_KEY)
+    link = _link_view(json.loads(link_text) if link_text else None, load_identity(data_dir), summary.pending)
     oldest_age = (_now_ms() - summary.oldest_pending_created) / 1000 if summary.oldest_pending_created else None
     db_bytes = sum(p.stat().st_size for p in data_dir.glob(db.DB_NAME + "*"))
     if as_json:
@@ -247,6 +264,7 @@ def status(data_dir: Path, as_json: bool) -> None:
                 "pending_bytes": summary.pending_bytes,
                 "oldest_pending_age_s": oldest_age,
                 "database_bytes": db_bytes,
+                "link": link,
             }
         )
         return
@@ -258,6 +276,10 @@ def status(data_dir: Path, as_json: bool) -> None:
         table.add_row(state.value, str(summary.counts[state]), str(summary.bytes[state]))
     console = Console()
     console.print(table)
+    console.print(
+        f"link: {link['state']}; last contact: {link['last_contact'] or '-'}; "
+        f"estimated drain: {format_age(link['drain_s']) if link['drain_s'] is not None else '-'}"
+    )
     console.print(
         f"pending: {summary.pending} ({summary.pending_bytes} bytes); oldest pending: "
         f"{format_age(oldest_age) if oldest_age is not None else '-'}; database: {db_bytes} bytes"
@@ -364,3 +386,55 @@ def purge(data_dir: Path, older_than: float, state: str | None, as_json: bool) -
 def hash_password_cmd(app: str, password: str) -> None:
     """Print a users-file line `app:hash` for `edge-outbox run --users FILE`."""
     click.echo(f"{app}:{hash_password(password)}")
+
+
+def _link_view(link: dict[str, Any] | None, identity: Identity | None, pending: int) -> dict[str, Any]:
+    """What status shows of the bridge link, from what the running outbox last recorded."""
+    if identity is None:
+        return {"state": "not enrolled", "device_id": None, "last_contact": None, "rate": 0.0, "drain_s": None}
+    if link is None:
+        return {
+            "state": "unknown (outbox not running)",
+            "device_id": identity.device_id,
+            "last_contact": None,
+            "rate": 0.0,
+            "drain_s": None,
+        }
+    rate = float(link.get("rate", 0.0))
+    return {
+        "state": link["state"],
+        "device_id": identity.device_id,
+        "since": format_ms(link["since"]),
+        "last_contact": format_ms(link["last_contact"]) if link.get("last_contact") else None,
+        "rate": round(rate, 1),
+        "drain_s": round(pending / rate, 1) if rate > 0 and pending else (0.0 if not pending else None),
+    }
+
+
+@main.command()
+@data_dir_option
+@click.option(
+    "--bridge",
+    "bridge_url",
+    required=True,
+    metavar="URL",
+    help="The bridge's enrollment address, e.g. https://bridge.example.com:8443.",
+)
+@click.option("--code", required=True, help="The one-time code from `cloud-bridge devices enroll-code`.")
+@click.option(
+    "--ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="CA certificate that signed the bridge's certificate; it is pinned for every connection.",
+)
+@json_option
+def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path, as_json: bool) -> None:
+    """Make this device's key and register it with the bridge (once per device)."""
+    identity = enroll_device(data_dir, bridge_url, code, ca)
+    if as_json:
+        _print_json(asdict(identity))
+    else:
+        click.echo(
+            f"enrolled as device {identity.device_id} (tenant {identity.tenant}, name {identity.name}); "
+            "restart `edge-outbox run` to start forwarding"
+        )

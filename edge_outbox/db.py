@@ -16,6 +16,9 @@ from edge_outbox.errors import ConfigError
 from edge_outbox.states import State
 
 DB_NAME = "outbox.db"
+# meta keys the running outbox keeps for itself and for `edge-outbox status`
+STATUS_KEY = "status_published_seq"
+LINK_KEY = "link"
 BUSY_TIMEOUT_MS = 10_000
 
 SCHEMA = """

@@ -77,7 +77,7 @@ class Intake:
                 failures += 1
                 if failures == 1:
                     log.error("cannot store intents, holding acknowledgements until it can: %s", exc)
-                await asyncio.sleep(compute_backoff(failures, base=0.1, cap=5.0, jitter=random.random()))  # noqa: S311
+                await asyncio.sleep(compute_backoff(failures, base=0.1, cap=5.0, jitter=random.random()))
                 continue
             if failures:
                 log.warning("storing intents again after %d failed attempts", failures)

@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 
 from edge_outbox import ops
 from edge_outbox.attach import AttachedClient
 from edge_outbox.broker import EmbeddedBroker
+from edge_outbox.db import LINK_KEY, STATUS_KEY, StatusEvent
+from edge_outbox.forwarder import Forwarder
+from edge_outbox.identity import load_identity
 from edge_outbox.intake import Intake
 from edge_outbox.ops import QueueLimits
 from edge_outbox.settings import OutboxSettings
+from edge_outbox.states import State
 from edge_outbox.status import StatusPublisher
 from edge_outbox.store import Store
 from intent_contract.ids import IdGenerator
 
 log = logging.getLogger(__name__)
 
-STATUS_KEY = "status_published_seq"
 EVENT_KEEP_MS = 3600_000
 
 
@@ -37,8 +42,14 @@ class Outbox:
         self.settings = settings
         self._transport: EmbeddedBroker | AttachedClient | None = None
         self.status = StatusPublisher(self._publish)
-        self.store = Store(settings.data_dir, on_events=self.status.on_events)
+        self.store = Store(settings.data_dir, on_events=self._on_events)
+        self.forwarder: Forwarder | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _on_events(self, events: list[StatusEvent]) -> None:
+        self.status.on_events(events)
+        if self.forwarder is not None and any(e.state is State.ACCEPTED for e in events):
+            self.forwarder.wake()
 
     async def _publish(self, topic: str, payload: bytes) -> None:
         if self._transport is not None:
@@ -67,6 +78,16 @@ class Outbox:
             asyncio.create_task(self.status.run(), name="status"),
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
         ]
+        identity = load_identity(s.data_dir)
+        if identity is None:
+            log.warning(
+                "not enrolled with a bridge: intents are kept here until `edge-outbox enroll` is run "
+                "and the outbox restarted"
+            )
+        elif s.forward:
+            self.forwarder = Forwarder(self.store, s.data_dir, identity, s.forwarder, now_ms)
+            self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
+            log.info("forwarding as device %s to %s", identity.device_id, identity.bridge_host)
         where = (
             f"attached to mqtt://{s.attach.host}:{s.attach.port}"
             if s.attach
@@ -75,6 +96,8 @@ class Outbox:
         log.info("edge outbox %s, data in %s", where, s.data_dir)
 
     async def stop(self) -> None:
+        if self.forwarder is not None:
+            self._tasks[-1].cancel()  # stop sending first; everything unacknowledged is resent next time
         if self._transport is not None:
             await self._transport.stop()
         with contextlib.suppress(TimeoutError):
@@ -98,6 +121,9 @@ class Outbox:
                 if expired:
                     log.info("%d intents expired before they could be forwarded", expired)
                 await self.store.call(ops.set_meta, STATUS_KEY, str(self.status.published_seq))
+                if self.forwarder is not None:
+                    link = asdict(self.forwarder.snapshot())
+                    await self.store.call(ops.set_meta, LINK_KEY, json.dumps(link))
                 if time.monotonic() - last_purge > 3600:
                     last_purge = time.monotonic()
                     purged = await self.store.call(ops.purge, now - int(self.settings.retention_s * 1000))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from edge_outbox.errors import ConfigError
@@ -52,6 +53,22 @@ class AttachTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwarderSettings:
+    """How the forwarder talks to the bridge."""
+
+    batch_items: int = 500
+    batch_bytes: int = 512 * 1024
+    window: int = 4000
+    ack_timeout_s: float = 30.0
+    token_lifetime_s: int = 900
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 60.0
+    transport: Literal["tcp", "websockets"] = "tcp"
+    websocket_port: int = 443
+    idle_poll_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxSettings:
     data_dir: Path = DEFAULT_DATA_DIR
     listen_host: str = "127.0.0.1"
@@ -62,6 +79,8 @@ class OutboxSettings:
     max_queue_bytes: int = 1 << 30
     retention_s: float = 7 * 86400.0
     housekeeping_s: float = 1.0
+    forward: bool = True  # forward to the bridge when enrolled
+    forwarder: ForwarderSettings = field(default_factory=ForwarderSettings)
 
     def __post_init__(self) -> None:
         if self.max_queue_items < 0 or self.max_queue_bytes < 0:

@@ -29,7 +29,7 @@ T = TypeVar("T")
 MAX_GROUP = 2000
 IDLE_POLL_S = 0.5  # how often an idle writer looks for changes made by ops commands in other processes
 
-_Op = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+_Op = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]
 _Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
@@ -64,12 +64,12 @@ class Store:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(conn, *args)` in the next group commit; returns once it is committed."""
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn(conn, *args, **kwargs)` in the next group commit; returns once it is committed."""
         if self._thread is None or self._loop is None:
             raise StorageError("the store is not running")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((fn, args, future))
+        self._queue.put((fn, args, kwargs, future))
         return await future
 
     def _run(self, conn: sqlite3.Connection) -> None:
@@ -104,10 +104,10 @@ class Store:
         results: list[_Result] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, args, future in group:
+            for fn, args, kwargs, future in group:
                 conn.execute("SAVEPOINT op")
                 try:
-                    value = fn(conn, *args)
+                    value = fn(conn, *args, **kwargs)
                 except sqlite3.Error:
                     raise  # the transaction itself is in doubt: fail the whole group below
                 except Exception as exc:
@@ -125,7 +125,7 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             failure = StorageError(f"could not commit to {db.db_path(self.data_dir)}: {exc}")
-            results = [(future, None, failure) for _, _, future in group]
+            results = [(future, None, failure) for *_, future in group]
         assert self._loop is not None
         # One wake-up of the event loop for the whole group, not one per caller.
         self._loop.call_soon_threadsafe(_resolve, results)

@@ -11,21 +11,17 @@ per second be admitted durably on one disk.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgpack
 
 from cloud_bridge.audit import AuditEvent, AuditQuery, AuditRecord
-from cloud_bridge.errors import TransientError
+from cloud_bridge.errors import BridgeError, TransientError
 from cloud_bridge.ledger import (
     AUDIT_EVENTS,
     DecisionLike,
@@ -37,6 +33,7 @@ from cloud_bridge.ledger import (
     is_duplicate,
 )
 from intent_contract.codec import Ack, AckState, Envelope
+from intent_contract.sqlite_writer import GroupCommitWriter, WriterHooks
 
 logger = logging.getLogger(__name__)
 
@@ -68,27 +65,6 @@ CREATE INDEX IF NOT EXISTS audit_device ON audit (device_id, at);
 
 _Fn = Callable[[sqlite3.Connection], Any]
 T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class _Op:
-    fn: _Fn
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-    writes: bool
-
-    def resolve(self, value: Any, error: BaseException | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting
-            self.loop.call_soon_threadsafe(_settle, self.future, value, error)
-
-
-def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.done():  # the caller was cancelled; the work is committed all the same
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
 
 
 def _pack(obj: object) -> bytes:
@@ -199,37 +175,30 @@ class SqliteLedger:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.commits = 0
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._writer = GroupCommitWriter(
+            self._connect,
+            name="ledger-writer",
+            max_group=_MAX_BATCH,
+            hooks=WriterHooks(convert=_convert, expected=(BridgeError,)),
+        )
 
     def __repr__(self) -> str:
         return f"SqliteLedger({str(self.path)!r})"
 
-    # -- the writer thread ------------------------------------------------------------------------
+    @property
+    def commits(self) -> int:
+        """Write transactions so far (for tests and metrics)."""
+        return self._writer.commits
 
     async def open(self) -> None:
         """Open (creating if needed) the database and start the writer thread."""
-        if self._thread is not None:
+        if self._writer.running:
             raise RuntimeError("ledger already open")
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        self._thread = threading.Thread(target=self._run, args=(loop, ready), name="ledger-writer", daemon=True)
-        self._thread.start()
-        try:
-            await ready
-        except BaseException:
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
-            raise
+        await self._writer.start()
 
     async def close(self) -> None:
         """Run what is queued, stop the thread and close the database."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self._queue.put(None)
-        await asyncio.to_thread(thread.join)
+        await self._writer.close()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None)
@@ -240,70 +209,10 @@ class SqliteLedger:
         conn.executescript(_SCHEMA)
         return conn
 
-    def _run(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
-        try:
-            conn = self._connect()
-        except sqlite3.Error as exc:
-            error = TransientError(f"cannot open ledger {self.path}: {exc}", code="ledger_error")
-            _Op(lambda c: None, ready, loop, writes=False).resolve(None, error)
-            return
-        _Op(lambda c: None, ready, loop, writes=False).resolve(None, None)
-        try:
-            stopping = False
-            while not stopping:
-                first = self._queue.get()
-                if first is None:
-                    break
-                batch = [first]
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        op = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if op is None:
-                        stopping = True
-                        break
-                    batch.append(op)
-                self._run_batch(conn, batch)
-        finally:
-            conn.close()
-
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        writes = any(op.writes for op in batch)
-        results: list[tuple[_Op, Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
-            for op in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = op.fn(conn)
-                except Exception as exc:  # noqa: BLE001 - handed to the caller, not swallowed
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append((op, None, _convert(exc)))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append((op, value, None))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            logger.exception("ledger transaction failed; %d calls get an error", len(batch))
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            failure = _convert(exc)
-            results = [(op, None, failure) for op in batch]
-        else:
-            if writes:
-                self.commits += 1
-        for op, value, error in results:
-            op.resolve(value, error)
-
     async def _call(self, fn: Callable[[sqlite3.Connection], T], *, writes: bool = True) -> T:
-        if self._thread is None:
+        if not self._writer.running:
             raise RuntimeError("ledger is not open")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Op(fn, future, loop, writes))
-        return await future
+        return await self._writer.call(fn, writes=writes)
 
     # -- admission --------------------------------------------------------------------------------
 
@@ -494,7 +403,7 @@ class SqliteLedger:
         return await self._call(run)
 
 
-def _convert(exc: Exception) -> Exception:
+def _convert(exc: BaseException) -> BaseException:
     """sqlite3 errors become TransientError (the caller may retry); others pass through unchanged."""
     if isinstance(exc, sqlite3.Error):
         converted = TransientError(f"ledger error: {exc}", code="ledger_error")

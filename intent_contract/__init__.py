@@ -1,5 +1,6 @@
-"""The wire contract shared by the edge outbox and the cloud bridge.
+"""Shared by the edge outbox and the cloud bridge.
 
-Pure code only: names, schemas, ids, time formats and the msgpack codec. No I/O beyond reading the
-bundled JSON Schemas once.
+The wire contract, as pure code: names, schemas, ids, time formats, backoff, device tokens and the
+msgpack codec. Plus one piece of I/O both sides' storage is built on: the SQLite group-commit writer
+(`sqlite_writer`).
 """

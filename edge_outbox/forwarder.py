@@ -168,8 +168,8 @@ class Forwarder:
             self._inflight.clear()
             self._set_state(LinkState.CONNECTED)
             await client.subscribe(self._acks_topic, qos=1)
-            # Close and reconnect with a new token a minute before this one expires.
-            lifetime = max(s.token_lifetime_s - 60, 30)
+            # MQTT 3.1.1 cannot re-authenticate: reconnect with a new token before this one expires.
+            lifetime = s.token_lifetime_s * 0.8
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._send_loop(client))

@@ -219,3 +219,38 @@ async def test_a_bug_in_one_operation_fails_only_that_call(tmp_path: Path, caplo
         await store.close()
     assert result.outcome is Outcome.STORED
     assert "_broken_operation failed" in caplog.text
+
+
+def test_batches_take_priority_then_age_within_caps(conn: sqlite3.Connection) -> None:
+    for n, priority in enumerate([0, 5, 0, 9, 5]):
+        ops.commit_intake(conn, intent(intent_id=f"b{n}", priority=priority), QueueLimits(), NOW + n)
+    batch = ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW)
+    assert [r.id for r in batch] == ["b3", "b1", "b4", "b0", "b2"]
+    assert [r.id for r in ops.next_batch(conn, limit=2, max_bytes=10**6, sent_before=NOW)] == ["b3", "b1"]
+    # the byte cap stops a batch, but never below one intent
+    assert len(ops.next_batch(conn, limit=10, max_bytes=len(GOOD) * 2, sent_before=NOW)) == 2
+    assert len(ops.next_batch(conn, limit=10, max_bytes=1, sent_before=NOW)) == 1
+    # sent ones are skipped until they are due again, and can no longer be cancelled
+    ops.mark_sent(conn, [r.seq for r in batch[:2]], NOW + 100)
+    assert [r.id for r in ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW + 100)] == ["b4", "b0", "b2"]
+    assert len(ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW + 101)) == 5
+    with pytest.raises(IllegalTransitionError):
+        ops.cancel(conn, "b3", NOW)
+
+
+def test_acks_apply_once_and_final_ids_are_confirmed(conn: sqlite3.Connection) -> None:
+    from intent_contract.codec import Ack, AckState
+
+    ops.commit_intake(conn, intent(intent_id="k1"), QueueLimits(), NOW)
+    ops.commit_intake(conn, intent(intent_id="k2"), QueueLimits(), NOW)
+    applied = ops.apply_acks(conn, [Ack("k1", AckState.ACCEPTED), Ack("k2", AckState.FAILED, "smtp_550", "no")], NOW)
+    assert (applied.changed, applied.final_ids) == (2, ["k2"])
+    assert ops.get(conn, "k1").state is State.FORWARDED
+    failed = ops.get(conn, "k2")
+    assert (failed.state, failed.code, failed.detail) == (State.FAILED, "smtp_550", "no")
+    # a repeated or late ack changes nothing but is still confirmed; an unknown id is harmless
+    again = ops.apply_acks(conn, [Ack("k2", AckState.DELIVERED), Ack("gone", AckState.DELIVERED)], NOW)
+    assert (again.changed, again.final_ids) == (0, ["k2", "gone"])
+    assert ops.get(conn, "k2").state is State.FAILED
+    assert ops.fail_pending(conn, "device_revoked", "revoked", NOW) == 1
+    assert ops.get(conn, "k1").code == "device_revoked"

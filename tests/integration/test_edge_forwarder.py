@@ -1,0 +1,217 @@
+"""The forwarder against a real bridge on loopback TLS: enrollment, delivery, confirms, token refresh,
+WebSocket transport, and the edge's ops view of the link."""
+
+import asyncio
+import dataclasses
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from cloud_bridge.settings import HostPort
+from edge_outbox import db, ops
+from edge_outbox.errors import PermanentError
+from edge_outbox.forwarder import Forwarder, LinkState
+from edge_outbox.identity import enroll, load_identity
+from edge_outbox.intake_rules import admit
+from edge_outbox.ops import QueueLimits
+from edge_outbox.settings import ForwarderSettings
+from edge_outbox.states import State
+from edge_outbox.store import Store
+from tests.helpers import free_port
+from tests.integration.test_bridge_harness import CountingIntegration, Harness, make_settings, running_bridge, until
+
+EMAIL = {"to": "ops@example.com", "subject": "Alarm", "text": "Boiler 3 hot"}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@pytest.fixture
+def counting() -> CountingIntegration:
+    return CountingIntegration()
+
+
+@pytest.fixture
+async def bridge(
+    tmp_path: Path, server_cert_files: dict[str, Path], counting: CountingIntegration
+) -> AsyncIterator[Harness]:
+    settings = dataclasses.replace(
+        make_settings(tmp_path / "bridge", server_cert_files), ws_listen=HostPort("127.0.0.1", free_port())
+    )
+    async for h in running_bridge(settings, server_cert_files["ca"], {"email.send": counting}):
+        yield h
+
+
+async def enrolled_edge(tmp_path: Path, bridge: Harness) -> Path:
+    code = await asyncio.to_thread(bridge.bridge.registry.create_code, "acme", "edge-1", 600, time.time())
+    edge_dir = tmp_path / "edge"
+    await asyncio.to_thread(enroll, edge_dir, bridge.base_url, code, bridge.ca_file)
+    return edge_dir
+
+
+async def queue_intents(store: Store, count: int, prefix: str = "f") -> None:
+    for n in range(count):
+        raw = json.dumps({**EMAIL, "id": f"{prefix}{n}"}).encode()
+        decision = admit("outbox/app/email.send", raw, now_ms(), lambda: "unused")
+        await store.call(ops.commit_intake, decision, QueueLimits(), now_ms())
+
+
+async def run_forwarder(edge_dir: Path, settings: ForwarderSettings) -> tuple[Store, Forwarder, asyncio.Task[None]]:
+    store = Store(edge_dir)
+    await store.start()
+    identity = load_identity(edge_dir)
+    assert identity is not None
+    forwarder = Forwarder(store, edge_dir, identity, settings, now_ms)
+    return store, forwarder, asyncio.create_task(forwarder.run())
+
+
+def states(edge_dir: Path) -> dict[str, str]:
+    conn = db.connect(edge_dir)
+    try:
+        return dict(conn.execute("SELECT id, state FROM intents"))
+    finally:
+        conn.close()
+
+
+async def test_enrollment_keeps_a_private_key_and_refuses_to_replace_it(tmp_path: Path, bridge: Harness) -> None:
+    edge_dir = await enrolled_edge(tmp_path, bridge)
+    identity = load_identity(edge_dir)
+    assert identity is not None
+    key = edge_dir / "identity" / "device.key"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    device = await asyncio.to_thread(bridge.bridge.registry.get, identity.device_id)
+    assert device is not None
+    assert "PRIVATE" not in device.public_key
+    # the private key never left: the bridge only has the public half
+    assert key.read_bytes().decode() not in json.dumps(device.public_key)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_outbox",
+            "enroll",
+            "--data-dir",
+            str(edge_dir),
+            "--bridge",
+            bridge.base_url,
+            "--code",
+            "x",
+            "--ca",
+            str(bridge.ca_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 1
+    assert f"already enrolled as device {identity.device_id}" in again.stderr
+    assert load_identity(edge_dir) == identity
+
+
+async def test_enrollment_errors_are_one_clear_line(tmp_path: Path, bridge: Harness) -> None:
+    with pytest.raises(PermanentError, match=r"refused enrollment \(HTTP 403\)"):
+        await asyncio.to_thread(enroll, tmp_path / "a", bridge.base_url, "not-a-code", bridge.ca_file)
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    code = await asyncio.to_thread(bridge.bridge.registry.create_code, "acme", "edge-2", 600, time.time())
+    with pytest.raises(PermanentError, match="certificate not signed by"):
+        await asyncio.to_thread(enroll, tmp_path / "b", bridge.base_url, code, other_ca)
+    assert load_identity(tmp_path / "b") is None
+
+
+async def test_intents_are_delivered_confirmed_and_statuses_applied(
+    tmp_path: Path, bridge: Harness, counting: CountingIntegration
+) -> None:
+    edge_dir = await enrolled_edge(tmp_path, bridge)
+    store, forwarder, task = await run_forwarder(edge_dir, ForwarderSettings(batch_items=50))
+    try:
+        await queue_intents(store, 300)
+        forwarder.wake()
+        await until(lambda: set(states(edge_dir).values()) == {"delivered"}, timeout=60, what="all delivered")
+        assert sorted(j.intent_id for j in counting.calls) == sorted(f"f{n}" for n in range(300))  # each executed once
+        identity = load_identity(edge_dir)
+        assert identity is not None
+        # the edge confirmed every final result, so the bridge keeps nothing to re-send
+        await until(lambda: forwarder.snapshot().acked >= 300, what="acks counted")
+
+        async def unconfirmed() -> int:
+            return len(await bridge.bridge.ledger.unconfirmed(identity.device_id))
+
+        for _ in range(100):
+            if await unconfirmed() == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await unconfirmed() == 0
+        assert forwarder.snapshot().state is LinkState.CONNECTED
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+
+
+async def test_token_refresh_reconnects_and_keeps_forwarding(
+    tmp_path: Path, bridge: Harness, counting: CountingIntegration
+) -> None:
+    edge_dir = await enrolled_edge(tmp_path, bridge)
+    store, forwarder, task = await run_forwarder(edge_dir, ForwarderSettings(token_lifetime_s=3))
+    try:
+        await queue_intents(store, 5, "early")
+        forwarder.wake()
+        await until(lambda: len(counting.calls) == 5, timeout=30, what="first intents")
+        first_since = forwarder.snapshot().since
+        await asyncio.sleep(4)  # past 80% of the 3 s token: a new connection with a new token
+        await queue_intents(store, 5, "late")
+        forwarder.wake()
+        await until(lambda: len(counting.calls) == 10, timeout=30, what="intents after the token refresh")
+        assert forwarder.snapshot().since > first_since
+        assert sorted(j.intent_id for j in counting.calls) == sorted(
+            [f"early{n}" for n in range(5)] + [f"late{n}" for n in range(5)]
+        )
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+
+
+async def test_websocket_over_tls_transport(tmp_path: Path, bridge: Harness, counting: CountingIntegration) -> None:
+    edge_dir = await enrolled_edge(tmp_path, bridge)
+    assert bridge.settings.ws_listen is not None
+    settings = ForwarderSettings(transport="websockets", websocket_port=bridge.settings.ws_listen.port)
+    store, forwarder, task = await run_forwarder(edge_dir, settings)
+    try:
+        await queue_intents(store, 20, "ws")
+        forwarder.wake()
+        await until(
+            lambda: states(edge_dir) and set(states(edge_dir).values()) == {"delivered"},
+            timeout=30,
+            what="delivered over WebSocket",
+        )
+        assert len(counting.calls) == 20
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+
+
+async def test_unreachable_bridge_backs_off_and_status_shows_the_link(tmp_path: Path, bridge: Harness) -> None:
+    edge_dir = await enrolled_edge(tmp_path, bridge)
+    await bridge.bridge.stop()
+    store, forwarder, task = await run_forwarder(edge_dir, ForwarderSettings(backoff_base_s=0.1, backoff_cap_s=0.5))
+    try:
+        await queue_intents(store, 3)
+        await until(lambda: forwarder.snapshot().state is LinkState.OFFLINE, timeout=20, what="offline")
+        assert set(states(edge_dir).values()) == {State.ACCEPTED.value}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()

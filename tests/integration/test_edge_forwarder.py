@@ -215,3 +215,50 @@ async def test_unreachable_bridge_backs_off_and_status_shows_the_link(tmp_path: 
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await store.close()
+
+
+async def test_status_shows_link_backlog_and_drain_estimate(
+    tmp_path: Path, bridge: Harness, counting: CountingIntegration
+) -> None:
+    from edge_outbox.runner import Outbox
+    from edge_outbox.settings import OutboxSettings
+    from tests.edge_harness import Client, cli_json, email
+
+    edge_dir = await enrolled_edge(tmp_path, bridge)
+    not_enrolled = tmp_path / "plain"
+    db.connect(not_enrolled).close()
+    assert (await asyncio.to_thread(cli_json, not_enrolled, "status"))["link"]["state"] == "not enrolled"
+
+    port = free_port()
+    outbox = Outbox(OutboxSettings(data_dir=edge_dir, listen_port=port, housekeeping_s=0.2))
+    await outbox.start()
+    app = await asyncio.to_thread(lambda: Client(port, "status-app").connect())
+    try:
+        await asyncio.to_thread(app.subscribe, "outbox/app/status/#")
+        for n in range(50):
+            app.publish("outbox/app/email.send", email(f"s{n}"), name=f"s{n}")
+        await until(lambda: len(counting.calls) == 50, timeout=30, what="delivered")
+        await until(lambda: all("delivered" in app.status_of(f"s{n}") for n in range(50)), what="statuses at app")
+        await asyncio.sleep(0.5)
+        status = await asyncio.to_thread(cli_json, edge_dir, "status")
+        assert status["link"]["state"] == "connected"
+        assert status["link"]["last_contact"] is not None
+        assert status["pending"] == 0
+        assert status["link"]["drain_s"] == 0.0
+        await bridge.bridge.stop()  # the link goes down; a backlog builds up
+        await until(
+            lambda: outbox.forwarder is not None and outbox.forwarder.snapshot().state is not LinkState.CONNECTED,
+            timeout=20,
+            what="link down",
+        )
+        for n in range(5):
+            app.publish("outbox/app/email.send", email(f"late{n}"), name=f"late{n}")
+        await until(lambda: len(app.acked) == 55, what="PUBACKs while offline")
+        await asyncio.sleep(0.5)
+        status = await asyncio.to_thread(cli_json, edge_dir, "status")
+        assert status["link"]["state"] in ("offline", "connecting")
+        assert status["pending"] == 5
+        assert status["oldest_pending_age_s"] >= 0
+    finally:
+        await asyncio.to_thread(app.close)
+        await outbox.stop()

@@ -193,11 +193,12 @@ class Forwarder:
             room = s.window - len(self._inflight)
             rows: list[IntentRow] = []
             if room > 0:
+                # Eligible: never sent, sent on an earlier connection, or not acked within ack_timeout.
                 rows = await self._store.call(
                     ops.next_batch,
                     limit=min(s.batch_items, room),
                     max_bytes=s.batch_bytes,
-                    sent_before=min(self._connected_at, stale),
+                    sent_before=max(self._connected_at, stale),
                 )
             if not rows:
                 self._wake.clear()

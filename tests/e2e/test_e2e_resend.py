@@ -1,0 +1,78 @@
+"""A batch the bridge drops (its per-device queue was full) is sent again on the same live connection.
+
+In-process so the ack timeout can be short: the real Outbox (embedded broker, store, forwarder) and
+the real Bridge (listener, service, ledger, executor) on loopback TLS, with the bridge's documented
+drop point (`BridgeService.submit` when a device's queue is full) made to drop the first batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cloud_bridge.service import Bridge
+from edge_outbox.identity import enroll
+from edge_outbox.runner import Outbox
+from edge_outbox.settings import ForwarderSettings, OutboxSettings
+from tests.edge_harness import Client, email, stored_ids
+from tests.helpers import free_port
+from tests.integration.test_bridge_harness import CountingIntegration, make_settings
+
+
+@pytest.fixture
+async def bridge(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> AsyncIterator[tuple[Bridge, CountingIntegration]]:
+    counting = CountingIntegration()
+    bridge = Bridge(make_settings(tmp_path / "bridge", server_cert_files), integrations={"email.send": counting})
+    await bridge.start()
+    try:
+        yield bridge, counting
+    finally:
+        await bridge.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_dropped_batch_is_resent_after_the_ack_timeout_on_the_same_connection(
+    tmp_path: Path, server_cert_files: dict[str, Path], bridge: tuple[Bridge, CountingIntegration]
+) -> None:
+    b, counting = bridge
+    assert b.service is not None
+    service = b.service
+    dropped: list[bytes] = []
+    original = service.submit
+
+    def drop_first_batch(device_id: str, leaf: str, data: bytes) -> None:
+        if leaf == "intents" and not dropped:
+            dropped.append(data)  # as when the device's queue is full: gone, no ack
+            return
+        original(device_id, leaf, data)
+
+    service.submit = drop_first_batch  # type: ignore[method-assign]
+    edge_dir = tmp_path / "edge"
+    code = b.registry.create_code("acme", "edge-resend", 600, time.time())
+    await asyncio.to_thread(
+        enroll, edge_dir, f"https://127.0.0.1:{b.settings.http_listen.port}", code, server_cert_files["ca"]
+    )
+    port = free_port()
+    outbox = Outbox(OutboxSettings(data_dir=edge_dir, listen_port=port, forwarder=ForwarderSettings(ack_timeout_s=1.0)))
+    await outbox.start()
+    app = Client(port, "resend-app")
+    try:
+        await asyncio.to_thread(app.connect)
+        app.publish("outbox/hvac-ui/email.send", email("resend-1"), name="resend-1")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and stored_ids(edge_dir).get("resend-1") != "delivered":
+            await asyncio.sleep(0.1)
+        assert dropped, "the first batch never reached the bridge: the test proves nothing"
+        assert outbox.forwarder is not None
+        assert outbox.forwarder.snapshot().state == "connected"
+        assert stored_ids(edge_dir).get("resend-1") == "delivered", "a dropped batch was never sent again"
+        assert [job.intent_id for job in counting.calls] == ["resend-1"]
+    finally:
+        await asyncio.to_thread(app.close)
+        await outbox.stop()

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -111,19 +112,24 @@ class Outbox:
         await self.store.close()
 
     async def _housekeeping(self) -> None:
-        """Expire overdue intents, remember how far statuses went out, purge what retention allows."""
+        """Expire overdue intents, remember how far statuses went out, purge what retention allows.
+
+        One transaction a tick, and it writes only what changed, so an idle outbox does not fsync.
+        """
         last_purge = 0.0
+        written: dict[str, str] = {}
         while True:
             await asyncio.sleep(self.settings.housekeeping_s)
             try:
                 now = now_ms()
-                expired = await self.store.call(ops.expire_due, now)
+                current = {STATUS_KEY: str(self.status.published_seq)}
+                if self.forwarder is not None:
+                    current[LINK_KEY] = json.dumps(asdict(self.forwarder.snapshot()))
+                changed = {k: v for k, v in current.items() if written.get(k) != v}
+                expired = await self.store.call(_tick, now, changed)
+                written.update(changed)
                 if expired:
                     log.info("%d intents expired before they could be forwarded", expired)
-                await self.store.call(ops.set_meta, STATUS_KEY, str(self.status.published_seq))
-                if self.forwarder is not None:
-                    link = asdict(self.forwarder.snapshot())
-                    await self.store.call(ops.set_meta, LINK_KEY, json.dumps(link))
                 if time.monotonic() - last_purge > 3600:
                     last_purge = time.monotonic()
                     purged = await self.store.call(ops.purge, now - int(self.settings.retention_s * 1000))
@@ -132,6 +138,12 @@ class Outbox:
                         log.info("retention: purged %d final intents", purged)
             except Exception:
                 log.exception("housekeeping failed; trying again")
+
+
+def _tick(conn: sqlite3.Connection, now: int, meta: dict[str, str]) -> int:
+    for key, value in meta.items():
+        ops.set_meta(conn, key, value)
+    return ops.expire_due(conn, now)
 
 
 async def serve(settings: OutboxSettings, ready: Callable[[], Awaitable[None] | None] | None = None) -> None:

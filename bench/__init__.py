@@ -1,0 +1,1 @@
+"""Benchmarks against Mosquitto and plain amqtt; `python -m bench` writes BENCHMARKS.md."""

@@ -1,0 +1,122 @@
+"""`python -m bench [--quick] [--only P1,P2,...]`: run the benchmarks and write BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import report
+from bench.procs import ensure_mosquitto, mosquitto_version
+from bench.report import Figure
+from bench.stack import Stack
+
+SECTIONS = {
+    "P1": "durable ingest (QoS 1 publishers, PUBACKs/s)",
+    "P2": "backlog drain after an offline period",
+    "P3": "edge memory (RSS of the edge-outbox process)",
+    "P4": "bridge fan-in (simulated devices over TLS)",
+    "P5": "online latency, publish to `delivered` at the app (200 intents/s)",
+}
+ROOT = Path(__file__).resolve().parent.parent
+FINDINGS = Path(__file__).resolve().parent / "findings.md"
+
+
+def raise_nofile() -> int:
+    """Raise the soft open-files limit to the hard limit (children inherit it): 1,000 devices need fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes and short runs (a few minutes)")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5", help="comma-separated sections to run")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (at least 3 for the report)")
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="report to write")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
+    args = parser.parse_args(argv)
+    only = [s.strip().upper() for s in args.only.split(",") if s.strip()]
+    nofile = raise_nofile()
+    work = Path(tempfile.mkdtemp(prefix="edge-bench-", dir="/var/tmp"))
+    print(f"bench: work directory {work}", flush=True)
+    mosquitto = ensure_mosquitto()
+    stack = Stack(work)
+    stack.start_sink()
+    figures: list[Figure] = []
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    t0 = time.monotonic()
+    q = args.quick
+    failures: list[str] = []
+    try:
+        for section in only:
+            print(f"== {section}: {SECTIONS[section]}", flush=True)
+            try:
+                figures += run_section(section, stack, mosquitto, args.runs, q)
+            except Exception as exc:
+                traceback.print_exc()
+                failures.append(f"{section}: {type(exc).__name__}: {exc}"[:500])
+            (work / "results.json").write_text(json.dumps([f.to_json() for f in figures], indent=1))
+    finally:
+        stack.stop_all()
+    command = (
+        "bench/run"
+        + (" --quick" if q else "")
+        + (f" --only {args.only}" if args.only != parser.get_default("only") else "")
+    )
+    extra = {"Mosquitto": mosquitto_version(mosquitto), "open files limit (bench and children)": str(nofile)}
+    if failures:
+        extra["sections that failed in this run"] = "; ".join(failures)
+    text = report.render(
+        figures,
+        sections={k: v for k, v in SECTIONS.items() if k in only},
+        machine_info=report.machine(),
+        command=command,
+        started=started,
+        duration_s=time.monotonic() - t0,
+        extra=extra,
+        findings=FINDINGS.read_text() if FINDINGS.exists() else "(none)",
+    )
+    args.out.write_text(text)
+    print(text)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if failures else 0
+
+
+def run_section(section: str, stack: Stack, mosquitto: str, runs: int, quick: bool) -> list[Figure]:
+    if section == "P1":
+        from bench import p1_ingest  # noqa: PLC0415
+
+        return p1_ingest.run(stack, mosquitto, runs, seconds=2.0 if quick else 4.0, publishers=[1, 4])
+    if section == "P2":
+        from bench import p2_drain  # noqa: PLC0415
+
+        return p2_drain.run(stack, mosquitto, runs, backlog=5_000 if quick else 100_000)
+    if section == "P3":
+        from bench import p3_memory  # noqa: PLC0415
+
+        sizes = [0, 10_000, 100_000] if quick else [0, 100_000, 1_000_000]
+        return p3_memory.run(stack, runs, sizes)
+    if section == "P4":
+        from bench import p4_fanin  # noqa: PLC0415
+
+        return p4_fanin.run(stack, runs, devices=100 if quick else 1000, batches=5 if quick else 10)
+    if section == "P5":
+        from bench import p5_latency  # noqa: PLC0415
+
+        return p5_latency.run(stack, runs, rate=200, seconds=3.0 if quick else 10.0)
+    raise SystemExit(f"unknown section {section}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

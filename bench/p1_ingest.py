@@ -1,0 +1,114 @@
+"""P1 durable ingest: QoS 1 publishers into the edge outbox vs plain amqtt vs a Mosquitto bridge pair."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from bench.load import publish_timed
+from bench.procs import Proc, free_port, start_mosquitto
+from bench.report import Figure
+from bench.stack import EnrolledPair, Stack, edge_counts, intent_body
+
+SECTION = "P1"
+EDGE = "edge outbox + live bridge"
+EDGE_ALONE = "edge outbox, not enrolled (store only)"
+AMQTT = "plain amqtt broker"
+MOSQ_DEFAULT = "Mosquitto bridge pair, default persistence"
+MOSQ_DURABLE = "Mosquitto bridge pair, autosave on every change"
+ATTACH = "edge outbox attached to Mosquitto (committed/s)"
+TARGET = ">= 0.9x amqtt, >= 3x durable Mosquitto"
+
+
+def _fig(figs: dict[str, Figure], name: str, pubs: int, peers: tuple[str, ...] = (), target: str = "") -> Figure:
+    key = f"{name}, {pubs} pub"
+    if key not in figs:
+        figs[key] = Figure(SECTION, key, "msgs/s", peers=[f"{p}, {pubs} pub" for p in peers], target=target)
+    return figs[key]
+
+
+def _measure(port: int, pubs: int, seconds: float) -> float:
+    return asyncio.run(publish_timed(port, pubs, seconds, intent_body)).rate
+
+
+def run(stack: Stack, mosquitto: str, runs: int, seconds: float, publishers: list[int]) -> list[Figure]:
+    figs: dict[str, Figure] = {}
+    pair = EnrolledPair(stack, "p1")
+    work = stack.work / "p1"
+    for pubs in publishers:
+        for i in range(runs):
+            tag = f"{pubs}pub-run{i}"
+            print(f"  P1 {tag}", flush=True)
+
+            # the outbox as deployed: enrolled, forwarding to a live bridge that executes against the sink
+            bridge_dir, edge_dir = pair.fresh(tag)
+            bridge = pair.start_bridge(bridge_dir)
+            port = free_port()
+            edge = stack.start_edge(edge_dir, port)
+            _fig(figs, EDGE, pubs, (AMQTT, MOSQ_DURABLE), TARGET).samples.append(_measure(port, pubs, seconds))
+            edge.stop()
+            bridge.stop()
+
+            # store only: no forwarder competing for the 2 cores
+            port = free_port()
+            alone_dir = work / tag / "alone"
+            edge = stack.start_edge(alone_dir, port, name="edge-alone")
+            _fig(figs, EDGE_ALONE, pubs, (AMQTT, MOSQ_DURABLE), TARGET).samples.append(_measure(port, pubs, seconds))
+            edge.stop()
+
+            port = free_port()
+            plain = stack.spawn("amqtt-plain", [sys.executable, "-m", "bench.amqtt_plain", str(port)], port)
+            _fig(figs, AMQTT, pubs).samples.append(_measure(port, pubs, seconds))
+            plain.stop()
+
+            for name, persistence in ((MOSQ_DEFAULT, "default"), (MOSQ_DURABLE, "durable")):
+                mdir = work / tag / persistence
+                cloud_port, edge_port = free_port(), free_port()
+                cloud = start_mosquitto(
+                    mosquitto, f"mosq-cloud-{persistence}", mdir, cloud_port, persistence=persistence
+                )
+                medge = start_mosquitto(
+                    mosquitto, f"mosq-edge-{persistence}", mdir, edge_port, persistence=persistence,
+                    bridge_to=cloud_port,
+                )  # fmt: skip
+                time.sleep(0.5)  # let the bridge connection come up
+                _fig(figs, name, pubs).samples.append(_measure(edge_port, pubs, seconds))
+                medge.stop()
+                cloud.stop()
+
+            figs_attach = _fig(figs, ATTACH, pubs, (MOSQ_DURABLE,))
+            figs_attach.samples.append(_attach(stack, mosquitto, work / tag / "attach", pubs, seconds))
+            shutil.rmtree(work / tag, ignore_errors=True)
+            shutil.rmtree(pair.root / tag, ignore_errors=True)
+    order = [EDGE, EDGE_ALONE, AMQTT, MOSQ_DEFAULT, MOSQ_DURABLE, ATTACH]
+    return sorted(
+        figs.values(), key=lambda f: (int(f.name.rsplit(", ", 1)[1].split()[0]), order.index(f.name.rsplit(", ", 1)[0]))
+    )
+
+
+def _attach(stack: Stack, mosquitto: str, work: Path, pubs: int, seconds: float) -> float:
+    """Apps publish to Mosquitto (default persistence, unlimited queue); the outbox commits from its session."""
+    port = free_port()
+    broker: Proc = start_mosquitto(mosquitto, "mosq-site", work, port, persistence="default", max_queued=0)
+    edge_dir = work / "edge"
+    edge = stack.start_edge(edge_dir, None, f"--attach=mqtt://127.0.0.1:{port}", name="edge-attach")
+    deadline = time.monotonic() + 30
+    while "attached" not in edge.tail() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    start = time.monotonic()
+    result = asyncio.run(publish_timed(port, pubs, seconds, intent_body))
+    committed, last_change, seen = 0, start, -1
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        committed = edge_counts(edge_dir).get("accepted", 0)
+        if committed != seen:
+            seen, last_change = committed, time.monotonic()
+        if committed >= result.acked or time.monotonic() - last_change > 10:
+            break
+        time.sleep(0.05)
+    edge.stop()
+    broker.stop()
+    return committed / (last_change - start)

@@ -110,6 +110,8 @@ class Stack:
 
 def edge_counts(data_dir: Path) -> dict[str, int]:
     """Intents per state in an edge outbox database (its O(1) stats table)."""
+    if not (data_dir / "outbox.db").exists():
+        return {}
     conn = sqlite3.connect(f"file:{data_dir / 'outbox.db'}?mode=ro", uri=True, timeout=30)
     try:
         return {state: int(items) for state, items in conn.execute("SELECT state, items FROM stats")}

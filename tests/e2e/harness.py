@@ -226,12 +226,27 @@ def point_edge_at(edge_dir: Path, mqtt_port: int) -> None:
     path.write_text(json.dumps(device, indent=2) + "\n")
 
 
-class CutProxy:
-    """A TCP proxy on its own event loop thread that can hold the return path and cut every link.
+class _Link:
+    """One proxied connection: its two writers and how its return path is treated."""
 
-    `hold()`: bytes from the bridge to the edge are kept back (edge -> bridge still flows).
-    `cut()`: every connection is aborted and held bytes are discarded; new connections are refused
-    until `reopen()`.
+    def __init__(self, edge_w: asyncio.StreamWriter, bridge_w: asyncio.StreamWriter, hold_after: int | None) -> None:
+        self.edge_w, self.bridge_w = edge_w, bridge_w
+        self.hold_after = hold_after
+        self.up_bytes = 0
+        self.holding = False
+
+    def abort(self) -> None:
+        self.edge_w.transport.abort()
+        self.bridge_w.transport.abort()
+
+
+class CutProxy:
+    """A TCP proxy (edge -> bridge MQTT port) on its own event loop thread, for faults on a live link.
+
+    `reopen(hold_after=n)`: new connections pass everything until n bytes went from the edge to the
+    bridge; from then on bytes from the bridge to the edge are held back (kept from the edge) while
+    the edge's bytes still flow. `cut()`: every connection is aborted, held bytes are discarded, and
+    new connections are refused until `reopen()`.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -240,9 +255,9 @@ class CutProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cut-proxy", daemon=True)
         self._server: asyncio.Server | None = None
-        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self._holding = False
+        self._links: set[_Link] = set()
         self._open = True
+        self._hold_after: int | None = None
         self.held_bytes = 0
         self.connections = 0
 
@@ -267,46 +282,53 @@ class CutProxy:
             edge_w.transport.abort()
             return
         self.connections += 1
-        link = (edge_w, bridge_w)
+        link = _Link(edge_w, bridge_w, self._hold_after)
         self._links.add(link)
         try:
-            await asyncio.gather(self._pump(edge_r, bridge_w, back=False), self._pump(bridge_r, edge_w, back=True))
+            await asyncio.gather(self._up(link, edge_r), self._down(link, bridge_r))
         finally:
             self._links.discard(link)
-            edge_w.transport.abort()
-            bridge_w.transport.abort()
+            link.abort()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, back: bool) -> None:
+    async def _up(self, link: _Link, reader: asyncio.StreamReader) -> None:
         with contextlib.suppress(OSError, ConnectionError):
             while data := await reader.read(65536):
-                if back and self._holding:
-                    self.held_bytes += len(data)  # kept back, never forwarded: cut() discards it
-                    continue
-                writer.write(data)
-                await writer.drain()
-        writer.transport.abort()
+                link.up_bytes += len(data)
+                if link.hold_after is not None and link.up_bytes >= link.hold_after:
+                    link.holding = True
+                link.bridge_w.write(data)
+                await link.bridge_w.drain()
+        link.abort()
 
-    def hold(self) -> None:
-        self._loop.call_soon_threadsafe(setattr, self, "_holding", True)
+    async def _down(self, link: _Link, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await reader.read(65536):
+                if link.holding:
+                    self.held_bytes += len(data)  # never forwarded: cut() throws it away with the link
+                    continue
+                link.edge_w.write(data)
+                await link.edge_w.drain()
+        link.abort()
 
     def cut(self) -> None:
         async def cut() -> None:
             self._open = False
-            for edge_w, bridge_w in list(self._links):
-                edge_w.transport.abort()
-                bridge_w.transport.abort()
-            self._holding = False
+            for link in list(self._links):
+                link.abort()
 
         self._call(cut())
 
-    def reopen(self) -> None:
-        self._loop.call_soon_threadsafe(setattr, self, "_open", True)
+    def reopen(self, *, hold_after: int | None = None) -> None:
+        async def reopen() -> None:
+            self._hold_after = hold_after
+            self._open = True
+
+        self._call(reopen())
 
     def close(self) -> None:
         async def close() -> None:
-            for edge_w, bridge_w in list(self._links):
-                edge_w.transport.abort()
-                bridge_w.transport.abort()
+            for link in list(self._links):
+                link.abort()
             if self._server is not None:
                 self._server.close()
 

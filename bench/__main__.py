@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="edge-bench-", dir="/var/tmp"))
     print(f"bench: work directory {work}", flush=True)
     mosquitto = ensure_mosquitto()
-    stack = Stack(work)
+    stack = Stack(work, keep=args.keep)
     stack.start_sink()
     figures: list[Figure] = []
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

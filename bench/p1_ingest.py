@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -81,8 +80,8 @@ def run(stack: Stack, mosquitto: str, runs: int, seconds: float, publishers: lis
 
             figs_attach = _fig(figs, ATTACH, pubs, (MOSQ_DURABLE,))
             figs_attach.samples.append(_attach(stack, mosquitto, work / tag / "attach", pubs, seconds))
-            shutil.rmtree(work / tag, ignore_errors=True)
-            shutil.rmtree(pair.root / tag, ignore_errors=True)
+            stack.discard(work / tag)
+            stack.discard(pair.root / tag)
     order = [EDGE, EDGE_ALONE, AMQTT, MOSQ_DEFAULT, MOSQ_DURABLE, ATTACH]
     return sorted(
         figs.values(), key=lambda f: (int(f.name.rsplit(", ", 1)[1].split()[0]), order.index(f.name.rsplit(", ", 1)[0]))

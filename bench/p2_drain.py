@@ -70,7 +70,7 @@ def run(stack: Stack, mosquitto: str, runs: int, backlog: int) -> list[Figure]:
             accepted.samples.append(backlog / (t_accepted - t0))
         if t_results is not None:
             results.samples.append(backlog / (t_results - t0))
-        shutil.rmtree(pair.root / f"run{i}", ignore_errors=True)
+        stack.discard(pair.root / f"run{i}")
 
         for fig, limit in ((raised, 0), (default, None)):
             print(f"  P2 run {i}: Mosquitto drain, max_queued_messages {limit}", flush=True)

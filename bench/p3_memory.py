@@ -83,6 +83,6 @@ def run(stack: Stack, runs: int, sizes: list[int]) -> list[Figure]:
             asyncio.run(publish_timed(port, 1, 3600, intent_body, max_messages=2000))
             busy.samples.append(rss_kb(edge.pid)[1] / 1024)
             edge.stop()
-        shutil.rmtree(data, ignore_errors=True)
+        stack.discard(data)
         figures += [idle, busy]
     return figures

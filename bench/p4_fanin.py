@@ -113,5 +113,5 @@ def run(stack: Stack, runs: int, devices: int, batches: int) -> list[Figure]:
         p99.samples.append(percentile(lat, 0.99) * 1000)
         rows = sum(ledger_counts(data).values())
         print(f"  P4 run {i}: {accepted:,} accepted in {elapsed:.1f}s; ledger rows {rows:,}", flush=True)
-        shutil.rmtree(data, ignore_errors=True)
+        stack.discard(data)
     return [rate, p50, p99, connect]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import statistics
 import time
 
@@ -75,5 +74,5 @@ def run(stack: Stack, runs: int, rate: float, seconds: float) -> list[Figure]:
             p50.samples.append(statistics.median(latencies) * 1000)
             p99.samples.append(percentile(latencies, 0.99) * 1000)
         lost.samples.append(float(total - len(latencies)))
-        shutil.rmtree(pair.root / f"run{i}", ignore_errors=True)
+        stack.discard(pair.root / f"run{i}")
     return [p50, p99, lost]

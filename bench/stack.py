@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import sys
 from pathlib import Path
@@ -30,8 +31,9 @@ def payload(n: int) -> dict[str, object]:
 class Stack:
     """Certificates, config and processes for one benchmark; `stop_all` stops what it started."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, *, keep: bool = False) -> None:
         self.work = work
+        self.keep = keep  # keep each run's databases and logs (for looking into a result)
         self.procs: list[Proc] = []
         self.certs = work / "certs"
         if not (self.certs / "server.pem").exists():
@@ -102,6 +104,11 @@ class Stack:
             args += ["--listen", f"127.0.0.1:{port}"]
         return self.spawn(name, args, port)
 
+    def discard(self, path: Path) -> None:
+        """Remove a finished run's directory (unless keeping them)."""
+        if not self.keep:
+            shutil.rmtree(path, ignore_errors=True)
+
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
@@ -157,8 +164,6 @@ class EnrolledPair:
 
     def fresh(self, run: str, edge_from: Path | None = None) -> tuple[Path, Path]:
         """(bridge data dir, edge data dir) for one run: copies of the templates."""
-        import shutil  # noqa: PLC0415
-
         bridge_dir, edge_dir = self.root / run / "bridge", self.root / run / "edge"
         shutil.rmtree(self.root / run, ignore_errors=True)
         shutil.copytree(self.bridge_tpl, bridge_dir)

@@ -64,6 +64,7 @@ class Executor:
         rand: Callable[[], float] = random.random,
         idle_poll: float = 1.0,
         stop_grace: float = 10.0,
+        revoked: Callable[[str], bool] = lambda _device_id: False,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -82,6 +83,7 @@ class Executor:
         self._rand = rand
         self._idle_poll = idle_poll
         self._stop_grace = stop_grace
+        self._revoked = revoked
         self._running: dict[str, set[asyncio.Task[None]]] = {kind: set() for kind in self._integrations}
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -195,6 +197,10 @@ class Executor:
         name = getattr(integration, "name", entry.kind)
         if entry.expired_at(self._now()):
             return await self._finish(entry, EntryState.EXPIRED, "expired", "expired before it ran", name)
+        if self._revoked(entry.device_id):
+            # Revocation stops the device's queued work too, not only its connection.
+            detail = "the device was revoked at the bridge before this ran"
+            return await self._finish(entry, EntryState.FAILED, "device_revoked", detail, name)
         job = Job(
             device_id=entry.device_id,
             tenant=entry.tenant,

@@ -196,6 +196,8 @@ class BridgeListener:
         )
         self._broker: Broker | None = None
         self._watcher: asyncio.Task[None] | None = None
+        # Ids of revoked devices, refreshed by the watcher (the executor skips their queued work).
+        self.revoked: frozenset[str] = frozenset()
 
     async def start(self) -> None:
         """Bind the listeners and start watching for revocations; BridgeError when a port is taken."""
@@ -205,7 +207,10 @@ class BridgeListener:
         except BrokerError as exc:
             raise BridgeError(f"MQTT listener failed to start: {exc}", code="listen_failed") from exc
         self._broker = broker
-        self._watcher = asyncio.create_task(self._watch_revocations(), name="revocation-watcher")
+        # Counter first, then the ids: a revocation in between is seen again by the watcher.
+        counter = await asyncio.to_thread(self._registry.revocation_counter)
+        self.revoked = frozenset(await asyncio.to_thread(self._registry.revoked_ids))
+        self._watcher = asyncio.create_task(self._watch_revocations(counter), name="revocation-watcher")
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -245,8 +250,7 @@ class BridgeListener:
         logger.warning("revoked device disconnected", extra={"device_id": device_id})
         return True
 
-    async def _watch_revocations(self) -> None:
-        last = await asyncio.to_thread(self._registry.revocation_counter)
+    async def _watch_revocations(self, last: int) -> None:
         while True:
             await asyncio.sleep(self._settings.revocation_poll)
             try:
@@ -258,6 +262,7 @@ class BridgeListener:
                 logger.exception("revocation watcher cannot read the registry")
                 continue
             last = counter
+            self.revoked = frozenset(revoked)
             for device_id in self.connected():
                 if device_id in revoked:
                     await self.drop(device_id)

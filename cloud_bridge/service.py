@@ -259,6 +259,7 @@ class Bridge:
             retry_cap=settings.retry_cap,
             on_final=service.on_final,
             now=self._clock,
+            revoked=self._revoked,
         )
         gate = DeviceGate(
             self.registry,
@@ -281,6 +282,9 @@ class Bridge:
         await listener.start()
         await executor.start()
         logger.info("bridge running: mqtt %s, https %s", settings.listen, settings.http_listen)
+
+    def _revoked(self, device_id: str) -> bool:
+        return self.listener is not None and device_id in self.listener.revoked
 
     async def stop(self) -> None:
         """Stop in reverse order; safe after a failed start."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Stack, ids
+from tests.e2e.harness import FINAL_EDGE_STATES, Stack, ids
 from tests.edge_harness import Client
 from tests.helpers import wait_until
 
@@ -64,3 +64,52 @@ def test_revoked_device_backlog_is_never_executed_and_each_intent_fails_visibly(
     admitted = {r["intent_id"] for r in stack.bridge.audit(stack.device_id)}
     assert admitted <= warm, f"the bridge admitted intents of a revoked device: {sorted(admitted - warm)[:5]}"
     assert "revoked" in (stack.edge.log() if stack.edge else "")
+
+
+LIVE = 2000
+
+
+@pytest.mark.timeout(300)
+def test_revoking_a_device_mid_drain_stops_its_queued_work_at_the_bridge(stack: Stack) -> None:
+    stack.start_edge()
+    app = stack.app("live-app")
+    intent_ids = ids("live", LIVE)
+    acked = stack.publish_all(app, intent_ids)
+    try:
+        # Revoke while the bridge holds a queue of this device's admitted intents.
+        wait_until(lambda: stack.sink.total() >= 200, 120, 0.02, what="the drain under way")
+        stack.bridge.cli("devices", "revoke", stack.device_id)
+        wait_until(
+            lambda: all(s in FINAL_EDGE_STATES for s in stack.edge_states().values()), 120, 0.5, what="edge settled"
+        )
+        wait_until(
+            lambda: (
+                stack.bridge.audit_events(stack.device_id)["accept"]
+                == sum(stack.bridge.audit_events(stack.device_id)[e] for e in ("deliver", "fail"))
+            ),
+            60,
+            0.5,
+            what="bridge idle",
+        )
+    except TimeoutError:
+        print(stack.diagnostics())
+        raise
+    records = stack.bridge.audit(stack.device_id)
+    delivered_at_bridge = {r["intent_id"] for r in records if r["event"] == "deliver"}
+    stopped = {r["intent_id"] for r in records if r["event"] == "fail" and r["code"] == "device_revoked"}
+    executions = stack.sink.executions()
+    assert stopped, "the bridge kept executing a revoked device's queued intents"
+    assert set(executions) == delivered_at_bridge, "the sink and the bridge's audit disagree"
+    assert all(n == 1 for n in executions.values())
+    assert set(executions) <= acked
+    states = stack.edge_states()
+    told_delivered = {i for i in intent_ids if states[i] == "delivered"}
+    assert told_delivered <= set(executions), "the app was told `delivered` for an intent never executed"
+    assert all(states[i] == "failed" for i in stopped)
+    # Known limit (docs/testing.md): results the bridge had not yet got to the edge when the link was
+    # dropped can no longer reach it, and the edge ends everything pending as failed/device_revoked.
+    unreported = set(executions) - told_delivered
+    print(
+        f"revoke mid-drain: {len(executions)} executed, {len(stopped)} stopped at the bridge, "
+        f"{len(unreported)} executed but reported failed/device_revoked at the edge"
+    )

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 _REFUSED_CODES = {4, 5, 134, 135}  # bad user name or password / not authorized (3.1.1 and 5 numbering)
 _MAX_CONFIRMS = 5000
+# Results arriving this close together are confirmed in one message: the bridge sends one message
+# per result, and one confirm per result would fill the device's small queue at the bridge, which
+# then drops messages, intent batches included.
+_CONFIRM_DELAY_S = 0.2
 
 
 class LinkState(StrEnum):
@@ -85,6 +89,8 @@ class Forwarder:
         self._settings = settings
         self._clock_ms = clock_ms
         self._wake = asyncio.Event()
+        self._to_confirm: list[str] = []
+        self._confirm_wake = asyncio.Event()
         self._inflight: dict[str, int] = {}  # id -> ms sent, on the current connection
         self._connected_at = 0
         self._state = LinkState.OFFLINE
@@ -174,6 +180,7 @@ class Forwarder:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._send_loop(client))
                     group.create_task(self._receive_loop(client))
+                    group.create_task(self._confirm_loop(client))
                     group.create_task(self._expire_after(lifetime))
             except BaseExceptionGroup as failed:
                 # Report the first failure as itself, so run() can tell a lost link from a token refresh.
@@ -228,10 +235,27 @@ class Forwarder:
             for ack in acks:
                 if self._inflight.pop(ack.id, None) is not None:
                     self._acked += 1
-            for start in range(0, len(applied.final_ids), _MAX_CONFIRMS):
-                chunk = applied.final_ids[start : start + _MAX_CONFIRMS]
-                await client.publish(self._confirms_topic, encode_confirms(chunk), qos=1)
+            if applied.final_ids:
+                self._to_confirm.extend(applied.final_ids)
+                self._confirm_wake.set()
             self._wake.set()
+
+    async def _confirm_loop(self, client: aiomqtt.Client) -> None:
+        """Confirm applied final results, a batch at a time (ids kept across reconnects: repeats are harmless)."""
+        while True:
+            await self._confirm_wake.wait()
+            await asyncio.sleep(_CONFIRM_DELAY_S)
+            self._confirm_wake.clear()
+            ids, self._to_confirm = self._to_confirm, []
+            try:
+                for start in range(0, len(ids), _MAX_CONFIRMS):
+                    await client.publish(
+                        self._confirms_topic, encode_confirms(ids[start : start + _MAX_CONFIRMS]), qos=1
+                    )
+            except BaseException:
+                self._to_confirm[:0] = ids  # the link failed: confirm them on the next one
+                self._confirm_wake.set()
+                raise
 
     async def _revoked(self) -> bool:
         """Ask the bridge's HTTPS endpoint, with our own signed token, whether we were revoked."""

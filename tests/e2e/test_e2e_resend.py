@@ -1,4 +1,4 @@
-"""A batch the bridge drops (its per-device queue was full) is sent again on the same live connection.
+"""The forwarder against the real bridge, in process: resends on a live connection, batched confirms.
 
 In-process so the ack timeout can be short: the real Outbox (embedded broker, store, forwarder) and
 the real Bridge (listener, service, ledger, executor) on loopback TLS, with the bridge's documented
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from cloud_bridge.service import Bridge
 from edge_outbox.identity import enroll
 from edge_outbox.runner import Outbox
 from edge_outbox.settings import ForwarderSettings, OutboxSettings
+from intent_contract.codec import decode_confirms
 from tests.edge_harness import Client, email, stored_ids
 from tests.helpers import free_port
 from tests.integration.test_bridge_harness import CountingIntegration, make_settings
@@ -76,3 +78,51 @@ async def test_a_dropped_batch_is_resent_after_the_ack_timeout_on_the_same_conne
     finally:
         await asyncio.to_thread(app.close)
         await outbox.stop()
+
+
+CONFIRM_COUNT = 500
+
+
+@pytest.mark.timeout(120)
+async def test_results_are_confirmed_in_few_messages(
+    tmp_path: Path, server_cert_files: dict[str, Path], bridge: tuple[Bridge, CountingIntegration]
+) -> None:
+    """The bridge sends one message per result; the edge must not answer each with its own confirm,
+    or the device's 16-message queue at the bridge overflows and intent batches are dropped too."""
+    b, counting = bridge
+    assert b.service is not None
+    service = b.service
+    seen: Counter[str] = Counter()
+    confirmed: set[str] = set()
+    original = service.submit
+
+    def count(device_id: str, leaf: str, data: bytes) -> None:
+        seen[leaf] += 1
+        if leaf == "confirms":
+            confirmed.update(decode_confirms(data))
+        original(device_id, leaf, data)
+
+    service.submit = count  # type: ignore[method-assign]
+    edge_dir = tmp_path / "edge"
+    code = b.registry.create_code("acme", "edge-confirms", 600, time.time())
+    await asyncio.to_thread(
+        enroll, edge_dir, f"https://127.0.0.1:{b.settings.http_listen.port}", code, server_cert_files["ca"]
+    )
+    port = free_port()
+    outbox = Outbox(OutboxSettings(data_dir=edge_dir, listen_port=port))
+    await outbox.start()
+    app = Client(port, "confirms-app", inflight=200)
+    intent_ids = [f"c-{n}" for n in range(CONFIRM_COUNT)]
+    try:
+        await asyncio.to_thread(app.connect)
+        for intent_id in intent_ids:
+            app.publish("outbox/hvac-ui/email.send", email(intent_id), name=intent_id)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not set(intent_ids) <= confirmed:
+            await asyncio.sleep(0.1)
+    finally:
+        await asyncio.to_thread(app.close)
+        await outbox.stop()
+    assert set(intent_ids) <= confirmed, "not every result was confirmed"
+    assert len(counting.calls) == CONFIRM_COUNT
+    assert seen["confirms"] <= CONFIRM_COUNT // 5, f"{seen['confirms']} confirm messages for {CONFIRM_COUNT} results"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import sys
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     stack.start_sink()
     figures: list[Figure] = []
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     t0 = time.monotonic()
     q = args.quick
     failures: list[str] = []
@@ -73,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         + (" --quick" if q else "")
         + (f" --only {args.only}" if args.only != parser.get_default("only") else "")
     )
-    extra = {"Mosquitto": mosquitto_version(mosquitto), "open files limit (bench and children)": str(nofile)}
+    extra = {
+        "Mosquitto": mosquitto_version(mosquitto),
+        "open files limit (bench and children)": str(nofile),
+        "load average (1, 5, 15 min) at start / end": f"{load_before} / "
+        + " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
     if failures:
         extra["sections that failed in this run"] = "; ".join(failures)
     text = report.render(
@@ -101,7 +108,7 @@ def run_section(section: str, stack: Stack, mosquitto: str, runs: int, quick: bo
     if section == "P2":
         from bench import p2_drain  # noqa: PLC0415
 
-        return p2_drain.run(stack, mosquitto, runs, backlog=5_000 if quick else 100_000)
+        return p2_drain.run(stack, mosquitto, runs, backlog=5_000 if quick else 100_000, cap_s=60 if quick else 120)
     if section == "P3":
         from bench import p3_memory  # noqa: PLC0415
 
@@ -110,7 +117,7 @@ def run_section(section: str, stack: Stack, mosquitto: str, runs: int, quick: bo
     if section == "P4":
         from bench import p4_fanin  # noqa: PLC0415
 
-        return p4_fanin.run(stack, runs, devices=100 if quick else 1000, batches=5 if quick else 10)
+        return p4_fanin.run(stack, runs, devices=100 if quick else 1000, batches=5 if quick else 3)
     if section == "P5":
         from bench import p5_latency  # noqa: PLC0415
 

@@ -41,6 +41,9 @@ _MAX_CONFIRMS = 5000
 # per result, and one confirm per result would fill the device's small queue at the bridge, which
 # then drops messages, intent batches included.
 _CONFIRM_DELAY_S = 0.2
+# Batch messages unacknowledged at once: the bridge queues at most 16 messages per device (confirms
+# included) and drops the rest, which then wait for ack_timeout.
+_MAX_BATCHES_IN_FLIGHT = 4
 
 
 class LinkState(StrEnum):
@@ -92,6 +95,7 @@ class Forwarder:
         self._to_confirm: list[str] = []
         self._confirm_wake = asyncio.Event()
         self._inflight: dict[str, int] = {}  # id -> ms sent, on the current connection
+        self._batches: list[list[str]] = []  # ids of each batch sent on this connection
         self._connected_at = 0
         self._state = LinkState.OFFLINE
         self._since = clock_ms()
@@ -172,6 +176,7 @@ class Forwarder:
             self._connected_at = self._clock_ms()
             self._last_contact = self._connected_at
             self._inflight.clear()
+            self._batches.clear()
             self._set_state(LinkState.CONNECTED)
             await client.subscribe(self._acks_topic, qos=1)
             # MQTT 3.1.1 cannot re-authenticate: reconnect with a new token before this one expires.
@@ -193,11 +198,13 @@ class Forwarder:
     async def _send_loop(self, client: aiomqtt.Client) -> None:
         s = self._settings
         while True:
+            self._wake.clear()  # before looking: an ack or intent arriving meanwhile wakes the wait below
             now = self._clock_ms()
             stale = now - int(s.ack_timeout_s * 1000)
             for intent_id in [i for i, at in self._inflight.items() if at < stale]:
                 del self._inflight[intent_id]  # no ack in time: eligible to be sent again
-            room = s.window - len(self._inflight)
+            self._batches = [b for b in self._batches if any(i in self._inflight for i in b)]
+            room = s.window - len(self._inflight) if len(self._batches) < _MAX_BATCHES_IN_FLIGHT else 0
             rows: list[IntentRow] = []
             if room > 0:
                 # Eligible: never sent, sent on an earlier connection, or not acked within ack_timeout.
@@ -208,7 +215,6 @@ class Forwarder:
                     sent_before=max(self._connected_at, stale),
                 )
             if not rows:
-                self._wake.clear()
                 try:
                     async with asyncio.timeout(s.idle_poll_s):
                         await self._wake.wait()
@@ -218,6 +224,7 @@ class Forwarder:
             await self._store.call(ops.mark_sent, [r.seq for r in rows], now)
             await client.publish(self._intents_topic, encode_batch([envelope_of(r) for r in rows]), qos=1)
             self._inflight.update((r.id, now) for r in rows)
+            self._batches.append([r.id for r in rows])
             self._sent += len(rows)
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,3 +127,54 @@ async def test_results_are_confirmed_in_few_messages(
     assert set(intent_ids) <= confirmed, "not every result was confirmed"
     assert len(counting.calls) == CONFIRM_COUNT
     assert seen["confirms"] <= CONFIRM_COUNT // 5, f"{seen['confirms']} confirm messages for {CONFIRM_COUNT} results"
+
+
+FLOOD_COUNT = 2000
+
+
+@pytest.mark.timeout(120)
+async def test_a_slow_bridge_is_not_flooded_with_batches(
+    tmp_path: Path, server_cert_files: dict[str, Path], bridge: tuple[Bridge, CountingIntegration]
+) -> None:
+    """Intents trickling in make many small batches; the edge must not send more than the bridge's
+    per-device queue holds, or the bridge drops them and they wait for the ack timeout."""
+    b, counting = bridge
+    assert b.service is not None
+    service = b.service
+    dropped: Counter[str] = Counter()
+    original_submit, original_handle = service.submit, service.handle_intents
+
+    def submit(device_id: str, leaf: str, data: bytes) -> None:
+        queue = service._queues.get(device_id)
+        if queue is not None and queue.full():
+            dropped[leaf] += 1
+        original_submit(device_id, leaf, data)
+
+    async def slow_handle(device_id: str, data: bytes) -> list[Any]:
+        await asyncio.sleep(0.05)  # a loaded bridge: each batch takes a while to admit
+        return await original_handle(device_id, data)
+
+    service.submit = submit  # type: ignore[method-assign]
+    service.handle_intents = slow_handle  # type: ignore[method-assign]
+    edge_dir = tmp_path / "edge"
+    code = b.registry.create_code("acme", "edge-flood", 600, time.time())
+    await asyncio.to_thread(
+        enroll, edge_dir, f"https://127.0.0.1:{b.settings.http_listen.port}", code, server_cert_files["ca"]
+    )
+    port = free_port()
+    outbox = Outbox(OutboxSettings(data_dir=edge_dir, listen_port=port))
+    await outbox.start()
+    app = Client(port, "flood-app", inflight=20)
+    intent_ids = [f"f-{n}" for n in range(FLOOD_COUNT)]
+    try:
+        await asyncio.to_thread(app.connect)
+        for intent_id in intent_ids:
+            app.publish("outbox/hvac-ui/email.send", email(intent_id), name=intent_id)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len({j.intent_id for j in counting.calls}) < FLOOD_COUNT:
+            await asyncio.sleep(0.1)
+    finally:
+        await asyncio.to_thread(app.close)
+        await outbox.stop()
+    assert len({j.intent_id for j in counting.calls}) == FLOOD_COUNT
+    assert not dropped, f"the bridge dropped messages of this device: {dict(dropped)}"

@@ -13,6 +13,7 @@ import time
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench import report
 from bench.procs import ensure_mosquitto, mosquitto_version
@@ -28,6 +29,7 @@ SECTIONS = {
 }
 ROOT = Path(__file__).resolve().parent.parent
 FINDINGS = Path(__file__).resolve().parent / "findings.md"
+LAST_RUN = Path(__file__).resolve().parent / "last-run.json"  # what the report was made from (not committed)
 
 
 def raise_nofile() -> int:
@@ -45,7 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (at least 3 for the report)")
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="report to write")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
+    parser.add_argument(
+        "--rerender", action="store_true", help=f"only write the report again from {LAST_RUN.name} (e.g. new findings)"
+    )
     args = parser.parse_args(argv)
+    if args.rerender:
+        saved = json.loads(LAST_RUN.read_text())
+        saved["figures"] = [Figure.from_json(f) for f in saved["figures"]]
+        saved["findings"] = FINDINGS.read_text()
+        args.out.write_text(report.render(**saved))
+        print(f"wrote {args.out} from {LAST_RUN}")
+        return 0
     only = [s.strip().upper() for s in args.only.split(",") if s.strip()]
     nofile = raise_nofile()
     work = Path(tempfile.mkdtemp(prefix="edge-bench-", dir="/var/tmp"))
@@ -83,16 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     if failures:
         extra["sections that failed in this run"] = "; ".join(failures)
-    text = report.render(
-        figures,
-        sections={k: v for k, v in SECTIONS.items() if k in only},
-        machine_info=report.machine(),
-        command=command,
-        started=started,
-        duration_s=time.monotonic() - t0,
-        extra=extra,
-        findings=FINDINGS.read_text() if FINDINGS.exists() else "(none)",
-    )
+    inputs: dict[str, Any] = {
+        "sections": {k: v for k, v in SECTIONS.items() if k in only},
+        "machine_info": report.machine(),
+        "command": command,
+        "started": started,
+        "duration_s": time.monotonic() - t0,
+        "extra": extra,
+    }
+    LAST_RUN.write_text(json.dumps({**inputs, "figures": [f.to_json() for f in figures]}, indent=1))
+    text = report.render(figures, findings=FINDINGS.read_text(), **inputs)
     args.out.write_text(text)
     print(text)
     if not args.keep:

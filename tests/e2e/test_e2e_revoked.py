@@ -82,15 +82,12 @@ def test_revoking_a_device_mid_drain_stops_its_queued_work_at_the_bridge(stack: 
         wait_until(
             lambda: all(s in FINAL_EDGE_STATES for s in stack.edge_states().values()), 120, 0.5, what="edge settled"
         )
-        wait_until(
-            lambda: (
-                stack.bridge.audit_events(stack.device_id)["accept"]
-                == sum(stack.bridge.audit_events(stack.device_id)[e] for e in ("deliver", "fail"))
-            ),
-            60,
-            0.5,
-            what="bridge idle",
-        )
+
+        def bridge_idle() -> bool:
+            events = stack.bridge.audit_events(stack.device_id)
+            return events["accept"] == events["deliver"] + events["fail"]
+
+        wait_until(bridge_idle, 60, 0.5, what="every admitted intent ended at the bridge")
     except TimeoutError:
         print(stack.diagnostics())
         raise

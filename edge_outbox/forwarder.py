@@ -282,12 +282,7 @@ class Forwarder:
         self._set_state(LinkState.REVOKED)
         log.error("this device (%s) was revoked at the bridge; pending intents end as failed", self._identity.device_id)
         while True:
-            ended = await self._store.call(
-                ops.fail_pending,
-                "device_revoked",
-                "this device was revoked at the bridge: nothing more is sent or reported",
-                self._clock_ms(),
-            )
+            ended = await self._store.call(ops.end_revoked, self._clock_ms())
             if ended:
                 log.warning("%d intents ended: device revoked", ended)
             self._wake.clear()

@@ -317,10 +317,24 @@ def apply_acks(conn: sqlite3.Connection, acks: list[Ack], now: int) -> AppliedAc
     return AppliedAcks(len(updates), [ack.id for ack in acks if ack.state.final])
 
 
-def fail_pending(conn: sqlite3.Connection, code: str, detail: str, now: int) -> int:
-    """End every pending intent as failed (used when the bridge has revoked this device)."""
-    return conn.execute(
-        "UPDATE intents SET state = 'failed', code = ?, detail = ?, updated = ?"
-        " WHERE state IN ('accepted', 'forwarded')",
-        (code, detail, now),
+def end_revoked(conn: sqlite3.Connection, now: int) -> int:
+    """End every pending intent because the bridge revoked this device.
+
+    Intents never sent certainly never ran: `device_revoked`. Intents already sent may have run before
+    the revocation and their result can no longer reach this device: `device_revoked_unknown`, so
+    nobody mistakes "we cannot know" for "it did not happen".
+    """
+    never_sent = conn.execute(
+        "UPDATE intents SET state = 'failed', code = 'device_revoked', updated = ?,"
+        " detail = 'this device was revoked at the bridge before the intent was sent; it never ran'"
+        " WHERE state = 'accepted' AND sent = 0",
+        (now,),
     ).rowcount
+    sent = conn.execute(
+        "UPDATE intents SET state = 'failed', code = 'device_revoked_unknown', updated = ?,"
+        " detail = 'sent to the bridge before this device was revoked; whether it ran cannot be reported"
+        " here any more (the bridge audit log knows)'"
+        " WHERE state IN ('accepted', 'forwarded')",
+        (now,),
+    ).rowcount
+    return never_sent + sent

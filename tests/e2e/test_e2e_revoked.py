@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,10 +105,22 @@ def test_revoking_a_device_mid_drain_stops_its_queued_work_at_the_bridge(stack: 
     told_delivered = {i for i in intent_ids if states[i] == "delivered"}
     assert told_delivered <= set(executions), "the app was told `delivered` for an intent never executed"
     assert all(states[i] == "failed" for i in stopped)
-    # Known limit (docs/testing.md): results the bridge had not yet got to the edge when the link was
-    # dropped can no longer reach it, and the edge ends everything pending as failed/device_revoked.
+    # Results the bridge had not yet got to the edge when the link was dropped can no longer reach it:
+    # the edge must say it cannot know (device_revoked_unknown), never that they did not run.
+    codes = edge_codes(stack.edge_dir)
     unreported = set(executions) - told_delivered
+    assert all(codes[i] == "device_revoked_unknown" for i in unreported)
+    never_sent = {i for i in intent_ids if codes[i] == "device_revoked"}
+    assert not never_sent & set(executions), "an intent reported as never sent was executed"
     print(
         f"revoke mid-drain: {len(executions)} executed, {len(stopped)} stopped at the bridge, "
-        f"{len(unreported)} executed but reported failed/device_revoked at the edge"
+        f"{len(unreported)} executed but unreported (edge: device_revoked_unknown), {len(never_sent)} never sent"
     )
+
+
+def edge_codes(edge_dir: Path) -> dict[str, str]:
+    conn = sqlite3.connect(edge_dir / "outbox.db")
+    try:
+        return dict(conn.execute("SELECT id, code FROM intents"))
+    finally:
+        conn.close()

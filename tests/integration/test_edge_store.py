@@ -252,5 +252,7 @@ def test_acks_apply_once_and_final_ids_are_confirmed(conn: sqlite3.Connection) -
     again = ops.apply_acks(conn, [Ack("k2", AckState.DELIVERED), Ack("gone", AckState.DELIVERED)], NOW)
     assert (again.changed, again.final_ids) == (0, ["k2", "gone"])
     assert ops.get(conn, "k2").state is State.FAILED
-    assert ops.fail_pending(conn, "device_revoked", "revoked", NOW) == 1
-    assert ops.get(conn, "k1").code == "device_revoked"
+    ops.commit_intake(conn, intent(intent_id="k3"), QueueLimits(), NOW)
+    assert ops.end_revoked(conn, NOW) == 2
+    assert ops.get(conn, "k1").code == "device_revoked_unknown"  # forwarded: it may have run
+    assert ops.get(conn, "k3").code == "device_revoked"  # never sent: it certainly did not

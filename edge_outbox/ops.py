@@ -124,11 +124,11 @@ def _transition(
         return row
     attempt = row.attempt + 1 if event is Event.RETRY else row.attempt
     expires = None if event is Event.RETRY else row.expires
-    sent = 0 if event is Event.RETRY else row.sent
+    sent, sent_at = (0, 0) if event is Event.RETRY else (row.sent, row.sent_at)  # a new attempt goes out at once
     conn.execute(
         "UPDATE intents SET state = ?, code = ?, detail = ?, updated = ?, attempt = ?, expires = ?, sent = ?,"
-        " confirmed = 0 WHERE seq = ?",
-        (result.state, code, detail[:1000], now, attempt, expires, sent, row.seq),
+        " sent_at = ?, confirmed = 0 WHERE seq = ?",
+        (result.state, code, detail[:1000], now, attempt, expires, sent, sent_at, row.seq),
     )
     updated = _row(conn, "seq = ?", row.seq)
     assert updated is not None

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from cloud_bridge.errors import PermanentError as BridgePermanentError
+from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.settings import HostPort
 from edge_outbox import db, ops
 from edge_outbox.errors import PermanentError
@@ -262,3 +264,47 @@ async def test_status_shows_link_backlog_and_drain_estimate(
     finally:
         await asyncio.to_thread(app.close)
         await outbox.stop()
+
+
+class FailsFirstAttempt(CountingIntegration):
+    """Refuses attempt 1 of every intent permanently, accepts later attempts."""
+
+    async def execute(self, job: Job) -> Outcome:
+        self.calls.append(job)
+        if job.attempt == 1:
+            raise BridgePermanentError("mailbox full", code="smtp_552")
+        return Outcome("sent")
+
+
+@pytest.fixture
+def fails_first() -> FailsFirstAttempt:
+    return FailsFirstAttempt()
+
+
+async def test_ops_retry_runs_a_failed_intent_again_as_a_new_attempt(
+    tmp_path: Path, server_cert_files: dict[str, Path], fails_first: FailsFirstAttempt
+) -> None:
+    settings = make_settings(tmp_path / "bridge", server_cert_files)
+    edge_dir = tmp_path / "edge"
+    async for bridge in running_bridge(settings, server_cert_files["ca"], {"email.send": fails_first}):
+        assert await enrolled_edge(tmp_path, bridge) == edge_dir
+        store, forwarder, task = await run_forwarder(edge_dir, ForwarderSettings())
+        try:
+            await queue_intents(store, 3, "r")
+            forwarder.wake()
+            await until(lambda: set(states(edge_dir).values()) == {"failed"}, timeout=30, what="first attempt failed")
+            failed = await store.call(ops.get, "r0")
+            assert (failed.code, failed.attempt) == ("smtp_552", 1)
+            # the operator retries: attempt 2 goes out and the bridge runs it again
+            retried = await store.call(ops.retry_state, State.FAILED, now_ms())
+            assert [r.attempt for r in retried] == [2, 2, 2]
+            forwarder.wake()
+            await until(
+                lambda: set(states(edge_dir).values()) == {"delivered"}, timeout=20, what="retried delivered"
+            )  # under the 30 s ack timeout
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await store.close()
+    runs = sorted((job.intent_id, job.attempt) for job in fails_first.calls)
+    assert runs == [("r0", 1), ("r0", 2), ("r1", 1), ("r1", 2), ("r2", 1), ("r2", 2)]

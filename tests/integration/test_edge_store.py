@@ -88,8 +88,10 @@ def test_expiry_on_arrival_and_while_waiting(conn: sqlite3.Connection) -> None:
     assert ops.expire_due(conn, NOW + 1000) == 1
     assert ops.get(conn, waiting.id).state is State.EXPIRED
     # retry clears the deadline and starts a new attempt
+    conn.execute("UPDATE intents SET sent = 1, sent_at = ? WHERE id = ?", (NOW + 1500, waiting.id))
     retried = ops.retry(conn, waiting.id, NOW + 2000)
     assert (retried.state, retried.attempt, retried.expires) == (State.ACCEPTED, 2, None)
+    assert (retried.sent, retried.sent_at) == (0, 0)  # eligible to be sent at once, and cancellable again
 
 
 def test_cancel_refuses_sent_intents_and_changes_nothing(conn: sqlite3.Connection) -> None:

@@ -133,6 +133,8 @@ def run(
     # amqtt logs every connection at INFO and a traceback on a failed start; ours say it in one line.
     logging.getLogger("amqtt").setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("transitions").setLevel(logging.WARNING)
+    if log_level != "debug":  # httpx logs every provider request at INFO: one line per intent
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
     async def serve() -> None:
         bridge = Bridge(settings)

@@ -30,13 +30,14 @@ from edge_outbox.identity import Identity, client_tls_context, device_token
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
 from intent_contract.backoff import compute_backoff
-from intent_contract.codec import Envelope, decode_acks, encode_batch, encode_confirms
+from intent_contract.codec import Ack, Envelope, decode_acks, encode_batch, encode_confirms
 from intent_contract.errors import DecodeError
 
 log = logging.getLogger(__name__)
 
 _REFUSED_CODES = {4, 5, 134, 135}  # bad user name or password / not authorized (3.1.1 and 5 numbering)
 _MAX_CONFIRMS = 5000
+_MAX_ACK_MESSAGES = 100  # acks messages applied in one commit
 # Results arriving this close together are confirmed in one message: the bridge sends one message
 # per result, and one confirm per result would fill the device's small queue at the bridge, which
 # then drops messages, intent batches included.
@@ -228,14 +229,22 @@ class Forwarder:
             self._sent += len(rows)
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            payload = message.payload
-            if not isinstance(payload, bytes | bytearray):
-                continue
-            try:
-                acks = decode_acks(bytes(payload))
-            except DecodeError as exc:
-                log.warning("ignoring a malformed acks message from the bridge: %s", exc)
+        messages = client.messages
+        async for first in messages:
+            # Take every acks message already waiting and apply them in one commit: one commit per
+            # message let acks queue up under load (bench/findings.md F2).
+            batch = [first]
+            while len(messages) and len(batch) < _MAX_ACK_MESSAGES:
+                batch.append(await anext(messages))
+            acks: list[Ack] = []
+            for message in batch:
+                if not isinstance(message.payload, bytes | bytearray):
+                    continue
+                try:
+                    acks.extend(decode_acks(bytes(message.payload)))
+                except DecodeError as exc:
+                    log.warning("ignoring a malformed acks message from the bridge: %s", exc)
+            if not acks:
                 continue
             self._last_contact = self._clock_ms()
             applied = await self._store.call(ops.apply_acks, acks, self._last_contact)

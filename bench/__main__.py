@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +41,16 @@ def raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def code_version() -> str:
+    """The commit under test, and whether product files had uncommitted changes (a run measures the tree)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "cloud_bridge", "edge_outbox", "intent_contract", "pyproject.toml")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes to product files" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes and short runs (a few minutes)")
@@ -68,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    code_before = code_version()
     t0 = time.monotonic()
     q = args.quick
     failures: list[str] = []
@@ -90,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {
         "Mosquitto": mosquitto_version(mosquitto),
         "open files limit (bench and children)": str(nofile),
+        "code under test (git, at start / end)": f"{code_before} / {code_version()}",
         "load average (1, 5, 15 min) at start / end": f"{load_before} / "
         + " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }

@@ -7,7 +7,6 @@ import json
 import logging
 import sqlite3
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -20,19 +19,19 @@ from rich.table import Table
 
 from edge_outbox import db, ops
 from edge_outbox.apps_auth import hash_password, load_users
-from edge_outbox.db import LINK_KEY, IntentRow
+from edge_outbox.cli_format import link_view, now_ms, parse_size, print_json, print_table, row_json
+from edge_outbox.db import LINK_KEY
 from edge_outbox.errors import OutboxError
-from edge_outbox.identity import Identity, load_identity
 from edge_outbox.identity import enroll as enroll_device
+from edge_outbox.identity import load_identity
 from edge_outbox.settings import DEFAULT_DATA_DIR, AttachTarget, ForwarderSettings, OutboxSettings, parse_host_port
 from edge_outbox.states import FINAL, RETRYABLE, State
-from intent_contract.timefmt import format_age, format_ms, parse_duration
+from intent_contract.timefmt import format_age, parse_duration
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 STATES = click.Choice([s.value for s in State])
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 class _Group(click.Group):
@@ -63,13 +62,11 @@ def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
 
 
-def parse_size(text: str) -> int:
-    value = text.strip().lower().removesuffix("b").removesuffix("i")
-    unit = value[-1] if value and value[-1] in _SIZE_UNITS else ""
+def _size(text: str) -> int:
     try:
-        return int(float(value.removesuffix(unit)) * _SIZE_UNITS[unit])
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a size (e.g. 500M, 2G, 1048576)") from None
+        return parse_size(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-queue-bytes") from None
 
 
 def duration_seconds(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
@@ -101,38 +98,6 @@ def _write(data_dir: Path, fn: Callable[..., T], *args: Any) -> T:
             raise
         conn.execute("COMMIT")
         return result
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def row_json(row: IntentRow, *, payload: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {k: v for k, v in asdict(row).items() if k not in ("payload", "seq", "confirmed")}
-    out["state"] = str(row.state)
-    for key in ("created", "updated", "expires"):
-        out[key] = format_ms(out[key]) if out[key] is not None else None
-    if payload:
-        text = row.payload.decode("utf-8", errors="replace")
-        try:
-            out["payload"] = json.loads(text)
-        except ValueError:
-            out["payload_text"] = text
-    return out
-
-
-def _print_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _table(rows: list[IntentRow]) -> None:
-    table = Table(box=None, pad_edge=False)
-    for name in ("id", "app", "kind", "state", "code", "age", "attempt"):
-        table.add_column(name)
-    now = _now_ms()
-    for r in rows:
-        table.add_row(r.id, r.app, r.kind, r.state.value, r.code, format_age((now - r.created) / 1000), str(r.attempt))
-    Console().print(table)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -228,7 +193,7 @@ def run(
         attach=AttachTarget.parse(attach, attach_password, attach_client_id) if attach else None,
         users=load_users(users_file) if users_file else {},
         max_queue_items=max_queue_items,
-        max_queue_bytes=parse_size(max_queue_bytes),
+        max_queue_bytes=_size(max_queue_bytes),
         retention_s=retention,
         forward=not no_forward,
         forwarder=ForwarderSettings(transport="websockets", websocket_port=bridge_websocket)
@@ -252,11 +217,11 @@ def status(data_dir: Path, as_json: bool) -> None:
     with _connection(data_dir) as conn:
         summary = ops.summary(conn)
         link_text = ops.get_meta(conn, LINK_KEY)
-    link = _link_view(json.loads(link_text) if link_text else None, load_identity(data_dir), summary.pending)
-    oldest_age = (_now_ms() - summary.oldest_pending_created) / 1000 if summary.oldest_pending_created else None
+    link = link_view(json.loads(link_text) if link_text else None, load_identity(data_dir), summary.pending)
+    oldest_age = (now_ms() - summary.oldest_pending_created) / 1000 if summary.oldest_pending_created else None
     db_bytes = sum(p.stat().st_size for p in data_dir.glob(db.DB_NAME + "*"))
     if as_json:
-        _print_json(
+        print_json(
             {
                 "counts": summary.counts,
                 "bytes": summary.bytes,
@@ -297,9 +262,9 @@ def list_intents(data_dir: Path, state: str | None, app: str | None, limit: int,
     with _connection(data_dir) as conn:
         rows = ops.listing(conn, State(state) if state else None, app, limit)
     if as_json:
-        _print_json([row_json(r) for r in rows])
+        print_json([row_json(r) for r in rows])
     else:
-        _table(rows)
+        print_table(rows)
 
 
 @main.command()
@@ -312,7 +277,7 @@ def show(data_dir: Path, intent_id: str, as_json: bool) -> None:
         row = ops.get(conn, intent_id)
     data = row_json(row, payload=True)
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     for key, value in data.items():
         shown = json.dumps(value, indent=2) if isinstance(value, dict | list) else value
@@ -333,11 +298,11 @@ def retry(data_dir: Path, intent_id: str | None, state: str | None, as_json: boo
     if (intent_id is None) == (state is None):
         raise click.UsageError("give either an intent ID or --state, not both")
     if state is not None:
-        rows = _write(data_dir, ops.retry_state, State(state), _now_ms())
+        rows = _write(data_dir, ops.retry_state, State(state), now_ms())
     else:
-        rows = [_write(data_dir, ops.retry, intent_id, _now_ms())]
+        rows = [_write(data_dir, ops.retry, intent_id, now_ms())]
     if as_json:
-        _print_json([row_json(r) for r in rows])
+        print_json([row_json(r) for r in rows])
     else:
         click.echo(f"queued again: {len(rows)} intent(s)")
 
@@ -348,9 +313,9 @@ def retry(data_dir: Path, intent_id: str | None, state: str | None, as_json: boo
 @json_option
 def cancel(data_dir: Path, intent_id: str, as_json: bool) -> None:
     """Cancel an intent that has not been sent to the bridge yet."""
-    row = _write(data_dir, ops.cancel, intent_id, _now_ms())
+    row = _write(data_dir, ops.cancel, intent_id, now_ms())
     if as_json:
-        _print_json(row_json(row))
+        print_json(row_json(row))
     else:
         click.echo(f"cancelled {row.id}")
 
@@ -372,10 +337,10 @@ def cancel(data_dir: Path, intent_id: str, as_json: bool) -> None:
 @json_option
 def purge(data_dir: Path, older_than: float, state: str | None, as_json: bool) -> None:
     """Delete intents in a final state; pending intents are never purged."""
-    before = _now_ms() - int(older_than * 1000)
+    before = now_ms() - int(older_than * 1000)
     count = _write(data_dir, ops.purge, before, [State(state)] if state else FINAL)
     if as_json:
-        _print_json({"purged": count})
+        print_json({"purged": count})
     else:
         click.echo(f"purged {count} intent(s)")
 
@@ -386,29 +351,6 @@ def purge(data_dir: Path, older_than: float, state: str | None, as_json: bool) -
 def hash_password_cmd(app: str, password: str) -> None:
     """Print a users-file line `app:hash` for `edge-outbox run --users FILE`."""
     click.echo(f"{app}:{hash_password(password)}")
-
-
-def _link_view(link: dict[str, Any] | None, identity: Identity | None, pending: int) -> dict[str, Any]:
-    """What status shows of the bridge link, from what the running outbox last recorded."""
-    if identity is None:
-        return {"state": "not enrolled", "device_id": None, "last_contact": None, "rate": 0.0, "drain_s": None}
-    if link is None:
-        return {
-            "state": "unknown (outbox not running)",
-            "device_id": identity.device_id,
-            "last_contact": None,
-            "rate": 0.0,
-            "drain_s": None,
-        }
-    rate = float(link.get("rate", 0.0))
-    return {
-        "state": link["state"],
-        "device_id": identity.device_id,
-        "since": format_ms(link["since"]),
-        "last_contact": format_ms(link["last_contact"]) if link.get("last_contact") else None,
-        "rate": round(rate, 1),
-        "drain_s": round(pending / rate, 1) if rate > 0 and pending else (0.0 if not pending else None),
-    }
 
 
 @main.command()
@@ -432,7 +374,7 @@ def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path, as_json: bool) 
     """Make this device's key and register it with the bridge (once per device)."""
     identity = enroll_device(data_dir, bridge_url, code, ca)
     if as_json:
-        _print_json(asdict(identity))
+        print_json(asdict(identity))
     else:
         click.echo(
             f"enrolled as device {identity.device_id} (tenant {identity.tenant}, name {identity.name}); "

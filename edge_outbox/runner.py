@@ -45,6 +45,7 @@ class Outbox:
         self.status = StatusPublisher(self._publish)
         self.store = Store(settings.data_dir, on_events=self._on_events)
         self.forwarder: Forwarder | None = None
+        self._forwarding: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def _on_events(self, events: list[StatusEvent]) -> None:
@@ -87,7 +88,8 @@ class Outbox:
             )
         elif s.forward:
             self.forwarder = Forwarder(self.store, s.data_dir, identity, s.forwarder, now_ms)
-            self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
+            self._forwarding = asyncio.create_task(self.forwarder.run(), name="forwarder")
+            self._tasks.append(self._forwarding)
             log.info("forwarding as device %s to %s", identity.device_id, identity.bridge_host)
         where = (
             f"attached to mqtt://{s.attach.host}:{s.attach.port}"
@@ -97,8 +99,8 @@ class Outbox:
         log.info("edge outbox %s, data in %s", where, s.data_dir)
 
     async def stop(self) -> None:
-        if self.forwarder is not None:
-            self._tasks[-1].cancel()  # stop sending first; everything unacknowledged is resent next time
+        if self._forwarding is not None:
+            self._forwarding.cancel()  # stop sending first; everything unacknowledged is resent next time
         if self._transport is not None:
             await self._transport.stop()
         with contextlib.suppress(TimeoutError):

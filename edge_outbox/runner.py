@@ -151,11 +151,12 @@ def _tick(conn: sqlite3.Connection, now: int, meta: dict[str, str]) -> int:
 async def serve(settings: OutboxSettings, ready: Callable[[], Awaitable[None] | None] | None = None) -> None:
     """Run until SIGINT or SIGTERM."""
     outbox = Outbox(settings)
-    await outbox.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before start(): the port opens inside it, and a SIGTERM from then on must stop us cleanly.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    await outbox.start()
     if ready is not None:
         result = ready()
         if result is not None:

@@ -41,3 +41,23 @@ def test_unknown_kind_is_named() -> None:
         validate("fax.send", {})
     assert info.value.code == "unknown_kind"
     assert "email.send" in info.value.detail
+
+
+def test_a_value_that_fits_one_branch_gets_that_branch_reason() -> None:
+    # `to` is oneOf(address, list of addresses): a string can only be meant as an address.
+    with pytest.raises(SchemaViolationError) as info:
+        validate("email.send", {"to": "not-an-address", "subject": "S", "text": "t"})
+    assert info.value.detail.startswith("to: ")
+    assert "does not match" in info.value.detail
+
+
+def test_a_value_that_fits_several_branches_gets_the_summary() -> None:
+    with pytest.raises(SchemaViolationError) as info:
+        validate("email.send", {"to": "ops@example.com", "subject": "no body"})
+    assert "anyOf" in info.value.detail
+
+
+def test_a_trailing_newline_does_not_pass_a_name_pattern() -> None:
+    # Python's re lets "$" match before a final newline; the schema's patterns are anchored for real.
+    with pytest.raises(SchemaViolationError):
+        validate("email.send", {"to": "ops@example.com", "subject": "S", "text": "t", "id": "abc\n"})

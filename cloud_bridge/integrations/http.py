@@ -8,6 +8,7 @@ a provider may echo request headers (and so the secret) in its body or status li
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import ssl
 import time
@@ -47,6 +48,7 @@ _RESERVED_HEADERS: Final = frozenset(
     }
 )
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+_MAX_DRAIN: Final = 64 * 1024
 
 
 class AuthKind(StrEnum):
@@ -328,6 +330,8 @@ class HttpIntegration:
             async with self._client.stream(method, url, headers=headers, **body) as response:
                 status = response.status_code
                 retry_after = parse_retry_after(response.headers.get("retry-after"), self._now())
+                with contextlib.suppress(httpx.HTTPError):  # the answer is in; the body is not needed
+                    await _discard_body(response)
         except httpx.HTTPError as exc:
             raise transport_error(exc, host) from None
         log.debug("http.request %s to %s answered %d", method, host, status)
@@ -337,6 +341,19 @@ class HttpIntegration:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+async def _discard_body(response: httpx.Response) -> None:
+    """Read and drop a short body, so the connection goes back to the pool for the next request.
+
+    Leaving it unread closed the connection: one TCP connect (and SSRF check) per request.
+    A body over _MAX_DRAIN is not worth reading; that connection closes instead.
+    """
+    read = 0
+    async for chunk in response.aiter_raw():
+        read += len(chunk)
+        if read > _MAX_DRAIN:
+            return
 
 
 def positive(section: Mapping[str, Any], key: str, default: int, where: str) -> int:

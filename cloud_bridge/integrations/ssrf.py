@@ -13,7 +13,9 @@ import asyncio
 import ipaddress
 import logging
 import re
+import select
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
@@ -198,9 +200,10 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(
+                stream = await self._inner.connect_tcp(
                     address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
                 )
+                return _FixedInfoStream(stream)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 log.debug("connect to %s port %d failed: %s", address, port, exc.__class__.__name__)
                 last = exc
@@ -217,3 +220,48 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+class _FixedInfoStream(httpcore.AsyncNetworkStream):
+    """A connected stream whose fixed facts (socket, addresses, TLS object) are looked up once.
+
+    httpcore asks every pooled connection `get_extra_info("is_readable")` on each request; anyio
+    answers by rebuilding all of a stream's attributes, with a getpeername() call each time, which
+    took a fifth of the bridge's CPU while it ran http.request intents (bench/findings.md F8).
+    """
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._info: dict[str, object] = {}
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's stream signature
+    ) -> httpcore.AsyncNetworkStream:
+        return _FixedInfoStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> object:
+        if info == "is_readable":
+            sock = self.get_extra_info("socket")
+            return isinstance(sock, socket.socket) and _readable(sock)
+        if info not in self._info:
+            self._info[info] = self._inner.get_extra_info(info)
+        return self._info[info]
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether a read would not block: on an idle keep-alive connection, the server closed it."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
@@ -32,9 +33,11 @@ class Recorder:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         self.requests.append(
-            {"method": request.method, "path": request.path_qs, "headers": dict(request.headers), "body": body}
-        )
+            {"method": request.method, "path": request.path_qs, "headers": dict(request.headers), "body": body,
+             "peer": peer}
+        )  # fmt: skip
         echo = json.dumps({"error": "denied", "you_sent": dict(request.headers), "body": body.decode()})
         routes: dict[str, web.StreamResponse] = {
             "/v1/redirect": web.Response(status=302, headers={"Location": "/v1/elsewhere"}),
@@ -43,6 +46,7 @@ class Recorder:
             "/v1/denied": web.Response(status=401, text=echo, reason=f"Bad {request.headers.get('Authorization')}"),
             "/v1/missing": web.Response(status=404, text=echo),
             "/v1/timeout": web.Response(status=408),
+            "/v1/long": web.Response(status=200, body=b"x" * 200_000),
         }
         return routes.get(
             request.path, web.json_response({"ok": True}, status=201 if request.method == "POST" else 200)
@@ -180,6 +184,26 @@ async def test_redirect_is_never_followed(http: HttpIntegration, api: Recorder) 
         await http.execute(make_job({"credential": "crm", "method": "GET", "path": "/redirect"}))
     assert info.value.code == "http_redirect"
     assert [r["path"] for r in api.requests] == ["/v1/redirect"]
+
+
+async def test_connections_are_reused(http: HttpIntegration, api: Recorder) -> None:
+    # One TLS connection per request used to cap the executor (the body was never read, so the
+    # pool closed each connection). Error answers and short bodies keep the connection too.
+    for n, path in enumerate(["/ok", "/missing", "/ok", "/fail", *["/ok"] * 6]):
+        with contextlib.suppress(BridgeError):
+            await http.execute(
+                make_job({"credential": "crm", "method": "POST", "path": path, "json": {"n": n}}, f"i-{n}")
+            )
+    assert len(api.requests) == 10
+    assert len({r["peer"] for r in api.requests}) == 1
+
+
+async def test_a_long_body_is_not_read_but_the_request_succeeds(http: HttpIntegration, api: Recorder) -> None:
+    assert await http.execute(make_job({"credential": "crm", "method": "GET", "path": "/long"})) == Outcome("HTTP 200")
+    assert await http.execute(make_job({"credential": "crm", "method": "GET", "path": "/ok"}, "i-2")) == Outcome(
+        "HTTP 200"
+    )
+    assert len({r["peer"] for r in api.requests}) == 2  # the first connection was dropped, not drained
 
 
 @pytest.mark.parametrize(

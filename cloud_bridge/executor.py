@@ -127,7 +127,7 @@ class Executor:
         """
         total = 0
         while True:
-            started = await self._fill()
+            started, _ = await self._fill()
             total += started
             tasks = {t for tasks in self._running.values() for t in tasks}
             if not started and not tasks:
@@ -141,8 +141,10 @@ class Executor:
         while not self._stopping:
             self._wakeup.clear()
             try:
-                await self._fill()
-                delay = await self._idle_delay()
+                _, idle_kinds = await self._fill()
+                # With every slot busy, a finishing job wakes us; only free slots need the next due time
+                # (asking on every pass scanned all queued rows, 11% of the bridge's time in a drain).
+                delay = await self._idle_delay(idle_kinds) if idle_kinds else self._idle_poll
             except Exception:
                 logger.exception("executor could not read the ledger; trying again in %.1fs", self._idle_poll)
                 delay = self._idle_poll
@@ -151,29 +153,38 @@ class Executor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), delay)
 
-    async def _fill(self) -> int:
-        """Claim due rows up to each integration's free slots and start them; returns how many."""
+    async def _fill(self) -> tuple[int, list[str]]:
+        """Claim due rows up to each integration's free slots and start them.
+
+        Returns how many started, and the kinds that still have free slots (nothing more is due).
+        """
         started = 0
+        idle_kinds: list[str] = []
         for kind, integration in self._integrations.items():
             free = self._limits[kind] - len(self._running[kind])
             if free <= 0 or self._stopping:
                 continue
-            for entry in await self._ledger.claim([kind], free, self._now()):
+            claimed = await self._ledger.claim([kind], free, self._now())
+            if len(claimed) < free:
+                idle_kinds.append(kind)
+            for entry in claimed:
                 task = asyncio.create_task(self._job(entry, integration), name=f"job {entry.intent_id}")
                 self._running[kind].add(task)
                 task.add_done_callback(self._running[kind].discard)
                 started += 1
         if self._orphans and not self._stopping:
-            for entry in await self._ledger.claim(self._orphans, _ORPHAN_BATCH, self._now()):
+            claimed = await self._ledger.claim(self._orphans, _ORPHAN_BATCH, self._now())
+            if len(claimed) < _ORPHAN_BATCH:
+                idle_kinds += self._orphans
+            for entry in claimed:
                 detail = f"no integration for {entry.kind} is configured at the bridge"
                 ack = await self._ledger.finish(entry, EntryState.FAILED, "no_integration", detail, self._now(), "")
                 await self._notify(entry, ack)
                 started += 1
-        return started
+        return started, idle_kinds
 
-    async def _idle_delay(self) -> float:
-        """How long to sleep when nothing more can start: until the next row is due, at most idle_poll."""
-        kinds = [k for k in self._integrations if len(self._running[k]) < self._limits[k]] + self._orphans
+    async def _idle_delay(self, kinds: list[str]) -> float:
+        """How long to sleep when `kinds` have free slots but nothing due: until the next is due, at most idle_poll."""
         due = await self._ledger.next_due(kinds)
         if due is None:
             return self._idle_poll

@@ -41,6 +41,7 @@ class FakeIntegration:
         self.jobs: list[Job] = []
         self.script: dict[str, list[BaseException | Outcome]] = {}
         self.gate: asyncio.Event | None = None
+        self.delays: list[float] = []  # seconds each call takes, in turn
         self.active = 0
         self.max_active = 0
 
@@ -51,6 +52,8 @@ class FakeIntegration:
         try:
             if self.gate is not None:
                 await self.gate.wait()
+            if self.delays:
+                await asyncio.sleep(self.delays.pop(0))
             steps = self.script.get(job.intent_id)
             result = steps.pop(0) if steps else Outcome("250 queued as 42")
             if isinstance(result, BaseException):
@@ -237,6 +240,34 @@ async def test_loop_honours_concurrency_and_wakes(ledger: SqliteLedger) -> None:
         await eventually(lambda: len(finals.acks) == 7)
     finally:
         await executor.stop()
+
+
+async def test_the_next_due_time_is_asked_only_when_slots_go_unfilled(
+    ledger: SqliteLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # next_due scans every queued row of its kinds (5.7 ms with 20,000 queued); asked on passes where
+    # every free slot had been filled, it took a tenth of the bridge's time during a drain.
+    total = 200
+    queued_when_asked: list[int] = []
+    real_next_due = ledger.next_due
+
+    async def counting_next_due(kinds: list[str]) -> float | None:
+        if "email.send" in kinds:
+            queued_when_asked.append(total - len(smtp.jobs))
+        return await real_next_due(kinds)
+
+    monkeypatch.setattr(ledger, "next_due", counting_next_due)
+    smtp, clock, finals = FakeIntegration(concurrency=2), Clock(), Finals()
+    smtp.delays = [(n % 7) / 1000 for n in range(total)]  # slots free at varied moments, as in real life
+    executor = make(ledger, smtp, clock=clock, finals=finals, idle_poll=60.0)
+    await ledger.admit(DEV, [env(f"i{n}") for n in range(total)], allow, NOW)
+    await executor.start()
+    try:
+        await eventually(lambda: len(finals.acks) == total)
+    finally:
+        await executor.stop()
+    assert queued_when_asked  # once the queue ran dry
+    assert max(queued_when_asked) < smtp.concurrency
 
 
 async def test_start_resumes_rows_left_running(tmp_path: Path) -> None:

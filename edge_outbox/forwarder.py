@@ -210,10 +210,11 @@ class Forwarder:
             if room > 0:
                 # Eligible: never sent, sent on an earlier connection, or not acked within ack_timeout.
                 rows = await self._store.call(
-                    ops.next_batch,
+                    ops.take_batch,
                     limit=min(s.batch_items, room),
                     max_bytes=s.batch_bytes,
                     sent_before=max(self._connected_at, stale),
+                    now=now,
                 )
             if not rows:
                 try:
@@ -222,7 +223,6 @@ class Forwarder:
                 except TimeoutError:
                     pass
                 continue
-            await self._store.call(ops.mark_sent, [r.seq for r in rows], now)
             await client.publish(self._intents_topic, encode_batch([envelope_of(r) for r in rows]), qos=1)
             self._inflight.update((r.id, now) for r in rows)
             self._batches.append([r.id for r in rows])

@@ -233,7 +233,8 @@ def test_batches_take_priority_then_age_within_caps(conn: sqlite3.Connection) ->
     assert len(ops.next_batch(conn, limit=10, max_bytes=len(GOOD) * 2, sent_before=NOW)) == 2
     assert len(ops.next_batch(conn, limit=10, max_bytes=1, sent_before=NOW)) == 1
     # sent ones are skipped until they are due again, and can no longer be cancelled
-    ops.mark_sent(conn, [r.seq for r in batch[:2]], NOW + 100)
+    taken = ops.take_batch(conn, limit=2, max_bytes=10**6, sent_before=NOW, now=NOW + 100)
+    assert [r.id for r in taken] == ["b3", "b1"]
     assert [r.id for r in ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW + 100)] == ["b4", "b0", "b2"]
     assert len(ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW + 101)) == 5
     with pytest.raises(IllegalTransitionError):

@@ -113,6 +113,15 @@ class EmbeddedBroker:
     async def publish(self, topic: str, payload: bytes) -> None:
         await self._broker.internal_message_broadcast(topic, payload, QOS_1)
 
+    def has_subscriber(self, topic: str) -> bool:
+        """Whether any session (connected or persistent) subscribes to a filter matching `topic`.
+
+        A status nobody subscribes to is dropped by MQTT anyway; asking first spares amqtt's
+        broadcast machinery (a task and an asyncio.wait per message) and us the JSON.
+        """
+        broker = self._broker
+        return any(broker._matches(topic, topic_filter) for topic_filter in broker._subscriptions)
+
 
 def _drop_startup_traceback(record: logging.LogRecord) -> bool:
     return record.getMessage() != "Broker startup failed"

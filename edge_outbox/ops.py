@@ -10,8 +10,9 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
-from edge_outbox.db import SELECT_ROW, IntentRow, StatusEvent, pending_totals
+from edge_outbox.db import COLUMNS, SELECT_ROW, IntentRow, StatusEvent, pending_totals
 from edge_outbox.errors import IllegalTransitionError, NotFoundError
 from edge_outbox.intake_rules import Admitted, Refused
 from edge_outbox.states import FINAL, PENDING, Event, State, event_for_ack, step
@@ -44,13 +45,17 @@ def _row(conn: sqlite3.Connection, where: str, *args: object) -> IntentRow | Non
     return IntentRow.from_db(found) if found else None
 
 
-def _insert(conn: sqlite3.Connection, values: dict[str, object]) -> IntentRow:
-    names = ", ".join(values)
-    marks = ", ".join("?" * len(values))
-    cur = conn.execute(f"INSERT INTO intents({names}) VALUES ({marks})", tuple(values.values()))
-    row = _row(conn, "seq = ?", cur.lastrowid)
-    assert row is not None
-    return row
+_INSERT = f"INSERT INTO intents({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})"
+_DEFAULTS = {"code": "", "detail": "", "priority": 0, "expires": None, "attempt": 1, "sent": 0, "sent_at": 0,
+             "confirmed": 0}  # fmt: skip
+
+
+def _insert(conn: sqlite3.Connection, values: dict[str, Any]) -> IntentRow:
+    """Insert a new intent; the row is built here rather than read back (a third of intake's cost)."""
+    row = {**_DEFAULTS, **values}
+    cur = conn.execute(_INSERT, tuple(row[name] for name in COLUMNS[1:]))
+    assert cur.lastrowid is not None
+    return IntentRow(seq=cur.lastrowid, **row)
 
 
 def commit_intake(conn: sqlite3.Connection, item: Admitted | Refused, limits: QueueLimits, now: int) -> IntakeResult:

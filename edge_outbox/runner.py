@@ -42,7 +42,7 @@ class Outbox:
     def __init__(self, settings: OutboxSettings) -> None:
         self.settings = settings
         self._transport: EmbeddedBroker | AttachedClient | None = None
-        self.status = StatusPublisher(self._publish)
+        self.status = StatusPublisher(self._publish, self._has_subscriber)
         self.store = Store(settings.data_dir, on_events=self._on_events)
         self.forwarder: Forwarder | None = None
         self._forwarding: asyncio.Task[None] | None = None
@@ -56,6 +56,10 @@ class Outbox:
     async def _publish(self, topic: str, payload: bytes) -> None:
         if self._transport is not None:
             await self._transport.publish(topic, payload)
+
+    def _has_subscriber(self, topic: str) -> bool:
+        # An attached broker's subscriptions are not visible from here: always publish there.
+        return not isinstance(self._transport, EmbeddedBroker) or self._transport.has_subscriber(topic)
 
     async def start(self) -> None:
         s = self.settings

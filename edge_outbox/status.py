@@ -56,8 +56,9 @@ class StatusMessage:
 class StatusPublisher:
     """Publishes status messages through a sink (the embedded broker, or the attached one)."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, wanted: Callable[[str], bool] = lambda _topic: True) -> None:
         self._sink = sink
+        self._wanted = wanted  # False: no subscriber for this topic, skip it
         self._queue: asyncio.Queue[tuple[StatusMessage, int]] = asyncio.Queue()
         self.published_seq = 0  # highest stored event published
         self.published = 0
@@ -74,8 +75,10 @@ class StatusPublisher:
         while True:
             message, seq = await self._queue.get()
             try:
-                await self._sink(message.topic, message.to_json())
-                self.published += 1
+                topic = message.topic
+                if self._wanted(topic):
+                    await self._sink(topic, message.to_json())
+                    self.published += 1
             except Exception:  # a status lost here is re-sent after a restart; never stop the loop
                 log.exception("could not publish status of %s", message.id)
             if seq:

@@ -1,9 +1,9 @@
 """Wiring of devices' messages to the ledger: batches -> policy + ledger -> acks; results -> acks; confirms.
 
-Each device gets a small bounded queue and one worker, so a hostile client can delay only itself:
-decoding (size/depth/length limits from intent_contract.codec) runs in a worker thread under a shared
-semaphore, and a device whose queue is full has its messages dropped (the edge resends). Undecodable
-messages are logged without payload bytes and dropped; the session keeps going.
+Each device gets a bounded queue (messages and bytes) and one worker, so a hostile client can delay
+only itself: decoding (size/depth/length limits from intent_contract.codec) runs in a worker thread
+under a shared semaphore, and a device whose queue is full has its messages dropped (the edge
+resends). Undecodable messages are logged without payload bytes and dropped; the session keeps going.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from cloud_bridge.enroll_http import BridgeMetrics, HttpServer, build_http_app, server_ssl_context
@@ -52,7 +53,8 @@ class BridgeService:
         registry: Registry,
         metrics: BridgeMetrics | None = None,
         clock: Callable[[], float] = time.time,
-        queue_per_device: int = 16,
+        queue_per_device: int = 64,
+        queue_bytes_per_device: int = 16 << 20,
         decode_threads: int = 2,
     ) -> None:
         self._ledger = ledger
@@ -61,8 +63,10 @@ class BridgeService:
         self._metrics = metrics or BridgeMetrics()
         self._clock = clock
         self._queue_size = queue_per_device
+        self._queue_bytes = queue_bytes_per_device
+        self._queued_bytes: dict[str, int] = {}
         self._decode_slots = asyncio.Semaphore(decode_threads)
-        self._queues: dict[str, asyncio.Queue[tuple[str, bytes]]] = {}
+        self._queues: dict[str, deque[tuple[str, bytes]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._devices: dict[str, DeviceRef] = {}
         self._publish: Publish | None = None
@@ -79,15 +83,15 @@ class BridgeService:
 
     def submit(self, device_id: str, leaf: str, data: bytes) -> None:
         """Queue one permitted publish of `device_id`; drops it when that device's queue is full."""
-        queue = self._queues.get(device_id)
-        if queue is None:
-            queue = self._queues[device_id] = asyncio.Queue(self._queue_size)
-        try:
-            queue.put_nowait((leaf, data))
-        except asyncio.QueueFull:
+        queue = self._queues.setdefault(device_id, deque())
+        queued = self._queued_bytes.get(device_id, 0)
+        # Full by count or by bytes; a lone message always fits (the decoder bounds its size).
+        if queue and (len(queue) >= self._queue_size or queued + len(data) > self._queue_bytes):
             self._metrics.batches.labels("dropped_busy").inc()
             logger.warning("device queue full; message dropped", extra={"device_id": device_id, "bytes": len(data)})
             return
+        queue.append((leaf, data))
+        self._queued_bytes[device_id] = queued + len(data)
         worker = self._workers.get(device_id)
         if worker is None or worker.done():
             self._workers[device_id] = asyncio.create_task(self._drain(device_id, queue), name=f"device-{device_id}")
@@ -132,9 +136,9 @@ class BridgeService:
 
     # -- per-device work ------------------------------------------------------------------------
 
-    async def _drain(self, device_id: str, queue: asyncio.Queue[tuple[str, bytes]]) -> None:
-        while not queue.empty():
-            leaf, data = queue.get_nowait()
+    async def _drain(self, device_id: str, queue: deque[tuple[str, bytes]]) -> None:
+        while queue:
+            leaf, data = queue.popleft()
             try:
                 if leaf == INTENTS:
                     await self.handle_intents(device_id, data)
@@ -144,6 +148,8 @@ class BridgeService:
                 # The edge resends anything not acked; log and keep serving this device.
                 self._metrics.batches.labels("error").inc()
                 logger.error("message not processed: %s", exc.code, extra={"device_id": device_id})
+            finally:
+                self._queued_bytes[device_id] -= len(data)
 
     async def _device_ref(self, device_id: str) -> DeviceRef | None:
         ref = self._devices.get(device_id)

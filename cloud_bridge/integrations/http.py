@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ import httpx
 
 from cloud_bridge.errors import ConfigError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
-from cloud_bridge.integrations.http_credentials import RESERVED_HEADERS, AuthKind, BaseUrl, Credential
+from cloud_bridge.integrations.http_credentials import HEADER_NAME, RESERVED_HEADERS, AuthKind, BaseUrl, Credential
 from cloud_bridge.integrations.ssrf import GuardedBackend, SsrfGuard
 from cloud_bridge.secrets import redact_in_logs
 
@@ -41,6 +42,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _MAX_DRAIN: Final = 64 * 1024
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def tls_context(ca_file: object) -> ssl.SSLContext:
@@ -164,8 +166,10 @@ class HttpIntegration:
         self._guard.check_literal(urlsplit(url).hostname or "")
         headers: dict[str, str] = {}
         for name, value in (payload.get("headers") or {}).items():
-            if not isinstance(name, str) or not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            if not isinstance(name, str) or not isinstance(value, str) or _CONTROL.search(value):
                 raise PermanentError("header values must be single-line strings", code="bad_request")
+            if not HEADER_NAME.fullmatch(name):
+                raise PermanentError("header names must be RFC 9110 tokens", code="bad_request")
             if name.lower() in RESERVED_HEADERS or name.lower() == credential.header.lower():
                 raise PermanentError(f"header {name!r} is set by the bridge", code="http_header_forbidden")
             headers[name] = value

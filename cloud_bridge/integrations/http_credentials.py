@@ -7,6 +7,7 @@ request exists, and it knows nothing of the HTTP library that sends it.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -34,6 +35,8 @@ RESERVED_HEADERS: Final = frozenset(
     }
 )
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+# RFC 9110 field names. A client that writes any name it is given sends 'Host:evil: x' as a Host header.
+HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class AuthKind(StrEnum):
@@ -131,7 +134,11 @@ class Credential:
             return cls(name, bases, frozenset(methods), auth, "Authorization", None, username,
                        resolve_secret(section, "password", env))  # fmt: skip
         header = section.get("header", "Authorization") if auth is AuthKind.HEADER else "Authorization"
-        if not isinstance(header, str) or not header or header.lower() in RESERVED_HEADERS - {"authorization"}:
+        if (
+            not isinstance(header, str)
+            or not HEADER_NAME.fullmatch(header)
+            or header.lower() in RESERVED_HEADERS - {"authorization"}
+        ):
             raise ConfigError(f"{where}.header must be a header name")
         return cls(name, bases, frozenset(methods), auth, header, resolve_secret(section, "token", env))
 

@@ -171,6 +171,9 @@ async def test_method_unknown_credential_and_reserved_headers(http: HttpIntegrat
         ({**get, "headers": {"authorization": "x"}}, "http_header_forbidden"),
         ({**get, "headers": {"Host": "evil"}}, "http_header_forbidden"),
         ({**get, "headers": {"X-Note": "a\r\nAuthorization: x"}}, "bad_request"),
+        # Not tokens: a client that writes any name would send 'Host:evil.example: x', a second Host header.
+        *(({**get, "headers": {name: "x"}}, "bad_request") for name in ["Host:evil.example", "X Api", "", "Caf\u00e9"]),
+        ({**get, "headers": {"X-Note": "a\x01b"}}, "bad_request"),
     ]
     for payload, code in cases:
         with pytest.raises(PermanentError) as info:

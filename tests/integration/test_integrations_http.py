@@ -102,6 +102,7 @@ async def test_bearer_is_injected_with_idempotency_key_and_json(http: HttpIntegr
     assert seen["headers"]["Authorization"] == f"Bearer {CANARY}"
     assert seen["headers"]["Idempotency-Key"] == job.idempotency_key
     assert json.loads(seen["body"]) == {"a": 1}
+    assert seen["headers"]["Content-Type"] == "application/json"
     assert CANARY not in repr(outcome)
 
 

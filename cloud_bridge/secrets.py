@@ -85,6 +85,7 @@ THIRD_PARTY_LOGGERS: Final = (
     "httpcore.http2",
     "httpcore.proxy",
     "httpcore.socks",
+    "aiohttp.client",
     "aiosmtplib",
     "apprise",
     "urllib3.connectionpool",

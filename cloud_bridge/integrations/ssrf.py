@@ -1,29 +1,24 @@
 """SSRF guard: which addresses an outbound request may reach, checked where the socket is opened.
 
 The pure part classifies an address and parses every spelling of an IPv4 literal that resolvers
-accept (decimal, octal, hex, short forms). `GuardedBackend` is the httpcore network backend that
-resolves a host, checks every answer and connects to the checked address itself, so a DNS answer
-that changes between check and connect (rebinding) is never used unchecked. TLS SNI and the Host
-header still carry the original name because httpcore passes it to `start_tls` separately.
+accept (decimal, octal, hex, short forms). `GuardedResolver` is the aiohttp resolver that resolves
+a host, checks every answer and hands aiohttp only the checked addresses to connect to, so a DNS
+answer that changes between check and connect (rebinding) is never used unchecked. TLS SNI and the
+Host header still carry the original name: aiohttp takes them from the URL, not from the resolver.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import re
-import select
 import socket
-import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
-import httpcore
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from cloud_bridge.errors import PermanentError, TransientError
-
-log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -177,91 +172,32 @@ async def _getaddrinfo(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """An httpcore network backend that connects only to addresses the guard has checked."""
+class GuardedResolver(AbstractResolver):
+    """An aiohttp resolver whose answers are the addresses the guard checked, and nothing else.
 
-    def __init__(self, guard: SsrfGuard, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
-        self._guard = guard
-        self._inner = inner or httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend signature
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            async with asyncio.timeout(timeout):
-                addresses = await self._guard.resolve(host, port)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"resolving {host!r} timed out") from None
-        last: Exception | None = None
-        for address in addresses:
-            try:
-                stream = await self._inner.connect_tcp(
-                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
-                return _FixedInfoStream(stream)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                log.debug("connect to %s port %d failed: %s", address, port, exc.__class__.__name__)
-                last = exc
-        assert last is not None
-        raise last
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend signature
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise PermanentError("unix sockets are not reachable from integrations", code="ssrf_blocked")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class _FixedInfoStream(httpcore.AsyncNetworkStream):
-    """A connected stream whose fixed facts (socket, addresses, TLS object) are looked up once.
-
-    httpcore asks every pooled connection `get_extra_info("is_readable")` on each request; anyio
-    answers by rebuilding all of a stream's attributes, with a getpeername() call each time, which
-    took a fifth of the bridge's CPU while it ran http.request intents (bench/findings.md F8).
+    With aiohttp's DNS cache off, every new connection asks this resolver and connects to exactly
+    what it returns; aiohttp keeps the original name for TLS SNI, certificate checks and `Host`.
+    aiohttp never asks a resolver about a host it takes for an IP literal: those are checked with
+    `SsrfGuard.check_literal` before the request is made.
     """
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._info: dict[str, object] = {}
+    def __init__(self, guard: SsrfGuard) -> None:
+        self._guard = guard
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        return await self._inner.read(max_bytes, timeout)
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+            for address in await self._guard.resolve(host, port)
+        ]
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's stream signature
-    ) -> httpcore.AsyncNetworkStream:
-        return _FixedInfoStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> object:
-        if info == "is_readable":
-            sock = self.get_extra_info("socket")
-            return isinstance(sock, socket.socket) and _readable(sock)
-        if info not in self._info:
-            self._info[info] = self._inner.get_extra_info(info)
-        return self._info[info]
-
-
-def _readable(sock: socket.socket) -> bool:
-    """Whether a read would not block: on an idle keep-alive connection, the server closed it."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+    async def close(self) -> None:
+        return None

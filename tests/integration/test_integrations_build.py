@@ -95,6 +95,7 @@ async def test_http_integration_refuses_a_credential_policy_did_not_check(config
         (lambda c: c["smtp"].pop("password_env"), "missing secret"),
         (lambda c: c["smtp"].update({"password": CANARY}), "must not be written"),
         (lambda c: c["http"]["credentials"]["crm"].update({"token_env": "NOPE"}), "not set"),
+        (lambda c: c["http"]["credentials"]["crm"].update({"auth": "header", "header": "X Api"}), "header name"),
         (lambda c: c["sms"].update({"auth_token_file": "/nonexistent"}), "cannot read"),
         (lambda c: c.update({"notify": "oncall"}), "must be a table"),
     ],

@@ -102,6 +102,7 @@ async def test_bearer_is_injected_with_idempotency_key_and_json(http: HttpIntegr
     assert seen["headers"]["Authorization"] == f"Bearer {CANARY}"
     assert seen["headers"]["Idempotency-Key"] == job.idempotency_key
     assert json.loads(seen["body"]) == {"a": 1}
+    assert seen["headers"]["Content-Type"] == "application/json"
     assert CANARY not in repr(outcome)
 
 
@@ -171,6 +172,9 @@ async def test_method_unknown_credential_and_reserved_headers(http: HttpIntegrat
         ({**get, "headers": {"authorization": "x"}}, "http_header_forbidden"),
         ({**get, "headers": {"Host": "evil"}}, "http_header_forbidden"),
         ({**get, "headers": {"X-Note": "a\r\nAuthorization: x"}}, "bad_request"),
+        # Not tokens: a client that writes any name would send 'Host:evil.example: x', a second Host header.
+        *(({**get, "headers": {name: "x"}}, "bad_request") for name in ["Host:evil.example", "X Api", "", "Caf\u00e9"]),
+        ({**get, "headers": {"X-Note": "a\x01b"}}, "bad_request"),
     ]
     for payload, code in cases:
         with pytest.raises(PermanentError) as info:

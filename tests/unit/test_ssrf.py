@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import pytest
 
 from cloud_bridge.errors import PermanentError, TransientError
-from cloud_bridge.integrations.ssrf import SsrfGuard, blocked_reason, parse_ip
+from cloud_bridge.integrations.ssrf import GuardedResolver, SsrfGuard, blocked_reason, parse_ip
 
 BLOCKED_HOSTS = [
     "127.0.0.1",
@@ -161,3 +162,20 @@ def test_check_literal_refuses_early_and_leaves_names_alone() -> None:
         guard.check_literal("0x7f.1")
     guard.check_literal("api.example")
     guard.check_literal("8.8.8.8")
+
+
+async def test_guarded_resolver_answers_only_checked_numeric_addresses() -> None:
+    """aiohttp connects to `host` of each answer and keeps `hostname` (the name) for SNI and Host."""
+    resolver = GuardedResolver(SsrfGuard(resolver=fake_resolver({"api.example": ["93.184.215.14", "2606:4700::1"]})))
+    answers = await resolver.resolve("api.example", 443)
+    assert [(a["hostname"], a["host"], a["port"], a["family"]) for a in answers] == [
+        ("api.example", "93.184.215.14", 443, socket.AF_INET),
+        ("api.example", "2606:4700::1", 443, socket.AF_INET6),
+    ]
+
+
+async def test_guarded_resolver_raises_the_guards_refusal() -> None:
+    resolver = GuardedResolver(SsrfGuard(resolver=fake_resolver({"rebind.example": ["93.184.215.14", "10.0.0.5"]})))
+    with pytest.raises(PermanentError) as info:
+        await resolver.resolve("rebind.example", 443)
+    assert info.value.code == "ssrf_blocked"

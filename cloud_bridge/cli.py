@@ -28,6 +28,7 @@ from cloud_bridge.errors import BridgeError
 from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.registry import Device, Registry
 from cloud_bridge.settings import BridgeSettings, build_settings
+from intent_contract.runtime import freeze_startup_objects
 from intent_contract.timefmt import format_ms, parse_duration, parse_rfc3339_ms
 
 P = ParamSpec("P")
@@ -144,6 +145,7 @@ def run(
             loop.add_signal_handler(sig, stop.set)
         try:
             await bridge.start()
+            freeze_startup_objects()
             click.echo(f"cloud-bridge listening: mqtts {settings.listen}, https {settings.http_listen}", err=True)
             await stop.wait()
         finally:

@@ -35,10 +35,10 @@ from intent_contract.names import is_name
 logger = logging.getLogger(__name__)
 
 ACKS_PER_MESSAGE = 200  # 200 acks of at most ~1.1 KiB stay well under the edge's 1 MiB decode limit
-# Final results finishing within this window go to the device in one message: one message per result
-# would cost the edge a commit and a confirm each (measured: p50 publish-to-delivered 4.5 s -> 0.3 s
-# together with the edge applying queued acks messages at once; bench/findings.md F1, F2).
-FINAL_ACKS_DELAY_S = 0.005
+# Final results go to the device in one message per loop pass: the executor's jobs finish in groups
+# (the ledger commits their results together and wakes them in one pass), so waiting for the end of
+# that pass gathers a group without adding latency. One message per result cost the edge a commit
+# and a confirm each (bench/findings.md F1); a fixed 5 ms wait added 5 ms to every result (F12).
 Publish = Callable[[str, str, bytes], Awaitable[None]]
 
 
@@ -117,7 +117,7 @@ class BridgeService:
             task.add_done_callback(self._flushes.discard)
 
     async def _flush_final(self, device_id: str) -> None:
-        await asyncio.sleep(FINAL_ACKS_DELAY_S)
+        await asyncio.sleep(0)  # after the other jobs woken in this pass have added theirs
         acks = self._final_acks.pop(device_id, [])
         try:
             await self.send_acks(device_id, acks)

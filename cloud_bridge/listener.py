@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from amqtt.broker import Broker
 from amqtt.contexts import Action, BrokerConfig, ListenerConfig, ListenerType
 from amqtt.errors import BrokerError
+from amqtt.mqtt.constants import QOS_1
 from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 from amqtt.session import ApplicationMessage, Session
 
@@ -196,6 +197,7 @@ class BridgeListener:
         )
         self._broker: Broker | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[Any]] = set()
         # Ids of revoked devices, refreshed by the watcher (the executor skips their queued work).
         self.revoked: frozenset[str] = frozenset()
 
@@ -217,14 +219,39 @@ class BridgeListener:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        for send in list(self._sends):
+            send.cancel()
+        await asyncio.gather(*self._sends, return_exceptions=True)
         if self._broker is not None:
             await self._broker.shutdown()
             self._broker = None
 
     async def publish(self, device_id: str, leaf: str, data: bytes) -> None:
-        """Publish QoS 1 to `devices/{device_id}/{leaf}` (delivered if the device is subscribed)."""
-        if self._broker is not None:
-            await self._broker.internal_message_broadcast(device_topic(device_id, leaf), data, qos=1)
+        """Send QoS 1 on `devices/{device_id}/{leaf}` if that device is connected and subscribed to it.
+
+        Straight to the device's own session: amqtt's broadcast compares every topic with every
+        subscription (one per connected device) and cost a third of the bridge's time with 1,000
+        devices (bench/findings.md F13). A device may subscribe only to its exact acks topic (the
+        ACL), so one dictionary lookup finds it. A device not reachable now gets its results when it
+        subscribes again (`on_acks_subscribed`): they stay unconfirmed in the ledger until then.
+        """
+        broker = self._broker
+        topic = device_topic(device_id, leaf)
+        if broker is None or device_id not in broker.sessions:
+            return
+        session, handler = broker.sessions[device_id]
+        subscribed = any(s.client_id == device_id for s, _ in broker._subscriptions.get(topic, ()))
+        if handler is None or session.transitions.state != "connected" or not subscribed:
+            return
+        send = asyncio.create_task(handler.mqtt_publish(topic, data, QOS_1, retain=False), name=f"send {topic}")
+        self._sends.add(send)  # the device's PUBACK is awaited there, not here
+        send.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[Any]) -> None:
+        self._sends.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The connection dropped: the results stay unconfirmed and go out again on the next subscribe.
+            logger.info("acks not delivered: %s", type(task.exception()).__name__)
 
     def connected(self) -> list[str]:
         """Ids of the devices with a live connection."""

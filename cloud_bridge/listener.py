@@ -170,6 +170,19 @@ class BridgeEventsPlugin(BasePlugin[Any]):  # type: ignore[misc,unused-ignore]
             await sink.on_acks_subscribed(client_id)
 
 
+class _DeviceBroker(Broker):  # type: ignore[misc,unused-ignore]
+    """amqtt's broker, minus broadcasting what devices publish.
+
+    The ACL lets nobody subscribe to a device's intents or confirms (devices may subscribe only to
+    their own acks), so matching each of those messages against every subscription, one per device,
+    only cost time (bench/findings.md F13). The service still gets them through BridgeEventsPlugin.
+    """
+
+    async def _broadcast_message(self, session: Session | None, *args: Any, **kwargs: Any) -> None:
+        if session is None:
+            await super()._broadcast_message(session, *args, **kwargs)
+
+
 def _listener(kind: ListenerType, bind: str, settings: BridgeSettings) -> ListenerConfig:
     return ListenerConfig(
         type=kind, bind=bind, ssl=True, certfile=settings.tls_cert, keyfile=settings.tls_key, max_connections=0
@@ -203,7 +216,7 @@ class BridgeListener:
 
     async def start(self) -> None:
         """Bind the listeners and start watching for revocations; BridgeError when a port is taken."""
-        broker = Broker(self._config)
+        broker = _DeviceBroker(self._config)
         try:
             await broker.start()
         except BrokerError as exc:

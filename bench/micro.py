@@ -1,0 +1,123 @@
+"""Micro-benchmarks of two hot paths, each against its floor measured in the same run.
+
+`python -m bench.micro` prints CPU microseconds per intent (median of 5 repetitions):
+- decoding a 500-intent batch at the bridge (`decode_batch`: msgpack, depth check, schema
+  validation, envelopes) against msgpack's bare unpack of the same bytes;
+- an `http.request` through `HttpIntegration.execute` (credential, URL scope, SSRF check, aiohttp
+  with the guarded resolver) against a bare aiohttp session, both to the local HTTP sink at 16
+  concurrent requests.
+The findings in BENCHMARKS.md quote these (F7, F8); the benchmark gates nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import msgpack
+
+from bench.procs import Proc, free_port
+from bench.stack import SINK_TOKEN_ENV, payload
+from cloud_bridge.integrations.base import Job
+from cloud_bridge.integrations.http import HttpIntegration
+from intent_contract.codec import Envelope, decode_batch, encode_batch
+
+BATCH = 500
+REQUESTS = 4000
+CONCURRENCY = 16
+REPEATS = 5
+
+
+def _cpu_us_per(count: int, fn: Callable[[], object]) -> float:
+    start = time.process_time()
+    fn()
+    return (time.process_time() - start) / count * 1e6
+
+
+def decode_figures() -> tuple[float, float]:
+    """(decode_batch, bare msgpack) CPU us per intent."""
+    data = encode_batch(
+        [Envelope(f"id-{i}", "bench-app", "http.request", 1_700_000_000_000, None, 1, payload(i)) for i in range(BATCH)]
+    )
+    ours = [_cpu_us_per(BATCH * 20, lambda: [decode_batch(data) for _ in range(20)]) for _ in range(REPEATS)]
+    floor = [_cpu_us_per(BATCH * 20, lambda: [msgpack.unpackb(data) for _ in range(20)]) for _ in range(REPEATS)]
+    return statistics.median(ours), statistics.median(floor)
+
+
+async def _concurrently(send: Callable[[int], Awaitable[None]]) -> float:
+    slots = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(n: int) -> None:
+        async with slots:
+            await send(n)
+
+    await asyncio.gather(*(one(n) for n in range(CONCURRENCY)))  # warm: connections open
+    start = time.process_time()
+    await asyncio.gather(*(one(n) for n in range(REQUESTS)))
+    return (time.process_time() - start) / REQUESTS * 1e6
+
+
+async def http_figures(port: int) -> tuple[float, float]:
+    """(HttpIntegration.execute, bare aiohttp) CPU us per request."""
+    section = {
+        "concurrency": CONCURRENCY,
+        "allow_private_hosts": ["127.0.0.1"],
+        "credentials": {
+            "sink": {
+                "base_urls": [f"http://127.0.0.1:{port}/"],
+                "methods": ["POST"],
+                "auth": "bearer",
+                "token_env": SINK_TOKEN_ENV,
+            }
+        },
+    }
+    integration = HttpIntegration.from_config(section, {SINK_TOKEN_ENV: "bench-dummy-token"})
+
+    async def ours(n: int) -> None:
+        await integration.execute(Job("dev-1", "bench", f"i-{n}", "http.request", payload(n), 1, {}))
+
+    url = f"http://127.0.0.1:{port}/hook"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as session:
+
+        async def bare(n: int) -> None:
+            headers = {"Authorization": "Bearer bench-dummy-token", "Idempotency-Key": f"i-{n}"}
+            async with session.post(url, json=payload(n)["json"], headers=headers) as response:
+                await response.read()
+
+        try:
+            results = [(await _concurrently(ours), await _concurrently(bare)) for _ in range(REPEATS)]
+        finally:
+            await integration.aclose()
+    return statistics.median(r[0] for r in results), statistics.median(r[1] for r in results)
+
+
+def main() -> int:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-micro-") as work:
+        sink = Proc("httpsink", [sys.executable, "-m", "bench.httpsink", str(port)], Path(work)).wait_port(port)
+        try:
+            decode, unpack = decode_figures()
+            execute, bare = asyncio.run(http_figures(port))
+        finally:
+            sink.stop()
+    print("| path | CPU per intent | floor (same run) | ratio |")
+    print("|---|---:|---:|---:|")
+    print(
+        f"| decode_batch, {BATCH}-intent batch | {decode:.1f} us | {unpack:.1f} us (msgpack.unpackb) "
+        f"| {decode / unpack:.1f}x |"
+    )
+    print(
+        f"| http.request via HttpIntegration.execute, {CONCURRENCY} concurrent | {execute:.0f} us "
+        f"| {bare:.0f} us (bare aiohttp session) | {execute / bare:.1f}x |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -77,6 +77,16 @@ def make_job(payload: dict[str, Any], intent_id: str = "i-1") -> Job:
     return Job("dev-1", "acme", intent_id, "http.request", payload, 1, {})
 
 
+async def failure(integration: HttpIntegration, job: Job | None = None) -> BridgeError:
+    """Run one request that must fail (GET /x unless `job`), close the integration, return the error."""
+    try:
+        with pytest.raises(BridgeError) as info:
+            await integration.execute(job or make_job({"credential": "crm", "method": "GET", "path": "/x"}))
+    finally:
+        await integration.aclose()
+    return info.value
+
+
 def config(port: int, ca: Path, **credential: Any) -> dict[str, Any]:
     crm = {"base_urls": [f"https://127.0.0.1:{port}/v1/"], "methods": ["GET", "POST"], "token_env": "CRM_TOKEN"}
     crm.update(credential)
@@ -293,13 +303,9 @@ async def test_connects_to_the_checked_address_with_original_host_and_sni(
 async def test_tls_is_verified(api: Recorder, server_cert_files: dict[str, Path]) -> None:
     section = config(api.port, server_cert_files["ca"])
     del section["ca_file"]  # system roots do not know the test CA
-    integration = HttpIntegration.from_config(section, ENV)
-    try:
-        with pytest.raises(TransientError) as info:
-            await integration.execute(make_job({"credential": "crm", "method": "GET", "path": "/x"}))
-    finally:
-        await integration.aclose()
-    assert info.value.code == "http_connection"
+    error = await failure(HttpIntegration.from_config(section, ENV))
+    assert isinstance(error, TransientError)
+    assert error.code == "http_connection"
     assert api.requests == []
 
 

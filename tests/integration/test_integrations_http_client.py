@@ -15,7 +15,7 @@ from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.integrations.http import Credential, HttpIntegration
 from cloud_bridge.integrations.ssrf import SsrfGuard
 from tests.helpers import free_port
-from tests.integration.test_integrations_http import CANARY, ENV, make_job
+from tests.integration.test_integrations_http import CANARY, ENV, failure, make_job
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -111,24 +111,16 @@ async def test_a_silent_server_is_a_timeout_naming_only_class_and_host() -> None
 
 
 async def test_nothing_listening_is_a_connection_error() -> None:
-    http = integration(free_port())
-    try:
-        with pytest.raises(TransientError) as info:
-            await http.execute(get())
-    finally:
-        await http.aclose()
-    assert info.value.code == "http_connection"
+    error = await failure(integration(free_port()))
+    assert isinstance(error, TransientError)
+    assert error.code == "http_connection"
 
 
 async def test_an_unparseable_response_is_a_connection_error() -> None:
     async with running(RawServer(response=b"SMTP ready\r\n\r\n")) as raw:
-        http = integration(raw.port)
-        try:
-            with pytest.raises(TransientError) as info:
-                await http.execute(get())
-        finally:
-            await http.aclose()
-    assert info.value.code == "http_connection"
+        error = await failure(integration(raw.port))
+    assert isinstance(error, TransientError)
+    assert error.code == "http_connection"
 
 
 @pytest.mark.parametrize("then_close", [True, False])  # the server hangs up, or stalls until the timeout

@@ -16,7 +16,7 @@ from cloud_bridge.errors import PermanentError
 from cloud_bridge.integrations.base import Outcome
 from cloud_bridge.integrations.http import HttpIntegration
 from cloud_bridge.integrations.ssrf import SsrfGuard
-from tests.integration.test_integrations_http import ENV, Recorder, api, config, make_job, serve
+from tests.integration.test_integrations_http import ENV, Recorder, api, config, failure, make_job, serve
 
 __all__ = ["api"]
 
@@ -47,13 +47,9 @@ async def assert_refused(api: Recorder, server_cert_files: dict[str, Path], host
     section = config(api.port, server_cert_files["ca"])
     section["allow_private_hosts"] = []
     section["credentials"]["crm"]["base_urls"] = [f"https://{host}:{api.port}/v1/"]
-    integration = HttpIntegration.from_config(section, ENV)
-    try:
-        with pytest.raises(PermanentError) as info:
-            await integration.execute(make_job({"credential": "crm", "method": "GET", "path": "/x"}))
-    finally:
-        await integration.aclose()
-    assert info.value.code == "ssrf_blocked"
+    error = await failure(HttpIntegration.from_config(section, ENV))
+    assert isinstance(error, PermanentError)
+    assert error.code == "ssrf_blocked"
     assert api.requests == []
 
 
@@ -101,13 +97,9 @@ async def test_a_name_whose_dns_answer_is_private_is_refused(
         lookups.append(host)
         return answers
 
-    integration = named_integration(named_api, server_cert_files["ca"], [], resolver)
-    try:
-        with pytest.raises(PermanentError) as info:
-            await integration.execute(make_job({"credential": "crm", "method": "GET", "path": "/x"}))
-    finally:
-        await integration.aclose()
-    assert info.value.code == "ssrf_blocked"
+    error = await failure(named_integration(named_api, server_cert_files["ca"], [], resolver))
+    assert isinstance(error, PermanentError)
+    assert error.code == "ssrf_blocked"
     assert lookups == ["api.test"]
     assert named_api.requests == []
 

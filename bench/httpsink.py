@@ -1,6 +1,7 @@
 """A fast local HTTP/1.1 'provider' for http.request: answers every request 200 with keep-alive.
 
-Run as `python -m bench.httpsink PORT`; it prints the number of requests served when stopped.
+Run as `python -m bench.httpsink PORT [DELAY_MS]`; with a delay, each answer waits that long (a slow
+provider). It prints the number of requests served when stopped.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ _RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r
 
 class _Counter:
     served = 0
+    delay = 0.0
 
 
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -27,6 +29,8 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                     length = int(value.strip())
             if length:
                 await reader.readexactly(length)
+            if _Counter.delay:
+                await asyncio.sleep(_Counter.delay)
             writer.write(_RESPONSE)
             _Counter.served += 1
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
@@ -47,4 +51,5 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
+    _Counter.delay = float(sys.argv[2]) / 1000 if len(sys.argv) > 2 else 0.0
     asyncio.run(main(int(sys.argv[1])))

@@ -20,7 +20,7 @@ class MqttError(Exception):
     """The broker refused us or the connection broke."""
 
 
-def _varint(n: int) -> bytes:
+def remaining_length(n: int) -> bytes:
     out = bytearray()
     while True:
         byte, n = n % 128, n // 128
@@ -29,17 +29,17 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _str(s: str | bytes) -> bytes:
+def mqtt_string(s: str | bytes) -> bytes:
     raw = s.encode() if isinstance(s, str) else s
     return struct.pack("!H", len(raw)) + raw
 
 
 def _packet(ptype: int, flags: int, body: bytes) -> bytes:
-    return bytes([(ptype << 4) | flags]) + _varint(len(body)) + body
+    return bytes([(ptype << 4) | flags]) + remaining_length(len(body)) + body
 
 
 def publish_packet(topic: str, payload: bytes, qos: int, pid: int = 0) -> bytes:
-    body = _str(topic) + (struct.pack("!H", pid) if qos else b"") + payload
+    body = mqtt_string(topic) + (struct.pack("!H", pid) if qos else b"") + payload
     return _packet(PUBLISH, qos << 1, body)
 
 
@@ -77,11 +77,11 @@ class MqttClient:
             timeout,
         )
         flags = (0x02 if clean else 0) | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
-        body = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + _str(client_id)
+        body = mqtt_string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + mqtt_string(client_id)
         if username is not None:
-            body += _str(username)
+            body += mqtt_string(username)
         if password is not None:
-            body += _str(password)
+            body += mqtt_string(password)
         writer.write(_packet(CONNECT, 0, body))
         client = cls(reader, writer)
         ptype, _flags, payload = await asyncio.wait_for(client._read_packet(), timeout)
@@ -157,7 +157,7 @@ class MqttClient:
         pid = self._pid()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending[pid] = fut
-        self._writer.write(_packet(SUBSCRIBE, 2, struct.pack("!H", pid) + _str(topic) + bytes([qos])))
+        self._writer.write(_packet(SUBSCRIBE, 2, struct.pack("!H", pid) + mqtt_string(topic) + bytes([qos])))
         await asyncio.wait_for(fut, 30)
 
     async def drain(self) -> None:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from bench.load import CountingSubscriber, publish_timed
-from bench.procs import free_port, start_mosquitto
+from bench.procs import CpuWatch, free_port, start_mosquitto
 from bench.report import Figure
 from bench.stack import EnrolledPair, Stack, edge_counts, intent_body
 
@@ -63,7 +63,9 @@ def run(stack: Stack, mosquitto: str, runs: int, backlog: int, cap_s: float) -> 
     port = free_port()
     edge = stack.start_edge(filled, port, "--no-forward", "--max-queue-items", "0", name="edge-fill")
     print(f"  P2 filling the edge with {backlog:,} intents", flush=True)
+    cpu = CpuWatch(edge=edge.pid)
     result = asyncio.run(publish_timed(port, 4, 3600, intent_body, max_messages=backlog))
+    fill.add_cpu(cpu.used(), result.acked)
     edge.stop()
     backlog = edge_counts(filled).get("accepted", 0)  # 4 racing publishers may add up to 3 more
     fill.samples.append(result.rate)
@@ -74,10 +76,16 @@ def run(stack: Stack, mosquitto: str, runs: int, backlog: int, cap_s: float) -> 
         bridge = pair.start_bridge(bridge_dir)
         t0 = time.time()
         edge = stack.start_edge(edge_dir, free_port(), "--max-queue-items", "0")
+        cpu = CpuWatch(edge=edge.pid, bridge=bridge.pid)
+        used_accepting: dict[str, float] | None = None  # CPU until none is left waiting for the bridge's accept
         while time.time() < t0 + cap_s:
             time.sleep(0.5)
-            if edge_counts(edge_dir).get("delivered", 0) >= backlog:
+            counts = edge_counts(edge_dir)
+            if used_accepting is None and counts and not counts.get("accepted", 0):
+                used_accepting = cpu.used()
+            if counts.get("delivered", 0) >= backlog:
                 break
+        used = cpu.used()
         edge.stop()
         bridge.stop()
         first, last, back, n_acc, n_back = _first_last(bridge_dir, edge_dir)
@@ -86,15 +94,20 @@ def run(stack: Stack, mosquitto: str, runs: int, backlog: int, cap_s: float) -> 
         if n_acc:
             edge_first.samples.append(first - t0)
             accepted.samples.append(n_acc / max(last - first, 1e-3))
+            accepted.add_cpu(used_accepting or used, n_acc)
         if n_back:
             results.samples.append(n_back / max(back - first, 1e-3))
+            results.add_cpu(used, n_back)
         print(f"  P2 run {i}: {n_acc:,} accepted, {n_back:,} results back", flush=True)
         stack.discard(pair.root / f"run{i}")
 
         for fig, limit in ((raised, 0), (default, None)):
             print(f"  P2 run {i}: Mosquitto drain, max_queued_messages {limit}", flush=True)
-            rate, got, first_s = _mosquitto_drain(stack.work / "p2" / f"mosq{i}-{limit}", mosquitto, backlog, limit)
+            rate, got, first_s, used = _mosquitto_drain(
+                stack.work / "p2" / f"mosq{i}-{limit}", mosquitto, backlog, limit
+            )
             fig.samples.append(rate)
+            fig.add_cpu(used, got)
             if limit is None:
                 share.samples.append(100.0 * got / backlog)
             else:
@@ -105,24 +118,29 @@ def run(stack: Stack, mosquitto: str, runs: int, backlog: int, cap_s: float) -> 
     return [accepted, results, edge_share, back_share, edge_first, fill, raised, default, share, mosq_first]
 
 
-def _mosquitto_drain(work: Path, mosquitto: str, backlog: int, max_queued: int | None) -> tuple[float, int, float]:
+def _mosquitto_drain(
+    work: Path, mosquitto: str, backlog: int, max_queued: int | None
+) -> tuple[float, int, float, dict[str, float]]:
     """Queue `backlog` messages in an edge Mosquitto whose bridge is down, then start the cloud side.
 
-    Returns (msgs/s from the first to the last message, messages received, seconds to the first)."""
+    Returns (msgs/s from the first to the last message, messages received, seconds to the first, CPU
+    seconds of both brokers from the cloud side's start to the end of the drain)."""
     cloud_port, edge_port = free_port(), free_port()
     medge = start_mosquitto(mosquitto, "mosq-edge", work, edge_port, max_queued=max_queued, bridge_to=cloud_port)
     asyncio.run(publish_timed(edge_port, 4, 3600, intent_body, max_messages=backlog))
 
-    async def drain() -> tuple[float, int, float]:
+    async def drain() -> tuple[float, int, float, dict[str, float]]:
         cloud = start_mosquitto(mosquitto, "mosq-cloud", work, cloud_port, max_queued=max_queued)
         try:
+            cpu = CpuWatch(edge=medge.pid, cloud=cloud.pid)
             sub = await CountingSubscriber().start(cloud_port, "outbox/#")
             t0 = time.monotonic()
             await sub.wait_quiet(backlog, quiet_s=5.0, timeout=600)
+            used = cpu.used()
             await sub.close()
             if not sub.count:
-                return 0.0, 0, float("nan")
-            return sub.count / max(sub.last - sub.first, 1e-3), sub.count, sub.first - t0
+                return 0.0, 0, float("nan"), used
+            return sub.count / max(sub.last - sub.first, 1e-3), sub.count, sub.first - t0, used
         finally:
             cloud.stop()
 

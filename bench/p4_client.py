@@ -49,13 +49,15 @@ async def main(spec_path: str, out_path: str) -> None:
     spec: dict[str, Any] = json.loads(open(spec_path).read())  # noqa: SIM115
     tls = ssl.create_default_context(cafile=spec["ca"])
     devices = [Device(d, k.encode()) for d, k in spec["devices"]]
+    ports: list[int] = spec.get("ports") or [spec["port"]]  # several bridge nodes: devices spread over them
+    port_of = {dev.device_id: ports[i % len(ports)] for i, dev in enumerate(devices)}
     gate = asyncio.Semaphore(32)  # connects in flight: keeps the bridge's accept backlog from overflowing
 
     async def connect(dev: Device) -> None:
         async with gate:
             token = sign_device_token(dev.key_pem, dev.device_id, int(time.time()), lifetime_s=900)
             dev.client = await MqttClient.connect(
-                "127.0.0.1", spec["port"], dev.device_id, username=dev.device_id, password=token, tls=tls,
+                "127.0.0.1", port_of[dev.device_id], dev.device_id, username=dev.device_id, password=token, tls=tls,
                 server_hostname="127.0.0.1", timeout=120,
             )  # fmt: skip
             dev.client.on_message = dev.on_message

@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench.procs import free_port
+from bench.procs import CpuWatch, free_port
 from bench.report import Figure
 from bench.stack import TENANT, Stack, ledger_counts
-from cloud_bridge.registry import Registry
+from cloud_bridge.registry_sqlite import SqliteRegistry
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
 
 SECTION = "P4"
@@ -23,7 +23,7 @@ BATCH_SIZE = 20
 
 def enroll_many(data_dir: Path, count: int) -> list[tuple[str, str]]:
     """Enroll `count` devices in a bridge registry (codes redeemed as POST /v1/enroll would); (id, key PEM)."""
-    registry = Registry(data_dir / "registry.db")
+    registry = SqliteRegistry(data_dir / "registry.db")
     registry.open()
     now = time.time()
     devices = []
@@ -33,6 +33,21 @@ def enroll_many(data_dir: Path, count: int) -> list[tuple[str, str]]:
         device = registry.redeem(code, public_key_pem(key), now)
         devices.append((device.device_id, key.decode()))
     return devices
+
+
+def spawn_client(root: Path, worker: int, spec: dict[str, object]) -> tuple[subprocess.Popen[str], Path]:
+    """Start one load process (bench.p4_client) with `spec`; (process, path of its results)."""
+    path = root / f"spec{worker}.json"
+    path.write_text(json.dumps(spec))
+    out = root / f"out{worker}.json"
+    out.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.p4_client", str(path), str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return proc, out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -61,39 +76,23 @@ def run(stack: Stack, runs: int, devices: int, batches: int) -> list[Figure]:
         workers = []
         try:
             for w in range(WORKERS):
-                spec = root / f"spec{w}.json"
-                spec.write_text(
-                    json.dumps(
-                        {
-                            "ca": str(stack.certs / "ca.pem"),
-                            "port": mqtt_port,
-                            "devices": enrolled[w::WORKERS],
-                            "batches": batches,
-                            "batch_size": BATCH_SIZE,
-                        }
-                    )
-                )
-                out = root / f"out{w}.json"
-                out.unlink(missing_ok=True)
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "bench.p4_client", str(spec), str(out)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-                workers.append((proc, out))
+                spec = {"ca": str(stack.certs / "ca.pem"), "port": mqtt_port, "devices": enrolled[w::WORKERS],
+                        "batches": batches, "batch_size": BATCH_SIZE}  # fmt: skip
+                workers.append(spawn_client(root, w, spec))
             t0 = time.monotonic()
             for proc, _ in workers:
                 line = proc.stdout.readline() if proc.stdout else ""
                 if line.strip() != "ready":
                     raise RuntimeError(f"a P4 load process did not connect its devices: {line!r}; {bridge.tail()}")
             connect.samples.append(devices / (time.monotonic() - t0))
+            cpu = CpuWatch(bridge=bridge.pid)  # from here on: the load, not the connects
             for proc, _ in workers:
                 assert proc.stdin is not None
                 proc.stdin.write("go\n")
                 proc.stdin.flush()
             for proc, _ in workers:
                 proc.wait(900)
+            used = cpu.used()
             outs = [json.loads(out.read_text()) for _, out in workers]
         finally:
             for proc, _ in workers:
@@ -108,6 +107,7 @@ def run(stack: Stack, runs: int, devices: int, batches: int) -> list[Figure]:
             print(f"  P4 run {i}: {accepted} accepted of {devices * per_device}, {errors} device errors {detail}")
         elapsed = max(o["last"] for o in outs) - min(o["first"] for o in outs)
         rate.samples.append(accepted / elapsed)
+        rate.add_cpu(used, accepted)
         lat = [x for o in outs for x in o["latencies"]]
         p50.samples.append(statistics.median(lat) * 1000)
         p99.samples.append(percentile(lat, 0.99) * 1000)

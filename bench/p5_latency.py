@@ -11,7 +11,7 @@ import time
 from bench.load import APP, TOPIC
 from bench.mqttraw import MqttClient
 from bench.p4_fanin import percentile
-from bench.procs import free_port
+from bench.procs import CpuWatch, free_port
 from bench.report import Figure
 from bench.stack import EnrolledPair, Stack, intent_body
 
@@ -53,6 +53,7 @@ async def _drive(port: int, rate: float, seconds: float) -> tuple[list[float], i
 def run(stack: Stack, runs: int, rate: float, seconds: float) -> list[Figure]:
     pair = EnrolledPair(stack, "p5")
     note = f"{rate:.0f}/s for {seconds:.0f} s"
+    # CPU per intent delivered (edge and bridge over the run) goes beside p50, the row that names the rate
     p50 = Figure(SECTION, "publish -> `delivered` status, p50", "ms", note=note, higher_is_better=False)
     p99 = Figure(SECTION, "publish -> `delivered` status, p99", "ms", target="<= 100 ms", higher_is_better=False)
     lost = Figure(SECTION, "intents without a `delivered` status within 60 s", "intents", higher_is_better=False)
@@ -66,12 +67,15 @@ def run(stack: Stack, runs: int, rate: float, seconds: float) -> list[Figure]:
         while "bridge link connected" not in edge.tail() and time.monotonic() < deadline:
             time.sleep(0.1)
         try:
+            cpu = CpuWatch(edge=edge.pid, bridge=bridge.pid)
             latencies, total = asyncio.run(_drive(port, rate, seconds))
+            used = cpu.used()
         finally:
             edge.stop()
             bridge.stop()
         if latencies:
             p50.samples.append(statistics.median(latencies) * 1000)
+            p50.add_cpu(used, len(latencies))
             p99.samples.append(percentile(latencies, 0.99) * 1000)
         lost.samples.append(float(total - len(latencies)))
         stack.discard(pair.root / f"run{i}")

@@ -39,6 +39,8 @@ class Proc:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         with self.log_path.open("ab") as log:
+            # runs reuse names: what this process wrote starts here (a wait on a log line must not see older ones)
+            self.log_start = log.tell()
             self.popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     @property
@@ -56,8 +58,11 @@ class Proc:
         raise RuntimeError(f"{self.name} not listening on {port} after {timeout}s; log:\n{self.tail()}")
 
     def tail(self, chars: int = 3000) -> str:
+        """The end of what this process wrote to its log."""
         try:
-            return self.log_path.read_text(errors="replace")[-chars:]
+            with self.log_path.open("rb") as log:
+                log.seek(self.log_start)
+                return log.read().decode(errors="replace")[-chars:]
         except OSError:
             return ""
 
@@ -70,6 +75,30 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait(10)
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process so far (utime + stime in /proc/PID/stat, all threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces and brackets
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+class CpuWatch:
+    """CPU seconds each server process spends over a measured interval: made before it, read after it.
+
+    `CpuWatch(edge=edge.pid, bridge=bridge.pid)`; `used()` must be called while they still run.
+    """
+
+    def __init__(self, **pids: int) -> None:
+        self.pids = pids
+        self.start = {role: cpu_seconds(pid) for role, pid in pids.items()}
+
+    def used(self) -> dict[str, float]:
+        return {role: cpu_seconds(pid) - self.start[role] for role, pid in self.pids.items()}
 
 
 def rss_kb(pid: int) -> tuple[int, int]:

@@ -1,8 +1,10 @@
 """Audit records: who asked for what, what policy and the providers said, and when.
 
 Audit rows are written by the ledger in the same transaction as the state change they describe, so
-the log and the ledger never disagree. They carry no payloads and no secrets: ids, kind, event, code
-and a short detail only.
+the log and the ledger never disagree. Refusals no ledger row stands for (an envelope that breaks its
+schema, a batch of a wire version the bridge does not speak, a refused connect) are appended on their
+own (`Ledger.note`). They carry no payloads and no secrets: ids, kind, event, code and a short detail
+only. Every record names its tenant.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ class AuditEvent(StrEnum):
     DELIVER = "deliver"  # the provider took it
     FAIL = "fail"  # ended failed (permanent error, attempts exhausted, no integration)
     RETRY = "retry"  # a transient error, or a restart after a crash; it runs again later
+    REFUSE = "refuse"  # a connect of an enrolled device refused (bad token, revoked, ...); no intent
+    REQUEUE = "requeue"  # an operator put a failed or expired intent back in the queue (a new attempt)
+    CANCEL = "cancel"  # an operator ended a queued intent before it ran (failed, code `cancelled`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +47,10 @@ class AuditRecord:
     def __post_init__(self) -> None:
         if self.at < 0:
             raise ValueError("audit time before the epoch")
-        if not self.device_id or not self.intent_id:
-            raise ValueError("audit record needs a device and an intent id")
+        if not self.device_id:
+            raise ValueError("audit record needs a device")
+        if not self.intent_id and self.event is not AuditEvent.REFUSE:
+            raise ValueError("audit record of an intent needs its id")
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict, with `at` as RFC 3339 (for `--json` output and exports)."""
@@ -62,11 +69,12 @@ class AuditRecord:
 
 @dataclass(frozen=True, slots=True)
 class AuditQuery:
-    """A validated audit filter: one device or all, from `since` on, at most `limit` records."""
+    """A validated audit filter: one device (or tenant) or all, from `since` on, at most `limit` records."""
 
     device_id: str | None = None
     since: float | None = None
     limit: int = 1000
+    tenant: str | None = None
 
     MAX_LIMIT = 100_000
 
@@ -75,6 +83,8 @@ class AuditQuery:
             raise ValueError(f"audit limit must be within 1..{self.MAX_LIMIT}")
         if self.device_id is not None and not self.device_id:
             raise ValueError("empty device id; use None for all devices")
+        if self.tenant is not None and not self.tenant:
+            raise ValueError("empty tenant; use None for all tenants")
 
 
 def count_events(records: list[AuditRecord]) -> dict[str, int]:

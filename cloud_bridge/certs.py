@@ -45,19 +45,49 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write(path: Path, data: bytes, *, private: bool = False) -> None:
+def parse_owner(text: str) -> tuple[int, int]:
+    """'UID' or 'UID:GID' (numbers, as a container image's user is known) -> (uid, gid); gid -1 keeps the group."""
+    uid, _, gid = text.partition(":")
+    if not uid.isdigit() or not (gid.isdigit() or not gid):
+        raise ConfigError(f"--owner {text!r}: expected UID or UID:GID as numbers, e.g. 10001")
+    return int(uid), int(gid) if gid else -1
+
+
+def _write(path: Path, data: bytes, *, private: bool = False, owner: tuple[int, int] | None = None) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    fd = os.open(path, flags, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    try:
+        fd = os.open(path, flags, 0o600 if private else 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            if owner is not None:
+                os.fchown(handle.fileno(), *owner)
+            handle.write(data)
+    except PermissionError as exc:
+        hint = " (giving files to another user needs root)" if owner is not None else ""
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}{hint}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def write_dev_certs(directory: Path, hosts: Sequence[str] = (), *, now: datetime.datetime, days: int = 825) -> DevCerts:
-    """Write ca.pem, ca.key, server.pem (certificate + CA) and server.key into `directory`."""
+def write_dev_certs(
+    directory: Path,
+    hosts: Sequence[str] = (),
+    *,
+    now: datetime.datetime,
+    days: int = 825,
+    owner: tuple[int, int] | None = None,
+) -> DevCerts:
+    """Write ca.pem, ca.key, server.pem (certificate + CA) and server.key into `directory`.
+
+    The keys are readable by their owner only: `owner` (uid, gid) gives every file to the user the
+    bridge runs as, e.g. a container's, when that is not the user running this.
+    """
     names = list(dict.fromkeys([*DEFAULT_HOSTS, *hosts]))
     if any(not host or "/" in host for host in names):
         raise ConfigError("host names must be non-empty and contain no '/'")
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {directory}: {exc.strerror or exc}") from exc
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cloud-bridge dev CA")])
     start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=days)
@@ -93,8 +123,8 @@ def write_dev_certs(directory: Path, hosts: Sequence[str] = (), *, now: datetime
     )
     paths = DevCerts(directory / "ca.pem", directory / "ca.key", directory / "server.pem", directory / "server.key")
     ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
-    _write(paths.ca_cert, ca_pem)
-    _write(paths.ca_key, _pem_key(ca_key), private=True)
-    _write(paths.cert, cert.public_bytes(serialization.Encoding.PEM) + ca_pem)
-    _write(paths.key, _pem_key(key), private=True)
+    _write(paths.ca_cert, ca_pem, owner=owner)
+    _write(paths.ca_key, _pem_key(ca_key), private=True, owner=owner)
+    _write(paths.cert, cert.public_bytes(serialization.Encoding.PEM) + ca_pem, owner=owner)
+    _write(paths.key, _pem_key(key), private=True, owner=owner)
     return paths

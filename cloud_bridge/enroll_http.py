@@ -1,64 +1,112 @@
-"""The bridge's HTTPS endpoint: POST /v1/enroll, GET /healthz, GET /metrics (Prometheus text).
+"""The bridge's HTTPS API for devices: POST /v1/enroll, GET /v1/device, POST /v1/rotate-key (and /healthz).
 
 Served with the same certificate as the MQTT listener, so a device pins one CA. Only moves bytes:
-the registry decides enrollment, atomically.
+enroll_limits decides whether a request is served, the registry decides enrollment, atomically.
+/metrics is not here: it has a listener of its own (ops_http).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import ssl
+import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jwt
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-from cloud_bridge.errors import AuthError, BridgeError
+from cloud_bridge.device_keys import accept_rotation, verify_with_device_key
+from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits, LogThrottle
+from cloud_bridge.errors import AuthError, UnknownDeviceError
+from cloud_bridge.metrics import BridgeMetrics
+from cloud_bridge.offline_keys import BridgePublicKeys
+from cloud_bridge.ops_http import Ops
 from cloud_bridge.registry import Registry
-from cloud_bridge.settings import HostPort
 from cloud_bridge.tokens import verify_device_token
+from intent_contract import json_bounded
+from intent_contract.errors import DecodeError
 
 logger = logging.getLogger(__name__)
 
 _MAX_BODY = 16 * 1024
 _MAX_PEM = 4096
+_NOT_VERIFIED = "the token does not verify for this device"
 
 
-class BridgeMetrics:
-    """The bridge's Prometheus metrics, in a registry of their own (several bridges can share a process)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.enrollments = Counter(
-            "bridge_enrollments", "Enrollment requests by result", ["result"], registry=self.registry
-        )
-        self.connects_refused = Counter(
-            "bridge_connects_refused", "MQTT connects refused, by code", ["code"], registry=self.registry
-        )
-        self.batches = Counter("bridge_batches", "Intent batches by outcome", ["outcome"], registry=self.registry)
-        self.acks = Counter("bridge_acks", "Acks sent to devices, by state", ["state"], registry=self.registry)
-        self.devices = Gauge("bridge_devices", "Enrolled devices by status", ["status"], registry=self.registry)
-        self.connected = Gauge("bridge_connected_devices", "Devices with a live session", registry=self.registry)
+def _error(status: int, code: str, detail: str, now: float | None = None) -> web.Response:
+    body: dict[str, object] = {"error": code, "detail": detail}
+    if now is not None:
+        body["time"] = int(now * 1000)
+    return web.json_response(body, status=status)
 
 
-def _error(status: int, code: str, detail: str) -> web.Response:
-    return web.json_response({"error": code, "detail": detail}, status=status)
+class Enrollment:
+    """POST /v1/enroll: limited per source address and overall; the registry redeems the code atomically."""
 
+    def __init__(
+        self,
+        registry: Registry,
+        metrics: BridgeMetrics,
+        *,
+        mqtt_port: int,
+        audience: str,
+        clock: Callable[[], float],
+        limits: EnrollLimits,
+        offline: BridgePublicKeys | None = None,
+    ) -> None:
+        self._registry = registry
+        self._metrics = metrics
+        self._answer: dict[str, object] = {"mqtt_port": mqtt_port, "audience": audience}
+        if offline is not None:  # the keys a device pins for bundles and receipts (docs/offline-sites.md)
+            self._answer["offline"] = offline.to_json()
+        self._clock = clock
+        self._gate = EnrollGate(limits)
+        self._log_refusal = LogThrottle()
 
-def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """TLS server context for the listeners (TLS 1.2+)."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise BridgeError(f"cannot load TLS certificate {cert} / key {key}: {exc}", code="tls_config") from exc
-    return context
+    async def handle(self, request: web.Request) -> web.Response:
+        wait = self._gate.admit(request.remote, self._clock())
+        if wait is not None:
+            retry = str(max(1, math.ceil(wait)))
+            response = self._refuse(request, 429, "rate_limited", f"too many enrollment requests; retry in {retry} s")
+            response.headers["Retry-After"] = retry
+            return response
+        try:
+            document = json_bounded.loads(await request.read(), max_bytes=_MAX_BODY)
+        except (DecodeError, web.HTTPRequestEntityTooLarge):
+            return self._refuse(request, 400, "malformed", "expected a JSON object {code, public_key}")
+        code = document.get("code") if isinstance(document, dict) else None
+        public_key = document.get("public_key") if isinstance(document, dict) else None
+        if not isinstance(code, str) or not isinstance(public_key, str) or not code or len(public_key) > _MAX_PEM:
+            return self._refuse(request, 400, "malformed", "expected string fields code and public_key (SPKI PEM)")
+        try:
+            device = await asyncio.to_thread(self._registry.redeem, code[:200], public_key, self._clock())
+        except AuthError as exc:
+            if exc.code == "bad_public_key":
+                return self._refuse(request, 400, exc.code, exc.detail)
+            return self._refuse(request, 403, "enroll_refused", "enrollment code unknown, used or expired")
+        self._metrics.enrollments.labels("enrolled").inc()
+        logger.info("device enrolled", extra={"device_id": device.device_id, "tenant": device.tenant})
+        body = {
+            "device_id": device.device_id,
+            "tenant": device.tenant,
+            "name": device.name,
+            **self._answer,
+            "time": int(self._clock() * 1000),  # the bridge's clock, for a device whose own is wrong
+        }
+        return web.json_response(body, status=201)
+
+    def _refuse(self, request: web.Request, status: int, code: str, detail: str) -> web.Response:
+        """The error answer; counted, and logged with reason and client at most once a second."""
+        self._metrics.enrollments.labels({429: "limited", 400: "malformed"}.get(status, "refused")).inc()
+        not_logged = self._log_refusal.allow(self._clock())
+        if not_logged is not None:
+            more = f" (and {not_logged} refusals not logged since the last line)" if not_logged else ""
+            logger.warning(
+                "enrollment refused from %s: %s%s", request.remote, code, more,
+                extra={"client": request.remote, "code": code, "not_logged": not_logged},
+            )  # fmt: skip
+        return _error(status, code, detail)
 
 
 def build_http_app(
@@ -68,42 +116,21 @@ def build_http_app(
     mqtt_port: int,
     audience: str,
     clock: Callable[[], float] = time.time,
-    connected: Callable[[], int] = lambda: 0,
+    enroll_limits: EnrollLimits | None = None,
+    offline: BridgePublicKeys | None = None,
+    ops: Ops | None = None,
 ) -> web.Application:
     """The aiohttp application; the caller runs it."""
 
-    async def enroll(request: web.Request) -> web.Response:
-        try:
-            document = json.loads(await request.read())
-        except (ValueError, web.HTTPRequestEntityTooLarge):
-            metrics.enrollments.labels("malformed").inc()
-            return _error(400, "malformed", "expected a JSON object {code, public_key}")
-        code = document.get("code") if isinstance(document, dict) else None
-        public_key = document.get("public_key") if isinstance(document, dict) else None
-        if not isinstance(code, str) or not isinstance(public_key, str) or not code or len(public_key) > _MAX_PEM:
-            metrics.enrollments.labels("malformed").inc()
-            return _error(400, "malformed", "expected string fields code and public_key (SPKI PEM)")
-        try:
-            device = await asyncio.to_thread(registry.redeem, code[:200], public_key, clock())
-        except AuthError as exc:
-            if exc.code == "bad_public_key":
-                metrics.enrollments.labels("malformed").inc()
-                return _error(400, exc.code, exc.detail)
-            metrics.enrollments.labels("refused").inc()
-            logger.warning("enrollment refused", extra={"code": exc.code})
-            return _error(403, "enroll_refused", "enrollment code unknown, used or expired")
-        metrics.enrollments.labels("enrolled").inc()
-        logger.info("device enrolled", extra={"device_id": device.device_id, "tenant": device.tenant})
-        return web.json_response(
-            {
-                "device_id": device.device_id,
-                "tenant": device.tenant,
-                "name": device.name,
-                "mqtt_port": mqtt_port,
-                "audience": audience,
-            },
-            status=201,
-        )
+    enrollment = Enrollment(
+        registry,
+        metrics,
+        mqtt_port=mqtt_port,
+        audience=audience,
+        clock=clock,
+        limits=enroll_limits or EnrollLimits(),
+        offline=offline,
+    )
 
     async def device_status(request: web.Request) -> web.Response:
         """A device asks, with a token signed by its own key, whether it is still enrolled.
@@ -117,55 +144,46 @@ def build_http_app(
         except jwt.PyJWTError:
             subject = None
         device = await asyncio.to_thread(registry.get, subject) if isinstance(subject, str) else None
+        # An unknown device gets the answer a bad signature gets, so a forger cannot probe for ids.
+        # Other codes come only after the signature verified: that caller holds the device's key.
+        # Every answer carries the bridge's time: a device refused for a token made with a wrong clock
+        # (token_expired, token_not_yet_valid) learns from it how far off it is.
+        now = clock()
         if device is None:
-            return _error(401, "unknown_device", "no such device, or a malformed token")
-        try:
-            verify_device_token(
-                token, device_id=device.device_id, public_key_pem=device.public_key, audience=audience, now=clock()
+            return _error(401, "token_invalid", _NOT_VERIFIED, now)
+
+        def verify(key: str) -> object:
+            return verify_device_token(
+                token, device_id=device.device_id, public_key_pem=key, audience=audience, now=now
             )
-        except AuthError as exc:
-            return _error(401, exc.code, "the token does not verify for this device")
-        status = "revoked" if device.revoked_at is not None else "active"
-        return web.json_response({"device_id": device.device_id, "status": status})
 
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def metrics_page(_: web.Request) -> web.Response:
         try:
-            counts = await asyncio.to_thread(registry.counts)
-        except BridgeError:
-            counts = {}
-        for status, value in counts.items():
-            metrics.devices.labels(status).set(value)
-        metrics.connected.set(connected())
-        body = generate_latest(metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+            await asyncio.to_thread(verify_with_device_key, registry, device, verify, clock)
+        except AuthError as exc:
+            return _error(401, exc.code, _NOT_VERIFIED, now)
+        status = "revoked" if device.revoked_at is not None else "active"
+        return web.json_response({"device_id": device.device_id, "status": status, "time": int(now * 1000)})
+
+    async def rotate_key(request: web.Request) -> web.Response:
+        """POST /v1/rotate-key: a rotation document (device_keys); the next key counts from its first use."""
+        try:
+            data = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(400, "malformed", "rotation document too large")
+        try:
+            device = await asyncio.to_thread(accept_rotation, registry, data, clock())
+        except (AuthError, UnknownDeviceError) as exc:
+            if exc.code == "rotation_malformed":
+                return _error(400, exc.code, exc.detail, clock())
+            # Unknown devices, revoked ones and bad signatures answer alike: nobody learns which ids exist.
+            return _error(403, "rotation_refused", "the rotation does not verify for this device", clock())
+        logger.info("device proposed its next key", extra={"device_id": device.device_id})
+        return web.json_response({"device_id": device.device_id, "next_key": "accepted", "time": int(clock() * 1000)})
 
     app = web.Application(client_max_size=_MAX_BODY)
-    app.router.add_post("/v1/enroll", enroll)
+    app.router.add_post("/v1/enroll", enrollment.handle)
     app.router.add_get("/v1/device", device_status)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_page)
+    app.router.add_post("/v1/rotate-key", rotate_key)
+    if ops is not None:
+        app.router.add_get("/healthz", ops.healthz)
     return app
-
-
-class HttpServer:
-    """Runs the app on HOST:PORT with TLS."""
-
-    def __init__(self, app: web.Application, bind: HostPort, context: ssl.SSLContext) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
-        self._bind = bind
-        self._context = context
-
-    async def start(self) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._bind.host, self._bind.port, ssl_context=self._context)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise BridgeError(f"cannot listen on {self._bind}: {exc.strerror or exc}", code="listen_failed") from exc
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()

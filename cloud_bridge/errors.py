@@ -1,4 +1,8 @@
-"""Errors of the cloud bridge: one root, a transient family (retry) and a permanent family (fail)."""
+"""Errors of the cloud bridge: one root, a transient family (retry) and a permanent family (fail).
+
+Every error raised belongs to one family; third-party exceptions are turned into these where they
+enter (the CLI prints these in one line and lets anything else show its traceback: a bug).
+"""
 
 from __future__ import annotations
 
@@ -37,13 +41,55 @@ class PolicyError(PermanentError):
     code = "policy"
 
 
-class ConfigError(BridgeError):
-    """The configuration file or a secret it names is missing or wrong."""
+class ConfigError(PermanentError):
+    """The configuration, a flag or what they name (a file, a secret, an address to listen on) cannot be used."""
 
     code = "config"
 
 
-class AuthError(BridgeError):
+class AuthError(PermanentError):
     """A device failed authentication or enrollment."""
 
     code = "auth"
+
+
+class UnknownDeviceError(PermanentError):
+    """No device with that id."""
+
+    code = "unknown_device"
+
+
+class OfflineFileError(PermanentError):
+    """A bundle or enrollment file that cannot be used: unreadable, not for this bridge, forged, too large."""
+
+    code = "offline_file"
+
+
+class LedgerStateError(PermanentError):
+    """A ledger row was asked to make a move its state machine does not allow; nothing changed."""
+
+    code = "illegal_transition"
+
+
+class UnknownIntentError(PermanentError):
+    """No ledger row with that id (for that device)."""
+
+    code = "unknown_intent"
+
+
+class BadOperatorError(PermanentError):
+    """An operator name that is not a valid name."""
+
+    code = "bad_operator"
+
+
+class AmbiguousIntentError(PermanentError):
+    """An intent id given without its device names rows of several devices."""
+
+    code = "ambiguous_intent"
+
+
+class SchemaError(ConfigError):
+    """The database's schema is not one this bridge can run on (too new, or needs `db upgrade`)."""
+
+    code = "schema_version"

@@ -1,8 +1,26 @@
 """The executor: runs due ledger rows through their integrations, with bounded concurrency and retries.
 
-A row is RUNNING in the ledger (committed) before its provider call; a crash then leaves it RUNNING,
-and `start()` puts it back in the queue, so it runs again with the same idempotency key. Providers
-that honour the key see it once; towards the others delivery is at least once.
+A row is RUNNING in the ledger (committed) before its provider call, claimed by this executor (`owner`)
+under a lease that it renews while the call lasts. A crash leaves the row RUNNING: a single-node store
+puts it back in the queue at the next `start()`, a shared store lets the lease run out and any node's
+executor claims it again. Either way it runs again with the same idempotency key: providers that honour
+the key see it once; towards the others delivery is at least once.
+
+`use()` swaps the integrations (a config reload): new jobs run on the new ones, a job already running
+keeps the integration it started with, and an integration no longer in use is closed once its last
+job has ended.
+
+Claimed while admitted (`offer`, `adopt`): a pool with free slots and nothing due waiting (as its last fill
+found it, since the last admission woke us) offers its free slots to the next admission of a tenant it
+runs; the ledger claims that batch's new rows in the admitting transaction (`Ledger.admit_claiming`),
+and they start at once. At low rates this spares each intent a trip through the ledger's writer and a
+commit between its admission and its provider call; under a backlog the pools are full and nothing is
+offered. The reserved slots count as taken until `adopt` or `release`.
+
+Tenants (`tenant_pools`): a row runs on its tenant's own integration of its kind when the tenant brings
+one, else on the vendor's. Each integration's slots form a pool; a vendor pool's slots are shared
+fairly between the tenants with work waiting (`fair_share`: weighted, capped), so one tenant's backlog
+cannot take every slot. Fairness is per node: each node's executor shares its own slots.
 """
 
 from __future__ import annotations
@@ -13,39 +31,28 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from cloud_bridge.errors import PermanentError, TransientError
+from cloud_bridge.fair_share import FairRound, Shares
 from cloud_bridge.integrations.base import Integration, Job
-from cloud_bridge.ledger import EntryState, Ledger, LedgerEntry
-from intent_contract.backoff import compute_backoff
+from cloud_bridge.ledger import DEFAULT_LEASE, ClaimOffer, Ledger, LedgerEntry, log_context
+from cloud_bridge.ledger_states import EntryState
+from cloud_bridge.outcome import CallResult, Permanent, RetryPolicy, Returned, Transient, after_run, before_run
+from cloud_bridge.tenant_pools import VENDOR, Claims, Pool, Pools
 from intent_contract.codec import Ack
-from intent_contract.names import KINDS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONCURRENCY = 4
-_ORPHAN_BATCH = 100
+
+class Observe(Protocol):
+    """Told of every execution's end: kind, outcome (delivered, failed, expired, retried), code, provider time."""
+
+    def __call__(self, kind: str, outcome: str, code: str, seconds: float | None) -> None: ...
 
 
-def retry_delay(
-    tries: int,
-    *,
-    max_attempts: int,
-    base: float,
-    cap: float,
-    jitter: float,
-    retry_after: float | None = None,
-) -> float | None:
-    """Seconds until the next try after a transient error on try `tries`, or None to give up.
-
-    Full-jitter backoff, raised to the provider's `retry_after` when that asks for longer.
-    """
-    if tries >= max_attempts:
-        return None
-    delay = compute_backoff(tries, base=base, cap=cap, jitter=jitter)
-    if retry_after is not None and retry_after > delay:
-        delay = retry_after
-    return delay
+def _ignore(kind: str, outcome: str, code: str, seconds: float | None) -> None:
+    return None
 
 
 class Executor:
@@ -65,29 +72,75 @@ class Executor:
         idle_poll: float = 1.0,
         stop_grace: float = 10.0,
         revoked: Callable[[str], bool] = lambda _device_id: False,
+        owner: str = "",
+        lease: float = DEFAULT_LEASE,
+        observe: Observe = _ignore,
+        tenants: Mapping[str, Mapping[str, Integration]] | None = None,
+        shares: Shares | None = None,
     ) -> None:
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if retry_base <= 0 or retry_cap < retry_base:
-            raise ValueError("need 0 < retry_base <= retry_cap")
+        self._retry_policy = RetryPolicy(max_attempts, retry_base, retry_cap)
         self._ledger = ledger
-        self._integrations = dict(integrations)
-        self._limits = {kind: _concurrency(i) for kind, i in self._integrations.items()}
-        # Kinds the schemas allow but nobody executes here: such rows end failed/no_integration.
-        self._orphans = [k for k in KINDS if k not in self._integrations]
+        self._pools = Pools.build({})
+        self._claims = Claims(ledger, owner=owner, lease=lease, now=now, idle_poll=idle_poll)
+        self._running: dict[Pool, set[asyncio.Task[None]]] = {}
+        self._uses: dict[asyncio.Task[None], Integration] = {}
+        self._retiring: list[Integration] = []
+        self._closing: set[asyncio.Task[None]] = set()
+        self._idle: set[Pool] = set()  # pools whose last fill left slots free: nothing due waited
+        self._reserved: dict[Pool, int] = {}  # slots offered to admissions under way
+        self._offers: dict[ClaimOffer, tuple[Pools, dict[Pool, int]]] = {}
+        self.use(integrations, tenants, shares)
         self._on_final = on_final
-        self._max_attempts = max_attempts
-        self._retry_base = retry_base
-        self._retry_cap = retry_cap
+        self._observe = observe
         self._now = now
         self._rand = rand
         self._idle_poll = idle_poll
         self._stop_grace = stop_grace
         self._revoked = revoked
-        self._running: dict[str, set[asyncio.Task[None]]] = {kind: set() for kind in self._integrations}
+        self._owner = owner
+        self._lease = lease
+        self._held: dict[asyncio.Task[None], LedgerEntry] = {}
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
         self._stopping = False
+
+    def use(
+        self,
+        integrations: Mapping[str, Integration],
+        tenants: Mapping[str, Mapping[str, Integration]] | None = None,
+        shares: Shares | None = None,
+    ) -> None:
+        """Run new jobs on `integrations` (the vendor's, by kind) and `tenants`' own (by tenant, then kind),
+        sharing the vendor's slots by `shares`; those replaced are closed when their running jobs have ended."""
+        pools = Pools.build(integrations, tenants, shares)  # raises before anything changes
+        old = list(self._pools.integrations.values())
+        self._pools = pools
+        self._idle.clear()
+        for pool in pools.integrations:
+            self._running.setdefault(pool, set())
+        self._claims.woken()  # which rows wait, and for whom, may have changed
+        current = [id(i) for i in pools.integrations.values()]
+        for integration in old:
+            if id(integration) not in current and not any(i is integration for i in self._retiring):
+                self._retiring.append(integration)
+        self._close_unused()
+
+    def _close_unused(self) -> None:
+        """Close every replaced integration that no running job uses any more."""
+        for integration in list(self._retiring):
+            if not any(used is integration for used in self._uses.values()):
+                self._retiring.remove(integration)
+                task = asyncio.get_running_loop().create_task(self._close(integration), name="close integration")
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close(integration: Integration) -> None:
+        try:
+            await integration.aclose()
+        except Exception:  # a close that fails leaks a connection pool, nothing else
+            logger.exception("replaced integration %s did not close cleanly", integration.kind)
 
     @property
     def in_flight(self) -> int:
@@ -101,10 +154,59 @@ class Executor:
         await self._ledger.recover(self._now())
         self._stopping = False
         self._loop_task = asyncio.create_task(self._loop(), name="executor")
+        self._renew_task = asyncio.create_task(self._renew_loop(), name="executor-leases")
 
     def wake(self) -> None:
         """Look for due rows now (call after admitting new rows)."""
+        self._claims.woken()
+        self._idle.clear()  # rows may wait now: no offers until a fill has looked
         self._wakeup.set()
+
+    # -- slots offered to admissions ----------------------------------------------------------------
+
+    def offer(self, tenant: str) -> ClaimOffer | None:
+        """Reserve, for one admission of `tenant`'s batch, the free slots of the idle pools that run its rows
+        (within its fair share of a vendor pool); None when there are none. Then `adopt` or `release` it."""
+        if self._stopping or self._loop_task is None or not self._idle:
+            return None
+        pools = self._pools
+        reserved: dict[Pool, int] = {}
+        for pool in self._idle:
+            if pools.pool_of(pool[0], tenant) == pool and (n := self._grantable(pools, pool, tenant)) > 0:
+                reserved[pool] = n
+        if not reserved:
+            return None
+        for pool, n in reserved.items():
+            self._reserved[pool] = self._reserved.get(pool, 0) + n
+        offer = ClaimOffer(self._owner, self._lease, {kind: n for (kind, _), n in reserved.items()})
+        self._offers[offer] = (pools, reserved)
+        return offer
+
+    def _grantable(self, pools: Pools, pool: Pool, tenant: str) -> int:
+        free = pools.slots[pool] - len(self._running.get(pool, ())) - self._reserved.get(pool, 0)
+        if free <= 0 or pool[1] != VENDOR:
+            return max(0, free)
+        fair = FairRound(free, pools.slots[pool], self._running_tenants(pool), [tenant], pools.shares)
+        return fair.next_grant().get(tenant, 0)
+
+    def adopt(self, offer: ClaimOffer, entries: list[LedgerEntry]) -> None:
+        """Run the rows an admission claimed into `offer` (on the integrations of the time of the offer, as a
+        job that started before a reload), and give back the slots it left."""
+        pools, _ = self._offers.get(offer, (self._pools, {}))
+        self.release(offer)
+        for entry in entries:
+            pool = pools.pool_of(entry.kind, entry.tenant)
+            if self._stopping or pool is None:  # running rows without a job: taken again once their lease ends
+                logger.info("%s/%s claimed at admission but not started: the executor stops", entry.device_id,
+                            entry.intent_id, extra=log_context(entry))  # fmt: skip
+                continue
+            self._start(pool, entry, pools.integrations[pool])
+
+    def release(self, offer: ClaimOffer) -> None:
+        """Give back the slots reserved for `offer` (its admission failed, or claimed fewer)."""
+        _, reserved = self._offers.pop(offer, (None, {}))
+        for pool, n in reserved.items():
+            self._reserved[pool] -= n
 
     async def stop(self) -> None:
         """Stop claiming; give running jobs `stop_grace` seconds, then cancel them (they resume at start)."""
@@ -119,12 +221,19 @@ class Executor:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._renew_task is not None:
+            self._renew_task.cancel()
+            await asyncio.gather(self._renew_task, return_exceptions=True)
+            self._renew_task = None
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def run_due(self) -> int:
         """Run every row that is due now to its end or next retry; returns how many jobs ran.
 
         For tests and one-shot tools; do not call it while the loop started by `start()` runs.
         """
+        self._claims.woken()  # whatever was admitted since the last run is looked for
         total = 0
         while True:
             started, _ = await self._fill()
@@ -154,34 +263,71 @@ class Executor:
                 await asyncio.wait_for(self._wakeup.wait(), delay)
 
     async def _fill(self) -> tuple[int, list[str]]:
-        """Claim due rows up to each integration's free slots and start them.
+        """Claim due rows up to each pool's free slots, fairly between tenants, and start them.
 
-        Returns how many started, and the kinds that still have free slots (nothing more is due).
+        Returns how many started, and the kinds whose every pool still has free slots (nothing more is
+        due): only those may sleep until the next due time; a kind with a full or capped pool waits for
+        a job to end.
         """
         started = 0
-        idle_kinds: list[str] = []
-        for kind, integration in self._integrations.items():
-            free = self._limits[kind] - len(self._running[kind])
+        idle: set[str] = set()
+        busy: set[str] = set()
+        pools = self._pools
+        for pool, integration in pools.integrations.items():
+            free = pools.slots[pool] - len(self._running[pool]) - self._reserved.get(pool, 0)
             if free <= 0 or self._stopping:
+                busy.add(pool[0])
+                self._idle.discard(pool)
                 continue
-            claimed = await self._ledger.claim([kind], free, self._now())
-            if len(claimed) < free:
-                idle_kinds.append(kind)
+            claimed, full = await self._claims.fill(pools, pool, free, self._running_tenants(pool))
+            (busy if full else idle).add(pool[0])
+            if full:
+                self._idle.discard(pool)
+            elif self._pools is pools:  # not replaced by a reload meanwhile
+                self._idle.add(pool)
             for entry in claimed:
-                task = asyncio.create_task(self._job(entry, integration), name=f"job {entry.intent_id}")
-                self._running[kind].add(task)
-                task.add_done_callback(self._running[kind].discard)
+                self._start(pool, entry, integration)
                 started += 1
-        if self._orphans and not self._stopping:
-            claimed = await self._ledger.claim(self._orphans, _ORPHAN_BATCH, self._now())
-            if len(claimed) < _ORPHAN_BATCH:
-                idle_kinds += self._orphans
-            for entry in claimed:
+        if not self._stopping:
+            for entry in await self._claims.orphans(pools):
                 detail = f"no integration for {entry.kind} is configured at the bridge"
-                ack = await self._ledger.finish(entry, EntryState.FAILED, "no_integration", detail, self._now(), "")
+                ack = await self._finish(entry, EntryState.FAILED, "no_integration", detail, "")
                 await self._notify(entry, ack)
                 started += 1
-        return started, idle_kinds
+        return started, sorted(idle - busy)
+
+    def _running_tenants(self, pool: Pool) -> dict[str, int]:
+        """The pool's running jobs, counted by tenant."""
+        running: dict[str, int] = {}
+        for task in self._running.get(pool, ()):
+            running[self._held[task].tenant] = running.get(self._held[task].tenant, 0) + 1
+        return running
+
+    def _start(self, pool: Pool, entry: LedgerEntry, integration: Integration) -> None:
+        slots = self._running.setdefault(pool, set())
+        task = asyncio.create_task(self._job(entry, integration), name=f"job {entry.intent_id}")
+        slots.add(task)
+        self._held[task] = entry
+        self._uses[task] = integration
+        task.add_done_callback(slots.discard)
+        task.add_done_callback(self._release)
+
+    def _release(self, task: asyncio.Task[None]) -> None:
+        self._held.pop(task, None)
+        if self._uses.pop(task, None) is not None and self._retiring:
+            self._close_unused()
+
+    async def _renew_loop(self) -> None:
+        """Every third of a lease, extend the leases of the jobs still running, so no other node takes them."""
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            held = list(self._held.values())
+            if not held:
+                continue
+            try:
+                await self._ledger.renew(held, self._now() + self._lease)
+            except Exception:
+                logger.exception("could not renew the leases of %d running jobs", len(held))
 
     async def _idle_delay(self, kinds: list[str]) -> float:
         """How long to sleep when `kinds` have free slots but nothing due: until the next is due, at most idle_poll."""
@@ -197,7 +343,8 @@ class Executor:
             ack = await self._execute(entry, integration)
         except Exception:
             # The ledger could not record the result: the row stays running and resumes at restart.
-            logger.exception("could not record the result of %s/%s", entry.device_id, entry.intent_id)
+            logger.exception("could not record the result of %s/%s", entry.device_id, entry.intent_id,
+                             extra=log_context(entry))  # fmt: skip
             ack = None
         finally:
             self._wakeup.set()  # a slot is free
@@ -206,12 +353,9 @@ class Executor:
 
     async def _execute(self, entry: LedgerEntry, integration: Integration) -> Ack | None:
         name = getattr(integration, "name", entry.kind)
-        if entry.expired_at(self._now()):
-            return await self._finish(entry, EntryState.EXPIRED, "expired", "expired before it ran", name)
-        if self._revoked(entry.device_id):
-            # Revocation stops the device's queued work too, not only its connection.
-            detail = "the device was revoked at the bridge before this ran"
-            return await self._finish(entry, EntryState.FAILED, "device_revoked", detail, name)
+        stop = before_run(entry, now=self._now(), revoked=self._revoked(entry.device_id))
+        if stop is not None:
+            return await self._finish(entry, stop.state, stop.code, stop.detail, name)
         job = Job(
             device_id=entry.device_id,
             tenant=entry.tenant,
@@ -221,61 +365,47 @@ class Executor:
             attempt=entry.attempt,
             overrides=entry.overrides,
         )
+        started = time.perf_counter()
+        result: CallResult
         try:
             outcome = await integration.execute(job)
         except PermanentError as exc:
-            return await self._finish(entry, EntryState.FAILED, exc.code, exc.detail, name)
+            result = Permanent(exc.code, exc.detail)
         except TransientError as exc:
-            return await self._retry(entry, exc.code, exc.detail, exc.retry_after, name)
+            result = Transient(exc.code, exc.detail, exc.retry_after)
         except Exception as exc:  # noqa: BLE001 - any other failure is retried, as the brief asks
             # Not our error type: its message may quote a URL or a token, so only its type is kept.
             logger.warning(
-                "integration %s raised %s on %s/%s (try %d)",
-                name,
-                type(exc).__name__,
-                entry.device_id,
-                entry.intent_id,
-                entry.tries,
-            )
-            detail = f"the {name} integration raised {type(exc).__name__}"
-            return await self._retry(entry, "integration_error", detail, None, name)
-        return await self._finish(entry, EntryState.DELIVERED, "", outcome.detail, name)
-
-    async def _retry(
-        self, entry: LedgerEntry, code: str, detail: str, retry_after: float | None, name: str
-    ) -> Ack | None:
-        delay = retry_delay(
-            entry.tries,
-            max_attempts=self._max_attempts,
-            base=self._retry_base,
-            cap=self._retry_cap,
-            jitter=self._rand(),
-            retry_after=retry_after,
-        )
-        if delay is None:
-            return await self._finish(
-                entry, EntryState.FAILED, code, f"{detail} (gave up after {entry.tries} tries)", name
-            )
+                "integration %s raised %s on %s/%s (try %d)", name, type(exc).__name__, entry.device_id,
+                entry.intent_id, entry.tries, extra=log_context(entry, code="integration_error"),
+            )  # fmt: skip
+            result = Transient("integration_error", f"the {name} integration raised {type(exc).__name__}")
+        else:
+            result = Returned(outcome.detail)
         now = self._now()
-        if entry.expired_at(now + delay):
-            return await self._finish(entry, EntryState.EXPIRED, "expired", f"expires before its retry: {detail}", name)
-        await self._ledger.reschedule(entry, now + delay, code, detail, now)
-        logger.info("%s/%s: %s; retry in %.1fs", entry.device_id, entry.intent_id, code, delay)
+        verdict = after_run(entry, result, now=now, policy=self._retry_policy, jitter=self._rand())
+        if verdict.retry_at is None:
+            return await self._finish(entry, verdict.state, verdict.code, verdict.detail, name, started)
+        await self._ledger.reschedule(entry, verdict.retry_at, verdict.code, verdict.detail, now)
+        self._observe(entry.kind, "retried", verdict.code, time.perf_counter() - started)
+        logger.info("%s/%s: %s; retry in %.1fs", entry.device_id, entry.intent_id, verdict.code, verdict.retry_at - now,
+                    extra=log_context(entry, code=verdict.code, state="queued"))  # fmt: skip
         return None
 
-    async def _finish(self, entry: LedgerEntry, state: EntryState, code: str, detail: str, name: str) -> Ack:
-        return await self._ledger.finish(entry, state, code, detail, self._now(), name)
+    async def _finish(
+        self, entry: LedgerEntry, state: EntryState, code: str, detail: str, name: str, started: float | None = None
+    ) -> Ack:
+        seconds = None if started is None else time.perf_counter() - started  # the provider call's time
+        ack = await self._ledger.finish(entry, state, code, detail, self._now(), name, seconds=seconds)
+        self._observe(entry.kind, str(state), code, seconds)
+        if state is not EntryState.DELIVERED:
+            logger.info("%s/%s ended %s: %s", entry.device_id, entry.intent_id, state, code,
+                        extra=log_context(entry, state=str(state), code=code))  # fmt: skip
+        return ack
 
     async def _notify(self, entry: LedgerEntry, ack: Ack) -> None:
         try:
             await self._on_final(entry.device_id, ack)
         except Exception:
             # The result is in the ledger and goes out again when the device resubscribes.
-            logger.exception("on_final failed for %s/%s", entry.device_id, entry.intent_id)
-
-
-def _concurrency(integration: Integration) -> int:
-    value = getattr(integration, "concurrency", DEFAULT_CONCURRENCY)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"integration concurrency must be a positive int, not {value!r}")
-    return value
+            logger.exception("on_final failed for %s/%s", entry.device_id, entry.intent_id, extra=log_context(entry))

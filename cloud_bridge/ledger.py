@@ -9,49 +9,24 @@ Times: `now`, `next_run` and `at` arguments are seconds since the epoch (float);
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from cloud_bridge.audit import AuditEvent, AuditRecord
-from intent_contract.codec import Ack, AckState, Envelope
+import msgpack
+
+from cloud_bridge.audit import AuditRecord
+from cloud_bridge.ledger_states import EntryState
+from cloud_bridge.ratelimit import Limits
+from cloud_bridge.usage import UsageQuery, UsageRow
+from intent_contract.codec import Ack
 from intent_contract.names import is_name
+from intent_contract.wire import MAX_DETAIL  # Ack.detail refuses longer text; the ledger truncates before storing
 
-MAX_DETAIL = 1000  # Ack.detail refuses longer text; the ledger truncates before storing
+if TYPE_CHECKING:
+    from cloud_bridge.ledger_plan import Request
 
-
-class EntryState(StrEnum):
-    """Where a ledger row is: queued and running are live, the rest are final."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    EXPIRED = "expired"
-    REJECTED = "rejected"
-
-    @property
-    def final(self) -> bool:
-        return self not in (EntryState.QUEUED, EntryState.RUNNING)
-
-    @property
-    def ack_state(self) -> AckState:
-        """The state reported to the edge: live rows are `accepted`."""
-        return AckState.ACCEPTED if not self.final else AckState(self.value)
-
-
-FINAL_STATES: tuple[EntryState, ...] = tuple(s for s in EntryState if s.final)
-# A row in one of these states runs again when an envelope arrives with a higher attempt.
-READMITTABLE: tuple[EntryState, ...] = (EntryState.FAILED, EntryState.EXPIRED)
-# The audit event written when a row enters each state (running is not audited).
-AUDIT_EVENTS: Mapping[EntryState, AuditEvent] = {
-    EntryState.QUEUED: AuditEvent.ACCEPT,
-    EntryState.DELIVERED: AuditEvent.DELIVER,
-    EntryState.FAILED: AuditEvent.FAIL,
-    EntryState.EXPIRED: AuditEvent.EXPIRE,
-    EntryState.REJECTED: AuditEvent.REJECT,
-}
+DEFAULT_LEASE = 30.0  # seconds a claim holds a running row unless its executor renews it
 
 
 class DeviceLike(Protocol):
@@ -79,10 +54,28 @@ class DecisionLike(Protocol):
     @property
     def overrides(self) -> Mapping[str, Any]: ...
 
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def tenant_limits(self) -> Limits: ...
+
 
 def clip_detail(detail: str) -> str:
     """Detail text as stored and acked: at most MAX_DETAIL characters."""
     return detail if len(detail) <= MAX_DETAIL else detail[: MAX_DETAIL - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ClaimOffer:
+    """Free slots of an executor with nothing waiting, offered to one admission: the batch's newly queued
+    rows of these kinds (at most `slots[kind]`) are claimed for `owner` in the admitting transaction. Each
+    is spared a claim of its own (a trip through the writer and a commit) before it runs. Compared by
+    identity: the executor keeps what it reserved for each offer."""
+
+    owner: str
+    lease: float
+    slots: Mapping[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +100,8 @@ class LedgerEntry:
     overrides: dict[str, Any] = field(default_factory=dict)
     confirmed: bool = False
     updated: float = 0.0  # seconds since the epoch of the last state change
+    owner: str = ""  # the executor (node) holding a running row
+    lease_until: float = 0.0  # seconds since the epoch; a running row past it may be claimed again
 
     def __post_init__(self) -> None:
         if not is_name(self.intent_id):
@@ -131,27 +126,88 @@ class LedgerEntry:
             detail=self.detail,
             at=int(self.updated * 1000),
             app=self.app,
+            attempt=self.attempt,
         )
 
 
-def is_duplicate(state: EntryState, attempt: int, new_attempt: int) -> bool:
-    """True when an envelope for an existing row is a duplicate: acked again, never decided or run."""
-    return not (state in READMITTABLE and new_attempt > attempt)
+@dataclass(frozen=True, slots=True)
+class LedgerDepth:
+    """What the ledger holds that is not done with: rows per (state, kind), and the oldest queued row's age.
 
-
-def admission(
-    env: Envelope, decide: Callable[[Envelope], DecisionLike], now: float
-) -> tuple[EntryState, str, str, dict[str, Any]]:
-    """(state, code, detail, overrides) for an envelope that is not a duplicate; pure but for `decide`.
-
-    Already expired: `expired`, and `decide` is not called (it would spend a rate token).
+    Counted: queued and running rows, and final rows the edge has not confirmed yet (confirmed rows are
+    history, deleted by `purge`). Read once per metrics scrape, never per message.
     """
-    if env.expires is not None and env.expires <= now * 1000:
-        return EntryState.EXPIRED, "expired", "expired before it reached the bridge", {}
-    decision = decide(env)
-    if decision.allowed:
-        return EntryState.QUEUED, "", "", dict(decision.overrides)
-    return EntryState.REJECTED, decision.code or "policy", clip_detail(decision.detail), {}
+
+    counts: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    oldest_queued: float | None = None  # seconds since the epoch the oldest queued row was queued (or retried)
+
+    def oldest_queued_age(self, now: float) -> float:
+        """Seconds the oldest queued row has waited (0 when none is queued)."""
+        return 0.0 if self.oldest_queued is None else max(0.0, now - self.oldest_queued)
+
+
+# One query per backend, each part on one of the ledger's partial indexes. `{unconfirmed}` is the
+# backend's spelling of "confirmed is false".
+DEPTH_SQL = (
+    "SELECT state, kind, count(*) AS n, min(updated) AS oldest FROM intents WHERE state = 'queued'"
+    " GROUP BY state, kind"
+    " UNION ALL SELECT state, kind, count(*), NULL FROM intents WHERE state = 'running' GROUP BY state, kind"
+    " UNION ALL SELECT state, kind, count(*), NULL FROM intents"
+    " WHERE {unconfirmed} AND state NOT IN ('queued', 'running') GROUP BY state, kind"
+)
+
+
+# The tenants with work of one kind waiting: queued rows (a skip scan of the intents_tenant_due index,
+# one probe per tenant however long the backlog) and running rows whose lease ran out. `{p}` is the
+# backend's parameter marker; the parameters are kind, kind, now, kind.
+WAITING_SQL = (
+    "WITH RECURSIVE t(tenant) AS ("
+    " SELECT (SELECT min(tenant) FROM intents WHERE state = 'queued' AND kind = {p})"
+    " UNION ALL SELECT (SELECT min(i.tenant) FROM intents i WHERE i.state = 'queued' AND i.kind = {p}"
+    " AND i.tenant > t.tenant) FROM t WHERE t.tenant IS NOT NULL)"
+    " SELECT tenant FROM t WHERE tenant IS NOT NULL"
+    " UNION SELECT tenant FROM intents WHERE state = 'running' AND lease_until < {p} AND kind = {p}"
+)
+WAITING_INDEX = "CREATE INDEX intents_tenant_due ON intents (kind, tenant, priority DESC, seq) WHERE state = 'queued'"
+
+
+def depth_from_rows(rows: Sequence[Mapping[str, Any]]) -> LedgerDepth:
+    """A LedgerDepth from DEPTH_SQL's rows."""
+    oldest = [row["oldest"] for row in rows if row["oldest"] is not None]
+    return LedgerDepth({(row["state"], row["kind"]): int(row["n"]) for row in rows}, min(oldest) if oldest else None)
+
+
+def log_context(entry: LedgerEntry, **more: str) -> dict[str, str]:
+    """The context of a log line about a ledger row (`extra`): who, which intent, what kind, and `more`."""
+    return {"device_id": entry.device_id, "tenant": entry.tenant, "intent_id": entry.intent_id, "kind": entry.kind,
+            **more}  # fmt: skip
+
+
+def lapsed_detail(owner: str) -> str:
+    """The audit detail of a row taken over after its lease ran out."""
+    return f"its executor ({owner or 'unnamed'}) stopped renewing the lease; running it again"
+
+
+def pack(obj: object) -> bytes:
+    """msgpack, as payloads and overrides are stored by every backend."""
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
+
+
+# Columns a backend stores that LedgerEntry does not carry.
+_STORE_ONLY = frozenset({"seq", "digest", "announce"})
+
+
+def entry_from_row(row: Mapping[str, Any]) -> LedgerEntry:
+    """A LedgerEntry from a stored row (payload and overrides as msgpack)."""
+    fields = {k: v for k, v in row.items() if k not in _STORE_ONLY}
+    fields.update(
+        payload=msgpack.unpackb(row["payload"], raw=False),
+        overrides=msgpack.unpackb(row["overrides"], raw=False),
+        state=EntryState(row["state"]),
+        confirmed=bool(row["confirmed"]),
+    )
+    return LedgerEntry(**fields)
 
 
 class Ledger(Protocol):
@@ -163,19 +219,27 @@ class Ledger(Protocol):
     async def close(self) -> None:
         """Finish pending work and release the store."""
 
-    async def admit(
-        self,
-        device: DeviceLike,
-        envelopes: Sequence[Envelope],
-        decide: Callable[[Envelope], DecisionLike],
-        now: float,
-    ) -> list[Ack]:
-        """Record a batch in ONE durable transaction; one ack per envelope, in order.
+    @property
+    def commits(self) -> int:
+        """Write transactions committed by this process so far (for metrics and benchmarks)."""
 
-        A duplicate (same device and id) is acked with its current state and `decide` is not called,
-        unless the row ended failed/expired and the envelope carries a higher attempt (re-admitted).
-        An envelope already expired is stored `expired`; otherwise `decide` says queued or rejected.
+    @property
+    def claims_at_admission(self) -> bool:
+        """Whether `admit_claiming` claims rows (else the executor need not offer its slots)."""
+
+    async def admit(self, device: DeviceLike, requests: Sequence[Request], now: float) -> list[Ack]:
+        """Record a judged batch (`ledger_plan.requests_for`) in ONE durable transaction; one ack per request.
+
+        Reads the batch's existing rows and the device's limit state, applies `ledger_plan.plan_admission`
+        and writes the plan; admissions of one device are serialized, also across bridge nodes.
         """
+
+    async def admit_claiming(
+        self, device: DeviceLike, requests: Sequence[Request], now: float, offer: ClaimOffer
+    ) -> tuple[list[Ack], list[LedgerEntry]]:
+        """`admit`, and in the same transaction claim the batch's newly queued rows that `offer` has slots
+        for (highest priority first, then in batch order) as `claim` would; returns the acks and the claimed
+        rows. A store may claim none and leave its rows to `claim`."""
 
     async def unconfirmed(self, device_id: str) -> list[Ack]:
         """Final results the edge has not confirmed yet, oldest first."""
@@ -183,30 +247,75 @@ class Ledger(Protocol):
     async def confirm(self, device_id: str, ids: Sequence[str]) -> int:
         """Mark final results as applied by the edge; returns how many rows changed."""
 
-    async def usage_since(self, since: float) -> dict[tuple[str, str], int]:
-        """(device_id, kind) -> intents admitted by policy since `since`, for daily quotas."""
-
     async def recover(self, now: float) -> int:
-        """At start: put rows left running by a crash back in the queue; returns how many."""
+        """At an executor's start: put running rows no live executor holds back in the queue; returns how many.
 
-    async def claim(self, kinds: Collection[str], limit: int, now: float) -> list[LedgerEntry]:
-        """Move up to `limit` due queued rows of `kinds` to running (highest priority, oldest first)."""
+        A single-node store (SQLite) has one executor, so every running row is an orphan; a shared store
+        (PostgreSQL) leaves them to their leases, which `claim` takes over once they run out.
+        """
+
+    async def claim(
+        self,
+        kinds: Collection[str],
+        limit: int,
+        now: float,
+        *,
+        owner: str = "",
+        lease: float = DEFAULT_LEASE,
+        tenant: str | None = None,
+    ) -> list[LedgerEntry]:
+        """Move up to `limit` rows of `kinds` (of `tenant` only, when given) to running for `owner` until
+        `now + lease`: first running rows whose lease ran out (audited `retry`/`lease_expired`), then due
+        queued rows (highest priority, oldest first). Rows claimed by others meanwhile are skipped, never
+        waited for."""
+
+    async def waiting_tenants(self, kinds: Collection[str], now: float) -> list[str]:
+        """Tenants with rows of `kinds` queued (due or not) or running past their lease at `now`, sorted."""
+
+    async def renew(self, entries: Sequence[LedgerEntry], until: float) -> int:
+        """Extend the leases of running rows this executor still holds; returns how many it still holds."""
 
     async def next_due(self, kinds: Collection[str]) -> float | None:
         """When the earliest queued row of `kinds` becomes due (seconds), or None."""
 
     async def finish(
-        self, entry: LedgerEntry, state: EntryState, code: str, detail: str, now: float, integration: str
+        self,
+        entry: LedgerEntry,
+        state: EntryState,
+        code: str,
+        detail: str,
+        now: float,
+        integration: str,
+        *,
+        seconds: float | None = None,
     ) -> Ack:
-        """Record the final state of a running row; returns the ack to send."""
+        """Record the final state of the row as claimed in `entry`, and count it in usage with the provider
+        call's `seconds` (None: no provider was called); returns the ack to send.
+
+        A row no longer held by that claim (finished, or claimed again after its lease ran out: `tries`
+        changed) is left alone and its current state returned.
+        """
 
     async def reschedule(self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float) -> None:
-        """Put a running row back in the queue, due at `next_run`, after a transient error."""
+        """Put the row held by `entry`'s claim back in the queue, due at `next_run`, after a transient error."""
 
     async def audit(
-        self, device_id: str | None = None, since: float | None = None, limit: int = 1000
+        self, device_id: str | None = None, since: float | None = None, limit: int = 1000, *, tenant: str | None = None
     ) -> list[AuditRecord]:
-        """Audit records, oldest first, optionally of one device and from `since` on."""
+        """Audit records, oldest first, optionally of one device or tenant and from `since` on."""
+
+    async def note(self, records: Sequence[AuditRecord]) -> None:
+        """Append audit records of refusals that no ledger row stands for, in one transaction; those naming an
+        intent count in usage as rejected."""
+
+    async def usage(self, query: UsageQuery) -> list[UsageRow]:
+        """Usage per the query's grouping, from the rollup the ledger keeps (cloud_bridge.usage)."""
 
     async def purge(self, older_than: float) -> int:
         """Delete final rows the edge confirmed before `older_than`; returns how many."""
+
+    async def depth(self) -> LedgerDepth:
+        """Rows not done with, per state and kind, and when the oldest queued one was queued (one query)."""
+
+    async def ping(self) -> None:
+        """Answer one trivial query, or raise: whether the store can be reached now (for /healthz)."""

@@ -4,105 +4,77 @@ One dedicated thread owns the connection. Calls queue an operation and await its
 takes every operation waiting at that moment, runs them in ONE transaction (each inside a savepoint, so
 one failing call does not undo the others), commits once (one fsync), then resolves the futures. While
 a commit is on disk, new calls pile up and share the next one: that is what lets thousands of intents
-per second be admitted durably on one disk.
+per second be admitted durably on one disk. Only reads and writes run on that thread: policy is
+decided before (`ledger_plan.requests_for`), and admission writes the shared pure plan
+(`ledger_sqlite_admit`). The schema and its migrations are in `ledger_sqlite_schema`.
 
-`decide` (see `admit`) runs on that thread, serialized with every other `decide` call.
+One process owns the file (the single-node store), so `recover` treats every running row as orphaned
+by a crash. Every UPDATE of a state sets an event's target and matches only its source states
+(`ledger_states`).
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
-
-import msgpack
+from typing import TypeVar
 
 from cloud_bridge.audit import AuditEvent, AuditQuery, AuditRecord
 from cloud_bridge.errors import BridgeError, TransientError
 from cloud_bridge.ledger import (
-    AUDIT_EVENTS,
-    DecisionLike,
+    DEFAULT_LEASE,
+    DEPTH_SQL,
+    WAITING_SQL,
+    ClaimOffer,
     DeviceLike,
-    EntryState,
+    LedgerDepth,
     LedgerEntry,
-    admission,
     clip_detail,
-    is_duplicate,
+    depth_from_rows,
+    entry_from_row,
+    lapsed_detail,
+    log_context,
 )
-from intent_contract.codec import Ack, AckState, Envelope
+from cloud_bridge.ledger_plan import Request
+from cloud_bridge.ledger_sqlite_admit import KNOWN, admit, admit_plan, known_of
+from cloud_bridge.ledger_sqlite_schema import AUDIT_INSERT, migrate
+from cloud_bridge.ledger_states import (
+    AUDIT,
+    FINISH,
+    LIVE_STATES,
+    EntryState,
+    LedgerEvent,
+    sources,
+    sql_states,
+    state_in,
+    target,
+)
+from cloud_bridge.usage import UsageQuery, UsageRow, merged, row_from_sums, tally
+from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
+from cloud_bridge.usage_sql import select as usage_select
+from cloud_bridge.usage_sql import upsert_rows
+from intent_contract.codec import Ack, AckState
+from intent_contract.sql_text import marks
 from intent_contract.sqlite_writer import GroupCommitWriter, WriterHooks
 
 logger = logging.getLogger(__name__)
 
 _MAX_BATCH = 1000  # operations per transaction; bounds how long one commit holds callers
-_LIVE = "('queued', 'running')"
+_LIVE = sql_states(tuple(LIVE_STATES))
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS intents (
-    seq INTEGER PRIMARY KEY, device_id TEXT NOT NULL, intent_id TEXT NOT NULL, tenant TEXT NOT NULL,
-    app TEXT NOT NULL, kind TEXT NOT NULL, payload BLOB NOT NULL, attempt INTEGER NOT NULL,
-    priority INTEGER NOT NULL, created INTEGER NOT NULL, expires INTEGER, state TEXT NOT NULL,
-    code TEXT NOT NULL, detail TEXT NOT NULL, tries INTEGER NOT NULL, next_run REAL NOT NULL,
-    overrides BLOB NOT NULL, confirmed INTEGER NOT NULL, updated REAL NOT NULL,
-    UNIQUE (device_id, intent_id)
-);
-CREATE INDEX IF NOT EXISTS intents_due ON intents (kind, priority DESC, seq) WHERE state = 'queued';
-CREATE INDEX IF NOT EXISTS intents_running ON intents (state) WHERE state = 'running';
-CREATE INDEX IF NOT EXISTS intents_unconfirmed ON intents (device_id, seq)
-    WHERE confirmed = 0 AND state NOT IN {_LIVE};
-CREATE INDEX IF NOT EXISTS intents_purge ON intents (updated) WHERE confirmed = 1;
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY, at REAL NOT NULL, device_id TEXT NOT NULL, tenant TEXT NOT NULL,
-    intent_id TEXT NOT NULL, kind TEXT NOT NULL, event TEXT NOT NULL, integration TEXT NOT NULL,
-    code TEXT NOT NULL, detail TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
-CREATE INDEX IF NOT EXISTS audit_device ON audit (device_id, at);
-"""
-
-_Fn = Callable[[sqlite3.Connection], Any]
 T = TypeVar("T")
 
 
-def _pack(obj: object) -> bytes:
-    packed: bytes = msgpack.packb(obj, use_bin_type=True)
-    return packed
-
-
-def _entry(row: sqlite3.Row) -> LedgerEntry:
-    fields = dict(zip(row.keys(), row, strict=True))
-    del fields["seq"]
-    fields.update(
-        payload=msgpack.unpackb(row["payload"], raw=False),
-        overrides=msgpack.unpackb(row["overrides"], raw=False),
-        state=EntryState(row["state"]),
-        confirmed=bool(row["confirmed"]),
-    )
-    return LedgerEntry(**fields)
-
-
-_AUDIT_INSERT = (
-    "INSERT INTO audit (at, device_id, tenant, intent_id, kind, event, integration, code, detail)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_IN_CHUNK = 500  # ids per IN (...) query, under SQLite's bound-parameter limit
-
-
 def _audit_row(
-    conn: sqlite3.Connection,
-    at: float,
-    who: tuple[str, str, str, str],
-    event: AuditEvent,
-    *,
-    integration: str = "",
-    code: str,
-    detail: str,
+    conn: sqlite3.Connection, at: float, entry: LedgerEntry, event: AuditEvent, integration: str, code: str, detail: str
 ) -> None:
-    """Insert an audit row; `who` is (device_id, tenant, intent_id, kind)."""
-    conn.execute(_AUDIT_INSERT, (at, *who, str(event), integration, code, detail))
+    conn.execute(
+        AUDIT_INSERT,
+        (at, entry.device_id, entry.tenant, entry.intent_id, entry.kind, str(event), integration, code, detail),
+    )
 
 
 def _audit_record(row: sqlite3.Row) -> AuditRecord:
@@ -111,79 +83,34 @@ def _audit_record(row: sqlite3.Row) -> AuditRecord:
     return AuditRecord(**{**fields, "event": AuditEvent(row["event"])})
 
 
-def _who(entry: LedgerEntry) -> tuple[str, str, str, str]:
-    return (entry.device_id, entry.tenant, entry.intent_id, entry.kind)
+def _entry(row: sqlite3.Row) -> LedgerEntry:
+    return entry_from_row(dict(zip(row.keys(), row, strict=True)))
 
 
-def _row_ack(row: Mapping[str, Any]) -> Ack:
-    state = EntryState(row["state"])
-    final = state.final
-    return Ack(
-        id=row["intent_id"],
-        state=state.ack_state,
-        code=row["code"] if final else "",
-        detail=row["detail"] if final else "",
-        at=int(row["updated"] * 1000),
-        app=row["app"],
+# The executor's queries, each served by a partial index (tests/unit/test_ledger_sqlite_plans.py holds them to
+# it): a claim that scans the table costs O(ledger) per job, and the ledger holds every delivered row too.
+def lapsed_sql(kinds: int, of_tenant: bool = False) -> str:
+    """Running rows of `kinds` kinds (of one tenant) whose lease ran out (params: now, *kinds, [tenant,]
+    limit), first run out first."""
+    return (
+        f"SELECT * FROM intents WHERE {state_in(sources(LedgerEvent.RECLAIM))}"
+        f" AND lease_until < ? AND kind IN ({marks(range(kinds))}){' AND tenant = ?' if of_tenant else ''}"
+        " ORDER BY lease_until LIMIT ?"
     )
 
 
-def _marks(values: Collection[str]) -> str:
-    return ",".join("?" * len(values))
+def due_sql(kinds: int, of_tenant: bool = False) -> str:
+    """Due queued rows of `kinds` kinds (of one tenant) (params: *kinds, [tenant,] now, limit), highest
+    priority then oldest first."""
+    return (
+        f"SELECT * FROM intents WHERE {state_in(sources(LedgerEvent.CLAIM))}"
+        f" AND kind IN ({marks(range(kinds))}){' AND tenant = ?' if of_tenant else ''} AND next_run <= ?"
+        " ORDER BY priority DESC, seq LIMIT ?"
+    )
 
 
-_UPSERT = (
-    "INSERT INTO intents (device_id, intent_id, tenant, app, kind, payload, attempt, priority, created, expires,"
-    " state, code, detail, tries, next_run, overrides, confirmed, updated)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?)"
-    " ON CONFLICT (device_id, intent_id) DO UPDATE SET tenant = excluded.tenant, app = excluded.app,"
-    " kind = excluded.kind, payload = excluded.payload, attempt = excluded.attempt, priority = excluded.priority,"
-    " created = excluded.created, expires = excluded.expires, state = excluded.state, code = excluded.code,"
-    " detail = excluded.detail, tries = 0, next_run = excluded.next_run, overrides = excluded.overrides,"
-    " confirmed = 0, updated = excluded.updated"
-)
-
-
-def _admit(
-    conn: sqlite3.Connection,
-    device: DeviceLike,
-    envelopes: list[Envelope],
-    decide: Callable[[Envelope], DecisionLike],
-    now: float,
-) -> list[Ack]:
-    """One batch: existing rows read in one query per chunk, new rows and audit rows written with
-    one executemany each (a query and two inserts per intent held admission near 4,000/s)."""
-    ids = list(dict.fromkeys(env.id for env in envelopes))
-    known: dict[str, Mapping[str, Any]] = {}
-    for start in range(0, len(ids), _IN_CHUNK):
-        chunk = ids[start : start + _IN_CHUNK]
-        for row in conn.execute(
-            "SELECT intent_id, app, state, attempt, code, detail, updated FROM intents"
-            f" WHERE device_id = ? AND intent_id IN ({_marks(chunk)})",
-            (device.device_id, *chunk),
-        ):
-            known[row["intent_id"]] = row
-    acks, upserts, audits = [], [], []
-    for env in envelopes:
-        row = known.get(env.id)
-        if row is not None and is_duplicate(EntryState(row["state"]), row["attempt"], env.attempt):
-            acks.append(_row_ack(row))  # a duplicate: acked again, never decided or run again
-            continue
-        state, code, detail, overrides = admission(env, decide, now)
-        upserts.append(
-            (device.device_id, env.id, device.tenant, env.app, env.kind, _pack(env.payload), env.attempt,
-             env.priority, env.created, env.expires, str(state), code, detail, now, _pack(overrides), now)
-        )  # fmt: skip
-        audits.append(
-            (now, device.device_id, device.tenant, env.id, env.kind, str(AUDIT_EVENTS[state]), "", code, detail)
-        )
-        # The same id again later in this batch is a duplicate of this row.
-        known[env.id] = {"intent_id": env.id, "app": env.app, "state": str(state), "attempt": env.attempt,
-                         "code": code, "detail": detail, "updated": now}  # fmt: skip
-        acks.append(Ack(env.id, state.ack_state, code, detail, int(now * 1000), env.app))
-    conn.executemany(_UPSERT, upserts)
-    conn.executemany(_AUDIT_INSERT, audits)
-    return acks
+_CLAIMED = f"state = '{target(LedgerEvent.CLAIM)}', tries = tries + 1, owner = ?, lease_until = ?, updated = ?"
+_HELD = "device_id = ? AND intent_id = ? AND attempt = ? AND tries = ?"
 
 
 class SqliteLedger:
@@ -202,12 +129,16 @@ class SqliteLedger:
         return f"SqliteLedger({str(self.path)!r})"
 
     @property
+    def claims_at_admission(self) -> bool:
+        return True
+
+    @property
     def commits(self) -> int:
         """Write transactions so far (for tests and metrics)."""
         return self._writer.commits
 
     async def open(self) -> None:
-        """Open (creating if needed) the database and start the writer thread."""
+        """Open (creating and migrating if needed) the database and start the writer thread."""
         if self._writer.running:
             raise RuntimeError("ledger already open")
         await self._writer.start()
@@ -222,7 +153,7 @@ class SqliteLedger:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA busy_timeout = 5000")
-        conn.executescript(_SCHEMA)
+        migrate(conn, at_start=True)  # one process owns the file: always safe
         return conn
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T], *, writes: bool = True) -> T:
@@ -232,27 +163,40 @@ class SqliteLedger:
 
     # -- admission --------------------------------------------------------------------------------
 
-    async def admit(
-        self,
-        device: DeviceLike,
-        envelopes: Sequence[Envelope],
-        decide: Callable[[Envelope], DecisionLike],
-        now: float,
-    ) -> list[Ack]:
-        """Record a batch in one durable transaction; see `Ledger.admit`. `decide` runs on the writer thread."""
-        envs = list(envelopes)
-        return await self._call(lambda c: _admit(c, device, envs, decide, now))
+    async def admit(self, device: DeviceLike, requests: Sequence[Request], now: float) -> list[Ack]:
+        """Record a judged batch in one durable transaction; see `Ledger.admit`."""
+        batch = list(requests)
+        return await self._call(lambda c: admit(c, device, batch, now))
+
+    async def admit_claiming(
+        self, device: DeviceLike, requests: Sequence[Request], now: float, offer: ClaimOffer
+    ) -> tuple[list[Ack], list[LedgerEntry]]:
+        """`admit`, claiming the batch's new rows that `offer` has slots for in the same transaction."""
+        batch = list(requests)
+
+        def run(conn: sqlite3.Connection) -> tuple[list[Ack], list[LedgerEntry]]:
+            plan = admit_plan(conn, device, batch, now)
+            left = dict(offer.slots)
+            rows = []
+            queued = [w for w in plan.writes if w.state is EntryState.QUEUED]
+            for write in sorted(queued, key=lambda w: -w.envelope.priority):  # stable: batch order within one
+                if left.get(write.envelope.kind, 0) > 0:
+                    left[write.envelope.kind] -= 1
+                    query = "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?"
+                    rows.append(conn.execute(query, (device.device_id, write.envelope.id)).fetchone())
+            return plan.acks, _claim_rows(conn, rows, offer.owner, now + offer.lease, now)
+
+        return await self._call(run)
 
     async def unconfirmed(self, device_id: str) -> list[Ack]:
-        """Final results the edge has not confirmed yet, oldest first."""
+        """Final results the edge has not confirmed yet, then live rows an operator retried (`accepted`)."""
 
         def run(conn: sqlite3.Connection) -> list[Ack]:
             rows = conn.execute(
-                "SELECT intent_id, app, state, code, detail, updated FROM intents"
-                f" WHERE device_id = ? AND confirmed = 0 AND state NOT IN {_LIVE} ORDER BY seq",
-                (device_id,),
+                f"{KNOWN} WHERE device_id = ? AND confirmed = 0 AND state NOT IN {_LIVE} ORDER BY seq", (device_id,)
             ).fetchall()
-            return [_row_ack(row) for row in rows]
+            rows += conn.execute(f"{KNOWN} WHERE device_id = ? AND announce = 1 AND state IN {_LIVE}", (device_id,))
+            return [known_of(r).ack() for r in rows]
 
         return await self._call(run, writes=False)
 
@@ -262,7 +206,7 @@ class SqliteLedger:
 
         def run(conn: sqlite3.Connection) -> int:
             cursor = conn.executemany(
-                "UPDATE intents SET confirmed = 1"
+                "UPDATE intents SET confirmed = 1, announce = 0"
                 f" WHERE device_id = ? AND intent_id = ? AND confirmed = 0 AND state NOT IN {_LIVE}",
                 params,
             )
@@ -272,33 +216,24 @@ class SqliteLedger:
             return 0
         return await self._call(run)
 
-    async def usage_since(self, since: float) -> dict[tuple[str, str], int]:
-        """(device_id, kind) -> intents admitted by policy since `since` (from the audit's accept rows)."""
-
-        def run(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
-            rows = conn.execute(
-                "SELECT device_id, kind, COUNT(*) AS n FROM audit WHERE at >= ? AND event = ? GROUP BY device_id, kind",
-                (since, str(AuditEvent.ACCEPT)),
-            ).fetchall()
-            return {(row["device_id"], row["kind"]): row["n"] for row in rows}
-
-        return await self._call(run, writes=False)
-
     # -- execution --------------------------------------------------------------------------------
 
     async def recover(self, now: float) -> int:
-        """Rows left running by a crash go back to the queue (code `resumed`); returns how many."""
+        """Every running row goes back to the queue (code `resumed`): this process is the only executor."""
+        detail = "the bridge stopped while it ran; running it again"
 
         def run(conn: sqlite3.Connection) -> int:
-            rows = conn.execute("SELECT * FROM intents WHERE state = 'running'").fetchall()
-            detail = "the bridge stopped while it ran; running it again"
+            event = LedgerEvent.RESUME
+            rows = conn.execute(
+                f"SELECT * FROM intents WHERE {state_in(sources(event))}",
+            ).fetchall()
             for row in rows:
                 conn.execute(
-                    "UPDATE intents SET state = 'queued', code = 'resumed', detail = ?, next_run = ?, updated = ?"
-                    " WHERE seq = ?",
+                    f"UPDATE intents SET state = '{target(event)}', code = 'resumed', detail = ?, next_run = ?,"
+                    " updated = ?, owner = '', lease_until = 0 WHERE seq = ?",
                     (detail, now, now, row["seq"]),
                 )
-                _audit_row(conn, now, _who(_entry(row)), AuditEvent.RETRY, code="resumed", detail=detail)
+                _audit_row(conn, now, _entry(row), AuditEvent.RETRY, "", "resumed", detail)
             return len(rows)
 
         count: int = await self._call(run)
@@ -306,25 +241,57 @@ class SqliteLedger:
             logger.warning("recovered %d intents that were running when the bridge stopped", count)
         return count
 
-    async def claim(self, kinds: Collection[str], limit: int, now: float) -> list[LedgerEntry]:
-        """Move up to `limit` due queued rows of `kinds` to running, highest priority then oldest first."""
+    async def claim(
+        self,
+        kinds: Collection[str],
+        limit: int,
+        now: float,
+        *,
+        owner: str = "",
+        lease: float = DEFAULT_LEASE,
+        tenant: str | None = None,
+    ) -> list[LedgerEntry]:
+        """Rows whose lease ran out first, then due queued rows, highest priority then oldest first."""
         kind_list = list(dict.fromkeys(kinds))
         if not kind_list or limit < 1:
             return []
+        until = now + lease
+        of_tenant, tenant_args = (False, ()) if tenant is None else (True, (tenant,))
 
         def run(conn: sqlite3.Connection) -> list[LedgerEntry]:
-            rows = conn.execute(
-                f"SELECT * FROM intents WHERE state = 'queued' AND kind IN ({_marks(kind_list)}) AND next_run <= ?"
-                " ORDER BY priority DESC, seq LIMIT ?",
-                (*kind_list, now, limit),
-            ).fetchall()
-            conn.executemany(
-                "UPDATE intents SET state = 'running', tries = tries + 1, updated = ? WHERE seq = ?",
-                [(now, row["seq"]) for row in rows],
-            )
-            return [replace(_entry(row), state=EntryState.RUNNING, tries=row["tries"] + 1, updated=now) for row in rows]
+            n = len(kind_list)
+            lapsed = conn.execute(lapsed_sql(n, of_tenant), (now, *kind_list, *tenant_args, limit)).fetchall()
+            rest = limit - len(lapsed)
+            due = conn.execute(due_sql(n, of_tenant), (*kind_list, *tenant_args, now, rest)).fetchall()
+            claimed = _claim_rows(conn, [*lapsed, *due], owner, until, now)
+            for row in lapsed:
+                detail = lapsed_detail(row["owner"])
+                _audit_row(conn, now, _entry(row), AuditEvent.RETRY, "", "lease_expired", detail)
+            return claimed
 
         return await self._call(run)
+
+    async def renew(self, entries: Sequence[LedgerEntry], until: float) -> int:
+        """Extend the leases of the rows these claims still hold."""
+        params = [(until, e.device_id, e.intent_id, e.attempt, e.tries) for e in entries]
+
+        def run(conn: sqlite3.Connection) -> int:
+            cursor = conn.executemany(
+                f"UPDATE intents SET lease_until = ? WHERE {_HELD} AND state = '{EntryState.RUNNING}'", params
+            )
+            return cursor.rowcount
+
+        return await self._call(run) if params else 0
+
+    async def waiting_tenants(self, kinds: Collection[str], now: float) -> list[str]:
+        """Tenants with rows of `kinds` queued or running past their lease, sorted (a skip scan per kind)."""
+        query = WAITING_SQL.format(p="?")
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            found = {row[0] for kind in dict.fromkeys(kinds) for row in conn.execute(query, (kind, kind, now, kind))}
+            return sorted(found)
+
+        return await self._call(run, writes=False)
 
     async def next_due(self, kinds: Collection[str]) -> float | None:
         """When the earliest queued row of `kinds` becomes due, or None when none is queued."""
@@ -334,7 +301,8 @@ class SqliteLedger:
 
         def run(conn: sqlite3.Connection) -> float | None:
             row = conn.execute(
-                f"SELECT MIN(next_run) AS due FROM intents WHERE state = 'queued' AND kind IN ({_marks(kind_list)})",
+                f"SELECT MIN(next_run) AS due FROM intents WHERE {state_in(sources(LedgerEvent.CLAIM))}"
+                f" AND kind IN ({marks(kind_list)})",
                 kind_list,
             ).fetchone()
             due: float | None = row["due"]
@@ -343,58 +311,103 @@ class SqliteLedger:
         return await self._call(run, writes=False)
 
     async def finish(
-        self, entry: LedgerEntry, state: EntryState, code: str, detail: str, now: float, integration: str
+        self,
+        entry: LedgerEntry,
+        state: EntryState,
+        code: str,
+        detail: str,
+        now: float,
+        integration: str,
+        *,
+        seconds: float | None = None,
     ) -> Ack:
-        """Record the final state of a running row; a row no longer running is left alone (logged)."""
-        if not state.final:
+        """Record the final state of the row `entry` holds, and count it in usage (with the provider's
+        `seconds`); a row no longer held is left alone (logged)."""
+        if state not in FINISH:
             raise ValueError(f"finish needs a final state, not {state}")
+        event = FINISH[state]
         detail = clip_detail(detail)
 
         def run(conn: sqlite3.Connection) -> Ack:
             cursor = conn.execute(
-                "UPDATE intents SET state = ?, code = ?, detail = ?, updated = ?"
-                " WHERE device_id = ? AND intent_id = ? AND state = 'running' AND attempt = ?",
-                (str(state), code, detail, now, entry.device_id, entry.intent_id, entry.attempt),
+                f"UPDATE intents SET state = '{target(event)}', code = ?, detail = ?, updated = ?, owner = ''"
+                f" WHERE {_HELD} AND {state_in(sources(event))}",
+                (code, detail, now, entry.device_id, entry.intent_id, entry.attempt, entry.tries),
             )
             if cursor.rowcount == 0:
-                logger.warning("finish of %s/%s ignored: not running", entry.device_id, entry.intent_id)
+                logger.warning("finish of %s/%s ignored: no longer held", entry.device_id, entry.intent_id,
+                               extra=log_context(entry, code="not_held"))  # fmt: skip
                 row = conn.execute(
                     "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?", (entry.device_id, entry.intent_id)
                 ).fetchone()
-                return _row_ack(row) if row is not None else entry.ack()
-            _audit_row(conn, now, _who(entry), AUDIT_EVENTS[state], integration=integration, code=code, detail=detail)
-            return Ack(entry.intent_id, AckState(str(state)), code, detail, int(now * 1000), entry.app)
+                return _entry(row).ack() if row is not None else entry.ack()
+            audit = AUDIT[event]
+            assert audit is not None
+            _audit_row(conn, now, entry, audit, integration, code, detail)
+            counted = merged([tally(entry.tenant, entry.device_id, entry.kind, audit, now, seconds)])
+            conn.executemany(USAGE_UPSERT, upsert_rows(counted, ""))
+            return Ack(entry.intent_id, AckState(str(state)), code, detail, int(now * 1000), entry.app, entry.attempt)
 
         return await self._call(run)
 
     async def reschedule(self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float) -> None:
-        """Put a running row back in the queue, due at `next_run`, and audit the retry."""
+        """Put the row `entry` holds back in the queue, due at `next_run`, and audit the retry."""
         detail = clip_detail(detail)
+        event = LedgerEvent.RETRY
 
         def run(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(
-                "UPDATE intents SET state = 'queued', code = ?, detail = ?, next_run = ?, updated = ?"
-                " WHERE device_id = ? AND intent_id = ? AND state = 'running' AND attempt = ?",
-                (code, detail, next_run, now, entry.device_id, entry.intent_id, entry.attempt),
+                f"UPDATE intents SET state = '{target(event)}', code = ?, detail = ?, next_run = ?, updated = ?,"
+                f" owner = '', lease_until = 0 WHERE {_HELD} AND {state_in(sources(event))}",
+                (code, detail, next_run, now, entry.device_id, entry.intent_id, entry.attempt, entry.tries),
             )
             if cursor.rowcount == 0:
-                logger.warning("reschedule of %s/%s ignored: not running", entry.device_id, entry.intent_id)
+                logger.warning("reschedule of %s/%s ignored: no longer held", entry.device_id, entry.intent_id,
+                               extra=log_context(entry, code="not_held"))  # fmt: skip
                 return
-            _audit_row(conn, now, _who(entry), AuditEvent.RETRY, code=code, detail=detail)
+            _audit_row(conn, now, entry, AuditEvent.RETRY, "", code, detail)
 
         await self._call(run)
 
     # -- operations -------------------------------------------------------------------------------
 
+    async def note(self, records: Sequence[AuditRecord]) -> None:
+        """Append audit records of refusals no ledger row stands for (and count their intents in usage)."""
+        rows = list(records)
+        tallies = merged(tally(r.tenant, r.device_id, r.kind, r.event, r.at) for r in rows if r.intent_id and r.kind)
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                AUDIT_INSERT,
+                [(r.at, r.device_id, r.tenant, r.intent_id, r.kind, str(r.event), r.integration, r.code, r.detail)
+                 for r in rows],
+            )  # fmt: skip
+            conn.executemany(USAGE_UPSERT, upsert_rows(tallies, ""))
+
+        if rows:
+            await self._call(run)
+
+    async def usage(self, query: UsageQuery) -> list[UsageRow]:
+        """Usage summed per the query's grouping (one read of the rollup table)."""
+        text, params = usage_select(query)
+
+        def run(conn: sqlite3.Connection) -> list[UsageRow]:
+            return [row_from_sums(dict(zip(r.keys(), r, strict=True))) for r in conn.execute(text, params)]
+
+        return await self._call(run, writes=False)
+
     async def audit(
-        self, device_id: str | None = None, since: float | None = None, limit: int = 1000
+        self, device_id: str | None = None, since: float | None = None, limit: int = 1000, *, tenant: str | None = None
     ) -> list[AuditRecord]:
-        """Audit records, oldest first, of one device or all, from `since` on, at most `limit`."""
-        query = AuditQuery(device_id, since, limit)
+        """Audit records, oldest first, of one device (or tenant) or all, from `since` on, at most `limit`."""
+        query = AuditQuery(device_id, since, limit, tenant)
         where, params = ["1 = 1"], list[str | float]()
         if query.device_id is not None:
             where.append("device_id = ?")
             params.append(query.device_id)
+        if query.tenant is not None:
+            where.append("tenant = ?")
+            params.append(query.tenant)
         if query.since is not None:
             where.append("at >= ?")
             params.append(query.since)
@@ -417,6 +430,32 @@ class SqliteLedger:
             return cursor.rowcount
 
         return await self._call(run)
+
+    async def depth(self) -> LedgerDepth:
+        """Rows not done with, per state and kind, and the oldest queued (one read)."""
+
+        def run(conn: sqlite3.Connection) -> LedgerDepth:
+            return depth_from_rows(conn.execute(DEPTH_SQL.format(unconfirmed="confirmed = 0")).fetchall())
+
+        return await self._call(run, writes=False)
+
+    async def ping(self) -> None:
+        """One read through the writer thread: it answers only when the database does."""
+        await self._call(lambda conn: conn.execute("PRAGMA user_version").fetchone(), writes=False)
+
+
+def _claim_rows(
+    conn: sqlite3.Connection, rows: Sequence[sqlite3.Row], owner: str, until: float, now: float
+) -> list[LedgerEntry]:
+    """Move `rows` (selected whole) to running for `owner` until `until`; the entries as claimed."""
+    claimed = []
+    for row in rows:
+        conn.execute(f"UPDATE intents SET {_CLAIMED} WHERE seq = ?", (owner, until, now, row["seq"]))
+        entry = replace(
+            _entry(row), state=EntryState.RUNNING, tries=row["tries"] + 1, updated=now, owner=owner, lease_until=until
+        )
+        claimed.append(entry)
+    return claimed
 
 
 def _convert(exc: BaseException) -> BaseException:

@@ -1,4 +1,9 @@
-"""Per-tenant policy with per-device overrides: a pure decision for each intent, with an injected `now`."""
+"""Per-tenant policy with per-device overrides: a pure decision for each intent.
+
+The decision says whether the content is allowed and which limits (rate, daily quota) apply; spending
+those limits needs state shared by every bridge node, so the ledger does it inside the admission
+transaction (`ratelimit.take`).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from cloud_bridge.errors import ConfigError
-from cloud_bridge.ratelimit import Bucket, QuotaCount, RateRule, utc_day
+from cloud_bridge.errors import ConfigError, PermanentError
+from cloud_bridge.integrations.url_scope import UrlScope
+from cloud_bridge.ratelimit import NO_LIMITS, Limits, RateRule
 from intent_contract.names import KINDS, is_name
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ _KEYS: Final = frozenset(
         "email_from",
         "allow_app_from",
         "http_credentials",
+        "http_scope",
         "notify_targets",
         "sms_prefixes",
         "rate",
@@ -60,12 +67,14 @@ class DeviceRef:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Allowed, with what policy decided (`overrides`), or refused with a stable `code`."""
+    """Allowed, with what policy decided (`overrides`) and the limits to spend, or refused with a stable `code`."""
 
     allowed: bool
     code: str = ""
     detail: str = ""
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    limits: Limits = NO_LIMITS  # the device's, for this kind
+    tenant_limits: Limits = NO_LIMITS  # the whole tenant's (all its devices together), for this kind
 
     def __post_init__(self) -> None:
         if self.allowed and self.code:
@@ -87,10 +96,19 @@ class Rules:
     sms_prefixes: tuple[str, ...] | None = None
     rate: Mapping[str, RateRule] = field(default_factory=dict)
     daily_quota: Mapping[str, int] = field(default_factory=dict)
+    # Where each http.request credential may go for this device (the credential's scope, narrowed by
+    # `http_scope`); None when the bridge has no [integrations.http] (nothing to check at admission).
+    http_scopes: Mapping[str, UrlScope] | None = None
 
     @classmethod
-    def from_table(cls, table: Mapping[str, Any], where: str) -> Rules:
-        """Validate a merged policy table; raises ConfigError naming `where`."""
+    def from_table(
+        cls, table: Mapping[str, Any], where: str, credentials: Mapping[str, UrlScope] | None = None
+    ) -> Rules:
+        """Validate a merged policy table; raises ConfigError naming `where`.
+
+        `credentials` are the scopes `http_scope` may narrow: the credentials' own for a tenant,
+        the tenant's effective ones for a device (so a device can only narrow its tenant's further).
+        """
         unknown = set(table) - _KEYS
         if unknown:
             raise ConfigError(f"{where}: unknown policy keys {sorted(unknown)}; known: {sorted(_KEYS)}")
@@ -120,6 +138,7 @@ class Rules:
             sms_prefixes=prefixes,
             rate=_rates(table.get("rate", {}), f"{where}.rate"),
             daily_quota=_quotas(table.get("daily_quota", {}), f"{where}.daily_quota"),
+            http_scopes=_http_scopes(table.get("http_scope", {}), f"{where}.http_scope", credentials),
         )
 
 
@@ -175,6 +194,31 @@ def _quotas(value: object, where: str) -> dict[str, int]:
     return quotas
 
 
+def _tenant_limits(value: object, where: str) -> dict[str, Limits]:
+    """A tenant's own rate and daily quota per kind (`[tenants.T.limits]`), for all its devices together."""
+    if not isinstance(value, Mapping) or set(value) - {"rate", "daily_quota"}:
+        raise ConfigError(f"{where} must be a table of rate and daily_quota")
+    rates = _rates(value.get("rate", {}), f"{where}.rate")
+    quotas = _quotas(value.get("daily_quota", {}), f"{where}.daily_quota")
+    return {kind: Limits(rates.get(kind), quotas.get(kind)) for kind in {*rates, *quotas}}
+
+
+def _http_scopes(value: object, where: str, credentials: Mapping[str, UrlScope] | None) -> dict[str, UrlScope] | None:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a table keyed by credential name")
+    if credentials is None:
+        if value:
+            raise ConfigError(f"{where}: there is no [integrations.http] credential to narrow")
+        return None
+    unknown = set(value) - set(credentials)
+    if unknown:
+        raise ConfigError(f"{where}: unknown credentials {sorted(unknown)}; configured: {sorted(credentials)}")
+    return {
+        name: scope.narrowed(value[name], f"{where}.{name}") if name in value else scope
+        for name, scope in credentials.items()
+    }
+
+
 def _is_address(value: object) -> bool:
     if not isinstance(value, str) or any(c.isspace() for c in value):
         return False
@@ -189,24 +233,37 @@ def _addresses(value: object) -> list[object]:
 
 
 class PolicyEngine:
-    """Decides whether a device may run an intent, and counts its rate and daily quota.
+    """Decides whether a device may run an intent, and which limits apply; holds no state but the rules."""
 
-    The only state is the token buckets and quota counts; `check` mutates them only when it allows.
-    """
-
-    def __init__(self, tenants: Mapping[str, Rules], devices: Mapping[tuple[str, str], Rules]) -> None:
+    def __init__(
+        self,
+        tenants: Mapping[str, Rules],
+        devices: Mapping[tuple[str, str], Rules],
+        tenant_limits: Mapping[str, Mapping[str, Limits]] | None = None,
+    ) -> None:
         self._tenants = dict(tenants)
         self._devices = dict(devices)
-        self._buckets: dict[tuple[str, str], Bucket] = {}
-        self._quota: dict[tuple[str, str], QuotaCount] = {}
+        self._tenant_limits = {t: dict(by_kind) for t, by_kind in (tenant_limits or {}).items()}
 
     @classmethod
-    def from_config(cls, tenants: Mapping[str, Any]) -> PolicyEngine:
-        """Build from the `[tenants]` table of the config file; raises ConfigError."""
+    def from_config(
+        cls,
+        tenants: Mapping[str, Any],
+        credentials: Mapping[str, UrlScope] | None = None,
+        tenant_credentials: Mapping[str, Mapping[str, UrlScope]] | None = None,
+    ) -> PolicyEngine:
+        """Build from the `[tenants]` table of the config file; raises ConfigError.
+
+        `credentials`: the scope of every http.request credential (`url_scope.credential_scopes`),
+        so that URL and method are decided at admission; None leaves them to the integration.
+        `tenant_credentials`: those of a tenant that brings its own http.request integration, used for
+        that tenant instead.
+        """
         if not isinstance(tenants, Mapping):
             raise ConfigError("[tenants] must be a table")
         by_tenant: dict[str, Rules] = {}
         by_device: dict[tuple[str, str], Rules] = {}
+        whole: dict[str, dict[str, Limits]] = {}
         for tenant, body in tenants.items():
             where = f"tenants.{tenant}"
             if not is_name(tenant) or not isinstance(body, Mapping):
@@ -214,7 +271,8 @@ class PolicyEngine:
             base = body.get("policy", {})
             if not isinstance(base, Mapping):
                 raise ConfigError(f"{where}.policy must be a table")
-            by_tenant[tenant] = Rules.from_table(base, f"{where}.policy")
+            own = (tenant_credentials or {}).get(tenant, credentials)
+            tenant_rules = by_tenant[tenant] = Rules.from_table(base, f"{where}.policy", own)
             devices = body.get("devices", {})
             if not isinstance(devices, Mapping):
                 raise ConfigError(f"{where}.devices must be a table")
@@ -223,63 +281,36 @@ class PolicyEngine:
                 override = device.get("policy", {}) if isinstance(device, Mapping) else None
                 if not is_name(name) or not isinstance(override, Mapping):
                     raise ConfigError(f"{dwhere}: device names must be valid names with a policy table")
-                by_device[(tenant, name)] = Rules.from_table({**base, **override}, dwhere)
-        return cls(by_tenant, by_device)
+                by_device[(tenant, name)] = Rules.from_table({**base, **override}, dwhere, tenant_rules.http_scopes)
+            whole[tenant] = _tenant_limits(body.get("limits", {}), f"{where}.limits")
+        return cls(by_tenant, by_device, whole)
 
     def rules_for(self, device: DeviceRef) -> Rules | None:
         """The effective rules of a device, or None when its tenant has no policy."""
         found = self._devices.get((device.tenant, device.name))
         return found if found is not None else self._tenants.get(device.tenant)
 
-    def check(self, device: DeviceRef, kind: str, payload: Mapping[str, Any], now: float) -> Decision:
-        """Allow or refuse one intent at time `now`; an allowed one takes a rate token and a quota unit."""
+    def check(self, device: DeviceRef, kind: str, payload: Mapping[str, Any]) -> Decision:
+        """Allow or refuse one intent by its content; an allowed one carries the limits to spend."""
         rules = self.rules_for(device)
         if rules is None:
             return Decision(False, "policy_tenant", f"tenant {device.tenant!r} has no policy")
         if kind not in rules.kinds:
             return Decision(False, "policy_kind", f"kind {kind!r} is not allowed for this device")
         content = _check_content(rules, kind, payload)
-        if not content.allowed:
+        limits = Limits(rules.rate.get(kind), rules.daily_quota.get(kind))
+        whole = self._tenant_limits.get(device.tenant, {}).get(kind, NO_LIMITS)
+        if not content.allowed or not (limits.any or whole.any):
             return content
-        key = (device.device_id, kind)
-        day = utc_day(now)
-        limit = rules.daily_quota.get(kind)
-        count = self._quota.get(key, QuotaCount(day, 0)).at(day)
-        if limit is not None and count.used >= limit:
-            return Decision(False, "quota_exceeded", f"daily quota of {limit} {kind} used up (UTC day)")
-        rule = rules.rate.get(kind)
-        if rule is not None:
-            bucket = self._buckets.get(key, Bucket.full(rule, now)).refilled(rule, now)
-            self._buckets[key] = bucket
-            if not bucket.can_take():
-                wait = bucket.wait_seconds(rule)
-                return Decision(False, "rate_limited", f"rate limit for {kind}; next token in {wait:.1f}s")
-            self._buckets[key] = bucket.take()
-        if limit is not None:
-            self._quota[key] = QuotaCount(day, count.used + 1)
-        return content
-
-    def load_usage(self, counts: Mapping[tuple[str, str], int], day: int) -> None:
-        """Restore daily quota usage, keyed by (device_id, kind), for UTC day `day` (days since epoch)."""
-        for key, used in counts.items():
-            if used < 0:
-                raise ValueError("usage counts are non-negative")
-            self._quota[key] = QuotaCount(day, used)
-
-    def usage(self, now: float) -> dict[tuple[str, str], int]:
-        """Quota units used today, keyed by (device_id, kind)."""
-        day = utc_day(now)
-        return {key: c.used for key, c in self._quota.items() if c.day == day}
+        return Decision(True, overrides=content.overrides, limits=limits, tenant_limits=whole)
 
 
 def _check_content(rules: Rules, kind: str, payload: Mapping[str, Any]) -> Decision:
     if kind == "email.send":
         return _check_email(rules, payload)
     if kind == "http.request":
-        credential = payload.get("credential")
-        if credential not in rules.http_credentials:
-            return Decision(False, "policy_credential", f"credential {credential!r} is not allowed")
-    elif kind == "notify":
+        return _check_http(rules, payload)
+    if kind == "notify":
         target = payload.get("target")
         if target not in rules.notify_targets:
             return Decision(False, "policy_target", f"notify target {target!r} is not allowed")
@@ -287,6 +318,22 @@ def _check_content(rules: Rules, kind: str, payload: Mapping[str, Any]) -> Decis
         to = payload.get("to")
         if not isinstance(to, str) or not to.startswith(rules.sms_prefixes):
             return Decision(False, "policy_recipient", "SMS number is outside the allowed prefixes")
+    return Decision(True)
+
+
+def _check_http(rules: Rules, payload: Mapping[str, Any]) -> Decision:
+    credential = payload.get("credential")
+    if credential not in rules.http_credentials:
+        return Decision(False, "policy_credential", f"credential {credential!r} is not allowed")
+    if rules.http_scopes is None:
+        return Decision(True)
+    scope = rules.http_scopes.get(str(credential))
+    if scope is None:
+        return Decision(False, "policy_credential", f"credential {credential!r} is not configured at the bridge")
+    try:
+        scope.request(payload, str(credential))
+    except PermanentError as exc:  # policy_method or policy_url: the integration's own check, narrowed
+        return Decision(False, exc.code, exc.detail)
     return Decision(True)
 
 

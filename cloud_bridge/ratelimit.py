@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 SECONDS_PER_DAY = 86_400
 
@@ -66,3 +68,74 @@ class QuotaCount:
     def at(self, day: int) -> QuotaCount:
         """The count on `day`: a new day starts from zero."""
         return self if day == self.day else QuotaCount(day, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits policy puts on one (device, kind): a token bucket and a daily quota, each optional."""
+
+    rate: RateRule | None = None
+    daily_quota: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.daily_quota is not None and self.daily_quota < 0:
+            raise ValueError("daily quota cannot be negative")
+
+    @property
+    def any(self) -> bool:
+        return self.rate is not None or self.daily_quota is not None
+
+
+NO_LIMITS = Limits()
+
+
+def tenant_subject(tenant: str) -> str:
+    """The key a tenant's own limit state is stored under, beside the devices' (a device id has no ':')."""
+    return f"tenant:{tenant}"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """What the store keeps per (device, kind): the bucket and today's quota count (None: never used)."""
+
+    bucket: Bucket | None = None
+    quota: QuotaCount | None = None
+
+    def columns(self) -> tuple[float | None, float | None, int | None, int | None]:
+        """(tokens, bucket_at, quota_day, quota_used), as both stores keep it."""
+        bucket, quota = self.bucket, self.quota
+        return (
+            None if bucket is None else bucket.tokens,
+            None if bucket is None else bucket.updated,
+            None if quota is None else quota.day,
+            None if quota is None else quota.used,
+        )
+
+    @classmethod
+    def from_columns(cls, row: Mapping[str, Any] | None) -> LimitState:
+        """The state of a stored `limits` row (None: never used)."""
+        if row is None:
+            return cls()
+        bucket = None if row["tokens"] is None else Bucket(row["tokens"], row["bucket_at"])
+        quota = None if row["quota_day"] is None else QuotaCount(row["quota_day"], row["quota_used"])
+        return cls(bucket, quota)
+
+
+def take(limits: Limits, state: LimitState, kind: str, now: float) -> tuple[str, str, LimitState]:
+    """Spend one intent of `kind` at `now`: ("", "", new state) when allowed, else (code, detail, state).
+
+    The quota is checked first; a refusal spends neither a token nor a quota unit.
+    """
+    day = utc_day(now)
+    count = (state.quota or QuotaCount(day, 0)).at(day)
+    if limits.daily_quota is not None and count.used >= limits.daily_quota:
+        return "quota_exceeded", f"daily quota of {limits.daily_quota} {kind} used up (UTC day)", state
+    bucket = state.bucket
+    if limits.rate is not None:
+        bucket = (bucket or Bucket.full(limits.rate, now)).refilled(limits.rate, now)
+        if not bucket.can_take():
+            wait = bucket.wait_seconds(limits.rate)
+            return "rate_limited", f"rate limit for {kind}; next token in {wait:.1f}s", replace(state, bucket=bucket)
+        bucket = bucket.take()
+    quota = QuotaCount(day, count.used + 1) if limits.daily_quota is not None else state.quota
+    return "", "", LimitState(bucket, quota)

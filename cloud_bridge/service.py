@@ -1,9 +1,13 @@
 """Wiring of devices' messages to the ledger: batches -> policy + ledger -> acks; results -> acks; confirms.
 
-Each device gets a bounded queue (messages and bytes) and one worker, so a hostile client can delay
-only itself: decoding (size/depth/length limits from intent_contract.codec) runs in a worker thread
-under a shared semaphore, and a device whose queue is full has its messages dropped (the edge
-resends). Undecodable messages are logged without payload bytes and dropped; the session keeps going.
+Each device gets a bounded queue (messages and bytes) and one worker (device_queues.py), so a hostile
+client can delay only itself: decoding (size/depth/length limits from intent_contract.codec) and
+judging each envelope by policy run in a worker thread under a shared semaphore, and a device whose
+queue is full has its messages dropped (the edge resends). Undecodable messages are logged without
+payload bytes and dropped; the session keeps going.
+
+With a shared store, a result may be finished by another node's executor: the store's signals name
+the device, and the node holding its session sends what it has not sent yet.
 """
 
 from __future__ import annotations
@@ -11,35 +15,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
-from cloud_bridge.enroll_http import BridgeMetrics, HttpServer, build_http_app, server_ssl_context
-from cloud_bridge.errors import BridgeError, ConfigError
-from cloud_bridge.executor import Executor
-from cloud_bridge.integrations import build_integrations
-from cloud_bridge.integrations.base import Integration
-from cloud_bridge.ledger import Ledger
-from cloud_bridge.ledger_sqlite import SqliteLedger
-from cloud_bridge.listener import ACKS, CONFIRMS, INTENTS, BridgeListener, DeviceGate
+from cloud_bridge.device_queues import DeviceQueues
+from cloud_bridge.errors import BridgeError
+from cloud_bridge.ledger import ClaimOffer, Ledger, LedgerEntry
+from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE, Request, requests_for
+from cloud_bridge.metrics import BridgeMetrics
 from cloud_bridge.policy import Decision, DeviceRef, PolicyEngine
-from cloud_bridge.ratelimit import utc_day
+from cloud_bridge.refusals import schema_refusals, version_refusals
 from cloud_bridge.registry import Registry
-from cloud_bridge.settings import BridgeSettings, HostPort
-from intent_contract.codec import Ack, AckState, Envelope, decode_batch, decode_confirms, encode_acks
-from intent_contract.errors import DecodeError
+from intent_contract.codec import (
+    Ack,
+    AckState,
+    DecodedBatch,
+    Envelope,
+    decode_batch,
+    decode_confirms,
+    encode_acks,
+    refuse_version,
+)
+from intent_contract.errors import DecodeError, UnsupportedVersionError
 from intent_contract.names import is_name
+from intent_contract.wire import (
+    ACKS,
+    ACKS_PER_MESSAGE,
+    CONFIRMS,
+    DEVICE_QUEUE_BYTES,
+    DEVICE_QUEUE_MESSAGES,
+    INTENTS,
+    MAX_DETAIL,
+)
 
 logger = logging.getLogger(__name__)
 
-ACKS_PER_MESSAGE = 200  # 200 acks of at most ~1.1 KiB stay well under the edge's 1 MiB decode limit
 # Final results go to the device in one message per loop pass: the executor's jobs finish in groups
 # (the ledger commits their results together and wakes them in one pass), so waiting for the end of
 # that pass gathers a group without adding latency. One message per result cost the edge a commit
 # and a confirm each (bench/findings.md F1); a fixed 5 ms wait added 5 ms to every result (F12).
 Publish = Callable[[str, str, bytes], Awaitable[None]]
+
+
+class SlotOffers(Protocol):
+    """The executor's free slots, offered to admissions (executor.Executor: see its docstring)."""
+
+    def offer(self, tenant: str) -> ClaimOffer | None: ...
+
+    def adopt(self, offer: ClaimOffer, entries: list[LedgerEntry]) -> None: ...
+
+    def release(self, offer: ClaimOffer) -> None: ...
 
 
 class BridgeService:
@@ -53,57 +79,100 @@ class BridgeService:
         registry: Registry,
         metrics: BridgeMetrics | None = None,
         clock: Callable[[], float] = time.time,
-        queue_per_device: int = 64,
-        queue_bytes_per_device: int = 16 << 20,
+        queue_per_device: int = DEVICE_QUEUE_MESSAGES,
+        queue_bytes_per_device: int = DEVICE_QUEUE_BYTES,
         decode_threads: int = 2,
+        max_intent_age: float = DEFAULT_MAX_AGE,
+        on_intents: Callable[[str, Sequence[Envelope]], None] | None = None,
     ) -> None:
         self._ledger = ledger
         self._policy = policy
         self._registry = registry
         self._metrics = metrics or BridgeMetrics()
         self._clock = clock
-        self._queue_size = queue_per_device
-        self._queue_bytes = queue_bytes_per_device
-        self._queued_bytes: dict[str, int] = {}
+        self._queues = DeviceQueues(
+            self._handle, self._metrics, messages=queue_per_device, max_bytes=queue_bytes_per_device
+        )
         self._decode_slots = asyncio.Semaphore(decode_threads)
-        self._queues: dict[str, deque[tuple[str, bytes]]] = {}
-        self._workers: dict[str, asyncio.Task[None]] = {}
         self._devices: dict[str, DeviceRef] = {}
         self._publish: Publish | None = None
         self._wake: Callable[[], None] = lambda: None
+        self._slots: SlotOffers | None = None
         self._final_acks: dict[str, list[Ack]] = {}
         self._flushes: set[asyncio.Task[None]] = set()
+        self._max_age = max_intent_age
+        self._holds: Callable[[str], bool] = lambda _device_id: False
+        # Final results sent to each device since it last subscribed, until it confirms them: a signal
+        # from another node then sends only what is new.
+        self._sent: dict[str, set[str]] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        self._stale: set[str] = set()
+        self._on_intents = on_intents  # the fleet desk counts each device's volume
 
-    def attach(self, publish: Publish, wake: Callable[[], None]) -> None:
-        """Connect the outbound side: the listener's publish and the executor's wake."""
+    def use_policy(self, policy: PolicyEngine) -> None:
+        """Judge batches from now on by `policy` (a config reload); a batch being judged keeps the old one."""
+        self._policy = policy
+
+    def attach(
+        self,
+        publish: Publish,
+        wake: Callable[[], None],
+        holds: Callable[[str], bool] | None = None,
+        slots: SlotOffers | None = None,
+    ) -> None:
+        """Connect the outbound side: the listener's publish, the executor's wake, whether this node holds
+        a device's session (for results finished by other nodes), and the executor's free slots."""
         self._publish = publish
         self._wake = wake
+        if holds is not None:
+            self._holds = holds
+        self._slots = slots
 
     # -- listener.MessageSink -------------------------------------------------------------------
 
     def submit(self, device_id: str, leaf: str, data: bytes) -> None:
         """Queue one permitted publish of `device_id`; drops it when that device's queue is full."""
-        queue = self._queues.setdefault(device_id, deque())
-        queued = self._queued_bytes.get(device_id, 0)
-        # Full by count or by bytes; a lone message always fits (the decoder bounds its size).
-        if queue and (len(queue) >= self._queue_size or queued + len(data) > self._queue_bytes):
-            self._metrics.batches.labels("dropped_busy").inc()
-            logger.warning("device queue full; message dropped", extra={"device_id": device_id, "bytes": len(data)})
-            return
-        queue.append((leaf, data))
-        self._queued_bytes[device_id] = queued + len(data)
-        worker = self._workers.get(device_id)
-        if worker is None or worker.done():
-            self._workers[device_id] = asyncio.create_task(self._drain(device_id, queue), name=f"device-{device_id}")
+        self._queues.submit(device_id, leaf, data)
 
     async def on_acks_subscribed(self, device_id: str) -> None:
         """Re-send every final result the device has not confirmed."""
+        self._sent[device_id] = set()  # also marks the device as one to refresh after lost signals
+        await self._send_unconfirmed(device_id)
+
+    async def _send_unconfirmed(self, device_id: str) -> None:
         try:
             acks = await self._ledger.unconfirmed(device_id)
         except BridgeError:
             logger.exception("cannot read unconfirmed results", extra={"device_id": device_id})
             return
-        await self.send_acks(device_id, acks)
+        sent = self._sent.get(device_id, set())
+        # Live rows here are rows an operator retried: their `accepted` goes out each time (rarely).
+        await self.send_acks(device_id, [a for a in acks if not (a.state.final and a.id in sent)])
+
+    def on_results(self, device_id: str) -> None:
+        """Another node finished results of `device_id` ("*": of any device): send them if we hold it."""
+        devices = list(self._sent) if device_id == "*" else [device_id]
+        for device in devices:
+            if not self._holds(device):
+                self._sent.pop(device, None)
+                continue
+            if device in self._refreshing:
+                self._stale.add(device)  # read again when the current read is done
+                continue
+            task = asyncio.create_task(self._refresh(device), name=f"results-{device}")
+            self._refreshing[device] = task
+
+    async def _refresh(self, device_id: str) -> None:
+        try:
+            while True:
+                self._stale.discard(device_id)
+                await self._send_unconfirmed(device_id)
+                if device_id not in self._stale:
+                    return
+        except Exception:  # they stay unconfirmed and go out on the next subscribe
+            logger.exception("cannot send results finished elsewhere", extra={"device_id": device_id})
+        finally:
+            self._refreshing.pop(device_id, None)
 
     # -- executor side --------------------------------------------------------------------------
 
@@ -128,28 +197,26 @@ class BridgeService:
         """Publish acks QoS 1 to `devices/{id}/acks`, in messages of at most ACKS_PER_MESSAGE."""
         if self._publish is None or not acks:
             return
+        # Remembered only for a device held here: results finished for devices on other nodes go nowhere.
+        sent = self._sent.setdefault(device_id, set()) if self._holds(device_id) else set()
         for start in range(0, len(acks), ACKS_PER_MESSAGE):
             chunk = list(acks[start : start + ACKS_PER_MESSAGE])
             await self._publish(device_id, ACKS, encode_acks(chunk))
             for ack in chunk:
                 self._metrics.acks.labels(str(ack.state)).inc()
+                if ack.state.final:
+                    sent.add(ack.id)
+                else:
+                    sent.discard(ack.id)  # retried: its next final result is news
 
     # -- per-device work ------------------------------------------------------------------------
 
-    async def _drain(self, device_id: str, queue: deque[tuple[str, bytes]]) -> None:
-        while queue:
-            leaf, data = queue.popleft()
-            try:
-                if leaf == INTENTS:
-                    await self.handle_intents(device_id, data)
-                elif leaf == CONFIRMS:
-                    await self.handle_confirms(device_id, data)
-            except BridgeError as exc:
-                # The edge resends anything not acked; log and keep serving this device.
-                self._metrics.batches.labels("error").inc()
-                logger.error("message not processed: %s", exc.code, extra={"device_id": device_id})
-            finally:
-                self._queued_bytes[device_id] -= len(data)
+    async def _handle(self, device_id: str, leaf: str, data: bytes) -> None:
+        """One message from the device's queue (device_queues.py runs one worker per device)."""
+        if leaf == INTENTS:
+            await self.handle_intents(device_id, data)
+        elif leaf == CONFIRMS:
+            await self.handle_confirms(device_id, data)
 
     async def _device_ref(self, device_id: str) -> DeviceRef | None:
         ref = self._devices.get(device_id)
@@ -160,36 +227,92 @@ class BridgeService:
             ref = self._devices[device_id] = DeviceRef(device.device_id, device.tenant, device.name)
         return ref
 
+    def _judge(self, device: DeviceRef, data: bytes, now: float) -> tuple[DecodedBatch, list[Request]]:
+        """Decode a batch and judge each envelope by policy (pure, so it runs in a worker thread)."""
+        batch = decode_batch(data)
+        policy = self._policy
+
+        def decide(envelope: Envelope) -> Decision:
+            return policy.check(device, envelope.kind, envelope.payload)
+
+        return batch, requests_for(batch.envelopes, decide, now, self._max_age)
+
     async def handle_intents(self, device_id: str, data: bytes) -> list[Ack]:
-        """One batch: decode, reject invalid envelopes, admit the rest, publish the acks."""
+        """One batch: decode and judge, reject invalid envelopes, admit the rest, publish the acks."""
+        device = await self._device_ref(device_id)
+        if device is None:
+            logger.warning(
+                "batch from an unknown or revoked device dropped",
+                extra={"device_id": device_id, "code": "unknown_device"},
+            )
+            return []
+        now = self._clock()
         async with self._decode_slots:
             try:
-                batch = await asyncio.to_thread(decode_batch, data)
+                batch, requests = await asyncio.to_thread(self._judge, device, data, now)
+            except UnsupportedVersionError as exc:
+                return await self._refuse_version(device, exc)
             except DecodeError as exc:
                 self._metrics.batches.labels("undecodable").inc()
                 logger.warning(
-                    "undecodable batch dropped: %s", str(exc)[:200], extra={"device_id": device_id, "bytes": len(data)}
+                    "undecodable batch dropped: %s",
+                    str(exc)[:200],
+                    extra={"device_id": device_id, "bytes": len(data), "code": "undecodable"},
                 )
                 return []
-        device = await self._device_ref(device_id)
-        if device is None:
-            logger.warning("batch from an unknown or revoked device dropped", extra={"device_id": device_id})
-            return []
-        now = self._clock()
         acks = [
-            Ack(ident, AckState.REJECTED, code, detail[:1000], int(now * 1000))
+            Ack(ident, AckState.REJECTED, code, detail[:MAX_DETAIL], int(now * 1000))
             for ident, code, detail in batch.invalid
             if is_name(ident)
         ]
-        if batch.envelopes:
-            policy = self._policy
-
-            def decide(envelope: Envelope) -> Decision:
-                return policy.check(device, envelope.kind, envelope.payload, now)
-
-            acks.extend(await self._ledger.admit(device, batch.envelopes, decide, now))
-            self._wake()
+        if batch.invalid:  # audited before the edge is told
+            await self._ledger.note(schema_refusals(device, batch.invalid, now))
+        if requests:
+            admitted, all_running = await self._admit(device, requests, now)
+            acks.extend(admitted)
+            if not all_running:  # rows may wait: the executor looks (it makes no offers until it has)
+                self._wake()
+            if self._on_intents is not None:
+                self._on_intents(device_id, [r.envelope for r in requests])
         self._metrics.batches.labels("admitted").inc()
+        await self.send_acks(device_id, acks)
+        return acks
+
+    async def _admit(self, device: DeviceRef, requests: list[Request], now: float) -> tuple[list[Ack], bool]:
+        """Admit the batch, claiming its new rows into the executor's free slots when it offers some; the
+        acks, and whether every request of the batch is running now (nothing of it waits)."""
+        slots = self._slots
+        offer = slots.offer(device.tenant) if slots is not None else None
+        if slots is None or offer is None:
+            return await self._ledger.admit(device, requests, now), False
+
+        def settle(done: asyncio.Future[tuple[list[Ack], list[LedgerEntry]]]) -> None:
+            # Here, not after the await: rows claimed by a committed admission run even if this caller
+            # was cancelled meanwhile (a running row nobody runs would wait for its lease to end).
+            if done.cancelled() or done.exception() is not None:
+                slots.release(offer)
+            else:
+                slots.adopt(offer, done.result()[1])
+
+        admission = asyncio.ensure_future(self._ledger.admit_claiming(device, requests, now, offer))
+        admission.add_done_callback(settle)
+        acks, claimed = await asyncio.shield(admission)
+        return acks, len(claimed) == len(requests)
+
+    async def _refuse_version(self, device: DeviceRef, error: UnsupportedVersionError) -> list[Ack]:
+        """Reject (and audit) every intent of the batch that can be named, so the edge reports them instead of
+        resending."""
+        device_id, now = device.device_id, self._clock()
+        acks = refuse_version(error, int(now * 1000))
+        await self._ledger.note(version_refusals(device, acks, now))
+        self._metrics.batches.labels("unsupported_version").inc()
+        logger.warning(
+            "batch of wire version %s refused; %d intents rejected%s",
+            error.version,
+            len(acks),
+            "" if acks else " (none could be named: the edge is not told)",
+            extra={"device_id": device_id, "code": "unsupported_version"},
+        )
         await self.send_acks(device_id, acks)
         return acks
 
@@ -198,8 +321,15 @@ class BridgeService:
         try:
             ids = decode_confirms(data)
         except DecodeError as exc:
-            logger.warning("undecodable confirms dropped: %s", str(exc)[:200], extra={"device_id": device_id})
+            logger.warning(
+                "undecodable confirms dropped: %s",
+                str(exc)[:200],
+                extra={"device_id": device_id, "code": "undecodable"},
+            )
             return 0
+        sent = self._sent.get(device_id)
+        if sent:
+            sent.difference_update(ids)
         return await self._ledger.confirm(device_id, ids)
 
     def forget(self, device_id: str) -> None:
@@ -208,122 +338,10 @@ class BridgeService:
 
     async def close(self) -> None:
         """Stop the per-device workers (unsent final results stay unconfirmed in the ledger)."""
-        workers = [*self._workers.values(), *self._flushes]
+        await self._queues.close()
+        workers = [*self._flushes, *self._refreshing.values()]
         for worker in workers:
             worker.cancel()
         for worker in workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
-        self._workers.clear()
-
-
-def _check_port_free(bind: HostPort, flag: str) -> None:
-    """Fail with a one-line message naming the flag when the address is taken (before any I/O starts)."""
-    family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((bind.host, bind.port))
-        except OSError as exc:
-            raise BridgeError(f"{flag} {bind}: {exc.strerror or exc}", code="listen_failed") from exc
-
-
-class Bridge:
-    """The whole cloud bridge in one process: registry, ledger, policy, executor, MQTT and HTTPS listeners."""
-
-    def __init__(
-        self,
-        settings: BridgeSettings,
-        *,
-        integrations: Mapping[str, Integration] | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.settings = settings
-        self.metrics = BridgeMetrics()
-        self.registry = Registry(settings.registry_path)
-        self.ledger = SqliteLedger(settings.ledger_path)
-        self._clock = clock
-        self._given_integrations = integrations
-        self.integrations: Mapping[str, Integration] = {}
-        self.service: BridgeService | None = None
-        self.listener: BridgeListener | None = None
-        self._executor: Executor | None = None
-        self._http: HttpServer | None = None
-
-    async def start(self) -> None:
-        """Open the stores and bind every listener; BridgeError (one line) on any problem."""
-        settings = self.settings
-        if settings.tls_cert is None or settings.tls_key is None:
-            raise ConfigError("--tls-cert and --tls-key are required (try `cloud-bridge dev-certs DIR`)")
-        context = server_ssl_context(settings.tls_cert, settings.tls_key)
-        _check_port_free(settings.listen, "--listen")
-        _check_port_free(settings.http_listen, "--http-listen")
-        if settings.ws_listen is not None:
-            _check_port_free(settings.ws_listen, "--ws-listen")
-        if not settings.configured:
-            logger.warning("no config file (or an empty one): no integration enabled, every intent is rejected")
-        policy = PolicyEngine.from_config(settings.tenants)
-        if self._given_integrations is not None:
-            self.integrations = dict(self._given_integrations)
-        elif settings.integrations:
-            self.integrations = build_integrations(settings.integrations, settings.env)
-        logger.info("integrations enabled: %s", ", ".join(sorted(self.integrations)) or "none")
-        await asyncio.to_thread(self.registry.open)
-        await self.ledger.open()
-        now = self._clock()
-        day = utc_day(now)
-        policy.load_usage(await self.ledger.usage_since(day * 86400.0), day)
-        service = self.service = BridgeService(
-            ledger=self.ledger, policy=policy, registry=self.registry, metrics=self.metrics, clock=self._clock
-        )
-        executor = self._executor = Executor(
-            self.ledger,
-            self.integrations,
-            max_attempts=settings.max_attempts,
-            retry_base=settings.retry_base,
-            retry_cap=settings.retry_cap,
-            on_final=service.on_final,
-            now=self._clock,
-            revoked=self._revoked,
-        )
-        gate = DeviceGate(
-            self.registry,
-            settings.audience,
-            clock=self._clock,
-            on_refused=lambda code: self.metrics.connects_refused.labels(code).inc(),
-        )
-        listener = self.listener = BridgeListener(settings, self.registry, gate, service)
-        service.attach(listener.publish, executor.wake)
-        app = build_http_app(
-            self.registry,
-            self.metrics,
-            mqtt_port=settings.listen.port,
-            audience=settings.audience,
-            clock=self._clock,
-            connected=lambda: len(listener.connected()),
-        )
-        self._http = HttpServer(app, settings.http_listen, context)
-        await self._http.start()
-        await listener.start()
-        await executor.start()
-        logger.info("bridge running: mqtt %s, https %s", settings.listen, settings.http_listen)
-
-    def _revoked(self, device_id: str) -> bool:
-        return self.listener is not None and device_id in self.listener.revoked
-
-    async def stop(self) -> None:
-        """Stop in reverse order; safe after a failed start."""
-        if self.listener is not None:
-            await self.listener.stop()
-        if self._executor is not None:
-            await self._executor.stop()
-        if self.service is not None:
-            await self.service.close()
-        if self._http is not None:
-            await self._http.stop()
-        for integration in self.integrations.values():
-            try:
-                await integration.aclose()
-            except BridgeError:
-                logger.exception("integration %s did not close cleanly", integration.kind)
-        await self.ledger.close()

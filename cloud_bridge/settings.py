@@ -1,22 +1,36 @@
-"""The bridge's one settings object, built by the CLI from the TOML file, CLI flags and the environment.
+"""The bridge's one settings object: the command line's flags and the config file, typed and checked.
 
-Nothing else in the bridge reads the environment: the CLI hands a snapshot of it in here, and the
-integration builders resolve `*_env` secrets from that snapshot. The snapshot is kept out of repr.
+The CLI reads the environment and hands it to `build_settings`, which reads the config file
+(`cloud_bridge.config`): secrets are read into `Secret` values there, and the environment is not kept.
+Adding a setting: a flag goes here (a field, and a parameter of `build_settings`); a config key goes
+in its section's model under `cloud_bridge/config/` (a field with a default and a description), and
+in docs/config.md (tests/unit/test_config_reference.py holds the two equal).
 """
 
 from __future__ import annotations
 
-import tomllib
+import os
+import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Final
 
+from cloud_bridge.config import BridgeConfig, load_config, read_config_file
+from cloud_bridge.config.bridge import MIN_INTENT_AGE
+from cloud_bridge.enroll_limits import EnrollLimits
 from cloud_bridge.errors import ConfigError
-from intent_contract.device_token import DEFAULT_AUDIENCE
+from cloud_bridge.store.url import StoreUrl
+from intent_contract.names import is_name
 
-_TOP_LEVEL = {"bridge", "integrations", "tenants"}
-_BRIDGE_KEYS = {"audience", "max_attempts", "retry_base", "retry_cap"}
+__all__ = ["FLAGS", "MIN_INTENT_AGE", "BridgeSettings", "HostPort", "build_settings", "default_node_id"]
+
+
+def default_node_id() -> str:
+    """A name for this process, unique among nodes: host, pid and a random suffix."""
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40].strip("-.") or "node"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,70 +64,81 @@ class BridgeSettings:
     listen: HostPort = HostPort("0.0.0.0", 8883)  # noqa: S104
     http_listen: HostPort = HostPort("0.0.0.0", 8443)  # noqa: S104
     ws_listen: HostPort | None = None
+    metrics_listen: HostPort | None = None  # /metrics and /healthz over plain HTTP; off by default
     tls_cert: Path | None = None
     tls_key: Path | None = None
     config_path: Path | None = None
-    audience: str = DEFAULT_AUDIENCE
-    max_attempts: int = 8
-    retry_base: float = 1.0
-    retry_cap: float = 300.0
-    integrations: Mapping[str, Any] = field(default_factory=dict)
-    tenants: Mapping[str, Any] = field(default_factory=dict)
-    # The environment snapshot the secrets are resolved from: never printed.
-    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    config: BridgeConfig = field(default_factory=BridgeConfig)
     revocation_poll: float = 0.5
+    store: StoreUrl | None = None  # None: SQLite in data_dir
+    node_id: str = field(default_factory=default_node_id)
 
     def __post_init__(self) -> None:
-        if not self.audience:
-            raise ConfigError("bridge.audience must not be empty")
-        if self.max_attempts < 1:
-            raise ConfigError("bridge.max_attempts must be at least 1")
-        if self.retry_base <= 0 or self.retry_cap < self.retry_base:
-            raise ConfigError("bridge.retry_base must be > 0 and retry_cap >= retry_base")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
+        if not is_name(self.node_id):
+            raise ConfigError("--node-id must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
     @property
-    def registry_path(self) -> Path:
-        return self.data_dir / "registry.db"
-
-    @property
-    def ledger_path(self) -> Path:
-        return self.data_dir / "ledger.db"
+    def store_url(self) -> StoreUrl:
+        """The store in use: the configured one, or SQLite files in the data directory."""
+        return self.store if self.store is not None else StoreUrl.sqlite(self.data_dir)
 
     @property
     def configured(self) -> bool:
         """False when the bridge runs on safe defaults: no integration, no tenant policy."""
-        return bool(self.integrations or self.tenants)
+        return self.config.configured
+
+    # The [bridge] keys, read where they are used.
+    @property
+    def audience(self) -> str:
+        return self.config.bridge.audience
+
+    @property
+    def max_attempts(self) -> int:
+        return self.config.bridge.max_attempts
+
+    @property
+    def retry_base(self) -> float:
+        return self.config.bridge.retry_base
+
+    @property
+    def retry_cap(self) -> float:
+        return self.config.bridge.retry_cap
+
+    @property
+    def enroll_limits(self) -> EnrollLimits:
+        return self.config.bridge.enroll_limits
+
+    @property
+    def max_intent_age(self) -> float:
+        return self.config.bridge.max_intent_age
+
+    @property
+    def lease(self) -> float:
+        return self.config.bridge.lease
+
+    @property
+    def tokens_per_device(self) -> int:
+        return self.config.bridge.tokens_per_device
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The parsed TOML file; ConfigError with the file name on any problem."""
-    try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    unknown = set(document) - _TOP_LEVEL
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown section(s) {', '.join(sorted(unknown))}")
-    return document
-
-
-def _table(document: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = document.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"[{key}] must be a table")
-    return value
-
-
-def _number(table: Mapping[str, Any], key: str, default: float) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"bridge.{key} must be a number")
-    return float(value)
+# The `cloud-bridge run` flag that sets each field (docs/config.md); `config` is the file's content, None:
+# fixed in code. tests/unit/test_config_reference.py fails for a field missing here or a flag missing there.
+FLAGS: Final[Mapping[str, str | None]] = {
+    "data_dir": "--data-dir",
+    "listen": "--listen",
+    "http_listen": "--http-listen",
+    "ws_listen": "--ws-listen",
+    "metrics_listen": "--metrics-listen",
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "config_path": "--config",
+    "config": "--config",
+    "revocation_poll": None,
+    "store": "--store",
+    "node_id": "--node-id",
+}
 
 
 def build_settings(
@@ -124,37 +149,28 @@ def build_settings(
     listen: str | None = None,
     http_listen: str | None = None,
     ws_listen: str | None = None,
+    metrics_listen: str | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     revocation_poll: float = 0.5,
+    store: str | None = None,
+    node_id: str | None = None,
 ) -> BridgeSettings:
-    """Combine the config file (if any), the CLI flags and the environment snapshot."""
+    """The flags, and the config file (if any) read with its secrets from `env` or their files."""
     document = read_config_file(config_path) if config_path is not None else {}
-    bridge = _table(document, "bridge")
-    unknown = set(bridge) - _BRIDGE_KEYS
-    if unknown:
-        raise ConfigError(f"[bridge]: unknown key(s) {', '.join(sorted(unknown))}")
-    audience = bridge.get("audience", DEFAULT_AUDIENCE)
-    if not isinstance(audience, str):
-        raise ConfigError("bridge.audience must be a string")
-    max_attempts = bridge.get("max_attempts", 8)
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
-        raise ConfigError("bridge.max_attempts must be an integer")
+    config = load_config(document, env, str(config_path) if config_path is not None else "config")
     defaults = BridgeSettings(data_dir=data_dir)
     return BridgeSettings(
         data_dir=data_dir,
         listen=HostPort.parse(listen) if listen else defaults.listen,
         http_listen=HostPort.parse(http_listen) if http_listen else defaults.http_listen,
         ws_listen=HostPort.parse(ws_listen) if ws_listen else None,
+        metrics_listen=HostPort.parse(metrics_listen) if metrics_listen else None,
         tls_cert=tls_cert,
         tls_key=tls_key,
         config_path=config_path,
-        audience=audience,
-        max_attempts=max_attempts,
-        retry_base=_number(bridge, "retry_base", 1.0),
-        retry_cap=_number(bridge, "retry_cap", 300.0),
-        integrations=_table(document, "integrations"),
-        tenants=_table(document, "tenants"),
-        env=dict(env),
+        config=config,
         revocation_poll=revocation_poll,
+        store=config.bridge.store_url(store),
+        node_id=node_id or defaults.node_id,
     )

@@ -8,7 +8,9 @@ injected `now` (pyjwt would read the wall clock).
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -18,6 +20,8 @@ from cloud_bridge.errors import AuthError
 from intent_contract.device_token import ALGORITHM, MAX_LIFETIME_S
 
 LEEWAY_S = 30.0
+# Live tokens one device may hold in the replay cache: a connect every 9 s for a whole 900 s token lifetime.
+DEFAULT_TOKENS_PER_DEVICE = 100
 REQUIRED_CLAIMS = ("exp", "iat", "aud", "sub", "jti")
 _MAX_TOKEN_CHARS = 4096
 
@@ -111,26 +115,60 @@ def verify_device_token(
     return TokenClaims(device_id=device_id, jti=jti, iat=iat, exp=exp)
 
 
+class ReplayCache(Protocol):
+    """Remembers each (device, jti) until its token expires, so a token opens one session only.
+
+    Bounded per device, so that one device cannot fill it and lock the others out. Backends:
+    `MemoryReplayCache` (one node) and `store.pg_replay.PgReplayCache` (shared by every node).
+    """
+
+    async def check_and_add(self, claims: TokenClaims, now: float) -> None:
+        """Record the token; AuthError 'token_replayed' when seen before, 'too_many_tokens' when the
+        device already holds `per_device` live tokens, 'token_cache_full' at the global bound."""
+
+
+def replay_refusal(*, seen: bool, device_live: int, per_device: int) -> AuthError | None:
+    """Why a token is refused, or None: the rule every backend applies (the replay check comes first)."""
+    if seen:
+        return AuthError("token jti was used before", code="token_replayed")
+    if device_live >= per_device:
+        return AuthError(
+            f"this device holds {per_device} live tokens; connect again when the oldest expires",
+            code="too_many_tokens",
+        )
+    return None
+
+
 @dataclass(slots=True)
-class ReplayCache:
-    """Remembers each (device, jti) until its token expires, so a token opens one session only."""
+class MemoryReplayCache:
+    """The ReplayCache in this process's memory: for the single-node store."""
 
     leeway: float = LEEWAY_S
+    per_device: int = DEFAULT_TOKENS_PER_DEVICE
     max_entries: int = 200_000
     _seen: dict[tuple[str, str], float] = field(default_factory=dict)
     _by_expiry: list[tuple[float, tuple[str, str]]] = field(default_factory=list)
+    _per_device: Counter[str] = field(default_factory=Counter)
 
-    def check_and_add(self, claims: TokenClaims, now: float) -> None:
-        """Record the token; raises AuthError('token_replayed') when it was seen before."""
+    def add(self, claims: TokenClaims, now: float) -> None:
+        """Record the token, or raise AuthError; see `ReplayCache.check_and_add`."""
         self._prune(now)
         key = (claims.device_id, claims.jti)
-        if key in self._seen:
-            raise AuthError("token jti was used before", code="token_replayed")
+        refusal = replay_refusal(
+            seen=key in self._seen, device_live=self._per_device[claims.device_id], per_device=self.per_device
+        )
+        if refusal is not None:
+            raise refusal
         if len(self._seen) >= self.max_entries:
             raise AuthError("too many live tokens; try again later", code="token_cache_full")
         until = claims.exp + self.leeway
         self._seen[key] = until
+        self._per_device[claims.device_id] += 1
         heapq.heappush(self._by_expiry, (until, key))
+
+    async def check_and_add(self, claims: TokenClaims, now: float) -> None:
+        """See `ReplayCache.check_and_add`."""
+        self.add(claims, now)
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -138,4 +176,7 @@ class ReplayCache:
     def _prune(self, now: float) -> None:
         while self._by_expiry and self._by_expiry[0][0] < now:
             _, key = heapq.heappop(self._by_expiry)
-            self._seen.pop(key, None)
+            if self._seen.pop(key, None) is not None:
+                self._per_device[key[0]] -= 1
+                if not self._per_device[key[0]]:
+                    del self._per_device[key[0]]

@@ -6,34 +6,13 @@ makes the hash (scrypt). With no users file, anonymous local clients may use any
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import os
+__all__ = ["hash_password", "load_users", "verify_password"]
+
 from pathlib import Path
 
 from edge_outbox.errors import ConfigError
 from intent_contract.names import is_name
-
-_N, _R, _P = 2**14, 8, 1
-
-
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    """An scrypt hash in the form `scrypt$N$r$p$salt$hash` (base64)."""
-    salt = salt or os.urandom(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P)
-    return f"scrypt${_N}${_R}${_P}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    try:
-        scheme, n, r, p, salt, digest = stored.split("$")
-        if scheme != "scrypt":
-            return False
-        computed = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p))
-    except ValueError:
-        return False
-    return hmac.compare_digest(computed, base64.b64decode(digest))
+from intent_contract.passwords import hash_password, verify_password
 
 
 def load_users(path: Path) -> dict[str, str]:

@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import sqlite3
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from edge_outbox import db, ops
+from edge_outbox import cli_offline, config_file, lock, ops
 from edge_outbox.apps_auth import hash_password, load_users
-from edge_outbox.cli_format import link_view, now_ms, parse_size, print_json, print_table, row_json
-from edge_outbox.db import LINK_KEY
+from edge_outbox.cli_db import connection as _connection
+from edge_outbox.cli_format import (
+    now_ms,
+    print_json,
+    print_row,
+    print_status,
+    print_table,
+    report_problems,
+    row_json,
+    status_report,
+)
+from edge_outbox.db import INTAKE_KEY, LINK_KEY
+from edge_outbox.enroll_client import enroll as enroll_device
 from edge_outbox.errors import OutboxError
-from edge_outbox.identity import enroll as enroll_device
 from edge_outbox.identity import load_identity
 from edge_outbox.settings import DEFAULT_DATA_DIR, AttachTarget, ForwarderSettings, OutboxSettings, parse_host_port
 from edge_outbox.states import FINAL, RETRYABLE, State
+from edge_outbox.windows import parse_windows
+from intent_contract.logs import LogFormat
+from intent_contract.logs import configure as configure_logging
+from intent_contract.sizes import parse_size
 from intent_contract.timefmt import format_age, parse_duration
 
 T = TypeVar("T")
@@ -35,15 +43,13 @@ STATES = click.Choice([s.value for s in State])
 
 
 class _Group(click.Group):
-    """Turns library errors into one clean line and a non-zero exit, never a traceback."""
+    """Turns our own errors into one clean line and a non-zero exit; anything else is a bug: its traceback shows."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except OutboxError as exc:
             raise click.ClickException(str(exc)) from None
-        except sqlite3.Error as exc:
-            raise click.ClickException(f"database error: {exc}") from None
 
 
 def data_dir_option(fn: F) -> F:
@@ -55,6 +61,16 @@ def data_dir_option(fn: F) -> F:
         show_default=True,
         show_envvar=True,
         help="Directory holding the outbox database.",
+    )(fn)
+
+
+def max_offline_option(fn: F) -> F:
+    return click.option(
+        "--max-offline",
+        default="1h",
+        show_default=True,
+        callback=duration_seconds,
+        help="Without a link to the bridge for longer than this, the outbox counts as unhealthy.",
     )(fn)
 
 
@@ -78,15 +94,6 @@ def duration_seconds(_ctx: click.Context, _param: click.Parameter, value: str | 
         raise click.BadParameter(str(exc)) from None
 
 
-@contextmanager
-def _connection(data_dir: Path) -> Iterator[sqlite3.Connection]:
-    conn = db.connect(data_dir, create=False)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
 def _write(data_dir: Path, fn: Callable[..., T], *args: Any) -> T:
     """Run one ops function in its own transaction (the running outbox sees the change within a second)."""
     with _connection(data_dir) as conn:
@@ -102,8 +109,18 @@ def _write(data_dir: Path, fn: Callable[..., T], *args: Any) -> T:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edge-outbox")
-def main() -> None:
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="EDGE_OUTBOX_CONFIG",
+    show_envvar=True,
+    help="TOML file of `run` options (e.g. /etc/edge-outbox/config.toml); flags and environment win.",
+)
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
     """Edge outbox: durable local intake of intents, forwarded to the cloud bridge when a link exists."""
+    if config is not None:
+        ctx.default_map = config_file.load(config, main, ctx)
 
 
 @main.command()
@@ -154,12 +171,55 @@ def main() -> None:
     callback=duration_seconds,
     help="Purge intents this long after they reached a final state.",
 )
+@click.option(
+    "--session-expiry",
+    default="7d",
+    show_default=True,
+    callback=duration_seconds,
+    help="Drop an app's persistent MQTT session (and the statuses kept for it) when unseen this long.",
+)
+@click.option(
+    "--status-history",
+    default="24h",
+    show_default=True,
+    callback=duration_seconds,
+    help="Keep statuses every app has received this long, for replay requests.",
+)
 @click.option("--no-forward", is_flag=True, help="Only take in and keep intents; do not forward them.")
+@click.option(
+    "--metrics",
+    metavar="HOST:PORT",
+    envvar="EDGE_OUTBOX_METRICS",
+    help="Serve GET /metrics (Prometheus) and GET /healthz on this loopback address (off by default).",
+)
+@max_offline_option
 @click.option(
     "--bridge-websocket",
     type=click.IntRange(1, 65535),
     metavar="PORT",
     help="Reach the bridge by MQTT over WebSocket over TLS on this port (for sites that only allow HTTPS out).",
+)
+@click.option(
+    "--forward-window",
+    multiple=True,
+    metavar="HH:MM-HH:MM",
+    help="Connect to the bridge only within this daily span of local time (repeatable; default: always);"
+    " `edge-outbox flush` connects outside it.",
+)
+@click.option(
+    "--health-interval",
+    default="60s",
+    show_default=True,
+    callback=duration_seconds,
+    help="Send the bridge a health report this often while connected, and on every connect (0: on connect only).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="EDGE_OUTBOX_LOG_FORMAT",
+    help="Log lines as text, or as one JSON object each (for log shippers).",
 )
 @click.option(
     "--log-level",
@@ -178,14 +238,22 @@ def run(
     max_queue_items: int,
     max_queue_bytes: str,
     retention: float,
+    session_expiry: float,
+    status_history: float,
     no_forward: bool,
+    metrics: str | None,
+    max_offline: float,
     bridge_websocket: int | None,
+    forward_window: tuple[str, ...],
+    health_interval: float,
+    log_format: LogFormat,
     log_level: str,
 ) -> None:
     """Run the outbox: take intents from local apps, store them durably, forward them, publish their status."""
     from edge_outbox.runner import serve  # noqa: PLC0415 - keeps the ops commands quick to start
 
     host, port = parse_host_port(listen, "--listen")
+    windows = parse_windows(forward_window)
     settings = OutboxSettings(
         data_dir=data_dir,
         listen_host=host,
@@ -195,60 +263,42 @@ def run(
         max_queue_items=max_queue_items,
         max_queue_bytes=_size(max_queue_bytes),
         retention_s=retention,
+        session_expiry_s=session_expiry,
+        status_history_s=status_history,
         forward=not no_forward,
-        forwarder=ForwarderSettings(transport="websockets", websocket_port=bridge_websocket)
+        metrics=parse_host_port(metrics, "--metrics", default_port=9464) if metrics else None,
+        max_offline_s=max_offline,
+        forwarder=ForwarderSettings(
+            transport="websockets", websocket_port=bridge_websocket, windows=windows, health_interval_s=health_interval
+        )
         if bridge_websocket
-        else ForwarderSettings(),
+        else ForwarderSettings(windows=windows, health_interval_s=health_interval),
     )
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if log_level != "debug":
-        logging.getLogger("amqtt").setLevel(logging.WARNING)
-        logging.getLogger("transitions").setLevel(logging.WARNING)
+    configure_logging(log_level, log_format)
     asyncio.run(serve(settings))
 
 
 @main.command()
 @data_dir_option
+@max_offline_option
 @json_option
-def status(data_dir: Path, as_json: bool) -> None:
-    """Counts per state, bytes used and the age of the oldest pending intent."""
+def status(data_dir: Path, max_offline: float, as_json: bool) -> None:
+    """Counts per state, bytes used, the oldest pending intent, the link and whether intake is held.
+
+    Exits 1 when unhealthy (revoked, intake paused, no link for longer than --max-offline), 0 otherwise.
+    """
     with _connection(data_dir) as conn:
         summary = ops.summary(conn)
-        link_text = ops.get_meta(conn, LINK_KEY)
-    link = link_view(json.loads(link_text) if link_text else None, load_identity(data_dir), summary.pending)
-    oldest_age = (now_ms() - summary.oldest_pending_created) / 1000 if summary.oldest_pending_created else None
-    db_bytes = sum(p.stat().st_size for p in data_dir.glob(db.DB_NAME + "*"))
+        meta = {key: ops.get_meta(conn, key) for key in (LINK_KEY, INTAKE_KEY)}
+    running = lock.running(data_dir)
+    report = status_report(summary, meta if running else {}, load_identity(data_dir), running, data_dir)
+    report["problems"] = report_problems(report, meta if running else {}, max_offline)
     if as_json:
-        print_json(
-            {
-                "counts": summary.counts,
-                "bytes": summary.bytes,
-                "pending": summary.pending,
-                "pending_bytes": summary.pending_bytes,
-                "oldest_pending_age_s": oldest_age,
-                "database_bytes": db_bytes,
-                "link": link,
-            }
-        )
-        return
-    table = Table(box=None, pad_edge=False)
-    table.add_column("state")
-    table.add_column("intents", justify="right")
-    table.add_column("bytes", justify="right")
-    for state in State:
-        table.add_row(state.value, str(summary.counts[state]), str(summary.bytes[state]))
-    console = Console()
-    console.print(table)
-    console.print(
-        f"link: {link['state']}; last contact: {link['last_contact'] or '-'}; "
-        f"estimated drain: {format_age(link['drain_s']) if link['drain_s'] is not None else '-'}"
-    )
-    console.print(
-        f"pending: {summary.pending} ({summary.pending_bytes} bytes); oldest pending: "
-        f"{format_age(oldest_age) if oldest_age is not None else '-'}; database: {db_bytes} bytes"
-    )
+        print_json(report)
+    else:
+        print_status(report)
+    if report["problems"]:
+        sys.exit(1)
 
 
 @main.command(name="ls")
@@ -278,10 +328,8 @@ def show(data_dir: Path, intent_id: str, as_json: bool) -> None:
     data = row_json(row, payload=True)
     if as_json:
         print_json(data)
-        return
-    for key, value in data.items():
-        shown = json.dumps(value, indent=2) if isinstance(value, dict | list) else value
-        click.echo(f"{key:>12}: {shown}")
+    else:
+        print_row(data)
 
 
 @main.command()
@@ -334,15 +382,23 @@ def cancel(data_dir: Path, intent_id: str, as_json: bool) -> None:
     type=click.Choice(sorted(s.value for s in FINAL)),
     help="Only this final state (default: every final state).",
 )
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option("--yes", is_flag=True, help="Delete without asking.")
 @json_option
-def purge(data_dir: Path, older_than: float, state: str | None, as_json: bool) -> None:
-    """Delete intents in a final state; pending intents are never purged."""
+def purge(data_dir: Path, older_than: float, state: str | None, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Delete intents in a final state; pending intents are never purged. Asks first unless --yes."""
     before = now_ms() - int(older_than * 1000)
-    count = _write(data_dir, ops.purge, before, [State(state)] if state else FINAL)
+    states = [State(state)] if state else FINAL
+    count = _write(data_dir, ops.purge, before, states, True)
+    if not dry_run and count and not yes:
+        what = state or "final"
+        click.confirm(f"delete {count} {what} intent(s) older than {format_age(older_than)}?", abort=True, err=True)
+    if not dry_run and count:
+        count = _write(data_dir, ops.purge, before, states)
     if as_json:
-        print_json({"purged": count})
+        print_json({"would_purge" if dry_run else "purged": count})
     else:
-        click.echo(f"purged {count} intent(s)")
+        click.echo(f"{'would purge' if dry_run else 'purged'} {count} intent(s)")
 
 
 @main.command(name="hash-password")
@@ -376,7 +432,15 @@ def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path, as_json: bool) 
     if as_json:
         print_json(asdict(identity))
     else:
-        click.echo(
-            f"enrolled as device {identity.device_id} (tenant {identity.tenant}, name {identity.name}); "
-            "restart `edge-outbox run` to start forwarding"
+        running = lock.running(data_dir)
+        next_step = (
+            f"restart the running `edge-outbox run` (pid {running.get('pid', '?')}) to start forwarding"
+            if running is not None
+            else "start `edge-outbox run` to begin forwarding"
         )
+        click.echo(
+            f"enrolled as device {identity.device_id} (tenant {identity.tenant}, name {identity.name}); {next_step}"
+        )
+
+
+cli_offline.register(main, data_dir_option, json_option)

@@ -5,26 +5,19 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from edge_outbox.db import IntentRow
+from edge_outbox.db import DB_NAME, INTAKE_KEY, LINK_KEY, IntentRow
+from edge_outbox.health import problems
 from edge_outbox.identity import Identity
+from edge_outbox.link_rate import drain_seconds
+from edge_outbox.ops import Summary
 from intent_contract.timefmt import format_age, format_ms
-
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def parse_size(text: str) -> int:
-    value = text.strip().lower().removesuffix("b").removesuffix("i")
-    unit = value[-1] if value and value[-1] in _SIZE_UNITS else ""
-    try:
-        return int(float(value.removesuffix(unit)) * _SIZE_UNITS[unit])
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size (e.g. 500M, 2G, 1048576)") from None
 
 
 def now_ms() -> int:
@@ -34,8 +27,8 @@ def now_ms() -> int:
 def row_json(row: IntentRow, *, payload: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {k: v for k, v in asdict(row).items() if k not in ("payload", "seq", "confirmed")}
     out["state"] = str(row.state)
-    for key in ("created", "updated", "expires"):
-        out[key] = format_ms(out[key]) if out[key] is not None else None
+    for key in ("created", "updated", "expires", "sent_at"):
+        out[key] = format_ms(out[key]) if out[key] else None
     if payload:
         text = row.payload.decode("utf-8", errors="replace")
         try:
@@ -45,13 +38,25 @@ def row_json(row: IntentRow, *, payload: bool = False) -> dict[str, Any]:
     return out
 
 
+def print_row(data: dict[str, Any]) -> None:
+    """One intent as `key: value` lines; absent values as `-`, the payload as indented JSON."""
+    for key, value in data.items():
+        if isinstance(value, dict | list):
+            shown = "\n" + "\n".join(" " * 14 + line for line in json.dumps(value, indent=2).splitlines())
+        else:
+            shown = "-" if value is None or value == "" else str(value)
+        click.echo(f"{key:>12}: {shown}")
+
+
 def print_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def print_table(rows: list[IntentRow]) -> None:
     table = Table(box=None, pad_edge=False)
-    for name in ("id", "app", "kind", "state", "code", "age", "attempt"):
+    # Ids are never cut (`show`, `retry` and `cancel` need them whole); the other columns give way.
+    table.add_column("id", no_wrap=True, min_width=max((len(r.id) for r in rows), default=2))
+    for name in ("app", "kind", "state", "code", "age", "attempt"):
         table.add_column(name)
     now = now_ms()
     for r in rows:
@@ -78,5 +83,77 @@ def link_view(link: dict[str, Any] | None, identity: Identity | None, pending: i
         "since": format_ms(link["since"]),
         "last_contact": format_ms(link["last_contact"]) if link.get("last_contact") else None,
         "rate": round(rate, 1),
-        "drain_s": round(pending / rate, 1) if rate > 0 and pending else (0.0 if not pending else None),
+        "drain_s": None if (drain := drain_seconds(pending, rate)) is None else round(drain, 1),
     }
+
+
+def status_report(
+    summary: Summary, meta: dict[str, str | None], identity: Identity | None, running: dict[str, Any] | None,
+    data_dir: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """What `edge-outbox status` says; `meta` holds what the running outbox last recorded (empty when none runs)."""
+    link_text, intake_text = meta.get(LINK_KEY), meta.get(INTAKE_KEY)
+    intake = json.loads(intake_text) if intake_text else None
+    if intake is not None and intake.get("held_since"):
+        intake["held_since"] = format_ms(int(intake["held_since"] * 1000))
+    oldest = summary.oldest_pending_created
+    return {
+        "running": None if running is None else {"pid": running.get("pid"), "where": running.get("where")},
+        "counts": summary.counts,
+        "bytes": summary.bytes,
+        "pending": summary.pending,
+        "pending_bytes": summary.pending_bytes,
+        "oldest_pending_age_s": (now_ms() - oldest) / 1000 if oldest else None,
+        "database_bytes": sum(p.stat().st_size for p in data_dir.glob(DB_NAME + "*")),
+        "link": link_view(json.loads(link_text) if link_text else None, identity, summary.pending),
+        "intake": intake,
+    }
+
+
+def print_status(report: dict[str, Any]) -> None:
+    console = Console()
+    table = Table(box=None, pad_edge=False)
+    table.add_column("state")
+    table.add_column("intents", justify="right")
+    table.add_column("bytes", justify="right")
+    for state, count in report["counts"].items():
+        table.add_row(state, str(count), str(report["bytes"][state]))
+    console.print(table)
+    running, link, intake = report["running"], report["link"], report["intake"]
+    console.print(
+        f"outbox: {'running, pid ' + str(running['pid']) + ', ' + running['where'] if running else 'not running'}"
+    )
+    drain = link["drain_s"]
+    if drain is None and report["pending"]:
+        drain_text = "unknown (nothing acknowledged in the last minute)"
+    else:
+        drain_text = format_age(drain) if drain is not None else "-"
+    console.print(f"link: {link['state']}; last contact: {link['last_contact'] or '-'}; estimated drain: {drain_text}")
+    oldest = report["oldest_pending_age_s"]
+    console.print(
+        f"pending: {report['pending']} ({report['pending_bytes']} bytes); oldest pending: "
+        f"{format_age(oldest) if oldest is not None else '-'}; database: {report['database_bytes']} bytes"
+    )
+    for problem in report.get("problems", []):
+        console.print(f"[bold red]unhealthy:[/] {problem}")
+    if intake and intake.get("held_since"):
+        console.print(
+            f"[bold red]intake paused[/] since {intake['held_since']}: {intake['reason']}; "
+            f"{intake['held']} publishes held (their PUBACK waits)"
+        )
+
+
+def report_problems(report: dict[str, Any], meta: dict[str, str | None], max_offline_s: float) -> list[str]:
+    """The health rule (edge_outbox.health) applied to what the running outbox last recorded."""
+    link_text, intake_text = meta.get(LINK_KEY), meta.get(INTAKE_KEY)
+    link = json.loads(link_text) if link_text else None
+    intake = json.loads(intake_text) if intake_text else {}
+    held_since = intake.get("held_since")
+    return problems(
+        link_state=link["state"] if link else None,
+        link_since_ms=int(link["since"]) if link else None,
+        intake_held_since_ms=int(held_since * 1000) if held_since else None,
+        intake_reason=intake.get("reason", ""),
+        now_ms=now_ms(),
+        max_offline_s=max_offline_s,
+    )

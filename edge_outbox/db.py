@@ -2,7 +2,8 @@
 
 Triggers keep two derived tables exact whoever writes (the outbox or an ops command in another
 process): `stats` (items and bytes per state, so queue limits and `status` are O(1)) and `events`
-(every state change, tailed by the status publisher).
+(every status message, committed with the change it reports, and read by every status consumer
+from its own position; see edge_outbox.status).
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from edge_outbox.errors import ConfigError
-from edge_outbox.states import State
+from edge_outbox.states import FINAL, PENDING, State, sql_set
 
 DB_NAME = "outbox.db"
 # meta keys the running outbox keeps for itself and for `edge-outbox status`
-STATUS_KEY = "status_published_seq"
+STATUS_KEY = "status_published_seq"  # attach mode: statuses up to here are acknowledged by the broker
 LINK_KEY = "link"
+INTAKE_KEY = "intake"  # held publishes (full queue or disk), for `edge-outbox status`
+CLOCK_KEY = "bridge_clock"  # the bridge's clock as learned (edge_outbox.bridge_clock)
+REVOKED_KEY = "revoked"  # set when the bridge said this device is revoked (online or in a receipt)
 BUSY_TIMEOUT_MS = 10_000
 
-SCHEMA = """
+_PENDING, _FINAL = sql_set(PENDING), sql_set(FINAL)
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS intents (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL,
@@ -43,7 +48,7 @@ CREATE TABLE IF NOT EXISTS intents (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS intents_id ON intents(id) WHERE state <> 'rejected';
 CREATE INDEX IF NOT EXISTS intents_pending ON intents(priority DESC, seq)
-    WHERE state IN ('accepted', 'forwarded');
+    WHERE state IN {_PENDING};
 CREATE INDEX IF NOT EXISTS intents_to_send ON intents(priority DESC, seq) WHERE state = 'accepted';
 -- Only intents with a deadline, and only until they are sent: most intents never enter it.
 CREATE INDEX IF NOT EXISTS intents_deadline ON intents(expires)
@@ -52,7 +57,7 @@ DROP INDEX IF EXISTS intents_expiring;
 -- Final intents by age, for retention: an intent enters it once, when it ends. (An index on
 -- (state, updated) would move on every transition and cost a third of the drain rate.)
 CREATE INDEX IF NOT EXISTS intents_final ON intents(updated)
-    WHERE state IN ('delivered', 'failed', 'expired', 'cancelled', 'rejected');
+    WHERE state IN {_FINAL};
 DROP INDEX IF EXISTS intents_state_updated;
 CREATE INDEX IF NOT EXISTS intents_app ON intents(app, seq);
 
@@ -74,6 +79,20 @@ CREATE TABLE IF NOT EXISTS stats (
 );
 
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+-- Persistent MQTT sessions of local apps (clean session = 0): what they subscribe to, and up to
+-- which event they have every status. Statuses themselves are never copied here: they are re-read
+-- from `events` from `status_seq` on.
+CREATE TABLE IF NOT EXISTS sessions (
+    client_id TEXT PRIMARY KEY,
+    username TEXT,
+    subscriptions TEXT NOT NULL,
+    status_seq INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL
+);
+
+-- Final results taken from a receipt, to confirm to the bridge in the next bundle (offline sites).
+CREATE TABLE IF NOT EXISTS confirm_queue (id TEXT PRIMARY KEY);
 
 CREATE TRIGGER IF NOT EXISTS intents_ins AFTER INSERT ON intents BEGIN
     INSERT INTO stats(state, items, bytes) VALUES (NEW.state, 1, NEW.size)
@@ -166,6 +185,6 @@ def connect(data_dir: Path, *, create: bool = True) -> sqlite3.Connection:
 def pending_totals(conn: sqlite3.Connection) -> tuple[int, int]:
     """(items, bytes) not yet in a final state: what counts against the queue limits."""
     row = conn.execute(
-        "SELECT COALESCE(SUM(items), 0), COALESCE(SUM(bytes), 0) FROM stats WHERE state IN ('accepted', 'forwarded')"
+        f"SELECT COALESCE(SUM(items), 0), COALESCE(SUM(bytes), 0) FROM stats WHERE state IN {_PENDING}"
     ).fetchone()
     return int(row[0]), int(row[1])

@@ -7,6 +7,8 @@ would expire. While the bridge is unreachable, reconnects back off with full jit
 Flow control: at most `window` intents are unacknowledged at once. An intent is marked sent (and so
 can no longer be cancelled) before it goes out; one that is not acknowledged within `ack_timeout`,
 or that was sent on an earlier connection, is sent again: the bridge deduplicates by id.
+
+On the same session it reports the outbox's health and answers diagnose requests (fleet_link).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import json
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,30 +25,37 @@ from enum import StrEnum
 from pathlib import Path
 
 import aiomqtt
-import httpx
 
-from edge_outbox import ops
+from edge_outbox import offline_ops, ops
+from edge_outbox.bridge_access import client_tls_context, device_token
+from edge_outbox.bridge_clock import TimeSample
 from edge_outbox.db import IntentRow
-from edge_outbox.identity import Identity, client_tls_context, device_token
+from edge_outbox.device_check import check_device
+from edge_outbox.fleet_link import DeviceReporter, ReporterSettings, disk_facts
+from edge_outbox.fleet_report import EdgeFacts, RecentErrors
+from edge_outbox.identity import Identity
+from edge_outbox.link_gate import LinkGate
+from edge_outbox.link_rate import AckRate
+from edge_outbox.send_window import SendWindow
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
 from intent_contract.backoff import compute_backoff
 from intent_contract.codec import Ack, Envelope, decode_acks, encode_batch, encode_confirms
 from intent_contract.errors import DecodeError
+from intent_contract.timefmt import format_age
+from intent_contract.wire import ACKS, BATCHES_IN_FLIGHT, CONFIRMS, CONFIRMS_PER_MESSAGE, INTENTS, device_topic
 
 log = logging.getLogger(__name__)
 
 _REFUSED_CODES = {4, 5, 134, 135}  # bad user name or password / not authorized (3.1.1 and 5 numbering)
-_MAX_CONFIRMS = 5000
 _MAX_ACK_MESSAGES = 100  # acks messages applied in one commit
 # Results arriving this close together are confirmed in one message: the bridge sends one message
 # per result, and one confirm per result would fill the device's queue at the bridge, which then
 # drops messages, intent batches included.
 _CONFIRM_DELAY_S = 0.2
-# Batch messages unacknowledged at once: the bridge queues at most 64 messages (16 MiB) per device,
-# confirms included, and drops the rest, which then wait for ack_timeout. With 4 in flight a drain
-# waited on round trips: 4,400 -> 8,200 intents/s accepted at 8 (bench/findings.md F10).
-_MAX_BATCHES_IN_FLIGHT = 8
+# A learned clock that moves by more than this (a third of the bridge's token leeway) is worth a
+# reconnect at once: the refused token was made on the old one.
+CLOCK_MOVE_MS = 10_000
 
 
 class LinkState(StrEnum):
@@ -64,11 +74,17 @@ class LinkSnapshot:
     last_contact: int | None
     sent: int
     acked: int
-    rate: float  # intents acknowledged per second, smoothed
+    rate: float  # intents acknowledged per second over the last minute (0.0: none)
+    connects: int = 0  # connections made since the outbox started
+    failures: int = 0  # connection attempts that failed
 
 
 class _TokenExpiringError(Exception):
     """Raised inside a connection to close it before its token expires."""
+
+
+class _WindowClosedError(Exception):
+    """Raised inside a connection to close it when its forwarding window ends (and no flush wants it)."""
 
 
 def envelope_of(row: IntentRow) -> Envelope:
@@ -86,32 +102,65 @@ def envelope_of(row: IntentRow) -> Envelope:
 
 class Forwarder:
     def __init__(
-        self, store: Store, data_dir: Path, identity: Identity, settings: ForwarderSettings, clock_ms: Callable[[], int]
+        self,
+        store: Store,
+        data_dir: Path,
+        identity: Identity,
+        settings: ForwarderSettings,
+        clock_ms: Callable[[], int],
+        *,
+        facts: Callable[[], EdgeFacts] | None = None,
     ) -> None:
         self._store = store
         self._data_dir = data_dir
         self._identity = identity
+        # Every line about the link names the device (shown by intent_contract.logs' formatters).
+        self._log = logging.LoggerAdapter(log, {"device_id": identity.device_id})
         self._settings = settings
         self._clock_ms = clock_ms
         self._wake = asyncio.Event()
+        self._stopping = False
         self._to_confirm: list[str] = []
         self._confirm_wake = asyncio.Event()
-        self._inflight: dict[str, int] = {}  # id -> ms sent, on the current connection
-        self._batches: list[list[str]] = []  # ids of each batch sent on this connection
+        self._window = SendWindow(settings.window, BATCHES_IN_FLIGHT, int(settings.ack_timeout_s * 1000))
         self._connected_at = 0
         self._state = LinkState.OFFLINE
         self._since = clock_ms()
         self._last_contact: int | None = None
         self._sent = 0
         self._acked = 0
-        self._rate = 0.0
-        self._rate_mark = (time.monotonic(), 0)
-        topic = f"devices/{identity.device_id}"
+        self._rate = AckRate()
+        self._gate = LinkGate(settings.windows, store, clock_ms)
         self._intents_topic, self._acks_topic, self._confirms_topic = (
-            f"{topic}/intents",
-            f"{topic}/acks",
-            f"{topic}/confirms",
+            device_topic(identity.device_id, leaf) for leaf in (INTENTS, ACKS, CONFIRMS)
         )
+        self._connects = 0
+        self._failures = 0
+        self.errors = RecentErrors()
+        self._reporter = DeviceReporter(
+            store,
+            ReporterSettings.of(identity, settings),
+            link=self.snapshot,
+            clock=lambda: self._gate.clock,
+            facts=facts or (lambda: disk_facts(data_dir)),
+            errors=self.errors,
+            clock_ms=clock_ms,
+            log=self._log,
+        )
+
+    def request_stop(self) -> None:
+        """Make `run()` end at its next step; call it before cancelling the task that runs it.
+
+        A cancellation that lands while the link is failing can come out of the TaskGroup or aiomqtt's
+        exit as the link's error instead (and Python 3.11's TaskGroup leaves `cancelling()` set after
+        any failure, so that cannot tell): without this the outbox stopped, logged "stopping" and went
+        on reconnecting forever.
+        """
+        self._stopping = True
+
+    def _stop_if_asked(self) -> None:
+        if self._stopping:
+            raise asyncio.CancelledError
 
     def wake(self) -> None:
         """New intents are waiting."""
@@ -119,47 +168,85 @@ class Forwarder:
 
     def snapshot(self) -> LinkSnapshot:
         now = time.monotonic()
-        then, acked_then = self._rate_mark
-        if now - then >= 1.0:
-            instant = (self._acked - acked_then) / (now - then)
-            self._rate = instant if self._rate == 0 else 0.7 * self._rate + 0.3 * instant
-            self._rate_mark = (now, self._acked)
-        return LinkSnapshot(self._state, self._since, self._last_contact, self._sent, self._acked, self._rate)
+        self._rate.record(now, self._acked)
+        rate = self._rate.rate(now)
+        return LinkSnapshot(
+            self._state, self._since, self._last_contact, self._sent, self._acked, rate, self._connects, self._failures
+        )
 
     def _set_state(self, state: LinkState) -> None:
         if state is not self._state:
             self._state, self._since = state, self._clock_ms()
-            log.info("bridge link %s", state)
+            self._log.info("bridge link %s", state)
 
     async def run(self) -> None:
         failures = 0
+        retried_for_clock = False
         while True:
+            self._stop_if_asked()
+            if await self._store.read(offline_ops.revocation) is not None:  # a receipt said so
+                await self._stay_revoked()
+                return
+            await self._gate.wait_open(self._waiting)
             self._set_state(LinkState.CONNECTING)
             try:
                 await self._connection()
-                failures = 0
-            except _TokenExpiringError:
-                failures = 0
+                failures, retried_for_clock = 0, False
+            except (_TokenExpiringError, _WindowClosedError):
+                failures, retried_for_clock = 0, False
                 continue
             except aiomqtt.MqttCodeError as exc:
                 code = getattr(exc.rc, "value", exc.rc)
-                log.warning("bridge refused the connection: %s", exc)
-                if code in _REFUSED_CODES and await self._revoked():
-                    await self._stay_revoked()
-                    return
+                self._log.warning("bridge refused the connection: %s", exc)
+                self.errors.add(self._clock_ms(), "connect_refused", f"the bridge refused the connection: {exc}")
+                if code in _REFUSED_CODES:
+                    answer = await check_device(
+                        self._data_dir, self._identity, self._clock_ms, self._gate.clock, self._log
+                    )
+                    if answer.revoked:
+                        await self._stay_revoked()
+                        return
+                    # A token refused for our clock: once, try again at once on the corrected clock.
+                    if answer.time is not None and await self._learn_time(answer.time) and not retried_for_clock:
+                        retried_for_clock = True
+                        continue
             except (aiomqtt.MqttError, OSError) as exc:
-                log.warning("bridge unreachable: %s", exc)
+                self._log.warning("bridge unreachable: %s", exc)
+                self.errors.add(self._clock_ms(), "bridge_unreachable", f"bridge unreachable: {exc}")
+            self._stop_if_asked()
             self._set_state(LinkState.OFFLINE)
             failures += 1
+            self._failures += 1
             delay = compute_backoff(
                 failures, base=self._settings.backoff_base_s, cap=self._settings.backoff_cap_s, jitter=random.random()
             )
-            await asyncio.sleep(delay)
+            await self._gate.sleep(delay)
+
+    def _waiting(self, seconds: float) -> None:
+        self._set_state(LinkState.OFFLINE)
+        self._log.info("outside the forwarding windows; the next opens in %s", format_age(seconds))
+
+    async def _learn_time(self, sample: TimeSample) -> bool:
+        """Store what the bridge's answer proves about its clock; True when ours was off by more than a token allows."""
+        before = self._gate.clock
+        after = await self._store.call(offline_ops.learn_time, sample, self._clock_ms())
+        self._gate.clock = after
+        moved = abs(after.offset_ms - before.offset_ms) > CLOCK_MOVE_MS
+        if moved:
+            side = "behind" if after.offset_ms > 0 else "ahead of"
+            self._log.warning(
+                "this device's clock is %s %s the bridge's: tokens and deadlines are corrected",
+                format_age(abs(after.offset_ms) / 1000),
+                side,
+            )
+        return moved
 
     async def _connection(self) -> None:
         s = self._settings
-        now_s = self._clock_ms() // 1000
-        token = device_token(self._data_dir, self._identity, now_s, s.token_lifetime_s)
+        clock = await self._gate.refresh()
+        token = device_token(
+            self._data_dir, self._identity, clock.bridge_ms(self._clock_ms()) // 1000, s.token_lifetime_s
+        )
         port = s.websocket_port if s.transport == "websockets" else self._identity.mqtt_port
         client = aiomqtt.Client(
             self._identity.bridge_host,
@@ -173,14 +260,18 @@ class Forwarder:
             timeout=15,
             transport=s.transport,
             max_inflight_messages=64,
+            # paho leaves Nagle's algorithm on: a batch written while the previous one's TCP ACK was
+            # outstanding waited for the bridge's delayed ACK, 40 ms (bench/findings.md F18).
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
         async with client:
             self._connected_at = self._clock_ms()
             self._last_contact = self._connected_at
-            self._inflight.clear()
-            self._batches.clear()
+            self._window.reset(self._connected_at)
             self._set_state(LinkState.CONNECTED)
+            self._connects += 1
             await client.subscribe(self._acks_topic, qos=1)
+            await self._reporter.subscribe(client)
             # MQTT 3.1.1 cannot re-authenticate: reconnect with a new token before this one expires.
             lifetime = s.token_lifetime_s * 0.8
             try:
@@ -189,32 +280,38 @@ class Forwarder:
                     group.create_task(self._receive_loop(client))
                     group.create_task(self._confirm_loop(client))
                     group.create_task(self._expire_after(lifetime))
+                    group.create_task(self._window_closes())
+                    group.create_task(self._reporter.report_loop(client))
             except BaseExceptionGroup as failed:
                 # Report the first failure as itself, so run() can tell a lost link from a token refresh.
                 raise _first_leaf(failed) from None
+            finally:
+                self._reporter.stop()
 
     async def _expire_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         raise _TokenExpiringError
+
+    async def _window_closes(self) -> None:
+        await self._gate.until_closed()
+        self._log.info("forwarding window closed")
+        raise _WindowClosedError
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
         s = self._settings
         while True:
             self._wake.clear()  # before looking: an ack or intent arriving meanwhile wakes the wait below
             now = self._clock_ms()
-            stale = now - int(s.ack_timeout_s * 1000)
-            for intent_id in [i for i, at in self._inflight.items() if at < stale]:
-                del self._inflight[intent_id]  # no ack in time: eligible to be sent again
-            self._batches = [b for b in self._batches if any(i in self._inflight for i in b)]
-            room = s.window - len(self._inflight) if len(self._batches) < _MAX_BATCHES_IN_FLIGHT else 0
+            window = self._window
+            window.expire(now)
             rows: list[IntentRow] = []
-            if room > 0:
+            if (room := window.room()) > 0:
                 # Eligible: never sent, sent on an earlier connection, or not acked within ack_timeout.
                 rows = await self._store.call(
                     ops.take_batch,
                     limit=min(s.batch_items, room),
                     max_bytes=s.batch_bytes,
-                    sent_before=max(self._connected_at, stale),
+                    sent_before=window.sent_before(now),
                     now=now,
                 )
             if not rows:
@@ -224,9 +321,10 @@ class Forwarder:
                 except TimeoutError:
                     pass
                 continue
-            await client.publish(self._intents_topic, encode_batch([envelope_of(r) for r in rows]), qos=1)
-            self._inflight.update((r.id, now) for r in rows)
-            self._batches.append([r.id for r in rows])
+            await client.publish(
+                self._intents_topic, encode_batch([self._gate.clock.envelope(envelope_of(r)) for r in rows]), qos=1
+            )
+            window.sent([r.id for r in rows], now)
             self._sent += len(rows)
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
@@ -241,16 +339,20 @@ class Forwarder:
             for message in batch:
                 if not isinstance(message.payload, bytes | bytearray):
                     continue
+                if message.topic.value == self._reporter.diagnose_topic:
+                    self._reporter.on_diagnose(client, bytes(message.payload))
+                    continue
                 try:
                     acks.extend(decode_acks(bytes(message.payload)))
                 except DecodeError as exc:
-                    log.warning("ignoring a malformed acks message from the bridge: %s", exc)
+                    self._log.warning("ignoring a malformed acks message from the bridge: %s", exc)
+                    self.errors.add(self._clock_ms(), "malformed_acks", f"a malformed acks message: {exc}")
             if not acks:
                 continue
             self._last_contact = self._clock_ms()
             applied = await self._store.call(ops.apply_acks, acks, self._last_contact)
             for ack in acks:
-                if self._inflight.pop(ack.id, None) is not None:
+                if self._window.acked(ack.id):
                     self._acked += 1
             if applied.final_ids:
                 self._to_confirm.extend(applied.final_ids)
@@ -265,36 +367,24 @@ class Forwarder:
             self._confirm_wake.clear()
             ids, self._to_confirm = self._to_confirm, []
             try:
-                for start in range(0, len(ids), _MAX_CONFIRMS):
+                for start in range(0, len(ids), CONFIRMS_PER_MESSAGE):
                     await client.publish(
-                        self._confirms_topic, encode_confirms(ids[start : start + _MAX_CONFIRMS]), qos=1
+                        self._confirms_topic, encode_confirms(ids[start : start + CONFIRMS_PER_MESSAGE]), qos=1
                     )
             except BaseException:
                 self._to_confirm[:0] = ids  # the link failed: confirm them on the next one
                 self._confirm_wake.set()
                 raise
 
-    async def _revoked(self) -> bool:
-        """Ask the bridge's HTTPS endpoint, with our own signed token, whether we were revoked."""
-        token = device_token(self._data_dir, self._identity, self._clock_ms() // 1000, 120)
-        try:
-            async with httpx.AsyncClient(verify=client_tls_context(self._data_dir), timeout=15) as http:
-                response = await http.get(
-                    f"{self._identity.http_url}/v1/device", headers={"Authorization": f"Bearer {token}"}
-                )
-            return response.status_code == 200 and response.json().get("status") == "revoked"
-        except (httpx.HTTPError, ValueError) as exc:
-            log.warning("could not ask the bridge whether this device is revoked: %s", exc)
-            return False
-
     async def _stay_revoked(self) -> None:
         """This device may send nothing more: end every pending intent, now and as they arrive."""
         self._set_state(LinkState.REVOKED)
-        log.error("this device (%s) was revoked at the bridge; pending intents end as failed", self._identity.device_id)
+        self._log.error("this device was revoked at the bridge; pending intents end as failed")
+        await self._store.call(offline_ops.mark_revoked, self._clock_ms(), "bridge")
         while True:
             ended = await self._store.call(ops.end_revoked, self._clock_ms())
             if ended:
-                log.warning("%d intents ended: device revoked", ended)
+                self._log.warning("%d intents ended: device revoked", ended)
             self._wake.clear()
             try:
                 async with asyncio.timeout(5):

@@ -1,49 +1,107 @@
-"""Intake: one publish in, one committed decision out, whatever the transport (embedded or attach)."""
+"""Intake: publishes in, committed decisions out, whatever the transport (embedded or attach).
+
+`submit` decides at once (pure: `admit`) and returns a future that resolves once what the publish
+became is on disk; transports acknowledge after it. One task commits what waits, a batch per store
+call, so a burst of publishes costs one pass over the queue totals and one savepoint.
+
+It never answers for something it did not store: while the disk is full, or the queue is at its
+limits, it holds the publish (and with it the acknowledgement) until it can store it. That is
+backpressure: MQTT 3.1.1 has no negative acknowledgement, and an app whose PUBACK is withheld keeps
+the message and stops sending once its in-flight window is full (docs/durability.md).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from edge_outbox import ops
 from edge_outbox.errors import StorageError
-from edge_outbox.intake_rules import Admitted, Refused, admit
+from edge_outbox.intake_rules import REPLAY_TOPIC, TOPIC_ROOT, Admitted, Refused, admit, split_topic
 from edge_outbox.ops import IntakeResult, Outcome, QueueLimits
 from edge_outbox.states import State
-from edge_outbox.status import StatusMessage, StatusPublisher
 from edge_outbox.store import Store
 from intent_contract.backoff import compute_backoff
 from intent_contract.ids import IdGenerator
 
 log = logging.getLogger(__name__)
 
+ROOM_POLL_S = 0.5
+MAX_BATCH = 2000
+
+
+@dataclass(slots=True)
+class IntakeHealth:
+    """What `edge-outbox status` shows of intake: held publishes and why."""
+
+    held_since: float | None = None  # time.time() when storing stopped, None while it works
+    reason: str = ""
+    held: int = 0  # publishes waiting right now
+    held_total: int = 0  # publishes that had to wait, since start
+    episodes: int = 0
+    episode_held: int = 0  # publishes that had to wait in the current (or last) episode
+
+
+@dataclass(slots=True)
+class _Waiting:
+    decision: Admitted | Refused
+    topic: str
+    future: asyncio.Future[IntakeResult]
+    held: bool = False
+
 
 class Intake:
-    """Validates, commits and answers each intent; `receive` returns only after the commit."""
+    """Validates, commits and answers each intent; `run()` must be running for anything to commit."""
 
-    def __init__(
-        self, store: Store, status: StatusPublisher, limits: QueueLimits, clock_ms: Callable[[], int], ids: IdGenerator
-    ) -> None:
+    def __init__(self, store: Store, limits: QueueLimits, clock_ms: Callable[[], int], ids: IdGenerator) -> None:
         self._store = store
-        self._status = status
         self._limits = limits
         self._clock_ms = clock_ms
         self._ids = ids
+        self._waiting: deque[_Waiting] = deque()
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.health = IntakeHealth()
+        self.outcomes: dict[str, int] = {}  # committed publishes by outcome (a state, or "duplicate")
 
-    async def receive(self, topic: str, raw: bytes, *, principal: str | None = None) -> IntakeResult:
-        """Commit what this publish becomes; `principal` is the authenticated app, when apps log in.
+    @staticmethod
+    def is_intake(topic: str) -> bool:
+        """Everything under outbox/ except the status topics the outbox publishes and replay requests."""
+        if not topic.startswith(TOPIC_ROOT + "/"):
+            return False
+        parts = topic.split("/")
+        if len(parts) == 4 and parts[2] == "status":
+            return False
+        return not (len(parts) == 3 and parts[2] == REPLAY_TOPIC)
 
-        While the disk is full (or SQLite cannot commit for another reason) this keeps retrying with
-        backoff and does not return: the publisher gets no acknowledgement until the intent is on disk.
+    @staticmethod
+    def replay_app(topic: str) -> str | None:
+        parts = split_topic(topic)
+        return parts[0] if parts is not None and parts[1] == REPLAY_TOPIC else None
+
+    def room(self) -> None:
+        """Something left the queue: held publishes may try again."""
+        self._room.set()
+
+    def submit(
+        self, topic: str, raw: bytes, *, principal: str | None = None, expiry_s: int | None = None
+    ) -> asyncio.Future[IntakeResult]:
+        """Decide what this publish becomes; the future resolves once that is committed.
+
+        `principal` is the authenticated app, when apps log in; `expiry_s` an MQTT 5 message expiry.
         """
         now = self._clock_ms()
-        decision = admit(topic, raw, now, self._ids.new)
+        decision = admit(topic, raw, now, self._ids.new, expiry_s=expiry_s)
         if principal is not None and decision.app != principal:
             # Answer in the publisher's own namespace: a client may not write into another app's outbox.
             decision = Refused(
-                self._ids.new(),
+                decision.id if decision.app == principal else self._ids.new(),
                 principal,
                 decision.kind,
                 "not_authorized",
@@ -52,33 +110,88 @@ class Intake:
                 len(raw),
                 now,
             )
-        result = await self._commit(decision, now)
-        if result.outcome is Outcome.DUPLICATE and result.row is not None:
-            row = result.row
-            log.info("duplicate intent %s from app %s: already %s", row.id, row.app, row.state)
-            self._status.send(StatusMessage(row.id, row.app, row.kind, row.state, row.code, row.detail, row.updated))
-        elif result.outcome is Outcome.QUEUE_FULL:
-            log.warning("queue full: refused intent %s from app %s: %s", decision.id, decision.app, result.detail)
-            self._status.send(
-                StatusMessage(
-                    decision.id, decision.app, decision.kind, State.REJECTED, "queue_full", result.detail, now
-                )
-            )
-        elif result.row is not None and result.row.state is State.REJECTED:
-            log.warning("rejected input on %s as %s: %s (%s)", topic, result.row.id, result.row.code, result.row.detail)
-        return result
+        future: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(decision, topic, future))
+        self._wake.set()
+        return future
 
-    async def _commit(self, decision: Admitted | Refused, now: int) -> IntakeResult:
+    async def receive(self, topic: str, raw: bytes, *, principal: str | None = None) -> IntakeResult:
+        """`submit` and wait for the commit."""
+        return await self.submit(topic, raw, principal=principal)
+
+    async def run(self) -> None:
+        """Commit what waits, a batch at a time, in arrival order; hold what cannot be stored yet."""
         failures = 0
         while True:
-            try:
-                result = await self._store.call(ops.commit_intake, decision, self._limits, now)
-            except StorageError as exc:
-                failures += 1
-                if failures == 1:
-                    log.error("cannot store intents, holding acknowledgements until it can: %s", exc)
-                await asyncio.sleep(compute_backoff(failures, base=0.1, cap=5.0, jitter=random.random()))
-                continue
-            if failures:
-                log.warning("storing intents again after %d failed attempts", failures)
-            return result
+            await self._wake.wait()
+            self._wake.clear()
+            while self._waiting:
+                await self._room.wait()
+                batch = [self._waiting[i] for i in range(min(len(self._waiting), MAX_BATCH))]
+                try:
+                    results = await self._store.call(
+                        ops.commit_intakes, [w.decision for w in batch], self._limits, self._clock_ms()
+                    )
+                except StorageError as exc:
+                    failures += 1
+                    self._hold(batch, f"cannot store: {exc}")
+                    await asyncio.sleep(compute_backoff(failures, base=0.1, cap=5.0, jitter=random.random()))
+                    continue
+                failures = 0
+                held: list[_Waiting] = []
+                for waiting, result in zip(batch, results, strict=True):
+                    if result.outcome is Outcome.QUEUE_FULL:
+                        held.append(waiting)
+                    else:
+                        self._done(waiting, result)
+                for _ in batch:
+                    self._waiting.popleft()
+                if held:
+                    self._waiting.extendleft(reversed(held))
+                    self._hold(held, results[batch.index(held[0])].detail)
+                    self._room.clear()
+                    asyncio.get_running_loop().call_later(ROOM_POLL_S, self._room.set)
+                elif self.health.held_since is not None and not any(w.held for w in self._waiting):
+                    self._resumed()
+
+    def _done(self, waiting: _Waiting, result: IntakeResult) -> None:
+        if waiting.held:
+            self.health.held -= 1
+        if not waiting.future.done():
+            waiting.future.set_result(result)
+        row = result.row
+        if row is None:
+            return
+        outcome = "duplicate" if result.outcome is Outcome.DUPLICATE else row.state.value
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        context = {"app": row.app, "intent_id": row.id, "state": row.state.value, "code": row.code or None}
+        if result.outcome is Outcome.DUPLICATE:
+            log.info("duplicate intent: already stored", extra=context)
+        elif row.state is State.REJECTED:
+            log.warning("rejected input on %s: %s", waiting.topic, row.detail, extra=context)
+
+    def _hold(self, batch: list[_Waiting], reason: str) -> None:
+        health = self.health
+        if health.held_since is None:
+            health.held_since = time.time()
+            health.reason = reason
+            health.episodes += 1
+            health.episode_held = 0
+            log.error("intake paused, acknowledgements held until intents can be stored: %s", reason)
+        for waiting in batch:
+            if not waiting.held:
+                waiting.held = True
+                health.held += 1
+                health.held_total += 1
+                health.episode_held += 1
+
+    def _resumed(self) -> None:
+        health = self.health
+        assert health.held_since is not None
+        log.warning(
+            "intake resumed after %.1f s; %d publishes were held and are now stored",
+            time.time() - health.held_since,
+            health.episode_held,
+        )
+        health.held_since = None
+        health.reason = ""

@@ -5,12 +5,12 @@ Every input ends as an `Admitted` intent or a `Refused` one with a stable code; 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from intent_contract.errors import SchemaViolationError
+from intent_contract import json_bounded
+from intent_contract.errors import DecodeError, SchemaViolationError
 from intent_contract.names import KINDS, is_name
 from intent_contract.schemas import validate
 from intent_contract.timefmt import parse_rfc3339_ms
@@ -19,6 +19,7 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_DEPTH = 32
 KEPT_BYTES_OF_REFUSED = 4096
 TOPIC_ROOT = "outbox"
+REPLAY_TOPIC = "replay"  # outbox/{app}/replay: {"after": SEQ} asks for the app's statuses again
 _INT_RANGE = (-(2**63), 2**64 - 1)  # what msgpack can carry to the bridge
 
 
@@ -67,13 +68,17 @@ def status_topic(app: str, intent_id: str) -> str:
     return f"{TOPIC_ROOT}/{app}/status/{intent_id}"
 
 
-def admit(topic: str, raw: bytes, now_ms: int, new_id: Callable[[], str]) -> Admitted | Refused:
-    """Decide what one publish becomes."""
+def admit(
+    topic: str, raw: bytes, now_ms: int, new_id: Callable[[], str], *, expiry_s: int | None = None
+) -> Admitted | Refused:
+    """Decide what one publish becomes; `expiry_s` (an MQTT 5 message expiry) is a ttl when the intent has none."""
     parts = split_topic(topic)
     app, kind = parts if parts else (topic.split("/")[1] if topic.count("/") else "", "")
 
     def refuse(code: str, detail: str, intent_id: str | None = None) -> Refused:
-        return Refused(intent_id or new_id(), app, kind, code, detail, raw[:KEPT_BYTES_OF_REFUSED], len(raw), now_ms)
+        # The app's own id when the payload carries a valid one: its status topic is one the app knows.
+        intent_id = intent_id or _given_id(raw) or new_id()
+        return Refused(intent_id, app, kind, code, detail, raw[:KEPT_BYTES_OF_REFUSED], len(raw), now_ms)
 
     if parts is None:
         return refuse("bad_topic", f"publish intents to {TOPIC_ROOT}/{{app}}/{{kind}}, not {topic!r}")
@@ -98,7 +103,7 @@ def admit(topic: str, raw: bytes, now_ms: int, new_id: Callable[[], str]) -> Adm
     except SchemaViolationError as exc:
         return refuse(exc.code, exc.detail, intent_id)
     try:
-        expires = _deadline(doc, now_ms)
+        expires = _deadline(doc, now_ms, expiry_s)
     except ValueError as exc:
         return refuse("bad_expiry", str(exc), intent_id)
     return Admitted(
@@ -113,40 +118,43 @@ def admit(topic: str, raw: bytes, now_ms: int, new_id: Callable[[], str]) -> Adm
     )
 
 
-def _deadline(doc: dict[str, Any], now_ms: int) -> int | None:
+def _given_id(raw: bytes) -> str | None:
+    """The valid `id` of a payload being refused for another reason, if it has one."""
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        doc = _load_json(raw)
+    except ValueError:
+        return None
+    given = doc.get("id") if isinstance(doc, dict) else None
+    return given if is_name(given) else None
+
+
+def _deadline(doc: dict[str, Any], now_ms: int, expiry_s: int | None) -> int | None:
     if "ttl" in doc:
         return now_ms + int(doc["ttl"]) * 1000
     if "expires_at" in doc:
         return parse_rfc3339_ms(str(doc["expires_at"]))
-    return None
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
+    return None if expiry_s is None else now_ms + expiry_s * 1000
 
 
 def _load_json(raw: bytes) -> Any:
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"payload is not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        doc = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
-    _check_shape(doc)
+        doc = json_bounded.loads(raw, max_bytes=MAX_PAYLOAD_BYTES, max_depth=MAX_DEPTH)
+    except DecodeError as exc:
+        raise ValueError(str(exc)) from None
+    _check_integers(doc)
     return doc
 
 
-def _check_shape(doc: Any) -> None:
-    stack: list[tuple[Any, int]] = [(doc, 1)]
+def _check_integers(doc: Any) -> None:
+    """Integers must fit what msgpack carries to the bridge (depth is already bounded)."""
+    stack = [doc]
     while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict | list):
-            if depth > MAX_DEPTH:
-                raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
-            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
         elif isinstance(node, int) and not isinstance(node, bool) and not _INT_RANGE[0] <= node <= _INT_RANGE[1]:
             raise ValueError("integer out of the 64-bit range")

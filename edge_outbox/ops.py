@@ -15,8 +15,23 @@ from typing import Any
 from edge_outbox.db import COLUMNS, SELECT_ROW, IntentRow, StatusEvent, pending_totals
 from edge_outbox.errors import IllegalTransitionError, NotFoundError
 from edge_outbox.intake_rules import Admitted, Refused
-from edge_outbox.states import FINAL, PENDING, Event, State, event_for_ack, step
+from edge_outbox.states import (
+    FINAL,
+    PENDING,
+    RETRYABLE,
+    Effect,
+    Event,
+    State,
+    event_for_ack,
+    sources,
+    sql_set,
+    state_in,
+    step,
+    target,
+)
 from intent_contract.codec import Ack
+from intent_contract.sql_text import marks
+from intent_contract.wire import MAX_DETAIL
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +61,7 @@ def _row(conn: sqlite3.Connection, where: str, *args: object) -> IntentRow | Non
 
 
 _INSERT = f"INSERT INTO intents({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})"
+RERUN_CODE = "bridge_retry"  # the status code of an intent an operator retried at the bridge
 _DEFAULTS = {"code": "", "detail": "", "priority": 0, "expires": None, "attempt": 1, "sent": 0, "sent_at": 0,
              "confirmed": 0}  # fmt: skip
 
@@ -59,81 +75,129 @@ def _insert(conn: sqlite3.Connection, values: dict[str, Any]) -> IntentRow:
 
 
 def commit_intake(conn: sqlite3.Connection, item: Admitted | Refused, limits: QueueLimits, now: int) -> IntakeResult:
-    """Store one intake decision, deduplicating repeated ids and enforcing the queue limits."""
-    common = {
-        "id": item.id,
-        "app": item.app,
-        "kind": item.kind,
-        "created": item.created,
-        "updated": now,
-        "payload": item.payload,
-    }
-    if isinstance(item, Refused):
-        row = _insert(
-            conn, {**common, "state": State.REJECTED, "code": item.code, "detail": item.detail, "size": item.size}
-        )
-        return IntakeResult(Outcome.STORED, row)
-    existing = _row(conn, "id = ? AND state <> 'rejected'", item.id)
-    if existing is not None:
-        if existing.app == item.app:
-            return IntakeResult(Outcome.DUPLICATE, existing)
+    """Store one intake decision (see `commit_intakes`)."""
+    return commit_intakes(conn, [item], limits, now)[0]
+
+
+def commit_intakes(
+    conn: sqlite3.Connection, items: list[Admitted | Refused], limits: QueueLimits, now: int
+) -> list[IntakeResult]:
+    """Store intake decisions in order, deduplicating repeated ids and enforcing the queue limits.
+
+    One call per batch of publishes: the queue totals and the ids already stored are read once.
+    """
+    given = [item.id for item in items if isinstance(item, Admitted) and item.id_given]
+    existing = _live_rows(conn, given) if given else {}
+    count, used = pending_totals(conn)
+    results: list[IntakeResult] = []
+    for item in items:
+        common = {
+            "id": item.id,
+            "app": item.app,
+            "kind": item.kind,
+            "created": item.created,
+            "updated": now,
+            "payload": item.payload,
+        }
+        if isinstance(item, Refused):
+            row = _insert(
+                conn, {**common, "state": State.REJECTED, "code": item.code, "detail": item.detail, "size": item.size}
+            )
+            results.append(IntakeResult(Outcome.STORED, row))
+            continue
+        known = existing.get(item.id)
+        if known is not None:
+            if known.app == item.app:
+                announce(conn, known, now)
+                results.append(IntakeResult(Outcome.DUPLICATE, known))
+                continue
+            detail = f"id {item.id!r} is already used by another app"
+            row = _insert(
+                conn,
+                {**common, "state": State.REJECTED, "code": "id_conflict", "detail": detail, "size": len(item.payload)},
+            )
+            results.append(IntakeResult(Outcome.STORED, row))
+            continue
+        size = len(item.payload)
+        if (limits.max_items and count + 1 > limits.max_items) or (limits.max_bytes and used + size > limits.max_bytes):
+            results.append(
+                IntakeResult(
+                    Outcome.QUEUE_FULL,
+                    None,
+                    f"queue full ({count} intents, {used} bytes pending; limits {limits.max_items} "
+                    f"intents, {limits.max_bytes} bytes)",
+                )
+            )
+            continue
+        expired = item.expires is not None and item.expires <= now
         row = _insert(
             conn,
             {
                 **common,
-                "state": State.REJECTED,
-                "code": "id_conflict",
-                "detail": f"id {item.id!r} is already used by another app",
-                "size": len(item.payload),
+                "state": State.EXPIRED if expired else State.ACCEPTED,
+                "code": "expired_on_arrival" if expired else "",
+                "detail": "its deadline had passed when it arrived" if expired else "",
+                "priority": item.priority,
+                "expires": item.expires,
+                "size": size,
             },
         )
-        return IntakeResult(Outcome.STORED, row)
-    size = len(item.payload)
-    items, used = pending_totals(conn)
-    if (limits.max_items and items + 1 > limits.max_items) or (limits.max_bytes and used + size > limits.max_bytes):
-        return IntakeResult(
-            Outcome.QUEUE_FULL,
-            None,
-            f"queue full ({items} intents, {used} bytes pending; limits {limits.max_items} "
-            f"intents, {limits.max_bytes} bytes): not stored, publish again later",
-        )
-    expired = item.expires is not None and item.expires <= now
-    row = _insert(
-        conn,
-        {
-            **common,
-            "state": State.EXPIRED if expired else State.ACCEPTED,
-            "code": "expired_on_arrival" if expired else "",
-            "detail": "its deadline had passed when it arrived" if expired else "",
-            "priority": item.priority,
-            "expires": item.expires,
-            "size": size,
-        },
+        if not expired:
+            count, used = count + 1, used + size
+        if item.id_given:
+            existing[item.id] = row  # the same id again later in this batch is a duplicate
+        results.append(IntakeResult(Outcome.STORED, row))
+    return results
+
+
+def _live_rows(conn: sqlite3.Connection, ids: list[str]) -> dict[str, IntentRow]:
+    """The stored (not rejected) intents with these ids."""
+    found: dict[str, IntentRow] = {}
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        for raw in conn.execute(f"{SELECT_ROW} WHERE id IN ({marks(chunk)}) AND state <> 'rejected'", chunk):
+            row = IntentRow.from_db(raw)
+            found[row.id] = row
+    return found
+
+
+def announce(conn: sqlite3.Connection, row: IntentRow, now: int) -> None:
+    """Store the intent's current status again as an event: the app sent it again and gets its status again."""
+    conn.execute(
+        "INSERT INTO events(id, app, kind, state, code, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (row.id, row.app, row.kind, row.state, row.code, row.detail, now),
     )
-    return IntakeResult(Outcome.STORED, row)
 
 
 def get(conn: sqlite3.Connection, intent_id: str) -> IntentRow:
-    """The intent with this id (the live one if a rejected duplicate shares it)."""
+    """The intent with this id, or with the only id that starts so (the live one if a rejected one shares it)."""
     row = _row(conn, "id = ? ORDER BY state = 'rejected', seq DESC", intent_id)
-    if row is None:
+    if row is not None:
+        return row
+    found = [r[0] for r in conn.execute(
+        "SELECT DISTINCT id FROM intents WHERE substr(id, 1, ?) = ? LIMIT 3", (len(intent_id), intent_id)
+    )]  # fmt: skip
+    if len(found) > 1:
+        raise NotFoundError(f"{intent_id!r} is the start of several ids ({', '.join(found[:2])}, ...): give more of it")
+    if not found:
         raise NotFoundError(f"no intent with id {intent_id!r}")
-    return row
+    return get(conn, found[0])
 
 
 def _transition(
     conn: sqlite3.Connection, row: IntentRow, event: Event, now: int, *, code: str = "", detail: str = ""
 ) -> IntentRow:
     result = step(row.state, event, sent=row.sent > 0)
-    if not result.changed and event is not Event.RETRY:
+    if not result.changed:
         return row
-    attempt = row.attempt + 1 if event is Event.RETRY else row.attempt
-    expires = None if event is Event.RETRY else row.expires
-    sent, sent_at = (0, 0) if event is Event.RETRY else (row.sent, row.sent_at)  # a new attempt goes out at once
+    attempt, expires, sent, sent_at = row.attempt, row.expires, row.sent, row.sent_at
+    if Effect.NEW_ATTEMPT in result.effects:  # goes out at once, without the old deadline
+        attempt, expires, sent, sent_at = row.attempt + 1, None, 0, 0
     conn.execute(
         "UPDATE intents SET state = ?, code = ?, detail = ?, updated = ?, attempt = ?, expires = ?, sent = ?,"
         " sent_at = ?, confirmed = 0 WHERE seq = ?",
-        (result.state, code, detail[:1000], now, attempt, expires, sent, sent_at, row.seq),
+        (result.state, code, detail[:MAX_DETAIL], now, attempt, expires, sent, sent_at, row.seq),
     )
     updated = _row(conn, "seq = ?", row.seq)
     assert updated is not None
@@ -170,30 +234,33 @@ def retry_state(conn: sqlite3.Connection, state: State, now: int) -> list[Intent
     return [retry(conn, r.id, now) for r in rows]
 
 
+# Runs on every tick: it must go through the intents_deadline partial index, never scan the outbox
+# (tests/unit/test_edge_plans.py).
+EXPIRE_DUE_SQL = (
+    "UPDATE intents SET state = ?, code = 'deadline', updated = ?,"
+    " detail = 'its deadline passed before it could be forwarded'"
+    f" WHERE {state_in(sources(Event.DEADLINE))} AND sent = 0 AND expires IS NOT NULL AND expires <= ?"
+)
+
+
 def expire_due(conn: sqlite3.Connection, now: int) -> int:
     """Expire every never-sent intent whose deadline has passed; returns how many."""
-    cur = conn.execute(
-        "UPDATE intents SET state = 'expired', code = 'deadline', updated = ?,"
-        " detail = 'its deadline passed before it could be forwarded'"
-        " WHERE state = 'accepted' AND sent = 0 AND expires IS NOT NULL AND expires <= ?",
-        (now, now),
-    )
+    cur = conn.execute(EXPIRE_DUE_SQL, (target(Event.DEADLINE), now, now))
     return cur.rowcount
 
 
-def purge(conn: sqlite3.Connection, before: int, states: Iterable[State] = FINAL) -> int:
-    """Delete intents in final states last changed before `before` (ms); pending ones are never deleted."""
+def purge(conn: sqlite3.Connection, before: int, states: Iterable[State] = FINAL, dry_run: bool = False) -> int:
+    """Delete intents in final states last changed before `before` (ms); pending ones are never deleted.
+
+    With `dry_run`, count them instead."""
     chosen = [s for s in states if s in FINAL]
     if not chosen:
         raise IllegalTransitionError("only intents in a final state can be purged")
-    marks = ", ".join("?" * len(chosen))
     # The first term repeats the intents_final index's condition so that SQLite uses the index.
-    cur = conn.execute(
-        "DELETE FROM intents WHERE state IN ('delivered', 'failed', 'expired', 'cancelled', 'rejected')"
-        f" AND state IN ({marks}) AND updated < ?",
-        (*chosen, before),
-    )
-    return cur.rowcount
+    where = f"WHERE state IN {sql_set(FINAL)} AND state IN ({marks(chosen)}) AND updated < ?"
+    if dry_run:
+        return int(conn.execute(f"SELECT COUNT(*) FROM intents {where}", (*chosen, before)).fetchone()[0])
+    return conn.execute(f"DELETE FROM intents {where}", (*chosen, before)).rowcount
 
 
 def listing(
@@ -227,7 +294,7 @@ def summary(conn: sqlite3.Connection) -> Summary:
     sizes = {s.value: 0 for s in State}
     for state, items, size in conn.execute("SELECT state, items, bytes FROM stats"):
         counts[state], sizes[state] = int(items), int(size)
-    oldest = conn.execute("SELECT MIN(created) FROM intents WHERE state IN ('accepted', 'forwarded')").fetchone()[0]
+    oldest = conn.execute(f"SELECT MIN(created) FROM intents WHERE state IN {sql_set(PENDING)}").fetchone()[0]
     pending = sum(counts[s] for s in PENDING)
     return Summary(counts, sizes, pending, sum(sizes[s] for s in PENDING), oldest)
 
@@ -256,8 +323,20 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
 
 
 def prune_events(conn: sqlite3.Connection, upto_seq: int, before: int) -> int:
-    """Drop published events older than `before` (ms): the status history lives in the intents table."""
+    """Drop events up to `upto_seq` (what every status consumer has) older than `before` (ms).
+
+    The status history of an intent lives on in the intents table; events are only the messages.
+    """
     return conn.execute("DELETE FROM events WHERE seq <= ? AND at < ?", (upto_seq, before)).rowcount
+
+
+def app_statuses(conn: sqlite3.Connection, app: str, after: int, limit: int) -> list[StatusEvent]:
+    """An app's stored status events after `after`, oldest first (for a replay request)."""
+    rows = conn.execute(
+        "SELECT seq, id, app, kind, state, code, detail, at FROM events WHERE seq > ? AND app = ? ORDER BY seq LIMIT ?",
+        (after, app, limit),
+    )
+    return [StatusEvent(r[0], r[1], r[2], r[3], State(r[4]), r[5], r[6], r[7]) for r in rows]
 
 
 def next_batch(conn: sqlite3.Connection, *, limit: int, max_bytes: int, sent_before: int) -> list[IntentRow]:
@@ -305,27 +384,42 @@ def apply_acks(conn: sqlite3.Connection, acks: list[Ack], now: int) -> AppliedAc
     This runs twice per intent while a backlog drains, so it reads only the columns the state machine
     needs, in one query per 500 ids, and writes all changes with one executemany.
     """
-    current: dict[str, tuple[int, State, int]] = {}  # id -> (seq, state, sent)
+    current: dict[str, tuple[int, State, int, int]] = {}  # id -> (seq, state, sent, attempt)
     ids = list({ack.id for ack in acks})
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        marks = ", ".join("?" * len(chunk))
-        for seq, intent_id, state, sent in conn.execute(
-            f"SELECT seq, id, state, sent FROM intents WHERE id IN ({marks}) AND state <> 'rejected'", chunk
+        for seq, intent_id, state, sent, attempt in conn.execute(
+            f"SELECT seq, id, state, sent, attempt FROM intents WHERE id IN ({marks(chunk)}) AND state <> 'rejected'",
+            chunk,
         ):
-            current[intent_id] = (seq, State(state), sent)
+            current[intent_id] = (seq, State(state), sent, attempt)
     updates = []
     for ack in acks:
         found = current.get(ack.id)
         if found is None:
             continue  # purged here already, or never ours: confirming it is harmless
-        seq, state, sent = found
+        seq, state, sent, attempt = found
+        if ack.attempt and ack.attempt < attempt:
+            continue  # the word on an older attempt (this one was retried since): stale
+        if ack.attempt > attempt:
+            # A newer attempt than ours: an operator retried it at the bridge. A final row runs again
+            # (forwarded, with the bridge's attempt); a pending one takes the bridge's attempt.
+            if state in RETRYABLE:
+                rerun = step(state, Event.RERUN)
+                state, attempt = rerun.state, ack.attempt
+                updates.append((state, RERUN_CODE, f"retried at the bridge (attempt {attempt})", now, attempt, seq))
+            elif not state.final:
+                attempt = ack.attempt
+                updates.append((state, "", "", now, attempt, seq))
+            current[ack.id] = (seq, state, sent, attempt)
         result = step(state, event_for_ack(ack.state), sent=sent > 0)
         if result.changed:
-            detail = ack.detail[:1000] if ack.state.final else ""
-            updates.append((result.state, ack.code, detail, now, seq))
-            current[ack.id] = (seq, result.state, sent)
-    conn.executemany("UPDATE intents SET state = ?, code = ?, detail = ?, updated = ? WHERE seq = ?", updates)
+            detail = ack.detail[:MAX_DETAIL] if ack.state.final else ""
+            updates.append((result.state, ack.code, detail, now, attempt, seq))
+            current[ack.id] = (seq, result.state, sent, attempt)
+    conn.executemany(
+        "UPDATE intents SET state = ?, code = ?, detail = ?, updated = ?, attempt = ? WHERE seq = ?", updates
+    )
     return AppliedAcks(len(updates), [ack.id for ack in acks if ack.state.final])
 
 
@@ -336,17 +430,20 @@ def end_revoked(conn: sqlite3.Connection, now: int) -> int:
     the revocation and their result can no longer reach this device: `device_revoked_unknown`, so
     nobody mistakes "we cannot know" for "it did not happen".
     """
+    revocable = sql_set(sources(Event.REVOKE))
+    # Only a state an intent may still be cancelled in can mean "never sent" (forwarded: the bridge has it).
+    unsent = sql_set(sources(Event.REVOKE) & sources(Event.CANCEL))
     never_sent = conn.execute(
-        "UPDATE intents SET state = 'failed', code = 'device_revoked', updated = ?,"
+        "UPDATE intents SET state = ?, code = 'device_revoked', updated = ?,"
         " detail = 'this device was revoked at the bridge before the intent was sent; it never ran'"
-        " WHERE state = 'accepted' AND sent = 0",
-        (now,),
+        f" WHERE state IN {unsent} AND sent = 0",
+        (target(Event.REVOKE), now),
     ).rowcount
     sent = conn.execute(
-        "UPDATE intents SET state = 'failed', code = 'device_revoked_unknown', updated = ?,"
+        "UPDATE intents SET state = ?, code = 'device_revoked_unknown', updated = ?,"
         " detail = 'sent to the bridge before this device was revoked; whether it ran cannot be reported"
         " here any more (the bridge audit log knows)'"
-        " WHERE state IN ('accepted', 'forwarded')",
-        (now,),
+        f" WHERE state IN {revocable}",
+        (target(Event.REVOKE), now),
     ).rowcount
     return never_sent + sent

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import random
 import signal
 import sqlite3
 import time
@@ -14,23 +16,28 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 
 from edge_outbox import ops
+from edge_outbox.app_sessions import StoredSessions, oldest_cursor, save_cursors
+from edge_outbox.apps_auth import verify_password
 from edge_outbox.attach import AttachedClient
-from edge_outbox.broker import EmbeddedBroker
-from edge_outbox.db import LINK_KEY, STATUS_KEY, StatusEvent
+from edge_outbox.db import INTAKE_KEY, LINK_KEY, STATUS_KEY, StatusEvent
+from edge_outbox.errors import StorageError
+from edge_outbox.fleet_link import disk_facts
+from edge_outbox.fleet_report import EdgeFacts
 from edge_outbox.forwarder import Forwarder
 from edge_outbox.identity import load_identity
 from edge_outbox.intake import Intake
+from edge_outbox.lock import DataDirLock
+from edge_outbox.mqtt.server import EndpointSettings, MqttEndpoint
 from edge_outbox.ops import QueueLimits
+from edge_outbox.probe import Observed, Probe, held_since_ms
 from edge_outbox.settings import OutboxSettings
 from edge_outbox.states import State
-from edge_outbox.status import StatusPublisher
+from edge_outbox.status import StatusFeed
 from edge_outbox.store import Store
 from intent_contract.ids import IdGenerator
 from intent_contract.runtime import freeze_startup_objects
 
 log = logging.getLogger(__name__)
-
-EVENT_KEEP_MS = 3600_000
 
 
 def now_ms() -> int:
@@ -42,96 +49,191 @@ class Outbox:
 
     def __init__(self, settings: OutboxSettings) -> None:
         self.settings = settings
-        self._transport: EmbeddedBroker | AttachedClient | None = None
-        self.status = StatusPublisher(self._publish, self._has_subscriber)
-        self.store = Store(settings.data_dir, on_events=self._on_events)
+        self._lock = DataDirLock(settings.data_dir)
+        self._transport: MqttEndpoint | AttachedClient | None = None
+        self.probe: Probe | None = None
+        if settings.metrics is not None:
+            host, port = settings.metrics
+            self.probe = Probe(host, port, self._observe, settings.max_offline_s)
+        self.store = Store(
+            settings.data_dir,
+            on_events=self._on_events,
+            on_commit=self.probe.commit_seconds.observe if self.probe is not None else None,
+        )
+        self.feed: StatusFeed | None = None
+        self.intake: Intake | None = None
         self.forwarder: Forwarder | None = None
         self._forwarding: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def _on_events(self, events: list[StatusEvent]) -> None:
-        self.status.on_events(events)
+        if self.feed is not None:
+            self.feed.on_events(events)
         if self.forwarder is not None and any(e.state is State.ACCEPTED for e in events):
             self.forwarder.wake()
+        if self.intake is not None and any(e.state.final for e in events):
+            self.intake.room()
 
-    async def _publish(self, topic: str, payload: bytes) -> None:
-        if self._transport is not None:
-            await self._transport.publish(topic, payload)
-
-    def _has_subscriber(self, topic: str) -> bool:
-        # An attached broker's subscriptions are not visible from here: always publish there.
-        return not isinstance(self._transport, EmbeddedBroker) or self._transport.has_subscriber(topic)
+    async def _authenticate(self, username: str | None, password: bytes | None) -> bool:
+        users = self.settings.users
+        if not users:
+            return True
+        stored = users.get(username or "")
+        if stored is None or password is None:
+            return False
+        # scrypt takes tens of milliseconds: off the event loop.
+        return await asyncio.to_thread(verify_password, password.decode("utf-8", "replace"), stored)
 
     async def start(self) -> None:
         s = self.settings
-        await self.store.start(replay_key=STATUS_KEY)
-        intake = Intake(
+        where = (
+            f"attached to mqtt://{s.attach.host}:{s.attach.port}"
+            if s.attach
+            else f"listening on {s.listen_host}:{s.listen_port}"
+        )
+        self._lock.acquire({"where": where, "started": now_ms()})
+        try:
+            await self._start(where)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    async def _start(self, where: str) -> None:
+        s = self.settings
+        await self.store.start()
+        head = await self.store.read(ops.last_event_seq)
+        self.feed = StatusFeed(lambda after, limit: self.store.read(ops.events_after, after, limit), head)
+        self.intake = Intake(
             self.store,
-            self.status,
             QueueLimits(s.max_queue_items, s.max_queue_bytes),
             now_ms,
-            IdGenerator(now_ms, os.urandom),
+            # Intent ids need to be unique, not secret: a generator seeded from the OS, not a syscall per id.
+            IdGenerator(now_ms, random.Random(os.urandom(16)).randbytes),
         )
-        if s.attach is not None:
-            self._transport = AttachedClient(s.attach, intake)
-        else:
-            self._transport = EmbeddedBroker(s.listen_host, s.listen_port, intake, s.users)
+        self._tasks = [asyncio.create_task(self.intake.run(), name="intake")]
         try:
+            if s.attach is not None:
+                position = await self.store.read(ops.get_meta, STATUS_KEY)
+                self._transport = AttachedClient(s.attach, self.intake, self.feed, int(position or 0))
+            else:
+                sessions = StoredSessions(self.store, now_ms, int(s.session_expiry_s * 1000))
+                endpoint = EndpointSettings(s.listen_host, s.listen_port, logins=bool(s.users))
+                self._transport = MqttEndpoint(endpoint, self.intake, self.feed, sessions, self._authenticate)
+            if self.probe is not None:
+                await self.probe.start()
             await self._transport.start()
         except BaseException:
+            if self.probe is not None:
+                await self.probe.stop()
+            for task in self._tasks:
+                task.cancel()
             await self.store.close()
             raise
-        self._tasks = [
-            asyncio.create_task(self.status.run(), name="status"),
-            asyncio.create_task(self._housekeeping(), name="housekeeping"),
-        ]
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         identity = load_identity(s.data_dir)
         if identity is None:
             log.warning(
                 "not enrolled with a bridge: intents are kept here until `edge-outbox enroll` is run "
                 "and the outbox restarted"
             )
+        elif s.forward and not identity.http_url:
+            log.info("enrolled offline with no bridge address: intents leave in bundles (edge-outbox export)")
         elif s.forward:
-            self.forwarder = Forwarder(self.store, s.data_dir, identity, s.forwarder, now_ms)
+            self.forwarder = Forwarder(self.store, s.data_dir, identity, s.forwarder, now_ms, facts=self._edge_facts)
             self._forwarding = asyncio.create_task(self.forwarder.run(), name="forwarder")
             self._tasks.append(self._forwarding)
             log.info("forwarding as device %s to %s", identity.device_id, identity.bridge_host)
-        where = (
-            f"attached to mqtt://{s.attach.host}:{s.attach.port}"
-            if s.attach
-            else f"listening on {s.listen_host}:{s.listen_port}"
-        )
         log.info("edge outbox %s, data in %s", where, s.data_dir)
 
     async def stop(self) -> None:
+        if self.probe is not None:
+            await self.probe.stop()
         if self._forwarding is not None:
+            assert self.forwarder is not None
+            self.forwarder.request_stop()
             self._forwarding.cancel()  # stop sending first; everything unacknowledged is resent next time
         if self._transport is not None:
             await self._transport.stop()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2):
-                await self.status.drain()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self.store.call(ops.set_meta, STATUS_KEY, str(self.status.published_seq))
+        with contextlib.suppress(StorageError):
+            await self.store.call(_save_positions, self._positions(), now_ms())
         await self.store.close()
+        self._lock.release()
+
+    async def _observe(self) -> Observed:
+        """What the metrics and health endpoint reports, read now."""
+        assert self.intake is not None
+        summary = await self.store.read(ops.summary)
+        link = self.forwarder.snapshot() if self.forwarder is not None else None
+        health = self.intake.health
+        return Observed(
+            summary=summary,
+            now_ms=now_ms(),
+            link_state=link.state.value if link else None,
+            link_since_ms=link.since if link else None,
+            sent=link.sent if link else 0,
+            acked=link.acked if link else 0,
+            intake_outcomes=dict(self.intake.outcomes),
+            held=health.held,
+            held_total=health.held_total,
+            held_since_ms=held_since_ms(health.held_since),
+            held_reason=health.reason,
+            apps_connected=self._transport.connected if isinstance(self._transport, MqttEndpoint) else 0,
+        )
+
+    def _edge_facts(self) -> EdgeFacts:
+        """What a health report says of the queue's limits, the disk and intake (fleet_report)."""
+        s, disk = self.settings, disk_facts(self.settings.data_dir)
+        health = self.intake.health if self.intake is not None else None
+        return dataclasses.replace(
+            disk,
+            max_items=s.max_queue_items,
+            max_bytes=s.max_queue_bytes,
+            held=health.held if health else 0,
+            held_since_ms=held_since_ms(health.held_since) if health else None,
+            held_reason=health.reason if health else "",
+        )
+
+    def _positions(self) -> dict[str, int]:
+        """Where each status consumer is: persistent app sessions, or the attached broker (under STATUS_KEY)."""
+        if isinstance(self._transport, MqttEndpoint):
+            return self._transport.cursors()
+        if isinstance(self._transport, AttachedClient):
+            return {STATUS_KEY: self._transport.status.position}
+        return {}
+
+    def _oldest_wanted(self) -> int:
+        """Events after this seq may still be read by a connected consumer."""
+        assert self.feed is not None
+        if isinstance(self._transport, MqttEndpoint):
+            return min([self.feed.head, *self._transport.all_positions()])
+        if isinstance(self._transport, AttachedClient):
+            return self._transport.status.position
+        return self.feed.head
+
+    def _meta(self) -> dict[str, str]:
+        meta: dict[str, str] = {}
+        if self.forwarder is not None:
+            meta[LINK_KEY] = json.dumps(asdict(self.forwarder.snapshot()))
+        if self.intake is not None:
+            meta[INTAKE_KEY] = json.dumps(asdict(self.intake.health))
+        return meta
 
     async def _housekeeping(self) -> None:
-        """Expire overdue intents, remember how far statuses went out, purge what retention allows.
+        """Expire overdue intents, store where status consumers are, purge what retention allows.
 
         One transaction a tick, and it writes only what changed, so an idle outbox does not fsync.
         """
         last_purge = 0.0
         written: dict[str, str] = {}
+        failing = False
         while True:
             await asyncio.sleep(self.settings.housekeeping_s)
             try:
                 now = now_ms()
-                current = {STATUS_KEY: str(self.status.published_seq)}
-                if self.forwarder is not None:
-                    current[LINK_KEY] = json.dumps(asdict(self.forwarder.snapshot()))
+                current = {**self._meta(), **{f"pos:{k}": str(v) for k, v in self._positions().items()}}
                 changed = {k: v for k, v in current.items() if written.get(k) != v}
                 expired = await self.store.call(_tick, now, changed)
                 written.update(changed)
@@ -140,17 +242,44 @@ class Outbox:
                 if time.monotonic() - last_purge > 3600:
                     last_purge = time.monotonic()
                     purged = await self.store.call(ops.purge, now - int(self.settings.retention_s * 1000))
-                    await self.store.call(ops.prune_events, self.status.published_seq, now - EVENT_KEEP_MS)
+                    history = now - int(self.settings.status_history_s * 1000)
+                    await self.store.call(_prune_events, self._oldest_wanted(), history)
                     if purged:
                         log.info("retention: purged %d final intents", purged)
+                if failing:
+                    log.warning("housekeeping works again")
+                    failing = False
+            except StorageError as exc:
+                if not failing:  # once per episode: intake reports the full disk itself
+                    log.error("housekeeping cannot write, trying again every tick: %s", exc)
+                    failing = True
+                    if self.forwarder is not None:
+                        self.forwarder.errors.add(now_ms(), "storage_error", f"housekeeping cannot write: {exc}")
             except Exception:
                 log.exception("housekeeping failed; trying again")
 
 
-def _tick(conn: sqlite3.Connection, now: int, meta: dict[str, str]) -> int:
-    for key, value in meta.items():
-        ops.set_meta(conn, key, value)
+def _save_positions(conn: sqlite3.Connection, positions: dict[str, int], now: int) -> None:
+    status = positions.pop(STATUS_KEY, None)
+    if status is not None:
+        ops.set_meta(conn, STATUS_KEY, str(status))
+    save_cursors(conn, positions, now)
+
+
+def _tick(conn: sqlite3.Connection, now: int, changed: dict[str, str]) -> int:
+    positions = {k.removeprefix("pos:"): int(v) for k, v in changed.items() if k.startswith("pos:")}
+    _save_positions(conn, positions, now)
+    for key, value in changed.items():
+        if not key.startswith("pos:"):
+            ops.set_meta(conn, key, value)
     return ops.expire_due(conn, now)
+
+
+def _prune_events(conn: sqlite3.Connection, wanted_after: int, before: int) -> int:
+    """Events every consumer has, older than the status history, are dropped; stored positions count too."""
+    stored = oldest_cursor(conn)
+    upto = wanted_after if stored is None else min(wanted_after, stored)
+    return ops.prune_events(conn, upto, before)
 
 
 async def serve(settings: OutboxSettings, ready: Callable[[], Awaitable[None] | None] | None = None) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from edge_outbox.errors import ConfigError
+from edge_outbox.windows import Window
+from intent_contract.wire import BATCH_ITEMS, BATCH_PAYLOAD_BYTES
 
 DEFAULT_DATA_DIR = Path("outbox-data")
 DEFAULT_LISTEN = "127.0.0.1:1883"
@@ -56,8 +59,8 @@ class AttachTarget:
 class ForwarderSettings:
     """How the forwarder talks to the bridge."""
 
-    batch_items: int = 500
-    batch_bytes: int = 512 * 1024
+    batch_items: int = BATCH_ITEMS
+    batch_bytes: int = BATCH_PAYLOAD_BYTES
     window: int = 4000
     ack_timeout_s: float = 30.0
     token_lifetime_s: int = 900
@@ -66,6 +69,26 @@ class ForwarderSettings:
     transport: Literal["tcp", "websockets"] = "tcp"
     websocket_port: int = 443
     idle_poll_s: float = 1.0
+    windows: tuple[Window, ...] = ()  # --forward-window: connect only inside these (none: always)
+    health_interval_s: float = 60.0  # --health-interval: a health report to the bridge this often (0: on connect only)
+
+
+# The config key (an `edge-outbox run` option, docs/config.md) that sets each field; None: fixed in code.
+# tests/unit/test_config_reference.py fails for a field missing here or a key missing from the docs.
+FORWARDER_KEYS: Final[Mapping[str, str | None]] = {
+    "batch_items": None,
+    "batch_bytes": None,
+    "window": None,
+    "ack_timeout_s": None,
+    "token_lifetime_s": None,
+    "backoff_base_s": None,
+    "backoff_cap_s": None,
+    "transport": "bridge_websocket",
+    "websocket_port": "bridge_websocket",
+    "idle_poll_s": None,
+    "windows": "forward_window",
+    "health_interval_s": "health_interval",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +101,40 @@ class OutboxSettings:
     max_queue_items: int = 1_000_000
     max_queue_bytes: int = 1 << 30
     retention_s: float = 7 * 86400.0
+    session_expiry_s: float = 7 * 86400.0  # a persistent app session unseen this long is dropped
+    status_history_s: float = 86400.0  # statuses every consumer has are kept this long for replay requests
     housekeeping_s: float = 1.0
     forward: bool = True  # forward to the bridge when enrolled
+    metrics: tuple[str, int] | None = None  # (host, port) of the loopback /metrics and /healthz endpoint
+    max_offline_s: float = 3600.0  # longer without a link to the bridge is unhealthy
     forwarder: ForwarderSettings = field(default_factory=ForwarderSettings)
 
     def __post_init__(self) -> None:
         if self.max_queue_items < 0 or self.max_queue_bytes < 0:
             raise ConfigError("queue limits cannot be negative (0 means no limit)")
-        if self.retention_s <= 0:
-            raise ConfigError("--retention must be positive")
+        for name, value in (
+            ("--retention", self.retention_s),
+            ("--session-expiry", self.session_expiry_s),
+            ("--status-history", self.status_history_s),
+        ):
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive")
+
+
+OUTBOX_KEYS: Final[Mapping[str, str | None]] = {
+    "data_dir": "data_dir",
+    "listen_host": "listen",
+    "listen_port": "listen",
+    "attach": "attach",
+    "users": "users_file",
+    "max_queue_items": "max_queue_items",
+    "max_queue_bytes": "max_queue_bytes",
+    "retention_s": "retention",
+    "session_expiry_s": "session_expiry",
+    "status_history_s": "status_history",
+    "housekeeping_s": None,
+    "forward": "no_forward",
+    "metrics": "metrics",
+    "max_offline_s": "max_offline",
+    "forwarder": None,  # a table of its own: FORWARDER_KEYS
+}

@@ -3,9 +3,14 @@
     accepted --bridge accepted--> forwarded --bridge result--> delivered | failed | expired | rejected
     accepted --deadline passed, never sent--> expired
     accepted --ops cancel, never sent--> cancelled
-    failed | expired --ops retry--> accepted (a new attempt)
+    accepted | forwarded --the bridge revoked this device--> failed
+    failed | expired --ops retry--> accepted (a new attempt: attempt + 1, no deadline, not sent)
+    failed | expired --bridge rerun--> forwarded (an operator retried it at the bridge: the bridge's attempt)
 
-A final state never changes again except by an ops retry, so a late or repeated ack is a no-op.
+A final state never changes again except by a retry (here, or at the bridge: an ack for a newer
+attempt than this row's), so a late or repeated ack is a no-op.
+Every state change of the store comes from this table: single rows through `step`, bulk SQL
+(expiry, revocation) through `sources`/`target`, and the SQL state sets through `sql_set`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from edge_outbox.errors import IllegalTransitionError
+from intent_contract.sql_text import one_of
 
 
 class State(StrEnum):
@@ -43,7 +49,16 @@ class Event(StrEnum):
     BRIDGE_REJECTED = "bridge_rejected"
     DEADLINE = "deadline"
     CANCEL = "cancel"
+    REVOKE = "revoke"
     RETRY = "retry"
+    RERUN = "rerun"  # an ack for a newer attempt than ours: an operator retried it at the bridge
+
+
+class Effect(StrEnum):
+    """What a transition changes besides the state."""
+
+    NEW_ATTEMPT = "new_attempt"  # attempt + 1, deadline cleared, not sent yet (goes out at once)
+    BRIDGE_ATTEMPT = "bridge_attempt"  # the attempt becomes the bridge's (from the ack), the bridge holds it
 
 
 _BRIDGE_RESULTS = {
@@ -60,17 +75,24 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     **{(s, e): target for s in PENDING for e, target in _BRIDGE_RESULTS.items()},
     (State.ACCEPTED, Event.DEADLINE): State.EXPIRED,
     (State.ACCEPTED, Event.CANCEL): State.CANCELLED,
+    **{(s, Event.REVOKE): State.FAILED for s in PENDING},
     **{(s, Event.RETRY): State.ACCEPTED for s in RETRYABLE},
+    **{(s, Event.RERUN): State.FORWARDED for s in RETRYABLE},
 }
 UNSENT_ONLY = frozenset({Event.DEADLINE, Event.CANCEL})
+EFFECTS: dict[Event, frozenset[Effect]] = {
+    Event.RETRY: frozenset({Effect.NEW_ATTEMPT}),
+    Event.RERUN: frozenset({Effect.BRIDGE_ATTEMPT}),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """The outcome of an event: the next state, and whether anything changes at all."""
+    """The outcome of an event: the next state, whether anything changes, and what else changes."""
 
     state: State
     changed: bool
+    effects: frozenset[Effect] = frozenset()
 
 
 def step(state: State, event: Event, *, sent: bool = False) -> Step:
@@ -88,7 +110,29 @@ def step(state: State, event: Event, *, sent: bool = False) -> Step:
         raise IllegalTransitionError(
             f"cannot {event.value} an intent already sent to the bridge; its result will come from there"
         )
-    return Step(target, changed=target is not state)
+    effects = EFFECTS.get(event, frozenset())
+    return Step(target, changed=target is not state or bool(effects), effects=effects)
+
+
+def sources(event: Event) -> frozenset[State]:
+    """The states `event` moves an intent out of (for bulk SQL: `WHERE state IN sql_set(sources(e))`)."""
+    return frozenset(state for state, e in TRANSITIONS if e is event and TRANSITIONS[(state, e)] is not state)
+
+
+def target(event: Event) -> State:
+    """The one state `event` leads to (bulk events have one target)."""
+    (only,) = {to for (_state, e), to in TRANSITIONS.items() if e is event}
+    return only
+
+
+def sql_set(states: frozenset[State] | set[State]) -> str:
+    """A SQL list of states, e.g. "('accepted', 'forwarded')", in a fixed order."""
+    return "(" + ", ".join(f"'{s.value}'" for s in State if s in states) + ")"
+
+
+def state_in(states: frozenset[State] | set[State], column: str = "state") -> str:
+    """The SQL condition "`column` is one of `states`" (`intent_contract.sql_text.one_of`: one state is `=`)."""
+    return one_of(column, [s.value for s in State if s in states])
 
 
 def event_for_ack(ack_state: str) -> Event:

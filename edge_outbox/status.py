@@ -1,90 +1,77 @@
-"""Status messages to apps on `outbox/{app}/status/{id}`, published in commit order.
+"""Status messages to apps: the outbox's status log, read by every consumer from its own position.
 
-Stored state changes arrive as events from the store (including those made by ops commands in other
-processes); the publisher remembers how far it got in the database, so a restart re-publishes what a
-crash may have swallowed (at least once, like everything else here).
+Every status is an event row committed with the state change it reports (edge_outbox.db), so a
+status can be lost only if the change is. The store hands each committed group's events to
+`StatusFeed.on_events`; the feed keeps the newest in memory and reads older ones from the database.
+A consumer (an app's session at the embedded endpoint, or the attached broker) reads from the
+position it last had acknowledged, so what was committed while it, or the outbox, was away is sent
+when it is back: at least once, in sequence order, each message carrying its `seq`.
 """
 
 from __future__ import annotations
 
-import asyncio
+import bisect
 import json
-import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from edge_outbox.db import StatusEvent
 from edge_outbox.intake_rules import status_topic
-from edge_outbox.states import State
 from intent_contract.timefmt import format_ms
 
-log = logging.getLogger(__name__)
+__all__ = ["StatusFeed", "status_payload", "status_topic"]
 
-Sink = Callable[[str, bytes], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class StatusMessage:
-    id: str
-    app: str
-    kind: str
-    state: State
-    code: str
-    detail: str
-    at: int  # ms
-
-    @classmethod
-    def from_event(cls, event: StatusEvent) -> StatusMessage:
-        return cls(event.id, event.app, event.kind, event.state, event.code, event.detail, event.at)
-
-    @property
-    def topic(self) -> str:
-        return status_topic(self.app, self.id)
-
-    def to_json(self) -> bytes:
-        body = {
-            "id": self.id,
-            "kind": self.kind,
-            "state": str(self.state),
-            "code": self.code,
-            "detail": self.detail,
-            "at": format_ms(self.at),
-        }
-        return json.dumps(body, separators=(",", ":")).encode()
+ReadAfter = Callable[[int, int], Awaitable[list[StatusEvent]]]
 
 
-class StatusPublisher:
-    """Publishes status messages through a sink (the embedded broker, or the attached one)."""
+def status_payload(event: StatusEvent) -> bytes:
+    """The JSON an app receives: {"id", "kind", "state", "code", "detail", "at", "seq"}."""
+    body = {
+        "id": event.id,
+        "kind": event.kind,
+        "state": str(event.state),
+        "code": event.code,
+        "detail": event.detail,
+        "at": format_ms(event.at),
+        "seq": event.seq,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
 
-    def __init__(self, sink: Sink, wanted: Callable[[str], bool] = lambda _topic: True) -> None:
-        self._sink = sink
-        self._wanted = wanted  # False: no subscriber for this topic, skip it
-        self._queue: asyncio.Queue[tuple[StatusMessage, int]] = asyncio.Queue()
-        self.published_seq = 0  # highest stored event published
-        self.published = 0
+
+class StatusFeed:
+    """The tail of the status log: `head` is the newest committed event's seq."""
+
+    def __init__(self, read_after: ReadAfter, head: int, keep: int = 20_000) -> None:
+        self._read_after = read_after
+        self.head = head
+        self._keep = keep
+        self._ring: list[StatusEvent] = []
+        self._seqs: list[int] = []
+        self._complete_after = head  # the ring holds every event after this seq
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (no arguments) whenever new events arrive."""
+        self._listeners.append(callback)
 
     def on_events(self, events: list[StatusEvent]) -> None:
+        """New committed events, in seq order (from the store's writer, via the event loop)."""
         for event in events:
-            self._queue.put_nowait((StatusMessage.from_event(event), event.seq))
+            if event.seq > self.head:
+                self._ring.append(event)
+                self._seqs.append(event.seq)
+                self.head = event.seq
+        if len(self._ring) > 2 * self._keep:  # trim in halves: amortised O(1) per event
+            cut = len(self._ring) - self._keep
+            self._complete_after = self._seqs[cut - 1]
+            del self._ring[:cut], self._seqs[:cut]
+        for callback in self._listeners:
+            callback()
 
-    def send(self, message: StatusMessage) -> None:
-        """Publish a message that is not a stored state change (a duplicate's status, a full queue)."""
-        self._queue.put_nowait((message, 0))
-
-    async def run(self) -> None:
-        while True:
-            message, seq = await self._queue.get()
-            try:
-                topic = message.topic
-                if self._wanted(topic):
-                    await self._sink(topic, message.to_json())
-                    self.published += 1
-            except Exception:  # a status lost here is re-sent after a restart; never stop the loop
-                log.exception("could not publish status of %s", message.id)
-            if seq:
-                self.published_seq = max(self.published_seq, seq)
-            self._queue.task_done()
-
-    async def drain(self) -> None:
-        """Wait until everything queued so far has been handed to the sink (callers bound the wait)."""
-        await self._queue.join()
+    async def read(self, after: int, limit: int) -> list[StatusEvent]:
+        """Up to `limit` events with seq > `after`, oldest first."""
+        if after >= self.head or limit <= 0:
+            return []
+        if after >= self._complete_after:
+            start = bisect.bisect_right(self._seqs, after)
+            return self._ring[start : start + limit]
+        return await self._read_after(after, limit)

@@ -30,17 +30,23 @@ MAX_GROUP = 2000
 class Store:
     """Asynchronous facade over the writer thread."""
 
-    def __init__(self, data_dir: Path, on_events: Callable[[list[StatusEvent]], None] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        on_events: Callable[[list[StatusEvent]], None] | None = None,
+        on_commit: Callable[[float], None] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self._on_events = on_events
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_event = 0
-        self._replay_key: str | None = None
         self._writer = GroupCommitWriter(
             self._connect,
             name="outbox-writer",
             max_group=MAX_GROUP,
-            hooks=WriterHooks(after_group=self._report_events, convert=self._convert, expected=(OutboxError,)),
+            hooks=WriterHooks(
+                after_group=self._report_events, convert=self._convert, expected=(OutboxError,), on_commit=on_commit
+            ),
         )
 
     @property
@@ -48,14 +54,9 @@ class Store:
         """Group commits so far (for tests and metrics)."""
         return self._writer.commits
 
-    async def start(self, *, replay_key: str | None = None) -> None:
-        """Open the database and start the writer.
-
-        With `replay_key`, events after the sequence number stored under that meta key are reported
-        again (what a crash may have left unpublished); without it, only new events are reported.
-        """
+    async def start(self) -> None:
+        """Open the database and start the writer; events committed from now on are reported."""
         self._loop = asyncio.get_running_loop()
-        self._replay_key = replay_key
         await self._writer.start()
 
     async def close(self) -> None:
@@ -67,13 +68,15 @@ class Store:
             raise StorageError("the store is not running")
         return await self._writer.call(fn, *args, **kwargs)
 
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a reading `fn(conn, *args)` on the writer thread (it joins the next group, writes nothing)."""
+        if not self._writer.running:
+            raise StorageError("the store is not running")
+        return await self._writer.call(fn, *args, writes=False)
+
     def _connect(self) -> sqlite3.Connection:
         conn = db.connect(self.data_dir)
-        stored = ops.get_meta(conn, self._replay_key) if self._replay_key else None
-        if stored is not None:
-            self._last_event = int(stored)
-        else:
-            self._last_event = 0 if self._replay_key else ops.last_event_seq(conn)
+        self._last_event = ops.last_event_seq(conn)
         return conn
 
     def _convert(self, exc: BaseException) -> BaseException:

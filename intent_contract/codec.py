@@ -2,21 +2,26 @@
 
 Batches (edge -> bridge) carry envelopes; acks (bridge -> edge) carry results; confirms (edge ->
 bridge) name the final results the edge has applied, so the bridge may stop re-sending them.
+Decoding is keyed by the message's version `v`: a well-formed message of a version with no decoder
+here raises UnsupportedVersionError, which keeps the ids it could still read (see `refuse_version`).
+Topics, the version sent and the limits are in intent_contract.wire.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
-from intent_contract.errors import DecodeError, SchemaViolationError
+from intent_contract.errors import DecodeError, SchemaViolationError, UnsupportedVersionError
 from intent_contract.names import is_name
 from intent_contract.schemas import validate
+from intent_contract.wire import DEFAULT_LIMITS, MAX_DETAIL, UNSUPPORTED_VERSION, WIRE_VERSION, Limits
 
-WIRE_VERSION = 1
+T = TypeVar("T")
 
 
 class AckState(StrEnum):
@@ -31,20 +36,6 @@ class AckState(StrEnum):
     @property
     def final(self) -> bool:
         return self is not AckState.ACCEPTED
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Bounds every decoder enforces before and while it unpacks."""
-
-    max_bytes: int = 1 << 20
-    max_items: int = 5000
-    max_depth: int = 32
-    max_str: int = 256 * 1024
-    max_map: int = 1000
-
-
-DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +75,17 @@ class Ack:
     detail: str = ""
     at: int = 0
     app: str = field(default="")
+    # The bridge's attempt of the row (optional on the wire; 0: not said, as from older bridges). An edge
+    # ignores an ack for an attempt older than its own, and takes a newer one as a retry at the bridge.
+    attempt: int = 0
 
     def __post_init__(self) -> None:
         if not is_name(self.id):
             raise ValueError(f"bad ack id {self.id!r}")
-        if len(self.detail) > 1000:
-            raise ValueError("ack detail over 1000 characters")
+        if self.attempt < 0:
+            raise ValueError("ack attempt cannot be negative")
+        if len(self.detail) > MAX_DETAIL:
+            raise ValueError(f"ack detail over {MAX_DETAIL} characters")
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -101,15 +97,19 @@ class Ack:
         }
         if self.app:
             wire["app"] = self.app
+        if self.attempt:
+            wire["attempt"] = self.attempt
         return wire
 
 
-def _pack(obj: object) -> bytes:
+def pack(obj: object) -> bytes:
+    """msgpack with bin types (what every wire message is)."""
     packed: bytes = msgpack.packb(obj, use_bin_type=True)
     return packed
 
 
-def _unpack(data: bytes, limits: Limits) -> Any:
+def unpack(data: bytes, limits: Limits) -> Any:
+    """msgpack within `limits` (size, lengths, depth); DecodeError otherwise."""
     if len(data) > limits.max_bytes:
         raise DecodeError(f"message of {len(data)} bytes is over the {limits.max_bytes}-byte limit", data)
     try:
@@ -125,11 +125,12 @@ def _unpack(data: bytes, limits: Limits) -> Any:
         )
     except ValueError as exc:  # ExtraData, FormatError, StackError and bad UTF-8 are ValueErrors
         raise DecodeError(f"not a valid msgpack message: {exc}", data, exc) from exc
-    _check_depth(obj, limits.max_depth, data)
+    check_depth(obj, limits.max_depth, data)
     return obj
 
 
-def _check_depth(obj: object, max_depth: int, data: bytes) -> None:
+def check_depth(obj: object, max_depth: int, data: bytes) -> None:
+    """DecodeError when containers nest deeper than `max_depth` (also used for JSON: json makes the same types)."""
     # Level by level, looking only at containers (msgpack makes plain dicts and lists): 4x faster
     # than walking every value, and this runs over every batch the bridge receives.
     level: list[Any] = [obj] if type(obj) is dict or type(obj) is list else []
@@ -145,16 +146,30 @@ def _check_depth(obj: object, max_depth: int, data: bytes) -> None:
         depth += 1
 
 
-def _versioned(obj: Any, key: str, data: bytes) -> list[Any]:
-    if not isinstance(obj, dict) or obj.get("v") != WIRE_VERSION or not isinstance(obj.get(key), list):
-        raise DecodeError(f"expected {{'v': {WIRE_VERSION}, '{key}': [...]}}", data)
-    items: list[Any] = obj[key]
-    return items
+def _body(obj: Any, key: str, data: bytes, decoders: Mapping[int, Callable[[list[Any], bytes], T]]) -> T:
+    """Run the decoder for the message's version on its `key` list."""
+    version = obj.get("v") if isinstance(obj, dict) else None
+    if type(version) is not int:  # not isinstance: True would pass for 1
+        raise DecodeError(f"expected {{'v': <version>, '{key}': [...]}}", data)
+    decoder = decoders.get(version)
+    if decoder is None:
+        raise UnsupportedVersionError(version, sorted(decoders), _readable_ids(obj.get(key)), data)
+    items = obj.get(key)
+    if not isinstance(items, list):
+        raise DecodeError(f"expected {{'v': {version}, '{key}': [...]}}", data)
+    return decoder(items, data)
+
+
+def _readable_ids(items: object) -> list[str]:
+    """The valid ids of the entries of a message we cannot otherwise read, so they can be answered."""
+    if not isinstance(items, list):
+        return []
+    return [item["id"] for item in items if isinstance(item, dict) and is_name(item.get("id"))]
 
 
 def encode_batch(envelopes: list[Envelope]) -> bytes:
     """The msgpack batch for `devices/{id}/intents`."""
-    return _pack({"v": WIRE_VERSION, "items": [e.to_wire() for e in envelopes]})
+    return pack({"v": WIRE_VERSION, "items": [e.to_wire() for e in envelopes]})
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +180,7 @@ class DecodedBatch:
     invalid: list[tuple[str, str, str]]
 
 
-def decode_batch(data: bytes, limits: Limits = DEFAULT_LIMITS) -> DecodedBatch:
-    """Decode a batch; a bad envelope is reported in `invalid`, a bad batch raises DecodeError."""
-    items = _versioned(_unpack(data, limits), "items", data)
+def _batch_v1(items: list[Any], _data: bytes) -> DecodedBatch:
     envelopes: list[Envelope] = []
     invalid: list[tuple[str, str, str]] = []
     for index, item in enumerate(items):
@@ -182,15 +195,34 @@ def decode_batch(data: bytes, limits: Limits = DEFAULT_LIMITS) -> DecodedBatch:
     return DecodedBatch(envelopes, invalid)
 
 
+_BATCH_DECODERS: dict[int, Callable[[list[Any], bytes], DecodedBatch]] = {1: _batch_v1}
+
+
+def decode_batch(data: bytes, limits: Limits = DEFAULT_LIMITS) -> DecodedBatch:
+    """Decode a batch; a bad envelope is reported in `invalid`, a bad batch raises DecodeError.
+
+    A batch of a version with no decoder raises UnsupportedVersionError (a DecodeError).
+    """
+    return _body(unpack(data, limits), "items", data, _BATCH_DECODERS)
+
+
+def refuse_version(error: UnsupportedVersionError, at: int) -> list[Ack]:
+    """The bridge's answer to a batch it cannot read: every intent it can name is rejected.
+
+    The edge ends them `rejected` with code `unsupported_version` and reports that to their apps,
+    instead of resending a batch that can never be read.
+    """
+    return [Ack(i, AckState.REJECTED, UNSUPPORTED_VERSION, str(error)[:MAX_DETAIL], at) for i in error.ids]
+
+
 def encode_acks(acks: list[Ack]) -> bytes:
     """The msgpack message for `devices/{id}/acks`."""
-    return _pack({"v": WIRE_VERSION, "acks": [a.to_wire() for a in acks]})
+    return pack({"v": WIRE_VERSION, "acks": [a.to_wire() for a in acks]})
 
 
-def decode_acks(data: bytes, limits: Limits = DEFAULT_LIMITS) -> list[Ack]:
-    """Decode an acks message; raises DecodeError on any malformed entry."""
+def _acks_v1(items: list[Any], data: bytes) -> list[Ack]:
     acks = []
-    for item in _versioned(_unpack(data, limits), "acks", data):
+    for item in items:
         try:
             acks.append(
                 Ack(
@@ -200,6 +232,7 @@ def decode_acks(data: bytes, limits: Limits = DEFAULT_LIMITS) -> list[Ack]:
                     detail=str(item.get("detail", "")),
                     at=int(item.get("at", 0)),
                     app=str(item.get("app", "")),
+                    attempt=_attempt(item.get("attempt", 0)),
                 )
             )
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
@@ -207,14 +240,34 @@ def decode_acks(data: bytes, limits: Limits = DEFAULT_LIMITS) -> list[Ack]:
     return acks
 
 
+def _attempt(value: Any) -> int:
+    if type(value) is not int or value < 0:  # not isinstance: True would pass for 1
+        raise ValueError(f"ack attempt must be a non-negative integer, not {value!r}")
+    return value
+
+
+_ACKS_DECODERS: dict[int, Callable[[list[Any], bytes], list[Ack]]] = {1: _acks_v1}
+
+
+def decode_acks(data: bytes, limits: Limits = DEFAULT_LIMITS) -> list[Ack]:
+    """Decode an acks message; raises DecodeError on any malformed entry."""
+    return _body(unpack(data, limits), "acks", data, _ACKS_DECODERS)
+
+
 def encode_confirms(ids: list[str]) -> bytes:
     """The msgpack message for `devices/{id}/confirms`: final results the edge has applied."""
-    return _pack({"v": WIRE_VERSION, "ids": ids})
+    return pack({"v": WIRE_VERSION, "ids": ids})
+
+
+def _confirms_v1(ids: list[Any], data: bytes) -> list[str]:
+    if not all(is_name(i) for i in ids):
+        raise DecodeError("confirms carry an invalid id", data)
+    return [str(i) for i in ids]
+
+
+_CONFIRMS_DECODERS: dict[int, Callable[[list[Any], bytes], list[str]]] = {1: _confirms_v1}
 
 
 def decode_confirms(data: bytes, limits: Limits = DEFAULT_LIMITS) -> list[str]:
     """Decode a confirms message; every entry must be a valid id."""
-    ids = _versioned(_unpack(data, limits), "ids", data)
-    if not all(is_name(i) for i in ids):
-        raise DecodeError("confirms carry an invalid id", data)
-    return [str(i) for i in ids]
+    return _body(unpack(data, limits), "ids", data, _CONFIRMS_DECODERS)

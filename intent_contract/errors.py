@@ -1,6 +1,11 @@
-"""Errors raised by the contract codecs; the packages map them to their own families."""
+"""Errors raised by the contract codecs; the packages map them to their own families.
+
+All of them are permanent (the same input fails the same way again), so there is no transient family.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class ContractError(Exception):
@@ -23,3 +28,21 @@ class SchemaViolationError(ContractError):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+
+
+class UnsupportedVersionError(DecodeError):
+    """A message of a wire version this side has no decoder for; `ids` are the ids still readable in it."""
+
+    def __init__(self, version: int, supported: Sequence[int], ids: Sequence[str], data: bytes = b"") -> None:
+        spoken = ", ".join(str(v) for v in supported)
+        super().__init__(f"wire version {version} is not supported (this side speaks {spoken})", data)
+        self.version = version
+        self.ids = tuple(ids)
+
+
+class MalformedPacketError(DecodeError):
+    """An MQTT packet the specification calls malformed (or over the size limit); its connection is closed."""
+
+
+class SignatureError(ContractError):
+    """A signed document whose signature does not verify with the key it must be checked with."""

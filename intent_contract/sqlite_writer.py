@@ -17,6 +17,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -46,6 +47,8 @@ class WriterHooks:
     convert: Callable[[BaseException], BaseException] = field(default=lambda exc: exc)
     # Operation exceptions of these types are the caller's business; others are logged as bugs.
     expected: tuple[type[BaseException], ...] = ()
+    # Called on the writer thread with the seconds each committed write transaction took (for metrics).
+    on_commit: Callable[[float], None] | None = None
 
 
 class GroupCommitWriter:
@@ -67,6 +70,7 @@ class GroupCommitWriter:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0
+        self.failing = False  # the last transaction failed
 
     @property
     def running(self) -> bool:
@@ -149,6 +153,7 @@ class GroupCommitWriter:
     def _run_group(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
         writes = any(op.writes for op in group)
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
             for op in group:
@@ -156,25 +161,34 @@ class GroupCommitWriter:
                 try:
                     value = op.fn(conn, *op.args, **op.kwargs)
                 except Exception as exc:
-                    if not isinstance(exc, self._hooks.expected):
+                    converted = self._hooks.convert(exc)
+                    if not isinstance(converted, self._hooks.expected):
                         log.exception("%s: operation %s failed", self._name, getattr(op.fn, "__name__", op.fn))
                     # If SQLite already rolled the whole transaction back (a full disk can), this raises
                     # and the whole group fails below.
                     conn.execute("ROLLBACK TO op")
-                    results.append((op.future, None, self._hooks.convert(exc)))
+                    results.append((op.future, None, converted))
                 else:
                     results.append((op.future, value, None))
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            log.error("%s: transaction failed, %d calls get an error: %s", self._name, len(group), exc)
+            # Once per episode: callers report what it means to them (a full disk fails every group).
+            if not self.failing:
+                log.error("%s: transactions fail, callers get an error until one commits: %s", self._name, exc)
+            self.failing = True
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             failure = self._hooks.convert(exc)
             results = [(op.future, None, failure) for op in group]
         else:
+            if self.failing:
+                log.warning("%s: transactions commit again", self._name)
+                self.failing = False
             if writes:
                 self.commits += 1
+                if self._hooks.on_commit is not None:
+                    self._hooks.on_commit(time.perf_counter() - started)
         self._settle_soon(results)
 
 

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import shutil
+import gc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
-from tests.helpers import free_port
+from tests.support.net import free_port
 
 
-def require_binary(name: str) -> str:
-    """Path of `name`; skips the test without it, or fails under CI (OUTBOX_REQUIRE_SERVICES=1)."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
-    if path is None:
-        message = f"{name} is not installed (apt-get install mosquitto mosquitto-clients)"
-        if os.environ.get("OUTBOX_REQUIRE_SERVICES") == "1":
-            pytest.fail(message + "; OUTBOX_REQUIRE_SERVICES=1 turns this skip into a failure")
-        pytest.skip(message)
-    return path
+@pytest.fixture(autouse=True)
+def collect_garbage() -> Iterator[None]:
+    """Collect after every test: a socket or client a test leaked warns (and fails) in that test, not a later one."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture

@@ -1,19 +1,18 @@
-"""Integrations: one per intent kind, built from the `[integrations]` config table."""
+"""Integrations: one per intent kind, built from the `[integrations]` config table (`cloud_bridge.config`)."""
 
 from __future__ import annotations
 
 import importlib
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
-from cloud_bridge.errors import ConfigError
 from cloud_bridge.integrations.base import Integration, Job, Outcome
 
 log = logging.getLogger(__name__)
 
-# Config section -> (kind it enables, module, class). Modules are imported only when configured,
-# so a bridge without notify never imports Apprise.
+# Config section (a field of IntegrationsConfig) -> (kind it enables, module, class). Modules are
+# imported only when configured, so a bridge without notify never imports Apprise.
 _SECTIONS: Final = {
     "smtp": ("email.send", "cloud_bridge.integrations.smtp", "SmtpIntegration"),
     "sms": ("sms.send", "cloud_bridge.integrations.sms", "SmsIntegration"),
@@ -22,6 +21,8 @@ _SECTIONS: Final = {
 }
 
 if TYPE_CHECKING:  # mypy proves each class satisfies the Integration protocol
+    from cloud_bridge.config.integrations import IntegrationsConfig
+    from cloud_bridge.config.tenants import TenantConfig
     from cloud_bridge.integrations.http import HttpIntegration
     from cloud_bridge.integrations.notify import NotifyIntegration
     from cloud_bridge.integrations.sms import SmsIntegration
@@ -29,27 +30,31 @@ if TYPE_CHECKING:  # mypy proves each class satisfies the Integration protocol
 
     _CONFORMS: tuple[type[Integration], ...] = (SmtpIntegration, SmsIntegration, HttpIntegration, NotifyIntegration)
 
-__all__ = ["Integration", "Job", "Outcome", "build_integrations"]
+__all__ = ["Integration", "Job", "Outcome", "build_integrations", "build_tenant_integrations"]
 
 
-def build_integrations(config: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Integration]:
-    """The configured integrations keyed by kind, from the `[integrations]` table; raises ConfigError.
+def build_integrations(config: IntegrationsConfig, tenant: str | None = None) -> dict[str, Integration]:
+    """The configured integrations keyed by kind, from the validated `[integrations]` (or a tenant's own).
 
-    Secrets are read from `env` (or files) now, so a missing one stops the bridge at start.
+    Secrets were read when the config was; building makes clients but opens no connection.
     """
-    if not isinstance(config, Mapping):
-        raise ConfigError("[integrations] must be a table")
-    unknown = set(config) - set(_SECTIONS)
-    if unknown:
-        raise ConfigError(f"[integrations]: unknown sections {sorted(unknown)}; known: {sorted(_SECTIONS)}")
     built: dict[str, Integration] = {}
     for section, (kind, module, name) in _SECTIONS.items():
-        table = config.get(section)
+        table = getattr(config, section)
         if table is None:
             continue
-        if not isinstance(table, Mapping):
-            raise ConfigError(f"[integrations.{section}] must be a table")
-        integration: Integration = getattr(importlib.import_module(module), name).from_config(table, env)
+        integration: Integration = getattr(importlib.import_module(module), name).from_settings(table)
         built[kind] = integration
-        log.info("integration %s enabled (concurrency %d)", kind, integration.concurrency)
+        whose = f"tenant {tenant}'s own" if tenant is not None else "integration"
+        log.info("%s %s enabled (concurrency %d)", whose, kind, integration.concurrency, extra={"tenant": tenant or ""})
     return built
+
+
+def build_tenant_integrations(tenants: Mapping[str, TenantConfig]) -> dict[str, dict[str, Integration]]:
+    """Each tenant's own integrations (`[tenants.T.integrations]`) keyed by tenant, then kind; tenants
+    without any are left out. Used instead of the vendor's for that tenant's rows of those kinds."""
+    return {
+        name: built
+        for name, tenant in tenants.items()
+        if tenant.integrations.any and (built := build_integrations(tenant.integrations, name))
+    }

@@ -16,26 +16,21 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from email.utils import parsedate_to_datetime
-from http import HTTPStatus
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-import httpx
 from yarl import URL
 
-from cloud_bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
+from cloud_bridge.config import parse_section
+from cloud_bridge.config.integrations import HttpConfig
+from cloud_bridge.errors import BridgeError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
-from cloud_bridge.integrations.http_credentials import (
-    HEADER_NAME,
-    RESERVED_HEADERS,
-    AuthKind,
-    BaseUrl,
-    Credential,
-    port_of,
-)
+from cloud_bridge.integrations.http_credentials import HEADER_NAME, RESERVED_HEADERS, AuthKind, Credential
+from cloud_bridge.integrations.http_status import parse_retry_after, status_error
 from cloud_bridge.integrations.ssrf import GuardedResolver, SsrfGuard
+from cloud_bridge.integrations.tls import tls_context
+from cloud_bridge.integrations.url_scope import BaseUrl, port_of
 from cloud_bridge.secrets import redact_in_logs
 
 __all__ = [
@@ -44,11 +39,6 @@ __all__ = [
     "Credential",
     "HttpIntegration",
     "aiohttp_error",
-    "parse_retry_after",
-    "positive",
-    "status_error",
-    "tls_context",
-    "transport_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,58 +47,6 @@ _MAX_DRAIN: Final = 64 * 1024
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Kept as written in a request target; everything else (non-ASCII, '{', '|', ...) is percent-encoded.
 _TARGET_SAFE: Final = "!$&'()*+,/:;=?@[]~%"
-
-
-def tls_context(ca_file: object) -> ssl.SSLContext:
-    """A verifying client TLS context; with `ca_file`, only that CA is trusted."""
-    if ca_file is not None and not isinstance(ca_file, str):
-        raise ConfigError("ca_file must be a path")
-    try:
-        return ssl.create_default_context(cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load ca_file {ca_file!r}: {exc.__class__.__name__}") from None
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-def status_error(
-    status: int, retry_after: float | None, prefix: str = "http", note: str = ""
-) -> TransientError | PermanentError:
-    """The bridge error for a non-2xx status: 408/429/5xx retry, 3xx and other 4xx fail.
-
-    The detail is the status and its standard reason phrase (plus `note`), never the provider's text.
-    """
-    try:
-        reason = HTTPStatus(status).phrase
-    except ValueError:
-        reason = "unknown status"
-    detail = f"HTTP {status} {reason}{note}"
-    if 300 <= status < 400:
-        return PermanentError(detail + " (redirects are not followed)", code=f"{prefix}_redirect")
-    if status in (408, 429) or status >= 500:
-        return TransientError(detail, code=f"{prefix}_{status}", retry_after=retry_after)
-    return PermanentError(detail, code=f"{prefix}_{status}")
-
-
-def transport_error(exc: httpx.HTTPError, host: str, prefix: str = "http") -> TransientError | PermanentError:
-    """Map an httpx exception to a bridge error naming only its class and the host."""
-    if isinstance(exc, httpx.TimeoutException):
-        return TransientError(f"{exc.__class__.__name__} talking to {host}", code=f"{prefix}_timeout")
-    if isinstance(exc, httpx.TransportError):
-        return TransientError(f"{exc.__class__.__name__} talking to {host}", code=f"{prefix}_connection")
-    return PermanentError(f"{exc.__class__.__name__} talking to {host}", code=f"{prefix}_error")
 
 
 def aiohttp_error(exc: BaseException, host: str, prefix: str = "http") -> BridgeError:
@@ -176,36 +114,29 @@ class HttpIntegration:
         return self._client
 
     @classmethod
+    def from_settings(cls, config: HttpConfig, *, guard: SsrfGuard | None = None) -> HttpIntegration:
+        """Build from the validated `[integrations.http]`."""
+        return cls(
+            {name: Credential.from_settings(name, body) for name, body in config.credentials.items()},
+            guard=guard or SsrfGuard(config.allow_private_hosts),
+            context=tls_context(config.ca_file),
+            concurrency=config.concurrency,
+            timeout=config.timeout,
+        )
+
+    @classmethod
     def from_config(
         cls, section: Mapping[str, Any], env: Mapping[str, str], *, guard: SsrfGuard | None = None
     ) -> HttpIntegration:
-        """Build from `[integrations.http]`; raises ConfigError."""
-        unknown = set(section) - {"concurrency", "allow_private_hosts", "ca_file", "timeout", "credentials"}
-        if unknown:
-            raise ConfigError(f"integrations.http: unknown keys {sorted(unknown)}")
-        allow = section.get("allow_private_hosts", [])
-        if not isinstance(allow, list) or not all(isinstance(h, str) for h in allow):
-            raise ConfigError("integrations.http.allow_private_hosts must be a list of host names or IPs")
-        creds = section.get("credentials", {})
-        if not isinstance(creds, Mapping):
-            raise ConfigError("integrations.http.credentials must be a table")
-        return cls(
-            {name: Credential.from_config(name, body, env) for name, body in creds.items()},
-            guard=guard or SsrfGuard(allow),
-            context=tls_context(section.get("ca_file")),
-            concurrency=positive(section, "concurrency", 8, "integrations.http"),
-            timeout=float(positive(section, "timeout", 30, "integrations.http")),
-        )
+        """Build from a plain `[integrations.http]` table; ConfigError with every problem."""
+        return cls.from_settings(parse_section(HttpConfig, section, env, "integrations.http"), guard=guard)
 
     def _request_parts(self, job: Job) -> tuple[Credential, str, URL, dict[str, str]]:
         payload = job.payload
         credential = self._credentials.get(str(payload.get("credential")))
         if credential is None:
             raise PermanentError("credential is not configured at the bridge", code="policy_credential")
-        method = str(payload.get("method", "")).upper()
-        if method not in credential.methods:
-            raise PermanentError(f"method {method!r} is not allowed for this credential", code="policy_method")
-        url = credential.target_url(payload)
+        method, url = credential.request(payload)
         target = _wire_url(url)
         # yarl rewrites some hosts (NFKC makes fullwidth digits ASCII: a name becomes 127.0.0.1) and
         # aiohttp connects to a literal without asking the resolver: the host it will use is checked.
@@ -290,11 +221,3 @@ async def _discard_body(response: aiohttp.ClientResponse) -> None:
             if read > _MAX_DRAIN:
                 response.close()
                 return
-
-
-def positive(section: Mapping[str, Any], key: str, default: int, where: str) -> int:
-    """A positive integer setting, or ConfigError."""
-    value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}.{key} must be a positive integer")
-    return value

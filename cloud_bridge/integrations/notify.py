@@ -18,11 +18,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import apprise
 
+from cloud_bridge.config import parse_section
+from cloud_bridge.config.integrations import NotifyConfig
 from cloud_bridge.errors import ConfigError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
-from cloud_bridge.integrations.http import positive
-from cloud_bridge.secrets import Secret, redact_in_logs, resolve_secret
-from intent_contract.names import is_name
+from cloud_bridge.secrets import Secret, redact_in_logs
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,19 @@ def _asset() -> apprise.AppriseAsset:
     return apprise.AppriseAsset(storage_mode=apprise.PersistentStoreMode.MEMORY)
 
 
+def split_urls(secret: Secret) -> list[str]:
+    """The Apprise URLs of a target's secret, each checked by Apprise; ConfigError naming the bad one by number."""
+    _load_plugins()
+    urls = [u for u in _SEPARATORS.split(secret.reveal()) if u]
+    checker = apprise.Apprise(asset=_asset())
+    for index, url in enumerate(urls, start=1):
+        if not checker.add(url):
+            raise ConfigError(f"URL #{index} is not a valid Apprise URL")
+    if not urls:
+        raise ConfigError("no URLs")
+    return urls
+
+
 class NotifyIntegration:
     """Sends notify jobs to the Apprise URLs of a named target."""
 
@@ -77,31 +90,15 @@ class NotifyIntegration:
             redact_in_logs(part for url in urls for part in _secret_parts(url.reveal()))
 
     @classmethod
+    def from_settings(cls, config: NotifyConfig) -> NotifyIntegration:
+        """Build from the validated `[integrations.notify]`."""
+        targets = {name: tuple(Secret(u) for u in split_urls(t.needed("urls"))) for name, t in config.targets.items()}
+        return cls(targets, concurrency=config.concurrency)
+
+    @classmethod
     def from_config(cls, section: Mapping[str, Any], env: Mapping[str, str]) -> NotifyIntegration:
-        """Build from `[integrations.notify]`; every URL is checked by Apprise now; raises ConfigError."""
-        unknown = set(section) - {"concurrency", "targets"}
-        if unknown:
-            raise ConfigError(f"integrations.notify: unknown keys {sorted(unknown)}")
-        targets_section = section.get("targets", {})
-        if not isinstance(targets_section, Mapping):
-            raise ConfigError("integrations.notify.targets must be a table")
-        _load_plugins()
-        targets: dict[str, tuple[Secret, ...]] = {}
-        for name, body in targets_section.items():
-            where = f"integrations.notify.targets.{name}"
-            if not is_name(name) or not isinstance(body, Mapping) or set(body) - {"urls", "urls_env", "urls_file"}:
-                raise ConfigError(f"{where}: a valid name with urls_env or urls_file")
-            secret = resolve_secret(body, "urls", env)
-            assert secret is not None
-            urls = [u for u in _SEPARATORS.split(secret.reveal()) if u]
-            checker = apprise.Apprise(asset=_asset())
-            for index, url in enumerate(urls, start=1):
-                if not checker.add(url):
-                    raise ConfigError(f"{where}: URL #{index} is not a valid Apprise URL")
-            if not urls:
-                raise ConfigError(f"{where}: no URLs")
-            targets[name] = tuple(Secret(u) for u in urls)
-        return cls(targets, concurrency=positive(section, "concurrency", 2, "integrations.notify"))
+        """Build from a plain `[integrations.notify]` table; every URL is checked by Apprise; ConfigError."""
+        return cls.from_settings(parse_section(NotifyConfig, section, env, "integrations.notify"))
 
     async def execute(self, job: Job) -> Outcome:
         """Notify every URL of the target; any failure is retried (Apprise does not say which kind)."""

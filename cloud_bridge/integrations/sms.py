@@ -11,17 +11,20 @@ from typing import Any, Final
 
 import httpx
 
-from cloud_bridge.errors import ConfigError, PermanentError
+from cloud_bridge.config import parse_section
+from cloud_bridge.config.integrations import SID, SmsConfig
+from cloud_bridge.errors import PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
-from cloud_bridge.integrations.http import parse_retry_after, positive, status_error, tls_context, transport_error
-from cloud_bridge.secrets import Secret, redact_in_logs, resolve_secret
+from cloud_bridge.integrations.http_status import parse_retry_after, status_error
+from cloud_bridge.integrations.tls import tls_context
+from cloud_bridge.secrets import Secret, redact_in_logs
+from intent_contract import json_bounded
+from intent_contract.errors import DecodeError
 
 log = logging.getLogger(__name__)
 
-_KEYS: Final = frozenset({"base_url", "account_sid", "auth_token", "auth_token_env", "auth_token_file", "from",
-                          "ca_file", "concurrency", "timeout"})  # fmt: skip
-_SID: Final = re.compile(r"^[A-Za-z0-9]{1,64}$")
 _E164: Final = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_MAX_ANSWER: Final = 64 * 1024  # a Messages resource is about 1 KiB; only its sid and error code are read
 
 
 class SmsIntegration:
@@ -58,32 +61,22 @@ class SmsIntegration:
         )
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any], env: Mapping[str, str]) -> SmsIntegration:
-        """Build from `[integrations.sms]`; raises ConfigError."""
-        unknown = set(section) - _KEYS
-        if unknown:
-            raise ConfigError(f"integrations.sms: unknown keys {sorted(unknown)}")
-        base_url = section.get("base_url", "https://api.twilio.com")
-        if not isinstance(base_url, str) or not base_url.startswith("https://"):
-            raise ConfigError("integrations.sms.base_url must be an https:// URL")
-        sid = section.get("account_sid")
-        if not isinstance(sid, str) or not _SID.fullmatch(sid):
-            raise ConfigError("integrations.sms.account_sid must be letters and digits")
-        sender = section.get("from")
-        if not isinstance(sender, str) or not sender:
-            raise ConfigError("integrations.sms.from must be a sender number or id")
-        token = resolve_secret(section, "auth_token", env)
-        assert token is not None
-        ca_file = section.get("ca_file")
+    def from_settings(cls, config: SmsConfig) -> SmsIntegration:
+        """Build from the validated `[integrations.sms]`."""
         return cls(
-            base_url=base_url,
-            account_sid=sid,
-            auth_token=token,
-            sender=sender,
-            ca_file=ca_file if isinstance(ca_file, str) else None,
-            concurrency=positive(section, "concurrency", 4, "integrations.sms"),
-            timeout=float(positive(section, "timeout", 30, "integrations.sms")),
+            base_url=config.base_url,
+            account_sid=config.account_sid,
+            auth_token=config.needed("auth_token"),
+            sender=config.sender,
+            ca_file=config.ca_file,
+            concurrency=config.concurrency,
+            timeout=config.timeout,
         )
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any], env: Mapping[str, str]) -> SmsIntegration:
+        """Build from a plain `[integrations.sms]` table; ConfigError with every problem."""
+        return cls.from_settings(parse_section(SmsConfig, section, env, "integrations.sms"))
 
     async def execute(self, job: Job) -> Outcome:
         """Create one message; 2xx is an Outcome with the provider's message sid."""
@@ -108,22 +101,34 @@ class SmsIntegration:
         raise status_error(status, retry_after, "sms", note)
 
     def _message_sid(self, response: httpx.Response) -> str:
-        try:
-            sid = response.json().get("sid")
-        except (ValueError, AttributeError):
-            return "unknown"
+        sid = _answer(response).get("sid")
         # Only a plain id goes into the audit; anything else could be an echo of the request.
-        if isinstance(sid, str) and _SID.fullmatch(sid) and self._token.reveal() not in sid:
+        if isinstance(sid, str) and SID.fullmatch(sid) and self._token.reveal() not in sid:
             return sid
         return "unknown"
 
     @staticmethod
     def _provider_code(response: httpx.Response) -> int | None:
-        try:
-            code = response.json().get("code")
-        except (ValueError, AttributeError):
-            return None
+        code = _answer(response).get("code")
         return code if isinstance(code, int) and not isinstance(code, bool) else None
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    """The provider's JSON object, or {} for anything else (too large, too deep, not JSON, not an object)."""
+    try:
+        document = json_bounded.loads(response.content, max_bytes=_MAX_ANSWER)
+    except DecodeError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def transport_error(exc: httpx.HTTPError, host: str, prefix: str = "http") -> TransientError | PermanentError:
+    """Map an httpx exception to a bridge error naming only its class and the host."""
+    if isinstance(exc, httpx.TimeoutException):
+        return TransientError(f"{exc.__class__.__name__} talking to {host}", code=f"{prefix}_timeout")
+    if isinstance(exc, httpx.TransportError):
+        return TransientError(f"{exc.__class__.__name__} talking to {host}", code=f"{prefix}_connection")
+    return PermanentError(f"{exc.__class__.__name__} talking to {host}", code=f"{prefix}_error")

@@ -9,25 +9,28 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
 from email.message import EmailMessage
 from email.utils import formatdate
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import aiosmtplib
 
-from cloud_bridge.errors import ConfigError, PermanentError, TransientError
+from cloud_bridge.config import parse_section
+from cloud_bridge.config.integrations import SmtpConfig
+from cloud_bridge.errors import PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
-from cloud_bridge.integrations.http import positive, tls_context
-from cloud_bridge.secrets import Secret, redact_in_logs, resolve_secret
+from cloud_bridge.integrations.tls import tls_context
+from cloud_bridge.secrets import Secret, redact_in_logs
 
 log = logging.getLogger(__name__)
 
-_KEYS = frozenset({"host", "port", "security", "username", "password_env", "password_file", "password", "ca_file",
-                   "timeout", "concurrency"})  # fmt: skip
+# Every C0 control (tab and NUL included), DEL, C1, and the Unicode line and paragraph separators.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class Security(StrEnum):
@@ -54,15 +57,21 @@ def build_message(job: Job, now: float) -> tuple[EmailMessage, list[str]]:
     if not isinstance(sender, str) or not sender:
         raise PermanentError("policy decided no from-address for this email", code="policy_from")
     to, cc, bcc = _list(payload.get("to")), _list(payload.get("cc")), _list(payload.get("bcc"))
+    reply_to, subject = _list(payload.get("reply_to")), str(payload.get("subject", ""))
+    headers = {"from": [sender], "to": to, "cc": cc, "bcc": bcc, "reply_to": reply_to, "subject": [subject]}
+    for name, values in headers.items():
+        if any(_CONTROL.search(value) for value in values):
+            # The email package refuses CR and LF itself but passes NUL, tab and the rest on to the relay.
+            raise PermanentError(f"a control character in {name}", code="bad_message")
     message = EmailMessage()
     try:
         message["From"] = sender
         message["To"] = ", ".join(to)
         if cc:
             message["Cc"] = ", ".join(cc)
-        if payload.get("reply_to"):
-            message["Reply-To"] = str(payload["reply_to"])
-        message["Subject"] = str(payload.get("subject", ""))
+        if reply_to:
+            message["Reply-To"] = ", ".join(reply_to)
+        message["Subject"] = subject
         message["Date"] = formatdate(now, usegmt=True)
         message["Message-ID"] = message_id(job.idempotency_key)
         text, html = payload.get("text"), payload.get("html")
@@ -111,36 +120,23 @@ class SmtpIntegration:
             redact_in_logs([plain, login, auth_plain])
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any], env: Mapping[str, str]) -> SmtpIntegration:
-        """Build from `[integrations.smtp]`; raises ConfigError."""
-        unknown = set(section) - _KEYS
-        if unknown:
-            raise ConfigError(f"integrations.smtp: unknown keys {sorted(unknown)}")
-        host = section.get("host")
-        if not isinstance(host, str) or not host:
-            raise ConfigError("integrations.smtp.host is required")
-        try:
-            security = Security(section.get("security", "starttls"))
-        except ValueError:
-            raise ConfigError(f"integrations.smtp.security must be one of {[s.value for s in Security]}") from None
-        default_port = {Security.STARTTLS: 587, Security.TLS: 465, Security.NONE: 25}[security]
-        port = positive(section, "port", default_port, "integrations.smtp")
-        username = section.get("username")
-        if username is not None and (not isinstance(username, str) or not username):
-            raise ConfigError("integrations.smtp.username must be a string")
-        password = resolve_secret(section, "password", env, required=username is not None)
-        if password is not None and username is None:
-            raise ConfigError("integrations.smtp: a password needs a username")
+    def from_settings(cls, config: SmtpConfig) -> SmtpIntegration:
+        """Build from the validated `[integrations.smtp]`."""
         return cls(
-            host=host,
-            port=port,
-            security=security,
-            username=username,
-            password=password,
-            context=tls_context(section.get("ca_file")),
-            timeout=float(positive(section, "timeout", 30, "integrations.smtp")),
-            concurrency=positive(section, "concurrency", 4, "integrations.smtp"),
+            host=config.host,
+            port=config.effective_port,
+            security=Security(config.security),
+            username=config.username,
+            password=config.secret("password"),
+            context=tls_context(config.ca_file),
+            timeout=config.timeout,
+            concurrency=config.concurrency,
         )
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any], env: Mapping[str, str]) -> SmtpIntegration:
+        """Build from a plain `[integrations.smtp]` table; ConfigError with every problem."""
+        return cls.from_settings(parse_section(SmtpConfig, section, env, "integrations.smtp"))
 
     def _scrub(self, text: str) -> str:
         for value in self._masks:

@@ -7,16 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Stack
+from tests.support.stack import Stack, running_stack
 
 
 @pytest.fixture
 def stack(tmp_path: Path, server_cert_files: dict[str, Path]) -> Iterator[Stack]:
     """A bridge (started), an SMTP sink and an enrolled edge data dir (not started)."""
-    s = Stack(tmp_path, server_cert_files)
-    try:
-        s.bridge.start()
-        s.enroll()
+    with running_stack(tmp_path, server_cert_files) as s:
         yield s
-    finally:
-        s.close()

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.harness import SMTP_CONCURRENCY, Stack, ids
-from tests.helpers import wait_until
+from tests.support.net import wait_until
+from tests.support.stack import SMTP_CONCURRENCY, Stack, ids
 
 COUNT = 3000
 KILLS = 2

@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.harness import CutProxy, Stack, assert_exactly_once, ids, point_edge_at
-from tests.helpers import wait_until
+from tests.support.net import wait_until
+from tests.support.stack import CutProxy, Stack, assert_exactly_once, ids, point_edge_at
 
 COUNT = 300
 HOLD_AFTER = 8192  # edge -> bridge bytes before the return path is held: past TLS setup, CONNECT, SUBSCRIBE

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.e2e.harness import Stack, assert_exactly_once, ids
+from tests.support.stack import Stack, assert_exactly_once, ids
 
 COUNT = 10_000
 

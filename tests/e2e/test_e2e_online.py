@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from tests.e2e.harness import Stack, assert_exactly_once, ids
-from tests.helpers import wait_until
+from tests.support.net import wait_until
+from tests.support.stack import Stack, assert_exactly_once, ids
 
 COUNT = 1000
 

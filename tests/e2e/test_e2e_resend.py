@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from cloud_bridge.service import Bridge
-from edge_outbox.identity import enroll
+from cloud_bridge.node import Bridge
+from edge_outbox.enroll_client import enroll
 from edge_outbox.runner import Outbox
 from edge_outbox.settings import ForwarderSettings, OutboxSettings
 from intent_contract.codec import decode_confirms
-from tests.edge_harness import Client, email, stored_ids
-from tests.helpers import free_port
-from tests.integration.test_bridge_harness import CountingIntegration, make_settings
+from tests.support.bridge import CountingIntegration, make_settings
+from tests.support.edge import Client, email, stored_ids
+from tests.support.net import free_port
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import FINAL_EDGE_STATES, Stack, ids
-from tests.edge_harness import Client
-from tests.helpers import wait_until
+from tests.support.edge import Client, cli
+from tests.support.net import wait_until
+from tests.support.stack import FINAL_EDGE_STATES, Stack, ids
 
 BACKLOG = 300
 LATE = 20
@@ -52,6 +52,9 @@ def test_revoked_device_backlog_is_never_executed_and_each_intent_fails_visibly(
         late = ids("late", LATE)
         assert stack.publish_all(app, late) == set(late)
         wait_until(lambda: all_revoked(app, late), 60, 0.5, what="failed statuses for late intents")
+        # A supervisor asking `edge-outbox status` hears that the device is revoked (exit 1).
+        wait_until(lambda: cli(stack.edge_dir, "status").returncode == 1, 30, 0.5, what="status unhealthy")
+        assert "unhealthy: this device was revoked" in cli(stack.edge_dir, "status").stdout
     except TimeoutError:
         print(stack.diagnostics())
         raise
@@ -63,7 +66,7 @@ def test_revoked_device_backlog_is_never_executed_and_each_intent_fails_visibly(
     states = stack.edge_states()
     assert all(states[i] == "failed" for i in everything)
     assert set(stack.sink.executions()) == warm, "a revoked device's intent was executed"
-    admitted = {r["intent_id"] for r in stack.bridge.audit(stack.device_id)}
+    admitted = {r["intent_id"] for r in stack.bridge.audit(stack.device_id) if r["intent_id"]}  # not refused connects
     assert admitted <= warm, f"the bridge admitted intents of a revoked device: {sorted(admitted - warm)[:5]}"
     assert "revoked" in (stack.edge.log() if stack.edge else "")
 

@@ -14,7 +14,7 @@ import pytest
 
 from intent_contract.codec import encode_batch, encode_confirms
 from intent_contract.device_token import generate_private_key_pem
-from tests.integration.test_bridge_harness import Creds, Harness, counting, email, harness, until
+from tests.support.bridge import Creds, Harness, counting, email, harness, until
 
 __all__ = ["counting", "harness"]
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from pathlib import Path
 
+import pytest
+
+from cloud_bridge.enroll_limits import EnrollLimits
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
-from tests.integration.test_bridge_harness import Harness, counting, harness
+from tests.support.bridge import Harness, counting, harness, make_settings, running_bridge
 
 __all__ = ["counting", "harness"]
 
@@ -53,3 +58,30 @@ async def test_a_revoked_devices_key_cannot_enroll_again(harness: Harness) -> No
     again = harness.bridge.registry.create_code("acme", "boiler-7", 3600, time.time())
     status, _ = await harness.post_enroll(again, public_key_pem(private))
     assert status == 403
+
+
+async def test_guessing_is_limited_per_source_address(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="cloud_bridge.enroll_http")
+    key = public_key_pem(generate_private_key_pem())
+    burst = int(EnrollLimits().per_address_per_minute)
+    for n in range(burst):
+        status, _ = await harness.post_enroll(f"guess-{n}", key)
+        assert status == 403
+    status, body, headers = await harness.enroll_request("guess-x", key)
+    assert (status, body["error"]) == (429, "rate_limited")
+    assert 1 <= int(headers["Retry-After"]) <= 60
+    code = harness.bridge.registry.create_code("acme", "boiler-7", 3600, time.time())
+    assert (await harness.post_enroll(code, key))[0] == 429  # a right code waits like a wrong one
+    assert (await harness.post_enroll(code, key, source="127.0.0.2"))[0] == 201  # another address is not held up
+    first = caplog.records[0].getMessage()
+    assert first == "enrollment refused from 127.0.0.1: enroll_refused"
+
+
+async def test_enrollment_is_limited_overall(tmp_path: Path, server_cert_files: dict[str, Path]) -> None:
+    settings = make_settings(
+        tmp_path, server_cert_files, bridge={"enroll_per_address_per_minute": 100, "enroll_per_minute": 3}
+    )
+    async for bridge in running_bridge(settings, server_cert_files["ca"], {}):
+        key = public_key_pem(generate_private_key_pem())
+        statuses = [(await bridge.post_enroll("guess", key, source=f"127.0.0.{n}"))[0] for n in range(1, 6)]
+        assert statuses == [403, 403, 403, 429, 429]

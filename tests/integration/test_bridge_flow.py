@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import msgpack
+import pytest
 
-from cloud_bridge.service import Bridge
+from cloud_bridge.ledger import LedgerEntry
+from cloud_bridge.node import Bridge
 from cloud_bridge.settings import HostPort
 from intent_contract.codec import encode_batch, encode_confirms
-from tests.helpers import free_port
-from tests.integration.test_bridge_harness import (
+from tests.support.bridge import (
     CountingIntegration,
     Harness,
     counting,
@@ -22,6 +23,7 @@ from tests.integration.test_bridge_harness import (
     make_settings,
     until,
 )
+from tests.support.net import free_port
 
 __all__ = ["counting", "harness"]
 
@@ -73,11 +75,11 @@ async def test_unconfirmed_results_are_resent_on_resubscribe_until_confirmed(
     assert client.states() == {"u-1": ["delivered"], "u-2": ["failed"]}
     assert [a.code for a in client.acks if a.id == "u-2"] == ["test_refused"]
     client.publish("confirms", encode_confirms(["u-1", "u-2"]))
-    for _ in range(500):
-        if not await harness.bridge.ledger.unconfirmed(creds.device_id):
-            break
-        await asyncio.sleep(0.02)
-    assert await harness.bridge.ledger.unconfirmed(creds.device_id) == []
+
+    async def all_confirmed() -> bool:
+        return not await harness.bridge.ledger.unconfirmed(creds.device_id)
+
+    await until(all_confirmed, timeout=10, what="results confirmed")
     await client.stop()
 
     client = await harness.connect(creds)
@@ -104,6 +106,51 @@ async def test_schema_violations_are_rejected_and_policy_applies(
         assert (by_id["s-2"].state, by_id["s-2"].code) == ("rejected", "policy_recipient")
         await until(lambda: len(counting.calls) == 1, what="one provider call")
         assert counting.calls[0].intent_id == "s-3"
+    finally:
+        await client.stop()
+
+
+async def test_a_control_character_in_a_mail_header_is_rejected_at_admission(
+    harness: Harness, counting: CountingIntegration
+) -> None:
+    creds = await harness.enroll()
+    client = await harness.connect(creds)
+    try:
+        client.send([email("c-1", subject="Alarm\x00Bcc: x@evil.example"), email("c-2")])
+        await until(lambda: "delivered" in client.states().get("c-2", []), what="the clean one delivered")
+        ack = next(a for a in client.acks if a.id == "c-1")
+        assert (ack.state, ack.code) == ("rejected", "schema_violation")
+        assert [job.intent_id for job in counting.calls] == ["c-2"]
+    finally:
+        await client.stop()
+
+
+async def test_a_batch_of_another_wire_version_is_rejected_not_dropped(
+    harness: Harness, counting: CountingIntegration
+) -> None:
+    def unsupported() -> float:
+        sample = harness.bridge.metrics.registry.get_sample_value(
+            "bridge_batches_total", {"outcome": "unsupported_version"}
+        )
+        return sample or 0.0
+
+    creds = await harness.enroll()
+    client = await harness.connect(creds)
+    try:
+        client.publish("intents", msgpack.packb({"v": 2, "items": [email("v-1").to_wire(), email("v-2").to_wire()]}))
+        await until(lambda: {"v-1", "v-2"} <= set(client.states()), what="rejections")
+        assert sorted((a.id, a.state, a.code) for a in client.acks) == [
+            ("v-1", "rejected", "unsupported_version"),
+            ("v-2", "rejected", "unsupported_version"),
+        ]
+        assert "wire version 2 is not supported" in client.acks[0].detail
+        # Nothing in it can be named: no ack can answer it, the bridge counts and logs it instead.
+        client.publish("intents", msgpack.packb({"v": 3, "opaque": b"..."}))
+        await until(lambda: unsupported() == 2, what="the second refusal counted")
+        client.send([email("v-3")])  # the session goes on
+        await until(lambda: "delivered" in client.states().get("v-3", []), what="a v1 batch delivered")
+        assert set(client.states()) == {"v-1", "v-2", "v-3"}
+        assert [job.intent_id for job in counting.calls] == ["v-3"]
     finally:
         await client.stop()
 
@@ -173,3 +220,38 @@ async def test_websocket_over_tls_listener(
         await refused.stop()
     finally:
         await bridge.stop()
+
+
+async def test_an_idle_bridge_claims_a_batch_in_the_admitting_transaction(
+    harness: Harness, counting: CountingIntegration, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service offers the idle executor's slots to the admission: the batch's rows run without a claim
+    of their own (one ledger commit less before the provider call), each once."""
+    ledger, executor = harness.bridge.ledger, harness.bridge.executor
+    assert executor is not None
+    by_claim: list[str] = []
+    claim = ledger.claim
+
+    async def recording_claim(*args: Any, **kwargs: Any) -> list[LedgerEntry]:
+        rows = await claim(*args, **kwargs)
+        by_claim.extend(e.intent_id for e in rows)
+        return rows
+
+    monkeypatch.setattr(ledger, "claim", recording_claim)
+
+    def idle() -> bool:  # the executor has looked and found nothing waiting (the offer is given back)
+        offer = executor.offer("acme")
+        if offer is not None:
+            executor.release(offer)
+        return offer is not None
+
+    creds = await harness.enroll()
+    client = await harness.connect(creds)
+    try:
+        await until(idle, what="an idle executor")
+        client.send([email("c-1"), email("c-2")])
+        await until(lambda: all("delivered" in client.states().get(i, []) for i in ("c-1", "c-2")), what="delivered")
+        assert sorted(job.intent_id for job in counting.calls) == ["c-1", "c-2"]
+        assert by_claim == []
+    finally:
+        await client.stop()

@@ -14,8 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.helpers import free_port, wait_for_port
-from tests.integration.test_bridge_harness import Harness, counting, harness, until
+from tests.support.bridge import Harness, counting, harness, until
+from tests.support.net import free_port, wait_for_port
 
 __all__ = ["counting", "harness"]
 
@@ -71,7 +71,8 @@ def test_cloud_bridge_run_as_a_subprocess(tmp_path: Path, server_cert_files: dic
     try:
         wait_for_port(http_port, timeout=30)
         wait_for_port(mqtt_port, timeout=30)
-        assert _https_get(f"https://127.0.0.1:{http_port}/healthz", server_cert_files["ca"]) == {"status": "ok"}
+        healthy = _https_get(f"https://127.0.0.1:{http_port}/healthz", server_cert_files["ca"])
+        assert healthy == {"status": "ok", "problems": []}
 
         # A second bridge on the same MQTT port fails with one line naming the flag, no traceback.
         second = subprocess.run(

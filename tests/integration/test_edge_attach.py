@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_binary
-from tests.edge_harness import Client, OutboxProcess, email, stored_ids
-from tests.helpers import free_port, wait_for_port, wait_until
+from tests.support.edge import Client, OutboxProcess, email, stored_ids
+from tests.support.net import free_port, wait_for_port, wait_until
+from tests.support.services import require_binary
 
 
 @pytest.fixture

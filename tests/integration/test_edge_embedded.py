@@ -1,6 +1,7 @@
 """The outbox as users run it: a real process, paho clients, the ops CLI against the live database."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edge_outbox.apps_auth import hash_password
-from tests.edge_harness import Client, OutboxProcess, cli, cli_json, email, stored_ids
-from tests.helpers import free_port, wait_until
+from tests.support.edge import Client, OutboxProcess, cli, cli_json, email, stored_ids
+from tests.support.net import free_port, wait_until
 
 BAD_INPUTS = [
     ("outbox/hvac/email.send", b"{not json", "bad_json"),
@@ -41,7 +42,7 @@ def test_intents_are_accepted_and_statuses_published(outbox: OutboxProcess) -> N
     )
     topic, status = next((t, s) for t, s in app.statuses if s["id"] == "alarm-1")
     assert topic == "outbox/hvac/status/alarm-1"
-    assert set(status) == {"id", "kind", "state", "code", "detail", "at"}
+    assert set(status) == {"id", "kind", "state", "code", "detail", "at", "seq"}
     assert status["kind"] == "email.send"
     # a repeated id is not stored twice; the app hears the current state again
     app.publish("outbox/hvac/email.send", email("alarm-1", ttl=600), name="again")
@@ -94,10 +95,19 @@ def test_ops_commands_work_against_a_live_outbox(outbox: OutboxProcess) -> None:
     missing = cli(outbox.data_dir, "show", "nope")
     assert missing.returncode == 1
     assert "no intent with id 'nope'" in missing.stderr
+    assert cli_json(outbox.data_dir, "show", "o2")["id"] == "o2"
+    ambiguous = cli(outbox.data_dir, "show", "o")
+    assert ambiguous.returncode == 1 and "start of several ids" in ambiguous.stderr
+    shown = cli(outbox.data_dir, "show", "o0").stdout
+    assert "None" not in shown and "sent_at: -" in shown and "created: 20" in shown
     not_retryable = cli(outbox.data_dir, "retry", "o0")
     assert not_retryable.returncode == 1
     assert "cannot retry an intent that is accepted" in not_retryable.stderr
-    assert cli_json(outbox.data_dir, "purge", "--older-than", "0s")["purged"] == 1
+    assert cli_json(outbox.data_dir, "purge", "--older-than", "0s", "--dry-run")["would_purge"] == 1
+    unasked = cli(outbox.data_dir, "purge", "--older-than", "0s")  # no terminal to confirm on: nothing deleted
+    assert unasked.returncode != 0 and "delete 1 final intent(s)" in unasked.stderr
+    assert cli_json(outbox.data_dir, "status")["counts"]["cancelled"] == 1
+    assert cli_json(outbox.data_dir, "purge", "--older-than", "0s", "--yes")["purged"] == 1
     assert cli_json(outbox.data_dir, "status")["counts"]["cancelled"] == 0
     human = cli(outbox.data_dir, "status")
     assert "accepted" in human.stdout
@@ -166,3 +176,33 @@ def test_every_command_has_help() -> None:
     json_commands = {"status", "ls", "show", "retry", "cancel", "purge"}
     for name in json_commands:
         assert any(p.name == "as_json" for p in main.commands[name].params), f"{name} lacks --json"
+
+
+def test_ls_never_cuts_an_id_and_show_takes_a_unique_prefix(outbox: OutboxProcess) -> None:
+    app = Client(outbox.port, "narrow").connect()
+    app.publish("outbox/a-rather-long-app-name/email.send", email(text="x" * 200), name="generated")
+    wait_until(lambda: app.acked == {"generated"}, what="PUBACK")
+    app.close()
+    (row,) = cli_json(outbox.data_dir, "ls")
+    full_id = row["id"]
+    narrow = subprocess.run(
+        [sys.executable, "-m", "edge_outbox", "ls", "--data-dir", str(outbox.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    assert full_id in narrow.stdout, narrow.stdout
+    assert cli_json(outbox.data_dir, "show", full_id[:12])["id"] == full_id
+
+
+def test_json_logs_name_the_app_intent_and_code(tmp_path: Path) -> None:
+    with OutboxProcess(tmp_path / "data", free_port(), "--log-format", "json") as outbox:
+        app = Client(outbox.port, "logger").connect()
+        app.publish("outbox/hvac/fax.send", {"id": "fax-1"}, name="fax")
+        wait_until(lambda: "fax-1" in outbox.log(), what="the rejection in the log")
+        app.close()
+    lines = [json.loads(line) for line in outbox.log().splitlines() if line.strip()]
+    (rejection,) = [line for line in lines if line.get("intent_id") == "fax-1"]
+    assert (rejection["app"], rejection["code"], rejection["level"]) == ("hvac", "unknown_kind", "warning")

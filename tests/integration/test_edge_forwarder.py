@@ -5,13 +5,17 @@ import asyncio
 import dataclasses
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
+import aiomqtt
+import msgpack
 import pytest
 import trustme
 
@@ -19,16 +23,18 @@ from cloud_bridge.errors import PermanentError as BridgePermanentError
 from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.settings import HostPort
 from edge_outbox import db, ops
+from edge_outbox.enroll_client import enroll
 from edge_outbox.errors import PermanentError
 from edge_outbox.forwarder import Forwarder, LinkState
-from edge_outbox.identity import enroll, load_identity
+from edge_outbox.identity import load_identity
 from edge_outbox.intake_rules import admit
 from edge_outbox.ops import QueueLimits
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.states import State
 from edge_outbox.store import Store
-from tests.helpers import free_port
-from tests.integration.test_bridge_harness import CountingIntegration, Harness, make_settings, running_bridge, until
+from intent_contract.codec import Envelope
+from tests.support.bridge import CountingIntegration, Harness, make_settings, running_bridge, until
+from tests.support.net import free_port, sockets_to
 
 EMAIL = {"to": "ops@example.com", "subject": "Alarm", "text": "Boiler 3 hot"}
 
@@ -146,14 +152,56 @@ async def test_intents_are_delivered_confirmed_and_statuses_applied(
         # the edge confirmed every final result, so the bridge keeps nothing to re-send
         await until(lambda: forwarder.snapshot().acked >= 300, what="acks counted")
 
-        async def unconfirmed() -> int:
-            return len(await bridge.bridge.ledger.unconfirmed(identity.device_id))
+        async def all_confirmed() -> bool:
+            return not await bridge.bridge.ledger.unconfirmed(identity.device_id)
 
-        for _ in range(100):
-            if await unconfirmed() == 0:
-                break
-            await asyncio.sleep(0.1)
-        assert await unconfirmed() == 0
+        await until(all_confirmed, timeout=10, what="every result confirmed")
+        assert forwarder.snapshot().state is LinkState.CONNECTED
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+
+
+async def test_the_link_to_the_bridge_sends_small_packets_without_waiting(tmp_path: Path, bridge: Harness) -> None:
+    """TCP_NODELAY on the edge's socket: with Nagle's algorithm (paho's default) a small batch written while
+    the previous write's TCP ACK was outstanding waited up to 40 ms for the bridge's delayed ACK, the
+    largest part of P5's p90 (bench/findings.md F18)."""
+    edge_dir = await enrolled_edge(tmp_path, bridge)
+    store, forwarder, task = await run_forwarder(edge_dir, ForwarderSettings())
+    try:
+        await until(lambda: forwarder.snapshot().state is LinkState.CONNECTED, timeout=30, what="the link")
+        links = sockets_to(bridge.mqtt_port)
+        try:
+            assert links, "no socket of this process is connected to the bridge"
+            assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in links)
+        finally:
+            for s in links:
+                s.close()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+
+
+async def test_an_edge_speaking_another_wire_version_gets_its_intents_rejected(
+    tmp_path: Path, bridge: Harness, counting: CountingIntegration, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def encode_v2(envelopes: list[Envelope]) -> bytes:
+        return msgpack.packb({"v": 2, "items": [e.to_wire() for e in envelopes]})
+
+    monkeypatch.setattr("edge_outbox.forwarder.encode_batch", encode_v2)
+    edge_dir = await enrolled_edge(tmp_path, bridge)
+    store, forwarder, task = await run_forwarder(edge_dir, ForwarderSettings())
+    try:
+        await queue_intents(store, 3, "v")
+        forwarder.wake()
+        # Not resent forever: the bridge names each intent it cannot read and the edge ends them.
+        await until(lambda: set(states(edge_dir).values()) == {"rejected"}, timeout=20, what="rejected at the edge")
+        rows = [await store.call(ops.get, f"v{n}") for n in range(3)]
+        assert {(r.code, r.attempt) for r in rows} == {("unsupported_version", 1)}
+        assert "wire version 2 is not supported" in rows[0].detail
+        assert counting.calls == []
         assert forwarder.snapshot().state is LinkState.CONNECTED
     finally:
         task.cancel()
@@ -171,7 +219,12 @@ async def test_token_refresh_reconnects_and_keeps_forwarding(
         forwarder.wake()
         await until(lambda: len(counting.calls) == 5, timeout=30, what="first intents")
         first_since = forwarder.snapshot().since
-        await asyncio.sleep(4)  # past 80% of the 3 s token: a new connection with a new token
+        # Past 80% of the 3 s token the forwarder closes the link and connects with a new token.
+        await until(
+            lambda: forwarder.snapshot().state is LinkState.CONNECTED and forwarder.snapshot().since > first_since,
+            timeout=15,
+            what="a new connection after the token refresh",
+        )
         await queue_intents(store, 5, "late")
         forwarder.wake()
         await until(lambda: len(counting.calls) == 10, timeout=30, what="intents after the token refresh")
@@ -224,7 +277,7 @@ async def test_status_shows_link_backlog_and_drain_estimate(
 ) -> None:
     from edge_outbox.runner import Outbox
     from edge_outbox.settings import OutboxSettings
-    from tests.edge_harness import Client, cli_json, email
+    from tests.support.edge import Client, cli_json, email
 
     edge_dir = await enrolled_edge(tmp_path, bridge)
     not_enrolled = tmp_path / "plain"
@@ -241,8 +294,19 @@ async def test_status_shows_link_backlog_and_drain_estimate(
             app.publish("outbox/app/email.send", email(f"s{n}"), name=f"s{n}")
         await until(lambda: len(counting.calls) == 50, timeout=30, what="delivered")
         await until(lambda: all("delivered" in app.status_of(f"s{n}") for n in range(50)), what="statuses at app")
-        await asyncio.sleep(0.5)
-        status = await asyncio.to_thread(cli_json, edge_dir, "status")
+
+        async def status_when(ready: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+            """`edge-outbox status --json` once the link record the outbox writes says `ready`."""
+            seen: list[dict[str, Any]] = []
+
+            async def poll() -> bool:
+                seen[:] = [await asyncio.to_thread(cli_json, edge_dir, "status")]
+                return ready(seen[0])
+
+            await until(poll, timeout=20, what="the link record")
+            return seen[0]
+
+        status = await status_when(lambda s: "since" in s["link"])  # the outbox has recorded its link
         assert status["link"]["state"] == "connected"
         assert status["link"]["last_contact"] is not None
         assert status["pending"] == 0
@@ -256,8 +320,7 @@ async def test_status_shows_link_backlog_and_drain_estimate(
         for n in range(5):
             app.publish("outbox/app/email.send", email(f"late{n}"), name=f"late{n}")
         await until(lambda: len(app.acked) == 55, what="PUBACKs while offline")
-        await asyncio.sleep(0.5)
-        status = await asyncio.to_thread(cli_json, edge_dir, "status")
+        status = await status_when(lambda s: s["link"]["state"] != "connected")
         assert status["link"]["state"] in ("offline", "connecting")
         assert status["pending"] == 5
         assert status["oldest_pending_age_s"] >= 0
@@ -308,3 +371,33 @@ async def test_ops_retry_runs_a_failed_intent_again_as_a_new_attempt(
             await store.close()
     runs = sorted((job.intent_id, job.attempt) for job in fails_first.calls)
     assert runs == [("r0", 1), ("r0", 2), ("r1", 1), ("r1", 2), ("r2", 1), ("r2", 2)]
+
+
+async def test_a_stop_that_lands_while_the_link_fails_stops_the_forwarder(
+    tmp_path: Path, bridge: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancellation can come out of a failing link as the link's error (TaskGroup on 3.11, aiomqtt's
+    exit); the forwarder must stop all the same, not go on reconnecting (seen when outbox and bridge
+    got SIGTERM together)."""
+    edge_dir = await enrolled_edge(tmp_path, bridge)
+    connecting = asyncio.Event()
+
+    async def link_that_turns_a_stop_into_its_error(_self: Forwarder) -> None:
+        connecting.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise aiomqtt.MqttError("disconnected during connect") from None
+
+    monkeypatch.setattr(Forwarder, "_connection", link_that_turns_a_stop_into_its_error)
+    store, forwarder, task = await run_forwarder(edge_dir, ForwarderSettings(backoff_base_s=0.01, backoff_cap_s=0.01))
+    try:
+        await asyncio.wait_for(connecting.wait(), 10)
+        forwarder.request_stop()  # as Outbox.stop does
+        task.cancel()
+        await asyncio.wait({task}, timeout=5)
+        assert task.done() and task.cancelled(), "the forwarder went on after it was stopped"
+    finally:
+        if not task.done():  # the old behaviour: it never ends; leave the test without waiting on it
+            task.get_loop().call_soon(task.cancel)
+        await store.close()

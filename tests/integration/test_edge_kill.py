@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.edge_harness import Client, OutboxProcess, email, stored_ids
-from tests.helpers import free_port
+from tests.support.edge import Client, OutboxProcess, email, stored_ids
+from tests.support.net import free_port
 
 PUBLISHERS = 4
 PER_PUBLISHER = 1500  # 6,000 intents offered per round

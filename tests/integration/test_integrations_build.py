@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from cloud_bridge.config import parse_section
+from cloud_bridge.config.integrations import IntegrationsConfig
 from cloud_bridge.errors import ConfigError, PermanentError
-from cloud_bridge.integrations import build_integrations
+from cloud_bridge.integrations import Integration, build_integrations
 from cloud_bridge.integrations.base import Job
 
 CANARY = "canary-SECRET-5f3a"
@@ -54,11 +56,15 @@ def config(tmp_path: Path, server_cert_files: dict[str, Path]) -> dict[str, obje
     return integrations
 
 
+def build(table: object, env: dict[str, str]) -> dict[str, Integration]:
+    return build_integrations(parse_section(IntegrationsConfig, table, env, "integrations"))
+
+
 ENV = {"SMTP_PASSWORD": CANARY, "CRM_TOKEN": CANARY, "ONCALL_APPRISE_URLS": f"json://u:{CANARY}@127.0.0.1:9/x"}
 
 
 async def test_builds_every_configured_kind(config: dict[str, object]) -> None:
-    built = build_integrations(config, ENV)
+    built = build(config, ENV)
     try:
         assert sorted(built) == ["email.send", "http.request", "notify", "sms.send"]
         assert {k: i.kind for k, i in built.items()} == {k: k for k in built}
@@ -73,13 +79,13 @@ async def test_builds_every_configured_kind(config: dict[str, object]) -> None:
 
 
 async def test_only_configured_kinds(config: dict[str, object]) -> None:
-    built = build_integrations({"smtp": config["smtp"]}, ENV)
+    built = build({"smtp": config["smtp"]}, ENV)
     assert list(built) == ["email.send"]
-    assert build_integrations({}, {}) == {}
+    assert build({}, {}) == {}
 
 
 async def test_http_integration_refuses_a_credential_policy_did_not_check(config: dict[str, object]) -> None:
-    built = build_integrations({"http": config["http"]}, ENV)
+    built = build({"http": config["http"]}, ENV)
     job = Job("d", "t", "i", "http.request", {"credential": "crm", "method": "GET", "path": "/../x"}, 1, {})
     try:
         with pytest.raises(PermanentError, match="URL refused"):
@@ -91,17 +97,17 @@ async def test_http_integration_refuses_a_credential_policy_did_not_check(config
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
-        (lambda c: c.update({"fax": {}}), "unknown sections"),
+        (lambda c: c.update({"fax": {}}), "integrations.fax: unknown key"),
         (lambda c: c["smtp"].pop("password_env"), "missing secret"),
         (lambda c: c["smtp"].update({"password": CANARY}), "must not be written"),
         (lambda c: c["http"]["credentials"]["crm"].update({"token_env": "NOPE"}), "not set"),
         (lambda c: c["http"]["credentials"]["crm"].update({"auth": "header", "header": "X Api"}), "header name"),
         (lambda c: c["sms"].update({"auth_token_file": "/nonexistent"}), "cannot read"),
-        (lambda c: c.update({"notify": "oncall"}), "must be a table"),
+        (lambda c: c.update({"notify": "oncall"}), "integrations.notify: Input should be a valid dictionary"),
     ],
 )
 def test_config_errors_name_the_problem_not_the_secret(config: dict[str, object], mutate: object, match: str) -> None:
     mutate(config)  # type: ignore[operator]
     with pytest.raises(ConfigError, match=match) as info:
-        build_integrations(config, ENV)
+        build(config, ENV)
     assert CANARY not in str(info.value)

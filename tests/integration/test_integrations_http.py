@@ -5,95 +5,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
-from aiohttp import web
 
 from cloud_bridge.errors import BridgeError, PermanentError, TransientError
-from cloud_bridge.integrations.base import Job, Outcome
-from cloud_bridge.integrations.http import HttpIntegration, parse_retry_after
+from cloud_bridge.integrations.base import Outcome
+from cloud_bridge.integrations.http import HttpIntegration
 from cloud_bridge.integrations.ssrf import SsrfGuard
-from tests.helpers import free_port
+from tests.support.http_api import CANARY, ENV, Recorder, api, config, failure, make_job, serve
 
-CANARY = "canary-SECRET-5f3a"
-
-
-@dataclass
-class Recorder:
-    """A local HTTPS server that records every request and answers by path."""
-
-    port: int = 0
-    requests: list[dict[str, Any]] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        self.requests.append(
-            {"method": request.method, "path": request.path_qs, "headers": dict(request.headers), "body": body,
-             "peer": peer}
-        )  # fmt: skip
-        echo = json.dumps({"error": "denied", "you_sent": dict(request.headers), "body": body.decode()})
-        routes: dict[str, web.StreamResponse] = {
-            "/v1/redirect": web.Response(status=302, headers={"Location": "/v1/elsewhere"}),
-            "/v1/busy": web.Response(status=429, headers={"Retry-After": "7"}),
-            "/v1/fail": web.Response(status=503, text=echo),
-            "/v1/denied": web.Response(status=401, text=echo, reason=f"Bad {request.headers.get('Authorization')}"),
-            "/v1/missing": web.Response(status=404, text=echo),
-            "/v1/timeout": web.Response(status=408),
-            "/v1/long": web.Response(status=200, body=b"x" * 200_000),
-        }
-        return routes.get(
-            request.path, web.json_response({"ok": True}, status=201 if request.method == "POST" else 200)
-        )
-
-
-async def serve(recorder: Recorder, cert: Path, key: Path) -> web.AppRunner:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", recorder.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(cert), str(key))
-    recorder.port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", recorder.port, ssl_context=context).start()
-    return runner
-
-
-@pytest.fixture
-async def api(server_cert_files: dict[str, Path]) -> AsyncIterator[Recorder]:
-    recorder = Recorder()
-    runner = await serve(recorder, server_cert_files["cert"], server_cert_files["key"])
-    yield recorder
-    await runner.cleanup()
-
-
-def make_job(payload: dict[str, Any], intent_id: str = "i-1") -> Job:
-    return Job("dev-1", "acme", intent_id, "http.request", payload, 1, {})
-
-
-async def failure(integration: HttpIntegration, job: Job | None = None) -> BridgeError:
-    """Run one request that must fail (GET /x unless `job`), close the integration, return the error."""
-    try:
-        with pytest.raises(BridgeError) as info:
-            await integration.execute(job or make_job({"credential": "crm", "method": "GET", "path": "/x"}))
-    finally:
-        await integration.aclose()
-    return info.value
-
-
-def config(port: int, ca: Path, **credential: Any) -> dict[str, Any]:
-    crm = {"base_urls": [f"https://127.0.0.1:{port}/v1/"], "methods": ["GET", "POST"], "token_env": "CRM_TOKEN"}
-    crm.update(credential)
-    return {"allow_private_hosts": ["127.0.0.1"], "ca_file": str(ca), "credentials": {"crm": crm}}
-
-
-ENV = {"CRM_TOKEN": CANARY, "CRM_PASSWORD": CANARY}
+__all__ = ["api"]  # fixture
 
 
 @pytest.fixture
@@ -146,6 +71,17 @@ async def test_basic_and_named_header_auth(
         {"path": "/a/%2E%2E/%2e%2e/admin"},
         {"path": "/a%2f..%2fadmin"},
         {"path": "/a\\..\\admin"},
+        {"path": "/..;/admin"},  # Tomcat and Spring: '/v1/..;/admin' is '/admin'
+        {"path": "/x/..;jsessionid=1/admin"},
+        {"path": "/x;a=b/y"},
+        {"path": "/x%3b/y"},
+        {"path": "/%252e%252e/admin"},  # '..' after two decodings (a proxy, then the server)
+        {"path": "/%25252e%25252e/admin"},
+        {"path": "/a%252fb"},
+        {"path": "/%c0%ae%c0%ae/admin"},  # overlong UTF-8 for '.'
+        {"path": "/%u002e%u002e/admin"},  # IIS
+        {"path": "/..%00/admin"},
+        {"url": "https://127.0.0.1:{port}/v1/..;/admin"},
         {"url": "https://127.0.0.1:{port}/admin"},
         {"url": "https://127.0.0.1:{port}/v1x/"},
         {"url": "https://127.0.0.1:{port}/v1"},
@@ -172,6 +108,12 @@ async def test_full_url_under_the_base_is_allowed(http: HttpIntegration, api: Re
     url = f"https://127.0.0.1:{api.port}/v1/deep/er?q=1"
     assert await http.execute(make_job({"credential": "crm", "method": "GET", "url": url})) == Outcome("HTTP 200")
     assert api.requests[0]["path"] == "/v1/deep/er?q=1"
+
+
+async def test_escapes_that_decode_to_plain_names_go_out_as_written(http: HttpIntegration, api: Recorder) -> None:
+    path = "/files/100%25%20done/%2541.txt?a=%3b"
+    assert await http.execute(make_job({"credential": "crm", "method": "GET", "path": path})) == Outcome("HTTP 200")
+    assert api.requests[0]["path"] == "/v1/files/100%25%20done/%2541.txt?a=%3b"
 
 
 async def test_method_unknown_credential_and_reserved_headers(http: HttpIntegration, api: Recorder) -> None:
@@ -227,7 +169,7 @@ async def test_a_long_body_is_not_read_but_the_request_succeeds(http: HttpIntegr
         ("/fail", TransientError, "http_503", None),
         ("/timeout", TransientError, "http_408", None),
         ("/missing", PermanentError, "http_404", None),
-        ("/denied", PermanentError, "http_401", None),
+        ("/denied", TransientError, "http_401", None),  # the bridge's key: retried through a rotation
     ],
 )
 async def test_status_mapping(
@@ -307,10 +249,3 @@ async def test_tls_is_verified(api: Recorder, server_cert_files: dict[str, Path]
     assert isinstance(error, TransientError)
     assert error.code == "http_connection"
     assert api.requests == []
-
-
-def test_retry_after_forms() -> None:
-    assert parse_retry_after("120", 0.0) == 120.0
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470.0) == 10.0
-    assert parse_retry_after("soon", 0.0) is None
-    assert parse_retry_after(None, 0.0) is None

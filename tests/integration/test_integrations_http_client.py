@@ -14,8 +14,8 @@ from cloud_bridge.errors import TransientError
 from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.integrations.http import Credential, HttpIntegration
 from cloud_bridge.integrations.ssrf import SsrfGuard
-from tests.helpers import free_port
-from tests.integration.test_integrations_http import CANARY, ENV, failure, make_job
+from tests.support.http_api import CANARY, ENV, failure, make_job
+from tests.support.net import free_port
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 

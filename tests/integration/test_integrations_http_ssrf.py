@@ -16,7 +16,7 @@ from cloud_bridge.errors import PermanentError
 from cloud_bridge.integrations.base import Outcome
 from cloud_bridge.integrations.http import HttpIntegration
 from cloud_bridge.integrations.ssrf import SsrfGuard
-from tests.integration.test_integrations_http import ENV, Recorder, api, config, failure, make_job, serve
+from tests.support.http_api import ENV, Recorder, api, config, failure, make_job, serve
 
 __all__ = ["api"]
 

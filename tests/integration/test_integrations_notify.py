@@ -14,7 +14,7 @@ from aiohttp import web
 from cloud_bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.integrations.notify import NotifyIntegration
-from tests.helpers import free_port
+from tests.support.net import free_port
 
 CANARY = "canary-SECRET-5f3a"
 

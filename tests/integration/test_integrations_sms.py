@@ -15,7 +15,7 @@ from aiohttp import web
 from cloud_bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.integrations.sms import SmsIntegration
-from tests.helpers import free_port
+from tests.support.net import free_port
 
 CANARY = "canary-SECRET-5f3a"
 ENV = {"TWILIO_AUTH_TOKEN": CANARY}
@@ -37,6 +37,8 @@ class FakeTwilio:
             return web.json_response(echo, status=503)
         if sid == "ACauth":
             return web.json_response(echo, status=401, reason=f"No {request.headers.get('Authorization')}")
+        if sid in ("ACdeep", "ACdeepfail"):  # a hostile or broken provider: 16,000 '[' in 16 KiB
+            return web.Response(body=b"[" * 16_000, status=201 if sid == "ACdeep" else 400)
         if sid == "ACecho":
             return web.json_response({"sid": request.headers.get("Authorization")}, status=201)
         return web.json_response({"sid": "SM0123456789abcdef", "status": "queued"}, status=201)
@@ -89,7 +91,7 @@ async def test_message_is_created_with_basic_auth_and_idempotency_token(
     [
         ("ACbusy", TransientError, "sms_429", 3.0),
         ("ACdown", TransientError, "sms_503", None),
-        ("ACauth", PermanentError, "sms_401", None),
+        ("ACauth", TransientError, "sms_401", None),
     ],
 )
 async def test_errors_map_to_bridge_errors(
@@ -104,6 +106,16 @@ async def test_errors_map_to_bridge_errors(
         await run(twilio, server_cert_files["ca"], sid)
     assert info.value.code == code
     assert getattr(info.value, "retry_after", None) == retry_after
+
+
+async def test_a_deeply_nested_answer_is_read_as_no_answer(
+    twilio: FakeTwilio, server_cert_files: dict[str, Path]
+) -> None:
+    assert await run(twilio, server_cert_files["ca"], "ACdeep") == Outcome("HTTP 201 sid unknown")
+    with pytest.raises(PermanentError) as info:
+        await run(twilio, server_cert_files["ca"], "ACdeepfail")
+    assert info.value.code == "sms_400"
+    assert "provider code" not in info.value.detail
 
 
 async def test_canary_never_leaks(

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from cloud_bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job
 from cloud_bridge.integrations.smtp import SmtpIntegration, message_id
-from tests.helpers import free_port, wait_until
+from tests.support.net import free_port
+from tests.support.smtp import TrackingController
 
 CANARY = "canary-SECRET-5f3a"
 ENV = {"SMTP_PASSWORD": CANARY}
@@ -48,37 +48,6 @@ def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data
         return AuthResult(success=True)
     # A careless server that echoes what it was given.
     return AuthResult(success=False, handled=False, message=f"535 5.7.8 bad credentials {data!r}")
-
-
-class TrackingController(Controller):  # type: ignore[misc]
-    """Counts open server connections so teardown can wait for clients to finish before stopping.
-
-    Stopping the server thread's loop while it still holds a connection would leave that socket
-    unclosed (a ResourceWarning, which is an error here).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.open_connections: set[int] = set()
-
-    def factory(self) -> Any:
-        server = super().factory()
-        made, lost = server.connection_made, server.connection_lost
-
-        def connection_made(transport: Any) -> None:
-            self.open_connections.add(id(server))  # STARTTLS calls this a second time
-            made(transport)
-
-        def connection_lost(exc: Exception | None) -> None:
-            self.open_connections.discard(id(server))
-            lost(exc)
-
-        server.connection_made, server.connection_lost = connection_made, connection_lost
-        return server
-
-    def stop(self, no_assert: bool = False) -> None:
-        wait_until(lambda: not self.open_connections, timeout=10, what="SMTP clients disconnected")
-        super().stop(no_assert)
 
 
 @dataclass
@@ -213,6 +182,26 @@ async def test_header_injection_and_missing_from_are_permanent(plain: Server) ->
     with pytest.raises(BridgeError) as no_from:
         await smtp.execute(Job("d", "t", "i", "email.send", MAIL, 1, {}))
     assert no_from.value.code == "policy_from"
+    assert plain.sink.messages == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("subject", "Alarm\x00Bcc: x@evil.example"),
+        ("subject", "Alarm\tnow"),
+        ("subject", "Alarm\x85"),
+        ("subject", "Alarm\u2028Bcc: x@evil.example"),
+        ("reply_to", "desk@example.com\x01"),
+        ("to", ["ops@example.com", "x\x00@example.com"]),
+        ("bcc", "audit@example.com\x7f"),
+    ],
+)
+async def test_control_characters_in_header_fields_are_refused(plain: Server, field: str, value: object) -> None:
+    smtp = SmtpIntegration.from_config({"host": "127.0.0.1", "port": plain.port, "security": "none"}, {})
+    with pytest.raises(PermanentError) as info:
+        await smtp.execute(job({**MAIL, field: value}))
+    assert info.value.code == "bad_message"
     assert plain.sink.messages == []
 
 

@@ -14,6 +14,7 @@ from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.policy import Decision, DeviceRef
 from intent_contract.codec import Ack, AckState, Envelope
+from tests.support.stores import admit
 
 DEV = DeviceRef("dev-1", "acme", "boiler-7")
 
@@ -22,7 +23,8 @@ DEV = DeviceRef("dev-1", "acme", "boiler-7")
 CHILD = textwrap.dedent(
     """
     import asyncio, sys, time
-    from cloud_bridge.ledger import EntryState
+    from cloud_bridge.ledger_plan import requests_for
+    from cloud_bridge.ledger_states import EntryState
     from cloud_bridge.ledger_sqlite import SqliteLedger
     from cloud_bridge.policy import Decision, DeviceRef
     from intent_contract.codec import Envelope
@@ -37,8 +39,9 @@ CHILD = textwrap.dedent(
             while True:
                 ids = [f"{prefix}-{w}-{n}-{k}" for k in range(20)]
                 n += 1
-                envs = [Envelope(i, "app", "email.send", 0, None, 1, {"to": "a@example.com"}) for i in ids]
-                await ledger.admit(device, envs, lambda e: Decision(True), time.time())
+                now = time.time()
+                envs = [Envelope(i, "app", "email.send", int(now * 1000), None, 1, {"to": "a@b.c"}) for i in ids]
+                await ledger.admit(device, requests_for(envs, lambda e: Decision(True), now, 86400.0), now)
                 sys.stdout.write(" ".join(ids) + "\\n")
                 sys.stdout.flush()
 
@@ -94,21 +97,21 @@ class Recorder:
 
 
 async def verify(db: Path, acked: list[str]) -> tuple[int, int]:
-    """Every acked id is a duplicate now (decide never called); then finish everything left."""
+    """Every acked id is a duplicate now (a new row would be refused by `decide`); then finish the rest."""
     ledger = SqliteLedger(db)
     await ledger.open()
     try:
         resumed = await ledger.recover(0.0)
-        decided: list[str] = []
 
         def decide(envelope: Envelope) -> Decision:
-            decided.append(envelope.id)
-            return Decision(True)
+            return Decision(False, "policy_kind", "not stored before the kill")
 
+        lost: list[str] = []
         for start in range(0, len(acked), 500):
             envs = [Envelope(i, "app", "email.send", 0, None, 1, {}) for i in acked[start : start + 500]]
-            await ledger.admit(DEV, envs, decide, 1.0)
-        assert decided == [], f"{len(decided)} acked intents were lost, e.g. {decided[:3]}"
+            acks = await admit(ledger, DEV, envs, decide, 1.0)
+            lost += [a.id for a in acks if a.code == "policy_kind"]
+        assert lost == [], f"{len(lost)} acked intents were lost, e.g. {lost[:3]}"
 
         async def on_final(device_id: str, ack: Ack) -> None:
             return None

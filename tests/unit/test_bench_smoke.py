@@ -5,12 +5,17 @@ No benchmark runs here: these take well under a second.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import sys
 from pathlib import Path
 
-from bench import mqttraw
+import pytest
+
+from bench import mqttraw, report
 from bench.p3_memory import grow
-from bench.report import Figure, fmt_num, ratio, render, table
+from bench.procs import CpuWatch, Proc, cpu_seconds
+from bench.report import Figure, Survival, fmt_num, ratio, render, survival_table, table, tenths_table
 from edge_outbox import db
 
 
@@ -55,18 +60,122 @@ def test_render_has_machine_command_sections_and_findings() -> None:
     assert "## P5: latency" in text
     assert "## P1" not in text  # sections without figures are left out
     assert text.rstrip().endswith("F1: something")
+    with_scale = render(figs, sections={"P5": "latency"}, machine_info={}, command="x", started="t", duration_s=1,
+                        extra={}, findings="F1", scale="| pg x1 | 5,000 |")  # fmt: skip
+    assert with_scale.index("## Scale-out") < with_scale.index("## Findings")
+    assert "| pg x1 | 5,000 |" in with_scale
+
+
+def test_scale_table_reports_rates_cpu_and_commits_per_intent() -> None:
+    from bench.scale import Sample
+    from bench.scale import table as scale_table
+
+    results = {
+        "sqlite x1": [Sample(1000, 5000.0, 900.0, [2.0], [1.0], 0.0, 50.0, float("nan"))],
+        "pg x2": [Sample(1000, 4000.0, 800.0, [1.5, 1.0], [1.0], 0.5, 40.0, 120.0)],
+    }
+    text = "\n".join(scale_table("P2", results, True))
+    row = next(line for line in text.splitlines() if line.startswith("| pg x2"))
+    assert "| 0.80x |" in row
+    assert "| 2.50 (1.25) |" in row  # 2.5 s of node CPU over 1,000 intents, 1.25 ms each node
+    assert row.rstrip().endswith("| 0.50 | 0.040 | 0.120 |")
 
 
 def test_figure_json_round_trip() -> None:
     fig = Figure("P3", "rss", "MB", [1.0, 2.0], peers=["x"], target="<= 100 MB", note="n", higher_is_better=False)
+    fig.add_cpu({"edge": 0.5}, 1000)
+    fig.tenths.append([3.0, 2.0])
     assert Figure.from_json(fig.to_json()) == fig
+    survival = Survival("edge outbox", [500], [500])
+    assert Survival.from_json(survival.to_json()) == survival
+
+
+def test_cpu_column_shows_each_process_per_intent_and_their_sum() -> None:
+    ours = Figure("P1", "ours", "msgs/s", [1000.0, 1200.0])
+    ours.add_cpu({"edge": 0.3, "bridge": 0.4}, 1000)  # 300 and 400 us per intent
+    ours.add_cpu({"edge": 0.5, "bridge": 0.6}, 1000)
+    alone = Figure("P1", "alone", "msgs/s", [2000.0])
+    text = table([ours, alone, Figure("P1", "unmeasured", "msgs/s", [5.0])])
+    header, _rule, row, row_alone, row_none = text.splitlines()
+    assert header.split(" | ")[3] == "CPU per intent, us"
+    assert row.split(" | ")[3] == "edge 400 + bridge 500 = 900"  # medians of each process, then the sum
+    assert row_alone.split(" | ")[3] == "-"
+    assert row_none.split(" | ")[3] == "-"
+    assert "CPU per intent" not in table([alone])  # no column where nothing was measured
+
+
+def test_cpu_per_intent_divides_by_the_intents_counted() -> None:
+    fig = Figure("P6", "x", "msgs/s")
+    fig.add_cpu({"edge": 2.0}, 4000)
+    fig.add_cpu({"edge": 1.0}, 0)  # nothing counted: no sample (not a CPU time per nothing)
+    assert fig.cpu_us == {"edge": [500.0]}
+
+
+def test_tenths_table_has_the_median_per_tenth_and_marks_tenths_not_reached() -> None:
+    full = Figure("P6", "outbox", "msgs/s", [3000.0], tenths=[[float(10 - i) * 100 for i in range(10)]] * 3)
+    capped = Figure("P6", "durable", "msgs/s", [400.0], tenths=[[900.0, 500.0, 300.0], [700.0, 400.0], [800.0]])
+    text = tenths_table([full, capped, Figure("P6", "no tenths", "msgs/s", [1.0])])
+    header, _rule, row_full, row_capped = text.splitlines()
+    assert header.startswith("| figure | to 10% | to 20% |") and header.endswith("| to 100% |")
+    assert row_full == "| outbox (msgs/s) | 1,000 | 900 | 800 | 700 | 600 | 500 | 400 | 300 | 200 | 100 |"
+    assert row_capped == "| durable (msgs/s) | 800 | 450 | 300 | - | - | - | - | - | - | - |"
+    assert tenths_table([Figure("P1", "rate", "msgs/s", [1.0])]) == ""
+
+
+def test_survival_table_counts_acked_arrived_and_lost_per_run() -> None:
+    text = survival_table(
+        [
+            Survival("edge outbox", [500, 500], [500, 500]),
+            Survival("Mosquitto, default persistence", [500, 502], [0, 0]),
+            Survival("Mosquitto, autosave on every change", [500, 500], [499, 500]),
+            Survival("not run"),
+        ]
+    )
+    rows = text.splitlines()[2:]
+    assert rows[0] == "| edge outbox | 500 / 500 | 500 / 500 | 0 / 0 | 0 of 1,000 (none) |"
+    assert rows[1] == "| Mosquitto, default persistence | 500 / 502 | 0 / 0 | 500 / 502 | 1,002 of 1,002 (all) |"
+    assert rows[2] == "| Mosquitto, autosave on every change | 500 / 500 | 499 / 500 | 1 / 0 | 1 of 1,000 (0.1%) |"
+    assert rows[3] == "| not run | - | - | - | - |"
+
+
+def test_render_places_tenths_under_their_section_and_the_durability_table_after_the_sections() -> None:
+    figs = [
+        Figure("P1", "ingest", "msgs/s", [1.0]),
+        Figure("P6", "outbox", "msgs/s", [3000.0], tenths=[[3000.0] * 10]),
+    ]
+    text = render(figs, sections={"P1": "ingest", "P6": "offline"}, machine_info={}, command="x", started="t",
+                  duration_s=1, extra={}, findings="F1", scale="| pg |",
+                  survivals=[Survival("edge outbox", [10], [10])])  # fmt: skip
+    assert text.index("## P1") < text.index("## P6") < text.index("to 10%") < text.index("## Durability")
+    assert text.index("## Durability") < text.index("| edge outbox | 10 | 10 | 0 |") < text.index("## Scale-out")
+    assert "to 10%" not in render(figs[:1], sections={"P1": "ingest"}, machine_info={}, command="x", started="t",
+                                  duration_s=1, extra={}, findings="F1")  # fmt: skip
+    assert "## Durability" not in render(figs, sections={"P6": "offline"}, machine_info={}, command="x",
+                                         started="t", duration_s=1, extra={}, findings="F1")  # fmt: skip
+
+
+def test_proc_tail_shows_only_what_this_process_wrote_to_a_log_shared_by_name(tmp_path: Path) -> None:
+    first = Proc("edge", [sys.executable, "-c", "print('bridge link connected')"], tmp_path)
+    first.popen.wait(60)
+    second = Proc("edge", [sys.executable, "-c", "print('starting')"], tmp_path)
+    second.popen.wait(60)
+    assert "bridge link connected" in first.tail()
+    assert second.tail().strip() == "starting"
+
+
+def test_cpu_watch_reads_the_time_a_process_spent_on_the_cpu() -> None:
+    watch = CpuWatch(me=os.getpid())
+    before = cpu_seconds(os.getpid())
+    while cpu_seconds(os.getpid()) - before < 0.05:  # burn CPU until the kernel has counted some
+        sum(range(10_000))
+    assert watch.used()["me"] >= 0.05
 
 
 def test_mqtt_remaining_length_and_publish_packet() -> None:
-    assert mqttraw._varint(0) == b"\x00"
-    assert mqttraw._varint(127) == b"\x7f"
-    assert mqttraw._varint(128) == b"\x80\x01"
-    assert mqttraw._varint(16_383) == b"\xff\x7f"
+    assert mqttraw.remaining_length(0) == b"\x00"
+    assert mqttraw.remaining_length(127) == b"\x7f"
+    assert mqttraw.remaining_length(128) == b"\x80\x01"
+    assert mqttraw.remaining_length(16_383) == b"\xff\x7f"
     packet = mqttraw.publish_packet("a/b", b"hi", 1, pid=7)
     assert packet == bytes([0x32, 9]) + b"\x00\x03a/b" + b"\x00\x07" + b"hi"
     assert mqttraw.publish_packet("t", b"", 0) == bytes([0x30, 3]) + b"\x00\x01t"
@@ -89,3 +198,11 @@ def test_grow_copies_accepted_rows_with_new_ids_and_marks_their_events_published
     published = check.execute("SELECT value FROM meta WHERE key = 'status_published_seq'").fetchone()[0]
     assert int(published) == check.execute("SELECT max(seq) FROM events").fetchone()[0]
     check.close()
+
+
+def test_io_stall_time_is_read_from_the_kernel_and_only_grows() -> None:
+    first = report.io_stall_us()
+    if first is None:
+        pytest.skip("this kernel has no pressure stall information (/proc/pressure/io)")
+    second = report.io_stall_us()
+    assert isinstance(first, int) and second is not None and second >= first >= 0

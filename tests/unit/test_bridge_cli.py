@@ -14,7 +14,7 @@ from cryptography import x509
 
 from cloud_bridge.cli import main
 from cloud_bridge.errors import ConfigError
-from cloud_bridge.registry import Registry
+from cloud_bridge.registry_sqlite import SqliteRegistry
 from cloud_bridge.settings import BridgeSettings, HostPort, build_settings
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
 
@@ -55,7 +55,7 @@ def test_devices_enroll_code_ls_show_revoke(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     code = json.loads(result.output)["code"]
     assert len(code) >= 22  # >= 128 bits, url-safe base64
-    registry = Registry(tmp_path / "registry.db")
+    registry = SqliteRegistry(tmp_path / "registry.db")
     device = registry.redeem(code, public_key_pem(generate_private_key_pem()), now=time.time())
     # only the hash is stored
     assert code.encode() not in (tmp_path / "registry.db").read_bytes()
@@ -64,7 +64,7 @@ def test_devices_enroll_code_ls_show_revoke(tmp_path: Path) -> None:
     assert [d["device_id"] for d in listing] == [device.device_id]
     table = _run("devices", "ls", data_dir=tmp_path).output
     assert device.device_id in table
-    assert "active" in table
+    assert "never seen" in table
     shown = json.loads(_run("devices", "show", device.device_id, "--json", data_dir=tmp_path).output)
     assert shown["tenant"] == "acme"
     assert shown["revoked_at"] is None
@@ -123,7 +123,7 @@ def test_settings_from_toml(tmp_path: Path) -> None:
     config = tmp_path / "bridge.toml"
     config.write_text(
         '[bridge]\naudience = "aud-x"\nmax_attempts = 3\n'
-        '[integrations.smtp]\nhost = "smtp.example.com"\npassword_env = "SMTP_PASSWORD"\n'
+        '[integrations.smtp]\nhost = "smtp.example.com"\nusername = "apikey"\npassword_env = "SMTP_PASSWORD"\n'
         '[tenants.acme.policy]\nkinds = ["email.send"]\n'
     )
     settings = build_settings(
@@ -132,8 +132,12 @@ def test_settings_from_toml(tmp_path: Path) -> None:
     assert settings.audience == "aud-x"
     assert settings.max_attempts == 3
     assert settings.listen == HostPort("127.0.0.1", 9883)
-    assert settings.integrations["smtp"]["host"] == "smtp.example.com"
+    smtp = settings.config.integrations.smtp
+    assert smtp is not None
+    assert smtp.host == "smtp.example.com"
+    assert smtp.secret("password") is not None
     assert "hunter2-canary" not in repr(settings)
+    assert not hasattr(settings, "env")  # the environment is read, not kept
     assert settings.configured
 
 

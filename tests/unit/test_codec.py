@@ -2,6 +2,7 @@
 
 import contextlib
 import time
+from typing import Any
 
 import msgpack
 import pytest
@@ -19,8 +20,9 @@ from intent_contract.codec import (
     encode_acks,
     encode_batch,
     encode_confirms,
+    refuse_version,
 )
-from intent_contract.errors import DecodeError
+from intent_contract.errors import DecodeError, UnsupportedVersionError
 
 PAYLOAD = {"to": "a@example.com", "subject": "S", "text": "t"}
 
@@ -69,6 +71,9 @@ def test_bad_envelope_is_reported_not_fatal() -> None:
         b"\xc1",
         msgpack.packb({"v": 2, "items": []}),
         msgpack.packb({"items": []}),
+        msgpack.packb({"v": True, "items": []}),
+        msgpack.packb({"v": "1", "items": []}),
+        msgpack.packb({"v": 1, "items": {}}),
         msgpack.packb([1, 2, 3]),
         msgpack.packb({1: 2}),
     ],
@@ -76,6 +81,29 @@ def test_bad_envelope_is_reported_not_fatal() -> None:
 def test_malformed_batches_raise(raw: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_batch(raw)
+
+
+def test_a_batch_of_another_version_names_the_ids_it_can_read() -> None:
+    items = [envelope(1).to_wire(), {"id": "bad id"}, "not a map", {"id": "x-2", "anything": [1]}]
+    with pytest.raises(UnsupportedVersionError, match="wire version 2 is not supported") as caught:
+        decode_batch(msgpack.packb({"v": 2, "items": items, "extra": "field"}))
+    assert (caught.value.version, caught.value.ids) == (2, ("id-1", "x-2"))
+    acks = refuse_version(caught.value, at=7)
+    assert [(a.id, a.state, a.code, a.at) for a in acks] == [
+        ("id-1", AckState.REJECTED, "unsupported_version", 7),
+        ("x-2", AckState.REJECTED, "unsupported_version", 7),
+    ]
+    assert decode_acks(encode_acks(acks)) == acks  # the refusal itself is a plain v1 acks message
+    # another shape altogether: nothing to name, but still an unsupported version, not garbage
+    with pytest.raises(UnsupportedVersionError) as caught:
+        decode_batch(msgpack.packb({"v": 3, "envelopes": [envelope(1).to_wire()]}))
+    assert caught.value.ids == ()
+
+
+@pytest.mark.parametrize(("decode", "key"), [(decode_batch, "items"), (decode_acks, "acks"), (decode_confirms, "ids")])
+def test_every_decoder_refuses_unknown_versions(decode: Any, key: str) -> None:
+    with pytest.raises(UnsupportedVersionError, match="this side speaks 1"):
+        decode(msgpack.packb({"v": 2, key: []}))
 
 
 def test_oversized_message_refused_before_unpacking() -> None:
@@ -144,3 +172,17 @@ def test_arbitrary_structures_inside_v1_batches(value: object) -> None:
         return
     assert decoded.envelopes == []
     assert len(decoded.invalid) == 1
+
+
+def test_an_acks_attempt_is_optional_on_the_wire_and_checked() -> None:
+    with_attempt = Ack("i-1", AckState.ACCEPTED, at=5, attempt=2)
+    assert with_attempt.to_wire()["attempt"] == 2
+    assert "attempt" not in Ack("i-1", AckState.ACCEPTED, at=5).to_wire()  # as older bridges send it
+    assert decode_acks(encode_acks([with_attempt, Ack("i-2", AckState.FAILED)])) == [
+        with_attempt,
+        Ack("i-2", AckState.FAILED),
+    ]
+    for bad in (-1, "2", True, 1.5):
+        raw = msgpack.packb({"v": 1, "acks": [{"id": "i-1", "state": "accepted", "attempt": bad}]})
+        with pytest.raises(DecodeError, match="attempt"):
+            decode_acks(raw)

@@ -5,7 +5,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_outbox.errors import IllegalTransitionError
-from edge_outbox.states import FINAL, PENDING, Event, State, event_for_ack, step
+from edge_outbox.states import (
+    FINAL,
+    PENDING,
+    TRANSITIONS,
+    UNSENT_ONLY,
+    Effect,
+    Event,
+    State,
+    event_for_ack,
+    step,
+)
 
 
 def test_happy_path() -> None:
@@ -52,17 +62,30 @@ def test_ack_state_mapping() -> None:
 
 
 @given(st.lists(st.tuples(st.sampled_from(list(Event)), st.booleans()), max_size=40))
-def test_any_sequence_keeps_the_invariants(events: list[tuple[Event, bool]]) -> None:
+def test_any_sequence_follows_the_table(events: list[tuple[Event, bool]]) -> None:
     state = State.ACCEPTED
     for event, sent in events:
         before = state
+        late_ack = before.final and event.value.startswith("bridge_")  # a no-op, never an error
+        allowed = late_ack or ((before, event) in TRANSITIONS and not (event in UNSENT_ONLY and sent))
         try:
             result = step(state, event, sent=sent)
         except IllegalTransitionError:
-            assert state is before  # an illegal event changes nothing
+            assert not allowed, f"{event} refused in {before} (sent={sent}) though the table allows it"
             continue
-        if before.final and event is not Event.RETRY:
-            assert result.state is before  # a final state only leaves by an ops retry
-        if event is Event.RETRY:
-            assert before in (State.FAILED, State.EXPIRED)
+        assert allowed, f"{event} allowed in {before} (sent={sent}) though the table has no such transition"
+        assert result.state is (before if late_ack else TRANSITIONS[(before, event)])
+        assert result.changed == (result.state is not before)
+        if before.final and event not in (Event.RETRY, Event.RERUN):
+            assert result.state is before  # a final state only leaves by a retry (here, or at the bridge)
         state = result.state
+
+
+def test_a_retry_at_the_bridge_brings_a_failed_or_expired_intent_back_to_forwarded() -> None:
+    for state in (State.FAILED, State.EXPIRED):
+        result = step(state, Event.RERUN)
+        assert (result.state, result.changed) == (State.FORWARDED, True)
+        assert Effect.BRIDGE_ATTEMPT in result.effects
+    for state in (State.DELIVERED, State.REJECTED, State.CANCELLED, State.ACCEPTED, State.FORWARDED):
+        with pytest.raises(IllegalTransitionError):
+            step(state, Event.RERUN)

@@ -11,13 +11,15 @@ import pytest
 
 from cloud_bridge.audit import AuditEvent
 from cloud_bridge.errors import PermanentError, TransientError
-from cloud_bridge.executor import Executor, retry_delay
+from cloud_bridge.executor import Executor
 from cloud_bridge.integrations.base import Job, Outcome
-from cloud_bridge.ledger import EntryState
+from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE, requests_for
 from cloud_bridge.ledger_sqlite import SqliteLedger
+from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.policy import Decision, DeviceRef
 from intent_contract.backoff import compute_backoff
 from intent_contract.codec import Ack, AckState, Envelope
+from tests.support.stores import admit
 
 NOW = 1_800_000_000.0
 DEV = DeviceRef("dev-1", "acme", "boiler-7")
@@ -114,7 +116,7 @@ def make(
 
 async def test_delivers_and_reports_each_result(ledger: SqliteLedger) -> None:
     smtp, clock, finals = FakeIntegration(), Clock(), Finals()
-    await ledger.admit(DEV, [env("a"), env("b")], allow, NOW)
+    await admit(ledger, DEV, [env("a"), env("b")], allow, NOW)
     assert await make(ledger, smtp, clock=clock, finals=finals).run_due() == 2
     assert finals.states() == {"a": (AckState.DELIVERED, ""), "b": (AckState.DELIVERED, "")}
     assert {d for d, _ in finals.acks} == {"dev-1"}
@@ -136,7 +138,7 @@ async def test_transient_errors_are_retried_with_backoff(ledger: SqliteLedger) -
     smtp, clock, finals = FakeIntegration(), Clock(), Finals()
     smtp.script["a"] = [TransientError("421 busy", code="smtp_421")]
     executor = make(ledger, smtp, clock=clock, finals=finals, retry_base=2.0, retry_cap=300.0)
-    await ledger.admit(DEV, [env("a")], allow, NOW)
+    await admit(ledger, DEV, [env("a")], allow, NOW)
     assert await executor.run_due() == 1
     assert finals.acks == []
     due = NOW + compute_backoff(1, base=2.0, cap=300.0, jitter=0.5)
@@ -153,7 +155,7 @@ async def test_transient_errors_are_retried_with_backoff(ledger: SqliteLedger) -
 async def test_retry_after_wins_when_longer(ledger: SqliteLedger) -> None:
     smtp, clock, finals = FakeIntegration(), Clock(), Finals()
     smtp.script["a"] = [TransientError("429", code="http_429", retry_after=120.0)]
-    await ledger.admit(DEV, [env("a")], allow, NOW)
+    await admit(ledger, DEV, [env("a")], allow, NOW)
     await make(ledger, smtp, clock=clock, finals=finals).run_due()
     assert await ledger.next_due(["email.send"]) == NOW + 120.0
 
@@ -162,7 +164,7 @@ async def test_gives_up_after_max_attempts(ledger: SqliteLedger) -> None:
     smtp, clock, finals = FakeIntegration(), Clock(), Finals()
     smtp.script["a"] = [TransientError("421 busy", code="smtp_421") for _ in range(10)]
     executor = Executor(ledger, {"email.send": smtp}, on_final=finals, now=clock, rand=lambda: 0.0, max_attempts=3)
-    await ledger.admit(DEV, [env("a")], allow, NOW)
+    await admit(ledger, DEV, [env("a")], allow, NOW)
     assert await executor.run_due() == 3
     [(_, ack)] = finals.acks
     assert (ack.state, ack.code) == (AckState.FAILED, "smtp_421")
@@ -173,7 +175,7 @@ async def test_gives_up_after_max_attempts(ledger: SqliteLedger) -> None:
 async def test_permanent_errors_fail_at_once(ledger: SqliteLedger) -> None:
     smtp, clock, finals = FakeIntegration(), Clock(), Finals()
     smtp.script["a"] = [PermanentError("550 no such user", code="smtp_550")]
-    await ledger.admit(DEV, [env("a")], allow, NOW)
+    await admit(ledger, DEV, [env("a")], allow, NOW)
     assert await make(ledger, smtp, clock=clock, finals=finals).run_due() == 1
     [(_, ack)] = finals.acks
     assert (ack.state, ack.code, ack.detail) == (AckState.FAILED, "smtp_550", "550 no such user")
@@ -184,7 +186,7 @@ async def test_foreign_exceptions_retry_and_log_no_secret(
 ) -> None:
     smtp, clock, finals = FakeIntegration(), Clock(), Finals()
     smtp.script["a"] = [RuntimeError(f"connect https://api.example/?token={SECRET}")]
-    await ledger.admit(DEV, [env("a")], allow, NOW)
+    await admit(ledger, DEV, [env("a")], allow, NOW)
     with caplog.at_level(logging.DEBUG):
         await make(ledger, smtp, clock=clock, finals=finals).run_due()
     assert "RuntimeError" in caplog.text
@@ -198,7 +200,7 @@ async def test_foreign_exceptions_retry_and_log_no_secret(
 
 async def test_kind_without_integration_fails(ledger: SqliteLedger) -> None:
     smtp, clock, finals = FakeIntegration(), Clock(), Finals()
-    await ledger.admit(DEV, [env("s", kind="sms.send")], allow, NOW)
+    await admit(ledger, DEV, [env("s", kind="sms.send")], allow, NOW)
     assert await make(ledger, smtp, clock=clock, finals=finals).run_due() == 1
     assert finals.states() == {"s": (AckState.FAILED, "no_integration")}
     assert smtp.jobs == []
@@ -206,7 +208,7 @@ async def test_kind_without_integration_fails(ledger: SqliteLedger) -> None:
 
 async def test_expired_before_run_is_not_executed(ledger: SqliteLedger) -> None:
     smtp, clock, finals = FakeIntegration(), Clock(), Finals()
-    await ledger.admit(DEV, [env("a", expires=int(NOW * 1000) + 1000)], allow, NOW)
+    await admit(ledger, DEV, [env("a", expires=int(NOW * 1000) + 1000)], allow, NOW)
     clock.t = NOW + 1
     await make(ledger, smtp, clock=clock, finals=finals).run_due()
     assert finals.states() == {"a": (AckState.EXPIRED, "expired")}
@@ -216,7 +218,7 @@ async def test_expired_before_run_is_not_executed(ledger: SqliteLedger) -> None:
 async def test_expires_instead_of_waiting_past_its_deadline(ledger: SqliteLedger) -> None:
     smtp, clock, finals = FakeIntegration(), Clock(), Finals()
     smtp.script["a"] = [TransientError("429", code="http_429", retry_after=60.0)]
-    await ledger.admit(DEV, [env("a", expires=int(NOW * 1000) + 10_000)], allow, NOW)
+    await admit(ledger, DEV, [env("a", expires=int(NOW * 1000) + 10_000)], allow, NOW)
     await make(ledger, smtp, clock=clock, finals=finals).run_due()
     assert finals.states() == {"a": (AckState.EXPIRED, "expired")}
 
@@ -227,7 +229,7 @@ async def test_loop_honours_concurrency_and_wakes(ledger: SqliteLedger) -> None:
     executor = make(ledger, smtp, clock=clock, finals=finals, idle_poll=60.0)
     await executor.start()
     try:
-        await ledger.admit(DEV, [env(f"i{n}") for n in range(6)], allow, NOW)
+        await admit(ledger, DEV, [env(f"i{n}") for n in range(6)], allow, NOW)
         executor.wake()
         await eventually(lambda: smtp.active == 2)
         await asyncio.sleep(0.05)
@@ -235,11 +237,50 @@ async def test_loop_honours_concurrency_and_wakes(ledger: SqliteLedger) -> None:
         smtp.gate.set()
         await eventually(lambda: len(finals.acks) == 6)
         assert smtp.max_active == 2
-        await ledger.admit(DEV, [env("late")], allow, NOW)
+        await admit(ledger, DEV, [env("late")], allow, NOW)
         executor.wake()
         await eventually(lambda: len(finals.acks) == 7)
     finally:
         await executor.stop()
+
+
+async def test_an_idle_executor_offers_its_free_slots_and_runs_what_an_admission_claimed(
+    ledger: SqliteLedger,
+) -> None:
+    smtp, sms, clock, finals = FakeIntegration(concurrency=3), FakeIntegration("sms.send", 1), Clock(), Finals()
+    smtp.gate = sms.gate = asyncio.Event()
+    executor = make(ledger, smtp, sms, clock=clock, finals=finals, idle_poll=60.0)
+    assert executor.offer("acme") is None  # not started
+    await executor.start()
+    try:
+
+        def idle() -> bool:  # a fill found nothing waiting: offers are made (this one is given back)
+            offer = executor.offer("acme")
+            if offer is not None:
+                executor.release(offer)
+            return offer is not None
+
+        await eventually(idle)
+        offer = executor.offer("acme")
+        assert offer is not None and offer.slots == {"email.send": 3, "sms.send": 1}
+        assert executor.offer("acme") is None  # every free slot is reserved for the first
+        batch = [env("a"), env("b"), env("c"), env("d"), env("t", kind="sms.send")]
+        requests = requests_for(batch, allow, NOW, DEFAULT_MAX_AGE)
+        _, claimed = await ledger.admit_claiming(DEV, requests, NOW, offer)
+        assert sorted(e.intent_id for e in claimed) == ["a", "b", "c", "t"]
+        executor.adopt(offer, claimed)
+        await eventually(lambda: len(smtp.jobs) == 3 and len(sms.jobs) == 1)
+        assert executor.in_flight == 4
+        assert executor.offer("acme") is None  # the slots are busy now, not reserved
+        executor.wake()  # "d" waits: the admission says so, and no offer is made until a fill has looked
+        smtp.gate.set()
+        await eventually(lambda: len(finals.acks) == 5)
+        assert sorted(j.intent_id for j in smtp.jobs) == ["a", "b", "c", "d"]  # each once
+        assert all(j.attempt == 1 for j in smtp.jobs)
+        await eventually(idle)
+    finally:
+        await executor.stop()
+    assert executor.offer("acme") is None  # stopped
 
 
 async def test_the_next_due_time_is_asked_only_when_slots_go_unfilled(
@@ -260,7 +301,7 @@ async def test_the_next_due_time_is_asked_only_when_slots_go_unfilled(
     smtp, clock, finals = FakeIntegration(concurrency=2), Clock(), Finals()
     smtp.delays = [(n % 7) / 1000 for n in range(total)]  # slots free at varied moments, as in real life
     executor = make(ledger, smtp, clock=clock, finals=finals, idle_poll=60.0)
-    await ledger.admit(DEV, [env(f"i{n}") for n in range(total)], allow, NOW)
+    await admit(ledger, DEV, [env(f"i{n}") for n in range(total)], allow, NOW)
     await executor.start()
     try:
         await eventually(lambda: len(finals.acks) == total)
@@ -274,7 +315,7 @@ async def test_start_resumes_rows_left_running(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     crashed = SqliteLedger(path)
     await crashed.open()
-    await crashed.admit(DEV, [env("a")], allow, NOW)
+    await admit(crashed, DEV, [env("a")], allow, NOW)
     await crashed.claim(["email.send"], 5, NOW)  # the bridge died during the provider call
     await crashed.close()
     ledger = SqliteLedger(path)
@@ -295,7 +336,7 @@ async def test_stop_cancels_hung_jobs_which_resume_later(ledger: SqliteLedger) -
     smtp, clock, finals = FakeIntegration(), Clock(), Finals()
     smtp.gate = asyncio.Event()  # never set: the provider hangs
     executor = make(ledger, smtp, clock=clock, finals=finals, stop_grace=0.05)
-    await ledger.admit(DEV, [env("a")], allow, NOW)
+    await admit(ledger, DEV, [env("a")], allow, NOW)
     await executor.start()
     await eventually(lambda: smtp.active == 1)
     await executor.stop()
@@ -312,20 +353,11 @@ async def test_a_failing_on_final_does_not_stop_the_executor(ledger: SqliteLedge
         seen.append(ack.id)
         raise ConnectionError("listener gone")
 
-    await ledger.admit(DEV, [env("a"), env("b")], allow, NOW)
+    await admit(ledger, DEV, [env("a"), env("b")], allow, NOW)
     executor = Executor(ledger, {"email.send": smtp}, on_final=on_final, now=clock)
     assert await executor.run_due() == 2
     assert sorted(seen) == ["a", "b"]
     assert {a.state for a in await ledger.unconfirmed(DEV.device_id)} == {AckState.DELIVERED}
-
-
-def test_retry_delay_is_backoff_until_max_attempts() -> None:
-    options = {"max_attempts": 4, "base": 1.0, "cap": 10.0}
-    assert retry_delay(1, jitter=1.0, **options) == 1.0  # type: ignore[arg-type]
-    assert retry_delay(3, jitter=0.5, **options) == 2.0  # type: ignore[arg-type]
-    assert retry_delay(3, jitter=0.5, retry_after=7.0, **options) == 7.0  # type: ignore[arg-type]
-    assert retry_delay(3, jitter=1.0, retry_after=1.0, **options) == 4.0  # type: ignore[arg-type]
-    assert retry_delay(4, jitter=0.5, **options) is None  # type: ignore[arg-type]
 
 
 def test_bad_settings_are_refused(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.policy import Decision, DeviceRef
 from intent_contract.codec import Ack, AckState, Envelope
+from tests.support.stores import admit
 
 NOW = 1_800_000_000.0
 DEVICES = [DeviceRef("dev-0", "acme", "a"), DeviceRef("dev-1", "acme", "b")]
@@ -95,8 +96,11 @@ async def scenario(path: Path, steps: list[tuple], behaviour: dict[str, str]) ->
         for step in steps:
             if step[0] == "admit":
                 device = DEVICES[step[1]]
-                envelopes = [Envelope(i, "app", "email.send", 0, None, a, {"to": "x@example.com"}) for i, a in step[2]]
-                acks = await ledger.admit(device, envelopes, decide, NOW)
+                envelopes = [
+                    Envelope(i, "app", "email.send", int(NOW * 1000), None, a, {"to": "x@example.com"})
+                    for i, a in step[2]
+                ]
+                acks = await admit(ledger, device, envelopes, decide, NOW)
                 for envelope, ack in zip(envelopes, acks, strict=True):
                     key = (device.device_id, envelope.id)
                     known = model.get(key)

@@ -9,8 +9,6 @@ import pytest
 from cloud_bridge.errors import ConfigError
 from cloud_bridge.policy import Decision, DeviceRef, PolicyEngine
 
-NOW = 1_700_000_000.0
-
 CONFIG: dict[str, Any] = {
     "acme": {
         "policy": {
@@ -42,23 +40,23 @@ def email(**extra: Any) -> dict[str, Any]:
 
 
 def test_allowed_email_gets_the_configured_from(engine: PolicyEngine) -> None:
-    decision = engine.check(DEV, "email.send", email(), NOW)
+    decision = engine.check(DEV, "email.send", email())
     assert decision == Decision(True, overrides={"from": "alerts@acme.example"})
 
 
 def test_unknown_tenant_is_policy_tenant(engine: PolicyEngine) -> None:
-    decision = engine.check(DeviceRef("d-9", "globex", "x"), "email.send", email(), NOW)
+    decision = engine.check(DeviceRef("d-9", "globex", "x"), "email.send", email())
     assert (decision.allowed, decision.code) == (False, "policy_tenant")
 
 
 def test_tenant_without_policy_allows_nothing(engine: PolicyEngine) -> None:
-    decision = engine.check(DeviceRef("d-9", "empty", "x"), "email.send", email(), NOW)
+    decision = engine.check(DeviceRef("d-9", "empty", "x"), "email.send", email())
     assert decision.code == "policy_kind"
 
 
 def test_empty_config_rejects_every_kind() -> None:
     engine = PolicyEngine.from_config({})
-    assert engine.check(DEV, "notify", {"target": "oncall", "body": "b"}, NOW).code == "policy_tenant"
+    assert engine.check(DEV, "notify", {"target": "oncall", "body": "b"}).code == "policy_tenant"
 
 
 @pytest.mark.parametrize(
@@ -81,34 +79,34 @@ def test_empty_config_rejects_every_kind() -> None:
 def test_recipient_domains_are_exact_and_case_insensitive(
     engine: PolicyEngine, payload: dict[str, Any], allowed: bool
 ) -> None:
-    decision = engine.check(DEV, "email.send", payload, NOW)
+    decision = engine.check(DEV, "email.send", payload)
     assert decision.allowed is allowed
     if not allowed:
         assert decision.code == "policy_recipient"
 
 
 def test_app_from_refused_unless_allowed(engine: PolicyEngine) -> None:
-    refused = engine.check(DEV, "email.send", email(**{"from": "ceo@example.com"}), NOW)
+    refused = engine.check(DEV, "email.send", email(**{"from": "ceo@example.com"}))
     assert refused.code == "policy_from"
-    same = engine.check(DEV, "email.send", email(**{"from": "Alerts@acme.example"}), NOW)
+    same = engine.check(DEV, "email.send", email(**{"from": "Alerts@acme.example"}))
     assert same.overrides == {"from": "alerts@acme.example"}
     ui = DeviceRef("d-2", "acme", "ui-1")
-    honoured = engine.check(ui, "email.send", email(**{"from": "ceo@example.com"}), NOW)
+    honoured = engine.check(ui, "email.send", email(**{"from": "ceo@example.com"}))
     assert honoured == Decision(True, overrides={"from": "ceo@example.com"})
 
 
 def test_no_configured_from_is_policy_from() -> None:
     engine = PolicyEngine.from_config({"t": {"policy": {"kinds": ["email.send"], "email_domains": ["example.com"]}}})
-    decision = engine.check(DeviceRef("d", "t", "n"), "email.send", email(), NOW)
+    decision = engine.check(DeviceRef("d", "t", "n"), "email.send", email())
     assert decision.code == "policy_from"
 
 
 def test_device_override_replaces_tenant_keys(engine: PolicyEngine) -> None:
     boiler = DeviceRef("d-7", "acme", "boiler-7")
-    assert engine.check(boiler, "email.send", email(), NOW).allowed
-    assert engine.check(boiler, "notify", {"target": "oncall", "body": "b"}, NOW).code == "policy_kind"
+    assert engine.check(boiler, "email.send", email()).allowed
+    assert engine.check(boiler, "notify", {"target": "oncall", "body": "b"}).code == "policy_kind"
     # Another tenant's device with the same name does not get acme's override.
-    assert engine.check(DeviceRef("d-8", "empty", "boiler-7"), "email.send", email(), NOW).code == "policy_kind"
+    assert engine.check(DeviceRef("d-8", "empty", "boiler-7"), "email.send", email()).code == "policy_kind"
 
 
 @pytest.mark.parametrize(
@@ -125,13 +123,13 @@ def test_device_override_replaces_tenant_keys(engine: PolicyEngine) -> None:
     ],
 )
 def test_kind_specific_rules(engine: PolicyEngine, kind: str, payload: dict[str, Any], code: str) -> None:
-    decision = engine.check(DEV, kind, payload, NOW)
+    decision = engine.check(DEV, kind, payload)
     assert (decision.allowed, decision.code) == (code == "", code)
 
 
 def test_sms_without_prefixes_allows_any_number() -> None:
     engine = PolicyEngine.from_config({"t": {"policy": {"kinds": ["sms.send"]}}})
-    assert engine.check(DeviceRef("d", "t", "n"), "sms.send", {"to": "+81312345678", "text": "t"}, NOW).allowed
+    assert engine.check(DeviceRef("d", "t", "n"), "sms.send", {"to": "+81312345678", "text": "t"}).allowed
 
 
 @pytest.mark.parametrize(

@@ -1,27 +1,53 @@
-"""Rate limits (token bucket) and daily quotas, driven with an injected clock."""
+"""Rate limits (token bucket) and daily quotas, driven with an injected clock: the policy says which
+limits apply, `ratelimit.take` spends them on the state the store keeps per (device, kind)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud_bridge.policy import DeviceRef, PolicyEngine
-from cloud_bridge.ratelimit import SECONDS_PER_DAY, Bucket, RateRule, utc_day
+from cloud_bridge.policy import Decision, DeviceRef, PolicyEngine
+from cloud_bridge.ratelimit import SECONDS_PER_DAY, Bucket, LimitState, QuotaCount, RateRule, take, utc_day
 
 DAY0 = 19_700 * SECONDS_PER_DAY  # midnight UTC
 DEV = DeviceRef("d-1", "t", "n")
 NOTE = {"target": "oncall", "body": "b"}
 
 
-def engine(rate: dict[str, Any] | None = None, quota: int | None = None) -> PolicyEngine:
+@dataclass
+class Limited:
+    """What admission does: the policy's decision, then its limits spent on the stored state."""
+
+    engine: PolicyEngine
+    states: dict[tuple[str, str], LimitState] = field(default_factory=dict)
+
+    def check(self, device: DeviceRef, kind: str, payload: dict[str, Any], now: float) -> Decision:
+        decision = self.engine.check(device, kind, payload)
+        if not decision.allowed or not decision.limits.any:
+            return decision
+        key = (device.device_id, kind)
+        code, detail, self.states[key] = take(decision.limits, self.states.get(key, LimitState()), kind, now)
+        return Decision(False, code, detail) if code else decision
+
+    def load_usage(self, counts: dict[tuple[str, str], int], day: int) -> None:
+        for key, used in counts.items():
+            self.states[key] = LimitState(self.states.get(key, LimitState()).bucket, QuotaCount(day, used))
+
+    def usage(self, now: float) -> dict[tuple[str, str], int]:
+        day = utc_day(now)
+        return {k: s.quota.used for k, s in self.states.items() if s.quota is not None and s.quota.day == day}
+
+
+def engine(rate: dict[str, Any] | None = None, quota: int | None = None) -> Limited:
     policy: dict[str, Any] = {"kinds": ["notify", "sms.send"], "notify_targets": ["oncall"]}
     if rate is not None:
         policy["rate"] = {"notify": rate}
     if quota is not None:
         policy["daily_quota"] = {"notify": quota}
-    return PolicyEngine.from_config({"t": {"policy": policy}})
+    return Limited(PolicyEngine.from_config({"t": {"policy": policy}}))
 
 
 def test_burst_then_refill() -> None:

@@ -19,6 +19,14 @@ def test_every_schema_has_examples() -> None:
         assert ex["invalid"], name
 
 
+def test_the_kind_list_is_the_same_everywhere() -> None:
+    # intent_contract.names.KINDS is the source; the envelope schema and the schema files must agree.
+    envelope = json.loads((schema_dir() / "envelope.json").read_text())
+    assert envelope["properties"]["kind"]["enum"] == list(KINDS)
+    kind_files = {p.stem for p in schema_dir().glob("*.json")} - {"envelope", "common"}
+    assert kind_files == set(KINDS)
+
+
 @pytest.mark.parametrize(("name", "doc"), [(n, d) for n, ex in EXAMPLES.items() for d in ex["valid"]])
 def test_valid_examples_pass(name: str, doc: object) -> None:
     validate(name, doc)

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cloud_bridge.errors import AuthError
-from cloud_bridge.tokens import ReplayCache, TokenClaims, load_device_public_key, verify_device_token
+from cloud_bridge.tokens import MemoryReplayCache, TokenClaims, load_device_public_key, verify_device_token
 from intent_contract.device_token import generate_private_key_pem, public_key_pem, sign_device_token
 
 NOW = 1_800_000_000
@@ -127,20 +127,20 @@ def test_public_key_must_be_p256() -> None:
 
 
 def test_replay_cache_refuses_a_second_use_until_expiry() -> None:
-    cache = ReplayCache()
+    cache = MemoryReplayCache()
     claims = TokenClaims(device_id=DEVICE, jti="jti-0123456789", iat=NOW, exp=NOW + 60)
-    cache.check_and_add(claims, NOW)
+    cache.add(claims, NOW)
     with pytest.raises(AuthError) as info:
-        cache.check_and_add(claims, NOW + 1)
+        cache.add(claims, NOW + 1)
     assert info.value.code == "token_replayed"
     # After expiry (plus leeway) the entry is pruned; the token itself is refused as expired by then.
-    cache.check_and_add(TokenClaims(DEVICE, "another-jti-00", NOW + 100, NOW + 160), NOW + 100)
+    cache.add(TokenClaims(DEVICE, "another-jti-00", NOW + 100, NOW + 160), NOW + 100)
     assert len(cache) == 1
 
 
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.integers(0, 50)), max_size=60))
 def test_replay_cache_accepts_each_live_jti_once(uses: list[tuple[str, int]]) -> None:
-    cache = ReplayCache(leeway=0)
+    cache = MemoryReplayCache(leeway=0)
     accepted: dict[str, float] = {}
     now = float(NOW)
     for jti, step in uses:
@@ -148,7 +148,7 @@ def test_replay_cache_accepts_each_live_jti_once(uses: list[tuple[str, int]]) ->
         claims = TokenClaims(DEVICE, f"jti-{jti}-000000", now, now + 30)
         live = jti in accepted and accepted[jti] >= now
         try:
-            cache.check_and_add(claims, now)
+            cache.add(claims, now)
         except AuthError:
             assert live
         else:

@@ -1,0 +1,69 @@
+"""CPU per intent of the edge and the bridge while a backlog drains to the HTTP sink, optionally under py-spy.
+
+    python -m bench.drain_cpu [N] [--spy DIR]
+
+Fills an enrolled edge with N intents offline (4 publishers), starts the bridge and the edge, and waits
+until every result is back at the edge (at most 300 s). Prints the time and each process's CPU per intent.
+With --spy, py-spy records both processes (`-f raw`: collapsed stacks, one file per process) into DIR.
+For a before/after pair, run it twice, once with PYTHONPATH pointing at a checkout of the old tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.load import publish_timed
+from bench.procs import CpuWatch, free_port
+from bench.stack import EnrolledPair, Stack, edge_counts, intent_body
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("n", nargs="?", type=int, default=20_000)
+    parser.add_argument("--spy", type=Path, help="record both processes with py-spy into this directory")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="drain-cpu-", dir="/var/tmp"))
+    stack = Stack(work)
+    stack.start_sink()
+    try:
+        pair = EnrolledPair(stack, "drain")
+        filled = pair.root / "edge-filled"
+        shutil.copytree(pair.edge_tpl, filled)
+        port = free_port()
+        edge = stack.start_edge(filled, port, "--no-forward", "--max-queue-items", "0", name="edge-fill")
+        asyncio.run(publish_timed(port, 4, 3600, intent_body, max_messages=args.n))
+        edge.stop()
+        backlog = edge_counts(filled).get("accepted", 0)
+        bridge_dir, edge_dir = pair.fresh("run", edge_from=filled)
+        bridge = pair.start_bridge(bridge_dir)
+        t0 = time.monotonic()
+        edge = stack.start_edge(edge_dir, free_port(), "--max-queue-items", "0")
+        cpu = CpuWatch(edge=edge.pid, bridge=bridge.pid)
+        spies = []
+        if args.spy:
+            args.spy.mkdir(parents=True, exist_ok=True)
+            for name, pid in (("bridge", bridge.pid), ("edge", edge.pid)):
+                command = ["py-spy", "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(args.spy / name)]
+                spies.append(subprocess.Popen([*command, "--nonblocking"], stdout=subprocess.DEVNULL))
+        while time.monotonic() < t0 + 300 and edge_counts(edge_dir).get("delivered", 0) < backlog:
+            time.sleep(0.5)
+        took, used = time.monotonic() - t0, cpu.used()
+        for spy in spies:
+            spy.send_signal(2)
+            spy.wait(30)
+        delivered = edge_counts(edge_dir).get("delivered", 0)
+        per_intent = ", ".join(f"{name} {seconds / max(delivered, 1) * 1e6:,.0f} us" for name, seconds in used.items())
+        print(f"{delivered:,} of {backlog:,} results back in {took:.1f} s; CPU per intent: {per_intent}")
+    finally:
+        stack.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""`[bridge]`: the bridge process's own settings (everything but integrations and tenants)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from cloud_bridge.config.fields import Duration, Positive, PositiveInt, SecretSection, Text
+from cloud_bridge.enroll_limits import EnrollLimits
+from cloud_bridge.errors import ConfigError
+from cloud_bridge.ledger import DEFAULT_LEASE
+from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE
+from cloud_bridge.store.url import StoreUrl
+from cloud_bridge.tokens import DEFAULT_TOKENS_PER_DEVICE
+from intent_contract.device_token import DEFAULT_AUDIENCE
+
+MIN_INTENT_AGE = 86_400.0  # a shorter bound would refuse intents of a site offline for one day
+_ENROLL = EnrollLimits()
+
+
+class BridgeSection(SecretSection):
+    """`[bridge]`."""
+
+    SECRETS = ("store_password",)
+
+    audience: Text = Field(DEFAULT_AUDIENCE, description="the `aud` every device token must carry")
+    max_attempts: PositiveInt = Field(8, description="executions of one attempt before it ends `failed`")
+    retry_base: Positive = Field(1.0, description="first backoff between retries, seconds (full jitter)")
+    retry_cap: Positive = Field(300.0, description="longest backoff between retries, seconds")
+    enroll_per_address_per_minute: Positive = Field(
+        _ENROLL.per_address_per_minute, description="POST /v1/enroll requests from one address (an IPv6 /64)"
+    )
+    enroll_per_minute: Positive = Field(_ENROLL.per_minute, description="POST /v1/enroll requests from everywhere")
+    store: str | None = Field(
+        None, description="`sqlite:///DIR` or `postgresql://USER@HOST:PORT/DB`; default: SQLite in the data dir"
+    )
+    store_password_env: Text | None = Field(None, description="environment variable holding the PostgreSQL password")
+    store_password_file: Text | None = Field(None, description="file holding the PostgreSQL password")
+    max_intent_age: Duration = Field(DEFAULT_MAX_AGE, description="older intents are rejected `too_old`")
+    lease: Duration = Field(DEFAULT_LEASE, description="how long a claimed job is held without renewal")
+    intent_retention: Duration = Field(
+        30 * 86_400.0, description="final ledger rows the edge confirmed are deleted this long after their last change"
+    )
+    audit_retention: Duration = Field(
+        90 * 86_400.0, description="audit rows are deleted this long after they were written"
+    )
+    tokens_per_device: PositiveInt = Field(
+        DEFAULT_TOKENS_PER_DEVICE, description="live device tokens one device may have in the replay cache"
+    )
+
+    def required(self, name: str) -> bool:
+        return False  # without one, libpq's ~/.pgpass (or trust) applies
+
+    def secret_problems(self) -> list[str]:
+        found = []
+        if self.retry_cap < self.retry_base:
+            found.append("retry_cap must be at least retry_base")
+        if self.max_intent_age < MIN_INTENT_AGE:
+            found.append(f"max_intent_age must be at least {MIN_INTENT_AGE:.0f} s (one day)")
+        if self.intent_retention < 3600.0 or self.audit_retention < 3600.0:
+            found.append("intent_retention and audit_retention must be at least 1h")
+        if not 3.0 <= self.lease <= 3600.0:
+            found.append("lease must be within 3..3600 seconds")
+        if self.store is not None:
+            try:
+                self.store_url(None)  # refuses a bad URL, or a password written into it
+            except ConfigError as exc:
+                found.append(exc.detail)
+        return found
+
+    def store_url(self, override: str | None) -> StoreUrl | None:
+        """The store from `--store` (override) or `store`, with the password; None: SQLite in the data dir.
+
+        ConfigError for a bad URL or a password written into it.
+        """
+        text = override or self.store
+        if text is None:
+            return None
+        return StoreUrl.parse(text, password=self.secret("store_password"))
+
+    @property
+    def enroll_limits(self) -> EnrollLimits:
+        return EnrollLimits(
+            per_address_per_minute=self.enroll_per_address_per_minute, per_minute=self.enroll_per_minute
+        )

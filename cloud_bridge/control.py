@@ -1,0 +1,142 @@
+"""The running bridge's local control socket: `cloud-bridge reload` asks it to reload and hears the result.
+
+A Unix socket in the data directory (`control.sock`, mode 0600): only the bridge's own user (and
+root) can open it, and the bridge also checks the peer's uid (SO_PEERCRED) before it answers.
+Chosen over a pid file and a signal because the caller gets the answer (applied, or refused and
+why), and a stale pid file can never make it signal another process. One request a connection: a
+JSON line `{"command": "reload"}`, answered by one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from cloud_bridge.errors import ConfigError, TransientError
+
+logger = logging.getLogger(__name__)
+
+SOCKET_NAME: Final = "control.sock"
+_MAX_LINE: Final = 4096
+_MAX_PATH: Final = 107  # sun_path, less its terminating NUL
+
+Handler = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def socket_path(data_dir: Path) -> Path:
+    return data_dir / SOCKET_NAME
+
+
+def _peer_uid(sock: socket.socket | None) -> int | None:
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class ControlServer:
+    """Serves the control socket of one node; `handlers` map a command to what it does."""
+
+    def __init__(self, data_dir: Path, handlers: Mapping[str, Handler]) -> None:
+        self.path = socket_path(data_dir)
+        self._handlers = dict(handlers)
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> bool:
+        """Listen; False (and a warning) when the path is too long or another bridge answers on it."""
+        if len(os.fsencode(self.path)) > _MAX_PATH:
+            logger.warning("no control socket: %s is longer than a Unix socket path may be; use SIGHUP", self.path)
+            return False
+        if self.path.exists():
+            if await _answers(self.path):
+                logger.warning("no control socket: another bridge answers on %s (same --data-dir)", self.path)
+                return False
+            self.path.unlink()  # left by a bridge that did not stop cleanly
+        old = os.umask(0o177)  # created 0600, not briefly wider
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=_MAX_LINE)
+        finally:
+            os.umask(old)
+        return True
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            uid = _peer_uid(writer.get_extra_info("socket"))
+            if uid is not None and uid not in (0, os.geteuid()):
+                answer: dict[str, Any] = {"ok": False, "error": "not allowed"}
+            else:
+                answer = await self._answer(await reader.readline())
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass  # a caller that went away or sent too much gets nothing
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            command = json.loads(line).get("command")
+        except (ValueError, AttributeError):
+            command = None
+        handler = self._handlers.get(command) if isinstance(command, str) else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown command; known: {', '.join(sorted(self._handlers))}"}
+        return await handler()
+
+
+async def _answers(path: Path) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+async def request(data_dir: Path, command: str) -> dict[str, Any]:
+    """Send `command` to the bridge running on `data_dir` and return its answer (the caller bounds the wait).
+
+    ConfigError when no bridge answers there.
+    """
+    path = socket_path(data_dir)
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=_MAX_LINE)
+    except OSError as exc:
+        raise ConfigError(
+            f"no bridge answers on {path} ({type(exc).__name__}): is `cloud-bridge run` running with this"
+            " --data-dir? (or send it SIGHUP)"
+        ) from None
+    try:
+        writer.write(json.dumps({"command": command}).encode() + b"\n")
+        await writer.drain()
+        line = await reader.readline()
+    except OSError as exc:
+        raise TransientError(f"the bridge did not answer on {path}: {type(exc).__name__}") from None
+    finally:
+        writer.close()
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        raise TransientError(f"the bridge's answer on {path} is not JSON") from None
+    if not isinstance(answer, dict):
+        raise TransientError(f"the bridge's answer on {path} is not an object")
+    return answer

@@ -1,0 +1,79 @@
+"""Operators of the dashboard: password login, signed session cookies, CSRF tokens. Pure, clock injected.
+
+A session is `base64(user:expiry).hmac`: nothing is stored server-side, so any bridge node with the
+same key accepts it (docs/dashboard.md). The key comes from the config's secret (env or file), or is
+made at start for one node. A form's CSRF token is an HMAC of the session, so a page from another
+origin cannot produce it; the cookie is also SameSite=Strict, and POSTs must come from our origin.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from intent_contract.names import is_name
+from intent_contract.passwords import verify_password
+
+SESSION_S = 12 * 3600.0
+COOKIE = "__Host-bridge_dashboard"  # __Host-: Secure, Path=/, no Domain: only ever this origin
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    name: str
+
+
+class OperatorAuth:
+    """Who may log in (name -> scrypt hash) and the key that signs their sessions."""
+
+    def __init__(self, users: Mapping[str, str], key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("the session key must be at least 32 bytes")
+        for name in users:
+            if not is_name(name):
+                raise ValueError(f"operator name {name!r} must be a valid name")
+        self._users = dict(users)
+        self._key = key
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._users)
+
+    def check_password(self, name: str, password: str) -> bool:
+        """True for a known operator with that password (slow on purpose: scrypt)."""
+        stored = self._users.get(name)
+        return stored is not None and verify_password(password, stored)
+
+    def _sign(self, text: str) -> str:
+        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
+
+    def session(self, name: str, now: float) -> str:
+        """A cookie value for `name`, valid for SESSION_S."""
+        body = base64.urlsafe_b64encode(f"{name}:{int(now + SESSION_S)}".encode()).decode()
+        return f"{body}.{self._sign(body)}"
+
+    def operator(self, cookie: str | None, now: float) -> Operator | None:
+        """The operator a cookie names, if it is ours, unexpired and the operator still exists."""
+        if not cookie or cookie.count(".") != 1:
+            return None
+        body, signature = cookie.split(".")
+        if not hmac.compare_digest(signature, self._sign(body)):
+            return None
+        try:
+            name, _, expiry = base64.urlsafe_b64decode(body.encode()).decode().rpartition(":")
+            expires = int(expiry)
+        except ValueError:
+            return None
+        if expires < now or name not in self._users:
+            return None
+        return Operator(name)
+
+    def csrf_token(self, cookie: str) -> str:
+        """The token every form of this session carries."""
+        return self._sign("csrf:" + cookie)
+
+    def csrf_ok(self, cookie: str | None, token: str | None) -> bool:
+        return bool(cookie) and bool(token) and hmac.compare_digest(self.csrf_token(cookie or ""), token or "")

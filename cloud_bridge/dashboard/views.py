@@ -1,0 +1,204 @@
+"""The dashboard's pages on the bridge's HTTPS endpoint, under /ui/: server-rendered HTML, no script.
+
+Every page needs a logged-in operator; every state-changing request is a POST that carries the
+session's CSRF token and comes from our own origin (docs/dashboard.md). Templates autoescape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+from aiohttp import web
+
+from cloud_bridge.dashboard.auth import COOKIE, SESSION_S, Operator, OperatorAuth
+from cloud_bridge.dashboard.data import DashboardData, FleetRow
+from cloud_bridge.dashboard.usage_chart import HEIGHT, WIDTH, bars
+from cloud_bridge.usage import day_of
+from intent_contract.names import is_name
+from intent_contract.timefmt import format_age, format_ms
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self';"
+    " frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+PREFIX = "/ui/"
+USAGE_DAYS = 30
+STATES = ("queued", "running", "delivered", "failed", "expired", "rejected")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPERATOR = web.RequestKey("operator", Operator)
+
+
+def _when(seconds: float | None) -> str:
+    return format_ms(int(seconds * 1000)) if seconds else "-"
+
+
+def _age(seconds: float | None) -> str:
+    return format_age(seconds) if seconds is not None else "-"
+
+
+class Dashboard:
+    def __init__(
+        self, data: DashboardData, auth: OperatorAuth, clock: Callable[[], float] = time.time, prefix: str = PREFIX
+    ) -> None:
+        self.prefix = prefix
+        self._data = data
+        self._auth = auth
+        self._clock = clock
+        self._templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+        )
+        self._templates.filters.update(when=_when, age=_age)
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._security])
+        app.router.add_get("/", self._fleet)
+        app.router.add_get("/login", self._login_page)
+        app.router.add_post("/login", self._login)
+        app.router.add_post("/logout", self._logout)
+        app.router.add_get("/devices/{device_id}", self._device)
+        app.router.add_get("/intents", self._intents)
+        app.router.add_post("/intents/{device_id}/{intent_id}/{action:retry|cancel}", self._act)
+        app.router.add_get("/usage", self._usage)
+        app.router.add_static("/static", HERE / "static", show_index=False)
+        return app
+
+    # -- the gate ----------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _security(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        public = request.path.endswith("/login") or "/static/" in request.path
+        cookie = request.cookies.get(COOKIE)
+        operator = self._auth.operator(cookie, self._clock())
+        if not public and operator is None:
+            if request.method != "GET":
+                raise web.HTTPForbidden(text="log in first")
+            raise web.HTTPSeeOther(self.prefix + "login")
+        if request.method == "POST" and not request.path.endswith("/login"):
+            form = await request.post()
+            if not _same_origin(request) or not self._auth.csrf_ok(cookie, _text(form.get("csrf"))):
+                logger.warning("dashboard request refused: cross-site or without its token",
+                               extra={"client": request.remote})  # fmt: skip
+                raise web.HTTPForbidden(text="cross-site request refused")
+        if operator is not None:
+            request[OPERATOR] = operator
+        response = await handler(request)
+        response.headers.update(HEADERS)
+        return response
+
+    def _page(self, request: web.Request, template: str, **values: Any) -> web.Response:
+        cookie = request.cookies.get(COOKIE, "")
+        html = self._templates.get_template(template).render(
+            operator=request.get(OPERATOR),
+            csrf=self._auth.csrf_token(cookie) if cookie else "",
+            ui=self.prefix,
+            **values,
+        )
+        return web.Response(text=html, content_type="text/html")
+
+    # -- login ---------------------------------------------------------------------------------
+
+    async def _login_page(self, request: web.Request) -> web.Response:
+        return self._page(request, "login.html", error="")
+
+    async def _login(self, request: web.Request) -> web.StreamResponse:
+        if not _same_origin(request):
+            raise web.HTTPForbidden(text="cross-site request refused")
+        form = await request.post()
+        name, password = _text(form.get("user")), _text(form.get("password"))
+        ok = bool(name) and await asyncio.to_thread(self._auth.check_password, name, password)
+        if not ok:
+            logger.warning("dashboard login refused", extra={"client": request.remote, "code": "bad_login"})
+            response = self._page(request, "login.html", error="Unknown operator or wrong password.")
+            response.set_status(401)
+            return response
+        logger.info("dashboard login", extra={"client": request.remote, "app": name})
+        redirect = web.HTTPSeeOther(self.prefix)
+        redirect.set_cookie(COOKIE, self._auth.session(name, self._clock()), max_age=int(SESSION_S),
+                            path="/", secure=True, httponly=True, samesite="Strict")  # fmt: skip
+        raise redirect
+
+    async def _logout(self, _request: web.Request) -> web.StreamResponse:
+        redirect = web.HTTPSeeOther(self.prefix + "login")
+        redirect.del_cookie(COOKIE, path="/")
+        raise redirect
+
+    # -- pages ---------------------------------------------------------------------------------
+
+    async def _fleet(self, request: web.Request) -> web.Response:
+        rows = stuck_first(await self._data.fleet())
+        return self._page(request, "fleet.html", rows=rows, stuck=sum(r.stuck for r in rows))
+
+    async def _device(self, request: web.Request) -> web.Response:
+        device_id = request.match_info["device_id"]
+        view = await self._data.device(device_id) if is_name(device_id) else None
+        if view is None:
+            raise web.HTTPNotFound(text="no such device")
+        intents = await self._data.intents(device_id=device_id, tenant=None, state=None, kind=None, limit=50)
+        return self._page(request, "device.html", view=view, intents=intents)
+
+    async def _intents(self, request: web.Request) -> web.Response:
+        query = {k: request.query.get(k) or None for k in ("device", "tenant", "state", "kind")}
+        for key in ("device", "tenant"):
+            if query[key] is not None and not is_name(query[key]):
+                raise web.HTTPBadRequest(text=f"{key} must be a valid name")
+        if query["state"] is not None and query["state"] not in STATES:
+            raise web.HTTPBadRequest(text="unknown state")
+        intents = await self._data.intents(
+            device_id=query["device"], tenant=query["tenant"], state=query["state"], kind=query["kind"], limit=200
+        )
+        return self._page(request, "intents.html", intents=intents, query=query, states=STATES, notice="")
+
+    async def _act(self, request: web.Request) -> web.StreamResponse:
+        device_id, intent_id, action = (request.match_info[k] for k in ("device_id", "intent_id", "action"))
+        if not (is_name(device_id) and is_name(intent_id)):
+            raise web.HTTPBadRequest(text="bad device or intent id")
+        operator = request[OPERATOR]
+        act = self._data.retry if action == "retry" else self._data.cancel
+        outcome = await act(device_id, intent_id, operator.name)
+        logger.info("dashboard %s: %s", action, outcome,
+                    extra={"device_id": device_id, "intent_id": intent_id, "app": operator.name})  # fmt: skip
+        intents = await self._data.intents(device_id=device_id, tenant=None, state=None, kind=None, limit=200)
+        query = {"device": device_id, "tenant": None, "state": None, "kind": None}
+        return self._page(request, "intents.html", intents=intents, query=query, states=STATES, notice=outcome)
+
+    async def _usage(self, request: web.Request) -> web.Response:
+        tenant = request.query.get("tenant") or None
+        if tenant is not None and not is_name(tenant):
+            raise web.HTTPBadRequest(text="tenant must be a valid name")
+        rows = await self._data.usage(tenant, USAGE_DAYS)
+        peak = max((r.count for r in rows), default=0)
+        chart = bars(rows, day_of(self._clock()), USAGE_DAYS)
+        return self._page(request, "usage.html", rows=rows[::-1], tenant=tenant, peak=peak, chart=chart,
+                          width=WIDTH, height=HEIGHT, days=USAGE_DAYS)  # fmt: skip
+
+
+def stuck_first(rows: list[FleetRow]) -> list[FleetRow]:
+    """Stuck devices first, then by oldest pending work, then by id."""
+    return sorted(rows, key=lambda r: (not r.stuck, -(r.oldest_pending_s or 0.0), r.device_id))
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _same_origin(request: web.Request) -> bool:
+    """A state-changing request must say it comes from our own origin (browsers send Origin on POST)."""
+    origin = request.headers.get("Origin") or request.headers.get("Referer")
+    if not origin:
+        return False
+    parts = urlsplit(origin)
+    return parts.scheme == "https" and parts.netloc == request.host

@@ -1,0 +1,74 @@
+"""A device's keys at the bridge: key rotation, and checking a signature with the key in use.
+
+A device replaces its key pair without a new enrollment code by sending a rotation document: its
+next public key, signed with that next key (it holds it), inside a signature of its current key
+(the change is the device's own). The registry keeps the next key beside the current one; both are
+accepted until the next key's first use (a CONNECT, a `/v1/device` token, a bundle), which makes it
+the device's key and ends the old one. A device that never hears that its rotation arrived keeps
+working with its old key and can send the rotation again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from cloud_bridge.errors import AuthError, UnknownDeviceError
+from cloud_bridge.registry import Device, Registry
+from intent_contract import signed
+from intent_contract.errors import DecodeError, SignatureError
+from intent_contract.offline_wire import KEY_ROTATION_TYPE, NEW_KEY_TYPE, NewKey
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_ROTATION_BYTES = 16 * 1024
+
+
+def verify_with_device_key(
+    registry: Registry, device: Device, verify: Callable[[str], T], now: Callable[[], float] = time.time
+) -> T:
+    """`verify(public_key_pem)` with the device's key, else with its proposed next key, whose first use
+    makes it the device's key (the old one stops working). Raises what the current key's check raised."""
+    try:
+        return verify(device.public_key)
+    except (AuthError, SignatureError):
+        if device.next_public_key is None:
+            raise
+        try:
+            result = verify(device.next_public_key)
+        except (AuthError, SignatureError):
+            pass
+        else:
+            registry.promote_key(device.device_id, device.next_public_key, now())
+            logger.info(
+                "device key rotated: the next key is in use, the old one ends", extra={"device_id": device.device_id}
+            )
+            return result
+        raise
+
+
+def accept_rotation(registry: Registry, data: bytes, now: float) -> Device:
+    """Record the next key a rotation document proposes; AuthError (or UnknownDeviceError) when refused."""
+    try:
+        outer = signed.read(data, typ=KEY_ROTATION_TYPE, max_bytes=MAX_ROTATION_BYTES)
+    except DecodeError as exc:
+        raise AuthError(f"not a key rotation document: {exc}", code="rotation_malformed") from None
+    device = registry.get(outer.kid)
+    if device is None:
+        raise UnknownDeviceError(f"no device {outer.kid!r}")
+    try:
+        inner = signed.read(signed.verify(outer, device.public_key), typ=NEW_KEY_TYPE, max_bytes=MAX_ROTATION_BYTES)
+        body = NewKey.decode(inner.body)
+        signed.verify(inner, body.public_key)
+    except SignatureError:
+        raise AuthError(
+            "the key rotation is not signed by the device's key and its next key", code="rotation_forged"
+        ) from None
+    except DecodeError as exc:
+        raise AuthError(f"not a key rotation document: {exc}", code="rotation_malformed") from None
+    if body.device_id != device.device_id:
+        raise AuthError("the key rotation names another device", code="rotation_forged")
+    return registry.propose_key(device.device_id, body.public_key, now)

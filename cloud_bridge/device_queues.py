@@ -1,0 +1,74 @@
+"""One bounded queue and one worker per device, so a hostile device can delay only itself.
+
+A queue is bounded by messages and by bytes; a message that does not fit is dropped and counted (the
+edge resends what was not acked). A lone message always fits: the decoder bounds its size. A bridge
+error while handling one message is logged and counted, and the device's worker goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from cloud_bridge.errors import BridgeError
+from cloud_bridge.metrics import BridgeMetrics
+
+logger = logging.getLogger(__name__)
+
+Handle = Callable[[str, str, bytes], Awaitable[None]]
+
+
+class DeviceQueues:
+    """Queues each device's messages (leaf, bytes) and hands them, in order, to `handle(device_id, leaf, data)`."""
+
+    def __init__(self, handle: Handle, metrics: BridgeMetrics, *, messages: int, max_bytes: int) -> None:
+        self._handle = handle
+        self._metrics = metrics
+        self._queue_size = messages
+        self._queue_bytes = max_bytes
+        self._queued_bytes: dict[str, int] = {}
+        self._queues: dict[str, deque[tuple[str, bytes]]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+
+    def submit(self, device_id: str, leaf: str, data: bytes) -> None:
+        """Queue one permitted publish of `device_id`; drops it when that device's queue is full."""
+        queue = self._queues.setdefault(device_id, deque())
+        queued = self._queued_bytes.get(device_id, 0)
+        # Full by count or by bytes; a lone message always fits (the decoder bounds its size).
+        if queue and (len(queue) >= self._queue_size or queued + len(data) > self._queue_bytes):
+            self._metrics.batches.labels("dropped_busy").inc()
+            logger.warning(
+                "device queue full; message dropped",
+                extra={"device_id": device_id, "bytes": len(data), "code": "dropped_busy"},
+            )
+            return
+        queue.append((leaf, data))
+        self._queued_bytes[device_id] = queued + len(data)
+        worker = self._workers.get(device_id)
+        if worker is None or worker.done():
+            self._workers[device_id] = asyncio.create_task(self._drain(device_id, queue), name=f"device-{device_id}")
+
+    async def _drain(self, device_id: str, queue: deque[tuple[str, bytes]]) -> None:
+        while queue:
+            leaf, data = queue.popleft()
+            try:
+                await self._handle(device_id, leaf, data)
+            except BridgeError as exc:
+                # The edge resends anything not acked; log and keep serving this device.
+                self._metrics.batches.labels("error").inc()
+                logger.error("message not processed: %s", exc.code, extra={"device_id": device_id, "code": exc.code})
+            finally:
+                self._queued_bytes[device_id] -= len(data)
+
+    async def close(self) -> None:
+        """Stop every device's worker; what is still queued is dropped (the edge resends it)."""
+        workers = list(self._workers.values())
+        for worker in workers:
+            worker.cancel()
+        for worker in workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        self._workers.clear()

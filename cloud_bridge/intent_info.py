@@ -1,0 +1,77 @@
+"""One ledger row as operators see it: what `cloud-bridge intents` prints and the dashboard's intent table shows.
+
+A pure value (no I/O) so that both the operator API and the dashboard's data protocol can name it; whether
+a row may be retried or cancelled is read from the ledger's transition table, here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cloud_bridge.ledger import LedgerEntry
+from cloud_bridge.ledger_states import TRANSITIONS, LedgerEvent
+from intent_contract.timefmt import format_ms
+
+
+@dataclass(frozen=True, slots=True)
+class IntentInfo:
+    """One ledger row as operators see it (no payload: it may hold personal data)."""
+
+    device_id: str
+    intent_id: str
+    tenant: str
+    app: str
+    kind: str
+    state: str
+    code: str
+    detail: str
+    attempt: int
+    tries: int
+    created: int  # ms since the epoch
+    expires: int | None  # ms since the epoch
+    updated: float  # seconds since the epoch
+    confirmed: bool
+    retryable: bool
+    cancellable: bool
+
+    @classmethod
+    def of(cls, entry: LedgerEntry) -> IntentInfo:
+        return cls(
+            device_id=entry.device_id,
+            intent_id=entry.intent_id,
+            tenant=entry.tenant,
+            app=entry.app,
+            kind=entry.kind,
+            state=str(entry.state),
+            code=entry.code,
+            detail=entry.detail,
+            attempt=entry.attempt,
+            tries=entry.tries,
+            created=entry.created,
+            expires=entry.expires,
+            updated=entry.updated,
+            confirmed=entry.confirmed,
+            retryable=(entry.state, LedgerEvent.REQUEUE) in TRANSITIONS,
+            cancellable=(entry.state, LedgerEvent.CANCEL) in TRANSITIONS,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "intent_id": self.intent_id,
+            "tenant": self.tenant,
+            "app": self.app,
+            "kind": self.kind,
+            "state": self.state,
+            "code": self.code,
+            "detail": self.detail,
+            "attempt": self.attempt,
+            "tries": self.tries,
+            "created": format_ms(self.created),
+            "expires": None if self.expires is None else format_ms(self.expires),
+            "updated": format_ms(int(self.updated * 1000)),
+            "confirmed": self.confirmed,
+            "retryable": self.retryable,
+            "cancellable": self.cancellable,
+        }

@@ -1,0 +1,239 @@
+"""Operators' intent operations on the ledger's tables, for either backend (SQLite and PostgreSQL).
+
+`SqlIntents` lists and finds ledger rows, retries and cancels them and purges history, on a
+transaction factory of either driver (as `fleet_sql.SqlFleet` does): any process with the store's
+settings (the CLI, the dashboard inside a node) may call it while nodes run.
+
+Retry and cancel are ledger events (`ledger_states.LedgerEvent.REQUEUE`, `CANCEL`): the UPDATE sets the
+event's target and matches only its source states, so nothing the table forbids can happen. Each is
+audited in the same transaction, with the operator's name, and signals the nodes (`signal`): the node
+holding the device sends it the row's status (a retried row is marked `announce`: it is sent as
+`accepted` until it is final, also on the device's next connect), and executors wake up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cloud_bridge.audit import AuditEvent, AuditRecord
+from cloud_bridge.errors import UnknownIntentError
+from cloud_bridge.fleet_sql import Transaction
+from cloud_bridge.ledger import LedgerEntry, clip_detail, entry_from_row
+from cloud_bridge.ledger_states import (
+    AUDIT,
+    LIVE_STATES,
+    OPERATOR_EVENTS,
+    EntryState,
+    LedgerEvent,
+    sources,
+    sql_states,
+    state_in,
+    step,
+    target,
+)
+
+_LIVE = sql_states(tuple(LIVE_STATES))
+CANCELLED = "cancelled"  # the code of a row an operator cancelled
+REQUEUED = "requeued"  # the code of a row an operator retried, until it runs
+PURGE_BATCH = 5000  # rows deleted per transaction
+
+SQLITE_SCHEMA_SUMMARY = "operator retry and cancel: statuses to announce, signals between processes"
+SQLITE_SCHEMA: tuple[str, ...] = (
+    "ALTER TABLE intents ADD COLUMN announce INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX intents_announce ON intents (device_id) WHERE announce = 1",
+    # SQLite has no NOTIFY: a process that changes a row for the nodes adds a line, the node polls it.
+    "CREATE TABLE signals (seq INTEGER PRIMARY KEY, device_id TEXT NOT NULL, at REAL NOT NULL)",
+)
+PG_SCHEMA_SUMMARY = "operator retry and cancel: statuses to announce"
+PG_SCHEMA: tuple[str, ...] = (
+    "ALTER TABLE intents ADD COLUMN announce boolean NOT NULL DEFAULT false",
+    "CREATE INDEX intents_announce ON intents (device_id) WHERE announce",
+)
+
+# Signal the nodes, in the operation's transaction: (connection, device id).
+Signal = Callable[[Any, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class IntentQuery:
+    """A validated filter for `SqlIntents.rows`: newest first, at most `limit` rows."""
+
+    device_id: str | None = None
+    tenant: str | None = None
+    state: EntryState | None = None
+    kind: str | None = None
+    limit: int = 100
+
+    MAX_LIMIT = 10_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= self.MAX_LIMIT:
+            raise ValueError(f"limit must be within 1..{self.MAX_LIMIT}")
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What a purge deleted."""
+
+    intents: int
+    audit: int
+
+
+def operator_detail(event: LedgerEvent, operator: str) -> str:
+    """The row's and the audit's detail for an operator's event: who did it."""
+    done = "retried" if event is LedgerEvent.REQUEUE else "cancelled"
+    return clip_detail(f"{done} by operator {operator}")
+
+
+class SqlIntents:
+    """Operators' intent operations on a SQL connection of either backend (`marker`: `?` or `%s`;
+    `true`/`false`: the backend's boolean literals)."""
+
+    def __init__(
+        self,
+        transaction: Transaction,
+        *,
+        signal: Signal,
+        marker: str = "?",
+        true: str = "1",
+        false: str = "0",
+        on_open: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._transaction = transaction
+        self._signal = signal
+        self._marker = marker
+        self._true = true
+        self._false = false
+        self._on_open = on_open
+
+    def open(self) -> None:
+        self._on_open()
+
+    def _run(self, conn: Any, text: str, params: Sequence[Any] = ()) -> Any:
+        return conn.execute(text if self._marker == "?" else text.replace("?", self._marker), params)
+
+    def rows(self, query: IntentQuery) -> list[LedgerEntry]:
+        """Rows matching `query`, the most recently changed first."""
+        where, params = ["1 = 1"], list[Any]()
+        for column, value in (
+            ("device_id", query.device_id),
+            ("tenant", query.tenant),
+            ("state", None if query.state is None else str(query.state)),
+            ("kind", query.kind),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        with self._transaction() as conn:
+            rows = self._run(
+                conn,
+                f"SELECT * FROM intents WHERE {' AND '.join(where)} ORDER BY updated DESC, seq DESC LIMIT ?",
+                (*params, query.limit),
+            ).fetchall()
+        return [_entry(row) for row in rows]
+
+    def find(self, intent_id: str, device_id: str | None = None) -> list[LedgerEntry]:
+        """The row (device_id, intent_id), or every row with that intent id (of any device, at most 10)."""
+        with self._transaction() as conn:
+            if device_id is None:
+                rows = self._run(conn, "SELECT * FROM intents WHERE intent_id = ? ORDER BY seq LIMIT 10", (intent_id,))
+            else:
+                rows = self._run(
+                    conn, "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?", (device_id, intent_id)
+                )
+            return [_entry(row) for row in rows.fetchall()]
+
+    def history(self, device_id: str, intent_id: str, limit: int = 100) -> list[AuditRecord]:
+        """The row's audit records, oldest first (the last `limit`)."""
+        with self._transaction() as conn:
+            rows = self._run(
+                conn,
+                "SELECT at, device_id, tenant, intent_id, kind, event, integration, code, detail FROM audit"
+                " WHERE device_id = ? AND intent_id = ? ORDER BY seq DESC LIMIT ?",
+                (device_id, intent_id, limit),
+            ).fetchall()
+        return [AuditRecord(**{**dict(row), "event": AuditEvent(row["event"])}) for row in reversed(rows)]
+
+    def operate(self, device_id: str, intent_id: str, event: LedgerEvent, operator: str, now: float) -> LedgerEntry:
+        """Apply an operator's event to one row; returns the row after it.
+
+        UnknownIntentError when there is no such row; LedgerStateError (nothing changed) when the row's
+        state does not allow the event.
+        """
+        if event not in OPERATOR_EVENTS:
+            raise ValueError(f"{event} is not an operator's event")
+        detail = operator_detail(event, operator)
+        if event is LedgerEvent.REQUEUE:
+            # A new attempt (a new provider idempotency key: device:intent:attempt), due now, without the
+            # deadline it may have passed, as the edge's own `retry` does.
+            changes = (
+                "attempt = attempt + 1, tries = 0, next_run = ?, expires = NULL, code = ?, detail = ?,"
+                f" announce = {self._true}"
+            )
+            values: tuple[Any, ...] = (now, REQUEUED, detail)
+            code = REQUEUED
+        else:
+            changes, values, code = "code = ?, detail = ?", (CANCELLED, detail), CANCELLED
+        with self._transaction() as conn:
+            cursor = self._run(
+                conn,
+                f"UPDATE intents SET state = '{target(event)}', {changes}, updated = ?, owner = '', lease_until = 0,"
+                f" confirmed = {self._false}"
+                f" WHERE device_id = ? AND intent_id = ? AND {state_in(sources(event))}",
+                (*values, now, device_id, intent_id),
+            )
+            changed = cursor.rowcount
+            row = self._run(
+                conn, "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?", (device_id, intent_id)
+            ).fetchone()
+            if row is None:
+                raise UnknownIntentError(f"no intent {intent_id} of device {device_id} in the ledger")
+            entry = _entry(row)
+            if not changed:
+                step(entry.state, event)  # raises LedgerStateError, naming the state
+                raise AssertionError("the table allows a move the UPDATE did not make")  # pragma: no cover
+            audit = AUDIT[event]
+            assert audit is not None
+            self._run(
+                conn,
+                "INSERT INTO audit (at, device_id, tenant, intent_id, kind, event, integration, code, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (now, device_id, entry.tenant, intent_id, entry.kind, str(audit), "", code, detail),
+            )
+            self._signal(conn, device_id)
+        return entry
+
+    def purge(self, intents_before: float | None, audit_before: float | None, *, batch: int = PURGE_BATCH) -> Purged:
+        """Delete final rows the edge confirmed, last changed before `intents_before`, and audit rows from
+        before `audit_before` (None: keep). Live rows, and results an edge has not confirmed, stay.
+
+        In transactions of at most `batch` rows, so a long-due purge never holds the ledger's writer
+        (SQLite has one) for long."""
+        intents = audit = 0
+        if intents_before is not None:
+            intents = self._in_batches(
+                "DELETE FROM intents WHERE seq IN (SELECT seq FROM intents"
+                f" WHERE confirmed = {self._true} AND state NOT IN {_LIVE} AND updated < ? LIMIT ?)",
+                intents_before,
+                batch,
+            )
+        if audit_before is not None:
+            audit = self._in_batches(
+                "DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE at < ? LIMIT ?)", audit_before, batch
+            )
+        return Purged(intents, audit)
+
+    def _in_batches(self, text: str, before: float, batch: int) -> int:
+        total = 0
+        while True:
+            with self._transaction() as conn:
+                deleted = max(0, int(self._run(conn, text, (before, batch)).rowcount))
+            total += deleted
+            if deleted < batch:
+                return total
+
+
+def _entry(row: Any) -> LedgerEntry:
+    return entry_from_row(dict(row))

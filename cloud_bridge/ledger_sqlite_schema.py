@@ -1,0 +1,104 @@
+"""The SQLite ledger's schema: its migrations, how they are applied to a file, and the audit table's insert.
+
+Apart from `SqliteLedger` (which migrates its file as it opens it) because the store migrates the file
+without opening a ledger (`Store.migrate`, `cloud-bridge db upgrade`) and the migration tests read the
+steps. The version is SQLite's `user_version`; each step runs in its own transaction
+(`cloud_bridge.store.migrations.pending` decides which steps are due).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+from cloud_bridge import intent_sql
+from cloud_bridge.errors import TransientError
+from cloud_bridge.fleet_sql import FLEET_DB, FLEET_TABLES
+from cloud_bridge.ledger import WAITING_INDEX
+from cloud_bridge.store.migrations import Migration, pending
+from cloud_bridge.usage_sql import SCHEMA_SUMMARY as USAGE_SUMMARY
+from cloud_bridge.usage_sql import SQLITE_SCHEMA as USAGE_SCHEMA
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "intents and audit",
+        (
+            """CREATE TABLE IF NOT EXISTS intents (
+    seq INTEGER PRIMARY KEY, device_id TEXT NOT NULL, intent_id TEXT NOT NULL, tenant TEXT NOT NULL,
+    app TEXT NOT NULL, kind TEXT NOT NULL, payload BLOB NOT NULL, attempt INTEGER NOT NULL,
+    priority INTEGER NOT NULL, created INTEGER NOT NULL, expires INTEGER, state TEXT NOT NULL,
+    code TEXT NOT NULL, detail TEXT NOT NULL, tries INTEGER NOT NULL, next_run REAL NOT NULL,
+    overrides BLOB NOT NULL, confirmed INTEGER NOT NULL, updated REAL NOT NULL,
+    UNIQUE (device_id, intent_id))""",
+            "CREATE INDEX IF NOT EXISTS intents_due ON intents (kind, priority DESC, seq) WHERE state = 'queued'",
+            "CREATE INDEX IF NOT EXISTS intents_running ON intents (state) WHERE state = 'running'",
+            "CREATE INDEX IF NOT EXISTS intents_unconfirmed ON intents (device_id, seq)"
+            " WHERE confirmed = 0 AND state NOT IN ('queued', 'running')",
+            "CREATE INDEX IF NOT EXISTS intents_purge ON intents (updated) WHERE confirmed = 1",
+            """CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY, at REAL NOT NULL, device_id TEXT NOT NULL, tenant TEXT NOT NULL,
+    intent_id TEXT NOT NULL, kind TEXT NOT NULL, event TEXT NOT NULL, integration TEXT NOT NULL,
+    code TEXT NOT NULL, detail TEXT NOT NULL)""",
+            "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
+            "CREATE INDEX IF NOT EXISTS audit_device ON audit (device_id, at)",
+        ),
+    ),
+    Migration(
+        2,
+        "body digests, claim leases, limits in the store",
+        (
+            "ALTER TABLE intents ADD COLUMN digest TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE intents ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE intents ADD COLUMN lease_until REAL NOT NULL DEFAULT 0",
+            "DROP INDEX IF EXISTS intents_running",
+            "CREATE INDEX intents_lease ON intents (lease_until) WHERE state = 'running'",
+            """CREATE TABLE limits (
+    device_id TEXT NOT NULL, kind TEXT NOT NULL, tokens REAL, bucket_at REAL, quota_day INTEGER,
+    quota_used INTEGER, PRIMARY KEY (device_id, kind))""",
+        ),
+    ),
+    # On SQLite the fleet tables live in a file of their own (fleet_sql.sqlite_fleet says why); this step, the
+    # fleet step on PostgreSQL, drops them here where a build before that made them, so the numbers stay equal.
+    Migration(3, f"fleet tables: in {FLEET_DB}, not here", tuple(f"DROP TABLE IF EXISTS {t}" for t in FLEET_TABLES)),
+    Migration(4, USAGE_SUMMARY, USAGE_SCHEMA),
+    Migration(5, intent_sql.SQLITE_SCHEMA_SUMMARY, intent_sql.SQLITE_SCHEMA),
+    Migration(6, "claims by tenant", (WAITING_INDEX,)),
+)
+
+
+# The audit table's one insert: admission (ledger_sqlite_admit) and the ledger's other writes append rows.
+AUDIT_INSERT = (
+    "INSERT INTO audit (at, device_id, tenant, intent_id, kind, event, integration, code, detail)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def migrate(conn: sqlite3.Connection, *, at_start: bool) -> list[int]:
+    """Apply pending migrations (each in its own transaction); returns the versions applied."""
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    applied = []
+    for step in pending(current, MIGRATIONS, at_start=at_start, what="the SQLite ledger"):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in step.statements:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {step.version:d}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        applied.append(step.version)
+    return applied
+
+
+def migrate_file(path: Path, *, at_start: bool) -> list[int]:
+    """Migrate the ledger file at `path` (created if missing, with its directory); see `migrate`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(path, isolation_level=None, timeout=10)) as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return migrate(conn, at_start=at_start)
+    except (sqlite3.Error, OSError) as exc:
+        raise TransientError(f"ledger {path}: {exc}", code="ledger_error") from exc

@@ -1,0 +1,307 @@
+"""The device front door on the project's own MQTT 3.1.1 codec: TLS, and WebSocket over TLS.
+
+What a device does here is small and fixed (connect with its token, subscribe to its acks topic,
+publish batches and confirms QoS 1, receive acks QoS 1), so this speaks exactly that, through the
+shared, pure codec (`intent_contract.mqtt_packets`) and the bridge's own rules (`DeviceEvents`):
+- every packet is bounded from its fixed header: a CONNECT over MAX_CONNECT, or any later packet
+  over MAX_PACKET, closes the connection before its body is read;
+- CONNECT must come within CONNECT_TIMEOUT_S; MQTT 5 is answered "unsupported protocol version";
+  keepalive is enforced at 1.5 times the device's value; a second connection with the same client
+  id takes over (the first is closed);
+- a permitted publish is handed to `DeviceEvents.on_publish` and acknowledged; nothing a device
+  publishes is kept or routed to anyone (the ACL lets nobody subscribe to it);
+- `send` writes a QoS 1 PUBLISH to the device's connection when it subscribes to that topic; what a
+  connection drops stays unconfirmed in the ledger and goes again when the device subscribes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiohttp import WSMsgType, web
+
+from cloud_bridge.errors import BridgeError, ConfigError
+from cloud_bridge.front_door import MAX_CONNECT, MAX_PACKET, DeviceEvents, Listen, Transport
+from cloud_bridge.http_server import server_ssl_context
+from cloud_bridge.topic_acl import Access
+from intent_contract import mqtt_packets as p
+from intent_contract.errors import MalformedPacketError
+from intent_contract.mqtt_packets import ConnackCode, Type
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+V5_UNSUPPORTED = bytes([0x20, 3, 0, 0x84, 0])  # an MQTT 5 CONNACK: "unsupported protocol version"
+WRITE_HIGH_WATER = 4 << 20
+
+
+@dataclass(slots=True)
+class _Link:
+    """One way to move bytes: a TLS stream or a WebSocket; both look alike to a connection."""
+
+    read: Callable[[], Awaitable[bytes]]  # b"" at the end
+    write: Callable[[bytes], None]
+    drain: Callable[[], Awaitable[None]]
+    buffered: Callable[[], int]
+    abort: Callable[[], None]
+    peer: str  # address:port, for log lines
+    host: str  # the address alone (fleet telemetry counts the addresses a device connects from)
+
+
+@dataclass(slots=True)
+class _Connection:
+    link: _Link
+    device_id: str = ""
+    subscriptions: set[str] = field(default_factory=set)
+    next_id: int = 1
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def packet_id(self) -> int:
+        packet_id = self.next_id
+        self.next_id = packet_id % 65535 + 1
+        return packet_id
+
+
+class MqttFrontDoor:
+    """DeviceFrontDoor on asyncio streams (TLS) and aiohttp WebSockets (TLS)."""
+
+    def __init__(self, listens: Sequence[Listen], events: DeviceEvents) -> None:
+        self._listens = list(listens)
+        self._events = events
+        self._servers: list[asyncio.AbstractServer] = []
+        self._runners: list[web.AppRunner] = []
+        self._connections: dict[str, _Connection] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        try:
+            for listen in self._listens:
+                context = server_ssl_context(listen.cert, listen.key)
+                host, port = listen.bind.host, listen.bind.port
+                if listen.transport is Transport.TCP:
+                    server = await asyncio.start_server(self._serve_stream, host, port, ssl=context)
+                    self._servers.append(server)
+                else:
+                    app = web.Application()
+                    app.router.add_get("/{path:.*}", self._serve_websocket)
+                    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                    await runner.setup()
+                    self._runners.append(runner)
+                    await web.TCPSite(runner, host, port, ssl_context=context).start()
+        except OSError as exc:
+            await self.stop()
+            raise ConfigError(f"MQTT listener failed to start: {exc.strerror or exc}", code="listen_failed") from None
+        except BridgeError:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        for connection in list(self._connections.values()):
+            connection.link.abort()
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=5)
+        for runner in self._runners:
+            await runner.cleanup()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        self._runners.clear()
+
+    def connected(self) -> list[str]:
+        return list(self._connections)
+
+    def holds(self, device_id: str) -> bool:
+        return device_id in self._connections
+
+    def send(self, device_id: str, topic: str, data: bytes) -> bool:
+        connection = self._connections.get(device_id)
+        if connection is None or topic not in connection.subscriptions:
+            return False
+        if not self._events.allowed(device_id, topic, Access.RECEIVE):
+            return False
+        connection.link.write(p.encode_publish(topic, data, 1, connection.packet_id(), retain=False, dup=False))
+        return True
+
+    async def drop(self, device_id: str) -> bool:
+        connection = self._connections.get(device_id)
+        if connection is None:
+            return False
+        connection.link.abort()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await connection.closed.wait()
+        return True
+
+    # -- transports ------------------------------------------------------------------------------
+
+    async def _serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        transport = writer.transport
+
+        async def read() -> bytes:
+            return await reader.read(65536)
+
+        peername = writer.get_extra_info("peername")
+        link = _Link(read, writer.write, writer.drain, transport.get_write_buffer_size, transport.abort,
+                     _peer(peername), _host(peername))  # fmt: skip
+        try:
+            await self._run(link)
+        finally:
+            transport.abort()
+
+    async def _serve_websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(protocols=("mqtt",), max_msg_size=MAX_PACKET + 1024, autoping=True)
+        await ws.prepare(request)
+        transport = request.transport
+        assert transport is not None
+
+        async def read() -> bytes:
+            while True:
+                message = await ws.receive()
+                if message.type is WSMsgType.BINARY:
+                    return bytes(message.data)
+                if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                    return b""
+
+        def write(data: bytes) -> None:
+            asyncio.get_running_loop().create_task(ws.send_bytes(data))
+
+        async def drain() -> None:
+            await asyncio.sleep(0)
+
+        remote = request.remote or ""
+        link = _Link(read, write, drain, transport.get_write_buffer_size, transport.abort, _peer(remote), remote)
+        await self._run(link)
+        return ws
+
+    # -- one connection --------------------------------------------------------------------------
+
+    async def _run(self, link: _Link) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        connection = _Connection(link)
+        framer = p.Framer(MAX_CONNECT)
+        try:
+            keepalive = await self._handshake(connection, framer)
+            if keepalive is None:
+                return
+            framer.max_packet = MAX_PACKET
+            await self._read_loop(connection, framer, keepalive)
+        except MalformedPacketError as exc:
+            logger.warning(
+                "MQTT packet refused from %s (%s): %s; connection closed", connection.device_id or "-", link.peer, exc,
+                extra={"device_id": connection.device_id or None, "peer": link.peer, "code": "malformed_packet"},
+            )  # fmt: skip
+        except TimeoutError:
+            logger.info("device %s sent nothing within 1.5 times its keepalive: closed", connection.device_id or "-",
+                        extra={"device_id": connection.device_id or None, "peer": link.peer})  # fmt: skip
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            link.abort()
+            if connection.device_id and self._connections.get(connection.device_id) is connection:
+                del self._connections[connection.device_id]
+            connection.closed.set()
+            self._handlers.discard(task)
+
+    async def _packets(self, connection: _Connection, framer: p.Framer) -> list[tuple[int, bytes]]:
+        data = await connection.link.read()
+        if not data:
+            raise ConnectionResetError
+        return framer.feed(data)
+
+    async def _handshake(self, connection: _Connection, framer: p.Framer) -> int | None:
+        """Read and answer the CONNECT; the keepalive in seconds, or None when the connection must end."""
+        link = connection.link
+        frames: list[tuple[int, bytes]] = []
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                while not frames:
+                    frames = await self._packets(connection, framer)
+        except (TimeoutError, ConnectionError):
+            return None
+        first, body = frames[0]
+        if first >> 4 != Type.CONNECT:
+            return None
+        connect = p.decode(first, body)
+        assert isinstance(connect, p.Connect)
+        if connect.level == 5:
+            link.write(V5_UNSUPPORTED)
+            return None
+        if (connect.protocol, connect.level) != ("MQTT", 4):
+            link.write(p.encode(p.Connack(False, ConnackCode.BAD_PROTOCOL_VERSION)))
+            return None
+        if not await self._events.authenticate(connect.client_id, connect.username, connect.password, link.host):
+            link.write(p.encode(p.Connack(False, ConnackCode.NOT_AUTHORIZED)))
+            return None
+        old = self._connections.get(connect.client_id)
+        if old is not None:  # take-over: the newer connection wins, as MQTT says
+            old.link.abort()
+            await old.closed.wait()
+        connection.device_id = connect.client_id
+        self._connections[connect.client_id] = connection
+        link.write(p.encode(p.Connack(False, ConnackCode.ACCEPTED)))
+        for frame in frames[1:]:
+            await self._handle(connection, p.decode(*frame))
+        return connect.keepalive
+
+    async def _read_loop(self, connection: _Connection, framer: p.Framer, keepalive: int) -> None:
+        loop = asyncio.get_running_loop()
+        grace = keepalive * 1.5 if keepalive else None
+        async with asyncio.timeout(grace) as deadline:
+            while True:
+                for first, body in await self._packets(connection, framer):
+                    await self._handle(connection, p.decode(first, body))
+                if grace is not None:
+                    deadline.reschedule(loop.time() + grace)
+                if connection.link.buffered() > WRITE_HIGH_WATER:
+                    await connection.link.drain()
+
+    async def _handle(self, connection: _Connection, packet: p.Packet) -> None:
+        link, device_id = connection.link, connection.device_id
+        if isinstance(packet, p.Publish):
+            if packet.qos == 2:
+                raise MalformedPacketError("devices publish at QoS 0 or 1")
+            if self._events.allowed(device_id, packet.topic, Access.PUBLISH):
+                self._events.on_publish(device_id, packet.topic, packet.payload)
+            if packet.qos == 1:
+                assert packet.packet_id is not None
+                link.write(p.encode(p.PacketIdOnly(Type.PUBACK, packet.packet_id)))
+        elif isinstance(packet, p.Subscribe):
+            codes: list[int] = []
+            for topic_filter, qos in packet.filters:
+                if self._events.allowed(device_id, topic_filter, Access.SUBSCRIBE):
+                    connection.subscriptions.add(topic_filter)
+                    codes.append(min(qos, 1))
+                else:
+                    codes.append(p.SUBACK_FAILURE)
+            link.write(p.encode(p.Suback(packet.packet_id, tuple(codes))))
+            for topic_filter in connection.subscriptions & {f for f, _ in packet.filters}:
+                await self._events.on_subscribed(device_id, topic_filter)
+        elif isinstance(packet, p.Unsubscribe):
+            connection.subscriptions.difference_update(packet.filters)
+            link.write(p.encode(p.PacketIdOnly(Type.UNSUBACK, packet.packet_id)))
+        elif isinstance(packet, p.Bare) and packet.type is Type.PINGREQ:
+            link.write(p.encode(p.Bare(Type.PINGRESP)))
+        elif isinstance(packet, p.Bare) and packet.type is Type.DISCONNECT:
+            raise ConnectionResetError
+        elif isinstance(packet, p.PacketIdOnly) and packet.type is Type.PUBACK:
+            pass  # a delivered ack: nothing is held for it (unconfirmed results are resent on subscribe)
+        else:
+            raise MalformedPacketError(f"a device does not send {type(packet).__name__} here")
+
+
+def _host(address: object) -> str:
+    return str(address[0]) if isinstance(address, tuple) and address else ""
+
+
+def _peer(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address) if address else "unknown"

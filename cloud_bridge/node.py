@@ -1,0 +1,293 @@
+"""One bridge node, composed: store, policy, executor, integrations, the MQTT and HTTPS listeners,
+the metrics listener and the control socket; and the reload of its config.
+
+A reload (SIGHUP, `cloud-bridge reload`) reads the config file again and checks all of it before
+anything changes; a file with a problem is refused with every problem named, and the running config
+stays in force. Then the integrations (the vendor's and each tenant's own) are built anew and swapped
+in for new jobs (running jobs end on the integration they started with, which is closed after its
+last job), with the tenants' shares, and the policy for new admissions. `[bridge]` and `[dashboard]`
+keys and the command line's flags take a restart: a reload that changes them is refused. Each node
+reloads on its own signal or socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cloud_bridge.control import ControlServer
+from cloud_bridge.dashboard.auth import OperatorAuth
+from cloud_bridge.dashboard.store_data import StoreData
+from cloud_bridge.dashboard.views import Dashboard
+from cloud_bridge.device_gate import DeviceGate
+from cloud_bridge.enroll_http import build_http_app
+from cloud_bridge.errors import BridgeError, ConfigError
+from cloud_bridge.executor import Executor
+from cloud_bridge.fleet_desk import FleetDesk
+from cloud_bridge.http_server import HttpServer, server_ssl_context
+from cloud_bridge.integrations import build_integrations, build_tenant_integrations
+from cloud_bridge.integrations.base import Integration
+from cloud_bridge.ledger import Ledger
+from cloud_bridge.listen_check import check_port_free
+from cloud_bridge.listener import BridgeListener
+from cloud_bridge.metrics import BridgeMetrics
+from cloud_bridge.offline_keys import load_or_create
+from cloud_bridge.ops_http import Ops
+from cloud_bridge.refusals import ConnectAudit
+from cloud_bridge.registry import Registry
+from cloud_bridge.retention import Retention
+from cloud_bridge.service import BridgeService
+from cloud_bridge.settings import BridgeSettings
+from cloud_bridge.store import open_store
+
+logger = logging.getLogger(__name__)
+
+LoadSettings = Callable[[], BridgeSettings]
+Owned = dict[str, Integration]  # a tenant's own integrations, by kind
+
+
+def restart_only_changes(running: BridgeSettings, new: BridgeSettings) -> list[str]:
+    """What differs between two settings that a reload cannot apply: `[bridge]` keys and the flags."""
+    before = running.config.bridge.model_dump()
+    changed = [f"bridge.{key}" for key, value in new.config.bridge.model_dump().items() if before[key] != value]
+    flags = ("data_dir", "listen", "http_listen", "ws_listen", "metrics_listen", "tls_cert", "tls_key", "store")
+    changed += [f"--{f.replace('_', '-')}" for f in flags if getattr(running, f) != getattr(new, f)]
+    if running.config.dashboard.model_dump() != new.config.dashboard.model_dump():
+        changed.append("[dashboard]")
+    return changed
+
+
+class Bridge:
+    """The whole cloud bridge in one process: registry, ledger, policy, executor, the listeners."""
+
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        *,
+        integrations: Mapping[str, Integration] | None = None,
+        clock: Callable[[], float] = time.time,
+        load: LoadSettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = BridgeMetrics(process=True)
+        self.store = open_store(settings.store_url, node=settings.node_id, tokens_per_device=settings.tokens_per_device)
+        self.registry: Registry = self.store.registry
+        self.ledger: Ledger = self.store.ledger
+        self.metrics.count_commits(lambda: self.ledger.commits)
+        self._clock = clock
+        self._given_integrations = integrations
+        self._load = load
+        self.integrations: Mapping[str, Integration] = {}
+        self.tenant_integrations: Mapping[str, Mapping[str, Integration]] = {}
+        self.service: BridgeService | None = None
+        self.listener: BridgeListener | None = None
+        self._executor: Executor | None = None
+        self._servers: list[HttpServer] = []
+        self._control: ControlServer | None = None
+        self._reload_lock = asyncio.Lock()
+        self.generation = 1  # the config in force: 1 at start, one more for each reload applied
+        self._opened = False
+        self.fleet_desk: FleetDesk | None = None
+        self._refusals: ConnectAudit | None = None
+        self.retention: Retention | None = None
+
+    def _integrations_of(self, settings: BridgeSettings) -> tuple[dict[str, Integration], dict[str, Owned]]:
+        """The vendor's integrations by kind, and the tenants' own by tenant, then kind."""
+        own = build_tenant_integrations(settings.config.tenants)
+        if self._given_integrations is not None:
+            return dict(self._given_integrations), own
+        return build_integrations(settings.config.integrations), own
+
+    async def start(self) -> None:
+        """Open the stores and bind every listener; BridgeError (one line) on any problem."""
+        settings = self.settings
+        if settings.tls_cert is None or settings.tls_key is None:
+            raise ConfigError("--tls-cert and --tls-key are required (try `cloud-bridge dev-certs DIR`)")
+        context = server_ssl_context(settings.tls_cert, settings.tls_key)
+        check_port_free(settings.listen, "--listen")
+        check_port_free(settings.http_listen, "--http-listen")
+        if settings.ws_listen is not None:
+            check_port_free(settings.ws_listen, "--ws-listen")
+        if settings.metrics_listen is not None:
+            check_port_free(settings.metrics_listen, "--metrics-listen")
+        if not settings.configured:
+            logger.warning("no config file (or an empty one): no integration enabled, every intent is rejected")
+        policy = settings.config.policy()
+        self.integrations, self.tenant_integrations = self._integrations_of(settings)
+        logger.info("integrations enabled: %s", ", ".join(sorted(self.integrations)) or "none")
+        await self.store.open()
+        self._opened = True
+        desk = self.fleet_desk = FleetDesk(
+            self.store.fleet,
+            node=settings.node_id,
+            devices=self.registry.all_devices,
+            metrics=self.metrics.registry,
+            clock=self._clock,
+        )
+        service = self.service = BridgeService(
+            ledger=self.ledger,
+            policy=policy,
+            registry=self.registry,
+            metrics=self.metrics,
+            clock=self._clock,
+            max_intent_age=settings.max_intent_age,
+            on_intents=desk.intents,
+        )
+        executor = self._executor = Executor(
+            self.ledger,
+            self.integrations,
+            max_attempts=settings.max_attempts,
+            retry_base=settings.retry_base,
+            retry_cap=settings.retry_cap,
+            on_final=service.on_final,
+            now=self._clock,
+            revoked=self._revoked,
+            owner=settings.node_id,
+            lease=settings.lease,
+            observe=self.metrics.observe,
+            tenants=self.tenant_integrations,
+            shares=settings.config.shares(),
+        )
+        self._refusals = ConnectAudit(desk, self.ledger, self._tenant_of)  # audits refused connects, then the desk
+        gate = DeviceGate(
+            self.registry,
+            settings.audience,
+            replay=self.store.replay,
+            clock=self._clock,
+            on_refused=lambda code: self.metrics.connects_refused.labels(code).inc(),
+            telemetry=self._refusals,
+        )
+        listener = self.listener = BridgeListener(settings, self.registry, gate, service, reports=desk)
+        service.attach(
+            listener.publish, executor.wake, listener.holds, slots=executor if self.ledger.claims_at_admission else None
+        )
+        desk.attach(listener.send, listener.connected)
+        ops = Ops(
+            self.metrics, self.ledger, self.registry, connected=lambda: len(listener.connected()), clock=self._clock
+        )
+        app = build_http_app(
+            self.registry,
+            self.metrics,
+            mqtt_port=settings.listen.port,
+            audience=settings.audience,
+            clock=self._clock,
+            enroll_limits=settings.enroll_limits,
+            offline=(await asyncio.to_thread(load_or_create, settings.data_dir)).public,
+            ops=ops,
+        )
+        dashboard_config = settings.config.dashboard
+        if dashboard_config.enabled:
+            auth = OperatorAuth(dashboard_config.operators, dashboard_config.key_bytes())
+            data = StoreData(
+                self.registry, self.store.fleet, self._clock, ledger=self.ledger, intents=self.store.intents
+            )
+            dashboard = Dashboard(data, auth, clock=self._clock)
+            app.add_subapp(dashboard.prefix, dashboard.app())
+        self._servers.append(HttpServer(app, settings.http_listen, context, "--http-listen"))
+        if settings.metrics_listen is not None:
+            self._servers.append(HttpServer(ops.app(), settings.metrics_listen, None, "--metrics-listen"))
+        for server in self._servers:
+            await server.start()
+        await listener.start()
+        await desk.start()
+        await executor.start()
+        await self.store.signals.start(service.on_results, executor.wake)
+        bridge = settings.config.bridge
+        self.retention = Retention(
+            self.store.intents, intent_age=bridge.intent_retention, audit_age=bridge.audit_retention, clock=self._clock
+        )
+        self.retention.start()
+        if self._load is not None:
+            self._control = ControlServer(settings.data_dir, {"reload": self._reload_answer})
+            if not await self._control.start():
+                self._control = None
+        logger.info(
+            "bridge node %s running: mqtt %s, https %s, metrics %s, store %s",
+            settings.node_id,
+            settings.listen,
+            settings.http_listen,
+            settings.metrics_listen or "off",
+            settings.store_url,
+        )
+
+    async def reload(self) -> list[str]:
+        """Read the config again and apply it; returns the integrations now enabled.
+
+        ConfigError (every problem named) when the new config cannot be applied: nothing changed then.
+        """
+        if self._load is None or self.service is None or self._executor is None:
+            raise ConfigError("this bridge was not started with a config it can read again")
+        async with self._reload_lock:
+            try:
+                new = await asyncio.to_thread(self._load)  # the file and the secret files: blocking reads
+                changed = restart_only_changes(self.settings, new)
+                if changed:
+                    raise ConfigError(f"{', '.join(changed)} changed, which takes a restart")
+                policy = new.config.policy()
+                integrations, tenant_integrations = self._integrations_of(new)
+            except BridgeError as exc:
+                self.metrics.reloads.labels("refused").inc()
+                logger.error("config reload refused, the running config stays in force: %s", exc.detail,
+                             extra={"code": "reload_refused"})  # fmt: skip
+                raise
+            self.service.use_policy(policy)
+            self._executor.use(integrations, tenant_integrations, new.config.shares())
+            self.settings, self.integrations = new, integrations
+            self.tenant_integrations = tenant_integrations
+            self.generation += 1
+            self.metrics.reloads.labels("applied").inc()
+            own = "; ".join(f"{t}: {', '.join(sorted(k))}" for t, k in sorted(tenant_integrations.items()))
+            logger.info("config reloaded (generation %d): integrations %s; tenants' own %s", self.generation,
+                        ", ".join(sorted(integrations)) or "none", own or "none",
+                        extra={"code": "reloaded"})  # fmt: skip
+            return sorted(integrations)
+
+    async def _reload_answer(self) -> dict[str, Any]:
+        try:
+            integrations = await self.reload()
+        except BridgeError as exc:
+            return {"ok": False, "error": exc.detail, "generation": self.generation}
+        return {"ok": True, "generation": self.generation, "integrations": integrations}
+
+    @property
+    def executor(self) -> Executor | None:
+        """The running executor (None before start)."""
+        return self._executor
+
+    def _tenant_of(self, device_id: str) -> str | None:
+        device = self.registry.get(device_id)
+        return None if device is None else device.tenant
+
+    def _revoked(self, device_id: str) -> bool:
+        return self.listener is not None and device_id in self.listener.revoked
+
+    async def stop(self) -> None:
+        """Stop in reverse order; safe after a failed start."""
+        if self._control is not None:
+            await self._control.stop()
+        if self.retention is not None:
+            await self.retention.stop()
+        await self.store.signals.stop()
+        if self.listener is not None:
+            await self.listener.stop()
+        if self.fleet_desk is not None:
+            await self.fleet_desk.stop()
+        if self._executor is not None:
+            await self._executor.stop()
+        if self._refusals is not None:
+            await self._refusals.close()
+        if self.service is not None:
+            await self.service.close()
+        for server in self._servers:
+            await server.stop()
+        owned = [i for own in self.tenant_integrations.values() for i in own.values()]
+        for integration in [*self.integrations.values(), *owned]:
+            try:
+                await integration.aclose()
+            except BridgeError:
+                logger.exception("integration %s did not close cleanly", integration.kind)
+        if self._opened:
+            await self.store.close()

@@ -1,0 +1,219 @@
+"""`cloud-bridge import`: a device's bundle in, through the MQTT path's own admission, and a receipt out.
+
+A bundle is opened (age, with the bridge's offline key), its signer looked up in the registry and its
+signature checked with that device's enrolled key before anything in it is believed. Its batches then
+go, one by one, through `BridgeService.handle_intents`, the function that admits a batch received
+over MQTT (schema, policy, quotas, the ledger's dedupe by device and intent id), and its confirms
+through `handle_confirms`; so an intent runs once whether it came on a stick, twice on two sticks, or
+on a stick and over MQTT. The receipt names every intent of the bundle with its state now, every final
+result the device has not confirmed yet, the device's revocation and the bridge's time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+from cloud_bridge.device_keys import accept_rotation, verify_with_device_key
+from cloud_bridge.errors import BridgeError, OfflineFileError
+from cloud_bridge.ledger import Ledger
+from cloud_bridge.offline_keys import OfflineKeys
+from cloud_bridge.registry import Device, Registry
+from intent_contract import sealed, signed
+from intent_contract.codec import Ack, decode_batch, encode_acks
+from intent_contract.errors import DecodeError, SignatureError, UnsupportedVersionError
+from intent_contract.offline_wire import BUNDLE_TYPE, RECEIPT_TYPE, Bundle, BundleEcho, Receipt
+from intent_contract.wire import ACKS_PER_MESSAGE
+
+if TYPE_CHECKING:  # the service brings in the listener and the front door; the CLI's other commands need neither
+    from cloud_bridge.service import BridgeService
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (intents done, intents in the bundle)
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """What an import did."""
+
+    device: Device
+    bundle: Bundle
+    acks: list[Ack]  # one per intent of the bundle, in order (empty when the device is revoked)
+    imported_at: int  # ms, bridge time
+    next_key: str | None = None  # the next key the bundle proposed, accepted
+
+    @property
+    def states(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for ack in self.acks:
+            counts[str(ack.state)] = counts.get(str(ack.state), 0) + 1
+        return counts
+
+
+def merge_acks(*groups: Iterable[Ack]) -> list[Ack]:
+    """One ack per intent, the latest word winning: a final result over `accepted`, a later one over an earlier."""
+    merged: dict[str, Ack] = {}
+    for group in groups:
+        for ack in group:
+            known = merged.get(ack.id)
+            if known is None or (ack.state.final, ack.at) >= (known.state.final, known.at):
+                merged[ack.id] = ack
+    return list(merged.values())
+
+
+class OfflineDesk:
+    """Imports bundles and writes receipts for one bridge's data."""
+
+    def __init__(
+        self,
+        keys: OfflineKeys,
+        registry: Registry,
+        ledger: Ledger,
+        service: BridgeService,
+        *,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str],
+    ) -> None:
+        self._keys = keys
+        self._registry = registry
+        self._ledger = ledger
+        self._service = service
+        self._clock = clock
+        self._new_id = new_id
+
+    def open_bundle(self, data: bytes, max_bytes: int) -> tuple[Device, Bundle]:
+        """Decrypt, find the signer, verify, decode; OfflineFileError naming what is wrong."""
+        if len(data) > max_bytes:
+            raise OfflineFileError(f"bundle of {len(data):,} bytes is over the {max_bytes:,}-byte limit (--max-bytes)")
+        try:
+            plain = sealed.unseal(data, self._keys.age_identity)
+        except DecodeError:
+            raise OfflineFileError(
+                "bundle cannot be decrypted: not an edge-outbox bundle, damaged, or encrypted to another"
+                f" bridge's key (this bridge's offline key is {self._keys.public.key_id})",
+                code="bundle_unreadable",
+            ) from None
+        try:
+            document = signed.read(plain, typ=BUNDLE_TYPE, max_bytes=max_bytes)
+        except DecodeError as exc:
+            raise OfflineFileError(f"bundle is not readable: {exc}", code="bundle_unreadable") from None
+        device = self._registry.get(document.kid)
+        if device is None:
+            raise OfflineFileError(f"bundle from unknown device {document.kid!r}: refused", code="unknown_device")
+        try:
+            body = Bundle.decode(
+                verify_with_device_key(self._registry, device, partial(signed.verify, document), self._clock)
+            )
+        except SignatureError:
+            raise OfflineFileError(
+                f"bundle signature does not verify with device {device.device_id}'s key: forged or altered; refused",
+                code="bundle_forged",
+            ) from None
+        except DecodeError as exc:
+            raise OfflineFileError(f"bundle body is not readable: {exc}", code="bundle_unreadable") from None
+        if body.device_id != device.device_id or body.bridge_key != self._keys.public.key_id:
+            raise OfflineFileError(
+                f"bundle names device {body.device_id} and bridge key {body.bridge_key}, signed by {device.device_id}"
+                f" for key {self._keys.public.key_id}: refused",
+                code="bundle_forged",
+            )
+        return device, body
+
+    async def import_bundle(self, data: bytes, *, max_bytes: int, progress: Progress | None = None) -> Imported:
+        """Admit a bundle's intents and apply its confirms (nothing, when the device is revoked)."""
+        device, bundle = await asyncio.to_thread(self.open_bundle, data, max_bytes)
+        imported_at = int(self._clock() * 1000)
+        if device.revoked:
+            logger.warning(
+                "bundle %s from revoked device refused",
+                bundle.id,
+                extra={"device_id": device.device_id, "tenant": device.tenant, "code": "device_revoked"},
+            )
+            return Imported(device, bundle, [], imported_at)
+        sizes = await asyncio.to_thread(_batch_sizes, bundle)
+        total, done = sum(sizes), 0
+        acks: list[Ack] = []
+        for batch, size in zip(bundle.batches, sizes, strict=True):
+            acks.extend(await self._service.handle_intents(device.device_id, batch))
+            done += size
+            if progress is not None:
+                progress(done, total)
+        for confirms in bundle.confirms:
+            await self._service.handle_confirms(device.device_id, confirms)
+        next_key = None
+        if bundle.rotation is not None:
+            try:
+                proposed = await asyncio.to_thread(accept_rotation, self._registry, bundle.rotation, self._clock())
+            except BridgeError as exc:
+                logger.warning(
+                    "key rotation in bundle %s refused: %s",
+                    bundle.id,
+                    exc.code,
+                    extra={"device_id": device.device_id, "tenant": device.tenant, "code": exc.code},
+                )
+            else:
+                next_key = proposed.next_public_key
+        logger.info(
+            "bundle %s imported: %d intents",
+            bundle.id,
+            total,
+            extra={"device_id": device.device_id, "tenant": device.tenant},
+        )
+        return Imported(device, bundle, acks, imported_at, next_key)
+
+    async def wait_final(
+        self, device_id: str, ids: set[str], wait_s: float, progress: Progress | None = None
+    ) -> list[Ack]:
+        """Final results of `ids` as they come (a running bridge executes them), for up to `wait_s` seconds."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            final = [a for a in await self._ledger.unconfirmed(device_id) if a.id in ids]
+            if progress is not None:
+                progress(len(final), len(ids))
+            if len(final) >= len(ids) or time.monotonic() >= deadline:
+                return final
+            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    async def receipt(self, device_id: str, imported: Imported | None = None, later: Iterable[Ack] = ()) -> bytes:
+        """A receipt for the device, signed by the bridge: results so far, revocation, the bridge's time."""
+        device = await asyncio.to_thread(self._registry.get, device_id)
+        if device is None:
+            raise OfflineFileError(f"no device {device_id!r}", code="unknown_device")
+        acks: list[Ack] = []
+        if not device.revoked:
+            acks = merge_acks(imported.acks if imported else (), later, await self._ledger.unconfirmed(device_id))
+        echo = None
+        if imported is not None:
+            echo = BundleEcho(imported.bundle.id, imported.bundle.made_at, imported.imported_at)
+        body = Receipt(
+            device_id=device.device_id,
+            bridge_key=self._keys.public.key_id,
+            id=self._new_id(),
+            made_at=int(self._clock() * 1000),
+            revoked_at=None if device.revoked_at is None else int(device.revoked_at * 1000),
+            bundle=echo,
+            acks=tuple(encode_acks(acks[i : i + ACKS_PER_MESSAGE]) for i in range(0, len(acks), ACKS_PER_MESSAGE)),
+            next_key=imported.next_key if imported is not None else None,
+        )
+        return signed.sign(body.encode(), self._keys.signing_key, typ=RECEIPT_TYPE, kid=self._keys.public.key_id)
+
+
+def _batch_sizes(bundle: Bundle) -> list[int]:
+    """Intents per batch; every batch must decode (it was signed by the device: a bad one is refused whole)."""
+    sizes = []
+    for index, batch in enumerate(bundle.batches):
+        try:
+            decoded = decode_batch(batch)
+        except UnsupportedVersionError as exc:
+            sizes.append(len(exc.ids))  # admission answers these with unsupported_version, as over MQTT
+            continue
+        except DecodeError as exc:
+            raise OfflineFileError(f"bundle batch {index} is not readable: {exc}", code="bundle_unreadable") from None
+        sizes.append(len(decoded.envelopes) + len(decoded.invalid))
+    return sizes

@@ -1,0 +1,128 @@
+"""What becomes of a ledger row around its run, decided without I/O: the executor applies the verdict.
+
+Before the call: a row past its deadline expires, a revoked device's row fails. After it: a return is
+delivered, a permanent error fails, a transient error is retried at a time with backoff, unless the
+tries are used up (failed) or the deadline comes before that time (expired). The clock and the jitter
+are inputs; nothing here awaits, reads the clock or touches the ledger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cloud_bridge.ledger import LedgerEntry
+from cloud_bridge.ledger_states import EntryState
+from intent_contract.backoff import compute_backoff
+
+# What a verdict may set: a final state, or back to the queue for a retry.
+VERDICT_STATES = frozenset({EntryState.DELIVERED, EntryState.FAILED, EntryState.EXPIRED, EntryState.QUEUED})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how far apart transient errors are retried."""
+
+    max_attempts: int = 8  # tries per attempt, the first included
+    base: float = 1.0  # seconds: the backoff ceiling of the first retry
+    cap: float = 300.0  # seconds: the backoff ceiling never exceeds this
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.base <= 0 or self.cap < self.base:
+            raise ValueError("need 0 < retry_base <= retry_cap")
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """The integration returned: the provider took the intent."""
+
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Permanent:
+    """The integration raised an error that will recur: the row fails."""
+
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transient:
+    """The integration raised an error worth retrying; `retry_after` is the provider's wish, in seconds."""
+
+    code: str
+    detail: str
+    retry_after: float | None = None
+
+
+CallResult = Returned | Permanent | Transient
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with the row: end it in `state`, or (QUEUED) run it again at `retry_at`."""
+
+    state: EntryState
+    code: str
+    detail: str
+    retry_at: float | None = None  # seconds since the epoch; set exactly when state is QUEUED
+
+    def __post_init__(self) -> None:
+        if self.state not in VERDICT_STATES:
+            raise ValueError(f"a run cannot end {self.state}")
+        if (self.state is EntryState.QUEUED) != (self.retry_at is not None):
+            raise ValueError("retry_at is set for a retry and only for a retry")
+
+
+def retry_delay(
+    tries: int,
+    *,
+    max_attempts: int,
+    base: float,
+    cap: float,
+    jitter: float,
+    retry_after: float | None = None,
+) -> float | None:
+    """Seconds until the next try after a transient error on try `tries`, or None to give up.
+
+    Full-jitter backoff, raised to the provider's `retry_after` when that asks for longer.
+    """
+    if tries >= max_attempts:
+        return None
+    delay = compute_backoff(tries, base=base, cap=cap, jitter=jitter)
+    if retry_after is not None and retry_after > delay:
+        delay = retry_after
+    return delay
+
+
+def before_run(entry: LedgerEntry, *, now: float, revoked: bool) -> Verdict | None:
+    """The verdict that stops a claimed row before its call, or None to run it."""
+    if entry.expired_at(now):
+        return Verdict(EntryState.EXPIRED, "expired", "expired before it ran")
+    if revoked:
+        # Revocation stops the device's queued work too, not only its connection.
+        return Verdict(EntryState.FAILED, "device_revoked", "the device was revoked at the bridge before this ran")
+    return None
+
+
+def after_run(entry: LedgerEntry, result: CallResult, *, now: float, policy: RetryPolicy, jitter: float) -> Verdict:
+    """The verdict on `entry` after its call ended with `result` at `now`; `jitter` is a draw in [0, 1]."""
+    if isinstance(result, Returned):
+        return Verdict(EntryState.DELIVERED, "", result.detail)
+    if isinstance(result, Permanent):
+        return Verdict(EntryState.FAILED, result.code, result.detail)
+    delay = retry_delay(
+        entry.tries,
+        max_attempts=policy.max_attempts,
+        base=policy.base,
+        cap=policy.cap,
+        jitter=jitter,
+        retry_after=result.retry_after,
+    )
+    if delay is None:
+        return Verdict(EntryState.FAILED, result.code, f"{result.detail} (gave up after {entry.tries} tries)")
+    if entry.expired_at(now + delay):
+        return Verdict(EntryState.EXPIRED, "expired", f"expires before its retry: {result.detail}")
+    return Verdict(EntryState.QUEUED, result.code, result.detail, retry_at=now + delay)

@@ -1,0 +1,212 @@
+"""The device registry on SQLite (`registry.db` in the data directory): the single-node store.
+
+Used by the CLI (another process) and by the running bridge; SQLite's locking makes the two safe
+together. Calls are short and synchronous; async callers run them with asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+from cloud_bridge.errors import AuthError, TransientError
+from cloud_bridge.registry import (
+    Device,
+    UnknownDeviceError,
+    check_code_request,
+    fingerprint,
+    hash_code,
+    new_code,
+    new_id,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    key_fingerprint TEXT NOT NULL,
+    enrolled_at REAL NOT NULL,
+    revoked_at REAL,
+    next_public_key TEXT
+);
+CREATE INDEX IF NOT EXISTS devices_key ON devices(key_fingerprint);
+CREATE TABLE IF NOT EXISTS enroll_codes (
+    code_hash TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL,
+    device_id TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('revocations', 0);
+"""
+
+
+def _device(row: sqlite3.Row) -> Device:
+    return Device(
+        device_id=row["device_id"],
+        tenant=row["tenant"],
+        name=row["name"],
+        public_key=row["public_key"],
+        enrolled_at=row["enrolled_at"],
+        revoked_at=row["revoked_at"],
+        next_public_key=row["next_public_key"],
+    )
+
+
+class SqliteRegistry:
+    """The Registry protocol on one SQLite file."""
+
+    def __init__(self, path: Path, *, new_id: Callable[[], str] = new_id) -> None:
+        self.path = path
+        self._new_id = new_id
+
+    def __repr__(self) -> str:
+        return f"SqliteRegistry({str(self.path)!r})"
+
+    def open(self) -> None:
+        """Create the file and tables if needed."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(sqlite3.connect(self.path, timeout=10)) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)  # commits by itself
+                columns = {r[1] for r in db.execute("PRAGMA table_info(devices)")}
+                if "next_public_key" not in columns:  # a registry made before key rotation
+                    db.execute("ALTER TABLE devices ADD COLUMN next_public_key TEXT")
+                    db.commit()
+        except (sqlite3.Error, OSError) as exc:
+            raise TransientError(f"device registry {self.path}: {exc}", code="registry_error") from exc
+
+    def close(self) -> None:
+        """Nothing to release: every call opens and closes its own connection."""
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with closing(sqlite3.connect(self.path, timeout=10, isolation_level=None)) as db:
+                db.row_factory = sqlite3.Row
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise TransientError(f"device registry {self.path}: {exc}", code="registry_error") from exc
+
+    def create_code(self, tenant: str, name: str, ttl: float, now: float) -> str:
+        """A new one-time enrollment code for device `name` of `tenant`; only its hash is stored."""
+        check_code_request(tenant, name, ttl)
+        code = new_code()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO enroll_codes (code_hash, tenant, name, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                (hash_code(code), tenant, name, now, now + ttl),
+            )
+        return code
+
+    def redeem(self, code: str, public_key_pem: str, now: float) -> Device:
+        """Enroll a device with a one-time code, atomically; AuthError('enroll_refused') when not allowed."""
+        key = fingerprint(public_key_pem)  # raises AuthError('bad_public_key')
+        device_id = self._new_id()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT tenant, name FROM enroll_codes WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?",
+                (hash_code(code), now),
+            ).fetchone()
+            if row is None:
+                raise AuthError("enrollment code unknown, used or expired", code="enroll_refused")
+            revoked = db.execute(
+                "SELECT 1 FROM devices WHERE key_fingerprint = ? AND revoked_at IS NOT NULL", (key,)
+            ).fetchone()
+            if revoked is not None:
+                raise AuthError("this public key belongs to a revoked device", code="enroll_refused")
+            db.execute(
+                "UPDATE enroll_codes SET used_at = ?, device_id = ? WHERE code_hash = ?",
+                (now, device_id, hash_code(code)),
+            )
+            db.execute(
+                "INSERT INTO devices (device_id, tenant, name, public_key, key_fingerprint, enrolled_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (device_id, row["tenant"], row["name"], public_key_pem, key, now),
+            )
+        return Device(device_id, row["tenant"], row["name"], public_key_pem, now)
+
+    def get(self, device_id: str) -> Device | None:
+        """The device, revoked or not, or None."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return None if row is None else _device(row)
+
+    def all_devices(self) -> list[Device]:
+        """Every device, oldest first."""
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM devices ORDER BY enrolled_at, device_id").fetchall()
+        return [_device(r) for r in rows]
+
+    def revoke(self, device_id: str, now: float) -> Device:
+        """Revoke a device for good; bumps the revocation counter that running bridges watch."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            if row is None:
+                raise UnknownDeviceError(f"no device {device_id!r}")
+            if row["revoked_at"] is None:
+                db.execute("UPDATE devices SET revoked_at = ? WHERE device_id = ?", (now, device_id))
+                db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revocations'")
+            row = db.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return _device(row)
+
+    def propose_key(self, device_id: str, public_key_pem: str, now: float) -> Device:
+        key = fingerprint(public_key_pem)
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            if row is None:
+                raise UnknownDeviceError(f"no device {device_id!r}")
+            if row["revoked_at"] is not None:
+                raise AuthError("device is revoked", code="device_revoked")
+            if db.execute("SELECT 1 FROM devices WHERE key_fingerprint = ?", (key,)).fetchone() is not None:
+                raise AuthError("this key is already some device's key", code="key_in_use")
+            db.execute("UPDATE devices SET next_public_key = ? WHERE device_id = ?", (public_key_pem, device_id))
+            row = db.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return _device(row)
+
+    def promote_key(self, device_id: str, public_key_pem: str, now: float) -> Device | None:
+        key = fingerprint(public_key_pem)
+        with self._tx() as db:
+            changed = db.execute(
+                "UPDATE devices SET public_key = next_public_key, key_fingerprint = ?, next_public_key = NULL"
+                " WHERE device_id = ? AND next_public_key = ? AND revoked_at IS NULL",
+                (key, device_id, public_key_pem),
+            ).rowcount
+            row = db.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return _device(row) if changed else None
+
+    def revocation_counter(self) -> int:
+        """A number that grows with every revocation: cheap to poll."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'revocations'").fetchone()
+        return int(row["value"])
+
+    def revoked_ids(self) -> set[str]:
+        """Ids of every revoked device."""
+        with self._tx() as db:
+            rows = db.execute("SELECT device_id FROM devices WHERE revoked_at IS NOT NULL").fetchall()
+        return {r["device_id"] for r in rows}
+
+    def counts(self) -> dict[str, int]:
+        """Active and revoked device counts."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT COUNT(*) - COUNT(revoked_at) AS active, COUNT(revoked_at) AS revoked FROM devices"
+            ).fetchone()
+        return {"active": int(row["active"]), "revoked": int(row["revoked"])}

@@ -1,0 +1,73 @@
+"""The running node's retention: every INTERVAL_S it deletes history older than [bridge] allows.
+
+Final ledger rows the edge confirmed, unchanged for `intent_retention`, and audit rows older than
+`audit_retention` (operator_api.purge, as `cloud-bridge intents purge` does). Live rows and results an
+edge has not confirmed are never deleted. Every node runs it; the deletes are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from cloud_bridge import operator_api
+from cloud_bridge.errors import BridgeError
+from cloud_bridge.intent_sql import SqlIntents
+
+logger = logging.getLogger(__name__)
+
+INTERVAL_S = 3600.0
+FIRST_S = 60.0  # the first run, after the node has settled
+
+
+class Retention:
+    """Deletes old history periodically while the node runs."""
+
+    def __init__(
+        self,
+        intents: SqlIntents,
+        *,
+        intent_age: float,
+        audit_age: float,
+        clock: Callable[[], float],
+        interval: float = INTERVAL_S,
+        first: float = FIRST_S,
+    ) -> None:
+        self._intents = intents
+        self._intent_age = intent_age
+        self._audit_age = audit_age
+        self._clock = clock
+        self._interval = interval
+        self._first = first
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> operator_api.PurgeResult:
+        done = await asyncio.to_thread(
+            operator_api.purge, self._intents, intents_age=self._intent_age, audit_age=self._audit_age,
+            now=self._clock(),
+        )  # fmt: skip
+        if done.intents or done.audit:
+            logger.info("retention: deleted %d final intents and %d audit rows", done.intents, done.audit,
+                        extra={"code": "retention"})  # fmt: skip
+        return done
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="retention")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        await asyncio.sleep(self._first)
+        while True:
+            try:
+                await self.run_once()
+            except BridgeError as exc:
+                logger.warning("retention could not purge: %s", exc.detail, extra={"code": exc.code})
+            await asyncio.sleep(self._interval)

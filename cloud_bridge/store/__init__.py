@@ -1,0 +1,97 @@
+"""Every piece of bridge state behind one setting: ledger, registry, token replay cache, and signals
+between nodes. `open_store(url, node=...)` builds the SQLite store (one node) or the PostgreSQL
+store (several nodes); nothing else in the bridge names a backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from cloud_bridge.fleet import FleetStore
+from cloud_bridge.intent_sql import SqlIntents
+from cloud_bridge.ledger import Ledger
+from cloud_bridge.registry import Registry
+from cloud_bridge.store.url import StoreKind, StoreUrl
+from cloud_bridge.tokens import DEFAULT_TOKENS_PER_DEVICE, ReplayCache
+
+
+class Signals(Protocol):
+    """Wake-ups between nodes sharing a store: a final result for a device, new work for the executors."""
+
+    async def start(self, on_results: Callable[[str], None], on_work: Callable[[], None]) -> None:
+        """Start delivering: `on_results(device_id)` when another node finished a result of that device
+        (or when signals may have been missed: then for every device, as `on_results("*")`)."""
+
+    async def stop(self) -> None:
+        """Stop delivering."""
+
+
+class NoSignals:
+    """Signals of a single-node store: there is no other node to hear from."""
+
+    async def start(self, on_results: Callable[[str], None], on_work: Callable[[], None]) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class Store:
+    """The bridge's state; `open()` before use, `close()` after."""
+
+    url: StoreUrl
+    ledger: Ledger
+    registry: Registry
+    replay: ReplayCache
+    signals: Signals
+    # Applies pending schema migrations, returns the versions applied; `at_start=True` applies only
+    # steps that are safe while other nodes run (store.migrations).
+    migrate: Callable[[bool], list[int]]
+    fleet: FleetStore  # device health, connect telemetry, diagnose requests (cloud_bridge.fleet)
+    intents: SqlIntents  # operators' list, retry, cancel and purge (cloud_bridge.operator_api)
+
+    async def open(self) -> None:
+        """Migrate (what is safe at start), then open the registry, the fleet tables and the ledger."""
+        await asyncio.to_thread(self.migrate, True)
+        await asyncio.to_thread(self.registry.open)
+        await asyncio.to_thread(self.fleet.open)
+        await asyncio.to_thread(self.intents.open)
+        await self.ledger.open()
+
+    async def close(self) -> None:
+        await self.signals.stop()
+        await self.ledger.close()
+        await asyncio.to_thread(self.fleet.close)
+        await asyncio.to_thread(self.registry.close)
+
+
+def open_store(url: StoreUrl, *, node: str, tokens_per_device: int = DEFAULT_TOKENS_PER_DEVICE) -> Store:
+    """The store `url` names, not yet opened; `node` names this process in leases and signals."""
+    if url.kind is StoreKind.SQLITE:
+        # Imported here: the backends import store.migrations, and a process needs only one of them.
+        from cloud_bridge.fleet_sql import FLEET_DB, sqlite_fleet, sqlite_transaction  # noqa: PLC0415
+        from cloud_bridge.ledger_sqlite import SqliteLedger  # noqa: PLC0415
+        from cloud_bridge.ledger_sqlite_schema import migrate_file  # noqa: PLC0415
+        from cloud_bridge.registry_sqlite import SqliteRegistry  # noqa: PLC0415
+        from cloud_bridge.signals_sqlite import SqliteSignals, add_signal  # noqa: PLC0415
+        from cloud_bridge.tokens import MemoryReplayCache  # noqa: PLC0415
+
+        directory = url.directory
+        ledger_path = directory / "ledger.db"
+        return Store(
+            url,
+            SqliteLedger(ledger_path),
+            SqliteRegistry(directory / "registry.db"),
+            MemoryReplayCache(per_device=tokens_per_device),
+            SqliteSignals(ledger_path),
+            lambda at_start: migrate_file(ledger_path, at_start=at_start),
+            sqlite_fleet(directory / FLEET_DB),
+            SqlIntents(sqlite_transaction(ledger_path, "ledger"), signal=add_signal),
+        )
+    from cloud_bridge.store.pg import open_pg_store  # noqa: PLC0415
+
+    return open_pg_store(url, node=node, tokens_per_device=tokens_per_device)

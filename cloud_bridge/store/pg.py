@@ -1,0 +1,237 @@
+"""The PostgreSQL store: the schema, its migrations, connection pools and error mapping, and assembly.
+
+Every bridge node connects to one database; all shared state lives there (ledger, audit, limits,
+registry, enrollment codes, token replay cache). psycopg's exceptions are converted here, where they
+enter: a database that is down or a conflict that aborted a transaction becomes TransientError (the
+caller may retry; the edge resends what was not acked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+
+from cloud_bridge import intent_sql
+from cloud_bridge.errors import TransientError
+from cloud_bridge.fleet_sql import PG_SCHEMA, SCHEMA_SUMMARY
+from cloud_bridge.ledger import WAITING_INDEX
+from cloud_bridge.store import Store
+from cloud_bridge.store.migrations import Migration, pending
+from cloud_bridge.store.url import StoreUrl
+from cloud_bridge.usage_sql import PG_SCHEMA as USAGE_SCHEMA
+from cloud_bridge.usage_sql import SCHEMA_SUMMARY as USAGE_SUMMARY
+
+# One lock id for schema changes, so that nodes starting together apply each step once.
+_MIGRATION_LOCK = 0x6272_6964_6765  # "bridge"
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "ledger, audit, limits, registry, enrollment codes, token replay cache",
+        (
+            """CREATE TABLE intents (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, device_id text NOT NULL, intent_id text NOT NULL,
+    tenant text NOT NULL, app text NOT NULL, kind text NOT NULL, payload bytea NOT NULL, attempt integer NOT NULL,
+    priority integer NOT NULL, created bigint NOT NULL, expires bigint, state text NOT NULL, code text NOT NULL,
+    detail text NOT NULL, tries integer NOT NULL, next_run double precision NOT NULL, overrides bytea NOT NULL,
+    confirmed boolean NOT NULL, updated double precision NOT NULL, digest text NOT NULL DEFAULT '',
+    owner text NOT NULL DEFAULT '', lease_until double precision NOT NULL DEFAULT 0,
+    UNIQUE (device_id, intent_id))""",
+            "CREATE INDEX intents_due ON intents (kind, priority DESC, seq) WHERE state = 'queued'",
+            "CREATE INDEX intents_lease ON intents (lease_until) WHERE state = 'running'",
+            "CREATE INDEX intents_unconfirmed ON intents (device_id, seq)"
+            " WHERE NOT confirmed AND state NOT IN ('queued', 'running')",
+            "CREATE INDEX intents_purge ON intents (updated) WHERE confirmed",
+            """CREATE TABLE audit (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at double precision NOT NULL, device_id text NOT NULL,
+    tenant text NOT NULL, intent_id text NOT NULL, kind text NOT NULL, event text NOT NULL,
+    integration text NOT NULL, code text NOT NULL, detail text NOT NULL)""",
+            "CREATE INDEX audit_at ON audit (at)",
+            "CREATE INDEX audit_device ON audit (device_id, at)",
+            """CREATE TABLE limits (
+    device_id text NOT NULL, kind text NOT NULL, tokens double precision, bucket_at double precision,
+    quota_day integer, quota_used integer, PRIMARY KEY (device_id, kind))""",
+            """CREATE TABLE devices (
+    device_id text PRIMARY KEY, tenant text NOT NULL, name text NOT NULL, public_key text NOT NULL,
+    key_fingerprint text NOT NULL, enrolled_at double precision NOT NULL, revoked_at double precision)""",
+            "CREATE INDEX devices_key ON devices (key_fingerprint)",
+            """CREATE TABLE enroll_codes (
+    code_hash text PRIMARY KEY, tenant text NOT NULL, name text NOT NULL, created_at double precision NOT NULL,
+    expires_at double precision NOT NULL, used_at double precision, device_id text)""",
+            "CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL)",
+            "INSERT INTO meta (key, value) VALUES ('revocations', 0)",
+            """CREATE TABLE token_replay (
+    device_id text NOT NULL, jti text NOT NULL, until double precision NOT NULL, PRIMARY KEY (device_id, jti))""",
+            "CREATE INDEX token_replay_until ON token_replay (until)",
+        ),
+    ),
+    Migration(2, "device key rotation: a proposed next key", ("ALTER TABLE devices ADD COLUMN next_public_key text",)),
+    Migration(3, SCHEMA_SUMMARY, PG_SCHEMA),
+    Migration(4, USAGE_SUMMARY, USAGE_SCHEMA),
+    Migration(5, intent_sql.PG_SCHEMA_SUMMARY, intent_sql.PG_SCHEMA),
+    Migration(6, "claims by tenant", (WAITING_INDEX,)),
+)
+
+
+def database_error(exc: psycopg.Error | PoolTimeout, what: str) -> TransientError:
+    """A psycopg error as ours; its text names the failed check or server message, never the password."""
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    converted = TransientError(f"{what}: {first}", code="store_error")
+    converted.__cause__ = exc
+    return converted
+
+
+@contextlib.contextmanager
+def converted(what: str) -> Iterator[None]:
+    """Turn psycopg errors raised in the block into TransientError."""
+    try:
+        yield
+    except (psycopg.Error, PoolTimeout) as exc:
+        raise database_error(exc, what) from exc
+
+
+def migrate(conninfo: str, *, at_start: bool) -> list[int]:
+    """Apply pending steps under a cluster-wide advisory lock; returns the versions applied."""
+    applied: list[int] = []
+    with converted("PostgreSQL store migration"), psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+            current = int(row[0]) if row is not None else 0
+            for step in pending(current, MIGRATIONS, at_start=at_start, what="the PostgreSQL store"):
+                with conn.transaction():
+                    for statement in step.statements:
+                        conn.execute(statement.encode())
+                    conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (step.version,))
+                applied.append(step.version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    return applied
+
+
+AsyncConn = psycopg.AsyncConnection[DictRow]
+SyncConn = psycopg.Connection[DictRow]
+
+
+class PgPools:
+    """The node's connections: an async pool (ledger, replay cache) and a small sync pool (registry, CLI)."""
+
+    def __init__(self, conninfo: str, *, async_size: int = 8, sync_size: int = 4) -> None:
+        self.conninfo = conninfo
+        self._async: AsyncConnectionPool[AsyncConn] | None = None
+        self._sync: ConnectionPool[SyncConn] | None = None
+        self._async_size = async_size
+        self._sync_size = sync_size
+        self.commits = 0  # write transactions of this process, for metrics and benchmarks
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"row_factory": dict_row, "autocommit": False}
+
+    async def open_async(self) -> None:
+        if self._async is not None:
+            raise RuntimeError("the PostgreSQL pool is already open")
+        pool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
+            self.conninfo,
+            connection_class=psycopg.AsyncConnection[DictRow],
+            kwargs=self._kwargs(),
+            min_size=2,
+            max_size=self._async_size,
+            open=False,
+            name="bridge-async",
+        )
+        with converted("PostgreSQL store"):
+            await pool.open(wait=True, timeout=15)
+        self._async = pool
+
+    async def close_async(self) -> None:
+        pool, self._async = self._async, None
+        if pool is not None:
+            await pool.close()
+
+    def open_sync(self) -> None:
+        if self._sync is not None:
+            return
+        pool: ConnectionPool[SyncConn] = ConnectionPool(
+            self.conninfo,
+            connection_class=psycopg.Connection[DictRow],
+            kwargs=self._kwargs(),
+            min_size=1,
+            max_size=self._sync_size,
+            open=False,
+            name="bridge-sync",
+        )
+        with converted("PostgreSQL store"):
+            pool.open(wait=True, timeout=15)
+        self._sync = pool
+
+    def close_sync(self) -> None:
+        pool, self._sync = self._sync, None
+        if pool is not None:
+            pool.close()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConn]:
+        """A pooled connection (the caller opens transactions and converts errors)."""
+        if self._async is None:
+            raise RuntimeError("the store is not open")
+        async with self._async.connection() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, what: str, *, writes: bool = True) -> AsyncIterator[AsyncConn]:
+        """A connection in a transaction, committed at the end of the block; psycopg errors converted."""
+        if self._async is None:
+            raise RuntimeError("the store is not open")
+        try:
+            async with self._async.connection() as conn, conn.transaction():
+                yield conn
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise database_error(exc, what) from exc
+        if writes:
+            self.commits += 1
+
+    @contextlib.contextmanager
+    def sync_transaction(self, what: str) -> Iterator[SyncConn]:
+        """The sync pool's counterpart of `transaction` (the registry's calls run in threads)."""
+        if self._sync is None:
+            raise RuntimeError("the registry is not open")
+        try:
+            with self._sync.connection() as conn, conn.transaction():
+                yield conn
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise database_error(exc, what) from exc
+
+
+def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int) -> Store:
+    """The PostgreSQL store of `url` for node `node`, not yet opened."""
+    from cloud_bridge.fleet_sql import SqlFleet  # noqa: PLC0415
+    from cloud_bridge.store.pg_ledger import PgLedger  # noqa: PLC0415 - these import this module
+    from cloud_bridge.store.pg_registry import PgRegistry, PgReplayCache  # noqa: PLC0415
+    from cloud_bridge.store.pg_signals import PgSignals, operator_signal  # noqa: PLC0415
+
+    conninfo = url.conninfo(application_name=f"cloud-bridge {node}")
+    pools = PgPools(conninfo)
+    return Store(
+        url,
+        PgLedger(pools, node=node),
+        PgRegistry(pools),
+        PgReplayCache(pools, per_device=tokens_per_device),
+        PgSignals(conninfo, node=node),
+        lambda at_start: migrate(conninfo, at_start=at_start),
+        # The registry closes the sync pool they share.
+        SqlFleet(lambda: pools.sync_transaction("fleet tables"), marker="%s", on_open=pools.open_sync),
+        intent_sql.SqlIntents(
+            lambda: pools.sync_transaction("ledger"),
+            signal=operator_signal(node),
+            marker="%s",
+            true="true",
+            false="false",
+            on_open=pools.open_sync,
+        ),
+    )

@@ -1,0 +1,419 @@
+"""PgLedger: the Ledger protocol on PostgreSQL, shared by every bridge node.
+
+- Admission (`pg_admit`): the batches waiting on a node are admitted in one transaction holding their
+  devices' advisory locks, so two nodes never both admit one (device, intent id); planned by the
+  shared `ledger_plan.plan_admission`.
+- Claims: `SELECT ... FOR UPDATE SKIP LOCKED` under a lease (owner, lease_until); executors on several
+  nodes never wait for each other and never take the same row; a row whose lease ran out is taken over.
+- Signals: a final result notifies `bridge_results` with the device id (the node holding the device's
+  session sends it); an admission notifies `bridge_work` (the executors of other nodes wake up).
+State moves come from `ledger_states`: each UPDATE sets an event's target and matches its sources.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from cloud_bridge.audit import AuditEvent, AuditQuery, AuditRecord
+from cloud_bridge.ledger import (
+    DEFAULT_LEASE,
+    DEPTH_SQL,
+    WAITING_SQL,
+    ClaimOffer,
+    DeviceLike,
+    LedgerDepth,
+    LedgerEntry,
+    clip_detail,
+    depth_from_rows,
+    entry_from_row,
+    lapsed_detail,
+    log_context,
+)
+from cloud_bridge.ledger_plan import Known, Request
+from cloud_bridge.ledger_states import (
+    AUDIT,
+    FINISH,
+    LIVE_STATES,
+    EntryState,
+    LedgerEvent,
+    sources,
+    sql_states,
+    state_in,
+    target,
+)
+from cloud_bridge.store.pg import AsyncConn, PgPools
+from cloud_bridge.store.pg_admit import PgAdmissions
+from cloud_bridge.store.pg_group import PgGroupCommit
+from cloud_bridge.usage import UsageQuery, UsageRow, merged, row_from_sums, tally
+from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
+from cloud_bridge.usage_sql import select as usage_select
+from cloud_bridge.usage_sql import sql, upsert_rows
+from intent_contract.codec import Ack, AckState
+
+logger = logging.getLogger(__name__)
+
+RESULTS_CHANNEL = "bridge_results"
+_LIVE = sql_states(tuple(LIVE_STATES))
+_KNOWN = "intent_id, app, state, attempt, code, detail, updated, digest"
+
+_AUDIT_INSERT = (
+    "INSERT INTO audit (at, device_id, tenant, intent_id, kind, event, integration, code, detail)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_HELD = "device_id = %s AND intent_id = %s AND attempt = %s AND tries = %s"
+_USAGE_UPSERT = sql(USAGE_UPSERT, "%s")
+# A result's audit row and its usage count in one statement: no round trip more per result.
+_AUDITED_AND_COUNTED = f"WITH audited AS ({_AUDIT_INSERT}) {_USAGE_UPSERT}"
+
+
+def _known(row: dict[str, Any]) -> Known:
+    return Known(**{**row, "state": EntryState(row["state"])})
+
+
+def _audit_params(at: float, entry: LedgerEntry, event: AuditEvent, integration: str, code: str, detail: str) -> tuple:  # type: ignore[type-arg]
+    return (at, entry.device_id, entry.tenant, entry.intent_id, entry.kind, str(event), integration, code, detail)
+
+
+class PgLedger:
+    """The Ledger protocol on PostgreSQL; `node` names this process in leases and signals."""
+
+    def __init__(self, pools: PgPools, *, node: str) -> None:
+        self._pools = pools
+        self._node = node
+        self._group = PgGroupCommit(pools)
+        self._admissions = PgAdmissions(pools, node=node)
+
+    def __repr__(self) -> str:
+        return f"PgLedger(node={self._node!r})"
+
+    @property
+    def commits(self) -> int:
+        """Write transactions of this process so far."""
+        return self._pools.commits
+
+    async def open(self) -> None:
+        await self._pools.open_async()
+        self._group.start()
+        self._admissions.start()
+
+    async def close(self) -> None:
+        await self._admissions.stop()
+        await self._group.stop()
+        await self._pools.close_async()
+
+    # -- admission --------------------------------------------------------------------------------
+
+    async def admit(self, device: DeviceLike, requests: Sequence[Request], now: float) -> list[Ack]:
+        """Record a judged batch, in one transaction with the other batches waiting (see `pg_admit`)."""
+        acks: list[Ack] = await self._admissions.admit(device, list(requests), now)
+        return acks
+
+    @property
+    def claims_at_admission(self) -> bool:
+        return False
+
+    async def admit_claiming(
+        self, device: DeviceLike, requests: Sequence[Request], now: float, offer: ClaimOffer
+    ) -> tuple[list[Ack], list[LedgerEntry]]:
+        """`admit`; claims none: an admission group holds many devices' batches, and its rows are claimed by
+        the executors of every node (`claim`), woken by `bridge_work`."""
+        return await self.admit(device, requests, now), []
+
+    async def unconfirmed(self, device_id: str) -> list[Ack]:
+        """Final results the edge has not confirmed yet, then live rows an operator retried (`accepted`)."""
+        async with self._pools.transaction("ledger read", writes=False) as conn:
+            cursor = await conn.execute(
+                f"(SELECT {_KNOWN} FROM intents WHERE device_id = %s AND NOT confirmed AND state NOT IN {_LIVE}"
+                f" ORDER BY seq) UNION ALL SELECT {_KNOWN} FROM intents WHERE device_id = %s AND announce"
+                f" AND state IN {_LIVE}",
+                (device_id, device_id),
+            )
+            return [_known(row).ack() for row in await cursor.fetchall()]
+
+    async def confirm(self, device_id: str, ids: Sequence[str]) -> int:
+        """Mark final results as applied by the edge; unknown, live or already confirmed ids are ignored."""
+        unique = list(dict.fromkeys(ids))
+        if not unique:
+            return 0
+
+        async def run(conn: AsyncConn) -> int:
+            cursor = await conn.execute(
+                "UPDATE intents SET confirmed = true, announce = false"
+                f" WHERE device_id = %s AND intent_id = ANY(%s) AND NOT confirmed AND state NOT IN {_LIVE}",
+                (device_id, unique),
+            )
+            return cursor.rowcount
+
+        return await self._group.call(run, "ledger confirm")
+
+    # -- execution --------------------------------------------------------------------------------
+
+    async def recover(self, now: float) -> int:
+        """Rows whose lease ran out go back to the queue (code `resumed`); live nodes keep theirs."""
+        event = LedgerEvent.RESUME
+        detail = "its executor stopped renewing the lease; running it again"
+        async with self._pools.transaction("ledger recover") as conn:
+            cursor = await conn.execute(
+                f"UPDATE intents SET state = '{target(event)}', code = 'resumed', detail = %s, next_run = %s,"
+                f" updated = %s, owner = '', lease_until = 0"
+                f" WHERE {state_in(sources(event))} AND lease_until < %s RETURNING *",
+                (detail, now, now, now),
+            )
+            rows = [entry_from_row(row) for row in await cursor.fetchall()]
+            if rows:
+                async with conn.cursor() as audit:
+                    await audit.executemany(
+                        _AUDIT_INSERT, [_audit_params(now, e, AuditEvent.RETRY, "", "resumed", detail) for e in rows]
+                    )
+        if rows:
+            logger.warning("recovered %d intents whose executor stopped renewing their lease", len(rows))
+        return len(rows)
+
+    async def claim(
+        self,
+        kinds: Collection[str],
+        limit: int,
+        now: float,
+        *,
+        owner: str = "",
+        lease: float = DEFAULT_LEASE,
+        tenant: str | None = None,
+    ) -> list[LedgerEntry]:
+        """Rows whose lease ran out first, then due queued rows; rows locked by other claims are skipped."""
+        kind_list = list(dict.fromkeys(kinds))
+        if not kind_list or limit < 1:
+            return []
+        until = now + lease
+        of_tenant = "" if tenant is None else " AND tenant = %(tenant)s"
+        claimed_set = (
+            f"state = '{target(LedgerEvent.CLAIM)}', tries = i.tries + 1, owner = %(owner)s,"
+            " lease_until = %(until)s, updated = %(now)s"
+        )
+        params = {"kinds": kind_list, "now": now, "owner": owner, "until": until, "limit": limit, "tenant": tenant}
+
+        async def run(conn: AsyncConn) -> list[LedgerEntry]:
+            cursor = await conn.execute(
+                "WITH c AS (SELECT seq, owner AS was FROM intents"
+                f" WHERE {state_in(sources(LedgerEvent.RECLAIM))} AND lease_until < %(now)s"
+                f" AND kind = ANY(%(kinds)s){of_tenant} ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+                f" UPDATE intents i SET {claimed_set} FROM c WHERE i.seq = c.seq RETURNING i.*, c.was",
+                params,
+            )
+            lapsed = await cursor.fetchall()
+            due: list[dict[str, Any]] = []
+            if len(lapsed) < limit:
+                kind_match = "kind = %(kind)s" if len(kind_list) == 1 else "kind = ANY(%(kinds)s)"
+                cursor = await conn.execute(
+                    "WITH c AS (SELECT seq FROM intents"
+                    f" WHERE {state_in(sources(LedgerEvent.CLAIM))} AND {kind_match}{of_tenant}"
+                    " AND next_run <= %(now)s ORDER BY priority DESC, seq LIMIT %(rest)s FOR UPDATE SKIP LOCKED)"
+                    f" UPDATE intents i SET {claimed_set} FROM c WHERE i.seq = c.seq RETURNING i.*",
+                    {**params, "kind": kind_list[0], "rest": limit - len(lapsed)},
+                )
+                due = sorted(await cursor.fetchall(), key=lambda r: (-r["priority"], r["seq"]))
+            if lapsed:
+                async with conn.cursor() as audit:
+                    await audit.executemany(
+                        _AUDIT_INSERT,
+                        [
+                            _audit_params(
+                                now,
+                                entry_from_row({k: v for k, v in row.items() if k != "was"}),
+                                AuditEvent.RETRY,
+                                "",
+                                "lease_expired",
+                                lapsed_detail(row["was"]),
+                            )
+                            for row in lapsed
+                        ],
+                    )
+            return [entry_from_row({k: v for k, v in row.items() if k != "was"}) for row in [*lapsed, *due]]
+
+        return await self._group.call(run, "ledger claim")
+
+    async def renew(self, entries: Sequence[LedgerEntry], until: float) -> int:
+        """Extend the leases of the rows these claims still hold."""
+        if not entries:
+            return 0
+
+        async def run(conn: AsyncConn) -> int:
+            cursor = await conn.execute(
+                "UPDATE intents AS i SET lease_until = %s FROM unnest(%s::text[], %s::text[], %s::int[], %s::int[])"
+                " AS h(device_id, intent_id, attempt, tries) WHERE i.device_id = h.device_id"
+                " AND i.intent_id = h.intent_id AND i.attempt = h.attempt AND i.tries = h.tries"
+                f" AND i.state = '{EntryState.RUNNING}'",
+                (
+                    until,
+                    [e.device_id for e in entries],
+                    [e.intent_id for e in entries],
+                    [e.attempt for e in entries],
+                    [e.tries for e in entries],
+                ),
+            )
+            return cursor.rowcount
+
+        return await self._group.call(run, "ledger renew")
+
+    async def waiting_tenants(self, kinds: Collection[str], now: float) -> list[str]:
+        """Tenants with rows of `kinds` queued or running past their lease, sorted (a skip scan per kind)."""
+        query = WAITING_SQL.format(p="%s")
+        found: set[str] = set()
+        async with self._pools.transaction("ledger read", writes=False) as conn:
+            for kind in dict.fromkeys(kinds):
+                cursor = await conn.execute(query, (kind, kind, now, kind))
+                found.update(row["tenant"] for row in await cursor.fetchall())
+        return sorted(found)
+
+    async def next_due(self, kinds: Collection[str]) -> float | None:
+        """When the earliest queued row of `kinds` becomes due, or None when none is queued."""
+        kind_list = list(dict.fromkeys(kinds))
+        if not kind_list:
+            return None
+        async with self._pools.transaction("ledger read", writes=False) as conn:
+            cursor = await conn.execute(
+                f"SELECT min(next_run) AS due FROM intents WHERE {state_in(sources(LedgerEvent.CLAIM))}"
+                " AND kind = ANY(%s)",
+                (kind_list,),
+            )
+            row = await cursor.fetchone()
+        due: float | None = None if row is None else row["due"]
+        return due
+
+    async def finish(
+        self,
+        entry: LedgerEntry,
+        state: EntryState,
+        code: str,
+        detail: str,
+        now: float,
+        integration: str,
+        *,
+        seconds: float | None = None,
+    ) -> Ack:
+        """Record the final state of the row `entry` holds, count it in usage, and signal the device's node.
+
+        The usage row is this node's own (writer = node): the group commit never waits for another node's lock.
+        """
+        if state not in FINISH:
+            raise ValueError(f"finish needs a final state, not {state}")
+        event = FINISH[state]
+        detail = clip_detail(detail)
+
+        async def run(conn: AsyncConn) -> Ack:
+            cursor = await conn.execute(
+                f"UPDATE intents SET state = '{target(event)}', code = %s, detail = %s, updated = %s, owner = ''"
+                f" WHERE {_HELD} AND {state_in(sources(event))}",
+                (code, detail, now, entry.device_id, entry.intent_id, entry.attempt, entry.tries),
+            )
+            if cursor.rowcount == 0:
+                logger.warning("finish of %s/%s ignored: no longer held", entry.device_id, entry.intent_id,
+                               extra=log_context(entry, code="not_held"))  # fmt: skip
+                cursor = await conn.execute(
+                    "SELECT * FROM intents WHERE device_id = %s AND intent_id = %s", (entry.device_id, entry.intent_id)
+                )
+                row = await cursor.fetchone()
+                return entry_from_row(row).ack() if row is not None else entry.ack()
+            audit = AUDIT[event]
+            assert audit is not None
+            counted = tally(entry.tenant, entry.device_id, entry.kind, audit, now, seconds)
+            assert counted is not None  # every final event counts
+            [usage] = upsert_rows([counted], self._node)
+            await conn.execute(
+                _AUDITED_AND_COUNTED, (*_audit_params(now, entry, audit, integration, code, detail), *usage)
+            )
+            await conn.execute("SELECT pg_notify(%s, %s)", (RESULTS_CHANNEL, f"{entry.device_id} {self._node}"))
+            return Ack(entry.intent_id, AckState(str(state)), code, detail, int(now * 1000), entry.app, entry.attempt)
+
+        return await self._group.call(run, "ledger finish")
+
+    async def reschedule(self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float) -> None:
+        """Put the row `entry` holds back in the queue, due at `next_run`, and audit the retry."""
+        detail = clip_detail(detail)
+        event = LedgerEvent.RETRY
+
+        async def run(conn: AsyncConn) -> None:
+            cursor = await conn.execute(
+                f"UPDATE intents SET state = '{target(event)}', code = %s, detail = %s, next_run = %s, updated = %s,"
+                f" owner = '', lease_until = 0 WHERE {_HELD} AND {state_in(sources(event))}",
+                (code, detail, next_run, now, entry.device_id, entry.intent_id, entry.attempt, entry.tries),
+            )
+            if cursor.rowcount == 0:
+                logger.warning("reschedule of %s/%s ignored: no longer held", entry.device_id, entry.intent_id,
+                               extra=log_context(entry, code="not_held"))  # fmt: skip
+                return
+            await conn.execute(_AUDIT_INSERT, _audit_params(now, entry, AuditEvent.RETRY, "", code, detail))
+
+        await self._group.call(run, "ledger reschedule")
+
+    # -- operations -------------------------------------------------------------------------------
+
+    async def note(self, records: Sequence[AuditRecord]) -> None:
+        """Append audit records of refusals no ledger row stands for (and count their intents in usage)."""
+        rows = list(records)
+        if not rows:
+            return
+        tallies = merged(tally(r.tenant, r.device_id, r.kind, r.event, r.at) for r in rows if r.intent_id and r.kind)
+
+        async def run(conn: AsyncConn) -> None:
+            async with conn.cursor() as cursor:
+                await cursor.executemany(
+                    _AUDIT_INSERT,
+                    [(r.at, r.device_id, r.tenant, r.intent_id, r.kind, str(r.event), r.integration, r.code,
+                      r.detail) for r in rows],
+                )  # fmt: skip
+                if tallies:
+                    await cursor.executemany(_USAGE_UPSERT, upsert_rows(tallies, self._node))
+
+        await self._group.call(run, "audit note")
+
+    async def usage(self, query: UsageQuery) -> list[UsageRow]:
+        """Usage summed per the query's grouping (one read of the rollup table)."""
+        text, params = usage_select(query, "%s")
+        async with self._pools.transaction("usage read", writes=False) as conn:
+            cursor = await conn.execute(text.encode(), params)
+            return [row_from_sums(dict(row)) for row in await cursor.fetchall()]
+
+    async def audit(
+        self, device_id: str | None = None, since: float | None = None, limit: int = 1000, *, tenant: str | None = None
+    ) -> list[AuditRecord]:
+        """Audit records, oldest first, of one device (or tenant) or all, from `since` on, at most `limit`."""
+        query = AuditQuery(device_id, since, limit, tenant)
+        where, params = ["true"], list[str | float]()
+        if query.device_id is not None:
+            where.append("device_id = %s")
+            params.append(query.device_id)
+        if query.tenant is not None:
+            where.append("tenant = %s")
+            params.append(query.tenant)
+        if query.since is not None:
+            where.append("at >= %s")
+            params.append(query.since)
+        async with self._pools.transaction("audit read", writes=False) as conn:
+            cursor = await conn.execute(
+                "SELECT at, device_id, tenant, intent_id, kind, event, integration, code, detail FROM audit"
+                f" WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s",
+                (*params, query.limit),
+            )
+            rows = await cursor.fetchall()
+        return [AuditRecord(**{**row, "event": AuditEvent(row["event"])}) for row in rows]
+
+    async def purge(self, older_than: float) -> int:
+        """Delete final rows the edge confirmed whose last change is before `older_than`."""
+        async with self._pools.transaction("ledger purge") as conn:
+            cursor = await conn.execute(
+                f"DELETE FROM intents WHERE confirmed AND state NOT IN {_LIVE} AND updated < %s", (older_than,)
+            )
+            return cursor.rowcount
+
+    async def depth(self) -> LedgerDepth:
+        """Rows not done with, per state and kind, and the oldest queued (one query)."""
+        async with self._pools.transaction("ledger read", writes=False) as conn:
+            cursor = await conn.execute(DEPTH_SQL.format(unconfirmed="NOT confirmed"))
+            return depth_from_rows(await cursor.fetchall())
+
+    async def ping(self) -> None:
+        """One trivial query on a pooled connection."""
+        async with self._pools.transaction("store ping", writes=False) as conn:
+            await conn.execute("SELECT 1")

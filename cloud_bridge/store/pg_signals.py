@@ -1,0 +1,99 @@
+"""Signals between bridge nodes over PostgreSQL LISTEN/NOTIFY, on one dedicated connection per node.
+
+The ledger notifies in the transaction that commits the change, so a signal is never seen before the
+row it names. Payloads carry the sending node, and a node ignores its own (it acted already). A lost
+connection is reopened with backoff; since signals may have been missed meanwhile, every device held
+here is then treated as having new results, and the executor is woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from cloud_bridge.store.pg_admit import WORK_CHANNEL
+from cloud_bridge.store.pg_ledger import RESULTS_CHANNEL
+from intent_contract.backoff import compute_backoff
+
+logger = logging.getLogger(__name__)
+
+ALL_DEVICES = "*"
+
+
+class PgSignals:
+    """The Signals protocol on LISTEN/NOTIFY."""
+
+    def __init__(self, conninfo: str, *, node: str) -> None:
+        self._conninfo = conninfo
+        self._node = node
+        self._task: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()  # set while the LISTEN connection is up (for tests)
+
+    async def start(self, on_results: Callable[[str], None], on_work: Callable[[], None]) -> None:
+        """Listen until `stop()`; returns once the first LISTEN is in place (or its first attempt failed)."""
+        if self._task is not None:
+            raise RuntimeError("signals already started")
+        first = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._run(on_results, on_work, first), name="store-signals")
+        await first
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(
+        self, on_results: Callable[[str], None], on_work: Callable[[], None], first: asyncio.Future[None]
+    ) -> None:
+        failures = 0
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {RESULTS_CHANNEL}")
+                    await conn.execute(f"LISTEN {WORK_CHANNEL}")
+                    self.listening.set()
+                    if not first.done():
+                        first.set_result(None)
+                    elif failures:
+                        on_results(ALL_DEVICES)  # what was signalled while we were away
+                        on_work()
+                    failures = 0
+                    async for notice in conn.notifies():
+                        self._dispatch(notice.channel, notice.payload, on_results, on_work)
+            except psycopg.Error as exc:
+                self.listening.clear()
+                failures += 1
+                delay = compute_backoff(failures, base=0.2, cap=5.0, jitter=0.5)
+                logger.warning("store signals lost (%s); listening again in %.1fs", type(exc).__name__, delay)
+                if not first.done():
+                    first.set_result(None)
+                await asyncio.sleep(delay)
+
+    def _dispatch(
+        self, channel: str, payload: str, on_results: Callable[[str], None], on_work: Callable[[], None]
+    ) -> None:
+        if channel == WORK_CHANNEL:
+            if payload != self._node:
+                on_work()
+            return
+        device_id, _, node = payload.rpartition(" ")
+        if device_id and node != self._node:
+            on_results(device_id)
+
+
+def operator_signal(node: str) -> Callable[[Any, str], None]:
+    """`intent_sql.Signal` for PostgreSQL: NOTIFY every node, this one too (the dashboard runs in a node)."""
+    sender = f"{node}/operator"
+
+    def signal(conn: Any, device_id: str) -> None:
+        conn.execute("SELECT pg_notify(%s, %s), pg_notify(%s, %s)",
+                     (RESULTS_CHANNEL, f"{device_id} {sender}", WORK_CHANNEL, sender))  # fmt: skip
+
+    return signal

@@ -1,0 +1,56 @@
+"""The bridge's offline keys as this device pins them (`DATA_DIR/identity/bridge.json`).
+
+Given at enrollment (the HTTPS answer, or the signed offline enrollment response): the id of the
+bridge's offline key pair, the age recipient bundles are encrypted to, and the P-256 public key
+receipts must be signed with. A receipt signed with any other key is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_outbox.errors import ConfigError, PermanentError
+from intent_contract import sealed
+from intent_contract.names import is_name
+
+PINS_FILE = "bridge.json"
+
+
+@dataclass(frozen=True, slots=True)
+class BridgePins:
+    key_id: str
+    recipient: str
+    signing_key: str
+
+    def __post_init__(self) -> None:
+        if not is_name(self.key_id) or not sealed.is_recipient(self.recipient) or "PUBLIC KEY" not in self.signing_key:
+            raise ConfigError("the bridge's offline keys are malformed (key_id, recipient, signing_key)")
+
+    @classmethod
+    def from_json(cls, data: Any) -> BridgePins:
+        if not isinstance(data, dict):
+            raise ConfigError("the bridge's offline keys must be a JSON object")
+        try:
+            return cls(str(data["key_id"]), str(data["recipient"]), str(data["signing_key"]))
+        except KeyError as exc:
+            raise ConfigError(f"the bridge's offline keys lack {exc}") from None
+
+
+def save_pins(identity_dir: Path, pins: BridgePins) -> None:
+    (identity_dir / PINS_FILE).write_text(json.dumps(asdict(pins), indent=2) + "\n")
+
+
+def load_pins(identity_dir: Path) -> BridgePins:
+    """The pinned keys; PermanentError when this device has none (enrolled before offline bundles existed)."""
+    path = identity_dir / PINS_FILE
+    if not path.exists():
+        raise PermanentError(
+            f"no bridge offline keys pinned in {path}: this device was enrolled without them; enroll it again"
+        )
+    try:
+        return BridgePins.from_json(json.loads(path.read_text()))
+    except ValueError as exc:
+        raise ConfigError(f"{path} is damaged ({exc})") from None

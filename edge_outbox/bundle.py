@@ -1,0 +1,113 @@
+"""`edge-outbox export`: every intent the bridge has not accepted yet, in a bundle for a USB stick.
+
+The bundle carries the MQTT path's own messages (intent batches as the forwarder makes them, and
+confirms of the results a receipt brought), in a body signed with this device's key and encrypted
+to the bridge's offline key pinned at enrollment: the stick reveals nothing, and nothing on it can
+be forged or altered without the bridge refusing it (intent_contract.signed, .sealed).
+Times in the envelopes are corrected to the bridge's clock as learned (edge_outbox.bridge_clock).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_outbox import offline_ops
+from edge_outbox.bridge_pins import load_pins
+from edge_outbox.db import IntentRow
+from edge_outbox.errors import ConfigError, PermanentError
+from edge_outbox.forwarder import envelope_of
+from edge_outbox.identity import identity_dir, key_file, load_identity
+from edge_outbox.key_rotation import pending_rotation
+from intent_contract import sealed, signed
+from intent_contract.codec import encode_batch, encode_confirms
+from intent_contract.files import write_atomic
+from intent_contract.offline_wire import BUNDLE_TYPE, Bundle
+from intent_contract.wire import BATCH_ITEMS, BATCH_PAYLOAD_BYTES, CONFIRMS_PER_MESSAGE
+
+# Room kept under --max-bytes for what is not batches: confirms (at most 20,000 ids), the signature,
+# age's header and its 16 bytes per 64 KiB chunk.
+_HEADROOM = 2 << 20
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    bundle_id: str
+    intents: int
+    confirms: int
+    left_out: int  # intents not yet accepted by the bridge that did not fit under --max-bytes
+    bytes: int
+
+
+def export(
+    conn: sqlite3.Connection,
+    data_dir: Path,
+    out: Path,
+    *,
+    max_bytes: int,
+    now: int,
+    new_id: Callable[[], str],
+    progress: Progress | None = None,
+) -> Exported:
+    """Write the bundle to `out`; the intents in it are marked sent (committed) before the file is written."""
+    identity = load_identity(data_dir)
+    if identity is None:
+        raise PermanentError("not enrolled: enroll this device first (edge-outbox enroll, or enroll-request)")
+    pins = load_pins(identity_dir(data_dir))
+    if max_bytes <= _HEADROOM:
+        raise ConfigError(f"--max-bytes must be over {_HEADROOM >> 20} MiB")
+    batches: list[bytes] = []
+    used = {"bytes": 0, "intents": 0}
+    if offline_ops.revocation(conn) is not None:
+        raise PermanentError("this device was revoked at the bridge: there is nothing it may send")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        clock = offline_ops.bridge_clock(conn)
+        total = offline_ops.pending_count(conn)
+
+        def fits(rows: list[IntentRow]) -> bool:
+            message = encode_batch([clock.envelope(envelope_of(r)) for r in rows])
+            if used["bytes"] + len(message) > max_bytes - _HEADROOM:
+                return False
+            batches.append(message)
+            used["bytes"] += len(message)
+            used["intents"] += len(rows)
+            if progress is not None:
+                progress(used["intents"], total)
+            return True
+
+        offline_ops.take_for_export(conn, fits=fits, batch_items=BATCH_ITEMS, batch_bytes=BATCH_PAYLOAD_BYTES, now=now)
+        confirms = offline_ops.confirms_to_send(conn)
+        left_out = conn.execute("SELECT COUNT(*) FROM intents WHERE state = 'accepted' AND sent_at < ?", (now,))
+        left = int(left_out.fetchone()[0])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    body = Bundle(
+        rotation=pending_rotation(data_dir),
+        device_id=identity.device_id,
+        bridge_key=pins.key_id,
+        id=new_id(),
+        made_at=now,
+        batches=tuple(batches),
+        confirms=tuple(
+            encode_confirms(confirms[i : i + CONFIRMS_PER_MESSAGE])
+            for i in range(0, len(confirms), CONFIRMS_PER_MESSAGE)
+        ),
+    )
+    key = key_file(data_dir).read_bytes()
+    document = signed.sign(body.encode(), key, typ=BUNDLE_TYPE, kid=identity.device_id)
+    data = sealed.seal(document, pins.recipient)
+    try:
+        write_atomic(out, data)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from None
+    conn.execute("BEGIN IMMEDIATE")
+    offline_ops.drop_confirms(conn, confirms)
+    conn.execute("COMMIT")
+    return Exported(body.id, used["intents"], len(confirms), left, len(data))

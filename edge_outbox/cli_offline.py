@@ -1,0 +1,216 @@
+"""The ops commands for sites that are never online or only now and then (docs/offline-sites.md):
+export, import-receipt, flush, enroll-request, enroll-import, rotate-key. Registered on the
+`edge-outbox` group by edge_outbox.cli, with its --data-dir and --json options."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from edge_outbox.cli_db import connection
+from edge_outbox.cli_format import now_ms, print_json
+from edge_outbox.identity import load_identity
+from intent_contract.errors import DecodeError
+from intent_contract.files import read_bounded
+from intent_contract.ids import IdGenerator
+from intent_contract.offline_wire import DEFAULT_FILE_BYTES, file_limit
+from intent_contract.progress import progress_line
+from intent_contract.timefmt import format_age, parse_duration
+
+F = TypeVar("F", bound=Callable[..., Any])
+Decorator = Callable[[Any], Any]
+
+
+def _bundle_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    try:
+        return file_limit(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def bundle_size_option(what: str) -> Callable[[F], F]:
+    return click.option(
+        "--max-bytes",
+        default=f"{DEFAULT_FILE_BYTES >> 20}M",
+        show_default=True,
+        callback=_bundle_size,
+        help=f"Largest {what} file, e.g. 64M (the bridge refuses bundles over its own --max-bytes).",
+    )
+
+
+@click.command(name="export")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The bundle file to write.")
+@bundle_size_option("bundle")
+def export_cmd(data_dir: Path, out: Path, max_bytes: int, as_json: bool) -> None:
+    """Write every intent the bridge has not accepted yet into a bundle for `cloud-bridge import`.
+
+    Signed with this device's key and encrypted to the bridge: the file reveals nothing and cannot
+    be forged. Exported intents can no longer be cancelled here; they stay pending until a receipt
+    (or the MQTT link) brings their results. Works while `run` is live.
+    """
+    from edge_outbox.bundle import export  # noqa: PLC0415 - keeps the other commands quick to start
+
+    with connection(data_dir) as conn:
+        done = export(
+            conn, data_dir, out, max_bytes=max_bytes, now=now_ms(), new_id=IdGenerator(now_ms, os.urandom).new,
+            progress=progress_line("exported intents"),
+        )  # fmt: skip
+    if as_json:
+        print_json({**asdict(done), "file": str(out)})
+        return
+    click.echo(
+        f"bundle {done.bundle_id}: {done.intents} intents, {done.confirms} confirms, {done.bytes:,} bytes -> {out}"
+    )
+    if done.left_out:
+        click.echo(f"{done.left_out} intents did not fit under --max-bytes: export again for them", err=True)
+
+
+@click.command(name="import-receipt")
+@click.argument("receipt_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@bundle_size_option("receipt")
+def import_receipt(data_dir: Path, receipt_file: Path, max_bytes: int, as_json: bool) -> None:
+    """Apply a receipt from `cloud-bridge import` or `cloud-bridge receipt`: results, revocation, the bridge's time.
+
+    Statuses reach the apps as over MQTT (within a second when `run` is live, else when it starts).
+    """
+    from edge_outbox.key_rotation import adopt_next_key  # noqa: PLC0415
+    from edge_outbox.receipt import apply_receipt, read_receipt  # noqa: PLC0415
+
+    try:
+        data = read_bounded(receipt_file, max_bytes)
+    except DecodeError as exc:
+        raise click.ClickException(f"{exc} (--max-bytes)") from None
+    body, acks = read_receipt(data_dir, data, max_bytes)
+    with connection(data_dir) as conn:
+        applied = apply_receipt(conn, body, acks, now_ms())
+    if adopt_next_key(data_dir, body.next_key):
+        applied = replace(applied, key_rotated=True)
+    if as_json:
+        print_json(asdict(applied))
+    else:
+        states = ", ".join(f"{n} {state}" for state, n in sorted(applied.states.items())) or "no results"
+        click.echo(f"receipt {applied.receipt_id}: {states}; {applied.changed} intents changed state")
+        offset = applied.clock.offset_ms
+        if offset:
+            side = "behind" if offset > 0 else "ahead of"
+            click.echo(f"this device's clock is {format_age(abs(offset) / 1000)} {side} the bridge's; corrected")
+        if applied.key_rotated:
+            click.echo("the bridge accepted this device's new key: it signs with it from now on")
+    if applied.revoked:
+        raise click.ClickException(f"this device is revoked at the bridge: {applied.ended} pending intents ended")
+
+
+@click.command(name="flush")
+@click.option(
+    "--timeout",
+    "timeout_text",
+    default="5m",
+    show_default=True,
+    metavar="DURATION",
+    help="Give up waiting after this long, e.g. 10m.",
+)
+def flush_cmd(data_dir: Path, timeout_text: str, as_json: bool) -> None:
+    """Connect to the bridge now, forward everything, and wait until every intent has its result.
+
+    For a temporary link: works outside --forward-window and while `run` is live (it asks the running
+    outbox to connect). Exits 1 when intents are still pending at the timeout, or when revoked.
+    """
+    from edge_outbox.flush import flush  # noqa: PLC0415 - keeps the other commands quick to start
+
+    try:
+        timeout = parse_duration(timeout_text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--timeout") from None
+
+    shown: list[tuple[int, str]] = []
+
+    def progress(done: int, total: int, link: str) -> None:
+        if not shown or shown[-1] != (done, link):
+            shown.append((done, link))
+            click.echo(f"flush: {done:,}/{total:,} intents have their result; link {link}", err=True)
+
+    result = asyncio.run(flush(data_dir, timeout, now_ms, progress))
+    if as_json:
+        print_json(asdict(result))
+    else:
+        ended = ", ".join(f"{n} {state}" for state, n in sorted(result.ended.items())) or "none"
+        click.echo(
+            f"{result.pending_before} pending at the start; ended meanwhile: {ended}; still pending: {result.pending}"
+        )
+    if result.revoked:
+        raise click.ClickException("this device is revoked at the bridge: its pending intents were ended")
+    if result.pending:
+        raise click.ClickException(
+            f"{result.pending} intents still pending after {format_age(timeout)} (link {result.link})"
+        )
+
+
+@click.command(name="enroll-request")
+@click.option(
+    "--ticket",
+    "ticket_file",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The ticket from `cloud-bridge devices enroll-ticket` (one-time code and the bridge's keys).",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Request file to write.")
+def enroll_request_cmd(data_dir: Path, ticket_file: Path, out: Path) -> None:
+    """Enroll a site that never connects, step 1: make this device's key and write a request for the bridge.
+
+    The request is signed with the new key and encrypted to the bridge: the stick does not reveal the code.
+    The bridge answers with `cloud-bridge devices enroll-offline`; then run `edge-outbox enroll-import`.
+    """
+    from edge_outbox.offline_enroll import enroll_request  # noqa: PLC0415
+
+    enroll_request(data_dir, ticket_file.read_bytes(), out, now_ms())
+    click.echo(f"enrollment request written to {out}; bring back the bridge's response for `edge-outbox enroll-import`")
+
+
+@click.command(name="enroll-import")
+@click.argument("response_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+def enroll_import_cmd(data_dir: Path, response_file: Path, as_json: bool) -> None:
+    """Enroll a site that never connects, step 2: apply the bridge's signed response to the request."""
+    from edge_outbox.offline_enroll import enroll_import  # noqa: PLC0415
+
+    identity = enroll_import(data_dir, read_bounded(response_file, 64 * 1024), now_ms())
+    if as_json:
+        print_json(asdict(identity))
+    else:
+        click.echo(f"enrolled as device {identity.device_id} (tenant {identity.tenant}, name {identity.name})")
+
+
+@click.command(name="rotate-key")
+@click.option(
+    "--offline", is_flag=True, help="Carry the proposal in the next bundle (`export`) instead of sending it now."
+)
+def rotate_key_cmd(data_dir: Path, offline: bool) -> None:
+    """Replace this device's key pair without a new enrollment code (proved with the current key).
+
+    The bridge accepts the new key beside the old one until the new one's first use; from then on
+    the old key no longer works. Safe to run again when it failed halfway.
+    """
+    from edge_outbox.key_rotation import propose_offline, rotate_online  # noqa: PLC0415
+
+    identity = load_identity(data_dir)
+    if identity is None:
+        raise click.ClickException("not enrolled: there is no key to rotate")
+    if offline or not identity.http_url:
+        propose_offline(data_dir, identity, now_ms())
+        click.echo("the new key goes to the bridge in the next bundle; the receipt that accepts it switches to it")
+        return
+    rotate_online(data_dir, identity, now_ms())
+    click.echo(f"device {identity.device_id} signs with its new key; the old one ends at the new one's first use")
+
+
+def register(group: click.Group, data_dir_option: Decorator, json_option: Decorator) -> None:
+    """Add these commands to `edge-outbox`, with its --data-dir (every one) and --json (those that print data)."""
+    for command in (export_cmd, import_receipt, flush_cmd, enroll_import_cmd):
+        group.add_command(json_option(data_dir_option(command)))
+    for command in (enroll_request_cmd, rotate_key_cmd):
+        group.add_command(data_dir_option(command))

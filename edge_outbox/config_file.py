@@ -1,0 +1,56 @@
+"""The edge's config file: TOML whose keys are `edge-outbox run`'s options; flags and environment win.
+
+    data_dir = "/var/lib/edge-outbox"
+    listen = "127.0.0.1:1883"
+    max_queue_bytes = "2G"
+
+A key is an option's long name with `_` for `-` (`--max-queue-items` is `max_queue_items`). The
+file becomes click's default map, so the order of precedence is: flag, environment variable,
+config file, built-in default. `data_dir` applies to every command. Every key is checked against
+the option it stands for when the file is read, and every bad key is reported at once, with the
+file's name.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edge_outbox.errors import ConfigError
+
+# Options that a file must not hold: secrets come from the environment or a file of their own.
+NOT_IN_FILE = frozenset({"attach_password"})
+
+
+def load(path: Path, group: click.Group, ctx: click.Context) -> dict[str, dict[str, Any]]:
+    """click's default map for every command of `group`, from the config file at `path`."""
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    run = group.commands["run"]
+    params = {p.name: p for p in run.params if isinstance(p, click.Option) and p.name not in NOT_IN_FILE}
+    errors: list[str] = []
+    for key, value in document.items():
+        param = params.get(key)
+        if param is None:
+            errors.append(f"{key}: not an option of `edge-outbox run` (known: {', '.join(sorted(params))})")
+            continue
+        try:
+            param.type_cast_value(ctx, value)
+        except click.BadParameter as exc:
+            errors.append(f"{key} = {value!r}: {exc.message}")
+    if errors:
+        raise ConfigError(f"{path}: " + "; ".join(errors))
+    defaults: dict[str, dict[str, Any]] = {"run": dict(document)}
+    if "data_dir" in document:
+        for name, command in group.commands.items():
+            if name != "run" and any(p.name == "data_dir" for p in command.params):
+                defaults[name] = {"data_dir": document["data_dir"]}
+    return defaults

@@ -1,0 +1,56 @@
+"""`GET /v1/device` on the bridge: is this device revoked, and what time is it there.
+
+Asked when the bridge refuses a CONNECT: the answer tells "revoked" (end the backlog) from a passing
+fault (keep trying), and every answer, a refusal of our token included, carries the bridge's time,
+from which a device with a wrong clock learns how far off it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edge_outbox.bridge_access import ANSWER_LIMIT, client_tls_context, device_token
+from edge_outbox.bridge_clock import BridgeClock, TimeSample
+from edge_outbox.identity import Identity
+from intent_contract import json_bounded
+from intent_contract.errors import DecodeError
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceAnswer:
+    revoked: bool
+    time: TimeSample | None  # None: the bridge did not answer, or gave no time
+
+
+async def check_device(
+    data_dir: Path, identity: Identity, local_ms: Callable[[], int], clock: BridgeClock, log: logging.LoggerAdapter[Any]
+) -> DeviceAnswer:
+    """Ask with a token signed by our key on the clock as learned; no answer is DeviceAnswer(False, None)."""
+    sent = local_ms()
+    token = device_token(data_dir, identity, clock.bridge_ms(sent) // 1000, 120)
+    try:
+        async with httpx.AsyncClient(verify=client_tls_context(data_dir), timeout=15) as http:
+            response = await http.get(f"{identity.http_url}/v1/device", headers={"Authorization": f"Bearer {token}"})
+        return read_answer(response.content, response.status_code, sent, local_ms())
+    except (httpx.HTTPError, DecodeError) as exc:
+        log.warning("could not ask the bridge whether this device is revoked: %s", exc)
+        return DeviceAnswer(False, None)
+
+
+def read_answer(content: bytes, status: int, sent_local_ms: int, received_local_ms: int) -> DeviceAnswer:
+    """What an answer of `/v1/device` says; DecodeError when it is not JSON."""
+    body = json_bounded.loads(content, max_bytes=ANSWER_LIMIT)
+    if not isinstance(body, dict):
+        return DeviceAnswer(False, None)
+    revoked = status == 200 and body.get("status") == "revoked"
+    bridge_ms = body.get("time")
+    sample = None
+    if type(bridge_ms) is int:
+        sample = TimeSample.between(bridge_ms, sent_local_ms, received_local_ms, "bridge /v1/device")
+    return DeviceAnswer(revoked, sample)

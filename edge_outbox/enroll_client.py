@@ -1,0 +1,117 @@
+"""Enrollment from the edge: make the device key here, register its public half with the bridge over
+HTTPS (verified against the CA given, which is then pinned), keep the identity, and learn the
+bridge's clock from its answer. A TLS refusal is explained with its real reason."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from edge_outbox import db, offline_ops
+from edge_outbox.bridge_access import ANSWER_LIMIT
+from edge_outbox.bridge_clock import TimeSample
+from edge_outbox.bridge_pins import BridgePins
+from edge_outbox.errors import ConfigError, PermanentError, TransientError
+from edge_outbox.identity import Identity, identity_dir, load_identity, save_identity
+from intent_contract import json_bounded
+from intent_contract.device_token import generate_private_key_pem, public_key_pem
+from intent_contract.errors import DecodeError
+
+
+def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path) -> Identity:
+    """Make a key here, register its public half with the bridge, and keep the identity on disk."""
+    existing = load_identity(data_dir)
+    if existing is not None:
+        raise PermanentError(
+            f"already enrolled as device {existing.device_id} with {existing.http_url}; to enroll again, "
+            f"move {identity_dir(data_dir)} away first (the bridge can revoke the old device)"
+        )
+    parts = urlsplit(bridge_url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(f"--bridge {bridge_url!r}: expected https://HOST[:PORT] (the bridge's enrollment address)")
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--ca {ca}: not a readable PEM CA certificate ({exc})") from None
+    key_pem = generate_private_key_pem()
+    url = bridge_url.rstrip("/") + "/v1/enroll"
+    sent = _local_ms()
+    try:
+        response = httpx.post(
+            url,
+            json={"code": code, "public_key": public_key_pem(key_pem)},
+            verify=context,
+            timeout=30,
+            follow_redirects=False,
+        )
+    except httpx.ConnectError as exc:
+        refusal = _certificate_refusal(exc, bridge_url, ca)
+        if refusal is not None:
+            raise PermanentError(refusal) from None
+        raise TransientError(f"cannot reach the bridge at {bridge_url}: {exc}") from None
+    except httpx.HTTPError as exc:
+        raise TransientError(f"enrollment request to {bridge_url} failed: {exc}") from None
+    received = _local_ms()
+    try:
+        body = json_bounded.loads(response.content, max_bytes=ANSWER_LIMIT)
+    except DecodeError as exc:
+        body = None
+        if response.status_code == 201:
+            raise PermanentError(f"the bridge's enrollment answer is not usable JSON: {exc}") from None
+    if response.status_code != 201:
+        reason = body.get("detail", "") if isinstance(body, dict) else response.reason_phrase
+        raise PermanentError(f"the bridge refused enrollment (HTTP {response.status_code}): {reason}")
+    if not isinstance(body, dict):
+        raise PermanentError("the bridge's enrollment answer is not a JSON object")
+    identity = Identity(
+        device_id=body["device_id"],
+        tenant=body["tenant"],
+        name=body["name"],
+        bridge_host=parts.hostname,
+        mqtt_port=int(body["mqtt_port"]),
+        http_url=bridge_url.rstrip("/"),
+        audience=body["audience"],
+    )
+    pins = BridgePins.from_json(body["offline"]) if "offline" in body else None
+    save_identity(data_dir, identity, key_pem, ca, pins)
+    if type(body.get("time")) is int:
+        learn_time_at(data_dir, TimeSample.between(body["time"], sent, received, "enrollment"), received)
+    return identity
+
+
+def _local_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def learn_time_at(data_dir: Path, sample: TimeSample, now: int) -> None:
+    """Keep what an answer of the bridge proves about its clock in the outbox database (made if need be)."""
+    conn = db.connect(data_dir)
+    try:
+        offline_ops.learn_time(conn, sample, now)
+    finally:
+        conn.close()
+
+
+# OpenSSL verify codes meaning "no chain to a CA we trust"; anything else failed on a chain that was
+# fine (a host name the certificate does not name, an expired certificate, ...).
+_NO_CHAIN_TO_CA = frozenset({2, 18, 19, 20, 21})
+
+
+def _certificate_refusal(exc: BaseException, bridge_url: str, ca: Path) -> str | None:
+    """Why TLS refused the bridge's certificate, in words that name the real reason; None if it did not."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    reason = str(cause.verify_message).rstrip(".")
+    if cause.verify_code in _NO_CHAIN_TO_CA:
+        return f"the bridge at {bridge_url} has a certificate not signed by the pinned CA {ca} ({reason})"
+    hint = ""
+    if cause.verify_code in (62, 64):  # host name / IP address mismatch
+        hint = "; give --bridge the host name the certificate was issued for"
+    return f"the bridge at {bridge_url} has a certificate signed by the pinned CA {ca} but refused: {reason}{hint}"

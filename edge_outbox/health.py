@@ -1,0 +1,33 @@
+"""Whether the outbox is healthy, for supervisors: one rule for `edge-outbox status` and the HTTP probe. Pure."""
+
+from __future__ import annotations
+
+DEFAULT_MAX_OFFLINE_S = 3600.0
+
+
+def problems(
+    *,
+    link_state: str | None,
+    link_since_ms: int | None,
+    intake_held_since_ms: int | None,
+    intake_reason: str,
+    now_ms: int,
+    max_offline_s: float = DEFAULT_MAX_OFFLINE_S,
+) -> list[str]:
+    """What is wrong, in words; empty when healthy.
+
+    Unhealthy: the bridge revoked this device; intake cannot store (a full disk or a full queue
+    holds the apps' acknowledgements); the link to the bridge has been down longer than
+    `max_offline_s` (None: not enrolled or not forwarding, which is not a fault here).
+    """
+    found: list[str] = []
+    if link_state == "revoked":
+        found.append("this device was revoked at the bridge")
+    if intake_held_since_ms is not None:
+        held_s = max(0.0, (now_ms - intake_held_since_ms) / 1000)
+        found.append(f"intake paused for {held_s:.0f} s: {intake_reason}")
+    if link_state in ("offline", "connecting") and link_since_ms is not None:
+        down_s = (now_ms - link_since_ms) / 1000
+        if down_s > max_offline_s:
+            found.append(f"no link to the bridge for {down_s:.0f} s (more than {max_offline_s:.0f} s)")
+    return found

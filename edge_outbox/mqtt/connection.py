@@ -1,0 +1,394 @@
+"""One client connection of the MQTT endpoint: the handshake, packets in, answers and deliveries out.
+
+Publishes are answered in the order they arrived [MQTT-4.6.0-2], each once what it needs is done
+(the intake's commit, a persistent session's save). Deliveries come from the session: statuses read
+from the status feed from the session's position, then its queued messages, within its window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from edge_outbox.intake_rules import TOPIC_ROOT
+from edge_outbox.mqtt import dialect as d
+from edge_outbox.mqtt.dialect import V311, Dialect, dialect_of
+from edge_outbox.mqtt.session import Message, Session
+from edge_outbox.mqtt.topics import may_match, may_publish, may_subscribe, valid_filter
+from edge_outbox.states import State
+from edge_outbox.status import status_payload, status_topic
+from intent_contract import mqtt_packets as p
+from intent_contract.errors import MalformedPacketError
+from intent_contract.mqtt_packets import ConnackCode, Type
+
+if TYPE_CHECKING:
+    from edge_outbox.mqtt.server import MqttEndpoint
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+MAX_PENDING_ACKS = 1000  # publishes read but not yet answered; reading pauses beyond (backpressure)
+WRITE_HIGH_WATER = 1 << 20
+REPLAY_CHUNK = 500
+CONNECT_BYTE = 0x10
+STATUS_SHAPE = (TOPIC_ROOT, None, "status", None)  # outbox/{app}/status/{id}: only the outbox publishes there
+
+
+class _NotMqttError(Exception):
+    """The first byte of a connection is not a CONNECT."""
+
+
+@dataclass(slots=True)
+class _Answer:
+    """An answer written in arrival order once `ready` (the commit) is done."""
+
+    ready: Awaitable[object] | None
+    data: bytes | Callable[[object], bytes]  # or made from the commit's result (an MQTT 5 reason code)
+    then: Callable[[], None] | None = None
+
+
+def intake_verdict(result: object) -> d.Verdict:
+    """What an acknowledgement of an intake publish says: refused input is stored, and named (MQTT 5)."""
+    row = getattr(result, "row", None)
+    if row is None or row.state is not State.REJECTED:
+        return d.OK
+    code = d.NOT_AUTHORIZED if row.code == "not_authorized" else d.PAYLOAD_FORMAT_INVALID
+    return d.Verdict(code, f"{row.code}: {row.detail}")
+
+
+class Connection:
+    def __init__(self, endpoint: MqttEndpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.endpoint = endpoint
+        self.reader = reader
+        self.writer = writer
+        self.session: Session | None = None
+        self.principal: str | None = None
+        self.wake = asyncio.Event()
+        self.closed = asyncio.Event()
+        self._answers: deque[_Answer] = deque()
+        self._answers_ready = asyncio.Event()
+        self._answers_room = asyncio.Event()
+        self._answers_room.set()
+        self._will: p.Will | None = None
+        self._graceful = False
+        self._replay: tuple[str, int, int] | None = None  # (app, after seq, sent so far)
+        self._framer = p.Framer(endpoint.settings.max_packet)
+        self.dialect: Dialect = V311()
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.name = self.peer
+
+    def close(self, reason: int = d.UNSPECIFIED) -> None:
+        """Close from our side; an MQTT 5 client first hears why (a DISCONNECT with `reason`)."""
+        if not self.writer.is_closing():
+            self.writer.write(self.dialect.disconnect(reason))
+        self.writer.close()
+
+    async def run(self) -> None:
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            connect = await self._handshake()
+            if connect is None:
+                return
+            tasks = [asyncio.create_task(self._answer_loop()), asyncio.create_task(self._pump())]
+            self.wake.set()
+            await self._read_loop(connect.keepalive)
+        except MalformedPacketError as exc:
+            log.warning("closing client %s: %s", self.name, exc)
+            self.close(d.TOPIC_ALIAS_INVALID if "topic alias" in str(exc) else d.MALFORMED)
+        except TimeoutError:
+            log.info("client %s sent nothing within 1.5 times its keepalive: closing it", self.name)
+            self.close(d.KEEP_ALIVE_TIMEOUT)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+            self.endpoint.detach(self)
+            self.closed.set()
+            if self._will is not None and not self._graceful:
+                await self._publish_will(self._will)
+
+    async def _read_packets(self) -> list[tuple[int, bytes]]:
+        data = await self.reader.read(65536)
+        if not data:
+            raise ConnectionResetError
+        if self.session is None and not self._framer.buffered and data[0] != CONNECT_BYTE:
+            raise _NotMqttError
+        return self._framer.feed(data)
+
+    async def _handshake(self) -> p.Connect | None:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                frames: list[tuple[int, bytes]] = []
+                while not frames:
+                    frames = await self._read_packets()
+        except (TimeoutError, ConnectionError):
+            log.debug("connection from %s closed before CONNECT", self.peer)
+            return None
+        except _NotMqttError:
+            log.info("connection from %s did not start with an MQTT CONNECT: closed", self.peer)
+            return None
+        first, body = frames[0]
+        connect = p.decode(first, body)
+        assert isinstance(connect, p.Connect)
+        settings = self.endpoint.settings
+        self.dialect = dialect_of(connect, settings.window, settings.max_packet)
+        if connect.level == 5:
+            decoded = self.dialect.decode(first, body)
+            assert isinstance(decoded, p.Connect)
+            connect = decoded
+        version = p.PROTOCOLS.get((connect.protocol, connect.level))
+        if version is None:
+            if connect.protocol not in ("MQTT", "MQIsdp"):
+                log.info("connection from %s is not MQTT (protocol %r): closed", self.peer, connect.protocol)
+                return None
+            self._refuse(ConnackCode.BAD_PROTOCOL_VERSION, f"protocol level {connect.level}")
+            return None
+        client_id = connect.client_id
+        assigned = None
+        if not client_id:
+            if connect.level != 5 and (not connect.clean or connect.level == 3):
+                self._refuse(ConnackCode.IDENTIFIER_REJECTED, "an empty client id needs clean session")
+                return None
+            client_id = assigned = "auto-" + secrets.token_hex(8)
+        if not await self.endpoint.authenticate(connect.username, connect.password):
+            code = ConnackCode.BAD_CREDENTIALS if connect.username else ConnackCode.NOT_AUTHORIZED
+            self._refuse(code, f"login as {connect.username!r} refused")
+            return None
+        self.principal = connect.username if self.endpoint.settings.logins else None
+        if connect.will is not None and not may_publish(self.principal, connect.will.topic):
+            self._refuse(ConnackCode.NOT_AUTHORIZED, f"will topic {connect.will.topic!r} is not the app's")
+            return None
+        self.name = f"{client_id}@{self.peer}"
+        present = await self.endpoint.attach(self, connect, client_id)
+        self._will = connect.will
+        session = self.session
+        assert session is not None
+        if connect.receive_max is not None:
+            session.window = min(settings.window, connect.receive_max)
+        self.writer.write(self.dialect.connack(present, ConnackCode.ACCEPTED, assigned))
+        for packet_id in sorted(session.released):
+            self.writer.write(self.dialect.ack(Type.PUBREL, packet_id))
+        for first_byte, packet_body in frames[1:]:
+            await self._handle(self.dialect.decode(first_byte, packet_body))
+        return connect
+
+    def _refuse(self, code: ConnackCode, why: str) -> None:
+        log.info("refused client from %s: %s (CONNACK %d)", self.peer, why, code)
+        self.writer.write(self.dialect.connack(False, code))
+
+    async def _read_loop(self, keepalive: int) -> None:
+        loop = asyncio.get_running_loop()
+        grace = keepalive * 1.5 if keepalive else None
+        async with asyncio.timeout(grace) as deadline:
+            while True:
+                for first, body in await self._read_packets():
+                    await self._handle(self.dialect.decode(first, body))
+                if grace is not None:
+                    deadline.reschedule(loop.time() + grace)
+                if len(self._answers) >= MAX_PENDING_ACKS:
+                    self._answers_room.clear()
+                    await self._answers_room.wait()
+
+    async def _handle(self, packet: p.Packet) -> None:
+        session = self.session
+        assert session is not None
+        if isinstance(packet, p.Publish):
+            self._publish(packet)
+        elif isinstance(packet, p.PacketIdOnly):
+            if packet.type is Type.PUBACK:
+                if session.puback(packet.packet_id):
+                    self.wake.set()
+            elif packet.type is Type.PUBREC:
+                if session.pubrec(packet.packet_id):
+                    self.writer.write(self.dialect.ack(Type.PUBREL, packet.packet_id))
+                self.wake.set()
+            elif packet.type is Type.PUBCOMP:
+                session.pubcomp(packet.packet_id)
+                self.wake.set()
+            elif packet.type is Type.PUBREL:
+                session.incoming_qos2.discard(packet.packet_id)
+                self._answer(None, self.dialect.ack(Type.PUBCOMP, packet.packet_id))
+            else:
+                raise MalformedPacketError(f"a client does not send {packet.type.name}")
+        elif isinstance(packet, p.Connect):
+            raise MalformedPacketError("a second CONNECT on one connection")
+        elif isinstance(packet, p.Subscribe):
+            await self._subscribe(session, packet)
+        elif isinstance(packet, p.Unsubscribe):
+            for topic_filter in packet.filters:
+                session.subscriptions.pop(topic_filter, None)
+            saved = self._save(session)
+            self._answer(saved, self.dialect.unsuback(packet.packet_id, len(packet.filters)))
+        elif isinstance(packet, p.Bare) and packet.type is Type.PINGREQ:
+            self.writer.write(self.dialect.pingresp())
+        elif isinstance(packet, p.Bare) and packet.type is Type.DISCONNECT:
+            if packet.reason != d.DISCONNECT_WITH_WILL:  # MQTT 5 lets a client leave with its will sent
+                self._graceful = True
+                self._will = None
+            raise ConnectionResetError
+        else:
+            raise MalformedPacketError(f"a client does not send {type(packet).__name__} here")
+
+    def _publish(self, packet: p.Publish) -> None:
+        session = self.session
+        assert session is not None
+        topic, qos = packet.topic, packet.qos
+        intake = self.endpoint.intake
+        ready: Awaitable[object] | None = None
+        if qos == 2 and packet.packet_id in session.incoming_qos2:
+            pass  # a resent QoS 2 publish already taken: answer again, take nothing
+        elif intake.is_intake(topic):
+            ready = intake.submit(topic, packet.payload, principal=self.principal, expiry_s=packet.expiry_s)
+        elif (app := intake.replay_app(topic)) is not None:
+            after = _parse_replay(packet.payload)
+            if after is None:
+                log.warning('client %s: a replay request is {"after": SEQ}, not %r', self.name, packet.payload[:100])
+            elif may_publish(self.principal, topic):
+                self._replay = (app, after, 0)
+                self.wake.set()
+        elif may_match(topic, STATUS_SHAPE):
+            log.warning("client %s published to status topic %s, which only the outbox does: dropped", self.name, topic)
+        elif may_publish(self.principal, topic):
+            self.endpoint.route(topic, packet.payload, qos, packet.retain)
+        if qos:
+            assert packet.packet_id is not None
+            kind, packet_id, dialect = (Type.PUBACK if qos == 1 else Type.PUBREC), packet.packet_id, self.dialect
+            if qos == 2:
+                session.incoming_qos2.add(packet_id)
+            self._answer(ready, lambda result: dialect.ack(kind, packet_id, intake_verdict(result)))
+        elif ready is not None:
+            self._answer(ready, b"")  # QoS 0 into the intake: nothing to send, but keep the order
+
+    async def _subscribe(self, session: Session, packet: p.Subscribe) -> None:
+        codes: list[int] = []
+        granted: list[tuple[str, int]] = []
+        for topic_filter, qos in packet.filters:
+            if not valid_filter(topic_filter) or not may_subscribe(self.principal, topic_filter):
+                log.info("client %s may not subscribe to %r", self.name, topic_filter)
+                codes.append(p.SUBACK_FAILURE)
+                continue
+            session.subscriptions[topic_filter] = qos
+            codes.append(qos)
+            granted.append((topic_filter, qos))
+
+        def deliver_retained() -> None:
+            for topic_filter, qos in granted:
+                self.endpoint.retained_for(session, topic_filter, qos)
+            self.wake.set()
+
+        saved = self._save(session)
+        self._answer(saved, self.dialect.suback(packet.packet_id, codes), deliver_retained)
+
+    def _save(self, session: Session) -> Awaitable[object] | None:
+        if not session.persistent:
+            return None
+        return asyncio.ensure_future(self.endpoint.sessions_port.save(self.endpoint.record(session)))
+
+    def _answer(
+        self,
+        ready: Awaitable[object] | None,
+        data: bytes | Callable[[object], bytes],
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        self._answers.append(_Answer(ready, data, then))
+        self._answers_ready.set()
+
+    async def _answer_loop(self) -> None:
+        """Write answers in arrival order, each once its commit is done."""
+        answers = self._answers
+        while True:
+            await self._answers_ready.wait()
+            self._answers_ready.clear()
+            while answers:
+                answer = answers[0]
+                result: object = None
+                if answer.ready is not None:
+                    try:
+                        result = await answer.ready
+                    except Exception:
+                        log.exception("intake failed for client %s: closing it unanswered", self.name)
+                        self.close()
+                        return
+                answers.popleft()
+                data = answer.data if isinstance(answer.data, bytes) else answer.data(result)
+                if data:
+                    self.writer.write(data)
+                if answer.then is not None:
+                    answer.then()
+                if len(answers) < MAX_PENDING_ACKS // 2:
+                    self._answers_room.set()
+            await self.writer.drain()
+
+    async def _pump(self) -> None:
+        """Send what the session has for the client: statuses read from the feed, then queued messages."""
+        session = self.session
+        assert session is not None
+        feed = self.endpoint.feed
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            cursor = session.status
+            if cursor.sent < feed.head:
+                if not any(may_match(f, STATUS_SHAPE) for f in session.subscriptions):
+                    cursor.passed(feed.head)
+                elif (room := session.space()) > 0:
+                    events = await feed.read(cursor.sent, room)
+                    for event in events:
+                        session.offer(status_topic(event.app, event.id), status_payload(event), 1, seq=event.seq)
+                    if events:
+                        self.wake.set()  # there may be more
+            if self._replay is not None and len(session.queue) < REPLAY_CHUNK:
+                await self._replay_some(session)
+            for send in session.take():
+                message = send.message
+                self.writer.write(self.dialect.publish(message, send.packet_id, send.dup))
+            transport = self.writer.transport
+            if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                await self.writer.drain()
+
+    async def _replay_some(self, session: Session) -> None:
+        """Queue the next part of a replay request: the app's stored statuses after a seq, for this client only."""
+        assert self._replay is not None
+        app, after, count = self._replay
+        rows = await self.endpoint.sessions_port.read_app_statuses(app, after, REPLAY_CHUNK)
+        for seq, topic, payload in rows:
+            granted = session.granted_qos(topic)
+            if granted is not None:
+                session.enqueue(Message(topic, payload, min(1, granted)))
+                count += 1
+            after = seq
+        if len(rows) < REPLAY_CHUNK:
+            log.info("client %s asked for the statuses of %s again: %d sent", self.name, app, count)
+            self._replay = None
+        else:
+            self._replay = (app, after, count)
+            self.wake.set()
+
+    async def _publish_will(self, will: p.Will) -> None:
+        intake = self.endpoint.intake
+        if intake.is_intake(will.topic):
+            await intake.receive(will.topic, will.payload, principal=self.principal)
+        else:
+            self.endpoint.route(will.topic, will.payload, will.qos, will.retain)
+
+
+def _parse_replay(raw: bytes) -> int | None:
+    try:
+        doc = json.loads(raw[:1000])
+    except ValueError:
+        return None
+    after = doc.get("after") if isinstance(doc, dict) else None
+    return after if isinstance(after, int) and not isinstance(after, bool) and after >= 0 else None

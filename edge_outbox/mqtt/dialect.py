@@ -1,0 +1,221 @@
+"""The two MQTT versions the endpoint speaks, behind one interface: packets in as `mqtt_packets` values,
+answers out as bytes. MQTT 3.1.1 (and 3.1) uses our own codec; MQTT 5 uses the `mqtt5` package's
+sans-IO codec and adds what version 5 can say that 3.1.1 cannot: reason codes on PUBACK (a rejected
+intent is answered 0x99 "payload format invalid" with its code and detail as the reason string),
+CONNACK and DISCONNECT, the client's receive maximum, message expiry on intents, and a content type
+on status messages. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import mqtt5
+
+from edge_outbox.mqtt.session import Message
+from intent_contract import mqtt_packets as p
+from intent_contract.errors import MalformedPacketError
+from intent_contract.mqtt_packets import ConnackCode, Type
+
+# MQTT 5 reason codes used by the endpoint
+SUCCESS = 0x00
+NORMAL = 0x00
+UNSPECIFIED = 0x80
+MALFORMED = 0x81
+PROTOCOL_ERROR = 0x82
+NOT_AUTHORIZED = 0x87
+SERVER_SHUTTING_DOWN = 0x8B
+KEEP_ALIVE_TIMEOUT = 0x8D
+SESSION_TAKEN_OVER = 0x8E
+TOPIC_FILTER_INVALID = 0x8F
+TOPIC_ALIAS_INVALID = 0x94
+PACKET_TOO_LARGE = 0x95
+PAYLOAD_FORMAT_INVALID = 0x99
+DISCONNECT_WITH_WILL = 0x04
+
+_CONNACK_V5 = {
+    ConnackCode.ACCEPTED: mqtt5.ConnAckReasonCode.SUCCESS,
+    ConnackCode.BAD_PROTOCOL_VERSION: mqtt5.ConnAckReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
+    ConnackCode.IDENTIFIER_REJECTED: mqtt5.ConnAckReasonCode.CLIENT_ID_NOT_VALID,
+    ConnackCode.SERVER_UNAVAILABLE: mqtt5.ConnAckReasonCode.SERVER_UNAVAILABLE,
+    ConnackCode.BAD_CREDENTIALS: mqtt5.ConnAckReasonCode.BAD_USER_NAME_OR_PASSWORD,
+    ConnackCode.NOT_AUTHORIZED: mqtt5.ConnAckReasonCode.NOT_AUTHORIZED,
+}
+_STATUS_CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What an acknowledgement says: a reason code and, for people, why (MQTT 5 only)."""
+
+    code: int = SUCCESS
+    why: str = ""
+
+
+OK = Verdict()
+VerdictOf = Callable[[Any], Verdict]  # the verdict of a commit's result
+
+
+class Dialect(Protocol):
+    """One MQTT version's way of writing the endpoint's answers."""
+
+    version: int
+
+    def decode(self, first: int, body: bytes) -> p.Packet: ...
+
+    def connack(self, present: bool, code: ConnackCode, assigned_id: str | None = None) -> bytes:
+        """The answer to CONNECT."""
+
+    def publish(self, message: Message, packet_id: int | None, dup: bool) -> bytes: ...
+
+    def ack(self, kind: Type, packet_id: int, verdict: Verdict = OK) -> bytes:
+        """PUBACK, PUBREC, PUBREL, PUBCOMP."""
+
+    def suback(self, packet_id: int, codes: list[int]) -> bytes: ...
+
+    def unsuback(self, packet_id: int, count: int) -> bytes: ...
+
+    def pingresp(self) -> bytes: ...
+
+    def disconnect(self, reason: int) -> bytes:
+        """What to send before closing the connection on our side (nothing in 3.1.1)."""
+
+
+class V311:
+    """MQTT 3.1.1 and 3.1 on our own codec; verdicts cannot be said and are dropped."""
+
+    version = 4
+
+    def decode(self, first: int, body: bytes) -> p.Packet:
+        return p.decode(first, body)
+
+    def connack(self, present: bool, code: ConnackCode, assigned_id: str | None = None) -> bytes:
+        return p.encode(p.Connack(present, code))
+
+    def publish(self, message: Message, packet_id: int | None, dup: bool) -> bytes:
+        return p.encode_publish(message.topic, message.payload, message.qos, packet_id, retain=message.retain, dup=dup)
+
+    def ack(self, kind: Type, packet_id: int, verdict: Verdict = OK) -> bytes:
+        return p.encode(p.PacketIdOnly(kind, packet_id))
+
+    def suback(self, packet_id: int, codes: list[int]) -> bytes:
+        return p.encode(p.Suback(packet_id, tuple(codes)))
+
+    def unsuback(self, packet_id: int, count: int) -> bytes:
+        return p.encode(p.PacketIdOnly(Type.UNSUBACK, packet_id))
+
+    def pingresp(self) -> bytes:
+        return p.encode(p.Bare(Type.PINGRESP))
+
+    def disconnect(self, reason: int) -> bytes:
+        return b""
+
+
+class V5:
+    """MQTT 5 on the `mqtt5` package: its packets in, ours out to the endpoint, and back.
+
+    `window` and `max_packet` are announced in CONNACK (receive maximum, maximum packet size).
+    """
+
+    version = 5
+
+    def __init__(self, window: int, max_packet: int) -> None:
+        self._window = window
+        self._max_packet = max_packet
+
+    def decode(self, first: int, body: bytes) -> p.Packet:
+        try:
+            packet, _size = mqtt5.read(memoryview(p.whole(first, body)))
+        except (ValueError, IndexError) as exc:
+            raise MalformedPacketError(f"malformed MQTT 5 packet: {exc}") from None
+        return self._ours(packet)
+
+    def _ours(self, packet: Any) -> p.Packet:
+        if isinstance(packet, mqtt5.PublishPacket):
+            if packet.topic_alias is not None:
+                raise MalformedPacketError("topic aliases are not accepted (topic alias maximum 0)")
+            return p.Publish(packet.topic, bytes(packet.payload), int(packet.qos), packet.retain, packet.duplicate,
+                             packet.packet_id, packet.message_expiry_interval)  # fmt: skip
+        if isinstance(packet, mqtt5.ConnectPacket):
+            will = None
+            if packet.will is not None:
+                w = packet.will
+                will = p.Will(w.topic, bytes(w.payload or b""), int(w.qos), w.retain)
+            return p.Connect("MQTT", 5, packet.client_id, packet.clean_start, packet.keep_alive, will,
+                             packet.username, packet.password, session_expiry=packet.session_expiry_interval,
+                             receive_max=packet.receive_max)  # fmt: skip
+        kinds = {mqtt5.PubAckPacket: Type.PUBACK, mqtt5.PubRecPacket: Type.PUBREC,
+                 mqtt5.PubRelPacket: Type.PUBREL, mqtt5.PubCompPacket: Type.PUBCOMP}  # fmt: skip
+        for cls, kind in kinds.items():
+            if isinstance(packet, cls):
+                return p.PacketIdOnly(kind, packet.packet_id)  # type: ignore[attr-defined]
+        if isinstance(packet, mqtt5.SubscribePacket):
+            return p.Subscribe(packet.packet_id, tuple((f.pattern, int(f.max_qos)) for f in packet.topic_filters))
+        if isinstance(packet, mqtt5.UnsubscribePacket):
+            return p.Unsubscribe(packet.packet_id, tuple(packet.patterns))
+        if isinstance(packet, mqtt5.PingReqPacket):
+            return p.Bare(Type.PINGREQ)
+        if isinstance(packet, mqtt5.DisconnectPacket):
+            return p.Bare(Type.DISCONNECT, int(packet.reason_code))
+        raise MalformedPacketError(f"{type(packet).__name__} is not accepted here")
+
+    def connack(self, present: bool, code: ConnackCode, assigned_id: str | None = None) -> bytes:
+        return bytes(
+            mqtt5.ConnAckPacket(
+                session_present=present,
+                reason_code=_CONNACK_V5[code],
+                assigned_client_id=assigned_id,
+                receive_max=self._window,
+                max_packet_size=self._max_packet,
+                topic_alias_max=0,
+                shared_subscription_available=False,
+                subscription_id_available=False,
+            ).write()
+        )
+
+    def publish(self, message: Message, packet_id: int | None, dup: bool) -> bytes:
+        status = bool(message.seq)
+        return bytes(
+            mqtt5.PublishPacket(
+                message.topic,
+                message.payload,
+                qos=mqtt5.QoS(message.qos),
+                retain=message.retain,
+                packet_id=packet_id,
+                duplicate=dup,
+                payload_format_indicator=1 if status else 0,
+                content_type=_STATUS_CONTENT_TYPE if status else None,
+            ).write()
+        )
+
+    def ack(self, kind: Type, packet_id: int, verdict: Verdict = OK) -> bytes:
+        why = verdict.why[:200] or None
+        if kind is Type.PUBACK:
+            return bytes(mqtt5.PubAckPacket(packet_id, reason_code=mqtt5.PubAckReasonCode(verdict.code),
+                                            reason_str=why).write())  # fmt: skip
+        if kind is Type.PUBREC:
+            return bytes(mqtt5.PubRecPacket(packet_id, reason_code=mqtt5.PubRecReasonCode(verdict.code),
+                                            reason_str=why).write())  # fmt: skip
+        if kind is Type.PUBREL:
+            return bytes(mqtt5.PubRelPacket(packet_id).write())
+        return bytes(mqtt5.PubCompPacket(packet_id).write())
+
+    def suback(self, packet_id: int, codes: list[int]) -> bytes:
+        reasons = [mqtt5.SubAckReasonCode(NOT_AUTHORIZED if c == p.SUBACK_FAILURE else c) for c in codes]
+        return bytes(mqtt5.SubAckPacket(packet_id, reasons).write())
+
+    def unsuback(self, packet_id: int, count: int) -> bytes:
+        return bytes(mqtt5.UnsubAckPacket(packet_id, [mqtt5.UnsubAckReasonCode.SUCCESS] * count).write())
+
+    def pingresp(self) -> bytes:
+        return bytes(mqtt5.PingRespPacket().write())
+
+    def disconnect(self, reason: int) -> bytes:
+        return bytes(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode(reason)).write())
+
+
+def dialect_of(connect: p.Connect, window: int, max_packet: int) -> Dialect:
+    """The dialect a CONNECT asks for (3.1.1 for any level but 5: an unknown level is refused in 3.1.1)."""
+    return V5(window, max_packet) if connect.level == 5 else V311()

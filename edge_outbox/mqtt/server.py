@@ -1,0 +1,240 @@
+"""The outbox's own MQTT endpoint for local apps: MQTT 3.1.1 and 3.1 on asyncio, sessions kept in the outbox.
+
+Publishes to intake topics are handed to the intake and acknowledged only once committed, in the
+order they arrived [MQTT-4.6.0-2]; every other topic is an ordinary broker (retained messages, wills,
+QoS 0/1/2, persistent sessions), kept in memory. Status messages are not routed here at all: each
+session reads them from the outbox's status log (`StatusFeed`) from its own position, which a
+persistent session keeps in the database, so a status committed while the app (or the outbox) was
+down reaches the app when it is back.
+
+This module keeps the sessions and routes messages; `connection` speaks the protocol with one client.
+Both only move bytes: the codec (`intent_contract.mqtt_packets`), topic rules (`topics`) and the session's bookkeeping
+(`session`) are pure and tested on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from edge_outbox.errors import ConfigError
+from edge_outbox.mqtt.connection import Connection
+from edge_outbox.mqtt.dialect import SERVER_SHUTTING_DOWN, SESSION_TAKEN_OVER
+from edge_outbox.mqtt.session import Message, Session, SessionRecord, StatusCursor
+from edge_outbox.mqtt.topics import matches
+from edge_outbox.status import StatusFeed
+from intent_contract import mqtt_packets as p
+
+log = logging.getLogger(__name__)
+
+
+class IntakePort(Protocol):
+    """What the endpoint needs of the intake."""
+
+    def is_intake(self, topic: str) -> bool: ...
+
+    def replay_app(self, topic: str) -> str | None:
+        """The app of a status replay request topic, else None."""
+
+    def submit(
+        self, topic: str, raw: bytes, *, principal: str | None, expiry_s: int | None = None
+    ) -> asyncio.Future[Any]:
+        """Take a publish; the future resolves once what it became is committed."""
+
+    async def receive(self, topic: str, raw: bytes, *, principal: str | None) -> object: ...
+
+
+class SessionsPort(Protocol):
+    """Where persistent sessions are kept (the outbox database)."""
+
+    async def load(self) -> list[SessionRecord]: ...
+
+    async def save(self, record: SessionRecord) -> None: ...
+
+    async def delete(self, client_id: str) -> None: ...
+
+    async def read_app_statuses(self, app: str, after: int, limit: int) -> list[tuple[int, str, bytes]]:
+        """(seq, topic, payload) of an app's stored statuses after `after`."""
+
+
+class Authenticator(Protocol):
+    def __call__(self, username: str | None, password: bytes | None) -> Awaitable[bool]: ...
+
+
+@dataclass(slots=True)
+class EndpointSettings:
+    host: str
+    port: int
+    logins: bool = False  # apps log in and are confined to outbox/{app}/
+    window: int = 256
+    max_packet: int = 1 << 20
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+class MqttEndpoint:
+    """Listens for local apps; `start()` returns once the port is open."""
+
+    def __init__(
+        self,
+        settings: EndpointSettings,
+        intake: IntakePort,
+        feed: StatusFeed,
+        sessions: SessionsPort,
+        authenticate: Authenticator,
+    ) -> None:
+        self.settings = settings
+        self._intake = intake
+        self._feed = feed
+        self._sessions_port = sessions
+        self._authenticate = authenticate
+        self.sessions: dict[str, Session] = {}
+        self._connections: dict[str, Connection] = {}
+        self._retained: dict[str, tuple[bytes, int]] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        feed.listen(self._status_arrived)
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
+
+    async def start(self) -> None:
+        for record in await self._sessions_port.load():
+            session = Session(
+                record.client_id,
+                True,
+                record.username,
+                dict(record.subscriptions),
+                StatusCursor(record.status_seq),
+                window=self.settings.window,
+            )
+            self.sessions[record.client_id] = session
+        try:
+            self._server = await asyncio.start_server(
+                self._accept, self.settings.host, self.settings.port, limit=self.settings.max_packet
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"{self.address} is already in use: choose another with --listen HOST:PORT, "
+                    "or attach to the broker already there with --attach mqtt://HOST:PORT"
+                ) from None
+            raise ConfigError(f"could not listen on {self.address}: {exc.strerror}") from None
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections.values()):
+            connection.close(SERVER_SHUTTING_DOWN)
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=5)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    @property
+    def connected(self) -> int:
+        """Clients connected now."""
+        return len(self._connections)
+
+    def cursors(self) -> dict[str, int]:
+        """Each persistent session's status position, for the housekeeping to store."""
+        return {cid: s.status.position for cid, s in self.sessions.items() if s.persistent}
+
+    def all_positions(self) -> list[int]:
+        """The status position of every session, connected or persistent: events after the lowest are wanted."""
+        return [s.status.position for s in self.sessions.values()]
+
+    def record(self, session: Session) -> SessionRecord:
+        return SessionRecord(session.client_id, session.username, dict(session.subscriptions), session.status.position)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await Connection(self, reader, writer).run()
+        finally:
+            self._handlers.discard(task)
+
+    # --- called by connections -------------------------------------------------------------------
+
+    async def attach(self, connection: Connection, connect: p.Connect, client_id: str) -> bool:
+        """Bind a connection to its session (taking it over from an older connection); True if one existed."""
+        old = self._connections.get(client_id)
+        if old is not None:
+            log.info("client %s connected again: closing its previous connection", client_id)
+            old.close(SESSION_TAKEN_OVER)
+            await old.closed.wait()
+        # 3.1.1: clean session 0 keeps the session; MQTT 5: a session expiry interval above 0 does.
+        keep = (not connect.clean) if connect.session_expiry is None else connect.session_expiry > 0
+        session = self.sessions.get(client_id)
+        present = session is not None and not connect.clean
+        if session is None or connect.clean:
+            if session is not None and session.persistent:
+                await self._sessions_port.delete(client_id)
+            session = Session(
+                client_id, keep, connect.username, status=StatusCursor(self._feed.head), window=self.settings.window
+            )
+            if keep:
+                await self._sessions_port.save(self.record(session))
+            self.sessions[client_id] = session
+        elif session.persistent != keep:
+            session.persistent = keep
+            if keep:
+                await self._sessions_port.save(self.record(session))
+            else:
+                await self._sessions_port.delete(client_id)
+        self._connections[client_id] = connection
+        connection.session = session
+        return present
+
+    def detach(self, connection: Connection) -> None:
+        session = connection.session
+        if session is None or self._connections.get(session.client_id) is not connection:
+            return
+        del self._connections[session.client_id]
+        session.disconnected()
+        if not session.persistent:
+            self.sessions.pop(session.client_id, None)
+
+    def route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Deliver an ordinary publish to every matching session (queued for absent persistent ones)."""
+        if retain:
+            if payload:
+                self._retained[topic] = (payload, qos)
+            else:
+                self._retained.pop(topic, None)
+        for client_id, session in self.sessions.items():
+            connection = self._connections.get(client_id)
+            if connection is None and qos == 0:
+                continue  # QoS 0 is not kept for absent clients
+            if session.offer(topic, payload, qos) and connection is not None:
+                connection.wake.set()
+
+    def retained_for(self, session: Session, topic_filter: str, granted: int) -> None:
+        for topic, (payload, qos) in self._retained.items():
+            if matches(topic_filter, topic):
+                session.enqueue(Message(topic, payload, min(qos, granted), retain=True))
+
+    def _status_arrived(self) -> None:
+        for connection in self._connections.values():
+            connection.wake.set()
+
+    @property
+    def feed(self) -> StatusFeed:
+        return self._feed
+
+    @property
+    def intake(self) -> IntakePort:
+        return self._intake
+
+    @property
+    def sessions_port(self) -> SessionsPort:
+        return self._sessions_port
+
+    async def authenticate(self, username: str | None, password: bytes | None) -> bool:
+        return await self._authenticate(username, password)

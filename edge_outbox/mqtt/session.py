@@ -1,0 +1,199 @@
+"""One client's MQTT session: subscriptions, messages waiting and in flight, packet ids. Pure, no I/O.
+
+The server moves bytes; this decides what to send next and what an acknowledgement releases. Status
+messages carry the sequence number of their stored event: `StatusCursor` turns the acknowledgements
+of those into the position up to which the client has them all, which is what a persistent session
+keeps across restarts (statuses are re-read from the database from there, never held here for an
+absent client).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from edge_outbox.mqtt.topics import matches
+
+MAX_PACKET_ID = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message to deliver to one session, at the QoS it will be delivered with."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool = False
+    seq: int = 0  # the status event it carries; 0 for any other message
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """What is kept of a persistent session between connections and across restarts."""
+
+    client_id: str
+    username: str | None
+    subscriptions: dict[str, int]
+    status_seq: int
+    last_seen: int = 0  # ms since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A PUBLISH to write now."""
+
+    message: Message
+    packet_id: int | None
+    dup: bool
+
+
+class StatusCursor:
+    """Tracks status messages handed out in sequence order; `position` is the last seq with nothing open before it."""
+
+    __slots__ = ("_open", "position", "sent")
+
+    def __init__(self, position: int) -> None:
+        self.position = position  # every status up to here is acknowledged (or was not wanted)
+        self.sent = position  # every status up to here has been looked at and queued if wanted
+        self._open: dict[int, None] = {}  # queued or in flight, in seq order
+
+    def passed(self, seq: int) -> None:
+        """`seq` was looked at and not wanted (or sent at QoS 0)."""
+        self.sent = max(self.sent, seq)
+        if not self._open:
+            self.position = self.sent
+
+    def opened(self, seq: int) -> None:
+        """`seq` was queued at QoS 1 and needs an acknowledgement."""
+        self._open[seq] = None
+        self.sent = max(self.sent, seq)
+
+    def closed(self, seq: int) -> None:
+        """`seq` was acknowledged."""
+        self._open.pop(seq, None)
+        self.position = next(iter(self._open)) - 1 if self._open else self.sent
+
+    def rewind(self) -> None:
+        """Forget what is open: it will be read again from `position` (after a disconnect)."""
+        self._open.clear()
+        self.sent = self.position
+
+    @property
+    def open(self) -> int:
+        return len(self._open)
+
+
+@dataclass(slots=True)
+class Session:
+    """A client's session; `persistent` sessions outlive their connection (clean session = 0)."""
+
+    client_id: str
+    persistent: bool
+    username: str | None = None
+    subscriptions: dict[str, int] = field(default_factory=dict)  # filter -> granted QoS
+    status: StatusCursor = field(default_factory=lambda: StatusCursor(0))
+    window: int = 256  # QoS 1/2 messages in flight at once
+    max_queued: int = 10_000  # other messages kept for a session; the oldest are dropped beyond
+    queue: deque[Message] = field(default_factory=deque)
+    inflight: dict[int, Message] = field(default_factory=dict)  # packet id -> PUBLISH awaiting PUBACK/PUBREC
+    released: set[int] = field(default_factory=set)  # outbound QoS 2: PUBREL sent, awaiting PUBCOMP
+    incoming_qos2: set[int] = field(default_factory=set)  # inbound QoS 2: PUBREC sent, awaiting PUBREL
+    resend: set[int] = field(default_factory=set)  # in flight on an earlier connection: send again with DUP
+    dropped: int = 0
+    high_status: int = 0  # the highest status seq ever sent: one at or below it goes out again with DUP
+    _next_id: int = 1
+
+    def granted_qos(self, topic: str) -> int | None:
+        """The highest QoS of the subscriptions matching `topic`, or None (one message per session)."""
+        best: int | None = None
+        for topic_filter, qos in self.subscriptions.items():
+            if (best is None or qos > best) and matches(topic_filter, topic):
+                best = qos
+        return best
+
+    def offer(self, topic: str, payload: bytes, qos: int, *, retain: bool = False, seq: int = 0) -> bool:
+        """Queue a published message if a subscription matches, at min(published, granted) QoS."""
+        granted = self.granted_qos(topic)
+        if granted is None:
+            if seq:
+                self.status.passed(seq)
+            return False
+        self.enqueue(Message(topic, payload, min(qos, granted), retain, seq))
+        return True
+
+    def enqueue(self, message: Message) -> None:
+        if message.seq:
+            if message.qos:
+                self.status.opened(message.seq)
+            else:
+                self.status.passed(message.seq)
+        elif len(self.queue) >= self.max_queued:
+            self._drop_oldest_other()
+        self.queue.append(message)
+
+    def _drop_oldest_other(self) -> None:
+        for index, queued in enumerate(self.queue):
+            if not queued.seq:  # statuses are never dropped: they are bounded by the status window
+                del self.queue[index]
+                self.dropped += 1
+                return
+
+    def take(self) -> list[Send]:
+        """What to write now: messages in flight from an earlier connection first, then the queue."""
+        out = [Send(self.inflight[pid], pid, True) for pid in sorted(self.resend) if pid in self.inflight]
+        self.resend.clear()
+        while self.queue and (self.queue[0].qos == 0 or len(self.inflight) + len(self.released) < self.window):
+            message = self.queue.popleft()
+            dup = bool(message.seq) and message.seq <= self.high_status
+            if message.seq:
+                self.high_status = max(self.high_status, message.seq)
+            if message.qos == 0:
+                out.append(Send(message, None, False))
+                continue
+            packet_id = self._new_id()
+            self.inflight[packet_id] = message
+            out.append(Send(message, packet_id, dup))
+        return out
+
+    def _new_id(self) -> int:
+        while True:
+            packet_id = self._next_id
+            self._next_id = packet_id % MAX_PACKET_ID + 1
+            if packet_id not in self.inflight and packet_id not in self.released:
+                return packet_id
+
+    def puback(self, packet_id: int) -> bool:
+        """A QoS 1 delivery completed; False for an id not in flight at QoS 1 (ignored)."""
+        message = self.inflight.get(packet_id)
+        if message is None or message.qos != 1:
+            return False
+        del self.inflight[packet_id]
+        if message.seq:
+            self.status.closed(message.seq)
+        return True
+
+    def pubrec(self, packet_id: int) -> bool:
+        """A QoS 2 delivery was received: answer with PUBREL (also for a repeated PUBREC)."""
+        message = self.inflight.get(packet_id)
+        if message is not None and message.qos == 2:
+            del self.inflight[packet_id]
+            self.released.add(packet_id)
+            if message.seq:
+                self.status.closed(message.seq)
+        return packet_id in self.released
+
+    def pubcomp(self, packet_id: int) -> None:
+        self.released.discard(packet_id)
+
+    def space(self) -> int:
+        """How many more QoS 1/2 messages fit in flight."""
+        return max(0, self.window - len(self.inflight) - len(self.released) - len(self.queue))
+
+    def disconnected(self) -> None:
+        """The connection ended: statuses are re-read from the log later; other messages wait for the next one."""
+        self.status.rewind()
+        self.queue = deque(m for m in self.queue if not m.seq)
+        for packet_id in [pid for pid, m in self.inflight.items() if m.seq]:
+            del self.inflight[packet_id]
+        self.resend = set(self.inflight)

@@ -1,0 +1,117 @@
+"""Enrollment of a site that never connects (the bridge's side: cloud_bridge/offline_enroll.py).
+
+`enroll-request --ticket FILE`: the ticket (from `cloud-bridge devices enroll-ticket`) gives the
+one-time code and the bridge's offline keys, which are pinned at once; the device's key is made
+here (`identity/pending.key` until the response comes) and the request, signed with it and
+encrypted to the bridge, is written for the stick. `enroll-import RESPONSE`: a response signed with
+the pinned key, for the key made here, completes the identity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from edge_outbox.bridge_clock import TimeSample
+from edge_outbox.bridge_pins import BridgePins, load_pins, save_pins
+from edge_outbox.enroll_client import learn_time_at
+from edge_outbox.errors import ConfigError, PermanentError
+from edge_outbox.identity import Identity, identity_dir, load_identity, save_identity
+from intent_contract import json_bounded, sealed, signed
+from intent_contract.device_token import generate_private_key_pem, public_key_pem
+from intent_contract.errors import DecodeError, SignatureError
+from intent_contract.files import write_atomic
+from intent_contract.offline_wire import ENROLL_REQUEST_TYPE, ENROLL_RESPONSE_TYPE, EnrollRequest, EnrollResponse
+
+PENDING_KEY, PENDING = "pending.key", "pending.json"
+_TICKET_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    code: str
+    pins: BridgePins
+    bridge_url: str
+    ca: str
+
+
+def read_ticket(data: bytes) -> Ticket:
+    try:
+        document = json_bounded.loads(data, max_bytes=_TICKET_LIMIT)
+    except DecodeError as exc:
+        raise ConfigError(f"not an enrollment ticket: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("code"), str):
+        raise ConfigError("not an enrollment ticket (from `cloud-bridge devices enroll-ticket`)")
+    url, ca = document.get("bridge_url", ""), document.get("ca", "")
+    if not isinstance(url, str) or not isinstance(ca, str):
+        raise ConfigError("the ticket's bridge_url and ca must be strings")
+    return Ticket(document["code"], BridgePins.from_json(document.get("bridge")), url, ca)
+
+
+def enroll_request(data_dir: Path, ticket_data: bytes, out: Path, now: int) -> str:
+    """Write the request file; returns the new public key's PEM. The private key stays in identity/."""
+    existing = load_identity(data_dir)
+    if existing is not None:
+        raise PermanentError(f"already enrolled as device {existing.device_id}")
+    ticket = read_ticket(ticket_data)
+    directory = identity_dir(data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    key = generate_private_key_pem()
+    public = public_key_pem(key)
+    request = EnrollRequest(ticket.code, public, ticket.pins.key_id, now)
+    document = signed.sign(request.encode(), key, typ=ENROLL_REQUEST_TYPE, kid="new-device")
+    fd = os.open(directory / PENDING_KEY, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    pending = {"made_at": now, "bridge_url": ticket.bridge_url, "ca": ticket.ca}
+    (directory / PENDING).write_text(json.dumps(pending) + "\n")
+    save_pins(directory, ticket.pins)
+    try:
+        write_atomic(out, sealed.seal(document, ticket.pins.recipient))
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return public
+
+
+def enroll_import(data_dir: Path, data: bytes, now: int) -> Identity:
+    """Complete the identity from the bridge's signed response to our request."""
+    directory = identity_dir(data_dir)
+    if load_identity(data_dir) is not None:
+        raise PermanentError("already enrolled")
+    if not (directory / PENDING_KEY).exists():
+        raise PermanentError("no enrollment request was made here (edge-outbox enroll-request --ticket FILE)")
+    pins = load_pins(directory)
+    key = (directory / PENDING_KEY).read_bytes()
+    pending = json.loads((directory / PENDING).read_text())
+    try:
+        document = signed.read(data, typ=ENROLL_RESPONSE_TYPE, max_bytes=_TICKET_LIMIT)
+        if document.kid != pins.key_id:
+            raise PermanentError(f"response signed by bridge key {document.kid}, the ticket pinned {pins.key_id}")
+        response = EnrollResponse.decode(signed.verify(document, pins.signing_key))
+    except DecodeError as exc:
+        raise PermanentError(f"not a readable enrollment response: {exc}") from None
+    except SignatureError:
+        raise PermanentError("the response does not verify with the bridge key the ticket pinned") from None
+    if response.public_key.strip() != public_key_pem(key).strip():
+        raise PermanentError("the response enrolls another key than the one made here: refused")
+    url = str(pending.get("bridge_url", ""))
+    parts = urlsplit(url)
+    identity = Identity(
+        device_id=response.device_id,
+        tenant=response.tenant,
+        name=response.name,
+        bridge_host=parts.hostname or "",
+        mqtt_port=8883,
+        http_url=url.rstrip("/"),
+        audience=response.audience,
+    )
+    save_identity(data_dir, identity, key, str(pending.get("ca", "")).encode(), pins)
+    (directory / PENDING_KEY).unlink()
+    (directory / PENDING).unlink()
+    sample = TimeSample.receipt(response.made_at, now, response.request_made_at, response.made_at, "enrollment")
+    learn_time_at(data_dir, sample, now)
+    return identity

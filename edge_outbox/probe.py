@@ -1,0 +1,162 @@
+"""The outbox's optional HTTP endpoint for supervisors: GET /metrics (Prometheus text) and GET /healthz.
+
+Off by default; `edge-outbox run --metrics 127.0.0.1:9464` turns it on. It has no authentication and
+no TLS, so it refuses to listen anywhere but on a loopback address: a site that wants it scraped
+from elsewhere puts its own proxy or agent in front (docs/operations.md). Every value is read when
+scraped, from the database (counts per state) and from the running parts (link, intake); nothing
+here is kept in step by the code it observes, except the commit-time histogram.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from edge_outbox.errors import ConfigError
+from edge_outbox.health import problems
+from edge_outbox.ops import Summary
+
+log = logging.getLogger(__name__)
+
+LINK_STATES = ("offline", "connecting", "connected", "revoked")
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """Everything a scrape reports, gathered just before it is written."""
+
+    summary: Summary
+    now_ms: int
+    link_state: str | None  # None: not enrolled, or not forwarding
+    link_since_ms: int | None
+    sent: int
+    acked: int
+    intake_outcomes: dict[str, int]
+    held: int
+    held_total: int
+    held_since_ms: int | None
+    held_reason: str
+    apps_connected: int
+
+
+class _Collector(Collector):
+    def __init__(self) -> None:
+        self.observed: Observed | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        seen = self.observed
+        if seen is None:
+            return
+        intents = GaugeMetricFamily("edge_outbox_intents", "Intents in the outbox database, by state", labels=["state"])
+        for state, count in seen.summary.counts.items():
+            intents.add_metric([state], count)
+        yield intents
+        stored = GaugeMetricFamily("edge_outbox_intent_bytes", "Payload bytes stored, by state", labels=["state"])
+        for state, size in seen.summary.bytes.items():
+            stored.add_metric([state], size)
+        yield stored
+        oldest = seen.summary.oldest_pending_created
+        age = (seen.now_ms - oldest) / 1000 if oldest else 0.0
+        yield GaugeMetricFamily(
+            "edge_outbox_oldest_pending_age_seconds", "Age of the oldest intent not yet final (0: none)", value=age
+        )
+        link = GaugeMetricFamily("edge_outbox_link_state", "1 for the bridge link's current state", labels=["state"])
+        for state in LINK_STATES:
+            link.add_metric([state], 1.0 if seen.link_state == state else 0.0)
+        yield link
+        yield CounterMetricFamily("edge_outbox_forwarded_intents", "Intents sent to the bridge", value=seen.sent)
+        yield CounterMetricFamily("edge_outbox_bridge_acks", "Intents the bridge acknowledged", value=seen.acked)
+        intake = CounterMetricFamily(
+            "edge_outbox_intake", "Publishes to intake topics committed, by outcome", labels=["outcome"]
+        )
+        for outcome, count in sorted(seen.intake_outcomes.items()):
+            intake.add_metric([outcome], count)
+        yield intake
+        yield CounterMetricFamily(
+            "edge_outbox_intake_held", "Publishes whose acknowledgement had to wait (full disk or queue)",
+            value=seen.held_total,
+        )  # fmt: skip
+        yield GaugeMetricFamily("edge_outbox_intake_waiting", "Publishes waiting to be stored now", value=seen.held)
+        yield GaugeMetricFamily("edge_outbox_apps_connected", "Local MQTT connections", value=seen.apps_connected)
+
+
+class Probe:
+    """Serves /metrics and /healthz from what `observe()` gathers."""
+
+    def __init__(self, host: str, port: int, observe: Callable[[], Awaitable[Observed]], max_offline_s: float) -> None:
+        if not _loopback(host):
+            raise ConfigError(f"--metrics {host}:{port}: the endpoint has no authentication; give a loopback address")
+        self._host, self._port = host, port
+        self._observe = observe
+        self._max_offline_s = max_offline_s
+        self.registry = CollectorRegistry()
+        self._collector = _Collector()
+        self.registry.register(self._collector)
+        self.commit_seconds = Histogram(
+            "edge_outbox_commit_duration_seconds",
+            "Time of each SQLite group commit (the fsync included)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, self._host, self._port).start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConfigError(f"--metrics {self._host}:{self._port}: cannot listen: {exc.strerror}") from None
+        log.info("metrics and health on http://%s:%d/metrics and /healthz", self._host, self._port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        self._collector.observed = await self._observe()
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        seen = await self._observe()
+        found = problems(
+            link_state=seen.link_state,
+            link_since_ms=seen.link_since_ms,
+            intake_held_since_ms=seen.held_since_ms,
+            intake_reason=seen.held_reason,
+            now_ms=seen.now_ms,
+            max_offline_s=self._max_offline_s,
+        )
+        body = {"status": "ok" if not found else "unhealthy", "problems": found}
+        return web.Response(status=200 if not found else 503, text=json.dumps(body), content_type="application/json")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def held_since_ms(held_since: float | None) -> int | None:
+    return None if held_since is None else int(held_since * 1000)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

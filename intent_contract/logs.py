@@ -1,0 +1,75 @@
+"""Log output for both programs: context fields shown in every line, as text or as JSON.
+
+Library code never configures logging; it logs with its context in `extra` (the device, the intent,
+the app, the code: `CONTEXT`), and the CLIs call `configure()` once. The text format prints the
+context as `key=value` after the message, so "device connect refused" says who and why; the JSON
+format (`--log-format json`) writes one object a line for log shippers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, Final, Literal, TextIO
+
+# The context keys every line may carry, in the order the text format prints them.
+CONTEXT: Final = (
+    "device_id", "tenant", "app", "intent_id", "kind", "state", "code", "client", "peer", "action", "bytes",
+    "not_logged",
+)  # fmt: skip
+LogFormat = Literal["text", "json"]
+
+
+def _context(record: logging.LogRecord) -> dict[str, Any]:
+    return {key: getattr(record, key) for key in CONTEXT if getattr(record, key, None) is not None}
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message key=value ...`."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = _context(record)
+        if not context:
+            return line
+        head, sep, tail = line.partition("\n")  # keep a traceback below the context
+        fields = " ".join(f"{key}={_text(value)}" for key, value in context.items())
+        return f"{head} {fields}{sep}{tail}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (UTC), level, logger, message, the context fields, and any traceback."""
+
+    def converter(self, seconds: float | None) -> time.struct_time:
+        return time.gmtime(seconds)
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **_context(record),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def _text(value: object) -> str:
+    text = str(value)
+    return json.dumps(text) if (not text or any(c.isspace() or c in '"=' for c in text)) else text
+
+
+def configure(level: str, fmt: LogFormat = "text", stream: TextIO | None = None) -> None:
+    """Set up the root logger for a CLI (never called by library code)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

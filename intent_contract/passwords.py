@@ -1,0 +1,29 @@
+"""Password hashes (scrypt) for the people and apps that log in: app logins at the edge, operators of the
+bridge's dashboard. Stored as `scrypt$N$r$p$salt$hash` (base64), never the password itself."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+
+_N, _R, _P = 2**14, 8, 1
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """An scrypt hash in the form `scrypt$N$r$p$salt$hash` (base64)."""
+    salt = salt or os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P)
+    return f"scrypt${_N}${_R}${_P}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        computed = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p))
+    except ValueError:
+        return False
+    return hmac.compare_digest(computed, base64.b64decode(digest))

@@ -1,0 +1,92 @@
+"""Signed documents of the offline paths (bundles, receipts, enrollment and key files).
+
+A document is a body (bytes) and a JWS (RFC 7515) in compact form over it, with the payload detached
+and unencoded (RFC 7797, `"b64": false`): ES256, made and checked by pyjwt, the library that already
+signs device tokens, with the algorithm pinned on verification. The protected header names the
+document type (`typ`) and the signer (`kid`), so a signature made for one kind of document never
+passes as another, and a reader knows which key to check with before it trusts anything else.
+
+On disk: msgpack `{"v": 1, "sig": <JWS>, "body": <bytes>}`, read with a size limit before anything
+is parsed. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import jwt
+import msgpack
+
+from intent_contract.device_token import ALGORITHM
+from intent_contract.errors import DecodeError, SignatureError
+
+VERSION: Final = 1
+_MAX_SIG = 4096  # a compact JWS with a short header and a P-256 signature is about 300 characters
+_JWS = jwt.api_jws.PyJWS(algorithms=[ALGORITHM])
+
+
+@dataclass(frozen=True, slots=True)
+class SignedDocument:
+    """A document as read from a file: not yet verified."""
+
+    typ: str
+    kid: str
+    body: bytes
+    signature: str
+
+
+def sign(body: bytes, private_key_pem: bytes, *, typ: str, kid: str) -> bytes:
+    """The signed document file for `body`, signed with an ES256 (P-256) private key."""
+    signature = _JWS.encode(
+        body,
+        private_key_pem,
+        algorithm=ALGORITHM,
+        headers={"typ": typ, "kid": kid, "b64": False, "crit": ["b64"]},
+        is_payload_detached=True,
+    )
+    packed: bytes = msgpack.packb({"v": VERSION, "sig": signature, "body": body}, use_bin_type=True)
+    return packed
+
+
+def read(data: bytes, *, typ: str, max_bytes: int) -> SignedDocument:
+    """The document in `data`, of type `typ`; DecodeError when it is not one (nothing is verified here)."""
+    if len(data) > max_bytes:
+        raise DecodeError(f"file of {len(data)} bytes is over the {max_bytes}-byte limit", data)
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=_MAX_SIG,
+            max_bin_len=max_bytes,
+            max_array_len=0,
+            max_map_len=3,
+            max_ext_len=0,
+        )
+    except ValueError as exc:
+        raise DecodeError(f"not a signed document: {exc}", data, exc) from exc
+    if not isinstance(obj, dict) or obj.get("v") != VERSION:
+        raise DecodeError(f"not a signed document of version {VERSION}", data)
+    signature, body = obj.get("sig"), obj.get("body")
+    if not isinstance(signature, str) or not isinstance(body, bytes):
+        raise DecodeError("a signed document needs a string sig and a bytes body", data)
+    try:
+        header = jwt.get_unverified_header(signature)
+    except jwt.PyJWTError as exc:
+        raise DecodeError(f"the signature is not a JWS: {exc}", data, exc) from exc
+    if header.get("typ") != typ:
+        raise DecodeError(f"expected a document of type {typ!r}, found {header.get('typ')!r}", data)
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise DecodeError("the signature names no signer (kid)", data)
+    return SignedDocument(typ, kid, body, signature)
+
+
+def verify(document: SignedDocument, public_key_pem: str | bytes) -> bytes:
+    """The body, once its signature verifies with `public_key_pem`; SignatureError otherwise."""
+    try:
+        _JWS.decode_complete(document.signature, public_key_pem, algorithms=[ALGORITHM], detached_payload=document.body)
+    except (jwt.PyJWTError, ValueError) as exc:
+        raise SignatureError(f"the {document.typ} signature does not verify: {exc}") from exc
+    return document.body

@@ -1,0 +1,15 @@
+"""Sizes as operators write them: '500M', '2G', '64KiB', '1048576'."""
+
+from __future__ import annotations
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as 500M, 2G or 1048576; ValueError otherwise."""
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = value[-1] if value and value[-1] in _SIZE_UNITS else ""
+    try:
+        return int(float(value.removesuffix(unit)) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (e.g. 500M, 2G, 1048576)") from None

@@ -1,0 +1,118 @@
+"""The device front door: packet size bounded at the MQTT layer (an oversized packet closes the
+connection before its body is read), over TLS and over WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
+
+from cloud_bridge.front_door import MAX_PACKET
+from cloud_bridge.settings import HostPort
+from tests.support.bridge import (
+    CountingIntegration,
+    Creds,
+    Harness,
+    counting,
+    email,
+    make_settings,
+    running_bridge,
+    until,
+)
+from tests.support.mqtt_raw import connect_packet, publish_header, read_until_closed, remaining_length, tls_connect
+from tests.support.net import free_port
+
+__all__ = ["counting"]  # fixture
+
+CONNACK_ACCEPTED = b"\x20\x02\x00\x00"
+
+
+@pytest.fixture
+async def bridge(
+    tmp_path: Path, server_cert_files: dict[str, Path], counting: CountingIntegration
+) -> AsyncIterator[Harness]:
+    settings = replace(make_settings(tmp_path, server_cert_files), ws_listen=HostPort("127.0.0.1", free_port()))
+    async for harness in running_bridge(settings, server_cert_files["ca"], {"email.send": counting}):
+        yield harness
+
+
+def declare_huge_publish(bridge: Harness, creds: Creds, declared: int) -> tuple[bytes, bytes]:
+    """CONNACK, then what the bridge sends after a PUBLISH header declaring `declared` bytes and no body."""
+    with tls_connect(bridge.mqtt_port, str(bridge.ca_file)) as sock:
+        sock.sendall(connect_packet(creds.device_id, creds.device_id, creds.token()))
+        connack = sock.recv(4)
+        sock.sendall(publish_header(f"devices/{creds.device_id}/intents", declared) + b"\x00" * 100)
+        return connack, read_until_closed(sock)
+
+
+async def test_an_oversized_publish_is_refused_from_its_fixed_header(
+    bridge: Harness, counting: CountingIntegration, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cloud_bridge.mqtt_door")
+    creds = await bridge.enroll()
+    # 32 MiB declared, 100 bytes sent: only a bridge that judges the header closes the connection.
+    connack, after = await asyncio.to_thread(declare_huge_publish, bridge, creds, 32 << 20)
+    assert connack == CONNACK_ACCEPTED
+    assert after == b""  # no PUBACK, closed
+    (line,) = [r.getMessage() for r in caplog.records if "MQTT packet refused" in r.getMessage()]
+    assert line.startswith(f"MQTT packet refused from {creds.device_id} (127.0.0.1:")
+    assert f"over the {MAX_PACKET:,}-byte limit" in line
+    client = await bridge.connect(creds)  # the device may come back, and others were never held up
+    try:
+        client.send([email("after-1")])
+        await until(lambda: "delivered" in client.states().get("after-1", []), what="delivered after the refusal")
+    finally:
+        await client.stop()
+    assert [job.intent_id for job in counting.calls] == ["after-1"]
+
+
+async def test_an_oversized_connect_is_refused_before_authentication(bridge: Harness) -> None:
+    def attack() -> bytes:
+        with tls_connect(bridge.mqtt_port, str(bridge.ca_file)) as sock:
+            sock.sendall(bytes([0x10]) + remaining_length(100_000) + b"\x00\x04MQTT")
+            return read_until_closed(sock)
+
+    assert await asyncio.to_thread(attack) == b""  # no CONNACK: closed
+
+
+async def test_a_32_mib_publish_gets_no_puback(bridge: Harness, counting: CountingIntegration) -> None:
+    creds = await bridge.enroll()
+    client = await bridge.connect(creds)
+    try:
+        info = client.mqtt.publish(f"devices/{creds.device_id}/intents", b"\x00" * (32 << 20), qos=1)
+        await until(client.disconnected.is_set, timeout=60, what="the bridge closing the connection")
+        assert not info.is_published()
+    finally:
+        await client.stop()
+    assert counting.calls == []
+
+
+async def test_over_websocket_the_limit_holds_across_messages(bridge: Harness) -> None:
+    """websockets caps one message at 1 MiB; an MQTT packet spread over many messages is capped here."""
+    creds = await bridge.enroll()
+    assert bridge.settings.ws_listen is not None
+    url = f"wss://127.0.0.1:{bridge.settings.ws_listen.port}/"
+
+    def attack() -> tuple[bytes, bool]:
+        with ws_connect(url, ssl=bridge.client_ssl(), subprotocols=[Subprotocol("mqtt")], open_timeout=15) as ws:
+            ws.send(connect_packet(creds.device_id, creds.device_id, creds.token()))
+            connack = ws.recv(timeout=15)
+            try:
+                ws.send(publish_header(f"devices/{creds.device_id}/intents", 32 << 20))
+                # The start of the body, in a message of its own; the bridge may have closed already.
+                ws.send(b"\x00" * 1000)
+                ws.recv(timeout=15)
+            except ConnectionClosed:
+                return bytes(connack), True
+            return bytes(connack), False  # an answer (a PUBACK would be one) instead of the close
+
+    connack, closed = await asyncio.to_thread(attack)
+    assert connack == CONNACK_ACCEPTED
+    assert closed

@@ -1,0 +1,83 @@
+"""The bridge's own HTTPS endpoints through the test harness: health, metrics, plain HTTP, malformed enrollment."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import aiohttp
+import pytest
+
+from intent_contract.device_token import generate_private_key_pem, sign_device_token
+from tests.support.bridge import Harness, counting, harness
+
+__all__ = ["counting", "harness"]  # fixtures
+
+
+async def test_healthz_over_tls_and_no_metrics_there(harness: Harness) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{harness.base_url}/healthz", ssl=harness.client_ssl()) as response:
+            assert response.status == 200
+            assert (await response.json()) == {"status": "ok", "problems": []}
+        # /metrics has a listener of its own (--metrics-listen), not the one that faces devices.
+        async with http.get(f"{harness.base_url}/metrics", ssl=harness.client_ssl()) as response:
+            assert response.status == 404
+
+
+async def test_plain_http_is_not_served(harness: Harness) -> None:
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ClientError):
+            async with http.get(f"http://127.0.0.1:{harness.settings.http_listen.port}/healthz") as response:
+                await response.read()
+
+
+async def test_malformed_enrollment_is_400(harness: Harness) -> None:
+    status, body = await harness.post_enroll("whatever", "not a pem")
+    assert status == 400
+    assert body["error"] == "bad_public_key"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{harness.base_url}/v1/enroll", data=b"{nope", ssl=harness.client_ssl()) as response,
+    ):
+        assert response.status == 400
+        assert json.loads(await response.text())["error"] == "malformed"
+
+
+async def test_deeply_nested_enrollment_is_400_without_a_traceback(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    body = b"[" * 16_000  # under the 16 KiB body limit; json.loads raises RecursionError on it
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{harness.base_url}/v1/enroll", data=body, ssl=harness.client_ssl()) as response,
+    ):
+        assert response.status == 400
+        assert (await response.json())["error"] == "malformed"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_device_status_does_not_tell_a_forger_which_ids_exist(harness: Harness) -> None:
+    real = await harness.enroll()
+    forger_key = generate_private_key_pem()
+
+    async def ask(token: str) -> tuple[int, object]:
+        """The answer without its `time` (the bridge's clock, on every answer: checked to be there)."""
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{harness.base_url}/v1/device", headers=headers, ssl=harness.client_ssl()) as response,
+        ):
+            body = await response.json()
+        assert abs(body.pop("time") / 1000 - time.time()) < 60
+        return response.status, body
+
+    def forged(device_id: str) -> str:
+        return sign_device_token(forger_key, device_id, int(time.time()), lifetime_s=300, audience="cloud-bridge")
+
+    existing = await ask(forged(real.device_id))
+    assert existing == (401, {"error": "token_invalid", "detail": "the token does not verify for this device"})
+    assert await ask(forged("no-such-device")) == existing
+    assert await ask("not-a-jwt") == existing
+    assert await ask(real.token()) == (200, {"device_id": real.device_id, "status": "active"})

@@ -1,0 +1,160 @@
+"""A node's operations surface, in process: /metrics by Prometheus' own parser and conventions, /healthz
+following the store's reachability (PostgreSQL refusing connections, then allowing them again)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from cloud_bridge.integrations.base import Job, Outcome
+from cloud_bridge.node import Bridge
+from cloud_bridge.store.url import StoreUrl
+from tests.support.bridge import (
+    CountingIntegration,
+    Harness,
+    counting,
+    email,
+    harness,
+    make_settings,
+    running_bridge,
+    until,
+)
+from tests.support.metrics import check_conventions
+from tests.support.stores import PG_ADMIN, pg_url
+
+__all__ = ["counting", "harness", "pg_url"]  # fixtures
+
+
+async def scrape(harness: Harness) -> dict[str, list[Sample]]:
+    async with aiohttp.ClientSession() as http, http.get(f"{harness.metrics_url}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    families = list(text_string_to_metric_families(text))
+    check_conventions(families, "bridge_")
+    return {family.name: family.samples for family in families}
+
+
+def value(samples: list[Sample], name: str, **labels: str) -> float:
+    found = [s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    assert len(found) == 1, (name, labels, samples)
+    return found[0]
+
+
+async def test_metrics_say_what_an_operator_alerts_on(harness: Harness, counting: CountingIntegration) -> None:
+    creds = await harness.enroll()
+    client = await harness.connect(creds)
+    client.send([email("m-1"), email("m-2"), email("m-3", subject="fail")])
+    await until(lambda: {i: s[-1] for i, s in client.states().items()}.get("m-3") == "failed", what="results")
+    await until(lambda: len(client.states()) == 3 and len(counting.calls) == 3, what="all three run")
+    refused = await harness.connect(creds, password="not-a-token")
+    await refused.stop()
+    metrics = await scrape(harness)
+    await client.stop()
+
+    executions = metrics["bridge_executions"]
+    assert value(executions, "bridge_executions_total", kind="email.send", outcome="delivered", code="none") == 2
+    assert value(executions, "bridge_executions_total", kind="email.send", outcome="failed", code="test_refused") == 1
+    latency = metrics["bridge_provider_request_duration_seconds"]
+    assert value(latency, "bridge_provider_request_duration_seconds_count", kind="email.send") == 3
+    # The device confirms nothing here: its results are still owed to it.
+    ledger = metrics["bridge_ledger_intents"]
+    assert value(ledger, "bridge_ledger_intents", state="delivered", kind="email.send") == 2
+    assert value(ledger, "bridge_ledger_intents", state="failed", kind="email.send") == 1
+    assert value(metrics["bridge_ledger_oldest_queued_age_seconds"], "bridge_ledger_oldest_queued_age_seconds") == 0
+    assert value(metrics["bridge_connected_devices"], "bridge_connected_devices") == 1
+    assert value(metrics["bridge_enrollments"], "bridge_enrollments_total", result="enrolled") == 1
+    assert value(metrics["bridge_connects_refused"], "bridge_connects_refused_total", code="token_invalid") == 1
+    assert value(metrics["bridge_store_up"], "bridge_store_up") == 1
+    assert value(metrics["bridge_store_commits"], "bridge_store_commits_total") >= 1
+    assert value(metrics["process_resident_memory_bytes"], "process_resident_memory_bytes") > 0
+
+
+class Blocking(CountingIntegration):
+    """One job at a time, each held until released: rows stay running and queued while a test looks."""
+
+    concurrency = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def execute(self, job: Job) -> Outcome:
+        self.calls.append(job)
+        await self.release.wait()
+        return Outcome("sent")
+
+
+async def test_ledger_depth_and_oldest_queued_age_are_read_at_scrape(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    clock = [time.time()]
+    settings = make_settings(tmp_path, server_cert_files)
+    blocking = Blocking()
+    bridge = Bridge(settings, integrations={"email.send": blocking}, clock=lambda: clock[0])
+    await bridge.start()
+    harness = Harness(bridge, settings, server_cert_files["ca"])
+    try:
+        client = await harness.connect(await harness.enroll())
+        client.send([email("q-1"), email("q-2")])
+        await until(lambda: len(blocking.calls) == 1 and len(client.states()) == 2, what="one running, one queued")
+        clock[0] += 90
+        metrics = await scrape(harness)
+        blocking.release.set()
+        await until(lambda: all(s[-1] == "delivered" for s in client.states().values()), what="both delivered")
+        await client.stop()
+    finally:
+        blocking.release.set()
+        await bridge.stop()
+    ledger = metrics["bridge_ledger_intents"]
+    assert value(ledger, "bridge_ledger_intents", state="queued", kind="email.send") == 1
+    assert value(ledger, "bridge_ledger_intents", state="running", kind="email.send") == 1
+    assert value(metrics["bridge_ledger_oldest_queued_age_seconds"], "bridge_ledger_oldest_queued_age_seconds") == 90
+
+
+def _allow_connections(url: StoreUrl, allowed: bool) -> None:
+    database = url.location.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+        if not allowed:  # and end the sessions the bridge holds
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
+            )
+
+
+async def health(session: aiohttp.ClientSession, harness: Harness, *, tls: bool) -> tuple[int, dict[str, object]]:
+    url = f"{harness.base_url if tls else harness.metrics_url}/healthz"
+    async with session.get(url, ssl=harness.client_ssl() if tls else True) as response:
+        return response.status, await response.json()
+
+
+async def test_healthz_follows_the_store(tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl) -> None:
+    settings = make_settings(tmp_path, server_cert_files, store=pg_url)
+    async for node in running_bridge(settings, server_cert_files["ca"], {}):
+        async with aiohttp.ClientSession() as session:
+            for tls in (True, False):
+                assert await health(session, node, tls=tls) == (200, {"status": "ok", "problems": []})
+            await asyncio.to_thread(_allow_connections, pg_url, False)
+            try:
+                for tls in (True, False):
+                    status, body = await health(session, node, tls=tls)
+                    assert status == 503
+                    assert body["status"] == "unhealthy"
+                    problems = body["problems"]
+                    assert isinstance(problems, list) and len(problems) == 1
+                    assert str(problems[0]).startswith("store "), problems
+                metrics = await scrape(node)
+                assert value(metrics["bridge_store_up"], "bridge_store_up") == 0
+            finally:
+                await asyncio.to_thread(_allow_connections, pg_url, True)
+
+            async def healthy(node: Harness = node) -> bool:
+                return (await health(session, node, tls=True))[0] == 200
+
+            await until(healthy, timeout=30, what="healthy again: the pool connects by itself, no restart")

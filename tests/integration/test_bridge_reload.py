@@ -1,0 +1,142 @@
+"""Reloading a running node's config: new jobs take the new key, a running job ends on the integration it
+started with (closed after it), and a config with problems is refused whole, with every problem named."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from cloud_bridge.errors import ConfigError
+from cloud_bridge.integrations.http import HttpIntegration
+from cloud_bridge.node import Bridge
+from cloud_bridge.settings import BridgeSettings, build_settings
+from tests.support.bridge import Harness, envelope, until
+from tests.support.net import free_port
+
+OLD, NEW = "old-token-5c1d", "new-token-9e4b"
+
+
+class Provider:
+    """Answers 200 to any bearer token and records it; /v1/slow waits until released."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append((request.match_info["name"], request.headers.get("Authorization", "")))
+        if request.match_info["name"] == "slow":
+            await self.release.wait()
+        return web.json_response({"ok": True})
+
+
+@pytest.fixture
+async def provider(server_cert_files: dict[str, Path]) -> AsyncIterator[tuple[Provider, int]]:
+    import ssl
+
+    recorder = Provider()
+    app = web.Application()
+    app.router.add_post("/v1/{name}", recorder.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(server_cert_files["cert"], server_cert_files["key"])
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+    yield recorder, port
+    recorder.release.set()
+    await runner.cleanup()
+
+
+def config_text(port: int, ca: Path, token_file: Path, extra: str = "") -> str:
+    return f"""
+[bridge]
+retry_base = 0.05
+retry_cap = 0.2
+{extra}
+[integrations.http]
+allow_private_hosts = ["127.0.0.1"]
+ca_file = "{ca}"
+
+[integrations.http.credentials.crm]
+base_urls = ["https://127.0.0.1:{port}/v1/"]
+methods = ["POST"]
+token_file = "{token_file}"
+
+[tenants.acme.policy]
+kinds = ["http.request"]
+http_credentials = ["crm"]
+"""
+
+
+def call(intent_id: str, name: str) -> object:
+    return envelope(intent_id, "http.request", {"credential": "crm", "method": "POST", "path": f"/{name}"})
+
+
+async def test_reload_swaps_the_key_for_new_jobs_and_lets_running_ones_finish(
+    tmp_path: Path, server_cert_files: dict[str, Path], provider: tuple[Provider, int]
+) -> None:
+    recorder, port = provider
+    token_file, config = tmp_path / "token", tmp_path / "bridge.toml"
+    token_file.write_text(OLD)
+    config.write_text(config_text(port, server_cert_files["ca"], token_file))
+    ports = {f: f"127.0.0.1:{free_port()}" for f in ("listen", "http_listen", "metrics_listen")}
+
+    def load() -> BridgeSettings:
+        return build_settings(
+            data_dir=tmp_path / "data", env={}, config_path=config, tls_cert=server_cert_files["cert"],
+            tls_key=server_cert_files["key"], node_id="node-a", **ports,
+        )  # fmt: skip
+
+    settings = load()
+    bridge = Bridge(settings, load=load)
+    await bridge.start()
+    try:
+        harness = Harness(bridge, settings, server_cert_files["ca"])
+        client = await harness.connect(await harness.enroll())
+        client.send([call("slow-1", "slow")])  # type: ignore[list-item]
+        await until(lambda: ("slow", f"Bearer {OLD}") in recorder.seen, what="the slow job in flight, old key")
+        old = bridge.integrations["http.request"]
+        assert isinstance(old, HttpIntegration)
+
+        token_file.write_text(NEW)
+        assert await bridge.reload() == ["http.request"]
+        assert bridge.generation == 2
+        client.send([call("fast-1", "fast")])  # type: ignore[list-item]
+        await until(lambda: ("fast", f"Bearer {NEW}") in recorder.seen, what="a new job with the new key")
+        assert old._client is not None and not old._client.closed  # still serving the slow job
+
+        recorder.release.set()
+        await until(lambda: client.states().get("slow-1", [""])[-1] == "delivered", what="the slow job ends well")
+        await until(lambda: old._client is not None and old._client.closed, what="the old integration closed")
+
+        # A config with problems is refused whole: every problem named, nothing changed.
+        config.write_text(
+            config_text(port, server_cert_files["ca"], tmp_path / "missing-token").replace("kinds", "kind")
+        )
+        with pytest.raises(ConfigError) as refused:
+            await bridge.reload()
+        assert "tenants.acme.policy.kind: unknown key" in refused.value.detail
+        assert "cannot read secret file for 'token'" in refused.value.detail
+        # [bridge] keys take a restart: refused too, with the reason.
+        config.write_text(config_text(port, server_cert_files["ca"], token_file, "max_attempts = 3"))
+        with pytest.raises(ConfigError, match=r"bridge\.max_attempts changed, which takes a restart"):
+            await bridge.reload()
+        config.write_text(
+            config_text(port, server_cert_files["ca"], token_file)
+            + '\n[dashboard.operators]\nbob = "scrypt$16384$8$1$x$y"\n'
+        )
+        with pytest.raises(ConfigError, match=r"\[dashboard\] changed, which takes a restart"):
+            await bridge.reload()
+        assert bridge.generation == 2
+        client.send([call("fast-2", "fast")])  # type: ignore[list-item]
+        await until(lambda: client.states().get("fast-2", [""])[-1] == "delivered", what="still the new key")
+        assert recorder.seen[-1] == ("fast", f"Bearer {NEW}")
+        await client.stop()
+    finally:
+        await bridge.stop()
+    assert all(OLD not in repr(v) and NEW not in repr(v) for v in (settings, bridge.settings))

@@ -1,0 +1,132 @@
+"""`cloud-bridge run` as operators run it: JSON log lines that name the device, the intent and the code;
+SIGHUP and `cloud-bridge reload` (applied, or refused with every problem and exit 1); the control
+socket only its owner can open."""
+
+from __future__ import annotations
+
+import json
+import signal
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from tests.support.edge import Client, OutboxProcess, email
+from tests.support.net import free_port, release_paho, wait_until
+from tests.support.stack import APP, TENANT, BridgeProcess, bridge_cli
+
+
+def config(smtp_port: int, extra_tenant: str = "") -> str:
+    return f"""
+[bridge]
+retry_base = 0.05
+retry_cap = 0.1
+max_attempts = 2
+
+[integrations.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+security = "none"
+timeout = 2
+
+[tenants.{TENANT}.policy]
+kinds = ["email.send"]
+email_domains = ["example.com"]
+email_from = "alerts@e2e.example"
+{extra_tenant}"""
+
+
+def json_lines(bridge: BridgeProcess) -> list[dict[str, Any]]:
+    lines = []
+    for line in bridge.log().splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    return lines
+
+
+def logged(bridge: BridgeProcess, **fields: str) -> list[dict[str, Any]]:
+    return [entry for entry in json_lines(bridge) if all(entry.get(k) == v for k, v in fields.items())]
+
+
+def refused_connect(bridge: BridgeProcess, ca: Path, device_id: str) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv311)
+    client.tls_set_context(ssl.create_default_context(cafile=str(ca)))
+    client.username_pw_set(device_id, "not-a-token")
+    try:
+        client.connect("127.0.0.1", bridge.mqtt_port, 30)
+        client.loop_start()
+        wait_until(lambda: logged(bridge, message="device connect refused", device_id=device_id), 15,
+                   what="the refusal logged")  # fmt: skip
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        release_paho(client)
+
+
+def test_json_logs_name_device_intent_and_code_and_reload_is_applied_or_refused(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    dead_smtp = free_port()  # nothing listens: every send is a transient smtp_connection error
+    bridge = BridgeProcess(
+        tmp_path, server_cert_files, config_text=config(dead_smtp), run_args=("--log-format", "json")
+    )
+    edge: OutboxProcess | None = None
+    app: Client | None = None
+    try:
+        bridge.start()
+        device_id = bridge.enroll(tmp_path / "edge")
+        edge = OutboxProcess(tmp_path / "edge", free_port()).start()
+        app = Client(edge.port, "ops-app").connect()
+        app.publish(f"outbox/{APP}/email.send", email("ops-1"), name="ops-1")
+        wait_until(lambda: logged(bridge, intent_id="ops-1", state="failed"), 30, what="the intent's end logged")
+
+        # Every line about the intent says which device, which intent, what kind and why.
+        [retry] = logged(bridge, intent_id="ops-1", state="queued")
+        [end] = logged(bridge, intent_id="ops-1", state="failed")
+        for entry in (retry, end):
+            assert (entry["device_id"], entry["tenant"], entry["kind"]) == (device_id, TENANT, "email.send")
+            assert entry["code"] == "smtp_connection"
+            assert entry["level"] in {"info", "warning"} and entry["time"].endswith("Z")
+        refused_connect(bridge, server_cert_files["ca"], "dev-not-enrolled")
+        [refusal] = logged(bridge, message="device connect refused", device_id="dev-not-enrolled")
+        assert refusal["code"] and refusal["peer"]
+
+        # The control socket: the bridge's user only.
+        socket_file = bridge.data_dir / "control.sock"
+        assert socket_file.stat().st_mode & 0o777 == 0o600
+
+        # SIGHUP reloads; the log says so.
+        bridge.config.write_text(config(dead_smtp, 'sms_prefixes = ["+41"]'))
+        assert bridge.proc is not None
+        bridge.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: logged(bridge, code="reloaded"), 15, what="the reload logged")
+        assert "generation 2" in logged(bridge, code="reloaded")[0]["message"]
+
+        # `cloud-bridge reload` with a broken config: refused, every problem named, exit 1.
+        bridge.config.write_text(config(dead_smtp).replace("timeout = 2", "timeout = 0\nhots = 1"))
+        result = subprocess.run(
+            [*bridge_cli(), "reload", "--data-dir", str(bridge.data_dir)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert "reload refused, the running config stays in force" in result.stderr
+        assert "integrations.smtp.timeout: Input should be greater than 0" in result.stderr
+        assert "integrations.smtp.hots: unknown key" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert logged(bridge, code="reload_refused")
+    finally:
+        if app is not None:
+            app.close()
+        if edge is not None:
+            edge.stop()
+        bridge.stop()
+
+
+def test_reload_without_a_running_bridge_says_so(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*bridge_cli(), "reload", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    assert "no bridge answers on" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,110 @@
+"""Both CLIs, as real processes: our own errors are one line, a bug shows its traceback.
+
+A CLI that turned every OSError or ValueError (or every sqlite3 error) into one line would hide bugs
+behind messages that look like an operator's mistake.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from edge_outbox import db
+
+# Runs a CLI in a fresh interpreter after `patch` (Python source) has replaced something in it.
+_DRIVER = """
+import sys
+{patch}
+from {package}.cli import main
+sys.argv = {argv!r}
+main()
+"""
+
+
+def run_cli(package: str, *args: str, patch: str = "") -> subprocess.CompletedProcess[str]:
+    argv = [package.replace("_", "-"), *args]
+    source = _DRIVER.format(patch=patch, package=package, argv=argv)
+    return subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=60, check=False)
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], text: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("Error: ")
+    assert text in result.stderr
+
+
+def assert_traceback(result: subprocess.CompletedProcess[str], last_line: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("Traceback (most recent call last):"), result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(last_line), result.stderr
+
+
+# -- edge-outbox -------------------------------------------------------------------------------
+
+
+def test_edge_bug_shows_its_traceback(tmp_path: Path) -> None:
+    db.connect(tmp_path).close()
+    patch = (
+        "from edge_outbox import ops\n"
+        "def listing(*_a, **_k): raise ValueError('a bug in listing')\n"
+        "ops.listing = listing"
+    )
+    assert_traceback(run_cli("edge_outbox", "ls", "--data-dir", str(tmp_path), patch=patch), "ValueError: a bug")
+
+
+def test_edge_sql_bug_is_not_passed_off_as_a_database_error(tmp_path: Path) -> None:
+    db.connect(tmp_path).close()
+    patch = (
+        "from edge_outbox import ops\n"
+        "def listing(conn, *_a, **_k): return conn.execute('SELECT no_such_column FROM intents').fetchall()\n"
+        "ops.listing = listing"
+    )
+    result = run_cli("edge_outbox", "ls", "--data-dir", str(tmp_path), patch=patch)
+    assert_traceback(result, "sqlite3.OperationalError: no such column")
+
+
+def test_edge_storage_faults_and_our_errors_are_one_line(tmp_path: Path) -> None:
+    assert_one_line(run_cli("edge_outbox", "ls", "--data-dir", str(tmp_path / "none")), "no outbox database")
+    tmp_path.joinpath(db.DB_NAME).write_bytes(b"not a database " * 1000)
+    assert_one_line(run_cli("edge_outbox", "ls", "--data-dir", str(tmp_path)), "file is not a database")
+
+
+# -- cloud-bridge ------------------------------------------------------------------------------
+
+
+def test_bridge_bug_shows_its_traceback(tmp_path: Path) -> None:
+    patch = (
+        "from cloud_bridge.registry_sqlite import SqliteRegistry\n"
+        "def all_devices(self): raise ValueError('a bug in all_devices')\n"
+        "SqliteRegistry.all_devices = all_devices"
+    )
+    result = run_cli("cloud_bridge", "devices", "ls", "--data-dir", str(tmp_path), patch=patch)
+    assert_traceback(result, "ValueError: a bug")
+
+
+def test_bridge_errors_are_one_line(tmp_path: Path) -> None:
+    assert_one_line(run_cli("cloud_bridge", "devices", "revoke", "nope", "--data-dir", str(tmp_path)), "no device")
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    # OSErrors are ours once they cross a boundary: the registry's directory, the certificates' directory.
+    assert_one_line(run_cli("cloud_bridge", "devices", "ls", "--data-dir", str(a_file / "data")), "Not a directory")
+    assert_one_line(run_cli("cloud_bridge", "dev-certs", str(a_file / "certs")), "cannot write")
+    assert_one_line(
+        run_cli(
+            "cloud_bridge",
+            "devices",
+            "enroll-code",
+            "--tenant",
+            "t",
+            "--name",
+            "n",
+            "--ttl",
+            "soon",
+            "--data-dir",
+            str(tmp_path),
+        ),
+        "--ttl",
+    )

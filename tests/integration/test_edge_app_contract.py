@@ -1,0 +1,117 @@
+"""The promises the outbox makes to apps, through a live process: statuses outlive crashes, a full queue
+acknowledges nothing it did not store, rejections keep the app's id, one outbox per data dir."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support.edge import Client, OutboxProcess, cli, email, stored_ids
+from tests.support.net import free_port, wait_until
+
+
+def test_statuses_committed_while_the_outbox_was_down_reach_a_persistent_app(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with OutboxProcess(data, free_port()) as outbox:
+        _statuses_survive(outbox, data)
+
+
+def _statuses_survive(outbox: OutboxProcess, data: Path) -> None:
+    listener = Client(outbox.port, "listener", clean=False).connect()
+    listener.subscribe("outbox/app/status/#")
+    publisher = Client(outbox.port, "publisher").connect()
+    for n in range(3):
+        publisher.publish("outbox/app/email.send", email(f"i{n}"), name=f"i{n}")
+    wait_until(lambda: {"i0", "i1", "i2"} <= listener.ids_with("accepted"), what="accepted statuses")
+    publisher.close()
+    outbox.kill()
+    # While the outbox is down an operator cancels one: the change, and its status, are committed now.
+    assert cli(data, "cancel", "i1").returncode == 0
+    outbox.start()
+    # The app's client reconnects by itself; its session (and subscription) survived the SIGKILL.
+    wait_until(lambda: "i1" in listener.ids_with("cancelled"), what="the cancelled status after the restart")
+    listener.close()
+
+
+def test_an_app_can_ask_for_its_statuses_after_a_sequence_number(tmp_path: Path) -> None:
+    with OutboxProcess(tmp_path / "data", free_port()) as outbox:
+        app = Client(outbox.port, "app").connect()
+        app.subscribe("outbox/app/status/#")
+        for n in range(5):
+            app.publish("outbox/app/email.send", email(f"r{n}"), name=f"r{n}")
+        wait_until(lambda: len(app.statuses) == 5, what="five statuses")
+        third = app.statuses[2][1]["seq"]
+        app.statuses.clear()
+        app.publish("outbox/app/replay", json.dumps({"after": third}).encode())
+        wait_until(lambda: len(app.statuses) == 2, what="the replayed statuses")
+        assert [s["id"] for _t, s in app.statuses] == ["r3", "r4"]
+        assert all(s["seq"] > third for _t, s in app.statuses)
+
+
+def test_a_rejection_is_published_under_the_apps_own_id(tmp_path: Path) -> None:
+    with OutboxProcess(tmp_path / "data", free_port()) as outbox:
+        app = Client(outbox.port, "app").connect()
+        app.subscribe("outbox/app/status/#")
+        app.publish("outbox/app/fax.send", {"id": "mine-1", "to": "x"})
+        app.publish("outbox/app/email.send", {"id": "mine-2", "to": "not an address"})
+        wait_until(lambda: len(app.statuses) == 2, what="two rejections")
+        topics = {t: s["code"] for t, s in app.statuses}
+        assert topics == {"outbox/app/status/mine-1": "unknown_kind", "outbox/app/status/mine-2": "schema_violation"}
+
+
+def test_a_full_queue_holds_the_puback_until_there_is_room_and_says_so(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with OutboxProcess(data, free_port(), "--max-queue-items", "3", "--no-forward") as outbox:
+        app = Client(outbox.port, "app", inflight=10).connect()
+        for n in range(5):
+            app.publish("outbox/app/email.send", email(f"q{n}"), name=f"q{n}")
+        wait_until(lambda: len(app.acked) == 3, what="three PUBACKs")
+        wait_until(lambda: (status_of(data)["intake"] or {}).get("held") == 2, what="two held in status")
+        assert app.acked == {"q0", "q1", "q2"}, "only what was stored is acknowledged"
+        assert set(stored_ids(data)) == {"q0", "q1", "q2"}
+        status = status_of(data)
+        assert "queue full" in status["intake"]["reason"]
+        unhealthy = cli(data, "status")
+        assert unhealthy.returncode == 1 and "unhealthy: intake paused" in unhealthy.stdout
+        # Room again: the operator cancels two; the held publishes are stored and acknowledged.
+        for n in (0, 1):
+            assert cli(data, "cancel", f"q{n}").returncode == 0
+        wait_until(lambda: len(app.acked) == 5, what="the held PUBACKs")
+        wait_until(lambda: cli(data, "status").returncode == 0, what="healthy again")
+        assert set(stored_ids(data)) == {f"q{n}" for n in range(5)}
+        log = outbox.log()
+        assert log.count("intake paused") == 1 and "intake resumed" in log
+        app.close()
+
+
+def status_of(data: Path) -> dict[str, Any]:
+    """`edge-outbox status --json`, which exits 1 while the outbox is unhealthy."""
+    result = cli(data, "status", "--json")
+    assert result.returncode in (0, 1), result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert (result.returncode == 1) == bool(report["problems"])
+    return report
+
+
+def test_a_second_outbox_on_the_same_data_dir_is_refused_naming_the_first(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with OutboxProcess(data, free_port()) as first:
+        listen = f"127.0.0.1:{free_port()}"
+        second = subprocess.run(
+            [sys.executable, "-m", "edge_outbox", "run", "--data-dir", str(data), "--listen", listen],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert second.returncode != 0
+        assert first.proc is not None
+        assert f"pid {first.proc.pid}" in second.stderr and f"127.0.0.1:{first.port}" in second.stderr
+        assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1
+        assert cli(data, "status").returncode == 0, "ops commands work beside a running outbox"
+    # Once the first is gone (however it ended), the data dir is free again.
+    with OutboxProcess(data, free_port()) as again:
+        assert again.proc is not None and again.proc.poll() is None

@@ -1,0 +1,206 @@
+"""The outbox's MQTT endpoint behaves like a broker apps can trust: each behaviour of Eclipse Paho's
+MQTT 3.1.1 interoperability suite that amqtt 0.12 failed, against a live outbox, plus the answers
+to clients that do not speak MQTT 3.1.1 (MQTT 5 has tests of its own: test_edge_mqtt5.py)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from intent_contract import mqtt_packets as p
+from intent_contract.mqtt_packets import Type
+from tests.support.edge import OutboxProcess
+from tests.support.mqtt_raw import RawClient
+from tests.support.net import free_port, wait_until
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[OutboxProcess]:
+    with OutboxProcess(tmp_path / "data", free_port()) as process:
+        yield process
+
+
+@pytest.fixture
+def raw(outbox: OutboxProcess) -> Iterator[Callable[[], RawClient]]:
+    """Make raw clients of the outbox; all are closed at the end."""
+    made: list[RawClient] = []
+
+    def make() -> RawClient:
+        made.append(RawClient(outbox.port))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def test_a_silent_client_is_dropped_after_its_keepalive_and_its_will_fires(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    watcher = raw()
+    watcher.connect("watcher")
+    assert watcher.subscribe("wills/#", 2) == (2,)
+    silent = raw()
+    silent.connect("silent", keepalive=1, will=p.Will("wills/silent", b"gone", 1, False))
+    (will,) = watcher.messages(1, timeout=10)  # 1.5 x keepalive, plus the check
+    assert (will.topic, will.payload, will.qos) == ("wills/silent", b"gone", 1)
+    assert silent.closed_by_server(timeout=5)
+
+
+def test_a_clean_disconnect_discards_the_will(outbox: OutboxProcess, raw: Callable[[], RawClient]) -> None:
+    watcher = raw()
+    watcher.connect("watcher")
+    watcher.subscribe("wills/#", 1)
+    polite = raw()
+    polite.connect("polite", will=p.Will("wills/polite", b"gone", 1, False))
+    polite.send(p.Bare(Type.DISCONNECT))
+    assert polite.closed_by_server()
+    assert watcher.nothing_within(1.0)
+
+
+def test_unacknowledged_qos1_and_qos2_are_redelivered_with_dup_when_the_session_returns(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    subscriber = raw()
+    assert not subscriber.connect("sub", clean=False).session_present
+    subscriber.subscribe("t/#", 2)
+    publisher = raw()
+    publisher.connect("pub")
+    publisher.publish("t/one", b"1", 1)
+    publisher.publish("t/two", b"2", 2)
+    first = subscriber.messages(2)
+    assert all(not m.dup for m in first)
+    subscriber.close()  # never acknowledged
+    again = raw()
+    assert again.connect("sub", clean=False).session_present
+    resent = again.messages(2)
+    assert [(m.topic, m.qos, m.dup, m.packet_id) for m in resent] == [
+        (m.topic, m.qos, True, m.packet_id) for m in first
+    ]
+
+
+def test_a_takeover_keeps_the_session_and_delivers_queued_and_new_messages(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    old = raw()
+    old.connect("app", clean=False)
+    old.subscribe("news/#", 1)
+    publisher = raw()
+    publisher.connect("pub")
+    new = raw()
+    assert new.connect("app", clean=False).session_present  # while the old connection is still open
+    assert old.closed_by_server()
+    publisher.publish("news/a", b"after takeover", 1)
+    (message,) = new.messages(1)
+    assert message.payload == b"after takeover"
+
+
+def test_messages_for_an_absent_persistent_session_wait_for_it(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    app = raw()
+    app.connect("away", clean=False)
+    app.subscribe("q/#", 1)
+    app.send(p.Bare(Type.DISCONNECT))
+    app.close()
+    publisher = raw()
+    publisher.connect("pub")
+    publisher.publish("q/1", b"kept", 1)
+    back = raw()
+    assert back.connect("away", clean=False).session_present
+    (message,) = back.messages(1)
+    assert (message.payload, message.dup) == (b"kept", False)
+
+
+@pytest.mark.parametrize("clear_qos", [0, 1, 2])
+def test_an_empty_retained_publish_clears_the_retained_message_at_any_qos(
+    outbox: OutboxProcess, raw: Callable[[], RawClient], clear_qos: int
+) -> None:
+    client = raw()
+    client.connect("retainer")
+    client.publish("r/topic", b"kept", 1, retain=True)
+    first = raw()
+    first.connect("first")
+    first.subscribe("r/#", 2)
+    (retained,) = first.messages(1)
+    assert (retained.payload, retained.retain) == (b"kept", True)
+    client.publish("r/topic", b"", clear_qos, retain=True)
+    later = raw()
+    later.connect("later")
+    later.subscribe("r/#", 2)
+    assert later.nothing_within(1.0)
+
+
+@pytest.mark.parametrize(("published", "granted", "delivered"), [(2, 0, 0), (2, 1, 1), (1, 2, 1), (0, 2, 0)])
+def test_delivered_qos_is_the_lower_of_published_and_granted(
+    outbox: OutboxProcess, raw: Callable[[], RawClient], published: int, granted: int, delivered: int
+) -> None:
+    subscriber = raw()
+    subscriber.connect("sub")
+    assert subscriber.subscribe("x/y", granted) == (granted,)
+    publisher = raw()
+    publisher.connect("pub")
+    publisher.publish("x/y", b"m", published)
+    (message,) = subscriber.messages(1)
+    assert message.qos == delivered
+
+
+def test_wildcards_do_not_match_dollar_topics_and_bad_filters_are_refused(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    client = raw()
+    client.connect("c")
+    assert client.subscribe("+/+", 1) == (1,)
+    assert client.subscribe("a/#/b", 1) == (p.SUBACK_FAILURE,)
+    client.publish("$SYS/x", b"", 1)
+    assert client.nothing_within(0.5)
+
+
+def test_an_empty_client_id_needs_a_clean_session(outbox: OutboxProcess, raw: Callable[[], RawClient]) -> None:
+    assert raw().connect("", clean=False).code == p.ConnackCode.IDENTIFIER_REJECTED
+    assert raw().connect("", clean=True).code == p.ConnackCode.ACCEPTED
+
+
+def test_a_second_connect_on_one_connection_closes_it(outbox: OutboxProcess, raw: Callable[[], RawClient]) -> None:
+    client = raw()
+    client.connect("twice")
+    client.send(p.Connect("MQTT", 4, "twice", True, 60))
+    assert client.closed_by_server()
+
+
+def test_mqtt31_clients_are_served_and_an_unknown_level_gets_connack_1(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    client = raw()
+    client.send(p.Connect("MQIsdp", 3, "old-client", True, 60))
+    assert client.receive() == p.Connack(False, p.ConnackCode.ACCEPTED)
+    client.publish("v31/t", b"x", 1)
+    other = raw()
+    other.send(p.Connect("MQTT", 9, "future", True, 60))
+    assert other.receive() == p.Connack(False, p.ConnackCode.BAD_PROTOCOL_VERSION)
+    assert other.closed_by_server()
+
+
+def test_a_plain_tcp_probe_and_garbage_log_no_error(outbox: OutboxProcess, raw: Callable[[], RawClient]) -> None:
+    with socket.create_connection(("127.0.0.1", outbox.port), timeout=5):
+        pass  # a port check: connect and leave
+    with socket.create_connection(("127.0.0.1", outbox.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(16) == b""  # closed, no answer
+    client = raw()
+    client.connect("then-fine")
+    client.publish("ok/t", b"x", 1)
+    assert " ERROR " not in outbox.log() and "Traceback" not in outbox.log(), outbox.log()
+
+
+def test_a_packet_over_the_limit_is_refused_before_it_is_read(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    client = raw()
+    client.connect("big")
+    client.send(bytes([0x30, 0x80, 0x80, 0x80, 0x10]))  # a PUBLISH announcing 32 MiB, none of it sent
+    assert client.closed_by_server(timeout=5)
+    wait_until(lambda: "over the" in outbox.log(), what="the refusal in the log")

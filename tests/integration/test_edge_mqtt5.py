@@ -1,0 +1,131 @@
+"""MQTT 5 apps against a live outbox, with paho's MQTT 5 client: reason codes on PUBACK, session
+expiry across a SIGKILL of the outbox, message expiry as an intent's deadline, status content type."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.support.edge import OutboxProcess, email
+from tests.support.net import free_port, release_paho, wait_until
+
+
+class App5:
+    """A paho MQTT 5 client that records PUBACK reason codes and received statuses."""
+
+    def __init__(self, port: int, client_id: str, *, session_expiry: int = 0) -> None:
+        self.acks: dict[int, tuple[int, str]] = {}  # mid -> (reason code, reason string)
+        self.statuses: list[tuple[dict[str, Any], Any]] = []  # (status, properties)
+        self.connack: Any = None
+        self._lock = threading.Lock()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        client.on_connect = self._on_connect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.reconnect_delay_set(1, 2)
+        props = Properties(PacketTypes.CONNECT)
+        if session_expiry:
+            props.SessionExpiryInterval = session_expiry
+        client.connect("127.0.0.1", port, keepalive=30, clean_start=False, properties=props)
+        client.loop_start()
+        self.client = client
+        wait_until(lambda: self.connack is not None, what="CONNACK")
+
+    def _on_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.connack = (flags.session_present, reason.value, props)
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, props: Any) -> None:
+        why = getattr(props, "ReasonString", "") if props is not None else ""
+        with self._lock:
+            self.acks[mid] = (reason.value, why)
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.statuses.append((json.loads(message.payload), message.properties))
+
+    def publish(self, topic: str, body: dict[str, Any], props: Properties | None = None) -> int:
+        return self.client.publish(topic, json.dumps(body), qos=1, properties=props).mid
+
+    def subscribe(self, topic: str) -> None:
+        done = threading.Event()
+        self.client.on_subscribe = lambda *_args: done.set()
+        self.client.subscribe(topic, qos=1)
+        assert done.wait(10), "no SUBACK"
+
+    def ids_with(self, state: str) -> set[str]:
+        with self._lock:
+            return {s["id"] for s, _p in self.statuses if s["state"] == state}
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        release_paho(self.client)
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[OutboxProcess]:
+    with OutboxProcess(tmp_path / "data", free_port()) as process:
+        yield process
+
+
+def test_puback_reason_codes_say_what_became_of_each_intent(outbox: OutboxProcess) -> None:
+    app = App5(outbox.port, "v5-app")
+    try:
+        assert app.connack[1] == 0
+        assert app.connack[2].ReceiveMaximum >= 1 and app.connack[2].MaximumPacketSize == 1 << 20
+        app.subscribe("outbox/v5/status/#")
+        good = app.publish("outbox/v5/email.send", email("v5-good"))
+        bad = app.publish("outbox/v5/email.send", {"id": "v5-bad", "to": "not an address"})
+        wait_until(lambda: {good, bad} <= app.acks.keys(), what="PUBACKs")
+        assert app.acks[good] == (0, "")
+        code, why = app.acks[bad]
+        assert code == 0x99 and why.startswith("schema_violation: ")
+        wait_until(lambda: "v5-good" in app.ids_with("accepted"), what="the accepted status")
+        _status, props = next(x for x in app.statuses if x[0]["id"] == "v5-good")
+        assert props.ContentType == "application/json" and props.PayloadFormatIndicator == 1
+    finally:
+        app.close()
+    assert " ERROR " not in outbox.log()
+
+
+def test_a_session_expiry_keeps_the_session_through_a_sigkill(outbox: OutboxProcess) -> None:
+    listener = App5(outbox.port, "v5-listener", session_expiry=3600)
+    listener.subscribe("outbox/v5/status/#")
+    publisher = App5(outbox.port, "v5-publisher")
+    publisher.publish("outbox/v5/email.send", email("v5-kept"))
+    wait_until(lambda: "v5-kept" in listener.ids_with("accepted"), what="accepted")
+    publisher.close()
+    outbox.kill()
+    outbox.start()
+    # paho reconnects with clean_start=False; the outbox still has the session and says so.
+    wait_until(lambda: listener.connack is not None and listener.connack[0], what="session present after restart")
+    ok = App5(outbox.port, "v5-publisher-2")
+    ok.publish("outbox/v5/email.send", email("v5-after"))
+    wait_until(lambda: "v5-after" in listener.ids_with("accepted"), what="statuses keep coming to the old session")
+    ok.close()
+    listener.close()
+
+
+def test_message_expiry_becomes_the_intents_deadline(outbox: OutboxProcess) -> None:
+    app = App5(outbox.port, "v5-expiry")
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = 120
+    mid = app.publish("outbox/v5/email.send", email("v5-expiring"), props)
+    wait_until(lambda: mid in app.acks, what="PUBACK")
+    app.close()
+    conn = sqlite3.connect(outbox.data_dir / "outbox.db")
+    try:
+        created, expires = conn.execute("SELECT created, expires FROM intents WHERE id = 'v5-expiring'").fetchone()
+    finally:
+        conn.close()
+    assert expires - created == 120_000

@@ -1,0 +1,192 @@
+"""Fleet health at a real bridge (loopback TLS): old and new edges together, hostile reports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cloud_bridge import fleet_query, listener
+from cloud_bridge.settings import BridgeSettings
+from cloud_bridge.topic_acl import Access
+from edge_outbox import ops
+from edge_outbox.enroll_client import enroll
+from edge_outbox.forwarder import Forwarder
+from edge_outbox.identity import load_identity
+from edge_outbox.intake_rules import admit
+from edge_outbox.ops import QueueLimits
+from edge_outbox.settings import ForwarderSettings
+from edge_outbox.store import Store
+from intent_contract.device_wire import Diagnosis, encode_diagnosis, encode_health
+from intent_contract.wire import ACKS, CONFIRMS, DIAGNOSE, DIAGNOSIS, HEALTH, INTENTS
+from tests.support.bridge import (
+    CountingIntegration,
+    Harness,
+    counting,
+    email,
+    harness,
+    make_settings,
+    running_bridge,
+    until,
+)
+from tests.support.fleet import sample_report
+from tests.support.stores import pg_database
+
+__all__ = ["counting", "harness"]  # fixtures
+
+
+async def _overview(h: Harness) -> dict[str, fleet_query.DeviceRow]:
+    fleet = h.bridge.store.fleet
+    rows = await asyncio.to_thread(fleet_query.overview, h.bridge.registry, fleet, now=time.time())
+    return {r.device_id: r for r in rows}
+
+
+async def test_an_edge_that_sends_no_reports_keeps_working_and_is_said_to_be_too_old_to_diagnose(
+    harness: Harness, counting: CountingIntegration
+) -> None:
+    creds = await harness.enroll()
+    old = await harness.connect(creds)  # subscribes to its acks only, as edges before fleet health do
+    try:
+        old.send([email("old-1")])
+        await until(lambda: "delivered" in old.states().get("old-1", []), what="delivered to the old edge")
+
+        async def connected() -> bool:
+            found = (await _overview(harness)).get(creds.device_id)
+            return found is not None and found.connected
+
+        await until(connected, what="shown connected")
+        row = (await _overview(harness))[creds.device_id]
+        assert row.report is None and row.version is None and row.backlog is None and row.address == "127.0.0.1"
+        result = await asyncio.to_thread(
+            fleet_query.diagnose, harness.bridge.registry, harness.bridge.store.fleet, creds.device_id, timeout=15
+        )
+        assert result.outcome is fleet_query.Outcome.UNANSWERABLE
+        assert result.request is not None and "older than this bridge" in result.request.detail
+        assert len(counting.calls) == 1
+    finally:
+        await old.stop()
+
+
+async def test_reports_for_another_device_unasked_diagnoses_and_floods_are_dropped(harness: Harness) -> None:
+    alice, bob = await harness.enroll(name="alice"), await harness.enroll(name="bob")
+    client = await harness.connect(alice)
+    metrics = harness.bridge.metrics.registry
+
+    def dropped(outcome: str) -> float:
+        return metrics.get_sample_value("bridge_device_reports_total", {"outcome": outcome}) or 0.0
+
+    try:
+        fresh = dataclasses.replace(sample_report(), at=int(time.time() * 1000))
+        client.publish(HEALTH, encode_health(fresh), device_id=bob.device_id)  # refused by the ACL
+        client.publish(DIAGNOSE, b"\x80")  # bridge -> edge only
+        client.publish(HEALTH, b"not msgpack")
+        client.publish(DIAGNOSIS, encode_diagnosis(Diagnosis("never-asked", fresh, (), (), 1, "", "")))
+        for _ in range(5):  # only the first of these within a second is taken
+            client.publish(HEALTH, encode_health(fresh))
+        await until(lambda: dropped("too_often") >= 4, what="the flood counted")
+        assert (dropped("undecodable"), dropped("unasked"), dropped("health")) == (1, 1, 1)
+
+        async def reported() -> bool:
+            return (await _overview(harness))[alice.device_id].report is not None
+
+        await until(reported, what="alice's report stored")
+        rows = await _overview(harness)
+        assert rows[alice.device_id].report == fresh and rows[bob.device_id].report is None
+    finally:
+        await client.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_edge(tmp_path: Path, bridge: Harness, intents: int) -> AsyncIterator[tuple[Store, Forwarder]]:
+    """An edge enrolled at `bridge` with `intents` queued, its forwarder running (health reports every 0.2 s)."""
+    code = await asyncio.to_thread(bridge.bridge.registry.create_code, "acme", "edge-1", 600, time.time())
+    edge_dir = tmp_path / "edge"
+    await asyncio.to_thread(enroll, edge_dir, bridge.base_url, code, bridge.ca_file)
+    identity = load_identity(edge_dir)
+    assert identity is not None
+    store = Store(edge_dir)
+    await store.start()
+    for n in range(intents):
+        raw = json.dumps({"to": "ops@example.com", "subject": "Alarm", "text": "hot", "id": f"new-{n}"}).encode()
+        now = time.time_ns() // 1_000_000
+        await store.call(ops.commit_intake, admit("outbox/app/email.send", raw, now, lambda: "x"), QueueLimits(), now)
+    settings = ForwarderSettings(health_interval_s=0.2)
+    forwarder = Forwarder(store, edge_dir, identity, settings, lambda: time.time_ns() // 1_000_000)
+    task = asyncio.create_task(forwarder.run())
+    try:
+        yield store, forwarder
+    finally:
+        forwarder.request_stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+
+
+async def delivered(store: Store, count: int) -> None:
+    async def done() -> bool:
+        return (await store.read(ops.summary)).counts["delivered"] == count
+
+    await until(done, timeout=30, what=f"{count} intents delivered")
+
+
+async def test_a_newer_edge_keeps_working_with_a_bridge_that_knows_no_fleet_topics(
+    tmp_path: Path, harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def old_acl(device_id: str | None, topic: str, access: Access) -> bool:
+        """The ACL of bridges before fleet health (intents and confirms; acks)."""
+        parts = topic.split("/")
+        if not device_id or len(parts) != 3 or parts[:2] != ["devices", device_id]:
+            return False
+        return parts[2] in (INTENTS, CONFIRMS) if access is Access.PUBLISH else parts[2] == ACKS
+
+    monkeypatch.setattr(listener, "topic_allowed", old_acl)
+    caplog.set_level(logging.INFO)
+    async with running_edge(tmp_path, harness, 3) as (store, forwarder):
+        await delivered(store, 3)
+
+        def refused_reports() -> int:
+            return sum(1 for r in caplog.records if r.getMessage() == "topic refused" and r.action == "publish")
+
+        await until(lambda: refused_reports() >= 3, what="reports sent and refused by the old bridge")
+        assert forwarder.snapshot().connects == 1  # the link stayed up through them
+        assert "does not ask for diagnoses" in caplog.text
+        rows = await _overview(harness)
+        assert [r.report for r in rows.values()] == [None]
+
+
+async def test_a_diagnosis_is_asked_through_the_store_and_answered_by_the_node_holding_the_device(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    with pg_database() as url:
+        nodes = [make_settings(tmp_path / n, server_cert_files, store=url, node_id=n) for n in ("node-a", "node-b")]
+        async with contextlib.AsyncExitStack() as stack:
+            a, b = [await stack.enter_async_context(_harness(settings, server_cert_files["ca"])) for settings in nodes]
+            async with running_edge(tmp_path, b, 2) as (store, _forwarder):  # the edge connects to node B
+                await delivered(store, 2)
+                device_id = next(iter((await _overview(a)).keys()))
+
+                async def held_by_b() -> bool:
+                    return (await _overview(a))[device_id].node == "node-b"
+
+                await until(held_by_b, what="node B holds the session, as seen from node A")
+                # Asked from elsewhere (node A's store, as the CLI would): node B sends it on and stores the answer.
+                result = await asyncio.to_thread(
+                    fleet_query.diagnose, a.bridge.registry, a.bridge.store.fleet, device_id, timeout=15
+                )
+                assert result.outcome is fleet_query.Outcome.ANSWERED, result
+                assert result.request is not None and result.request.node == "node-b"
+                assert result.diagnosis is not None and result.diagnosis.health.counts["delivered"] == 2
+                assert result.diagnosis.bridge == f"127.0.0.1:{b.mqtt_port}"
+
+
+@contextlib.asynccontextmanager
+async def _harness(settings: BridgeSettings, ca: Path) -> AsyncIterator[Harness]:
+    async for h in running_bridge(settings, ca, {"email.send": CountingIntegration()}):
+        yield h

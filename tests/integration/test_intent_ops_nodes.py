@@ -1,0 +1,64 @@
+"""An operator's retry and cancel reach a device held by another node (PostgreSQL, two nodes in process).
+
+Node A holds the device's session and executes nothing; node B executes. The operation is made through
+node B's store (as its dashboard does): NOTIFY reaches node A, which sends the device the row's status.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cloud_bridge import operator_api
+from cloud_bridge.store.url import StoreUrl
+from intent_contract.codec import AckState
+from tests.support.bridge import CountingIntegration, DeviceClient, email, node, until
+from tests.support.stores import pg_url
+
+__all__ = ["pg_url"]  # fixtures
+
+
+def _seen(client: DeviceClient, intent_id: str) -> list[tuple[AckState, int]]:
+    with client._lock:  # the test client's own lock over what it received
+        return [(a.state, a.attempt) for a in client.acks if a.id == intent_id]
+
+
+async def test_retry_and_cancel_made_on_node_b_reach_the_device_on_node_a(
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
+) -> None:
+    on_b = CountingIntegration()
+    async with (
+        node(tmp_path, server_cert_files, pg_url, "node-a", CountingIntegration()) as a,
+        node(tmp_path, server_cert_files, pg_url, "node-b", on_b) as b,
+    ):
+        assert a.bridge.executor is not None
+        await a.bridge.executor.stop()  # node A admits but never executes: only B can
+        creds = await a.enroll()
+        client = await a.connect(creds)
+        try:
+            client.send([email("x1", subject="fail")])
+            failed = [(AckState.ACCEPTED, 1), (AckState.FAILED, 1)]
+            await until(lambda: _seen(client, "x1") == failed, what="the first failure at the device")
+
+            assert b.bridge.executor is not None
+            await b.bridge.executor.stop()  # hold the retried row in the queue, to see `accepted` alone
+            done = operator_api.retry(b.bridge.store.intents, ["x1"], "alice", time.time())
+            assert done.intent.attempt == 2
+            await until(lambda: _seen(client, "x1") == [*failed, (AckState.ACCEPTED, 2)], what="the retry's accepted")
+            await b.bridge.executor.start()
+            await until(
+                lambda: _seen(client, "x1") == [*failed, (AckState.ACCEPTED, 2), (AckState.FAILED, 2)],
+                what="the retried row's new result at the device",
+            )
+            assert [(j.intent_id, j.attempt) for j in on_b.calls] == [("x1", 1), ("x1", 2)]
+
+            await b.bridge.executor.stop()
+            client.send([email("x2")])
+            await until(lambda: _seen(client, "x2") == [(AckState.ACCEPTED, 1)], what="x2 accepted")
+            operator_api.cancel(b.bridge.store.intents, ["x2"], "bob", time.time())
+            await until(lambda: len(_seen(client, "x2")) == 2, what="the cancel at the device")
+            with client._lock:
+                [last] = [a for a in client.acks if a.id == "x2"][1:]
+            assert (last.state, last.code, last.detail) == (AckState.FAILED, "cancelled", "cancelled by operator bob")
+        finally:
+            await client.stop()

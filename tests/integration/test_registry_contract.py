@@ -1,0 +1,116 @@
+"""The device registry and the token replay cache, run against every store backend; "nodes" are two
+stores opened on the same URL, as two bridge processes would."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cloud_bridge.errors import AuthError, BridgeError
+from cloud_bridge.registry import UnknownDeviceError
+from cloud_bridge.store import Store
+from cloud_bridge.store.url import StoreUrl
+from cloud_bridge.tokens import TokenClaims
+from intent_contract.device_token import generate_private_key_pem, public_key_pem
+from tests.support.stores import opened, store, store_url
+
+__all__ = ["store", "store_url"]  # fixtures
+
+NOW = 1_800_000_000.0
+
+
+def key() -> str:
+    return public_key_pem(generate_private_key_pem())
+
+
+async def test_a_code_enrolls_once_and_expires(store: Store) -> None:
+    registry = store.registry
+    code = registry.create_code("acme", "boiler-7", 3600, NOW)
+    device = registry.redeem(code, key(), NOW + 1)
+    assert (device.tenant, device.name, device.enrolled_at) == ("acme", "boiler-7", NOW + 1)
+    assert registry.get(device.device_id) == device
+    with pytest.raises(AuthError, match="unknown, used or expired"):
+        registry.redeem(code, key(), NOW + 2)
+    late = registry.create_code("acme", "boiler-8", 60, NOW)
+    with pytest.raises(AuthError):
+        registry.redeem(late, key(), NOW + 61)
+    with pytest.raises(AuthError):
+        registry.redeem("no-such-code", key(), NOW)
+    with pytest.raises(AuthError) as info:
+        registry.redeem(registry.create_code("acme", "x", 60, NOW), "not a key", NOW)
+    assert info.value.code == "bad_public_key"
+    with pytest.raises(BridgeError):
+        registry.create_code("acme", "bad name", 60, NOW)
+    assert registry.get("nope") is None
+    assert [d.device_id for d in registry.all_devices()] == [device.device_id]
+
+
+async def test_one_code_redeemed_on_two_nodes_at_once_enrolls_one_device(store_url: StoreUrl) -> None:
+    async with opened(store_url, node="node-a") as a, opened(store_url, node="node-b") as b:
+        code = a.registry.create_code("acme", "boiler-7", 3600, NOW)
+        registries = [a.registry, b.registry] * 4
+
+        def redeem(n: int) -> str:
+            try:
+                return registries[n].redeem(code, key(), NOW).device_id
+            except AuthError:
+                return ""
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(redeem, range(8)))
+        winners = [r for r in results if r]
+        assert len(winners) == 1, results
+        assert [d.device_id for d in b.registry.all_devices()] == winners
+
+
+async def test_revocation_is_seen_by_every_node_and_locks_the_key_out(store_url: StoreUrl) -> None:
+    async with opened(store_url, node="node-a") as a, opened(store_url, node="node-b") as b:
+        private = key()
+        device = a.registry.redeem(a.registry.create_code("acme", "boiler-7", 3600, NOW), private, NOW)
+        other = a.registry.redeem(a.registry.create_code("acme", "boiler-8", 3600, NOW), key(), NOW)
+        before = b.registry.revocation_counter()
+        revoked = a.registry.revoke(device.device_id, NOW + 5)
+        assert revoked.revoked_at == NOW + 5
+        assert a.registry.revoke(device.device_id, NOW + 9).revoked_at == NOW + 5  # once only
+        assert b.registry.revocation_counter() == before + 1
+        assert b.registry.revoked_ids() == {device.device_id}
+        assert b.registry.counts() == {"active": 1, "revoked": 1}
+        assert b.registry.get(other.device_id) is not None
+        with pytest.raises(AuthError):
+            b.registry.redeem(b.registry.create_code("acme", "boiler-7", 3600, NOW), private, NOW + 10)
+        with pytest.raises(UnknownDeviceError):
+            b.registry.revoke("nope", NOW)
+
+
+def claims(device: str, jti: str, exp: float = NOW + 600) -> TokenClaims:
+    return TokenClaims(device_id=device, jti=jti, iat=NOW, exp=exp)
+
+
+async def test_a_token_opens_one_session_across_nodes(store_url: StoreUrl) -> None:
+    async with opened(store_url, node="node-a") as a, opened(store_url, node="node-b") as b:
+        await a.replay.check_and_add(claims("dev-1", "jti-000000001"), NOW)
+        replayed = b if store_url.shared else a  # a single-node store has one cache
+        with pytest.raises(AuthError) as info:
+            await replayed.replay.check_and_add(claims("dev-1", "jti-000000001"), NOW + 1)
+        assert info.value.code == "token_replayed"
+        # The same jti of another device is another token.
+        await b.replay.check_and_add(claims("dev-2", "jti-000000001"), NOW + 1)
+
+
+async def test_one_device_cannot_fill_the_replay_cache(store_url: StoreUrl) -> None:
+    """The attack: one enrolled device mints token after token to lock every other device out."""
+    async with opened(store_url, tokens_per_device=5) as s:
+        for n in range(5):
+            await s.replay.check_and_add(claims("greedy", f"jti-greedy-{n:04d}"), NOW)
+        refusals = []
+        for n in range(5, 200):
+            try:
+                await s.replay.check_and_add(claims("greedy", f"jti-greedy-{n:04d}"), NOW)
+            except AuthError as exc:
+                refusals.append(exc.code)
+        assert refusals == ["too_many_tokens"] * 195
+        # Everyone else still connects, and the greedy device again once its tokens expire.
+        await asyncio.gather(*(s.replay.check_and_add(claims(f"dev-{n}", "jti-honest-0001"), NOW) for n in range(20)))
+        await s.replay.check_and_add(claims("greedy", "jti-greedy-later"), NOW + 700)

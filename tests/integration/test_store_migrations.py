@@ -1,0 +1,108 @@
+"""Versioned schema migrations: `cloud-bridge db upgrade`, at-start upgrades, and refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from cloud_bridge.cli import main
+from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE
+from cloud_bridge.ledger_sqlite import SqliteLedger
+from cloud_bridge.ledger_sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
+from cloud_bridge.policy import Decision, DeviceRef
+from cloud_bridge.store.migrations import Migration, SchemaError, pending
+from cloud_bridge.store.pg import MIGRATIONS as PG_MIGRATIONS
+from cloud_bridge.store.url import StoreUrl
+from intent_contract.codec import AckState, Envelope
+from tests.support.stores import admit, opened, pg_database
+
+DEV = DeviceRef("dev-1", "acme", "boiler-7")
+
+
+def upgrade(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["db", "upgrade", *args, "--json"])
+    return result.exit_code, result.output
+
+
+def test_offline_steps_are_applied_only_by_db_upgrade_and_newer_databases_are_refused() -> None:
+    steps = (Migration(1, "base", ("x",)), Migration(2, "rewrite", ("y",), online=False))
+    assert [m.version for m in pending(0, steps, at_start=False, what="db")] == [1, 2]
+    with pytest.raises(SchemaError, match="cloud-bridge db upgrade"):
+        pending(1, steps, at_start=True, what="db")
+    assert pending(2, steps, at_start=True, what="db") == []
+    with pytest.raises(SchemaError, match="newer than this bridge"):
+        pending(3, steps, at_start=True, what="db")
+    assert all(m.online for m in (*SQLITE_MIGRATIONS, *PG_MIGRATIONS))
+
+
+async def test_a_sqlite_ledger_of_the_previous_version_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    conn = sqlite3.connect(path)
+    for statement in SQLITE_MIGRATIONS[0].statements:  # the schema as the previous release left it
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO intents (device_id, intent_id, tenant, app, kind, payload, attempt, priority, created, expires,"
+        " state, code, detail, tries, next_run, overrides, confirmed, updated)"
+        " VALUES ('dev-1', 'old-1', 'acme', 'app', 'email.send', x'80', 1, 0, 0, NULL, 'delivered', '', '', 1, 0,"
+        " x'80', 0, 1.0)"
+    )
+    conn.commit()
+    conn.close()
+    ledger = SqliteLedger(path)
+    await ledger.open()
+    try:
+        assert [a.id for a in await ledger.unconfirmed("dev-1")] == ["old-1"]
+        # A row from before digests were kept is never an id conflict: its resend is a duplicate.
+        now = time.time()
+        again = Envelope("old-1", "app", "email.send", int(now * 1000), None, 1, {"other": "body"})
+        [ack] = await admit(ledger, DEV, [again], lambda _e: Decision(True), now, max_age=DEFAULT_MAX_AGE)
+        assert ack.state is AckState.DELIVERED
+    finally:
+        await ledger.close()
+    version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+    assert version == len(SQLITE_MIGRATIONS)
+
+
+def test_db_upgrade_on_sqlite(tmp_path: Path) -> None:
+    code, output = upgrade("--data-dir", str(tmp_path))
+    assert code == 0, output
+    assert json.loads(output)["applied"] == [m.version for m in SQLITE_MIGRATIONS]
+    assert json.loads(upgrade("--data-dir", str(tmp_path))[1])["applied"] == []
+
+
+async def test_db_upgrade_on_postgresql_then_nodes_start_and_a_newer_schema_is_refused() -> None:
+    with pg_database() as url:
+        code, output = upgrade("--store", str(url))
+        assert code == 0, output
+        assert json.loads(output) == {"store": str(url), "applied": [m.version for m in PG_MIGRATIONS]}
+        assert json.loads(upgrade("--store", str(url))[1])["applied"] == []
+        async with opened(url, node="node-a") as a, opened(url, node="node-b") as b:
+            await admit(a.ledger, DEV, [Envelope("i", "app", "email.send", int(time.time() * 1000), None, 1, {})],
+                        lambda _e: Decision(True), time.time())  # fmt: skip
+            assert len(await b.ledger.audit()) == 1
+        with psycopg.connect(url.conninfo(), autocommit=True) as conn:
+            conn.execute("INSERT INTO schema_version (version) VALUES (99)")
+        code, output = upgrade("--store", str(url))
+        assert code == 1
+        assert "schema version 99, newer than this bridge" in output
+        assert "Traceback" not in output
+
+
+async def test_nodes_starting_together_on_an_empty_database_apply_the_schema_once() -> None:
+    with pg_database() as url:
+
+        async def start(node: str) -> StoreUrl:
+            async with opened(url, node=node):
+                return url
+
+        await asyncio.gather(*(start(f"node-{n}") for n in range(3)))
+        with psycopg.connect(url.conninfo()) as conn:
+            versions = [row[0] for row in conn.execute("SELECT version FROM schema_version ORDER BY version")]
+        assert versions == [m.version for m in PG_MIGRATIONS]

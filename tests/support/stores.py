@@ -1,0 +1,102 @@
+"""Store backends for the contract suites: SQLite in a temporary directory, and PostgreSQL in a database
+created for the test and dropped after it (the server on 127.0.0.1:5432, trust auth).
+
+Without a reachable PostgreSQL the PostgreSQL cases skip with the reason, except under CI
+(OUTBOX_REQUIRE_SERVICES=1), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cloud_bridge.ledger import DecisionLike, DeviceLike, Ledger
+from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE, requests_for
+from cloud_bridge.store import Store, open_store
+from cloud_bridge.store.url import StoreUrl
+from intent_contract.codec import Ack, Envelope
+
+PG_ADMIN = os.environ.get("OUTBOX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKENDS = ("sqlite", "postgresql")
+
+
+def _admin() -> psycopg.Connection[tuple[object, ...]]:
+    try:
+        return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL is not reachable at {PG_ADMIN} ({str(exc).strip().splitlines()[0][:120]})"
+        if os.environ.get("OUTBOX_REQUIRE_SERVICES") == "1":
+            pytest.fail(message + "; OUTBOX_REQUIRE_SERVICES=1 turns this skip into a failure")
+        pytest.skip(message)
+
+
+@contextlib.contextmanager
+def pg_database() -> Iterator[StoreUrl]:
+    """A fresh, empty database for one test; dropped afterwards even if connections are left open."""
+    name = f"bridge_test_{secrets.token_hex(6)}"
+    with _admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield StoreUrl.parse(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}")
+    finally:
+        with _admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[StoreUrl]:
+    """A fresh PostgreSQL database (for tests that need that backend, e.g. several nodes on one store)."""
+    with pg_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def store_url_for(backend: str, tmp_path: Path) -> Iterator[StoreUrl]:
+    if backend == "sqlite":
+        yield StoreUrl.sqlite(tmp_path / "store")
+    else:
+        with pg_database() as url:
+            yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUrl]:
+    """Each backend in turn."""
+    with store_url_for(request.param, tmp_path) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def opened(url: StoreUrl, node: str = "node-a", **kwargs: int) -> AsyncIterator[Store]:
+    store = open_store(url, node=node, **kwargs)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def store(store_url: StoreUrl) -> AsyncIterator[Store]:
+    """An open store of each backend."""
+    async with opened(store_url) as s:
+        yield s
+
+
+async def admit(
+    ledger: Ledger,
+    device: DeviceLike,
+    envelopes: Sequence[Envelope],
+    decide: Callable[[Envelope], DecisionLike],
+    now: float,
+    *,
+    max_age: float = DEFAULT_MAX_AGE,
+) -> list[Ack]:
+    """Judge and admit a batch as the service does."""
+    return await ledger.admit(device, requests_for(envelopes, decide, now, max_age), now)

@@ -1,0 +1,87 @@
+"""The edge's config file: keys are `run` options; flags and environment win; every bad key is named."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from edge_outbox import runner
+from edge_outbox.cli import main
+from edge_outbox.settings import OutboxSettings
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[OutboxSettings]:
+    """`run` builds its settings and hands them to serve(); keep them instead of serving."""
+    seen: list[OutboxSettings] = []
+
+    async def fake_serve(settings: OutboxSettings, *_: Any) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr(runner, "serve", fake_serve)
+    # `run` sets up logging for the process, as a CLI does; give the test process its own back.
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", root.handlers[:])
+    monkeypatch.setattr(root, "level", root.level)
+    return seen
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_run_takes_its_options_from_the_file_and_flags_win(tmp_path: Path, captured: list[OutboxSettings]) -> None:
+    config = write(
+        tmp_path,
+        f'data_dir = "{tmp_path / "lib"}"\nlisten = "127.0.0.1:18999"\nmax_queue_items = 5\n'
+        'max_queue_bytes = "2M"\nretention = "2d"\nno_forward = true\n',
+    )
+    result = CliRunner().invoke(main, ["--config", str(config), "run", "--max-queue-items", "7"])
+    assert result.exit_code == 0, result.output
+    (settings,) = captured
+    assert settings.data_dir == tmp_path / "lib"
+    assert (settings.listen_host, settings.listen_port) == ("127.0.0.1", 18999)
+    assert settings.max_queue_items == 7  # the flag
+    assert settings.max_queue_bytes == 2 << 20
+    assert settings.retention_s == 2 * 86400
+    assert settings.forward is False
+
+
+def test_environment_wins_over_the_file(tmp_path: Path, captured: list[OutboxSettings]) -> None:
+    config = write(tmp_path, f'data_dir = "{tmp_path / "from-file"}"\n')
+    result = CliRunner().invoke(
+        main, ["run"], env={"EDGE_OUTBOX_CONFIG": str(config), "EDGE_OUTBOX_DATA_DIR": str(tmp_path / "from-env")}
+    )
+    assert result.exit_code == 0, result.output
+    assert captured[0].data_dir == tmp_path / "from-env"
+
+
+def test_data_dir_from_the_file_applies_to_the_ops_commands(tmp_path: Path) -> None:
+    config = write(tmp_path, f'data_dir = "{tmp_path / "nowhere"}"\n')
+    result = CliRunner().invoke(main, ["--config", str(config), "status"])
+    assert result.exit_code == 1
+    assert f"no outbox database in {tmp_path / 'nowhere'}" in result.output
+
+
+def test_every_bad_key_is_reported_at_once_with_the_file(tmp_path: Path) -> None:
+    config = write(tmp_path, 'max_queue_items = "many"\nlisten_port = 1\nattach_password = "x"\n')
+    result = CliRunner().invoke(main, ["--config", str(config), "status"])
+    assert result.exit_code == 1
+    message = result.output
+    assert str(config) in message
+    assert "max_queue_items = 'many'" in message
+    assert "listen_port: not an option" in message
+    assert "attach_password: not an option" in message  # secrets stay out of files
+    assert "Traceback" not in message
+
+
+def test_a_broken_file_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--config", str(write(tmp_path, "data_dir = \n")), "status"])
+    assert result.exit_code == 1
+    assert "is not valid TOML" in result.output

@@ -1,0 +1,39 @@
+"""The health rule shared by `edge-outbox status` and the probe endpoint."""
+
+from __future__ import annotations
+
+from edge_outbox.health import problems
+
+NOW = 1_000_000_000
+
+
+def test_healthy_when_connected_and_storing() -> None:
+    assert (
+        problems(link_state="connected", link_since_ms=0, intake_held_since_ms=None, intake_reason="", now_ms=NOW) == []
+    )
+
+
+def test_not_enrolled_is_not_a_fault() -> None:
+    assert problems(link_state=None, link_since_ms=None, intake_held_since_ms=None, intake_reason="", now_ms=NOW) == []
+
+
+def test_offline_counts_only_past_the_threshold() -> None:
+    recent = problems(
+        link_state="offline", link_since_ms=NOW - 60_000, intake_held_since_ms=None, intake_reason="", now_ms=NOW
+    )
+    assert recent == []
+    (long,) = problems(
+        link_state="offline", link_since_ms=NOW - 7_200_000, intake_held_since_ms=None, intake_reason="", now_ms=NOW
+    )
+    assert "no link to the bridge for 7200 s" in long
+
+
+def test_revoked_and_paused_intake_are_both_named() -> None:
+    found = problems(
+        link_state="revoked",
+        link_since_ms=NOW,
+        intake_held_since_ms=NOW - 5000,
+        intake_reason="cannot store: disk full",
+        now_ms=NOW,
+    )
+    assert found == ["this device was revoked at the bridge", "intake paused for 5 s: cannot store: disk full"]

@@ -1,0 +1,47 @@
+"""Log lines carry their context (device, intent, app, code) in text and in JSON."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from intent_contract.logs import configure
+
+
+@pytest.fixture
+def restore_root() -> object:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield None
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def emit(fmt: str) -> str:
+    stream = io.StringIO()
+    configure("info", fmt, stream)  # type: ignore[arg-type]
+    log = logging.getLogger("some.module")
+    log.warning("device connect refused", extra={"device_id": "dev-1", "code": "token_expired"})
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("intent failed", extra={"intent_id": "i 1", "app": "hvac"})
+    return stream.getvalue()
+
+
+def test_text_lines_show_the_context_after_the_message(restore_root: object) -> None:
+    first, second, *traceback = emit("text").splitlines()
+    assert first.endswith("WARNING some.module: device connect refused device_id=dev-1 code=token_expired")
+    assert second.endswith('ERROR some.module: intent failed app=hvac intent_id="i 1"')
+    assert traceback[0] == "Traceback (most recent call last):"
+
+
+def test_json_lines_are_objects_with_the_context(restore_root: object) -> None:
+    first, second = (json.loads(line) for line in emit("json").splitlines())
+    assert first["message"] == "device connect refused"
+    assert (first["device_id"], first["code"], first["level"]) == ("dev-1", "token_expired", "warning")
+    assert first["time"].endswith("Z")
+    assert second["intent_id"] == "i 1" and "ValueError: boom" in second["exception"]

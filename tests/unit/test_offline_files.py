@@ -1,0 +1,91 @@
+"""Signed and sealed documents of the offline paths, and the bounded decoders of their bodies."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from intent_contract import sealed, signed
+from intent_contract.device_token import generate_private_key_pem, public_key_pem
+from intent_contract.errors import DecodeError, SignatureError
+from intent_contract.offline_wire import BUNDLE_TYPE, RECEIPT_TYPE, Bundle, BundleEcho, Receipt
+
+KEY = generate_private_key_pem()
+
+
+def test_a_signed_document_verifies_only_with_its_key_and_type() -> None:
+    data = signed.sign(b"body", KEY, typ=BUNDLE_TYPE, kid="dev-1")
+    document = signed.read(data, typ=BUNDLE_TYPE, max_bytes=1000)
+    assert (document.kid, signed.verify(document, public_key_pem(KEY))) == ("dev-1", b"body")
+    with pytest.raises(SignatureError):
+        signed.verify(document, public_key_pem(generate_private_key_pem()))
+    with pytest.raises(DecodeError, match="expected a document of type"):
+        signed.read(data, typ=RECEIPT_TYPE, max_bytes=1000)
+    with pytest.raises(DecodeError, match="over the 10-byte limit"):
+        signed.read(data, typ=BUNDLE_TYPE, max_bytes=10)
+
+
+def test_a_changed_body_does_not_verify() -> None:
+    data = signed.sign(b"body", KEY, typ=BUNDLE_TYPE, kid="dev-1")
+    obj = msgpack.unpackb(data)
+    obj["body"] = b"bodY"
+    document = signed.read(msgpack.packb(obj), typ=BUNDLE_TYPE, max_bytes=1000)
+    with pytest.raises(SignatureError):
+        signed.verify(document, public_key_pem(KEY))
+
+
+def test_sealed_data_opens_only_with_its_identity() -> None:
+    identity, recipient = sealed.new_identity()
+    other, _ = sealed.new_identity()
+    box = sealed.seal(b"secret", recipient)
+    assert b"secret" not in box
+    assert sealed.unseal(box, identity) == b"secret"
+    with pytest.raises(DecodeError, match="not encrypted to this key"):
+        sealed.unseal(box, other)
+    with pytest.raises(DecodeError):
+        sealed.unseal(box[:-1] + bytes([box[-1] ^ 1]), identity)
+
+
+def test_bodies_round_trip() -> None:
+    bundle = Bundle("dev-1", "key-1", "B1", 123, (b"batch",), (b"confirms",))
+    assert Bundle.decode(bundle.encode()) == bundle
+    receipt = Receipt("dev-1", "key-1", "R1", 456, 789, BundleEcho("B1", 123, 450), (b"acks",))
+    assert Receipt.decode(receipt.encode()) == receipt
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"device_id": "../etc"}, "device_id"),
+        ({"made_at": "soon"}, "made_at"),
+        ({"made_at": True}, "made_at"),
+        ({"batches": ["not bytes"]}, "batches"),
+        ({"v": 2}, "version 1"),
+    ],
+)
+def test_bad_bodies_are_decode_errors(change: dict[str, object], message: str) -> None:
+    fields = msgpack.unpackb(Bundle("dev-1", "key-1", "B1", 1).encode())
+    with pytest.raises(DecodeError, match=message):
+        Bundle.decode(msgpack.packb({**fields, **change}))
+
+
+def test_deep_or_long_bodies_are_refused() -> None:
+    deep: object = []
+    for _ in range(10):
+        deep = [deep]
+    with pytest.raises(DecodeError, match="nested deeper"):
+        Receipt.decode(msgpack.packb({"v": 1, "acks": deep}))
+    with pytest.raises(DecodeError):
+        Bundle.decode(msgpack.packb({"v": 1, "batches": [b""] * 20_001}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_garbage_is_only_ever_a_decode_error(data: bytes) -> None:
+    for decode in (Bundle.decode, Receipt.decode, lambda d: signed.read(d, typ=BUNDLE_TYPE, max_bytes=1000)):
+        with contextlib.suppress(DecodeError):
+            decode(data)

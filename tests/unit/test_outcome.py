@@ -1,0 +1,151 @@
+"""The executor's verdicts as a pure function: every branch before and after the integration call."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cloud_bridge.ledger import LedgerEntry
+from cloud_bridge.ledger_states import EntryState
+from cloud_bridge.outcome import (
+    Permanent,
+    RetryPolicy,
+    Returned,
+    Transient,
+    Verdict,
+    after_run,
+    before_run,
+    retry_delay,
+)
+from intent_contract.backoff import compute_backoff
+
+NOW = 1_800_000_000.0
+POLICY = RetryPolicy(max_attempts=4, base=1.0, cap=10.0)
+
+
+def entry(*, tries: int = 1, expires: float | None = None) -> LedgerEntry:
+    """A running row on its `tries`-th try; `expires` in seconds since the epoch."""
+    return LedgerEntry(
+        device_id="dev-1",
+        tenant="acme",
+        intent_id="i-1",
+        app="hvac",
+        kind="email.send",
+        payload={},
+        attempt=1,
+        priority=0,
+        created=int(NOW * 1000),
+        expires=None if expires is None else int(expires * 1000),
+        state=EntryState.RUNNING,
+        tries=tries,
+    )
+
+
+def test_retry_delay_is_backoff_until_max_attempts() -> None:
+    options = {"max_attempts": 4, "base": 1.0, "cap": 10.0}
+    assert retry_delay(1, jitter=1.0, **options) == 1.0  # type: ignore[arg-type]
+    assert retry_delay(3, jitter=0.5, **options) == 2.0  # type: ignore[arg-type]
+    assert retry_delay(3, jitter=0.5, retry_after=7.0, **options) == 7.0  # type: ignore[arg-type]
+    assert retry_delay(3, jitter=1.0, retry_after=1.0, **options) == 4.0  # type: ignore[arg-type]
+    assert retry_delay(4, jitter=0.5, **options) is None  # type: ignore[arg-type]
+
+
+def test_a_row_past_its_deadline_expires_before_it_runs() -> None:
+    verdict = before_run(entry(expires=NOW), now=NOW, revoked=True)
+    assert verdict == Verdict(EntryState.EXPIRED, "expired", "expired before it ran")
+
+
+def test_a_revoked_device_s_row_fails_before_it_runs() -> None:
+    verdict = before_run(entry(expires=NOW + 1), now=NOW, revoked=True)
+    assert verdict is not None
+    assert (verdict.state, verdict.code) == (EntryState.FAILED, "device_revoked")
+
+
+def test_a_live_row_of_a_device_in_good_standing_runs() -> None:
+    assert before_run(entry(expires=NOW + 1), now=NOW, revoked=False) is None
+    assert before_run(entry(), now=NOW, revoked=False) is None
+
+
+def test_a_return_is_delivered_with_the_provider_s_reference() -> None:
+    verdict = after_run(entry(tries=4), Returned("250 queued as 42"), now=NOW, policy=POLICY, jitter=0.5)
+    assert verdict == Verdict(EntryState.DELIVERED, "", "250 queued as 42")
+
+
+def test_a_permanent_error_fails_however_many_tries_are_left() -> None:
+    result = Permanent("bad_recipient", "550 no such user")
+    verdict = after_run(entry(tries=1), result, now=NOW, policy=POLICY, jitter=0.5)
+    assert verdict == Verdict(EntryState.FAILED, "bad_recipient", "550 no such user")
+
+
+def test_a_transient_error_is_retried_after_the_backoff() -> None:
+    verdict = after_run(entry(tries=3), Transient("timeout", "no answer"), now=NOW, policy=POLICY, jitter=0.5)
+    assert verdict == Verdict(EntryState.QUEUED, "timeout", "no answer", retry_at=NOW + 2.0)
+
+
+def test_a_provider_s_retry_after_longer_than_the_backoff_wins() -> None:
+    result = Transient("rate_limited", "429", retry_after=30.0)
+    verdict = after_run(entry(tries=1), result, now=NOW, policy=POLICY, jitter=1.0)
+    assert verdict.retry_at == NOW + 30.0
+
+
+def test_the_last_try_s_transient_error_fails_saying_so() -> None:
+    verdict = after_run(entry(tries=4), Transient("timeout", "no answer"), now=NOW, policy=POLICY, jitter=0.5)
+    assert verdict == Verdict(EntryState.FAILED, "timeout", "no answer (gave up after 4 tries)")
+
+
+def test_a_retry_due_at_or_after_the_deadline_expires_now() -> None:
+    result = Transient("timeout", "no answer", retry_after=5.0)
+    verdict = after_run(entry(tries=1, expires=NOW + 5.0), result, now=NOW, policy=POLICY, jitter=0.0)
+    assert verdict == Verdict(EntryState.EXPIRED, "expired", "expires before its retry: no answer")
+    later = after_run(entry(tries=1, expires=NOW + 5.001), result, now=NOW, policy=POLICY, jitter=0.0)
+    assert later.state is EntryState.QUEUED
+
+
+def test_bad_policies_and_verdicts_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ValueError, match="retry_base"):
+        RetryPolicy(base=0.0)
+    with pytest.raises(ValueError, match="retry_base"):
+        RetryPolicy(base=10.0, cap=1.0)
+    with pytest.raises(ValueError, match="retry_at"):
+        Verdict(EntryState.QUEUED, "timeout", "")
+    with pytest.raises(ValueError, match="retry_at"):
+        Verdict(EntryState.FAILED, "timeout", "", retry_at=NOW)
+    with pytest.raises(ValueError, match="cannot end"):
+        Verdict(EntryState.RUNNING, "", "")
+
+
+transients = st.builds(
+    Transient,
+    code=st.sampled_from(["timeout", "rate_limited", "integration_error"]),
+    detail=st.text(max_size=20),
+    retry_after=st.none() | st.floats(0.0, 1000.0),
+)
+
+
+@given(
+    result=transients,
+    tries=st.integers(1, 10),
+    max_attempts=st.integers(1, 10),
+    ttl=st.none() | st.floats(0.0, 2000.0),
+    jitter=st.floats(0.0, 1.0),
+)
+def test_a_transient_error_ends_in_exactly_one_of_retry_fail_expire(
+    result: Transient, tries: int, max_attempts: int, ttl: float | None, jitter: float
+) -> None:
+    policy = RetryPolicy(max_attempts=max_attempts, base=1.0, cap=300.0)
+    row = entry(tries=tries, expires=None if ttl is None else NOW + ttl)
+    verdict = after_run(row, result, now=NOW, policy=policy, jitter=jitter)
+    if tries >= max_attempts:
+        assert (verdict.state, verdict.code) == (EntryState.FAILED, result.code)
+        return
+    backoff = compute_backoff(tries, base=1.0, cap=300.0, jitter=jitter)
+    due = NOW + max(backoff, result.retry_after or 0.0)
+    if row.expired_at(due):
+        assert (verdict.state, verdict.code) == (EntryState.EXPIRED, "expired")
+    else:
+        # Never sooner than the backoff or the provider asked, never at or past the deadline.
+        assert verdict == Verdict(EntryState.QUEUED, result.code, result.detail, retry_at=due)
+        assert row.expires is None or (verdict.retry_at is not None and verdict.retry_at * 1000 < row.expires)

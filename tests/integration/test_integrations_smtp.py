@@ -5,7 +5,7 @@ from __future__ import annotations
 import email
 import logging
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
@@ -17,7 +17,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from cloud_bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job
 from cloud_bridge.integrations.smtp import SmtpIntegration, message_id
-from tests.support.net import free_port
+from tests.support.net import free_port, sockets_closed
 from tests.support.smtp import TrackingController
 
 CANARY = "canary-SECRET-5f3a"
@@ -68,18 +68,20 @@ def start(server_cert_files: dict[str, Path] | None, mode: str, **kwargs: Any) -
 
 
 @pytest.fixture
-def plain() -> Iterator[Server]:
+async def plain() -> AsyncIterator[Server]:
     controller, server = start(None, "none")
     yield server
+    await sockets_closed(server.port)
     controller.stop()
 
 
 @pytest.fixture
-def starttls_auth(server_cert_files: dict[str, Path]) -> Iterator[Server]:
+async def starttls_auth(server_cert_files: dict[str, Path]) -> AsyncIterator[Server]:
     controller, server = start(
         server_cert_files, "starttls", require_starttls=True, auth_required=True, authenticator=authenticator
     )
     yield server
+    await sockets_closed(server.port)
     controller.stop()
 
 
@@ -125,6 +127,7 @@ async def test_implicit_tls(server_cert_files: dict[str, Path]) -> None:
         await SmtpIntegration.from_config(section, {}).execute(
             job({"to": "a@example.com", "subject": "s", "html": "h"})
         )
+        await sockets_closed(server.port)
     finally:
         controller.stop()
     assert server.sink.messages[0][2].get_content_type() == "text/html"

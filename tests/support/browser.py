@@ -17,10 +17,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.support.services import unavailable
@@ -58,6 +59,20 @@ def chromium(server_cert: Path) -> Iterator[webdriver.Chrome]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def detached(element: WebElement) -> bool:
+    """Whether `element`'s page has gone: Selenium's `staleness_of`, and "not yet" for the answer Chromium gives
+    while the node is being taken out mid-navigation ("Node with given id does not belong to the document", an
+    "unknown error" that `staleness_of` lets through: it failed a login under a loaded disk)."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" not in str(exc.msg):
+            raise
+    return False
+
+
 def log_in(driver: WebDriver, base: str, password: str, operator: str = "alice") -> None:
     """Log in on the dashboard at `base` and wait for the answer: the fleet page, or the login page's error.
 
@@ -70,5 +85,5 @@ def log_in(driver: WebDriver, base: str, password: str, operator: str = "alice")
     button = driver.find_element(By.ID, "login")
     button.click()
     wait = WebDriverWait(driver, 30)
-    wait.until(expected_conditions.staleness_of(button))
+    wait.until(lambda _: detached(button))
     wait.until(lambda d: d.find_elements(By.ID, "fleet") or d.find_elements(By.ID, "error"))

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from edge_outbox import ops
 from edge_outbox.bridge_clock import BridgeClock
+from edge_outbox.cancelling import raise_if_cancelled
 from edge_outbox.db import DB_NAME
 from edge_outbox.fleet_report import EdgeFacts, LinkLike, RecentErrors, build_diagnosis, build_health
 from edge_outbox.identity import Identity
@@ -155,6 +156,7 @@ class DeviceReporter:
         """Send a report now and then every interval, for as long as the connection lasts."""
         while True:
             await client.publish(self._health_topic, encode_health(await self.health()), qos=1)
+            raise_if_cancelled()
             if self._settings.interval_s <= 0:
                 return
             await asyncio.sleep(self._settings.interval_s)

@@ -29,6 +29,7 @@ import aiomqtt
 from edge_outbox import offline_ops, ops
 from edge_outbox.bridge_access import client_tls_context, device_token
 from edge_outbox.bridge_clock import TimeSample
+from edge_outbox.cancelling import raise_if_cancelled
 from edge_outbox.db import IntentRow
 from edge_outbox.device_check import check_device
 from edge_outbox.fleet_link import DeviceReporter, ReporterSettings, disk_facts
@@ -272,6 +273,7 @@ class Forwarder:
             self._connects += 1
             await client.subscribe(self._acks_topic, qos=1)
             await self._reporter.subscribe(client)
+            self._stop_if_asked()  # a stop that came with the SUBACK (edge_outbox/cancelling.py)
             # MQTT 3.1.1 cannot re-authenticate: reconnect with a new token before this one expires.
             lifetime = s.token_lifetime_s * 0.8
             try:
@@ -324,6 +326,7 @@ class Forwarder:
             await client.publish(
                 self._intents_topic, encode_batch([self._gate.clock.envelope(envelope_of(r)) for r in rows]), qos=1
             )
+            raise_if_cancelled()
             window.sent([r.id for r in rows], now)
             self._sent += len(rows)
 
@@ -371,6 +374,7 @@ class Forwarder:
                     await client.publish(
                         self._confirms_topic, encode_confirms(ids[start : start + CONFIRMS_PER_MESSAGE]), qos=1
                     )
+                    raise_if_cancelled()
             except BaseException:
                 self._to_confirm[:0] = ids  # the link failed: confirm them on the next one
                 self._confirm_wake.set()

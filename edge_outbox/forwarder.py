@@ -326,9 +326,9 @@ class Forwarder:
             await client.publish(
                 self._intents_topic, encode_batch([self._gate.clock.envelope(envelope_of(r)) for r in rows]), qos=1
             )
-            raise_if_cancelled()
             window.sent([r.id for r in rows], now)
             self._sent += len(rows)
+            raise_if_cancelled()
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
         messages = client.messages

@@ -2,8 +2,9 @@
 
 Each device gets a bounded queue (messages and bytes) and one worker (device_queues.py), so a hostile
 client can delay only itself: decoding (size/depth/length limits from intent_contract.codec) and
-judging each envelope by policy run in a worker thread under a shared semaphore, and a device whose
-queue is full has its messages dropped (the edge resends). Undecodable messages are logged without
+judging each envelope by policy run on the event loop for small batches and in a worker thread under a
+shared semaphore for large ones (INLINE_JUDGE_BYTES), and a device whose queue is full has its messages
+dropped (the edge resends). Undecodable messages are logged without
 payload bytes and dropped; the session keeps going.
 
 With a shared store, a result may be finished by another node's executor: the store's signals name
@@ -56,6 +57,14 @@ logger = logging.getLogger(__name__)
 # that pass gathers a group without adding latency. One message per result cost the edge a commit
 # and a confirm each (bench/findings.md F1); a fixed 5 ms wait added 5 ms to every result (F12).
 Publish = Callable[[str, str, bytes], Awaitable[None]]
+
+# Batches up to this size are judged on the event loop, larger ones in a worker thread. The hop to a
+# thread and back cost more than judging a small batch: with 300 devices sending 20 intents at a time
+# (bench.scale P4), a batch took 3-5 ms of wall through the thread, waiting for the GIL, against 0.5 ms
+# inline, and the two decode slots capped a node at ~10,000 intents/s (bench/findings.md F20). A batch
+# this size holds at most ~80 intents, ~2 ms of the loop; a drain's batches of 500 still go to the thread,
+# where the loop keeps serving other devices between the thread's GIL slices.
+INLINE_JUDGE_BYTES = 8 * 1024
 
 
 class SlotOffers(Protocol):
@@ -247,19 +256,22 @@ class BridgeService:
             )
             return []
         now = self._clock()
-        async with self._decode_slots:
-            try:
-                batch, requests = await asyncio.to_thread(self._judge, device, data, now)
-            except UnsupportedVersionError as exc:
-                return await self._refuse_version(device, exc)
-            except DecodeError as exc:
-                self._metrics.batches.labels("undecodable").inc()
-                logger.warning(
-                    "undecodable batch dropped: %s",
-                    str(exc)[:200],
-                    extra={"device_id": device_id, "bytes": len(data), "code": "undecodable"},
-                )
-                return []
+        try:
+            if len(data) <= INLINE_JUDGE_BYTES:
+                batch, requests = self._judge(device, data, now)
+            else:
+                async with self._decode_slots:
+                    batch, requests = await asyncio.to_thread(self._judge, device, data, now)
+        except UnsupportedVersionError as exc:
+            return await self._refuse_version(device, exc)
+        except DecodeError as exc:
+            self._metrics.batches.labels("undecodable").inc()
+            logger.warning(
+                "undecodable batch dropped: %s",
+                str(exc)[:200],
+                extra={"device_id": device_id, "bytes": len(data), "code": "undecodable"},
+            )
+            return []
         acks = [
             Ack(ident, AckState.REJECTED, code, detail[:MAX_DETAIL], int(now * 1000))
             for ident, code, detail in batch.invalid

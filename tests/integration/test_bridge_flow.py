@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from cloud_bridge.ledger import LedgerEntry
 from cloud_bridge.node import Bridge
+from cloud_bridge.service import INLINE_JUDGE_BYTES
 from cloud_bridge.settings import HostPort
 from intent_contract.codec import encode_batch, encode_confirms
 from tests.support.bridge import (
@@ -197,6 +199,33 @@ async def test_batches_are_chunked_into_small_ack_messages(harness: Harness) -> 
         await until(lambda: len(client.states()) == 450, what="450 acks", timeout=60)
         assert max(client.acks_per_message) == 200  # 450 accepted acks in messages of at most 200
         assert max(client.message_sizes) < 1 << 20
+    finally:
+        await client.stop()
+
+
+async def test_small_batches_are_judged_on_the_event_loop_and_large_ones_in_a_thread(harness: Harness) -> None:
+    service = harness.bridge.service
+    assert service is not None
+    judged: dict[str, int] = {}
+    judge = service._judge
+
+    def spy(device: Any, data: bytes, now: float) -> Any:
+        batch, requests = judge(device, data, now)
+        judged[batch.envelopes[0].id] = threading.get_ident()
+        return batch, requests
+
+    service._judge = spy  # type: ignore[method-assign]
+    creds = await harness.enroll()
+    client = await harness.connect(creds)
+    try:
+        small = encode_batch([email(f"s-{i}") for i in range(20)])
+        large = encode_batch([email(f"l-{i}") for i in range(200)])
+        assert len(small) <= INLINE_JUDGE_BYTES < len(large)
+        client.publish("intents", small)
+        client.publish("intents", large)
+        await until(lambda: len(client.states()) == 220, what="220 acks", timeout=60)
+        assert judged["s-0"] == threading.get_ident()  # the test's loop is the bridge's
+        assert judged["l-0"] != threading.get_ident()
     finally:
         await client.stop()
 

@@ -179,7 +179,9 @@ def _figures(section: str, stack: Stack, mosquitto: str, runs: int, quick: bool)
     if section == "P5":
         from bench import p5_latency  # noqa: PLC0415
 
-        return p5_latency.run(stack, runs, rate=200, seconds=3.0 if quick else 10.0)
+        return p5_latency.run(
+            stack, runs, rate=200, seconds=3.0 if quick else 10.0, history=100_000 if quick else 1_000_000
+        )
     raise SystemExit(f"unknown section {section}")
 
 

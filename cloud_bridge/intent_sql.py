@@ -34,7 +34,7 @@ from cloud_bridge.ledger_states import (
     target,
 )
 
-_LIVE = sql_states(tuple(LIVE_STATES))
+_LIVE = sql_states(LIVE_STATES)
 CANCELLED = "cancelled"  # the code of a row an operator cancelled
 REQUEUED = "requeued"  # the code of a row an operator retried, until it runs
 PURGE_BATCH = 5000  # rows deleted per transaction

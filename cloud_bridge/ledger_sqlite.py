@@ -63,7 +63,11 @@ from intent_contract.sqlite_writer import GroupCommitWriter, WriterHooks
 logger = logging.getLogger(__name__)
 
 _MAX_BATCH = 1000  # operations per transaction; bounds how long one commit holds callers
-_LIVE = sql_states(tuple(LIVE_STATES))
+_LIVE = sql_states(LIVE_STATES)
+# Sent to a device each time it subscribes, on the writer: each on its partial index (a plan test holds
+# them there), or every row the device ever sent is read.
+UNCONFIRMED_SQL = f"{KNOWN} WHERE device_id = ? AND confirmed = 0 AND state NOT IN {_LIVE} ORDER BY seq"
+ANNOUNCED_SQL = f"{KNOWN} WHERE device_id = ? AND announce = 1 AND state IN {_LIVE}"
 
 T = TypeVar("T")
 
@@ -192,10 +196,8 @@ class SqliteLedger:
         """Final results the edge has not confirmed yet, then live rows an operator retried (`accepted`)."""
 
         def run(conn: sqlite3.Connection) -> list[Ack]:
-            rows = conn.execute(
-                f"{KNOWN} WHERE device_id = ? AND confirmed = 0 AND state NOT IN {_LIVE} ORDER BY seq", (device_id,)
-            ).fetchall()
-            rows += conn.execute(f"{KNOWN} WHERE device_id = ? AND announce = 1 AND state IN {_LIVE}", (device_id,))
+            rows = conn.execute(UNCONFIRMED_SQL, (device_id,)).fetchall()
+            rows += conn.execute(ANNOUNCED_SQL, (device_id,))
             return [known_of(r).ack() for r in rows]
 
         return await self._call(run, writes=False)

@@ -13,7 +13,7 @@ touches rows whose state is in `sources(event)`, so no backend can make a move t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
 from cloud_bridge.audit import AuditEvent
@@ -130,14 +130,20 @@ def sources(event: LedgerEvent) -> tuple[EntryState, ...]:
     return tuple(s for s in EntryState if (s, event) in TRANSITIONS)
 
 
-def sql_states(states: tuple[EntryState, ...]) -> str:
-    """`('a', 'b')` for an SQL IN list of states (fixed enum values, never user input)."""
-    return "(" + ", ".join(f"'{s.value}'" for s in states) + ")"
+def sql_states(states: Iterable[EntryState]) -> str:
+    """`('a', 'b')` for an SQL IN list of states (fixed enum values, never user input), in the enum's
+    order whatever the order given. SQLite uses a partial index only for a query that repeats the
+    index's condition term for term: `NOT IN ('running', 'queued')` does not match an index on
+    `NOT IN ('queued', 'running')`, and a frozenset's order changes with each process's hash seed."""
+    chosen = set(states)
+    return "(" + ", ".join(f"'{s.value}'" for s in EntryState if s in chosen) + ")"
 
 
-def state_in(states: tuple[EntryState, ...], column: str = "state") -> str:
-    """The SQL condition "`column` is one of `states`" (`intent_contract.sql_text.one_of`: one state is `=`)."""
-    return one_of(column, [s.value for s in states])
+def state_in(states: Iterable[EntryState], column: str = "state") -> str:
+    """The SQL condition "`column` is one of `states`" (`intent_contract.sql_text.one_of`: one state is `=`),
+    in the enum's order (see `sql_states`)."""
+    chosen = set(states)
+    return one_of(column, [s.value for s in EntryState if s in chosen])
 
 
 def is_duplicate(state: EntryState, attempt: int, new_attempt: int) -> bool:

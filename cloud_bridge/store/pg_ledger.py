@@ -55,7 +55,7 @@ from intent_contract.codec import Ack, AckState
 logger = logging.getLogger(__name__)
 
 RESULTS_CHANNEL = "bridge_results"
-_LIVE = sql_states(tuple(LIVE_STATES))
+_LIVE = sql_states(LIVE_STATES)
 _KNOWN = "intent_id, app, state, attempt, code, detail, updated, digest"
 
 _AUDIT_INSERT = (

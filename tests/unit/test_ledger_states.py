@@ -12,6 +12,7 @@ from cloud_bridge.ledger_plan import Known, Request, Verdict, body_digest, plan_
 from cloud_bridge.ledger_states import (
     AUDIT,
     FINISH,
+    LIVE_STATES,
     NEW,
     OPERATOR_EVENTS,
     TRANSITIONS,
@@ -20,6 +21,7 @@ from cloud_bridge.ledger_states import (
     is_duplicate,
     sources,
     sql_states,
+    state_in,
     step,
     target,
 )
@@ -80,6 +82,14 @@ def test_operators_retry_final_failed_or_expired_rows_and_cancel_only_queued_one
 def test_sql_state_lists_come_from_the_table() -> None:
     assert sql_states(sources(LedgerEvent.CLAIM)) == "('queued')"
     assert sql_states(sources(LedgerEvent.QUEUE)) == "('failed', 'expired')"
+
+
+def test_sql_state_lists_are_in_the_enums_order_whatever_the_order_given() -> None:
+    # A frozenset's order follows the process's hash seed; SQLite matches a partial index's condition
+    # term for term, so every process must spell `NOT IN ('queued', 'running')` the same way.
+    assert sql_states([EntryState.RUNNING, EntryState.QUEUED]) == "('queued', 'running')"
+    assert sql_states(LIVE_STATES) == "('queued', 'running')"
+    assert state_in([EntryState.EXPIRED, EntryState.FAILED]) == "state IN ('failed', 'expired')"
 
 
 def test_duplicate_rule() -> None:

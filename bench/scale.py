@@ -164,8 +164,11 @@ def start_nodes(stack: Stack, store_args: list[str], count: int, run: str) -> No
     procs, mqtt, http, metrics = [], [], [], []
     for n in range(count):
         m, h, p = free_port(), free_port(), free_port()
+        # A PostgreSQL node still keeps local files (its offline keys) in a data dir: the run's, not the cwd's.
+        local = [] if "--data-dir" in store_args else ["--data-dir", str(stack.work / run / f"node-{n}-data")]
         args = [
-            str(Path(sys.executable).parent / "cloud-bridge"), "run", *store_args, "--config", str(stack.config()),
+            str(Path(sys.executable).parent / "cloud-bridge"), "run", *store_args, *local,
+            "--config", str(stack.config()),
             "--node-id", f"node-{n}", "--listen", f"127.0.0.1:{m}", "--http-listen", f"127.0.0.1:{h}",
             "--metrics-listen", f"127.0.0.1:{p}",
             "--tls-cert", str(stack.certs / "server.pem"), "--tls-key", str(stack.certs / "server.key"),

@@ -4,8 +4,8 @@ Each device gets a bounded queue (messages and bytes) and one worker (device_que
 client can delay only itself: decoding (size/depth/length limits from intent_contract.codec) and
 judging each envelope by policy run on the event loop for small batches and in a worker thread under a
 shared semaphore for large ones (INLINE_JUDGE_BYTES), and a device whose queue is full has its messages
-dropped (the edge resends). Undecodable messages are logged without
-payload bytes and dropped; the session keeps going.
+dropped (the edge resends). Undecodable messages are logged without payload bytes and dropped; the
+session keeps going.
 
 With a shared store, a result may be finished by another node's executor: the store's signals name
 the device, and the node holding its session sends what it has not sent yet.
@@ -61,7 +61,7 @@ Publish = Callable[[str, str, bytes], Awaitable[None]]
 # Batches up to this size are judged on the event loop, larger ones in a worker thread. The hop to a
 # thread and back cost more than judging a small batch: with 300 devices sending 20 intents at a time
 # (bench.scale P4), a batch took 3-5 ms of wall through the thread, waiting for the GIL, against 0.5 ms
-# inline, and the two decode slots capped a node at ~10,000 intents/s (bench/findings.md F20). A batch
+# inline, and the two decode slots capped a node at ~11,000 intents/s (bench/findings.md F20). A batch
 # this size holds at most ~80 intents, ~2 ms of the loop; a drain's batches of 500 still go to the thread,
 # where the loop keeps serving other devices between the thread's GIL slices.
 INLINE_JUDGE_BYTES = 8 * 1024

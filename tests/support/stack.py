@@ -60,9 +60,12 @@ class SmtpSink:
         # intent id -> the reply given instead of 250 (e.g. "550 5.7.1 refused"): such a DATA is not counted.
         self.answers: dict[str, str] = {}
         self.refused: Counter[str] = Counter()
+        self.delay_s = 0.0  # how long each DATA takes, as a provider's does (each connection waits on its own)
         self.controller = Controller(self, hostname="127.0.0.1", port=free_port())
 
     async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         headers = self._parser.parsebytes(envelope.content)
         intent_id = str(headers["Subject"]).removeprefix("e2e ")
         with self._lock:

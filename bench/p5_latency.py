@@ -116,7 +116,7 @@ def _with_history(pair: EnrolledPair, rate: float, history: int) -> tuple[Path, 
         latencies, total = asyncio.run(_drive(port, rate, 10.0, prefix="seed"))
         if len(latencies) < total:
             raise RuntimeError(f"P5 history seed: {total - len(latencies)} of {total} intents not delivered")
-        time.sleep(2.0)  # the edge confirms the results; the bridge marks them confirmed
+        _wait_confirmed(bridge_dir / "ledger.db")  # the history is of results the edge has confirmed
     finally:
         edge.stop()
         bridge.stop()
@@ -125,6 +125,19 @@ def _with_history(pair: EnrolledPair, rate: float, history: int) -> tuple[Path, 
     rows = grow_history(bridge_dir / "ledger.db", "intent_id", history, extra=("audit",))
     print(f"  P5 history: outbox {kept:,} intents, ledger {rows:,} ({time.monotonic() - t0:.0f} s)", flush=True)
     return bridge_dir, edge_dir
+
+
+def _wait_confirmed(ledger: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=10)
+        try:
+            if conn.execute("SELECT count(*) FROM intents WHERE confirmed = 0").fetchone()[0] == 0:
+                return
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    raise RuntimeError(f"P5 history seed: results still unconfirmed after {timeout:.0f} s")
 
 
 def _wait_linked(edge: Proc) -> None:

@@ -135,15 +135,18 @@ def sql_states(states: Iterable[EntryState]) -> str:
     order whatever the order given. SQLite uses a partial index only for a query that repeats the
     index's condition term for term: `NOT IN ('running', 'queued')` does not match an index on
     `NOT IN ('queued', 'running')`, and a frozenset's order changes with each process's hash seed."""
-    chosen = set(states)
-    return "(" + ", ".join(f"'{s.value}'" for s in EntryState if s in chosen) + ")"
+    return "(" + ", ".join(f"'{value}'" for value in _in_order(states)) + ")"
 
 
 def state_in(states: Iterable[EntryState], column: str = "state") -> str:
     """The SQL condition "`column` is one of `states`" (`intent_contract.sql_text.one_of`: one state is `=`),
     in the enum's order (see `sql_states`)."""
+    return one_of(column, _in_order(states))
+
+
+def _in_order(states: Iterable[EntryState]) -> list[str]:
     chosen = set(states)
-    return one_of(column, [s.value for s in EntryState if s in chosen])
+    return [s.value for s in EntryState if s in chosen]
 
 
 def is_duplicate(state: EntryState, attempt: int, new_attempt: int) -> bool:

@@ -1,153 +1,282 @@
 """Attach mode: take intents from a broker the site already runs (e.g. Mosquitto) instead of embedding one.
 
-The outbox subscribes to outbox/+/+ with a persistent session (clean_session=False) and manual acks:
-it acknowledges each message to the broker only after committing it. The app's own PUBACK comes from
-that broker, before the outbox has seen the message, so in this mode the app's durability signal is
-the `accepted` status, not the PUBACK (see README).
+The outbox subscribes to outbox/+/+ with a persistent session (clean session off) and acknowledges
+each message to the broker only after committing it, in the order the messages arrived
+[MQTT-4.6.0-2]. The app's own PUBACK comes from that broker, before the outbox has seen the message,
+so in this mode the app's durability signal is the `accepted` status, not the PUBACK (see README).
 
 Statuses go to the broker at QoS 1 in sequence order; the broker is one more status consumer, whose
 position (every status up to it acknowledged by the broker) is kept under STATUS_KEY, so a restart
-sends again what the broker may not have.
+sends again what the broker may not have. After a lost connection the statuses not yet acknowledged
+are read again from that position.
+
+The client is asyncio on the endpoint's own MQTT 3.1.1 codec (`intent_contract.mqtt_packets`): one
+task reads and hands each message to the intake, the acknowledgements one commit releases go out in
+one write, and reading pauses while MAX_UNCOMMITTED messages wait for their commit, so a backlog
+stays with the broker. It replaced paho, whose thread and one-byte reads of each packet's header cost
+more than the intake did (bench/findings.md F22).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
+import time
 from collections import deque
-from functools import partial
+from dataclasses import dataclass
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
+from edge_outbox.errors import AttachRefusedError
 from edge_outbox.intake import Intake
 from edge_outbox.intake_rules import TOPIC_ROOT
-from edge_outbox.mqtt.session import StatusCursor
+from edge_outbox.mqtt.session import MAX_PACKET_ID, StatusCursor
 from edge_outbox.ops import IntakeResult
 from edge_outbox.settings import AttachTarget
 from edge_outbox.status import StatusFeed, status_payload, status_topic
+from intent_contract import mqtt_packets as p
+from intent_contract.backoff import compute_backoff
+from intent_contract.errors import MalformedPacketError
+from intent_contract.mqtt_packets import ConnackCode, Type
 
 log = logging.getLogger(__name__)
 
 INTAKE_FILTER = f"{TOPIC_ROOT}/+/+"
 STATUS_WINDOW = 1000  # statuses published to the broker and not yet acknowledged by it
+KEEPALIVE_S = 30
+CONNECT_TIMEOUT_S = 10.0
+RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
+# Larger than any intent the intake takes (256 KiB), so an oversized one is stored as refused and
+# acknowledged. A packet over this closes the connection: keep the broker's message_size_limit below it.
+MAX_PACKET = 16 << 20
+READ_CHUNK = 1 << 16
+# Messages read and not yet committed: reading pauses beyond this, so TCP holds the broker back (it
+# keeps the rest in its session) instead of the outbox holding a backlog in memory.
+MAX_UNCOMMITTED = 1000
+SUBSCRIBE_ID = 1  # the only SUBSCRIBE, once per connection
+ALL_IDS = MAX_PACKET_ID
+
+
+@dataclass(slots=True)
+class _Received:
+    """A QoS 1 message from the broker, acknowledged once `done` (its commit) is."""
+
+    packet_id: int
+    done: asyncio.Future[IntakeResult]
+
+
+class _Link:
+    """One connection to the broker: what it has sent us to acknowledge and what we sent it."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.received: deque[_Received] = deque()  # in arrival order; acknowledged from the left
+        self.flush_pending = False
+        self.room = asyncio.Event()  # set while fewer than MAX_UNCOMMITTED messages wait for their commit
+        self.room.set()
+        self.statuses: dict[int, int] = {}  # our packet id -> status seq, until the broker's PUBACK
+        self.next_id = 0
+        self.last_heard = time.monotonic()
+
+    def new_id(self) -> int:
+        """A packet id no status in flight uses (the window keeps far fewer in flight than there are ids)."""
+        while True:
+            self.next_id = self.next_id % ALL_IDS + 1
+            if self.next_id not in self.statuses:
+                return self.next_id
 
 
 class AttachedClient:
-    """A paho client bridged into the event loop."""
+    """An MQTT 3.1.1 client on the event loop: connects, keeps its session, reconnects with backoff."""
 
     def __init__(self, target: AttachTarget, intake: Intake, feed: StatusFeed, position: int) -> None:
         self._target = target
         self._intake = intake
         self._feed = feed
         self.status = StatusCursor(position)
-        self._mids: dict[int, int] = {}  # paho message id -> status seq
-        # Messages paho has read and the event loop has not taken yet. paho's thread appends; one
-        # wake-up of the loop takes all of them (a wake-up per message cost more than the intake).
-        self._inbox: deque[tuple[str, bytes, int, int]] = deque()
-        self._inbox_wake_pending = False
         self._wake = asyncio.Event()
-        self._statuses: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._link: _Link | None = None
+        self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=target.client_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-            manual_ack=True,
-        )
-        if target.username:
-            client.username_pw_set(target.username, target.password)
-        client.max_inflight_messages_set(100)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_publish = self._on_publish
-        self._client = client
         feed.listen(self._wake.set)
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._client.connect_async(self._target.host, self._target.port, keepalive=30)
-        self._client.loop_start()
-        self._statuses = asyncio.create_task(self._publish_statuses(), name="attach-statuses")
+        self._task = asyncio.create_task(self._run(), name="attach")
         log.info("attaching to mqtt://%s:%d as %s", self._target.host, self._target.port, self._target.client_id)
 
     async def stop(self) -> None:
-        if self._statuses is not None:
-            self._statuses.cancel()
-        self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        link = self._link
+        if link is not None and not link.writer.is_closing():
+            link.writer.write(p.encode(p.Bare(Type.DISCONNECT)))  # leave the session cleanly: no reconnect race
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
-    async def _publish_statuses(self) -> None:
-        """Hand statuses to paho in order; paho resends the unacknowledged ones after a reconnect."""
+    async def _run(self) -> None:
+        """Connect, serve the connection until it ends, wait, and connect again."""
+        failures = 0
+        while True:
+            try:
+                await self._connection()
+            except AttachRefusedError as exc:
+                log.error("attach broker refused the connection: %s", exc)
+            except (OSError, EOFError, TimeoutError, MalformedPacketError) as exc:
+                if self.connected.is_set():
+                    log.warning("attach broker connection lost (%s); reconnecting", _why(exc))
+                elif failures == 0:
+                    log.warning("cannot reach the attach broker (%s); retrying until it answers", _why(exc))
+            if self.connected.is_set():
+                self.connected.clear()
+                failures = 0
+            failures += 1
+            await asyncio.sleep(compute_backoff(failures, base=RETRY_MIN_S, cap=RETRY_MAX_S, jitter=random.random()))
+
+    async def _connection(self) -> None:
+        t = self._target
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(t.host, t.port), CONNECT_TIMEOUT_S)
+        link = _Link(writer)
+        framer = p.Framer(MAX_PACKET)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            password = t.password.encode() if t.password is not None else None
+            connect = p.Connect("MQTT", 4, t.client_id, False, KEEPALIVE_S, None, t.username, password)
+            writer.write(p.encode(connect) + p.encode(p.Subscribe(SUBSCRIBE_ID, ((INTAKE_FILTER, 1),))))
+            first = await asyncio.wait_for(self._first_packets(reader, framer), CONNECT_TIMEOUT_S)
+            connack = p.decode(*first[0])
+            if not isinstance(connack, p.Connack):
+                raise MalformedPacketError(f"expected CONNACK, got {type(connack).__name__}")
+            if connack.code != ConnackCode.ACCEPTED:
+                raise AttachRefusedError(_connack_reason(connack.code))
+            self._link = link
+            self.status.rewind()  # statuses not acknowledged on an earlier connection are read again
+            self.connected.set()
+            self._wake.set()
+            tasks = [
+                asyncio.create_task(self._publish_statuses(link), name="attach-statuses"),
+                asyncio.create_task(self._keepalive(link), name="attach-keepalive"),
+            ]
+            for packet in first[1:]:
+                self._handle(link, p.decode(*packet))
+            while True:
+                if len(link.received) >= MAX_UNCOMMITTED:
+                    link.room.clear()
+                    await link.room.wait()
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    raise EOFError("the broker closed the connection")
+                link.last_heard = time.monotonic()
+                for packet in framer.feed(data):
+                    self._handle(link, p.decode(*packet))
+        finally:
+            self._link = None
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _first_packets(reader: asyncio.StreamReader, framer: p.Framer) -> list[tuple[int, bytes]]:
+        """Read until the CONNACK is in; returns it and whatever came after it in the same reads."""
+        while True:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                raise EOFError("the broker closed the connection before CONNACK")
+            packets = framer.feed(data)
+            if packets:
+                return packets
+
+    def _handle(self, link: _Link, packet: p.Packet) -> None:
+        if isinstance(packet, p.Publish):
+            self._received(link, packet)
+        elif isinstance(packet, p.PacketIdOnly) and packet.type is Type.PUBACK:
+            seq = link.statuses.pop(packet.packet_id, None)
+            if seq is not None:
+                self.status.closed(seq)
+                self._wake.set()
+        elif isinstance(packet, p.Suback):
+            if p.SUBACK_FAILURE in packet.codes:
+                raise AttachRefusedError(f"subscribing to {INTAKE_FILTER} was refused")
+            log.info("attached; subscribed to %s", INTAKE_FILTER)
+        elif isinstance(packet, p.Bare) and packet.type is Type.PINGRESP:
+            pass
+        else:
+            raise MalformedPacketError(f"the broker sent {type(packet).__name__} {getattr(packet, 'type', '')}")
+
+    def _received(self, link: _Link, packet: p.Publish) -> None:
+        if packet.qos == 2:  # we subscribed at QoS 1; a broker may not send more [MQTT-3.8.4-6]
+            raise MalformedPacketError("the broker sent a QoS 2 message on a QoS 1 subscription")
+        future = self._intake.submit(packet.topic, packet.payload)
+        if packet.qos == 1:
+            assert packet.packet_id is not None
+            link.received.append(_Received(packet.packet_id, future))
+            future.add_done_callback(lambda _done: self._committed(link))
+
+    def _committed(self, link: _Link) -> None:
+        """One commit finished: acknowledge, after this turn of the loop, everything done from the left."""
+        if not link.flush_pending:
+            link.flush_pending = True
+            asyncio.get_running_loop().call_soon(self._acknowledge, link)
+
+    def _acknowledge(self, link: _Link) -> None:
+        link.flush_pending = False
+        if link is not self._link or link.writer.is_closing():
+            return  # the broker sends these again on the next connection
+        acks = bytearray()
+        received = link.received
+        while received and received[0].done.done():
+            head = received.popleft()
+            if head.done.cancelled() or head.done.exception() is not None:
+                # Not acknowledged, and nothing after it may be before it: the broker sends them again.
+                log.error("attach intake failed: %s; reconnecting", head.done.exception() or "cancelled")
+                link.writer.close()
+                return
+            acks += p.encode(p.PacketIdOnly(Type.PUBACK, head.packet_id))
+        if acks:
+            link.writer.write(acks)
+            if len(received) < MAX_UNCOMMITTED:
+                link.room.set()
+
+    async def _publish_statuses(self, link: _Link) -> None:
+        """Publish statuses in order, at most STATUS_WINDOW unacknowledged, one write per read."""
         cursor = self.status
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self.connected.is_set():
-                continue
             events = await self._feed.read(cursor.sent, STATUS_WINDOW - cursor.open)
+            if link.writer.is_closing():
+                return
+            out = bytearray()
             for event in events:
-                info = self._client.publish(status_topic(event.app, event.id), status_payload(event), qos=1)
-                self._mids[info.mid] = event.seq
+                packet_id = link.new_id()
+                out += p.encode_publish(
+                    status_topic(event.app, event.id), status_payload(event), 1, packet_id, retain=False, dup=False
+                )
+                link.statuses[packet_id] = event.seq
                 cursor.opened(event.seq)
             if events:
+                link.writer.write(out)
                 self._wake.set()
 
-    def _acked(self, mid: int) -> None:
-        seq = self._mids.pop(mid, None)
-        if seq is not None:
-            self.status.closed(seq)
-            self._wake.set()
+    async def _keepalive(self, link: _Link) -> None:
+        """PINGREQ every half keepalive; a broker silent for 1.5 keepalives is gone [MQTT-3.1.2-24]."""
+        while True:
+            await asyncio.sleep(KEEPALIVE_S / 2)
+            if time.monotonic() - link.last_heard > KEEPALIVE_S * 1.5:
+                log.warning("attach broker silent for %d s: dropping the connection", int(KEEPALIVE_S * 1.5))
+                link.writer.close()
+                return
+            link.writer.write(p.encode(p.Bare(Type.PINGREQ)))
 
-    # paho callbacks run on paho's thread: hand everything to the event loop.
-    def _on_connect(
-        self, client: mqtt.Client, _userdata: object, _flags: object, reason: object, _props: object
-    ) -> None:
-        if getattr(reason, "is_failure", False):
-            log.error("attach broker refused the connection: %s", reason)
-            return
-        client.subscribe(INTAKE_FILTER, qos=1)
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.connected.set)
-        self._loop.call_soon_threadsafe(self._wake.set)
-        log.info("attached; subscribed to %s", INTAKE_FILTER)
 
-    def _on_disconnect(
-        self, _client: mqtt.Client, _userdata: object, _flags: object, reason: object, _props: object
-    ) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.connected.clear)
-        log.warning("attach broker connection lost (%s); paho reconnects", reason)
+def _connack_reason(code: int) -> str:
+    try:
+        return ConnackCode(code).name.lower().replace("_", " ")
+    except ValueError:
+        return f"CONNACK code {code}"
 
-    def _on_publish(self, _client: mqtt.Client, _userdata: object, mid: int, _reason: object, _props: object) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._acked, mid)
 
-    def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
-        self._inbox.append((message.topic, bytes(message.payload), message.mid, message.qos))
-        if not self._inbox_wake_pending:
-            self._inbox_wake_pending = True
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._take_inbox)
-
-    def _take_inbox(self) -> None:
-        """Hand every waiting message to the intake; each is acknowledged to the broker once committed."""
-        self._inbox_wake_pending = False  # before taking: a message appended after this schedules anew
-        while self._inbox:
-            topic, payload, mid, qos = self._inbox.popleft()
-            future = self._intake.submit(topic, payload)
-            future.add_done_callback(partial(self._committed, mid, qos))
-
-    def _committed(self, mid: int, qos: int, done: asyncio.Future[IntakeResult]) -> None:
-        if done.cancelled():
-            return
-        if done.exception() is not None:
-            # Not acknowledged: the broker sends it again after the next reconnect.
-            log.error("attach intake failed: %s", done.exception())
-            return
-        if qos > 0:
-            self._client.ack(mid, qos)
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

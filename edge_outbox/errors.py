@@ -15,6 +15,12 @@ class StorageError(TransientError):
     """SQLite could not commit (disk full, I/O error); nothing of the failed batch was acknowledged."""
 
 
+class AttachRefusedError(TransientError):
+    """The attached broker refused the connection or the subscription (bad credentials, not authorised).
+
+    Retried with backoff: an operator may fix the broker's side without restarting the outbox."""
+
+
 class PermanentError(OutboxError):
     """Will fail the same way again: bad input, an illegal transition, a bad setting."""
 

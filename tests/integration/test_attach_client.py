@@ -1,0 +1,261 @@
+"""The attach client's MQTT behaviour against a scripted broker on a loopback socket.
+
+The broker here is raw MQTT 3.1.1 bytes on a real TCP connection; the intake is a stand-in whose
+commits the test finishes by hand, so the order and timing of acknowledgements can be checked
+(tests/integration/test_edge_attach.py runs the whole outbox against Mosquitto).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+
+from edge_outbox import attach
+from edge_outbox.attach import AttachedClient
+from edge_outbox.db import StatusEvent
+from edge_outbox.intake import Intake
+from edge_outbox.settings import AttachTarget
+from edge_outbox.states import State
+from edge_outbox.status import StatusFeed
+from intent_contract import mqtt_packets as p
+from intent_contract.mqtt_packets import Type
+
+
+@dataclass
+class HeldIntake:
+    """Takes publishes and commits them only when the test says so."""
+
+    taken: list[tuple[str, bytes, asyncio.Future[Any]]] = field(default_factory=list)
+    grew: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def submit(self, topic: str, raw: bytes) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.taken.append((topic, raw, future))
+        self.grew.set()
+        return future
+
+    def commit(self, index: int) -> None:
+        self.taken[index][2].set_result(None)
+
+    async def wait_for(self, count: int) -> None:
+        while len(self.taken) < count:
+            self.grew.clear()
+            await asyncio.wait_for(self.grew.wait(), 10)
+
+
+class Peer:
+    """One connection from the client, seen from the broker's side."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self._framer = p.Framer(1 << 20)
+        self._packets: list[p.Packet] = []
+
+    async def next(self) -> p.Packet:
+        while not self._packets:
+            data = await asyncio.wait_for(self.reader.read(1 << 16), 10)
+            if not data:
+                raise EOFError("the client closed the connection")
+            self._packets += [p.decode(first, body) for first, body in self._framer.feed(data)]
+        return self._packets.pop(0)
+
+    async def handshake(self, *, session_present: bool = False) -> p.Connect:
+        connect = await self.next()
+        assert isinstance(connect, p.Connect)
+        subscribe = await self.next()
+        assert subscribe == p.Subscribe(attach.SUBSCRIBE_ID, ((attach.INTAKE_FILTER, 1),))
+        self.writer.write(p.encode(p.Connack(session_present, 0)) + p.encode(p.Suback(subscribe.packet_id, (1,))))
+        return connect
+
+    def publish(self, packet_ids: range) -> None:
+        self.writer.write(
+            b"".join(
+                p.encode_publish("outbox/app/email.send", b'{"n": %d}' % n, 1, n, retain=False, dup=False)
+                for n in packet_ids
+            )
+        )
+
+    async def pubacks(self, count: int) -> list[int]:
+        ids: list[int] = []
+        while len(ids) < count:
+            packet = await self.next()
+            if isinstance(packet, p.PacketIdOnly) and packet.type is Type.PUBACK:
+                ids.append(packet.packet_id)
+        return ids
+
+
+class ScriptedBroker:
+    def __init__(self) -> None:
+        self.peers: asyncio.Queue[Peer] = asyncio.Queue()
+        self._all: list[Peer] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> ScriptedBroker:
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = Peer(reader, writer)
+            self._all.append(peer)
+            await self.peers.put(peer)
+
+        self.server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for peer in self._all:
+            peer.writer.close()
+            with contextlib.suppress(ConnectionError):
+                await peer.writer.wait_closed()
+        await self.server.wait_closed()
+
+    async def connection(self) -> Peer:
+        return await asyncio.wait_for(self.peers.get(), 10)
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[ScriptedBroker]:
+    async with ScriptedBroker() as scripted:
+        yield scripted
+
+
+async def _no_events(_after: int, _limit: int) -> list[Any]:
+    return []
+
+
+def client_for(broker: ScriptedBroker, intake: HeldIntake, feed: StatusFeed | None = None) -> AttachedClient:
+    target = AttachTarget("127.0.0.1", broker.port, "site", "secret", "outbox-test")
+    return AttachedClient(target, cast(Intake, intake), feed or StatusFeed(_no_events, 0), 0)
+
+
+async def test_acknowledges_in_arrival_order_and_only_after_commit(broker: ScriptedBroker) -> None:
+    intake = HeldIntake()
+    client = client_for(broker, intake)
+    await client.start()
+    try:
+        peer = await broker.connection()
+        connect = await peer.handshake()
+        assert (connect.client_id, connect.clean, connect.username, connect.password) == (
+            "outbox-test", False, "site", b"secret",
+        )  # fmt: skip
+        peer.publish(range(1, 11))
+        await intake.wait_for(10)
+        for index in range(9, 0, -1):  # the last nine commit first: nothing may be acknowledged before 1
+            intake.commit(index)
+        for _ in range(10):  # turns of the loop in which a wrong client would acknowledge 2-10
+            await asyncio.sleep(0)
+        intake.commit(0)
+        assert await peer.pubacks(10) == list(range(1, 11))
+    finally:
+        await client.stop()
+
+
+async def test_reading_pauses_while_too_many_wait_for_their_commit(broker: ScriptedBroker) -> None:
+    intake = HeldIntake()
+    client = client_for(broker, intake)
+    await client.start()
+    total = 20 * attach.MAX_UNCOMMITTED
+    try:
+        peer = await broker.connection()
+        await peer.handshake()
+        peer.publish(range(1, total + 1))
+        await intake.wait_for(attach.MAX_UNCOMMITTED)
+        # Time for a client that kept reading to take far more: the 700 KB sit in loopback's buffers.
+        await asyncio.sleep(0.3)
+        held = len(intake.taken)
+        # At most one read's worth past the limit; the rest stays with the broker (here: in TCP's buffers).
+        assert held < attach.MAX_UNCOMMITTED + attach.READ_CHUNK // 30, held
+        committed = 0
+        while committed < total:  # commit what was taken; the client reads on as room frees up
+            await intake.wait_for(committed + 1)
+            for index in range(committed, len(intake.taken)):
+                intake.commit(index)
+            committed = len(intake.taken)
+        assert await peer.pubacks(total) == list(range(1, total + 1))
+    finally:
+        await client.stop()
+
+
+async def test_a_failed_commit_drops_the_connection_so_the_broker_sends_again(
+    broker: ScriptedBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    intake = HeldIntake()
+    client = client_for(broker, intake)
+    await client.start()
+    try:
+        peer = await broker.connection()
+        await peer.handshake()
+        peer.publish(range(1, 4))
+        await intake.wait_for(3)
+        intake.commit(0)
+        assert await peer.pubacks(1) == [1]
+        with caplog.at_level(logging.ERROR, logger="edge_outbox.attach"):
+            intake.taken[1][2].set_exception(OSError("disk gone"))
+            intake.commit(2)  # after the failed one: must not be acknowledged either
+            with pytest.raises(EOFError):
+                await peer.pubacks(1)
+        assert "attach intake failed: disk gone" in caplog.text
+        again = await broker.connection()  # the client comes back, on its persistent session
+        connect = await again.handshake(session_present=True)
+        assert not connect.clean
+    finally:
+        await client.stop()
+
+
+async def test_a_refused_connect_is_logged_and_retried(
+    broker: ScriptedBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = client_for(broker, HeldIntake())
+    with caplog.at_level(logging.INFO, logger="edge_outbox.attach"):
+        await client.start()
+        try:
+            peer = await broker.connection()
+            await peer.next()
+            peer.writer.write(p.encode(p.Connack(False, p.ConnackCode.BAD_CREDENTIALS)))
+            again = await broker.connection()
+            await again.handshake()
+            await asyncio.wait_for(client.connected.wait(), 10)
+        finally:
+            await client.stop()
+    assert "attach broker refused the connection: bad credentials" in caplog.text
+    assert "secret" not in caplog.text
+
+
+async def test_statuses_not_acknowledged_are_sent_again_on_the_next_connection(broker: ScriptedBroker) -> None:
+    feed = StatusFeed(_no_events, 0)
+    client = client_for(broker, HeldIntake(), feed)
+    await client.start()
+    try:
+        peer = await broker.connection()
+        await peer.handshake()
+        feed.on_events(
+            [StatusEvent(seq, f"i{seq}", "app", "email.send", State.ACCEPTED, "", "", 0) for seq in (1, 2, 3)]
+        )
+        first = [await peer.next() for _ in range(3)]
+        assert [(m.topic, json.loads(m.payload)["seq"], m.qos) for m in first if isinstance(m, p.Publish)] == [
+            (f"outbox/app/status/i{seq}", seq, 1) for seq in (1, 2, 3)
+        ]
+        assert isinstance(first[0], p.Publish) and first[0].packet_id is not None
+        peer.writer.write(p.encode(p.PacketIdOnly(Type.PUBACK, first[0].packet_id)))  # only the first is acknowledged
+
+        async def first_acknowledged() -> None:
+            while client.status.position < 1:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(first_acknowledged(), 10)
+        peer.writer.close()
+        again = await broker.connection()
+        await again.handshake(session_present=True)
+        resent = [await again.next() for _ in range(2)]
+        assert [json.loads(m.payload)["seq"] for m in resent if isinstance(m, p.Publish)] == [2, 3]
+        assert client.status.position == 1
+    finally:
+        await client.stop()

@@ -25,7 +25,7 @@ from cloud_bridge.errors import BridgeError
 from cloud_bridge.settings import BridgeSettings, default_node_id
 from intent_contract.logs import LogFormat
 from intent_contract.logs import configure as configure_logging
-from intent_contract.runtime import freeze_startup_objects
+from intent_contract.runtime import tune_garbage_collector
 
 
 @click.command()
@@ -119,7 +119,7 @@ def run(
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
         try:
             await bridge.start()
-            freeze_startup_objects()
+            tune_garbage_collector()
             click.echo(f"cloud-bridge listening: mqtts {settings.listen}, https {settings.http_listen}", err=True)
             await stop.wait()
         finally:

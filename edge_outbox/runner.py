@@ -35,7 +35,7 @@ from edge_outbox.states import State
 from edge_outbox.status import StatusFeed
 from edge_outbox.store import Store
 from intent_contract.ids import IdGenerator
-from intent_contract.runtime import freeze_startup_objects
+from intent_contract.runtime import tune_garbage_collector
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ async def serve(settings: OutboxSettings, ready: Callable[[], Awaitable[None] | 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await outbox.start()
-    freeze_startup_objects()
+    tune_garbage_collector()
     if ready is not None:
         result = ready()
         if result is not None:

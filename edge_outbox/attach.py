@@ -162,6 +162,7 @@ class AttachedClient:
                 if len(link.received) >= MAX_UNCOMMITTED:
                     link.room.clear()
                     await link.room.wait()
+                    link.last_heard = time.monotonic()  # not reading is not the broker's silence
                 data = await reader.read(READ_CHUNK)
                 if not data:
                     raise EOFError("the broker closed the connection")
@@ -261,10 +262,10 @@ class AttachedClient:
                 self._wake.set()
 
     async def _keepalive(self, link: _Link) -> None:
-        """PINGREQ every half keepalive; a broker silent for 1.5 keepalives is gone [MQTT-3.1.2-24]."""
+        """PINGREQ every half keepalive; a broker silent for 1.5 keepalives while we read is gone [MQTT-3.1.2-24]."""
         while True:
             await asyncio.sleep(KEEPALIVE_S / 2)
-            if time.monotonic() - link.last_heard > KEEPALIVE_S * 1.5:
+            if link.room.is_set() and time.monotonic() - link.last_heard > KEEPALIVE_S * 1.5:
                 log.warning("attach broker silent for %d s: dropping the connection", int(KEEPALIVE_S * 1.5))
                 link.writer.close()
                 return

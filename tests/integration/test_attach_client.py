@@ -259,3 +259,49 @@ async def test_statuses_not_acknowledged_are_sent_again_on_the_next_connection(b
         assert client.status.position == 1
     finally:
         await client.stop()
+
+
+async def test_a_pause_in_reading_is_not_taken_for_a_silent_broker(
+    broker: ScriptedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits held up (a full disk) pause reading; the PINGRESPs wait unread, and the link stays up."""
+    monkeypatch.setattr(attach, "KEEPALIVE_S", 1)  # silent for 1.5 s: gone
+    intake = HeldIntake()
+    client = client_for(broker, intake)
+    await client.start()
+    total = 2 * attach.MAX_UNCOMMITTED
+    try:
+        peer = await broker.connection()
+        await peer.handshake()
+        peer.publish(range(1, total + 1))
+        await intake.wait_for(attach.MAX_UNCOMMITTED)
+        await asyncio.sleep(3.5)  # more than twice the silence allowed, with reading paused throughout
+        committed = 0
+        while committed < total:
+            await intake.wait_for(committed + 1)
+            for index in range(committed, len(intake.taken)):
+                intake.commit(index)
+            committed = len(intake.taken)
+        acked = await peer.pubacks(total)  # on the same connection
+        assert acked == list(range(1, total + 1))
+        assert broker.peers.empty()
+    finally:
+        await client.stop()
+
+
+async def test_a_silent_broker_is_dropped_and_connected_again(
+    broker: ScriptedBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(attach, "KEEPALIVE_S", 1)
+    client = client_for(broker, HeldIntake())
+    with caplog.at_level(logging.WARNING, logger="edge_outbox.attach"):
+        await client.start()
+        try:
+            peer = await broker.connection()
+            await peer.handshake()
+            assert isinstance(await peer.next(), p.Bare)  # a PINGREQ, left unanswered
+            again = await broker.connection()
+            await again.handshake(session_present=True)
+        finally:
+            await client.stop()
+    assert "attach broker silent for 1 s" in caplog.text

@@ -116,3 +116,41 @@ def test_attach_to_nothing_keeps_trying_and_attaches_when_the_broker_appears(tmp
         outbox.stop()
         broker.terminate()
         broker.wait(10)
+
+
+def test_outbox_attaches_again_after_the_broker_restarts(tmp_path: Path) -> None:
+    """Mosquitto goes away under an attached outbox and comes back: intents flow again, statuses too."""
+    binary = require_binary("mosquitto")
+    port = free_port()
+    conf = tmp_path / "restart.conf"
+    store = tmp_path / "mosquitto-data"
+    store.mkdir()
+    # Persistence on: the outbox's session (its subscription) survives the restart, as on a site.
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {store}/\n"
+        "max_queued_messages 0\n"
+    )
+
+    def broker() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(port)
+        return proc
+
+    first = broker()
+    with attached(tmp_path, port) as outbox:
+        wait_until(lambda: outbox.log().count("attached; subscribed") == 1, what="outbox attached")
+        first.terminate()
+        first.wait(10)
+        wait_until(lambda: "attach broker connection lost" in outbox.log(), what="loss noticed")
+        second = broker()
+        try:
+            wait_until(lambda: outbox.log().count("attached; subscribed") == 2, timeout=60, what="attached again")
+            app = Client(port, "after-restart").connect()
+            app.subscribe("outbox/hvac/status/#")
+            app.publish("outbox/hvac/email.send", email("after"), name="after")
+            wait_until(lambda: app.status_of("after") == ["accepted"], what="accepted status after the restart")
+            assert stored_ids(outbox.data_dir)["after"] == "accepted"
+            app.close()
+        finally:
+            second.terminate()
+            second.wait(10)

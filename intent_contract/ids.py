@@ -10,6 +10,9 @@ from collections.abc import Callable
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _RANDOM_BITS = 80
+# Two characters per lookup: 13 of them cover the 130 bits of 26 characters (the top two are zero).
+_PAIRS = [high + low for high in _ALPHABET for low in _ALPHABET]
+_SHIFTS = tuple(range(120, -1, -10))
 
 
 def encode_id(ms: int, random_part: int) -> str:
@@ -19,11 +22,7 @@ def encode_id(ms: int, random_part: int) -> str:
     if not 0 <= random_part < 1 << _RANDOM_BITS:
         raise ValueError("random part out of range")
     value = (ms << _RANDOM_BITS) | random_part
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 class IdGenerator:

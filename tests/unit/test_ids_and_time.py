@@ -30,8 +30,18 @@ def test_counting_up_within_a_millisecond_stays_monotonic() -> None:
     assert len(set(ids)) == 1000
 
 
+@given(st.integers(min_value=0, max_value=2**48 - 1), st.integers(min_value=0, max_value=2**80 - 1))
+def test_an_id_is_the_130_bit_number_in_crockford_base32(ms: int, random_part: int) -> None:
+    value, digits = (ms << 80) | random_part, []
+    for _ in range(26):  # the plain definition, five bits a character from the least significant
+        digits.append("0123456789ABCDEFGHJKMNPQRSTVWXYZ"[value & 31])
+        value >>= 5
+    assert encode_id(ms, random_part) == "".join(reversed(digits))
+
+
 def test_encode_bounds() -> None:
     assert encode_id(0, 0) == "0" * 26
+    assert encode_id(2**48 - 1, 2**80 - 1) == "7" + "Z" * 25  # 128 ones under two zero bits
     with pytest.raises(ValueError, match="timestamp"):
         encode_id(-1, 0)
 

@@ -54,7 +54,6 @@ READ_CHUNK = 1 << 16
 # keeps the rest in its session) instead of the outbox holding a backlog in memory.
 MAX_UNCOMMITTED = 1000
 SUBSCRIBE_ID = 1  # the only SUBSCRIBE, once per connection
-ALL_IDS = MAX_PACKET_ID
 
 
 @dataclass(slots=True)
@@ -81,7 +80,7 @@ class _Link:
     def new_id(self) -> int:
         """A packet id no status in flight uses (the window keeps far fewer in flight than there are ids)."""
         while True:
-            self.next_id = self.next_id % ALL_IDS + 1
+            self.next_id = self.next_id % MAX_PACKET_ID + 1
             if self.next_id not in self.statuses:
                 return self.next_id
 

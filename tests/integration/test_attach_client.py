@@ -44,6 +44,15 @@ class HeldIntake:
     def commit(self, index: int) -> None:
         self.taken[index][2].set_result(None)
 
+    async def commit_until(self, total: int) -> None:
+        """Commit what was taken, as it is taken, until `total` have been."""
+        committed = 0
+        while committed < total:
+            await self.wait_for(committed + 1)
+            for index in range(committed, len(self.taken)):
+                self.commit(index)
+            committed = len(self.taken)
+
     async def wait_for(self, count: int) -> None:
         while len(self.taken) < count:
             self.grew.clear()
@@ -173,12 +182,7 @@ async def test_reading_pauses_while_too_many_wait_for_their_commit(broker: Scrip
         held = len(intake.taken)
         # At most one read's worth past the limit; the rest stays with the broker (here: in TCP's buffers).
         assert held < attach.MAX_UNCOMMITTED + attach.READ_CHUNK // 30, held
-        committed = 0
-        while committed < total:  # commit what was taken; the client reads on as room frees up
-            await intake.wait_for(committed + 1)
-            for index in range(committed, len(intake.taken)):
-                intake.commit(index)
-            committed = len(intake.taken)
+        await intake.commit_until(total)  # the client reads on as room frees up
         assert await peer.pubacks(total) == list(range(1, total + 1))
     finally:
         await client.stop()
@@ -276,12 +280,7 @@ async def test_a_pause_in_reading_is_not_taken_for_a_silent_broker(
         peer.publish(range(1, total + 1))
         await intake.wait_for(attach.MAX_UNCOMMITTED)
         await asyncio.sleep(3.5)  # more than twice the silence allowed, with reading paused throughout
-        committed = 0
-        while committed < total:
-            await intake.wait_for(committed + 1)
-            for index in range(committed, len(intake.taken)):
-                intake.commit(index)
-            committed = len(intake.taken)
+        await intake.commit_until(total)
         acked = await peer.pubacks(total)  # on the same connection
         assert acked == list(range(1, total + 1))
         assert broker.peers.empty()

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.load import publish_timed
-from bench.procs import CpuWatch, free_port
+from bench.procs import BIN, CpuWatch, free_port
 from bench.stack import EnrolledPair, Stack, edge_counts, intent_body
 
 
@@ -49,7 +49,18 @@ def main() -> None:
         if args.spy:
             args.spy.mkdir(parents=True, exist_ok=True)
             for name, pid in (("bridge", bridge.pid), ("edge", edge.pid)):
-                command = ["py-spy", "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(args.spy / name)]
+                command = [
+                    str(BIN / "py-spy"),
+                    "record",
+                    "-p",
+                    str(pid),
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(args.spy / name),
+                ]
                 spies.append(subprocess.Popen([*command, "--nonblocking"], stdout=subprocess.DEVNULL))
         while time.monotonic() < t0 + 300 and edge_counts(edge_dir).get("delivered", 0) < backlog:
             time.sleep(0.5)

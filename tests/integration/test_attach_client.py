@@ -129,6 +129,11 @@ class ScriptedBroker:
     async def connection(self) -> Peer:
         return await asyncio.wait_for(self.peers.get(), 10)
 
+    async def session(self, *, present: bool = False) -> tuple[Peer, p.Connect]:
+        """The client's next connection, answered with CONNACK and SUBACK; and its CONNECT."""
+        peer = await self.connection()
+        return peer, await peer.handshake(session_present=present)
+
 
 @pytest.fixture
 async def broker() -> AsyncIterator[ScriptedBroker]:
@@ -140,18 +145,24 @@ async def _no_events(_after: int, _limit: int) -> list[Any]:
     return []
 
 
-def client_for(broker: ScriptedBroker, intake: HeldIntake, feed: StatusFeed | None = None) -> AttachedClient:
+@contextlib.asynccontextmanager
+async def running(
+    broker: ScriptedBroker, intake: HeldIntake | None = None, feed: StatusFeed | None = None
+) -> AsyncIterator[AttachedClient]:
+    """An attach client for `broker`, started, and stopped at the end."""
     target = AttachTarget("127.0.0.1", broker.port, "site", "secret", "outbox-test")
-    return AttachedClient(target, cast(Intake, intake), feed or StatusFeed(_no_events, 0), 0)
+    client = AttachedClient(target, cast(Intake, intake or HeldIntake()), feed or StatusFeed(_no_events, 0), 0)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.stop()
 
 
 async def test_acknowledges_in_arrival_order_and_only_after_commit(broker: ScriptedBroker) -> None:
     intake = HeldIntake()
-    client = client_for(broker, intake)
-    await client.start()
-    try:
-        peer = await broker.connection()
-        connect = await peer.handshake()
+    async with running(broker, intake):
+        peer, connect = await broker.session()
         assert (connect.client_id, connect.clean, connect.username, connect.password) == (
             "outbox-test", False, "site", b"secret",
         )  # fmt: skip
@@ -163,40 +174,51 @@ async def test_acknowledges_in_arrival_order_and_only_after_commit(broker: Scrip
             await asyncio.sleep(0)
         intake.commit(0)
         assert await peer.pubacks(10) == list(range(1, 11))
-    finally:
-        await client.stop()
+
+
+async def held_back(broker: ScriptedBroker, intake: HeldIntake, total: int, pause_s: float) -> Peer:
+    """`total` publishes sent at once with no commit: the client takes MAX_UNCOMMITTED, then `pause_s` passes."""
+    peer, _connect = await broker.session()
+    peer.publish(range(1, total + 1))
+    await intake.wait_for(attach.MAX_UNCOMMITTED)
+    await asyncio.sleep(pause_s)
+    return peer
 
 
 async def test_reading_pauses_while_too_many_wait_for_their_commit(broker: ScriptedBroker) -> None:
     intake = HeldIntake()
-    client = client_for(broker, intake)
-    await client.start()
     total = 20 * attach.MAX_UNCOMMITTED
-    try:
-        peer = await broker.connection()
-        await peer.handshake()
-        peer.publish(range(1, total + 1))
-        await intake.wait_for(attach.MAX_UNCOMMITTED)
-        # Time for a client that kept reading to take far more: the 700 KB sit in loopback's buffers.
-        await asyncio.sleep(0.3)
+    async with running(broker, intake):
+        # 0.3 s: time for a client that kept reading to take far more (the 700 KB sit in loopback's buffers).
+        peer = await held_back(broker, intake, total, 0.3)
         held = len(intake.taken)
         # At most one read's worth past the limit; the rest stays with the broker (here: in TCP's buffers).
         assert held < attach.MAX_UNCOMMITTED + attach.READ_CHUNK // 30, held
         await intake.commit_until(total)  # the client reads on as room frees up
         assert await peer.pubacks(total) == list(range(1, total + 1))
-    finally:
-        await client.stop()
+
+
+async def test_a_pause_in_reading_is_not_taken_for_a_silent_broker(
+    broker: ScriptedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits held up (a full disk) pause reading; the PINGRESPs wait unread, and the link stays up."""
+    monkeypatch.setattr(attach, "KEEPALIVE_S", 1)  # silent for 1.5 s: gone
+    intake = HeldIntake()
+    total = 2 * attach.MAX_UNCOMMITTED
+    async with running(broker, intake):
+        # 3.5 s: more than twice the silence allowed, with reading paused throughout.
+        peer = await held_back(broker, intake, total, 3.5)
+        await intake.commit_until(total)
+        assert await peer.pubacks(total) == list(range(1, total + 1))  # on the same connection
+        assert broker.peers.empty()
 
 
 async def test_a_failed_commit_drops_the_connection_so_the_broker_sends_again(
     broker: ScriptedBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
     intake = HeldIntake()
-    client = client_for(broker, intake)
-    await client.start()
-    try:
-        peer = await broker.connection()
-        await peer.handshake()
+    async with running(broker, intake):
+        peer, _connect = await broker.session()
         peer.publish(range(1, 4))
         await intake.wait_for(3)
         intake.commit(0)
@@ -207,39 +229,28 @@ async def test_a_failed_commit_drops_the_connection_so_the_broker_sends_again(
             with pytest.raises(EOFError):
                 await peer.pubacks(1)
         assert "attach intake failed: disk gone" in caplog.text
-        again = await broker.connection()  # the client comes back, on its persistent session
-        connect = await again.handshake(session_present=True)
+        _again, connect = await broker.session(present=True)  # the client comes back, on its persistent session
         assert not connect.clean
-    finally:
-        await client.stop()
 
 
 async def test_a_refused_connect_is_logged_and_retried(
     broker: ScriptedBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = client_for(broker, HeldIntake())
     with caplog.at_level(logging.INFO, logger="edge_outbox.attach"):
-        await client.start()
-        try:
+        async with running(broker) as client:
             peer = await broker.connection()
             await peer.next()
             peer.writer.write(p.encode(p.Connack(False, p.ConnackCode.BAD_CREDENTIALS)))
-            again = await broker.connection()
-            await again.handshake()
+            await broker.session()
             await asyncio.wait_for(client.connected.wait(), 10)
-        finally:
-            await client.stop()
     assert "attach broker refused the connection: bad credentials" in caplog.text
     assert "secret" not in caplog.text
 
 
 async def test_statuses_not_acknowledged_are_sent_again_on_the_next_connection(broker: ScriptedBroker) -> None:
     feed = StatusFeed(_no_events, 0)
-    client = client_for(broker, HeldIntake(), feed)
-    await client.start()
-    try:
-        peer = await broker.connection()
-        await peer.handshake()
+    async with running(broker, feed=feed) as client:
+        peer, _connect = await broker.session()
         feed.on_events(
             [StatusEvent(seq, f"i{seq}", "app", "email.send", State.ACCEPTED, "", "", 0) for seq in (1, 2, 3)]
         )
@@ -256,51 +267,19 @@ async def test_statuses_not_acknowledged_are_sent_again_on_the_next_connection(b
 
         await asyncio.wait_for(first_acknowledged(), 10)
         peer.writer.close()
-        again = await broker.connection()
-        await again.handshake(session_present=True)
+        again, _connect = await broker.session(present=True)
         resent = [await again.next() for _ in range(2)]
         assert [json.loads(m.payload)["seq"] for m in resent if isinstance(m, p.Publish)] == [2, 3]
         assert client.status.position == 1
-    finally:
-        await client.stop()
-
-
-async def test_a_pause_in_reading_is_not_taken_for_a_silent_broker(
-    broker: ScriptedBroker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Commits held up (a full disk) pause reading; the PINGRESPs wait unread, and the link stays up."""
-    monkeypatch.setattr(attach, "KEEPALIVE_S", 1)  # silent for 1.5 s: gone
-    intake = HeldIntake()
-    client = client_for(broker, intake)
-    await client.start()
-    total = 2 * attach.MAX_UNCOMMITTED
-    try:
-        peer = await broker.connection()
-        await peer.handshake()
-        peer.publish(range(1, total + 1))
-        await intake.wait_for(attach.MAX_UNCOMMITTED)
-        await asyncio.sleep(3.5)  # more than twice the silence allowed, with reading paused throughout
-        await intake.commit_until(total)
-        acked = await peer.pubacks(total)  # on the same connection
-        assert acked == list(range(1, total + 1))
-        assert broker.peers.empty()
-    finally:
-        await client.stop()
 
 
 async def test_a_silent_broker_is_dropped_and_connected_again(
     broker: ScriptedBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(attach, "KEEPALIVE_S", 1)
-    client = client_for(broker, HeldIntake())
     with caplog.at_level(logging.WARNING, logger="edge_outbox.attach"):
-        await client.start()
-        try:
-            peer = await broker.connection()
-            await peer.handshake()
+        async with running(broker):
+            peer, _connect = await broker.session()
             assert isinstance(await peer.next(), p.Bare)  # a PINGREQ, left unanswered
-            again = await broker.connection()
-            await again.handshake(session_present=True)
-        finally:
-            await client.stop()
+            await broker.session(present=True)
     assert "attach broker silent for 1 s" in caplog.text

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
-from bench.p1_ingest import ATTACH, MOSQ_DEFAULT, _attach, _fig, _measure
-from bench.procs import ensure_mosquitto, free_port, start_mosquitto
+from bench.p1_ingest import ATTACH, MOSQ_DEFAULT, _attach, _fig, mosquitto_pair
+from bench.procs import ensure_mosquitto
 from bench.report import Figure
 from bench.stack import Stack
 
@@ -31,14 +30,8 @@ def main() -> None:
     figs: dict[str, Figure] = {}
     try:
         for i in range(args.runs):
-            mdir = work / f"pair{i}"
-            cloud_port, edge_port = free_port(), free_port()
-            cloud = start_mosquitto(mosquitto, "cloud", mdir, cloud_port, persistence="default")
-            edge = start_mosquitto(mosquitto, "edge", mdir, edge_port, persistence="default", bridge_to=cloud_port)
-            time.sleep(0.5)  # let the bridge connection come up
-            _measure(_fig(figs, MOSQ_DEFAULT, args.pubs), edge_port, args.pubs, args.seconds, edge=edge, cloud=cloud)
-            edge.stop()
-            cloud.stop()
+            mosquitto_pair(_fig(figs, MOSQ_DEFAULT, args.pubs), mosquitto, work / f"pair{i}", "default", args.pubs,
+                           args.seconds)  # fmt: skip
             attach_fig = _fig(figs, ATTACH, args.pubs, (MOSQ_DEFAULT,))
             _attach(attach_fig, stack, mosquitto, work / f"attach{i}", args.pubs, args.seconds)
     finally:

@@ -76,19 +76,7 @@ def run(stack: Stack, mosquitto: str, runs: int, seconds: float, publishers: lis
             plain.stop()
 
             for name, persistence in ((MOSQ_DEFAULT, "default"), (MOSQ_DURABLE, "durable")):
-                mdir = work / tag / persistence
-                cloud_port, edge_port = free_port(), free_port()
-                cloud = start_mosquitto(
-                    mosquitto, f"mosq-cloud-{persistence}", mdir, cloud_port, persistence=persistence
-                )
-                medge = start_mosquitto(
-                    mosquitto, f"mosq-edge-{persistence}", mdir, edge_port, persistence=persistence,
-                    bridge_to=cloud_port,
-                )  # fmt: skip
-                time.sleep(0.5)  # let the bridge connection come up
-                _measure(_fig(figs, name, pubs), edge_port, pubs, seconds, edge=medge, cloud=cloud)
-                medge.stop()
-                cloud.stop()
+                mosquitto_pair(_fig(figs, name, pubs), mosquitto, work / tag / persistence, persistence, pubs, seconds)
 
             _attach(
                 _fig(figs, ATTACH, pubs, (MOSQ_DEFAULT,), ATTACH_TARGET),
@@ -104,6 +92,19 @@ def run(stack: Stack, mosquitto: str, runs: int, seconds: float, publishers: lis
     return sorted(
         figs.values(), key=lambda f: (int(f.name.rsplit(", ", 1)[1].split()[0]), order.index(f.name.rsplit(", ", 1)[0]))
     )
+
+
+def mosquitto_pair(fig: Figure, mosquitto: str, work: Path, persistence: str, pubs: int, seconds: float) -> None:
+    """One sample of `fig`: the PUBACK rate of a Mosquitto bridged to another, with `persistence` on both."""
+    cloud_port, edge_port = free_port(), free_port()
+    cloud = start_mosquitto(mosquitto, f"mosq-cloud-{persistence}", work, cloud_port, persistence=persistence)
+    edge = start_mosquitto(
+        mosquitto, f"mosq-edge-{persistence}", work, edge_port, persistence=persistence, bridge_to=cloud_port
+    )
+    time.sleep(0.5)  # let the bridge connection come up
+    _measure(fig, edge_port, pubs, seconds, edge=edge, cloud=cloud)
+    edge.stop()
+    cloud.stop()
 
 
 def _attach(fig: Figure, stack: Stack, mosquitto: str, work: Path, pubs: int, seconds: float) -> None:

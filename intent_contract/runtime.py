@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import gc
 
-# Young-generation threshold: allocations (less deallocations) between two young collections. The
-# default, 700, collected every ~10 intents in attach mode, and each collection promoted the intents
-# still waiting for their commit, so the older generations grew and were scanned again and again:
-# 0.5 s of garbage collection in a 6 s attach run. At 10,000 most of them have died first
-# (bench/findings.md F22); a young collection then takes about 2.5 ms.
+# Young-generation threshold: allocations (less deallocations) between two young collections. At the
+# default, 700, an attached outbox ran one young collection every ~70 intents, and each promoted the
+# intents still waiting for their commit, so the older generations grew and were scanned again and
+# again: 0.67 s of garbage collection in a 6 s attach run (a gc.callbacks probe). At 10,000 most of them
+# have died first: 0.25 s, a young collection taking about 2.5 ms (bench/findings.md F22).
 YOUNG_THRESHOLD = 10_000
 
 

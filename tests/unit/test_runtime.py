@@ -11,6 +11,7 @@ from intent_contract.runtime import YOUNG_THRESHOLD, tune_garbage_collector
 @pytest.fixture
 def restored_gc() -> Iterator[None]:
     threshold = gc.get_threshold()
+    gc.unfreeze()
     yield
     gc.unfreeze()
     gc.set_threshold(*threshold)
@@ -18,8 +19,9 @@ def restored_gc() -> Iterator[None]:
 
 @pytest.mark.usefixtures("restored_gc")
 def test_startup_objects_are_frozen_and_young_collections_are_rarer() -> None:
-    kept = [object() for _ in range(10)]  # alive at start-up, like the modules and the stores
+    kept = [[n] for n in range(1000)]  # alive at start-up (lists: objects the collector tracks)
     _young, middle, old = gc.get_threshold()
+    assert gc.get_freeze_count() == 0
     tune_garbage_collector()
     assert gc.get_freeze_count() >= len(kept)
     assert gc.get_threshold() == (YOUNG_THRESHOLD, middle, old)

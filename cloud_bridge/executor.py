@@ -6,6 +6,15 @@ puts it back in the queue at the next `start()`, a shared store lets the lease r
 executor claims it again. Either way it runs again with the same idempotency key: providers that honour
 the key see it once; towards the others delivery is at least once.
 
+Slots bound provider calls, not commits. A job holds its pool's slot for its provider call only: the
+slot is given back when the call returns, while the result's commit is still under way, and the row
+stays RUNNING under its lease until that commit. Each fill claims up to `AHEAD` times the pool's slots
+(the jobs running, plus rows claimed ahead, also RUNNING under leases this executor renews), so a
+slot that frees starts the next row at once, and the loop claims more meanwhile. Held through the
+result's commit and the next claim's, a slot had left the provider idle for two commits per call
+(bench/findings.md F23). Rows claimed ahead start in the order claimed, past a tenant already running
+its cap; a stopping executor starts none of them and leaves them RUNNING, like a node that died.
+
 `use()` swaps the integrations (a config reload): new jobs run on the new ones, a job already running
 keeps the integration it started with, and an integration no longer in use is closed once its last
 job has ended.
@@ -30,6 +39,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
@@ -43,6 +53,8 @@ from cloud_bridge.tenant_pools import VENDOR, Claims, Pool, Pools
 from intent_contract.codec import Ack
 
 logger = logging.getLogger(__name__)
+
+AHEAD = 2  # a pool holds up to this many times its slots in rows: those not running are claimed ahead
 
 
 class Observe(Protocol):
@@ -82,7 +94,11 @@ class Executor:
         self._ledger = ledger
         self._pools = Pools.build({})
         self._claims = Claims(ledger, owner=owner, lease=lease, now=now, idle_poll=idle_poll)
-        self._running: dict[Pool, set[asyncio.Task[None]]] = {}
+        self._running: dict[Pool, set[asyncio.Task[None]]] = {}  # jobs holding a slot: their provider call is on
+        self._jobs: set[asyncio.Task[None]] = set()  # every job until its result is recorded
+        # Rows claimed ahead for each pool (RUNNING, leases renewed) with the pools of their claim: a slot
+        # that frees starts the next at once instead of waiting for a claim's commit.
+        self._ready: dict[Pool, deque[tuple[LedgerEntry, Pools]]] = {}
         self._uses: dict[asyncio.Task[None], Integration] = {}
         self._retiring: list[Integration] = []
         self._closing: set[asyncio.Task[None]] = set()
@@ -128,8 +144,10 @@ class Executor:
 
     def _close_unused(self) -> None:
         """Close every replaced integration that no running job uses any more."""
+        in_use = [*self._uses.values()]
+        in_use += [pools.integrations[pool] for pool, ready in self._ready.items() for _, pools in ready]
         for integration in list(self._retiring):
-            if not any(used is integration for used in self._uses.values()):
+            if not any(used is integration for used in in_use):
                 self._retiring.remove(integration)
                 task = asyncio.get_running_loop().create_task(self._close(integration), name="close integration")
                 self._closing.add(task)
@@ -144,7 +162,7 @@ class Executor:
 
     @property
     def in_flight(self) -> int:
-        """Jobs running now."""
+        """Jobs holding a slot now (their provider call is under way)."""
         return sum(len(tasks) for tasks in self._running.values())
 
     async def start(self) -> None:
@@ -186,7 +204,7 @@ class Executor:
         free = pools.slots[pool] - len(self._running.get(pool, ())) - self._reserved.get(pool, 0)
         if free <= 0 or pool[1] != VENDOR:
             return max(0, free)
-        fair = FairRound(free, pools.slots[pool], self._running_tenants(pool), [tenant], pools.shares)
+        fair = FairRound(free, pools.slots[pool], self._held_by_tenant(pool), [tenant], pools.shares)
         return fair.next_grant().get(tenant, 0)
 
     def adopt(self, offer: ClaimOffer, entries: list[LedgerEntry]) -> None:
@@ -215,9 +233,12 @@ class Executor:
         if self._loop_task is not None:
             await self._loop_task
             self._loop_task = None
-        tasks = {t for tasks in self._running.values() for t in tasks}
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self._stop_grace)
+        left = sum(len(ready) for ready in self._ready.values())
+        if left:  # RUNNING without a job, as when the node dies: taken again at the next start or their lease's end
+            logger.info("%d rows claimed ahead were not started: the executor stops", left)
+            self._ready.clear()
+        if self._jobs:
+            _, pending = await asyncio.wait(set(self._jobs), timeout=self._stop_grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -238,11 +259,10 @@ class Executor:
         while True:
             started, _ = await self._fill()
             total += started
-            tasks = {t for tasks in self._running.values() for t in tasks}
-            if not started and not tasks:
+            if not started and not self._jobs:
                 return total
-            if tasks:
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if self._jobs:
+                await asyncio.wait(set(self._jobs), return_when=asyncio.FIRST_COMPLETED)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -269,47 +289,79 @@ class Executor:
         due): only those may sleep until the next due time; a kind with a full or capped pool waits for
         a job to end.
         """
-        started = 0
+        taken = 0
         idle: set[str] = set()
         busy: set[str] = set()
         pools = self._pools
-        for pool, integration in pools.integrations.items():
-            free = pools.slots[pool] - len(self._running[pool]) - self._reserved.get(pool, 0)
-            if free <= 0 or self._stopping:
+        for pool in pools.integrations:
+            self._start_ready(pool)
+            held = AHEAD * pools.slots[pool]
+            room = held - len(self._running[pool]) - len(self._ready.get(pool, ())) - self._reserved.get(pool, 0)
+            if room <= 0 or self._stopping:
                 busy.add(pool[0])
                 self._idle.discard(pool)
                 continue
-            claimed, full = await self._claims.fill(pools, pool, free, self._running_tenants(pool))
+            claimed, full = await self._claims.fill(pools, pool, room, self._held_by_tenant(pool), held)
             (busy if full else idle).add(pool[0])
             if full:
                 self._idle.discard(pool)
             elif self._pools is pools:  # not replaced by a reload meanwhile
                 self._idle.add(pool)
-            for entry in claimed:
-                self._start(pool, entry, integration)
-                started += 1
+            self._ready.setdefault(pool, deque()).extend((entry, pools) for entry in claimed)
+            self._start_ready(pool)
+            taken += len(claimed)
         if not self._stopping:
             for entry in await self._claims.orphans(pools):
                 detail = f"no integration for {entry.kind} is configured at the bridge"
                 ack = await self._finish(entry, EntryState.FAILED, "no_integration", detail, "")
                 await self._notify(entry, ack)
-                started += 1
-        return started, sorted(idle - busy)
+                taken += 1
+        return taken, sorted(idle - busy)
 
-    def _running_tenants(self, pool: Pool) -> dict[str, int]:
-        """The pool's running jobs, counted by tenant."""
+    def _held_by_tenant(self, pool: Pool) -> dict[str, int]:
+        """The pool's running jobs and rows claimed ahead, counted by tenant (what fills share out)."""
+        held = self._running_by_tenant(pool)
+        for entry, _ in self._ready.get(pool, ()):
+            held[entry.tenant] = held.get(entry.tenant, 0) + 1
+        return held
+
+    def _running_by_tenant(self, pool: Pool) -> dict[str, int]:
+        """The pool's running jobs (those holding slots), counted by tenant."""
         running: dict[str, int] = {}
         for task in self._running.get(pool, ()):
             running[self._held[task].tenant] = running.get(self._held[task].tenant, 0) + 1
         return running
 
+    def _start_ready(self, pool: Pool) -> None:
+        """Start rows claimed ahead for `pool` while it has free slots, in the order claimed, on the
+        integrations of their claim; a row whose tenant runs as many jobs as its cap (`max_share` of a vendor
+        pool's slots) waits for one of them to end, and rows behind it go first."""
+        ready = self._ready.get(pool)
+        if not ready or self._stopping:
+            return
+        pools = self._pools if pool in self._pools.slots else ready[0][1]
+        slots, running = pools.slots[pool], self._running[pool]
+        tenants = self._running_by_tenant(pool)
+        passed: list[tuple[LedgerEntry, Pools]] = []
+        while ready and len(running) + self._reserved.get(pool, 0) < slots:
+            entry, claimed_in = ready.popleft()
+            if pool[1] == VENDOR:
+                if tenants.get(entry.tenant, 0) >= pools.shares.of(entry.tenant).cap(slots):
+                    passed.append((entry, claimed_in))
+                    continue
+                tenants[entry.tenant] = tenants.get(entry.tenant, 0) + 1
+            self._start(pool, entry, claimed_in.integrations[pool])
+        ready.extendleft(reversed(passed))
+
     def _start(self, pool: Pool, entry: LedgerEntry, integration: Integration) -> None:
         slots = self._running.setdefault(pool, set())
-        task = asyncio.create_task(self._job(entry, integration), name=f"job {entry.intent_id}")
+        task = asyncio.create_task(self._job(entry, integration, pool), name=f"job {entry.intent_id}")
         slots.add(task)
+        self._jobs.add(task)
         self._held[task] = entry
         self._uses[task] = integration
         task.add_done_callback(slots.discard)
+        task.add_done_callback(self._jobs.discard)
         task.add_done_callback(self._release)
 
     def _release(self, task: asyncio.Task[None]) -> None:
@@ -321,7 +373,7 @@ class Executor:
         """Every third of a lease, extend the leases of the jobs still running, so no other node takes them."""
         while True:
             await asyncio.sleep(self._lease / 3)
-            held = list(self._held.values())
+            held = [*self._held.values()] + [entry for ready in self._ready.values() for entry, _ in ready]
             if not held:
                 continue
             try:
@@ -338,23 +390,34 @@ class Executor:
 
     # -- one job ----------------------------------------------------------------------------------
 
-    async def _job(self, entry: LedgerEntry, integration: Integration) -> None:
+    async def _job(self, entry: LedgerEntry, integration: Integration, pool: Pool) -> None:
         try:
-            ack = await self._execute(entry, integration)
+            ack = await self._execute(entry, integration, pool)
         except Exception:
             # The ledger could not record the result: the row stays running and resumes at restart.
             logger.exception("could not record the result of %s/%s", entry.device_id, entry.intent_id,
                              extra=log_context(entry))  # fmt: skip
             ack = None
         finally:
-            self._wakeup.set()  # a slot is free
+            self._give_back(pool)
         if ack is not None:
             await self._notify(entry, ack)
 
-    async def _execute(self, entry: LedgerEntry, integration: Integration) -> Ack | None:
+    def _give_back(self, pool: Pool) -> None:
+        """The current job's provider call is over: its slot starts the next row claimed ahead, while this
+        job's result is committed, and the loop claims more (see the module docstring)."""
+        task = asyncio.current_task()
+        slots = self._running.get(pool, set())
+        if task is not None and task in slots:
+            slots.discard(task)
+            self._start_ready(pool)
+            self._wakeup.set()
+
+    async def _execute(self, entry: LedgerEntry, integration: Integration, pool: Pool) -> Ack | None:
         name = getattr(integration, "name", entry.kind)
         stop = before_run(entry, now=self._now(), revoked=self._revoked(entry.device_id))
         if stop is not None:
+            self._give_back(pool)
             return await self._finish(entry, stop.state, stop.code, stop.detail, name)
         job = Job(
             device_id=entry.device_id,
@@ -382,6 +445,7 @@ class Executor:
             result = Transient("integration_error", f"the {name} integration raised {type(exc).__name__}")
         else:
             result = Returned(outcome.detail)
+        self._give_back(pool)
         now = self._now()
         verdict = after_run(entry, result, now=now, policy=self._retry_policy, jitter=self._rand())
         if verdict.retry_at is None:

@@ -82,9 +82,10 @@ class Claims:
         self._waiting.woken(self._now())
 
     async def fill(
-        self, pools: Pools, pool: Pool, free: int, running: Mapping[str, int]
+        self, pools: Pools, pool: Pool, free: int, running: Mapping[str, int], held: int | None = None
     ) -> tuple[list[LedgerEntry], bool]:
-        """Claim up to `free` rows for `pool`, whose jobs now run per tenant as `running`.
+        """Claim up to `free` rows for `pool`, whose jobs now run per tenant as `running`, of the `held` it may
+        hold at once (its slots unless given: the executor holds rows claimed ahead too).
 
         Returns the rows and whether the pool may have more due now (filled, or slots left by caps).
         """
@@ -98,7 +99,7 @@ class Claims:
         owners = pools.owners.get(kind, frozenset())
         waiting = [t for t in self._waiting.tenants(kind) if t not in owners]
         self._turn += 1
-        fair = FairRound(free, pools.slots[pool], dict(running), rotated(waiting, self._turn), pools.shares)
+        fair = FairRound(free, held or pools.slots[pool], dict(running), rotated(waiting, self._turn), pools.shares)
         claimed: list[LedgerEntry] = []
         while grant := fair.next_grant():
             for tenant, n in grant.items():

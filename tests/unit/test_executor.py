@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cloud_bridge.audit import AuditEvent
 from cloud_bridge.errors import PermanentError, TransientError
 from cloud_bridge.executor import Executor
+from cloud_bridge.fair_share import Share, Shares
 from cloud_bridge.integrations.base import Job, Outcome
+from cloud_bridge.ledger import LedgerEntry
 from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE, requests_for
 from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.ledger_states import EntryState
@@ -309,6 +312,110 @@ async def test_the_next_due_time_is_asked_only_when_slots_go_unfilled(
         await executor.stop()
     assert queued_when_asked  # once the queue ran dry
     assert max(queued_when_asked) < smtp.concurrency
+
+
+async def test_a_slot_takes_the_next_row_while_the_last_result_commits(
+    ledger: SqliteLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slot bounds provider calls: held through the result's commit (and the next claim's), it left the
+    # provider idle for two commits per call (bench/findings F23).
+    committing = asyncio.Event()
+    real_finish = ledger.finish
+
+    async def slow_finish(entry: LedgerEntry, *args: Any, **kwargs: Any) -> Ack:
+        if entry.intent_id == "a":
+            await committing.wait()
+        return await real_finish(entry, *args, **kwargs)
+
+    monkeypatch.setattr(ledger, "finish", slow_finish)
+    smtp, clock, finals = FakeIntegration(concurrency=1), Clock(), Finals()
+    executor = make(ledger, smtp, clock=clock, finals=finals, idle_poll=60.0)
+    await admit(ledger, DEV, [env("a"), env("b")], allow, NOW)
+    await executor.start()
+    try:
+        await eventually(lambda: [j.intent_id for j in smtp.jobs] == ["a", "b"])  # a's result not yet committed
+        assert finals.acks == [] or [a.id for _, a in finals.acks] == ["b"]
+        assert smtp.max_active == 1
+        committing.set()
+        await eventually(lambda: len(finals.acks) == 2)
+    finally:
+        await executor.stop()
+    assert finals.states() == {"a": (AckState.DELIVERED, ""), "b": (AckState.DELIVERED, "")}
+
+
+async def test_rows_claimed_ahead_start_without_waiting_for_a_claim(
+    ledger: SqliteLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    smtp, clock, finals = FakeIntegration(concurrency=2), Clock(), Finals()
+    smtp.gate = asyncio.Event()
+    executor = make(ledger, smtp, clock=clock, finals=finals, idle_poll=60.0)
+    await admit(ledger, DEV, [env(f"i{n}") for n in range(6)], allow, NOW)
+    await executor.start()
+    claims_open = asyncio.Event()
+    real_claim = ledger.claim
+
+    async def held_claim(*args: Any, **kwargs: Any) -> list[LedgerEntry]:
+        await claims_open.wait()
+        return await real_claim(*args, **kwargs)
+
+    try:
+        await eventually(lambda: smtp.active == 2)
+        depth = await ledger.depth()
+        assert depth.counts[("running", "email.send")] == 4  # 2 calls under way, 2 rows claimed ahead
+        assert depth.counts[("queued", "email.send")] == 2
+        monkeypatch.setattr(ledger, "claim", held_claim)  # from now on no claim completes
+        smtp.gate.set()
+        await eventually(lambda: len(smtp.jobs) == 4)  # the two claimed ahead ran, with no claim between
+        assert smtp.max_active == 2
+        claims_open.set()
+        await eventually(lambda: len(finals.acks) == 6)
+    finally:
+        claims_open.set()
+        await executor.stop()
+    assert sorted(j.intent_id for j in smtp.jobs) == [f"i{n}" for n in range(6)]  # each once
+
+
+async def test_rows_claimed_ahead_never_run_a_tenant_past_its_cap(ledger: SqliteLedger) -> None:
+    # A fill hands out twice the slots (running and claimed ahead); a tenant capped at half the slots holds
+    # up to that many rows, but no more than half of them run at once.
+    smtp, clock, finals = FakeIntegration(concurrency=4), Clock(), Finals()
+    smtp.delays = [0.002] * 12
+    executor = make(ledger, smtp, clock=clock, finals=finals, idle_poll=60.0)
+    executor.use({"email.send": smtp}, shares=Shares({"acme": Share(max_share=0.5)}))
+    await admit(ledger, DEV, [env(f"i{n}") for n in range(12)], allow, NOW)
+    await executor.start()
+    try:
+        await eventually(lambda: len(finals.acks) == 12)
+    finally:
+        await executor.stop()
+    assert smtp.max_active == 2
+
+
+async def test_rows_claimed_ahead_keep_their_leases_and_a_stop_leaves_them_to_the_next_start(
+    ledger: SqliteLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renewed: set[str] = set()
+    real_renew = ledger.renew
+
+    async def recording_renew(entries: Sequence[LedgerEntry], until: float) -> int:
+        renewed.update(e.intent_id for e in entries)
+        return await real_renew(entries, until)
+
+    monkeypatch.setattr(ledger, "renew", recording_renew)
+    smtp, clock, finals = FakeIntegration(concurrency=1), Clock(), Finals()
+    smtp.gate = asyncio.Event()  # never set: the provider hangs
+    executor = make(ledger, smtp, clock=clock, finals=finals, idle_poll=60.0, stop_grace=0.05, lease=0.15)
+    await admit(ledger, DEV, [env("a"), env("b"), env("c")], allow, NOW)
+    await executor.start()
+    await eventually(lambda: smtp.active == 1)
+    await eventually(lambda: renewed == {"a", "b"})  # the call under way and the row claimed ahead
+    await executor.stop()
+    assert executor.in_flight == 0
+    assert [j.intent_id for j in smtp.jobs] == ["a"]  # "b" was not started by a stopping executor
+    assert await ledger.recover(NOW) == 2  # both back in the queue for the next start
+    finals = Finals()
+    assert await make(ledger, FakeIntegration(), clock=clock, finals=finals).run_due() == 3
+    assert sorted(finals.states()) == ["a", "b", "c"]
 
 
 async def test_start_resumes_rows_left_running(tmp_path: Path) -> None:

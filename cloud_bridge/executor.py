@@ -6,14 +6,13 @@ puts it back in the queue at the next `start()`, a shared store lets the lease r
 executor claims it again. Either way it runs again with the same idempotency key: providers that honour
 the key see it once; towards the others delivery is at least once.
 
-Slots bound provider calls, not commits. A job holds its pool's slot for its provider call only: the
-slot is given back when the call returns, while the result's commit is still under way, and the row
-stays RUNNING under its lease until that commit. Each fill claims up to `AHEAD` times the pool's slots
-(the jobs running, plus rows claimed ahead, also RUNNING under leases this executor renews), so a
-slot that frees starts the next row at once, and the loop claims more meanwhile. Held through the
-result's commit and the next claim's, a slot had left the provider idle for two commits per call
-(bench/findings.md F23). Rows claimed ahead start in the order claimed, past a tenant already running
-its cap; a stopping executor starts none of them and leaves them RUNNING, like a node that died.
+Claimed ahead: each fill claims up to `AHEAD` times a pool's slots, the jobs running and rows that wait
+for the next free slots (RUNNING too, under leases this executor renews). A slot that frees starts the
+next of them at once, while the loop claims more, instead of waiting for a claim's commit
+(bench/findings.md F23). They start in the order claimed, passing over a tenant already running its
+cap; a stopping executor starts none of them and leaves them RUNNING, like a node that died. A job
+holds its slot from its start through its result's commit, so at most the slots' number of calls can
+have reached a provider with no result recorded when a node dies: the calls that may run twice.
 
 `use()` swaps the integrations (a config reload): new jobs run on the new ones, a job already running
 keeps the integration it started with, and an integration no longer in use is closed once its last
@@ -404,8 +403,8 @@ class Executor:
             await self._notify(entry, ack)
 
     def _give_back(self, pool: Pool) -> None:
-        """The current job's provider call is over: its slot starts the next row claimed ahead, while this
-        job's result is committed, and the loop claims more (see the module docstring)."""
+        """The current job has ended (its result committed, or not recordable): its slot starts the next row
+        claimed ahead, and the loop claims more."""
         task = asyncio.current_task()
         slots = self._running.get(pool, set())
         if task is not None and task in slots:
@@ -417,7 +416,6 @@ class Executor:
         name = getattr(integration, "name", entry.kind)
         stop = before_run(entry, now=self._now(), revoked=self._revoked(entry.device_id))
         if stop is not None:
-            self._give_back(pool)
             return await self._finish(entry, stop.state, stop.code, stop.detail, name)
         job = Job(
             device_id=entry.device_id,
@@ -445,7 +443,6 @@ class Executor:
             result = Transient("integration_error", f"the {name} integration raised {type(exc).__name__}")
         else:
             result = Returned(outcome.detail)
-        self._give_back(pool)
         now = self._now()
         verdict = after_run(entry, result, now=now, policy=self._retry_policy, jitter=self._rand())
         if verdict.retry_at is None:

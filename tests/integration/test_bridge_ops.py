@@ -101,8 +101,14 @@ async def test_ledger_depth_and_oldest_queued_age_are_read_at_scrape(
     harness = Harness(bridge, settings, server_cert_files["ca"])
     try:
         client = await harness.connect(await harness.enroll())
-        client.send([email("q-1"), email("q-2")])
-        await until(lambda: len(blocking.calls) == 1 and len(client.states()) == 2, what="one running, one queued")
+        # One job at a time: q-1 runs, q-2 is claimed ahead (running in the ledger), q-3 waits queued.
+        client.send([email("q-1"), email("q-2"), email("q-3")])
+        await until(lambda: len(blocking.calls) == 1 and len(client.states()) == 3, what="q-1 running")
+
+        async def claimed_ahead() -> bool:
+            return (await bridge.ledger.depth()).counts.get(("running", "email.send")) == 2
+
+        await until(claimed_ahead, what="q-2 claimed ahead")
         clock[0] += 90
         metrics = await scrape(harness)
         blocking.release.set()
@@ -113,7 +119,7 @@ async def test_ledger_depth_and_oldest_queued_age_are_read_at_scrape(
         await bridge.stop()
     ledger = metrics["bridge_ledger_intents"]
     assert value(ledger, "bridge_ledger_intents", state="queued", kind="email.send") == 1
-    assert value(ledger, "bridge_ledger_intents", state="running", kind="email.send") == 1
+    assert value(ledger, "bridge_ledger_intents", state="running", kind="email.send") == 2
     assert value(metrics["bridge_ledger_oldest_queued_age_seconds"], "bridge_ledger_oldest_queued_age_seconds") == 90
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -93,8 +94,7 @@ class Executor:
         self._ledger = ledger
         self._pools = Pools.build({})
         self._claims = Claims(ledger, owner=owner, lease=lease, now=now, idle_poll=idle_poll)
-        self._running: dict[Pool, set[asyncio.Task[None]]] = {}  # jobs holding a slot: their provider call is on
-        self._jobs: set[asyncio.Task[None]] = set()  # every job until its result is recorded
+        self._running: dict[Pool, set[asyncio.Task[None]]] = {}
         # Rows claimed ahead for each pool (RUNNING, leases renewed) with the pools of their claim: a slot
         # that frees starts the next at once instead of waiting for a claim's commit.
         self._ready: dict[Pool, deque[tuple[LedgerEntry, Pools]]] = {}
@@ -161,7 +161,7 @@ class Executor:
 
     @property
     def in_flight(self) -> int:
-        """Jobs holding a slot now (their provider call is under way)."""
+        """Jobs running now."""
         return sum(len(tasks) for tasks in self._running.values())
 
     async def start(self) -> None:
@@ -236,8 +236,9 @@ class Executor:
         if left:  # RUNNING without a job, as when the node dies: taken again at the next start or their lease's end
             logger.info("%d rows claimed ahead were not started: the executor stops", left)
             self._ready.clear()
-        if self._jobs:
-            _, pending = await asyncio.wait(set(self._jobs), timeout=self._stop_grace)
+        tasks = {t for tasks in self._running.values() for t in tasks}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self._stop_grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -258,10 +259,11 @@ class Executor:
         while True:
             started, _ = await self._fill()
             total += started
-            if not started and not self._jobs:
+            tasks = {t for tasks in self._running.values() for t in tasks}
+            if not started and not tasks:
                 return total
-            if self._jobs:
-                await asyncio.wait(set(self._jobs), return_when=asyncio.FIRST_COMPLETED)
+            if tasks:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -354,14 +356,19 @@ class Executor:
 
     def _start(self, pool: Pool, entry: LedgerEntry, integration: Integration) -> None:
         slots = self._running.setdefault(pool, set())
-        task = asyncio.create_task(self._job(entry, integration, pool), name=f"job {entry.intent_id}")
+        task = asyncio.create_task(self._job(entry, integration), name=f"job {entry.intent_id}")
         slots.add(task)
-        self._jobs.add(task)
         self._held[task] = entry
         self._uses[task] = integration
-        task.add_done_callback(slots.discard)
-        task.add_done_callback(self._jobs.discard)
+        task.add_done_callback(functools.partial(self._ended, pool))
         task.add_done_callback(self._release)
+
+    def _ended(self, pool: Pool, task: asyncio.Task[None]) -> None:
+        """A job has ended (its result committed, or not recordable): its slot starts the next row claimed
+        ahead, and the loop claims more."""
+        self._running[pool].discard(task)
+        self._start_ready(pool)
+        self._wakeup.set()
 
     def _release(self, task: asyncio.Task[None]) -> None:
         self._held.pop(task, None)
@@ -389,30 +396,18 @@ class Executor:
 
     # -- one job ----------------------------------------------------------------------------------
 
-    async def _job(self, entry: LedgerEntry, integration: Integration, pool: Pool) -> None:
+    async def _job(self, entry: LedgerEntry, integration: Integration) -> None:
         try:
-            ack = await self._execute(entry, integration, pool)
+            ack = await self._execute(entry, integration)
         except Exception:
             # The ledger could not record the result: the row stays running and resumes at restart.
             logger.exception("could not record the result of %s/%s", entry.device_id, entry.intent_id,
                              extra=log_context(entry))  # fmt: skip
             ack = None
-        finally:
-            self._give_back(pool)
         if ack is not None:
             await self._notify(entry, ack)
 
-    def _give_back(self, pool: Pool) -> None:
-        """The current job has ended (its result committed, or not recordable): its slot starts the next row
-        claimed ahead, and the loop claims more."""
-        task = asyncio.current_task()
-        slots = self._running.get(pool, set())
-        if task is not None and task in slots:
-            slots.discard(task)
-            self._start_ready(pool)
-            self._wakeup.set()
-
-    async def _execute(self, entry: LedgerEntry, integration: Integration, pool: Pool) -> Ack | None:
+    async def _execute(self, entry: LedgerEntry, integration: Integration) -> Ack | None:
         name = getattr(integration, "name", entry.kind)
         stop = before_run(entry, now=self._now(), revoked=self._revoked(entry.device_id))
         if stop is not None:

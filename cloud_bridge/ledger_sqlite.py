@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -449,15 +448,16 @@ class SqliteLedger:
 def _claim_rows(
     conn: sqlite3.Connection, rows: Sequence[sqlite3.Row], owner: str, until: float, now: float
 ) -> list[LedgerEntry]:
-    """Move `rows` (selected whole) to running for `owner` until `until`; the entries as claimed."""
-    claimed = []
-    for row in rows:
-        conn.execute(f"UPDATE intents SET {_CLAIMED} WHERE seq = ?", (owner, until, now, row["seq"]))
-        entry = replace(
-            _entry(row), state=EntryState.RUNNING, tries=row["tries"] + 1, updated=now, owner=owner, lease_until=until
-        )
-        claimed.append(entry)
-    return claimed
+    """Move `rows` (selected whole) to running for `owner` until `until`; the entries as claimed.
+
+    One UPDATE per 500 rows, not one per row (bench/findings.md F24)."""
+    seqs = [row["seq"] for row in rows]
+    for start in range(0, len(seqs), 500):  # SQLite takes at most 32,766 parameters
+        chunk = seqs[start : start + 500]
+        conn.execute(f"UPDATE intents SET {_CLAIMED} WHERE seq IN ({marks(chunk)})", (owner, until, now, *chunk))
+    held = {"state": EntryState.RUNNING, "updated": now, "owner": owner, "lease_until": until}
+    return [entry_from_row({**dict(zip(row.keys(), row, strict=True)), **held, "tries": row["tries"] + 1})
+            for row in rows]  # fmt: skip
 
 
 def _convert(exc: BaseException) -> BaseException:

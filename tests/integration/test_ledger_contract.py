@@ -189,6 +189,23 @@ async def test_claim_respects_kinds_due_time_priority_and_limit(ledger: Ledger) 
     assert await ledger.claim([], 5, NOW) == []
 
 
+async def test_a_claim_of_more_than_500_rows_holds_each_of_them(ledger: Ledger) -> None:
+    """A large claim (a pool of hundreds of slots claims twice its slots) takes every row it returns, in the
+    store too: none is claimed again, and each finishes as held (SQLite updates them 500 to a statement)."""
+    envelopes = [env(f"i{n:04d}") for n in range(1201)]
+    for start in range(0, len(envelopes), 400):
+        await admit(ledger, DEV, envelopes[start : start + 400], Decider(), NOW)
+    claimed = await ledger.claim(["email.send"], 1201, NOW, owner="node-a")
+    assert [e.intent_id for e in claimed] == [e.id for e in envelopes]
+    assert {(e.state, e.tries, e.owner) for e in claimed} == {(EntryState.RUNNING, 1, "node-a")}
+    assert await ledger.claim(["email.send"], 10, NOW + 1) == []
+    assert (await ledger.depth()).counts == {("running", "email.send"): 1201}
+    for entry in claimed[::240]:  # one in each chunk of 500, and the last
+        ack = await ledger.finish(entry, EntryState.DELIVERED, "ok", "", NOW + 2, "smtp")
+        assert ack.state is AckState.DELIVERED
+    assert (await ledger.depth()).counts == {("running", "email.send"): 1201 - 6, ("delivered", "email.send"): 6}
+
+
 async def test_an_admission_claims_its_new_rows_into_the_slots_offered(ledger: Ledger) -> None:
     """`admit_claiming`: the batch's new queued rows, up to the slots offered per kind, highest priority first,
     run for the offer's owner; everything else stays queued for `claim`. Every row is claimed once. (SQLite

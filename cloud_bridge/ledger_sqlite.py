@@ -15,9 +15,12 @@ by a crash. Every UPDATE of a state sets an event's target and matches only its 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -74,10 +77,13 @@ T = TypeVar("T")
 def _audit_row(
     conn: sqlite3.Connection, at: float, entry: LedgerEntry, event: AuditEvent, integration: str, code: str, detail: str
 ) -> None:
-    conn.execute(
-        AUDIT_INSERT,
-        (at, entry.device_id, entry.tenant, entry.intent_id, entry.kind, str(event), integration, code, detail),
-    )
+    conn.execute(AUDIT_INSERT, _audit_params(at, entry, event, integration, code, detail))
+
+
+def _audit_params(
+    at: float, entry: LedgerEntry, event: AuditEvent, integration: str, code: str, detail: str
+) -> tuple[object, ...]:
+    return (at, entry.device_id, entry.tenant, entry.intent_id, entry.kind, str(event), integration, code, detail)
 
 
 def _audit_record(row: sqlite3.Row) -> AuditRecord:
@@ -114,6 +120,12 @@ def due_sql(kinds: int, of_tenant: bool = False) -> str:
 
 _CLAIMED = f"state = '{target(LedgerEvent.CLAIM)}', tries = tries + 1, owner = ?, lease_until = ?, updated = ?"
 _HELD = "device_id = ? AND intent_id = ? AND attempt = ? AND tries = ?"
+# A job's final state, per finishing event (params: code, detail, now, and _HELD's).
+_FINISH_SQL = {
+    event: f"UPDATE intents SET state = '{target(event)}', code = ?, detail = ?, updated = ?, owner = ''"
+    f" WHERE {_HELD} AND {state_in(sources(event))}"
+    for event in FINISH.values()
+}
 
 
 class SqliteLedger:
@@ -127,6 +139,9 @@ class SqliteLedger:
             max_group=_MAX_BATCH,
             hooks=WriterHooks(convert=_convert, expected=(BridgeError,)),
         )
+        self._finishing: list[_Finish] = []  # appended on the event loop, taken on the writer thread
+        self._finishing_lock = threading.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"SqliteLedger({str(self.path)!r})"
@@ -326,30 +341,36 @@ class SqliteLedger:
         `seconds`); a row no longer held is left alone (logged)."""
         if state not in FINISH:
             raise ValueError(f"finish needs a final state, not {state}")
-        event = FINISH[state]
-        detail = clip_detail(detail)
+        done: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        with self._finishing_lock:
+            first = not self._finishing
+            self._finishing.append(_Finish(entry, state, code, clip_detail(detail), now, integration, seconds, done))
+        if first:  # the others join it until the writer takes them
+            task = asyncio.create_task(self._finish_waiting())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await done
 
-        def run(conn: sqlite3.Connection) -> Ack:
-            cursor = conn.execute(
-                f"UPDATE intents SET state = '{target(event)}', code = ?, detail = ?, updated = ?, owner = ''"
-                f" WHERE {_HELD} AND {state_in(sources(event))}",
-                (code, detail, now, entry.device_id, entry.intent_id, entry.attempt, entry.tries),
-            )
-            if cursor.rowcount == 0:
-                logger.warning("finish of %s/%s ignored: no longer held", entry.device_id, entry.intent_id,
-                               extra=log_context(entry, code="not_held"))  # fmt: skip
-                row = conn.execute(
-                    "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?", (entry.device_id, entry.intent_id)
-                ).fetchone()
-                return _entry(row).ack() if row is not None else entry.ack()
-            audit = AUDIT[event]
-            assert audit is not None
-            _audit_row(conn, now, entry, audit, integration, code, detail)
-            counted = merged([tally(entry.tenant, entry.device_id, entry.kind, audit, now, seconds)])
-            conn.executemany(USAGE_UPSERT, upsert_rows(counted, ""))
-            return Ack(entry.intent_id, AckState(str(state)), code, detail, int(now * 1000), entry.app, entry.attempt)
+    async def _finish_waiting(self) -> None:
+        """One writer operation for every finish waiting when the writer gets to it (see `_finish_rows`)."""
+        taken: list[_Finish] = []
 
-        return await self._call(run)
+        def run(conn: sqlite3.Connection) -> list[Ack]:
+            with self._finishing_lock:
+                taken.extend(self._finishing)
+                self._finishing.clear()
+            return _finish_rows(conn, taken)
+
+        try:
+            acks = await self._call(run)
+        except Exception as exc:  # noqa: BLE001 - each caller gets it, as from its own call
+            for finish in taken:
+                if not finish.done.done():
+                    finish.done.set_exception(exc)
+        else:
+            for finish, ack in zip(taken, acks, strict=True):
+                if not finish.done.done():  # the caller gave up waiting; the result is recorded all the same
+                    finish.done.set_result(ack)
 
     async def reschedule(self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float) -> None:
         """Put the row `entry` holds back in the queue, due at `next_run`, and audit the retry."""
@@ -443,6 +464,54 @@ class SqliteLedger:
     async def ping(self) -> None:
         """One read through the writer thread: it answers only when the database does."""
         await self._call(lambda conn: conn.execute("PRAGMA user_version").fetchone(), writes=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Finish:
+    """One job's final state, waiting for the writer (`SqliteLedger.finish`)."""
+
+    entry: LedgerEntry
+    state: EntryState
+    code: str
+    detail: str
+    now: float
+    integration: str
+    seconds: float | None
+    done: asyncio.Future[Ack]
+
+
+def _finish_rows(conn: sqlite3.Connection, finishes: list[_Finish]) -> list[Ack]:
+    """Record each finish's state on the row its entry holds; a row no longer held is left alone (logged).
+
+    Jobs that end together share one operation: one UPDATE per row (each must match its holder), then
+    the audit rows in one statement and the usage counts added up into one upsert per (tenant, device,
+    kind, day), where each finish was an operation of five statements (bench/findings.md F25)."""
+    acks: list[Ack] = []
+    audits: list[tuple[object, ...]] = []
+    tallies = []
+    for f in finishes:
+        entry, event = f.entry, FINISH[f.state]
+        cursor = conn.execute(
+            _FINISH_SQL[event], (f.code, f.detail, f.now, entry.device_id, entry.intent_id, entry.attempt, entry.tries)
+        )
+        if cursor.rowcount == 0:
+            logger.warning("finish of %s/%s ignored: no longer held", entry.device_id, entry.intent_id,
+                           extra=log_context(entry, code="not_held"))  # fmt: skip
+            row = conn.execute(
+                "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?", (entry.device_id, entry.intent_id)
+            ).fetchone()
+            acks.append(_entry(row).ack() if row is not None else entry.ack())
+            continue
+        audit = AUDIT[event]
+        assert audit is not None
+        audits.append(_audit_params(f.now, entry, audit, f.integration, f.code, f.detail))
+        tallies.append(tally(entry.tenant, entry.device_id, entry.kind, audit, f.now, f.seconds))
+        acks.append(
+            Ack(entry.intent_id, AckState(str(f.state)), f.code, f.detail, int(f.now * 1000), entry.app, entry.attempt)
+        )
+    conn.executemany(AUDIT_INSERT, audits)
+    conn.executemany(USAGE_UPSERT, upsert_rows(merged(tallies), ""))
+    return acks
 
 
 def _claim_rows(

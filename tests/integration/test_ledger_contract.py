@@ -4,11 +4,13 @@ re-admission, expiry, id conflicts, too-old intents, limits, confirms, claims an
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cloud_bridge import ledger_sqlite
 from cloud_bridge.audit import AuditEvent
 from cloud_bridge.errors import TransientError
 from cloud_bridge.ledger import ClaimOffer, Ledger, LedgerEntry
@@ -283,6 +285,40 @@ async def test_sqlite_recover_takes_every_running_row_at_start(tmp_path: Path) -
         assert await second.recover(NOW + 1) == 1
     finally:
         await second.close()
+
+
+async def test_sqlite_finishes_that_share_a_failed_operation_each_get_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite records the finishes that wait together in one operation: when it fails, every caller gets the
+    error (as from its own call), the rows stay running, and the next finishes are recorded. A caller that
+    stops waiting still has its result recorded."""
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    await ledger.open()
+    try:
+        await admit(ledger, DEV, [env("a"), env("b"), env("c")], Decider(), NOW)
+        a, b, c = await ledger.claim(["email.send"], 3, NOW)
+        real = ledger_sqlite._finish_rows
+
+        def broken(conn: Any, finishes: list[Any]) -> Any:
+            real(conn, finishes)  # written, then undone with the operation
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(ledger_sqlite, "_finish_rows", broken)
+        results = await asyncio.gather(
+            *(ledger.finish(e, EntryState.DELIVERED, "", "", NOW, "smtp") for e in (a, b)), return_exceptions=True
+        )
+        assert [type(r) for r in results] == [TransientError, TransientError]
+        assert (await ledger.depth()).counts == {("running", "email.send"): 3}
+        monkeypatch.setattr(ledger_sqlite, "_finish_rows", real)
+        gave_up = asyncio.create_task(ledger.finish(c, EntryState.FAILED, "smtp_550", "", NOW, "smtp"))
+        await asyncio.sleep(0)  # queued
+        gave_up.cancel()
+        acks = await asyncio.gather(*(ledger.finish(e, EntryState.DELIVERED, "", "", NOW, "smtp") for e in (a, b)))
+        assert [(ack.id, ack.state) for ack in acks] == [("a", AckState.DELIVERED), ("b", AckState.DELIVERED)]
+        assert (await ledger.depth()).counts == {("delivered", "email.send"): 2, ("failed", "email.send"): 1}
+    finally:
+        await ledger.close()
 
 
 async def test_finish_and_reschedule_ignore_rows_not_running(ledger: Ledger) -> None:

@@ -3,6 +3,9 @@ refusals, results, noted refusals), grouped and filtered, with provider times, a
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+
 import pytest
 
 from cloud_bridge.audit import AuditEvent, AuditRecord
@@ -67,6 +70,40 @@ async def test_results_and_refusals_are_counted_per_day_with_provider_times(ledg
     assert first.p50_ms == 50  # the bucket holding the median: (25, 50] ms
     assert first.p95_ms == pytest.approx(3000)  # the slowest bucket, capped by the maximum
     assert rows[1].mean_ms is None and rows[1].to_json()["provider_ms"]["max"] is None
+
+
+async def test_jobs_that_end_together_are_each_recorded_answered_and_counted(ledger: Ledger) -> None:
+    """Finishes awaited concurrently, as a drain's jobs end (SQLite records them in one operation): each caller
+    gets the ack of its own row, a claim no longer held changes nothing among them, and usage and the audit
+    count every one that ended."""
+    await admit(ledger, DEV, [env(f"a{n}") for n in range(6)] + [env("s", kind="sms.send")], decide, NOW)
+    await admit(ledger, OTHER, [env("o")], decide, NOW)
+    entries = {e.intent_id: e for e in await ledger.claim(["email.send", "sms.send"], 100, NOW)}
+    outcomes = {"a0": EntryState.DELIVERED, "a1": EntryState.FAILED, "a2": EntryState.DELIVERED,
+                "a3": EntryState.EXPIRED, "a4": EntryState.DELIVERED, "s": EntryState.DELIVERED,
+                "o": EntryState.FAILED}  # fmt: skip
+    stale = replace(entries["a5"], tries=entries["a5"].tries + 1)  # a claim that is not the row's holder
+    acks = await asyncio.gather(
+        *(ledger.finish(entries[i], state, f"code-{i}", f"detail {i}", NOW + 1, "t", seconds=0.03)
+          for i, state in outcomes.items()),
+        ledger.finish(stale, EntryState.DELIVERED, "never", "", NOW + 1, "t"),
+    )  # fmt: skip
+    assert [(a.id, str(a.state), a.code, a.detail) for a in acks] == [
+        *((i, str(state), f"code-{i}", f"detail {i}") for i, state in outcomes.items()),
+        ("a5", "accepted", "", ""),  # still running under its real claim: nothing changed
+    ]
+    rows = await ledger.usage(UsageQuery(TODAY, TODAY, group=(Dimension.DEVICE, Dimension.KIND)))
+    assert [(r.device_id, r.kind, r.count, r.delivered, r.failed, r.expired) for r in rows] == [
+        ("dev-1", "email.send", 5, 3, 1, 1),
+        ("dev-1", "sms.send", 1, 1, 0, 0),
+        ("dev-2", "email.send", 1, 0, 1, 0),
+    ]
+    audited = [(r.intent_id, r.event, r.code) for r in await ledger.audit() if r.event is not AuditEvent.ACCEPT]
+    events = {EntryState.DELIVERED: AuditEvent.DELIVER, EntryState.FAILED: AuditEvent.FAIL,
+              EntryState.EXPIRED: AuditEvent.EXPIRE}  # fmt: skip
+    assert sorted(audited) == sorted((i, events[state], f"code-{i}") for i, state in outcomes.items())
+    [lapsed] = await ledger.claim(["email.send"], 10, NOW + 10_000)  # a5 alone, once its lease lapses
+    assert lapsed.intent_id == "a5"
 
 
 async def test_usage_groups_and_filters_by_tenant_device_kind_and_days(ledger: Ledger) -> None:

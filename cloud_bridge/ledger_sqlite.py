@@ -15,12 +15,9 @@ by a crash. Every UPDATE of a state sets an event's target and matches only its 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,6 +37,7 @@ from cloud_bridge.ledger import (
     lapsed_detail,
     log_context,
 )
+from cloud_bridge.ledger_finish import Finish, JoinedFinishes, final_state
 from cloud_bridge.ledger_plan import Request
 from cloud_bridge.ledger_sqlite_admit import KNOWN, admit, admit_plan, known_of
 from cloud_bridge.ledger_sqlite_schema import AUDIT_INSERT, migrate
@@ -58,7 +56,7 @@ from cloud_bridge.usage import UsageQuery, UsageRow, merged, row_from_sums, tall
 from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
 from cloud_bridge.usage_sql import select as usage_select
 from cloud_bridge.usage_sql import upsert_rows
-from intent_contract.codec import Ack, AckState
+from intent_contract.codec import Ack
 from intent_contract.sql_text import marks
 from intent_contract.sqlite_writer import GroupCommitWriter, WriterHooks
 
@@ -139,9 +137,7 @@ class SqliteLedger:
             max_group=_MAX_BATCH,
             hooks=WriterHooks(convert=_convert, expected=(BridgeError,)),
         )
-        self._finishing: list[_Finish] = []  # appended on the event loop, taken on the writer thread
-        self._finishing_lock = threading.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._finishes = JoinedFinishes(lambda take: self._call(lambda conn: _finish_rows(conn, take())))
 
     def __repr__(self) -> str:
         return f"SqliteLedger({str(self.path)!r})"
@@ -339,38 +335,8 @@ class SqliteLedger:
     ) -> Ack:
         """Record the final state of the row `entry` holds, and count it in usage (with the provider's
         `seconds`); a row no longer held is left alone (logged)."""
-        if state not in FINISH:
-            raise ValueError(f"finish needs a final state, not {state}")
-        done: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        with self._finishing_lock:
-            first = not self._finishing
-            self._finishing.append(_Finish(entry, state, code, clip_detail(detail), now, integration, seconds, done))
-        if first:  # the others join it until the writer takes them
-            task = asyncio.create_task(self._finish_waiting())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return await done
-
-    async def _finish_waiting(self) -> None:
-        """One writer operation for every finish waiting when the writer gets to it (see `_finish_rows`)."""
-        taken: list[_Finish] = []
-
-        def run(conn: sqlite3.Connection) -> list[Ack]:
-            with self._finishing_lock:
-                taken.extend(self._finishing)
-                self._finishing.clear()
-            return _finish_rows(conn, taken)
-
-        try:
-            acks = await self._call(run)
-        except Exception as exc:  # noqa: BLE001 - each caller gets it, as from its own call
-            for finish in taken:
-                if not finish.done.done():
-                    finish.done.set_exception(exc)
-        else:
-            for finish, ack in zip(taken, acks, strict=True):
-                if not finish.done.done():  # the caller gave up waiting; the result is recorded all the same
-                    finish.done.set_result(ack)
+        finish = Finish(entry, final_state(state), code, clip_detail(detail), now, integration, seconds)
+        return await self._finishes.finish(finish)
 
     async def reschedule(self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float) -> None:
         """Put the row `entry` holds back in the queue, due at `next_run`, and audit the retry."""
@@ -466,26 +432,11 @@ class SqliteLedger:
         await self._call(lambda conn: conn.execute("PRAGMA user_version").fetchone(), writes=False)
 
 
-@dataclass(frozen=True, slots=True)
-class _Finish:
-    """One job's final state, waiting for the writer (`SqliteLedger.finish`)."""
-
-    entry: LedgerEntry
-    state: EntryState
-    code: str
-    detail: str
-    now: float
-    integration: str
-    seconds: float | None
-    done: asyncio.Future[Ack]
-
-
-def _finish_rows(conn: sqlite3.Connection, finishes: list[_Finish]) -> list[Ack]:
+def _finish_rows(conn: sqlite3.Connection, finishes: list[Finish]) -> list[Ack]:
     """Record each finish's state on the row its entry holds; a row no longer held is left alone (logged).
 
-    Jobs that end together share one operation: one UPDATE per row (each must match its holder), then
-    the audit rows in one statement and the usage counts added up into one upsert per (tenant, device,
-    kind, day), where each finish was an operation of five statements (bench/findings.md F25)."""
+    One UPDATE per row (each must match its holder), then the audit rows in one statement and the usage
+    counts added up, one upsert per (tenant, device, kind, day) (`cloud_bridge.ledger_finish`)."""
     acks: list[Ack] = []
     audits: list[tuple[object, ...]] = []
     tallies = []
@@ -506,9 +457,7 @@ def _finish_rows(conn: sqlite3.Connection, finishes: list[_Finish]) -> list[Ack]
         assert audit is not None
         audits.append(_audit_params(f.now, entry, audit, f.integration, f.code, f.detail))
         tallies.append(tally(entry.tenant, entry.device_id, entry.kind, audit, f.now, f.seconds))
-        acks.append(
-            Ack(entry.intent_id, AckState(str(f.state)), f.code, f.detail, int(f.now * 1000), entry.app, entry.attempt)
-        )
+        acks.append(f.ack())
     conn.executemany(AUDIT_INSERT, audits)
     conn.executemany(USAGE_UPSERT, upsert_rows(merged(tallies), ""))
     return acks

@@ -31,6 +31,7 @@ from cloud_bridge.ledger import (
     lapsed_detail,
     log_context,
 )
+from cloud_bridge.ledger_finish import Finish, JoinedFinishes, final_state
 from cloud_bridge.ledger_plan import Known, Request
 from cloud_bridge.ledger_states import (
     AUDIT,
@@ -50,7 +51,7 @@ from cloud_bridge.usage import UsageQuery, UsageRow, merged, row_from_sums, tall
 from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
 from cloud_bridge.usage_sql import select as usage_select
 from cloud_bridge.usage_sql import sql, upsert_rows
-from intent_contract.codec import Ack, AckState
+from intent_contract.codec import Ack
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,6 @@ _AUDIT_INSERT = (
 )
 _HELD = "device_id = %s AND intent_id = %s AND attempt = %s AND tries = %s"
 _USAGE_UPSERT = sql(USAGE_UPSERT, "%s")
-# A result's audit row and its usage count in one statement: no round trip more per result.
-_AUDITED_AND_COUNTED = f"WITH audited AS ({_AUDIT_INSERT}) {_USAGE_UPSERT}"
 
 
 def _known(row: dict[str, Any]) -> Known:
@@ -84,6 +83,9 @@ class PgLedger:
         self._node = node
         self._group = PgGroupCommit(pools)
         self._admissions = PgAdmissions(pools, node=node)
+        self._finishes = JoinedFinishes(
+            lambda take: self._group.call(lambda conn: self._finish_rows(conn, take()), "ledger finish")
+        )
 
     def __repr__(self) -> str:
         return f"PgLedger(node={self._node!r})"
@@ -296,37 +298,65 @@ class PgLedger:
 
         The usage row is this node's own (writer = node): the group commit never waits for another node's lock.
         """
-        if state not in FINISH:
-            raise ValueError(f"finish needs a final state, not {state}")
-        event = FINISH[state]
-        detail = clip_detail(detail)
+        finish = Finish(entry, final_state(state), code, clip_detail(detail), now, integration, seconds)
+        return await self._finishes.finish(finish)
 
-        async def run(conn: AsyncConn) -> Ack:
+    async def _finish_rows(self, conn: AsyncConn, finishes: list[Finish]) -> list[Ack]:
+        """Record each finish's state on the row its entry holds, one UPDATE per finishing event (each row
+        matched to its holder); a row no longer held is left alone (logged). Then the audit rows and the
+        usage counts in bulk, and a signal to the node of each device (`cloud_bridge.ledger_finish`)."""
+        held: set[int] = set()  # positions in `finishes`
+        by_event: dict[LedgerEvent, list[int]] = {}
+        for n, f in enumerate(finishes):
+            by_event.setdefault(FINISH[f.state], []).append(n)
+        for event, positions in by_event.items():
+            group = [finishes[n] for n in positions]
             cursor = await conn.execute(
-                f"UPDATE intents SET state = '{target(event)}', code = %s, detail = %s, updated = %s, owner = ''"
-                f" WHERE {_HELD} AND {state_in(sources(event))}",
-                (code, detail, now, entry.device_id, entry.intent_id, entry.attempt, entry.tries),
+                f"UPDATE intents AS i SET state = '{target(event)}', code = h.code, detail = h.detail,"
+                " updated = h.now, owner = '' FROM unnest(%s::int[], %s::text[], %s::text[], %s::int[],"
+                " %s::int[], %s::text[], %s::text[], %s::float8[])"
+                " AS h(n, device_id, intent_id, attempt, tries, code, detail, now)"
+                " WHERE i.device_id = h.device_id AND i.intent_id = h.intent_id AND i.attempt = h.attempt"
+                f" AND i.tries = h.tries AND {state_in(sources(event), 'i.state')} RETURNING h.n",
+                (
+                    positions,
+                    [f.entry.device_id for f in group],
+                    [f.entry.intent_id for f in group],
+                    [f.entry.attempt for f in group],
+                    [f.entry.tries for f in group],
+                    [f.code for f in group],
+                    [f.detail for f in group],
+                    [f.now for f in group],
+                ),
             )
-            if cursor.rowcount == 0:
+            held.update(row["n"] for row in await cursor.fetchall())
+        acks: list[Ack] = []
+        audits, tallies = [], []
+        for n, f in enumerate(finishes):
+            entry = f.entry
+            if n not in held:
                 logger.warning("finish of %s/%s ignored: no longer held", entry.device_id, entry.intent_id,
                                extra=log_context(entry, code="not_held"))  # fmt: skip
                 cursor = await conn.execute(
                     "SELECT * FROM intents WHERE device_id = %s AND intent_id = %s", (entry.device_id, entry.intent_id)
                 )
                 row = await cursor.fetchone()
-                return entry_from_row(row).ack() if row is not None else entry.ack()
-            audit = AUDIT[event]
+                acks.append(entry_from_row(row).ack() if row is not None else entry.ack())
+                continue
+            audit = AUDIT[FINISH[f.state]]
             assert audit is not None
-            counted = tally(entry.tenant, entry.device_id, entry.kind, audit, now, seconds)
-            assert counted is not None  # every final event counts
-            [usage] = upsert_rows([counted], self._node)
+            audits.append(_audit_params(f.now, entry, audit, f.integration, f.code, f.detail))
+            tallies.append(tally(entry.tenant, entry.device_id, entry.kind, audit, f.now, f.seconds))
+            acks.append(f.ack())
+        if audits:
+            async with conn.cursor() as cursor:
+                await cursor.executemany(_AUDIT_INSERT, audits)
+                await cursor.executemany(_USAGE_UPSERT, upsert_rows(merged(tallies), self._node))
+            signals = sorted({f"{finishes[n].entry.device_id} {self._node}" for n in held})
             await conn.execute(
-                _AUDITED_AND_COUNTED, (*_audit_params(now, entry, audit, integration, code, detail), *usage)
+                "SELECT pg_notify(%s, signal) FROM unnest(%s::text[]) AS signal", (RESULTS_CHANNEL, signals)
             )
-            await conn.execute("SELECT pg_notify(%s, %s)", (RESULTS_CHANNEL, f"{entry.device_id} {self._node}"))
-            return Ack(entry.intent_id, AckState(str(state)), code, detail, int(now * 1000), entry.app, entry.attempt)
-
-        return await self._group.call(run, "ledger finish")
+        return acks
 
     async def reschedule(self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float) -> None:
         """Put the row `entry` holds back in the queue, due at `next_run`, and audit the retry."""

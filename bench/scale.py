@@ -209,6 +209,13 @@ def p2_run(stack: Stack, store: Store, nodes: int, edges: list[Path], backlog: i
     while time.time() < deadline and sum(edge_counts(d).get("delivered", 0) for d in edge_dirs) < total:
         time.sleep(0.5)
     sample = Sample(intents=sum(edge_counts(d).get("delivered", 0) for d in edge_dirs))
+    if sample.intents < total:  # say what happened before the run's files go
+        print(f"   {run}: {sample.intents:,} of {total:,} results back in {cap_s:.0f} s;"
+              f" edges {[edge_counts(d) for d in edge_dirs]}", flush=True)  # fmt: skip
+        for proc in group.procs:
+            problems = [line for line in proc.tail(1_000_000).splitlines() if " WARNING " in line or " ERROR " in line]
+            print(f"   {proc.name}: {len(problems)} warnings and errors at the end of its log", *problems[-20:],
+                  sep="\n   ", flush=True)  # fmt: skip
     sample.node_cpu = [cpu_seconds(p.pid) for p in group.procs]
     sample.edge_cpu = [cpu_seconds(p.pid) for p in edge_procs]
     sample.bridge_commits = sum(metric(p, "bridge_store_commits_total") for p in group.metrics)

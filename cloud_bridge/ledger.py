@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
-from cloud_bridge.audit import AuditRecord
+from cloud_bridge.audit import AuditEvent, AuditRecord
 from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.ratelimit import Limits
 from cloud_bridge.usage import UsageQuery, UsageRow
@@ -181,6 +181,13 @@ def log_context(entry: LedgerEntry, **more: str) -> dict[str, str]:
     """The context of a log line about a ledger row (`extra`): who, which intent, what kind, and `more`."""
     return {"device_id": entry.device_id, "tenant": entry.tenant, "intent_id": entry.intent_id, "kind": entry.kind,
             **more}  # fmt: skip
+
+
+def audit_params(
+    at: float, entry: LedgerEntry, event: AuditEvent, integration: str, code: str, detail: str
+) -> tuple[object, ...]:
+    """An audit row's values for `entry`, in the column order every backend's audit insert lists."""
+    return (at, entry.device_id, entry.tenant, entry.intent_id, entry.kind, str(event), integration, code, detail)
 
 
 def lapsed_detail(owner: str) -> str:

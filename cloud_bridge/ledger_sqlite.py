@@ -31,6 +31,7 @@ from cloud_bridge.ledger import (
     DeviceLike,
     LedgerDepth,
     LedgerEntry,
+    audit_params,
     clip_detail,
     depth_from_rows,
     entry_from_row,
@@ -75,13 +76,7 @@ T = TypeVar("T")
 def _audit_row(
     conn: sqlite3.Connection, at: float, entry: LedgerEntry, event: AuditEvent, integration: str, code: str, detail: str
 ) -> None:
-    conn.execute(AUDIT_INSERT, _audit_params(at, entry, event, integration, code, detail))
-
-
-def _audit_params(
-    at: float, entry: LedgerEntry, event: AuditEvent, integration: str, code: str, detail: str
-) -> tuple[object, ...]:
-    return (at, entry.device_id, entry.tenant, entry.intent_id, entry.kind, str(event), integration, code, detail)
+    conn.execute(AUDIT_INSERT, audit_params(at, entry, event, integration, code, detail))
 
 
 def _audit_record(row: sqlite3.Row) -> AuditRecord:
@@ -455,7 +450,7 @@ def _finish_rows(conn: sqlite3.Connection, finishes: list[Finish]) -> list[Ack]:
             continue
         audit = AUDIT[event]
         assert audit is not None
-        audits.append(_audit_params(f.now, entry, audit, f.integration, f.code, f.detail))
+        audits.append(audit_params(f.now, entry, audit, f.integration, f.code, f.detail))
         tallies.append(tally(entry.tenant, entry.device_id, entry.kind, audit, f.now, f.seconds))
         acks.append(f.ack())
     conn.executemany(AUDIT_INSERT, audits)

@@ -25,6 +25,7 @@ from cloud_bridge.ledger import (
     DeviceLike,
     LedgerDepth,
     LedgerEntry,
+    audit_params,
     clip_detail,
     depth_from_rows,
     entry_from_row,
@@ -69,10 +70,6 @@ _USAGE_UPSERT = sql(USAGE_UPSERT, "%s")
 
 def _known(row: dict[str, Any]) -> Known:
     return Known(**{**row, "state": EntryState(row["state"])})
-
-
-def _audit_params(at: float, entry: LedgerEntry, event: AuditEvent, integration: str, code: str, detail: str) -> tuple:  # type: ignore[type-arg]
-    return (at, entry.device_id, entry.tenant, entry.intent_id, entry.kind, str(event), integration, code, detail)
 
 
 class PgLedger:
@@ -167,7 +164,7 @@ class PgLedger:
             if rows:
                 async with conn.cursor() as audit:
                     await audit.executemany(
-                        _AUDIT_INSERT, [_audit_params(now, e, AuditEvent.RETRY, "", "resumed", detail) for e in rows]
+                        _AUDIT_INSERT, [audit_params(now, e, AuditEvent.RETRY, "", "resumed", detail) for e in rows]
                     )
         if rows:
             logger.warning("recovered %d intents whose executor stopped renewing their lease", len(rows))
@@ -220,7 +217,7 @@ class PgLedger:
                     await audit.executemany(
                         _AUDIT_INSERT,
                         [
-                            _audit_params(
+                            audit_params(
                                 now,
                                 entry_from_row({k: v for k, v in row.items() if k != "was"}),
                                 AuditEvent.RETRY,
@@ -345,7 +342,7 @@ class PgLedger:
                 continue
             audit = AUDIT[FINISH[f.state]]
             assert audit is not None
-            audits.append(_audit_params(f.now, entry, audit, f.integration, f.code, f.detail))
+            audits.append(audit_params(f.now, entry, audit, f.integration, f.code, f.detail))
             tallies.append(tally(entry.tenant, entry.device_id, entry.kind, audit, f.now, f.seconds))
             acks.append(f.ack())
         if audits:
@@ -373,7 +370,7 @@ class PgLedger:
                 logger.warning("reschedule of %s/%s ignored: no longer held", entry.device_id, entry.intent_id,
                                extra=log_context(entry, code="not_held"))  # fmt: skip
                 return
-            await conn.execute(_AUDIT_INSERT, _audit_params(now, entry, AuditEvent.RETRY, "", code, detail))
+            await conn.execute(_AUDIT_INSERT, audit_params(now, entry, AuditEvent.RETRY, "", code, detail))
 
         await self._group.call(run, "ledger reschedule")
 

@@ -20,7 +20,7 @@ from typing import Any
 from cloud_bridge.audit import AuditEvent, AuditRecord
 from cloud_bridge.errors import UnknownIntentError
 from cloud_bridge.fleet_sql import Transaction
-from cloud_bridge.ledger import LedgerEntry, clip_detail, entry_from_row
+from cloud_bridge.ledger import PURGE_BATCH, LedgerEntry, clip_detail, entry_from_row
 from cloud_bridge.ledger_states import (
     AUDIT,
     LIVE_STATES,
@@ -37,7 +37,6 @@ from cloud_bridge.ledger_states import (
 _LIVE = sql_states(LIVE_STATES)
 CANCELLED = "cancelled"  # the code of a row an operator cancelled
 REQUEUED = "requeued"  # the code of a row an operator retried, until it runs
-PURGE_BATCH = 5000  # rows deleted per transaction
 
 SQLITE_SCHEMA_SUMMARY = "operator retry and cancel: statuses to announce, signals between processes"
 SQLITE_SCHEMA: tuple[str, ...] = (

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from cloud_bridge.ledger_plan import Request
 
 DEFAULT_LEASE = 30.0  # seconds a claim holds a running row unless its executor renews it
+PURGE_BATCH = 5000  # rows a purge deletes per transaction (per operation on SQLite's writer)
 
 
 class DeviceLike(Protocol):

@@ -26,6 +26,7 @@ from cloud_bridge.errors import BridgeError, TransientError
 from cloud_bridge.ledger import (
     DEFAULT_LEASE,
     DEPTH_SQL,
+    PURGE_BATCH,
     WAITING_SQL,
     ClaimOffer,
     DeviceLike,
@@ -404,15 +405,22 @@ class SqliteLedger:
         return await self._call(run, writes=False)
 
     async def purge(self, older_than: float) -> int:
-        """Delete final rows the edge confirmed whose last change is before `older_than`."""
+        """Delete final rows the edge confirmed whose last change is before `older_than`.
+
+        `PURGE_BATCH` rows per operation: an operation's savepoint keeps the pages it changes in memory."""
 
         def run(conn: sqlite3.Connection) -> int:
             cursor = conn.execute(
-                f"DELETE FROM intents WHERE confirmed = 1 AND state NOT IN {_LIVE} AND updated < ?", (older_than,)
+                "DELETE FROM intents WHERE seq IN (SELECT seq FROM intents"
+                f" WHERE confirmed = 1 AND state NOT IN {_LIVE} AND updated < ? LIMIT ?)",
+                (older_than, PURGE_BATCH),
             )
             return cursor.rowcount
 
-        return await self._call(run)
+        total = 0
+        while (deleted := await self._call(run)) == PURGE_BATCH:
+            total += deleted
+        return total + deleted
 
     async def depth(self) -> LedgerDepth:
         """Rows not done with, per state and kind, and the oldest queued (one read)."""

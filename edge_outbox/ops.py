@@ -61,6 +61,9 @@ def _row(conn: sqlite3.Connection, where: str, *args: object) -> IntentRow | Non
 
 
 _INSERT = f"INSERT INTO intents({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})"
+# Rows deleted per transaction by the running outbox's retention: an operation's savepoint keeps every
+# page it changes in memory (intent_contract.sqlite_writer), so a purge long due goes in such steps.
+PURGE_BATCH = 5000
 RERUN_CODE = "bridge_retry"  # the status code of an intent an operator retried at the bridge
 _DEFAULTS = {"code": "", "detail": "", "priority": 0, "expires": None, "attempt": 1, "sent": 0, "sent_at": 0,
              "confirmed": 0}  # fmt: skip
@@ -249,10 +252,16 @@ def expire_due(conn: sqlite3.Connection, now: int) -> int:
     return cur.rowcount
 
 
-def purge(conn: sqlite3.Connection, before: int, states: Iterable[State] = FINAL, dry_run: bool = False) -> int:
+def purge(
+    conn: sqlite3.Connection,
+    before: int,
+    states: Iterable[State] = FINAL,
+    dry_run: bool = False,
+    limit: int = -1,
+) -> int:
     """Delete intents in final states last changed before `before` (ms); pending ones are never deleted.
 
-    With `dry_run`, count them instead."""
+    With `dry_run`, count them instead; with a `limit`, delete at most that many (-1: all; see `PURGE_BATCH`)."""
     chosen = [s for s in states if s in FINAL]
     if not chosen:
         raise IllegalTransitionError("only intents in a final state can be purged")
@@ -260,7 +269,8 @@ def purge(conn: sqlite3.Connection, before: int, states: Iterable[State] = FINAL
     where = f"WHERE state IN {sql_set(FINAL)} AND state IN ({marks(chosen)}) AND updated < ?"
     if dry_run:
         return int(conn.execute(f"SELECT COUNT(*) FROM intents {where}", (*chosen, before)).fetchone()[0])
-    return conn.execute(f"DELETE FROM intents {where}", (*chosen, before)).rowcount
+    text = f"DELETE FROM intents WHERE seq IN (SELECT seq FROM intents {where} LIMIT ?)"
+    return conn.execute(text, (*chosen, before, limit)).rowcount
 
 
 def listing(
@@ -322,12 +332,16 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
     )
 
 
-def prune_events(conn: sqlite3.Connection, upto_seq: int, before: int) -> int:
-    """Drop events up to `upto_seq` (what every status consumer has) older than `before` (ms).
+def prune_events(conn: sqlite3.Connection, upto_seq: int, before: int, limit: int = -1) -> int:
+    """Drop events up to `upto_seq` (what every status consumer has) older than `before` (ms), at most
+    `limit` of them (-1: all; see `PURGE_BATCH`).
 
     The status history of an intent lives on in the intents table; events are only the messages.
     """
-    return conn.execute("DELETE FROM events WHERE seq <= ? AND at < ?", (upto_seq, before)).rowcount
+    return conn.execute(
+        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? AND at < ? LIMIT ?)",
+        (upto_seq, before, limit),
+    ).rowcount
 
 
 def app_statuses(conn: sqlite3.Connection, app: str, after: int, limit: int) -> list[StatusEvent]:

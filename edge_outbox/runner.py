@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -14,6 +15,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from typing import Any
 
 from edge_outbox import ops
 from edge_outbox.app_sessions import StoredSessions, oldest_cursor, save_cursors
@@ -226,7 +228,7 @@ class Outbox:
 
         One transaction a tick, and it writes only what changed, so an idle outbox does not fsync.
         """
-        last_purge = 0.0
+        last_purge = -math.inf  # the first tick purges (monotonic time starts near 0 at boot)
         written: dict[str, str] = {}
         failing = False
         while True:
@@ -241,9 +243,9 @@ class Outbox:
                     log.info("%d intents expired before they could be forwarded", expired)
                 if time.monotonic() - last_purge > 3600:
                     last_purge = time.monotonic()
-                    purged = await self.store.call(ops.purge, now - int(self.settings.retention_s * 1000))
+                    purged = await self._in_batches(ops.purge, now - int(self.settings.retention_s * 1000))
                     history = now - int(self.settings.status_history_s * 1000)
-                    await self.store.call(_prune_events, self._oldest_wanted(), history)
+                    await self._in_batches(_prune_events, self._oldest_wanted(), history)
                     if purged:
                         log.info("retention: purged %d final intents", purged)
                 if failing:
@@ -257,6 +259,15 @@ class Outbox:
                         self.forwarder.errors.add(now_ms(), "storage_error", f"housekeeping cannot write: {exc}")
             except Exception:
                 log.exception("housekeeping failed; trying again")
+
+    async def _in_batches(self, delete: Callable[..., int], *args: Any) -> int:
+        """Run `delete(conn, *args, limit=PURGE_BATCH)` one store operation at a time until it deletes fewer."""
+        total = 0
+        while True:
+            deleted = await self.store.call(delete, *args, limit=ops.PURGE_BATCH)
+            total += deleted
+            if deleted < ops.PURGE_BATCH:
+                return total
 
 
 def _save_positions(conn: sqlite3.Connection, positions: dict[str, int], now: int) -> None:
@@ -275,11 +286,11 @@ def _tick(conn: sqlite3.Connection, now: int, changed: dict[str, str]) -> int:
     return ops.expire_due(conn, now)
 
 
-def _prune_events(conn: sqlite3.Connection, wanted_after: int, before: int) -> int:
+def _prune_events(conn: sqlite3.Connection, wanted_after: int, before: int, limit: int) -> int:
     """Events every consumer has, older than the status history, are dropped; stored positions count too."""
     stored = oldest_cursor(conn)
     upto = wanted_after if stored is None else min(wanted_after, stored)
-    return ops.prune_events(conn, upto, before)
+    return ops.prune_events(conn, upto, before, limit)
 
 
 async def serve(settings: OutboxSettings, ready: Callable[[], Awaitable[None] | None] | None = None) -> None:

@@ -4,6 +4,7 @@ import asyncio
 import itertools
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,17 @@ def test_purge_never_deletes_pending(conn: sqlite3.Connection) -> None:
         ops.purge(conn, NOW + 10**9, [State.ACCEPTED])
 
 
+def test_purge_and_prune_take_at_most_their_limit(conn: sqlite3.Connection) -> None:
+    for _ in range(5):
+        row = ops.commit_intake(conn, intent(), QueueLimits(), NOW).row
+        assert row is not None
+        ops.cancel(conn, row.id, NOW)
+    assert [ops.purge(conn, NOW + 1, limit=2) for _ in range(4)] == [2, 2, 1, 0]
+    assert conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 0
+    last = ops.last_event_seq(conn)
+    assert [ops.prune_events(conn, last, NOW + 1, limit=7) for _ in range(3)] == [7, 3, 0]  # accepted + cancelled
+
+
 def test_every_state_change_is_an_event(conn: sqlite3.Connection) -> None:
     row = ops.commit_intake(conn, intent(), QueueLimits(), NOW).row
     assert row is not None
@@ -204,6 +216,54 @@ async def test_events_from_other_processes_reach_the_publisher(tmp_path: Path) -
     finally:
         await store.close()
     assert seen == [State.ACCEPTED, State.CANCELLED]
+
+
+async def test_the_writer_keeps_statement_journals_in_memory(tmp_path: Path) -> None:
+    """Each operation's savepoint journal: spilled to a temporary file it cost the intake a fifth of its CPU."""
+    store = Store(tmp_path)
+    await store.start()
+    try:
+        temp_store = await store.read(lambda conn: conn.execute("PRAGMA temp_store").fetchone()[0])
+    finally:
+        await store.close()
+    assert temp_store == 2  # MEMORY
+
+
+async def test_retention_purges_in_operations_of_a_bounded_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_outbox.runner import Outbox
+    from edge_outbox.settings import OutboxSettings
+    from tests.support.net import free_port
+
+    conn = db.connect(tmp_path)
+    old = int(time.time() * 1000) - 30 * 86_400_000  # beyond the default retention of 7 days
+    for _ in range(5):
+        row = ops.commit_intake(conn, intent(), QueueLimits(), old).row
+        assert row is not None
+        ops.cancel(conn, row.id, old)
+    pending = ops.commit_intake(conn, intent(), QueueLimits(), old).row
+    conn.close()
+    calls: list[int] = []
+    purge = ops.purge
+
+    def counted(conn: sqlite3.Connection, before: int, **kw: int) -> int:
+        calls.append(deleted := purge(conn, before, **kw))
+        return deleted
+
+    monkeypatch.setattr(ops, "PURGE_BATCH", 2)
+    monkeypatch.setattr(ops, "purge", counted)
+    outbox = Outbox(OutboxSettings(data_dir=tmp_path, listen_port=free_port(), forward=False, housekeeping_s=0.05))
+    await outbox.start()
+    try:
+        async with asyncio.timeout(10):
+            while len(calls) < 3:
+                await asyncio.sleep(0.05)
+    finally:
+        await outbox.stop()
+    assert calls == [2, 2, 1]  # one store operation per batch, until one deletes fewer
+    left = db.connect(tmp_path).execute("SELECT id FROM intents").fetchall()
+    assert pending is not None and left == [(pending.id,)]
 
 
 def _broken_operation(_conn: sqlite3.Connection) -> None:

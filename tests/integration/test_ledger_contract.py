@@ -440,7 +440,8 @@ async def test_intents_older_than_the_maximum_age_are_refused(ledger: Ledger) ->
     assert [e.intent_id for e in await ledger.claim(["email.send"], 5, NOW)] == ["young"]
 
 
-async def test_purge_deletes_only_confirmed_final_rows(ledger: Ledger) -> None:
+async def test_purge_deletes_only_confirmed_final_rows(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger_sqlite, "PURGE_BATCH", 1)  # SQLite's purge: one row per operation, as many as due
     decide = Decider()
     await admit(ledger, DEV, [env("a"), env("b"), env("bad-c")], decide, NOW)
     await run_one(ledger, EntryState.DELIVERED)

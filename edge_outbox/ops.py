@@ -10,7 +10,6 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from edge_outbox.db import COLUMNS, SELECT_ROW, IntentRow, StatusEvent, pending_totals
 from edge_outbox.errors import IllegalTransitionError, NotFoundError
@@ -65,16 +64,29 @@ _INSERT = f"INSERT INTO intents({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?'
 # page it changes in memory (intent_contract.sqlite_writer), so a purge long due goes in such steps.
 PURGE_BATCH = 5000
 RERUN_CODE = "bridge_retry"  # the status code of an intent an operator retried at the bridge
-_DEFAULTS = {"code": "", "detail": "", "priority": 0, "expires": None, "attempt": 1, "sent": 0, "sent_at": 0,
-             "confirmed": 0}  # fmt: skip
+# `_insert` builds rows in this order (a new column must be added there too).
+assert COLUMNS[1:] == ("id", "app", "kind", "state", "code", "detail", "priority", "created", "expires", "updated",
+                       "attempt", "sent", "sent_at", "confirmed", "payload", "size")  # fmt: skip
 
 
-def _insert(conn: sqlite3.Connection, values: dict[str, Any]) -> IntentRow:
-    """Insert a new intent; the row is built here: reading it back was 40% of commit_intake in a profile."""
-    row = {**_DEFAULTS, **values}
-    cur = conn.execute(_INSERT, tuple(row[name] for name in COLUMNS[1:]))
-    assert cur.lastrowid is not None
-    return IntentRow(seq=cur.lastrowid, **row)
+def _insert(
+    conn: sqlite3.Connection,
+    item: Admitted | Refused,
+    now: int,
+    state: State,
+    size: int,
+    code: str = "",
+    detail: str = "",
+    priority: int = 0,
+    expires: int | None = None,
+) -> IntentRow:
+    """Insert a new intent, in the column order of `_INSERT`, and return its row without reading it back
+    (reading it back was 40% of commit_intake in a profile; building it from dicts, a third of the rest)."""
+    values = (item.id, item.app, item.kind, state, code, detail, priority, item.created, expires, now,
+              1, 0, 0, 0, item.payload, size)  # fmt: skip
+    seq = conn.execute(_INSERT, values).lastrowid
+    assert seq is not None
+    return IntentRow(seq, *values)
 
 
 def commit_intake(conn: sqlite3.Connection, item: Admitted | Refused, limits: QueueLimits, now: int) -> IntakeResult:
@@ -94,18 +106,8 @@ def commit_intakes(
     count, used = pending_totals(conn)
     results: list[IntakeResult] = []
     for item in items:
-        common = {
-            "id": item.id,
-            "app": item.app,
-            "kind": item.kind,
-            "created": item.created,
-            "updated": now,
-            "payload": item.payload,
-        }
         if isinstance(item, Refused):
-            row = _insert(
-                conn, {**common, "state": State.REJECTED, "code": item.code, "detail": item.detail, "size": item.size}
-            )
+            row = _insert(conn, item, now, State.REJECTED, item.size, item.code, item.detail)
             results.append(IntakeResult(Outcome.STORED, row))
             continue
         known = existing.get(item.id)
@@ -115,10 +117,7 @@ def commit_intakes(
                 results.append(IntakeResult(Outcome.DUPLICATE, known))
                 continue
             detail = f"id {item.id!r} is already used by another app"
-            row = _insert(
-                conn,
-                {**common, "state": State.REJECTED, "code": "id_conflict", "detail": detail, "size": len(item.payload)},
-            )
+            row = _insert(conn, item, now, State.REJECTED, len(item.payload), "id_conflict", detail)
             results.append(IntakeResult(Outcome.STORED, row))
             continue
         size = len(item.payload)
@@ -132,20 +131,11 @@ def commit_intakes(
                 )
             )
             continue
-        expired = item.expires is not None and item.expires <= now
-        row = _insert(
-            conn,
-            {
-                **common,
-                "state": State.EXPIRED if expired else State.ACCEPTED,
-                "code": "expired_on_arrival" if expired else "",
-                "detail": "its deadline had passed when it arrived" if expired else "",
-                "priority": item.priority,
-                "expires": item.expires,
-                "size": size,
-            },
-        )
-        if not expired:
+        if item.expires is not None and item.expires <= now:
+            code, detail = "expired_on_arrival", "its deadline had passed when it arrived"
+            row = _insert(conn, item, now, State.EXPIRED, size, code, detail, item.priority, item.expires)
+        else:
+            row = _insert(conn, item, now, State.ACCEPTED, size, priority=item.priority, expires=item.expires)
             count, used = count + 1, used + size
         if item.id_given:
             existing[item.id] = row  # the same id again later in this batch is a duplicate

@@ -60,7 +60,7 @@ def _row(conn: sqlite3.Connection, where: str, *args: object) -> IntentRow | Non
 
 
 _INSERT = f"INSERT INTO intents({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})"
-# Rows deleted per transaction by the running outbox's retention: an operation's savepoint keeps every
+# Rows deleted per store operation by the running outbox's retention: an operation's savepoint keeps every
 # page it changes in memory (intent_contract.sqlite_writer), so a purge long due goes in such steps.
 PURGE_BATCH = 5000
 RERUN_CODE = "bridge_retry"  # the status code of an intent an operator retried at the bridge

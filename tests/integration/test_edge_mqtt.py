@@ -4,6 +4,7 @@ to clients that do not speak MQTT 3.1.1 (MQTT 5 has tests of its own: test_edge_
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from intent_contract import mqtt_packets as p
 from intent_contract.mqtt_packets import Type
-from tests.support.edge import OutboxProcess
+from tests.support.edge import OutboxProcess, email, stored_ids
 from tests.support.mqtt_raw import RawClient
 from tests.support.net import free_port, wait_until
 
@@ -113,6 +114,43 @@ def test_messages_for_an_absent_persistent_session_wait_for_it(
     assert back.connect("away", clean=False).session_present
     (message,) = back.messages(1)
     assert (message.payload, message.dup) == (b"kept", False)
+
+
+def test_pipelined_publishes_are_acknowledged_in_order_each_after_its_commit(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    """The PUBACKs that one commit releases go out in one write: still in arrival order, none early."""
+    client = raw()
+    client.connect("pipeliner")
+    count = 300
+    packets = [
+        p.Publish("outbox/app/email.send", json.dumps(email(f"pipe-{n}")).encode(), 1, False, False, n + 1)
+        for n in range(count)
+    ]
+    client.send(b"".join(p.encode(packet) for packet in packets))  # all at once, as a busy app would
+    acked: list[int] = []
+    while len(acked) < count:
+        ack = client.receive()
+        assert isinstance(ack, p.PacketIdOnly) and ack.type is Type.PUBACK, ack
+        assert f"pipe-{ack.packet_id - 1}" in stored_ids(outbox.data_dir), f"PUBACK {ack.packet_id} before its commit"
+        acked.append(ack.packet_id)
+    assert acked == list(range(1, count + 1))
+
+
+def test_a_suback_comes_before_the_retained_messages_of_a_persistent_session(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    """A persistent session's SUBACK waits for the session's commit; its retained messages follow it."""
+    retainer = raw()
+    retainer.connect("retainer")
+    retainer.publish("r/topic", b"kept", 1, retain=True)
+    client = raw()
+    client.connect("keeper", clean=False)
+    client.send(p.Subscribe(7, (("r/#", 1),)))
+    first = client.receive()
+    assert isinstance(first, p.Suback) and first.packet_id == 7, first
+    (retained,) = client.messages(1)
+    assert (retained.payload, retained.retain) == (b"kept", True)
 
 
 @pytest.mark.parametrize("clear_qos", [0, 1, 2])

@@ -3,6 +3,7 @@
 import asyncio
 import itertools
 import json
+import random
 import sqlite3
 import time
 from pathlib import Path
@@ -13,10 +14,11 @@ from hypothesis import strategies as st
 
 from edge_outbox import db, ops
 from edge_outbox.errors import IllegalTransitionError, NotFoundError
-from edge_outbox.intake_rules import Admitted, admit
+from edge_outbox.intake_rules import Admitted, Refused, admit
 from edge_outbox.ops import Outcome, QueueLimits
 from edge_outbox.states import State
 from edge_outbox.store import Store
+from intent_contract.sqlite_rows import RowInserter
 
 NOW = 1_800_000_000_000
 GOOD = json.dumps({"to": "ops@example.com", "subject": "S", "text": "t"}).encode()
@@ -137,6 +139,53 @@ def test_every_state_change_is_an_event(conn: sqlite3.Connection) -> None:
     ops.cancel(conn, row.id, NOW + 1)
     states = [e.state for e in ops.events_after(conn, 0)]
     assert states == [State.ACCEPTED, State.CANCELLED]
+
+
+def _contents(conn: sqlite3.Connection) -> tuple[list[tuple[object, ...]], ...]:
+    return (
+        conn.execute("SELECT * FROM intents ORDER BY seq").fetchall(),
+        conn.execute("SELECT id, app, kind, state, code, detail, at FROM events ORDER BY seq").fetchall(),
+        conn.execute("SELECT * FROM stats ORDER BY state").fetchall(),
+    )
+
+
+def test_a_batch_stores_what_the_same_intakes_one_by_one_store(tmp_path: Path) -> None:
+    """Every kind of decision mixed in one batch of 700 (so inserts go in statements of 256, 64, 16, 4
+    and 1 rows): the results, rows, events and stats are those of the same intakes committed one by one."""
+    rng = random.Random(7)
+    items: list[Admitted | Refused] = []
+    for n in range(700):
+        roll = rng.random()
+        if roll < 0.1 and items:  # the same id again, from the same app or from another
+            earlier = rng.choice([i for i in items if isinstance(i, Admitted)])
+            items.append(intent(app=rng.choice([earlier.app, "other"]), intent_id=earlier.id))
+        elif roll < 0.15:
+            items.append(admit("outbox/x/email.send", b"{", NOW, lambda n=n: f"bad{n}"))  # type: ignore[misc]
+        elif roll < 0.2:
+            items.append(intent(intent_id=f"late{n}", expires=NOW - 1))
+        else:
+            items.append(intent(intent_id=f"b{n}", priority=rng.randint(0, 3)))
+    limits = QueueLimits(max_items=500)
+    batched, single = db.connect(tmp_path / "batched"), db.connect(tmp_path / "single")
+    together = ops.commit_intakes(batched, items, limits, NOW)
+    alone = [ops.commit_intake(single, item, limits, NOW) for item in items]
+    assert together == alone
+    assert {r.outcome for r in together} == set(Outcome)
+    assert _contents(batched) == _contents(single)
+    stored = {row.seq: row for row in ops.listing(batched, limit=10_000)}
+    assert all(stored[r.row.seq] == r.row for r in together if r.row is not None)
+
+
+def test_rows_inserted_together_get_the_keys_they_are_stored_under(conn: sqlite3.Connection) -> None:
+    """Keys come from the last row's; the newest rows deleted first must not make them wrong."""
+    ops.commit_intakes(conn, [intent() for _ in range(300)], QueueLimits(), NOW)
+    conn.execute("DELETE FROM intents WHERE seq > 250")
+    again = ops.commit_intakes(conn, [intent() for _ in range(300)], QueueLimits(), NOW)
+    stored = {row.seq: row for row in ops.listing(conn, limit=10_000)}
+    assert [r.row.seq for r in again if r.row] == list(range(301, 601))
+    assert all(stored[r.row.seq] == r.row for r in again if r.row)
+    with pytest.raises(ValueError, match="16 values"):
+        RowInserter("intents", db.COLUMNS[1:]).insert(conn, [("too", "short")])
 
 
 @settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)

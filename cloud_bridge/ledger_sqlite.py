@@ -42,7 +42,7 @@ from cloud_bridge.ledger import (
 from cloud_bridge.ledger_finish import Finish, JoinedFinishes, final_state
 from cloud_bridge.ledger_plan import Request
 from cloud_bridge.ledger_sqlite_admit import KNOWN, admit, admit_plan, known_of
-from cloud_bridge.ledger_sqlite_schema import AUDIT_INSERT, migrate
+from cloud_bridge.ledger_sqlite_schema import AUDIT_INSERT, AUDIT_ROWS, migrate
 from cloud_bridge.ledger_states import (
     AUDIT,
     FINISH,
@@ -59,7 +59,7 @@ from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
 from cloud_bridge.usage_sql import select as usage_select
 from cloud_bridge.usage_sql import upsert_rows
 from intent_contract.codec import Ack
-from intent_contract.sql_text import marks
+from intent_contract.sql_text import IN_CHUNK, marks
 from intent_contract.sqlite_writer import GroupCommitWriter, WriterHooks
 
 logger = logging.getLogger(__name__)
@@ -210,17 +210,20 @@ class SqliteLedger:
 
     async def confirm(self, device_id: str, ids: Sequence[str]) -> int:
         """Mark final results as applied by the edge; unknown, live or already confirmed ids are ignored."""
-        params = [(device_id, i) for i in dict.fromkeys(ids)]
+        unique = list(dict.fromkeys(ids))
 
         def run(conn: sqlite3.Connection) -> int:
-            cursor = conn.executemany(
-                "UPDATE intents SET confirmed = 1, announce = 0"
-                f" WHERE device_id = ? AND intent_id = ? AND confirmed = 0 AND state NOT IN {_LIVE}",
-                params,
-            )
-            return cursor.rowcount
+            changed = 0
+            for start in range(0, len(unique), IN_CHUNK):
+                chunk = unique[start : start + IN_CHUNK]
+                changed += conn.execute(
+                    "UPDATE intents SET confirmed = 1, announce = 0 WHERE device_id = ?"
+                    f" AND intent_id IN ({marks(chunk)}) AND confirmed = 0 AND state NOT IN {_LIVE}",
+                    (device_id, *chunk),
+                ).rowcount
+            return changed
 
-        if not params:
+        if not unique:
             return 0
         return await self._call(run)
 
@@ -361,8 +364,8 @@ class SqliteLedger:
         tallies = merged(tally(r.tenant, r.device_id, r.kind, r.event, r.at) for r in rows if r.intent_id and r.kind)
 
         def run(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                AUDIT_INSERT,
+            AUDIT_ROWS.run(
+                conn,
                 [(r.at, r.device_id, r.tenant, r.intent_id, r.kind, str(r.event), r.integration, r.code, r.detail)
                  for r in rows],
             )  # fmt: skip
@@ -461,7 +464,7 @@ def _finish_rows(conn: sqlite3.Connection, finishes: list[Finish]) -> list[Ack]:
         audits.append(audit_params(f.now, entry, audit, f.integration, f.code, f.detail))
         tallies.append(tally(entry.tenant, entry.device_id, entry.kind, audit, f.now, f.seconds))
         acks.append(f.ack())
-    conn.executemany(AUDIT_INSERT, audits)
+    AUDIT_ROWS.run(conn, audits)
     conn.executemany(USAGE_UPSERT, upsert_rows(merged(tallies), ""))
     return acks
 
@@ -471,10 +474,10 @@ def _claim_rows(
 ) -> list[LedgerEntry]:
     """Move `rows` (selected whole) to running for `owner` until `until`; the entries as claimed.
 
-    One UPDATE per 500 rows, not one per row (bench/findings.md F24)."""
+    One UPDATE per IN_CHUNK rows, not one per row (bench/findings.md F24)."""
     seqs = [row["seq"] for row in rows]
-    for start in range(0, len(seqs), 500):  # SQLite takes at most 32,766 parameters
-        chunk = seqs[start : start + 500]
+    for start in range(0, len(seqs), IN_CHUNK):
+        chunk = seqs[start : start + IN_CHUNK]
         conn.execute(f"UPDATE intents SET {_CLAIMED} WHERE seq IN ({marks(chunk)})", (owner, until, now, *chunk))
     held = {"state": EntryState.RUNNING, "updated": now, "owner": owner, "lease_until": until}
     return [entry_from_row({**dict(zip(row.keys(), row, strict=True)), **held, "tries": row["tries"] + 1})

@@ -12,16 +12,15 @@ import sqlite3
 
 from cloud_bridge.ledger import DeviceLike, pack
 from cloud_bridge.ledger_plan import Known, Plan, Request, limited_kinds, plan_admission, tenant_limited_kinds
-from cloud_bridge.ledger_sqlite_schema import AUDIT_INSERT
+from cloud_bridge.ledger_sqlite_schema import AUDIT_ROWS
 from cloud_bridge.ledger_states import EntryState, LedgerEvent, sources, state_in
 from cloud_bridge.ratelimit import LimitState, tenant_subject
 from cloud_bridge.usage import merged, tally
 from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
 from cloud_bridge.usage_sql import upsert_rows
 from intent_contract.codec import Ack
-from intent_contract.sql_text import marks
-
-_IN_CHUNK = 500  # ids per IN (...) query, under SQLite's bound-parameter limit
+from intent_contract.sql_text import IN_CHUNK, marks
+from intent_contract.sqlite_rows import ManyRows
 
 # What admission (and replaying unconfirmed results) needs to know of an existing row.
 KNOWN = "SELECT intent_id, app, state, attempt, code, detail, updated, digest FROM intents"
@@ -34,16 +33,16 @@ def known_of(row: sqlite3.Row) -> Known:
 
 # Re-admission replaces a row only if it is still failed/expired with a lower attempt: the plan saw it so,
 # and the single writer thread keeps it so; the guard states the rule in the SQL as well.
-_UPSERT = (
+_UPSERT = ManyRows(
     "INSERT INTO intents (device_id, intent_id, tenant, app, kind, payload, attempt, priority, created, expires,"
-    " state, code, detail, tries, next_run, overrides, confirmed, updated, digest, owner, lease_until)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, '', 0)"
+    " state, code, detail, tries, next_run, overrides, confirmed, updated, digest, owner, lease_until)",
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, '', 0)",
     " ON CONFLICT (device_id, intent_id) DO UPDATE SET tenant = excluded.tenant, app = excluded.app,"
     " kind = excluded.kind, payload = excluded.payload, attempt = excluded.attempt, priority = excluded.priority,"
     " created = excluded.created, expires = excluded.expires, state = excluded.state, code = excluded.code,"
     " detail = excluded.detail, tries = 0, next_run = excluded.next_run, overrides = excluded.overrides,"
     " confirmed = 0, updated = excluded.updated, digest = excluded.digest, owner = '', lease_until = 0"
-    f" WHERE {state_in(sources(LedgerEvent.QUEUE), 'intents.state')} AND intents.attempt < excluded.attempt"
+    f" WHERE {state_in(sources(LedgerEvent.QUEUE), 'intents.state')} AND intents.attempt < excluded.attempt",
 )
 
 
@@ -55,7 +54,7 @@ _LIMITS_UPSERT = (
 
 
 def admit(conn: sqlite3.Connection, device: DeviceLike, requests: list[Request], now: float) -> list[Ack]:
-    """One batch: existing rows read in one query per chunk, the plan written with one executemany each."""
+    """One batch: existing rows read in one query per chunk, the plan's rows and audit rows in a few statements."""
     return admit_plan(conn, device, requests, now).acks
 
 
@@ -63,8 +62,8 @@ def admit_plan(conn: sqlite3.Connection, device: DeviceLike, requests: list[Requ
     """`admit`, returning the whole plan written (its acks, and the rows it wrote)."""
     ids = list(dict.fromkeys(r.envelope.id for r in requests))
     known: dict[str, Known] = {}
-    for start in range(0, len(ids), _IN_CHUNK):
-        chunk = ids[start : start + _IN_CHUNK]
+    for start in range(0, len(ids), IN_CHUNK):
+        chunk = ids[start : start + IN_CHUNK]
         query = f"{KNOWN} WHERE device_id = ? AND intent_id IN ({marks(chunk)})"
         for row in conn.execute(query, (device.device_id, *chunk)):
             known[row["intent_id"]] = known_of(row)
@@ -84,8 +83,8 @@ def _limit_states(conn: sqlite3.Connection, subject: str, kinds: set[str]) -> di
 
 
 def _write_plan(conn: sqlite3.Connection, device: DeviceLike, plan: Plan, now: float) -> None:
-    conn.executemany(
-        _UPSERT,
+    _UPSERT.run(
+        conn,
         [
             (device.device_id, w.envelope.id, device.tenant, w.envelope.app, w.envelope.kind, pack(w.envelope.payload),
              w.envelope.attempt, w.envelope.priority, w.envelope.created, w.envelope.expires, str(w.state), w.code,
@@ -93,8 +92,8 @@ def _write_plan(conn: sqlite3.Connection, device: DeviceLike, plan: Plan, now: f
             for w in plan.writes
         ],
     )  # fmt: skip
-    conn.executemany(
-        AUDIT_INSERT,
+    AUDIT_ROWS.run(
+        conn,
         [
             (now, device.device_id, device.tenant, a.intent_id, a.kind, str(a.event), "", a.code, a.detail)
             for a in plan.audits

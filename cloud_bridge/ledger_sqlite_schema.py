@@ -19,6 +19,7 @@ from cloud_bridge.ledger import WAITING_INDEX
 from cloud_bridge.store.migrations import Migration, pending
 from cloud_bridge.usage_sql import SCHEMA_SUMMARY as USAGE_SUMMARY
 from cloud_bridge.usage_sql import SQLITE_SCHEMA as USAGE_SCHEMA
+from intent_contract.sqlite_rows import ManyRows
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -69,10 +70,9 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 
 # The audit table's one insert: admission (ledger_sqlite_admit) and the ledger's other writes append rows.
-AUDIT_INSERT = (
-    "INSERT INTO audit (at, device_id, tenant, intent_id, kind, event, integration, code, detail)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_AUDIT_HEAD = "INSERT INTO audit (at, device_id, tenant, intent_id, kind, event, integration, code, detail)"
+AUDIT_INSERT = f"{_AUDIT_HEAD} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+AUDIT_ROWS = ManyRows(_AUDIT_HEAD, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")  # many audit rows, in as few statements as fit
 
 
 def migrate(conn: sqlite3.Connection, *, at_start: bool) -> list[int]:

@@ -30,8 +30,8 @@ from edge_outbox.states import (
     target,
 )
 from intent_contract.codec import Ack
-from intent_contract.sql_text import marks
-from intent_contract.sqlite_rows import RowInserter
+from intent_contract.sql_text import IN_CHUNK, marks
+from intent_contract.sqlite_rows import ManyRows
 from intent_contract.wire import MAX_DETAIL
 
 
@@ -61,7 +61,7 @@ def _row(conn: sqlite3.Connection, where: str, *args: object) -> IntentRow | Non
     return IntentRow.from_db(found) if found else None
 
 
-_INTENTS = RowInserter("intents", COLUMNS[1:])
+_INTENTS = ManyRows.into("intents", COLUMNS[1:])
 # Rows deleted per store operation by the running outbox's retention: an operation's savepoint keeps every
 # page it changes in memory (intent_contract.sqlite_writer), so a purge long due goes in such steps.
 PURGE_BATCH = 5000
@@ -72,7 +72,7 @@ assert COLUMNS[1:] == ("id", "app", "kind", "state", "code", "detail", "priority
 
 
 class _Staged:
-    """New rows of one intake batch, inserted together (`RowInserter`) when `flush` is called.
+    """New rows of one intake batch, inserted together (`ManyRows`) when `flush` is called.
 
     Each staged row holds a place in the batch's results until then; the rows are built without reading
     them back (reading back was 40% of the intake in a profile; building them from dicts, a third of the rest).
@@ -176,8 +176,8 @@ def _live_rows(conn: sqlite3.Connection, ids: list[str]) -> dict[str, IntentRow]
     """The stored (not rejected) intents with these ids."""
     found: dict[str, IntentRow] = {}
     unique = list(dict.fromkeys(ids))
-    for start in range(0, len(unique), 500):
-        chunk = unique[start : start + 500]
+    for start in range(0, len(unique), IN_CHUNK):
+        chunk = unique[start : start + IN_CHUNK]
         for raw in conn.execute(f"{SELECT_ROW} WHERE id IN ({marks(chunk)}) AND state <> 'rejected'", chunk):
             row = IntentRow.from_db(raw)
             found[row.id] = row
@@ -392,10 +392,12 @@ def next_batch(conn: sqlite3.Connection, *, limit: int, max_bytes: int, sent_bef
 
 def _mark_sent(conn: sqlite3.Connection, seqs: list[int], now: int) -> None:
     """Record that these intents are about to go to the bridge (so they can no longer be cancelled)."""
-    conn.executemany(
-        "UPDATE intents SET sent = sent + 1, sent_at = ? WHERE seq = ? AND state = 'accepted'",
-        [(now, seq) for seq in seqs],
-    )
+    for start in range(0, len(seqs), IN_CHUNK):
+        chunk = seqs[start : start + IN_CHUNK]
+        conn.execute(
+            f"UPDATE intents SET sent = sent + 1, sent_at = ? WHERE seq IN ({marks(chunk)}) AND state = 'accepted'",
+            (now, *chunk),
+        )
 
 
 def take_batch(conn: sqlite3.Connection, *, limit: int, max_bytes: int, sent_before: int, now: int) -> list[IntentRow]:
@@ -415,12 +417,12 @@ def apply_acks(conn: sqlite3.Connection, acks: list[Ack], now: int) -> AppliedAc
     """Apply the bridge's acks; repeated or late ones change nothing (acks come at least once).
 
     This runs twice per intent while a backlog drains, so it reads only the columns the state machine
-    needs, in one query per 500 ids, and writes all changes with one executemany.
+    needs, in one query per IN_CHUNK ids, and writes all changes with one executemany.
     """
     current: dict[str, tuple[int, State, int, int]] = {}  # id -> (seq, state, sent, attempt)
     ids = list({ack.id for ack in acks})
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
+    for start in range(0, len(ids), IN_CHUNK):
+        chunk = ids[start : start + IN_CHUNK]
         for seq, intent_id, state, sent, attempt in conn.execute(
             f"SELECT seq, id, state, sent, attempt FROM intents WHERE id IN ({marks(chunk)}) AND state <> 'rejected'",
             chunk,

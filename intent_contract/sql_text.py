@@ -19,6 +19,9 @@ def one_of(column: str, values: Sequence[str]) -> str:
     return f"{column} IN (" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
+IN_CHUNK = 500  # values per `IN (...)`: statements stay far below SQLite's limit of 32,766 parameters
+
+
 def marks(values: Collection[object]) -> str:
     """One `?` placeholder per value, for `IN (...)`."""
     return ",".join("?" * len(values))

@@ -18,7 +18,7 @@ from edge_outbox.intake_rules import Admitted, Refused, admit
 from edge_outbox.ops import Outcome, QueueLimits
 from edge_outbox.states import State
 from edge_outbox.store import Store
-from intent_contract.sqlite_rows import RowInserter
+from intent_contract.sqlite_rows import ManyRows
 
 NOW = 1_800_000_000_000
 GOOD = json.dumps({"to": "ops@example.com", "subject": "S", "text": "t"}).encode()
@@ -185,7 +185,7 @@ def test_rows_inserted_together_get_the_keys_they_are_stored_under(conn: sqlite3
     assert [r.row.seq for r in again if r.row] == list(range(301, 601))
     assert all(stored[r.row.seq] == r.row for r in again if r.row)
     with pytest.raises(ValueError, match="16 values"):
-        RowInserter("intents", db.COLUMNS[1:]).insert(conn, [("too", "short")])
+        ManyRows.into("intents", db.COLUMNS[1:]).insert(conn, [("too", "short")])
 
 
 @settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)

@@ -146,6 +146,32 @@ async def test_failed_or_expired_rows_rerun_only_with_a_higher_attempt(ledger: L
     assert lower.state is AckState.ACCEPTED
 
 
+async def test_large_batches_rerun_and_confirm_as_single_rows_do(ledger: Ledger) -> None:
+    """A batch re-admitting 70 failed rows among 70 new and 70 delivered ones (SQLite writes its rows in
+    statements of 64, 4 and 1, each row's rule applied on its own), then one confirm of 1,201 ids."""
+    decide = Decider()
+    old = [env(f"f{n:03d}") for n in range(70)] + [env(f"d{n:03d}") for n in range(70)]
+    await admit(ledger, DEV, old, decide, NOW)
+    for entry in await ledger.claim(["email.send"], 140, NOW):
+        end = EntryState.FAILED if entry.intent_id.startswith("f") else EntryState.DELIVERED
+        await ledger.finish(entry, end, "", "", NOW, "smtp")
+    batch = [env(e.id, attempt=2) for e in old] + [env(f"n{n:03d}") for n in range(70)]
+    acks = await admit(ledger, DEV, batch, decide, NOW + 1)
+    states = {a.id: a.state for a in acks}
+    assert {states[e.id] for e in batch if e.id[0] in "fn"} == {AckState.ACCEPTED}
+    assert {states[e.id] for e in batch if e.id[0] == "d"} == {AckState.DELIVERED}
+    claimed = await ledger.claim(["email.send"], 500, NOW + 1)
+    assert sorted((e.intent_id, e.attempt) for e in claimed) == sorted(
+        (e.id, e.attempt) for e in batch if e.id[0] in "fn"
+    )
+    refused = [env(f"bad{n:04d}") for n in range(1201)]
+    await admit(ledger, DEV, refused, decide, NOW + 2)
+    assert len(await ledger.unconfirmed(DEV.device_id)) >= 1201
+    ids = [e.id for e in refused]
+    assert await ledger.confirm(DEV.device_id, ids + ids[:10]) == 1201
+    assert not {a.id for a in await ledger.unconfirmed(DEV.device_id)} & set(ids)
+
+
 async def test_delivered_rows_never_rerun(ledger: Ledger) -> None:
     decide = Decider()
     await admit(ledger, DEV, [env("a")], decide, NOW)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 
@@ -28,6 +29,7 @@ def parse_rfc3339_ms(text: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
+@functools.lru_cache(maxsize=1024)  # the statuses of one commit share their time
 def format_ms(ms: int) -> str:
     """RFC 3339 (UTC, millisecond precision) for milliseconds since the epoch."""
     moment = datetime.fromtimestamp(ms / 1000, tz=UTC)

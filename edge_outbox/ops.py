@@ -132,7 +132,7 @@ def commit_intakes(
             continue
         known = existing.get(item.id)
         if known is not None:
-            if isinstance(known, int):  # staged earlier in this batch: its event goes first
+            if isinstance(known, int):  # staged earlier in this batch: insert it for its row
                 staged.flush(conn)
                 known = existing[item.id] = _stored(results[known])
             if known.app == item.app:

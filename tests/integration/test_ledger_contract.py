@@ -4,6 +4,7 @@ re-admission, expiry, id conflicts, too-old intents, limits, confirms, claims an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from cloud_bridge import ledger_sqlite
 from cloud_bridge.audit import AuditEvent
 from cloud_bridge.errors import TransientError
 from cloud_bridge.ledger import ClaimOffer, Ledger, LedgerEntry
+from cloud_bridge.ledger_finish import Finish
 from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE, judge, requests_for
 from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.ledger_states import EntryState, LedgerEvent
@@ -343,6 +345,38 @@ async def test_sqlite_finishes_that_share_a_failed_operation_each_get_the_error(
         acks = await asyncio.gather(*(ledger.finish(e, EntryState.DELIVERED, "", "", NOW, "smtp") for e in (a, b)))
         assert [(ack.id, ack.state) for ack in acks] == [("a", AckState.DELIVERED), ("b", AckState.DELIVERED)]
         assert (await ledger.depth()).counts == {("delivered", "email.send"): 2, ("failed", "email.send"): 1}
+    finally:
+        await ledger.close()
+
+
+async def test_sqlite_finishes_recorded_together_each_match_their_holder(tmp_path: Path) -> None:
+    """One operation records 302 finishes: each changes only the row it still holds, and a second finish of a
+    row in the same operation finds it no longer held."""
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    await ledger.open()
+    try:
+        await admit(ledger, DEV, [env(f"i{n:03d}") for n in range(301)], Decider(), NOW)
+        entries = await ledger.claim(["email.send"], 301, NOW)
+        stale = dataclasses.replace(entries[-1], tries=entries[-1].tries + 1)  # not how it is held
+        first, *rest = entries[:-1]
+        ends = [EntryState.DELIVERED if n % 3 else EntryState.FAILED for n in range(len(rest))]
+
+        def finish(entry: LedgerEntry, end: EntryState, code: str = "") -> Finish:
+            return Finish(entry, end, code, "", NOW + 1, "smtp", None)
+
+        finishes = [finish(first, EntryState.DELIVERED), finish(first, EntryState.DELIVERED, "again")]
+        finishes += [finish(stale, EntryState.DELIVERED)] + [finish(e, end) for e, end in zip(rest, ends, strict=True)]
+        acks = await ledger._call(lambda conn: ledger_sqlite._finish_rows(conn, finishes))
+        assert [(a.state, a.code) for a in acks[:3]] == [(AckState.DELIVERED, "")] * 2 + [(AckState.ACCEPTED, "")]
+        assert [a.state for a in acks[3:]] == [AckState(str(end)) for end in ends]
+        delivered = 1 + ends.count(EntryState.DELIVERED)
+        assert (await ledger.depth()).counts == {
+            ("delivered", "email.send"): delivered,
+            ("failed", "email.send"): len(rest) + 1 - delivered,
+            ("running", "email.send"): 1,
+        }
+        audit = [(r.intent_id, r.event) for r in await ledger.audit(DEV.device_id, limit=10_000)]
+        assert audit.count((first.intent_id, AuditEvent.DELIVER)) == 1
     finally:
         await ledger.close()
 

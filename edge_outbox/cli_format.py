@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ def now_ms() -> int:
 
 
 def row_json(row: IntentRow, *, payload: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {k: v for k, v in asdict(row).items() if k not in ("payload", "seq", "confirmed")}
+    out: dict[str, Any] = {k: v for k, v in row._asdict().items() if k not in ("payload", "seq", "confirmed")}
     out["state"] = str(row.state)
     for key in ("created", "updated", "expires", "sent_at"):
         out[key] = format_ms(out[key]) if out[key] else None

@@ -9,9 +9,9 @@ from its own position; see edge_outbox.status).
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge_outbox.errors import ConfigError
 from edge_outbox.states import FINAL, PENDING, State, sql_set
@@ -114,9 +114,13 @@ END;
 """
 
 
-@dataclass(frozen=True, slots=True)
-class IntentRow:
-    """One stored intent."""
+class IntentRow(NamedTuple):
+    """One stored intent.
+
+    Immutable like the frozen dataclasses of STYLE.md, but a NamedTuple: one is built for every intent
+    stored, sent and listed, and a frozen dataclass of 17 fields took 3.6 us to build, this 0.4 us
+    (bench/findings.md F32).
+    """
 
     seq: int
     id: str
@@ -139,13 +143,11 @@ class IntentRow:
     @classmethod
     def from_db(cls, row: tuple[Any, ...]) -> IntentRow:
         """From a row selected with SELECT_ROW."""
-        values = dict(zip(COLUMNS, row, strict=True))
-        values["state"] = State(values["state"])
-        values["payload"] = bytes(values["payload"])
-        return cls(**values)
+        return cls._make((*row[:4], _STATES[row[4]], *row[5:15], bytes(row[15]), row[16]))
 
 
-COLUMNS = tuple(f.name for f in fields(IntentRow))
+_STATES = {str(state): state for state in State}
+COLUMNS = IntentRow._fields
 SELECT_ROW = f"SELECT {', '.join(COLUMNS)} FROM intents"
 
 

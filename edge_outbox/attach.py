@@ -77,6 +77,13 @@ class _Link:
         self.next_id = 0
         self.last_heard = time.monotonic()
 
+    def resume(self) -> None:
+        """Let reading go on. The broker's silence counts from now: a paused reader hears nothing, and the
+        keepalive may run before the reader does (it dropped a healthy link after a long pause)."""
+        if not self.room.is_set():
+            self.last_heard = time.monotonic()
+            self.room.set()
+
     def new_id(self) -> int:
         """A packet id no status in flight uses (the window keeps far fewer in flight than there are ids)."""
         while True:
@@ -161,7 +168,6 @@ class AttachedClient:
                 if len(link.received) >= MAX_UNCOMMITTED:
                     link.room.clear()
                     await link.room.wait()
-                    link.last_heard = time.monotonic()  # not reading is not the broker's silence
                 data = await reader.read(READ_CHUNK)
                 if not data:
                     raise EOFError("the broker closed the connection")
@@ -237,7 +243,7 @@ class AttachedClient:
         if acks:
             link.writer.write(acks)
             if len(received) < MAX_UNCOMMITTED:
-                link.room.set()
+                link.resume()
 
     async def _publish_statuses(self, link: _Link) -> None:
         """Publish statuses in order, at most STATUS_WINDOW unacknowledged, one write per read."""

@@ -272,7 +272,7 @@ class MqttFrontDoor:
                 self._events.on_publish(device_id, packet.topic, packet.payload)
             if packet.qos == 1:
                 assert packet.packet_id is not None
-                link.write(p.encode(p.PacketIdOnly(Type.PUBACK, packet.packet_id)))
+                link.write(p.encode_ack(Type.PUBACK, packet.packet_id))
         elif isinstance(packet, p.Subscribe):
             codes: list[int] = []
             for topic_filter, qos in packet.filters:
@@ -286,7 +286,7 @@ class MqttFrontDoor:
                 await self._events.on_subscribed(device_id, topic_filter)
         elif isinstance(packet, p.Unsubscribe):
             connection.subscriptions.difference_update(packet.filters)
-            link.write(p.encode(p.PacketIdOnly(Type.UNSUBACK, packet.packet_id)))
+            link.write(p.encode_ack(Type.UNSUBACK, packet.packet_id))
         elif isinstance(packet, p.Bare) and packet.type is Type.PINGREQ:
             link.write(p.encode(p.Bare(Type.PINGRESP)))
         elif isinstance(packet, p.Bare) and packet.type is Type.DISCONNECT:

@@ -239,7 +239,7 @@ class AttachedClient:
                 log.error("attach intake failed: %s; reconnecting", head.done.exception() or "cancelled")
                 link.writer.close()
                 return
-            acks += p.encode(p.PacketIdOnly(Type.PUBACK, head.packet_id))
+            acks += p.encode_ack(Type.PUBACK, head.packet_id)
         if acks:
             link.writer.write(acks)
             if len(received) < MAX_UNCOMMITTED:

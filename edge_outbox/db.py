@@ -9,7 +9,6 @@ from its own position; see edge_outbox.status).
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -147,13 +146,17 @@ class IntentRow(NamedTuple):
 
 
 _STATES = {str(state): state for state in State}
+EVENT_COLUMNS = "seq, id, app, kind, state, code, detail, at"
 COLUMNS = IntentRow._fields
 SELECT_ROW = f"SELECT {', '.join(COLUMNS)} FROM intents"
 
 
-@dataclass(frozen=True, slots=True)
-class StatusEvent:
-    """A state change to publish to the app."""
+class StatusEvent(NamedTuple):
+    """A state change to publish to the app.
+
+    A NamedTuple, as `IntentRow` is and for the same reason: one is built for every state change an app
+    is told of (bench/findings.md F33).
+    """
 
     seq: int
     id: str
@@ -163,6 +166,11 @@ class StatusEvent:
     code: str
     detail: str
     at: int
+
+    @classmethod
+    def from_db(cls, row: tuple[Any, ...]) -> StatusEvent:
+        """From a row selected with EVENT_COLUMNS."""
+        return cls(row[0], row[1], row[2], row[3], _STATES[row[4]], row[5], row[6], row[7])
 
 
 def db_path(data_dir: Path) -> Path:

@@ -162,13 +162,15 @@ class Intake:
         row = result.row
         if row is None:
             return
-        outcome = "duplicate" if result.outcome is Outcome.DUPLICATE else row.state.value
+        duplicate = result.outcome is Outcome.DUPLICATE
+        outcome = "duplicate" if duplicate else row.state.value
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        context = {"app": row.app, "intent_id": row.id, "state": row.state.value, "code": row.code or None}
-        if result.outcome is Outcome.DUPLICATE:
-            log.info("duplicate intent: already stored", extra=context)
-        elif row.state is State.REJECTED:
-            log.warning("rejected input on %s: %s", waiting.topic, row.detail, extra=context)
+        if duplicate or row.state is State.REJECTED:
+            context = {"app": row.app, "intent_id": row.id, "state": row.state.value, "code": row.code or None}
+            if duplicate:
+                log.info("duplicate intent: already stored", extra=context)
+            else:
+                log.warning("rejected input on %s: %s", waiting.topic, row.detail, extra=context)
 
     def _hold(self, batch: list[_Waiting], reason: str) -> None:
         health = self.health

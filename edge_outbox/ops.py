@@ -10,9 +10,9 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import cast
+from typing import NamedTuple, cast
 
-from edge_outbox.db import COLUMNS, SELECT_ROW, IntentRow, StatusEvent, pending_totals
+from edge_outbox.db import COLUMNS, EVENT_COLUMNS, SELECT_ROW, IntentRow, StatusEvent, pending_totals
 from edge_outbox.errors import IllegalTransitionError, NotFoundError
 from edge_outbox.intake_rules import Admitted, Refused
 from edge_outbox.states import (
@@ -49,8 +49,9 @@ class Outcome(StrEnum):
     QUEUE_FULL = "queue_full"  # refused by the queue limits: nothing stored
 
 
-@dataclass(frozen=True, slots=True)
-class IntakeResult:
+class IntakeResult(NamedTuple):
+    """What one intake decision became. A NamedTuple, as `IntentRow`: one is built for every intent taken in."""
+
     outcome: Outcome
     row: IntentRow | None  # the stored or existing row; None when the queue was full
     detail: str = ""
@@ -329,11 +330,8 @@ def summary(conn: sqlite3.Connection) -> Summary:
 
 
 def events_after(conn: sqlite3.Connection, seq: int, limit: int = 5000) -> list[StatusEvent]:
-    rows = conn.execute(
-        "SELECT seq, id, app, kind, state, code, detail, at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-        (seq, limit),
-    )
-    return [StatusEvent(r[0], r[1], r[2], r[3], State(r[4]), r[5], r[6], r[7]) for r in rows]
+    rows = conn.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+    return [StatusEvent.from_db(r) for r in rows]
 
 
 def last_event_seq(conn: sqlite3.Connection) -> int:
@@ -366,10 +364,9 @@ def prune_events(conn: sqlite3.Connection, upto_seq: int, before: int, limit: in
 def app_statuses(conn: sqlite3.Connection, app: str, after: int, limit: int) -> list[StatusEvent]:
     """An app's stored status events after `after`, oldest first (for a replay request)."""
     rows = conn.execute(
-        "SELECT seq, id, app, kind, state, code, detail, at FROM events WHERE seq > ? AND app = ? ORDER BY seq LIMIT ?",
-        (after, app, limit),
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? AND app = ? ORDER BY seq LIMIT ?", (after, app, limit)
     )
-    return [StatusEvent(r[0], r[1], r[2], r[3], State(r[4]), r[5], r[6], r[7]) for r in rows]
+    return [StatusEvent.from_db(r) for r in rows]
 
 
 def next_batch(conn: sqlite3.Connection, *, limit: int, max_bytes: int, sent_before: int) -> list[IntentRow]:

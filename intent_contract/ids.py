@@ -11,18 +11,27 @@ from collections.abc import Callable
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _RANDOM_BITS = 80
 # Two characters per lookup: 13 of them cover the 130 bits of 26 characters (the top two are zero).
+# The first 5 cover the 48 bits of milliseconds (shifted up by the 80 random bits), the other 8 the rest.
 _PAIRS = [high + low for high in _ALPHABET for low in _ALPHABET]
-_SHIFTS = tuple(range(120, -1, -10))
+_MS_SHIFTS = tuple(range(40, -1, -10))
+_RANDOM_SHIFTS = tuple(range(70, -1, -10))
+
+
+def _ms_chars(ms: int) -> str:
+    if not 0 <= ms < 1 << 48:
+        raise ValueError(f"timestamp out of range: {ms}")
+    return "".join([_PAIRS[(ms >> shift) & 1023] for shift in _MS_SHIFTS])
+
+
+def _random_chars(random_part: int) -> str:
+    return "".join([_PAIRS[(random_part >> shift) & 1023] for shift in _RANDOM_SHIFTS])
 
 
 def encode_id(ms: int, random_part: int) -> str:
     """The id for a millisecond timestamp and an 80-bit random part."""
-    if not 0 <= ms < 1 << 48:
-        raise ValueError(f"timestamp out of range: {ms}")
     if not 0 <= random_part < 1 << _RANDOM_BITS:
         raise ValueError("random part out of range")
-    value = (ms << _RANDOM_BITS) | random_part
-    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
+    return _ms_chars(ms) + _random_chars(random_part)
 
 
 class IdGenerator:
@@ -33,6 +42,7 @@ class IdGenerator:
         self._random_bytes = random_bytes
         self._last_ms = -1
         self._last_random = 0
+        self._ms_text = ""  # the first 10 characters of the last id: the same within a millisecond
 
     def new(self) -> str:
         """A new id, greater than every id this generator made before."""
@@ -47,5 +57,7 @@ class IdGenerator:
             random_part = int.from_bytes(self._random_bytes(10), "big")
             # Leave headroom so that counting up within one millisecond cannot overflow.
             random_part >>= 1
+        if ms != self._last_ms:
+            self._ms_text = _ms_chars(ms)
         self._last_ms, self._last_random = ms, random_part
-        return encode_id(ms, random_part)
+        return self._ms_text + _random_chars(random_part)

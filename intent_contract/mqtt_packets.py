@@ -127,6 +127,10 @@ Packet = Connect | Connack | Publish | PacketIdOnly | Subscribe | Suback | Unsub
 
 # The fixed header's low nibble must be exactly this for every type but PUBLISH [MQTT-2.2.2-1].
 _FLAGS = {t: (2 if t in (Type.PUBREL, Type.SUBSCRIBE, Type.UNSUBSCRIBE) else 0) for t in Type}
+# The fixed header of each packet that is a packet id alone: its first byte, remaining length 2.
+_ACK_FIRST = {
+    t: bytes([t << 4 | _FLAGS[t], 2]) for t in (Type.PUBACK, Type.PUBREC, Type.PUBREL, Type.PUBCOMP, Type.UNSUBACK)
+}
 
 
 class Framer:
@@ -174,6 +178,16 @@ class Framer:
         return len(self._buf)
 
 
+def _text(raw: bytes) -> str:
+    try:
+        value = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedPacketError("string is not valid UTF-8") from None
+    if "\x00" in value:
+        raise MalformedPacketError("string contains U+0000")
+    return value
+
+
 class _Reader:
     __slots__ = ("data", "pos")
 
@@ -204,14 +218,7 @@ class _Reader:
         return value
 
     def text(self) -> str:
-        raw = self.binary()
-        try:
-            value = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MalformedPacketError("string is not valid UTF-8") from None
-        if "\x00" in value:
-            raise MalformedPacketError("string contains U+0000")
-        return value
+        return _text(self.binary())
 
     def rest(self) -> bytes:
         value = self.data[self.pos :]
@@ -225,6 +232,8 @@ class _Reader:
 
 def decode(first: int, body: bytes) -> Packet:
     """One packet from its first byte and body (as cut by Framer)."""
+    if first >> 4 == Type.PUBLISH:
+        return _decode_publish(first & 0x0F, body)
     try:
         kind = Type(first >> 4)
     except ValueError:
@@ -233,8 +242,6 @@ def decode(first: int, body: bytes) -> Packet:
     if kind is not Type.PUBLISH and flags != _FLAGS[kind]:
         raise MalformedPacketError(f"{kind.name} with reserved flags {flags:#x}")
     reader = _Reader(body)
-    if kind is Type.PUBLISH:
-        return _decode_publish(flags, reader)
     if kind is Type.CONNECT:
         return _decode_connect(reader, first, body)
     if kind in (Type.PUBACK, Type.PUBREC, Type.PUBREL, Type.PUBCOMP, Type.UNSUBACK):
@@ -279,20 +286,30 @@ def _end(reader: _Reader, kind: Type) -> None:
         raise MalformedPacketError(f"{kind.name} has {reader.left} unexpected bytes")
 
 
-def _decode_publish(flags: int, reader: _Reader) -> Publish:
+def _decode_publish(flags: int, body: bytes) -> Publish:
+    """A PUBLISH, one for every intent taken in: read straight from the bytes, without a _Reader."""
     qos = (flags >> 1) & 3
     if qos == 3:
         raise MalformedPacketError("PUBLISH with QoS 3")
     dup = bool(flags & 8)
     if dup and qos == 0:
         raise MalformedPacketError("PUBLISH with DUP set at QoS 0")
-    topic = reader.text()
+    if len(body) < 2:
+        raise MalformedPacketError("packet ends early")
+    end = 2 + (body[0] << 8 | body[1])
+    if end > len(body):
+        raise MalformedPacketError("string runs past the end of the packet")
+    topic = _text(body[2:end])
     if not topic or "+" in topic or "#" in topic:
         raise MalformedPacketError(f"PUBLISH to {topic!r}: a topic name is not empty and has no wildcards")
-    packet_id = reader.u16() if qos else None
-    if packet_id == 0:
-        raise MalformedPacketError("packet id 0")
-    return Publish(topic, reader.rest(), qos, bool(flags & 1), dup, packet_id)
+    packet_id = None
+    if qos:
+        if end + 2 > len(body):
+            raise MalformedPacketError("packet ends early")
+        packet_id, end = body[end] << 8 | body[end + 1], end + 2
+        if packet_id == 0:
+            raise MalformedPacketError("packet id 0")
+    return Publish(topic, body[end:], qos, bool(flags & 1), dup, packet_id)
 
 
 def _decode_connect(reader: _Reader, first: int, body: bytes) -> Connect:
@@ -359,6 +376,11 @@ def encode_publish(topic: str, payload: bytes, qos: int, packet_id: int | None, 
     return bytes([first]) + _varint(len(head) + len(payload)) + head + payload
 
 
+def encode_ack(kind: Type, packet_id: int) -> bytes:
+    """A PUBACK, PUBREC, PUBREL, PUBCOMP or UNSUBACK: one per intent taken in, so written out too."""
+    return _ACK_FIRST[kind] + packet_id.to_bytes(2, "big")
+
+
 def encode(packet: Packet) -> bytes:
     """The wire bytes of a packet."""
     if isinstance(packet, Publish):
@@ -366,7 +388,7 @@ def encode(packet: Packet) -> bytes:
             packet.topic, packet.payload, packet.qos, packet.packet_id, retain=packet.retain, dup=packet.dup
         )
     if isinstance(packet, PacketIdOnly):
-        return _frame(packet.type << 4 | _FLAGS[packet.type], struct.pack("!H", packet.packet_id))
+        return encode_ack(packet.type, packet.packet_id)
     if isinstance(packet, Connack):
         return _frame(0x20, bytes([1 if packet.session_present else 0, packet.code]))
     if isinstance(packet, Suback):

@@ -98,13 +98,13 @@ class V311:
         return p.encode_publish(message.topic, message.payload, message.qos, packet_id, retain=message.retain, dup=dup)
 
     def ack(self, kind: Type, packet_id: int, verdict: Verdict = OK) -> bytes:
-        return p.encode(p.PacketIdOnly(kind, packet_id))
+        return p.encode_ack(kind, packet_id)
 
     def suback(self, packet_id: int, codes: list[int]) -> bytes:
         return p.encode(p.Suback(packet_id, tuple(codes)))
 
     def unsuback(self, packet_id: int, count: int) -> bytes:
-        return p.encode(p.PacketIdOnly(Type.UNSUBACK, packet_id))
+        return p.encode_ack(Type.UNSUBACK, packet_id)
 
     def pingresp(self) -> bytes:
         return p.encode(p.Bare(Type.PINGRESP))

@@ -79,3 +79,31 @@ def test_split_topic() -> None:
     assert split_topic("outbox/a/email.send") == ("a", "email.send")
     assert split_topic("outbox/a/status/x") is None
     assert split_topic("other/a/b") is None
+
+
+@pytest.mark.parametrize(
+    ("number", "admitted"),
+    [
+        (10**18 - 1, True),  # 18 digits: the intake does not walk the document for these
+        (2**63 - 1, True),
+        (2**64 - 1, True),  # 20 digits, still what msgpack carries
+        (2**64, False),
+        (-(2**63), True),
+        (-(2**63) - 1, False),  # 19 digits
+        (-(10**40), False),
+    ],
+)
+def test_integers_must_fit_64_bits_at_any_depth(number: int, admitted: bool) -> None:
+    body = {"credential": "sink", "method": "POST", "path": "/hook", "json": {"deep": [{"n": number}]}}
+    result = run("outbox/hvac/http.request", body)
+    assert isinstance(result, Admitted if admitted else Refused), result
+    if not admitted:
+        assert isinstance(result, Refused) and (result.code, result.detail) == (
+            "bad_json",
+            "integer out of the 64-bit range",
+        )
+
+
+def test_long_runs_of_digits_in_strings_are_not_integers() -> None:
+    body = {"credential": "sink", "method": "POST", "path": "/hook", "json": {"card": "4" * 40, "n": 7}}
+    assert isinstance(run("outbox/hvac/http.request", body), Admitted)

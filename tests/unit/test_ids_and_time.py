@@ -30,6 +30,15 @@ def test_counting_up_within_a_millisecond_stays_monotonic() -> None:
     assert len(set(ids)) == 1000
 
 
+def test_a_generated_id_is_its_millisecond_and_random_part_encoded() -> None:
+    # The generator keeps the millisecond's characters from one id to the next: they must follow the clock.
+    ticks = iter([7, 7, 2**47, 2**47, 2**47 + 1, 3])
+    gen = IdGenerator(lambda: next(ticks), lambda n: bytes(range(n)))
+    half = int.from_bytes(bytes(range(10)), "big") >> 1
+    expected = [(7, half), (7, half + 1), (2**47, half), (2**47, half + 1), (2**47 + 1, half), (2**47 + 1, half + 1)]
+    assert [gen.new() for _ in expected] == [encode_id(ms, part) for ms, part in expected]
+
+
 @given(st.integers(min_value=0, max_value=2**48 - 1), st.integers(min_value=0, max_value=2**80 - 1))
 def test_an_id_is_the_130_bit_number_in_crockford_base32(ms: int, random_part: int) -> None:
     value, digits = (ms << 80) | random_part, []

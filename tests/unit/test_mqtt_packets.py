@@ -78,6 +78,10 @@ def test_a_length_of_five_bytes_is_malformed() -> None:
         (bytes([0x38, 3, 0, 1, ord("a")]), "DUP set at QoS 0"),
         (bytes([0x30, 3, 0, 1, ord("#")]), "wildcards"),
         (bytes([0x32, 5, 0, 1, ord("a"), 0, 0]), "packet id 0"),
+        (bytes([0x30, 1, 0]), "ends early"),
+        (bytes([0x30, 3, 0, 5, ord("a")]), "runs past the end"),
+        (bytes([0x32, 4, 0, 1, ord("a"), 0]), "ends early"),  # QoS 1 with half a packet id
+        (bytes([0x30, 2, 0, 0]), "not empty"),
         (bytes([0x80, 6, 0, 1, 0, 1, ord("a"), 0]), "reserved flags"),
         (bytes([0x82, 2, 0, 1]), "without a topic filter"),
         (bytes([0x82, 6, 0, 1, 0, 1, ord("a"), 3]), "requested QoS"),

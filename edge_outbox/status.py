@@ -23,23 +23,21 @@ __all__ = ["StatusFeed", "status_payload", "status_topic"]
 ReadAfter = Callable[[int, int], Awaitable[list[StatusEvent]]]
 
 
-# One encoder for every status: `json.dumps` with any option builds a new one per call (7.45 -> 5.94 us per
-# status, bench/findings.md F31).
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+# json's own string encoder (C; ASCII, as json.dumps writes by default).
+_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 def status_payload(event: StatusEvent) -> bytes:
-    """The JSON an app receives: {"id", "kind", "state", "code", "detail", "at", "seq"}."""
-    body = {
-        "id": event.id,
-        "kind": event.kind,
-        "state": str(event.state),
-        "code": event.code,
-        "detail": event.detail,
-        "at": format_ms(event.at),
-        "seq": event.seq,
-    }
-    return _encode(body).encode()
+    """The JSON an app receives: {"id", "kind", "state", "code", "detail", "at", "seq"}.
+
+    Written out, the bytes `json.dumps` gives with separators (",", ":"): one for every state change an
+    app is told of, and `json.dumps` took 3.5 us of it, this 1.0 us (bench/findings.md F34).
+    """
+    return (
+        f'{{"id":{_string(event.id)},"kind":{_string(event.kind)},"state":{_string(str(event.state))},'
+        f'"code":{_string(event.code)},"detail":{_string(event.detail)},"at":{_string(format_ms(event.at))},'
+        f'"seq":{int(event.seq)}}}'
+    ).encode()
 
 
 class StatusFeed:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from edge_outbox.db import StatusEvent
 from edge_outbox.states import State
 from edge_outbox.status import StatusFeed, status_payload
+from intent_contract.timefmt import format_ms
 
 
 def event(seq: int) -> StatusEvent:
@@ -51,3 +57,22 @@ async def test_nothing_to_read_at_the_head_and_repeated_events_are_ignored() -> 
 
 def test_a_status_message_carries_its_sequence_number() -> None:
     assert status_payload(event(7)).endswith(b',"seq":7}')
+
+
+@given(
+    st.integers(1, 2**63 - 1),
+    st.text(),
+    st.text(),
+    st.sampled_from(list(State)),
+    st.text(),
+    st.text(),
+    st.integers(0, 253_402_300_799_999),  # to the end of year 9999
+)
+def test_a_status_message_is_the_json_of_its_fields(
+    seq: int, intent_id: str, kind: str, state: State, code: str, detail: str, at: int
+) -> None:
+    # Any text, quotes, controls and non-ASCII included: the payload is written out, not built by json.
+    event = StatusEvent(seq, intent_id, "app", kind, state, code, detail, at)
+    body = {"id": intent_id, "kind": kind, "state": state.value, "code": code, "detail": detail,
+            "at": format_ms(at), "seq": seq}  # fmt: skip
+    assert status_payload(event) == json.dumps(body, separators=(",", ":")).encode()

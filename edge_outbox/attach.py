@@ -23,11 +23,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
 
-from edge_outbox.errors import AttachRefusedError
+from edge_outbox.errors import AttachRefusedError, ConfigError
 from edge_outbox.intake import Intake
 from edge_outbox.intake_rules import TOPIC_ROOT
 from edge_outbox.mqtt.session import MAX_PACKET_ID, StatusCursor
@@ -97,6 +98,7 @@ class AttachedClient:
 
     def __init__(self, target: AttachTarget, intake: Intake, feed: StatusFeed, position: int) -> None:
         self._target = target
+        self._tls = _tls_context(target) if target.tls else None
         self._intake = intake
         self._feed = feed
         self.status = StatusCursor(position)
@@ -108,7 +110,7 @@ class AttachedClient:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="attach")
-        log.info("attaching to mqtt://%s:%d as %s", self._target.host, self._target.port, self._target.client_id)
+        log.info("attaching to %s as %s", self._target.url, self._target.client_id)
 
     async def stop(self) -> None:
         link = self._link
@@ -127,6 +129,8 @@ class AttachedClient:
                 await self._connection()
             except AttachRefusedError as exc:
                 log.error("attach broker refused the connection: %s", exc)
+            except ssl.SSLError as exc:  # before OSError, of which it is one: not a broker that is away
+                log.error("TLS with the attach broker %s failed: %s", self._target.url, exc)
             except (OSError, EOFError, TimeoutError, MalformedPacketError) as exc:
                 if self.connected.is_set():
                     log.warning("attach broker connection lost (%s); reconnecting", _why(exc))
@@ -140,7 +144,10 @@ class AttachedClient:
 
     async def _connection(self) -> None:
         t = self._target
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(t.host, t.port), CONNECT_TIMEOUT_S)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(t.host, t.port, ssl=self._tls, server_hostname=t.host if self._tls else None),
+            CONNECT_TIMEOUT_S,
+        )
         link = _Link(writer)
         framer = p.Framer(MAX_PACKET)
         tasks: list[asyncio.Task[None]] = []
@@ -275,6 +282,14 @@ class AttachedClient:
                 link.writer.close()
                 return
             link.writer.write(p.encode(p.Bare(Type.PINGREQ)))
+
+
+def _tls_context(target: AttachTarget) -> ssl.SSLContext:
+    """Verify the broker's certificate and name, against `--attach-ca` or the system's trust store."""
+    try:
+        return ssl.create_default_context(cafile=None if target.ca_file is None else str(target.ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--attach-ca {target.ca_file}: not a PEM file of CA certificates ({exc})") from None
 
 
 def _connack_reason(code: int) -> str:

@@ -134,8 +134,13 @@ def main(ctx: click.Context, config: Path | None) -> None:
 )
 @click.option(
     "--attach",
-    metavar="mqtt://HOST:PORT",
-    help="Use an existing broker instead of the embedded one (password: EDGE_OUTBOX_ATTACH_PASSWORD).",
+    metavar="mqtt[s]://HOST:PORT",
+    help="Use an existing broker instead of the embedded one; mqtts:// is TLS. Password: EDGE_OUTBOX_ATTACH_PASSWORD.",
+)
+@click.option(
+    "--attach-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="CA certificates (PEM) that sign an mqtts:// attach broker's certificate (default: the system's).",
 )
 @click.option(
     "--attach-client-id",
@@ -233,6 +238,7 @@ def run(
     listen: str,
     attach: str | None,
     attach_client_id: str,
+    attach_ca: Path | None,
     attach_password: str | None,
     users_file: Path | None,
     max_queue_items: int,
@@ -258,7 +264,7 @@ def run(
         data_dir=data_dir,
         listen_host=host,
         listen_port=port,
-        attach=AttachTarget.parse(attach, attach_password, attach_client_id) if attach else None,
+        attach=AttachTarget.parse(attach, attach_password, attach_client_id, attach_ca) if attach else None,
         users=load_users(users_file) if users_file else {},
         max_queue_items=max_queue_items,
         max_queue_bytes=_size(max_queue_bytes),

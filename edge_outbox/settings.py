@@ -33,26 +33,39 @@ def parse_host_port(text: str, flag: str, default_port: int = 1883) -> tuple[str
 
 @dataclass(frozen=True, slots=True)
 class AttachTarget:
-    """An existing broker to attach to, from `--attach mqtt://[user@]host[:port]`."""
+    """An existing broker to attach to, from `--attach mqtt[s]://[user@]host[:port]`.
+
+    With mqtts:// the connection is TLS, the broker's certificate verified against `ca_file` (or the
+    system's trust store) and its name against `host`; there is no way to turn verification off."""
 
     host: str
     port: int
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     client_id: str = "edge-outbox"
+    tls: bool = False
+    ca_file: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """Where it attaches, for logs (no user name or password)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @classmethod
-    def parse(cls, url: str, password: str | None, client_id: str) -> AttachTarget:
+    def parse(cls, url: str, password: str | None, client_id: str, ca_file: Path | None = None) -> AttachTarget:
         parts = urlsplit(url)
-        if parts.scheme != "mqtt" or not parts.hostname:
-            raise ConfigError(f"--attach {url!r}: expected mqtt://HOST:PORT")
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigError(f"--attach {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)")
         if parts.password:
             raise ConfigError("--attach: put the password in EDGE_OUTBOX_ATTACH_PASSWORD, not in the URL")
+        tls = parts.scheme == "mqtts"
+        if ca_file is not None and not tls:
+            raise ConfigError(f"--attach-ca is for a TLS broker: use mqtts:// in --attach, not {url!r}")
         try:
-            port = parts.port or 1883
+            port = parts.port or (8883 if tls else 1883)
         except ValueError:
             raise ConfigError(f"--attach {url!r}: bad port") from None
-        return cls(parts.hostname, port, parts.username, password, client_id)
+        return cls(parts.hostname, port, parts.username, password, client_id, tls, ca_file)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,13 @@
 """Attach mode against a real Mosquitto on a private loopback port."""
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.support.edge import Client, OutboxProcess, email, stored_ids
 from tests.support.net import free_port, wait_for_port, wait_until
@@ -154,3 +156,80 @@ def test_outbox_attaches_again_after_the_broker_restarts(tmp_path: Path) -> None
         finally:
             second.terminate()
             second.wait(10)
+
+
+@pytest.fixture
+def tls_mosquitto(tmp_path: Path, server_cert_files: dict[str, Path]) -> Iterator[tuple[int, int]]:
+    """Mosquitto with a plain listener for the test's apps and a TLS one (a trustme certificate) for the outbox."""
+    binary = require_binary("mosquitto")
+    plain, tls = free_port(), free_port()
+    conf = tmp_path / "mosquitto-tls.conf"
+    conf.write_text(
+        f"listener {plain} 127.0.0.1\nlistener {tls} 127.0.0.1\ncafile {server_cert_files['ca']}\n"
+        f"certfile {server_cert_files['cert']}\nkeyfile {server_cert_files['key']}\n"
+        # As root, Mosquitto switches to its own user before it loads the certificates, which pytest's private
+        # temporary directory keeps from that user: `user root` keeps it root (ignored when not started as root).
+        "allow_anonymous true\npersistence false\nmax_queued_messages 0\nuser root\n"
+    )
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(plain)
+        wait_for_port(tls)
+        yield plain, tls
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_attach_over_tls_verifies_the_broker_and_takes_intents(
+    tmp_path: Path, tls_mosquitto: tuple[int, int], server_cert_files: dict[str, Path]
+) -> None:
+    plain, tls = tls_mosquitto
+    app = Client(plain, "tls-app").connect()
+    app.subscribe("outbox/hvac/status/#")
+    attach = (f"--attach=mqtts://127.0.0.1:{tls}", "--attach-ca", str(server_cert_files["ca"]))
+    with OutboxProcess(tmp_path / "data", tls, *attach) as outbox:
+        wait_until(lambda: "attached; subscribed" in outbox.log(), what="outbox attached over TLS")
+        assert f"attaching to mqtts://127.0.0.1:{tls}" in outbox.log()
+        app.publish("outbox/hvac/email.send", email("over-tls"), name="over-tls")
+        wait_until(lambda: app.status_of("over-tls") == ["accepted"], what="accepted status over TLS")
+        assert stored_ids(outbox.data_dir)["over-tls"] == "accepted"
+    app.close()
+
+
+def test_attach_over_tls_refuses_a_broker_its_ca_did_not_sign(tmp_path: Path, tls_mosquitto: tuple[int, int]) -> None:
+    plain, tls = tls_mosquitto
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    app = Client(plain, "tls-app").connect()
+    with OutboxProcess(
+        tmp_path / "data", tls, f"--attach=mqtts://127.0.0.1:{tls}", "--attach-ca", str(other_ca)
+    ) as outbox:
+        wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in outbox.log(), what="the certificate refused")
+        app.publish("outbox/hvac/email.send", email("not-taken"), name="not-taken")
+        wait_until(lambda: "not-taken" in app.acked, what="Mosquitto's PUBACK")
+        refused = f"TLS with the attach broker mqtts://127.0.0.1:{tls} failed"
+        wait_until(lambda: outbox.log().count(refused) >= 2, what="the next attempt refused too")
+        assert "attached; subscribed" not in outbox.log()
+        assert "not-taken" not in stored_ids(outbox.data_dir)
+    app.close()
+
+
+def test_attach_tls_settings_that_cannot_work_stop_the_outbox_in_one_line(tmp_path: Path) -> None:
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("not a certificate\n")
+    cases = [
+        (["--attach=mqtt://127.0.0.1:1", "--attach-ca", str(not_pem)], "--attach-ca is for a TLS broker"),
+        (["--attach=mqtts://127.0.0.1:1", "--attach-ca", str(not_pem)], "not a PEM file of CA certificates"),
+        (["--attach=tls://127.0.0.1:1"], "expected mqtt://HOST:PORT or mqtts://HOST:PORT"),
+    ]
+    for args, message in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "edge_outbox", "run", "--data-dir", str(tmp_path / "data"), *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr

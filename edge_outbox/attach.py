@@ -14,7 +14,8 @@ The client is asyncio on the endpoint's own MQTT 3.1.1 codec (`intent_contract.m
 task reads and hands each message to the intake, the acknowledgements one commit releases go out in
 one write, and reading pauses while MAX_UNCOMMITTED messages wait for their commit, so a backlog
 stays with the broker. It replaced paho, whose thread and one-byte reads of each packet's header cost
-more than the intake did (bench/findings.md F22).
+more than the intake did (bench/findings.md F22). With `mqtts://` the connection is TLS, the broker's
+certificate and name always verified (`--attach-ca`, or the system's trust store).
 """
 
 from __future__ import annotations
@@ -289,7 +290,7 @@ def _tls_context(target: AttachTarget) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=None if target.ca_file is None else str(target.ca_file))
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"--attach-ca {target.ca_file}: not a PEM file of CA certificates ({exc})") from None
+        raise ConfigError(f"--attach-ca {target.ca_file}: cannot load CA certificates (PEM) from it: {exc}") from None
 
 
 def _connack_reason(code: int) -> str:

@@ -220,7 +220,7 @@ def test_attach_tls_settings_that_cannot_work_stop_the_outbox_in_one_line(tmp_pa
     not_pem.write_text("not a certificate\n")
     cases = [
         (["--attach=mqtt://127.0.0.1:1", "--attach-ca", str(not_pem)], "--attach-ca is for a TLS broker"),
-        (["--attach=mqtts://127.0.0.1:1", "--attach-ca", str(not_pem)], "not a PEM file of CA certificates"),
+        (["--attach=mqtts://127.0.0.1:1", "--attach-ca", str(not_pem)], "cannot load CA certificates (PEM) from it"),
         (["--attach=tls://127.0.0.1:1"], "expected mqtt://HOST:PORT or mqtts://HOST:PORT"),
     ]
     for args, message in cases:

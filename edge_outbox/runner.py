@@ -88,11 +88,7 @@ class Outbox:
 
     async def start(self) -> None:
         s = self.settings
-        where = (
-            f"attached to mqtt://{s.attach.host}:{s.attach.port}"
-            if s.attach
-            else f"listening on {s.listen_host}:{s.listen_port}"
-        )
+        where = f"attached to {s.attach.url}" if s.attach else f"listening on {s.listen_host}:{s.listen_port}"
         self._lock.acquire({"where": where, "started": now_ms()})
         try:
             await self._start(where)

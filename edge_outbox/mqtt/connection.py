@@ -268,7 +268,10 @@ class Connection:
             kind, packet_id, dialect = (Type.PUBACK if qos == 1 else Type.PUBREC), packet.packet_id, self.dialect
             if qos == 2:
                 session.incoming_qos2.add(packet_id)
-            self._answer(ready, lambda result: dialect.ack(kind, packet_id, intake_verdict(result)))
+            if dialect.version == 5:  # its acknowledgement can name a refusal: made once the commit is done
+                self._answer(ready, lambda result: dialect.ack(kind, packet_id, intake_verdict(result)))
+            else:
+                self._answer(ready, dialect.ack(kind, packet_id))
         elif ready is not None:
             self._answer(ready, b"")  # QoS 0 into the intake: nothing to send, but keep the order
 

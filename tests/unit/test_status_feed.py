@@ -55,10 +55,6 @@ async def test_nothing_to_read_at_the_head_and_repeated_events_are_ignored() -> 
     assert await feed.read(2, 10) == []
 
 
-def test_a_status_message_carries_its_sequence_number() -> None:
-    assert status_payload(event(7)).endswith(b',"seq":7}')
-
-
 @given(
     st.integers(1, 2**63 - 1),
     st.text(),

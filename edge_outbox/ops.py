@@ -318,13 +318,33 @@ class Summary:
     oldest_pending_created: int | None
 
 
+# The creation time of the first intent stored (lowest seq) that is still pending, at any priority.
+# `intents_pending` holds them by (priority DESC, seq): from each priority to the next lower one, the
+# first entry is that priority's oldest, a few index entries in all. MIN(created) read every pending row,
+# 160 ms at 1,000,000 on the writer thread, at every metrics scrape and health report (bench/findings.md
+# F35). Intents are stored in the order they were created, so it is the smallest creation time unless
+# the clock stepped back.
+_PENDING_SQL = sql_set(PENDING)
+_OLDEST_PENDING = f"""
+WITH RECURSIVE levels(priority) AS (
+    SELECT MAX(priority) FROM intents WHERE state IN {_PENDING_SQL}
+    UNION ALL
+    SELECT (SELECT MAX(priority) FROM intents WHERE state IN {_PENDING_SQL} AND priority < levels.priority)
+    FROM levels WHERE levels.priority IS NOT NULL
+)
+SELECT MIN((SELECT created FROM intents WHERE state IN {_PENDING_SQL} AND priority = levels.priority
+            ORDER BY seq LIMIT 1))
+FROM levels WHERE levels.priority IS NOT NULL
+"""
+
+
 def summary(conn: sqlite3.Connection) -> Summary:
     """Counts and bytes per state, and the oldest pending intent's creation time."""
     counts = {s.value: 0 for s in State}
     sizes = {s.value: 0 for s in State}
     for state, items, size in conn.execute("SELECT state, items, bytes FROM stats"):
         counts[state], sizes[state] = int(items), int(size)
-    oldest = conn.execute(f"SELECT MIN(created) FROM intents WHERE state IN {sql_set(PENDING)}").fetchone()[0]
+    oldest = conn.execute(_OLDEST_PENDING).fetchone()[0]
     pending = sum(counts[s] for s in PENDING)
     return Summary(counts, sizes, pending, sum(sizes[s] for s in PENDING), oldest)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -566,6 +567,32 @@ async def test_sqlite_calls_need_an_open_ledger_and_open_errors_are_bridge_error
         await store.open()
     await store.close()
     await store.close()
+
+
+async def test_sqlite_depth_is_read_beside_the_writer_not_in_its_queue(tmp_path: Path) -> None:
+    """A metrics scrape reads every row not done with: the writer's commits must not wait for it."""
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    with pytest.raises(RuntimeError, match="not open"):
+        await ledger.depth()
+    await ledger.open()
+    await admit(ledger, DEV, [env("a"), env("b")], Decider(), NOW)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:  # an operation that keeps the writer busy until released
+        conn.execute("UPDATE intents SET detail = 'held' WHERE intent_id = 'a'")
+        inside.set()
+        release.wait(30)
+
+    held = asyncio.ensure_future(ledger._call(hold))
+    try:
+        await asyncio.to_thread(inside.wait, 30)
+        depth = await asyncio.wait_for(ledger.depth(), 10)  # through the writer: stuck behind `hold`
+        assert depth.counts == {("queued", "email.send"): 2}
+        assert depth.oldest_queued == NOW
+    finally:
+        release.set()
+        await held
+    await ledger.close()
 
 
 def test_judging_is_pure_and_skips_policy_for_expired_intents() -> None:

@@ -322,8 +322,8 @@ class Summary:
 # `intents_pending` holds them by (priority DESC, seq): from each priority to the next lower one, the
 # first entry is that priority's oldest, a few index entries in all. MIN(created) read every pending row,
 # 0.2-0.8 s at 1,000,000 on the writer thread, at every metrics scrape and health report
-# (bench/findings.md F35). Intents are stored in the order they were created, so it is the smallest creation time unless
-# the clock stepped back.
+# (bench/findings.md F35). Intents are stored in the order they were created, so it is the smallest
+# creation time unless the clock stepped back.
 _PENDING_SQL = sql_set(PENDING)
 _OLDEST_PENDING = f"""
 WITH RECURSIVE levels(priority) AS (

@@ -239,7 +239,7 @@ def decode(first: int, body: bytes) -> Packet:
     except ValueError:
         raise MalformedPacketError(f"packet type {first >> 4} does not exist") from None
     flags = first & 0x0F
-    if kind is not Type.PUBLISH and flags != _FLAGS[kind]:
+    if flags != _FLAGS[kind]:  # PUBLISH, whose flags carry QoS, DUP and RETAIN, went above
         raise MalformedPacketError(f"{kind.name} with reserved flags {flags:#x}")
     reader = _Reader(body)
     if kind is Type.CONNECT:

@@ -16,6 +16,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
@@ -30,7 +31,7 @@ from cloud_bridge.integrations.http_credentials import HEADER_NAME, RESERVED_HEA
 from cloud_bridge.integrations.http_status import parse_retry_after, status_error
 from cloud_bridge.integrations.ssrf import GuardedResolver, SsrfGuard
 from cloud_bridge.integrations.tls import tls_context
-from cloud_bridge.integrations.url_scope import BaseUrl, port_of
+from cloud_bridge.integrations.url_scope import KEEP_ANSWERS, KEEP_LEN, BaseUrl, port_of
 from cloud_bridge.secrets import redact_in_logs
 
 __all__ = [
@@ -92,6 +93,9 @@ class HttpIntegration:
         self._context = context
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
         self._client: aiohttp.ClientSession | None = None
+        # The same URL makes the same target (about 6 us to build and check): kept, as UrlScope keeps
+        # its answers. A refused host raises and is not kept.
+        self._kept_target = lru_cache(maxsize=KEEP_ANSWERS)(self._target)
 
     def _session(self) -> aiohttp.ClientSession:
         # Made on first use: aiohttp binds a session to the running loop; from_config may run before one.
@@ -137,11 +141,7 @@ class HttpIntegration:
         if credential is None:
             raise PermanentError("credential is not configured at the bridge", code="policy_credential")
         method, url = credential.request(payload)
-        target = _wire_url(url)
-        # yarl rewrites some hosts (NFKC makes fullwidth digits ASCII: a name becomes 127.0.0.1) and
-        # aiohttp connects to a literal without asking the resolver: the host it will use is checked.
-        for host in {urlsplit(url).hostname or "", target.raw_host or ""}:
-            self._guard.check_literal(host)
+        target = self._kept_target(url) if len(url) <= KEEP_LEN else self._target(url)
         headers: dict[str, str] = {}
         for name, value in (payload.get("headers") or {}).items():
             if not isinstance(name, str) or not isinstance(value, str) or _CONTROL.search(value):
@@ -155,6 +155,14 @@ class HttpIntegration:
         headers[header] = secret_value
         headers["Idempotency-Key"] = job.idempotency_key
         return credential, method, target, headers
+
+    def _target(self, url: str) -> URL:
+        target = _wire_url(url)
+        # yarl rewrites some hosts (NFKC makes fullwidth digits ASCII: a name becomes 127.0.0.1) and
+        # aiohttp connects to a literal without asking the resolver: the host it will use is checked.
+        for host in {urlsplit(url).hostname or "", target.raw_host or ""}:
+            self._guard.check_literal(host)
+        return target
 
     async def execute(self, job: Job) -> Outcome:
         """Send the request; 2xx is an Outcome, anything else a bridge error without body or headers."""

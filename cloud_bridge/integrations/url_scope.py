@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import SplitResult, unquote, urlsplit
 
@@ -20,6 +21,13 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 _DEFAULT_METHODS: Final = ["GET", "POST"]
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+# Whitespace as str.isspace() sees it (re's \s for a str pattern is the same test), control characters
+# and backslashes: one regex search instead of a Python loop over the URL (half of a check's time).
+_UNSAFE: Final = re.compile(r"[\s\x00-\x1f\x7f\\]")
+# An answer is kept for URLs and paths up to this length, and this many answers are kept: bounded memory
+# (under 8 MB) whatever the apps send. See UrlScope.request.
+KEEP_LEN: Final = 2048
+KEEP_ANSWERS: Final = 1024
 _MAX_DECODES: Final = 4
 _U_ESCAPE: Final = re.compile(r"%u[0-9a-f]{4}", re.IGNORECASE)
 
@@ -95,11 +103,21 @@ class UrlScope:
         return scope
 
     def request(self, payload: Mapping[str, Any], credential: str) -> tuple[str, str]:
-        """(method, URL) to call for `payload`; PermanentError `policy_method` or `policy_url` otherwise."""
+        """(method, URL) to call for `payload`; PermanentError `policy_method` or `policy_url` otherwise.
+
+        It runs twice per intent (policy at admission, the integration before it sends) and takes 15-20 us,
+        while an app's intents mostly name a few URLs: the answer for a scope, method, url and path is kept
+        (`_resolve_kept`: it is a pure function of them). Refusals are not kept.
+        """
         method = str(payload.get("method", "")).upper()
         if method not in self.methods:
             raise PermanentError(f"method {method!r} is not allowed for {credential!r}", code="policy_method")
         url, path = payload.get("url"), payload.get("path")
+        if _keepable(url) and _keepable(path):
+            return _resolve_kept(self, method, url, path, credential)
+        return self._resolve(method, url, path, credential)
+
+    def _resolve(self, method: str, url: object, path: object, credential: str) -> tuple[str, str]:
         if isinstance(path, str) and path.startswith("/") and url is None:
             url = self.path_base.join(path)
         if not isinstance(url, str):
@@ -113,6 +131,14 @@ class UrlScope:
         host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
         query = f"?{parts.query}" if parts.query else ""
         return method, f"{parts.scheme}://{host}:{port_of(parts)}{parts.path or '/'}{query}"
+
+
+_resolve_kept = lru_cache(maxsize=KEEP_ANSWERS)(UrlScope._resolve)
+
+
+def _keepable(value: object) -> bool:
+    """A url or path an answer may be kept for: absent, or a string of at most KEEP_LEN characters."""
+    return value is None or (type(value) is str and len(value) <= KEEP_LEN)
 
 
 def credential_scopes(integrations: Mapping[str, Any]) -> dict[str, UrlScope] | None:
@@ -149,7 +175,7 @@ def _methods(value: object, where: str) -> frozenset[str]:
 
 def _split(text: str) -> SplitResult:
     """Parse a URL strictly; raises ValueError for anything a server might read differently."""
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in text):
+    if _UNSAFE.search(text):
         raise ValueError("whitespace, control characters or backslashes in URL")
     parts = urlsplit(text)
     if parts.scheme not in _DEFAULT_PORTS:

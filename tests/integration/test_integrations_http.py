@@ -200,19 +200,24 @@ async def test_canary_never_leaks_when_provider_echoes_headers(
         assert "Y2FuYXJ5" not in text  # base64 of the canary's start
 
 
-async def test_ssrf_guard_refuses_loopback_without_exemption(api: Recorder, server_cert_files: dict[str, Path]) -> None:
+async def test_ssrf_guard_refuses_loopback_without_exemption(
+    http: HttpIntegration, api: Recorder, server_cert_files: dict[str, Path]
+) -> None:
+    """Refused each time, also after another integration (that exempts the host) sent to the same URL."""
+    literal = f"https://127.0.0.1:{api.port}/v1/x"
+    assert await http.execute(make_job({"credential": "crm", "method": "GET", "url": literal})) == Outcome("HTTP 200")
     section = config(api.port, server_cert_files["ca"])
     section["allow_private_hosts"] = []
     section["credentials"]["crm"]["base_urls"].append(f"https://localhost:{api.port}/v1/")
     integration = HttpIntegration.from_config(section, ENV)
     try:
-        for url in (f"https://127.0.0.1:{api.port}/v1/x", f"https://localhost:{api.port}/v1/x"):
+        for url in (literal, f"https://localhost:{api.port}/v1/x") * 2:
             with pytest.raises(PermanentError) as info:
                 await integration.execute(make_job({"credential": "crm", "method": "GET", "url": url}))
             assert info.value.code == "ssrf_blocked"
     finally:
         await integration.aclose()
-    assert api.requests == []
+    assert len(api.requests) == 1
 
 
 async def test_connects_to_the_checked_address_with_original_host_and_sni(

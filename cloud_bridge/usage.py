@@ -83,22 +83,6 @@ class Tally:
     def key(self) -> tuple[str, str, str, str]:
         return (self.tenant, self.device_id, self.kind, self.day)
 
-    def plus(self, other: Tally) -> Tally:
-        """Two tallies of one key added."""
-        if other.key != self.key:
-            raise ValueError("tallies of different rows")
-        return Tally(
-            *self.key,
-            delivered=self.delivered + other.delivered,
-            failed=self.failed + other.failed,
-            expired=self.expired + other.expired,
-            rejected=self.rejected + other.rejected,
-            timed=self.timed + other.timed,
-            time_sum_ms=self.time_sum_ms + other.time_sum_ms,
-            time_max_ms=max(self.time_max_ms, other.time_max_ms),
-            histogram=tuple(a + b for a, b in zip(self.histogram, other.histogram, strict=True)),
-        )
-
     def columns(self) -> tuple[Any, ...]:
         """The counter columns, in `usage_sql.COUNTERS` order."""
         return (self.delivered, self.failed, self.expired, self.rejected, self.timed, self.time_sum_ms,
@@ -123,12 +107,26 @@ def tally(
 
 
 def merged(tallies: Iterable[Tally | None]) -> list[Tally]:
-    """Tallies of one key added together, sorted by key (one upsert per row)."""
-    rows: dict[tuple[str, str, str, str], Tally] = {}
+    """Tallies of one key added together, sorted by key (one upsert per row).
+
+    Column by column, once per key: adding them two at a time built a Tally per result (merging a finish
+    of 16 results: 5.9 us per result, now 1.3 us).
+    """
+    groups: dict[tuple[str, str, str, str], list[Tally]] = {}
     for t in tallies:
         if t is not None:
-            rows[t.key] = rows[t.key].plus(t) if t.key in rows else t
-    return [rows[k] for k in sorted(rows)]
+            groups.setdefault(t.key, []).append(t)
+    return [_added(groups[key]) for key in sorted(groups)]
+
+
+def _added(group: list[Tally]) -> Tally:
+    if len(group) == 1:
+        return group[0]
+    # Tally.columns() order: delivered, failed, expired, rejected, timed, time_sum_ms, time_max_ms, histogram.
+    sums = [sum(column) for column in zip(*(t.columns() for t in group), strict=True)]
+    delivered, failed, expired, rejected, timed, time_sum_ms = sums[:6]
+    time_max_ms = max(t.time_max_ms for t in group)
+    return Tally(*group[0].key, delivered, failed, expired, rejected, timed, time_sum_ms, time_max_ms, tuple(sums[7:]))
 
 
 class Dimension(StrEnum):

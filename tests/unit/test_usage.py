@@ -14,6 +14,7 @@ from cloud_bridge.usage import (
     BUCKETS,
     LATENCY_BOUNDS_MS,
     Dimension,
+    Tally,
     UsageQuery,
     bucket_of,
     day_of,
@@ -47,6 +48,45 @@ def test_merging_adds_counts_and_keeps_the_maximum() -> None:
     both = rows[1]
     assert (both.delivered, both.failed, both.timed, both.time_max_ms) == (1, 1, 2, pytest.approx(1500))
     assert sum(both.histogram) == 2
+
+
+def added_one_by_one(tallies: list[Tally | None]) -> list[Tally]:
+    """What `merged` must equal: each key's tallies added a pair at a time, in order."""
+    rows: dict[tuple[str, str, str, str], Tally] = {}
+    for t in tallies:
+        if t is None:
+            continue
+        if t.key not in rows:
+            rows[t.key] = t
+            continue
+        old = rows[t.key]
+        rows[t.key] = Tally(
+            *t.key,
+            delivered=old.delivered + t.delivered,
+            failed=old.failed + t.failed,
+            expired=old.expired + t.expired,
+            rejected=old.rejected + t.rejected,
+            timed=old.timed + t.timed,
+            time_sum_ms=old.time_sum_ms + t.time_sum_ms,
+            time_max_ms=max(old.time_max_ms, t.time_max_ms),
+            histogram=tuple(a + b for a, b in zip(old.histogram, t.histogram, strict=True)),
+        )
+    return [rows[k] for k in sorted(rows)]
+
+
+RESULTS = st.tuples(
+    st.sampled_from(["t", "u"]),
+    st.sampled_from(["d1", "d2"]),
+    st.sampled_from(list(AuditEvent)),
+    st.floats(min_value=NOW, max_value=NOW + 3 * 86_400),
+    st.none() | st.floats(min_value=0, max_value=100),
+)
+
+
+@given(st.lists(RESULTS, max_size=40))
+def test_merged_adds_each_rows_tallies_as_adding_them_one_by_one_would(results: list[tuple]) -> None:
+    tallies = [tally(tenant, device, "k", event, at, seconds) for tenant, device, event, at, seconds in results]
+    assert merged(tallies) == added_one_by_one(tallies)
 
 
 @given(st.floats(min_value=0, max_value=100_000))

@@ -15,12 +15,10 @@ is corrected: token times, and each envelope's `created` and `expires`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import asdict, dataclass
 
 from edge_outbox.errors import ConfigError
-from intent_contract.codec import Envelope
 
 # An answer whose bounds are at most this far apart (a round trip online) sets the offset to their middle.
 EXACT_MS = 5_000
@@ -63,13 +61,6 @@ class BridgeClock:
     def bridge_ms(self, local_ms: int) -> int:
         """The bridge's time when this device's clock reads `local_ms`."""
         return local_ms + self.offset_ms
-
-    def envelope(self, envelope: Envelope) -> Envelope:
-        """The envelope with its times on the bridge's clock (stored times are on this device's)."""
-        if self.offset_ms == 0:
-            return envelope
-        expires = None if envelope.expires is None else self.bridge_ms(envelope.expires)
-        return dataclasses.replace(envelope, created=self.bridge_ms(envelope.created), expires=expires)
 
     def learn(self, sample: TimeSample, local_ms: int) -> BridgeClock:
         """The clock after `sample`: set within a round trip, or moved into looser bounds; unchanged if inside."""

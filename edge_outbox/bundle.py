@@ -70,7 +70,7 @@ def export(
         total = offline_ops.pending_count(conn)
 
         def fits(rows: list[IntentRow]) -> bool:
-            message = encode_batch([clock.envelope(envelope_of(r)) for r in rows])
+            message = encode_batch([envelope_of(r, clock) for r in rows])
             if used["bytes"] + len(message) > max_bytes - _HEADROOM:
                 return False
             batches.append(message)

@@ -7,7 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_outbox.bridge_clock import BridgeClock, TimeSample
+from edge_outbox.db import IntentRow
 from edge_outbox.errors import ConfigError
+from edge_outbox.forwarder import envelope_of
+from edge_outbox.states import State
 from edge_outbox.windows import Window, is_open, parse_windows, seconds_until_closed, seconds_until_open
 from intent_contract.codec import Envelope
 
@@ -55,11 +58,11 @@ def test_the_learned_offset_always_lies_within_the_bounds(bridge: int, trip: int
 
 
 def test_envelope_times_go_to_the_bridge_clock() -> None:
-    env = Envelope("a", "app", "notify", created=1000, expires=5000, attempt=1, payload={})
-    moved = BridgeClock(offset_ms=2 * HOUR).envelope(env)
-    assert (moved.created, moved.expires) == (1000 + 2 * HOUR, 5000 + 2 * HOUR)
-    assert moved.expires - moved.created == env.expires - env.created  # type: ignore[operator]
-    assert BridgeClock().envelope(env) is env
+    row = IntentRow(7, "a", "app", "notify", State.ACCEPTED, "", "", 0, 1000, 5000, 1000, 1, 0, 0, 0, b'{"x": 1}', 8)
+    moved = envelope_of(row, BridgeClock(offset_ms=2 * HOUR))
+    assert moved == Envelope("a", "app", "notify", 1000 + 2 * HOUR, 5000 + 2 * HOUR, 1, {"x": 1})
+    assert envelope_of(row._replace(expires=None), BridgeClock()).expires is None
+    assert envelope_of(row, BridgeClock()) == Envelope("a", "app", "notify", 1000, 5000, 1, {"x": 1})
 
 
 def test_windows() -> None:

@@ -60,6 +60,16 @@ class StoreMachine(RuleBasedStateMachine):
             self.model[intent_id] = (State.ACCEPTED, False, expires)
             self.attempts[intent_id] = 1
 
+    @rule(intent_ids=st.lists(st.sampled_from(IDS), min_size=2, max_size=4))
+    def intake_batch(self, intent_ids: list[str]) -> None:
+        """One batch of publishes, an id repeated within it or already stored: each id is stored once."""
+        items = [Admitted(i, "app", "email.send", b"{}", 0, self.now, None, True) for i in intent_ids]
+        self._tx(ops.commit_intakes, items, QueueLimits(), self.now)
+        for intent_id in intent_ids:
+            if intent_id not in self.model or self.model[intent_id][0] is State.REJECTED:
+                self.model[intent_id] = (State.ACCEPTED, False, None)
+                self.attempts[intent_id] = 1
+
     @rule()
     def send(self) -> None:
         rows = self._tx(ops.take_batch, limit=10, max_bytes=1 << 20, sent_before=self.now + 1, now=self.now)
@@ -138,6 +148,16 @@ class StoreMachine(RuleBasedStateMachine):
         assert live == {i: s.value for i, (s, _sent, _exp) in self.model.items()}
 
     @invariant()
+    def one_row_per_id_is_not_rejected(self) -> None:
+        """No unique index holds this (a partial one cost every state change): the intake does."""
+        assert (
+            self.conn.execute(
+                "SELECT id FROM intents WHERE state <> 'rejected' GROUP BY id HAVING COUNT(*) > 1"
+            ).fetchall()
+            == []
+        )
+
+    @invariant()
     def attempts_equal_model(self) -> None:
         live = dict(self.conn.execute("SELECT id, attempt FROM intents ORDER BY seq"))  # the newest row per id
         assert live == self.attempts
@@ -166,5 +186,25 @@ def test_sqlite_connection_type() -> None:
         conn = db.connect(Path(tmp))
         assert isinstance(conn, sqlite3.Connection)
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         conn.close()
     assert {"intents_ins", "intents_upd", "intents_del"} <= names
+    assert "intents_by_id" in indexes and "intents_id" not in indexes  # no unique index: the intake keeps ids
+
+
+def test_a_database_made_with_the_unique_index_loses_it_at_its_next_start(tmp_path: Path) -> None:
+    conn = db.connect(tmp_path)
+    conn.execute("DROP INDEX intents_by_id")
+    conn.execute("CREATE UNIQUE INDEX intents_id ON intents(id) WHERE state <> 'rejected'")  # as made before
+    conn.execute(
+        "INSERT INTO intents(id, app, kind, state, created, updated, payload, size)"
+        " VALUES ('i0', 'app', 'notify', 'accepted', 1, 1, X'7B7D', 2)"
+    )
+    conn.close()
+    conn = db.connect(tmp_path)
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    plan = conn.execute("EXPLAIN QUERY PLAN SELECT seq FROM intents WHERE id = 'i0'").fetchall()
+    assert conn.execute("SELECT id, state FROM intents").fetchall() == [("i0", "accepted")]
+    conn.close()
+    assert "intents_id" not in indexes and "intents_by_id" in indexes
+    assert "intents_by_id" in plan[0][3]

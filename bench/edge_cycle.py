@@ -1,0 +1,79 @@
+"""CPU per intent of the edge store's part of a drain, in one process, for before/after pairs.
+
+    python -m bench.edge_cycle [--runs 5]
+
+Stores 20,000 http.request intents per run (ids made at intake, as for most apps), then does what the
+forwarder does with them while a backlog drains: takes batches of 500 to send, applies the bridge's
+`accepted` acks 200 at a time and its final results 16 at a time (one executor group of the bench's
+bridge), each call committed on its own through the store's writer thread. Prints the process's CPU
+microseconds per intent for each run (the writer thread's and the event loop's together) and their
+median; the intake is not counted. For the "before", run it with PYTHONPATH pointing at a checkout of
+the old tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.stack import intent_body
+from edge_outbox import ops
+from edge_outbox.intake_rules import Admitted
+from edge_outbox.ops import QueueLimits
+from edge_outbox.store import Store
+from intent_contract.codec import Ack, AckState
+
+PER_RUN = 20_000
+SEND, ACCEPTED, FINAL = 500, 200, 16
+
+
+async def cycle(runs: int) -> list[float]:
+    work = Path(tempfile.mkdtemp(prefix="edge-cycle-", dir="/var/tmp"))
+    store = Store(work, on_events=lambda _events: None)
+    await store.start()
+    try:
+        figures = []
+        for _ in range(runs):
+            now = int(time.time() * 1000)
+            for _start in range(0, PER_RUN, 500):
+                items = [
+                    Admitted(f"{uuid.uuid4()}", "bench-app", "http.request", intent_body(0), 0, now, None, False)
+                    for _ in range(500)
+                ]
+                await store.call(ops.commit_intakes, items, QueueLimits(), now)
+            cpu, done = time.process_time(), 0
+            while rows := await store.call(ops.take_batch, limit=SEND, max_bytes=1 << 24, sent_before=now + 1, now=now):
+                ids = [r.id for r in rows]
+                for i in range(0, len(ids), ACCEPTED):
+                    accepted = [Ack(x, AckState.ACCEPTED, "", "", now, "bench-app", 1) for x in ids[i : i + ACCEPTED]]
+                    await store.call(ops.apply_acks, accepted, now)
+                for i in range(0, len(ids), FINAL):
+                    final = [Ack(x, AckState.DELIVERED, "", "ok", now, "bench-app", 1) for x in ids[i : i + FINAL]]
+                    await store.call(ops.apply_acks, final, now)
+                done += len(ids)
+            figures.append((time.process_time() - cpu) / done * 1e6)
+        return figures
+    finally:
+        await store.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    figures = asyncio.run(cycle(parser.parse_args().runs))
+    runs = " ".join(f"{f:.0f}" for f in figures)
+    print(
+        f"send {SEND} + accepted {ACCEPTED} + final {FINAL}: {statistics.median(figures):.0f} us CPU per intent"
+        f" (runs: {runs})"
+    )
+
+
+if __name__ == "__main__":
+    main()

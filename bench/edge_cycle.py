@@ -13,15 +13,13 @@ the old tree.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import shutil
-import statistics
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from bench.ledger_cycle import print_cycles
 from bench.stack import intent_body
 from edge_outbox import ops
 from edge_outbox.intake_rules import Admitted
@@ -65,14 +63,7 @@ async def cycle(runs: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
-    figures = asyncio.run(cycle(parser.parse_args().runs))
-    runs = " ".join(f"{f:.0f}" for f in figures)
-    print(
-        f"send {SEND} + accepted {ACCEPTED} + final {FINAL}: {statistics.median(figures):.0f} us CPU per intent"
-        f" (runs: {runs})"
-    )
+    print_cycles(__doc__, cycle, f"send {SEND} + accepted {ACCEPTED} + final {FINAL}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from bench.stack import payload
 from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE, requests_for
@@ -64,12 +66,17 @@ async def cycle(runs: int) -> list[float]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def print_cycles(doc: str, cycle: Callable[[int], Coroutine[Any, Any, list[float]]], what: str) -> None:
+    """Run `cycle` `--runs` times and print the median CPU per intent and each run's (the cycle benches' main)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n", maxsplit=1)[0])
     parser.add_argument("--runs", type=int, default=5)
     figures = asyncio.run(cycle(parser.parse_args().runs))
     runs = " ".join(f"{f:.0f}" for f in figures)
-    print(f"claim {SLOTS} + finish {SLOTS}: {statistics.median(figures):.0f} us CPU per intent (runs: {runs})")
+    print(f"{what}: {statistics.median(figures):.0f} us CPU per intent (runs: {runs})")
+
+
+def main() -> None:
+    print_cycles(__doc__, cycle, f"claim {SLOTS} + finish {SLOTS}")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS intents (
 );
 -- By id, every row. Not UNIQUE ... WHERE state <> 'rejected', as it was: a partial index on `state`
 -- took part in every state change, and with the random ids an app may give each change dirtied a page
--- of it of its own (a quarter to a third of the store's CPU in a drain, bench/findings.md F37); a
+-- of it of its own (about a quarter of the store's CPU in a drain, bench/findings.md F37); a
 -- database made before loses it at its next start. The intake keeps one row per id that is not
 -- rejected: it looks the ids of a batch up before it inserts any (`commit_intakes`, on the one writer
 -- thread), and a rejected row never blocks its id.

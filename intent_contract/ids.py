@@ -43,6 +43,7 @@ class IdGenerator:
         self._last_ms = -1
         self._last_random = 0
         self._ms_text = ""  # the first 10 characters of the last id: the same within a millisecond
+        self._head = ""  # the first 24 characters of the last id: the same until the count carries
 
     def new(self) -> str:
         """A new id, greater than every id this generator made before."""
@@ -51,6 +52,9 @@ class IdGenerator:
             # Same millisecond (or the clock stepped back): count up from the last id.
             ms = self._last_ms
             random_part = self._last_random + 1
+            if random_part & 1023:  # no carry out of the last two characters: only they change
+                self._last_random = random_part
+                return self._head + _PAIRS[random_part & 1023]
             if random_part >= 1 << _RANDOM_BITS:
                 ms, random_part = ms + 1, 0
         else:
@@ -60,4 +64,6 @@ class IdGenerator:
         if ms != self._last_ms:
             self._ms_text = _ms_chars(ms)
         self._last_ms, self._last_random = ms, random_part
-        return self._ms_text + _random_chars(random_part)
+        text = self._ms_text + _random_chars(random_part)
+        self._head = text[:24]
+        return text

@@ -39,6 +39,30 @@ def test_a_generated_id_is_its_millisecond_and_random_part_encoded() -> None:
     assert [gen.new() for _ in expected] == [encode_id(ms, part) for ms, part in expected]
 
 
+_RANDOM_PARTS = st.one_of(
+    st.integers(0, 2**79 - 1),
+    st.integers(0, 2**79 - 1).map(lambda r: r | 1016),  # a few counts short of a carry out of the last pair
+    st.integers(2**79 - 40, 2**79 - 1),
+)
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), _RANDOM_PARTS), min_size=1, max_size=300))
+def test_each_id_is_its_millisecond_and_count_encoded(steps: list[tuple[int, int]]) -> None:
+    # The generator keeps the characters that did not change; each id must still be the plain encoding.
+    ticks, parts = iter([tick for tick, _ in steps]), iter([part for _, part in steps])
+    gen = IdGenerator(lambda: next(ticks), lambda n: (next(parts) << 1).to_bytes(n, "big"))
+    drawn = iter([part for _, part in steps])  # the generator draws a random part only for a new millisecond
+    last_ms, last_part, expected = -1, 0, []
+    for tick, _ in steps:
+        if tick <= last_ms:
+            ms, part = last_ms, last_part + 1
+        else:
+            ms, part = tick, next(drawn)
+        last_ms, last_part = ms, part
+        expected.append(encode_id(ms, part))
+    assert [gen.new() for _ in steps] == expected
+
+
 @given(st.integers(min_value=0, max_value=2**48 - 1), st.integers(min_value=0, max_value=2**80 - 1))
 def test_an_id_is_the_130_bit_number_in_crockford_base32(ms: int, random_part: int) -> None:
     value, digits = (ms << 80) | random_part, []

@@ -116,7 +116,8 @@ def _attach(fig: Figure, stack: Stack, mosquitto: str, work: Path, pubs: int, se
     edge_dir = work / "edge"
     edge = stack.start_edge(edge_dir, None, f"--attach=mqtt://127.0.0.1:{port}", name="edge-attach")
     deadline = time.monotonic() + 30
-    while "attached" not in edge.tail() and time.monotonic() < deadline:
+    # The runner's "attached to" line comes before the subscription: what apps publish before it is not routed.
+    while "attached; subscribed" not in edge.tail() and time.monotonic() < deadline:
         time.sleep(0.1)
     cpu = CpuWatch(edge=edge.pid, mosquitto=broker.pid)
     start = time.monotonic()

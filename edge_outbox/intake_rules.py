@@ -5,7 +5,6 @@ Every input ends as an `Admitted` intent or a `Refused` one with a stable code; 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -22,7 +21,6 @@ KEPT_BYTES_OF_REFUSED = 4096
 TOPIC_ROOT = "outbox"
 REPLAY_TOPIC = "replay"  # outbox/{app}/replay: {"after": SEQ} asks for the app's statuses again
 _INT_RANGE = (-(2**63), 2**64 - 1)  # what msgpack can carry to the bridge
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")  # the shortest integer outside _INT_RANGE has 19 digits
 
 
 class Admitted(NamedTuple):
@@ -138,7 +136,7 @@ def _load_json(raw: bytes) -> Any:
         doc = json_bounded.loads(raw, max_bytes=MAX_PAYLOAD_BYTES, max_depth=MAX_DEPTH)
     except DecodeError as exc:
         raise ValueError(str(exc)) from None
-    if _LONG_DIGITS.search(raw):  # without 19 digits in a row, every integer is within 18 digits
+    if json_bounded.long_digits(raw):  # without 19 digits in a row, every integer is within 18 digits
         _check_integers(doc)
     return doc
 

@@ -72,7 +72,7 @@ class _Link:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.received: deque[_Received] = deque()  # in arrival order; acknowledged from the left
-        self.flush_pending = False
+        self.watching = False  # a callback waits on the oldest message not yet committed
         self.room = asyncio.Event()  # set while fewer than MAX_UNCOMMITTED messages wait for their commit
         self.room.set()
         self.statuses: dict[int, int] = {}  # our packet id -> status seq, until the broker's PUBACK
@@ -226,16 +226,18 @@ class AttachedClient:
         if packet.qos == 1:
             assert packet.packet_id is not None
             link.received.append(_Received(packet.packet_id, future))
-            future.add_done_callback(lambda _done: self._committed(link))
+            if not link.watching:
+                self._watch(link, future)
 
-    def _committed(self, link: _Link) -> None:
-        """One commit finished: acknowledge, after this turn of the loop, everything done from the left."""
-        if not link.flush_pending:
-            link.flush_pending = True
-            asyncio.get_running_loop().call_soon(self._acknowledge, link)
+    def _watch(self, link: _Link, oldest: asyncio.Future[IntakeResult]) -> None:
+        """Acknowledge once `oldest` is committed. Acknowledgements go from the left, so nothing else can
+        release one: one callback at a time, not one per message. It runs after the whole commit's results
+        are set (the intake sets them in one pass, and a callback runs on the loop's next turn)."""
+        link.watching = True
+        oldest.add_done_callback(lambda _done: self._acknowledge(link))
 
     def _acknowledge(self, link: _Link) -> None:
-        link.flush_pending = False
+        link.watching = False
         if link is not self._link or link.writer.is_closing():
             return  # the broker sends these again on the next connection
         acks = bytearray()
@@ -248,6 +250,8 @@ class AttachedClient:
                 link.writer.close()
                 return
             acks += p.encode_ack(Type.PUBACK, head.packet_id)
+        if received:
+            self._watch(link, received[0].done)
         if acks:
             link.writer.write(acks)
             if len(received) < MAX_UNCOMMITTED:

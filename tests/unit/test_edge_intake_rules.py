@@ -2,10 +2,13 @@
 
 import itertools
 import json
+import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from edge_outbox.intake_rules import MAX_PAYLOAD_BYTES, Admitted, Refused, admit, split_topic
+from edge_outbox.intake_rules import MAX_PAYLOAD_BYTES, Admitted, Refused, admit, long_digits, split_topic
 
 NOW = 1_800_000_000_000
 counter = itertools.count()
@@ -107,3 +110,11 @@ def test_integers_must_fit_64_bits_at_any_depth(number: int, admitted: bool) -> 
 def test_long_runs_of_digits_in_strings_are_not_integers() -> None:
     body = {"credential": "sink", "method": "POST", "path": "/hook", "json": {"card": "4" * 40, "n": 7}}
     assert isinstance(run("outbox/hvac/http.request", body), Admitted)
+
+
+_DIGIT_RUNS = st.lists(st.sampled_from([b"7", b"0", b"a", b"-", b"9" * 18]), max_size=12).map(b"".join)
+
+
+@given(st.binary(max_size=64) | _DIGIT_RUNS)
+def test_long_digits_finds_exactly_19_digits_in_a_row(raw: bytes) -> None:
+    assert long_digits(raw) is bool(re.search(rb"[0-9]{19}", raw))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from intent_contract.errors import DecodeError
-from intent_contract.json_bounded import MAX_DEPTH, loads, long_digits
+from intent_contract.json_bounded import MAX_DEPTH, loads
 
 
 @given(depth=st.integers(min_value=1, max_value=3 * MAX_DEPTH), use_objects=st.booleans())
@@ -64,11 +63,3 @@ def test_any_document_is_refused_exactly_when_it_nests_past_the_limit(document: 
     else:
         with pytest.raises(DecodeError, match="nested deeper"):
             loads(text, max_bytes=1 << 20, max_depth=max_depth)
-
-
-_DIGIT_RUNS = st.lists(st.sampled_from([b"7", b"0", b"a", b"-", b"9" * 18]), max_size=12).map(b"".join)
-
-
-@given(st.binary(max_size=64) | _DIGIT_RUNS)
-def test_long_digits_finds_exactly_19_digits_in_a_row(raw: bytes) -> None:
-    assert long_digits(raw) is bool(re.search(rb"[0-9]{19}", raw))

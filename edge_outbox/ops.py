@@ -6,6 +6,7 @@ calls the same functions inside its own transaction. Either way, triggers keep s
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -63,6 +64,13 @@ def _row(conn: sqlite3.Connection, where: str, *args: object) -> IntentRow | Non
 
 
 _INTENTS = ManyRows.into("intents", COLUMNS[1:])
+# Acks' changes: many rows in one statement (a row at most once in each), updated in the order of seq.
+_ACK_UPDATES = ManyRows(
+    "WITH changed(seq, state, code, detail, updated, attempt) AS (",
+    "(?, ?, ?, ?, ?, ?)",
+    ") UPDATE intents SET state = changed.state, code = changed.code, detail = changed.detail,"
+    " updated = changed.updated, attempt = changed.attempt FROM changed WHERE intents.seq = changed.seq",
+)
 # Rows deleted per store operation by the running outbox's retention: an operation's savepoint keeps every
 # page it changes in memory (intent_contract.sqlite_writer), so a purge long due goes in such steps.
 PURGE_BATCH = 5000
@@ -434,18 +442,11 @@ def apply_acks(conn: sqlite3.Connection, acks: list[Ack], now: int) -> AppliedAc
     """Apply the bridge's acks; repeated or late ones change nothing (acks come at least once).
 
     This runs twice per intent while a backlog drains, so it reads only the columns the state machine
-    needs, in one query per IN_CHUNK ids, and writes all changes with one executemany.
+    needs and writes the changes, a row's in the order they come, as few statements as it can: each
+    statement is one step, one release of the GIL (bench/findings.md F39).
     """
-    current: dict[str, tuple[int, State, int, int]] = {}  # id -> (seq, state, sent, attempt)
-    ids = list({ack.id for ack in acks})
-    for start in range(0, len(ids), IN_CHUNK):
-        chunk = ids[start : start + IN_CHUNK]
-        for seq, intent_id, state, sent, attempt in conn.execute(
-            f"SELECT seq, id, state, sent, attempt FROM intents WHERE id IN ({marks(chunk)}) AND state <> 'rejected'",
-            chunk,
-        ):
-            current[intent_id] = (seq, State(state), sent, attempt)
-    updates = []
+    current = _ack_targets(conn, list({ack.id for ack in acks}))  # id -> (seq, state, sent, attempt)
+    updates: list[tuple[int, State, str, str, int, int]] = []  # (seq, state, code, detail, updated, attempt)
     for ack in acks:
         found = current.get(ack.id)
         if found is None:
@@ -459,20 +460,44 @@ def apply_acks(conn: sqlite3.Connection, acks: list[Ack], now: int) -> AppliedAc
             if state in RETRYABLE:
                 rerun = step(state, Event.RERUN)
                 state, attempt = rerun.state, ack.attempt
-                updates.append((state, RERUN_CODE, f"retried at the bridge (attempt {attempt})", now, attempt, seq))
+                updates.append((seq, state, RERUN_CODE, f"retried at the bridge (attempt {attempt})", now, attempt))
             elif not state.final:
                 attempt = ack.attempt
-                updates.append((state, "", "", now, attempt, seq))
+                updates.append((seq, state, "", "", now, attempt))
             current[ack.id] = (seq, state, sent, attempt)
         result = step(state, event_for_ack(ack.state), sent=sent > 0)
         if result.changed:
             detail = ack.detail[:MAX_DETAIL] if ack.state.final else ""
-            updates.append((result.state, ack.code, detail, now, attempt, seq))
+            updates.append((seq, result.state, ack.code, detail, now, attempt))
             current[ack.id] = (seq, result.state, sent, attempt)
-    conn.executemany(
-        "UPDATE intents SET state = ?, code = ?, detail = ?, updated = ?, attempt = ? WHERE seq = ?", updates
-    )
+    # One statement updates a row at most once: a row changed twice (a retry at the bridge, then its
+    # result) has its second change in the next statement. Within one, SQLite updates rows by seq.
+    run: list[tuple[int, State, str, str, int, int]] = []
+    seen: set[int] = set()
+    for update in updates:
+        if update[0] in seen:
+            _ACK_UPDATES.run(conn, run)
+            run, seen = [], set()
+        run.append(update)
+        seen.add(update[0])
+    _ACK_UPDATES.run(conn, run)
     return AppliedAcks(len(updates), [ack.id for ack in acks if ack.state.final])
+
+
+def _ack_targets(conn: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[int, State, int, int]]:
+    """(seq, state, sent, attempt) of each of `ids` not rejected here, read as one JSON value per IN_CHUNK
+    ids: one step, where reading row by row let go of the GIL and waited to take it back at each row."""
+    current: dict[str, tuple[int, State, int, int]] = {}
+    for start in range(0, len(ids), IN_CHUNK):
+        chunk = ids[start : start + IN_CHUNK]
+        (found,) = conn.execute(
+            "SELECT json_group_array(json_array(seq, id, state, sent, attempt)) FROM intents"
+            f" WHERE id IN ({marks(chunk)}) AND state <> 'rejected'",
+            chunk,
+        ).fetchone()
+        for seq, intent_id, state, sent, attempt in json.loads(found):
+            current[intent_id] = (seq, State(state), sent, attempt)
+    return current
 
 
 def end_revoked(conn: sqlite3.Connection, now: int) -> int:

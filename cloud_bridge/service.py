@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from cloud_bridge.device_queues import DeviceQueues
+from cloud_bridge.device_queues import DeviceQueues, Stage
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.ledger import ClaimOffer, Ledger, LedgerEntry
 from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE, Request, requests_for
@@ -65,6 +66,11 @@ Publish = Callable[[str, str, bytes], Awaitable[None]]
 # this size holds at most ~80 intents, ~2 ms of the loop; a drain's batches of 500 still go to the thread,
 # where the loop keeps serving other devices between the thread's GIL slices.
 INLINE_JUDGE_BYTES = 8 * 1024
+
+
+async def _no_acks() -> list[Ack]:
+    """The second stage of a message that was dropped in its first."""
+    return []
 
 
 class SlotOffers(Protocol):
@@ -220,12 +226,14 @@ class BridgeService:
 
     # -- per-device work ------------------------------------------------------------------------
 
-    async def _handle(self, device_id: str, leaf: str, data: bytes) -> None:
-        """One message from the device's queue (device_queues.py runs one worker per device)."""
+    async def _handle(self, device_id: str, leaf: str, data: bytes) -> Stage:
+        """One message from the device's queue: its first stage, which returns its second (device_queues.py
+        runs one message's first stage beside the one before's second)."""
         if leaf == INTENTS:
-            await self.handle_intents(device_id, data)
-        elif leaf == CONFIRMS:
-            await self.handle_confirms(device_id, data)
+            return await self.judge_intents(device_id, data)
+        if leaf == CONFIRMS:
+            return functools.partial(self.handle_confirms, device_id, data)
+        return _no_acks
 
     async def _device_ref(self, device_id: str) -> DeviceRef | None:
         ref = self._devices.get(device_id)
@@ -248,13 +256,19 @@ class BridgeService:
 
     async def handle_intents(self, device_id: str, data: bytes) -> list[Ack]:
         """One batch: decode and judge, reject invalid envelopes, admit the rest, publish the acks."""
+        admit = await self.judge_intents(device_id, data)
+        return await admit()
+
+    async def judge_intents(self, device_id: str, data: bytes) -> Callable[[], Awaitable[list[Ack]]]:
+        """The first stage of a batch: decode it and judge each envelope. Nothing is written and no ack
+        sent; the stage returned does that (admits, refuses, acks) and returns the acks."""
         device = await self._device_ref(device_id)
         if device is None:
             logger.warning(
                 "batch from an unknown or revoked device dropped",
                 extra={"device_id": device_id, "code": "unknown_device"},
             )
-            return []
+            return _no_acks
         now = self._clock()
         try:
             if len(data) <= INLINE_JUDGE_BYTES:
@@ -263,7 +277,7 @@ class BridgeService:
                 async with self._decode_slots:
                     batch, requests = await asyncio.to_thread(self._judge, device, data, now)
         except UnsupportedVersionError as exc:
-            return await self._refuse_version(device, exc)
+            return functools.partial(self._refuse_version, device, exc)
         except DecodeError as exc:
             self._metrics.batches.labels("undecodable").inc()
             logger.warning(
@@ -271,7 +285,13 @@ class BridgeService:
                 str(exc)[:200],
                 extra={"device_id": device_id, "bytes": len(data), "code": "undecodable"},
             )
-            return []
+            return _no_acks
+        return functools.partial(self._admit_judged, device, batch, requests, now)
+
+    async def _admit_judged(
+        self, device: DeviceRef, batch: DecodedBatch, requests: list[Request], now: float
+    ) -> list[Ack]:
+        """The second stage of a batch: audit and reject the invalid envelopes, admit the rest, send the acks."""
         acks = [
             Ack(ident, AckState.REJECTED, code, detail[:MAX_DETAIL], int(now * 1000))
             for ident, code, detail in batch.invalid
@@ -285,9 +305,9 @@ class BridgeService:
             if not all_running:  # rows may wait: the executor looks (it makes no offers until it has)
                 self._wake()
             if self._on_intents is not None:
-                self._on_intents(device_id, [r.envelope for r in requests])
+                self._on_intents(device.device_id, [r.envelope for r in requests])
         self._metrics.batches.labels("admitted").inc()
-        await self.send_acks(device_id, acks)
+        await self.send_acks(device.device_id, acks)
         return acks
 
     async def _admit(self, device: DeviceRef, requests: list[Request], now: float) -> tuple[list[Ack], bool]:

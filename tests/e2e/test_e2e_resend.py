@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,13 +141,18 @@ async def test_a_slow_bridge_is_not_flooded_with_batches(
     b, counting = bridge
     assert b.service is not None
     service = b.service
-    original_handle = service.handle_intents
+    original_judge = service.judge_intents
 
-    async def slow_handle(device_id: str, data: bytes) -> list[Any]:
-        await asyncio.sleep(0.05)  # a loaded bridge: each batch takes a while to admit
-        return await original_handle(device_id, data)
+    async def slow_judge(device_id: str, data: bytes) -> Callable[[], Awaitable[list[Any]]]:
+        admit = await original_judge(device_id, data)
 
-    service.handle_intents = slow_handle  # type: ignore[method-assign]
+        async def slow_admit() -> list[Any]:
+            await asyncio.sleep(0.05)  # a loaded bridge: each batch takes a while to admit
+            return await admit()
+
+        return slow_admit
+
+    service.judge_intents = slow_judge  # type: ignore[method-assign]
     edge_dir = tmp_path / "edge"
     code = b.registry.create_code("acme", "edge-flood", 600, time.time())
     await asyncio.to_thread(

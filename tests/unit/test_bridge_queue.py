@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from cloud_bridge.device_queues import DeviceQueues
 from cloud_bridge.errors import PermanentError
@@ -14,25 +16,42 @@ def count(metrics: BridgeMetrics, outcome: str) -> float:
 
 
 class Handler:
-    """Records what it is handed; holds every call until `gate` opens; raises for messages starting with b'!'."""
+    """A message's two stages: the first records it (`seen`) once `gate` opens, raising for messages
+    starting with b'!'; the second records it (`done`) once `second_gate` opens (open from the start
+    unless `hold_second`), raising for messages starting with b'?'."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hold_second: bool = False) -> None:
         self.seen: list[tuple[str, str, bytes]] = []
+        self.done: list[bytes] = []
         self.gate = asyncio.Event()
+        self.second_gate = asyncio.Event()
+        if not hold_second:
+            self.second_gate.set()
         self._changed = asyncio.Condition()
 
-    async def __call__(self, device_id: str, leaf: str, data: bytes) -> None:
+    async def __call__(self, device_id: str, leaf: str, data: bytes) -> Callable[[], Awaitable[None]]:
         await self.gate.wait()
-        async with self._changed:
-            self.seen.append((device_id, leaf, data))
-            self._changed.notify_all()
+        await self._note(self.seen, (device_id, leaf, data))
         if data.startswith(b"!"):
             raise PermanentError("cannot handle this", code="bad_message")
 
-    async def handled(self, n: int) -> None:
-        """Wait until `n` messages have been handed over."""
+        async def second() -> None:
+            await self.second_gate.wait()
+            await self._note(self.done, data)
+            if data.startswith(b"?"):
+                raise PermanentError("cannot admit this", code="bad_message")
+
+        return second
+
+    async def _note(self, into: list[Any], item: object) -> None:
         async with self._changed:
-            await self._changed.wait_for(lambda: len(self.seen) >= n)
+            into.append(item)
+            self._changed.notify_all()
+
+    async def handled(self, n: int, done: int = 0) -> None:
+        """Wait until `n` messages have been through the first stage and `done` through the second."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.seen) >= n and len(self.done) >= done)
 
 
 async def test_queue_is_bounded_by_messages_per_device() -> None:
@@ -66,8 +85,9 @@ async def test_each_device_s_messages_are_handled_in_order_and_an_error_does_not
         queues.submit("dev-a", "intents", data)
     queues.submit("dev-a", "confirms", b"4")  # the queue is full: dropped
     handler.gate.set()
-    await asyncio.wait_for(handler.handled(3), 10)
+    await asyncio.wait_for(handler.handled(3, done=2), 10)
     assert handler.seen == [("dev-a", "intents", b"1"), ("dev-a", "intents", b"!2"), ("dev-a", "intents", b"3")]
+    assert handler.done == [b"1", b"3"]
     assert (count(metrics, "error"), count(metrics, "dropped_busy")) == (1, 1)
     # Handled messages free their room: three more fit again, and a new worker takes them.
     for data in (b"5", b"6", b"7"):
@@ -75,4 +95,43 @@ async def test_each_device_s_messages_are_handled_in_order_and_an_error_does_not
     await asyncio.wait_for(handler.handled(6), 10)
     assert [d for _, _, d in handler.seen[3:]] == [b"5", b"6", b"7"]
     assert count(metrics, "dropped_busy") == 1
+    await queues.close()
+
+
+async def test_the_next_message_is_judged_while_one_is_admitted_and_each_stage_keeps_the_order() -> None:
+    metrics = BridgeMetrics()
+    handler = Handler(hold_second=True)
+    queues = DeviceQueues(handler, metrics, messages=10, max_bytes=1 << 20)
+    for data in (b"1", b"?2", b"3", b"4"):
+        queues.submit("dev-a", "intents", data)
+    handler.gate.set()
+    # The first message waits in its second stage; the second's first stage has run, no further one.
+    await asyncio.wait_for(handler.handled(2), 10)
+    for _ in range(20):  # room for a wrong third first stage to show
+        await asyncio.sleep(0)
+    assert [d for _, _, d in handler.seen] == [b"1", b"?2"]
+    assert handler.done == []
+    handler.second_gate.set()
+    await asyncio.wait_for(handler.handled(4, done=4), 10)
+    assert [d for _, _, d in handler.seen] == [b"1", b"?2", b"3", b"4"]
+    assert handler.done == [b"1", b"?2", b"3", b"4"]
+    assert count(metrics, "error") == 1  # the second stage's error, and the worker went on
+    await queues.close()
+
+
+async def test_a_message_queued_during_the_last_second_stage_is_handled_and_frees_its_room() -> None:
+    metrics = BridgeMetrics()
+    handler = Handler(hold_second=True)
+    handler.gate.set()
+    queues = DeviceQueues(handler, metrics, messages=1, max_bytes=1 << 20)
+    queues.submit("dev-a", "intents", b"1")
+    await asyncio.wait_for(handler.handled(1), 10)  # in its second stage, with nothing queued behind it
+    queues.submit("dev-a", "confirms", b"2")  # taken by the worker that is still running
+    handler.second_gate.set()
+    await asyncio.wait_for(handler.handled(2, done=2), 10)
+    assert handler.done == [b"1", b"2"]
+    for data in (b"3", b"4"):  # each handled before the next comes: a queue of one takes them all
+        queues.submit("dev-a", "intents", data)
+        await asyncio.wait_for(handler.handled(0, done=len(handler.done) + 1), 10)
+    assert count(metrics, "dropped_busy") == 0
     await queues.close()

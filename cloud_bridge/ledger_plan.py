@@ -15,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cloud_bridge.audit import AuditEvent
 from cloud_bridge.ledger import DecisionLike, DeviceLike, clip_detail
@@ -44,9 +44,13 @@ class Verdict:
             raise ValueError("a queued verdict has no code; a refusal needs one")
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One envelope of a batch with its verdict and the digest of its body."""
+class Request(NamedTuple):
+    """One envelope of a batch with its verdict and the digest of its body.
+
+    `Request`, `Known`, `Write` and `AuditRow` are immutable like the frozen dataclasses of STYLE.md but
+    NamedTuples: admission builds each once per intent, in 0.25 us where a frozen dataclass took 0.65-0.8
+    (bench/findings.md F40).
+    """
 
     envelope: Envelope
     verdict: Verdict
@@ -85,8 +89,7 @@ def requests_for(
     return [Request(env, judge(env, decide, now, max_age), body_digest(env)) for env in envelopes]
 
 
-@dataclass(frozen=True, slots=True)
-class Known:
+class Known(NamedTuple):
     """An existing row, as much of it as admission needs."""
 
     intent_id: str
@@ -111,8 +114,7 @@ class Known:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
+class Write(NamedTuple):
     """A row to insert, or to re-admit when the stored one is failed/expired with a lower attempt."""
 
     envelope: Envelope
@@ -123,8 +125,7 @@ class Write:
     digest: str
 
 
-@dataclass(frozen=True, slots=True)
-class AuditRow:
+class AuditRow(NamedTuple):
     """One audit record of an admission: (intent id, kind, event, code, detail)."""
 
     intent_id: str

@@ -470,8 +470,9 @@ def apply_acks(conn: sqlite3.Connection, acks: list[Ack], now: int) -> AppliedAc
             detail = ack.detail[:MAX_DETAIL] if ack.state.final else ""
             updates.append((seq, result.state, ack.code, detail, now, attempt))
             current[ack.id] = (seq, result.state, sent, attempt)
-    # One statement updates a row at most once: a row changed twice (a retry at the bridge, then its
-    # result) has its second change in the next statement. Within one, SQLite updates rows by seq.
+    # A statement changes a row at most once (SQLite documents that it uses one of the joined rows): a
+    # row changed twice (a retry at the bridge, then its result) has its second change in the next one.
+    # Within a statement SQLite updates the rows in the order of seq; each intent's changes keep theirs.
     run: list[tuple[int, State, str, str, int, int]] = []
     seen: set[int] = set()
     for update in updates:

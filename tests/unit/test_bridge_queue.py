@@ -17,11 +17,12 @@ def count(metrics: BridgeMetrics, outcome: str) -> float:
 
 class Handler:
     """A message's two stages: the first records it (`seen`) once `gate` opens, raising for messages
-    starting with b'!'; the second records it (`done`) once `second_gate` opens (open from the start
-    unless `hold_second`), raising for messages starting with b'?'."""
+    starting with b'!'; the second records it as it starts (`started`) and again (`done`) once
+    `second_gate` opens (open from the start unless `hold_second`), raising for messages starting with b'?'."""
 
     def __init__(self, *, hold_second: bool = False) -> None:
         self.seen: list[tuple[str, str, bytes]] = []
+        self.started: list[bytes] = []
         self.done: list[bytes] = []
         self.gate = asyncio.Event()
         self.second_gate = asyncio.Event()
@@ -36,6 +37,7 @@ class Handler:
             raise PermanentError("cannot handle this", code="bad_message")
 
         async def second() -> None:
+            await self._note(self.started, data)
             await self.second_gate.wait()
             await self._note(self.done, data)
             if data.startswith(b"?"):
@@ -48,10 +50,13 @@ class Handler:
             into.append(item)
             self._changed.notify_all()
 
-    async def handled(self, n: int, done: int = 0) -> None:
-        """Wait until `n` messages have been through the first stage and `done` through the second."""
+    async def handled(self, n: int, done: int = 0, started: int = 0) -> None:
+        """Wait until `n` messages have been through the first stage, `started` into the second and `done`
+        through it."""
         async with self._changed:
-            await self._changed.wait_for(lambda: len(self.seen) >= n and len(self.done) >= done)
+            await self._changed.wait_for(
+                lambda: len(self.seen) >= n and len(self.started) >= started and len(self.done) >= done
+            )
 
 
 async def test_queue_is_bounded_by_messages_per_device() -> None:
@@ -125,7 +130,7 @@ async def test_a_message_queued_during_the_last_second_stage_is_handled_and_free
     handler.gate.set()
     queues = DeviceQueues(handler, metrics, messages=1, max_bytes=1 << 20)
     queues.submit("dev-a", "intents", b"1")
-    await asyncio.wait_for(handler.handled(1), 10)  # in its second stage, with nothing queued behind it
+    await asyncio.wait_for(handler.handled(1, started=1), 10)  # in its second stage, nothing queued behind it
     queues.submit("dev-a", "confirms", b"2")  # taken by the worker that is still running
     handler.second_gate.set()
     await asyncio.wait_for(handler.handled(2, done=2), 10)

@@ -184,8 +184,18 @@ def db_path(data_dir: Path) -> Path:
     return data_dir / DB_NAME
 
 
+# Applying the bridge's acks uses UPDATE ... FROM (SQLite 3.33) and the JSON functions (built in from 3.38;
+# Debian's, Ubuntu's and RHEL's builds have them before that): `ops.apply_acks`, bench/findings.md F39.
+MIN_SQLITE = (3, 33, 0)
+
+
 def connect(data_dir: Path, *, create: bool = True) -> sqlite3.Connection:
     """A connection in autocommit mode with WAL and synchronous=FULL; creates the schema if asked."""
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise ConfigError(
+            f"this Python's SQLite is {sqlite3.sqlite_version}; the outbox needs "
+            f"{'.'.join(map(str, MIN_SQLITE))} or later (a Python built against a newer libsqlite3)"
+        )
     path = db_path(data_dir)
     if not create and not path.exists():
         raise ConfigError(f"no outbox database in {data_dir} (is --data-dir right? `edge-outbox run` creates it)")

@@ -11,12 +11,13 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from edge_outbox import db, ops
-from edge_outbox.errors import IllegalTransitionError
+from edge_outbox.errors import ConfigError, IllegalTransitionError
 from edge_outbox.intake_rules import Admitted
 from edge_outbox.ops import QueueLimits
 from edge_outbox.states import RETRYABLE, Event, State, event_for_ack, sources, step, target
@@ -208,3 +209,13 @@ def test_a_database_made_with_the_unique_index_loses_it_at_its_next_start(tmp_pa
     conn.close()
     assert "intents_id" not in indexes and "intents_by_id" in indexes
     assert "intents_by_id" in plan[0][3]
+
+
+def test_a_sqlite_too_old_for_the_acks_statements_is_named_before_anything_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
+    with pytest.raises(ConfigError, match=r"SQLite is 3\.31\.1; the outbox needs 3\.33\.0 or later"):
+        db.connect(tmp_path / "data")
+    assert not (tmp_path / "data").exists()

@@ -61,7 +61,7 @@ from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
 from cloud_bridge.usage_sql import select as usage_select
 from cloud_bridge.usage_sql import upsert_rows
 from intent_contract.codec import Ack
-from intent_contract.sql_text import IN_CHUNK, marks
+from intent_contract.sql_text import in_chunks, marks
 from intent_contract.sqlite_writer import GroupCommitWriter, WriterHooks
 
 logger = logging.getLogger(__name__)
@@ -216,11 +216,10 @@ class SqliteLedger:
 
         def run(conn: sqlite3.Connection) -> int:
             changed = 0
-            for start in range(0, len(unique), IN_CHUNK):
-                chunk = unique[start : start + IN_CHUNK]
+            for chunk, chunk_marks in in_chunks(unique):
                 changed += conn.execute(
                     "UPDATE intents SET confirmed = 1, announce = 0 WHERE device_id = ?"
-                    f" AND intent_id IN ({marks(chunk)}) AND confirmed = 0 AND state NOT IN {_LIVE}",
+                    f" AND intent_id IN ({chunk_marks}) AND confirmed = 0 AND state NOT IN {_LIVE}",
                     (device_id, *chunk),
                 ).rowcount
             return changed
@@ -490,9 +489,8 @@ def _claim_rows(
 
     One UPDATE per IN_CHUNK rows, not one per row (bench/findings.md F24)."""
     seqs = [row["seq"] for row in rows]
-    for start in range(0, len(seqs), IN_CHUNK):
-        chunk = seqs[start : start + IN_CHUNK]
-        conn.execute(f"UPDATE intents SET {_CLAIMED} WHERE seq IN ({marks(chunk)})", (owner, until, now, *chunk))
+    for chunk, chunk_marks in in_chunks(seqs):
+        conn.execute(f"UPDATE intents SET {_CLAIMED} WHERE seq IN ({chunk_marks})", (owner, until, now, *chunk))
     held = {"state": EntryState.RUNNING, "updated": now, "owner": owner, "lease_until": until}
     return [entry_from_row({**dict(zip(row.keys(), row, strict=True)), **held, "tries": row["tries"] + 1})
             for row in rows]  # fmt: skip

@@ -19,7 +19,7 @@ from cloud_bridge.usage import merged, tally
 from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
 from cloud_bridge.usage_sql import upsert_rows
 from intent_contract.codec import Ack
-from intent_contract.sql_text import IN_CHUNK, marks
+from intent_contract.sql_text import in_chunks
 from intent_contract.sqlite_rows import ManyRows
 
 # What admission (and replaying unconfirmed results) needs to know of an existing row.
@@ -62,9 +62,8 @@ def admit_plan(conn: sqlite3.Connection, device: DeviceLike, requests: list[Requ
     """`admit`, returning the whole plan written (its acks, and the rows it wrote)."""
     ids = list(dict.fromkeys(r.envelope.id for r in requests))
     known: dict[str, Known] = {}
-    for start in range(0, len(ids), IN_CHUNK):
-        chunk = ids[start : start + IN_CHUNK]
-        query = f"{KNOWN} WHERE device_id = ? AND intent_id IN ({marks(chunk)})"
+    for chunk, chunk_marks in in_chunks(ids):
+        query = f"{KNOWN} WHERE device_id = ? AND intent_id IN ({chunk_marks})"
         for row in conn.execute(query, (device.device_id, *chunk)):
             known[row["intent_id"]] = known_of(row)
     limits = _limit_states(conn, device.device_id, limited_kinds(requests))

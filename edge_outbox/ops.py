@@ -31,7 +31,7 @@ from edge_outbox.states import (
     target,
 )
 from intent_contract.codec import Ack
-from intent_contract.sql_text import IN_CHUNK, marks
+from intent_contract.sql_text import in_chunks, marks
 from intent_contract.sqlite_rows import ManyRows
 from intent_contract.wire import MAX_DETAIL
 
@@ -185,9 +185,8 @@ def _live_rows(conn: sqlite3.Connection, ids: list[str]) -> dict[str, IntentRow]
     """The stored (not rejected) intents with these ids."""
     found: dict[str, IntentRow] = {}
     unique = list(dict.fromkeys(ids))
-    for start in range(0, len(unique), IN_CHUNK):
-        chunk = unique[start : start + IN_CHUNK]
-        for raw in conn.execute(f"{SELECT_ROW} WHERE id IN ({marks(chunk)}) AND state <> 'rejected'", chunk):
+    for chunk, chunk_marks in in_chunks(unique):
+        for raw in conn.execute(f"{SELECT_ROW} WHERE id IN ({chunk_marks}) AND state <> 'rejected'", chunk):
             row = IntentRow.from_db(raw)
             found[row.id] = row
     return found
@@ -417,10 +416,9 @@ def next_batch(conn: sqlite3.Connection, *, limit: int, max_bytes: int, sent_bef
 
 def _mark_sent(conn: sqlite3.Connection, seqs: list[int], now: int) -> None:
     """Record that these intents are about to go to the bridge (so they can no longer be cancelled)."""
-    for start in range(0, len(seqs), IN_CHUNK):
-        chunk = seqs[start : start + IN_CHUNK]
+    for chunk, chunk_marks in in_chunks(seqs):
         conn.execute(
-            f"UPDATE intents SET sent = sent + 1, sent_at = ? WHERE seq IN ({marks(chunk)}) AND state = 'accepted'",
+            f"UPDATE intents SET sent = sent + 1, sent_at = ? WHERE seq IN ({chunk_marks}) AND state = 'accepted'",
             (now, *chunk),
         )
 
@@ -489,11 +487,10 @@ def _ack_targets(conn: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[in
     """(seq, state, sent, attempt) of each of `ids` not rejected here, read as one JSON value per IN_CHUNK
     ids: one step, where reading row by row let go of the GIL and waited to take it back at each row."""
     current: dict[str, tuple[int, State, int, int]] = {}
-    for start in range(0, len(ids), IN_CHUNK):
-        chunk = ids[start : start + IN_CHUNK]
+    for chunk, chunk_marks in in_chunks(ids):
         (found,) = conn.execute(
             "SELECT json_group_array(json_array(seq, id, state, sent, attempt)) FROM intents"
-            f" WHERE id IN ({marks(chunk)}) AND state <> 'rejected'",
+            f" WHERE id IN ({chunk_marks}) AND state <> 'rejected'",
             chunk,
         ).fetchone()
         for seq, intent_id, state, sent, attempt in json.loads(found):

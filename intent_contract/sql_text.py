@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def one_of(column: str, values: Sequence[str]) -> str:
@@ -25,3 +28,10 @@ IN_CHUNK = 500  # values per `IN (...)`: statements stay far below SQLite's limi
 def marks(values: Collection[object]) -> str:
     """One `?` placeholder per value, for `IN (...)`."""
     return ",".join("?" * len(values))
+
+
+def in_chunks(values: Sequence[T]) -> Iterator[tuple[Sequence[T], str]]:
+    """`values` in slices of at most IN_CHUNK, each with its `?` marks, for one `IN (...)` statement per slice."""
+    for start in range(0, len(values), IN_CHUNK):
+        chunk = values[start : start + IN_CHUNK]
+        yield chunk, marks(chunk)

@@ -21,7 +21,7 @@ from edge_outbox import ops
 from edge_outbox.app_sessions import StoredSessions, oldest_cursor, save_cursors
 from edge_outbox.apps_auth import verify_password
 from edge_outbox.attach import AttachedClient
-from edge_outbox.db import INTAKE_KEY, LINK_KEY, STATUS_KEY, StatusEvent
+from edge_outbox.db import INTAKE_KEY, LINK_KEY, STATUS_KEY
 from edge_outbox.errors import StorageError
 from edge_outbox.fleet_link import disk_facts
 from edge_outbox.fleet_report import EdgeFacts
@@ -33,7 +33,6 @@ from edge_outbox.mqtt.server import EndpointSettings, MqttEndpoint
 from edge_outbox.ops import QueueLimits
 from edge_outbox.probe import Observed, Probe, held_since_ms
 from edge_outbox.settings import OutboxSettings
-from edge_outbox.states import State
 from edge_outbox.status import StatusFeed
 from edge_outbox.store import Store
 from intent_contract.ids import IdGenerator
@@ -61,6 +60,7 @@ class Outbox:
             settings.data_dir,
             on_events=self._on_events,
             on_commit=self.probe.commit_seconds.observe if self.probe is not None else None,
+            wants_events=lambda: self.feed is not None and self.feed.wanted,
         )
         self.feed: StatusFeed | None = None
         self.intake: Intake | None = None
@@ -68,12 +68,15 @@ class Outbox:
         self._forwarding: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    def _on_events(self, events: list[StatusEvent]) -> None:
+    def _on_events(self, seen: ops.EventsSeen) -> None:
         if self.feed is not None:
-            self.feed.on_events(events)
-        if self.forwarder is not None and any(e.state is State.ACCEPTED for e in events):
+            if seen.events is None:
+                self.feed.skip_to(seen.head)
+            else:
+                self.feed.on_events(seen.events)
+        if self.forwarder is not None and seen.accepted:
             self.forwarder.wake()
-        if self.intake is not None and any(e.state.final for e in events):
+        if self.intake is not None and seen.final:
             self.intake.room()
 
     async def _authenticate(self, username: str | None, password: bytes | None) -> bool:

@@ -3,6 +3,9 @@
 Every status is an event row committed with the state change it reports (edge_outbox.db), so a
 status can be lost only if the change is. The store hands each committed group's events to
 `StatusFeed.on_events`; the feed keeps the newest in memory and reads older ones from the database.
+While no consumer reads statuses (`StatusFeed.wanted` False: no app subscribes to them), the store
+reads only the newest seq (`StatusFeed.skip_to`), and a consumer that comes later reads from the
+database what it has not seen.
 A consumer (an app's session at the embedded endpoint, or the attached broker) reads from the
 position it last had acknowledged, so what was committed while it, or the outbox, was away is sent
 when it is back: at least once, in sequence order, each message carrying its `seq`.
@@ -51,6 +54,10 @@ class StatusFeed:
         self._seqs: list[int] = []
         self._complete_after = head  # the ring holds every event after this seq
         self._listeners: list[Callable[[], None]] = []
+        # Whether some consumer reads statuses, so the store should hand over the events themselves. Set
+        # on the event loop, read on the store's writer thread; its transport narrows it (the endpoint: an
+        # app subscribes to statuses).
+        self.wanted = True
 
     def listen(self, callback: Callable[[], None]) -> None:
         """Call `callback` (no arguments) whenever new events arrive."""
@@ -67,6 +74,17 @@ class StatusFeed:
             cut = len(self._ring) - self._keep
             self._complete_after = self._seqs[cut - 1]
             del self._ring[:cut], self._seqs[:cut]
+        for callback in self._listeners:
+            callback()
+
+    def skip_to(self, head: int) -> None:
+        """Events up to `head` were committed and not read (nobody wanted them): from now on the ring holds
+        only what comes after, and a read of anything older goes to the database."""
+        if head > self.head:
+            self.head = head
+            self._complete_after = head
+            self._ring.clear()
+            self._seqs.clear()
         for callback in self._listeners:
             callback()
 

@@ -3,7 +3,8 @@
 Every call is an operation on the writer thread; many publishers waiting at once share one
 transaction and one fsync, and a call returns only once its group is committed, so an await on
 the store means "on disk". After each group, and twice a second while idle (to see changes made by
-ops commands in other processes), new state-change events are handed to `on_events`.
+ops commands in other processes), what the status log gained is handed to `on_events`: the events
+themselves while `wants_events()` says a consumer reads them, else only their newest seq and two flags.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edge_outbox import db, ops
-from edge_outbox.db import StatusEvent
 from edge_outbox.errors import OutboxError, StorageError
 from intent_contract.sqlite_writer import GroupCommitWriter, WriterHooks
 
@@ -33,11 +33,13 @@ class Store:
     def __init__(
         self,
         data_dir: Path,
-        on_events: Callable[[list[StatusEvent]], None] | None = None,
+        on_events: Callable[[ops.EventsSeen], None] | None = None,
         on_commit: Callable[[float], None] | None = None,
+        wants_events: Callable[[], bool] = lambda: True,
     ) -> None:
         self.data_dir = data_dir
         self._on_events = on_events
+        self._wants_events = wants_events  # asked on the writer thread: it reads a flag, nothing more
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_event = 0
         self._writer = GroupCommitWriter(
@@ -87,7 +89,7 @@ class Store:
     def _report_events(self, conn: sqlite3.Connection) -> None:
         if self._on_events is None or self._loop is None:
             return
-        events = ops.events_after(conn, self._last_event)
-        if events:
-            self._last_event = events[-1].seq
-            self._loop.call_soon_threadsafe(self._on_events, events)
+        seen = ops.events_seen(conn, self._last_event, read=self._wants_events())
+        if seen is not None:
+            self._last_event = seen.head
+            self._loop.call_soon_threadsafe(self._on_events, seen)

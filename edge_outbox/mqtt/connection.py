@@ -230,6 +230,7 @@ class Connection:
         elif isinstance(packet, p.Unsubscribe):
             for topic_filter in packet.filters:
                 session.subscriptions.pop(topic_filter, None)
+            self.endpoint.status_interest_changed()
             saved = self._save(session)
             self._answer(saved, self.dialect.unsuback(packet.packet_id, len(packet.filters)))
         elif isinstance(packet, p.Bare) and packet.type is Type.PINGREQ:
@@ -286,6 +287,7 @@ class Connection:
             session.subscriptions[topic_filter] = qos
             codes.append(qos)
             granted.append((topic_filter, qos))
+        self.endpoint.status_interest_changed()
 
         def deliver_retained() -> None:
             for topic_filter, qos in granted:

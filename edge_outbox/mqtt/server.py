@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edge_outbox.errors import ConfigError
-from edge_outbox.mqtt.connection import Connection
+from edge_outbox.mqtt.connection import STATUS_SHAPE, Connection
 from edge_outbox.mqtt.dialect import SERVER_SHUTTING_DOWN, SESSION_TAKEN_OVER
 from edge_outbox.mqtt.session import Message, Session, SessionRecord, StatusCursor
-from edge_outbox.mqtt.topics import matches
+from edge_outbox.mqtt.topics import matches, may_match
 from edge_outbox.status import StatusFeed
 from intent_contract import mqtt_packets as p
 
@@ -97,6 +97,7 @@ class MqttEndpoint:
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         feed.listen(self._status_arrived)
+        self.status_interest_changed()
 
     @property
     def address(self) -> str:
@@ -113,6 +114,7 @@ class MqttEndpoint:
                 window=self.settings.window,
             )
             self.sessions[record.client_id] = session
+        self.status_interest_changed()
         try:
             self._server = await asyncio.start_server(
                 self._accept, self.settings.host, self.settings.port, limit=self.settings.max_packet
@@ -182,6 +184,7 @@ class MqttEndpoint:
             if keep:
                 await self._sessions_port.save(self.record(session))
             self.sessions[client_id] = session
+            self.status_interest_changed()
         elif session.persistent != keep:
             session.persistent = keep
             if keep:
@@ -200,6 +203,7 @@ class MqttEndpoint:
         session.disconnected()
         if not session.persistent:
             self.sessions.pop(session.client_id, None)
+            self.status_interest_changed()
 
     def route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Deliver an ordinary publish to every matching session (queued for absent persistent ones)."""
@@ -219,6 +223,13 @@ class MqttEndpoint:
         for topic, (payload, qos) in self._retained.items():
             if matches(topic_filter, topic):
                 session.enqueue(Message(topic, payload, min(qos, granted), retain=True))
+
+    def status_interest_changed(self) -> None:
+        """A session or a subscription came or went. The store reads status events back only while some
+        session, connected or kept, subscribes to statuses (bench/findings.md F42)."""
+        self._feed.wanted = any(
+            may_match(f, STATUS_SHAPE) for session in self.sessions.values() for f in session.subscriptions
+        )
 
     def _status_arrived(self) -> None:
         for connection in self._connections.values():

@@ -250,7 +250,7 @@ async def test_one_failing_operation_does_not_undo_the_rest_of_its_group(tmp_pat
 
 async def test_events_from_other_processes_reach_the_publisher(tmp_path: Path) -> None:
     seen: list[State] = []
-    store = Store(tmp_path, on_events=lambda events: seen.extend(e.state for e in events))
+    store = Store(tmp_path, on_events=lambda new: seen.extend(e.state for e in new.events or []))
     await store.start()
     try:
         row = (await store.call(ops.commit_intake, intent(), QueueLimits(), NOW)).row
@@ -265,6 +265,39 @@ async def test_events_from_other_processes_reach_the_publisher(tmp_path: Path) -
     finally:
         await store.close()
     assert seen == [State.ACCEPTED, State.CANCELLED]
+
+
+async def test_without_a_reader_the_store_reports_the_newest_event_and_its_flags_only(tmp_path: Path) -> None:
+    """Nobody reads statuses: each group's report names the newest seq, whether something was accepted (the
+    forwarder's cue) and whether something ended (the intake's), without the events; once a reader comes,
+    the events after that seq, none twice."""
+    seen: list[ops.EventsSeen] = []
+    reading = [False]
+    store = Store(tmp_path, on_events=seen.append, wants_events=lambda: reading[0])
+
+    async def reported(head: int) -> ops.EventsSeen:
+        async with asyncio.timeout(5):
+            while not seen or seen[-1].head < head:
+                await asyncio.sleep(0.01)
+        return seen[-1]
+
+    await store.start()
+    try:
+        first = (await store.call(ops.commit_intake, intent(), QueueLimits(), NOW)).row
+        second = (await store.call(ops.commit_intake, intent(), QueueLimits(), NOW)).row
+        assert first is not None and second is not None
+        head = await store.read(ops.last_event_seq)
+        assert await reported(head) == ops.EventsSeen(head, True, False, None)
+        await store.call(ops.cancel, first.id, NOW + 1)
+        cancelled = await store.read(ops.last_event_seq)
+        assert await reported(cancelled) == ops.EventsSeen(cancelled, False, True, None)
+        reading[0] = True
+        await store.call(ops.cancel, second.id, NOW + 2)
+        last = await reported(cancelled + 1)
+    finally:
+        await store.close()
+    assert [(e.id, e.state) for e in last.events or []] == [(second.id, State.CANCELLED)]
+    assert (last.head, last.accepted, last.final) == (cancelled + 1, False, True)
 
 
 async def test_the_writer_keeps_statement_journals_in_memory(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Callable
 
 from bench.mqttraw import mqtt_string, remaining_length
 from intent_contract import mqtt_packets as p
@@ -65,11 +66,9 @@ class RawClient:
 
     def subscribe(self, topic_filter: str, qos: int) -> tuple[int, ...]:
         self.send(p.Subscribe(self.packet_id(), ((topic_filter, qos),)))
-        while True:
-            packet = self.receive()
-            if isinstance(packet, p.Suback):
-                return packet.codes
-            self._ready.append(packet)  # a retained message may come right behind; keep it
+        suback = self._wait_for(lambda packet: isinstance(packet, p.Suback), "SUBACK")
+        assert isinstance(suback, p.Suback)
+        return suback.codes
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, *, retain: bool = False) -> None:
         """Publish and, for QoS 1/2, complete the exchange."""
@@ -83,13 +82,24 @@ class RawClient:
             self._expect(Type.PUBCOMP, packet_id)
 
     def _expect(self, kind: Type, packet_id: int | None) -> None:
-        while True:
-            packet = self.receive()
-            if isinstance(packet, p.PacketIdOnly) and packet.type is kind and packet.packet_id == packet_id:
-                return
-            self._ready.append(packet)
-            if len(self._ready) > 1000:
-                raise AssertionError(f"no {kind.name} for {packet_id}")
+        def answer(packet: p.Packet) -> bool:
+            return isinstance(packet, p.PacketIdOnly) and packet.type is kind and packet.packet_id == packet_id
+
+        self._wait_for(answer, f"{kind.name} for {packet_id}")
+
+    def _wait_for(self, wanted: Callable[[p.Packet], bool], what: str) -> p.Packet:
+        """The first packet `wanted` takes; those before it (a status, a retained message) are kept, in order."""
+        other: list[p.Packet] = []
+        try:
+            while True:
+                packet = self.receive()
+                if wanted(packet):
+                    return packet
+                other.append(packet)
+                if len(other) > 1000:
+                    raise AssertionError(f"no {what}")
+        finally:
+            self._ready[:0] = other
 
     def messages(self, count: int, timeout: float = 10.0) -> list[p.Publish]:
         """The next `count` PUBLISH packets (without acknowledging them)."""

@@ -55,6 +55,33 @@ async def test_nothing_to_read_at_the_head_and_repeated_events_are_ignored() -> 
     assert await feed.read(2, 10) == []
 
 
+async def test_events_skipped_while_nobody_read_are_read_from_the_database() -> None:
+    stored = [event(n) for n in range(1, 31)]
+    reads: list[int] = []
+
+    async def read_after(after: int, limit: int) -> list[StatusEvent]:
+        reads.append(after)
+        return [e for e in stored if e.seq > after][:limit]
+
+    feed = StatusFeed(read_after, head=0)
+    woken: list[int] = []
+    feed.listen(lambda: woken.append(feed.head))
+    feed.on_events(stored[:10])
+    feed.skip_to(20)  # 11-20 committed while no consumer wanted them: not in memory
+    assert feed.head == 20 and woken == [10, 20]
+    feed.on_events(stored[20:])
+    seen: list[int] = []
+    position = 0
+    while position < feed.head:
+        got = await feed.read(position, 8)
+        seen.extend(e.seq for e in got)
+        position = got[-1].seq
+    assert seen == list(range(1, 31))
+    assert reads and max(reads) < 20, f"only what was skipped (or older) comes from the database: {reads}"
+    assert [e.seq for e in await feed.read(20, 100)] == list(range(21, 31))
+    assert max(reads) < 20
+
+
 @given(
     st.integers(1, 2**63 - 1),
     st.text(),

@@ -361,6 +361,11 @@ def events_after(conn: sqlite3.Connection, seq: int, limit: int = 5000) -> list[
     return [StatusEvent.from_db(r) for r in rows]
 
 
+_EVENTS_SEEN = (
+    f"SELECT MAX(seq), MAX(state = '{State.ACCEPTED.value}'), MAX(state IN {sql_set(FINAL)}) FROM events WHERE seq > ?"
+)
+
+
 class EventsSeen(NamedTuple):
     """What the status log gained after a seq, as `Store` reports it after each group."""
 
@@ -374,8 +379,7 @@ def events_seen(conn: sqlite3.Connection, seq: int, *, read: bool) -> EventsSeen
     """The events after `seq`, or None if there are none.
 
     With `read` False the events are not read, only their newest seq and two flags, in one aggregate
-    statement: no row reaches Python. Reading every event back cost the intake about a tenth of its CPU
-    per message while no app subscribed to statuses (bench/findings.md F42).
+    statement: no row reaches Python (bench/findings.md F42).
     """
     if read:
         events = events_after(conn, seq)
@@ -383,11 +387,7 @@ def events_seen(conn: sqlite3.Connection, seq: int, *, read: bool) -> EventsSeen
             return None
         states = {e.state for e in events}
         return EventsSeen(events[-1].seq, State.ACCEPTED in states, not FINAL.isdisjoint(states), events)
-    head, accepted, final = conn.execute(
-        f"SELECT MAX(seq), MAX(state = '{State.ACCEPTED.value}'), MAX(state IN {sql_set(FINAL)}) "
-        "FROM events WHERE seq > ?",
-        (seq,),
-    ).fetchone()
+    head, accepted, final = conn.execute(_EVENTS_SEEN, (seq,)).fetchone()
     return None if head is None else EventsSeen(head, bool(accepted), bool(final), None)
 
 

@@ -11,6 +11,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 from cloud_bridge.errors import ConfigError, PermanentError
@@ -81,6 +82,10 @@ class Decision:
             raise ValueError("an allowed decision has no code")
         if not self.allowed and self.code not in CODES:
             raise ValueError(f"unknown policy code {self.code!r}")
+
+
+# Allowed with nothing decided: one value shared by every such answer (its overrides are read only).
+ALLOWED = Decision(True, overrides=MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +323,7 @@ def _check_content(rules: Rules, kind: str, payload: Mapping[str, Any]) -> Decis
         to = payload.get("to")
         if not isinstance(to, str) or not to.startswith(rules.sms_prefixes):
             return Decision(False, "policy_recipient", "SMS number is outside the allowed prefixes")
-    return Decision(True)
+    return ALLOWED
 
 
 def _check_http(rules: Rules, payload: Mapping[str, Any]) -> Decision:
@@ -326,7 +331,7 @@ def _check_http(rules: Rules, payload: Mapping[str, Any]) -> Decision:
     if credential not in rules.http_credentials:
         return Decision(False, "policy_credential", f"credential {credential!r} is not allowed")
     if rules.http_scopes is None:
-        return Decision(True)
+        return ALLOWED
     scope = rules.http_scopes.get(str(credential))
     if scope is None:
         return Decision(False, "policy_credential", f"credential {credential!r} is not configured at the bridge")
@@ -334,7 +339,7 @@ def _check_http(rules: Rules, payload: Mapping[str, Any]) -> Decision:
         scope.request(payload, str(credential))
     except PermanentError as exc:  # policy_method or policy_url: the integration's own check, narrowed
         return Decision(False, exc.code, exc.detail)
-    return Decision(True)
+    return ALLOWED
 
 
 def _check_email(rules: Rules, payload: Mapping[str, Any]) -> Decision:

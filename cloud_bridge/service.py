@@ -14,6 +14,7 @@ the device, and the node holding its session sends what it has not sent yet.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -217,8 +218,10 @@ class BridgeService:
         for start in range(0, len(acks), ACKS_PER_MESSAGE):
             chunk = list(acks[start : start + ACKS_PER_MESSAGE])
             await self._publish(device_id, ACKS, encode_acks(chunk))
+            # One counter update per state, not per ack: a label lookup takes a lock and a dict.
+            for state, count in collections.Counter(ack.state for ack in chunk).items():
+                self._metrics.acks.labels(str(state)).inc(count)
             for ack in chunk:
-                self._metrics.acks.labels(str(ack.state)).inc()
                 if ack.state.final:
                     sent.add(ack.id)
                 else:

@@ -108,8 +108,14 @@ async def test_schema_violations_are_rejected_and_policy_applies(
         assert (by_id["s-2"].state, by_id["s-2"].code) == ("rejected", "policy_recipient")
         await until(lambda: len(counting.calls) == 1, what="one provider call")
         assert counting.calls[0].intent_id == "s-3"
+        await until(lambda: "delivered" in client.states().get("s-3", []), what="s-3 delivered")
     finally:
         await client.stop()
+    sent = {
+        state: harness.bridge.metrics.registry.get_sample_value("bridge_acks_total", {"state": state})
+        for state in ("accepted", "rejected", "delivered")
+    }
+    assert sent == {"accepted": 1.0, "rejected": 2.0, "delivered": 1.0}
 
 
 async def test_a_control_character_in_a_mail_header_is_rejected_at_admission(

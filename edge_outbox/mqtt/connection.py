@@ -41,6 +41,11 @@ CONNECT_BYTE = 0x10
 STATUS_SHAPE = (TOPIC_ROOT, None, "status", None)  # outbox/{app}/status/{id}: only the outbox publishes there
 
 
+def wants_statuses(session: Session) -> bool:
+    """Whether one of the session's subscriptions can match a status topic."""
+    return any(may_match(f, STATUS_SHAPE) for f in session.subscriptions)
+
+
 class _NotMqttError(Exception):
     """The first byte of a connection is not a CONNECT."""
 
@@ -361,7 +366,7 @@ class Connection:
             self.wake.clear()
             cursor = session.status
             if cursor.sent < feed.head:
-                if not any(may_match(f, STATUS_SHAPE) for f in session.subscriptions):
+                if not wants_statuses(session):
                     cursor.passed(feed.head)
                 elif (room := session.space()) > 0:
                     events = await feed.read(cursor.sent, room)

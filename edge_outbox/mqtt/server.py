@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edge_outbox.errors import ConfigError
-from edge_outbox.mqtt.connection import STATUS_SHAPE, Connection
+from edge_outbox.mqtt.connection import Connection, wants_statuses
 from edge_outbox.mqtt.dialect import SERVER_SHUTTING_DOWN, SESSION_TAKEN_OVER
 from edge_outbox.mqtt.session import Message, Session, SessionRecord, StatusCursor
-from edge_outbox.mqtt.topics import matches, may_match
+from edge_outbox.mqtt.topics import matches
 from edge_outbox.status import StatusFeed
 from intent_contract import mqtt_packets as p
 
@@ -227,9 +227,7 @@ class MqttEndpoint:
     def status_interest_changed(self) -> None:
         """A session or a subscription came or went. The store reads status events back only while some
         session, connected or kept, subscribes to statuses (bench/findings.md F42)."""
-        self._feed.wanted = any(
-            may_match(f, STATUS_SHAPE) for session in self.sessions.values() for f in session.subscriptions
-        )
+        self._feed.wanted = any(wants_statuses(session) for session in self.sessions.values())
 
     def _status_arrived(self) -> None:
         for connection in self._connections.values():

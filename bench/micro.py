@@ -5,13 +5,16 @@
   validation, envelopes) against msgpack's bare unpack of the same bytes;
 - an `http.request` through `HttpIntegration.execute` (credential, URL scope, SSRF check, aiohttp
   with the guarded resolver) against a bare aiohttp session, both to the local HTTP sink at 16
-  concurrent requests.
-The findings in BENCHMARKS.md quote these (F7, F8); the benchmark gates nothing.
+  concurrent requests;
+- claiming queued rows on the SQLite ledger, 16 a claim, as the executor gets them (the claim's UPDATE
+  and a `LedgerEntry` per row) against one UPDATE of the same rows.
+The findings in BENCHMARKS.md quote these (F7, F8, F44); the benchmark gates nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -26,10 +29,15 @@ from bench.procs import Proc, free_port
 from bench.stack import SINK_TOKEN_ENV, payload
 from cloud_bridge.integrations.base import Job
 from cloud_bridge.integrations.http import HttpIntegration
+from cloud_bridge.ledger import pack
+from cloud_bridge.ledger_sqlite import _claim_rows
+from cloud_bridge.ledger_sqlite_schema import migrate
 from intent_contract.codec import Envelope, decode_batch, encode_batch
 
 BATCH = 500
 REQUESTS = 4000
+CLAIMS = 250  # of CLAIM_ROWS each
+CLAIM_ROWS = 16
 CONCURRENCY = 16
 REPEATS = 5
 
@@ -48,6 +56,36 @@ def decode_figures() -> tuple[float, float]:
     ours = [_cpu_us_per(BATCH * 20, lambda: [decode_batch(data) for _ in range(20)]) for _ in range(REPEATS)]
     floor = [_cpu_us_per(BATCH * 20, lambda: [msgpack.unpackb(data) for _ in range(20)]) for _ in range(REPEATS)]
     return statistics.median(ours), statistics.median(floor)
+
+
+def claim_figures() -> tuple[float, float]:
+    """(claiming a row as the executor gets it, an UPDATE of the same rows) CPU us per row."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    migrate(conn, at_start=True)
+    conn.executemany(
+        "INSERT INTO intents (device_id, intent_id, tenant, app, kind, payload, attempt, priority, created, expires,"
+        " state, code, detail, tries, next_run, overrides, confirmed, updated) VALUES ('bench-device', ?, '',"
+        " 'bench-app', 'http.request', ?, 1, 0, 1700000000000, NULL, 'queued', '', '', 0, 0, ?, 0, 0)",
+        [(f"id-{i}", pack(payload(i)), pack({})) for i in range(CLAIMS * CLAIM_ROWS)],
+    )
+    rows = conn.execute("SELECT * FROM intents ORDER BY seq").fetchall()
+    claims = [rows[i : i + CLAIM_ROWS] for i in range(0, len(rows), CLAIM_ROWS)]
+    update = f"UPDATE intents SET tries = tries + 1 WHERE seq IN ({', '.join('?' * CLAIM_ROWS)})"
+
+    def ours() -> None:
+        for claim in claims:
+            _claim_rows(conn, claim, "bench-node", 1_700_000_060.0, 1_700_000_000.0)
+
+    def floor() -> None:
+        for claim in claims:
+            conn.execute(update, [row["seq"] for row in claim])
+
+    count = CLAIMS * CLAIM_ROWS
+    return (
+        statistics.median(_cpu_us_per(count, ours) for _ in range(REPEATS)),
+        statistics.median(_cpu_us_per(count, floor) for _ in range(REPEATS)),
+    )
 
 
 async def _concurrently(send: Callable[[int], Awaitable[None]]) -> float:
@@ -103,6 +141,7 @@ def main() -> int:
         sink = Proc("httpsink", [sys.executable, "-m", "bench.httpsink", str(port)], Path(work)).wait_port(port)
         try:
             decode, unpack = decode_figures()
+            claim, update = claim_figures()
             execute, bare = asyncio.run(http_figures(port))
         finally:
             sink.stop()
@@ -115,6 +154,10 @@ def main() -> int:
     print(
         f"| http.request via HttpIntegration.execute, {CONCURRENCY} concurrent | {execute:.0f} us "
         f"| {bare:.0f} us (bare aiohttp session) | {execute / bare:.1f}x |"
+    )
+    print(
+        f"| claim on SQLite, {CLAIM_ROWS} rows a claim, per row | {claim:.1f} us "
+        f"| {update:.1f} us (an UPDATE of the rows) | {claim / update:.1f}x |"
     )
     return 0
 

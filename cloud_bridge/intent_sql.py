@@ -131,7 +131,7 @@ class SqlIntents:
                 f"SELECT * FROM intents WHERE {' AND '.join(where)} ORDER BY updated DESC, seq DESC LIMIT ?",
                 (*params, query.limit),
             ).fetchall()
-        return [_entry(row) for row in rows]
+        return [entry_from_row(row) for row in rows]
 
     def find(self, intent_id: str, device_id: str | None = None) -> list[LedgerEntry]:
         """The row (device_id, intent_id), or every row with that intent id (of any device, at most 10)."""
@@ -142,7 +142,7 @@ class SqlIntents:
                 rows = self._run(
                     conn, "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?", (device_id, intent_id)
                 )
-            return [_entry(row) for row in rows.fetchall()]
+            return [entry_from_row(row) for row in rows.fetchall()]
 
     def history(self, device_id: str, intent_id: str, limit: int = 100) -> list[AuditRecord]:
         """The row's audit records, oldest first (the last `limit`)."""
@@ -189,7 +189,7 @@ class SqlIntents:
             ).fetchone()
             if row is None:
                 raise UnknownIntentError(f"no intent {intent_id} of device {device_id} in the ledger")
-            entry = _entry(row)
+            entry = entry_from_row(row)
             if not changed:
                 step(entry.state, event)  # raises LedgerStateError, naming the state
                 raise AssertionError("the table allows a move the UPDATE did not make")  # pragma: no cover
@@ -232,7 +232,3 @@ class SqlIntents:
             total += deleted
             if deleted < batch:
                 return total
-
-
-def _entry(row: Any) -> LedgerEntry:
-    return entry_from_row(dict(row))

@@ -202,20 +202,48 @@ def pack(obj: object) -> bytes:
     return packed
 
 
-# Columns a backend stores that LedgerEntry does not carry.
-_STORE_ONLY = frozenset({"seq", "digest", "announce"})
+class StoredRow(Protocol):
+    """A stored row read by column name: a dict, a `sqlite3.Row`, a psycopg dict row."""
+
+    def __getitem__(self, column: str, /) -> Any: ...
 
 
-def entry_from_row(row: Mapping[str, Any]) -> LedgerEntry:
-    """A LedgerEntry from a stored row (payload and overrides as msgpack)."""
-    fields = {k: v for k, v in row.items() if k not in _STORE_ONLY}
-    fields.update(
+def entry_from_row(row: StoredRow) -> LedgerEntry:
+    """A LedgerEntry from a stored row (payload and overrides as msgpack); columns it does not carry are
+    not read."""
+    return _entry(row, EntryState(row["state"]), row["tries"], row["updated"], row["owner"], row["lease_until"])
+
+
+def claimed_entry(row: StoredRow, owner: str, until: float, now: float) -> LedgerEntry:
+    """The entry of a row read just before `owner` claims it at `now`: running, one more try, under a lease
+    until `until`. Built from the row at hand, where reading it back or merging dicts cost a claim most of
+    its time (bench/findings.md F44)."""
+    return _entry(row, EntryState.RUNNING, row["tries"] + 1, now, owner, until)
+
+
+def _entry(row: StoredRow, state: EntryState, tries: int, updated: float, owner: str, until: float) -> LedgerEntry:
+    return LedgerEntry(
+        device_id=row["device_id"],
+        tenant=row["tenant"],
+        intent_id=row["intent_id"],
+        app=row["app"],
+        kind=row["kind"],
         payload=msgpack.unpackb(row["payload"], raw=False),
+        attempt=row["attempt"],
+        priority=row["priority"],
+        created=row["created"],
+        expires=row["expires"],
+        state=state,
+        code=row["code"],
+        detail=row["detail"],
+        tries=tries,
+        next_run=row["next_run"],
         overrides=msgpack.unpackb(row["overrides"], raw=False),
-        state=EntryState(row["state"]),
         confirmed=bool(row["confirmed"]),
+        updated=updated,
+        owner=owner,
+        lease_until=until,
     )
-    return LedgerEntry(**fields)
 
 
 class Ledger(Protocol):

@@ -35,6 +35,7 @@ from cloud_bridge.ledger import (
     LedgerDepth,
     LedgerEntry,
     audit_params,
+    claimed_entry,
     clip_detail,
     depth_from_rows,
     entry_from_row,
@@ -86,10 +87,6 @@ def _audit_record(row: sqlite3.Row) -> AuditRecord:
     fields = dict(zip(row.keys(), row, strict=True))
     del fields["seq"]
     return AuditRecord(**{**fields, "event": AuditEvent(row["event"])})
-
-
-def _entry(row: sqlite3.Row) -> LedgerEntry:
-    return entry_from_row(dict(zip(row.keys(), row, strict=True)))
 
 
 # The executor's queries, each served by a partial index (tests/unit/test_ledger_sqlite_plans.py holds them to
@@ -245,7 +242,7 @@ class SqliteLedger:
                     " updated = ?, owner = '', lease_until = 0 WHERE seq = ?",
                     (detail, now, now, row["seq"]),
                 )
-                _audit_row(conn, now, _entry(row), AuditEvent.RETRY, "", "resumed", detail)
+                _audit_row(conn, now, entry_from_row(row), AuditEvent.RETRY, "", "resumed", detail)
             return len(rows)
 
         count: int = await self._call(run)
@@ -278,7 +275,7 @@ class SqliteLedger:
             claimed = _claim_rows(conn, [*lapsed, *due], owner, until, now)
             for row in lapsed:
                 detail = lapsed_detail(row["owner"])
-                _audit_row(conn, now, _entry(row), AuditEvent.RETRY, "", "lease_expired", detail)
+                _audit_row(conn, now, entry_from_row(row), AuditEvent.RETRY, "", "lease_expired", detail)
             return claimed
 
         return await self._call(run)
@@ -470,7 +467,7 @@ def _finish_rows(conn: sqlite3.Connection, finishes: list[Finish]) -> list[Ack]:
             row = conn.execute(
                 "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?", (entry.device_id, entry.intent_id)
             ).fetchone()
-            acks.append(_entry(row).ack() if row is not None else entry.ack())
+            acks.append(entry_from_row(row).ack() if row is not None else entry.ack())
             continue
         audit = AUDIT[event]
         assert audit is not None
@@ -491,9 +488,7 @@ def _claim_rows(
     seqs = [row["seq"] for row in rows]
     for chunk, chunk_marks in in_chunks(seqs):
         conn.execute(f"UPDATE intents SET {_CLAIMED} WHERE seq IN ({chunk_marks})", (owner, until, now, *chunk))
-    held = {"state": EntryState.RUNNING, "updated": now, "owner": owner, "lease_until": until}
-    return [entry_from_row({**dict(zip(row.keys(), row, strict=True)), **held, "tries": row["tries"] + 1})
-            for row in rows]  # fmt: skip
+    return [claimed_entry(row, owner, until, now) for row in rows]
 
 
 def _convert(exc: BaseException) -> BaseException:

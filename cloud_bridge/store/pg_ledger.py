@@ -219,7 +219,7 @@ class PgLedger:
                         [
                             audit_params(
                                 now,
-                                entry_from_row({k: v for k, v in row.items() if k != "was"}),
+                                entry_from_row(row),
                                 AuditEvent.RETRY,
                                 "",
                                 "lease_expired",
@@ -228,7 +228,7 @@ class PgLedger:
                             for row in lapsed
                         ],
                     )
-            return [entry_from_row({k: v for k, v in row.items() if k != "was"}) for row in [*lapsed, *due]]
+            return [entry_from_row(row) for row in [*lapsed, *due]]
 
         return await self._group.call(run, "ledger claim")
 

@@ -37,8 +37,9 @@ def _first_last(bridge_dir: Path, edge_dir: Path) -> tuple[float, float, float, 
 
 def run(stack: Stack, mosquitto: str, runs: int, backlog: int, cap_s: float) -> list[Figure]:
     note = f"{backlog:,} intents, first to last"
-    accepted = Figure(SECTION, ACCEPTED, "intents/s", peers=[MOSQ_RAISED], target=">= 1.0x Mosquitto", note=note)
-    results = Figure(SECTION, RESULTS, "intents/s", peers=[MOSQ_RAISED], note=note)
+    # The targets of issue 15.
+    accepted = Figure(SECTION, ACCEPTED, "intents/s", peers=[MOSQ_RAISED], target=">= 0.5x Mosquitto", note=note)
+    results = Figure(SECTION, RESULTS, "intents/s", peers=[MOSQ_RAISED], target=">= 10,000/s", note=note)
     edge_share = Figure(SECTION, EDGE_SHARE, "%", note=f"every row fsync-committed; run stopped after {cap_s:.0f} s")
     back_share = Figure(SECTION, "edge: share of the backlog with its result back", "%", note=f"after {cap_s:.0f} s")
     edge_first = Figure(

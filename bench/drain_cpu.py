@@ -1,9 +1,10 @@
 """CPU per intent of the edge and the bridge while a backlog drains to the HTTP sink, optionally under py-spy.
 
-    python -m bench.drain_cpu [N] [--spy DIR]
+    python -m bench.drain_cpu [N] [--spy DIR] [--concurrency SLOTS]
 
 Fills an enrolled edge with N intents offline (4 publishers), starts the bridge and the edge, and waits
 until every result is back at the edge (at most 300 s). Prints the time and each process's CPU per intent.
+With --concurrency, the bridge runs that many calls to the sink at once (16 by default, as `bench/run`).
 With --spy, py-spy records both processes (`-f raw`: collapsed stacks, one file per process) into DIR.
 For a before/after pair, run it twice, once with PYTHONPATH pointing at a checkout of the old tree.
 """
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench.load import publish_timed
+from bench.p2_drain import first_last
 from bench.procs import BIN, CpuWatch, free_port
 from bench.stack import EnrolledPair, Stack, edge_counts, intent_body
 
@@ -27,9 +29,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("n", nargs="?", type=int, default=20_000)
     parser.add_argument("--spy", type=Path, help="record both processes with py-spy into this directory")
+    parser.add_argument("--concurrency", type=int, default=16, help="the bridge's http.request slots")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="drain-cpu-", dir="/var/tmp"))
     stack = Stack(work)
+    stack.http_concurrency = args.concurrency
     stack.start_sink()
     try:
         pair = EnrolledPair(stack, "drain")
@@ -71,6 +75,9 @@ def main() -> None:
         delivered = edge_counts(edge_dir).get("delivered", 0)
         per_intent = ", ".join(f"{name} {seconds / max(delivered, 1) * 1e6:,.0f} us" for name, seconds in used.items())
         print(f"{delivered:,} of {backlog:,} results back in {took:.1f} s; CPU per intent: {per_intent}")
+        first, last, back, n_acc, n_back = first_last(bridge_dir, edge_dir)
+        accepted, returned = n_acc / max(last - first, 1e-3), n_back / max(back - first, 1e-3)
+        print(f"as P2 counts them, from the first accept: {accepted:,.0f} accepted/s, {returned:,.0f} results back/s")
     finally:
         stack.stop_all()
         shutil.rmtree(work, ignore_errors=True)

@@ -22,7 +22,7 @@ DELIVERED_SHARE = "Mosquitto default queue: share of the backlog delivered"
 EDGE_SHARE = "edge: share of the backlog accepted at the bridge"
 
 
-def _first_last(bridge_dir: Path, edge_dir: Path) -> tuple[float, float, float, int, int]:
+def first_last(bridge_dir: Path, edge_dir: Path) -> tuple[float, float, float, int, int]:
     """(first accept, last accept, last result back at the edge) wall times, and how many of each."""
     ledger = sqlite3.connect(f"file:{bridge_dir / 'ledger.db'}?mode=ro", uri=True, timeout=30)
     first, last, n_acc = ledger.execute(
@@ -89,7 +89,7 @@ def run(stack: Stack, mosquitto: str, runs: int, backlog: int, cap_s: float) -> 
         used = cpu.used()
         edge.stop()
         bridge.stop()
-        first, last, back, n_acc, n_back = _first_last(bridge_dir, edge_dir)
+        first, last, back, n_acc, n_back = first_last(bridge_dir, edge_dir)
         edge_share.samples.append(100.0 * n_acc / backlog)
         back_share.samples.append(100.0 * n_back / backlog)
         if n_acc:

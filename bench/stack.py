@@ -39,6 +39,7 @@ class Stack:
         if not (self.certs / "server.pem").exists():
             cli("cloud-bridge", "dev-certs", str(self.certs))
         self.sink_port = 0
+        self.http_concurrency = 16  # the bridge's [integrations.http] concurrency: its slots for the sink
 
     def spawn(self, name: str, args: list[str], port: int | None, env: dict[str, str] | None = None) -> Proc:
         proc = Proc(name, args, self.work, env)
@@ -54,7 +55,7 @@ class Stack:
     def config(self) -> Path:
         path = self.work / "bridge.toml"
         path.write_text(
-            '[integrations.http]\nconcurrency = 16\nallow_private_hosts = ["127.0.0.1"]\n'
+            f'[integrations.http]\nconcurrency = {self.http_concurrency}\nallow_private_hosts = ["127.0.0.1"]\n'
             "[integrations.http.credentials.sink]\n"
             f'base_urls = ["http://127.0.0.1:{self.sink_port}/"]\nmethods = ["POST"]\n'
             f'auth = "bearer"\ntoken_env = "{SINK_TOKEN_ENV}"\n\n'

@@ -32,8 +32,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="the bridge's http.request slots")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="drain-cpu-", dir="/var/tmp"))
-    stack = Stack(work)
-    stack.http_concurrency = args.concurrency
+    stack = Stack(work, http_concurrency=args.concurrency)
     stack.start_sink()
     try:
         pair = EnrolledPair(stack, "drain")

@@ -31,7 +31,7 @@ def payload(n: int) -> dict[str, object]:
 class Stack:
     """Certificates, config and processes for one benchmark; `stop_all` stops what it started."""
 
-    def __init__(self, work: Path, *, keep: bool = False) -> None:
+    def __init__(self, work: Path, *, keep: bool = False, http_concurrency: int = 16) -> None:
         self.work = work
         self.keep = keep  # keep each run's databases and logs (for looking into a result)
         self.procs: list[Proc] = []
@@ -39,7 +39,7 @@ class Stack:
         if not (self.certs / "server.pem").exists():
             cli("cloud-bridge", "dev-certs", str(self.certs))
         self.sink_port = 0
-        self.http_concurrency = 16  # the bridge's [integrations.http] concurrency: its slots for the sink
+        self.http_concurrency = http_concurrency  # the bridge's [integrations.http] concurrency: slots for the sink
 
     def spawn(self, name: str, args: list[str], port: int | None, env: dict[str, str] | None = None) -> Proc:
         proc = Proc(name, args, self.work, env)

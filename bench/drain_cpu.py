@@ -1,9 +1,11 @@
 """CPU per intent of the edge and the bridge while a backlog drains to the HTTP sink, optionally under py-spy.
 
-    python -m bench.drain_cpu [N] [--spy DIR] [--concurrency SLOTS]
+    python -m bench.drain_cpu [N] [--spy DIR] [--concurrency SLOTS] [--accept-only]
 
 Fills an enrolled edge with N intents offline (4 publishers), starts the bridge and the edge, and waits
-until every result is back at the edge (at most 300 s). Prints the time and each process's CPU per intent.
+until every result is back at the edge (at most 300 s). Prints each process's CPU per intent, up to the
+moment the last intent was accepted at the bridge (as P2's "all accepted" figure counts it) and over the
+whole drain, with the rates as P2 counts them. With --accept-only it stops at the first of these.
 With --concurrency, the bridge runs that many calls to the sink at once (16 by default, as `bench/run`).
 With --spy, py-spy records both processes (`-f raw`: collapsed stacks, one file per process) into DIR.
 For a before/after pair, run it twice, once with PYTHONPATH pointing at a checkout of the old tree.
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("n", nargs="?", type=int, default=20_000)
     parser.add_argument("--spy", type=Path, help="record both processes with py-spy into this directory")
     parser.add_argument("--concurrency", type=int, default=16, help="the bridge's http.request slots")
+    parser.add_argument("--accept-only", action="store_true", help="stop once every intent is accepted at the bridge")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="drain-cpu-", dir="/var/tmp"))
     stack = Stack(work, http_concurrency=args.concurrency)
@@ -65,21 +68,37 @@ def main() -> None:
                     str(args.spy / name),
                 ]
                 spies.append(subprocess.Popen([*command, "--nonblocking"], stdout=subprocess.DEVNULL))
-        while time.monotonic() < t0 + 300 and edge_counts(edge_dir).get("delivered", 0) < backlog:
+        used_accepting: dict[str, float] | None = None  # CPU until none is left waiting for the bridge's accept
+        while time.monotonic() < t0 + 300:
+            counts = edge_counts(edge_dir)
+            if used_accepting is None and counts and not counts.get("accepted", 0):
+                used_accepting = cpu.used()
+                if args.accept_only:
+                    break
+            if counts.get("delivered", 0) >= backlog:
+                break
             time.sleep(0.5)
         took, used = time.monotonic() - t0, cpu.used()
         for spy in spies:
             spy.send_signal(2)
             spy.wait(30)
-        delivered = edge_counts(edge_dir).get("delivered", 0)
-        per_intent = ", ".join(f"{name} {seconds / max(delivered, 1) * 1e6:,.0f} us" for name, seconds in used.items())
-        print(f"{delivered:,} of {backlog:,} results back in {took:.1f} s; CPU per intent: {per_intent}")
         first, last, back, n_acc, n_back = first_last(bridge_dir, edge_dir)
-        accepted, returned = n_acc / max(last - first, 1e-3), n_back / max(back - first, 1e-3)
-        print(f"as P2 counts them, from the first accept: {accepted:,.0f} accepted/s, {returned:,.0f} results back/s")
+        if used_accepting is not None:
+            rate = n_acc / max(last - first, 1e-3)
+            print(f"all {n_acc:,} accepted at the bridge, {rate:,.0f}/s from the first accept (as P2 counts them);")
+            print(f"  CPU per intent until the last accept: {_per_intent(used_accepting, n_acc)}")
+        if not args.accept_only:
+            delivered = edge_counts(edge_dir).get("delivered", 0)
+            rate = n_back / max(back - first, 1e-3)
+            print(f"{delivered:,} of {backlog:,} results back in {took:.1f} s, {rate:,.0f}/s from the first accept;")
+            print(f"  CPU per intent over the whole drain: {_per_intent(used, delivered)}")
     finally:
         stack.stop_all()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _per_intent(used: dict[str, float], intents: int) -> str:
+    return ", ".join(f"{name} {seconds / max(intents, 1) * 1e6:,.1f} us" for name, seconds in used.items())
 
 
 if __name__ == "__main__":

@@ -87,6 +87,8 @@ def main() -> None:
             rate = n_acc / max(last - first, 1e-3)
             print(f"all {n_acc:,} accepted at the bridge, {rate:,.0f}/s from the first accept (as P2 counts them);")
             print(f"  CPU per intent until the last accept: {_per_intent(used_accepting, n_acc)}")
+        else:
+            print(f"not every intent was accepted at the bridge within 300 s ({n_acc:,} of {backlog:,})")
         if not args.accept_only:
             delivered = edge_counts(edge_dir).get("delivered", 0)
             rate = n_back / max(back - first, 1e-3)

@@ -1,4 +1,4 @@
-"""Micro-benchmarks of two hot paths, each against its floor measured in the same run.
+"""Micro-benchmarks of four hot paths, each against its floor measured in the same run.
 
 `python -m bench.micro` prints CPU microseconds per intent (median of 5 repetitions):
 - decoding a 500-intent batch at the bridge (`decode_batch`: msgpack, depth check, schema
@@ -7,20 +7,24 @@
   with the guarded resolver) against a bare aiohttp session, both to the local HTTP sink at 16
   concurrent requests;
 - claiming queued rows on the SQLite ledger, 16 a claim, as the executor gets them (the claim's UPDATE
-  and a `LedgerEntry` per row) against one UPDATE of the same rows.
-The findings in BENCHMARKS.md quote these (F7, F8, F44); the benchmark gates nothing.
+  and a `LedgerEntry` per row) against one UPDATE of the same rows;
+- admitting judged 500-intent batches on the SQLite ledger (`admit_plan`: the existing rows read, the
+  plan, the rows, audit rows and usage written) against the INSERT statements of the same rows alone.
+The findings in BENCHMARKS.md quote these (F7, F8, F44, F46); the benchmark gates nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import msgpack
@@ -30,8 +34,11 @@ from bench.stack import SINK_TOKEN_ENV, payload
 from cloud_bridge.integrations.base import Job
 from cloud_bridge.integrations.http import HttpIntegration
 from cloud_bridge.ledger import pack
+from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE, Request, requests_for
 from cloud_bridge.ledger_sqlite import _claim_rows
+from cloud_bridge.ledger_sqlite_admit import _UPSERT, admit_plan
 from cloud_bridge.ledger_sqlite_schema import migrate
+from cloud_bridge.policy import Decision, DeviceRef
 from intent_contract.codec import Envelope, decode_batch, encode_batch
 
 BATCH = 500
@@ -39,7 +46,10 @@ REQUESTS = 4000
 CLAIMS = 250  # of CLAIM_ROWS each
 CLAIM_ROWS = 16
 CONCURRENCY = 16
+ADMIT_BATCHES = 10  # of BATCH intents, per repetition
 REPEATS = 5
+
+T = TypeVar("T")
 
 
 def _cpu_us_per(count: int, fn: Callable[[], object]) -> float:
@@ -58,11 +68,57 @@ def decode_figures() -> tuple[float, float]:
     return statistics.median(ours), statistics.median(floor)
 
 
-def claim_figures() -> tuple[float, float]:
-    """(claiming a row as the executor gets it, an UPDATE of the same rows) CPU us per row."""
+def _ledger() -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     conn.row_factory = sqlite3.Row
     migrate(conn, at_start=True)
+    return conn
+
+
+def admit_figures() -> tuple[float, float]:
+    """(admitting judged batches on the SQLite ledger, inserting the same rows alone) CPU us per intent."""
+    conn = _ledger()
+    device, allowed, now = DeviceRef("bench-device", "bench-tenant", "bench"), Decision(True), time.time()
+
+    def judged(name: str) -> list[list[Request]]:
+        """ADMIT_BATCHES batches of new ids (`name` keeps them apart), decoded and judged as the bridge does."""
+        envelopes = [
+            [Envelope(f"{name}-{b}-{i}", "bench-app", "http.request", int(now * 1000), None, 1, payload(i))
+             for i in range(BATCH)]
+            for b in range(ADMIT_BATCHES)
+        ]  # fmt: skip
+        batches = [decode_batch(encode_batch(batch)).envelopes for batch in envelopes]
+        return [requests_for(batch, lambda _envelope: allowed, now, DEFAULT_MAX_AGE) for batch in batches]
+
+    def transactions(write: Callable[[T], object], batches: Sequence[T]) -> Callable[[], None]:
+        gc.collect()  # the garbage of building the batches is not the admission's
+
+        def run() -> None:
+            for batch in batches:
+                conn.execute("BEGIN")
+                write(batch)
+                conn.execute("COMMIT")
+
+        return run
+
+    ours, floor = [], []
+    for n in range(REPEATS):
+        requests = judged(f"ours-{n}")
+        ours.append(
+            _cpu_us_per(BATCH * ADMIT_BATCHES, transactions(lambda b: admit_plan(conn, device, b, now), requests))
+        )
+        rows = [
+            [(device.device_id, r.envelope.id, device.tenant, r.envelope.app, r.envelope.kind, pack(r.envelope.payload),
+              1, 0, r.envelope.created, None, "queued", "", "", now, pack({}), now, r.digest) for r in batch]
+            for batch in judged(f"floor-{n}")
+        ]  # fmt: skip
+        floor.append(_cpu_us_per(BATCH * ADMIT_BATCHES, transactions(lambda b: _UPSERT.run(conn, b), rows)))
+    return statistics.median(ours), statistics.median(floor)
+
+
+def claim_figures() -> tuple[float, float]:
+    """(claiming a row as the executor gets it, an UPDATE of the same rows) CPU us per row."""
+    conn = _ledger()
     conn.executemany(
         "INSERT INTO intents (device_id, intent_id, tenant, app, kind, payload, attempt, priority, created, expires,"
         " state, code, detail, tries, next_run, overrides, confirmed, updated) VALUES ('bench-device', ?, '',"
@@ -142,6 +198,7 @@ def main() -> int:
         try:
             decode, unpack = decode_figures()
             claim, update = claim_figures()
+            admit, insert = admit_figures()
             execute, bare = asyncio.run(http_figures(port))
         finally:
             sink.stop()
@@ -158,6 +215,10 @@ def main() -> int:
     print(
         f"| claim on SQLite, {CLAIM_ROWS} rows a claim, per row | {claim:.1f} us "
         f"| {update:.1f} us (an UPDATE of the rows) | {claim / update:.1f}x |"
+    )
+    print(
+        f"| admission on SQLite, {BATCH}-intent batches, per intent | {admit:.1f} us "
+        f"| {insert:.1f} us (the rows' INSERT alone) | {admit / insert:.1f}x |"
     )
     return 0
 

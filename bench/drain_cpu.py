@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.load import publish_timed
-from bench.p2_drain import first_last
+from bench.p2_drain import first_last, watch_drain
 from bench.procs import BIN, CpuWatch, free_port
 from bench.stack import EnrolledPair, Stack, edge_counts, intent_body
 
@@ -68,17 +68,8 @@ def main() -> None:
                     str(args.spy / name),
                 ]
                 spies.append(subprocess.Popen([*command, "--nonblocking"], stdout=subprocess.DEVNULL))
-        used_accepting: dict[str, float] | None = None  # CPU until none is left waiting for the bridge's accept
-        while time.monotonic() < t0 + 300:
-            counts = edge_counts(edge_dir)
-            if used_accepting is None and counts and not counts.get("accepted", 0):
-                used_accepting = cpu.used()
-                if args.accept_only:
-                    break
-            if counts.get("delivered", 0) >= backlog:
-                break
-            time.sleep(0.5)
-        took, used = time.monotonic() - t0, cpu.used()
+        used_accepting, used = watch_drain(edge_dir, cpu, backlog, 300, accept_only=args.accept_only)
+        took = time.monotonic() - t0
         for spy in spies:
             spy.send_signal(2)
             spy.wait(30)

@@ -35,6 +35,26 @@ def first_last(bridge_dir: Path, edge_dir: Path) -> tuple[float, float, float, i
     return first or 0.0, last or 0.0, (back or 0) / 1000, int(n_acc), int(n_back)
 
 
+def watch_drain(
+    edge_dir: Path, cpu: CpuWatch, backlog: int, seconds: float, *, accept_only: bool = False
+) -> tuple[dict[str, float] | None, dict[str, float]]:
+    """Poll the edge every half second until all `backlog` results are back (with `accept_only`, until none
+    waits for the bridge's accept) or `seconds` have passed; returns the CPU used until none waited for the
+    accept (None if some still did) and the CPU used in all."""
+    deadline = time.monotonic() + seconds
+    accepting: dict[str, float] | None = None
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        counts = edge_counts(edge_dir)
+        if accepting is None and counts and not counts.get("accepted", 0):
+            accepting = cpu.used()
+            if accept_only:
+                break
+        if counts.get("delivered", 0) >= backlog:
+            break
+    return accepting, cpu.used()
+
+
 def run(stack: Stack, mosquitto: str, runs: int, backlog: int, cap_s: float) -> list[Figure]:
     note = f"{backlog:,} intents, first to last"
     # The targets of issue 15.
@@ -77,16 +97,7 @@ def run(stack: Stack, mosquitto: str, runs: int, backlog: int, cap_s: float) -> 
         bridge = pair.start_bridge(bridge_dir)
         t0 = time.time()
         edge = stack.start_edge(edge_dir, free_port(), "--max-queue-items", "0")
-        cpu = CpuWatch(edge=edge.pid, bridge=bridge.pid)
-        used_accepting: dict[str, float] | None = None  # CPU until none is left waiting for the bridge's accept
-        while time.time() < t0 + cap_s:
-            time.sleep(0.5)
-            counts = edge_counts(edge_dir)
-            if used_accepting is None and counts and not counts.get("accepted", 0):
-                used_accepting = cpu.used()
-            if counts.get("delivered", 0) >= backlog:
-                break
-        used = cpu.used()
+        used_accepting, used = watch_drain(edge_dir, CpuWatch(edge=edge.pid, bridge=bridge.pid), backlog, cap_s)
         edge.stop()
         bridge.stop()
         first, last, back, n_acc, n_back = first_last(bridge_dir, edge_dir)

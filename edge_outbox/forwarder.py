@@ -14,7 +14,6 @@ On the same session it reports the outbox's health and answers diagnose requests
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import socket
@@ -25,6 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import aiomqtt
+import orjson
 
 from edge_outbox import offline_ops, ops
 from edge_outbox.bridge_access import client_tls_context, device_token
@@ -101,9 +101,36 @@ def envelope_of(row: IntentRow, clock: BridgeClock) -> Envelope:
         created=clock.bridge_ms(row.created),
         expires=None if row.expires is None else clock.bridge_ms(row.expires),
         attempt=row.attempt,
-        payload=json.loads(row.payload),
+        payload=orjson.loads(row.payload),  # exact for what the intake took: integers within 64 bits
         priority=row.priority,
     )
+
+
+def encode_rows(
+    rows: list[IntentRow], clock: BridgeClock
+) -> tuple[bytes | None, list[IntentRow], list[tuple[int, str]]]:
+    """The batch of `rows` for the bridge (None if none can go), the rows it carries, and (seq, why) for
+    each row that cannot be sent.
+
+    The intake refuses such payloads (a lone surrogate in a string, which msgpack cannot encode; a number
+    past the float range), but an older outbox's intake stored some: one of them must not hold up every
+    intent behind it, as it did when the whole batch failed to encode.
+    """
+    try:
+        return encode_batch([envelope_of(r, clock) for r in rows]), rows, []
+    except (ValueError, OverflowError):  # UnicodeEncodeError and orjson's JSONDecodeError are ValueErrors
+        pass
+    sendable: list[IntentRow] = []
+    unsendable: list[tuple[int, str]] = []
+    for row in rows:
+        try:
+            encode_batch([envelope_of(row, clock)])
+        except (ValueError, OverflowError) as exc:
+            unsendable.append((row.seq, str(exc)[:200]))
+        else:
+            sendable.append(row)
+    batch = encode_batch([envelope_of(r, clock) for r in sendable]) if sendable else None
+    return batch, sendable, unsendable
 
 
 class Forwarder:
@@ -328,9 +355,14 @@ class Forwarder:
                 except TimeoutError:
                     pass
                 continue
-            await client.publish(
-                self._intents_topic, encode_batch([envelope_of(r, self._gate.clock) for r in rows]), qos=1
-            )
+            batch, rows, unsendable = encode_rows(rows, self._gate.clock)
+            if unsendable:
+                ended = await self._store.call(ops.reject_unsendable, unsendable, now)
+                self._log.error("%d stored intents cannot be sent to the bridge: ended rejected/bad_json", ended)
+                self.errors.add(now, "unsendable", f"{ended} stored intents could not be sent: {unsendable[0][1]}")
+            if batch is None:
+                continue
+            await client.publish(self._intents_topic, batch, qos=1)
             window.sent([r.id for r in rows], now)
             self._sent += len(rows)
             raise_if_cancelled()

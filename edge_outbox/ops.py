@@ -6,12 +6,13 @@ calls the same functions inside its own transaction. Either way, triggers keep s
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, cast
+
+import orjson
 
 from edge_outbox.db import COLUMNS, EVENT_COLUMNS, SELECT_ROW, IntentRow, StatusEvent, pending_totals
 from edge_outbox.errors import IllegalTransitionError, NotFoundError
@@ -244,6 +245,20 @@ def cancel(conn: sqlite3.Connection, intent_id: str, now: int) -> IntentRow:
         code="cancelled_by_operator",
         detail="cancelled with edge-outbox cancel",
     )
+
+
+def reject_unsendable(conn: sqlite3.Connection, unsendable: list[tuple[int, str]], now: int) -> int:
+    """End intents whose stored payload the wire cannot carry, given as (seq, why): `rejected/bad_json`,
+    as today's intake answers the same payload. Returns how many ended."""
+    ended = 0
+    for seq, why in unsendable:
+        row = _row(conn, "seq = ?", seq)
+        if row is not None and row.state in sources(Event.UNSENDABLE):
+            _transition(
+                conn, row, Event.UNSENDABLE, now, code="bad_json", detail=f"cannot be sent to the bridge: {why}"
+            )
+            ended += 1
+    return ended
 
 
 def retry(conn: sqlite3.Connection, intent_id: str, now: int) -> IntentRow:
@@ -523,7 +538,7 @@ def _ack_targets(conn: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[in
             f" WHERE id IN ({chunk_marks}) AND state <> 'rejected'",
             chunk,
         ).fetchone()
-        for seq, intent_id, state, sent, attempt in json.loads(found):
+        for seq, intent_id, state, sent, attempt in orjson.loads(found):
             current[intent_id] = (seq, State(state), sent, attempt)
     return current
 

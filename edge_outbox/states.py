@@ -52,6 +52,7 @@ class Event(StrEnum):
     REVOKE = "revoke"
     RETRY = "retry"
     RERUN = "rerun"  # an ack for a newer attempt than ours: an operator retried it at the bridge
+    UNSENDABLE = "unsendable"  # a stored payload the wire cannot carry (kept by an older, laxer intake)
 
 
 class Effect(StrEnum):
@@ -75,6 +76,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     **{(s, e): target for s in PENDING for e, target in _BRIDGE_RESULTS.items()},
     (State.ACCEPTED, Event.DEADLINE): State.EXPIRED,
     (State.ACCEPTED, Event.CANCEL): State.CANCELLED,
+    (State.ACCEPTED, Event.UNSENDABLE): State.REJECTED,
     **{(s, Event.REVOKE): State.FAILED for s in PENDING},
     **{(s, Event.RETRY): State.ACCEPTED for s in RETRYABLE},
     **{(s, Event.RERUN): State.FORWARDED for s in RETRYABLE},

@@ -21,6 +21,19 @@ BAD_INPUTS = [
     ("outbox/bad app!/email.send", json.dumps(email()).encode(), "bad_app"),
     ("outbox/hvac/email.send", json.dumps(email(id="no spaces allowed")).encode(), "bad_id"),
     ("outbox/hvac", json.dumps(email()).encode(), "bad_topic"),
+    # JSON a stricter reader refuses: text that is not Unicode (it broke the schema check) and a number
+    # past the float range (infinity); neither can be sent on to the bridge
+    ("outbox/hvac/email.send", json.dumps(email(subject="\ud800")).encode(), "bad_json"),
+    (
+        "outbox/hvac/http.request",
+        b'{"credential": "c", "method": "POST", "path": "/", "json": {"s": "\\udfff"}}',
+        "bad_json",
+    ),
+    (
+        "outbox/hvac/http.request",
+        b'{"credential": "c", "method": "POST", "path": "/", "json": {"n": 1e400}}',
+        "bad_json",
+    ),
 ]
 
 

@@ -27,7 +27,7 @@ from edge_outbox.enroll_client import enroll
 from edge_outbox.errors import PermanentError
 from edge_outbox.forwarder import Forwarder, LinkState
 from edge_outbox.identity import load_identity
-from edge_outbox.intake_rules import admit
+from edge_outbox.intake_rules import Admitted, admit
 from edge_outbox.ops import QueueLimits
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.states import State
@@ -157,6 +157,40 @@ async def test_intents_are_delivered_confirmed_and_statuses_applied(
 
         await until(all_confirmed, timeout=10, what="every result confirmed")
         assert forwarder.snapshot().state is LinkState.CONNECTED
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+
+
+async def test_a_stored_payload_the_wire_cannot_carry_is_rejected_and_holds_nothing_up(
+    tmp_path: Path, bridge: Harness, counting: CountingIntegration
+) -> None:
+    edge_dir = await enrolled_edge(tmp_path, bridge)
+    store, forwarder, task = await run_forwarder(edge_dir, ForwarderSettings(batch_items=50))
+    try:
+        # Rows an older outbox's intake stored (today's refuses them): a lone surrogate, a number past the
+        # float range. Committed as that intake did, between good intents of the same batch.
+        await queue_intents(store, 3, prefix="before")
+        for intent_id, body in [("lone", b'"\\ud800"'), ("huge", b"1e400")]:
+            raw = (
+                b'{"to": "ops@example.com", "subject": ' + body + b', "text": "x", "id": "' + intent_id.encode() + b'"}'
+            )
+            old = Admitted(intent_id, "app", "email.send", raw, 0, now_ms(), None, True)
+            await store.call(ops.commit_intake, old, QueueLimits(), now_ms())
+        await queue_intents(store, 3, prefix="after")
+        forwarder.wake()
+        good = {f"{p}{n}" for p in ("before", "after") for n in range(3)}
+        await until(lambda: {i for i, s in states(edge_dir).items() if s == "delivered"} == good, what="good ones")
+        conn = db.connect(edge_dir)
+        try:
+            rows = {i: ops.get(conn, i) for i in ("lone", "huge")}
+        finally:
+            conn.close()
+        assert {(r.state, r.code) for r in rows.values()} == {(State.REJECTED, "bad_json")}
+        assert all(r.detail.startswith("cannot be sent to the bridge: ") for r in rows.values())
+        assert sorted(j.intent_id for j in counting.calls) == sorted(good)  # the bridge never saw the two
+        assert "unsendable" in {line.code for line in forwarder.errors.lines(now_ms())}
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

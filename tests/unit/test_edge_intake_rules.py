@@ -2,13 +2,10 @@
 
 import itertools
 import json
-import re
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from edge_outbox.intake_rules import MAX_PAYLOAD_BYTES, Admitted, Refused, admit, long_digits, split_topic
+from edge_outbox.intake_rules import MAX_PAYLOAD_BYTES, Admitted, Refused, admit, split_topic
 
 NOW = 1_800_000_000_000
 counter = itertools.count()
@@ -53,6 +50,13 @@ def test_app_id_ttl_and_priority_are_honoured() -> None:
         ("outbox/hvac/email.send", b"\xff\xfe", "bad_json"),
         ("outbox/hvac/email.send", b"[1, 2]", "bad_json"),
         ("outbox/hvac/email.send", b'{"to": NaN}', "bad_json"),
+        ("outbox/hvac/email.send", b'{"to": "ops@example.com", "subject": "\\ud800", "text": "x"}', "bad_json"),
+        (
+            "outbox/hvac/http.request",
+            b'{"credential": "c", "method": "GET", "path": "/", "json": "\\udc00"}',
+            "bad_json",
+        ),
+        ("outbox/hvac/http.request", b'{"credential": "c", "method": "GET", "path": "/", "json": 1e999}', "bad_json"),
         ("outbox/hvac/email.send", b'{"n": 99999999999999999999999}', "bad_json"),
         ("outbox/hvac/email.send", b"[" * 40 + b"]" * 40, "bad_json"),
         ("outbox/hvac/email.send", b"[" * 5000 + b"]" * 5000, "bad_json"),
@@ -110,11 +114,3 @@ def test_integers_must_fit_64_bits_at_any_depth(number: int, admitted: bool) -> 
 def test_long_runs_of_digits_in_strings_are_not_integers() -> None:
     body = {"credential": "sink", "method": "POST", "path": "/hook", "json": {"card": "4" * 40, "n": 7}}
     assert isinstance(run("outbox/hvac/http.request", body), Admitted)
-
-
-_DIGIT_RUNS = st.lists(st.sampled_from([b"7", b"0", b"a", b"-", b"9" * 18]), max_size=12).map(b"".join)
-
-
-@given(st.binary(max_size=64) | _DIGIT_RUNS)
-def test_long_digits_finds_exactly_19_digits_in_a_row(raw: bytes) -> None:
-    assert long_digits(raw) is bool(re.search(rb"[0-9]{19}", raw))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 from collections import deque
@@ -24,8 +23,9 @@ from edge_outbox.mqtt.session import Message, Session
 from edge_outbox.mqtt.topics import may_match, may_publish, may_subscribe, valid_filter
 from edge_outbox.states import State
 from edge_outbox.status import status_payload, status_topic
+from intent_contract import json_bounded
 from intent_contract import mqtt_packets as p
-from intent_contract.errors import MalformedPacketError
+from intent_contract.errors import DecodeError, MalformedPacketError
 from intent_contract.mqtt_packets import ConnackCode, Type
 
 if TYPE_CHECKING:
@@ -409,10 +409,14 @@ class Connection:
             self.endpoint.route(will.topic, will.payload, will.qos, will.retain)
 
 
+_MAX_SEQ = 2**63 - 1  # SQLite's largest integer: a seq past it cannot be compared in SQL
+
+
 def _parse_replay(raw: bytes) -> int | None:
+    """The `after` of a replay request `{"after": SEQ}`, or None for anything else."""
     try:
-        doc = json.loads(raw[:1000])
-    except ValueError:
+        doc = json_bounded.loads(raw, max_bytes=1000)
+    except DecodeError:
         return None
     after = doc.get("after") if isinstance(doc, dict) else None
-    return after if isinstance(after, int) and not isinstance(after, bool) and after >= 0 else None
+    return after if isinstance(after, int) and not isinstance(after, bool) and 0 <= after <= _MAX_SEQ else None

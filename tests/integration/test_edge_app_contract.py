@@ -45,10 +45,17 @@ def test_an_app_can_ask_for_its_statuses_after_a_sequence_number(tmp_path: Path)
         wait_until(lambda: len(app.statuses) == 5, what="five statuses")
         third = app.statuses[2][1]["seq"]
         app.statuses.clear()
+        # Requests the outbox cannot answer are logged and dropped; the connection stays up.
+        bad = [json.dumps(b).encode() for b in ({"after": 2**63}, {"after": 2**64 - 1}, {"after": -1}, {"after": "3"})]
+        bad += [b"[0]", b"[" * 900 + b"]" * 900, b"{nope", b'{"after": 1}' + b" " * 1000]
+        for n, body in enumerate(bad):
+            app.publish("outbox/app/replay", body, name=f"bad-{n}")
+        wait_until(lambda: len(app.acked) == 5 + len(bad), what="PUBACKs of the bad replay requests")
         app.publish("outbox/app/replay", json.dumps({"after": third}).encode())
         wait_until(lambda: len(app.statuses) == 2, what="the replayed statuses")
         assert [s["id"] for _t, s in app.statuses] == ["r3", "r4"]
         assert all(s["seq"] > third for _t, s in app.statuses)
+        assert app.connects == 1
 
 
 def test_a_rejection_is_published_under_the_apps_own_id(tmp_path: Path) -> None:

@@ -120,6 +120,7 @@ class Client:
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.connect_result: Any = None
+        self.connects = 0  # successful CONNACKs: more than one means the connection was lost and made again
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean, protocol=mqtt.MQTTv311)
         if username:
             c.username_pw_set(username, password)
@@ -136,6 +137,7 @@ class Client:
     def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connect_result = reason
         if not reason.is_failure:
+            self.connects += 1
             self.connected.set()
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:

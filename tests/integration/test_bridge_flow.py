@@ -118,6 +118,26 @@ async def test_schema_violations_are_rejected_and_policy_applies(
     assert sent == {"accepted": 1.0, "rejected": 2.0, "delivered": 1.0}
 
 
+async def test_times_past_what_the_ledger_stores_are_rejected_and_the_rest_of_the_batch_goes_on(
+    harness: Harness, counting: CountingIntegration
+) -> None:
+    creds = await harness.enroll()
+    client = await harness.connect(creds)
+    try:
+        # msgpack carries integers to 2**64 - 1; the ledgers' (SQLite, PostgreSQL bigint) stop at 2**63 - 1.
+        # The schema's bound is 2**53 - 1.
+        late = [replace(email("t-1"), created=2**63), replace(email("t-2"), expires=2**64 - 1)]
+        late += [replace(email("t-3"), expires=2**53)]
+        client.send([*late, email("t-4"), replace(email("t-5"), expires=2**53 - 1)])
+        await until(lambda: "delivered" in client.states().get("t-4", []), what="the good one delivered")
+        by_id = {a.id: a for a in client.acks}
+        assert {(by_id[e.id].state, by_id[e.id].code) for e in late} == {("rejected", "schema_violation")}
+        await until(lambda: "delivered" in client.states().get("t-5", []), what="the one at the bound delivered")
+        assert sorted(job.intent_id for job in counting.calls) == ["t-4", "t-5"]
+    finally:
+        await client.stop()
+
+
 async def test_a_control_character_in_a_mail_header_is_rejected_at_admission(
     harness: Harness, counting: CountingIntegration
 ) -> None:

@@ -19,7 +19,7 @@ import msgpack
 from intent_contract.errors import DecodeError, SchemaViolationError, UnsupportedVersionError
 from intent_contract.names import is_name
 from intent_contract.schemas import validate
-from intent_contract.wire import DEFAULT_LIMITS, MAX_DETAIL, UNSUPPORTED_VERSION, WIRE_VERSION, Limits
+from intent_contract.wire import DEFAULT_LIMITS, MAX_ATTEMPT, MAX_DETAIL, UNSUPPORTED_VERSION, WIRE_VERSION, Limits
 
 T = TypeVar("T")
 
@@ -241,8 +241,8 @@ def _acks_v1(items: list[Any], data: bytes) -> list[Ack]:
 
 
 def _attempt(value: Any) -> int:
-    if type(value) is not int or value < 0:  # not isinstance: True would pass for 1
-        raise ValueError(f"ack attempt must be a non-negative integer, not {value!r}")
+    if type(value) is not int or not 0 <= value <= MAX_ATTEMPT:  # not isinstance: True would pass for 1
+        raise ValueError(f"ack attempt must be an integer from 0 to {MAX_ATTEMPT}, not {value!r}")
     return value
 
 

@@ -23,6 +23,7 @@ from intent_contract.codec import (
     refuse_version,
 )
 from intent_contract.errors import DecodeError, UnsupportedVersionError
+from intent_contract.wire import MAX_ATTEMPT
 
 PAYLOAD = {"to": "a@example.com", "subject": "S", "text": "t"}
 
@@ -182,7 +183,8 @@ def test_an_acks_attempt_is_optional_on_the_wire_and_checked() -> None:
         with_attempt,
         Ack("i-2", AckState.FAILED),
     ]
-    for bad in (-1, "2", True, 1.5):
+    # past MAX_ATTEMPT: 2**63 also failed the edge's SQL (OverflowError) on every resend of the acks
+    for bad in (-1, "2", True, 1.5, MAX_ATTEMPT + 1, 2**63, 2**64 - 1):
         raw = msgpack.packb({"v": 1, "acks": [{"id": "i-1", "state": "accepted", "attempt": bad}]})
         with pytest.raises(DecodeError, match="attempt"):
             decode_acks(raw)

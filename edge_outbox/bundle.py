@@ -14,15 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_outbox import offline_ops
+from edge_outbox import offline_ops, ops
 from edge_outbox.bridge_pins import load_pins
 from edge_outbox.db import IntentRow
 from edge_outbox.errors import ConfigError, PermanentError
-from edge_outbox.forwarder import envelope_of
+from edge_outbox.forwarder import encode_rows
 from edge_outbox.identity import identity_dir, key_file, load_identity
 from edge_outbox.key_rotation import pending_rotation
 from intent_contract import sealed, signed
-from intent_contract.codec import encode_batch, encode_confirms
+from intent_contract.codec import encode_confirms
 from intent_contract.files import write_atomic
 from intent_contract.offline_wire import BUNDLE_TYPE, Bundle
 from intent_contract.wire import BATCH_ITEMS, BATCH_PAYLOAD_BYTES, CONFIRMS_PER_MESSAGE
@@ -41,6 +41,7 @@ class Exported:
     confirms: int
     left_out: int  # intents not yet accepted by the bridge that did not fit under --max-bytes
     bytes: int
+    unsendable: int = 0  # stored intents the batch cannot carry: ended rejected/bad_json (forwarder.encode_rows)
 
 
 def export(
@@ -61,7 +62,7 @@ def export(
     if max_bytes <= _HEADROOM:
         raise ConfigError(f"--max-bytes must be over {_HEADROOM >> 20} MiB")
     batches: list[bytes] = []
-    used = {"bytes": 0, "intents": 0}
+    used = {"bytes": 0, "intents": 0, "unsendable": 0}
     if offline_ops.revocation(conn) is not None:
         raise PermanentError("this device was revoked at the bridge: there is nothing it may send")
     conn.execute("BEGIN IMMEDIATE")
@@ -70,12 +71,16 @@ def export(
         total = offline_ops.pending_count(conn)
 
         def fits(rows: list[IntentRow]) -> bool:
-            message = encode_batch([envelope_of(r, clock) for r in rows])
+            message, sendable, unsendable = encode_rows(rows, clock)
+            if unsendable:
+                used["unsendable"] += ops.reject_unsendable(conn, unsendable, now)
+            if message is None:
+                return True
             if used["bytes"] + len(message) > max_bytes - _HEADROOM:
                 return False
             batches.append(message)
             used["bytes"] += len(message)
-            used["intents"] += len(rows)
+            used["intents"] += len(sendable)
             if progress is not None:
                 progress(used["intents"], total)
             return True
@@ -110,4 +115,4 @@ def export(
     conn.execute("BEGIN IMMEDIATE")
     offline_ops.drop_confirms(conn, confirms)
     conn.execute("COMMIT")
-    return Exported(body.id, used["intents"], len(confirms), left, len(data))
+    return Exported(body.id, used["intents"], len(confirms), left, len(data), used["unsendable"])

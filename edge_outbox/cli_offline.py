@@ -69,6 +69,11 @@ def export_cmd(data_dir: Path, out: Path, max_bytes: int, as_json: bool) -> None
     )
     if done.left_out:
         click.echo(f"{done.left_out} intents did not fit under --max-bytes: export again for them", err=True)
+    if done.unsendable:
+        click.echo(
+            f"{done.unsendable} stored intents cannot be sent (stored by an older outbox): ended rejected/bad_json",
+            err=True,
+        )
 
 
 @click.command(name="import-receipt")

@@ -67,7 +67,7 @@ def take_for_export(
         rows = ops.next_batch(conn, limit=batch_items, max_bytes=batch_bytes, sent_before=now)
         if not rows or not fits(rows):
             return batches
-        ops.take_batch(conn, limit=len(rows), max_bytes=batch_bytes, sent_before=now, now=now)
+        ops.mark_sent(conn, [r.seq for r in rows], now)  # these rows: `fits` may have ended some (not sendable)
         batches.append(rows)
 
 

@@ -459,7 +459,7 @@ def next_batch(conn: sqlite3.Connection, *, limit: int, max_bytes: int, sent_bef
     return batch
 
 
-def _mark_sent(conn: sqlite3.Connection, seqs: list[int], now: int) -> None:
+def mark_sent(conn: sqlite3.Connection, seqs: list[int], now: int) -> None:
     """Record that these intents are about to go to the bridge (so they can no longer be cancelled)."""
     for chunk, chunk_marks in in_chunks(seqs):
         conn.execute(
@@ -471,7 +471,7 @@ def _mark_sent(conn: sqlite3.Connection, seqs: list[int], now: int) -> None:
 def take_batch(conn: sqlite3.Connection, *, limit: int, max_bytes: int, sent_before: int, now: int) -> list[IntentRow]:
     """`next_batch`, marked sent in the same transaction: one store call per batch for the send loop."""
     rows = next_batch(conn, limit=limit, max_bytes=max_bytes, sent_before=sent_before)
-    _mark_sent(conn, [r.seq for r in rows], now)
+    mark_sent(conn, [r.seq for r in rows], now)
     return rows
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from edge_outbox import db, ops
+from edge_outbox.intake_rules import Admitted
+from edge_outbox.ops import QueueLimits
 from intent_contract import sealed, signed
 from intent_contract.codec import Ack, AckState, encode_acks, encode_batch
 from intent_contract.device_token import generate_private_key_pem
@@ -24,7 +27,7 @@ from tests.support.sneakernet import (
     import_receipt,
     imported,
 )
-from tests.support.stack import Stack, ids, point_edge_at
+from tests.support.stack import APP, Stack, ids, point_edge_at
 
 COUNT = 300
 
@@ -75,6 +78,26 @@ def test_bundle_round_trip_on_files_only_runs_each_intent_once(stack: Stack, tmp
     assert later["confirms"] == COUNT
     assert imported(stack, tmp_path / "next.bundle", tmp_path / "r3.receipt")["final_results_in_receipt"] == 0
     assert max(stack.sink.executions().values()) == 1
+
+
+@pytest.mark.timeout(300)
+def test_a_stored_intent_the_batch_cannot_carry_is_ended_and_the_rest_exported(stack: Stack, tmp_path: Path) -> None:
+    intent_ids, app = _offline_edge(stack, "odd", 5)
+    # As an older outbox's intake stored it (today's refuses it): a lone surrogate in the subject.
+    raw = b'{"to": "ops@example.com", "subject": "\\ud800", "text": "x"}'
+    conn = db.connect(stack.edge_dir)
+    try:
+        now = time.time_ns() // 1_000_000
+        ops.commit_intake(conn, Admitted("odd-lone", APP, "email.send", raw, 9, now, None, True), QueueLimits(), now)
+    finally:
+        conn.close()
+    done = export(stack.edge_dir, tmp_path / "site.bundle")  # failed as a whole before, on every try
+    assert (done["intents"], done["unsendable"]) == (5, 1)
+    assert stack.edge_states()["odd-lone"] == "rejected"
+    wait_until(lambda: "odd-lone" in app.ids_with("rejected"), 30, what="the app told")  # type: ignore[attr-defined]
+    assert imported(stack, tmp_path / "site.bundle", tmp_path / "r.receipt", "--wait", "60s")["intents"] == 5
+    wait_until(lambda: stack.sink.distinct() == 5, 60, what="execution of the exported intents")
+    assert set(stack.sink.executions()) == set(intent_ids)
 
 
 @pytest.mark.timeout(300)

@@ -183,6 +183,28 @@ async def test_a_batch_of_another_wire_version_is_rejected_not_dropped(
         await client.stop()
 
 
+async def test_binary_values_in_an_envelope_are_rejected_and_the_rest_of_the_batch_goes_on(
+    harness: Harness, counting: CountingIntegration
+) -> None:
+    creds = await harness.enroll()
+    client = await harness.connect(creds)
+    try:
+        # msgpack has a binary type that JSON, and the schema check, do not: in a payload value, a key, the id.
+        in_value, in_key, as_id = email("b-1").to_wire(), email("b-2").to_wire(), email("b-3").to_wire()
+        in_value["payload"]["subject"] = b"Alarm"
+        in_key["payload"][b"cc"] = "ops@example.com"
+        as_id["id"] = b"b-3"
+        items = [in_value, in_key, as_id, email("b-4").to_wire()]
+        client.publish("intents", msgpack.packb({"v": 1, "items": items}, use_bin_type=True))
+        await until(lambda: "delivered" in client.states().get("b-4", []), what="the good one delivered")
+        by_id = {a.id: a for a in client.acks}
+        assert {(by_id[i].state, by_id[i].code) for i in ("b-1", "b-2")} == {("rejected", "schema_violation")}
+        assert "#2" not in by_id  # an entry with no readable id is reported by its index, not acked
+        assert [job.intent_id for job in counting.calls] == ["b-4"]
+    finally:
+        await client.stop()
+
+
 def _huge_declared_array() -> bytes:
     # array32 header declaring 4 billion items, then nothing.
     return b"\x82\xa1v\x01\xa5items\xdd\xff\xff\xff\xff"

@@ -75,3 +75,17 @@ def test_a_trailing_newline_does_not_pass_a_name_pattern() -> None:
     # Python's re lets "$" match before a final newline; the schema's patterns are anchored for real.
     with pytest.raises(SchemaViolationError):
         validate("email.send", {"to": "ops@example.com", "subject": "S", "text": "t", "id": "abc\n"})
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"to": "ops@example.com", "subject": b"binary", "text": "t"},  # msgpack's bin type
+        {"to": "ops@example.com", "subject": "s", "text": "t", b"cc": "x@example.com"},  # a key that is not text
+        {"to": "ops@example.com", "subject": "\ud800", "text": "t"},  # a lone surrogate
+    ],
+)
+def test_what_json_has_no_word_for_is_a_schema_violation_not_a_crash(payload: dict[object, object]) -> None:
+    with pytest.raises(SchemaViolationError, match="not JSON data") as caught:
+        validate("email.send", payload)
+    assert caught.value.code == "schema_violation"

@@ -63,11 +63,11 @@ def validate(name: str, document: object) -> None:
     try:
         if validator.is_valid(document):
             return
+        error = _most_specific(next(iter(validator.iter_errors(document))))
     except ValueError as exc:
         # What JSON has no word for: msgpack's binary values and non-text keys ("Unsupported type: 'bytes'"),
         # a string with a lone surrogate (UnicodeEncodeError). Refused like any other shape it does not take.
         raise SchemaViolationError("schema_violation", f"not JSON data: {exc}"[:300]) from None
-    error = _most_specific(next(iter(validator.iter_errors(document))))
     where = "/".join(str(p) for p in error.instance_path) or "(top level)"
     raise SchemaViolationError("schema_violation", f"{where}: {error.message}"[:300])
 

@@ -175,6 +175,39 @@ def test_arbitrary_structures_inside_v1_batches(value: object) -> None:
     assert len(decoded.invalid) == 1
 
 
+# What msgpack carries beyond JSON: binary values and keys, floats with NaN and infinities, integers to 2**64 - 1.
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=8) | st.binary(max_size=4), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+_FIELDS = ["id", "app", "kind", "created", "expires", "attempt", "priority", "payload", "subject", "extra"]
+_LEDGER_INTEGERS = range(-(2**63), 2**63)  # what SQLite's INTEGER and PostgreSQL's bigint hold
+
+
+@given(field=st.sampled_from(_FIELDS), value=msgpack_values)
+def test_any_value_in_any_field_of_an_envelope_is_judged_on_its_own(field: str, value: object) -> None:
+    hostile = envelope(1).to_wire()
+    if field in ("subject", "extra"):
+        hostile["payload"] = {**PAYLOAD, field: value}
+    else:
+        hostile[field] = value
+    raw = msgpack.packb({"v": 1, "items": [hostile, envelope(2).to_wire()]}, use_bin_type=True)
+    decoded = decode_batch(raw)  # neither a crash nor the batch refused: the entry alone
+    assert len(decoded.envelopes) + len(decoded.invalid) == 2
+    assert decoded.envelopes[-1] == envelope(2)
+    for e in decoded.envelopes:  # what passes, the ledgers can store
+        assert all(n in _LEDGER_INTEGERS for n in (e.created, e.expires or 0, e.attempt, e.priority))
+
+
 def test_an_acks_attempt_is_optional_on_the_wire_and_checked() -> None:
     with_attempt = Ack("i-1", AckState.ACCEPTED, at=5, attempt=2)
     assert with_attempt.to_wire()["attempt"] == 2

@@ -21,6 +21,7 @@ from cloud_bridge.registry import (
     new_code,
     new_id,
 )
+from intent_contract.names import is_name
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -143,7 +144,9 @@ class SqliteRegistry:
         return Device(device_id, row["tenant"], row["name"], public_key_pem, now)
 
     def get(self, device_id: str) -> Device | None:
-        """The device, revoked or not, or None."""
+        """The device, revoked or not, or None (also for what cannot be a device id: ids come from outside)."""
+        if not is_name(device_id):
+            return None
         with self._tx() as db:
             row = db.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         return None if row is None else _device(row)

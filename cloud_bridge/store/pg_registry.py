@@ -23,6 +23,7 @@ from cloud_bridge.registry import (
 )
 from cloud_bridge.store.pg import PgPools
 from cloud_bridge.tokens import LEEWAY_S, TokenClaims, replay_refusal
+from intent_contract.names import is_name
 
 _SWEEP_EVERY = 60.0  # seconds between deletions of every expired replay entry (each device prunes its own)
 
@@ -93,7 +94,9 @@ class PgRegistry:
         return Device(device_id, row["tenant"], row["name"], public_key_pem, now)
 
     def get(self, device_id: str) -> Device | None:
-        """The device, revoked or not, or None."""
+        """The device, revoked or not, or None (also for what cannot be a device id: ids come from outside)."""
+        if not is_name(device_id):
+            return None
         with self._pools.sync_transaction("device registry") as db:
             row = db.execute("SELECT * FROM devices WHERE device_id = %s", (device_id,)).fetchone()
         return None if row is None else _device(row)

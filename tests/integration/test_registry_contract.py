@@ -44,6 +44,9 @@ async def test_a_code_enrolls_once_and_expires(store: Store) -> None:
     with pytest.raises(BridgeError):
         registry.create_code("acme", "bad name", 60, NOW)
     assert registry.get("nope") is None
+    # Ids from outside (a token's subject, a signature's kid): what cannot be an id is no device, on every
+    # store (PostgreSQL's text refuses NUL: that was a TransientError, an HTTP 500 to an unauthenticated caller).
+    assert registry.get("dev\x00ice") is None and registry.get("") is None and registry.get("x" * 500) is None
     assert [d.device_id for d in registry.all_devices()] == [device.device_id]
 
 

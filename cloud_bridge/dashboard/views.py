@@ -21,7 +21,7 @@ from cloud_bridge.dashboard.auth import COOKIE, SESSION_S, Operator, OperatorAut
 from cloud_bridge.dashboard.data import DashboardData, FleetRow
 from cloud_bridge.dashboard.usage_chart import HEIGHT, WIDTH, bars
 from cloud_bridge.usage import day_of
-from intent_contract.names import is_name
+from intent_contract.names import KINDS, is_name
 from intent_contract.timefmt import format_age, format_ms
 
 logger = logging.getLogger(__name__)
@@ -157,6 +157,8 @@ class Dashboard:
                 raise web.HTTPBadRequest(text=f"{key} must be a valid name")
         if query["state"] is not None and query["state"] not in STATES:
             raise web.HTTPBadRequest(text="unknown state")
+        if query["kind"] is not None and query["kind"] not in KINDS:  # also keeps NUL away from PostgreSQL
+            raise web.HTTPBadRequest(text="unknown kind")
         intents = await self._data.intents(
             device_id=query["device"], tenant=query["tenant"], state=query["state"], kind=query["kind"], limit=200
         )

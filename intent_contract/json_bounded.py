@@ -43,7 +43,7 @@ def loads(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH, int6
     """The parsed document; DecodeError when over `max_bytes`, not UTF-8 JSON, NaN/Infinity, a lone
     surrogate, a number past the float range, or too deep; with `int64`, also for an integer outside
     `INT64_RANGE`."""
-    raw = data.encode() if isinstance(data, str) else data
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data  # a lone surrogate: not UTF-8
     if len(raw) > max_bytes:
         raise DecodeError(f"JSON of {len(raw)} bytes is over the {max_bytes}-byte limit", raw)
     try:
@@ -57,7 +57,10 @@ def loads(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH, int6
         check_depth(document, max_depth, raw)
     if long_digits(raw):
         # Read again for exact integers: orjson took the text, and it nests no deeper than `max_depth`.
-        document = _STANDARD.decode(raw.decode("utf-8"))
+        try:
+            document = _STANDARD.decode(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # not known to happen: orjson is the stricter reader
+            raise _refusal(raw, max_depth, str(exc)) from None
         if int64:
             _check_integers(document, raw)
     return document

@@ -43,6 +43,11 @@ def test_bad_input_is_a_decode_error(raw: bytes, reason: str) -> None:
         loads(raw, max_bytes=20_000)
 
 
+def test_text_holding_a_lone_surrogate_is_not_utf8() -> None:
+    with pytest.raises(DecodeError, match="not UTF-8"):
+        loads('{"a": "\ud800"}', max_bytes=100)  # a str, not bytes: the surrogate itself, not its escape
+
+
 def _depth(value: object) -> int:
     if isinstance(value, dict):
         return 1 + max(map(_depth, value.values()), default=0)

@@ -355,16 +355,20 @@ class Forwarder:
                 except TimeoutError:
                     pass
                 continue
-            batch, rows, unsendable = encode_rows(rows, self._gate.clock)
+            batch, sendable, unsendable = encode_rows(rows, self._gate.clock)
             if unsendable:
                 ended = await self._store.call(ops.reject_unsendable, unsendable, now)
-                self._log.error("%d stored intents cannot be sent to the bridge: ended rejected/bad_json", ended)
+                ids = {r.seq: r.id for r in rows}
+                named = ", ".join(ids[seq] for seq, _why in unsendable[:5])
+                self._log.error(
+                    "%d stored intents cannot be sent to the bridge (%s): ended rejected/bad_json", ended, named
+                )
                 self.errors.add(now, "unsendable", f"{ended} stored intents could not be sent: {unsendable[0][1]}")
             if batch is None:
                 continue
             await client.publish(self._intents_topic, batch, qos=1)
-            window.sent([r.id for r in rows], now)
-            self._sent += len(rows)
+            window.sent([r.id for r in sendable], now)
+            self._sent += len(sendable)
             raise_if_cancelled()
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:

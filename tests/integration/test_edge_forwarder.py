@@ -164,7 +164,7 @@ async def test_intents_are_delivered_confirmed_and_statuses_applied(
 
 
 async def test_a_stored_payload_the_wire_cannot_carry_is_rejected_and_holds_nothing_up(
-    tmp_path: Path, bridge: Harness, counting: CountingIntegration
+    tmp_path: Path, bridge: Harness, counting: CountingIntegration, caplog: pytest.LogCaptureFixture
 ) -> None:
     edge_dir = await enrolled_edge(tmp_path, bridge)
     store, forwarder, task = await run_forwarder(edge_dir, ForwarderSettings(batch_items=50))
@@ -191,6 +191,8 @@ async def test_a_stored_payload_the_wire_cannot_carry_is_rejected_and_holds_noth
         assert all(r.detail.startswith("cannot be sent to the bridge: ") for r in rows.values())
         assert sorted(j.intent_id for j in counting.calls) == sorted(good)  # the bridge never saw the two
         assert "unsendable" in {line.code for line in forwarder.errors.lines(now_ms())}
+        logged = [r.getMessage() for r in caplog.records if "cannot be sent to the bridge" in r.getMessage()]
+        assert logged and all(("lone" in m or "huge" in m) for m in logged)  # the log names them
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -1,4 +1,4 @@
-"""Micro-benchmarks of four hot paths, each against its floor measured in the same run.
+"""Micro-benchmarks of five hot paths, each against its floor (or its predecessor) measured in the same run.
 
 `python -m bench.micro` prints CPU microseconds per intent (median of 5 repetitions):
 - decoding a 500-intent batch at the bridge (`decode_batch`: msgpack, depth check, schema
@@ -9,14 +9,17 @@
 - claiming queued rows on the SQLite ledger, 16 a claim, as the executor gets them (the claim's UPDATE
   and a `LedgerEntry` per row) against one UPDATE of the same rows;
 - admitting judged 500-intent batches on the SQLite ledger (`admit_plan`: the existing rows read, the
-  plan, the rows, audit rows and usage written) against the INSERT statements of the same rows alone.
-The findings in BENCHMARKS.md quote these (F7, F8, F44, F46); the benchmark gates nothing.
+  plan, the rows, audit rows and usage written) against the INSERT statements of the same rows alone;
+- reading an app's intent as the edge's intake does (`json_bounded.loads`: orjson within the limits)
+  against the standard `json.loads` it replaced.
+The findings in BENCHMARKS.md quote these (F7, F8, F44, F46, F47); the benchmark gates nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import sqlite3
 import statistics
 import sys
@@ -30,7 +33,7 @@ import aiohttp
 import msgpack
 
 from bench.procs import Proc, free_port
-from bench.stack import SINK_TOKEN_ENV, payload
+from bench.stack import SINK_TOKEN_ENV, intent_body, payload
 from cloud_bridge.integrations.base import Job
 from cloud_bridge.integrations.http import HttpIntegration
 from cloud_bridge.ledger import pack
@@ -39,6 +42,7 @@ from cloud_bridge.ledger_sqlite import _claim_rows
 from cloud_bridge.ledger_sqlite_admit import _UPSERT, admit_plan
 from cloud_bridge.ledger_sqlite_schema import migrate
 from cloud_bridge.policy import Decision, DeviceRef
+from intent_contract import json_bounded
 from intent_contract.codec import Envelope, decode_batch, encode_batch
 
 BATCH = 500
@@ -48,6 +52,7 @@ CLAIM_ROWS = 16
 CONCURRENCY = 16
 ADMIT_BATCHES = 10  # of BATCH intents, per repetition
 REPEATS = 5
+JSON_INTENTS = 20_000
 
 T = TypeVar("T")
 
@@ -114,6 +119,22 @@ def admit_figures() -> tuple[float, float]:
         ]  # fmt: skip
         floor.append(_cpu_us_per(BATCH * ADMIT_BATCHES, transactions(lambda b: _UPSERT.run(conn, b), rows)))
     return statistics.median(ours), statistics.median(floor)
+
+
+def json_figures() -> tuple[float, float]:
+    """(json_bounded.loads, the standard json.loads) CPU us per intent, on `bench.stack.intent_body` intents."""
+    bodies = [intent_body(n, f"bench-{n}") for n in range(JSON_INTENTS)]
+
+    def read(parse: Callable[[bytes], object]) -> Callable[[], None]:
+        def run() -> None:
+            for body in bodies:
+                parse(body)
+
+        return run
+
+    ours = [_cpu_us_per(JSON_INTENTS, read(lambda b: json_bounded.loads(b, max_bytes=1 << 18))) for _ in range(REPEATS)]
+    standard = [_cpu_us_per(JSON_INTENTS, read(json.loads)) for _ in range(REPEATS)]
+    return statistics.median(ours), statistics.median(standard)
 
 
 def claim_figures() -> tuple[float, float]:
@@ -199,6 +220,7 @@ def main() -> int:
             decode, unpack = decode_figures()
             claim, update = claim_figures()
             admit, insert = admit_figures()
+            bounded, standard = json_figures()
             execute, bare = asyncio.run(http_figures(port))
         finally:
             sink.stop()
@@ -219,6 +241,10 @@ def main() -> int:
     print(
         f"| admission on SQLite, {BATCH}-intent batches, per intent | {admit:.1f} us "
         f"| {insert:.1f} us (the rows' INSERT alone) | {admit / insert:.1f}x |"
+    )
+    print(
+        f"| an intent's JSON at the edge's intake (json_bounded.loads) | {bounded:.2f} us "
+        f"| {standard:.2f} us (the standard json.loads it replaced) | {bounded / standard:.2f}x |"
     )
     return 0
 

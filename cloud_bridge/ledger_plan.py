@@ -57,8 +57,9 @@ class Request(NamedTuple):
     digest: str
 
 
-# `json.dumps` with these options, without building a new encoder per call (bench/findings.md F31).
-_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+# `json.dumps` with these options, without building a new encoder per call (bench/findings.md F31). NaN and
+# the infinities raise ValueError: msgpack floats JSON has no word for (`requests_for` refuses them).
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str, allow_nan=False).encode
 
 
 def body_digest(envelope: Envelope) -> str:
@@ -85,8 +86,24 @@ def judge(envelope: Envelope, decide: Callable[[Envelope], DecisionLike], now: f
 def requests_for(
     envelopes: Sequence[Envelope], decide: Callable[[Envelope], DecisionLike], now: float, max_age: float
 ) -> list[Request]:
-    """A batch judged and digested, in order, ready for `Ledger.admit`."""
-    return [Request(env, judge(env, decide, now, max_age), body_digest(env)) for env in envelopes]
+    """A batch judged and digested, in order, ready for `Ledger.admit`.
+
+    An envelope whose payload holds NaN or an infinity (the edge's intake refuses them; a device could
+    still send them as msgpack floats) is refused without a decision: a provider would get them as JSON
+    no parser reads.
+    """
+    requests: list[Request] = []
+    for env in envelopes:
+        try:
+            digest = body_digest(env)
+        except ValueError:
+            requests.append(Request(env, NOT_JSON, ""))
+        else:
+            requests.append(Request(env, judge(env, decide, now, max_age), digest))
+    return requests
+
+
+NOT_JSON = Verdict(LedgerEvent.REJECT, "schema_violation", "not JSON data: NaN or an infinity in the payload")
 
 
 class Known(NamedTuple):

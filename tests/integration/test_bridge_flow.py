@@ -15,7 +15,7 @@ from cloud_bridge.ledger import LedgerEntry
 from cloud_bridge.node import Bridge
 from cloud_bridge.service import INLINE_JUDGE_BYTES
 from cloud_bridge.settings import HostPort
-from intent_contract.codec import encode_batch, encode_confirms
+from intent_contract.codec import Envelope, encode_batch, encode_confirms
 from tests.support.bridge import (
     CountingIntegration,
     Harness,
@@ -201,6 +201,28 @@ async def test_binary_values_in_an_envelope_are_rejected_and_the_rest_of_the_bat
         assert {(by_id[i].state, by_id[i].code) for i in ("b-1", "b-2")} == {("rejected", "schema_violation")}
         assert "#2" not in by_id  # an entry with no readable id is reported by its index, not acked
         assert [job.intent_id for job in counting.calls] == ["b-4"]
+    finally:
+        await client.stop()
+
+
+async def test_nan_and_infinities_in_a_payload_are_rejected_before_policy(
+    harness: Harness, counting: CountingIntegration
+) -> None:
+    creds = await harness.enroll()
+    client = await harness.connect(creds)
+    try:
+        # msgpack floats JSON has no word for, in http.request's free-form `json` (the schema takes any value).
+        odd = [
+            Envelope(f"f-{n}", "app", "http.request", int(time.time() * 1000), None, 1,
+                     {"credential": "crm", "method": "POST", "path": "/hook", "json": {"v": value}})
+            for n, value in enumerate([float("nan"), float("inf"), -float("inf")])
+        ]  # fmt: skip
+        client.send([*odd, email("f-ok")])
+        await until(lambda: "delivered" in client.states().get("f-ok", []), what="the good one delivered")
+        by_id = {a.id: a for a in client.acks}
+        assert {(by_id[e.id].state, by_id[e.id].code) for e in odd} == {("rejected", "schema_violation")}
+        assert all("not JSON data" in by_id[e.id].detail for e in odd)
+        assert [job.intent_id for job in counting.calls] == ["f-ok"]
     finally:
         await client.stop()
 

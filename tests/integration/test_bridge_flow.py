@@ -15,7 +15,7 @@ from cloud_bridge.ledger import LedgerEntry
 from cloud_bridge.node import Bridge
 from cloud_bridge.service import INLINE_JUDGE_BYTES
 from cloud_bridge.settings import HostPort
-from intent_contract.codec import Envelope, encode_batch, encode_confirms
+from intent_contract.codec import Ack, Envelope, encode_batch, encode_confirms
 from tests.support.bridge import (
     CountingIntegration,
     Harness,
@@ -118,24 +118,33 @@ async def test_schema_violations_are_rejected_and_policy_applies(
     assert sent == {"accepted": 1.0, "rejected": 2.0, "delivered": 1.0}
 
 
+async def _refused_alone(
+    harness: Harness, counting: CountingIntegration, items: list[dict[Any, Any]], refused: list[str], good: list[str]
+) -> dict[str, Ack]:
+    """Send `items` (wire envelopes) in one batch: the `refused` ids come back rejected/schema_violation,
+    the `good` ones are delivered and the only ones executed. Returns the acks by id."""
+    client = await harness.connect(await harness.enroll())
+    try:
+        client.publish("intents", msgpack.packb({"v": 1, "items": items}, use_bin_type=True))
+        for intent_id in good:
+            await until(lambda i=intent_id: "delivered" in client.states().get(i, []), what=f"{intent_id} delivered")
+        by_id = {a.id: a for a in client.acks}
+        assert {(by_id[i].state, by_id[i].code) for i in refused} == {("rejected", "schema_violation")}
+        assert sorted(job.intent_id for job in counting.calls) == sorted(good)
+        return by_id
+    finally:
+        await client.stop()
+
+
 async def test_times_past_what_the_ledger_stores_are_rejected_and_the_rest_of_the_batch_goes_on(
     harness: Harness, counting: CountingIntegration
 ) -> None:
-    creds = await harness.enroll()
-    client = await harness.connect(creds)
-    try:
-        # msgpack carries integers to 2**64 - 1; the ledgers' (SQLite, PostgreSQL bigint) stop at 2**63 - 1.
-        # The schema's bound is 2**53 - 1.
-        late = [replace(email("t-1"), created=2**63), replace(email("t-2"), expires=2**64 - 1)]
-        late += [replace(email("t-3"), expires=2**53)]
-        client.send([*late, email("t-4"), replace(email("t-5"), expires=2**53 - 1)])
-        await until(lambda: "delivered" in client.states().get("t-4", []), what="the good one delivered")
-        by_id = {a.id: a for a in client.acks}
-        assert {(by_id[e.id].state, by_id[e.id].code) for e in late} == {("rejected", "schema_violation")}
-        await until(lambda: "delivered" in client.states().get("t-5", []), what="the one at the bound delivered")
-        assert sorted(job.intent_id for job in counting.calls) == ["t-4", "t-5"]
-    finally:
-        await client.stop()
+    # msgpack carries integers to 2**64 - 1; the ledgers' (SQLite, PostgreSQL bigint) stop at 2**63 - 1.
+    # The schema's bound is 2**53 - 1.
+    late = [replace(email("t-1"), created=2**63), replace(email("t-2"), expires=2**64 - 1)]
+    late += [replace(email("t-3"), expires=2**53)]
+    items = [e.to_wire() for e in [*late, email("t-4"), replace(email("t-5"), expires=2**53 - 1)]]
+    await _refused_alone(harness, counting, items, [e.id for e in late], ["t-4", "t-5"])
 
 
 async def test_a_control_character_in_a_mail_header_is_rejected_at_admission(
@@ -186,45 +195,29 @@ async def test_a_batch_of_another_wire_version_is_rejected_not_dropped(
 async def test_binary_values_in_an_envelope_are_rejected_and_the_rest_of_the_batch_goes_on(
     harness: Harness, counting: CountingIntegration
 ) -> None:
-    creds = await harness.enroll()
-    client = await harness.connect(creds)
-    try:
-        # msgpack has a binary type that JSON, and the schema check, do not: in a payload value, a key, the id.
-        in_value, in_key, as_id = email("b-1").to_wire(), email("b-2").to_wire(), email("b-3").to_wire()
-        in_value["payload"]["subject"] = b"Alarm"
-        in_key["payload"][b"cc"] = "ops@example.com"
-        as_id["id"] = b"b-3"
-        items = [in_value, in_key, as_id, email("b-4").to_wire()]
-        client.publish("intents", msgpack.packb({"v": 1, "items": items}, use_bin_type=True))
-        await until(lambda: "delivered" in client.states().get("b-4", []), what="the good one delivered")
-        by_id = {a.id: a for a in client.acks}
-        assert {(by_id[i].state, by_id[i].code) for i in ("b-1", "b-2")} == {("rejected", "schema_violation")}
-        assert "#2" not in by_id  # an entry with no readable id is reported by its index, not acked
-        assert [job.intent_id for job in counting.calls] == ["b-4"]
-    finally:
-        await client.stop()
+    # msgpack has a binary type that JSON, and the schema check, do not: in a payload value, a key, the id.
+    in_value, in_key, as_id = email("b-1").to_wire(), email("b-2").to_wire(), email("b-3").to_wire()
+    in_value["payload"]["subject"] = b"Alarm"
+    in_key["payload"][b"cc"] = "ops@example.com"
+    as_id["id"] = b"b-3"
+    acks = await _refused_alone(
+        harness, counting, [in_value, in_key, as_id, email("b-4").to_wire()], ["b-1", "b-2"], ["b-4"]
+    )
+    assert "#2" not in acks  # an entry with no readable id is reported by its index, not acked
 
 
 async def test_nan_and_infinities_in_a_payload_are_rejected_before_policy(
     harness: Harness, counting: CountingIntegration
 ) -> None:
-    creds = await harness.enroll()
-    client = await harness.connect(creds)
-    try:
-        # msgpack floats JSON has no word for, in http.request's free-form `json` (the schema takes any value).
-        odd = [
-            Envelope(f"f-{n}", "app", "http.request", int(time.time() * 1000), None, 1,
-                     {"credential": "crm", "method": "POST", "path": "/hook", "json": {"v": value}})
-            for n, value in enumerate([float("nan"), float("inf"), -float("inf")])
-        ]  # fmt: skip
-        client.send([*odd, email("f-ok")])
-        await until(lambda: "delivered" in client.states().get("f-ok", []), what="the good one delivered")
-        by_id = {a.id: a for a in client.acks}
-        assert {(by_id[e.id].state, by_id[e.id].code) for e in odd} == {("rejected", "schema_violation")}
-        assert all("not JSON data" in by_id[e.id].detail for e in odd)
-        assert [job.intent_id for job in counting.calls] == ["f-ok"]
-    finally:
-        await client.stop()
+    # msgpack floats JSON has no word for, in http.request's free-form `json` (the schema takes any value).
+    odd = [
+        Envelope(f"f-{n}", "app", "http.request", int(time.time() * 1000), None, 1,
+                 {"credential": "crm", "method": "POST", "path": "/hook", "json": {"v": value}})
+        for n, value in enumerate([float("nan"), float("inf"), -float("inf")])
+    ]  # fmt: skip
+    items = [e.to_wire() for e in [*odd, email("f-ok")]]
+    acks = await _refused_alone(harness, counting, items, [e.id for e in odd], ["f-ok"])
+    assert all("not JSON data" in acks[e.id].detail for e in odd)
 
 
 def _huge_declared_array() -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -90,15 +91,58 @@ def cpu_seconds(pid: int) -> float:
 class CpuWatch:
     """CPU seconds each server process spends over a measured interval: made before it, read after it.
 
-    `CpuWatch(edge=edge.pid, bridge=bridge.pid)`; `used()` must be called while they still run.
+    `CpuWatch(edge=edge.pid, bridge=bridge.pid)`; `used()` must be called while they still run. With
+    `threads=True` each `used()` also appends to `readings` the seconds of each thread (by OS thread id).
     """
 
-    def __init__(self, **pids: int) -> None:
+    def __init__(self, *, threads: bool = False, **pids: int) -> None:
         self.pids = pids
         self.start = {role: cpu_seconds(pid) for role, pid in pids.items()}
+        self._thread_start = {role: thread_cpu_seconds(pid) for role, pid in pids.items()} if threads else None
+        self.readings: list[dict[str, dict[int, float]]] = []
 
     def used(self) -> dict[str, float]:
+        if self._thread_start is not None:
+            self.readings.append(
+                {
+                    role: {
+                        tid: seconds - self._thread_start[role].get(tid, 0.0)
+                        for tid, seconds in thread_cpu_seconds(pid).items()
+                    }
+                    for role, pid in self.pids.items()
+                }
+            )
         return {role: cpu_seconds(pid) - self.start[role] for role, pid in self.pids.items()}
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of each live thread of a process, by OS thread id (/proc/PID/task)."""
+    seconds: dict[int, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        seconds[int(tid)] = (int(fields[11]) + int(fields[12])) / TICKS
+    return seconds
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Python's name of each thread of a live Python process, by OS thread id (`py-spy dump --json`);
+    {} when py-spy cannot read it."""
+    try:
+        dump = subprocess.run(
+            [str(BIN / "py-spy"), "dump", "--pid", str(pid), "--json", "--nonblocking"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        threads = json.loads(dump)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {}
+    return {t["os_thread_id"]: t["thread_name"] or "?" for t in threads if t.get("os_thread_id")}
 
 
 def rss_kb(pid: int) -> tuple[int, int]:

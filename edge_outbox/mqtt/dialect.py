@@ -130,6 +130,10 @@ class V5:
             packet, _size = mqtt5.read(memoryview(p.whole(first, body)))
         except (ValueError, IndexError) as exc:
             raise MalformedPacketError(f"malformed MQTT 5 packet: {exc}") from None
+        except BaseException as exc:
+            if not _panicked(exc):
+                raise
+            raise MalformedPacketError(_PANIC_DETAIL) from None
         return self._ours(packet)
 
     def _ours(self, packet: Any) -> p.Packet:
@@ -214,6 +218,17 @@ class V5:
 
     def disconnect(self, reason: int) -> bytes:
         return bytes(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode(reason)).write())
+
+
+_PANIC_DETAIL = "malformed MQTT 5 packet: the codec could not read it (a string in it that is not UTF-8 does this)"
+
+
+def _panicked(exc: BaseException) -> bool:
+    """True for pyo3's PanicException: `mqtt5` (0.8.0) panics, rather than raising, on a string that is not
+    UTF-8 in any field of any packet (a topic, a client id, a property). It is a BaseException, so it went
+    past every handler to asyncio's "Unhandled exception", and it cannot be imported by name."""
+    kind = type(exc)
+    return kind.__module__ == "pyo3_runtime" and kind.__name__ == "PanicException"
 
 
 def dialect_of(connect: p.Connect, window: int, max_packet: int) -> Dialect:

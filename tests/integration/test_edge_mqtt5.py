@@ -4,12 +4,14 @@ expiry across a SIGKILL of the outbox, message expiry as an intent's deadline, s
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mqtt5
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -129,3 +131,31 @@ def test_message_expiry_becomes_the_intents_deadline(outbox: OutboxProcess) -> N
     finally:
         conn.close()
     assert expires - created == 120_000
+
+
+def test_a_string_that_is_not_utf8_closes_the_client_as_malformed_and_others_go_on(outbox: OutboxProcess) -> None:
+    """The `mqtt5` codec panics on such a string (a BaseException): it went past every handler and the
+    connection ended in asyncio's "Unhandled exception", without MQTT 5's DISCONNECT."""
+    publish = bytes(mqtt5.PublishPacket("outbox/v5/ZZ", b"{}", qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=1).write())
+    with socket.create_connection(("127.0.0.1", outbox.port), timeout=10) as sock:
+        sock.sendall(bytes(mqtt5.ConnectPacket("v5-not-utf8").write()))
+        connack, _size = mqtt5.read(memoryview(sock.recv(1024)))
+        assert isinstance(connack, mqtt5.ConnAckPacket)
+        sock.sendall(publish.replace(b"ZZ", b"\xff\xfe"))
+        answer = b""
+        while chunk := sock.recv(1024):
+            answer += chunk
+    assert answer, "the connection was closed without MQTT 5's DISCONNECT"
+    disconnect, _size = mqtt5.read(memoryview(answer))
+    assert isinstance(disconnect, mqtt5.DisconnectPacket)
+    assert disconnect.reason_code == mqtt5.DisconnectReasonCode.MALFORMED_PACKET
+    app = App5(outbox.port, "v5-after")
+    try:
+        mid = app.publish("outbox/v5/email.send", email("v5-after-bad"))
+        wait_until(lambda: mid in app.acks, what="PUBACK")
+        assert app.acks[mid] == (0, "")
+    finally:
+        app.close()
+    log = outbox.log()
+    assert "closing client v5-not-utf8" in log and "not UTF-8" in log, log
+    assert "Unhandled exception" not in log, log

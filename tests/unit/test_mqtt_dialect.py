@@ -1,0 +1,61 @@
+"""The endpoint's MQTT 5 dialect on packets the `mqtt5` codec cannot read: each is refused as malformed.
+
+`mqtt5` (0.8.0) panics on a string that is not UTF-8 in any field; the panic is a BaseException that went
+past the endpoint's handlers. Every such packet must come out as a MalformedPacketError.
+"""
+
+from __future__ import annotations
+
+import mqtt5
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge_outbox.mqtt.dialect import V5
+from intent_contract import mqtt_packets as p
+from intent_contract.errors import MalformedPacketError
+
+# On the way to its panic `mqtt5` hands Python the UnicodeDecodeError it met as an unraisable exception
+# (printed to stderr): the library's own output, which the endpoint cannot stop (docs/edge-endpoint.md).
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+# Each with the text "ZZ" in one string field, where a test puts bytes that are not UTF-8.
+WITH_A_STRING = {
+    "publish topic": mqtt5.PublishPacket("outbox/app/ZZ", b"{}", qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=3),
+    "publish property": mqtt5.PublishPacket("a/b", b"{}", content_type="ZZ"),
+    "connect client id": mqtt5.ConnectPacket("ZZ"),
+    "connect user name": mqtt5.ConnectPacket("c", username="ZZ", password=b"pw"),
+    "will topic": mqtt5.ConnectPacket("c", will=mqtt5.Will("w/ZZ", payload=b"x")),
+    "subscribe filter": mqtt5.SubscribePacket(5, [mqtt5.TopicFilter("outbox/ZZ/#", max_qos=mqtt5.QoS.AT_LEAST_ONCE)]),
+    "unsubscribe filter": mqtt5.UnsubscribePacket(6, ["a/ZZ"]),
+    "disconnect reason": mqtt5.DisconnectPacket(reason_str="ZZ"),
+    "puback reason": mqtt5.PubAckPacket(3, reason_str="ZZ"),
+}
+
+
+def _frame(raw: bytes) -> tuple[int, bytes]:
+    ((first, body),) = p.Framer(1 << 20).feed(raw)
+    return first, body
+
+
+@pytest.mark.parametrize("where", sorted(WITH_A_STRING))
+def test_a_string_that_is_not_utf8_is_malformed(where: str) -> None:
+    raw = bytes(WITH_A_STRING[where].write())
+    assert raw.count(b"ZZ") == 1
+    first, body = _frame(raw.replace(b"ZZ", b"\xff\xfe"))
+    with pytest.raises(MalformedPacketError, match="not UTF-8"):
+        V5(100, 1 << 20).decode(first, body)
+    # The same packet as written decodes: the bytes are the fault, not the packet.
+    V5(100, 1 << 20).decode(*_frame(raw))
+
+
+@given(st.sampled_from(sorted(WITH_A_STRING)), st.data())
+def test_a_packet_with_any_byte_changed_is_read_or_refused_as_malformed(where: str, data: st.DataObject) -> None:
+    first, body = _frame(bytes(WITH_A_STRING[where].write()))
+    at = data.draw(st.integers(0, len(body) - 1))
+    changed = body[:at] + bytes([data.draw(st.integers(0, 255))]) + body[at + 1 :]
+    try:
+        packet = V5(100, 1 << 20).decode(first, changed)
+    except MalformedPacketError:
+        return
+    assert isinstance(packet, p.Packet)

@@ -21,6 +21,7 @@ from cloud_bridge.ratelimit import Limits
 from cloud_bridge.usage import UsageQuery, UsageRow
 from intent_contract.codec import Ack
 from intent_contract.names import is_name
+from intent_contract.readable import readable
 from intent_contract.wire import MAX_DETAIL  # Ack.detail refuses longer text; the ledger truncates before storing
 
 if TYPE_CHECKING:
@@ -63,7 +64,9 @@ class DecisionLike(Protocol):
 
 
 def clip_detail(detail: str) -> str:
-    """Detail text as stored and acked: at most MAX_DETAIL characters."""
+    """Detail text as stored and acked: control characters written out (`intent_contract.readable`: a policy's
+    reason can quote the payload, and PostgreSQL's text refuses U+0000), at most MAX_DETAIL characters."""
+    detail = readable(detail)
     return detail if len(detail) <= MAX_DETAIL else detail[: MAX_DETAIL - 3] + "..."
 
 

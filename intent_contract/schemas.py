@@ -11,6 +11,7 @@ import jsonschema_rs
 
 from intent_contract.errors import SchemaViolationError
 from intent_contract.names import KINDS
+from intent_contract.readable import readable
 
 _BASE = "https://edge-outbox.local/schemas/"
 
@@ -67,9 +68,10 @@ def validate(name: str, document: object) -> None:
     except ValueError as exc:
         # What JSON has no word for: msgpack's binary values and non-text keys ("Unsupported type: 'bytes'"),
         # a string with a lone surrogate (UnicodeEncodeError). Refused like any other shape it does not take.
-        raise SchemaViolationError("schema_violation", f"not JSON data: {exc}"[:300]) from None
+        raise SchemaViolationError("schema_violation", readable(f"not JSON data: {exc}")[:300]) from None
     where = "/".join(str(p) for p in error.instance_path) or "(top level)"
-    raise SchemaViolationError("schema_violation", f"{where}: {error.message}"[:300])
+    # The reason can quote the document (a key it did not expect): written out, as a detail is stored.
+    raise SchemaViolationError("schema_violation", readable(f"{where}: {error.message}")[:300])
 
 
 def _most_specific(error: jsonschema_rs.ValidationError) -> jsonschema_rs.ValidationError:

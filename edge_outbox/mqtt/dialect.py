@@ -18,6 +18,7 @@ from edge_outbox.mqtt.session import Message
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
 from intent_contract.mqtt_packets import ConnackCode, Type
+from intent_contract.readable import readable
 
 # MQTT 5 reason codes used by the endpoint
 SUCCESS = 0x00
@@ -195,7 +196,7 @@ class V5:
         )
 
     def ack(self, kind: Type, packet_id: int, verdict: Verdict = OK) -> bytes:
-        why = verdict.why[:200] or None
+        why = readable(verdict.why)[:200] or None  # an MQTT 5 string must not hold U+0000
         if kind is Type.PUBACK:
             return bytes(mqtt5.PubAckPacket(packet_id, reason_code=mqtt5.PubAckReasonCode(verdict.code),
                                             reason_str=why).write())  # fmt: skip

@@ -80,6 +80,27 @@ async def test_a_schema_violation_is_audited(bridge: Harness) -> None:
     assert await bridge.bridge.ledger.unconfirmed(creds.device_id) == []
 
 
+async def test_a_refusal_that_quotes_a_nul_is_audited_and_the_rest_of_the_batch_goes_on(
+    bridge: Harness, counting: Any
+) -> None:
+    # The schema's reason quotes the payload's key; PostgreSQL's text refuses NUL, and that failed the
+    # admission of the whole batch on every resend. The reason is stored with the NUL written out.
+    creds = await bridge.enroll()
+    bad = {**email("nul-key").to_wire(), "payload": {**email("x").payload, "x\x00y": 1}}
+    client = await bridge.connect(creds)
+    try:
+        client.publish("intents", batch(bad, email("after-nul").to_wire()))
+        await until(lambda: "delivered" in client.states().get("after-nul", []), what="the good one delivered")
+        [ack] = [a for a in client.acks if a.id == "nul-key"]
+    finally:
+        await client.stop()
+    assert (str(ack.state), ack.code) == ("rejected", "schema_violation")
+    assert "\x00" not in ack.detail and "x\\u0000y" in ack.detail, ack.detail
+    record = await audited(bridge, "acme", AuditEvent.REJECT, "schema_violation")
+    assert (record.intent_id, record.detail) == ("nul-key", ack.detail)
+    assert [job.intent_id for job in counting.calls] == ["after-nul"]
+
+
 async def test_a_policy_refusal_is_audited(bridge: Harness) -> None:
     creds = await bridge.enroll()
     outside = envelope("to-evil", "email.send", {"to": ["x@evil.example"], "subject": "s", "text": "t"})

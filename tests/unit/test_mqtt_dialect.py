@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_outbox.mqtt.dialect import V5
+from edge_outbox.mqtt.dialect import V5, Verdict
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
 
@@ -59,3 +59,11 @@ def test_a_packet_with_any_byte_changed_is_read_or_refused_as_malformed(where: s
     except MalformedPacketError:
         return
     assert isinstance(packet, p.Packet)
+
+
+def test_a_reason_string_with_a_control_character_goes_out_written_out() -> None:
+    # MQTT 5 strings must not hold U+0000; a refusal's reason can quote what the app sent.
+    raw = V5(100, 1 << 20).ack(p.Type.PUBACK, 7, Verdict(0x99, "schema_violation: 'x\x00y' was unexpected"))
+    puback, _size = mqtt5.read(memoryview(raw))
+    assert isinstance(puback, mqtt5.PubAckPacket)
+    assert puback.reason_str == "schema_violation: 'x\\u0000y' was unexpected"

@@ -89,3 +89,22 @@ def test_what_json_has_no_word_for_is_a_schema_violation_not_a_crash(payload: di
     with pytest.raises(SchemaViolationError, match="not JSON data") as caught:
         validate("email.send", payload)
     assert caught.value.code == "schema_violation"
+
+
+@pytest.mark.parametrize(
+    ("kind", "doc", "written_out"),
+    [
+        ("email.send", {"to": "a@b.example", "subject": "s", "text": "t", "x\x00y": 1}, "'x\\u0000y'"),
+        (
+            "http.request",
+            {"credential": "c", "method": "POST", "path": "/p", "headers": {"a\nb\x7f": 5}},
+            "a\\u000ab\\u007f",
+        ),
+    ],
+)
+def test_a_reason_that_quotes_control_characters_writes_them_out(kind: str, doc: object, written_out: str) -> None:
+    # A detail is stored (PostgreSQL's text refuses U+0000) and sent in MQTT 5 strings (which must not hold it).
+    with pytest.raises(SchemaViolationError) as refused:
+        validate(kind, doc)
+    assert written_out in refused.value.detail
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in refused.value.detail)

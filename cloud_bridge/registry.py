@@ -57,7 +57,7 @@ class Device:
 
 
 __all__ = [
-    "Device", "Registry", "UnknownDeviceError", "check_code_request", "fingerprint", "hash_code", "new_code", "new_id",
+    "Device", "Registry", "UnknownDeviceError", "check_code_request", "checked_key", "hash_code", "new_code", "new_id",
 ]  # fmt: skip
 
 
@@ -82,12 +82,16 @@ def check_code_request(tenant: str, name: str, ttl: float) -> None:
         raise PermanentError("ttl must be positive", code="bad_ttl")
 
 
-def fingerprint(public_key_pem: str) -> str:
-    """SHA-256 of the key's DER SPKI; AuthError('bad_public_key') when it is not a P-256 SPKI PEM."""
-    der = load_device_public_key(public_key_pem).public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest()
+def checked_key(public_key_pem: str) -> tuple[str, str]:
+    """(the key as its own PEM, the SHA-256 of its DER SPKI); AuthError('bad_public_key') when it is not a
+    P-256 SPKI PEM.
+
+    The registry keeps the PEM it makes, not the text it was given: the PEM parser passes over text around
+    the key (a NUL after its END line, say), which PostgreSQL's text refuses (an HTTP 500 at enrollment)."""
+    key = load_device_public_key(public_key_pem)
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return pem, hashlib.sha256(der).hexdigest()
 
 
 class Registry(Protocol):

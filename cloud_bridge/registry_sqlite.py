@@ -16,7 +16,7 @@ from cloud_bridge.registry import (
     Device,
     UnknownDeviceError,
     check_code_request,
-    fingerprint,
+    checked_key,
     hash_code,
     new_code,
     new_id,
@@ -118,7 +118,7 @@ class SqliteRegistry:
 
     def redeem(self, code: str, public_key_pem: str, now: float) -> Device:
         """Enroll a device with a one-time code, atomically; AuthError('enroll_refused') when not allowed."""
-        key = fingerprint(public_key_pem)  # raises AuthError('bad_public_key')
+        public_key_pem, key = checked_key(public_key_pem)  # raises AuthError('bad_public_key')
         device_id = self._new_id()
         with self._tx() as db:
             row = db.execute(
@@ -170,7 +170,7 @@ class SqliteRegistry:
         return _device(row)
 
     def propose_key(self, device_id: str, public_key_pem: str, now: float) -> Device:
-        key = fingerprint(public_key_pem)
+        public_key_pem, key = checked_key(public_key_pem)
         with self._tx() as db:
             row = db.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
             if row is None:
@@ -184,7 +184,7 @@ class SqliteRegistry:
         return _device(row)
 
     def promote_key(self, device_id: str, public_key_pem: str, now: float) -> Device | None:
-        key = fingerprint(public_key_pem)
+        public_key_pem, key = checked_key(public_key_pem)
         with self._tx() as db:
             changed = db.execute(
                 "UPDATE devices SET public_key = next_public_key, key_fingerprint = ?, next_public_key = NULL"

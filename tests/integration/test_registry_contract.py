@@ -50,6 +50,17 @@ async def test_a_code_enrolls_once_and_expires(store: Store) -> None:
     assert [d.device_id for d in registry.all_devices()] == [device.device_id]
 
 
+async def test_a_key_is_kept_as_its_own_pem_whatever_text_came_around_it(store: Store) -> None:
+    # The PEM parser passes over text around the key; PostgreSQL's text refused the NUL in it (an HTTP 500).
+    registry = store.registry
+    first, second = key(), key()
+    device = registry.redeem(registry.create_code("acme", "boiler-9", 3600, NOW), f"junk\x00\n{first}\x00", NOW)
+    assert device.public_key == first and registry.get(device.device_id) == device
+    assert registry.propose_key(device.device_id, f"{second}\x00", NOW + 1).next_public_key == second
+    promoted = registry.promote_key(device.device_id, f"\x00{second}", NOW + 2)
+    assert promoted is not None and promoted.public_key == second and promoted.next_public_key is None
+
+
 async def test_one_code_redeemed_on_two_nodes_at_once_enrolls_one_device(store_url: StoreUrl) -> None:
     async with opened(store_url, node="node-a") as a, opened(store_url, node="node-b") as b:
         code = a.registry.create_code("acme", "boiler-7", 3600, NOW)

@@ -9,7 +9,7 @@ from intent_contract.readable import readable
 
 
 def _control(c: str) -> bool:
-    return ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F
+    return ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF
 
 
 @given(st.text())
@@ -20,4 +20,4 @@ def test_each_control_character_is_written_out_and_the_rest_is_kept(text: str) -
 
 
 def test_each_control_character_is_its_code_point() -> None:
-    assert readable("a\x00b\tc\n\x7f\x9f\u00a0") == "a\\u0000b\\u0009c\\u000a\\u007f\\u009f\u00a0"
+    assert readable("a\x00b\tc\n\x7f\x9f\u00a0\ud800") == "a\\u0000b\\u0009c\\u000a\\u007f\\u009f\u00a0\\ud800"

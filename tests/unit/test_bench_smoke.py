@@ -1,4 +1,4 @@
-"""Smoke tests for the benchmark's pure parts (report writer, MQTT packet encoding, backlog growth).
+"""Smoke tests for the benchmark's parts (report writer, MQTT packet encoding, backlog growth, CPU readings).
 
 No benchmark runs here: these take well under a second.
 """
@@ -8,15 +8,18 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from bench import mqttraw, report
 from bench.p3_memory import grow
-from bench.procs import CpuWatch, Proc, cpu_seconds
+from bench.procs import CpuWatch, Proc, cpu_seconds, thread_names
 from bench.report import Figure, Survival, fmt_num, ratio, render, survival_table, table, tenths_table
 from edge_outbox import db
+from tests.support.net import wait_until
 
 
 def test_table_shows_median_range_and_ratio_to_each_peer() -> None:
@@ -169,6 +172,33 @@ def test_cpu_watch_reads_the_time_a_process_spent_on_the_cpu() -> None:
     while cpu_seconds(os.getpid()) - before < 0.05:  # burn CPU until the kernel has counted some
         sum(range(10_000))
     assert watch.used()["me"] >= 0.05
+
+
+def test_cpu_watch_reads_each_threads_time_and_py_spy_names_the_threads() -> None:
+    watch = CpuWatch(threads=True, me=os.getpid())
+    done = threading.Event()
+    ready: list[int] = []
+
+    def burn() -> None:
+        ready.append(threading.get_native_id())
+        start = time.thread_time()
+        while time.thread_time() - start < 0.1:
+            sum(range(10_000))
+        done.wait(60)  # alive while it is named
+
+    burner = threading.Thread(target=burn, name="bench-burner")
+    burner.start()
+    try:
+
+        def burned() -> bool:
+            watch.used()
+            return bool(ready) and watch.readings[-1]["me"].get(ready[0], 0.0) >= 0.05
+
+        wait_until(burned, what="the burning thread's CPU time, read per thread")
+        assert thread_names(os.getpid())[ready[0]] == "bench-burner"
+    finally:
+        done.set()
+        burner.join(10)
 
 
 def test_mqtt_remaining_length_and_publish_packet() -> None:

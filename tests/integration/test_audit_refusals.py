@@ -19,7 +19,17 @@ from click.testing import CliRunner
 from cloud_bridge.audit import AuditEvent, AuditRecord
 from cloud_bridge.cli import main
 from cloud_bridge.usage import Dimension, UsageQuery, day_of
-from tests.support.bridge import TENANTS, Creds, Harness, counting, email, envelope, make_settings, running_bridge
+from tests.support.bridge import (
+    TENANTS,
+    Creds,
+    Harness,
+    counting,
+    email,
+    envelope,
+    make_settings,
+    refused_alone,
+    running_bridge,
+)
 from tests.support.net import until
 from tests.support.stores import BACKENDS, store_url_for
 
@@ -85,20 +95,12 @@ async def test_a_refusal_that_quotes_a_nul_is_audited_and_the_rest_of_the_batch_
 ) -> None:
     # The schema's reason quotes the payload's key; PostgreSQL's text refuses NUL, and that failed the
     # admission of the whole batch on every resend. The reason is stored with the NUL written out.
-    creds = await bridge.enroll()
     bad = {**email("nul-key").to_wire(), "payload": {**email("x").payload, "x\x00y": 1}}
-    client = await bridge.connect(creds)
-    try:
-        client.publish("intents", batch(bad, email("after-nul").to_wire()))
-        await until(lambda: "delivered" in client.states().get("after-nul", []), what="the good one delivered")
-        [ack] = [a for a in client.acks if a.id == "nul-key"]
-    finally:
-        await client.stop()
-    assert (str(ack.state), ack.code) == ("rejected", "schema_violation")
-    assert "\x00" not in ack.detail and "x\\u0000y" in ack.detail, ack.detail
+    acks = await refused_alone(bridge, counting, [bad, email("after-nul").to_wire()], ["nul-key"], ["after-nul"])
+    detail = acks["nul-key"].detail
+    assert "\x00" not in detail and "x\\u0000y" in detail, detail
     record = await audited(bridge, "acme", AuditEvent.REJECT, "schema_violation")
-    assert (record.intent_id, record.detail) == ("nul-key", ack.detail)
-    assert [job.intent_id for job in counting.calls] == ["after-nul"]
+    assert (record.intent_id, record.detail) == ("nul-key", detail)
 
 
 async def test_a_policy_refusal_is_audited(bridge: Harness) -> None:

@@ -15,7 +15,7 @@ from cloud_bridge.ledger import LedgerEntry
 from cloud_bridge.node import Bridge
 from cloud_bridge.service import INLINE_JUDGE_BYTES
 from cloud_bridge.settings import HostPort
-from intent_contract.codec import Ack, Envelope, encode_batch, encode_confirms
+from intent_contract.codec import Envelope, encode_batch, encode_confirms
 from tests.support.bridge import (
     CountingIntegration,
     Harness,
@@ -23,6 +23,7 @@ from tests.support.bridge import (
     email,
     harness,
     make_settings,
+    refused_alone,
     until,
 )
 from tests.support.net import free_port
@@ -118,24 +119,6 @@ async def test_schema_violations_are_rejected_and_policy_applies(
     assert sent == {"accepted": 1.0, "rejected": 2.0, "delivered": 1.0}
 
 
-async def _refused_alone(
-    harness: Harness, counting: CountingIntegration, items: list[dict[Any, Any]], refused: list[str], good: list[str]
-) -> dict[str, Ack]:
-    """Send `items` (wire envelopes) in one batch: the `refused` ids come back rejected/schema_violation,
-    the `good` ones are delivered and the only ones executed. Returns the acks by id."""
-    client = await harness.connect(await harness.enroll())
-    try:
-        client.publish("intents", msgpack.packb({"v": 1, "items": items}, use_bin_type=True))
-        for intent_id in good:
-            await until(lambda i=intent_id: "delivered" in client.states().get(i, []), what=f"{intent_id} delivered")
-        by_id = {a.id: a for a in client.acks}
-        assert {(by_id[i].state, by_id[i].code) for i in refused} == {("rejected", "schema_violation")}
-        assert sorted(job.intent_id for job in counting.calls) == sorted(good)
-        return by_id
-    finally:
-        await client.stop()
-
-
 async def test_times_past_what_the_ledger_stores_are_rejected_and_the_rest_of_the_batch_goes_on(
     harness: Harness, counting: CountingIntegration
 ) -> None:
@@ -144,7 +127,7 @@ async def test_times_past_what_the_ledger_stores_are_rejected_and_the_rest_of_th
     late = [replace(email("t-1"), created=2**63), replace(email("t-2"), expires=2**64 - 1)]
     late += [replace(email("t-3"), expires=2**53)]
     items = [e.to_wire() for e in [*late, email("t-4"), replace(email("t-5"), expires=2**53 - 1)]]
-    await _refused_alone(harness, counting, items, [e.id for e in late], ["t-4", "t-5"])
+    await refused_alone(harness, counting, items, [e.id for e in late], ["t-4", "t-5"])
 
 
 async def test_a_control_character_in_a_mail_header_is_rejected_at_admission(
@@ -200,7 +183,7 @@ async def test_binary_values_in_an_envelope_are_rejected_and_the_rest_of_the_bat
     in_value["payload"]["subject"] = b"Alarm"
     in_key["payload"][b"cc"] = "ops@example.com"
     as_id["id"] = b"b-3"
-    acks = await _refused_alone(
+    acks = await refused_alone(
         harness, counting, [in_value, in_key, as_id, email("b-4").to_wire()], ["b-1", "b-2"], ["b-4"]
     )
     assert "#2" not in acks  # an entry with no readable id is reported by its index, not acked
@@ -216,7 +199,7 @@ async def test_nan_and_infinities_in_a_payload_are_rejected_before_policy(
         for n, value in enumerate([float("nan"), float("inf"), -float("inf")])
     ]  # fmt: skip
     items = [e.to_wire() for e in [*odd, email("f-ok")]]
-    acks = await _refused_alone(harness, counting, items, [e.id for e in odd], ["f-ok"])
+    acks = await refused_alone(harness, counting, items, [e.id for e in odd], ["f-ok"])
     assert all("not JSON data" in acks[e.id].detail for e in odd)
 
 

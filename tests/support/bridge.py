@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgpack
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -78,6 +79,24 @@ def envelope(intent_id: str, kind: str, payload: dict[str, Any], *, app: str = "
 def email(intent_id: str, *, subject: str = "Alarm", attempt: int = 1) -> Envelope:
     payload = {"to": ["ops@example.com"], "subject": subject, "text": "Boiler 3 hot"}
     return envelope(intent_id, "email.send", payload, attempt=attempt)
+
+
+async def refused_alone(
+    harness: Harness, counting: CountingIntegration, items: list[dict[Any, Any]], refused: list[str], good: list[str]
+) -> dict[str, Ack]:
+    """Send `items` (wire envelopes) in one batch from a new device: the `refused` ids come back
+    rejected/schema_violation, the `good` ones are delivered and the only ones executed. The acks by id."""
+    client = await harness.connect(await harness.enroll())
+    try:
+        client.publish("intents", msgpack.packb({"v": 1, "items": items}, use_bin_type=True))
+        for intent_id in good:
+            await until(lambda i=intent_id: "delivered" in client.states().get(i, []), what=f"{intent_id} delivered")
+        by_id = {a.id: a for a in client.acks}
+        assert {(by_id[i].state, by_id[i].code) for i in refused} == {("rejected", "schema_violation")}
+        assert sorted(job.intent_id for job in counting.calls) == sorted(good)
+        return by_id
+    finally:
+        await client.stop()
 
 
 @dataclass

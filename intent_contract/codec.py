@@ -19,7 +19,15 @@ import msgpack
 from intent_contract.errors import DecodeError, SchemaViolationError, UnsupportedVersionError
 from intent_contract.names import is_name
 from intent_contract.schemas import validate
-from intent_contract.wire import DEFAULT_LIMITS, MAX_ATTEMPT, MAX_DETAIL, UNSUPPORTED_VERSION, WIRE_VERSION, Limits
+from intent_contract.wire import (
+    DEFAULT_LIMITS,
+    MAX_ATTEMPT,
+    MAX_DETAIL,
+    MAX_TIME,
+    UNSUPPORTED_VERSION,
+    WIRE_VERSION,
+    Limits,
+)
 
 T = TypeVar("T")
 
@@ -228,16 +236,29 @@ def _acks_v1(items: list[Any], data: bytes) -> list[Ack]:
                 Ack(
                     id=item["id"],
                     state=AckState(item["state"]),
-                    code=str(item.get("code", "")),
-                    detail=str(item.get("detail", "")),
-                    at=int(item.get("at", 0)),
-                    app=str(item.get("app", "")),
+                    code=_text(item, "code"),
+                    detail=_text(item, "detail"),
+                    at=_at(item.get("at", 0)),
+                    app=_text(item, "app"),
                     attempt=_attempt(item.get("attempt", 0)),
                 )
             )
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise DecodeError(f"bad ack entry: {exc}", data, exc) from exc
     return acks
+
+
+def _text(item: dict[str, Any], key: str) -> str:
+    value = item.get(key, "")
+    if not isinstance(value, str):  # no str() of whatever came: a number or a list is no code or detail
+        raise TypeError(f"ack {key} must be text, not {type(value).__name__}")
+    return value
+
+
+def _at(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_TIME:
+        raise ValueError(f"ack at must be a time in ms, an integer from 0 to {MAX_TIME}, not {value!r}")
+    return value
 
 
 def _attempt(value: Any) -> int:

@@ -23,7 +23,7 @@ from intent_contract.codec import (
     refuse_version,
 )
 from intent_contract.errors import DecodeError, UnsupportedVersionError
-from intent_contract.wire import MAX_ATTEMPT
+from intent_contract.wire import MAX_ATTEMPT, MAX_TIME
 
 PAYLOAD = {"to": "a@example.com", "subject": "S", "text": "t"}
 
@@ -221,3 +221,27 @@ def test_an_acks_attempt_is_optional_on_the_wire_and_checked() -> None:
         raw = msgpack.packb({"v": 1, "acks": [{"id": "i-1", "state": "accepted", "attempt": bad}]})
         with pytest.raises(DecodeError, match="attempt"):
             decode_acks(raw)
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        ("code", 5),  # these were str()-coerced: a number, a list or a map came out as its repr
+        ("code", ["x"]),
+        ("detail", {"a": 1}),
+        ("detail", b"bytes"),
+        ("app", None),
+        ("at", "5"),  # and `at` went through int(): a float, a text of digits or a bool passed
+        ("at", 1.5),
+        ("at", True),
+        ("at", -1),
+        ("at", MAX_TIME + 1),
+        ("at", 2**64 - 1),
+    ],
+)
+def test_an_acks_fields_must_have_their_types(field: str, bad: object) -> None:
+    good = Ack("i-1", AckState.FAILED, "smtp_error", "refused", at=MAX_TIME, app="hvac-ui").to_wire()
+    assert decode_acks(msgpack.packb({"v": 1, "acks": [good]}))[0].at == MAX_TIME
+    raw = msgpack.packb({"v": 1, "acks": [{**good, field: bad}]}, use_bin_type=True)
+    with pytest.raises(DecodeError, match=field):
+        decode_acks(raw)

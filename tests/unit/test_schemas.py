@@ -7,7 +7,7 @@ import pytest
 from intent_contract.errors import SchemaViolationError
 from intent_contract.names import KINDS
 from intent_contract.schemas import known_schemas, schema_dir, validate
-from intent_contract.wire import MAX_ATTEMPT
+from intent_contract.wire import MAX_ATTEMPT, MAX_TIME
 
 EXAMPLES = {p.stem: json.loads(p.read_text()) for p in (schema_dir() / "examples").glob("*.json")}
 
@@ -28,9 +28,10 @@ def test_the_kind_list_is_the_same_everywhere() -> None:
     assert kind_files == set(KINDS)
 
 
-def test_the_attempt_bound_is_the_same_in_the_schema_and_the_ack_decoder() -> None:
+def test_the_attempt_and_time_bounds_are_the_same_in_the_schema_and_the_ack_decoder() -> None:
     envelope = json.loads((schema_dir() / "envelope.json").read_text())
     assert envelope["properties"]["attempt"]["maximum"] == MAX_ATTEMPT
+    assert envelope["properties"]["created"]["maximum"] == envelope["properties"]["expires"]["maximum"] == MAX_TIME
 
 
 @pytest.mark.parametrize(("name", "doc"), [(n, d) for n, ex in EXAMPLES.items() for d in ex["valid"]])

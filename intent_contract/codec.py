@@ -195,12 +195,28 @@ def _batch_v1(items: list[Any], _data: bytes) -> DecodedBatch:
         ident = item.get("id") if isinstance(item, dict) and is_name(item.get("id")) else f"#{index}"
         try:
             validate("envelope", item)
+            _integers(item)
             validate(item["kind"], item["payload"])
         except SchemaViolationError as exc:
             invalid.append((str(ident), exc.code, exc.detail))
             continue
         envelopes.append(Envelope(**item))
     return DecodedBatch(envelopes, invalid)
+
+
+_ENVELOPE_INTEGERS = ("created", "expires", "attempt", "priority")
+
+
+def _integers(item: dict[str, Any]) -> None:
+    """JSON Schema's "integer" takes a float with no fraction (1.0); the envelope's numbers must be ints.
+
+    A float there passed the schema into the ledgers (PostgreSQL refused "1.0" for an integer column on
+    every resend of the batch) and the acks (whose decoder refuses an attempt that is not an int).
+    """
+    for key in _ENVELOPE_INTEGERS:
+        value = item.get(key)
+        if value is not None and type(value) is not int:
+            raise SchemaViolationError("schema_violation", f"{key}: {value!r} is not an integer")
 
 
 _BATCH_DECODERS: dict[int, Callable[[list[Any], bytes], DecodedBatch]] = {1: _batch_v1}

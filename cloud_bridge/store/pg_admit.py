@@ -12,6 +12,8 @@ the event loop that also serves hundreds of TLS devices, held a node to ~100 bat
    the batches before it in the group wrote;
 4. writes every row, audit row and limit state with one statement each (rows as one JSON document);
 5. notifies `bridge_work` and commits; only then are the callers answered.
+When a group fails for anything but the store being unreachable, its batches are admitted again one by
+one, so a value the store refuses in one device's batch fails that batch alone.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import logging
 from base64 import b64encode
 from dataclasses import dataclass
 from typing import Any
+
+import psycopg
+from psycopg_pool import PoolTimeout
 
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.ledger import DeviceLike, pack
@@ -97,6 +102,12 @@ def known_row(row: dict[str, Any]) -> Known:
     return Known(**{k: v for k, v in row.items() if k != "device_id"} | {"state": EntryState(row["state"])})
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """Whether an admission failed because of the store (its connection or pool), not of what it held."""
+    cause = exc.__cause__ or exc
+    return isinstance(cause, (psycopg.OperationalError, PoolTimeout))
+
+
 class PgAdmissions:
     """The admission writer of one node; `admit` returns once its group is committed."""
 
@@ -133,23 +144,34 @@ class PgAdmissions:
             while len(group) < _MAX_GROUP and not self._queue.empty():
                 group.append(self._queue.get_nowait())
             try:
-                acks = await self._commit(group)
+                await self._settle(group)
             except asyncio.CancelledError:
                 for item in group:
                     item.future.cancel()
                 raise
-            except Exception as exc:  # the store's error (or a bug): every caller of the group gets it
-                if isinstance(exc, BridgeError):
-                    logger.warning("admission of %d batches failed: %s", len(group), exc)
-                else:
-                    logger.exception("admission of %d batches failed", len(group))
+
+    async def _settle(self, group: list[_Admission]) -> None:
+        """Commit `group` and answer its callers. When it fails for something other than the store being
+        unreachable, each batch is tried again on its own, so that one device's batch with a value the
+        store refuses fails its own caller only, not the other devices' batches committed with it."""
+        try:
+            acks = await self._commit(group)
+        except Exception as exc:
+            if len(group) > 1 and not _unreachable(exc):
                 for item in group:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            for item, result in zip(group, acks, strict=True):
+                    await self._settle([item])
+                return
+            if isinstance(exc, BridgeError):
+                logger.warning("admission of %d batches failed: %s", len(group), exc)
+            else:
+                logger.exception("admission of %d batches failed", len(group))
+            for item in group:
                 if not item.future.done():
-                    item.future.set_result(result)
+                    item.future.set_exception(exc)
+            return
+        for item, result in zip(group, acks, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
 
     async def _commit(self, group: list[_Admission]) -> list[list[Any]]:
         pairs = {(a.device.device_id, r.envelope.id) for a in group for r in a.requests}

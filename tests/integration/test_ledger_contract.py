@@ -82,6 +82,30 @@ async def test_new_envelopes_are_accepted_and_queued(ledger: Ledger) -> None:
     assert entries[0].tries == 1
 
 
+async def test_a_batch_the_store_refuses_fails_only_its_own_admission(ledger: Ledger) -> None:
+    """Batches that wait together are admitted together (one PostgreSQL transaction for a group): a value
+    the store refuses in one device's batch fails that batch's admission, not the other devices' beside it
+    (on PostgreSQL it failed the whole group, on every resend). The codec never lets such a value through
+    (an attempt past the schema's bound here); the store must not depend on it alone."""
+    bad = dataclasses.replace(env("x"), attempt=2**64 - 1)
+    third = DeviceRef("dev-3", "acme", "boiler-9")
+    results = await asyncio.gather(
+        admit(ledger, OTHER, [env("o")], Decider(), NOW),
+        admit(ledger, DEV, [bad], Decider(), NOW),
+        admit(ledger, third, [env("t")], Decider(), NOW),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], Exception), results[1]
+    assert [[(a.id, a.state) for a in acks] for acks in (results[0], results[2])] == [
+        [("o", AckState.ACCEPTED)],
+        [("t", AckState.ACCEPTED)],
+    ]
+    assert sorted((e.device_id, e.intent_id) for e in await ledger.claim(["email.send"], 10, NOW)) == [
+        ("dev-2", "o"),
+        ("dev-3", "t"),
+    ]
+
+
 async def test_duplicates_are_acked_again_and_never_run_again(ledger: Ledger) -> None:
     decide = Decider()
     await admit(ledger, DEV, [env("a")], decide, NOW)

@@ -18,8 +18,10 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cloud_bridge import fleet_query
+from cloud_bridge.cli_common import plain_console
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.fleet_rules import SORT_KEYS, DeviceRow
 from cloud_bridge.settings import build_settings
@@ -55,12 +57,6 @@ def _opened(data_dir: Path, store: str | None, config_path: Path | None) -> Iter
     finally:
         opened.fleet.close()
         opened.registry.close()
-
-
-def _console() -> Console:
-    """A terminal's width, or a wide one for a pipe (rich would squeeze the tables into 80 columns)."""
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
 
 
 def _ago(now: float, then: float | None) -> str:
@@ -105,7 +101,7 @@ def _print_rows(rows: list[DeviceRow], now: float) -> None:
             clock_text(r.clock_offset_ms),
             ",".join(r.flags) or "-",
         )
-    _console().print(table)
+    plain_console().print(table)
 
 
 def health_lines(report: HealthReport, received_at: float, now: float) -> list[tuple[str, str]]:
@@ -170,9 +166,9 @@ def _print_row_header(console: Console, row: DeviceRow, now: float) -> None:
     where = f"connected to node {row.node} from {row.address}" if row.connected else link_text(row, now)
     console.print(f"{row.device_id} ({row.tenant}/{row.name}): {where}", highlight=False, markup=False)
     for anomaly in row.anomalies:
-        console.print(f"[bold red]anomaly[/] {anomaly.kind}: {anomaly.detail}", highlight=False)
+        console.print(Text.assemble(("anomaly", "bold red"), f" {anomaly.kind}: {anomaly.detail}"))
     if row.stuck:
-        console.print(f"[bold red]stuck[/]: {row.stuck}", highlight=False)
+        console.print(Text.assemble(("stuck", "bold red"), f": {row.stuck}"))
 
 
 stuck_after_option = click.option(
@@ -228,7 +224,7 @@ def devices_show(
     if as_json:
         click.echo(json.dumps(found.to_json(), indent=2))
         return
-    console, device, row = _console(), found.device, found.row
+    console, device, row = plain_console(), found.device, found.row
     _print_row_header(console, row, now)
     enrolled = format_ms(int(device.enrolled_at * 1000))
     revoked = "" if device.revoked_at is None else f"; revoked {format_ms(int(device.revoked_at * 1000))}"
@@ -276,7 +272,7 @@ def devices_diagnose(
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        console, row = _console(), result.row
+        console, row = plain_console(), result.row
         _print_row_header(console, row, now)
         request, outcome = result.request, result.outcome
         if result.diagnosis is not None and request is not None and request.answered_at is not None:

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cloud_bridge.errors import TransientError
 from cloud_bridge.fleet import (
@@ -34,6 +34,9 @@ from cloud_bridge.fleet import (
 )
 from cloud_bridge.fleet_rules import BASELINE_HOURS, VOLUME_FLOOR
 from intent_contract.device_wire import Diagnosis, diagnosis_from_wire, health_from_wire
+from intent_contract.errors import DecodeError
+
+T = TypeVar("T")
 
 
 def _schema(real: str, integer: str, seq: str) -> tuple[str, ...]:
@@ -107,6 +110,17 @@ _HISTORY_TRIM = (
 )
 
 
+def _stored(read: Callable[[object], T], text: str | None) -> T | None:
+    """A stored report or diagnosis; None for one this version no longer reads (a bridge before a field's
+    bound was tightened stored it): one device's old row must not fail a view of the whole fleet."""
+    if text is None:
+        return None
+    try:
+        return read(json.loads(text))
+    except DecodeError:
+        return None
+
+
 def _state(row: Any) -> DeviceState:
     return DeviceState(
         device_id=row["device_id"],
@@ -114,7 +128,7 @@ def _state(row: Any) -> DeviceState:
         connected_at=row["connected_at"],
         seen_at=row["seen_at"],
         address=row["address"],
-        report=None if row["report"] is None else health_from_wire(json.loads(row["report"])),
+        report=_stored(health_from_wire, row["report"]),
         report_at=row["report_at"],
         offset_ms=row["offset_ms"],
         refused_code=row["refused_code"],
@@ -132,7 +146,7 @@ def _request(row: Any) -> DiagnoseRequest:
         node=row["node"],
         detail=row["detail"],
         answered_at=row["answered_at"],
-        diagnosis=None if answer is None else diagnosis_from_wire(json.loads(answer)),
+        diagnosis=_stored(diagnosis_from_wire, answer),
     )
 
 
@@ -249,7 +263,8 @@ class SqlFleet:
                 "SELECT at, offset_ms, report FROM fleet_history WHERE device_id = ? ORDER BY seq DESC LIMIT ?",
                 (device_id, limit),
             ).fetchall()
-        return [HistoryEntry(r["at"], r["offset_ms"], health_from_wire(json.loads(r["report"]))) for r in rows]
+        found = ((r, _stored(health_from_wire, r["report"])) for r in rows)
+        return [HistoryEntry(r["at"], r["offset_ms"], report) for r, report in found if report is not None]
 
     def telemetry(self, now: float, device_ids: Collection[str] | None = None) -> dict[str, Telemetry]:
         hour = hour_of(now)

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from cloud_bridge import operator_api
+from cloud_bridge.cli_common import plain_console
 from cloud_bridge.config.bridge import BridgeSection
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.intent_sql import IntentQuery, SqlIntents
@@ -51,11 +51,6 @@ def _opened(data_dir: Path, store: str | None, config_path: Path | None) -> Iter
         opened.registry.close()
 
 
-def _console() -> Console:
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
-
-
 def _print_rows(rows: list[IntentInfo], now: float) -> None:
     table = Table(box=None, pad_edge=False)
     table.add_column("device", no_wrap=True, min_width=max((len(r.device_id) for r in rows), default=6))
@@ -67,7 +62,7 @@ def _print_rows(rows: list[IntentInfo], now: float) -> None:
             r.device_id, r.intent_id, r.tenant, r.app, r.kind, r.state, r.code or "-", str(r.attempt),
             f"{format_age(max(0.0, now - r.updated))} ago",
         )  # fmt: skip
-    _console().print(table)
+    plain_console().print(table)
 
 
 def _show(detail: IntentDetail) -> None:

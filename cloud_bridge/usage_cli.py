@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from cloud_bridge.cli_common import clean_errors, run_async, settings_from
+from cloud_bridge.cli_common import clean_errors, plain_console, run_async, settings_from
 from cloud_bridge.store import open_store
 from cloud_bridge.usage import Dimension, UsageQuery, UsageRow, day_of, parse_day, totals
 
@@ -49,9 +48,7 @@ def _read(data_dir: Path, store: str | None, config_path: Path | None, query: Us
 
 
 def _print(query: UsageQuery, rows: list[UsageRow]) -> None:
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)  # rich would squeeze a piped table into 80 columns
+    console = plain_console()
     table = Table(box=None, pad_edge=False, title=f"usage {query.since} .. {query.until}", title_justify="left")
     columns = query.columns
     for column in columns:

@@ -18,11 +18,15 @@ from typing import Any, TypeVar
 from intent_contract.codec import pack, unpack
 from intent_contract.errors import DecodeError, UnsupportedVersionError
 from intent_contract.names import is_name
+from intent_contract.readable import readable
 from intent_contract.wire import DIAGNOSIS_ERRORS, DIAGNOSIS_FAILING, REPORT_DETAIL, REPORT_LIMITS
 
 REPORT_VERSION = 1
 T = TypeVar("T")
 _MAX_INT = (1 << 63) - 1
+# An age or a duration in a report: no clock measured a longer one, and the bridge's views subtract ages
+# from dates (2^63 ms before now is no date Python can write, and `devices ls --json` failed on it).
+MAX_AGE_MS = 100 * 366 * 86_400_000
 
 
 def clip(text: str, limit: int = REPORT_DETAIL) -> str:
@@ -181,6 +185,15 @@ class _Fields:
     def optional(self, key: str) -> int | None:
         return None if self._obj.get(key) is None else self.natural(key)
 
+    def age(self, key: str) -> int:
+        value = self._obj.get(key)
+        if type(value) is not int or not 0 <= value <= MAX_AGE_MS:
+            raise self.fail(key, f"an age in ms from 0 to {MAX_AGE_MS} (100 years)")
+        return value
+
+    def optional_age(self, key: str) -> int | None:
+        return None if self._obj.get(key) is None else self.age(key)
+
     def number(self, key: str) -> float:
         value = self._obj.get(key)
         if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < math.inf:
@@ -188,10 +201,11 @@ class _Fields:
         return float(value)
 
     def text(self, key: str, limit: int = REPORT_DETAIL) -> str:
+        """The string, its control characters written out (`readable`): the dashboard and the CLI show it."""
         value = self._obj.get(key, "")
         if not isinstance(value, str) or len(value) > limit:
             raise self.fail(key, f"a string of at most {limit} characters")
-        return value
+        return readable(value)
 
     def name(self, key: str) -> str:
         value = self._obj.get(key)
@@ -220,11 +234,11 @@ class _Fields:
         short = all(isinstance(v, str) and len(v) < 64 for v in value) if isinstance(value, list) else False
         if not short or len(value) > limit:
             raise self.fail(key, f"a list of at most {limit} short strings")
-        return tuple(value)
+        return tuple(readable(v) for v in value)
 
 
 def _error_line(f: _Fields) -> ErrorLine:
-    return ErrorLine(f.natural("age_ms"), f.text("code", 64), f.text("detail"))
+    return ErrorLine(f.age("age_ms"), f.text("code", 64), f.text("detail"))
 
 
 def _health(f: _Fields) -> HealthReport:
@@ -239,17 +253,17 @@ def _health(f: _Fields) -> HealthReport:
         sizes=f.counts("bytes"),
         pending=f.natural("pending"),
         pending_bytes=f.natural("pending_bytes"),
-        oldest_pending_age_ms=f.optional("oldest_pending_age_ms"),
+        oldest_pending_age_ms=f.optional_age("oldest_pending_age_ms"),
         max_items=f.natural("max_items"),
         max_bytes=f.natural("max_bytes"),
         db_bytes=f.natural("db_bytes"),
         free_bytes=f.optional("free_bytes"),
         held=f.natural("held"),
-        held_for_ms=f.optional("held_for_ms"),
+        held_for_ms=f.optional_age("held_for_ms"),
         held_reason=f.text("held_reason"),
         link=LinkStats(
             link.text("state", 32),
-            link.natural("for_ms"),
+            link.age("for_ms"),
             link.natural("sent"),
             link.natural("acked"),
             link.number("rate"),
@@ -316,7 +330,7 @@ def _diagnosis(f: _Fields) -> Diagnosis:
             FailingKind(e.text("kind", 64), e.text("code", 64), e.natural("count"))
             for e in f.entries("failing", DIAGNOSIS_FAILING)
         ),
-        failing_window_ms=f.natural("failing_window_ms"),
+        failing_window_ms=f.age("failing_window_ms"),
         bridge=f.text("bridge", 300),
         transport=f.text("transport", 32),
         windows=f.texts("windows", 24),

@@ -84,6 +84,20 @@ async def test_a_session_that_moved_to_another_node_is_not_ended_by_the_first(st
         assert set(a.fleet.nodes()) == {"node-a"}
 
 
+def test_a_stored_report_this_version_no_longer_reads_is_left_out(store: Store) -> None:
+    """A report stored by a bridge from before a bound was tightened (an age of 2^63 ms, which failed
+    `devices ls --json` for the whole fleet) reads as no report, not as an error for every view."""
+    fleet = store.fleet
+    unreadable = dataclasses.replace(report(), last_error=ErrorLine(2**63 - 1, "c", "d"))
+    fleet.flush(Flush("node-a", NOW, reports=(Received("dev-1", NOW - 2, report(pending=1), history=True),)))
+    fleet.flush(Flush("node-a", NOW, reports=(Received("dev-1", NOW - 1, unreadable, history=True),)))
+    fleet.flush(Flush("node-a", NOW, reports=(Received("dev-2", NOW - 1, report(pending=2), history=True),)))
+    states = fleet.states()
+    assert states["dev-1"].report is None and states["dev-1"].seen_at == NOW - 1
+    assert states["dev-2"].report == report(pending=2)
+    assert [h.report for h in fleet.history("dev-1", 10)] == [report(pending=1)]
+
+
 def test_history_keeps_the_newest_reports_and_prune_ends_old_rows(store: Store) -> None:
     fleet = store.fleet
     for n in range(HISTORY_PER_DEVICE + 5):

@@ -11,12 +11,19 @@ import click
 import pytest
 from click.testing import CliRunner
 from cryptography import x509
+from prometheus_client import CollectorRegistry
 
+from cloud_bridge import fleet_cli
 from cloud_bridge.cli import main
+from cloud_bridge.cli_common import plain_console
 from cloud_bridge.errors import ConfigError
+from cloud_bridge.fleet_desk import FleetDesk
+from cloud_bridge.fleet_sql import FLEET_DB, migrate_fleet_file, sqlite_fleet
 from cloud_bridge.registry_sqlite import SqliteRegistry
 from cloud_bridge.settings import BridgeSettings, HostPort, build_settings
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
+from intent_contract.device_wire import Diagnosis, ErrorLine, FailingKind, encode_health
+from tests.support.fleet import sample_report
 
 
 def _walk(command: click.Command, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
@@ -74,6 +81,34 @@ def test_devices_enroll_code_ls_show_revoke(tmp_path: Path) -> None:
     assert json.loads(revoked.output)["revoked_at"] is not None
     assert registry.revocation_counter() == 1
     assert "revoked" in _run("devices", "ls", data_dir=tmp_path).output
+
+
+async def test_a_devices_text_is_printed_as_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rich reads `[...]` in a string as markup: a device's version `[/x]` (a closing tag with nothing open)
+    failed `devices ls` for the whole fleet, and `show` and `diagnose`, with a MarkupError."""
+    enrolled = _run("devices", "enroll-code", "--tenant", "acme", "--name", "boiler-7", "--json", data_dir=tmp_path)
+    registry = SqliteRegistry(tmp_path / "registry.db")
+    device = registry.redeem(
+        json.loads(enrolled.output)["code"], public_key_pem(generate_private_key_pem()), time.time()
+    )
+    report = sample_report(software="[/x]", last_error=ErrorLine(1000, "[/y]", "[bold]d"))
+    migrate_fleet_file(tmp_path / FLEET_DB)
+    fleet = sqlite_fleet(tmp_path / FLEET_DB)
+    desk = FleetDesk(fleet, node="n1", devices=registry.all_devices, metrics=CollectorRegistry())
+    desk.submit(device.device_id, "health", encode_health(report))
+    await desk.flush(held=())
+    fleet.close()
+    listing = _run("devices", "ls", data_dir=tmp_path)
+    assert listing.exit_code == 0, listing.output
+    assert "[/x]" in listing.output and "[/y]" in listing.output
+    shown = _run("devices", "show", device.device_id, data_dir=tmp_path)
+    assert shown.exit_code == 0, shown.output
+    assert "[/x]" in shown.output
+    failing = (FailingKind("email.send", "[/z]", 2),)
+    diagnosis = Diagnosis("r", report, (ErrorLine(5, "[/c]", "[/d]"),), failing, 60_000, "[b]", "mqtt")
+    fleet_cli._print_diagnosis(plain_console(), diagnosis, time.time(), time.time())
+    printed = capsys.readouterr().out
+    assert all(text in printed for text in ("[/z]", "[/c]", "[/d]", "[b]")), printed
 
 
 def test_unknown_device_is_a_one_line_error(tmp_path: Path) -> None:

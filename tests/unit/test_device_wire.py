@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from intent_contract.device_wire import (
+    MAX_AGE_MS,
     Diagnosis,
     ErrorLine,
     FailingKind,
@@ -91,12 +92,31 @@ def _message(**changes: object) -> bytes:
         ({"link": {**sample_report().link.to_wire(), "rate": float("nan")}}, "rate must be a non-negative number"),
         ({"last_error": {"age_ms": 1, "code": 7}}, "code must be a string"),
         ({"clock_offset_ms": 1.5}, "clock_offset_ms must be an integer"),
+        # ages past 100 years: the views subtract them from dates (2^63 ms made `devices ls --json` fail)
+        ({"last_error": {"age_ms": MAX_AGE_MS + 1, "code": "c", "detail": ""}}, "age_ms must be an age"),
+        ({"oldest_pending_age_ms": 2**63 - 1}, "oldest_pending_age_ms must be an age"),
+        ({"held_for_ms": MAX_AGE_MS + 1}, "held_for_ms must be an age"),
+        ({"link": {**sample_report().link.to_wire(), "for_ms": 2**62}}, "for_ms must be an age"),
         ({"v": "1"}, "integer 'v'"),
     ],
 )
 def test_a_bad_report_is_refused_with_the_field_named(changes: dict[str, object], reason: str) -> None:
     with pytest.raises(DecodeError, match=reason):
         decode_health(_message(**changes))
+
+
+def test_control_characters_in_text_are_written_out() -> None:
+    """The dashboard and `cloud-bridge devices` show these strings: an ESC from a device must not reach a
+    terminal, nor a NUL a page."""
+    error = {"age_ms": MAX_AGE_MS, "code": "c\x1b[2J", "detail": "a\x00b\nc"}
+    report = decode_health(_message(software="1.0\x07", last_error=error))
+    assert (report.software, report.last_error) == (
+        "1.0\\u0007",
+        ErrorLine(MAX_AGE_MS, "c\\u001b[2J", "a\\u0000b\\u000ac"),
+    )
+    diagnosis = Diagnosis("r", sample_report(), (), (FailingKind("k\x00", "c", 1),), 1, "b\x1b", "mqtt", ("0\x00",))
+    decoded = decode_diagnosis(encode_diagnosis(diagnosis))
+    assert (decoded.failing[0].kind, decoded.bridge, decoded.windows) == ("k\\u0000", "b\\u001b", ("0\\u0000",))
 
 
 def test_unknown_fields_are_ignored_and_other_versions_are_unsupported() -> None:

@@ -33,8 +33,10 @@ from cloud_bridge.cli_common import (
 from cloud_bridge.health_probe import check as check_health
 from cloud_bridge.registry import Device, Registry
 from cloud_bridge.store import Store, open_store
+from intent_contract.cli_args import TextArgsGroup
 from intent_contract.names import is_name
 from intent_contract.passwords import hash_password
+from intent_contract.readable import readable
 from intent_contract.timefmt import format_ms, parse_duration, parse_rfc3339_ms
 
 
@@ -67,7 +69,7 @@ def _parse_since(text: str, now: float) -> float:
         raise click.ClickException(f"--since: {exc}, nor a duration such as 2h") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=TextArgsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edge-outbox")  # one distribution ships both programs
 def main() -> None:
     """Cloud bridge: the only place provider keys live; devices submit intents over MQTT/TLS."""
@@ -187,6 +189,9 @@ def audit(
 ) -> None:
     """Print the audit log (oldest first): admissions, results, and every refusal (policy, limits, schema,
     expired on arrival, refused connects)."""
+    for flag, name in (("--device", device), ("--tenant", tenant)):
+        if name is not None and not is_name(name):
+            raise click.ClickException(f"{flag}: {readable(name)!r} is not a valid name")
     since_s = None if since is None else _parse_since(since, time.time())
     records = run_async(_read_audit(_store(data_dir, store, config_path), device, since_s, limit, tenant))
     if as_json:

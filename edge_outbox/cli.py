@@ -31,6 +31,7 @@ from edge_outbox.identity import load_identity
 from edge_outbox.settings import DEFAULT_DATA_DIR, AttachTarget, ForwarderSettings, OutboxSettings, parse_host_port
 from edge_outbox.states import FINAL, RETRYABLE, State
 from edge_outbox.windows import parse_windows
+from intent_contract.cli_args import TextArgsGroup
 from intent_contract.logs import LogFormat
 from intent_contract.logs import configure as configure_logging
 from intent_contract.sizes import parse_size
@@ -42,7 +43,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 STATES = click.Choice([s.value for s in State])
 
 
-class _Group(click.Group):
+class _Group(TextArgsGroup):
     """Turns our own errors into one clean line and a non-zero exit; anything else is a bug: its traceback shows."""
 
     def invoke(self, ctx: click.Context) -> Any:

@@ -25,6 +25,20 @@ from edge_outbox.errors import ConfigError
 NOT_IN_FILE = frozenset({"attach_password"})
 
 
+def _wrong_type(param: click.Option, value: object) -> str | None:
+    """Why a TOML value cannot stand for `param` where its converter would not say (a number for a path
+    was taken as a file descriptor; a number for a flag failed in click)."""
+    if param.is_flag:
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(param.type, click.Path) and not isinstance(value, str):
+        return "must be a string (a path)"
+    if param.multiple:
+        return None if isinstance(value, list) else "must be a list"
+    if isinstance(value, list | dict):
+        return "must be a single value"
+    return None
+
+
 def load(path: Path, group: click.Group, ctx: click.Context) -> dict[str, dict[str, Any]]:
     """click's default map for every command of `group`, from the config file at `path`."""
     try:
@@ -42,10 +56,21 @@ def load(path: Path, group: click.Group, ctx: click.Context) -> dict[str, dict[s
         if param is None:
             errors.append(f"{key}: not an option of `edge-outbox run` (known: {', '.join(sorted(params))})")
             continue
+        problem = _wrong_type(param, value)
+        if problem is not None:
+            errors.append(f"{key} = {value!r}: {problem}")
+            continue
         try:
             param.type_cast_value(ctx, value)
         except click.BadParameter as exc:
             errors.append(f"{key} = {value!r}: {exc.message}")
+        except (
+            TypeError,
+            ValueError,
+            AttributeError,
+            OverflowError,
+        ):  # a converter that met a TOML type it never sees from a flag
+            errors.append(f"{key} = {value!r}: not a value of --{key.replace('_', '-')}")
     if errors:
         raise ConfigError(f"{path}: " + "; ".join(errors))
     defaults: dict[str, dict[str, Any]] = {"run": dict(document)}

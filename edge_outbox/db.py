@@ -199,7 +199,10 @@ def connect(data_dir: Path, *, create: bool = True) -> sqlite3.Connection:
     path = db_path(data_dir)
     if not create and not path.exists():
         raise ConfigError(f"no outbox database in {data_dir} (is --data-dir right? `edge-outbox run` creates it)")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a path under a file, a read-only or missing mount, no permission
+        raise ConfigError(f"cannot use {data_dir} as the data directory: {exc.strerror}") from None
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")

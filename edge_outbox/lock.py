@@ -29,8 +29,11 @@ class DataDirLock:
 
     def acquire(self, about: dict[str, Any]) -> None:
         """Take the lock or raise ConfigError naming the outbox that holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a path under a file, a read-only or missing mount, no permission
+            raise ConfigError(f"cannot use {self.path.parent} as the data directory: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

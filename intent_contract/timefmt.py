@@ -10,12 +10,21 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
 
+# The longest duration taken: a time that far back or ahead is still a date Python can write, and a
+# retention, a code's lifetime or an age beyond a century is a typing slip (99999999999w overflowed
+# the stores and the date formats, after a purge had run).
+MAX_DURATION_S = 100 * 366 * 86400
+
+
 def parse_duration(text: str) -> float:
-    """Seconds in a duration such as '90', '30s', '15m', '24h', '7d' or '2w'."""
+    """Seconds in a duration such as '90', '30s', '15m', '24h', '7d' or '2w', at most 100 years."""
     match = _DURATION_RE.match(text)
     if match is None:
         raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 15m, 24h, 7d)")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"{text!r} is longer than 100 years")
+    return seconds
 
 
 def parse_rfc3339_ms(text: str) -> int:

@@ -108,3 +108,37 @@ def test_bridge_errors_are_one_line(tmp_path: Path) -> None:
         ),
         "--ttl",
     )
+
+
+# -- both --------------------------------------------------------------------------------------
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], text: str) -> None:
+    """A usage error (click's exit 2, with its usage lines) or one of ours (exit 1): never a traceback."""
+    assert result.returncode in (1, 2), result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: "), result.stderr
+    assert text in result.stderr, result.stderr
+
+
+def test_arguments_past_any_sense_are_refused_not_tracebacks(tmp_path: Path) -> None:
+    """Each of these was a traceback (OverflowError, UnicodeEncodeError from a store's driver, ValueError
+    from a date format after a purge had run); a non-UTF-8 byte reaches Python as a lone surrogate."""
+    edge, bridge = str(tmp_path / "edge"), str(tmp_path / "bridge")
+    db.connect(tmp_path / "edge").close()
+    cases = [
+        (("edge_outbox", "purge", "--older-than", "99999999999w", "--data-dir", edge), "longer than 100 years"),
+        (("edge_outbox", "export", "--out", str(tmp_path / "b"), "--max-bytes", "1e309", "--data-dir", edge), "8 PiB"),
+        (("edge_outbox", "ls", "--app", "\udcff", "--data-dir", edge), "'\\udcff' is not UTF-8 text"),
+        (("edge_outbox", "run", "--data-dir", str(tmp_path / "edge" / "outbox.db" / "x")), "cannot use"),
+        (("cloud_bridge", "intents", "purge", "--older-than", "9" * 400, "--data-dir", bridge), "100 years"),
+        (("cloud_bridge", "usage", "--until", "99999999999w", "--data-dir", bridge), "neither a day"),
+        (("cloud_bridge", "devices", "revoke", "dev-\udced\udca0\udc80", "--data-dir", bridge), "is not UTF-8 text"),
+        (("cloud_bridge", "audit", "--device", "", "--data-dir", bridge), "--device: '' is not a valid name"),
+        (("cloud_bridge", "audit", "--tenant", "a\x1b[2J", "--data-dir", bridge), "'a\\\\u001b[2J' is not a valid"),
+    ]
+    for (package, *args), text in cases:
+        assert_refused(run_cli(package, *args), text)
+    ttl = ("devices", "enroll-code", "--tenant", "t", "--name", "n", "--ttl", "99999999999w", "--data-dir", bridge)
+    assert_refused(run_cli("cloud_bridge", *ttl), "longer than 100 years")
+    assert "enroll_codes" not in run_cli("cloud_bridge", "status", "--json", "--data-dir", bridge).stdout

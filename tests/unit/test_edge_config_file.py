@@ -81,6 +81,20 @@ def test_every_bad_key_is_reported_at_once_with_the_file(tmp_path: Path) -> None
     assert "Traceback" not in message
 
 
+def test_values_of_the_wrong_toml_type_are_reported_not_raised(tmp_path: Path) -> None:
+    """A number for a path was taken as a file descriptor ("Bad file descriptor: 5"), a number for a flag
+    was an AttributeError: each a traceback."""
+    text = 'data_dir = 5\nno_forward = 2\nforward_window = "02:00-04:00"\nlisten = ["a"]\n'
+    result = CliRunner().invoke(main, ["--config", str(write(tmp_path, text)), "status"])
+    assert result.exit_code == 1, result.output
+    message = result.output
+    assert "data_dir = 5: must be a string (a path)" in message
+    assert "no_forward = 2: must be true or false" in message
+    assert "forward_window = '02:00-04:00': must be a list" in message
+    assert "listen = ['a']: must be a single value" in message
+    assert "Traceback" not in message
+
+
 def test_a_broken_file_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--config", str(write(tmp_path, "data_dir = \n")), "status"])
     assert result.exit_code == 1

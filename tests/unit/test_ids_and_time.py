@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from intent_contract.backoff import compute_backoff
 from intent_contract.ids import IdGenerator, encode_id
 from intent_contract.names import is_name
-from intent_contract.timefmt import format_ms, parse_duration, parse_rfc3339_ms
+from intent_contract.sizes import MAX_SIZE, parse_size
+from intent_contract.timefmt import MAX_DURATION_S, format_ms, parse_duration, parse_rfc3339_ms
 
 
 @given(st.lists(st.integers(min_value=0, max_value=2**40), min_size=1, max_size=200))
@@ -90,6 +91,20 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_duration_message_shows_format() -> None:
     with pytest.raises(ValueError, match="24h"):
         parse_duration("soon")
+
+
+def test_durations_and_sizes_past_their_bounds_are_value_errors() -> None:
+    """99999999999w and 1e309 overflowed later, in a store or a date format, as tracebacks."""
+    assert parse_duration("100w") == 100 * 604800
+    assert parse_duration(f"{MAX_DURATION_S}") == MAX_DURATION_S
+    for text in ("99999999999w", f"{MAX_DURATION_S + 1}", "99999999999999999999999"):
+        with pytest.raises(ValueError, match="longer than 100 years"):
+            parse_duration(text)
+    assert parse_size("8192G") == 8192 << 30
+    assert parse_size(str(MAX_SIZE)) == MAX_SIZE
+    for text in ("1e309", "inf", "-inf", "nan", f"{MAX_SIZE + 2**11}", "9999999999G"):
+        with pytest.raises(ValueError, match="size"):
+            parse_size(text)
 
 
 def test_rfc3339() -> None:

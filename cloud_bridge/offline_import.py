@@ -27,7 +27,7 @@ from cloud_bridge.registry import Device, Registry
 from intent_contract import sealed, signed
 from intent_contract.codec import Ack, decode_batch, encode_acks
 from intent_contract.errors import DecodeError, SignatureError, UnsupportedVersionError
-from intent_contract.offline_wire import BUNDLE_TYPE, RECEIPT_TYPE, Bundle, BundleEcho, Receipt
+from intent_contract.offline_wire import BUNDLE_TYPE, MAX_BUNDLE_INTENTS, RECEIPT_TYPE, Bundle, BundleEcho, Receipt
 from intent_contract.wire import ACKS_PER_MESSAGE
 
 if TYPE_CHECKING:  # the service brings in the listener and the front door; the CLI's other commands need neither
@@ -138,6 +138,11 @@ class OfflineDesk:
             return Imported(device, bundle, [], imported_at)
         sizes = await asyncio.to_thread(_batch_sizes, bundle)
         total, done = sum(sizes), 0
+        if total > MAX_BUNDLE_INTENTS:
+            raise OfflineFileError(
+                f"bundle of {total:,} intents is over the {MAX_BUNDLE_INTENTS:,} a bundle may carry: refused",
+                code="bundle_too_large",
+            )
         acks: list[Ack] = []
         for batch, size in zip(bundle.batches, sizes, strict=True):
             acks.extend(await self._service.handle_intents(device.device_id, batch))

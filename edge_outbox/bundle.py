@@ -24,7 +24,7 @@ from edge_outbox.key_rotation import pending_rotation
 from intent_contract import sealed, signed
 from intent_contract.codec import encode_confirms
 from intent_contract.files import write_atomic
-from intent_contract.offline_wire import BUNDLE_TYPE, Bundle
+from intent_contract.offline_wire import BUNDLE_TYPE, MAX_BUNDLE_INTENTS, Bundle
 from intent_contract.wire import BATCH_ITEMS, BATCH_PAYLOAD_BYTES, CONFIRMS_PER_MESSAGE
 
 # Room kept under --max-bytes for what is not batches: confirms (at most 20,000 ids), the signature,
@@ -77,6 +77,8 @@ def export(
             if message is None:
                 return True
             if used["bytes"] + len(message) > max_bytes - _HEADROOM:
+                return False
+            if used["intents"] + len(sendable) > MAX_BUNDLE_INTENTS:
                 return False
             batches.append(message)
             used["bytes"] += len(message)

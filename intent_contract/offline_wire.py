@@ -32,6 +32,11 @@ DEFAULT_FILE_BYTES: Final = 64 << 20
 MAX_FILE_BYTES: Final = 1 << 30
 # Wire messages in one body: each is at most DEFAULT_LIMITS.max_bytes, so the file limit binds first.
 MAX_MESSAGES: Final = 20_000
+# Intents in one bundle (an export stops there; an import refuses more). The bridge answers each with
+# an ack held in memory until the receipt is written: at most ~1.2 KB each (a 1,000-character detail),
+# so the receipt of a full bundle stays under DEFAULT_FILE_BYTES. Without it, a 1.25 MB bundle of
+# bare ids became 100,000 refusals and an 11 MB receipt, and 64 MiB would have been millions.
+MAX_BUNDLE_INTENTS: Final = 50_000
 _MAX_DEPTH: Final = 4
 
 

@@ -6,15 +6,17 @@ import json
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from edge_outbox import db, ops
+from edge_outbox.identity import key_file, load_identity
 from edge_outbox.intake_rules import Admitted
 from edge_outbox.ops import QueueLimits
 from intent_contract import sealed, signed
 from intent_contract.codec import Ack, AckState, encode_acks, encode_batch
 from intent_contract.device_token import generate_private_key_pem
-from intent_contract.offline_wire import BUNDLE_TYPE, RECEIPT_TYPE, Bundle, Receipt
+from intent_contract.offline_wire import BUNDLE_TYPE, MAX_BUNDLE_INTENTS, RECEIPT_TYPE, Bundle, Receipt
 from tests.support.bridge import email as email_envelope
 from tests.support.edge import cli_json, stored_ids
 from tests.support.net import wait_until
@@ -142,6 +144,42 @@ def test_tampered_bundle_and_bundle_over_the_size_limit_are_refused(stack: Stack
     assert result.returncode == 1
     assert "over the 1,024-byte limit" in result.stderr
     assert stack.sink.total() == 0
+
+
+@pytest.mark.timeout(300)
+def test_a_bundle_carries_at_most_max_bundle_intents(stack: Stack, tmp_path: Path) -> None:
+    """The bridge holds an ack per intent of a bundle until its receipt is written: a bundle the device
+    signed with 100,000 bare ids was 100,000 refusals and a receipt nine times its size. Export stops at
+    the bound (the rest waits for the next bundle); import refuses a bundle over it and admits nothing."""
+    _offline_edge(stack, "many", 1)
+    conn = db.connect(stack.edge_dir)
+    try:
+        now = time.time_ns() // 1_000_000
+        body = b'{"to": "ops@example.com", "subject": "s", "text": "x"}'
+        rows = [
+            Admitted(f"bulk-{i:06d}", APP, "email.send", body, 0, now, None, True) for i in range(MAX_BUNDLE_INTENTS)
+        ]
+        ops.commit_intakes(conn, list(rows), QueueLimits(), now)
+    finally:
+        conn.close()
+    done = export(stack.edge_dir, tmp_path / "full.bundle")
+    assert (done["intents"], done["left_out"]) == (MAX_BUNDLE_INTENTS, 1)
+
+    bare = [msgpack.packb({"v": 1, "items": [{"id": f"x{b}-{i}"} for i in range(500)]}) for b in range(101)]
+    identity = load_identity(stack.edge_dir)
+    assert identity is not None
+    over = Bundle(identity.device_id, bridge_public_keys(stack)["key_id"], "OVER", now, tuple(bare))
+    document = signed.sign(
+        over.encode(), key_file(stack.edge_dir).read_bytes(), typ=BUNDLE_TYPE, kid=identity.device_id
+    )
+    (tmp_path / "over.bundle").write_bytes(sealed.seal(document, bridge_public_keys(stack)["recipient"]))
+    result = import_bundle(stack, tmp_path / "over.bundle", tmp_path / "over.receipt")
+    assert result.returncode == 1, result.stderr
+    assert f"bundle of 50,500 intents is over the {MAX_BUNDLE_INTENTS:,}" in result.stderr
+    assert not (tmp_path / "over.receipt").exists()
+    audit = bridge_cmd(stack, "audit", "--device", identity.device_id, "--json", "--config", str(stack.bridge.config))
+    assert audit.returncode == 0, audit.stderr
+    assert json.loads(audit.stdout) == []  # nothing admitted, not even refused
 
 
 def _forged_bundle(stack: Stack, path: Path, kid: str) -> None:

@@ -4,6 +4,8 @@ A session is `base64(user:expiry).hmac`: nothing is stored server-side, so any b
 same key accepts it (docs/dashboard.md). The key comes from the config's secret (env or file), or is
 made at start for one node. A form's CSRF token is an HMAC of the session, so a page from another
 origin cannot produce it; the cookie is also SameSite=Strict, and POSTs must come from our origin.
+Cookies and tokens are ours only when ASCII (base64, hex): anything else is refused before it is compared
+(hmac.compare_digest raises TypeError on non-ASCII text).
 """
 
 from __future__ import annotations
@@ -57,10 +59,10 @@ class OperatorAuth:
 
     def operator(self, cookie: str | None, now: float) -> Operator | None:
         """The operator a cookie names, if it is ours, unexpired and the operator still exists."""
-        if not cookie or cookie.count(".") != 1:
+        if not cookie or not cookie.isascii() or cookie.count(".") != 1:
             return None
         body, signature = cookie.split(".")
-        if not hmac.compare_digest(signature, self._sign(body)):
+        if not hmac.compare_digest(signature.encode(), self._sign(body).encode()):
             return None
         try:
             name, _, expiry = base64.urlsafe_b64decode(body.encode()).decode().rpartition(":")
@@ -76,4 +78,7 @@ class OperatorAuth:
         return self._sign("csrf:" + cookie)
 
     def csrf_ok(self, cookie: str | None, token: str | None) -> bool:
-        return bool(cookie) and bool(token) and hmac.compare_digest(self.csrf_token(cookie or ""), token or "")
+        """True when `token` is this session's; a missing or non-ASCII cookie or token is never."""
+        if not cookie or not token or not cookie.isascii() or not token.isascii():
+            return False
+        return hmac.compare_digest(self.csrf_token(cookie).encode(), token.encode())

@@ -100,10 +100,10 @@ class Dashboard:
         return response
 
     def _page(self, request: web.Request, template: str, **values: Any) -> web.Response:
-        cookie = request.cookies.get(COOKIE, "")
+        operator = request.get(OPERATOR)  # only then is the cookie ours (and ASCII)
         html = self._templates.get_template(template).render(
-            operator=request.get(OPERATOR),
-            csrf=self._auth.csrf_token(cookie) if cookie else "",
+            operator=operator,
+            csrf=self._auth.csrf_token(request.cookies.get(COOKIE, "")) if operator is not None else "",
             ui=self.prefix,
             **values,
         )

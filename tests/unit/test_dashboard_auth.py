@@ -36,6 +36,8 @@ def test_a_session_names_its_operator_until_it_expires(auth: OperatorAuth) -> No
         lambda c: "bWFsbG9yeTo5OTk5OTk5OTk5." + c.split(".")[1],  # another body, the old signature
         lambda c: "",
         lambda c: "no-dot-at-all",
+        lambda c: c.split(".")[0] + ".\u00e9",  # non-ASCII: hmac.compare_digest raised TypeError on it
+        lambda c: c.split(".")[0] + ".\udcff",  # a byte that is not UTF-8, as a server may decode it
     ],
 )
 def test_a_forged_or_altered_session_is_nobody(auth: OperatorAuth, forge: object) -> None:
@@ -55,6 +57,9 @@ def test_csrf_tokens_are_bound_to_their_session(auth: OperatorAuth) -> None:
     assert not auth.csrf_ok(theirs, token)
     assert not auth.csrf_ok(mine, None)
     assert not auth.csrf_ok(None, token)
+    assert not auth.csrf_ok(mine, "\u00e9")
+    assert not auth.csrf_ok(mine, "\udcff")
+    assert not auth.csrf_ok("\u00e9.00", token)
 
 
 def test_a_short_key_or_a_bad_operator_name_is_refused() -> None:

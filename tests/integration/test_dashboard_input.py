@@ -1,0 +1,33 @@
+"""The dashboard against what no browser sends: bytes a client library would refuse, through raw HTTP.
+
+Every one of these was an HTTP 500 (an exception out of a handler); each is a 4xx now, and the pages
+work as before for everyone else.
+"""
+
+from __future__ import annotations
+
+from cloud_bridge.dashboard.auth import COOKIE
+from tests.support.bridge import Harness
+from tests.support.dashboard import dashboard_bridge, operator_hashes, session
+from tests.support.raw_http import origin, raw_request
+
+__all__ = ["dashboard_bridge", "operator_hashes"]  # fixtures
+FORM = ("Content-Type", b"application/x-www-form-urlencoded")
+
+
+async def test_a_non_ascii_session_cookie_is_nobody(dashboard_bridge: Harness) -> None:
+    for cookie in (b"a.\xc3\xa9", b"a.\xff", "\u00e9.00".encode()):
+        headers = [("Cookie", COOKIE.encode() + b"=" + cookie)]
+        assert (await raw_request(dashboard_bridge, "GET", "/ui/login", headers))[0] == 200, cookie
+        status, response = await raw_request(dashboard_bridge, "GET", "/ui/", headers)
+        assert status == 303 and b"Location: /ui/login" in response, cookie
+
+
+async def test_a_non_ascii_csrf_token_is_refused(dashboard_bridge: Harness) -> None:
+    cookie = ("Cookie", f"{COOKIE}={await session(dashboard_bridge)}".encode())
+    for path in ("/ui/logout", "/ui/intents/dev-1/i-1/retry", "/ui/intents/dev-1/i-1/cancel"):
+        for body in (b"csrf=%C3%A9", b"csrf=%FF", "csrf=\u00e9".encode()):
+            status, _ = await raw_request(
+                dashboard_bridge, "POST", path, [origin(dashboard_bridge), cookie, FORM], body
+            )
+            assert status == 403, (path, body)

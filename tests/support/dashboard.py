@@ -1,0 +1,50 @@
+"""A bridge with the operators' dashboard (operator alice) on free loopback ports, and an HTTP login."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from cloud_bridge.dashboard.auth import COOKIE
+from intent_contract.passwords import hash_password
+from tests.support.bridge import CountingIntegration, Harness, make_settings, running_bridge
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def operator_hashes() -> dict[str, str]:
+    return {"alice": hash_password(PASSWORD)}
+
+
+@pytest.fixture
+async def dashboard_bridge(
+    tmp_path: Path, server_cert_files: dict[str, Path], operator_hashes: dict[str, str]
+) -> AsyncIterator[Harness]:
+    settings = make_settings(
+        tmp_path, server_cert_files, dashboard={"operators": operator_hashes, "session_key_env": "KEY"},
+        env={"KEY": "s" * 40},
+    )  # fmt: skip
+    async for harness in running_bridge(settings, server_cert_files["ca"], {"email.send": CountingIntegration()}):
+        yield harness
+
+
+async def log_in(harness: Harness, user: str = "alice", password: str = PASSWORD) -> aiohttp.ClientResponse:
+    """POST /ui/login from our own origin; the response (303 with the session cookie when it worked)."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{harness.base_url}/ui/login", data={"user": user, "password": password},
+                  headers={"Origin": harness.base_url}, ssl=harness.client_ssl(), allow_redirects=False) as answer,
+    ):  # fmt: skip
+        await answer.read()
+        return answer
+
+
+async def session(harness: Harness) -> str:
+    """A logged-in operator's session cookie value."""
+    answer = await log_in(harness)
+    assert answer.status == 303
+    return answer.cookies[COOKIE].value

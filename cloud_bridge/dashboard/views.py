@@ -202,5 +202,8 @@ def _same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin") or request.headers.get("Referer")
     if not origin:
         return False
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # such as "https://[": not our origin, whatever it is
+        return False
     return parts.scheme == "https" and parts.netloc == request.host

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cloud_bridge.dashboard.auth import COOKIE
 from tests.support.bridge import Harness
-from tests.support.dashboard import dashboard_bridge, operator_hashes, session
+from tests.support.dashboard import PASSWORD, dashboard_bridge, operator_hashes, session
 from tests.support.raw_http import origin, raw_request
 
 __all__ = ["dashboard_bridge", "operator_hashes"]  # fixtures
@@ -31,3 +31,14 @@ async def test_a_non_ascii_csrf_token_is_refused(dashboard_bridge: Harness) -> N
                 dashboard_bridge, "POST", path, [origin(dashboard_bridge), cookie, FORM], body
             )
             assert status == 403, (path, body)
+
+
+async def test_a_malformed_origin_or_referer_is_cross_site(dashboard_bridge: Harness) -> None:
+    cookie = ("Cookie", f"{COOKIE}={await session(dashboard_bridge)}".encode())
+    login = b"user=alice&password=" + PASSWORD.replace(" ", "+").encode()
+    for header in ("Origin", "Referer"):
+        for value in (b"https://[", b"https://[zz]", b"https://127.0.0.1:99999"):
+            status, _ = await raw_request(dashboard_bridge, "POST", "/ui/login", [(header, value), FORM], login)
+            assert status == 403, (header, value)
+            status, _ = await raw_request(dashboard_bridge, "POST", "/ui/logout", [(header, value), cookie, FORM])
+            assert status == 403, (header, value)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import jinja2
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from cloud_bridge.dashboard.auth import COOKIE, SESSION_S, Operator, OperatorAuth
 from cloud_bridge.dashboard.data import DashboardData, FleetRow
@@ -88,7 +89,7 @@ class Dashboard:
                 raise web.HTTPForbidden(text="log in first")
             raise web.HTTPSeeOther(self.prefix + "login")
         if request.method == "POST" and not request.path.endswith("/login"):
-            form = await request.post()
+            form = await read_form(request)
             if not _same_origin(request) or not self._auth.csrf_ok(cookie, _text(form.get("csrf"))):
                 logger.warning("dashboard request refused: cross-site or without its token",
                                extra={"client": request.remote})  # fmt: skip
@@ -117,7 +118,7 @@ class Dashboard:
     async def _login(self, request: web.Request) -> web.StreamResponse:
         if not _same_origin(request):
             raise web.HTTPForbidden(text="cross-site request refused")
-        form = await request.post()
+        form = await read_form(request)
         name, password = _text(form.get("user")), _text(form.get("password"))
         ok = bool(name) and await asyncio.to_thread(self._auth.check_password, name, password)
         if not ok:
@@ -191,6 +192,22 @@ class Dashboard:
 def stuck_first(rows: list[FleetRow]) -> list[FleetRow]:
     """Stuck devices first, then by oldest pending work, then by id."""
     return sorted(rows, key=lambda r: (not r.stuck, -(r.oldest_pending_s or 0.0), r.device_id))
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
+    """The request's form; 400 when its body cannot be read as one (a browser's always can).
+
+    Our forms are urlencoded: multipart (files, nested parts, per-part encodings) is refused unread.
+    """
+    if request.content_type == "multipart/form-data":
+        raise web.HTTPBadRequest(text="the dashboard's forms are application/x-www-form-urlencoded")
+    try:
+        return await request.post()
+    except (ValueError, LookupError, web.RequestPayloadError) as exc:
+        # Not UTF-8 (UnicodeDecodeError is a ValueError), an unknown charset (LookupError), a body that is
+        # not the Content-Encoding it claims (RequestPayloadError).
+        logger.info("dashboard form refused: %s", type(exc).__name__, extra={"client": request.remote})
+        raise web.HTTPBadRequest(text="the form could not be read") from None
 
 
 def _text(value: object) -> str:

@@ -42,3 +42,22 @@ async def test_a_malformed_origin_or_referer_is_cross_site(dashboard_bridge: Har
             assert status == 403, (header, value)
             status, _ = await raw_request(dashboard_bridge, "POST", "/ui/logout", [(header, value), cookie, FORM])
             assert status == 403, (header, value)
+
+
+async def test_a_form_body_that_cannot_be_read_is_400(dashboard_bridge: Harness) -> None:
+    cookie = ("Cookie", f"{COOKIE}={await session(dashboard_bridge)}".encode())
+    urlencoded = b"application/x-www-form-urlencoded"
+    cases: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = [
+        (urlencoded, b"\xff=\xff", []),  # not UTF-8
+        (urlencoded + b"; charset=bogus", b"user=alice&password=x", []),  # an unknown charset
+        (urlencoded, b"user=alice&password=x", [("Content-Encoding", b"gzip")]),  # says gzip, is not
+        (b"multipart/form-data", b"user=alice", []),  # no boundary
+        (b"multipart/form-data; boundary=x", b"--x\r\ngarbage", []),  # broken multipart
+        (b"multipart/form-data; boundary=x",
+         b'--x\r\nContent-Disposition: form-data; name="user"\r\n\r\n\xff\r\n--x--\r\n', []),  # a field not UTF-8
+    ]  # fmt: skip
+    for content_type, body, extra in cases:
+        headers = [origin(dashboard_bridge), ("Content-Type", content_type), *extra]
+        for path, more in (("/ui/login", []), ("/ui/logout", [cookie]), ("/ui/intents/dev-1/i-1/retry", [cookie])):
+            status, _ = await raw_request(dashboard_bridge, "POST", path, headers + more, body)
+            assert status == 400, (path, content_type, body)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mimetypes
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -63,6 +64,13 @@ class Dashboard:
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
         )
         self._templates.filters.update(when=_when, age=_age)
+        # The few files under static/, read once: a request names one of them or gets a 404, and never
+        # reaches the file system (aiohttp's static route raised OSError, a 500, on a 300-character name).
+        self._static = {
+            path.name: (path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+            for path in (HERE / "static").iterdir()
+            if path.is_file()
+        }
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._security])
@@ -74,7 +82,7 @@ class Dashboard:
         app.router.add_get("/intents", self._intents)
         app.router.add_post("/intents/{device_id}/{intent_id}/{action:retry|cancel}", self._act)
         app.router.add_get("/usage", self._usage)
-        app.router.add_static("/static", HERE / "static", show_index=False)
+        app.router.add_get("/static/{name}", self._static_file)
         return app
 
     # -- the gate ----------------------------------------------------------------------------------
@@ -109,6 +117,13 @@ class Dashboard:
             **values,
         )
         return web.Response(text=html, content_type="text/html")
+
+    async def _static_file(self, request: web.Request) -> web.Response:
+        found = self._static.get(request.match_info["name"])
+        if found is None:
+            raise web.HTTPNotFound(text="no such file")
+        body, content_type = found
+        return web.Response(body=body, content_type=content_type)
 
     # -- login ---------------------------------------------------------------------------------
 

@@ -6,6 +6,9 @@ work as before for everyone else.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from cloud_bridge import dashboard
 from cloud_bridge.dashboard.auth import COOKIE
 from tests.support.bridge import Harness
 from tests.support.dashboard import PASSWORD, dashboard_bridge, operator_hashes, session
@@ -61,3 +64,12 @@ async def test_a_form_body_that_cannot_be_read_is_400(dashboard_bridge: Harness)
         for path, more in (("/ui/login", []), ("/ui/logout", [cookie]), ("/ui/intents/dev-1/i-1/retry", [cookie])):
             status, _ = await raw_request(dashboard_bridge, "POST", path, headers + more, body)
             assert status == 400, (path, content_type, body)
+
+
+async def test_static_serves_its_files_and_404s_any_other_name(dashboard_bridge: Harness) -> None:
+    status, response = await raw_request(dashboard_bridge, "GET", "/ui/static/style.css")
+    assert status == 200 and b"Content-Type: text/css" in response
+    css = Path(dashboard.__file__).parent / "static" / "style.css"
+    assert response.endswith(css.read_bytes())
+    for name in ("a" * 300, "nope.css", "..%2fauth.py", "%2e%2e%2fviews.py", "%00"):
+        assert (await raw_request(dashboard_bridge, "GET", f"/ui/static/{name}"))[0] == 404, name

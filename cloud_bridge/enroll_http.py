@@ -8,6 +8,7 @@ enroll_limits decides whether a request is served, the registry decides enrollme
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -139,10 +140,12 @@ def build_http_app(
         "revoked" (end its backlog with a clear status) from a passing fault (keep retrying).
         """
         token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        try:
-            subject = jwt.decode(token, options={"verify_signature": False}).get("sub")
-        except jwt.PyJWTError:
-            subject = None
+        subject = None
+        # A token is ASCII (base64url and dots); a header byte that is not UTF-8 reaches us as a surrogate,
+        # on which PyJWT raised UnicodeEncodeError (a 500). Such a token is just not one.
+        if token.isascii():
+            with contextlib.suppress(jwt.PyJWTError):
+                subject = jwt.decode(token, options={"verify_signature": False}).get("sub")
         device = await asyncio.to_thread(registry.get, subject) if isinstance(subject, str) else None
         # An unknown device gets the answer a bad signature gets, so a forger cannot probe for ids.
         # Other codes come only after the signature verified: that caller holds the device's key.

@@ -73,8 +73,8 @@ def verify_device_token(
     Algorithms are pinned to ES256, so neither `none` nor an HMAC keyed with the public key passes.
     Replay of the `jti` is checked separately by ReplayCache.
     """
-    if not token or len(token) > _MAX_TOKEN_CHARS:
-        raise AuthError("token missing or too long", code="token_invalid")
+    if not token or len(token) > _MAX_TOKEN_CHARS or not token.isascii():  # a JWS is base64url and dots
+        raise AuthError("token missing, too long or not ASCII", code="token_invalid")
     key = load_device_public_key(public_key_pem)
     try:
         claims: dict[str, object] = jwt.decode(

@@ -11,6 +11,7 @@ import pytest
 
 from intent_contract.device_token import generate_private_key_pem, sign_device_token
 from tests.support.bridge import Harness, counting, harness
+from tests.support.raw_http import raw_request
 
 __all__ = ["counting", "harness"]  # fixtures
 
@@ -81,3 +82,22 @@ async def test_device_status_does_not_tell_a_forger_which_ids_exist(harness: Har
     assert await ask(forged("no-such-device")) == existing
     assert await ask("not-a-jwt") == existing
     assert await ask(real.token()) == (200, {"device_id": real.device_id, "status": "active"})
+
+
+async def test_a_token_or_rotation_that_is_not_utf8_is_refused_like_any_bad_one(harness: Harness) -> None:
+    """A byte that is not UTF-8 in Authorization was a 500 (PyJWT's UnicodeEncodeError) on this internet-facing API."""
+    real = await harness.enroll()
+    token = real.token().encode()
+    for authorization in (b"Bearer \xff", b"Bearer eyJhbGciOiJFZERTQSJ9.\xff.AA", b"Bearer " + token + b"\xff",
+                          b"Bearer " + token[:-3] + "\u00e9".encode()):  # fmt: skip
+        status, response = await raw_request(harness, "GET", "/v1/device", [("Authorization", authorization)])
+        assert status == 401, authorization
+        assert json.loads(response.split(b"\r\n\r\n", 1)[1])["error"] == "token_invalid"
+    # /v1/rotate-key takes no Authorization (its document is signed); bytes that are not UTF-8 there are malformed.
+    for body in (b"\xff", b'{"kid": "\xff"}', b"\xff.\xff.\xff"):
+        headers = [("Authorization", b"Bearer \xff"), ("Content-Type", b"application/json")]
+        status, response = await raw_request(harness, "POST", "/v1/rotate-key", headers, body)
+        assert status == 400, body
+        assert json.loads(response.split(b"\r\n\r\n", 1)[1])["error"] == "rotation_malformed"
+    status, _ = await raw_request(harness, "GET", "/v1/device", [("Authorization", b"Bearer " + token)])
+    assert status == 200

@@ -154,3 +154,10 @@ def test_replay_cache_accepts_each_live_jti_once(uses: list[tuple[str, int]]) ->
         else:
             assert not live
             accepted[jti] = now + 30
+
+
+@pytest.mark.parametrize("token", ["\udcff", "eyJhbGciOiJFUzI1NiJ9.\udcff.AA", "\u00e9.\u00e9.\u00e9"])
+def test_a_token_that_is_not_ascii_is_invalid_not_an_encoding_error(token: str) -> None:
+    with pytest.raises(AuthError) as refused:
+        _verify(token)
+    assert refused.value.code == "token_invalid"

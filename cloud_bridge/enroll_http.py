@@ -74,7 +74,8 @@ class Enrollment:
             return response
         try:
             document = json_bounded.loads(await request.read(), max_bytes=_MAX_BODY)
-        except (DecodeError, web.HTTPRequestEntityTooLarge):
+        except (DecodeError, web.HTTPRequestEntityTooLarge, web.RequestPayloadError):
+            # RequestPayloadError: the body is not the Content-Encoding it claims (gzip that is not gzip).
             return self._refuse(request, 400, "malformed", "expected a JSON object {code, public_key}")
         code = document.get("code") if isinstance(document, dict) else None
         public_key = document.get("public_key") if isinstance(document, dict) else None
@@ -173,6 +174,8 @@ def build_http_app(
             data = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _error(400, "malformed", "rotation document too large")
+        except web.RequestPayloadError:  # not the Content-Encoding it claims
+            return _error(400, "malformed", "the body could not be read (its Content-Encoding)")
         try:
             device = await asyncio.to_thread(accept_rotation, registry, data, clock())
         except (AuthError, UnknownDeviceError) as exc:

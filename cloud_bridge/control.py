@@ -4,7 +4,8 @@ A Unix socket in the data directory (`control.sock`, mode 0600): only the bridge
 root) can open it, and the bridge also checks the peer's uid (SO_PEERCRED) before it answers.
 Chosen over a pid file and a signal because the caller gets the answer (applied, or refused and
 why), and a stale pid file can never make it signal another process. One request a connection: a
-JSON line `{"command": "reload"}`, answered by one JSON line.
+JSON line `{"command": "reload"}` (size- and depth-bounded), answered by one JSON line; a line that is not
+such a request is answered `{"ok": false, "error": ...}`, one over 4 KiB gets no answer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from cloud_bridge.errors import ConfigError, TransientError
+from intent_contract import json_bounded
+from intent_contract.errors import DecodeError
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +97,11 @@ class ControlServer:
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
         try:
-            command = json.loads(line).get("command")
-        except (ValueError, AttributeError):
-            command = None
+            # Bounded: 4,000 `[` in a line under _MAX_LINE made json.loads raise RecursionError, unanswered.
+            document = json_bounded.loads(line, max_bytes=_MAX_LINE)
+        except DecodeError as exc:
+            return {"ok": False, "error": f'expected a JSON line {{"command": ...}}: {exc}'}
+        command = document.get("command") if isinstance(document, dict) else None
         handler = self._handlers.get(command) if isinstance(command, str) else None
         if handler is None:
             return {"ok": False, "error": f"unknown command; known: {', '.join(sorted(self._handlers))}"}

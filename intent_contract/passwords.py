@@ -18,6 +18,12 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
     return f"scrypt${_N}${_R}${_P}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
+# A hash no password matches (its digest is zeros), made with the same parameters as hash_password's: checking a
+# name that has no hash against it costs what checking a real one does, so the time of a refusal does not
+# tell whether the name exists.
+UNUSABLE_HASH = f"scrypt${_N}${_R}${_P}${base64.b64encode(bytes(16)).decode()}${base64.b64encode(bytes(64)).decode()}"
+
+
 def verify_password(password: str, stored: str) -> bool:
     try:
         scheme, n, r, p, salt, digest = stored.split("$")

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import mimetypes
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +24,7 @@ from multidict import MultiDictProxy
 from cloud_bridge.dashboard.auth import COOKIE, SESSION_S, Operator, OperatorAuth
 from cloud_bridge.dashboard.data import DashboardData, FleetRow
 from cloud_bridge.dashboard.usage_chart import HEIGHT, WIDTH, bars
+from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits, LogThrottle
 from cloud_bridge.usage import day_of
 from intent_contract.names import KINDS, is_name
 from intent_contract.timefmt import format_age, format_ms
@@ -39,6 +42,12 @@ HEADERS = {
 }
 PREFIX = "/ui/"
 USAGE_DAYS = 30
+# Login attempts, whatever their outcome, per client address (an IPv6 /64 counts as one) and from everywhere:
+# each costs a scrypt (45 ms of a core). An operator needs a few; a guesser is held to 10 a minute.
+LOGIN_LIMITS = EnrollLimits(per_address_per_minute=10.0, per_minute=100.0)
+# Password checks run on a thread of their own, one at a time: on the loop's default pool a flood of
+# logins queued ahead of device authentication (/v1/device, MQTT CONNECT) and held it for seconds.
+LOGIN_THREADS = 1
 STATES = ("queued", "running", "delivered", "failed", "expired", "rejected")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPERATOR = web.RequestKey("operator", Operator)
@@ -64,6 +73,9 @@ class Dashboard:
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
         )
         self._templates.filters.update(when=_when, age=_age)
+        self._login_gate = EnrollGate(LOGIN_LIMITS)  # enrollment's limiter: the same buckets, other limits
+        self._log_refusal = LogThrottle()
+        self._password_checks = ThreadPoolExecutor(LOGIN_THREADS, thread_name_prefix="dashboard-login")
         # The few files under static/, read once: a request names one of them or gets a 404, and never
         # reaches the file system (aiohttp's static route raised OSError, a 500, on a 300-character name).
         self._static = {
@@ -74,6 +86,7 @@ class Dashboard:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._security])
+        app.on_cleanup.append(self._close)
         app.router.add_get("/", self._fleet)
         app.router.add_get("/login", self._login_page)
         app.router.add_post("/login", self._login)
@@ -84,6 +97,9 @@ class Dashboard:
         app.router.add_get("/usage", self._usage)
         app.router.add_get("/static/{name}", self._static_file)
         return app
+
+    async def _close(self, _app: web.Application) -> None:
+        await asyncio.to_thread(self._password_checks.shutdown, wait=True, cancel_futures=True)
 
     # -- the gate ----------------------------------------------------------------------------------
 
@@ -133,9 +149,13 @@ class Dashboard:
     async def _login(self, request: web.Request) -> web.StreamResponse:
         if not _same_origin(request):
             raise web.HTTPForbidden(text="cross-site request refused")
+        wait = self._login_gate.admit(request.remote, self._clock())
+        if wait is not None:
+            return self._too_many_logins(request, wait)
         form = await read_form(request)
         name, password = _text(form.get("user")), _text(form.get("password"))
-        ok = bool(name) and await asyncio.to_thread(self._auth.check_password, name, password)
+        loop = asyncio.get_running_loop()
+        ok = bool(name) and await loop.run_in_executor(self._password_checks, self._auth.check_password, name, password)
         if not ok:
             logger.warning("dashboard login refused", extra={"client": request.remote, "code": "bad_login"})
             response = self._page(request, "login.html", error="Unknown operator or wrong password.")
@@ -146,6 +166,20 @@ class Dashboard:
         redirect.set_cookie(COOKIE, self._auth.session(name, self._clock()), max_age=int(SESSION_S),
                             path="/", secure=True, httponly=True, samesite="Strict")  # fmt: skip
         raise redirect
+
+    def _too_many_logins(self, request: web.Request, wait: float) -> web.Response:
+        retry = str(max(1, math.ceil(wait)))
+        not_logged = self._log_refusal.allow(self._clock())
+        if not_logged is not None:
+            more = f" (and {not_logged} not logged since the last line)" if not_logged else ""
+            logger.warning(
+                "dashboard login refused from %s: too many attempts%s", request.remote, more,
+                extra={"client": request.remote, "code": "rate_limited", "not_logged": not_logged},
+            )  # fmt: skip
+        response = self._page(request, "login.html", error=f"Too many login attempts; try again in {retry} s.")
+        response.set_status(429)
+        response.headers["Retry-After"] = retry
+        return response
 
     async def _logout(self, _request: web.Request) -> web.StreamResponse:
         redirect = web.HTTPSeeOther(self.prefix + "login")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -32,19 +33,30 @@ async def dashboard_bridge(
         yield harness
 
 
-async def log_in(harness: Harness, user: str = "alice", password: str = PASSWORD) -> aiohttp.ClientResponse:
-    """POST /ui/login from our own origin; the response (303 with the session cookie when it worked)."""
+@dataclass(frozen=True)
+class LoginAnswer:
+    status: int
+    headers: dict[str, str]
+    session: str | None  # the session cookie's value when the login worked
+    text: str
+
+
+async def log_in(
+    harness: Harness, user: str = "alice", password: str = PASSWORD, *, source: str = "127.0.0.1"
+) -> LoginAnswer:
+    """POST /ui/login from our own origin and the loopback address `source` (any of 127.0.0.0/8)."""
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source, 0))) as http,
         http.post(f"{harness.base_url}/ui/login", data={"user": user, "password": password},
                   headers={"Origin": harness.base_url}, ssl=harness.client_ssl(), allow_redirects=False) as answer,
     ):  # fmt: skip
-        await answer.read()
-        return answer
+        cookie = answer.cookies.get(COOKIE)
+        text = await answer.text()
+        return LoginAnswer(answer.status, dict(answer.headers), cookie.value if cookie else None, text)
 
 
 async def session(harness: Harness) -> str:
     """A logged-in operator's session cookie value."""
     answer = await log_in(harness)
-    assert answer.status == 303
-    return answer.cookies[COOKIE].value
+    assert answer.status == 303 and answer.session is not None
+    return answer.session

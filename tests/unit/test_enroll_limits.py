@@ -82,3 +82,13 @@ def test_limits_come_from_the_bridge_table(tmp_path: Path) -> None:
     config.write_text("[bridge]\nenroll_per_minute = 0\n")
     with pytest.raises(ConfigError, match=r"bridge\.enroll_per_minute: Input should be greater than 0"):
         build_settings(data_dir=tmp_path, env={}, config_path=config)
+
+
+def test_dashboard_logins_are_held_to_10_a_minute_per_address_and_100_overall() -> None:
+    from cloud_bridge.dashboard.views import LOGIN_LIMITS
+
+    gate = EnrollGate(LOGIN_LIMITS)
+    assert [gate.admit("192.0.2.1", T0) for _ in range(10)] == [None] * 10
+    assert gate.admit("192.0.2.1", T0) == pytest.approx(6.0)
+    assert [gate.admit(f"198.51.100.{n}", T0) for n in range(90)] == [None] * 90  # 100 in all
+    assert gate.admit("203.0.113.1", T0) == pytest.approx(0.6)  # a fresh address, but the overall bucket is empty

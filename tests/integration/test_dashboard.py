@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -13,32 +12,17 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from cloud_bridge import fleet_query
-from intent_contract.passwords import hash_password
 from tests.support.bridge import CountingIntegration, Harness, counting, make_settings, running_bridge
 from tests.support.browser import chromium, log_in
+from tests.support.dashboard import PASSWORD, dashboard_bridge, operator_hashes
 from tests.support.net import until
 
-__all__ = ["counting"]  # fixture
-PASSWORD = "correct horse battery"
-
-
-@pytest.fixture(scope="module")
-def operators() -> dict[str, str]:
-    return {"alice": hash_password(PASSWORD)}
+__all__ = ["counting", "dashboard_bridge", "operator_hashes"]  # fixtures
 
 
 @pytest.fixture
-async def bridge(
-    tmp_path: Path, server_cert_files: dict[str, Path], counting: CountingIntegration, operators: dict[str, str]
-) -> AsyncIterator[Harness]:
-    settings = make_settings(
-        tmp_path,
-        server_cert_files,
-        dashboard={"operators": operators, "session_key_env": "KEY"},
-        env={"KEY": "s" * 40},
-    )
-    async for harness in running_bridge(settings, server_cert_files["ca"], {"email.send": counting}):
-        yield harness
+def bridge(dashboard_bridge: Harness) -> Harness:
+    return dashboard_bridge
 
 
 async def test_an_operator_logs_in_and_sees_the_fleet(bridge: Harness, server_cert_files: dict[str, Path]) -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from cloud_bridge import dashboard
 from cloud_bridge.dashboard.auth import COOKIE
-from tests.support.bridge import Harness
+from tests.support.bridge import Harness, counting
 from tests.support.dashboard import PASSWORD, dashboard_bridge, operator_hashes, session
 from tests.support.raw_http import origin, raw_request
 
-__all__ = ["dashboard_bridge", "operator_hashes"]  # fixtures
+__all__ = ["counting", "dashboard_bridge", "operator_hashes"]  # fixtures
 FORM = ("Content-Type", b"application/x-www-form-urlencoded")
 
 

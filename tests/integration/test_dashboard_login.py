@@ -11,11 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.bridge import Harness
+from tests.support.bridge import Harness, counting
 from tests.support.dashboard import PASSWORD, LoginAnswer, dashboard_bridge, log_in, operator_hashes
 from tests.support.net import until
 
-__all__ = ["dashboard_bridge", "operator_hashes"]  # fixtures
+__all__ = ["counting", "dashboard_bridge", "operator_hashes"]  # fixtures
 
 
 class CountingScrypt:

@@ -23,13 +23,14 @@ def operator_hashes() -> dict[str, str]:
 
 @pytest.fixture
 async def dashboard_bridge(
-    tmp_path: Path, server_cert_files: dict[str, Path], operator_hashes: dict[str, str]
+    tmp_path: Path, server_cert_files: dict[str, Path], operator_hashes: dict[str, str], counting: CountingIntegration
 ) -> AsyncIterator[Harness]:
+    """A running bridge whose email.send runs `counting` (a test module imports that fixture too)."""
     settings = make_settings(
         tmp_path, server_cert_files, dashboard={"operators": operator_hashes, "session_key_env": "KEY"},
         env={"KEY": "s" * 40},
     )  # fmt: skip
-    async for harness in running_bridge(settings, server_cert_files["ca"], {"email.send": CountingIntegration()}):
+    async for harness in running_bridge(settings, server_cert_files["ca"], {"email.send": counting}):
         yield harness
 
 

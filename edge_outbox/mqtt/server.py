@@ -111,6 +111,7 @@ class MqttEndpoint:
                 record.username,
                 dict(record.subscriptions),
                 StatusCursor(record.status_seq),
+                principal=record.username if self.settings.logins else None,
                 window=self.settings.window,
             )
             self.sessions[record.client_id] = session
@@ -174,12 +175,27 @@ class MqttEndpoint:
         # 3.1.1: clean session 0 keeps the session; MQTT 5: a session expiry interval above 0 does.
         keep = (not connect.clean) if connect.session_expiry is None else connect.session_expiry > 0
         session = self.sessions.get(client_id)
-        present = session is not None and not connect.clean
-        if session is None or connect.clean:
+        # A session is its app's: another app using the client id starts afresh, as if with clean session
+        # (MQTT 5.0 section 5.4.2: the client id gives access to the session's state).
+        foreign = session is not None and self.settings.logins and session.username != connection.principal
+        if foreign:
+            log.warning(
+                "client %r logged in as %r; its session was %r's: that session is discarded",
+                client_id,
+                connection.principal,
+                session.username if session is not None else None,
+            )
+        present = session is not None and not connect.clean and not foreign
+        if session is None or connect.clean or foreign:
             if session is not None and session.persistent:
                 await self._sessions_port.delete(client_id)
             session = Session(
-                client_id, keep, connect.username, status=StatusCursor(self._feed.head), window=self.settings.window
+                client_id,
+                keep,
+                connect.username,
+                status=StatusCursor(self._feed.head),
+                principal=connection.principal,
+                window=self.settings.window,
             )
             if keep:
                 await self._sessions_port.save(self.record(session))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from edge_outbox.mqtt.topics import matches
+from edge_outbox.mqtt.topics import matches, may_subscribe
 
 MAX_PACKET_ID = 65535
 
@@ -93,6 +93,7 @@ class Session:
     username: str | None = None
     subscriptions: dict[str, int] = field(default_factory=dict)  # filter -> granted QoS
     status: StatusCursor = field(default_factory=lambda: StatusCursor(0))
+    principal: str | None = None  # with app logins, the app it belongs to: nothing else of it is delivered
     window: int = 256  # QoS 1/2 messages in flight at once
     max_queued: int = 10_000  # other messages kept for a session; the oldest are dropped beyond
     queue: deque[Message] = field(default_factory=deque)
@@ -105,10 +106,14 @@ class Session:
     _next_id: int = 1
 
     def granted_qos(self, topic: str) -> int | None:
-        """The highest QoS of the subscriptions matching `topic`, or None (one message per session)."""
+        """The highest QoS of the subscriptions matching `topic`, or None (one message per session).
+
+        A subscription the session's app may not hold (one kept from before logins were turned on) never
+        matches: what a session receives is checked against its app at delivery, not only at SUBSCRIBE."""
         best: int | None = None
         for topic_filter, qos in self.subscriptions.items():
-            if (best is None or qos > best) and matches(topic_filter, topic):
+            held = may_subscribe(self.principal, topic_filter)
+            if held and (best is None or qos > best) and matches(topic_filter, topic):
                 best = qos
         return best
 

@@ -111,3 +111,11 @@ def test_status_cursor_position_is_the_last_seq_with_nothing_open_before_it(
         cursor.closed(opened.pop())
         assert cursor.position == (min(opened) - 1 if opened else len(plan))
     assert cursor.position == len(plan)
+
+
+def test_with_a_principal_only_the_apps_own_statuses_match() -> None:
+    s = Session("c", persistent=True, principal="appb")
+    s.subscriptions = {"outbox/appa/status/#": 1, "outbox/appb/status/#": 1}
+    assert s.granted_qos("outbox/appa/status/x") is None
+    assert not s.offer("outbox/appa/status/x", b"x", 1, seq=1)
+    assert s.offer("outbox/appb/status/y", b"y", 1, seq=2)

@@ -1,0 +1,73 @@
+"""With app logins, a session is its app's: another app cannot resume it by its client id, and a
+session receives only what its app may subscribe to, however its subscriptions came to be."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edge_outbox.apps_auth import hash_password
+from intent_contract import mqtt_packets as p
+from intent_contract.mqtt_packets import Type
+from tests.support.edge import OutboxProcess, email
+from tests.support.mqtt_raw import RawClient
+from tests.support.net import free_port
+
+
+def users_file(tmp_path: Path) -> Path:
+    users = tmp_path / "users"
+    users.write_text(f"appa:{hash_password('pa')}\nappb:{hash_password('pb')}\n")
+    return users
+
+
+def leave(client: RawClient) -> None:
+    client.send(p.Bare(Type.DISCONNECT))
+    assert client.closed_by_server()
+    client.close()
+
+
+def first_status_after(watcher: RawClient, port: int) -> p.Publish:
+    """appa publishes an intent, then appb one: statuses go out in seq order, so the first one `watcher`
+    receives is appa's if anything of appa's reaches it, else appb's."""
+    for app, password in (("appa", b"pa"), ("appb", b"pb")):
+        publisher = RawClient(port)
+        assert publisher.connect(f"{app}-pub", username=app, password=password).code == 0
+        publisher.publish(f"outbox/{app}/email.send", json.dumps(email(f"{app}-1")).encode(), qos=1)
+        publisher.close()
+    (message,) = watcher.messages(1)
+    return message
+
+
+def test_another_app_with_the_client_id_gets_a_new_session_not_the_apps(tmp_path: Path) -> None:
+    with OutboxProcess(tmp_path / "data", free_port(), "--users", str(users_file(tmp_path))) as outbox:
+        owner = RawClient(outbox.port)
+        assert not owner.connect("shared-id", clean=False, username="appa", password=b"pa").session_present
+        assert owner.subscribe("outbox/appa/status/#", 1) == (1,)
+        leave(owner)
+
+        other = RawClient(outbox.port)
+        connack = other.connect("shared-id", clean=False, username="appb", password=b"pb")
+        assert (connack.code, connack.session_present) == (0, False)
+        assert other.subscribe("outbox/appb/status/#", 1) == (1,)
+        assert first_status_after(other, outbox.port).topic == "outbox/appb/status/appb-1"
+        leave(other)
+
+        back = RawClient(outbox.port)  # the session is now appb's: appa does not get it back either
+        assert not back.connect("shared-id", clean=False, username="appa", password=b"pa").session_present
+        back.close()
+    assert "its session was 'appa''s: that session is discarded" in outbox.log()
+
+
+def test_a_subscription_kept_from_before_logins_delivers_nothing_the_app_may_not_read(tmp_path: Path) -> None:
+    data, port = tmp_path / "data", free_port()
+    with OutboxProcess(data, port) as outbox:  # no logins: a client may subscribe to anything
+        before = RawClient(outbox.port)
+        assert before.connect("b-watch", clean=False, username="appb").code == 0
+        assert before.subscribe("outbox/appa/status/#", 1) == (1,)
+        leave(before)
+    with OutboxProcess(data, port, "--users", str(users_file(tmp_path))) as outbox:
+        watcher = RawClient(outbox.port)
+        assert watcher.connect("b-watch", clean=False, username="appb", password=b"pb").session_present
+        assert watcher.subscribe("outbox/appb/status/#", 1) == (1,)
+        assert first_status_after(watcher, outbox.port).topic == "outbox/appb/status/appb-1"
+        watcher.close()

@@ -15,9 +15,10 @@ Both only move bytes: the codec (`intent_contract.mqtt_packets`), topic rules (`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,6 +76,28 @@ class EndpointSettings:
     stats: dict[str, int] = field(default_factory=dict)
 
 
+class _Turns:
+    """One at a time per key; a key's lock is kept only while someone holds it or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, holder and waiters)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            users = self._locks[key][1] - 1
+            if users:
+                self._locks[key] = (lock, users)
+            else:
+                del self._locks[key]
+
+
 class MqttEndpoint:
     """Listens for local apps; `start()` returns once the port is open."""
 
@@ -93,6 +116,7 @@ class MqttEndpoint:
         self._authenticate = authenticate
         self.sessions: dict[str, Session] = {}
         self._connections: dict[str, Connection] = {}
+        self._attaching = _Turns()
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -166,7 +190,15 @@ class MqttEndpoint:
     # --- called by connections -------------------------------------------------------------------
 
     async def attach(self, connection: Connection, connect: p.Connect, client_id: str) -> bool:
-        """Bind a connection to its session (taking it over from an older connection); True if one existed."""
+        """Bind a connection to its session (taking it over from an older connection); True if one existed.
+
+        Attaches for one client id run one at a time: each awaits (the older connection's end, the session's
+        save) between reading who holds the client id and taking it, and two CONNECTs at once both took
+        over the same old connection and both stayed, sharing one session. Now the second closes the first."""
+        async with self._attaching.turn(client_id):
+            return await self._attach(connection, connect, client_id)
+
+    async def _attach(self, connection: Connection, connect: p.Connect, client_id: str) -> bool:
         old = self._connections.get(client_id)
         if old is not None:
             log.info("client %s connected again: closing its previous connection", client_id)

@@ -99,6 +99,36 @@ def test_a_takeover_keeps_the_session_and_delivers_queued_and_new_messages(
     assert message.payload == b"after takeover"
 
 
+def test_two_connects_with_one_client_id_at_once_leave_one_connection(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    old = raw()
+    old.connect("app", clean=False)
+    old.subscribe("news/#", 1)
+    first, second = raw(), raw()
+    connect = p.Connect("MQTT", 4, "app", False, 60)
+    first.send(connect)  # both before either CONNACK is read: both take the session over from `old` at once
+    second.send(connect)
+    assert isinstance(first.receive(), p.Connack)
+    assert isinstance(second.receive(), p.Connack)
+    assert old.closed_by_server()
+    publisher = raw()
+    publisher.connect("pub")
+    publisher.publish("news/a", b"to the one left", 1)
+
+    def outcome(client: RawClient) -> str:
+        try:
+            packet = client.receive()
+        except ConnectionError:
+            return "closed"
+        assert isinstance(packet, p.Publish)
+        return packet.payload.decode()
+
+    # Whichever came second holds the session and gets the message; the other was closed, not left
+    # open on the shared session (before, both stayed connected and one of them was never woken).
+    assert sorted([outcome(first), outcome(second)]) == ["closed", "to the one left"]
+
+
 def test_messages_for_an_absent_persistent_session_wait_for_it(
     outbox: OutboxProcess, raw: Callable[[], RawClient]
 ) -> None:

@@ -28,6 +28,7 @@ from edge_outbox.states import State
 from edge_outbox.store import Store
 from intent_contract.backoff import compute_backoff
 from intent_contract.ids import IdGenerator
+from intent_contract.readable import readable
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class Intake:
             if duplicate:
                 log.info("duplicate intent: already stored", extra=context)
             else:
-                log.warning("rejected input on %s: %s", waiting.topic, row.detail, extra=context)
+                log.warning("rejected input on %s: %s", readable(waiting.topic), row.detail, extra=context)
 
     def _hold(self, batch: list[_Waiting], reason: str) -> None:
         health = self.health

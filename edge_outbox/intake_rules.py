@@ -12,12 +12,14 @@ from typing import Any, NamedTuple
 from intent_contract import json_bounded
 from intent_contract.errors import DecodeError, SchemaViolationError
 from intent_contract.names import KINDS, is_name
+from intent_contract.readable import readable
 from intent_contract.schemas import validate
 from intent_contract.timefmt import parse_rfc3339_ms
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_DEPTH = 32
 KEPT_BYTES_OF_REFUSED = 4096
+SHOWN_CHARS = 80  # of a refused app or kind that is not one: what is stored, and quoted in the detail
 TOPIC_ROOT = "outbox"
 REPLAY_TOPIC = "replay"  # outbox/{app}/replay: {"after": SEQ} asks for the app's statuses again
 
@@ -77,14 +79,18 @@ def admit(
     def refuse(code: str, detail: str, intent_id: str | None = None) -> Refused:
         # The app's own id when the payload carries a valid one: its status topic is one the app knows.
         intent_id = intent_id or _given_id(raw) or new_id()
-        return Refused(intent_id, app, kind, code, detail, raw[:KEPT_BYTES_OF_REFUSED], len(raw), now_ms)
+        # An app or kind that is not one is kept readable: a newline or an ESC in a topic level went raw
+        # into the store, the log, `edge-outbox ls` and the status topic.
+        return Refused(
+            intent_id, _shown(app), _shown(kind), code, detail, raw[:KEPT_BYTES_OF_REFUSED], len(raw), now_ms
+        )
 
     if parts is None:
-        return refuse("bad_topic", f"publish intents to {TOPIC_ROOT}/{{app}}/{{kind}}, not {topic!r}")
+        return refuse("bad_topic", f"publish intents to {TOPIC_ROOT}/{{app}}/{{kind}}, not {topic[:200]!r}")
     if not is_name(app):
-        return refuse("bad_app", f"app name {app!r} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")
+        return refuse("bad_app", f"app name {app[:SHOWN_CHARS]!r} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")
     if kind not in KINDS:
-        return refuse("unknown_kind", f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+        return refuse("unknown_kind", f"unknown kind {kind[:SHOWN_CHARS]!r}; known: {', '.join(KINDS)}")
     if len(raw) > MAX_PAYLOAD_BYTES:
         return refuse("too_large", f"payload of {len(raw)} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit")
     try:
@@ -108,6 +114,11 @@ def admit(
     return Admitted(
         intent_id or new_id(), app, kind, raw, int(doc.get("priority", 0)), now_ms, expires, intent_id is not None
     )
+
+
+def _shown(text: str) -> str:
+    """A topic level as stored with a refusal: a valid app or kind as it is, anything else cut and readable."""
+    return readable(text[:SHOWN_CHARS])
 
 
 def _given_id(raw: bytes) -> str | None:

@@ -83,6 +83,9 @@ class Dialect(Protocol):
     def disconnect(self, reason: int) -> bytes:
         """What to send before closing the connection on our side (nothing in 3.1.1)."""
 
+    def refuse_connect(self, reason: int) -> bytes:
+        """What to send before closing a connection whose CONNECT is not answered yet (nothing in 3.1.1)."""
+
 
 class V311:
     """MQTT 3.1.1 and 3.1 on our own codec; verdicts cannot be said and are dropped."""
@@ -113,6 +116,9 @@ class V311:
     def disconnect(self, reason: int) -> bytes:
         return b""
 
+    def refuse_connect(self, reason: int) -> bytes:
+        return b""
+
 
 class V5:
     """MQTT 5 on the `mqtt5` package: its packets in, ours out to the endpoint, and back.
@@ -141,12 +147,15 @@ class V5:
         if isinstance(packet, mqtt5.PublishPacket):
             if packet.topic_alias is not None:
                 raise MalformedPacketError("topic aliases are not accepted (topic alias maximum 0)")
+            _no_nul(packet.topic)
             return p.Publish(packet.topic, bytes(packet.payload), int(packet.qos), packet.retain, packet.duplicate,
                              packet.packet_id, packet.message_expiry_interval)  # fmt: skip
         if isinstance(packet, mqtt5.ConnectPacket):
             will = None
+            _no_nul(packet.client_id, packet.username)
             if packet.will is not None:
                 w = packet.will
+                _no_nul(w.topic)
                 will = p.Will(w.topic, bytes(w.payload or b""), int(w.qos), w.retain)
             return p.Connect("MQTT", 5, packet.client_id, packet.clean_start, packet.keep_alive, will,
                              packet.username, packet.password, session_expiry=packet.session_expiry_interval,
@@ -157,8 +166,10 @@ class V5:
             if isinstance(packet, cls):
                 return p.PacketIdOnly(kind, packet.packet_id)  # type: ignore[attr-defined]
         if isinstance(packet, mqtt5.SubscribePacket):
+            _no_nul(*(f.pattern for f in packet.topic_filters))
             return p.Subscribe(packet.packet_id, tuple((f.pattern, int(f.max_qos)) for f in packet.topic_filters))
         if isinstance(packet, mqtt5.UnsubscribePacket):
+            _no_nul(*packet.patterns)
             return p.Unsubscribe(packet.packet_id, tuple(packet.patterns))
         if isinstance(packet, mqtt5.PingReqPacket):
             return p.Bare(Type.PINGREQ)
@@ -219,6 +230,17 @@ class V5:
 
     def disconnect(self, reason: int) -> bytes:
         return bytes(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode(reason)).write())
+
+    def refuse_connect(self, reason: int) -> bytes:
+        # No DISCONNECT before a successful CONNACK [MQTT-3.14.0-1]: a CONNACK with the reason says it.
+        return bytes(mqtt5.ConnAckPacket(reason_code=mqtt5.ConnAckReasonCode(reason)).write())
+
+
+def _no_nul(*texts: str | None) -> None:
+    """A string holding U+0000 makes a packet malformed [MQTT-1.5.4-2]: `mqtt5` (0.8.0) lets it through, our
+    3.1.1 codec does not, and a NUL in a topic reached the store and the log."""
+    if any(text is not None and "\x00" in text for text in texts):
+        raise MalformedPacketError("string contains U+0000")
 
 
 _PANIC_DETAIL = "malformed MQTT 5 packet: the codec could not read it (a string in it that is not UTF-8 does this)"

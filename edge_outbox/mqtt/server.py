@@ -201,7 +201,7 @@ class MqttEndpoint:
     async def _attach(self, connection: Connection, connect: p.Connect, client_id: str) -> bool:
         old = self._connections.get(client_id)
         if old is not None:
-            log.info("client %s connected again: closing its previous connection", client_id)
+            log.info("client %s connected again: closing its previous connection", connection.name)
             old.close(SESSION_TAKEN_OVER)
             await old.closed.wait()
         # 3.1.1: clean session 0 keeps the session; MQTT 5: a session expiry interval above 0 does.
@@ -212,8 +212,8 @@ class MqttEndpoint:
         foreign = session is not None and self.settings.logins and session.username != connection.principal
         if foreign:
             log.warning(
-                "client %r logged in as %r; its session was %r's: that session is discarded",
-                client_id,
+                "client %s logged in as %r; its session was %r's: that session is discarded",
+                connection.name,
                 connection.principal,
                 session.username if session is not None else None,
             )

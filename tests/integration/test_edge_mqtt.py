@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -127,6 +128,37 @@ def test_two_connects_with_one_client_id_at_once_leave_one_connection(
     # Whichever came second holds the session and gets the message; the other was closed, not left
     # open on the shared session (before, both stayed connected and one of them was never woken).
     assert sorted([outcome(first), outcome(second)]) == ["closed", "to the one left"]
+
+
+def test_control_characters_in_a_topic_level_are_refused_written_out(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    """A newline or an ESC in the app or kind went raw into the store, the status topic and the log (where a
+    newline forged a line of its own); the publish is still acknowledged, stored as rejected and reported."""
+    watcher = raw()
+    watcher.connect("watcher")
+    watcher.subscribe("outbox/+/status/#", 1)
+    app = raw()
+    app.connect("ctl")
+    app.publish("outbox/app\nFAKE line\x1b[31m/email.send", json.dumps(email("ctl-1")).encode(), 1)  # PUBACK
+    app.publish("outbox/app1/email.send\x07", json.dumps(email("ctl-2")).encode(), 1)
+    topics = sorted(m.topic for m in watcher.messages(2))
+    assert topics == ["outbox/app1/status/ctl-2", "outbox/app\\u000aFAKE line\\u001b[31m/status/ctl-1"]
+    conn = sqlite3.connect(outbox.data_dir / "outbox.db")
+    try:
+        intents = set(conn.execute("SELECT id, app, kind, state, code FROM intents"))
+        events = set(conn.execute("SELECT id, app, kind FROM events"))
+    finally:
+        conn.close()
+    assert intents == {
+        ("ctl-1", "app\\u000aFAKE line\\u001b[31m", "email.send", "rejected", "bad_app"),
+        ("ctl-2", "app1", "email.send\\u0007", "rejected", "unknown_kind"),
+    }
+    assert {(i, a, k) for i, a, k, _s, _c in intents} == events
+    log = outbox.log()
+    assert "rejected input on outbox/app\\u000aFAKE line\\u001b[31m/email.send" in log
+    assert not any(line.startswith("FAKE") for line in log.splitlines())
+    assert "\x1b" not in log and "\x07" not in log
 
 
 def test_messages_for_an_absent_persistent_session_wait_for_it(

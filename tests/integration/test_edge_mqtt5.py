@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.support.edge import OutboxProcess, email
+from tests.support.edge import OutboxProcess, email, stored_ids
 from tests.support.net import free_port, release_paho, wait_until
 
 
@@ -159,3 +159,36 @@ def test_a_string_that_is_not_utf8_closes_the_client_as_malformed_and_others_go_
     log = outbox.log()
     assert "closing client v5-not-utf8" in log and "not UTF-8" in log, log
     assert "Unhandled exception" not in log, log
+
+
+def _answer_until_closed(sock: socket.socket) -> Any:
+    answer = b""
+    while chunk := sock.recv(1024):
+        answer += chunk
+    assert answer, "the connection was closed without a word"
+    packet, _size = mqtt5.read(memoryview(answer))
+    return packet
+
+
+def test_u0000_in_a_topic_or_a_client_id_is_malformed_as_in_311(outbox: OutboxProcess) -> None:
+    """`mqtt5` reads U+0000 in a string where our 3.1.1 codec refuses it [MQTT-1.5.4-2]: a NUL in an intake
+    topic's app was stored, published in a status topic and written raw into the log."""
+    topic = "outbox/a\x00b/email.send"
+    publish = mqtt5.PublishPacket(topic, json.dumps(email("v5-nul")).encode(), qos=mqtt5.QoS(1), packet_id=7)
+    with socket.create_connection(("127.0.0.1", outbox.port), timeout=10) as sock:
+        sock.sendall(bytes(mqtt5.ConnectPacket("v5-nul-topic").write()))
+        connack, _size = mqtt5.read(memoryview(sock.recv(1024)))
+        assert isinstance(connack, mqtt5.ConnAckPacket)
+        sock.sendall(bytes(publish.write()))
+        disconnect = _answer_until_closed(sock)
+    assert isinstance(disconnect, mqtt5.DisconnectPacket), disconnect
+    assert disconnect.reason_code == mqtt5.DisconnectReasonCode.MALFORMED_PACKET
+    with socket.create_connection(("127.0.0.1", outbox.port), timeout=10) as sock:
+        sock.sendall(bytes(mqtt5.ConnectPacket("v5\x00nul").write()))
+        refused = _answer_until_closed(sock)  # a CONNACK that says why: no DISCONNECT before a CONNACK
+    assert isinstance(refused, mqtt5.ConnAckPacket), refused
+    assert refused.reason_code == mqtt5.ConnAckReasonCode.MALFORMED_PACKET
+    assert "v5-nul" not in stored_ids(outbox.data_dir)
+    log = outbox.log()
+    assert "string contains U+0000" in log
+    assert "\x00" not in log

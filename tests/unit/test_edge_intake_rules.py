@@ -114,3 +114,28 @@ def test_integers_must_fit_64_bits_at_any_depth(number: int, admitted: bool) -> 
 def test_long_runs_of_digits_in_strings_are_not_integers() -> None:
     body = {"credential": "sink", "method": "POST", "path": "/hook", "json": {"card": "4" * 40, "n": 7}}
     assert isinstance(run("outbox/hvac/http.request", body), Admitted)
+
+
+@pytest.mark.parametrize(
+    ("topic", "code", "app", "kind"),
+    [
+        ("outbox/app\nFAKE line\x1b[31m/email.send", "bad_app", "app\\u000aFAKE line\\u001b[31m", "email.send"),
+        ("outbox/app1/email.send\x07", "unknown_kind", "app1", "email.send\\u0007"),
+        ("outbox/a\x00b/email.send", "bad_app", "a\\u0000b", "email.send"),
+        ("outbox/x\x9b/y/z", "bad_topic", "x\\u009b", ""),
+    ],
+)
+def test_a_refused_app_or_kind_is_kept_with_its_control_characters_written_out(
+    topic: str, code: str, app: str, kind: str
+) -> None:
+    result = run(topic, {**GOOD, "id": "ctl-1"})
+    assert isinstance(result, Refused)
+    assert (result.id, result.code, result.app, result.kind) == ("ctl-1", code, app, kind)
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in result.detail)
+
+
+def test_a_refused_app_is_kept_cut_to_80_characters() -> None:
+    result = run(f"outbox/{'a' * 70_000}/email.send", GOOD)
+    assert isinstance(result, Refused)
+    assert (result.code, result.app) == ("bad_app", "a" * 80)
+    assert len(result.detail) < 200

@@ -67,3 +67,15 @@ def test_a_reason_string_with_a_control_character_goes_out_written_out() -> None
     puback, _size = mqtt5.read(memoryview(raw))
     assert isinstance(puback, mqtt5.PubAckPacket)
     assert puback.reason_str == "schema_violation: 'x\\u0000y' was unexpected"
+
+
+WITH_U0000 = ["publish topic", "connect client id", "connect user name", "will topic", "subscribe filter",
+              "unsubscribe filter"]  # fmt: skip
+
+
+@pytest.mark.parametrize("where", WITH_U0000)
+def test_u0000_in_a_topic_client_id_or_user_name_is_malformed(where: str) -> None:
+    """As in 3.1.1 [MQTT-1.5.4-2]; `mqtt5` lets it through, and a NUL in a topic reached the store and the log."""
+    raw = bytes(WITH_A_STRING[where].write())
+    with pytest.raises(MalformedPacketError, match="U\\+0000"):
+        V5(100, 1 << 20).decode(*_frame(raw.replace(b"ZZ", b"Z\x00")))

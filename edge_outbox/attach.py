@@ -28,18 +28,19 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from edge_outbox.errors import AttachRefusedError, ConfigError
 from edge_outbox.intake import Intake
 from edge_outbox.intake_rules import TOPIC_ROOT
 from edge_outbox.mqtt.session import MAX_PACKET_ID, StatusCursor
-from edge_outbox.ops import IntakeResult
 from edge_outbox.settings import AttachTarget
 from edge_outbox.status import StatusFeed, status_payload, status_topic
 from intent_contract import mqtt_packets as p
 from intent_contract.backoff import compute_backoff
 from intent_contract.errors import MalformedPacketError
 from intent_contract.mqtt_packets import ConnackCode, Type
+from intent_contract.readable import readable
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ READ_CHUNK = 1 << 16
 # keeps the rest in its session) instead of the outbox holding a backlog in memory.
 MAX_UNCOMMITTED = 1000
 SUBSCRIBE_ID = 1  # the only SUBSCRIBE, once per connection
+RETAINED_TOPICS_NAMED = 1024  # topics whose retained copies were named in the log; forgotten beyond
 
 
 @dataclass(slots=True)
@@ -63,7 +65,7 @@ class _Received:
     """A QoS 1 message from the broker, acknowledged once `done` (its commit) is."""
 
     packet_id: int
-    done: asyncio.Future[IntakeResult]
+    done: asyncio.Future[Any]  # the intake's commit, or one done at once for a copy not taken (a retained one)
 
 
 class _Link:
@@ -107,6 +109,7 @@ class AttachedClient:
         self._link: _Link | None = None
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self._retained_named: set[str] = set()
         feed.listen(self._wake.set)
 
     async def start(self) -> None:
@@ -222,14 +225,36 @@ class AttachedClient:
     def _received(self, link: _Link, packet: p.Publish) -> None:
         if packet.qos == 2:  # we subscribed at QoS 1; a broker may not send more [MQTT-3.8.4-6]
             raise MalformedPacketError("the broker sent a QoS 2 message on a QoS 1 subscription")
-        future = self._intake.submit(packet.topic, packet.payload)
+        future: asyncio.Future[Any]
+        if packet.retain:
+            # RETAIN=1 marks a copy sent because we subscribed [MQTT-3.3.1-8]; a message on the subscription
+            # we hold comes with RETAIN=0 [MQTT-3.3.1-9]. The broker replays a retained intent on every
+            # SUBSCRIBE (one per connection): taken, each replay was a new intent, the email sent again.
+            self._name_retained(packet.topic)
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(None)
+        else:
+            future = self._intake.submit(packet.topic, packet.payload)
         if packet.qos == 1:
             assert packet.packet_id is not None
             link.received.append(_Received(packet.packet_id, future))
             if not link.watching:
                 self._watch(link, future)
 
-    def _watch(self, link: _Link, oldest: asyncio.Future[IntakeResult]) -> None:
+    def _name_retained(self, topic: str) -> None:
+        if topic in self._retained_named:
+            return
+        if len(self._retained_named) >= RETAINED_TOPICS_NAMED:
+            self._retained_named.clear()
+        self._retained_named.add(topic)
+        log.warning(
+            "the attach broker holds a retained message on %s: it is sent again on every subscribe, so it is "
+            "acknowledged and not taken as an intent (publish intents without the retain flag; clear it with an "
+            "empty retained publish to that topic)",
+            readable(topic),
+        )
+
+    def _watch(self, link: _Link, oldest: asyncio.Future[Any]) -> None:
         """Acknowledge once `oldest` is committed. Acknowledgements go from the left, so nothing else can
         release one: one callback at a time, not one per message. It runs after the whole commit's results
         are set (the intake sets them in one pass, and a callback runs on the loop's next turn)."""

@@ -1,5 +1,6 @@
 """Attach mode against a real Mosquitto on a private loopback port."""
 
+import json
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ import pytest
 import trustme
 
 from tests.support.edge import Client, OutboxProcess, email, stored_ids
+from tests.support.mqtt_raw import RawClient
 from tests.support.net import free_port, wait_for_port, wait_until
 from tests.support.services import require_binary
 
@@ -75,6 +77,29 @@ def test_mosquitto_pub_intent_is_committed_and_status_published(tmp_path: Path, 
         wait_until(lambda: any(s["code"] == "bad_json" for _, s in app.statuses), what="rejected status")
         assert stored_ids(outbox.data_dir)["from-cli"] == "accepted"
     app.close()
+
+
+def test_a_retained_intent_is_taken_once_not_again_on_every_subscribe(tmp_path: Path, mosquitto: int) -> None:
+    """The broker sends its retained copy (RETAIN=1) on every SUBSCRIBE, one per connection of the outbox:
+    each was taken as a new intent (no id: a new one each time), so the email went out on every restart."""
+    outbox = attached(tmp_path, mosquitto).start()
+    app = RawClient(mosquitto)
+    try:
+        wait_until(lambda: "attached; subscribed" in outbox.log(), what="outbox attached")
+        assert app.connect("retaining-app").code == 0
+        app.publish("outbox/hvac/email.send", json.dumps(email()).encode(), 1, retain=True)
+        wait_until(lambda: len(stored_ids(outbox.data_dir)) == 1, what="the intent as published (RETAIN=0)")
+        outbox.stop()
+        outbox = attached(tmp_path, mosquitto).start()  # subscribes again: the broker replays its retained copy
+        wait_until(lambda: outbox.log().count("attached; subscribed") == 2, what="outbox attached again")
+        app.publish("outbox/hvac/email.send", json.dumps(email("after")).encode(), 1)
+        # Intents are taken in the order the broker sends them: the retained copy follows the SUBACK at once.
+        wait_until(lambda: "after" in stored_ids(outbox.data_dir), what="the intent after the retained copy")
+        assert len(stored_ids(outbox.data_dir)) == 2
+        assert outbox.log().count("holds a retained message on outbox/hvac/email.send") == 1
+    finally:
+        app.close()
+        outbox.stop()
 
 
 @pytest.mark.timeout(300)

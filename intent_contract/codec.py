@@ -18,10 +18,12 @@ import msgpack
 
 from intent_contract.errors import DecodeError, SchemaViolationError, UnsupportedVersionError
 from intent_contract.names import is_name
+from intent_contract.readable import readable
 from intent_contract.schemas import validate
 from intent_contract.wire import (
     DEFAULT_LIMITS,
     MAX_ATTEMPT,
+    MAX_CODE,
     MAX_DETAIL,
     MAX_TIME,
     UNSUPPORTED_VERSION,
@@ -94,6 +96,8 @@ class Ack:
             raise ValueError("ack attempt cannot be negative")
         if len(self.detail) > MAX_DETAIL:
             raise ValueError(f"ack detail over {MAX_DETAIL} characters")
+        if len(self.code) > MAX_CODE:
+            raise ValueError(f"ack code over {MAX_CODE} characters")
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -252,8 +256,8 @@ def _acks_v1(items: list[Any], data: bytes) -> list[Ack]:
                 Ack(
                     id=item["id"],
                     state=AckState(item["state"]),
-                    code=_text(item, "code"),
-                    detail=_text(item, "detail"),
+                    code=_text(item, "code", MAX_CODE),
+                    detail=_text(item, "detail", MAX_DETAIL),
                     at=_at(item.get("at", 0)),
                     app=_text(item, "app"),
                     attempt=_attempt(item.get("attempt", 0)),
@@ -264,11 +268,19 @@ def _acks_v1(items: list[Any], data: bytes) -> list[Ack]:
     return acks
 
 
-def _text(item: dict[str, Any], key: str) -> str:
+def _text(item: dict[str, Any], key: str, limit: int | None = None) -> str:
+    """A text field of an ack, at most `limit` characters as sent, with its control characters written out.
+
+    The edge stores code and detail and `edge-outbox ls/show` print them: a NUL, an ESC or a newline from
+    the bridge went there raw. Written out rather than refused: a detail may quote a provider's text. What
+    the writing out adds is cut at `limit` again."""
     value = item.get(key, "")
     if not isinstance(value, str):  # no str() of whatever came: a number or a list is no code or detail
         raise TypeError(f"ack {key} must be text, not {type(value).__name__}")
-    return value
+    if limit is not None and len(value) > limit:
+        raise ValueError(f"ack {key} over {limit} characters")
+    shown = readable(value)
+    return shown if limit is None else shown[:limit]
 
 
 def _at(value: Any) -> int:

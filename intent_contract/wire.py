@@ -71,6 +71,7 @@ BATCH_ITEMS: Final = 500
 BATCH_PAYLOAD_BYTES: Final = 512 * 1024
 # Characters of an ack's detail (longer ones are cut by whoever makes the ack).
 MAX_DETAIL: Final = 1000
+MAX_CODE: Final = 64  # characters of an ack's code, a snake_case word such as smtp_550
 MAX_ATTEMPT: Final = 1_000_000  # the envelope schema's bound on `attempt`; an ack's is checked against it
 MAX_TIME: Final = 2**53 - 1  # the envelope schema's bound on times (ms); an ack's `at` is checked against it
 # Acks per message from the bridge: 200 acks of at most ~1.1 KiB stay well under the edge's decode limit.

@@ -23,7 +23,7 @@ from intent_contract.codec import (
     refuse_version,
 )
 from intent_contract.errors import DecodeError, UnsupportedVersionError
-from intent_contract.wire import MAX_ATTEMPT, MAX_TIME
+from intent_contract.wire import MAX_ATTEMPT, MAX_CODE, MAX_DETAIL, MAX_TIME
 
 PAYLOAD = {"to": "a@example.com", "subject": "S", "text": "t"}
 
@@ -247,3 +247,28 @@ def test_an_acks_fields_must_have_their_types(field: str, bad: object) -> None:
     raw = msgpack.packb({"v": 1, "acks": [{**good, field: bad}]}, use_bin_type=True)
     with pytest.raises(DecodeError, match=field):
         decode_acks(raw)
+
+
+def test_control_characters_in_an_acks_text_are_written_out_on_decoding() -> None:
+    """code, detail and app went into the edge's intents and events raw (a NUL, an ESC, a newline), and
+    `edge-outbox ls/show` printed them."""
+    raw = msgpack.packb(
+        {"v": 1, "acks": [{"id": "a1", "state": "failed", "code": "smtp_550\x00\x1b[2J", "detail": "line1\nFAKE\x00",
+                           "at": 1, "app": "hv\x07ac"}]},
+        use_bin_type=True,
+    )  # fmt: skip
+    (ack,) = decode_acks(raw)
+    assert (ack.code, ack.detail, ack.app) == ("smtp_550\\u0000\\u001b[2J", "line1\\u000aFAKE\\u0000", "hv\\u0007ac")
+
+
+def test_an_acks_code_is_at_most_64_characters_and_a_written_out_text_stays_within_its_limit() -> None:
+    good = Ack("i-1", AckState.FAILED, "c" * MAX_CODE, "d", at=1).to_wire()
+    assert decode_acks(msgpack.packb({"v": 1, "acks": [good]}))[0].code == "c" * MAX_CODE
+    with pytest.raises(DecodeError, match="code over 64"):
+        decode_acks(msgpack.packb({"v": 1, "acks": [{**good, "code": "c" * (MAX_CODE + 1)}]}))
+    with pytest.raises(ValueError, match="code over 64"):
+        Ack("i-1", AckState.FAILED, "c" * (MAX_CODE + 1))
+    (ack,) = decode_acks(
+        msgpack.packb({"v": 1, "acks": [{**good, "code": "\x00" * MAX_CODE, "detail": "\x1b" * MAX_DETAIL}]})
+    )
+    assert (ack.code, ack.detail) == (("\\u0000" * MAX_CODE)[:MAX_CODE], ("\\u001b" * MAX_DETAIL)[:MAX_DETAIL])

@@ -232,8 +232,13 @@ class V5:
         return bytes(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode(reason)).write())
 
     def refuse_connect(self, reason: int) -> bytes:
-        # No DISCONNECT before a successful CONNACK [MQTT-3.14.0-1]: a CONNACK with the reason says it.
-        return bytes(mqtt5.ConnAckPacket(reason_code=mqtt5.ConnAckReasonCode(reason)).write())
+        # No DISCONNECT before a successful CONNACK [MQTT-3.14.0-1]: a CONNACK with the reason says it, or
+        # "unspecified error" for a reason a CONNACK cannot carry (a keepalive timeout, a shutdown).
+        try:
+            code = mqtt5.ConnAckReasonCode(reason)
+        except ValueError:
+            code = mqtt5.ConnAckReasonCode.UNSPECIFIED_ERROR
+        return bytes(mqtt5.ConnAckPacket(reason_code=code).write())
 
 
 def _no_nul(*texts: str | None) -> None:

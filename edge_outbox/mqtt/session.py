@@ -112,8 +112,11 @@ class Session:
         matches: what a session receives is checked against its app at delivery, not only at SUBSCRIBE."""
         best: int | None = None
         for topic_filter, qos in self.subscriptions.items():
-            held = may_subscribe(self.principal, topic_filter)
-            if held and (best is None or qos > best) and matches(topic_filter, topic):
+            if (
+                (best is None or qos > best)
+                and matches(topic_filter, topic)
+                and may_subscribe(self.principal, topic_filter)
+            ):
                 best = qos
         return best
 

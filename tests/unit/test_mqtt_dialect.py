@@ -79,3 +79,12 @@ def test_u0000_in_a_topic_client_id_or_user_name_is_malformed(where: str) -> Non
     raw = bytes(WITH_A_STRING[where].write())
     with pytest.raises(MalformedPacketError, match="U\\+0000"):
         V5(100, 1 << 20).decode(*_frame(raw.replace(b"ZZ", b"Z\x00")))
+
+
+@pytest.mark.parametrize("reason", [0x81, 0x87, 0x8B, 0x8D, 0x8E])
+def test_a_connect_is_refused_with_a_connack_whatever_the_reason(reason: int) -> None:
+    """No DISCONNECT before a CONNACK [MQTT-3.14.0-1]; a reason a CONNACK cannot carry (shutting down,
+    a keepalive timeout, taken over) goes out as "unspecified error" instead of failing in the codec."""
+    sent, _ = mqtt5.read(memoryview(V5(16, 1 << 20).refuse_connect(reason)))
+    assert isinstance(sent, mqtt5.ConnAckPacket)
+    assert int(sent.reason_code) == (reason if reason in (0x81, 0x87) else 0x80)

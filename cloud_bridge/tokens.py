@@ -8,6 +8,8 @@ injected `now` (pyjwt would read the wall clock).
 from __future__ import annotations
 
 import heapq
+import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,6 +26,7 @@ LEEWAY_S = 30.0
 DEFAULT_TOKENS_PER_DEVICE = 100
 REQUIRED_CLAIMS = ("exp", "iat", "aud", "sub", "jti")
 _MAX_TOKEN_CHARS = 4096
+_JTI = re.compile("[!-~]{8,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +55,18 @@ def load_device_public_key(pem: str) -> ec.EllipticCurvePublicKey:
 
 
 def _number(claims: dict[str, object], name: str) -> float:
+    """A time claim as a finite float: NaN compares false with everything (an `exp` of NaN never expired, and
+    the replay cache never let its entry go), and an integer past the float range raised OverflowError."""
     value = claims[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise AuthError(f"claim {name} must be a number", code="token_invalid")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise AuthError(f"claim {name} must be a finite number", code="token_invalid")
+    return number
 
 
 def verify_device_token(
@@ -110,8 +121,10 @@ def verify_device_token(
     if "nbf" in claims and _number(claims, "nbf") > now + leeway:
         raise AuthError("token not yet valid", code="token_not_yet_valid")
     jti = claims["jti"]
-    if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
-        raise AuthError("claim jti must be a string of 8-128 characters", code="token_claims")
+    # Printable ASCII: the replay cache stores it, and PostgreSQL's text refuses a NUL (a connect refused as
+    # if the store were down) and a lone surrogate cannot be encoded at all (an unhandled exception).
+    if not isinstance(jti, str) or _JTI.fullmatch(jti) is None:
+        raise AuthError("claim jti must be 8-128 printable ASCII characters", code="token_claims")
     return TokenClaims(device_id=device_id, jti=jti, iat=iat, exp=exp)
 
 

@@ -108,6 +108,30 @@ def test_non_numeric_times_are_refused() -> None:
     assert _code(token) == "token_invalid"
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": float("nan")},  # compared false with everything: a token that never expired
+        {"iat": float("nan"), "exp": NOW + 10 * 365 * 86400},
+        {"exp": 10**400},  # past the float range: OverflowError, an unhandled exception at CONNECT
+        {"iat": 10**400},
+        {"nbf": 10**400},
+        {"nbf": float("-inf")},
+    ],
+)
+def test_time_claims_that_are_no_finite_number_are_refused(claims: dict[str, object]) -> None:
+    token = jwt.encode(_claims(**claims), PRIVATE, algorithm="ES256")
+    assert _code(token) == "token_invalid"
+
+
+@pytest.mark.parametrize("jti", ["abc\x00defgh", "\ud800abcdefgh", "with space ok", "é" * 10, "short"])
+def test_a_jti_must_be_printable_ascii(jti: str) -> None:
+    """The replay cache stores it: PostgreSQL refused a NUL (as if the store were down) and a lone surrogate
+    could not be encoded (an unhandled exception); SQLite took both."""
+    token = jwt.encode(_claims(jti=jti), PRIVATE, algorithm="ES256")
+    assert _code(token) == "token_claims"
+
+
 def test_garbage_is_refused() -> None:
     assert _code("not-a-jwt") == "token_invalid"
     assert _code("") == "token_invalid"

@@ -31,6 +31,7 @@ from cloud_bridge.topic_acl import Access
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
 from intent_contract.mqtt_packets import ConnackCode, Type
+from intent_contract.turns import Turns
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class MqttFrontDoor:
         self._runners: list[web.AppRunner] = []
         self._connections: dict[str, _Connection] = {}
         self._handlers: set[asyncio.Task[None]] = set()
+        self._attaching = Turns()
 
     async def start(self) -> None:
         try:
@@ -240,13 +242,17 @@ class MqttFrontDoor:
         if not await self._events.authenticate(connect.client_id, connect.username, connect.password, link.host):
             link.write(p.encode(p.Connack(False, ConnackCode.NOT_AUTHORIZED)))
             return None
-        old = self._connections.get(connect.client_id)
-        if old is not None:  # take-over: the newer connection wins, as MQTT says
-            old.link.abort()
-            await old.closed.wait()
-        connection.device_id = connect.client_id
-        self._connections[connect.client_id] = connection
-        link.write(p.encode(p.Connack(False, ConnackCode.ACCEPTED)))
+        # One CONNECT of a client id at a time: between reading who holds it and taking it this awaits the
+        # older connection's end, and three CONNECTs at once left one connection running untracked (never
+        # dropped on revocation, nor at stop).
+        async with self._attaching.turn(connect.client_id):
+            old = self._connections.get(connect.client_id)
+            if old is not None:  # take-over: the newer connection wins, as MQTT says
+                old.link.abort()
+                await old.closed.wait()
+            connection.device_id = connect.client_id
+            self._connections[connect.client_id] = connection
+            link.write(p.encode(p.Connack(False, ConnackCode.ACCEPTED)))
         for frame in frames[1:]:
             await self._handle(connection, p.decode(*frame))
         return connect.keepalive

@@ -15,10 +15,9 @@ Both only move bytes: the codec (`intent_contract.mqtt_packets`), topic rules (`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +28,7 @@ from edge_outbox.mqtt.session import Message, Session, SessionRecord, StatusCurs
 from edge_outbox.mqtt.topics import matches
 from edge_outbox.status import StatusFeed
 from intent_contract import mqtt_packets as p
+from intent_contract.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -76,28 +76,6 @@ class EndpointSettings:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-class _Turns:
-    """One at a time per key; a key's lock is kept only while someone holds it or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, holder and waiters)
-
-    @contextlib.asynccontextmanager
-    async def turn(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (None, 0))
-        lock = lock or asyncio.Lock()
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            users = self._locks[key][1] - 1
-            if users:
-                self._locks[key] = (lock, users)
-            else:
-                del self._locks[key]
-
-
 class MqttEndpoint:
     """Listens for local apps; `start()` returns once the port is open."""
 
@@ -116,7 +94,7 @@ class MqttEndpoint:
         self._authenticate = authenticate
         self.sessions: dict[str, Session] = {}
         self._connections: dict[str, Connection] = {}
-        self._attaching = _Turns()
+        self._attaching = Turns()
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task[None]] = set()

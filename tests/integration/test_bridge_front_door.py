@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +18,7 @@ from websockets.typing import Subprotocol
 
 from cloud_bridge.front_door import MAX_PACKET
 from cloud_bridge.settings import HostPort
+from intent_contract import mqtt_packets as p
 from tests.support.bridge import (
     CountingIntegration,
     Creds,
@@ -116,3 +119,47 @@ async def test_over_websocket_the_limit_holds_across_messages(bridge: Harness) -
     connack, closed = await asyncio.to_thread(attack)
     assert connack == CONNACK_ACCEPTED
     assert closed
+
+
+def _answers(sock: ssl.SSLSocket, device_id: str, packet_id: int) -> bool:
+    """Whether the connection still takes a QoS 1 publish (to the device's health topic) and PUBACKs it."""
+    try:
+        sock.settimeout(2)
+        sock.sendall(p.encode(p.Publish(f"devices/{device_id}/health", b"\x80", 1, False, False, packet_id)))
+        return sock.recv(64)[:1] == b"\x40"
+    except (OSError, ssl.SSLError):
+        return False
+
+
+async def test_take_overs_at_once_leave_one_connection_and_revocation_ends_it(bridge: Harness) -> None:
+    """A connection holds the device; three CONNECTs of it arrive at once. Each waited for the older
+    connection's end and then took the client id, the last overwriting the others: the ones overwritten ran
+    on untracked, not dropped at revocation nor at stop (within a few rounds, on the tree before)."""
+    creds = await bridge.enroll()
+    port, ca = bridge.mqtt_port, str(bridge.ca_file)
+
+    def connect() -> tuple[ssl.SSLSocket, bytes]:
+        sock = tls_connect(port, ca)
+        sock.sendall(connect_packet(creds.device_id, creds.device_id, creds.token(), keepalive=0))
+        return sock, sock.recv(4)
+
+    sockets: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(8):
+            first, answer = await asyncio.to_thread(connect)
+            sockets.append(first)
+            assert answer == CONNACK_ACCEPTED
+            at_once = await asyncio.gather(*(asyncio.to_thread(connect) for _ in range(3)))
+            sockets.extend(sock for sock, _ in at_once)
+            accepted = [sock for sock, answer in at_once if answer == CONNACK_ACCEPTED]
+            answering = await asyncio.gather(*(asyncio.to_thread(_answers, s, creds.device_id, 7) for s in accepted))
+            live = [sock for sock, answers in zip(accepted, answering, strict=True) if answers]
+            assert len(live) == 1, f"{len(live)} connections of one device answer"
+        await asyncio.to_thread(bridge.bridge.registry.revoke, creds.device_id, time.time())
+        await until(
+            lambda: asyncio.to_thread(lambda: not _answers(live[0], creds.device_id, 9)),
+            what="the revoked device's connection ends",
+        )
+    finally:
+        for sock in sockets:
+            sock.close()

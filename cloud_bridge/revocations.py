@@ -55,14 +55,14 @@ class RevocationWatcher:
             await asyncio.sleep(self._poll)
             try:
                 counter = await asyncio.to_thread(self._registry.revocation_counter)
-                if counter == last:
-                    continue
-                revoked = await asyncio.to_thread(self._registry.revoked_ids)
+                if counter != last:
+                    self.revoked = frozenset(await asyncio.to_thread(self._registry.revoked_ids))
+                    last = counter
             except BridgeError:
                 logger.exception("revocation watcher cannot read the registry")
-                continue
-            last = counter
-            self.revoked = frozenset(revoked)
+            # Every poll, not only when the counter moved: a CONNECT whose revocation check came before the
+            # revocation can be accepted after the poll that saw it (its signature and replay checks take
+            # their time), and it must not stay connected.
             for device_id in self._connected():
-                if device_id in revoked:
+                if device_id in self.revoked:
                     await self._drop(device_id)

@@ -96,7 +96,7 @@ class SmsConfig(SecretSection):
     auth_token_file: Text | None = Field(None, description="file holding the auth token")
     sender: Text = Field(alias="from", description="the sender number or id")
     ca_file: CaFile | None = Field(None, description="trust only this CA (PEM) instead of the system's")
-    timeout: Positive = Field(30.0, description="seconds for connecting and each reply")
+    timeout: Positive = Field(30.0, description="seconds for connecting and each reply; a call at most 3 times it")
     concurrency: PositiveInt = Field(4, description="messages sent at once")
 
 
@@ -148,7 +148,9 @@ class HttpConfig(Section):
     concurrency: PositiveInt = Field(8, description="requests in flight at once (and connections)")
     allow_private_hosts: list[Text] = Field([], description="host names or IPs exempt from the SSRF guard")
     ca_file: CaFile | None = Field(None, description="trust only this CA (PEM) instead of the system's")
-    timeout: Positive = Field(30.0, description="seconds for connecting and each wait for response bytes")
+    timeout: Positive = Field(
+        30.0, description="seconds for connecting and each wait for response bytes; a call at most 3 times it"
+    )
     credentials: dict[Name, CredentialConfig] = Field({}, description="the credentials, by name")
 
     def scopes(self) -> dict[str, UrlScope]:

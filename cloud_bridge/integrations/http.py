@@ -28,7 +28,7 @@ from cloud_bridge.config.integrations import HttpConfig
 from cloud_bridge.errors import BridgeError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.integrations.http_credentials import HEADER_NAME, RESERVED_HEADERS, AuthKind, Credential
-from cloud_bridge.integrations.http_status import parse_retry_after, status_error
+from cloud_bridge.integrations.http_status import CALL_TIMEOUTS, parse_retry_after, status_error
 from cloud_bridge.integrations.ssrf import GuardedResolver, SsrfGuard
 from cloud_bridge.integrations.tls import tls_context
 from cloud_bridge.integrations.url_scope import KEEP_ANSWERS, KEEP_LEN, BaseUrl, port_of
@@ -91,7 +91,9 @@ class HttpIntegration:
         self._guard = guard
         self._now = now
         self._context = context
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        # `timeout` bounds each wait; the whole call is bounded too, at CALL_TIMEOUTS of them: a provider
+        # sending a byte every `timeout` held a call (and its executor slot) for days.
+        self._timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUTS * timeout, connect=timeout, sock_read=timeout)
         self._client: aiohttp.ClientSession | None = None
         # The same URL makes the same target (about 6 us to build and check): kept, as UrlScope keeps
         # its answers. A refused host raises and is not kept.
@@ -181,7 +183,7 @@ class HttpIntegration:
             request = self._session().request(method, url, headers=headers, allow_redirects=False, **body)
             async with request as response:
                 status = response.status
-                retry_after = parse_retry_after(response.headers.get("Retry-After"), self._now())
+                retry_after_text = response.headers.get("Retry-After")
                 await _discard_body(response)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Raised below, not here: aiohttp's exception holds the request headers (the secret) and
@@ -191,7 +193,7 @@ class HttpIntegration:
             log.debug("http.request %s to %s answered %d", method, host, status)
             if 200 <= status < 300:
                 return Outcome(f"HTTP {status}")
-            error = status_error(status, retry_after)
+            error = status_error(status, parse_retry_after(retry_after_text, self._now()))
         raise error
 
     async def aclose(self) -> None:

@@ -8,22 +8,36 @@ from __future__ import annotations
 
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
+from typing import Final
 
 from cloud_bridge.errors import PermanentError, TransientError
 
+# A call to a provider (connecting, sending, the answer) takes at most this many of its `timeout`s, whatever
+# each wait takes: `timeout` alone bounded each wait for bytes, and a byte every so often held a call for days.
+CALL_TIMEOUTS: Final = 3
+
+# The longest wait a provider's Retry-After is believed for: a 400-digit value parsed to infinity and a date
+# in year 9999 parked the row for good (an intent without a deadline never ran nor expired).
+MAX_RETRY_AFTER_S = 86_400.0
+
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), at most a day, or None.
+
+    Delta-seconds are ASCII digits: `str.isdigit` also takes '²' and '①', on which float() raised, and that
+    ValueError escaped from an answer already received (a 200 included: the request was sent again).
+    """
     if not value:
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(text)
+    if text.isascii() and text.isdigit():
+        return min(float(text), MAX_RETRY_AFTER_S)
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        wait = when.timestamp() - now
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, wait), MAX_RETRY_AFTER_S)
 
 
 def status_error(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import logging
 import re
 import time
@@ -15,7 +17,7 @@ from cloud_bridge.config import parse_section
 from cloud_bridge.config.integrations import SID, SmsConfig
 from cloud_bridge.errors import PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
-from cloud_bridge.integrations.http_status import parse_retry_after, status_error
+from cloud_bridge.integrations.http_status import CALL_TIMEOUTS, parse_retry_after, status_error
 from cloud_bridge.integrations.tls import tls_context
 from cloud_bridge.secrets import Secret, redact_in_logs
 from intent_contract import json_bounded
@@ -50,6 +52,7 @@ class SmsIntegration:
         self._sender = sender
         self._token = auth_token
         self._now = now
+        self._timeout = timeout
         basic = base64.b64encode(f"{account_sid}:{auth_token.reveal()}".encode()).decode()
         redact_in_logs([auth_token.reveal(), basic])
         self._client = httpx.AsyncClient(
@@ -83,43 +86,73 @@ class SmsIntegration:
         to, text = job.payload.get("to"), job.payload.get("text")
         if not isinstance(to, str) or not _E164.fullmatch(to) or not isinstance(text, str) or not text:
             raise PermanentError("sms.send needs an E.164 'to' and a non-empty 'text'", code="bad_message")
+        request = self._client.build_request(
+            "POST",
+            self._url,
+            data={"To": to, "From": self._sender, "Body": text},
+            # identity: the answer is read raw and bounded, so a compressed one (a bomb) is never inflated
+            headers={"I-Twilio-Idempotency-Token": job.idempotency_key, "Accept-Encoding": "identity"},
+        )
         try:
-            response = await self._client.post(
-                self._url,
-                data={"To": to, "From": self._sender, "Body": text},
-                headers={"I-Twilio-Idempotency-Token": job.idempotency_key},
-            )
+            async with asyncio.timeout(CALL_TIMEOUTS * self._timeout):  # httpx bounds each wait, not the call
+                response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise transport_error(exc, self._host, prefix="sms") from None
+        except TimeoutError:
+            raise TransientError(f"no answer from {self._host} in time", code="sms_timeout") from None
+        try:
+            answer = _answer(await _bounded_body(response, self._timeout))
+        finally:
+            await response.aclose()
         status = response.status_code
         log.debug("sms.send to provider %s answered %d", self._host, status)
         if 200 <= status < 300:
-            return Outcome(f"HTTP {status} sid {self._message_sid(response)}")
-        provider_code = self._provider_code(response)
+            return Outcome(f"HTTP {status} sid {self._message_sid(answer)}")
+        provider_code = self._provider_code(answer)
         note = f" (provider code {provider_code})" if provider_code is not None else ""
         retry_after = parse_retry_after(response.headers.get("retry-after"), self._now())
         raise status_error(status, retry_after, "sms", note)
 
-    def _message_sid(self, response: httpx.Response) -> str:
-        sid = _answer(response).get("sid")
+    def _message_sid(self, answer: dict[str, Any]) -> str:
+        sid = answer.get("sid")
         # Only a plain id goes into the audit; anything else could be an echo of the request.
         if isinstance(sid, str) and SID.fullmatch(sid) and self._token.reveal() not in sid:
             return sid
         return "unknown"
 
     @staticmethod
-    def _provider_code(response: httpx.Response) -> int | None:
-        code = _answer(response).get("code")
+    def _provider_code(answer: dict[str, Any]) -> int | None:
+        code = answer.get("code")
         return code if isinstance(code, int) and not isinstance(code, bool) else None
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
 
-def _answer(response: httpx.Response) -> dict[str, Any]:
+async def _bounded_body(response: httpx.Response, seconds: float) -> bytes:
+    """The answer's body as sent, if it is at most _MAX_ANSWER bytes, uncompressed and read within `seconds`;
+    else b"". The whole body was read into memory and inflated before its size was checked: 577 MiB for a
+    256 MiB body, 200 MiB for a 130 KB gzip bomb, and an endless one never ended. The status is in by now,
+    so a body given up on costs only the sid in the audit."""
+    if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+        async with asyncio.timeout(seconds):
+            async for chunk in response.aiter_raw():
+                size += len(chunk)
+                if size > _MAX_ANSWER:
+                    return b""
+                chunks.append(chunk)
+        return b"".join(chunks)
+    return b""
+
+
+def _answer(body: bytes) -> dict[str, Any]:
     """The provider's JSON object, or {} for anything else (too large, too deep, not JSON, not an object)."""
     try:
-        document = json_bounded.loads(response.content, max_bytes=_MAX_ANSWER)
+        document = json_bounded.loads(body, max_bytes=_MAX_ANSWER)
     except DecodeError:
         return {}
     return document if isinstance(document, dict) else {}

@@ -15,8 +15,9 @@ import trustme
 from cloud_bridge.errors import BridgeError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Outcome
 from cloud_bridge.integrations.http import HttpIntegration
+from cloud_bridge.integrations.http_status import MAX_RETRY_AFTER_S
 from cloud_bridge.integrations.ssrf import SsrfGuard
-from tests.support.http_api import CANARY, ENV, Recorder, api, config, failure, make_job, serve
+from tests.support.http_api import CANARY, ENV, Recorder, api, config, failure, make_job, serve, trickling_server
 
 __all__ = ["api"]  # fixture
 
@@ -170,6 +171,9 @@ async def test_a_long_body_is_not_read_but_the_request_succeeds(http: HttpIntegr
         ("/timeout", TransientError, "http_408", None),
         ("/missing", PermanentError, "http_404", None),
         ("/denied", TransientError, "http_401", None),  # the bridge's key: retried through a rotation
+        ("/busy-odd", TransientError, "http_429", None),  # '³': str.isdigit() took it, float() raised
+        ("/busy-forever", TransientError, "http_429", MAX_RETRY_AFTER_S),  # 400 digits: infinity, parked for good
+        ("/busy-9999", TransientError, "http_429", MAX_RETRY_AFTER_S),
     ],
 )
 async def test_status_mapping(
@@ -179,6 +183,25 @@ async def test_status_mapping(
         await http.execute(make_job({"credential": "crm", "method": "GET", "path": path}))
     assert getattr(info.value, "code", None) == code
     assert getattr(info.value, "retry_after", None) == retry_after
+
+
+async def test_an_odd_retry_after_on_a_2xx_does_not_send_the_request_again(
+    http: HttpIntegration, api: Recorder
+) -> None:
+    """The header was read on every answer: '²' raised ValueError out of a 200, which the executor took as a
+    failed call and sent the request again."""
+    assert await http.execute(make_job({"credential": "crm", "method": "POST", "path": "/ok-odd-retry"})) == Outcome(
+        "HTTP 200"
+    )
+
+
+async def test_an_answer_that_never_ends_ends_the_call(server_cert_files: dict[str, Path]) -> None:
+    """A byte of a header every 50 ms: each wait is short, so `timeout` alone (per wait) never fired and the
+    call, with its executor slot, was held for as long as the provider liked. The call is bounded too."""
+    async with trickling_server(server_cert_files["cert"], server_cert_files["key"]) as port:
+        http = HttpIntegration.from_config({**config(port, server_cert_files["ca"]), "timeout": 0.3}, ENV)
+        error = await failure(http)
+    assert isinstance(error, TransientError) and error.code == "http_timeout"
 
 
 async def test_canary_never_leaks_when_provider_echoes_headers(

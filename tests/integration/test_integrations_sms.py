@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import gzip
+import json
 import logging
 import ssl
 from collections.abc import AsyncIterator
@@ -15,6 +18,7 @@ from aiohttp import web
 from cloud_bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.integrations.sms import SmsIntegration
+from tests.support.http_api import trickling_server
 from tests.support.net import free_port
 
 CANARY = "canary-SECRET-5f3a"
@@ -25,6 +29,7 @@ class FakeTwilio:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.port = 0
+        self.endless_written = 0
 
     async def messages(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -41,6 +46,18 @@ class FakeTwilio:
             return web.Response(body=b"[" * 16_000, status=201 if sid == "ACdeep" else 400)
         if sid == "ACecho":
             return web.json_response({"sid": request.headers.get("Authorization")}, status=201)
+        if sid == "ACodd":  # str.isdigit() takes it, float() refused it: a ValueError, not sms_429
+            return web.json_response({"code": 20429}, status=429, headers={"Retry-After": "\u00b2"})
+        if sid == "ACgzip":  # compressed although asked for identity: the body is not inflated
+            body = gzip.compress(json.dumps({"sid": "SM0123456789abcdef", "pad": " " * 1_000_000}).encode())
+            return web.Response(body=body, status=201, headers={"Content-Encoding": "gzip"})
+        if sid == "ACendless":  # a body that never ends
+            response = web.StreamResponse(status=201)
+            await response.prepare(request)
+            with contextlib.suppress(ConnectionError, OSError):
+                while True:
+                    await response.write(b" " * 65536)
+                    self.endless_written += 65536
         return web.json_response({"sid": "SM0123456789abcdef", "status": "queued"}, status=201)
 
 
@@ -60,7 +77,11 @@ async def twilio(server_cert_files: dict[str, Path]) -> AsyncIterator[FakeTwilio
 
 
 def section(fake: FakeTwilio, ca: Path, sid: str = "ACok") -> dict[str, Any]:
-    return {"base_url": f"https://127.0.0.1:{fake.port}", "account_sid": sid, "auth_token_env": "TWILIO_AUTH_TOKEN",
+    return section_at(fake.port, ca, sid)
+
+
+def section_at(port: int, ca: Path, sid: str = "ACok") -> dict[str, Any]:
+    return {"base_url": f"https://127.0.0.1:{port}", "account_sid": sid, "auth_token_env": "TWILIO_AUTH_TOKEN",
             "from": "+15550000000", "ca_file": str(ca)}  # fmt: skip
 
 
@@ -116,6 +137,34 @@ async def test_a_deeply_nested_answer_is_read_as_no_answer(
         await run(twilio, server_cert_files["ca"], "ACdeepfail")
     assert info.value.code == "sms_400"
     assert "provider code" not in info.value.detail
+
+
+async def test_an_answers_body_is_read_only_as_far_as_its_bound(
+    twilio: FakeTwilio, server_cert_files: dict[str, Path]
+) -> None:
+    """The whole body was read into memory and inflated before its size was checked (577 MiB for a 256 MiB
+    body, 200 MiB for a 130 KB gzip bomb) and an endless one never ended the call. Now the answer is asked
+    for uncompressed, read raw up to 64 KiB, and given up on past that: the message is sent, its sid unknown."""
+    ca = server_cert_files["ca"]
+    assert await run(twilio, ca, "ACgzip") == Outcome("HTTP 201 sid unknown")
+    assert twilio.requests[-1]["headers"]["Accept-Encoding"] == "identity"
+    assert await run(twilio, ca, "ACendless") == Outcome("HTTP 201 sid unknown")
+    assert twilio.endless_written < 64 << 20  # the server wrote until the bridge hung up, not for ever
+    with pytest.raises(TransientError) as info:
+        await run(twilio, ca, "ACodd")
+    assert (info.value.code, info.value.retry_after) == ("sms_429", None)
+
+
+async def test_an_answer_that_never_ends_ends_the_call(server_cert_files: dict[str, Path]) -> None:
+    """A byte of a header every 50 ms: httpx's timeout bounds each wait, so the call was held for ever."""
+    async with trickling_server(server_cert_files["cert"], server_cert_files["key"]) as port:
+        sms = SmsIntegration.from_config({**section_at(port, server_cert_files["ca"]), "timeout": 0.3}, ENV)
+        try:
+            with pytest.raises(TransientError) as info:
+                await sms.execute(JOB)
+        finally:
+            await sms.aclose()
+    assert info.value.code == "sms_timeout"
 
 
 async def test_canary_never_leaks(

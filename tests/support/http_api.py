@@ -46,6 +46,11 @@ class Recorder:
             "/v1/missing": web.Response(status=404, text=echo),
             "/v1/timeout": web.Response(status=408),
             "/v1/long": web.Response(status=200, body=b"x" * 200_000),
+            # Retry-After that str.isdigit() takes and float() refuses; past any sense; a date in year 9999
+            "/v1/ok-odd-retry": web.Response(status=200, headers={"Retry-After": "\u00b2"}),
+            "/v1/busy-odd": web.Response(status=429, headers={"Retry-After": "\u00b3"}),
+            "/v1/busy-forever": web.Response(status=429, headers={"Retry-After": "9" * 400}),
+            "/v1/busy-9999": web.Response(status=429, headers={"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}),
         }
         return routes.get(
             request.path, web.json_response({"ok": True}, status=201 if request.method == "POST" else 200)
@@ -175,3 +180,34 @@ class RotatingApi:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+@contextlib.asynccontextmanager
+async def trickling_server(cert: Path, key: Path, interval: float = 0.05) -> AsyncIterator[int]:
+    """An HTTPS server (on a free port, yielded) that answers any request with a status line and then one
+    byte of a header every `interval`, for ever: each wait for bytes is short, the answer never ends."""
+
+    clients: set[asyncio.StreamWriter] = set()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        clients.add(writer)
+        with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while True:
+                await writer.drain()
+                await asyncio.sleep(interval)
+                writer.write(b"x")
+        writer.close()
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    port = free_port()
+    server = await asyncio.start_server(answer, "127.0.0.1", port, ssl=context)
+    try:
+        yield port
+    finally:
+        server.close()
+        for client in clients:
+            client.transport.abort()
+        await server.wait_closed()

@@ -27,6 +27,7 @@ from aiohttp import WSMsgType, web
 from cloud_bridge.errors import BridgeError, ConfigError
 from cloud_bridge.front_door import MAX_CONNECT, MAX_PACKET, DeviceEvents, Listen, Transport
 from cloud_bridge.http_server import server_ssl_context
+from cloud_bridge.mqtt_ws import WebSocketWriter
 from cloud_bridge.topic_acl import Access
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 V5_UNSUPPORTED = bytes([0x20, 3, 0, 0x84, 0])  # an MQTT 5 CONNACK: "unsupported protocol version"
 WRITE_HIGH_WATER = 4 << 20
+FLUSH_TIMEOUT_S = 2.0  # at a connection's end, what it wrote (a refusing CONNACK) gets this long to go out
 
 
 @dataclass(slots=True)
@@ -48,7 +50,8 @@ class _Link:
     write: Callable[[bytes], None]
     drain: Callable[[], Awaitable[None]]
     buffered: Callable[[], int]
-    abort: Callable[[], None]
+    abort: Callable[[], None]  # at once, from outside the connection (drop, take-over, stop)
+    close: Callable[[], Awaitable[None]]  # the connection's own end: what it wrote is sent first, then abort
     peer: str  # address:port, for log lines
     host: str  # the address alone (fleet telemetry counts the addresses a device connects from)
 
@@ -148,8 +151,11 @@ class MqttFrontDoor:
         async def read() -> bytes:
             return await reader.read(65536)
 
+        async def close() -> None:
+            transport.abort()  # a stream's write hands its bytes to the transport at once
+
         peername = writer.get_extra_info("peername")
-        link = _Link(read, writer.write, writer.drain, transport.get_write_buffer_size, transport.abort,
+        link = _Link(read, writer.write, writer.drain, transport.get_write_buffer_size, transport.abort, close,
                      _peer(peername), _host(peername))  # fmt: skip
         try:
             await self._run(link)
@@ -170,14 +176,22 @@ class MqttFrontDoor:
                 if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     return b""
 
-        def write(data: bytes) -> None:
-            asyncio.get_running_loop().create_task(ws.send_bytes(data))
-
-        async def drain() -> None:
-            await asyncio.sleep(0)
-
         remote = request.remote or ""
-        link = _Link(read, write, drain, transport.get_write_buffer_size, transport.abort, _peer(remote), remote)
+        writer = WebSocketWriter(ws, _peer(remote))
+
+        def buffered() -> int:
+            return writer.buffered() + transport.get_write_buffer_size()
+
+        async def close() -> None:
+            try:
+                async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                    await writer.close()
+            except TimeoutError:
+                pass
+            finally:
+                transport.abort()
+
+        link = _Link(read, writer.write, writer.drain, buffered, transport.abort, close, _peer(remote), remote)
         await self._run(link)
         return ws
 
@@ -206,11 +220,13 @@ class MqttFrontDoor:
         except (ConnectionError, OSError):
             pass
         finally:
-            link.abort()
-            if connection.device_id and self._connections.get(connection.device_id) is connection:
-                del self._connections[connection.device_id]
-            connection.closed.set()
-            self._handlers.discard(task)
+            try:
+                await link.close()
+            finally:
+                if connection.device_id and self._connections.get(connection.device_id) is connection:
+                    del self._connections[connection.device_id]
+                connection.closed.set()
+                self._handlers.discard(task)
 
     async def _packets(self, connection: _Connection, framer: p.Framer) -> list[tuple[int, bytes]]:
         data = await connection.link.read()

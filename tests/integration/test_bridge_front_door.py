@@ -4,6 +4,7 @@ connection before its body is read), over TLS and over WebSocket."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import ssl
 import time
@@ -17,8 +18,10 @@ from websockets.sync.client import connect as ws_connect
 from websockets.typing import Subprotocol
 
 from cloud_bridge.front_door import MAX_PACKET
+from cloud_bridge.mqtt_door import V5_UNSUPPORTED
 from cloud_bridge.settings import HostPort
 from intent_contract import mqtt_packets as p
+from intent_contract.device_token import generate_private_key_pem
 from tests.support.bridge import (
     CountingIntegration,
     Creds,
@@ -163,3 +166,44 @@ async def test_take_overs_at_once_leave_one_connection_and_revocation_ends_it(br
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _ws_answer(bridge: Harness, packet: bytes) -> bytes:
+    """What the bridge answers over WebSocket to `packet` sent as the first message (b"" if it only closes)."""
+    assert bridge.settings.ws_listen is not None
+    url = f"wss://127.0.0.1:{bridge.settings.ws_listen.port}/"
+    with ws_connect(url, ssl=bridge.client_ssl(), subprotocols=[Subprotocol("mqtt")], open_timeout=15) as ws:
+        ws.send(packet)
+        try:
+            return bytes(ws.recv(timeout=15))
+        except ConnectionClosed:
+            return b""
+
+
+async def test_over_websocket_a_refused_connect_gets_its_connack_and_logs_no_error(
+    bridge: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WebSocket writes were tasks nobody kept: the connection ended (its transport aborted) before the task
+    wrote, so a refused CONNECT lost its CONNACK and the task's ClientConnectionResetError reached the loop's
+    exception handler ("Task exception was never retrieved"), a log line per unauthenticated attempt."""
+    caplog.set_level(logging.INFO)
+    loop_errors: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: loop_errors.append(context))
+    creds = await bridge.enroll()
+    forged = Creds(creds.device_id, generate_private_key_pem()).token()
+    v5 = bytes([0x10, 16]) + b"\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x03dev"
+    cases = {
+        "forged token": (connect_packet(creds.device_id, creds.device_id, forged), b"\x20\x02\x00\x05"),
+        "MQTT 5": (v5, V5_UNSUPPORTED),
+        "protocol level 3": (p.encode(p.Connect("MQTT", 3, "dev", True, 60, None, None, None)), b"\x20\x02\x00\x01"),
+    }
+    try:
+        answers = {name: await asyncio.to_thread(_ws_answer, bridge, packet) for name, (packet, _) in cases.items()}
+        gc.collect()  # a task dropped with its exception unread reports it when collected
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert answers == {name: connack for name, (_, connack) in cases.items()}
+    assert [str(context.get("exception") or context["message"]) for context in loop_errors] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -1,0 +1,72 @@
+"""The WebSocket side of the device front door (`mqtt_door`): one writer per connection.
+
+aiohttp's `send_bytes` is a coroutine, where a stream's `write` is not; a task per message, kept by nobody,
+lost its message when the connection ended first (a refused CONNECT's CONNACK) and left its error to the
+loop's exception handler ("Task exception was never retrieved"). Here one task per connection sends the
+messages in order, `drain` waits until the queue is sent (the back-pressure a TLS stream gets from
+`StreamWriter.drain`), and `close` sends what is queued before the connection ends (the door bounds the wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+logger = logging.getLogger(__name__)
+
+
+class WebSocketWriter:
+    """Sends one WebSocket's binary messages, in order, from one task; its errors end it, never the loop's."""
+
+    def __init__(self, ws: web.WebSocketResponse, peer: str) -> None:
+        self._ws = ws
+        self._peer = peer
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queued = 0  # bytes queued and not yet handed to the transport
+        self._lost = False
+        self._task = asyncio.get_running_loop().create_task(self._send())
+
+    def write(self, data: bytes) -> None:
+        """Queue a message (dropped once the connection can take no more, as a closing stream drops it)."""
+        if not self._lost:
+            self._queue.put_nowait(data)
+            self._queued += len(data)
+
+    def buffered(self) -> int:
+        return self._queued
+
+    async def drain(self) -> None:
+        """Wait until every queued message is handed to the transport; ConnectionResetError if it never will be."""
+        await self._queue.join()
+        if self._lost:
+            raise ConnectionResetError("WebSocket connection lost")
+
+    async def close(self) -> None:
+        """Send what is queued, then stop the writer (also when cancelled: bound it with asyncio.timeout)."""
+        try:
+            await self.drain()
+        except ConnectionError:
+            pass
+        finally:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+
+    async def _send(self) -> None:
+        while not self._lost:
+            data = await self._queue.get()
+            try:
+                await self._ws.send_bytes(data)
+            except (ConnectionError, OSError):  # aiohttp: ClientConnectionResetError, "closing transport"
+                self._lost = True
+            except Exception:  # a bug: logged once, and the connection ends as if lost
+                logger.exception("WebSocket write to %s failed", self._peer, extra={"peer": self._peer})
+                self._lost = True
+            finally:
+                self._queued -= len(data)
+                self._queue.task_done()
+        while not self._queue.empty():  # nothing more can be sent: let drain() return
+            self._queue.get_nowait()
+            self._queue.task_done()
+        self._queued = 0

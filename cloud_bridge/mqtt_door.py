@@ -5,7 +5,8 @@ publish batches and confirms QoS 1, receive acks QoS 1), so this speaks exactly 
 shared, pure codec (`intent_contract.mqtt_packets`) and the bridge's own rules (`DeviceEvents`):
 - every packet is bounded from its fixed header: a CONNECT over MAX_CONNECT, or any later packet
   over MAX_PACKET, closes the connection before its body is read;
-- CONNECT must come within CONNECT_TIMEOUT_S; MQTT 5 is answered "unsupported protocol version";
+- CONNECT must come within CONNECT_TIMEOUT_S of the TLS handshake (over WebSocket, the HTTP upgrade
+  too: a connection not upgraded by then is aborted); MQTT 5 is answered "unsupported protocol version";
   keepalive is enforced at 1.5 times the device's value; a second connection with the same client
   id takes over (the first is closed);
 - a permitted publish is handed to `DeviceEvents.on_publish` and acknowledged; nothing a device
@@ -27,7 +28,7 @@ from aiohttp import WSMsgType, web
 from cloud_bridge.errors import BridgeError, ConfigError
 from cloud_bridge.front_door import MAX_CONNECT, MAX_PACKET, DeviceEvents, Listen, Transport
 from cloud_bridge.http_server import server_ssl_context
-from cloud_bridge.mqtt_ws import WebSocketWriter
+from cloud_bridge.mqtt_ws import UpgradeDeadlines, WebSocketWriter
 from cloud_bridge.topic_acl import Access
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
@@ -36,7 +37,8 @@ from intent_contract.turns import Turns
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 10.0
+TLS_HANDSHAKE_TIMEOUT_S = 60.0  # asyncio's default, on both ports
+CONNECT_TIMEOUT_S = 10.0  # from the TLS handshake to the CONNECT (over WebSocket, the upgrade included)
 V5_UNSUPPORTED = bytes([0x20, 3, 0, 0x84, 0])  # an MQTT 5 CONNACK: "unsupported protocol version"
 WRITE_HIGH_WATER = 4 << 20
 FLUSH_TIMEOUT_S = 2.0  # at a connection's end, what it wrote (a refusing CONNACK) gets this long to go out
@@ -81,6 +83,7 @@ class MqttFrontDoor:
         self._connections: dict[str, _Connection] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self._attaching = Turns()
+        self._upgrades = UpgradeDeadlines(CONNECT_TIMEOUT_S)
 
     async def start(self) -> None:
         try:
@@ -88,15 +91,21 @@ class MqttFrontDoor:
                 context = server_ssl_context(listen.cert, listen.key)
                 host, port = listen.bind.host, listen.bind.port
                 if listen.transport is Transport.TCP:
-                    server = await asyncio.start_server(self._serve_stream, host, port, ssl=context)
-                    self._servers.append(server)
+                    server = await asyncio.start_server(self._serve_stream, host, port, ssl=context,
+                                                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)  # fmt: skip
                 else:
                     app = web.Application()
                     app.router.add_get("/{path:.*}", self._serve_websocket)
                     runner = web.AppRunner(app, access_log=None, handle_signals=False)
                     await runner.setup()
                     self._runners.append(runner)
-                    await web.TCPSite(runner, host, port, ssl_context=context).start()
+                    assert runner.server is not None
+                    # Not web.TCPSite: its protocol has no deadline on reading the upgrade request.
+                    protocol = self._upgrades.protocol_factory(runner.server)
+                    server = await asyncio.get_running_loop().create_server(
+                        protocol, host, port, ssl=context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S
+                    )
+                self._servers.append(server)
         except OSError as exc:
             await self.stop()
             raise ConfigError(f"MQTT listener failed to start: {exc.strerror or exc}", code="listen_failed") from None
@@ -158,15 +167,16 @@ class MqttFrontDoor:
         link = _Link(read, writer.write, writer.drain, transport.get_write_buffer_size, transport.abort, close,
                      _peer(peername), _host(peername))  # fmt: skip
         try:
-            await self._run(link)
+            await self._run(link, asyncio.get_running_loop().time() + CONNECT_TIMEOUT_S)
         finally:
             transport.abort()
 
     async def _serve_websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(protocols=("mqtt",), max_msg_size=MAX_PACKET + 1024, autoping=True)
-        await ws.prepare(request)
+        await ws.prepare(request)  # a request that is no upgrade raises here; its deadline still runs
         transport = request.transport
         assert transport is not None
+        connect_by = self._upgrades.take(transport)
 
         async def read() -> bytes:
             while True:
@@ -192,19 +202,20 @@ class MqttFrontDoor:
                 transport.abort()
 
         link = _Link(read, writer.write, writer.drain, buffered, transport.abort, close, _peer(remote), remote)
-        await self._run(link)
+        await self._run(link, connect_by)
         return ws
 
     # -- one connection --------------------------------------------------------------------------
 
-    async def _run(self, link: _Link) -> None:
+    async def _run(self, link: _Link, connect_by: float) -> None:
+        """Serve one connection, whose CONNECT must come by the loop time `connect_by`."""
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
         connection = _Connection(link)
         framer = p.Framer(MAX_CONNECT)
         try:
-            keepalive = await self._handshake(connection, framer)
+            keepalive = await self._handshake(connection, framer, connect_by)
             if keepalive is None:
                 return
             framer.max_packet = MAX_PACKET
@@ -234,12 +245,12 @@ class MqttFrontDoor:
             raise ConnectionResetError
         return framer.feed(data)
 
-    async def _handshake(self, connection: _Connection, framer: p.Framer) -> int | None:
+    async def _handshake(self, connection: _Connection, framer: p.Framer, connect_by: float) -> int | None:
         """Read and answer the CONNECT; the keepalive in seconds, or None when the connection must end."""
         link = connection.link
         frames: list[tuple[int, bytes]] = []
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            async with asyncio.timeout_at(connect_by):
                 while not frames:
                     frames = await self._packets(connection, framer)
         except (TimeoutError, ConnectionError):

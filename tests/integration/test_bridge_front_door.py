@@ -18,7 +18,7 @@ from websockets.sync.client import connect as ws_connect
 from websockets.typing import Subprotocol
 
 from cloud_bridge.front_door import MAX_PACKET
-from cloud_bridge.mqtt_door import V5_UNSUPPORTED
+from cloud_bridge.mqtt_door import CONNECT_TIMEOUT_S, V5_UNSUPPORTED
 from cloud_bridge.settings import HostPort
 from intent_contract import mqtt_packets as p
 from intent_contract.device_token import generate_private_key_pem
@@ -207,3 +207,33 @@ async def test_over_websocket_a_refused_connect_gets_its_connack_and_logs_no_err
     assert answers == {name: connack for name, (_, connack) in cases.items()}
     assert [str(context.get("exception") or context["message"]) for context in loop_errors] == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_over_websocket_an_upgrade_not_done_by_the_connect_deadline_is_closed(bridge: Harness) -> None:
+    """aiohttp has no timeout on reading a request's headers, and the CONNECT timeout started after the upgrade: an
+    upgrade request sent in part, and then nothing (or a byte now and then), held its socket for an hour (aiohttp's
+    keep-alive timer), and a source could hold sockets until the bridge ran out of descriptors. A device that
+    upgrades and connects in time is not touched by the deadline."""
+    creds = await bridge.enroll()
+    assert bridge.settings.ws_listen is not None
+    port = bridge.settings.ws_listen.port
+    url = f"wss://127.0.0.1:{port}/"
+    device = await asyncio.to_thread(
+        ws_connect, url, ssl=bridge.client_ssl(), subprotocols=[Subprotocol("mqtt")], open_timeout=15
+    )
+    try:
+        await asyncio.to_thread(device.send, connect_packet(creds.device_id, creds.device_id, creds.token()))
+        assert await asyncio.to_thread(device.recv, 15) == CONNACK_ACCEPTED
+
+        def stall() -> bytes:
+            # The deadline is the only wait: the read times out (a failure) well after it, if the bridge never closes.
+            with tls_connect(port, str(bridge.ca_file), timeout=CONNECT_TIMEOUT_S + 20) as sock:
+                sock.sendall(b"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nX-Slow: ")
+                return read_until_closed(sock)
+
+        assert await asyncio.to_thread(stall) == b""  # closed, no answer
+        # The device connected before that connection, so its own deadline has passed too: it still answers.
+        await asyncio.to_thread(device.send, p.encode(p.Bare(p.Type.PINGREQ)))
+        assert await asyncio.to_thread(device.recv, 15) == p.encode(p.Bare(p.Type.PINGRESP))
+    finally:
+        await asyncio.to_thread(device.close)

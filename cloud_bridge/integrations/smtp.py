@@ -81,8 +81,10 @@ def build_message(job: Job, now: float) -> tuple[EmailMessage, list[str]]:
                 message.add_alternative(str(html), subtype="html")
         else:
             message.set_content(str(html or ""), subtype="html")
-    except (ValueError, TypeError, IndexError) as exc:
-        # e.g. a line break in a header: refused by the email package, never sent.
+    except Exception as exc:  # noqa: BLE001
+        # A line break in a header (ValueError) is refused by design; odd addresses also reach bugs inside
+        # the email package (AttributeError for a domain of "["). Either way the message can never be built:
+        # a retry would fail the same way.
         raise PermanentError(f"cannot build the message: {exc.__class__.__name__}", code="bad_message") from None
     return message, to + cc + bcc
 
@@ -180,6 +182,10 @@ class SmtpIntegration:
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             raise TransientError(f"{exc.__class__.__name__} talking to {self._host}:{self._port}",
                                  code="smtp_connection") from None  # fmt: skip
+        except ValueError:  # after ssl.SSLError: a certificate that fails verification is a ValueError too
+            # aiosmtplib's own check of an address it is to put on a command line ("a<@x" reads as "a<"):
+            # it fails the same way on every attempt.
+            raise PermanentError("an address cannot go on an SMTP command line", code="bad_message") from None
         refused = f"; {len(errors)} recipients refused" if errors else ""
         log.debug("email.send %s accepted by %s%s", message["Message-ID"], self._host, refused)
         return Outcome(f"{self._scrub(response)}{refused}"[:200])

@@ -223,3 +223,19 @@ def test_bad_config(section: dict[str, Any]) -> None:
     with pytest.raises(ConfigError) as info:
         SmtpIntegration.from_config(section, ENV)
     assert CANARY not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("reply_to", "x@["),  # an AttributeError inside the email package
+        ("to", "a<@example.com"),  # a ValueError inside aiosmtplib at RCPT
+    ],
+)
+async def test_addresses_that_break_the_libraries_are_bad_message(plain: Server, field: str, value: str) -> None:
+    """A permanent refusal, not an unhandled error that the executor would retry."""
+    smtp = SmtpIntegration.from_config({"host": "127.0.0.1", "port": plain.port, "security": "none"}, {})
+    with pytest.raises(PermanentError) as info:
+        await smtp.execute(job({**MAIL, field: value}))
+    assert info.value.code == "bad_message"
+    assert plain.sink.messages == []

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from cloud_bridge.errors import ConfigError, PermanentError
 from cloud_bridge.integrations.url_scope import UrlScope
+from cloud_bridge.mailbox import NotAMailboxError, is_mailbox, parse_mailbox
 from cloud_bridge.ratelimit import NO_LIMITS, Limits, RateRule
 from intent_contract.names import KINDS, is_name
 
@@ -119,8 +120,8 @@ class Rules:
             raise ConfigError(f"{where}: unknown policy keys {sorted(unknown)}; known: {sorted(_KEYS)}")
         kinds = _names(table.get("kinds", []), f"{where}.kinds", kinds=True)
         email_from = table.get("email_from")
-        if email_from is not None and not _is_address(email_from):
-            raise ConfigError(f"{where}.email_from must be an email address")
+        if email_from is not None and not is_mailbox(email_from):
+            raise ConfigError(f"{where}.email_from must be a plain email address (local@domain, ASCII)")
         allow_app_from = table.get("allow_app_from", False)
         if not isinstance(allow_app_from, bool):
             raise ConfigError(f"{where}.allow_app_from must be true or false")
@@ -222,13 +223,6 @@ def _http_scopes(value: object, where: str, credentials: Mapping[str, UrlScope] 
         name: scope.narrowed(value[name], f"{where}.{name}") if name in value else scope
         for name, scope in credentials.items()
     }
-
-
-def _is_address(value: object) -> bool:
-    if not isinstance(value, str) or any(c.isspace() for c in value):
-        return False
-    local, at, domain = value.rpartition("@")
-    return bool(at and local and domain) and "@" not in local
 
 
 def _addresses(value: object) -> list[object]:
@@ -347,18 +341,20 @@ def _check_email(rules: Rules, payload: Mapping[str, Any]) -> Decision:
     seen = 0
     for address in recipients:
         seen += 1
-        if not _is_address(address):
-            return Decision(False, "policy_recipient", "recipient is not an email address")
-        assert isinstance(address, str)
-        domain = address.rpartition("@")[2].lower()
+        # The parsed address, which is what the SMTP integration sends: "root)@ok.com" would go out
+        # as RCPT TO:<root>, so it is refused here rather than read as an ok.com recipient.
+        try:
+            domain = parse_mailbox(address).domain.lower()
+        except NotAMailboxError as exc:
+            return Decision(False, "policy_recipient", f"recipient is not a plain email address: {exc.reason}")
         if domain not in rules.email_domains:
             return Decision(False, "policy_recipient", f"recipient domain {domain!r} is not allowed")
     if seen == 0:
         return Decision(False, "policy_recipient", "no recipients")
     app_from = payload.get("from")
     if app_from is not None:
-        if not _is_address(app_from):
-            return Decision(False, "policy_from", "from is not an email address")
+        if not is_mailbox(app_from):
+            return Decision(False, "policy_from", "from is not a plain email address")
         assert isinstance(app_from, str)
         if rules.allow_app_from:
             return Decision(True, overrides={"from": app_from})

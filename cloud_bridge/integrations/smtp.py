@@ -25,6 +25,7 @@ from cloud_bridge.config.integrations import SmtpConfig
 from cloud_bridge.errors import PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.integrations.tls import tls_context
+from cloud_bridge.mailbox import Mailbox, NotAMailboxError, parse_mailbox
 from cloud_bridge.secrets import Secret, redact_in_logs
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,18 @@ def build_message(job: Job, now: float) -> tuple[EmailMessage, list[str]]:
         if any(_CONTROL.search(value) for value in values):
             # The email package refuses CR and LF itself but passes NUL, tab and the rest on to the relay.
             raise PermanentError(f"a control character in {name}", code="bad_message")
+    # Headers and envelope from the parsed mailboxes (as policy checked them), never from device text
+    # that CPython's header folder or aiosmtplib's parseaddr could read as something else.
+    sender_box = _mailbox(sender, "from", code="policy_from")
+    to_boxes, cc_boxes, bcc_boxes = (
+        [_mailbox(a, name) for a in field] for name, field in (("to", to), ("cc", cc), ("bcc", bcc))
+    )
     message = EmailMessage()
     try:
-        message["From"] = sender
-        message["To"] = ", ".join(to)
-        if cc:
-            message["Cc"] = ", ".join(cc)
+        message["From"] = sender_box.header()
+        message["To"] = [box.header() for box in to_boxes]
+        if cc_boxes:
+            message["Cc"] = [box.header() for box in cc_boxes]
         if reply_to:
             message["Reply-To"] = ", ".join(reply_to)
         message["Subject"] = subject
@@ -86,7 +93,14 @@ def build_message(job: Job, now: float) -> tuple[EmailMessage, list[str]]:
         # the email package (AttributeError for a domain of "["). Either way the message can never be built:
         # a retry would fail the same way.
         raise PermanentError(f"cannot build the message: {exc.__class__.__name__}", code="bad_message") from None
-    return message, to + cc + bcc
+    return message, [str(box) for box in (*to_boxes, *cc_boxes, *bcc_boxes)]
+
+
+def _mailbox(value: str, name: str, code: str = "bad_message") -> Mailbox:
+    try:
+        return parse_mailbox(value)
+    except NotAMailboxError as exc:
+        raise PermanentError(f"{name} is not a plain email address: {exc.reason}", code=code) from None
 
 
 class SmtpIntegration:

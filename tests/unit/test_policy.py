@@ -72,6 +72,12 @@ def test_empty_config_rejects_every_kind() -> None:
         (email(bcc=["a@example.com", "b@evil.com"]), False),
         (email(to="<a@example.com>"), False),
         (email(to="a@example.com "), False),
+        # Read by aiosmtplib as RCPT TO:<root>, <postmaster>, <a>: not example.com recipients at all.
+        (email(to="root)@example.com"), False),
+        (email(to="postmaster;@example.com"), False),
+        (email(cc="a<@example.com"), False),
+        (email(bcc='"a@evil.com"@example.com'), False),
+        (email(to="\u00e9@example.com"), False),  # non-ASCII: SMTPUTF8 only, folded badly without it
         (email(to=[]), False),
         (email(to=7), False),
     ],

@@ -3,7 +3,10 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from cloud_bridge.mailbox import MAX_LENGTH, PATTERN, is_mailbox
 from intent_contract.errors import SchemaViolationError
 from intent_contract.names import KINDS
 from intent_contract.schemas import known_schemas, schema_dir, validate
@@ -109,3 +112,21 @@ def test_a_reason_that_quotes_control_characters_writes_them_out(kind: str, doc:
         validate(kind, doc)
     assert written_out in refused.value.detail
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in refused.value.detail)
+
+
+def test_the_email_pattern_is_the_bridges_mailbox_rule() -> None:
+    # cloud_bridge.mailbox is the source; the schema refuses at the edge what the bridge would refuse.
+    common = json.loads((schema_dir() / "common.json").read_text())
+    assert common["$defs"]["email"]["pattern"] == PATTERN
+    assert common["$defs"]["email"]["maxLength"] == MAX_LENGTH
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.emails(), st.text(alphabet='ab.@()<>;:,"[]\\ é=?', max_size=12)))
+def test_the_schema_takes_every_address_the_bridge_takes(address: str) -> None:
+    payload = {"to": address, "subject": "S", "text": "t"}
+    if is_mailbox(address):
+        validate("email.send", payload)
+    elif any(c in address for c in '()<>;:,"[]\\ é'):
+        with pytest.raises(SchemaViolationError):
+            validate("email.send", payload)

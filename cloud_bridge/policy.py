@@ -351,6 +351,15 @@ def _check_email(rules: Rules, payload: Mapping[str, Any]) -> Decision:
             return Decision(False, "policy_recipient", f"recipient domain {domain!r} is not allowed")
     if seen == 0:
         return Decision(False, "policy_recipient", "no recipients")
+    # Replies go where reply_to says: the recipients' domains or the configured From's, nowhere else.
+    own = rules.email_from.rpartition("@")[2].lower() if rules.email_from else None
+    for address in _addresses(payload.get("reply_to")):
+        try:
+            domain = parse_mailbox(address).domain.lower()
+        except NotAMailboxError as exc:
+            return Decision(False, "policy_recipient", f"reply_to is not a plain email address: {exc.reason}")
+        if domain not in rules.email_domains and domain != own:
+            return Decision(False, "policy_recipient", f"reply_to domain {domain!r} is not allowed")
     app_from = payload.get("from")
     if app_from is not None:
         if not is_mailbox(app_from):

@@ -7,12 +7,15 @@ idempotency key, so a resend after a lost reply carries the same id and receiver
 from __future__ import annotations
 
 import base64
+import email.policy
 import hashlib
+import io
 import logging
 import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.utils import formatdate
 from enum import StrEnum
@@ -29,6 +32,13 @@ from cloud_bridge.mailbox import Mailbox, NotAMailboxError, parse_mailbox
 from cloud_bridge.secrets import Secret, redact_in_logs
 
 log = logging.getLogger(__name__)
+
+# The header fields build_message sets, each at most once. In the flattened head every other line must
+# be a continuation (leading space or tab): CPython's folder has started continuations without one.
+_OWN_HEADERS: Final = frozenset(
+    {"from", "to", "cc", "reply-to", "subject", "date", "message-id", "mime-version", "content-type",
+     "content-transfer-encoding"}
+)  # fmt: skip
 
 # Every C0 control (tab and NUL included), DEL, C1, and the Unicode line and paragraph separators.
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -67,8 +77,9 @@ def build_message(job: Job, now: float) -> tuple[EmailMessage, list[str]]:
     # Headers and envelope from the parsed mailboxes (as policy checked them), never from device text
     # that CPython's header folder or aiosmtplib's parseaddr could read as something else.
     sender_box = _mailbox(sender, "from", code="policy_from")
-    to_boxes, cc_boxes, bcc_boxes = (
-        [_mailbox(a, name) for a in field] for name, field in (("to", to), ("cc", cc), ("bcc", bcc))
+    to_boxes, cc_boxes, bcc_boxes, reply_boxes = (
+        [_mailbox(a, name) for a in field]
+        for name, field in (("to", to), ("cc", cc), ("bcc", bcc), ("reply_to", reply_to))
     )
     message = EmailMessage()
     try:
@@ -76,8 +87,8 @@ def build_message(job: Job, now: float) -> tuple[EmailMessage, list[str]]:
         message["To"] = [box.header() for box in to_boxes]
         if cc_boxes:
             message["Cc"] = [box.header() for box in cc_boxes]
-        if reply_to:
-            message["Reply-To"] = ", ".join(reply_to)
+        if reply_boxes:
+            message["Reply-To"] = [box.header() for box in reply_boxes]
         message["Subject"] = subject
         message["Date"] = formatdate(now, usegmt=True)
         message["Message-ID"] = message_id(job.idempotency_key)
@@ -88,12 +99,39 @@ def build_message(job: Job, now: float) -> tuple[EmailMessage, list[str]]:
                 message.add_alternative(str(html), subtype="html")
         else:
             message.set_content(str(html or ""), subtype="html")
+        # As aiosmtplib flattens it: policy.SMTP, or SMTPUTF8 had an address been non-ASCII.
+        flattened = [_flatten(message, policy) for policy in (email.policy.SMTP, email.policy.SMTPUTF8)]
     except Exception as exc:  # noqa: BLE001
         # A line break in a header (ValueError) is refused by design; odd addresses also reach bugs inside
         # the email package (AttributeError for a domain of "["). Either way the message can never be built:
         # a retry would fail the same way.
         raise PermanentError(f"cannot build the message: {exc.__class__.__name__}", code="bad_message") from None
+    for raw in flattened:
+        check_head(raw)
     return message, [str(box) for box in (*to_boxes, *cc_boxes, *bcc_boxes)]
+
+
+def check_head(raw: bytes) -> None:
+    """Refuse (bad_message) a flattened message whose head has a line that is neither the start of one of
+    our own header fields, each once, nor a continuation: the last guard against header injection."""
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    seen: set[str] = set()
+    for line in head.split(b"\r\n"):
+        if b"\r" in line or b"\n" in line:
+            raise PermanentError("a bare line break in the message header", code="bad_message")
+        if line[:1] in (b" ", b"\t"):
+            continue
+        name, colon, _ = line.partition(b":")
+        field = name.decode("ascii", "replace").lower()
+        if not colon or field not in _OWN_HEADERS or field in seen:
+            raise PermanentError("the flattened message header has a line the bridge did not set", code="bad_message")
+        seen.add(field)
+
+
+def _flatten(message: EmailMessage, policy: email.policy.EmailPolicy[EmailMessage]) -> bytes:
+    out = io.BytesIO()
+    BytesGenerator(out, policy=policy).flatten(message)
+    return out.getvalue()
 
 
 def _mailbox(value: str, name: str, code: str = "bad_message") -> Mailbox:

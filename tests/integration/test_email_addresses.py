@@ -1,9 +1,12 @@
 """Device-given email addresses through the real policy and the SMTP integration to an aiosmtpd relay:
-what the relay gets is only what policy allowed (envelope recipients)."""
+what the relay gets is only what policy allowed (envelope recipients) and only the headers the bridge
+set (no header injection by folding)."""
 
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -113,3 +116,38 @@ def test_rcpt_to_carries_only_addresses_policy_allowed(
         return
     assert sorted(got) == sorted([*to, *cc, *bcc])  # each as the device wrote it, nothing reinterpreted
     assert all(address.rpartition("@")[2].lower() == ALLOWED_DOMAIN for address in got), got
+
+
+# The value the security test found: a group whose name needs an encoded word, which CPython 3.11 folds
+# onto a line of its own with no leading whitespace, so the relay read "From:ceo@evil..." as a header.
+INJECTING_REPLY_TO = "x" * 39 + "=?:From:ceo@evil.com\u00e9,"
+OWN = {"from", "to", "cc", "reply-to", "subject", "date", "message-id", "mime-version", "content-type",
+       "content-transfer-encoding"}  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(to=ADDRESSES, cc=st.lists(ADDRESS, max_size=2), reply_to=st.one_of(st.none(), ADDRESS))
+@example(to=["ops@ok.com"], cc=[], reply_to=INJECTING_REPLY_TO)
+@example(to=["ops@ok.com"], cc=[], reply_to="x@[")
+@example(to=["¤:From:ceo@ok.com", 17 * "x" + "é@ok.com"], cc=[], reply_to=None)
+@example(to=["ops@ok.com"], cc=["é:Bcc:spy@ok.com"], reply_to="desk@ok.com")
+def test_the_relay_sees_only_the_headers_the_bridge_set(
+    relay: tuple[Relay, int], to: list[str], cc: list[str], reply_to: str | None
+) -> None:
+    sink, port = relay
+    payload: dict[str, Any] = {"to": to, "subject": "s", "text": "t"}
+    payload |= {"cc": cc} if cc else {}
+    payload |= {"reply_to": reply_to} if reply_to is not None else {}
+    before_sessions, before = sink.sessions, len(sink.messages)
+    result = send(port, payload)
+    if result != "sent":
+        assert result == "refused: policy_recipient", result  # by policy, before any SMTP session
+        assert sink.sessions == before_sessions
+        return
+    (raw,) = sink.messages[before:]
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    starts = [line.partition(b":")[0].decode().lower() for line in head if line[:1] not in (b" ", b"\t")]
+    assert sorted(starts) == sorted(OWN - ({"cc"} if not cc else set()) - ({"reply-to"} if reply_to is None else set()))
+    parsed = email.message_from_bytes(raw, policy=email.policy.SMTP)
+    assert parsed.get_all("From") == [SENDER]
+    assert parsed.get_all("Reply-To") == (None if reply_to is None else [reply_to])

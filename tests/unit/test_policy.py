@@ -91,6 +91,31 @@ def test_recipient_domains_are_exact_and_case_insensitive(
         assert decision.code == "policy_recipient"
 
 
+@pytest.mark.parametrize(
+    ("reply_to", "allowed"),
+    [
+        ("desk@example.com", True),
+        ("desk@Ops.Example.org", True),
+        ("desk@acme.example", True),  # the configured From's domain
+        ("desk@evil.com", False),
+        ("desk@sub.example.com", False),
+        ("x" * 39 + "=?:From:ceo@evil.com\u00e9,", False),  # folded into a From: line of its own
+        ("x@[", False),
+        ("Desk <desk@example.com>", False),
+        ("a@example.com,b@evil.com", False),
+        (["desk@example.com"], True),
+        (["desk@example.com", "x@evil.com"], False),
+        (7, False),
+    ],
+)
+def test_reply_to_is_one_plain_mailbox_in_an_allowed_domain(engine: PolicyEngine, reply_to: Any, allowed: bool) -> None:
+    decision = engine.check(DEV, "email.send", email(reply_to=reply_to))
+    assert decision.allowed is allowed
+    if not allowed:
+        assert decision.code == "policy_recipient"
+        assert "reply_to" in decision.detail
+
+
 def test_app_from_refused_unless_allowed(engine: PolicyEngine) -> None:
     refused = engine.check(DEV, "email.send", email(**{"from": "ceo@example.com"}))
     assert refused.code == "policy_from"

@@ -96,6 +96,17 @@ async def run(fake: FakeTwilio, ca: Path, sid: str, job: Job = JOB) -> Outcome:
         await sms.aclose()
 
 
+async def transient_error(config: dict[str, Any]) -> TransientError:
+    """Send JOB through an integration made from `config`; it must fail transiently: that error."""
+    sms = SmsIntegration.from_config(config, ENV)
+    try:
+        with pytest.raises(TransientError) as info:
+            await sms.execute(JOB)
+    finally:
+        await sms.aclose()
+    return info.value
+
+
 async def test_message_is_created_with_basic_auth_and_idempotency_token(
     twilio: FakeTwilio, server_cert_files: dict[str, Path]
 ) -> None:
@@ -158,13 +169,8 @@ async def test_an_answers_body_is_read_only_as_far_as_its_bound(
 async def test_an_answer_that_never_ends_ends_the_call(server_cert_files: dict[str, Path]) -> None:
     """A byte of a header every 50 ms: httpx's timeout bounds each wait, so the call was held for ever."""
     async with trickling_server(server_cert_files["cert"], server_cert_files["key"]) as port:
-        sms = SmsIntegration.from_config({**section_at(port, server_cert_files["ca"]), "timeout": 0.3}, ENV)
-        try:
-            with pytest.raises(TransientError) as info:
-                await sms.execute(JOB)
-        finally:
-            await sms.aclose()
-    assert info.value.code == "sms_timeout"
+        error = await transient_error({**section_at(port, server_cert_files["ca"]), "timeout": 0.3})
+    assert error.code == "sms_timeout"
 
 
 async def test_canary_never_leaks(
@@ -190,13 +196,7 @@ async def test_canary_never_leaks(
 async def test_tls_is_verified(twilio: FakeTwilio, server_cert_files: dict[str, Path]) -> None:
     config = section(twilio, server_cert_files["ca"])
     del config["ca_file"]
-    sms = SmsIntegration.from_config(config, ENV)
-    try:
-        with pytest.raises(TransientError) as info:
-            await sms.execute(JOB)
-    finally:
-        await sms.aclose()
-    assert info.value.code == "sms_connection"
+    assert (await transient_error(config)).code == "sms_connection"
     assert twilio.requests == []
 
 

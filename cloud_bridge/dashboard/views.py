@@ -11,7 +11,7 @@ import logging
 import math
 import mimetypes
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 import jinja2
 from aiohttp import web
-from multidict import MultiDictProxy
 
 from cloud_bridge.dashboard.auth import COOKIE, SESSION_S, Operator, OperatorAuth
 from cloud_bridge.dashboard.data import DashboardData, FleetRow
@@ -243,7 +242,7 @@ def stuck_first(rows: list[FleetRow]) -> list[FleetRow]:
     return sorted(rows, key=lambda r: (not r.stuck, -(r.oldest_pending_s or 0.0), r.device_id))
 
 
-async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
+async def read_form(request: web.Request) -> Mapping[str, object]:
     """The request's form; 400 when its body cannot be read as one (a browser's always can).
 
     Our forms are urlencoded: multipart (files, nested parts, per-part encodings) is refused unread.

@@ -14,7 +14,7 @@ from pydantic import AfterValidator, Field
 
 from cloud_bridge.config.fields import Name, Positive, PositiveInt, SecretSection, Section, Text, invalid
 from cloud_bridge.errors import ConfigError
-from cloud_bridge.integrations.http_credentials import HEADER_NAME, RESERVED_HEADERS
+from cloud_bridge.integrations.http_credentials import HEADER_NAME, reserved_header
 from cloud_bridge.integrations.tls import tls_context
 from cloud_bridge.integrations.url_scope import METHODS, UrlScope
 
@@ -132,7 +132,7 @@ class CredentialConfig(SecretSection):
         if self.header is not None and (
             self.auth != "header"
             or not HEADER_NAME.fullmatch(self.header)
-            or self.header.lower() in RESERVED_HEADERS - {"authorization"}
+            or (reserved_header(self.header) and self.header.lower() != "authorization")
         ):
             found.append('header must be a header name, with auth = "header"')
         return found

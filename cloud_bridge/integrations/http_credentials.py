@@ -31,8 +31,29 @@ RESERVED_HEADERS: Final = frozenset(
         "te",
         "trailer",
         "idempotency-key",
+        # What providers' frameworks take as another method, path or client (Express method-override,
+        # Rack, Google APIs, Symfony and IIS URL rewrites, X-Forwarded-* trusted behind proxies): a device
+        # setting one made a POST under /v1/ a DELETE, or served /admin, beyond the credential's scope.
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+        "forwarded",
+        "x-real-ip",
+        "proxy-connection",
+        "expect",
     }
 )
+FORWARDING_PREFIX: Final = "x-forwarded-"
+
+
+def reserved_header(name: str) -> bool:
+    """Whether an app may not set header `name`: the bridge sets it, or it redirects what the provider does."""
+    lowered = name.lower()
+    return lowered in RESERVED_HEADERS or lowered.startswith(FORWARDING_PREFIX)
+
+
 # RFC 9110 field names. A client that writes any name it is given sends 'Host:evil: x' as a Host header.
 HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 

@@ -124,6 +124,19 @@ async def test_method_unknown_credential_and_reserved_headers(http: HttpIntegrat
         ({**get, "credential": "billing"}, "policy_credential"),
         ({**get, "headers": {"authorization": "x"}}, "http_header_forbidden"),
         ({**get, "headers": {"Host": "evil"}}, "http_header_forbidden"),
+        # What a provider's framework may take as another method, path or client: past the credential's scope
+        *(
+            ({**get, "method": "POST", "headers": {name: value}}, "http_header_forbidden")
+            for name, value in [
+                ("X-HTTP-Method-Override", "DELETE"),
+                ("x-method-override", "DELETE"),
+                ("X-Original-URL", "/admin/users"),
+                ("X-Rewrite-URL", "/admin"),
+                ("X-Forwarded-Host", "evil.example"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("Forwarded", "host=evil.example"),
+            ]
+        ),
         ({**get, "headers": {"X-Note": "a\r\nAuthorization: x"}}, "bad_request"),
         # Not tokens: a client that writes any name would send 'Host:evil.example: x', a second Host header.
         *(({**get, "headers": {name: "x"}}, "bad_request") for name in ["Host:evil.example", "X Api", "", "Caf\u00e9"]),
@@ -132,7 +145,8 @@ async def test_method_unknown_credential_and_reserved_headers(http: HttpIntegrat
     for payload, code in cases:
         with pytest.raises(PermanentError) as info:
             await http.execute(make_job(payload))
-        assert info.value.code == code
+        assert info.value.code == code, payload
+    assert api.requests == []  # none of them was sent
     assert api.requests == []
 
 

@@ -17,4 +17,6 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 def readable(text: str) -> str:
     """`text` with every control character (U+0000 to U+001F, U+007F to U+009F) and lone surrogate written
     as `\\uXXXX`."""
+    if text.isprintable():  # none of them in it (the usual case; 4-6 times faster than the search)
+        return text
     return _CONTROL.sub(lambda match: f"\\u{ord(match.group()):04x}", text)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from cloud_bridge.device_keys import verify_with_device_key
+from cloud_bridge.enroll_limits import LogThrottle
 from cloud_bridge.errors import AuthError, BridgeError
 from cloud_bridge.registry import Device, Registry
 from cloud_bridge.tokens import MemoryReplayCache, ReplayCache, TokenClaims, verify_device_token
@@ -46,6 +47,7 @@ class DeviceGate:
     ) -> None:
         self._registry = registry
         self._audience = audience
+        self._refusal_logs: dict[str, LogThrottle] = {}  # by refusal code, a small fixed set
         self._clock = clock
         self._replay = replay if replay is not None else MemoryReplayCache()
         self._on_refused = on_refused
@@ -54,8 +56,8 @@ class DeviceGate:
     async def authenticate(
         self, client_id: str | None, username: str | None, password: str | bytes | None, address: str = ""
     ) -> bool:
-        """True when the CONNECT (from source `address`) may proceed; every refusal is logged with a code and the
-        address, never the token."""
+        """True when the CONNECT (from source `address`) may proceed; every refusal is counted (`on_refused`,
+        telemetry) and logged with a code and the address, never the token, at most once a second per code."""
         device: Device | None = None
         try:
             device = await self._lookup(client_id, username)
@@ -63,7 +65,15 @@ class DeviceGate:
         except BridgeError as exc:
             # Not only AuthError: a store that cannot be read (the database is down) refuses too.
             code = exc.code if isinstance(exc, AuthError) else "store_unavailable"
-            logger.warning("device connect refused", extra={"device_id": username, "code": code, "peer": address})
+            # At most a line a second per code: connects with bad tokens need no credentials at all (the
+            # metric and the fleet telemetry count every refusal).
+            not_logged = self._refusal_logs.setdefault(code, LogThrottle()).allow(self._clock())
+            if not_logged is not None:
+                more = f" ({not_logged} more with this code since the last line)" if not_logged else ""
+                logger.warning(
+                    "device connect refused%s", more,
+                    extra={"device_id": username, "code": code, "peer": address, "not_logged": not_logged},
+                )  # fmt: skip
             if self._on_refused is not None:
                 self._on_refused(code)
             # Only enrolled ids are remembered: a stranger's guesses cannot grow the store.

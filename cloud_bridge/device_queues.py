@@ -16,13 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from cloud_bridge.enroll_limits import LogThrottle
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.metrics import BridgeMetrics
 
 logger = logging.getLogger(__name__)
+
+DROP_LOG_INTERVAL = 10.0  # seconds between a device's "queue full" lines
 
 Stage = Callable[[], Awaitable[object]]
 Handle = Callable[[str, str, bytes], Awaitable[Stage]]  # a message's first stage; it returns the second
@@ -40,6 +44,7 @@ class DeviceQueues:
         self._queued_bytes: dict[str, int] = {}
         self._queues: dict[str, deque[tuple[str, bytes]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self._drop_logs: dict[str, LogThrottle] = {}  # per device that dropped (enrolled devices only)
 
     def submit(self, device_id: str, leaf: str, data: bytes) -> None:
         """Queue one permitted publish of `device_id`; drops it when that device's queue is full."""
@@ -48,10 +53,14 @@ class DeviceQueues:
         # Full by count or by bytes; a lone message always fits (the decoder bounds its size).
         if queue and (len(queue) >= self._queue_size or queued + len(data) > self._queue_bytes):
             self._metrics.batches.labels("dropped_busy").inc()
-            logger.warning(
-                "device queue full; message dropped",
-                extra={"device_id": device_id, "bytes": len(data), "code": "dropped_busy"},
-            )
+            # A line per device per DROP_LOG_INTERVAL, not per message: a device publishing faster than its
+            # queue drains wrote 3 MB of log a second (the metric counts every drop).
+            throttle = self._drop_logs.setdefault(device_id, LogThrottle(DROP_LOG_INTERVAL))
+            not_logged = throttle.allow(time.monotonic())
+            if not_logged is not None:
+                more = f" ({not_logged} more since the last line)" if not_logged else ""
+                context = {"device_id": device_id, "bytes": len(data), "code": "dropped_busy", "not_logged": not_logged}
+                logger.warning("device queue full; message dropped%s", more, extra=context)
             return
         queue.append((leaf, data))
         self._queued_bytes[device_id] = queued + len(data)

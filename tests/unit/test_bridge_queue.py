@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import pytest
 
 from cloud_bridge.device_queues import DeviceQueues
 from cloud_bridge.errors import PermanentError
@@ -66,6 +69,23 @@ async def test_queue_is_bounded_by_messages_per_device() -> None:
         queues.submit("dev-a", "intents", b"x" * 10)
     queues.submit("dev-b", "intents", b"x" * 10)  # another device has a queue of its own
     assert count(metrics, "dropped_busy") == 2
+    await queues.close()
+
+
+async def test_a_device_that_keeps_its_queue_full_gets_a_log_line_now_and_then_not_one_per_drop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One line per message let one device write 3 MB of log a second; every drop is still counted."""
+    metrics = BridgeMetrics()
+    queues = DeviceQueues(Handler(), metrics, messages=1, max_bytes=1 << 20)
+    with caplog.at_level(logging.WARNING, logger="cloud_bridge.device_queues"):
+        for _ in range(1001):
+            queues.submit("dev-a", "intents", b"x")
+        queues.submit("dev-b", "intents", b"x")
+        queues.submit("dev-b", "intents", b"x")  # another device's drop is its own line
+    assert count(metrics, "dropped_busy") == 1001
+    lines = [(r.getMessage(), getattr(r, "device_id", None)) for r in caplog.records]
+    assert lines == [("device queue full; message dropped", "dev-a"), ("device queue full; message dropped", "dev-b")]
     await queues.close()
 
 

@@ -35,6 +35,12 @@ class PermanentError(BridgeError):
     code = "permanent"
 
 
+class NotAMailboxError(PermanentError):
+    """A value that is not one plain email mailbox (cloud_bridge.mailbox); `detail` says why, without quoting it."""
+
+    code = "bad_address"
+
+
 class PolicyError(PermanentError):
     """The device's policy does not allow this intent; it ends `rejected`, never executed."""
 

@@ -17,6 +17,8 @@ from email.errors import HeaderParseError
 from email.headerregistry import Address
 from typing import Final
 
+from cloud_bridge.errors import NotAMailboxError
+
 # RFC 5322 dot-atom of atext (ASCII only) @ dot-separated letters, digits and hyphens. No whitespace,
 # control characters, or any of ( ) < > [ ] : ; @ \ , " and no empty or trailing dot-separated part.
 _ATEXT: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
@@ -24,14 +26,6 @@ _LABEL: Final = r"[A-Za-z0-9-]"
 PATTERN: Final = rf"^{_ATEXT}+(\.{_ATEXT}+)*@{_LABEL}+(\.{_LABEL}+)*$"
 MAX_LENGTH: Final = 254
 _MAILBOX: Final = re.compile(PATTERN)
-
-
-class NotAMailboxError(ValueError):
-    """The value is not one plain mailbox; `reason` says why, without quoting it."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
-from cloud_bridge.errors import ConfigError, PermanentError
+from cloud_bridge.errors import ConfigError, NotAMailboxError, PermanentError
 from cloud_bridge.integrations.url_scope import UrlScope
-from cloud_bridge.mailbox import NotAMailboxError, is_mailbox, parse_mailbox
+from cloud_bridge.mailbox import is_mailbox, parse_mailbox
 from cloud_bridge.ratelimit import NO_LIMITS, Limits, RateRule
 from intent_contract.names import KINDS, is_name
 
@@ -346,7 +346,7 @@ def _check_email(rules: Rules, payload: Mapping[str, Any]) -> Decision:
         try:
             domain = parse_mailbox(address).domain.lower()
         except NotAMailboxError as exc:
-            return Decision(False, "policy_recipient", f"recipient is not a plain email address: {exc.reason}")
+            return Decision(False, "policy_recipient", f"recipient is not a plain email address: {exc.detail}")
         if domain not in rules.email_domains:
             return Decision(False, "policy_recipient", f"recipient domain {domain!r} is not allowed")
     if seen == 0:
@@ -357,7 +357,7 @@ def _check_email(rules: Rules, payload: Mapping[str, Any]) -> Decision:
         try:
             domain = parse_mailbox(address).domain.lower()
         except NotAMailboxError as exc:
-            return Decision(False, "policy_recipient", f"reply_to is not a plain email address: {exc.reason}")
+            return Decision(False, "policy_recipient", f"reply_to is not a plain email address: {exc.detail}")
         if domain not in rules.email_domains and domain != own:
             return Decision(False, "policy_recipient", f"reply_to domain {domain!r} is not allowed")
     app_from = payload.get("from")

@@ -25,10 +25,10 @@ import aiosmtplib
 
 from cloud_bridge.config import parse_section
 from cloud_bridge.config.integrations import SmtpConfig
-from cloud_bridge.errors import PermanentError, TransientError
+from cloud_bridge.errors import NotAMailboxError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.integrations.tls import tls_context
-from cloud_bridge.mailbox import Mailbox, NotAMailboxError, parse_mailbox
+from cloud_bridge.mailbox import Mailbox, parse_mailbox
 from cloud_bridge.secrets import Secret, redact_in_logs
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def _mailbox(value: str, name: str, code: str = "bad_message") -> Mailbox:
     try:
         return parse_mailbox(value)
     except NotAMailboxError as exc:
-        raise PermanentError(f"{name} is not a plain email address: {exc.reason}", code=code) from None
+        raise PermanentError(f"{name} is not a plain email address: {exc.detail}", code=code) from None
 
 
 class SmtpIntegration:

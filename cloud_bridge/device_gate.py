@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from cloud_bridge.device_keys import verify_with_device_key
-from cloud_bridge.enroll_limits import LogThrottle
 from cloud_bridge.errors import AuthError, BridgeError
 from cloud_bridge.registry import Device, Registry
 from cloud_bridge.tokens import MemoryReplayCache, ReplayCache, TokenClaims, verify_device_token
+from intent_contract.logs import LogThrottle
 from intent_contract.names import is_name
 
 logger = logging.getLogger(__name__)

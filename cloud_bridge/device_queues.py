@@ -20,9 +20,9 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from cloud_bridge.enroll_limits import LogThrottle
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.metrics import BridgeMetrics
+from intent_contract.logs import LogThrottle
 
 logger = logging.getLogger(__name__)
 

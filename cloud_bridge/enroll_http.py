@@ -18,7 +18,7 @@ import jwt
 from aiohttp import web
 
 from cloud_bridge.device_keys import accept_rotation, verify_with_device_key
-from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits, LogThrottle
+from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits
 from cloud_bridge.errors import AuthError, UnknownDeviceError
 from cloud_bridge.metrics import BridgeMetrics
 from cloud_bridge.offline_keys import BridgePublicKeys
@@ -27,6 +27,7 @@ from cloud_bridge.registry import Registry
 from cloud_bridge.tokens import verify_device_token
 from intent_contract import json_bounded
 from intent_contract.errors import DecodeError
+from intent_contract.logs import LogThrottle
 
 logger = logging.getLogger(__name__)
 

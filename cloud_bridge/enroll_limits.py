@@ -72,21 +72,3 @@ class EnrollGate:
         while len(self._addresses) > self.limits.max_addresses:
             self._addresses.popitem(last=False)
         return None if wait == 0.0 else wait
-
-
-@dataclass(slots=True)
-class LogThrottle:
-    """At most one line per `interval` seconds; the next line written says how many were left out."""
-
-    interval: float = 1.0
-    _next: float = -math.inf
-    _skipped: int = 0
-
-    def allow(self, now: float) -> int | None:
-        """The number of lines left out since the last one when this one may be written, else None."""
-        if now < self._next:
-            self._skipped += 1
-            return None
-        skipped, self._skipped = self._skipped, 0
-        self._next = now + self.interval
-        return skipped

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cloud_bridge.enroll_limits import LogThrottle
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.ledger import Ledger
 from cloud_bridge.metrics import BridgeMetrics
 from cloud_bridge.registry import Registry
+from intent_contract.logs import LogThrottle
 
 logger = logging.getLogger(__name__)
 

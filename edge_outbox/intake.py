@@ -28,11 +28,14 @@ from edge_outbox.states import State
 from edge_outbox.store import Store
 from intent_contract.backoff import compute_backoff
 from intent_contract.ids import IdGenerator
+from intent_contract.logs import LogThrottle
 from intent_contract.readable import readable
 
 log = logging.getLogger(__name__)
 
 ROOM_POLL_S = 0.5
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between an app's "rejected input" lines
+REFUSAL_LOG_APPS = 1024  # apps whose refusals are throttled at once; forgotten beyond
 MAX_BATCH = 2000
 
 
@@ -69,6 +72,7 @@ class Intake:
         self._room = asyncio.Event()
         self._room.set()
         self.health = IntakeHealth()
+        self._refusal_logs: dict[str, LogThrottle] = {}  # by app
         self.outcomes: dict[str, int] = {}  # committed publishes by outcome (a state, or "duplicate")
 
     @staticmethod
@@ -167,11 +171,22 @@ class Intake:
         outcome = "duplicate" if duplicate else row.state.value
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         if duplicate or row.state is State.REJECTED:
-            context = {"app": row.app, "intent_id": row.id, "state": row.state.value, "code": row.code or None}
+            context: dict[str, object] = {
+                "app": row.app, "intent_id": row.id, "state": row.state.value, "code": row.code or None
+            }  # fmt: skip
             if duplicate:
                 log.info("duplicate intent: already stored", extra=context)
-            else:
-                log.warning("rejected input on %s: %s", readable(waiting.topic), row.detail, extra=context)
+                return
+            # A line per app per REFUSAL_LOG_INTERVAL: an app publishing bad intents in a loop wrote a line
+            # each, on hardware whose disk is small (every refusal is stored, counted and told to the app).
+            if len(self._refusal_logs) >= REFUSAL_LOG_APPS and row.app not in self._refusal_logs:
+                self._refusal_logs.clear()  # refused app names are the publisher's to choose: kept bounded
+            throttle = self._refusal_logs.setdefault(row.app, LogThrottle(REFUSAL_LOG_INTERVAL))
+            not_logged = throttle.allow(time.monotonic())
+            if not_logged is not None:
+                more = f" ({not_logged} more from this app since the last line)" if not_logged else ""
+                context["not_logged"] = not_logged
+                log.warning("rejected input on %s: %s%s", readable(waiting.topic), row.detail, more, extra=context)
 
     def _hold(self, batch: list[_Waiting], reason: str) -> None:
         health = self.health

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Final, Literal, TextIO
 
 # The context keys every line may carry, in the order the text format prints them.
@@ -73,3 +75,21 @@ def configure(level: str, fmt: LogFormat = "text", stream: TextIO | None = None)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+@dataclass(slots=True)
+class LogThrottle:
+    """At most one line per `interval` seconds; the next line written says how many were left out."""
+
+    interval: float = 1.0
+    _next: float = -math.inf
+    _skipped: int = 0
+
+    def allow(self, now: float) -> int | None:
+        """The number of lines left out since the last one when this one may be written, else None."""
+        if now < self._next:
+            self._skipped += 1
+            return None
+        skipped, self._skipped = self._skipped, 0
+        self._next = now + self.interval
+        return skipped

@@ -23,8 +23,9 @@ from aiohttp import web
 from cloud_bridge.dashboard.auth import COOKIE, SESSION_S, Operator, OperatorAuth
 from cloud_bridge.dashboard.data import DashboardData, FleetRow
 from cloud_bridge.dashboard.usage_chart import HEIGHT, WIDTH, bars
-from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits, LogThrottle
+from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits
 from cloud_bridge.usage import day_of
+from intent_contract.logs import LogThrottle
 from intent_contract.names import KINDS, is_name
 from intent_contract.timefmt import format_age, format_ms
 

@@ -161,6 +161,27 @@ def test_control_characters_in_a_topic_level_are_refused_written_out(
     assert "\x1b" not in log and "\x07" not in log
 
 
+def test_an_app_refused_in_a_loop_gets_a_log_line_now_and_then(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    """A line per refused publish let an app fill a small disk with log; each refusal is still stored,
+    acknowledged and reported to the app."""
+    watcher = raw()
+    watcher.connect("watcher")
+    watcher.subscribe("outbox/+/status/#", 1)
+    app = raw()
+    app.connect("looping")
+    for n in range(40):
+        app.publish("outbox/loop/sms.sendd", json.dumps(email(f"loop-{n}")).encode(), 1)  # each PUBACKed
+    app.publish("outbox/other/sms.sendd", json.dumps(email("other-1")).encode(), 1)
+    assert len([m for m in watcher.messages(41) if b'"rejected"' in m.payload]) == 41
+    lines = [line for line in outbox.log().splitlines() if "rejected input on" in line]
+    assert [line.split("rejected input on ")[1].split(":")[0] for line in lines] == [
+        "outbox/loop/sms.sendd",
+        "outbox/other/sms.sendd",
+    ]
+
+
 def test_messages_for_an_absent_persistent_session_wait_for_it(
     outbox: OutboxProcess, raw: Callable[[], RawClient]
 ) -> None:

@@ -64,12 +64,8 @@ def load(path: Path, group: click.Group, ctx: click.Context) -> dict[str, dict[s
             param.type_cast_value(ctx, value)
         except click.BadParameter as exc:
             errors.append(f"{key} = {value!r}: {exc.message}")
-        except (
-            TypeError,
-            ValueError,
-            AttributeError,
-            OverflowError,
-        ):  # a converter that met a TOML type it never sees from a flag
+        except (TypeError, ValueError, AttributeError, OverflowError):
+            # A converter that met a TOML type it never sees from a flag.
             errors.append(f"{key} = {value!r}: not a value of --{key.replace('_', '-')}")
     if errors:
         raise ConfigError(f"{path}: " + "; ".join(errors))

@@ -19,6 +19,7 @@ from intent_contract.codec import pack, unpack
 from intent_contract.errors import DecodeError, UnsupportedVersionError
 from intent_contract.names import is_name
 from intent_contract.readable import readable
+from intent_contract.timefmt import MAX_DURATION_S
 from intent_contract.wire import DIAGNOSIS_ERRORS, DIAGNOSIS_FAILING, REPORT_DETAIL, REPORT_LIMITS
 
 REPORT_VERSION = 1
@@ -26,7 +27,7 @@ T = TypeVar("T")
 _MAX_INT = (1 << 63) - 1
 # An age or a duration in a report: no clock measured a longer one, and the bridge's views subtract ages
 # from dates (2^63 ms before now is no date Python can write, and `devices ls --json` failed on it).
-MAX_AGE_MS = 100 * 366 * 86_400_000
+MAX_AGE_MS = MAX_DURATION_S * 1000
 
 
 def clip(text: str, limit: int = REPORT_DETAIL) -> str:

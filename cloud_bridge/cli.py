@@ -191,7 +191,7 @@ def audit(
     expired on arrival, refused connects)."""
     for flag, name in (("--device", device), ("--tenant", tenant)):
         if name is not None and not is_name(name):
-            raise click.ClickException(f"{flag}: {readable(name)!r} is not a valid name")
+            raise click.ClickException(f"{flag}: '{readable(name)}' is not a valid name")
     since_s = None if since is None else _parse_since(since, time.time())
     records = run_async(_read_audit(_store(data_dir, store, config_path), device, since_s, limit, tenant))
     if as_json:

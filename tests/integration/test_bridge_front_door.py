@@ -218,22 +218,20 @@ async def test_over_websocket_an_upgrade_not_done_by_the_connect_deadline_is_clo
     assert bridge.settings.ws_listen is not None
     port = bridge.settings.ws_listen.port
     url = f"wss://127.0.0.1:{port}/"
-    device = await asyncio.to_thread(
-        ws_connect, url, ssl=bridge.client_ssl(), subprotocols=[Subprotocol("mqtt")], open_timeout=15
-    )
-    try:
-        await asyncio.to_thread(device.send, connect_packet(creds.device_id, creds.device_id, creds.token()))
-        assert await asyncio.to_thread(device.recv, 15) == CONNACK_ACCEPTED
 
-        def stall() -> bytes:
+    def scenario() -> tuple[bytes, bytes, bytes]:
+        with ws_connect(url, ssl=bridge.client_ssl(), subprotocols=[Subprotocol("mqtt")], open_timeout=15) as device:
+            device.send(connect_packet(creds.device_id, creds.device_id, creds.token()))
+            connack = device.recv(15)
             # The deadline is the only wait: the read times out (a failure) well after it, if the bridge never closes.
             with tls_connect(port, str(bridge.ca_file), timeout=CONNECT_TIMEOUT_S + 20) as sock:
                 sock.sendall(b"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nX-Slow: ")
-                return read_until_closed(sock)
+                stalled = read_until_closed(sock)
+            # The device connected before that connection, so its own deadline has passed too: it still answers.
+            device.send(p.encode(p.Bare(p.Type.PINGREQ)))
+            return connack, stalled, device.recv(15)
 
-        assert await asyncio.to_thread(stall) == b""  # closed, no answer
-        # The device connected before that connection, so its own deadline has passed too: it still answers.
-        await asyncio.to_thread(device.send, p.encode(p.Bare(p.Type.PINGREQ)))
-        assert await asyncio.to_thread(device.recv, 15) == p.encode(p.Bare(p.Type.PINGRESP))
-    finally:
-        await asyncio.to_thread(device.close)
+    connack, stalled, answer = await asyncio.to_thread(scenario)
+    assert connack == CONNACK_ACCEPTED
+    assert stalled == b""  # closed, no answer
+    assert answer == p.encode(p.Bare(p.Type.PINGRESP))

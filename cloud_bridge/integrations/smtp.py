@@ -7,21 +7,19 @@ idempotency key, so a resend after a lost reply carries the same id and receiver
 from __future__ import annotations
 
 import base64
-import email.policy
 import hashlib
-import io
 import logging
 import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.utils import formatdate
 from enum import StrEnum
 from typing import Any, Final
 
 import aiosmtplib
+from aiosmtplib.email import flatten_message
 
 from cloud_bridge.config import parse_section
 from cloud_bridge.config.integrations import SmtpConfig
@@ -99,15 +97,15 @@ def build_message(job: Job, now: float) -> tuple[EmailMessage, list[str]]:
                 message.add_alternative(str(html), subtype="html")
         else:
             message.set_content(str(html or ""), subtype="html")
-        # As aiosmtplib flattens it: policy.SMTP, or SMTPUTF8 had an address been non-ASCII.
-        flattened = [_flatten(message, policy) for policy in (email.policy.SMTP, email.policy.SMTPUTF8)]
+        # With aiosmtplib's own flattening: its SMTP policy (it asks for SMTPUTF8 only for a non-ASCII
+        # address, which a mailbox here never is; 7bit or 8bit changes bodies, not how headers fold).
+        flattened = flatten_message(message)
     except Exception as exc:  # noqa: BLE001
         # A line break in a header (ValueError) is refused by design; odd addresses also reach bugs inside
         # the email package (AttributeError for a domain of "["). Either way the message can never be built:
         # a retry would fail the same way.
         raise PermanentError(f"cannot build the message: {exc.__class__.__name__}", code="bad_message") from None
-    for raw in flattened:
-        check_head(raw)
+    check_head(flattened)
     return message, [str(box) for box in (*to_boxes, *cc_boxes, *bcc_boxes)]
 
 
@@ -126,12 +124,6 @@ def check_head(raw: bytes) -> None:
         if not colon or field not in _OWN_HEADERS or field in seen:
             raise PermanentError("the flattened message header has a line the bridge did not set", code="bad_message")
         seen.add(field)
-
-
-def _flatten(message: EmailMessage, policy: email.policy.EmailPolicy[EmailMessage]) -> bytes:
-    out = io.BytesIO()
-    BytesGenerator(out, policy=policy).flatten(message)
-    return out.getvalue()
 
 
 def _mailbox(value: str, name: str, code: str = "bad_message") -> Mailbox:

@@ -40,7 +40,6 @@ from intent_contract import mqtt_packets as p
 from intent_contract.backoff import compute_backoff
 from intent_contract.errors import MalformedPacketError
 from intent_contract.mqtt_packets import ConnackCode, Type
-from intent_contract.readable import readable
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +250,7 @@ class AttachedClient:
             "the attach broker holds a retained message on %s: it is sent again on every subscribe, so it is "
             "acknowledged and not taken as an intent (publish intents without the retain flag; clear it with an "
             "empty retained publish to that topic)",
-            readable(topic),
+            topic,
         )
 
     def _watch(self, link: _Link, oldest: asyncio.Future[Any]) -> None:

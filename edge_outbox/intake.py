@@ -29,7 +29,6 @@ from edge_outbox.store import Store
 from intent_contract.backoff import compute_backoff
 from intent_contract.ids import IdGenerator
 from intent_contract.logs import LogThrottle
-from intent_contract.readable import readable
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +185,7 @@ class Intake:
             if not_logged is not None:
                 more = f" ({not_logged} more from this app since the last line)" if not_logged else ""
                 context["not_logged"] = not_logged
-                log.warning("rejected input on %s: %s%s", readable(waiting.topic), row.detail, more, extra=context)
+                log.warning("rejected input on %s: %s%s", waiting.topic, row.detail, more, extra=context)
 
     def _hold(self, batch: list[_Waiting], reason: str) -> None:
         health = self.health

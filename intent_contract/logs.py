@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TextIO
 
+from intent_contract.readable import readable
+
 # The context keys every line may carry, in the order the text format prints them.
 CONTEXT: Final = (
     "device_id", "tenant", "app", "intent_id", "kind", "state", "code", "client", "peer", "action", "bytes",
@@ -33,6 +35,12 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        # What a message quotes from outside (a topic, a client id) has its control characters written out:
+        # a newline in it forged a line of its own, an ESC coloured the terminal. A traceback is added after.
+        record.message = readable(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -65,7 +73,8 @@ class JsonFormatter(logging.Formatter):
 
 def _text(value: object) -> str:
     text = str(value)
-    return json.dumps(text) if (not text or any(c.isspace() or c in '"=' for c in text)) else text
+    quoted = not text or not text.isprintable() or any(c.isspace() or c in '"=' for c in text)
+    return json.dumps(text) if quoted else text  # json.dumps writes control characters out
 
 
 def configure(level: str, fmt: LogFormat = "text", stream: TextIO | None = None) -> None:

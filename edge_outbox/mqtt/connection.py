@@ -27,7 +27,6 @@ from intent_contract import json_bounded
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import DecodeError, MalformedPacketError
 from intent_contract.mqtt_packets import ConnackCode, Type
-from intent_contract.readable import readable
 
 if TYPE_CHECKING:
     from edge_outbox.mqtt.server import MqttEndpoint
@@ -181,7 +180,7 @@ class Connection:
         if connect.will is not None and not may_publish(self.principal, connect.will.topic):
             self._refuse(ConnackCode.NOT_AUTHORIZED, f"will topic {connect.will.topic!r} is not the app's")
             return None
-        self.name = f"{readable(client_id)}@{self.peer}"  # a client id may hold a newline: not in a log line
+        self.name = f"{client_id}@{self.peer}"
         present = await self.endpoint.attach(self, connect, client_id)
         self._will = connect.will
         session = self.session
@@ -271,11 +270,7 @@ class Connection:
                 self._replay = (app, after, 0)
                 self.wake.set()
         elif may_match(topic, STATUS_SHAPE):
-            log.warning(
-                "client %s published to status topic %s, which only the outbox does: dropped",
-                self.name,
-                readable(topic),
-            )
+            log.warning("client %s published to status topic %s, which only the outbox does: dropped", self.name, topic)
         elif may_publish(self.principal, topic):
             self.endpoint.route(topic, packet.payload, qos, packet.retain)
         if qos:
@@ -404,7 +399,7 @@ class Connection:
                 count += 1
             after = seq
         if len(rows) < REPLAY_CHUNK:
-            log.info("client %s asked for the statuses of %s again: %d sent", self.name, readable(app), count)
+            log.info("client %s asked for the statuses of %s again: %d sent", self.name, app, count)
             self._replay = None
         else:
             self._replay = (app, after, count)

@@ -45,3 +45,22 @@ def test_json_lines_are_objects_with_the_context(restore_root: object) -> None:
     assert (first["device_id"], first["code"], first["level"]) == ("dev-1", "token_expired", "warning")
     assert first["time"].endswith("Z")
     assert second["intent_id"] == "i 1" and "ValueError: boom" in second["exception"]
+
+
+def test_text_from_outside_cannot_forge_or_colour_a_line(restore_root: object) -> None:
+    """A topic or a client id is the publisher's to choose: a newline in one forged a log line of its own and
+    an ESC reached the terminal. The text format writes control characters out, in the message and the
+    context; a traceback still follows on lines of its own."""
+    stream = io.StringIO()
+    configure("info", "text", stream)
+    log = logging.getLogger("some.module")
+    log.warning("rejected input on %s", "outbox/app\nFAKE line\x1b[2J/email.send", extra={"app": "a\x1bb"})
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("client %s failed", "c\r\n1")
+    first, second, *traceback = stream.getvalue().splitlines()
+    assert first.endswith('rejected input on outbox/app\\u000aFAKE line\\u001b[2J/email.send app="a\\u001bb"')
+    assert second.endswith("client c\\u000d\\u000a1 failed")
+    assert traceback[0] == "Traceback (most recent call last):"
+    assert "\x1b" not in stream.getvalue()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from cloud_bridge.settings import HostPort
+from cloud_bridge.tls_accept import DEFAULT_CONNECTION_LIMITS, ConnectionLimits, ConnectionWatch
 from cloud_bridge.topic_acl import Access
 from intent_contract.wire import DEFAULT_LIMITS
 
@@ -35,6 +36,8 @@ class Listen:
     bind: HostPort
     cert: Path
     key: Path
+    limits: ConnectionLimits = DEFAULT_CONNECTION_LIMITS  # connections not yet authenticated (tls_accept)
+    watch: ConnectionWatch | None = None  # hears how the limits hold (the metrics)
 
 
 class DeviceEvents(Protocol):

@@ -1,14 +1,33 @@
-"""Serving an aiohttp application on HOST:PORT, with TLS (the device-facing listeners) or without."""
+"""Serving an aiohttp application on HOST:PORT, with TLS (the device-facing listeners) or without.
+
+With TLS the port is one of the bridge's doors to the internet, and a stranger's connection is bounded
+(`tls_accept`): TLS only under the listener's `ConnectionLimits`, which here count every open connection;
+a request's head within REQUEST_HEAD_TIMEOUT_S of the handshake or of the last response, and its body and
+answer within REQUEST_TIMEOUT_S. aiohttp itself has no timeout on either.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from cloud_bridge.errors import ConfigError
 from cloud_bridge.settings import HostPort
+from cloud_bridge.tls_accept import (
+    DEFAULT_CONNECTION_LIMITS,
+    ConnectionLimits,
+    ConnectionWatch,
+    HeadDeadlines,
+    TlsListener,
+)
+
+REQUEST_HEAD_TIMEOUT_S = 30.0  # from the TLS handshake, or the last response, to a request's whole head
+REQUEST_TIMEOUT_S = 60.0  # from a request's head to its answer: its body read and the handler done
+KEEPALIVE_TIMEOUT_S = 15.0  # aiohttp closes an idle connection first, before its head deadline aborts it
 
 
 def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -23,23 +42,66 @@ def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 class HttpServer:
-    """Runs the app on HOST:PORT, with TLS when given a context."""
+    """Runs the app on HOST:PORT; with a TLS context, under `limits` (`watch` hears how they hold)."""
 
-    def __init__(self, app: web.Application, bind: HostPort, context: ssl.SSLContext | None, flag: str) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
+    def __init__(
+        self,
+        app: web.Application,
+        bind: HostPort,
+        context: ssl.SSLContext | None,
+        flag: str,
+        *,
+        limits: ConnectionLimits = DEFAULT_CONNECTION_LIMITS,
+        watch: ConnectionWatch | None = None,
+    ) -> None:
+        self._heads = HeadDeadlines(REQUEST_HEAD_TIMEOUT_S)
+        if context is not None:
+            app.middlewares.append(self._within_deadlines)
+        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT_S)
         self._bind = bind
         self._context = context
         self._flag = flag
+        self._limits = limits
+        self._watch = watch
+        self._server: asyncio.AbstractServer | None = None
+        self._tls: TlsListener | None = None
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._bind.host, self._bind.port, ssl_context=self._context)
+        host, port = self._bind.host, self._bind.port
         try:
-            await site.start()
+            if self._context is None:
+                await web.TCPSite(self._runner, host, port).start()
+            else:
+                assert self._runner.server is not None
+                factory = self._heads.protocol_factory(self._runner.server)
+                self._tls = TlsListener("https", factory, self._context, self._limits, watch=self._watch)
+                self._server = await asyncio.get_running_loop().create_server(self._tls.protocol, host, port)
         except OSError as exc:
             await self._runner.cleanup()
             detail = f"{self._flag} {self._bind}: {exc.strerror or exc}"
             raise ConfigError(detail, code="listen_failed") from exc
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._tls is not None:
+            await self._tls.aclose()
         await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    @web.middleware
+    async def _within_deadlines(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        transport = request.transport
+        self._heads.take(transport)  # the head is in
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S) as deadline:
+                return await handler(request)
+        except TimeoutError:
+            if not deadline.expired() or transport is None:
+                raise
+            transport.abort()  # a body trickling in, or a handler stuck: the connection ends here
+            raise web.HTTPRequestTimeout() from None
+        finally:
+            self._heads.start(transport)  # the next request's head, on a kept-alive connection

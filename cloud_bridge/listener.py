@@ -19,6 +19,7 @@ from cloud_bridge.mqtt_door import MqttFrontDoor
 from cloud_bridge.registry import Registry
 from cloud_bridge.revocations import RevocationWatcher
 from cloud_bridge.settings import BridgeSettings
+from cloud_bridge.tls_accept import ConnectionWatch
 from cloud_bridge.topic_acl import Access, topic_allowed
 from intent_contract.wire import ACKS, DIAGNOSIS, HEALTH, device_topic, split_device_topic
 
@@ -53,6 +54,7 @@ class BridgeListener:
         sink: MessageSink,
         *,
         reports: ReportSink | None = None,
+        watch: ConnectionWatch | None = None,
         front_door: FrontDoorFactory = MqttFrontDoor,
     ) -> None:
         if settings.tls_cert is None or settings.tls_key is None:
@@ -60,9 +62,10 @@ class BridgeListener:
         self._gate = gate
         self._sink = sink
         self._reports = reports
-        listens = [Listen(Transport.TCP, settings.listen, settings.tls_cert, settings.tls_key)]
+        cert, key, limits = settings.tls_cert, settings.tls_key, settings.connection_limits
+        listens = [Listen(Transport.TCP, settings.listen, cert, key, limits, watch)]
         if settings.ws_listen is not None:
-            listens.append(Listen(Transport.WEBSOCKET, settings.ws_listen, settings.tls_cert, settings.tls_key))
+            listens.append(Listen(Transport.WEBSOCKET, settings.ws_listen, cert, key, limits, watch))
         self._door: DeviceFrontDoor = front_door(listens, self)
         self._revocations = RevocationWatcher(
             registry, settings.revocation_poll, connected=self.connected, drop=self.drop

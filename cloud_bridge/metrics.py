@@ -48,6 +48,16 @@ class BridgeMetrics:
         self.connects_refused = Counter(
             "bridge_connects_refused", "MQTT connects refused, by code", ["code"], registry=registry
         )
+        self.connections_shed = Counter(
+            "bridge_connections_shed",
+            "Connections closed as accepted: the listener's limit (address, total) of those not yet authenticated",
+            ["listener", "limit"], registry=registry,
+        )  # fmt: skip
+        self.pending_connections = Gauge(
+            "bridge_connections_pending",
+            "Connections not yet authenticated (in their TLS handshake or before their CONNECT; HTTPS: open)",
+            ["listener"], registry=registry,
+        )  # fmt: skip
         self.batches = Counter("bridge_batches", "Intent batches by outcome", ["outcome"], registry=registry)
         self.acks = Counter("bridge_acks", "Acks sent to devices, by state", ["state"], registry=registry)
         self.outcomes = Counter(
@@ -84,6 +94,12 @@ class BridgeMetrics:
         self.store_up = Gauge(
             "bridge_store_up", "1 when the store answered this scrape's queries, else 0", registry=registry
         )
+
+    def connections_pending(self, listener: str, count: int) -> None:
+        self.pending_connections.labels(listener).set(count)
+
+    def connection_shed(self, listener: str, limit: str) -> None:
+        self.connections_shed.labels(listener, limit).inc()
 
     def count_commits(self, commits: Callable[[], int]) -> None:
         """Expose the store's commit count (read when scraped)."""

@@ -22,13 +22,15 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from aiohttp import WSMsgType, web
 
 from cloud_bridge.errors import BridgeError, ConfigError
 from cloud_bridge.front_door import MAX_CONNECT, MAX_PACKET, DeviceEvents, Listen, Transport
 from cloud_bridge.http_server import server_ssl_context
-from cloud_bridge.mqtt_ws import UpgradeDeadlines, WebSocketWriter
+from cloud_bridge.mqtt_ws import WebSocketWriter
+from cloud_bridge.tls_accept import HeadDeadlines, TlsListener, settle
 from cloud_bridge.topic_acl import Access
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
@@ -37,7 +39,6 @@ from intent_contract.turns import Turns
 
 logger = logging.getLogger(__name__)
 
-TLS_HANDSHAKE_TIMEOUT_S = 60.0  # asyncio's default, on both ports
 CONNECT_TIMEOUT_S = 10.0  # from the TLS handshake to the CONNECT (over WebSocket, the upgrade included)
 V5_UNSUPPORTED = bytes([0x20, 3, 0, 0x84, 0])  # an MQTT 5 CONNACK: "unsupported protocol version"
 WRITE_HIGH_WATER = 4 << 20
@@ -54,6 +55,7 @@ class _Link:
     buffered: Callable[[], int]
     abort: Callable[[], None]  # at once, from outside the connection (drop, take-over, stop)
     close: Callable[[], Awaitable[None]]  # the connection's own end: what it wrote is sent first, then abort
+    settle: Callable[[], None]  # the CONNECT is answered: the connection leaves its listener's limits (tls_accept)
     peer: str  # address:port, for log lines
     host: str  # the address alone (fleet telemetry counts the addresses a device connects from)
 
@@ -79,20 +81,19 @@ class MqttFrontDoor:
         self._listens = list(listens)
         self._events = events
         self._servers: list[asyncio.AbstractServer] = []
+        self._tls: list[TlsListener] = []
         self._runners: list[web.AppRunner] = []
         self._connections: dict[str, _Connection] = {}
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers: dict[asyncio.Task[None], _Link] = {}  # every connection served, authenticated or not
         self._attaching = Turns()
-        self._upgrades = UpgradeDeadlines(CONNECT_TIMEOUT_S)
+        self._upgrades = HeadDeadlines(CONNECT_TIMEOUT_S)
 
     async def start(self) -> None:
         try:
             for listen in self._listens:
                 context = server_ssl_context(listen.cert, listen.key)
-                host, port = listen.bind.host, listen.bind.port
                 if listen.transport is Transport.TCP:
-                    server = await asyncio.start_server(self._serve_stream, host, port, ssl=context,
-                                                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)  # fmt: skip
+                    name, factory = "mqtt", self._stream_protocol
                 else:
                     app = web.Application()
                     app.router.add_get("/{path:.*}", self._serve_websocket)
@@ -101,10 +102,11 @@ class MqttFrontDoor:
                     self._runners.append(runner)
                     assert runner.server is not None
                     # Not web.TCPSite: its protocol has no deadline on reading the upgrade request.
-                    protocol = self._upgrades.protocol_factory(runner.server)
-                    server = await asyncio.get_running_loop().create_server(
-                        protocol, host, port, ssl=context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S
-                    )
+                    name, factory = "ws", self._upgrades.protocol_factory(runner.server)
+                tls = TlsListener(name, factory, context, listen.limits, watch=listen.watch)
+                self._tls.append(tls)
+                host, port = listen.bind.host, listen.bind.port
+                server = await asyncio.get_running_loop().create_server(tls.protocol, host, port)
                 self._servers.append(server)
         except OSError as exc:
             await self.stop()
@@ -116,8 +118,10 @@ class MqttFrontDoor:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
-        for connection in list(self._connections.values()):
-            connection.link.abort()
+        for tls in self._tls:
+            await tls.aclose()
+        for link in list(self._handlers.values()):  # a stranger's too: its handler must end, not be cancelled
+            link.abort()
         if self._handlers:
             await asyncio.wait(self._handlers, timeout=5)
         for runner in self._runners:
@@ -125,6 +129,7 @@ class MqttFrontDoor:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        self._tls.clear()
         self._runners.clear()
 
     def connected(self) -> list[str]:
@@ -154,6 +159,9 @@ class MqttFrontDoor:
 
     # -- transports ------------------------------------------------------------------------------
 
+    def _stream_protocol(self) -> asyncio.Protocol:
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._serve_stream)
+
     async def _serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         transport = writer.transport
 
@@ -165,7 +173,7 @@ class MqttFrontDoor:
 
         peername = writer.get_extra_info("peername")
         link = _Link(read, writer.write, writer.drain, transport.get_write_buffer_size, transport.abort, close,
-                     _peer(peername), _host(peername))  # fmt: skip
+                     partial(settle, transport), _peer(peername), _host(peername))  # fmt: skip
         try:
             await self._run(link, asyncio.get_running_loop().time() + CONNECT_TIMEOUT_S)
         finally:
@@ -201,7 +209,8 @@ class MqttFrontDoor:
             finally:
                 transport.abort()
 
-        link = _Link(read, writer.write, writer.drain, buffered, transport.abort, close, _peer(remote), remote)
+        link = _Link(read, writer.write, writer.drain, buffered, transport.abort, close, partial(settle, transport),
+                     _peer(remote), remote)  # fmt: skip
         await self._run(link, connect_by)
         return ws
 
@@ -211,7 +220,7 @@ class MqttFrontDoor:
         """Serve one connection, whose CONNECT must come by the loop time `connect_by`."""
         task = asyncio.current_task()
         assert task is not None
-        self._handlers.add(task)
+        self._handlers[task] = link
         connection = _Connection(link)
         framer = p.Framer(MAX_CONNECT)
         try:
@@ -237,7 +246,7 @@ class MqttFrontDoor:
                 if connection.device_id and self._connections.get(connection.device_id) is connection:
                     del self._connections[connection.device_id]
                 connection.closed.set()
-                self._handlers.discard(task)
+                del self._handlers[task]
 
     async def _packets(self, connection: _Connection, framer: p.Framer) -> list[tuple[int, bytes]]:
         data = await connection.link.read()
@@ -266,7 +275,10 @@ class MqttFrontDoor:
         if (connect.protocol, connect.level) != ("MQTT", 4):
             link.write(p.encode(p.Connack(False, ConnackCode.BAD_PROTOCOL_VERSION)))
             return None
-        if not await self._events.authenticate(connect.client_id, connect.username, connect.password, link.host):
+        events = self._events
+        authenticated = await events.authenticate(connect.client_id, connect.username, connect.password, link.host)
+        link.settle()
+        if not authenticated:
             link.write(p.encode(p.Connack(False, ConnackCode.NOT_AUTHORIZED)))
             return None
         # One CONNECT of a client id at a time: between reading who holds it and taking it this awaits the

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from aiohttp import web
 
 from cloud_bridge.control import ControlServer
 from cloud_bridge.dashboard.auth import OperatorAuth
@@ -160,7 +163,9 @@ class Bridge:
             on_refused=lambda code: self.metrics.connects_refused.labels(code).inc(),
             telemetry=self._refusals,
         )
-        listener = self.listener = BridgeListener(settings, self.registry, gate, service, reports=desk)
+        listener = self.listener = BridgeListener(
+            settings, self.registry, gate, service, reports=desk, watch=self.metrics
+        )
         service.attach(
             listener.publish, executor.wake, listener.holds, slots=executor if self.ledger.claims_at_admission else None
         )
@@ -186,7 +191,7 @@ class Bridge:
             )
             dashboard = Dashboard(data, auth, clock=self._clock)
             app.add_subapp(dashboard.prefix, dashboard.app())
-        self._servers.append(HttpServer(app, settings.http_listen, context, "--http-listen"))
+        self._servers.append(self._https_server(app, context))
         if settings.metrics_listen is not None:
             self._servers.append(HttpServer(ops.app(), settings.metrics_listen, None, "--metrics-listen"))
         for server in self._servers:
@@ -256,6 +261,11 @@ class Bridge:
     def executor(self) -> Executor | None:
         """The running executor (None before start)."""
         return self._executor
+
+    def _https_server(self, app: web.Application, context: ssl.SSLContext) -> HttpServer:
+        """The HTTPS listener (enrollment, the device's status, the dashboard) under the connection limits."""
+        limits = self.settings.connection_limits
+        return HttpServer(app, self.settings.http_listen, context, "--http-listen", limits=limits, watch=self.metrics)
 
     def _tenant_of(self, device_id: str) -> str | None:
         device = self.registry.get(device_id)

@@ -22,6 +22,7 @@ from cloud_bridge.config.bridge import MIN_INTENT_AGE
 from cloud_bridge.enroll_limits import EnrollLimits
 from cloud_bridge.errors import ConfigError
 from cloud_bridge.store.url import StoreUrl
+from cloud_bridge.tls_accept import ConnectionLimits
 from intent_contract.names import is_name
 
 __all__ = ["FLAGS", "MIN_INTENT_AGE", "BridgeSettings", "HostPort", "build_settings", "default_node_id"]
@@ -109,6 +110,10 @@ class BridgeSettings:
     @property
     def enroll_limits(self) -> EnrollLimits:
         return self.config.bridge.enroll_limits
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        return self.config.bridge.connection_limits
 
     @property
     def max_intent_age(self) -> float:

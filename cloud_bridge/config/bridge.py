@@ -10,11 +10,13 @@ from cloud_bridge.errors import ConfigError
 from cloud_bridge.ledger import DEFAULT_LEASE
 from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE
 from cloud_bridge.store.url import StoreUrl
+from cloud_bridge.tls_accept import ConnectionLimits
 from cloud_bridge.tokens import DEFAULT_TOKENS_PER_DEVICE
 from intent_contract.device_token import DEFAULT_AUDIENCE
 
 MIN_INTENT_AGE = 86_400.0  # a shorter bound would refuse intents of a site offline for one day
 _ENROLL = EnrollLimits()
+_CONNECTIONS = ConnectionLimits()
 
 
 class BridgeSection(SecretSection):
@@ -30,6 +32,12 @@ class BridgeSection(SecretSection):
         _ENROLL.per_address_per_minute, description="POST /v1/enroll requests from one address (an IPv6 /64)"
     )
     enroll_per_minute: Positive = Field(_ENROLL.per_minute, description="POST /v1/enroll requests from everywhere")
+    pending_connections_per_address: PositiveInt = Field(
+        _CONNECTIONS.per_address, description="connections not yet authenticated from one address, per listener"
+    )
+    pending_connections: PositiveInt = Field(
+        _CONNECTIONS.total, description="connections not yet authenticated from all addresses, per listener"
+    )
     store: str | None = Field(
         None, description="`sqlite:///DIR` or `postgresql://USER@HOST:PORT/DB`; default: SQLite in the data dir"
     )
@@ -58,6 +66,8 @@ class BridgeSection(SecretSection):
             found.append(f"max_intent_age must be at least {MIN_INTENT_AGE:.0f} s (one day)")
         if self.intent_retention < 3600.0 or self.audit_retention < 3600.0:
             found.append("intent_retention and audit_retention must be at least 1h")
+        if self.pending_connections_per_address > self.pending_connections:
+            found.append("pending_connections_per_address must be at most pending_connections")
         if not 3.0 <= self.lease <= 3600.0:
             found.append("lease must be within 3..3600 seconds")
         if self.store is not None:
@@ -76,6 +86,10 @@ class BridgeSection(SecretSection):
         if text is None:
             return None
         return StoreUrl.parse(text, password=self.secret("store_password"))
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(per_address=self.pending_connections_per_address, total=self.pending_connections)
 
     @property
     def enroll_limits(self) -> EnrollLimits:

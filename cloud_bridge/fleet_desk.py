@@ -28,6 +28,7 @@ from intent_contract.codec import Envelope
 from intent_contract.device_wire import HealthReport, decode_diagnosis, decode_health, encode_diagnose
 from intent_contract.errors import DecodeError
 from intent_contract.ids import IdGenerator
+from intent_contract.logs import LogThrottles, left_out
 from intent_contract.wire import DIAGNOSE, HEALTH
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ POLL_S = 0.5  # diagnose requests are looked for this often
 REQUEST_TTL_S = 60.0  # a request no node took within this is left for the asker to give up on
 HISTORY_EVERY_S = 900.0  # a device's history keeps its first report after a connect, then one per 15 minutes
 REPORT_GAP_S = 1.0  # a device's reports closer together than this are dropped
+DROP_LOG_INTERVAL = 10.0  # seconds between lines about one device's dropped reports (the metric counts each)
 MAX_SIGHTINGS = 100_000  # connects kept between two flushes (beyond: dropped, and said so once)
 PRUNE_EVERY_S = 3600.0
 ANOMALIES_EVERY_S = 60.0  # `bridge_device_anomalies` is counted again this often ...
@@ -68,6 +70,7 @@ class FleetDesk:
         self._volume: Counter[tuple[str, int]] = Counter()
         self._held_before: set[str] = set()
         self._last_report: dict[str, float] = {}
+        self._drop_logs = LogThrottles(DROP_LOG_INTERVAL)  # reports dropped: a line per device per interval
         self._history_at: dict[str, float] = {}
         self._sent: dict[str, tuple[str, float]] = {}  # request id -> (device id, when), requests this node sent
         self._answering: set[asyncio.Task[object]] = set()  # answers being written (the loop keeps weak refs)
@@ -129,8 +132,13 @@ class FleetDesk:
             else:
                 self._take_diagnosis(device_id, data, now)
         except DecodeError as exc:
-            self.reports.labels("undecodable").inc()
-            logger.warning("undecodable %s dropped: %s", leaf, str(exc)[:200], extra={"device_id": device_id})
+            self.reports.labels("undecodable").inc()  # every one; a line per device per DROP_LOG_INTERVAL
+            not_logged = self._drop_logs.allow(device_id, time.monotonic())
+            if not_logged is not None:
+                logger.warning(
+                    "undecodable %s dropped: %s%s", leaf, str(exc)[:200], left_out(not_logged),
+                    extra={"device_id": device_id, "code": "undecodable", "not_logged": not_logged},
+                )  # fmt: skip
 
     def _take_report(self, device_id: str, report: HealthReport, now: float) -> None:
         if now - self._last_report.get(device_id, float("-inf")) < REPORT_GAP_S:
@@ -150,8 +158,12 @@ class FleetDesk:
         diagnosis = decode_diagnosis(data)
         if self._sent.get(diagnosis.request_id, ("", 0.0))[0] != device_id:
             self.reports.labels("unasked").inc()
-            logger.info("diagnosis %s that this node did not ask for dropped", diagnosis.request_id,
-                        extra={"device_id": device_id})  # fmt: skip
+            not_logged = self._drop_logs.allow(device_id, time.monotonic())
+            if not_logged is not None:
+                logger.info(
+                    "diagnosis %s that this node did not ask for dropped%s", diagnosis.request_id, left_out(not_logged),
+                    extra={"device_id": device_id, "code": "unasked", "not_logged": not_logged},
+                )  # fmt: skip
             return
         del self._sent[diagnosis.request_id]
         self.reports.labels("diagnosis").inc()

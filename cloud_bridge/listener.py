@@ -10,6 +10,7 @@ diagnoses to a ReportSink (the fleet desk). It runs the door (`mqtt_door`) and t
 from __future__ import annotations
 
 import logging
+import time
 from typing import Protocol
 
 from cloud_bridge.device_gate import DeviceGate
@@ -21,9 +22,13 @@ from cloud_bridge.revocations import RevocationWatcher
 from cloud_bridge.settings import BridgeSettings
 from cloud_bridge.tls_accept import ConnectionWatch
 from cloud_bridge.topic_acl import Access, topic_allowed
+from intent_contract.logs import LogThrottles, left_out
 from intent_contract.wire import ACKS, DIAGNOSIS, HEALTH, device_topic, split_device_topic
 
 logger = logging.getLogger(__name__)
+
+
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between 'topic refused' lines of one device
 
 
 class MessageSink(Protocol):
@@ -67,6 +72,7 @@ class BridgeListener:
         if settings.ws_listen is not None:
             listens.append(Listen(Transport.WEBSOCKET, settings.ws_listen, cert, key, limits, watch))
         self._door: DeviceFrontDoor = front_door(listens, self)
+        self._refusal_logs = LogThrottles(REFUSAL_LOG_INTERVAL)
         self._revocations = RevocationWatcher(
             registry, settings.revocation_poll, connected=self.connected, drop=self.drop
         )
@@ -86,7 +92,11 @@ class BridgeListener:
     def allowed(self, device_id: str | None, topic: str, access: Access) -> bool:
         allowed = topic_allowed(device_id, topic, access)
         if not allowed:
-            logger.info("topic refused", extra={"device_id": device_id, "action": str(access), "code": "topic_refused"})
+            # A line per device per REFUSAL_LOG_INTERVAL: one SUBSCRIBE can carry 200,000 refused filters.
+            not_logged = self._refusal_logs.allow(device_id or "", time.monotonic())
+            if not_logged is not None:
+                context = {"device_id": device_id, "action": str(access), "code": "topic_refused"}
+                logger.info("topic refused%s", left_out(not_logged), extra={**context, "not_logged": not_logged})
         return allowed
 
     def on_publish(self, device_id: str, topic: str, data: bytes) -> None:

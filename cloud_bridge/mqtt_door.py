@@ -41,7 +41,15 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0  # from the TLS handshake to the CONNECT (over WebSocket, the upgrade included)
 V5_UNSUPPORTED = bytes([0x20, 3, 0, 0x84, 0])  # an MQTT 5 CONNACK: "unsupported protocol version"
+# Past WRITE_HIGH_WATER bytes not yet sent to a device, the door reads nothing more from it until they are
+# (each SUBSCRIBE to its acks sends every unconfirmed result again: one that stopped reading and subscribed
+# in a loop grew the bridge by 1.5 GB), and drops it if they are not within SLOW_READER_S; past
+# WRITE_HARD_LIMIT a send drops it at once. What it was sent stays unconfirmed in the ledger and goes
+# again when the device subscribes again.
 WRITE_HIGH_WATER = 4 << 20
+WRITE_HARD_LIMIT = 64 << 20
+SLOW_READER_S = 60.0
+MAX_FILTERS = 8  # in one SUBSCRIBE or UNSUBSCRIBE: a device subscribes to its acks (one held up every device for 3 s)
 FLUSH_TIMEOUT_S = 2.0  # at a connection's end, what it wrote (a refusing CONNACK) gets this long to go out
 
 
@@ -143,6 +151,10 @@ class MqttFrontDoor:
         if connection is None or topic not in connection.subscriptions:
             return False
         if not self._events.allowed(device_id, topic, Access.RECEIVE):
+            return False
+        if connection.link.buffered() > WRITE_HARD_LIMIT:
+            _slow_reader(connection, f"{connection.link.buffered()} bytes sent to it unread")
+            connection.link.abort()
             return False
         connection.link.write(p.encode_publish(topic, data, 1, connection.packet_id(), retain=False, dup=False))
         return True
@@ -303,10 +315,18 @@ class MqttFrontDoor:
             while True:
                 for first, body in await self._packets(connection, framer):
                     await self._handle(connection, p.decode(first, body))
+                    if connection.link.buffered() > WRITE_HIGH_WATER:  # after each packet: one read holds hundreds
+                        await self._drain(connection)
                 if grace is not None:
                     deadline.reschedule(loop.time() + grace)
-                if connection.link.buffered() > WRITE_HIGH_WATER:
-                    await connection.link.drain()
+
+    async def _drain(self, connection: _Connection) -> None:
+        try:
+            async with asyncio.timeout(SLOW_READER_S):
+                await connection.link.drain()
+        except TimeoutError:
+            _slow_reader(connection, f"what it was sent unread for {SLOW_READER_S:.0f} s")
+            raise ConnectionResetError from None
 
     async def _handle(self, connection: _Connection, packet: p.Packet) -> None:
         link, device_id = connection.link, connection.device_id
@@ -319,6 +339,8 @@ class MqttFrontDoor:
                 assert packet.packet_id is not None
                 link.write(p.encode_ack(Type.PUBACK, packet.packet_id))
         elif isinstance(packet, p.Subscribe):
+            if len(packet.filters) > MAX_FILTERS:
+                raise MalformedPacketError(f"a device subscribes to at most {MAX_FILTERS} filters at once")
             codes: list[int] = []
             for topic_filter, qos in packet.filters:
                 if self._events.allowed(device_id, topic_filter, Access.SUBSCRIBE):
@@ -330,6 +352,8 @@ class MqttFrontDoor:
             for topic_filter in connection.subscriptions & {f for f, _ in packet.filters}:
                 await self._events.on_subscribed(device_id, topic_filter)
         elif isinstance(packet, p.Unsubscribe):
+            if len(packet.filters) > MAX_FILTERS:
+                raise MalformedPacketError(f"a device unsubscribes from at most {MAX_FILTERS} filters at once")
             connection.subscriptions.difference_update(packet.filters)
             link.write(p.encode_ack(Type.UNSUBACK, packet.packet_id))
         elif isinstance(packet, p.Bare) and packet.type is Type.PINGREQ:
@@ -340,6 +364,13 @@ class MqttFrontDoor:
             pass  # a delivered ack: nothing is held for it (unconfirmed results are resent on subscribe)
         else:
             raise MalformedPacketError(f"a device does not send {type(packet).__name__} here")
+
+
+def _slow_reader(connection: _Connection, what: str) -> None:
+    logger.warning(
+        "device %s left %s: connection closed", connection.device_id, what,
+        extra={"device_id": connection.device_id, "peer": connection.link.peer, "code": "slow_reader"},
+    )  # fmt: skip
 
 
 def _host(address: object) -> str:

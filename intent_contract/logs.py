@@ -13,7 +13,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TextIO
 
 from intent_contract.readable import readable
@@ -102,3 +102,20 @@ class LogThrottle:
         skipped, self._skipped = self._skipped, 0
         self._next = now + self.interval
         return skipped
+
+
+@dataclass(slots=True)
+class LogThrottles:
+    """A LogThrottle per key (a device, a code): what one device repeats at will is a line per `interval`."""
+
+    interval: float = 1.0
+    _by_key: dict[str, LogThrottle] = field(default_factory=dict)
+
+    def allow(self, key: str, now: float) -> int | None:
+        """As LogThrottle.allow, for `key`'s lines."""
+        return self._by_key.setdefault(key, LogThrottle(self.interval)).allow(now)
+
+
+def left_out(not_logged: int) -> str:
+    """What a throttled line adds to its message: how many like it were left out since the last."""
+    return f" ({not_logged} more since the last line)" if not_logged else ""

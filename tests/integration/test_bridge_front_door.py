@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -17,10 +18,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 from websockets.typing import Subprotocol
 
+from cloud_bridge import mqtt_door
 from cloud_bridge.front_door import MAX_PACKET
 from cloud_bridge.mqtt_door import CONNECT_TIMEOUT_S, V5_UNSUPPORTED
 from cloud_bridge.settings import HostPort
 from intent_contract import mqtt_packets as p
+from intent_contract.codec import decode_acks, encode_batch
 from intent_contract.device_token import generate_private_key_pem
 from tests.support.bridge import (
     CountingIntegration,
@@ -28,11 +31,19 @@ from tests.support.bridge import (
     Harness,
     counting,
     email,
+    envelope,
     make_settings,
     running_bridge,
     until,
 )
-from tests.support.mqtt_raw import connect_packet, publish_header, read_until_closed, remaining_length, tls_connect
+from tests.support.mqtt_raw import (
+    RawClient,
+    connect_packet,
+    publish_header,
+    read_until_closed,
+    remaining_length,
+    tls_connect,
+)
 from tests.support.net import free_port
 
 __all__ = ["counting"]  # fixture
@@ -235,3 +246,92 @@ async def test_over_websocket_an_upgrade_not_done_by_the_connect_deadline_is_clo
     assert connack == CONNACK_ACCEPTED
     assert stalled == b""  # closed, no answer
     assert answer == p.encode(p.Bare(p.Type.PINGRESP))
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_device_that_stops_reading_and_subscribes_in_a_loop_is_held_back_and_dropped(
+    bridge: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each SUBSCRIBE to a device's acks sends every result it has not confirmed again. The door read on while
+    the device read nothing: a device with 20,000 unconfirmed results and 3,000 SUBSCRIBEs (130 KB) grew the
+    bridge by 1.5 GB. Now past 4 MB unsent it reads nothing more from that device, and drops it when that is
+    not read within SLOW_READER_S (shortened here; the device has no keepalive to end it)."""
+    monkeypatch.setattr(mqtt_door, "SLOW_READER_S", 3.0)
+    creds = await bridge.enroll()
+    acks_topic = f"devices/{creds.device_id}/acks"
+    count = 5000  # sms.send is not among the tenant's kinds: every one is rejected, a final result to confirm
+
+    def fill() -> RawClient:
+        device = RawClient(bridge.mqtt_port, 30, ca_file=str(bridge.ca_file))
+        device.connect(creds.device_id, keepalive=0, username=creds.device_id, password=creds.token().encode())
+        assert device.subscribe(acks_topic, 1) == (1,)
+        for start in range(0, count, 1000):
+            batch = [envelope(f"x{start + i}", "sms.send", {"to": "+15555550100", "text": "hi"}) for i in range(1000)]
+            topic = f"devices/{creds.device_id}/intents"
+            device.send(p.Publish(topic, encode_batch(batch), 1, False, False, start + 1))
+        results = 0
+        while results < count:
+            packet = device.receive(30)
+            if isinstance(packet, p.Publish):
+                results += len(decode_acks(packet.payload))
+                assert packet.packet_id is not None
+                device.send(p.encode_ack(p.Type.PUBACK, packet.packet_id))
+        return device
+
+    device = await asyncio.to_thread(fill)
+    try:
+        before = _rss_mb()
+        device.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        resubscribe = b"".join(p.encode(p.Subscribe(100 + i, ((acks_topic, 1),))) for i in range(3000))
+        await asyncio.to_thread(device.sock.sendall, resubscribe)
+        listener = bridge.bridge.listener
+        assert listener is not None
+        peak, deadline = before, time.monotonic() + 30
+        while listener.holds(creds.device_id) and time.monotonic() < deadline:
+            peak = max(peak, _rss_mb())
+            await asyncio.sleep(0.1)
+        dropped = not listener.holds(creds.device_id)
+    finally:
+        device.close()
+    assert dropped, "the device that reads nothing was not dropped within 30 s"
+    assert peak - before < 100, f"the bridge grew by {peak - before:.0f} MB"
+
+
+async def test_what_a_device_repeats_at_will_is_logged_a_line_at_a_time_and_a_long_subscribe_ends_it(
+    bridge: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every refused topic and every undecodable health report was a line of its own: 600,000 refused filters
+    (2.4 MB sent) wrote 79 MB of log, 50,000 bad reports 7.4 MB. And one SUBSCRIBE of 200,000 filters held up
+    every other device for 3.5 s, where a device subscribes to one."""
+    creds = await bridge.enroll()
+    caplog.set_level(logging.INFO)
+
+    def scenario() -> tuple[tuple[int, ...], bool]:
+        device = RawClient(bridge.mqtt_port, 30, ca_file=str(bridge.ca_file))
+        try:
+            device.connect(creds.device_id, username=creds.device_id, password=creds.token().encode())
+            refused = device.subscribe("devices/someone-else/acks", 1)
+            foreign = p.Publish("devices/someone-else/intents", b"x", 0, False, False, None)
+            report = p.Publish(f"devices/{creds.device_id}/health", b"\xc1", 0, False, False, None)
+            device.send(b"".join([p.encode(foreign)] * 5000 + [p.encode(report)] * 5000))
+            device.send(p.Bare(p.Type.PINGREQ))
+            assert device.receive() == p.Bare(p.Type.PINGRESP)  # everything before it was read
+            device.send(p.Subscribe(device.packet_id(), tuple((f"a/{i}", 0) for i in range(9))))
+            return refused, device.closed_by_server(timeout=5)
+        finally:
+            device.close()
+
+    refused, closed = await asyncio.to_thread(scenario)
+    assert refused == (p.SUBACK_FAILURE,)
+    assert closed
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(line.startswith("topic refused") for line in lines) == 1  # 5,001 refusals, in 10 s
+    assert sum(line.startswith("undecodable health dropped") for line in lines) == 1  # 5,000 reports
+    undecodable = {"outcome": "undecodable"}
+    assert bridge.bridge.metrics.registry.get_sample_value("bridge_device_reports_total", undecodable) == 5000

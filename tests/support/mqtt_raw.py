@@ -19,8 +19,13 @@ from intent_contract.mqtt_packets import Type
 
 
 class RawClient:
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, *, ca_file: str | None = None) -> None:
+        """Connected to 127.0.0.1:`port`; with `ca_file`, over TLS verified against it."""
+        self.sock = (
+            tls_connect(port, ca_file, timeout)
+            if ca_file
+            else socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        )
         self.framer = p.Framer(1 << 24)
         self._ready: list[p.Packet] = []
         self._next_id = 1

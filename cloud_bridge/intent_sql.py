@@ -212,23 +212,26 @@ class SqlIntents:
         (SQLite has one) for long."""
         intents = audit = 0
         if intents_before is not None:
+            # The conditions twice: PostgreSQL (READ COMMITTED) re-checks a row it had to wait for against the
+            # outer WHERE only, not against the subquery's; without them in the outer WHERE, a row an
+            # operator retried meanwhile (queued again, unconfirmed) was deleted once the retry committed.
+            done = f"confirmed = {self._true} AND state NOT IN {_LIVE} AND updated < ?"
             intents = self._in_batches(
-                "DELETE FROM intents WHERE seq IN (SELECT seq FROM intents"
-                f" WHERE confirmed = {self._true} AND state NOT IN {_LIVE} AND updated < ? LIMIT ?)",
-                intents_before,
+                f"DELETE FROM intents WHERE {done} AND seq IN (SELECT seq FROM intents WHERE {done} LIMIT ?)",
+                (intents_before, intents_before),
                 batch,
             )
-        if audit_before is not None:
+        if audit_before is not None:  # audit rows never change, so nothing can make one young again
             audit = self._in_batches(
-                "DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE at < ? LIMIT ?)", audit_before, batch
+                "DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE at < ? LIMIT ?)", (audit_before,), batch
             )
         return Purged(intents, audit)
 
-    def _in_batches(self, text: str, before: float, batch: int) -> int:
+    def _in_batches(self, text: str, params: tuple[float, ...], batch: int) -> int:
         total = 0
         while True:
             with self._transaction() as conn:
-                deleted = max(0, int(self._run(conn, text, (before, batch)).rowcount))
+                deleted = max(0, int(self._run(conn, text, (*params, batch)).rowcount))
             total += deleted
             if deleted < batch:
                 return total

@@ -5,21 +5,27 @@ signals to the running nodes, purge and retention (never a live row)."""
 from __future__ import annotations
 
 import asyncio
+import threading
+from typing import Any
 
 import pytest
 
 from cloud_bridge import operator_api
 from cloud_bridge.audit import AuditEvent
 from cloud_bridge.errors import AmbiguousIntentError, BridgeError, LedgerStateError, UnknownIntentError
-from cloud_bridge.intent_sql import IntentQuery
+from cloud_bridge.intent_sql import IntentQuery, SqlIntents
 from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.policy import Decision, DeviceRef
 from cloud_bridge.retention import Retention
 from cloud_bridge.store import Store
+from cloud_bridge.store.pg import PgPools
+from cloud_bridge.store.pg_signals import operator_signal
+from cloud_bridge.store.url import StoreUrl
 from intent_contract.codec import AckState, Envelope
-from tests.support.stores import admit, opened, store, store_url
+from tests.support.net import until
+from tests.support.stores import admit, opened, pg_url, store, store_url, waiting_for_a_lock
 
-__all__ = ["store", "store_url"]  # fixtures
+__all__ = ["pg_url", "store", "store_url"]  # fixtures
 
 NOW = 1_800_000_000.0
 DEV = DeviceRef("dev-1", "acme", "boiler-7")
@@ -201,6 +207,42 @@ async def test_purge_deletes_in_batches_until_nothing_is_left(store: Store) -> N
     done = store.intents.purge(NOW - 30 * DAY, NOW - 30 * DAY, batch=3)
     assert (done.intents, done.audit) == (7, 14)  # accept and deliver of each
     assert operator_api.list_intents(store.intents, IntentQuery()) == []
+
+
+async def test_a_purge_that_waits_for_a_row_an_operator_retries_leaves_the_retried_row(pg_url: StoreUrl) -> None:
+    """PostgreSQL: the purge's DELETE waits for the row lock of a retry in progress (held open here, in the
+    retry's own transaction, after its UPDATE); once the retry commits, the row is queued and unconfirmed
+    again, and the purge must pass it by (READ COMMITTED re-checks a waited-for row against the outer WHERE)."""
+    async with opened(pg_url) as store:
+        await _failed(store, DEV, "a", NOW - 40 * DAY)
+        await store.ledger.confirm("dev-1", ["a"])  # old, final, confirmed: the purge's to delete
+        updated, release = threading.Event(), threading.Event()
+        notify = operator_signal("cli")
+
+        def signal_then_hold(conn: Any, device_id: str) -> None:  # the retry's last statement, then its commit waits
+            notify(conn, device_id)
+            updated.set()
+            release.wait(60)
+
+        pools = PgPools(pg_url.conninfo(application_name="cli"))
+        pools.open_sync()
+        cli = SqlIntents(
+            lambda: pools.sync_transaction("ledger"), signal=signal_then_hold, marker="%s", true="true", false="false"
+        )
+        try:
+            retry = asyncio.ensure_future(asyncio.to_thread(operator_api.retry, cli, ["dev-1", "a"], "alice", NOW))
+            await until(updated.is_set, what="the retry holding the row")
+            purge = asyncio.ensure_future(asyncio.to_thread(store.intents.purge, NOW - 30 * DAY, None))
+            await until(lambda: waiting_for_a_lock(pg_url, "DELETE FROM intents"), what="the purge waiting for the row")
+            release.set()
+            retried, purged = await retry, await purge
+        finally:
+            release.set()
+            pools.close_sync()
+        assert (retried.intent.state, retried.intent.attempt) == ("queued", 2)
+        assert purged.intents == 0
+        [row] = store.intents.find("a", "dev-1")
+        assert (row.state, row.attempt, row.confirmed) == (EntryState.QUEUED, 2, False)
 
 
 async def test_the_running_nodes_retention_purges_with_the_configured_ages(store: Store) -> None:

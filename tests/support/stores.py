@@ -49,6 +49,17 @@ def pg_database() -> Iterator[StoreUrl]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def waiting_for_a_lock(url: StoreUrl, statement: str) -> int:
+    """How many sessions on the database of `url` wait for a lock in a statement that starts with `statement`."""
+    with psycopg.connect(url.conninfo(application_name="test lock watch"), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            " AND query LIKE %s",
+            (statement + "%",),
+        ).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
 @pytest.fixture
 def pg_url() -> Iterator[StoreUrl]:
     """A fresh PostgreSQL database (for tests that need that backend, e.g. several nodes on one store)."""

@@ -35,6 +35,7 @@ from cloud_bridge.fleet import (
 from cloud_bridge.fleet_rules import BASELINE_HOURS, VOLUME_FLOOR
 from intent_contract.device_wire import Diagnosis, diagnosis_from_wire, health_from_wire
 from intent_contract.errors import DecodeError
+from intent_contract.sqlite_wal import use_wal
 
 T = TypeVar("T")
 
@@ -415,7 +416,7 @@ def migrate_fleet_file(path: Path) -> list[int]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=10)) as conn:
-            conn.execute("PRAGMA journal_mode = WAL")
+            use_wal(conn)
             if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= 1:
                 return []
             conn.execute("BEGIN IMMEDIATE")

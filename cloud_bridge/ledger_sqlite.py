@@ -63,6 +63,7 @@ from cloud_bridge.usage_sql import select as usage_select
 from cloud_bridge.usage_sql import upsert_rows
 from intent_contract.codec import Ack
 from intent_contract.sql_text import in_chunks, marks
+from intent_contract.sqlite_wal import use_wal
 from intent_contract.sqlite_writer import GroupCommitWriter, WriterHooks
 
 logger = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ class SqliteLedger:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode = WAL")
+        use_wal(conn)
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA busy_timeout = 5000")
         migrate(conn, at_start=True)  # one process owns the file: always safe

@@ -20,6 +20,7 @@ from cloud_bridge.store.migrations import Migration, pending
 from cloud_bridge.usage_sql import SCHEMA_SUMMARY as USAGE_SUMMARY
 from cloud_bridge.usage_sql import SQLITE_SCHEMA as USAGE_SCHEMA
 from intent_contract.sqlite_rows import ManyRows
+from intent_contract.sqlite_wal import use_wal
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -75,22 +76,35 @@ AUDIT_INSERT = f"{_AUDIT_HEAD} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 AUDIT_ROWS = ManyRows(_AUDIT_HEAD, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")  # many audit rows, in as few statements as fit
 
 
-def migrate(conn: sqlite3.Connection, *, at_start: bool) -> list[int]:
-    """Apply pending migrations (each in its own transaction); returns the versions applied."""
+def _pending(conn: sqlite3.Connection, *, at_start: bool) -> list[Migration]:
     current = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    applied = []
-    for step in pending(current, MIGRATIONS, at_start=at_start, what="the SQLite ledger"):
+    return pending(current, MIGRATIONS, at_start=at_start, what="the SQLite ledger")
+
+
+def migrate(conn: sqlite3.Connection, *, at_start: bool) -> list[int]:
+    """Apply pending migrations (each in its own transaction); returns the versions applied.
+
+    The version is read again under the write lock before each step: processes opening one file together
+    (a node starting beside a CLI command) each read it before, and the second one applied the step again
+    (`duplicate column name: digest`)."""
+    applied: list[int] = []
+    if not _pending(conn, at_start=at_start):  # the usual case, without taking the write lock
+        return applied
+    while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in step.statements:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {step.version:d}")
+            steps = _pending(conn, at_start=at_start)
+            if steps:
+                for statement in steps[0].statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {steps[0].version:d}")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        applied.append(step.version)
-    return applied
+        if not steps:
+            return applied
+        applied.append(steps[0].version)
 
 
 def migrate_file(path: Path, *, at_start: bool) -> list[int]:
@@ -98,7 +112,7 @@ def migrate_file(path: Path, *, at_start: bool) -> list[int]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with closing(sqlite3.connect(path, isolation_level=None, timeout=10)) as conn:
-            conn.execute("PRAGMA journal_mode = WAL")
+            use_wal(conn)
             return migrate(conn, at_start=at_start)
     except (sqlite3.Error, OSError) as exc:
         raise TransientError(f"ledger {path}: {exc}", code="ledger_error") from exc

@@ -22,6 +22,7 @@ from cloud_bridge.registry import (
     new_id,
 )
 from intent_contract.names import is_name
+from intent_contract.sqlite_wal import use_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -75,15 +76,21 @@ class SqliteRegistry:
         """Create the file and tables if needed."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with closing(sqlite3.connect(self.path, timeout=10)) as db:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)  # commits by itself
-                columns = {r[1] for r in db.execute("PRAGMA table_info(devices)")}
-                if "next_public_key" not in columns:  # a registry made before key rotation
-                    db.execute("ALTER TABLE devices ADD COLUMN next_public_key TEXT")
-                    db.commit()
+            with closing(sqlite3.connect(self.path, timeout=10, isolation_level=None)) as db:
+                use_wal(db)
+                db.executescript(_SCHEMA)  # IF NOT EXISTS, OR IGNORE: the same whoever runs it first
+                if not self._has_next_key(db):  # a registry made before key rotation
+                    db.execute("BEGIN IMMEDIATE")
+                    # Again under the write lock: another process opening the file may have added it meanwhile.
+                    if not self._has_next_key(db):
+                        db.execute("ALTER TABLE devices ADD COLUMN next_public_key TEXT")
+                    db.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             raise TransientError(f"device registry {self.path}: {exc}", code="registry_error") from exc
+
+    @staticmethod
+    def _has_next_key(db: sqlite3.Connection) -> bool:
+        return "next_public_key" in {r[1] for r in db.execute("PRAGMA table_info(devices)")}
 
     def close(self) -> None:
         """Nothing to release: every call opens and closes its own connection."""

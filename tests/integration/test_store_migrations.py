@@ -6,6 +6,7 @@ import asyncio
 import json
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import psycopg
@@ -21,7 +22,13 @@ from cloud_bridge.store.migrations import Migration, SchemaError, pending
 from cloud_bridge.store.pg import MIGRATIONS as PG_MIGRATIONS
 from cloud_bridge.store.url import StoreUrl
 from intent_contract.codec import AckState, Envelope
-from tests.support.stores import admit, opened, pg_database
+from tests.support.stores import (
+    admit,
+    open_sqlite_stores_together,
+    opened,
+    pg_database,
+    sqlite_data_dir_of_an_old_release,
+)
 
 DEV = DeviceRef("dev-1", "acme", "boiler-7")
 
@@ -68,6 +75,22 @@ async def test_a_sqlite_ledger_of_the_previous_version_is_upgraded_in_place(tmp_
         await ledger.close()
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
     assert version == len(SQLITE_MIGRATIONS)
+
+
+def test_processes_opening_one_sqlite_data_dir_together_apply_each_step_once(tmp_path: Path) -> None:
+    """A node starting beside CLI commands: 8 processes open one data dir at the same moment, 20 dirs of an
+    older release and 20 new ones; each step is applied once and no opening fails. Each process read the
+    ledger's version (and the registry its columns) before taking the write lock, and the later ones failed:
+    `duplicate column name: digest` (`next_public_key`); a new file's change to WAL failed as `locked`."""
+    old = [sqlite_data_dir_of_an_old_release(tmp_path / f"old{n}") for n in range(20)]
+    directories = [*old, *(tmp_path / f"new{n}" for n in range(20))]
+    lines = open_sqlite_stores_together(directories, processes=8)
+    assert [line for line in lines if line != "ok"] == []
+    for directory in directories:
+        with closing(sqlite3.connect(directory / "ledger.db")) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(SQLITE_MIGRATIONS)
+        with closing(sqlite3.connect(directory / "registry.db")) as conn:
+            assert "next_public_key" in {r[1] for r in conn.execute("PRAGMA table_info(devices)")}
 
 
 def test_db_upgrade_on_sqlite(tmp_path: Path) -> None:

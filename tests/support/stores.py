@@ -8,9 +8,14 @@ Without a reachable PostgreSQL the PostgreSQL cases skip with the reason, except
 from __future__ import annotations
 
 import contextlib
+import functools
+import multiprocessing
 import os
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import psycopg
@@ -18,6 +23,7 @@ import pytest
 
 from cloud_bridge.ledger import DecisionLike, DeviceLike, Ledger
 from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE, requests_for
+from cloud_bridge.ledger_sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
 from cloud_bridge.store import Store, open_store
 from cloud_bridge.store.url import StoreUrl
 from intent_contract.codec import Ack, Envelope
@@ -111,3 +117,56 @@ async def admit(
 ) -> list[Ack]:
     """Judge and admit a batch as the service does."""
     return await ledger.admit(device, requests_for(envelopes, decide, now, max_age), now)
+
+
+def sqlite_data_dir_of_an_old_release(directory: Path) -> Path:
+    """A data directory as a release before the ledger's step 2 and before key rotation left it."""
+    directory.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(directory / "ledger.db", isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        for statement in SQLITE_MIGRATIONS[0].statements:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+    with contextlib.closing(sqlite3.connect(directory / "registry.db", isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(
+            "CREATE TABLE devices (device_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT NULL,"
+            " public_key TEXT NOT NULL, key_fingerprint TEXT NOT NULL, enrolled_at REAL NOT NULL, revoked_at REAL)"
+        )
+    return directory
+
+
+def open_sqlite_stores(directories: Sequence[str], start: Barrier, results: Queue[str]) -> None:
+    """In a process of its own: open each data directory as every store command does, each part (the
+    ledger's migration at start, the registry, the fleet tables) at the same moment as the other processes
+    (`start`); puts one line per part and directory on `results`: "ok" or the part and its error."""
+    for directory in directories:
+        store = open_store(StoreUrl.sqlite(Path(directory)), node=f"cli-{os.getpid()}")
+        parts: dict[str, Callable[[], object]] = {
+            "migrate": functools.partial(store.migrate, True),
+            "registry": store.registry.open,
+            "fleet": store.fleet.open,
+        }
+        for part, run in parts.items():
+            start.wait()
+            try:
+                run()
+                results.put("ok")
+            except Exception as exc:  # reported to the test, which shows it
+                results.put(f"{part}: {type(exc).__name__}: {exc}")
+
+
+def open_sqlite_stores_together(directories: Sequence[Path], processes: int) -> list[str]:
+    """`processes` processes open each of `directories` at the same moment (real processes, real files);
+    returns a line per part of every opening ("ok" or the error)."""
+    spawn = multiprocessing.get_context("spawn")
+    start = spawn.Barrier(processes)
+    results: Queue[str] = spawn.Queue()
+    names = [str(d) for d in directories]
+    workers = [spawn.Process(target=open_sqlite_stores, args=(names, start, results)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    lines = [results.get(timeout=60) for _ in range(3 * processes * len(names))]
+    for worker in workers:
+        worker.join(30)
+    return lines

@@ -9,7 +9,10 @@ caller may retry; the edge resends what was not acked).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -25,9 +28,17 @@ from cloud_bridge.store.migrations import Migration, pending
 from cloud_bridge.store.url import StoreUrl
 from cloud_bridge.usage_sql import PG_SCHEMA as USAGE_SCHEMA
 from cloud_bridge.usage_sql import SCHEMA_SUMMARY as USAGE_SUMMARY
+from intent_contract.backoff import compute_backoff
+
+logger = logging.getLogger(__name__)
 
 # One lock id for schema changes, so that nodes starting together apply each step once.
 _MIGRATION_LOCK = 0x6272_6964_6765  # "bridge"
+# How long a schema step waits for a table's lock before it gives way and tries again later. A step waiting
+# for a lock that a long transaction holds (a backup, a report) queues every later statement on the table
+# behind it, so the running nodes stall for as long as it waits: at most this long, per try.
+DDL_LOCK_TIMEOUT = 2.0
+DDL_RETRY_CAP = 30.0  # the longest pause between tries
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -95,24 +106,71 @@ def converted(what: str) -> Iterator[None]:
         raise database_error(exc, what) from exc
 
 
-def migrate(conninfo: str, *, at_start: bool) -> list[int]:
-    """Apply pending steps under a cluster-wide advisory lock; returns the versions applied."""
+def migrate(
+    conninfo: str,
+    *,
+    at_start: bool,
+    lock_timeout: float = DDL_LOCK_TIMEOUT,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    rand: Callable[[], float] = random.random,
+) -> list[int]:
+    """Apply pending steps under a cluster-wide advisory lock; returns the versions applied.
+
+    Each step waits at most `lock_timeout` seconds for the locks of its tables, then rolls back and tries
+    again after a pause (backoff, up to DDL_RETRY_CAP), saying so in the log, until it gets them."""
     applied: list[int] = []
     with converted("PostgreSQL store migration"), psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_MIGRATION_LOCK,)).fetchone()
+        if row is None or not row[0]:
+            logger.info("waiting for another process applying schema steps to the PostgreSQL store")
+            conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
             row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
             current = int(row[0]) if row is not None else 0
             for step in pending(current, MIGRATIONS, at_start=at_start, what="the PostgreSQL store"):
-                with conn.transaction():
-                    for statement in step.statements:
-                        conn.execute(statement.encode())
-                    conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (step.version,))
+                _apply(conn, step, lock_timeout=lock_timeout, clock=clock, sleep=sleep, rand=rand)
                 applied.append(step.version)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     return applied
+
+
+def _apply(
+    conn: psycopg.Connection[Any],
+    step: Migration,
+    *,
+    lock_timeout: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    rand: Callable[[], float],
+) -> None:
+    """One step in one transaction, tried until it gets its locks within `lock_timeout`."""
+    started, tries = clock(), 0
+    while True:
+        tries += 1
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = {round(lock_timeout * 1000):d}")
+                for statement in step.statements:
+                    conn.execute(statement.encode())
+                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (step.version,))
+        except psycopg.errors.LockNotAvailable:
+            pause = compute_backoff(tries, base=1.0, cap=DDL_RETRY_CAP, jitter=0.5 + rand() / 2)
+            logger.warning(
+                "schema step %d (%s) waits for a lock on its tables, which a long transaction holds: gave way"
+                " after %.1f s (try %d, %.1f s in all), trying again in %.1f s",
+                step.version, step.summary, lock_timeout, tries, clock() - started, pause,
+            )  # fmt: skip
+            sleep(pause)
+            continue
+        if tries > 1:
+            logger.info(
+                "schema step %d (%s) applied after waiting for its locks for %.1f s in all (%d tries)",
+                step.version, step.summary, clock() - started, tries,
+            )  # fmt: skip
+        return
 
 
 AsyncConn = psycopg.AsyncConnection[DictRow]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
+import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -20,14 +22,17 @@ from cloud_bridge.ledger_sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
 from cloud_bridge.policy import Decision, DeviceRef
 from cloud_bridge.store.migrations import Migration, SchemaError, pending
 from cloud_bridge.store.pg import MIGRATIONS as PG_MIGRATIONS
+from cloud_bridge.store.pg import migrate
 from cloud_bridge.store.url import StoreUrl
 from intent_contract.codec import AckState, Envelope
+from tests.support.net import wait_until
 from tests.support.stores import (
     admit,
     open_sqlite_stores_together,
     opened,
     pg_database,
     sqlite_data_dir_of_an_old_release,
+    waiting_for_a_lock,
 )
 
 DEV = DeviceRef("dev-1", "acme", "boiler-7")
@@ -129,3 +134,43 @@ async def test_nodes_starting_together_on_an_empty_database_apply_the_schema_onc
         with psycopg.connect(url.conninfo()) as conn:
             versions = [row[0] for row in conn.execute("SELECT version FROM schema_version ORDER BY version")]
         assert versions == [m.version for m in PG_MIGRATIONS]
+
+
+def test_a_schema_step_waiting_behind_a_long_read_stalls_the_running_nodes_at_most_its_lock_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A node starts on a database one step behind (step 5: ALTER TABLE intents) while a long read of
+    `intents` is open (a backup). Its ALTER waits for the read, and PostgreSQL queues every later statement
+    on the table behind it: the running nodes' statements went through only when the read ended. Now the
+    step gives way after DDL_LOCK_TIMEOUT (2 s), logs that it waits, and tries again until the read ends."""
+    caplog.set_level(logging.INFO, logger="cloud_bridge.store.pg")
+    with pg_database() as url:
+        conninfo = url.conninfo()
+        migrate(conninfo, at_start=False)
+        with psycopg.connect(conninfo, autocommit=True) as conn:  # back to step 4, as a release before step 5 left it
+            for statement in (
+                "DROP INDEX intents_tenant_due",
+                "DROP INDEX intents_announce",
+                "ALTER TABLE intents DROP COLUMN announce",
+                "DELETE FROM schema_version WHERE version >= 5",
+            ):
+                conn.execute(statement.encode())
+        applied: list[list[int]] = []
+        with psycopg.connect(conninfo) as backup, psycopg.connect(conninfo, autocommit=True) as running:
+            backup.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            backup.execute("SELECT count(*) FROM intents")  # holds its lock on intents until it ends
+            starting = threading.Thread(target=lambda: applied.append(migrate(conninfo, at_start=True)))
+            starting.start()
+            try:
+                wait_until(lambda: waiting_for_a_lock(url, "ALTER TABLE intents"), what="the step waiting for the lock")
+                running.execute("SET statement_timeout = 10000")  # the read lasts until the test ends it
+                began = time.monotonic()
+                running.execute("SELECT count(*) FROM intents WHERE state = 'queued'")  # what a node does all the time
+                assert time.monotonic() - began < 5  # a few seconds at most, however long the read lasts
+                wait_until(lambda: "waits for a lock" in caplog.text, what="the starting node saying it waits")
+            finally:
+                backup.rollback()  # the backup ends
+                starting.join(60)
+        assert applied == [[5, 6]]
+        assert "schema step 5 (operator retry and cancel: statuses to announce) waits for a lock" in caplog.text
+        assert "applied after waiting for its locks for" in caplog.text

@@ -9,10 +9,11 @@ whose answer was lost is simply made again with the same next key.
 
 from __future__ import annotations
 
-import os
+import logging
 from pathlib import Path
 
 import httpx
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from edge_outbox.bridge_access import ANSWER_LIMIT, client_tls_context
 from edge_outbox.errors import PermanentError, TransientError
@@ -20,39 +21,77 @@ from edge_outbox.identity import DEVICE_KEY, Identity, identity_dir
 from intent_contract import json_bounded, signed
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
 from intent_contract.errors import DecodeError
+from intent_contract.files import fsync_directory, write_atomic
 from intent_contract.offline_wire import KEY_ROTATION_TYPE, NEW_KEY_TYPE, NewKey
 
 NEXT_KEY = "next.key"
 ROTATION_DOC = "rotation.doc"  # a proposal waiting for the next bundle (offline)
 
+logger = logging.getLogger(__name__)
+
 
 def rotation_document(data_dir: Path, identity: Identity, now: int) -> bytes:
     """The proposal of the next key (made now unless a proposal is already pending), signed by both keys."""
     directory = identity_dir(data_dir)
-    next_path = directory / NEXT_KEY
-    if not next_path.exists():
-        fd = os.open(next_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(generate_private_key_pem())
-            f.flush()
-            os.fsync(f.fileno())
-    next_key = next_path.read_bytes()
+    next_key = _next_key(directory / NEXT_KEY)
     body = NewKey(identity.device_id, public_key_pem(next_key), now).encode()
     inner = signed.sign(body, next_key, typ=NEW_KEY_TYPE, kid=identity.device_id)
     current = (directory / DEVICE_KEY).read_bytes()
     return signed.sign(inner, current, typ=KEY_ROTATION_TYPE, kid=identity.device_id)
 
 
+def _next_key(path: Path) -> bytes:
+    """The pending next key; a new one (written whole: aside, synced, renamed) when there is none.
+
+    A next.key that is there but is not a key (an older version cut short between creating the file
+    and writing it, or a damaged disk) is replaced by a new key, with a warning, rather than refused:
+    that keeps `rotate-key` safe to run again without anyone deleting files by hand, and it loses
+    nothing. The device never signed with a key it cannot read, so the bridge never promoted it; at
+    most the bridge holds its public half as the proposed next key, and the new proposal replaces
+    that one (the registry keeps one per device). A receipt that still accepts the lost key names a
+    key this device does not hold, so adopt_next_key does not switch to it.
+    """
+    try:
+        if path.exists():
+            pem = path.read_bytes()
+            if _is_key(pem):
+                return pem
+            logger.warning("%s is not a readable key (a rotation cut short?): a new next key replaces it", path)
+        pem = generate_private_key_pem()
+        write_atomic(path, pem, mode=0o600)
+    except OSError as exc:
+        raise TransientError(f"cannot write the next key {path}: {exc.strerror or exc}; run it again") from None
+    return pem
+
+
+def _is_key(pem: bytes) -> bool:
+    try:
+        public_key_pem(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
 def switch_to_next_key(data_dir: Path) -> None:
-    """Sign with the next key from now on (the bridge has it)."""
+    """Sign with the next key from now on (the bridge has it).
+
+    The directory is synced after the rename: once the device signs with the new key the bridge ends
+    the old one, and a power cut must not bring the old key back.
+    """
     directory = identity_dir(data_dir)
-    os.replace(directory / NEXT_KEY, directory / DEVICE_KEY)
+    (directory / NEXT_KEY).replace(directory / DEVICE_KEY)
     (directory / ROTATION_DOC).unlink(missing_ok=True)
+    fsync_directory(directory)
 
 
 def propose_offline(data_dir: Path, identity: Identity, now: int) -> None:
     """Put the proposal in the next bundle; the receipt that accepts it switches the key (adopt_next_key)."""
-    (identity_dir(data_dir) / ROTATION_DOC).write_bytes(rotation_document(data_dir, identity, now))
+    path = identity_dir(data_dir) / ROTATION_DOC
+    document = rotation_document(data_dir, identity, now)
+    try:
+        write_atomic(path, document)
+    except OSError as exc:
+        raise TransientError(f"cannot write the key rotation {path}: {exc.strerror or exc}; run it again") from None
 
 
 def pending_rotation(data_dir: Path) -> bytes | None:
@@ -63,8 +102,11 @@ def pending_rotation(data_dir: Path) -> bytes | None:
 def adopt_next_key(data_dir: Path, accepted: str | None) -> bool:
     """Switch to the next key when a receipt says the bridge accepted exactly it; True if it did."""
     path = identity_dir(data_dir) / NEXT_KEY
-    if accepted is None or not path.exists() or public_key_pem(path.read_bytes()).strip() != accepted.strip():
+    if accepted is None or not path.exists():
         return False
+    pem = path.read_bytes()
+    if not _is_key(pem) or public_key_pem(pem).strip() != accepted.strip():
+        return False  # not a key this device can sign with; the next rotate-key replaces it
     switch_to_next_key(data_dir)
     return True
 

@@ -1,50 +1,19 @@
 """Fill the disk under a live outbox: acknowledgements stop, nothing is lost, and it recovers."""
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support import disk
 from tests.support.edge import Client, OutboxProcess, email, stored_ids
 from tests.support.net import free_port, wait_until
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        message = f"cannot mount a tmpfs here: {result.stderr.strip()}"
-        if os.environ.get("OUTBOX_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
+    with disk.small_disk(tmp_path / "disk") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file until the filesystem is full."""
-    filler = directory / "filler"
-    with filler.open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    return filler
 
 
 @pytest.mark.timeout(240)
@@ -54,7 +23,7 @@ def test_full_disk_holds_acks_and_loses_nothing(small_disk: Path) -> None:
         app = Client(outbox.port, "filler-app", inflight=50).connect()
         app.publish("outbox/disk/email.send", email("before"), name="before")
         wait_until(lambda: app.acked == {"before"}, what="first intent")
-        filler = fill(small_disk)
+        filler = disk.fill(small_disk)
         total = 2000
         body = "x" * 4000
         for n in range(total):

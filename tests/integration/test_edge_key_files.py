@@ -1,0 +1,109 @@
+"""`edge-outbox rotate-key`'s files on a real disk: the next key is whole or absent, and durable once used."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_outbox import key_rotation
+from edge_outbox.identity import Identity, identity_dir, key_file, save_identity
+from intent_contract import signed
+from intent_contract.device_token import generate_private_key_pem, public_key_pem
+from intent_contract.offline_wire import KEY_ROTATION_TYPE, NEW_KEY_TYPE, NewKey
+from tests.support import disk
+
+DEVICE_ID = "dev-1"
+MAX = 16 * 1024
+
+
+def _enrolled(data_dir: Path) -> None:
+    """An identity as offline enrollment leaves it (no bridge address: rotate-key proposes in a file)."""
+    identity = Identity(DEVICE_ID, "acme", "boiler-7", "bridge.invalid", 8883, "", "cloud-bridge")
+    save_identity(data_dir, identity, generate_private_key_pem(), b"", None)
+
+
+def _rotate_key(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, "-m", "edge_outbox", "rotate-key", "--offline", "--data-dir", str(data_dir)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _proposed_key(data_dir: Path) -> str:
+    """The next public key rotation.doc proposes, checked against both signatures."""
+    outer = signed.read((identity_dir(data_dir) / "rotation.doc").read_bytes(), typ=KEY_ROTATION_TYPE, max_bytes=MAX)
+    inner = signed.read(
+        signed.verify(outer, public_key_pem(key_file(data_dir).read_bytes())), typ=NEW_KEY_TYPE, max_bytes=MAX
+    )
+    body = NewKey.decode(inner.body)
+    signed.verify(inner, body.public_key)
+    return body.public_key
+
+
+@pytest.mark.timeout(60)
+def test_a_next_key_that_is_not_a_key_is_replaced_not_a_traceback(tmp_path: Path) -> None:
+    data_dir = tmp_path / "edge"
+    _enrolled(data_dir)
+    next_key = identity_dir(data_dir) / "next.key"
+    next_key.write_bytes(b"")  # what a rotate-key cut short between creating the file and writing it left
+
+    result = _rotate_key(data_dir)
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{next_key} is not a readable key" in result.stderr  # the operator is told it was replaced
+    assert _proposed_key(data_dir) == public_key_pem(next_key.read_bytes())
+    assert stat.S_IMODE(next_key.stat().st_mode) == 0o600
+
+
+@pytest.mark.timeout(60)
+def test_rotate_key_on_a_full_disk_leaves_no_next_key_and_runs_again(tmp_path: Path) -> None:
+    with disk.small_disk(tmp_path / "disk", size="1m") as mount_point:
+        data_dir = mount_point / "edge"
+        _enrolled(data_dir)
+        filler = disk.fill(mount_point)
+
+        full = _rotate_key(data_dir)
+
+        assert full.returncode == 1
+        assert "Traceback" not in full.stderr
+        assert full.stderr.strip().splitlines() == [
+            f"Error: cannot write the next key {identity_dir(data_dir) / 'next.key'}: No space left on device; "
+            "run it again"
+        ]
+        assert sorted(p.name for p in identity_dir(data_dir).iterdir()) == ["device.json", "device.key"]
+
+        filler.unlink()
+        again = _rotate_key(data_dir)
+
+        assert again.returncode == 0, again.stderr
+        assert _proposed_key(data_dir) == public_key_pem((identity_dir(data_dir) / "next.key").read_bytes())
+
+
+@pytest.mark.timeout(60)
+def test_switching_to_the_next_key_syncs_the_directory_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "edge"
+    _enrolled(data_dir)
+    directory = identity_dir(data_dir)
+    new_key = generate_private_key_pem()
+    (directory / "next.key").write_bytes(new_key)
+    synced: list[bytes] = []  # device.key's content each time the identity directory was synced
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode) and os.path.samestat(os.fstat(fd), directory.stat()):
+            synced.append(key_file(data_dir).read_bytes())
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    key_rotation.switch_to_next_key(data_dir)
+
+    # A power cut after the device signed with the new key must not bring the old one back.
+    assert synced == [new_key]
+    assert not (directory / "next.key").exists()

@@ -3,9 +3,9 @@
 A device replaces its key pair without a new enrollment code by sending a rotation document: its
 next public key, signed with that next key (it holds it), inside a signature of its current key
 (the change is the device's own). The registry keeps the next key beside the current one; both are
-accepted until the next key's first use (a CONNECT, a `/v1/device` token, a bundle), which makes it
-the device's key and ends the old one. A device that never hears that its rotation arrived keeps
-working with its old key and can send the rotation again.
+accepted until the next key's first use (a CONNECT, a `/v1/device` token, a bundle, the next
+rotation document), which makes it the device's key and ends the old one. A device that never hears
+that its rotation arrived keeps working with its old key and can send the rotation again.
 """
 
 from __future__ import annotations
@@ -60,7 +60,11 @@ def accept_rotation(registry: Registry, data: bytes, now: float) -> Device:
     if device is None:
         raise UnknownDeviceError(f"no device {outer.kid!r}")
     try:
-        inner = signed.read(signed.verify(outer, device.public_key), typ=NEW_KEY_TYPE, max_bytes=MAX_ROTATION_BYTES)
+        # A device that switched to its next key and rotates again before using it otherwise signs with
+        # the proposed key: that is its first use, like any other (else the device could not rotate
+        # again until it had connected).
+        outer_body = verify_with_device_key(registry, device, lambda key: signed.verify(outer, key), lambda: now)
+        inner = signed.read(outer_body, typ=NEW_KEY_TYPE, max_bytes=MAX_ROTATION_BYTES)
         body = NewKey.decode(inner.body)
         signed.verify(inner, body.public_key)
     except SignatureError:

@@ -156,11 +156,11 @@ def _strings(value: object, where: str) -> list[str]:
 
 def _names(value: object, where: str, *, kinds: bool = False) -> frozenset[str]:
     items = _strings(value, where)
-    for item in items:
+    for n, item in enumerate(items):  # the entry's position, not its text: config problems quote no value
         if kinds and item not in KINDS:
-            raise ConfigError(f"{where}: unknown kind {item!r}; known: {', '.join(KINDS)}")
+            raise ConfigError(f"{where}.{n}: unknown kind (known: {', '.join(KINDS)})")
         if not kinds and not is_name(item):
-            raise ConfigError(f"{where}: {item!r} is not a valid name")
+            raise ConfigError(f"{where}.{n}: not a valid name")
     return frozenset(items)
 
 
@@ -169,7 +169,7 @@ def _table(value: object, where: str) -> Mapping[str, Any]:
         raise ConfigError(f"{where} must be a table")
     for kind in value:
         if kind not in KINDS:
-            raise ConfigError(f"{where}: unknown kind {kind!r}")
+            raise ConfigError(f"{where}: unknown kind (known: {', '.join(KINDS)})")
     return value
 
 

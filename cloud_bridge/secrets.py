@@ -42,7 +42,9 @@ def resolve_secret(
 ) -> Secret | None:
     """The secret `field` of a config table, given as `{field}_env` or `{field}_file`.
 
-    A plain `{field}` in the file is refused: secrets are never written into the config.
+    A plain `{field}` in the file is refused: secrets are never written into the config. Errors name
+    the key, never what it holds: the usual slip is the secret itself written where its variable's
+    name or its file's path goes, and a variable's name may look like anything a token looks like.
     """
     if field in section:
         raise ConfigError(f"{field!r} must not be written in the config file; give {field}_env or {field}_file")
@@ -55,7 +57,10 @@ def resolve_secret(
             raise ConfigError(f"{env_key!r} must name an environment variable")
         value = env.get(name)
         if not value:
-            raise ConfigError(f"environment variable {name!r} (for {field!r}) is not set or empty")
+            raise ConfigError(
+                f"{env_key}: the environment variable it names is not set or empty"
+                " (the name is not shown, in case a secret was written there)"
+            )
         return Secret(value)
     if file_key in section:
         path = section[file_key]
@@ -64,11 +69,13 @@ def resolve_secret(
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            # The OS error names the path and the reason, never the content.
-            raise ConfigError(f"cannot read secret file for {field!r}: {exc.__class__.__name__}") from None
+            # The reason only: the OS error's text quotes the path.
+            raise ConfigError(
+                f"{file_key}: cannot read the file it names ({exc.__class__.__name__}; the path is not shown)"
+            ) from None
         value = text.strip()
         if not value:
-            raise ConfigError(f"secret file for {field!r} is empty")
+            raise ConfigError(f"{file_key}: the file it names is empty")
         return Secret(value)
     if required:
         raise ConfigError(f"missing secret {field!r}: give {env_key} or {file_key}")

@@ -30,7 +30,11 @@ from intent_contract.timefmt import parse_duration
 
 
 def invalid(message: str) -> PydanticCustomError:
-    """A config problem, reported as `message` at the key being checked (never quoting a value that may be secret)."""
+    """A config problem, reported as `message` at the key being checked.
+
+    The message never quotes what was written there: a secret pasted into the wrong key would reach
+    the reload's answer and the log. The location (`tenants.acme.policy.kinds.1`) says which entry.
+    """
     return PydanticCustomError("config", "{message}", {"message": message})
 
 
@@ -60,13 +64,13 @@ class Section(BaseModel):
 
 def _name(value: str) -> str:
     if not is_name(value):
-        raise invalid(f"{value[:70]!r} is not a valid name (letters, digits, '_', '.', '-'; at most 64)")
+        raise invalid("not a valid name (letters, digits, '_', '.', '-'; at most 64)")
     return value
 
 
 def _kind(value: str) -> str:
     if value not in KINDS:
-        raise invalid(f"unknown kind {value[:40]!r}; known: {', '.join(KINDS)}")
+        raise invalid(f"unknown kind (known: {', '.join(KINDS)})")
     return value
 
 
@@ -75,7 +79,7 @@ def _duration(value: object) -> object:
         try:
             return parse_duration(value)
         except ValueError:
-            raise invalid(f"{value[:40]!r} is not a duration (e.g. 30s, 15m, 12h, 90d)") from None
+            raise invalid("not a duration (e.g. 30s, 15m, 12h, 90d)") from None
     return value
 
 

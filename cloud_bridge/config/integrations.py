@@ -31,7 +31,7 @@ def _ca_file(value: str) -> str:
 
 def _method(value: str) -> str:
     if value not in METHODS:
-        raise invalid(f"{value[:20]!r} is not one of {', '.join(sorted(METHODS))}")
+        raise invalid(f"not one of {', '.join(sorted(METHODS))}")
     return value
 
 

@@ -14,4 +14,5 @@ def tls_context(ca_file: object) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load ca_file {ca_file!r}: {exc.__class__.__name__}") from None
+        # Not the path: config problems quote no value (docs/config.md); the caller says which key.
+        raise ConfigError(f"cannot load ca_file: {exc.__class__.__name__}") from None

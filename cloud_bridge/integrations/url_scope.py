@@ -90,10 +90,12 @@ class UrlScope:
         scope = self
         if "base_urls" in section:
             bases = _base_urls(section["base_urls"], f"{where}.base_urls")
-            outside = [b.join("/") for b in bases if not any(b.within(mine) for mine in self.base_urls)]
+            # Positions, not the URLs: config problems quote no value (a URL's path may hold a webhook's key).
+            outside = [str(n) for n, b in enumerate(bases) if not any(b.within(mine) for mine in self.base_urls)]
             if outside:
-                allowed = [b.join("/") for b in self.base_urls]
-                raise ConfigError(f"{where}.base_urls: {outside} not under the allowed {allowed}")
+                raise ConfigError(
+                    f"{where}.base_urls: entry {', '.join(outside)} not under the credential's own base_urls"
+                )
             scope = replace(scope, base_urls=bases)
         if "methods" in section:
             methods = _methods(section["methods"], f"{where}.methods")

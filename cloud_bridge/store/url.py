@@ -38,7 +38,8 @@ class StoreUrl:
         """ConfigError on an unknown scheme, a malformed PostgreSQL URL or a password inside the URL."""
         found = [(prefix, kind) for prefix, kind in _SCHEMES.items() if text.startswith(prefix)]
         if not found:
-            raise ConfigError(f"store must be sqlite:///DIR or postgresql://USER@HOST:PORT/DB, got {text[:12]!r}...")
+            # Not quoted: a password pasted here instead of into store_password_* must not reach a log.
+            raise ConfigError("store must be sqlite:///DIR or postgresql://USER@HOST:PORT/DB (the value is not shown)")
         [(prefix, kind)] = found
         if kind is StoreKind.SQLITE:
             directory = text.removeprefix(prefix)

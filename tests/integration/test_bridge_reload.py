@@ -121,7 +121,7 @@ async def test_reload_swaps_the_key_for_new_jobs_and_lets_running_ones_finish(
         with pytest.raises(ConfigError) as refused:
             await bridge.reload()
         assert "tenants.acme.policy.kind: unknown key" in refused.value.detail
-        assert "cannot read secret file for 'token'" in refused.value.detail
+        assert "token_file: cannot read the file it names (FileNotFoundError" in refused.value.detail
         # [bridge] keys take a restart: refused too, with the reason.
         config.write_text(config_text(port, server_cert_files["ca"], token_file, "max_attempts = 3"))
         with pytest.raises(ConfigError, match=r"bridge\.max_attempts changed, which takes a restart"):

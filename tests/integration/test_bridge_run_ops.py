@@ -130,3 +130,45 @@ def test_reload_without_a_running_bridge_says_so(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "no bridge answers on" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_secret_written_where_its_variable_name_goes_is_quoted_nowhere(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    """The token written where its variable's name goes: not in reload's answer, the log or a failed start."""
+    token = "crm_live_9f8e7d6c5b4a3f2e1d0c"  # it could be a variable's name, too
+    slips = f"""
+[integrations.http.credentials.crm]
+base_urls = ["https://api.crm.example/v1/"]
+token_env = "{token}"
+
+[tenants.other.policy]
+kinds = ["{token}"]
+"""
+    bridge = BridgeProcess(tmp_path, server_cert_files, config_text=config(free_port()))
+    try:
+        bridge.start()
+        bridge.config.write_text(config(free_port()) + slips)
+        result = subprocess.run(
+            [*bridge_cli(), "reload", "--data-dir", str(bridge.data_dir)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 1
+        # What is wrong and where, without the value.
+        assert "integrations.http.credentials.crm: token_env: the environment variable it names is not set" in (
+            result.stderr
+        )
+        assert "tenants.other.policy.kinds.0: unknown kind (known: " in result.stderr
+        wait_until(lambda: "config reload refused" in bridge.log(), 15, what="the refusal logged")
+    finally:
+        bridge.stop()
+    started = subprocess.run(
+        [*bridge_cli(), "run", "--data-dir", str(tmp_path / "second"), "--config", str(bridge.config),
+         "--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{free_port()}",
+         "--tls-cert", str(server_cert_files["cert"]), "--tls-key", str(server_cert_files["key"])],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert started.returncode != 0
+    assert "token_env: the environment variable it names is not set" in started.stderr
+    for shown in (result.stderr, bridge.log(), started.stderr):
+        assert token not in shown

@@ -54,5 +54,20 @@ def test_errors_never_show_the_value(section: dict[str, str], match: str) -> Non
     assert CANARY not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"password_env": CANARY}, "password_env"),  # the secret written where its variable's name goes
+        ({"password_env": "NOT_SET"}, "password_env"),
+        ({"password_file": f"/nonexistent/{CANARY}"}, "password_file"),
+    ],
+)
+def test_errors_name_the_key_never_what_it_holds(section: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_secret(section, "password", {"PW": "x"})
+    assert str(info.value).startswith(f"{key}: ")
+    assert CANARY not in str(info.value) and "NOT_SET" not in str(info.value)
+
+
 def test_optional_secret_may_be_absent() -> None:
     assert resolve_secret({}, "password", {}, required=False) is None

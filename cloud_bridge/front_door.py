@@ -6,6 +6,7 @@ implementation is `mqtt_door.MqttFrontDoor`, on the project's own MQTT codec (it
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -63,6 +64,9 @@ class DeviceFrontDoor(Protocol):
 
     async def start(self) -> None:
         """Bind every listener; BridgeError(code='listen_failed') when one cannot."""
+
+    def use_tls(self, context: ssl.SSLContext) -> None:
+        """Connections accepted from now on get this certificate and key (a reload read them again)."""
 
     async def stop(self) -> None:
         """Close every connection and listener; pending sends are cancelled."""

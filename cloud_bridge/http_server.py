@@ -82,6 +82,11 @@ class HttpServer:
             detail = f"{self._flag} {self._bind}: {exc.strerror or exc}"
             raise ConfigError(detail, code="listen_failed") from exc
 
+    def use_tls(self, context: ssl.SSLContext) -> None:
+        """Connections accepted from now on get this certificate and key (a reload read them again)."""
+        if self._tls is not None:
+            self._tls.context = context
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()

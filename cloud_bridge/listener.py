@@ -10,6 +10,7 @@ diagnoses to a ReportSink (the fleet desk). It runs the door (`mqtt_door`) and t
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from typing import Protocol
 
@@ -145,6 +146,10 @@ class BridgeListener:
     def connected(self) -> list[str]:
         """Ids of the devices with a live connection."""
         return self._door.connected()
+
+    def use_tls(self, context: ssl.SSLContext) -> None:
+        """New connections get this certificate and key."""
+        self._door.use_tls(context)
 
     async def drop(self, device_id: str) -> bool:
         """Close the device's connection now; True if there was one."""

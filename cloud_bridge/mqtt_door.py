@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -139,6 +140,10 @@ class MqttFrontDoor:
         self._servers.clear()
         self._tls.clear()
         self._runners.clear()
+
+    def use_tls(self, context: ssl.SSLContext) -> None:
+        for tls in self._tls:
+            tls.context = context
 
     def connected(self) -> list[str]:
         return list(self._connections)

@@ -63,6 +63,12 @@ def restart_only_changes(running: BridgeSettings, new: BridgeSettings) -> list[s
     return changed
 
 
+def _server_tls(settings: BridgeSettings) -> ssl.SSLContext:
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ConfigError("--tls-cert and --tls-key are required (try `cloud-bridge dev-certs DIR`)")
+    return server_ssl_context(settings.tls_cert, settings.tls_key)
+
+
 class Bridge:
     """The whole cloud bridge in one process: registry, ledger, policy, executor, the listeners."""
 
@@ -107,9 +113,7 @@ class Bridge:
     async def start(self) -> None:
         """Open the stores and bind every listener; BridgeError (one line) on any problem."""
         settings = self.settings
-        if settings.tls_cert is None or settings.tls_key is None:
-            raise ConfigError("--tls-cert and --tls-key are required (try `cloud-bridge dev-certs DIR`)")
-        context = server_ssl_context(settings.tls_cert, settings.tls_key)
+        context = _server_tls(settings)
         check_port_free(settings.listen, "--listen")
         check_port_free(settings.http_listen, "--http-listen")
         if settings.ws_listen is not None:
@@ -231,6 +235,9 @@ class Bridge:
                 changed = restart_only_changes(self.settings, new)
                 if changed:
                     raise ConfigError(f"{', '.join(changed)} changed, which takes a restart")
+                # The certificate and key read again (a renewal keeps their paths); a pair that does not load
+                # is refused here, and the running one stays.
+                tls = await asyncio.to_thread(_server_tls, new)
                 policy = new.config.policy()
                 integrations, tenant_integrations = self._integrations_of(new)
             except BridgeError as exc:
@@ -240,6 +247,10 @@ class Bridge:
                 raise
             self.service.use_policy(policy)
             self._executor.use(integrations, tenant_integrations, new.config.shares())
+            if self.listener is not None:
+                self.listener.use_tls(tls)
+            for server in self._servers:
+                server.use_tls(tls)
             self.settings, self.integrations = new, integrations
             self.tenant_integrations = tenant_integrations
             self.generation += 1

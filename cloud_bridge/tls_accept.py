@@ -132,7 +132,7 @@ class TlsListener:
         self.name = name  # for log lines and the metrics: "mqtt", "ws", "https"
         self.admission = Admission(limits, partial(watch.connections_pending, name) if watch else None)
         self._factory = factory
-        self._context = context
+        self.context = context  # for connections accepted from now on (a reload may replace it)
         self._watch = watch
         self._handshake_timeout = handshake_timeout
         self._log = LogThrottle()
@@ -200,7 +200,7 @@ class _Admitting(asyncio.Protocol):
         listener = self._listener
         try:
             tls = await asyncio.get_running_loop().start_tls(
-                transport, self, listener._context, server_side=True, ssl_handshake_timeout=listener._handshake_timeout
+                transport, self, listener.context, server_side=True, ssl_handshake_timeout=listener._handshake_timeout
             )
         except (OSError, EOFError):  # a failed or late handshake, or the connection lost (start_tls closed it)
             self.settle()

@@ -4,10 +4,13 @@ started with (closed after it), and a config with problems is refused whole, wit
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trustme
 from aiohttp import web
 
 from cloud_bridge.errors import ConfigError
@@ -36,8 +39,6 @@ class Provider:
 
 @pytest.fixture
 async def provider(server_cert_files: dict[str, Path]) -> AsyncIterator[tuple[Provider, int]]:
-    import ssl
-
     recorder = Provider()
     app = web.Application()
     app.router.add_post("/v1/{name}", recorder.handle)
@@ -140,3 +141,63 @@ async def test_reload_swaps_the_key_for_new_jobs_and_lets_running_ones_finish(
     finally:
         await bridge.stop()
     assert all(OLD not in repr(v) and NEW not in repr(v) for v in (settings, bridge.settings))
+
+
+def _served_certificate(port: int, ca: Path) -> bytes:
+    context = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+        context.wrap_socket(sock, server_hostname="127.0.0.1") as tls,
+    ):
+        served = tls.getpeercert(binary_form=True)
+    assert served is not None
+    return served
+
+
+async def test_reload_reads_the_tls_certificate_again_and_refuses_a_pair_that_does_not_load(
+    tmp_path: Path, ca: trustme.CA, server_cert_files: dict[str, Path]
+) -> None:
+    """A renewed certificate (same paths) was ignored by a reload that answered "reloaded": new connections got
+    the old one until a restart, and a key not matching its certificate was reported nowhere until the next
+    start failed."""
+    cert, key, config = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "bridge.toml"
+
+    def issue() -> trustme.LeafCert:
+        leaf = ca.issue_cert("127.0.0.1")
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+        return leaf
+
+    first = issue()
+    config.write_text('[tenants.acme.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n')
+    ports = {f: f"127.0.0.1:{free_port()}" for f in ("listen", "http_listen", "ws_listen")}
+
+    def load() -> BridgeSettings:
+        return build_settings(
+            data_dir=tmp_path / "data", env={}, config_path=config, tls_cert=cert, tls_key=key, node_id="node-a",
+            **ports,
+        )  # fmt: skip
+
+    bridge = Bridge(load(), load=load)
+    await bridge.start()
+    try:
+        listening = [int(address.rsplit(":", 1)[1]) for address in ports.values()]
+        before = [await asyncio.to_thread(_served_certificate, port, server_cert_files["ca"]) for port in listening]
+        second = issue()
+        await bridge.reload()
+        after = [await asyncio.to_thread(_served_certificate, port, server_cert_files["ca"]) for port in listening]
+        # A key that is not the certificate's: refused, and the running pair stays.
+        ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(key))
+        with pytest.raises(ConfigError, match="cannot load TLS certificate"):
+            await bridge.reload()
+        kept = [await asyncio.to_thread(_served_certificate, port, server_cert_files["ca"]) for port in listening]
+    finally:
+        await bridge.stop()
+    assert len(set(before)) == 1 and len(set(after)) == 1  # the same certificate on every port
+    assert before != after
+    assert (before[0], after[0]) == (_der(first), _der(second))
+    assert kept == after
+
+
+def _der(leaf: trustme.LeafCert) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())

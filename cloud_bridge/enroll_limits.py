@@ -7,12 +7,12 @@ process: behind a load balancer each node limits what reaches it.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from cloud_bridge.ratelimit import Bucket, RateRule
+from intent_contract.accept_limits import address_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,19 +34,6 @@ class EnrollLimits:
             RateRule(self.per_address_per_minute / 60.0, max(1, math.floor(self.per_address_per_minute))),
             RateRule(self.per_minute / 60.0, max(1, math.floor(self.per_minute))),
         )
-
-
-def address_key(address: str | None) -> str:
-    """The key an address is limited under: IPv4 as is, IPv6 by its /64 (one host's usual share)."""
-    try:
-        ip = ipaddress.ip_address((address or "").split("%", 1)[0])
-    except ValueError:
-        return "unknown"
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 @dataclass(slots=True)

@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
-from cloud_bridge.enroll_limits import address_key
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.fleet import TELEMETRY_AGE_S, FleetStore, Flush, Received, RequestState, Sighting, hour_of
 from cloud_bridge.fleet_rules import HEARTBEAT_S, AnomalyKind, DeviceLike, anomalies
+from intent_contract.accept_limits import address_key
 from intent_contract.codec import Envelope
 from intent_contract.device_wire import HealthReport, decode_diagnosis, decode_health, encode_diagnose
 from intent_contract.errors import DecodeError

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from cloud_bridge.settings import HostPort
-from cloud_bridge.tls_accept import DEFAULT_CONNECTION_LIMITS, ConnectionLimits, ConnectionWatch
 from cloud_bridge.topic_acl import Access
+from intent_contract.accept import ConnectionWatch
+from intent_contract.accept_limits import DEFAULT_CONNECTION_LIMITS, ConnectionLimits
 from intent_contract.wire import DEFAULT_LIMITS
 
 # The largest MQTT packet a device may send: the codec's largest message plus room for the fixed
@@ -37,7 +38,7 @@ class Listen:
     bind: HostPort
     cert: Path
     key: Path
-    limits: ConnectionLimits = DEFAULT_CONNECTION_LIMITS  # connections not yet authenticated (tls_accept)
+    limits: ConnectionLimits = DEFAULT_CONNECTION_LIMITS  # connections not yet authenticated (intent_contract.accept)
     watch: ConnectionWatch | None = None  # hears how the limits hold (the metrics)
 
 

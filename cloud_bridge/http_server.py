@@ -1,7 +1,7 @@
 """Serving an aiohttp application on HOST:PORT, with TLS (the device-facing listeners) or without.
 
 With TLS the port is one of the bridge's doors to the internet, and a stranger's connection is bounded
-(`tls_accept`): TLS only under the listener's `ConnectionLimits`, which here count every open connection;
+(`intent_contract.accept`): TLS only under the listener's `ConnectionLimits`, which here count every open connection;
 a request's head within REQUEST_HEAD_TIMEOUT_S of the handshake or of the last response, and its body and
 answer within REQUEST_TIMEOUT_S. aiohttp itself has no timeout on either.
 """
@@ -13,17 +13,11 @@ import ssl
 from pathlib import Path
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from cloud_bridge.errors import ConfigError
 from cloud_bridge.settings import HostPort
-from cloud_bridge.tls_accept import (
-    DEFAULT_CONNECTION_LIMITS,
-    ConnectionLimits,
-    ConnectionWatch,
-    HeadDeadlines,
-    TlsListener,
-)
+from intent_contract.accept import ConnectionWatch, GuardedListener, HeadDeadlines, ServerLog, within_deadlines
+from intent_contract.accept_limits import DEFAULT_CONNECTION_LIMITS, ConnectionLimits
 
 REQUEST_HEAD_TIMEOUT_S = 30.0  # from the TLS handshake, or the last response, to a request's whole head
 REQUEST_TIMEOUT_S = 60.0  # from a request's head to its answer: its body read and the handler done
@@ -56,15 +50,15 @@ class HttpServer:
     ) -> None:
         self._heads = HeadDeadlines(REQUEST_HEAD_TIMEOUT_S)
         if context is not None:
-            app.middlewares.append(self._within_deadlines)
-        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT_S)
+            app.middlewares.append(within_deadlines(self._heads, REQUEST_TIMEOUT_S))
+        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT_S, logger=ServerLog())
         self._bind = bind
         self._context = context
         self._flag = flag
         self._limits = limits
         self._watch = watch
         self._server: asyncio.AbstractServer | None = None
-        self._tls: TlsListener | None = None
+        self._tls: GuardedListener | None = None
 
     async def start(self) -> None:
         await self._runner.setup()
@@ -75,7 +69,7 @@ class HttpServer:
             else:
                 assert self._runner.server is not None
                 factory = self._heads.protocol_factory(self._runner.server)
-                self._tls = TlsListener("https", factory, self._context, self._limits, watch=self._watch)
+                self._tls = GuardedListener("https", factory, self._context, self._limits, watch=self._watch)
                 self._server = await asyncio.get_running_loop().create_server(self._tls.protocol, host, port)
         except OSError as exc:
             await self._runner.cleanup()
@@ -95,18 +89,3 @@ class HttpServer:
         await self._runner.cleanup()
         if self._server is not None:
             await self._server.wait_closed()
-
-    @web.middleware
-    async def _within_deadlines(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        transport = request.transport
-        self._heads.take(transport)  # the head is in
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S) as deadline:
-                return await handler(request)
-        except TimeoutError:
-            if not deadline.expired() or transport is None:
-                raise
-            transport.abort()  # a body trickling in, or a handler stuck: the connection ends here
-            raise web.HTTPRequestTimeout() from None
-        finally:
-            self._heads.start(transport)  # the next request's head, on a kept-alive connection

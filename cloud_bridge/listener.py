@@ -21,8 +21,8 @@ from cloud_bridge.mqtt_door import MqttFrontDoor
 from cloud_bridge.registry import Registry
 from cloud_bridge.revocations import RevocationWatcher
 from cloud_bridge.settings import BridgeSettings
-from cloud_bridge.tls_accept import ConnectionWatch
 from cloud_bridge.topic_acl import Access, topic_allowed
+from intent_contract.accept import ConnectionWatch
 from intent_contract.logs import LogThrottles, left_out
 from intent_contract.wire import ACKS, DIAGNOSIS, HEALTH, device_topic, split_device_topic
 

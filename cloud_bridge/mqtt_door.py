@@ -31,9 +31,9 @@ from cloud_bridge.errors import BridgeError, ConfigError
 from cloud_bridge.front_door import MAX_CONNECT, MAX_PACKET, DeviceEvents, Listen, Transport
 from cloud_bridge.http_server import server_ssl_context
 from cloud_bridge.mqtt_ws import WebSocketWriter
-from cloud_bridge.tls_accept import HeadDeadlines, TlsListener, settle
 from cloud_bridge.topic_acl import Access
 from intent_contract import mqtt_packets as p
+from intent_contract.accept import GuardedListener, HeadDeadlines, ServerLog, settle
 from intent_contract.errors import MalformedPacketError
 from intent_contract.mqtt_packets import ConnackCode, Type
 from intent_contract.turns import Turns
@@ -64,7 +64,7 @@ class _Link:
     buffered: Callable[[], int]
     abort: Callable[[], None]  # at once, from outside the connection (drop, take-over, stop)
     close: Callable[[], Awaitable[None]]  # the connection's own end: what it wrote is sent first, then abort
-    settle: Callable[[], None]  # the CONNECT is answered: the connection leaves its listener's limits (tls_accept)
+    settle: Callable[[], None]  # the CONNECT is answered: the connection leaves its listener's limits (accept)
     peer: str  # address:port, for log lines
     host: str  # the address alone (fleet telemetry counts the addresses a device connects from)
 
@@ -90,7 +90,7 @@ class MqttFrontDoor:
         self._listens = list(listens)
         self._events = events
         self._servers: list[asyncio.AbstractServer] = []
-        self._tls: list[TlsListener] = []
+        self._tls: list[GuardedListener] = []
         self._runners: list[web.AppRunner] = []
         self._connections: dict[str, _Connection] = {}
         self._handlers: dict[asyncio.Task[None], _Link] = {}  # every connection served, authenticated or not
@@ -106,13 +106,13 @@ class MqttFrontDoor:
                 else:
                     app = web.Application()
                     app.router.add_get("/{path:.*}", self._serve_websocket)
-                    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                    runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=ServerLog())
                     await runner.setup()
                     self._runners.append(runner)
                     assert runner.server is not None
                     # Not web.TCPSite: its protocol has no deadline on reading the upgrade request.
                     name, factory = "ws", self._upgrades.protocol_factory(runner.server)
-                tls = TlsListener(name, factory, context, listen.limits, watch=listen.watch)
+                tls = GuardedListener(name, factory, context, listen.limits, watch=listen.watch)
                 self._tls.append(tls)
                 host, port = listen.bind.host, listen.bind.port
                 server = await asyncio.get_running_loop().create_server(tls.protocol, host, port)

@@ -1,6 +1,6 @@
 """The WebSocket side of the device front door (`mqtt_door`): a writer per connection.
 
-(The deadline for the upgrade request is `tls_accept.HeadDeadlines`: the door takes a connection once its
+(The deadline for the upgrade request is `intent_contract.accept.HeadDeadlines`: the door takes a connection once its
 upgrade is answered and keeps the same deadline for the CONNECT.)
 
 aiohttp's `send_bytes` is a coroutine, where a stream's `write` is not; a task per message, kept by nobody,

@@ -22,7 +22,7 @@ from cloud_bridge.config.bridge import MIN_INTENT_AGE
 from cloud_bridge.enroll_limits import EnrollLimits
 from cloud_bridge.errors import ConfigError
 from cloud_bridge.store.url import StoreUrl
-from cloud_bridge.tls_accept import ConnectionLimits
+from intent_contract.accept_limits import ConnectionLimits
 from intent_contract.names import is_name
 
 __all__ = ["FLAGS", "MIN_INTENT_AGE", "BridgeSettings", "HostPort", "build_settings", "default_node_id"]

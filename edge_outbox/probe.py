@@ -9,6 +9,7 @@ here is kept in step by the code it observes, except the commit-time histogram.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -24,10 +25,16 @@ from prometheus_client.registry import Collector
 from edge_outbox.errors import ConfigError
 from edge_outbox.health import problems
 from edge_outbox.ops import Summary
+from intent_contract.accept import GuardedListener, HeadDeadlines, ServerLog, within_deadlines
+from intent_contract.accept_limits import ConnectionLimits
 
 log = logging.getLogger(__name__)
 
 LINK_STATES = ("offline", "connecting", "connected", "revoked")
+CONNECTIONS = ConnectionLimits(per_address=16, total=16)  # a scraper and a supervisor need a few
+REQUEST_TIMEOUT_S = 10.0  # a request's head from the connection (or the last answer), then its answer
+KEEPALIVE_TIMEOUT_S = 5.0  # an idle connection is closed before its head deadline would abort it
+SHUTDOWN_TIMEOUT_S = 2.0  # a stop waits this long for answers still being written
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,23 +115,39 @@ class Probe:
             registry=self.registry,
         )
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        app = web.Application()
+        heads = HeadDeadlines(REQUEST_TIMEOUT_S)
+        app = web.Application(middlewares=[within_deadlines(heads, REQUEST_TIMEOUT_S)])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
-        self._runner = web.AppRunner(app, access_log=None)
+        # Any process on the host can reach this port: what one can hold is bounded (CONNECTIONS), a request
+        # must come and be answered in time, an idle connection is closed, a malformed request is a line in
+        # the log at most every 10 s, and a stop waits for no client. (It took every connection, held an idle
+        # or unfinished one for ever, logged a traceback per bad request, and a client that did not read
+        # held a stop for two minutes.)
+        self._runner = web.AppRunner(
+            app, access_log=None, logger=ServerLog(), keepalive_timeout=KEEPALIVE_TIMEOUT_S,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        )  # fmt: skip
         await self._runner.setup()
+        assert self._runner.server is not None
+        listener = GuardedListener("metrics", heads.protocol_factory(self._runner.server), None, CONNECTIONS)
         try:
-            await web.TCPSite(self._runner, self._host, self._port).start()
+            self._server = await asyncio.get_running_loop().create_server(listener.protocol, self._host, self._port)
         except OSError as exc:
             await self._runner.cleanup()
             raise ConfigError(f"--metrics {self._host}:{self._port}: cannot listen: {exc.strerror}") from None
         log.info("metrics and health on http://%s:%d/metrics and /healthz", self._host, self._port)
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.wait_closed()
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         self._collector.observed = await self._observe()

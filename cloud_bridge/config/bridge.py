@@ -10,8 +10,8 @@ from cloud_bridge.errors import ConfigError
 from cloud_bridge.ledger import DEFAULT_LEASE
 from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE
 from cloud_bridge.store.url import StoreUrl
-from cloud_bridge.tls_accept import ConnectionLimits
 from cloud_bridge.tokens import DEFAULT_TOKENS_PER_DEVICE
+from intent_contract.accept_limits import ConnectionLimits
 from intent_contract.device_token import DEFAULT_AUDIENCE
 
 MIN_INTENT_AGE = 86_400.0  # a shorter bound would refuse intents of a site offline for one day

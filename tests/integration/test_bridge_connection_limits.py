@@ -1,4 +1,4 @@
-"""Strangers' connections are bounded on every TLS port of the bridge (cloud_bridge.tls_accept, http_server).
+"""Strangers' connections are bounded on every TLS port of the bridge (intent_contract.accept, http_server).
 
 Before: asyncio's TLS took a 256 KiB buffer for every accepted connection, and the bridge took every
 connection, so idle sockets (no credential, no byte sent) grew it without bound, and a request head or

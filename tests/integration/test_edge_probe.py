@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -55,3 +58,57 @@ def test_the_endpoint_refuses_anything_but_loopback(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "no authentication; give a loopback address" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _open(port: int, data: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def _closed(sock: socket.socket) -> bool:
+    """The outbox closed it (a read times out, a failure, when it never does)."""
+    with sock:
+        try:
+            return sock.recv(65536) == b""
+        except ConnectionResetError:
+            return True
+
+
+def test_what_a_local_process_can_hold_on_the_endpoint_is_bounded(tmp_path: Path) -> None:
+    """Any process on the host reaches this port. It took every connection and held an unfinished request for
+    ever (1,100 of them took every descriptor of an outbox run with systemd's soft limit of 1,024), logged a
+    traceback for every malformed request (6.8 MB of log in 5 s), and a client pipelining scrapes without
+    reading held a SIGTERM for two minutes, past the unit's TimeoutStopSec."""
+    port = free_port()
+    outbox = OutboxProcess(tmp_path / "data", free_port(), "--metrics", f"127.0.0.1:{port}").start()
+    try:
+        held = [_open(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n") for _ in range(16)]  # unfinished
+        over = _closed(_open(port))  # the 17th: closed at once
+        cut_off = [_closed(sock) for sock in held]  # at REQUEST_TIMEOUT_S (10 s)
+        bad = b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"
+        answers = []
+        for _ in range(200):
+            with _open(port, bad) as sock:
+                answers.append(sock.recv(12))
+        assert fetch(f"http://127.0.0.1:{port}/healthz")[0] == 200  # still serving
+        stalled = _open(port)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(300):
+                stalled.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 100)  # pipelined, never read
+        started = time.monotonic()
+        assert outbox.stop() == 0
+        stopped_in = time.monotonic() - started
+        stalled.close()
+    finally:
+        outbox.stop()
+    assert over
+    assert cut_off == [True] * 16
+    assert set(answers) == {b"HTTP/1.0 400"}
+    log = outbox.log_path.read_text()
+    assert log.count("Error handling request") == 1  # 200 bad requests, in 10 s
+    assert "Traceback" not in log
+    assert stopped_in < 10, f"stopped {stopped_in:.1f} s after SIGTERM"

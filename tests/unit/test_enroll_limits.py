@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits, address_key
+from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits
 from cloud_bridge.errors import ConfigError
 from cloud_bridge.settings import build_settings
+from intent_contract.accept_limits import address_key
 from intent_contract.logs import LogThrottle
 
 T0 = 1_700_000_000.0

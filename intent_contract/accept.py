@@ -1,4 +1,4 @@
-"""Accepting connections on the bridge's TLS ports: TLS only for those admitted, and deadlines for what comes first.
+"""Accepting connections from outside: TLS only for those admitted, and deadlines for what comes first.
 
 asyncio's TLS takes a 256 KiB read buffer for every connection the moment it is accepted (Python 3.11's
 `SSLProtocol`), and the bridge took every connection: a stranger holding 5,000 idle sockets on the MQTT
@@ -9,11 +9,14 @@ end. Here a listener accepts plain TCP and starts TLS (`loop.start_tls`) only fo
 answered (an authenticated device is no longer a stranger); the HTTPS listener never does, so there the
 limits bound every open connection. A connection past a limit is closed at once (a device backs off and
 tries again), counted (`ConnectionWatch`: the metrics) and logged at most once a second per listener.
-Each listener has its own limits, so a flood of one port does not shut devices out of another.
+Each listener has its own limits, so a flood of one port does not shut devices out of another. Without
+a TLS context (the edge's metrics endpoint) a listener only counts: what is past its limits is closed.
 
-`HeadDeadlines` bounds what comes before any of the bridge's code sees a request: aiohttp has no timeout
-on reading a request's head (its keep-alive timer, about an hour, is all), and an upgrade or a request
-trickling in a byte a second held its socket for as long as the sender liked.
+`HeadDeadlines` bounds what comes before any of our code sees a request: aiohttp has no timeout on
+reading a request's head (its keep-alive timer, about an hour, is all), and an upgrade or a request
+trickling in a byte a second held its socket for as long as the sender liked; `within_deadlines` is the
+aiohttp middleware that takes the deadline when a head is in, bounds the body and the answer, and starts
+it again for the next request of a kept-alive connection.
 
 Only public asyncio and aiohttp parts are used: `loop.create_server`, `loop.start_tls`,
 `BaseTransport.get_protocol`, `web.Server()` returning an `asyncio.Protocol`.
@@ -25,85 +28,20 @@ import asyncio
 import logging
 import ssl
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
-from cloud_bridge.enroll_limits import address_key
-from intent_contract.logs import LogThrottle
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler, Middleware
+
+from intent_contract.accept_limits import Admission, ConnectionLimits, Ticket
+from intent_contract.logs import LogThrottle, left_out
 
 logger = logging.getLogger(__name__)
 
 TLS_HANDSHAKE_TIMEOUT_S = 60.0  # asyncio's default
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """Connections not yet settled, per listener: from one address (an IPv6 /64) and in all."""
-
-    per_address: int = 128
-    total: int = 512
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.per_address <= self.total:
-            raise ValueError("connection limits: 1 <= per_address <= total")
-
-
-DEFAULT_CONNECTION_LIMITS = ConnectionLimits()
-
-
-class Admission:
-    """Counts a listener's connections that are not yet settled; pure (no I/O, no clock; `on_count` hears counts)."""
-
-    def __init__(self, limits: ConnectionLimits, on_count: Callable[[int], None] | None = None) -> None:
-        self.limits = limits
-        self._on_count = on_count  # told every new count
-        self._by_address: Counter[str] = Counter()
-        self._total = 0
-
-    @property
-    def pending(self) -> int:
-        return self._total
-
-    def admit(self, address: str) -> Ticket | str:
-        """A ticket for one more connection from `address`, or which limit refuses it ("address", "total")."""
-        key = address_key(address)
-        if self._total >= self.limits.total:
-            return "total"
-        if self._by_address[key] >= self.limits.per_address:
-            return "address"
-        self._by_address[key] += 1
-        self._total += 1
-        if self._on_count is not None:
-            self._on_count(self._total)
-        return Ticket(self, key)
-
-    def _release(self, key: str) -> None:
-        self._total -= 1
-        left = self._by_address[key] - 1
-        if left:
-            self._by_address[key] = left
-        else:
-            del self._by_address[key]
-        if self._on_count is not None:
-            self._on_count(self._total)
-
-
-class Ticket:
-    """One admitted connection's place; `release` gives it back (once, however often it is called)."""
-
-    __slots__ = ("_admission", "_key")
-
-    def __init__(self, admission: Admission, key: str) -> None:
-        self._admission: Admission | None = admission
-        self._key = key
-
-    def release(self) -> None:
-        if self._admission is not None:
-            self._admission._release(self._key)
-            self._admission = None
 
 
 class ConnectionWatch(Protocol):
@@ -116,20 +54,21 @@ class ConnectionWatch(Protocol):
         """A connection to `listener` was closed as it was accepted: `limit` ("address", "total") was reached."""
 
 
-class TlsListener:
-    """Makes the protocols `loop.create_server` needs for one port: admission, then TLS, then `factory`'s protocol."""
+class GuardedListener:
+    """Makes the protocols `loop.create_server` needs for one port: admission, then TLS (with a context), then
+    `factory`'s protocol."""
 
     def __init__(
         self,
         name: str,
         factory: Callable[[], asyncio.Protocol],
-        context: ssl.SSLContext,
+        context: ssl.SSLContext | None,
         limits: ConnectionLimits,
         *,
         watch: ConnectionWatch | None = None,
         handshake_timeout: float = TLS_HANDSHAKE_TIMEOUT_S,
     ) -> None:
-        self.name = name  # for log lines and the metrics: "mqtt", "ws", "https"
+        self.name = name  # for log lines and the metrics: "mqtt", "ws", "https", "metrics"
         self.admission = Admission(limits, partial(watch.connections_pending, name) if watch else None)
         self._factory = factory
         self.context = context  # for connections accepted from now on (a reload may replace it)
@@ -167,7 +106,7 @@ class TlsListener:
 class _Admitting(asyncio.Protocol):
     """One accepted connection: closed at once past a limit, else TLS, then the inner protocol with every call."""
 
-    def __init__(self, listener: TlsListener) -> None:
+    def __init__(self, listener: GuardedListener) -> None:
         self._listener = listener
         self._ticket: Ticket | None = None
         self._inner: asyncio.Protocol | None = None
@@ -192,12 +131,18 @@ class _Admitting(asyncio.Protocol):
             self._listener._shed(address, ticket)
             return
         self._ticket = ticket
+        if self._listener.context is None:  # plain: the inner protocol at once
+            self._inner = self._listener._factory()
+            self._inner.connection_made(transport)
+            transport.resume_reading()
+            return
         task = asyncio.get_running_loop().create_task(self._start_tls(transport))
         self._listener._handshakes.add(task)
         task.add_done_callback(self._listener._handshakes.discard)
 
     async def _start_tls(self, transport: asyncio.Transport) -> None:
         listener = self._listener
+        assert listener.context is not None
         try:
             tls = await asyncio.get_running_loop().start_tls(
                 transport, self, listener.context, server_side=True, ssl_handshake_timeout=listener._handshake_timeout
@@ -247,7 +192,7 @@ class _Admitting(asyncio.Protocol):
 
 
 def settle(transport: asyncio.BaseTransport | None) -> None:
-    """The connection on `transport` (a TLS transport a `TlsListener` made) no longer counts against its limits."""
+    """The connection on `transport` (one a `GuardedListener` made) no longer counts against its limits."""
     protocol = transport.get_protocol() if transport is not None else None
     if isinstance(protocol, _Admitting):
         protocol.settle()
@@ -257,8 +202,9 @@ class HeadDeadlines:
     """Connections that must be taken (`take`) within `seconds` of their TLS handshake, or are aborted.
 
     `protocol_factory` wraps an aiohttp `web.Server` (the runner's, aiohttp's public low-level server); the
-    WebSocket door takes a connection once its upgrade is answered, the HTTPS listener once a request's
-    head is in, and starts the deadline again when the response is done, for the next request's head.
+    WebSocket door takes a connection once its upgrade is answered, an HTTP listener once a request's head
+    is in (`within_deadlines`), and starts the deadline again when the response is done, for the next
+    request's head.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -320,3 +266,50 @@ class _Deadlined(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
+
+
+def within_deadlines(heads: HeadDeadlines, request_timeout: float) -> Middleware:
+    """An aiohttp middleware: a request's head in takes its connection's head deadline, its body and answer get
+    `request_timeout` seconds (past them the connection is aborted), and the next head's deadline starts."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        transport = request.transport
+        heads.take(transport)  # the head is in
+        try:
+            async with asyncio.timeout(request_timeout) as deadline:
+                return await handler(request)
+        except TimeoutError:
+            if not deadline.expired() or transport is None:
+                raise
+            transport.abort()  # a body trickling in, or a handler stuck: the connection ends here
+            raise web.HTTPRequestTimeout() from None
+        finally:
+            heads.start(transport)  # the next request's head, on a kept-alive connection
+
+    return middleware
+
+
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger (`AppRunner(..., logger=ServerLog())`): a request aiohttp cannot parse is a line
+    of its own at most once per `interval`, saying why and how many were left out.
+
+    aiohttp logs each at ERROR with its traceback (about 600 bytes): a stranger sending malformed requests
+    grew the log by megabytes a second. What is not a bad request (a bug in a handler) keeps its traceback.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._throttle = LogThrottle(interval)
+
+    def exception(self, msg: object, *args: object, exc_info: object = True, **kwargs: Any) -> None:
+        if not isinstance(exc_info, HttpProcessingError):
+            self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
+            return
+        not_logged = self._throttle.allow(time.monotonic())
+        if not_logged is not None:
+            reason = " ".join(str(exc_info.message).split())[:200]
+            self.logger.warning(
+                f"{msg}: %d %s%s", *args, exc_info.code, reason, left_out(not_logged),
+                extra={"code": "bad_request", "not_logged": not_logged},
+            )  # fmt: skip

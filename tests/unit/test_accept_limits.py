@@ -1,10 +1,10 @@
-"""The count of a listener's connections not yet authenticated (cloud_bridge.tls_accept.Admission)."""
+"""The count of a listener's connections not yet settled (intent_contract.accept_limits.Admission)."""
 
 from __future__ import annotations
 
 import pytest
 
-from cloud_bridge.tls_accept import Admission, ConnectionLimits, Ticket
+from intent_contract.accept_limits import Admission, ConnectionLimits, Ticket
 
 
 def test_one_address_is_held_to_its_limit_and_all_to_the_total() -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
-from rich.console import Console
 
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.settings import BridgeSettings, build_settings
@@ -75,11 +74,3 @@ def seconds(text: str, flag: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise click.ClickException(f"{flag}: {exc}") from None
-
-
-def plain_console() -> Console:
-    """A console that prints text as it is: no markup (a device's text may hold `[/x]`, which rich takes as
-    a closing tag and fails on) and no highlighting; a terminal's width, or a wide one for a pipe (rich
-    would squeeze the tables into 80 columns)."""
-    console = Console(markup=False, highlight=False)
-    return console if console.is_terminal else Console(width=200, markup=False, highlight=False)

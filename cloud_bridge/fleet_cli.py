@@ -21,11 +21,11 @@ from rich.table import Table
 from rich.text import Text
 
 from cloud_bridge import fleet_query
-from cloud_bridge.cli_common import plain_console
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.fleet_rules import SORT_KEYS, DeviceRow
 from cloud_bridge.settings import build_settings
 from cloud_bridge.store import Store, open_store
+from intent_contract.console import plain_console
 from intent_contract.device_wire import Diagnosis, HealthReport
 from intent_contract.timefmt import format_age, format_ms, parse_duration
 

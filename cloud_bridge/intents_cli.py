@@ -20,13 +20,13 @@ import click
 from rich.table import Table
 
 from cloud_bridge import operator_api
-from cloud_bridge.cli_common import plain_console
 from cloud_bridge.config.bridge import BridgeSection
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.intent_sql import IntentQuery, SqlIntents
 from cloud_bridge.operator_api import IntentDetail, IntentInfo
 from cloud_bridge.settings import build_settings
 from cloud_bridge.store import open_store
+from intent_contract.console import plain_console
 from intent_contract.timefmt import format_age, parse_duration
 
 Decorator = Callable[[Any], Any]

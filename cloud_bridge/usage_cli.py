@@ -17,9 +17,10 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cloud_bridge.cli_common import clean_errors, plain_console, run_async, settings_from
+from cloud_bridge.cli_common import clean_errors, run_async, settings_from
 from cloud_bridge.store import open_store
 from cloud_bridge.usage import Dimension, UsageQuery, UsageRow, day_of, parse_day, totals
+from intent_contract.console import plain_console
 
 Decorator = Callable[[Any], Any]
 

@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from edge_outbox.db import DB_NAME, INTAKE_KEY, LINK_KEY, IntentRow
 from edge_outbox.health import problems
 from edge_outbox.identity import Identity
 from edge_outbox.link_rate import drain_seconds
 from edge_outbox.ops import Summary
+from intent_contract.console import cell, plain_console
 from intent_contract.timefmt import format_age, format_ms
 
 
@@ -38,12 +39,16 @@ def row_json(row: IntentRow, *, payload: bool = False) -> dict[str, Any]:
 
 
 def print_row(data: dict[str, Any]) -> None:
-    """One intent as `key: value` lines; absent values as `-`, the payload as indented JSON."""
+    """One intent as `key: value` lines; absent values as `-`, the payload as indented JSON.
+
+    Every value with its control characters written out: a refused payload's raw bytes (`payload_text`)
+    or a detail holding an ESC or a newline drove the terminal or forged lines. JSON writes them out itself.
+    """
     for key, value in data.items():
         if isinstance(value, dict | list):
             shown = "\n" + "\n".join(" " * 14 + line for line in json.dumps(value, indent=2).splitlines())
         else:
-            shown = "-" if value is None or value == "" else str(value)
+            shown = "-" if value is None or value == "" else cell(value)
         click.echo(f"{key:>12}: {shown}")
 
 
@@ -58,9 +63,10 @@ def print_table(rows: list[IntentRow]) -> None:
     for name in ("app", "kind", "state", "code", "age", "attempt"):
         table.add_column(name)
     now = now_ms()
-    for r in rows:
-        table.add_row(r.id, r.app, r.kind, r.state.value, r.code, format_age((now - r.created) / 1000), str(r.attempt))
-    Console().print(table)
+    for r in rows:  # stored text as it is (no markup), control characters written out: intent_contract.console
+        age = format_age((now - r.created) / 1000)
+        table.add_row(*map(cell, (r.id, r.app, r.kind, r.state.value, r.code, age, r.attempt)))
+    plain_console().print(table)
 
 
 def link_view(link: dict[str, Any] | None, identity: Identity | None, pending: int) -> dict[str, Any]:
@@ -110,13 +116,13 @@ def status_report(
 
 
 def print_status(report: dict[str, Any]) -> None:
-    console = Console()
+    console = plain_console()  # no markup in what the database holds; the two warnings are styled below
     table = Table(box=None, pad_edge=False)
     table.add_column("state")
     table.add_column("intents", justify="right")
     table.add_column("bytes", justify="right")
     for state, count in report["counts"].items():
-        table.add_row(state, str(count), str(report["bytes"][state]))
+        table.add_row(cell(state), str(count), str(report["bytes"][state]))
     console.print(table)
     running, link, intake = report["running"], report["link"], report["intake"]
     console.print(
@@ -134,11 +140,14 @@ def print_status(report: dict[str, Any]) -> None:
         f"{format_age(oldest) if oldest is not None else '-'}; database: {report['database_bytes']} bytes"
     )
     for problem in report.get("problems", []):
-        console.print(f"[bold red]unhealthy:[/] {problem}")
+        console.print(Text.assemble(("unhealthy:", "bold red"), f" {cell(problem)}"))
     if intake and intake.get("held_since"):
         console.print(
-            f"[bold red]intake paused[/] since {intake['held_since']}: {intake['reason']}; "
-            f"{intake['held']} publishes held (their PUBACK waits)"
+            Text.assemble(
+                ("intake paused", "bold red"),
+                cell(f" since {intake['held_since']}: {intake['reason']}; {intake['held']} publishes held"),
+                " (their PUBACK waits)",
+            )
         )
 
 

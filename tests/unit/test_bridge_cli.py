@@ -15,12 +15,12 @@ from prometheus_client import CollectorRegistry
 
 from cloud_bridge import fleet_cli
 from cloud_bridge.cli import main
-from cloud_bridge.cli_common import plain_console
 from cloud_bridge.errors import ConfigError
 from cloud_bridge.fleet_desk import FleetDesk
 from cloud_bridge.fleet_sql import FLEET_DB, migrate_fleet_file, sqlite_fleet
 from cloud_bridge.registry_sqlite import SqliteRegistry
 from cloud_bridge.settings import BridgeSettings, HostPort, build_settings
+from intent_contract.console import plain_console
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
 from intent_contract.device_wire import Diagnosis, ErrorLine, FailingKind, encode_health
 from tests.support.fleet import sample_report

@@ -1,0 +1,71 @@
+"""What `edge-outbox ls`, `show` and `status` print of stored text: the text as it is, never markup or
+terminal control. Real data dirs, rows stored through the intake's own decision and commit, the real CLI
+in a subprocess (as an operator's terminal gets it, FORCE_COLOR on so that rich would style if asked).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edge_outbox import db, ops
+from edge_outbox.intake_rules import Refused, admit
+from edge_outbox.ops import QueueLimits
+
+NOW = time.time_ns() // 1_000_000
+_ids = itertools.count()
+
+
+def store(data_dir: Path, topic: str, payload: bytes, decided: Refused | None = None) -> str:
+    """Take one publish in as the intake does (admit, then commit), or commit `decided`; the stored intent's id."""
+    conn = db.connect(data_dir)
+    try:
+        decided = decided or admit(topic, payload, NOW, lambda: f"m{next(_ids)}")
+        result = ops.commit_intake(conn, decided, QueueLimits(), NOW)
+        assert result.row is not None
+        return result.row.id
+    finally:
+        conn.close()
+
+
+def edge(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FORCE_COLOR": "1", "TERM": "xterm-256color", "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "edge_outbox", *args, "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+
+
+EMAIL = json.dumps({"to": "ops@example.com", "subject": "s", "text": "t"}).encode()
+
+
+def test_ls_shows_an_apps_markup_and_control_characters_as_text(tmp_path: Path) -> None:
+    for app in ("[link=https:evil.example]call-support", "[blink red]ALARM", "a\x1b]0;owned\x07b"):
+        store(tmp_path, f"outbox/{app}/email.send", EMAIL)
+    # `[/x]` (a closing tag rich fails on) cannot be a topic level; text stored by another version can hold it
+    store(tmp_path, "", b"", Refused("m9", "[/x]", "email.send", "bad_app", "", b"", 0, NOW))
+    result = edge(tmp_path, "ls")
+    assert result.returncode == 0, result.stderr  # `[/x]` was a MarkupError traceback
+    assert "\x1b]8;" not in result.stdout  # an OSC 8 hyperlink
+    assert "\x1b[5" not in result.stdout  # blink
+    assert "\x1b]0;" not in result.stdout  # a window title
+    for shown in ("[link=https:evil.example]call-support", "[blink red]ALARM", "[/x]", "a\\u001b]0;owned\\u0007b"):
+        assert shown in result.stdout, result.stdout
+
+
+def test_show_writes_out_control_characters_of_a_refused_payload(tmp_path: Path) -> None:
+    forged = b"\x1b]0;owned\x07\x1b[2J       state: delivered\n        code: ok"
+    intent_id = store(tmp_path, "outbox/app1/email.send", forged)
+    result = edge(tmp_path, "show", intent_id)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0].strip() for line in lines].count("state") == 1, result.stdout  # no forged line
+    assert "payload_text: \\u001b]0;owned\\u0007\\u001b[2J       state: delivered\\u000a        code: ok" in lines
+    shown = json.loads(edge(tmp_path, "show", intent_id, "--json").stdout)
+    assert shown["payload_text"] == forged.decode()  # JSON keeps the text exact (and escapes it itself)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from edge_outbox.errors import ConfigError
-from edge_outbox.states import FINAL, PENDING, State, sql_set
+from edge_outbox.states import FINAL, PENDING, State, sql_set, unknown_state
 
 DB_NAME = "outbox.db"
 # meta keys the running outbox keeps for itself and for `edge-outbox status`
@@ -149,10 +149,18 @@ class IntentRow(NamedTuple):
     @classmethod
     def from_db(cls, row: tuple[Any, ...]) -> IntentRow:
         """From a row selected with SELECT_ROW."""
-        return cls._make((*row[:4], _STATES[row[4]], *row[5:15], bytes(row[15]), row[16]))
+        state = _STATES.get(row[4]) or unknown_state(row[4])  # stored_state, inline: one row per intent listed
+        return cls._make((*row[:4], state, *row[5:15], bytes(row[15]), row[16]))
 
 
 _STATES = {str(state): state for state in State}
+
+
+def stored_state(text: str) -> State:
+    """The state stored as `text`; one a newer outbox stored is a stand-in (`states.unknown_state`), not a KeyError."""
+    return _STATES.get(text) or unknown_state(text)
+
+
 EVENT_COLUMNS = "seq, id, app, kind, state, code, detail, at"
 COLUMNS = IntentRow._fields
 SELECT_ROW = f"SELECT {', '.join(COLUMNS)} FROM intents"
@@ -177,7 +185,8 @@ class StatusEvent(NamedTuple):
     @classmethod
     def from_db(cls, row: tuple[Any, ...]) -> StatusEvent:
         """From a row selected with EVENT_COLUMNS."""
-        return cls(row[0], row[1], row[2], row[3], _STATES[row[4]], row[5], row[6], row[7])
+        state = _STATES.get(row[4]) or unknown_state(row[4])
+        return cls(row[0], row[1], row[2], row[3], state, row[5], row[6], row[7])
 
 
 def db_path(data_dir: Path) -> Path:

@@ -14,7 +14,7 @@ from typing import NamedTuple, cast
 
 import orjson
 
-from edge_outbox.db import COLUMNS, EVENT_COLUMNS, SELECT_ROW, IntentRow, StatusEvent, pending_totals
+from edge_outbox.db import COLUMNS, EVENT_COLUMNS, SELECT_ROW, IntentRow, StatusEvent, pending_totals, stored_state
 from edge_outbox.errors import IllegalTransitionError, NotFoundError
 from edge_outbox.intake_rules import Admitted, Refused
 from edge_outbox.states import (
@@ -539,7 +539,7 @@ def _ack_targets(conn: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[in
             chunk,
         ).fetchone()
         for seq, intent_id, state, sent, attempt in orjson.loads(found):
-            current[intent_id] = (seq, State(state), sent, attempt)
+            current[intent_id] = (seq, stored_state(state), sent, attempt)
     return current
 
 

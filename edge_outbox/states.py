@@ -36,6 +36,19 @@ class State(StrEnum):
         return self not in PENDING
 
 
+def unknown_state(text: str) -> State:
+    """A stand-in for a state stored by a newer outbox that this version does not know (`State(text)` refuses it).
+
+    `ls` and `show` show it as its text (a KeyError traceback before), and no transition takes it: `step`
+    raises IllegalTransitionError for any ops event (one line at the CLI), and a bridge event leaves it
+    as it is (it counts as final). It is never a member: `State(...)`, iteration and `is` checks know
+    only the states above.
+    """
+    member = str.__new__(State, text)
+    member._name_, member._value_ = text.upper(), text
+    return member
+
+
 PENDING = frozenset({State.ACCEPTED, State.FORWARDED})
 FINAL = frozenset(State) - PENDING
 RETRYABLE = frozenset({State.FAILED, State.EXPIRED})

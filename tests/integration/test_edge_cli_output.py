@@ -69,3 +69,19 @@ def test_show_writes_out_control_characters_of_a_refused_payload(tmp_path: Path)
     assert "payload_text: \\u001b]0;owned\\u0007\\u001b[2J       state: delivered\\u000a        code: ok" in lines
     shown = json.loads(edge(tmp_path, "show", intent_id, "--json").stdout)
     assert shown["payload_text"] == forged.decode()  # JSON keeps the text exact (and escapes it itself)
+
+
+def test_a_state_this_version_does_not_know_is_shown_as_text(tmp_path: Path) -> None:
+    intent_id = store(tmp_path, "outbox/app1/email.send", EMAIL)
+    conn = db.connect(tmp_path)
+    conn.execute("UPDATE intents SET state = 'paused' WHERE id = ?", (intent_id,))  # as a newer outbox might
+    conn.close()
+    listed = edge(tmp_path, "ls")
+    assert listed.returncode == 0, listed.stderr  # was a KeyError traceback
+    assert intent_id in listed.stdout and "paused" in listed.stdout
+    assert json.loads(edge(tmp_path, "ls", "--json").stdout)[0]["state"] == "paused"
+    shown = edge(tmp_path, "show", intent_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "       state: paused" in shown.stdout.splitlines()
+    refused = edge(tmp_path, "retry", intent_id)
+    assert (refused.returncode, refused.stderr) == (1, "Error: cannot retry an intent that is paused\n")

@@ -15,6 +15,7 @@ from edge_outbox.states import (
     State,
     event_for_ack,
     step,
+    unknown_state,
 )
 
 
@@ -89,3 +90,15 @@ def test_a_retry_at_the_bridge_brings_a_failed_or_expired_intent_back_to_forward
     for state in (State.DELIVERED, State.REJECTED, State.CANCELLED, State.ACCEPTED, State.FORWARDED):
         with pytest.raises(IllegalTransitionError):
             step(state, Event.RERUN)
+
+
+def test_a_state_this_version_does_not_know_takes_no_transition() -> None:
+    newer = unknown_state("paused")
+    assert (str(newer), newer.value) == ("paused", "paused")
+    assert newer not in set(State) and newer.final
+    with pytest.raises(ValueError, match="is not a valid State"):
+        State("paused")  # parsing input still knows only the real states
+    for event in (Event.RETRY, Event.CANCEL, Event.REVOKE, Event.DEADLINE, Event.RERUN):
+        with pytest.raises(IllegalTransitionError, match="that is paused"):
+            step(newer, event)
+    assert step(newer, Event.BRIDGE_DELIVERED).changed is False

@@ -34,6 +34,7 @@ from edge_outbox.windows import parse_windows
 from intent_contract.cli_args import TextArgsGroup
 from intent_contract.logs import LogFormat
 from intent_contract.logs import configure as configure_logging
+from intent_contract.readable import readable
 from intent_contract.sizes import parse_size
 from intent_contract.timefmt import format_age, parse_duration
 
@@ -50,7 +51,8 @@ class _Group(TextArgsGroup):
         try:
             return super().invoke(ctx)
         except OutboxError as exc:
-            raise click.ClickException(str(exc)) from None
+            # Written out: a message may quote a file or a device (a receipt's key id with an ESC or a newline)
+            raise click.ClickException(readable(str(exc))) from None
 
 
 def data_dir_option(fn: F) -> F:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from edge_outbox import db
+from tests.support.cli_output import assert_one_line, assert_traceback
 
 # Runs a CLI in a fresh interpreter after `patch` (Python source) has replaced something in it.
 _DRIVER = """
@@ -26,20 +27,6 @@ def run_cli(package: str, *args: str, patch: str = "") -> subprocess.CompletedPr
     argv = [package.replace("_", "-"), *args]
     source = _DRIVER.format(patch=patch, package=package, argv=argv)
     return subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=60, check=False)
-
-
-def assert_one_line(result: subprocess.CompletedProcess[str], text: str) -> None:
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith("Error: ")
-    assert text in result.stderr
-
-
-def assert_traceback(result: subprocess.CompletedProcess[str], last_line: str) -> None:
-    assert result.returncode == 1, result.stderr
-    assert result.stderr.startswith("Traceback (most recent call last):"), result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(last_line), result.stderr
 
 
 # -- edge-outbox -------------------------------------------------------------------------------

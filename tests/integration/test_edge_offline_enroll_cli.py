@@ -1,0 +1,68 @@
+"""Offline enrollment and receipts as the technician runs them, without a running bridge: the real
+`cloud-bridge devices enroll-ticket` / `enroll-offline` on a bridge data dir, the real `edge-outbox`
+commands on a site's data dir, files between them. What must be refused is refused in one line, before
+anything is spent or lost."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from intent_contract import signed
+from intent_contract.device_token import generate_private_key_pem
+from intent_contract.offline_wire import ENROLL_RESPONSE_TYPE, RECEIPT_TYPE, Receipt
+from tests.support.cli_output import assert_one_line
+from tests.support.sneakernet import edge_cli, run
+from tests.support.stack import TENANT, bridge_cli
+
+FORGED_KID = "x\x1b]0;owned\x07\nreceipt r9: 1 delivered"
+
+
+def bridge(bridge_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run([*bridge_cli(), *args, "--data-dir", str(bridge_dir)])
+
+
+def ticket(tmp_path: Path, name: str, *extra: str) -> Path:
+    out = tmp_path / f"{name}.ticket"
+    made = bridge(tmp_path / "bridge", "devices", "enroll-ticket", "--tenant", TENANT, "--name", name, "--out",
+                  str(out), *extra)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    return out
+
+
+def request(tmp_path: Path, site: Path, ticket_file: Path, name: str, *extra: str) -> Path:
+    out = tmp_path / f"{name}.request"
+    made = edge_cli(site, "enroll-request", "--ticket", str(ticket_file), "--out", str(out), *extra)
+    assert made.returncode == 0, made.stderr
+    return out
+
+
+def response(tmp_path: Path, request_file: Path) -> Path:
+    out = request_file.with_suffix(".response")
+    answered = bridge(tmp_path / "bridge", "devices", "enroll-offline", str(request_file), "--out", str(out))
+    assert answered.returncode == 0, answered.stderr
+    return out
+
+
+def enrolled_site(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    imported = edge_cli(
+        site, "enroll-import", str(response(tmp_path, request(tmp_path, site, ticket(tmp_path, "s"), "s")))
+    )
+    assert imported.returncode == 0, imported.stderr
+    return site
+
+
+def test_a_key_id_from_a_file_is_written_out_in_the_refusal(tmp_path: Path) -> None:
+    site = enrolled_site(tmp_path)
+    key = generate_private_key_pem()
+    receipt = tmp_path / "forged.receipt"
+    body = Receipt("dev-1", "k", "r1", 0, None, None, (), None).encode()
+    receipt.write_bytes(signed.sign(body, key, typ=RECEIPT_TYPE, kid=FORGED_KID))
+    assert_one_line(edge_cli(site, "import-receipt", str(receipt)), "bridge key x\\u001b]0;owned\\u0007\\u000areceipt")
+
+    fresh = tmp_path / "fresh"
+    request(tmp_path, fresh, ticket(tmp_path, "f"), "f")
+    forged = tmp_path / "forged.response"
+    forged.write_bytes(signed.sign(b"{}", key, typ=ENROLL_RESPONSE_TYPE, kid=FORGED_KID))
+    assert_one_line(edge_cli(fresh, "enroll-import", str(forged)), "bridge key x\\u001b]0;owned\\u0007\\u000areceipt")

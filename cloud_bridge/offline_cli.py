@@ -28,7 +28,7 @@ from cloud_bridge.store import open_store
 from intent_contract.errors import DecodeError
 from intent_contract.files import read_bounded, write_atomic
 from intent_contract.ids import IdGenerator
-from intent_contract.offline_wire import DEFAULT_FILE_BYTES, file_limit
+from intent_contract.offline_wire import DEFAULT_FILE_BYTES, ENROLL_FILE_BYTES, file_limit
 from intent_contract.progress import progress_line
 from intent_contract.timefmt import format_ms, parse_duration
 
@@ -291,7 +291,7 @@ def enroll_offline(data_dir: Path, store: str | None, request_file: Path, out_pa
     try:
         settings = build_settings(data_dir=data_dir, env=dict(os.environ), store=store)
         registry = _opened_registry(settings)
-        data = read_file(request_file, 64 * 1024)
+        data = read_file(request_file, ENROLL_FILE_BYTES)
         device, response = answer(load_or_create(data_dir), registry, data, audience=settings.audience, now=time.time)
         write_file(out_path, response)
     except BridgeError as exc:

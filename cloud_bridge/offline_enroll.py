@@ -21,9 +21,13 @@ from cloud_bridge.offline_keys import OfflineKeys
 from cloud_bridge.registry import Device, Registry
 from intent_contract import sealed, signed
 from intent_contract.errors import DecodeError, SignatureError
-from intent_contract.offline_wire import ENROLL_REQUEST_TYPE, ENROLL_RESPONSE_TYPE, EnrollRequest, EnrollResponse
-
-_REQUEST_LIMIT = 64 * 1024
+from intent_contract.offline_wire import (
+    ENROLL_FILE_BYTES,
+    ENROLL_REQUEST_TYPE,
+    ENROLL_RESPONSE_TYPE,
+    EnrollRequest,
+    EnrollResponse,
+)
 
 
 def ticket(keys: OfflineKeys, code: str, tenant: str, name: str, expires: str, bridge_url: str, ca_pem: str) -> str:
@@ -44,11 +48,13 @@ def answer(
     keys: OfflineKeys, registry: Registry, data: bytes, *, audience: str, now: Callable[[], float]
 ) -> tuple[Device, bytes]:
     """Redeem an enrollment request; the device and the signed response. OfflineFileError / AuthError if refused."""
-    if len(data) > _REQUEST_LIMIT:
-        raise OfflineFileError(f"enrollment request of {len(data):,} bytes is over the {_REQUEST_LIMIT:,}-byte limit")
+    if len(data) > ENROLL_FILE_BYTES:
+        raise OfflineFileError(
+            f"enrollment request of {len(data):,} bytes is over the {ENROLL_FILE_BYTES:,}-byte limit"
+        )
     try:
         document = signed.read(
-            sealed.unseal(data, keys.age_identity), typ=ENROLL_REQUEST_TYPE, max_bytes=_REQUEST_LIMIT
+            sealed.unseal(data, keys.age_identity), typ=ENROLL_REQUEST_TYPE, max_bytes=ENROLL_FILE_BYTES
         )
         request = EnrollRequest.decode(document.body)  # the key that signed it is inside: read, then check
         signed.verify(document, request.public_key)

@@ -19,7 +19,7 @@ from edge_outbox.identity import load_identity
 from intent_contract.errors import DecodeError
 from intent_contract.files import read_bounded
 from intent_contract.ids import IdGenerator
-from intent_contract.offline_wire import DEFAULT_FILE_BYTES, file_limit
+from intent_contract.offline_wire import DEFAULT_FILE_BYTES, ENROLL_FILE_BYTES, file_limit
 from intent_contract.progress import progress_line
 from intent_contract.timefmt import format_age, parse_duration
 
@@ -32,6 +32,16 @@ def _bundle_size(_ctx: click.Context, _param: click.Parameter, value: str) -> in
         return file_limit(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _read(path: Path, max_bytes: int, hint: str = "") -> bytes:
+    """A file from the stick, judged by its size before it is read; a one-line error otherwise."""
+    try:
+        return read_bounded(path, max_bytes)
+    except DecodeError as exc:
+        raise click.ClickException(f"{exc}{hint}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def bundle_size_option(what: str) -> Callable[[F], F]:
@@ -87,11 +97,7 @@ def import_receipt(data_dir: Path, receipt_file: Path, max_bytes: int, as_json: 
     from edge_outbox.key_rotation import adopt_next_key  # noqa: PLC0415
     from edge_outbox.receipt import apply_receipt, read_receipt  # noqa: PLC0415
 
-    try:
-        data = read_bounded(receipt_file, max_bytes)
-    except DecodeError as exc:
-        raise click.ClickException(f"{exc} (--max-bytes)") from None
-    body, acks = read_receipt(data_dir, data, max_bytes)
+    body, acks = read_receipt(data_dir, _read(receipt_file, max_bytes, " (--max-bytes)"), max_bytes)
     with connection(data_dir) as conn:
         applied = apply_receipt(conn, body, acks, now_ms())
     if adopt_next_key(data_dir, body.next_key):
@@ -173,7 +179,7 @@ def enroll_request_cmd(data_dir: Path, ticket_file: Path, out: Path) -> None:
     """
     from edge_outbox.offline_enroll import enroll_request  # noqa: PLC0415
 
-    enroll_request(data_dir, ticket_file.read_bytes(), out, now_ms())
+    enroll_request(data_dir, _read(ticket_file, ENROLL_FILE_BYTES), out, now_ms())
     click.echo(f"enrollment request written to {out}; bring back the bridge's response for `edge-outbox enroll-import`")
 
 
@@ -183,7 +189,7 @@ def enroll_import_cmd(data_dir: Path, response_file: Path, as_json: bool) -> Non
     """Enroll a site that never connects, step 2: apply the bridge's signed response to the request."""
     from edge_outbox.offline_enroll import enroll_import  # noqa: PLC0415
 
-    identity = enroll_import(data_dir, read_bounded(response_file, 64 * 1024), now_ms())
+    identity = enroll_import(data_dir, _read(response_file, ENROLL_FILE_BYTES), now_ms())
     if as_json:
         print_json(asdict(identity))
     else:

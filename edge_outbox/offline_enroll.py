@@ -24,10 +24,15 @@ from intent_contract import json_bounded, sealed, signed
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
 from intent_contract.errors import DecodeError, SignatureError
 from intent_contract.files import write_atomic
-from intent_contract.offline_wire import ENROLL_REQUEST_TYPE, ENROLL_RESPONSE_TYPE, EnrollRequest, EnrollResponse
+from intent_contract.offline_wire import (
+    ENROLL_FILE_BYTES,
+    ENROLL_REQUEST_TYPE,
+    ENROLL_RESPONSE_TYPE,
+    EnrollRequest,
+    EnrollResponse,
+)
 
 PENDING_KEY, PENDING = "pending.key", "pending.json"
-_TICKET_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +45,7 @@ class Ticket:
 
 def read_ticket(data: bytes) -> Ticket:
     try:
-        document = json_bounded.loads(data, max_bytes=_TICKET_LIMIT)
+        document = json_bounded.loads(data, max_bytes=ENROLL_FILE_BYTES)
     except DecodeError as exc:
         raise ConfigError(f"not an enrollment ticket: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("code"), str):
@@ -88,7 +93,7 @@ def enroll_import(data_dir: Path, data: bytes, now: int) -> Identity:
     key = (directory / PENDING_KEY).read_bytes()
     pending = json.loads((directory / PENDING).read_text())
     try:
-        document = signed.read(data, typ=ENROLL_RESPONSE_TYPE, max_bytes=_TICKET_LIMIT)
+        document = signed.read(data, typ=ENROLL_RESPONSE_TYPE, max_bytes=ENROLL_FILE_BYTES)
         if document.kid != pins.key_id:
             raise PermanentError(f"response signed by bridge key {document.kid}, the ticket pinned {pins.key_id}")
         response = EnrollResponse.decode(signed.verify(document, pins.signing_key))

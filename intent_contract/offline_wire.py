@@ -30,6 +30,8 @@ RECEIPT_TYPE: Final = "edge-outbox-receipt"
 # lowers or raises it up to MAX_FILE_BYTES). 64 MiB is about 60,000 intents of 1 KiB.
 DEFAULT_FILE_BYTES: Final = 64 << 20
 MAX_FILE_BYTES: Final = 1 << 30
+# An enrollment ticket, request or response: a few KiB; a larger file is refused before it is read.
+ENROLL_FILE_BYTES: Final = 64 * 1024
 # Wire messages in one body: each is at most DEFAULT_LIMITS.max_bytes, so the file limit binds first.
 MAX_MESSAGES: Final = 20_000
 # Intents in one bundle (an export stops there; an import refuses more). The bridge answers each with

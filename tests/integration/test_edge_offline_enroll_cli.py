@@ -5,14 +5,15 @@ anything is spent or lost."""
 
 from __future__ import annotations
 
+import resource
 import subprocess
 from pathlib import Path
 
 from intent_contract import signed
 from intent_contract.device_token import generate_private_key_pem
-from intent_contract.offline_wire import ENROLL_RESPONSE_TYPE, RECEIPT_TYPE, Receipt
+from intent_contract.offline_wire import ENROLL_FILE_BYTES, ENROLL_RESPONSE_TYPE, RECEIPT_TYPE, Receipt
 from tests.support.cli_output import assert_one_line
-from tests.support.sneakernet import edge_cli, run
+from tests.support.sneakernet import edge_args, edge_cli, run
 from tests.support.stack import TENANT, bridge_cli
 
 FORGED_KID = "x\x1b]0;owned\x07\nreceipt r9: 1 delivered"
@@ -66,3 +67,27 @@ def test_a_key_id_from_a_file_is_written_out_in_the_refusal(tmp_path: Path) -> N
     forged = tmp_path / "forged.response"
     forged.write_bytes(signed.sign(b"{}", key, typ=ENROLL_RESPONSE_TYPE, kid=FORGED_KID))
     assert_one_line(edge_cli(fresh, "enroll-import", str(forged)), "bridge key x\\u001b]0;owned\\u0007\\u000areceipt")
+
+
+def test_an_enrollment_response_over_the_limit_is_refused_in_one_line(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    request(tmp_path, site, ticket(tmp_path, "s"), "s")
+    big = tmp_path / "big.response"
+    big.write_bytes(b"x" * (ENROLL_FILE_BYTES + 1))
+    assert_one_line(edge_cli(site, "enroll-import", str(big)), f"over the {ENROLL_FILE_BYTES:,}-byte limit")
+
+
+def _address_space(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def test_a_huge_ticket_is_refused_without_reading_it(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.ticket"
+    with huge.open("wb") as f:
+        f.truncate(4 << 30)  # sparse: 4 GiB to read, more than the process may hold
+    args = edge_args(tmp_path / "site", "enroll-request", "--ticket", str(huge), "--out", str(tmp_path / "r"))
+    # 1 GiB of address space: the interpreter and its libraries fit, reading the ticket whole does not
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=60, check=False, preexec_fn=lambda: _address_space(1 << 30)
+    )
+    assert_one_line(result, f"{huge}: 4,294,967,296 bytes is over the {ENROLL_FILE_BYTES:,}-byte limit")

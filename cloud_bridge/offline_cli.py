@@ -25,6 +25,7 @@ from cloud_bridge.offline_keys import load_or_create
 from cloud_bridge.registry import Registry
 from cloud_bridge.settings import BridgeSettings, build_settings
 from cloud_bridge.store import open_store
+from intent_contract.bridge_url import bridge_url_host
 from intent_contract.errors import DecodeError
 from intent_contract.files import read_bounded, write_atomic
 from intent_contract.ids import IdGenerator
@@ -263,6 +264,11 @@ def enroll_ticket(
         seconds = parse_duration(ttl)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--ttl") from None
+    try:
+        if bridge_url:  # the site's enroll-import would fail on it after the code is spent
+            bridge_url_host(bridge_url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bridge-url") from None
     try:
         registry = _opened_registry(build_settings(data_dir=data_dir, env=dict(os.environ), store=store))
         keys = load_or_create(data_dir)

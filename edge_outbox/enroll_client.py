@@ -7,7 +7,6 @@ from __future__ import annotations
 import ssl
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -18,6 +17,7 @@ from edge_outbox.bridge_pins import BridgePins
 from edge_outbox.errors import ConfigError, PermanentError, TransientError
 from edge_outbox.identity import Identity, identity_dir, load_identity, save_identity
 from intent_contract import json_bounded
+from intent_contract.bridge_url import bridge_url_host
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
 from intent_contract.errors import DecodeError
 
@@ -30,9 +30,10 @@ def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path) -> Identity:
             f"already enrolled as device {existing.device_id} with {existing.http_url}; to enroll again, "
             f"move {identity_dir(data_dir)} away first (the bridge can revoke the old device)"
         )
-    parts = urlsplit(bridge_url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ConfigError(f"--bridge {bridge_url!r}: expected https://HOST[:PORT] (the bridge's enrollment address)")
+    try:
+        host = bridge_url_host(bridge_url)
+    except ValueError as exc:
+        raise ConfigError(f"--bridge {exc} (the bridge's enrollment address)") from None
     try:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
     except (OSError, ssl.SSLError) as exc:
@@ -71,7 +72,7 @@ def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path) -> Identity:
         device_id=body["device_id"],
         tenant=body["tenant"],
         name=body["name"],
-        bridge_host=parts.hostname,
+        bridge_host=host,
         mqtt_port=int(body["mqtt_port"]),
         http_url=bridge_url.rstrip("/"),
         audience=body["audience"],

@@ -13,7 +13,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from edge_outbox.bridge_clock import TimeSample
 from edge_outbox.bridge_pins import BridgePins, load_pins, save_pins
@@ -21,6 +20,7 @@ from edge_outbox.enroll_client import learn_time_at
 from edge_outbox.errors import ConfigError, PermanentError
 from edge_outbox.identity import Identity, identity_dir, load_identity, save_identity
 from intent_contract import json_bounded, sealed, signed
+from intent_contract.bridge_url import bridge_url_host
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
 from intent_contract.errors import DecodeError, SignatureError
 from intent_contract.files import write_atomic
@@ -53,6 +53,11 @@ def read_ticket(data: bytes) -> Ticket:
     url, ca = document.get("bridge_url", ""), document.get("ca", "")
     if not isinstance(url, str) or not isinstance(ca, str):
         raise ConfigError("the ticket's bridge_url and ca must be strings")
+    if url:  # checked here, before the bridge spends the code on it (enroll-import needs it whole)
+        try:
+            bridge_url_host(url)
+        except ValueError as exc:
+            raise ConfigError(f"the ticket's bridge_url {exc}: ask for a ticket with a valid --bridge-url") from None
     return Ticket(document["code"], BridgePins.from_json(document.get("bridge")), url, ca)
 
 
@@ -92,6 +97,13 @@ def enroll_import(data_dir: Path, data: bytes, now: int) -> Identity:
     pins = load_pins(directory)
     key = (directory / PENDING_KEY).read_bytes()
     pending = json.loads((directory / PENDING).read_text())
+    url = str(pending.get("bridge_url", ""))
+    try:
+        host = bridge_url_host(url) if url else ""
+    except ValueError as exc:  # a request made by a version that did not check the ticket's address
+        raise PermanentError(
+            f"the bridge address of the ticket this request was made from {exc}; nothing was changed here"
+        ) from None
     try:
         document = signed.read(data, typ=ENROLL_RESPONSE_TYPE, max_bytes=ENROLL_FILE_BYTES)
         if document.kid != pins.key_id:
@@ -103,13 +115,11 @@ def enroll_import(data_dir: Path, data: bytes, now: int) -> Identity:
         raise PermanentError("the response does not verify with the bridge key the ticket pinned") from None
     if response.public_key.strip() != public_key_pem(key).strip():
         raise PermanentError("the response enrolls another key than the one made here: refused")
-    url = str(pending.get("bridge_url", ""))
-    parts = urlsplit(url)
     identity = Identity(
         device_id=response.device_id,
         tenant=response.tenant,
         name=response.name,
-        bridge_host=parts.hostname or "",
+        bridge_host=host,
         mqtt_port=8883,
         http_url=url.rstrip("/"),
         audience=response.audience,

@@ -5,6 +5,7 @@ anything is spent or lost."""
 
 from __future__ import annotations
 
+import json
 import resource
 import subprocess
 from pathlib import Path
@@ -91,3 +92,30 @@ def test_a_huge_ticket_is_refused_without_reading_it(tmp_path: Path) -> None:
         args, capture_output=True, text=True, timeout=60, check=False, preexec_fn=lambda: _address_space(1 << 30)
     )
     assert_one_line(result, f"{huge}: 4,294,967,296 bytes is over the {ENROLL_FILE_BYTES:,}-byte limit")
+
+
+BAD_URL = "https://[bridge.example.com]:8443"
+
+
+def test_a_malformed_bridge_url_is_refused_before_the_code_is_spent(tmp_path: Path) -> None:
+    out = tmp_path / "bad.ticket"
+    made = bridge(tmp_path / "bridge", "devices", "enroll-ticket", "--tenant", TENANT, "--name", "b", "--out", str(out),
+                  "--bridge-url", BAD_URL)  # fmt: skip
+    assert made.returncode == 2 and "--bridge-url" in made.stderr and "Traceback" not in made.stderr, made.stderr
+    assert not out.exists()
+    # a ticket from a bridge that did not check: refused on the site, before a request exists to redeem it
+    good = ticket(tmp_path, "b")
+    document = json.loads(good.read_text())
+    out.write_text(json.dumps({**document, "bridge_url": BAD_URL}))
+    site = tmp_path / "site"
+    refused = edge_cli(site, "enroll-request", "--ticket", str(out), "--out", str(tmp_path / "b.request"))
+    assert_one_line(refused, f"the ticket's bridge_url '{BAD_URL}' is not a URL")
+    assert not (tmp_path / "b.request").exists()
+    # a request made by an outbox that did not check: enroll-import explains, and changes nothing
+    request_file = request(tmp_path, site, good, "b")
+    pending = site / "identity" / "pending.json"
+    pending.write_text(json.dumps({**json.loads(pending.read_text()), "bridge_url": BAD_URL}))
+    answer = response(tmp_path, request_file)
+    assert_one_line(edge_cli(site, "enroll-import", str(answer)), f"'{BAD_URL}' is not a URL")
+    assert not (site / "identity" / "device.json").exists()
+    assert (site / "identity" / "pending.key").exists()

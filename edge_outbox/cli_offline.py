@@ -171,15 +171,28 @@ def flush_cmd(data_dir: Path, timeout_text: str, as_json: bool) -> None:
     help="The ticket from `cloud-bridge devices enroll-ticket` (one-time code and the bridge's keys).",
 )
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Request file to write.")
-def enroll_request_cmd(data_dir: Path, ticket_file: Path, out: Path) -> None:
+@click.option(
+    "--new-key",
+    is_flag=True,
+    help="Replace the key an earlier enroll-request made here (its answer can no longer be imported).",
+)
+def enroll_request_cmd(data_dir: Path, ticket_file: Path, out: Path, new_key: bool) -> None:
     """Enroll a site that never connects, step 1: make this device's key and write a request for the bridge.
 
     The request is signed with the new key and encrypted to the bridge: the stick does not reveal the code.
+    Run again (another ticket, a lost stick), it asks for the key made the first time, unless --new-key.
     The bridge answers with `cloud-bridge devices enroll-offline`; then run `edge-outbox enroll-import`.
     """
     from edge_outbox.offline_enroll import enroll_request  # noqa: PLC0415
 
-    enroll_request(data_dir, _read(ticket_file, ENROLL_FILE_BYTES), out, now_ms())
+    ticket = _read(ticket_file, ENROLL_FILE_BYTES)
+    requested = enroll_request(data_dir, ticket, out, now_ms(), new_key=new_key)
+    if requested.kept:
+        click.echo(
+            "the key made by the earlier enroll-request is kept: an answer to that request can still be imported"
+        )
+    elif requested.replaced:
+        click.echo("the key made by the earlier enroll-request is replaced: an answer to that request is now refused")
     click.echo(f"enrollment request written to {out}; bring back the bridge's response for `edge-outbox enroll-import`")
 
 

@@ -36,6 +36,15 @@ PENDING_KEY, PENDING = "pending.key", "pending.json"
 
 
 @dataclass(frozen=True, slots=True)
+class Requested:
+    """What `enroll_request` did: the public key asked for, and what became of a key an earlier request made."""
+
+    public_key: str
+    kept: bool  # an earlier request's key, asked for again: an answer to either request can be imported
+    replaced: bool  # an earlier request's key, replaced (--new-key): an answer to that request is refused
+
+
+@dataclass(frozen=True, slots=True)
 class Ticket:
     code: str
     pins: BridgePins
@@ -61,8 +70,9 @@ def read_ticket(data: bytes) -> Ticket:
     return Ticket(document["code"], BridgePins.from_json(document.get("bridge")), url, ca)
 
 
-def enroll_request(data_dir: Path, ticket_data: bytes, out: Path, now: int) -> str:
-    """Write the request file; returns the new public key's PEM. The private key stays in identity/."""
+def enroll_request(data_dir: Path, ticket_data: bytes, out: Path, now: int, *, new_key: bool = False) -> Requested:
+    """Write the request file. The private key stays in identity/; a key an earlier request made is asked
+    for again (the bridge may already have answered that request) unless `new_key`."""
     existing = load_identity(data_dir)
     if existing is not None:
         raise PermanentError(f"already enrolled as device {existing.device_id}")
@@ -70,13 +80,17 @@ def enroll_request(data_dir: Path, ticket_data: bytes, out: Path, now: int) -> s
     directory = identity_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    key = generate_private_key_pem()
+    earlier = directory / PENDING_KEY
+    kept = earlier.exists() and not new_key
+    key = earlier.read_bytes() if kept else generate_private_key_pem()
     public = public_key_pem(key)
     request = EnrollRequest(ticket.code, public, ticket.pins.key_id, now)
     document = signed.sign(request.encode(), key, typ=ENROLL_REQUEST_TYPE, kid="new-device")
-    fd = os.open(directory / PENDING_KEY, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
+    replaced = earlier.exists() and not kept
+    if not kept:
+        fd = os.open(earlier, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
     pending = {"made_at": now, "bridge_url": ticket.bridge_url, "ca": ticket.ca}
     (directory / PENDING).write_text(json.dumps(pending) + "\n")
     save_pins(directory, ticket.pins)
@@ -84,7 +98,7 @@ def enroll_request(data_dir: Path, ticket_data: bytes, out: Path, now: int) -> s
         write_atomic(out, sealed.seal(document, ticket.pins.recipient))
     except OSError as exc:
         raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from None
-    return public
+    return Requested(public, kept, replaced)
 
 
 def enroll_import(data_dir: Path, data: bytes, now: int) -> Identity:

@@ -119,3 +119,24 @@ def test_a_malformed_bridge_url_is_refused_before_the_code_is_spent(tmp_path: Pa
     assert_one_line(edge_cli(site, "enroll-import", str(answer)), f"'{BAD_URL}' is not a URL")
     assert not (site / "identity" / "device.json").exists()
     assert (site / "identity" / "pending.key").exists()
+
+
+def test_a_second_enroll_request_asks_for_the_same_key(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    first = request(tmp_path, site, ticket(tmp_path, "one"), "one")
+    again = edge_cli(site, "enroll-request", "--ticket", str(ticket(tmp_path, "two")), "--out", str(tmp_path / "two.r"))
+    assert again.returncode == 0, again.stderr
+    imported = edge_cli(site, "enroll-import", str(response(tmp_path, first)), "--json")
+    assert imported.returncode == 0, imported.stderr  # the bridge spent the first code on this key
+    assert json.loads(imported.stdout)["name"] == "one"
+    assert "the key made by the earlier enroll-request is kept" in again.stdout
+
+
+def test_enroll_request_new_key_replaces_the_pending_one_and_says_so(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    first = request(tmp_path, site, ticket(tmp_path, "one"), "one")
+    again = edge_cli(site, "enroll-request", "--ticket", str(ticket(tmp_path, "two")), "--out", str(tmp_path / "two.r"),
+                     "--new-key")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "the key made by the earlier enroll-request is replaced" in again.stdout
+    assert_one_line(edge_cli(site, "enroll-import", str(response(tmp_path, first))), "another key")

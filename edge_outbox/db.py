@@ -8,6 +8,7 @@ from its own position; see edge_outbox.status).
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -120,6 +121,9 @@ END;
 """
 
 
+TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
+
+
 class IntentRow(NamedTuple):
     """One stored intent.
 
@@ -218,7 +222,27 @@ def connect(data_dir: Path, *, create: bool = True) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = FULL")
     if create:
         conn.executescript(SCHEMA)
+    else:
+        try:
+            check_schema(conn, path)
+        except BaseException:
+            conn.close()
+            raise
     return conn
+
+
+def check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """ConfigError unless `path` holds every table of SCHEMA. The ops commands do not upgrade a database
+    (an older `run` may still be live on it, with the schema it knows): `run` does, at start.
+    Their queries met an empty file, another program's database or an older outbox's as "no such table"."""
+    found = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "intents" not in found:
+        raise ConfigError(f"{path} is not an outbox database (it has no intents table)")
+    if missing := TABLES - found:
+        raise ConfigError(
+            f"{path} was made by an older edge-outbox (no table {', '.join(sorted(missing))}): "
+            "start `edge-outbox run` of this version once to upgrade it"
+        )
 
 
 def pending_totals(conn: sqlite3.Connection) -> tuple[int, int]:

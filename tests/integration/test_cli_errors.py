@@ -6,6 +6,7 @@ behind messages that look like an operator's mistake.
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,27 @@ def test_edge_storage_faults_and_our_errors_are_one_line(tmp_path: Path) -> None
     assert_one_line(run_cli("edge_outbox", "ls", "--data-dir", str(tmp_path / "none")), "no outbox database")
     tmp_path.joinpath(db.DB_NAME).write_bytes(b"not a database " * 1000)
     assert_one_line(run_cli("edge_outbox", "ls", "--data-dir", str(tmp_path)), "file is not a database")
+
+
+def test_edge_a_database_without_the_outbox_tables_is_one_line(tmp_path: Path) -> None:
+    """An empty outbox.db, another program's SQLite file, an older outbox's database: "no such table"
+    tracebacks before. The ops commands do not upgrade it (`run` does at start)."""
+    empty, other, older = tmp_path / "empty", tmp_path / "other", tmp_path / "older"
+    empty.mkdir()
+    empty.joinpath(db.DB_NAME).write_bytes(b"")
+    other.mkdir()
+    sqlite3.connect(other / db.DB_NAME).execute("CREATE TABLE photos (name TEXT)").connection.close()
+    db.connect(older).execute("DROP TABLE confirm_queue").connection.close()
+    receipt = tmp_path / "receipt"
+    receipt.write_bytes(b"r")
+    for data_dir in (empty, other):
+        for args in (("ls",), ("status",), ("export", "--out", str(tmp_path / "b")), ("show", "x")):
+            assert_one_line(run_cli("edge_outbox", *args, "--data-dir", str(data_dir)), "is not an outbox database")
+    for args in (("export", "--out", str(tmp_path / "b")), ("ls",), ("cancel", "x")):
+        result = run_cli("edge_outbox", *args, "--data-dir", str(older))
+        assert_one_line(result, "was made by an older edge-outbox (no table confirm_queue): start `edge-outbox run`")
+    assert "confirm_queue" not in {name for (name,) in sqlite3.connect(older / db.DB_NAME).execute(
+        "SELECT name FROM sqlite_master")}  # fmt: skip
 
 
 # -- cloud-bridge ------------------------------------------------------------------------------

@@ -5,6 +5,13 @@ first one then looked connected while sending nothing. The lock is an advisory `
 DATA_DIR/outbox.lock, released by the kernel when the process ends however it ends (SIGKILL too), so
 a stale lock never blocks a restart. The file says who holds it, for the refusal message and for
 ops commands that want to know whether an outbox is running.
+
+flock has no way to ask whether a lock is held without taking one, so `running()` takes a shared lock
+for an instant, and a `run` starting at that instant found the lock taken. `acquire` therefore tells
+the two apart: when it cannot take the lock but can share it, only such testers hold it (an outbox
+holds it exclusively), and it tries again for up to TESTER_WAIT_S; an outbox that holds it is
+refused at once, as before. (The other way, a tester that takes no lock, does not exist for flock:
+F_GETLK sees only POSIX locks, and /proc/locks is Linux's and names no file.)
 """
 
 from __future__ import annotations
@@ -12,12 +19,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from edge_outbox.errors import ConfigError
 
 LOCK_NAME = "outbox.lock"
+TESTER_WAIT_S = 2.0  # a tester holds its shared lock for microseconds; this is for a host under load
 
 
 class DataDirLock:
@@ -34,9 +43,7 @@ class DataDirLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:  # a path under a file, a read-only or missing mount, no permission
             raise ConfigError(f"cannot use {self.path.parent} as the data directory: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _take(fd):
             os.close(fd)
             holder = running(self.path.parent) or {}
             raise ConfigError(
@@ -51,6 +58,25 @@ class DataDirLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _take(fd: int) -> bool:
+    """Take the lock exclusively; False when an outbox holds it, or testers kept it for TESTER_WAIT_S."""
+    deadline = time.monotonic() + TESTER_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        try:  # shared: only testers hold it (`running()`); exclusive: an outbox does
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
 
 
 def running(data_dir: Path) -> dict[str, Any] | None:

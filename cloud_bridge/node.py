@@ -34,6 +34,7 @@ from cloud_bridge.http_server import HttpServer, server_ssl_context
 from cloud_bridge.integrations import build_integrations, build_tenant_integrations
 from cloud_bridge.integrations.base import Integration
 from cloud_bridge.ledger import Ledger
+from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.listen_check import check_port_free
 from cloud_bridge.listener import BridgeListener
 from cloud_bridge.metrics import BridgeMetrics
@@ -61,6 +62,15 @@ def restart_only_changes(running: BridgeSettings, new: BridgeSettings) -> list[s
     if running.config.dashboard.model_dump() != new.config.dashboard.model_dump():
         changed.append("[dashboard]")
     return changed
+
+
+def _all(integrations: Mapping[str, Integration], own: Mapping[str, Mapping[str, Integration]]) -> list[Integration]:
+    return [*integrations.values(), *(i for tenant in own.values() for i in tenant.values())]
+
+
+def _served(integrations: Mapping[str, Integration], own: Mapping[str, Mapping[str, Integration]]) -> set[str]:
+    """The kinds some integration serves (the vendor's, or a tenant's own)."""
+    return set(integrations) | {kind for tenant in own.values() for kind in tenant}
 
 
 def _server_tls(settings: BridgeSettings) -> ssl.SSLContext:
@@ -240,6 +250,7 @@ class Bridge:
                 tls = await asyncio.to_thread(_server_tls, new)
                 policy = new.config.policy()
                 integrations, tenant_integrations = self._integrations_of(new)
+                await self._refuse_stranding(integrations, tenant_integrations)
             except BridgeError as exc:
                 self.metrics.reloads.labels("refused").inc()
                 logger.error("config reload refused, the running config stays in force: %s", exc.detail,
@@ -260,6 +271,34 @@ class Bridge:
                         ", ".join(sorted(integrations)) or "none", own or "none",
                         extra={"code": "reloaded"})  # fmt: skip
             return sorted(integrations)
+
+    async def _refuse_stranding(
+        self, integrations: Mapping[str, Integration], own: Mapping[str, Mapping[str, Integration]]
+    ) -> None:
+        """ConfigError when the new integrations serve no more a kind that live rows wait for (closing them).
+
+        Those rows would all end failed/no_integration at once: a config file read while it was being written
+        (cut off before `[integrations.http]`) failed 9 of 10 queued intents for good, and the whole file was
+        back a second later. Removing an integration on purpose takes its live rows first (`cloud-bridge
+        intents cancel`), or a restart.
+        """
+        gone = _served(self.integrations, self.tenant_integrations) - _served(integrations, own)
+        if not gone:
+            return
+        depth = await self.ledger.depth()
+        waiting = dict.fromkeys(sorted(gone), 0)
+        for (state, kind), count in depth.counts.items():
+            if kind in waiting and state in (EntryState.QUEUED, EntryState.RUNNING):
+                waiting[kind] += count
+        stranded = {kind: count for kind, count in waiting.items() if count}
+        if stranded:
+            running = _all(self.integrations, self.tenant_integrations)
+            await asyncio.gather(*(i.aclose() for i in _all(integrations, own) if not any(i is r for r in running)))
+            named = ", ".join(f"{kind} ({count} queued or running)" for kind, count in stranded.items())
+            raise ConfigError(
+                f"no integration would serve {named}: they would all fail at once; cancel them first"
+                " (cloud-bridge intents cancel) or keep the integration"
+            )
 
     async def _reload_answer(self) -> dict[str, Any]:
         try:

@@ -201,3 +201,44 @@ async def test_reload_reads_the_tls_certificate_again_and_refuses_a_pair_that_do
 
 def _der(leaf: trustme.LeafCert) -> bytes:
     return ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+
+
+async def test_a_reload_that_would_strand_live_intents_is_refused(
+    tmp_path: Path, server_cert_files: dict[str, Path], provider: tuple[Provider, int]
+) -> None:
+    """A config file read while it was being written (cut off before `[integrations.http]`) still parses, and
+    its reload ended 9 of 10 queued intents failed/no_integration at once, for good."""
+    recorder, port = provider
+    token_file, config = tmp_path / "token", tmp_path / "bridge.toml"
+    token_file.write_text(OLD)
+    whole = config_text(port, server_cert_files["ca"], token_file)
+    config.write_text(whole)
+    ports = {f: f"127.0.0.1:{free_port()}" for f in ("listen", "http_listen")}
+
+    def load() -> BridgeSettings:
+        return build_settings(
+            data_dir=tmp_path / "data", env={}, config_path=config, tls_cert=server_cert_files["cert"],
+            tls_key=server_cert_files["key"], node_id="node-a", **ports,
+        )  # fmt: skip
+
+    bridge = Bridge(load(), load=load)
+    await bridge.start()
+    try:
+        harness = Harness(bridge, bridge.settings, server_cert_files["ca"])
+        client = await harness.connect(await harness.enroll())
+        client.send([call("slow-1", "slow"), call("after-1", "fast")])  # type: ignore[list-item]
+        await until(lambda: ("slow", f"Bearer {OLD}") in recorder.seen, what="the slow job in flight")
+        config.write_text(whole[: whole.index("[integrations.http]")] + whole[whole.index("[tenants.acme.policy]") :])
+        with pytest.raises(ConfigError, match=r"no integration would serve http\.request \([12] queued or running\)"):
+            await bridge.reload()
+        assert bridge.generation == 1
+        config.write_text(whole)  # the whole file is back
+        recorder.release.set()
+        await until(
+            lambda: [client.states().get(i, [""])[-1] for i in ("slow-1", "after-1")] == ["delivered"] * 2,
+            what="both delivered",
+        )
+        assert await bridge.reload() == ["http.request"]
+        await client.stop()
+    finally:
+        await bridge.stop()

@@ -203,6 +203,8 @@ def announce(conn: sqlite3.Connection, row: IntentRow, now: int) -> None:
 
 def get(conn: sqlite3.Connection, intent_id: str) -> IntentRow:
     """The intent with this id, or with the only id that starts so (the live one if a rejected one shares it)."""
+    if not intent_id:  # the start of every id: with one intent stored, `cancel ""` took it
+        raise NotFoundError("give an intent id (or the start of one)")
     row = _row(conn, "id = ? ORDER BY state = 'rejected', seq DESC", intent_id)
     if row is not None:
         return row

@@ -111,6 +111,15 @@ def test_cancel_refuses_sent_intents_and_changes_nothing(conn: sqlite3.Connectio
         ops.cancel(conn, "nope", NOW)
 
 
+def test_an_empty_id_names_no_intent(conn: sqlite3.Connection) -> None:
+    """An empty id was the start of every id: with one intent stored, `edge-outbox cancel ""` cancelled it."""
+    row = ops.commit_intake(conn, intent(), QueueLimits(), NOW).row
+    assert row is not None
+    with pytest.raises(NotFoundError, match="give an intent id"):
+        ops.cancel(conn, "", NOW)
+    assert ops.get(conn, row.id).state is State.ACCEPTED
+
+
 def test_purge_never_deletes_pending(conn: sqlite3.Connection) -> None:
     pending = ops.commit_intake(conn, intent(), QueueLimits(), NOW).row
     done = ops.commit_intake(conn, intent(), QueueLimits(), NOW).row

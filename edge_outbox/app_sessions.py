@@ -1,13 +1,18 @@
 """Persistent sessions of local apps, kept in the outbox database (the endpoint's SessionsPort).
 
-The SQL functions run inside the store's group commit, like those of edge_outbox.ops.
+The SQL functions run inside the store's group commit, like those of edge_outbox.ops. Writes are
+coalesced: what the endpoint asks while one write waits for the writer thread joins it, one row per
+session however many SUBSCRIBEs came meanwhile (each a JSON copy of the session's subscriptions had
+been an operation of its own on the thread that commits every app's intents).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 
 from edge_outbox import ops
 from edge_outbox.mqtt.session import SessionRecord
@@ -15,31 +20,37 @@ from edge_outbox.status import status_payload, status_topic
 from edge_outbox.store import Store
 
 
-def load_sessions(conn: sqlite3.Connection, expire_before: int) -> list[SessionRecord]:
-    """Persistent sessions seen since `expire_before` (ms); older ones are deleted (session expiry)."""
-    conn.execute("DELETE FROM sessions WHERE last_seen < ?", (expire_before,))
-    rows = conn.execute("SELECT client_id, username, subscriptions, status_seq, last_seen FROM sessions")
-    return [SessionRecord(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
+def load_sessions(conn: sqlite3.Connection, now: int, expiry_ms: int) -> list[SessionRecord]:
+    """Persistent sessions seen within their expiry (at most `expiry_ms`); older ones are deleted."""
+    conn.execute("DELETE FROM sessions WHERE last_seen + MIN(COALESCE(expiry_ms, ?1), ?1) < ?2", (expiry_ms, now))
+    rows = conn.execute("SELECT client_id, username, subscriptions, status_seq, last_seen, expiry_ms FROM sessions")
+    return [SessionRecord(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5]) for r in rows]
 
 
-def save_session(conn: sqlite3.Connection, session: SessionRecord, now: int) -> None:
-    conn.execute(
-        "INSERT INTO sessions(client_id, username, subscriptions, status_seq, last_seen) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT(client_id) DO UPDATE SET username = excluded.username,"
-        " subscriptions = excluded.subscriptions, status_seq = excluded.status_seq, last_seen = excluded.last_seen",
-        (session.client_id, session.username, json.dumps(session.subscriptions), session.status_seq, now),
-    )  # fmt: skip
+def save_sessions(
+    conn: sqlite3.Connection, records: Iterable[tuple[str, SessionRecord | None]], seen: dict[str, int]
+) -> None:
+    """Write each session's record (None: delete it), then when sessions still stored were last seen."""
+    for client_id, record in records:
+        if record is None:
+            conn.execute("DELETE FROM sessions WHERE client_id = ?", (client_id,))
+            continue
+        conn.execute(
+            "INSERT INTO sessions(client_id, username, subscriptions, status_seq, last_seen, expiry_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(client_id) DO UPDATE SET username = excluded.username,"
+            " subscriptions = excluded.subscriptions, status_seq = excluded.status_seq,"
+            " last_seen = excluded.last_seen, expiry_ms = excluded.expiry_ms",
+            (record.client_id, record.username, json.dumps(record.subscriptions), record.status_seq,
+             record.last_seen, record.expiry_ms),
+        )  # fmt: skip
+    conn.executemany("UPDATE sessions SET last_seen = ? WHERE client_id = ?", [(at, cid) for cid, at in seen.items()])
 
 
-def delete_session(conn: sqlite3.Connection, client_id: str) -> None:
-    conn.execute("DELETE FROM sessions WHERE client_id = ?", (client_id,))
-
-
-def save_cursors(conn: sqlite3.Connection, cursors: dict[str, int], now: int) -> None:
-    """Each persistent session's status position, and that it was seen now (it is connected)."""
+def save_cursors(conn: sqlite3.Connection, cursors: dict[str, int]) -> None:
+    """Each persistent session's status position (when it was last seen is the endpoint's to write)."""
     conn.executemany(
-        "UPDATE sessions SET status_seq = ?, last_seen = ? WHERE client_id = ?",
-        [(seq, now, client_id) for client_id, seq in cursors.items()],
+        "UPDATE sessions SET status_seq = ? WHERE client_id = ?",
+        [(seq, client_id) for client_id, seq in cursors.items()],
     )
 
 
@@ -50,21 +61,70 @@ def oldest_cursor(conn: sqlite3.Connection) -> int | None:
 
 
 class StoredSessions:
-    """Sessions unseen for `expiry_ms` are dropped when the outbox starts (and by housekeeping)."""
+    """Sessions unseen for their expiry (at most `expiry_ms`) are dropped at start and, by the endpoint,
+    while it runs."""
 
     def __init__(self, store: Store, clock_ms: Callable[[], int], expiry_ms: int) -> None:
         self._store = store
         self._clock_ms = clock_ms
-        self._expiry_ms = expiry_ms
+        self.expiry_ms = expiry_ms
+        # What waits for the next write; taken by the writer thread, hence the lock.
+        self._lock = threading.Lock()
+        self._records: dict[str, SessionRecord | None] = {}
+        self._seen: dict[str, int] = {}
+        self._write: asyncio.Future[None] | None = None  # the write not yet taken by the writer thread
+        self.writes = 0  # store operations made (for tests)
+
+    def now_ms(self) -> int:
+        return self._clock_ms()
 
     async def load(self) -> list[SessionRecord]:
-        return await self._store.call(load_sessions, self._clock_ms() - self._expiry_ms)
+        return await self._store.call(load_sessions, self._clock_ms(), self.expiry_ms)
 
     async def save(self, record: SessionRecord) -> None:
-        await self._store.call(save_session, record, self._clock_ms())
+        with self._lock:
+            self._records[record.client_id] = record
+            self._seen.pop(record.client_id, None)
+        await self._written()
 
     async def delete(self, client_id: str) -> None:
-        await self._store.call(delete_session, client_id)
+        with self._lock:
+            self._records[client_id] = None
+            self._seen.pop(client_id, None)
+        await self._written()
+
+    async def seen(self, client_id: str, at: int) -> None:
+        """The session's client was there at `at` (ms)."""
+        with self._lock:
+            record = self._records.get(client_id)
+            if record is not None:
+                self._records[client_id] = SessionRecord(
+                    record.client_id, record.username, record.subscriptions, record.status_seq, at, record.expiry_ms
+                )
+            elif client_id not in self._records:
+                self._seen[client_id] = at
+        await self._written()
+
+    async def _written(self) -> None:
+        with self._lock:
+            write = self._write
+            if write is None:
+                write = self._write = asyncio.ensure_future(self._store.call(self._take_and_save))
+                write.add_done_callback(self._done)
+                self.writes += 1
+        await asyncio.shield(write)
+
+    def _done(self, write: asyncio.Future[None]) -> None:
+        with self._lock:
+            if self._write is write:  # failed before the writer took it (the store stopped): the next one tries
+                self._write = None
+
+    def _take_and_save(self, conn: sqlite3.Connection) -> None:
+        """On the writer thread: everything asked until now, in one operation."""
+        with self._lock:
+            records, seen = self._records, self._seen
+            self._records, self._seen, self._write = {}, {}, None
+        save_sessions(conn, records.items(), seen)
 
     async def read_app_statuses(self, app: str, after: int, limit: int) -> list[tuple[int, str, bytes]]:
         events = await self._store.read(ops.app_statuses, app, after, limit)

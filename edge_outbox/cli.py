@@ -184,7 +184,7 @@ def main(ctx: click.Context, config: Path | None) -> None:
     default="7d",
     show_default=True,
     callback=duration_seconds,
-    help="Drop an app's persistent MQTT session (and the statuses kept for it) when unseen this long.",
+    help="Drop an app's persistent MQTT session (and the statuses kept for it) when its client is away this long.",
 )
 @click.option(
     "--status-history",

@@ -95,7 +95,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     username TEXT,
     subscriptions TEXT NOT NULL,
     status_seq INTEGER NOT NULL,
-    last_seen INTEGER NOT NULL
+    last_seen INTEGER NOT NULL,
+    expiry_ms INTEGER -- MQTT 5: the expiry the client asked for, if below --session-expiry; NULL: that
 );
 
 -- Final results taken from a receipt, to confirm to the bridge in the next bundle (offline sites).
@@ -222,6 +223,7 @@ def connect(data_dir: Path, *, create: bool = True) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = FULL")
     if create:
         conn.executescript(SCHEMA)
+        _add_columns(conn)
     else:
         try:
             check_schema(conn, path)
@@ -243,6 +245,21 @@ def check_schema(conn: sqlite3.Connection, path: Path) -> None:
             f"{path} was made by an older edge-outbox (no table {', '.join(sorted(missing))}): "
             "start `edge-outbox run` of this version once to upgrade it"
         )
+
+
+# Columns added to a table after its first release, (table, column, declaration): a database made by an
+# older outbox gets them at start (nullable, so an older outbox still reads and writes the table).
+ADDED_COLUMNS = (("sessions", "expiry_ms", "INTEGER"),)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    for table, column, declaration in ADDED_COLUMNS:
+        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 def pending_totals(conn: sqlite3.Connection) -> tuple[int, int]:

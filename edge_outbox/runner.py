@@ -159,7 +159,7 @@ class Outbox:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(StorageError):
-            await self.store.call(_save_positions, self._positions(), now_ms())
+            await self.store.call(_save_positions, self._positions())
         await self.store.close()
         self._lock.release()
 
@@ -269,16 +269,16 @@ class Outbox:
                 return total
 
 
-def _save_positions(conn: sqlite3.Connection, positions: dict[str, int], now: int) -> None:
+def _save_positions(conn: sqlite3.Connection, positions: dict[str, int]) -> None:
     status = positions.pop(STATUS_KEY, None)
     if status is not None:
         ops.set_meta(conn, STATUS_KEY, str(status))
-    save_cursors(conn, positions, now)
+    save_cursors(conn, positions)
 
 
 def _tick(conn: sqlite3.Connection, now: int, changed: dict[str, str]) -> int:
     positions = {k.removeprefix("pos:"): int(v) for k, v in changed.items() if k.startswith("pos:")}
-    _save_positions(conn, positions, now)
+    _save_positions(conn, positions)
     for key, value in changed.items():
         if not key.startswith("pos:"):
             ops.set_meta(conn, key, value)

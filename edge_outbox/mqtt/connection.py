@@ -187,7 +187,8 @@ class Connection:
         assert session is not None
         if connect.receive_max is not None:
             session.window = min(settings.window, connect.receive_max)
-        self.writer.write(self.dialect.connack(present, ConnackCode.ACCEPTED, assigned))
+        granted = self.endpoint.granted_expiry_s(connect)
+        self.writer.write(self.dialect.connack(present, ConnackCode.ACCEPTED, assigned, granted))
         for packet_id in sorted(session.released):
             self.writer.write(self.dialect.ack(Type.PUBREL, packet_id))
         for first_byte, packet_body in frames[1:]:

@@ -66,8 +66,10 @@ class Dialect(Protocol):
 
     def decode(self, first: int, body: bytes) -> p.Packet: ...
 
-    def connack(self, present: bool, code: ConnackCode, assigned_id: str | None = None) -> bytes:
-        """The answer to CONNECT."""
+    def connack(
+        self, present: bool, code: ConnackCode, assigned_id: str | None = None, session_expiry: int | None = None
+    ) -> bytes:
+        """The answer to CONNECT; `session_expiry` (MQTT 5): the interval granted, when lower than asked."""
 
     def publish(self, message: Message, packet_id: int | None, dup: bool) -> bytes: ...
 
@@ -95,7 +97,9 @@ class V311:
     def decode(self, first: int, body: bytes) -> p.Packet:
         return p.decode(first, body)
 
-    def connack(self, present: bool, code: ConnackCode, assigned_id: str | None = None) -> bytes:
+    def connack(
+        self, present: bool, code: ConnackCode, assigned_id: str | None = None, session_expiry: int | None = None
+    ) -> bytes:
         return p.encode(p.Connack(present, code))
 
     def publish(self, message: Message, packet_id: int | None, dup: bool) -> bytes:
@@ -177,11 +181,14 @@ class V5:
             return p.Bare(Type.DISCONNECT, int(packet.reason_code))
         raise MalformedPacketError(f"{type(packet).__name__} is not accepted here")
 
-    def connack(self, present: bool, code: ConnackCode, assigned_id: str | None = None) -> bytes:
+    def connack(
+        self, present: bool, code: ConnackCode, assigned_id: str | None = None, session_expiry: int | None = None
+    ) -> bytes:
         return bytes(
             mqtt5.ConnAckPacket(
                 session_present=present,
                 reason_code=_CONNACK_V5[code],
+                session_expiry_interval=session_expiry,
                 assigned_client_id=assigned_id,
                 receive_max=self._window,
                 max_packet_size=self._max_packet,

@@ -21,7 +21,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from edge_outbox.errors import ConfigError
+from edge_outbox.errors import ConfigError, StorageError
 from edge_outbox.mqtt.connection import Connection, wants_statuses
 from edge_outbox.mqtt.dialect import SERVER_SHUTTING_DOWN, SESSION_TAKEN_OVER
 from edge_outbox.mqtt.session import Message, Session, SessionRecord, StatusCursor
@@ -58,6 +58,15 @@ class SessionsPort(Protocol):
 
     async def delete(self, client_id: str) -> None: ...
 
+    async def seen(self, client_id: str, at: int) -> None:
+        """The session's client was there at `at` (ms since the epoch)."""
+
+    @property
+    def expiry_ms(self) -> int:
+        """How long a persistent session outlives its client at most (--session-expiry)."""
+
+    def now_ms(self) -> int: ...
+
     async def read_app_statuses(self, app: str, after: int, limit: int) -> list[tuple[int, str, bytes]]:
         """(seq, topic, payload) of an app's stored statuses after `after`."""
 
@@ -73,6 +82,7 @@ class EndpointSettings:
     logins: bool = False  # apps log in and are confined to outbox/{app}/
     window: int = 256
     max_packet: int = 1 << 20
+    sweep_s: float = 1.0  # how often sessions are expired, and connected ones' last_seen kept fresh
     stats: dict[str, int] = field(default_factory=dict)
 
 
@@ -98,6 +108,8 @@ class MqttEndpoint:
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._writes: set[asyncio.Future[None]] = set()
+        self._sweeping: asyncio.Task[None] | None = None
         feed.listen(self._status_arrived)
         self.status_interest_changed()
 
@@ -115,6 +127,8 @@ class MqttEndpoint:
                 StatusCursor(record.status_seq),
                 principal=record.username if self.settings.logins else None,
                 window=self.settings.window,
+                last_seen=record.last_seen,
+                expiry_ms=record.expiry_ms,
             )
             self.sessions[record.client_id] = session
         self.status_interest_changed()
@@ -129,6 +143,7 @@ class MqttEndpoint:
                     "or attach to the broker already there with --attach mqtt://HOST:PORT"
                 ) from None
             raise ConfigError(f"could not listen on {self.address}: {exc.strerror}") from None
+        self._sweeping = asyncio.create_task(self._keep_sessions(), name="mqtt-sessions")
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -137,8 +152,40 @@ class MqttEndpoint:
             connection.close(SERVER_SHUTTING_DOWN)
         if self._handlers:
             await asyncio.wait(self._handlers, timeout=5)
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            await asyncio.gather(self._sweeping, return_exceptions=True)
+        if self._writes:  # when the clients closed just now were last seen
+            await asyncio.gather(*self._writes, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+
+    async def _keep_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_s)
+            try:
+                await self.sweep_sessions()
+            except StorageError as exc:  # the housekeeping reports a store that cannot write
+                log.debug("sessions not swept: %s", exc)
+
+    async def sweep_sessions(self) -> int:
+        """Drop persistent sessions whose client is away for longer than their expiry; how many."""
+        port = self._sessions_port
+        now, default = port.now_ms(), port.expiry_ms
+        writes: list[Awaitable[None]] = []
+        gone = 0
+        for client_id, session in list(self.sessions.items()):
+            if not session.persistent:
+                continue
+            if client_id not in self._connections and session.expired(now, default):
+                del self.sessions[client_id]
+                writes.append(port.delete(client_id))
+                gone += 1
+        if gone:
+            log.info("%d persistent sessions expired (their clients away longer than their session expiry)", gone)
+            self.status_interest_changed()
+        await asyncio.gather(*writes)
+        return gone
 
     @property
     def connected(self) -> int:
@@ -154,7 +201,14 @@ class MqttEndpoint:
         return [s.status.position for s in self.sessions.values()]
 
     def record(self, session: Session) -> SessionRecord:
-        return SessionRecord(session.client_id, session.username, dict(session.subscriptions), session.status.position)
+        return SessionRecord(session.client_id, session.username, dict(session.subscriptions), session.status.position,
+                             session.last_seen, session.expiry_ms)  # fmt: skip
+
+    def granted_expiry_s(self, connect: p.Connect) -> int | None:
+        """The session expiry interval to announce in an MQTT 5 CONNACK: the outbox's maximum when the client
+        asked for more, else None (the client's own stands)."""
+        server_s = self._sessions_port.expiry_ms // 1000
+        return server_s if connect.session_expiry is not None and connect.session_expiry > server_s else None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -182,9 +236,16 @@ class MqttEndpoint:
             log.info("client %s connected again: closing its previous connection", connection.name)
             old.close(SESSION_TAKEN_OVER)
             await old.closed.wait()
-        # 3.1.1: clean session 0 keeps the session; MQTT 5: a session expiry interval above 0 does.
+        # 3.1.1: clean session 0 keeps the session; MQTT 5: a session expiry interval above 0 does, as long as
+        # the client asked (at most --session-expiry).
         keep = (not connect.clean) if connect.session_expiry is None else connect.session_expiry > 0
+        max_ms = self._sessions_port.expiry_ms
+        asked = None if connect.session_expiry is None else connect.session_expiry * 1000
+        expiry_ms = asked if asked is not None and asked < max_ms else None
+        now = self._sessions_port.now_ms()
         session = self.sessions.get(client_id)
+        if session is not None:
+            session.last_seen = now  # not expired by a sweep while this attach awaits
         # A session is its app's: another app using the client id starts afresh, as if with clean session
         # (MQTT 5.0 section 5.4.2: the client id gives access to the session's state).
         foreign = session is not None and self.settings.logins and session.username != connection.principal
@@ -206,13 +267,15 @@ class MqttEndpoint:
                 status=StatusCursor(self._feed.head),
                 principal=connection.principal,
                 window=self.settings.window,
+                last_seen=now,
+                expiry_ms=expiry_ms,
             )
             if keep:
                 await self._sessions_port.save(self.record(session))
             self.sessions[client_id] = session
             self.status_interest_changed()
-        elif session.persistent != keep:
-            session.persistent = keep
+        elif session.persistent != keep or (keep and session.expiry_ms != expiry_ms):
+            session.persistent, session.expiry_ms = keep, expiry_ms
             if keep:
                 await self._sessions_port.save(self.record(session))
             else:
@@ -230,6 +293,17 @@ class MqttEndpoint:
         if not session.persistent:
             self.sessions.pop(session.client_id, None)
             self.status_interest_changed()
+            return
+        # Its expiry runs from now: written, so that a restart counts from here too.
+        session.last_seen = self._sessions_port.now_ms()
+        write = asyncio.ensure_future(self._sessions_port.seen(session.client_id, session.last_seen))
+        self._writes.add(write)
+        write.add_done_callback(self._written)
+
+    def _written(self, write: asyncio.Future[None]) -> None:
+        self._writes.discard(write)
+        if not write.cancelled() and write.exception() is not None:  # the housekeeping reports a failing store
+            log.debug("last seen not written: %s", write.exception())
 
     def route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Deliver an ordinary publish to every matching session (queued for absent persistent ones)."""

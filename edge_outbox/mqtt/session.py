@@ -37,6 +37,12 @@ class SessionRecord:
     subscriptions: dict[str, int]
     status_seq: int
     last_seen: int = 0  # ms since the epoch
+    expiry_ms: int | None = None  # MQTT 5: the interval the client asked for, if below the outbox's
+
+
+def session_expiry_ms(asked_ms: int | None, server_ms: int) -> int:
+    """How long a session outlives its client: what the client asked for (MQTT 5), at most the outbox's."""
+    return server_ms if asked_ms is None else min(asked_ms, server_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +109,13 @@ class Session:
     resend: set[int] = field(default_factory=set)  # in flight on an earlier connection: send again with DUP
     dropped: int = 0
     high_status: int = 0  # the highest status seq ever sent: one at or below it goes out again with DUP
+    last_seen: int = 0  # ms since the epoch: when its client was last connected (kept fresh while it is)
+    expiry_ms: int | None = None  # how long it outlives its client (None: the outbox's --session-expiry)
     _next_id: int = 1
+
+    def expired(self, now: int, default_ms: int) -> bool:
+        """Whether a persistent session whose client is away was unseen for longer than its expiry."""
+        return now - self.last_seen > session_expiry_ms(self.expiry_ms, default_ms)
 
     def granted_qos(self, topic: str) -> int | None:
         """The highest QoS of the subscriptions matching `topic`, or None (one message per session).

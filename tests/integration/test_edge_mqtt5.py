@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.support.edge import OutboxProcess, email, stored_ids
+from tests.support.edge import OutboxProcess, email, stored_ids, stored_sessions
 from tests.support.net import free_port, release_paho, wait_until
 
 
@@ -192,3 +192,25 @@ def test_u0000_in_a_topic_or_a_client_id_is_malformed_as_in_311(outbox: OutboxPr
     log = outbox.log()
     assert "string contains U+0000" in log
     assert "\x00" not in log
+
+
+def test_the_clients_session_expiry_is_honoured_up_to_the_outboxs(tmp_path: Path) -> None:
+    with OutboxProcess(tmp_path / "data", free_port(), "--session-expiry", "1h") as outbox:
+        greedy = App5(outbox.port, "v5-greedy", session_expiry=7200)
+        brief = App5(outbox.port, "v5-brief", session_expiry=1)
+        try:
+            # Asked for more than the outbox keeps: CONNACK says what it gets [MQTT-3.2.2-3.2]
+            assert greedy.connack[2].SessionExpiryInterval == 3600
+            assert not hasattr(brief.connack[2], "SessionExpiryInterval")  # what it asked for stands
+            brief.subscribe("outbox/v5/status/#")
+        finally:
+            brief.close()
+            greedy.close()
+        # Before, any interval above 0 kept the session for the outbox's --session-expiry (here an hour).
+        wait_until(lambda: "v5-brief" not in stored_sessions(outbox.data_dir), 15, what="the 1 s session gone")
+        assert "v5-greedy" in stored_sessions(outbox.data_dir)
+        again = App5(outbox.port, "v5-brief", session_expiry=1)
+        try:
+            assert again.connack[0] is False
+        finally:
+            again.close()

@@ -215,5 +215,14 @@ def stored_ids(data_dir: Path) -> dict[str, str]:
         conn.close()
 
 
+def stored_sessions(data_dir: Path) -> dict[str, int]:
+    """client id -> last_seen (ms) of every persistent session in the database (read directly)."""
+    conn = sqlite3.connect(f"file:{data_dir / 'outbox.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        return dict(conn.execute("SELECT client_id, last_seen FROM sessions"))
+    finally:
+        conn.close()
+
+
 def env_without_outbox() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("EDGE_OUTBOX_")}

@@ -1,0 +1,59 @@
+"""Persistent sessions of the outbox's MQTT endpoint end when their expiry says, and not before: while the
+outbox runs, across a graceful stop and across a crash (a kept session holds the status events it has not
+had, so one that is never dropped keeps them all)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from intent_contract import mqtt_packets as p
+from intent_contract.mqtt_packets import Type
+from tests.support.edge import OutboxProcess, stored_sessions
+from tests.support.mqtt_raw import RawClient
+from tests.support.net import free_port, wait_until
+
+STATUSES = "outbox/hvac/status/#"
+
+
+def leave(client: RawClient) -> None:
+    client.send(p.Bare(Type.DISCONNECT))
+    assert client.closed_by_server()
+    client.close()
+
+
+@pytest.fixture
+def short_expiry(tmp_path: Path) -> Iterator[OutboxProcess]:
+    with OutboxProcess(tmp_path / "data", free_port(), "--session-expiry", "2s") as process:
+        yield process
+
+
+def test_a_session_whose_app_left_expires_while_the_outbox_runs(short_expiry: OutboxProcess) -> None:
+    app = RawClient(short_expiry.port)
+    app.connect("gone", clean=False)
+    app.subscribe(STATUSES, 1)
+    leave(app)
+    # Before, --session-expiry was applied only when the outbox started: the session stayed for ever.
+    wait_until(lambda: "gone" not in stored_sessions(short_expiry.data_dir), 15, what="the session expired")
+    again = RawClient(short_expiry.port)
+    try:
+        assert not again.connect("gone", clean=False).session_present
+    finally:
+        again.close()
+
+
+def test_a_graceful_stop_does_not_make_an_absent_session_seen(tmp_path: Path) -> None:
+    with OutboxProcess(tmp_path / "data", free_port()) as outbox:
+        app = RawClient(outbox.port)
+        app.connect("away", clean=False)
+        app.subscribe(STATUSES, 1)
+        leave(app)
+        wait_until(lambda: stored_sessions(outbox.data_dir).get("away", 0) > 0, what="the session stored")
+        left_by = time.time_ns() // 1_000_000
+        wait_until(lambda: time.time_ns() // 1_000_000 > left_by + 200, what="time to pass")
+        assert outbox.stop() == 0
+    # Before, the stop wrote "seen now" for every stored session, so none ever expired across restarts.
+    assert stored_sessions(tmp_path / "data")["away"] <= left_by

@@ -169,7 +169,9 @@ class MqttEndpoint:
                 log.debug("sessions not swept: %s", exc)
 
     async def sweep_sessions(self) -> int:
-        """Drop persistent sessions whose client is away for longer than their expiry; how many."""
+        """Drop persistent sessions whose client is away for longer than their expiry, and write when
+        connected ones were seen, a quarter of their expiry apart (not every sweep: an idle outbox does not
+        write). The number of sessions dropped."""
         port = self._sessions_port
         now, default = port.now_ms(), port.expiry_ms
         writes: list[Awaitable[None]] = []
@@ -177,7 +179,11 @@ class MqttEndpoint:
         for client_id, session in list(self.sessions.items()):
             if not session.persistent:
                 continue
-            if client_id not in self._connections and session.expired(now, default):
+            if client_id in self._connections:
+                if session.seen_is_stale(now, default):
+                    session.last_seen = now
+                    writes.append(port.seen(client_id, now))
+            elif session.expired(now, default):
                 del self.sessions[client_id]
                 writes.append(port.delete(client_id))
                 gone += 1
@@ -280,6 +286,8 @@ class MqttEndpoint:
                 await self._sessions_port.save(self.record(session))
             else:
                 await self._sessions_port.delete(client_id)
+        elif keep:
+            await self._sessions_port.seen(client_id, now)  # a crash from now on does not expire it early
         self._connections[client_id] = connection
         connection.session = session
         return present

@@ -117,6 +117,11 @@ class Session:
         """Whether a persistent session whose client is away was unseen for longer than its expiry."""
         return now - self.last_seen > session_expiry_ms(self.expiry_ms, default_ms)
 
+    def seen_is_stale(self, now: int, default_ms: int) -> bool:
+        """Whether a connected session's stored `last_seen` should be written again: a quarter of its expiry
+        on, so that after a crash of the outbox its client has at least three quarters of it to come back."""
+        return now - self.last_seen >= session_expiry_ms(self.expiry_ms, default_ms) // 4
+
     def granted_qos(self, topic: str) -> int | None:
         """The highest QoS of the subscriptions matching `topic`, or None (one message per session).
 

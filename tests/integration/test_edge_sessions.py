@@ -4,6 +4,7 @@ had, so one that is never dropped keeps them all)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from intent_contract import mqtt_packets as p
 from intent_contract.mqtt_packets import Type
-from tests.support.edge import OutboxProcess, stored_sessions
+from tests.support.edge import OutboxProcess, email, stored_sessions
 from tests.support.mqtt_raw import RawClient
 from tests.support.net import free_port, wait_until
 
@@ -57,3 +58,29 @@ def test_a_graceful_stop_does_not_make_an_absent_session_seen(tmp_path: Path) ->
         assert outbox.stop() == 0
     # Before, the stop wrote "seen now" for every stored session, so none ever expired across restarts.
     assert stored_sessions(tmp_path / "data")["away"] <= left_by
+
+
+def test_a_quiet_connected_session_outlives_a_crash(tmp_path: Path) -> None:
+    outbox = OutboxProcess(tmp_path / "data", free_port(), "--session-expiry", "3s")
+    with outbox:
+        listener = RawClient(outbox.port)
+        listener.connect("listener", clean=False)
+        listener.subscribe(STATUSES, 1)
+        connected_at = time.monotonic()
+        # Connected and quiet for longer than its expiry: before, nothing wrote that it was there, and the
+        # restart after a crash dropped it as unseen.
+        wait_until(lambda: time.monotonic() > connected_at + 5, 10, what="the expiry to pass while connected")
+        outbox.kill()
+        listener.close()
+        outbox.start()
+        publisher = RawClient(outbox.port)
+        publisher.connect("publisher")
+        publisher.publish("outbox/hvac/email.send", json.dumps(email("while-away")).encode(), 1)
+        publisher.close()
+        back = RawClient(outbox.port)
+        try:
+            assert back.connect("listener", clean=False).session_present
+            (status,) = back.messages(1)
+            assert json.loads(status.payload)["id"] == "while-away"
+        finally:
+            back.close()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from edge_outbox.intake_rules import TOPIC_ROOT
 from edge_outbox.mqtt import dialect as d
 from edge_outbox.mqtt.dialect import V311, Dialect, dialect_of
-from edge_outbox.mqtt.session import Message, Session
+from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, Message, Session
 from edge_outbox.mqtt.topics import may_match, may_publish, may_subscribe, valid_filter
 from edge_outbox.states import State
 from edge_outbox.status import status_payload, status_topic
@@ -290,9 +290,17 @@ class Connection:
         codes: list[int] = []
         granted: list[tuple[str, int]] = []
         for topic_filter, qos in packet.filters:
-            if not valid_filter(topic_filter) or not may_subscribe(self.principal, topic_filter):
-                log.info("client %s may not subscribe to %r", self.name, topic_filter)
-                codes.append(p.SUBACK_FAILURE)
+            if not valid_filter(topic_filter):
+                log.info("client %s may not subscribe to %r", self.name, topic_filter[:100])
+                codes.append(d.TOPIC_FILTER_INVALID)
+                continue
+            if not may_subscribe(self.principal, topic_filter):
+                log.info("client %s may not subscribe to %r", self.name, topic_filter[:100])
+                codes.append(d.NOT_AUTHORIZED)
+                continue
+            if not session.has_room_for(topic_filter):
+                log.info("client %s holds %d subscriptions, the most a session may", self.name, MAX_SUBSCRIPTIONS)
+                codes.append(d.QUOTA_EXCEEDED)
                 continue
             session.subscriptions[topic_filter] = qos
             codes.append(qos)

@@ -33,6 +33,7 @@ SESSION_TAKEN_OVER = 0x8E
 TOPIC_FILTER_INVALID = 0x8F
 TOPIC_ALIAS_INVALID = 0x94
 PACKET_TOO_LARGE = 0x95
+QUOTA_EXCEEDED = 0x97
 PAYLOAD_FORMAT_INVALID = 0x99
 DISCONNECT_WITH_WILL = 0x04
 
@@ -76,7 +77,8 @@ class Dialect(Protocol):
     def ack(self, kind: Type, packet_id: int, verdict: Verdict = OK) -> bytes:
         """PUBACK, PUBREC, PUBREL, PUBCOMP."""
 
-    def suback(self, packet_id: int, codes: list[int]) -> bytes: ...
+    def suback(self, packet_id: int, codes: list[int]) -> bytes:
+        """`codes`: the granted QoS, or an MQTT 5 reason code of 0x80 or above for a refused filter."""
 
     def unsuback(self, packet_id: int, count: int) -> bytes: ...
 
@@ -109,7 +111,7 @@ class V311:
         return p.encode_ack(kind, packet_id)
 
     def suback(self, packet_id: int, codes: list[int]) -> bytes:
-        return p.encode(p.Suback(packet_id, tuple(codes)))
+        return p.encode(p.Suback(packet_id, tuple(min(c, p.SUBACK_FAILURE) for c in codes)))
 
     def unsuback(self, packet_id: int, count: int) -> bytes:
         return p.encode_ack(Type.UNSUBACK, packet_id)
@@ -226,7 +228,7 @@ class V5:
         return bytes(mqtt5.PubCompPacket(packet_id).write())
 
     def suback(self, packet_id: int, codes: list[int]) -> bytes:
-        reasons = [mqtt5.SubAckReasonCode(NOT_AUTHORIZED if c == p.SUBACK_FAILURE else c) for c in codes]
+        reasons = [mqtt5.SubAckReasonCode(c) for c in codes]
         return bytes(mqtt5.SubAckPacket(packet_id, reasons).write())
 
     def unsuback(self, packet_id: int, count: int) -> bytes:

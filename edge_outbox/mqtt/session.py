@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from edge_outbox.mqtt.topics import matches, may_subscribe
 
 MAX_PACKET_ID = 65535
+# Subscriptions one session may hold (docs/edge.md): a persistent session's are written to the database on
+# the thread that commits every app's intents, and each status event is matched against them.
+MAX_SUBSCRIPTIONS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,10 @@ class Session:
         """Whether a connected session's stored `last_seen` should be written again: a quarter of its expiry
         on, so that after a crash of the outbox its client has at least three quarters of it to come back."""
         return now - self.last_seen >= session_expiry_ms(self.expiry_ms, default_ms) // 4
+
+    def has_room_for(self, topic_filter: str) -> bool:
+        """Whether subscribing to `topic_filter` stays within MAX_SUBSCRIPTIONS (a filter held already does)."""
+        return topic_filter in self.subscriptions or len(self.subscriptions) < MAX_SUBSCRIPTIONS
 
     def granted_qos(self, topic: str) -> int | None:
         """The highest QoS of the subscriptions matching `topic`, or None (one message per session).

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+# The longest topic filter a local app may subscribe to, in UTF-8 bytes (docs/edge.md): a filter is kept in
+# memory, in the database with its session, and matched against every message.
+MAX_FILTER_BYTES = 1024
+
 
 def valid_filter(topic_filter: str) -> bool:
-    """A filter is non-empty; `#` only as the whole last level; `+` only as a whole level [MQTT-4.7.1]."""
-    if not topic_filter or "\x00" in topic_filter:
+    """A filter is non-empty; `#` only as the whole last level; `+` only as a whole level [MQTT-4.7.1]; at most
+    MAX_FILTER_BYTES."""
+    if not topic_filter or "\x00" in topic_filter or len(topic_filter.encode("utf-8", "replace")) > MAX_FILTER_BYTES:
         return False
     levels = topic_filter.split("/")
     for index, level in enumerate(levels):

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_outbox.mqtt.dialect import V5, Verdict
+from edge_outbox.mqtt.dialect import V5, V311, Verdict
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
 
@@ -88,3 +88,13 @@ def test_a_connect_is_refused_with_a_connack_whatever_the_reason(reason: int) ->
     sent, _ = mqtt5.read(memoryview(V5(16, 1 << 20).refuse_connect(reason)))
     assert isinstance(sent, mqtt5.ConnAckPacket)
     assert int(sent.reason_code) == (reason if reason in (0x81, 0x87) else 0x80)
+
+
+def test_a_refused_filter_is_named_in_mqtt5_and_a_failure_in_311() -> None:
+    """A filter past the session's bound is 0x97 quota exceeded, one too long 0x8F invalid (MQTT 5); 3.1.1 has
+    one failure code for every refusal."""
+    codes = [1, 0x97, 0x8F, 0x87]
+    packet, _size = mqtt5.read(memoryview(V5(256, 1 << 20).suback(7, codes)))
+    assert isinstance(packet, mqtt5.SubAckPacket)
+    assert [int(c) for c in packet.reason_codes] == codes
+    assert p.decode(*_frame(V311().suback(7, codes))) == p.Suback(7, (1, 0x80, 0x80, 0x80))

@@ -1,0 +1,74 @@
+"""What one local app can make the outbox's MQTT endpoint hold and do is bounded: subscriptions per session
+and their length, the writes their saves cost. In process, to count what is done: the real Outbox
+(endpoint, store, intake) and raw MQTT clients on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_outbox.mqtt.server import MqttEndpoint
+from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS
+from edge_outbox.mqtt.topics import MAX_FILTER_BYTES
+from edge_outbox.runner import Outbox
+from edge_outbox.settings import OutboxSettings
+from intent_contract import mqtt_packets as p
+from tests.support.mqtt_raw import RawClient
+from tests.support.net import free_port
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
+    running = Outbox(OutboxSettings(data_dir=tmp_path, listen_port=free_port(), forward=False))
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+def endpoint_of(outbox: Outbox) -> MqttEndpoint:
+    assert isinstance(outbox._transport, MqttEndpoint)
+    return outbox._transport
+
+
+def subacks(client: RawClient, count: int) -> list[tuple[int, ...]]:
+    out: list[tuple[int, ...]] = []
+    while len(out) < count:
+        packet = client.receive()
+        if isinstance(packet, p.Suback):
+            out.append(packet.codes)
+    return out
+
+
+async def test_a_session_holds_a_bounded_number_of_short_subscriptions_saved_together(outbox: Outbox) -> None:
+    store_calls: list[str] = []
+    real_call = outbox.store.call
+
+    async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        store_calls.append(getattr(fn, "__name__", repr(fn)))
+        return await real_call(fn, *args, **kwargs)
+
+    outbox.store.call = counted  # type: ignore[method-assign]
+    client = RawClient(outbox.settings.listen_port)
+    try:
+        await asyncio.to_thread(client.connect, "many", clean=False)
+        store_calls.clear()
+        # One SUBACK each, all sent at once: before, each was a store operation of its own writing a JSON
+        # copy of every subscription the session held (8,000 of them took the outbox to 547 MB).
+        count = MAX_SUBSCRIPTIONS + 5
+        client.send(b"".join(p.encode(p.Subscribe(i + 1, ((f"t/{i}", 1),))) for i in range(count)))
+        codes = await asyncio.to_thread(subacks, client, count)
+        assert codes == [(1,)] * MAX_SUBSCRIPTIONS + [(p.SUBACK_FAILURE,)] * 5
+        assert len(store_calls) < count // 10, store_calls
+        too_long = "t/" + "x" * MAX_FILTER_BYTES
+        held_again = await asyncio.to_thread(client.subscribe, "t/0", 0)  # one it holds: no new one
+        assert held_again == (0,)
+        assert await asyncio.to_thread(client.subscribe, too_long, 1) == (p.SUBACK_FAILURE,)
+        assert len(endpoint_of(outbox).sessions["many"].subscriptions) == MAX_SUBSCRIPTIONS
+    finally:
+        client.close()

@@ -41,9 +41,11 @@ CONNECT_BYTE = 0x10
 STATUS_SHAPE = (TOPIC_ROOT, None, "status", None)  # outbox/{app}/status/{id}: only the outbox publishes there
 
 
-def wants_statuses(session: Session) -> bool:
-    """Whether one of the session's subscriptions can match a status topic."""
-    return any(may_match(f, STATUS_SHAPE) for f in session.subscriptions)
+def note_subscriptions(session: Session) -> None:
+    """The session's subscriptions changed: note whether one of them can match a status topic. Kept, not asked
+    at each wake of its connection nor for each status event: a scan of every filter each time made another
+    app's publish 90 times slower with 100,000 filters."""
+    session.wants_statuses = any(may_match(f, STATUS_SHAPE) for f in session.subscriptions)
 
 
 class _NotMqttError(Exception):
@@ -240,7 +242,8 @@ class Connection:
         elif isinstance(packet, p.Unsubscribe):
             for topic_filter in packet.filters:
                 session.subscriptions.pop(topic_filter, None)
-            self.endpoint.status_interest_changed()
+            note_subscriptions(session)
+            self.endpoint.status_interest_changed(session.client_id)
             saved = self._save(session)
             self._answer(saved, self.dialect.unsuback(packet.packet_id, len(packet.filters)))
         elif isinstance(packet, p.Bare) and packet.type is Type.PINGREQ:
@@ -305,7 +308,8 @@ class Connection:
             session.subscriptions[topic_filter] = qos
             codes.append(qos)
             granted.append((topic_filter, qos))
-        self.endpoint.status_interest_changed()
+        note_subscriptions(session)
+        self.endpoint.status_interest_changed(session.client_id)
 
         def deliver_retained() -> None:
             for topic_filter, qos in granted:
@@ -379,7 +383,7 @@ class Connection:
             self.wake.clear()
             cursor = session.status
             if cursor.sent < feed.head:
-                if not wants_statuses(session):
+                if not session.wants_statuses:
                     cursor.passed(feed.head)
                 elif (room := session.space()) > 0:
                     events = await feed.read(cursor.sent, room)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edge_outbox.errors import ConfigError, StorageError
-from edge_outbox.mqtt.connection import Connection, wants_statuses
+from edge_outbox.mqtt.connection import Connection, note_subscriptions
 from edge_outbox.mqtt.dialect import SERVER_SHUTTING_DOWN, SESSION_TAKEN_OVER
 from edge_outbox.mqtt.session import Message, Session, SessionRecord, StatusCursor
 from edge_outbox.mqtt.topics import matches
@@ -110,8 +110,9 @@ class MqttEndpoint:
         self._handlers: set[asyncio.Task[None]] = set()
         self._writes: set[asyncio.Future[None]] = set()
         self._sweeping: asyncio.Task[None] | None = None
+        self._interested: set[str] = set()  # client ids of the sessions that subscribe to statuses
         feed.listen(self._status_arrived)
-        self.status_interest_changed()
+        feed.wanted = False
 
     @property
     def address(self) -> str:
@@ -131,7 +132,8 @@ class MqttEndpoint:
                 expiry_ms=record.expiry_ms,
             )
             self.sessions[record.client_id] = session
-        self.status_interest_changed()
+            note_subscriptions(session)
+            self.status_interest_changed(record.client_id)
         try:
             self._server = await asyncio.start_server(
                 self._accept, self.settings.host, self.settings.port, limit=self.settings.max_packet
@@ -185,11 +187,11 @@ class MqttEndpoint:
                     writes.append(port.seen(client_id, now))
             elif session.expired(now, default):
                 del self.sessions[client_id]
+                self.status_interest_changed(client_id)
                 writes.append(port.delete(client_id))
                 gone += 1
         if gone:
             log.info("%d persistent sessions expired (their clients away longer than their session expiry)", gone)
-            self.status_interest_changed()
         await asyncio.gather(*writes)
         return gone
 
@@ -279,7 +281,7 @@ class MqttEndpoint:
             if keep:
                 await self._sessions_port.save(self.record(session))
             self.sessions[client_id] = session
-            self.status_interest_changed()
+            self.status_interest_changed(client_id)
         elif session.persistent != keep or (keep and session.expiry_ms != expiry_ms):
             session.persistent, session.expiry_ms = keep, expiry_ms
             if keep:
@@ -300,7 +302,7 @@ class MqttEndpoint:
         session.disconnected()
         if not session.persistent:
             self.sessions.pop(session.client_id, None)
-            self.status_interest_changed()
+            self.status_interest_changed(session.client_id)
             return
         # Its expiry runs from now: written, so that a restart counts from here too.
         session.last_seen = self._sessions_port.now_ms()
@@ -332,10 +334,17 @@ class MqttEndpoint:
             if matches(topic_filter, topic):
                 session.enqueue(Message(topic, payload, min(qos, granted), retain=True))
 
-    def status_interest_changed(self) -> None:
-        """A session or a subscription came or went. The store reads status events back only while some
-        session, connected or kept, subscribes to statuses (bench/findings.md F42)."""
-        self._feed.wanted = any(wants_statuses(session) for session in self.sessions.values())
+    def status_interest_changed(self, client_id: str) -> None:
+        """The session of `client_id` came, went or changed its subscriptions. The store reads status events
+        back only while some session, connected or kept, subscribes to statuses (bench/findings.md F42).
+        Only that session is looked at: a scan of every session's filters each time made each new session
+        cost more than the one before."""
+        session = self.sessions.get(client_id)
+        if session is not None and session.wants_statuses:
+            self._interested.add(client_id)
+        else:
+            self._interested.discard(client_id)
+        self._feed.wanted = bool(self._interested)
 
     def _status_arrived(self) -> None:
         for connection in self._connections.values():

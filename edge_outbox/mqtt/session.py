@@ -112,6 +112,7 @@ class Session:
     resend: set[int] = field(default_factory=set)  # in flight on an earlier connection: send again with DUP
     dropped: int = 0
     high_status: int = 0  # the highest status seq ever sent: one at or below it goes out again with DUP
+    wants_statuses: bool = False  # a subscription can match a status topic (`connection.note_subscriptions`)
     last_seen: int = 0  # ms since the epoch: when its client was last connected (kept fresh while it is)
     expiry_ms: int | None = None  # how long it outlives its client (None: the outbox's --session-expiry)
     _next_id: int = 1

@@ -5,18 +5,21 @@ and their length, the writes their saves cost. In process, to count what is done
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edge_outbox.mqtt import connection
 from edge_outbox.mqtt.server import MqttEndpoint
 from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS
 from edge_outbox.mqtt.topics import MAX_FILTER_BYTES
 from edge_outbox.runner import Outbox
 from edge_outbox.settings import OutboxSettings
 from intent_contract import mqtt_packets as p
+from tests.support.edge import email
 from tests.support.mqtt_raw import RawClient
 from tests.support.net import free_port
 
@@ -72,3 +75,37 @@ async def test_a_session_holds_a_bounded_number_of_short_subscriptions_saved_tog
         assert len(endpoint_of(outbox).sessions["many"].subscriptions) == MAX_SUBSCRIPTIONS
     finally:
         client.close()
+
+
+async def test_a_session_that_wants_no_statuses_has_its_filters_scanned_only_when_they_change(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scans = 0
+    real_may_match = connection.may_match
+
+    def counted(topic_filter: str, shape: tuple[str | None, ...]) -> bool:
+        nonlocal scans
+        scans += 1
+        return real_may_match(topic_filter, shape)
+
+    monkeypatch.setattr(connection, "may_match", counted)
+    endpoint, feed = endpoint_of(outbox), outbox.feed
+    assert feed is not None
+    quiet, publisher = RawClient(outbox.settings.listen_port), RawClient(outbox.settings.listen_port)
+    try:
+        await asyncio.to_thread(quiet.connect, "quiet")
+        quiet.send(b"".join(p.encode(p.Subscribe(i + 1, ((f"t/{i}", 1),))) for i in range(50)))
+        await asyncio.to_thread(subacks, quiet, 50)
+        await asyncio.to_thread(publisher.connect, "publisher")
+        scanned_by_subscribing = scans
+        for i in range(20):  # each commit wakes the quiet connection's pump
+            await asyncio.to_thread(publisher.publish, "outbox/hvac/email.send", json.dumps(email(f"i{i}")).encode(), 1)
+        session = endpoint.sessions["quiet"]
+        async with asyncio.timeout(10):  # its pump has seen every status (and wanted none)
+            while session.status.sent < feed.head or feed.head < 20:
+                await asyncio.sleep(0.01)
+        # Before, every wake scanned all 50 filters again (and each status event did, to match it).
+        assert scans == scanned_by_subscribing
+    finally:
+        quiet.close()
+        publisher.close()

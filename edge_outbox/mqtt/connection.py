@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -184,6 +185,9 @@ class Connection:
             return None
         self.name = f"{client_id}@{self.peer}"
         present = await self.endpoint.attach(self, connect, client_id)
+        if present is None:
+            self._refuse_session()
+            return None
         self._will = connect.will
         session = self.session
         assert session is not None
@@ -196,6 +200,18 @@ class Connection:
         for first_byte, packet_body in frames[1:]:
             await self._handle(self.dialect.decode(first_byte, packet_body))
         return connect
+
+    def _refuse_session(self) -> None:
+        """No room for another persistent session: 3.1.1 CONNACK 3 server unavailable, MQTT 5 0x97 quota exceeded."""
+        limit = self.endpoint.settings.max_sessions
+        not_logged = self.endpoint.sessions_refused_log.allow(time.monotonic())
+        if not_logged is not None:
+            more = f" ({not_logged} more since the last line)" if not_logged else ""
+            log.warning("refused client %s: %d persistent sessions kept, the most%s", self.name, limit, more)
+        if self.dialect.version == 5:
+            self.writer.write(self.dialect.refuse_connect(d.QUOTA_EXCEEDED))
+        else:
+            self.writer.write(self.dialect.connack(False, ConnackCode.SERVER_UNAVAILABLE))
 
     def _refuse(self, code: ConnackCode, why: str) -> None:
         log.info("refused client from %s: %s (CONNACK %d)", self.peer, why, code)

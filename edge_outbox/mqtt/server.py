@@ -28,6 +28,7 @@ from edge_outbox.mqtt.session import Message, Session, SessionRecord, StatusCurs
 from edge_outbox.mqtt.topics import matches
 from edge_outbox.status import StatusFeed
 from intent_contract import mqtt_packets as p
+from intent_contract.logs import LogThrottle
 from intent_contract.turns import Turns
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,9 @@ class EndpointSettings:
     logins: bool = False  # apps log in and are confined to outbox/{app}/
     window: int = 256
     max_packet: int = 1 << 20
+    # Persistent sessions kept at most (docs/edge.md): per app with logins, else in all. A CONNECT that would
+    # make one more is refused; one resuming its session is not.
+    max_sessions: int = 1000
     sweep_s: float = 1.0  # how often sessions are expired, and connected ones' last_seen kept fresh
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -111,6 +115,7 @@ class MqttEndpoint:
         self._writes: set[asyncio.Future[None]] = set()
         self._sweeping: asyncio.Task[None] | None = None
         self._interested: set[str] = set()  # client ids of the sessions that subscribe to statuses
+        self.sessions_refused_log = LogThrottle(10.0)  # CONNECTs refused for want of room: a line at most this often
         feed.listen(self._status_arrived)
         feed.wanted = False
 
@@ -229,8 +234,9 @@ class MqttEndpoint:
 
     # --- called by connections -------------------------------------------------------------------
 
-    async def attach(self, connection: Connection, connect: p.Connect, client_id: str) -> bool:
-        """Bind a connection to its session (taking it over from an older connection); True if one existed.
+    async def attach(self, connection: Connection, connect: p.Connect, client_id: str) -> bool | None:
+        """Bind a connection to its session (taking it over from an older connection); True if one existed,
+        None if it is refused: it would be a new persistent session past `max_sessions`.
 
         Attaches for one client id run one at a time: each awaits (the older connection's end, the session's
         save) between reading who holds the client id and taking it, and two CONNECTs at once both took
@@ -238,7 +244,9 @@ class MqttEndpoint:
         async with self._attaching.turn(client_id):
             return await self._attach(connection, connect, client_id)
 
-    async def _attach(self, connection: Connection, connect: p.Connect, client_id: str) -> bool:
+    async def _attach(self, connection: Connection, connect: p.Connect, client_id: str) -> bool | None:
+        if not self._room_for(connection.principal, connect, self.sessions.get(client_id)):
+            return None  # refused before anything of the client id's current session and connection changes
         old = self._connections.get(client_id)
         if old is not None:
             log.info("client %s connected again: closing its previous connection", connection.name)
@@ -293,6 +301,17 @@ class MqttEndpoint:
         self._connections[client_id] = connection
         connection.session = session
         return present
+
+    def _room_for(self, principal: str | None, connect: p.Connect, session: Session | None) -> bool:
+        """Whether a CONNECT may have the persistent session it asks for: one it resumes always, a new one while
+        its app (with logins; else all apps) keeps fewer than `max_sessions`. Counted only for a new persistent
+        session, and there are at most `max_sessions` to count."""
+        keep = (not connect.clean) if connect.session_expiry is None else connect.session_expiry > 0
+        mine = session is not None and session.persistent and (principal is None or session.username == principal)
+        if not keep or (mine and not connect.clean):
+            return True
+        kept = sum(1 for s in self.sessions.values() if s.persistent and (principal is None or s.username == principal))
+        return kept - mine < self.settings.max_sessions
 
     def detach(self, connection: Connection) -> None:
         session = connection.session

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import mqtt5
 import pytest
 
 from edge_outbox.mqtt import connection
@@ -19,6 +21,7 @@ from edge_outbox.mqtt.topics import MAX_FILTER_BYTES
 from edge_outbox.runner import Outbox
 from edge_outbox.settings import OutboxSettings
 from intent_contract import mqtt_packets as p
+from intent_contract.mqtt_packets import ConnackCode
 from tests.support.edge import email
 from tests.support.mqtt_raw import RawClient
 from tests.support.net import free_port
@@ -109,3 +112,34 @@ async def test_a_session_that_wants_no_statuses_has_its_filters_scanned_only_whe
     finally:
         quiet.close()
         publisher.close()
+
+
+def connack5(port: int, client_id: str) -> mqtt5.ConnAckPacket:
+    """The CONNACK of an MQTT 5 CONNECT asking for a persistent session."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(bytes(mqtt5.ConnectPacket(client_id, clean_start=False, session_expiry_interval=60).write()))
+        packet, _size = mqtt5.read(memoryview(sock.recv(1024)))
+    assert isinstance(packet, mqtt5.ConnAckPacket)
+    return packet
+
+
+async def test_a_new_persistent_session_past_the_bound_is_refused(outbox: Outbox) -> None:
+    endpoint = endpoint_of(outbox)
+    endpoint.settings.max_sessions = 3
+    port = outbox.settings.listen_port
+    clients = [RawClient(port) for _ in range(6)]
+    try:
+        for index, client in enumerate(clients[:3]):
+            assert (await asyncio.to_thread(client.connect, f"kept-{index}", clean=False)).code == 0
+        # Before, there was no bound: one app opened 20,000 persistent sessions, each costing more.
+        refused = await asyncio.to_thread(clients[3].connect, "one-more", clean=False)
+        assert (refused.code, refused.session_present) == (ConnackCode.SERVER_UNAVAILABLE, False)
+        assert (await asyncio.to_thread(connack5, port, "one-more-v5")).reason_code == 0x97  # quota exceeded
+        assert "one-more" not in endpoint.sessions and "one-more-v5" not in endpoint.sessions
+        assert (await asyncio.to_thread(clients[4].connect, "passing", clean=True)).code == 0  # not kept: served
+        clients[0].close()
+        resumed = await asyncio.to_thread(clients[5].connect, "kept-0", clean=False)  # its own: always
+        assert (resumed.code, resumed.session_present) == (0, True)
+    finally:
+        for client in clients:
+            client.close()

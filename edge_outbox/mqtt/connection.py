@@ -306,6 +306,8 @@ class Connection:
             self._answer(ready, b"")  # QoS 0 into the intake: nothing to send, but keep the order
 
     async def _subscribe(self, session: Session, packet: p.Subscribe) -> None:
+        if not session.wants_statuses:  # it has looked at every event so far (its pump is not woken for them)
+            session.status.passed(self.endpoint.feed.head)
         codes: list[int] = []
         granted: list[tuple[str, int]] = []
         for topic_filter, qos in packet.filters:

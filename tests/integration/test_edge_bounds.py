@@ -143,3 +143,40 @@ async def test_a_new_persistent_session_past_the_bound_is_refused(outbox: Outbox
     finally:
         for client in clients:
             client.close()
+
+
+class CountedEvent(asyncio.Event):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sets = 0
+
+    def set(self) -> None:
+        self.sets += 1
+        super().set()
+
+
+async def test_a_commit_wakes_only_the_connections_that_subscribe_to_statuses(outbox: Outbox) -> None:
+    endpoint, feed, port = endpoint_of(outbox), outbox.feed, outbox.settings.listen_port
+    assert feed is not None
+    idle = [RawClient(port) for _ in range(5)]
+    listener, publisher = RawClient(port), RawClient(port)
+    try:
+        for index, client in enumerate(idle):
+            await asyncio.to_thread(client.connect, f"idle-{index}")
+        await asyncio.to_thread(listener.connect, "listener")
+        assert await asyncio.to_thread(listener.subscribe, "outbox/hvac/status/#", 0) == (0,)
+        await asyncio.to_thread(publisher.connect, "publisher")
+        wakes = {}
+        for client_id in [f"idle-{index}" for index in range(5)]:  # their pumps go on waiting on the old event
+            connection = endpoint._connections[client_id]
+            wakes[client_id] = connection.wake = CountedEvent()
+        for i in range(10):
+            await asyncio.to_thread(publisher.publish, "outbox/hvac/email.send", json.dumps(email(f"w{i}")).encode(), 1)
+        heard = await asyncio.to_thread(listener.messages, 10)
+        assert [json.loads(m.payload)["id"] for m in heard] == [f"w{i}" for i in range(10)]
+        # Before, every commit woke the pump of every connection, idle ones with no subscription too.
+        assert [wakes[f"idle-{index}"].sets for index in range(5)] == [0] * 5
+        assert min(endpoint.all_positions()) == feed.head  # the idle sessions still hold no event back
+    finally:
+        for client in [*idle, listener, publisher]:
+            client.close()

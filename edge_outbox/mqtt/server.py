@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 from edge_outbox.errors import ConfigError, StorageError
 from edge_outbox.mqtt.connection import Connection, note_subscriptions
 from edge_outbox.mqtt.dialect import SERVER_SHUTTING_DOWN, SESSION_TAKEN_OVER
-from edge_outbox.mqtt.session import Message, Session, SessionRecord, StatusCursor
+from edge_outbox.mqtt.session import MAX_QUEUED_BYTES, Message, Session, SessionRecord, StatusCursor, message_bytes
 from edge_outbox.mqtt.topics import matches
 from edge_outbox.status import StatusFeed
 from intent_contract import mqtt_packets as p
@@ -86,6 +87,8 @@ class EndpointSettings:
     # Persistent sessions kept at most (docs/edge.md): per app with logins, else in all. A CONNECT that would
     # make one more is refused; one resuming its session is not.
     max_sessions: int = 1000
+    max_queued_bytes: int = MAX_QUEUED_BYTES  # a session's messages other than statuses (session.py)
+    max_retained_bytes: int = 16 << 20  # retained messages in all, topics and payloads: a new one past it is refused
     sweep_s: float = 1.0  # how often sessions are expired, and connected ones' last_seen kept fresh
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -110,6 +113,9 @@ class MqttEndpoint:
         self._connections: dict[str, Connection] = {}
         self._attaching = Turns()
         self._retained: dict[str, tuple[bytes, int]] = {}
+        self._retained_bytes = 0
+        self.refused_retained = 0  # retained messages not kept: past max_retained_bytes
+        self._bounds_log = LogThrottle(10.0)  # messages not kept for want of room: a line at most this often
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._writes: set[asyncio.Future[None]] = set()
@@ -133,6 +139,7 @@ class MqttEndpoint:
                 StatusCursor(record.status_seq),
                 principal=record.username if self.settings.logins else None,
                 window=self.settings.window,
+                max_queued_bytes=self.settings.max_queued_bytes,
                 last_seen=record.last_seen,
                 expiry_ms=record.expiry_ms,
             )
@@ -294,6 +301,7 @@ class MqttEndpoint:
                 status=StatusCursor(self._feed.head),
                 principal=connection.principal,
                 window=self.settings.window,
+                max_queued_bytes=self.settings.max_queued_bytes,
                 last_seen=now,
                 expiry_ms=expiry_ms,
             )
@@ -348,16 +356,38 @@ class MqttEndpoint:
     def route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Deliver an ordinary publish to every matching session (queued for absent persistent ones)."""
         if retain:
-            if payload:
-                self._retained[topic] = (payload, qos)
-            else:
-                self._retained.pop(topic, None)
+            self._retain(topic, payload, qos)
         for client_id, session in self.sessions.items():
             connection = self._connections.get(client_id)
             if connection is None and qos == 0:
                 continue  # QoS 0 is not kept for absent clients
+            dropped = session.dropped
             if session.offer(topic, payload, qos) and connection is not None:
                 connection.wake.set()
+            if session.dropped > dropped:
+                self._log_bounds(f"session {client_id} had {session.dropped} messages dropped in all, the oldest first")
+
+    def _retain(self, topic: str, payload: bytes, qos: int) -> None:
+        """Keep (or with an empty payload clear) the retained message of `topic`, within max_retained_bytes; one
+        that does not fit is refused, and the topic keeps what it had."""
+        old = self._retained.get(topic)
+        freed = 0 if old is None else message_bytes(topic, old[0])
+        size = message_bytes(topic, payload) if payload else 0
+        if payload and self._retained_bytes - freed + size > self.settings.max_retained_bytes:
+            self.refused_retained += 1
+            self._log_bounds(f"retained message on {topic[:100]!r} not kept ({self.refused_retained} in all)")
+            return
+        if payload:
+            self._retained[topic] = (payload, qos)
+        else:
+            self._retained.pop(topic, None)
+        self._retained_bytes += size - freed
+
+    def _log_bounds(self, what: str) -> None:
+        not_logged = self._bounds_log.allow(time.monotonic())
+        if not_logged is not None:
+            more = f" ({not_logged} more since the last line)" if not_logged else ""
+            log.warning("no room: %s%s", what, more)
 
     def retained_for(self, session: Session, topic_filter: str, granted: int) -> None:
         for topic, (payload, qos) in self._retained.items():

@@ -18,6 +18,15 @@ MAX_PACKET_ID = 65535
 # Subscriptions one session may hold (docs/edge.md): a persistent session's are written to the database on
 # the thread that commits every app's intents, and each status event is matched against them.
 MAX_SUBSCRIPTIONS = 100
+# Messages other than statuses kept for a session (docs/edge.md), in count and in bytes (topic and payload):
+# beyond either the oldest are dropped. A count alone let 10,000 messages of 1 MB wait for one absent app.
+MAX_QUEUED = 10_000
+MAX_QUEUED_BYTES = 8 << 20
+
+
+def message_bytes(topic: str, payload: bytes) -> int:
+    """What a kept message counts against a byte bound: its topic and payload."""
+    return len(topic) + len(payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +113,9 @@ class Session:
     status: StatusCursor = field(default_factory=lambda: StatusCursor(0))
     principal: str | None = None  # with app logins, the app it belongs to: nothing else of it is delivered
     window: int = 256  # QoS 1/2 messages in flight at once
-    max_queued: int = 10_000  # other messages kept for a session; the oldest are dropped beyond
+    max_queued: int = MAX_QUEUED  # other messages kept for a session; the oldest are dropped beyond
+    max_queued_bytes: int = MAX_QUEUED_BYTES  # and their bytes
+    queued_bytes: int = 0  # of the messages other than statuses in `queue`
     queue: deque[Message] = field(default_factory=deque)
     inflight: dict[int, Message] = field(default_factory=dict)  # packet id -> PUBLISH awaiting PUBACK/PUBREC
     released: set[int] = field(default_factory=set)  # outbound QoS 2: PUBREL sent, awaiting PUBCOMP
@@ -161,14 +172,20 @@ class Session:
                 self.status.opened(message.seq)
             else:
                 self.status.passed(message.seq)
-        elif len(self.queue) >= self.max_queued:
-            self._drop_oldest_other()
+        else:
+            size = message_bytes(message.topic, message.payload)
+            while self.queued_bytes and (
+                len(self.queue) >= self.max_queued or self.queued_bytes + size > self.max_queued_bytes
+            ):
+                self._drop_oldest_other()
+            self.queued_bytes += size
         self.queue.append(message)
 
     def _drop_oldest_other(self) -> None:
         for index, queued in enumerate(self.queue):
             if not queued.seq:  # statuses are never dropped: they are bounded by the status window
                 del self.queue[index]
+                self.queued_bytes -= message_bytes(queued.topic, queued.payload)
                 self.dropped += 1
                 return
 
@@ -178,6 +195,8 @@ class Session:
         self.resend.clear()
         while self.queue and (self.queue[0].qos == 0 or len(self.inflight) + len(self.released) < self.window):
             message = self.queue.popleft()
+            if not message.seq:
+                self.queued_bytes -= message_bytes(message.topic, message.payload)
             dup = bool(message.seq) and message.seq <= self.high_status
             if message.seq:
                 self.high_status = max(self.high_status, message.seq)

@@ -21,7 +21,7 @@ from edge_outbox.mqtt.topics import MAX_FILTER_BYTES
 from edge_outbox.runner import Outbox
 from edge_outbox.settings import OutboxSettings
 from intent_contract import mqtt_packets as p
-from intent_contract.mqtt_packets import ConnackCode
+from intent_contract.mqtt_packets import ConnackCode, Type
 from tests.support.edge import email
 from tests.support.mqtt_raw import RawClient
 from tests.support.net import free_port
@@ -180,3 +180,28 @@ async def test_a_commit_wakes_only_the_connections_that_subscribe_to_statuses(ou
     finally:
         for client in [*idle, listener, publisher]:
             client.close()
+
+
+async def test_what_waits_for_an_absent_session_and_retained_messages_are_bounded_in_bytes(outbox: Outbox) -> None:
+    endpoint, port = endpoint_of(outbox), outbox.settings.listen_port
+    endpoint.settings.max_queued_bytes = endpoint.settings.max_retained_bytes = 5 * 100_000
+    away, publisher = RawClient(port), RawClient(port)
+    try:
+        await asyncio.to_thread(away.connect, "away", clean=False)
+        await asyncio.to_thread(away.subscribe, "big/#", 1)
+        away.send(p.Bare(Type.DISCONNECT))
+        await asyncio.to_thread(away.closed_by_server)
+        await asyncio.to_thread(publisher.connect, "publisher")
+        for i in range(8):  # before, only a count bounded them (10,000 a session) and retained messages not at all
+            await asyncio.to_thread(publisher.publish, f"big/{i}", bytes([i]) * 100_000, 1, retain=True)
+        session = endpoint.sessions["away"]
+        assert [m.payload[0] for m in session.queue] == [4, 5, 6, 7]  # the oldest dropped first
+        assert session.queued_bytes <= 5 * 100_000 and session.dropped == 4
+        assert sorted(endpoint._retained) == [f"big/{i}" for i in range(4)]  # the later ones refused
+        assert endpoint.refused_retained == 4
+        await asyncio.to_thread(publisher.publish, "big/0", b"", 1, retain=True)  # clearing one makes room
+        await asyncio.to_thread(publisher.publish, "big/7", b"x", 1, retain=True)
+        assert sorted(endpoint._retained) == ["big/1", "big/2", "big/3", "big/7"]
+    finally:
+        away.close()
+        publisher.close()

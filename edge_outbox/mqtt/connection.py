@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -204,10 +203,9 @@ class Connection:
     def _refuse_session(self) -> None:
         """No room for another persistent session: 3.1.1 CONNACK 3 server unavailable, MQTT 5 0x97 quota exceeded."""
         limit = self.endpoint.settings.max_sessions
-        not_logged = self.endpoint.sessions_refused_log.allow(time.monotonic())
-        if not_logged is not None:
-            more = f" ({not_logged} more since the last line)" if not_logged else ""
-            log.warning("refused client %s: %d persistent sessions kept, the most%s", self.name, limit, more)
+        self.endpoint.log_input(
+            "sessions", "refused client %s: %d persistent sessions kept, the most", self.name, limit
+        )
         if self.dialect.version == 5:
             self.writer.write(self.dialect.refuse_connect(d.QUOTA_EXCEEDED))
         else:
@@ -285,12 +283,17 @@ class Connection:
         elif (app := intake.replay_app(topic)) is not None:
             after = _parse_replay(packet.payload)
             if after is None:
-                log.warning('client %s: a replay request is {"after": SEQ}, not %r', self.name, packet.payload[:100])
+                self.endpoint.log_input(
+                    "replay", 'client %s: a replay request is {"after": SEQ}, not %r', self.name, packet.payload[:100]
+                )
             elif may_publish(self.principal, topic):
                 self._replay = (app, after, 0)
                 self.wake.set()
         elif may_match(topic, STATUS_SHAPE):
-            log.warning("client %s published to status topic %s, which only the outbox does: dropped", self.name, topic)
+            self.endpoint.log_input(
+                "status topic", "client %s published to status topic %r, which only the outbox does: dropped",
+                self.name, topic[:100],
+            )  # fmt: skip
         elif may_publish(self.principal, topic):
             self.endpoint.route(topic, packet.payload, qos, packet.retain)
         if qos:
@@ -312,15 +315,18 @@ class Connection:
         granted: list[tuple[str, int]] = []
         for topic_filter, qos in packet.filters:
             if not valid_filter(topic_filter):
-                log.info("client %s may not subscribe to %r", self.name, topic_filter[:100])
+                self.endpoint.log_input("filter", "client %s may not subscribe to %r: not a valid filter",
+                                        self.name, topic_filter[:100], level=logging.INFO)  # fmt: skip
                 codes.append(d.TOPIC_FILTER_INVALID)
                 continue
             if not may_subscribe(self.principal, topic_filter):
-                log.info("client %s may not subscribe to %r", self.name, topic_filter[:100])
+                self.endpoint.log_input("filter", "client %s may not subscribe to %r", self.name, topic_filter[:100],
+                                        level=logging.INFO)  # fmt: skip
                 codes.append(d.NOT_AUTHORIZED)
                 continue
             if not session.has_room_for(topic_filter):
-                log.info("client %s holds %d subscriptions, the most a session may", self.name, MAX_SUBSCRIPTIONS)
+                self.endpoint.log_input("filter", "client %s holds %d subscriptions, the most a session may",
+                                        self.name, MAX_SUBSCRIPTIONS, level=logging.INFO)  # fmt: skip
                 codes.append(d.QUOTA_EXCEEDED)
                 continue
             session.subscriptions[topic_filter] = qos

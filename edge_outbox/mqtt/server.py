@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edge_outbox.errors import ConfigError, StorageError
+from edge_outbox.intake import REFUSAL_LOG_INTERVAL
 from edge_outbox.mqtt.connection import Connection, note_subscriptions
 from edge_outbox.mqtt.dialect import SERVER_SHUTTING_DOWN, SESSION_TAKEN_OVER
 from edge_outbox.mqtt.session import MAX_QUEUED_BYTES, Message, Session, SessionRecord, StatusCursor, message_bytes
@@ -115,13 +116,12 @@ class MqttEndpoint:
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._retained_bytes = 0
         self.refused_retained = 0  # retained messages not kept: past max_retained_bytes
-        self._bounds_log = LogThrottle(10.0)  # messages not kept for want of room: a line at most this often
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._writes: set[asyncio.Future[None]] = set()
         self._sweeping: asyncio.Task[None] | None = None
         self._interested: set[str] = set()  # client ids of the sessions that subscribe to statuses
-        self.sessions_refused_log = LogThrottle(10.0)  # CONNECTs refused for want of room: a line at most this often
+        self._input_logs: dict[str, LogThrottle] = {}  # by kind of line: see `log_input`
         feed.listen(self._status_arrived)
         feed.wanted = False
 
@@ -365,7 +365,8 @@ class MqttEndpoint:
             if session.offer(topic, payload, qos) and connection is not None:
                 connection.wake.set()
             if session.dropped > dropped:
-                self._log_bounds(f"session {client_id} had {session.dropped} messages dropped in all, the oldest first")
+                self.log_input("dropped", "no room: session %s had %d messages dropped in all, the oldest first",
+                               client_id, session.dropped)  # fmt: skip
 
     def _retain(self, topic: str, payload: bytes, qos: int) -> None:
         """Keep (or with an empty payload clear) the retained message of `topic`, within max_retained_bytes; one
@@ -375,7 +376,8 @@ class MqttEndpoint:
         size = message_bytes(topic, payload) if payload else 0
         if payload and self._retained_bytes - freed + size > self.settings.max_retained_bytes:
             self.refused_retained += 1
-            self._log_bounds(f"retained message on {topic[:100]!r} not kept ({self.refused_retained} in all)")
+            self.log_input("retained", "no room: retained message on %r not kept (%d in all)", topic[:100],
+                           self.refused_retained)  # fmt: skip
             return
         if payload:
             self._retained[topic] = (payload, qos)
@@ -383,11 +385,15 @@ class MqttEndpoint:
             self._retained.pop(topic, None)
         self._retained_bytes += size - freed
 
-    def _log_bounds(self, what: str) -> None:
-        not_logged = self._bounds_log.allow(time.monotonic())
+    def log_input(self, kind: str, message: str, *args: object, level: int = logging.WARNING) -> None:
+        """A line about what an app sent and the endpoint refused or could not keep: at most one of each `kind`
+        every REFUSAL_LOG_INTERVAL, saying how many were left out, like the intake's "rejected input" line. One
+        976 KB SUBSCRIBE of bad filters wrote 22 MB of log, a line each."""
+        throttle = self._input_logs.setdefault(kind, LogThrottle(REFUSAL_LOG_INTERVAL))
+        not_logged = throttle.allow(time.monotonic())
         if not_logged is not None:
-            more = f" ({not_logged} more since the last line)" if not_logged else ""
-            log.warning("no room: %s%s", what, more)
+            more = f" ({not_logged} more like it since the last line)" if not_logged else ""
+            log.log(level, message + "%s", *args, more, extra={"not_logged": not_logged})
 
     def retained_for(self, session: Session, topic_filter: str, granted: int) -> None:
         for topic, (payload, qos) in self._retained.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -205,3 +206,27 @@ async def test_what_waits_for_an_absent_session_and_retained_messages_are_bounde
     finally:
         away.close()
         publisher.close()
+
+
+async def test_an_app_sending_bad_input_in_a_loop_gets_a_log_line_now_and_then(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge_outbox.mqtt")
+    client = RawClient(outbox.settings.listen_port)
+    try:
+        await asyncio.to_thread(client.connect, "noisy")
+        bad_filters = tuple((f"a/#/{i}", 1) for i in range(200))
+        client.send(p.Subscribe(1, bad_filters))
+        (codes,) = await asyncio.to_thread(subacks, client, 1)
+        assert codes == (p.SUBACK_FAILURE,) * 200
+        for _ in range(50):
+            await asyncio.to_thread(client.publish, "outbox/hvac/status/x", b"{}", 0)
+            await asyncio.to_thread(client.publish, "outbox/hvac/replay", b"not json", 1)
+        await asyncio.to_thread(client.publish, "done", b"", 1)  # the QoS 0 publishes before it are handled
+    finally:
+        client.close()
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("edge_outbox.mqtt")]
+    # Before, a line for each: 200 for one SUBSCRIBE, 50 and 50 for the publishes.
+    assert sum("may not subscribe" in line for line in lines) == 1
+    assert sum("published to status topic" in line for line in lines) == 1
+    assert sum("a replay request is" in line for line in lines) == 1

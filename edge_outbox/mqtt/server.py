@@ -117,7 +117,7 @@ class MqttEndpoint:
         self._retained_bytes = 0
         self.refused_retained = 0  # retained messages not kept: past max_retained_bytes
         self._server: asyncio.AbstractServer | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers: dict[asyncio.Task[None], Connection] = {}  # every connection, before its CONNECT too
         self._writes: set[asyncio.Future[None]] = set()
         self._sweeping: asyncio.Task[None] | None = None
         self._interested: set[str] = set()  # client ids of the sessions that subscribe to statuses
@@ -164,6 +164,9 @@ class MqttEndpoint:
             self._server.close()
         for connection in list(self._connections.values()):
             connection.close(SERVER_SHUTTING_DOWN)
+        for connection in list(self._handlers.values()):
+            if connection.session is None:  # no CONNECT answered yet: its handler must end, not be cancelled
+                connection.writer.transport.abort()
         if self._handlers:
             await asyncio.wait(self._handlers, timeout=5)
         if self._sweeping is not None:
@@ -244,11 +247,11 @@ class MqttEndpoint:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._handlers.add(task)
+        connection = self._handlers[task] = Connection(self, reader, writer)
         try:
-            await Connection(self, reader, writer).run()
+            await connection.run()
         finally:
-            self._handlers.discard(task)
+            del self._handlers[task]
 
     # --- called by connections -------------------------------------------------------------------
 

@@ -230,3 +230,29 @@ async def test_an_app_sending_bad_input_in_a_loop_gets_a_log_line_now_and_then(
     assert sum("may not subscribe" in line for line in lines) == 1
     assert sum("published to status topic" in line for line in lines) == 1
     assert sum("a replay request is" in line for line in lines) == 1
+
+
+async def test_a_stop_ends_a_connection_that_has_not_sent_its_connect_yet(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its handler, waiting for the CONNECT, was cancelled when the loop closed: asyncio logged an 'Exception in
+    callback' traceback at every stop with such a client."""
+    running = Outbox(OutboxSettings(data_dir=tmp_path, listen_port=free_port(), forward=False))
+    await running.start()
+    stranger = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", running.settings.listen_port))
+    try:
+        await until_handlers(endpoint_of(running), 1)
+        caplog.set_level(logging.ERROR)
+        await running.stop()
+        assert not endpoint_of(running)._handlers
+    finally:
+        stranger.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def until_handlers(endpoint: MqttEndpoint, count: int) -> None:
+    for _ in range(500):
+        if len(endpoint._handlers) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the connection was not accepted")

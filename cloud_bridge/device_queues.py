@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.metrics import BridgeMetrics
-from intent_contract.logs import LogThrottle
+from intent_contract.logs import LogThrottle, left_out
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,8 @@ class DeviceQueues:
             throttle = self._drop_logs.setdefault(device_id, LogThrottle(DROP_LOG_INTERVAL))
             not_logged = throttle.allow(time.monotonic())
             if not_logged is not None:
-                more = f" ({not_logged} more since the last line)" if not_logged else ""
                 context = {"device_id": device_id, "bytes": len(data), "code": "dropped_busy", "not_logged": not_logged}
-                logger.warning("device queue full; message dropped%s", more, extra=context)
+                logger.warning("device queue full; message dropped%s", left_out(not_logged), extra=context)
             return
         queue.append((leaf, data))
         self._queued_bytes[device_id] = queued + len(data)

@@ -95,10 +95,9 @@ class GuardedListener:
         if not_logged is not None:
             limits = self.admission.limits
             bound = f"{limits.per_address} from one address" if limit == "address" else f"{limits.total} in all"
-            more = f" ({not_logged} more since the last line)" if not_logged else ""
             logger.warning(
                 "%s connection from %s closed: connections not yet authenticated, %s, is the limit%s",
-                self.name, address or "unknown", bound, more,
+                self.name, address or "unknown", bound, left_out(not_logged),
                 extra={"peer": address, "code": "too_many_connections", "not_logged": not_logged},
             )  # fmt: skip
 

@@ -23,6 +23,7 @@ from edge_outbox.identity import identity_dir, key_file, load_identity
 from edge_outbox.key_rotation import pending_rotation
 from intent_contract import sealed, signed
 from intent_contract.codec import encode_confirms
+from intent_contract.errors import DecodeError
 from intent_contract.files import write_atomic
 from intent_contract.offline_wire import BUNDLE_TYPE, MAX_BUNDLE_INTENTS, Bundle
 from intent_contract.wire import BATCH_ITEMS, BATCH_PAYLOAD_BYTES, CONFIRMS_PER_MESSAGE
@@ -54,17 +55,21 @@ def export(
     new_id: Callable[[], str],
     progress: Progress | None = None,
 ) -> Exported:
-    """Write the bundle to `out`; the intents in it are marked sent (committed) before the file is written."""
+    """Write the bundle to `out`; the intents in it are marked sent in the transaction that commits once
+    the file is durable, so a bundle that could not be written leaves nothing marked."""
     identity = load_identity(data_dir)
     if identity is None:
         raise PermanentError("not enrolled: enroll this device first (edge-outbox enroll, or enroll-request)")
     pins = load_pins(identity_dir(data_dir))
     if max_bytes <= _HEADROOM:
         raise ConfigError(f"--max-bytes must be over {_HEADROOM >> 20} MiB")
+    key = _device_key(data_dir)
     batches: list[bytes] = []
     used = {"bytes": 0, "intents": 0, "unsendable": 0}
     if offline_ops.revocation(conn) is not None:
         raise PermanentError("this device was revoked at the bridge: there is nothing it may send")
+    # One transaction from taking the rows to the file on disk: the rows are marked sent only if the
+    # bundle exists, and meanwhile nothing else can cancel or expire a row that is going into it.
     conn.execute("BEGIN IMMEDIATE")
     try:
         clock = offline_ops.bridge_clock(conn)
@@ -91,30 +96,48 @@ def export(
         confirms = offline_ops.confirms_to_send(conn)
         left_out = conn.execute("SELECT COUNT(*) FROM intents WHERE state = 'accepted' AND sent_at < ?", (now,))
         left = int(left_out.fetchone()[0])
-        conn.execute("COMMIT")
+        body = Bundle(
+            rotation=pending_rotation(data_dir),
+            device_id=identity.device_id,
+            bridge_key=pins.key_id,
+            id=new_id(),
+            made_at=now,
+            batches=tuple(batches),
+            confirms=tuple(
+                encode_confirms(confirms[i : i + CONFIRMS_PER_MESSAGE])
+                for i in range(0, len(confirms), CONFIRMS_PER_MESSAGE)
+            ),
+        )
+        document = signed.sign(body.encode(), key, typ=BUNDLE_TYPE, kid=identity.device_id)
+        data = sealed.seal(document, pins.recipient)
+        try:
+            write_atomic(out, data)  # written aside, fsync'd, renamed
+        except OSError as exc:
+            raise ConfigError(f"cannot write {out}: {exc.strerror or exc}; nothing was marked sent") from None
+        # The bundle carries these confirms (if it is lost, the next receipt names them again).
+        offline_ops.drop_confirms(conn, confirms)
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            out.unlink(missing_ok=True)  # its intents are not marked sent: the file must not leave the site
+            raise
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    body = Bundle(
-        rotation=pending_rotation(data_dir),
-        device_id=identity.device_id,
-        bridge_key=pins.key_id,
-        id=new_id(),
-        made_at=now,
-        batches=tuple(batches),
-        confirms=tuple(
-            encode_confirms(confirms[i : i + CONFIRMS_PER_MESSAGE])
-            for i in range(0, len(confirms), CONFIRMS_PER_MESSAGE)
-        ),
-    )
-    key = key_file(data_dir).read_bytes()
-    document = signed.sign(body.encode(), key, typ=BUNDLE_TYPE, kid=identity.device_id)
-    data = sealed.seal(document, pins.recipient)
-    try:
-        write_atomic(out, data)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from None
-    conn.execute("BEGIN IMMEDIATE")
-    offline_ops.drop_confirms(conn, confirms)
-    conn.execute("COMMIT")
     return Exported(body.id, used["intents"], len(confirms), left, len(data), used["unsendable"])
+
+
+def _device_key(data_dir: Path) -> bytes:
+    """This device's private key, checked to sign with before anything is taken for the bundle."""
+    path = key_file(data_dir)
+    try:
+        key = path.read_bytes()
+        signed.check_signing_key(key)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the device key {path}: {exc.strerror or exc}") from None
+    except DecodeError as exc:
+        raise ConfigError(
+            f"the device key {path} is damaged: {exc}; re-enroll after moving {identity_dir(data_dir)} away"
+        ) from None
+    return key

@@ -17,6 +17,7 @@ from typing import Final
 
 import jwt
 import msgpack
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from intent_contract.device_token import ALGORITHM
 from intent_contract.errors import DecodeError, SignatureError
@@ -47,6 +48,17 @@ def sign(body: bytes, private_key_pem: bytes, *, typ: str, kid: str) -> bytes:
     )
     packed: bytes = msgpack.packb({"v": VERSION, "sig": signature, "body": body}, use_bin_type=True)
     return packed
+
+
+def check_signing_key(private_key_pem: bytes) -> None:
+    """DecodeError unless `sign` can sign with this key (a damaged file, another kind of key).
+
+    The message never quotes the key.
+    """
+    try:
+        _JWS.encode(b"", private_key_pem, algorithm=ALGORITHM, is_payload_detached=True)
+    except (ValueError, TypeError, jwt.PyJWTError, UnsupportedAlgorithm) as exc:
+        raise DecodeError(f"not a usable {ALGORITHM} private key ({type(exc).__name__})") from None
 
 
 def read(data: bytes, *, typ: str, max_bytes: int) -> SignedDocument:

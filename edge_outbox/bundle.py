@@ -66,7 +66,7 @@ def export(
     key = _device_key(data_dir)
     batches: list[bytes] = []
     used = {"bytes": 0, "intents": 0, "unsendable": 0}
-    if offline_ops.revocation(conn) is not None:
+    if offline_ops.revocation(conn, identity.device_id) is not None:
         raise PermanentError("this device was revoked at the bridge: there is nothing it may send")
     # One transaction from taking the rows to the file on disk: the rows are marked sent only if the
     # bundle exists, and meanwhile nothing else can cancel or expire a row that is going into it.

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from edge_outbox import cli_offline, config_file, lock, ops
+from edge_outbox import cli_offline, config_file, lock, offline_ops, ops
 from edge_outbox.apps_auth import hash_password, load_users
 from edge_outbox.cli_db import connection as _connection
 from edge_outbox.cli_format import (
@@ -296,12 +296,14 @@ def status(data_dir: Path, max_offline: float, as_json: bool) -> None:
 
     Exits 1 when unhealthy (revoked, intake paused, no link for longer than --max-offline), 0 otherwise.
     """
+    identity = load_identity(data_dir)
     with _connection(data_dir) as conn:
         summary = ops.summary(conn)
         meta = {key: ops.get_meta(conn, key) for key in (LINK_KEY, INTAKE_KEY)}
+        revoked = identity is not None and offline_ops.revocation(conn, identity.device_id) is not None
     running = lock.running(data_dir)
-    report = status_report(summary, meta if running else {}, load_identity(data_dir), running, data_dir)
-    report["problems"] = report_problems(report, meta if running else {}, max_offline)
+    report = status_report(summary, meta if running else {}, identity, running, data_dir)
+    report["problems"] = report_problems(report, meta if running else {}, max_offline, revoked=revoked)
     if as_json:
         print_json(report)
     else:

@@ -151,8 +151,11 @@ def print_status(report: dict[str, Any]) -> None:
         )
 
 
-def report_problems(report: dict[str, Any], meta: dict[str, str | None], max_offline_s: float) -> list[str]:
-    """The health rule (edge_outbox.health) applied to what the running outbox last recorded."""
+def report_problems(
+    report: dict[str, Any], meta: dict[str, str | None], max_offline_s: float, *, revoked: bool
+) -> list[str]:
+    """The health rule (edge_outbox.health) applied to what the running outbox last recorded, and to the
+    stored revocation (`revoked`), which holds whether an outbox runs or not."""
     link_text, intake_text = meta.get(LINK_KEY), meta.get(INTAKE_KEY)
     link = json.loads(link_text) if link_text else None
     intake = json.loads(intake_text) if intake_text else {}
@@ -164,4 +167,5 @@ def report_problems(report: dict[str, Any], meta: dict[str, str | None], max_off
         intake_reason=intake.get("reason", ""),
         now_ms=now_ms(),
         max_offline_s=max_offline_s,
+        revoked=revoked,
     )

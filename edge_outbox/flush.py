@@ -48,10 +48,10 @@ def _ended(before: Summary, after: Summary) -> dict[str, int]:
     return {s.value: after.counts[s.value] - before.counts[s.value] for s in State if s in FINAL}
 
 
-def _watch_state(conn: sqlite3.Connection) -> tuple[Summary, str, bool]:
+def _watch_state(conn: sqlite3.Connection, device_id: str) -> tuple[Summary, str, bool]:
     link = ops.get_meta(conn, LINK_KEY)
     state = json.loads(link).get("state", "offline") if link else "offline"
-    return ops.summary(conn), str(state), offline_ops.revocation(conn) is not None
+    return ops.summary(conn), str(state), offline_ops.revocation(conn, device_id) is not None
 
 
 async def _watch(
@@ -86,7 +86,7 @@ async def flush(data_dir: Path, timeout_s: float, clock_ms: Callable[[], int], p
     if identity is None:
         raise PermanentError("not enrolled: there is no bridge to flush to")
     if lock.running(data_dir) is not None:
-        return await _through_running_outbox(data_dir, timeout_s, clock_ms, progress)
+        return await _through_running_outbox(data_dir, identity.device_id, timeout_s, clock_ms, progress)
     outbox_lock = lock.DataDirLock(data_dir)
     outbox_lock.acquire({"where": "edge-outbox flush", "started": clock_ms()})
     store = Store(data_dir)
@@ -97,7 +97,7 @@ async def flush(data_dir: Path, timeout_s: float, clock_ms: Callable[[], int], p
 
         async def read() -> tuple[Summary, str, bool]:
             summary = await store.read(ops.summary)
-            revoked = await store.read(offline_ops.revocation) is not None
+            revoked = await store.read(offline_ops.revocation, identity.device_id) is not None
             return summary, forwarder.snapshot().state.value, revoked
 
         try:
@@ -113,14 +113,14 @@ async def flush(data_dir: Path, timeout_s: float, clock_ms: Callable[[], int], p
 
 
 async def _through_running_outbox(
-    data_dir: Path, timeout_s: float, clock_ms: Callable[[], int], progress: Progress | None
+    data_dir: Path, device_id: str, timeout_s: float, clock_ms: Callable[[], int], progress: Progress | None
 ) -> Flushed:
     await asyncio.to_thread(_set_flush, data_dir, clock_ms() + int(timeout_s * 1000) + 1000)
 
     def read_now() -> tuple[Summary, str, bool]:
         conn = db.connect(data_dir, create=False)
         try:
-            return _watch_state(conn)
+            return _watch_state(conn, device_id)
         finally:
             conn.close()
 

@@ -217,10 +217,13 @@ class Forwarder:
         retried_for_clock = False
         while True:
             self._stop_if_asked()
-            if await self._store.read(offline_ops.revocation) is not None:  # a receipt said so
+            if await self._revoked():  # a receipt said so
                 await self._stay_revoked()
                 return
             await self._gate.wait_open(self._waiting)
+            if await self._revoked():  # a receipt applied while the windows were closed
+                await self._stay_revoked()
+                return
             self._set_state(LinkState.CONNECTING)
             try:
                 await self._connection()
@@ -254,6 +257,9 @@ class Forwarder:
                 failures, base=self._settings.backoff_base_s, cap=self._settings.backoff_cap_s, jitter=random.random()
             )
             await self._gate.sleep(delay)
+
+    async def _revoked(self) -> bool:
+        return await self._store.read(offline_ops.revocation, self._identity.device_id) is not None
 
     def _waiting(self, seconds: float) -> None:
         self._set_state(LinkState.OFFLINE)
@@ -425,7 +431,7 @@ class Forwarder:
         """This device may send nothing more: end every pending intent, now and as they arrive."""
         self._set_state(LinkState.REVOKED)
         self._log.error("this device was revoked at the bridge; pending intents end as failed")
-        await self._store.call(offline_ops.mark_revoked, self._clock_ms(), "bridge")
+        await self._store.call(offline_ops.mark_revoked, self._identity.device_id, self._clock_ms(), "bridge")
         while True:
             ended = await self._store.call(ops.end_revoked, self._clock_ms())
             if ended:

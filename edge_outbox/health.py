@@ -13,15 +13,18 @@ def problems(
     intake_reason: str,
     now_ms: int,
     max_offline_s: float = DEFAULT_MAX_OFFLINE_S,
+    revoked: bool = False,
 ) -> list[str]:
     """What is wrong, in words; empty when healthy.
 
-    Unhealthy: the bridge revoked this device; intake cannot store (a full disk or a full queue
+    Unhealthy: the bridge revoked this device (`revoked`: stored, by a receipt or the link, whatever
+    the link is doing now: a site with no link, or outside its forwarding windows, learns it from a
+    receipt); intake cannot store (a full disk or a full queue
     holds the apps' acknowledgements); the link to the bridge has been down longer than
     `max_offline_s` (None: not enrolled or not forwarding, which is not a fault here).
     """
     found: list[str] = []
-    if link_state == "revoked":
+    if revoked or link_state == "revoked":
         found.append("this device was revoked at the bridge")
     if intake_held_since_ms is not None:
         held_s = max(0.0, (now_ms - intake_held_since_ms) / 1000)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge_outbox.bridge_clock import TimeSample
 from edge_outbox.bridge_pins import BridgePins, load_pins, save_pins
-from edge_outbox.enroll_client import learn_time_at
+from edge_outbox.enroll_client import adopt_identity_at, learn_time_at
 from edge_outbox.errors import ConfigError, PermanentError
 from edge_outbox.identity import Identity, identity_dir, load_identity, save_identity
 from intent_contract import json_bounded, sealed, signed
@@ -141,6 +141,7 @@ def enroll_import(data_dir: Path, data: bytes, now: int) -> Identity:
     save_identity(data_dir, identity, key, str(pending.get("ca", "")).encode(), pins)
     (directory / PENDING_KEY).unlink()
     (directory / PENDING).unlink()
+    adopt_identity_at(data_dir, identity.device_id)
     sample = TimeSample.receipt(response.made_at, now, response.request_made_at, response.made_at, "enrollment")
     learn_time_at(data_dir, sample, now)
     return identity

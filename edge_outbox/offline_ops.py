@@ -33,15 +33,40 @@ def learn_time(conn: sqlite3.Connection, sample: TimeSample, now: int) -> Bridge
     return after
 
 
-def revocation(conn: sqlite3.Connection) -> dict[str, object] | None:
-    """{"at": ms, "source": text} when the bridge said this device is revoked, else None."""
-    text = ops.get_meta(conn, REVOKED_KEY)
+def _revoked_key(device_id: str) -> str:
+    return f"{REVOKED_KEY}:{device_id}"
+
+
+def revocation(conn: sqlite3.Connection, device_id: str) -> dict[str, object] | None:
+    """{"at": ms, "source": text} when the bridge said device `device_id` is revoked, else None.
+
+    Kept per device id: a data dir enrolled again is a new device, which the old one's revocation does not
+    touch, while the old identity stays revoked should it come back. A record an older outbox kept without
+    a device id (REVOKED_KEY alone) was said of the identity it had, which is this one until the data dir is
+    enrolled again (`adopt_identity` drops it then).
+    """
+    text = ops.get_meta(conn, _revoked_key(device_id))
+    if text is None:
+        text = ops.get_meta(conn, REVOKED_KEY)
     return None if text is None else dict(json.loads(text))
 
 
-def mark_revoked(conn: sqlite3.Connection, at: int, source: str) -> None:
-    if ops.get_meta(conn, REVOKED_KEY) is None:
-        ops.set_meta(conn, REVOKED_KEY, json.dumps({"at": at, "source": source}))
+def mark_revoked(conn: sqlite3.Connection, device_id: str, at: int, source: str) -> None:
+    if ops.get_meta(conn, _revoked_key(device_id)) is None:
+        ops.set_meta(conn, _revoked_key(device_id), json.dumps({"at": at, "source": source}))
+
+
+def end_if_revoked(conn: sqlite3.Connection, device_id: str, now: int) -> int | None:
+    """End every pending intent when `device_id` is revoked (how many); None when it is not revoked."""
+    if revocation(conn, device_id) is None:
+        return None
+    return ops.end_revoked(conn, now)
+
+
+def adopt_identity(conn: sqlite3.Connection, device_id: str) -> None:
+    """This data dir was just enrolled as `device_id` (enroll, enroll-import): what was said of the identity
+    it had before is not said of this one."""
+    conn.execute("DELETE FROM meta WHERE key = ?", (REVOKED_KEY,))
 
 
 def pending_count(conn: sqlite3.Connection) -> int:

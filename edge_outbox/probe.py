@@ -53,6 +53,7 @@ class Observed:
     held_since_ms: int | None
     held_reason: str
     apps_connected: int
+    revoked: bool = False  # the bridge said this device is revoked (stored: a receipt or the link)
 
 
 class _Collector(Collector):
@@ -163,6 +164,7 @@ class Probe:
             intake_reason=seen.held_reason,
             now_ms=seen.now_ms,
             max_offline_s=self._max_offline_s,
+            revoked=seen.revoked,
         )
         body = {"status": "ok" if not found else "unhealthy", "problems": found}
         return web.Response(status=200 if not found else 503, text=json.dumps(body), content_type="application/json")

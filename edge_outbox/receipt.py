@@ -87,7 +87,7 @@ def apply_receipt(conn: sqlite3.Connection, body: Receipt, acks: list[Ack], now:
         clock = offline_ops.learn_time(conn, sample, now)
         ended = 0
         if body.revoked_at is not None:
-            offline_ops.mark_revoked(conn, body.revoked_at, f"receipt {body.id}")
+            offline_ops.mark_revoked(conn, body.device_id, body.revoked_at, f"receipt {body.id}")
             ended = ops.end_revoked(conn, now)
         conn.execute("COMMIT")
     except BaseException:

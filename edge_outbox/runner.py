@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
-from edge_outbox import ops
+from edge_outbox import offline_ops, ops
 from edge_outbox.app_sessions import StoredSessions, oldest_cursor, save_cursors
 from edge_outbox.apps_auth import verify_password
 from edge_outbox.attach import AttachedClient
@@ -67,6 +67,8 @@ class Outbox:
         self.forwarder: Forwarder | None = None
         self._forwarding: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._device_id: str | None = None  # the identity enrolled when the outbox started
+        self.revoked = False  # the bridge said this device is revoked: every new intent is ended
 
     def _on_events(self, seen: ops.EventsSeen) -> None:
         if self.feed is not None:
@@ -130,8 +132,9 @@ class Outbox:
                 task.cancel()
             await self.store.close()
             raise
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         identity = load_identity(s.data_dir)
+        self._device_id = identity.device_id if identity is not None else None
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if identity is None:
             log.warning(
                 "not enrolled with a bridge: intents are kept here until `edge-outbox enroll` is run "
@@ -182,6 +185,7 @@ class Outbox:
             held_since_ms=held_since_ms(health.held_since),
             held_reason=health.reason,
             apps_connected=self._transport.connected if isinstance(self._transport, MqttEndpoint) else 0,
+            revoked=self.revoked,
         )
 
     def _edge_facts(self) -> EdgeFacts:
@@ -223,7 +227,11 @@ class Outbox:
         return meta
 
     async def _housekeeping(self) -> None:
-        """Expire overdue intents, store where status consumers are, purge what retention allows.
+        """Expire overdue intents, end them all once the device is revoked, store where status consumers
+        are, purge what retention allows.
+
+        The revocation is read here, not only by the forwarder: a site with no bridge address runs none,
+        and one outside its forwarding windows has one waiting, yet a receipt may say the device is revoked.
 
         One transaction a tick, and it writes only what changed, so an idle outbox does not fsync.
         """
@@ -236,10 +244,11 @@ class Outbox:
                 now = now_ms()
                 current = {**self._meta(), **{f"pos:{k}": str(v) for k, v in self._positions().items()}}
                 changed = {k: v for k, v in current.items() if written.get(k) != v}
-                expired = await self.store.call(_tick, now, changed)
+                expired, ended = await self.store.call(_tick, now, changed, self._device_id)
                 written.update(changed)
                 if expired:
                     log.info("%d intents expired before they could be forwarded", expired)
+                self._on_revocation(ended)
                 if time.monotonic() - last_purge > 3600:
                     last_purge = time.monotonic()
                     purged = await self._in_batches(ops.purge, now - int(self.settings.retention_s * 1000))
@@ -259,6 +268,17 @@ class Outbox:
             except Exception:
                 log.exception("housekeeping failed; trying again")
 
+    def _on_revocation(self, ended: int | None) -> None:
+        """Log what the tick did about a revocation (`ended` None: the device is not revoked)."""
+        if ended is None:
+            return
+        context = {"device_id": self._device_id, "code": "device_revoked"}
+        if not self.revoked:
+            self.revoked = True
+            log.error("this device was revoked at the bridge; every new intent ends as failed", extra=context)
+        if ended:
+            log.warning("%d intents ended: device revoked", ended, extra=context)
+
     async def _in_batches(self, delete: Callable[..., int], *args: Any) -> int:
         """Run `delete(conn, *args, limit=PURGE_BATCH)` one store operation at a time until it deletes fewer."""
         total = 0
@@ -276,13 +296,16 @@ def _save_positions(conn: sqlite3.Connection, positions: dict[str, int]) -> None
     save_cursors(conn, positions)
 
 
-def _tick(conn: sqlite3.Connection, now: int, changed: dict[str, str]) -> int:
+def _tick(conn: sqlite3.Connection, now: int, changed: dict[str, str], device_id: str | None) -> tuple[int, int | None]:
+    """(intents expired, intents ended as revoked: None when `device_id` is not revoked)."""
     positions = {k.removeprefix("pos:"): int(v) for k, v in changed.items() if k.startswith("pos:")}
     _save_positions(conn, positions)
     for key, value in changed.items():
         if not key.startswith("pos:"):
             ops.set_meta(conn, key, value)
-    return ops.expire_due(conn, now)
+    expired = ops.expire_due(conn, now)
+    ended = None if device_id is None else offline_ops.end_if_revoked(conn, device_id, now)
+    return expired, ended
 
 
 def _prune_events(conn: sqlite3.Connection, wanted_after: int, before: int, limit: int) -> int:

@@ -4,8 +4,12 @@ the site no longer has."""
 
 from __future__ import annotations
 
+import datetime
 import json
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,9 +18,10 @@ from edge_outbox import db, ops
 from edge_outbox.identity import key_file
 from edge_outbox.intake_rules import Admitted
 from edge_outbox.ops import QueueLimits
-from tests.support.edge import cli, cli_json
-from tests.support.sneakernet import cut_off, export, imported
-from tests.support.stack import APP, Stack, intent
+from tests.support.edge import Client, OutboxProcess, cli, cli_json, stored_ids
+from tests.support.net import free_port, wait_until
+from tests.support.sneakernet import bridge_cmd, cut_off, enroll_offline, export, import_receipt, imported
+from tests.support.stack import APP, INTENT_TOPIC, STATUS_TOPIC, Stack, intent
 
 
 def _store(edge_dir: Path, *intent_ids: str) -> None:
@@ -62,3 +67,97 @@ def test_an_export_that_writes_no_bundle_marks_nothing_sent(stack: Stack, tmp_pa
     assert cli_json(stack.edge_dir, "show", "stick-2")["sent"] == 1
     assert cli(stack.edge_dir, "cancel", "stick-2").returncode == 1  # in a bundle now: the bridge may have it
     assert imported(stack, tmp_path / "site.bundle", tmp_path / "site.receipt")["intents"] == 1
+
+
+@contextmanager
+def _running(stack: Stack, site: Path, *extra: str) -> Iterator[Client]:
+    """`edge-outbox run` on `site` and an app listening to its statuses; both stopped after."""
+    port = free_port()
+    edge = OutboxProcess(site, port, *extra).start()
+    try:
+        app = Client(port, f"app-{port}").connect()
+        stack.apps.append(app)
+        app.subscribe(STATUS_TOPIC)
+        yield app
+    finally:
+        edge.stop()
+
+
+def _publish(app: Client, intent_id: str) -> None:
+    app.publish(INTENT_TOPIC, intent(intent_id), name=intent_id)
+    wait_until(lambda: intent_id in app.acked, 30, what=f"the PUBACK of {intent_id}")
+
+
+def _revoked_receipt(stack: Stack, device_id: str, out: Path) -> Path:
+    stack.bridge.cli("devices", "revoke", device_id)
+    assert bridge_cmd(stack, "receipt", device_id, "--out", str(out)).returncode == 0
+    return out
+
+
+def _ended_as_revoked(site: Path, app: Client, intent_id: str) -> None:
+    wait_until(lambda: stored_ids(site).get(intent_id) == "failed", 30, what=f"{intent_id} ended as revoked")
+    assert cli_json(site, "show", intent_id)["code"] == "device_revoked"
+    wait_until(lambda: intent_id in app.ids_with("failed"), 30, what="the app told")
+
+
+def _unhealthy_as_revoked(site: Path) -> None:
+    result = cli(site, "status", "--json")
+    assert result.returncode == 1, result.stdout
+    assert "this device was revoked at the bridge" in json.loads(result.stdout)["problems"]
+
+
+@pytest.mark.timeout(180)
+def test_a_revoked_site_with_no_bridge_address_ends_every_new_intent(stack: Stack, tmp_path: Path) -> None:
+    """docs/offline-sites.md: after a receipt says the device is revoked the outbox ends every new intent.
+    A site with no bridge address runs no forwarder, which alone did that: new intents stayed accepted for
+    ever and `status` said healthy."""
+    site = tmp_path / "site"
+    device_id = enroll_offline(stack, site, tmp_path, "no-link")
+    receipt = _revoked_receipt(stack, device_id, tmp_path / "revoked.receipt")
+    assert import_receipt(site, receipt).returncode == 1
+    with _running(stack, site) as app:
+        _publish(app, "after-revocation")
+        _ended_as_revoked(site, app, "after-revocation")
+        _unhealthy_as_revoked(site)
+    _unhealthy_as_revoked(site)  # stored: also with no outbox running
+
+
+@pytest.mark.timeout(180)
+def test_a_revoked_site_outside_its_forwarding_window_ends_every_new_intent(stack: Stack, tmp_path: Path) -> None:
+    """A receipt applied while `run` waits for its next window: new intents ended at once, not when the window
+    opens (the forwarder looked for the revocation only before it waited)."""
+    cut_off(stack.edge_dir)
+    later = (datetime.datetime.now().hour + 3) % 24
+    with _running(stack, stack.edge_dir, "--forward-window", f"{later:02d}:00-{later:02d}:10") as app:
+        receipt = _revoked_receipt(stack, stack.device_id, tmp_path / "revoked.receipt")
+        assert import_receipt(stack.edge_dir, receipt).returncode == 1
+        _publish(app, "after-revocation")
+        _ended_as_revoked(stack.edge_dir, app, "after-revocation")
+        _unhealthy_as_revoked(stack.edge_dir)
+
+
+@pytest.mark.timeout(240)
+def test_a_site_enrolled_again_after_its_revocation_is_a_new_device(stack: Stack, tmp_path: Path) -> None:
+    """The revocation is the old device's: enrolled again (as the outbox advises), the data dir exports and
+    runs as the new device, whose intents are delivered; the old identity, put back, is still revoked.
+    Before, the old device's revocation stayed in the database for whatever identity came next."""
+    site = tmp_path / "site"
+    old = enroll_offline(stack, site, tmp_path, "site-old")
+    assert import_receipt(site, _revoked_receipt(stack, old, tmp_path / "revoked.receipt")).returncode == 1
+    shutil.move(site / "identity", tmp_path / "old-identity")
+    new = enroll_offline(stack, site, tmp_path, "site-new")
+    assert new != old
+
+    with _running(stack, site) as app:
+        _publish(app, "as-new-device")
+        assert cli(site, "status").returncode == 0
+        bundle = export(site, tmp_path / "new.bundle")
+        assert bundle["intents"] == 1
+        assert imported(stack, tmp_path / "new.bundle", tmp_path / "new.receipt", "--wait", "60s")["device_id"] == new
+        assert import_receipt(site, tmp_path / "new.receipt").returncode == 0
+        wait_until(lambda: "as-new-device" in app.ids_with("delivered"), 30, what="delivered as the new device")
+    assert stack.sink.executions()["as-new-device"] == 1
+
+    shutil.move(site / "identity", tmp_path / "new-identity")
+    shutil.move(tmp_path / "old-identity", site / "identity")
+    _one_line_error(cli(site, "export", "--out", str(tmp_path / "old.bundle")), "revoked")

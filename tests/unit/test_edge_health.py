@@ -37,3 +37,17 @@ def test_revoked_and_paused_intake_are_both_named() -> None:
         now_ms=NOW,
     )
     assert found == ["this device was revoked at the bridge", "intake paused for 5 s: cannot store: disk full"]
+
+
+def test_a_stored_revocation_is_a_problem_whatever_the_link_says() -> None:
+    """A receipt says so on a site with no link (no link state at all) or outside its windows (offline)."""
+    for link_state in (None, "offline"):
+        found = problems(
+            link_state=link_state,
+            link_since_ms=NOW if link_state else None,
+            intake_held_since_ms=None,
+            intake_reason="",
+            now_ms=NOW,
+            revoked=True,
+        )
+        assert found == ["this device was revoked at the bridge"]

@@ -43,6 +43,7 @@ class Exported:
     left_out: int  # intents not yet accepted by the bridge that did not fit under --max-bytes
     bytes: int
     unsendable: int = 0  # stored intents the batch cannot carry: ended rejected/bad_json (forwarder.encode_rows)
+    identity_changed: int = 0  # intents sent as the device this data dir was before: ended (offline_ops.send_as)
 
 
 def export(
@@ -72,6 +73,7 @@ def export(
     # bundle exists, and meanwhile nothing else can cancel or expire a row that is going into it.
     conn.execute("BEGIN IMMEDIATE")
     try:
+        sent_as_another = offline_ops.send_as(conn, identity.device_id, now)
         clock = offline_ops.bridge_clock(conn)
         total = offline_ops.pending_count(conn)
 
@@ -125,7 +127,7 @@ def export(
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return Exported(body.id, used["intents"], len(confirms), left, len(data), used["unsendable"])
+    return Exported(body.id, used["intents"], len(confirms), left, len(data), used["unsendable"], sent_as_another)
 
 
 def _device_key(data_dir: Path) -> bytes:

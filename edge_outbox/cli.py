@@ -439,10 +439,12 @@ def hash_password_cmd(app: str, password: str) -> None:
 @json_option
 def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path, as_json: bool) -> None:
     """Make this device's key and register it with the bridge (once per device)."""
+    in_doubt = cli_offline.intents_in_doubt(data_dir)
     identity = enroll_device(data_dir, bridge_url, code, ca)
     if as_json:
-        print_json(asdict(identity))
+        print_json({**asdict(identity), "identity_changed": in_doubt})
     else:
+        cli_offline.say_identity_changed(in_doubt)
         running = lock.running(data_dir)
         next_step = (
             f"restart the running `edge-outbox run` (pid {running.get('pid', '?')}) to start forwarding"

@@ -15,6 +15,7 @@ import click
 
 from edge_outbox.cli_db import connection
 from edge_outbox.cli_format import now_ms, print_json
+from edge_outbox.db import db_path
 from edge_outbox.identity import load_identity
 from intent_contract.errors import DecodeError
 from intent_contract.files import read_bounded
@@ -79,6 +80,12 @@ def export_cmd(data_dir: Path, out: Path, max_bytes: int, as_json: bool) -> None
     )
     if done.left_out:
         click.echo(f"{done.left_out} intents did not fit under --max-bytes: export again for them", err=True)
+    if done.identity_changed:
+        click.echo(
+            f"{done.identity_changed} intents sent as the device this data dir was before it was enrolled again:"
+            " ended failed/identity_changed, not sent again",
+            err=True,
+        )
     if done.unsendable:
         click.echo(
             f"{done.unsendable} stored intents cannot be sent (stored by an older outbox): ended rejected/bad_json",
@@ -202,11 +209,32 @@ def enroll_import_cmd(data_dir: Path, response_file: Path, as_json: bool) -> Non
     """Enroll a site that never connects, step 2: apply the bridge's signed response to the request."""
     from edge_outbox.offline_enroll import enroll_import  # noqa: PLC0415
 
+    in_doubt = intents_in_doubt(data_dir)
     identity = enroll_import(data_dir, _read(response_file, ENROLL_FILE_BYTES), now_ms())
     if as_json:
-        print_json(asdict(identity))
+        print_json({**asdict(identity), "identity_changed": in_doubt})
     else:
         click.echo(f"enrolled as device {identity.device_id} (tenant {identity.tenant}, name {identity.name})")
+        say_identity_changed(in_doubt)
+
+
+def intents_in_doubt(data_dir: Path) -> int:
+    """Intents sent and unanswered before enrolling again: the enrollment ends them (offline_ops.adopt_identity)."""
+    from edge_outbox import offline_ops  # noqa: PLC0415
+
+    if not db_path(data_dir).exists():
+        return 0
+    with connection(data_dir) as conn:
+        return offline_ops.in_doubt(conn)
+
+
+def say_identity_changed(ended: int) -> None:
+    if ended:
+        click.echo(
+            f"{ended} intents sent as the device this data dir was before were ended failed/identity_changed:"
+            " the bridge has them under that device, and they are not sent again as this one",
+            err=True,
+        )
 
 
 @click.command(name="rotate-key")

@@ -23,6 +23,7 @@ LINK_KEY = "link"
 INTAKE_KEY = "intake"  # held publishes (full queue or disk), for `edge-outbox status`
 CLOCK_KEY = "bridge_clock"  # the bridge's clock as learned (edge_outbox.bridge_clock)
 REVOKED_KEY = "revoked"  # set when the bridge said this device is revoked (online or in a receipt)
+SENT_AS_KEY = "sent_as"  # the device id this database's intents are sent as (edge_outbox.offline_ops.send_as)
 BUSY_TIMEOUT_MS = 10_000
 
 _PENDING, _FINAL = sql_set(PENDING), sql_set(FINAL)

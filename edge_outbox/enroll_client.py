@@ -79,7 +79,7 @@ def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path) -> Identity:
     )
     pins = BridgePins.from_json(body["offline"]) if "offline" in body else None
     save_identity(data_dir, identity, key_pem, ca, pins)
-    adopt_identity_at(data_dir, identity.device_id)
+    adopt_identity_at(data_dir, identity.device_id, _local_ms())
     if type(body.get("time")) is int:
         learn_time_at(data_dir, TimeSample.between(body["time"], sent, received, "enrollment"), received)
     return identity
@@ -98,11 +98,12 @@ def learn_time_at(data_dir: Path, sample: TimeSample, now: int) -> None:
         conn.close()
 
 
-def adopt_identity_at(data_dir: Path, device_id: str) -> None:
-    """Tell the outbox database (made if need be) that this data dir is now device `device_id`."""
+def adopt_identity_at(data_dir: Path, device_id: str, now: int) -> int:
+    """Tell the outbox database (made if need be) that this data dir is now device `device_id`; how many
+    intents sent as the device it was before ended (`offline_ops.adopt_identity`)."""
     conn = db.connect(data_dir)
     try:
-        offline_ops.adopt_identity(conn, device_id)
+        return offline_ops.adopt_identity(conn, device_id, now)
     finally:
         conn.close()
 

@@ -213,6 +213,11 @@ class Forwarder:
             self._log.info("bridge link %s", state)
 
     async def run(self) -> None:
+        ended = await self._store.call(offline_ops.send_as, self._identity.device_id, self._clock_ms())
+        if ended:
+            self._log.warning(
+                "%d intents sent as the device this data dir was before ended failed/identity_changed", ended
+            )
         failures = 0
         retried_for_clock = False
         while True:

@@ -141,7 +141,7 @@ def enroll_import(data_dir: Path, data: bytes, now: int) -> Identity:
     save_identity(data_dir, identity, key, str(pending.get("ca", "")).encode(), pins)
     (directory / PENDING_KEY).unlink()
     (directory / PENDING).unlink()
-    adopt_identity_at(data_dir, identity.device_id)
+    adopt_identity_at(data_dir, identity.device_id, now)
     sample = TimeSample.receipt(response.made_at, now, response.request_made_at, response.made_at, "enrollment")
     learn_time_at(data_dir, sample, now)
     return identity

@@ -13,9 +13,15 @@ from collections.abc import Callable
 
 from edge_outbox import ops
 from edge_outbox.bridge_clock import BridgeClock, TimeSample
-from edge_outbox.db import CLOCK_KEY, REVOKED_KEY, IntentRow
-from edge_outbox.states import PENDING, sql_set
+from edge_outbox.db import CLOCK_KEY, REVOKED_KEY, SENT_AS_KEY, IntentRow
+from edge_outbox.states import PENDING, Event, sources, sql_set, target
 
+# Pending intents already sent to the bridge (only a state an intent may still be cancelled in can mean
+# "never sent": forwarded means the bridge has it), which a new identity must not send again.
+_SENT_PENDING = (
+    f"state IN {sql_set(sources(Event.IDENTITY_CHANGED))}"
+    f" AND NOT (state IN {sql_set(sources(Event.IDENTITY_CHANGED) & sources(Event.CANCEL))} AND sent = 0)"
+)
 # Ids confirmed per bundle: a receipt's results beyond it are confirmed by the next bundle.
 MAX_BUNDLE_CONFIRMS = 20_000
 
@@ -63,10 +69,66 @@ def end_if_revoked(conn: sqlite3.Connection, device_id: str, now: int) -> int | 
     return ops.end_revoked(conn, now)
 
 
-def adopt_identity(conn: sqlite3.Connection, device_id: str) -> None:
+def adopt_identity(conn: sqlite3.Connection, device_id: str, now: int) -> int:
     """This data dir was just enrolled as `device_id` (enroll, enroll-import): what was said of the identity
-    it had before is not said of this one."""
-    conn.execute("DELETE FROM meta WHERE key = ?", (REVOKED_KEY,))
+    it had before is not said of this one, and what it sent is ended (`send_as`); how many intents ended.
+
+    Enrolling needs a data dir with no identity, so an intent sent before was sent as another device, also
+    in a database that does not say which (an older outbox's).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM meta WHERE key = ?", (REVOKED_KEY,))
+        ended = send_as(conn, device_id, now, enrolled=True)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return ended
+
+
+def send_as(conn: sqlite3.Connection, device_id: str, now: int, *, enrolled: bool = False) -> int:
+    """Make `device_id` the device this database's intents are sent as, before anything is sent (the
+    forwarder's start, each export); how many intents ended.
+
+    An intent sent as another device (this data dir was enrolled again since) must not go out again as this
+    one: the bridge keeps one row per (device, intent id), so it would run twice. Its result can reach only
+    the old device, so it ends here `failed`/`identity_changed`: sent, it may have run. Never-sent intents
+    stay, to go out as the new device. A database that names no device is an older outbox's: unless this
+    is an enrollment, it sent as the identity it has now.
+    """
+    before = ops.get_meta(conn, SENT_AS_KEY)
+    if before == device_id:
+        return 0
+    ops.set_meta(conn, SENT_AS_KEY, device_id)
+    if before is None and not enrolled:
+        return 0
+    return _end_sent_as_another(conn, before, device_id, now)
+
+
+def _end_sent_as_another(conn: sqlite3.Connection, before: str | None, device_id: str, now: int) -> int:
+    sender = f"device {before}" if before else "the device this data dir was before"
+    detail = (
+        f"sent to the bridge as {sender}; this data dir was enrolled again as device {device_id}, so it is not"
+        " sent again and its result cannot reach this outbox (the bridge's audit log of that device knows"
+        " whether it ran)"
+    )
+    return int(
+        conn.execute(
+            f"UPDATE intents SET state = ?, code = 'identity_changed', detail = ?, updated = ? WHERE {_SENT_PENDING}",
+            (target(Event.IDENTITY_CHANGED), detail, now),
+        ).rowcount
+    )
+
+
+def in_doubt(conn: sqlite3.Connection) -> int:
+    """Intents sent and not yet answered: what enrolling again as another device ends (`adopt_identity`)."""
+    pending = sql_set(sources(Event.IDENTITY_CHANGED))
+    unsent = sql_set(sources(Event.IDENTITY_CHANGED) & sources(Event.CANCEL))
+    row = conn.execute(
+        f"SELECT COUNT(*) FROM intents WHERE state IN {pending} AND NOT (state IN {unsent} AND sent = 0)"
+    )
+    return int(row.fetchone()[0])
 
 
 def pending_count(conn: sqlite3.Connection) -> int:

@@ -4,13 +4,14 @@
     accepted --deadline passed, never sent--> expired
     accepted --ops cancel, never sent--> cancelled
     accepted | forwarded --the bridge revoked this device--> failed
+    accepted | forwarded --sent as a device this data dir no longer is (enrolled again)--> failed
     failed | expired --ops retry--> accepted (a new attempt: attempt + 1, no deadline, not sent)
     failed | expired --bridge rerun--> forwarded (an operator retried it at the bridge: the bridge's attempt)
 
 A final state never changes again except by a retry (here, or at the bridge: an ack for a newer
 attempt than this row's), so a late or repeated ack is a no-op.
 Every state change of the store comes from this table: single rows through `step`, bulk SQL
-(expiry, revocation) through `sources`/`target`, and the SQL state sets through `sql_set`.
+(expiry, revocation, a new identity) through `sources`/`target`, and the SQL state sets through `sql_set`.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Event(StrEnum):
     RETRY = "retry"
     RERUN = "rerun"  # an ack for a newer attempt than ours: an operator retried it at the bridge
     UNSENDABLE = "unsendable"  # a stored payload the wire cannot carry (kept by an older, laxer intake)
+    IDENTITY_CHANGED = "identity_changed"  # sent as another device: the data dir was enrolled again since
 
 
 class Effect(StrEnum):
@@ -91,6 +93,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.ACCEPTED, Event.CANCEL): State.CANCELLED,
     (State.ACCEPTED, Event.UNSENDABLE): State.REJECTED,
     **{(s, Event.REVOKE): State.FAILED for s in PENDING},
+    **{(s, Event.IDENTITY_CHANGED): State.FAILED for s in PENDING},
     **{(s, Event.RETRY): State.ACCEPTED for s in RETRYABLE},
     **{(s, Event.RERUN): State.FORWARDED for s in RETRYABLE},
 }

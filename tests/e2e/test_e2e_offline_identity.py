@@ -161,3 +161,32 @@ def test_a_site_enrolled_again_after_its_revocation_is_a_new_device(stack: Stack
     shutil.move(site / "identity", tmp_path / "new-identity")
     shutil.move(tmp_path / "old-identity", site / "identity")
     _one_line_error(cli(site, "export", "--out", str(tmp_path / "old.bundle")), "revoked")
+
+
+@pytest.mark.timeout(240)
+def test_intents_sent_as_the_old_device_are_not_sent_again_as_the_new_one(stack: Stack, tmp_path: Path) -> None:
+    """An intent exported as the old device (the bridge admitted it) went out again in the new device's
+    bundle after the site was enrolled again, and the bridge, whose ledger holds one row per (device,
+    intent id), ran it twice. Enrolling again now ends it failed/identity_changed (its app is told);
+    an intent never sent goes out as the new device."""
+    site = tmp_path / "site"
+    old = enroll_offline(stack, site, tmp_path, "site-old")
+    with _running(stack, site) as app:
+        _publish(app, "exported")
+        export(site, tmp_path / "old.bundle")
+        assert imported(stack, tmp_path / "old.bundle", tmp_path / "old.receipt")["device_id"] == old
+        _publish(app, "never-sent")
+
+        shutil.move(site / "identity", tmp_path / "old-identity")  # damaged, say: the site is enrolled again
+        new = enroll_offline(stack, site, tmp_path, "site-new")
+        wait_until(lambda: "exported" in app.ids_with("failed"), 30, what="the app told")
+    shown = cli_json(site, "show", "exported")
+    assert (shown["state"], shown["code"]) == ("failed", "identity_changed")
+    assert old in shown["detail"] and new in shown["detail"]
+    assert stored_ids(site)["never-sent"] == "accepted"
+
+    done = export(site, tmp_path / "new.bundle")
+    assert done["intents"] == 1
+    assert imported(stack, tmp_path / "new.bundle", tmp_path / "new.receipt", "--wait", "60s")["device_id"] == new
+    wait_until(lambda: stack.sink.distinct() == 2, 60, what="both intents executed")
+    assert stack.sink.executions() == {"exported": 1, "never-sent": 1}

@@ -32,6 +32,7 @@ from edge_outbox.bridge_clock import BridgeClock, TimeSample
 from edge_outbox.cancelling import raise_if_cancelled
 from edge_outbox.db import IntentRow
 from edge_outbox.device_check import check_device
+from edge_outbox.errors import StorageError
 from edge_outbox.fleet_link import DeviceReporter, ReporterSettings, disk_facts
 from edge_outbox.fleet_report import EdgeFacts, RecentErrors
 from edge_outbox.identity import Identity
@@ -213,11 +214,6 @@ class Forwarder:
             self._log.info("bridge link %s", state)
 
     async def run(self) -> None:
-        ended = await self._store.call(offline_ops.send_as, self._identity.device_id, self._clock_ms())
-        if ended:
-            self._log.warning(
-                "%d intents sent as the device this data dir was before ended failed/identity_changed", ended
-            )
         failures = 0
         retried_for_clock = False
         while True:
@@ -254,6 +250,9 @@ class Forwarder:
             except (aiomqtt.MqttError, OSError) as exc:
                 self._log.warning("bridge unreachable: %s", exc)
                 self.errors.add(self._clock_ms(), "bridge_unreachable", f"bridge unreachable: {exc}")
+            except StorageError as exc:  # before connecting (_send_as_this_device): try again later
+                self._log.error("not connecting: %s", exc)
+                self.errors.add(self._clock_ms(), "storage_error", f"not connecting: {exc}")
             self._stop_if_asked()
             self._set_state(LinkState.OFFLINE)
             failures += 1
@@ -285,8 +284,18 @@ class Forwarder:
             )
         return moved
 
+    async def _send_as_this_device(self) -> None:
+        """Before anything is sent: intents sent as another device (this data dir was enrolled again) end
+        here instead of going out again as this one (offline_ops.send_as)."""
+        ended = await self._store.call(offline_ops.send_as, self._identity.device_id, self._clock_ms())
+        if ended:
+            self._log.warning(
+                "%d intents sent as the device this data dir was before ended failed/identity_changed", ended
+            )
+
     async def _connection(self) -> None:
         s = self._settings
+        await self._send_as_this_device()
         clock = await self._gate.refresh()
         token = device_token(
             self._data_dir, self._identity, clock.bridge_ms(self._clock_ms()) // 1000, s.token_lifetime_s

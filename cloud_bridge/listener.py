@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from cloud_bridge.device_gate import DeviceGate
@@ -61,6 +62,7 @@ class BridgeListener:
         *,
         reports: ReportSink | None = None,
         watch: ConnectionWatch | None = None,
+        on_topic_refused: Callable[[str], None] | None = None,
         front_door: FrontDoorFactory = MqttFrontDoor,
     ) -> None:
         if settings.tls_cert is None or settings.tls_key is None:
@@ -74,6 +76,7 @@ class BridgeListener:
             listens.append(Listen(Transport.WEBSOCKET, settings.ws_listen, cert, key, limits, watch))
         self._door: DeviceFrontDoor = front_door(listens, self)
         self._refusal_logs = LogThrottles(REFUSAL_LOG_INTERVAL)
+        self._on_topic_refused = on_topic_refused  # counts every refusal (the log line is throttled)
         self._revocations = RevocationWatcher(
             registry, settings.revocation_poll, connected=self.connected, drop=self.drop
         )
@@ -93,6 +96,8 @@ class BridgeListener:
     def allowed(self, device_id: str | None, topic: str, access: Access) -> bool:
         allowed = topic_allowed(device_id, topic, access)
         if not allowed:
+            if self._on_topic_refused is not None:
+                self._on_topic_refused(str(access))
             # A line per device per REFUSAL_LOG_INTERVAL: one SUBSCRIBE can carry 200,000 refused filters.
             not_logged = self._refusal_logs.allow(device_id or "", time.monotonic())
             if not_logged is not None:

@@ -58,6 +58,10 @@ class BridgeMetrics:
             "Connections not yet authenticated (in their TLS handshake or before their CONNECT; HTTPS: open)",
             ["listener"], registry=registry,
         )  # fmt: skip
+        self.topics_refused = Counter(
+            "bridge_topics_refused", "Publishes and subscriptions of devices outside their topics, by action",
+            ["action"], registry=registry,
+        )  # fmt: skip
         self.batches = Counter("bridge_batches", "Intent batches by outcome", ["outcome"], registry=registry)
         self.acks = Counter("bridge_acks", "Acks sent to devices, by state", ["state"], registry=registry)
         self.outcomes = Counter(

@@ -178,7 +178,13 @@ class Bridge:
             telemetry=self._refusals,
         )
         listener = self.listener = BridgeListener(
-            settings, self.registry, gate, service, reports=desk, watch=self.metrics
+            settings,
+            self.registry,
+            gate,
+            service,
+            reports=desk,
+            watch=self.metrics,
+            on_topic_refused=lambda action: self.metrics.topics_refused.labels(action).inc(),
         )
         service.attach(
             listener.publish, executor.wake, listener.holds, slots=executor if self.ledger.claims_at_admission else None

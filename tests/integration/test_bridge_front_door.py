@@ -333,5 +333,9 @@ async def test_what_a_device_repeats_at_will_is_logged_a_line_at_a_time_and_a_lo
     lines = [r.getMessage() for r in caplog.records]
     assert sum(line.startswith("topic refused") for line in lines) == 1  # 5,001 refusals, in 10 s
     assert sum(line.startswith("undecodable health dropped") for line in lines) == 1  # 5,000 reports
-    undecodable = {"outcome": "undecodable"}
-    assert bridge.bridge.metrics.registry.get_sample_value("bridge_device_reports_total", undecodable) == 5000
+    registry = bridge.bridge.metrics.registry
+    assert registry.get_sample_value("bridge_device_reports_total", {"outcome": "undecodable"}) == 5000
+    refused = {
+        a: registry.get_sample_value("bridge_topics_refused_total", {"action": a}) for a in ("publish", "subscribe")
+    }
+    assert refused == {"publish": 5000, "subscribe": 1}  # every one counted

@@ -7,7 +7,6 @@ import asyncio
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,27 +19,15 @@ from edge_outbox.intake_rules import admit
 from edge_outbox.ops import QueueLimits
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
-from tests.support.bridge import CountingIntegration, Harness, make_settings, running_bridge, until
+from tests.support.bridge import CountingIntegration, Harness, counting, harness, until
+
+__all__ = ["counting", "harness"]  # fixtures
 
 EMAIL = {"to": "ops@example.com", "subject": "Alarm", "text": "Boiler 3 hot"}
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@pytest.fixture
-def counting() -> CountingIntegration:
-    return CountingIntegration()
-
-
-@pytest.fixture
-async def bridge(
-    tmp_path: Path, server_cert_files: dict[str, Path], counting: CountingIntegration
-) -> AsyncIterator[Harness]:
-    settings = make_settings(tmp_path / "bridge", server_cert_files)
-    async for h in running_bridge(settings, server_cert_files["ca"], {"email.send": counting}):
-        yield h
 
 
 async def _enroll(edge_dir: Path, bridge: Harness, name: str) -> str:
@@ -72,13 +59,13 @@ def _store_and_send_one(edge_dir: Path) -> None:
 
 @pytest.mark.timeout(60)
 async def test_enrolling_again_ends_what_the_old_device_sent_and_forwards_the_rest(
-    tmp_path: Path, bridge: Harness, counting: CountingIntegration
+    tmp_path: Path, harness: Harness, counting: CountingIntegration
 ) -> None:
     edge_dir = tmp_path / "edge"
-    old = await _enroll(edge_dir, bridge, "edge-old")
+    old = await _enroll(edge_dir, harness, "edge-old")
     _store_and_send_one(edge_dir)
     shutil.move(edge_dir / "identity", tmp_path / "old-identity")
-    new = await _enroll(edge_dir, bridge, "edge-new")
+    new = await _enroll(edge_dir, harness, "edge-new")
 
     state, code, detail = _rows(edge_dir)["sent-before"]
     assert (state, code) == ("failed", "identity_changed")
@@ -89,12 +76,12 @@ async def test_enrolling_again_ends_what_the_old_device_sent_and_forwards_the_re
 
 @pytest.mark.timeout(60)
 async def test_the_forwarder_ends_what_another_device_sent_before_it_sends(
-    tmp_path: Path, bridge: Harness, counting: CountingIntegration
+    tmp_path: Path, harness: Harness, counting: CountingIntegration
 ) -> None:
     """The identity replaced without `enroll` (files copied in by hand): the forwarder's start finds the
     database sent as another device."""
     edge_dir = tmp_path / "edge"
-    await _enroll(edge_dir, bridge, "edge-new")
+    await _enroll(edge_dir, harness, "edge-new")
     _store_and_send_one(edge_dir)
     conn = db.connect(edge_dir)
     try:  # what the database says of the device it sent as, had another identity sent those

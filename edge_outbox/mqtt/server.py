@@ -226,12 +226,14 @@ class MqttEndpoint:
         return [s.status.position for s in self.sessions.values()]
 
     def _pass_unwanted(self) -> None:
-        """Connected sessions that want no statuses have looked at every event: their pumps are not woken for
-        them (`_status_arrived`), so their positions move here, when someone reads them."""
+        """Sessions that want no statuses have looked at every event: their pumps are not woken for them
+        (`_status_arrived`), so their positions move here, when someone reads them. Absent ones too: a
+        persistent session without a status subscription is owed no status published while its client is
+        away (MQTT queues only what matches a subscription), and its position held back the pruning of
+        every event for as long as the session was kept."""
         head = self._feed.head
-        for client_id in self._connections:
-            session = self.sessions.get(client_id)
-            if session is not None and not session.wants_statuses and session.status.sent < head:
+        for session in self.sessions.values():
+            if not session.wants_statuses and session.status.sent < head:
                 session.status.passed(head)
 
     def record(self, session: Session) -> SessionRecord:

@@ -256,3 +256,27 @@ async def until_handlers(endpoint: MqttEndpoint, count: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the connection was not accepted")
+
+
+async def test_an_absent_session_that_wants_no_statuses_does_not_hold_back_their_pruning(outbox: Outbox) -> None:
+    """Its position stayed where its client left it, and pruning keeps every event after the lowest position."""
+    endpoint = endpoint_of(outbox)
+    port = outbox.settings.listen_port
+
+    def scenario() -> None:
+        quiet = RawClient(port)
+        quiet.connect("quiet", clean=False)  # a persistent session, no subscription
+        quiet.close()
+        publisher = RawClient(port)
+        publisher.connect("publisher")
+        for n in range(5):
+            publisher.publish("outbox/app/email.send", json.dumps(email(f"q{n}")).encode(), qos=1)
+        publisher.close()
+
+    await asyncio.to_thread(scenario)
+    for _ in range(500):  # the five `accepted` statuses committed
+        if endpoint.feed.head >= 5:
+            break
+        await asyncio.sleep(0.01)
+    assert endpoint.cursors()["quiet"] == endpoint.feed.head
+    assert min(endpoint.all_positions()) == endpoint.feed.head

@@ -349,8 +349,7 @@ class Bridge:
             await self.service.close()
         for server in self._servers:
             await server.stop()
-        owned = [i for own in self.tenant_integrations.values() for i in own.values()]
-        for integration in [*self.integrations.values(), *owned]:
+        for integration in _all(self.integrations, self.tenant_integrations):
             try:
                 await integration.aclose()
             except BridgeError:

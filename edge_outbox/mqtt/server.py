@@ -94,6 +94,11 @@ class EndpointSettings:
     stats: dict[str, int] = field(default_factory=dict)
 
 
+def keeps_session(connect: p.Connect) -> bool:
+    """Whether the CONNECT asks for a session kept after it: 3.1.1 clean session 0; MQTT 5 an expiry above 0."""
+    return (not connect.clean) if connect.session_expiry is None else connect.session_expiry > 0
+
+
 class MqttEndpoint:
     """Listens for local apps; `start()` returns once the port is open."""
 
@@ -277,7 +282,7 @@ class MqttEndpoint:
             await old.closed.wait()
         # 3.1.1: clean session 0 keeps the session; MQTT 5: a session expiry interval above 0 does, as long as
         # the client asked (at most --session-expiry).
-        keep = (not connect.clean) if connect.session_expiry is None else connect.session_expiry > 0
+        keep = keeps_session(connect)
         max_ms = self._sessions_port.expiry_ms
         asked = None if connect.session_expiry is None else connect.session_expiry * 1000
         expiry_ms = asked if asked is not None and asked < max_ms else None
@@ -330,7 +335,7 @@ class MqttEndpoint:
         """Whether a CONNECT may have the persistent session it asks for: one it resumes always, a new one while
         its app (with logins; else all apps) keeps fewer than `max_sessions`. Counted only for a new persistent
         session, and there are at most `max_sessions` to count."""
-        keep = (not connect.clean) if connect.session_expiry is None else connect.session_expiry > 0
+        keep = keeps_session(connect)
         mine = session is not None and session.persistent and (principal is None or session.username == principal)
         if not keep or (mine and not connect.clean):
             return True

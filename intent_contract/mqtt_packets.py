@@ -119,10 +119,12 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class Bare:
-    """PINGREQ, PINGRESP and DISCONNECT: a type and nothing else (but an MQTT 5 DISCONNECT's reason)."""
+    """PINGREQ, PINGRESP and DISCONNECT: a type and nothing else (but an MQTT 5 DISCONNECT's reason, and the
+    session expiry interval it may set)."""
 
     type: Type
     reason: int = 0
+    session_expiry: int | None = None
 
 
 Packet = Connect | Connack | Publish | PacketIdOnly | Subscribe | Suback | Unsubscribe | Bare

@@ -85,6 +85,7 @@ class Connection:
         self._answers_room.set()
         self._will: p.Will | None = None
         self._graceful = False
+        self.expiry_on_leave: int | None = None  # MQTT 5: the session expiry interval its DISCONNECT set, seconds
         self._replay: tuple[str, int, int] | None = None  # (app, after seq, sent so far)
         self._framer = p.Framer(endpoint.settings.max_packet)
         self.dialect: Dialect = V311()
@@ -263,6 +264,13 @@ class Connection:
         elif isinstance(packet, p.Bare) and packet.type is Type.PINGREQ:
             self.writer.write(self.dialect.pingresp())
         elif isinstance(packet, p.Bare) and packet.type is Type.DISCONNECT:
+            if packet.session_expiry and not session.persistent:
+                # MQTT 5 [MQTT-3.14.2-2]: a session that ends with its connection cannot be kept from its
+                # DISCONNECT; not a valid DISCONNECT, so the will goes too.
+                log.info("client %s asked in its DISCONNECT to keep a session it did not keep: closing it", self.name)
+                self.close(d.PROTOCOL_ERROR)
+                raise ConnectionResetError
+            self.expiry_on_leave = packet.session_expiry
             if packet.reason != d.DISCONNECT_WITH_WILL:  # MQTT 5 lets a client leave with its will sent
                 self._graceful = True
                 self._will = None

@@ -180,7 +180,7 @@ class V5:
         if isinstance(packet, mqtt5.PingReqPacket):
             return p.Bare(Type.PINGREQ)
         if isinstance(packet, mqtt5.DisconnectPacket):
-            return p.Bare(Type.DISCONNECT, int(packet.reason_code))
+            return p.Bare(Type.DISCONNECT, int(packet.reason_code), packet.session_expiry_interval)
         raise MalformedPacketError(f"{type(packet).__name__} is not accepted here")
 
     def connack(

@@ -18,7 +18,7 @@ import asyncio
 import errno
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -283,9 +283,7 @@ class MqttEndpoint:
         # 3.1.1: clean session 0 keeps the session; MQTT 5: a session expiry interval above 0 does, as long as
         # the client asked (at most --session-expiry).
         keep = keeps_session(connect)
-        max_ms = self._sessions_port.expiry_ms
-        asked = None if connect.session_expiry is None else connect.session_expiry * 1000
-        expiry_ms = asked if asked is not None and asked < max_ms else None
+        expiry_ms = self._expiry_ms(connect.session_expiry)
         now = self._sessions_port.now_ms()
         session = self.sessions.get(client_id)
         if session is not None:
@@ -342,21 +340,40 @@ class MqttEndpoint:
         kept = sum(1 for s in self.sessions.values() if s.persistent and (principal is None or s.username == principal))
         return kept - mine < self.settings.max_sessions
 
+    def _expiry_ms(self, asked_s: int | None) -> int | None:
+        """A session's own expiry from the interval its client asked for (MQTT 5), or None for the outbox's
+        --session-expiry when it asked for none or for more."""
+        asked = None if asked_s is None else asked_s * 1000
+        return asked if asked is not None and asked < self._sessions_port.expiry_ms else None
+
     def detach(self, connection: Connection) -> None:
         session = connection.session
         if session is None or self._connections.get(session.client_id) is not connection:
             return
         del self._connections[session.client_id]
         session.disconnected()
+        port = self._sessions_port
+        leave = connection.expiry_on_leave  # MQTT 5: its DISCONNECT set the session's expiry anew
+        if session.persistent and leave == 0:  # the session ends now
+            session.persistent = False
+            self._write_later(port.delete(session.client_id))
         if not session.persistent:
             self.sessions.pop(session.client_id, None)
             self.status_interest_changed(session.client_id)
             return
         # Its expiry runs from now: written, so that a restart counts from here too.
-        session.last_seen = self._sessions_port.now_ms()
-        write = asyncio.ensure_future(self._sessions_port.seen(session.client_id, session.last_seen))
-        self._writes.add(write)
-        write.add_done_callback(self._written)
+        session.last_seen = port.now_ms()
+        if leave is None:
+            self._write_later(port.seen(session.client_id, session.last_seen))
+        else:
+            session.expiry_ms = self._expiry_ms(leave)
+            self._write_later(port.save(self.record(session)))
+
+    def _write_later(self, write: Coroutine[Any, Any, None]) -> None:
+        """A session's write from a step that cannot await (a connection's end), kept until it is done."""
+        future = asyncio.ensure_future(write)
+        self._writes.add(future)
+        future.add_done_callback(self._written)
 
     def _written(self, write: asyncio.Future[None]) -> None:
         self._writes.discard(write)

@@ -214,3 +214,48 @@ def test_the_clients_session_expiry_is_honoured_up_to_the_outboxs(tmp_path: Path
             assert again.connack[0] is False
         finally:
             again.close()
+
+
+def _connect5(port: int, client_id: str, session_expiry: int) -> tuple[socket.socket, Any]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    connect = mqtt5.ConnectPacket(client_id, clean_start=False, session_expiry_interval=session_expiry)
+    sock.sendall(bytes(connect.write()))
+    connack, _size = mqtt5.read(memoryview(sock.recv(1024)))
+    assert isinstance(connack, mqtt5.ConnAckPacket) and connack.reason_code == 0, connack
+    return sock, connack
+
+
+def _leave5(port: int, client_id: str, *, connect_expiry: int, leave_expiry: int | None) -> Any:
+    """Connect, then DISCONNECT setting `leave_expiry`; what the outbox answered before closing, if anything."""
+    sock, _connack = _connect5(port, client_id, connect_expiry)
+    with sock:
+        disconnect = mqtt5.DisconnectPacket(session_expiry_interval=leave_expiry)
+        sock.sendall(bytes(disconnect.write()))
+        answer = b""
+        while chunk := sock.recv(1024):
+            answer += chunk
+    return mqtt5.read(memoryview(answer))[0] if answer else None
+
+
+def test_a_disconnect_sets_the_sessions_expiry_anew(outbox: OutboxProcess) -> None:
+    """MQTT 5 [MQTT-3.14.2.2.2]: a DISCONNECT's session expiry interval replaces the CONNECT's. Before, it was
+    ignored: a client that left with 0 ("forget me") had its session kept for the CONNECT's interval."""
+    port = outbox.port
+    assert _leave5(port, "v5-keep", connect_expiry=3600, leave_expiry=None) is None
+    assert _leave5(port, "v5-forget", connect_expiry=3600, leave_expiry=0) is None
+    assert _leave5(port, "v5-shorten", connect_expiry=3600, leave_expiry=1) is None
+    wait_until(lambda: "v5-forget" not in stored_sessions(outbox.data_dir), what="the session left with 0 gone")
+    wait_until(lambda: "v5-shorten" not in stored_sessions(outbox.data_dir), 15, what="the 1 s session expired")
+    assert "v5-keep" in stored_sessions(outbox.data_dir)
+    for client_id, present in (("v5-keep", True), ("v5-forget", False), ("v5-shorten", False)):
+        sock, connack = _connect5(port, client_id, 3600)
+        sock.close()
+        assert connack.session_present is present, client_id
+
+
+def test_a_disconnect_cannot_keep_a_session_its_connect_did_not(outbox: OutboxProcess) -> None:
+    """[MQTT-3.14.2-2]: a non-zero interval in the DISCONNECT after a CONNECT with 0 is a protocol error."""
+    answer = _leave5(outbox.port, "v5-late-keep", connect_expiry=0, leave_expiry=60)
+    assert isinstance(answer, mqtt5.DisconnectPacket), answer
+    assert answer.reason_code == mqtt5.DisconnectReasonCode.PROTOCOL_ERROR
+    assert "v5-late-keep" not in stored_sessions(outbox.data_dir)

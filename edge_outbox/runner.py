@@ -29,7 +29,8 @@ from edge_outbox.forwarder import Forwarder
 from edge_outbox.identity import load_identity
 from edge_outbox.intake import Intake
 from edge_outbox.lock import DataDirLock
-from edge_outbox.mqtt.server import EndpointSettings, MqttEndpoint
+from edge_outbox.mqtt.ports import EndpointSettings
+from edge_outbox.mqtt.server import MqttEndpoint
 from edge_outbox.ops import QueueLimits
 from edge_outbox.probe import Observed, Probe, held_since_ms
 from edge_outbox.settings import OutboxSettings

@@ -11,13 +11,11 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edge_outbox.intake_rules import TOPIC_ROOT
 from edge_outbox.mqtt import dialect as d
+from edge_outbox.mqtt.answers import Answers
 from edge_outbox.mqtt.dialect import V311, Dialect, dialect_of
 from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, Message, Session
 from edge_outbox.mqtt.topics import may_match, may_publish, may_subscribe, valid_filter
@@ -34,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
-MAX_PENDING_ACKS = 1000  # publishes read but not yet answered; reading pauses beyond (backpressure)
 WRITE_HIGH_WATER = 1 << 20
 REPLAY_CHUNK = 500
 CONNECT_BYTE = 0x10
@@ -50,15 +47,6 @@ def note_subscriptions(session: Session) -> None:
 
 class _NotMqttError(Exception):
     """The first byte of a connection is not a CONNECT."""
-
-
-@dataclass(slots=True)
-class _Answer:
-    """An answer written in arrival order once `ready` (the commit) is done."""
-
-    ready: asyncio.Future[Any] | None
-    data: bytes | Callable[[object], bytes]  # or made from the commit's result (an MQTT 5 reason code)
-    then: Callable[[], None] | None = None
 
 
 def intake_verdict(result: object) -> d.Verdict:
@@ -79,10 +67,7 @@ class Connection:
         self.principal: str | None = None
         self.wake = asyncio.Event()
         self.closed = asyncio.Event()
-        self._answers: deque[_Answer] = deque()
-        self._answers_ready = asyncio.Event()
-        self._answers_room = asyncio.Event()
-        self._answers_room.set()
+        self._answers = Answers(writer, lambda: self.name, self.close)
         self._will: p.Will | None = None
         self._graceful = False
         self.expiry_on_leave: int | None = None  # MQTT 5: the session expiry interval its DISCONNECT set, seconds
@@ -109,7 +94,7 @@ class Connection:
             connect = await self._handshake()
             if connect is None:
                 return
-            tasks = [asyncio.create_task(self._answer_loop()), asyncio.create_task(self._pump())]
+            tasks = [asyncio.create_task(self._answers.run()), asyncio.create_task(self._pump())]
             self.wake.set()
             await self._read_loop(connect.keepalive)
         except MalformedPacketError as exc:
@@ -225,9 +210,7 @@ class Connection:
                     await self._handle(self.dialect.decode(first, body))
                 if grace is not None:
                     deadline.reschedule(loop.time() + grace)
-                if len(self._answers) >= MAX_PENDING_ACKS:
-                    self._answers_room.clear()
-                    await self._answers_room.wait()
+                await self._answers.room()
 
     async def _handle(self, packet: p.Packet) -> None:
         session = self.session
@@ -247,7 +230,7 @@ class Connection:
                 self.wake.set()
             elif packet.type is Type.PUBREL:
                 session.incoming_qos2.discard(packet.packet_id)
-                self._answer(None, self.dialect.ack(Type.PUBCOMP, packet.packet_id))
+                self._answers.add(None, self.dialect.ack(Type.PUBCOMP, packet.packet_id))
             else:
                 raise MalformedPacketError(f"a client does not send {packet.type.name}")
         elif isinstance(packet, p.Connect):
@@ -260,7 +243,7 @@ class Connection:
             note_subscriptions(session)
             self.endpoint.status_interest_changed(session.client_id)
             saved = self._save(session)
-            self._answer(saved, self.dialect.unsuback(packet.packet_id, len(packet.filters)))
+            self._answers.add(saved, self.dialect.unsuback(packet.packet_id, len(packet.filters)))
         elif isinstance(packet, p.Bare) and packet.type is Type.PINGREQ:
             self.writer.write(self.dialect.pingresp())
         elif isinstance(packet, p.Bare) and packet.type is Type.DISCONNECT:
@@ -310,11 +293,11 @@ class Connection:
             if qos == 2:
                 session.incoming_qos2.add(packet_id)
             if dialect.version == 5:  # its acknowledgement can name a refusal: made once the commit is done
-                self._answer(ready, lambda result: dialect.ack(kind, packet_id, intake_verdict(result)))
+                self._answers.add(ready, lambda result: dialect.ack(kind, packet_id, intake_verdict(result)))
             else:
-                self._answer(ready, dialect.ack(kind, packet_id))
+                self._answers.add(ready, dialect.ack(kind, packet_id))
         elif ready is not None:
-            self._answer(ready, b"")  # QoS 0 into the intake: nothing to send, but keep the order
+            self._answers.add(ready, b"")  # QoS 0 into the intake: nothing to send, but keep the order
 
     async def _subscribe(self, session: Session, packet: p.Subscribe) -> None:
         if not session.wants_statuses:  # it has looked at every event so far (its pump is not woken for them)
@@ -349,61 +332,12 @@ class Connection:
             self.wake.set()
 
         saved = self._save(session)
-        self._answer(saved, self.dialect.suback(packet.packet_id, codes), deliver_retained)
+        self._answers.add(saved, self.dialect.suback(packet.packet_id, codes), deliver_retained)
 
     def _save(self, session: Session) -> asyncio.Future[Any] | None:
         if not session.persistent:
             return None
         return asyncio.ensure_future(self.endpoint.sessions_port.save(self.endpoint.record(session)))
-
-    def _answer(
-        self,
-        ready: asyncio.Future[Any] | None,
-        data: bytes | Callable[[object], bytes],
-        then: Callable[[], None] | None = None,
-    ) -> None:
-        self._answers.append(_Answer(ready, data, then))
-        self._answers_ready.set()
-
-    async def _answer_loop(self) -> None:
-        """Write answers in arrival order, each once its commit is done.
-
-        The answers done together go out in one write: a send() per PUBACK was a sixth of the loop's time
-        under load (bench/findings.md F29)."""
-        answers = self._answers
-        out = bytearray()
-        while True:
-            await self._answers_ready.wait()
-            self._answers_ready.clear()
-            while answers:
-                answer = answers[0]
-                result: object = None
-                if answer.ready is not None:
-                    if out and not answer.ready.done():
-                        out = self._write(out)  # what is done does not wait for what is not
-                    try:
-                        result = await answer.ready
-                    except Exception:
-                        self._write(out)
-                        log.exception("intake failed for client %s: closing it unanswered", self.name)
-                        self.close()
-                        return
-                answers.popleft()
-                out += answer.data if isinstance(answer.data, bytes) else answer.data(result)
-                if answer.then is not None:
-                    out = self._write(out)  # before what `then` sends (a SUBACK before its retained messages)
-                    answer.then()
-                if len(answers) < MAX_PENDING_ACKS // 2:
-                    self._answers_room.set()
-            out = self._write(out)
-            await self.writer.drain()
-
-    def _write(self, data: bytearray) -> bytearray:
-        """Write `data` if there is any; a new buffer for what follows (the transport may keep this one)."""
-        if not data:
-            return data
-        self.writer.write(data)
-        return bytearray()
 
     async def _pump(self) -> None:
         """Send what the session has for the client: statuses read from the feed, then queued messages."""

@@ -7,9 +7,10 @@ session reads them from the outbox's status log (`StatusFeed`) from its own posi
 persistent session keeps in the database, so a status committed while the app (or the outbox) was
 down reaches the app when it is back.
 
-This module keeps the sessions and routes messages; `connection` speaks the protocol with one client.
-Both only move bytes: the codec (`intent_contract.mqtt_packets`), topic rules (`topics`) and the session's bookkeeping
-(`session`) are pure and tested on their own.
+This module keeps the sessions and routes messages; `connection` speaks the protocol with one client, and
+`answers` writes its answers in order; `ports` is what the endpoint needs of the rest of the outbox. They only
+move bytes: the codec (`intent_contract.mqtt_packets`), topic rules (`topics`), the session's bookkeeping
+(`session`) and the retained messages (`retained`) are pure and tested on their own.
 """
 
 from __future__ import annotations
@@ -19,84 +20,21 @@ import errno
 import logging
 import time
 from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from edge_outbox.errors import ConfigError, StorageError
 from edge_outbox.intake import REFUSAL_LOG_INTERVAL
 from edge_outbox.mqtt.connection import Connection, note_subscriptions
 from edge_outbox.mqtt.dialect import SERVER_SHUTTING_DOWN, SESSION_TAKEN_OVER
-from edge_outbox.mqtt.session import MAX_QUEUED_BYTES, Message, Session, SessionRecord, StatusCursor, message_bytes
-from edge_outbox.mqtt.topics import matches
+from edge_outbox.mqtt.ports import Authenticator, EndpointSettings, IntakePort, SessionsPort, keeps_session
+from edge_outbox.mqtt.retained import Retained
+from edge_outbox.mqtt.session import Message, Session, SessionRecord, StatusCursor
 from edge_outbox.status import StatusFeed
 from intent_contract import mqtt_packets as p
 from intent_contract.logs import LogThrottle
 from intent_contract.turns import Turns
 
 log = logging.getLogger(__name__)
-
-
-class IntakePort(Protocol):
-    """What the endpoint needs of the intake."""
-
-    def is_intake(self, topic: str) -> bool: ...
-
-    def replay_app(self, topic: str) -> str | None:
-        """The app of a status replay request topic, else None."""
-
-    def submit(
-        self, topic: str, raw: bytes, *, principal: str | None, expiry_s: int | None = None
-    ) -> asyncio.Future[Any]:
-        """Take a publish; the future resolves once what it became is committed."""
-
-    async def receive(self, topic: str, raw: bytes, *, principal: str | None) -> object: ...
-
-
-class SessionsPort(Protocol):
-    """Where persistent sessions are kept (the outbox database)."""
-
-    async def load(self) -> list[SessionRecord]: ...
-
-    async def save(self, record: SessionRecord) -> None: ...
-
-    async def delete(self, client_id: str) -> None: ...
-
-    async def seen(self, client_id: str, at: int) -> None:
-        """The session's client was there at `at` (ms since the epoch)."""
-
-    @property
-    def expiry_ms(self) -> int:
-        """How long a persistent session outlives its client at most (--session-expiry)."""
-
-    def now_ms(self) -> int: ...
-
-    async def read_app_statuses(self, app: str, after: int, limit: int) -> list[tuple[int, str, bytes]]:
-        """(seq, topic, payload) of an app's stored statuses after `after`."""
-
-
-class Authenticator(Protocol):
-    def __call__(self, username: str | None, password: bytes | None) -> Awaitable[bool]: ...
-
-
-@dataclass(slots=True)
-class EndpointSettings:
-    host: str
-    port: int
-    logins: bool = False  # apps log in and are confined to outbox/{app}/
-    window: int = 256
-    max_packet: int = 1 << 20
-    # Persistent sessions kept at most (docs/edge.md): per app with logins, else in all. A CONNECT that would
-    # make one more is refused; one resuming its session is not.
-    max_sessions: int = 1000
-    max_queued_bytes: int = MAX_QUEUED_BYTES  # a session's messages other than statuses (session.py)
-    max_retained_bytes: int = 16 << 20  # retained messages in all, topics and payloads: a new one past it is refused
-    sweep_s: float = 1.0  # how often sessions are expired, and connected ones' last_seen kept fresh
-    stats: dict[str, int] = field(default_factory=dict)
-
-
-def keeps_session(connect: p.Connect) -> bool:
-    """Whether the CONNECT asks for a session kept after it: 3.1.1 clean session 0; MQTT 5 an expiry above 0."""
-    return (not connect.clean) if connect.session_expiry is None else connect.session_expiry > 0
 
 
 class MqttEndpoint:
@@ -118,9 +56,7 @@ class MqttEndpoint:
         self.sessions: dict[str, Session] = {}
         self._connections: dict[str, Connection] = {}
         self._attaching = Turns()
-        self._retained: dict[str, tuple[bytes, int]] = {}
-        self._retained_bytes = 0
-        self.refused_retained = 0  # retained messages not kept: past max_retained_bytes
+        self.retained = Retained(settings.max_retained_bytes)
         self._server: asyncio.AbstractServer | None = None
         self._handlers: dict[asyncio.Task[None], Connection] = {}  # every connection, before its CONNECT too
         self._writes: set[asyncio.Future[None]] = set()
@@ -382,8 +318,9 @@ class MqttEndpoint:
 
     def route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Deliver an ordinary publish to every matching session (queued for absent persistent ones)."""
-        if retain:
-            self._retain(topic, payload, qos)
+        if retain and not self.retained.keep(topic, payload, qos):
+            self.log_input("retained", "no room: retained message on %r not kept (%d in all)", topic[:100],
+                           self.retained.refused)  # fmt: skip
         for client_id, session in self.sessions.items():
             connection = self._connections.get(client_id)
             if connection is None and qos == 0:
@@ -394,23 +331,6 @@ class MqttEndpoint:
             if session.dropped > dropped:
                 self.log_input("dropped", "no room: session %s had %d messages dropped in all, the oldest first",
                                client_id, session.dropped)  # fmt: skip
-
-    def _retain(self, topic: str, payload: bytes, qos: int) -> None:
-        """Keep (or with an empty payload clear) the retained message of `topic`, within max_retained_bytes; one
-        that does not fit is refused, and the topic keeps what it had."""
-        old = self._retained.get(topic)
-        freed = 0 if old is None else message_bytes(topic, old[0])
-        size = message_bytes(topic, payload) if payload else 0
-        if payload and self._retained_bytes - freed + size > self.settings.max_retained_bytes:
-            self.refused_retained += 1
-            self.log_input("retained", "no room: retained message on %r not kept (%d in all)", topic[:100],
-                           self.refused_retained)  # fmt: skip
-            return
-        if payload:
-            self._retained[topic] = (payload, qos)
-        else:
-            self._retained.pop(topic, None)
-        self._retained_bytes += size - freed
 
     def log_input(self, kind: str, message: str, *args: object, level: int = logging.WARNING) -> None:
         """A line about what an app sent and the endpoint refused or could not keep: at most one of each `kind`
@@ -423,9 +343,8 @@ class MqttEndpoint:
             log.log(level, message + "%s", *args, more, extra={"not_logged": not_logged})
 
     def retained_for(self, session: Session, topic_filter: str, granted: int) -> None:
-        for topic, (payload, qos) in self._retained.items():
-            if matches(topic_filter, topic):
-                session.enqueue(Message(topic, payload, min(qos, granted), retain=True))
+        for topic, payload, qos in self.retained.matching(topic_filter):
+            session.enqueue(Message(topic, payload, min(qos, granted), retain=True))
 
     def status_interest_changed(self, client_id: str) -> None:
         """The session of `client_id` came, went or changed its subscriptions. The store reads status events

@@ -185,7 +185,7 @@ async def test_a_commit_wakes_only_the_connections_that_subscribe_to_statuses(ou
 
 async def test_what_waits_for_an_absent_session_and_retained_messages_are_bounded_in_bytes(outbox: Outbox) -> None:
     endpoint, port = endpoint_of(outbox), outbox.settings.listen_port
-    endpoint.settings.max_queued_bytes = endpoint.settings.max_retained_bytes = 5 * 100_000
+    endpoint.settings.max_queued_bytes = endpoint.retained.max_bytes = 5 * 100_000
     away, publisher = RawClient(port), RawClient(port)
     try:
         await asyncio.to_thread(away.connect, "away", clean=False)
@@ -198,11 +198,11 @@ async def test_what_waits_for_an_absent_session_and_retained_messages_are_bounde
         session = endpoint.sessions["away"]
         assert [m.payload[0] for m in session.queue] == [4, 5, 6, 7]  # the oldest dropped first
         assert session.queued_bytes <= 5 * 100_000 and session.dropped == 4
-        assert sorted(endpoint._retained) == [f"big/{i}" for i in range(4)]  # the later ones refused
-        assert endpoint.refused_retained == 4
+        assert [t for t, _p, _q in endpoint.retained.matching("#")] == [f"big/{i}" for i in range(4)]  # later: refused
+        assert endpoint.retained.refused == 4
         await asyncio.to_thread(publisher.publish, "big/0", b"", 1, retain=True)  # clearing one makes room
         await asyncio.to_thread(publisher.publish, "big/7", b"x", 1, retain=True)
-        assert sorted(endpoint._retained) == ["big/1", "big/2", "big/3", "big/7"]
+        assert sorted(t for t, _p, _q in endpoint.retained.matching("#")) == ["big/1", "big/2", "big/3", "big/7"]
     finally:
         away.close()
         publisher.close()

@@ -18,7 +18,7 @@ from cloud_bridge.device_keys import verify_with_device_key
 from cloud_bridge.errors import AuthError, BridgeError
 from cloud_bridge.registry import Device, Registry
 from cloud_bridge.tokens import MemoryReplayCache, ReplayCache, TokenClaims, verify_device_token
-from intent_contract.logs import LogThrottle
+from intent_contract.logs import LogThrottle, left_out
 from intent_contract.names import is_name
 
 logger = logging.getLogger(__name__)
@@ -64,25 +64,34 @@ class DeviceGate:
             await self._check(device, password)
         except BridgeError as exc:
             # Not only AuthError: a store that cannot be read (the database is down) refuses too.
-            code = exc.code if isinstance(exc, AuthError) else "store_unavailable"
-            # At most a line a second per code: connects with bad tokens need no credentials at all (the
-            # metric and the fleet telemetry count every refusal).
-            not_logged = self._refusal_logs.setdefault(code, LogThrottle()).allow(self._clock())
-            if not_logged is not None:
-                more = f" ({not_logged} more with this code since the last line)" if not_logged else ""
-                logger.warning(
-                    "device connect refused%s", more,
-                    extra={"device_id": username, "code": code, "peer": address, "not_logged": not_logged},
-                )  # fmt: skip
-            if self._on_refused is not None:
-                self._on_refused(code)
-            # Only enrolled ids are remembered: a stranger's guesses cannot grow the store.
-            if device is not None and self._telemetry is not None:
-                self._telemetry.refused(device.device_id, address, code, self._clock())
+            self._refused(exc.code if isinstance(exc, AuthError) else "store_unavailable", device, username, address)
+            return False
+        except Exception:  # noqa: BLE001 - logged with its traceback in _refused
+            # A fault of ours (a stored row this version cannot read, a bug): refused like the rest, with its
+            # traceback; before, it went past the door's handler to asyncio's "Task exception was never retrieved".
+            self._refused("internal_error", device, username, address, exc_info=True)
             return False
         if self._telemetry is not None:
             self._telemetry.connected(device.device_id, address, self._clock())
         return True
+
+    def _refused(
+        self, code: str, device: Device | None, username: str | None, address: str, *, exc_info: bool = False
+    ) -> None:
+        # At most a line a second per code: connects with bad tokens need no credentials at all (the metric and
+        # the fleet telemetry count every refusal).
+        not_logged = self._refusal_logs.setdefault(code, LogThrottle()).allow(self._clock())
+        if not_logged is not None:
+            logger.log(
+                logging.ERROR if exc_info else logging.WARNING, "device connect refused%s", left_out(not_logged),
+                exc_info=exc_info,
+                extra={"device_id": username, "code": code, "peer": address, "not_logged": not_logged},
+            )  # fmt: skip
+        if self._on_refused is not None:
+            self._on_refused(code)
+        # Only enrolled ids are remembered: a stranger's guesses cannot grow the store.
+        if device is not None and self._telemetry is not None:
+            self._telemetry.refused(device.device_id, address, code, self._clock())
 
     async def _lookup(self, client_id: str | None, username: str | None) -> Device:
         if not username or not is_name(username) or client_id != username:

@@ -31,7 +31,7 @@ from edge_outbox.mqtt.retained import Retained
 from edge_outbox.mqtt.session import Message, Session, SessionRecord, StatusCursor
 from edge_outbox.status import StatusFeed
 from intent_contract import mqtt_packets as p
-from intent_contract.logs import LogThrottle
+from intent_contract.logs import LogThrottle, left_out
 from intent_contract.turns import Turns
 
 log = logging.getLogger(__name__)
@@ -339,8 +339,7 @@ class MqttEndpoint:
         throttle = self._input_logs.setdefault(kind, LogThrottle(REFUSAL_LOG_INTERVAL))
         not_logged = throttle.allow(time.monotonic())
         if not_logged is not None:
-            more = f" ({not_logged} more like it since the last line)" if not_logged else ""
-            log.log(level, message + "%s", *args, more, extra={"not_logged": not_logged})
+            log.log(level, message + "%s", *args, left_out(not_logged), extra={"not_logged": not_logged})
 
     def retained_for(self, session: Session, topic_filter: str, granted: int) -> None:
         for topic, payload, qos in self.retained.matching(topic_filter):

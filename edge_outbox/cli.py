@@ -3,45 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from edge_outbox import cli_offline, config_file, lock, offline_ops, ops
+from edge_outbox import cli_offline, cli_queue, config_file, lock
 from edge_outbox.apps_auth import hash_password, load_users
-from edge_outbox.cli_db import connection as _connection
-from edge_outbox.cli_format import (
-    now_ms,
-    print_json,
-    print_row,
-    print_status,
-    print_table,
-    report_problems,
-    row_json,
-    status_report,
-)
-from edge_outbox.db import INTAKE_KEY, LINK_KEY
+from edge_outbox.cli_format import print_json
+from edge_outbox.cli_options import data_dir_option, duration_seconds, json_option, max_offline_option
 from edge_outbox.enroll_client import enroll as enroll_device
 from edge_outbox.errors import OutboxError
-from edge_outbox.identity import load_identity
-from edge_outbox.settings import DEFAULT_DATA_DIR, AttachTarget, ForwarderSettings, OutboxSettings, parse_host_port
-from edge_outbox.states import FINAL, RETRYABLE, State
+from edge_outbox.settings import AttachTarget, ForwarderSettings, OutboxSettings, parse_host_port
 from edge_outbox.windows import parse_windows
 from intent_contract.cli_args import TextArgsGroup
 from intent_contract.logs import LogFormat
 from intent_contract.logs import configure as configure_logging
 from intent_contract.readable import readable
 from intent_contract.sizes import parse_size
-from intent_contract.timefmt import format_age, parse_duration
-
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
-
-STATES = click.Choice([s.value for s in State])
 
 
 class _Group(TextArgsGroup):
@@ -55,59 +35,11 @@ class _Group(TextArgsGroup):
             raise click.ClickException(readable(str(exc))) from None
 
 
-def data_dir_option(fn: F) -> F:
-    return click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=DEFAULT_DATA_DIR,
-        envvar="EDGE_OUTBOX_DATA_DIR",
-        show_default=True,
-        show_envvar=True,
-        help="Directory holding the outbox database.",
-    )(fn)
-
-
-def max_offline_option(fn: F) -> F:
-    return click.option(
-        "--max-offline",
-        default="1h",
-        show_default=True,
-        callback=duration_seconds,
-        help="Without a link to the bridge for longer than this, the outbox counts as unhealthy.",
-    )(fn)
-
-
-def json_option(fn: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
-
-
 def _size(text: str) -> int:
     try:
         return parse_size(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-queue-bytes") from None
-
-
-def duration_seconds(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def _write(data_dir: Path, fn: Callable[..., T], *args: Any) -> T:
-    """Run one ops function in its own transaction (the running outbox sees the change within a second)."""
-    with _connection(data_dir) as conn:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn, *args)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -287,131 +219,6 @@ def run(
     asyncio.run(serve(settings))
 
 
-@main.command()
-@data_dir_option
-@max_offline_option
-@json_option
-def status(data_dir: Path, max_offline: float, as_json: bool) -> None:
-    """Counts per state, bytes used, the oldest pending intent, the link and whether intake is held.
-
-    Exits 1 when unhealthy (revoked, intake paused, no link for longer than --max-offline), 0 otherwise.
-    """
-    identity = load_identity(data_dir)
-    with _connection(data_dir) as conn:
-        summary = ops.summary(conn)
-        meta = {key: ops.get_meta(conn, key) for key in (LINK_KEY, INTAKE_KEY)}
-        revoked = identity is not None and offline_ops.revocation(conn, identity.device_id) is not None
-    running = lock.running(data_dir)
-    report = status_report(summary, meta if running else {}, identity, running, data_dir)
-    report["problems"] = report_problems(report, meta if running else {}, max_offline, revoked=revoked)
-    if as_json:
-        print_json(report)
-    else:
-        print_status(report)
-    if report["problems"]:
-        sys.exit(1)
-
-
-@main.command(name="ls")
-@data_dir_option
-@click.option("--state", type=STATES, help="Only intents in this state.")
-@click.option("--app", help="Only intents of this app.")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="At most this many.")
-@json_option
-def list_intents(data_dir: Path, state: str | None, app: str | None, limit: int, as_json: bool) -> None:
-    """List intents, newest first."""
-    with _connection(data_dir) as conn:
-        rows = ops.listing(conn, State(state) if state else None, app, limit)
-    if as_json:
-        print_json([row_json(r) for r in rows])
-    else:
-        print_table(rows)
-
-
-@main.command()
-@data_dir_option
-@click.argument("intent_id")
-@json_option
-def show(data_dir: Path, intent_id: str, as_json: bool) -> None:
-    """Show one intent with its payload."""
-    with _connection(data_dir) as conn:
-        row = ops.get(conn, intent_id)
-    data = row_json(row, payload=True)
-    if as_json:
-        print_json(data)
-    else:
-        print_row(data)
-
-
-@main.command()
-@data_dir_option
-@click.argument("intent_id", required=False)
-@click.option(
-    "--state",
-    type=click.Choice([s.value for s in RETRYABLE]),
-    help="Retry every intent in this state instead of one id.",
-)
-@json_option
-def retry(data_dir: Path, intent_id: str | None, state: str | None, as_json: bool) -> None:
-    """Queue a failed or expired intent again (ID, or all of --state)."""
-    if (intent_id is None) == (state is None):
-        raise click.UsageError("give either an intent ID or --state, not both")
-    if state is not None:
-        rows = _write(data_dir, ops.retry_state, State(state), now_ms())
-    else:
-        rows = [_write(data_dir, ops.retry, intent_id, now_ms())]
-    if as_json:
-        print_json([row_json(r) for r in rows])
-    else:
-        click.echo(f"queued again: {len(rows)} intent(s)")
-
-
-@main.command()
-@data_dir_option
-@click.argument("intent_id")
-@json_option
-def cancel(data_dir: Path, intent_id: str, as_json: bool) -> None:
-    """Cancel an intent that has not been sent to the bridge yet."""
-    row = _write(data_dir, ops.cancel, intent_id, now_ms())
-    if as_json:
-        print_json(row_json(row))
-    else:
-        click.echo(f"cancelled {row.id}")
-
-
-@main.command()
-@data_dir_option
-@click.option(
-    "--older-than",
-    required=True,
-    callback=duration_seconds,
-    metavar="DURATION",
-    help="Only intents whose final state is older than this, e.g. 7d or 12h.",
-)
-@click.option(
-    "--state",
-    type=click.Choice(sorted(s.value for s in FINAL)),
-    help="Only this final state (default: every final state).",
-)
-@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
-@click.option("--yes", is_flag=True, help="Delete without asking.")
-@json_option
-def purge(data_dir: Path, older_than: float, state: str | None, dry_run: bool, yes: bool, as_json: bool) -> None:
-    """Delete intents in a final state; pending intents are never purged. Asks first unless --yes."""
-    before = now_ms() - int(older_than * 1000)
-    states = [State(state)] if state else FINAL
-    count = _write(data_dir, ops.purge, before, states, True)
-    if not dry_run and count and not yes:
-        what = state or "final"
-        click.confirm(f"delete {count} {what} intent(s) older than {format_age(older_than)}?", abort=True, err=True)
-    if not dry_run and count:
-        count = _write(data_dir, ops.purge, before, states)
-    if as_json:
-        print_json({"would_purge" if dry_run else "purged": count})
-    else:
-        click.echo(f"{'would purge' if dry_run else 'purged'} {count} intent(s)")
-
-
 @main.command(name="hash-password")
 @click.option("--app", required=True, help="The app name the login is for.")
 @click.password_option(help="The password (prompted twice when not given; never echoed).")
@@ -456,4 +263,6 @@ def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path, as_json: bool) 
         )
 
 
-cli_offline.register(main, data_dir_option, json_option)
+cli_offline.register(main)
+for _command in cli_queue.COMMANDS:
+    main.add_command(_command)

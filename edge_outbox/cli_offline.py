@@ -1,6 +1,6 @@
 """The ops commands for sites that are never online or only now and then (docs/offline-sites.md):
 export, import-receipt, flush, enroll-request, enroll-import, rotate-key. Registered on the
-`edge-outbox` group by edge_outbox.cli, with its --data-dir and --json options."""
+`edge-outbox` group by edge_outbox.cli, with the shared --data-dir and --json options (cli_options)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import click
 
 from edge_outbox.cli_db import connection
 from edge_outbox.cli_format import now_ms, print_json
+from edge_outbox.cli_options import data_dir_option, json_option
 from edge_outbox.db import db_path
 from edge_outbox.identity import load_identity
 from intent_contract.errors import DecodeError
@@ -25,7 +26,6 @@ from intent_contract.progress import progress_line
 from intent_contract.timefmt import format_age, parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
-Decorator = Callable[[Any], Any]
 
 
 def _bundle_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
@@ -260,7 +260,7 @@ def rotate_key_cmd(data_dir: Path, offline: bool) -> None:
     click.echo(f"device {identity.device_id} signs with its new key; the old one ends at the new one's first use")
 
 
-def register(group: click.Group, data_dir_option: Decorator, json_option: Decorator) -> None:
+def register(group: click.Group) -> None:
     """Add these commands to `edge-outbox`, with its --data-dir (every one) and --json (those that print data)."""
     for command in (export_cmd, import_receipt, flush_cmd, enroll_import_cmd):
         group.add_command(json_option(data_dir_option(command)))

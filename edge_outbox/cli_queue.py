@@ -1,0 +1,155 @@
+"""The `edge-outbox` commands that read and steer the queue, also while the outbox runs: status, ls, show,
+retry, cancel, purge. Added to the group by edge_outbox.cli."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from edge_outbox import lock, offline_ops, ops
+from edge_outbox.cli_db import connection
+from edge_outbox.cli_format import (
+    now_ms,
+    print_json,
+    print_row,
+    print_status,
+    print_table,
+    report_problems,
+    row_json,
+    status_report,
+)
+from edge_outbox.cli_options import STATES, data_dir_option, duration_seconds, json_option, max_offline_option, write_op
+from edge_outbox.db import INTAKE_KEY, LINK_KEY
+from edge_outbox.identity import load_identity
+from edge_outbox.states import FINAL, RETRYABLE, State
+from intent_contract.timefmt import format_age
+
+
+@click.command()
+@data_dir_option
+@max_offline_option
+@json_option
+def status(data_dir: Path, max_offline: float, as_json: bool) -> None:
+    """Counts per state, bytes used, the oldest pending intent, the link and whether intake is held.
+
+    Exits 1 when unhealthy (revoked, intake paused, no link for longer than --max-offline), 0 otherwise.
+    """
+    identity = load_identity(data_dir)
+    with connection(data_dir) as conn:
+        summary = ops.summary(conn)
+        meta = {key: ops.get_meta(conn, key) for key in (LINK_KEY, INTAKE_KEY)}
+        revoked = identity is not None and offline_ops.revocation(conn, identity.device_id) is not None
+    running = lock.running(data_dir)
+    report = status_report(summary, meta if running else {}, identity, running, data_dir)
+    report["problems"] = report_problems(report, meta if running else {}, max_offline, revoked=revoked)
+    if as_json:
+        print_json(report)
+    else:
+        print_status(report)
+    if report["problems"]:
+        sys.exit(1)
+
+
+@click.command(name="ls")
+@data_dir_option
+@click.option("--state", type=STATES, help="Only intents in this state.")
+@click.option("--app", help="Only intents of this app.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="At most this many.")
+@json_option
+def list_intents(data_dir: Path, state: str | None, app: str | None, limit: int, as_json: bool) -> None:
+    """List intents, newest first."""
+    with connection(data_dir) as conn:
+        rows = ops.listing(conn, State(state) if state else None, app, limit)
+    if as_json:
+        print_json([row_json(r) for r in rows])
+    else:
+        print_table(rows)
+
+
+@click.command()
+@data_dir_option
+@click.argument("intent_id")
+@json_option
+def show(data_dir: Path, intent_id: str, as_json: bool) -> None:
+    """Show one intent with its payload."""
+    with connection(data_dir) as conn:
+        row = ops.get(conn, intent_id)
+    data = row_json(row, payload=True)
+    if as_json:
+        print_json(data)
+    else:
+        print_row(data)
+
+
+@click.command()
+@data_dir_option
+@click.argument("intent_id", required=False)
+@click.option(
+    "--state",
+    type=click.Choice([s.value for s in RETRYABLE]),
+    help="Retry every intent in this state instead of one id.",
+)
+@json_option
+def retry(data_dir: Path, intent_id: str | None, state: str | None, as_json: bool) -> None:
+    """Queue a failed or expired intent again (ID, or all of --state)."""
+    if (intent_id is None) == (state is None):
+        raise click.UsageError("give either an intent ID or --state, not both")
+    if state is not None:
+        rows = write_op(data_dir, ops.retry_state, State(state), now_ms())
+    else:
+        rows = [write_op(data_dir, ops.retry, intent_id, now_ms())]
+    if as_json:
+        print_json([row_json(r) for r in rows])
+    else:
+        click.echo(f"queued again: {len(rows)} intent(s)")
+
+
+@click.command()
+@data_dir_option
+@click.argument("intent_id")
+@json_option
+def cancel(data_dir: Path, intent_id: str, as_json: bool) -> None:
+    """Cancel an intent that has not been sent to the bridge yet."""
+    row = write_op(data_dir, ops.cancel, intent_id, now_ms())
+    if as_json:
+        print_json(row_json(row))
+    else:
+        click.echo(f"cancelled {row.id}")
+
+
+@click.command()
+@data_dir_option
+@click.option(
+    "--older-than",
+    required=True,
+    callback=duration_seconds,
+    metavar="DURATION",
+    help="Only intents whose final state is older than this, e.g. 7d or 12h.",
+)
+@click.option(
+    "--state",
+    type=click.Choice(sorted(s.value for s in FINAL)),
+    help="Only this final state (default: every final state).",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option("--yes", is_flag=True, help="Delete without asking.")
+@json_option
+def purge(data_dir: Path, older_than: float, state: str | None, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Delete intents in a final state; pending intents are never purged. Asks first unless --yes."""
+    before = now_ms() - int(older_than * 1000)
+    states = [State(state)] if state else FINAL
+    count = write_op(data_dir, ops.purge, before, states, True)
+    if not dry_run and count and not yes:
+        what = state or "final"
+        click.confirm(f"delete {count} {what} intent(s) older than {format_age(older_than)}?", abort=True, err=True)
+    if not dry_run and count:
+        count = write_op(data_dir, ops.purge, before, states)
+    if as_json:
+        print_json({"would_purge" if dry_run else "purged": count})
+    else:
+        click.echo(f"{'would purge' if dry_run else 'purged'} {count} intent(s)")
+
+
+COMMANDS = (status, list_intents, show, retry, cancel, purge)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud_bridge.audit import AuditEvent, AuditRecord
-from cloud_bridge.errors import UnknownIntentError
+from cloud_bridge.errors import TransientError, UnknownIntentError
 from cloud_bridge.fleet_sql import Transaction
 from cloud_bridge.ledger import PURGE_BATCH, LedgerEntry, clip_detail, entry_from_row
 from cloud_bridge.ledger_states import (
@@ -37,6 +37,9 @@ from cloud_bridge.ledger_states import (
 _LIVE = sql_states(LIVE_STATES)
 CANCELLED = "cancelled"  # the code of a row an operator cancelled
 REQUEUED = "requeued"  # the code of a row an operator retried, until it runs
+# An operation's UPDATE is tried again when the row moved, between it and the SELECT after it, into a state
+# the operation may start from; a row that keeps moving is answered "try again".
+OPERATE_TRIES = 3
 
 SQLITE_SCHEMA_SUMMARY = "operator retry and cancel: statuses to announce, signals between processes"
 SQLITE_SCHEMA: tuple[str, ...] = (
@@ -175,24 +178,32 @@ class SqlIntents:
             code = REQUEUED
         else:
             changes, values, code = "code = ?, detail = ?", (CANCELLED, detail), CANCELLED
+        update = (
+            f"UPDATE intents SET state = '{target(event)}', {changes}, updated = ?, owner = '', lease_until = 0,"
+            f" confirmed = {self._false} WHERE device_id = ? AND intent_id = ? AND {state_in(sources(event))}"
+        )
         with self._transaction() as conn:
-            cursor = self._run(
-                conn,
-                f"UPDATE intents SET state = '{target(event)}', {changes}, updated = ?, owner = '', lease_until = 0,"
-                f" confirmed = {self._false}"
-                f" WHERE device_id = ? AND intent_id = ? AND {state_in(sources(event))}",
-                (*values, now, device_id, intent_id),
-            )
-            changed = cursor.rowcount
-            row = self._run(
-                conn, "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?", (device_id, intent_id)
-            ).fetchone()
-            if row is None:
-                raise UnknownIntentError(f"no intent {intent_id} of device {device_id} in the ledger")
-            entry = entry_from_row(row)
-            if not changed:
-                step(entry.state, event)  # raises LedgerStateError, naming the state
-                raise AssertionError("the table allows a move the UPDATE did not make")  # pragma: no cover
+            for _ in range(OPERATE_TRIES):
+                changed = self._run(conn, update, (*values, now, device_id, intent_id)).rowcount
+                row = self._run(
+                    conn, "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?", (device_id, intent_id)
+                ).fetchone()
+                if row is None:
+                    raise UnknownIntentError(f"no intent {intent_id} of device {device_id} in the ledger")
+                entry = entry_from_row(row)
+                if changed:
+                    break
+                # The UPDATE matched nothing: the row's state forbids the move (step raises LedgerStateError,
+                # naming it), or the row moved into a state that allows it after the UPDATE looked and before
+                # the SELECT (PostgreSQL, READ COMMITTED: each statement sees what committed before it, such
+                # as an executor putting a running row back in the queue or failing it): try again.
+                step(entry.state, event)
+            else:
+                raise TransientError(
+                    f"intent {intent_id} of device {device_id} changed {OPERATE_TRIES} times during the operation;"
+                    " try again",
+                    code="intent_busy",
+                )
             audit = AUDIT[event]
             assert audit is not None
             self._run(

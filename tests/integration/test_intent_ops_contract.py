@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -253,3 +254,55 @@ async def test_the_running_nodes_retention_purges_with_the_configured_ages(store
     done = await retention.run_once()
     assert (done.intents, done.audit) == (1, 0)
     assert [i.intent_id for i in operator_api.list_intents(store.intents, IntentQuery())] == ["live"]
+
+
+class _MovedAfterUpdate(SqlIntents):
+    """SqlIntents whose first operation UPDATE is followed, before the operation's next statement, by `move`
+    committing from another connection (the executor's own call on the event loop `loop`)."""
+
+    def __init__(self, pools: PgPools, loop: asyncio.AbstractEventLoop, move: Callable[[], Awaitable[object]]) -> None:
+        super().__init__(
+            lambda: pools.sync_transaction("ledger"), signal=operator_signal("cli"), marker="%s", true="true",
+            false="false",
+        )  # fmt: skip
+        self.updates: list[int] = []
+        self._loop, self._move = loop, move
+
+    def _run(self, conn: Any, text: str, params: Sequence[Any] = ()) -> Any:
+        cursor = super()._run(conn, text, params)
+        if text.startswith("UPDATE intents SET state"):
+            self.updates.append(cursor.rowcount)
+            if len(self.updates) == 1:
+                asyncio.run_coroutine_threadsafe(self._move(), self._loop).result(30)
+        return cursor
+
+
+@pytest.mark.parametrize("action", ["cancel", "retry"])
+async def test_an_operation_on_a_row_that_moves_during_it_is_applied_to_the_moved_row(
+    pg_url: StoreUrl, action: str
+) -> None:
+    """PostgreSQL (READ COMMITTED): the operation's UPDATE finds the row running and changes nothing; the
+    executor then commits the row back to the queue (a transient error) or failed, before the operation's
+    SELECT. The operation used to raise AssertionError (a 500 on the dashboard, a traceback at the CLI);
+    it now applies to the row as it is."""
+    async with opened(pg_url) as store:
+        await admit(store.ledger, DEV, [env("a")], allow, NOW)
+        [entry] = await store.ledger.claim(["email.send"], 1, NOW)
+
+        async def move() -> object:
+            if action == "cancel":
+                return await store.ledger.reschedule(entry, NOW + 60, "timeout", "no answer", NOW)
+            return await store.ledger.finish(entry, EntryState.FAILED, "smtp_refused", "550 no", NOW, "smtp")
+
+        pools = PgPools(pg_url.conninfo(application_name="cli"))
+        pools.open_sync()
+        cli = _MovedAfterUpdate(pools, asyncio.get_running_loop(), move)
+        try:
+            fn = operator_api.cancel if action == "cancel" else operator_api.retry
+            done = await asyncio.to_thread(fn, cli, ["dev-1", "a"], "alice", NOW + 1)
+        finally:
+            pools.close_sync()
+        assert cli.updates == [0, 1]
+        assert done.intent.state == ("failed" if action == "cancel" else "queued")
+        events = [r.event for r in operator_api.show_intent(store.intents, ["dev-1", "a"]).history]
+        assert events[-1] is (AuditEvent.CANCEL if action == "cancel" else AuditEvent.REQUEUE)

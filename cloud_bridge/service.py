@@ -118,9 +118,10 @@ class BridgeService:
         self._flushes: set[asyncio.Task[None]] = set()
         self._max_age = max_intent_age
         self._holds: Callable[[str], bool] = lambda _device_id: False
-        # Final results sent to each device since it last subscribed, until it confirms them: a signal
-        # from another node then sends only what is new.
-        self._sent: dict[str, set[str]] = {}
+        # Final results sent to each device since it last subscribed, until it confirms them, by intent id
+        # with the attempt they were of: a signal from another node then sends only what is new, such as
+        # the result of an attempt an operator retried (the same id) before the device confirmed the last.
+        self._sent: dict[str, dict[str, int]] = {}
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._stale: set[str] = set()
         self._on_intents = on_intents  # the fleet desk counts each device's volume
@@ -152,7 +153,7 @@ class BridgeService:
 
     async def on_acks_subscribed(self, device_id: str) -> None:
         """Re-send every final result the device has not confirmed."""
-        self._sent[device_id] = set()  # also marks the device as one to refresh after lost signals
+        self._sent[device_id] = {}  # also marks the device as one to refresh after lost signals
         await self._send_unconfirmed(device_id)
 
     async def _send_unconfirmed(self, device_id: str) -> None:
@@ -161,9 +162,9 @@ class BridgeService:
         except BridgeError:
             logger.exception("cannot read unconfirmed results", extra={"device_id": device_id})
             return
-        sent = self._sent.get(device_id, set())
+        sent = self._sent.get(device_id, {})
         # Live rows here are rows an operator retried: their `accepted` goes out each time (rarely).
-        await self.send_acks(device_id, [a for a in acks if not (a.state.final and a.id in sent)])
+        await self.send_acks(device_id, [a for a in acks if not (a.state.final and sent.get(a.id) == a.attempt)])
 
     def on_results(self, device_id: str) -> None:
         """Another node finished results of `device_id` ("*": of any device): send them if we hold it."""
@@ -214,7 +215,7 @@ class BridgeService:
         if self._publish is None or not acks:
             return
         # Remembered only for a device held here: results finished for devices on other nodes go nowhere.
-        sent = self._sent.setdefault(device_id, set()) if self._holds(device_id) else set()
+        sent = self._sent.setdefault(device_id, {}) if self._holds(device_id) else {}
         for start in range(0, len(acks), ACKS_PER_MESSAGE):
             chunk = list(acks[start : start + ACKS_PER_MESSAGE])
             await self._publish(device_id, ACKS, encode_acks(chunk))
@@ -223,9 +224,9 @@ class BridgeService:
                 self._metrics.acks.labels(str(state)).inc(count)
             for ack in chunk:
                 if ack.state.final:
-                    sent.add(ack.id)
+                    sent[ack.id] = ack.attempt
                 else:
-                    sent.discard(ack.id)  # retried: its next final result is news
+                    sent.pop(ack.id, None)  # retried: its next final result is news
 
     # -- per-device work ------------------------------------------------------------------------
 
@@ -364,7 +365,8 @@ class BridgeService:
             return 0
         sent = self._sent.get(device_id)
         if sent:
-            sent.difference_update(ids)
+            for intent_id in ids:
+                sent.pop(intent_id, None)
         return await self._ledger.confirm(device_id, ids)
 
     def forget(self, device_id: str) -> None:

@@ -6,12 +6,14 @@ node B's store (as its dashboard does): NOTIFY reaches node A, which sends the d
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 from cloud_bridge import operator_api
+from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.store.url import StoreUrl
-from intent_contract.codec import AckState
+from intent_contract.codec import Ack, AckState
 from tests.support.bridge import CountingIntegration, DeviceClient, email, node, until
 from tests.support.stores import pg_url
 
@@ -60,5 +62,47 @@ async def test_retry_and_cancel_made_on_node_b_reach_the_device_on_node_a(
             with client._lock:
                 [last] = [a for a in client.acks if a.id == "x2"][1:]
             assert (last.state, last.code, last.detail) == (AckState.FAILED, "cancelled", "cancelled by operator bob")
+        finally:
+            await client.stop()
+
+
+async def test_a_retried_rows_new_result_reaches_the_device_when_node_a_reads_it_only_once_final(
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
+) -> None:
+    """Node A sent the device the first result and the device has not confirmed it yet; the operator retries
+    on node B, whose executor runs the new attempt to its end before node A reads the row (node A's reads
+    are held back here, as a busy node's are). Node A then read the new result as one it had sent already
+    (the same intent id) and left it out: the device never heard the retry's result until it reconnected."""
+    on_b = CountingIntegration()
+    async with (
+        node(tmp_path, server_cert_files, pg_url, "node-a", CountingIntegration()) as a,
+        node(tmp_path, server_cert_files, pg_url, "node-b", on_b) as b,
+    ):
+        assert a.bridge.executor is not None
+        await a.bridge.executor.stop()  # node A admits but never executes: only B can
+        creds = await a.enroll()
+        client = await a.connect(creds)
+        try:
+            client.send([email("x1", subject="fail")])
+            failed = [(AckState.ACCEPTED, 1), (AckState.FAILED, 1)]
+            await until(lambda: _seen(client, "x1") == failed, what="the first failure at the device")
+
+            ledger = a.bridge.store.ledger
+            read, reads_held = ledger.unconfirmed, asyncio.Event()
+
+            async def held_read(device_id: str) -> list[Ack]:
+                await reads_held.wait()
+                return await read(device_id)
+
+            ledger.unconfirmed = held_read  # type: ignore[method-assign]
+            operator_api.retry(b.bridge.store.intents, ["x1"], "alice", time.time())
+            await until(lambda: len(on_b.calls) == 2, what="the retry run on node B")
+            await until(
+                lambda: b.bridge.store.intents.find("x1")[0].state is EntryState.FAILED, what="the retry's result"
+            )
+            reads_held.set()
+            client.send([email("x2")])  # a later result node A sends through the same read
+            await until(lambda: (AckState.DELIVERED, 1) in _seen(client, "x2"), what="x2 at the device")
+            assert (AckState.FAILED, 2) in _seen(client, "x1")
         finally:
             await client.stop()

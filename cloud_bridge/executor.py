@@ -89,11 +89,12 @@ class Executor:
         observe: Observe = _ignore,
         tenants: Mapping[str, Mapping[str, Integration]] | None = None,
         shares: Shares | None = None,
+        orphan_grace: float = 0.0,
     ) -> None:
         self._retry_policy = RetryPolicy(max_attempts, retry_base, retry_cap)
         self._ledger = ledger
         self._pools = Pools.build({})
-        self._claims = Claims(ledger, owner=owner, lease=lease, now=now, idle_poll=idle_poll)
+        self._claims = Claims(ledger, owner=owner, lease=lease, now=now, idle_poll=idle_poll, orphan_grace=orphan_grace)
         self._running: dict[Pool, set[asyncio.Task[None]]] = {}
         # Rows claimed ahead for each pool (RUNNING, leases renewed) with the pools of their claim: a slot
         # that frees starts the next at once instead of waiting for a claim's commit.

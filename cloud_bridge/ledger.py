@@ -302,11 +302,12 @@ class Ledger(Protocol):
         owner: str = "",
         lease: float = DEFAULT_LEASE,
         tenant: str | None = None,
+        due_by: float | None = None,
     ) -> list[LedgerEntry]:
         """Move up to `limit` rows of `kinds` (of `tenant` only, when given) to running for `owner` until
         `now + lease`: first running rows whose lease ran out (audited `retry`/`lease_expired`), then due
         queued rows (highest priority, oldest first). Rows claimed by others meanwhile are skipped, never
-        waited for."""
+        waited for. `due_by` (default `now`): only rows due, or whose lease ran out, by then."""
 
     async def waiting_tenants(self, kinds: Collection[str], now: float) -> list[str]:
         """Tenants with rows of `kinds` queued (due or not) or running past their lease at `now`, sorted."""

@@ -260,19 +260,21 @@ class SqliteLedger:
         owner: str = "",
         lease: float = DEFAULT_LEASE,
         tenant: str | None = None,
+        due_by: float | None = None,
     ) -> list[LedgerEntry]:
         """Rows whose lease ran out first, then due queued rows, highest priority then oldest first."""
         kind_list = list(dict.fromkeys(kinds))
         if not kind_list or limit < 1:
             return []
         until = now + lease
+        due_at = now if due_by is None else due_by
         of_tenant, tenant_args = (False, ()) if tenant is None else (True, (tenant,))
 
         def run(conn: sqlite3.Connection) -> list[LedgerEntry]:
             n = len(kind_list)
-            lapsed = conn.execute(lapsed_sql(n, of_tenant), (now, *kind_list, *tenant_args, limit)).fetchall()
+            lapsed = conn.execute(lapsed_sql(n, of_tenant), (due_at, *kind_list, *tenant_args, limit)).fetchall()
             rest = limit - len(lapsed)
-            due = conn.execute(due_sql(n, of_tenant), (*kind_list, *tenant_args, now, rest)).fetchall()
+            due = conn.execute(due_sql(n, of_tenant), (*kind_list, *tenant_args, due_at, rest)).fetchall()
             claimed = _claim_rows(conn, [*lapsed, *due], owner, until, now)
             for row in lapsed:
                 detail = lapsed_detail(row["owner"])

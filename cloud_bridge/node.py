@@ -46,6 +46,7 @@ from cloud_bridge.retention import Retention
 from cloud_bridge.service import BridgeService
 from cloud_bridge.settings import BridgeSettings
 from cloud_bridge.store import open_store
+from cloud_bridge.tenant_pools import SHARED_ORPHAN_GRACE
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class Bridge:
             observe=self.metrics.observe,
             tenants=self.tenant_integrations,
             shares=settings.config.shares(),
+            orphan_grace=SHARED_ORPHAN_GRACE if self.store.url.shared else 0.0,
         )
         self._refusals = ConnectAudit(desk, self.ledger, self._tenant_of)  # audits refused connects, then the desk
         gate = DeviceGate(

@@ -19,6 +19,11 @@ from intent_contract.names import KINDS
 
 DEFAULT_CONCURRENCY = 4
 ORPHAN_BATCH = 100
+# On a store shared by several nodes, a row of a kind this node has no integration for is failed
+# (no_integration) only once it has been due this long: during a rolling reload or restart that adds an
+# integration, the nodes not yet reloaded took every queued row of the new kind at once and failed it for
+# good, while the reloaded ones would have run it a moment later.
+SHARED_ORPHAN_GRACE = 300.0
 VENDOR = ""  # the owner of the vendor's pools (a tenant name is never empty)
 _ORPHANS = ""  # the key of the look for rows no integration runs (a kind name is never empty)
 Pool = tuple[str, str]  # (kind, owner): the slots of one integration
@@ -69,10 +74,20 @@ class Pools:
 class Claims:
     """Claims rows for pools: a tenant's own pool its tenant's, a vendor pool's shared fairly."""
 
-    def __init__(self, ledger: Ledger, *, owner: str, lease: float, now: Callable[[], float], idle_poll: float) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        owner: str,
+        lease: float,
+        now: Callable[[], float],
+        idle_poll: float,
+        orphan_grace: float = 0.0,
+    ) -> None:
         self._ledger = ledger
         self._owner = owner
         self._lease = lease
+        self._orphan_grace = orphan_grace
         self._now = now
         self._waiting = WaitingTenants(max_age=idle_poll)
         self._turn = 0
@@ -111,27 +126,33 @@ class Claims:
         return claimed, fair.free <= 0 or fair.capped
 
     async def orphans(self, pools: Pools) -> list[LedgerEntry]:
-        """Rows of kinds no integration runs here (not those of a tenant that brings its own).
+        """Rows of kinds no integration runs here (not those of a tenant that brings its own), due for at
+        least `orphan_grace` seconds (another node may run them meanwhile: see SHARED_ORPHAN_GRACE).
 
-        They end at once and never come due later by themselves, so they are looked for after an
-        admission, or idle_poll after the last look found none; [] between.
+        They end at once, so they are looked for after an admission, or idle_poll after the last look
+        found none; [] between.
         """
         now = self._now()
         if not pools.orphans or self._waiting.fresh(_ORPHANS, now):
             return []
         kinds = list(pools.orphans)
+        due_by = now - self._orphan_grace
         if not any(pools.owners.get(k) for k in kinds):
-            claimed = await self.claim(kinds, ORPHAN_BATCH)
+            claimed = await self.claim(kinds, ORPHAN_BATCH, due_by=due_by)
         else:
             claimed = []
             for tenant in await self._ledger.waiting_tenants(kinds, now):
                 theirs = [k for k in kinds if tenant not in pools.owners.get(k, frozenset())]
                 if theirs and len(claimed) < ORPHAN_BATCH:
-                    claimed += await self.claim(theirs, ORPHAN_BATCH - len(claimed), tenant)
+                    claimed += await self.claim(theirs, ORPHAN_BATCH - len(claimed), tenant, due_by=due_by)
         if len(claimed) < ORPHAN_BATCH:
             self._waiting.checked(_ORPHANS, now)
         return claimed
 
-    async def claim(self, kinds: list[str], limit: int, tenant: str | None = None) -> list[LedgerEntry]:
+    async def claim(
+        self, kinds: list[str], limit: int, tenant: str | None = None, *, due_by: float | None = None
+    ) -> list[LedgerEntry]:
         now = self._now()
-        return await self._ledger.claim(kinds, limit, now, owner=self._owner, lease=self._lease, tenant=tenant)
+        return await self._ledger.claim(
+            kinds, limit, now, owner=self._owner, lease=self._lease, tenant=tenant, due_by=due_by
+        )

@@ -179,6 +179,7 @@ class PgLedger:
         owner: str = "",
         lease: float = DEFAULT_LEASE,
         tenant: str | None = None,
+        due_by: float | None = None,
     ) -> list[LedgerEntry]:
         """Rows whose lease ran out first, then due queued rows; rows locked by other claims are skipped."""
         kind_list = list(dict.fromkeys(kinds))
@@ -190,12 +191,13 @@ class PgLedger:
             f"state = '{target(LedgerEvent.CLAIM)}', tries = i.tries + 1, owner = %(owner)s,"
             " lease_until = %(until)s, updated = %(now)s"
         )
-        params = {"kinds": kind_list, "now": now, "owner": owner, "until": until, "limit": limit, "tenant": tenant}
+        params = {"kinds": kind_list, "now": now, "owner": owner, "until": until, "limit": limit, "tenant": tenant,
+                  "due": now if due_by is None else due_by}  # fmt: skip
 
         async def run(conn: AsyncConn) -> list[LedgerEntry]:
             cursor = await conn.execute(
                 "WITH c AS (SELECT seq, owner AS was FROM intents"
-                f" WHERE {state_in(sources(LedgerEvent.RECLAIM))} AND lease_until < %(now)s"
+                f" WHERE {state_in(sources(LedgerEvent.RECLAIM))} AND lease_until < %(due)s"
                 f" AND kind = ANY(%(kinds)s){of_tenant} ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
                 f" UPDATE intents i SET {claimed_set} FROM c WHERE i.seq = c.seq RETURNING i.*, c.was",
                 params,
@@ -207,7 +209,7 @@ class PgLedger:
                 cursor = await conn.execute(
                     "WITH c AS (SELECT seq FROM intents"
                     f" WHERE {state_in(sources(LedgerEvent.CLAIM))} AND {kind_match}{of_tenant}"
-                    " AND next_run <= %(now)s ORDER BY priority DESC, seq LIMIT %(rest)s FOR UPDATE SKIP LOCKED)"
+                    " AND next_run <= %(due)s ORDER BY priority DESC, seq LIMIT %(rest)s FOR UPDATE SKIP LOCKED)"
                     f" UPDATE intents i SET {claimed_set} FROM c WHERE i.seq = c.seq RETURNING i.*",
                     {**params, "kind": kind_list[0], "rest": limit - len(lapsed)},
                 )

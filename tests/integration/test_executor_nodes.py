@@ -1,5 +1,6 @@
 """Executors of three nodes claiming one PostgreSQL queue: each job runs exactly once, and a job of a
-node that died is run by another once its lease runs out, with the same idempotency key."""
+node that died is run by another once its lease runs out, with the same idempotency key; a node without
+an integration leaves that kind's rows to the nodes that have it (a rolling reload)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
 
 from cloud_bridge.executor import Executor
 from cloud_bridge.integrations.base import Job, Outcome
+from cloud_bridge.intent_sql import IntentQuery
+from cloud_bridge.ledger import LedgerEntry
+from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.policy import Decision, DeviceRef
 from cloud_bridge.store.url import StoreUrl
+from cloud_bridge.tenant_pools import SHARED_ORPHAN_GRACE
 from intent_contract.codec import Ack, AckState, Envelope
+from tests.support.bridge import CountingIntegration, Harness, email, make_settings, node, running_bridge, until
 from tests.support.stores import admit, opened, pg_url
 
 __all__ = ["pg_url"]  # fixtures
@@ -114,3 +123,58 @@ async def test_a_job_of_a_dead_node_runs_again_elsewhere_after_its_lease_with_th
         assert sorted(keys.values()) == [2, 2, 2]
         codes = Counter(r.code for r in await b.ledger.audit(DEVICES[0].device_id))
         assert codes["lease_expired"] == 3
+
+
+async def test_a_node_without_an_integration_leaves_its_rows_to_the_node_that_has_it_during_a_rolling_reload(
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
+) -> None:
+    """Node A is already reloaded with email.send, node B not yet (no integration at all). B's executor used
+    to take A's queued email rows as rows no integration runs and fail them for good (`no_integration`);
+    on a shared store it leaves them for SHARED_ORPHAN_GRACE, and A runs them."""
+    on_a = CountingIntegration()
+    settings_b = make_settings(tmp_path / "node-b", server_cert_files, store=pg_url, node_id="node-b")
+    async with node(tmp_path, server_cert_files, pg_url, "node-a", on_a) as a:
+        async for b in running_bridge(settings_b, server_cert_files["ca"], {}):
+            await _rows_left_to_node_a(a, b)
+
+
+async def _rows_left_to_node_a(a: Harness, b: Harness) -> None:
+    assert a.bridge.executor is not None
+    await a.bridge.executor.stop()  # A's slots are busy (or A is reloaded a second later)
+    looks: list[float] = []  # when node B looked for rows no integration of its runs
+    claim = b.bridge.store.ledger.claim
+
+    async def watched(kinds: Collection[str], limit: int, now: float, **kw: Any) -> list[LedgerEntry]:
+        rows = await claim(kinds, limit, now, **kw)
+        if "email.send" in kinds:
+            looks.append(time.time())
+        return rows
+
+    b.bridge.store.ledger.claim = watched  # type: ignore[method-assign]
+    client = await a.connect(await a.enroll())
+    try:
+        client.send([email(f"m{n}") for n in range(3)])
+        await until(lambda: all("accepted" in client.states().get(f"m{n}", []) for n in range(3)), what="admitted")
+        queued_at = time.time()
+        await until(lambda: any(t > queued_at for t in looks), what="node B looking after the admission")
+        assert {i.state for i in b.bridge.store.intents.rows(IntentQuery())} == {EntryState.QUEUED}
+        await a.bridge.executor.start()
+        await until(lambda: all("delivered" in client.states().get(f"m{n}", []) for n in range(3)), what="run by A")
+        assert not [s for n in range(3) for s in client.states()[f"m{n}"] if s == "failed"]
+    finally:
+        await client.stop()
+
+
+async def test_on_a_shared_store_rows_no_node_runs_fail_after_the_grace(pg_url: StoreUrl) -> None:
+    """The grace only delays the end of rows of a kind no node runs: due longer than it, they end
+    failed/no_integration as before."""
+    async with opened(pg_url, node="node-b") as b:
+        now = time.time()
+        await admit(b.ledger, DEVICES[0], envelopes("m", 3), lambda _: Decision(True), now)
+        clock = [now + 1.0]
+        executor = Executor(b.ledger, {}, on_final=no_final, owner="node-b", now=lambda: clock[0],
+                            orphan_grace=SHARED_ORPHAN_GRACE)  # fmt: skip
+        assert await executor.run_due() == 0
+        clock[0] = now + SHARED_ORPHAN_GRACE + 1
+        assert await executor.run_due() == 3
+        assert {(i.state, i.code) for i in b.intents.rows(IntentQuery())} == {(EntryState.FAILED, "no_integration")}

@@ -311,6 +311,18 @@ async def test_a_lapsed_lease_is_claimed_again_and_the_old_claim_cannot_finish(l
     assert events.count(("a", AuditEvent.DELIVER, "")) == 1
 
 
+async def test_a_claim_due_by_an_earlier_time_takes_only_rows_due_or_lapsed_by_then(ledger: Ledger) -> None:
+    """`due_by` (a node's look for rows of kinds it has no integration for, on a shared store): only rows
+    due, or whose lease ran out, by then; the claim's lease still counts from `now`."""
+    await admit(ledger, DEV, [env("a")], Decider(), NOW)
+    await admit(ledger, DEV, [env("b")], Decider(), NOW + 50)
+    [held] = await ledger.claim(["email.send"], 1, NOW, owner="node-a", lease=10)  # "a", lease to NOW + 10
+    assert await ledger.claim(["email.send"], 5, NOW + 60, owner="node-b", due_by=NOW + 5) == []
+    [lapsed] = await ledger.claim(["email.send"], 5, NOW + 60, owner="node-b", lease=10, due_by=NOW + 40)
+    assert (lapsed.intent_id, lapsed.lease_until) == (held.intent_id, NOW + 70)
+    assert [e.intent_id for e in await ledger.claim(["email.send"], 5, NOW + 60, due_by=NOW + 50)] == ["b"]
+
+
 async def test_recover_puts_rows_of_lapsed_leases_back(store_url: StoreUrl) -> None:
     async with opened(store_url) as first:
         await admit(first.ledger, DEV, [env("a"), env("b")], Decider(), NOW)

@@ -118,10 +118,13 @@ class BridgeService:
         self._flushes: set[asyncio.Task[None]] = set()
         self._max_age = max_intent_age
         self._holds: Callable[[str], bool] = lambda _device_id: False
-        # Final results sent to each device since it last subscribed, until it confirms them, by intent id
-        # with the attempt they were of: a signal from another node then sends only what is new, such as
-        # the result of an attempt an operator retried (the same id) before the device confirmed the last.
-        self._sent: dict[str, dict[str, int]] = {}
+        # What each device was sent since it last subscribed, by intent id: (attempt, final) of its final
+        # result until the device confirms it, or of the `accepted` of a row an operator retried until its
+        # result. A signal from another node then sends only what is new: the result of an attempt an
+        # operator retried (the same id) before the device confirmed the last one; a retried row's
+        # `accepted` once, not again on every signal (each retry of a script signals once, and each sent
+        # every live retried row again: quadratic).
+        self._sent: dict[str, dict[str, tuple[int, bool]]] = {}
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._stale: set[str] = set()
         self._on_intents = on_intents  # the fleet desk counts each device's volume
@@ -163,8 +166,12 @@ class BridgeService:
             logger.exception("cannot read unconfirmed results", extra={"device_id": device_id})
             return
         sent = self._sent.get(device_id, {})
-        # Live rows here are rows an operator retried: their `accepted` goes out each time (rarely).
-        await self.send_acks(device_id, [a for a in acks if not (a.state.final and sent.get(a.id) == a.attempt)])
+        # Live rows here are rows an operator retried: their `accepted` goes out once per attempt.
+        news = [a for a in acks if sent.get(a.id) != (a.attempt, a.state.final)]
+        await self.send_acks(device_id, news)
+        if self._holds(device_id):
+            sent = self._sent.setdefault(device_id, {})
+            sent.update((a.id, (a.attempt, False)) for a in news if not a.state.final)
 
     def on_results(self, device_id: str) -> None:
         """Another node finished results of `device_id` ("*": of any device): send them if we hold it."""
@@ -224,7 +231,7 @@ class BridgeService:
                 self._metrics.acks.labels(str(state)).inc(count)
             for ack in chunk:
                 if ack.state.final:
-                    sent[ack.id] = ack.attempt
+                    sent[ack.id] = (ack.attempt, True)
                 else:
                     sent.pop(ack.id, None)  # retried: its next final result is news
 

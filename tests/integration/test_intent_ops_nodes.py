@@ -106,3 +106,31 @@ async def test_a_retried_rows_new_result_reaches_the_device_when_node_a_reads_it
             assert (AckState.FAILED, 2) in _seen(client, "x1")
         finally:
             await client.stop()
+
+
+async def test_each_retried_row_is_announced_once_not_again_on_every_later_signal(
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
+) -> None:
+    """An operator (a script) retries many failed intents of one device while they wait in the queue. Each
+    retry signals node A, which sent the device `accepted` for every live retried row again: n retries, n(n+1)/2
+    acks (45,150 for 300; 50 million for 10,000). Each is now announced once per attempt."""
+    async with (
+        node(tmp_path, server_cert_files, pg_url, "node-a", CountingIntegration()) as a,
+        node(tmp_path, server_cert_files, pg_url, "node-b", CountingIntegration()) as b,
+    ):
+        client = await a.connect(await a.enroll())
+        ids = [f"f{n}" for n in range(20)]
+        try:
+            client.send([email(i, subject="fail") for i in ids])
+            await until(lambda: all(_seen(client, i)[-1:] == [(AckState.FAILED, 1)] for i in ids), what="all failed")
+            for executor in (a.bridge.executor, b.bridge.executor):
+                assert executor is not None
+                await executor.stop()  # the retried rows wait in the queue (the provider is still down)
+            for i in ids:
+                operator_api.retry(b.bridge.store.intents, [i], "alice", time.time())
+                await until(lambda i=i: (AckState.ACCEPTED, 2) in _seen(client, i), what=f"{i} announced")
+            client.send([email("marker")])  # a later ack on the same session: what came before it is all in
+            await until(lambda: _seen(client, "marker") == [(AckState.ACCEPTED, 1)], what="the marker")
+            assert {i: _seen(client, i).count((AckState.ACCEPTED, 2)) for i in ids} == dict.fromkeys(ids, 1)
+        finally:
+            await client.stop()

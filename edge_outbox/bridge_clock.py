@@ -19,9 +19,14 @@ import json
 from dataclasses import asdict, dataclass
 
 from edge_outbox.errors import ConfigError
+from intent_contract.timefmt import MAX_DURATION_S
 
 # An answer whose bounds are at most this far apart (a round trip online) sets the offset to their middle.
 EXACT_MS = 5_000
+# The farthest the bridge's clock is taken to be from this device's: a dead RTC battery is decades off, not
+# centuries. An answer past it (a bridge's time in microseconds, say) is a fault of the answer: believed, it
+# put the bridge's time of day past any date Python can write, and the forwarder died on it at every start.
+MAX_OFFSET_MS = MAX_DURATION_S * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +68,8 @@ class BridgeClock:
         return local_ms + self.offset_ms
 
     def learn(self, sample: TimeSample, local_ms: int) -> BridgeClock:
-        """The clock after `sample`: set within a round trip, or moved into looser bounds; unchanged if inside."""
+        """The clock after `sample`: set within a round trip, or moved into looser bounds; unchanged if inside,
+        or if it would put the bridge more than MAX_OFFSET_MS (100 years) from this device's clock."""
         low, high = sample.low, sample.high
         if low is not None and high is not None:
             if low > high:
@@ -72,7 +78,7 @@ class BridgeClock:
         else:
             offset = max(self.offset_ms, low) if low is not None else self.offset_ms
             offset = min(offset, high) if high is not None else offset
-        if offset == self.offset_ms:
+        if offset == self.offset_ms or abs(offset) > MAX_OFFSET_MS:
             return self
         return BridgeClock(offset, sample.source, local_ms)
 
@@ -85,6 +91,8 @@ class BridgeClock:
             return cls()
         try:
             data = json.loads(text)
-            return cls(int(data["offset_ms"]), str(data["source"]), int(data["learned_at"]))
+            clock = cls(int(data["offset_ms"]), str(data["source"]), int(data["learned_at"]))
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"the stored bridge clock is damaged ({exc})") from None
+        # Learned by an older version from an answer past the bound: forgotten, the next answer sets it again.
+        return clock if abs(clock.offset_ms) <= MAX_OFFSET_MS else cls()

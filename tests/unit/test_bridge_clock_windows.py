@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_outbox.bridge_clock import BridgeClock, TimeSample
+from edge_outbox.bridge_clock import MAX_OFFSET_MS, BridgeClock, TimeSample
 from edge_outbox.db import IntentRow
 from edge_outbox.errors import ConfigError
 from edge_outbox.forwarder import envelope_of
@@ -41,6 +41,18 @@ def test_a_receipt_without_a_bundle_bounds_only_from_below() -> None:
     assert clock.offset_ms == 96 * HOUR  # a clock reset long ago is caught up to at least the receipt's time
     ahead = BridgeClock(offset_ms=97 * HOUR)
     assert ahead.learn(TimeSample.receipt(100 * HOUR, 4 * HOUR, None, None, "r"), 0) is ahead
+
+
+def test_an_answer_centuries_off_teaches_nothing() -> None:
+    # A bridge writing its time in microseconds (or nanoseconds): no device clock is that far off.
+    now = 1_700_000_000_000
+    for bridge in (now * 1000, now * 1_000_000, now + MAX_OFFSET_MS + 1000, now - MAX_OFFSET_MS - 1000):
+        clock = BridgeClock(offset_ms=7)
+        assert clock.learn(TimeSample.between(bridge, now, now + 10, "online"), now) is clock
+        assert clock.learn(TimeSample.receipt(bridge, now, None, None, "receipt"), now) is clock
+    assert BridgeClock().learn(TimeSample.between(now + MAX_OFFSET_MS, now, now, "x"), now).offset_ms == MAX_OFFSET_MS
+    # one stored by a version that believed such an answer is forgotten
+    assert BridgeClock.from_json(BridgeClock(now * 999).to_json()) == BridgeClock()
 
 
 def test_crossed_bounds_teach_nothing() -> None:

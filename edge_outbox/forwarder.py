@@ -154,7 +154,10 @@ class Forwarder:
         self._clock_ms = clock_ms
         self._wake = asyncio.Event()
         self._stopping = False
-        self._to_confirm: list[str] = []
+        # Ids to confirm, each once (an ordered set): the bridge re-sends every unconfirmed result at each
+        # (re)subscribe, so a list kept across a link that failed before its confirms went out gained a copy
+        # of the whole set per reconnect, without bound while each link failed so.
+        self._to_confirm: dict[str, None] = {}
         self._confirm_wake = asyncio.Event()
         self._window = SendWindow(settings.window, BATCHES_IN_FLIGHT, int(settings.ack_timeout_s * 1000))
         self._connected_at = 0
@@ -419,7 +422,7 @@ class Forwarder:
                 if self._window.acked(ack.id):
                     self._acked += 1
             if applied.final_ids:
-                self._to_confirm.extend(applied.final_ids)
+                self._to_confirm.update(dict.fromkeys(applied.final_ids))
                 self._confirm_wake.set()
             self._wake.set()
 
@@ -429,7 +432,7 @@ class Forwarder:
             await self._confirm_wake.wait()
             await asyncio.sleep(_CONFIRM_DELAY_S)
             self._confirm_wake.clear()
-            ids, self._to_confirm = self._to_confirm, []
+            ids, self._to_confirm = list(self._to_confirm), {}
             try:
                 for start in range(0, len(ids), CONFIRMS_PER_MESSAGE):
                     await client.publish(
@@ -437,7 +440,7 @@ class Forwarder:
                     )
                     raise_if_cancelled()
             except BaseException:
-                self._to_confirm[:0] = ids  # the link failed: confirm them on the next one
+                self._to_confirm = {**dict.fromkeys(ids), **self._to_confirm}  # the link failed: on the next one
                 self._confirm_wake.set()
                 raise
 

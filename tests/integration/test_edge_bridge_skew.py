@@ -16,10 +16,12 @@ from edge_outbox.forwarder import Forwarder
 from edge_outbox.identity import Identity, save_identity
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
+from intent_contract.codec import Ack, AckState, encode_acks
 from intent_contract.device_token import generate_private_key_pem
 from tests.support.bridge import Harness, counting, harness
 from tests.support.http_api import Recorder, serve
 from tests.support.net import until
+from tests.support.scripted_bridge import ScriptedBridge
 
 __all__ = ["counting", "harness"]  # fixtures
 
@@ -86,3 +88,52 @@ async def test_a_bridge_time_centuries_off_is_not_learned_and_the_forwarder_carr
         assert offline_ops.bridge_clock(conn).offset_ms == 0
     finally:
         conn.close()
+
+
+@pytest.fixture
+async def scripted(server_cert_files: dict[str, Path]) -> AsyncIterator[ScriptedBridge]:
+    bridge = await ScriptedBridge("dev-1").start(server_cert_files["cert"], server_cert_files["key"])
+    try:
+        yield bridge
+    finally:
+        await bridge.stop()
+
+
+async def forwarding(edge_dir: Path, identity: Identity, until_: Callable[[], object], what: str) -> None:
+    """Run a forwarder for `identity` until `until_()` holds; it must still be running then."""
+    store = Store(edge_dir)
+    await store.start()
+    settings = ForwarderSettings(ack_timeout_s=1.0, backoff_base_s=0.05, backoff_cap_s=0.1, health_interval_s=0)
+    forwarder = Forwarder(store, edge_dir, identity, settings, now_ms)
+    task = asyncio.create_task(forwarder.run())
+    try:
+        await until(lambda: task.done() or until_(), what=what)
+        assert not task.done(), task.exception()
+    finally:
+        forwarder.request_stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+
+
+def scripted_edge(tmp_path: Path, bridge: ScriptedBridge, ca: Path) -> tuple[Path, Identity]:
+    edge_dir = tmp_path / "edge"
+    identity = Identity(bridge.device_id, "acme", "edge-1", "127.0.0.1", bridge.port, "", "cloud-bridge")
+    save_identity(edge_dir, identity, generate_private_key_pem(), ca, None)
+    return edge_dir, identity
+
+
+async def test_results_resent_at_every_reconnect_are_confirmed_once_each(
+    tmp_path: Path, scripted: ScriptedBridge, server_cert_files: dict[str, Path]
+) -> None:
+    # The bridge re-sends its unconfirmed results at every subscribe, and here drops the link whenever a
+    # confirms message arrives, before its PUBACK (a bridge failing on it, a link failing under the burst).
+    results = 300
+    ids = [f"r{n}" for n in range(results)]
+    scripted.on_subscribe = [encode_acks([Ack(i, AckState.DELIVERED, "sent", "", now_ms()) for i in ids])]
+    scripted.drop_on_confirms = True
+    edge_dir, identity = scripted_edge(tmp_path, scripted, server_cert_files["ca"])
+    await forwarding(edge_dir, identity, lambda: len(scripted.confirms) >= 4, "4 links, each confirming")
+    # Before: a link that failed kept its ids to confirm and the next one added the re-sent results again,
+    # a copy of them per reconnect (300, then 600, 900, ... ids), without bound while links failed so.
+    assert [sorted(c) for c in scripted.confirms[:4]] == [sorted(ids)] * 4

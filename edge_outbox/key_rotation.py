@@ -23,6 +23,7 @@ from intent_contract.device_token import generate_private_key_pem, public_key_pe
 from intent_contract.errors import DecodeError
 from intent_contract.files import fsync_directory, write_atomic
 from intent_contract.offline_wire import KEY_ROTATION_TYPE, NEW_KEY_TYPE, NewKey
+from intent_contract.readable import readable
 
 NEXT_KEY = "next.key"
 ROTATION_DOC = "rotation.doc"  # a proposal waiting for the next bundle (offline)
@@ -126,11 +127,25 @@ def rotate_online(data_dir: Path, identity: Identity, now: int) -> None:
         )
     except httpx.HTTPError as exc:
         raise TransientError(f"cannot reach the bridge to rotate the key (run it again): {exc}") from None
+    try:
+        body = json_bounded.loads(response.content, max_bytes=ANSWER_LIMIT)
+    except DecodeError:
+        body = None
     if response.status_code != 200:
-        try:
-            body = json_bounded.loads(response.content, max_bytes=ANSWER_LIMIT)
-        except DecodeError:
-            body = None
         reason = body.get("detail", "") if isinstance(body, dict) else response.reason_phrase
         raise PermanentError(f"the bridge refused the key rotation (HTTP {response.status_code}): {reason}")
+    if not took_next_key(body, identity.device_id):
+        # Switching on any 200 signed with a key the bridge may not hold, the old one gone: locked out.
+        said = (
+            f"next_key {readable(str(body.get('next_key')))[:64]!r}" if isinstance(body, dict) else "not a JSON object"
+        )
+        raise TransientError(
+            f"the bridge's answer does not say it took the next key ({said}): this device keeps signing with its"
+            " current key; run it again"
+        )
     switch_to_next_key(data_dir)
+
+
+def took_next_key(answer: object, device_id: str) -> bool:
+    """Whether an answer of `POST /v1/rotate-key` says the bridge holds this device's next key."""
+    return isinstance(answer, dict) and answer.get("next_key") == "accepted" and answer.get("device_id") == device_id

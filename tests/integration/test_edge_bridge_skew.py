@@ -3,6 +3,7 @@ learns from a bad answer does not outlive the answer. A real bridge on loopback 
 server with the same certificate where the bridge itself cannot give the answer under test."""
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -12,12 +13,15 @@ import pytest
 from aiohttp import web
 
 from edge_outbox import db, offline_ops
+from edge_outbox.enroll_client import enroll
+from edge_outbox.errors import TransientError
 from edge_outbox.forwarder import Forwarder
-from edge_outbox.identity import Identity, save_identity
+from edge_outbox.identity import Identity, key_file, save_identity
+from edge_outbox.key_rotation import rotate_online
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
 from intent_contract.codec import Ack, AckState, encode_acks
-from intent_contract.device_token import generate_private_key_pem
+from intent_contract.device_token import generate_private_key_pem, public_key_pem
 from tests.support.bridge import Harness, counting, harness
 from tests.support.http_api import Recorder, serve
 from tests.support.net import until
@@ -30,8 +34,8 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class DeviceAnswers(Recorder):
-    """`GET /v1/device` answered with a body of the test's choosing (`answer(now_ms)`), every request recorded."""
+class Answers(Recorder):
+    """Every request answered 200 with a JSON body of the test's choosing (`answer(now_ms)`), and recorded."""
 
     def __init__(self, answer: Callable[[int], dict[str, object]]) -> None:
         super().__init__()
@@ -43,9 +47,9 @@ class DeviceAnswers(Recorder):
 
 
 @pytest.fixture
-async def far_off_time(server_cert_files: dict[str, Path]) -> AsyncIterator[DeviceAnswers]:
+async def far_off_time(server_cert_files: dict[str, Path]) -> AsyncIterator[Answers]:
     # A bridge that writes its time in microseconds: 1,000 times the ms it should be, year 50,000 and more.
-    recorder = DeviceAnswers(lambda now: {"device_id": "ghost-1", "status": "active", "time": now * 1000})
+    recorder = Answers(lambda now: {"device_id": "ghost-1", "status": "active", "time": now * 1000})
     runner = await serve(recorder, server_cert_files["cert"], server_cert_files["key"])
     try:
         yield recorder
@@ -54,7 +58,7 @@ async def far_off_time(server_cert_files: dict[str, Path]) -> AsyncIterator[Devi
 
 
 async def test_a_bridge_time_centuries_off_is_not_learned_and_the_forwarder_carries_on(
-    tmp_path: Path, harness: Harness, server_cert_files: dict[str, Path], far_off_time: DeviceAnswers
+    tmp_path: Path, harness: Harness, server_cert_files: dict[str, Path], far_off_time: Answers
 ) -> None:
     # A device the bridge does not know: its CONNECT is refused, so the edge asks /v1/device (here, the local
     # server) whether it is revoked, and learns the bridge's time from the answer.
@@ -88,6 +92,38 @@ async def test_a_bridge_time_centuries_off_is_not_learned_and_the_forwarder_carr
         assert offline_ops.bridge_clock(conn).offset_ms == 0
     finally:
         conn.close()
+
+
+async def test_a_key_rotation_is_used_only_when_the_bridge_says_it_took_the_next_key(
+    tmp_path: Path, harness: Harness, server_cert_files: dict[str, Path]
+) -> None:
+    # A 200 that does not say `next_key: accepted` for this device: a newer bridge's two-step rotation, say.
+    pending = Answers(lambda now: {"device_id": "x", "next_key": "pending_approval", "time": now})
+    runner = await serve(pending, server_cert_files["cert"], server_cert_files["key"])
+    code = await asyncio.to_thread(harness.bridge.registry.create_code, "acme", "edge-1", 600, time.time())
+    edge_dir = tmp_path / "edge"
+    real = await asyncio.to_thread(enroll, edge_dir, harness.base_url, code, harness.ca_file)
+    current = key_file(edge_dir).read_bytes()
+    try:
+        odd = dataclasses.replace(real, http_url=f"https://127.0.0.1:{pending.port}")
+        pending.answer = lambda now: {"device_id": real.device_id, "next_key": "pending_approval", "time": now}
+        with pytest.raises(TransientError, match="pending_approval"):
+            await asyncio.to_thread(rotate_online, edge_dir, odd, now_ms())
+        pending.answer = lambda now: {"device_id": "another-device", "next_key": "accepted", "time": now}
+        with pytest.raises(TransientError, match="does not say it took the next key"):
+            await asyncio.to_thread(rotate_online, edge_dir, odd, now_ms())
+    finally:
+        await runner.cleanup()
+    # Before: it switched on the first 200, and signed with a key the bridge never took, its old one gone.
+    assert key_file(edge_dir).read_bytes() == current
+    assert len(pending.requests) == 2
+    # The real bridge takes the same proposal: the device switches, and the bridge knows it by its new key.
+    proposed = (edge_dir / "identity" / "next.key").read_bytes()
+    await asyncio.to_thread(rotate_online, edge_dir, real, now_ms())
+    assert key_file(edge_dir).read_bytes() == proposed
+    device = await asyncio.to_thread(harness.bridge.registry.get, real.device_id)
+    assert device is not None
+    assert device.next_public_key == public_key_pem(proposed)
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ from edge_outbox.send_window import SendWindow
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
 from intent_contract.backoff import compute_backoff
-from intent_contract.codec import Ack, Envelope, decode_acks, encode_batch, encode_confirms
+from intent_contract.codec import Ack, Envelope, encode_batch, encode_confirms, read_acks
 from intent_contract.errors import DecodeError
 from intent_contract.timefmt import format_age
 from intent_contract.wire import ACKS, BATCHES_IN_FLIGHT, CONFIRMS, CONFIRMS_PER_MESSAGE, INTENTS, device_topic
@@ -410,10 +410,18 @@ class Forwarder:
                     self._reporter.on_diagnose(client, bytes(message.payload))
                     continue
                 try:
-                    acks.extend(decode_acks(bytes(message.payload)))
+                    read = read_acks(bytes(message.payload))
                 except DecodeError as exc:
                     self._log.warning("ignoring a malformed acks message from the bridge: %s", exc)
                     self.errors.add(self._clock_ms(), "malformed_acks", f"a malformed acks message: {exc}")
+                    continue
+                # An entry this version cannot read costs only itself: dropping its whole message dropped the
+                # other acks with it, and the bridge re-sends the same group of results at every reconnect.
+                acks.extend(read.acks)
+                if read.unreadable:
+                    why, count = read.unreadable[0], len(read.unreadable)
+                    self._log.warning("ignoring %d ack entries from the bridge this edge cannot read: %s", count, why)
+                    self.errors.add(self._clock_ms(), "unreadable_acks", f"{count} unreadable ack entries: {why}")
             if not acks:
                 continue
             self._last_contact = self._clock_ms()

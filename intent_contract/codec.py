@@ -248,8 +248,16 @@ def encode_acks(acks: list[Ack]) -> bytes:
     return pack({"v": WIRE_VERSION, "acks": [a.to_wire() for a in acks]})
 
 
-def _acks_v1(items: list[Any], data: bytes) -> list[Ack]:
-    acks = []
+@dataclass(frozen=True, slots=True)
+class ReadAcks:
+    """The entries of an acks message this side can read, and why each other one could not be read."""
+
+    acks: list[Ack]
+    unreadable: list[str]
+
+
+def _acks_v1(items: list[Any], _data: bytes) -> ReadAcks:
+    acks, unreadable = [], []
     for item in items:
         try:
             acks.append(
@@ -264,8 +272,8 @@ def _acks_v1(items: list[Any], data: bytes) -> list[Ack]:
                 )
             )
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise DecodeError(f"bad ack entry: {exc}", data, exc) from exc
-    return acks
+            unreadable.append(f"bad ack entry: {exc!s:.200}")
+    return ReadAcks(acks, unreadable)
 
 
 def _text(item: dict[str, Any], key: str, limit: int | None = None) -> str:
@@ -295,12 +303,22 @@ def _attempt(value: Any) -> int:
     return value
 
 
-_ACKS_DECODERS: dict[int, Callable[[list[Any], bytes], list[Ack]]] = {1: _acks_v1}
+_ACKS_DECODERS: dict[int, Callable[[list[Any], bytes], ReadAcks]] = {1: _acks_v1}
+
+
+def read_acks(data: bytes, limits: Limits = DEFAULT_LIMITS) -> ReadAcks:
+    """Decode an acks message entry by entry: an entry this side cannot read (a state a newer bridge added, a
+    field out of range) is left out and named in `unreadable`, the others are read. A message that is not an
+    acks message at all raises DecodeError."""
+    return _body(unpack(data, limits), "acks", data, _ACKS_DECODERS)
 
 
 def decode_acks(data: bytes, limits: Limits = DEFAULT_LIMITS) -> list[Ack]:
     """Decode an acks message; raises DecodeError on any malformed entry."""
-    return _body(unpack(data, limits), "acks", data, _ACKS_DECODERS)
+    read = read_acks(data, limits)
+    if read.unreadable:
+        raise DecodeError(read.unreadable[0], data)
+    return read.acks
 
 
 def encode_confirms(ids: list[str]) -> bytes:

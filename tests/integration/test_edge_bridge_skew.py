@@ -12,15 +12,17 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from edge_outbox import db, offline_ops
+from edge_outbox import db, offline_ops, ops
 from edge_outbox.enroll_client import enroll
 from edge_outbox.errors import TransientError
 from edge_outbox.forwarder import Forwarder
 from edge_outbox.identity import Identity, key_file, save_identity
+from edge_outbox.intake_rules import admit
 from edge_outbox.key_rotation import rotate_online
+from edge_outbox.ops import QueueLimits
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
-from intent_contract.codec import Ack, AckState, encode_acks
+from intent_contract.codec import Ack, AckState, encode_acks, pack
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
 from tests.support.bridge import Harness, counting, harness
 from tests.support.http_api import Recorder, serve
@@ -173,3 +175,41 @@ async def test_results_resent_at_every_reconnect_are_confirmed_once_each(
     # Before: a link that failed kept its ids to confirm and the next one added the re-sent results again,
     # a copy of them per reconnect (300, then 600, 900, ... ids), without bound while links failed so.
     assert [sorted(c) for c in scripted.confirms[:4]] == [sorted(ids)] * 4
+
+
+async def test_an_ack_entry_this_edge_cannot_read_costs_only_itself(
+    tmp_path: Path, scripted: ScriptedBridge, server_cert_files: dict[str, Path]
+) -> None:
+    # A newer bridge adds an ack state within version 1 (here "deferred", for the first intent of each batch)
+    # and sends it in the same message as the other intents' acks.
+    def answer(ids: list[str]) -> list[bytes]:
+        at = now_ms()
+        odd = {"id": ids[0], "state": "deferred", "code": "", "detail": "", "at": at}
+        accepted = [Ack(i, AckState.ACCEPTED, at=at).to_wire() for i in ids]
+        delivered = [Ack(i, AckState.DELIVERED, "sent", "", at).to_wire() for i in ids]
+        return [pack({"v": 1, "acks": [odd, *accepted]}), pack({"v": 1, "acks": [odd, *delivered]})]
+
+    scripted.on_batch = answer
+    edge_dir, identity = scripted_edge(tmp_path, scripted, server_cert_files["ca"])
+    store = Store(edge_dir)
+    await store.start()
+    try:
+        for n in range(5):
+            raw = json.dumps({"to": "ops@example.com", "subject": "Alarm", "text": "hot", "id": f"i{n}"}).encode()
+            await store.call(
+                ops.commit_intake, admit("outbox/app/email.send", raw, now_ms(), str), QueueLimits(), now_ms()
+            )
+    finally:
+        await store.close()
+    await forwarding(edge_dir, identity, lambda: stored_states(edge_dir) == {"delivered"}, "every intent delivered")
+    # Before: the whole message was dropped for its one entry, nothing applied, and the batch sent again after
+    # every ack timeout, for ever.
+    assert scripted.batches == [[f"i{n}" for n in range(5)]]
+
+
+def stored_states(edge_dir: Path) -> set[str]:
+    conn = db.connect(edge_dir)
+    try:
+        return {state for (state,) in conn.execute("SELECT state FROM intents")}
+    finally:
+        conn.close()

@@ -20,6 +20,7 @@ from intent_contract.codec import (
     encode_acks,
     encode_batch,
     encode_confirms,
+    read_acks,
     refuse_version,
 )
 from intent_contract.errors import DecodeError, UnsupportedVersionError
@@ -143,6 +144,26 @@ def test_acks_round_trip_and_validation() -> None:
         decode_acks(msgpack.packb({"v": 1, "acks": [{"id": "a1", "state": "bogus"}]}))
     with pytest.raises(DecodeError):
         decode_acks(msgpack.packb({"v": 1, "acks": [{"id": "bad id", "state": "failed"}]}))
+
+
+def test_read_acks_leaves_out_only_the_entries_it_cannot_read() -> None:
+    good = [Ack("a1", AckState.ACCEPTED, at=5), Ack("a2", AckState.DELIVERED, "sent", "", 6)]
+    odd = [
+        {"id": "a3", "state": "deferred"},  # a state a newer bridge added
+        {"id": "bad id", "state": "failed"},
+        {"id": "a4", "state": "failed", "code": "x" * 65},
+        {"id": "a5", "state": "failed", "at": -1},
+        "not a map",
+    ]
+    raw = msgpack.packb({"v": 1, "acks": [odd[0], good[0].to_wire(), *odd[1:], good[1].to_wire()]})
+    read = read_acks(raw)
+    assert read.acks == good
+    assert len(read.unreadable) == len(odd)
+    assert all(why.startswith("bad ack entry: ") and len(why) <= 215 for why in read.unreadable)
+    with pytest.raises(DecodeError, match="bad ack entry"):
+        decode_acks(raw)  # the strict reading: any entry it cannot read refuses the message
+    with pytest.raises(DecodeError):
+        read_acks(msgpack.packb({"v": 1, "acks": "not a list"}))
 
 
 def test_confirms() -> None:

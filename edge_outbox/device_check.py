@@ -37,18 +37,22 @@ async def check_device(
     try:
         async with httpx.AsyncClient(verify=client_tls_context(data_dir), timeout=15) as http:
             response = await http.get(f"{identity.http_url}/v1/device", headers={"Authorization": f"Bearer {token}"})
-        return read_answer(response.content, response.status_code, sent, local_ms())
+        return read_answer(response.content, response.status_code, sent, local_ms(), identity.device_id)
     except (httpx.HTTPError, DecodeError) as exc:
         log.warning("could not ask the bridge whether this device is revoked: %s", exc)
         return DeviceAnswer(False, None)
 
 
-def read_answer(content: bytes, status: int, sent_local_ms: int, received_local_ms: int) -> DeviceAnswer:
-    """What an answer of `/v1/device` says; DecodeError when it is not JSON."""
+def read_answer(
+    content: bytes, status: int, sent_local_ms: int, received_local_ms: int, device_id: str
+) -> DeviceAnswer:
+    """What an answer of `/v1/device` says of device `device_id`; DecodeError when it is not JSON."""
     body = json_bounded.loads(content, max_bytes=ANSWER_LIMIT)
     if not isinstance(body, dict):
         return DeviceAnswer(False, None)
-    revoked = status == 200 and body.get("status") == "revoked"
+    # Revoked only when it names this device: a revocation ends the backlog for good, and an answer about
+    # another device (a cache in front of the bridge that ignores Authorization, a bridge's bug) ended ours.
+    revoked = status == 200 and body.get("status") == "revoked" and body.get("device_id") == device_id
     bridge_ms = body.get("time")
     sample = None
     if type(bridge_ms) is int:

@@ -15,7 +15,7 @@ from aiohttp import web
 from edge_outbox import db, offline_ops, ops
 from edge_outbox.enroll_client import enroll
 from edge_outbox.errors import TransientError
-from edge_outbox.forwarder import Forwarder
+from edge_outbox.forwarder import Forwarder, LinkState
 from edge_outbox.identity import Identity, key_file, save_identity
 from edge_outbox.intake_rules import admit
 from edge_outbox.key_rotation import rotate_online
@@ -94,6 +94,41 @@ async def test_a_bridge_time_centuries_off_is_not_learned_and_the_forwarder_carr
         assert offline_ops.bridge_clock(conn).offset_ms == 0
     finally:
         conn.close()
+
+
+async def test_a_revocation_is_taken_only_for_this_device(
+    tmp_path: Path, harness: Harness, server_cert_files: dict[str, Path]
+) -> None:
+    # /v1/device answering with another device's record (a cache in front of the bridge that ignores the
+    # Authorization header, say): "revoked", but not this device.
+    others = Answers(lambda now: {"device_id": "other-device", "status": "revoked", "time": now})
+    runner = await serve(others, server_cert_files["cert"], server_cert_files["key"])
+    edge_dir = tmp_path / "edge"
+    answers = f"https://127.0.0.1:{others.port}"
+    identity = Identity("ghost-1", "acme", "edge-1", "127.0.0.1", harness.mqtt_port, answers, "cloud-bridge")
+    save_identity(edge_dir, identity, generate_private_key_pem(), server_cert_files["ca"], None)
+    store = Store(edge_dir)
+    await store.start()
+    forwarder = Forwarder(store, edge_dir, identity, ForwarderSettings(backoff_base_s=0.05, backoff_cap_s=0.1), now_ms)
+    task = asyncio.create_task(forwarder.run())
+    try:
+        # Before: the first answer revoked this device for good (its backlog ended failed/device_revoked) and it
+        # never asked again.
+        await until(
+            lambda: task.done() or len(others.requests) >= 3 or forwarder.snapshot().state is LinkState.REVOKED,
+            what="the forwarder asked 3 times",
+        )
+        assert forwarder.snapshot().state is not LinkState.REVOKED
+        assert await store.read(offline_ops.revocation, identity.device_id) is None
+        # The same answer naming this device revokes it.
+        others.answer = lambda now: {"device_id": "ghost-1", "status": "revoked", "time": now}
+        await until(lambda: forwarder.snapshot().state is LinkState.REVOKED, what="revoked")
+    finally:
+        forwarder.request_stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+        await runner.cleanup()
 
 
 async def test_a_key_rotation_is_used_only_when_the_bridge_says_it_took_the_next_key(

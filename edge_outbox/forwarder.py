@@ -266,7 +266,13 @@ class Forwarder:
             await self._gate.sleep(delay)
 
     async def _revoked(self) -> bool:
-        return await self._store.read(offline_ops.revocation, self._identity.device_id) is not None
+        """Whether a revocation is stored; False when the store cannot say now (a full disk fails every read
+        that joins a failing commit: raising here ended the forwarder for good, outside run()'s handlers)."""
+        try:
+            return await self._store.read(offline_ops.revocation, self._identity.device_id) is not None
+        except StorageError as exc:
+            self.errors.add(self._clock_ms(), "storage_error", f"cannot read the revocation: {exc}")
+            return False
 
     def _waiting(self, seconds: float) -> None:
         self._set_state(LinkState.OFFLINE)
@@ -275,7 +281,11 @@ class Forwarder:
     async def _learn_time(self, sample: TimeSample) -> bool:
         """Store what the bridge's answer proves about its clock; True when ours was off by more than a token allows."""
         before = self._gate.clock
-        after = await self._store.call(offline_ops.learn_time, sample, self._clock_ms())
+        try:
+            after = await self._store.call(offline_ops.learn_time, sample, self._clock_ms())
+        except StorageError as exc:  # not learned: the next refusal's answer teaches it again
+            self.errors.add(self._clock_ms(), "storage_error", f"cannot store the bridge's time: {exc}")
+            return False
         self._gate.clock = after
         moved = abs(after.offset_ms - before.offset_ms) > CLOCK_MOVE_MS
         if moved:
@@ -456,12 +466,20 @@ class Forwarder:
         """This device may send nothing more: end every pending intent, now and as they arrive."""
         self._set_state(LinkState.REVOKED)
         self._log.error("this device was revoked at the bridge; pending intents end as failed")
-        await self._store.call(offline_ops.mark_revoked, self._identity.device_id, self._clock_ms(), "bridge")
+        marked = False
         while True:
-            ended = await self._store.call(ops.end_revoked, self._clock_ms())
-            if ended:
-                self._log.warning("%d intents ended: device revoked", ended)
             self._wake.clear()
+            try:
+                if not marked:
+                    await self._store.call(
+                        offline_ops.mark_revoked, self._identity.device_id, self._clock_ms(), "bridge"
+                    )
+                    marked = True
+                ended = await self._store.call(ops.end_revoked, self._clock_ms())
+                if ended:
+                    self._log.warning("%d intents ended: device revoked", ended)
+            except StorageError as exc:  # a full disk: again at the next turn
+                self._log.error("cannot end the intents of this revoked device yet: %s", exc)
             try:
                 async with asyncio.timeout(5):
                     await self._wake.wait()

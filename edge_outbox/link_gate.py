@@ -8,12 +8,14 @@ used at once, outside the windows and without waiting out a reconnect backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import sqlite3
 from collections.abc import Callable
 
 from edge_outbox import offline_ops, ops
 from edge_outbox.bridge_clock import BridgeClock
+from edge_outbox.errors import StorageError
 from edge_outbox.store import Store
 from edge_outbox.windows import Window, is_open, seconds_until_closed, seconds_until_open
 
@@ -38,11 +40,16 @@ class LinkGate:
         self._store = store
         self._local_ms = local_ms
         self._flush_seen = 0
+        self._until = 0
         self.clock = BridgeClock()  # the bridge's clock as last read from the store
 
     async def _flush_until(self) -> int:
-        until, self.clock = await self._store.read(_read)
-        return until
+        """The stored flush deadline, and the clock read with it; the last ones read when the store cannot say now
+        (a full disk fails every read that joins a failing commit, and the forwarder waits here outside its
+        handlers: raising ended it for good)."""
+        with contextlib.suppress(StorageError):
+            self._until, self.clock = await self._store.read(_read)
+        return self._until
 
     async def refresh(self) -> BridgeClock:
         """The bridge clock as stored now (the forwarder, `import-receipt` or `flush` may have moved it)."""

@@ -1,13 +1,30 @@
 """Fill the disk under a live outbox: acknowledgements stop, nothing is lost, and it recovers."""
 
+import asyncio
+import contextlib
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edge_outbox import ops
+from edge_outbox.enroll_client import enroll
+from edge_outbox.errors import StorageError
+from edge_outbox.forwarder import Forwarder
+from edge_outbox.identity import load_identity
+from edge_outbox.intake_rules import admit
+from edge_outbox.ops import QueueLimits
+from edge_outbox.settings import ForwarderSettings
+from edge_outbox.store import Store
 from tests.support import disk
+from tests.support.bridge import CountingIntegration, Harness, counting, harness
 from tests.support.edge import Client, OutboxProcess, email, stored_ids
-from tests.support.net import free_port, wait_until
+from tests.support.net import free_port, until, wait_until
+from tests.support.stack import CutProxy, point_edge_at
+
+__all__ = ["counting", "harness"]  # fixtures
 
 
 @pytest.fixture
@@ -44,3 +61,60 @@ def test_full_disk_holds_acks_and_loses_nothing(small_disk: Path) -> None:
         errors = [line for line in log.splitlines() if " ERROR " in line]
         assert len(errors) <= 3, "\n".join(errors[:20])
         assert "Traceback" not in log, log[-3000:]
+
+
+async def test_the_forwarder_outlives_a_full_disk_while_the_bridge_is_away(
+    small_disk: Path, harness: Harness, counting: CountingIntegration
+) -> None:
+    """While the link is down the forwarder reads the store at every turn of its backoff; a full disk fails every
+    read that joins a failing commit. Before, such a read ended the forwarder for good (StorageError outside its
+    handlers): the outbox took intents again once the disk had room, and forwarded none."""
+    code = await asyncio.to_thread(harness.bridge.registry.create_code, "acme", "edge-1", 600, time.time())
+    edge_dir = small_disk / "edge"
+    await asyncio.to_thread(enroll, edge_dir, harness.base_url, code, harness.ca_file)
+    # Nothing listens where the edge connects until the disk has room again: refused connects, then a proxy.
+    away = free_port()
+    point_edge_at(edge_dir, away)
+    proxy = None
+    identity = load_identity(edge_dir)
+    assert identity is not None
+    store = Store(edge_dir)
+    await store.start()
+    forwarder = Forwarder(store, edge_dir, identity, ForwarderSettings(backoff_base_s=0.05, backoff_cap_s=0.1), now_ms)
+    task = asyncio.create_task(forwarder.run())
+    filler = None
+    try:
+        await intake(store, "kept")
+        filler = disk.fill(small_disk)
+
+        async def failing_reads_seen() -> bool:
+            with contextlib.suppress(StorageError):
+                await intake(store, "x")  # a write that fails the commit group the forwarder's reads join
+            lines = forwarder.errors.lines(now_ms())
+            return task.done() or any(line.code == "storage_error" for line in lines)
+
+        await until(failing_reads_seen, what="the forwarder reading a full disk")
+        assert not task.done(), task.exception()
+        filler.unlink()
+        filler = None
+        proxy = CutProxy(harness.mqtt_port, port=away).start()
+        await until(lambda: [job.intent_id for job in counting.calls] == ["kept"], what="the intent delivered")
+    finally:
+        forwarder.request_stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+        if proxy is not None:
+            proxy.close()
+        if filler is not None:
+            filler.unlink()
+
+
+async def intake(store: Store, intent_id: str) -> None:
+    raw = json.dumps({"to": "ops@example.com", "subject": "Alarm", "text": "hot", "id": intent_id}).encode()
+    decision = admit("outbox/app/email.send", raw, now_ms(), str)
+    await store.call(ops.commit_intake, decision, QueueLimits(), now_ms())
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

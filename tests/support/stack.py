@@ -295,8 +295,8 @@ class CutProxy:
     to the bridge from (any of 127.0.0.0/8), so the bridge sees the edge at another address.
     """
 
-    def __init__(self, target_port: int, *, source: str = "127.0.0.1") -> None:
-        self.port = free_port()
+    def __init__(self, target_port: int, *, source: str = "127.0.0.1", port: int | None = None) -> None:
+        self.port = port or free_port()  # `port`: one the edge was told of while nothing listened there
         self._target = target_port
         self._source = source
         self._loop = asyncio.new_event_loop()

@@ -61,9 +61,9 @@ RETAINED_TOPICS_NAMED = 1024  # topics whose retained copies were named in the l
 
 @dataclass(slots=True)
 class _Received:
-    """A QoS 1 message from the broker, acknowledged once `done` (its commit) is."""
+    """A message from the broker, acknowledged once `done` (its commit) is; at QoS 0 (no packet id) only counted."""
 
-    packet_id: int
+    packet_id: int | None
     done: asyncio.Future[Any]  # the intake's commit, or one done at once for a copy not taken (a retained one)
 
 
@@ -234,8 +234,10 @@ class AttachedClient:
             future.set_result(None)
         else:
             future = self._intake.submit(packet.topic, packet.payload)
-        if packet.qos == 1:
-            assert packet.packet_id is not None
+        if packet.qos == 1 or not packet.retain:
+            # A QoS 0 intent waits in the queue too, with nothing to acknowledge: it counts towards
+            # MAX_UNCOMMITTED. Uncounted, an app publishing at QoS 0 (mosquitto_pub's default) while commits
+            # were held (a full queue or disk) grew the outbox's memory by every byte it sent.
             link.received.append(_Received(packet.packet_id, future))
             if not link.watching:
                 self._watch(link, future)
@@ -273,13 +275,14 @@ class AttachedClient:
                 log.error("attach intake failed: %s; reconnecting", head.done.exception() or "cancelled")
                 link.writer.close()
                 return
-            acks += p.encode_ack(Type.PUBACK, head.packet_id)
+            if head.packet_id is not None:
+                acks += p.encode_ack(Type.PUBACK, head.packet_id)
         if received:
             self._watch(link, received[0].done)
         if acks:
             link.writer.write(acks)
-            if len(received) < MAX_UNCOMMITTED:
-                link.resume()
+        if len(received) < MAX_UNCOMMITTED:
+            link.resume()
 
     async def _publish_statuses(self, link: _Link) -> None:
         """Publish statuses in order, at most STATUS_WINDOW unacknowledged, one write per read."""

@@ -83,10 +83,13 @@ class Peer:
         self.writer.write(p.encode(p.Connack(session_present, 0)) + p.encode(p.Suback(subscribe.packet_id, (1,))))
         return connect
 
-    def publish(self, packet_ids: range) -> None:
+    def publish(self, packet_ids: range, qos: int = 1) -> None:
+        """A publish for each number, with it as its packet id (none at QoS 0)."""
         self.writer.write(
             b"".join(
-                p.encode_publish("outbox/app/email.send", b'{"n": %d}' % n, 1, n, retain=False, dup=False)
+                p.encode_publish(
+                    "outbox/app/email.send", b'{"n": %d}' % n, qos, n if qos else None, retain=False, dup=False
+                )
                 for n in packet_ids
             )
         )
@@ -196,6 +199,23 @@ async def test_reading_pauses_while_too_many_wait_for_their_commit(broker: Scrip
         assert held < attach.MAX_UNCOMMITTED + attach.READ_CHUNK // 30, held
         await intake.commit_until(total)  # the client reads on as room frees up
         assert await peer.pubacks(total) == list(range(1, total + 1))
+
+
+async def test_qos_0_messages_count_towards_the_uncommitted_limit(broker: ScriptedBroker) -> None:
+    """An app publishing at QoS 0 while commits are held: before, nothing bounded what the client read and kept."""
+    intake = HeldIntake()
+    total = 20 * attach.MAX_UNCOMMITTED
+    async with running(broker, intake):
+        peer, _connect = await broker.session()
+        peer.publish(range(1, total + 1), qos=0)
+        peer.publish(range(1, 2))  # one at QoS 1 behind them: acknowledged once all before it are committed
+        await intake.wait_for(attach.MAX_UNCOMMITTED)
+        await asyncio.sleep(0.3)  # time for a client that kept reading to take far more
+        held = len(intake.taken)
+        assert held < attach.MAX_UNCOMMITTED + attach.READ_CHUNK // 30, held
+        await intake.commit_until(total + 1)
+        assert await peer.pubacks(1) == [1]
+        assert [json.loads(raw)["n"] for _topic, raw, _done in intake.taken] == [*range(1, total + 1), 1]
 
 
 async def test_a_pause_in_reading_is_not_taken_for_a_silent_broker(

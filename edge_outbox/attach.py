@@ -32,7 +32,7 @@ from typing import Any
 
 from edge_outbox.errors import AttachRefusedError, ConfigError
 from edge_outbox.intake import Intake
-from edge_outbox.intake_rules import TOPIC_ROOT
+from edge_outbox.intake_rules import KEPT_BYTES_OF_REFUSED, MAX_PAYLOAD_BYTES, TOPIC_ROOT
 from edge_outbox.mqtt.session import MAX_PACKET_ID, StatusCursor
 from edge_outbox.settings import AttachTarget
 from edge_outbox.status import StatusFeed, status_payload, status_topic
@@ -48,9 +48,13 @@ STATUS_WINDOW = 1000  # statuses published to the broker and not yet acknowledge
 KEEPALIVE_S = 30
 CONNECT_TIMEOUT_S = 10.0
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
-# Larger than any intent the intake takes (256 KiB), so an oversized one is stored as refused and
-# acknowledged. A packet over this closes the connection: keep the broker's message_size_limit below it.
-MAX_PACKET = 16 << 20
+# The largest PUBLISH the intake may take whole: its 256 KiB payload, the longest topic, a packet id and the
+# fixed header. The head of a larger one (CUT_KEEP: its topic, packet id and as much of its payload as a refusal
+# keeps) is taken and the rest dropped as it arrives, and it is stored as refused (too_large) and acknowledged.
+# Before, a packet over 16 MiB closed the connection; the broker sent it again on the next, for ever, and no
+# message behind it was taken.
+MAX_PACKET = 1 + 4 + 2 + 0xFFFF + 2 + MAX_PAYLOAD_BYTES
+CUT_KEEP = 2 + 0xFFFF + 2 + KEPT_BYTES_OF_REFUSED
 READ_CHUNK = 1 << 16
 # Messages read and not yet committed: reading pauses beyond this, so TCP holds the broker back (it
 # keeps the rest in its session) instead of the outbox holding a backlog in memory.
@@ -152,14 +156,14 @@ class AttachedClient:
             CONNECT_TIMEOUT_S,
         )
         link = _Link(writer)
-        framer = p.Framer(MAX_PACKET)
+        framer = p.CuttingFramer(MAX_PACKET, CUT_KEEP)
         tasks: list[asyncio.Task[None]] = []
         try:
             password = t.password.encode() if t.password is not None else None
             connect = p.Connect("MQTT", 4, t.client_id, False, KEEPALIVE_S, None, t.username, password)
             writer.write(p.encode(connect) + p.encode(p.Subscribe(SUBSCRIBE_ID, ((INTAKE_FILTER, 1),))))
             first = await asyncio.wait_for(self._first_packets(reader, framer), CONNECT_TIMEOUT_S)
-            connack = p.decode(*first[0])
+            connack = p.decode(first[0][0] & 0xFF, first[0][1])
             if not isinstance(connack, p.Connack):
                 raise MalformedPacketError(f"expected CONNACK, got {type(connack).__name__}")
             if connack.code != ConnackCode.ACCEPTED:
@@ -173,7 +177,7 @@ class AttachedClient:
                 asyncio.create_task(self._keepalive(link), name="attach-keepalive"),
             ]
             for packet in first[1:]:
-                self._handle(link, p.decode(*packet))
+                self._handle(link, framer, *packet)
             while True:
                 if len(link.received) >= MAX_UNCOMMITTED:
                     link.room.clear()
@@ -183,7 +187,7 @@ class AttachedClient:
                     raise EOFError("the broker closed the connection")
                 link.last_heard = time.monotonic()
                 for packet in framer.feed(data):
-                    self._handle(link, p.decode(*packet))
+                    self._handle(link, framer, *packet)
         finally:
             self._link = None
             for task in tasks:
@@ -194,7 +198,7 @@ class AttachedClient:
                 await writer.wait_closed()
 
     @staticmethod
-    async def _first_packets(reader: asyncio.StreamReader, framer: p.Framer) -> list[tuple[int, bytes]]:
+    async def _first_packets(reader: asyncio.StreamReader, framer: p.CuttingFramer) -> list[tuple[int, bytes]]:
         """Read until the CONNACK is in; returns it and whatever came after it in the same reads."""
         while True:
             data = await reader.read(READ_CHUNK)
@@ -204,9 +208,15 @@ class AttachedClient:
             if packets:
                 return packets
 
-    def _handle(self, link: _Link, packet: p.Packet) -> None:
+    def _handle(self, link: _Link, framer: p.CuttingFramer, first: int, body: bytes) -> None:
+        if first & p.CUT:  # a PUBLISH over MAX_PACKET, of which `body` is the head
+            cut = p.decode(first & 0xFF, body)
+            assert isinstance(cut, p.Publish)
+            self._received(link, cut, framer.cut_sizes.popleft() - (len(body) - len(cut.payload)))
+            return
+        packet = p.decode(first, body)
         if isinstance(packet, p.Publish):
-            self._received(link, packet)
+            self._received(link, packet, None)
         elif isinstance(packet, p.PacketIdOnly) and packet.type is Type.PUBACK:
             seq = link.statuses.pop(packet.packet_id, None)
             if seq is not None:
@@ -221,7 +231,8 @@ class AttachedClient:
         else:
             raise MalformedPacketError(f"the broker sent {type(packet).__name__} {getattr(packet, 'type', '')}")
 
-    def _received(self, link: _Link, packet: p.Publish) -> None:
+    def _received(self, link: _Link, packet: p.Publish, size: int | None) -> None:
+        """`size`: the payload's full size, when `packet` holds only its head."""
         if packet.qos == 2:  # we subscribed at QoS 1; a broker may not send more [MQTT-3.8.4-6]
             raise MalformedPacketError("the broker sent a QoS 2 message on a QoS 1 subscription")
         future: asyncio.Future[Any]
@@ -233,7 +244,7 @@ class AttachedClient:
             future = asyncio.get_running_loop().create_future()
             future.set_result(None)
         else:
-            future = self._intake.submit(packet.topic, packet.payload)
+            future = self._intake.submit(packet.topic, packet.payload, size=size)
         if packet.qos == 1 or not packet.retain:
             # A QoS 0 intent waits in the queue too, with nothing to acknowledge: it counts towards
             # MAX_UNCOMMITTED. Uncounted, an app publishing at QoS 0 (mosquitto_pub's default) while commits

@@ -94,14 +94,21 @@ class Intake:
         self._room.set()
 
     def submit(
-        self, topic: str, raw: bytes, *, principal: str | None = None, expiry_s: int | None = None
+        self,
+        topic: str,
+        raw: bytes,
+        *,
+        principal: str | None = None,
+        expiry_s: int | None = None,
+        size: int | None = None,
     ) -> asyncio.Future[IntakeResult]:
         """Decide what this publish becomes; the future resolves once that is committed.
 
-        `principal` is the authenticated app, when apps log in; `expiry_s` an MQTT 5 message expiry.
+        `principal` is the authenticated app, when apps log in; `expiry_s` an MQTT 5 message expiry; `size` the
+        payload's full size when `raw` is only its head (attach mode drops the rest of one over the limit unread).
         """
         now = self._clock_ms()
-        decision = admit(topic, raw, now, self._ids.new, expiry_s=expiry_s)
+        decision = admit(topic, raw, now, self._ids.new, expiry_s=expiry_s, size=size)
         if principal is not None and decision.app != principal:
             # Answer in the publisher's own namespace: a client may not write into another app's outbox.
             decision = Refused(
@@ -111,7 +118,7 @@ class Intake:
                 "not_authorized",
                 f"app {principal!r} may only publish to outbox/{principal}/{{kind}}",
                 raw[:256],
-                len(raw),
+                len(raw) if size is None else size,
                 now,
             )
         future: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()

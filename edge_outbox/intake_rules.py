@@ -70,20 +70,28 @@ def status_topic(app: str, intent_id: str) -> str:
 
 
 def admit(
-    topic: str, raw: bytes, now_ms: int, new_id: Callable[[], str], *, expiry_s: int | None = None
+    topic: str,
+    raw: bytes,
+    now_ms: int,
+    new_id: Callable[[], str],
+    *,
+    expiry_s: int | None = None,
+    size: int | None = None,
 ) -> Admitted | Refused:
-    """Decide what one publish becomes; `expiry_s` (an MQTT 5 message expiry) is a ttl when the intent has none."""
+    """Decide what one publish becomes; `expiry_s` (an MQTT 5 message expiry) is a ttl when the intent has none.
+
+    `size` is the payload's full size when `raw` is only its head (the rest was dropped unread: too large).
+    """
+    size = len(raw) if size is None else size
     parts = split_topic(topic)
     app, kind = parts if parts else (topic.split("/")[1] if topic.count("/") else "", "")
 
     def refuse(code: str, detail: str, intent_id: str | None = None) -> Refused:
         # The app's own id when the payload carries a valid one: its status topic is one the app knows.
-        intent_id = intent_id or _given_id(raw) or new_id()
+        intent_id = intent_id or (_given_id(raw) if size == len(raw) else None) or new_id()
         # An app or kind that is not one is kept readable: a newline or an ESC in a topic level went raw
         # into the store, the log, `edge-outbox ls` and the status topic.
-        return Refused(
-            intent_id, _shown(app), _shown(kind), code, detail, raw[:KEPT_BYTES_OF_REFUSED], len(raw), now_ms
-        )
+        return Refused(intent_id, _shown(app), _shown(kind), code, detail, raw[:KEPT_BYTES_OF_REFUSED], size, now_ms)
 
     if parts is None:
         return refuse("bad_topic", f"publish intents to {TOPIC_ROOT}/{{app}}/{{kind}}, not {topic[:200]!r}")
@@ -91,8 +99,8 @@ def admit(
         return refuse("bad_app", f"app name {app[:SHOWN_CHARS]!r} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")
     if kind not in KINDS:
         return refuse("unknown_kind", f"unknown kind {kind[:SHOWN_CHARS]!r}; known: {', '.join(KINDS)}")
-    if len(raw) > MAX_PAYLOAD_BYTES:
-        return refuse("too_large", f"payload of {len(raw)} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit")
+    if size > MAX_PAYLOAD_BYTES:
+        return refuse("too_large", f"payload of {size} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit")
     try:
         doc = _load_json(raw)
     except ValueError as exc:

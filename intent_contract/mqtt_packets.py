@@ -10,6 +10,7 @@ edge's endpoint for local apps and the bridge's front door for devices.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
@@ -48,6 +49,7 @@ class ConnackCode(IntEnum):
 
 
 SUBACK_FAILURE = 0x80
+CUT = 0x100  # or-ed into the first byte of a PUBLISH a CuttingFramer kept only the head of
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +145,14 @@ class Framer:
     def __init__(self, max_packet: int) -> None:
         self.max_packet = max_packet
         self._buf = bytearray()
+        self._skip = 0  # bytes of a packet cut short (CuttingFramer) still to drop as they arrive
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Add received bytes; returns the packets now complete. Raises MalformedPacketError."""
+        if self._skip:
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            data = data[dropped:]
         buf = self._buf
         buf += data
         out: list[tuple[int, bytes]] = []
@@ -168,7 +175,11 @@ class Framer:
             if not complete:
                 break  # the length itself has not all arrived
             if length + index - pos > self.max_packet:
-                raise MalformedPacketError(f"packet of {length:,} bytes is over the {self.max_packet:,}-byte limit")
+                after = self._oversized(buf, pos, index, length, out)
+                if after is None:
+                    break
+                pos = after
+                continue
             if end - index < length:
                 break
             out.append((buf[pos], bytes(buf[index : index + length])))
@@ -177,9 +188,43 @@ class Framer:
             del buf[:pos]
         return out
 
+    def _oversized(self, buf: bytearray, pos: int, index: int, length: int, out: list[tuple[int, bytes]]) -> int | None:
+        """A packet over the limit starts at `pos`, its body at `index`: where to go on from (None: wait for more)."""
+        raise MalformedPacketError(f"packet of {length:,} bytes is over the {self.max_packet:,}-byte limit")
+
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+
+class CuttingFramer(Framer):
+    """A Framer that keeps the first `keep` bytes of a PUBLISH over the limit and drops the rest as it arrives.
+
+    For a client that must answer every message its server relays (attach mode): there an oversized message
+    that closed the connection came again on the next, for ever, and held back every message behind it. Such a
+    PUBLISH comes out as (first byte | CUT, its head); `cut_sizes` holds each one's full body length, in order.
+    Any other packet over the limit is malformed, as with Framer.
+    """
+
+    def __init__(self, max_packet: int, keep: int) -> None:
+        super().__init__(max_packet)
+        self.keep = keep
+        self.cut_sizes: deque[int] = deque()
+
+    def _oversized(self, buf: bytearray, pos: int, index: int, length: int, out: list[tuple[int, bytes]]) -> int | None:
+        if buf[pos] >> 4 != Type.PUBLISH:
+            return super()._oversized(buf, pos, index, length, out)
+        head = min(length, self.keep)
+        end = len(buf)
+        if end - index < head:
+            return None
+        out.append((buf[pos] | CUT, bytes(buf[index : index + head])))
+        self.cut_sizes.append(length)
+        stop = index + length
+        if stop > end:
+            self._skip = stop - end
+            return end
+        return stop
 
 
 def _text(raw: bytes) -> str:

@@ -35,7 +35,7 @@ class HeldIntake:
     taken: list[tuple[str, bytes, asyncio.Future[Any]]] = field(default_factory=list)
     grew: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def submit(self, topic: str, raw: bytes) -> asyncio.Future[Any]:
+    def submit(self, topic: str, raw: bytes, *, size: int | None = None) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.taken.append((topic, raw, future))
         self.grew.set()

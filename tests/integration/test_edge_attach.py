@@ -102,6 +102,26 @@ def test_a_retained_intent_is_taken_once_not_again_on_every_subscribe(tmp_path: 
         outbox.stop()
 
 
+def test_a_message_too_large_to_take_is_refused_and_the_ones_behind_it_are_taken(
+    tmp_path: Path, mosquitto: int
+) -> None:
+    """Mosquitto relays messages of any size: one over 16 MiB closed the connection, came again on the next,
+    for ever, and nothing behind it was taken. Now its head is read, the rest dropped, and it is refused."""
+    app = Client(mosquitto, "careless-app").connect()
+    app.subscribe("outbox/hvac/status/#")
+    with attached(tmp_path, mosquitto) as outbox:
+        wait_until(lambda: "attached; subscribed" in outbox.log(), what="outbox attached")
+        huge = b'{"id": "huge", "text": "' + b"x" * (17 << 20) + b'"}'
+        app.publish("outbox/hvac/email.send", huge, name="huge")
+        app.publish("outbox/hvac/email.send", email("after-huge"), name="after")
+        wait_until(lambda: app.status_of("after-huge") == ["accepted"], what="the intent behind the huge one")
+        (rejected,) = [s for _topic, s in app.statuses if s["state"] == "rejected"]
+        assert rejected["code"] == "too_large"
+        assert f"payload of {len(huge)} bytes" in rejected["detail"]
+        assert "connection lost" not in outbox.log()
+    app.close()
+
+
 @pytest.mark.timeout(300)
 def test_outbox_acks_the_broker_only_after_commit_so_sigkill_loses_nothing(tmp_path: Path, mosquitto: int) -> None:
     """Everything Mosquitto acknowledged to the app ends up committed, across two SIGKILLs of the outbox."""

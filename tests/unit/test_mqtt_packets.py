@@ -66,6 +66,25 @@ def test_a_packet_over_the_limit_is_refused_from_its_header_before_its_body_arri
         framer.feed(header)
 
 
+def test_a_cutting_framer_keeps_the_head_of_a_publish_over_the_limit_and_drops_the_rest() -> None:
+    big = p.encode_publish("outbox/a/email.send", b"x" * 5000, 1, 7, retain=False, dup=False)
+    after = p.encode_publish("outbox/a/email.send", b"{}", 1, 8, retain=False, dup=False)
+    stream = big + after + p.encode(p.Bare(p.Type.PINGRESP))
+    framer = p.CuttingFramer(1000, keep=100)
+    out: list[tuple[int, bytes]] = []
+    for start in range(0, len(stream), 7):  # in pieces smaller than the head: it is waited for
+        out += framer.feed(stream[start : start + 7])
+    assert [first for first, _ in out] == [0x32 | p.CUT, 0x32, 0xD0]
+    cut = p.decode(out[0][0] & 0xFF, out[0][1])
+    assert isinstance(cut, p.Publish)
+    assert (cut.topic, cut.packet_id, len(out[0][1])) == ("outbox/a/email.send", 7, 100)
+    assert list(framer.cut_sizes) == [len(big) - 3]  # the body's length: the fixed header is 3 bytes
+    assert p.decode(*out[1]) == p.Publish("outbox/a/email.send", b"{}", 1, False, False, 8)
+    assert framer.buffered == 0
+    with pytest.raises(MalformedPacketError, match="over the 1,000-byte limit"):  # anything but a PUBLISH
+        p.CuttingFramer(1000, keep=100).feed(bytes([0x90]) + bytes([0x80, 0x80, 0x01]))
+
+
 def test_a_length_of_five_bytes_is_malformed() -> None:
     with pytest.raises(MalformedPacketError, match="longer than 4 bytes"):
         p.Framer(1 << 30).feed(bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]))

@@ -48,6 +48,10 @@ STATUS_WINDOW = 1000  # statuses published to the broker and not yet acknowledge
 KEEPALIVE_S = 30
 CONNECT_TIMEOUT_S = 10.0
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
+# A connection that lasted this long starts the backoff over. One the broker ends sooner (another client
+# taking over the same client id, a message the broker relays that we cannot take) counts as a failure: when
+# every CONNACK started it over, such a broker was connected to about twice a second for ever, a line each time.
+STABLE_S = 60.0
 # The largest PUBLISH the intake may take whole: its 256 KiB payload, the longest topic, a packet id and the
 # fixed header. The head of a larger one (CUT_KEEP: its topic, packet id and as much of its payload as a refusal
 # keeps) is taken and the rest dropped as it arrives, and it is stored as refused (too_large) and acknowledged.
@@ -112,6 +116,7 @@ class AttachedClient:
         self._link: _Link | None = None
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self._connected_at = 0.0  # time.monotonic() of the last CONNACK
         self._retained_named: set[str] = set()
         feed.listen(self._wake.set)
 
@@ -140,12 +145,21 @@ class AttachedClient:
                 log.error("TLS with the attach broker %s failed: %s", self._target.url, exc)
             except (OSError, EOFError, TimeoutError, MalformedPacketError) as exc:
                 if self.connected.is_set():
-                    log.warning("attach broker connection lost (%s); reconnecting", _why(exc))
+                    lasted = time.monotonic() - self._connected_at
+                    log.warning(
+                        "attach broker connection lost after %d s (%s); reconnecting%s",
+                        lasted,
+                        _why(exc),
+                        f" (is another client attached as {self._target.client_id}?)"
+                        if isinstance(exc, EOFError) and lasted < STABLE_S
+                        else "",
+                    )
                 elif failures == 0:
                     log.warning("cannot reach the attach broker (%s); retrying until it answers", _why(exc))
             if self.connected.is_set():
                 self.connected.clear()
-                failures = 0
+                if time.monotonic() - self._connected_at >= STABLE_S:
+                    failures = 0
             failures += 1
             await asyncio.sleep(compute_backoff(failures, base=RETRY_MIN_S, cap=RETRY_MAX_S, jitter=random.random()))
 
@@ -169,6 +183,7 @@ class AttachedClient:
             if connack.code != ConnackCode.ACCEPTED:
                 raise AttachRefusedError(_connack_reason(connack.code))
             self._link = link
+            self._connected_at = time.monotonic()
             self.status.rewind()  # statuses not acknowledged on an earlier connection are read again
             self.connected.set()
             self._wake.set()

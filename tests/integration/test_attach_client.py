@@ -303,3 +303,25 @@ async def test_a_silent_broker_is_dropped_and_connected_again(
             assert isinstance(await peer.next(), p.Bare)  # a PINGREQ, left unanswered
             await broker.session(present=True)
     assert "attach broker silent for 1 s" in caplog.text
+
+
+async def test_a_broker_that_ends_each_connection_at_once_is_retried_with_growing_backoff(
+    broker: ScriptedBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another client taking the same client id over, say: the backoff started over after every CONNACK, so the
+    outbox connected about twice a second for ever, a warning each time. It grows until a connection lasts."""
+    attempts: list[int] = []
+
+    def no_wait(attempt: int, **_kwargs: Any) -> float:
+        attempts.append(attempt)
+        return 0.0
+
+    monkeypatch.setattr(attach, "compute_backoff", no_wait)
+    with caplog.at_level(logging.WARNING, logger="edge_outbox.attach"):
+        async with running(broker):
+            for _ in range(4):
+                peer, _connect = await broker.session()
+                peer.writer.close()
+            await broker.session()
+    assert attempts == [1, 2, 3, 4]
+    assert "(is another client attached as outbox-test?)" in caplog.text

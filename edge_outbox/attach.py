@@ -241,6 +241,12 @@ class AttachedClient:
             if p.SUBACK_FAILURE in packet.codes:
                 raise AttachRefusedError(f"subscribing to {INTAKE_FILTER} was refused")
             log.info("attached; subscribed to %s", INTAKE_FILTER)
+            if packet.codes == (0,):  # the intents still flow, without the promises of attach mode: said each time
+                log.error(
+                    "the attach broker granted %s at QoS 0 only (Mosquitto: max_qos): it keeps no intent for the "
+                    "outbox while it is away and forgets each once sent, so intents are lost; allow QoS 1",
+                    INTAKE_FILTER,
+                )
         elif isinstance(packet, p.Bare) and packet.type is Type.PINGRESP:
             pass
         else:

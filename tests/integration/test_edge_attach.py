@@ -102,6 +102,23 @@ def test_a_retained_intent_is_taken_once_not_again_on_every_subscribe(tmp_path: 
         outbox.stop()
 
 
+def test_a_subscription_granted_at_qos_0_only_is_named_as_losing_intents(tmp_path: Path) -> None:
+    """Mosquitto's max_qos 0 grants outbox/+/+ at QoS 0: nothing is queued for the outbox while it is away, and
+    the outbox logged "attached" as if all were well."""
+    binary = require_binary("mosquitto")
+    port = free_port()
+    conf = tmp_path / "qos0.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nmax_qos 0\nallow_anonymous true\npersistence false\n")
+    broker = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        with attached(tmp_path, port) as outbox:
+            wait_until(lambda: "granted outbox/+/+ at QoS 0 only" in outbox.log(), what="the QoS 0 grant named")
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
 def test_a_message_too_large_to_take_is_refused_and_the_ones_behind_it_are_taken(
     tmp_path: Path, mosquitto: int
 ) -> None:

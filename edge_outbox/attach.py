@@ -63,6 +63,8 @@ READ_CHUNK = 1 << 16
 # Messages read and not yet committed: reading pauses beyond this, so TCP holds the broker back (it
 # keeps the rest in its session) instead of the outbox holding a backlog in memory.
 MAX_UNCOMMITTED = 1000
+# A stop waits at most this long for the commits of what was taken, so their acknowledgements go out first.
+STOP_COMMIT_S = 5.0
 SUBSCRIBE_ID = 1  # the only SUBSCRIBE, once per connection
 RETAINED_TOPICS_NAMED = 1024  # topics whose retained copies were named in the log; forgotten beyond
 
@@ -87,6 +89,7 @@ class _Link:
         self.statuses: dict[int, int] = {}  # our packet id -> status seq, until the broker's PUBACK
         self.next_id = 0
         self.last_heard = time.monotonic()
+        self.stopping = False  # the outbox stops: nothing more is taken, what was is acknowledged once committed
 
     def resume(self) -> None:
         """Let reading go on. The broker's silence counts from now: a paused reader hears nothing, and the
@@ -127,11 +130,29 @@ class AttachedClient:
     async def stop(self) -> None:
         link = self._link
         if link is not None and not link.writer.is_closing():
+            link.stopping = True
+            await self._settle(link)
+        if link is not None and not link.writer.is_closing():
             link.writer.write(p.encode(p.Bare(Type.DISCONNECT)))  # leave the session cleanly: no reconnect race
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    @staticmethod
+    async def _settle(link: _Link) -> None:
+        """Wait (at most STOP_COMMIT_S) until what was taken is committed and acknowledged. The broker sends again
+        what was not acknowledged when the connection ended, and the stop ended it at once: every intent without
+        an id of the app's committed and not yet acknowledged was taken again, as a new one, after the restart
+        (7,453 of 60,000 over 6 stops of a draining outbox)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_COMMIT_S
+        while link.received and not link.writer.is_closing() and (left := deadline - loop.time()) > 0:
+            waiting = [r.done for r in link.received if not r.done.done()]
+            if waiting:
+                await asyncio.wait(waiting, timeout=left)
+            else:
+                await asyncio.sleep(0)  # the acknowledging callback runs on the loop's next turn
 
     async def _run(self) -> None:
         """Connect, serve the connection until it ends, wait, and connect again."""
@@ -200,6 +221,8 @@ class AttachedClient:
                 data = await reader.read(READ_CHUNK)
                 if not data:
                     raise EOFError("the broker closed the connection")
+                if link.stopping:  # not taken, so not acknowledged: the broker sends it again next time
+                    await asyncio.Event().wait()  # until stop() cancels this task
                 link.last_heard = time.monotonic()
                 for packet in framer.feed(data):
                     self._handle(link, framer, *packet)

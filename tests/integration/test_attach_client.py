@@ -253,6 +253,34 @@ async def test_a_failed_commit_drops_the_connection_so_the_broker_sends_again(
         assert not connect.clean
 
 
+async def test_a_stop_acknowledges_what_was_taken_once_committed_before_it_disconnects(broker: ScriptedBroker) -> None:
+    """The stop sent DISCONNECT at once: what was committed and not yet acknowledged came again after the restart,
+    and an intent without an app's id was then taken a second time, as a new one."""
+    intake = HeldIntake()
+    client = AttachedClient(
+        AttachTarget("127.0.0.1", broker.port, None, None, "outbox-test"),
+        cast(Intake, intake),
+        StatusFeed(_no_events, 0),
+        0,
+    )
+    await client.start()
+    peer, _connect = await broker.session()
+    peer.publish(range(1, 6))
+    await intake.wait_for(5)
+    intake.commit(0)
+    assert await peer.pubacks(1) == [1]
+    stopping = asyncio.create_task(client.stop())
+    for _ in range(10):  # turns of the loop in which a wrong client disconnects
+        await asyncio.sleep(0)
+    peer.publish(range(6, 8))  # after the stop began: not taken, so not acknowledged (the broker sends them again)
+    for index in range(1, 5):
+        intake.commit(index)
+    rest = [await peer.next() for _ in range(5)]
+    await stopping
+    assert rest == [*(p.PacketIdOnly(Type.PUBACK, n) for n in range(2, 6)), p.Bare(Type.DISCONNECT)]
+    assert len(intake.taken) == 5
+
+
 async def test_a_refused_connect_is_logged_and_retried(
     broker: ScriptedBroker, caplog: pytest.LogCaptureFixture
 ) -> None:

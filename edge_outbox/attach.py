@@ -27,18 +27,21 @@ import random
 import ssl
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edge_outbox.db import StatusEvent
 from edge_outbox.errors import AttachRefusedError, ConfigError
 from edge_outbox.intake import Intake
-from edge_outbox.intake_rules import KEPT_BYTES_OF_REFUSED, MAX_PAYLOAD_BYTES, TOPIC_ROOT
+from edge_outbox.intake_rules import KEPT_BYTES_OF_REFUSED, MAX_PAYLOAD_BYTES, TOPIC_ROOT, replay_after
 from edge_outbox.mqtt.session import MAX_PACKET_ID, StatusCursor
 from edge_outbox.settings import AttachTarget
 from edge_outbox.status import StatusFeed, status_payload, status_topic
 from intent_contract import mqtt_packets as p
 from intent_contract.backoff import compute_backoff
 from intent_contract.errors import MalformedPacketError
+from intent_contract.logs import LogThrottle, left_out
 from intent_contract.mqtt_packets import ConnackCode, Type
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,10 @@ MAX_UNCOMMITTED = 1000
 STOP_COMMIT_S = 5.0
 SUBSCRIBE_ID = 1  # the only SUBSCRIBE, once per connection
 RETAINED_TOPICS_NAMED = 1024  # topics whose retained copies were named in the log; forgotten beyond
+REPLAY_LOG_INTERVAL = 10.0  # seconds between lines about replay requests dropped
+REPLAY_APPS = 1024  # apps whose replay requests wait at once; a request for one more is dropped (and logged)
+
+ReadAppStatuses = Callable[[str, int, int], Awaitable[list[StatusEvent]]]  # (app, after seq, limit), oldest first
 
 
 @dataclass(slots=True)
@@ -86,7 +93,7 @@ class _Link:
         self.watching = False  # a callback waits on the oldest message not yet committed
         self.room = asyncio.Event()  # set while fewer than MAX_UNCOMMITTED messages wait for their commit
         self.room.set()
-        self.statuses: dict[int, int] = {}  # our packet id -> status seq, until the broker's PUBACK
+        self.statuses: dict[int, int] = {}  # our packet id -> status seq (0: a replayed one), until the broker's PUBACK
         self.next_id = 0
         self.last_heard = time.monotonic()
         self.stopping = False  # the outbox stops: nothing more is taken, what was is acknowledged once committed
@@ -109,8 +116,18 @@ class _Link:
 class AttachedClient:
     """An MQTT 3.1.1 client on the event loop: connects, keeps its session, reconnects with backoff."""
 
-    def __init__(self, target: AttachTarget, intake: Intake, feed: StatusFeed, position: int) -> None:
+    def __init__(
+        self,
+        target: AttachTarget,
+        intake: Intake,
+        feed: StatusFeed,
+        position: int,
+        read_app_statuses: ReadAppStatuses | None = None,
+    ) -> None:
         self._target = target
+        self._read_app_statuses = read_app_statuses
+        self._replays: dict[str, tuple[int, int]] = {}  # app -> (after seq, sent so far): replay requests under way
+        self._replay_log = LogThrottle(REPLAY_LOG_INTERVAL)  # requests dropped: an app may send them in a loop
         self._tls = _tls_context(target) if target.tls else None
         self._intake = intake
         self._feed = feed
@@ -258,7 +275,8 @@ class AttachedClient:
         elif isinstance(packet, p.PacketIdOnly) and packet.type is Type.PUBACK:
             seq = link.statuses.pop(packet.packet_id, None)
             if seq is not None:
-                self.status.closed(seq)
+                if seq:
+                    self.status.closed(seq)
                 self._wake.set()
         elif isinstance(packet, p.Suback):
             if p.SUBACK_FAILURE in packet.codes:
@@ -280,22 +298,47 @@ class AttachedClient:
         if packet.qos == 2:  # we subscribed at QoS 1; a broker may not send more [MQTT-3.8.4-6]
             raise MalformedPacketError("the broker sent a QoS 2 message on a QoS 1 subscription")
         future: asyncio.Future[Any]
-        if packet.retain:
+        app = Intake.replay_app(packet.topic)
+        if app is not None and not packet.retain:
+            self._replay_request(app, packet.payload)
+        if packet.retain or app is not None:
             # RETAIN=1 marks a copy sent because we subscribed [MQTT-3.3.1-8]; a message on the subscription
             # we hold comes with RETAIN=0 [MQTT-3.3.1-9]. The broker replays a retained intent on every
             # SUBSCRIBE (one per connection): taken, each replay was a new intent, the email sent again.
-            self._name_retained(packet.topic)
+            if packet.retain:
+                self._name_retained(packet.topic)
             future = asyncio.get_running_loop().create_future()
             future.set_result(None)
         else:
             future = self._intake.submit(packet.topic, packet.payload, size=size)
-        if packet.qos == 1 or not packet.retain:
+        if packet.qos == 1 or not future.done():
             # A QoS 0 intent waits in the queue too, with nothing to acknowledge: it counts towards
             # MAX_UNCOMMITTED. Uncounted, an app publishing at QoS 0 (mosquitto_pub's default) while commits
             # were held (a full queue or disk) grew the outbox's memory by every byte it sent.
             link.received.append(_Received(packet.packet_id, future))
             if not link.watching:
                 self._watch(link, future)
+
+    def _replay_request(self, app: str, raw: bytes) -> None:
+        """`{"after": SEQ}` on outbox/{app}/replay: publish the app's stored statuses after SEQ again. Through a
+        broker they go to every client subscribed to them, not only to the one that asked. Before, the request
+        was taken as an intent of the unknown kind `replay`, and the app had a rejection for it, not its statuses."""
+        after = replay_after(raw)
+        if after is None:
+            if (not_logged := self._replay_log.allow(time.monotonic())) is not None:
+                log.warning(
+                    'a replay request for %s is {"after": SEQ}, not %r: dropped%s', app, raw[:100], left_out(not_logged)
+                )
+            return
+        if app in self._replays:
+            after = min(after, self._replays[app][0])  # the earlier request is not done: serve both
+        elif len(self._replays) >= REPLAY_APPS or self._read_app_statuses is None:
+            if (not_logged := self._replay_log.allow(time.monotonic())) is not None:
+                log.warning("a replay request for %s is dropped: %d apps' requests are under way%s",
+                            app, len(self._replays), left_out(not_logged))  # fmt: skip
+            return
+        self._replays[app] = (after, 0)
+        self._wake.set()
 
     def _name_retained(self, topic: str) -> None:
         if topic in self._retained_named:
@@ -359,6 +402,31 @@ class AttachedClient:
             if events:
                 link.writer.write(out)
                 self._wake.set()
+            if self._replays and len(link.statuses) < STATUS_WINDOW:
+                await self._replay_some(link, STATUS_WINDOW - len(link.statuses))
+
+    async def _replay_some(self, link: _Link, room: int) -> None:
+        """Publish the next part of the oldest replay request, at most `room` statuses."""
+        assert self._read_app_statuses is not None
+        app, (after, count) = next(iter(self._replays.items()))
+        events = await self._read_app_statuses(app, after, room)
+        if link.writer.is_closing():
+            return  # the request stays: it goes on on the next connection
+        out = bytearray()
+        for event in events:
+            packet_id = link.new_id()
+            out += p.encode_publish(
+                status_topic(event.app, event.id), status_payload(event), 1, packet_id, retain=False, dup=False
+            )
+            link.statuses[packet_id] = 0
+            after = event.seq
+        link.writer.write(out)
+        if len(events) < room:
+            del self._replays[app]
+            log.info("the statuses of %s were asked for again: %d published", app, count + len(events))
+        else:
+            self._replays[app] = (after, count + len(events))
+        self._wake.set()
 
     async def _keepalive(self, link: _Link) -> None:
         """PINGREQ every half keepalive; a broker silent for 1.5 keepalives while we read is gone [MQTT-3.1.2-24]."""

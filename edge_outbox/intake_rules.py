@@ -64,6 +64,19 @@ def split_topic(topic: str) -> tuple[str, str] | None:
     return None
 
 
+_MAX_SEQ = 2**63 - 1  # SQLite's largest integer: a seq past it cannot be compared in SQL
+
+
+def replay_after(raw: bytes) -> int | None:
+    """The `after` of a replay request `{"after": SEQ}` (on outbox/{app}/replay), or None for anything else."""
+    try:
+        doc = json_bounded.loads(raw, max_bytes=1000)
+    except DecodeError:
+        return None
+    after = doc.get("after") if isinstance(doc, dict) else None
+    return after if isinstance(after, int) and not isinstance(after, bool) and 0 <= after <= _MAX_SEQ else None
+
+
 def status_topic(app: str, intent_id: str) -> str:
     """Where the status of an intent is published for its app."""
     return f"{TOPIC_ROOT}/{app}/status/{intent_id}"

@@ -118,7 +118,13 @@ class Outbox:
         try:
             if s.attach is not None:
                 position = await self.store.read(ops.get_meta, STATUS_KEY)
-                self._transport = AttachedClient(s.attach, self.intake, self.feed, int(position or 0))
+                self._transport = AttachedClient(
+                    s.attach,
+                    self.intake,
+                    self.feed,
+                    int(position or 0),
+                    lambda app, after, limit: self.store.read(ops.app_statuses, app, after, limit),
+                )
             else:
                 sessions = StoredSessions(self.store, now_ms, int(s.session_expiry_s * 1000))
                 endpoint = EndpointSettings(s.listen_host, s.listen_port, logins=bool(s.users))

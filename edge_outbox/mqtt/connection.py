@@ -13,7 +13,7 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from edge_outbox.intake_rules import TOPIC_ROOT
+from edge_outbox.intake_rules import TOPIC_ROOT, replay_after
 from edge_outbox.mqtt import dialect as d
 from edge_outbox.mqtt.answers import Answers
 from edge_outbox.mqtt.dialect import V311, Dialect, dialect_of
@@ -21,9 +21,8 @@ from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, Message, Session
 from edge_outbox.mqtt.topics import may_match, may_publish, may_subscribe, valid_filter
 from edge_outbox.states import State
 from edge_outbox.status import status_payload, status_topic
-from intent_contract import json_bounded
 from intent_contract import mqtt_packets as p
-from intent_contract.errors import DecodeError, MalformedPacketError
+from intent_contract.errors import MalformedPacketError
 from intent_contract.mqtt_packets import ConnackCode, Type
 
 if TYPE_CHECKING:
@@ -272,7 +271,7 @@ class Connection:
         elif intake.is_intake(topic):
             ready = intake.submit(topic, packet.payload, principal=self.principal, expiry_s=packet.expiry_s)
         elif (app := intake.replay_app(topic)) is not None:
-            after = _parse_replay(packet.payload)
+            after = replay_after(packet.payload)
             if after is None:
                 self.endpoint.log_input(
                     "replay", 'client %s: a replay request is {"after": SEQ}, not %r', self.name, packet.payload[:100]
@@ -390,16 +389,3 @@ class Connection:
             await intake.receive(will.topic, will.payload, principal=self.principal)
         else:
             self.endpoint.route(will.topic, will.payload, will.qos, will.retain)
-
-
-_MAX_SEQ = 2**63 - 1  # SQLite's largest integer: a seq past it cannot be compared in SQL
-
-
-def _parse_replay(raw: bytes) -> int | None:
-    """The `after` of a replay request `{"after": SEQ}`, or None for anything else."""
-    try:
-        doc = json_bounded.loads(raw, max_bytes=1000)
-    except DecodeError:
-        return None
-    after = doc.get("after") if isinstance(doc, dict) else None
-    return after if isinstance(after, int) and not isinstance(after, bool) and 0 <= after <= _MAX_SEQ else None

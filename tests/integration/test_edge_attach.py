@@ -102,6 +102,26 @@ def test_a_retained_intent_is_taken_once_not_again_on_every_subscribe(tmp_path: 
         outbox.stop()
 
 
+def test_a_replay_request_through_the_broker_publishes_the_apps_statuses_again(tmp_path: Path, mosquitto: int) -> None:
+    """It was taken as an intent of the unknown kind `replay`: the app had a rejection, not its statuses."""
+    app = Client(mosquitto, "replaying-app").connect()
+    app.subscribe("outbox/hvac/status/#")
+    with attached(tmp_path, mosquitto) as outbox:
+        wait_until(lambda: "attached; subscribed" in outbox.log(), what="outbox attached")
+        for name in ("r1", "r2", "r3"):
+            app.publish("outbox/hvac/email.send", email(name))
+        app.publish("outbox/other/email.send", email("not-hvac"))
+        wait_until(lambda: app.ids_with("accepted") == {"r1", "r2", "r3"}, what="the statuses, once")
+        first_seq = next(s["seq"] for _topic, s in app.statuses if s["id"] == "r1")
+        app.publish("outbox/hvac/replay", {"after": first_seq})
+        app.publish("outbox/hvac/replay", b"not a request")
+        wait_until(lambda: [s["id"] for _t, s in app.statuses] == ["r1", "r2", "r3", "r2", "r3"], what="replayed")
+        wait_until(lambda: "a replay request for hvac is" in outbox.log(), what="the bad request named")
+        wait_until(lambda: "the statuses of hvac were asked for again: 2 published" in outbox.log(), what="logged")
+        assert sorted(stored_ids(outbox.data_dir)) == ["not-hvac", "r1", "r2", "r3"]  # no intent made of a request
+    app.close()
+
+
 def test_a_subscription_granted_at_qos_0_only_is_named_as_losing_intents(tmp_path: Path) -> None:
     """Mosquitto's max_qos 0 grants outbox/+/+ at QoS 0: nothing is queued for the outbox while it is away, and
     the outbox logged "attached" as if all were well."""

@@ -137,6 +137,9 @@ class AttachedClient:
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self._connected_at = 0.0  # time.monotonic() of the last CONNACK
+        # Whether the broker holds a session for us, as far as we know: once attached, or (at start) once the broker
+        # acknowledged a status, which it did on a session of ours.
+        self._had_session = position > 0
         self._retained_named: set[str] = set()
         feed.listen(self._wake.set)
 
@@ -220,6 +223,13 @@ class AttachedClient:
                 raise MalformedPacketError(f"expected CONNACK, got {type(connack).__name__}")
             if connack.code != ConnackCode.ACCEPTED:
                 raise AttachRefusedError(_connack_reason(connack.code))
+            if not connack.session_present and self._had_session:
+                log.warning(
+                    "the attach broker had no session for %s (it lost it: restarted without persistence?): what was "
+                    "published while the outbox was not connected was not kept for it",
+                    t.client_id,
+                )
+            self._had_session = True
             self._link = link
             self._connected_at = time.monotonic()
             self.status.rewind()  # statuses not acknowledged on an earlier connection are read again

@@ -209,10 +209,12 @@ def test_outbox_attaches_again_after_the_broker_restarts(tmp_path: Path) -> None
     conf = tmp_path / "restart.conf"
     store = tmp_path / "mosquitto-data"
     store.mkdir()
-    # Persistence on: the outbox's session (its subscription) survives the restart, as on a site.
+    # Persistence on: the outbox's session (its subscription) survives the restart, as on a site. As root, Mosquitto
+    # switches to its own user, which cannot write pytest's private directory: `user root` keeps it root (it could
+    # not save its database, and the session was lost: seen once the outbox named a lost session).
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {store}/\n"
-        "max_queued_messages 0\n"
+        "max_queued_messages 0\nuser root\n"
     )
 
     def broker() -> subprocess.Popen[bytes]:
@@ -234,7 +236,36 @@ def test_outbox_attaches_again_after_the_broker_restarts(tmp_path: Path) -> None
             app.publish("outbox/hvac/email.send", email("after"), name="after")
             wait_until(lambda: app.status_of("after") == ["accepted"], what="accepted status after the restart")
             assert stored_ids(outbox.data_dir)["after"] == "accepted"
+            assert "had no session" not in outbox.log()  # the broker kept it
             app.close()
+        finally:
+            second.terminate()
+            second.wait(10)
+
+
+def test_a_broker_that_lost_the_outboxs_session_is_named(tmp_path: Path) -> None:
+    """Mosquitto restarted without persistence keeps nothing for the outbox meanwhile; the outbox said only
+    'attached' again, and nothing told the operator that intents published in the gap were lost."""
+    binary = require_binary("mosquitto")
+    port = free_port()
+    conf = tmp_path / "forgetful.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+
+    def broker() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(port)
+        return proc
+
+    first = broker()
+    with attached(tmp_path, port) as outbox:
+        wait_until(lambda: "attached; subscribed" in outbox.log(), what="outbox attached")
+        assert "had no session" not in outbox.log()  # the first attach to a new broker: nothing to miss
+        first.terminate()
+        first.wait(10)
+        second = broker()
+        try:
+            wait_until(lambda: outbox.log().count("attached; subscribed") == 2, timeout=60, what="attached again")
+            assert "the attach broker had no session for outbox-under-test" in outbox.log()
         finally:
             second.terminate()
             second.wait(10)

@@ -137,6 +137,7 @@ class AttachedClient:
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self._connected_at = 0.0  # time.monotonic() of the last CONNACK
+        self.down_since: float | None = time.time()  # since when no connection is up (None: attached), for health
         # Whether the broker holds a session for us, as far as we know: once attached, or (at start) once the broker
         # acknowledged a status, which it did on a session of ours.
         self._had_session = position > 0
@@ -199,6 +200,7 @@ class AttachedClient:
                     log.warning("cannot reach the attach broker (%s); retrying until it answers", _why(exc))
             if self.connected.is_set():
                 self.connected.clear()
+                self.down_since = time.time()
                 if time.monotonic() - self._connected_at >= STABLE_S:
                     failures = 0
             failures += 1
@@ -232,6 +234,7 @@ class AttachedClient:
             self._had_session = True
             self._link = link
             self._connected_at = time.monotonic()
+            self.down_since = None
             self.status.rewind()  # statuses not acknowledged on an earlier connection are read again
             self.connected.set()
             self._wake.set()

@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from edge_outbox.db import DB_NAME, INTAKE_KEY, LINK_KEY, IntentRow
+from edge_outbox.db import ATTACH_KEY, DB_NAME, INTAKE_KEY, LINK_KEY, IntentRow
 from edge_outbox.health import problems
 from edge_outbox.identity import Identity
 from edge_outbox.link_rate import drain_seconds
@@ -168,4 +168,7 @@ def report_problems(
         now_ms=now_ms(),
         max_offline_s=max_offline_s,
         revoked=revoked,
+        attach_down_since_ms=json.loads(attach_text)["down_since_ms"]
+        if (attach_text := meta.get(ATTACH_KEY))
+        else None,
     )

@@ -21,7 +21,7 @@ from edge_outbox.cli_format import (
     status_report,
 )
 from edge_outbox.cli_options import STATES, data_dir_option, duration_seconds, json_option, max_offline_option, write_op
-from edge_outbox.db import INTAKE_KEY, LINK_KEY
+from edge_outbox.db import ATTACH_KEY, INTAKE_KEY, LINK_KEY
 from edge_outbox.identity import load_identity
 from edge_outbox.states import FINAL, RETRYABLE, State
 from intent_contract.timefmt import format_age
@@ -34,12 +34,13 @@ from intent_contract.timefmt import format_age
 def status(data_dir: Path, max_offline: float, as_json: bool) -> None:
     """Counts per state, bytes used, the oldest pending intent, the link and whether intake is held.
 
-    Exits 1 when unhealthy (revoked, intake paused, no link for longer than --max-offline), 0 otherwise.
+    Exits 1 when unhealthy (revoked, intake paused, no link for longer than --max-offline, in attach mode no
+    connection to the site broker for longer than 60 s or --max-offline), 0 otherwise.
     """
     identity = load_identity(data_dir)
     with connection(data_dir) as conn:
         summary = ops.summary(conn)
-        meta = {key: ops.get_meta(conn, key) for key in (LINK_KEY, INTAKE_KEY)}
+        meta = {key: ops.get_meta(conn, key) for key in (LINK_KEY, INTAKE_KEY, ATTACH_KEY)}
         revoked = identity is not None and offline_ops.revocation(conn, identity.device_id) is not None
     running = lock.running(data_dir)
     report = status_report(summary, meta if running else {}, identity, running, data_dir)

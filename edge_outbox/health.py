@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 DEFAULT_MAX_OFFLINE_S = 3600.0
+ATTACH_GRACE_S = 60.0  # attach mode: a broker connection down longer than this (or than max_offline_s) is a fault
 
 
 def problems(
@@ -14,6 +15,7 @@ def problems(
     now_ms: int,
     max_offline_s: float = DEFAULT_MAX_OFFLINE_S,
     revoked: bool = False,
+    attach_down_since_ms: int | None = None,
 ) -> list[str]:
     """What is wrong, in words; empty when healthy.
 
@@ -21,7 +23,9 @@ def problems(
     the link is doing now: a site with no link, or outside its forwarding windows, learns it from a
     receipt); intake cannot store (a full disk or a full queue
     holds the apps' acknowledgements); the link to the bridge has been down longer than
-    `max_offline_s` (None: not enrolled or not forwarding, which is not a fault here).
+    `max_offline_s` (None: not enrolled or not forwarding, which is not a fault here); in attach mode, the
+    connection to the site's broker, through which every intent comes, has been down longer than ATTACH_GRACE_S
+    (or `max_offline_s` if shorter).
     """
     found: list[str] = []
     if revoked or link_state == "revoked":
@@ -33,4 +37,8 @@ def problems(
         down_s = (now_ms - link_since_ms) / 1000
         if down_s > max_offline_s:
             found.append(f"no link to the bridge for {down_s:.0f} s (more than {max_offline_s:.0f} s)")
+    if attach_down_since_ms is not None:
+        down_s = max(0.0, (now_ms - attach_down_since_ms) / 1000)
+        if down_s > min(max_offline_s, ATTACH_GRACE_S):
+            found.append(f"not attached to the site broker for {down_s:.0f} s: no intent is taken")
     return found

@@ -54,6 +54,7 @@ class Observed:
     held_reason: str
     apps_connected: int
     revoked: bool = False  # the bridge said this device is revoked (stored: a receipt or the link)
+    attach_down_since_ms: int | None = None  # attach mode: since when the broker connection is down (None: up)
 
 
 class _Collector(Collector):
@@ -95,6 +96,12 @@ class _Collector(Collector):
         )  # fmt: skip
         yield GaugeMetricFamily("edge_outbox_intake_waiting", "Publishes waiting to be stored now", value=seen.held)
         yield GaugeMetricFamily("edge_outbox_apps_connected", "Local MQTT connections", value=seen.apps_connected)
+        down = seen.attach_down_since_ms
+        yield GaugeMetricFamily(
+            "edge_outbox_attach_down_seconds",
+            "Attach mode: how long the connection to the site broker has been down (0: attached, or not attach mode)",
+            value=0.0 if down is None else max(0.0, (seen.now_ms - down) / 1000),
+        )
 
 
 class Probe:
@@ -165,6 +172,7 @@ class Probe:
             now_ms=seen.now_ms,
             max_offline_s=self._max_offline_s,
             revoked=seen.revoked,
+            attach_down_since_ms=seen.attach_down_since_ms,
         )
         body = {"status": "ok" if not found else "unhealthy", "problems": found}
         return web.Response(status=200 if not found else 503, text=json.dumps(body), content_type="application/json")

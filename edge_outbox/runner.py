@@ -21,7 +21,7 @@ from edge_outbox import offline_ops, ops
 from edge_outbox.app_sessions import StoredSessions, oldest_cursor, save_cursors
 from edge_outbox.apps_auth import verify_password
 from edge_outbox.attach import AttachedClient
-from edge_outbox.db import INTAKE_KEY, LINK_KEY, STATUS_KEY
+from edge_outbox.db import ATTACH_KEY, INTAKE_KEY, LINK_KEY, STATUS_KEY
 from edge_outbox.errors import StorageError
 from edge_outbox.fleet_link import disk_facts
 from edge_outbox.fleet_report import EdgeFacts
@@ -193,6 +193,7 @@ class Outbox:
             held_reason=health.reason,
             apps_connected=self._transport.connected if isinstance(self._transport, MqttEndpoint) else 0,
             revoked=self.revoked,
+            attach_down_since_ms=self._attach_down_since_ms(),
         )
 
     def _edge_facts(self) -> EdgeFacts:
@@ -225,8 +226,15 @@ class Outbox:
             return self._transport.status.position
         return self.feed.head
 
+    def _attach_down_since_ms(self) -> int | None:
+        if isinstance(self._transport, AttachedClient) and self._transport.down_since is not None:
+            return int(self._transport.down_since * 1000)
+        return None
+
     def _meta(self) -> dict[str, str]:
         meta: dict[str, str] = {}
+        if isinstance(self._transport, AttachedClient):
+            meta[ATTACH_KEY] = json.dumps({"down_since_ms": self._attach_down_since_ms()})
         if self.forwarder is not None:
             meta[LINK_KEY] = json.dumps(asdict(self.forwarder.snapshot()))
         if self.intake is not None:

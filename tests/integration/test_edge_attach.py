@@ -4,13 +4,15 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
-from tests.support.edge import Client, OutboxProcess, email, stored_ids
+from tests.support.edge import Client, OutboxProcess, cli, email, stored_ids
 from tests.support.mqtt_raw import RawClient
 from tests.support.net import free_port, wait_for_port, wait_until
 from tests.support.services import require_binary
@@ -200,6 +202,44 @@ def test_attach_to_nothing_keeps_trying_and_attaches_when_the_broker_appears(tmp
         outbox.stop()
         broker.terminate()
         broker.wait(10)
+
+
+def test_an_outbox_not_attached_to_its_broker_is_unhealthy(tmp_path: Path) -> None:
+    """Every intent comes through the site broker: /healthz and `edge-outbox status` said ok while none could."""
+    port, metrics = free_port(), free_port()
+    outbox = OutboxProcess(
+        tmp_path / "data", port, f"--attach=mqtt://127.0.0.1:{port}", "--metrics", f"127.0.0.1:{metrics}",
+        "--max-offline", "1s",
+    ).start()  # fmt: skip
+    broker: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for_port(metrics)
+
+        def health() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/healthz", timeout=10) as response:
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        wait_until(lambda: health()[0] == 503, what="unhealthy while no broker answers")
+        assert "not attached to the site broker for" in health()[1]
+        wait_until(
+            lambda: cli(outbox.data_dir, "status", "--max-offline", "1s").returncode == 1, what="status says so too"
+        )
+        assert "not attached to the site broker" in cli(outbox.data_dir, "status", "--max-offline", "1s").stdout
+        conf = tmp_path / "late.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        broker = subprocess.Popen(
+            [require_binary("mosquitto"), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_until(lambda: health()[0] == 200, timeout=60, what="healthy once attached")
+        wait_until(lambda: cli(outbox.data_dir, "status", "--max-offline", "1s").returncode == 0, what="status healthy")
+    finally:
+        outbox.stop()
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
 
 
 def test_outbox_attaches_again_after_the_broker_restarts(tmp_path: Path) -> None:

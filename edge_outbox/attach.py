@@ -256,6 +256,10 @@ class AttachedClient:
                 link.last_heard = time.monotonic()
                 for packet in framer.feed(data):
                     self._handle(link, framer, *packet)
+                # Read no more while the broker does not take what we write (acknowledgements, one per message):
+                # a broker that sent and never read grew the outbox's write buffer by all it sent, and the link
+                # stayed up. Not read, it is not heard either, and the keepalive drops it.
+                await writer.drain()
         finally:
             self._link = None
             for task in tasks:
@@ -442,12 +446,16 @@ class AttachedClient:
         self._wake.set()
 
     async def _keepalive(self, link: _Link) -> None:
-        """PINGREQ every half keepalive; a broker silent for 1.5 keepalives while we read is gone [MQTT-3.1.2-24]."""
+        """PINGREQ every half keepalive; a broker silent for 1.5 keepalives while we read (or wait for it to read
+        what we wrote) is gone [MQTT-3.1.2-24]. Aborted, not closed: a close waits until the broker has read what
+        is buffered, and one that reads nothing never does."""
         while True:
             await asyncio.sleep(KEEPALIVE_S / 2)
             if link.room.is_set() and time.monotonic() - link.last_heard > KEEPALIVE_S * 1.5:
-                log.warning("attach broker silent for %d s: dropping the connection", int(KEEPALIVE_S * 1.5))
-                link.writer.close()
+                log.warning(
+                    "attach broker silent (or not reading) for %d s: dropping the connection", int(KEEPALIVE_S * 1.5)
+                )
+                link.writer.transport.abort()
                 return
             link.writer.write(p.encode(p.Bare(Type.PINGREQ)))
 

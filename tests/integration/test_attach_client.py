@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -330,7 +331,7 @@ async def test_a_silent_broker_is_dropped_and_connected_again(
             peer, _connect = await broker.session()
             assert isinstance(await peer.next(), p.Bare)  # a PINGREQ, left unanswered
             await broker.session(present=True)
-    assert "attach broker silent for 1 s" in caplog.text
+    assert "attach broker silent (or not reading) for 1 s" in caplog.text
 
 
 async def test_a_broker_that_ends_each_connection_at_once_is_retried_with_growing_backoff(
@@ -353,3 +354,40 @@ async def test_a_broker_that_ends_each_connection_at_once_is_retried_with_growin
             await broker.session()
     assert attempts == [1, 2, 3, 4]
     assert "(is another client attached as outbox-test?)" in caplog.text
+
+
+async def test_a_broker_that_does_not_read_is_not_read_from_and_is_dropped(
+    broker: ScriptedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It sent publishes and read none of the acknowledgements: the client's write buffer grew by all it was sent
+    (286 KB in 20 s here), and the link stayed up, the broker heard all along."""
+    monkeypatch.setattr(attach, "KEEPALIVE_S", 1)
+    intake = HeldIntake()
+    async with running(broker, intake) as client:
+        peer, _connect = await broker.session()
+        await asyncio.wait_for(client.connected.wait(), 10)
+        peer.writer.transport.pause_reading()  # and small buffers, so the client's writes back up soon
+        peer.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        assert client._link is not None
+        client._link.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+        async def flood() -> None:
+            while True:  # until the client stops reading, when this drain waits; the same ids again and again
+                peer.publish(range(1, 5001))
+                await peer.writer.drain()
+
+        async def commit_all() -> None:
+            while True:
+                await intake.wait_for(len(intake.taken) + 1)
+                for _topic, _raw, done in intake.taken:
+                    if not done.done():
+                        done.set_result(None)
+
+        tasks = [asyncio.create_task(flood()), asyncio.create_task(commit_all())]
+        try:
+            await broker.session(present=True)  # the client dropped the first connection and came back
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            peer.writer.transport.abort()

@@ -8,7 +8,12 @@ so in this mode the app's durability signal is the `accepted` status, not the PU
 Statuses go to the broker at QoS 1 in sequence order; the broker is one more status consumer, whose
 position (every status up to it acknowledged by the broker) is kept under STATUS_KEY, so a restart
 sends again what the broker may not have. After a lost connection the statuses not yet acknowledged
-are read again from that position.
+are read again from that position. A replay request (`{"after": SEQ}` on outbox/{app}/replay) is
+acknowledged, not taken, and the app's stored statuses after SEQ are published to the broker again.
+
+Whatever the broker sends is answered: a message too large to take is cut as it arrives and refused
+(too_large), QoS 0 messages count towards MAX_UNCOMMITTED like QoS 1 ones, and a stop acknowledges what
+it took once committed before it disconnects, so the broker sends again only what was not taken.
 
 The client is asyncio on the endpoint's own MQTT 3.1.1 codec (`intent_contract.mqtt_packets`): one
 task reads and hands each message to the intake, the acknowledgements one commit releases go out in
@@ -318,7 +323,7 @@ class AttachedClient:
         app = Intake.replay_app(packet.topic)
         if app is not None and not packet.retain:
             self._replay_request(app, packet.payload)
-        if packet.retain or app is not None:
+        if packet.retain or app is not None:  # acknowledged in turn, not taken
             # RETAIN=1 marks a copy sent because we subscribed [MQTT-3.3.1-8]; a message on the subscription
             # we hold comes with RETAIN=0 [MQTT-3.3.1-9]. The broker replays a retained intent on every
             # SUBSCRIBE (one per connection): taken, each replay was a new intent, the email sent again.

@@ -31,18 +31,17 @@ import logging
 import random
 import ssl
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
+from edge_outbox.attach_link import Link, Received, connack_reason, tls_context, why
 from edge_outbox.db import StatusEvent
-from edge_outbox.errors import AttachRefusedError, ConfigError
+from edge_outbox.errors import AttachRefusedError
 from edge_outbox.intake import Intake
 from edge_outbox.intake_rules import KEPT_BYTES_OF_REFUSED, MAX_PAYLOAD_BYTES, TOPIC_ROOT, replay_after
-from edge_outbox.mqtt.session import MAX_PACKET_ID, StatusCursor
+from edge_outbox.mqtt.session import StatusCursor
 from edge_outbox.settings import AttachTarget
-from edge_outbox.status import StatusFeed, status_payload, status_topic
+from edge_outbox.status import StatusFeed
 from intent_contract import mqtt_packets as p
 from intent_contract.backoff import compute_backoff
 from intent_contract.errors import MalformedPacketError
@@ -81,43 +80,6 @@ REPLAY_APPS = 1024  # apps whose replay requests wait at once; a request for one
 ReadAppStatuses = Callable[[str, int, int], Awaitable[list[StatusEvent]]]  # (app, after seq, limit), oldest first
 
 
-@dataclass(slots=True)
-class _Received:
-    """A message from the broker, acknowledged once `done` (its commit) is; at QoS 0 (no packet id) only counted."""
-
-    packet_id: int | None
-    done: asyncio.Future[Any]  # the intake's commit, or one done at once for a copy not taken (a retained one)
-
-
-class _Link:
-    """One connection to the broker: what it has sent us to acknowledge and what we sent it."""
-
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        self.received: deque[_Received] = deque()  # in arrival order; acknowledged from the left
-        self.watching = False  # a callback waits on the oldest message not yet committed
-        self.room = asyncio.Event()  # set while fewer than MAX_UNCOMMITTED messages wait for their commit
-        self.room.set()
-        self.statuses: dict[int, int] = {}  # our packet id -> status seq (0: a replayed one), until the broker's PUBACK
-        self.next_id = 0
-        self.last_heard = time.monotonic()
-        self.stopping = False  # the outbox stops: nothing more is taken, what was is acknowledged once committed
-
-    def resume(self) -> None:
-        """Let reading go on. The broker's silence counts from now: a paused reader hears nothing, and the
-        keepalive may run before the reader does (it dropped a healthy link after a long pause)."""
-        if not self.room.is_set():
-            self.last_heard = time.monotonic()
-            self.room.set()
-
-    def new_id(self) -> int:
-        """A packet id no status in flight uses (the window keeps far fewer in flight than there are ids)."""
-        while True:
-            self.next_id = self.next_id % MAX_PACKET_ID + 1
-            if self.next_id not in self.statuses:
-                return self.next_id
-
-
 class AttachedClient:
     """An MQTT 3.1.1 client on the event loop: connects, keeps its session, reconnects with backoff."""
 
@@ -133,12 +95,12 @@ class AttachedClient:
         self._read_app_statuses = read_app_statuses
         self._replays: dict[str, tuple[int, int]] = {}  # app -> (after seq, sent so far): replay requests under way
         self._replay_log = LogThrottle(REPLAY_LOG_INTERVAL)  # requests dropped: an app may send them in a loop
-        self._tls = _tls_context(target) if target.tls else None
+        self._tls = tls_context(target) if target.tls else None
         self._intake = intake
         self._feed = feed
         self.status = StatusCursor(position)
         self._wake = asyncio.Event()
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self._connected_at = 0.0  # time.monotonic() of the last CONNACK
@@ -166,7 +128,7 @@ class AttachedClient:
                 await self._task
 
     @staticmethod
-    async def _settle(link: _Link) -> None:
+    async def _settle(link: Link) -> None:
         """Wait (at most STOP_COMMIT_S) until what was taken is committed and acknowledged. The broker sends again
         what was not acknowledged when the connection ended, and the stop ended it at once: every intent without
         an id of the app's committed and not yet acknowledged was taken again, as a new one, after the restart
@@ -196,13 +158,13 @@ class AttachedClient:
                     log.warning(
                         "attach broker connection lost after %d s (%s); reconnecting%s",
                         lasted,
-                        _why(exc),
+                        why(exc),
                         f" (is another client attached as {self._target.client_id}?)"
                         if isinstance(exc, EOFError) and lasted < STABLE_S
                         else "",
                     )
                 elif failures == 0:
-                    log.warning("cannot reach the attach broker (%s); retrying until it answers", _why(exc))
+                    log.warning("cannot reach the attach broker (%s); retrying until it answers", why(exc))
             if self.connected.is_set():
                 self.connected.clear()
                 self.down_since = time.time()
@@ -217,7 +179,7 @@ class AttachedClient:
             asyncio.open_connection(t.host, t.port, ssl=self._tls, server_hostname=t.host if self._tls else None),
             CONNECT_TIMEOUT_S,
         )
-        link = _Link(writer)
+        link = Link(writer)
         framer = p.CuttingFramer(MAX_PACKET, CUT_KEEP)
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -229,7 +191,7 @@ class AttachedClient:
             if not isinstance(connack, p.Connack):
                 raise MalformedPacketError(f"expected CONNACK, got {type(connack).__name__}")
             if connack.code != ConnackCode.ACCEPTED:
-                raise AttachRefusedError(_connack_reason(connack.code))
+                raise AttachRefusedError(connack_reason(connack.code))
             if not connack.session_present and self._had_session:
                 log.warning(
                     "the attach broker had no session for %s (it lost it: restarted without persistence?): what was "
@@ -285,7 +247,7 @@ class AttachedClient:
             if packets:
                 return packets
 
-    def _handle(self, link: _Link, framer: p.CuttingFramer, first: int, body: bytes) -> None:
+    def _handle(self, link: Link, framer: p.CuttingFramer, first: int, body: bytes) -> None:
         if first & p.CUT:  # a PUBLISH over MAX_PACKET, of which `body` is the head
             cut = p.decode(first & 0xFF, body)
             assert isinstance(cut, p.Publish)
@@ -315,7 +277,7 @@ class AttachedClient:
         else:
             raise MalformedPacketError(f"the broker sent {type(packet).__name__} {getattr(packet, 'type', '')}")
 
-    def _received(self, link: _Link, packet: p.Publish, size: int | None) -> None:
+    def _received(self, link: Link, packet: p.Publish, size: int | None) -> None:
         """`size`: the payload's full size, when `packet` holds only its head."""
         if packet.qos == 2:  # we subscribed at QoS 1; a broker may not send more [MQTT-3.8.4-6]
             raise MalformedPacketError("the broker sent a QoS 2 message on a QoS 1 subscription")
@@ -337,7 +299,7 @@ class AttachedClient:
             # A QoS 0 intent waits in the queue too, with nothing to acknowledge: it counts towards
             # MAX_UNCOMMITTED. Uncounted, an app publishing at QoS 0 (mosquitto_pub's default) while commits
             # were held (a full queue or disk) grew the outbox's memory by every byte it sent.
-            link.received.append(_Received(packet.packet_id, future))
+            link.received.append(Received(packet.packet_id, future))
             if not link.watching:
                 self._watch(link, future)
 
@@ -375,14 +337,14 @@ class AttachedClient:
             topic,
         )
 
-    def _watch(self, link: _Link, oldest: asyncio.Future[Any]) -> None:
+    def _watch(self, link: Link, oldest: asyncio.Future[Any]) -> None:
         """Acknowledge once `oldest` is committed. Acknowledgements go from the left, so nothing else can
         release one: one callback at a time, not one per message. It runs after the whole commit's results
         are set (the intake sets them in one pass, and a callback runs on the loop's next turn)."""
         link.watching = True
         oldest.add_done_callback(lambda _done: self._acknowledge(link))
 
-    def _acknowledge(self, link: _Link) -> None:
+    def _acknowledge(self, link: Link) -> None:
         link.watching = False
         if link is not self._link or link.writer.is_closing():
             return  # the broker sends these again on the next connection
@@ -404,7 +366,7 @@ class AttachedClient:
         if len(received) < MAX_UNCOMMITTED:
             link.resume()
 
-    async def _publish_statuses(self, link: _Link) -> None:
+    async def _publish_statuses(self, link: Link) -> None:
         """Publish statuses in order, at most STATUS_WINDOW unacknowledged, one write per read."""
         cursor = self.status
         while True:
@@ -413,36 +375,23 @@ class AttachedClient:
             events = await self._feed.read(cursor.sent, STATUS_WINDOW - cursor.open)
             if link.writer.is_closing():
                 return
-            out = bytearray()
-            for event in events:
-                packet_id = link.new_id()
-                out += p.encode_publish(
-                    status_topic(event.app, event.id), status_payload(event), 1, packet_id, retain=False, dup=False
-                )
-                link.statuses[packet_id] = event.seq
-                cursor.opened(event.seq)
             if events:
-                link.writer.write(out)
+                link.writer.write(link.publish_statuses(events))
+                for event in events:
+                    cursor.opened(event.seq)
                 self._wake.set()
             if self._replays and len(link.statuses) < STATUS_WINDOW:
                 await self._replay_some(link, STATUS_WINDOW - len(link.statuses))
 
-    async def _replay_some(self, link: _Link, room: int) -> None:
+    async def _replay_some(self, link: Link, room: int) -> None:
         """Publish the next part of the oldest replay request, at most `room` statuses."""
         assert self._read_app_statuses is not None
         app, (after, count) = next(iter(self._replays.items()))
         events = await self._read_app_statuses(app, after, room)
         if link.writer.is_closing():
             return  # the request stays: it goes on on the next connection
-        out = bytearray()
-        for event in events:
-            packet_id = link.new_id()
-            out += p.encode_publish(
-                status_topic(event.app, event.id), status_payload(event), 1, packet_id, retain=False, dup=False
-            )
-            link.statuses[packet_id] = 0
-            after = event.seq
-        link.writer.write(out)
+        link.writer.write(link.publish_statuses(events, replayed=True))
+        after = events[-1].seq if events else after
         if len(events) < room:
             del self._replays[app]
             log.info("the statuses of %s were asked for again: %d published", app, count + len(events))
@@ -450,7 +399,7 @@ class AttachedClient:
             self._replays[app] = (after, count + len(events))
         self._wake.set()
 
-    async def _keepalive(self, link: _Link) -> None:
+    async def _keepalive(self, link: Link) -> None:
         """PINGREQ every half keepalive; a broker silent for 1.5 keepalives while we read (or wait for it to read
         what we wrote) is gone [MQTT-3.1.2-24]. Aborted, not closed: a close waits until the broker has read what
         is buffered, and one that reads nothing never does."""
@@ -463,22 +412,3 @@ class AttachedClient:
                 link.writer.transport.abort()
                 return
             link.writer.write(p.encode(p.Bare(Type.PINGREQ)))
-
-
-def _tls_context(target: AttachTarget) -> ssl.SSLContext:
-    """Verify the broker's certificate and name, against `--attach-ca` or the system's trust store."""
-    try:
-        return ssl.create_default_context(cafile=None if target.ca_file is None else str(target.ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"--attach-ca {target.ca_file}: cannot load CA certificates (PEM) from it: {exc}") from None
-
-
-def _connack_reason(code: int) -> str:
-    try:
-        return ConnackCode(code).name.lower().replace("_", " ")
-    except ValueError:
-        return f"CONNACK code {code}"
-
-
-def _why(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

@@ -217,6 +217,28 @@ class Forwarder:
             self._log.info("bridge link %s", state)
 
     async def run(self) -> None:
+        """Forward until stopped (or revoked). A fault of the forwarder's own (a damaged key file, a bug) is
+        logged with its traceback and the forwarder starts again after a backoff: before, it ended this task
+        with nothing said until the outbox stopped, and the outbox went on taking intents and forwarding none."""
+        failures = 0
+        while True:
+            try:
+                await self._run()
+                return
+            except Exception as exc:  # noqa: BLE001 - logged with its traceback; the forwarder starts again
+                self._stop_if_asked()
+                failures += 1
+                delay = compute_backoff(
+                    failures, base=self._settings.backoff_base_s, cap=self._settings.backoff_cap_s,
+                    jitter=random.random(),
+                )  # fmt: skip
+                self._log.exception("the forwarder failed; it starts again in %s", format_age(delay))
+                # The type only: the report goes to the bridge, and a message may quote what it should not.
+                self.errors.add(self._clock_ms(), "forwarder_failed", f"the forwarder failed: {type(exc).__name__}")
+                self._set_state(LinkState.OFFLINE)
+                await self._gate.sleep(delay)
+
+    async def _run(self) -> None:
         failures = 0
         retried_for_clock = False
         while True:

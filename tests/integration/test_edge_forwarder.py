@@ -4,6 +4,7 @@ WebSocket transport, and the edge's ops view of the link."""
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import socket
 import stat
@@ -26,7 +27,7 @@ from edge_outbox import db, ops
 from edge_outbox.enroll_client import enroll
 from edge_outbox.errors import PermanentError
 from edge_outbox.forwarder import Forwarder, LinkState
-from edge_outbox.identity import load_identity
+from edge_outbox.identity import key_file, load_identity
 from edge_outbox.intake_rules import Admitted, admit
 from edge_outbox.ops import QueueLimits
 from edge_outbox.settings import ForwarderSettings
@@ -161,6 +162,39 @@ async def test_intents_are_delivered_confirmed_and_statuses_applied(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await store.close()
+
+
+async def test_a_fault_of_the_forwarders_own_is_logged_and_it_starts_again(
+    tmp_path: Path, bridge: Harness, counting: CountingIntegration, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A damaged device key (a disk fault, a hand edit) made the token's signing raise ValueError, which ended
+    the forwarder's task with nothing logged until the outbox stopped: intake went on, nothing was forwarded."""
+    edge_dir = await enrolled_edge(tmp_path, bridge)
+    key = key_file(edge_dir).read_bytes()
+    key_file(edge_dir).write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    settings = ForwarderSettings(backoff_base_s=0.05, backoff_cap_s=0.2)
+    with caplog.at_level(logging.ERROR, logger="edge_outbox.forwarder"):
+        store, forwarder, task = await run_forwarder(edge_dir, settings)
+        try:
+            await queue_intents(store, 5)
+            await until(lambda: task.done() or len(failures(caplog)) >= 2, what="the failure logged twice")
+            assert not task.done(), task.exception()
+            assert failures(caplog)[0].exc_info is not None
+            last = forwarder.errors.last(now_ms())
+            assert last is not None and last.code == "forwarder_failed"
+            assert last.detail == "the forwarder failed: ValueError"
+            key_file(edge_dir).write_bytes(key)  # repaired: the next start forwards, with no restart of the outbox
+            await until(lambda: set(states(edge_dir).values()) == {"delivered"}, timeout=60, what="all delivered")
+            assert sorted(j.intent_id for j in counting.calls) == [f"f{n}" for n in range(5)]
+        finally:
+            forwarder.request_stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await store.close()
+
+
+def failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith("the forwarder failed")]
 
 
 async def test_a_stored_payload_the_wire_cannot_carry_is_rejected_and_holds_nothing_up(

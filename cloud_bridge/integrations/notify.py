@@ -1,7 +1,10 @@
 """notify: fan-out to chat and push services through Apprise, one named target per set of URLs.
 
 Apprise URLs carry tokens, so they are secrets: read from the environment or a file, never logged.
-Apprise is blocking (requests), so each notification runs in a worker thread.
+Apprise is blocking (requests), so each notification runs in a worker thread of the integration's own,
+one per slot: not the event loop's default pool, where device authentication, admission and name
+resolution run. A provider that answered slowly held those threads (six on two cores) for Apprise's
+minute per call, and no device could connect or enroll meanwhile.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import re
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -27,6 +31,9 @@ from cloud_bridge.secrets import Secret, redact_in_logs
 log = logging.getLogger(__name__)
 
 _SEPARATORS: Final = re.compile(r"[\s,]+")
+# Apprise stops waiting for a notification's services after this long (its own default per service, made
+# the bound of the whole call): the call then counts as not accepted, and the intent is retried.
+CALL_TIMEOUT_S: Final = 60.0
 
 
 def _secret_parts(url: str) -> list[str]:
@@ -86,6 +93,7 @@ class NotifyIntegration:
         _load_plugins()
         self.concurrency = concurrency
         self._targets = dict(targets)
+        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="notify")
         for urls in self._targets.values():
             redact_in_logs(part for url in urls for part in _secret_parts(url.reveal()))
 
@@ -109,7 +117,7 @@ class NotifyIntegration:
         body, title = str(job.payload.get("body", "")), str(job.payload.get("title", ""))
         if not body:
             raise PermanentError("notify needs a body", code="bad_message")
-        delivered = await asyncio.to_thread(self._notify, urls, title, body)
+        delivered = await asyncio.get_running_loop().run_in_executor(self._threads, self._notify, urls, title, body)
         if not delivered:
             raise TransientError(f"notify target {target!r}: a service did not accept it", code="notify_failed")
         log.debug("notify to target %s delivered to %d services", target, len(urls))
@@ -121,10 +129,11 @@ class NotifyIntegration:
         for url in urls:
             sender.add(url.reveal())
         try:
-            return bool(sender.notify(body=body, title=title))
+            return bool(sender.notify(body=body, title=title, timeout=CALL_TIMEOUT_S))
         except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; its text may hold the URL
             log.debug("apprise raised %s", exc.__class__.__name__)
             return False
 
     async def aclose(self) -> None:
-        """Nothing to close: Apprise opens a connection per notification."""
+        """Let the threads go once their calls end (Apprise opens a connection per notification)."""
+        self._threads.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,85 @@
+"""notify through a real bridge whose Apprise provider is slow: the rest of the bridge keeps working."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from tests.support.bridge import TENANTS, envelope, make_settings, running_bridge, until
+from tests.support.net import free_port
+
+
+class HeldHook:
+    """A JSON webhook that sends its status and headers at once, then holds the body until released."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.held = 0
+        self.answered = 0
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.content_length = 2
+        await response.prepare(request)
+        self.held += 1
+        try:
+            await self.release.wait()
+        finally:
+            self.held -= 1
+        await response.write(b"{}")
+        self.answered += 1
+        return response
+
+
+@pytest.fixture
+async def held_hook() -> AsyncIterator[HeldHook]:
+    hook = HeldHook()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", hook.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", hook.port).start()
+    yield hook
+    hook.release.set()
+    await runner.cleanup()
+
+
+async def test_slow_notifications_do_not_stop_devices_connecting(
+    tmp_path: Path, server_cert_files: dict[str, Path], held_hook: HeldHook
+) -> None:
+    # Device authentication, enrollment and admission run on the loop's default thread pool. Apprise's
+    # blocking calls ran there too: as many slow notifications as that pool has threads (2 here, 6 on two
+    # cores) and no device could connect until Apprise gave up on them, a minute later.
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=2))
+    policy = {**TENANTS["acme"]["policy"], "kinds": ["notify"], "notify_targets": ["oncall"]}
+    settings = make_settings(
+        tmp_path,
+        server_cert_files,
+        tenants={"acme": {"policy": policy}},
+        integrations={"notify": {"concurrency": 2, "targets": {"oncall": {"urls_env": "ONCALL_URLS"}}}},
+        # rto: Apprise's read timeout, so that it waits for the held body rather than give up after 4 s
+        env={"ONCALL_URLS": f"json://127.0.0.1:{held_hook.port}/hook?rto=300"},
+    )
+    async for harness in running_bridge(settings, server_cert_files["ca"], None):
+        sender = await harness.connect(await harness.enroll(name="panel"))
+        other = await harness.enroll(name="boiler")
+        sender.send([envelope(f"n-{i}", "notify", {"target": "oncall", "body": "Boiler 3 hot"}) for i in range(2)])
+        await until(lambda: held_hook.held == 2, what="both notifications held by the provider")
+
+        late = await harness.connect(other)
+
+        assert late.accepted
+        assert (held_hook.held, held_hook.answered) == (2, 0)  # connected while both were still held
+        held_hook.release.set()
+        await until(lambda s=sender: all("delivered" in s.states().get(i, []) for i in ("n-0", "n-1")),
+                    what="both notifications delivered")  # fmt: skip
+        await late.stop()
+        await sender.stop()

@@ -55,7 +55,7 @@ class SmtpConfig(SecretSection):
     password_env: Text | None = Field(None, description="environment variable holding the AUTH password")
     password_file: Text | None = Field(None, description="file holding the AUTH password")
     ca_file: CaFile | None = Field(None, description="trust only this CA (PEM) instead of the system's")
-    timeout: Positive = Field(30.0, description="seconds for connecting and each reply")
+    timeout: Positive = Field(30.0, description="seconds for connecting and each reply; a message at most 3 times it")
     concurrency: PositiveInt = Field(4, description="emails sent at once")
 
     def required(self, name: str) -> bool:

@@ -6,7 +6,9 @@ idempotency key, so a resend after a lost reply carries the same id and receiver
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import re
@@ -25,6 +27,7 @@ from cloud_bridge.config import parse_section
 from cloud_bridge.config.integrations import SmtpConfig
 from cloud_bridge.errors import NotAMailboxError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
+from cloud_bridge.integrations.http_status import CALL_TIMEOUTS
 from cloud_bridge.integrations.tls import tls_context
 from cloud_bridge.mailbox import Mailbox, parse_mailbox
 from cloud_bridge.secrets import Secret, redact_in_logs
@@ -201,19 +204,7 @@ class SmtpIntegration:
         """Send one email; 5xx fails, 4xx and connection trouble are retried."""
         message, recipients = build_message(job, self._now())
         try:
-            errors, response = await aiosmtplib.send(
-                message,
-                sender=str(message["From"]),
-                recipients=recipients,
-                hostname=self._host,
-                port=self._port,
-                username=self._username,
-                password=self._password.reveal() if self._password is not None else None,
-                use_tls=self._security is Security.TLS,
-                start_tls=self._security is Security.STARTTLS,
-                tls_context=self._context,
-                timeout=self._timeout,
-            )
+            errors, response = await self._send(message, recipients)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = sorted({r.code for r in exc.recipients})
             worst = max(codes, key=lambda c: (c >= 500, c))
@@ -233,6 +224,38 @@ class SmtpIntegration:
         refused = f"; {len(errors)} recipients refused" if errors else ""
         log.debug("email.send %s accepted by %s%s", message["Message-ID"], self._host, refused)
         return Outcome(f"{self._scrub(response)}{refused}"[:200])
+
+    async def _send(
+        self, message: EmailMessage, recipients: list[str]
+    ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
+        """Send over a connection of its own: (refused recipients, the relay's answer to the message).
+
+        aiosmtplib's timeout bounds each reply, and a message takes one per recipient (up to 300) and about
+        eight more: a relay answering each just in time held one email, and its slot, for hours. Up to the
+        relay's answer to the data the call is bounded too. Not the QUIT after it: the message is the relay's
+        by then, and a timeout there would have it sent again (aiosmtplib.send's QUIT was inside the bound).
+        """
+        client = aiosmtplib.SMTP(
+            hostname=self._host,
+            port=self._port,
+            username=self._username,
+            password=self._password.reveal() if self._password is not None else None,
+            use_tls=self._security is Security.TLS,
+            start_tls=self._security is Security.STARTTLS,
+            tls_context=self._context,
+            timeout=self._timeout,
+        )
+        try:
+            async with asyncio.timeout(CALL_TIMEOUTS * self._timeout):  # its TimeoutError is an OSError
+                await client.connect()
+                errors, response = await client.send_message(
+                    message, sender=str(message["From"]), recipients=recipients
+                )
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):  # sent: only QUIT's own timeout applies
+                await client.quit()
+        finally:
+            client.close()
+        return errors, response
 
     async def aclose(self) -> None:
         """Nothing to close: one connection per message."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import logging
 import ssl
@@ -175,6 +176,83 @@ async def test_connection_refused_is_transient() -> None:
     with pytest.raises(TransientError) as info:
         await smtp.execute(job(MAIL))
     assert info.value.code == "smtp_connection"
+
+
+@dataclass
+class SlowSink(Sink):
+    """Answers every recipient after `delay`: each reply within the timeout, the message not."""
+
+    delay: float = 0.1
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        await asyncio.sleep(self.delay)
+        return await super().handle_RCPT(server, session, envelope, address, options)
+
+
+async def test_a_relay_answering_each_reply_in_time_cannot_hold_a_message() -> None:
+    """aiosmtplib's timeout bounds each reply; with 300 recipients a relay answering each in time held one
+    email (and its executor slot) for 300 timeouts. The whole message is bounded too."""
+    sink, port = SlowSink(), free_port()
+    controller = TrackingController(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        smtp = SmtpIntegration.from_config({"host": "127.0.0.1", "port": port, "security": "none", "timeout": 0.3}, {})
+        many = [f"ops{i}@example.com" for i in range(100)]
+        with pytest.raises(TransientError) as info:
+            await smtp.execute(job({"to": many, "cc": many, "bcc": many, "subject": "s", "text": "t"}))
+        assert info.value.code == "smtp_connection"
+        assert sink.messages == []
+        await sockets_closed(port)
+    finally:
+        controller.stop()
+
+
+@dataclass
+class LateQuitSink(Sink):
+    """Answers EHLO, MAIL, each RCPT and the data after `delay` each, then does not answer QUIT."""
+
+    delay: float = 0.5
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        await asyncio.sleep(self.delay)
+        session.host_name = hostname
+        return responses
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        await asyncio.sleep(self.delay)
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        await asyncio.sleep(self.delay)
+        return await super().handle_RCPT(server, session, envelope, address, options)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(self.delay)
+        return await super().handle_DATA(server, session, envelope)
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(4 * self.delay)
+        return "221 Bye"
+
+
+async def test_the_message_bound_ends_with_the_relays_answer_not_at_quit() -> None:
+    """The relay has the message once it answers the data; a QUIT that stalls past the message's bound (three
+    timeouts) must not make a sent message an error, which the executor would send again."""
+    sink, port = LateQuitSink(), free_port()
+    controller = TrackingController(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        smtp = SmtpIntegration.from_config({"host": "127.0.0.1", "port": port, "security": "none", "timeout": 1}, {})
+        # about 2.5 s to the answer to the data (under the 3 s bound), QUIT unanswered past it
+        outcome = await smtp.execute(job({"to": ["ops@example.com", "desk@example.com"], "subject": "s", "text": "t"}))
+        assert outcome.detail == "2.0.0 queued as ABC123"
+        assert [m[1] for m in sink.messages] == [["ops@example.com", "desk@example.com"]]
+        await sockets_closed(port)
+    finally:
+        controller.stop()
 
 
 async def test_header_injection_and_missing_from_are_permanent(plain: Server) -> None:

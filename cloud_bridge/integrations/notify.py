@@ -1,21 +1,28 @@
 """notify: fan-out to chat and push services through Apprise, one named target per set of URLs.
 
 Apprise URLs carry tokens, so they are secrets: read from the environment or a file, never logged.
-Apprise is blocking (requests), so each notification runs in a worker thread of the integration's own,
-one per slot: not the event loop's default pool, where device authentication, admission and name
-resolution run. A provider that answered slowly held those threads (six on two cores) for Apprise's
-minute per call, and no device could connect or enroll meanwhile.
+Apprise is blocking (requests), so each notification runs in a thread of the integration's own, at most
+`concurrency` of them, and the bridge stops waiting for it after CALL_TIMEOUT_S:
+
+* not in the event loop's default pool, where device authentication, admission and name resolution run:
+  a provider that answered slowly held those threads (six on two cores) and no device could connect;
+* not in Apprise's own pool either (its deadlines dispatch every service call to one pool per process):
+  a provider dripping its answer for ever kept each abandoned call's thread reading, and once that pool
+  was full every notification of every tenant timed out, until the bridge restarted, whose exit then
+  waited for those threads. Here Apprise sends in the calling thread, one service after another, and a
+  thread given up on stays counted against `concurrency` until it ends; it is a daemon thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import re
+import threading
 import warnings
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -31,8 +38,8 @@ from cloud_bridge.secrets import Secret, redact_in_logs
 log = logging.getLogger(__name__)
 
 _SEPARATORS: Final = re.compile(r"[\s,]+")
-# Apprise stops waiting for a notification's services after this long (its own default per service, made
-# the bound of the whole call): the call then counts as not accepted, and the intent is retried.
+# The bridge stops waiting for a notification (a free thread included) after this long (Apprise's own default
+# per service): notify_timeout, retried. The thread keeps its place until its call ends.
 CALL_TIMEOUT_S: Final = 60.0
 
 
@@ -67,8 +74,9 @@ def _load_plugins() -> None:
 
 
 def _asset() -> apprise.AppriseAsset:
-    # Keep Apprise's persistent store in memory: the bridge writes nothing it did not choose to.
-    return apprise.AppriseAsset(storage_mode=apprise.PersistentStoreMode.MEMORY)
+    # Keep Apprise's persistent store in memory: the bridge writes nothing it did not choose to. No deadline
+    # and no async mode: Apprise then sends in the calling thread (ours), never in its process-wide pool.
+    return apprise.AppriseAsset(storage_mode=apprise.PersistentStoreMode.MEMORY, async_mode=False, service_timeout=0)
 
 
 def split_urls(secret: Secret) -> list[str]:
@@ -93,7 +101,7 @@ class NotifyIntegration:
         _load_plugins()
         self.concurrency = concurrency
         self._targets = dict(targets)
-        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="notify")
+        self._threads = _Threads(concurrency)
         for urls in self._targets.values():
             redact_in_logs(part for url in urls for part in _secret_parts(url.reveal()))
 
@@ -117,7 +125,12 @@ class NotifyIntegration:
         body, title = str(job.payload.get("body", "")), str(job.payload.get("title", ""))
         if not body:
             raise PermanentError("notify needs a body", code="bad_message")
-        delivered = await asyncio.get_running_loop().run_in_executor(self._threads, self._notify, urls, title, body)
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                delivered = await self._threads.run(lambda: self._notify(urls, title, body))
+        except TimeoutError:
+            raise TransientError(f"notify target {target!r}: no answer in {CALL_TIMEOUT_S:.0f} s",
+                                 code="notify_timeout") from None  # fmt: skip
         if not delivered:
             raise TransientError(f"notify target {target!r}: a service did not accept it", code="notify_failed")
         log.debug("notify to target %s delivered to %d services", target, len(urls))
@@ -129,11 +142,43 @@ class NotifyIntegration:
         for url in urls:
             sender.add(url.reveal())
         try:
-            return bool(sender.notify(body=body, title=title, timeout=CALL_TIMEOUT_S))
+            return bool(sender.notify(body=body, title=title))
         except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; its text may hold the URL
             log.debug("apprise raised %s", exc.__class__.__name__)
             return False
 
     async def aclose(self) -> None:
-        """Let the threads go once their calls end (Apprise opens a connection per notification)."""
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        """Nothing to close: Apprise opens a connection per notification; a thread still running ends with it."""
+
+
+class _Threads:
+    """At most `size` daemon threads running calls; one given up on keeps its place until it ends."""
+
+    def __init__(self, size: int) -> None:
+        self._free = asyncio.Semaphore(size)
+
+    async def run(self, call: Callable[[], bool]) -> bool:
+        """`call()` in a thread of its own once fewer than `size` run; cancelling stops the wait, not the call."""
+        await self._free.acquire()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+
+        def ended(result: bool) -> None:
+            self._free.release()
+            if not done.done():  # the caller gave up waiting
+                done.set_result(result)
+
+        def work() -> None:
+            result = False
+            try:
+                result = call()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(ended, result)
+
+        try:
+            threading.Thread(target=work, name="notify", daemon=True).start()
+        except BaseException:
+            self._free.release()
+            raise
+        return await done

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,9 +14,13 @@ import pytest
 from aiohttp import web
 
 from cloud_bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
+from cloud_bridge.integrations import notify as notify_module
 from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.integrations.notify import NotifyIntegration
 from tests.support.net import free_port
+from tests.support.notify import HeldHook, held_hook
+
+__all__ = ["held_hook"]  # fixtures
 
 CANARY = "canary-SECRET-5f3a"
 
@@ -86,6 +92,32 @@ async def test_unreachable_service_is_transient() -> None:
     )
     with pytest.raises(TransientError):
         await notify.execute(job())
+
+
+async def test_a_provider_that_never_answers_holds_nothing_of_anyone_else(
+    hook: Hook, held_hook: HeldHook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Apprise dispatched every call with a deadline to one pool per process (cpus + 4 threads); a call it
+    gave up on kept its thread reading. As many calls to a provider that never finishes its answer as that
+    pool has threads, and every notification of every tenant timed out until the provider let go."""
+    monkeypatch.setattr(notify_module, "CALL_TIMEOUT_S", 0.5)
+    apprise_pool = min(32, (os.cpu_count() or 1) + 4)
+    slow = NotifyIntegration.from_config(
+        {"concurrency": apprise_pool, "targets": {"oncall": {"urls_env": "U"}}},
+        {"U": f"json://127.0.0.1:{held_hook.port}/hook?rto=300"},
+    )
+    calls = [asyncio.create_task(slow.execute(job())) for _ in range(apprise_pool)]
+    for call in calls:
+        with pytest.raises(TransientError):
+            await call
+    assert (held_hook.held, held_hook.answered) == (apprise_pool, 0)  # each still held, its thread still reading
+
+    other = make(hook, "json://127.0.0.1:{port}/other")  # another tenant's own target
+    assert await other.execute(job()) == Outcome("notified 1 services")
+    assert [r["path"] for r in hook.requests] == ["/other"]
+    with pytest.raises(TransientError) as info:
+        await slow.execute(job())  # its own threads are all still held: it waits for one, not for ever
+    assert info.value.code == "notify_timeout"
 
 
 async def test_unknown_target_is_permanent(hook: Hook) -> None:

@@ -124,7 +124,7 @@ class HttpIntegration:
         """Build from the validated `[integrations.http]`."""
         return cls(
             {name: Credential.from_settings(name, body) for name, body in config.credentials.items()},
-            guard=guard or SsrfGuard(config.allow_private_hosts),
+            guard=guard or SsrfGuard(config.allow_private_hosts, lookups=config.concurrency),
             context=tls_context(config.ca_file),
             concurrency=config.concurrency,
             timeout=config.timeout,

@@ -2,27 +2,22 @@
 
 Apprise URLs carry tokens, so they are secrets: read from the environment or a file, never logged.
 Apprise is blocking (requests), so each notification runs in a thread of the integration's own, at most
-`concurrency` of them, and the bridge stops waiting for it after CALL_TIMEOUT_S:
-
-* not in the event loop's default pool, where device authentication, admission and name resolution run:
-  a provider that answered slowly held those threads (six on two cores) and no device could connect;
-* not in Apprise's own pool either (its deadlines dispatch every service call to one pool per process):
-  a provider dripping its answer for ever kept each abandoned call's thread reading, and once that pool
-  was full every notification of every tenant timed out, until the bridge restarted, whose exit then
-  waited for those threads. Here Apprise sends in the calling thread, one service after another, and a
-  thread given up on stays counted against `concurrency` until it ends; it is a daemon thread.
+`concurrency` of them (`threads.BoundedThreads`: not the event loop's default pool), and the bridge stops
+waiting for it after CALL_TIMEOUT_S. Not in Apprise's own pool either: its deadlines dispatch every
+service call to one pool per process, and a provider dripping its answer for ever kept each abandoned
+call's thread reading; once that pool was full every notification of every tenant timed out, until the
+bridge restarted, whose exit then waited for those threads. Here Apprise sends in the calling thread, one
+service after another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import re
-import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import cache
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -33,6 +28,7 @@ from cloud_bridge.config import parse_section
 from cloud_bridge.config.integrations import NotifyConfig
 from cloud_bridge.errors import ConfigError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
+from cloud_bridge.integrations.threads import BoundedThreads
 from cloud_bridge.secrets import Secret, redact_in_logs
 
 log = logging.getLogger(__name__)
@@ -101,7 +97,7 @@ class NotifyIntegration:
         _load_plugins()
         self.concurrency = concurrency
         self._targets = dict(targets)
-        self._threads = _Threads(concurrency)
+        self._threads = BoundedThreads(concurrency, "notify")
         for urls in self._targets.values():
             redact_in_logs(part for url in urls for part in _secret_parts(url.reveal()))
 
@@ -149,36 +145,3 @@ class NotifyIntegration:
 
     async def aclose(self) -> None:
         """Nothing to close: Apprise opens a connection per notification; a thread still running ends with it."""
-
-
-class _Threads:
-    """At most `size` daemon threads running calls; one given up on keeps its place until it ends."""
-
-    def __init__(self, size: int) -> None:
-        self._free = asyncio.Semaphore(size)
-
-    async def run(self, call: Callable[[], bool]) -> bool:
-        """`call()` in a thread of its own once fewer than `size` run; cancelling stops the wait, not the call."""
-        await self._free.acquire()
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[bool] = loop.create_future()
-
-        def ended(result: bool) -> None:
-            self._free.release()
-            if not done.done():  # the caller gave up waiting
-                done.set_result(result)
-
-        def work() -> None:
-            result = False
-            try:
-                result = call()
-            finally:
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(ended, result)
-
-        try:
-            threading.Thread(target=work, name="notify", daemon=True).start()
-        except BaseException:
-            self._free.release()
-            raise
-        return await done

@@ -9,7 +9,6 @@ Host header still carry the original name: aiohttp takes them from the URL, not 
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import re
 import socket
@@ -19,6 +18,7 @@ from typing import Final
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from cloud_bridge.errors import PermanentError, TransientError
+from cloud_bridge.integrations.threads import BoundedThreads
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -115,7 +115,10 @@ def blocked_reason(ip: IPAddress) -> str | None:
 class SsrfGuard:
     """Decides which hosts and addresses may be reached; `allow_private_hosts` exempts names or IPs."""
 
-    def __init__(self, allow_private_hosts: Iterable[str] = (), resolver: Resolver | None = None) -> None:
+    def __init__(
+        self, allow_private_hosts: Iterable[str] = (), resolver: Resolver | None = None, *, lookups: int = 4
+    ) -> None:
+        """`lookups`: name lookups at once, each in a thread of the guard's own (`threads.BoundedThreads`)."""
         self._names: set[str] = set()
         self._ips: set[IPAddress] = set()
         for host in allow_private_hosts:
@@ -124,7 +127,8 @@ class SsrfGuard:
                 self._names.add(host.strip().lower().removesuffix("."))
             else:
                 self._ips.add(ip)
-        self._resolver = resolver or _getaddrinfo
+        self._lookups = BoundedThreads(lookups, "dns")
+        self._resolver = resolver or self._getaddrinfo
 
     def check_address(self, ip: IPAddress, host: str) -> None:
         """Raise PermanentError(code='ssrf_blocked') unless `ip` may be reached."""
@@ -142,6 +146,17 @@ class SsrfGuard:
 
     def _is_exempt_name(self, host: str) -> bool:
         return host.strip().lower().removesuffix(".") in self._names
+
+    async def _getaddrinfo(self, host: str, port: int) -> list[str]:
+        # Not loop.getaddrinfo: that blocks a thread of the loop's default pool, where device authentication,
+        # enrollment and admission run, for as long as the name server takes (glibc: its timeout times its
+        # attempts, per server). A provider's name that resolved slowly (a DNS outage, or a tenant's own slow
+        # name server) stopped every device from connecting while the requests to it were made.
+        try:
+            infos = await self._lookups.run(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except (socket.gaierror, UnicodeError) as exc:
+            raise TransientError(f"cannot resolve {host!r}: {exc.__class__.__name__}", code="dns_error") from None
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
     async def resolve(self, host: str, port: int) -> list[str]:
         """Addresses to connect to for `host`: every one checked; one blocked answer refuses the host."""
@@ -161,15 +176,6 @@ class SsrfGuard:
             self.check_address(address, host)
             checked.append(str(address))
         return checked
-
-
-async def _getaddrinfo(host: str, port: int) -> list[str]:
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise TransientError(f"cannot resolve {host!r}: {exc.__class__.__name__}", code="dns_error") from None
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 class GuardedResolver(AbstractResolver):

@@ -30,6 +30,7 @@ from cloud_bridge.settings import BridgeSettings, HostPort
 from cloud_bridge.store.url import StoreUrl
 from intent_contract.codec import Ack, Envelope, decode_acks, encode_batch
 from intent_contract.device_token import generate_private_key_pem, public_key_pem, sign_device_token
+from tests.support.mqtt_raw import connect_packet
 from tests.support.net import free_port, release_paho, until
 
 TENANTS: dict[str, Any] = {
@@ -154,6 +155,22 @@ class Harness:
         status, body = await self.post_enroll(code, public_key_pem(private))
         assert status == 201, body
         return Creds(body["device_id"], private)
+
+    async def connack(self, creds: Creds) -> int:
+        """The CONNACK return code for `creds`' CONNECT, on the event loop alone: no thread of its default pool
+        (paho's connect takes one), for tests of what holds those threads at the bridge."""
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", self.mqtt_port, ssl=self.client_ssl(), server_hostname="127.0.0.1"
+        )
+        try:
+            writer.write(connect_packet(creds.device_id, creds.device_id, creds.token()))
+            connack = await reader.readexactly(4)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                await writer.wait_closed()
+        assert connack[:2] == b"\x20\x02", connack
+        return connack[3]
 
     async def connect(self, creds: Creds, password: str | None = None, **kw: Any) -> DeviceClient:
         client = DeviceClient(self, creds.device_id, password if password is not None else creds.token(), **kw)

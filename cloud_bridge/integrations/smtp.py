@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ from cloud_bridge.config.integrations import SmtpConfig
 from cloud_bridge.errors import NotAMailboxError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.integrations.http_status import CALL_TIMEOUTS
+from cloud_bridge.integrations.threads import BoundedThreads
 from cloud_bridge.integrations.tls import tls_context
 from cloud_bridge.mailbox import Mailbox, parse_mailbox
 from cloud_bridge.secrets import Secret, redact_in_logs
@@ -159,6 +161,7 @@ class SmtpIntegration:
         self._username, self._password = username, password
         self._context = context or tls_context(None)
         self._timeout = timeout
+        self._lookups = BoundedThreads(concurrency, "smtp-dns")
         self._now = now
         self._masks: list[Secret] = []
         if password is not None:
@@ -235,18 +238,22 @@ class SmtpIntegration:
         relay's answer to the data the call is bounded too. Not the QUIT after it: the message is the relay's
         by then, and a timeout there would have it sent again (aiosmtplib.send's QUIT was inside the bound).
         """
-        client = aiosmtplib.SMTP(
-            hostname=self._host,
-            port=self._port,
-            username=self._username,
-            password=self._password.reveal() if self._password is not None else None,
-            use_tls=self._security is Security.TLS,
-            start_tls=self._security is Security.STARTTLS,
-            tls_context=self._context,
-            timeout=self._timeout,
-        )
+        sock: socket.socket | None = None
+        client: aiosmtplib.SMTP | None = None  # once made, it owns the socket: its transport closes it
         try:
             async with asyncio.timeout(CALL_TIMEOUTS * self._timeout):  # its TimeoutError is an OSError
+                sock = await self._connect()
+                client = aiosmtplib.SMTP(
+                    hostname=self._host,  # for TLS: SNI and the certificate's check
+                    sock=sock,
+                    username=self._username,
+                    password=self._password.reveal() if self._password is not None else None,
+                    use_tls=self._security is Security.TLS,
+                    start_tls=self._security is Security.STARTTLS,
+                    tls_context=self._context,
+                    timeout=self._timeout,
+                )
+                sock = None
                 await client.connect()
                 errors, response = await client.send_message(
                     message, sender=str(message["From"]), recipients=recipients
@@ -254,8 +261,37 @@ class SmtpIntegration:
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):  # sent: only QUIT's own timeout applies
                 await client.quit()
         finally:
-            client.close()
+            if client is not None:
+                client.close()
+            if sock is not None:  # connected, but no client took it
+                sock.close()
         return errors, response
+
+    async def _connect(self) -> socket.socket:
+        """A socket connected to the relay within `timeout`, its name looked up in the integration's own threads.
+
+        aiosmtplib would look it up with loop.getaddrinfo, on the event loop's default pool, where device
+        authentication, enrollment and admission run: while the relay's name did not resolve (a DNS outage, a
+        tenant's own slow name server), as many emails as that pool has threads stopped every device connecting.
+        """
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._timeout):
+            infos = await self._lookups.run(lambda: socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM))
+            error = OSError(f"no address for {self._host}")
+            for family, kind, proto, _, address in infos:
+                sock = socket.socket(family, kind, proto)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, address)
+                except OSError as exc:
+                    sock.close()
+                    error = exc
+                    continue
+                except BaseException:
+                    sock.close()
+                    raise
+                return sock
+        raise error
 
     async def aclose(self) -> None:
         """Nothing to close: one connection per message."""

@@ -1,4 +1,5 @@
-"""http.request through a real bridge while its provider's name does not resolve: the rest of the bridge works."""
+"""http.request and email.send through a real bridge while the provider's name does not resolve: the rest of
+the bridge works."""
 
 from __future__ import annotations
 
@@ -39,24 +40,37 @@ class SilentNameServer:
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
 
+HTTP = {"concurrency": 2, "credentials": {"crm": {"base_urls": [f"https://{SLOW}/v1/"], "token_env": "T"}}}
+SMTP = {"host": SLOW, "security": "none", "concurrency": 2}
+INTENTS = {
+    "http": ("http.request", {"credential": "crm", "method": "GET", "path": "/x"}),
+    "smtp": ("email.send", {"to": ["ops@example.com"], "subject": "Alarm", "text": "Boiler 3 hot"}),
+}
+
+
+@pytest.mark.parametrize(("section", "table"), [("http", HTTP), ("smtp", SMTP)])
 async def test_a_name_that_does_not_resolve_does_not_stop_devices_connecting(
-    tmp_path: Path, server_cert_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    server_cert_files: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    section: str,
+    table: dict[str, Any],
 ) -> None:
-    # The SSRF guard resolved with loop.getaddrinfo, on the loop's default thread pool, where device
-    # authentication, enrollment and admission run: as many requests to the name as that pool has threads
-    # (2 here, 6 on two cores) and no device could connect until the name server answered.
+    # The SSRF guard resolved with loop.getaddrinfo, and aiosmtplib connects with loop.create_connection (which
+    # calls it): on the loop's default thread pool, where device authentication, enrollment and admission run.
+    # As many requests or emails to the name as that pool has threads (2 here, 6 on two cores) and no device
+    # could connect until the name server answered.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=2))
     names = SilentNameServer()
     monkeypatch.setattr(socket, "getaddrinfo", names.getaddrinfo)
-    http = {"concurrency": 2, "credentials": {"crm": {"base_urls": [f"https://{SLOW}/v1/"], "token_env": "T"}}}
-    settings = make_settings(tmp_path, server_cert_files, integrations={"http": http}, env={"T": "crm-token-1"})
+    settings = make_settings(tmp_path, server_cert_files, integrations={section: table}, env={"T": "crm-token-1"})
+    kind, payload = INTENTS[section]
     try:
         async for harness in running_bridge(settings, server_cert_files["ca"], None):
             sender = await harness.connect(await harness.enroll(name="panel"))
             other = await harness.enroll(name="boiler")
-            sender.send([envelope(f"h-{i}", "http.request", {"credential": "crm", "method": "GET", "path": "/x"})
-                         for i in range(2)])  # fmt: skip
-            await until(lambda: names.blocked == 2, what="both requests waiting for the name")
+            sender.send([envelope(f"i-{i}", kind, payload) for i in range(2)])
+            await until(lambda: names.blocked == 2, what="both calls waiting for the name")
 
             assert await harness.connack(other) == 0  # accepted
 

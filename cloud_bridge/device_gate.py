@@ -8,7 +8,6 @@ names an enrolled device.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Protocol
 
 from cloud_bridge.device_keys import verify_with_device_key
 from cloud_bridge.errors import AuthError, BridgeError
+from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Device, Registry
 from cloud_bridge.tokens import MemoryReplayCache, ReplayCache, TokenClaims, verify_device_token
 from intent_contract.logs import LogThrottle, left_out
@@ -96,7 +96,7 @@ class DeviceGate:
     async def _lookup(self, client_id: str | None, username: str | None) -> Device:
         if not username or not is_name(username) or client_id != username:
             raise AuthError("client id and username must both be the device id", code="bad_identity")
-        device = await asyncio.to_thread(self._registry.get, username)
+        device = await own_thread(self._registry.get, username)
         if device is None:
             raise AuthError("unknown device", code="unknown_device")
         return device
@@ -116,5 +116,5 @@ class DeviceGate:
                 token, device_id=device.device_id, public_key_pem=key, audience=self._audience, now=now
             )
 
-        claims = await asyncio.to_thread(verify_with_device_key, self._registry, device, verify, self._clock)
+        claims = await own_thread(verify_with_device_key, self._registry, device, verify, self._clock)
         await self._replay.check_and_add(claims, now)

@@ -7,7 +7,6 @@ enroll_limits decides whether a request is served, the registry decides enrollme
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -23,6 +22,7 @@ from cloud_bridge.errors import AuthError, UnknownDeviceError
 from cloud_bridge.metrics import BridgeMetrics
 from cloud_bridge.offline_keys import BridgePublicKeys
 from cloud_bridge.ops_http import Ops
+from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry
 from cloud_bridge.tokens import verify_device_token
 from intent_contract import json_bounded
@@ -83,7 +83,7 @@ class Enrollment:
         if not isinstance(code, str) or not isinstance(public_key, str) or not code or len(public_key) > _MAX_PEM:
             return self._refuse(request, 400, "malformed", "expected string fields code and public_key (SPKI PEM)")
         try:
-            device = await asyncio.to_thread(self._registry.redeem, code[:200], public_key, self._clock())
+            device = await own_thread(self._registry.redeem, code[:200], public_key, self._clock())
         except AuthError as exc:
             if exc.code == "bad_public_key":
                 return self._refuse(request, 400, exc.code, exc.detail)
@@ -148,7 +148,7 @@ def build_http_app(
         if token.isascii():
             with contextlib.suppress(jwt.PyJWTError):
                 subject = jwt.decode(token, options={"verify_signature": False}).get("sub")
-        device = await asyncio.to_thread(registry.get, subject) if isinstance(subject, str) else None
+        device = await own_thread(registry.get, subject) if isinstance(subject, str) else None
         # An unknown device gets the answer a bad signature gets, so a forger cannot probe for ids.
         # Other codes come only after the signature verified: that caller holds the device's key.
         # Every answer carries the bridge's time: a device refused for a token made with a wrong clock
@@ -163,7 +163,7 @@ def build_http_app(
             )
 
         try:
-            await asyncio.to_thread(verify_with_device_key, registry, device, verify, clock)
+            await own_thread(verify_with_device_key, registry, device, verify, clock)
         except AuthError as exc:
             return _error(401, exc.code, _NOT_VERIFIED, now)
         status = "revoked" if device.revoked_at is not None else "active"
@@ -178,7 +178,7 @@ def build_http_app(
         except web.RequestPayloadError:  # not the Content-Encoding it claims
             return _error(400, "malformed", "the body could not be read (its Content-Encoding)")
         try:
-            device = await asyncio.to_thread(accept_rotation, registry, data, clock())
+            device = await own_thread(accept_rotation, registry, data, clock())
         except (AuthError, UnknownDeviceError) as exc:
             if exc.code == "rotation_malformed":
                 return _error(400, exc.code, exc.detail, clock())

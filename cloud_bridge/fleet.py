@@ -121,7 +121,7 @@ class DiagnoseRequest:
 
 
 class FleetStore(Protocol):
-    """Fleet health in the store; short synchronous calls (async callers use asyncio.to_thread)."""
+    """Fleet health in the store; short synchronous calls (async callers use own_threads.own_thread)."""
 
     def open(self) -> None:
         """Connect (the schema is the store's migrations)."""

@@ -23,6 +23,7 @@ from prometheus_client import Counter as PromCounter
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.fleet import TELEMETRY_AGE_S, FleetStore, Flush, Received, RequestState, Sighting, hour_of
 from cloud_bridge.fleet_rules import HEARTBEAT_S, AnomalyKind, DeviceLike, anomalies
+from cloud_bridge.own_threads import own_thread
 from intent_contract.accept_limits import address_key
 from intent_contract.codec import Envelope
 from intent_contract.device_wire import HealthReport, decode_diagnosis, decode_health, encode_diagnose
@@ -168,7 +169,7 @@ class FleetDesk:
         del self._sent[diagnosis.request_id]
         self.reports.labels("diagnosis").inc()
         task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(self._fleet.answer, diagnosis.request_id, device_id, diagnosis, now)
+            own_thread(self._fleet.answer, diagnosis.request_id, device_id, diagnosis, now)
         )
         self._answering.add(task)
         task.add_done_callback(self._answered)
@@ -182,7 +183,7 @@ class FleetDesk:
 
     async def start(self) -> None:
         # Rows a previous run of this node left as held are stale: that process is gone.
-        await asyncio.to_thread(self._fleet.leave, self._node, self._clock())
+        await own_thread(self._fleet.leave, self._node, self._clock())
         self._task = asyncio.create_task(self._run(), name="fleet-desk")
 
     async def stop(self) -> None:
@@ -194,7 +195,7 @@ class FleetDesk:
         await asyncio.gather(*self._answering, return_exceptions=True)  # answers already on their way
         with contextlib.suppress(BridgeError):
             await self.flush(held=())  # what gathered, and every session here ended
-            await asyncio.to_thread(self._fleet.leave, self._node, self._clock())
+            await own_thread(self._fleet.leave, self._node, self._clock())
 
     async def _run(self) -> None:
         last_flush = last_prune = last_count = float("-inf")
@@ -208,7 +209,7 @@ class FleetDesk:
                     await self.flush()
                 if now - last_prune >= PRUNE_EVERY_S:
                     last_prune = now
-                    await asyncio.to_thread(self._fleet.prune, self._clock())
+                    await own_thread(self._fleet.prune, self._clock())
                 since = now - last_count
                 if since >= ANOMALIES_EVERY_S or (self._counts_stale and since >= ANOMALIES_AFTER_S):
                     last_count = now
@@ -239,7 +240,7 @@ class FleetDesk:
         )
         self._sightings, self._reports, self._volume = [], {}, Counter()
         try:
-            await asyncio.to_thread(self._fleet.flush, flush)
+            await own_thread(self._fleet.flush, flush)
         except BridgeError:
             self._sightings[:0] = flush.sightings
             self._reports = {r.device_id: r for r in flush.reports} | self._reports
@@ -257,22 +258,20 @@ class FleetDesk:
         for request_id, (_device, sent_at) in list(self._sent.items()):
             if sent_at < now - REQUEST_TTL_S:  # never answered: the asker gave up long ago
                 del self._sent[request_id]
-        for request in await asyncio.to_thread(self._fleet.pending, now - REQUEST_TTL_S):
+        for request in await own_thread(self._fleet.pending, now - REQUEST_TTL_S):
             device_id = request.device_id
             if device_id not in self._held():
                 continue  # another node's, or nobody's: the asker gives up after its timeout
             # Taken (and known here) before it goes out: the answer can come back before a write after the
             # send returns, and was then dropped as not asked for by this node.
-            taken = await asyncio.to_thread(
-                self._fleet.mark, request.request_id, RequestState.SENT, self._node, "", now
-            )
+            taken = await own_thread(self._fleet.mark, request.request_id, RequestState.SENT, self._node, "", now)
             if not taken:
                 continue  # another node took it
             self._sent[request.request_id] = (device_id, now)
             if not self._send(device_id, DIAGNOSE, encode_diagnose(request.request_id)):
                 del self._sent[request.request_id]
                 detail = "the device does not take diagnose requests: its edge is older than this bridge"
-                await asyncio.to_thread(
+                await own_thread(
                     self._fleet.mark, request.request_id, RequestState.UNANSWERABLE, self._node, detail, now
                 )
                 continue
@@ -282,8 +281,8 @@ class FleetDesk:
         """Refresh `bridge_device_anomalies` from the store; returns the counts."""
         self._counts_stale = False
         now = self._clock()
-        devices = await asyncio.to_thread(self._devices)
-        telemetry = await asyncio.to_thread(self._fleet.telemetry, now)
+        devices = await own_thread(self._devices)
+        telemetry = await own_thread(self._fleet.telemetry, now)
         counts = dict.fromkeys((str(k) for k in AnomalyKind), 0)
         for device in devices:
             if device.revoked_at is None:

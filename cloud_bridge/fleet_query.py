@@ -3,7 +3,7 @@
 `devices ls/show/diagnose` print what these return, and a dashboard can serve the same (each result
 has `to_json`). They read the registry and the fleet tables through the store's protocols, so they
 work the same from any process and on either backend; they are synchronous (a server calls them
-with asyncio.to_thread). A diagnosis is asked through the store: a request row that the node
+with own_threads.own_thread). A diagnosis is asked through the store: a request row that the node
 holding the device sends on and whose answer it writes back (fleet_desk); here we wait for it.
 """
 

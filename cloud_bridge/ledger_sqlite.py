@@ -15,7 +15,6 @@ by a crash. Every UPDATE of a state sets an event's target and matches only its 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sqlite3
@@ -57,6 +56,7 @@ from cloud_bridge.ledger_states import (
     state_in,
     target,
 )
+from cloud_bridge.own_threads import own_thread
 from cloud_bridge.usage import UsageQuery, UsageRow, merged, row_from_sums, tally
 from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
 from cloud_bridge.usage_sql import select as usage_select
@@ -442,7 +442,7 @@ class SqliteLedger:
                 return depth_from_rows(conn.execute(DEPTH_SQL.format(unconfirmed="confirmed = 0")).fetchall())
 
         try:
-            return await asyncio.to_thread(run)
+            return await own_thread(run)
         except sqlite3.Error as exc:
             raise _convert(exc) from exc
 

@@ -40,6 +40,7 @@ from cloud_bridge.listener import BridgeListener
 from cloud_bridge.metrics import BridgeMetrics
 from cloud_bridge.offline_keys import load_or_create
 from cloud_bridge.ops_http import Ops
+from cloud_bridge.own_threads import own_thread
 from cloud_bridge.refusals import ConnectAudit
 from cloud_bridge.registry import Registry
 from cloud_bridge.retention import Retention
@@ -202,7 +203,7 @@ class Bridge:
             audience=settings.audience,
             clock=self._clock,
             enroll_limits=settings.enroll_limits,
-            offline=(await asyncio.to_thread(load_or_create, settings.data_dir)).public,
+            offline=(await own_thread(load_or_create, settings.data_dir)).public,
             ops=ops,
         )
         dashboard_config = settings.config.dashboard
@@ -249,13 +250,13 @@ class Bridge:
             raise ConfigError("this bridge was not started with a config it can read again")
         async with self._reload_lock:
             try:
-                new = await asyncio.to_thread(self._load)  # the file and the secret files: blocking reads
+                new = await own_thread(self._load)  # the file and the secret files: blocking reads
                 changed = restart_only_changes(self.settings, new)
                 if changed:
                     raise ConfigError(f"{', '.join(changed)} changed, which takes a restart")
                 # The certificate and key read again (a renewal keeps their paths); a pair that does not load
                 # is refused here, and the running one stays.
-                tls = await asyncio.to_thread(_server_tls, new)
+                tls = await own_thread(_server_tls, new)
                 policy = new.config.policy()
                 integrations, tenant_integrations = self._integrations_of(new)
                 await self._refuse_stranding(integrations, tenant_integrations)

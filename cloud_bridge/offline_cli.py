@@ -22,6 +22,7 @@ from cloud_bridge.errors import BridgeError, ConfigError, OfflineFileError
 from cloud_bridge.offline_enroll import answer, ticket
 from cloud_bridge.offline_import import Imported, OfflineDesk
 from cloud_bridge.offline_keys import load_or_create
+from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry
 from cloud_bridge.settings import BridgeSettings, build_settings
 from cloud_bridge.store import open_store
@@ -74,7 +75,7 @@ class _Offline:
         from cloud_bridge.service import BridgeService  # noqa: PLC0415 - keeps the other commands quick to start
 
         await self.store.open()
-        keys = await asyncio.to_thread(load_or_create, self.settings.data_dir)
+        keys = await own_thread(load_or_create, self.settings.data_dir)
         policy = self.settings.config.policy()
         store = self.store
         service = BridgeService(
@@ -188,7 +189,7 @@ async def _import(
             queued = {a.id for a in imported.acks if not a.state.final}
             later = await desk.wait_final(device_id, queued, wait_s, progress_line("results"))
         receipt = await desk.receipt(device_id, imported, later)
-    await asyncio.to_thread(write_file, receipt_path, receipt)
+    await own_thread(write_file, receipt_path, receipt)
     final = sum(1 for a in imported.acks if a.state.final) + len(later)
     return imported, final
 
@@ -214,7 +215,7 @@ def receipt(device_id: str, data_dir: Path, store: str | None, out_path: Path, a
 async def _receipt(settings: BridgeSettings, device_id: str, out_path: Path) -> None:
     async with _Offline(settings) as desk:
         data = await desk.receipt(device_id)
-    await asyncio.to_thread(write_file, out_path, data)
+    await own_thread(write_file, out_path, data)
 
 
 @click.command("offline-keys")

@@ -23,6 +23,7 @@ from cloud_bridge.device_keys import accept_rotation, verify_with_device_key
 from cloud_bridge.errors import BridgeError, OfflineFileError
 from cloud_bridge.ledger import Ledger
 from cloud_bridge.offline_keys import OfflineKeys
+from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Device, Registry
 from intent_contract import sealed, signed
 from intent_contract.codec import Ack, decode_batch, encode_acks
@@ -127,7 +128,7 @@ class OfflineDesk:
 
     async def import_bundle(self, data: bytes, *, max_bytes: int, progress: Progress | None = None) -> Imported:
         """Admit a bundle's intents and apply its confirms (nothing, when the device is revoked)."""
-        device, bundle = await asyncio.to_thread(self.open_bundle, data, max_bytes)
+        device, bundle = await own_thread(self.open_bundle, data, max_bytes)
         imported_at = int(self._clock() * 1000)
         if device.revoked:
             logger.warning(
@@ -136,7 +137,7 @@ class OfflineDesk:
                 extra={"device_id": device.device_id, "tenant": device.tenant, "code": "device_revoked"},
             )
             return Imported(device, bundle, [], imported_at)
-        sizes = await asyncio.to_thread(_batch_sizes, bundle)
+        sizes = await own_thread(_batch_sizes, bundle)
         total, done = sum(sizes), 0
         if total > MAX_BUNDLE_INTENTS:
             raise OfflineFileError(
@@ -154,7 +155,7 @@ class OfflineDesk:
         next_key = None
         if bundle.rotation is not None:
             try:
-                proposed = await asyncio.to_thread(accept_rotation, self._registry, bundle.rotation, self._clock())
+                proposed = await own_thread(accept_rotation, self._registry, bundle.rotation, self._clock())
             except BridgeError as exc:
                 logger.warning(
                     "key rotation in bundle %s refused: %s",
@@ -187,7 +188,7 @@ class OfflineDesk:
 
     async def receipt(self, device_id: str, imported: Imported | None = None, later: Iterable[Ack] = ()) -> bytes:
         """A receipt for the device, signed by the bridge: results so far, revocation, the bridge's time."""
-        device = await asyncio.to_thread(self._registry.get, device_id)
+        device = await own_thread(self._registry.get, device_id)
         if device is None:
             raise OfflineFileError(f"no device {device_id!r}", code="unknown_device")
         acks: list[Ack] = []

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.ledger import Ledger
 from cloud_bridge.metrics import BridgeMetrics
+from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry
 from intent_contract.logs import LogThrottle
 
@@ -72,7 +73,7 @@ class Ops:
         metrics = self._metrics
         try:
             depth = await asyncio.wait_for(self._ledger.depth(), HEALTH_TIMEOUT)
-            counts = await asyncio.to_thread(self._registry.counts)
+            counts = await own_thread(self._registry.counts)
         except (TimeoutError, BridgeError):
             metrics.store_up.set(0)  # the ledger and device gauges keep their last values
         else:

@@ -19,6 +19,7 @@ from cloud_bridge.audit import AuditEvent, AuditRecord
 from cloud_bridge.device_gate import ConnectTelemetry
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.ledger import DeviceLike, Ledger
+from cloud_bridge.own_threads import own_thread
 from intent_contract.codec import Ack
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class ConnectAudit:
 
     async def _write(self, device_id: str, code: str, detail: str, at: float) -> None:
         try:
-            tenant = await asyncio.to_thread(self._tenant_of, device_id)
+            tenant = await own_thread(self._tenant_of, device_id)
             record = AuditRecord(at, device_id, tenant or "", "", "", AuditEvent.REFUSE, code=code, detail=detail)
             await self._ledger.note([record])
         except BridgeError as exc:  # the store is down: the log line and the metric remain

@@ -2,7 +2,7 @@
 
 Codes are stored only as SHA-256 hashes: they carry 192 random bits, so a fast hash is enough. A code
 enrolls exactly one device, also when several bridge nodes redeem it at once. Calls are short and
-synchronous (the CLI uses them directly); async callers run them with asyncio.to_thread.
+synchronous (the CLI uses them directly); async callers run them with own_threads.own_thread.
 Backends: `registry_sqlite.SqliteRegistry` (single node), `store.pg_registry.PgRegistry` (shared).
 """
 

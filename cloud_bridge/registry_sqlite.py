@@ -1,7 +1,7 @@
 """The device registry on SQLite (`registry.db` in the data directory): the single-node store.
 
 Used by the CLI (another process) and by the running bridge; SQLite's locking makes the two safe
-together. Calls are short and synchronous; async callers run them with asyncio.to_thread.
+together. Calls are short and synchronous; async callers run them with own_threads.own_thread.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from cloud_bridge import operator_api
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.intent_sql import SqlIntents
+from cloud_bridge.own_threads import own_thread
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class Retention:
         self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> operator_api.PurgeResult:
-        done = await asyncio.to_thread(
+        done = await own_thread(
             operator_api.purge, self._intents, intents_age=self._intent_age, audit_age=self._audit_age,
             now=self._clock(),
         )  # fmt: skip

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from cloud_bridge.errors import BridgeError
+from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ class RevocationWatcher:
     async def start(self) -> None:
         """Read the revoked ids, then watch for more."""
         # Counter first, then the ids: a revocation in between is seen again by the watcher.
-        counter = await asyncio.to_thread(self._registry.revocation_counter)
-        self.revoked = frozenset(await asyncio.to_thread(self._registry.revoked_ids))
+        counter = await own_thread(self._registry.revocation_counter)
+        self.revoked = frozenset(await own_thread(self._registry.revoked_ids))
         self._task = asyncio.create_task(self._watch(counter), name="revocation-watcher")
 
     async def stop(self) -> None:
@@ -54,9 +55,9 @@ class RevocationWatcher:
         while True:
             await asyncio.sleep(self._poll)
             try:
-                counter = await asyncio.to_thread(self._registry.revocation_counter)
+                counter = await own_thread(self._registry.revocation_counter)
                 if counter != last:
-                    self.revoked = frozenset(await asyncio.to_thread(self._registry.revoked_ids))
+                    self.revoked = frozenset(await own_thread(self._registry.revoked_ids))
                     last = counter
             except BridgeError:
                 logger.exception("revocation watcher cannot read the registry")

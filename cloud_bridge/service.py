@@ -27,6 +27,7 @@ from cloud_bridge.errors import BridgeError
 from cloud_bridge.ledger import ClaimOffer, Ledger, LedgerEntry
 from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE, Request, requests_for
 from cloud_bridge.metrics import BridgeMetrics
+from cloud_bridge.own_threads import own_thread
 from cloud_bridge.policy import Decision, DeviceRef, PolicyEngine
 from cloud_bridge.refusals import schema_refusals, version_refusals
 from cloud_bridge.registry import Registry
@@ -249,7 +250,7 @@ class BridgeService:
     async def _device_ref(self, device_id: str) -> DeviceRef | None:
         ref = self._devices.get(device_id)
         if ref is None:
-            device = await asyncio.to_thread(self._registry.get, device_id)
+            device = await own_thread(self._registry.get, device_id)
             if device is None or device.revoked:
                 return None
             ref = self._devices[device_id] = DeviceRef(device.device_id, device.tenant, device.name)
@@ -286,7 +287,7 @@ class BridgeService:
                 batch, requests = self._judge(device, data, now)
             else:
                 async with self._decode_slots:
-                    batch, requests = await asyncio.to_thread(self._judge, device, data, now)
+                    batch, requests = await own_thread(self._judge, device, data, now)
         except UnsupportedVersionError as exc:
             return functools.partial(self._refuse_version, device, exc)
         except DecodeError as exc:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cloud_bridge.own_threads import own_thread
+
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.5
@@ -49,7 +51,7 @@ class SqliteSignals:
             return (rows[-1][0] if rows else after), [r[1] for r in rows]
 
     async def start(self, on_results: Callable[[str], None], on_work: Callable[[], None]) -> None:
-        self._seen, _ = await asyncio.to_thread(self._read, None)
+        self._seen, _ = await own_thread(self._read, None)
         self._task = asyncio.create_task(self._run(on_results, on_work), name="store-signals")
 
     async def stop(self) -> None:
@@ -63,7 +65,7 @@ class SqliteSignals:
         while True:
             await asyncio.sleep(self._poll)
             try:
-                self._seen, devices = await asyncio.to_thread(self._read, self._seen)
+                self._seen, devices = await own_thread(self._read, self._seen)
             except sqlite3.Error as exc:
                 logger.warning("cannot read the store's signals: %s", exc)
                 continue

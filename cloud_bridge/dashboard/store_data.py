@@ -3,7 +3,6 @@ from any node: which node holds a device is in the store), the ledger and the re
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from cloud_bridge import fleet_query, operator_api
@@ -14,6 +13,7 @@ from cloud_bridge.fleet_rules import DeviceRow
 from cloud_bridge.intent_info import IntentInfo
 from cloud_bridge.intent_sql import IntentQuery, SqlIntents
 from cloud_bridge.ledger import Ledger
+from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry
 from cloud_bridge.usage import DAY_S, Dimension, UsageQuery, day_of
 from intent_contract.device_wire import HealthReport
@@ -68,14 +68,12 @@ class StoreData:
         self._intents = intents
 
     async def fleet(self) -> list[FleetRow]:
-        rows = await asyncio.to_thread(fleet_query.overview, self._registry, self._fleet, now=self._clock())
+        rows = await own_thread(fleet_query.overview, self._registry, self._fleet, now=self._clock())
         return [fleet_row(r) for r in rows]
 
     async def device(self, device_id: str) -> DeviceView | None:
         try:
-            found = await asyncio.to_thread(
-                fleet_query.detail, self._registry, self._fleet, device_id, now=self._clock()
-            )
+            found = await own_thread(fleet_query.detail, self._registry, self._fleet, device_id, now=self._clock())
         except UnknownDeviceError:
             return None
         return DeviceView(fleet_row(found.row), [health_point(h) for h in found.history])
@@ -86,14 +84,14 @@ class StoreData:
         if self._intents is None:
             return []
         query = IntentQuery(device_id, tenant, operator_api.state_of(state), kind, limit)
-        return await asyncio.to_thread(operator_api.list_intents, self._intents, query)
+        return await own_thread(operator_api.list_intents, self._intents, query)
 
     async def _operate(self, action: str, device_id: str, intent_id: str, operator: str) -> str:
         if self._intents is None:
             return f"{action} is not available on this bridge"
         fn = operator_api.retry if action == "retry" else operator_api.cancel
         try:
-            done = await asyncio.to_thread(fn, self._intents, (device_id, intent_id), operator, self._clock())
+            done = await own_thread(fn, self._intents, (device_id, intent_id), operator, self._clock())
         except BridgeError as exc:
             return f"{action} refused: {exc.detail}"
         return done.line()

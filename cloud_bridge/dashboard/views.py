@@ -24,6 +24,7 @@ from cloud_bridge.dashboard.auth import COOKIE, SESSION_S, Operator, OperatorAut
 from cloud_bridge.dashboard.data import DashboardData, FleetRow
 from cloud_bridge.dashboard.usage_chart import HEIGHT, WIDTH, bars
 from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits
+from cloud_bridge.own_threads import own_thread
 from cloud_bridge.usage import day_of
 from intent_contract.logs import LogThrottle
 from intent_contract.names import KINDS, is_name
@@ -99,7 +100,7 @@ class Dashboard:
         return app
 
     async def _close(self, _app: web.Application) -> None:
-        await asyncio.to_thread(self._password_checks.shutdown, wait=True, cancel_futures=True)
+        await own_thread(self._password_checks.shutdown, wait=True, cancel_futures=True)
 
     # -- the gate ----------------------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ store (several nodes); nothing else in the bridge names a backend.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -13,6 +12,7 @@ from typing import Protocol
 from cloud_bridge.fleet import FleetStore
 from cloud_bridge.intent_sql import SqlIntents
 from cloud_bridge.ledger import Ledger
+from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry
 from cloud_bridge.store.url import StoreKind, StoreUrl
 from cloud_bridge.tokens import DEFAULT_TOKENS_PER_DEVICE, ReplayCache
@@ -56,17 +56,17 @@ class Store:
 
     async def open(self) -> None:
         """Migrate (what is safe at start), then open the registry, the fleet tables and the ledger."""
-        await asyncio.to_thread(self.migrate, True)
-        await asyncio.to_thread(self.registry.open)
-        await asyncio.to_thread(self.fleet.open)
-        await asyncio.to_thread(self.intents.open)
+        await own_thread(self.migrate, True)
+        await own_thread(self.registry.open)
+        await own_thread(self.fleet.open)
+        await own_thread(self.intents.open)
         await self.ledger.open()
 
     async def close(self) -> None:
         await self.signals.stop()
         await self.ledger.close()
-        await asyncio.to_thread(self.fleet.close)
-        await asyncio.to_thread(self.registry.close)
+        await own_thread(self.fleet.close)
+        await own_thread(self.registry.close)
 
 
 def open_store(url: StoreUrl, *, node: str, tokens_per_device: int = DEFAULT_TOKENS_PER_DEVICE) -> Store:

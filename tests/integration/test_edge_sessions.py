@@ -51,13 +51,22 @@ def test_a_graceful_stop_does_not_make_an_absent_session_seen(tmp_path: Path) ->
         app = RawClient(outbox.port)
         app.connect("away", clean=False)
         app.subscribe(STATUSES, 1)
+        subscribed = now_ms()
+        wait_until(lambda: now_ms() > subscribed, what="a millisecond to pass")  # after the CONNECT's last_seen
+        leaving = now_ms()
         leave(app)
-        wait_until(lambda: stored_sessions(outbox.data_dir).get("away", 0) > 0, what="the session stored")
-        left_by = time.time_ns() // 1_000_000
-        wait_until(lambda: time.time_ns() // 1_000_000 > left_by + 200, what="time to pass")
+        # The outbox writes when the client left after it has closed the connection: wait for that write (a
+        # stored time from before `leaving` is the CONNECT's), not only for the session to be stored.
+        wait_until(lambda: stored_sessions(outbox.data_dir).get("away", 0) >= leaving, what="when it left stored")
+        left = stored_sessions(outbox.data_dir)["away"]
+        wait_until(lambda: now_ms() > left + 200, what="time to pass")
         assert outbox.stop() == 0
     # Before, the stop wrote "seen now" for every stored session, so none ever expired across restarts.
-    assert stored_sessions(tmp_path / "data")["away"] <= left_by
+    assert stored_sessions(tmp_path / "data")["away"] == left
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def test_a_quiet_connected_session_outlives_a_crash(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cloud_bridge.store.url import StoreUrl
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
-from tests.support.bridge import CountingIntegration, email, node, until
+from tests.support.bridge import CountingIntegration, a_admits_b_executes, email, node, until
 from tests.support.stores import pg_url
 
 __all__ = ["pg_url"]  # fixtures
@@ -20,28 +20,18 @@ async def test_a_result_finished_on_node_b_reaches_the_device_on_node_a(
     tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
 ) -> None:
     on_a, on_b = CountingIntegration(), CountingIntegration()
-    async with (
-        node(tmp_path, server_cert_files, pg_url, "node-a", on_a) as a,
-        node(tmp_path, server_cert_files, pg_url, "node-b", on_b) as b,
-    ):
-        assert a.bridge.executor is not None
-        await a.bridge.executor.stop()  # node A admits but never executes: only B can
-        creds = await a.enroll()
-        client = await a.connect(creds)
-        try:
-            client.send([email("x1"), email("x2"), email("x3", subject="fail")])
-            await until(
-                lambda: all(len(client.states().get(i, [])) >= 2 for i in ("x1", "x2", "x3")),
-                what="final results at the device on node A",
-            )
-            finals = {i: states[-1] for i, states in client.states().items()}
-            assert finals == {"x1": "delivered", "x2": "delivered", "x3": "failed"}
-            assert sorted(job.intent_id for job in on_b.calls) == ["x1", "x2", "x3"]
-            assert on_a.calls == []
-            assert b.bridge.listener is not None
-            assert not b.bridge.listener.holds(creds.device_id)
-        finally:
-            await client.stop()
+    async with a_admits_b_executes(tmp_path, server_cert_files, pg_url, on_a, on_b) as (_a, b, creds, client):
+        client.send([email("x1"), email("x2"), email("x3", subject="fail")])
+        await until(
+            lambda: all(len(client.states().get(i, [])) >= 2 for i in ("x1", "x2", "x3")),
+            what="final results at the device on node A",
+        )
+        finals = {i: states[-1] for i, states in client.states().items()}
+        assert finals == {"x1": "delivered", "x2": "delivered", "x3": "failed"}
+        assert sorted(job.intent_id for job in on_b.calls) == ["x1", "x2", "x3"]
+        assert on_a.calls == []
+        assert b.bridge.listener is not None
+        assert not b.bridge.listener.holds(creds.device_id)
 
 
 async def test_revocation_on_one_node_drops_the_session_on_the_other(

@@ -242,6 +242,13 @@ def test_an_outbox_not_attached_to_its_broker_is_unhealthy(tmp_path: Path) -> No
             broker.wait(10)
 
 
+def start_mosquitto(binary: str, conf: Path, port: int) -> subprocess.Popen[bytes]:
+    """Mosquitto started with `conf`, once it listens on `port`."""
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+    return proc
+
+
 def test_outbox_attaches_again_after_the_broker_restarts(tmp_path: Path) -> None:
     """Mosquitto goes away under an attached outbox and comes back: intents flow again, statuses too."""
     binary = require_binary("mosquitto")
@@ -257,18 +264,13 @@ def test_outbox_attaches_again_after_the_broker_restarts(tmp_path: Path) -> None
         "max_queued_messages 0\nuser root\n"
     )
 
-    def broker() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(port)
-        return proc
-
-    first = broker()
+    first = start_mosquitto(binary, conf, port)
     with attached(tmp_path, port) as outbox:
         wait_until(lambda: outbox.log().count("attached; subscribed") == 1, what="outbox attached")
         first.terminate()
         first.wait(10)
         wait_until(lambda: "attach broker connection lost" in outbox.log(), what="loss noticed")
-        second = broker()
+        second = start_mosquitto(binary, conf, port)
         try:
             wait_until(lambda: outbox.log().count("attached; subscribed") == 2, timeout=60, what="attached again")
             app = Client(port, "after-restart").connect()
@@ -291,18 +293,13 @@ def test_a_broker_that_lost_the_outboxs_session_is_named(tmp_path: Path) -> None
     conf = tmp_path / "forgetful.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
 
-    def broker() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(port)
-        return proc
-
-    first = broker()
+    first = start_mosquitto(binary, conf, port)
     with attached(tmp_path, port) as outbox:
         wait_until(lambda: "attached; subscribed" in outbox.log(), what="outbox attached")
         assert "had no session" not in outbox.log()  # the first attach to a new broker: nothing to miss
         first.terminate()
         first.wait(10)
-        second = broker()
+        second = start_mosquitto(binary, conf, port)
         try:
             wait_until(lambda: outbox.log().count("attached; subscribed") == 2, timeout=60, what="attached again")
             assert "the attach broker had no session for outbox-under-test" in outbox.log()

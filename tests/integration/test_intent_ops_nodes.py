@@ -14,7 +14,7 @@ from cloud_bridge import operator_api
 from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.store.url import StoreUrl
 from intent_contract.codec import Ack, AckState
-from tests.support.bridge import CountingIntegration, DeviceClient, email, node, until
+from tests.support.bridge import CountingIntegration, DeviceClient, a_admits_b_executes, email, node, until
 from tests.support.stores import pg_url
 
 __all__ = ["pg_url"]  # fixtures
@@ -28,42 +28,32 @@ def _seen(client: DeviceClient, intent_id: str) -> list[tuple[AckState, int]]:
 async def test_retry_and_cancel_made_on_node_b_reach_the_device_on_node_a(
     tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
 ) -> None:
-    on_b = CountingIntegration()
-    async with (
-        node(tmp_path, server_cert_files, pg_url, "node-a", CountingIntegration()) as a,
-        node(tmp_path, server_cert_files, pg_url, "node-b", on_b) as b,
-    ):
-        assert a.bridge.executor is not None
-        await a.bridge.executor.stop()  # node A admits but never executes: only B can
-        creds = await a.enroll()
-        client = await a.connect(creds)
-        try:
-            client.send([email("x1", subject="fail")])
-            failed = [(AckState.ACCEPTED, 1), (AckState.FAILED, 1)]
-            await until(lambda: _seen(client, "x1") == failed, what="the first failure at the device")
+    on_a, on_b = CountingIntegration(), CountingIntegration()
+    async with a_admits_b_executes(tmp_path, server_cert_files, pg_url, on_a, on_b) as (_a, b, _creds, client):
+        client.send([email("x1", subject="fail")])
+        failed = [(AckState.ACCEPTED, 1), (AckState.FAILED, 1)]
+        await until(lambda: _seen(client, "x1") == failed, what="the first failure at the device")
 
-            assert b.bridge.executor is not None
-            await b.bridge.executor.stop()  # hold the retried row in the queue, to see `accepted` alone
-            done = operator_api.retry(b.bridge.store.intents, ["x1"], "alice", time.time())
-            assert done.intent.attempt == 2
-            await until(lambda: _seen(client, "x1") == [*failed, (AckState.ACCEPTED, 2)], what="the retry's accepted")
-            await b.bridge.executor.start()
-            await until(
-                lambda: _seen(client, "x1") == [*failed, (AckState.ACCEPTED, 2), (AckState.FAILED, 2)],
-                what="the retried row's new result at the device",
-            )
-            assert [(j.intent_id, j.attempt) for j in on_b.calls] == [("x1", 1), ("x1", 2)]
+        assert b.bridge.executor is not None
+        await b.bridge.executor.stop()  # hold the retried row in the queue, to see `accepted` alone
+        done = operator_api.retry(b.bridge.store.intents, ["x1"], "alice", time.time())
+        assert done.intent.attempt == 2
+        await until(lambda: _seen(client, "x1") == [*failed, (AckState.ACCEPTED, 2)], what="the retry's accepted")
+        await b.bridge.executor.start()
+        await until(
+            lambda: _seen(client, "x1") == [*failed, (AckState.ACCEPTED, 2), (AckState.FAILED, 2)],
+            what="the retried row's new result at the device",
+        )
+        assert [(j.intent_id, j.attempt) for j in on_b.calls] == [("x1", 1), ("x1", 2)]
 
-            await b.bridge.executor.stop()
-            client.send([email("x2")])
-            await until(lambda: _seen(client, "x2") == [(AckState.ACCEPTED, 1)], what="x2 accepted")
-            operator_api.cancel(b.bridge.store.intents, ["x2"], "bob", time.time())
-            await until(lambda: len(_seen(client, "x2")) == 2, what="the cancel at the device")
-            with client._lock:
-                [last] = [a for a in client.acks if a.id == "x2"][1:]
-            assert (last.state, last.code, last.detail) == (AckState.FAILED, "cancelled", "cancelled by operator bob")
-        finally:
-            await client.stop()
+        await b.bridge.executor.stop()
+        client.send([email("x2")])
+        await until(lambda: _seen(client, "x2") == [(AckState.ACCEPTED, 1)], what="x2 accepted")
+        operator_api.cancel(b.bridge.store.intents, ["x2"], "bob", time.time())
+        await until(lambda: len(_seen(client, "x2")) == 2, what="the cancel at the device")
+        with client._lock:
+            [last] = [a for a in client.acks if a.id == "x2"][1:]
+        assert (last.state, last.code, last.detail) == (AckState.FAILED, "cancelled", "cancelled by operator bob")
 
 
 async def test_a_retried_rows_new_result_reaches_the_device_when_node_a_reads_it_only_once_final(
@@ -73,39 +63,27 @@ async def test_a_retried_rows_new_result_reaches_the_device_when_node_a_reads_it
     on node B, whose executor runs the new attempt to its end before node A reads the row (node A's reads
     are held back here, as a busy node's are). Node A then read the new result as one it had sent already
     (the same intent id) and left it out: the device never heard the retry's result until it reconnected."""
-    on_b = CountingIntegration()
-    async with (
-        node(tmp_path, server_cert_files, pg_url, "node-a", CountingIntegration()) as a,
-        node(tmp_path, server_cert_files, pg_url, "node-b", on_b) as b,
-    ):
-        assert a.bridge.executor is not None
-        await a.bridge.executor.stop()  # node A admits but never executes: only B can
-        creds = await a.enroll()
-        client = await a.connect(creds)
-        try:
-            client.send([email("x1", subject="fail")])
-            failed = [(AckState.ACCEPTED, 1), (AckState.FAILED, 1)]
-            await until(lambda: _seen(client, "x1") == failed, what="the first failure at the device")
+    on_a, on_b = CountingIntegration(), CountingIntegration()
+    async with a_admits_b_executes(tmp_path, server_cert_files, pg_url, on_a, on_b) as (a, b, _creds, client):
+        client.send([email("x1", subject="fail")])
+        failed = [(AckState.ACCEPTED, 1), (AckState.FAILED, 1)]
+        await until(lambda: _seen(client, "x1") == failed, what="the first failure at the device")
 
-            ledger = a.bridge.store.ledger
-            read, reads_held = ledger.unconfirmed, asyncio.Event()
+        ledger = a.bridge.store.ledger
+        read, reads_held = ledger.unconfirmed, asyncio.Event()
 
-            async def held_read(device_id: str) -> list[Ack]:
-                await reads_held.wait()
-                return await read(device_id)
+        async def held_read(device_id: str) -> list[Ack]:
+            await reads_held.wait()
+            return await read(device_id)
 
-            ledger.unconfirmed = held_read  # type: ignore[method-assign]
-            operator_api.retry(b.bridge.store.intents, ["x1"], "alice", time.time())
-            await until(lambda: len(on_b.calls) == 2, what="the retry run on node B")
-            await until(
-                lambda: b.bridge.store.intents.find("x1")[0].state is EntryState.FAILED, what="the retry's result"
-            )
-            reads_held.set()
-            client.send([email("x2")])  # a later result node A sends through the same read
-            await until(lambda: (AckState.DELIVERED, 1) in _seen(client, "x2"), what="x2 at the device")
-            assert (AckState.FAILED, 2) in _seen(client, "x1")
-        finally:
-            await client.stop()
+        ledger.unconfirmed = held_read  # type: ignore[method-assign]
+        operator_api.retry(b.bridge.store.intents, ["x1"], "alice", time.time())
+        await until(lambda: len(on_b.calls) == 2, what="the retry run on node B")
+        await until(lambda: b.bridge.store.intents.find("x1")[0].state is EntryState.FAILED, what="the retry's result")
+        reads_held.set()
+        client.send([email("x2")])  # a later result node A sends through the same read
+        await until(lambda: (AckState.DELIVERED, 1) in _seen(client, "x2"), what="x2 at the device")
+        assert (AckState.FAILED, 2) in _seen(client, "x1")
 
 
 async def test_each_retried_row_is_announced_once_not_again_on_every_later_signal(

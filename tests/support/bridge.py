@@ -317,6 +317,23 @@ async def node(
         yield harness
 
 
+@contextlib.asynccontextmanager
+async def a_admits_b_executes(
+    tmp_path: Path, files: dict[str, Path], url: StoreUrl, on_a: CountingIntegration, on_b: CountingIntegration
+) -> AsyncIterator[tuple[Harness, Harness, Creds, DeviceClient]]:
+    """Nodes A and B on the shared store `url`, and a device enrolled and connected at node A, which admits
+    its intents but never executes them (its executor stopped): only node B runs them."""
+    async with node(tmp_path, files, url, "node-a", on_a) as a, node(tmp_path, files, url, "node-b", on_b) as b:
+        assert a.bridge.executor is not None
+        await a.bridge.executor.stop()
+        creds = await a.enroll()
+        client = await a.connect(creds)
+        try:
+            yield a, b, creds, client
+        finally:
+            await client.stop()
+
+
 @pytest.fixture
 def counting() -> CountingIntegration:
     return CountingIntegration()

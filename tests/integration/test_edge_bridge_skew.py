@@ -3,6 +3,7 @@ learns from a bad answer does not outlive the answer. A real bridge on loopback 
 server with the same certificate where the bridge itself cannot give the answer under test."""
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
@@ -64,24 +65,10 @@ async def test_a_bridge_time_centuries_off_is_not_learned_and_the_forwarder_carr
 ) -> None:
     # A device the bridge does not know: its CONNECT is refused, so the edge asks /v1/device (here, the local
     # server) whether it is revoked, and learns the bridge's time from the answer.
-    edge_dir = tmp_path / "edge"
-    answers = f"https://127.0.0.1:{far_off_time.port}"
-    identity = Identity("ghost-1", "acme", "edge-1", "127.0.0.1", harness.mqtt_port, answers, "cloud-bridge")
-    save_identity(edge_dir, identity, generate_private_key_pem(), server_cert_files["ca"], None)
-    store = Store(edge_dir)
-    await store.start()
-    forwarder = Forwarder(store, edge_dir, identity, ForwarderSettings(backoff_base_s=0.05, backoff_cap_s=0.1), now_ms)
-    task = asyncio.create_task(forwarder.run())
-    try:
-        # Before: the forwarder learned the offset, then died working out the time of day on it (ValueError:
-        # year 55000 is out of range), and again at every start, as the offset was stored.
-        await until(lambda: task.done() or len(far_off_time.requests) >= 3, what="the forwarder asked 3 times")
-        assert not task.done(), task.exception()
-    finally:
-        forwarder.request_stop()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await store.close()
+    edge_dir, identity = ghost_edge(tmp_path, harness, far_off_time, server_cert_files["ca"])
+    # Before: the forwarder learned the offset, then died working out the time of day on it (ValueError: year
+    # 55000 is out of range), and again at every start, as the offset was stored: it never asked a third time.
+    await forwarding(edge_dir, identity, lambda: len(far_off_time.requests) >= 3, "the forwarder asked 3 times")
     conn = db.connect(edge_dir)
     try:
         assert offline_ops.bridge_clock(conn).offset_ms == 0
@@ -103,31 +90,21 @@ async def test_a_revocation_is_taken_only_for_this_device(
     # Authorization header, say): "revoked", but not this device.
     others = Answers(lambda now: {"device_id": "other-device", "status": "revoked", "time": now})
     runner = await serve(others, server_cert_files["cert"], server_cert_files["key"])
-    edge_dir = tmp_path / "edge"
-    answers = f"https://127.0.0.1:{others.port}"
-    identity = Identity("ghost-1", "acme", "edge-1", "127.0.0.1", harness.mqtt_port, answers, "cloud-bridge")
-    save_identity(edge_dir, identity, generate_private_key_pem(), server_cert_files["ca"], None)
-    store = Store(edge_dir)
-    await store.start()
-    forwarder = Forwarder(store, edge_dir, identity, ForwarderSettings(backoff_base_s=0.05, backoff_cap_s=0.1), now_ms)
-    task = asyncio.create_task(forwarder.run())
+    edge_dir, identity = ghost_edge(tmp_path, harness, others, server_cert_files["ca"])
     try:
-        # Before: the first answer revoked this device for good (its backlog ended failed/device_revoked) and it
-        # never asked again.
-        await until(
-            lambda: task.done() or len(others.requests) >= 3 or forwarder.snapshot().state is LinkState.REVOKED,
-            what="the forwarder asked 3 times",
-        )
-        assert forwarder.snapshot().state is not LinkState.REVOKED
-        assert await store.read(offline_ops.revocation, identity.device_id) is None
-        # The same answer naming this device revokes it.
-        others.answer = lambda now: {"device_id": "ghost-1", "status": "revoked", "time": now}
-        await until(lambda: forwarder.snapshot().state is LinkState.REVOKED, what="revoked")
+        async with running(edge_dir, identity) as (store, forwarder, task):
+            # Before: the first answer revoked this device for good (its backlog ended failed/device_revoked) and it
+            # never asked again.
+            await until(
+                lambda: task.done() or len(others.requests) >= 3 or forwarder.snapshot().state is LinkState.REVOKED,
+                what="the forwarder asked 3 times",
+            )
+            assert forwarder.snapshot().state is not LinkState.REVOKED
+            assert await store.read(offline_ops.revocation, identity.device_id) is None
+            # The same answer naming this device revokes it.
+            others.answer = lambda now: {"device_id": "ghost-1", "status": "revoked", "time": now}
+            await until(lambda: forwarder.snapshot().state is LinkState.REVOKED, what="revoked")
     finally:
-        forwarder.request_stop()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await store.close()
         await runner.cleanup()
 
 
@@ -172,21 +149,37 @@ async def scripted(server_cert_files: dict[str, Path]) -> AsyncIterator[Scripted
         await bridge.stop()
 
 
-async def forwarding(edge_dir: Path, identity: Identity, until_: Callable[[], object], what: str) -> None:
-    """Run a forwarder for `identity` until `until_()` holds; it must still be running then."""
+@contextlib.asynccontextmanager
+async def running(edge_dir: Path, identity: Identity) -> AsyncIterator[tuple[Store, Forwarder, asyncio.Task[None]]]:
+    """A forwarder for `identity` on the store in `edge_dir`, running until the block ends."""
     store = Store(edge_dir)
     await store.start()
     settings = ForwarderSettings(ack_timeout_s=1.0, backoff_base_s=0.05, backoff_cap_s=0.1, health_interval_s=0)
     forwarder = Forwarder(store, edge_dir, identity, settings, now_ms)
     task = asyncio.create_task(forwarder.run())
     try:
-        await until(lambda: task.done() or until_(), what=what)
-        assert not task.done(), task.exception()
+        yield store, forwarder, task
     finally:
         forwarder.request_stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await store.close()
+
+
+async def forwarding(edge_dir: Path, identity: Identity, until_: Callable[[], object], what: str) -> None:
+    """Run a forwarder for `identity` until `until_()` holds; it must still be running then."""
+    async with running(edge_dir, identity) as (_store, _forwarder, task):
+        await until(lambda: task.done() or until_(), what=what)
+        assert not task.done(), task.exception()
+
+
+def ghost_edge(tmp_path: Path, harness: Harness, answers: Answers, ca: Path) -> tuple[Path, Identity]:
+    """An edge whose device the bridge does not know (its CONNECT is refused), asking `answers` over HTTPS."""
+    edge_dir = tmp_path / "edge"
+    url = f"https://127.0.0.1:{answers.port}"
+    identity = Identity("ghost-1", "acme", "edge-1", "127.0.0.1", harness.mqtt_port, url, "cloud-bridge")
+    save_identity(edge_dir, identity, generate_private_key_pem(), ca, None)
+    return edge_dir, identity
 
 
 def scripted_edge(tmp_path: Path, bridge: ScriptedBridge, ca: Path) -> tuple[Path, Identity]:

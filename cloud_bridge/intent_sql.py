@@ -33,6 +33,8 @@ from cloud_bridge.ledger_states import (
     step,
     target,
 )
+from cloud_bridge.outcome import UNANSWERED
+from intent_contract.wire import MAX_DETAIL
 
 _LIVE = sql_states(LIVE_STATES)
 CANCELLED = "cancelled"  # the code of a row an operator cancelled
@@ -87,6 +89,21 @@ def operator_detail(event: LedgerEvent, operator: str) -> str:
     """The row's and the audit's detail for an operator's event: who did it."""
     done = "retried" if event is LedgerEvent.REQUEUE else "cancelled"
     return clip_detail(f"{done} by operator {operator}")
+
+
+# A cancelled row's detail, from the row before it: after a try of this attempt, how the last one ended, and
+# when it ended without the provider's answer (a timeout), that it may have reached the provider: the device
+# and the operator are not told only "cancelled" of an email that may have gone. In the UPDATE, where the
+# row's code is the one it had before, so a row that moves meanwhile (PostgreSQL) is described as it was.
+_CANCEL_DETAIL = (
+    "CASE WHEN tries = 0 THEN ? ELSE substr(? || code"
+    f" || CASE WHEN code IN ({', '.join('?' * len(UNANSWERED))}) THEN ? ELSE '' END, 1, {MAX_DETAIL}) END"
+)
+
+
+def cancel_detail(detail: str) -> tuple[str, ...]:
+    """The parameters of _CANCEL_DETAIL for an operator's `detail`."""
+    return (detail, f"{detail}; its last try ended ", *sorted(UNANSWERED), ": it may have reached the provider")
 
 
 class SqlIntents:
@@ -177,7 +194,11 @@ class SqlIntents:
             values: tuple[Any, ...] = (now, REQUEUED, detail)
             code = REQUEUED
         else:
-            changes, values, code = "code = ?, detail = ?", (CANCELLED, detail), CANCELLED
+            changes, values, code = (
+                f"code = ?, detail = {_CANCEL_DETAIL}",
+                (CANCELLED, *cancel_detail(detail)),
+                CANCELLED,
+            )
         update = (
             f"UPDATE intents SET state = '{target(event)}', {changes}, updated = ?, owner = '', lease_until = 0,"
             f" confirmed = {self._false} WHERE device_id = ? AND intent_id = ? AND {state_in(sources(event))}"
@@ -210,7 +231,7 @@ class SqlIntents:
                 conn,
                 "INSERT INTO audit (at, device_id, tenant, intent_id, kind, event, integration, code, detail)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (now, device_id, entry.tenant, intent_id, entry.kind, str(audit), "", code, detail),
+                (now, device_id, entry.tenant, intent_id, entry.kind, str(audit), "", code, entry.detail),
             )
             self._signal(conn, device_id)
         return entry

@@ -59,6 +59,26 @@ class Transient:
 
 CallResult = Returned | Permanent | Transient
 
+# Codes of a try that ended without the provider's answer, so it may have taken the intent all the same: a
+# timeout or a broken connection after the request went out, a reply that made no sense, a bridge stopped
+# mid-call (`resumed`), an integration's own fault, and notify's `notify_failed` (some of a target's
+# services may have taken it). A provider's refusal (an HTTP status, an SMTP reply) is an answer. The
+# integrations' tests hold their codes for these faults in this set (tests/unit/test_outcome.py).
+UNANSWERED = frozenset(
+    {
+        "http_timeout",
+        "http_connection",
+        "sms_timeout",
+        "sms_connection",
+        "smtp_connection",
+        "smtp_protocol",
+        "notify_timeout",
+        "notify_failed",
+        "integration_error",
+        "resumed",
+    }
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:

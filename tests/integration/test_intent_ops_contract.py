@@ -141,6 +141,31 @@ async def test_cancel_ends_a_queued_row_and_the_device_hears_it(store: Store) ->
     assert operator_api.retry(store.intents, ["a"], "bob", NOW + 3).intent.state == "queued"
 
 
+@pytest.mark.parametrize(
+    ("last", "told"),
+    [
+        ("http_timeout", "its last try ended http_timeout: it may have reached the provider"),
+        ("smtp_connection", "its last try ended smtp_connection: it may have reached the provider"),
+        ("http_503", "its last try ended http_503"),
+    ],
+)
+async def test_a_cancel_after_a_try_says_how_it_ended_and_whether_the_provider_may_have_it(
+    store: Store, last: str, told: str
+) -> None:
+    """A row back in the queue after a try that had no answer (a timeout after the request went out) may
+    have reached the provider: the cancel used to say only "cancelled" to the device and in the audit."""
+    await admit(store.ledger, DEV, [env("a")], allow, NOW)
+    [entry] = await store.ledger.claim(["email.send"], 1, NOW)
+    await store.ledger.reschedule(entry, NOW + 60, last, "no answer", NOW)
+    done = operator_api.cancel(store.intents, ["a"], "bob", NOW + 1)
+    detail = f"cancelled by operator bob; {told}"
+    assert (done.intent.code, done.intent.detail) == ("cancelled", detail)
+    [ack] = await store.ledger.unconfirmed("dev-1")
+    assert (ack.state, ack.code, ack.detail) == (AckState.FAILED, "cancelled", detail)
+    [record] = [r for r in await store.ledger.audit("dev-1") if r.event is AuditEvent.CANCEL]
+    assert record.detail == detail
+
+
 async def test_what_the_table_does_not_allow_is_refused_and_changes_nothing(store: Store) -> None:
     await admit(store.ledger, DEV, [env("first"), env("second"), env("third")], allow, NOW)
     [done, running] = await store.ledger.claim(["email.send"], 2, NOW)  # the oldest two

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import aiohttp
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cloud_bridge.errors import BridgeError
+from cloud_bridge.integrations import http as http_integration
+from cloud_bridge.integrations import sms as sms_integration
 from cloud_bridge.ledger import LedgerEntry
 from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.outcome import (
+    UNANSWERED,
     Permanent,
     RetryPolicy,
     Returned,
@@ -149,3 +155,17 @@ def test_a_transient_error_ends_in_exactly_one_of_retry_fail_expire(
         # Never sooner than the backoff or the provider asked, never at or past the deadline.
         assert verdict == Verdict(EntryState.QUEUED, result.code, result.detail, retry_at=due)
         assert row.expires is None or (verdict.retry_at is not None and verdict.retry_at * 1000 < row.expires)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        http_integration.aiohttp_error(TimeoutError(), "example.com"),
+        http_integration.aiohttp_error(aiohttp.ServerDisconnectedError(), "example.com"),
+        sms_integration.transport_error(httpx.ReadTimeout("slow"), "example.com", prefix="sms"),
+        sms_integration.transport_error(httpx.RemoteProtocolError("cut"), "example.com", prefix="sms"),
+    ],
+)
+def test_the_integrations_codes_for_a_try_without_an_answer_are_unanswered(error: BridgeError) -> None:
+    """A cancel tells the device such a try may have reached the provider (intent_sql._CANCEL_DETAIL)."""
+    assert error.code in UNANSWERED

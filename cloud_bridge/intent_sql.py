@@ -13,6 +13,7 @@ holding the device sends it the row's status (a retried row is marked `announce`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,26 @@ def cancel_detail(detail: str) -> tuple[str, ...]:
     return (detail, f"{detail}; its last try ended ", *sorted(UNANSWERED), ": it may have reached the provider")
 
 
+@dataclass(frozen=True, slots=True)
+class PurgePace:
+    """How a purge shares a SQLite ledger with its node's writer: `batch` rows per transaction, then a pause
+    as long as the transaction took and at least `pause` seconds (`sleep` is injected for tests).
+
+    A purge from another connection takes SQLite's one write lock, and the node's writer waits for it in
+    SQLite's busy handler, which sleeps 1, 2, 5 ... up to 100 ms between looks. Back to back, a purge took
+    the lock again before the waiting writer looked: admitting a batch took up to 730 ms while 1,000,000 rows
+    were purged (p99 731 ms, 33 batches in 2.2 s where 220 were due; BENCHMARKS.md F49). Small transactions
+    with a pause longer than the busy handler's first sleeps let the writer in at its next look (p99 7-20 ms).
+    """
+
+    batch: int = 1000
+    pause: float = 0.025
+    sleep: Callable[[float], None] = time.sleep
+
+    def after(self, took: float) -> None:
+        self.sleep(max(self.pause, took))
+
+
 class SqlIntents:
     """Operators' intent operations on a SQL connection of either backend (`marker`: `?` or `%s`;
     `true`/`false`: the backend's boolean literals)."""
@@ -119,8 +140,10 @@ class SqlIntents:
         true: str = "1",
         false: str = "0",
         on_open: Callable[[], None] = lambda: None,
+        purge_pace: PurgePace | None = None,
     ) -> None:
         self._transaction = transaction
+        self.purge_pace = purge_pace  # None: no pause (PostgreSQL has no one write lock)
         self._signal = signal
         self._marker = marker
         self._true = true
@@ -236,12 +259,13 @@ class SqlIntents:
             self._signal(conn, device_id)
         return entry
 
-    def purge(self, intents_before: float | None, audit_before: float | None, *, batch: int = PURGE_BATCH) -> Purged:
+    def purge(self, intents_before: float | None, audit_before: float | None, *, batch: int | None = None) -> Purged:
         """Delete final rows the edge confirmed, last changed before `intents_before`, and audit rows from
         before `audit_before` (None: keep). Live rows, and results an edge has not confirmed, stay.
 
-        In transactions of at most `batch` rows, so a long-due purge never holds the ledger's writer
-        (SQLite has one) for long."""
+        In transactions of at most `batch` rows (default: the pace's, else PURGE_BATCH), so a long-due purge
+        never holds the ledger's writer (SQLite has one) for long, paused between them as `purge_pace` says."""
+        batch = batch or (self.purge_pace.batch if self.purge_pace is not None else PURGE_BATCH)
         intents = audit = 0
         if intents_before is not None:
             # The conditions twice: PostgreSQL (READ COMMITTED) re-checks a row it had to wait for against the
@@ -262,8 +286,11 @@ class SqlIntents:
     def _in_batches(self, text: str, params: tuple[float, ...], batch: int) -> int:
         total = 0
         while True:
+            began = time.monotonic()
             with self._transaction() as conn:
                 deleted = max(0, int(self._run(conn, text, (*params, batch)).rowcount))
             total += deleted
             if deleted < batch:
                 return total
+            if self.purge_pace is not None:
+                self.purge_pace.after(time.monotonic() - began)

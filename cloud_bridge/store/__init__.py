@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cloud_bridge.fleet import FleetStore
-from cloud_bridge.intent_sql import SqlIntents
+from cloud_bridge.intent_sql import PurgePace, SqlIntents
 from cloud_bridge.ledger import Ledger
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry
@@ -90,7 +90,7 @@ def open_store(url: StoreUrl, *, node: str, tokens_per_device: int = DEFAULT_TOK
             SqliteSignals(ledger_path),
             lambda at_start: migrate_file(ledger_path, at_start=at_start),
             sqlite_fleet(directory / FLEET_DB),
-            SqlIntents(sqlite_transaction(ledger_path, "ledger"), signal=add_signal),
+            SqlIntents(sqlite_transaction(ledger_path, "ledger"), signal=add_signal, purge_pace=PurgePace()),
         )
     from cloud_bridge.store.pg import open_pg_store  # noqa: PLC0415
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from cloud_bridge import operator_api
 from cloud_bridge.audit import AuditEvent
 from cloud_bridge.errors import AmbiguousIntentError, BridgeError, LedgerStateError, UnknownIntentError
-from cloud_bridge.intent_sql import IntentQuery, SqlIntents
+from cloud_bridge.intent_sql import IntentQuery, PurgePace, SqlIntents
 from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.policy import Decision, DeviceRef
 from cloud_bridge.retention import Retention
@@ -233,6 +234,41 @@ async def test_purge_deletes_in_batches_until_nothing_is_left(store: Store) -> N
     done = store.intents.purge(NOW - 30 * DAY, NOW - 30 * DAY, batch=3)
     assert (done.intents, done.audit) == (7, 14)  # accept and deliver of each
     assert operator_api.list_intents(store.intents, IntentQuery()) == []
+
+
+async def test_a_sqlite_purge_pauses_between_its_transactions_and_the_nodes_writer_gets_in(tmp_path: Path) -> None:
+    """A purge from another connection holds SQLite's one write lock; back to back, its transactions kept the
+    node's writer waiting in SQLite's busy handler (admission took up to 730 ms while 1,000,000 rows were
+    purged, `python -m bench.purge_intake`). Between two transactions it now pauses, and the node admits."""
+    async with opened(StoreUrl.sqlite(tmp_path / "store")) as store:
+        assert store.intents.purge_pace is not None and store.intents.purge_pace.batch <= 1000
+        ids = [f"old-{n}" for n in range(7)]
+        await admit(store.ledger, DEV, [env(i) for i in ids], allow, NOW - 40 * DAY)
+        for entry in await store.ledger.claim(["email.send"], 10, NOW - 40 * DAY):
+            await store.ledger.finish(entry, EntryState.DELIVERED, "", "", NOW - 40 * DAY, "smtp")
+        await store.ledger.confirm("dev-1", ids)
+        loop = asyncio.get_running_loop()
+        pauses: list[float] = []
+
+        def pause(seconds: float) -> None:  # in the purge's thread, between two of its transactions
+            new = env(f"new-{len(pauses)}")
+            [ack] = asyncio.run_coroutine_threadsafe(admit(store.ledger, DEV, [new], allow, NOW), loop).result(10)
+            assert ack.state is AckState.ACCEPTED
+            pauses.append(seconds)
+
+        store.intents.purge_pace = PurgePace(batch=3, pause=0.025, sleep=pause)
+        done = await asyncio.to_thread(store.intents.purge, NOW - 30 * DAY, NOW - 30 * DAY)
+        assert (done.intents, done.audit) == (7, 14)
+        # After each full transaction: intents 3, 3 (then 1), audit 3, 3, 3, 3 (then 2).
+        assert len(pauses) == 6 and min(pauses) >= 0.025
+        left = {i.intent_id for i in operator_api.list_intents(store.intents, IntentQuery())}
+        assert left == {f"new-{n}" for n in range(6)}
+
+
+async def test_a_postgresql_purge_does_not_pause(pg_url: StoreUrl) -> None:
+    """PostgreSQL has no one write lock: its purge goes at full speed, in transactions of PURGE_BATCH rows."""
+    async with opened(pg_url) as store:
+        assert store.intents.purge_pace is None
 
 
 async def test_a_purge_that_waits_for_a_row_an_operator_retries_leaves_the_retried_row(pg_url: StoreUrl) -> None:

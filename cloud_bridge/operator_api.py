@@ -17,6 +17,7 @@ Both are audited (`requeue`, `cancel`) with the operator's name and the time.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -147,7 +148,14 @@ def cancel(intents: SqlIntents, ids: Sequence[str], operator: str, now: float) -
     return _operate(intents, ids, LedgerEvent.CANCEL, operator, now)
 
 
-def purge(intents: SqlIntents, *, intents_age: float | None, audit_age: float | None, now: float) -> PurgeResult:
+def purge(
+    intents: SqlIntents,
+    *,
+    intents_age: float | None,
+    audit_age: float | None,
+    now: float,
+    stop: threading.Event | None = None,
+) -> PurgeResult:
     """Delete final, confirmed ledger rows unchanged for `intents_age` seconds and audit rows older than
     `audit_age` (None: keep them). Live rows and results their edge has not confirmed are never deleted."""
     for age in (intents_age, audit_age):
@@ -155,7 +163,7 @@ def purge(intents: SqlIntents, *, intents_age: float | None, audit_age: float | 
             raise ValueError("a retention age must be positive")
     intents_before = None if intents_age is None else now - intents_age
     audit_before = None if audit_age is None else now - audit_age
-    done: Purged = intents.purge(intents_before, audit_before)
+    done: Purged = intents.purge(intents_before, audit_before, stop=stop)
     return PurgeResult(done.intents, done.audit, intents_before, audit_before)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 
 from cloud_bridge import operator_api
@@ -43,11 +44,12 @@ class Retention:
         self._interval = interval
         self._first = first
         self._task: asyncio.Task[None] | None = None
+        self._stopping = threading.Event()  # a purge under way ends after its transaction (SQLite: paced)
 
     async def run_once(self) -> operator_api.PurgeResult:
         done = await own_thread(
             operator_api.purge, self._intents, intents_age=self._intent_age, audit_age=self._audit_age,
-            now=self._clock(),
+            now=self._clock(), stop=self._stopping,
         )  # fmt: skip
         if done.intents or done.audit:
             logger.info("retention: deleted %d final intents and %d audit rows", done.intents, done.audit,
@@ -55,9 +57,11 @@ class Retention:
         return done
 
     def start(self) -> None:
+        self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="retention")
 
     async def stop(self) -> None:
+        self._stopping.set()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

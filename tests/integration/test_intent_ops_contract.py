@@ -265,6 +265,32 @@ async def test_a_sqlite_purge_pauses_between_its_transactions_and_the_nodes_writ
         assert left == {f"new-{n}" for n in range(6)}
 
 
+async def test_a_node_stopping_ends_its_paced_purge_after_the_transaction_under_way(tmp_path: Path) -> None:
+    """A paced purge takes about 30 s per 1,000,000 rows, in the node's own threads, which the process waits
+    for when it exits: Retention.stop ends it after the transaction under way."""
+    async with opened(StoreUrl.sqlite(tmp_path / "store")) as store:
+        ids = [f"old-{n}" for n in range(7)]
+        await admit(store.ledger, DEV, [env(i) for i in ids], allow, NOW - 40 * DAY)
+        for entry in await store.ledger.claim(["email.send"], 10, NOW - 40 * DAY):
+            await store.ledger.finish(entry, EntryState.DELIVERED, "", "", NOW - 40 * DAY, "smtp")
+        await store.ledger.confirm("dev-1", ids)
+        paused, go_on = threading.Event(), threading.Event()
+
+        def pause(_seconds: float) -> None:
+            paused.set()
+            assert go_on.wait(10)
+
+        store.intents.purge_pace = PurgePace(batch=3, sleep=pause)
+        retention = Retention(store.intents, intent_age=30 * DAY, audit_age=30 * DAY, clock=lambda: NOW)
+        purging = asyncio.create_task(retention.run_once())
+        await until(paused.is_set)
+        await retention.stop()
+        go_on.set()
+        done = await purging
+        assert (done.intents, done.audit) == (3, 0)
+        assert len(operator_api.list_intents(store.intents, IntentQuery())) == 4
+
+
 async def test_a_postgresql_purge_does_not_pause(pg_url: StoreUrl) -> None:
     """PostgreSQL has no one write lock: its purge goes at full speed, in transactions of PURGE_BATCH rows."""
     async with opened(pg_url) as store:

@@ -267,6 +267,7 @@ class SqlIntents:
         *,
         batch: int | None = None,
         stop: threading.Event | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Purged:
         """Delete final rows the edge confirmed, last changed before `intents_before`, and audit rows from
         before `audit_before` (None: keep). Live rows, and results an edge has not confirmed, stay.
@@ -274,39 +275,40 @@ class SqlIntents:
         In transactions of at most `batch` rows (default: the pace's, else PURGE_BATCH), so a long-due purge
         never holds the ledger's writer (SQLite has one) for long, paused between them as `purge_pace` says.
         Once `stop` is set it ends after the transaction under way (what it deleted is counted): a paced
-        purge takes about 30 s per 1,000,000 rows, and a node stopping must not wait for it."""
+        purge takes about 30 s per 1,000,000 rows, and a node stopping must not wait for it. `progress` hears
+        the rows deleted so far (intents and audit) after each transaction."""
         batch = batch or (self.purge_pace.batch if self.purge_pace is not None else PURGE_BATCH)
         stop = stop or threading.Event()
-        intents = audit = 0
-        if intents_before is not None:
+        deleted = [0, 0]
+        for index, (table, where, before) in enumerate(self._purge_where(intents_before, audit_before)):
             # The conditions twice: PostgreSQL (READ COMMITTED) re-checks a row it had to wait for against the
             # outer WHERE only, not against the subquery's; without them in the outer WHERE, a row an
             # operator retried meanwhile (queued again, unconfirmed) was deleted once the retry committed.
-            done = f"confirmed = {self._true} AND state NOT IN {_LIVE} AND updated < ?"
-            intents = self._in_batches(
-                f"DELETE FROM intents WHERE {done} AND seq IN (SELECT seq FROM intents WHERE {done} LIMIT ?)",
-                (intents_before, intents_before),
-                batch,
-                stop,
-            )
-        if audit_before is not None:  # audit rows never change, so nothing can make one young again
-            audit = self._in_batches(
-                "DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE at < ? LIMIT ?)",
-                (audit_before,),
-                batch,
-                stop,
-            )
-        return Purged(intents, audit)
+            text = f"DELETE FROM {table} WHERE {where} AND seq IN (SELECT seq FROM {table} WHERE {where} LIMIT ?)"
+            while not stop.is_set():
+                began = time.monotonic()
+                with self._transaction() as conn:
+                    done = max(0, int(self._run(conn, text, (before, before, batch)).rowcount))
+                deleted[index] += done
+                if progress is not None:
+                    progress(sum(deleted))
+                if done < batch:
+                    break
+                if self.purge_pace is not None:
+                    self.purge_pace.after(time.monotonic() - began)
+        return Purged(*deleted)
 
-    def _in_batches(self, text: str, params: tuple[float, ...], batch: int, stop: threading.Event) -> int:
-        total = 0
-        while not stop.is_set():
-            began = time.monotonic()
-            with self._transaction() as conn:
-                deleted = max(0, int(self._run(conn, text, (*params, batch)).rowcount))
-            total += deleted
-            if deleted < batch:
-                return total
-            if self.purge_pace is not None:
-                self.purge_pace.after(time.monotonic() - began)
-        return total
+    def purgeable(self, intents_before: float | None, audit_before: float | None) -> int:
+        """How many rows (intents and audit) a purge with these bounds would delete now: its progress's total."""
+        with self._transaction() as conn:
+            return sum(
+                int(self._run(conn, f"SELECT count(*) AS n FROM {table} WHERE {where}", (before,)).fetchone()["n"])
+                for table, where, before in self._purge_where(intents_before, audit_before)
+            )
+
+    def _purge_where(self, intents_before: float | None, audit_before: float | None) -> list[tuple[str, str, float]]:
+        """(table, condition, its one parameter) of what a purge deletes; the intents first, then the audit
+        (whose rows never change, so nothing can make one young again)."""
+        tables = [("intents", f"confirmed = {self._true} AND state NOT IN {_LIVE} AND updated < ?", intents_before)]
+        tables.append(("audit", "at < ?", audit_before))
+        return [(table, where, before) for table, where, before in tables if before is not None]

@@ -27,6 +27,7 @@ from cloud_bridge.operator_api import IntentDetail, IntentInfo
 from cloud_bridge.settings import build_settings
 from cloud_bridge.store import open_store
 from intent_contract.console import plain_console
+from intent_contract.progress import progress_line
 from intent_contract.timefmt import format_age, parse_duration
 
 Decorator = Callable[[Any], Any]
@@ -190,6 +191,7 @@ def register(main: click.Group, store_options: Decorator, json_option: Decorator
                     intents_age=bridge.intent_retention if intents_age is None else intents_age,
                     audit_age=bridge.audit_retention if audit_age is None else audit_age,
                     now=time.time(),
+                    progress=progress_line("purged"),
                 )
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from None

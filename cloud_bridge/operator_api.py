@@ -18,7 +18,7 @@ Both are audited (`requeue`, `cancel`) with the operator's name and the time.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +155,7 @@ def purge(
     audit_age: float | None,
     now: float,
     stop: threading.Event | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> PurgeResult:
     """Delete final, confirmed ledger rows unchanged for `intents_age` seconds and audit rows older than
     `audit_age` (None: keep them). Live rows and results their edge has not confirmed are never deleted."""
@@ -163,8 +164,19 @@ def purge(
             raise ValueError("a retention age must be positive")
     intents_before = None if intents_age is None else now - intents_age
     audit_before = None if audit_age is None else now - audit_age
-    done: Purged = intents.purge(intents_before, audit_before, stop=stop)
+    report = None if progress is None else _counting(progress, intents.purgeable(intents_before, audit_before))
+    done: Purged = intents.purge(intents_before, audit_before, stop=stop, progress=report)
     return PurgeResult(done.intents, done.audit, intents_before, audit_before)
+
+
+def _counting(progress: Callable[[int, int], None], total: int) -> Callable[[int], None]:
+    """`progress` as (rows deleted, rows to delete), with the total counted before the purge began."""
+    progress(0, total)
+
+    def report(done: int) -> None:
+        progress(done, max(done, total))  # rows that grew old meanwhile are deleted too
+
+    return report
 
 
 def state_of(text: str | None) -> EntryState | None:

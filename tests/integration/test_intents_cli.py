@@ -103,14 +103,16 @@ async def test_purge_uses_the_flags_or_the_configured_retention(
     await store.ledger.confirm("dev-1", ["old"])
     config = tmp_path / "bridge.toml"
     config.write_text('[bridge]\nintent_retention = "100d"\naudit_retention = "1d"\n')
-    by_config = json.loads(cli(store_url, tmp_path, "purge", "--config", str(config), "--json").output)
+    purged = cli(store_url, tmp_path, "purge", "--config", str(config), "--json")
+    by_config = json.loads(purged.stdout)
     assert (by_config["intents"], by_config["audit"]) == (0, 3)  # accepted twice, delivered once
-    by_default = json.loads(cli(store_url, tmp_path, "purge", "--json").output)  # 30 days, 90 days
+    assert purged.stderr == "purged: 0/3\npurged: 3/3\n"  # progress: a paced purge takes 30 s a million
+    by_default = json.loads(cli(store_url, tmp_path, "purge", "--json").stdout)  # 30 days, 90 days
     assert (by_default["intents"], by_default["audit"]) == (1, 0)
     listed = json.loads(cli(store_url, tmp_path, "ls", "--json").output)
     assert [r["intent_id"] for r in listed] == ["live"]  # a live row is never purged
     text = cli(store_url, tmp_path, "purge", "--older-than", "1d", "--audit-older-than", "1d")
-    assert (text.exit_code, text.output) == (0, "purged 0 intents and 0 audit rows\n")
+    assert (text.exit_code, text.stdout) == (0, "purged 0 intents and 0 audit rows\n")
     bad = cli(store_url, tmp_path, "purge", "--older-than", "soon")
     assert bad.exit_code == 1 and "--older-than" in bad.output
     zero = cli(store_url, tmp_path, "purge", "--older-than", "0s")

@@ -36,12 +36,15 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
-from intent_contract.accept_limits import Admission, ConnectionLimits, Ticket
+from intent_contract import proxied, proxy_header
+from intent_contract.accept_limits import Admission, ConnectionLimits, Ticket, from_proxy
 from intent_contract.logs import LogThrottle, left_out
+from intent_contract.proxied import ClientTransport
 
 logger = logging.getLogger(__name__)
 
 TLS_HANDSHAKE_TIMEOUT_S = 60.0  # asyncio's default
+PROXY_HEADER_TIMEOUT_S = 10.0  # a balancer sends its PROXY header as it connects
 
 
 class ConnectionWatch(Protocol):
@@ -75,7 +78,9 @@ class GuardedListener:
         self._watch = watch
         self._handshake_timeout = handshake_timeout
         self._log = LogThrottle()
+        self._header_log = LogThrottle()
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._awaiting: set[asyncio.Transport] = set()  # balancers' connections whose PROXY header is not yet in
 
     def protocol(self) -> asyncio.Protocol:
         """For `loop.create_server`: called once per accepted connection."""
@@ -83,6 +88,8 @@ class GuardedListener:
 
     async def aclose(self) -> None:
         """Stop the handshakes under way (their connections are closed); call once the server is closed."""
+        for transport in list(self._awaiting):
+            transport.abort()
         for task in self._handshakes:
             task.cancel()
         if self._handshakes:
@@ -101,6 +108,31 @@ class GuardedListener:
                 extra={"peer": address, "code": "too_many_connections", "not_logged": not_logged},
             )  # fmt: skip
 
+    def _bad_header(self, address: str, reason: str) -> None:
+        not_logged = self._header_log.allow(time.monotonic())
+        if not_logged is not None:
+            logger.warning(
+                "%s connection from the balancer %s closed: %s (is it set to send-proxy?)%s",
+                self.name, address, reason, left_out(not_logged),
+                extra={"peer": address, "code": "bad_proxy_header", "not_logged": not_logged},
+            )  # fmt: skip
+
+
+class _AwaitedHeader:
+    """A balancer's connection whose PROXY header is not yet in: aborted if it is not within PROXY_HEADER_TIMEOUT_S."""
+
+    def __init__(self, transport: asyncio.Transport, address: str, awaiting: set[asyncio.Transport]) -> None:
+        self.transport = transport
+        self.address = address  # the balancer's
+        self.data = bytearray()
+        self._timer = asyncio.get_running_loop().call_later(PROXY_HEADER_TIMEOUT_S, transport.abort)
+        self._awaiting = awaiting  # the listener's, which aborts them as it stops
+        awaiting.add(transport)
+
+    def end(self) -> None:
+        self._timer.cancel()
+        self._awaiting.discard(self.transport)
+
 
 class _Admitting(asyncio.Protocol):
     """One accepted connection: closed at once past a limit, else TLS, then the inner protocol with every call."""
@@ -112,6 +144,7 @@ class _Admitting(asyncio.Protocol):
         self._early: list[bytes] = []  # data that came with the handshake's end, before the inner protocol
         self._eof = False
         self._lost = False
+        self._proxy: _AwaitedHeader | None = None  # a balancer's connection until its PROXY header is in
 
     def settle(self) -> None:
         """This connection no longer counts against its listener's limits."""
@@ -124,6 +157,15 @@ class _Admitting(asyncio.Protocol):
         transport.pause_reading()  # nothing is read before TLS starts
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if from_proxy(address, self._listener.admission.limits.proxies):  # a balancer: its PROXY header first
+            self._proxy = _AwaitedHeader(transport, address, self._listener._awaiting)
+            transport.resume_reading()
+            return
+        self._admit(transport, address)
+
+    def _admit(self, transport: asyncio.Transport, address: str, peer: tuple[str, int] | None = None) -> None:
+        """Count the connection under `address` and start TLS, or close it past a limit; `peer`: the client's
+        address behind a balancer, what the connection's transport gives as its `peername`."""
         ticket = self._listener.admission.admit(address)
         if isinstance(ticket, str):
             transport.abort()
@@ -132,16 +174,48 @@ class _Admitting(asyncio.Protocol):
         self._ticket = ticket
         if self._listener.context is None:  # plain: the inner protocol at once
             self._inner = self._listener._factory()
-            self._inner.connection_made(transport)
+            self._inner.connection_made(transport if peer is None else ClientTransport(transport, peer))
+            for data in self._early:
+                self._inner.data_received(data)
+            self._early.clear()
             transport.resume_reading()
             return
-        task = asyncio.get_running_loop().create_task(self._start_tls(transport))
+        task = asyncio.get_running_loop().create_task(self._start_tls(transport, peer))
         self._listener._handshakes.add(task)
         task.add_done_callback(self._listener._handshakes.discard)
 
-    async def _start_tls(self, transport: asyncio.Transport) -> None:
+    def _header_received(self, data: bytes) -> None:
+        """Bytes from a balancer before its PROXY header is complete."""
+        awaited = self._proxy
+        assert awaited is not None
+        awaited.data += data
+        try:
+            header = proxy_header.parse(bytes(awaited.data))
+        except proxy_header.ProxyHeaderError as exc:
+            awaited.end()
+            awaited.transport.abort()
+            self._listener._bad_header(awaited.address, str(exc))
+            return
+        if header is None:
+            return
+        awaited.end()
+        self._proxy = None
+        awaited.transport.pause_reading()  # what follows the header is TLS: read once it has started
+        rest = bytes(awaited.data[header.length :])
+        if rest:
+            self._early.append(rest)
+        if header.address is None:  # the balancer's own connection (a health check)
+            self._admit(awaited.transport, awaited.address)
+        else:
+            self._admit(awaited.transport, header.address, (header.address, header.port or 0))
+
+    async def _start_tls(self, transport: asyncio.Transport, peer: tuple[str, int] | None) -> None:
         listener = self._listener
         assert listener.context is not None
+        loop = asyncio.get_running_loop()
+        for data in self._early:  # the handshake's start, read with a balancer's header: before the socket's rest
+            loop.call_soon(proxied.feed, transport, data)
+        self._early.clear()
         try:
             tls = await asyncio.get_running_loop().start_tls(
                 transport, self, listener.context, server_side=True, ssl_handshake_timeout=listener._handshake_timeout
@@ -156,7 +230,7 @@ class _Admitting(asyncio.Protocol):
             self.settle()
             return
         self._inner = inner = listener._factory()
-        inner.connection_made(tls)
+        inner.connection_made(tls if peer is None else ClientTransport(tls, peer))
         for data in self._early:
             inner.data_received(data)
         self._early.clear()
@@ -166,16 +240,22 @@ class _Admitting(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self.settle()
+        if self._proxy is not None:
+            self._proxy.end()
         if self._inner is not None:
             self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._inner is None:
+        if self._proxy is not None:
+            self._header_received(data)
+        elif self._inner is None:
             self._early.append(data)
         else:
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self._proxy is not None:  # the balancer's connection ended before its header did
+            return False
         if self._inner is None:
             self._eof = True
             return True  # kept open until the inner protocol, which may still answer, decides

@@ -25,12 +25,20 @@ def address_key(address: str | None) -> str:
     return str(ip)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
-    """Connections not yet settled, per listener: from one address (an IPv6 /64) and in all."""
+    """Connections not yet settled, per listener: from one address (an IPv6 /64) and in all.
+
+    A connection from one of `proxies` (TCP balancers) is counted under the client address its PROXY header
+    names (`intent_contract.proxy_header`), and that address is its source everywhere (logs, telemetry).
+    """
 
     per_address: int = 128
     total: int = 512
+    proxies: tuple[Network, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.per_address <= self.total:
@@ -38,6 +46,19 @@ class ConnectionLimits:
 
 
 DEFAULT_CONNECTION_LIMITS = ConnectionLimits()
+
+
+def from_proxy(address: str, proxies: tuple[Network, ...]) -> bool:
+    """True when `address` is one of `proxies`: its connections start with a PROXY header."""
+    if not proxies:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in proxies)
 
 
 class Admission:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from pydantic import Field
 
 from cloud_bridge.config.fields import Duration, Positive, PositiveInt, SecretSection, Text
@@ -38,6 +40,11 @@ class BridgeSection(SecretSection):
     pending_connections: PositiveInt = Field(
         _CONNECTIONS.total, description="connections not yet authenticated from all addresses, per listener"
     )
+    proxy_protocol_from: list[Text] = Field(
+        [],
+        description="addresses or networks of TCP balancers that send a PROXY header (send-proxy-v2): their "
+        "connections are counted, logged and checked under the client address it names",
+    )
     store: str | None = Field(
         None, description="`sqlite:///DIR` or `postgresql://USER@HOST:PORT/DB`; default: SQLite in the data dir"
     )
@@ -68,6 +75,7 @@ class BridgeSection(SecretSection):
             found.append("intent_retention and audit_retention must be at least 1h")
         if self.pending_connections_per_address > self.pending_connections:
             found.append("pending_connections_per_address must be at most pending_connections")
+        found.extend(_proxy_problems(self.proxy_protocol_from))
         if not 3.0 <= self.lease <= 3600.0:
             found.append("lease must be within 3..3600 seconds")
         if self.store is not None:
@@ -89,10 +97,24 @@ class BridgeSection(SecretSection):
 
     @property
     def connection_limits(self) -> ConnectionLimits:
-        return ConnectionLimits(per_address=self.pending_connections_per_address, total=self.pending_connections)
+        proxies = tuple(ipaddress.ip_network(text, strict=False) for text in self.proxy_protocol_from)
+        return ConnectionLimits(self.pending_connections_per_address, self.pending_connections, proxies)
 
     @property
     def enroll_limits(self) -> EnrollLimits:
         return EnrollLimits(
             per_address_per_minute=self.enroll_per_address_per_minute, per_minute=self.enroll_per_minute
         )
+
+
+def _proxy_problems(networks: list[str]) -> list[str]:
+    found = []
+    for text in networks:
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            found.append(f"proxy_protocol_from: {text!r} is not an address or a network (10.0.0.5, 10.0.0.0/24)")
+            continue
+        if network.prefixlen == 0:
+            found.append(f"proxy_protocol_from: {text!r} would let anyone name the address it connects from")
+    return found

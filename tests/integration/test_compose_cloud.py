@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import ssl
 import subprocess
@@ -23,6 +22,7 @@ import pytest
 
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
 from tests.support.bridge import Creds, DeviceClient, email, until
+from tests.support.haproxy import haproxy_binary
 from tests.support.net import free_port, wait_for_port
 from tests.support.stack import BridgeProcess
 from tests.support.stores import pg_database
@@ -30,13 +30,7 @@ from tests.support.stores import pg_database
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "compose" / "config"
 COMPOSE_PORTS = {8883: "mqtt_port", 8443: "http_port", 9443: "ws_port"}
-
-
-def haproxy_binary() -> str:
-    found = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
-    if found is None:
-        pytest.skip("haproxy is not installed (apt-get install haproxy)")
-    return found
+BALANCER = "127.0.0.9"  # the balancer's loopback stand-in: it connects to the nodes from here
 
 
 def loopback_config(nodes: dict[str, BridgeProcess], front: dict[int, int]) -> str:
@@ -46,6 +40,7 @@ def loopback_config(nodes: dict[str, BridgeProcess], front: dict[int, int]) -> s
     text = re.sub(r"maxconn \d+", "maxconn 1000", text)
     text = re.sub(r"\nresolvers docker\n(    .*\n)+", "\n", text).replace(" resolvers docker", "")
     text = re.sub(r"bind :(\d+)", lambda m: f"bind 127.0.0.1:{front[int(m.group(1))]}", text)
+    text = re.sub(r"(\n *default-server) ", rf"\1 source {BALANCER} ", text)
 
     def server(match: re.Match[str]) -> str:
         node = nodes[match.group(1)]
@@ -53,6 +48,14 @@ def loopback_config(nodes: dict[str, BridgeProcess], front: dict[int, int]) -> s
         return f"server {match.group(1)} 127.0.0.1:{port} port {node.http_port}"
 
     return re.sub(r"server (\S+) \S+?:(\d+)", server, text)
+
+
+def loopback_node_config() -> str:
+    """compose/config/bridge-pg.toml reading the PROXY header from the balancer's loopback stand-in."""
+    text = (CONFIG / "bridge-pg.toml").read_text()
+    replaced = re.sub(r"proxy_protocol_from = \[.*\]", f'proxy_protocol_from = ["{BALANCER}"]', text)
+    assert replaced != text, "bridge-pg.toml names no balancer in proxy_protocol_from"
+    return replaced
 
 
 @pytest.fixture
@@ -66,7 +69,7 @@ def topology(tmp_path: Path, server_cert_files: dict[str, Path]) -> Iterator[dic
             node = BridgeProcess(
                 tmp_path,
                 server_cert_files,
-                config_text=(CONFIG / "bridge-pg.toml").read_text(),
+                config_text=loopback_node_config(),
                 store_args=("--store", str(url)),
                 run_args=("--node-id", name, "--ws-listen", f"127.0.0.1:{ws_port}"),
                 env=env,

@@ -5,6 +5,7 @@ file. tests/integration/test_compose_cloud.py runs the same HAProxy file in fron
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -108,3 +109,18 @@ def test_haproxy_accepts_the_file() -> None:
         [haproxy, "-c", "-f", str(HAPROXY)], check=False, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_nodes_read_the_proxy_header_from_the_balancer_only() -> None:
+    """HAProxy sends a PROXY header on every connection to a node, checks included, and the nodes trust the
+    balancer's fixed address for it, outside the range other containers get theirs from."""
+    lb = services()["lb"]["networks"]["default"]["ipv4_address"]
+    config = ROOT / "compose" / "config" / flag(next(iter(nodes().values())), "--config").rsplit("/", 1)[1]
+    env = {"POSTGRES_PASSWORD": "x", "SMTP_PASSWORD": "x", "CRM_TOKEN": "x"}
+    settings = build_settings(data_dir=ROOT / "unused", env=env, config_path=config)
+    assert [str(n) for n in settings.connection_limits.proxies] == [f"{lb}/32"]
+    network = yaml.safe_load(COMPOSE.read_text())["networks"]["default"]["ipam"]["config"][0]
+    assert ipaddress.ip_address(lb) in ipaddress.ip_network(network["subnet"])
+    assert ipaddress.ip_address(lb) not in ipaddress.ip_network(network["ip_range"])
+    default_server = next(line.split() for line in HAPROXY.read_text().splitlines() if "default-server" in line)
+    assert {"send-proxy-v2", "check-send-proxy"} <= set(default_server)

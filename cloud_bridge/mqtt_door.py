@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from cloud_bridge.errors import BridgeError, ConfigError
 from cloud_bridge.front_door import MAX_CONNECT, MAX_PACKET, DeviceEvents, Listen, Transport
 from cloud_bridge.http_server import server_ssl_context
-from cloud_bridge.mqtt_ws import WebSocketWriter
+from cloud_bridge.mqtt_ws import UPGRADE_HEADERS_MAX, UPGRADE_LINE_MAX, WebSocketWriter
 from cloud_bridge.topic_acl import Access
 from intent_contract import mqtt_packets as p
 from intent_contract.accept import GuardedListener, HeadDeadlines, ServerLog, settle
@@ -106,7 +106,11 @@ class MqttFrontDoor:
                 else:
                     app = web.Application()
                     app.router.add_get("/{path:.*}", self._serve_websocket)
-                    runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=ServerLog())
+                    line, headers = UPGRADE_LINE_MAX, UPGRADE_HEADERS_MAX
+                    runner = web.AppRunner(
+                        app, access_log=None, handle_signals=False, logger=ServerLog(),
+                        max_line_size=line, max_field_size=line, max_headers=headers,
+                    )  # fmt: skip
                     await runner.setup()
                     self._runners.append(runner)
                     assert runner.server is not None

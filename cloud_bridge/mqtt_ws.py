@@ -14,10 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Final
 
 from aiohttp import web
 
 logger = logging.getLogger(__name__)
+
+# What aiohttp reads of an upgrade request's head (the WebSocket listener's `web.AppRunner`). Its defaults (128
+# header lines of 8,190 bytes) let a connection that never finished its head hold about 2.4 MB of the bridge until
+# the deadline, 1.2 GB for the 512 connections the listener holds before authentication. An upgrade needs a
+# dozen short lines (Host, Upgrade, Connection, Sec-WebSocket-*, Origin, User-Agent, a cookie from a browser).
+UPGRADE_LINE_MAX: Final = 4096  # bytes in the request line, and in one header line
+UPGRADE_HEADERS_MAX: Final = 32
 
 
 class WebSocketWriter:

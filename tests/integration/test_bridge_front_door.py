@@ -248,6 +248,34 @@ async def test_over_websocket_an_upgrade_not_done_by_the_connect_deadline_is_clo
     assert answer == p.encode(p.Bare(p.Type.PINGRESP))
 
 
+@pytest.mark.parametrize(
+    ("what", "lines"),
+    [
+        ("33 header lines", [f"X-Pad-{i}: {'a' * 100}" for i in range(33)]),
+        ("a 5,000-byte line", ["X-Pad: " + "a" * 5000]),
+    ],
+)
+async def test_over_websocket_an_upgrade_head_past_its_limits_is_refused_at_once(
+    bridge: Harness, what: str, lines: list[str]
+) -> None:
+    """aiohttp reads up to 128 header lines of 8,190 bytes: an upgrade head sent that far and not finished held
+    about 2.4 MB of the bridge until the deadline (1.2 GB for the 512 connections a listener holds before
+    authentication). An upgrade needs a dozen short lines: past 32, or a line past 4,096 bytes, it is answered and
+    closed as soon as that much is in, before the head ends (it never does here)."""
+    assert bridge.settings.ws_listen is not None
+    port = bridge.settings.ws_listen.port
+    head = "GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n" + "".join(f"{line}\r\n" for line in lines)
+
+    def scenario() -> bytes:
+        # Well within the deadline, so an answer can only be the limit's; before, the deadline closed it unanswered.
+        with tls_connect(port, str(bridge.ca_file), timeout=CONNECT_TIMEOUT_S + 20) as sock:
+            sock.sendall(head.encode())
+            return read_until_closed(sock)
+
+    answer = await asyncio.to_thread(scenario)
+    assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n"), (what, answer[:100])  # before: b"", at the deadline
+
+
 def _rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

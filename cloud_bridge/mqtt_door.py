@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from cloud_bridge.errors import BridgeError, ConfigError
 from cloud_bridge.front_door import MAX_CONNECT, MAX_PACKET, DeviceEvents, Listen, Transport
 from cloud_bridge.http_server import server_ssl_context
-from cloud_bridge.mqtt_ws import UPGRADE_HEADERS_MAX, UPGRADE_LINE_MAX, WebSocketWriter
+from cloud_bridge.mqtt_ws import SUBPROTOCOL, UPGRADE_HEADERS_MAX, UPGRADE_LINE_MAX, Subprotocols, WebSocketWriter
 from cloud_bridge.topic_acl import Access
 from intent_contract import mqtt_packets as p
 from intent_contract.accept import GuardedListener, HeadDeadlines, ServerLog, settle
@@ -96,6 +96,7 @@ class MqttFrontDoor:
         self._handlers: dict[asyncio.Task[None], _Link] = {}  # every connection served, authenticated or not
         self._attaching = Turns()
         self._upgrades = HeadDeadlines(CONNECT_TIMEOUT_S)
+        self._subprotocols = Subprotocols()
 
     async def start(self) -> None:
         try:
@@ -201,7 +202,8 @@ class MqttFrontDoor:
             transport.abort()
 
     async def _serve_websocket(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(protocols=("mqtt",), max_msg_size=MAX_PACKET + 1024, autoping=True)
+        self._subprotocols.check(request)
+        ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), max_msg_size=MAX_PACKET + 1024, autoping=True)
         await ws.prepare(request)  # a request that is no upgrade raises here; its deadline still runs
         transport = request.transport
         assert transport is not None

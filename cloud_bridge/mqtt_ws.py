@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
+
+from intent_contract.logs import LogThrottle, left_out
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +29,38 @@ logger = logging.getLogger(__name__)
 # dozen short lines (Host, Upgrade, Connection, Sec-WebSocket-*, Origin, User-Agent, a cookie from a browser).
 UPGRADE_LINE_MAX: Final = 4096  # bytes in the request line, and in one header line
 UPGRADE_HEADERS_MAX: Final = 32
+SUBPROTOCOL: Final = "mqtt"  # MQTT 3.1.1 section 6: a client offers it, a server selects it [MQTT-6.0.0-3, -4]
+
+
+def offers_mqtt(offered: str | None) -> bool:
+    """Whether an upgrade's Sec-WebSocket-Protocol header (None: there is none) lets the door select `mqtt`."""
+    return offered is None or SUBPROTOCOL in (name.strip() for name in offered.split(","))
+
+
+class Subprotocols:
+    """Refuses an upgrade that offers subprotocols, none of them `mqtt`: answered 400, a line at most once in 10 s.
+
+    aiohttp upgraded it without a subprotocol and wrote a warning line for each, so anyone could grow the log a
+    line per TLS handshake. An upgrade offering none is taken (clients that leave the header out).
+    """
+
+    def __init__(self) -> None:
+        self._log = LogThrottle(10.0)
+
+    def check(self, request: web.Request) -> None:
+        """web.HTTPBadRequest unless `request` may be upgraded to MQTT."""
+        offered = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL)
+        if offers_mqtt(offered):
+            return
+        not_logged = self._log.allow(time.monotonic())
+        if not_logged is not None:
+            peer, shown = request.remote or "unknown", " ".join(str(offered).split())[:100]
+            logger.info(
+                "WebSocket upgrade from %s refused: it offers the subprotocols %r, not mqtt%s",
+                peer, shown, left_out(not_logged),
+                extra={"peer": peer, "code": "no_mqtt_subprotocol", "not_logged": not_logged},
+            )  # fmt: skip
+        raise web.HTTPBadRequest(text="MQTT over WebSocket takes the subprotocol mqtt\n")
 
 
 class WebSocketWriter:

@@ -276,6 +276,40 @@ async def test_over_websocket_an_upgrade_head_past_its_limits_is_refused_at_once
     assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n"), (what, answer[:100])  # before: b"", at the deadline
 
 
+def _upgrade_answer(bridge: Harness, protocols: str) -> bytes:
+    """The head of the answer to a WebSocket upgrade offering the subprotocols `protocols`."""
+    assert bridge.settings.ws_listen is not None
+    with tls_connect(bridge.settings.ws_listen.port, str(bridge.ca_file)) as sock:
+        sock.sendall(
+            b"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Protocol: " + protocols.encode() + b"\r\n\r\n"
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        return answer.split(b"\r\n\r\n", 1)[0]
+
+
+async def test_over_websocket_an_upgrade_without_the_mqtt_subprotocol_is_refused_a_line_at_a_time(
+    bridge: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MQTT 3.1.1 section 6: a client offers `mqtt`, the server selects it. An upgrade offering others only was
+    taken without a subprotocol, and aiohttp logged a warning for each: a line in the log per TLS handshake of
+    anyone. Now it is answered 400, and said once in 10 s; one offering `mqtt` among others gets `mqtt`."""
+    caplog.set_level(logging.INFO)
+    refused = [await asyncio.to_thread(_upgrade_answer, bridge, "foo, mqttv3.1") for _ in range(3)]
+    taken = await asyncio.to_thread(_upgrade_answer, bridge, "foo, mqtt")
+    assert [answer.split(b"\r\n", 1)[0] for answer in refused] == [b"HTTP/1.1 400 Bad Request"] * 3
+    assert taken.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"\r\nSec-WebSocket-Protocol: mqtt" in taken
+    lines = [r for r in caplog.records if r.name.startswith(("aiohttp", "cloud_bridge")) and r.levelno >= logging.INFO]
+    assert [getattr(r, "code", None) for r in lines] == ["no_mqtt_subprotocol"], [r.getMessage() for r in lines]
+
+
 def _rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

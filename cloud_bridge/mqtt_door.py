@@ -27,10 +27,10 @@ from functools import partial
 
 from aiohttp import WSMsgType, web
 
+from cloud_bridge import mqtt_ws
 from cloud_bridge.errors import BridgeError, ConfigError
 from cloud_bridge.front_door import MAX_CONNECT, MAX_PACKET, DeviceEvents, Listen, Transport
 from cloud_bridge.http_server import server_ssl_context
-from cloud_bridge.mqtt_ws import SUBPROTOCOL, UPGRADE_HEADERS_MAX, UPGRADE_LINE_MAX, Subprotocols, WebSocketWriter
 from cloud_bridge.topic_acl import Access
 from intent_contract import mqtt_packets as p
 from intent_contract.accept import GuardedListener, HeadDeadlines, ServerLog, settle
@@ -96,7 +96,8 @@ class MqttFrontDoor:
         self._handlers: dict[asyncio.Task[None], _Link] = {}  # every connection served, authenticated or not
         self._attaching = Turns()
         self._upgrades = HeadDeadlines(CONNECT_TIMEOUT_S)
-        self._subprotocols = Subprotocols()
+        self._subprotocols = mqtt_ws.Subprotocols()
+        self._budget = mqtt_ws.ConnectBudget(8 * MAX_CONNECT)  # a largest CONNECT a byte per frame: 7 bytes a byte
 
     async def start(self) -> None:
         try:
@@ -107,7 +108,7 @@ class MqttFrontDoor:
                 else:
                     app = web.Application()
                     app.router.add_get("/{path:.*}", self._serve_websocket)
-                    line, headers = UPGRADE_LINE_MAX, UPGRADE_HEADERS_MAX
+                    line, headers = mqtt_ws.UPGRADE_LINE_MAX, mqtt_ws.UPGRADE_HEADERS_MAX
                     runner = web.AppRunner(
                         app, access_log=None, handle_signals=False, logger=ServerLog(),
                         max_line_size=line, max_field_size=line, max_headers=headers,
@@ -116,7 +117,7 @@ class MqttFrontDoor:
                     self._runners.append(runner)
                     assert runner.server is not None
                     # Not web.TCPSite: its protocol has no deadline on reading the upgrade request.
-                    name, factory = "ws", self._upgrades.protocol_factory(runner.server)
+                    name, factory = "ws", self._budget.protocol_factory(self._upgrades.protocol_factory(runner.server))
                 tls = GuardedListener(name, factory, context, listen.limits, watch=listen.watch)
                 self._tls.append(tls)
                 host, port = listen.bind.host, listen.bind.port
@@ -203,7 +204,8 @@ class MqttFrontDoor:
 
     async def _serve_websocket(self, request: web.Request) -> web.StreamResponse:
         self._subprotocols.check(request)
-        ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), max_msg_size=MAX_PACKET + 1024, autoping=True)
+        self._budget.start(request.transport)  # what comes after the head, until the CONNECT is answered
+        ws = web.WebSocketResponse(protocols=(mqtt_ws.SUBPROTOCOL,), max_msg_size=MAX_PACKET + 1024, autoping=True)
         await ws.prepare(request)  # a request that is no upgrade raises here; its deadline still runs
         transport = request.transport
         assert transport is not None
@@ -218,7 +220,7 @@ class MqttFrontDoor:
                     return b""
 
         remote = request.remote or ""
-        writer = WebSocketWriter(ws, _peer(remote))
+        writer = mqtt_ws.WebSocketWriter(ws, _peer(remote))
 
         def buffered() -> int:
             return writer.buffered() + transport.get_write_buffer_size()
@@ -232,8 +234,11 @@ class MqttFrontDoor:
             finally:
                 transport.abort()
 
-        link = _Link(read, writer.write, writer.drain, buffered, transport.abort, close, partial(settle, transport),
-                     _peer(remote), remote)  # fmt: skip
+        def settled() -> None:
+            settle(transport)
+            self._budget.end(transport)
+
+        link = _Link(read, writer.write, writer.drain, buffered, transport.abort, close, settled, _peer(remote), remote)
         await self._run(link, connect_by)
         return ws
 

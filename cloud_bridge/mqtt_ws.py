@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Final
 
 from aiohttp import hdrs, web
@@ -116,3 +117,73 @@ class WebSocketWriter:
             self._queue.get_nowait()
             self._queue.task_done()
         self._queued = 0
+
+
+class ConnectBudget:
+    """Bytes a WebSocket connection may send from its upgrade until its CONNECT is answered; past them it is aborted.
+
+    aiohttp reads a whole WebSocket message (up to the door's `max_msg_size`, about 1 MiB for a device's largest
+    PUBLISH) before the door's framer sees its first byte, where on TLS the framer refuses a CONNECT declared over
+    MAX_CONNECT from its fixed header. A stranger sending most of a 1 MiB message and then nothing held about
+    1.6 MB of the bridge until the CONNECT deadline, 820 MB for the 512 connections the listener holds before
+    authentication. `protocol_factory` wraps each connection's protocol to count what it receives, `start` and
+    `end` bound the count. The budget takes a largest CONNECT sent a byte per WebSocket frame (7 bytes each).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._left: dict[asyncio.BaseTransport, int] = {}
+
+    def protocol_factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        return lambda: _Counted(inner(), self)
+
+    def start(self, transport: asyncio.BaseTransport | None) -> None:
+        if transport is not None and not transport.is_closing():
+            self._left[transport] = self.limit
+
+    def end(self, transport: asyncio.BaseTransport | None) -> None:
+        if transport is not None:
+            self._left.pop(transport, None)
+
+    def spend(self, transport: asyncio.BaseTransport, size: int) -> bool:
+        """False when `transport` has just gone past its budget."""
+        left = self._left.get(transport)
+        if left is None:
+            return True
+        self._left[transport] = left - size
+        return left >= size
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, every call passed on; what it receives counted against its budget."""
+
+    def __init__(self, inner: asyncio.Protocol, budget: ConnectBudget) -> None:
+        self._inner = inner
+        self._budget = budget
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._budget.end(self._transport)
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
+        if not self._budget.spend(self._transport, len(data)):
+            self._budget.end(self._transport)
+            self._transport.abort()
+            return
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()

@@ -19,12 +19,13 @@ from websockets.sync.client import connect as ws_connect
 from websockets.typing import Subprotocol
 
 from cloud_bridge import mqtt_door
-from cloud_bridge.front_door import MAX_PACKET
+from cloud_bridge.front_door import MAX_CONNECT, MAX_PACKET
 from cloud_bridge.mqtt_door import CONNECT_TIMEOUT_S, V5_UNSUPPORTED
 from cloud_bridge.settings import HostPort
 from intent_contract import mqtt_packets as p
 from intent_contract.codec import decode_acks, encode_batch
 from intent_contract.device_token import generate_private_key_pem
+from tests.support import ws_raw
 from tests.support.bridge import (
     CountingIntegration,
     Creds,
@@ -280,18 +281,7 @@ def _upgrade_answer(bridge: Harness, protocols: str) -> bytes:
     """The head of the answer to a WebSocket upgrade offering the subprotocols `protocols`."""
     assert bridge.settings.ws_listen is not None
     with tls_connect(bridge.settings.ws_listen.port, str(bridge.ca_file)) as sock:
-        sock.sendall(
-            b"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            b"Sec-WebSocket-Protocol: " + protocols.encode() + b"\r\n\r\n"
-        )
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-        return answer.split(b"\r\n\r\n", 1)[0]
+        return ws_raw.upgrade(sock, protocols)
 
 
 async def test_over_websocket_an_upgrade_without_the_mqtt_subprotocol_is_refused_a_line_at_a_time(
@@ -308,6 +298,45 @@ async def test_over_websocket_an_upgrade_without_the_mqtt_subprotocol_is_refused
     assert b"\r\nSec-WebSocket-Protocol: mqtt" in taken
     lines = [r for r in caplog.records if r.name.startswith(("aiohttp", "cloud_bridge")) and r.levelno >= logging.INFO]
     assert [getattr(r, "code", None) for r in lines] == ["no_mqtt_subprotocol"], [r.getMessage() for r in lines]
+
+
+@pytest.fixture
+async def late_deadline(
+    tmp_path: Path, server_cert_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Harness]:
+    """A bridge whose CONNECT deadline is far off: what ends a connection before it is something else."""
+    monkeypatch.setattr(mqtt_door, "CONNECT_TIMEOUT_S", 120.0)
+    settings = replace(make_settings(tmp_path, server_cert_files), ws_listen=HostPort("127.0.0.1", free_port()))
+    async for harness in running_bridge(settings, server_cert_files["ca"], {}):
+        yield harness
+
+
+async def test_over_websocket_what_comes_before_the_connect_is_bounded_as_on_tls(late_deadline: Harness) -> None:
+    """On TLS the framer refuses a CONNECT declared over 8 KiB from its fixed header; over WebSocket aiohttp read
+    a whole message of up to about 1 MiB first, so a stranger sending most of one and then nothing held about
+    1.6 MB of the bridge until the deadline. Now a connection may send 64 KiB from its upgrade until its CONNECT
+    is answered (a largest CONNECT sent a byte per frame still fits), and is closed past that."""
+    bridge = late_deadline
+    creds = await bridge.enroll()
+    assert bridge.settings.ws_listen is not None
+    port = bridge.settings.ws_listen.port
+    will = p.Will(f"devices/{creds.device_id}/health", b"w" * 7700, 0, False)
+    connect = p.encode(p.Connect("MQTT", 4, creds.device_id, True, 60, will, creds.device_id, creds.token().encode()))
+    assert 7000 < len(connect) <= MAX_CONNECT
+
+    def scenario() -> tuple[bytes, bytes]:
+        with tls_connect(port, str(bridge.ca_file), timeout=30) as stranger:
+            assert ws_raw.upgrade(stranger).startswith(b"HTTP/1.1 101")
+            stranger.sendall(ws_raw.frame(ws_raw.BINARY, b"\x00" * (100 << 10), declared=1 << 20))
+            cut = read_until_closed(stranger)  # the read times out (a failure) if the bridge waits for the rest
+        with tls_connect(port, str(bridge.ca_file), timeout=30) as device:
+            assert ws_raw.upgrade(device).startswith(b"HTTP/1.1 101")
+            device.sendall(b"".join(ws_raw.frame(ws_raw.BINARY, bytes([byte])) for byte in connect))
+            return cut, device.recv(6)
+
+    cut, connack = await asyncio.to_thread(scenario)
+    assert cut == b""  # aborted: no close frame, nothing
+    assert connack == b"\x82\x04" + CONNACK_ACCEPTED
 
 
 def _rss_mb() -> float:

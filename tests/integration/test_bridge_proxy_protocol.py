@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
 import pytest
 from websockets.sync.client import connect as ws_connect
 from websockets.typing import Subprotocol
@@ -31,7 +32,7 @@ from tests.support.net import free_port, wait_until
 
 __all__ = ["counting"]  # fixture
 
-LIMITS = {"pending_connections_per_address": 2, "pending_connections": 8}
+LIMITS = {"pending_connections_per_address": 2, "pending_connections": 8, "enroll_per_address_per_minute": 1}
 BALANCER = "127.0.0.9"  # where HAProxy connects to the node from (the test's own requests come from 127.0.0.1)
 PROXY_OPTION = {"mqtt": "send-proxy-v2", "ws": "send-proxy", "https": "send-proxy-v2"}  # both versions are read
 pytestmark = pytest.mark.timeout(120)
@@ -149,6 +150,24 @@ async def test_the_address_a_device_connects_from_is_its_own_in_the_log_over_tls
     assert answers == [accepted, refused, accepted, refused]
     peers = {r.code: r.peer for r in caplog.records if r.name == "cloud_bridge.device_gate"}  # type: ignore[attr-defined]
     assert peers == {"token_audience": "127.0.0.3", "token_replayed": "127.0.0.4"}
+
+
+async def test_the_enrollment_rate_limit_is_each_clients_own_through_the_balancer(
+    bridge: Harness, balancer: dict[str, int]
+) -> None:
+    """One enrollment request a minute from an address (here): a second from the same client is refused 429, one
+    from another client through the same balancer is not (before, they shared the balancer's bucket)."""
+    url = f"https://127.0.0.1:{balancer['https']}/v1/enroll"
+
+    async def status(source: str) -> int:
+        connector = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            http.post(url, json={"code": "not-a-code", "public_key": "x"}, ssl=bridge.client_ssl()) as response,
+        ):
+            return response.status
+
+    assert [await status("127.0.0.5"), await status("127.0.0.5"), await status("127.0.0.6")] == [400, 429, 400]
 
 
 def _handshake_after(sock: socket.socket, header: bytes, ca_file: Path) -> bool:

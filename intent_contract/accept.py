@@ -38,6 +38,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from intent_contract import proxied, proxy_header
 from intent_contract.accept_limits import Admission, ConnectionLimits, Ticket, from_proxy
+from intent_contract.errors import ProxyHeaderError
 from intent_contract.logs import LogThrottle, left_out
 from intent_contract.proxied import ClientTransport
 
@@ -191,7 +192,7 @@ class _Admitting(asyncio.Protocol):
         awaited.data += data
         try:
             header = proxy_header.parse(bytes(awaited.data))
-        except proxy_header.ProxyHeaderError as exc:
+        except ProxyHeaderError as exc:
             awaited.end()
             awaited.transport.abort()
             self._listener._bad_header(awaited.address, str(exc))

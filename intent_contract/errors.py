@@ -44,5 +44,9 @@ class MalformedPacketError(DecodeError):
     """An MQTT packet the specification calls malformed (or over the size limit); its connection is closed."""
 
 
+class ProxyHeaderError(DecodeError):
+    """Bytes from a balancer that do not start with a PROXY header; the connection is closed."""
+
+
 class SignatureError(ContractError):
     """A signed document whose signature does not verify with the key it must be checked with."""

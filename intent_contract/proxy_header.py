@@ -14,16 +14,12 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from intent_contract.errors import DecodeError
+from intent_contract.errors import ProxyHeaderError
 
 V1_PREFIX: Final = b"PROXY "
 V1_MAX: Final = 107  # the longest version 1 line, CRLF included (the specification's bound)
 V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
 V2_MAX: Final = 16 + 1024  # the fixed part and at most this many address and TLV bytes (HAProxy sends < 300)
-
-
-class ProxyHeaderError(DecodeError):
-    """Bytes from a balancer that do not start with a PROXY header; the connection is closed."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -327,8 +327,12 @@ async def test_over_websocket_what_comes_before_the_connect_is_bounded_as_on_tls
     def scenario() -> tuple[bytes, bytes]:
         with tls_connect(port, str(bridge.ca_file), timeout=30) as stranger:
             assert ws_raw.upgrade(stranger).startswith(b"HTTP/1.1 101")
-            stranger.sendall(ws_raw.frame(ws_raw.BINARY, b"\x00" * (100 << 10), declared=1 << 20))
-            cut = read_until_closed(stranger)  # the read times out (a failure) if the bridge waits for the rest
+            try:
+                stranger.sendall(ws_raw.frame(ws_raw.BINARY, b"\x00" * (100 << 10), declared=1 << 20))
+            except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
+                cut = b""  # aborted past 64 KiB while the rest was still on its way
+            else:
+                cut = read_until_closed(stranger)  # the read times out (a failure) if the bridge waits for the rest
         with tls_connect(port, str(bridge.ca_file), timeout=30) as device:
             assert ws_raw.upgrade(device).startswith(b"HTTP/1.1 101")
             device.sendall(b"".join(ws_raw.frame(ws_raw.BINARY, bytes([byte])) for byte in connect))

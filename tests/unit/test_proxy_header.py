@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from cloud_bridge.config import BridgeConfig
 from intent_contract.accept_limits import from_proxy
-from intent_contract.proxy_header import V2_SIGNATURE, ProxyHeader, ProxyHeaderError, parse
+from intent_contract.errors import ProxyHeaderError
+from intent_contract.proxy_header import V2_SIGNATURE, ProxyHeader, parse
 
 V1 = b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 8883\r\n"
 

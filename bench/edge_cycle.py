@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.ledger_cycle import print_cycles
 from bench.stack import intent_body
-from edge_outbox import ops
+from edge_outbox import forward_ops, ops
 from edge_outbox.intake_rules import Admitted
 from edge_outbox.ops import QueueLimits
 from edge_outbox.store import Store
@@ -49,14 +49,16 @@ async def cycle(runs: int, *, given: bool) -> list[float]:
                 items = [Admitted(x, "bench-app", "http.request", intent_body(0), 0, now, None, given) for x in ids]
                 await store.call(ops.commit_intakes, items, QueueLimits(), now)
             cpu, done = time.process_time(), 0
-            while rows := await store.call(ops.take_batch, limit=SEND, max_bytes=1 << 24, sent_before=now + 1, now=now):
+            while rows := await store.call(
+                forward_ops.take_batch, limit=SEND, max_bytes=1 << 24, sent_before=now + 1, now=now
+            ):
                 ids = [r.id for r in rows]
                 for i in range(0, len(ids), ACCEPTED):
                     accepted = [Ack(x, AckState.ACCEPTED, "", "", now, "bench-app", 1) for x in ids[i : i + ACCEPTED]]
-                    await store.call(ops.apply_acks, accepted, now)
+                    await store.call(forward_ops.apply_acks, accepted, now)
                 for i in range(0, len(ids), FINAL):
                     final = [Ack(x, AckState.DELIVERED, "", "ok", now, "bench-app", 1) for x in ids[i : i + FINAL]]
-                    await store.call(ops.apply_acks, final, now)
+                    await store.call(forward_ops.apply_acks, final, now)
                 done += len(ids)
             figures.append((time.process_time() - cpu) / done * 1e6)
         return figures

@@ -6,7 +6,7 @@ Inserts batches of 500 rows into the edge's schema (with its triggers), each bat
 `--seconds`: one `execute` per row, then `ManyRows.into(...).insert`. Each runs twice: alone, and beside
 a thread that runs Python without pause (as a busy event loop does), which must take the GIL from it.
 Prints rows per second and the inserting thread's CPU per row. Then the edge's own operations on
-30,000 intents: `ops.commit_intakes` in batches of 500 and `ops.next_batch` of 500, CPU per intent (run
+30,000 intents: `ops.commit_intakes` in batches of 500 and `forward_ops.next_batch` of 500, CPU per intent (run
 it with PYTHONPATH at an older checkout, from F30 on, for the "before").
 """
 
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edge_outbox import db, ops
+from edge_outbox import db, forward_ops, ops
 from edge_outbox.intake_rules import Admitted, Refused
 from intent_contract.sqlite_rows import ManyRows
 
@@ -83,7 +83,7 @@ def store_ops() -> str:
         made += BATCH
     start, read = time.process_time(), 0
     for _ in range(20):
-        read += len(ops.next_batch(conn, limit=BATCH, max_bytes=1 << 30, sent_before=1 << 62))
+        read += len(forward_ops.next_batch(conn, limit=BATCH, max_bytes=1 << 30, sent_before=1 << 62))
     reading = time.process_time() - start
     conn.close()
     return f"commit_intakes {cpu / made * 1e6:.1f} us per intent, next_batch {reading / read * 1e6:.2f} us per row"

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 
-from edge_outbox import ops
+from edge_outbox import event_log
 from edge_outbox.mqtt.session import SessionRecord
 from edge_outbox.status import status_payload, status_topic
 from edge_outbox.store import Store
@@ -127,5 +127,5 @@ class StoredSessions:
         save_sessions(conn, records.items(), seen)
 
     async def read_app_statuses(self, app: str, after: int, limit: int) -> list[tuple[int, str, bytes]]:
-        events = await self._store.read(ops.app_statuses, app, after, limit)
+        events = await self._store.read(event_log.app_statuses, app, after, limit)
         return [(e.seq, status_topic(e.app, e.id), status_payload(e)) for e in events]

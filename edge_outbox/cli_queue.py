@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edge_outbox import lock, offline_ops, ops
+from edge_outbox import event_log, lock, offline_ops, ops, retention
 from edge_outbox.cli_db import connection
 from edge_outbox.cli_format import (
     now_ms,
@@ -40,7 +40,7 @@ def status(data_dir: Path, max_offline: float, as_json: bool) -> None:
     identity = load_identity(data_dir)
     with connection(data_dir) as conn:
         summary = ops.summary(conn)
-        meta = {key: ops.get_meta(conn, key) for key in (LINK_KEY, INTAKE_KEY, ATTACH_KEY)}
+        meta = {key: event_log.get_meta(conn, key) for key in (LINK_KEY, INTAKE_KEY, ATTACH_KEY)}
         revoked = identity is not None and offline_ops.revocation(conn, identity.device_id) is not None
     running = lock.running(data_dir)
     report = status_report(summary, meta if running else {}, identity, running, data_dir)
@@ -141,12 +141,12 @@ def purge(data_dir: Path, older_than: float, state: str | None, dry_run: bool, y
     """Delete intents in a final state; pending intents are never purged. Asks first unless --yes."""
     before = now_ms() - int(older_than * 1000)
     states = [State(state)] if state else FINAL
-    count = write_op(data_dir, ops.purge, before, states, True)
+    count = write_op(data_dir, retention.purge, before, states, True)
     if not dry_run and count and not yes:
         what = state or "final"
         click.confirm(f"delete {count} {what} intent(s) older than {format_age(older_than)}?", abort=True, err=True)
     if not dry_run and count:
-        count = write_op(data_dir, ops.purge, before, states)
+        count = write_op(data_dir, retention.purge, before, states)
     if as_json:
         print_json({"would_purge" if dry_run else "purged": count})
     else:

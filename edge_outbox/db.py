@@ -201,7 +201,7 @@ def db_path(data_dir: Path) -> Path:
 
 
 # Applying the bridge's acks uses UPDATE ... FROM (SQLite 3.33) and the JSON functions (built in from 3.38;
-# Debian's, Ubuntu's and RHEL's builds have them before that): `ops.apply_acks`, bench/findings.md F39.
+# Debian's, Ubuntu's and RHEL's builds have them before that): `forward_ops.apply_acks`, bench/findings.md F39.
 MIN_SQLITE = (3, 33, 0)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_outbox import db, lock, offline_ops, ops
+from edge_outbox import db, event_log, lock, offline_ops, ops
 from edge_outbox.db import LINK_KEY
 from edge_outbox.errors import PermanentError
 from edge_outbox.forwarder import Forwarder
@@ -49,7 +49,7 @@ def _ended(before: Summary, after: Summary) -> dict[str, int]:
 
 
 def _watch_state(conn: sqlite3.Connection, device_id: str) -> tuple[Summary, str, bool]:
-    link = ops.get_meta(conn, LINK_KEY)
+    link = event_log.get_meta(conn, LINK_KEY)
     state = json.loads(link).get("state", "offline") if link else "offline"
     return ops.summary(conn), str(state), offline_ops.revocation(conn, device_id) is not None
 
@@ -75,7 +75,7 @@ async def _watch(
 def _set_flush(data_dir: Path, until: int) -> None:
     conn = db.connect(data_dir, create=False)
     try:
-        ops.set_meta(conn, FLUSH_KEY, str(until))
+        event_log.set_meta(conn, FLUSH_KEY, str(until))
     finally:
         conn.close()
 

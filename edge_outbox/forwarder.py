@@ -26,7 +26,7 @@ from pathlib import Path
 import aiomqtt
 import orjson
 
-from edge_outbox import offline_ops, ops
+from edge_outbox import forward_ops, offline_ops, ops
 from edge_outbox.bridge_access import client_tls_context, device_token
 from edge_outbox.bridge_clock import BridgeClock, TimeSample
 from edge_outbox.cancelling import raise_if_cancelled
@@ -397,7 +397,7 @@ class Forwarder:
             if (room := window.room()) > 0:
                 # Eligible: never sent, sent on an earlier connection, or not acked within ack_timeout.
                 rows = await self._store.call(
-                    ops.take_batch,
+                    forward_ops.take_batch,
                     limit=min(s.batch_items, room),
                     max_bytes=s.batch_bytes,
                     sent_before=window.sent_before(now),
@@ -457,7 +457,7 @@ class Forwarder:
             if not acks:
                 continue
             self._last_contact = self._clock_ms()
-            applied = await self._store.call(ops.apply_acks, acks, self._last_contact)
+            applied = await self._store.call(forward_ops.apply_acks, acks, self._last_contact)
             for ack in acks:
                 if self._window.acked(ack.id):
                     self._acked += 1

@@ -13,7 +13,7 @@ import datetime
 import sqlite3
 from collections.abc import Callable
 
-from edge_outbox import offline_ops, ops
+from edge_outbox import event_log, offline_ops
 from edge_outbox.bridge_clock import BridgeClock
 from edge_outbox.errors import StorageError
 from edge_outbox.store import Store
@@ -30,7 +30,7 @@ def seconds_of_day(epoch_ms: int) -> float:
 
 
 def _read(conn: sqlite3.Connection) -> tuple[int, BridgeClock]:
-    value = ops.get_meta(conn, FLUSH_KEY)
+    value = event_log.get_meta(conn, FLUSH_KEY)
     return (int(value) if value else 0), offline_ops.bridge_clock(conn)
 
 

@@ -11,7 +11,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 
-from edge_outbox import ops
+from edge_outbox import event_log, forward_ops, ops
 from edge_outbox.bridge_clock import BridgeClock, TimeSample
 from edge_outbox.db import CLOCK_KEY, REVOKED_KEY, SENT_AS_KEY, IntentRow
 from edge_outbox.states import PENDING, Event, sources, sql_set, target
@@ -27,7 +27,7 @@ MAX_BUNDLE_CONFIRMS = 20_000
 
 
 def bridge_clock(conn: sqlite3.Connection) -> BridgeClock:
-    return BridgeClock.from_json(ops.get_meta(conn, CLOCK_KEY))
+    return BridgeClock.from_json(event_log.get_meta(conn, CLOCK_KEY))
 
 
 def learn_time(conn: sqlite3.Connection, sample: TimeSample, now: int) -> BridgeClock:
@@ -35,7 +35,7 @@ def learn_time(conn: sqlite3.Connection, sample: TimeSample, now: int) -> Bridge
     before = bridge_clock(conn)
     after = before.learn(sample, now)
     if after is not before:
-        ops.set_meta(conn, CLOCK_KEY, after.to_json())
+        event_log.set_meta(conn, CLOCK_KEY, after.to_json())
     return after
 
 
@@ -51,15 +51,15 @@ def revocation(conn: sqlite3.Connection, device_id: str) -> dict[str, object] | 
     a device id (REVOKED_KEY alone) was said of the identity it had, which is this one until the data dir is
     enrolled again (`adopt_identity` drops it then).
     """
-    text = ops.get_meta(conn, _revoked_key(device_id))
+    text = event_log.get_meta(conn, _revoked_key(device_id))
     if text is None:
-        text = ops.get_meta(conn, REVOKED_KEY)
+        text = event_log.get_meta(conn, REVOKED_KEY)
     return None if text is None else dict(json.loads(text))
 
 
 def mark_revoked(conn: sqlite3.Connection, device_id: str, at: int, source: str) -> None:
-    if ops.get_meta(conn, _revoked_key(device_id)) is None:
-        ops.set_meta(conn, _revoked_key(device_id), json.dumps({"at": at, "source": source}))
+    if event_log.get_meta(conn, _revoked_key(device_id)) is None:
+        event_log.set_meta(conn, _revoked_key(device_id), json.dumps({"at": at, "source": source}))
 
 
 def end_if_revoked(conn: sqlite3.Connection, device_id: str, now: int) -> int | None:
@@ -97,10 +97,10 @@ def send_as(conn: sqlite3.Connection, device_id: str, now: int, *, enrolled: boo
     stay, to go out as the new device. A database that names no device is an older outbox's: unless this
     is an enrollment, it sent as the identity it has now.
     """
-    before = ops.get_meta(conn, SENT_AS_KEY)
+    before = event_log.get_meta(conn, SENT_AS_KEY)
     if before == device_id:
         return 0
-    ops.set_meta(conn, SENT_AS_KEY, device_id)
+    event_log.set_meta(conn, SENT_AS_KEY, device_id)
     if before is None and not enrolled:
         return 0
     return _end_sent_as_another(conn, before, device_id, now)
@@ -151,10 +151,10 @@ def take_for_export(
     """
     batches: list[list[IntentRow]] = []
     while True:
-        rows = ops.next_batch(conn, limit=batch_items, max_bytes=batch_bytes, sent_before=now)
+        rows = forward_ops.next_batch(conn, limit=batch_items, max_bytes=batch_bytes, sent_before=now)
         if not rows or not fits(rows):
             return batches
-        ops.mark_sent(conn, [r.seq for r in rows], now)  # these rows: `fits` may have ended some (not sendable)
+        forward_ops.mark_sent(conn, [r.seq for r in rows], now)  # these rows: `fits` may have ended some (not sendable)
         batches.append(rows)
 
 

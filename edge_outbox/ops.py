@@ -1,4 +1,4 @@
-"""Every read and write of intents, as plain functions on a sqlite3 connection.
+"""Intake, and every operator action on intents, as plain functions on a sqlite3 connection.
 
 The running outbox calls the writing ones inside its group commit (edge_outbox.store); the ops CLI
 calls the same functions inside its own transaction. Either way, triggers keep stats and events exact.
@@ -7,32 +7,25 @@ calls the same functions inside its own transaction. Either way, triggers keep s
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, cast
 
-import orjson
-
-from edge_outbox.db import COLUMNS, EVENT_COLUMNS, SELECT_ROW, IntentRow, StatusEvent, pending_totals, stored_state
-from edge_outbox.errors import IllegalTransitionError, NotFoundError
+from edge_outbox.db import COLUMNS, SELECT_ROW, IntentRow, pending_totals
+from edge_outbox.errors import NotFoundError
 from edge_outbox.intake_rules import Admitted, Refused
 from edge_outbox.states import (
-    FINAL,
     PENDING,
-    RETRYABLE,
     Effect,
     Event,
     State,
-    event_for_ack,
     sources,
     sql_set,
     state_in,
     step,
     target,
 )
-from intent_contract.codec import Ack
-from intent_contract.sql_text import in_chunks, marks
+from intent_contract.sql_text import in_chunks
 from intent_contract.sqlite_rows import ManyRows
 from intent_contract.wire import MAX_DETAIL
 
@@ -65,17 +58,6 @@ def _row(conn: sqlite3.Connection, where: str, *args: object) -> IntentRow | Non
 
 
 _INTENTS = ManyRows.into("intents", COLUMNS[1:])
-# Acks' changes: many rows in one statement (a row at most once in each), updated in the order of seq.
-_ACK_UPDATES = ManyRows(
-    "WITH changed(seq, state, code, detail, updated, attempt) AS (",
-    "(?, ?, ?, ?, ?, ?)",
-    ") UPDATE intents SET state = changed.state, code = changed.code, detail = changed.detail,"
-    " updated = changed.updated, attempt = changed.attempt FROM changed WHERE intents.seq = changed.seq",
-)
-# Rows deleted per store operation by the running outbox's retention: an operation's savepoint keeps every
-# page it changes in memory (intent_contract.sqlite_writer), so a purge long due goes in such steps.
-PURGE_BATCH = 5000
-RERUN_CODE = "bridge_retry"  # the status code of an intent an operator retried at the bridge
 # `_Staged.add` builds rows in this order (a new column must be added there too).
 assert COLUMNS[1:] == ("id", "app", "kind", "state", "code", "detail", "priority", "created", "expires", "updated",
                        "attempt", "sent", "sent_at", "confirmed", "payload", "size")  # fmt: skip
@@ -296,27 +278,6 @@ def expire_due(conn: sqlite3.Connection, now: int) -> int:
     return cur.rowcount
 
 
-def purge(
-    conn: sqlite3.Connection,
-    before: int,
-    states: Iterable[State] = FINAL,
-    dry_run: bool = False,
-    limit: int = -1,
-) -> int:
-    """Delete intents in final states last changed before `before` (ms); pending ones are never deleted.
-
-    With `dry_run`, count them instead; with a `limit`, delete at most that many (-1: all; see `PURGE_BATCH`)."""
-    chosen = [s for s in states if s in FINAL]
-    if not chosen:
-        raise IllegalTransitionError("only intents in a final state can be purged")
-    # The first term repeats the intents_final index's condition so that SQLite uses the index.
-    where = f"WHERE state IN {sql_set(FINAL)} AND state IN ({marks(chosen)}) AND updated < ?"
-    if dry_run:
-        return int(conn.execute(f"SELECT COUNT(*) FROM intents {where}", (*chosen, before)).fetchone()[0])
-    text = f"DELETE FROM intents WHERE seq IN (SELECT seq FROM intents {where} LIMIT ?)"
-    return conn.execute(text, (*chosen, before, limit)).rowcount
-
-
 def listing(
     conn: sqlite3.Connection, state: State | None = None, app: str | None = None, limit: int = 50
 ) -> list[IntentRow]:
@@ -371,178 +332,6 @@ def summary(conn: sqlite3.Connection) -> Summary:
     oldest = conn.execute(_OLDEST_PENDING).fetchone()[0]
     pending = sum(counts[s] for s in PENDING)
     return Summary(counts, sizes, pending, sum(sizes[s] for s in PENDING), oldest)
-
-
-def events_after(conn: sqlite3.Connection, seq: int, limit: int = 5000) -> list[StatusEvent]:
-    rows = conn.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
-    return [StatusEvent.from_db(r) for r in rows]
-
-
-_EVENTS_SEEN = (
-    f"SELECT MAX(seq), MAX(state = '{State.ACCEPTED.value}'), MAX(state IN {sql_set(FINAL)}) FROM events WHERE seq > ?"
-)
-
-
-class EventsSeen(NamedTuple):
-    """What the status log gained after a seq, as `Store` reports it after each group."""
-
-    head: int  # the newest event's seq
-    accepted: bool  # some intent was accepted: the forwarder has work
-    final: bool  # some intent reached a final state: the queue may have room
-    events: list[StatusEvent] | None  # the events themselves, when a consumer reads them
-
-
-def events_seen(conn: sqlite3.Connection, seq: int, *, read: bool) -> EventsSeen | None:
-    """The events after `seq`, or None if there are none.
-
-    With `read` False the events are not read, only their newest seq and two flags, in one aggregate
-    statement: no row reaches Python (bench/findings.md F42).
-    """
-    if read:
-        events = events_after(conn, seq)
-        if not events:
-            return None
-        states = {e.state for e in events}
-        return EventsSeen(events[-1].seq, State.ACCEPTED in states, not FINAL.isdisjoint(states), events)
-    head, accepted, final = conn.execute(_EVENTS_SEEN, (seq,)).fetchone()
-    return None if head is None else EventsSeen(head, bool(accepted), bool(final), None)
-
-
-def last_event_seq(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
-
-
-def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return None if row is None else str(row[0])
-
-
-def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
-    conn.execute(
-        "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = ?", (key, value, value)
-    )
-
-
-def prune_events(conn: sqlite3.Connection, upto_seq: int, before: int, limit: int = -1) -> int:
-    """Drop events up to `upto_seq` (what every status consumer has) older than `before` (ms), at most
-    `limit` of them (-1: all; see `PURGE_BATCH`).
-
-    The status history of an intent lives on in the intents table; events are only the messages.
-    """
-    return conn.execute(
-        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? AND at < ? LIMIT ?)",
-        (upto_seq, before, limit),
-    ).rowcount
-
-
-def app_statuses(conn: sqlite3.Connection, app: str, after: int, limit: int) -> list[StatusEvent]:
-    """An app's stored status events after `after`, oldest first (for a replay request)."""
-    rows = conn.execute(
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? AND app = ? ORDER BY seq LIMIT ?", (after, app, limit)
-    )
-    return [StatusEvent.from_db(r) for r in rows]
-
-
-def next_batch(conn: sqlite3.Connection, *, limit: int, max_bytes: int, sent_before: int) -> list[IntentRow]:
-    """Intents to send: not yet accepted by the bridge, not sent since `sent_before` (ms), highest
-    priority first, then oldest; at most `limit` rows and `max_bytes` of payload (at least one row)."""
-    rows = conn.execute(
-        f"{SELECT_ROW} WHERE state = 'accepted' AND sent_at < ? ORDER BY priority DESC, seq LIMIT ?",
-        (sent_before, limit),
-    )
-    batch: list[IntentRow] = []
-    used = 0
-    for raw in rows:
-        row = IntentRow.from_db(raw)
-        if batch and used + row.size > max_bytes:
-            break
-        batch.append(row)
-        used += row.size
-    return batch
-
-
-def mark_sent(conn: sqlite3.Connection, seqs: list[int], now: int) -> None:
-    """Record that these intents are about to go to the bridge (so they can no longer be cancelled)."""
-    for chunk, chunk_marks in in_chunks(seqs):
-        conn.execute(
-            f"UPDATE intents SET sent = sent + 1, sent_at = ? WHERE seq IN ({chunk_marks}) AND state = 'accepted'",
-            (now, *chunk),
-        )
-
-
-def take_batch(conn: sqlite3.Connection, *, limit: int, max_bytes: int, sent_before: int, now: int) -> list[IntentRow]:
-    """`next_batch`, marked sent in the same transaction: one store call per batch for the send loop."""
-    rows = next_batch(conn, limit=limit, max_bytes=max_bytes, sent_before=sent_before)
-    mark_sent(conn, [r.seq for r in rows], now)
-    return rows
-
-
-@dataclass(frozen=True, slots=True)
-class AppliedAcks:
-    changed: int  # intents whose state changed
-    final_ids: list[str]  # ids with a final result, to confirm to the bridge (also repeats and unknowns)
-
-
-def apply_acks(conn: sqlite3.Connection, acks: list[Ack], now: int) -> AppliedAcks:
-    """Apply the bridge's acks; repeated or late ones change nothing (acks come at least once).
-
-    This runs twice per intent while a backlog drains, so it reads only the columns the state machine
-    needs and writes the changes, a row's in the order they come, as few statements as it can: each
-    statement is one step, one release of the GIL (bench/findings.md F39).
-    """
-    current = _ack_targets(conn, list({ack.id for ack in acks}))  # id -> (seq, state, sent, attempt)
-    updates: list[tuple[int, State, str, str, int, int]] = []  # (seq, state, code, detail, updated, attempt)
-    for ack in acks:
-        found = current.get(ack.id)
-        if found is None:
-            continue  # purged here already, or never ours: confirming it is harmless
-        seq, state, sent, attempt = found
-        if ack.attempt and ack.attempt < attempt:
-            continue  # the word on an older attempt (this one was retried since): stale
-        if ack.attempt > attempt:
-            # A newer attempt than ours: an operator retried it at the bridge. A final row runs again
-            # (forwarded, with the bridge's attempt); a pending one takes the bridge's attempt.
-            if state in RETRYABLE:
-                rerun = step(state, Event.RERUN)
-                state, attempt = rerun.state, ack.attempt
-                updates.append((seq, state, RERUN_CODE, f"retried at the bridge (attempt {attempt})", now, attempt))
-            elif not state.final:
-                attempt = ack.attempt
-                updates.append((seq, state, "", "", now, attempt))
-            current[ack.id] = (seq, state, sent, attempt)
-        result = step(state, event_for_ack(ack.state), sent=sent > 0)
-        if result.changed:
-            detail = ack.detail[:MAX_DETAIL] if ack.state.final else ""
-            updates.append((seq, result.state, ack.code, detail, now, attempt))
-            current[ack.id] = (seq, result.state, sent, attempt)
-    # A statement changes a row at most once (SQLite documents that it uses one of the joined rows): a
-    # row changed twice (a retry at the bridge, then its result) has its second change in the next one.
-    # Within a statement SQLite updates the rows in the order of seq; each intent's changes keep theirs.
-    run: list[tuple[int, State, str, str, int, int]] = []
-    seen: set[int] = set()
-    for update in updates:
-        if update[0] in seen:
-            _ACK_UPDATES.run(conn, run)
-            run, seen = [], set()
-        run.append(update)
-        seen.add(update[0])
-    _ACK_UPDATES.run(conn, run)
-    return AppliedAcks(len(updates), [ack.id for ack in acks if ack.state.final])
-
-
-def _ack_targets(conn: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[int, State, int, int]]:
-    """(seq, state, sent, attempt) of each of `ids` not rejected here, read as one JSON value per IN_CHUNK
-    ids: one step, where reading row by row let go of the GIL and waited to take it back at each row."""
-    current: dict[str, tuple[int, State, int, int]] = {}
-    for chunk, chunk_marks in in_chunks(ids):
-        (found,) = conn.execute(
-            "SELECT json_group_array(json_array(seq, id, state, sent, attempt)) FROM intents"
-            f" WHERE id IN ({chunk_marks}) AND state <> 'rejected'",
-            chunk,
-        ).fetchone()
-        for seq, intent_id, state, sent, attempt in orjson.loads(found):
-            current[intent_id] = (seq, stored_state(state), sent, attempt)
-    return current
 
 
 def end_revoked(conn: sqlite3.Connection, now: int) -> int:

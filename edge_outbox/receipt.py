@@ -1,7 +1,7 @@
 """`edge-outbox import-receipt`: the bridge's answer to a bundle, applied as its acks would be online.
 
 A receipt is refused unless it is signed with the bridge key this device pinned at enrollment and
-names this device. Its acks go through `ops.apply_acks`, the function the forwarder applies MQTT
+names this device. Its acks go through `forward_ops.apply_acks`, the function the forwarder applies MQTT
 acks with, so apps get the same statuses (through the events table, published by the running outbox
 within a second); a receipt applied twice, or an older one after a newer, changes nothing (final
 states never move back). It moves the bridge clock by the bounds it proves, and a receipt saying
@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_outbox import offline_ops, ops
+from edge_outbox import forward_ops, offline_ops, ops
 from edge_outbox.bridge_clock import BridgeClock, TimeSample
 from edge_outbox.bridge_pins import load_pins
 from edge_outbox.errors import PermanentError
@@ -74,7 +74,7 @@ def apply_receipt(conn: sqlite3.Connection, body: Receipt, acks: list[Ack], now:
     """Apply a verified receipt in one transaction (a CLI connection in autocommit mode)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        applied = ops.apply_acks(conn, acks, now)
+        applied = forward_ops.apply_acks(conn, acks, now)
         offline_ops.queue_confirms(conn, applied.final_ids)
         echo = body.bundle
         sample = TimeSample.receipt(

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
-from edge_outbox import offline_ops, ops
+from edge_outbox import event_log, offline_ops, ops, retention
 from edge_outbox.app_sessions import StoredSessions, oldest_cursor, save_cursors
 from edge_outbox.apps_auth import verify_password
 from edge_outbox.attach import AttachedClient
@@ -71,7 +71,7 @@ class Outbox:
         self._device_id: str | None = None  # the identity enrolled when the outbox started
         self.revoked = False  # the bridge said this device is revoked: every new intent is ended
 
-    def _on_events(self, seen: ops.EventsSeen) -> None:
+    def _on_events(self, seen: event_log.EventsSeen) -> None:
         if self.feed is not None:
             if seen.events is None:
                 self.feed.skip_to(seen.head)
@@ -105,8 +105,8 @@ class Outbox:
     async def _start(self, where: str) -> None:
         s = self.settings
         await self.store.start()
-        head = await self.store.read(ops.last_event_seq)
-        self.feed = StatusFeed(lambda after, limit: self.store.read(ops.events_after, after, limit), head)
+        head = await self.store.read(event_log.last_event_seq)
+        self.feed = StatusFeed(lambda after, limit: self.store.read(event_log.events_after, after, limit), head)
         self.intake = Intake(
             self.store,
             QueueLimits(s.max_queue_items, s.max_queue_bytes),
@@ -117,13 +117,13 @@ class Outbox:
         self._tasks = [asyncio.create_task(self.intake.run(), name="intake")]
         try:
             if s.attach is not None:
-                position = await self.store.read(ops.get_meta, STATUS_KEY)
+                position = await self.store.read(event_log.get_meta, STATUS_KEY)
                 self._transport = AttachedClient(
                     s.attach,
                     self.intake,
                     self.feed,
                     int(position or 0),
-                    lambda app, after, limit: self.store.read(ops.app_statuses, app, after, limit),
+                    lambda app, after, limit: self.store.read(event_log.app_statuses, app, after, limit),
                 )
             else:
                 sessions = StoredSessions(self.store, now_ms, int(s.session_expiry_s * 1000))
@@ -266,7 +266,7 @@ class Outbox:
                 self._on_revocation(ended)
                 if time.monotonic() - last_purge > 3600:
                     last_purge = time.monotonic()
-                    purged = await self._in_batches(ops.purge, now - int(self.settings.retention_s * 1000))
+                    purged = await self._in_batches(retention.purge, now - int(self.settings.retention_s * 1000))
                     history = now - int(self.settings.status_history_s * 1000)
                     await self._in_batches(_prune_events, self._oldest_wanted(), history)
                     if purged:
@@ -298,16 +298,16 @@ class Outbox:
         """Run `delete(conn, *args, limit=PURGE_BATCH)` one store operation at a time until it deletes fewer."""
         total = 0
         while True:
-            deleted = await self.store.call(delete, *args, limit=ops.PURGE_BATCH)
+            deleted = await self.store.call(delete, *args, limit=retention.PURGE_BATCH)
             total += deleted
-            if deleted < ops.PURGE_BATCH:
+            if deleted < retention.PURGE_BATCH:
                 return total
 
 
 def _save_positions(conn: sqlite3.Connection, positions: dict[str, int]) -> None:
     status = positions.pop(STATUS_KEY, None)
     if status is not None:
-        ops.set_meta(conn, STATUS_KEY, str(status))
+        event_log.set_meta(conn, STATUS_KEY, str(status))
     save_cursors(conn, positions)
 
 
@@ -317,7 +317,7 @@ def _tick(conn: sqlite3.Connection, now: int, changed: dict[str, str], device_id
     _save_positions(conn, positions)
     for key, value in changed.items():
         if not key.startswith("pos:"):
-            ops.set_meta(conn, key, value)
+            event_log.set_meta(conn, key, value)
     expired = ops.expire_due(conn, now)
     ended = None if device_id is None else offline_ops.end_if_revoked(conn, device_id, now)
     return expired, ended
@@ -327,7 +327,7 @@ def _prune_events(conn: sqlite3.Connection, wanted_after: int, before: int, limi
     """Events every consumer has, older than the status history, are dropped; stored positions count too."""
     stored = oldest_cursor(conn)
     upto = wanted_after if stored is None else min(wanted_after, stored)
-    return ops.prune_events(conn, upto, before, limit)
+    return retention.prune_events(conn, upto, before, limit)
 
 
 async def serve(settings: OutboxSettings, ready: Callable[[], Awaitable[None] | None] | None = None) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edge_outbox import db, ops
+from edge_outbox import db, event_log
 from edge_outbox.errors import OutboxError, StorageError
 from intent_contract.sqlite_writer import GroupCommitWriter, WriterHooks
 
@@ -33,7 +33,7 @@ class Store:
     def __init__(
         self,
         data_dir: Path,
-        on_events: Callable[[ops.EventsSeen], None] | None = None,
+        on_events: Callable[[event_log.EventsSeen], None] | None = None,
         on_commit: Callable[[float], None] | None = None,
         wants_events: Callable[[], bool] = lambda: True,
     ) -> None:
@@ -78,7 +78,7 @@ class Store:
 
     def _connect(self) -> sqlite3.Connection:
         conn = db.connect(self.data_dir)
-        self._last_event = ops.last_event_seq(conn)
+        self._last_event = event_log.last_event_seq(conn)
         return conn
 
     def _convert(self, exc: BaseException) -> BaseException:
@@ -89,7 +89,7 @@ class Store:
     def _report_events(self, conn: sqlite3.Connection) -> None:
         if self._on_events is None or self._loop is None:
             return
-        seen = ops.events_seen(conn, self._last_event, read=self._wants_events())
+        seen = event_log.events_seen(conn, self._last_event, read=self._wants_events())
         if seen is not None:
             self._last_event = seen.head
             self._loop.call_soon_threadsafe(self._on_events, seen)

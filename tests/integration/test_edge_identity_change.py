@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_outbox import db, offline_ops, ops
+from edge_outbox import db, forward_ops, offline_ops, ops
 from edge_outbox.enroll_client import enroll
 from edge_outbox.forwarder import Forwarder
 from edge_outbox.identity import load_identity
@@ -51,7 +51,7 @@ def _store_and_send_one(edge_dir: Path) -> None:
         for intent_id in ("sent-before", "never-sent"):
             raw = json.dumps({**EMAIL, "id": intent_id}).encode()
             ops.commit_intake(conn, admit("outbox/app/email.send", raw, now_ms(), lambda: "x"), QueueLimits(), now_ms())
-        sent = ops.take_batch(conn, limit=1, max_bytes=1 << 20, sent_before=now_ms(), now=now_ms())
+        sent = forward_ops.take_batch(conn, limit=1, max_bytes=1 << 20, sent_before=now_ms(), now=now_ms())
         assert [r.id for r in sent] == ["sent-before"]
     finally:
         conn.close()

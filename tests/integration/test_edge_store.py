@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_outbox import db, ops
+from edge_outbox import db, event_log, forward_ops, ops, retention
 from edge_outbox.errors import IllegalTransitionError, NotFoundError
 from edge_outbox.intake_rules import Admitted, Refused, admit
 from edge_outbox.ops import Outcome, QueueLimits
@@ -125,10 +125,10 @@ def test_purge_never_deletes_pending(conn: sqlite3.Connection) -> None:
     done = ops.commit_intake(conn, intent(), QueueLimits(), NOW).row
     assert pending is not None and done is not None
     ops.cancel(conn, done.id, NOW)
-    assert ops.purge(conn, NOW + 10**9) == 1
+    assert retention.purge(conn, NOW + 10**9) == 1
     assert ops.get(conn, pending.id).state is State.ACCEPTED
     with pytest.raises(IllegalTransitionError):
-        ops.purge(conn, NOW + 10**9, [State.ACCEPTED])
+        retention.purge(conn, NOW + 10**9, [State.ACCEPTED])
 
 
 def test_purge_and_prune_take_at_most_their_limit(conn: sqlite3.Connection) -> None:
@@ -136,17 +136,17 @@ def test_purge_and_prune_take_at_most_their_limit(conn: sqlite3.Connection) -> N
         row = ops.commit_intake(conn, intent(), QueueLimits(), NOW).row
         assert row is not None
         ops.cancel(conn, row.id, NOW)
-    assert [ops.purge(conn, NOW + 1, limit=2) for _ in range(4)] == [2, 2, 1, 0]
+    assert [retention.purge(conn, NOW + 1, limit=2) for _ in range(4)] == [2, 2, 1, 0]
     assert conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 0
-    last = ops.last_event_seq(conn)
-    assert [ops.prune_events(conn, last, NOW + 1, limit=7) for _ in range(3)] == [7, 3, 0]  # accepted + cancelled
+    last = event_log.last_event_seq(conn)
+    assert [retention.prune_events(conn, last, NOW + 1, limit=7) for _ in range(3)] == [7, 3, 0]  # accepted + cancelled
 
 
 def test_every_state_change_is_an_event(conn: sqlite3.Connection) -> None:
     row = ops.commit_intake(conn, intent(), QueueLimits(), NOW).row
     assert row is not None
     ops.cancel(conn, row.id, NOW + 1)
-    states = [e.state for e in ops.events_after(conn, 0)]
+    states = [e.state for e in event_log.events_after(conn, 0)]
     assert states == [State.ACCEPTED, State.CANCELLED]
 
 
@@ -221,7 +221,7 @@ def test_derived_stats_always_match_the_rows(tmp_path_factory: pytest.TempPathFa
             elif action == "retry" and rows:
                 ops.retry(conn, rows[0].id, now)
             elif action == "purge":
-                ops.purge(conn, now)
+                retention.purge(conn, now)
         except IllegalTransitionError:
             pass
         assert derived_stats(conn) == actual_stats(conn)
@@ -280,11 +280,11 @@ async def test_without_a_reader_the_store_reports_the_newest_event_and_its_flags
     """Nobody reads statuses: each group's report names the newest seq, whether something was accepted (the
     forwarder's cue) and whether something ended (the intake's), without the events; once a reader comes,
     the events after that seq, none twice."""
-    seen: list[ops.EventsSeen] = []
+    seen: list[event_log.EventsSeen] = []
     reading = [False]
     store = Store(tmp_path, on_events=seen.append, wants_events=lambda: reading[0])
 
-    async def reported(head: int) -> ops.EventsSeen:
+    async def reported(head: int) -> event_log.EventsSeen:
         async with asyncio.timeout(5):
             while not seen or seen[-1].head < head:
                 await asyncio.sleep(0.01)
@@ -295,11 +295,11 @@ async def test_without_a_reader_the_store_reports_the_newest_event_and_its_flags
         first = (await store.call(ops.commit_intake, intent(), QueueLimits(), NOW)).row
         second = (await store.call(ops.commit_intake, intent(), QueueLimits(), NOW)).row
         assert first is not None and second is not None
-        head = await store.read(ops.last_event_seq)
-        assert await reported(head) == ops.EventsSeen(head, True, False, None)
+        head = await store.read(event_log.last_event_seq)
+        assert await reported(head) == event_log.EventsSeen(head, True, False, None)
         await store.call(ops.cancel, first.id, NOW + 1)
-        cancelled = await store.read(ops.last_event_seq)
-        assert await reported(cancelled) == ops.EventsSeen(cancelled, False, True, None)
+        cancelled = await store.read(event_log.last_event_seq)
+        assert await reported(cancelled) == event_log.EventsSeen(cancelled, False, True, None)
         reading[0] = True
         await store.call(ops.cancel, second.id, NOW + 2)
         last = await reported(cancelled + 1)
@@ -336,14 +336,14 @@ async def test_retention_purges_in_operations_of_a_bounded_size(
     pending = ops.commit_intake(conn, intent(), QueueLimits(), old).row
     conn.close()
     calls: list[int] = []
-    purge = ops.purge
+    purge = retention.purge
 
     def counted(conn: sqlite3.Connection, before: int, **kw: int) -> int:
         calls.append(deleted := purge(conn, before, **kw))
         return deleted
 
-    monkeypatch.setattr(ops, "PURGE_BATCH", 2)
-    monkeypatch.setattr(ops, "purge", counted)
+    monkeypatch.setattr(retention, "PURGE_BATCH", 2)
+    monkeypatch.setattr(retention, "purge", counted)
     outbox = Outbox(OutboxSettings(data_dir=tmp_path, listen_port=free_port(), forward=False, housekeeping_s=0.05))
     await outbox.start()
     try:
@@ -377,17 +377,21 @@ async def test_a_bug_in_one_operation_fails_only_that_call(tmp_path: Path, caplo
 def test_batches_take_priority_then_age_within_caps(conn: sqlite3.Connection) -> None:
     for n, priority in enumerate([0, 5, 0, 9, 5]):
         ops.commit_intake(conn, intent(intent_id=f"b{n}", priority=priority), QueueLimits(), NOW + n)
-    batch = ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW)
+    batch = forward_ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW)
     assert [r.id for r in batch] == ["b3", "b1", "b4", "b0", "b2"]
-    assert [r.id for r in ops.next_batch(conn, limit=2, max_bytes=10**6, sent_before=NOW)] == ["b3", "b1"]
+    assert [r.id for r in forward_ops.next_batch(conn, limit=2, max_bytes=10**6, sent_before=NOW)] == ["b3", "b1"]
     # the byte cap stops a batch, but never below one intent
-    assert len(ops.next_batch(conn, limit=10, max_bytes=len(GOOD) * 2, sent_before=NOW)) == 2
-    assert len(ops.next_batch(conn, limit=10, max_bytes=1, sent_before=NOW)) == 1
+    assert len(forward_ops.next_batch(conn, limit=10, max_bytes=len(GOOD) * 2, sent_before=NOW)) == 2
+    assert len(forward_ops.next_batch(conn, limit=10, max_bytes=1, sent_before=NOW)) == 1
     # sent ones are skipped until they are due again, and can no longer be cancelled
-    taken = ops.take_batch(conn, limit=2, max_bytes=10**6, sent_before=NOW, now=NOW + 100)
+    taken = forward_ops.take_batch(conn, limit=2, max_bytes=10**6, sent_before=NOW, now=NOW + 100)
     assert [r.id for r in taken] == ["b3", "b1"]
-    assert [r.id for r in ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW + 100)] == ["b4", "b0", "b2"]
-    assert len(ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW + 101)) == 5
+    assert [r.id for r in forward_ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW + 100)] == [
+        "b4",
+        "b0",
+        "b2",
+    ]
+    assert len(forward_ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW + 101)) == 5
     with pytest.raises(IllegalTransitionError):
         ops.cancel(conn, "b3", NOW)
 
@@ -397,13 +401,15 @@ def test_acks_apply_once_and_final_ids_are_confirmed(conn: sqlite3.Connection) -
 
     ops.commit_intake(conn, intent(intent_id="k1"), QueueLimits(), NOW)
     ops.commit_intake(conn, intent(intent_id="k2"), QueueLimits(), NOW)
-    applied = ops.apply_acks(conn, [Ack("k1", AckState.ACCEPTED), Ack("k2", AckState.FAILED, "smtp_550", "no")], NOW)
+    applied = forward_ops.apply_acks(
+        conn, [Ack("k1", AckState.ACCEPTED), Ack("k2", AckState.FAILED, "smtp_550", "no")], NOW
+    )
     assert (applied.changed, applied.final_ids) == (2, ["k2"])
     assert ops.get(conn, "k1").state is State.FORWARDED
     failed = ops.get(conn, "k2")
     assert (failed.state, failed.code, failed.detail) == (State.FAILED, "smtp_550", "no")
     # a repeated or late ack changes nothing but is still confirmed; an unknown id is harmless
-    again = ops.apply_acks(conn, [Ack("k2", AckState.DELIVERED), Ack("gone", AckState.DELIVERED)], NOW)
+    again = forward_ops.apply_acks(conn, [Ack("k2", AckState.DELIVERED), Ack("gone", AckState.DELIVERED)], NOW)
     assert (again.changed, again.final_ids) == (0, ["k2", "gone"])
     assert ops.get(conn, "k2").state is State.FAILED
     ops.commit_intake(conn, intent(intent_id="k3"), QueueLimits(), NOW)

@@ -16,7 +16,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from edge_outbox import db, ops
+from edge_outbox import db, forward_ops, ops
 from edge_outbox.errors import ConfigError, IllegalTransitionError
 from edge_outbox.intake_rules import Admitted
 from edge_outbox.ops import QueueLimits
@@ -73,14 +73,14 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule()
     def send(self) -> None:
-        rows = self._tx(ops.take_batch, limit=10, max_bytes=1 << 20, sent_before=self.now + 1, now=self.now)
+        rows = self._tx(forward_ops.take_batch, limit=10, max_bytes=1 << 20, sent_before=self.now + 1, now=self.now)
         for row in rows:  # type: ignore[attr-defined]
             state, _sent, expires = self.model[row.id]
             self.model[row.id] = (state, True, expires)
 
     @rule(intent_id=st.sampled_from(IDS), ack=st.sampled_from(list(AckState)))
     def bridge_ack(self, intent_id: str, ack: AckState) -> None:
-        self._tx(ops.apply_acks, [Ack(intent_id, ack, "c", "", self.now)], self.now)
+        self._tx(forward_ops.apply_acks, [Ack(intent_id, ack, "c", "", self.now)], self.now)
         if intent_id in self.model:
             state, sent, expires = self.model[intent_id]
             self.model[intent_id] = (step(state, event_for_ack(ack), sent=sent).state, sent, expires)
@@ -94,7 +94,7 @@ class StoreMachine(RuleBasedStateMachine):
         attempt = self.attempts[intent_id] + delta
         if attempt < 1:
             return
-        self._tx(ops.apply_acks, [Ack(intent_id, ack, "c", "", self.now, attempt=attempt)], self.now)
+        self._tx(forward_ops.apply_acks, [Ack(intent_id, ack, "c", "", self.now, attempt=attempt)], self.now)
         if delta < 0:
             return  # stale: nothing changes
         if delta > 0 and state in RETRYABLE:

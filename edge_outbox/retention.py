@@ -1,0 +1,47 @@
+"""Retention: final intents and old status events deleted, as plain functions on a sqlite3 connection."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+from edge_outbox.errors import IllegalTransitionError
+from edge_outbox.states import FINAL, State, sql_set
+from intent_contract.sql_text import marks
+
+# Rows deleted per store operation by the running outbox's retention: an operation's savepoint keeps every
+# page it changes in memory (intent_contract.sqlite_writer), so a purge long due goes in such steps.
+PURGE_BATCH = 5000
+
+
+def purge(
+    conn: sqlite3.Connection,
+    before: int,
+    states: Iterable[State] = FINAL,
+    dry_run: bool = False,
+    limit: int = -1,
+) -> int:
+    """Delete intents in final states last changed before `before` (ms); pending ones are never deleted.
+
+    With `dry_run`, count them instead; with a `limit`, delete at most that many (-1: all; see `PURGE_BATCH`)."""
+    chosen = [s for s in states if s in FINAL]
+    if not chosen:
+        raise IllegalTransitionError("only intents in a final state can be purged")
+    # The first term repeats the intents_final index's condition so that SQLite uses the index.
+    where = f"WHERE state IN {sql_set(FINAL)} AND state IN ({marks(chosen)}) AND updated < ?"
+    if dry_run:
+        return int(conn.execute(f"SELECT COUNT(*) FROM intents {where}", (*chosen, before)).fetchone()[0])
+    text = f"DELETE FROM intents WHERE seq IN (SELECT seq FROM intents {where} LIMIT ?)"
+    return conn.execute(text, (*chosen, before, limit)).rowcount
+
+
+def prune_events(conn: sqlite3.Connection, upto_seq: int, before: int, limit: int = -1) -> int:
+    """Drop events up to `upto_seq` (what every status consumer has) older than `before` (ms), at most
+    `limit` of them (-1: all; see `PURGE_BATCH`).
+
+    The status history of an intent lives on in the intents table; events are only the messages.
+    """
+    return conn.execute(
+        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? AND at < ? LIMIT ?)",
+        (upto_seq, before, limit),
+    ).rowcount

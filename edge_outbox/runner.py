@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import signal
@@ -15,7 +14,6 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
 
 from edge_outbox import event_log, offline_ops, ops, retention
 from edge_outbox.app_sessions import StoredSessions, oldest_cursor, save_cursors
@@ -40,6 +38,8 @@ from intent_contract.ids import IdGenerator
 from intent_contract.runtime import tune_garbage_collector
 
 log = logging.getLogger(__name__)
+
+RETENTION_INTERVAL_S = 3600.0  # how often retention purges (and at start)
 
 
 def now_ms() -> int:
@@ -142,6 +142,7 @@ class Outbox:
         identity = load_identity(s.data_dir)
         self._device_id = identity.device_id if identity is not None else None
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self._tasks.append(asyncio.create_task(self._retention(), name="retention"))
         if identity is None:
             log.warning(
                 "not enrolled with a bridge: intents are kept here until `edge-outbox enroll` is run "
@@ -243,14 +244,13 @@ class Outbox:
 
     async def _housekeeping(self) -> None:
         """Expire overdue intents, end them all once the device is revoked, store where status consumers
-        are, purge what retention allows.
+        are.
 
         The revocation is read here, not only by the forwarder: a site with no bridge address runs none,
         and one outside its forwarding windows has one waiting, yet a receipt may say the device is revoked.
 
         One transaction a tick, and it writes only what changed, so an idle outbox does not fsync.
         """
-        last_purge = -math.inf  # the first tick purges (monotonic time starts near 0 at boot)
         written: dict[str, str] = {}
         failing = False
         while True:
@@ -264,13 +264,6 @@ class Outbox:
                 if expired:
                     log.info("%d intents expired before they could be forwarded", expired)
                 self._on_revocation(ended)
-                if time.monotonic() - last_purge > 3600:
-                    last_purge = time.monotonic()
-                    purged = await self._in_batches(retention.purge, now - int(self.settings.retention_s * 1000))
-                    history = now - int(self.settings.status_history_s * 1000)
-                    await self._in_batches(_prune_events, self._oldest_wanted(), history)
-                    if purged:
-                        log.info("retention: purged %d final intents", purged)
                 if failing:
                     log.warning("housekeeping works again")
                     failing = False
@@ -283,6 +276,27 @@ class Outbox:
             except Exception:
                 log.exception("housekeeping failed; trying again")
 
+    async def _retention(self) -> None:
+        """Purge what retention allows, at the first tick and hourly, in paced steps (edge_outbox.retention).
+
+        A task of its own: a purge long due takes seconds, and the housekeeping ticks go on meanwhile."""
+        await asyncio.sleep(self.settings.housekeeping_s)
+        while True:
+            try:
+                now = now_ms()
+                purged = await retention.purge_paced(
+                    self.store.call, retention.purge, now - int(self.settings.retention_s * 1000)
+                )
+                if purged:
+                    log.info("retention: purged %d final intents", purged)
+                history = now - int(self.settings.status_history_s * 1000)
+                await retention.purge_paced(self.store.call, _prune_events, self._oldest_wanted(), history)
+            except StorageError as exc:  # housekeeping and intake report a disk that fails
+                log.warning("retention: cannot purge, trying again in an hour: %s", exc)
+            except Exception:
+                log.exception("retention failed; trying again in an hour")
+            await asyncio.sleep(RETENTION_INTERVAL_S)
+
     def _on_revocation(self, ended: int | None) -> None:
         """Log what the tick did about a revocation (`ended` None: the device is not revoked)."""
         if ended is None:
@@ -293,15 +307,6 @@ class Outbox:
             log.error("this device was revoked at the bridge; every new intent ends as failed", extra=context)
         if ended:
             log.warning("%d intents ended: device revoked", ended, extra=context)
-
-    async def _in_batches(self, delete: Callable[..., int], *args: Any) -> int:
-        """Run `delete(conn, *args, limit=PURGE_BATCH)` one store operation at a time until it deletes fewer."""
-        total = 0
-        while True:
-            deleted = await self.store.call(delete, *args, limit=retention.PURGE_BATCH)
-            total += deleted
-            if deleted < retention.PURGE_BATCH:
-                return total
 
 
 def _save_positions(conn: sqlite3.Connection, positions: dict[str, int]) -> None:

@@ -5,7 +5,6 @@ import itertools
 import json
 import random
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -318,43 +317,6 @@ async def test_the_writer_keeps_statement_journals_in_memory(tmp_path: Path) -> 
     finally:
         await store.close()
     assert temp_store == 2  # MEMORY
-
-
-async def test_retention_purges_in_operations_of_a_bounded_size(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from edge_outbox.runner import Outbox
-    from edge_outbox.settings import OutboxSettings
-    from tests.support.net import free_port
-
-    conn = db.connect(tmp_path)
-    old = int(time.time() * 1000) - 30 * 86_400_000  # beyond the default retention of 7 days
-    for _ in range(5):
-        row = ops.commit_intake(conn, intent(), QueueLimits(), old).row
-        assert row is not None
-        ops.cancel(conn, row.id, old)
-    pending = ops.commit_intake(conn, intent(), QueueLimits(), old).row
-    conn.close()
-    calls: list[int] = []
-    purge = retention.purge
-
-    def counted(conn: sqlite3.Connection, before: int, **kw: int) -> int:
-        calls.append(deleted := purge(conn, before, **kw))
-        return deleted
-
-    monkeypatch.setattr(retention, "PURGE_BATCH", 2)
-    monkeypatch.setattr(retention, "purge", counted)
-    outbox = Outbox(OutboxSettings(data_dir=tmp_path, listen_port=free_port(), forward=False, housekeeping_s=0.05))
-    await outbox.start()
-    try:
-        async with asyncio.timeout(10):
-            while len(calls) < 3:
-                await asyncio.sleep(0.05)
-    finally:
-        await outbox.stop()
-    assert calls == [2, 2, 1]  # one store operation per batch, until one deletes fewer
-    left = db.connect(tmp_path).execute("SELECT id FROM intents").fetchall()
-    assert pending is not None and left == [(pending.id,)]
 
 
 def _broken_operation(_conn: sqlite3.Connection) -> None:

@@ -226,3 +226,15 @@ def stored_sessions(data_dir: Path) -> dict[str, int]:
 
 def env_without_outbox() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("EDGE_OUTBOX_")}
+
+
+def old_final_intents(conn: sqlite3.Connection, count: int, updated: int, app: str = "old") -> None:
+    """Store `count` delivered intents of `app` last changed at `updated` (ms), in one statement, without
+    their status events (long pruned, as a site's are): rows for retention to purge."""
+    conn.execute(
+        """WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+        INSERT INTO intents(id, app, kind, state, created, updated, payload, size)
+        SELECT printf('%s-%d', ?, i), ?, 'email.send', 'delivered', ?, ?, X'7B7D', 2 FROM n""",
+        (count, app, app, updated, updated),
+    )
+    conn.execute("DELETE FROM events WHERE app = ?", (app,))

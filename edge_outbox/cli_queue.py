@@ -3,12 +3,14 @@ retry, cancel, purge. Added to the group by edge_outbox.cli."""
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from edge_outbox import event_log, lock, offline_ops, ops, retention
+from edge_outbox import event_log, lock, offline_ops, ops, paced, retention
 from edge_outbox.cli_db import connection
 from edge_outbox.cli_format import (
     now_ms,
@@ -97,14 +99,34 @@ def retry(data_dir: Path, intent_id: str | None, state: str | None, as_json: boo
     """Queue a failed or expired intent again (ID, or all of --state)."""
     if (intent_id is None) == (state is None):
         raise click.UsageError("give either an intent ID or --state, not both")
-    if state is not None:
-        rows = write_op(data_dir, ops.retry_state, State(state), now_ms())
+    if state is None:
+        shown, count = [row_json(write_op(data_dir, ops.retry, intent_id, now_ms()))], 1
     else:
-        rows = [write_op(data_dir, ops.retry, intent_id, now_ms())]
+        shown, count = _retry_state(data_dir, State(state), as_json)
     if as_json:
-        print_json([row_json(r) for r in rows])
+        print_json(shown)
     else:
-        click.echo(f"queued again: {len(rows)} intent(s)")
+        click.echo(f"queued again: {count} intent(s)")
+
+
+def _retry_state(data_dir: Path, state: State, as_json: bool) -> tuple[list[dict[str, Any]], int]:
+    """Retry every intent in `state`, in paced steps (a running outbox's intake waits for one at most, where one
+    transaction for 200,000 took 15 s and 1 GB); (the rows as JSON if asked, how many)."""
+    now, last = now_ms(), 0
+    shown: list[dict[str, Any]] = []
+
+    def step(conn: sqlite3.Connection, limit: int) -> int:
+        nonlocal last
+        done = ops.retry_state(conn, state, now, after=last, limit=limit)
+        if done:
+            last = done[-1].seq  # one that failed again meanwhile is not retried twice
+        if as_json:
+            shown.extend(row_json(row) for row in done)
+        return len(done)
+
+    with connection(data_dir) as conn:
+        count = paced.in_transactions(conn, step)
+    return shown, count
 
 
 @click.command()
@@ -148,7 +170,7 @@ def purge(data_dir: Path, older_than: float, state: str | None, dry_run: bool, y
         click.confirm(f"delete {count} {what} intent(s) older than {format_age(older_than)}?", abort=True, err=True)
     if not dry_run and count:
         with connection(data_dir) as conn:  # in paced steps: a running outbox's intake waits for one at most
-            count = retention.purge_in_transactions(conn, retention.purge, before, states)
+            count = paced.in_transactions(conn, lambda c, step: retention.purge(c, before, states, limit=step))
     if as_json:
         print_json({"would_purge" if dry_run else "purged": count})
     else:

@@ -245,22 +245,24 @@ def reject_unsendable(conn: sqlite3.Connection, unsendable: list[tuple[int, str]
     return ended
 
 
+RETRY_DETAIL = "queued again with edge-outbox retry"
+
+
 def retry(conn: sqlite3.Connection, intent_id: str, now: int) -> IntentRow:
     """Queue a failed or expired intent again as a new attempt (clearing its deadline)."""
-    return _transition(
-        conn,
-        get(conn, intent_id),
-        Event.RETRY,
-        now,
-        code="retried_by_operator",
-        detail="queued again with edge-outbox retry",
-    )
+    return _transition(conn, get(conn, intent_id), Event.RETRY, now, code="retried_by_operator", detail=RETRY_DETAIL)
 
 
-def retry_state(conn: sqlite3.Connection, state: State, now: int) -> list[IntentRow]:
-    """Retry every intent in a retryable state."""
-    rows = [IntentRow.from_db(r) for r in conn.execute(f"{SELECT_ROW} WHERE state = ? ORDER BY seq", (state,))]
-    return [retry(conn, r.id, now) for r in rows]
+def retry_state(
+    conn: sqlite3.Connection, state: State, now: int, *, after: int = 0, limit: int = -1
+) -> list[IntentRow]:
+    """Retry the intents in a retryable state stored after seq `after`, oldest first, at most `limit` of them
+    (-1: all; `edge-outbox retry --state` goes in steps, edge_outbox.paced)."""
+    found = conn.execute(f"{SELECT_ROW} WHERE state = ? AND seq > ? ORDER BY seq LIMIT ?", (state, after, limit))
+    return [
+        _transition(conn, row, Event.RETRY, now, code="retried_by_operator", detail=RETRY_DETAIL)
+        for row in map(IntentRow.from_db, found.fetchall())
+    ]
 
 
 # Runs on every tick: it must go through the intents_deadline partial index, never scan the outbox

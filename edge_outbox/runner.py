@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 
-from edge_outbox import event_log, offline_ops, ops, retention
+from edge_outbox import event_log, offline_ops, ops, paced, retention
 from edge_outbox.app_sessions import StoredSessions, oldest_cursor, save_cursors
 from edge_outbox.apps_auth import verify_password
 from edge_outbox.attach import AttachedClient
@@ -277,20 +277,20 @@ class Outbox:
                 log.exception("housekeeping failed; trying again")
 
     async def _retention(self) -> None:
-        """Purge what retention allows, at the first tick and hourly, in paced steps (edge_outbox.retention).
+        """Purge what retention allows, at the first tick and hourly, in paced steps (edge_outbox.paced).
 
         A task of its own: a purge long due takes seconds, and the housekeeping ticks go on meanwhile."""
         await asyncio.sleep(self.settings.housekeeping_s)
         while True:
             try:
                 now = now_ms()
-                purged = await retention.purge_paced(
+                purged = await paced.in_operations(
                     self.store.call, retention.purge, now - int(self.settings.retention_s * 1000)
                 )
                 if purged:
                     log.info("retention: purged %d final intents", purged)
                 history = now - int(self.settings.status_history_s * 1000)
-                await retention.purge_paced(self.store.call, _prune_events, self._oldest_wanted(), history)
+                await paced.in_operations(self.store.call, _prune_events, self._oldest_wanted(), history)
             except StorageError as exc:  # housekeeping and intake report a disk that fails
                 log.warning("retention: cannot purge, trying again in an hour: %s", exc)
             except Exception:

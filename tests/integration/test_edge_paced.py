@@ -1,4 +1,5 @@
-"""Retention purges in paced steps: an app's publish waits for one step at most, and commits between them."""
+"""Work on many rows goes in paced steps (retention, `retry --state`): an app's publish waits for one step at
+most, and commits between them."""
 
 import asyncio
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_outbox import db, ops, retention
+from edge_outbox import db, ops, paced, retention
 from edge_outbox.cli import main
 from edge_outbox.intake_rules import Admitted
 from edge_outbox.ops import QueueLimits
@@ -20,7 +21,7 @@ from tests.support.net import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
-STEP = 500  # rows per step (docs/edge.md); the purges below take three steps
+STEP = 500  # rows per step (docs/edge.md); the work below takes three steps
 OLD = int(time.time() * 1000) - 30 * 86_400_000  # beyond the default retention of 7 days
 
 
@@ -58,9 +59,9 @@ def left(data_dir: Path) -> list[str]:
 
 
 def test_a_pause_is_as_long_as_the_step_and_bounded() -> None:
-    assert retention.pause_after(0.003) == 0.003
-    assert retention.pause_after(-1.0) == 0.0  # a clock that stepped back
-    assert retention.pause_after(60.0) == retention.MAX_PAUSE_S
+    assert paced.pause_after(0.003) == 0.003
+    assert paced.pause_after(-1.0) == 0.0  # a clock that stepped back
+    assert paced.pause_after(60.0) == paced.MAX_PAUSE_S
 
 
 async def test_the_running_outboxs_retention_purges_in_steps_with_intake_committed_between(
@@ -75,7 +76,7 @@ async def test_the_running_outboxs_retention_purges_in_steps_with_intake_committ
         pauses.append(seconds)  # an app's intent is taken while the purge pauses: the writer is free
         await outbox.store.call(ops.commit_intake, live_intent(len(pauses)), QueueLimits(), int(time.time() * 1000))
 
-    monkeypatch.setattr(retention, "yield_to_intake", intake_in_the_pause, raising=False)
+    monkeypatch.setattr(paced, "yield_to_intake", intake_in_the_pause, raising=False)
     await outbox.start()
     try:
         async with asyncio.timeout(30):
@@ -85,7 +86,7 @@ async def test_the_running_outboxs_retention_purges_in_steps_with_intake_committ
         await outbox.stop()
     # Steps of STEP rows at most, one store operation each, and between two of them an intent committed.
     assert steps == [(STEP, 1), (STEP, 2), (1, 3)]
-    assert len(pauses) == 2 and all(0 <= p <= retention.MAX_PAUSE_S for p in pauses)
+    assert len(pauses) == 2 and all(0 <= p <= paced.MAX_PAUSE_S for p in pauses)
     assert left(tmp_path) == []
     assert live_count(db.connect(tmp_path)) == 3
 
@@ -105,10 +106,42 @@ def test_edge_outbox_purge_commits_each_step_so_the_outbox_can_write_between(
         ops.commit_intake(other, live_intent(len(rests)), QueueLimits(), OLD)
         other.execute("COMMIT")
 
-    monkeypatch.setattr(retention, "rest_between_transactions", write_in_the_rest, raising=False)
+    monkeypatch.setattr(paced, "rest_between_transactions", write_in_the_rest, raising=False)
     result = CliRunner().invoke(main, ["purge", "--data-dir", str(tmp_path), "--older-than", "7d", "--yes", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"purged": 2 * STEP + 1}
     assert steps[0] == (2 * STEP + 1, 1)  # the dry run's count, then the steps
     assert steps[1:] == [(STEP, 1), (STEP, 2), (1, 3)]
     assert left(tmp_path) == []
+
+
+def test_edge_outbox_retry_state_commits_each_step_and_retries_each_intent_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = db.connect(tmp_path)
+    old_final_intents(conn, 2 * STEP + 1, OLD)
+    conn.execute("UPDATE intents SET state = 'failed', sent = 1")
+    conn.close()
+    steps: list[int] = []
+    retry_state = ops.retry_state
+
+    def counted(conn: sqlite3.Connection, *args: object, **kw: int) -> list[object]:
+        steps.append(len(done := retry_state(conn, *args, **kw)))  # type: ignore[arg-type]
+        return done  # type: ignore[return-value]
+
+    other = db.connect(tmp_path)  # the running outbox's writer, which must not wait for the whole retry
+    other.execute("PRAGMA busy_timeout = 0")
+
+    def fail_again_in_the_rest(_seconds: float) -> None:
+        # 'database is locked' if the retry still held its transaction; the bridge's answer to the first
+        # retried intent arrives: failed again, before the command has gone through the rest.
+        other.execute("UPDATE intents SET state = 'failed' WHERE id = 'old-1' AND state = 'accepted'")
+
+    monkeypatch.setattr(ops, "retry_state", counted)
+    monkeypatch.setattr(paced, "rest_between_transactions", fail_again_in_the_rest, raising=False)
+    result = CliRunner().invoke(main, ["retry", "--state", "failed", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"queued again: {2 * STEP + 1} intent(s)"
+    assert steps == [STEP, STEP, 1]
+    rows = dict(db.connect(tmp_path).execute("SELECT state || '/' || attempt, COUNT(*) FROM intents GROUP BY 1"))
+    assert rows == {"accepted/2": 2 * STEP, "failed/2": 1}  # old-1 was retried once, not again

@@ -86,6 +86,10 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL,
     at INTEGER NOT NULL
 );
+-- An app's statuses, for its replay requests (event_log.app_statuses): without it a request read every
+-- status stored after its seq, of every app, on the writer thread (46 ms at 1,000,000 for an app with none
+-- among them, each request, while no intent could commit). A database made before gets it at its next start.
+CREATE INDEX IF NOT EXISTS events_app ON events(app, seq);
 
 CREATE TABLE IF NOT EXISTS stats (
     state TEXT PRIMARY KEY,

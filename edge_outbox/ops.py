@@ -343,20 +343,23 @@ def end_revoked(conn: sqlite3.Connection, now: int) -> int:
     the revocation and their result can no longer reach this device: `device_revoked_unknown`, so
     nobody mistakes "we cannot know" for "it did not happen".
     """
-    revocable = sql_set(sources(Event.REVOKE))
+    # `state_in`, never `state IN (...)` of one state: this runs at every tick once the device is revoked,
+    # and `state IN ('accepted')` missed the partial index, so each tick read every intent kept (75-340 ms at
+    # 1,000,000, on the writer thread, every second, for as long as the revoked outbox ran).
+    revocable = state_in(sources(Event.REVOKE))
     # Only a state an intent may still be cancelled in can mean "never sent" (forwarded: the bridge has it).
-    unsent = sql_set(sources(Event.REVOKE) & sources(Event.CANCEL))
+    unsent = state_in(sources(Event.REVOKE) & sources(Event.CANCEL))
     never_sent = conn.execute(
         "UPDATE intents SET state = ?, code = 'device_revoked', updated = ?,"
         " detail = 'this device was revoked at the bridge before the intent was sent; it never ran'"
-        f" WHERE state IN {unsent} AND sent = 0",
+        f" WHERE {unsent} AND sent = 0",
         (target(Event.REVOKE), now),
     ).rowcount
     sent = conn.execute(
         "UPDATE intents SET state = ?, code = 'device_revoked_unknown', updated = ?,"
         " detail = 'sent to the bridge before this device was revoked; whether it ran cannot be reported"
         " here any more (the bridge audit log knows)'"
-        f" WHERE state IN {revocable}",
+        f" WHERE {revocable}",
         (target(Event.REVOKE), now),
     ).rowcount
     return never_sent + sent

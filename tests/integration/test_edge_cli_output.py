@@ -11,9 +11,13 @@ import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
+from click.testing import CliRunner
+
 from edge_outbox import db, ops
+from edge_outbox.cli import main
 from edge_outbox.intake_rules import Refused, admit
 from edge_outbox.ops import QueueLimits
 
@@ -85,3 +89,24 @@ def test_a_state_this_version_does_not_know_is_shown_as_text(tmp_path: Path) -> 
     assert "       state: paused" in shown.stdout.splitlines()
     refused = edge(tmp_path, "retry", intent_id)
     assert (refused.returncode, refused.stderr) == (1, "Error: cannot retry an intent that is paused\n")
+
+
+def test_ls_does_not_hold_the_payloads_it_does_not_show(tmp_path: Path) -> None:
+    """`ls --limit` goes to 100,000 and a payload to 256 KiB: reading them held GBs for a table of ids."""
+    conn = db.connect(tmp_path)
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)"
+        " INSERT INTO intents(id, app, kind, state, created, updated, payload, size)"
+        " SELECT 'big-' || i, 'hvac', 'email.send', 'accepted', 1, 1, zeroblob(250000), 250000 FROM n"
+    )  # 100 MB of payloads
+    conn.close()
+    tracemalloc.start()  # in-process (CliRunner), to trace what the command holds
+    try:
+        result = CliRunner().invoke(main, ["ls", "--limit", "400", "--json", "--data-dir", str(tmp_path)])
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.output)
+    assert len(listed) == 400 and listed[0]["id"] == "big-400" and listed[0]["size"] == 250_000
+    assert peak < 20_000_000, peak  # before: over 100 MB, every payload read

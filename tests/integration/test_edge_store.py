@@ -180,7 +180,7 @@ def test_a_batch_stores_what_the_same_intakes_one_by_one_store(tmp_path: Path) -
     assert together == alone
     assert {r.outcome for r in together} == set(Outcome)
     assert _contents(batched) == _contents(single)
-    stored = {row.seq: row for row in ops.listing(batched, limit=10_000)}
+    stored = {row.seq: row for row in ops.listing(batched, limit=10_000, payloads=True)}
     assert all(stored[r.row.seq] == r.row for r in together if r.row is not None)
 
 
@@ -189,7 +189,7 @@ def test_rows_inserted_together_get_the_keys_they_are_stored_under(conn: sqlite3
     ops.commit_intakes(conn, [intent() for _ in range(300)], QueueLimits(), NOW)
     conn.execute("DELETE FROM intents WHERE seq > 250")
     again = ops.commit_intakes(conn, [intent() for _ in range(300)], QueueLimits(), NOW)
-    stored = {row.seq: row for row in ops.listing(conn, limit=10_000)}
+    stored = {row.seq: row for row in ops.listing(conn, limit=10_000, payloads=True)}
     assert [r.row.seq for r in again if r.row] == list(range(301, 601))
     assert all(stored[r.row.seq] == r.row for r in again if r.row)
     with pytest.raises(ValueError, match="16 values"):

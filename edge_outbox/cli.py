@@ -123,7 +123,8 @@ def main(ctx: click.Context, config: Path | None) -> None:
     default="24h",
     show_default=True,
     callback=duration_seconds,
-    help="Keep statuses every app has received this long, for replay requests.",
+    help="Keep statuses this long from when they happened (and until every persistent session has them), for"
+    " replay requests.",
 )
 @click.option("--no-forward", is_flag=True, help="Only take in and keep intents; do not forward them.")
 @click.option(

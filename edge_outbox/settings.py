@@ -115,7 +115,7 @@ class OutboxSettings:
     max_queue_bytes: int = 1 << 30
     retention_s: float = 7 * 86400.0
     session_expiry_s: float = 7 * 86400.0  # a persistent app session unseen this long is dropped
-    status_history_s: float = 86400.0  # statuses every consumer has are kept this long for replay requests
+    status_history_s: float = 86400.0  # statuses are kept this long from their time (and until consumed)
     housekeeping_s: float = 1.0
     forward: bool = True  # forward to the bridge when enrolled
     metrics: tuple[str, int] | None = None  # (host, port) of the loopback /metrics and /healthz endpoint

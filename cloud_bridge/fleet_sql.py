@@ -33,6 +33,7 @@ from cloud_bridge.fleet import (
     hour_of,
 )
 from cloud_bridge.fleet_rules import BASELINE_HOURS, VOLUME_FLOOR
+from intent_contract import sqlite_wal
 from intent_contract.device_wire import Diagnosis, diagnosis_from_wire, health_from_wire
 from intent_contract.errors import DecodeError
 from intent_contract.sqlite_wal import use_wal
@@ -379,6 +380,7 @@ def sqlite_transaction(path: Path, what: str, *, synchronous: str = "FULL") -> T
             with contextlib.closing(sqlite3.connect(path, timeout=10, isolation_level=None)) as conn:
                 conn.row_factory = sqlite3.Row
                 conn.execute(f"PRAGMA synchronous = {synchronous}")
+                conn.execute(f"PRAGMA journal_size_limit = {sqlite_wal.WAL_SIZE_LIMIT}")
                 # Deferred: every writing call writes first, so it takes the lock (waiting) at its start.
                 conn.execute("BEGIN")
                 try:

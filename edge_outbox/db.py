@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from edge_outbox.errors import ConfigError
 from edge_outbox.states import FINAL, PENDING, State, sql_set, unknown_state
+from intent_contract import sqlite_wal
 
 DB_NAME = "outbox.db"
 # meta keys the running outbox keeps for itself and for `edge-outbox status`
@@ -26,12 +27,6 @@ CLOCK_KEY = "bridge_clock"  # the bridge's clock as learned (edge_outbox.bridge_
 REVOKED_KEY = "revoked"  # set when the bridge said this device is revoked (online or in a receipt)
 SENT_AS_KEY = "sent_as"  # the device id this database's intents are sent as (edge_outbox.offline_ops.send_as)
 BUSY_TIMEOUT_MS = 10_000
-# The WAL file is cut back to this once a checkpoint let SQLite start it again. Without a limit SQLite
-# reuses the file from its start but keeps it as large as it ever grew: a long read (a backup, an open
-# sqlite3 shell) during heavy intake holds back every checkpoint, and the WAL it grew meanwhile (66 MiB
-# for 100,000 intents of 0.5 KiB) stayed on disk until the outbox stopped. Steady intake keeps it near
-# the autocheckpoint's 4 MiB, well under this.
-WAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 _PENDING, _FINAL = sql_set(PENDING), sql_set(FINAL)
 SCHEMA = f"""
@@ -233,7 +228,7 @@ def connect(data_dir: Path, *, create: bool = True) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
-    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+    conn.execute(f"PRAGMA journal_size_limit = {sqlite_wal.WAL_SIZE_LIMIT}")  # a long read's WAL cut back
     if create:
         conn.executescript(SCHEMA)
         _add_columns(conn)

@@ -264,13 +264,15 @@ class SqlIntents:
         self,
         intents_before: float | None,
         audit_before: float | None,
+        created_before: float,
         *,
         batch: int | None = None,
         stop: threading.Event | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> Purged:
-        """Delete final rows the edge confirmed, last changed before `intents_before`, and audit rows from
-        before `audit_before` (None: keep). Live rows, and results an edge has not confirmed, stay.
+        """Delete final rows the edge confirmed, last changed before `intents_before` and created (ms) before
+        `created_before`, and audit rows from before `audit_before` (None: keep). Live rows, results an edge
+        has not confirmed, and rows whose intent the bridge would still admit again, stay.
 
         In transactions of at most `batch` rows (default: the pace's, else PURGE_BATCH), so a long-due purge
         never holds the ledger's writer (SQLite has one) for long, paused between them as `purge_pace` says.
@@ -280,7 +282,7 @@ class SqlIntents:
         batch = batch or (self.purge_pace.batch if self.purge_pace is not None else PURGE_BATCH)
         stop = stop or threading.Event()
         deleted = [0, 0]
-        for index, (table, where, before) in enumerate(self._purge_where(intents_before, audit_before)):
+        for index, (table, where, params) in enumerate(self._purge_where(intents_before, audit_before, created_before)):
             # The conditions twice: PostgreSQL (READ COMMITTED) re-checks a row it had to wait for against the
             # outer WHERE only, not against the subquery's; without them in the outer WHERE, a row an
             # operator retried meanwhile (queued again, unconfirmed) was deleted once the retry committed.
@@ -288,7 +290,7 @@ class SqlIntents:
             while not stop.is_set():
                 began = time.monotonic()
                 with self._transaction() as conn:
-                    done = max(0, int(self._run(conn, text, (before, before, batch)).rowcount))
+                    done = max(0, int(self._run(conn, text, (*params, *params, batch)).rowcount))
                 deleted[index] += done
                 if progress is not None:
                     progress(sum(deleted))
@@ -298,17 +300,23 @@ class SqlIntents:
                     self.purge_pace.after(time.monotonic() - began)
         return Purged(*deleted)
 
-    def purgeable(self, intents_before: float | None, audit_before: float | None) -> int:
+    def purgeable(self, intents_before: float | None, audit_before: float | None, created_before: float) -> int:
         """How many rows (intents and audit) a purge with these bounds would delete now: its progress's total."""
         with self._transaction() as conn:
             return sum(
-                int(self._run(conn, f"SELECT count(*) AS n FROM {table} WHERE {where}", (before,)).fetchone()["n"])
-                for table, where, before in self._purge_where(intents_before, audit_before)
+                int(self._run(conn, f"SELECT count(*) AS n FROM {table} WHERE {where}", params).fetchone()["n"])
+                for table, where, params in self._purge_where(intents_before, audit_before, created_before)
             )
 
-    def _purge_where(self, intents_before: float | None, audit_before: float | None) -> list[tuple[str, str, float]]:
-        """(table, condition, its one parameter) of what a purge deletes; the intents first, then the audit
+    def _purge_where(
+        self, intents_before: float | None, audit_before: float | None, created_before: float
+    ) -> list[tuple[str, str, tuple[float, ...]]]:
+        """(table, condition, its parameters) of what a purge deletes; the intents first, then the audit
         (whose rows never change, so nothing can make one young again)."""
-        tables = [("intents", f"confirmed = {self._true} AND state NOT IN {_LIVE} AND updated < ?", intents_before)]
-        tables.append(("audit", "at < ?", audit_before))
-        return [(table, where, before) for table, where, before in tables if before is not None]
+        tables: list[tuple[str, str, tuple[float, ...]]] = []
+        if intents_before is not None:
+            done = f"confirmed = {self._true} AND state NOT IN {_LIVE} AND updated < ? AND created < ?"
+            tables.append(("intents", done, (intents_before, created_before)))
+        if audit_before is not None:
+            tables.append(("audit", "at < ?", (audit_before,)))
+        return tables

@@ -192,6 +192,7 @@ def register(main: click.Group, store_options: Decorator, json_option: Decorator
                     audit_age=bridge.audit_retention if audit_age is None else audit_age,
                     now=time.time(),
                     progress=progress_line("purged"),
+                    max_intent_age=bridge.max_intent_age,
                 )
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from None

@@ -68,12 +68,19 @@ def body_digest(envelope: Envelope) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
+def too_old_before(now: float, max_age: float) -> float:
+    """The `created` time (ms) before which admission at `now`, or any time after, refuses an envelope
+    `too_old`. Retention keeps a row until its `created` is before this: a row deleted sooner would let the
+    same intent (a USB bundle imported again, the same batch sent again) be admitted and run a second time."""
+    return (now - max_age) * 1000
+
+
 def judge(envelope: Envelope, decide: Callable[[Envelope], DecisionLike], now: float, max_age: float) -> Verdict:
     """The verdict for one envelope at `now` (seconds); pure but for `decide`, which is not called when
     the envelope is already expired or older than `max_age` seconds."""
     if envelope.expires is not None and envelope.expires <= now * 1000:
         return Verdict(LedgerEvent.EXPIRE, "expired", "expired before it reached the bridge")
-    if envelope.created < (now - max_age) * 1000:
+    if envelope.created < too_old_before(now, max_age):
         days = max_age / 86_400
         return Verdict(LedgerEvent.REJECT, "too_old", f"created more than {days:g} days ago; the bridge refuses it")
     decision = decide(envelope)

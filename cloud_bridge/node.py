@@ -225,8 +225,9 @@ class Bridge:
         await self.store.signals.start(service.on_results, executor.wake)
         bridge = settings.config.bridge
         self.retention = Retention(
-            self.store.intents, intent_age=bridge.intent_retention, audit_age=bridge.audit_retention, clock=self._clock
-        )
+            self.store.intents, intent_age=bridge.intent_retention, audit_age=bridge.audit_retention,
+            max_intent_age=bridge.max_intent_age, clock=self._clock,
+        )  # fmt: skip
         self.retention.start()
         if self._load is not None:
             self._control = ControlServer(settings.data_dir, {"reload": self._reload_answer})

@@ -27,6 +27,7 @@ from cloud_bridge.errors import AmbiguousIntentError, BadOperatorError, UnknownI
 from cloud_bridge.intent_info import IntentInfo
 from cloud_bridge.intent_sql import IntentQuery, Purged, SqlIntents
 from cloud_bridge.ledger import LedgerEntry
+from cloud_bridge.ledger_plan import too_old_before
 from cloud_bridge.ledger_states import EntryState, LedgerEvent
 from intent_contract.names import is_name
 from intent_contract.timefmt import format_ms
@@ -154,18 +155,24 @@ def purge(
     intents_age: float | None,
     audit_age: float | None,
     now: float,
+    max_intent_age: float,
     stop: threading.Event | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> PurgeResult:
     """Delete final, confirmed ledger rows unchanged for `intents_age` seconds and audit rows older than
-    `audit_age` (None: keep them). Live rows and results their edge has not confirmed are never deleted."""
+    `audit_age` (None: keep them). Live rows and results their edge has not confirmed are never deleted,
+    nor a row the bridge would still admit again (created less than `max_intent_age` seconds ago): the
+    row is what makes a second copy of the intent a duplicate (ledger_plan.too_old_before)."""
     for age in (intents_age, audit_age):
         if age is not None and age <= 0:
             raise ValueError("a retention age must be positive")
     intents_before = None if intents_age is None else now - intents_age
     audit_before = None if audit_age is None else now - audit_age
-    report = None if progress is None else _counting(progress, intents.purgeable(intents_before, audit_before))
-    done: Purged = intents.purge(intents_before, audit_before, stop=stop, progress=report)
+    created_before = too_old_before(now, max_intent_age)
+    report = None
+    if progress is not None:
+        report = _counting(progress, intents.purgeable(intents_before, audit_before, created_before))
+    done: Purged = intents.purge(intents_before, audit_before, created_before, stop=stop, progress=report)
     return PurgeResult(done.intents, done.audit, intents_before, audit_before)
 
 

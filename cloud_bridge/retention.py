@@ -1,8 +1,9 @@
 """The running node's retention: every INTERVAL_S it deletes history older than [bridge] allows.
 
 Final ledger rows the edge confirmed, unchanged for `intent_retention`, and audit rows older than
-`audit_retention` (operator_api.purge, as `cloud-bridge intents purge` does). Live rows and results an
-edge has not confirmed are never deleted. Every node runs it; the deletes are idempotent.
+`audit_retention` (operator_api.purge, as `cloud-bridge intents purge` does). Live rows, results an
+edge has not confirmed, and rows whose intent is younger than `max_intent_age` (a copy of it would be
+admitted again: a USB bundle imported twice) are never deleted. Every node runs it; the deletes are idempotent.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Retention:
         *,
         intent_age: float,
         audit_age: float,
+        max_intent_age: float,
         clock: Callable[[], float],
         interval: float = INTERVAL_S,
         first: float = FIRST_S,
@@ -40,6 +42,7 @@ class Retention:
         self._intents = intents
         self._intent_age = intent_age
         self._audit_age = audit_age
+        self._max_intent_age = max_intent_age
         self._clock = clock
         self._interval = interval
         self._first = first
@@ -49,7 +52,7 @@ class Retention:
     async def run_once(self) -> operator_api.PurgeResult:
         done = await own_thread(
             operator_api.purge, self._intents, intents_age=self._intent_age, audit_age=self._audit_age,
-            now=self._clock(), stop=self._stopping,
+            now=self._clock(), max_intent_age=self._max_intent_age, stop=self._stopping,
         )  # fmt: skip
         if done.intents or done.audit:
             logger.info("retention: deleted %d final intents and %d audit rows", done.intents, done.audit,

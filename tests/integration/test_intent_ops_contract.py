@@ -35,8 +35,8 @@ OTHER = DeviceRef("dev-2", "globex", "pump-1")
 DAY = 86_400.0
 
 
-def env(ident: str, kind: str = "email.send") -> Envelope:
-    return Envelope(ident, "hvac-ui", kind, int(NOW * 1000) - 5000, None, 1, {"to": "a@example.com"})
+def env(ident: str, kind: str = "email.send", created: float = NOW) -> Envelope:
+    return Envelope(ident, "hvac-ui", kind, int(created * 1000) - 5000, None, 1, {"to": "a@example.com"})
 
 
 def allow(_envelope: Envelope) -> Decision:
@@ -44,7 +44,7 @@ def allow(_envelope: Envelope) -> Decision:
 
 
 async def _failed(store: Store, device: DeviceRef, ident: str, now: float = NOW) -> None:
-    await admit(store.ledger, device, [env(ident)], allow, now)
+    await admit(store.ledger, device, [env(ident, created=now)], allow, now)
     [entry] = await store.ledger.claim(["email.send"], 1, now)
     await store.ledger.finish(entry, EntryState.FAILED, "smtp_refused", "550 no", now, "smtp")
 
@@ -214,7 +214,7 @@ async def test_purge_deletes_only_old_confirmed_final_rows_and_old_audit(store: 
     await admit(store.ledger, DEV, [env("old-queued")], allow, NOW - 40 * DAY)
     await store.ledger.confirm("dev-1", ["old-confirmed", "new-confirmed"])
     audit_before = len(await store.ledger.audit())
-    done = operator_api.purge(store.intents, intents_age=30 * DAY, audit_age=35 * DAY, now=NOW)
+    done = operator_api.purge(store.intents, intents_age=30 * DAY, audit_age=35 * DAY, now=NOW, max_intent_age=30 * DAY)
     assert done.intents == 1
     left = {i.intent_id for i in operator_api.list_intents(store.intents, IntentQuery())}
     assert left == {"old-unconfirmed", "new-confirmed", "old-queued"}  # live and unconfirmed rows stay
@@ -222,16 +222,16 @@ async def test_purge_deletes_only_old_confirmed_final_rows_and_old_audit(store: 
     assert all(r.at >= NOW - 35 * DAY for r in await store.ledger.audit())
     assert done.to_json()["intents_before"].startswith("2026-")
     with pytest.raises(ValueError, match="positive"):
-        operator_api.purge(store.intents, intents_age=0, audit_age=None, now=NOW)
+        operator_api.purge(store.intents, intents_age=0, audit_age=None, now=NOW, max_intent_age=DAY)
 
 
 async def test_purge_deletes_in_batches_until_nothing_is_left(store: Store) -> None:
     ids = [f"old-{n}" for n in range(7)]
-    await admit(store.ledger, DEV, [env(i) for i in ids], allow, NOW - 40 * DAY)
+    await admit(store.ledger, DEV, [env(i, created=NOW - 40 * DAY) for i in ids], allow, NOW - 40 * DAY)
     for entry in await store.ledger.claim(["email.send"], 10, NOW - 40 * DAY):
         await store.ledger.finish(entry, EntryState.DELIVERED, "", "", NOW - 40 * DAY, "smtp")
     await store.ledger.confirm("dev-1", ids)
-    done = store.intents.purge(NOW - 30 * DAY, NOW - 30 * DAY, batch=3)
+    done = store.intents.purge(NOW - 30 * DAY, NOW - 30 * DAY, (NOW - 30 * DAY) * 1000, batch=3)
     assert (done.intents, done.audit) == (7, 14)  # accept and deliver of each
     assert operator_api.list_intents(store.intents, IntentQuery()) == []
 
@@ -243,7 +243,7 @@ async def test_a_sqlite_purge_pauses_between_its_transactions_and_the_nodes_writ
     async with opened(StoreUrl.sqlite(tmp_path / "store")) as store:
         assert store.intents.purge_pace is not None and store.intents.purge_pace.batch <= 1000
         ids = [f"old-{n}" for n in range(7)]
-        await admit(store.ledger, DEV, [env(i) for i in ids], allow, NOW - 40 * DAY)
+        await admit(store.ledger, DEV, [env(i, created=NOW - 40 * DAY) for i in ids], allow, NOW - 40 * DAY)
         for entry in await store.ledger.claim(["email.send"], 10, NOW - 40 * DAY):
             await store.ledger.finish(entry, EntryState.DELIVERED, "", "", NOW - 40 * DAY, "smtp")
         await store.ledger.confirm("dev-1", ids)
@@ -257,7 +257,7 @@ async def test_a_sqlite_purge_pauses_between_its_transactions_and_the_nodes_writ
             pauses.append(seconds)
 
         store.intents.purge_pace = PurgePace(batch=3, pause=0.025, sleep=pause)
-        done = await asyncio.to_thread(store.intents.purge, NOW - 30 * DAY, NOW - 30 * DAY)
+        done = await asyncio.to_thread(store.intents.purge, NOW - 30 * DAY, NOW - 30 * DAY, (NOW - 30 * DAY) * 1000)
         assert (done.intents, done.audit) == (7, 14)
         # After each full transaction: intents 3, 3 (then 1), audit 3, 3, 3, 3 (then 2).
         assert len(pauses) == 6 and min(pauses) >= 0.025
@@ -270,7 +270,7 @@ async def test_a_node_stopping_ends_its_paced_purge_after_the_transaction_under_
     for when it exits: Retention.stop ends it after the transaction under way."""
     async with opened(StoreUrl.sqlite(tmp_path / "store")) as store:
         ids = [f"old-{n}" for n in range(7)]
-        await admit(store.ledger, DEV, [env(i) for i in ids], allow, NOW - 40 * DAY)
+        await admit(store.ledger, DEV, [env(i, created=NOW - 40 * DAY) for i in ids], allow, NOW - 40 * DAY)
         for entry in await store.ledger.claim(["email.send"], 10, NOW - 40 * DAY):
             await store.ledger.finish(entry, EntryState.DELIVERED, "", "", NOW - 40 * DAY, "smtp")
         await store.ledger.confirm("dev-1", ids)
@@ -281,7 +281,9 @@ async def test_a_node_stopping_ends_its_paced_purge_after_the_transaction_under_
             assert go_on.wait(10)
 
         store.intents.purge_pace = PurgePace(batch=3, sleep=pause)
-        retention = Retention(store.intents, intent_age=30 * DAY, audit_age=30 * DAY, clock=lambda: NOW)
+        retention = Retention(
+            store.intents, intent_age=30 * DAY, audit_age=30 * DAY, max_intent_age=30 * DAY, clock=lambda: NOW
+        )
         purging = asyncio.create_task(retention.run_once())
         await until(paused.is_set)
         await retention.stop()
@@ -320,7 +322,9 @@ async def test_a_purge_that_waits_for_a_row_an_operator_retries_leaves_the_retri
         try:
             retry = asyncio.ensure_future(asyncio.to_thread(operator_api.retry, cli, ["dev-1", "a"], "alice", NOW))
             await until(updated.is_set, what="the retry holding the row")
-            purge = asyncio.ensure_future(asyncio.to_thread(store.intents.purge, NOW - 30 * DAY, None))
+            purge = asyncio.ensure_future(
+                asyncio.to_thread(store.intents.purge, NOW - 30 * DAY, None, (NOW - 30 * DAY) * 1000)
+            )
             await until(lambda: waiting_for_a_lock(pg_url, "DELETE FROM intents"), what="the purge waiting for the row")
             release.set()
             retried, purged = await retry, await purge
@@ -336,8 +340,10 @@ async def test_a_purge_that_waits_for_a_row_an_operator_retries_leaves_the_retri
 async def test_the_running_nodes_retention_purges_with_the_configured_ages(store: Store) -> None:
     await _failed(store, DEV, "old", NOW - 10 * DAY)
     await store.ledger.confirm("dev-1", ["old"])
-    await admit(store.ledger, DEV, [env("live")], allow, NOW - 10 * DAY)
-    retention = Retention(store.intents, intent_age=5 * DAY, audit_age=20 * DAY, clock=lambda: NOW)
+    await admit(store.ledger, DEV, [env("live", created=NOW - 10 * DAY)], allow, NOW - 10 * DAY)
+    retention = Retention(
+        store.intents, intent_age=5 * DAY, audit_age=20 * DAY, max_intent_age=7 * DAY, clock=lambda: NOW
+    )
     done = await retention.run_once()
     assert (done.intents, done.audit) == (1, 0)
     assert [i.intent_id for i in operator_api.list_intents(store.intents, IntentQuery())] == ["live"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from edge_outbox.errors import ConfigError, PermanentError
 from intent_contract import sealed
+from intent_contract.files import write_atomic
 from intent_contract.names import is_name
 
 PINS_FILE = "bridge.json"
@@ -40,7 +41,7 @@ class BridgePins:
 
 
 def save_pins(identity_dir: Path, pins: BridgePins) -> None:
-    (identity_dir / PINS_FILE).write_text(json.dumps(asdict(pins), indent=2) + "\n")
+    write_atomic(identity_dir / PINS_FILE, (json.dumps(asdict(pins), indent=2) + "\n").encode())
 
 
 def load_pins(identity_dir: Path) -> BridgePins:

@@ -13,13 +13,12 @@ import logging
 from pathlib import Path
 
 import httpx
-from cryptography.exceptions import UnsupportedAlgorithm
 
 from edge_outbox.bridge_access import ANSWER_LIMIT, client_tls_context
 from edge_outbox.errors import PermanentError, TransientError
 from edge_outbox.identity import DEVICE_KEY, Identity, identity_dir
 from intent_contract import json_bounded, signed
-from intent_contract.device_token import generate_private_key_pem, public_key_pem
+from intent_contract.device_token import generate_private_key_pem, is_private_key, public_key_pem
 from intent_contract.errors import DecodeError
 from intent_contract.files import fsync_directory, write_atomic
 from intent_contract.offline_wire import KEY_ROTATION_TYPE, NEW_KEY_TYPE, NewKey
@@ -55,7 +54,7 @@ def _next_key(path: Path) -> bytes:
     try:
         if path.exists():
             pem = path.read_bytes()
-            if _is_key(pem):
+            if is_private_key(pem):
                 return pem
             logger.warning("%s is not a readable key (a rotation cut short?): a new next key replaces it", path)
         pem = generate_private_key_pem()
@@ -63,14 +62,6 @@ def _next_key(path: Path) -> bytes:
     except OSError as exc:
         raise TransientError(f"cannot write the next key {path}: {exc.strerror or exc}; run it again") from None
     return pem
-
-
-def _is_key(pem: bytes) -> bool:
-    try:
-        public_key_pem(pem)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        return False
-    return True
 
 
 def switch_to_next_key(data_dir: Path) -> None:
@@ -106,7 +97,7 @@ def adopt_next_key(data_dir: Path, accepted: str | None) -> bool:
     if accepted is None or not path.exists():
         return False
     pem = path.read_bytes()
-    if not _is_key(pem) or public_key_pem(pem).strip() != accepted.strip():
+    if not is_private_key(pem) or public_key_pem(pem).strip() != accepted.strip():
         return False  # not a key this device can sign with; the next rotate-key replaces it
     switch_to_next_key(data_dir)
     return True

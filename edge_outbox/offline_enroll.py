@@ -10,6 +10,7 @@ the pinned key, for the key made here, completes the identity.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from edge_outbox.errors import ConfigError, PermanentError
 from edge_outbox.identity import Identity, identity_dir, load_identity, save_identity
 from intent_contract import json_bounded, sealed, signed
 from intent_contract.bridge_url import bridge_url_host
-from intent_contract.device_token import generate_private_key_pem, public_key_pem
+from intent_contract.device_token import generate_private_key_pem, is_private_key, public_key_pem
 from intent_contract.errors import DecodeError, SignatureError
 from intent_contract.files import write_atomic
 from intent_contract.offline_wire import (
@@ -33,6 +34,8 @@ from intent_contract.offline_wire import (
 )
 
 PENDING_KEY, PENDING = "pending.key", "pending.json"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,27 +81,47 @@ def enroll_request(data_dir: Path, ticket_data: bytes, out: Path, now: int, *, n
         raise PermanentError(f"already enrolled as device {existing.device_id}")
     ticket = read_ticket(ticket_data)
     directory = identity_dir(data_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
-    earlier = directory / PENDING_KEY
-    kept = earlier.exists() and not new_key
-    key = earlier.read_bytes() if kept else generate_private_key_pem()
-    public = public_key_pem(key)
-    request = EnrollRequest(ticket.code, public, ticket.pins.key_id, now)
-    document = signed.sign(request.encode(), key, typ=ENROLL_REQUEST_TYPE, kid="new-device")
-    replaced = earlier.exists() and not kept
-    if not kept:
-        fd = os.open(earlier, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-    pending = {"made_at": now, "bridge_url": ticket.bridge_url, "ca": ticket.ca}
-    (directory / PENDING).write_text(json.dumps(pending) + "\n")
-    save_pins(directory, ticket.pins)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        key, kept, replaced = _pending_key(directory / PENDING_KEY, new_key)
+        public = public_key_pem(key)
+        request = EnrollRequest(ticket.code, public, ticket.pins.key_id, now)
+        document = signed.sign(request.encode(), key, typ=ENROLL_REQUEST_TYPE, kid="new-device")
+        pending = {"made_at": now, "bridge_url": ticket.bridge_url, "ca": ticket.ca}
+        write_atomic(directory / PENDING, (json.dumps(pending) + "\n").encode())
+        save_pins(directory, ticket.pins)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the enrollment request's files in {directory}: {exc.strerror or exc}; run it again"
+        ) from None
     try:
         write_atomic(out, sealed.seal(document, ticket.pins.recipient))
     except OSError as exc:
         raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from None
     return Requested(public, kept, replaced)
+
+
+def _pending_key(path: Path, new_key: bool) -> tuple[bytes, bool, bool]:
+    """The key to ask for, and whether it is an earlier request's (kept) or replaces one (replaced).
+
+    Written whole (aside, synced, renamed, mode 0600). One that is there but is not a key (a write cut
+    short by a full disk or a power cut, before this was written whole) is replaced, with a warning naming
+    it: no answer can be imported for a key this device cannot read.
+    """
+    if path.exists() and not new_key:
+        pem = path.read_bytes()
+        if is_private_key(pem):
+            return pem, True, False
+        logger.warning(
+            "%s, the key of an earlier enroll-request, is not a readable key (written on a full disk or cut"
+            " short?): a new key replaces it, and an answer to that request cannot be imported",
+            path,
+        )
+    replaced = path.exists()
+    pem = generate_private_key_pem()
+    write_atomic(path, pem, mode=0o600)
+    return pem, False, replaced
 
 
 def enroll_import(data_dir: Path, data: bytes, now: int) -> Identity:
@@ -110,7 +133,18 @@ def enroll_import(data_dir: Path, data: bytes, now: int) -> Identity:
         raise PermanentError("no enrollment request was made here (edge-outbox enroll-request --ticket FILE)")
     pins = load_pins(directory)
     key = (directory / PENDING_KEY).read_bytes()
-    pending = json.loads((directory / PENDING).read_text())
+    if not is_private_key(key):
+        raise PermanentError(
+            f"{directory / PENDING_KEY}, the key made by enroll-request, is not a readable key: run"
+            " enroll-request again (a new key) and have the bridge answer the new request (with a new ticket"
+            " if it answered the earlier one)"
+        )
+    try:
+        pending = json_bounded.loads((directory / PENDING).read_bytes(), max_bytes=ENROLL_FILE_BYTES)
+    except (OSError, DecodeError):
+        pending = None
+    if not isinstance(pending, dict):
+        raise PermanentError(f"{directory / PENDING} is missing or damaged: run enroll-request again")
     url = str(pending.get("bridge_url", ""))
     try:
         host = bridge_url_host(url) if url else ""
@@ -138,7 +172,10 @@ def enroll_import(data_dir: Path, data: bytes, now: int) -> Identity:
         http_url=url.rstrip("/"),
         audience=response.audience,
     )
-    save_identity(data_dir, identity, key, str(pending.get("ca", "")).encode(), pins)
+    try:
+        save_identity(data_dir, identity, key, str(pending.get("ca", "")).encode(), pins)
+    except OSError as exc:  # device.json is written last: not enrolled, the request's key kept, run it again
+        raise ConfigError(f"cannot write the identity in {directory}: {exc.strerror or exc}; run it again") from None
     (directory / PENDING_KEY).unlink()
     (directory / PENDING).unlink()
     adopt_identity_at(data_dir, identity.device_id, now)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -29,6 +30,16 @@ def public_key_pem(private_key_pem: bytes) -> str:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
+
+
+def is_private_key(data: bytes) -> bool:
+    """Whether `data` is a private key `public_key_pem` can read (an empty file left by a write cut short,
+    or a damaged one, is not)."""
+    try:
+        public_key_pem(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def sign_device_token(

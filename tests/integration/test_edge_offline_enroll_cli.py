@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import resource
+import stat
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from intent_contract import signed
 from intent_contract.device_token import generate_private_key_pem
 from intent_contract.offline_wire import ENROLL_FILE_BYTES, ENROLL_RESPONSE_TYPE, RECEIPT_TYPE, Receipt
+from tests.support import disk
 from tests.support.cli_output import assert_one_line
 from tests.support.sneakernet import edge_args, edge_cli, run
 from tests.support.stack import TENANT, bridge_cli
@@ -140,3 +144,48 @@ def test_enroll_request_new_key_replaces_the_pending_one_and_says_so(tmp_path: P
     assert again.returncode == 0, again.stderr
     assert "the key made by the earlier enroll-request is replaced" in again.stdout
     assert_one_line(edge_cli(site, "enroll-import", str(response(tmp_path, first))), "another key")
+
+
+@pytest.mark.timeout(120)
+def test_enroll_request_on_a_full_disk_fails_in_one_line_and_runs_again(tmp_path: Path) -> None:
+    """It wrote its key in place (not whole): a full disk left an empty pending.key and a traceback, and every
+    run after that died on the empty key (ValueError: Unable to load PEM file) until someone found --new-key."""
+    first, second = ticket(tmp_path, "full"), ticket(tmp_path, "freed")
+    with disk.small_disk(tmp_path / "disk", size="1m") as mount_point:
+        site = mount_point / "site"
+        filler = disk.fill(mount_point)
+        out = tmp_path / "full.request"
+
+        full = edge_cli(site, "enroll-request", "--ticket", str(first), "--out", str(out))
+
+        assert_one_line(full, "No space left on device; run it again")
+        assert not out.exists()
+        assert [p.name for p in (site / "identity").iterdir()] == []  # no key half written
+
+        filler.unlink()
+        request_file = request(tmp_path, site, second, "freed")
+        imported = edge_cli(site, "enroll-import", str(response(tmp_path, request_file)), "--json")
+        assert imported.returncode == 0, imported.stderr
+        assert json.loads(imported.stdout)["name"] == "freed"
+
+
+@pytest.mark.timeout(120)
+def test_a_pending_key_that_is_not_a_key_is_replaced_and_refused_at_import(tmp_path: Path) -> None:
+    """An empty pending.key (left by an older version on a full disk or at a power cut) is replaced by a new
+    key with a warning naming it; enroll-import refuses a damaged one in one line, not a traceback."""
+    site = tmp_path / "site"
+    earlier = request(tmp_path, site, ticket(tmp_path, "one"), "one")
+    pending_key = site / "identity" / "pending.key"
+    pending_key.write_bytes(b"")
+
+    assert_one_line(edge_cli(site, "enroll-import", str(response(tmp_path, earlier))), "is not a readable key")
+    again = edge_cli(site, "enroll-request", "--ticket", str(ticket(tmp_path, "two")), "--out", str(tmp_path / "two.r"))
+
+    assert again.returncode == 0, again.stderr
+    assert "Traceback" not in again.stderr
+    assert f"{pending_key}, the key of an earlier enroll-request, is not a readable key" in again.stderr
+    assert "the key made by the earlier enroll-request is replaced" in again.stdout
+    assert stat.S_IMODE(pending_key.stat().st_mode) == 0o600
+    imported = edge_cli(site, "enroll-import", str(response(tmp_path, tmp_path / "two.r")), "--json")
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout)["name"] == "two"

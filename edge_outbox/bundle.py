@@ -28,8 +28,8 @@ from intent_contract.files import write_atomic
 from intent_contract.offline_wire import BUNDLE_TYPE, MAX_BUNDLE_INTENTS, Bundle
 from intent_contract.wire import BATCH_ITEMS, BATCH_PAYLOAD_BYTES, CONFIRMS_PER_MESSAGE
 
-# Room kept under --max-bytes for what is not batches: confirms (at most 20,000 ids), the signature,
-# age's header and its 16 bytes per 64 KiB chunk.
+# Room kept under --max-bytes for what is neither batches nor confirms: the signature, msgpack's framing,
+# age's header and its 16 bytes per 64 KiB chunk (16 KiB for 64 MiB).
 _HEADROOM = 2 << 20
 
 Progress = Callable[[int, int], None]
@@ -76,6 +76,7 @@ def export(
         sent_as_another = offline_ops.send_as(conn, identity.device_id, now)
         clock = offline_ops.bridge_clock(conn)
         total = offline_ops.pending_count(conn)
+        confirms, confirm_messages, room = _confirms(conn, max_bytes)
 
         def fits(rows: list[IntentRow]) -> bool:
             message, sendable, unsendable = encode_rows(rows, clock)
@@ -83,7 +84,7 @@ def export(
                 used["unsendable"] += ops.reject_unsendable(conn, unsendable, now)
             if message is None:
                 return True
-            if used["bytes"] + len(message) > max_bytes - _HEADROOM:
+            if used["bytes"] + len(message) > room:
                 return False
             if used["intents"] + len(sendable) > MAX_BUNDLE_INTENTS:
                 return False
@@ -95,7 +96,6 @@ def export(
             return True
 
         offline_ops.take_for_export(conn, fits=fits, batch_items=BATCH_ITEMS, batch_bytes=BATCH_PAYLOAD_BYTES, now=now)
-        confirms = offline_ops.confirms_to_send(conn)
         left_out = conn.execute("SELECT COUNT(*) FROM intents WHERE state = 'accepted' AND sent_at < ?", (now,))
         left = int(left_out.fetchone()[0])
         body = Bundle(
@@ -105,10 +105,7 @@ def export(
             id=new_id(),
             made_at=now,
             batches=tuple(batches),
-            confirms=tuple(
-                encode_confirms(confirms[i : i + CONFIRMS_PER_MESSAGE])
-                for i in range(0, len(confirms), CONFIRMS_PER_MESSAGE)
-            ),
+            confirms=confirm_messages,
         )
         document = signed.sign(body.encode(), key, typ=BUNDLE_TYPE, kid=identity.device_id)
         data = sealed.seal(document, pins.recipient)
@@ -128,6 +125,16 @@ def export(
             conn.execute("ROLLBACK")
         raise
     return Exported(body.id, used["intents"], len(confirms), left, len(data), used["unsendable"], sent_as_another)
+
+
+def _confirms(conn: sqlite3.Connection, max_bytes: int) -> tuple[list[str], tuple[bytes, ...], int]:
+    """The ids this bundle confirms, their messages and the room left for intents: confirms are taken first,
+    in at most half the room, so that the results a receipt brought stop being repeated (and can be purged)
+    at the bridge."""
+    ids = offline_ops.confirms_to_send(conn, (max_bytes - _HEADROOM) // 2)
+    step = CONFIRMS_PER_MESSAGE
+    messages = tuple(encode_confirms(ids[i : i + step]) for i in range(0, len(ids), step))
+    return ids, messages, max_bytes - _HEADROOM - sum(len(m) for m in messages)
 
 
 def _device_key(data_dir: Path) -> bytes:

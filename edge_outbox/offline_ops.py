@@ -15,6 +15,7 @@ from edge_outbox import event_log, forward_ops, ops
 from edge_outbox.bridge_clock import BridgeClock, TimeSample
 from edge_outbox.db import CLOCK_KEY, REVOKED_KEY, SENT_AS_KEY, IntentRow
 from edge_outbox.states import PENDING, Event, sources, sql_set, target
+from intent_contract.offline_wire import MAX_BUNDLE_INTENTS
 
 # Pending intents already sent to the bridge (only a state an intent may still be cancelled in can mean
 # "never sent": forwarded means the bridge has it), which a new identity must not send again.
@@ -22,8 +23,11 @@ _SENT_PENDING = (
     f"state IN {sql_set(sources(Event.IDENTITY_CHANGED))}"
     f" AND NOT (state IN {sql_set(sources(Event.IDENTITY_CHANGED) & sources(Event.CANCEL))} AND sent = 0)"
 )
-# Ids confirmed per bundle: a receipt's results beyond it are confirmed by the next bundle.
-MAX_BUNDLE_CONFIRMS = 20_000
+# Ids confirmed per bundle: twice the intents a bundle carries, so that the results of a full bundle (which
+# its receipt brings) are confirmed by the next one, and a backlog of them drains. At 20,000 (under the
+# 50,000 intents a bundle carries) every trip of a full bundle left 30,000 results unconfirmed at the bridge:
+# named again in every receipt, never purged, growing by as much per trip.
+MAX_BUNDLE_CONFIRMS = 2 * MAX_BUNDLE_INTENTS
 
 
 def bridge_clock(conn: sqlite3.Connection) -> BridgeClock:
@@ -162,8 +166,15 @@ def queue_confirms(conn: sqlite3.Connection, ids: list[str]) -> None:
     conn.executemany("INSERT OR IGNORE INTO confirm_queue(id) VALUES (?)", [(i,) for i in ids])
 
 
-def confirms_to_send(conn: sqlite3.Connection) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT id FROM confirm_queue ORDER BY id LIMIT ?", (MAX_BUNDLE_CONFIRMS,))]
+def confirms_to_send(conn: sqlite3.Connection, max_bytes: int) -> list[str]:
+    """Ids to confirm in a bundle: at most MAX_BUNDLE_CONFIRMS, whose encoding takes at most `max_bytes`."""
+    ids, used = [], 0
+    for (intent_id,) in conn.execute("SELECT id FROM confirm_queue ORDER BY id LIMIT ?", (MAX_BUNDLE_CONFIRMS,)):
+        used += len(intent_id) + 2  # msgpack: a str of up to 64 ASCII characters and its header
+        if used > max_bytes:
+            break
+        ids.append(intent_id)
+    return ids
 
 
 def drop_confirms(conn: sqlite3.Connection, ids: list[str]) -> None:

@@ -9,11 +9,16 @@ import json
 import resource
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from edge_outbox import db, ops
+from edge_outbox.intake_rules import Admitted
+from edge_outbox.ops import QueueLimits
 from intent_contract import signed
+from intent_contract.codec import Ack, AckState, decode_acks
 from intent_contract.device_token import generate_private_key_pem
 from intent_contract.offline_wire import ENROLL_FILE_BYTES, ENROLL_RESPONSE_TYPE, RECEIPT_TYPE, Receipt
 from tests.support import disk
@@ -189,3 +194,54 @@ def test_a_pending_key_that_is_not_a_key_is_replaced_and_refused_at_import(tmp_p
     imported = edge_cli(site, "enroll-import", str(response(tmp_path, tmp_path / "two.r")), "--json")
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["name"] == "two"
+
+
+def _backlog(site: Path, count: int) -> None:
+    """`count` intents stored as the outbox's intake stores them."""
+    conn = db.connect(site)
+    try:
+        now = time.time_ns() // 1_000_000
+        body = b'{"to": "ops@example.com", "subject": "s", "text": "x"}'
+        rows = [Admitted(f"bulk-{i:06d}", "hvac-ui", "email.send", body, 0, now, None, True) for i in range(count)]
+        ops.commit_intakes(conn, rows, QueueLimits(), now)
+    finally:
+        conn.close()
+
+
+def _imported(tmp_path: Path, bundle: Path, config: Path) -> Path:
+    receipt = bundle.with_suffix(".receipt")
+    done = bridge(tmp_path / "bridge", "import", str(bundle), "--config", str(config), "--receipt", str(receipt))
+    assert done.returncode == 0, done.stderr
+    return receipt
+
+
+def _receipt_acks(receipt: Path) -> list[Ack]:
+    body = Receipt.decode(signed.read(receipt.read_bytes(), typ=RECEIPT_TYPE, max_bytes=1 << 30).body)
+    return [ack for message in body.acks for ack in decode_acks(message)]
+
+
+@pytest.mark.timeout(300)
+def test_the_bundle_after_a_receipt_confirms_every_result_the_receipt_brought(tmp_path: Path) -> None:
+    """A bundle carries up to 50,000 intents but confirmed at most 20,000 results: each trip of a full bundle
+    left 30,000 results the site had applied unconfirmed at the bridge, named again in every receipt and
+    never purged, growing by as much per trip. Here 25,000 intents end at import (refused by policy)."""
+    count = 25_000
+    site = enrolled_site(tmp_path)
+    _backlog(site, count)
+    config = tmp_path / "bridge.toml"
+    config.write_text(f'[tenants.{TENANT}.policy]\nkinds = ["sms.send"]\n')  # email.send refused: final at once
+
+    first = edge_cli(site, "export", "--out", str(tmp_path / "one.bundle"), "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["intents"] == count
+    receipt = _imported(tmp_path, tmp_path / "one.bundle", config)
+    assert {ack.state for ack in _receipt_acks(receipt)} == {AckState.REJECTED}
+    applied = edge_cli(site, "import-receipt", str(receipt), "--json")
+    assert applied.returncode == 0, applied.stderr
+    assert json.loads(applied.stdout)["changed"] == count
+
+    second = edge_cli(site, "export", "--out", str(tmp_path / "two.bundle"), "--json")
+
+    assert second.returncode == 0, second.stderr
+    assert (json.loads(second.stdout)["intents"], json.loads(second.stdout)["confirms"]) == (0, count)
+    assert _receipt_acks(_imported(tmp_path, tmp_path / "two.bundle", config)) == []  # nothing left to repeat

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from cloud_bridge.errors import OfflineFileError
+from cloud_bridge.errors import AuthError, OfflineFileError
 from cloud_bridge.offline_keys import OfflineKeys
 from cloud_bridge.registry import Device, Registry
 from intent_contract import sealed, signed
@@ -69,7 +69,15 @@ def answer(
         ) from None
     if request.bridge_key != keys.public.key_id:
         raise OfflineFileError(f"the request is for bridge key {request.bridge_key}, not {keys.public.key_id}")
-    device = registry.redeem(request.code, request.public_key, now())  # AuthError: code unknown, used or expired
+    try:
+        device = registry.redeem(request.code, request.public_key, now())
+    except AuthError:  # code unknown, used or expired; or the key is a revoked device's
+        # Used by this very request before (its response could not be written, or was lost on the way):
+        # answered again, for the device it enrolled. Only the holder of the key can make such a request.
+        again = registry.redeemed(request.code, request.public_key)
+        if again is None:
+            raise
+        device = again
     response = EnrollResponse(
         device_id=device.device_id,
         tenant=device.tenant,

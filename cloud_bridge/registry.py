@@ -109,6 +109,10 @@ class Registry(Protocol):
     def redeem(self, code: str, public_key_pem: str, now: float) -> Device:
         """Enroll a device with a one-time code, atomically; AuthError('enroll_refused') when not allowed."""
 
+    def redeemed(self, code: str, public_key_pem: str) -> Device | None:
+        """The device `code` enrolled, when `public_key_pem` is its key now and it is not revoked; else None
+        (offline enrollment answers the request that used the code again: its response was lost)."""
+
     def get(self, device_id: str) -> Device | None:
         """The device, revoked or not, or None."""
 

@@ -150,6 +150,20 @@ class SqliteRegistry:
             )
         return Device(device_id, row["tenant"], row["name"], public_key_pem, now)
 
+    def redeemed(self, code: str, public_key_pem: str) -> Device | None:
+        """The device `code` enrolled, when this is its key now and it is not revoked; else None."""
+        try:
+            _, key = checked_key(public_key_pem)
+        except AuthError:
+            return None
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT d.* FROM enroll_codes c JOIN devices d ON d.device_id = c.device_id WHERE c.code_hash = ?"
+                " AND c.used_at IS NOT NULL AND d.key_fingerprint = ? AND d.revoked_at IS NULL",
+                (hash_code(code), key),
+            ).fetchone()
+        return None if row is None else _device(row)
+
     def get(self, device_id: str) -> Device | None:
         """The device, revoked or not, or None (also for what cannot be a device id: ids come from outside)."""
         if not is_name(device_id):

@@ -245,3 +245,23 @@ def test_the_bundle_after_a_receipt_confirms_every_result_the_receipt_brought(tm
     assert second.returncode == 0, second.stderr
     assert (json.loads(second.stdout)["intents"], json.loads(second.stdout)["confirms"]) == (0, count)
     assert _receipt_acks(_imported(tmp_path, tmp_path / "two.bundle", config)) == []  # nothing left to repeat
+
+
+def test_the_request_that_used_a_code_is_answered_again_when_its_response_was_not_written(tmp_path: Path) -> None:
+    """enroll-offline spends the code, then writes the response: an --out it could not write (a stick not
+    mounted, a typo) left a device enrolled that no site could import, and the same request again was refused
+    ("enrollment code unknown, used or expired"); a new ticket then enrolled a second device with the key."""
+    site = tmp_path / "site"
+    request_file = request(tmp_path, site, ticket(tmp_path, "s"), "s")
+    unmounted = tmp_path / "not-mounted" / "s.response"
+
+    failed = bridge(tmp_path / "bridge", "devices", "enroll-offline", str(request_file), "--out", str(unmounted))
+
+    assert_one_line(failed, f"cannot write {unmounted}: No such file or directory")
+    answered = response(tmp_path, request_file)  # the same request again
+    lost = bridge(tmp_path / "bridge", "devices", "enroll-offline", str(request_file), "--out", str(tmp_path / "again"))
+    assert lost.returncode == 0, lost.stderr  # and once more: a response lost on the way back
+    imported = edge_cli(site, "enroll-import", str(answered), "--json")
+    assert imported.returncode == 0, imported.stderr
+    devices = json.loads(bridge(tmp_path / "bridge", "devices", "ls", "--json").stdout)
+    assert [(d["device_id"], d["name"]) for d in devices] == [(json.loads(imported.stdout)["device_id"], "s")]

@@ -61,6 +61,27 @@ async def test_a_key_is_kept_as_its_own_pem_whatever_text_came_around_it(store: 
     assert promoted is not None and promoted.public_key == second and promoted.next_public_key is None
 
 
+async def test_a_used_code_names_the_device_it_enrolled_with_that_key_only(store: Store) -> None:
+    """What offline enrollment answers again: the device a code enrolled, for the key it has now."""
+    registry = store.registry
+    first, second, other = key(), key(), key()
+    code = registry.create_code("acme", "boiler-7", 3600, NOW)
+    assert registry.redeemed(code, first) is None  # not used yet
+    device = registry.redeem(code, first, NOW)
+    assert registry.redeemed(code, first) == device
+    assert registry.redeemed(code, other) is None  # another key
+    assert registry.redeemed("no-such-code", first) is None
+    assert registry.redeemed(code, "not a key") is None
+    registry.propose_key(device.device_id, second, NOW + 1)
+    registry.promote_key(device.device_id, second, NOW + 2)
+    assert registry.redeemed(code, first) is None  # no longer the device's key
+    assert registry.redeemed(code, second) == registry.get(device.device_id)  # its key now
+    again = registry.create_code("acme", "boiler-8", 3600, NOW)
+    revoked = registry.redeem(again, other, NOW)
+    registry.revoke(revoked.device_id, NOW + 3)
+    assert registry.redeemed(again, other) is None
+
+
 async def test_one_code_redeemed_on_two_nodes_at_once_enrolls_one_device(store_url: StoreUrl) -> None:
     async with opened(store_url, node="node-a") as a, opened(store_url, node="node-b") as b:
         code = a.registry.create_code("acme", "boiler-7", 3600, NOW)

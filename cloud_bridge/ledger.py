@@ -283,8 +283,10 @@ class Ledger(Protocol):
     async def unconfirmed(self, device_id: str) -> list[Ack]:
         """Final results the edge has not confirmed yet, oldest first."""
 
-    async def confirm(self, device_id: str, ids: Sequence[str]) -> int:
-        """Mark final results as applied by the edge; returns how many rows changed."""
+    async def confirm(self, device_id: str, ids: Sequence[str], attempt: int | None = None) -> int:
+        """Mark final results as applied by the edge; returns how many rows changed. With `attempt`, only rows
+        of that attempt or an earlier one: a result an operator's retry made since the edge applied the one
+        before stays unconfirmed (the edge has not had it)."""
 
     async def recover(self, now: float) -> int:
         """At an executor's start: put running rows no live executor holds back in the queue; returns how many.

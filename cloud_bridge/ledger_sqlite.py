@@ -65,6 +65,7 @@ from intent_contract.codec import Ack
 from intent_contract.sql_text import in_chunks, marks
 from intent_contract.sqlite_wal import use_wal
 from intent_contract.sqlite_writer import GroupCommitWriter, WriterHooks
+from intent_contract.wire import MAX_ATTEMPT
 
 logger = logging.getLogger(__name__)
 
@@ -208,17 +209,19 @@ class SqliteLedger:
 
         return await self._call(run, writes=False)
 
-    async def confirm(self, device_id: str, ids: Sequence[str]) -> int:
-        """Mark final results as applied by the edge; unknown, live or already confirmed ids are ignored."""
+    async def confirm(self, device_id: str, ids: Sequence[str], attempt: int | None = None) -> int:
+        """Mark final results as applied by the edge; unknown, live or already confirmed ids are ignored, and
+        with `attempt` rows of a later attempt."""
         unique = list(dict.fromkeys(ids))
+        upto = MAX_ATTEMPT if attempt is None else attempt
 
         def run(conn: sqlite3.Connection) -> int:
             changed = 0
             for chunk, chunk_marks in in_chunks(unique):
                 changed += conn.execute(
                     "UPDATE intents SET confirmed = 1, announce = 0 WHERE device_id = ?"
-                    f" AND intent_id IN ({chunk_marks}) AND confirmed = 0 AND state NOT IN {_LIVE}",
-                    (device_id, *chunk),
+                    f" AND intent_id IN ({chunk_marks}) AND confirmed = 0 AND state NOT IN {_LIVE} AND attempt <= ?",
+                    (device_id, *chunk, upto),
                 ).rowcount
             return changed
 

@@ -37,8 +37,8 @@ from intent_contract.codec import (
     DecodedBatch,
     Envelope,
     decode_batch,
-    decode_confirms,
     encode_acks,
+    read_confirms,
     refuse_version,
 )
 from intent_contract.errors import DecodeError, UnsupportedVersionError
@@ -363,7 +363,7 @@ class BridgeService:
     async def handle_confirms(self, device_id: str, data: bytes) -> int:
         """Mark final results as applied by the edge."""
         try:
-            ids = decode_confirms(data)
+            ids, attempt = read_confirms(data)
         except DecodeError as exc:
             logger.warning(
                 "undecodable confirms dropped: %s",
@@ -375,7 +375,7 @@ class BridgeService:
         if sent:
             for intent_id in ids:
                 sent.pop(intent_id, None)
-        return await self._ledger.confirm(device_id, ids)
+        return await self._ledger.confirm(device_id, ids, attempt)
 
     def forget(self, device_id: str) -> None:
         """Drop cached device data (after a revocation)."""

@@ -131,10 +131,15 @@ def _confirms(conn: sqlite3.Connection, max_bytes: int) -> tuple[list[str], tupl
     """The ids this bundle confirms, their messages and the room left for intents: confirms are taken first,
     in at most half the room, so that the results a receipt brought stop being repeated (and can be purged)
     at the bridge."""
-    ids = offline_ops.confirms_to_send(conn, (max_bytes - _HEADROOM) // 2)
+    by_attempt = offline_ops.confirms_to_send(conn, (max_bytes - _HEADROOM) // 2)
     step = CONFIRMS_PER_MESSAGE
-    messages = tuple(encode_confirms(ids[i : i + step]) for i in range(0, len(ids), step))
-    return ids, messages, max_bytes - _HEADROOM - sum(len(m) for m in messages)
+    messages = tuple(
+        encode_confirms(ids[i : i + step], attempt)
+        for attempt, ids in by_attempt.items()
+        for i in range(0, len(ids), step)
+    )
+    every = [intent_id for ids in by_attempt.values() for intent_id in ids]
+    return every, messages, max_bytes - _HEADROOM - sum(len(m) for m in messages)
 
 
 def _device_key(data_dir: Path) -> bytes:

@@ -166,15 +166,33 @@ def queue_confirms(conn: sqlite3.Connection, ids: list[str]) -> None:
     conn.executemany("INSERT OR IGNORE INTO confirm_queue(id) VALUES (?)", [(i,) for i in ids])
 
 
-def confirms_to_send(conn: sqlite3.Connection, max_bytes: int) -> list[str]:
-    """Ids to confirm in a bundle: at most MAX_BUNDLE_CONFIRMS, whose encoding takes at most `max_bytes`."""
-    ids, used = [], 0
-    for (intent_id,) in conn.execute("SELECT id FROM confirm_queue ORDER BY id LIMIT ?", (MAX_BUNDLE_CONFIRMS,)):
+def confirms_to_send(conn: sqlite3.Connection, max_bytes: int) -> dict[int | None, list[str]]:
+    """Ids to confirm in a bundle, by the attempt whose result this outbox applied (None: the intent was purged
+    here since); at most MAX_BUNDLE_CONFIRMS, whose encoding takes at most `max_bytes`.
+
+    An id whose intent is pending again here (retried at the bridge since: its `accepted` came) is left in
+    the queue: the result this outbox has is of an attempt the bridge replaced. The attempt goes with the
+    confirm: a bundle reaches the bridge days later, and a confirm of attempt 1 confirmed the result of an
+    operator's retry finished meanwhile, which then never reached this outbox.
+    """
+    rows = conn.execute(
+        "SELECT q.id, (SELECT json_array(i.state, i.attempt) FROM intents i WHERE i.id = q.id AND i.state <> 'rejected'"
+        " ORDER BY i.seq DESC LIMIT 1) FROM confirm_queue q ORDER BY q.id LIMIT ?",
+        (MAX_BUNDLE_CONFIRMS,),
+    )
+    by_attempt: dict[int | None, list[str]] = {}
+    used = 0
+    for intent_id, found in rows:
+        attempt = None
+        if found is not None:
+            state, attempt = json.loads(found)
+            if state in PENDING:
+                continue
         used += len(intent_id) + 2  # msgpack: a str of up to 64 ASCII characters and its header
         if used > max_bytes:
             break
-        ids.append(intent_id)
-    return ids
+        by_attempt.setdefault(attempt, []).append(intent_id)
+    return by_attempt
 
 
 def drop_confirms(conn: sqlite3.Connection, ids: list[str]) -> None:

@@ -321,9 +321,12 @@ def decode_acks(data: bytes, limits: Limits = DEFAULT_LIMITS) -> list[Ack]:
     return read.acks
 
 
-def encode_confirms(ids: list[str]) -> bytes:
-    """The msgpack message for `devices/{id}/confirms`: final results the edge has applied."""
-    return pack({"v": WIRE_VERSION, "ids": ids})
+def encode_confirms(ids: list[str], attempt: int | None = None) -> bytes:
+    """The msgpack message for `devices/{id}/confirms`: final results the edge has applied. With `attempt`,
+    the results of that attempt (an intent an operator retried since at the bridge stays unconfirmed)."""
+    if attempt is None:
+        return pack({"v": WIRE_VERSION, "ids": ids})
+    return pack({"v": WIRE_VERSION, "ids": ids, "attempt": attempt})
 
 
 def _confirms_v1(ids: list[Any], data: bytes) -> list[str]:
@@ -337,4 +340,14 @@ _CONFIRMS_DECODERS: dict[int, Callable[[list[Any], bytes], list[str]]] = {1: _co
 
 def decode_confirms(data: bytes, limits: Limits = DEFAULT_LIMITS) -> list[str]:
     """Decode a confirms message; every entry must be a valid id."""
-    return _body(unpack(data, limits), "ids", data, _CONFIRMS_DECODERS)
+    return read_confirms(data, limits)[0]
+
+
+def read_confirms(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[list[str], int | None]:
+    """A confirms message's ids and the attempt their results are of (None: not said, any attempt)."""
+    obj = unpack(data, limits)
+    ids = _body(obj, "ids", data, _CONFIRMS_DECODERS)
+    attempt = obj.get("attempt")
+    if attempt is not None and (type(attempt) is not int or not 1 <= attempt <= MAX_ATTEMPT):
+        raise DecodeError(f"confirms attempt must be an integer from 1 to {MAX_ATTEMPT}", data)
+    return ids, attempt

@@ -53,6 +53,7 @@ from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
 from cloud_bridge.usage_sql import select as usage_select
 from cloud_bridge.usage_sql import sql, upsert_rows
 from intent_contract.codec import Ack
+from intent_contract.wire import MAX_ATTEMPT
 
 logger = logging.getLogger(__name__)
 
@@ -131,17 +132,19 @@ class PgLedger:
             )
             return [_known(row).ack() for row in await cursor.fetchall()]
 
-    async def confirm(self, device_id: str, ids: Sequence[str]) -> int:
-        """Mark final results as applied by the edge; unknown, live or already confirmed ids are ignored."""
+    async def confirm(self, device_id: str, ids: Sequence[str], attempt: int | None = None) -> int:
+        """Mark final results as applied by the edge; unknown, live or already confirmed ids are ignored, and
+        with `attempt` rows of a later attempt."""
         unique = list(dict.fromkeys(ids))
         if not unique:
             return 0
+        upto = MAX_ATTEMPT if attempt is None else attempt
 
         async def run(conn: AsyncConn) -> int:
             cursor = await conn.execute(
-                "UPDATE intents SET confirmed = true, announce = false"
-                f" WHERE device_id = %s AND intent_id = ANY(%s) AND NOT confirmed AND state NOT IN {_LIVE}",
-                (device_id, unique),
+                "UPDATE intents SET confirmed = true, announce = false WHERE device_id = %s AND intent_id = ANY(%s)"
+                f" AND NOT confirmed AND state NOT IN {_LIVE} AND attempt <= %s",
+                (device_id, unique, upto),
             )
             return cursor.rowcount
 

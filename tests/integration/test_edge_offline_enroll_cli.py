@@ -5,6 +5,7 @@ anything is spent or lost."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import resource
 import stat
@@ -14,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from cloud_bridge.ledger_states import EntryState
+from cloud_bridge.store import open_store
+from cloud_bridge.store.url import StoreUrl
 from edge_outbox import db, ops
+from edge_outbox.identity import load_identity
 from edge_outbox.intake_rules import Admitted
 from edge_outbox.ops import QueueLimits
 from intent_contract import signed
@@ -23,6 +28,7 @@ from intent_contract.device_token import generate_private_key_pem
 from intent_contract.offline_wire import ENROLL_FILE_BYTES, ENROLL_RESPONSE_TYPE, RECEIPT_TYPE, Receipt
 from tests.support import disk
 from tests.support.cli_output import assert_one_line
+from tests.support.edge import stored_ids
 from tests.support.sneakernet import edge_args, edge_cli, run
 from tests.support.stack import TENANT, bridge_cli
 
@@ -265,3 +271,51 @@ def test_the_request_that_used_a_code_is_answered_again_when_its_response_was_no
     assert imported.returncode == 0, imported.stderr
     devices = json.loads(bridge(tmp_path / "bridge", "devices", "ls", "--json").stdout)
     assert [(d["device_id"], d["name"]) for d in devices] == [(json.loads(imported.stdout)["device_id"], "s")]
+
+
+def _executed(bridge_dir: Path, state: EntryState, code: str = "") -> None:
+    """What the bridge's executor does to every row queued in its ledger now: ends it in `state`."""
+
+    async def run() -> None:
+        store = open_store(StoreUrl.sqlite(bridge_dir), node="test-executor")
+        await store.open()
+        try:
+            for entry in await store.ledger.claim(["email.send"], 100, time.time() + 60):
+                await store.ledger.finish(entry, state, code, "", time.time(), "smtp")
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.timeout(180)
+def test_the_result_of_an_operators_retry_reaches_the_site_whose_confirm_was_on_its_way(tmp_path: Path) -> None:
+    """The site applies attempt 1's failure from a receipt and confirms it in its next bundle; meanwhile the
+    operator retried the intent and attempt 2 was delivered. That confirm confirmed attempt 2's result, which
+    no receipt carried after: the site kept `failed` for an intent the bridge had delivered."""
+    site = enrolled_site(tmp_path)
+    identity = load_identity(site)
+    assert identity is not None
+    _backlog(site, 1)
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        f'[tenants.{TENANT}.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n'
+        'email_from = "alerts@example.com"\n'
+    )
+    assert edge_cli(site, "export", "--out", str(tmp_path / "one.bundle")).returncode == 0
+    _imported(tmp_path, tmp_path / "one.bundle", config)
+    _executed(tmp_path / "bridge", EntryState.FAILED, "smtp_refused")
+    failed = tmp_path / "failed.receipt"
+    assert bridge(tmp_path / "bridge", "receipt", identity.device_id, "--out", str(failed)).returncode == 0
+    assert edge_cli(site, "import-receipt", str(failed)).returncode == 0
+    assert stored_ids(site) == {"bulk-000000": "failed"}
+    retried = bridge(tmp_path / "bridge", "intents", "retry", identity.device_id, "bulk-000000", "--operator", "ops")
+    assert retried.returncode == 0, retried.stderr
+    _executed(tmp_path / "bridge", EntryState.DELIVERED)
+
+    assert edge_cli(site, "export", "--out", str(tmp_path / "two.bundle")).returncode == 0  # confirms attempt 1
+    receipt = _imported(tmp_path, tmp_path / "two.bundle", config)
+
+    assert [(a.id, a.state, a.attempt) for a in _receipt_acks(receipt)] == [("bulk-000000", AckState.DELIVERED, 2)]
+    assert edge_cli(site, "import-receipt", str(receipt)).returncode == 0
+    assert stored_ids(site) == {"bulk-000000": "delivered"}

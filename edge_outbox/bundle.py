@@ -109,10 +109,7 @@ def export(
         )
         document = signed.sign(body.encode(), key, typ=BUNDLE_TYPE, kid=identity.device_id)
         data = sealed.seal(document, pins.recipient)
-        try:
-            write_atomic(out, data)  # written aside, fsync'd, renamed
-        except OSError as exc:
-            raise ConfigError(f"cannot write {out}: {exc.strerror or exc}; nothing was marked sent") from None
+        _write_bundle(out, data)
         # The bundle carries these confirms (if it is lost, the next receipt names them again).
         offline_ops.drop_confirms(conn, confirms)
         try:
@@ -125,6 +122,36 @@ def export(
             conn.execute("ROLLBACK")
         raise
     return Exported(body.id, used["intents"], len(confirms), left, len(data), used["unsendable"], sent_as_another)
+
+
+def _write_bundle(out: Path, data: bytes) -> None:
+    """Write the bundle whole (aside, synced, renamed, directory synced); ConfigError when it cannot.
+
+    A failure after the rename (the directory's sync: a stick pulled out, an I/O error) left the bundle in
+    place while its intents stayed unmarked, so they could still be cancelled or expire here while the
+    bridge ran them; the file is removed then, as when the commit fails.
+    """
+    before = _file_id(out)
+    try:
+        write_atomic(out, data)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if _file_id(out) not in (None, before):
+            try:
+                out.unlink()
+            except OSError:
+                raise ConfigError(
+                    f"cannot write {out}: {reason}; nothing was marked sent, and the file may be there: delete it"
+                ) from None
+        raise ConfigError(f"cannot write {out}: {reason}; nothing was marked sent") from None
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _confirms(conn: sqlite3.Connection, max_bytes: int) -> tuple[list[str], tuple[bytes, ...], int]:

@@ -6,6 +6,7 @@ anything is spent or lost."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import resource
 import stat
@@ -18,14 +19,21 @@ import pytest
 from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.store import open_store
 from cloud_bridge.store.url import StoreUrl
-from edge_outbox import db, ops
+from edge_outbox import bundle, db, ops
+from edge_outbox.errors import ConfigError
 from edge_outbox.identity import load_identity
 from edge_outbox.intake_rules import Admitted
 from edge_outbox.ops import QueueLimits
-from intent_contract import signed
+from intent_contract import files, signed
 from intent_contract.codec import Ack, AckState, decode_acks
 from intent_contract.device_token import generate_private_key_pem
-from intent_contract.offline_wire import ENROLL_FILE_BYTES, ENROLL_RESPONSE_TYPE, RECEIPT_TYPE, Receipt
+from intent_contract.offline_wire import (
+    DEFAULT_FILE_BYTES,
+    ENROLL_FILE_BYTES,
+    ENROLL_RESPONSE_TYPE,
+    RECEIPT_TYPE,
+    Receipt,
+)
 from tests.support import disk
 from tests.support.cli_output import assert_one_line
 from tests.support.edge import stored_ids
@@ -319,3 +327,30 @@ def test_the_result_of_an_operators_retry_reaches_the_site_whose_confirm_was_on_
     assert [(a.id, a.state, a.attempt) for a in _receipt_acks(receipt)] == [("bulk-000000", AckState.DELIVERED, 2)]
     assert edge_cli(site, "import-receipt", str(receipt)).returncode == 0
     assert stored_ids(site) == {"bulk-000000": "delivered"}
+
+
+def test_a_bundle_whose_directory_could_not_be_synced_is_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundle is renamed into place, then its directory synced: when that sync failed (a stick pulled out,
+    an I/O error) export said "nothing was marked sent" and left the bundle there, whose intents could then
+    be cancelled or expire on the site while the bridge ran them."""
+    site = enrolled_site(tmp_path)
+    _backlog(site, 3)
+    out = tmp_path / "stick" / "site.bundle"
+    out.parent.mkdir()
+
+    def pulled_out(_directory: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(files, "fsync_directory", pulled_out)
+    conn = db.connect(site)
+    try:
+        with pytest.raises(ConfigError, match=r"Input/output error; nothing was marked sent$"):
+            bundle.export(conn, site, out, max_bytes=DEFAULT_FILE_BYTES, now=time.time_ns() // 1_000_000,
+                          new_id=lambda: "B1")  # fmt: skip
+    finally:
+        conn.close()
+    assert list(out.parent.iterdir()) == []
+    assert stored_ids(site) == {f"bulk-{i:06d}": "accepted" for i in range(3)}
+    assert edge_cli(site, "cancel", "bulk-000000").returncode == 0  # never sent: it may still be cancelled

@@ -21,7 +21,7 @@ from edge_outbox.identity import load_identity
 from intent_contract.errors import DecodeError
 from intent_contract.files import read_bounded
 from intent_contract.ids import IdGenerator
-from intent_contract.offline_wire import DEFAULT_FILE_BYTES, ENROLL_FILE_BYTES, file_limit
+from intent_contract.offline_wire import DEFAULT_FILE_BYTES, ENROLL_FILE_BYTES, MAX_BUNDLE_INTENTS, file_limit
 from intent_contract.progress import progress_line
 from intent_contract.timefmt import format_age, parse_duration
 
@@ -79,7 +79,13 @@ def export_cmd(data_dir: Path, out: Path, max_bytes: int, as_json: bool) -> None
         f"bundle {done.bundle_id}: {done.intents} intents, {done.confirms} confirms, {done.bytes:,} bytes -> {out}"
     )
     if done.left_out:
-        click.echo(f"{done.left_out} intents did not fit under --max-bytes: export again for them", err=True)
+        # Not "export again": until a receipt says the bridge has this bundle's intents, the next export
+        # takes them again first, and leaves out the same ones.
+        click.echo(
+            f"{done.left_out} intents did not fit in this bundle (at most {MAX_BUNDLE_INTENTS:,} intents, within"
+            " --max-bytes): they go in the bundle you export after this one's receipt is applied",
+            err=True,
+        )
     if done.identity_changed:
         click.echo(
             f"{done.identity_changed} intents sent as the device this data dir was before it was enrolled again:"

@@ -354,3 +354,20 @@ def test_a_bundle_whose_directory_could_not_be_synced_is_not_left_behind(
     assert list(out.parent.iterdir()) == []
     assert stored_ids(site) == {f"bulk-{i:06d}": "accepted" for i in range(3)}
     assert edge_cli(site, "cancel", "bulk-000000").returncode == 0  # never sent: it may still be cancelled
+
+
+@pytest.mark.timeout(180)
+def test_export_says_the_intents_it_left_out_go_after_the_receipt_not_in_an_export_now(tmp_path: Path) -> None:
+    """It said "export again for them", but until the receipt is applied another export takes the same intents
+    first and leaves out the same ones: the technician carried two copies of one bundle and none of the rest."""
+    site = enrolled_site(tmp_path)
+    _backlog(site, 20_000)
+    first = edge_cli(site, "export", "--out", str(tmp_path / "one.bundle"), "--max-bytes", "3M")
+    again = edge_cli(site, "export", "--out", str(tmp_path / "two.bundle"), "--max-bytes", "3M", "--json")
+
+    assert first.returncode == 0, first.stderr
+    left_out = json.loads(again.stdout)["left_out"]
+    assert 0 < left_out < 20_000
+    assert f"{left_out} intents did not fit in this bundle" in first.stderr  # the same ones, exported again now
+    assert "after this one's receipt is applied" in first.stderr
+    assert "export again for them" not in first.stderr

@@ -41,9 +41,9 @@ def _fail(exc: BridgeError) -> click.ClickException:
     return click.ClickException(exc.detail)
 
 
-def write_file(path: Path, data: bytes) -> None:
+def write_file(path: Path, data: bytes, *, mode: int = 0o666) -> None:
     try:
-        write_atomic(path, data)
+        write_atomic(path, data, mode=mode)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -277,7 +277,8 @@ def enroll_ticket(
         code = registry.create_code(tenant, name, seconds, now)
         ca_pem = ca_path.read_text() if ca_path is not None else ""
         expires = format_ms(int((now + seconds) * 1000))
-        write_file(out_path, ticket(keys, code, tenant, name, expires, bridge_url, ca_pem).encode())
+        # 0600: the ticket holds the one-time code in clear (a code lets whoever has it enroll a device)
+        write_file(out_path, ticket(keys, code, tenant, name, expires, bridge_url, ca_pem).encode(), mode=0o600)
     except BridgeError as exc:
         raise _fail(exc) from None
     except OSError as exc:

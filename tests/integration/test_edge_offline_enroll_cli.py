@@ -371,3 +371,10 @@ def test_export_says_the_intents_it_left_out_go_after_the_receipt_not_in_an_expo
     assert f"{left_out} intents did not fit in this bundle" in first.stderr  # the same ones, exported again now
     assert "after this one's receipt is applied" in first.stderr
     assert "export again for them" not in first.stderr
+
+
+def test_a_ticket_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """A ticket holds the one-time code in clear; it was written 0644, for any local user to read and enroll."""
+    made = ticket(tmp_path, "secret")
+    assert json.loads(made.read_text())["code"]
+    assert stat.S_IMODE(made.stat().st_mode) == 0o600

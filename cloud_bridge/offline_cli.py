@@ -188,9 +188,8 @@ async def _import(
         if wait_s > 0 and not imported.device.revoked:
             queued = {a.id for a in imported.acks if not a.state.final}
             later = await desk.wait_final(device_id, queued, wait_s, progress_line("results"))
-        receipt = await desk.receipt(device_id, imported, later)
+        receipt, final = await desk.receipt(device_id, imported, later)
     await own_thread(write_file, receipt_path, receipt)
-    final = sum(1 for a in imported.acks if a.state.final) + len(later)
     return imported, final
 
 
@@ -214,7 +213,7 @@ def receipt(device_id: str, data_dir: Path, store: str | None, out_path: Path, a
 
 async def _receipt(settings: BridgeSettings, device_id: str, out_path: Path) -> None:
     async with _Offline(settings) as desk:
-        data = await desk.receipt(device_id)
+        data, _final = await desk.receipt(device_id)
     await own_thread(write_file, out_path, data)
 
 

@@ -186,8 +186,11 @@ class OfflineDesk:
                 return final
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
-    async def receipt(self, device_id: str, imported: Imported | None = None, later: Iterable[Ack] = ()) -> bytes:
-        """A receipt for the device, signed by the bridge: results so far, revocation, the bridge's time."""
+    async def receipt(
+        self, device_id: str, imported: Imported | None = None, later: Iterable[Ack] = ()
+    ) -> tuple[bytes, int]:
+        """A receipt for the device, signed by the bridge: results so far, revocation, the bridge's time; and
+        how many final results it carries (this bundle's and every earlier one the device has not confirmed)."""
         device = await own_thread(self._registry.get, device_id)
         if device is None:
             raise OfflineFileError(f"no device {device_id!r}", code="unknown_device")
@@ -207,7 +210,8 @@ class OfflineDesk:
             acks=tuple(encode_acks(acks[i : i + ACKS_PER_MESSAGE]) for i in range(0, len(acks), ACKS_PER_MESSAGE)),
             next_key=imported.next_key if imported is not None else None,
         )
-        return signed.sign(body.encode(), self._keys.signing_key, typ=RECEIPT_TYPE, kid=self._keys.public.key_id)
+        final = sum(1 for ack in acks if ack.state.final)
+        return signed.sign(body.encode(), self._keys.signing_key, typ=RECEIPT_TYPE, kid=self._keys.public.key_id), final
 
 
 def _batch_sizes(bundle: Bundle) -> list[int]:

@@ -378,3 +378,29 @@ def test_a_ticket_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     made = ticket(tmp_path, "secret")
     assert json.loads(made.read_text())["code"]
     assert stat.S_IMODE(made.stat().st_mode) == 0o600
+
+
+@pytest.mark.timeout(120)
+def test_import_counts_every_final_result_its_receipt_carries(tmp_path: Path) -> None:
+    """The receipt carries every result the device has not confirmed, but import counted only the results of
+    the bundle just imported: "receipt with 0 final results" for a receipt that brought two."""
+    site = enrolled_site(tmp_path)
+    _backlog(site, 2)
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        f'[tenants.{TENANT}.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n'
+        'email_from = "alerts@example.com"\n'
+    )
+    assert edge_cli(site, "export", "--out", str(tmp_path / "one.bundle")).returncode == 0
+    accepted = _imported(tmp_path, tmp_path / "one.bundle", config)
+    assert edge_cli(site, "import-receipt", str(accepted)).returncode == 0  # both forwarded: not in a bundle again
+    _executed(tmp_path / "bridge", EntryState.DELIVERED)
+    two = edge_cli(site, "export", "--out", str(tmp_path / "two.bundle"), "--json")
+    assert two.returncode == 0 and json.loads(two.stdout)["intents"] == 0, two.stderr
+
+    done = bridge(tmp_path / "bridge", "import", str(tmp_path / "two.bundle"), "--config", str(config),
+                  "--receipt", str(tmp_path / "two.receipt"), "--json")  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["final_results_in_receipt"] == 2
+    assert len(_receipt_acks(tmp_path / "two.receipt")) == 2

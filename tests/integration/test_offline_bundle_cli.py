@@ -1,0 +1,155 @@
+"""Bundles and receipts as the technician carries them, without a running bridge: `edge-outbox export` and
+`import-receipt` on a site's data dir, `cloud-bridge import` / `receipt` / `intents retry` on a bridge data
+dir, files between them. What the bridge's executor does is played on its ledger (offline_site.executed).
+Every result the site applied is confirmed once and no other; what the commands say is what happened."""
+
+from __future__ import annotations
+
+import errno
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from cloud_bridge.ledger_states import EntryState
+from edge_outbox import bundle, db
+from edge_outbox.errors import ConfigError
+from edge_outbox.identity import load_identity
+from intent_contract import files
+from intent_contract.codec import AckState
+from intent_contract.offline_wire import DEFAULT_FILE_BYTES
+from tests.support.edge import stored_ids
+from tests.support.offline_site import backlog, bridge, enrolled_site, executed, import_file, receipt_acks
+from tests.support.sneakernet import edge_cli
+from tests.support.stack import TENANT
+
+
+@pytest.mark.timeout(300)
+def test_the_bundle_after_a_receipt_confirms_every_result_the_receipt_brought(tmp_path: Path) -> None:
+    """A bundle carries up to 50,000 intents but confirmed at most 20,000 results: each trip of a full bundle
+    left 30,000 results the site had applied unconfirmed at the bridge, named again in every receipt and
+    never purged, growing by as much per trip. Here 25,000 intents end at import (refused by policy)."""
+    count = 25_000
+    site = enrolled_site(tmp_path)
+    backlog(site, count)
+    config = tmp_path / "bridge.toml"
+    config.write_text(f'[tenants.{TENANT}.policy]\nkinds = ["sms.send"]\n')  # email.send refused: final at once
+
+    first = edge_cli(site, "export", "--out", str(tmp_path / "one.bundle"), "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["intents"] == count
+    receipt = import_file(tmp_path, tmp_path / "one.bundle", config)
+    assert {ack.state for ack in receipt_acks(receipt)} == {AckState.REJECTED}
+    applied = edge_cli(site, "import-receipt", str(receipt), "--json")
+    assert applied.returncode == 0, applied.stderr
+    assert json.loads(applied.stdout)["changed"] == count
+
+    second = edge_cli(site, "export", "--out", str(tmp_path / "two.bundle"), "--json")
+
+    assert second.returncode == 0, second.stderr
+    assert (json.loads(second.stdout)["intents"], json.loads(second.stdout)["confirms"]) == (0, count)
+    assert receipt_acks(import_file(tmp_path, tmp_path / "two.bundle", config)) == []  # nothing left to repeat
+
+
+@pytest.mark.timeout(180)
+def test_the_result_of_an_operators_retry_reaches_the_site_whose_confirm_was_on_its_way(tmp_path: Path) -> None:
+    """The site applies attempt 1's failure from a receipt and confirms it in its next bundle; meanwhile the
+    operator retried the intent and attempt 2 was delivered. That confirm confirmed attempt 2's result, which
+    no receipt carried after: the site kept `failed` for an intent the bridge had delivered."""
+    site = enrolled_site(tmp_path)
+    identity = load_identity(site)
+    assert identity is not None
+    backlog(site, 1)
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        f'[tenants.{TENANT}.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n'
+        'email_from = "alerts@example.com"\n'
+    )
+    assert edge_cli(site, "export", "--out", str(tmp_path / "one.bundle")).returncode == 0
+    import_file(tmp_path, tmp_path / "one.bundle", config)
+    executed(tmp_path / "bridge", EntryState.FAILED, "smtp_refused")
+    failed = tmp_path / "failed.receipt"
+    assert bridge(tmp_path / "bridge", "receipt", identity.device_id, "--out", str(failed)).returncode == 0
+    assert edge_cli(site, "import-receipt", str(failed)).returncode == 0
+    assert stored_ids(site) == {"bulk-000000": "failed"}
+    retried = bridge(tmp_path / "bridge", "intents", "retry", identity.device_id, "bulk-000000", "--operator", "ops")
+    assert retried.returncode == 0, retried.stderr
+    executed(tmp_path / "bridge", EntryState.DELIVERED)
+
+    assert edge_cli(site, "export", "--out", str(tmp_path / "two.bundle")).returncode == 0  # confirms attempt 1
+    receipt = import_file(tmp_path, tmp_path / "two.bundle", config)
+
+    assert [(a.id, a.state, a.attempt) for a in receipt_acks(receipt)] == [("bulk-000000", AckState.DELIVERED, 2)]
+    assert edge_cli(site, "import-receipt", str(receipt)).returncode == 0
+    assert stored_ids(site) == {"bulk-000000": "delivered"}
+
+
+def test_a_bundle_whose_directory_could_not_be_synced_is_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundle is renamed into place, then its directory synced: when that sync failed (a stick pulled out,
+    an I/O error) export said "nothing was marked sent" and left the bundle there, whose intents could then
+    be cancelled or expire on the site while the bridge ran them."""
+    site = enrolled_site(tmp_path)
+    backlog(site, 3)
+    out = tmp_path / "stick" / "site.bundle"
+    out.parent.mkdir()
+
+    def pulled_out(_directory: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(files, "fsync_directory", pulled_out)
+    conn = db.connect(site)
+    try:
+        with pytest.raises(ConfigError, match=r"Input/output error; nothing was marked sent$"):
+            bundle.export(conn, site, out, max_bytes=DEFAULT_FILE_BYTES, now=time.time_ns() // 1_000_000,
+                          new_id=lambda: "B1")  # fmt: skip
+    finally:
+        conn.close()
+    assert list(out.parent.iterdir()) == []
+    assert stored_ids(site) == {f"bulk-{i:06d}": "accepted" for i in range(3)}
+    assert edge_cli(site, "cancel", "bulk-000000").returncode == 0  # never sent: it may still be cancelled
+
+
+@pytest.mark.timeout(180)
+def test_export_says_the_intents_it_left_out_go_after_the_receipt_not_in_an_export_now(tmp_path: Path) -> None:
+    """It said "export again for them", but until the receipt is applied another export takes the same intents
+    first and leaves out the same ones: the technician carried two copies of one bundle and none of the rest."""
+    site = enrolled_site(tmp_path)
+    backlog(site, 20_000)
+    first = edge_cli(site, "export", "--out", str(tmp_path / "one.bundle"), "--max-bytes", "3M")
+    again = edge_cli(site, "export", "--out", str(tmp_path / "two.bundle"), "--max-bytes", "3M", "--json")
+
+    assert first.returncode == 0, first.stderr
+    left_out = json.loads(again.stdout)["left_out"]
+    assert 0 < left_out < 20_000
+    assert f"{left_out} intents did not fit in this bundle" in first.stderr  # the same ones, exported again now
+    assert "after this one's receipt is applied" in first.stderr
+    assert "export again for them" not in first.stderr
+
+
+@pytest.mark.timeout(120)
+def test_import_counts_every_final_result_its_receipt_carries(tmp_path: Path) -> None:
+    """The receipt carries every result the device has not confirmed, but import counted only the results of
+    the bundle just imported: "receipt with 0 final results" for a receipt that brought two."""
+    site = enrolled_site(tmp_path)
+    backlog(site, 2)
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        f'[tenants.{TENANT}.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n'
+        'email_from = "alerts@example.com"\n'
+    )
+    assert edge_cli(site, "export", "--out", str(tmp_path / "one.bundle")).returncode == 0
+    accepted = import_file(tmp_path, tmp_path / "one.bundle", config)
+    assert edge_cli(site, "import-receipt", str(accepted)).returncode == 0  # both forwarded: not in a bundle again
+    executed(tmp_path / "bridge", EntryState.DELIVERED)
+    two = edge_cli(site, "export", "--out", str(tmp_path / "two.bundle"), "--json")
+    assert two.returncode == 0 and json.loads(two.stdout)["intents"] == 0, two.stderr
+
+    done = bridge(tmp_path / "bridge", "import", str(tmp_path / "two.bundle"), "--config", str(config),
+                  "--receipt", str(tmp_path / "two.receipt"), "--json")  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["final_results_in_receipt"] == 2
+    assert len(receipt_acks(tmp_path / "two.receipt")) == 2

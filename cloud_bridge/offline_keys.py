@@ -23,6 +23,7 @@ from cloud_bridge.errors import ConfigError
 from intent_contract import sealed
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
 from intent_contract.errors import DecodeError
+from intent_contract.files import fsync_directory
 
 KEYS_DIR = "offline-keys"
 _AGE, _SIGN = "age.key", "sign.key"
@@ -82,8 +83,12 @@ def _create(directory: Path) -> None:
         identity, _recipient = sealed.new_identity()
         _write_secret(aside / _AGE, identity.encode() + b"\n")
         _write_secret(aside / _SIGN, generate_private_key_pem())
+        fsync_directory(aside)  # the files' names in it
         with contextlib.suppress(OSError):  # another process made them first: theirs stand
             aside.rename(directory)
+        # The rename itself: devices pin these keys from the first ticket or enrollment on, and a power cut
+        # that undid it left new keys made at the next start, every pinned device's bundles unreadable.
+        fsync_directory(directory.parent)
     except OSError as exc:
         raise ConfigError(f"cannot make offline keys in {directory}: {exc}", code="offline_keys") from None
     finally:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge_outbox.bridge_pins import BridgePins, save_pins
 from edge_outbox.errors import ConfigError
+from intent_contract.files import write_atomic
 from intent_contract.names import is_name
 
 IDENTITY_DIR = "identity"
@@ -63,19 +63,21 @@ def key_file(data_dir: Path) -> Path:
 def save_identity(
     data_dir: Path, identity: Identity, key_pem: bytes, ca: Path | bytes, pins: BridgePins | None
 ) -> None:
-    """Keep an identity: the device key (0600), the CA to pin, the bridge's offline keys, device.json last."""
+    """Keep an identity: the device key (0600), the CA to pin, the bridge's offline keys, device.json last.
+
+    Each written whole and synced (write_atomic) before the next: device.json marks the outbox as enrolled,
+    and written in place, unsynced, a power cut after it could leave it beside an empty device.key (the
+    device enrolled at the bridge, its code spent, and unable to sign anything here).
+    """
     directory = identity_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    fd = os.open(key_file(data_dir), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key_pem)
+    write_atomic(key_file(data_dir), key_pem, mode=0o600)
     if isinstance(ca, bytes):
         if ca:  # enrolled offline without a CA: nothing to pin until the site may go online
-            ca_file(data_dir).write_bytes(ca)
+            write_atomic(ca_file(data_dir), ca)
     else:
-        shutil.copyfile(ca, ca_file(data_dir))
+        write_atomic(ca_file(data_dir), ca.read_bytes())
     if pins is not None:
         save_pins(directory, pins)
-    # device.json last: its presence is what marks the outbox as enrolled.
-    (directory / "device.json").write_text(json.dumps(asdict(identity), indent=2) + "\n")
+    write_atomic(directory / "device.json", (json.dumps(asdict(identity), indent=2) + "\n").encode())

@@ -107,3 +107,33 @@ def test_switching_to_the_next_key_syncs_the_directory_after_the_rename(
     # A power cut after the device signed with the new key must not bring the old one back.
     assert synced == [new_key]
     assert not (directory / "next.key").exists()
+
+
+@pytest.mark.timeout(60)
+def test_an_identity_is_synced_file_by_file_before_device_json_marks_it_enrolled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """enroll and enroll-import wrote device.key in place and device.json after it, neither synced: a power
+    cut could keep device.json (enrolled) beside an empty device.key, the code spent at the bridge and the
+    device unable to sign a token or a bundle."""
+    data_dir = tmp_path / "edge"
+    synced: list[str] = []  # what each fsync made durable: a file's name, or a directory's entries
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append("dir:" + ",".join(sorted(p.name for p in path.iterdir())))
+        else:
+            synced.append(path.name.removeprefix(".").split(".")[0] + "." + path.name.split(".")[2])
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    key = generate_private_key_pem()
+
+    save_identity(data_dir, Identity(DEVICE_ID, "acme", "boiler-7", "bridge.invalid", 8883, "", "cloud-bridge"),
+                  key, b"", None)  # fmt: skip
+
+    assert key_file(data_dir).read_bytes() == key
+    assert synced.index("device.key") < synced.index("device.json")  # the key is whole before it counts
+    assert synced[-1] == "dir:device.json,device.key"  # and device.json's name is durable

@@ -23,8 +23,8 @@ NOW = 1_800_000_000.0
 DAY = 86_400.0
 
 
-def env(ident: str) -> Envelope:
-    return Envelope(ident, "hvac-ui", "email.send", int(NOW * 1000) - 5000, None, 1, {"to": "a@example.com"})
+def env(ident: str, created: float = NOW) -> Envelope:
+    return Envelope(ident, "hvac-ui", "email.send", int(created * 1000) - 5000, None, 1, {"to": "a@example.com"})
 
 
 def allow(_envelope: Envelope) -> Decision:
@@ -96,8 +96,8 @@ async def test_retry_and_cancel_print_what_they_did_and_refuse_what_the_ledger_d
 async def test_purge_uses_the_flags_or_the_configured_retention(
     store: Store, store_url: StoreUrl, tmp_path: Path
 ) -> None:
-    then = time.time() - 40 * DAY
-    await admit(store.ledger, DEV, [env("old"), env("live")], allow, then)
+    then = time.time() - 95 * DAY  # past max_intent_age (90 days): a copy would be refused too_old
+    await admit(store.ledger, DEV, [env("old", then), env("live", then)], allow, then)
     [entry] = await store.ledger.claim(["email.send"], 1, then)
     await store.ledger.finish(entry, EntryState.DELIVERED, "", "", then, "smtp")
     await store.ledger.confirm("dev-1", ["old"])

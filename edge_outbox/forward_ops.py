@@ -64,7 +64,13 @@ def take_batch(conn: sqlite3.Connection, *, limit: int, max_bytes: int, sent_bef
 @dataclass(frozen=True, slots=True)
 class AppliedAcks:
     changed: int  # intents whose state changed
-    final_ids: list[str]  # ids with a final result, to confirm to the bridge (also repeats and unknowns)
+    # (id, attempt) of each final result, to confirm to the bridge (also repeats and unknowns): the attempt
+    # the bridge said the result is of (0: not said), so a confirm cannot cover a later attempt's result.
+    final: list[tuple[str, int]]
+
+    @property
+    def final_ids(self) -> list[str]:
+        return [intent_id for intent_id, _attempt in self.final]
 
 
 def apply_acks(conn: sqlite3.Connection, acks: list[Ack], now: int) -> AppliedAcks:
@@ -111,7 +117,7 @@ def apply_acks(conn: sqlite3.Connection, acks: list[Ack], now: int) -> AppliedAc
         run.append(update)
         seen.add(update[0])
     _ACK_UPDATES.run(conn, run)
-    return AppliedAcks(len(updates), [ack.id for ack in acks if ack.state.final])
+    return AppliedAcks(len(updates), [(ack.id, ack.attempt) for ack in acks if ack.state.final])
 
 
 def _ack_targets(conn: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[int, State, int, int]]:

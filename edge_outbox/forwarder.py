@@ -157,7 +157,7 @@ class Forwarder:
         # Ids to confirm, each once (an ordered set): the bridge re-sends every unconfirmed result at each
         # (re)subscribe, so a list kept across a link that failed before its confirms went out gained a copy
         # of the whole set per reconnect, without bound while each link failed so.
-        self._to_confirm: dict[str, None] = {}
+        self._to_confirm: dict[str, int] = {}  # id -> the attempt of its result (0: the bridge did not say)
         self._confirm_wake = asyncio.Event()
         self._window = SendWindow(settings.window, BATCHES_IN_FLIGHT, int(settings.ack_timeout_s * 1000))
         self._connected_at = 0
@@ -461,8 +461,9 @@ class Forwarder:
             for ack in acks:
                 if self._window.acked(ack.id):
                     self._acked += 1
-            if applied.final_ids:
-                self._to_confirm.update(dict.fromkeys(applied.final_ids))
+            if applied.final:
+                for intent_id, attempt in applied.final:
+                    self._to_confirm[intent_id] = max(attempt, self._to_confirm.get(intent_id, 0))
                 self._confirm_wake.set()
             self._wake.set()
 
@@ -472,15 +473,16 @@ class Forwarder:
             await self._confirm_wake.wait()
             await asyncio.sleep(_CONFIRM_DELAY_S)
             self._confirm_wake.clear()
-            ids, self._to_confirm = list(self._to_confirm), {}
+            taken, self._to_confirm = self._to_confirm, {}
             try:
-                for start in range(0, len(ids), CONFIRMS_PER_MESSAGE):
-                    await client.publish(
-                        self._confirms_topic, encode_confirms(ids[start : start + CONFIRMS_PER_MESSAGE]), qos=1
-                    )
-                    raise_if_cancelled()
+                for attempt, ids in confirm_groups(taken).items():
+                    for start in range(0, len(ids), CONFIRMS_PER_MESSAGE):
+                        body = encode_confirms(ids[start : start + CONFIRMS_PER_MESSAGE], attempt or None)
+                        await client.publish(self._confirms_topic, body, qos=1)
+                        raise_if_cancelled()
             except BaseException:
-                self._to_confirm = {**dict.fromkeys(ids), **self._to_confirm}  # the link failed: on the next one
+                for intent_id, attempt in taken.items():  # the link failed: on the next one
+                    self._to_confirm[intent_id] = max(attempt, self._to_confirm.get(intent_id, 0))
                 self._confirm_wake.set()
                 raise
 
@@ -507,6 +509,17 @@ class Forwarder:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+
+def confirm_groups(to_confirm: dict[str, int]) -> dict[int, list[str]]:
+    """The ids to confirm by the attempt of their results, one confirms message (or more) each: a message's
+    `attempt` confirms results of that attempt or an earlier one at the bridge, so a confirm of attempt 1
+    that arrives after an operator's retry there cannot confirm attempt 2's result before the edge has it;
+    0 (a bridge that did not say) goes without one, as confirms did before."""
+    groups: dict[int, list[str]] = {}
+    for intent_id, attempt in to_confirm.items():
+        groups.setdefault(attempt, []).append(intent_id)
+    return groups
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

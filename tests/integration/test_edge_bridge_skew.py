@@ -205,6 +205,28 @@ async def test_results_resent_at_every_reconnect_are_confirmed_once_each(
     assert [sorted(c) for c in scripted.confirms[:4]] == [sorted(ids)] * 4
 
 
+async def test_confirms_say_which_attempts_results_they_confirm(
+    tmp_path: Path, scripted: ScriptedBridge, server_cert_files: dict[str, Path]
+) -> None:
+    # Results of attempt 1, of attempt 3 (an operator retried twice at the bridge) and from a bridge that
+    # does not say. A confirm without its attempt confirmed whatever the row held when it arrived: after an
+    # operator's retry there, the new attempt's result, which the edge then never heard if the link failed.
+    at = now_ms()
+    scripted.on_subscribe = [
+        encode_acks(
+            [Ack(f"one{n}", AckState.FAILED, "smtp_550", "", at, attempt=1) for n in range(3)]
+            + [Ack(f"three{n}", AckState.DELIVERED, "sent", "", at, attempt=3) for n in range(2)]
+            + [Ack("unsaid", AckState.DELIVERED, "sent", "", at)]
+        )
+    ]
+    edge_dir, identity = scripted_edge(tmp_path, scripted, server_cert_files["ca"])
+    await forwarding(edge_dir, identity, lambda: sum(map(len, scripted.confirms)) >= 6, "6 confirmed")
+    confirmed: dict[int | None, set[str]] = {}
+    for ids, attempt in zip(scripted.confirms, scripted.confirm_attempts, strict=True):
+        confirmed.setdefault(attempt, set()).update(ids)
+    assert confirmed == {1: {"one0", "one1", "one2"}, 3: {"three0", "three1"}, None: {"unsaid"}}
+
+
 async def test_an_ack_entry_this_edge_cannot_read_costs_only_itself(
     tmp_path: Path, scripted: ScriptedBridge, server_cert_files: dict[str, Path]
 ) -> None:

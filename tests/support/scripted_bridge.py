@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from intent_contract import mqtt_packets as p
-from intent_contract.codec import decode_batch, decode_confirms
+from intent_contract.codec import decode_batch, read_confirms
 from intent_contract.wire import ACKS, CONFIRMS, INTENTS, device_topic, split_device_topic
 from tests.support.net import free_port
 
@@ -32,6 +32,7 @@ class ScriptedBridge:
     connects: int = 0
     batches: list[list[str]] = field(default_factory=list)
     confirms: list[list[str]] = field(default_factory=list)
+    confirm_attempts: list[int | None] = field(default_factory=list)  # each confirms message's attempt
     _server: asyncio.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -77,7 +78,9 @@ class ScriptedBridge:
         elif isinstance(packet, p.Publish):
             leaf = (split_device_topic(packet.topic) or ("", ""))[1]
             if leaf == CONFIRMS:
-                self.confirms.append(decode_confirms(packet.payload))
+                ids, attempt = read_confirms(packet.payload)
+                self.confirms.append(ids)
+                self.confirm_attempts.append(attempt)
                 if self.drop_on_confirms:
                     return False
             if packet.qos:

@@ -184,7 +184,9 @@ class Dashboard:
 
     async def _logout(self, _request: web.Request) -> web.StreamResponse:
         redirect = web.HTTPSeeOther(self.prefix + "login")
-        redirect.del_cookie(COOKIE, path="/")
+        # Secure as when it was set: a browser ignores a __Host- cookie without it, the deletion included, and
+        # without it the session stayed after "Log out" (the next page was the fleet again).
+        redirect.del_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
         raise redirect
 
     # -- pages ---------------------------------------------------------------------------------

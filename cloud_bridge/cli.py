@@ -32,7 +32,7 @@ from cloud_bridge.cli_common import (
 )
 from cloud_bridge.health_probe import check as check_health
 from cloud_bridge.registry import Device, Registry
-from cloud_bridge.store import Store, open_store
+from cloud_bridge.store import Store, open_store, require_made
 from intent_contract.cli_args import TextArgsGroup
 from intent_contract.names import is_name
 from intent_contract.passwords import hash_password
@@ -162,6 +162,7 @@ def devices_revoke(device_id: str, data_dir: Path, store: str | None, config_pat
 async def _read_audit(
     opened: Store, device: str | None, since: float | None, limit: int, tenant: str | None = None
 ) -> list[Any]:
+    require_made(opened)  # `audit` and `status` read: a mistyped store is said so, not made and read empty
     await opened.open()
     try:
         return list(await opened.ledger.audit(device_id=device, since=since, limit=limit, tenant=tenant))
@@ -213,6 +214,7 @@ def audit(
 def status(data_dir: Path, store: str | None, config_path: Path | None, since: str, as_json: bool) -> None:
     """Device counts and audit event counts over a recent window."""
     opened = _store(data_dir, store, config_path)
+    require_made(opened)
     counts = _registry(data_dir, store, config_path).counts()
     records = run_async(_read_audit(opened, None, _parse_since(since, time.time()), 100_000))
     doc = {"devices": counts, "events": count_events(records)}

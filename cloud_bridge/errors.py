@@ -53,6 +53,13 @@ class ConfigError(PermanentError):
     code = "config"
 
 
+class NoStoreError(ConfigError):
+    """An operator's command names a store that was never made (a mistyped --data-dir or --store): nothing is read
+    or made there."""
+
+    code = "no_store"
+
+
 class AuthError(PermanentError):
     """A device failed authentication or enrollment."""
 

@@ -24,7 +24,7 @@ from cloud_bridge import fleet_query
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.fleet_rules import SORT_KEYS, DeviceRow
 from cloud_bridge.settings import build_settings
-from cloud_bridge.store import Store, open_store
+from cloud_bridge.store import Store, open_store, require_made
 from intent_contract.console import plain_console
 from intent_contract.device_wire import Diagnosis, HealthReport
 from intent_contract.timefmt import format_age, format_ms, parse_duration
@@ -45,6 +45,7 @@ def _opened(data_dir: Path, store: str | None, config_path: Path | None) -> Iter
     try:
         settings = build_settings(data_dir=data_dir, env=dict(os.environ), config_path=config_path, store=store)
         opened = open_store(settings.store_url, node="cli")
+        require_made(opened)
         opened.migrate(True)
         opened.registry.open()
         opened.fleet.open()

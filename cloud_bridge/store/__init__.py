@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from cloud_bridge.errors import NoStoreError
 from cloud_bridge.fleet import FleetStore
 from cloud_bridge.intent_sql import PurgePace, SqlIntents
 from cloud_bridge.ledger import Ledger
@@ -53,6 +54,9 @@ class Store:
     migrate: Callable[[bool], list[int]]
     fleet: FleetStore  # device health, connect telemetry, diagnose requests (cloud_bridge.fleet)
     intents: SqlIntents  # operators' list, retry, cancel and purge (cloud_bridge.operator_api)
+    # Whether the store was made before (a node ran there, or `db upgrade`, or an enrollment code was made), read
+    # without making anything: an operator's command refuses a store that was not (`require_made`).
+    made: Callable[[], bool]
 
     async def open(self) -> None:
         """Migrate (what is safe at start), then open the registry, the fleet tables and the ledger."""
@@ -91,7 +95,19 @@ def open_store(url: StoreUrl, *, node: str, tokens_per_device: int = DEFAULT_TOK
             lambda at_start: migrate_file(ledger_path, at_start=at_start),
             sqlite_fleet(directory / FLEET_DB),
             SqlIntents(sqlite_transaction(ledger_path, "ledger"), signal=add_signal, purge_pace=PurgePace()),
+            ledger_path.is_file,
         )
     from cloud_bridge.store.pg import open_pg_store  # noqa: PLC0415
 
     return open_pg_store(url, node=node, tokens_per_device=tokens_per_device)
+
+
+def require_made(store: Store) -> None:
+    """NoStoreError unless `store` was made before: for the operators' commands, which read or change what is
+    there. They used to make an empty store wherever a mistyped --data-dir (or the default one, relative to the
+    working directory) or --store pointed, and answer from it: no devices, no intents, exit 0."""
+    if not store.made():
+        raise NoStoreError(
+            f"no bridge store at {store.url}: check --data-dir, --store or [bridge] store"
+            " (a node makes its store when it first starts; so does `cloud-bridge db upgrade`)"
+        )

@@ -137,6 +137,13 @@ def migrate(
     return applied
 
 
+def made(conninfo: str) -> bool:
+    """Whether the database holds a store (a schema step was applied); it changes nothing."""
+    with converted("PostgreSQL store"), psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        return row is not None and bool(row[0])
+
+
 def _apply(
     conn: psycopg.Connection[Any],
     step: Migration,
@@ -292,4 +299,5 @@ def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int) -> Store:
             false="false",
             on_open=pools.open_sync,
         ),
+        lambda: made(conninfo),
     )

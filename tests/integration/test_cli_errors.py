@@ -11,8 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
+
+from cloud_bridge.store.url import StoreUrl
 from edge_outbox import db
 from tests.support.cli_output import assert_one_line, assert_traceback
+from tests.support.stores import made, store_url
+
+__all__ = ["store_url"]  # fixtures
 
 # Runs a CLI in a fresh interpreter after `patch` (Python source) has replaced something in it.
 _DRIVER = """
@@ -85,6 +91,7 @@ def test_edge_a_database_without_the_outbox_tables_is_one_line(tmp_path: Path) -
 
 
 def test_bridge_bug_shows_its_traceback(tmp_path: Path) -> None:
+    made(StoreUrl.sqlite(tmp_path))
     patch = (
         "from cloud_bridge.registry_sqlite import SqliteRegistry\n"
         "def all_devices(self): raise ValueError('a bug in all_devices')\n"
@@ -99,7 +106,8 @@ def test_bridge_errors_are_one_line(tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("")
     # OSErrors are ours once they cross a boundary: the registry's directory, the certificates' directory.
-    assert_one_line(run_cli("cloud_bridge", "devices", "ls", "--data-dir", str(a_file / "data")), "Not a directory")
+    revoke = ("devices", "revoke", "x", "--data-dir", str(a_file / "data"))
+    assert_one_line(run_cli("cloud_bridge", *revoke), "Not a directory")
     assert_one_line(run_cli("cloud_bridge", "dev-certs", str(a_file / "certs")), "cannot write")
     assert_one_line(
         run_cli(
@@ -119,6 +127,29 @@ def test_bridge_errors_are_one_line(tmp_path: Path) -> None:
     )
 
 
+def test_bridge_operators_commands_refuse_a_store_never_made(store_url: StoreUrl) -> None:
+    """A mistyped --data-dir or --store (or the default data dir, relative to where the command runs) named no
+    store: the commands made an empty one there and answered from it, `devices ls` an empty fleet, exit 0."""
+    where = ["--store", str(store_url)] if store_url.kind == "postgresql" else ["--data-dir", store_url.location]
+    commands = [
+        ("devices", "ls", "--json"), ("devices", "show", "dev-1"), ("devices", "diagnose", "dev-1"),
+        ("intents", "ls"), ("intents", "show", "i-1"), ("intents", "retry", "i-1"), ("intents", "cancel", "i-1"),
+        ("intents", "purge", "--older-than", "1d"), ("usage",), ("audit",), ("status",),
+    ]  # fmt: skip
+    for command in commands:
+        assert_one_line(run_cli("cloud_bridge", *command, *where), f"no bridge store at {store_url}")
+    if store_url.kind == "postgresql":
+        with psycopg.connect(store_url.conninfo()) as conn:
+            tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+        assert tables == (0,)  # nothing was made there
+    else:
+        assert not store_url.directory.exists()
+    made(store_url)  # a node's first start, or `db upgrade`: the same commands answer
+    listed = run_cli("cloud_bridge", "devices", "ls", "--json", *where)
+    assert (listed.returncode, listed.stdout.strip(), listed.stderr) == (0, "[]", "")
+    assert_one_line(run_cli("cloud_bridge", "intents", "show", "i-1", *where), "no intent i-1")
+
+
 # -- both --------------------------------------------------------------------------------------
 
 
@@ -133,7 +164,7 @@ def assert_refused(result: subprocess.CompletedProcess[str], text: str) -> None:
 def test_arguments_past_any_sense_are_refused_not_tracebacks(tmp_path: Path) -> None:
     """Each of these was a traceback (OverflowError, UnicodeEncodeError from a store's driver, ValueError
     from a date format after a purge had run); a non-UTF-8 byte reaches Python as a lone surrogate."""
-    edge, bridge = str(tmp_path / "edge"), str(tmp_path / "bridge")
+    edge, bridge = str(tmp_path / "edge"), str(made(StoreUrl.sqlite(tmp_path / "bridge")).directory)
     db.connect(tmp_path / "edge").close()
     cases = [
         (("edge_outbox", "purge", "--older-than", "99999999999w", "--data-dir", edge), "longer than 100 years"),

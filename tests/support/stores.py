@@ -66,6 +66,13 @@ def waiting_for_a_lock(url: StoreUrl, statement: str) -> int:
     return int(row[0]) if row is not None else 0
 
 
+def made(url: StoreUrl) -> StoreUrl:
+    """`url` with a store made there (as a node's first start or `cloud-bridge db upgrade` makes it): the operators'
+    commands refuse a store that was never made."""
+    open_store(url, node="test").migrate(False)
+    return url
+
+
 @pytest.fixture
 def pg_url() -> Iterator[StoreUrl]:
     """A fresh PostgreSQL database (for tests that need that backend, e.g. several nodes on one store)."""

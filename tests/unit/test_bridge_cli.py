@@ -130,6 +130,7 @@ def test_bad_names_and_ttl_are_clean_errors(tmp_path: Path) -> None:
 
 
 def test_audit_and_status_on_an_empty_bridge(tmp_path: Path) -> None:
+    assert _run("db", "upgrade", data_dir=tmp_path).exit_code == 0  # a store with nothing in it yet
     result = _run("audit", "--json", "--since", "2h", data_dir=tmp_path)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == []

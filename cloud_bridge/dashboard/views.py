@@ -22,6 +22,7 @@ from aiohttp import web
 
 from cloud_bridge.dashboard.auth import COOKIE, SESSION_S, Operator, OperatorAuth
 from cloud_bridge.dashboard.data import DashboardData, FleetRow
+from cloud_bridge.dashboard.notice import NOTICE_COOKIE, NOTICE_S, notice_text, notice_value
 from cloud_bridge.dashboard.usage_chart import HEIGHT, WIDTH, bars
 from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits
 from cloud_bridge.own_threads import own_thread
@@ -215,7 +216,11 @@ class Dashboard:
         intents = await self._data.intents(
             device_id=query["device"], tenant=query["tenant"], state=query["state"], kind=query["kind"], limit=200
         )
-        return self._page(request, "intents.html", intents=intents, query=query, states=STATES, notice="")
+        notice = notice_text(request.cookies.get(NOTICE_COOKIE))
+        response = self._page(request, "intents.html", intents=intents, query=query, states=STATES, notice=notice)
+        if NOTICE_COOKIE in request.cookies:  # shown once: a reload shows the page without it
+            response.del_cookie(NOTICE_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+        return response
 
     async def _act(self, request: web.Request) -> web.StreamResponse:
         device_id, intent_id, action = (request.match_info[k] for k in ("device_id", "intent_id", "action"))
@@ -226,9 +231,12 @@ class Dashboard:
         outcome = await act(device_id, intent_id, operator.name)
         logger.info("dashboard %s: %s", action, outcome,
                     extra={"device_id": device_id, "intent_id": intent_id, "app": operator.name})  # fmt: skip
-        intents = await self._data.intents(device_id=device_id, tenant=None, state=None, kind=None, limit=200)
-        query = {"device": device_id, "tenant": None, "state": None, "kind": None}
-        return self._page(request, "intents.html", intents=intents, query=query, states=STATES, notice=outcome)
+        # Post/Redirect/Get: the page after an action is a GET, so reloading it does not send the action again
+        # (it did: a reload retried the intent once more). The outcome line follows in a one-page cookie.
+        redirect = web.HTTPSeeOther(f"{self.prefix}intents?device={device_id}")
+        redirect.set_cookie(NOTICE_COOKIE, notice_value(outcome), max_age=NOTICE_S, path="/", secure=True,
+                            httponly=True, samesite="Strict")  # fmt: skip
+        raise redirect
 
     async def _usage(self, request: web.Request) -> web.Response:
         tenant = request.query.get("tenant") or None

@@ -1,4 +1,5 @@
-"""The operator's session in a real headless Chromium: logging out ends it in the browser."""
+"""The operator in a real headless Chromium: logging out ends the session in the browser; reloading the page
+an action led to does not take the action again."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from cloud_bridge.dashboard.auth import COOKIE
-from tests.support.bridge import Harness, counting
+from tests.support.bridge import CountingIntegration, Harness, counting, email
 from tests.support.browser import chromium, detached, log_in
 from tests.support.dashboard import PASSWORD, dashboard_bridge, operator_hashes
+from tests.support.net import until
 
 __all__ = ["counting", "dashboard_bridge", "operator_hashes"]  # fixtures
 pytestmark = pytest.mark.timeout(120)
@@ -39,3 +41,37 @@ async def test_log_out_ends_the_session_in_the_browser(
     assert had_cookie
     assert not still, "the session cookie outlived the logout"
     assert url.endswith("/ui/login") and not fleet
+
+
+async def test_reloading_the_page_after_a_retry_does_not_retry_again(
+    dashboard_bridge: Harness, server_cert_files: dict[str, Path], counting: CountingIntegration
+) -> None:
+    bridge = dashboard_bridge
+    creds = await bridge.enroll()
+    client = await bridge.connect(creds)
+    try:
+        client.send([email("r-1", subject="fail")])
+        await until(lambda: "failed" in client.states().get("r-1", []), what="the intent failed")
+        base = bridge.base_url
+
+        def retry_then_reload() -> tuple[str, str]:
+            with chromium(server_cert_files["cert"]) as driver:
+                log_in(driver, base, PASSWORD)
+                driver.get(f"{base}/ui/intents?device={creds.device_id}")
+                button = driver.find_element(By.CSS_SELECTOR, 'tr[data-intent="r-1"] button.retry')
+                button.click()
+                WebDriverWait(driver, 30).until(lambda _: detached(button))
+                notice = driver.find_element(By.ID, "notice").text
+                # The retried intent fails again (same subject); the operator then reloads the page they are on.
+                WebDriverWait(driver, 30).until(lambda _: client.states()["r-1"].count("failed") == 2)
+                driver.refresh()
+                WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "intents"))
+                again = driver.find_elements(By.ID, "notice")
+                return notice, again[0].text if again else ""
+
+        notice, after = await asyncio.to_thread(retry_then_reload)
+    finally:
+        await client.stop()
+    assert notice.startswith(f"retried {creds.device_id}/r-1"), notice
+    assert [job.attempt for job in counting.calls] == [1, 2], f"the reload sent the retry again: {after}"
+    assert after == ""  # the notice is shown once

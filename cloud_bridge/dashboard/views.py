@@ -51,6 +51,8 @@ LOGIN_LIMITS = EnrollLimits(per_address_per_minute=10.0, per_minute=100.0)
 # logins queued ahead of device authentication (/v1/device, MQTT CONNECT) and held it for seconds.
 LOGIN_THREADS = 1
 STATES = ("queued", "running", "delivered", "failed", "expired", "rejected")
+INTENT_ROWS = 200  # the intents page's rows; the device page shows DEVICE_INTENT_ROWS
+DEVICE_INTENT_ROWS = 50
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPERATOR = web.RequestKey("operator", Operator)
 
@@ -201,8 +203,13 @@ class Dashboard:
         view = await self._data.device(device_id) if is_name(device_id) else None
         if view is None:
             raise web.HTTPNotFound(text="no such device")
-        intents = await self._data.intents(device_id=device_id, tenant=None, state=None, kind=None, limit=50)
-        return self._page(request, "device.html", view=view, intents=intents)
+        # One row more than shown: the page says when more match, rather than pass the first ones off as all.
+        intents = await self._data.intents(
+            device_id=device_id, tenant=None, state=None, kind=None, limit=DEVICE_INTENT_ROWS + 1
+        )
+        more, href = len(intents) > DEVICE_INTENT_ROWS, f"{self.prefix}intents?device={device_id}"
+        return self._page(request, "device.html", view=view, intents=intents[:DEVICE_INTENT_ROWS], more=more,
+                          more_href=href)  # fmt: skip
 
     async def _intents(self, request: web.Request) -> web.Response:
         query = {k: request.query.get(k) or None for k in ("device", "tenant", "state", "kind")}
@@ -214,10 +221,12 @@ class Dashboard:
         if query["kind"] is not None and query["kind"] not in KINDS:  # also keeps NUL away from PostgreSQL
             raise web.HTTPBadRequest(text="unknown kind")
         intents = await self._data.intents(
-            device_id=query["device"], tenant=query["tenant"], state=query["state"], kind=query["kind"], limit=200
-        )
+            device_id=query["device"], tenant=query["tenant"], state=query["state"], kind=query["kind"],
+            limit=INTENT_ROWS + 1,
+        )  # fmt: skip
         notice = notice_text(request.cookies.get(NOTICE_COOKIE))
-        response = self._page(request, "intents.html", intents=intents, query=query, states=STATES, notice=notice)
+        response = self._page(request, "intents.html", intents=intents[:INTENT_ROWS], query=query, states=STATES,
+                              notice=notice, more=len(intents) > INTENT_ROWS, more_href="")  # fmt: skip
         if NOTICE_COOKIE in request.cookies:  # shown once: a reload shows the page without it
             response.del_cookie(NOTICE_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
         return response

@@ -1,5 +1,5 @@
 """The operator in a real headless Chromium: logging out ends the session in the browser; reloading the page
-an action led to does not take the action again."""
+an action led to does not take the action again; a table that shows fewer intents than match says so."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from cloud_bridge.dashboard.auth import COOKIE
+from cloud_bridge.dashboard.views import DEVICE_INTENT_ROWS, INTENT_ROWS
 from tests.support.bridge import CountingIntegration, Harness, counting, email
 from tests.support.browser import chromium, detached, log_in
 from tests.support.dashboard import PASSWORD, dashboard_bridge, operator_hashes
@@ -75,3 +76,34 @@ async def test_reloading_the_page_after_a_retry_does_not_retry_again(
     assert notice.startswith(f"retried {creds.device_id}/r-1"), notice
     assert [job.attempt for job in counting.calls] == [1, 2], f"the reload sent the retry again: {after}"
     assert after == ""  # the notice is shown once
+
+
+async def test_the_intent_tables_say_when_more_match_than_they_show(
+    dashboard_bridge: Harness, server_cert_files: dict[str, Path], counting: CountingIntegration
+) -> None:
+    bridge = dashboard_bridge
+    creds = await bridge.enroll()
+    client = await bridge.connect(creds)
+    ids = [f"m-{n:03d}" for n in range(INTENT_ROWS + 1)]
+    try:
+        client.send([email(i, subject="fail" if i == ids[0] else "ok") for i in ids])
+        await until(lambda: len(counting.calls) == len(ids), what="every intent ran")
+    finally:
+        await client.stop()
+    base, device = bridge.base_url, creds.device_id
+
+    def pages() -> list[tuple[int, str]]:
+        seen = []
+        with chromium(server_cert_files["cert"]) as driver:
+            log_in(driver, base, PASSWORD)
+            for path in (f"intents?device={device}", f"devices/{device}", "intents?state=failed"):
+                driver.get(f"{base}/ui/{path}")
+                rows = driver.find_elements(By.CSS_SELECTOR, "#intents tbody tr")
+                more = driver.find_elements(By.ID, "more")
+                seen.append((len(rows), more[0].text if more else ""))
+        return seen
+
+    (listed, listed_more), (device_rows, device_more), (failed, failed_more) = await asyncio.to_thread(pages)
+    assert listed == INTENT_ROWS and listed_more.startswith(f"These are the {INTENT_ROWS} most recently changed")
+    assert device_rows == DEVICE_INTENT_ROWS and "more match" in device_more
+    assert (failed, failed_more) == (1, "")  # a filter that matches fewer says nothing more

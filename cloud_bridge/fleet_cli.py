@@ -22,7 +22,7 @@ from rich.text import Text
 
 from cloud_bridge import fleet_query
 from cloud_bridge.errors import BridgeError
-from cloud_bridge.fleet_rules import SORT_KEYS, DeviceRow
+from cloud_bridge.fleet_rules import SORT_KEYS, DeviceRow, clock_text
 from cloud_bridge.settings import build_settings
 from cloud_bridge.store import Store, open_store, require_made
 from intent_contract.console import plain_console
@@ -70,16 +70,6 @@ def link_text(row: DeviceRow, now: float) -> str:
     if row.connected:
         return "connected"
     return "never seen" if row.seen_at is None else f"seen {_ago(now, row.seen_at)}"
-
-
-def clock_text(offset_ms: int | None) -> str:
-    """The edge's clock against the bridge's: '+2h00m' ahead, '-3s' behind."""
-    if offset_ms is None:
-        return "-"
-    edge_minus_bridge = -offset_ms / 1000
-    if abs(edge_minus_bridge) < 1:
-        return "±0s"
-    return ("+" if edge_minus_bridge > 0 else "-") + format_age(abs(edge_minus_bridge))
 
 
 def _print_rows(rows: list[DeviceRow], now: float) -> None:

@@ -142,6 +142,17 @@ class DeviceRow:
         }
 
 
+def clock_text(offset_ms: int | None) -> str:
+    """The edge's clock against the bridge's, as `devices ls` and the dashboard show it: '+2h00m' ahead, '-3s'
+    behind, '±0s' within a second; `offset_ms` is the bridge's clock minus the edge's, as measured."""
+    if offset_ms is None:
+        return "-"
+    edge_minus_bridge = -offset_ms / 1000
+    if abs(edge_minus_bridge) < 1:
+        return "±0s"
+    return ("+" if edge_minus_bridge > 0 else "-") + format_age(abs(edge_minus_bridge))
+
+
 def rfc3339(seconds: float | None) -> str | None:
     return None if seconds is None else format_ms(int(seconds * 1000))
 

@@ -28,7 +28,7 @@ class FleetRow:
     oldest_pending_s: float | None = None
     last_error: str = ""
     version: str = ""
-    clock_offset_s: float | None = None
+    clock_offset_s: float | None = None  # the bridge's clock minus the edge's (fleet_rules.clock_text shows it)
     stuck: bool = False
     anomalies: tuple[str, ...] = ()
 

@@ -25,6 +25,7 @@ from cloud_bridge.dashboard.data import DashboardData, FleetRow
 from cloud_bridge.dashboard.notice import NOTICE_COOKIE, NOTICE_S, notice_text, notice_value
 from cloud_bridge.dashboard.usage_chart import HEIGHT, WIDTH, bars
 from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits
+from cloud_bridge.fleet_rules import clock_text
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.usage import day_of
 from intent_contract.logs import LogThrottle
@@ -65,6 +66,12 @@ def _age(seconds: float | None) -> str:
     return format_age(seconds) if seconds is not None else "-"
 
 
+def _clock(offset_s: float | None) -> str:
+    """The edge's clock against the bridge's as `devices ls` says it ('+2h00m': the edge is ahead); the page
+    showed the bridge's minus the edge's in seconds, '-7200.0 s' for the same edge."""
+    return clock_text(None if offset_s is None else round(offset_s * 1000))
+
+
 class Dashboard:
     def __init__(
         self, data: DashboardData, auth: OperatorAuth, clock: Callable[[], float] = time.time, prefix: str = PREFIX
@@ -76,7 +83,7 @@ class Dashboard:
         self._templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
         )
-        self._templates.filters.update(when=_when, age=_age)
+        self._templates.filters.update(when=_when, age=_age, clock=_clock)
         self._login_gate = EnrollGate(LOGIN_LIMITS)  # enrollment's limiter: the same buckets, other limits
         self._log_refusal = LogThrottle()
         self._password_checks = ThreadPoolExecutor(LOGIN_THREADS, thread_name_prefix="dashboard-login")

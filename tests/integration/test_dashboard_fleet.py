@@ -1,0 +1,56 @@
+"""The dashboard's fleet and device pages in a real headless Chromium, against what a real device reported:
+they say what `cloud-bridge devices ls` says."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from selenium.webdriver.common.by import By
+
+from cloud_bridge import fleet_query
+from cloud_bridge.fleet_rules import clock_text
+from intent_contract.device_wire import encode_health
+from intent_contract.wire import HEALTH
+from tests.support.bridge import Harness, counting
+from tests.support.browser import chromium, log_in
+from tests.support.dashboard import PASSWORD, dashboard_bridge, operator_hashes
+from tests.support.fleet import sample_report
+from tests.support.net import until
+
+__all__ = ["counting", "dashboard_bridge", "operator_hashes"]  # fixtures
+pytestmark = pytest.mark.timeout(120)
+
+
+async def test_an_edge_clock_ahead_is_shown_ahead_as_devices_ls_shows_it(
+    dashboard_bridge: Harness, server_cert_files: dict[str, Path]
+) -> None:
+    bridge = dashboard_bridge
+    store = bridge.bridge.store
+    creds = await bridge.enroll()
+    client = await bridge.connect(creds)
+    try:
+        ahead_ms = (2 * 3600 + 30) * 1000  # the edge's clock is 2h00m30s ahead of the bridge's
+        client.publish(HEALTH, encode_health(sample_report(at=int(time.time() * 1000) + ahead_ms)))
+
+        def reported() -> int | None:
+            rows = fleet_query.overview(store.registry, store.fleet, now=time.time())
+            return rows[0].clock_offset_ms if rows else None
+
+        await until(lambda: asyncio.to_thread(reported), what="the store holds the device's report")
+        cli = clock_text(await asyncio.to_thread(reported))
+
+        def browse() -> tuple[str, str]:
+            with chromium(server_cert_files["cert"]) as driver:
+                log_in(driver, bridge.base_url, PASSWORD)
+                fleet = driver.find_element(By.CSS_SELECTOR, f'tr[data-device="{creds.device_id}"] td.clock').text
+                driver.get(f"{bridge.base_url}/ui/devices/{creds.device_id}")
+                return fleet, driver.find_element(By.ID, "clock").text
+
+        fleet, device = await asyncio.to_thread(browse)
+    finally:
+        await client.stop()
+    assert cli == "+2h00m"  # what `devices ls` prints: the edge is ahead
+    assert (fleet, device) == (cli, cli)

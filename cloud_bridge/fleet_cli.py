@@ -273,7 +273,8 @@ def devices_diagnose(
             why = {
                 fleet_query.Outcome.OFFLINE: f"not connected ({link_text(row, now)}): it cannot be asked",
                 fleet_query.Outcome.UNANSWERABLE: request.detail if request else "",
-                fleet_query.Outcome.NO_ANSWER: f"no answer within {format_age(timeout)}",
+                fleet_query.Outcome.NO_ANSWER: f"no answer within {format_age(timeout)}"
+                + (f" ({request.detail})" if request and request.detail else ""),
             }[outcome]
             console.print(f"no diagnosis: {why}", highlight=False, markup=False)
             if row.report is not None and row.report_at is not None:

@@ -22,7 +22,15 @@ from prometheus_client import Counter as PromCounter
 
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.fleet import TELEMETRY_AGE_S, FleetStore, Flush, Received, RequestState, Sighting, hour_of
-from cloud_bridge.fleet_rules import HEARTBEAT_S, AnomalyKind, DeviceLike, anomalies
+from cloud_bridge.fleet_rules import (
+    HEARTBEAT_S,
+    WAITING,
+    AnomalyKind,
+    DeviceLike,
+    DiagnoseStep,
+    anomalies,
+    diagnose_step,
+)
 from cloud_bridge.own_threads import own_thread
 from intent_contract.accept_limits import address_key
 from intent_contract.codec import Envelope
@@ -64,6 +72,9 @@ class FleetDesk:
         self._node = node
         self._send: Callable[[str, str, bytes], bool] = lambda _device, _leaf, _data: False
         self._held: Callable[[], Sequence[str]] = list
+        self._subscribed: Callable[[str, str], bool] = lambda _device, _leaf: False
+        self._connected_at: dict[str, float] = {}  # when each device's session here began
+        self._waiting: set[str] = set()  # requests said to wait for their device's SUBSCRIBE
         self._devices = devices
         self._clock = clock
         self._sightings: list[Sighting] = []
@@ -90,11 +101,17 @@ class FleetDesk:
         for kind in AnomalyKind:
             self.anomalies.labels(str(kind)).set(0)
 
-    def attach(self, send: Callable[[str, str, bytes], bool], held: Callable[[], Sequence[str]]) -> None:
-        """Connect the listener: its `send` (False when the device is not here or not subscribed) and the
-        devices whose session it holds."""
+    def attach(
+        self,
+        send: Callable[[str, str, bytes], bool],
+        held: Callable[[], Sequence[str]],
+        subscribed: Callable[[str, str], bool],
+    ) -> None:
+        """Connect the listener: its `send` (False when the device is not here or not subscribed), the devices
+        whose session it holds, and whether a device here is subscribed to a leaf of its topics."""
         self._send = send
         self._held = held
+        self._subscribed = subscribed
 
     # -- hooks: memory only ----------------------------------------------------------------------
 
@@ -102,6 +119,7 @@ class FleetDesk:
         """The gate let an enrolled device in (device_gate.ConnectTelemetry)."""
         self._sight(Sighting(device_id, at, address_key(address)))
         self._history_at.pop(device_id, None)  # its first report after a connect goes to the history
+        self._connected_at[device_id] = at
 
     def refused(self, device_id: str, address: str, code: str, at: float) -> None:
         """The gate refused a CONNECT naming an enrolled device."""
@@ -251,6 +269,7 @@ class FleetDesk:
         self._counts_stale = self._counts_stale or bool(flush.sightings or flush.volume)
         for gone in flush.released:
             self._last_report.pop(gone, None)
+            self._connected_at.pop(gone, None)
 
     async def poll_requests(self) -> None:
         """Send the diagnose requests of devices this node holds; a device that cannot answer is said so."""
@@ -258,24 +277,39 @@ class FleetDesk:
         for request_id, (_device, sent_at) in list(self._sent.items()):
             if sent_at < now - REQUEST_TTL_S:  # never answered: the asker gave up long ago
                 del self._sent[request_id]
-        for request in await own_thread(self._fleet.pending, now - REQUEST_TTL_S):
-            device_id = request.device_id
+        pending = await own_thread(self._fleet.pending, now - REQUEST_TTL_S)
+        self._waiting &= {r.request_id for r in pending}
+        for request in pending:
+            device_id, request_id = request.device_id, request.request_id
             if device_id not in self._held():
                 continue  # another node's, or nobody's: the asker gives up after its timeout
+            connected_at = self._connected_at.get(device_id, float("-inf"))
+            step = diagnose_step(
+                subscribed=self._subscribed(device_id, DIAGNOSE),
+                reported=self._last_report.get(device_id, float("-inf")) >= connected_at,
+                connected_for=now - connected_at,
+            )
+            if step is DiagnoseStep.WAIT:
+                if request_id not in self._waiting:  # said once in the row, for the asker; asked again next poll
+                    self._waiting.add(request_id)
+                    await own_thread(self._fleet.mark, request_id, RequestState.PENDING, self._node, WAITING, now)
+                continue
+            if step is DiagnoseStep.UNANSWERABLE:
+                detail = "the device does not take diagnose requests: its edge is older than this bridge"
+                await own_thread(self._fleet.mark, request_id, RequestState.UNANSWERABLE, self._node, detail, now)
+                continue
             # Taken (and known here) before it goes out: the answer can come back before a write after the
             # send returns, and was then dropped as not asked for by this node.
-            taken = await own_thread(self._fleet.mark, request.request_id, RequestState.SENT, self._node, "", now)
+            taken = await own_thread(self._fleet.mark, request_id, RequestState.SENT, self._node, "", now)
             if not taken:
                 continue  # another node took it
-            self._sent[request.request_id] = (device_id, now)
-            if not self._send(device_id, DIAGNOSE, encode_diagnose(request.request_id)):
-                del self._sent[request.request_id]
-                detail = "the device does not take diagnose requests: its edge is older than this bridge"
-                await own_thread(
-                    self._fleet.mark, request.request_id, RequestState.UNANSWERABLE, self._node, detail, now
-                )
+            self._sent[request_id] = (device_id, now)
+            if not self._send(device_id, DIAGNOSE, encode_diagnose(request_id)):
+                # It left (or was cut off as a slow reader) since: pending again, for the node it comes back to.
+                del self._sent[request_id]
+                await own_thread(self._fleet.mark, request_id, RequestState.PENDING, self._node, "", now)
                 continue
-            logger.info("diagnose request %s sent", request.request_id, extra={"device_id": device_id})
+            logger.info("diagnose request %s sent", request_id, extra={"device_id": device_id})
 
     async def count_anomalies(self) -> dict[str, int]:
         """Refresh `bridge_device_anomalies` from the store; returns the counts."""

@@ -82,6 +82,29 @@ def anomalies(telemetry: Telemetry | None, *, enrolled_at: float, now: float) ->
     return tuple(found)
 
 
+class DiagnoseStep(StrEnum):
+    """What the node holding a device does with a diagnose request for it (`diagnose_step`)."""
+
+    SEND = "send"
+    WAIT = "wait"  # connected here but not subscribed to diagnose requests yet: it is still starting its session
+    UNANSWERABLE = "unanswerable"  # an edge older than diagnose requests: it never subscribes to them
+
+
+SUBSCRIBE_GRACE_S = 10.0  # an edge subscribes right after it connects; one that has not after this is too old
+WAITING = "waiting for the device to subscribe to diagnose requests (it is starting its session)"
+
+
+def diagnose_step(*, subscribed: bool, reported: bool, connected_for: float) -> DiagnoseStep:
+    """Send when the device takes diagnose requests now. A device not subscribed yet is only told to be too old
+    once it has been connected for SUBSCRIBE_GRACE_S without reporting its health (an edge that reports knows
+    diagnose requests too): one asked between its CONNECT and its SUBSCRIBE, mid-reconnect, was called too old."""
+    if subscribed:
+        return DiagnoseStep.SEND
+    if reported or connected_for < SUBSCRIBE_GRACE_S:
+        return DiagnoseStep.WAIT
+    return DiagnoseStep.UNANSWERABLE
+
+
 def session_live(state: DeviceState | None, nodes: Mapping[str, float], now: float) -> bool:
     """True when a node holds the device's session and that node is alive (its heartbeat is fresh)."""
     if state is None or not state.node:

@@ -78,6 +78,9 @@ class DeviceFrontDoor(Protocol):
     def holds(self, device_id: str) -> bool:
         """True when the device has a live connection here."""
 
+    def subscribed(self, device_id: str, topic: str) -> bool:
+        """True when the device is connected here and subscribed to `topic`."""
+
     def send(self, device_id: str, topic: str, data: bytes) -> bool:
         """Start a QoS 1 send if the device is connected and subscribed to `topic`; False if not."""
 

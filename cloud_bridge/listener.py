@@ -144,6 +144,10 @@ class BridgeListener:
         """`publish`, saying whether the device was connected here and subscribed to that topic."""
         return self._door.send(device_id, device_topic(device_id, leaf), data)
 
+    def subscribed(self, device_id: str, leaf: str) -> bool:
+        """True when the device is connected here and subscribed to `devices/{device_id}/{leaf}`."""
+        return self._door.subscribed(device_id, device_topic(device_id, leaf))
+
     def holds(self, device_id: str) -> bool:
         """True when this node has a live session of the device."""
         return self._door.holds(device_id)

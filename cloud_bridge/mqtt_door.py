@@ -157,6 +157,11 @@ class MqttFrontDoor:
     def holds(self, device_id: str) -> bool:
         return device_id in self._connections
 
+    def subscribed(self, device_id: str, topic: str) -> bool:
+        """True when the device is connected here and subscribed to `topic`."""
+        connection = self._connections.get(device_id)
+        return connection is not None and topic in connection.subscriptions
+
     def send(self, device_id: str, topic: str, data: bytes) -> bool:
         connection = self._connections.get(device_id)
         if connection is None or topic not in connection.subscriptions:

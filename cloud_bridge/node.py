@@ -192,7 +192,7 @@ class Bridge:
         service.attach(
             listener.publish, executor.wake, listener.holds, slots=executor if self.ledger.claims_at_admission else None
         )
-        desk.attach(listener.send, listener.connected)
+        desk.attach(listener.send, listener.connected, listener.subscribed)
         ops = Ops(
             self.metrics, self.ledger, self.registry, connected=lambda: len(listener.connected()), clock=self._clock
         )

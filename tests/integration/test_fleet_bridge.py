@@ -10,10 +10,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cloud_bridge import fleet_query, listener
+from cloud_bridge.fleet import DiagnoseRequest
 from cloud_bridge.settings import BridgeSettings
 from cloud_bridge.topic_acl import Access
 from edge_outbox import ops
@@ -24,7 +26,7 @@ from edge_outbox.intake_rules import admit
 from edge_outbox.ops import QueueLimits
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
-from intent_contract.device_wire import Diagnosis, encode_diagnosis, encode_health
+from intent_contract.device_wire import Diagnosis, decode_diagnose, encode_diagnosis, encode_health
 from intent_contract.wire import ACKS, CONFIRMS, DIAGNOSE, DIAGNOSIS, HEALTH, INTENTS
 from tests.support.bridge import (
     CountingIntegration,
@@ -193,3 +195,44 @@ async def test_a_diagnosis_is_asked_through_the_store_and_answered_by_the_node_h
 async def _harness(settings: BridgeSettings, ca: Path) -> AsyncIterator[Harness]:
     async for h in running_bridge(settings, ca, {"email.send": CountingIntegration()}):
         yield h
+
+
+async def test_a_device_asked_before_it_subscribes_is_waited_for_not_called_too_old(harness: Harness) -> None:
+    """Mid-reconnect: the device's session is here and it has reported its health, but its SUBSCRIBE to diagnose
+    requests has not come yet. The node called it too old at once; now the request waits for it."""
+    creds = await harness.enroll()
+    client = await harness.connect(creds)  # subscribes to its acks only, so far
+    fleet = harness.bridge.store.fleet
+    topic = f"devices/{creds.device_id}/{DIAGNOSE}"
+    try:
+        client.publish(HEALTH, encode_health(dataclasses.replace(sample_report(), at=int(time.time() * 1000))))
+
+        async def reported() -> bool:
+            return (await _overview(harness))[creds.device_id].report is not None
+
+        await until(reported, what="the report stored")
+
+        def answer(_client: object, _userdata: object, message: Any) -> None:
+            request_id = decode_diagnose(message.payload)
+            client.publish(DIAGNOSIS, encode_diagnosis(Diagnosis(request_id, sample_report(), (), (), 1, "b", "mqtt")))
+
+        client.mqtt.message_callback_add(topic, answer)
+        asked = asyncio.create_task(
+            asyncio.to_thread(fleet_query.diagnose, harness.bridge.registry, fleet, creds.device_id, timeout=30)
+        )
+
+        waiting: list[DiagnoseRequest] = []
+
+        def judged() -> bool:  # the node has looked at the request: it waits (said in the row), or it answered
+            waiting[:] = [r for r in fleet.pending(0.0) if r.detail]
+            return bool(waiting) or asked.done()
+
+        await until(lambda: asyncio.to_thread(judged), what="the node judged the request")
+        assert not asked.done(), f"answered before the device subscribed: {asked.result()}"
+        assert waiting[0].detail.startswith("waiting for the device to subscribe"), waiting
+        client.mqtt.subscribe(topic, qos=1)  # the SUBSCRIBE arrives
+        result = await asked
+    finally:
+        await client.stop()
+    assert result.outcome is fleet_query.Outcome.ANSWERED, result
+    assert result.diagnosis is not None and result.diagnosis.bridge == "b"

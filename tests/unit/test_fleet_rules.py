@@ -10,10 +10,13 @@ from cloud_bridge.fleet_rules import (
     ADDRESSES,
     AUTH_FAILURES,
     STALE_AFTER_S,
+    SUBSCRIBE_GRACE_S,
     VOLUME_FLOOR,
     AnomalyKind,
+    DiagnoseStep,
     anomalies,
     device_row,
+    diagnose_step,
     session_live,
 )
 from edge_outbox.fleet_link import window_text
@@ -124,3 +127,14 @@ def test_the_edges_report_and_diagnosis_are_built_from_what_it_knows() -> None:
 def test_forwarding_windows_are_reported_as_they_were_given() -> None:
     for text in ("02:00-04:00", "22:30-02:05", "00:00-23:59"):
         assert window_text(Window.parse(text)) == text
+
+
+def test_a_device_not_subscribed_yet_is_waited_for_until_it_has_shown_itself_too_old() -> None:
+    def step(subscribed: bool, reported: bool, connected_for: float) -> DiagnoseStep:
+        return diagnose_step(subscribed=subscribed, reported=reported, connected_for=connected_for)
+
+    assert step(True, False, 3600.0) is DiagnoseStep.SEND
+    assert step(False, False, 0.05) is DiagnoseStep.WAIT  # between its CONNECT and its SUBSCRIBE
+    assert step(False, True, 3600.0) is DiagnoseStep.WAIT  # it reports, so it knows diagnose requests
+    assert step(False, False, SUBSCRIBE_GRACE_S - 0.1) is DiagnoseStep.WAIT
+    assert step(False, False, SUBSCRIBE_GRACE_S) is DiagnoseStep.UNANSWERABLE  # an edge older than them

@@ -85,11 +85,3 @@ class AuditQuery:
             raise ValueError("empty device id; use None for all devices")
         if self.tenant is not None and not self.tenant:
             raise ValueError("empty tenant; use None for all tenants")
-
-
-def count_events(records: list[AuditRecord]) -> dict[str, int]:
-    """How many records of each event, e.g. for a CLI summary line."""
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[str(record.event)] = counts.get(str(record.event), 0) + 1
-    return counts

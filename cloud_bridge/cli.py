@@ -18,7 +18,6 @@ from typing import Any
 import click
 
 from cloud_bridge import cli_run, fleet_cli, intents_cli, offline_cli, usage_cli
-from cloud_bridge.audit import count_events
 from cloud_bridge.certs import parse_owner, write_dev_certs
 from cloud_bridge.cli_common import (
     clean_errors,
@@ -213,11 +212,17 @@ def audit(
 @clean_errors
 def status(data_dir: Path, store: str | None, config_path: Path | None, since: str, as_json: bool) -> None:
     """Device counts and audit event counts over a recent window."""
+    since_s = _parse_since(since, time.time())
     opened = _store(data_dir, store, config_path)
     require_made(opened)
-    counts = _registry(data_dir, store, config_path).counts()
-    records = run_async(_read_audit(opened, None, _parse_since(since, time.time()), 100_000))
-    doc = {"devices": counts, "events": count_events(records)}
+    opened.migrate(True)
+    opened.registry.open()  # the PostgreSQL registry owns the sync pool the intents share
+    try:
+        opened.intents.open()
+        counts, events = opened.registry.counts(), opened.intents.audit_counts(since_s)
+    finally:
+        opened.registry.close()
+    doc = {"devices": counts, "events": events}
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return

@@ -188,6 +188,16 @@ class SqlIntents:
                 )
             return [entry_from_row(row) for row in rows.fetchall()]
 
+    def audit_counts(self, since: float) -> dict[str, int]:
+        """How many audit records of each event from `since` on: counted by the store (through `audit_at`), so
+        the counts are the window's however many there are (`cloud-bridge status` read at most 100,000 records
+        into memory and counted those)."""
+        with self._transaction() as conn:
+            rows = self._run(
+                conn, "SELECT event, count(*) AS n FROM audit WHERE at >= ? GROUP BY event ORDER BY event", (since,)
+            ).fetchall()
+        return {str(row["event"]): int(row["n"]) for row in rows}
+
     def history(self, device_id: str, intent_id: str, limit: int = 100) -> list[AuditRecord]:
         """The row's audit records, oldest first (the last `limit`)."""
         with self._transaction() as conn:

@@ -208,6 +208,14 @@ class Bridge:
         )
         dashboard_config = settings.config.dashboard
         if dashboard_config.enabled:
+            if settings.store_url.shared and dashboard_config.secret("session_key") is None:
+                # Each node then signs with a key of its own: behind a load balancer, every request that reaches
+                # another node than the login's is sent back to the login page, and its forms are refused.
+                logger.warning(
+                    "[dashboard] has no session key: this node signs sessions with a key made at start, which no"
+                    " other node sharing this store accepts; give every node the same session_key_env or"
+                    " session_key_file (docs/dashboard.md)"
+                )
             auth = OperatorAuth(dashboard_config.operators, dashboard_config.key_bytes())
             data = StoreData(
                 self.registry, self.store.fleet, self._clock, ledger=self.ledger, intents=self.store.intents

@@ -4,6 +4,7 @@ an action led to does not take the action again; a table that shows fewer intent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,14 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from cloud_bridge.dashboard.auth import COOKIE
 from cloud_bridge.dashboard.views import DEVICE_INTENT_ROWS, INTENT_ROWS
-from tests.support.bridge import CountingIntegration, Harness, counting, email
+from cloud_bridge.store.url import StoreUrl
+from tests.support.bridge import CountingIntegration, Harness, counting, email, make_settings, running_bridge
 from tests.support.browser import chromium, detached, log_in
 from tests.support.dashboard import PASSWORD, dashboard_bridge, operator_hashes
 from tests.support.net import until
+from tests.support.stores import pg_url
 
-__all__ = ["counting", "dashboard_bridge", "operator_hashes"]  # fixtures
+__all__ = ["counting", "dashboard_bridge", "operator_hashes", "pg_url"]  # fixtures
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -107,3 +110,38 @@ async def test_the_intent_tables_say_when_more_match_than_they_show(
     assert listed == INTENT_ROWS and listed_more.startswith(f"These are the {INTENT_ROWS} most recently changed")
     assert device_rows == DEVICE_INTENT_ROWS and "more match" in device_more
     assert (failed, failed_more) == (1, "")  # a filter that matches fewer says nothing more
+
+
+async def test_nodes_sharing_a_store_without_a_session_key_say_their_sessions_are_their_own(
+    tmp_path: Path,
+    server_cert_files: dict[str, Path],
+    operator_hashes: dict[str, str],
+    pg_url: StoreUrl,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two nodes on one PostgreSQL store, no session key: each made its own, so a login on node A is no session
+    on node B (the browser shows B's login page). Nothing said so; now each node warns at start."""
+    nodes = [
+        make_settings(
+            tmp_path / n, server_cert_files, store=pg_url, node_id=n, dashboard={"operators": operator_hashes}
+        )
+        for n in ("node-a", "node-b")
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        a, b = [
+            await stack.enter_async_context(contextlib.aclosing(running_bridge(s, server_cert_files["ca"], {})))
+            for s in nodes
+        ]
+        harness_a, harness_b = await anext(a), await anext(b)
+
+        def browse() -> tuple[bool, bool]:
+            with chromium(server_cert_files["cert"]) as driver:
+                log_in(driver, harness_a.base_url, PASSWORD)
+                on_a = bool(driver.find_elements(By.ID, "fleet"))
+                driver.get(f"{harness_b.base_url}/ui/")  # the same host: the browser sends the same cookie
+                return on_a, bool(driver.find_elements(By.ID, "fleet"))
+
+        on_a, on_b = await asyncio.to_thread(browse)
+    assert (on_a, on_b) == (True, False)  # what an operator behind a load balancer meets
+    warnings = [r for r in caplog.records if "[dashboard] has no session key" in r.getMessage()]
+    assert len(warnings) == 2, caplog.text  # each node said so

@@ -87,6 +87,18 @@ class Purged:
     audit: int
 
 
+def listing_sql(where: Sequence[str]) -> str:
+    """The operators' listing: the newest changed rows matching `where` (one `?` more: the limit).
+
+    The sort picks keys only, then the rows are read by key. Sorting whole rows (payloads included) for the
+    newest 200 of a million took 1.3-1.4 s on SQLite and 0.58 s on PostgreSQL; sorting their keys, 0.4 s and
+    0.26 s. No index on `updated`: every state change would write it, and without statistics SQLite walked
+    it for a filter that matches nothing (5.6 s against a 0.26 s scan)."""
+    order = "ORDER BY updated DESC, seq DESC"
+    matching = " AND ".join(where) or "1 = 1"
+    return f"SELECT * FROM intents WHERE seq IN (SELECT seq FROM intents WHERE {matching} {order} LIMIT ?) {order}"
+
+
 def operator_detail(event: LedgerEvent, operator: str) -> str:
     """The row's and the audit's detail for an operator's event: who did it."""
     done = "retried" if event is LedgerEvent.REQUEUE else "cancelled"
@@ -170,11 +182,7 @@ class SqlIntents:
                 where.append(f"{column} = ?")
                 params.append(value)
         with self._transaction() as conn:
-            rows = self._run(
-                conn,
-                f"SELECT * FROM intents WHERE {' AND '.join(where)} ORDER BY updated DESC, seq DESC LIMIT ?",
-                (*params, query.limit),
-            ).fetchall()
+            rows = self._run(conn, listing_sql(where), (*params, query.limit)).fetchall()
         return [entry_from_row(row) for row in rows]
 
     def find(self, intent_id: str, device_id: str | None = None) -> list[LedgerEntry]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_bridge.intent_sql import listing_sql
 from cloud_bridge.ledger import WAITING_SQL
 from cloud_bridge.ledger_sqlite import ANNOUNCED_SQL, UNCONFIRMED_SQL, SqliteLedger, due_sql, lapsed_sql
 
@@ -62,3 +63,13 @@ def test_results_resent_on_subscribe_are_found_through_their_partial_indexes(led
     assert "USING INDEX intents_unconfirmed (device_id=?)" in found and "TEMP B-TREE" not in found, found
     found = plan(ledger_db, ANNOUNCED_SQL, ("dev-1",))
     assert "USING INDEX intents_announce (device_id=?)" in found, found
+
+
+@pytest.mark.parametrize("where", [[], ["tenant = ?"], ["state = ?", "kind = ?"]])
+def test_the_operators_listing_sorts_keys_and_reads_rows_by_key(
+    ledger_db: sqlite3.Connection, where: list[str]
+) -> None:
+    """Sorting whole rows (payloads too) to list the newest 200 of 1M took 1.3-1.4 s; sorting keys, 0.4 s."""
+    found = plan(ledger_db, listing_sql(where), ("x",) * len(where) + (200,))
+    assert found.startswith("SEARCH intents USING INTEGER PRIMARY KEY (rowid=?)"), found
+    assert "LIST SUBQUERY" in found, found

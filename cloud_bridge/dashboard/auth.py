@@ -57,22 +57,29 @@ class OperatorAuth:
     def _sign(self, text: str) -> str:
         return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
 
+    def _sign_session(self, body: str, name: str) -> str:
+        """A session's signature covers the operator's password hash too: a new password (a new hash in the
+        config) ends the sessions made with the old one; they named their operator until they expired."""
+        return self._sign(f"{body}\n{self._users.get(name, UNUSABLE_HASH)}")
+
     def session(self, name: str, now: float) -> str:
         """A cookie value for `name`, valid for SESSION_S."""
         body = base64.urlsafe_b64encode(f"{name}:{int(now + SESSION_S)}".encode()).decode()
-        return f"{body}.{self._sign(body)}"
+        return f"{body}.{self._sign_session(body, name)}"
 
     def operator(self, cookie: str | None, now: float) -> Operator | None:
-        """The operator a cookie names, if it is ours, unexpired and the operator still exists."""
+        """The operator a cookie names, if it is ours, unexpired, and the operator still exists with the password
+        the session was made under."""
         if not cookie or not cookie.isascii() or cookie.count(".") != 1:
             return None
         body, signature = cookie.split(".")
-        if not hmac.compare_digest(signature.encode(), self._sign(body).encode()):
-            return None
         try:
             name, _, expiry = base64.urlsafe_b64decode(body.encode()).decode().rpartition(":")
             expires = int(expiry)
-        except ValueError:
+        except ValueError:  # not base64 (binascii.Error), not UTF-8, no number: not ours
+            return None
+        # Compared before anything else is judged, for every name (an unknown one against UNUSABLE_HASH).
+        if not hmac.compare_digest(signature.encode(), self._sign_session(body, name).encode()):
             return None
         if expires < now or name not in self._users:
             return None

@@ -67,3 +67,12 @@ def test_a_short_key_or_a_bad_operator_name_is_refused() -> None:
         OperatorAuth({}, b"short")
     with pytest.raises(ValueError, match="valid name"):
         OperatorAuth({"bad name": "x"}, KEY)
+
+
+def test_a_new_password_ends_the_sessions_made_with_the_old_one(auth: OperatorAuth) -> None:
+    """A password changed after a leak (a new hash in the config, a restart): a session taken before, with the
+    same session key (shared by the nodes, so kept), named its operator for the rest of its 12 hours."""
+    cookie = auth.session("alice", NOW)
+    changed = OperatorAuth({"alice": hash_password("new horse")}, KEY)
+    assert changed.operator(cookie, NOW + 60) is None
+    assert changed.operator(changed.session("alice", NOW), NOW + 60) == auth.operator(cookie, NOW + 60)

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from cloud_bridge import cli_run, fleet_cli, intents_cli, offline_cli, usage_cli
+from cloud_bridge.audit import AuditQuery
 from cloud_bridge.certs import parse_owner, write_dev_certs
 from cloud_bridge.cli_common import (
     clean_errors,
@@ -174,7 +175,10 @@ async def _read_audit(
 @click.option("--device", default=None, help="Only this device id.")
 @click.option("--tenant", default=None, help="Only this tenant's devices.")
 @click.option("--since", default=None, help="RFC 3339 time or a duration back from now (e.g. 2h).")
-@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 100_000), help="At most this many.")
+@click.option(
+    "--limit", default=1000, show_default=True, type=click.IntRange(1, AuditQuery.MAX_LIMIT),
+    help="At most this many, the oldest first (a line on stderr says when more match).",
+)  # fmt: skip
 @json_option
 @clean_errors
 def audit(
@@ -193,7 +197,13 @@ def audit(
         if name is not None and not is_name(name):
             raise click.ClickException(f"{flag}: '{readable(name)}' is not a valid name")
     since_s = None if since is None else _parse_since(since, time.time())
-    records = run_async(_read_audit(_store(data_dir, store, config_path), device, since_s, limit, tenant))
+    # One more than shown, to say when the limit cut the window: oldest first, what it cuts is the newest.
+    asked = min(limit + 1, AuditQuery.MAX_LIMIT)
+    records = run_async(_read_audit(_store(data_dir, store, config_path), device, since_s, asked, tenant))
+    if len(records) > limit or len(records) == AuditQuery.MAX_LIMIT:
+        records = records[:limit]
+        click.echo(f"only the oldest {limit} records are shown; more match (raise --limit, or a later --since)",
+                   err=True)  # fmt: skip
     if as_json:
         click.echo(json.dumps([r.to_json() for r in records], indent=2))
         return

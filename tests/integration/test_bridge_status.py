@@ -40,3 +40,17 @@ def test_status_counts_every_event_of_its_window(store_url: StoreUrl) -> None:
         "devices": {"active": 0, "revoked": 0},
         "events": {"accept": MANY, "deliver": 3},
     }
+
+
+def test_audit_says_when_its_limit_left_the_newest_records_out(store_url: StoreUrl) -> None:
+    """The audit prints oldest first: a window with more records than --limit lost its newest ones silently."""
+    made(store_url)
+    now = time.time()
+    _add_audit(store_url, [(now - 60 + n, "accept") for n in range(5)])
+    where = ["--store", str(store_url), "--since", "1h", "--json"]
+    cut = CliRunner().invoke(main, ["audit", "--limit", "3", *where])
+    assert cut.exit_code == 0, cut.output
+    assert [r["intent_id"] for r in json.loads(cut.stdout)] == ["i-0", "i-1", "i-2"]
+    assert cut.stderr == "only the oldest 3 records are shown; more match (raise --limit, or a later --since)\n"
+    whole = CliRunner().invoke(main, ["audit", "--limit", "5", *where])
+    assert (len(json.loads(whole.stdout)), whole.stderr) == (5, "")

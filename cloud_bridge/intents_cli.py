@@ -53,6 +53,13 @@ def _opened(data_dir: Path, store: str | None, config_path: Path | None) -> Iter
         opened.registry.close()
 
 
+def _at_most(rows: list[IntentInfo], limit: int) -> list[IntentInfo]:
+    """The first `limit` rows; a line on stderr when there were more (or as many as a listing returns at most)."""
+    if len(rows) > limit or len(rows) == IntentQuery.MAX_LIMIT:
+        click.echo(f"only the {limit} most recently changed are shown; more match (raise --limit, or filter)", err=True)
+    return rows[:limit]
+
+
 def _print_rows(rows: list[IntentInfo], now: float) -> None:
     table = Table(box=None, pad_edge=False)
     table.add_column("device", no_wrap=True, min_width=max((len(r.device_id) for r in rows), default=6))
@@ -116,7 +123,7 @@ def register(main: click.Group, store_options: Decorator, json_option: Decorator
         default=100,
         show_default=True,
         type=click.IntRange(1, IntentQuery.MAX_LIMIT),
-        help="At most this many.",
+        help="At most this many, the most recently changed (a line on stderr says when more match).",
     )
     @json_option
     def ls(
@@ -125,11 +132,14 @@ def register(main: click.Group, store_options: Decorator, json_option: Decorator
     ) -> None:  # fmt: skip
         """Intents in the ledger, the most recently changed first."""
         try:
-            query = IntentQuery(device, tenant, operator_api.state_of(state), kind, limit)
+            # One more than shown, to say when more match (a script retrying what `ls` lists would miss them).
+            query = IntentQuery(
+                device, tenant, operator_api.state_of(state), kind, min(limit + 1, IntentQuery.MAX_LIMIT)
+            )
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--state") from None
         with _opened(data_dir, store, config_path) as (ops, _):
-            rows = operator_api.list_intents(ops, query)
+            rows = _at_most(operator_api.list_intents(ops, query), limit)
         if as_json:
             click.echo(json.dumps([r.to_json() for r in rows], indent=2))
         elif rows:

@@ -117,3 +117,13 @@ async def test_purge_uses_the_flags_or_the_configured_retention(
     assert bad.exit_code == 1 and "--older-than" in bad.output
     zero = cli(store_url, tmp_path, "purge", "--older-than", "0s")
     assert zero.exit_code == 1 and "positive" in zero.output
+
+
+async def test_ls_says_when_its_limit_left_rows_out(store: Store, store_url: StoreUrl, tmp_path: Path) -> None:
+    await _setup(store)
+    cut = cli(store_url, tmp_path, "ls", "--limit", "1", "--json")
+    assert cut.exit_code == 0, cut.output
+    assert [r["intent_id"] for r in json.loads(cut.stdout)] == ["queued-1"]
+    assert cut.stderr == "only the 1 most recently changed are shown; more match (raise --limit, or filter)\n"
+    whole = cli(store_url, tmp_path, "ls", "--limit", "2", "--json")
+    assert (len(json.loads(whole.stdout)), whole.stderr) == (2, "")

@@ -11,6 +11,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from cloud_bridge import fleet_query
+from cloud_bridge.fleet_cli import link_text
 from cloud_bridge.fleet_rules import clock_text
 from intent_contract.device_wire import encode_health
 from intent_contract.wire import HEALTH
@@ -54,3 +55,23 @@ async def test_an_edge_clock_ahead_is_shown_ahead_as_devices_ls_shows_it(
         await client.stop()
     assert cli == "+2h00m"  # what `devices ls` prints: the edge is ahead
     assert (fleet, device) == (cli, cli)
+
+
+async def test_a_device_never_seen_is_said_so_as_devices_ls_says_it(
+    dashboard_bridge: Harness, server_cert_files: dict[str, Path]
+) -> None:
+    creds = await dashboard_bridge.enroll()  # enrolled, never connected
+    [row] = await asyncio.to_thread(
+        fleet_query.overview, dashboard_bridge.bridge.registry, dashboard_bridge.bridge.store.fleet, now=time.time()
+    )
+
+    def browse() -> tuple[str, str]:
+        with chromium(server_cert_files["cert"]) as driver:
+            log_in(driver, dashboard_bridge.base_url, PASSWORD)
+            fleet = driver.find_element(By.CSS_SELECTOR, f'tr[data-device="{creds.device_id}"] td.link').text
+            driver.get(f"{dashboard_bridge.base_url}/ui/devices/{creds.device_id}")
+            return fleet, driver.find_element(By.ID, "summary").text
+
+    fleet, summary = await asyncio.to_thread(browse)
+    assert link_text(row, time.time()) == "never seen"  # devices ls
+    assert fleet == "never seen" and summary.startswith("never seen;"), (fleet, summary)  # was "last seen -"

@@ -36,9 +36,13 @@ from cloud_bridge.ledger_states import (
     target,
 )
 from cloud_bridge.outcome import UNANSWERED
+from cloud_bridge.usage import tally
+from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
+from cloud_bridge.usage_sql import upsert_rows
 from intent_contract.wire import MAX_DETAIL
 
 _LIVE = sql_states(LIVE_STATES)
+USAGE_WRITER = "operator"  # the usage rows operators' cancels add to (PostgreSQL: no node's row is waited for)
 CANCELLED = "cancelled"  # the code of a row an operator cancelled
 REQUEUED = "requeued"  # the code of a row an operator retried, until it runs
 # An operation's UPDATE is tried again when the row moved, between it and the SELECT after it, into a state
@@ -275,6 +279,11 @@ class SqlIntents:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (now, device_id, entry.tenant, intent_id, entry.kind, str(audit), "", code, entry.detail),
             )
+            # A cancel ends the intent: counted in usage with its audit row, as every other end is (it was not).
+            ended = tally(entry.tenant, device_id, entry.kind, audit, now)
+            if ended is not None:
+                [row] = upsert_rows([ended], USAGE_WRITER)
+                self._run(conn, USAGE_UPSERT, row)
             self._signal(conn, device_id)
         return entry
 

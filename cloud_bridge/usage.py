@@ -35,6 +35,7 @@ _OUTCOMES: dict[AuditEvent, tuple[int, int, int, int]] = {
     AuditEvent.FAIL: (0, 1, 0, 0),
     AuditEvent.EXPIRE: (0, 0, 1, 0),
     AuditEvent.REJECT: (0, 0, 0, 1),
+    AuditEvent.CANCEL: (0, 1, 0, 0),  # an operator ended it: failed, code `cancelled`
 }
 
 

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from cloud_bridge.audit import AuditEvent, AuditQuery, AuditRecord
 from cloud_bridge.errors import BridgeError, TransientError
+from cloud_bridge.fleet_sql import sqlite_transaction
 from cloud_bridge.ledger import (
     DEFAULT_LEASE,
     DEPTH_SQL,
@@ -135,6 +136,7 @@ class SqliteLedger:
             hooks=WriterHooks(convert=_convert, expected=(BridgeError,)),
         )
         self._finishes = JoinedFinishes(lambda take: self._call(lambda conn: _finish_rows(conn, take())))
+        self._reads = sqlite_transaction(self.path, "ledger")
 
     def __repr__(self) -> str:
         return f"SqliteLedger({str(self.path)!r})"
@@ -171,6 +173,19 @@ class SqliteLedger:
         if not self._writer.running:
             raise RuntimeError("ledger is not open")
         return await self._writer.call(fn, writes=writes)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """An operator's read (usage, audit) on a connection of its own, beside the writer (WAL: neither waits
+        for the other). On the writer's thread it held every admission and result behind it: the dashboard's
+        usage page of 5,000 devices (600,000 rollup rows) stalled the node's ledger for 1.0-1.8 s."""
+        if not self._writer.running:
+            raise RuntimeError("ledger is not open")
+
+        def run() -> T:
+            with self._reads() as conn:
+                return fn(conn)
+
+        return await own_thread(run)
 
     # -- admission --------------------------------------------------------------------------------
 
@@ -385,7 +400,7 @@ class SqliteLedger:
         def run(conn: sqlite3.Connection) -> list[UsageRow]:
             return [row_from_sums(dict(zip(r.keys(), r, strict=True))) for r in conn.execute(text, params)]
 
-        return await self._call(run, writes=False)
+        return await self._read(run)
 
     async def audit(
         self, device_id: str | None = None, since: float | None = None, limit: int = 1000, *, tenant: str | None = None
@@ -409,7 +424,7 @@ class SqliteLedger:
             ).fetchall()
             return [_audit_record(row) for row in rows]
 
-        return await self._call(run, writes=False)
+        return await self._read(run)
 
     async def purge(self, older_than: float) -> int:
         """Delete final rows the edge confirmed whose last change is before `older_than`.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -34,7 +35,7 @@ from cloud_bridge.fleet_rules import (
 from cloud_bridge.own_threads import own_thread
 from intent_contract.accept_limits import address_key
 from intent_contract.codec import Envelope
-from intent_contract.device_wire import HealthReport, decode_diagnosis, decode_health, encode_diagnose
+from intent_contract.device_wire import Diagnosis, HealthReport, decode_diagnosis, decode_health, encode_diagnose
 from intent_contract.errors import DecodeError
 from intent_contract.ids import IdGenerator
 from intent_contract.logs import LogThrottles, left_out
@@ -184,13 +185,22 @@ class FleetDesk:
                     extra={"device_id": device_id, "code": "unasked", "not_logged": not_logged},
                 )  # fmt: skip
             return
-        del self._sent[diagnosis.request_id]
+        # Every request this node sent the device and that is still unanswered gets this diagnosis: the edge makes
+        # one at a time and drops a request that arrives meanwhile, so a second operator asking at the same
+        # time waited for an answer that never came.
+        answered = [r for r, (device, _at) in self._sent.items() if device == device_id]
+        for request_id in answered:
+            del self._sent[request_id]
         self.reports.labels("diagnosis").inc()
         task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
-            own_thread(self._fleet.answer, diagnosis.request_id, device_id, diagnosis, now)
+            own_thread(self._answer_all, answered, device_id, diagnosis, now)
         )
         self._answering.add(task)
         task.add_done_callback(self._answered)
+
+    def _answer_all(self, request_ids: Sequence[str], device_id: str, diagnosis: Diagnosis, now: float) -> None:
+        for request_id in request_ids:
+            self._fleet.answer(request_id, device_id, dataclasses.replace(diagnosis, request_id=request_id), now)
 
     def _answered(self, task: asyncio.Task[object]) -> None:
         self._answering.discard(task)

@@ -236,3 +236,49 @@ async def test_a_device_asked_before_it_subscribes_is_waited_for_not_called_too_
         await client.stop()
     assert result.outcome is fleet_query.Outcome.ANSWERED, result
     assert result.diagnosis is not None and result.diagnosis.bridge == "b"
+
+
+async def test_two_operators_diagnosing_one_device_at_once_both_get_its_diagnosis(harness: Harness) -> None:
+    """The edge makes one diagnosis at a time and drops a request that arrives meanwhile; the second operator's
+    `devices diagnose` then waited its whole timeout for nothing (exit 1), where docs/fleet.md said the CLI asks
+    again (it never did). This device answers only the first of two requests, as a busy edge does."""
+    creds = await harness.enroll()
+    client = await harness.connect(creds)
+    fleet = harness.bridge.store.fleet
+    topic = f"devices/{creds.device_id}/{DIAGNOSE}"
+    asked: list[str] = []
+    try:
+        client.mqtt.subscribe(topic, qos=1)
+        client.publish(HEALTH, encode_health(dataclasses.replace(sample_report(), at=int(time.time() * 1000))))
+
+        def on_request(_client: object, _userdata: object, message: Any) -> None:
+            asked.append(decode_diagnose(message.payload))
+
+        client.mqtt.message_callback_add(topic, on_request)
+
+        def subscribed() -> bool:
+            listener = harness.bridge.listener
+            return listener is not None and listener.subscribed(creds.device_id, DIAGNOSE)
+
+        await until(subscribed, what="the device subscribed to diagnose requests")
+
+        async def connected() -> bool:  # as the store says (the node writes what it holds within a second)
+            return (await _overview(harness))[creds.device_id].connected
+
+        await until(connected, what="the store shows the device connected")
+
+        def diagnose() -> fleet_query.DiagnoseResult:
+            return fleet_query.diagnose(harness.bridge.registry, fleet, creds.device_id, timeout=8)
+
+        first, second = (
+            asyncio.create_task(asyncio.to_thread(diagnose)),
+            asyncio.create_task(asyncio.to_thread(diagnose)),
+        )
+        await until(lambda: len(asked) == 2, what="both requests reached the device")
+        answer = Diagnosis(asked[0], sample_report(), (), (), 1, "b", "mqtt")  # the second was dropped
+        client.publish(DIAGNOSIS, encode_diagnosis(answer))
+        results = await asyncio.gather(first, second)
+    finally:
+        await client.stop()
+    assert [r.outcome for r in results] == [fleet_query.Outcome.ANSWERED] * 2, results
+    assert sorted(r.diagnosis.request_id for r in results if r.diagnosis) == sorted(asked)

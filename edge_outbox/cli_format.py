@@ -11,10 +11,11 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from edge_outbox.db import ATTACH_KEY, DB_NAME, INTAKE_KEY, LINK_KEY, IntentRow
+from edge_outbox.db import DB_NAME, IntentRow
 from edge_outbox.health import problems
 from edge_outbox.identity import Identity
 from edge_outbox.link_rate import drain_seconds
+from edge_outbox.lock import ATTACH_KEY, INTAKE_KEY, LINK_KEY
 from edge_outbox.ops import Summary
 from intent_contract.console import cell, plain_console
 from intent_contract.timefmt import format_age, format_ms
@@ -93,12 +94,12 @@ def link_view(link: dict[str, Any] | None, identity: Identity | None, pending: i
 
 
 def status_report(
-    summary: Summary, meta: dict[str, str | None], identity: Identity | None, running: dict[str, Any] | None,
+    summary: Summary, live: dict[str, Any], identity: Identity | None, running: dict[str, Any] | None,
     data_dir: Path,
 ) -> dict[str, Any]:  # fmt: skip
-    """What `edge-outbox status` says; `meta` holds what the running outbox last recorded (empty when none runs)."""
-    link_text, intake_text = meta.get(LINK_KEY), meta.get(INTAKE_KEY)
-    intake = json.loads(intake_text) if intake_text else None
+    """What `edge-outbox status` says; `live` holds what the running outbox last recorded (empty when none runs)."""
+    link, intake = live.get(LINK_KEY), live.get(INTAKE_KEY)
+    intake = dict(intake) if isinstance(intake, dict) else None
     if intake is not None and intake.get("held_since"):
         intake["held_since"] = format_ms(int(intake["held_since"] * 1000))
     oldest = summary.oldest_pending_created
@@ -110,7 +111,7 @@ def status_report(
         "pending_bytes": summary.pending_bytes,
         "oldest_pending_age_s": (now_ms() - oldest) / 1000 if oldest else None,
         "database_bytes": sum(p.stat().st_size for p in data_dir.glob(DB_NAME + "*")),
-        "link": link_view(json.loads(link_text) if link_text else None, identity, summary.pending),
+        "link": link_view(link if isinstance(link, dict) else None, identity, summary.pending),
         "intake": intake,
     }
 
@@ -151,14 +152,12 @@ def print_status(report: dict[str, Any]) -> None:
         )
 
 
-def report_problems(
-    report: dict[str, Any], meta: dict[str, str | None], max_offline_s: float, *, revoked: bool
-) -> list[str]:
-    """The health rule (edge_outbox.health) applied to what the running outbox last recorded, and to the
-    stored revocation (`revoked`), which holds whether an outbox runs or not."""
-    link_text, intake_text = meta.get(LINK_KEY), meta.get(INTAKE_KEY)
-    link = json.loads(link_text) if link_text else None
-    intake = json.loads(intake_text) if intake_text else {}
+def report_problems(live: dict[str, Any], max_offline_s: float, *, revoked: bool) -> list[str]:
+    """The health rule (edge_outbox.health) applied to what the running outbox last recorded (`live`: {} when
+    none runs), and to the stored revocation (`revoked`), which holds whether an outbox runs or not."""
+    link = live.get(LINK_KEY) or None
+    intake = live.get(INTAKE_KEY) or {}
+    attach = live.get(ATTACH_KEY) or {}
     held_since = intake.get("held_since")
     return problems(
         link_state=link["state"] if link else None,
@@ -168,7 +167,5 @@ def report_problems(
         now_ms=now_ms(),
         max_offline_s=max_offline_s,
         revoked=revoked,
-        attach_down_since_ms=json.loads(attach_text)["down_since_ms"]
-        if (attach_text := meta.get(ATTACH_KEY))
-        else None,
+        attach_down_since_ms=attach.get("down_since_ms"),
     )

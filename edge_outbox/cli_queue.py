@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from edge_outbox import event_log, lock, offline_ops, ops, paced, retention
+from edge_outbox import lock, offline_ops, ops, paced, retention
 from edge_outbox.cli_db import connection
 from edge_outbox.cli_format import (
     now_ms,
@@ -23,7 +23,6 @@ from edge_outbox.cli_format import (
     status_report,
 )
 from edge_outbox.cli_options import STATES, data_dir_option, duration_seconds, json_option, max_offline_option, write_op
-from edge_outbox.db import ATTACH_KEY, INTAKE_KEY, LINK_KEY
 from edge_outbox.identity import load_identity
 from edge_outbox.states import FINAL, RETRYABLE, State
 from intent_contract.timefmt import format_age
@@ -42,11 +41,10 @@ def status(data_dir: Path, max_offline: float, as_json: bool) -> None:
     identity = load_identity(data_dir)
     with connection(data_dir) as conn:
         summary = ops.summary(conn)
-        meta = {key: event_log.get_meta(conn, key) for key in (LINK_KEY, INTAKE_KEY, ATTACH_KEY)}
         revoked = identity is not None and offline_ops.revocation(conn, identity.device_id) is not None
-    running = lock.running(data_dir)
-    report = status_report(summary, meta if running else {}, identity, running, data_dir)
-    report["problems"] = report_problems(report, meta if running else {}, max_offline, revoked=revoked)
+    running = lock.running(data_dir)  # and what it recorded last (the link, intake): {} when none runs
+    report = status_report(summary, running or {}, identity, running, data_dir)
+    report["problems"] = report_problems(running or {}, max_offline, revoked=revoked)
     if as_json:
         print_json(report)
     else:

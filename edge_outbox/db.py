@@ -20,9 +20,6 @@ from intent_contract import sqlite_wal
 DB_NAME = "outbox.db"
 # meta keys the running outbox keeps for itself and for `edge-outbox status`
 STATUS_KEY = "status_published_seq"  # attach mode: statuses up to here are acknowledged by the broker
-LINK_KEY = "link"
-ATTACH_KEY = "attach"  # attach mode: since when the broker connection is down (null: attached)
-INTAKE_KEY = "intake"  # held publishes (full queue or disk), for `edge-outbox status`
 CLOCK_KEY = "bridge_clock"  # the bridge's clock as learned (edge_outbox.bridge_clock)
 REVOKED_KEY = "revoked"  # set when the bridge said this device is revoked (online or in a receipt)
 SENT_AS_KEY = "sent_as"  # the device id this database's intents are sent as (edge_outbox.offline_ops.send_as)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -19,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_outbox import db, event_log, lock, offline_ops, ops
-from edge_outbox.db import LINK_KEY
 from edge_outbox.errors import PermanentError
 from edge_outbox.forwarder import Forwarder
 from edge_outbox.identity import load_identity
 from edge_outbox.link_gate import FLUSH_KEY
+from edge_outbox.lock import LINK_KEY
 from edge_outbox.ops import Summary
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.states import FINAL, State
@@ -48,9 +47,9 @@ def _ended(before: Summary, after: Summary) -> dict[str, int]:
     return {s.value: after.counts[s.value] - before.counts[s.value] for s in State if s in FINAL}
 
 
-def _watch_state(conn: sqlite3.Connection, device_id: str) -> tuple[Summary, str, bool]:
-    link = event_log.get_meta(conn, LINK_KEY)
-    state = json.loads(link).get("state", "offline") if link else "offline"
+def _watch_state(conn: sqlite3.Connection, data_dir: Path, device_id: str) -> tuple[Summary, str, bool]:
+    link = (lock.running(data_dir) or {}).get(LINK_KEY)  # as the running outbox recorded it
+    state = link.get("state", "offline") if isinstance(link, dict) else "offline"
     return ops.summary(conn), str(state), offline_ops.revocation(conn, device_id) is not None
 
 
@@ -120,7 +119,7 @@ async def _through_running_outbox(
     def read_now() -> tuple[Summary, str, bool]:
         conn = db.connect(data_dir, create=False)
         try:
-            return _watch_state(conn, device_id)
+            return _watch_state(conn, data_dir, device_id)
         finally:
             conn.close()
 

@@ -12,10 +12,18 @@ the two apart: when it cannot take the lock but can share it, only such testers 
 holds it exclusively), and it tries again for up to TESTER_WAIT_S; an outbox that holds it is
 refused at once, as before. (The other way, a tester that takes no lock, does not exist for flock:
 F_GETLK sees only POSIX locks, and /proc/locks is Linux's and names no file.)
+
+The holder also records there what it knows live (`record`: the link, intake, the attached broker), for
+`edge-outbox status`. Not in the database: on a full disk (or with its write lock held elsewhere) the outbox
+could not commit that record, so status read the last one written, saw intake working and exited 0 while
+the outbox held every acknowledgement. The file's space is allocated when the lock is taken and each record
+is written over it in place, so recording needs no new block of the disk (and no fsync: a record is about
+a running process, and the lock says whether one runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -27,6 +35,12 @@ from edge_outbox.errors import ConfigError
 
 LOCK_NAME = "outbox.lock"
 TESTER_WAIT_S = 2.0  # a tester holds its shared lock for microseconds; this is for a host under load
+RECORD_BYTES = 16384  # the file's allocated size: who holds the lock and what it records, space-padded
+# What the running outbox records (`record`), for `edge-outbox status` and `edge-outbox flush`:
+LINK_KEY = "link"  # the link to the bridge (edge_outbox.forwarder.LinkSnapshot)
+INTAKE_KEY = "intake"  # held publishes (full queue or disk): edge_outbox.intake.IntakeHealth
+ATTACH_KEY = "attach"  # attach mode: since when the broker connection is down (null: attached)
+_READ_TRIES = 3  # a read that met a record half written reads again
 
 
 class DataDirLock:
@@ -35,6 +49,7 @@ class DataDirLock:
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / LOCK_NAME
         self._fd: int | None = None
+        self._about: dict[str, Any] = {}
 
     def acquire(self, about: dict[str, Any]) -> None:
         """Take the lock or raise ConfigError naming the outbox that holds it."""
@@ -51,8 +66,24 @@ class DataDirLock:
                 f"{holder.get('where', 'address unknown')}): stop it first, or use another --data-dir"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), **about}).encode())
-        self._fd = fd
+        self._fd, self._about = fd, {"pid": os.getpid(), **about}
+        # Allocated now, while the disk (most likely) has room, so that every record later is written in place.
+        with contextlib.suppress(OSError):  # a full disk already, or a file system that cannot: records may fail
+            os.posix_fallocate(fd, 0, RECORD_BYTES)
+        self.record({})
+
+    def record(self, live: dict[str, Any]) -> bool:
+        """Write who holds the lock and `live` (JSON values) over the file's record; False when it cannot."""
+        if self._fd is None:
+            return False
+        text = json.dumps({**self._about, **live}).encode()
+        if len(text) > RECORD_BYTES:
+            text = json.dumps({**self._about, "record": "too large"}).encode()
+        try:
+            os.pwrite(self._fd, text.ljust(RECORD_BYTES), 0)
+        except OSError:
+            return False
+        return True
 
     def release(self) -> None:
         if self._fd is not None:
@@ -90,12 +121,19 @@ def running(data_dir: Path) -> dict[str, Any] | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                about = json.loads(path.read_text() or "{}")
-            except ValueError:
-                about = {}
-            return about if isinstance(about, dict) else {}
+            return _read_record(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def _read_record(fd: int) -> dict[str, Any]:
+    """The holder's record ({} when it cannot be read: a record half written each time, an old format)."""
+    for _ in range(_READ_TRIES):
+        try:
+            about = json.loads(os.pread(fd, RECORD_BYTES, 0).strip(b" \0") or b"{}")
+        except (ValueError, OSError):
+            continue
+        return about if isinstance(about, dict) else {}
+    return {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import random
@@ -14,19 +13,20 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from typing import Any
 
 from edge_outbox import event_log, offline_ops, ops, paced, retention
 from edge_outbox.app_sessions import StoredSessions, oldest_cursor, save_cursors
 from edge_outbox.apps_auth import verify_password
 from edge_outbox.attach import AttachedClient
-from edge_outbox.db import ATTACH_KEY, INTAKE_KEY, LINK_KEY, STATUS_KEY
+from edge_outbox.db import STATUS_KEY
 from edge_outbox.errors import StorageError
 from edge_outbox.fleet_link import disk_facts
 from edge_outbox.fleet_report import EdgeFacts
 from edge_outbox.forwarder import Forwarder
 from edge_outbox.identity import load_identity
 from edge_outbox.intake import Intake
-from edge_outbox.lock import DataDirLock
+from edge_outbox.lock import ATTACH_KEY, INTAKE_KEY, LINK_KEY, DataDirLock
 from edge_outbox.mqtt.ports import EndpointSettings
 from edge_outbox.mqtt.server import MqttEndpoint
 from edge_outbox.ops import QueueLimits
@@ -232,15 +232,24 @@ class Outbox:
             return int(self._transport.down_since * 1000)
         return None
 
-    def _meta(self) -> dict[str, str]:
-        meta: dict[str, str] = {}
+    def _live(self) -> dict[str, Any]:
+        """What `edge-outbox status` reads of the running outbox (recorded in the lock file, edge_outbox.lock)."""
+        live: dict[str, Any] = {}
         if isinstance(self._transport, AttachedClient):
-            meta[ATTACH_KEY] = json.dumps({"down_since_ms": self._attach_down_since_ms()})
+            live[ATTACH_KEY] = {"down_since_ms": self._attach_down_since_ms()}
         if self.forwarder is not None:
-            meta[LINK_KEY] = json.dumps(asdict(self.forwarder.snapshot()))
+            live[LINK_KEY] = asdict(self.forwarder.snapshot())
         if self.intake is not None:
-            meta[INTAKE_KEY] = json.dumps(asdict(self.intake.health))
-        return meta
+            health = asdict(self.intake.health)
+            live[INTAKE_KEY] = {**health, "reason": health["reason"][:1000]}
+        return live
+
+    def _record_live(self, recorded: dict[str, Any]) -> dict[str, Any]:
+        """Record what changed since `recorded` in the lock file; returns what is recorded now."""
+        live = self._live()
+        if live != recorded and not self._lock.record(live):
+            return recorded  # tried again next tick
+        return live
 
     async def _housekeeping(self) -> None:
         """Expire overdue intents, end them all once the device is revoked, store where status consumers
@@ -249,15 +258,18 @@ class Outbox:
         The revocation is read here, not only by the forwarder: a site with no bridge address runs none,
         and one outside its forwarding windows has one waiting, yet a receipt may say the device is revoked.
 
-        One transaction a tick, and it writes only what changed, so an idle outbox does not fsync.
+        One transaction a tick, and it writes only what changed, so an idle outbox does not fsync. What status
+        shows of the link and intake goes to the lock file first, whether the database can be written or not.
         """
-        written: dict[str, str] = {}
+        written: dict[str, int] = {}
+        recorded: dict[str, Any] = {}
         failing = False
         while True:
             await asyncio.sleep(self.settings.housekeeping_s)
+            recorded = self._record_live(recorded)
             try:
                 now = now_ms()
-                current = {**self._meta(), **{f"pos:{k}": str(v) for k, v in self._positions().items()}}
+                current = self._positions()
                 changed = {k: v for k, v in current.items() if written.get(k) != v}
                 expired, ended = await self.store.call(_tick, now, changed, self._device_id)
                 written.update(changed)
@@ -316,13 +328,9 @@ def _save_positions(conn: sqlite3.Connection, positions: dict[str, int]) -> None
     save_cursors(conn, positions)
 
 
-def _tick(conn: sqlite3.Connection, now: int, changed: dict[str, str], device_id: str | None) -> tuple[int, int | None]:
+def _tick(conn: sqlite3.Connection, now: int, changed: dict[str, int], device_id: str | None) -> tuple[int, int | None]:
     """(intents expired, intents ended as revoked: None when `device_id` is not revoked)."""
-    positions = {k.removeprefix("pos:"): int(v) for k, v in changed.items() if k.startswith("pos:")}
-    _save_positions(conn, positions)
-    for key, value in changed.items():
-        if not key.startswith("pos:"):
-            event_log.set_meta(conn, key, value)
+    _save_positions(conn, dict(changed))
     expired = ops.expire_due(conn, now)
     ended = None if device_id is None else offline_ops.end_if_revoked(conn, device_id, now)
     return expired, ended

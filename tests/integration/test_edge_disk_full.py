@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
 from tests.support import disk
 from tests.support.bridge import CountingIntegration, Harness, counting, harness
-from tests.support.edge import Client, OutboxProcess, email, stored_ids
+from tests.support.edge import Client, OutboxProcess, cli, email, stored_ids
 from tests.support.net import free_port, until, wait_until
 from tests.support.stack import CutProxy, point_edge_at
 
@@ -31,6 +32,13 @@ __all__ = ["counting", "harness"]  # fixtures
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     with disk.small_disk(tmp_path / "disk") as mount_point:
         yield mount_point
+
+
+def paused_status(data_dir: Path) -> subprocess.CompletedProcess[str] | None:
+    """`edge-outbox status` once it names intake as paused (None before)."""
+    result = cli(data_dir, "status", "--json")
+    problems = json.loads(result.stdout)["problems"] if result.stdout else []
+    return result if any("intake paused" in p and "disk is full" in p for p in problems) else None
 
 
 @pytest.mark.timeout(240)
@@ -49,6 +57,10 @@ def test_full_disk_holds_acks_and_loses_nothing(small_disk: Path) -> None:
         held = total + 1 - len(app.acked)
         assert held > 0, "every publish was acknowledged on a full disk"
         assert outbox.proc is not None and outbox.proc.poll() is None, "the outbox died on a full disk"
+        # What the health timer and the image's HEALTHCHECK run: it read what the outbox had committed to its
+        # database last, which on a full disk was "intake working", and exited 0 for as long as the disk was full.
+        status = wait_until(lambda: paused_status(data_dir), timeout=30, what="status saying intake is paused")
+        assert status.returncode == 1, status.stdout
         filler.unlink()  # the operator frees space
         wait_until(lambda: len(app.acked) == total + 1, timeout=120, what="acks after space was freed")
         app.close()

@@ -13,13 +13,14 @@ file's name.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
 
 from edge_outbox.errors import ConfigError
+from intent_contract.errors import DecodeError
+from intent_contract.toml_file import read_toml
 
 # Options that a file must not hold: secrets come from the environment or a file of their own.
 NOT_IN_FILE = frozenset({"attach_password"})
@@ -42,12 +43,11 @@ def _wrong_type(param: click.Option, value: object) -> str | None:
 def load(path: Path, group: click.Group, ctx: click.Context) -> dict[str, dict[str, Any]]:
     """click's default map for every command of `group`, from the config file at `path`."""
     try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
+        document = read_toml(path)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except DecodeError as exc:
+        raise ConfigError(f"{path} {exc}") from None
     run = group.commands["run"]
     params = {p.name: p for p in run.params if isinstance(p, click.Option) and p.name not in NOT_IN_FILE}
     errors: list[str] = []

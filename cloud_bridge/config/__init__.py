@@ -9,7 +9,6 @@ checked against the integrations. Every problem is reported at once, each with w
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +23,8 @@ from cloud_bridge.config.tenants import TenantConfig
 from cloud_bridge.errors import ConfigError
 from cloud_bridge.fair_share import Share, Shares
 from cloud_bridge.policy import PolicyEngine
+from intent_contract.errors import DecodeError
+from intent_contract.toml_file import read_toml
 
 __all__ = ["BridgeConfig", "load_config", "parse_section", "read_config_file"]
 
@@ -106,9 +107,8 @@ def load_config(document: Mapping[str, Any], env: Mapping[str, str], source: str
 def read_config_file(path: Path) -> dict[str, Any]:
     """The parsed TOML file; ConfigError with the file name when it cannot be read or parsed."""
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return read_toml(path)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except DecodeError as exc:
+        raise ConfigError(f"config file {path} {exc}") from None

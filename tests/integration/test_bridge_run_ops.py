@@ -8,6 +8,7 @@ import json
 import signal
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,51 @@ kinds = ["{token}"]
     assert "token_env: the environment variable it names is not set" in started.stderr
     for shown in (result.stderr, bridge.log(), started.stderr):
         assert token not in shown
+
+
+def test_a_config_file_that_is_not_utf8_is_refused_by_line_and_quoted_nowhere(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    """A Latin-1 byte in the file: tomllib's UnicodeDecodeError held the whole file, secret pasted in included,
+    and a reload logged it in a traceback and gave `cloud-bridge reload` no answer; a start printed it too."""
+    token = "sk_live_4f3e2d1c0b9a8f7e"
+    broken = config(free_port()).encode() + f"# old key {token} (caf\xe9)\n".encode("latin-1")
+    bridge = BridgeProcess(tmp_path, server_cert_files, config_text=config(free_port()))
+    try:
+        bridge.start()
+        bridge.config.write_bytes(broken)
+        result = subprocess.run(
+            [*bridge_cli(), "reload", "--data-dir", str(bridge.data_dir)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 1
+        line = broken.count(b"\n")
+        assert f"reload refused, the running config stays in force: config file {bridge.config} is not UTF-8" in (
+            result.stderr
+        )
+        assert f"(line {line}, column " in result.stderr
+        wait_until(lambda: "config reload refused" in bridge.log(), 15, what="the refusal logged")
+        assert bridge.proc is not None
+        bridge.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: bridge.log().count("config reload refused") == 2, 15, what="the SIGHUP's refusal logged")
+    finally:
+        bridge.stop()
+    started = subprocess.run(
+        [*bridge_cli(), "run", "--data-dir", str(tmp_path / "second"), "--config", str(bridge.config),
+         "--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{free_port()}",
+         "--tls-cert", str(server_cert_files["cert"]), "--tls-key", str(server_cert_files["key"])],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert started.returncode == 1
+    assert "is not UTF-8 text" in started.stderr
+    edge_config = tmp_path / "edge.toml"
+    edge_config.write_bytes(f'data_dir = "{tmp_path / "edge"}"\n# {token} caf\xe9\n'.encode("latin-1"))
+    edge = subprocess.run(
+        [sys.executable, "-m", "edge_outbox", "--config", str(edge_config), "status"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert edge.returncode != 0
+    assert f"{edge_config} is not UTF-8 text (line 2, column " in edge.stderr
+    for shown in (result.stderr, bridge.log(), started.stderr, edge.stderr):
+        assert token not in shown
+        assert "Traceback" not in shown

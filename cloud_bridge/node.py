@@ -5,15 +5,16 @@ A reload (SIGHUP, `cloud-bridge reload`) reads the config file again and checks 
 anything changes; a file with a problem is refused with every problem named, and the running config
 stays in force. Then the integrations (the vendor's and each tenant's own) are built anew and swapped
 in for new jobs (running jobs end on the integration they started with, which is closed after its
-last job), with the tenants' shares, and the policy for new admissions. `[bridge]` and `[dashboard]`
-keys and the command line's flags take a restart: a reload that changes them is refused. Each node
-reloads on its own signal or socket.
+last job), with the tenants' shares, the policy for new admissions, and the dashboard's operators and
+session key. `[bridge]` keys, turning the dashboard on or off, and the command line's flags take a
+restart: a reload that changes them is refused. Each node reloads on its own signal or socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -61,7 +62,7 @@ def restart_only_changes(running: BridgeSettings, new: BridgeSettings) -> list[s
     changed = [f"bridge.{key}" for key, value in new.config.bridge.model_dump().items() if before[key] != value]
     flags = ("data_dir", "listen", "http_listen", "ws_listen", "metrics_listen", "tls_cert", "tls_key", "store")
     changed += [f"--{f.replace('_', '-')}" for f in flags if getattr(running, f) != getattr(new, f)]
-    if running.config.dashboard.model_dump() != new.config.dashboard.model_dump():
+    if running.config.dashboard.enabled != new.config.dashboard.enabled:  # its pages are mounted at start, or not
         changed.append("[dashboard]")
     return changed
 
@@ -114,6 +115,8 @@ class Bridge:
         self.fleet_desk: FleetDesk | None = None
         self._refusals: ConnectAudit | None = None
         self.retention: Retention | None = None
+        self._dashboard: Dashboard | None = None
+        self._own_session_key = secrets.token_bytes(32)  # the dashboard's, when the config gives none
 
     def _integrations_of(self, settings: BridgeSettings) -> tuple[dict[str, Integration], dict[str, Owned]]:
         """The vendor's integrations by kind, and the tenants' own by tenant, then kind."""
@@ -216,11 +219,11 @@ class Bridge:
                     " other node sharing this store accepts; give every node the same session_key_env or"
                     " session_key_file (docs/dashboard.md)"
                 )
-            auth = OperatorAuth(dashboard_config.operators, dashboard_config.key_bytes())
+            auth = self._operator_auth(settings)
             data = StoreData(
                 self.registry, self.store.fleet, self._clock, ledger=self.ledger, intents=self.store.intents
             )
-            dashboard = Dashboard(data, auth, clock=self._clock)
+            dashboard = self._dashboard = Dashboard(data, auth, clock=self._clock)
             app.add_subapp(dashboard.prefix, dashboard.app())
         self._servers.append(self._https_server(app, context))
         if settings.metrics_listen is not None:
@@ -266,6 +269,7 @@ class Bridge:
                 # The certificate and key read again (a renewal keeps their paths); a pair that does not load
                 # is refused here, and the running one stays.
                 tls = await own_thread(_server_tls, new)
+                auth = self._operator_auth(new)
                 policy = new.config.policy()
                 integrations, tenant_integrations = self._integrations_of(new)
                 await self._refuse_stranding(integrations, tenant_integrations)
@@ -280,6 +284,8 @@ class Bridge:
                 self.listener.use_tls(tls)
             for server in self._servers:
                 server.use_tls(tls)
+            if self._dashboard is not None:
+                self._dashboard.use_auth(auth)
             self.settings, self.integrations = new, integrations
             self.tenant_integrations = tenant_integrations
             self.generation += 1
@@ -289,6 +295,11 @@ class Bridge:
                         ", ".join(sorted(integrations)) or "none", own or "none",
                         extra={"code": "reloaded"})  # fmt: skip
             return sorted(integrations)
+
+    def _operator_auth(self, settings: BridgeSettings) -> OperatorAuth:
+        """The dashboard's operators and session key as `settings` give them (the node's own key when none)."""
+        config = settings.config.dashboard
+        return OperatorAuth(config.operators, config.key_bytes() or self._own_session_key)
 
     async def _refuse_stranding(
         self, integrations: Mapping[str, Integration], own: Mapping[str, Mapping[str, Integration]]

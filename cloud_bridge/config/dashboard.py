@@ -11,7 +11,6 @@ load balancer, so that a session made on one node is accepted on the others.
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from pydantic import AfterValidator, Field
@@ -51,7 +50,7 @@ class DashboardConfig(SecretSection):
     def enabled(self) -> bool:
         return bool(self.operators)
 
-    def key_bytes(self) -> bytes:
-        """The session key; a fresh random one when none is configured (sessions end with the process)."""
+    def key_bytes(self) -> bytes | None:
+        """The session key; None when none is configured (the node makes one at start: sessions end with it)."""
         key = self.secret("session_key")
-        return secrets.token_bytes(32) if key is None else key.reveal().encode()
+        return None if key is None else key.reveal().encode()

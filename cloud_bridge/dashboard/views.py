@@ -95,6 +95,10 @@ class Dashboard:
             if path.is_file()
         }
 
+    def use_auth(self, auth: OperatorAuth) -> None:
+        """Operators and session key from now on (a reload): a removed operator's or an old key's cookie is refused."""
+        self._auth = auth
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._security])
         app.on_cleanup.append(self._close)

@@ -17,7 +17,9 @@ from cloud_bridge.errors import ConfigError
 from cloud_bridge.integrations.http import HttpIntegration
 from cloud_bridge.node import Bridge
 from cloud_bridge.settings import BridgeSettings, build_settings
+from intent_contract.passwords import hash_password
 from tests.support.bridge import Harness, envelope, until
+from tests.support.dashboard import PASSWORD, log_in, overview_status, session
 from tests.support.net import free_port
 
 OLD, NEW = "old-token-5c1d", "new-token-9e4b"
@@ -240,5 +242,55 @@ async def test_a_reload_that_would_strand_live_intents_is_refused(
         )
         assert await bridge.reload() == ["http.request"]
         await client.stop()
+    finally:
+        await bridge.stop()
+
+
+async def test_a_reload_ends_a_removed_operators_sessions_and_those_signed_with_the_old_session_key(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    """docs/dashboard.md: removing an operator ends their sessions at the next reload. The reload was refused
+    ("[dashboard] changed, which takes a restart"), and a new session key file was taken as no change at all:
+    reloaded, and every cookie signed with the old key still opened the dashboard."""
+    hashes = {"alice": hash_password(PASSWORD), "bob": hash_password(PASSWORD)}
+    key_file, config = tmp_path / "session-key", tmp_path / "bridge.toml"
+    key_file.write_text("k" * 40)
+
+    def write(operators: dict[str, str]) -> None:
+        lines = "".join(f'{name} = "{hashed}"\n' for name, hashed in operators.items())
+        config.write_text(f'[dashboard]\nsession_key_file = "{key_file}"\n[dashboard.operators]\n{lines}')
+
+    write(hashes)
+    ports = {f: f"127.0.0.1:{free_port()}" for f in ("listen", "http_listen", "metrics_listen")}
+
+    def load() -> BridgeSettings:
+        return build_settings(
+            data_dir=tmp_path / "data", env={}, config_path=config, tls_cert=server_cert_files["cert"],
+            tls_key=server_cert_files["key"], node_id="node-a", **ports,
+        )  # fmt: skip
+
+    settings = load()
+    bridge = Bridge(settings, load=load)
+    await bridge.start()
+    try:
+        harness = Harness(bridge, settings, server_cert_files["ca"])
+        alice, bob = await session(harness), (await log_in(harness, "bob")).session
+        assert bob is not None
+        assert [await overview_status(harness, c) for c in (alice, bob)] == [200, 200]
+
+        write({"alice": hashes["alice"]})
+        await bridge.reload()
+        assert [await overview_status(harness, c) for c in (alice, bob)] == [200, 303]
+        assert (await log_in(harness, "bob")).session is None
+
+        key_file.write_text("n" * 40)  # rotated: every session signed with the old key ends
+        await bridge.reload()
+        assert await overview_status(harness, alice) == 303
+        assert await overview_status(harness, await session(harness)) == 200
+        assert bridge.generation == 3
+
+        write({})  # turning the dashboard off (or on) still takes a restart: its pages are mounted at start
+        with pytest.raises(ConfigError, match=r"\[dashboard\] changed, which takes a restart"):
+            await bridge.reload()
     finally:
         await bridge.stop()

@@ -61,3 +61,13 @@ async def session(harness: Harness) -> str:
     answer = await log_in(harness)
     assert answer.status == 303 and answer.session is not None
     return answer.session
+
+
+async def overview_status(harness: Harness, cookie: str) -> int:
+    """The status of GET /ui/ with the session cookie `cookie`: 200 when it is a session, 303 (to login) when not."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{harness.base_url}/ui/", ssl=harness.client_ssl(), allow_redirects=False,
+                 cookies={COOKIE: cookie}) as page,
+    ):  # fmt: skip
+        return page.status

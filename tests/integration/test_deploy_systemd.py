@@ -83,6 +83,15 @@ def test_both_programs_run_as_their_own_user_and_the_system_creates_it() -> None
         assert service["StateDirectory"] == service["User"]
 
 
+def test_every_unit_keeps_its_state_directory_private() -> None:
+    """systemd sets a StateDirectory='s mode at every start of a unit that names it (systemd.exec(5)), 0755 unless
+    told: the health check, started each minute, opened /var/lib/edge-outbox (intents, the device's identity)
+    to every local user, whatever edge-outbox.service had set."""
+    for path in SERVICES:
+        service = unit(path)["Service"]
+        assert service.get("StateDirectoryMode") == "0700", path.name
+
+
 def test_the_edge_reads_its_config_from_etc_and_keeps_data_in_its_state_directory() -> None:
     for name in ("edge-outbox.service", "edge-outbox-health.service"):
         service = unit(UNITS / name)["Service"]

@@ -24,10 +24,23 @@ CONTEXT: Final = (
     "not_logged",
 )  # fmt: skip
 LogFormat = Literal["text", "json"]
+# What one line may take of a message and of a context value. A line quotes what apps and devices send (a topic,
+# a client id: up to 64 KiB each in MQTT), and a 60,000-character topic made a 60 KB line, one per publish under
+# app names of the publisher's choosing; a line is for people and for journald, which cuts lines at 48 KiB.
+MAX_MESSAGE_CHARS: Final = 2000
+MAX_VALUE_CHARS: Final = 200
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying how many were left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _context(record: logging.LogRecord) -> dict[str, Any]:
-    return {key: getattr(record, key) for key in CONTEXT if getattr(record, key, None) is not None}
+    found = {key: getattr(record, key) for key in CONTEXT if getattr(record, key, None) is not None}
+    return {key: clip(v, MAX_VALUE_CHARS) if isinstance(v, str) else v for key, v in found.items()}
 
 
 class TextFormatter(logging.Formatter):
@@ -39,7 +52,7 @@ class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         # What a message quotes from outside (a topic, a client id) has its control characters written out:
         # a newline in it forged a line of its own, an ESC coloured the terminal. A traceback is added after.
-        record.message = readable(record.message)
+        record.message = readable(clip(record.message, MAX_MESSAGE_CHARS))
         return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
@@ -63,7 +76,7 @@ class JsonFormatter(logging.Formatter):
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": clip(record.getMessage(), MAX_MESSAGE_CHARS),
             **_context(record),
         }
         if record.exc_info:

@@ -64,3 +64,17 @@ def test_text_from_outside_cannot_forge_or_colour_a_line(restore_root: object) -
     assert second.endswith("client c\\u000d\\u000a1 failed")
     assert traceback[0] == "Traceback (most recent call last):"
     assert "\x1b" not in stream.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_line_quoting_a_long_topic_is_clipped(restore_root: object, fmt: str) -> None:
+    """A topic (or client id) is up to 64 KiB of the publisher's choosing: a 60,000-character one made a line of
+    60 KB, one per publish under fresh app names. Message and context values are cut, saying how much was."""
+    stream = io.StringIO()
+    configure("info", fmt, stream)  # type: ignore[arg-type]
+    topic = "outbox/app/" + "k" * 60_000
+    logging.getLogger("some.module").warning("rejected input on %s", topic, extra={"client": "c" * 70_000})
+    [line] = stream.getvalue().splitlines()
+    assert len(line) < 3000
+    assert f"({len('rejected input on ' + topic) - 2000} more characters)" in line
+    assert "(69800 more characters)" in line

@@ -71,7 +71,7 @@ class Intake:
         self._room = asyncio.Event()
         self._room.set()
         self.health = IntakeHealth()
-        self._refusal_logs: dict[str, LogThrottle] = {}  # by app
+        self._app_logs: dict[tuple[str, str], LogThrottle] = {}  # by kind of line ("rejected", "duplicate"), app
         self.outcomes: dict[str, int] = {}  # committed publishes by outcome (a state, or "duplicate")
 
     @staticmethod
@@ -180,19 +180,25 @@ class Intake:
             context: dict[str, object] = {
                 "app": row.app, "intent_id": row.id, "state": row.state.value, "code": row.code or None
             }  # fmt: skip
-            if duplicate:
-                log.info("duplicate intent: already stored", extra=context)
+            # A line per app per REFUSAL_LOG_INTERVAL, of each kind: an app publishing bad intents in a loop wrote a
+            # line each, on hardware whose disk is small (every refusal is stored, counted and told to the app), and
+            # one publishing the same id again (its retries, or a loop: nothing is stored) wrote one each too.
+            not_logged = self._app_line("duplicate" if duplicate else "rejected", row.app)
+            if not_logged is None:
                 return
-            # A line per app per REFUSAL_LOG_INTERVAL: an app publishing bad intents in a loop wrote a line
-            # each, on hardware whose disk is small (every refusal is stored, counted and told to the app).
-            if len(self._refusal_logs) >= REFUSAL_LOG_APPS and row.app not in self._refusal_logs:
-                self._refusal_logs.clear()  # refused app names are the publisher's to choose: kept bounded
-            throttle = self._refusal_logs.setdefault(row.app, LogThrottle(REFUSAL_LOG_INTERVAL))
-            not_logged = throttle.allow(time.monotonic())
-            if not_logged is not None:
-                more = f" ({not_logged} more from this app since the last line)" if not_logged else ""
-                context["not_logged"] = not_logged
+            more = f" ({not_logged} more from this app since the last line)" if not_logged else ""
+            context["not_logged"] = not_logged
+            if duplicate:
+                log.info("duplicate intent: already stored%s", more, extra=context)
+            else:
                 log.warning("rejected input on %s: %s%s", waiting.topic, row.detail, more, extra=context)
+
+    def _app_line(self, kind: str, app: str) -> int | None:
+        """LogThrottle.allow for an app's lines of `kind` (the count left out, or None: leave this one out)."""
+        key = (kind, app)
+        if len(self._app_logs) >= REFUSAL_LOG_APPS and key not in self._app_logs:
+            self._app_logs.clear()  # app names are the publisher's to choose: kept bounded
+        return self._app_logs.setdefault(key, LogThrottle(REFUSAL_LOG_INTERVAL)).allow(time.monotonic())
 
     def _hold(self, batch: list[_Waiting], reason: str) -> None:
         health = self.health

@@ -182,6 +182,21 @@ def test_an_app_refused_in_a_loop_gets_a_log_line_now_and_then(
     ]
 
 
+def test_an_app_publishing_one_id_in_a_loop_gets_a_log_line_now_and_then(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    """Publishing an id again is an app's right (its idempotency key), and nothing is stored for it; it still
+    wrote an INFO line each time: 1,999 lines for 2,000 publishes of one id."""
+    app = raw()
+    app.connect("repeating")
+    for _ in range(40):
+        app.publish("outbox/again/email.send", json.dumps(email("same-1")).encode(), 1)  # each PUBACKed
+    app.publish("outbox/other/email.send", json.dumps(email("same-2")).encode(), 1)
+    app.publish("outbox/other/email.send", json.dumps(email("same-2")).encode(), 1)
+    lines = [line for line in outbox.log().splitlines() if "duplicate intent" in line]
+    assert [("app=again" in line, "app=other" in line) for line in lines] == [(True, False), (False, True)]
+
+
 def test_messages_for_an_absent_persistent_session_wait_for_it(
     outbox: OutboxProcess, raw: Callable[[], RawClient]
 ) -> None:

@@ -1,9 +1,11 @@
-"""Serving an aiohttp application on HOST:PORT, with TLS (the device-facing listeners) or without.
+"""Serving an aiohttp application on HOST:PORT, with TLS (the device-facing listeners) or without (metrics).
 
 With TLS the port is one of the bridge's doors to the internet, and a stranger's connection is bounded
 (`intent_contract.accept`): TLS only under the listener's `ConnectionLimits`, which here count every open connection;
 a request's head within REQUEST_HEAD_TIMEOUT_S of the handshake or of the last response, and its body and
-answer within REQUEST_TIMEOUT_S. aiohttp itself has no timeout on either.
+answer within REQUEST_TIMEOUT_S. aiohttp itself has no timeout on either. The plain metrics listener is held to
+the same rules under METRICS_CONNECTIONS: it faces a private network, not no one, and took every connection
+offered (800 idle ones held 800 descriptors of the node, which its devices' connections and its store need too).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from intent_contract.accept_limits import DEFAULT_CONNECTION_LIMITS, ConnectionL
 REQUEST_HEAD_TIMEOUT_S = 30.0  # from the TLS handshake, or the last response, to a request's whole head
 REQUEST_TIMEOUT_S = 60.0  # from a request's head to its answer: its body read and the handler done
 KEEPALIVE_TIMEOUT_S = 15.0  # aiohttp closes an idle connection first, before its head deadline aborts it
+METRICS_CONNECTIONS = ConnectionLimits(per_address=16, total=64)  # scrapers and health checks need a few
 
 
 def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -45,12 +48,13 @@ class HttpServer:
         context: ssl.SSLContext | None,
         flag: str,
         *,
+        name: str = "https",
         limits: ConnectionLimits = DEFAULT_CONNECTION_LIMITS,
         watch: ConnectionWatch | None = None,
     ) -> None:
         self._heads = HeadDeadlines(REQUEST_HEAD_TIMEOUT_S)
-        if context is not None:
-            app.middlewares.append(within_deadlines(self._heads, REQUEST_TIMEOUT_S))
+        app.middlewares.append(within_deadlines(self._heads, REQUEST_TIMEOUT_S))
+        self._name = name  # the listener's name in log lines and metrics
         self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT_S, logger=ServerLog())
         self._bind = bind
         self._context = context
@@ -58,19 +62,16 @@ class HttpServer:
         self._limits = limits
         self._watch = watch
         self._server: asyncio.AbstractServer | None = None
-        self._tls: GuardedListener | None = None
+        self._listener: GuardedListener | None = None
 
     async def start(self) -> None:
         await self._runner.setup()
         host, port = self._bind.host, self._bind.port
         try:
-            if self._context is None:
-                await web.TCPSite(self._runner, host, port).start()
-            else:
-                assert self._runner.server is not None
-                factory = self._heads.protocol_factory(self._runner.server)
-                self._tls = GuardedListener("https", factory, self._context, self._limits, watch=self._watch)
-                self._server = await asyncio.get_running_loop().create_server(self._tls.protocol, host, port)
+            assert self._runner.server is not None
+            factory = self._heads.protocol_factory(self._runner.server)
+            self._listener = GuardedListener(self._name, factory, self._context, self._limits, watch=self._watch)
+            self._server = await asyncio.get_running_loop().create_server(self._listener.protocol, host, port)
         except OSError as exc:
             await self._runner.cleanup()
             detail = f"{self._flag} {self._bind}: {exc.strerror or exc}"
@@ -78,14 +79,14 @@ class HttpServer:
 
     def use_tls(self, context: ssl.SSLContext) -> None:
         """Connections accepted from now on get this certificate and key (a reload read them again)."""
-        if self._tls is not None:
-            self._tls.context = context
+        if self._listener is not None and self._context is not None:  # a plain listener stays plain
+            self._listener.context = context
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        if self._tls is not None:
-            await self._tls.aclose()
+        if self._listener is not None:
+            await self._listener.aclose()
         await self._runner.cleanup()
         if self._server is not None:
             await self._server.wait_closed()

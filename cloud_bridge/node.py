@@ -31,7 +31,7 @@ from cloud_bridge.enroll_http import build_http_app
 from cloud_bridge.errors import BridgeError, ConfigError
 from cloud_bridge.executor import Executor
 from cloud_bridge.fleet_desk import FleetDesk
-from cloud_bridge.http_server import HttpServer, server_ssl_context
+from cloud_bridge.http_server import METRICS_CONNECTIONS, HttpServer, server_ssl_context
 from cloud_bridge.integrations import build_integrations, build_tenant_integrations
 from cloud_bridge.integrations.base import Integration
 from cloud_bridge.ledger import Ledger
@@ -227,7 +227,10 @@ class Bridge:
             app.add_subapp(dashboard.prefix, dashboard.app())
         self._servers.append(self._https_server(app, context))
         if settings.metrics_listen is not None:
-            self._servers.append(HttpServer(ops.app(), settings.metrics_listen, None, "--metrics-listen"))
+            self._servers.append(
+                HttpServer(ops.app(), settings.metrics_listen, None, "--metrics-listen", name="metrics",
+                           limits=METRICS_CONNECTIONS, watch=self.metrics)
+            )  # fmt: skip
         for server in self._servers:
             await server.start()
         await listener.start()

@@ -178,6 +178,53 @@ async def test_https_a_request_head_or_body_sent_slowly_is_cut_off_and_a_kept_al
     assert answers == [b"HTTP/1.1 401 Unauthorized"] * 2
 
 
+async def test_the_metrics_listener_bounds_connections_and_cuts_off_a_slow_head(bridge: Harness) -> None:
+    """The plain metrics listener took every connection and held a head sent slowly (aiohttp has no deadline on
+    it): 800 idle connections from one scraper-network address held 800 descriptors of the node."""
+    assert bridge.settings.metrics_listen is not None
+    port = bridge.settings.metrics_listen.port
+    limits = http_server.METRICS_CONNECTIONS
+
+    def scenario() -> tuple[bool, bool, bytes, bytes]:
+        sources = [f"127.0.0.{n}" for n in range(2, 2 + limits.total // limits.per_address)]
+        held = [_open(port, sources[0]) for _ in range(limits.per_address)]
+        over_address = _closed_at_once(_open(port, sources[0]))
+        held += [_open(port, source) for source in sources[1:] for _ in range(limits.per_address)]
+        over_total = _closed_at_once(_open(port, "127.0.0.99"))
+        for sock in held:
+            sock.close()
+        slow = wait_until(partial(_taken_plain, port), what="the metrics port takes a connection again")
+        with slow:
+            slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            head = read_until_closed(slow)  # closed at the head deadline; the read times out (15 s) if never
+        with _open(port) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = sock.recv(65536).split(b"\r\n", 1)[0]
+        return over_address, over_total, head, answer
+
+    over_address, over_total, head, answer = await asyncio.to_thread(scenario)
+    assert (over_address, over_total, head, answer) == (True, True, b"", b"HTTP/1.1 200 OK")
+    assert (_shed(bridge, "metrics", "address"), _shed(bridge, "metrics", "total")) == (1.0, 1.0)
+
+
+def _taken_plain(port: int) -> socket.socket | None:
+    """A plain connection the metrics listener keeps (one it closes at once is None)."""
+    sock = _open(port)
+    sock.settimeout(0.2)
+    try:
+        if sock.recv(1) == b"":
+            sock.close()
+            return None
+    except TimeoutError:  # kept: nothing to read yet
+        sock.settimeout(10)
+        return sock
+    except ConnectionResetError:
+        sock.close()
+        return None
+    sock.close()
+    return None
+
+
 def _pending(bridge: BridgeProcess) -> dict[str, float]:
     """`bridge_connections_pending` by listener, from the bridge's metrics endpoint."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{bridge.metrics_port}/metrics", timeout=10).read().decode()
@@ -186,6 +233,7 @@ def _pending(bridge: BridgeProcess) -> dict[str, float]:
         for family in text_string_to_metric_families(text)
         if family.name == "bridge_connections_pending"
         for sample in family.samples
+        if sample.labels["listener"] != "metrics"  # this scrape's own connection
     }
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cloud_bridge.errors import BridgeError
+from cloud_bridge.errors import BridgeError, TransientError
 from cloud_bridge.ledger import Ledger
 from cloud_bridge.metrics import BridgeMetrics
 from cloud_bridge.own_threads import own_thread
@@ -50,9 +50,19 @@ class Ops:
         self._log_failure = LogThrottle(interval=10.0)  # a balancer may ask every second
 
     async def store_problem(self) -> str | None:
-        """None when the store answers now, else why not (no secret: our errors never carry one)."""
+        """None when the store answers now, else why not (no secret: our errors never carry one).
+
+        The ledger, and the device registry: on SQLite a file of its own, opened for every call, which a full
+        disk refuses while the ledger's open connection still reads, so every CONNECT and batch failed and
+        /healthz said 200.
+        """
         try:
-            await asyncio.wait_for(self._ledger.ping(), HEALTH_TIMEOUT)
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                await self._ledger.ping()
+                try:
+                    await own_thread(self._registry.revocation_counter)
+                except BridgeError as exc:  # its detail names its file: why, not where (strangers read this)
+                    raise TransientError(f"device registry: {exc.__cause__ or exc.code}") from None
         except TimeoutError:
             return f"store did not answer within {HEALTH_TIMEOUT:.0f} s"
         except BridgeError as exc:

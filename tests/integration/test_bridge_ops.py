@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -25,6 +26,7 @@ from tests.support.bridge import (
     running_bridge,
     until,
 )
+from tests.support.disk import fill, small_disk
 from tests.support.metrics import check_conventions
 from tests.support.stores import PG_ADMIN, pg_url
 
@@ -164,3 +166,37 @@ async def test_healthz_follows_the_store(tmp_path: Path, server_cert_files: dict
                 return (await health(session, node, tls=True))[0] == 200
 
             await until(healthy, timeout=30, what="healthy again: the pool connects by itself, no restart")
+
+
+async def test_healthz_says_so_while_a_full_disk_fails_every_batch(
+    tmp_path: Path, server_cert_files: dict[str, Path], counting: CountingIntegration
+) -> None:
+    """SQLite: /healthz asked the ledger for a read through its open connection, which a full disk answers, so it
+    said 200 while the device registry (a file of its own, opened for each call) refused every batch."""
+    with small_disk(tmp_path / "disk") as disk:
+        settings = make_settings(disk, server_cert_files)
+        async for node in running_bridge(settings, server_cert_files["ca"], {"email.send": counting}):
+            client = await node.connect(await node.enroll())
+
+            def errors(node: Harness = node) -> float:
+                sample = node.bridge.metrics.registry.get_sample_value("bridge_batches_total", {"outcome": "error"})
+                return sample or 0.0
+
+            filler = await asyncio.to_thread(fill, disk)
+            try:
+                client.send([email(f"full-{n}") for n in range(50)])
+                await until(lambda: errors() >= 1, timeout=30, what="a batch the full disk refused")
+                async with aiohttp.ClientSession() as session:
+                    for tls in (True, False):
+                        status, body = await health(session, node, tls=tls)
+                        assert status == 503, body
+                        [problem] = body["problems"]  # why, never where: strangers read the HTTPS one
+                        assert str(problem).startswith("store not reachable: device registry: "), problem
+                        assert str(disk) not in str(problem)
+            finally:
+                filler.unlink()
+            async with aiohttp.ClientSession() as session:
+                assert await health(session, node, tls=True) == (200, {"status": "ok", "problems": []})
+            client.send([email("room-again")])
+            await until(partial(lambda c: "room-again" in c.states(), client), timeout=30, what="admitted again")
+            await client.stop()

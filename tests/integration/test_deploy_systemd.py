@@ -117,6 +117,18 @@ def test_the_bridge_keeps_data_in_its_state_directory_and_secrets_out_of_the_uni
     assert argv[argv.index("--tls-key") + 1] == f"%d/{credential}" and source.startswith("/etc/cloud-bridge/")
 
 
+def test_the_docs_say_a_new_tls_key_takes_a_restart_when_the_unit_hands_it_over_as_a_credential() -> None:
+    """systemd copies a LoadCredential= when the service starts, not on reload: a renewal with a new key (certbot's
+    default) then fails at `systemctl reload` (new certificate, old key: refused). The docs promised a reload."""
+    service = unit(UNITS / "cloud-bridge.service")["Service"]
+    credential = service["LoadCredential"].split(":", 1)[0]
+    assert f"--tls-key %d/{credential}" in service["ExecStart"]
+    deploy = " ".join((ROOT / "docs/deploy.md").read_text().split())
+    assert "takes `systemctl restart cloud-bridge`" in deploy and "--reuse-key" in deploy
+    operations = " ".join((ROOT / "docs/operations.md").read_text().split())
+    assert "a renewal that makes a new key takes a restart there, not a reload" in operations
+
+
 def test_stop_is_sigterm_with_a_grace_period_and_restart_on_failure() -> None:
     for path in SERVICES:
         service = unit(path)["Service"]

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,6 +36,7 @@ from cloud_bridge.topic_acl import Access
 from intent_contract import mqtt_packets as p
 from intent_contract.accept import GuardedListener, HeadDeadlines, ServerLog, settle
 from intent_contract.errors import MalformedPacketError
+from intent_contract.logs import LogThrottle, left_out
 from intent_contract.mqtt_packets import ConnackCode, Type
 from intent_contract.turns import Turns
 
@@ -98,6 +100,9 @@ class MqttFrontDoor:
         self._upgrades = HeadDeadlines(CONNECT_TIMEOUT_S)
         self._subprotocols = mqtt_ws.Subprotocols()
         self._budget = mqtt_ws.ConnectBudget(8 * MAX_CONNECT)  # a largest CONNECT a byte per frame: 7 bytes a byte
+        # A malformed packet is a line a second, saying how many were left out: anyone who can finish a TLS
+        # handshake can send a malformed CONNECT, and 300 connections doing so wrote 300 WARNING lines.
+        self._malformed_log = LogThrottle()
 
     async def start(self) -> None:
         try:
@@ -263,10 +268,14 @@ class MqttFrontDoor:
             framer.max_packet = MAX_PACKET
             await self._read_loop(connection, framer, keepalive)
         except MalformedPacketError as exc:
-            logger.warning(
-                "MQTT packet refused from %s (%s): %s; connection closed", connection.device_id or "-", link.peer, exc,
-                extra={"device_id": connection.device_id or None, "peer": link.peer, "code": "malformed_packet"},
-            )  # fmt: skip
+            not_logged = self._malformed_log.allow(time.monotonic())
+            if not_logged is not None:
+                logger.warning(
+                    "MQTT packet refused from %s (%s): %s; connection closed%s", connection.device_id or "-",
+                    link.peer, exc, left_out(not_logged),
+                    extra={"device_id": connection.device_id or None, "peer": link.peer, "code": "malformed_packet",
+                           "not_logged": not_logged},
+                )  # fmt: skip
         except TimeoutError:
             logger.info("device %s sent nothing within 1.5 times its keepalive: closed", connection.device_id or "-",
                         extra={"device_id": connection.device_id or None, "peer": link.peer})  # fmt: skip

@@ -42,6 +42,7 @@ from intent_contract.codec import (
     refuse_version,
 )
 from intent_contract.errors import DecodeError, UnsupportedVersionError
+from intent_contract.logs import LogThrottles, left_out
 from intent_contract.names import is_name
 from intent_contract.wire import (
     ACKS,
@@ -67,6 +68,7 @@ Publish = Callable[[str, str, bytes], Awaitable[None]]
 # inline, and the two decode slots capped a node at ~11,000 intents/s (bench/findings.md F20). A batch
 # this size holds at most ~80 intents, ~2 ms of the loop; a drain's batches of 500 still go to the thread,
 # where the loop keeps serving other devices between the thread's GIL slices.
+UNDECODABLE_LOG_INTERVAL = 10.0  # seconds between a device's "undecodable ... dropped" lines
 INLINE_JUDGE_BYTES = 8 * 1024
 
 
@@ -111,6 +113,9 @@ class BridgeService:
             self._handle, self._metrics, messages=queue_per_device, max_bytes=queue_bytes_per_device
         )
         self._decode_slots = asyncio.Semaphore(decode_threads)
+        # What a device sends that cannot be read: a line per device per UNDECODABLE_LOG_INTERVAL (the metric counts
+        # each); an enrolled device publishing garbage in a loop wrote a line per publish.
+        self._undecodable_logs = LogThrottles(UNDECODABLE_LOG_INTERVAL)
         self._devices: dict[str, DeviceRef] = {}
         self._publish: Publish | None = None
         self._wake: Callable[[], None] = lambda: None
@@ -292,11 +297,7 @@ class BridgeService:
             return functools.partial(self._refuse_version, device, exc)
         except DecodeError as exc:
             self._metrics.batches.labels("undecodable").inc()
-            logger.warning(
-                "undecodable batch dropped: %s",
-                str(exc)[:200],
-                extra={"device_id": device_id, "bytes": len(data), "code": "undecodable"},
-            )
+            self._log_undecodable("batch", device_id, exc, len(data))
             return _no_acks
         return functools.partial(self._admit_judged, device, batch, requests, now)
 
@@ -343,6 +344,14 @@ class BridgeService:
         acks, claimed = await asyncio.shield(admission)
         return acks, len(claimed) == len(requests)
 
+    def _log_undecodable(self, what: str, device_id: str, exc: DecodeError, size: int) -> None:
+        not_logged = self._undecodable_logs.allow(f"{what} {device_id}", time.monotonic())
+        if not_logged is not None:
+            logger.warning(
+                "undecodable %s dropped: %s%s", what, str(exc)[:200], left_out(not_logged),
+                extra={"device_id": device_id, "bytes": size, "code": "undecodable", "not_logged": not_logged},
+            )  # fmt: skip
+
     async def _refuse_version(self, device: DeviceRef, error: UnsupportedVersionError) -> list[Ack]:
         """Reject (and audit) every intent of the batch that can be named, so the edge reports them instead of
         resending."""
@@ -365,11 +374,7 @@ class BridgeService:
         try:
             ids, attempt = read_confirms(data)
         except DecodeError as exc:
-            logger.warning(
-                "undecodable confirms dropped: %s",
-                str(exc)[:200],
-                extra={"device_id": device_id, "code": "undecodable"},
-            )
+            self._log_undecodable("confirms", device_id, exc, len(data))
             return 0
         sent = self._sent.get(device_id)
         if sent:

@@ -434,3 +434,40 @@ async def test_what_a_device_repeats_at_will_is_logged_a_line_at_a_time_and_a_lo
         a: registry.get_sample_value("bridge_topics_refused_total", {"action": a}) for a in ("publish", "subscribe")
     }
     assert refused == {"publish": 5000, "subscribe": 1}  # every one counted
+
+
+async def test_garbage_from_a_device_or_a_stranger_is_logged_a_line_at_a_time(
+    bridge: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An enrolled device's undecodable batches and confirms, and a stranger's malformed CONNECTs (anyone who can
+    finish a TLS handshake), were a WARNING line each: 300 connections with a bad CONNECT wrote 300 lines."""
+    creds = await bridge.enroll()
+    caplog.set_level(logging.INFO)
+    registry = bridge.bridge.metrics.registry
+
+    def strangers() -> None:
+        for _ in range(40):
+            with tls_connect(bridge.mqtt_port, str(bridge.ca_file)) as sock:
+                sock.sendall(b"\x10\x03\x00\x01\xff")  # a CONNECT whose protocol name is not UTF-8
+                read_until_closed(sock)
+
+    def device() -> None:
+        client = RawClient(bridge.mqtt_port, 30, ca_file=str(bridge.ca_file))
+        try:
+            client.connect(creds.device_id, username=creds.device_id, password=creds.token().encode())
+            for leaf in ("confirms", "intents"):  # one queue per device, in order: the batches counted come last
+                garbage = p.Publish(f"devices/{creds.device_id}/{leaf}", b"\xc1", 0, False, False, None)
+                for _ in range(20):  # one at a time: the device's queue holds a few
+                    client.send(p.encode(garbage))
+                    client.send(p.Bare(p.Type.PINGREQ))
+                    assert client.receive() == p.Bare(p.Type.PINGRESP)
+        finally:
+            client.close()
+
+    await asyncio.to_thread(strangers)
+    await asyncio.to_thread(device)
+    await until(lambda: registry.get_sample_value("bridge_batches_total", {"outcome": "undecodable"}) == 20)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(line.startswith("MQTT packet refused") for line in lines) == 1, lines
+    assert sum(line.startswith("undecodable batch dropped") for line in lines) == 1, lines
+    assert sum(line.startswith("undecodable confirms dropped") for line in lines) == 1, lines

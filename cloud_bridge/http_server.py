@@ -24,6 +24,9 @@ from intent_contract.accept_limits import DEFAULT_CONNECTION_LIMITS, ConnectionL
 REQUEST_HEAD_TIMEOUT_S = 30.0  # from the TLS handshake, or the last response, to a request's whole head
 REQUEST_TIMEOUT_S = 60.0  # from a request's head to its answer: its body read and the handler done
 KEEPALIVE_TIMEOUT_S = 15.0  # aiohttp closes an idle connection first, before its head deadline aborts it
+# A stop waits this long for requests under way (aiohttp's default, 60 s, is longer than systemd's and compose's
+# 30 s of grace: a stranger's request body sent slowly held the node's stop for 59 s, until SIGKILL).
+SHUTDOWN_TIMEOUT_S = 2.0
 METRICS_CONNECTIONS = ConnectionLimits(per_address=16, total=64)  # scrapers and health checks need a few
 
 
@@ -55,7 +58,10 @@ class HttpServer:
         self._heads = HeadDeadlines(REQUEST_HEAD_TIMEOUT_S)
         app.middlewares.append(within_deadlines(self._heads, REQUEST_TIMEOUT_S))
         self._name = name  # the listener's name in log lines and metrics
-        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT_S, logger=ServerLog())
+        self._runner = web.AppRunner(
+            app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT_S, logger=ServerLog(),
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        )  # fmt: skip
         self._bind = bind
         self._context = context
         self._flag = flag

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_bridge import http_server
+from cloud_bridge.node import Bridge
 from cloud_bridge.settings import HostPort
 from intent_contract import mqtt_packets as p
 from tests.support.bridge import CountingIntegration, Harness, counting, make_settings, running_bridge
@@ -273,3 +274,35 @@ def test_two_thousand_idle_sockets_do_not_grow_the_bridge(tmp_path: Path, server
         bridge.stop()
     assert closed == 2 * 984
     assert grown < 40, f"the bridge grew by {grown:.0f} MB"
+
+
+@pytest.mark.timeout(45)  # the stop used to take aiohttp's 60 s of shutdown for the request below
+async def test_a_request_under_way_does_not_hold_the_nodes_stop(
+    tmp_path: Path, server_cert_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stranger's POST whose body never comes held `Bridge.stop` for 59 s (its request deadline, under aiohttp's
+    60 s shutdown wait): longer than the 30 s systemd and compose give a stop before SIGKILL, so any stranger could
+    make every stop of a node end killed, its store never closed."""
+    monkeypatch.setattr(http_server, "REQUEST_TIMEOUT_S", 3600.0)  # only the stop can end the request here
+    settings = make_settings(tmp_path, server_cert_files)
+    node = Bridge(settings, integrations={})
+    await node.start()
+    try:
+
+        def start_request() -> ssl.SSLSocket:
+            sock = tls_connect(settings.http_listen.port, str(server_cert_files["ca"]))
+            sock.sendall(
+                b"POST /v1/enroll HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
+            return sock
+
+        def pending() -> float | None:
+            return node.metrics.registry.get_sample_value("bridge_connections_pending", {"listener": "https"})
+
+        sock = await asyncio.to_thread(start_request)
+        await asyncio.to_thread(wait_until, lambda: pending() == 1, what="the request under way")
+    finally:
+        await node.stop()
+    with sock:
+        assert await asyncio.to_thread(read_until_closed, sock) == b""

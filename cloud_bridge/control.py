@@ -5,7 +5,8 @@ root) can open it, and the bridge also checks the peer's uid (SO_PEERCRED) befor
 Chosen over a pid file and a signal because the caller gets the answer (applied, or refused and
 why), and a stale pid file can never make it signal another process. One request a connection: a
 JSON line `{"command": "reload"}` (size- and depth-bounded), answered by one JSON line; a line that is not
-such a request is answered `{"ok": false, "error": ...}`, one over 4 KiB gets no answer.
+such a request is answered `{"ok": false, "error": ...}`, one over 4 KiB gets no answer. An answer may be
+longer (a refused reload names every problem of the file) and is read up to MAX_ANSWER.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 SOCKET_NAME: Final = "control.sock"
 _MAX_LINE: Final = 4096
+# The bridge's answer: a refused reload names every problem, and 120 of them (4.5 KB) made `cloud-bridge reload`
+# crash on the request's 4 KiB limit ("chunk is longer than limit"), the problems unseen. The bridge clips its
+# own error to fit (MAX_ERROR_CHARS).
+MAX_ANSWER: Final = 1 << 20
+MAX_ERROR_CHARS: Final = 256 * 1024
 _MAX_PATH: Final = 107  # sun_path, less its terminating NUL
 
 Handler = Callable[[], Awaitable[dict[str, Any]]]
@@ -124,7 +130,7 @@ async def request(data_dir: Path, command: str) -> dict[str, Any]:
     """
     path = socket_path(data_dir)
     try:
-        reader, writer = await asyncio.open_unix_connection(str(path), limit=_MAX_LINE)
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_ANSWER)
     except OSError as exc:
         raise ConfigError(
             f"no bridge answers on {path} ({type(exc).__name__}): is `cloud-bridge run` running with this"
@@ -136,6 +142,8 @@ async def request(data_dir: Path, command: str) -> dict[str, Any]:
         line = await reader.readline()
     except OSError as exc:
         raise TransientError(f"the bridge did not answer on {path}: {type(exc).__name__}") from None
+    except ValueError:  # asyncio's "chunk is longer than limit"
+        raise TransientError(f"the bridge's answer on {path} is longer than {MAX_ANSWER} bytes") from None
     finally:
         writer.close()
     try:

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cloud_bridge.control import ControlServer
+from cloud_bridge.control import MAX_ERROR_CHARS, ControlServer
 from cloud_bridge.dashboard.auth import OperatorAuth
 from cloud_bridge.dashboard.store_data import StoreData
 from cloud_bridge.dashboard.views import Dashboard
@@ -49,6 +49,7 @@ from cloud_bridge.service import BridgeService
 from cloud_bridge.settings import BridgeSettings
 from cloud_bridge.store import open_store
 from cloud_bridge.tenant_pools import SHARED_ORPHAN_GRACE
+from intent_contract.logs import clip
 
 logger = logging.getLogger(__name__)
 
@@ -336,7 +337,7 @@ class Bridge:
         try:
             integrations = await self.reload()
         except BridgeError as exc:
-            return {"ok": False, "error": exc.detail, "generation": self.generation}
+            return {"ok": False, "error": clip(exc.detail, MAX_ERROR_CHARS), "generation": self.generation}
         return {"ok": True, "generation": self.generation, "integrations": integrations}
 
     @property

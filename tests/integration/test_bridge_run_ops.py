@@ -221,3 +221,25 @@ def test_a_config_file_that_is_not_utf8_is_refused_by_line_and_quoted_nowhere(
     for shown in (result.stderr, bridge.log(), started.stderr, edge.stderr):
         assert token not in shown
         assert "Traceback" not in shown
+
+
+def test_a_reload_refused_for_many_problems_prints_every_one(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    """`cloud-bridge reload` read the answer under the request's 4 KiB limit: 120 problems (12 KB) crashed it with a
+    traceback ("chunk is longer than limit"), and the operator saw none of them."""
+    bridge = BridgeProcess(tmp_path, server_cert_files, config_text=config(free_port()))
+    try:
+        bridge.start()
+        tenants = "".join(f'\n[tenants.t{n}.policy]\nkinds = ["fax.send"]\n' for n in range(120))
+        bridge.config.write_text(config(free_port()) + tenants)
+        result = subprocess.run(
+            [*bridge_cli(), "reload", "--data-dir", str(bridge.data_dir)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert "reload refused, the running config stays in force" in result.stderr
+        assert all(f"tenants.t{n}.policy.kinds.0: unknown kind" in result.stderr for n in range(120))
+    finally:
+        bridge.stop()

@@ -39,6 +39,7 @@ from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.listen_check import check_port_free
 from cloud_bridge.listener import BridgeListener
 from cloud_bridge.metrics import BridgeMetrics
+from cloud_bridge.node_lock import NodeLock
 from cloud_bridge.offline_keys import load_or_create
 from cloud_bridge.ops_http import Ops
 from cloud_bridge.own_threads import own_thread
@@ -117,6 +118,7 @@ class Bridge:
         self._refusals: ConnectAudit | None = None
         self.retention: Retention | None = None
         self._dashboard: Dashboard | None = None
+        self._lock: NodeLock | None = None  # a SQLite store's: one node per data directory
         self._own_session_key = secrets.token_bytes(32)  # the dashboard's, when the config gives none
 
     def _integrations_of(self, settings: BridgeSettings) -> tuple[dict[str, Integration], dict[str, Owned]]:
@@ -141,8 +143,7 @@ class Bridge:
         policy = settings.config.policy()
         self.integrations, self.tenant_integrations = self._integrations_of(settings)
         logger.info("integrations enabled: %s", ", ".join(sorted(self.integrations)) or "none")
-        await self.store.open()
-        self._opened = True
+        await self._open_store()
         desk = self.fleet_desk = FleetDesk(
             self.store.fleet,
             node=settings.node_id,
@@ -256,6 +257,15 @@ class Bridge:
             settings.metrics_listen or "off",
             settings.store_url,
         )
+
+    async def _open_store(self) -> None:
+        """Open the store; a SQLite one under its data directory's lock (node_lock), taken before the executor's
+        start takes back the rows left running."""
+        if not self.store.url.shared:
+            self._lock = NodeLock(self.store.url.directory)
+            self._lock.acquire(self.settings.node_id)
+        await self.store.open()
+        self._opened = True
 
     async def reload(self) -> list[str]:
         """Read the config again and apply it; returns the integrations now enabled.
@@ -383,3 +393,5 @@ class Bridge:
                 logger.exception("integration %s did not close cleanly", integration.kind)
         if self._opened:
             await self.store.close()
+        if self._lock is not None:
+            self._lock.release()

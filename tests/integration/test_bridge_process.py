@@ -12,9 +12,24 @@ import subprocess
 import sys
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 
-from tests.support.bridge import Harness, counting, harness, until
+import pytest
+
+from cloud_bridge.errors import ConfigError
+from cloud_bridge.node import Bridge
+from tests.support.bridge import (
+    CountingIntegration,
+    Harness,
+    HeldIntegration,
+    counting,
+    email,
+    harness,
+    make_settings,
+    running_bridge,
+    until,
+)
 from tests.support.net import free_port, wait_for_port
 
 __all__ = ["counting", "harness"]
@@ -135,3 +150,31 @@ def test_http_port_in_use_names_its_flag(tmp_path: Path, server_cert_files: dict
     assert result.returncode != 0
     assert "--http-listen" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_second_node_on_the_same_sqlite_data_dir_is_refused_and_runs_nothing(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    """The SQLite store is one node's: at start a node puts the rows left running back in the queue. A second node
+    on the same directory (other ports) did that to the row the first was running, and ran it again: executed
+    twice. It only warned that another bridge answered on the control socket."""
+    held = HeldIntegration()
+    first_settings = make_settings(tmp_path, server_cert_files)
+    async for first in running_bridge(first_settings, server_cert_files["ca"], {"email.send": held}):
+        client = await first.connect(await first.enroll())
+        client.send([email("once-1")])
+        await until(lambda: len(held.calls) == 1, what="the first node running the intent")
+        other = CountingIntegration()
+        second = Bridge(make_settings(tmp_path, server_cert_files), integrations={"email.send": other})
+        try:
+            with pytest.raises(ConfigError, match=r"another bridge node runs on .* \(node node-a, pid "):
+                await second.start()
+        finally:
+            await second.stop()
+        held.release.set()
+        await until(partial(lambda c: "delivered" in c.states().get("once-1", []), client), what="delivered once")
+        await client.stop()
+        assert (len(held.calls), other.calls) == (1, [])
+    # Stopped, the first node leaves the directory to the next one.
+    async for _again in running_bridge(make_settings(tmp_path, server_cert_files), server_cert_files["ca"], {}):
+        pass

@@ -64,6 +64,19 @@ class CountingIntegration:
         return None
 
 
+class HeldIntegration(CountingIntegration):
+    """A CountingIntegration whose executions wait until `release` is set (a provider call under way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def execute(self, job: Job) -> Outcome:
+        self.calls.append(job)
+        await self.release.wait()
+        return Outcome("sent")
+
+
 def envelope(intent_id: str, kind: str, payload: dict[str, Any], *, app: str = "hvac-ui", attempt: int = 1) -> Envelope:
     """An envelope as the edge would send it, created now."""
     return Envelope(

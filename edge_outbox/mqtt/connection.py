@@ -134,7 +134,12 @@ class Connection:
             log.debug("connection from %s closed before CONNECT", self.peer)
             return None
         except _NotMqttError:
-            log.info("connection from %s did not start with an MQTT CONNECT: closed", self.peer)
+            # This line and the two below at most one of each every 10 s (the endpoint's `log_input`): anything that
+            # can reach the port sent them a line per connection, 200 connections of HTTP wrote 200 lines.
+            self.endpoint.log_input(
+                "not_mqtt", "connection from %s did not start with an MQTT CONNECT: closed", self.peer,
+                level=logging.INFO,
+            )  # fmt: skip
             return None
         first, body = frames[0]
         connect = p.decode(first, body)
@@ -148,7 +153,10 @@ class Connection:
         version = p.PROTOCOLS.get((connect.protocol, connect.level))
         if version is None:
             if connect.protocol not in ("MQTT", "MQIsdp"):
-                log.info("connection from %s is not MQTT (protocol %r): closed", self.peer, connect.protocol)
+                self.endpoint.log_input(
+                    "not_mqtt_protocol", "connection from %s is not MQTT (protocol %r): closed", self.peer,
+                    connect.protocol, level=logging.INFO,
+                )  # fmt: skip
                 return None
             self._refuse(ConnackCode.BAD_PROTOCOL_VERSION, f"protocol level {connect.level}")
             return None
@@ -197,7 +205,9 @@ class Connection:
             self.writer.write(self.dialect.connack(False, ConnackCode.SERVER_UNAVAILABLE))
 
     def _refuse(self, code: ConnackCode, why: str) -> None:
-        log.info("refused client from %s: %s (CONNACK %d)", self.peer, why, code)
+        self.endpoint.log_input(
+            "refused", "refused client from %s: %s (CONNACK %d)", self.peer, why, int(code), level=logging.INFO
+        )
         self.writer.write(self.dialect.connack(False, code))
 
     async def _read_loop(self, keepalive: int) -> None:

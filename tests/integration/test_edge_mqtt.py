@@ -197,6 +197,27 @@ def test_an_app_publishing_one_id_in_a_loop_gets_a_log_line_now_and_then(
     assert [("app=again" in line, "app=other" in line) for line in lines] == [(True, False), (False, True)]
 
 
+def test_connections_refused_at_their_start_get_a_log_line_now_and_then(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    """Anything that can reach the port (the LAN, with `listen` on it) wrote a line per connection: 200 connections
+    that spoke HTTP wrote 200 lines, and as many for a CONNECT of another protocol or one refused."""
+
+    def closed_after(data: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", outbox.port), timeout=10) as sock:
+            sock.sendall(data)
+            return sock.recv(64)  # the outbox logs, then answers or closes
+
+    for _ in range(20):
+        assert closed_after(b"GET / HTTP/1.0\r\n\r\n") == b""
+        assert closed_after(b"\x10\x0c\x00\x04XXXX\x04\x02\x00\x3c\x00\x00") == b""  # protocol "XXXX"
+        refused = raw().connect("", clean=False)  # 3.1.1: an empty client id needs a clean session
+        assert refused.code == p.ConnackCode.IDENTIFIER_REJECTED
+    log = outbox.log()
+    for line in ("did not start with an MQTT CONNECT", "is not MQTT (protocol 'XXXX')", "refused client from"):
+        assert log.count(line) == 1, (line, log[-2000:])
+
+
 def test_messages_for_an_absent_persistent_session_wait_for_it(
     outbox: OutboxProcess, raw: Callable[[], RawClient]
 ) -> None:

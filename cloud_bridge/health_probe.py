@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from cloud_bridge.errors import ConfigError, TransientError
+from intent_contract.readable import readable
 
 
 def check(url: str, *, ca: Path | None = None, server_name: str | None = None, timeout: float = 5.0) -> None:
@@ -33,4 +34,17 @@ def check(url: str, *, ca: Path | None = None, server_name: str | None = None, t
     except httpx.HTTPError as exc:
         raise TransientError(f"{url}: {exc or type(exc).__name__}") from None
     if response.status_code != 200:
-        raise TransientError(f"{url} answered HTTP {response.status_code}")
+        problems = _problems(response)
+        raise TransientError(f"{url} answered HTTP {response.status_code}{': ' + problems if problems else ''}")
+
+
+def _problems(response: httpx.Response) -> str:
+    """What an unhealthy node's /healthz says is wrong, for the health check's log (a container's `docker inspect`
+    showed "answered HTTP 503" and no reason). Bounded and made readable: the answer is the server's to choose."""
+    try:
+        found = response.json().get("problems")
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(found, list):
+        return ""
+    return readable("; ".join(str(p) for p in found))[:500]

@@ -16,6 +16,7 @@ import dockerfile
 import pytest
 import trustme
 
+from tests.support.https_stub import https_answering
 from tests.support.net import free_port
 from tests.support.services import unavailable
 from tests.support.stack import BridgeProcess
@@ -124,3 +125,18 @@ def test_health_fails_in_one_line(bridge: BridgeProcess, tmp_path: Path, args: l
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
     assert says in result.stderr
+
+
+def test_health_of_an_unhealthy_node_says_why(tmp_path: Path) -> None:
+    """A 503 printed "answered HTTP 503" and nothing of the problems /healthz names: the image's health log (what
+    `docker inspect` shows) never said why."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    answer = b'{"status": "unhealthy", "problems": ["store not reachable: device registry: disk I/O error"]}'
+    with https_answering(ca, 503, answer) as port:
+        result = health("--url", f"https://127.0.0.1:{port}/healthz", "--ca", tmp_path / "ca.pem")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"Error: https://127.0.0.1:{port}/healthz answered HTTP 503: store not reachable: device registry:"
+        " disk I/O error\n"
+    )

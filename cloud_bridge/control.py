@@ -33,6 +33,10 @@ _MAX_LINE: Final = 4096
 # The bridge's answer: a refused reload names every problem, and 120 of them (4.5 KB) made `cloud-bridge reload`
 # crash on the request's 4 KiB limit ("chunk is longer than limit"), the problems unseen. The bridge clips its
 # own error to fit (MAX_ERROR_CHARS).
+# A caller's request line must come within this; a stop closes every connection still open. On Python 3.12 and
+# later, Server.wait_closed waits for every connection: one client connected and silent (`nc -U control.sock`
+# left open, a `cloud-bridge reload` suspended) held the node's stop until SIGKILL.
+REQUEST_TIMEOUT_S: Final = 10.0
 MAX_ANSWER: Final = 1 << 20
 MAX_ERROR_CHARS: Final = 256 * 1024
 _MAX_PATH: Final = 107  # sun_path, less its terminating NUL
@@ -59,6 +63,12 @@ class ControlServer:
         self.path = socket_path(data_dir)
         self._handlers = dict(handlers)
         self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+
+    @property
+    def callers(self) -> int:
+        """Connections open now."""
+        return len(self._open)
 
     async def start(self) -> bool:
         """Listen; False (and a warning) when the path is too long or another bridge answers on it."""
@@ -80,23 +90,29 @@ class ControlServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            for writer in self._open:  # a reload under way carries on; its answer has nowhere to go
+                writer.transport.abort()
             await self._server.wait_closed()
             self._server = None
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.add(writer)
         try:
             uid = _peer_uid(writer.get_extra_info("socket"))
             if uid is not None and uid not in (0, os.geteuid()):
                 answer: dict[str, Any] = {"ok": False, "error": "not allowed"}
             else:
-                answer = await self._answer(await reader.readline())
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    line = await reader.readline()
+                answer = await self._answer(line)
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
-        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
-            pass  # a caller that went away or sent too much gets nothing
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError, TimeoutError):
+            pass  # a caller that went away, sent too much or nothing in time gets nothing
         finally:
+            self._open.discard(writer)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()

@@ -7,7 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from cloud_bridge import control
 from cloud_bridge.control import ControlServer
+from tests.support.net import until
 
 
 async def ask(server: ControlServer, line: bytes) -> dict[str, Any]:
@@ -45,3 +49,26 @@ async def test_a_deep_or_broken_line_is_answered_with_an_error(tmp_path: Path) -
         await server.stop()
     assert reloads == [True]
     assert unhandled == []
+
+
+async def test_a_silent_caller_is_closed_and_none_holds_a_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller that connected and sent nothing was waited for without end; on Python 3.12 and later the node's stop
+    (Server.wait_closed) then waited for it too, until SIGKILL."""
+
+    async def reload() -> dict[str, Any]:
+        return {"ok": True}
+
+    monkeypatch.setattr(control, "REQUEST_TIMEOUT_S", 0.5)
+    server = ControlServer(tmp_path, {"reload": reload})
+    assert await server.start()
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(server.path))
+        assert await asyncio.wait_for(reader.read(), 30) == b""  # closed at the deadline, unanswered
+        writer.close()
+        monkeypatch.setattr(control, "REQUEST_TIMEOUT_S", 3600.0)
+        reader, writer = await asyncio.open_unix_connection(str(server.path))
+        await until(lambda: server.callers == 1, what="the silent caller taken")
+    finally:
+        await server.stop()
+    assert await asyncio.wait_for(reader.read(), 30) == b""  # the stop closed it
+    writer.close()

@@ -177,7 +177,7 @@ class Outbox:
     async def _observe(self) -> Observed:
         """What the metrics and health endpoint reports, read now."""
         assert self.intake is not None
-        summary = await self.store.read(ops.summary)
+        summary = await self.store.read_aside(ops.summary)
         link = self.forwarder.snapshot() if self.forwarder is not None else None
         health = self.intake.health
         return Observed(

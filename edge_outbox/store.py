@@ -10,6 +10,7 @@ themselves while `wants_events()` says a consumer reads them, else only their ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -75,6 +76,25 @@ class Store:
         if not self._writer.running:
             raise StorageError("the store is not running")
         return await self._writer.call(fn, *args, writes=False)
+
+    async def read_aside(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a reading `fn(conn, *args)` on a connection of its own, in a worker thread, never behind the writer.
+
+        For the metrics and health endpoint: behind the writer, a read waited for every group ahead of it, and
+        while another program held the database's write lock (a backup, `sqlite3` left in a transaction) each
+        group waited out the busy timeout, so /healthz never answered, not even that intake was paused. A WAL
+        reader waits for no writer.
+        """
+
+        def run() -> T:
+            with contextlib.closing(db.connect(self.data_dir, create=False)) as conn:
+                conn.execute("PRAGMA query_only = ON")
+                return fn(conn, *args)
+
+        try:
+            return await asyncio.to_thread(run)
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not read {db.db_path(self.data_dir)}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         conn = db.connect(self.data_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -112,3 +113,31 @@ def test_what_a_local_process_can_hold_on_the_endpoint_is_bounded(tmp_path: Path
     assert log.count("Error handling request") == 1  # 200 bad requests, in 10 s
     assert "Traceback" not in log
     assert stopped_in < 10, f"stopped {stopped_in:.1f} s after SIGTERM"
+
+
+def test_health_answers_while_another_program_holds_the_database(tmp_path: Path) -> None:
+    """/healthz read through the writer, behind groups that each waited out the busy timeout while another program
+    held the write lock (a backup, `sqlite3` left in a transaction): it never answered (cut off at 10 s), not
+    even that intake was paused."""
+    metrics_port = free_port()
+    with OutboxProcess(tmp_path / "data", free_port(), "--metrics", f"127.0.0.1:{metrics_port}") as outbox:
+        app = Client(outbox.port, "locked-app").connect()
+        app.publish("outbox/locked/email.send", email("before"), name="before")
+        wait_until(lambda: app.acked == {"before"}, what="stored")
+        with contextlib.closing(sqlite3.connect(tmp_path / "data" / "outbox.db", isolation_level=None)) as holder:
+            holder.execute("BEGIN IMMEDIATE")
+            app.publish("outbox/locked/email.send", email("during"), name="during")
+
+            def answered() -> tuple[int, str] | None:
+                try:
+                    return fetch(f"http://127.0.0.1:{metrics_port}/healthz")
+                except OSError:  # cut off unanswered
+                    return None
+
+            _status, body = wait_until(
+                lambda: (found := answered()) and found[0] == 503 and found, timeout=60, what="503 with the reason"
+            )
+            assert "intake paused" in body and "database is locked" in body, body
+            holder.execute("ROLLBACK")
+        wait_until(lambda: "during" in app.acked, timeout=30, what="stored once the lock is gone")
+        app.close()

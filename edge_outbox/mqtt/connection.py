@@ -134,12 +134,9 @@ class Connection:
             log.debug("connection from %s closed before CONNECT", self.peer)
             return None
         except _NotMqttError:
-            # This line and the two below at most one of each every 10 s (the endpoint's `log_input`): anything that
-            # can reach the port sent them a line per connection, 200 connections of HTTP wrote 200 lines.
-            self.endpoint.log_input(
-                "not_mqtt", "connection from %s did not start with an MQTT CONNECT: closed", self.peer,
-                level=logging.INFO,
-            )  # fmt: skip
+            # These lines, once every 10 s each (`log_input`): whatever reaches the port wrote one per connection.
+            msg = "connection from %s did not start with an MQTT CONNECT: closed"
+            self.endpoint.log_input("not_mqtt", msg, self.peer, level=logging.INFO)
             return None
         first, body = frames[0]
         connect = p.decode(first, body)

@@ -20,6 +20,7 @@ from typing import Final
 
 from aiohttp import hdrs, web
 
+from intent_contract.accept import PassedOn
 from intent_contract.logs import LogThrottle, left_out
 
 logger = logging.getLogger(__name__)
@@ -154,22 +155,16 @@ class ConnectBudget:
         return left >= size
 
 
-class _Counted(asyncio.Protocol):
+class _Counted(PassedOn):
     """aiohttp's protocol for one connection, every call passed on; what it receives counted against its budget."""
 
     def __init__(self, inner: asyncio.Protocol, budget: ConnectBudget) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._budget = budget
-        self._transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._budget.end(self._transport)
-        self._inner.connection_lost(exc)
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None
@@ -177,13 +172,4 @@ class _Counted(asyncio.Protocol):
             self._budget.end(self._transport)
             self._transport.abort()
             return
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        super().data_received(data)

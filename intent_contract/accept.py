@@ -318,21 +318,19 @@ class HeadDeadlines:
             timer.cancel()
 
 
-class _Deadlined(asyncio.Protocol):
-    """aiohttp's protocol for one connection, every call passed on; the deadline starts with the connection."""
+class PassedOn(asyncio.Protocol):
+    """A protocol that passes every call on to `inner`: the base of wrappers that watch a connection."""
 
-    def __init__(self, inner: asyncio.Protocol, deadlines: HeadDeadlines) -> None:
+    def __init__(self, inner: asyncio.Protocol) -> None:
         self._inner = inner
-        self._deadlines = deadlines
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._deadlines.start(transport)
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._deadlines.end(self._transport)
         self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -346,6 +344,22 @@ class _Deadlined(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
+
+
+class _Deadlined(PassedOn):
+    """aiohttp's protocol for one connection, every call passed on; the deadline starts with the connection."""
+
+    def __init__(self, inner: asyncio.Protocol, deadlines: HeadDeadlines) -> None:
+        super().__init__(inner)
+        self._deadlines = deadlines
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._deadlines.start(transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadlines.end(self._transport)
+        super().connection_lost(exc)
 
 
 def within_deadlines(heads: HeadDeadlines, request_timeout: float) -> Middleware:

@@ -24,6 +24,12 @@ from intent_contract.accept_limits import DEFAULT_CONNECTION_LIMITS, ConnectionL
 REQUEST_HEAD_TIMEOUT_S = 30.0  # from the TLS handshake, or the last response, to a request's whole head
 REQUEST_TIMEOUT_S = 60.0  # from a request's head to its answer: its body read and the handler done
 KEEPALIVE_TIMEOUT_S = 15.0  # aiohttp closes an idle connection first, before its head deadline aborts it
+# A request's head: aiohttp's defaults (128 header lines of 8,190 bytes) let a connection that never finished its
+# head hold about 2.5 MB of the bridge for REQUEST_HEAD_TIMEOUT_S, 1.2 GB for the connections a listener holds
+# before authentication. Enrollment, health and a browser on the dashboard send a dozen or two lines; a line
+# keeps aiohttp's length, for a browser's Cookie header (the bridge's host may share a domain's cookies).
+HEAD_LINE_MAX = 8190  # bytes in the request line, and in one header line
+HEAD_LINES_MAX = 32
 # A stop waits this long for requests under way (aiohttp's default, 60 s, is longer than systemd's and compose's
 # 30 s of grace: a stranger's request body sent slowly held the node's stop for 59 s, until SIGKILL).
 SHUTDOWN_TIMEOUT_S = 2.0
@@ -60,7 +66,8 @@ class HttpServer:
         self._name = name  # the listener's name in log lines and metrics
         self._runner = web.AppRunner(
             app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT_S, logger=ServerLog(),
-            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S, max_line_size=HEAD_LINE_MAX, max_field_size=HEAD_LINE_MAX,
+            max_headers=HEAD_LINES_MAX,
         )  # fmt: skip
         self._bind = bind
         self._context = context

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
@@ -10,8 +11,10 @@ import time
 import aiohttp
 import pytest
 
+from cloud_bridge.http_server import REQUEST_HEAD_TIMEOUT_S
 from intent_contract.device_token import generate_private_key_pem, sign_device_token
 from tests.support.bridge import Harness, counting, harness
+from tests.support.mqtt_raw import read_until_closed, tls_connect
 from tests.support.raw_http import raw_request
 
 __all__ = ["counting", "harness"]  # fixtures
@@ -115,3 +118,28 @@ async def test_a_body_that_is_not_its_content_encoding_is_malformed(harness: Har
     body = gzip.compress(json.dumps({"code": "nope", "public_key": "x"}).encode())
     status, response = await raw_request(harness, "POST", "/v1/enroll", headers, body)
     assert status in (400, 403) and json.loads(response.split(b"\r\n\r\n", 1)[1])["error"] != "malformed"
+
+
+@pytest.mark.parametrize(
+    ("what", "lines"),
+    [
+        ("33 header lines", [f"X-Pad-{i}: {'a' * 100}" for i in range(33)]),
+        ("a 9,000-byte line", ["Cookie: " + "a" * 9000]),
+    ],
+)
+async def test_a_request_head_past_its_limits_is_refused_at_once(harness: Harness, what: str, lines: list[str]) -> None:
+    """aiohttp reads up to 128 header lines of 8,190 bytes: a head sent that far and never finished held about
+    2.5 MB of the bridge for the head's deadline (30 s), on the port that faces devices and browsers. Past 32
+    lines, or a line past 8,190 bytes, it is answered 400 and closed as soon as that much is in."""
+    head = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(f"{line}\r\n" for line in lines)
+
+    def scenario() -> bytes:
+        # Within the deadline, so an answer can only be the limit's; before, the deadline closed it unanswered.
+        with tls_connect(
+            harness.settings.http_listen.port, str(harness.ca_file), timeout=REQUEST_HEAD_TIMEOUT_S + 20
+        ) as sock:
+            sock.sendall(head.encode())
+            return read_until_closed(sock)
+
+    answer = await asyncio.to_thread(scenario)
+    assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n"), (what, answer[:100])

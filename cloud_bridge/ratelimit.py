@@ -66,8 +66,14 @@ class QuotaCount:
     used: int
 
     def at(self, day: int) -> QuotaCount:
-        """The count on `day`: a new day starts from zero."""
-        return self if day == self.day else QuotaCount(day, 0)
+        """The count on `day`: a new day starts from zero. The day before the count's (a clock behind the one
+        that wrote it: another node's across midnight, or this one's stepped back) is the count's day, as a
+        bucket adds nothing when the clock steps back: starting the old day from zero again gave a device
+        its whole quota once more, and the next day's count was lost. A count further ahead was written by
+        a clock that was wrong, not by a midnight: counting on it would refuse the device until that day."""
+        if day > self.day or day < self.day - 1:
+            return QuotaCount(day, 0)
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,5 +143,5 @@ def take(limits: Limits, state: LimitState, kind: str, now: float) -> tuple[str,
             wait = bucket.wait_seconds(limits.rate)
             return "rate_limited", f"rate limit for {kind}; next token in {wait:.1f}s", replace(state, bucket=bucket)
         bucket = bucket.take()
-    quota = QuotaCount(day, count.used + 1) if limits.daily_quota is not None else state.quota
+    quota = QuotaCount(count.day, count.used + 1) if limits.daily_quota is not None else state.quota
     return "", "", LimitState(bucket, quota)

@@ -93,3 +93,25 @@ async def test_a_tenants_rate_holds_across_nodes_of_one_store(store_url: StoreUr
     states = [acks[0].state for acks in results]
     assert states.count(AckState.ACCEPTED) == 3, states
     assert states.count(AckState.REJECTED) == 5
+
+
+async def test_a_daily_quota_holds_when_the_nodes_clocks_disagree_at_midnight(store_url: StoreUrl) -> None:
+    """Node b's clock is a second behind node a's across UTC midnight (or one node's clock steps back):
+    a count node a started for the new day is not a fresh count for node b's old day, nor the reverse."""
+    decide = Decision(True, limits=Limits(daily_quota=3), tenant_limits=Limits(daily_quota=5))
+    midnight = (NOW // 86_400 + 1) * 86_400
+    ids = iter(f"i{n}" for n in range(100))
+
+    async def spend(node: Store, now: float, count: int) -> list[str]:
+        acks = await admit(node.ledger, A1, [env(next(ids)) for _ in range(count)], lambda _: decide, now)
+        return [a.code for a in acks]
+
+    async with opened(store_url, node="node-a") as a, opened(store_url, node="node-b") as b:
+        assert await spend(b, midnight - 2, 3) == ["", "", ""]  # the device's quota of day D, used up
+        assert await spend(a, midnight + 0.5, 1) == [""]  # day D+1 on node a's clock
+        # Node b still reads day D: the quota of D is used up, and the new day's unit was spent.
+        late = await spend(b, midnight - 0.5, 3)
+        again = await spend(a, midnight + 1, 3)
+    allowed = late.count("") + again.count("")
+    assert allowed == 2, (late, again)  # 3 a day: one spent at midnight + 0.5, two more, whichever clock
+    assert set(late + again) == {"", "quota_exceeded"}

@@ -81,6 +81,24 @@ def test_daily_quota_resets_at_utc_midnight() -> None:
     assert e.usage(DAY0 + SECONDS_PER_DAY) == {("d-1", "notify"): 1}
 
 
+def test_a_clock_behind_the_count_spends_on_the_counts_day() -> None:
+    """A count written on day D+1 (another node's clock, or this one's before it stepped back) is not a
+    fresh day D: the device's quota is not given again, and the new day's count is kept."""
+    e = engine(quota=2)
+    assert e.check(DEV, "notify", NOTE, DAY0 + SECONDS_PER_DAY + 1).allowed
+    assert e.check(DEV, "notify", NOTE, DAY0 + SECONDS_PER_DAY - 1).allowed  # a second behind midnight
+    assert e.check(DEV, "notify", NOTE, DAY0 + SECONDS_PER_DAY - 1).code == "quota_exceeded"
+    assert e.check(DEV, "notify", NOTE, DAY0 + SECONDS_PER_DAY + 2).code == "quota_exceeded"
+    assert e.usage(DAY0 + SECONDS_PER_DAY) == {("d-1", "notify"): 2}
+
+
+def test_a_count_written_days_ahead_by_a_wrong_clock_does_not_lock_the_device_out() -> None:
+    e = engine(quota=1)
+    assert e.check(DEV, "notify", NOTE, DAY0 + 30 * SECONDS_PER_DAY).allowed  # a clock a month ahead
+    assert e.check(DEV, "notify", NOTE, DAY0 + 10).allowed  # back on time: today's count starts from zero
+    assert e.check(DEV, "notify", NOTE, DAY0 + 20).code == "quota_exceeded"
+
+
 def test_quota_refusal_takes_no_token_and_rate_refusal_takes_no_quota() -> None:
     e = engine({"per_hour": 1, "burst": 1}, quota=5)
     assert e.check(DEV, "notify", NOTE, DAY0).allowed

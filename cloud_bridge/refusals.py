@@ -28,11 +28,15 @@ CONNECT_WINDOW_S = 60.0
 _MAX_KEYS = 10_000  # (device, code) pairs remembered; older ones are forgotten first
 
 
-def schema_refusals(device: DeviceLike, invalid: Sequence[tuple[str, str, str]], now: float) -> list[AuditRecord]:
-    """One `reject` record per envelope that broke its schema ((id or #index, code, detail) from the codec)."""
+def schema_refusals(device: DeviceLike, invalid: Sequence[tuple[str, str, str, str]], now: float) -> list[AuditRecord]:
+    """One `reject` record per envelope that broke its schema ((id or #index, code, detail, kind) from the codec).
+
+    With its kind when the envelope named a known one: `Ledger.note` counts a refusal in usage only under
+    a kind, and without it an email.send refused for its payload was in the audit and missing from usage.
+    """
     return [
-        AuditRecord(now, device.device_id, device.tenant, ident, "", AuditEvent.REJECT, code=code, detail=detail[:200])
-        for ident, code, detail in invalid
+        AuditRecord(now, device.device_id, device.tenant, ident, kind, AuditEvent.REJECT, code=code, detail=text[:200])
+        for ident, code, text, kind in invalid
     ]
 
 

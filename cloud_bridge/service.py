@@ -307,7 +307,7 @@ class BridgeService:
         """The second stage of a batch: audit and reject the invalid envelopes, admit the rest, send the acks."""
         acks = [
             Ack(ident, AckState.REJECTED, code, detail[:MAX_DETAIL], int(now * 1000))
-            for ident, code, detail in batch.invalid
+            for ident, code, detail, _ in batch.invalid
             if is_name(ident)
         ]
         if batch.invalid:  # audited before the edge is told

@@ -93,7 +93,7 @@ def usage(
     """Intents ended per day (or kind, device, tenant), UTC days: count, failures, provider time p50/p95/max/mean.
 
     Counted when an intent ends at the bridge: delivered, failed, expired, or rejected (policy, limits,
-    schema). Provider time is the integration call that ended it, from the bridge's executor.
+    schema of a known kind). Provider time is the integration call that ended it, from the bridge's executor.
     """
     now = time.time()
     try:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from intent_contract.errors import DecodeError, SchemaViolationError, UnsupportedVersionError
-from intent_contract.names import is_name
+from intent_contract.names import KINDS, is_name
 from intent_contract.readable import readable
 from intent_contract.schemas import validate
 from intent_contract.wire import (
@@ -186,23 +186,26 @@ def encode_batch(envelopes: list[Envelope]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class DecodedBatch:
-    """Envelopes that passed validation, and (id or index, code, detail) for those that did not."""
+    """Envelopes that passed validation, and (id or index, code, detail, kind) for those that did not; the
+    kind is the envelope's when it names a known one, else "" (the bridge counts the refusal in usage under
+    it, as the audit records it)."""
 
     envelopes: list[Envelope]
-    invalid: list[tuple[str, str, str]]
+    invalid: list[tuple[str, str, str, str]]
 
 
 def _batch_v1(items: list[Any], _data: bytes) -> DecodedBatch:
     envelopes: list[Envelope] = []
-    invalid: list[tuple[str, str, str]] = []
+    invalid: list[tuple[str, str, str, str]] = []
     for index, item in enumerate(items):
         ident = item.get("id") if isinstance(item, dict) and is_name(item.get("id")) else f"#{index}"
+        kind = item.get("kind") if isinstance(item, dict) and item.get("kind") in KINDS else ""
         try:
             validate("envelope", item)
             _integers(item)
             validate(item["kind"], item["payload"])
         except SchemaViolationError as exc:
-            invalid.append((str(ident), exc.code, exc.detail))
+            invalid.append((str(ident), exc.code, exc.detail, str(kind)))
             continue
         envelopes.append(Envelope(**item))
     return DecodedBatch(envelopes, invalid)

@@ -76,3 +76,23 @@ async def test_usage_refuses_a_bad_day_in_one_line(bridge: Harness) -> None:
     result = await asyncio.to_thread(CliRunner().invoke, main, argv)
     assert result.exit_code == 1
     assert "neither a day (YYYY-MM-DD) nor a duration" in result.output
+
+
+async def test_an_intent_refused_for_its_schema_counts_in_usage_as_in_the_audit(bridge: Harness) -> None:
+    """An email.send without a subject ends `rejected`/`schema_violation` at the bridge: audited, and
+    counted in usage under its kind, so usage and the audit agree."""
+    creds = await bridge.enroll()
+    client = await bridge.connect(creds)
+    try:
+        client.send([email("ok"), envelope("broken", "email.send", {"to": ["ops@example.com"], "text": "t"})])
+        final = {"delivered", "rejected"}
+        await until(lambda: all(final & set(client.states().get(i, [])) for i in ("ok", "broken")), what="both ended")
+    finally:
+        await client.stop()
+    records = await bridge.bridge.ledger.audit(creds.device_id)
+    ends = [(r.intent_id, r.event, r.code) for r in records if r.event in {"deliver", "reject"}]
+    assert sorted(ends) == [("broken", "reject", "schema_violation"), ("ok", "deliver", "")]
+    by_kind = await usage_cli(bridge, "--since", "1d", "--by", "kind", "--json")
+    assert [(r["kind"], r["count"], r["delivered"], r["rejected"]) for r in by_kind["rows"]] == [
+        ("email.send", 2, 1, 1)
+    ]

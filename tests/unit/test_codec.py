@@ -63,7 +63,8 @@ def test_bad_envelope_is_reported_not_fatal() -> None:
     )
     decoded = decode_batch(raw)
     assert [e.id for e in decoded.envelopes] == ["id-1"]
-    assert [(i, c) for i, c, _ in decoded.invalid] == [("x2", "schema_violation"), ("id-3", "schema_violation")]
+    assert [(i, c) for i, c, _, _ in decoded.invalid] == [("x2", "schema_violation"), ("id-3", "schema_violation")]
+    assert [k for *_, k in decoded.invalid] == ["", "email.send"]  # the kind when it is a known one
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 SECONDS_PER_DAY = 86_400
+# How far ahead of this node's clock another's (or this one's before it stepped back) may be and still be
+# believed: a limit state written further ahead than this (and than the limit's own period) was not.
+CLOCK_SLACK = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +38,15 @@ class Bucket:
         return cls(float(rule.burst), now)
 
     def refilled(self, rule: RateRule, now: float) -> Bucket:
-        """The bucket at `now`. A clock that steps back adds nothing and does not move `updated` back."""
+        """The bucket at `now`. A clock that steps back adds nothing and does not move `updated` back.
+
+        A bucket last changed further ahead of `now` than clocks disagree (CLOCK_SLACK) and than a whole
+        refill takes was written by a clock that was wrong (a node an hour ahead): it refills from `now`,
+        as if changed now. Waiting for that time refused the device until then, whatever its rate.
+        """
         if now <= self.updated:
+            if self.updated - now > max(CLOCK_SLACK, rule.burst / rule.rate):
+                return Bucket(min(float(rule.burst), self.tokens), now)
             return self
         return Bucket(min(float(rule.burst), self.tokens + (now - self.updated) * rule.rate), now)
 

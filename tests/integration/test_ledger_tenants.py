@@ -115,3 +115,20 @@ async def test_a_daily_quota_holds_when_the_nodes_clocks_disagree_at_midnight(st
     allowed = late.count("") + again.count("")
     assert allowed == 2, (late, again)  # 3 a day: one spent at midnight + 0.5, two more, whichever clock
     assert set(late + again) == {"", "quota_exceeded"}
+
+
+async def test_a_bucket_written_by_a_clock_an_hour_ahead_refills_on_time(store_url: StoreUrl) -> None:
+    """Node a's clock ran an hour ahead when it admitted a device's intent; node b's is right. The bucket
+    refills on node b as it would have (not an hour later), and is no fuller than its burst."""
+    decide = Decision(True, limits=Limits(RateRule(rate=1.0, burst=2)))
+    ids = iter(f"r{n}" for n in range(100))
+
+    async def spend(node: Store, now: float, count: int) -> list[str]:
+        acks = await admit(node.ledger, A1, [env(next(ids)) for _ in range(count)], lambda _: decide, now)
+        return [a.code for a in acks]
+
+    async with opened(store_url, node="node-a") as a, opened(store_url, node="node-b") as b:
+        assert await spend(a, NOW + 3600, 2) == ["", ""]  # the bucket is empty, as of an hour from now
+        assert await spend(b, NOW, 1) == ["rate_limited"]
+        # Ten seconds on: ten tokens' worth of time, at most the burst of two.
+        assert await spend(b, NOW + 10, 3) == ["", "", "rate_limited"]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloud_bridge.policy import Decision, DeviceRef, PolicyEngine
-from cloud_bridge.ratelimit import SECONDS_PER_DAY, Bucket, LimitState, QuotaCount, RateRule, take, utc_day
+from cloud_bridge.ratelimit import CLOCK_SLACK, SECONDS_PER_DAY, Bucket, LimitState, QuotaCount, RateRule, take, utc_day
 
 DAY0 = 19_700 * SECONDS_PER_DAY  # midnight UTC
 DEV = DeviceRef("d-1", "t", "n")
@@ -92,6 +92,17 @@ def test_a_clock_behind_the_count_spends_on_the_counts_day() -> None:
     assert e.usage(DAY0 + SECONDS_PER_DAY) == {("d-1", "notify"): 2}
 
 
+def test_a_bucket_written_far_ahead_by_a_wrong_clock_refills_from_now() -> None:
+    rule = RateRule(rate=1.0, burst=2)
+    ahead = Bucket(0.0, DAY0 + 3600)  # emptied by a node whose clock ran an hour ahead
+    assert ahead.refilled(rule, DAY0) == Bucket(0.0, DAY0)
+    assert ahead.refilled(rule, DAY0).refilled(rule, DAY0 + 10) == Bucket(2.0, DAY0 + 10)
+    near = Bucket(0.0, DAY0 + CLOCK_SLACK)  # within what clocks disagree by: believed, adds nothing
+    assert near.refilled(rule, DAY0) is near
+    slow = RateRule(rate=1 / 3600, burst=2)  # a refill takes two hours: an hour ahead is within it
+    assert ahead.refilled(slow, DAY0) is ahead
+
+
 def test_a_count_written_days_ahead_by_a_wrong_clock_does_not_lock_the_device_out() -> None:
     e = engine(quota=1)
     assert e.check(DEV, "notify", NOTE, DAY0 + 30 * SECONDS_PER_DAY).allowed  # a clock a month ahead
@@ -131,10 +142,11 @@ def test_bucket_never_admits_more_than_burst_plus_rate_times_elapsed(
     rate: float, burst: int, steps: list[float]
 ) -> None:
     rule = RateRule(rate, burst)
-    # Times mostly advance but may step back (a clock adjustment) or repeat.
-    times, t = [], 1000.0
+    # Times mostly advance but may step back (a clock adjustment, within CLOCK_SLACK of the latest) or repeat.
+    times, t, latest = [], 1000.0, 1000.0
     for step in steps:
-        t += step
+        t = max(t + step, latest - CLOCK_SLACK)
+        latest = max(latest, t)
         times.append(t)
     bucket = Bucket.full(rule, times[0])
     admitted: list[float] = []

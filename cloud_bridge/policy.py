@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
@@ -108,12 +108,18 @@ class Rules:
 
     @classmethod
     def from_table(
-        cls, table: Mapping[str, Any], where: str, credentials: Mapping[str, UrlScope] | None = None
+        cls,
+        table: Mapping[str, Any],
+        where: str,
+        credentials: Mapping[str, UrlScope] | None = None,
+        targets: Collection[str] | None = None,
     ) -> Rules:
         """Validate a merged policy table; raises ConfigError naming `where`.
 
         `credentials` are the scopes `http_scope` may narrow: the credentials' own for a tenant,
         the tenant's effective ones for a device (so a device can only narrow its tenant's further).
+        `http_credentials` and `notify_targets` may name only those credentials and `targets` (the notify
+        targets of the integration serving the tenant); None: no such integration, nothing to check.
         """
         unknown = set(table) - _KEYS
         if unknown:
@@ -139,8 +145,8 @@ class Rules:
             ),
             email_from=email_from,
             allow_app_from=allow_app_from,
-            http_credentials=_names(table.get("http_credentials", []), f"{where}.http_credentials"),
-            notify_targets=_names(table.get("notify_targets", []), f"{where}.notify_targets"),
+            http_credentials=_known(table, "http_credentials", where, credentials),
+            notify_targets=_known(table, "notify_targets", where, targets),
             sms_prefixes=prefixes,
             rate=_rates(table.get("rate", {}), f"{where}.rate"),
             daily_quota=_quotas(table.get("daily_quota", {}), f"{where}.daily_quota"),
@@ -162,6 +168,16 @@ def _names(value: object, where: str, *, kinds: bool = False) -> frozenset[str]:
         if not kinds and not is_name(item):
             raise ConfigError(f"{where}.{n}: not a valid name")
     return frozenset(items)
+
+
+def _known(table: Mapping[str, Any], key: str, where: str, configured: Collection[str] | None) -> frozenset[str]:
+    """The names under `key`, each among `configured` (None: nothing configured to check against)."""
+    names = _names(table.get(key, []), f"{where}.{key}")
+    unknown = set() if configured is None else names - set(configured)
+    if unknown:
+        what = key.split("_")[1]
+        raise ConfigError(f"{where}.{key}: unknown {what} {sorted(unknown)}; configured: {sorted(configured or ())}")
+    return names
 
 
 def _table(value: object, where: str) -> Mapping[str, Any]:
@@ -250,13 +266,15 @@ class PolicyEngine:
         tenants: Mapping[str, Any],
         credentials: Mapping[str, UrlScope] | None = None,
         tenant_credentials: Mapping[str, Mapping[str, UrlScope]] | None = None,
+        targets: Collection[str] | None = None,
+        tenant_targets: Mapping[str, Collection[str]] | None = None,
     ) -> PolicyEngine:
         """Build from the `[tenants]` table of the config file; raises ConfigError.
 
         `credentials`: the scope of every http.request credential (`url_scope.credential_scopes`),
         so that URL and method are decided at admission; None leaves them to the integration.
         `tenant_credentials`: those of a tenant that brings its own http.request integration, used for
-        that tenant instead.
+        that tenant instead. `targets`, `tenant_targets`: the notify targets, likewise (None: unchecked).
         """
         if not isinstance(tenants, Mapping):
             raise ConfigError("[tenants] must be a table")
@@ -271,7 +289,8 @@ class PolicyEngine:
             if not isinstance(base, Mapping):
                 raise ConfigError(f"{where}.policy must be a table")
             own = (tenant_credentials or {}).get(tenant, credentials)
-            tenant_rules = by_tenant[tenant] = Rules.from_table(base, f"{where}.policy", own)
+            notify = (tenant_targets or {}).get(tenant, targets)
+            tenant_rules = by_tenant[tenant] = Rules.from_table(base, f"{where}.policy", own, notify)
             devices = body.get("devices", {})
             if not isinstance(devices, Mapping):
                 raise ConfigError(f"{where}.devices must be a table")
@@ -280,7 +299,8 @@ class PolicyEngine:
                 override = device.get("policy", {}) if isinstance(device, Mapping) else None
                 if not is_name(name) or not isinstance(override, Mapping):
                     raise ConfigError(f"{dwhere}: device names must be valid names with a policy table")
-                by_device[(tenant, name)] = Rules.from_table({**base, **override}, dwhere, tenant_rules.http_scopes)
+                merged = {**base, **override}
+                by_device[(tenant, name)] = Rules.from_table(merged, dwhere, tenant_rules.http_scopes, notify)
             whole[tenant] = _tenant_limits(body.get("limits", {}), f"{where}.limits")
         return cls(by_tenant, by_device, whole)
 

@@ -49,12 +49,17 @@ class BridgeConfig(Section):
         return []
 
     def policy(self) -> PolicyEngine:
-        """The policy engine of `[tenants]`, with the http.request credentials' scopes."""
+        """The policy engine of `[tenants]`, with the http.request credentials' scopes and the notify targets
+        (each tenant's own integration's when it brings one) that policy may name."""
         http = self.integrations.http
         scopes = http.scopes() if http is not None else None
         own = {name: t.own_scopes() for name, t in self.tenants.items() if t.integrations.http is not None}
         tables = {name: t.policy_table() for name, t in self.tenants.items()}
-        return PolicyEngine.from_config(tables, scopes, own)
+        notify = self.integrations.notify
+        targets = None if notify is None else set(notify.targets)
+        own_targets = {name: set(t.integrations.notify.targets) for name, t in self.tenants.items()
+                       if t.integrations.notify is not None}  # fmt: skip
+        return PolicyEngine.from_config(tables, scopes, own, targets, own_targets)
 
     def shares(self) -> Shares:
         """Each tenant's share of the vendor's integrations (`[tenants.T.limits]`)."""

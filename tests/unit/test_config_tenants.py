@@ -79,3 +79,34 @@ def test_http_policy_is_checked_against_the_tenants_own_credentials() -> None:
     # Without its own credential, a tenant's scope has nothing to narrow.
     with pytest.raises(ConfigError, match=r"no \[integrations\.http\] credential"):
         load_config({"tenants": {"bravo": {"policy": policy}}}, {})
+
+
+def test_policy_names_only_credentials_and_targets_the_tenants_devices_can_use() -> None:
+    """A name in `http_credentials` or `notify_targets` that the integration serving the tenant does not
+    have refused every such intent at admission; the file is refused instead, naming the key. A tenant
+    with its own http.request account sees only its own credentials, not the vendor's."""
+    vendor_http = {"credentials": {"crm": {"base_urls": ["https://crm.vendor.example/"], "token_env": "CRM"}}}
+    vendor_notify = {"targets": {"oncall": {"urls_env": "PAGER"}}}
+    env = {"CRM": CANARY, "PAGER": "json://127.0.0.1:9/", "BRAVO_CRM": CANARY}
+
+    def doc(acme: dict[str, object], bravo_own: dict[str, object] | None = None, **more: object) -> dict[str, object]:
+        bravo: dict[str, object] = {"policy": {"kinds": ["http.request"], "http_credentials": ["crm"]}}
+        if bravo_own is not None:
+            bravo["integrations"] = {"http": bravo_own}
+        tenants = {"acme": {"policy": acme, **more}, "bravo": bravo}
+        return {"integrations": {"http": vendor_http, "notify": vendor_notify}, "tenants": tenants}
+
+    load_config(doc({"http_credentials": ["crm"], "notify_targets": ["oncall"]}), env).policy()
+    with pytest.raises(ConfigError) as typo:
+        load_config(doc({"http_credentials": ["cmr"]}), env)
+    assert "tenants.acme.policy.http_credentials: unknown credentials ['cmr']; configured: ['crm']" in typo.value.detail
+    with pytest.raises(ConfigError) as target:
+        load_config(doc({}, devices={"pump-1": {"policy": {"notify_targets": ["pager"]}}}), env)
+    assert "tenants.acme.devices.pump-1.policy.notify_targets: unknown targets ['pager']" in target.value.detail
+    own = {"credentials": {"tickets": {"base_urls": ["https://crm.bravo.example/"], "token_env": "BRAVO_CRM"}}}
+    with pytest.raises(ConfigError) as vendors:
+        load_config(doc({}, own), env)
+    assert "tenants.bravo.policy.http_credentials: unknown credentials ['crm']; configured: ['tickets']" in (
+        vendors.value.detail
+    )
+    assert CANARY not in typo.value.detail + target.value.detail + vendors.value.detail

@@ -25,7 +25,7 @@ INTEGRATIONS: dict[str, Any] = {
 SCOPES = credential_scopes(INTEGRATIONS)
 POLICY: dict[str, Any] = {
     "kinds": ["http.request"],
-    "http_credentials": ["crm", "ghost"],
+    "http_credentials": ["crm"],
     "http_scope": {"crm": {"base_urls": ["https://api.crm.example/v1/acme/"], "methods": ["GET", "POST"]}},
     "rate": {"http.request": {"per_minute": 1, "burst": 1}},
 }
@@ -66,7 +66,7 @@ def request(method: str = "GET", **where: str) -> dict[str, Any]:
         (READER, request(), ""),
         (READER, request("POST"), "policy_method"),  # narrowed again by the device
         (DeviceRef("d-3", "acme", "wide-open"), request(path="/other/x"), "policy_url"),  # {} does not widen
-        (TENANT_DEVICE, {**request(), "credential": "ghost"}, "policy_credential"),  # allowed, not configured
+        (TENANT_DEVICE, {**request(), "credential": "ghost"}, "policy_credential"),  # neither allowed nor configured
         (TENANT_DEVICE, {**request(), "credential": "billing"}, "policy_credential"),  # configured, not allowed
     ],
 )
@@ -103,6 +103,11 @@ def test_a_narrowed_path_resolves_against_the_credentials_first_base() -> None:
     ("tenant", "match"),
     [
         ({"policy": {**POLICY, "http_scope": {"nope": {"methods": ["GET"]}}}}, r"unknown credentials \['nope'\]"),
+        # An allowed name no credential has would refuse every such intent: the file is refused instead.
+        (
+            {"policy": {**POLICY, "http_credentials": ["crm", "ghost"]}},
+            r"http_credentials: unknown credentials \['ghost'\]",
+        ),
         ({"policy": {**POLICY, "http_scope": {"crm": {"methods": ["PUT"]}}}}, r"\['PUT'\] not in"),
         ({"policy": {**POLICY, "http_scope": {"crm": {"base_urls": ["https://api.crm.example/v2/"]}}}}, "not under"),
         ({"policy": {**POLICY, "http_scope": {"crm": {"base_urls": ["http://api.crm.example/v1/"]}}}}, "not under"),

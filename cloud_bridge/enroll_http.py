@@ -23,7 +23,7 @@ from cloud_bridge.metrics import BridgeMetrics
 from cloud_bridge.offline_keys import BridgePublicKeys
 from cloud_bridge.ops_http import Ops
 from cloud_bridge.own_threads import own_thread
-from cloud_bridge.registry import Registry
+from cloud_bridge.registry import Device, Registry
 from cloud_bridge.tokens import verify_device_token
 from intent_contract import json_bounded
 from intent_contract.errors import DecodeError
@@ -87,9 +87,20 @@ class Enrollment:
         except AuthError as exc:
             if exc.code == "bad_public_key":
                 return self._refuse(request, 400, exc.code, exc.detail)
-            return self._refuse(request, 403, "enroll_refused", "enrollment code unknown, used or expired")
+            # The request that spent this code, made again with the same key: its answer was lost (a cut
+            # link, a timeout) and the device, which holds that key, asks again. Answered as before, else
+            # the site could not enroll without a new code and the bridge kept a device nobody could use.
+            again = await own_thread(self._registry.redeemed, code[:200], public_key)
+            if again is None:
+                return self._refuse(request, 403, "enroll_refused", "enrollment code unknown, used or expired")
+            self._metrics.enrollments.labels("repeated").inc()
+            logger.info("enrollment answered again", extra={"device_id": again.device_id, "tenant": again.tenant})
+            return self._enrolled(again)
         self._metrics.enrollments.labels("enrolled").inc()
         logger.info("device enrolled", extra={"device_id": device.device_id, "tenant": device.tenant})
+        return self._enrolled(device)
+
+    def _enrolled(self, device: Device) -> web.Response:
         body = {
             "device_id": device.device_id,
             "tenant": device.tenant,

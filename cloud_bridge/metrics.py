@@ -42,8 +42,8 @@ class BridgeMetrics:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
         self.enrollments = Counter(
-            "bridge_enrollments", "Enrollment requests by result (enrolled, refused, malformed, limited)", ["result"],
-            registry=registry,
+            "bridge_enrollments", "Enrollment requests by result (enrolled, repeated, refused, malformed, limited)",
+            ["result"], registry=registry,
         )  # fmt: skip
         self.connects_refused = Counter(
             "bridge_connects_refused", "MQTT connects refused, by code", ["code"], registry=registry

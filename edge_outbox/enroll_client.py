@@ -1,9 +1,13 @@
 """Enrollment from the edge: make the device key here, register its public half with the bridge over
 HTTPS (verified against the CA given, which is then pinned), keep the identity, and learn the
-bridge's clock from its answer. A TLS refusal is explained with its real reason."""
+bridge's clock from its answer. A TLS refusal is explained with its real reason. The key is kept for its
+code until the answer is (identity/enroll.pending): an answer lost is asked for again with the same key."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import ssl
 import time
 from pathlib import Path
@@ -18,8 +22,11 @@ from edge_outbox.errors import ConfigError, PermanentError, TransientError
 from edge_outbox.identity import Identity, identity_dir, load_identity, save_identity
 from intent_contract import json_bounded
 from intent_contract.bridge_url import bridge_url_host
-from intent_contract.device_token import generate_private_key_pem, public_key_pem
+from intent_contract.device_token import generate_private_key_pem, is_private_key, public_key_pem
 from intent_contract.errors import DecodeError
+from intent_contract.files import write_atomic
+
+ENROLL_PENDING = "enroll.pending"  # the key made for a code, until the bridge's answer is kept
 
 
 def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path) -> Identity:
@@ -38,7 +45,7 @@ def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path) -> Identity:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"--ca {ca}: not a readable PEM CA certificate ({exc})") from None
-    key_pem = generate_private_key_pem()
+    key_pem = _key_for_code(data_dir, code)
     url = bridge_url.rstrip("/") + "/v1/enroll"
     sent = _local_ms()
     try:
@@ -55,7 +62,11 @@ def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path) -> Identity:
             raise PermanentError(refusal) from None
         raise TransientError(f"cannot reach the bridge at {bridge_url}: {exc}") from None
     except httpx.HTTPError as exc:
-        raise TransientError(f"enrollment request to {bridge_url} failed: {exc}") from None
+        # The bridge may have enrolled this key and its answer been lost: the same code with the same key
+        # (kept in identity/) is answered again.
+        raise TransientError(
+            f"enrollment request to {bridge_url} failed: {exc}; run it again with the same code"
+        ) from None
     received = _local_ms()
     try:
         body = json_bounded.loads(response.content, max_bytes=ANSWER_LIMIT)
@@ -79,10 +90,39 @@ def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path) -> Identity:
     )
     pins = BridgePins.from_json(body["offline"]) if "offline" in body else None
     save_identity(data_dir, identity, key_pem, ca, pins)
+    (identity_dir(data_dir) / ENROLL_PENDING).unlink(missing_ok=True)
     adopt_identity_at(data_dir, identity.device_id, _local_ms())
     if type(body.get("time")) is int:
         learn_time_at(data_dir, TimeSample.between(body["time"], sent, received, "enrollment"), received)
     return identity
+
+
+def _key_for_code(data_dir: Path, code: str) -> bytes:
+    """The key made for `code` by an earlier run whose answer never came, else a new one, kept for this code.
+
+    Kept (written whole, mode 0600) before the request goes: the bridge may enroll it and the answer be
+    lost, and only the same code with the same key is answered again. A key made for another code is not
+    reused: the bridge may hold it as a device revoked since, which no code enrolls again.
+    """
+    directory = identity_dir(data_dir)
+    path = directory / ENROLL_PENDING
+    digest = hashlib.sha256(code.encode()).hexdigest()
+    try:
+        pending = json_bounded.loads(path.read_bytes(), max_bytes=ANSWER_LIMIT) if path.exists() else None
+    except (OSError, DecodeError):
+        pending = None  # cut short or damaged: nothing this device can sign with, so a new key
+    if isinstance(pending, dict) and pending.get("code_sha256") == digest:
+        key = str(pending.get("key", "")).encode()
+        if is_private_key(key):
+            return key
+    key = generate_private_key_pem()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        write_atomic(path, json.dumps({"code_sha256": digest, "key": key.decode()}).encode(), mode=0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot keep the enrollment key in {directory}: {exc.strerror or exc}") from None
+    return key
 
 
 def _local_ms() -> int:

@@ -31,6 +31,24 @@ async def test_code_works_once_then_403(harness: Harness) -> None:
     assert len(harness.bridge.registry.all_devices()) == 1
 
 
+async def test_the_same_request_again_gets_the_same_device(harness: Harness) -> None:
+    """A device whose answer was lost asks again with its code and key: the code is spent, and a 403 left it
+    with no way to enroll but a new code (and a device at the bridge that nobody could use)."""
+    code = harness.bridge.registry.create_code("acme", "boiler-7", 3600, time.time())
+    key = public_key_pem(generate_private_key_pem())
+    first = await harness.post_enroll(code, key)
+    again = await harness.post_enroll(code, key)
+    assert first[0] == 201
+    assert again[0] == 201
+    assert {**again[1], "time": 0} == {**first[1], "time": 0}
+    assert [d.device_id for d in harness.bridge.registry.all_devices()] == [first[1]["device_id"]]
+    status, body = await harness.post_enroll(code, public_key_pem(generate_private_key_pem()))  # another key
+    assert (status, body["error"]) == (403, "enroll_refused")
+    harness.bridge.registry.revoke(first[1]["device_id"], time.time())
+    status, body = await harness.post_enroll(code, key)  # a revoked device is not answered again
+    assert (status, body["error"]) == (403, "enroll_refused")
+
+
 async def test_expired_and_unknown_codes_are_403(harness: Harness) -> None:
     expired = harness.bridge.registry.create_code("acme", "boiler-7", 5, time.time() - 10)
     status, _ = await harness.post_enroll(expired, public_key_pem(generate_private_key_pem()))

@@ -25,7 +25,7 @@ from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.settings import HostPort
 from edge_outbox import db, ops
 from edge_outbox.enroll_client import enroll
-from edge_outbox.errors import PermanentError
+from edge_outbox.errors import PermanentError, TransientError
 from edge_outbox.forwarder import Forwarder, LinkState
 from edge_outbox.identity import key_file, load_identity
 from edge_outbox.intake_rules import Admitted, admit
@@ -34,7 +34,9 @@ from edge_outbox.settings import ForwarderSettings
 from edge_outbox.states import State
 from edge_outbox.store import Store
 from intent_contract.codec import Envelope
+from intent_contract.device_token import public_key_pem
 from tests.support.bridge import CountingIntegration, Harness, make_settings, running_bridge, until
+from tests.support.https_stub import https_losing_answers
 from tests.support.net import free_port, sockets_to
 
 EMAIL = {"to": "ops@example.com", "subject": "Alarm", "text": "Boiler 3 hot"}
@@ -136,6 +138,27 @@ async def test_enrollment_errors_are_one_clear_line(tmp_path: Path, bridge: Harn
     with pytest.raises(PermanentError, match="certificate not signed by"):
         await asyncio.to_thread(enroll, tmp_path / "b", bridge.base_url, code, other_ca)
     assert load_identity(tmp_path / "b") is None
+
+
+async def test_an_enrollment_whose_answer_was_lost_runs_again_with_the_same_code(
+    tmp_path: Path, bridge: Harness, ca: trustme.CA
+) -> None:
+    """The bridge enrolled the device and its answer never came (a cut link, a timeout): the edge said "failed"
+    and had thrown its key away, so running it again sent a new key with a spent code, 403, and the site could
+    not enroll without a new code; the bridge kept a device nobody held the key of."""
+    code = await asyncio.to_thread(bridge.bridge.registry.create_code, "acme", "edge-1", 600, time.time())
+    edge_dir = tmp_path / "edge"
+    with https_losing_answers(ca, bridge.base_url, bridge.ca_file, lose=1) as relay:
+        with pytest.raises(TransientError, match="run it again"):
+            await asyncio.to_thread(enroll, edge_dir, relay.url, code, bridge.ca_file)
+        assert relay.statuses == [201]
+        assert load_identity(edge_dir) is None
+        identity = await asyncio.to_thread(enroll, edge_dir, relay.url, code, bridge.ca_file)
+        assert relay.statuses == [201, 201]
+    devices = await asyncio.to_thread(bridge.bridge.registry.all_devices)
+    assert [d.device_id for d in devices] == [identity.device_id]
+    assert devices[0].public_key.strip() == public_key_pem(key_file(edge_dir).read_bytes()).strip()
+    assert not (edge_dir / "identity" / "enroll.pending").exists()  # the key is device.key now
 
 
 async def test_intents_are_delivered_confirmed_and_statuses_applied(

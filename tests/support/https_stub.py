@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import trustme
 
@@ -34,6 +39,64 @@ def https_answering(ca: trustme.CA, status: int, body: bytes) -> Iterator[int]:
     thread.start()
     try:
         yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@dataclass(slots=True)
+class Relay:
+    port: int
+    statuses: list[int] = field(default_factory=list)  # what the target answered, in order
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def https_losing_answers(ca: trustme.CA, target: str, target_ca: Path, lose: int) -> Iterator[Relay]:
+    """Relay every POST on 127.0.0.1 to `target` (an https:// origin verified with `target_ca`); the first
+    `lose` answers are lost: the relay hangs up once `target` has answered."""
+    relay = Relay(0)
+    statuses = relay.statuses
+    target_context = ssl.create_default_context(cafile=str(target_ca))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            request = urllib.request.Request(
+                target + self.path, data=body, method="POST", headers={"Content-Type": self.headers["Content-Type"]}
+            )
+            try:
+                with urllib.request.urlopen(request, context=target_context, timeout=30) as response:
+                    status, answer = response.status, response.read()
+            except urllib.error.HTTPError as exc:
+                status, answer = exc.code, exc.read()
+            statuses.append(status)
+            if len(statuses) <= lose:
+                self.close_connection = True  # the target acted on it; its answer never reaches the client
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        relay.port = server.server_address[1]
+        yield relay
     finally:
         server.shutdown()
         server.server_close()

@@ -26,6 +26,10 @@ from cloud_bridge.tokens import LEEWAY_S, TokenClaims, replay_refusal
 from intent_contract.names import is_name
 
 _SWEEP_EVERY = 60.0  # seconds between deletions of every expired replay entry (each device prunes its own)
+# Each node prunes by its own clock, and each takes a token until exp + leeway by its own clock: an entry is
+# deleted only this long after that, so a node whose clock is up to this far behind the pruning one still
+# finds it (without it, a node 5 s ahead let a token be replayed on the other for 5 s).
+NODE_CLOCK_SKEW_S = 30.0
 
 
 def _device(row: dict[str, Any]) -> Device:
@@ -204,16 +208,18 @@ class PgReplayCache:
         sweep = self._clock() - self._swept >= _SWEEP_EVERY
         async with self._pools.transaction("token replay cache") as conn:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (claims.device_id,))
+            forget = now - NODE_CLOCK_SKEW_S
             if sweep:
-                await conn.execute("DELETE FROM token_replay WHERE until < %s", (now,))
+                await conn.execute("DELETE FROM token_replay WHERE until < %s", (forget,))
             else:
                 await conn.execute(
-                    "DELETE FROM token_replay WHERE device_id = %s AND until < %s", (claims.device_id, now)
+                    "DELETE FROM token_replay WHERE device_id = %s AND until < %s", (claims.device_id, forget)
                 )
+            # Live by this node's clock: the entries kept longer for the other nodes do not count against the bound.
             cursor = await conn.execute(
-                "SELECT count(*) AS live, count(*) FILTER (WHERE jti = %s) AS seen FROM token_replay"
-                " WHERE device_id = %s",
-                (claims.jti, claims.device_id),
+                "SELECT count(*) FILTER (WHERE until >= %s) AS live, count(*) FILTER (WHERE jti = %s) AS seen"
+                " FROM token_replay WHERE device_id = %s",
+                (now, claims.jti, claims.device_id),
             )
             row = await cursor.fetchone()
             assert row is not None

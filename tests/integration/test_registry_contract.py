@@ -134,6 +134,21 @@ async def test_a_token_opens_one_session_across_nodes(store_url: StoreUrl) -> No
         await b.replay.check_and_add(claims("dev-2", "jti-000000001"), NOW + 1)
 
 
+async def test_a_node_whose_clock_is_ahead_keeps_a_token_another_node_still_takes(store_url: StoreUrl) -> None:
+    """Each node prunes the shared cache by its own clock: a node 5 s ahead deleted a token the other node still
+    took for 5 s more (exp + leeway by its clock), and replayed there it opened a second session."""
+    if not store_url.shared:
+        pytest.skip("one node, one clock")
+    async with opened(store_url, node="node-a") as a, opened(store_url, node="node-b") as b:
+        token = claims("dev-1", "jti-skewed-01")  # exp NOW + 600: taken until NOW + 630 by a node's clock
+        await b.replay.check_and_add(token, NOW)
+        # Node A's clock is 5 s ahead of B's: dev-1's next connect there prunes dev-1's expired entries.
+        await a.replay.check_and_add(claims("dev-1", "jti-skewed-02", exp=NOW + 1200), NOW + 630 + 5)
+        with pytest.raises(AuthError) as info:
+            await b.replay.check_and_add(token, NOW + 629)  # B's clock: the token is still within its lifetime
+        assert info.value.code == "token_replayed"
+
+
 async def test_one_device_cannot_fill_the_replay_cache(store_url: StoreUrl) -> None:
     """The attack: one enrolled device mints token after token to lock every other device out."""
     async with opened(store_url, tokens_per_device=5) as s:

@@ -193,7 +193,10 @@ def build_http_app(
         except (AuthError, UnknownDeviceError) as exc:
             if exc.code == "rotation_malformed":
                 return _error(400, exc.code, exc.detail, clock())
-            # Unknown devices, revoked ones and bad signatures answer alike: nobody learns which ids exist.
+            if exc.code == "device_revoked":  # only after the device's key verified: that caller holds it
+                detail = "this device is revoked at the bridge: it cannot rotate its key (enroll again with a new code)"
+                return _error(403, exc.code, detail, clock())
+            # Unknown devices and bad signatures answer alike: nobody learns which ids exist or are revoked.
             return _error(403, "rotation_refused", "the rotation does not verify for this device", clock())
         logger.info("device proposed its next key", extra={"device_id": device.device_id})
         return web.json_response({"device_id": device.device_id, "next_key": "accepted", "time": int(clock() * 1000)})

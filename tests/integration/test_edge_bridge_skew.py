@@ -15,7 +15,7 @@ from aiohttp import web
 
 from edge_outbox import db, offline_ops, ops
 from edge_outbox.enroll_client import enroll
-from edge_outbox.errors import TransientError
+from edge_outbox.errors import PermanentError, TransientError
 from edge_outbox.forwarder import Forwarder, LinkState
 from edge_outbox.identity import Identity, key_file, save_identity
 from edge_outbox.intake_rules import admit
@@ -138,6 +138,25 @@ async def test_a_key_rotation_is_used_only_when_the_bridge_says_it_took_the_next
     device = await asyncio.to_thread(harness.bridge.registry.get, real.device_id)
     assert device is not None
     assert device.next_public_key == public_key_pem(proposed)
+
+
+async def test_a_revoked_device_that_rotates_its_key_is_told_it_is_revoked(tmp_path: Path, harness: Harness) -> None:
+    """Its rotation, signed with its own key, was answered "the rotation does not verify for this device": the
+    operator looked for a damaged key. Only a caller that proved the key hears "revoked"; a forger does not."""
+    code = await asyncio.to_thread(harness.bridge.registry.create_code, "acme", "edge-1", 600, time.time())
+    edge_dir = tmp_path / "edge"
+    identity = await asyncio.to_thread(enroll, edge_dir, harness.base_url, code, harness.ca_file)
+    current = key_file(edge_dir).read_bytes()
+    await asyncio.to_thread(harness.bridge.registry.revoke, identity.device_id, time.time())
+    with pytest.raises(PermanentError, match=r"HTTP 403\): this device is revoked at the bridge") as refused:
+        await asyncio.to_thread(rotate_online, edge_dir, identity, now_ms())
+    assert "does not verify" not in str(refused.value)
+    assert key_file(edge_dir).read_bytes() == current
+    # The same proposal signed with another key than the device's: answered as for an unknown device.
+    forged_dir = tmp_path / "forger"
+    await asyncio.to_thread(save_identity, forged_dir, identity, generate_private_key_pem(), harness.ca_file, None)
+    with pytest.raises(PermanentError, match="does not verify for this device"):
+        await asyncio.to_thread(rotate_online, forged_dir, identity, now_ms())
 
 
 @pytest.fixture

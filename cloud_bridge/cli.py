@@ -45,9 +45,12 @@ def _store(data_dir: Path, store: str | None, config_path: Path | None) -> Store
     return open_store(settings.store_url, node=settings.node_id)
 
 
-def _registry(data_dir: Path, store: str | None, config_path: Path | None) -> Registry:
-    """The store's registry, migrated (online steps only) and open; the process exit releases it."""
+def _registry(data_dir: Path, store: str | None, config_path: Path | None, *, make: bool = True) -> Registry:
+    """The store's registry, migrated (online steps only) and open; the process exit releases it. Unless
+    `make`, NoStoreError when the store was never made (a mistyped --data-dir or --store)."""
     opened = _store(data_dir, store, config_path)
+    if not make:
+        require_made(opened)
     opened.migrate(True)
     opened.registry.open()
     return opened.registry
@@ -152,7 +155,9 @@ def _device_json(device: Device) -> dict[str, Any]:
 @clean_errors
 def devices_revoke(device_id: str, data_dir: Path, store: str | None, config_path: Path | None, as_json: bool) -> None:
     """Revoke a device: its live session is dropped (on every node) and it can never connect again."""
-    device = _registry(data_dir, store, config_path).revoke(device_id, time.time())
+    # A store never made is said so: revoke made an empty one there and answered "no device", and the operator
+    # revoking a stolen device doubted its id, not the --data-dir or --store.
+    device = _registry(data_dir, store, config_path, make=False).revoke(device_id, time.time())
     if as_json:
         click.echo(json.dumps(_device_json(device)))
     else:

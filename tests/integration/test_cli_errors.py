@@ -102,12 +102,14 @@ def test_bridge_bug_shows_its_traceback(tmp_path: Path) -> None:
 
 
 def test_bridge_errors_are_one_line(tmp_path: Path) -> None:
-    assert_one_line(run_cli("cloud_bridge", "devices", "revoke", "nope", "--data-dir", str(tmp_path)), "no device")
+    made(StoreUrl.sqlite(tmp_path / "bridge"))
+    revoke = ("devices", "revoke", "nope", "--data-dir", str(tmp_path / "bridge"))
+    assert_one_line(run_cli("cloud_bridge", *revoke), "no device")
     a_file = tmp_path / "file"
     a_file.write_text("")
     # OSErrors are ours once they cross a boundary: the registry's directory, the certificates' directory.
-    revoke = ("devices", "revoke", "x", "--data-dir", str(a_file / "data"))
-    assert_one_line(run_cli("cloud_bridge", *revoke), "Not a directory")
+    enroll_code = ("devices", "enroll-code", "--tenant", "t", "--name", "n", "--data-dir", str(a_file / "data"))
+    assert_one_line(run_cli("cloud_bridge", *enroll_code), "Not a directory")
     assert_one_line(run_cli("cloud_bridge", "dev-certs", str(a_file / "certs")), "cannot write")
     assert_one_line(
         run_cli(
@@ -133,6 +135,7 @@ def test_bridge_operators_commands_refuse_a_store_never_made(store_url: StoreUrl
     where = ["--store", str(store_url)] if store_url.kind == "postgresql" else ["--data-dir", store_url.location]
     commands = [
         ("devices", "ls", "--json"), ("devices", "show", "dev-1"), ("devices", "diagnose", "dev-1"),
+        ("devices", "revoke", "dev-1"),  # it said "no device 'dev-1'": the operator doubted the id, not the store
         ("intents", "ls"), ("intents", "show", "i-1"), ("intents", "retry", "i-1"), ("intents", "cancel", "i-1"),
         ("intents", "purge", "--older-than", "1d"), ("usage",), ("audit",), ("status",),
     ]  # fmt: skip

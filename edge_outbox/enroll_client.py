@@ -77,17 +77,7 @@ def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path) -> Identity:
     if response.status_code != 201:
         reason = body.get("detail", "") if isinstance(body, dict) else response.reason_phrase
         raise PermanentError(f"the bridge refused enrollment (HTTP {response.status_code}): {reason}")
-    if not isinstance(body, dict):
-        raise PermanentError("the bridge's enrollment answer is not a JSON object")
-    identity = Identity(
-        device_id=body["device_id"],
-        tenant=body["tenant"],
-        name=body["name"],
-        bridge_host=host,
-        mqtt_port=int(body["mqtt_port"]),
-        http_url=bridge_url.rstrip("/"),
-        audience=body["audience"],
-    )
+    identity = _identity_in(body, host, bridge_url.rstrip("/"))
     pins = BridgePins.from_json(body["offline"]) if "offline" in body else None
     save_identity(data_dir, identity, key_pem, ca, pins)
     (identity_dir(data_dir) / ENROLL_PENDING).unlink(missing_ok=True)
@@ -95,6 +85,21 @@ def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path) -> Identity:
     if type(body.get("time")) is int:
         learn_time_at(data_dir, TimeSample.between(body["time"], sent, received, "enrollment"), received)
     return identity
+
+
+def _identity_in(body: object, host: str, http_url: str) -> Identity:
+    """The identity a 201 answer gives; PermanentError naming what it lacks (a KeyError traceback before)."""
+    if not isinstance(body, dict):
+        raise PermanentError("the bridge's enrollment answer is not a JSON object")
+    for field in ("device_id", "tenant", "name", "audience"):
+        if not isinstance(body.get(field), str):
+            said = "lacks" if field not in body else "has no text in"
+            raise PermanentError(f"the bridge's enrollment answer {said} {field}")
+    port = body.get("mqtt_port")
+    if type(port) is not int or not 0 < port < 65536:
+        said = "lacks" if port is None else "has no port number in"
+        raise PermanentError(f"the bridge's enrollment answer {said} mqtt_port")
+    return Identity(body["device_id"], body["tenant"], body["name"], host, port, http_url, body["audience"])
 
 
 def _key_for_code(data_dir: Path, code: str) -> bytes:

@@ -12,10 +12,13 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
+import trustme
 
 from cloud_bridge.store.url import StoreUrl
 from edge_outbox import db
 from tests.support.cli_output import assert_one_line, assert_traceback
+from tests.support.https_stub import https_answering
 from tests.support.stores import made, store_url
 
 __all__ = ["store_url"]  # fixtures
@@ -47,6 +50,31 @@ def test_edge_bug_shows_its_traceback(tmp_path: Path) -> None:
         "ops.listing = listing"
     )
     assert_traceback(run_cli("edge_outbox", "ls", "--data-dir", str(tmp_path), patch=patch), "ValueError: a bug")
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (b"{}", "lacks device_id"),
+        (b'{"device_id": "d-1", "tenant": "acme", "name": "n", "audience": "a"}', "lacks mqtt_port"),
+        (b'{"device_id": "d-1", "tenant": "acme", "name": "n", "mqtt_port": "x", "audience": "a"}', "mqtt_port"),
+        (b'{"device_id": "d-1", "tenant": ["acme"], "name": "n", "mqtt_port": 8883, "audience": "a"}', "tenant"),
+        (b'{"device_id": "d-1", "tenant": "acme", "name": "n", "mqtt_port": 70000, "audience": "a"}', "mqtt_port"),
+    ],
+)
+def test_an_enrollment_answer_the_edge_cannot_use_is_one_line(
+    tmp_path: Path, ca: trustme.CA, server_cert_files: dict[str, Path], answer: bytes, said: str
+) -> None:
+    """A 201 without a field or with one of another type (a proxy's answer, a bridge of another version) was a
+    KeyError or ValueError traceback."""
+    with https_answering(ca, 201, answer) as port:
+        result = run_cli(
+            "edge_outbox", "enroll", "--bridge", f"https://127.0.0.1:{port}", "--code", "c0de",
+            "--ca", str(server_cert_files["ca"]), "--data-dir", str(tmp_path),
+        )  # fmt: skip
+    assert_one_line(result, "the bridge's enrollment answer")
+    assert said in result.stderr
+    assert not (tmp_path / "identity" / "device.json").exists()
 
 
 def test_edge_sql_bug_is_not_passed_off_as_a_database_error(tmp_path: Path) -> None:

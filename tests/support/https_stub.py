@@ -1,4 +1,4 @@
-"""An HTTPS server on loopback, in a thread, that answers every GET with one fixed response (trustme certificate)."""
+"""HTTPS servers on loopback, in a thread (trustme certificates): one fixed answer, or a relay that loses answers."""
 
 from __future__ import annotations
 
@@ -18,9 +18,13 @@ import trustme
 
 @contextlib.contextmanager
 def https_answering(ca: trustme.CA, status: int, body: bytes) -> Iterator[int]:
-    """Serve `status` and the JSON `body` to every GET on 127.0.0.1; yields the port."""
+    """Serve `status` and the JSON `body` to every GET and POST on 127.0.0.1; yields the port."""
 
     class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.do_GET()
+
         def do_GET(self) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

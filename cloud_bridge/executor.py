@@ -412,7 +412,10 @@ class Executor:
         name = getattr(integration, "name", entry.kind)
         stop = before_run(entry, now=self._now(), revoked=self._revoked(entry.device_id))
         if stop is not None:
-            return await self._finish(entry, stop.state, stop.code, stop.detail, name)
+            ack = await self._finish(entry, stop.state, stop.code, stop.detail, name)
+            if stop.settled:  # a revoked device never confirms: left unconfirmed, no purge ever deleted it
+                await self._ledger.confirm(entry.device_id, [entry.intent_id], entry.attempt)
+            return ack
         job = Job(
             device_id=entry.device_id,
             tenant=entry.tenant,

@@ -88,12 +88,17 @@ class Verdict:
     code: str
     detail: str
     retry_at: float | None = None  # seconds since the epoch; set exactly when state is QUEUED
+    # No edge will ever confirm this result (its device is revoked): it counts as confirmed at once, so that
+    # retention and `intents purge` can delete it like any other old result.
+    settled: bool = False
 
     def __post_init__(self) -> None:
         if self.state not in VERDICT_STATES:
             raise ValueError(f"a run cannot end {self.state}")
         if (self.state is EntryState.QUEUED) != (self.retry_at is not None):
             raise ValueError("retry_at is set for a retry and only for a retry")
+        if self.settled and self.state is EntryState.QUEUED:
+            raise ValueError("only a final verdict can be settled")
 
 
 def retry_delay(
@@ -123,7 +128,8 @@ def before_run(entry: LedgerEntry, *, now: float, revoked: bool) -> Verdict | No
         return Verdict(EntryState.EXPIRED, "expired", "expired before it ran")
     if revoked:
         # Revocation stops the device's queued work too, not only its connection.
-        return Verdict(EntryState.FAILED, "device_revoked", "the device was revoked at the bridge before this ran")
+        detail = "the device was revoked at the bridge before this ran"
+        return Verdict(EntryState.FAILED, "device_revoked", detail, settled=True)
     return None
 
 

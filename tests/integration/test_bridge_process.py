@@ -178,3 +178,39 @@ async def test_a_second_node_on_the_same_sqlite_data_dir_is_refused_and_runs_not
     # Stopped, the first node leaves the directory to the next one.
     async for _again in running_bridge(make_settings(tmp_path, server_cert_files), server_cert_files["ca"], {}):
         pass
+
+
+async def test_a_revoked_devices_queued_work_ends_settled_and_retention_can_purge_it(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    """The queued rows of a revoked device end failed/device_revoked, and no edge will ever confirm them: they
+    stayed unconfirmed, which retention and `intents purge` never delete, for ever (a flooding device revoked
+    with 1,000,000 admitted intents left 1,000,000 rows that nothing but SQL could remove)."""
+    held = HeldIntegration()
+    settings = make_settings(tmp_path, server_cert_files)
+    async for bridge in running_bridge(settings, server_cert_files["ca"], {"email.send": held}):
+        await _revoke_with_work_queued(bridge, held)
+
+
+async def _revoke_with_work_queued(bridge: Harness, held: HeldIntegration) -> None:
+    creds = await bridge.enroll()
+    client = await bridge.connect(creds)
+    ids = [f"q{n}" for n in range(10)]
+    client.send([email(i) for i in ids])
+    await until(lambda: all("accepted" in client.states().get(i, []) for i in ids), what="all admitted")
+    await until(lambda: len(held.calls) == held.concurrency, what="the first ones running")
+    bridge.bridge.registry.revoke(creds.device_id, time.time())
+    await until(client.disconnected.is_set, timeout=10, what="session dropped")
+    queued = len(ids) - held.concurrency
+
+    async def all_ended() -> bool:
+        records = await bridge.bridge.ledger.audit(device_id=creds.device_id)
+        return sum(1 for r in records if r.code == "device_revoked") == queued
+
+    held.release.set()  # the running ones end as they would; the queued ones are claimed, and not run
+    await until(all_ended, what="the queued rows ended device_revoked")
+    await client.stop()
+    later = time.time() + 3600  # past every retention age, and past max_intent_age
+    purged = await asyncio.to_thread(bridge.bridge.store.intents.purge, later, None, later * 1000)
+    assert purged.intents == queued  # the rows that ran wait for a confirm a revoked device cannot send
+    assert len(held.calls) == held.concurrency

@@ -66,6 +66,8 @@ def test_a_revoked_device_s_row_fails_before_it_runs() -> None:
     verdict = before_run(entry(expires=NOW + 1), now=NOW, revoked=True)
     assert verdict is not None
     assert (verdict.state, verdict.code) == (EntryState.FAILED, "device_revoked")
+    assert verdict.settled  # no edge will confirm it: counted as confirmed, so retention can delete it
+    assert before_run(entry(expires=NOW - 1), now=NOW, revoked=False).settled is False  # type: ignore[union-attr]
 
 
 def test_a_live_row_of_a_device_in_good_standing_runs() -> None:

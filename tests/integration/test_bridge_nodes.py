@@ -67,6 +67,14 @@ async def test_a_token_and_an_enrollment_code_work_once_across_nodes(
         results = await asyncio.gather(*(h.post_enroll(code, k) for h, k in zip([a, b] * 3, keys, strict=True)))
         assert sorted(status for status, _ in results) == [201, 403, 403, 403, 403, 403]
         assert len(b.bridge.registry.all_devices()) == 1
+        # One device's request sent to both nodes at once (its answer was lost, it asked again): one device,
+        # and both answers name it.
+        again = a.bridge.registry.create_code("acme", "boiler-9", 3600, time.time())
+        key = public_key_pem(generate_private_key_pem())
+        both = await asyncio.gather(a.post_enroll(again, key), b.post_enroll(again, key))
+        assert [status for status, _ in both] == [201, 201]
+        assert both[0][1]["device_id"] == both[1][1]["device_id"]
+        assert len(b.bridge.registry.all_devices()) == 2
 
         creds = await a.enroll(name="boiler-8")
         token = creds.token()

@@ -1,7 +1,8 @@
 """The device's identity: its private key (made here, never sent), its id and the bridge's pinned CA.
 
 Files in DATA_DIR/identity/: `device.key` (mode 0600), `ca.pem` (the CA that must have signed the
-bridge's certificate) and `device.json` (device id, tenant, name, bridge address, audience).
+bridge's certificate) and `device.json` (device id, tenant, name, bridge address, audience); until an
+online enrollment's answer is kept, `enroll.pending` (the key made for its code, mode 0600).
 What a connection makes of them (TLS, tokens) is bridge_access.py; enrollment is enroll_client.py.
 """
 

@@ -190,7 +190,9 @@ class DeviceReporter:
             )
             await client.publish(self._diagnosis_topic, encode_diagnosis(diagnosis), qos=1)
             self._log.info("diagnosis %s sent to the bridge", request_id)
-        except Exception as exc:  # noqa: BLE001 - the link's failure is the forwarder's to handle; the bridge asks again
+        except Exception as exc:  # noqa: BLE001 - the link's failure is the forwarder's to handle
+            # Nothing asks again: the request stays `sent` at the bridge and `devices diagnose` ends at its
+            # --timeout (exit 1); the operator runs it again.
             self._log.warning("diagnosis %s not sent: %s", request_id, exc)
 
     def stop(self) -> None:

@@ -182,12 +182,14 @@ async def _import(
     settings: BridgeSettings, data: bytes, max_bytes: int, wait_s: float, receipt_path: Path
 ) -> tuple[Imported, int]:
     async with _Offline(settings) as desk:
-        imported = await desk.import_bundle(data, max_bytes=max_bytes, progress=progress_line("admitted"))
+        with progress_line("admitted") as admitted:
+            imported = await desk.import_bundle(data, max_bytes=max_bytes, progress=admitted)
         device_id = imported.device.device_id
         later = []
         if wait_s > 0 and not imported.device.revoked:
             queued = {a.id for a in imported.acks if not a.state.final}
-            later = await desk.wait_final(device_id, queued, wait_s, progress_line("results"))
+            with progress_line("results") as results:
+                later = await desk.wait_final(device_id, queued, wait_s, results)
         receipt, final = await desk.receipt(device_id, imported, later)
     await own_thread(write_file, receipt_path, receipt)
     return imported, final

@@ -67,10 +67,10 @@ def export_cmd(data_dir: Path, out: Path, max_bytes: int, as_json: bool) -> None
     """
     from edge_outbox.bundle import export  # noqa: PLC0415 - keeps the other commands quick to start
 
-    with connection(data_dir) as conn:
+    with connection(data_dir) as conn, progress_line("exported intents") as progress:
         done = export(
             conn, data_dir, out, max_bytes=max_bytes, now=now_ms(), new_id=IdGenerator(now_ms, os.urandom).new,
-            progress=progress_line("exported intents"),
+            progress=progress,
         )  # fmt: skip
     if as_json:
         print_json({**asdict(done), "file": str(out)})

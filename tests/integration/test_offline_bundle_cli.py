@@ -19,9 +19,10 @@ from edge_outbox.identity import load_identity
 from intent_contract import files
 from intent_contract.codec import AckState
 from intent_contract.offline_wire import DEFAULT_FILE_BYTES
+from tests.support.cli_output import on_a_terminal
 from tests.support.edge import stored_ids
 from tests.support.offline_site import backlog, bridge, enrolled_site, executed, import_file, receipt_acks
-from tests.support.sneakernet import edge_cli
+from tests.support.sneakernet import edge_args, edge_cli
 from tests.support.stack import TENANT
 
 
@@ -153,3 +154,25 @@ def test_import_counts_every_final_result_its_receipt_carries(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["final_results_in_receipt"] == 2
     assert len(receipt_acks(tmp_path / "two.receipt")) == 2
+
+
+@pytest.mark.timeout(180)
+def test_export_on_a_terminal_ends_its_progress_with_what_went_in_on_a_line_of_its_own(tmp_path: Path) -> None:
+    """A bundle that cannot take every pending intent stops short of the total: the progress line stayed at
+    an earlier tenth in a log, and on a terminal it had no newline, so the command's own message was printed
+    after it on the same line (`exported intents: 7,416/20,000bundle ...`)."""
+    site = enrolled_site(tmp_path)
+    backlog(site, 20_000)
+    shown = on_a_terminal(edge_args(site, "export", "--out", str(tmp_path / "one.bundle"), "--max-bytes", "3M"))
+    logged = edge_cli(site, "export", "--out", str(tmp_path / "two.bundle"), "--max-bytes", "3M", "--json")
+
+    lines = [line.rsplit("\r", 1)[-1] for line in shown.splitlines()]
+    bundled = next(line for line in lines if "bundle " in line)
+    assert bundled.startswith("bundle "), shown
+    went_in = int(bundled.split(": ", 1)[1].split(" intents", 1)[0])
+    assert 0 < went_in < 20_000
+    assert lines[lines.index(bundled) - 1] == f"exported intents: {went_in:,}/20,000"
+    assert logged.returncode == 0, logged.stderr
+    again = json.loads(logged.stdout)["intents"]  # the same ones again: no receipt was applied
+    progress = [line for line in logged.stderr.splitlines() if line.startswith("exported intents: ")]
+    assert progress[-1] == f"exported intents: {again:,}/20,000", logged.stderr

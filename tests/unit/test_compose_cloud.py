@@ -67,7 +67,22 @@ def test_two_nodes_with_distinct_ids_and_one_shared_config() -> None:
     assert len({flag(argv, "--node-id") for argv in found.values()}) == len(found)
     assert len({flag(argv, "--config") for argv in found.values()}) == 1
     for argv in found.values():
-        assert "--data-dir" not in argv  # nothing of a node's state is on its disk
+        assert "--data-dir" not in argv  # the image's /data: only the control socket and the offline keys
+
+
+def test_every_bridge_container_has_the_same_offline_keys() -> None:
+    """Each container's /data is a volume of its own, and the offline keys are made on first use in
+    /data/offline-keys: each node made its own, and `migrate` (run with --rm for import, receipt and
+    enroll-ticket) new ones at every run. A device pinned the keys of the node it enrolled through or of one
+    `enroll-ticket` run, so its bundles could not be read by an import and its receipts were refused."""
+    bridges = {name: s for name, s in services().items() if s.get("build", {}).get("target") == "bridge"}
+    assert set(nodes()) < set(bridges) and "migrate" in bridges
+    mounts = {name: {v.split(":")[1]: v for v in s["volumes"]} for name, s in bridges.items()}
+    keys = {name: found.get("/data/offline-keys") for name, found in mounts.items()}
+    assert len(set(keys.values())) == 1 and None not in keys.values(), keys
+    source, _, mode = next(iter(keys.values())).split(":")  # type: ignore[union-attr]
+    assert (source, mode) == ("./offline-keys", "ro")
+    assert "cloud-bridge offline-keys --data-dir compose" in COMPOSE.read_text()  # how to make them
 
 
 def test_the_balancer_sends_each_published_port_to_every_node() -> None:

@@ -25,7 +25,7 @@ from cloud_bridge.offline_keys import load_or_create
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry
 from cloud_bridge.settings import BridgeSettings, build_settings
-from cloud_bridge.store import open_store
+from cloud_bridge.store import open_store, require_made
 from intent_contract.bridge_url import bridge_url_host
 from intent_contract.errors import DecodeError
 from intent_contract.files import read_bounded, write_atomic
@@ -74,6 +74,8 @@ class _Offline:
     async def __aenter__(self) -> OfflineDesk:
         from cloud_bridge.service import BridgeService  # noqa: PLC0415 - keeps the other commands quick to start
 
+        # The device must be enrolled in it: a mistyped store is said so, not made (with new offline keys).
+        require_made(self.store)
         await self.store.open()
         keys = await own_thread(load_or_create, self.settings.data_dir)
         policy = self.settings.config.policy()

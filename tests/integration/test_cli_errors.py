@@ -157,15 +157,22 @@ def test_bridge_errors_are_one_line(tmp_path: Path) -> None:
     )
 
 
-def test_bridge_operators_commands_refuse_a_store_never_made(store_url: StoreUrl) -> None:
+def test_bridge_operators_commands_refuse_a_store_never_made(store_url: StoreUrl, tmp_path: Path) -> None:
     """A mistyped --data-dir or --store (or the default data dir, relative to where the command runs) named no
-    store: the commands made an empty one there and answered from it, `devices ls` an empty fleet, exit 0."""
+    store: the commands made an empty one there and answered from it, `devices ls` an empty fleet, exit 0.
+    `devices revoke`, `receipt` and `import` made one too and said `no device 'dev-1'` (the operator looked
+    for a wrong id), and then `devices ls` on that path listed an empty fleet."""
     where = ["--store", str(store_url)] if store_url.kind == "postgresql" else ["--data-dir", store_url.location]
+    bundle, config = tmp_path / "site.bundle", tmp_path / "bridge.toml"
+    bundle.write_bytes(b"a bundle")
+    config.write_text("")
     commands = [
         ("devices", "ls", "--json"), ("devices", "show", "dev-1"), ("devices", "diagnose", "dev-1"),
         ("devices", "revoke", "dev-1"),  # it said "no device 'dev-1'": the operator doubted the id, not the store
         ("intents", "ls"), ("intents", "show", "i-1"), ("intents", "retry", "i-1"), ("intents", "cancel", "i-1"),
         ("intents", "purge", "--older-than", "1d"), ("usage",), ("audit",), ("status",),
+        ("receipt", "dev-1", "--out", str(tmp_path / "r")),
+        ("import", str(bundle), "--config", str(config), "--receipt", str(tmp_path / "r")),
     ]  # fmt: skip
     for command in commands:
         assert_one_line(run_cli("cloud_bridge", *command, *where), f"no bridge store at {store_url}")

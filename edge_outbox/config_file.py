@@ -6,7 +6,8 @@
 
 A key is an option's long name with `_` for `-` (`--max-queue-items` is `max_queue_items`). The
 file becomes click's default map, so the order of precedence is: flag, environment variable,
-config file, built-in default. `data_dir` applies to every command. Every key is checked against
+config file, built-in default. `data_dir` applies to every command, and `max_offline` to `status` too
+(the health check judges as the outbox's own /healthz does). Every key is checked against
 the option it stands for when the file is read, and every bad key is reported at once, with the
 file's name.
 """
@@ -24,6 +25,10 @@ from intent_contract.toml_file import read_toml
 
 # Options that a file must not hold: secrets come from the environment or a file of their own.
 NOT_IN_FILE = frozenset({"attach_password"})
+# Keys that apply to every command with an option of that name, not to `run` only: where the data is, and
+# how long without a link is unhealthy (`status` answered with its own default of 1 h while the outbox's
+# /healthz used the file's `max_offline`: a site with forward windows failed its health check every day).
+SHARED = ("data_dir", "max_offline")
 
 
 def _wrong_type(param: click.Option, value: object) -> str | None:
@@ -70,8 +75,8 @@ def load(path: Path, group: click.Group, ctx: click.Context) -> dict[str, dict[s
     if errors:
         raise ConfigError(f"{path}: " + "; ".join(errors))
     defaults: dict[str, dict[str, Any]] = {"run": dict(document)}
-    if "data_dir" in document:
-        for name, command in group.commands.items():
-            if name != "run" and any(p.name == "data_dir" for p in command.params):
-                defaults[name] = {"data_dir": document["data_dir"]}
+    for name, command in group.commands.items():
+        shared = {p.name: document[p.name] for p in command.params if p.name in SHARED and p.name in document}
+        if name != "run" and shared:
+            defaults[name] = shared
     return defaults

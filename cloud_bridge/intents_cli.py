@@ -195,14 +195,14 @@ def register(main: click.Group, store_options: Decorator, json_option: Decorator
         """Delete history now, as the running bridge does every hour; live intents are never deleted."""
         intents_age = _duration(older_than, "--older-than")
         audit_age = _duration(audit_older_than, "--audit-older-than")
-        with _opened(data_dir, store, config_path) as (ops, bridge):
+        with _opened(data_dir, store, config_path) as (ops, bridge), progress_line("purged") as progress:
             try:
                 done = operator_api.purge(
                     ops,
                     intents_age=bridge.intent_retention if intents_age is None else intents_age,
                     audit_age=bridge.audit_retention if audit_age is None else audit_age,
                     now=time.time(),
-                    progress=progress_line("purged"),
+                    progress=progress,
                     max_intent_age=bridge.max_intent_age,
                 )
             except ValueError as exc:

@@ -181,3 +181,18 @@ def test_every_settings_field_comes_from_a_documented_key_or_is_fixed_in_code(
             assert nested or f"`{name}`" in FIXED, f"{settings.__name__}.{name}: list it under 'Fixed in code'"
         else:
             assert key in known(), f"{settings.__name__}.{name}: {key} is not a documented option"
+
+
+def test_the_values_fixed_in_code_are_the_ones_the_page_gives() -> None:
+    """`window` (4,000 intents in flight), `ack_timeout_s` (30 s), ...: each figure is the field's default."""
+    defaults = {
+        f.name: f.default
+        for settings in (OutboxSettings, ForwarderSettings, BridgeSettings)
+        for f in dataclasses.fields(settings)
+        if f.default is not dataclasses.MISSING
+    }
+    given = dict(re.findall(r"`(\w+)` \((\d[\d,.]*)", FIXED))
+    assert len(given) >= 8
+    assert {name: float(value.replace(",", "")) for name, value in given.items()} == {
+        name: float(defaults[name]) for name in given
+    }

@@ -39,6 +39,7 @@ RECORD_BYTES = 16384  # the file's allocated size: who holds the lock and what i
 # What the running outbox records (`record`), for `edge-outbox status` and `edge-outbox flush`:
 LINK_KEY = "link"  # the link to the bridge (edge_outbox.forwarder.LinkSnapshot)
 INTAKE_KEY = "intake"  # held publishes (full queue or disk): edge_outbox.intake.IntakeHealth
+MAX_OFFLINE_KEY = "max_offline_s"  # the running outbox's --max-offline, by which its /healthz judges the link
 ATTACH_KEY = "attach"  # attach mode: since when the broker connection is down (null: attached)
 _READ_TRIES = 3  # a read that met a record half written reads again
 

@@ -26,7 +26,7 @@ from edge_outbox.fleet_report import EdgeFacts
 from edge_outbox.forwarder import Forwarder
 from edge_outbox.identity import load_identity
 from edge_outbox.intake import Intake
-from edge_outbox.lock import ATTACH_KEY, INTAKE_KEY, LINK_KEY, DataDirLock
+from edge_outbox.lock import ATTACH_KEY, INTAKE_KEY, LINK_KEY, MAX_OFFLINE_KEY, DataDirLock
 from edge_outbox.mqtt.ports import EndpointSettings
 from edge_outbox.mqtt.server import MqttEndpoint
 from edge_outbox.ops import QueueLimits
@@ -95,7 +95,8 @@ class Outbox:
     async def start(self) -> None:
         s = self.settings
         where = f"attached to {s.attach.url}" if s.attach else f"listening on {s.listen_host}:{s.listen_port}"
-        self._lock.acquire({"where": where, "started": now_ms()})
+        # max_offline_s: `edge-outbox status` given no --max-offline judges as this outbox's /healthz does.
+        self._lock.acquire({"where": where, "started": now_ms(), MAX_OFFLINE_KEY: s.max_offline_s})
         try:
             await self._start(where)
         except BaseException:

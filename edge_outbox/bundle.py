@@ -18,7 +18,7 @@ from edge_outbox import offline_ops, ops
 from edge_outbox.bridge_pins import load_pins
 from edge_outbox.db import IntentRow
 from edge_outbox.errors import ConfigError, PermanentError
-from edge_outbox.forwarder import encode_rows
+from edge_outbox.forward_wire import encode_rows
 from edge_outbox.identity import identity_dir, key_file, load_identity
 from edge_outbox.key_rotation import pending_rotation
 from intent_contract import sealed, signed
@@ -42,7 +42,7 @@ class Exported:
     confirms: int
     left_out: int  # intents not yet accepted by the bridge that did not fit under --max-bytes
     bytes: int
-    unsendable: int = 0  # stored intents the batch cannot carry: ended rejected/bad_json (forwarder.encode_rows)
+    unsendable: int = 0  # stored intents the batch cannot carry: ended rejected/bad_json (forward_wire.encode_rows)
     identity_changed: int = 0  # intents sent as the device this data dir was before: ended (offline_ops.send_as)
 
 

@@ -32,7 +32,7 @@ class SummaryLike(Protocol):
 
 
 class LinkLike(Protocol):
-    """The link as the forwarder sees it (edge_outbox.forwarder.LinkSnapshot)."""
+    """The link as the forwarder sees it (edge_outbox.forward_wire.LinkSnapshot)."""
 
     @property
     def state(self) -> str: ...

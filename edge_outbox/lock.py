@@ -37,7 +37,7 @@ LOCK_NAME = "outbox.lock"
 TESTER_WAIT_S = 2.0  # a tester holds its shared lock for microseconds; this is for a host under load
 RECORD_BYTES = 16384  # the file's allocated size: who holds the lock and what it records, space-padded
 # What the running outbox records (`record`), for `edge-outbox status` and `edge-outbox flush`:
-LINK_KEY = "link"  # the link to the bridge (edge_outbox.forwarder.LinkSnapshot)
+LINK_KEY = "link"  # the link to the bridge (edge_outbox.forward_wire.LinkSnapshot)
 INTAKE_KEY = "intake"  # held publishes (full queue or disk): edge_outbox.intake.IntakeHealth
 MAX_OFFLINE_KEY = "max_offline_s"  # the running outbox's --max-offline, by which its /healthz judges the link
 ATTACH_KEY = "attach"  # attach mode: since when the broker connection is down (null: attached)

@@ -16,7 +16,8 @@ from aiohttp import web
 from edge_outbox import db, offline_ops, ops
 from edge_outbox.enroll_client import enroll
 from edge_outbox.errors import PermanentError, TransientError
-from edge_outbox.forwarder import Forwarder, LinkState
+from edge_outbox.forward_wire import LinkState
+from edge_outbox.forwarder import Forwarder
 from edge_outbox.identity import Identity, key_file, save_identity
 from edge_outbox.intake_rules import admit
 from edge_outbox.key_rotation import rotate_online

@@ -26,7 +26,8 @@ from cloud_bridge.settings import HostPort
 from edge_outbox import db, ops
 from edge_outbox.enroll_client import enroll
 from edge_outbox.errors import PermanentError, TransientError
-from edge_outbox.forwarder import Forwarder, LinkState
+from edge_outbox.forward_wire import LinkState
+from edge_outbox.forwarder import Forwarder
 from edge_outbox.identity import key_file, load_identity
 from edge_outbox.intake_rules import Admitted, admit
 from edge_outbox.ops import QueueLimits
@@ -283,7 +284,7 @@ async def test_an_edge_speaking_another_wire_version_gets_its_intents_rejected(
     def encode_v2(envelopes: list[Envelope]) -> bytes:
         return msgpack.packb({"v": 2, "items": [e.to_wire() for e in envelopes]})
 
-    monkeypatch.setattr("edge_outbox.forwarder.encode_batch", encode_v2)
+    monkeypatch.setattr("edge_outbox.forward_wire.encode_batch", encode_v2)
     edge_dir = await enrolled_edge(tmp_path, bridge)
     store, forwarder, task = await run_forwarder(edge_dir, ForwarderSettings())
     try:

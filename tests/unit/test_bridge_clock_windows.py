@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from edge_outbox.bridge_clock import MAX_OFFSET_MS, BridgeClock, TimeSample
 from edge_outbox.db import IntentRow
 from edge_outbox.errors import ConfigError
-from edge_outbox.forwarder import envelope_of
+from edge_outbox.forward_wire import envelope_of
 from edge_outbox.states import State
 from edge_outbox.windows import Window, is_open, parse_windows, seconds_until_closed, seconds_until_open
 from intent_contract.codec import Envelope

@@ -21,7 +21,7 @@ from cloud_bridge.fleet_rules import (
 )
 from edge_outbox.fleet_link import window_text
 from edge_outbox.fleet_report import EdgeFacts, RecentErrors, build_diagnosis, build_health
-from edge_outbox.forwarder import LinkSnapshot, LinkState
+from edge_outbox.forward_wire import LinkSnapshot, LinkState
 from edge_outbox.ops import Summary
 from edge_outbox.windows import Window
 from intent_contract.device_wire import ErrorLine, HealthReport, LinkStats

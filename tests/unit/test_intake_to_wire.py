@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from edge_outbox.bridge_clock import BridgeClock
 from edge_outbox.db import IntentRow
-from edge_outbox.forwarder import encode_rows
+from edge_outbox.forward_wire import encode_rows
 from edge_outbox.intake_rules import Admitted, admit
 from edge_outbox.states import State
 from intent_contract.codec import decode_batch

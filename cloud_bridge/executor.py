@@ -41,30 +41,18 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
 
-from cloud_bridge.errors import PermanentError, TransientError
 from cloud_bridge.fair_share import FairRound, Shares
-from cloud_bridge.integrations.base import Integration, Job
+from cloud_bridge.integrations.base import Integration
+from cloud_bridge.job_run import JobRun, Observe, ignore
 from cloud_bridge.ledger import DEFAULT_LEASE, ClaimOffer, Ledger, LedgerEntry, log_context
-from cloud_bridge.ledger_states import EntryState
-from cloud_bridge.outcome import CallResult, Permanent, RetryPolicy, Returned, Transient, after_run, before_run
+from cloud_bridge.outcome import RetryPolicy
 from cloud_bridge.tenant_pools import VENDOR, Claims, Pool, Pools
 from intent_contract.codec import Ack
 
 logger = logging.getLogger(__name__)
 
 AHEAD = 2  # a pool holds up to this many times its slots in rows: those not running are claimed ahead
-
-
-class Observe(Protocol):
-    """Told of every execution's end: kind, outcome (delivered, failed, expired, retried), code, provider time."""
-
-    def __call__(self, kind: str, outcome: str, code: str, seconds: float | None) -> None: ...
-
-
-def _ignore(kind: str, outcome: str, code: str, seconds: float | None) -> None:
-    return None
 
 
 class Executor:
@@ -86,12 +74,11 @@ class Executor:
         revoked: Callable[[str], bool] = lambda _device_id: False,
         owner: str = "",
         lease: float = DEFAULT_LEASE,
-        observe: Observe = _ignore,
+        observe: Observe = ignore,
         tenants: Mapping[str, Mapping[str, Integration]] | None = None,
         shares: Shares | None = None,
         orphan_grace: float = 0.0,
     ) -> None:
-        self._retry_policy = RetryPolicy(max_attempts, retry_base, retry_cap)
         self._ledger = ledger
         self._pools = Pools.build({})
         self._claims = Claims(ledger, owner=owner, lease=lease, now=now, idle_poll=idle_poll, orphan_grace=orphan_grace)
@@ -106,13 +93,18 @@ class Executor:
         self._reserved: dict[Pool, int] = {}  # slots offered to admissions under way
         self._offers: dict[ClaimOffer, tuple[Pools, dict[Pool, int]]] = {}
         self.use(integrations, tenants, shares)
-        self._on_final = on_final
-        self._observe = observe
+        self._jobs = JobRun(
+            ledger,
+            on_final=on_final,
+            retry_policy=RetryPolicy(max_attempts, retry_base, retry_cap),
+            now=now,
+            rand=rand,
+            revoked=revoked,
+            observe=observe,
+        )
         self._now = now
-        self._rand = rand
         self._idle_poll = idle_poll
         self._stop_grace = stop_grace
-        self._revoked = revoked
         self._owner = owner
         self._lease = lease
         self._held: dict[asyncio.Task[None], LedgerEntry] = {}
@@ -315,8 +307,7 @@ class Executor:
         if not self._stopping:
             for entry in await self._claims.orphans(pools):
                 detail = f"no integration for {entry.kind} is configured at the bridge"
-                ack = await self._finish(entry, EntryState.FAILED, "no_integration", detail, "")
-                await self._notify(entry, ack)
+                await self._jobs.end_unrun(entry, "no_integration", detail)
                 taken += 1
         return taken, sorted(idle - busy)
 
@@ -357,7 +348,7 @@ class Executor:
 
     def _start(self, pool: Pool, entry: LedgerEntry, integration: Integration) -> None:
         slots = self._running.setdefault(pool, set())
-        task = asyncio.create_task(self._job(entry, integration), name=f"job {entry.intent_id}")
+        task = asyncio.create_task(self._jobs.run(entry, integration), name=f"job {entry.intent_id}")
         slots.add(task)
         self._held[task] = entry
         self._uses[task] = integration
@@ -394,78 +385,3 @@ class Executor:
         if due is None:
             return self._idle_poll
         return max(0.0, min(self._idle_poll, due - self._now()))
-
-    # -- one job ----------------------------------------------------------------------------------
-
-    async def _job(self, entry: LedgerEntry, integration: Integration) -> None:
-        try:
-            ack = await self._execute(entry, integration)
-        except Exception:
-            # The ledger could not record the result: the row stays running and resumes at restart.
-            logger.exception("could not record the result of %s/%s", entry.device_id, entry.intent_id,
-                             extra=log_context(entry))  # fmt: skip
-            ack = None
-        if ack is not None:
-            await self._notify(entry, ack)
-
-    async def _execute(self, entry: LedgerEntry, integration: Integration) -> Ack | None:
-        name = getattr(integration, "name", entry.kind)
-        stop = before_run(entry, now=self._now(), revoked=self._revoked(entry.device_id))
-        if stop is not None:
-            ack = await self._finish(entry, stop.state, stop.code, stop.detail, name)
-            if stop.settled:  # a revoked device never confirms: left unconfirmed, no purge ever deleted it
-                await self._ledger.confirm(entry.device_id, [entry.intent_id], entry.attempt)
-            return ack
-        job = Job(
-            device_id=entry.device_id,
-            tenant=entry.tenant,
-            intent_id=entry.intent_id,
-            kind=entry.kind,
-            payload=entry.payload,
-            attempt=entry.attempt,
-            overrides=entry.overrides,
-        )
-        started = time.perf_counter()
-        result: CallResult
-        try:
-            outcome = await integration.execute(job)
-        except PermanentError as exc:
-            result = Permanent(exc.code, exc.detail)
-        except TransientError as exc:
-            result = Transient(exc.code, exc.detail, exc.retry_after)
-        except Exception as exc:  # noqa: BLE001 - any other failure is retried, as the brief asks
-            # Not our error type: its message may quote a URL or a token, so only its type is kept.
-            logger.warning(
-                "integration %s raised %s on %s/%s (try %d)", name, type(exc).__name__, entry.device_id,
-                entry.intent_id, entry.tries, extra=log_context(entry, code="integration_error"),
-            )  # fmt: skip
-            result = Transient("integration_error", f"the {name} integration raised {type(exc).__name__}")
-        else:
-            result = Returned(outcome.detail)
-        now = self._now()
-        verdict = after_run(entry, result, now=now, policy=self._retry_policy, jitter=self._rand())
-        if verdict.retry_at is None:
-            return await self._finish(entry, verdict.state, verdict.code, verdict.detail, name, started)
-        await self._ledger.reschedule(entry, verdict.retry_at, verdict.code, verdict.detail, now)
-        self._observe(entry.kind, "retried", verdict.code, time.perf_counter() - started)
-        logger.info("%s/%s: %s; retry in %.1fs", entry.device_id, entry.intent_id, verdict.code, verdict.retry_at - now,
-                    extra=log_context(entry, code=verdict.code, state="queued"))  # fmt: skip
-        return None
-
-    async def _finish(
-        self, entry: LedgerEntry, state: EntryState, code: str, detail: str, name: str, started: float | None = None
-    ) -> Ack:
-        seconds = None if started is None else time.perf_counter() - started  # the provider call's time
-        ack = await self._ledger.finish(entry, state, code, detail, self._now(), name, seconds=seconds)
-        self._observe(entry.kind, str(state), code, seconds)
-        if state is not EntryState.DELIVERED:
-            logger.info("%s/%s ended %s: %s", entry.device_id, entry.intent_id, state, code,
-                        extra=log_context(entry, state=str(state), code=code))  # fmt: skip
-        return ack
-
-    async def _notify(self, entry: LedgerEntry, ack: Ack) -> None:
-        try:
-            await self._on_final(entry.device_id, ack)
-        except Exception:
-            # The result is in the ledger and goes out again when the device resubscribes.
-            logger.exception("on_final failed for %s/%s", entry.device_id, entry.intent_id, extra=log_context(entry))

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from cloud_bridge.ledger_plan import Request
 
 DEFAULT_LEASE = 30.0  # seconds a claim holds a running row unless its executor renews it
-PURGE_BATCH = 5000  # rows a purge deletes per transaction (per operation on SQLite's writer)
+PURGE_BATCH = 5000  # rows a purge deletes per transaction (intent_sql.SqlIntents.purge; SQLite's is paced)
 
 
 class DeviceLike(Protocol):
@@ -352,9 +352,6 @@ class Ledger(Protocol):
 
     async def usage(self, query: UsageQuery) -> list[UsageRow]:
         """Usage per the query's grouping, from the rollup the ledger keeps (cloud_bridge.usage)."""
-
-    async def purge(self, older_than: float) -> int:
-        """Delete final rows the edge confirmed before `older_than`; returns how many."""
 
     async def depth(self) -> LedgerDepth:
         """Rows not done with, per state and kind, and when the oldest queued one was queued (one query)."""

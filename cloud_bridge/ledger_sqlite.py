@@ -28,7 +28,6 @@ from cloud_bridge.fleet_sql import sqlite_transaction
 from cloud_bridge.ledger import (
     DEFAULT_LEASE,
     DEPTH_SQL,
-    PURGE_BATCH,
     WAITING_SQL,
     ClaimOffer,
     DeviceLike,
@@ -425,24 +424,6 @@ class SqliteLedger:
             return [_audit_record(row) for row in rows]
 
         return await self._read(run)
-
-    async def purge(self, older_than: float) -> int:
-        """Delete final rows the edge confirmed whose last change is before `older_than`.
-
-        `PURGE_BATCH` rows per operation: an operation's savepoint keeps the pages it changes in memory."""
-
-        def run(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "DELETE FROM intents WHERE seq IN (SELECT seq FROM intents"
-                f" WHERE confirmed = 1 AND state NOT IN {_LIVE} AND updated < ? LIMIT ?)",
-                (older_than, PURGE_BATCH),
-            )
-            return cursor.rowcount
-
-        total = 0
-        while (deleted := await self._call(run)) == PURGE_BATCH:
-            total += deleted
-        return total + deleted
 
     async def depth(self) -> LedgerDepth:
         """Rows not done with, per state and kind, and the oldest queued (one read).

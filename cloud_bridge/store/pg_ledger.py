@@ -431,14 +431,6 @@ class PgLedger:
             rows = await cursor.fetchall()
         return [AuditRecord(**{**row, "event": AuditEvent(row["event"])}) for row in rows]
 
-    async def purge(self, older_than: float) -> int:
-        """Delete final rows the edge confirmed whose last change is before `older_than`."""
-        async with self._pools.transaction("ledger purge") as conn:
-            cursor = await conn.execute(
-                f"DELETE FROM intents WHERE confirmed AND state NOT IN {_LIVE} AND updated < %s", (older_than,)
-            )
-            return cursor.rowcount
-
     async def depth(self) -> LedgerDepth:
         """Rows not done with, per state and kind, and the oldest queued (one query)."""
         async with self._pools.transaction("ledger read", writes=False) as conn:

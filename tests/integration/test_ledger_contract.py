@@ -537,14 +537,14 @@ async def test_intents_older_than_the_maximum_age_are_refused(ledger: Ledger) ->
     assert [e.intent_id for e in await ledger.claim(["email.send"], 5, NOW)] == ["young"]
 
 
-async def test_purge_deletes_only_confirmed_final_rows(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ledger_sqlite, "PURGE_BATCH", 1)  # SQLite's purge: one row per operation, as many as due
+async def test_purge_deletes_only_confirmed_final_rows(store: Store, ledger: Ledger) -> None:
     decide = Decider()
     await admit(ledger, DEV, [env("a"), env("b"), env("bad-c")], decide, NOW)
     await run_one(ledger, EntryState.DELIVERED)
     await ledger.confirm(DEV.device_id, ["a", "b", "bad-c"])
-    assert await ledger.purge(NOW) == 0
-    assert await ledger.purge(NOW + 1) == 2
+    created_before = (NOW + 1) * 1000  # every row is past the age a copy would be admitted at
+    assert store.intents.purge(NOW, None, created_before, batch=1).intents == 0
+    assert store.intents.purge(NOW + 1, None, created_before, batch=1).intents == 2  # a row per transaction
     assert await ledger.unconfirmed(DEV.device_id) == []
     assert [e.intent_id for e in await ledger.claim(["email.send"], 5, NOW)] == ["b"]
     # The audit trail outlives purged rows.

@@ -13,12 +13,12 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from edge_outbox.intake_rules import TOPIC_ROOT, replay_after
+from edge_outbox.intake_rules import replay_after
 from edge_outbox.mqtt import dialect as d
 from edge_outbox.mqtt.answers import Answers
 from edge_outbox.mqtt.dialect import V311, Dialect, dialect_of
 from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, Message, Session
-from edge_outbox.mqtt.topics import may_match, may_publish, may_subscribe, valid_filter
+from edge_outbox.mqtt.topics import STATUS_SHAPE, may_match, may_publish, may_subscribe, valid_filter
 from edge_outbox.states import State
 from edge_outbox.status import status_payload, status_topic
 from intent_contract import mqtt_packets as p
@@ -34,7 +34,6 @@ CONNECT_TIMEOUT_S = 10.0
 WRITE_HIGH_WATER = 1 << 20
 REPLAY_CHUNK = 500
 CONNECT_BYTE = 0x10
-STATUS_SHAPE = (TOPIC_ROOT, None, "status", None)  # outbox/{app}/status/{id}: only the outbox publishes there
 
 
 def note_subscriptions(session: Session) -> None:
@@ -286,13 +285,8 @@ class Connection:
             elif may_publish(self.principal, topic):
                 self._replay = (app, after, 0)
                 self.wake.set()
-        elif may_match(topic, STATUS_SHAPE):
-            self.endpoint.log_input(
-                "status topic", "client %s published to status topic %r, which only the outbox does: dropped",
-                self.name, topic[:100],
-            )  # fmt: skip
         elif may_publish(self.principal, topic):
-            self.endpoint.route(topic, packet.payload, qos, packet.retain)
+            self.endpoint.route(topic, packet.payload, qos, packet.retain, self.name)
         if qos:
             assert packet.packet_id is not None
             kind, packet_id, dialect = (Type.PUBACK if qos == 1 else Type.PUBREC), packet.packet_id, self.dialect
@@ -395,4 +389,4 @@ class Connection:
         if intake.is_intake(will.topic):
             await intake.receive(will.topic, will.payload, principal=self.principal)
         else:
-            self.endpoint.route(will.topic, will.payload, will.qos, will.retain)
+            self.endpoint.route(will.topic, will.payload, will.qos, will.retain, self.name)

@@ -29,6 +29,7 @@ from edge_outbox.mqtt.dialect import SERVER_SHUTTING_DOWN, SESSION_TAKEN_OVER
 from edge_outbox.mqtt.ports import Authenticator, EndpointSettings, IntakePort, SessionsPort, keeps_session
 from edge_outbox.mqtt.retained import Retained
 from edge_outbox.mqtt.session import Message, Session, SessionRecord, StatusCursor
+from edge_outbox.mqtt.topics import is_status_topic
 from edge_outbox.status import StatusFeed
 from intent_contract import mqtt_packets as p
 from intent_contract.logs import LogThrottle, left_out
@@ -316,8 +317,16 @@ class MqttEndpoint:
         if not write.cancelled() and write.exception() is not None:  # the housekeeping reports a failing store
             log.debug("last seen not written: %s", write.exception())
 
-    def route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Deliver an ordinary publish to every matching session (queued for absent persistent ones)."""
+    def route(self, topic: str, payload: bytes, qos: int, retain: bool, sender: str) -> None:
+        """Deliver an ordinary publish or a will to every matching session (queued for absent persistent ones).
+
+        Nothing on a status topic: only the outbox publishes statuses, from its status log. A will was routed
+        there unchecked (only a PUBLISH was refused), so any local client could leave behind a forged
+        `delivered` status for another app's intent, retained and sent again to every later subscriber."""
+        if is_status_topic(topic):
+            self.log_input("status topic", "client %s published to status topic %r, which only the outbox does: "
+                           "dropped", sender, topic[:100])  # fmt: skip
+            return
         if retain and not self.retained.keep(topic, payload, qos):
             self.log_input("retained", "no room: retained message on %r not kept (%d in all)", topic[:100],
                            self.retained.refused)  # fmt: skip

@@ -7,6 +7,8 @@ from functools import lru_cache
 # The longest topic filter a local app may subscribe to, in UTF-8 bytes (docs/edge.md): a filter is kept in
 # memory, in the database with its session, and matched against every message.
 MAX_FILTER_BYTES = 1024
+# outbox/{app}/status/{id}: only the outbox publishes there (None: any one level).
+STATUS_SHAPE = ("outbox", None, "status", None)
 
 
 def valid_filter(topic_filter: str) -> bool:
@@ -57,6 +59,11 @@ def may_match(topic_filter: str, shape: tuple[str | None, ...]) -> bool:
         if want != "+" and fixed is not None and want != fixed:
             return False
     return len(pattern) == len(shape)
+
+
+def is_status_topic(topic: str) -> bool:
+    """Whether `topic` is a status topic, where no client may publish: neither a PUBLISH nor a will."""
+    return may_match(topic, STATUS_SHAPE)
 
 
 def may_publish(principal: str | None, topic: str) -> bool:

@@ -361,3 +361,37 @@ def test_a_packet_over_the_limit_is_refused_before_it_is_read(
     client.send(bytes([0x30, 0x80, 0x80, 0x80, 0x10]))  # a PUBLISH announcing 32 MiB, none of it sent
     assert client.closed_by_server(timeout=5)
     wait_until(lambda: "over the" in outbox.log(), what="the refusal in the log")
+
+
+def test_a_will_on_a_status_topic_is_dropped_like_a_publish_there(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    """Only the outbox publishes statuses. A PUBLISH to a status topic was dropped, but a will was routed there
+    unchecked: any local client could leave a forged `delivered` for another app's intent, retained, so that
+    every later subscriber to that app's statuses got it too."""
+    forged = json.dumps({"id": "alarm-1", "kind": "email.send", "state": "delivered", "code": "", "detail": "",
+                         "at": "2026-01-01T00:00:00Z", "seq": 999_999}).encode()  # fmt: skip
+    app = raw()
+    app.connect("app")
+    app.subscribe("outbox/app/status/#", 1)
+    rogue = raw()
+    rogue.connect("rogue", will=p.Will("outbox/app/status/alarm-1", forged, 1, True))
+    rogue.close()  # no DISCONNECT: its will is sent
+    raw().connect("rogue")  # taken over once the old connection ended, which sends the will first
+
+    def statuses_until(client: RawClient, intent_id: str) -> list[str]:
+        """Ids of the statuses `client` gets up to a real one for `intent_id` (published after the will)."""
+        ids: list[str] = []
+        while not ids or ids[-1] != intent_id:
+            (message,) = client.messages(1)
+            ids.append(json.loads(message.payload)["id"])
+        return ids
+
+    app.publish("outbox/app/email.send", json.dumps(email("real-1")).encode(), 1)
+    assert statuses_until(app, "real-1") == ["real-1"]
+    late = raw()
+    late.connect("late")
+    late.subscribe("outbox/app/status/#", 1)  # a retained forgery would come right after the SUBACK
+    late.publish("outbox/app/email.send", json.dumps(email("real-2")).encode(), 1)
+    assert statuses_until(late, "real-2") == ["real-2"]
+    wait_until(lambda: "published to status topic 'outbox/app/status/alarm-1'" in outbox.log(), what="the log line")

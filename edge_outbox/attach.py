@@ -38,7 +38,7 @@ from edge_outbox.attach_link import Link, Received, connack_reason, tls_context,
 from edge_outbox.db import StatusEvent
 from edge_outbox.errors import AttachRefusedError
 from edge_outbox.intake import Intake
-from edge_outbox.intake_rules import KEPT_BYTES_OF_REFUSED, MAX_PAYLOAD_BYTES, TOPIC_ROOT, replay_after
+from edge_outbox.intake_rules import CUT_KEEP, MAX_PAYLOAD_BYTES, TOPIC_ROOT, replay_after
 from edge_outbox.mqtt.session import StatusCursor
 from edge_outbox.settings import AttachTarget
 from edge_outbox.status import StatusFeed
@@ -65,7 +65,6 @@ STABLE_S = 60.0
 # Before, a packet over 16 MiB closed the connection; the broker sent it again on the next, for ever, and no
 # message behind it was taken.
 MAX_PACKET = 1 + 4 + 2 + 0xFFFF + 2 + MAX_PAYLOAD_BYTES
-CUT_KEEP = 2 + 0xFFFF + 2 + KEPT_BYTES_OF_REFUSED
 READ_CHUNK = 1 << 16
 # Messages read and not yet committed: reading pauses beyond this, so TCP holds the broker back (it
 # keeps the rest in its session) instead of the outbox holding a backlog in memory.

@@ -19,6 +19,9 @@ from intent_contract.timefmt import parse_rfc3339_ms
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_DEPTH = 32
 KEPT_BYTES_OF_REFUSED = 4096
+# What is read of a PUBLISH too large to take whole (its topic, packet id and as much of its payload as a refusal
+# keeps): the rest is dropped as it arrives, and it is stored as refused (too_large) and acknowledged.
+CUT_KEEP = 2 + 0xFFFF + 2 + KEPT_BYTES_OF_REFUSED
 SHOWN_CHARS = 80  # of a refused app or kind that is not one: what is stored, and quoted in the detail
 TOPIC_ROOT = "outbox"
 REPLAY_TOPIC = "replay"  # outbox/{app}/replay: {"after": SEQ} asks for the app's statuses again

@@ -13,13 +13,12 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from edge_outbox.intake_rules import replay_after
+from edge_outbox.intake_rules import CUT_KEEP, replay_after
 from edge_outbox.mqtt import dialect as d
 from edge_outbox.mqtt.answers import Answers
 from edge_outbox.mqtt.dialect import V311, Dialect, dialect_of
 from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, Message, Session
 from edge_outbox.mqtt.topics import STATUS_SHAPE, may_match, may_publish, may_subscribe, valid_filter
-from edge_outbox.states import State
 from edge_outbox.status import status_payload, status_topic
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
@@ -47,15 +46,6 @@ class _NotMqttError(Exception):
     """The first byte of a connection is not a CONNECT."""
 
 
-def intake_verdict(result: object) -> d.Verdict:
-    """What an acknowledgement of an intake publish says: refused input is stored, and named (MQTT 5)."""
-    row = getattr(result, "row", None)
-    if row is None or row.state is not State.REJECTED:
-        return d.OK
-    code = d.NOT_AUTHORIZED if row.code == "not_authorized" else d.PAYLOAD_FORMAT_INVALID
-    return d.Verdict(code, f"{row.code}: {row.detail}")
-
-
 class Connection:
     def __init__(self, endpoint: MqttEndpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.endpoint = endpoint
@@ -70,7 +60,9 @@ class Connection:
         self._graceful = False
         self.expiry_on_leave: int | None = None  # MQTT 5: the session expiry interval its DISCONNECT set, seconds
         self._replay: tuple[str, int, int] | None = None  # (app, after seq, sent so far)
-        self._framer = p.Framer(endpoint.settings.max_packet)
+        # An intent over the packet limit is cut (its head read, the rest dropped unread) and refused as too_large:
+        # closing the connection made the client send it again on the next, for ever, and nothing behind it came.
+        self._framer = p.CuttingFramer(endpoint.settings.max_packet, CUT_KEEP)
         self.dialect: Dialect = V311()
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -186,7 +178,7 @@ class Connection:
         for packet_id in sorted(session.released):
             self.writer.write(self.dialect.ack(Type.PUBREL, packet_id))
         for first_byte, packet_body in frames[1:]:
-            await self._handle(self.dialect.decode(first_byte, packet_body))
+            await self._frame(first_byte, packet_body)
         return connect
 
     def _refuse_session(self) -> None:
@@ -212,10 +204,20 @@ class Connection:
         async with asyncio.timeout(grace) as deadline:
             while True:
                 for first, body in await self._read_packets():
-                    await self._handle(self.dialect.decode(first, body))
+                    await self._frame(first, body)
                 if grace is not None:
                     deadline.reschedule(loop.time() + grace)
                 await self._answers.room()
+
+    async def _frame(self, first: int, body: bytes) -> None:
+        if not first & p.CUT:
+            await self._handle(self.dialect.decode(first, body))
+            return
+        full = self._framer.cut_sizes.popleft()  # a PUBLISH over the limit, of which `body` is the head
+        cut = self.dialect.decode(first & 0xFF, body)
+        if not (isinstance(cut, p.Publish) and self.endpoint.intake.is_intake(cut.topic)):
+            raise MalformedPacketError(f"packet of {full:,} bytes is over the {self._framer.max_packet:,}-byte limit")
+        self._publish(cut, full - (len(body) - len(cut.payload)))
 
     async def _handle(self, packet: p.Packet) -> None:
         session = self.session
@@ -266,7 +268,8 @@ class Connection:
         else:
             raise MalformedPacketError(f"a client does not send {type(packet).__name__} here")
 
-    def _publish(self, packet: p.Publish) -> None:
+    def _publish(self, packet: p.Publish, size: int | None = None) -> None:
+        """`size`: the payload's full size when `packet` holds only its head."""
         session = self.session
         assert session is not None
         topic, qos = packet.topic, packet.qos
@@ -275,7 +278,7 @@ class Connection:
         if qos == 2 and packet.packet_id in session.incoming_qos2:
             pass  # a resent QoS 2 publish already taken: answer again, take nothing
         elif intake.is_intake(topic):
-            ready = intake.submit(topic, packet.payload, principal=self.principal, expiry_s=packet.expiry_s)
+            ready = intake.submit(topic, packet.payload, principal=self.principal, expiry_s=packet.expiry_s, size=size)
         elif (app := intake.replay_app(topic)) is not None:
             after = replay_after(packet.payload)
             if after is None:
@@ -293,7 +296,7 @@ class Connection:
             if qos == 2:
                 session.incoming_qos2.add(packet_id)
             if dialect.version == 5:  # its acknowledgement can name a refusal: made once the commit is done
-                self._answers.add(ready, lambda result: dialect.ack(kind, packet_id, intake_verdict(result)))
+                self._answers.add(ready, lambda result: dialect.ack(kind, packet_id, d.intake_verdict(result)))
             else:
                 self._answers.add(ready, dialect.ack(kind, packet_id))
         elif ready is not None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import mqtt5
 
 from edge_outbox.mqtt.session import Message
+from edge_outbox.states import State
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
 from intent_contract.mqtt_packets import ConnackCode, Type
@@ -58,6 +59,15 @@ class Verdict:
 
 OK = Verdict()
 VerdictOf = Callable[[Any], Verdict]  # the verdict of a commit's result
+
+
+def intake_verdict(result: object) -> Verdict:
+    """What an acknowledgement of an intake publish says: refused input is stored, and named (MQTT 5)."""
+    row = getattr(result, "row", None)
+    if row is None or row.state is not State.REJECTED:
+        return OK
+    code = NOT_AUTHORIZED if row.code == "not_authorized" else PAYLOAD_FORMAT_INVALID
+    return Verdict(code, f"{row.code}: {row.detail}")
 
 
 class Dialect(Protocol):

@@ -21,9 +21,10 @@ class IntakePort(Protocol):
         """The app of a status replay request topic, else None."""
 
     def submit(
-        self, topic: str, raw: bytes, *, principal: str | None, expiry_s: int | None = None
+        self, topic: str, raw: bytes, *, principal: str | None, expiry_s: int | None = None, size: int | None = None
     ) -> asyncio.Future[Any]:
-        """Take a publish; the future resolves once what it became is committed."""
+        """Take a publish (`size`: the payload's full size when `raw` is only its head); the future resolves once
+        what it became is committed."""
 
     async def receive(self, topic: str, raw: bytes, *, principal: str | None) -> object: ...
 

@@ -122,3 +122,27 @@ def test_a_second_outbox_on_the_same_data_dir_is_refused_naming_the_first(tmp_pa
     # Once the first is gone (however it ended), the data dir is free again.
     with OutboxProcess(data, free_port()) as again:
         assert again.proc is not None and again.proc.poll() is None
+
+
+def test_an_intent_over_the_packet_limit_is_refused_as_too_large_and_nothing_behind_it_is_held(
+    tmp_path: Path,
+) -> None:
+    """An intent over the endpoint's 1 MiB packet limit closed the connection; the app's client sent it again on
+    the next, for ever (8 connections in 8 s), and none of the intents behind it was stored or acknowledged."""
+    with OutboxProcess(tmp_path / "data", free_port()) as outbox:
+        app = Client(outbox.port, "app", clean=False).connect()
+        app.subscribe("outbox/app/status/#")
+        app.publish("outbox/app/email.send", email("big-1", text="x" * (2 << 20)), name="big-1")
+        names = [f"after-{n}" for n in range(5)]
+        for name in names:
+            app.publish("outbox/app/email.send", email(name), name=name)
+        wait_until(lambda: app.acked == {"big-1", *names}, what="every PUBACK")
+        wait_until(lambda: len(app.statuses) == 6, what="six statuses")
+        # Its id is past what is read of it: the refusal has one made up, as any too_large one has.
+        (refused,) = [s for _t, s in app.statuses if s["id"] not in names]
+        assert (refused["state"], refused["code"]) == ("rejected", "too_large")
+        assert app.ids_with("accepted") == set(names)
+        stored = stored_ids(tmp_path / "data")
+        assert stored == {refused["id"]: "rejected", **dict.fromkeys(names, "accepted")}
+        assert app.connects == 1
+        app.close()

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from edge_outbox.intake_rules import CUT_KEEP
 from intent_contract import mqtt_packets as p
 from intent_contract.mqtt_packets import Type
 from tests.support.edge import OutboxProcess, email, stored_ids
-from tests.support.mqtt_raw import RawClient
+from tests.support.mqtt_raw import RawClient, publish_header
 from tests.support.net import free_port, wait_until
 
 
@@ -358,9 +359,16 @@ def test_a_packet_over_the_limit_is_refused_before_it_is_read(
 ) -> None:
     client = raw()
     client.connect("big")
-    client.send(bytes([0x30, 0x80, 0x80, 0x80, 0x10]))  # a PUBLISH announcing 32 MiB, none of it sent
+    client.send(bytes([0x82, 0x80, 0x80, 0x80, 0x10]))  # a SUBSCRIBE announcing 32 MiB, none of it sent
     assert client.closed_by_server(timeout=5)
     wait_until(lambda: "over the" in outbox.log(), what="the refusal in the log")
+    # A PUBLISH over the limit is read only as far as its head (an intent is refused as too_large and
+    # acknowledged: test_edge_app_contract.py); one to any other topic is refused then.
+    other = raw()
+    other.connect("big-other")
+    other.send(publish_header("t/big", 32 << 20) + bytes(CUT_KEEP))
+    assert other.closed_by_server(timeout=5)
+    wait_until(lambda: "33,554,441 bytes is over the" in outbox.log(), what="the refusal of the PUBLISH in the log")
 
 
 def test_a_will_on_a_status_topic_is_dropped_like_a_publish_there(

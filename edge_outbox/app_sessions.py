@@ -60,6 +60,15 @@ def oldest_cursor(conn: sqlite3.Connection) -> int | None:
     return None if value is None else int(value)
 
 
+Written = dict[str, SessionRecord | None]  # the records of one write (None: deleted)
+_Kept = tuple[str | None, dict[str, int], int | None]
+
+
+def _kept(record: SessionRecord) -> _Kept:
+    """What a save writes that nothing else does: the app, the subscriptions, the expiry."""
+    return record.username, dict(record.subscriptions), record.expiry_ms
+
+
 class StoredSessions:
     """Sessions unseen for their expiry (at most `expiry_ms`) are dropped at start and, by the endpoint,
     while it runs."""
@@ -72,23 +81,35 @@ class StoredSessions:
         self._lock = threading.Lock()
         self._records: dict[str, SessionRecord | None] = {}
         self._seen: dict[str, int] = {}
-        self._write: asyncio.Future[None] | None = None  # the write not yet taken by the writer thread
+        self._write: asyncio.Future[Written] | None = None  # the write not yet taken by the writer thread
         self.writes = 0  # store operations made (for tests)
+        # What the database holds of each session apart from its position and when it was seen (those have writes
+        # of their own), as of the last write that committed: a SUBSCRIBE that changes none of it writes nothing.
+        # An app that resumes its session subscribes again to what it holds; on a full disk that save failed and
+        # closed it, at each try, and its publishes were sent again each time.
+        self._stored: dict[str, _Kept] = {}
 
     def now_ms(self) -> int:
         return self._clock_ms()
 
     async def load(self) -> list[SessionRecord]:
-        return await self._store.call(load_sessions, self._clock_ms(), self.expiry_ms)
+        records = await self._store.call(load_sessions, self._clock_ms(), self.expiry_ms)
+        self._stored = {r.client_id: _kept(r) for r in records}
+        return records
 
-    async def save(self, record: SessionRecord) -> None:
+    async def save(self, record: SessionRecord, *, if_changed: bool = False) -> None:
+        """Write the session; `if_changed` (its subscriptions changed): not if the database holds the same already."""
+        if if_changed and self._stored.get(record.client_id) == _kept(record):
+            return
         with self._lock:
+            self._stored.pop(record.client_id, None)  # unknown until this write commits
             self._records[record.client_id] = record
             self._seen.pop(record.client_id, None)
         await self._written()
 
     async def delete(self, client_id: str) -> None:
         with self._lock:
+            self._stored.pop(client_id, None)
             self._records[client_id] = None
             self._seen.pop(client_id, None)
         await self._written()
@@ -114,17 +135,24 @@ class StoredSessions:
                 self.writes += 1
         await asyncio.shield(write)
 
-    def _done(self, write: asyncio.Future[None]) -> None:
+    def _done(self, write: asyncio.Future[Written]) -> None:
         with self._lock:
             if self._write is write:  # failed before the writer took it (the store stopped): the next one tries
                 self._write = None
+        if write.cancelled() or write.exception() is not None:
+            return
+        with self._lock:
+            for client_id, record in write.result().items():  # committed: what the database holds, unless
+                if record is not None and client_id not in self._records:  # a newer write of it waits
+                    self._stored[client_id] = _kept(record)
 
-    def _take_and_save(self, conn: sqlite3.Connection) -> None:
+    def _take_and_save(self, conn: sqlite3.Connection) -> Written:
         """On the writer thread: everything asked until now, in one operation."""
         with self._lock:
             records, seen = self._records, self._seen
             self._records, self._seen, self._write = {}, {}, None
         save_sessions(conn, records.items(), seen)
+        return records
 
     async def read_app_statuses(self, app: str, after: int, limit: int) -> list[tuple[int, str, bytes]]:
         events = await self._store.read(event_log.app_statuses, app, after, limit)

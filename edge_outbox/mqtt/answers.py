@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edge_outbox.errors import StorageError
+
 log = logging.getLogger(__name__)
 
 MAX_PENDING_ACKS = 1000  # publishes read but not yet answered; reading pauses beyond (backpressure)
@@ -26,9 +28,12 @@ class _Answer:
 
 class Answers:
     """The answers of one connection, written to `writer` by `run()`. When what an answer waits for fails, the
-    answers end there: it is logged with the client's `name()` and `failed` is called (to close the client)."""
+    answers end there: `failed` is called (to close the client) with the StorageError, or None after the
+    traceback of anything else is logged with the client's `name()`."""
 
-    def __init__(self, writer: asyncio.StreamWriter, name: Callable[[], str], failed: Callable[[], None]) -> None:
+    def __init__(
+        self, writer: asyncio.StreamWriter, name: Callable[[], str], failed: Callable[[StorageError | None], None]
+    ) -> None:
         self._writer = writer
         self._name = name
         self._failed = failed
@@ -71,10 +76,14 @@ class Answers:
                         out = self._write(out)  # what is done does not wait for what is not
                     try:
                         result = await answer.ready
+                    except StorageError as exc:  # a session's save on a full disk: said without a traceback
+                        self._write(out)
+                        self._failed(exc)
+                        return
                     except Exception:
                         self._write(out)
                         log.exception("intake failed for client %s: closing it unanswered", self._name())
-                        self._failed()
+                        self._failed(None)
                         return
                 answers.popleft()
                 out += answer.data if isinstance(answer.data, bytes) else answer.data(result)

@@ -13,6 +13,7 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
+from edge_outbox.errors import StorageError
 from edge_outbox.intake_rules import CUT_KEEP, replay_after
 from edge_outbox.mqtt import dialect as d
 from edge_outbox.mqtt.answers import Answers
@@ -55,7 +56,7 @@ class Connection:
         self.principal: str | None = None
         self.wake = asyncio.Event()
         self.closed = asyncio.Event()
-        self._answers = Answers(writer, lambda: self.name, self.close)
+        self._answers = Answers(writer, lambda: self.name, self._unanswered)
         self._will: p.Will | None = None
         self._graceful = False
         self.expiry_on_leave: int | None = None  # MQTT 5: the session expiry interval its DISCONNECT set, seconds
@@ -77,6 +78,12 @@ class Connection:
                 dialect.disconnect(reason) if self.session is not None else dialect.refuse_connect(reason)
             )
         self.writer.close()
+
+    def _unanswered(self, exc: StorageError | None) -> None:
+        """An answer's wait failed: a session's save on a full disk (a traceback each time, before), or a bug."""
+        if exc is not None:
+            self.endpoint.log_input("storage", "closing client %s unanswered: %s", self.name, exc)
+        self.close()
 
     async def run(self) -> None:
         tasks: list[asyncio.Task[None]] = []
@@ -182,11 +189,7 @@ class Connection:
         return connect
 
     def _refuse_session(self) -> None:
-        """No room for another persistent session: 3.1.1 CONNACK 3 server unavailable, MQTT 5 0x97 quota exceeded."""
-        limit = self.endpoint.settings.max_sessions
-        self.endpoint.log_input(
-            "sessions", "refused client %s: %d persistent sessions kept, the most", self.name, limit
-        )
+        """No room for a new persistent session, or no disk: 3.1.1 CONNACK 3 server unavailable, MQTT 5 0x97."""
         if self.dialect.version == 5:
             self.writer.write(self.dialect.refuse_connect(d.QUOTA_EXCEEDED))
         else:
@@ -340,7 +343,7 @@ class Connection:
     def _save(self, session: Session) -> asyncio.Future[Any] | None:
         if not session.persistent:
             return None
-        return asyncio.ensure_future(self.endpoint.sessions_port.save(self.endpoint.record(session)))
+        return asyncio.ensure_future(self.endpoint.sessions_port.save(self.endpoint.record(session), if_changed=True))
 
     async def _pump(self) -> None:
         """Send what the session has for the client: statuses read from the feed, then queued messages."""

@@ -34,7 +34,8 @@ class SessionsPort(Protocol):
 
     async def load(self) -> list[SessionRecord]: ...
 
-    async def save(self, record: SessionRecord) -> None: ...
+    async def save(self, record: SessionRecord, *, if_changed: bool = False) -> None:
+        """`if_changed`: no write when the store holds these subscriptions, app and expiry already."""
 
     async def delete(self, client_id: str) -> None: ...
 

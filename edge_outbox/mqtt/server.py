@@ -16,10 +16,12 @@ move bytes: the codec (`intent_contract.mqtt_packets`), topic rules (`topics`), 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import time
 from collections.abc import Awaitable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from edge_outbox.errors import ConfigError, StorageError
@@ -201,16 +203,23 @@ class MqttEndpoint:
 
     async def attach(self, connection: Connection, connect: p.Connect, client_id: str) -> bool | None:
         """Bind a connection to its session (taking it over from an older connection); True if one existed,
-        None if it is refused: it would be a new persistent session past `max_sessions`.
+        None if it is refused: it would be a new persistent session past `max_sessions`, or its session cannot be
+        stored (a full disk).
 
         Attaches for one client id run one at a time: each awaits (the older connection's end, the session's
         save) between reading who holds the client id and taking it, and two CONNECTs at once both took
         over the same old connection and both stayed, sharing one session. Now the second closes the first."""
         async with self._attaching.turn(client_id):
-            return await self._attach(connection, connect, client_id)
+            try:
+                return await self._attach(connection, connect, client_id)
+            except StorageError as exc:  # a full disk: the client tries again (a traceback each try, before)
+                self.log_input("storage", "refused client %s: its session cannot be stored: %s", connection.name, exc)
+                return None
 
     async def _attach(self, connection: Connection, connect: p.Connect, client_id: str) -> bool | None:
         if not self._room_for(connection.principal, connect, self.sessions.get(client_id)):
+            name, kept = connection.name, self.settings.max_sessions
+            self.log_input("sessions", "refused client %s: %d persistent sessions kept, the most", name, kept)
             return None  # refused before anything of the client id's current session and connection changes
         old = self._connections.get(client_id)
         if old is not None:
@@ -255,13 +264,14 @@ class MqttEndpoint:
             self.sessions[client_id] = session
             self.status_interest_changed(client_id)
         elif session.persistent != keep or (keep and session.expiry_ms != expiry_ms):
-            session.persistent, session.expiry_ms = keep, expiry_ms
-            if keep:
-                await self._sessions_port.save(self.record(session))
+            if keep:  # stored first: a write refused (a full disk) changes nothing, and the client tries again
+                await self._sessions_port.save(replace(self.record(session), expiry_ms=expiry_ms))
             else:
                 await self._sessions_port.delete(client_id)
+            session.persistent, session.expiry_ms = keep, expiry_ms
         elif keep:
-            await self._sessions_port.seen(client_id, now)  # a crash from now on does not expire it early
+            with contextlib.suppress(StorageError):  # on a full disk: written by the next sweep that can
+                await self._sessions_port.seen(client_id, now)  # a crash from now on does not expire it early
         self._connections[client_id] = connection
         connection.session = session
         return present

@@ -133,3 +133,37 @@ async def intake(store: Store, intent_id: str) -> None:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@pytest.mark.timeout(180)
+def test_apps_with_persistent_sessions_connect_on_a_full_disk_and_get_their_statuses_after(small_disk: Path) -> None:
+    """On a full disk a persistent app's CONNECT went unanswered (the write of when it was seen failed) with a
+    traceback in the log at each try, a new persistent session likewise; and a resumed app's SUBSCRIBE (the same
+    filter again) failed its save and closed the connection, which resent its publishes each time."""
+    data_dir = small_disk / "data"
+    with OutboxProcess(data_dir, free_port()) as outbox:
+        listener = Client(outbox.port, "listener", clean=False).connect()
+        listener.subscribe("outbox/disk/status/#")
+        filler = disk.fill(small_disk)
+        app = Client(outbox.port, "app").connect()
+        names = [f"f{n}" for n in range(20)]
+        for name in names:
+            app.publish("outbox/disk/email.send", email(name, text="x" * 4000), name=name)
+        wait_until(lambda: "intake paused" in outbox.log(), timeout=60, what="the outbox noticing")
+        listener.close()
+        listener = Client(outbox.port, "listener", clean=False).connect()  # the app comes back, resumes
+        assert listener.connects == 1, listener.connect_result
+        listener.subscribe("outbox/disk/status/#")  # as apps do on every connect: answered, the connection kept
+        fresh = Client(outbox.port, "fresh", clean=False).connect()  # a new persistent session: refused, said
+        assert fresh.connects == 0 and str(fresh.connect_result) == "Server unavailable"  # CONNACK 3
+        fresh.close()
+        filler.unlink()
+        wait_until(lambda: app.acked == set(names), timeout=120, what="acks after space was freed")
+        wait_until(lambda: listener.ids_with("accepted") == set(names), what="the accepted statuses")
+        assert listener.connects == 1
+        assert stored_ids(data_dir) == dict.fromkeys(names, "accepted")
+        listener.close()
+        app.close()
+        log = outbox.log()
+        assert "Traceback" not in log
+        assert "refused client fresh@" in log and "its session cannot be stored" in log

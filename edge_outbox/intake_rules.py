@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import orjson
+
 from intent_contract import json_bounded
 from intent_contract.errors import DecodeError, SchemaViolationError
 from intent_contract.names import KINDS, is_name
@@ -57,6 +59,22 @@ class Refused:
     payload: bytes  # at most KEPT_BYTES_OF_REFUSED of the input, for inspection
     size: int  # the input's full size
     created: int
+
+
+def same_intent(kind: str, payload: bytes, other_kind: str, other_payload: bytes) -> bool:
+    """Whether a publish of an id already stored for the app is that intent again (a duplicate: answered with its
+    status) or another one (refused, `id_conflict`): the same kind and the same JSON, as the bridge's ledger
+    judges a resent id (`cloud_bridge.ledger_plan.body_digest`). Until December 2026 any body was a duplicate:
+    an app that used an id again for another message had it dropped and was told the first one's status."""
+    return kind == other_kind and (payload == other_payload or _doc(payload) == _doc(other_payload))
+
+
+def _doc(payload: bytes) -> object:
+    """A payload's JSON (its bytes for one orjson cannot read: a lone surrogate an older outbox stored)."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload
 
 
 def split_topic(topic: str) -> tuple[str, str] | None:

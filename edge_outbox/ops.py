@@ -13,7 +13,7 @@ from typing import NamedTuple, cast
 
 from edge_outbox.db import COLUMNS, SELECT_ROW, IntentRow, pending_totals
 from edge_outbox.errors import NotFoundError
-from edge_outbox.intake_rules import Admitted, Refused
+from edge_outbox.intake_rules import Admitted, Refused, same_intent
 from edge_outbox.states import (
     PENDING,
     Effect,
@@ -127,12 +127,15 @@ def commit_intakes(
             if isinstance(known, int):  # staged earlier in this batch: insert it for its row
                 staged.flush(conn)
                 known = existing[item.id] = _stored(results[known])
-            if known.app == item.app:
+            if known.app != item.app:
+                detail = f"id {item.id!r} is already used by another app"
+            elif same_intent(known.kind, known.payload, item.kind, item.payload):
                 staged.flush(conn)  # the events of the rows before it go first
                 announce(conn, known, now)
                 results.append(IntakeResult(Outcome.DUPLICATE, known))
                 continue
-            detail = f"id {item.id!r} is already used by another app"
+            else:
+                detail = f"id {item.id!r} is already used by another intent of this app (another kind or payload)"
             staged.add(item, now, State.REJECTED, len(item.payload), "id_conflict", detail)
             continue
         size = len(item.payload)

@@ -4,6 +4,7 @@ acknowledges nothing it did not store, rejections keep the app's id, one outbox 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -145,4 +146,31 @@ def test_an_intent_over_the_packet_limit_is_refused_as_too_large_and_nothing_beh
         stored = stored_ids(tmp_path / "data")
         assert stored == {refused["id"]: "rejected", **dict.fromkeys(names, "accepted")}
         assert app.connects == 1
+        app.close()
+
+
+def test_an_id_used_again_for_another_intent_is_refused_not_answered_as_the_first(tmp_path: Path) -> None:
+    """Any publish of an id the app had used was a duplicate: a second, different email under the same id was
+    dropped and the app was told the first one's status, `accepted` (the bridge's ledger refuses it: id_conflict).
+    Now the same kind and JSON is a duplicate (in another key order too) and anything else is refused."""
+    data = tmp_path / "data"
+    with OutboxProcess(data, free_port()) as outbox:
+        app = Client(outbox.port, "app").connect()
+        app.subscribe("outbox/app/status/#")
+        first = email("alarm-1", text="Boiler 3 hot")
+        app.publish("outbox/app/email.send", first, name="first")
+        wait_until(lambda: app.status_of("alarm-1") == ["accepted"], what="the first one accepted")
+        app.publish("outbox/app/email.send", email("alarm-1", text="Boiler 4 hot"), name="other text")
+        app.publish("outbox/app/sms.send", {"id": "alarm-1", "to": "+15550100", "text": "Boiler 3 hot"}, name="kind")
+        app.publish("outbox/app/email.send", dict(reversed(first.items())), name="same, reordered")
+        wait_until(lambda: len(app.status_of("alarm-1")) == 4, what="three more statuses")
+        states = [(s["state"], s["code"]) for _t, s in app.statuses]
+        assert states == [("accepted", ""), ("rejected", "id_conflict"), ("rejected", "id_conflict"), ("accepted", "")]
+        conn = sqlite3.connect(data / "outbox.db")
+        try:
+            rows = conn.execute("SELECT state, payload FROM intents WHERE id = 'alarm-1' ORDER BY seq").fetchall()
+        finally:
+            conn.close()
+        assert [state for state, _payload in rows] == ["accepted", "rejected", "rejected"]
+        assert json.loads(rows[0][1]) == first
         app.close()

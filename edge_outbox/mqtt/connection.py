@@ -239,7 +239,7 @@ class Connection:
                 session.pubcomp(packet.packet_id)
                 self.wake.set()
             elif packet.type is Type.PUBREL:
-                session.incoming_qos2.discard(packet.packet_id)
+                session.incoming_qos2.pop(packet.packet_id, None)
                 self._answers.add(None, self.dialect.ack(Type.PUBCOMP, packet.packet_id))
             else:
                 raise MalformedPacketError(f"a client does not send {packet.type.name}")
@@ -279,7 +279,8 @@ class Connection:
         intake = self.endpoint.intake
         ready: asyncio.Future[Any] | None = None
         if qos == 2 and packet.packet_id in session.incoming_qos2:
-            pass  # a resent QoS 2 publish already taken: answer again, take nothing
+            # Resent and taken already: answered once the first copy is stored (it was at once, so lost on a crash)
+            ready = session.incoming_qos2[packet.packet_id]
         elif intake.is_intake(topic):
             ready = intake.submit(topic, packet.payload, principal=self.principal, expiry_s=packet.expiry_s, size=size)
         elif (app := intake.replay_app(topic)) is not None:
@@ -296,8 +297,9 @@ class Connection:
         if qos:
             assert packet.packet_id is not None
             kind, packet_id, dialect = (Type.PUBACK if qos == 1 else Type.PUBREC), packet.packet_id, self.dialect
-            if qos == 2:
-                session.incoming_qos2.add(packet_id)
+            if qos == 2:  # shielded: this connection's end cancels what its answers await, and a resend awaits it too
+                session.incoming_qos2[packet_id] = ready
+                ready = None if ready is None else asyncio.shield(ready)
             if dialect.version == 5:  # its acknowledgement can name a refusal: made once the commit is done
                 self._answers.add(ready, lambda result: dialect.ack(kind, packet_id, d.intake_verdict(result)))
             else:

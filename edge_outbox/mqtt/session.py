@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from edge_outbox.mqtt.topics import matches, may_subscribe
 
@@ -119,7 +120,8 @@ class Session:
     queue: deque[Message] = field(default_factory=deque)
     inflight: dict[int, Message] = field(default_factory=dict)  # packet id -> PUBLISH awaiting PUBACK/PUBREC
     released: set[int] = field(default_factory=set)  # outbound QoS 2: PUBREL sent, awaiting PUBCOMP
-    incoming_qos2: set[int] = field(default_factory=set)  # inbound QoS 2: PUBREC sent, awaiting PUBREL
+    # Inbound QoS 2 taken, awaiting PUBREL: packet id -> what its PUBREC waits for (the commit's future, or None).
+    incoming_qos2: dict[int, Any] = field(default_factory=dict)
     resend: set[int] = field(default_factory=set)  # in flight on an earlier connection: send again with DUP
     dropped: int = 0
     high_status: int = 0  # the highest status seq ever sent: one at or below it goes out again with DUP

@@ -3,6 +3,7 @@ acknowledges nothing it did not store, rejections keep the app's id, one outbox 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -10,7 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from intent_contract import mqtt_packets as p
+from intent_contract.mqtt_packets import Type
 from tests.support.edge import Client, OutboxProcess, cli, email, stored_ids
+from tests.support.mqtt_raw import RawClient
 from tests.support.net import free_port, wait_until
 
 
@@ -174,3 +178,53 @@ def test_an_id_used_again_for_another_intent_is_refused_not_answered_as_the_firs
         assert [state for state, _payload in rows] == ["accepted", "rejected", "rejected"]
         assert json.loads(rows[0][1]) == first
         app.close()
+
+
+def test_a_resent_qos2_intent_is_acknowledged_only_once_the_first_copy_is_stored(tmp_path: Path) -> None:
+    """A QoS 2 intent held by a full queue, sent again (DUP) by its client on a new connection of its session, was
+    answered PUBREC at once ("already taken") while nothing was stored: a SIGKILL then lost an intent the app had
+    been told was in. Its PUBREC now waits for the first copy's commit."""
+    data = tmp_path / "data"
+    with OutboxProcess(data, free_port(), "--max-queue-items", "1") as outbox:
+        clients: list[RawClient] = []
+
+        def client(client_id: str, *, clean: bool = True) -> RawClient:
+            clients.append(RawClient(outbox.port))
+            clients[-1].connect(client_id, clean=clean)
+            return clients[-1]
+
+        try:
+            client("filler").publish("outbox/app/email.send", json.dumps(email("filler")).encode(), 1)
+            watcher = client("watcher")
+            watcher.subscribe("sync/#", 0)
+            first = client("q2", clean=False)
+            held = p.Publish("outbox/app/email.send", json.dumps(email("held-1")).encode(), 2, False, False, 7)
+            first.send(held)  # the queue is full: no PUBREC
+            wait_until(lambda: "intake paused" in outbox.log(), what="intake paused")
+            first.close()
+            again = client("q2", clean=False)
+            again.send(p.Publish(held.topic, held.payload, 2, False, True, 7))
+            again.send(p.Publish("sync/after-resend", b"", 0, False, False, None))
+            # The QoS 0 publish after the resend reached the watcher: the resend was handled, and an answer to it
+            # would have been written before (answers go out in arrival order, from the same loop).
+            (sync,) = watcher.messages(1)
+            assert sync.topic == "sync/after-resend"
+            assert "held-1" not in stored_ids(data)
+            again.sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                assert again.sock.recv(1024) == b"", "PUBREC for an intent not stored"
+            again.sock.setblocking(True)
+            assert cli(data, "cancel", "filler").returncode == 0  # room: the held copy is stored
+            pubrec = again.receive()
+            assert pubrec == p.PacketIdOnly(Type.PUBREC, 7)
+            assert stored_ids(data)["held-1"] == "accepted"
+            again.send(p.PacketIdOnly(Type.PUBREL, 7))
+            assert again.receive() == p.PacketIdOnly(Type.PUBCOMP, 7)
+            conn = sqlite3.connect(data / "outbox.db")
+            try:  # the resend was not taken as a second intent
+                assert conn.execute("SELECT COUNT(*) FROM intents WHERE id = 'held-1'").fetchone()[0] == 1
+            finally:
+                conn.close()
+        finally:
+            for made in clients:
+                made.close()

@@ -164,12 +164,12 @@ def _shown(text: str) -> str:
 
 
 def _given_id(raw: bytes) -> str | None:
-    """The valid `id` of a payload being refused for another reason, if it has one."""
-    if len(raw) > MAX_PAYLOAD_BYTES:
-        return None
+    """The valid `id` of a payload being refused for another reason, if it has one. Read from one over
+    MAX_PAYLOAD_BYTES too (`raw` is whole, so its transport bounded it): one refused as too_large had its status
+    on a made-up id, and the app waiting on its own id's topic heard nothing."""
     try:
-        doc = _load_json(raw)
-    except ValueError:
+        doc = json_bounded.loads(raw, max_bytes=len(raw), max_depth=MAX_DEPTH, int64=True)
+    except DecodeError:
         return None
     given = doc.get("id") if isinstance(doc, dict) else None
     return given if is_name(given) else None

@@ -69,9 +69,12 @@ def test_a_rejection_is_published_under_the_apps_own_id(tmp_path: Path) -> None:
         app.subscribe("outbox/app/status/#")
         app.publish("outbox/app/fax.send", {"id": "mine-1", "to": "x"})
         app.publish("outbox/app/email.send", {"id": "mine-2", "to": "not an address"})
-        wait_until(lambda: len(app.statuses) == 2, what="two rejections")
+        # Over 256 KiB (and within the 1 MiB packet): its id was not read, and its status had one made up.
+        app.publish("outbox/app/email.send", email("mine-3", text="x" * 300_000))
+        wait_until(lambda: len(app.statuses) == 3, what="three rejections")
         topics = {t: s["code"] for t, s in app.statuses}
-        assert topics == {"outbox/app/status/mine-1": "unknown_kind", "outbox/app/status/mine-2": "schema_violation"}
+        assert topics == {"outbox/app/status/mine-1": "unknown_kind", "outbox/app/status/mine-2": "schema_violation",
+                          "outbox/app/status/mine-3": "too_large"}  # fmt: skip
 
 
 def test_a_full_queue_holds_the_puback_until_there_is_room_and_says_so(tmp_path: Path) -> None:
@@ -143,7 +146,7 @@ def test_an_intent_over_the_packet_limit_is_refused_as_too_large_and_nothing_beh
             app.publish("outbox/app/email.send", email(name), name=name)
         wait_until(lambda: app.acked == {"big-1", *names}, what="every PUBACK")
         wait_until(lambda: len(app.statuses) == 6, what="six statuses")
-        # Its id is past what is read of it: the refusal has one made up, as any too_large one has.
+        # Its id is past what is read of it (the head): the refusal has one made up.
         (refused,) = [s for _t, s in app.statuses if s["id"] not in names]
         assert (refused["state"], refused["code"]) == ("rejected", "too_large")
         assert app.ids_with("accepted") == set(names)

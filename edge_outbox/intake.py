@@ -36,6 +36,11 @@ ROOM_POLL_S = 0.5
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between an app's "rejected input" lines
 REFUSAL_LOG_APPS = 1024  # apps whose refusals are throttled at once; forgotten beyond
 MAX_BATCH = 2000
+# Payload bytes of publishes taken and not yet stored, from every connection: past it the endpoint reads no more
+# (`room_to_read`). A connection stops reading at 1,000 unanswered publishes of its own, but one dropped for that
+# (its keepalive unread) left them waiting, and a QoS 0 app that came back added 1,000 more each time: 12 MB per
+# reconnection with 10 KB intents on a full queue, for as long as it lasted.
+MAX_WAITING_BYTES = 64 << 20
 
 
 @dataclass(slots=True)
@@ -55,6 +60,7 @@ class _Waiting:
     decision: Admitted | Refused
     topic: str
     future: asyncio.Future[IntakeResult]
+    size: int = 0  # of the payload as taken, counted in `Intake.waiting_bytes`
     held: bool = False
 
 
@@ -73,6 +79,11 @@ class Intake:
         self.health = IntakeHealth()
         self._app_logs: dict[tuple[str, str], LogThrottle] = {}  # by kind of line ("rejected", "duplicate"), app
         self.outcomes: dict[str, int] = {}  # committed publishes by outcome (a state, or "duplicate")
+        self.max_waiting_bytes = MAX_WAITING_BYTES
+        self.waiting_bytes = 0  # payload bytes of the publishes in `_waiting`
+        self._readable = asyncio.Event()
+        self._readable.set()
+        self.reads_paused = 0  # times a reader waited for `room_to_read` (for tests)
 
     @staticmethod
     def is_intake(topic: str) -> bool:
@@ -122,7 +133,10 @@ class Intake:
                 now,
             )
         future: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(decision, topic, future))
+        self._waiting.append(_Waiting(decision, topic, future, len(raw)))
+        self.waiting_bytes += len(raw)
+        if self.waiting_bytes > self.max_waiting_bytes:
+            self._readable.clear()
         self._wake.set()
         return future
 
@@ -165,7 +179,16 @@ class Intake:
                 elif self.health.held_since is not None and not any(w.held for w in self._waiting):
                     self._resumed()
 
+    async def room_to_read(self) -> None:
+        """Return once what waits to be stored is within `max_waiting_bytes` (a reader takes no more till then)."""
+        if not self._readable.is_set():
+            self.reads_paused += 1
+            await self._readable.wait()
+
     def _done(self, waiting: _Waiting, result: IntakeResult) -> None:
+        self.waiting_bytes -= waiting.size
+        if self.waiting_bytes <= self.max_waiting_bytes:
+            self._readable.set()
         if waiting.held:
             self.health.held -= 1
         if not waiting.future.done():

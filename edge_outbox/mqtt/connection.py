@@ -211,6 +211,7 @@ class Connection:
                 if grace is not None:
                     deadline.reschedule(loop.time() + grace)
                 await self._answers.room()
+                await self.endpoint.intake.room_to_read()
 
     async def _frame(self, first: int, body: bytes) -> None:
         if not first & p.CUT:

@@ -28,6 +28,9 @@ class IntakePort(Protocol):
 
     async def receive(self, topic: str, raw: bytes, *, principal: str | None) -> object: ...
 
+    async def room_to_read(self) -> None:
+        """Return once the intake may take more (what waits to be stored is bounded in bytes)."""
+
 
 class SessionsPort(Protocol):
     """Where persistent sessions are kept (the outbox database)."""

@@ -5,6 +5,7 @@ and their length, the writes their saves cost. In process, to count what is done
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -280,3 +281,34 @@ async def test_an_absent_session_that_wants_no_statuses_does_not_hold_back_their
         await asyncio.sleep(0.01)
     assert endpoint.cursors()["quiet"] == endpoint.feed.head
     assert min(endpoint.all_positions()) == endpoint.feed.head
+
+
+async def test_what_waits_to_be_stored_is_bounded_across_connections(tmp_path: Path) -> None:
+    """On a full queue each connection stops reading at 1,000 unanswered publishes, but one dropped for that left
+    them waiting, and a QoS 0 app that came back added 1,000 more each time (12 MB per reconnection with 10 KB
+    intents, without end). Past `max_waiting_bytes` of payloads waiting from all connections, nothing more is read."""
+    settings = OutboxSettings(data_dir=tmp_path, listen_port=free_port(), forward=False, max_queue_items=1)
+    running = Outbox(settings)
+    await running.start()
+    intake = running.intake
+    intake.max_waiting_bytes = 1 << 20  # a small bound, to reach it with a few publishes
+    body = json.dumps(email(text="x" * 100_000)).encode()
+    clients = [RawClient(settings.listen_port) for _ in range(3)]
+    try:
+        await asyncio.to_thread(clients[0].connect, "filler")
+        await asyncio.to_thread(clients[0].publish, "outbox/app/email.send", json.dumps(email()).encode(), 1)
+        for number, client in enumerate(clients[1:]):  # one after another, as an app that comes back
+            await asyncio.to_thread(client.connect, f"qos0-{number}")
+            client.sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):  # what the socket takes; the rest is never sent
+                for _ in range(30):
+                    client.sock.sendall(p.encode(p.Publish("outbox/app/email.send", body, 0, False, False, None)))
+        async with asyncio.timeout(20):  # the endpoint stopped reading, or took every publish sent
+            while not (getattr(intake, "reads_paused", 0) >= 1 or intake.health.held >= 60):
+                await asyncio.sleep(0.01)
+        # Each connection may read one more chunk past the bound, not all it is sent.
+        assert intake.health.held * len(body) <= intake.max_waiting_bytes + 2 * (len(body) + 65536)
+    finally:
+        for client in clients:
+            client.close()
+        await running.stop()

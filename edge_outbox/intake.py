@@ -133,7 +133,10 @@ class Intake:
                 now,
             )
         future: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(decision, topic, future, len(raw)))
+        waiting = _Waiting(decision, topic, future, len(raw))
+        self._waiting.append(waiting)
+        if self.health.held_since is not None:  # it waits behind the held ones: counted now, not when its batch is
+            self._hold([waiting], self.health.reason)  # tried (`status` showed at most a batch, 2,000, held)
         self.waiting_bytes += len(raw)
         if self.waiting_bytes > self.max_waiting_bytes:
             self._readable.clear()

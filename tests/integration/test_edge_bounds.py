@@ -312,3 +312,25 @@ async def test_what_waits_to_be_stored_is_bounded_across_connections(tmp_path: P
         for client in clients:
             client.close()
         await running.stop()
+
+
+async def test_every_publish_waiting_behind_a_full_queue_is_counted_as_held(tmp_path: Path) -> None:
+    """`status` showed at most 2,000 publishes held (the batch the intake retries), however many waited."""
+    settings = OutboxSettings(data_dir=tmp_path, listen_port=free_port(), forward=False, max_queue_items=1)
+    running = Outbox(settings)
+    await running.start()
+    body = p.encode(p.Publish("outbox/app/email.send", json.dumps(email()).encode(), 0, False, False, None))
+    clients = [RawClient(settings.listen_port) for _ in range(4)]
+    try:
+        await asyncio.to_thread(clients[0].connect, "filler")
+        await asyncio.to_thread(clients[0].publish, "outbox/app/email.send", json.dumps(email()).encode(), 1)
+        for number, client in enumerate(clients[1:]):  # 3 x 1,200: each connection takes at least 1,000
+            await asyncio.to_thread(client.connect, f"qos0-{number}")
+            client.send(body * 1200)
+        async with asyncio.timeout(20):
+            while running.intake.health.held < 3000:
+                await asyncio.sleep(0.01)
+    finally:
+        for client in clients:
+            client.close()
+        await running.stop()

@@ -35,18 +35,8 @@ def https_answering(ca: trustme.CA, status: int, body: bytes) -> Iterator[int]:
         def log_message(self, *_: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with _serving(ca, Handler) as port:
+        yield port
 
 
 @dataclass(slots=True)
@@ -92,15 +82,21 @@ def https_losing_answers(ca: trustme.CA, target: str, target_ca: Path, lose: int
         def log_message(self, *_: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with _serving(ca, Handler) as relay.port:
+        yield relay
+
+
+@contextlib.contextmanager
+def _serving(ca: trustme.CA, handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """`handler` over TLS (a certificate of `ca` for 127.0.0.1) on a free port, in a thread; yields the port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        relay.port = server.server_address[1]
-        yield relay
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()

@@ -308,8 +308,8 @@ class SqlIntents:
         the rows deleted so far (intents and audit) after each transaction."""
         batch = batch or (self.purge_pace.batch if self.purge_pace is not None else PURGE_BATCH)
         stop = stop or threading.Event()
-        deleted = [0, 0]
-        for index, (table, where, params) in enumerate(self._purge_where(intents_before, audit_before, created_before)):
+        deleted = {"intents": 0, "audit": 0}
+        for table, where, params in self._purge_where(intents_before, audit_before, created_before):
             # The conditions twice: PostgreSQL (READ COMMITTED) re-checks a row it had to wait for against the
             # outer WHERE only, not against the subquery's; without them in the outer WHERE, a row an
             # operator retried meanwhile (queued again, unconfirmed) was deleted once the retry committed.
@@ -318,14 +318,14 @@ class SqlIntents:
                 began = time.monotonic()
                 with self._transaction() as conn:
                     done = max(0, int(self._run(conn, text, (*params, *params, batch)).rowcount))
-                deleted[index] += done
+                deleted[table] += done
                 if progress is not None:
-                    progress(sum(deleted))
+                    progress(sum(deleted.values()))
                 if done < batch:
                     break
                 if self.purge_pace is not None:
                     self.purge_pace.after(time.monotonic() - began)
-        return Purged(*deleted)
+        return Purged(deleted["intents"], deleted["audit"])
 
     def purgeable(self, intents_before: float | None, audit_before: float | None, created_before: float) -> int:
         """How many rows (intents and audit) a purge with these bounds would delete now: its progress's total."""

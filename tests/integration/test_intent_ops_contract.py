@@ -236,6 +236,12 @@ async def test_purge_deletes_in_batches_until_nothing_is_left(store: Store) -> N
     assert operator_api.list_intents(store.intents, IntentQuery()) == []
 
 
+async def test_a_purge_of_the_audit_alone_counts_audit_rows(store: Store) -> None:
+    await _failed(store, DEV, "old", NOW - 40 * DAY)
+    done = operator_api.purge(store.intents, intents_age=None, audit_age=35 * DAY, now=NOW, max_intent_age=DAY)
+    assert (done.intents, done.audit) == (0, 2)  # accept and fail; the row itself stays
+
+
 async def test_a_sqlite_purge_pauses_between_its_transactions_and_the_nodes_writer_gets_in(tmp_path: Path) -> None:
     """A purge from another connection holds SQLite's one write lock; back to back, its transactions kept the
     node's writer waiting in SQLite's busy handler (admission took up to 730 ms while 1,000,000 rows were

@@ -23,7 +23,7 @@ from cloud_bridge import http_server
 from cloud_bridge.node import Bridge
 from cloud_bridge.settings import HostPort
 from intent_contract import mqtt_packets as p
-from tests.support.bridge import CountingIntegration, Harness, counting, make_settings, running_bridge
+from tests.support.bridge import CountingIntegration, Harness, counting, listener_port, make_settings, running_bridge
 from tests.support.mqtt_raw import connect_packet, read_until_closed, tls_connect
 from tests.support.net import free_port, wait_until
 from tests.support.stack import BridgeProcess
@@ -44,12 +44,6 @@ async def bridge(
     settings = replace(settings, ws_listen=HostPort("127.0.0.1", free_port()))
     async for harness in running_bridge(settings, server_cert_files["ca"], {"email.send": counting}):
         yield harness
-
-
-def _port(bridge: Harness, listener: str) -> int:
-    ws = bridge.settings.ws_listen
-    assert ws is not None
-    return {"mqtt": bridge.mqtt_port, "ws": ws.port, "https": bridge.settings.http_listen.port}[listener]
 
 
 def _open(port: int, source: str = "127.0.0.1") -> socket.socket:
@@ -97,7 +91,7 @@ def _shed(bridge: Harness, listener: str, limit: str) -> float:
 
 @pytest.mark.parametrize("listener", ["mqtt", "ws", "https"])
 async def test_connections_past_a_listeners_limits_are_closed_at_once(bridge: Harness, listener: str) -> None:
-    port = _port(bridge, listener)
+    port = listener_port(bridge, listener)
 
     def scenario() -> tuple[bool, bool, int]:
         held = [_open(port), _open(port)]

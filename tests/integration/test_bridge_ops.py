@@ -13,12 +13,12 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.node import Bridge
 from cloud_bridge.store.url import StoreUrl
 from tests.support.bridge import (
     CountingIntegration,
     Harness,
+    HeldIntegration,
     counting,
     email,
     harness,
@@ -77,19 +77,10 @@ async def test_metrics_say_what_an_operator_alerts_on(harness: Harness, counting
     assert value(metrics["process_resident_memory_bytes"], "process_resident_memory_bytes") > 0
 
 
-class Blocking(CountingIntegration):
+class Blocking(HeldIntegration):
     """One job at a time, each held until released: rows stay running and queued while a test looks."""
 
     concurrency = 1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.release = asyncio.Event()
-
-    async def execute(self, job: Job) -> Outcome:
-        self.calls.append(job)
-        await self.release.wait()
-        return Outcome("sent")
 
 
 async def test_ledger_depth_and_oldest_queued_age_are_read_at_scrape(

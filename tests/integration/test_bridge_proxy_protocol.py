@@ -25,7 +25,7 @@ from websockets.typing import Subprotocol
 
 from cloud_bridge.settings import HostPort
 from intent_contract import mqtt_packets as p
-from tests.support.bridge import CountingIntegration, Harness, counting, make_settings, running_bridge
+from tests.support.bridge import CountingIntegration, Harness, counting, listener_port, make_settings, running_bridge
 from tests.support.haproxy import running_haproxy, tcp_balancer
 from tests.support.mqtt_raw import connect_packet
 from tests.support.net import free_port, wait_until
@@ -48,17 +48,13 @@ async def bridge(
         yield harness
 
 
-def _node_port(bridge: Harness, listener: str) -> int:
-    ws = bridge.settings.ws_listen
-    assert ws is not None
-    return {"mqtt": bridge.mqtt_port, "ws": ws.port, "https": bridge.settings.http_listen.port}[listener]
-
-
 @pytest.fixture
 def balancer(bridge: Harness, tmp_path: Path) -> dict[str, int]:
     """The balancer's port for each listener of the bridge: HAProxy in TCP mode on 127.0.0.1, sending PROXY."""
     fronts = {listener: free_port() for listener in PROXY_OPTION}
-    config = tcp_balancer({fronts[n]: (_node_port(bridge, n), option) for n, option in PROXY_OPTION.items()}, BALANCER)
+    config = tcp_balancer(
+        {fronts[n]: (listener_port(bridge, n), option) for n, option in PROXY_OPTION.items()}, BALANCER
+    )
     with running_haproxy(config, tmp_path, list(fronts.values())):
         yield fronts
 

@@ -163,16 +163,21 @@ kinds = ["{token}"]
         wait_until(lambda: "config reload refused" in bridge.log(), 15, what="the refusal logged")
     finally:
         bridge.stop()
-    started = subprocess.run(
-        [*bridge_cli(), "run", "--data-dir", str(tmp_path / "second"), "--config", str(bridge.config),
-         "--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{free_port()}",
-         "--tls-cert", str(server_cert_files["cert"]), "--tls-key", str(server_cert_files["key"])],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    started = _start_with(bridge.config, tmp_path / "second", server_cert_files)
     assert started.returncode != 0
     assert "token_env: the environment variable it names is not set" in started.stderr
     for shown in (result.stderr, bridge.log(), started.stderr):
         assert token not in shown
+
+
+def _start_with(config: Path, data_dir: Path, certs: dict[str, Path]) -> subprocess.CompletedProcess[str]:
+    """`cloud-bridge run` with `config` on free ports, as a start after the running node's stop would."""
+    return subprocess.run(
+        [*bridge_cli(), "run", "--data-dir", str(data_dir), "--config", str(config),
+         "--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{free_port()}",
+         "--tls-cert", str(certs["cert"]), "--tls-key", str(certs["key"])],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 def test_a_config_file_that_is_not_utf8_is_refused_by_line_and_quoted_nowhere(
@@ -202,12 +207,7 @@ def test_a_config_file_that_is_not_utf8_is_refused_by_line_and_quoted_nowhere(
         wait_until(lambda: bridge.log().count("config reload refused") == 2, 15, what="the SIGHUP's refusal logged")
     finally:
         bridge.stop()
-    started = subprocess.run(
-        [*bridge_cli(), "run", "--data-dir", str(tmp_path / "second"), "--config", str(bridge.config),
-         "--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{free_port()}",
-         "--tls-cert", str(server_cert_files["cert"]), "--tls-key", str(server_cert_files["key"])],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    started = _start_with(bridge.config, tmp_path / "second", server_cert_files)
     assert started.returncode == 1
     assert "is not UTF-8 text" in started.stderr
     edge_config = tmp_path / "edge.toml"

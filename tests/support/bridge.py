@@ -276,6 +276,13 @@ class DeviceClient:
         release_paho(self.mqtt)
 
 
+def listener_port(bridge: Harness, listener: str) -> int:
+    """The port of one of a bridge's listeners: `mqtt`, `ws` (it must have one) or `https`."""
+    ws = bridge.settings.ws_listen
+    assert ws is not None
+    return {"mqtt": bridge.mqtt_port, "ws": ws.port, "https": bridge.settings.http_listen.port}[listener]
+
+
 def make_settings(
     tmp_path: Path,
     files: Mapping[str, Path],

@@ -38,8 +38,8 @@ from cloud_bridge.integrations.base import Job
 from cloud_bridge.integrations.http import HttpIntegration
 from cloud_bridge.ledger import pack
 from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE, Request, requests_for
-from cloud_bridge.ledger_sqlite import _claim_rows
 from cloud_bridge.ledger_sqlite_admit import _UPSERT, admit_plan
+from cloud_bridge.ledger_sqlite_jobs import claim_rows
 from cloud_bridge.ledger_sqlite_schema import migrate
 from cloud_bridge.policy import Decision, DeviceRef
 from intent_contract import json_bounded
@@ -152,7 +152,7 @@ def claim_figures() -> tuple[float, float]:
 
     def ours() -> None:
         for claim in claims:
-            _claim_rows(conn, claim, "bench-node", 1_700_000_060.0, 1_700_000_000.0)
+            claim_rows(conn, claim, "bench-node", 1_700_000_060.0, 1_700_000_000.0)
 
     def floor() -> None:
         for claim in claims:

@@ -6,7 +6,8 @@ one failing call does not undo the others), commits once (one fsync), then resol
 a commit is on disk, new calls pile up and share the next one: that is what lets thousands of intents
 per second be admitted durably on one disk. Only reads and writes run on that thread: policy is
 decided before (`ledger_plan.requests_for`), and admission writes the shared pure plan
-(`ledger_sqlite_admit`). The schema and its migrations are in `ledger_sqlite_schema`.
+(`ledger_sqlite_admit`); the executor's claims and finishes are `ledger_sqlite_jobs`. The schema and its
+migrations are in `ledger_sqlite_schema`.
 
 One process owns the file (the single-node store), so `recover` treats every running row as orphaned
 by a crash. Every UPDATE of a state sets an event's target and matches only its source states
@@ -34,7 +35,6 @@ from cloud_bridge.ledger import (
     LedgerDepth,
     LedgerEntry,
     audit_params,
-    claimed_entry,
     clip_detail,
     depth_from_rows,
     entry_from_row,
@@ -44,10 +44,9 @@ from cloud_bridge.ledger import (
 from cloud_bridge.ledger_finish import Finish, JoinedFinishes, final_state
 from cloud_bridge.ledger_plan import Request
 from cloud_bridge.ledger_sqlite_admit import KNOWN, admit, admit_plan, known_of
+from cloud_bridge.ledger_sqlite_jobs import HELD, claim_rows, due_sql, finish_rows, lapsed_sql
 from cloud_bridge.ledger_sqlite_schema import AUDIT_INSERT, AUDIT_ROWS, migrate
 from cloud_bridge.ledger_states import (
-    AUDIT,
-    FINISH,
     LIVE_STATES,
     EntryState,
     LedgerEvent,
@@ -91,38 +90,6 @@ def _audit_record(row: sqlite3.Row) -> AuditRecord:
     return AuditRecord(**{**fields, "event": AuditEvent(row["event"])})
 
 
-# The executor's queries, each served by a partial index (tests/unit/test_ledger_sqlite_plans.py holds them to
-# it): a claim that scans the table costs O(ledger) per job, and the ledger holds every delivered row too.
-def lapsed_sql(kinds: int, of_tenant: bool = False) -> str:
-    """Running rows of `kinds` kinds (of one tenant) whose lease ran out (params: now, *kinds, [tenant,]
-    limit), first run out first."""
-    return (
-        f"SELECT * FROM intents WHERE {state_in(sources(LedgerEvent.RECLAIM))}"
-        f" AND lease_until < ? AND kind IN ({marks(range(kinds))}){' AND tenant = ?' if of_tenant else ''}"
-        " ORDER BY lease_until LIMIT ?"
-    )
-
-
-def due_sql(kinds: int, of_tenant: bool = False) -> str:
-    """Due queued rows of `kinds` kinds (of one tenant) (params: *kinds, [tenant,] now, limit), highest
-    priority then oldest first."""
-    return (
-        f"SELECT * FROM intents WHERE {state_in(sources(LedgerEvent.CLAIM))}"
-        f" AND kind IN ({marks(range(kinds))}){' AND tenant = ?' if of_tenant else ''} AND next_run <= ?"
-        " ORDER BY priority DESC, seq LIMIT ?"
-    )
-
-
-_CLAIMED = f"state = '{target(LedgerEvent.CLAIM)}', tries = tries + 1, owner = ?, lease_until = ?, updated = ?"
-_HELD = "device_id = ? AND intent_id = ? AND attempt = ? AND tries = ?"
-# A job's final state, per finishing event (params: code, detail, now, and _HELD's).
-_FINISH_SQL = {
-    event: f"UPDATE intents SET state = '{target(event)}', code = ?, detail = ?, updated = ?, owner = ''"
-    f" WHERE {_HELD} AND {state_in(sources(event))}"
-    for event in FINISH.values()
-}
-
-
 class SqliteLedger:
     """The Ledger protocol on a SQLite file; `commits` counts write transactions (for tests, metrics)."""
 
@@ -134,7 +101,7 @@ class SqliteLedger:
             max_group=_MAX_BATCH,
             hooks=WriterHooks(convert=_convert, expected=(BridgeError,)),
         )
-        self._finishes = JoinedFinishes(lambda take: self._call(lambda conn: _finish_rows(conn, take())))
+        self._finishes = JoinedFinishes(lambda take: self._call(lambda conn: finish_rows(conn, take())))
         self._reads = sqlite_transaction(self.path, "ledger")
 
     def __repr__(self) -> str:
@@ -209,7 +176,7 @@ class SqliteLedger:
                     left[write.envelope.kind] -= 1
                     query = "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?"
                     rows.append(conn.execute(query, (device.device_id, write.envelope.id)).fetchone())
-            return plan.acks, _claim_rows(conn, rows, offer.owner, now + offer.lease, now)
+            return plan.acks, claim_rows(conn, rows, offer.owner, now + offer.lease, now)
 
         return await self._call(run)
 
@@ -292,7 +259,7 @@ class SqliteLedger:
             lapsed = conn.execute(lapsed_sql(n, of_tenant), (due_at, *kind_list, *tenant_args, limit)).fetchall()
             rest = limit - len(lapsed)
             due = conn.execute(due_sql(n, of_tenant), (*kind_list, *tenant_args, due_at, rest)).fetchall()
-            claimed = _claim_rows(conn, [*lapsed, *due], owner, until, now)
+            claimed = claim_rows(conn, [*lapsed, *due], owner, until, now)
             for row in lapsed:
                 detail = lapsed_detail(row["owner"])
                 _audit_row(conn, now, entry_from_row(row), AuditEvent.RETRY, "", "lease_expired", detail)
@@ -306,7 +273,7 @@ class SqliteLedger:
 
         def run(conn: sqlite3.Connection) -> int:
             cursor = conn.executemany(
-                f"UPDATE intents SET lease_until = ? WHERE {_HELD} AND state = '{EntryState.RUNNING}'", params
+                f"UPDATE intents SET lease_until = ? WHERE {HELD} AND state = '{EntryState.RUNNING}'", params
             )
             return cursor.rowcount
 
@@ -363,7 +330,7 @@ class SqliteLedger:
         def run(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(
                 f"UPDATE intents SET state = '{target(event)}', code = ?, detail = ?, next_run = ?, updated = ?,"
-                f" owner = '', lease_until = 0 WHERE {_HELD} AND {state_in(sources(event))}",
+                f" owner = '', lease_until = 0 WHERE {HELD} AND {state_in(sources(event))}",
                 (code, detail, next_run, now, entry.device_id, entry.intent_id, entry.attempt, entry.tries),
             )
             if cursor.rowcount == 0:
@@ -448,49 +415,6 @@ class SqliteLedger:
     async def ping(self) -> None:
         """One read through the writer thread: it answers only when the database does."""
         await self._call(lambda conn: conn.execute("PRAGMA user_version").fetchone(), writes=False)
-
-
-def _finish_rows(conn: sqlite3.Connection, finishes: list[Finish]) -> list[Ack]:
-    """Record each finish's state on the row its entry holds; a row no longer held is left alone (logged).
-
-    One UPDATE per row (each must match its holder), then the audit rows in one statement and the usage
-    counts added up, one upsert per (tenant, device, kind, day) (`cloud_bridge.ledger_finish`)."""
-    acks: list[Ack] = []
-    audits: list[tuple[object, ...]] = []
-    tallies = []
-    for f in finishes:
-        entry, event = f.entry, FINISH[f.state]
-        cursor = conn.execute(
-            _FINISH_SQL[event], (f.code, f.detail, f.now, entry.device_id, entry.intent_id, entry.attempt, entry.tries)
-        )
-        if cursor.rowcount == 0:
-            logger.warning("finish of %s/%s ignored: no longer held", entry.device_id, entry.intent_id,
-                           extra=log_context(entry, code="not_held"))  # fmt: skip
-            row = conn.execute(
-                "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?", (entry.device_id, entry.intent_id)
-            ).fetchone()
-            acks.append(entry_from_row(row).ack() if row is not None else entry.ack())
-            continue
-        audit = AUDIT[event]
-        assert audit is not None
-        audits.append(audit_params(f.now, entry, audit, f.integration, f.code, f.detail))
-        tallies.append(tally(entry.tenant, entry.device_id, entry.kind, audit, f.now, f.seconds))
-        acks.append(f.ack())
-    AUDIT_ROWS.run(conn, audits)
-    conn.executemany(USAGE_UPSERT, upsert_rows(merged(tallies), ""))
-    return acks
-
-
-def _claim_rows(
-    conn: sqlite3.Connection, rows: Sequence[sqlite3.Row], owner: str, until: float, now: float
-) -> list[LedgerEntry]:
-    """Move `rows` (selected whole) to running for `owner` until `until`; the entries as claimed.
-
-    One UPDATE per IN_CHUNK rows, not one per row (bench/findings.md F24)."""
-    seqs = [row["seq"] for row in rows]
-    for chunk, chunk_marks in in_chunks(seqs):
-        conn.execute(f"UPDATE intents SET {_CLAIMED} WHERE seq IN ({chunk_marks})", (owner, until, now, *chunk))
-    return [claimed_entry(row, owner, until, now) for row in rows]
 
 
 def _convert(exc: BaseException) -> BaseException:

@@ -363,19 +363,19 @@ async def test_sqlite_finishes_that_share_a_failed_operation_each_get_the_error(
     try:
         await admit(ledger, DEV, [env("a"), env("b"), env("c")], Decider(), NOW)
         a, b, c = await ledger.claim(["email.send"], 3, NOW)
-        real = ledger_sqlite._finish_rows
+        real = ledger_sqlite.finish_rows
 
         def broken(conn: Any, finishes: list[Any]) -> Any:
             real(conn, finishes)  # written, then undone with the operation
             raise sqlite3.OperationalError("disk I/O error")
 
-        monkeypatch.setattr(ledger_sqlite, "_finish_rows", broken)
+        monkeypatch.setattr(ledger_sqlite, "finish_rows", broken)
         results = await asyncio.gather(
             *(ledger.finish(e, EntryState.DELIVERED, "", "", NOW, "smtp") for e in (a, b)), return_exceptions=True
         )
         assert [type(r) for r in results] == [TransientError, TransientError]
         assert (await ledger.depth()).counts == {("running", "email.send"): 3}
-        monkeypatch.setattr(ledger_sqlite, "_finish_rows", real)
+        monkeypatch.setattr(ledger_sqlite, "finish_rows", real)
         gave_up = asyncio.create_task(ledger.finish(c, EntryState.FAILED, "smtp_550", "", NOW, "smtp"))
         await asyncio.sleep(0)  # queued
         gave_up.cancel()
@@ -403,7 +403,7 @@ async def test_sqlite_finishes_recorded_together_each_match_their_holder(tmp_pat
 
         finishes = [finish(first, EntryState.DELIVERED), finish(first, EntryState.DELIVERED, "again")]
         finishes += [finish(stale, EntryState.DELIVERED)] + [finish(e, end) for e, end in zip(rest, ends, strict=True)]
-        acks = await ledger._call(lambda conn: ledger_sqlite._finish_rows(conn, finishes))
+        acks = await ledger._call(lambda conn: ledger_sqlite.finish_rows(conn, finishes))
         assert [(a.state, a.code) for a in acks[:3]] == [(AckState.DELIVERED, "")] * 2 + [(AckState.ACCEPTED, "")]
         assert [a.state for a in acks[3:]] == [AckState(str(end)) for end in ends]
         delivered = 1 + ends.count(EntryState.DELIVERED)

@@ -8,7 +8,8 @@ import pytest
 
 from cloud_bridge.intent_sql import listing_sql
 from cloud_bridge.ledger import WAITING_SQL
-from cloud_bridge.ledger_sqlite import ANNOUNCED_SQL, UNCONFIRMED_SQL, SqliteLedger, due_sql, lapsed_sql
+from cloud_bridge.ledger_sqlite import ANNOUNCED_SQL, UNCONFIRMED_SQL, SqliteLedger
+from cloud_bridge.ledger_sqlite_jobs import due_sql, lapsed_sql
 
 
 @pytest.fixture

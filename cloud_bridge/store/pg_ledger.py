@@ -3,8 +3,9 @@
 - Admission (`pg_admit`): the batches waiting on a node are admitted in one transaction holding their
   devices' advisory locks, so two nodes never both admit one (device, intent id); planned by the
   shared `ledger_plan.plan_admission`.
-- Claims: `SELECT ... FOR UPDATE SKIP LOCKED` under a lease (owner, lease_until); executors on several
-  nodes never wait for each other and never take the same row; a row whose lease ran out is taken over.
+- Claims and finishes (`pg_jobs`): `SELECT ... FOR UPDATE SKIP LOCKED` under a lease (owner,
+  lease_until); executors on several nodes never wait for each other and never take the same row; a row
+  whose lease ran out is taken over.
 - Signals: a final result notifies `bridge_results` with the device id (the node holding the device's
   session sends it); an admission notifies `bridge_work` (the executors of other nodes wake up).
 State moves come from `ledger_states`: each UPDATE sets an event's target and matches its sources.
@@ -29,14 +30,11 @@ from cloud_bridge.ledger import (
     clip_detail,
     depth_from_rows,
     entry_from_row,
-    lapsed_detail,
     log_context,
 )
 from cloud_bridge.ledger_finish import Finish, JoinedFinishes, final_state
 from cloud_bridge.ledger_plan import Known, Request
 from cloud_bridge.ledger_states import (
-    AUDIT,
-    FINISH,
     LIVE_STATES,
     EntryState,
     LedgerEvent,
@@ -48,25 +46,19 @@ from cloud_bridge.ledger_states import (
 from cloud_bridge.store.pg import AsyncConn, PgPools
 from cloud_bridge.store.pg_admit import PgAdmissions
 from cloud_bridge.store.pg_group import PgGroupCommit
+from cloud_bridge.store.pg_jobs import AUDIT_INSERT, USAGE_UPSERT_PG, claim_rows, finish_rows
 from cloud_bridge.usage import UsageQuery, UsageRow, merged, row_from_sums, tally
-from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
 from cloud_bridge.usage_sql import select as usage_select
-from cloud_bridge.usage_sql import sql, upsert_rows
+from cloud_bridge.usage_sql import upsert_rows
 from intent_contract.codec import Ack
 from intent_contract.wire import MAX_ATTEMPT
 
 logger = logging.getLogger(__name__)
 
-RESULTS_CHANNEL = "bridge_results"
 _LIVE = sql_states(LIVE_STATES)
 _KNOWN = "intent_id, app, state, attempt, code, detail, updated, digest"
 
-_AUDIT_INSERT = (
-    "INSERT INTO audit (at, device_id, tenant, intent_id, kind, event, integration, code, detail)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
 _HELD = "device_id = %s AND intent_id = %s AND attempt = %s AND tries = %s"
-_USAGE_UPSERT = sql(USAGE_UPSERT, "%s")
 
 
 def _known(row: dict[str, Any]) -> Known:
@@ -82,7 +74,7 @@ class PgLedger:
         self._group = PgGroupCommit(pools)
         self._admissions = PgAdmissions(pools, node=node)
         self._finishes = JoinedFinishes(
-            lambda take: self._group.call(lambda conn: self._finish_rows(conn, take()), "ledger finish")
+            lambda take: self._group.call(lambda conn: finish_rows(conn, take(), self._node), "ledger finish")
         )
 
     def __repr__(self) -> str:
@@ -167,7 +159,7 @@ class PgLedger:
             if rows:
                 async with conn.cursor() as audit:
                     await audit.executemany(
-                        _AUDIT_INSERT, [audit_params(now, e, AuditEvent.RETRY, "", "resumed", detail) for e in rows]
+                        AUDIT_INSERT, [audit_params(now, e, AuditEvent.RETRY, "", "resumed", detail) for e in rows]
                     )
         if rows:
             logger.warning("recovered %d intents whose executor stopped renewing their lease", len(rows))
@@ -188,54 +180,13 @@ class PgLedger:
         kind_list = list(dict.fromkeys(kinds))
         if not kind_list or limit < 1:
             return []
-        until = now + lease
-        of_tenant = "" if tenant is None else " AND tenant = %(tenant)s"
-        claimed_set = (
-            f"state = '{target(LedgerEvent.CLAIM)}', tries = i.tries + 1, owner = %(owner)s,"
-            " lease_until = %(until)s, updated = %(now)s"
+        due = now if due_by is None else due_by
+        return await self._group.call(
+            lambda conn: claim_rows(
+                conn, kind_list, limit, now, owner=owner, until=now + lease, tenant=tenant, due_by=due
+            ),
+            "ledger claim",
         )
-        params = {"kinds": kind_list, "now": now, "owner": owner, "until": until, "limit": limit, "tenant": tenant,
-                  "due": now if due_by is None else due_by}  # fmt: skip
-
-        async def run(conn: AsyncConn) -> list[LedgerEntry]:
-            cursor = await conn.execute(
-                "WITH c AS (SELECT seq, owner AS was FROM intents"
-                f" WHERE {state_in(sources(LedgerEvent.RECLAIM))} AND lease_until < %(due)s"
-                f" AND kind = ANY(%(kinds)s){of_tenant} ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-                f" UPDATE intents i SET {claimed_set} FROM c WHERE i.seq = c.seq RETURNING i.*, c.was",
-                params,
-            )
-            lapsed = await cursor.fetchall()
-            due: list[dict[str, Any]] = []
-            if len(lapsed) < limit:
-                kind_match = "kind = %(kind)s" if len(kind_list) == 1 else "kind = ANY(%(kinds)s)"
-                cursor = await conn.execute(
-                    "WITH c AS (SELECT seq FROM intents"
-                    f" WHERE {state_in(sources(LedgerEvent.CLAIM))} AND {kind_match}{of_tenant}"
-                    " AND next_run <= %(due)s ORDER BY priority DESC, seq LIMIT %(rest)s FOR UPDATE SKIP LOCKED)"
-                    f" UPDATE intents i SET {claimed_set} FROM c WHERE i.seq = c.seq RETURNING i.*",
-                    {**params, "kind": kind_list[0], "rest": limit - len(lapsed)},
-                )
-                due = sorted(await cursor.fetchall(), key=lambda r: (-r["priority"], r["seq"]))
-            if lapsed:
-                async with conn.cursor() as audit:
-                    await audit.executemany(
-                        _AUDIT_INSERT,
-                        [
-                            audit_params(
-                                now,
-                                entry_from_row(row),
-                                AuditEvent.RETRY,
-                                "",
-                                "lease_expired",
-                                lapsed_detail(row["was"]),
-                            )
-                            for row in lapsed
-                        ],
-                    )
-            return [entry_from_row(row) for row in [*lapsed, *due]]
-
-        return await self._group.call(run, "ledger claim")
 
     async def renew(self, entries: Sequence[LedgerEntry], until: float) -> int:
         """Extend the leases of the rows these claims still hold."""
@@ -303,63 +254,6 @@ class PgLedger:
         finish = Finish(entry, final_state(state), code, clip_detail(detail), now, integration, seconds)
         return await self._finishes.finish(finish)
 
-    async def _finish_rows(self, conn: AsyncConn, finishes: list[Finish]) -> list[Ack]:
-        """Record each finish's state on the row its entry holds, one UPDATE per finishing event (each row
-        matched to its holder); a row no longer held is left alone (logged). Then the audit rows and the
-        usage counts in bulk, and a signal to the node of each device (`cloud_bridge.ledger_finish`)."""
-        held: set[int] = set()  # positions in `finishes`
-        by_event: dict[LedgerEvent, list[int]] = {}
-        for n, f in enumerate(finishes):
-            by_event.setdefault(FINISH[f.state], []).append(n)
-        for event, positions in by_event.items():
-            group = [finishes[n] for n in positions]
-            cursor = await conn.execute(
-                f"UPDATE intents AS i SET state = '{target(event)}', code = h.code, detail = h.detail,"
-                " updated = h.now, owner = '' FROM unnest(%s::int[], %s::text[], %s::text[], %s::int[],"
-                " %s::int[], %s::text[], %s::text[], %s::float8[])"
-                " AS h(n, device_id, intent_id, attempt, tries, code, detail, now)"
-                " WHERE i.device_id = h.device_id AND i.intent_id = h.intent_id AND i.attempt = h.attempt"
-                f" AND i.tries = h.tries AND {state_in(sources(event), 'i.state')} RETURNING h.n",
-                (
-                    positions,
-                    [f.entry.device_id for f in group],
-                    [f.entry.intent_id for f in group],
-                    [f.entry.attempt for f in group],
-                    [f.entry.tries for f in group],
-                    [f.code for f in group],
-                    [f.detail for f in group],
-                    [f.now for f in group],
-                ),
-            )
-            held.update(row["n"] for row in await cursor.fetchall())
-        acks: list[Ack] = []
-        audits, tallies = [], []
-        for n, f in enumerate(finishes):
-            entry = f.entry
-            if n not in held:
-                logger.warning("finish of %s/%s ignored: no longer held", entry.device_id, entry.intent_id,
-                               extra=log_context(entry, code="not_held"))  # fmt: skip
-                cursor = await conn.execute(
-                    "SELECT * FROM intents WHERE device_id = %s AND intent_id = %s", (entry.device_id, entry.intent_id)
-                )
-                row = await cursor.fetchone()
-                acks.append(entry_from_row(row).ack() if row is not None else entry.ack())
-                continue
-            audit = AUDIT[FINISH[f.state]]
-            assert audit is not None
-            audits.append(audit_params(f.now, entry, audit, f.integration, f.code, f.detail))
-            tallies.append(tally(entry.tenant, entry.device_id, entry.kind, audit, f.now, f.seconds))
-            acks.append(f.ack())
-        if audits:
-            async with conn.cursor() as cursor:
-                await cursor.executemany(_AUDIT_INSERT, audits)
-                await cursor.executemany(_USAGE_UPSERT, upsert_rows(merged(tallies), self._node))
-            signals = sorted({f"{finishes[n].entry.device_id} {self._node}" for n in held})
-            await conn.execute(
-                "SELECT pg_notify(%s, signal) FROM unnest(%s::text[]) AS signal", (RESULTS_CHANNEL, signals)
-            )
-        return acks
-
     async def reschedule(self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float) -> None:
         """Put the row `entry` holds back in the queue, due at `next_run`, and audit the retry."""
         detail = clip_detail(detail)
@@ -375,7 +269,7 @@ class PgLedger:
                 logger.warning("reschedule of %s/%s ignored: no longer held", entry.device_id, entry.intent_id,
                                extra=log_context(entry, code="not_held"))  # fmt: skip
                 return
-            await conn.execute(_AUDIT_INSERT, audit_params(now, entry, AuditEvent.RETRY, "", code, detail))
+            await conn.execute(AUDIT_INSERT, audit_params(now, entry, AuditEvent.RETRY, "", code, detail))
 
         await self._group.call(run, "ledger reschedule")
 
@@ -391,12 +285,12 @@ class PgLedger:
         async def run(conn: AsyncConn) -> None:
             async with conn.cursor() as cursor:
                 await cursor.executemany(
-                    _AUDIT_INSERT,
+                    AUDIT_INSERT,
                     [(r.at, r.device_id, r.tenant, r.intent_id, r.kind, str(r.event), r.integration, r.code,
                       r.detail) for r in rows],
                 )  # fmt: skip
                 if tallies:
-                    await cursor.executemany(_USAGE_UPSERT, upsert_rows(tallies, self._node))
+                    await cursor.executemany(USAGE_UPSERT_PG, upsert_rows(tallies, self._node))
 
         await self._group.call(run, "audit note")
 

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from cloud_bridge.store.pg_admit import WORK_CHANNEL
-from cloud_bridge.store.pg_ledger import RESULTS_CHANNEL
+from cloud_bridge.store.pg_jobs import RESULTS_CHANNEL
 from intent_contract.backoff import compute_backoff
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""FleetStore in SQL, one text for SQLite and PostgreSQL (their schema steps differ only in types).
+"""FleetStore in SQL, one text for SQLite and PostgreSQL (the tables are `fleet_schema`).
 
 Every statement here is portable (upserts with ON CONFLICT, CASE, LIMIT/OFFSET); placeholders are
 written `?` and turned into `%s` for psycopg. Each backend hands in a `transaction()` that yields a
@@ -8,15 +8,11 @@ Rows are written sorted by key, so that two nodes flushing at once lock them in 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cloud_bridge.errors import TransientError
 from cloud_bridge.fleet import (
     ADDRESS_AGE_S,
     HISTORY_AGE_S,
@@ -33,49 +29,13 @@ from cloud_bridge.fleet import (
     hour_of,
 )
 from cloud_bridge.fleet_rules import BASELINE_HOURS, VOLUME_FLOOR
-from intent_contract import sqlite_wal
+from cloud_bridge.fleet_schema import migrate_fleet_file
+from cloud_bridge.sqlite_calls import Transaction, sqlite_transaction
 from intent_contract.device_wire import Diagnosis, diagnosis_from_wire, health_from_wire
 from intent_contract.errors import DecodeError
-from intent_contract.sqlite_wal import use_wal
 
 T = TypeVar("T")
 
-
-def _schema(real: str, integer: str, seq: str) -> tuple[str, ...]:
-    return (
-        f"""CREATE TABLE fleet_devices (
-    device_id TEXT PRIMARY KEY, node TEXT NOT NULL DEFAULT '', connected_at {real}, seen_at {real},
-    address TEXT NOT NULL DEFAULT '', report TEXT, report_at {real}, offset_ms {integer},
-    refused_code TEXT NOT NULL DEFAULT '', refused_at {real})""",
-        f"""CREATE TABLE fleet_history (
-    seq {seq}, device_id TEXT NOT NULL, at {real} NOT NULL, offset_ms {integer} NOT NULL, report TEXT NOT NULL)""",
-        "CREATE INDEX fleet_history_device ON fleet_history (device_id, seq)",
-        "CREATE INDEX fleet_history_at ON fleet_history (at)",
-        f"""CREATE TABLE fleet_telemetry (
-    device_id TEXT NOT NULL, hour {integer} NOT NULL, auth_failures {integer} NOT NULL DEFAULT 0,
-    connects {integer} NOT NULL DEFAULT 0, intents {integer} NOT NULL DEFAULT 0, PRIMARY KEY (device_id, hour))""",
-        "CREATE INDEX fleet_telemetry_hour ON fleet_telemetry (hour)",
-        f"""CREATE TABLE fleet_addresses (
-    device_id TEXT NOT NULL, address TEXT NOT NULL, first_seen {real} NOT NULL, last_seen {real} NOT NULL,
-    connects {integer} NOT NULL DEFAULT 0, refused {integer} NOT NULL DEFAULT 0, PRIMARY KEY (device_id, address))""",
-        "CREATE INDEX fleet_addresses_seen ON fleet_addresses (last_seen)",
-        f"CREATE TABLE fleet_nodes (node TEXT PRIMARY KEY, heartbeat_at {real} NOT NULL)",
-        f"""CREATE TABLE fleet_requests (
-    request_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, asked_at {real} NOT NULL, state TEXT NOT NULL,
-    node TEXT NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT '', answered_at {real}, answer TEXT)""",
-        "CREATE INDEX fleet_requests_pending ON fleet_requests (asked_at) WHERE state = 'pending'",
-        "CREATE INDEX fleet_requests_asked ON fleet_requests (asked_at)",
-    )
-
-
-# The schema step of each backend (ledger_sqlite_schema.MIGRATIONS and store.pg.MIGRATIONS hold them).
-SQLITE_SCHEMA = _schema("REAL", "INTEGER", "INTEGER PRIMARY KEY")
-PG_SCHEMA = _schema("double precision", "bigint", "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
-SCHEMA_SUMMARY = "fleet health: device states, report history, connect telemetry, diagnose requests"
-
-
-# A transaction of either driver: a connection whose rows read by column name, committed at the end.
-Transaction = Callable[[], AbstractContextManager[Any]]
 
 _CONNECTED = (
     "INSERT INTO fleet_devices (device_id, connected_at, seen_at, address) VALUES (?, ?, ?, ?)"
@@ -369,32 +329,6 @@ class SqlFleet:
         return deleted
 
 
-def sqlite_transaction(path: Path, what: str, *, synchronous: str = "FULL") -> Transaction:
-    """Transactions on a SQLite file: a connection per call, as the registry does (each is one short
-    transaction; busy_timeout waits another writer out). `synchronous` NORMAL (in WAL: no fsync per commit,
-    the last commits may be lost on power loss, never corrupted) is for data that may lose its last second."""
-
-    @contextlib.contextmanager
-    def transaction() -> Iterator[sqlite3.Connection]:
-        try:
-            with contextlib.closing(sqlite3.connect(path, timeout=10, isolation_level=None)) as conn:
-                conn.row_factory = sqlite3.Row
-                conn.execute(f"PRAGMA synchronous = {synchronous}")
-                conn.execute(f"PRAGMA journal_size_limit = {sqlite_wal.WAL_SIZE_LIMIT}")
-                # Deferred: every writing call writes first, so it takes the lock (waiting) at its start.
-                conn.execute("BEGIN")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise TransientError(f"{what} in {path}: {exc}", code="store_error") from exc
-
-    return transaction
-
-
 def sqlite_fleet(path: Path) -> SqlFleet:
     """The fleet tables in a SQLite file of their own (`FLEET_DB`, beside the ledger; see `sqlite_transaction`).
 
@@ -407,28 +341,3 @@ def sqlite_fleet(path: Path) -> SqlFleet:
     """
     transaction = sqlite_transaction(path, "fleet tables", synchronous="NORMAL")
     return SqlFleet(transaction, on_open=lambda: migrate_fleet_file(path))
-
-
-FLEET_DB = "fleet.db"
-FLEET_TABLES = ("fleet_devices", "fleet_history", "fleet_telemetry", "fleet_addresses", "fleet_nodes", "fleet_requests")
-
-
-def migrate_fleet_file(path: Path) -> list[int]:
-    """Create the SQLite fleet file and its tables if missing (WAL: readers never hold up the desk's writes)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=10)) as conn:
-            use_wal(conn)
-            if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= 1:
-                return []
-            conn.execute("BEGIN IMMEDIATE")
-            if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= 1:  # another process made them meanwhile
-                conn.execute("ROLLBACK")
-                return []
-            for statement in SQLITE_SCHEMA:
-                conn.execute(statement)
-            conn.execute("PRAGMA user_version = 1")
-            conn.execute("COMMIT")
-            return [1]
-    except (sqlite3.Error, OSError) as exc:
-        raise TransientError(f"fleet tables in {path}: {exc}", code="store_error") from exc

@@ -21,7 +21,6 @@ from typing import Any
 
 from cloud_bridge.audit import AuditEvent, AuditRecord
 from cloud_bridge.errors import TransientError, UnknownIntentError
-from cloud_bridge.fleet_sql import Transaction
 from cloud_bridge.ledger import PURGE_BATCH, LedgerEntry, clip_detail, entry_from_row
 from cloud_bridge.ledger_states import (
     AUDIT,
@@ -36,6 +35,7 @@ from cloud_bridge.ledger_states import (
     target,
 )
 from cloud_bridge.outcome import UNANSWERED
+from cloud_bridge.sqlite_calls import Transaction
 from cloud_bridge.usage import tally
 from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
 from cloud_bridge.usage_sql import upsert_rows

@@ -25,7 +25,6 @@ from typing import TypeVar
 
 from cloud_bridge.audit import AuditEvent, AuditQuery, AuditRecord
 from cloud_bridge.errors import BridgeError, TransientError
-from cloud_bridge.fleet_sql import sqlite_transaction
 from cloud_bridge.ledger import (
     DEFAULT_LEASE,
     DEPTH_SQL,
@@ -56,6 +55,7 @@ from cloud_bridge.ledger_states import (
     target,
 )
 from cloud_bridge.own_threads import own_thread
+from cloud_bridge.sqlite_calls import sqlite_transaction
 from cloud_bridge.usage import UsageQuery, UsageRow, merged, row_from_sums, tally
 from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
 from cloud_bridge.usage_sql import select as usage_select

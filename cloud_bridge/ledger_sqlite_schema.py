@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cloud_bridge import intent_sql
 from cloud_bridge.errors import TransientError
-from cloud_bridge.fleet_sql import FLEET_DB, FLEET_TABLES
+from cloud_bridge.fleet_schema import FLEET_DB, FLEET_TABLES
 from cloud_bridge.ledger import WAITING_INDEX
 from cloud_bridge.store.migrations import Migration, pending
 from cloud_bridge.usage_sql import SCHEMA_SUMMARY as USAGE_SUMMARY

@@ -77,11 +77,13 @@ def open_store(url: StoreUrl, *, node: str, tokens_per_device: int = DEFAULT_TOK
     """The store `url` names, not yet opened; `node` names this process in leases and signals."""
     if url.kind is StoreKind.SQLITE:
         # Imported here: the backends import store.migrations, and a process needs only one of them.
-        from cloud_bridge.fleet_sql import FLEET_DB, sqlite_fleet, sqlite_transaction  # noqa: PLC0415
+        from cloud_bridge.fleet_schema import FLEET_DB  # noqa: PLC0415
+        from cloud_bridge.fleet_sql import sqlite_fleet  # noqa: PLC0415
         from cloud_bridge.ledger_sqlite import SqliteLedger  # noqa: PLC0415
         from cloud_bridge.ledger_sqlite_schema import migrate_file  # noqa: PLC0415
         from cloud_bridge.registry_sqlite import SqliteRegistry  # noqa: PLC0415
         from cloud_bridge.signals_sqlite import SqliteSignals, add_signal  # noqa: PLC0415
+        from cloud_bridge.sqlite_calls import sqlite_transaction  # noqa: PLC0415
         from cloud_bridge.tokens import MemoryReplayCache  # noqa: PLC0415
 
         directory = url.directory

@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from cloud_bridge import intent_sql
 from cloud_bridge.errors import TransientError
-from cloud_bridge.fleet_sql import PG_SCHEMA, SCHEMA_SUMMARY
+from cloud_bridge.fleet_schema import PG_SCHEMA, SCHEMA_SUMMARY
 from cloud_bridge.ledger import WAITING_INDEX
 from cloud_bridge.store import Store
 from cloud_bridge.store.migrations import Migration, pending

@@ -20,7 +20,7 @@ from cloud_bridge.fleet import (
     Sighting,
     hour_of,
 )
-from cloud_bridge.fleet_sql import FLEET_DB
+from cloud_bridge.fleet_schema import FLEET_DB
 from cloud_bridge.policy import Decision, DeviceRef
 from cloud_bridge.ratelimit import Limits
 from cloud_bridge.store import Store

@@ -17,7 +17,8 @@ from cloud_bridge import fleet_cli
 from cloud_bridge.cli import main
 from cloud_bridge.errors import ConfigError
 from cloud_bridge.fleet_desk import FleetDesk
-from cloud_bridge.fleet_sql import FLEET_DB, migrate_fleet_file, sqlite_fleet
+from cloud_bridge.fleet_schema import FLEET_DB, migrate_fleet_file
+from cloud_bridge.fleet_sql import sqlite_fleet
 from cloud_bridge.registry_sqlite import SqliteRegistry
 from cloud_bridge.settings import BridgeSettings, HostPort, build_settings
 from intent_contract.console import plain_console

@@ -120,14 +120,16 @@ class Dashboard:
 
     @web.middleware
     async def _security(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        public = request.path.endswith("/login") or "/static/" in request.path
+        # Decided by the route the request matched, never by the path's text (a device named "login").
+        handler_of = request.match_info.route.handler
+        public = handler_of in (self._login_page, self._login, self._static_file)
         cookie = request.cookies.get(COOKIE)
         operator = self._auth.operator(cookie, self._clock())
         if not public and operator is None:
             if request.method != "GET":
                 raise web.HTTPForbidden(text="log in first")
             raise web.HTTPSeeOther(self.prefix + "login")
-        if request.method == "POST" and not request.path.endswith("/login"):
+        if request.method == "POST" and handler_of != self._login:
             form = await read_form(request)
             if not _same_origin(request) or not self._auth.csrf_ok(cookie, _text(form.get("csrf"))):
                 logger.warning("dashboard request refused: cross-site or without its token",

@@ -73,3 +73,13 @@ async def test_static_serves_its_files_and_404s_any_other_name(dashboard_bridge:
     assert response.endswith(css.read_bytes())
     for name in ("a" * 300, "nope.css", "..%2fauth.py", "%2e%2e%2fviews.py", "%00"):
         assert (await raw_request(dashboard_bridge, "GET", f"/ui/static/{name}"))[0] == 404, name
+
+
+async def test_only_the_login_and_static_routes_are_open_to_strangers(dashboard_bridge: Harness) -> None:
+    # The gate once opened any path ending in "/login" or holding "/static/": a device page for a device
+    # named "login" or an id with an escaped slash was shown to anyone.
+    for path in ("/ui/devices/login", "/ui/devices/x%2Fstatic%2Fy", "/ui/usage/login", "/ui/intents?device=login"):
+        status, response = await raw_request(dashboard_bridge, "GET", path)
+        assert status == 303 and b"Location: /ui/login" in response, (path, status)
+    assert (await raw_request(dashboard_bridge, "GET", "/ui/login"))[0] == 200
+    assert (await raw_request(dashboard_bridge, "GET", "/ui/static/style.css"))[0] == 200

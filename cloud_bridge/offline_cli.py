@@ -162,27 +162,33 @@ def import_bundle(
     try:
         settings = build_settings(data_dir=data_dir, env=dict(os.environ), config_path=config_path, store=store)
         data = read_file(bundle_file, max_bytes)
-        imported, final = asyncio.run(_import(settings, data, max_bytes, wait_s, receipt_path))
+        imported, final, receipt_data = asyncio.run(_import(settings, data, max_bytes, wait_s))
     except BridgeError as exc:
         raise _fail(exc) from None
     summary = _summary(imported, receipt_path, final)
+    states = ", ".join(f"{n} {state}" for state, n in sorted(summary["states"].items())) or "none"
+    told = f"bundle {summary['bundle']} of device {summary['device_id']}: {summary['intents']} intents ({states})"
+    try:
+        write_file(receipt_path, receipt_data)
+    except BridgeError as exc:
+        # What the store holds stands; only the receipt is missing, and it can be written again at any time.
+        raise click.ClickException(
+            f"{told}; {exc.detail}: import the bundle again with a --receipt that can be written (nothing in it"
+            " runs twice)"
+        ) from None
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        states = ", ".join(f"{n} {state}" for state, n in sorted(summary["states"].items())) or "none"
-        click.echo(
-            f"bundle {summary['bundle']} of device {summary['device_id']}: {summary['intents']} intents ({states});"
-            f" receipt with {final} final results written to {receipt_path}"
-        )
+        click.echo(f"{told}; receipt with {final} final results written to {receipt_path}")
     if imported.device.revoked:
         raise click.ClickException(
             f"device {imported.device.device_id} is revoked: nothing admitted; the receipt tells the device so"
         )
 
 
-async def _import(
-    settings: BridgeSettings, data: bytes, max_bytes: int, wait_s: float, receipt_path: Path
-) -> tuple[Imported, int]:
+async def _import(settings: BridgeSettings, data: bytes, max_bytes: int, wait_s: float) -> tuple[Imported, int, bytes]:
+    """The bundle admitted (its results awaited up to `wait_s`): what was imported, the number of final
+    results in its receipt, and the receipt."""
     async with _Offline(settings) as desk:
         with progress_line("admitted") as admitted:
             imported = await desk.import_bundle(data, max_bytes=max_bytes, progress=admitted)
@@ -193,8 +199,7 @@ async def _import(
             with progress_line("results") as results:
                 later = await desk.wait_final(device_id, queued, wait_s, results)
         receipt, final = await desk.receipt(device_id, imported, later)
-    await own_thread(write_file, receipt_path, receipt)
-    return imported, final
+    return imported, final, receipt
 
 
 @click.command("receipt")

@@ -176,3 +176,32 @@ def test_export_on_a_terminal_ends_its_progress_with_what_went_in_on_a_line_of_i
     again = json.loads(logged.stdout)["intents"]  # the same ones again: no receipt was applied
     progress = [line for line in logged.stderr.splitlines() if line.startswith("exported intents: ")]
     assert progress[-1] == f"exported intents: {again:,}/20,000", logged.stderr
+
+
+@pytest.mark.timeout(180)
+def test_an_import_whose_receipt_cannot_be_written_says_what_it_admitted_and_how_to_get_the_receipt(
+    tmp_path: Path,
+) -> None:
+    """It said only "cannot write ...": the technician could not tell the bundle's intents were admitted (they
+    will run), nor that importing it again writes the receipt without running anything twice."""
+    site = enrolled_site(tmp_path)
+    backlog(site, 2)
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        f'[tenants.{TENANT}.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n'
+        'email_from = "alerts@example.com"\n'
+    )
+    assert edge_cli(site, "export", "--out", str(tmp_path / "one.bundle")).returncode == 0
+    nowhere = tmp_path / "no-such-dir" / "one.receipt"
+
+    done = bridge(tmp_path / "bridge", "import", str(tmp_path / "one.bundle"), "--config", str(config),
+                  "--receipt", str(nowhere))  # fmt: skip
+
+    assert done.returncode == 1
+    assert "2 intents (2 accepted)" in done.stderr and f"cannot write {nowhere}" in done.stderr, done.stderr
+    assert "import the bundle again" in done.stderr, done.stderr
+    receipt = import_file(tmp_path, tmp_path / "one.bundle", config)
+    assert sorted((a.id, a.state) for a in receipt_acks(receipt)) == [
+        ("bulk-000000", AckState.ACCEPTED), ("bulk-000001", AckState.ACCEPTED)
+    ]  # fmt: skip
+    assert executed(tmp_path / "bridge", EntryState.DELIVERED) == 2  # each intent once

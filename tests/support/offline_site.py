@@ -83,16 +83,18 @@ def receipt_acks(receipt: Path) -> list[Ack]:
     return [ack for message in body.acks for ack in decode_acks(message)]
 
 
-def executed(bridge_dir: Path, state: EntryState, code: str = "") -> None:
-    """What the bridge's executor does to every row queued in its ledger now: ends it in `state`."""
+def executed(bridge_dir: Path, state: EntryState, code: str = "") -> int:
+    """What the bridge's executor does to every row queued in its ledger now: ends it in `state`; how many."""
 
-    async def run() -> None:
+    async def run() -> int:
         store = open_store(StoreUrl.sqlite(bridge_dir), node="test-executor")
         await store.open()
         try:
-            for entry in await store.ledger.claim(["email.send"], 100, time.time() + 60):
+            claimed = await store.ledger.claim(["email.send"], 100, time.time() + 60)
+            for entry in claimed:
                 await store.ledger.finish(entry, state, code, "", time.time(), "smtp")
+            return len(claimed)
         finally:
             await store.close()
 
-    asyncio.run(run())
+    return asyncio.run(run())

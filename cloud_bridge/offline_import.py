@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -45,7 +45,7 @@ class Imported:
 
     device: Device
     bundle: Bundle
-    acks: list[Ack]  # one per intent of the bundle, in order (empty when the device is revoked)
+    acks: list[Ack] = field(repr=False)  # one per intent of the bundle, in order (empty when the device is revoked)
     imported_at: int  # ms, bridge time
     next_key: str | None = None  # the next key the bundle proposed, accepted
 
@@ -104,6 +104,7 @@ class OfflineDesk:
             document = signed.read(plain, typ=BUNDLE_TYPE, max_bytes=max_bytes)
         except DecodeError as exc:
             raise OfflineFileError(f"bundle is not readable: {exc}", code="bundle_unreadable") from None
+        del plain  # the document holds its own copy of the body: one copy of the bundle fewer from here
         device = self._registry.get(document.kid)
         if device is None:
             raise OfflineFileError(f"bundle from unknown device {document.kid!r}: refused", code="unknown_device")

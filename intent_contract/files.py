@@ -52,7 +52,11 @@ def read_bounded(path: Path, max_bytes: int) -> bytes:
     if size > max_bytes:
         raise DecodeError(f"{path}: {size:,} bytes is over the {max_bytes:,}-byte limit")
     with path.open("rb") as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:  # it grew while we looked
+        # Sized by the file, not the limit: read(max_bytes + 1) allocated the whole limit (1 GiB with
+        # --max-bytes 1G), which a box without memory overcommit refuses whatever the file's size.
+        data = f.read(size + 1)
+        if len(data) > size:  # it grew while we looked: read on up to the limit
+            data += f.read(max_bytes + 1 - len(data))
+    if len(data) > max_bytes:
         raise DecodeError(f"{path}: over the {max_bytes:,}-byte limit")
     return data

@@ -19,6 +19,7 @@ import msgpack
 
 from intent_contract.codec import check_depth
 from intent_contract.errors import DecodeError
+from intent_contract.msgpack_join import packb_joined
 from intent_contract.names import is_name
 from intent_contract.sizes import parse_size
 from intent_contract.wire import DEFAULT_LIMITS
@@ -119,7 +120,7 @@ def _head(obj: dict[str, Any], data: bytes) -> dict[str, Any]:
 
 def _pack_body(head: Bundle | Receipt, **rest: Any) -> bytes:
     fields = {"device_id": head.device_id, "bridge_key": head.bridge_key, "id": head.id, "made_at": head.made_at}
-    return _pack({"v": VERSION, **fields, **rest})
+    return packb_joined({"v": VERSION, **fields, **rest})
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +131,11 @@ class Bundle:
     bridge_key: str  # the id of the bridge key it is encrypted to (bound into the signed body)
     id: str
     made_at: int  # by the device's own clock, uncorrected: the receipt echoes it (bridge_clock)
-    batches: tuple[bytes, ...] = ()
-    confirms: tuple[bytes, ...] = ()
-    rotation: bytes | None = None  # a key rotation document (edge-outbox rotate-key --offline)
+    # Not in repr, as the receipt's acks: a bundle's messages are up to 1 GiB (asyncio.run reprs what its
+    # coroutine returns: `cloud-bridge import` once took 100 MB more for a 64 MB bundle).
+    batches: tuple[bytes, ...] = field(default=(), repr=False)
+    confirms: tuple[bytes, ...] = field(default=(), repr=False)
+    rotation: bytes | None = field(default=None, repr=False)  # a key rotation document (rotate-key --offline)
 
     def encode(self) -> bytes:
         return _pack_body(self, batches=list(self.batches), confirms=list(self.confirms), rotation=self.rotation)
@@ -167,7 +170,7 @@ class Receipt:
     made_at: int
     revoked_at: int | None = None
     bundle: BundleEcho | None = None
-    acks: tuple[bytes, ...] = field(default=())
+    acks: tuple[bytes, ...] = field(default=(), repr=False)
     next_key: str | None = None  # the next public key the bundle's rotation proposed, now accepted
 
     def encode(self) -> bytes:

@@ -21,6 +21,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 
 from intent_contract.device_token import ALGORITHM
 from intent_contract.errors import DecodeError, SignatureError
+from intent_contract.msgpack_join import packb_joined
 
 VERSION: Final = 1
 _MAX_SIG = 4096  # a compact JWS with a short header and a P-256 signature is about 300 characters
@@ -46,8 +47,7 @@ def sign(body: bytes, private_key_pem: bytes, *, typ: str, kid: str) -> bytes:
         headers={"typ": typ, "kid": kid, "b64": False, "crit": ["b64"]},
         is_payload_detached=True,
     )
-    packed: bytes = msgpack.packb({"v": VERSION, "sig": signature, "body": body}, use_bin_type=True)
-    return packed
+    return packb_joined({"v": VERSION, "sig": signature, "body": body})
 
 
 def check_signing_key(private_key_pem: bytes) -> None:

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 
-from edge_outbox import event_log
+from edge_outbox import event_log, qos2_taken
 from edge_outbox.mqtt.session import SessionRecord
 from edge_outbox.status import status_payload, status_topic
 from edge_outbox.store import Store
@@ -23,17 +23,24 @@ from edge_outbox.store import Store
 def load_sessions(conn: sqlite3.Connection, now: int, expiry_ms: int) -> list[SessionRecord]:
     """Persistent sessions seen within their expiry (at most `expiry_ms`); older ones are deleted."""
     conn.execute("DELETE FROM sessions WHERE last_seen + MIN(COALESCE(expiry_ms, ?1), ?1) < ?2", (expiry_ms, now))
+    taken = qos2_taken.load(conn)
     rows = conn.execute("SELECT client_id, username, subscriptions, status_seq, last_seen, expiry_ms FROM sessions")
-    return [SessionRecord(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5]) for r in rows]
+    return [SessionRecord(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], taken.get(r[0], ())) for r in rows]
 
 
 def save_sessions(
-    conn: sqlite3.Connection, records: Iterable[tuple[str, SessionRecord | None]], seen: dict[str, int]
+    conn: sqlite3.Connection,
+    records: Iterable[tuple[str, SessionRecord | None]],
+    seen: dict[str, int],
+    released: Iterable[qos2_taken.Key] = (),
 ) -> None:
-    """Write each session's record (None: delete it), then when sessions still stored were last seen."""
+    """Write each session's record (None: delete it), then when sessions still stored were last seen; free the
+    QoS 2 packet ids `released`."""
+    qos2_taken.release(conn, released)
     for client_id, record in records:
         if record is None:
             conn.execute("DELETE FROM sessions WHERE client_id = ?", (client_id,))
+            qos2_taken.forget(conn, client_id)
             continue
         conn.execute(
             "INSERT INTO sessions(client_id, username, subscriptions, status_seq, last_seen, expiry_ms)"
@@ -81,6 +88,7 @@ class StoredSessions:
         self._lock = threading.Lock()
         self._records: dict[str, SessionRecord | None] = {}
         self._seen: dict[str, int] = {}
+        self._released: set[qos2_taken.Key] = set()
         self._write: asyncio.Future[Written] | None = None  # the write not yet taken by the writer thread
         self.writes = 0  # store operations made (for tests)
         # What the database holds of each session apart from its position and when it was seen (those have writes
@@ -126,6 +134,12 @@ class StoredSessions:
                 self._seen[client_id] = at
         await self._written()
 
+    async def release(self, client_id: str, packet_id: int) -> None:
+        """A QoS 2 packet id taken with its intent is free again (its PUBREL came); returns once committed."""
+        with self._lock:
+            self._released.add((client_id, packet_id))
+        await self._written()
+
     async def _written(self) -> None:
         with self._lock:
             write = self._write
@@ -149,9 +163,9 @@ class StoredSessions:
     def _take_and_save(self, conn: sqlite3.Connection) -> Written:
         """On the writer thread: everything asked until now, in one operation."""
         with self._lock:
-            records, seen = self._records, self._seen
-            self._records, self._seen, self._write = {}, {}, None
-        save_sessions(conn, records.items(), seen)
+            records, seen, released = self._records, self._seen, self._released
+            self._records, self._seen, self._released, self._write = {}, {}, set(), None
+        save_sessions(conn, records.items(), seen, released)
         return records
 
     async def read_app_statuses(self, app: str, after: int, limit: int) -> list[tuple[int, str, bytes]]:

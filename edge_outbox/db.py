@@ -103,6 +103,14 @@ CREATE TABLE IF NOT EXISTS sessions (
     expiry_ms INTEGER -- MQTT 5: the expiry the client asked for, if below --session-expiry; NULL: that
 );
 
+-- Inbound QoS 2 packet ids of persistent sessions, from their intent's commit to their PUBREL
+-- (edge_outbox/qos2_taken.py): a resend after a crash is not stored twice.
+CREATE TABLE IF NOT EXISTS qos2_taken (
+    client_id TEXT NOT NULL,
+    packet_id INTEGER NOT NULL,
+    PRIMARY KEY (client_id, packet_id)
+) WITHOUT ROWID;
+
 -- Final results taken from a receipt, to confirm to the bridge in the next bundle (offline sites).
 CREATE TABLE IF NOT EXISTS confirm_queue (id TEXT PRIMARY KEY);
 

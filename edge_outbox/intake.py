@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edge_outbox import ops
+from edge_outbox import ops, qos2_taken
 from edge_outbox.errors import StorageError
 from edge_outbox.intake_rules import REPLAY_TOPIC, TOPIC_ROOT, Admitted, Refused, admit, split_topic
 from edge_outbox.ops import IntakeResult, Outcome, QueueLimits
@@ -62,6 +63,7 @@ class _Waiting:
     future: asyncio.Future[IntakeResult]
     size: int = 0  # of the payload as taken, counted in `Intake.waiting_bytes`
     held: bool = False
+    taken: qos2_taken.Key | None = None  # a persistent session's QoS 2 packet id, committed with the intent
 
 
 class Intake:
@@ -112,11 +114,13 @@ class Intake:
         principal: str | None = None,
         expiry_s: int | None = None,
         size: int | None = None,
+        taken: qos2_taken.Key | None = None,
     ) -> asyncio.Future[IntakeResult]:
         """Decide what this publish becomes; the future resolves once that is committed.
 
         `principal` is the authenticated app, when apps log in; `expiry_s` an MQTT 5 message expiry; `size` the
-        payload's full size when `raw` is only its head (attach mode drops the rest of one over the limit unread).
+        payload's full size when `raw` is only its head (attach mode drops the rest of one over the limit unread);
+        `taken` the (client id, packet id) of a QoS 2 publish of a persistent session, committed with it.
         """
         now = self._clock_ms()
         decision = admit(topic, raw, now, self._ids.new, expiry_s=expiry_s, size=size)
@@ -133,7 +137,7 @@ class Intake:
                 now,
             )
         future: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()
-        waiting = _Waiting(decision, topic, future, len(raw))
+        waiting = _Waiting(decision, topic, future, len(raw), taken=taken)
         self._waiting.append(waiting)
         if self.health.held_since is not None:  # it waits behind the held ones: counted now, not when its batch is
             self._hold([waiting], self.health.reason)  # tried (`status` showed at most a batch, 2,000, held)
@@ -158,7 +162,7 @@ class Intake:
                 batch = [self._waiting[i] for i in range(min(len(self._waiting), MAX_BATCH))]
                 try:
                     results = await self._store.call(
-                        ops.commit_intakes, [w.decision for w in batch], self._limits, self._clock_ms()
+                        _commit, [w.decision for w in batch], [w.taken for w in batch], self._limits, self._clock_ms()
                     )
                 except StorageError as exc:
                     failures += 1
@@ -251,3 +255,18 @@ class Intake:
         )
         health.held_since = None
         health.reason = ""
+
+
+def _commit(
+    conn: sqlite3.Connection,
+    items: list[Admitted | Refused],
+    taken: list[qos2_taken.Key | None],
+    limits: QueueLimits,
+    now: int,
+) -> list[IntakeResult]:
+    """`ops.commit_intakes`, and the QoS 2 packet ids of what it stored (a duplicate too) in the same operation."""
+    results = ops.commit_intakes(conn, items, limits, now)
+    keys = [key for key, result in zip(taken, results, strict=True) if key and result.outcome is not Outcome.QUEUE_FULL]
+    if keys:
+        qos2_taken.take(conn, keys)
+    return results

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from edge_outbox.errors import StorageError
 from edge_outbox.intake_rules import CUT_KEEP, replay_after
 from edge_outbox.mqtt import dialect as d
+from edge_outbox.mqtt import qos2_in
 from edge_outbox.mqtt.answers import Answers
 from edge_outbox.mqtt.dialect import V311, Dialect, dialect_of
 from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, Message, Session
@@ -240,8 +241,10 @@ class Connection:
                 session.pubcomp(packet.packet_id)
                 self.wake.set()
             elif packet.type is Type.PUBREL:
-                session.incoming_qos2.pop(packet.packet_id, None)
-                self._answers.add(None, self.dialect.ack(Type.PUBCOMP, packet.packet_id))
+                self._answers.add(
+                    qos2_in.release(session, packet.packet_id, self.endpoint.sessions_port),
+                    self.dialect.ack(Type.PUBCOMP, packet.packet_id),
+                )
             else:
                 raise MalformedPacketError(f"a client does not send {packet.type.name}")
         elif isinstance(packet, p.Connect):
@@ -279,11 +282,14 @@ class Connection:
         topic, qos = packet.topic, packet.qos
         intake = self.endpoint.intake
         ready: asyncio.Future[Any] | None = None
-        if qos == 2 and packet.packet_id in session.incoming_qos2:
-            # Resent and taken already: answered once the first copy is stored (it was at once, so lost on a crash)
+        if qos2_in.is_resend(session, packet):
+            assert packet.packet_id is not None
             ready = session.incoming_qos2[packet.packet_id]
         elif intake.is_intake(topic):
-            ready = intake.submit(topic, packet.payload, principal=self.principal, expiry_s=packet.expiry_s, size=size)
+            taken = qos2_in.key(session, packet)
+            ready = intake.submit(
+                topic, packet.payload, principal=self.principal, expiry_s=packet.expiry_s, size=size, taken=taken
+            )
         elif (app := intake.replay_app(topic)) is not None:
             after = replay_after(packet.payload)
             if after is None:

@@ -21,10 +21,18 @@ class IntakePort(Protocol):
         """The app of a status replay request topic, else None."""
 
     def submit(
-        self, topic: str, raw: bytes, *, principal: str | None, expiry_s: int | None = None, size: int | None = None
+        self,
+        topic: str,
+        raw: bytes,
+        *,
+        principal: str | None,
+        expiry_s: int | None = None,
+        size: int | None = None,
+        taken: tuple[str, int] | None = None,
     ) -> asyncio.Future[Any]:
-        """Take a publish (`size`: the payload's full size when `raw` is only its head); the future resolves once
-        what it became is committed."""
+        """Take a publish (`size`: the payload's full size when `raw` is only its head; `taken`: the (client id,
+        packet id) of a persistent session's QoS 2 publish, stored with it); the future resolves once what it
+        became is committed."""
 
     async def receive(self, topic: str, raw: bytes, *, principal: str | None) -> object: ...
 
@@ -41,6 +49,9 @@ class SessionsPort(Protocol):
         """`if_changed`: no write when the store holds these subscriptions, app and expiry already."""
 
     async def delete(self, client_id: str) -> None: ...
+
+    async def release(self, client_id: str, packet_id: int) -> None:
+        """An inbound QoS 2 packet id stored with its intent is free again (PUBREL); returns once committed."""
 
     async def seen(self, client_id: str, at: int) -> None:
         """The session's client was there at `at` (ms since the epoch)."""

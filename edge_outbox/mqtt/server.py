@@ -86,6 +86,7 @@ class MqttEndpoint:
                 max_queued_bytes=self.settings.max_queued_bytes,
                 last_seen=record.last_seen,
                 expiry_ms=record.expiry_ms,
+                incoming_qos2=dict.fromkeys(record.taken),
             )
             self.sessions[record.client_id] = session
             note_subscriptions(session)

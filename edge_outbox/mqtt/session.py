@@ -51,6 +51,7 @@ class SessionRecord:
     status_seq: int
     last_seen: int = 0  # ms since the epoch
     expiry_ms: int | None = None  # MQTT 5: the interval the client asked for, if below the outbox's
+    taken: tuple[int, ...] = ()  # inbound QoS 2 packet ids stored with their intent, awaiting PUBREL (as loaded)
 
 
 def session_expiry_ms(asked_ms: int | None, server_ms: int) -> int:
@@ -120,7 +121,8 @@ class Session:
     queue: deque[Message] = field(default_factory=deque)
     inflight: dict[int, Message] = field(default_factory=dict)  # packet id -> PUBLISH awaiting PUBACK/PUBREC
     released: set[int] = field(default_factory=set)  # outbound QoS 2: PUBREL sent, awaiting PUBCOMP
-    # Inbound QoS 2 taken, awaiting PUBREL: packet id -> what its PUBREC waits for (the commit's future, or None).
+    # Inbound QoS 2 taken, awaiting PUBREL: packet id -> what its PUBREC waits for (the commit's future, or None:
+    # an id loaded from the database, taken before the outbox restarted).
     incoming_qos2: dict[int, Any] = field(default_factory=dict)
     resend: set[int] = field(default_factory=set)  # in flight on an earlier connection: send again with DUP
     dropped: int = 0

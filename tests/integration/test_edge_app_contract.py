@@ -231,3 +231,81 @@ def test_a_resent_qos2_intent_is_acknowledged_only_once_the_first_copy_is_stored
         finally:
             for made in clients:
                 made.close()
+
+
+def _intents(data: Path) -> list[tuple[str, bytes]]:
+    conn = sqlite3.connect(data / "outbox.db")
+    try:
+        return conn.execute("SELECT id, payload FROM intents ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+
+
+def test_a_qos2_intent_resent_after_an_outbox_crash_is_stored_once_and_its_packet_id_freed_by_pubrel(
+    tmp_path: Path,
+) -> None:
+    """A persistent app's QoS 2 intent (no id of its own) was stored, and the outbox killed before its PUBREC
+    reached the app. The app sent it again (DUP, same packet id) to the restarted outbox, which had kept the
+    packet ids it had taken in memory only: it stored the intent a second time, under a new id, and the email
+    went out twice. The packet ids taken are now committed with their intents and freed by PUBREL."""
+    data = tmp_path / "data"
+    outbox = OutboxProcess(data, free_port())
+    body = json.dumps(email()).encode()
+    with outbox:
+        app = RawClient(outbox.port)
+        try:
+            app.connect("q2", clean=False)
+            app.send(p.Publish("outbox/app/email.send", body, 2, False, False, 7))
+            wait_until(lambda: len(_intents(data)) == 1, what="the intent stored")
+        finally:
+            app.close()  # its PUBREC, if written, is never read
+        outbox.kill()
+        outbox.start()
+        app = RawClient(outbox.port)
+        try:
+            assert app.connect("q2", clean=False).session_present
+            app.send(p.Publish("outbox/app/email.send", body, 2, False, True, 7))
+            assert app.receive() == p.PacketIdOnly(Type.PUBREC, 7)
+            app.send(p.PacketIdOnly(Type.PUBREL, 7))
+            assert app.receive() == p.PacketIdOnly(Type.PUBCOMP, 7)
+        finally:
+            app.close()
+        assert len(_intents(data)) == 1, "the resend stored as a second intent"
+        outbox.kill()
+        outbox.start()
+        app = RawClient(outbox.port)
+        try:  # packet id 7 was freed by its PUBREL, also across a crash: now another intent, sent again (DUP) as if
+            app.connect("q2", clean=False)  # its first send had been lost in the crash
+            second = json.dumps(email(text="Boiler 4 hot")).encode()
+            app.send(p.Publish("outbox/app/email.send", second, 2, False, True, 7))
+            assert app.receive() == p.PacketIdOnly(Type.PUBREC, 7)
+            app.send(p.PacketIdOnly(Type.PUBREL, 7))
+            assert app.receive() == p.PacketIdOnly(Type.PUBCOMP, 7)
+        finally:
+            app.close()
+        assert [payload for _id, payload in _intents(data)] == [body, second]
+
+
+def test_a_pubrel_resent_to_a_restarted_outbox_is_completed(tmp_path: Path) -> None:
+    """The app had the PUBREC of its stored QoS 2 intent, and the outbox was killed before its PUBREL: the
+    restarted outbox answers the PUBREL the app sends again with PUBCOMP, and the intent stays stored once."""
+    data = tmp_path / "data"
+    outbox = OutboxProcess(data, free_port())
+    with outbox:
+        app = RawClient(outbox.port)
+        try:
+            app.connect("q2", clean=False)
+            app.send(p.Publish("outbox/app/email.send", json.dumps(email("rel-1")).encode(), 2, False, False, 9))
+            assert app.receive() == p.PacketIdOnly(Type.PUBREC, 9)
+        finally:
+            app.close()
+        outbox.kill()
+        outbox.start()
+        app = RawClient(outbox.port)
+        try:
+            assert app.connect("q2", clean=False).session_present
+            app.send(p.PacketIdOnly(Type.PUBREL, 9))
+            assert app.receive() == p.PacketIdOnly(Type.PUBCOMP, 9)
+        finally:
+            app.close()
+        assert [intent_id for intent_id, _payload in _intents(data)] == ["rel-1"]

@@ -73,6 +73,7 @@ class Connect:
     raw: bytes = field(default=b"", repr=False)  # the whole packet, for an MQTT 5 decoder
     session_expiry: int | None = None  # MQTT 5: seconds the session outlives the connection (None: 3.1.1)
     receive_max: int | None = None  # MQTT 5: how many QoS 1/2 publishes the client takes in flight
+    max_packet: int | None = None  # MQTT 5: the largest packet the client takes (None: no limit but the protocol's)
 
 
 @dataclass(frozen=True, slots=True)

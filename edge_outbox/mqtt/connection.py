@@ -19,7 +19,7 @@ from edge_outbox.mqtt import dialect as d
 from edge_outbox.mqtt import qos2_in
 from edge_outbox.mqtt.answers import Answers
 from edge_outbox.mqtt.dialect import V311, Dialect, dialect_of
-from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, Message, Session
+from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, Message, Send, Session
 from edge_outbox.mqtt.topics import STATUS_SHAPE, may_match, may_publish, may_subscribe, valid_filter
 from edge_outbox.status import status_payload, status_topic
 from intent_contract import mqtt_packets as p
@@ -66,6 +66,7 @@ class Connection:
         # closing the connection made the client send it again on the next, for ever, and nothing behind it came.
         self._framer = p.CuttingFramer(endpoint.settings.max_packet, CUT_KEEP)
         self.dialect: Dialect = V311()
+        self._client_max: int | None = None  # MQTT 5: the largest packet the client takes
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.name = self.peer
@@ -142,10 +143,8 @@ class Connection:
         assert isinstance(connect, p.Connect)
         settings = self.endpoint.settings
         self.dialect = dialect_of(connect, settings.window, settings.max_packet)
-        if connect.level == 5:
-            decoded = self.dialect.decode(first, body)
-            assert isinstance(decoded, p.Connect)
-            connect = decoded
+        connect = d.whole_connect(self.dialect, first, body, connect)
+        self._client_max = connect.max_packet
         version = p.PROTOCOLS.get((connect.protocol, connect.level))
         if version is None:
             if connect.protocol not in ("MQTT", "MQIsdp"):
@@ -375,11 +374,23 @@ class Connection:
             if self._replay is not None and len(session.queue) < REPLAY_CHUNK:
                 await self._replay_some(session)
             for send in session.take():
-                message = send.message
-                self.writer.write(self.dialect.publish(message, send.packet_id, send.dup))
+                data = self.dialect.publish(send.message, send.packet_id, send.dup)
+                if self._client_max is not None and len(data) > self._client_max:
+                    self._not_sent(session, send, len(data))
+                    continue
+                self.writer.write(data)
             transport = self.writer.transport
             if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
                 await self.writer.drain()
+
+    def _not_sent(self, session: Session, send: Send, size: int) -> None:
+        """A message over the client's maximum packet size is dropped as if delivered [MQTT-3.1.2-25]: sent, the
+        client takes it as a protocol error and leaves, to be sent it again when it is back (a status for ever)."""
+        session.discard(send)
+        self.endpoint.log_input(
+            "client_max", "client %s: a message of %d bytes on %r is over its maximum packet size (%s): not sent",
+            self.name, size, send.message.topic[:100], self._client_max,
+        )  # fmt: skip
 
     async def _replay_some(self, session: Session) -> None:
         """Queue the next part of a replay request: the app's stored statuses after a seq, for this client only."""

@@ -147,6 +147,7 @@ class V5:
     def __init__(self, window: int, max_packet: int) -> None:
         self._window = window
         self._max_packet = max_packet
+        self.client_max: int | None = None  # the client's maximum packet size, once its CONNECT is read
 
     def decode(self, first: int, body: bytes) -> p.Packet:
         try:
@@ -175,7 +176,7 @@ class V5:
                 will = p.Will(w.topic, bytes(w.payload or b""), int(w.qos), w.retain)
             return p.Connect("MQTT", 5, packet.client_id, packet.clean_start, packet.keep_alive, will,
                              packet.username, packet.password, session_expiry=packet.session_expiry_interval,
-                             receive_max=packet.receive_max)  # fmt: skip
+                             receive_max=packet.receive_max, max_packet=packet.max_packet_size)  # fmt: skip
         kinds = {mqtt5.PubAckPacket: Type.PUBACK, mqtt5.PubRecPacket: Type.PUBREC,
                  mqtt5.PubRelPacket: Type.PUBREL, mqtt5.PubCompPacket: Type.PUBCOMP}  # fmt: skip
         for cls, kind in kinds.items():
@@ -226,12 +227,19 @@ class V5:
         )
 
     def ack(self, kind: Type, packet_id: int, verdict: Verdict = OK) -> bytes:
-        why = readable(verdict.why)[:200] or None  # an MQTT 5 string must not hold U+0000
+        data = self._ack(kind, packet_id, verdict.code, readable(verdict.why)[:200] or None)  # no U+0000 in MQTT 5
+        if self.client_max is not None and len(data) > self.client_max:
+            # The reason string is left out rather than go past the client's maximum [MQTT-3.4.2-2]
+            data = self._ack(kind, packet_id, verdict.code, None)
+        return data
+
+    @staticmethod
+    def _ack(kind: Type, packet_id: int, code: int, why: str | None) -> bytes:
         if kind is Type.PUBACK:
-            return bytes(mqtt5.PubAckPacket(packet_id, reason_code=mqtt5.PubAckReasonCode(verdict.code),
+            return bytes(mqtt5.PubAckPacket(packet_id, reason_code=mqtt5.PubAckReasonCode(code),
                                             reason_str=why).write())  # fmt: skip
         if kind is Type.PUBREC:
-            return bytes(mqtt5.PubRecPacket(packet_id, reason_code=mqtt5.PubRecReasonCode(verdict.code),
+            return bytes(mqtt5.PubRecPacket(packet_id, reason_code=mqtt5.PubRecReasonCode(code),
                                             reason_str=why).write())  # fmt: skip
         if kind is Type.PUBREL:
             return bytes(mqtt5.PubRelPacket(packet_id).write())
@@ -281,3 +289,14 @@ def _panicked(exc: BaseException) -> bool:
 def dialect_of(connect: p.Connect, window: int, max_packet: int) -> Dialect:
     """The dialect a CONNECT asks for (3.1.1 for any level but 5: an unknown level is refused in 3.1.1)."""
     return V5(window, max_packet) if connect.level == 5 else V311()
+
+
+def whole_connect(dialect: Dialect, first: int, body: bytes, connect: p.Connect) -> p.Connect:
+    """The CONNECT as its dialect reads it: an MQTT 5 one with its properties (read by the 3.1.1 codec first, to
+    learn its version), the client's maximum packet size then noted by the dialect."""
+    if not isinstance(dialect, V5):
+        return connect
+    decoded = dialect.decode(first, body)
+    assert isinstance(decoded, p.Connect)
+    dialect.client_max = decoded.max_packet
+    return decoded

@@ -239,6 +239,13 @@ class Session:
                 self.status.closed(message.seq)
         return packet_id in self.released
 
+    def discard(self, send: Send) -> None:
+        """What `take` handed out is not sent after all (too large for the client): as if it were delivered."""
+        if send.packet_id is not None:
+            self.inflight.pop(send.packet_id, None)
+        if send.message.seq and send.message.qos:
+            self.status.closed(send.message.seq)
+
     def pubcomp(self, packet_id: int) -> None:
         self.released.discard(packet_id)
 

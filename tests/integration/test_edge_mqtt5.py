@@ -25,7 +25,7 @@ from tests.support.net import free_port, release_paho, wait_until
 class App5:
     """A paho MQTT 5 client that records PUBACK reason codes and received statuses."""
 
-    def __init__(self, port: int, client_id: str, *, session_expiry: int = 0) -> None:
+    def __init__(self, port: int, client_id: str, *, session_expiry: int = 0, max_packet: int = 0) -> None:
         self.acks: dict[int, tuple[int, str]] = {}  # mid -> (reason code, reason string)
         self.statuses: list[tuple[dict[str, Any], Any]] = []  # (status, properties)
         self.connack: Any = None
@@ -38,6 +38,8 @@ class App5:
         props = Properties(PacketTypes.CONNECT)
         if session_expiry:
             props.SessionExpiryInterval = session_expiry
+        if max_packet:
+            props.MaximumPacketSize = max_packet
         client.connect("127.0.0.1", port, keepalive=30, clean_start=False, properties=props)
         client.loop_start()
         self.client = client
@@ -98,6 +100,32 @@ def test_puback_reason_codes_say_what_became_of_each_intent(outbox: OutboxProces
     finally:
         app.close()
     assert " ERROR " not in outbox.log()
+
+
+def test_nothing_over_the_clients_maximum_packet_size_is_sent_to_it(outbox: OutboxProcess) -> None:
+    """A client's maximum packet size was ignored: a status too large for it (a rejection's detail) was sent
+    anyway, which such a client takes as a protocol error [MQTT-3.1.2-24] and disconnects, to be sent it again
+    on its next connection. Now such a message is dropped as if delivered [MQTT-3.1.2-25], and what follows
+    comes."""
+    app = App5(outbox.port, "v5-small", session_expiry=3600, max_packet=300)
+    try:
+        app.subscribe("outbox/v5/status/#")
+        long_bad = app.publish("outbox/v5/email.send", {"id": "v5-long", "to": "x" * 150, "subject": "s", "text": "t"})
+        good = app.publish("outbox/v5/email.send", email("v5-short"))
+        wait_until(lambda: {long_bad, good} <= app.acks.keys(), what="PUBACKs")
+        assert app.acks[long_bad][0] == 0x99
+        wait_until(lambda: "v5-short" in app.ids_with("accepted"), what="the small status")
+        assert [s["id"] for s, _p in app.statuses] == ["v5-short"]
+    finally:
+        app.close()
+    tiny = App5(outbox.port, "v5-tiny", max_packet=100)
+    try:  # a PUBACK's reason string is left out rather than go past the maximum; its reason code stays
+        bad = tiny.publish("outbox/v5/email.send", {"id": "v5-tiny", "to": "x" * 150, "subject": "s", "text": "t"})
+        wait_until(lambda: bad in tiny.acks, what="PUBACK")
+        assert tiny.acks[bad] == (0x99, "")
+    finally:
+        tiny.close()
+    assert "v5-small" in outbox.log() and "maximum packet size" in outbox.log()
 
 
 def test_a_session_expiry_keeps_the_session_through_a_sigkill(outbox: OutboxProcess) -> None:

@@ -14,6 +14,7 @@ import logging
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from email.message import EmailMessage
@@ -51,6 +52,31 @@ class Security(StrEnum):
     STARTTLS = "starttls"
     TLS = "tls"
     NONE = "none"
+
+
+class MachineName:
+    """The name the bridge greets a relay with (EHLO): the machine's FQDN, looked up once, in a daemon thread of
+    its own started by the first email; the host name (no lookup) until that lookup has answered.
+
+    aiosmtplib looked the FQDN up (socket.getfqdn: a reverse lookup of the host name) for every message, in the
+    event loop's default pool and outside its own timeout: while reverse DNS did not answer, every email timed
+    out (smtp_connection) with the relay up, each leaving a thread of that pool blocked and its socket open.
+    """
+
+    def __init__(self) -> None:
+        self.fqdn: str | None = None
+        self._started = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._lock:
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._look_up, name="smtp-fqdn", daemon=True).start()
+        return self.fqdn or socket.gethostname()
+
+    def _look_up(self) -> None:
+        self.fqdn = socket.getfqdn()
 
 
 def message_id(idempotency_key: str) -> str:
@@ -162,6 +188,7 @@ class SmtpIntegration:
         self._context = context or tls_context(None)
         self._timeout = timeout
         self._lookups = BoundedThreads(concurrency, "smtp-dns")
+        self._name = MachineName()
         self._now = now
         self._masks: list[Secret] = []
         if password is not None:
@@ -246,6 +273,7 @@ class SmtpIntegration:
                 client = aiosmtplib.SMTP(
                     hostname=self._host,  # for TLS: SNI and the certificate's check
                     sock=sock,
+                    local_hostname=self._name(),
                     username=self._username,
                     password=self._password.reveal() if self._password is not None else None,
                     use_tls=self._security is Security.TLS,

@@ -17,6 +17,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate
 from enum import StrEnum
@@ -43,6 +44,10 @@ _OWN_HEADERS: Final = frozenset(
     {"from", "to", "cc", "reply-to", "subject", "date", "message-id", "mime-version", "content-type",
      "content-transfer-encoding"}
 )  # fmt: skip
+
+# The answer to a RCPT past the relay's limit of recipients per message (RFC 5321 4.5.3.1.10; Gmail's is 100):
+# not a refusal of that recipient, who gets the message in a further transaction.
+TOO_MANY_RECIPIENTS: Final = 452
 
 # Every C0 control (tab and NUL included), DEL, C1, and the Unicode line and paragraph separators.
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -77,6 +82,34 @@ class MachineName:
 
     def _look_up(self) -> None:
         self.fqdn = socket.getfqdn()
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What the relay took of one email: its answer to the data of each transaction, how many recipients it
+    refused, and how many were never sent because a later transaction broke off (and why)."""
+
+    answers: list[str] = field(default_factory=list)
+    refused: int = 0
+    unsent: int = 0
+    broke: str = ""
+
+    def detail(self) -> str:
+        parts = [self.answers[0] if self.answers else ""]
+        if len(self.answers) > 1:
+            parts.append(f"in {len(self.answers)} transactions")
+        if self.refused:
+            parts.append(f"{self.refused} recipients refused")
+        if self.unsent:
+            parts.append(f"{self.unsent} recipients not sent ({self.broke})")
+        return "; ".join(parts)
+
+
+def next_transaction(pending: list[str], errors: Mapping[str, aiosmtplib.SMTPResponse]) -> tuple[list[str], int]:
+    """After a transaction to `pending` the relay took, with `errors` its refusals: the recipients for a further
+    transaction (those past its limit per message, in order) and how many it refused."""
+    over = [r for r in pending if r in errors and errors[r].code == TOO_MANY_RECIPIENTS]
+    return over, len(errors) - len(set(over))
 
 
 def message_id(idempotency_key: str) -> str:
@@ -234,7 +267,7 @@ class SmtpIntegration:
         """Send one email; 5xx fails, 4xx and connection trouble are retried."""
         message, recipients = build_message(job, self._now())
         try:
-            errors, response = await self._send(message, recipients)
+            delivery = await self._send(message, recipients)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = sorted({r.code for r in exc.recipients})
             worst = max(codes, key=lambda c: (c >= 500, c))
@@ -251,22 +284,24 @@ class SmtpIntegration:
             # aiosmtplib's own check of an address it is to put on a command line ("a<@x" reads as "a<"):
             # it fails the same way on every attempt.
             raise PermanentError("an address cannot go on an SMTP command line", code="bad_message") from None
-        refused = f"; {len(errors)} recipients refused" if errors else ""
-        log.debug("email.send %s accepted by %s%s", message["Message-ID"], self._host, refused)
-        return Outcome(f"{self._scrub(response)}{refused}"[:200])
+        detail = delivery.detail()
+        log.debug("email.send %s accepted by %s: %s", message["Message-ID"], self._host, detail)
+        return Outcome(self._scrub(detail))
 
-    async def _send(
-        self, message: EmailMessage, recipients: list[str]
-    ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
-        """Send over a connection of its own: (refused recipients, the relay's answer to the message).
+    async def _send(self, message: EmailMessage, recipients: list[str]) -> Delivery:
+        """Send over a connection of its own, in as many transactions as the relay's limit of recipients per
+        message needs (those past it were counted refused, and never got the message).
 
         aiosmtplib's timeout bounds each reply, and a message takes one per recipient (up to 300) and about
         eight more: a relay answering each just in time held one email, and its slot, for hours. Up to the
         relay's answer to the data the call is bounded too. Not the QUIT after it: the message is the relay's
         by then, and a timeout there would have it sent again (aiosmtplib.send's QUIT was inside the bound).
+        For the same reason, once the relay has taken a transaction's data, a later one failing (or the bound
+        passing) is no error: its recipients are counted not sent.
         """
         sock: socket.socket | None = None
         client: aiosmtplib.SMTP | None = None  # once made, it owns the socket: its transport closes it
+        delivery, pending = Delivery(), recipients
         try:
             async with asyncio.timeout(CALL_TIMEOUTS * self._timeout):  # its TimeoutError is an OSError
                 sock = await self._connect()
@@ -283,17 +318,25 @@ class SmtpIntegration:
                 )
                 sock = None
                 await client.connect()
-                errors, response = await client.send_message(
-                    message, sender=str(message["From"]), recipients=recipients
-                )
+                while pending:  # each transaction the relay takes has at least one recipient fewer
+                    errors, response = await client.send_message(
+                        message, sender=str(message["From"]), recipients=pending
+                    )
+                    delivery.answers.append(response)
+                    pending, refused = next_transaction(pending, errors)
+                    delivery.refused += refused
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):  # sent: only QUIT's own timeout applies
                 await client.quit()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            if not delivery.answers:
+                raise
+            delivery.unsent, delivery.broke = len(pending), exc.__class__.__name__
         finally:
             if client is not None:
                 client.close()
             if sock is not None:  # connected, but no client took it
                 sock.close()
-        return errors, response
+        return delivery
 
     async def _connect(self) -> socket.socket:
         """A socket connected to the relay within `timeout`, its name looked up in the integration's own threads.

@@ -93,15 +93,19 @@ class SmsIntegration:
             # identity: the answer is read raw and bounded, so a compressed one (a bomb) is never inflated
             headers={"I-Twilio-Idempotency-Token": job.idempotency_key, "Accept-Encoding": "identity"},
         )
+        loop = asyncio.get_running_loop()
+        # httpx bounds each wait, not the call; the body's read is within the call's bound too: after an
+        # answer's head at the bound's end, the body was given `timeout` more (four of them in all).
+        deadline = loop.time() + CALL_TIMEOUTS * self._timeout
         try:
-            async with asyncio.timeout(CALL_TIMEOUTS * self._timeout):  # httpx bounds each wait, not the call
+            async with asyncio.timeout_at(deadline):
                 response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise transport_error(exc, self._host, prefix="sms") from None
         except TimeoutError:
             raise TransientError(f"no answer from {self._host} in time", code="sms_timeout") from None
         try:
-            answer = _answer(await _bounded_body(response, self._timeout))
+            answer = _answer(await _bounded_body(response, min(self._timeout, deadline - loop.time())))
         finally:
             await response.aclose()
         status = response.status_code

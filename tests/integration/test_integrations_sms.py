@@ -18,7 +18,7 @@ from aiohttp import web
 from cloud_bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.integrations.sms import SmsIntegration
-from tests.support.http_api import trickling_server
+from tests.support.http_api import late_answer_server, trickling_server
 from tests.support.net import free_port
 
 CANARY = "canary-SECRET-5f3a"
@@ -171,6 +171,20 @@ async def test_an_answer_that_never_ends_ends_the_call(server_cert_files: dict[s
     async with trickling_server(server_cert_files["cert"], server_cert_files["key"]) as port:
         error = await transient_error({**section_at(port, server_cert_files["ca"]), "timeout": 0.3})
     assert error.code == "sms_timeout"
+
+
+async def test_the_answers_body_is_read_within_the_calls_bound(server_cert_files: dict[str, Path]) -> None:
+    """The call was bounded by three timeouts up to the answer's head only, and its body was given one more:
+    an answer whose head came just before the bound held the call (and its slot) for four. Here the head comes
+    at 2.5 timeouts and the body 0.75 of one later, past the bound: the body is given up on, the sid unknown."""
+    body = json.dumps({"sid": "SM0123456789abcdef"}).encode()
+    cert, key, ca = server_cert_files["cert"], server_cert_files["key"], server_cert_files["ca"]
+    async with late_answer_server(cert, key, head_after=5.0, body_after=1.5, body=body) as port:
+        sms = SmsIntegration.from_config({**section_at(port, ca), "timeout": 2}, ENV)
+        try:
+            assert await sms.execute(JOB) == Outcome("HTTP 201 sid unknown")
+        finally:
+            await sms.aclose()
 
 
 async def test_canary_never_leaks(

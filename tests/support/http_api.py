@@ -183,6 +183,47 @@ class RotatingApi:
 
 
 @contextlib.asynccontextmanager
+async def late_answer_server(
+    cert: Path, key: Path, head_after: float, body_after: float, body: bytes
+) -> AsyncIterator[int]:
+    """An HTTPS server (on a free port, yielded) that answers any request 201: its head's bytes one every 0.1 s
+    until `head_after` seconds have passed (each wait for bytes short), then `body` after `body_after` more."""
+
+    clients: set[asyncio.StreamWriter] = set()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        clients.add(writer)
+        with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            loop = asyncio.get_running_loop()
+            head_at = loop.time() + head_after
+            writer.write(b"HTTP/1.1 201 Created\r\nX-Slow: ")
+            while loop.time() < head_at:
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.write(b"x")
+            writer.write(b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+            await writer.drain()
+            await asyncio.sleep(body_after)
+            writer.write(body)
+            await writer.drain()
+            await reader.read()
+        writer.close()
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    port = free_port()
+    server = await asyncio.start_server(answer, "127.0.0.1", port, ssl=context)
+    try:
+        yield port
+    finally:
+        server.close()
+        for client in clients:
+            client.transport.abort()
+        await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
 async def trickling_server(cert: Path, key: Path, interval: float = 0.05) -> AsyncIterator[int]:
     """An HTTPS server (on a free port, yielded) that answers any request with a status line and then one
     byte of a header every `interval`, for ever: each wait for bytes is short, the answer never ends."""

@@ -27,7 +27,13 @@ from cloud_bridge.config import parse_section
 from cloud_bridge.config.integrations import HttpConfig
 from cloud_bridge.errors import BridgeError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
-from cloud_bridge.integrations.http_credentials import HEADER_NAME, AuthKind, Credential, reserved_header
+from cloud_bridge.integrations.http_credentials import (
+    HEADER_NAME,
+    AuthKind,
+    Credential,
+    header_key,
+    reserved_header,
+)
 from cloud_bridge.integrations.http_status import CALL_TIMEOUTS, parse_retry_after, status_error
 from cloud_bridge.integrations.ssrf import GuardedResolver, SsrfGuard
 from cloud_bridge.integrations.tls import tls_context
@@ -150,7 +156,7 @@ class HttpIntegration:
                 raise PermanentError("header values must be single-line strings", code="bad_request")
             if not HEADER_NAME.fullmatch(name):
                 raise PermanentError("header names must be RFC 9110 tokens", code="bad_request")
-            if reserved_header(name) or name.lower() == credential.header.lower():
+            if reserved_header(name) or header_key(name) == header_key(credential.header):
                 raise PermanentError(f"header {name!r} is set by the bridge", code="http_header_forbidden")
             headers[name] = value
         header, secret_value = credential.auth_header()

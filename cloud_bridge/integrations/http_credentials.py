@@ -48,10 +48,21 @@ RESERVED_HEADERS: Final = frozenset(
 FORWARDING_PREFIX: Final = "x-forwarded-"
 
 
+def header_key(name: str) -> str:
+    """The name as CGI-style servers read it: case and `_` against `-` do not count.
+
+    WSGI, Rack and PHP (CGI) put both `X-Forwarded-Host` and `X_Forwarded_Host` in `HTTP_X_FORWARDED_HOST`, and
+    servers that do not drop names with `_` (older gunicorn and puma) passed `X_HTTP_Method_Override`
+    on as the override the bridge refuses.
+    """
+    return name.lower().replace("_", "-")
+
+
 def reserved_header(name: str) -> bool:
-    """Whether an app may not set header `name`: the bridge sets it, or it redirects what the provider does."""
-    lowered = name.lower()
-    return lowered in RESERVED_HEADERS or lowered.startswith(FORWARDING_PREFIX)
+    """Whether an app may not set header `name` (in any spelling `header_key` equates): the bridge sets it, or
+    it redirects what the provider does."""
+    key = header_key(name)
+    return key in RESERVED_HEADERS or key.startswith(FORWARDING_PREFIX)
 
 
 # RFC 9110 field names. A client that writes any name it is given sends 'Host:evil: x' as a Host header.

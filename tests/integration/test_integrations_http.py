@@ -64,6 +64,17 @@ async def test_basic_and_named_header_auth(
     assert api.requests[0]["body"] == b"GET"[:0] + b"raw"
 
 
+async def test_the_credentials_header_cannot_be_set_in_another_spelling(
+    api: Recorder, server_cert_files: dict[str, Path]
+) -> None:
+    """`X_Api_Key` is `HTTP_X_API_KEY` to a CGI-style server, as the bridge's `X-Api-Key` is: it went out."""
+    section = config(api.port, server_cert_files["ca"], auth="header", header="X-Api-Key")
+    job = make_job({"credential": "crm", "method": "GET", "path": "/x", "headers": {"X_API_KEY": "device-key"}})
+    error = await failure(HttpIntegration.from_config(section, ENV), job)
+    assert error.code == "http_header_forbidden"
+    assert api.requests == []
+
+
 @pytest.mark.parametrize(
     "where",
     [
@@ -135,6 +146,11 @@ async def test_method_unknown_credential_and_reserved_headers(http: HttpIntegrat
                 ("X-Forwarded-Host", "evil.example"),
                 ("x-forwarded-for", "10.0.0.1"),
                 ("Forwarded", "host=evil.example"),
+                # the same to CGI-style servers (HTTP_X_HTTP_METHOD_OVERRIDE), which older ones passed on
+                ("X_HTTP_Method_Override", "DELETE"),
+                ("X_Forwarded_Host", "evil.example"),
+                ("Idempotency_Key", "dev-2:i-1:1"),
+                ("Proxy_Authorization", "x"),
             ]
         ),
         ({**get, "headers": {"X-Note": "a\r\nAuthorization: x"}}, "bad_request"),

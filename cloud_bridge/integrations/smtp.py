@@ -275,6 +275,11 @@ class SmtpIntegration:
         except aiosmtplib.SMTPNotSupported as exc:
             raise PermanentError(f"SMTP server lacks a required feature: {self._scrub(str(exc))}",
                                  code="smtp_not_supported") from None  # fmt: skip
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            # The relay refused the bridge's credential, not the message: retried (as http_401 and sms_401 are),
+            # so that intents wait through a password rotation instead of failing.
+            detail = f"SMTP {exc.code} {self._scrub(exc.message)}: the relay refused the bridge's credential"
+            raise TransientError(detail, code=f"smtp_{exc.code}") from None
         except aiosmtplib.SMTPResponseException as exc:
             raise self._response_error(exc.code, exc.message) from None
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:

@@ -142,16 +142,19 @@ async def test_untrusted_certificate_is_refused(starttls_auth: Server) -> None:
     assert starttls_auth.sink.messages == []
 
 
-async def test_wrong_password_is_permanent_and_never_echoed(
+async def test_a_refused_password_is_retried_and_never_echoed(
     starttls_auth: Server, server_cert_files: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A relay refusing the bridge's AUTH (535) refuses its credential, not the message: it was a permanent
+    smtp_535, so a relay that switched to a new password before the bridge reloaded failed every email."""
     caplog.set_level(logging.DEBUG)
     section = {"host": "127.0.0.1", "port": starttls_auth.port, "username": "apikey",
                "password_env": "SMTP_PASSWORD", "ca_file": str(server_cert_files["ca"])}  # fmt: skip
     smtp = SmtpIntegration.from_config(section, {"SMTP_PASSWORD": CANARY + "-wrong"})
-    with pytest.raises(PermanentError) as info:
+    with pytest.raises(TransientError) as info:
         await smtp.execute(job(MAIL))
     assert info.value.code == "smtp_535"
+    assert starttls_auth.sink.messages == []
     good = SmtpIntegration.from_config(section, ENV)
     outcome = await good.execute(job(MAIL))
     for text in (str(info.value), repr(info.value), info.value.detail, repr(outcome), repr(smtp.__dict__), caplog.text):

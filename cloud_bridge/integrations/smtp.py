@@ -295,7 +295,7 @@ class SmtpIntegration:
 
     async def _send(self, message: EmailMessage, recipients: list[str]) -> Delivery:
         """Send over a connection of its own, in as many transactions as the relay's limit of recipients per
-        message needs (those past it were counted refused, and never got the message).
+        message needs (before, those past it were counted refused and never got the message).
 
         aiosmtplib's timeout bounds each reply, and a message takes one per recipient (up to 300) and about
         eight more: a relay answering each just in time held one email, and its slot, for hours. Up to the
@@ -306,7 +306,9 @@ class SmtpIntegration:
         """
         sock: socket.socket | None = None
         client: aiosmtplib.SMTP | None = None  # once made, it owns the socket: its transport closes it
-        delivery, pending = Delivery(), recipients
+        # Each address once: with one in both `to` and `bcc`, a 452 to its second RCPT after a 250 to its first
+        # sent it the message in the next transaction again.
+        delivery, pending = Delivery(), list(dict.fromkeys(recipients))
         try:
             async with asyncio.timeout(CALL_TIMEOUTS * self._timeout):  # its TimeoutError is an OSError
                 sock = await self._connect()

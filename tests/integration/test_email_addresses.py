@@ -114,7 +114,8 @@ def test_rcpt_to_carries_only_addresses_policy_allowed(
         assert result == "refused: policy_recipient", result
         assert sink.sessions == before_sessions
         return
-    assert sorted(got) == sorted([*to, *cc, *bcc])  # each as the device wrote it, nothing reinterpreted
+    # each as the device wrote it, nothing reinterpreted, once however often it was listed
+    assert sorted(got) == sorted({*to, *cc, *bcc})
     assert all(address.rpartition("@")[2].lower() == ALLOWED_DOMAIN for address in got), got
 
 

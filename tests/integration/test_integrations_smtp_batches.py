@@ -88,3 +88,11 @@ async def test_a_later_transaction_failing_does_not_send_the_first_again(relay: 
     outcome = await relay.smtp.execute(job(to, cc, []))
     assert outcome.detail == "2.0.0 queued as Q1; 30 recipients not sent (SMTPDataError)"
     assert [rcpts for rcpts, _ in relay.sink.messages] == [to]
+
+
+async def test_an_address_given_twice_gets_the_message_once(relay: Relay) -> None:
+    """Its first RCPT the 100th (250), its second past the limit (452): it got the message again in the next."""
+    to = [*addresses("to", 99), "desk@example.com"]
+    outcome = await relay.smtp.execute(job(to, [], ["desk@example.com", "audit@example.com"]))
+    assert outcome.detail == "2.0.0 queued as Q1; in 2 transactions"
+    assert [rcpts for rcpts, _ in relay.sink.messages] == [to, ["audit@example.com"]]

@@ -76,6 +76,9 @@ def run(
     log_format: LogFormat,
 ) -> None:
     """Run the bridge until SIGINT/SIGTERM; SIGHUP (or `cloud-bridge reload`) reloads the config."""
+    # Held from here until the node runs, then taken (one reload): a SIGHUP in the start's first second, before
+    # its handler, took the default action and killed the node (a `kill -HUP` or a log rotation after a restart).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     from cloud_bridge.node import Bridge  # noqa: PLC0415 - keeps the other commands quick to start
 
     node = node_id or default_node_id()  # the same name across reloads
@@ -121,6 +124,7 @@ def run(
             await bridge.start()
             tune_garbage_collector()
             click.echo(f"cloud-bridge listening: mqtts {settings.listen}, https {settings.http_listen}", err=True)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # one held since the start reloads now
             await stop.wait()
         finally:
             await bridge.stop()

@@ -5,10 +5,12 @@ socket only its owner can open."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import ssl
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +245,49 @@ def test_a_reload_refused_for_many_problems_prints_every_one(
         assert all(f"tenants.t{n}.policy.kinds.0: unknown kind" in result.stderr for n in range(120))
     finally:
         bridge.stop()
+
+
+def _hangup_held(pid: int) -> bool:
+    """Whether a SIGHUP sent to `pid` waits, blocked, to be taken (pending alone: it may be on its way)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    bit = 1 << (signal.SIGHUP - 1)
+    return all(int(fields[mask].strip(), 16) & bit for mask in ("ShdPnd", "SigBlk"))
+
+
+def _open_for_writing(fifo: Path) -> int | None:
+    """A write end of `fifo` once a reader has it open (blocked in its open), else None."""
+    try:
+        return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+
+
+def test_a_sighup_during_the_start_is_held_and_reloads_once_the_node_runs(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    """A SIGHUP before the node's handler was installed (reading its config, importing: its first second) took
+    the default action: the node died, by a `kill -HUP` or a log rotation right after a (re)start."""
+    text = config(free_port())
+    bridge = BridgeProcess(tmp_path, server_cert_files, config_text=text)
+    bridge.config.unlink()
+    os.mkfifo(bridge.config)  # the start's read of its config waits here until the test writes it
+    whole = tmp_path / "whole.toml"
+    whole.write_text(text)
+    starting = threading.Thread(target=bridge.start)
+    starting.start()
+    try:
+        fd = wait_until(lambda: _open_for_writing(bridge.config), 30, what="the node reading its config")
+        os.replace(whole, bridge.config)  # the reload after the start reads a plain file
+        assert bridge.proc is not None
+        bridge.proc.send_signal(signal.SIGHUP)
+        pid = bridge.proc.pid
+        wait_until(lambda: bridge.proc.poll() is not None or _hangup_held(pid), 15, what="the SIGHUP taken")
+        assert bridge.proc.poll() is None, f"the SIGHUP killed the starting node ({bridge.proc.returncode})"
+        os.write(fd, text.encode())
+        os.close(fd)
+        starting.join(60)
+        wait_until(lambda: "config reloaded (generation 2)" in bridge.log(), 15, what="the held SIGHUP's reload")
+    finally:
+        starting.join(60)
+        bridge.stop()
+    assert "generation 3" not in bridge.log()

@@ -251,18 +251,20 @@ def rotate_key_cmd(data_dir: Path, offline: bool) -> None:
     """Replace this device's key pair without a new enrollment code (proved with the current key).
 
     The bridge accepts the new key beside the old one until the new one's first use; from then on
-    the old key no longer works. Safe to run again when it failed halfway.
+    the old key no longer works. Safe to run again when it failed halfway; a second run while one runs is
+    refused.
     """
-    from edge_outbox.key_rotation import propose_offline, rotate_online  # noqa: PLC0415
+    from edge_outbox.key_rotation import one_rotation, propose_offline, rotate_online  # noqa: PLC0415
 
     identity = load_identity(data_dir)
     if identity is None:
         raise click.ClickException("not enrolled: there is no key to rotate")
-    if offline or not identity.http_url:
-        propose_offline(data_dir, identity, now_ms())
-        click.echo("the new key goes to the bridge in the next bundle; the receipt that accepts it switches to it")
-        return
-    rotate_online(data_dir, identity, now_ms())
+    with one_rotation(data_dir):
+        if offline or not identity.http_url:
+            propose_offline(data_dir, identity, now_ms())
+            click.echo("the new key goes to the bridge in the next bundle; the receipt that accepts it switches to it")
+            return
+        rotate_online(data_dir, identity, now_ms())
     click.echo(f"device {identity.device_id} signs with its new key; the old one ends at the new one's first use")
 
 

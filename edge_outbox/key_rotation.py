@@ -5,11 +5,18 @@ the next public key signed with the next key, inside a signature of the current 
 (cloud_bridge/device_keys.py). Once the bridge has it, the device signs with the next key; the
 bridge takes that first use as the switch, after which the old key no longer works. A proposal
 whose answer was lost is simply made again with the same next key.
+
+One rotation at a time (`one_rotation`): two runs at once proposed the same next key, and the second to hear
+back found next.key already made device.key by the first, and ended in a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,6 +35,26 @@ NEXT_KEY = "next.key"
 ROTATION_DOC = "rotation.doc"  # a proposal waiting for the next bundle (offline)
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def one_rotation(data_dir: Path) -> Iterator[None]:
+    """Held for one rotation: an exclusive flock on the identity directory (the kernel ends it with the process,
+    however it ends); TransientError at once when another rotation holds it."""
+    try:
+        fd = os.open(identity_dir(data_dir), os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise TransientError(f"cannot open {identity_dir(data_dir)}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TransientError(
+                f"another rotate-key is running on {data_dir}: wait for it to end (run it again if it failed)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def rotation_document(data_dir: Path, identity: Identity, now: int) -> bytes:

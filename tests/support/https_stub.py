@@ -1,4 +1,5 @@
-"""HTTPS servers on loopback, in a thread (trustme certificates): one fixed answer, or a relay that loses answers."""
+"""HTTPS servers on loopback, in a thread (trustme certificates): one fixed answer, or a relay that loses answers
+or holds the first."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def https_answering(ca: trustme.CA, status: int, body: bytes) -> Iterator[int]:
 class Relay:
     port: int
     statuses: list[int] = field(default_factory=list)  # what the target answered, in order
+    held: threading.Event = field(default_factory=threading.Event)  # https_holding_first: the first POST came
+    release: threading.Event = field(default_factory=threading.Event)  # https_holding_first: relay it now
 
     @property
     def url(self) -> str:
@@ -84,6 +87,45 @@ def https_losing_answers(ca: trustme.CA, target: str, target_ca: Path, lose: int
 
     with _serving(ca, Handler) as relay.port:
         yield relay
+
+
+@contextlib.contextmanager
+def https_holding_first(ca: trustme.CA, target: str, target_ca: Path, path: str) -> Iterator[Relay]:
+    """Relay every POST on 127.0.0.1 to `target` (an https:// origin verified with `target_ca`); the first one to
+    `path` waits until `relay.release` is set (`relay.held` says it came), the others go at once."""
+    relay = Relay(0)
+    target_context = ssl.create_default_context(cafile=str(target_ca))
+    first = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if self.path == path and first.acquire(blocking=False):
+                relay.held.set()
+                relay.release.wait(30)
+            request = urllib.request.Request(
+                target + self.path, data=body, method="POST", headers={"Content-Type": self.headers["Content-Type"]}
+            )
+            try:
+                with urllib.request.urlopen(request, context=target_context, timeout=30) as response:
+                    status, answer = response.status, response.read()
+            except urllib.error.HTTPError as exc:
+                status, answer = exc.code, exc.read()
+            relay.statuses.append(status)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    with _serving(ca, Handler) as relay.port:
+        try:
+            yield relay
+        finally:
+            relay.release.set()
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from edge_outbox.db import DB_NAME, IntentRow
 from edge_outbox.health import problems
 from edge_outbox.identity import Identity
 from edge_outbox.link_rate import drain_seconds
-from edge_outbox.lock import ATTACH_KEY, INTAKE_KEY, LINK_KEY
+from edge_outbox.lock import ATTACH_KEY, BEAT_KEY, INTAKE_KEY, LINK_KEY
 from edge_outbox.ops import Summary
 from intent_contract.console import cell, plain_console
 from intent_contract.timefmt import format_age, format_ms
@@ -159,6 +159,7 @@ def report_problems(live: dict[str, Any], max_offline_s: float, *, revoked: bool
     intake = live.get(INTAKE_KEY) or {}
     attach = live.get(ATTACH_KEY) or {}
     held_since = intake.get("held_since")
+    beat = live.get(BEAT_KEY)
     return problems(
         link_state=link["state"] if link else None,
         link_since_ms=int(link["since"]) if link else None,
@@ -168,4 +169,5 @@ def report_problems(live: dict[str, Any], max_offline_s: float, *, revoked: bool
         max_offline_s=max_offline_s,
         revoked=revoked,
         attach_down_since_ms=attach.get("down_since_ms"),
+        silent_s=(now_ms() - beat) / 1000 if isinstance(beat, int) and not isinstance(beat, bool) else None,
     )

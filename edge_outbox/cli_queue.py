@@ -37,7 +37,8 @@ def status(data_dir: Path, max_offline: float, as_json: bool) -> None:
     """Counts per state, bytes used, the oldest pending intent, the link and whether intake is held.
 
     Exits 1 when unhealthy (revoked, intake paused, no link for longer than --max-offline, in attach mode no
-    connection to the site broker for longer than 60 s or --max-offline), 0 otherwise.
+    connection to the site broker for longer than 60 s or --max-offline, the running outbox's heartbeat over
+    60 s old), 0 otherwise.
     """
     identity = load_identity(data_dir)
     with connection(data_dir) as conn:

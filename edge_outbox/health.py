@@ -4,6 +4,10 @@ from __future__ import annotations
 
 DEFAULT_MAX_OFFLINE_S = 3600.0
 ATTACH_GRACE_S = 60.0  # attach mode: a broker connection down longer than this (or than max_offline_s) is a fault
+# The running outbox's housekeeping records a heartbeat at least every BEAT_EVERY_S (edge_outbox.lock); one older
+# than SILENT_AFTER_S means its event loop or its housekeeping is stuck, and what it recorded is stale.
+BEAT_EVERY_S = 10.0
+SILENT_AFTER_S = 60.0
 
 
 def problems(
@@ -16,6 +20,7 @@ def problems(
     max_offline_s: float = DEFAULT_MAX_OFFLINE_S,
     revoked: bool = False,
     attach_down_since_ms: int | None = None,
+    silent_s: float | None = None,
 ) -> list[str]:
     """What is wrong, in words; empty when healthy.
 
@@ -25,7 +30,8 @@ def problems(
     holds the apps' acknowledgements); the link to the bridge has been down longer than
     `max_offline_s` (None: not enrolled or not forwarding, which is not a fault here); in attach mode, the
     connection to the site's broker, through which every intent comes, has been down longer than ATTACH_GRACE_S
-    (or `max_offline_s` if shorter).
+    (or `max_offline_s` if shorter); the outbox's heartbeat is `silent_s` old, more than SILENT_AFTER_S (None:
+    none to judge).
     """
     found: list[str] = []
     if revoked or link_state == "revoked":
@@ -41,4 +47,9 @@ def problems(
         down_s = max(0.0, (now_ms - attach_down_since_ms) / 1000)
         if down_s > min(max_offline_s, ATTACH_GRACE_S):
             found.append(f"not attached to the site broker for {down_s:.0f} s: no intent is taken")
+    if silent_s is not None and silent_s > SILENT_AFTER_S:
+        found.append(
+            f"no heartbeat from the outbox for {silent_s:.0f} s (more than {SILENT_AFTER_S:.0f} s): its event loop or"
+            " its housekeeping is stuck, and what it last recorded may be stale"
+        )
     return found

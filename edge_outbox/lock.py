@@ -19,6 +19,10 @@ could not commit that record, so status read the last one written, saw intake wo
 the outbox held every acknowledgement. The file's space is allocated when the lock is taken and each record
 is written over it in place, so recording needs no new block of the disk (and no fsync: a record is about
 a running process, and the lock says whether one runs).
+
+The running outbox's records carry the time they were written (BEAT_KEY), one at least every
+health.BEAT_EVERY_S, changed or not: the lock says that a process runs, not that it works, and an outbox whose
+event loop hung (a blocking call) kept its lock, and status trusted its last record as current.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ LINK_KEY = "link"  # the link to the bridge (edge_outbox.forward_wire.LinkSnapsh
 INTAKE_KEY = "intake"  # held publishes (full queue or disk): edge_outbox.intake.IntakeHealth
 MAX_OFFLINE_KEY = "max_offline_s"  # the running outbox's --max-offline, by which its /healthz judges the link
 ATTACH_KEY = "attach"  # attach mode: since when the broker connection is down (null: attached)
+# The running outbox's heartbeat (wall ms), which edge_outbox.health judges; a holder that writes none (`flush`
+# with no outbox running) is not judged by it.
+BEAT_KEY = "beat_ms"
 _READ_TRIES = 3  # a read that met a record half written reads again
 
 
@@ -79,7 +86,8 @@ class DataDirLock:
             return False
         text = json.dumps({**self._about, **live}).encode()
         if len(text) > RECORD_BYTES:
-            text = json.dumps({**self._about, "record": "too large"}).encode()
+            beat = {k: v for k, v in live.items() if k == BEAT_KEY}
+            text = json.dumps({**self._about, "record": "too large", **beat}).encode()
         try:
             os.pwrite(self._fd, text.ljust(RECORD_BYTES), 0)
         except OSError:

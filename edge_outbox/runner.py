@@ -24,9 +24,10 @@ from edge_outbox.errors import StorageError
 from edge_outbox.fleet_link import disk_facts
 from edge_outbox.fleet_report import EdgeFacts
 from edge_outbox.forwarder import Forwarder
+from edge_outbox.health import BEAT_EVERY_S
 from edge_outbox.identity import load_identity
 from edge_outbox.intake import Intake
-from edge_outbox.lock import ATTACH_KEY, INTAKE_KEY, LINK_KEY, MAX_OFFLINE_KEY, DataDirLock
+from edge_outbox.lock import ATTACH_KEY, BEAT_KEY, INTAKE_KEY, LINK_KEY, MAX_OFFLINE_KEY, DataDirLock
 from edge_outbox.mqtt.ports import EndpointSettings
 from edge_outbox.mqtt.server import MqttEndpoint
 from edge_outbox.ops import QueueLimits
@@ -70,6 +71,8 @@ class Outbox:
         self._tasks: list[asyncio.Task[None]] = []
         self._device_id: str | None = None  # the identity enrolled when the outbox started
         self.revoked = False  # the bridge said this device is revoked: every new intent is ended
+        self._beat = time.monotonic()  # the last heartbeat: a housekeeping tick, and the last record written
+        self._recorded_at = self._beat
 
     def _on_events(self, seen: event_log.EventsSeen) -> None:
         if self.feed is not None:
@@ -96,7 +99,8 @@ class Outbox:
         s = self.settings
         where = f"attached to {s.attach.url}" if s.attach else f"listening on {s.listen_host}:{s.listen_port}"
         # max_offline_s: `edge-outbox status` given no --max-offline judges as this outbox's /healthz does.
-        self._lock.acquire({"where": where, "started": now_ms(), MAX_OFFLINE_KEY: s.max_offline_s})
+        started = now_ms()
+        self._lock.acquire({"where": where, "started": started, MAX_OFFLINE_KEY: s.max_offline_s, BEAT_KEY: started})
         try:
             await self._start(where)
         except BaseException:
@@ -196,6 +200,7 @@ class Outbox:
             apps_connected=self._transport.connected if isinstance(self._transport, MqttEndpoint) else 0,
             revoked=self.revoked,
             attach_down_since_ms=self._attach_down_since_ms(),
+            silent_s=time.monotonic() - self._beat,
         )
 
     def _edge_facts(self) -> EdgeFacts:
@@ -246,10 +251,15 @@ class Outbox:
         return live
 
     def _record_live(self, recorded: dict[str, Any]) -> dict[str, Any]:
-        """Record what changed since `recorded` in the lock file; returns what is recorded now."""
+        """Record what changed since `recorded` in the lock file, or the heartbeat alone when it is due; returns
+        what is recorded now."""
+        self._beat = time.monotonic()
         live = self._live()
-        if live != recorded and not self._lock.record(live):
+        if live == recorded and self._beat - self._recorded_at < BEAT_EVERY_S:
+            return live
+        if not self._lock.record({**live, BEAT_KEY: now_ms()}):
             return recorded  # tried again next tick
+        self._recorded_at = self._beat
         return live
 
     async def _housekeeping(self) -> None:

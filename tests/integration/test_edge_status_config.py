@@ -6,6 +6,7 @@ and one given a shorter one was called healthy long after /healthz said not."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.edge import cli
+from edge_outbox import lock
+from tests.support.edge import OutboxProcess, cli
 from tests.support.net import free_port, wait_for_port, wait_until
-from tests.support.offline_site import enrolled_site
+from tests.support.offline_site import backlog, enrolled_site
 from tests.support.sneakernet import cut_off
 
 
@@ -89,3 +91,54 @@ def test_status_without_max_offline_judges_as_the_running_outbox_does(tmp_path: 
         outbox.terminate()
         outbox.wait(15)
         log.close()
+
+
+@pytest.mark.timeout(120)
+def test_status_says_unhealthy_when_the_running_outbox_has_not_beaten_for_a_minute(tmp_path: Path) -> None:
+    """An outbox whose event loop hung (here: stopped) keeps its lock, and status trusted the last record it wrote,
+    exit 0, however long ago. Status a minute and a half later (faketime) sees its heartbeat stale."""
+    metrics = free_port()
+    outbox = OutboxProcess(tmp_path / "edge", free_port(), "--metrics", f"127.0.0.1:{metrics}").start()
+    later = ["faketime", "-f", "+90s", sys.executable, "-m", "edge_outbox", "status", "--json"]
+    try:
+        wait_for_port(metrics)
+        assert cli(outbox.data_dir, "status").returncode == 0
+        assert outbox.proc is not None
+        outbox.proc.send_signal(signal.SIGSTOP)  # a hung event loop
+        stale = subprocess.run(
+            [*later, "--data-dir", str(outbox.data_dir)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert stale.returncode == 1, stale.stdout + stale.stderr
+        [problem] = json.loads(stale.stdout)["problems"]
+        assert problem.startswith("no heartbeat from the outbox for 9")
+        assert "(more than 60 s): its event loop or its housekeeping is stuck" in problem
+        outbox.proc.send_signal(signal.SIGCONT)
+        assert cli(outbox.data_dir, "status").returncode == 0
+    finally:
+        assert outbox.proc is not None
+        outbox.proc.send_signal(signal.SIGCONT)
+        outbox.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_flush_holding_the_lock_is_not_judged_by_the_heartbeat(tmp_path: Path) -> None:
+    """`flush` with no outbox running holds the outbox's lock and records no heartbeat (it runs no housekeeping):
+    a health check during a flush of a few minutes must not call it stuck."""
+    site = enrolled_site(tmp_path)
+    cut_off(site)
+    backlog(site, 1)
+    flushing = subprocess.Popen(
+        [sys.executable, "-m", "edge_outbox", "flush", "--timeout", "5m", "--data-dir", str(site)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: lock.running(site), what="the flush holding the lock")
+        later = subprocess.run(
+            ["faketime", "-f", "+90s", sys.executable, "-m", "edge_outbox", "status", "--json", f"--data-dir={site}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert later.returncode == 0, later.stdout + later.stderr
+        assert json.loads(later.stdout)["running"]["where"] == "edge-outbox flush"
+    finally:
+        flushing.terminate()
+        flushing.wait(30)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge_outbox.health import problems
+from edge_outbox.health import SILENT_AFTER_S, problems
 
 NOW = 1_000_000_000
 
@@ -51,3 +51,20 @@ def test_a_stored_revocation_is_a_problem_whatever_the_link_says() -> None:
             revoked=True,
         )
         assert found == ["this device was revoked at the bridge"]
+
+
+def test_a_heartbeat_older_than_a_minute_is_a_problem() -> None:
+    """The running outbox's heartbeat: none to judge, fresh, at the limit, past it."""
+    found = {
+        silent: problems(
+            link_state=None,
+            link_since_ms=None,
+            intake_held_since_ms=None,
+            intake_reason="",
+            now_ms=NOW,
+            silent_s=silent,
+        )
+        for silent in (None, 5.0, SILENT_AFTER_S, SILENT_AFTER_S + 1)
+    }
+    assert [bool(f) for f in found.values()] == [False, False, False, True]
+    assert found[SILENT_AFTER_S + 1][0].startswith("no heartbeat from the outbox for 61 s (more than 60 s)")

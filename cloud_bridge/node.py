@@ -112,6 +112,7 @@ class Bridge:
         self._servers: list[HttpServer] = []
         self._control: ControlServer | None = None
         self._reload_lock = asyncio.Lock()
+        self._stopping = False  # a reload from then on is refused; one under way ends before the stop goes on
         self.generation = 1  # the config in force: 1 at start, one more for each reload applied
         self._opened = False
         self.fleet_desk: FleetDesk | None = None
@@ -275,6 +276,8 @@ class Bridge:
         if self._load is None or self.service is None or self._executor is None:
             raise ConfigError("this bridge was not started with a config it can read again")
         async with self._reload_lock:
+            if self._stopping:
+                raise ConfigError("the bridge is stopping: nothing was reloaded")
             try:
                 new = await own_thread(self._load)  # the file and the secret files: blocking reads
                 changed = restart_only_changes(self.settings, new)
@@ -370,7 +373,12 @@ class Bridge:
         return self.listener is not None and device_id in self.listener.revoked
 
     async def stop(self) -> None:
-        """Stop in reverse order; safe after a failed start."""
+        """Stop in reverse order, after a reload under way; safe after a failed start."""
+        self._stopping = True  # a reload went on under a stop: its integrations swapped in, open, never closed
+        if self._reload_lock.locked():
+            logger.info("stopping: the stop waits for the reload under way")
+        async with self._reload_lock:
+            pass
         if self._control is not None:
             await self._control.stop()
         if self.retention is not None:

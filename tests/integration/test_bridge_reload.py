@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import threading
@@ -311,3 +312,48 @@ async def test_a_reload_builds_the_integrations_off_the_event_loop(
         async with aiohttp.ClientSession() as http, http.get(url) as response:
             assert response.status == 200
     assert built_in and threading.get_ident() not in built_in  # before: the event loop's own thread
+
+
+async def test_a_stop_during_a_reload_waits_for_it_and_closes_what_it_built(
+    tmp_path: Path, server_cert_files: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SIGTERM while a reload read its files: the node stopped under it, and the reload then carried on against
+    the stopped node, swapped in the integrations it built (an SMS client open) and nobody closed them."""
+    token_file, config = tmp_path / "token", tmp_path / "bridge.toml"
+    token_file.write_text(OLD)
+    config.write_text(
+        f'[integrations.sms]\naccount_sid = "AC1"\nauth_token_file = "{token_file}"\nfrom = "+15550100"\n'
+    )
+    caplog.set_level(logging.INFO, logger="cloud_bridge.node")
+    ports = {f: f"127.0.0.1:{free_port()}" for f in ("listen", "http_listen")}
+    entered, release = threading.Event(), threading.Event()
+    loads = 0
+
+    def load() -> BridgeSettings:
+        nonlocal loads
+        loads += 1
+        if loads > 1:  # the reload's: held while the stop begins
+            entered.set()
+            release.wait(30)
+        return build_settings(
+            data_dir=tmp_path / "data", env={}, config_path=config, tls_cert=server_cert_files["cert"],
+            tls_key=server_cert_files["key"], node_id="node-a", **ports,
+        )  # fmt: skip
+
+    bridge = Bridge(load(), load=load)
+    await bridge.start()
+    started = bridge.integrations["sms.send"]
+    reloading = asyncio.create_task(bridge.reload())
+    await asyncio.to_thread(entered.wait, 30)
+    stopping = asyncio.create_task(bridge.stop())
+    waits = "the stop waits for the reload under way"
+    await until(lambda: stopping.done() or waits in caplog.text, what="the stop under way")
+    release.set()
+    await stopping
+    with contextlib.suppress(ConfigError):
+        await reloading
+    assert bridge.integrations["sms.send"] is not started  # the reload applied, before the stop went on
+    for integration in (started, bridge.integrations["sms.send"]):
+        assert integration._client.is_closed  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="the bridge is stopping"):
+        await bridge.reload()

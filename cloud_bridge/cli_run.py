@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from cloud_bridge.settings import BridgeSettings, default_node_id
 from intent_contract.logs import LogFormat
 from intent_contract.logs import configure as configure_logging
 from intent_contract.runtime import tune_garbage_collector
+from intent_contract.service_notify import READY, STOPPING, notify
 
 
 @click.command()
@@ -82,6 +84,7 @@ def run(
     from cloud_bridge.node import Bridge  # noqa: PLC0415 - keeps the other commands quick to start
 
     node = node_id or default_node_id()  # the same name across reloads
+    notify_socket = os.environ.get("NOTIFY_SOCKET")  # systemd's, for Type=notify (intent_contract.service_notify)
 
     def load() -> BridgeSettings:
         return settings_from(
@@ -125,8 +128,10 @@ def run(
             tune_garbage_collector()
             click.echo(f"cloud-bridge listening: mqtts {settings.listen}, https {settings.http_listen}", err=True)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # one held since the start reloads now
+            notify(notify_socket, READY)
             await stop.wait()
         finally:
+            notify(notify_socket, STOPPING)
             await bridge.stop()
 
     run_async(serve())

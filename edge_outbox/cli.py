@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,7 @@ def run(
         else ForwarderSettings(windows=windows, health_interval_s=health_interval),
     )
     configure_logging(log_level, log_format)
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, notify_socket=os.environ.get("NOTIFY_SOCKET")))  # systemd's, for Type=notify
 
 
 @main.command(name="hash-password")

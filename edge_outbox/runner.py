@@ -37,6 +37,7 @@ from edge_outbox.status import StatusFeed
 from edge_outbox.store import Store
 from intent_contract.ids import IdGenerator
 from intent_contract.runtime import tune_garbage_collector
+from intent_contract.service_notify import READY, STOPPING, notify
 
 log = logging.getLogger(__name__)
 
@@ -354,8 +355,12 @@ def _prune_events(conn: sqlite3.Connection, wanted_after: int, before: int, limi
     return retention.prune_events(conn, upto, before, limit)
 
 
-async def serve(settings: OutboxSettings, ready: Callable[[], Awaitable[None] | None] | None = None) -> None:
-    """Run until SIGINT or SIGTERM."""
+async def serve(
+    settings: OutboxSettings,
+    ready: Callable[[], Awaitable[None] | None] | None = None,
+    notify_socket: str | None = None,
+) -> None:
+    """Run until SIGINT or SIGTERM; tells systemd at `notify_socket` (Type=notify) once it serves, and as it stops."""
     outbox = Outbox(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -368,6 +373,8 @@ async def serve(settings: OutboxSettings, ready: Callable[[], Awaitable[None] | 
         result = ready()
         if result is not None:
             await result
+    notify(notify_socket, READY)
     await stop.wait()
     log.info("stopping")
+    notify(notify_socket, STOPPING)
     await outbox.stop()

@@ -138,6 +138,13 @@ def test_stop_is_sigterm_with_a_grace_period_and_restart_on_failure() -> None:
         assert service["TimeoutStopSec"] == "30s"
 
 
+def test_both_services_are_started_when_they_say_so() -> None:
+    """Type=notify: each says READY=1 once it serves (tests/integration/test_service_notify.py)."""
+    for name in ("cloud-bridge.service", "edge-outbox.service"):
+        service = unit(UNITS / name)["Service"]
+        assert (service["Type"], service["NotifyAccess"]) == ("notify", "main"), name
+
+
 def test_the_health_timer_runs_the_health_check() -> None:
     timer = unit(UNITS / "edge-outbox-health.timer")
     assert timer["Install"]["WantedBy"] == "timers.target"

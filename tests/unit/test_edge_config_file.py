@@ -19,7 +19,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[OutboxSettings]:
     """`run` builds its settings and hands them to serve(); keep them instead of serving."""
     seen: list[OutboxSettings] = []
 
-    async def fake_serve(settings: OutboxSettings, *_: Any) -> None:
+    async def fake_serve(settings: OutboxSettings, *_: Any, **__: Any) -> None:
         seen.append(settings)
 
     monkeypatch.setattr(runner, "serve", fake_serve)

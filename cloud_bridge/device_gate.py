@@ -55,25 +55,27 @@ class DeviceGate:
 
     async def authenticate(
         self, client_id: str | None, username: str | None, password: str | bytes | None, address: str = ""
-    ) -> bool:
-        """True when the CONNECT (from source `address`) may proceed; every refusal is counted (`on_refused`,
-        telemetry) and logged with a code and the address, never the token, at most once a second per code."""
+    ) -> str | None:
+        """The device key (PEM) the CONNECT (from source `address`) proved, or None when it is refused: every
+        refusal is counted (`on_refused`, telemetry) and logged with a code and the address, never the token,
+        at most once a second per code. The session lives while that key authenticates the device
+        (revocations.py ends it when the key is replaced)."""
         device: Device | None = None
         try:
             device = await self._lookup(client_id, username)
-            await self._check(device, password)
+            key = await self._check(device, password)
         except BridgeError as exc:
             # Not only AuthError: a store that cannot be read (the database is down) refuses too.
             self._refused(exc.code if isinstance(exc, AuthError) else "store_unavailable", device, username, address)
-            return False
+            return None
         except Exception:  # noqa: BLE001 - logged with its traceback in _refused
             # A fault of ours (a stored row this version cannot read, a bug): refused like the rest, with its
             # traceback; before, it went past the door's handler to asyncio's "Task exception was never retrieved".
             self._refused("internal_error", device, username, address, exc_info=True)
-            return False
+            return None
         if self._telemetry is not None:
             self._telemetry.connected(device.device_id, address, self._clock())
-        return True
+        return key
 
     def _refused(
         self, code: str, device: Device | None, username: str | None, address: str, *, exc_info: bool = False
@@ -101,7 +103,7 @@ class DeviceGate:
             raise AuthError("unknown device", code="unknown_device")
         return device
 
-    async def _check(self, device: Device, password: str | bytes | None) -> None:
+    async def _check(self, device: Device, password: str | bytes | None) -> str:
         if isinstance(password, bytes):
             password = password.decode("utf-8", "replace")
         if not password:
@@ -111,10 +113,12 @@ class DeviceGate:
         now = self._clock()
         token = password
 
-        def verify(key: str) -> TokenClaims:
-            return verify_device_token(
+        def verify(key: str) -> tuple[str, TokenClaims]:
+            claims = verify_device_token(
                 token, device_id=device.device_id, public_key_pem=key, audience=self._audience, now=now
             )
+            return key, claims
 
-        claims = await own_thread(verify_with_device_key, self._registry, device, verify, self._clock)
+        key, claims = await own_thread(verify_with_device_key, self._registry, device, verify, self._clock)
         await self._replay.check_and_add(claims, now)
+        return key

@@ -47,8 +47,8 @@ class DeviceEvents(Protocol):
 
     async def authenticate(
         self, client_id: str | None, username: str | None, password: str | bytes | None, address: str = ""
-    ) -> bool:
-        """True when this CONNECT (from source `address`) may proceed."""
+    ) -> str | None:
+        """The device key (PEM) this CONNECT (from source `address`) proved, or None when it may not proceed."""
 
     def allowed(self, device_id: str | None, topic: str, access: Access) -> bool:
         """The topic ACL; `device_id` is None for a session whose client id is not its username."""
@@ -75,6 +75,9 @@ class DeviceFrontDoor(Protocol):
     def connected(self) -> list[str]:
         """Ids of the devices with a live connection."""
 
+    def session_keys(self) -> dict[str, str]:
+        """Device id -> the key its live connection authenticated with."""
+
     def holds(self, device_id: str) -> bool:
         """True when the device has a live connection here."""
 
@@ -84,8 +87,8 @@ class DeviceFrontDoor(Protocol):
     def send(self, device_id: str, topic: str, data: bytes) -> bool:
         """Start a QoS 1 send if the device is connected and subscribed to `topic`; False if not."""
 
-    async def drop(self, device_id: str) -> bool:
-        """Close the device's connection now; True if there was one."""
+    async def drop(self, device_id: str, key: str | None = None) -> bool:
+        """Close the device's connection now (only one opened with `key`, when given); True if there was one."""
 
 
 FrontDoorFactory = Callable[[Sequence[Listen], DeviceEvents], DeviceFrontDoor]

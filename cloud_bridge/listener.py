@@ -4,7 +4,7 @@
 that decide: CONNECT goes to the `DeviceGate` (device_gate.py), each topic to the ACL (topic_acl.py);
 permitted publishes and acks subscriptions go to a MessageSink (the service), health reports and
 diagnoses to a ReportSink (the fleet desk). It runs the door (`mqtt_door`) and the revocation watcher
-(revocations.py), which drops revoked devices' sessions.
+(revocations.py), which drops revoked devices' sessions and those opened with a key that was replaced.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class BridgeListener:
         self._refusal_logs = LogThrottles(REFUSAL_LOG_INTERVAL)
         self._on_topic_refused = on_topic_refused  # counts every refusal (the log line is throttled)
         self._revocations = RevocationWatcher(
-            registry, settings.revocation_poll, connected=self.connected, drop=self.drop
+            registry, settings.revocation_poll, sessions=self._door.session_keys, drop=self._end_session
         )
 
     @property
@@ -90,7 +90,7 @@ class BridgeListener:
 
     async def authenticate(
         self, client_id: str | None, username: str | None, password: str | bytes | None, address: str = ""
-    ) -> bool:
+    ) -> str | None:
         return await self._gate.authenticate(client_id, username, password, address)
 
     def allowed(self, device_id: str | None, topic: str, access: Access) -> bool:
@@ -160,9 +160,14 @@ class BridgeListener:
         """New connections get this certificate and key."""
         self._door.use_tls(context)
 
-    async def drop(self, device_id: str) -> bool:
-        """Close the device's connection now; True if there was one."""
-        dropped = await self._door.drop(device_id)
-        if dropped:
+    async def _end_session(self, device_id: str, key: str | None) -> bool:
+        """Close a revoked device's connection (`key` None), or the one opened with `key`, a key that ended."""
+        dropped = await self._door.drop(device_id, key)
+        if dropped and key is None:
             logger.warning("revoked device disconnected", extra={"device_id": device_id, "code": "device_revoked"})
+        elif dropped:
+            logger.warning(
+                "device session disconnected: the key it connected with was replaced (key rotation) or revoked",
+                extra={"device_id": device_id, "code": "key_replaced"},
+            )
         return dropped

@@ -75,6 +75,7 @@ class _Link:
 class _Connection:
     link: _Link
     device_id: str = ""
+    key: str = ""  # the device key it authenticated with
     subscriptions: set[str] = field(default_factory=set)
     next_id: int = 1
     closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -159,6 +160,9 @@ class MqttFrontDoor:
     def connected(self) -> list[str]:
         return list(self._connections)
 
+    def session_keys(self) -> dict[str, str]:
+        return {device_id: connection.key for device_id, connection in self._connections.items()}
+
     def holds(self, device_id: str) -> bool:
         return device_id in self._connections
 
@@ -180,9 +184,9 @@ class MqttFrontDoor:
         connection.link.write(p.encode_publish(topic, data, 1, connection.packet_id(), retain=False, dup=False))
         return True
 
-    async def drop(self, device_id: str) -> bool:
+    async def drop(self, device_id: str, key: str | None = None) -> bool:
         connection = self._connections.get(device_id)
-        if connection is None:
+        if connection is None or (key is not None and connection.key != key):
             return False
         connection.link.abort()
         with contextlib.suppress(TimeoutError):
@@ -318,9 +322,9 @@ class MqttFrontDoor:
             link.write(p.encode(p.Connack(False, ConnackCode.BAD_PROTOCOL_VERSION)))
             return None
         events = self._events
-        authenticated = await events.authenticate(connect.client_id, connect.username, connect.password, link.host)
+        key = await events.authenticate(connect.client_id, connect.username, connect.password, link.host)
         link.settle()
-        if not authenticated:
+        if key is None:
             link.write(p.encode(p.Connack(False, ConnackCode.NOT_AUTHORIZED)))
             return None
         # One CONNECT of a client id at a time: between reading who holds it and taking it this awaits the
@@ -331,7 +335,7 @@ class MqttFrontDoor:
             if old is not None:  # take-over: the newer connection wins, as MQTT says
                 old.link.abort()
                 await old.closed.wait()
-            connection.device_id = connect.client_id
+            connection.device_id, connection.key = connect.client_id, key
             self._connections[connect.client_id] = connection
             link.write(p.encode(p.Connack(False, ConnackCode.ACCEPTED)))
         for frame in frames[1:]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 
@@ -57,7 +58,8 @@ class Device:
 
 
 __all__ = [
-    "Device", "Registry", "UnknownDeviceError", "check_code_request", "checked_key", "hash_code", "new_code", "new_id",
+    "KEYS_CHUNK", "Device", "Registry", "UnknownDeviceError", "active_keys_of", "check_code_request", "checked_key",
+    "hash_code", "new_code", "new_id",
 ]  # fmt: skip
 
 
@@ -80,6 +82,16 @@ def check_code_request(tenant: str, name: str, ttl: float) -> None:
         raise PermanentError("tenant and name must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", code="bad_name")
     if ttl <= 0:
         raise PermanentError("ttl must be positive", code="bad_ttl")
+
+
+KEYS_CHUNK = 500  # device ids per query of active_keys (SQLite binds at most 32,766 values)
+
+
+def active_keys_of(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """`Registry.active_keys` from rows of (device_id, public_key, next_public_key) of unrevoked devices."""
+    return {
+        r["device_id"]: (r["public_key"],) + ((r["next_public_key"],) if r["next_public_key"] else ()) for r in rows
+    }
 
 
 def checked_key(public_key_pem: str) -> tuple[str, str]:
@@ -129,13 +141,19 @@ class Registry(Protocol):
         """
 
     def promote_key(self, device_id: str, public_key_pem: str, now: float) -> Device | None:
-        """Make the proposed key the device's key (its first use); None when it is no longer the proposed one."""
+        """Make the proposed key the device's key (its first use); None when it is no longer the proposed one.
+
+        Bumps the revocation counter: the old key ended, and every node ends the sessions it opened."""
 
     def revocation_counter(self) -> int:
-        """A number that grows with every revocation: cheap to poll."""
+        """A number that grows with every revocation and every key promotion (a key ended): cheap to poll."""
 
     def revoked_ids(self) -> set[str]:
         """Ids of every revoked device."""
+
+    def active_keys(self, device_ids: Collection[str]) -> dict[str, tuple[str, ...]]:
+        """The keys that authenticate each of these devices now (its key, and a proposed next key);
+        unknown and revoked devices are left out."""
 
     def counts(self) -> dict[str, int]:
         """Active and revoked device counts."""

@@ -7,14 +7,16 @@ together. Calls are short and synchronous; async callers run them with own_threa
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
 from cloud_bridge.errors import AuthError, TransientError
 from cloud_bridge.registry import (
+    KEYS_CHUNK,
     Device,
     UnknownDeviceError,
+    active_keys_of,
     check_code_request,
     checked_key,
     hash_code,
@@ -212,11 +214,13 @@ class SqliteRegistry:
                 " WHERE device_id = ? AND next_public_key = ? AND revoked_at IS NULL",
                 (key, device_id, public_key_pem),
             ).rowcount
+            if changed:  # the old key ended: running bridges end the sessions it opened (revocations.py)
+                db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revocations'")
             row = db.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         return _device(row) if changed else None
 
     def revocation_counter(self) -> int:
-        """A number that grows with every revocation: cheap to poll."""
+        """A number that grows with every revocation and key promotion: cheap to poll."""
         with self._tx() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'revocations'").fetchone()
         return int(row["value"])
@@ -226,6 +230,21 @@ class SqliteRegistry:
         with self._tx() as db:
             rows = db.execute("SELECT device_id FROM devices WHERE revoked_at IS NOT NULL").fetchall()
         return {r["device_id"] for r in rows}
+
+    def active_keys(self, device_ids: Collection[str]) -> dict[str, tuple[str, ...]]:
+        """The keys that authenticate each of these unrevoked devices now (its key, a proposed next key)."""
+        ids = list(device_ids)
+        keys: dict[str, tuple[str, ...]] = {}
+        with self._tx() as db:
+            for start in range(0, len(ids), KEYS_CHUNK):
+                chunk = ids[start : start + KEYS_CHUNK]
+                rows = db.execute(
+                    "SELECT device_id, public_key, next_public_key FROM devices WHERE revoked_at IS NULL"
+                    f" AND device_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                keys.update(active_keys_of(rows))
+        return keys
 
     def counts(self) -> dict[str, int]:
         """Active and revoked device counts."""

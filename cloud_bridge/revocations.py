@@ -1,8 +1,12 @@
-"""The revocation watcher: which devices are revoked, kept fresh from the registry, and their sessions closed.
+"""The revocation watcher: which devices are revoked, kept fresh from the registry, and the sessions closed of
+revoked devices and of keys that were replaced.
 
-`devices revoke` (any process, any node) bumps a counter in the registry; each node polls it and, when
-it moved, reads the revoked ids again and drops every connected device among them. The executor reads
-the same set to skip a revoked device's queued work.
+`devices revoke` (any process, any node) and a key's promotion (a rotated device's new key used for the first
+time, on any node) bump a counter in the registry; each node polls it and, when it moved, reads the revoked
+ids again and drops every connected device among them, and checks the key every session it holds opened
+with: a session whose key no longer authenticates its device (the old key of a rotation, maybe a stolen one)
+is dropped, and the new key's session stays. The executor reads the revoked set to skip a revoked device's
+queued work.
 """
 
 from __future__ import annotations
@@ -19,24 +23,36 @@ from cloud_bridge.registry import Registry
 logger = logging.getLogger(__name__)
 
 
+def sessions_to_end(
+    sessions: dict[str, str], keys: dict[str, tuple[str, ...]]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(sessions whose key still authenticates their device, sessions to end): `keys` are the registry's
+    `active_keys` of the sessions' devices."""
+    good = {d: k for d, k in sessions.items() if k in keys.get(d, ())}
+    return good, {d: k for d, k in sessions.items() if d not in good}
+
+
 class RevocationWatcher:
-    """Polls the registry's revocation counter every `poll` seconds; drops connected revoked devices."""
+    """Polls the registry's revocation counter every `poll` seconds; drops connected revoked devices and
+    sessions opened with a key that was replaced."""
 
     def __init__(
         self,
         registry: Registry,
         poll: float,
         *,
-        connected: Callable[[], list[str]],
-        drop: Callable[[str], Awaitable[bool]],
+        sessions: Callable[[], dict[str, str]],
+        drop: Callable[[str, str | None], Awaitable[bool]],
     ) -> None:
         self._registry = registry
         self._poll = poll
-        self._connected = connected
-        self._drop = drop
+        self._sessions = sessions  # device id -> the key its session opened with
+        self._drop = drop  # (device id, None: whatever session it has; a key: only the session of that key)
         self._task: asyncio.Task[None] | None = None
         # Ids of revoked devices, refreshed by the watcher (the executor skips their queued work).
         self.revoked: frozenset[str] = frozenset()
+        # Sessions whose key was found active since the counter last moved: checked again only when it moves.
+        self._checked: dict[str, str] = {}
 
     async def start(self) -> None:
         """Read the revoked ids, then watch for more."""
@@ -58,12 +74,33 @@ class RevocationWatcher:
                 counter = await own_thread(self._registry.revocation_counter)
                 if counter != last:
                     self.revoked = frozenset(await own_thread(self._registry.revoked_ids))
+                    self._checked.clear()  # a key may have ended: every session is checked again
                     last = counter
             except BridgeError:
                 logger.exception("revocation watcher cannot read the registry")
             # Every poll, not only when the counter moved: a CONNECT whose revocation check came before the
             # revocation can be accepted after the poll that saw it (its signature and replay checks take
             # their time), and it must not stay connected.
-            for device_id in self._connected():
+            for device_id in self._sessions():
                 if device_id in self.revoked:
-                    await self._drop(device_id)
+                    await self._drop(device_id, None)
+            await self._check_keys()
+
+    async def _check_keys(self) -> None:
+        """End the sessions whose key no longer authenticates their device. A session not checked since the
+        counter last moved is checked now: so is one whose CONNECT read the key before its promotion and was
+        accepted after the poll that saw the promotion."""
+        sessions = self._sessions()
+        unchecked = {d: k for d, k in sessions.items() if self._checked.get(d) != k and d not in self.revoked}
+        self._checked = {d: k for d, k in self._checked.items() if sessions.get(d) == k}
+        if not unchecked:
+            return
+        try:
+            keys = await own_thread(self._registry.active_keys, list(unchecked))
+        except BridgeError:
+            logger.exception("revocation watcher cannot read the devices' keys")
+            return
+        good, ended = sessions_to_end(unchecked, keys)
+        self._checked.update(good)
+        for device_id, key in ended.items():
+            await self._drop(device_id, key)

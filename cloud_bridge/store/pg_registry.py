@@ -8,13 +8,14 @@ cache is a table keyed by (device, jti); a per-device advisory lock makes its pe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from cloud_bridge.errors import AuthError
 from cloud_bridge.registry import (
     Device,
     UnknownDeviceError,
+    active_keys_of,
     check_code_request,
     checked_key,
     hash_code,
@@ -162,10 +163,12 @@ class PgRegistry:
                 " WHERE device_id = %s AND next_public_key = %s AND revoked_at IS NULL RETURNING *",
                 (key, device_id, public_key_pem),
             ).fetchone()
+            if row is not None:  # the old key ended: every node ends the sessions it opened (revocations.py)
+                db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revocations'")
         return None if row is None else _device(row)
 
     def revocation_counter(self) -> int:
-        """A number that grows with every revocation: cheap to poll."""
+        """A number that grows with every revocation and key promotion: cheap to poll."""
         with self._pools.sync_transaction("device registry") as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'revocations'").fetchone()
         return 0 if row is None else int(row["value"])
@@ -175,6 +178,16 @@ class PgRegistry:
         with self._pools.sync_transaction("device registry") as db:
             rows = db.execute("SELECT device_id FROM devices WHERE revoked_at IS NOT NULL").fetchall()
         return {r["device_id"] for r in rows}
+
+    def active_keys(self, device_ids: Collection[str]) -> dict[str, tuple[str, ...]]:
+        """The keys that authenticate each of these unrevoked devices now (its key, a proposed next key)."""
+        with self._pools.sync_transaction("device registry") as db:
+            rows = db.execute(
+                "SELECT device_id, public_key, next_public_key FROM devices"
+                " WHERE revoked_at IS NULL AND device_id = ANY(%s)",
+                (list(device_ids),),
+            ).fetchall()
+        return active_keys_of(rows)
 
     def counts(self) -> dict[str, int]:
         """Active and revoked device counts."""

@@ -55,6 +55,34 @@ async def test_revocation_on_one_node_drops_the_session_on_the_other(
             await client.stop()
 
 
+async def test_a_key_rotation_on_one_node_ends_the_old_keys_session_on_the_other(
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
+) -> None:
+    """A session opened with the old key on node B (a stolen key) lived on after the device rotated through node
+    A and connected there with its new key; now it ends within a poll, and the new key's session stays."""
+    async with (
+        node(tmp_path, server_cert_files, pg_url, "node-a", CountingIntegration()) as a,
+        node(tmp_path, server_cert_files, pg_url, "node-b", CountingIntegration()) as b,
+    ):
+        creds = await a.enroll()
+        stolen = await b.connect(creds)
+        try:
+            assert stolen.accepted
+            new, document = creds.rotated()
+            assert (await a.post("/v1/rotate-key", document))[0] == 200
+            device = await a.connect(new)  # the new key's first use
+            try:
+                assert device.accepted
+                await until(stolen.disconnected.is_set, timeout=5, what="the old key's session on node B ended")
+                assert device.accepted
+                assert a.bridge.listener is not None
+                assert a.bridge.listener.holds(creds.device_id)
+            finally:
+                await device.stop()
+        finally:
+            await stolen.stop()
+
+
 async def test_a_token_and_an_enrollment_code_work_once_across_nodes(
     tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
 ) -> None:

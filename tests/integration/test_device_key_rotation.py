@@ -1,4 +1,5 @@
-"""The bridge's side of a device key rotation (cloud_bridge/device_keys.py), against every store backend."""
+"""The bridge's side of a device key rotation (cloud_bridge/device_keys.py), against every store backend, and
+what it does to the sessions the old key opened."""
 
 from __future__ import annotations
 
@@ -7,21 +8,17 @@ import pytest
 from cloud_bridge.device_keys import accept_rotation
 from cloud_bridge.errors import AuthError
 from cloud_bridge.store import Store
-from intent_contract import signed
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
-from intent_contract.offline_wire import KEY_ROTATION_TYPE, NEW_KEY_TYPE, NewKey
+from tests.support.bridge import Harness, counting, harness, rotation_document, until
 from tests.support.stores import store, store_url
 
-__all__ = ["store", "store_url"]  # fixtures
+__all__ = ["counting", "harness", "store", "store_url"]  # fixtures
 
 NOW = 1_800_000_000.0
 
 
 def rotation(device_id: str, current: bytes, proposed: bytes) -> bytes:
-    """What `edge-outbox rotate-key` sends: the proposed key signed by itself, inside the current key's signature."""
-    body = NewKey(device_id, public_key_pem(proposed), int(NOW * 1000)).encode()
-    inner = signed.sign(body, proposed, typ=NEW_KEY_TYPE, kid=device_id)
-    return signed.sign(inner, current, typ=KEY_ROTATION_TYPE, kid=device_id)
+    return rotation_document(device_id, current, proposed, NOW)
 
 
 async def test_a_device_rotates_again_before_using_its_new_key(store: Store) -> None:
@@ -36,3 +33,25 @@ async def test_a_device_rotates_again_before_using_its_new_key(store: Store) -> 
     with pytest.raises(AuthError) as refused:
         accept_rotation(registry, rotation(device.device_id, first, generate_private_key_pem()), NOW + 3)
     assert refused.value.code == "rotation_forged"
+
+
+async def test_the_old_keys_session_ends_when_the_new_key_is_first_used_elsewhere(harness: Harness) -> None:
+    """A session opened with the old key (a thief's, say) lived on after the new key's first use when that use
+    was not a CONNECT (here `/v1/device`; on several nodes, a CONNECT to another node): nothing ended it."""
+    creds = await harness.enroll()
+    old_session = await harness.connect(creds)
+    try:
+        assert old_session.accepted
+        new, document = creds.rotated()
+        assert (await harness.post("/v1/rotate-key", document))[0] == 200
+        assert not old_session.disconnected.is_set()  # proposed only: the old key still works
+        assert (await harness.device_status(new))[0] == 200  # the new key's first use
+        await until(old_session.disconnected.is_set, timeout=5, what="the old key's session ended")
+        assert not (await harness.connect(creds)).accepted
+        new_session = await harness.connect(new)
+        try:
+            assert new_session.accepted
+        finally:
+            await new_session.stop()
+    finally:
+        await old_session.stop()

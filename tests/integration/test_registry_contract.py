@@ -61,6 +61,24 @@ async def test_a_key_is_kept_as_its_own_pem_whatever_text_came_around_it(store: 
     assert promoted is not None and promoted.public_key == second and promoted.next_public_key is None
 
 
+async def test_a_promotion_moves_the_counter_and_changes_the_active_keys(store: Store) -> None:
+    """What the revocation watcher reads to end the sessions of a replaced key (revocations.py)."""
+    registry = store.registry
+    first, second, other = key(), key(), key()
+    device = registry.redeem(registry.create_code("acme", "boiler-7", 3600, NOW), first, NOW)
+    revoked = registry.redeem(registry.create_code("acme", "boiler-8", 3600, NOW), other, NOW)
+    registry.revoke(revoked.device_id, NOW)
+    ids = [device.device_id, revoked.device_id, "no-such-device"]
+    assert registry.active_keys(ids) == {device.device_id: (first,)}
+    registry.propose_key(device.device_id, second, NOW + 1)
+    assert registry.active_keys(ids) == {device.device_id: (first, second)}
+    before = registry.revocation_counter()
+    registry.promote_key(device.device_id, second, NOW + 2)
+    assert registry.revocation_counter() == before + 1
+    assert registry.active_keys(ids) == {device.device_id: (second,)}
+    assert registry.active_keys([]) == {}
+
+
 async def test_a_used_code_names_the_device_it_enrolled_with_that_key_only(store: Store) -> None:
     """What offline enrollment answers again: the device a code enrolled, for the key it has now."""
     registry = store.registry

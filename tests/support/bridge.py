@@ -28,8 +28,10 @@ from cloud_bridge.integrations.base import Integration, Job, Outcome
 from cloud_bridge.node import Bridge
 from cloud_bridge.settings import BridgeSettings, HostPort
 from cloud_bridge.store.url import StoreUrl
+from intent_contract import signed
 from intent_contract.codec import Ack, Envelope, decode_acks, encode_batch
 from intent_contract.device_token import generate_private_key_pem, public_key_pem, sign_device_token
+from intent_contract.offline_wire import KEY_ROTATION_TYPE, NEW_KEY_TYPE, NewKey
 from tests.support.mqtt_raw import connect_packet
 from tests.support.net import free_port, release_paho, until
 
@@ -113,6 +115,14 @@ async def refused_alone(
         await client.stop()
 
 
+def rotation_document(device_id: str, current: bytes, proposed: bytes, now: float | None = None) -> bytes:
+    """What `edge-outbox rotate-key` sends: the proposed key signed by itself, inside the current key's signature."""
+    made = int((time.time() if now is None else now) * 1000)
+    inner = signed.sign(NewKey(device_id, public_key_pem(proposed), made).encode(), proposed, typ=NEW_KEY_TYPE,
+                        kid=device_id)  # fmt: skip
+    return signed.sign(inner, current, typ=KEY_ROTATION_TYPE, kid=device_id)
+
+
 @dataclass
 class Creds:
     device_id: str
@@ -122,6 +132,11 @@ class Creds:
         return sign_device_token(
             self.private_pem, self.device_id, int(time.time()), lifetime_s=lifetime, audience=audience
         )
+
+    def rotated(self) -> tuple[Creds, bytes]:
+        """The device with a new key pair, and the rotation document that proposes it."""
+        proposed = generate_private_key_pem()
+        return Creds(self.device_id, proposed), rotation_document(self.device_id, self.private_pem, proposed)
 
 
 @dataclass
@@ -161,6 +176,23 @@ class Harness:
             ) as response,
         ):
             return response.status, await response.json(), dict(response.headers)
+
+    async def post(self, path: str, data: bytes) -> tuple[int, dict[str, Any]]:
+        """POST `data` to the HTTPS API: status and JSON body."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.base_url}{path}", data=data, ssl=self.client_ssl()) as response,
+        ):
+            return response.status, await response.json()
+
+    async def device_status(self, creds: Creds) -> tuple[int, dict[str, Any]]:
+        """GET /v1/device with a fresh token of `creds`: status and JSON body."""
+        headers = {"Authorization": f"Bearer {creds.token()}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{self.base_url}/v1/device", headers=headers, ssl=self.client_ssl()) as response,
+        ):
+            return response.status, await response.json()
 
     async def enroll(self, tenant: str = "acme", name: str = "boiler-7") -> Creds:
         code = self.bridge.registry.create_code(tenant, name, 3600, time.time())

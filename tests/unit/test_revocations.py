@@ -25,21 +25,21 @@ async def test_a_device_that_connects_after_its_revocation_was_seen_is_dropped(t
         ).device_id
         for name in ("boiler-1", "boiler-2")
     )
-    connected: list[str] = [second]
+    connected: dict[str, str] = {second: registry.get(second).public_key}  # type: ignore[union-attr]
     dropped: list[str] = []
 
-    async def drop(device_id: str) -> bool:
+    async def drop(device_id: str, key: str | None) -> bool:
         dropped.append(device_id)
-        connected.remove(device_id)
+        del connected[device_id]
         return True
 
-    watcher = RevocationWatcher(registry, 0.01, connected=lambda: list(connected), drop=drop)
+    watcher = RevocationWatcher(registry, 0.01, sessions=lambda: dict(connected), drop=drop)
     await watcher.start()
     try:
         registry.revoke(first, time.time())
         await until(lambda: first in watcher.revoked, 5, what="the revocation seen")
         assert dropped == []  # the device was not connected then
-        connected.append(first)  # its CONNECT, checked before the revocation, is accepted now
+        connected[first] = registry.get(first).public_key  # type: ignore[union-attr]  # its CONNECT, checked before the revocation, is accepted now
         await until(lambda: dropped == [first], 5, what="the late connection dropped")
         registry.revoke(second, time.time())
         await until(lambda: dropped == [first, second], 5, what="a connected device dropped at its revocation")

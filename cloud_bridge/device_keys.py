@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from cloud_bridge.errors import AuthError, UnknownDeviceError
+from cloud_bridge.errors import AuthError, KeyReplacedError, UnknownDeviceError
 from cloud_bridge.registry import Device, Registry
 from intent_contract import signed
 from intent_contract.errors import DecodeError, SignatureError
 from intent_contract.offline_wire import KEY_ROTATION_TYPE, NEW_KEY_TYPE, NewKey
+from intent_contract.timefmt import format_ms
 
 logger = logging.getLogger(__name__)
 
@@ -31,23 +32,41 @@ def verify_with_device_key(
     registry: Registry, device: Device, verify: Callable[[str], T], now: Callable[[], float] = time.time
 ) -> T:
     """`verify(public_key_pem)` with the device's key, else with its proposed next key, whose first use
-    makes it the device's key (the old one stops working). Raises what the current key's check raised."""
+    makes it the device's key (the old one stops working). Raises KeyReplacedError when it verifies with a key
+    a rotation replaced, else what the current key's check raised."""
     try:
         return verify(device.public_key)
     except (AuthError, SignatureError):
-        if device.next_public_key is None:
-            raise
-        try:
-            result = verify(device.next_public_key)
-        except (AuthError, SignatureError):
-            pass
-        else:
-            registry.promote_key(device.device_id, device.next_public_key, now())
-            logger.info(
-                "device key rotated: the next key is in use, the old one ends", extra={"device_id": device.device_id}
-            )
-            return result
+        if device.next_public_key is not None:
+            try:
+                result = verify(device.next_public_key)
+            except (AuthError, SignatureError):
+                pass
+            else:
+                registry.promote_key(device.device_id, device.next_public_key, now())
+                logger.info(
+                    "device key rotated: the next key is in use, the old one ends",
+                    extra={"device_id": device.device_id},
+                )
+                return result
+        _refuse_replaced(registry, device, verify)
         raise
+
+
+def _refuse_replaced(registry: Registry, device: Device, verify: Callable[[str], object]) -> None:
+    """KeyReplacedError when `verify` passes with a key the device's rotations replaced: its own old key (a
+    bundle made before the switch, a restored backup; or a thief's copy), not a forgery. Only a holder of that
+    key learns it, and only what the device knew: that its key was replaced."""
+    for key, replaced_at in registry.replaced_keys(device.device_id):
+        try:
+            verify(key)
+        except (AuthError, SignatureError):
+            continue
+        raise KeyReplacedError(
+            f"signed with a key of device {device.device_id} that a key rotation replaced at"
+            f" {format_ms(int(replaced_at * 1000))}",
+            replaced_at=replaced_at,
+        ) from None
 
 
 def accept_rotation(registry: Registry, data: bytes, now: float) -> Device:

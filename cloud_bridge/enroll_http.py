@@ -18,7 +18,7 @@ from aiohttp import web
 
 from cloud_bridge.device_keys import accept_rotation, verify_with_device_key
 from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits
-from cloud_bridge.errors import AuthError, UnknownDeviceError
+from cloud_bridge.errors import AuthError, KeyReplacedError, UnknownDeviceError
 from cloud_bridge.metrics import BridgeMetrics
 from cloud_bridge.offline_keys import BridgePublicKeys
 from cloud_bridge.ops_http import Ops
@@ -175,6 +175,8 @@ def build_http_app(
 
         try:
             await own_thread(verify_with_device_key, registry, device, verify, clock)
+        except KeyReplacedError:  # the caller holds the old key: it learns what the device knew
+            return _error(401, "key_replaced", "signed with a key of this device that a key rotation replaced", now)
         except AuthError as exc:
             return _error(401, exc.code, _NOT_VERIFIED, now)
         status = "revoked" if device.revoked_at is not None else "active"

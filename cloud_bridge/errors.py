@@ -66,6 +66,16 @@ class AuthError(PermanentError):
     code = "auth"
 
 
+class KeyReplacedError(AuthError):
+    """Signed with a key the device used to have: a rotation replaced it at `replaced_at` (seconds)."""
+
+    code = "key_replaced"
+
+    def __init__(self, detail: str, *, replaced_at: float) -> None:
+        super().__init__(detail)
+        self.replaced_at = replaced_at
+
+
 class UnknownDeviceError(PermanentError):
     """No device with that id."""
 

@@ -20,7 +20,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from cloud_bridge.device_keys import accept_rotation, verify_with_device_key
-from cloud_bridge.errors import BridgeError, OfflineFileError
+from cloud_bridge.errors import BridgeError, KeyReplacedError, OfflineFileError
 from cloud_bridge.ledger import Ledger
 from cloud_bridge.offline_keys import OfflineKeys
 from cloud_bridge.own_threads import own_thread
@@ -29,6 +29,7 @@ from intent_contract import sealed, signed
 from intent_contract.codec import Ack, decode_batch, encode_acks
 from intent_contract.errors import DecodeError, SignatureError, UnsupportedVersionError
 from intent_contract.offline_wire import BUNDLE_TYPE, MAX_BUNDLE_INTENTS, RECEIPT_TYPE, Bundle, BundleEcho, Receipt
+from intent_contract.timefmt import format_ms
 from intent_contract.wire import ACKS_PER_MESSAGE
 
 if TYPE_CHECKING:  # the service brings in the listener and the front door; the CLI's other commands need neither
@@ -112,6 +113,15 @@ class OfflineDesk:
             body = Bundle.decode(
                 verify_with_device_key(self._registry, device, partial(signed.verify, document), self._clock)
             )
+        except KeyReplacedError as exc:
+            # The device's own bundle, made before it switched to its new key (or a copy of one): not a forgery.
+            raise OfflineFileError(
+                f"bundle is signed with the key device {device.device_id} had before its key rotation, the key it"
+                f" replaced at {format_ms(int(exc.replaced_at * 1000))}: made before the device switched (or a copy"
+                " of such a bundle); refused. Its intents not yet answered go in the device's later bundles, signed"
+                " with its new key",
+                code="bundle_key_replaced",
+            ) from None
         except SignatureError:
             raise OfflineFileError(
                 f"bundle signature does not verify with device {device.device_id}'s key: forged or altered; refused",

@@ -58,8 +58,8 @@ class Device:
 
 
 __all__ = [
-    "KEYS_CHUNK", "Device", "Registry", "UnknownDeviceError", "active_keys_of", "check_code_request", "checked_key",
-    "hash_code", "new_code", "new_id",
+    "KEYS_CHUNK", "REPLACED_KEYS_KEPT", "Device", "Registry", "UnknownDeviceError", "active_keys_of",
+    "check_code_request", "checked_key", "hash_code", "new_code", "new_id",
 ]  # fmt: skip
 
 
@@ -84,6 +84,7 @@ def check_code_request(tenant: str, name: str, ttl: float) -> None:
         raise PermanentError("ttl must be positive", code="bad_ttl")
 
 
+REPLACED_KEYS_KEPT = 5  # per device: what a refusal checks to say "replaced" rather than "does not verify"
 KEYS_CHUNK = 500  # device ids per query of active_keys (SQLite binds at most 32,766 values)
 
 
@@ -143,7 +144,11 @@ class Registry(Protocol):
     def promote_key(self, device_id: str, public_key_pem: str, now: float) -> Device | None:
         """Make the proposed key the device's key (its first use); None when it is no longer the proposed one.
 
-        Bumps the revocation counter: the old key ended, and every node ends the sessions it opened."""
+        Bumps the revocation counter: the old key ended, and every node ends the sessions it opened. The old key
+        is kept (`replaced_keys`) so that what it signs later is refused as replaced, not as forged."""
+
+    def replaced_keys(self, device_id: str) -> list[tuple[str, float]]:
+        """Keys the device's rotations replaced, with when, newest first (at most REPLACED_KEYS_KEPT)."""
 
     def revocation_counter(self) -> int:
         """A number that grows with every revocation and every key promotion (a key ended): cheap to poll."""

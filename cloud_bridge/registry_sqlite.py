@@ -14,6 +14,7 @@ from pathlib import Path
 from cloud_bridge.errors import AuthError, TransientError
 from cloud_bridge.registry import (
     KEYS_CHUNK,
+    REPLACED_KEYS_KEPT,
     Device,
     UnknownDeviceError,
     active_keys_of,
@@ -47,6 +48,12 @@ CREATE TABLE IF NOT EXISTS enroll_codes (
     used_at REAL,
     device_id TEXT
 );
+CREATE TABLE IF NOT EXISTS replaced_keys (
+    device_id TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    replaced_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS replaced_keys_device ON replaced_keys(device_id, replaced_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revocations', 0);
 """
@@ -209,6 +216,7 @@ class SqliteRegistry:
     def promote_key(self, device_id: str, public_key_pem: str, now: float) -> Device | None:
         public_key_pem, key = checked_key(public_key_pem)
         with self._tx() as db:
+            old = db.execute("SELECT public_key FROM devices WHERE device_id = ?", (device_id,)).fetchone()
             changed = db.execute(
                 "UPDATE devices SET public_key = next_public_key, key_fingerprint = ?, next_public_key = NULL"
                 " WHERE device_id = ? AND next_public_key = ? AND revoked_at IS NULL",
@@ -216,8 +224,27 @@ class SqliteRegistry:
             ).rowcount
             if changed:  # the old key ended: running bridges end the sessions it opened (revocations.py)
                 db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revocations'")
+                db.execute(
+                    "INSERT INTO replaced_keys (device_id, public_key, replaced_at) VALUES (?, ?, ?)",
+                    (device_id, old["public_key"], now),
+                )
+                db.execute(
+                    "DELETE FROM replaced_keys WHERE device_id = ? AND rowid NOT IN (SELECT rowid FROM replaced_keys"
+                    " WHERE device_id = ? ORDER BY replaced_at DESC, rowid DESC LIMIT ?)",
+                    (device_id, device_id, REPLACED_KEYS_KEPT),
+                )
             row = db.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         return _device(row) if changed else None
+
+    def replaced_keys(self, device_id: str) -> list[tuple[str, float]]:
+        """Keys the device's rotations replaced, with when, newest first."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT public_key, replaced_at FROM replaced_keys WHERE device_id = ?"
+                " ORDER BY replaced_at DESC, rowid DESC LIMIT ?",
+                (device_id, REPLACED_KEYS_KEPT),
+            ).fetchall()
+        return [(r["public_key"], r["replaced_at"]) for r in rows]
 
     def revocation_counter(self) -> int:
         """A number that grows with every revocation and key promotion: cheap to poll."""

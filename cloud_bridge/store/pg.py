@@ -86,6 +86,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, USAGE_SUMMARY, USAGE_SCHEMA),
     Migration(5, intent_sql.PG_SCHEMA_SUMMARY, intent_sql.PG_SCHEMA),
     Migration(6, "claims by tenant", (WAITING_INDEX,)),
+    Migration(
+        7,
+        "device keys replaced by a rotation",
+        (
+            """CREATE TABLE replaced_keys (
+    device_id text NOT NULL, public_key text NOT NULL, replaced_at double precision NOT NULL)""",
+            "CREATE INDEX replaced_keys_device ON replaced_keys (device_id, replaced_at)",
+        ),
+    ),
 )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from cloud_bridge.errors import AuthError
 from cloud_bridge.registry import (
+    REPLACED_KEYS_KEPT,
     Device,
     UnknownDeviceError,
     active_keys_of,
@@ -158,14 +159,34 @@ class PgRegistry:
     def promote_key(self, device_id: str, public_key_pem: str, now: float) -> Device | None:
         public_key_pem, key = checked_key(public_key_pem)
         with self._pools.sync_transaction("device registry") as db:
+            old = db.execute("SELECT public_key FROM devices WHERE device_id = %s FOR UPDATE", (device_id,)).fetchone()
             row = db.execute(
                 "UPDATE devices SET public_key = next_public_key, key_fingerprint = %s, next_public_key = NULL"
                 " WHERE device_id = %s AND next_public_key = %s AND revoked_at IS NULL RETURNING *",
                 (key, device_id, public_key_pem),
             ).fetchone()
-            if row is not None:  # the old key ended: every node ends the sessions it opened (revocations.py)
+            if row is not None and old is not None:  # the old key ended: every node ends its sessions (revocations.py)
                 db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revocations'")
+                db.execute(
+                    "INSERT INTO replaced_keys (device_id, public_key, replaced_at) VALUES (%s, %s, %s)",
+                    (device_id, old["public_key"], now),
+                )
+                db.execute(
+                    "DELETE FROM replaced_keys WHERE device_id = %s AND ctid NOT IN (SELECT ctid FROM replaced_keys"
+                    " WHERE device_id = %s ORDER BY replaced_at DESC LIMIT %s)",
+                    (device_id, device_id, REPLACED_KEYS_KEPT),
+                )
         return None if row is None else _device(row)
+
+    def replaced_keys(self, device_id: str) -> list[tuple[str, float]]:
+        """Keys the device's rotations replaced, with when, newest first."""
+        with self._pools.sync_transaction("device registry") as db:
+            rows = db.execute(
+                "SELECT public_key, replaced_at FROM replaced_keys WHERE device_id = %s"
+                " ORDER BY replaced_at DESC LIMIT %s",
+                (device_id, REPLACED_KEYS_KEPT),
+            ).fetchall()
+        return [(r["public_key"], r["replaced_at"]) for r in rows]
 
     def revocation_counter(self) -> int:
         """A number that grows with every revocation and key promotion: cheap to poll."""

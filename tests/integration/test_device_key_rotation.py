@@ -9,7 +9,7 @@ from cloud_bridge.device_keys import accept_rotation
 from cloud_bridge.errors import AuthError
 from cloud_bridge.store import Store
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
-from tests.support.bridge import Harness, counting, harness, rotation_document, until
+from tests.support.bridge import Creds, Harness, counting, harness, rotation_document, until
 from tests.support.stores import store, store_url
 
 __all__ = ["counting", "harness", "store", "store_url"]  # fixtures
@@ -32,7 +32,7 @@ async def test_a_device_rotates_again_before_using_its_new_key(store: Store) -> 
     # The first key ended at the second's first use; a rotation it signs is refused.
     with pytest.raises(AuthError) as refused:
         accept_rotation(registry, rotation(device.device_id, first, generate_private_key_pem()), NOW + 3)
-    assert refused.value.code == "rotation_forged"
+    assert refused.value.code == "key_replaced"  # the device's own old key, not a forger's
 
 
 async def test_the_old_keys_session_ends_when_the_new_key_is_first_used_elsewhere(harness: Harness) -> None:
@@ -55,3 +55,23 @@ async def test_the_old_keys_session_ends_when_the_new_key_is_first_used_elsewher
             await new_session.stop()
     finally:
         await old_session.stop()
+
+
+async def test_the_replaced_key_is_refused_as_replaced_and_a_strangers_key_as_not_verifying(harness: Harness) -> None:
+    """The old key was refused like a forger's (`token_invalid`), which sent operators looking for an attacker
+    when a device restored from a backup (or a bundle made before its switch) used the key it had replaced."""
+    creds = await harness.enroll()
+    new, document = creds.rotated()
+    assert (await harness.post("/v1/rotate-key", document))[0] == 200
+    assert (await harness.device_status(new))[0] == 200  # the switch
+    status, body = await harness.device_status(creds)
+    assert (status, body["error"]) == (401, "key_replaced")
+    stranger = Creds(creds.device_id, generate_private_key_pem())
+    status, body = await harness.device_status(stranger)
+    assert (status, body["error"]) == (401, "token_invalid")
+    old = await harness.connect(creds)
+    try:
+        assert not old.accepted
+        assert harness.bridge.metrics.connects_refused.labels("key_replaced")._value.get() == 1
+    finally:
+        await old.stop()

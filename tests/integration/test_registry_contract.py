@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cloud_bridge.errors import AuthError, BridgeError
-from cloud_bridge.registry import UnknownDeviceError
+from cloud_bridge.registry import REPLACED_KEYS_KEPT, UnknownDeviceError
 from cloud_bridge.store import Store
 from cloud_bridge.store.url import StoreUrl
 from cloud_bridge.tokens import TokenClaims
@@ -61,7 +61,7 @@ async def test_a_key_is_kept_as_its_own_pem_whatever_text_came_around_it(store: 
     assert promoted is not None and promoted.public_key == second and promoted.next_public_key is None
 
 
-async def test_a_promotion_moves_the_counter_and_changes_the_active_keys(store: Store) -> None:
+async def test_a_promotion_moves_the_counter_changes_the_active_keys_and_keeps_the_old_key(store: Store) -> None:
     """What the revocation watcher reads to end the sessions of a replaced key (revocations.py)."""
     registry = store.registry
     first, second, other = key(), key(), key()
@@ -77,6 +77,15 @@ async def test_a_promotion_moves_the_counter_and_changes_the_active_keys(store: 
     assert registry.revocation_counter() == before + 1
     assert registry.active_keys(ids) == {device.device_id: (second,)}
     assert registry.active_keys([]) == {}
+    assert registry.replaced_keys(device.device_id) == [(first, NOW + 2)]
+    previous = second
+    for step in range(6):  # only the newest REPLACED_KEYS_KEPT are kept
+        following = key()
+        registry.propose_key(device.device_id, following, NOW + 3 + step)
+        registry.promote_key(device.device_id, following, NOW + 3 + step)
+        previous = following
+    replaced = registry.replaced_keys(device.device_id)
+    assert len(replaced) == REPLACED_KEYS_KEPT and replaced[0][1] == NOW + 8 and previous not in dict(replaced)
 
 
 async def test_a_used_code_names_the_device_it_enrolled_with_that_key_only(store: Store) -> None:

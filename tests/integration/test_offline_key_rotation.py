@@ -1,0 +1,42 @@
+"""A key rotation carried on sticks, with the real `edge-outbox` and `cloud-bridge` commands on their data dirs:
+what the technician and the operator are told when a bundle or a rotation is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.offline_site import backlog, bridge, enrolled_site, import_file
+from tests.support.sneakernet import edge_cli
+from tests.support.stack import TENANT
+
+
+def _export(site: Path, out: Path) -> Path:
+    done = edge_cli(site, "export", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.timeout(180)
+def test_a_bundle_signed_with_a_replaced_key_is_refused_as_such_not_as_forged(tmp_path: Path) -> None:
+    """A bundle exported before the site switched to its new key and imported after the new key's first use is
+    refused: the operator was told it was "forged or altered", and looked for an attacker. It was the device's
+    own bundle, signed with the key it replaced."""
+    site = enrolled_site(tmp_path)
+    backlog(site, 2)
+    config = tmp_path / "bridge.toml"
+    config.write_text(f'[tenants.{TENANT}.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n')
+    assert edge_cli(site, "rotate-key", "--offline").returncode == 0
+    first = _export(site, tmp_path / "one.bundle")
+    old_copy = _export(site, tmp_path / "one-again.bundle")  # the same, on a second stick: no receipt yet
+    applied = edge_cli(site, "import-receipt", str(import_file(tmp_path, first, config)))
+    assert applied.returncode == 0, applied.stderr
+    assert "accepted this device's new key" in applied.stdout
+    import_file(tmp_path, _export(site, tmp_path / "two.bundle"), config)  # the new key's first use
+
+    refused = bridge(tmp_path / "bridge", "import", str(old_copy), "--config", str(config), "--receipt",
+                     str(tmp_path / "late.receipt"))  # fmt: skip
+    assert refused.returncode == 1
+    assert "forged" not in refused.stderr
+    assert "key it replaced" in refused.stderr, refused.stderr

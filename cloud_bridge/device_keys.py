@@ -69,6 +69,17 @@ def _refuse_replaced(registry: Registry, device: Device, verify: Callable[[str],
         ) from None
 
 
+def proposed_key(data: bytes) -> str | None:
+    """The key a rotation document proposes, read without verifying anything (to name a refused proposal to
+    the device that made it); None when it cannot be read."""
+    try:
+        outer = signed.read(data, typ=KEY_ROTATION_TYPE, max_bytes=MAX_ROTATION_BYTES)
+        inner = signed.read(outer.body, typ=NEW_KEY_TYPE, max_bytes=MAX_ROTATION_BYTES)
+        return NewKey.decode(inner.body).public_key
+    except DecodeError:
+        return None
+
+
 def accept_rotation(registry: Registry, data: bytes, now: float) -> Device:
     """Record the next key a rotation document proposes; AuthError (or UnknownDeviceError) when refused."""
     try:

@@ -108,6 +108,8 @@ def _summary(imported: Imported, receipt: Path, final: int) -> dict[str, Any]:
         "revoked": imported.device.revoked,
         "receipt": str(receipt),
         "bridge_time": format_ms(imported.imported_at),
+        "key_rotation_accepted": imported.next_key is not None,
+        "key_rotation_refused": imported.rotation_refused,
     }
 
 
@@ -180,6 +182,13 @@ def import_bundle(
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(f"{told}; receipt with {final} final results written to {receipt_path}")
+        if imported.next_key is not None:
+            click.echo("key rotation accepted: the device switches to its new key when it applies the receipt")
+        if imported.rotation_refused is not None:
+            click.echo(
+                f"key rotation refused ({imported.rotation_refused}): the receipt tells the device, which keeps its"
+                " current key"
+            )
     if imported.device.revoked:
         raise click.ClickException(
             f"device {imported.device.device_id} is revoked: nothing admitted; the receipt tells the device so"

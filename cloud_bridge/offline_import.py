@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
-from cloud_bridge.device_keys import accept_rotation, verify_with_device_key
-from cloud_bridge.errors import BridgeError, KeyReplacedError, OfflineFileError
+from cloud_bridge.audit import AuditEvent, AuditRecord
+from cloud_bridge.device_keys import accept_rotation, proposed_key, verify_with_device_key
+from cloud_bridge.errors import BridgeError, KeyReplacedError, OfflineFileError, TransientError
 from cloud_bridge.ledger import Ledger
 from cloud_bridge.offline_keys import OfflineKeys
 from cloud_bridge.own_threads import own_thread
@@ -49,6 +50,8 @@ class Imported:
     acks: list[Ack] = field(repr=False)  # one per intent of the bundle, in order (empty when the device is revoked)
     imported_at: int  # ms, bridge time
     next_key: str | None = None  # the next key the bundle proposed, accepted
+    rotation_refused: str | None = None  # why the bundle's rotation was refused (for good: not a passing fault)
+    refused_key: str | None = None  # the key that rotation proposed, when readable
 
     @property
     def states(self) -> dict[str, int]:
@@ -163,17 +166,12 @@ class OfflineDesk:
                 progress(done, total)
         for confirms in bundle.confirms:
             await self._service.handle_confirms(device.device_id, confirms)
-        next_key = None
+        next_key = refused = None
         if bundle.rotation is not None:
             try:
                 proposed = await own_thread(accept_rotation, self._registry, bundle.rotation, self._clock())
             except BridgeError as exc:
-                logger.warning(
-                    "key rotation in bundle %s refused: %s",
-                    bundle.id,
-                    exc.code,
-                    extra={"device_id": device.device_id, "tenant": device.tenant, "code": exc.code},
-                )
+                refused = await self._rotation_refused(device, bundle, exc)
             else:
                 next_key = proposed.next_public_key
         logger.info(
@@ -182,7 +180,26 @@ class OfflineDesk:
             total,
             extra={"device_id": device.device_id, "tenant": device.tenant},
         )
-        return Imported(device, bundle, acks, imported_at, next_key)
+        refused_key = None if refused is None or bundle.rotation is None else proposed_key(bundle.rotation)
+        return Imported(device, bundle, acks, imported_at, next_key, refused, refused_key)
+
+    async def _rotation_refused(self, device: Device, bundle: Bundle, exc: BridgeError) -> str | None:
+        """Log and audit a refused rotation; its code when refused for good, which the receipt tells the device
+        (None for a passing fault: the device proposes it again in its next bundle)."""
+        transient = isinstance(exc, TransientError)
+        logger.warning(
+            "key rotation in bundle %s refused: %s%s", bundle.id, exc.code,
+            " (a passing fault: the device proposes it again in its next bundle)" if transient else "",
+            extra={"device_id": device.device_id, "tenant": device.tenant, "code": exc.code},
+        )  # fmt: skip
+        detail = f"key rotation in bundle {bundle.id} refused: {exc.detail}"
+        record = AuditRecord(self._clock(), device.device_id, device.tenant, "", "", AuditEvent.REFUSE,
+                             code=exc.code, detail=detail)  # fmt: skip
+        try:
+            await self._ledger.note([record])
+        except BridgeError as fault:
+            logger.warning("refused key rotation not audited: %s", fault.code, extra={"device_id": device.device_id})
+        return None if transient else exc.code
 
     async def wait_final(
         self, device_id: str, ids: set[str], wait_s: float, progress: Progress | None = None
@@ -220,6 +237,8 @@ class OfflineDesk:
             bundle=echo,
             acks=tuple(encode_acks(acks[i : i + ACKS_PER_MESSAGE]) for i in range(0, len(acks), ACKS_PER_MESSAGE)),
             next_key=imported.next_key if imported is not None else None,
+            rotation_refused=imported.rotation_refused if imported is not None else None,
+            refused_key=imported.refused_key if imported is not None else None,
         )
         final = sum(1 for ack in acks if ack.state.final)
         return signed.sign(body.encode(), self._keys.signing_key, typ=RECEIPT_TYPE, kid=self._keys.public.key_id), final

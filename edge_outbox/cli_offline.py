@@ -107,7 +107,7 @@ def import_receipt(data_dir: Path, receipt_file: Path, max_bytes: int, as_json: 
 
     Statuses reach the apps as over MQTT (within a second when `run` is live, else when it starts).
     """
-    from edge_outbox.key_rotation import adopt_next_key  # noqa: PLC0415
+    from edge_outbox.key_rotation import adopt_next_key, drop_refused  # noqa: PLC0415
     from edge_outbox.receipt import apply_receipt, read_receipt  # noqa: PLC0415
 
     body, acks = read_receipt(data_dir, _read(receipt_file, max_bytes, " (--max-bytes)"), max_bytes)
@@ -115,6 +115,8 @@ def import_receipt(data_dir: Path, receipt_file: Path, max_bytes: int, as_json: 
         applied = apply_receipt(conn, body, acks, now_ms())
     if adopt_next_key(data_dir, body.next_key):
         applied = replace(applied, key_rotated=True)
+    if body.rotation_refused is not None and drop_refused(data_dir, body.refused_key):
+        applied = replace(applied, key_refused=body.rotation_refused)
     if as_json:
         print_json(asdict(applied))
     else:
@@ -126,6 +128,12 @@ def import_receipt(data_dir: Path, receipt_file: Path, max_bytes: int, as_json: 
             click.echo(f"this device's clock is {format_age(abs(offset) / 1000)} {side} the bridge's; corrected")
         if applied.key_rotated:
             click.echo("the bridge accepted this device's new key: it signs with it from now on")
+    if applied.key_refused is not None:
+        click.echo(
+            f"the bridge refused this device's new key ({applied.key_refused}): it keeps signing with"
+            " its current key; run `edge-outbox rotate-key --offline` again to propose another",
+            err=True,
+        )
     if applied.revoked:
         raise click.ClickException(f"this device is revoked at the bridge: {applied.ended} pending intents ended")
 

@@ -130,6 +130,23 @@ def adopt_next_key(data_dir: Path, accepted: str | None) -> bool:
     return True
 
 
+def drop_refused(data_dir: Path, refused_key: str | None) -> bool:
+    """Forget the pending proposal when a receipt says the bridge refused exactly it; True if it did.
+
+    The next `rotate-key` then makes a new key; kept, the refused proposal went in every bundle again."""
+    directory = identity_dir(data_dir)
+    path = directory / NEXT_KEY
+    if refused_key is None or not path.exists():
+        return False
+    pem = path.read_bytes()
+    if is_private_key(pem) and public_key_pem(pem).strip() != refused_key.strip():
+        return False  # another proposal, made since
+    (directory / ROTATION_DOC).unlink(missing_ok=True)
+    path.unlink()
+    fsync_directory(directory)
+    return True
+
+
 def rotate_online(data_dir: Path, identity: Identity, now: int) -> None:
     """Propose the next key over HTTPS and switch to it once the bridge has it."""
     if not identity.http_url:

@@ -35,6 +35,7 @@ class Applied:
     ended: int  # pending intents ended because the device is revoked
     clock: BridgeClock
     key_rotated: bool = False  # the bridge accepted this device's next key: it signs with it from now on
+    key_refused: str | None = None  # the bridge refused this device's proposed key for good: why
 
 
 def read_receipt(data_dir: Path, data: bytes, max_bytes: int) -> tuple[Receipt, list[Ack]]:

@@ -172,12 +172,19 @@ class Receipt:
     bundle: BundleEcho | None = None
     acks: tuple[bytes, ...] = field(default=(), repr=False)
     next_key: str | None = None  # the next public key the bundle's rotation proposed, now accepted
+    # The bridge refused the bundle's rotation for good: why (a refusal code), and the key it proposed when
+    # readable (the device drops that proposal only: a receipt may come after it proposed another).
+    rotation_refused: str | None = None
+    refused_key: str | None = None
 
     def encode(self) -> bytes:
         echo = None
         if self.bundle is not None:
             echo = {"id": self.bundle.id, "made_at": self.bundle.made_at, "imported_at": self.bundle.imported_at}
-        return _pack_body(self, revoked_at=self.revoked_at, bundle=echo, acks=list(self.acks), next_key=self.next_key)
+        return _pack_body(
+            self, revoked_at=self.revoked_at, bundle=echo, acks=list(self.acks), next_key=self.next_key,
+            rotation_refused=self.rotation_refused, refused_key=self.refused_key,
+        )  # fmt: skip
 
     @classmethod
     def decode(cls, data: bytes) -> Receipt:
@@ -194,6 +201,8 @@ class Receipt:
             bundle=bundle,
             acks=_messages(obj, "acks", data),
             next_key=None if obj.get("next_key") is None else _str(obj, "next_key", data, name=False),
+            rotation_refused=None if obj.get("rotation_refused") is None else _str(obj, "rotation_refused", data),
+            refused_key=None if obj.get("refused_key") is None else _str(obj, "refused_key", data, name=False),
         )
 
 

@@ -40,3 +40,31 @@ def test_a_bundle_signed_with_a_replaced_key_is_refused_as_such_not_as_forged(tm
     assert refused.returncode == 1
     assert "forged" not in refused.stderr
     assert "key it replaced" in refused.stderr, refused.stderr
+
+
+@pytest.mark.timeout(180)
+def test_a_rotation_the_bridge_refuses_is_told_to_the_technician_and_the_operator(tmp_path: Path) -> None:
+    """A rotation in a bundle that the bridge refused (here the proposed key is already a device's key) was a
+    log line at the bridge and nothing at the site: `import-receipt` said nothing, the site kept proposing the
+    same refused key in every bundle, and the technician believed the key would switch with the next receipt."""
+    site = enrolled_site(tmp_path)
+    backlog(site, 1)
+    config = tmp_path / "bridge.toml"
+    config.write_text(f'[tenants.{TENANT}.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n')
+    identity = site / "identity"
+    (identity / "next.key").write_bytes((identity / "device.key").read_bytes())  # a key in use: refused
+    assert edge_cli(site, "rotate-key", "--offline").returncode == 0
+    bundle = _export(site, tmp_path / "one.bundle")
+    receipt = tmp_path / "one.receipt"
+    imported = bridge(tmp_path / "bridge", "import", str(bundle), "--config", str(config), "--receipt", str(receipt))
+    assert imported.returncode == 0, imported.stderr
+    assert "key rotation refused (key_in_use)" in imported.stdout, imported.stdout
+
+    applied = edge_cli(site, "import-receipt", str(receipt))
+    assert applied.returncode == 0, applied.stderr
+    assert "the bridge refused this device's new key (key_in_use)" in applied.stderr, applied.stderr
+    assert not (identity / "rotation.doc").exists()  # not proposed again in every bundle
+    assert not (identity / "next.key").exists()  # the next rotate-key makes a new key
+    audit = bridge(tmp_path / "bridge", "audit", "--json")
+    assert audit.returncode == 0, audit.stderr
+    assert '"key_in_use"' in audit.stdout

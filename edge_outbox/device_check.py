@@ -26,6 +26,9 @@ from intent_contract.errors import DecodeError
 class DeviceAnswer:
     revoked: bool
     time: TimeSample | None  # None: the bridge did not answer, or gave no time
+    # The token verified with a key this device's key rotation replaced: another copy of this device rotated
+    # (a cloned or restored data dir), and this one cannot connect with the key it has.
+    key_replaced: bool = False
 
 
 async def check_device(
@@ -57,4 +60,4 @@ def read_answer(
     sample = None
     if type(bridge_ms) is int:
         sample = TimeSample.between(bridge_ms, sent_local_ms, received_local_ms, "bridge /v1/device")
-    return DeviceAnswer(revoked, sample)
+    return DeviceAnswer(revoked, sample, key_replaced=status == 401 and body.get("error") == "key_replaced")

@@ -200,6 +200,14 @@ class Forwarder:
                     if answer.revoked:
                         await self._stay_revoked()
                         return
+                    if answer.key_replaced:
+                        detail = (
+                            "the bridge says this device's key was replaced by a key rotation (made from another copy"
+                            " of this data dir, or this one was restored from a backup): it cannot connect with it;"
+                            " enroll again, or put back the identity that rotated"
+                        )
+                        self._log.error("%s", detail)
+                        self.errors.add(self._clock_ms(), "key_replaced", detail)
                     # A token refused for our clock: once, try again at once on the corrected clock.
                     if answer.time is not None and await self._learn_time(answer.time) and not retried_for_clock:
                         retried_for_clock = True

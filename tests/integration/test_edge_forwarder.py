@@ -36,7 +36,7 @@ from edge_outbox.states import State
 from edge_outbox.store import Store
 from intent_contract.codec import Envelope
 from intent_contract.device_token import public_key_pem
-from tests.support.bridge import CountingIntegration, Harness, make_settings, running_bridge, until
+from tests.support.bridge import CountingIntegration, Creds, Harness, make_settings, running_bridge, until
 from tests.support.https_stub import https_losing_answers
 from tests.support.net import free_port, sockets_to
 
@@ -494,4 +494,30 @@ async def test_a_stop_that_lands_while_the_link_fails_stops_the_forwarder(
     finally:
         if not task.done():  # the old behaviour: it never ends; leave the test without waiting on it
             task.get_loop().call_soon(task.cancel)
+        await store.close()
+
+
+async def test_an_edge_whose_key_another_copy_rotated_says_so(tmp_path: Path, bridge: Harness) -> None:
+    """A data dir restored from a backup (or cloned) after another copy of it rotated the key: every connect was
+    refused and the edge said only "the bridge refused the connection", as for a passing fault."""
+    edge_dir = await enrolled_edge(tmp_path, bridge)
+    identity = load_identity(edge_dir)
+    assert identity is not None
+    other_copy = Creds(identity.device_id, key_file(edge_dir).read_bytes())
+    rotated, document = other_copy.rotated()
+    assert (await bridge.post("/v1/rotate-key", document))[0] == 200
+    assert (await bridge.device_status(rotated))[0] == 200  # the other copy's new key, in use
+    store, forwarder, task = await run_forwarder(edge_dir, ForwarderSettings(backoff_base_s=0.05, backoff_cap_s=0.2))
+    try:
+
+        def said() -> bool:
+            last = forwarder.errors.last(now_ms())
+            return last is not None and last.code == "key_replaced"
+
+        await until(said, timeout=20, what="the edge saying its key was replaced")
+        last = forwarder.errors.last(now_ms())
+        assert last is not None and "enroll again" in last.detail
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await store.close()

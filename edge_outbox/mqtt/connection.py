@@ -178,8 +178,8 @@ class Connection:
         self._will = connect.will
         session = self.session
         assert session is not None
-        if connect.receive_max is not None:
-            session.window = min(settings.window, connect.receive_max)
+        # Each connection's own: a resumed session once kept the last one given (3.1.1 gives none).
+        session.window = settings.window if connect.receive_max is None else min(settings.window, connect.receive_max)
         granted = self.endpoint.granted_expiry_s(connect)
         self.writer.write(self.dialect.connack(present, ConnackCode.ACCEPTED, assigned, granted))
         for packet_id in sorted(session.released):

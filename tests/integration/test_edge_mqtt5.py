@@ -19,6 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.support.edge import OutboxProcess, email, stored_ids, stored_sessions
+from tests.support.mqtt_raw import RawClient
 from tests.support.net import free_port, release_paho, wait_until
 
 
@@ -287,3 +288,34 @@ def test_a_disconnect_cannot_keep_a_session_its_connect_did_not(outbox: OutboxPr
     assert isinstance(answer, mqtt5.DisconnectPacket), answer
     assert answer.reason_code == mqtt5.DisconnectReasonCode.PROTOCOL_ERROR
     assert "v5-late-keep" not in stored_sessions(outbox.data_dir)
+
+
+def test_a_resumed_session_takes_the_receive_maximum_of_its_new_connection(outbox: OutboxProcess) -> None:
+    """A session kept the Receive Maximum of the connection that last gave one: resumed by a 3.1.1 client
+    (which has none) or an MQTT 5 client that left it at its default, it was sent one message at a time."""
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    props.ReceiveMaximum = 1
+    first = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="v5-window", protocol=mqtt.MQTTv5)
+    subscribed = threading.Event()
+    first.on_subscribe = lambda *_args: subscribed.set()
+    first.connect("127.0.0.1", outbox.port, keepalive=30, clean_start=False, properties=props)
+    first.loop_start()
+    first.subscribe("outbox/v5/status/#", qos=1)
+    assert subscribed.wait(10), "no SUBACK"
+    first.disconnect()
+    first.loop_stop()
+    release_paho(first)
+    publisher = App5(outbox.port, "v5-window-publisher")
+    try:
+        mids = [publisher.publish("outbox/v5/email.send", email(f"v5-w{i}")) for i in range(3)]
+        wait_until(lambda: set(mids) <= publisher.acks.keys(), what="PUBACKs")
+    finally:
+        publisher.close()
+    resumed = RawClient(outbox.port)
+    try:
+        assert resumed.connect("v5-window", clean=False).session_present
+        statuses = resumed.messages(3)  # none acknowledged: each went out within the new window
+        assert sorted(json.loads(m.payload)["id"] for m in statuses) == ["v5-w0", "v5-w1", "v5-w2"]
+    finally:
+        resumed.close()

@@ -54,6 +54,9 @@ def test_status_takes_max_offline_from_the_config_file_as_run_does(tmp_path: Pat
     try:
         wait_for_port(metrics)
         wait_until(lambda: healthz(metrics) == 503, what="/healthz unhealthy past the file's max_offline")
+        # status reads the link as the outbox records it at its housekeeping ticks (which may come after /healthz
+        # turned): it must turn too (in an hour, the default, before the fix).
+        wait_until(lambda: edge(config, "status").returncode == 1, what="status unhealthy past the file's max_offline")
 
         checked = edge(config, "status", "--json")
         assert checked.returncode == 1, checked.stdout + checked.stderr
@@ -82,6 +85,8 @@ def test_status_without_max_offline_judges_as_the_running_outbox_does(tmp_path: 
     try:
         wait_for_port(metrics)
         wait_until(lambda: healthz(metrics) == 503, what="/healthz unhealthy past run's --max-offline")
+        # As above: status must turn too, once the outbox recorded the link.
+        wait_until(lambda: cli(site, "status").returncode == 1, what="status unhealthy past run's --max-offline")
 
         checked = cli(site, "status")
         assert checked.returncode == 1, checked.stdout + checked.stderr

@@ -9,7 +9,8 @@ Statuses go to the broker at QoS 1 in sequence order; the broker is one more sta
 position (every status up to it acknowledged by the broker) is kept under STATUS_KEY, so a restart
 sends again what the broker may not have. After a lost connection the statuses not yet acknowledged
 are read again from that position. A replay request (`{"after": SEQ}` on outbox/{app}/replay) is
-acknowledged, not taken, and the app's stored statuses after SEQ are published to the broker again.
+acknowledged, not taken, and the app's stored statuses after SEQ are published to the broker again. So is
+another outbox's hello on PEER_TOPIC, which is named as an error (edge_outbox.attach_peers).
 
 Whatever the broker sends is answered: a message too large to take is cut as it arrives and refused
 (too_large), QoS 0 messages count towards MAX_UNCOMMITTED like QoS 1 ones, and a stop acknowledges what
@@ -35,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edge_outbox.attach_link import Link, Received, connack_reason, tls_context, why
+from edge_outbox.attach_peers import PEER_TOPIC, Peers, hello
 from edge_outbox.db import StatusEvent
 from edge_outbox.errors import AttachRefusedError
 from edge_outbox.intake import Intake
@@ -108,6 +110,7 @@ class AttachedClient:
         # acknowledged a status, which it did on a session of ours.
         self._had_session = position > 0
         self._retained_named: set[str] = set()
+        self._peers = Peers(target.client_id)
         feed.listen(self._wake.set)
 
     async def start(self) -> None:
@@ -184,7 +187,8 @@ class AttachedClient:
         try:
             password = t.password.encode() if t.password is not None else None
             connect = p.Connect("MQTT", 4, t.client_id, False, KEEPALIVE_S, None, t.username, password)
-            writer.write(p.encode(connect) + p.encode(p.Subscribe(SUBSCRIBE_ID, ((INTAKE_FILTER, 1),))))
+            subscribe = p.encode(p.Subscribe(SUBSCRIBE_ID, ((INTAKE_FILTER, 1),)))
+            writer.write(p.encode(connect) + subscribe + hello(t.client_id, answer=False))  # after it: heard by us too
             first = await asyncio.wait_for(self._first_packets(reader, framer), CONNECT_TIMEOUT_S)
             connack = p.decode(first[0][0] & 0xFF, first[0][1])
             if not isinstance(connack, p.Connack):
@@ -198,6 +202,7 @@ class AttachedClient:
                     t.client_id,
                 )
             self._had_session = True
+            self._peers.connected()
             self._link = link
             self._connected_at = time.monotonic()
             self.down_since = None
@@ -282,9 +287,12 @@ class AttachedClient:
             raise MalformedPacketError("the broker sent a QoS 2 message on a QoS 1 subscription")
         future: asyncio.Future[Any]
         app = Intake.replay_app(packet.topic)
+        peer = packet.topic == PEER_TOPIC
         if app is not None and not packet.retain:
             self._replay_request(app, packet.payload)
-        if packet.retain or app is not None:  # acknowledged in turn, not taken
+        elif peer and not packet.retain:
+            self._peer_hello(link, packet.payload)
+        if packet.retain or app is not None or peer:  # acknowledged in turn, not taken
             # RETAIN=1 marks a copy sent because we subscribed [MQTT-3.3.1-8]; a message on the subscription
             # we hold comes with RETAIN=0 [MQTT-3.3.1-9]. The broker replays a retained intent on every
             # SUBSCRIBE (one per connection): taken, each replay was a new intent, the email sent again.
@@ -322,6 +330,19 @@ class AttachedClient:
             return
         self._replays[app] = (after, 0)
         self._wake.set()
+
+    def _peer_hello(self, link: Link, raw: bytes) -> None:
+        """Another outbox says it is attached (edge_outbox.attach_peers): name it, and answer so it names us."""
+        heard = self._peers.heard(raw, time.monotonic())
+        if heard.peer is not None:
+            log.error(
+                "another edge outbox is attached to this broker as %r: each outbox takes every intent, so each is "
+                "sent twice (once by each); attach one outbox per broker%s",
+                heard.peer,
+                left_out(heard.not_logged),
+            )
+        if heard.answer is not None and not link.writer.is_closing():
+            link.writer.write(heard.answer)
 
     def _name_retained(self, topic: str) -> None:
         if topic in self._retained_named:

@@ -383,3 +383,29 @@ def test_attach_tls_settings_that_cannot_work_stop_the_outbox_in_one_line(tmp_pa
         )
         assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_a_second_outbox_attached_to_the_same_broker_is_named_by_both(tmp_path: Path, mosquitto: int) -> None:
+    """Two outboxes on one broker each take every intent, so each is sent twice; nothing said so (the docs even
+    asked for a client id of its own for each outbox attached to one broker)."""
+    app = Client(mosquitto, "app").connect()
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    first = attached(tmp_path / "one", mosquitto).start()
+    second = OutboxProcess(
+        tmp_path / "two" / "data", mosquitto, f"--attach=mqtt://127.0.0.1:{mosquitto}", "--attach-client-id", "other"
+    )
+    try:
+        wait_until(lambda: "attached; subscribed" in first.log(), what="the first outbox attached")
+        second.start()
+        wait_until(lambda: "attached; subscribed" in second.log(), what="the second outbox attached")
+        app.publish("outbox/hvac/email.send", email("twice"), name="twice")
+        wait_until(lambda: "twice" in stored_ids(first.data_dir) and "twice" in stored_ids(second.data_dir),
+                   what="the intent taken by both")  # fmt: skip
+        wait_until(lambda: "another edge outbox is attached to this broker as 'other'" in first.log(), what="named")
+        wait_until(lambda: "another edge outbox is attached to this broker as 'outbox-under-test'" in second.log(),
+                   what="named by the second too")  # fmt: skip
+    finally:
+        second.stop()
+        first.stop()
+        app.close()

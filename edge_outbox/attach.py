@@ -77,6 +77,9 @@ SUBSCRIBE_ID = 1  # the only SUBSCRIBE, once per connection
 RETAINED_TOPICS_NAMED = 1024  # topics whose retained copies were named in the log; forgotten beyond
 REPLAY_LOG_INTERVAL = 10.0  # seconds between lines about replay requests dropped
 REPLAY_APPS = 1024  # apps whose replay requests wait at once; a request for one more is dropped (and logged)
+# PINGREQs after which a connection on which the broker sent no PUBLISH at all, not even our own hello, is named:
+# a broker whose ACL does not let us read outbox/+/+ grants the subscription and sends nothing (Mosquitto).
+NOTHING_HEARD_PINGS = 2
 
 ReadAppStatuses = Callable[[str, int, int], Awaitable[list[StatusEvent]]]  # (app, after seq, limit), oldest first
 
@@ -283,6 +286,7 @@ class AttachedClient:
 
     def _received(self, link: Link, packet: p.Publish, size: int | None) -> None:
         """`size`: the payload's full size, when `packet` holds only its head."""
+        link.heard_publish = True
         if packet.qos == 2:  # we subscribed at QoS 1; a broker may not send more [MQTT-3.8.4-6]
             raise MalformedPacketError("the broker sent a QoS 2 message on a QoS 1 subscription")
         future: asyncio.Future[Any]
@@ -431,4 +435,14 @@ class AttachedClient:
                 )
                 link.writer.transport.abort()
                 return
+            link.pings += 1
+            if link.pings == NOTHING_HEARD_PINGS and not link.heard_publish:
+                log.error(
+                    "the attach broker sent nothing on %s in %d s, not even the outbox's own hello on %s: it does "
+                    "not let %s read %s (or write %s), and the intents apps publish are acknowledged to them and "
+                    "never reach the outbox; allow both (Mosquitto: acl_file)",
+                    INTAKE_FILTER, int(KEEPALIVE_S / 2 * NOTHING_HEARD_PINGS), PEER_TOPIC,
+                    f"user {self._target.username!r}" if self._target.username else "this client",
+                    INTAKE_FILTER, PEER_TOPIC,
+                )  # fmt: skip
             link.writer.write(p.encode(p.Bare(Type.PINGREQ)))

@@ -40,6 +40,8 @@ class Link:
         self.next_id = 0
         self.last_heard = time.monotonic()
         self.stopping = False  # the outbox stops: nothing more is taken, what was is acknowledged once committed
+        self.heard_publish = False  # a PUBLISH came on this connection (at least our own hello should)
+        self.pings = 0  # PINGREQs sent on this connection
 
     def resume(self) -> None:
         """Let reading go on. The broker's silence counts from now: a paused reader hears nothing, and the

@@ -1,6 +1,7 @@
 """Attach mode against a real Mosquitto on a private loopback port."""
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -8,13 +9,20 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import trustme
 
+from edge_outbox import attach
+from edge_outbox.attach import AttachedClient
+from edge_outbox.attach_peers import PEER_TOPIC
+from edge_outbox.intake import Intake
+from edge_outbox.settings import AttachTarget
+from edge_outbox.status import StatusFeed
 from tests.support.edge import Client, OutboxProcess, cli, email, stored_ids
 from tests.support.mqtt_raw import RawClient
-from tests.support.net import free_port, wait_for_port, wait_until
+from tests.support.net import free_port, until, wait_for_port, wait_until
 from tests.support.services import require_binary
 
 
@@ -409,3 +417,47 @@ def test_a_second_outbox_attached_to_the_same_broker_is_named_by_both(tmp_path: 
         second.stop()
         first.stop()
         app.close()
+
+
+@pytest.mark.parametrize("can_read", [True, False])
+async def test_a_broker_that_sends_the_outbox_nothing_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, can_read: bool
+) -> None:
+    """Mosquitto grants outbox/+/+ to a user its acl_file does not let read it, and sends it nothing: apps had their
+    PUBACKs, the outbox logged 'attached; subscribed' and was healthy, and every intent was lost without a word."""
+    monkeypatch.setattr(attach, "KEEPALIVE_S", 1)
+    port = free_port()
+    passwords = tmp_path / "passwords"
+    passwords.write_text("")
+    subprocess.run([require_binary("mosquitto_passwd"), "-b", str(passwords), "outbox", "pw"], check=True, timeout=30)
+    reads = "topic read outbox/+/+\n" if can_read else ""
+    acl = tmp_path / "acl"
+    acl.write_text(f"user outbox\n{reads}topic write outbox/+/status/#\ntopic write {PEER_TOPIC}\n")
+    conf = tmp_path / "acl.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\nacl_file {acl}\n"
+        f"persistence false\nuser root\nlog_dest file {tmp_path / 'mosquitto.log'}\nlog_type all\n"
+    )
+    broker = start_mosquitto(require_binary("mosquitto"), conf, port)
+
+    def pings() -> int:
+        return (tmp_path / "mosquitto.log").read_text().count("Received PINGREQ from acl-test")
+
+    client = AttachedClient(
+        AttachTarget("127.0.0.1", port, "outbox", "pw", "acl-test"), cast(Intake, None), StatusFeed(_none, 0), 0
+    )
+    try:
+        with caplog.at_level(logging.INFO, logger="edge_outbox.attach"):
+            await client.start()
+            await until(lambda: "attached; subscribed" in caplog.text, what="subscribed")
+            await until(lambda: pings() > 2, what="the check done")  # attach.NOTHING_HEARD_PINGS: 2
+    finally:
+        await client.stop()
+        broker.terminate()
+        broker.wait(10)
+    assert ("the attach broker sent nothing on outbox/+/+" in caplog.text) is not can_read
+    assert "user 'outbox'" in caplog.text or can_read
+
+
+async def _none(_after: int, _limit: int) -> list[Any]:
+    return []

@@ -32,22 +32,21 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edge_outbox.attach_link import Link, Received, connack_reason, tls_context, why
 from edge_outbox.attach_peers import PEER_TOPIC, Peers, hello
-from edge_outbox.db import StatusEvent
+from edge_outbox.attach_replays import ReadAppStatuses, Replays
 from edge_outbox.errors import AttachRefusedError
 from edge_outbox.intake import Intake
-from edge_outbox.intake_rules import CUT_KEEP, MAX_PAYLOAD_BYTES, TOPIC_ROOT, replay_after
+from edge_outbox.intake_rules import CUT_KEEP, MAX_PAYLOAD_BYTES, TOPIC_ROOT
 from edge_outbox.mqtt.session import StatusCursor
 from edge_outbox.settings import AttachTarget
 from edge_outbox.status import StatusFeed
 from intent_contract import mqtt_packets as p
 from intent_contract.backoff import compute_backoff
 from intent_contract.errors import MalformedPacketError
-from intent_contract.logs import LogThrottle, left_out
+from intent_contract.logs import left_out
 from intent_contract.mqtt_packets import ConnackCode, Type
 
 log = logging.getLogger(__name__)
@@ -75,13 +74,9 @@ MAX_UNCOMMITTED = 1000
 STOP_COMMIT_S = 5.0
 SUBSCRIBE_ID = 1  # the only SUBSCRIBE, once per connection
 RETAINED_TOPICS_NAMED = 1024  # topics whose retained copies were named in the log; forgotten beyond
-REPLAY_LOG_INTERVAL = 10.0  # seconds between lines about replay requests dropped
-REPLAY_APPS = 1024  # apps whose replay requests wait at once; a request for one more is dropped (and logged)
 # PINGREQs after which a connection on which the broker sent no PUBLISH at all, not even our own hello, is named:
 # a broker whose ACL does not let us read outbox/+/+ grants the subscription and sends nothing (Mosquitto).
 NOTHING_HEARD_PINGS = 2
-
-ReadAppStatuses = Callable[[str, int, int], Awaitable[list[StatusEvent]]]  # (app, after seq, limit), oldest first
 
 
 class AttachedClient:
@@ -96,9 +91,7 @@ class AttachedClient:
         read_app_statuses: ReadAppStatuses | None = None,
     ) -> None:
         self._target = target
-        self._read_app_statuses = read_app_statuses
-        self._replays: dict[str, tuple[int, int]] = {}  # app -> (after seq, sent so far): replay requests under way
-        self._replay_log = LogThrottle(REPLAY_LOG_INTERVAL)  # requests dropped: an app may send them in a loop
+        self._replays = Replays(read_app_statuses)
         self._tls = tls_context(target) if target.tls else None
         self._intake = intake
         self._feed = feed
@@ -293,7 +286,8 @@ class AttachedClient:
         app = Intake.replay_app(packet.topic)
         peer = packet.topic == PEER_TOPIC
         if app is not None and not packet.retain:
-            self._replay_request(app, packet.payload)
+            if self._replays.asked(app, packet.payload):
+                self._wake.set()
         elif peer and not packet.retain:
             self._peer_hello(link, packet.payload)
         if packet.retain or app is not None or peer:  # acknowledged in turn, not taken
@@ -313,27 +307,6 @@ class AttachedClient:
             link.received.append(Received(packet.packet_id, future))
             if not link.watching:
                 self._watch(link, future)
-
-    def _replay_request(self, app: str, raw: bytes) -> None:
-        """`{"after": SEQ}` on outbox/{app}/replay: publish the app's stored statuses after SEQ again. Through a
-        broker they go to every client subscribed to them, not only to the one that asked. Before, the request
-        was taken as an intent of the unknown kind `replay`, and the app had a rejection for it, not its statuses."""
-        after = replay_after(raw)
-        if after is None:
-            if (not_logged := self._replay_log.allow(time.monotonic())) is not None:
-                log.warning(
-                    'a replay request for %s is {"after": SEQ}, not %r: dropped%s', app, raw[:100], left_out(not_logged)
-                )
-            return
-        if app in self._replays:
-            after = min(after, self._replays[app][0])  # the earlier request is not done: serve both
-        elif len(self._replays) >= REPLAY_APPS or self._read_app_statuses is None:
-            if (not_logged := self._replay_log.allow(time.monotonic())) is not None:
-                log.warning("a replay request for %s is dropped: %d apps' requests are under way%s",
-                            app, len(self._replays), left_out(not_logged))  # fmt: skip
-            return
-        self._replays[app] = (after, 0)
-        self._wake.set()
 
     def _peer_hello(self, link: Link, raw: bytes) -> None:
         """Another outbox says it is attached (edge_outbox.attach_peers): name it, and answer so it names us."""
@@ -405,23 +378,8 @@ class AttachedClient:
                     cursor.opened(event.seq)
                 self._wake.set()
             if self._replays and len(link.statuses) < STATUS_WINDOW:
-                await self._replay_some(link, STATUS_WINDOW - len(link.statuses))
-
-    async def _replay_some(self, link: Link, room: int) -> None:
-        """Publish the next part of the oldest replay request, at most `room` statuses."""
-        assert self._read_app_statuses is not None
-        app, (after, count) = next(iter(self._replays.items()))
-        events = await self._read_app_statuses(app, after, room)
-        if link.writer.is_closing():
-            return  # the request stays: it goes on on the next connection
-        link.writer.write(link.publish_statuses(events, replayed=True))
-        after = events[-1].seq if events else after
-        if len(events) < room:
-            del self._replays[app]
-            log.info("the statuses of %s were asked for again: %d published", app, count + len(events))
-        else:
-            self._replays[app] = (after, count + len(events))
-        self._wake.set()
+                await self._replays.serve(link, STATUS_WINDOW - len(link.statuses))
+                self._wake.set()
 
     async def _keepalive(self, link: Link) -> None:
         """PINGREQ every half keepalive; a broker silent for 1.5 keepalives while we read (or wait for it to read

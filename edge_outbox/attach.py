@@ -37,7 +37,7 @@ from typing import Any
 from edge_outbox.attach_link import Link, Received, connack_reason, tls_context, why
 from edge_outbox.attach_peers import PEER_TOPIC, Peers, hello
 from edge_outbox.attach_replays import ReadAppStatuses, Replays
-from edge_outbox.errors import AttachRefusedError
+from edge_outbox.errors import AttachRefusedError, StorageError
 from edge_outbox.intake import Intake
 from edge_outbox.intake_rules import CUT_KEEP, MAX_PAYLOAD_BYTES, TOPIC_ROOT
 from edge_outbox.mqtt.session import StatusCursor
@@ -46,7 +46,7 @@ from edge_outbox.status import StatusFeed
 from intent_contract import mqtt_packets as p
 from intent_contract.backoff import compute_backoff
 from intent_contract.errors import MalformedPacketError
-from intent_contract.logs import left_out
+from intent_contract.logs import LogThrottle, left_out
 from intent_contract.mqtt_packets import ConnackCode, Type
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ RETAINED_TOPICS_NAMED = 1024  # topics whose retained copies were named in the l
 # PINGREQs after which a connection on which the broker sent no PUBLISH at all, not even our own hello, is named:
 # a broker whose ACL does not let us read outbox/+/+ grants the subscription and sends nothing (Mosquitto).
 NOTHING_HEARD_PINGS = 2
+STATUS_RETRY_S = 1.0  # a read of statuses the store failed is tried again after this; a line per 10 s says so
 
 
 class AttachedClient:
@@ -107,6 +108,7 @@ class AttachedClient:
         self._had_session = position > 0
         self._retained_named: set[str] = set()
         self._peers = Peers(target.client_id)
+        self._store_log = LogThrottle(10.0)
         feed.listen(self._wake.set)
 
     async def start(self) -> None:
@@ -364,21 +366,29 @@ class AttachedClient:
             link.resume()
 
     async def _publish_statuses(self, link: Link) -> None:
-        """Publish statuses in order, at most STATUS_WINDOW unacknowledged, one write per read."""
+        """Publish statuses in order, at most STATUS_WINDOW unacknowledged, one write per read. A read the store fails
+        (a full disk fails each group commit, and the reads in it) is tried again: it ended this task without a word,
+        and no status went to the broker until the connection ended."""
         cursor = self.status
         while True:
             await self._wake.wait()
             self._wake.clear()
-            events = await self._feed.read(cursor.sent, STATUS_WINDOW - cursor.open)
-            if link.writer.is_closing():
-                return
-            if events:
-                link.writer.write(link.publish_statuses(events))
-                for event in events:
-                    cursor.opened(event.seq)
-                self._wake.set()
-            if self._replays and len(link.statuses) < STATUS_WINDOW:
-                await self._replays.serve(link, STATUS_WINDOW - len(link.statuses))
+            try:
+                events = await self._feed.read(cursor.sent, STATUS_WINDOW - cursor.open)
+                if link.writer.is_closing():
+                    return
+                if events:
+                    link.writer.write(link.publish_statuses(events))
+                    for event in events:
+                        cursor.opened(event.seq)
+                    self._wake.set()
+                if self._replays and len(link.statuses) < STATUS_WINDOW:
+                    await self._replays.serve(link, STATUS_WINDOW - len(link.statuses))
+                    self._wake.set()
+            except StorageError as exc:
+                if (not_logged := self._store_log.allow(time.monotonic())) is not None:
+                    log.warning("statuses to the attach broker wait for the store: %s%s", exc, left_out(not_logged))
+                await asyncio.sleep(STATUS_RETRY_S)
                 self._wake.set()
 
     async def _keepalive(self, link: Link) -> None:

@@ -21,6 +21,7 @@ import pytest
 from edge_outbox import attach, attach_peers
 from edge_outbox.attach import AttachedClient
 from edge_outbox.db import StatusEvent
+from edge_outbox.errors import StorageError
 from edge_outbox.intake import Intake
 from edge_outbox.settings import AttachTarget
 from edge_outbox.states import State
@@ -393,3 +394,25 @@ async def test_a_broker_that_does_not_read_is_not_read_from_and_is_dropped(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             peer.writer.transport.abort()
+
+
+async def test_a_status_read_the_store_fails_is_tried_again(
+    broker: ScriptedBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk fails every group commit, and the reads grouped with its writes: one failed read of statuses ended
+    the client's status task without a word, and no status went to the broker until the connection ended (seen:
+    1,000 intents stored once the disk had room again, and none of their statuses published)."""
+    stored = [StatusEvent(seq, f"i{seq}", "app", "email.send", State.ACCEPTED, "", "", 0) for seq in (1, 2, 3)]
+    failures = [StorageError("could not commit: database or disk is full")]
+
+    async def read_after(after: int, limit: int) -> list[StatusEvent]:
+        if failures:
+            raise failures.pop()
+        return [e for e in stored if e.seq > after][:limit]
+
+    with caplog.at_level(logging.WARNING, logger="edge_outbox.attach"):
+        async with running(broker, feed=StatusFeed(read_after, 3)):  # committed before the start: read from the store
+            peer, _connect = await broker.session()
+            published = [packet for _ in range(3) if isinstance(packet := await peer.next(), p.Publish)]
+            assert [json.loads(m.payload)["seq"] for m in published] == [1, 2, 3]
+    assert "statuses to the attach broker wait for the store: could not commit" in caplog.text

@@ -108,6 +108,7 @@ class AttachedClient:
         self._had_session = position > 0
         self._retained_named: set[str] = set()
         self._peers = Peers(target.client_id)
+        self.fault = ""  # what is wrong with a connection that is up, for health: the broker sends us nothing
         self._store_log = LogThrottle(10.0)
         feed.listen(self._wake.set)
 
@@ -282,6 +283,7 @@ class AttachedClient:
     def _received(self, link: Link, packet: p.Publish, size: int | None) -> None:
         """`size`: the payload's full size, when `packet` holds only its head."""
         link.heard_publish = True
+        self.fault = ""
         if packet.qos == 2:  # we subscribed at QoS 1; a broker may not send more [MQTT-3.8.4-6]
             raise MalformedPacketError("the broker sent a QoS 2 message on a QoS 1 subscription")
         future: asyncio.Future[Any]
@@ -405,6 +407,7 @@ class AttachedClient:
                 return
             link.pings += 1
             if link.pings == NOTHING_HEARD_PINGS and not link.heard_publish:
+                self.fault = f"the site broker sends nothing on {INTAKE_FILTER}, not even the outbox's own hello (ACL?)"
                 log.error(
                     "the attach broker sent nothing on %s in %d s, not even the outbox's own hello on %s: it does "
                     "not let %s read %s (or write %s), and the intents apps publish are acknowledged to them and "

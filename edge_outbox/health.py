@@ -21,6 +21,7 @@ def problems(
     revoked: bool = False,
     attach_down_since_ms: int | None = None,
     silent_s: float | None = None,
+    attach_fault: str = "",
 ) -> list[str]:
     """What is wrong, in words; empty when healthy.
 
@@ -30,8 +31,8 @@ def problems(
     holds the apps' acknowledgements); the link to the bridge has been down longer than
     `max_offline_s` (None: not enrolled or not forwarding, which is not a fault here); in attach mode, the
     connection to the site's broker, through which every intent comes, has been down longer than ATTACH_GRACE_S
-    (or `max_offline_s` if shorter); the outbox's heartbeat is `silent_s` old, more than SILENT_AFTER_S (None:
-    none to judge).
+    (or `max_offline_s` if shorter), or the broker sends the outbox nothing (`attach_fault`: its ACL, say);
+    the outbox's heartbeat is `silent_s` old, more than SILENT_AFTER_S (None: none to judge).
     """
     found: list[str] = []
     if revoked or link_state == "revoked":
@@ -52,4 +53,6 @@ def problems(
             f"no heartbeat from the outbox for {silent_s:.0f} s (more than {SILENT_AFTER_S:.0f} s): its event loop or"
             " its housekeeping is stuck, and what it last recorded may be stale"
         )
+    if attach_fault:
+        found.append(attach_fault)
     return found

@@ -56,6 +56,7 @@ class Observed:
     revoked: bool = False  # the bridge said this device is revoked (stored: a receipt or the link)
     attach_down_since_ms: int | None = None  # attach mode: since when the broker connection is down (None: up)
     silent_s: float = 0.0  # since the housekeeping's last tick (edge_outbox.health.SILENT_AFTER_S)
+    attach_fault: str = ""  # attach mode: what is wrong with a connection that is up (edge_outbox.attach)
 
 
 class _Collector(Collector):
@@ -175,6 +176,7 @@ class Probe:
             revoked=seen.revoked,
             attach_down_since_ms=seen.attach_down_since_ms,
             silent_s=seen.silent_s,
+            attach_fault=seen.attach_fault,
         )
         body = {"status": "ok" if not found else "unhealthy", "problems": found}
         return web.Response(status=200 if not found else 503, text=json.dumps(body), content_type="application/json")

@@ -202,6 +202,7 @@ class Outbox:
             revoked=self.revoked,
             attach_down_since_ms=self._attach_down_since_ms(),
             silent_s=time.monotonic() - self._beat,
+            attach_fault=self._transport.fault if isinstance(self._transport, AttachedClient) else "",
         )
 
     def _edge_facts(self) -> EdgeFacts:
@@ -243,7 +244,7 @@ class Outbox:
         """What `edge-outbox status` reads of the running outbox (recorded in the lock file, edge_outbox.lock)."""
         live: dict[str, Any] = {}
         if isinstance(self._transport, AttachedClient):
-            live[ATTACH_KEY] = {"down_since_ms": self._attach_down_since_ms()}
+            live[ATTACH_KEY] = {"down_since_ms": self._attach_down_since_ms(), "fault": self._transport.fault}
         if self.forwarder is not None:
             live[LINK_KEY] = asdict(self.forwarder.snapshot())
         if self.intake is not None:

@@ -427,18 +427,7 @@ async def test_a_broker_that_sends_the_outbox_nothing_is_named(
     PUBACKs, the outbox logged 'attached; subscribed' and was healthy, and every intent was lost without a word."""
     monkeypatch.setattr(attach, "KEEPALIVE_S", 1)
     port = free_port()
-    passwords = tmp_path / "passwords"
-    passwords.write_text("")
-    subprocess.run([require_binary("mosquitto_passwd"), "-b", str(passwords), "outbox", "pw"], check=True, timeout=30)
-    reads = "topic read outbox/+/+\n" if can_read else ""
-    acl = tmp_path / "acl"
-    acl.write_text(f"user outbox\n{reads}topic write outbox/+/status/#\ntopic write {PEER_TOPIC}\n")
-    conf = tmp_path / "acl.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\nacl_file {acl}\n"
-        f"persistence false\nuser root\nlog_dest file {tmp_path / 'mosquitto.log'}\nlog_type all\n"
-    )
-    broker = start_mosquitto(require_binary("mosquitto"), conf, port)
+    broker = acl_mosquitto(tmp_path, port, "topic read outbox/+/+\n" if can_read else "")
 
     def pings() -> int:
         return (tmp_path / "mosquitto.log").read_text().count("Received PINGREQ from acl-test")
@@ -457,6 +446,40 @@ async def test_a_broker_that_sends_the_outbox_nothing_is_named(
         broker.wait(10)
     assert ("the attach broker sent nothing on outbox/+/+" in caplog.text) is not can_read
     assert "user 'outbox'" in caplog.text or can_read
+    assert bool(client.fault) is not can_read  # for /healthz and `edge-outbox status`
+
+
+def acl_mosquitto(tmp_path: Path, port: int, reads: str) -> subprocess.Popen[bytes]:
+    """Mosquitto whose user `outbox` (password `pw`) may write statuses and hellos, and read what `reads` says."""
+    passwords = tmp_path / "passwords"
+    passwords.write_text("")
+    subprocess.run([require_binary("mosquitto_passwd"), "-b", str(passwords), "outbox", "pw"], check=True, timeout=30)
+    acl = tmp_path / "acl"
+    acl.write_text(f"user outbox\n{reads}topic write outbox/+/status/#\ntopic write {PEER_TOPIC}\n")
+    conf = tmp_path / "acl.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\nacl_file {acl}\n"
+        f"persistence false\nuser root\nlog_dest file {tmp_path / 'mosquitto.log'}\nlog_type all\n"
+    )
+    return start_mosquitto(require_binary("mosquitto"), conf, port)
+
+
+@pytest.mark.timeout(120)
+def test_an_outbox_its_broker_sends_nothing_is_unhealthy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every intent lost to the broker's ACL, and /healthz and `edge-outbox status` said ok. Two keepalive pings
+    (30 s) pass before the outbox can tell."""
+    port = free_port()
+    broker = acl_mosquitto(tmp_path, port, "")
+    monkeypatch.setenv("EDGE_OUTBOX_ATTACH_PASSWORD", "pw")
+    outbox = OutboxProcess(tmp_path / "data", port, f"--attach=mqtt://outbox@127.0.0.1:{port}").start()
+    try:
+        wait_until(lambda: "attached; subscribed" in outbox.log(), what="subscribed")
+        wait_until(lambda: cli(outbox.data_dir, "status").returncode == 1, timeout=90, what="unhealthy")
+        assert "the site broker sends nothing on outbox/+/+" in cli(outbox.data_dir, "status").stdout
+    finally:
+        outbox.stop()
+        broker.terminate()
+        broker.wait(10)
 
 
 async def _none(_after: int, _limit: int) -> list[Any]:

@@ -68,3 +68,11 @@ def test_a_heartbeat_older_than_a_minute_is_a_problem() -> None:
     }
     assert [bool(f) for f in found.values()] == [False, False, False, True]
     assert found[SILENT_AFTER_S + 1][0].startswith("no heartbeat from the outbox for 61 s (more than 60 s)")
+
+
+def test_an_attached_broker_that_sends_nothing_is_a_problem() -> None:
+    fault = "the site broker sends nothing on outbox/+/+, not even the outbox's own hello (ACL?)"
+    found = problems(
+        link_state=None, link_since_ms=None, intake_held_since_ms=None, intake_reason="", now_ms=0, attach_fault=fault
+    )
+    assert found == [fault]

@@ -42,7 +42,7 @@ from edge_outbox.intake import Intake
 from edge_outbox.intake_rules import CUT_KEEP, MAX_PAYLOAD_BYTES, TOPIC_ROOT
 from edge_outbox.mqtt.session import StatusCursor
 from edge_outbox.settings import AttachTarget
-from edge_outbox.status import StatusFeed
+from edge_outbox.status import STATUS_RETRY_S, StatusFeed
 from intent_contract import mqtt_packets as p
 from intent_contract.backoff import compute_backoff
 from intent_contract.errors import MalformedPacketError
@@ -77,7 +77,6 @@ RETAINED_TOPICS_NAMED = 1024  # topics whose retained copies were named in the l
 # PINGREQs after which a connection on which the broker sent no PUBLISH at all, not even our own hello, is named:
 # a broker whose ACL does not let us read outbox/+/+ grants the subscription and sends nothing (Mosquitto).
 NOTHING_HEARD_PINGS = 2
-STATUS_RETRY_S = 1.0  # a read of statuses the store failed is tried again after this; a line per 10 s says so
 
 
 class AttachedClient:

@@ -43,6 +43,11 @@ def status_payload(event: StatusEvent) -> bytes:
     ).encode()
 
 
+# A read of statuses the store failed (a full disk fails the reads grouped with its commits) is tried again
+# after this, by the endpoint's connections and the attach client alike.
+STATUS_RETRY_S = 1.0
+
+
 class StatusFeed:
     """The tail of the status log: `head` is the newest committed event's seq."""
 

@@ -21,7 +21,7 @@ from edge_outbox.mqtt.answers import Answers
 from edge_outbox.mqtt.dialect import V311, Dialect, dialect_of
 from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, Message, Send, Session
 from edge_outbox.mqtt.topics import STATUS_SHAPE, may_match, may_publish, may_subscribe, valid_filter
-from edge_outbox.status import status_payload, status_topic
+from edge_outbox.status import STATUS_RETRY_S, StatusFeed, status_payload, status_topic
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
 from intent_contract.mqtt_packets import ConnackCode, Type
@@ -361,18 +361,11 @@ class Connection:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            cursor = session.status
-            if cursor.sent < feed.head:
-                if not session.wants_statuses:
-                    cursor.passed(feed.head)
-                elif (room := session.space()) > 0:
-                    events = await feed.read(cursor.sent, room)
-                    for event in events:
-                        session.offer(status_topic(event.app, event.id), status_payload(event), 1, seq=event.seq)
-                    if events:
-                        self.wake.set()  # there may be more
-            if self._replay is not None and len(session.queue) < REPLAY_CHUNK:
-                await self._replay_some(session)
+            try:
+                await self._read_statuses(session, feed)
+            except StorageError as exc:  # a full disk fails the reads grouped with its commits: try again
+                self.endpoint.log_input("status_read", "statuses to %s wait for the store: %s", self.name, exc)
+                asyncio.get_running_loop().call_later(STATUS_RETRY_S, self.wake.set)
             for send in session.take():
                 data = self.dialect.publish(send.message, send.packet_id, send.dup)
                 if self._client_max is not None and len(data) > self._client_max:
@@ -382,6 +375,21 @@ class Connection:
             transport = self.writer.transport
             if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
                 await self.writer.drain()
+
+    async def _read_statuses(self, session: Session, feed: StatusFeed) -> None:
+        """Queue the statuses the session has room for, then the next part of a replay request."""
+        cursor = session.status
+        if cursor.sent < feed.head:
+            if not session.wants_statuses:
+                cursor.passed(feed.head)
+            elif (room := session.space()) > 0:
+                events = await feed.read(cursor.sent, room)
+                for event in events:
+                    session.offer(status_topic(event.app, event.id), status_payload(event), 1, seq=event.seq)
+                if events:
+                    self.wake.set()  # there may be more
+        if self._replay is not None and len(session.queue) < REPLAY_CHUNK:
+            await self._replay_some(session)
 
     def _not_sent(self, session: Session, send: Send, size: int) -> None:
         """A message over the client's maximum packet size is dropped as if delivered [MQTT-3.1.2-25]: sent, the

@@ -16,6 +16,7 @@ from typing import Any
 import mqtt5
 import pytest
 
+from edge_outbox.errors import StorageError
 from edge_outbox.mqtt import connection
 from edge_outbox.mqtt.server import MqttEndpoint
 from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS
@@ -334,3 +335,36 @@ async def test_every_publish_waiting_behind_a_full_queue_is_counted_as_held(tmp_
         for client in clients:
             client.close()
         await running.stop()
+
+
+async def test_a_status_read_the_store_fails_is_tried_again(outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk fails every group commit, and the reads grouped with its writes: one failed read of statuses
+    ended the connection's pump without a word, and the app heard no status (nor any message) until it
+    reconnected. As the attach client does, the read is tried again."""
+    feed, port = outbox.feed, outbox.settings.listen_port
+    assert feed is not None
+    real_read = feed.read
+    failures = [StorageError("could not commit: database or disk is full")]
+
+    async def failing_once(after: int, limit: int) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real_read(after, limit)
+
+    feed.read = failing_once  # type: ignore[method-assign]
+    listener, publisher = RawClient(port), RawClient(port)
+    try:
+        await asyncio.to_thread(listener.connect, "listener")
+        assert await asyncio.to_thread(listener.subscribe, "outbox/hvac/status/#", 0) == (0,)
+        await asyncio.to_thread(publisher.connect, "publisher")
+        with caplog.at_level(logging.WARNING, logger="edge_outbox.mqtt.server"):
+            for i in range(3):
+                await asyncio.to_thread(
+                    publisher.publish, "outbox/hvac/email.send", json.dumps(email(f"s{i}")).encode(), 1
+                )
+            heard = await asyncio.to_thread(listener.messages, 3)
+        assert [json.loads(m.payload)["id"] for m in heard] == ["s0", "s1", "s2"]
+        assert not failures and "wait for the store: could not commit" in caplog.text
+    finally:
+        for client in (listener, publisher):
+            client.close()

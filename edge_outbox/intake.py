@@ -29,13 +29,14 @@ from edge_outbox.states import State
 from edge_outbox.store import Store
 from intent_contract.backoff import compute_backoff
 from intent_contract.ids import IdGenerator
-from intent_contract.logs import LogThrottle
+from intent_contract.logs import LogThrottles
 
 log = logging.getLogger(__name__)
 
 ROOM_POLL_S = 0.5
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between an app's "rejected input" lines
-REFUSAL_LOG_APPS = 1024  # apps whose refusals are throttled at once; forgotten beyond
+REFUSAL_LOG_LINES = 10  # "rejected input" lines (and "duplicate intent" lines) per interval from all apps together
+REFUSAL_LOG_APPS = 1024  # apps whose refusals are throttled at once; those holding nothing back forgotten beyond
 MAX_BATCH = 2000
 # Payload bytes of publishes taken and not yet stored, from every connection: past it the endpoint reads no more
 # (`room_to_read`). A connection stops reading at 1,000 unanswered publishes of its own, but one dropped for that
@@ -79,7 +80,12 @@ class Intake:
         self._room = asyncio.Event()
         self._room.set()
         self.health = IntakeHealth()
-        self._app_logs: dict[tuple[str, str], LogThrottle] = {}  # by kind of line ("rejected", "duplicate"), app
+        # By kind of line, then app. App names are the publisher's to choose: a fresh one per publish was a fresh
+        # throttle each, and a line each, so the lines of all apps together are bounded too.
+        self._app_logs = {
+            kind: LogThrottles(REFUSAL_LOG_INTERVAL, lines=REFUSAL_LOG_LINES, keys=REFUSAL_LOG_APPS)
+            for kind in ("rejected", "duplicate")
+        }
         self.outcomes: dict[str, int] = {}  # committed publishes by outcome (a state, or "duplicate")
         self.max_waiting_bytes = MAX_WAITING_BYTES
         self.waiting_bytes = 0  # payload bytes of the publishes in `_waiting`
@@ -213,22 +219,19 @@ class Intake:
             # A line per app per REFUSAL_LOG_INTERVAL, of each kind: an app publishing bad intents in a loop wrote a
             # line each, on hardware whose disk is small (every refusal is stored, counted and told to the app), and
             # one publishing the same id again (its retries, or a loop: nothing is stored) wrote one each too.
-            not_logged = self._app_line("duplicate" if duplicate else "rejected", row.app)
+            throttles = self._app_logs["duplicate" if duplicate else "rejected"]
+            not_logged = throttles.allow(row.app, time.monotonic())
             if not_logged is None:
                 return
+            others = throttles.take_others()
             more = f" ({not_logged} more from this app since the last line)" if not_logged else ""
-            context["not_logged"] = not_logged
+            if others:
+                more += f" ({others} more from all apps, over {REFUSAL_LOG_LINES} lines in {REFUSAL_LOG_INTERVAL:g} s)"
+            context["not_logged"] = not_logged + others
             if duplicate:
                 log.info("duplicate intent: already stored%s", more, extra=context)
             else:
                 log.warning("rejected input on %s: %s%s", waiting.topic, row.detail, more, extra=context)
-
-    def _app_line(self, kind: str, app: str) -> int | None:
-        """LogThrottle.allow for an app's lines of `kind` (the count left out, or None: leave this one out)."""
-        key = (kind, app)
-        if len(self._app_logs) >= REFUSAL_LOG_APPS and key not in self._app_logs:
-            self._app_logs.clear()  # app names are the publisher's to choose: kept bounded
-        return self._app_logs.setdefault(key, LogThrottle(REFUSAL_LOG_INTERVAL)).allow(time.monotonic())
 
     def _hold(self, batch: list[_Waiting], reason: str) -> None:
         health = self.health

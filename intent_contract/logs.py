@@ -116,17 +116,63 @@ class LogThrottle:
         self._next = now + self.interval
         return skipped
 
+    def holds(self, now: float) -> bool:
+        """Whether a line now would be left out."""
+        return now < self._next
+
+    def drop(self) -> int:
+        """The lines left out since the last one written, forgotten."""
+        skipped, self._skipped = self._skipped, 0
+        return skipped
+
 
 @dataclass(slots=True)
 class LogThrottles:
-    """A LogThrottle per key (a device, a code): what one device repeats at will is a line per `interval`."""
+    """A LogThrottle per key (a device, a code): what one device repeats at will is a line per `interval`.
+
+    Keys a sender chooses (an app's name on the edge) need `lines` too: at most that many lines per `interval`
+    from all keys together, the rest counted (`take_others`). With per-key throttles alone, a fresh key per
+    message was a fresh throttle, and a line each. Past `keys` keys, those whose throttle holds nothing back
+    now are forgotten (what they had left out counted with the others): with `lines` set, at most twice `lines`
+    hold something back at once.
+    """
 
     interval: float = 1.0
+    lines: int | None = None
+    keys: int | None = None
     _by_key: dict[str, LogThrottle] = field(default_factory=dict)
+    _window_end: float = -math.inf
+    _in_window: int = 0
+    _others: int = 0
 
     def allow(self, key: str, now: float) -> int | None:
         """As LogThrottle.allow, for `key`'s lines."""
-        return self._by_key.setdefault(key, LogThrottle(self.interval)).allow(now)
+        throttle = self._by_key.get(key)
+        if throttle is not None and throttle.holds(now):
+            return throttle.allow(now)  # None: left out, and counted for the key's next line
+        if self.lines is not None:
+            if now >= self._window_end:
+                self._window_end, self._in_window = now + self.interval, 0
+            if self._in_window >= self.lines:
+                self._others += 1
+                return None
+            self._in_window += 1
+        if throttle is None:
+            if self.keys is not None and len(self._by_key) >= self.keys:
+                self._forget(now)
+            throttle = self._by_key[key] = LogThrottle(self.interval)
+        return throttle.allow(now)
+
+    def take_others(self) -> int:
+        """Lines left out by `lines` (and by forgotten keys) since the last call."""
+        others, self._others = self._others, 0
+        return others
+
+    def _forget(self, now: float) -> None:
+        for key, throttle in list(self._by_key.items()):
+            if not throttle.holds(now):
+                self._others += throttle.drop()
+                del self._by_key[key]
 
 
 def left_out(not_logged: int) -> str:

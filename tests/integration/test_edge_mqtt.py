@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from edge_outbox.intake import REFUSAL_LOG_INTERVAL, REFUSAL_LOG_LINES
 from edge_outbox.intake_rules import CUT_KEEP
 from intent_contract import mqtt_packets as p
 from intent_contract.mqtt_packets import Type
@@ -181,6 +183,27 @@ def test_an_app_refused_in_a_loop_gets_a_log_line_now_and_then(
         "outbox/loop/sms.sendd",
         "outbox/other/sms.sendd",
     ]
+
+
+def test_an_app_name_per_publish_does_not_buy_a_log_line_per_publish(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    """App names are the publisher's to choose, and the "rejected input" line was throttled per app: a fresh
+    name per publish wrote a line each (300 lines for 300 publishes). All apps together now get
+    REFUSAL_LOG_LINES lines per REFUSAL_LOG_INTERVAL; each refusal is still stored and acknowledged."""
+    app = raw()
+    app.connect("many-names")
+    started = time.monotonic()
+    for n in range(300):
+        app.publish(f"outbox/name-{n}/sms.sendd", json.dumps(email(f"name-{n}")).encode(), 1)  # each PUBACKed
+    windows = int((time.monotonic() - started) // REFUSAL_LOG_INTERVAL) + 1
+    lines = [line for line in outbox.log().splitlines() if "rejected input on" in line]
+    assert 1 <= len(lines) <= REFUSAL_LOG_LINES * windows, len(lines)
+    conn = sqlite3.connect(outbox.data_dir / "outbox.db")
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM intents WHERE state = 'rejected'").fetchone() == (300,)
+    finally:
+        conn.close()
 
 
 def test_an_app_publishing_one_id_in_a_loop_gets_a_log_line_now_and_then(

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from intent_contract.logs import configure
+from intent_contract.logs import LogThrottles, configure
 
 
 @pytest.fixture
@@ -78,3 +78,25 @@ def test_a_line_quoting_a_long_topic_is_clipped(restore_root: object, fmt: str) 
     assert len(line) < 3000
     assert f"({len('rejected input on ' + topic) - 2000} more characters)" in line
     assert "(69800 more characters)" in line
+
+
+def test_keys_a_sender_chooses_cannot_each_have_a_line() -> None:
+    """The edge throttled "rejected input" a line per app per interval, and app names are the publisher's: a
+    fresh name per publish was a fresh throttle, and a line each. `lines` bounds all keys together; what it
+    leaves out is counted and said by the next line written."""
+    throttles = LogThrottles(10.0, lines=3, keys=4)
+    written = [throttles.allow(f"app-{n}", 100.0) for n in range(50)]
+    assert written[:3] == [0, 0, 0] and written[3:] == [None] * 47
+    assert throttles.take_others() == 47 and throttles.take_others() == 0
+    assert throttles.allow("app-0", 105.0) is None  # its own throttle still holds
+    assert throttles.allow("app-99", 110.0) == 0  # a new window
+    assert throttles.allow("app-0", 110.0) == 1  # what its own throttle held back
+    for n in range(10):  # keys whose throttles hold nothing back are forgotten past `keys`
+        throttles.allow(f"late-{n}", 200.0 + 10 * n)
+    assert len(throttles._by_key) <= 4  # the bound is the point
+
+
+def test_throttles_without_a_line_bound_keep_one_line_per_key() -> None:
+    throttles = LogThrottles(1.0)
+    assert [throttles.allow(f"dev-{n}", 0.0) for n in range(100)] == [0] * 100
+    assert throttles.allow("dev-1", 0.5) is None and throttles.allow("dev-1", 1.0) == 1

@@ -40,16 +40,17 @@ class Replays:
         after = replay_after(raw)
         if after is None:
             if (not_logged := self._log.allow(time.monotonic())) is not None:
-                log.warning(
-                    'a replay request for %s is {"after": SEQ}, not %r: dropped%s', app, raw[:100], left_out(not_logged)
-                )
+                message = 'a replay request for %s is {"after": SEQ}, not %r: dropped%s'
+                extra = {"app": app, "not_logged": not_logged}
+                log.warning(message, app, raw[:100], left_out(not_logged), extra=extra)
             return False
         if app in self._pending:
             after = min(after, self._pending[app][0])  # the earlier request is not done: serve both
         elif len(self._pending) >= REPLAY_APPS or self._read is None:
             if (not_logged := self._log.allow(time.monotonic())) is not None:
                 log.warning("a replay request for %s is dropped: %d apps' requests are under way%s",
-                            app, len(self._pending), left_out(not_logged))  # fmt: skip
+                            app, len(self._pending), left_out(not_logged),
+                            extra={"app": app, "not_logged": not_logged})  # fmt: skip
             return False
         self._pending[app] = (after, 0)
         return True
@@ -65,6 +66,7 @@ class Replays:
         after = events[-1].seq if events else after
         if len(events) < room:
             del self._pending[app]
-            log.info("the statuses of %s were asked for again: %d published", app, count + len(events))
+            log.info("the statuses of %s were asked for again: %d published", app, count + len(events),
+                     extra={"app": app})  # fmt: skip
         else:
             self._pending[app] = (after, count + len(events))

@@ -24,6 +24,7 @@ CONTEXT: Final = (
     "not_logged",
 )  # fmt: skip
 LogFormat = Literal["text", "json"]
+Context = dict[str, object]  # a line's `extra`: CONTEXT keys (a None value is left out of the line)
 # What one line may take of a message and of a context value. A line quotes what apps and devices send (a topic,
 # a client id: up to 64 KiB each in MQTT), and a 60,000-character topic made a 60 KB line, one per publish under
 # app names of the publisher's choosing; a line is for people and for journald, which cuts lines at 48 KiB.

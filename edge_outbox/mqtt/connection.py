@@ -24,6 +24,7 @@ from edge_outbox.mqtt.topics import STATUS_SHAPE, may_match, may_publish, may_su
 from edge_outbox.status import STATUS_RETRY_S, StatusFeed, status_payload, status_topic
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
+from intent_contract.logs import Context
 from intent_contract.mqtt_packets import ConnackCode, Type
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class Connection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.name = self.peer
+        self.client_id: str | None = None  # once its CONNECT is read
 
     def close(self, reason: int = d.UNSPECIFIED) -> None:
         """Close from our side; an MQTT 5 client first hears why (a DISCONNECT with `reason`, or a CONNACK with
@@ -81,10 +83,15 @@ class Connection:
             )
         self.writer.close()
 
+    def context(self) -> Context:
+        """What a log line about this client carries: its client id (once known) and address."""
+        return {"client": self.client_id, "peer": self.peer}
+
     def _unanswered(self, exc: StorageError | None) -> None:
         """An answer's wait failed: a session's save on a full disk (a traceback each time, before), or a bug."""
         if exc is not None:
-            self.endpoint.log_input("storage", "closing client %s unanswered: %s", self.name, exc)
+            context = self.context()
+            self.endpoint.log_input("storage", "closing client %s unanswered: %s", self.name, exc, context=context)
         self.close()
 
     async def run(self) -> None:
@@ -97,10 +104,12 @@ class Connection:
             self.wake.set()
             await self._read_loop(connect.keepalive)
         except MalformedPacketError as exc:
-            log.warning("closing client %s: %s", self.name, exc)
+            # Once every 10 s (`log_input`): any process reaching the port wrote a line per connection.
+            self.endpoint.log_input("malformed", "closing client %s: %s", self.name, exc, context=self.context())
             self.close(d.TOPIC_ALIAS_INVALID if "topic alias" in str(exc) else d.MALFORMED)
         except TimeoutError:
-            log.info("client %s sent nothing within 1.5 times its keepalive: closing it", self.name)
+            log.info("client %s sent nothing within 1.5 times its keepalive: closing it", self.name,
+                     extra=self.context())  # fmt: skip
             self.close(d.KEEP_ALIVE_TIMEOUT)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -171,6 +180,7 @@ class Connection:
             self._refuse(ConnackCode.NOT_AUTHORIZED, f"will topic {connect.will.topic!r} is not the app's")
             return None
         self.name = f"{client_id}@{self.peer}"
+        self.client_id = client_id
         present = await self.endpoint.attach(self, connect, client_id)
         if present is None:
             self._refuse_session()
@@ -197,7 +207,13 @@ class Connection:
 
     def _refuse(self, code: ConnackCode, why: str) -> None:
         self.endpoint.log_input(
-            "refused", "refused client from %s: %s (CONNACK %d)", self.peer, why, int(code), level=logging.INFO
+            "refused",
+            "refused client from %s: %s (CONNACK %d)",
+            self.peer,
+            why,
+            int(code),
+            level=logging.INFO,
+            context=self.context(),
         )
         self.writer.write(self.dialect.connack(False, code))
 
@@ -263,7 +279,8 @@ class Connection:
             if packet.session_expiry and not session.persistent:
                 # MQTT 5 [MQTT-3.14.2-2]: a session that ends with its connection cannot be kept from its
                 # DISCONNECT; not a valid DISCONNECT, so the will goes too.
-                log.info("client %s asked in its DISCONNECT to keep a session it did not keep: closing it", self.name)
+                log.info("client %s asked in its DISCONNECT to keep a session it did not keep: closing it", self.name,
+                         extra=self.context())  # fmt: skip
                 self.close(d.PROTOCOL_ERROR)
                 raise ConnectionResetError
             self.expiry_on_leave = packet.session_expiry
@@ -293,7 +310,11 @@ class Connection:
             after = replay_after(packet.payload)
             if after is None:
                 self.endpoint.log_input(
-                    "replay", 'client %s: a replay request is {"after": SEQ}, not %r', self.name, packet.payload[:100]
+                    "replay",
+                    'client %s: a replay request is {"after": SEQ}, not %r',
+                    self.name,
+                    packet.payload[:100],
+                    context={**self.context(), "app": app},
                 )
             elif may_publish(self.principal, topic):
                 self._replay = (app, after, 0)
@@ -318,20 +339,21 @@ class Connection:
             session.status.passed(self.endpoint.feed.head)
         codes: list[int] = []
         granted: list[tuple[str, int]] = []
+        context = self.context()
         for topic_filter, qos in packet.filters:
             if not valid_filter(topic_filter):
                 self.endpoint.log_input("filter", "client %s may not subscribe to %r: not a valid filter",
-                                        self.name, topic_filter[:100], level=logging.INFO)  # fmt: skip
+                                        self.name, topic_filter[:100], level=logging.INFO, context=context)  # fmt: skip
                 codes.append(d.TOPIC_FILTER_INVALID)
                 continue
             if not may_subscribe(self.principal, topic_filter):
                 self.endpoint.log_input("filter", "client %s may not subscribe to %r", self.name, topic_filter[:100],
-                                        level=logging.INFO)  # fmt: skip
+                                        level=logging.INFO, context=context)  # fmt: skip
                 codes.append(d.NOT_AUTHORIZED)
                 continue
             if not session.has_room_for(topic_filter):
                 self.endpoint.log_input("filter", "client %s holds %d subscriptions, the most a session may",
-                                        self.name, MAX_SUBSCRIPTIONS, level=logging.INFO)  # fmt: skip
+                                        self.name, MAX_SUBSCRIPTIONS, level=logging.INFO, context=context)  # fmt: skip
                 codes.append(d.QUOTA_EXCEEDED)
                 continue
             session.subscriptions[topic_filter] = qos
@@ -397,7 +419,7 @@ class Connection:
         session.discard(send)
         self.endpoint.log_input(
             "client_max", "client %s: a message of %d bytes on %r is over its maximum packet size (%s): not sent",
-            self.name, size, send.message.topic[:100], self._client_max,
+            self.name, size, send.message.topic[:100], self._client_max, context=self.context(),
         )  # fmt: skip
 
     async def _replay_some(self, session: Session) -> None:
@@ -412,7 +434,8 @@ class Connection:
                 count += 1
             after = seq
         if len(rows) < REPLAY_CHUNK:
-            log.info("client %s asked for the statuses of %s again: %d sent", self.name, app, count)
+            log.info("client %s asked for the statuses of %s again: %d sent", self.name, app, count,
+                     extra={**self.context(), "app": app})  # fmt: skip
             self._replay = None
         else:
             self._replay = (app, after, count)

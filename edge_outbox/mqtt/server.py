@@ -34,7 +34,7 @@ from edge_outbox.mqtt.session import Message, Session, SessionRecord, StatusCurs
 from edge_outbox.mqtt.topics import is_status_topic
 from edge_outbox.status import StatusFeed
 from intent_contract import mqtt_packets as p
-from intent_contract.logs import LogThrottle, left_out
+from intent_contract.logs import Context, LogThrottle, left_out
 from intent_contract.turns import Turns
 
 log = logging.getLogger(__name__)
@@ -352,14 +352,18 @@ class MqttEndpoint:
                 self.log_input("dropped", "no room: session %s had %d messages dropped in all, the oldest first",
                                client_id, session.dropped)  # fmt: skip
 
-    def log_input(self, kind: str, message: str, *args: object, level: int = logging.WARNING) -> None:
+    def log_input(
+        self, kind: str, message: str, *args: object, level: int = logging.WARNING, context: Context | None = None
+    ) -> None:
         """A line about what an app sent and the endpoint refused or could not keep: at most one of each `kind`
         every REFUSAL_LOG_INTERVAL, saying how many were left out, like the intake's "rejected input" line. One
-        976 KB SUBSCRIBE of bad filters wrote 22 MB of log, a line each."""
+        976 KB SUBSCRIBE of bad filters wrote 22 MB of log, a line each. `context`: the client's (the line's
+        `client` and `peer`)."""
         throttle = self._input_logs.setdefault(kind, LogThrottle(REFUSAL_LOG_INTERVAL))
         not_logged = throttle.allow(time.monotonic())
         if not_logged is not None:
-            log.log(level, message + "%s", *args, left_out(not_logged), extra={"not_logged": not_logged})
+            extra = {**(context or {}), "not_logged": not_logged}
+            log.log(level, message + "%s", *args, left_out(not_logged), extra=extra)
 
     def retained_for(self, session: Session, topic_filter: str, granted: int) -> None:
         for topic, payload, qos in self.retained.matching(topic_filter):

@@ -82,8 +82,9 @@ class Ops:
     async def metrics(self, _: web.Request) -> web.Response:
         metrics = self._metrics
         try:
-            depth = await asyncio.wait_for(self._ledger.depth(), HEALTH_TIMEOUT)
-            counts = await own_thread(self._registry.counts)
+            async with asyncio.timeout(HEALTH_TIMEOUT):  # both reads: a store that stops answering held the scrape
+                depth = await self._ledger.depth()
+                counts = await own_thread(self._registry.counts)
         except (TimeoutError, BridgeError):
             metrics.store_up.set(0)  # the ledger and device gauges keep their last values
         else:

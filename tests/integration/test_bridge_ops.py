@@ -4,6 +4,7 @@ following the store's reachability (PostgreSQL refusing connections, then allowi
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -191,3 +192,20 @@ async def test_healthz_says_so_while_a_full_disk_fails_every_batch(
             client.send([email("room-again")])
             await until(partial(lambda c: "room-again" in c.states(), client), timeout=30, what="admitted again")
             await client.stop()
+
+
+async def test_a_scrape_answers_while_the_registry_does_not(harness: Harness) -> None:
+    """The ledger's read had HEALTH_TIMEOUT, the registry's count none: a store that stopped answering (a
+    PostgreSQL server behind a partition) held every scrape, so the alert on bridge_store_up never fired."""
+    released = threading.Event()
+
+    def counts() -> dict[str, int]:
+        released.wait(60)
+        return {}
+
+    harness.bridge.registry.counts = counts  # type: ignore[method-assign]
+    try:
+        metrics = await asyncio.wait_for(scrape(harness), 30)
+    finally:
+        released.set()
+    assert value(metrics["bridge_store_up"], "bridge_store_up") == 0

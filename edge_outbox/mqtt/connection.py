@@ -19,9 +19,10 @@ from edge_outbox.mqtt import dialect as d
 from edge_outbox.mqtt import qos2_in
 from edge_outbox.mqtt.answers import Answers
 from edge_outbox.mqtt.dialect import V311, Dialect, dialect_of
-from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, Message, Send, Session
+from edge_outbox.mqtt.fill import REPLAY_CHUNK, Replay, queue_replay, queue_statuses
+from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, Send, Session
 from edge_outbox.mqtt.topics import STATUS_SHAPE, may_match, may_publish, may_subscribe, valid_filter
-from edge_outbox.status import STATUS_RETRY_S, StatusFeed, status_payload, status_topic
+from edge_outbox.status import STATUS_RETRY_S, StatusFeed
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
 from intent_contract.logs import Context
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 WRITE_HIGH_WATER = 1 << 20
-REPLAY_CHUNK = 500
 CONNECT_BYTE = 0x10
 
 
@@ -62,7 +62,7 @@ class Connection:
         self._will: p.Will | None = None
         self._graceful = False
         self.expiry_on_leave: int | None = None  # MQTT 5: the session expiry interval its DISCONNECT set, seconds
-        self._replay: tuple[str, int, int] | None = None  # (app, after seq, sent so far)
+        self._replay: Replay | None = None
         # An intent over the packet limit is cut (its head read, the rest dropped unread) and refused as too_large:
         # closing the connection made the client send it again on the next, for ever, and nothing behind it came.
         self._framer = p.CuttingFramer(endpoint.settings.max_packet, CUT_KEEP)
@@ -317,7 +317,7 @@ class Connection:
                     context={**self.context(), "app": app},
                 )
             elif may_publish(self.principal, topic):
-                self._replay = (app, after, 0)
+                self._replay = Replay(app, after)
                 self.wake.set()
         elif may_publish(self.principal, topic):
             self.endpoint.route(topic, packet.payload, qos, packet.retain, self.name)
@@ -384,7 +384,7 @@ class Connection:
             await self.wake.wait()
             self.wake.clear()
             try:
-                await self._read_statuses(session, feed)
+                await self._fill(session, feed)
             except StorageError as exc:  # a full disk fails the reads grouped with its commits: try again
                 self.endpoint.log_input("status_read", "statuses to %s wait for the store: %s", self.name, exc)
                 asyncio.get_running_loop().call_later(STATUS_RETRY_S, self.wake.set)
@@ -398,20 +398,18 @@ class Connection:
             if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
                 await self.writer.drain()
 
-    async def _read_statuses(self, session: Session, feed: StatusFeed) -> None:
+    async def _fill(self, session: Session, feed: StatusFeed) -> None:
         """Queue the statuses the session has room for, then the next part of a replay request."""
-        cursor = session.status
-        if cursor.sent < feed.head:
-            if not session.wants_statuses:
-                cursor.passed(feed.head)
-            elif (room := session.space()) > 0:
-                events = await feed.read(cursor.sent, room)
-                for event in events:
-                    session.offer(status_topic(event.app, event.id), status_payload(event), 1, seq=event.seq)
-                if events:
-                    self.wake.set()  # there may be more
-        if self._replay is not None and len(session.queue) < REPLAY_CHUNK:
-            await self._replay_some(session)
+        if await queue_statuses(session, feed):
+            self.wake.set()  # there may be more
+        replay = self._replay
+        if replay is not None and len(session.queue) < REPLAY_CHUNK:
+            if await queue_replay(session, replay, self.endpoint.sessions_port.read_app_statuses):
+                log.info("client %s asked for the statuses of %s again: %d sent", self.name, replay.app, replay.sent,
+                         extra={**self.context(), "app": replay.app})  # fmt: skip
+                self._replay = None
+            else:
+                self.wake.set()
 
     def _not_sent(self, session: Session, send: Send, size: int) -> None:
         """A message over the client's maximum packet size is dropped as if delivered [MQTT-3.1.2-25]: sent, the
@@ -421,25 +419,6 @@ class Connection:
             "client_max", "client %s: a message of %d bytes on %r is over its maximum packet size (%s): not sent",
             self.name, size, send.message.topic[:100], self._client_max, context=self.context(),
         )  # fmt: skip
-
-    async def _replay_some(self, session: Session) -> None:
-        """Queue the next part of a replay request: the app's stored statuses after a seq, for this client only."""
-        assert self._replay is not None
-        app, after, count = self._replay
-        rows = await self.endpoint.sessions_port.read_app_statuses(app, after, REPLAY_CHUNK)
-        for seq, topic, payload in rows:
-            granted = session.granted_qos(topic)
-            if granted is not None:
-                session.enqueue(Message(topic, payload, min(1, granted)))
-                count += 1
-            after = seq
-        if len(rows) < REPLAY_CHUNK:
-            log.info("client %s asked for the statuses of %s again: %d sent", self.name, app, count,
-                     extra={**self.context(), "app": app})  # fmt: skip
-            self._replay = None
-        else:
-            self._replay = (app, after, count)
-            self.wake.set()
 
     async def _publish_will(self, will: p.Will) -> None:
         intake = self.endpoint.intake

@@ -74,7 +74,7 @@ class JobRun:
 
     async def _execute(self, entry: LedgerEntry, integration: Integration) -> Ack | None:
         name = getattr(integration, "name", entry.kind)
-        stop = before_run(entry, now=self._now(), revoked=self._revoked(entry.device_id))
+        stop = before_run(entry, now=self._now(), revoked=entry.revoked or self._revoked(entry.device_id))
         if stop is not None:
             ack = await self._finish(entry, stop.state, stop.code, stop.detail, name)
             if stop.settled:  # a revoked device never confirms: left unconfirmed, no purge ever deleted it

@@ -106,6 +106,9 @@ class LedgerEntry:
     updated: float = 0.0  # seconds since the epoch of the last state change
     owner: str = ""  # the executor (node) holding a running row
     lease_until: float = 0.0  # seconds since the epoch; a running row past it may be claimed again
+    # The device was revoked when the row was claimed (a shared store reads it in the claim: a node runs no
+    # row of a device revoked before its own watcher saw it); the executor also asks its watcher's set.
+    revoked: bool = False
 
     def __post_init__(self) -> None:
         if not is_name(self.intent_id):

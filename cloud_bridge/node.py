@@ -196,7 +196,11 @@ class Bridge:
             on_topic_refused=lambda action: self.metrics.topics_refused.labels(action).inc(),
         )
         service.attach(
-            listener.publish, executor.wake, listener.holds, slots=executor if self.ledger.claims_at_admission else None
+            listener.publish,
+            executor.wake,
+            listener.holds,
+            slots=executor if self.ledger.claims_at_admission else None,
+            revoked=self._revoked,
         )
         desk.attach(listener.send, listener.connected, listener.subscribed)
         ops = Ops(

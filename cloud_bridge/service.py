@@ -77,6 +77,13 @@ async def _no_acks() -> list[Ack]:
     return []
 
 
+def _log_revoked_batch(device_id: str) -> None:
+    logger.warning(
+        "batch of a revoked device dropped: it was queued before its session ended",
+        extra={"device_id": device_id, "code": "device_revoked"},
+    )
+
+
 class SlotOffers(Protocol):
     """The executor's free slots, offered to admissions (executor.Executor: see its docstring)."""
 
@@ -124,6 +131,7 @@ class BridgeService:
         self._flushes: set[asyncio.Task[None]] = set()
         self._max_age = max_intent_age
         self._holds: Callable[[str], bool] = lambda _device_id: False
+        self._revoked: Callable[[str], bool] = lambda _device_id: False
         # What each device was sent since it last subscribed, by intent id: (attempt, final) of its final
         # result until the device confirms it, or of the `accepted` of a row an operator retried until its
         # result. A signal from another node then sends only what is new: the result of an attempt an
@@ -145,13 +153,17 @@ class BridgeService:
         wake: Callable[[], None],
         holds: Callable[[str], bool] | None = None,
         slots: SlotOffers | None = None,
+        revoked: Callable[[str], bool] | None = None,
     ) -> None:
         """Connect the outbound side: the listener's publish, the executor's wake, whether this node holds
-        a device's session (for results finished by other nodes), and the executor's free slots."""
+        a device's session (for results finished by other nodes), the executor's free slots, and whether a
+        device is revoked (the revocation watcher's set: its batches still queued here are dropped)."""
         self._publish = publish
         self._wake = wake
         if holds is not None:
             self._holds = holds
+        if revoked is not None:
+            self._revoked = revoked
         self._slots = slots
 
     # -- listener.MessageSink -------------------------------------------------------------------
@@ -253,6 +265,9 @@ class BridgeService:
         return _no_acks
 
     async def _device_ref(self, device_id: str) -> DeviceRef | None:
+        if self._revoked(device_id):  # its batches queued before its session was dropped
+            self.forget(device_id)
+            return None
         ref = self._devices.get(device_id)
         if ref is None:
             device = await own_thread(self._registry.get, device_id)
@@ -281,10 +296,13 @@ class BridgeService:
         sent; the stage returned does that (admits, refuses, acks) and returns the acks."""
         device = await self._device_ref(device_id)
         if device is None:
-            logger.warning(
-                "batch from an unknown or revoked device dropped",
-                extra={"device_id": device_id, "code": "unknown_device"},
-            )
+            if self._revoked(device_id):
+                _log_revoked_batch(device_id)
+            else:
+                logger.warning(
+                    "batch from an unknown or revoked device dropped",
+                    extra={"device_id": device_id, "code": "unknown_device"},
+                )
             return _no_acks
         now = self._clock()
         try:
@@ -305,6 +323,10 @@ class BridgeService:
         self, device: DeviceRef, batch: DecodedBatch, requests: list[Request], now: float
     ) -> list[Ack]:
         """The second stage of a batch: audit and reject the invalid envelopes, admit the rest, send the acks."""
+        if self._revoked(device.device_id):  # revoked while the batch waited for the one before it
+            self.forget(device.device_id)
+            _log_revoked_batch(device.device_id)
+            return []
         acks = [
             Ack(ident, AckState.REJECTED, code, detail[:MAX_DETAIL], int(now * 1000))
             for ident, code, detail, _ in batch.invalid

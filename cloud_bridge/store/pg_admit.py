@@ -6,8 +6,9 @@ the event loop that also serves hundreds of TLS devices, held a node to ~100 bat
 1. takes the advisory locks of its devices, and of their tenants that have limits of their own, in one
    statement, ordered by key (so groups on different nodes cannot deadlock, and two nodes never admit
    one device at once, nor spend one tenant's limits at once);
-2. reads the existing rows of every (device, intent id) and the limit state of every (device, kind)
-   and (tenant, kind);
+2. reads which of its devices are revoked (their batches are not admitted: a node polls revocations,
+   and admitted a batch queued or judged before it learned), the existing rows of every (device,
+   intent id) and the limit state of every (device, kind) and (tenant, kind);
 3. plans each batch with the shared `ledger_plan.plan_admission`, in arrival order, each seeing what
    the batches before it in the group wrote;
 4. writes every row, audit row and limit state with one statement each (rows as one JSON document);
@@ -55,6 +56,10 @@ _KNOWN = (
     "SELECT i.device_id, i.intent_id, i.app, i.state, i.attempt, i.code, i.detail, i.updated, i.digest"
     " FROM intents i JOIN unnest(%s::text[], %s::text[]) AS k(d, id) ON i.device_id = k.d AND i.intent_id = k.id"
 )
+# Devices revoked by now: their batches are admitted no more (a node polls revocations every 0.5 s; a batch
+# it judged meanwhile, or queued before it dropped the session, was admitted and run after the revocation).
+# A revocation committed after this read orders after the admission: the executors end its rows unrun.
+_REVOKED = "SELECT device_id FROM devices WHERE device_id = ANY(%s) AND revoked_at IS NOT NULL"
 _LIMITS = (
     "SELECT l.* FROM limits l JOIN unnest(%s::text[], %s::text[]) AS k(d, kind)"
     " ON l.device_id = k.d AND l.kind = k.kind"
@@ -184,6 +189,8 @@ class PgAdmissions:
             async with self._pools.connection() as conn, conn.transaction():
                 locks = {a.device.device_id for a in group} | {subject for subject, _ in tenant_keys}
                 await conn.execute(_LOCK, (sorted(locks),))
+                cursor = await conn.execute(_REVOKED, (sorted({a.device.device_id for a in group}),))
+                revoked = {row["device_id"] for row in await cursor.fetchall()}
                 known: dict[str, dict[str, Known]] = {}
                 cursor = await conn.execute(_KNOWN, ([d for d, _ in pairs], [i for _, i in pairs]))
                 for row in await cursor.fetchall():
@@ -195,9 +202,15 @@ class PgAdmissions:
                     for device_id, kind in limit_keys:
                         state = LimitState.from_columns(stored.get((device_id, kind)))
                         limits.setdefault(device_id, {})[kind] = state
-                plans, changed = [], set()
+                plans: list[Plan | None] = []
+                changed: set[tuple[str, str]] = set()
                 for item in group:
                     device_id = item.device.device_id
+                    if device_id in revoked:
+                        logger.warning("batch of a revoked device not admitted",
+                                       extra={"device_id": device_id, "code": "device_revoked"})  # fmt: skip
+                        plans.append(None)
+                        continue
                     rows, states = known.setdefault(device_id, {}), limits.setdefault(device_id, {})
                     tenant = tenant_subject(item.device.tenant)
                     whole = limits.setdefault(tenant, {})
@@ -215,18 +228,19 @@ class PgAdmissions:
                     plans.append(plan)
                 await self._write(conn, group, plans, [(d, k, limits[d][k]) for d, k in sorted(changed)])
         self._pools.commits += 1
-        return [plan.acks for plan in plans]
+        return [[] if plan is None else plan.acks for plan in plans]
 
     async def _write(
         self,
         conn: AsyncConn,
         group: list[_Admission],
-        plans: list[Plan],
+        plans: list[Plan | None],
         changed: list[tuple[str, str, LimitState]],
     ) -> None:
         # Rows travel as one JSON document per statement: json.dumps is C, psycopg's list dumper is not
         # (arrays of 10,000 rows cost more CPU than everything else in admission).
-        writes = [(item, w) for item, plan in zip(group, plans, strict=True) for w in plan.writes]
+        admitted = [(item, plan) for item, plan in zip(group, plans, strict=True) if plan is not None]
+        writes = [(item, w) for item, plan in admitted for w in plan.writes]
         if writes:
             rows = [
                 {"d": i.device.device_id, "i": w.envelope.id, "t": i.device.tenant, "a": w.envelope.app,
@@ -240,7 +254,7 @@ class PgAdmissions:
         audits = [
             {"w": i.now, "d": i.device.device_id, "t": i.device.tenant, "i": a.intent_id, "k": a.kind,
              "v": str(a.event), "o": a.code, "e": a.detail}
-            for i, plan in zip(group, plans, strict=True)
+            for i, plan in admitted
             for a in plan.audits
         ]  # fmt: skip
         if audits:
@@ -249,7 +263,7 @@ class PgAdmissions:
         # advisory lock, taken above, so no admission waits for another's row lock here.
         tallies = merged(
             tally(i.device.tenant, i.device.device_id, a.kind, a.event, i.now)
-            for i, plan in zip(group, plans, strict=True)
+            for i, plan in admitted
             for a in plan.audits
         )
         if tallies:

@@ -10,6 +10,7 @@ Every UPDATE of a state sets an event's target and matches only its source state
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from cloud_bridge.audit import AuditEvent
@@ -30,6 +31,9 @@ AUDIT_INSERT = (
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 USAGE_UPSERT_PG = sql(USAGE_UPSERT, "%s")
+# Whether the claimed row's device is revoked: read in the claim, so that a node whose revocation watcher has
+# not polled yet (up to 0.5 s) does not run the rows of a device revoked through another node.
+_REVOKED = "EXISTS (SELECT 1 FROM devices d WHERE d.device_id = i.device_id AND d.revoked_at IS NOT NULL) AS revoked"
 _CLAIMED = (
     f"state = '{target(LedgerEvent.CLAIM)}', tries = i.tries + 1, owner = %(owner)s,"
     " lease_until = %(until)s, updated = %(now)s"
@@ -56,7 +60,7 @@ async def claim_rows(
         "WITH c AS (SELECT seq, owner AS was FROM intents"
         f" WHERE {state_in(sources(LedgerEvent.RECLAIM))} AND lease_until < %(due)s"
         f" AND kind = ANY(%(kinds)s){of_tenant} ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-        f" UPDATE intents i SET {_CLAIMED} FROM c WHERE i.seq = c.seq RETURNING i.*, c.was",
+        f" UPDATE intents i SET {_CLAIMED} FROM c WHERE i.seq = c.seq RETURNING i.*, c.was, {_REVOKED}",
         params,
     )
     lapsed = await cursor.fetchall()
@@ -67,7 +71,7 @@ async def claim_rows(
             "WITH c AS (SELECT seq FROM intents"
             f" WHERE {state_in(sources(LedgerEvent.CLAIM))} AND {kind_match}{of_tenant}"
             " AND next_run <= %(due)s ORDER BY priority DESC, seq LIMIT %(rest)s FOR UPDATE SKIP LOCKED)"
-            f" UPDATE intents i SET {_CLAIMED} FROM c WHERE i.seq = c.seq RETURNING i.*",
+            f" UPDATE intents i SET {_CLAIMED} FROM c WHERE i.seq = c.seq RETURNING i.*, {_REVOKED}",
             {**params, "kind": kind_list[0], "rest": limit - len(lapsed)},
         )
         due = sorted(await cursor.fetchall(), key=lambda r: (-r["priority"], r["seq"]))
@@ -87,7 +91,8 @@ async def claim_rows(
                     for row in lapsed
                 ],
             )
-    return [entry_from_row(row) for row in [*lapsed, *due]]
+    entries = [entry_from_row(row) for row in [*lapsed, *due]]
+    return [replace(e, revoked=True) if row["revoked"] else e for e, row in zip(entries, [*lapsed, *due], strict=True)]
 
 
 async def finish_rows(conn: AsyncConn, finishes: list[Finish], node: str) -> list[Ack]:

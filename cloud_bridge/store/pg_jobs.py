@@ -31,9 +31,12 @@ AUDIT_INSERT = (
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 USAGE_UPSERT_PG = sql(USAGE_UPSERT, "%s")
-# Whether the claimed row's device is revoked: read in the claim, so that a node whose revocation watcher has
-# not polled yet (up to 0.5 s) does not run the rows of a device revoked through another node.
-_REVOKED = "EXISTS (SELECT 1 FROM devices d WHERE d.device_id = i.device_id AND d.revoked_at IS NOT NULL) AS revoked"
+# Whether the row's device is revoked. Read in the claim, so that a node whose revocation watcher has not
+# polled yet (up to 0.5 s) does not run the rows of a device revoked through another node; and in a finish,
+# whose result is then confirmed: no edge will ever confirm it (its call was under way at the revocation),
+# and an unconfirmed result is never deleted (`devices revoke` confirms those already final).
+_REVOKED_DEVICE = "EXISTS (SELECT 1 FROM devices d WHERE d.device_id = i.device_id AND d.revoked_at IS NOT NULL)"
+_REVOKED = f"{_REVOKED_DEVICE} AS revoked"
 _CLAIMED = (
     f"state = '{target(LedgerEvent.CLAIM)}', tries = i.tries + 1, owner = %(owner)s,"
     " lease_until = %(until)s, updated = %(now)s"
@@ -107,8 +110,9 @@ async def finish_rows(conn: AsyncConn, finishes: list[Finish], node: str) -> lis
         group = [finishes[n] for n in positions]
         cursor = await conn.execute(
             f"UPDATE intents AS i SET state = '{target(event)}', code = h.code, detail = h.detail,"
-            " updated = h.now, owner = '' FROM unnest(%s::int[], %s::text[], %s::text[], %s::int[],"
-            " %s::int[], %s::text[], %s::text[], %s::float8[])"
+            f" updated = h.now, owner = '', confirmed = i.confirmed OR {_REVOKED_DEVICE}"
+            " FROM unnest(%s::int[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[], %s::text[],"
+            " %s::float8[])"
             " AS h(n, device_id, intent_id, attempt, tries, code, detail, now)"
             " WHERE i.device_id = h.device_id AND i.intent_id = h.intent_id AND i.attempt = h.attempt"
             f" AND i.tries = h.tries AND {state_in(sources(event), 'i.state')} RETURNING h.n",

@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from cloud_bridge.errors import AuthError
+from cloud_bridge.ledger_states import FINAL_STATES, state_in
 from cloud_bridge.registry import (
     REPLACED_KEYS_KEPT,
     Device,
@@ -27,6 +28,10 @@ from cloud_bridge.store.pg import PgPools
 from cloud_bridge.tokens import LEEWAY_S, TokenClaims, replay_refusal
 from intent_contract.names import is_name
 
+_SETTLE_FINAL = (
+    "UPDATE intents SET confirmed = true, announce = false"
+    f" WHERE device_id = %s AND NOT confirmed AND {state_in(FINAL_STATES)}"
+)
 _SWEEP_EVERY = 60.0  # seconds between deletions of every expired replay entry (each device prunes its own)
 # Each node prunes by its own clock, and each takes a token until exp + leeway by its own clock: an entry is
 # deleted only this long after that, so a node whose clock is up to this far behind the pruning one still
@@ -135,6 +140,10 @@ class PgRegistry:
             ).rowcount
             if changed:
                 db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revocations'")
+                # Its final results no edge will ever confirm (it cannot connect, and a revoked device's receipt
+                # carries none): settled, so that retention deletes them in time like any other result. Those
+                # still running are settled by their finish (`pg_jobs`), the queued end unrun (`before_run`).
+                db.execute(_SETTLE_FINAL, (device_id,))
             row = db.execute("SELECT * FROM devices WHERE device_id = %s", (device_id,)).fetchone()
         if row is None:
             raise UnknownDeviceError(f"no device {device_id!r}")

@@ -21,6 +21,7 @@ from tests.support.bridge import (
     Creds,
     DeviceClient,
     Harness,
+    HeldIntegration,
     counting,
     email,
     harness,
@@ -150,3 +151,39 @@ async def _revoked_before_node_b_polls(a: Harness, b: Harness) -> None:
         ("r0", EntryState.FAILED, "device_revoked"),
         ("r1", EntryState.FAILED, "device_revoked"),
     ]
+
+
+async def test_a_revoked_devices_results_are_settled_so_that_retention_deletes_them(
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
+) -> None:
+    """A result final before the revocation and not yet confirmed, and one whose call was under way at the
+    revocation, used to stay unconfirmed for good (no edge can confirm them: the device cannot connect, and a
+    revoked device's receipt carries no results), and nothing but SQL ever deleted them."""
+    held, on_b = HeldIntegration(), CountingIntegration()
+    async with (
+        node(tmp_path, server_cert_files, pg_url, "node-a", held) as a,
+        node(tmp_path, server_cert_files, pg_url, "node-b", on_b) as b,
+    ):
+        assert b.bridge.executor is not None
+        await b.bridge.executor.stop()  # node A runs them, the second one held mid-call
+        creds = await a.enroll()
+        client = await a.connect(creds)  # a device that never confirms (its confirms were lost)
+        try:
+            held.release.set()
+            client.send([email("c0")])
+            await until(lambda: "delivered" in client.states().get("c0", []), what="c0 delivered")
+            held.release.clear()
+            client.send([email("c1")])
+            await until(lambda: len(held.calls) == 2, what="c1's call under way")
+            b.bridge.registry.revoke(creds.device_id, time.time())
+            await until(client.disconnected.is_set, what="node A dropped the revoked device")
+            held.release.set()
+        finally:
+            await client.stop()
+        query = IntentQuery(device_id=creds.device_id)
+        await until(lambda: all(r.state.final for r in a.bridge.store.intents.rows(query)), what="c1 ended")
+        later = time.time() + 60
+        purged = a.bridge.store.intents.purge(later, None, later * 1000)
+        assert purged.intents == 2
+        assert a.bridge.store.intents.rows(query) == []
+        assert [job.intent_id for job in held.calls] == ["c0", "c1"]

@@ -3,12 +3,14 @@
 The executor (cloud_bridge/executor.py) claims rows and holds a slot for each while `JobRun.run` runs it:
 `outcome.before_run` may end it first (past its deadline, its device revoked), else the integration is
 called and `outcome.after_run` decides (delivered, failed, expired, or back to the queue for a retry);
-the ledger records it, and a final result goes to the device (`on_final`). A result the ledger could not
-record leaves the row running: it resumes at restart, or another node claims it when its lease runs out.
+the ledger records it, and a final result goes to the device (`on_final`). A result the store fails to
+record is tried again (FINISH_TRIES); one it never could leaves the row running: it resumes at restart, or
+another node claims it when its lease runs out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +24,13 @@ from cloud_bridge.outcome import CallResult, Permanent, RetryPolicy, Returned, T
 from intent_contract.codec import Ack
 
 logger = logging.getLogger(__name__)
+
+# A result the store failed to record is tried again, FINISH_TRIES times in all, waiting FINISH_RETRY_FIRST
+# seconds, then twice as long each time up to FINISH_RETRY_CAP (about 9 s in all: within a lease, which the
+# executor renews meanwhile).
+FINISH_TRIES = 10
+FINISH_RETRY_FIRST = 0.05
+FINISH_RETRY_CAP = 2.0
 
 
 class Observe(Protocol):
@@ -120,12 +129,30 @@ class JobRun:
         self, entry: LedgerEntry, state: EntryState, code: str, detail: str, name: str, started: float | None = None
     ) -> Ack:
         seconds = None if started is None else time.perf_counter() - started  # the provider call's time
-        ack = await self._ledger.finish(entry, state, code, detail, self._now(), name, seconds=seconds)
+        ack = await self._record(entry, state, code, detail, name, seconds)
         self._observe(entry.kind, str(state), code, seconds)
         if state is not EntryState.DELIVERED:
             logger.info("%s/%s ended %s: %s", entry.device_id, entry.intent_id, state, code,
                         extra=log_context(entry, state=str(state), code=code))  # fmt: skip
         return ack
+
+    async def _record(
+        self, entry: LedgerEntry, state: EntryState, code: str, detail: str, name: str, seconds: float | None
+    ) -> Ack:
+        """`Ledger.finish`, tried again while the store fails (FINISH_TRIES in all): a result not recorded leaves
+        the row running, and once its lease runs out it runs again. One failed transaction (a connection the
+        database ended: a failover, a pooler restart, pg_terminate_backend) sent an email twice. A finish whose
+        commit went through unanswered is found recorded by the next try (the row is no longer held)."""
+        delay = FINISH_RETRY_FIRST
+        for _ in range(FINISH_TRIES - 1):
+            try:
+                return await self._ledger.finish(entry, state, code, detail, self._now(), name, seconds=seconds)
+            except TransientError as exc:
+                logger.warning("%s/%s: result not recorded (%s); trying again in %.1fs", entry.device_id,
+                               entry.intent_id, exc.code, delay, extra=log_context(entry, code=exc.code))  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, FINISH_RETRY_CAP)
+        return await self._ledger.finish(entry, state, code, detail, self._now(), name, seconds=seconds)
 
     async def _notify(self, entry: LedgerEntry, ack: Ack) -> None:
         try:

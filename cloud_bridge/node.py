@@ -97,7 +97,8 @@ class Bridge:
     ) -> None:
         self.settings = settings
         self.metrics = BridgeMetrics(process=True)
-        self.store = open_store(settings.store_url, node=settings.node_id, tokens_per_device=settings.tokens_per_device)
+        per_device = settings.tokens_per_device
+        self.store = open_store(settings.store_url, node=settings.node_id, tokens_per_device=per_device, clock=clock)
         self.registry: Registry = self.store.registry
         self.ledger: Ledger = self.store.ledger
         self.metrics.count_commits(lambda: self.ledger.commits)
@@ -195,13 +196,8 @@ class Bridge:
             watch=self.metrics,
             on_topic_refused=lambda action: self.metrics.topics_refused.labels(action).inc(),
         )
-        service.attach(
-            listener.publish,
-            executor.wake,
-            listener.holds,
-            slots=executor if self.ledger.claims_at_admission else None,
-            revoked=self._revoked,
-        )
+        slots = executor if self.ledger.claims_at_admission else None
+        service.attach(listener.publish, executor.wake, listener.holds, slots=slots, revoked=self._revoked)
         desk.attach(listener.send, listener.connected, listener.subscribed)
         ops = Ops(
             self.metrics, self.ledger, self.registry, connected=lambda: len(listener.connected()), clock=self._clock

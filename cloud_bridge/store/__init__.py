@@ -5,6 +5,7 @@ store (several nodes); nothing else in the bridge names a backend.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -73,8 +74,15 @@ class Store:
         await own_thread(self.registry.close)
 
 
-def open_store(url: StoreUrl, *, node: str, tokens_per_device: int = DEFAULT_TOKENS_PER_DEVICE) -> Store:
-    """The store `url` names, not yet opened; `node` names this process in leases and signals."""
+def open_store(
+    url: StoreUrl,
+    *,
+    node: str,
+    tokens_per_device: int = DEFAULT_TOKENS_PER_DEVICE,
+    clock: Callable[[], float] = time.time,
+) -> Store:
+    """The store `url` names, not yet opened; `node` names this process in leases and signals. `clock` is the
+    node's (a shared store keeps leases in its own time, and measures how far the node's is from it)."""
     if url.kind is StoreKind.SQLITE:
         # Imported here: the backends import store.migrations, and a process needs only one of them.
         from cloud_bridge.fleet_schema import FLEET_DB  # noqa: PLC0415
@@ -101,7 +109,7 @@ def open_store(url: StoreUrl, *, node: str, tokens_per_device: int = DEFAULT_TOK
         )
     from cloud_bridge.store.pg import open_pg_store  # noqa: PLC0415
 
-    return open_pg_store(url, node=node, tokens_per_device=tokens_per_device)
+    return open_pg_store(url, node=node, tokens_per_device=tokens_per_device, clock=clock)
 
 
 def require_made(store: Store) -> None:

@@ -282,7 +282,7 @@ class PgPools:
             raise database_error(exc, what) from exc
 
 
-def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int) -> Store:
+def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int, clock: Callable[[], float] = time.time) -> Store:
     """The PostgreSQL store of `url` for node `node`, not yet opened."""
     from cloud_bridge.fleet_sql import SqlFleet  # noqa: PLC0415
     from cloud_bridge.store.pg_ledger import PgLedger  # noqa: PLC0415 - these import this module
@@ -293,7 +293,7 @@ def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int) -> Store:
     pools = PgPools(conninfo)
     return Store(
         url,
-        PgLedger(pools, node=node),
+        PgLedger(pools, node=node, clock=clock),
         PgRegistry(pools),
         PgReplayCache(pools, per_device=tokens_per_device),
         PgSignals(conninfo, node=node),

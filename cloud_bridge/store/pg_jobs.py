@@ -10,6 +10,8 @@ Every UPDATE of a state sets an event's target and matches only its source state
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -43,6 +45,42 @@ _CLAIMED = (
 )
 
 
+# Leases are kept in the database's time: each node adds to its own time how far the database's is from it,
+# measured every OFFSET_EVERY seconds. A node whose clock was ahead of the others' by more than what was left
+# of their leases (2/3 of a lease at least: 20 s by default) took their running rows as lapsed and ran them
+# again. Offsets under CLOCK_TOLERANCE (NTP keeps nodes within milliseconds) count as none.
+OFFSET_EVERY = 60.0
+CLOCK_TOLERANCE = 1.0
+
+
+class LeaseClock:
+    """How far the database's clock is ahead of this node's (seconds; 0 within CLOCK_TOLERANCE)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.offset = 0.0
+        self._measured: float | None = None  # time.monotonic() of the last measure
+
+    async def offset_in(self, conn: AsyncConn) -> float:
+        """The offset, measured again on `conn` when the last measure is OFFSET_EVERY old."""
+        at = time.monotonic()
+        if self._measured is not None and at - self._measured < OFFSET_EVERY:
+            return self.offset
+        cursor = await conn.execute("SELECT extract(epoch from clock_timestamp())::float8 AS t")
+        row = await cursor.fetchone()
+        assert row is not None
+        measured = row["t"] - self._clock()
+        offset = 0.0 if abs(measured) < CLOCK_TOLERANCE else measured
+        if offset != self.offset:
+            logger.warning(
+                "this node's clock is %.1f s %s the database's: leases are kept in the database's time"
+                " (keep every node's clock on NTP)", abs(measured), "behind" if measured > 0 else "ahead of",
+                extra={"code": "clock_offset", "offset": measured},
+            )  # fmt: skip
+        self.offset, self._measured = offset, at
+        return offset
+
+
 async def claim_rows(
     conn: AsyncConn,
     kind_list: list[str],
@@ -53,15 +91,17 @@ async def claim_rows(
     until: float,
     tenant: str | None,
     due_by: float,
+    lapsed_by: float | None = None,
 ) -> list[LedgerEntry]:
-    """Rows of `kind_list` (of `tenant`) whose lease ran out by `due_by` first, then queued rows due by then,
-    at most `limit`, moved to running for `owner` until `until`; rows locked by other claims are skipped."""
+    """Rows of `kind_list` (of `tenant`) whose lease ran out by `lapsed_by` (default `due_by`; in the leases'
+    time, `LeaseClock`) first, then queued rows due by `due_by`, at most `limit`, moved to running for `owner`
+    until `until`; rows locked by other claims are skipped."""
     of_tenant = "" if tenant is None else " AND tenant = %(tenant)s"
     params = {"kinds": kind_list, "now": now, "owner": owner, "until": until, "limit": limit, "tenant": tenant,
-              "due": due_by}  # fmt: skip
+              "due": due_by, "lapsed": due_by if lapsed_by is None else lapsed_by}  # fmt: skip
     cursor = await conn.execute(
         "WITH c AS (SELECT seq, owner AS was FROM intents"
-        f" WHERE {state_in(sources(LedgerEvent.RECLAIM))} AND lease_until < %(due)s"
+        f" WHERE {state_in(sources(LedgerEvent.RECLAIM))} AND lease_until < %(lapsed)s"
         f" AND kind = ANY(%(kinds)s){of_tenant} ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
         f" UPDATE intents i SET {_CLAIMED} FROM c WHERE i.seq = c.seq RETURNING i.*, c.was, {_REVOKED}",
         params,

@@ -14,7 +14,8 @@ State moves come from `ledger_states`: each UPDATE sets an event's target and ma
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from cloud_bridge.audit import AuditEvent, AuditQuery, AuditRecord
@@ -46,7 +47,7 @@ from cloud_bridge.ledger_states import (
 from cloud_bridge.store.pg import AsyncConn, PgPools
 from cloud_bridge.store.pg_admit import PgAdmissions
 from cloud_bridge.store.pg_group import PgGroupCommit
-from cloud_bridge.store.pg_jobs import AUDIT_INSERT, USAGE_UPSERT_PG, claim_rows, finish_rows
+from cloud_bridge.store.pg_jobs import AUDIT_INSERT, USAGE_UPSERT_PG, LeaseClock, claim_rows, finish_rows
 from cloud_bridge.usage import UsageQuery, UsageRow, merged, row_from_sums, tally
 from cloud_bridge.usage_sql import select as usage_select
 from cloud_bridge.usage_sql import upsert_rows
@@ -68,9 +69,10 @@ def _known(row: dict[str, Any]) -> Known:
 class PgLedger:
     """The Ledger protocol on PostgreSQL; `node` names this process in leases and signals."""
 
-    def __init__(self, pools: PgPools, *, node: str) -> None:
+    def __init__(self, pools: PgPools, *, node: str, clock: Callable[[], float] = time.time) -> None:
         self._pools = pools
         self._node = node
+        self._lease_clock = LeaseClock(clock)  # leases in the database's time, whatever this node's clock says
         self._group = PgGroupCommit(pools)
         self._admissions = PgAdmissions(pools, node=node)
         self._finishes = JoinedFinishes(
@@ -149,11 +151,12 @@ class PgLedger:
         event = LedgerEvent.RESUME
         detail = "its executor stopped renewing the lease; running it again"
         async with self._pools.transaction("ledger recover") as conn:
+            lapsed = now + await self._lease_clock.offset_in(conn)
             cursor = await conn.execute(
                 f"UPDATE intents SET state = '{target(event)}', code = 'resumed', detail = %s, next_run = %s,"
                 f" updated = %s, owner = '', lease_until = 0"
                 f" WHERE {state_in(sources(event))} AND lease_until < %s RETURNING *",
-                (detail, now, now, now),
+                (detail, now, now, lapsed),
             )
             rows = [entry_from_row(row) for row in await cursor.fetchall()]
             if rows:
@@ -181,12 +184,13 @@ class PgLedger:
         if not kind_list or limit < 1:
             return []
         due = now if due_by is None else due_by
-        return await self._group.call(
-            lambda conn: claim_rows(
-                conn, kind_list, limit, now, owner=owner, until=now + lease, tenant=tenant, due_by=due
-            ),
-            "ledger claim",
-        )
+
+        async def run(conn: AsyncConn) -> list[LedgerEntry]:
+            offset = await self._lease_clock.offset_in(conn)
+            return await claim_rows(conn, kind_list, limit, now, owner=owner, until=now + offset + lease,
+                                    tenant=tenant, due_by=due, lapsed_by=due + offset)  # fmt: skip
+
+        return await self._group.call(run, "ledger claim")
 
     async def renew(self, entries: Sequence[LedgerEntry], until: float) -> int:
         """Extend the leases of the rows these claims still hold."""
@@ -194,13 +198,14 @@ class PgLedger:
             return 0
 
         async def run(conn: AsyncConn) -> int:
+            offset = await self._lease_clock.offset_in(conn)
             cursor = await conn.execute(
                 "UPDATE intents AS i SET lease_until = %s FROM unnest(%s::text[], %s::text[], %s::int[], %s::int[])"
                 " AS h(device_id, intent_id, attempt, tries) WHERE i.device_id = h.device_id"
                 " AND i.intent_id = h.intent_id AND i.attempt = h.attempt AND i.tries = h.tries"
                 f" AND i.state = '{EntryState.RUNNING}'",
                 (
-                    until,
+                    until + offset,
                     [e.device_id for e in entries],
                     [e.intent_id for e in entries],
                     [e.attempt for e in entries],
@@ -217,7 +222,7 @@ class PgLedger:
         found: set[str] = set()
         async with self._pools.transaction("ledger read", writes=False) as conn:
             for kind in dict.fromkeys(kinds):
-                cursor = await conn.execute(query, (kind, kind, now, kind))
+                cursor = await conn.execute(query, (kind, kind, now + self._lease_clock.offset, kind))
                 found.update(row["tenant"] for row in await cursor.fetchall())
         return sorted(found)
 

@@ -204,6 +204,11 @@ class PgPools:
         self._sync_size = sync_size
         self.commits = 0  # write transactions of this process, for metrics and benchmarks
 
+    # Both pools check a connection as they hand it out (an empty query: one round trip, against a commit's
+    # disk write). A connection the database ended (a restart, a failover, pg_terminate_backend) is replaced
+    # then, where it failed the first transaction each idle one was lent to: a batch not acked (the edge sent
+    # it again after its ack timeout), a connect refused `store_unavailable`, a result not recorded.
+
     def _kwargs(self) -> dict[str, Any]:
         return {"row_factory": dict_row, "autocommit": False}
 
@@ -218,6 +223,7 @@ class PgPools:
             max_size=self._async_size,
             open=False,
             name="bridge-async",
+            check=AsyncConnectionPool.check_connection,
         )
         with converted("PostgreSQL store"):
             await pool.open(wait=True, timeout=15)
@@ -239,6 +245,7 @@ class PgPools:
             max_size=self._sync_size,
             open=False,
             name="bridge-sync",
+            check=ConnectionPool.check_connection,
         )
         with converted("PostgreSQL store"):
             pool.open(wait=True, timeout=15)

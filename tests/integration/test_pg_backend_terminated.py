@@ -10,7 +10,7 @@ import psycopg
 
 from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.store.url import StoreUrl
-from tests.support.bridge import Harness, email, make_settings, running_bridge, until
+from tests.support.bridge import CountingIntegration, Harness, email, make_settings, running_bridge, until
 from tests.support.stores import PG_ADMIN, pg_url
 
 __all__ = ["pg_url"]  # fixtures
@@ -68,3 +68,31 @@ async def _send_one(bridge: Harness) -> None:
         await until(lambda: "delivered" in client.states().get("t1", []), what="t1 delivered")
     finally:
         await client.stop()
+
+
+async def test_the_first_batch_and_connect_after_the_sessions_were_terminated_are_served(
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
+) -> None:
+    """After the node's sessions were ended (the database is up), the pools handed out their dead connections:
+    the next connect was refused (store_unavailable) and the next batch failed (no ack: the edge sends it again
+    after its ack timeout)."""
+    settings = make_settings(tmp_path, server_cert_files, store=pg_url, node_id="node-a")
+    async for bridge in running_bridge(settings, server_cert_files["ca"], {"email.send": CountingIntegration()}):
+        await _after_terminations(bridge, pg_url)
+
+
+async def _after_terminations(bridge: Harness, pg_url: StoreUrl) -> None:
+    creds = await bridge.enroll()
+    client = await bridge.connect(creds)
+    try:
+        assert await asyncio.to_thread(terminate_sessions, pg_url) > 0
+        client.send([email("u1")])
+        await until(lambda: "accepted" in client.states().get("u1", []), what="u1 accepted")
+    finally:
+        await client.stop()
+    assert await asyncio.to_thread(terminate_sessions, pg_url) > 0
+    again = await bridge.connect(creds)
+    try:
+        assert again.accepted
+    finally:
+        await again.stop()

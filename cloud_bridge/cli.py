@@ -32,7 +32,7 @@ from cloud_bridge.cli_common import (
 )
 from cloud_bridge.health_probe import check as check_health
 from cloud_bridge.registry import Device, Registry
-from cloud_bridge.store import Store, open_store, require_made
+from cloud_bridge.store import Store, for_operators, open_store
 from intent_contract.cli_args import TextArgsGroup
 from intent_contract.names import is_name
 from intent_contract.passwords import hash_password
@@ -46,12 +46,10 @@ def _store(data_dir: Path, store: str | None, config_path: Path | None) -> Store
 
 
 def _registry(data_dir: Path, store: str | None, config_path: Path | None, *, make: bool = True) -> Registry:
-    """The store's registry, migrated (online steps only) and open; the process exit releases it. Unless
-    `make`, NoStoreError when the store was never made (a mistyped --data-dir or --store)."""
+    """The store's registry, open (its schema at this code's version: `for_operators`); the process exit releases
+    it. Unless `make`, NoStoreError when the store was never made (a mistyped --data-dir or --store)."""
     opened = _store(data_dir, store, config_path)
-    if not make:
-        require_made(opened)
-    opened.migrate(True)
+    for_operators(opened, make=make)
     opened.registry.open()
     return opened.registry
 
@@ -167,8 +165,8 @@ def devices_revoke(device_id: str, data_dir: Path, store: str | None, config_pat
 async def _read_audit(
     opened: Store, device: str | None, since: float | None, limit: int, tenant: str | None = None
 ) -> list[Any]:
-    require_made(opened)  # `audit` and `status` read: a mistyped store is said so, not made and read empty
-    await opened.open()
+    for_operators(opened)  # `audit` reads: a mistyped store is said so, not made and read empty
+    await opened.open(migrate=False)
     try:
         return list(await opened.ledger.audit(device_id=device, since=since, limit=limit, tenant=tenant))
     finally:
@@ -229,8 +227,7 @@ def status(data_dir: Path, store: str | None, config_path: Path | None, since: s
     """Device counts and audit event counts over a recent window."""
     since_s = _parse_since(since, time.time())
     opened = _store(data_dir, store, config_path)
-    require_made(opened)
-    opened.migrate(True)
+    for_operators(opened)
     opened.registry.open()  # the PostgreSQL registry owns the sync pool the intents share
     try:
         opened.intents.open()

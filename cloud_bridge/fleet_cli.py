@@ -24,7 +24,7 @@ from cloud_bridge import fleet_query
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.fleet_rules import SORT_KEYS, DeviceRow, clock_text
 from cloud_bridge.settings import build_settings
-from cloud_bridge.store import Store, open_store, require_made
+from cloud_bridge.store import Store, for_operators, open_store
 from intent_contract.console import plain_console
 from intent_contract.device_wire import Diagnosis, HealthReport
 from intent_contract.timefmt import format_age, format_ms, parse_duration
@@ -41,12 +41,11 @@ def _duration(_ctx: click.Context, param: click.Parameter, value: str) -> float:
 
 @contextlib.contextmanager
 def _opened(data_dir: Path, store: str | None, config_path: Path | None) -> Iterator[Store]:
-    """The store's registry and fleet tables, migrated (online steps only) and open."""
+    """The store's registry and fleet tables, open (its schema at this code's version: `for_operators`)."""
     try:
         settings = build_settings(data_dir=data_dir, env=dict(os.environ), config_path=config_path, store=store)
         opened = open_store(settings.store_url, node="cli")
-        require_made(opened)
-        opened.migrate(True)
+        for_operators(opened)
         opened.registry.open()
         opened.fleet.open()
     except BridgeError as exc:

@@ -25,7 +25,7 @@ from cloud_bridge.errors import BridgeError
 from cloud_bridge.intent_sql import IntentQuery, SqlIntents
 from cloud_bridge.operator_api import IntentDetail, IntentInfo
 from cloud_bridge.settings import build_settings
-from cloud_bridge.store import open_store, require_made
+from cloud_bridge.store import for_operators, open_store
 from intent_contract.console import plain_console
 from intent_contract.progress import progress_line
 from intent_contract.timefmt import format_age, parse_duration
@@ -35,12 +35,12 @@ Decorator = Callable[[Any], Any]
 
 @contextlib.contextmanager
 def _opened(data_dir: Path, store: str | None, config_path: Path | None) -> Iterator[tuple[SqlIntents, BridgeSection]]:
-    """The store's intent operations (migrated: online steps only), and the config's [bridge]."""
+    """The store's intent operations (its schema at this code's version: `for_operators`), and the config's
+    [bridge]."""
     try:
         settings = build_settings(data_dir=data_dir, env=dict(os.environ), config_path=config_path, store=store)
         opened = open_store(settings.store_url, node="cli")
-        require_made(opened)
-        opened.migrate(True)
+        for_operators(opened)
         opened.registry.open()  # the PostgreSQL registry owns the sync pool the intents share
         opened.intents.open()
     except BridgeError as exc:

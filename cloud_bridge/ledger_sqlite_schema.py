@@ -16,7 +16,7 @@ from cloud_bridge import intent_sql
 from cloud_bridge.errors import TransientError
 from cloud_bridge.fleet_schema import FLEET_DB, FLEET_TABLES
 from cloud_bridge.ledger import WAITING_INDEX
-from cloud_bridge.store.migrations import Migration, pending
+from cloud_bridge.store.migrations import Migration, pending, require_current
 from cloud_bridge.usage_sql import SCHEMA_SUMMARY as USAGE_SUMMARY
 from cloud_bridge.usage_sql import SQLITE_SCHEMA as USAGE_SCHEMA
 from intent_contract.sqlite_rows import ManyRows
@@ -116,3 +116,14 @@ def migrate_file(path: Path, *, at_start: bool) -> list[int]:
             return migrate(conn, at_start=at_start)
     except (sqlite3.Error, OSError) as exc:
         raise TransientError(f"ledger {path}: {exc}", code="ledger_error") from exc
+
+
+def check_file(path: Path) -> None:
+    """SchemaError unless the ledger at `path` is at this code's version; it applies nothing (an operator's
+    command: `store.migrations.require_current`)."""
+    try:
+        with closing(sqlite3.connect(path, isolation_level=None, timeout=10)) as conn:
+            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error as exc:
+        raise TransientError(f"ledger {path}: {exc}", code="ledger_error") from exc
+    require_current(current, MIGRATIONS, what="the SQLite ledger")

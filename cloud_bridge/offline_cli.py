@@ -25,7 +25,7 @@ from cloud_bridge.offline_keys import load_or_create
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry
 from cloud_bridge.settings import BridgeSettings, build_settings
-from cloud_bridge.store import open_store, require_made
+from cloud_bridge.store import for_operators, open_store
 from intent_contract.bridge_url import bridge_url_host
 from intent_contract.errors import DecodeError
 from intent_contract.files import read_bounded, write_atomic
@@ -75,8 +75,8 @@ class _Offline:
         from cloud_bridge.service import BridgeService  # noqa: PLC0415 - keeps the other commands quick to start
 
         # The device must be enrolled in it: a mistyped store is said so, not made (with new offline keys).
-        require_made(self.store)
-        await self.store.open()
+        for_operators(self.store)
+        await self.store.open(migrate=False)
         keys = await own_thread(load_or_create, self.settings.data_dir)
         policy = self.settings.config.policy()
         store = self.store
@@ -91,9 +91,10 @@ class _Offline:
 
 
 def _opened_registry(settings: BridgeSettings) -> Registry:
-    """The store's registry, migrated (online steps only) and open; the process exit releases it."""
+    """The store's registry (made if need be, its schema at this code's version: `for_operators`) and open; the
+    process exit releases it."""
     store = open_store(settings.store_url, node="cli")
-    store.migrate(True)
+    for_operators(store, make=True)
     store.registry.open()
     return store.registry
 

@@ -18,7 +18,7 @@ import click
 from rich.table import Table
 
 from cloud_bridge.cli_common import clean_errors, run_async, settings_from
-from cloud_bridge.store import open_store, require_made
+from cloud_bridge.store import for_operators, open_store
 from cloud_bridge.usage import Dimension, UsageQuery, UsageRow, day_of, parse_day, totals
 from intent_contract.console import plain_console
 
@@ -37,10 +37,10 @@ def _ms(value: float | None) -> str:
 def _read(data_dir: Path, store: str | None, config_path: Path | None, query: UsageQuery) -> list[UsageRow]:
     settings = settings_from(data_dir, config_path=config_path, store=store, node_id="cli")
     opened = open_store(settings.store_url, node=settings.node_id)
-    require_made(opened)
+    for_operators(opened)
 
     async def read() -> list[UsageRow]:
-        await opened.open()
+        await opened.open(migrate=False)
         try:
             return await opened.ledger.usage(query)
         finally:

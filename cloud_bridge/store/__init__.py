@@ -58,10 +58,14 @@ class Store:
     # Whether the store was made before (a node ran there, or `db upgrade`, or an enrollment code was made), read
     # without making anything: an operator's command refuses a store that was not (`require_made`).
     made: Callable[[], bool]
+    # SchemaError unless the schema is at the code's version; applies nothing (`for_operators`).
+    check_schema: Callable[[], None]
 
-    async def open(self) -> None:
-        """Migrate (what is safe at start), then open the registry, the fleet tables and the ledger."""
-        await own_thread(self.migrate, True)
+    async def open(self, *, migrate: bool = True) -> None:
+        """Migrate (what is safe at start) unless told not to, then open the registry, the fleet tables and the
+        ledger."""
+        if migrate:
+            await own_thread(self.migrate, True)
         await own_thread(self.registry.open)
         await own_thread(self.fleet.open)
         await own_thread(self.intents.open)
@@ -88,7 +92,7 @@ def open_store(
         from cloud_bridge.fleet_schema import FLEET_DB  # noqa: PLC0415
         from cloud_bridge.fleet_sql import sqlite_fleet  # noqa: PLC0415
         from cloud_bridge.ledger_sqlite import SqliteLedger  # noqa: PLC0415
-        from cloud_bridge.ledger_sqlite_schema import migrate_file  # noqa: PLC0415
+        from cloud_bridge.ledger_sqlite_schema import check_file, migrate_file  # noqa: PLC0415
         from cloud_bridge.registry_sqlite import SqliteRegistry  # noqa: PLC0415
         from cloud_bridge.signals_sqlite import SqliteSignals, add_signal  # noqa: PLC0415
         from cloud_bridge.sqlite_calls import sqlite_transaction  # noqa: PLC0415
@@ -106,6 +110,7 @@ def open_store(
             sqlite_fleet(directory / FLEET_DB),
             SqlIntents(sqlite_transaction(ledger_path, "ledger"), signal=add_signal, purge_pace=PurgePace()),
             ledger_path.is_file,
+            lambda: check_file(ledger_path),
         )
     from cloud_bridge.store.pg import open_pg_store  # noqa: PLC0415
 
@@ -121,3 +126,15 @@ def require_made(store: Store) -> None:
             f"no bridge store at {store.url}: check --data-dir, --store or [bridge] store"
             " (a node makes its store when it first starts; so does `cloud-bridge db upgrade`)"
         )
+
+
+def for_operators(store: Store, *, make: bool = False) -> None:
+    """Ready `store` for an operator's command, changing no schema: SchemaError unless it is at this code's
+    version (`cloud-bridge db upgrade`, or a node's start, applies the steps). The command used to apply them as
+    a node does at start, so a newer cloud-bridge's `devices ls` made the store newer than the nodes running on
+    it, which then refused to start again. A store never made is NoStoreError, or made whole when `make`."""
+    if make and not store.made():
+        store.migrate(True)
+        return
+    require_made(store)
+    store.check_schema()

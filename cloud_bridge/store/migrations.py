@@ -4,7 +4,9 @@ Each backend keeps an ordered list of `Migration`s and records the version it re
 `PRAGMA user_version`; PostgreSQL: the `schema_version` table). `cloud-bridge db upgrade` applies
 every pending one. `run` applies them at start only when that is safe: each pending step is marked
 `online` (it only adds tables, columns with defaults or indexes, so nodes still on the older code keep
-working). A database newer than the code is never touched: an older bridge must not run on it.
+working). A database newer than the code is never touched: an older bridge must not run on it. The
+operators' commands apply nothing (`require_current`): a step applied under the older nodes makes the
+store newer than their code, and they would refuse it at their next start.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from cloud_bridge.errors import SchemaError
 
-__all__ = ["Migration", "SchemaError", "latest", "pending"]
+__all__ = ["Migration", "SchemaError", "latest", "pending", "require_current"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +46,7 @@ def pending(current: int, migrations: Sequence[Migration], *, at_start: bool, wh
     (at start) when a pending step is not online-safe and needs `cloud-bridge db upgrade`."""
     known = latest(migrations)
     if current > known:
-        raise SchemaError(
-            f"{what} has schema version {current}, newer than this bridge knows ({known}); upgrade the bridge"
-        )
+        raise _newer(current, known, what)
     steps = [m for m in migrations if m.version > current]
     offline = [m for m in steps if not m.online]
     if at_start and offline:
@@ -55,3 +55,24 @@ def pending(current: int, migrations: Sequence[Migration], *, at_start: bool, wh
             " nodes run: stop them and run `cloud-bridge db upgrade`"
         )
     return steps
+
+
+def require_current(current: int, migrations: Sequence[Migration], *, what: str) -> None:
+    """SchemaError unless the database is at the code's version: for the operators' commands, which change no
+    schema. They used to apply pending steps as a node does at start, and a `devices ls` of a newer
+    cloud-bridge made the store newer than the nodes still running on it, which then refused to start again."""
+    known = latest(migrations)
+    if current > known:
+        raise _newer(current, known, what)
+    if current < known:
+        raise SchemaError(
+            f"{what} has schema version {current}, older than this bridge's ({known}): an operator's command changes"
+            " no schema (nodes of the older version would refuse the store after it); start a node of this version,"
+            " which applies the steps, or run `cloud-bridge db upgrade`"
+        )
+
+
+def _newer(current: int, known: int, what: str) -> SchemaError:
+    return SchemaError(
+        f"{what} has schema version {current}, newer than this bridge knows ({known}); upgrade the bridge"
+    )

@@ -24,7 +24,7 @@ from cloud_bridge.errors import TransientError
 from cloud_bridge.fleet_schema import PG_SCHEMA, SCHEMA_SUMMARY
 from cloud_bridge.ledger import WAITING_INDEX
 from cloud_bridge.store import Store
-from cloud_bridge.store.migrations import Migration, pending
+from cloud_bridge.store.migrations import Migration, pending, require_current
 from cloud_bridge.store.url import StoreUrl
 from cloud_bridge.usage_sql import PG_SCHEMA as USAGE_SCHEMA
 from cloud_bridge.usage_sql import SCHEMA_SUMMARY as USAGE_SUMMARY
@@ -144,6 +144,14 @@ def migrate(
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     return applied
+
+
+def check(conninfo: str) -> None:
+    """SchemaError unless the store's schema is at this code's version; it applies nothing (an operator's
+    command: `store.migrations.require_current`)."""
+    with converted("PostgreSQL store"), psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    require_current(int(row[0]) if row is not None else 0, MIGRATIONS, what="the PostgreSQL store")
 
 
 def made(conninfo: str) -> bool:
@@ -316,4 +324,5 @@ def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int, clock: Ca
             on_open=pools.open_sync,
         ),
         lambda: made(conninfo),
+        lambda: check(conninfo),
     )

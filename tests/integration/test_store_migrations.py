@@ -175,3 +175,66 @@ def test_a_schema_step_waiting_behind_a_long_read_stalls_the_running_nodes_at_mo
         assert applied == [[m.version for m in PG_MIGRATIONS[4:]]]
         assert "schema step 5 (operator retry and cancel: statuses to announce) waits for a lock" in caplog.text
         assert "applied after waiting for its locks for" in caplog.text
+
+
+OPERATORS_COMMANDS = (
+    ("devices", "ls"),
+    ("devices", "show", "dev-1"),
+    ("devices", "revoke", "dev-1"),
+    ("devices", "enroll-code", "--tenant", "acme", "--name", "boiler-8"),
+    ("intents", "ls"),
+    ("status",),
+    ("audit",),
+    ("usage",),
+    ("receipt", "dev-1", "--out", "/nonexistent/receipt"),
+)
+
+
+def test_operators_commands_of_a_newer_bridge_leave_a_postgresql_schema_to_the_nodes() -> None:
+    """An operator's newer cloud-bridge against a store its nodes run on at the version before (step 7 not applied).
+    Each command applied the pending steps, as a node does at start: `devices ls` made the store newer than
+    the running nodes' code, and each of them refused it at its next start ("newer than this bridge knows").
+    Now each says the store is older and how to upgrade it, and the schema stays as the nodes know it."""
+    with pg_database() as url:
+        code, output = upgrade("--store", str(url))
+        assert code == 0, output
+        with psycopg.connect(url.conninfo(), autocommit=True) as conn:  # as the release before step 7 left it
+            conn.execute("DROP TABLE replaced_keys")
+            conn.execute("DELETE FROM schema_version WHERE version >= 7")
+        for command in OPERATORS_COMMANDS:
+            result = CliRunner().invoke(main, [*command, "--store", str(url)])
+            assert result.exit_code == 1, (command, result.output)
+            assert "the PostgreSQL store has schema version 6, older than this bridge's (7)" in result.output, command
+            assert "cloud-bridge db upgrade" in result.output
+            assert "Traceback" not in result.output
+            with psycopg.connect(url.conninfo()) as conn:
+                assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (6,), command
+        assert json.loads(upgrade("--store", str(url))[1])["applied"] == [7]
+        result = CliRunner().invoke(main, ["devices", "ls", "--store", str(url)])
+        assert result.exit_code == 0, result.output
+
+
+def test_operators_commands_of_a_newer_bridge_leave_a_sqlite_schema_to_the_node(tmp_path: Path) -> None:
+    """The same on SQLite, beside an older node on its data directory: the ledger stays at its version."""
+    data_dir = sqlite_data_dir_of_an_old_release(tmp_path / "data")
+    for command in OPERATORS_COMMANDS:
+        result = CliRunner().invoke(main, [*command, "--data-dir", str(data_dir)])
+        assert result.exit_code == 1, (command, result.output)
+        assert f"the SQLite ledger has schema version 1, older than this bridge's ({len(SQLITE_MIGRATIONS)})" in (
+            result.output
+        ), command
+        with closing(sqlite3.connect(data_dir / "ledger.db")) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 1, command
+    code, output = upgrade("--data-dir", str(data_dir))
+    assert code == 0, output
+    result = CliRunner().invoke(main, ["devices", "enroll-code", "--tenant", "acme", "--name", "n", "--data-dir",
+                                       str(data_dir)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
+def test_an_operators_command_still_makes_a_new_store_where_it_makes_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["devices", "enroll-code", "--tenant", "acme", "--name", "n", "--data-dir",
+                                       str(tmp_path / "new")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with closing(sqlite3.connect(tmp_path / "new" / "ledger.db")) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(SQLITE_MIGRATIONS)

@@ -24,6 +24,12 @@ CLOCK_KEY = "bridge_clock"  # the bridge's clock as learned (edge_outbox.bridge_
 REVOKED_KEY = "revoked"  # set when the bridge said this device is revoked (online or in a receipt)
 SENT_AS_KEY = "sent_as"  # the device id this database's intents are sent as (edge_outbox.offline_ops.send_as)
 BUSY_TIMEOUT_MS = 10_000
+# The database's generation (SQLite's user_version): an outbox refuses a database whose version is higher, in one
+# line and before it changes anything there (going back to an earlier outbox used to be taken silently, whatever
+# the later one had made of its database). A later outbox raises it only for a change an outbox of this version
+# could not run on correctly (a table it writes changing meaning); one that only adds (a table, a nullable
+# column, an index) keeps it, so that going back a version keeps working. Databases made before it are 0.
+SCHEMA_VERSION = 1
 
 _PENDING, _FINAL = sql_set(PENDING), sql_set(FINAL)
 SCHEMA = f"""
@@ -230,6 +236,11 @@ def connect(data_dir: Path, *, create: bool = True) -> sqlite3.Connection:
     except OSError as exc:  # a path under a file, a read-only or missing mount, no permission
         raise ConfigError(f"cannot use {data_dir} as the data directory: {exc.strerror}") from None
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        _check_version(conn, path)
+    except BaseException:
+        conn.close()
+        raise
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
@@ -237,6 +248,8 @@ def connect(data_dir: Path, *, create: bool = True) -> sqlite3.Connection:
     if create:
         conn.executescript(SCHEMA)
         _add_columns(conn)
+        if _version(conn) < SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
     else:
         try:
             check_schema(conn, path)
@@ -244,6 +257,19 @@ def connect(data_dir: Path, *, create: bool = True) -> sqlite3.Connection:
             conn.close()
             raise
     return conn
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _check_version(conn: sqlite3.Connection, path: Path) -> None:
+    """ConfigError when a later outbox marked the database as not for this one (SCHEMA_VERSION)."""
+    if (found := _version(conn)) > SCHEMA_VERSION:
+        raise ConfigError(
+            f"{path} was made by a later edge-outbox (database version {found}; this one runs on {SCHEMA_VERSION} at"
+            " most): run that version again, or restore the backup made before the upgrade; nothing was changed"
+        )
 
 
 def check_schema(conn: sqlite3.Connection, path: Path) -> None:

@@ -19,6 +19,7 @@ from cloud_bridge.store.url import StoreUrl
 from edge_outbox import db
 from tests.support.cli_output import assert_one_line, assert_traceback
 from tests.support.https_stub import https_answering
+from tests.support.net import free_port
 from tests.support.stores import made, store_url
 
 __all__ = ["store_url"]  # fixtures
@@ -220,3 +221,41 @@ def test_arguments_past_any_sense_are_refused_not_tracebacks(tmp_path: Path) -> 
     ttl = ("devices", "enroll-code", "--tenant", "t", "--name", "n", "--ttl", "99999999999w", "--data-dir", bridge)
     assert_refused(run_cli("cloud_bridge", *ttl), "longer than 100 years")
     assert "enroll_codes" not in run_cli("cloud_bridge", "status", "--json", "--data-dir", bridge).stdout
+
+
+def test_edge_a_database_a_later_outbox_marked_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    """Going back to an earlier outbox on a database a later one marked as not for it (db.SCHEMA_VERSION): `run`
+    and the ops commands took it silently (`run` ran its own schema over it). Now each refuses in one line, before
+    it changes anything."""
+    later = tmp_path / "later"
+    db.connect(later).close()
+    with sqlite3.connect(later / db.DB_NAME) as conn:
+        conn.execute("PRAGMA user_version = 1000")  # far past this version
+        conn.execute("DROP INDEX intents_by_id")  # what the later one made of it: an older outbox would add it back
+    conn.close()
+
+    def schema() -> list[tuple[str, int]]:
+        with sqlite3.connect(later / db.DB_NAME) as conn:
+            rows = conn.execute("SELECT name, (SELECT user_version FROM pragma_user_version) FROM sqlite_master")
+            found = sorted(rows.fetchall())
+        conn.close()
+        return found
+
+    before = schema()
+    wanted = "was made by a later edge-outbox (database version 1000;"
+    run = ("run", "--listen", f"127.0.0.1:{free_port()}")
+    for args in (("ls",), ("status",), ("export", "--out", str(tmp_path / "b")), run):
+        assert_one_line(run_cli("edge_outbox", *args, "--data-dir", str(later)), wanted)
+    assert schema() == before
+
+
+def test_edge_run_marks_the_database_and_an_older_one_is_upgraded(tmp_path: Path) -> None:
+    older = tmp_path / "older"
+    db.connect(older).close()
+    with sqlite3.connect(older / db.DB_NAME) as conn:
+        conn.execute("PRAGMA user_version = 0")  # as every outbox before SCHEMA_VERSION left it
+    conn.close()
+    db.connect(older).close()
+    with sqlite3.connect(older / db.DB_NAME) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (db.SCHEMA_VERSION,)
+    conn.close()

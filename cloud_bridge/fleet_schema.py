@@ -8,7 +8,7 @@ import contextlib
 import sqlite3
 from pathlib import Path
 
-from cloud_bridge.errors import TransientError
+from cloud_bridge.errors import SchemaError, TransientError
 from intent_contract.sqlite_wal import use_wal
 
 
@@ -49,13 +49,22 @@ FLEET_DB = "fleet.db"
 FLEET_TABLES = ("fleet_devices", "fleet_history", "fleet_telemetry", "fleet_addresses", "fleet_nodes", "fleet_requests")
 
 
+FLEET_VERSION = 1  # the SQLite fleet file's user_version: its one step, SQLITE_SCHEMA
+
+
 def migrate_fleet_file(path: Path) -> list[int]:
-    """Create the SQLite fleet file and its tables if missing (WAL: readers never hold up the desk's writes)."""
+    """Create the SQLite fleet file and its tables if missing (WAL: readers never hold up the desk's writes);
+    SchemaError for a file a newer bridge made (it was taken as this one's, as the ledger's is not)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=10)) as conn:
+            if (found := int(conn.execute("PRAGMA user_version").fetchone()[0])) > FLEET_VERSION:
+                raise SchemaError(
+                    f"the SQLite fleet tables ({path}) have schema version {found}, newer than this bridge knows"
+                    f" ({FLEET_VERSION}); upgrade the bridge"
+                )
             use_wal(conn)
-            if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= 1:
+            if found >= 1:
                 return []
             conn.execute("BEGIN IMMEDIATE")
             if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= 1:  # another process made them meanwhile
@@ -63,7 +72,7 @@ def migrate_fleet_file(path: Path) -> list[int]:
                 return []
             for statement in SQLITE_SCHEMA:
                 conn.execute(statement)
-            conn.execute("PRAGMA user_version = 1")
+            conn.execute(f"PRAGMA user_version = {FLEET_VERSION:d}")
             conn.execute("COMMIT")
             return [1]
     except (sqlite3.Error, OSError) as exc:

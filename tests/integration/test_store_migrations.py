@@ -16,10 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 from cloud_bridge.cli import main
+from cloud_bridge.fleet_schema import FLEET_DB, migrate_fleet_file
 from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE
 from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.ledger_sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
 from cloud_bridge.policy import Decision, DeviceRef
+from cloud_bridge.store import open_store
 from cloud_bridge.store.migrations import Migration, SchemaError, pending
 from cloud_bridge.store.pg import MIGRATIONS as PG_MIGRATIONS
 from cloud_bridge.store.pg import migrate
@@ -238,3 +240,22 @@ def test_an_operators_command_still_makes_a_new_store_where_it_makes_one(tmp_pat
     assert result.exit_code == 0, result.output
     with closing(sqlite3.connect(tmp_path / "new" / "ledger.db")) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(SQLITE_MIGRATIONS)
+
+
+async def test_a_sqlite_fleet_file_of_a_newer_bridge_is_refused(tmp_path: Path) -> None:
+    """fleet.db has a version of its own (the ledger's does not cover it): a file a newer bridge left at 2 was
+    taken as this bridge's, by a node's start and by `devices ls`, and written with this one's statements."""
+    code, output = upgrade("--data-dir", str(tmp_path))
+    assert code == 0, output
+    migrate_fleet_file(tmp_path / FLEET_DB)
+    with closing(sqlite3.connect(tmp_path / FLEET_DB)) as conn:
+        conn.execute("PRAGMA user_version = 2")
+    result = CliRunner().invoke(main, ["devices", "ls", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "have schema version 2, newer than this bridge knows (1); upgrade the bridge" in result.output
+    store = open_store(StoreUrl.sqlite(tmp_path), node="node-a")
+    with pytest.raises(SchemaError, match="newer than this bridge knows"):
+        await store.open()  # a node's start
+    await store.close()
+    with closing(sqlite3.connect(tmp_path / FLEET_DB)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2

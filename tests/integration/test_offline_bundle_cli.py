@@ -21,7 +21,15 @@ from intent_contract.codec import AckState
 from intent_contract.offline_wire import DEFAULT_FILE_BYTES
 from tests.support.cli_output import on_a_terminal
 from tests.support.edge import stored_ids
-from tests.support.offline_site import backlog, bridge, enrolled_site, executed, import_file, receipt_acks
+from tests.support.offline_site import (
+    backlog,
+    bridge,
+    email_policy,
+    enrolled_site,
+    executed,
+    import_file,
+    receipt_acks,
+)
 from tests.support.sneakernet import edge_args, edge_cli
 from tests.support.stack import TENANT
 
@@ -62,11 +70,7 @@ def test_the_result_of_an_operators_retry_reaches_the_site_whose_confirm_was_on_
     identity = load_identity(site)
     assert identity is not None
     backlog(site, 1)
-    config = tmp_path / "bridge.toml"
-    config.write_text(
-        f'[tenants.{TENANT}.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n'
-        'email_from = "alerts@example.com"\n'
-    )
+    config = email_policy(tmp_path)
     assert edge_cli(site, "export", "--out", str(tmp_path / "one.bundle")).returncode == 0
     import_file(tmp_path, tmp_path / "one.bundle", config)
     executed(tmp_path / "bridge", EntryState.FAILED, "smtp_refused")
@@ -136,11 +140,7 @@ def test_import_counts_every_final_result_its_receipt_carries(tmp_path: Path) ->
     the bundle just imported: "receipt with 0 final results" for a receipt that brought two."""
     site = enrolled_site(tmp_path)
     backlog(site, 2)
-    config = tmp_path / "bridge.toml"
-    config.write_text(
-        f'[tenants.{TENANT}.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n'
-        'email_from = "alerts@example.com"\n'
-    )
+    config = email_policy(tmp_path)
     assert edge_cli(site, "export", "--out", str(tmp_path / "one.bundle")).returncode == 0
     accepted = import_file(tmp_path, tmp_path / "one.bundle", config)
     assert edge_cli(site, "import-receipt", str(accepted)).returncode == 0  # both forwarded: not in a bundle again
@@ -186,11 +186,7 @@ def test_an_import_whose_receipt_cannot_be_written_says_what_it_admitted_and_how
     will run), nor that importing it again writes the receipt without running anything twice."""
     site = enrolled_site(tmp_path)
     backlog(site, 2)
-    config = tmp_path / "bridge.toml"
-    config.write_text(
-        f'[tenants.{TENANT}.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n'
-        'email_from = "alerts@example.com"\n'
-    )
+    config = email_policy(tmp_path)
     assert edge_cli(site, "export", "--out", str(tmp_path / "one.bundle")).returncode == 0
     nowhere = tmp_path / "no-such-dir" / "one.receipt"
 

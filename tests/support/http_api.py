@@ -7,7 +7,7 @@ import contextlib
 import json
 import ssl
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,6 +182,25 @@ class RotatingApi:
         self._loop.close()
 
 
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def _tls_serving(answer: Answer, clients: set[asyncio.StreamWriter], cert: Path, key: Path) -> AsyncIterator[int]:
+    """`answer` serving TLS connections on a free port (yielded); the `clients` it records are aborted at the end."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    port = free_port()
+    server = await asyncio.start_server(answer, "127.0.0.1", port, ssl=context)
+    try:
+        yield port
+    finally:
+        server.close()
+        for client in clients:
+            client.transport.abort()
+        await server.wait_closed()
+
+
 @contextlib.asynccontextmanager
 async def late_answer_server(
     cert: Path, key: Path, head_after: float, body_after: float, body: bytes
@@ -210,17 +229,8 @@ async def late_answer_server(
             await reader.read()
         writer.close()
 
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(cert), str(key))
-    port = free_port()
-    server = await asyncio.start_server(answer, "127.0.0.1", port, ssl=context)
-    try:
+    async with _tls_serving(answer, clients, cert, key) as port:
         yield port
-    finally:
-        server.close()
-        for client in clients:
-            client.transport.abort()
-        await server.wait_closed()
 
 
 @contextlib.asynccontextmanager
@@ -241,14 +251,5 @@ async def trickling_server(cert: Path, key: Path, interval: float = 0.05) -> Asy
                 writer.write(b"x")
         writer.close()
 
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(cert), str(key))
-    port = free_port()
-    server = await asyncio.start_server(answer, "127.0.0.1", port, ssl=context)
-    try:
+    async with _tls_serving(answer, clients, cert, key) as port:
         yield port
-    finally:
-        server.close()
-        for client in clients:
-            client.transport.abort()
-        await server.wait_closed()

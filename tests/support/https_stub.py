@@ -63,24 +63,13 @@ def https_losing_answers(ca: trustme.CA, target: str, target_ca: Path, lose: int
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            request = urllib.request.Request(
-                target + self.path, data=body, method="POST", headers={"Content-Type": self.headers["Content-Type"]}
-            )
-            try:
-                with urllib.request.urlopen(request, context=target_context, timeout=30) as response:
-                    status, answer = response.status, response.read()
-            except urllib.error.HTTPError as exc:
-                status, answer = exc.code, exc.read()
+            status, answer = _relayed(self, target, target_context, body)
             statuses.append(status)
             if len(statuses) <= lose:
                 self.close_connection = True  # the target acted on it; its answer never reaches the client
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            _reply(self, status, answer)
 
         def log_message(self, *_: object) -> None:
             pass
@@ -103,20 +92,9 @@ def https_holding_first(ca: trustme.CA, target: str, target_ca: Path, path: str)
             if self.path == path and first.acquire(blocking=False):
                 relay.held.set()
                 relay.release.wait(30)
-            request = urllib.request.Request(
-                target + self.path, data=body, method="POST", headers={"Content-Type": self.headers["Content-Type"]}
-            )
-            try:
-                with urllib.request.urlopen(request, context=target_context, timeout=30) as response:
-                    status, answer = response.status, response.read()
-            except urllib.error.HTTPError as exc:
-                status, answer = exc.code, exc.read()
+            status, answer = _relayed(self, target, target_context, body)
             relay.statuses.append(status)
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            _reply(self, status, answer)
 
         def log_message(self, *_: object) -> None:
             pass
@@ -143,3 +121,23 @@ def _serving(ca: trustme.CA, handler: type[BaseHTTPRequestHandler]) -> Iterator[
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def _relayed(handler: BaseHTTPRequestHandler, target: str, context: ssl.SSLContext, body: bytes) -> tuple[int, bytes]:
+    """The handler's POST sent on to `target`: the status and body of its answer."""
+    request = urllib.request.Request(
+        target + handler.path, data=body, method="POST", headers={"Content-Type": handler.headers["Content-Type"]}
+    )
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _reply(handler: BaseHTTPRequestHandler, status: int, answer: bytes) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(answer)))
+    handler.end_headers()
+    handler.wfile.write(answer)

@@ -69,6 +69,16 @@ def backlog(site: Path, count: int) -> None:
         conn.close()
 
 
+def email_policy(tmp_path: Path) -> Path:
+    """A bridge config (tmp_path/bridge.toml) whose tenant may send email to example.com."""
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        f'[tenants.{TENANT}.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n'
+        'email_from = "alerts@example.com"\n'
+    )
+    return config
+
+
 def import_file(tmp_path: Path, bundle: Path, config: Path) -> Path:
     """`cloud-bridge import` of `bundle` under `config`; the receipt it wrote."""
     receipt = bundle.with_suffix(".receipt")

@@ -96,7 +96,9 @@ def export(
             return True
 
         offline_ops.take_for_export(conn, fits=fits, batch_items=BATCH_ITEMS, batch_bytes=BATCH_PAYLOAD_BYTES, now=now)
-        left_out = conn.execute("SELECT COUNT(*) FROM intents WHERE state = 'accepted' AND sent_at < ?", (now,))
+        left_out = conn.execute(
+            "SELECT COUNT(*) FROM intents WHERE state = 'accepted' AND (sent_at < ? OR sent_at > ?)", (now, now)
+        )
         left = int(left_out.fetchone()[0])
         head = Bundle(
             rotation=pending_rotation(data_dir),

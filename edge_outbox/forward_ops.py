@@ -27,12 +27,16 @@ _ACK_UPDATES = ManyRows(
 RERUN_CODE = "bridge_retry"  # the status code of an intent an operator retried at the bridge
 
 
-def next_batch(conn: sqlite3.Connection, *, limit: int, max_bytes: int, sent_before: int) -> list[IntentRow]:
+def next_batch(conn: sqlite3.Connection, *, limit: int, max_bytes: int, sent_before: int, now: int) -> list[IntentRow]:
     """Intents to send: not yet accepted by the bridge, not sent since `sent_before` (ms), highest
-    priority first, then oldest; at most `limit` rows and `max_bytes` of payload (at least one row)."""
+    priority first, then oldest; at most `limit` rows and `max_bytes` of payload (at least one row).
+
+    One sent after `now` was sent before this device's clock stepped back (a reboot with a flat RTC battery,
+    a site without NTP): it is due again. Before, it waited until the clock passed its send time again,
+    hours or years, though the bridge never had it."""
     rows = conn.execute(
-        f"{SELECT_ROW} WHERE state = 'accepted' AND sent_at < ? ORDER BY priority DESC, seq LIMIT ?",
-        (sent_before, limit),
+        f"{SELECT_ROW} WHERE state = 'accepted' AND (sent_at < ? OR sent_at > ?) ORDER BY priority DESC, seq LIMIT ?",
+        (sent_before, now, limit),
     )
     batch: list[IntentRow] = []
     used = 0
@@ -56,7 +60,7 @@ def mark_sent(conn: sqlite3.Connection, seqs: list[int], now: int) -> None:
 
 def take_batch(conn: sqlite3.Connection, *, limit: int, max_bytes: int, sent_before: int, now: int) -> list[IntentRow]:
     """`next_batch`, marked sent in the same transaction: one store call per batch for the send loop."""
-    rows = next_batch(conn, limit=limit, max_bytes=max_bytes, sent_before=sent_before)
+    rows = next_batch(conn, limit=limit, max_bytes=max_bytes, sent_before=sent_before, now=now)
     mark_sent(conn, [r.seq for r in rows], now)
     return rows
 

@@ -155,7 +155,7 @@ def take_for_export(
     """
     batches: list[list[IntentRow]] = []
     while True:
-        rows = forward_ops.next_batch(conn, limit=batch_items, max_bytes=batch_bytes, sent_before=now)
+        rows = forward_ops.next_batch(conn, limit=batch_items, max_bytes=batch_bytes, sent_before=now, now=now)
         if not rows or not fits(rows):
             return batches
         forward_ops.mark_sent(conn, [r.seq for r in rows], now)  # these rows: `fits` may have ended some (not sendable)

@@ -25,9 +25,10 @@ class SendWindow:
         self._since = now
 
     def expire(self, now: int) -> None:
-        """Forget what was not acknowledged within the ack timeout (it may go again)."""
+        """Forget what was not acknowledged within the ack timeout (it may go again), and what was sent after
+        `now`: before the clock stepped back, so it would never have timed out on this connection."""
         stale = now - self._ack_timeout_ms
-        for intent_id in [i for i, at in self._inflight.items() if at < stale]:
+        for intent_id in [i for i, at in self._inflight.items() if at < stale or at > now]:
             del self._inflight[intent_id]
         self._batches = [b for b in self._batches if any(i in self._inflight for i in b)]
 

@@ -339,21 +339,26 @@ async def test_a_bug_in_one_operation_fails_only_that_call(tmp_path: Path, caplo
 def test_batches_take_priority_then_age_within_caps(conn: sqlite3.Connection) -> None:
     for n, priority in enumerate([0, 5, 0, 9, 5]):
         ops.commit_intake(conn, intent(intent_id=f"b{n}", priority=priority), QueueLimits(), NOW + n)
-    batch = forward_ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW)
+    batch = forward_ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW, now=NOW)
     assert [r.id for r in batch] == ["b3", "b1", "b4", "b0", "b2"]
-    assert [r.id for r in forward_ops.next_batch(conn, limit=2, max_bytes=10**6, sent_before=NOW)] == ["b3", "b1"]
+    assert [r.id for r in forward_ops.next_batch(conn, limit=2, max_bytes=10**6, sent_before=NOW, now=NOW)] == [
+        "b3",
+        "b1",
+    ]
     # the byte cap stops a batch, but never below one intent
-    assert len(forward_ops.next_batch(conn, limit=10, max_bytes=len(GOOD) * 2, sent_before=NOW)) == 2
-    assert len(forward_ops.next_batch(conn, limit=10, max_bytes=1, sent_before=NOW)) == 1
+    assert len(forward_ops.next_batch(conn, limit=10, max_bytes=len(GOOD) * 2, sent_before=NOW, now=NOW)) == 2
+    assert len(forward_ops.next_batch(conn, limit=10, max_bytes=1, sent_before=NOW, now=NOW)) == 1
     # sent ones are skipped until they are due again, and can no longer be cancelled
     taken = forward_ops.take_batch(conn, limit=2, max_bytes=10**6, sent_before=NOW, now=NOW + 100)
     assert [r.id for r in taken] == ["b3", "b1"]
-    assert [r.id for r in forward_ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW + 100)] == [
+    assert [
+        r.id for r in forward_ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW + 100, now=NOW + 100)
+    ] == [
         "b4",
         "b0",
         "b2",
     ]
-    assert len(forward_ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW + 101)) == 5
+    assert len(forward_ops.next_batch(conn, limit=10, max_bytes=10**6, sent_before=NOW + 101, now=NOW + 101)) == 5
     with pytest.raises(IllegalTransitionError):
         ops.cancel(conn, "b3", NOW)
 

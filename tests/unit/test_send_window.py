@@ -38,3 +38,14 @@ def test_a_new_connection_starts_empty() -> None:
     window.reset(50)
     assert window.room() == 4 and window.sent_before(60) == 50
     assert not window.acked("a")  # an ack for an earlier connection's send is not this window's
+
+
+def test_what_went_out_before_the_clock_stepped_back_leaves_the_window() -> None:
+    """Sent at a time the stepped-back clock will not pass for hours: it never timed out, and its room stayed taken
+    on this connection while the bridge (which had dropped its batch) would never ack it."""
+    window = SendWindow(window=2, max_batches=8, ack_timeout_ms=1000)
+    window.reset(10_000_000)
+    window.sent(["a", "b"], 10_000_000)
+    assert window.room() == 0
+    window.expire(10_000_000 - 3 * 3600 * 1000)
+    assert window.in_flight == 0 and window.room() == 2

@@ -23,13 +23,18 @@ class LinkState(StrEnum):
     CONNECTED = "connected"
     REVOKED = "revoked"
 
+    @property
+    def down(self) -> bool:
+        """No link to the bridge: offline, or trying to connect (an outage lasts through its attempts)."""
+        return self in (LinkState.OFFLINE, LinkState.CONNECTING)
+
 
 @dataclass(frozen=True, slots=True)
 class LinkSnapshot:
     """What `edge-outbox status` shows about the link."""
 
     state: LinkState
-    since: int
+    since: int  # when the link went down (through every reconnect attempt since), came up, or was revoked
     last_contact: int | None
     sent: int
     acked: int

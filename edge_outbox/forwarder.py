@@ -145,7 +145,10 @@ class Forwarder:
 
     def _set_state(self, state: LinkState) -> None:
         if state is not self._state:
-            self._state, self._since = state, self._clock_ms()
+            # Since each attempt's start or failure, an unreachable bridge was never down longer than the
+            # backoff (60 s), and no --max-offline past it ever found the link down (edge_outbox.health).
+            self._since = self._since if state.down and self._state.down else self._clock_ms()
+            self._state = state
             self._log.info("bridge link %s", state)
 
     async def run(self) -> None:

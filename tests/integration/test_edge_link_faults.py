@@ -3,20 +3,23 @@
 Counted at the bridge's integration: every intent executed once, none lost."""
 
 import asyncio
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 from edge_outbox import db, forward_ops, ops
 from edge_outbox.enroll_client import enroll
+from edge_outbox.forward_wire import LinkState
 from edge_outbox.forwarder import Forwarder
+from edge_outbox.health import problems
 from edge_outbox.identity import load_identity
 from edge_outbox.intake_rules import admit
 from edge_outbox.ops import QueueLimits
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
 from tests.support.bridge import CountingIntegration, Harness, counting, harness
-from tests.support.net import until
+from tests.support.net import free_port, until
 
 __all__ = ["counting", "harness"]  # fixtures
 
@@ -68,4 +71,39 @@ async def test_intents_sent_before_the_clock_stepped_back_go_again(
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     finally:
+        await store.close()
+
+
+async def test_an_unreachable_bridge_is_one_outage_through_its_reconnect_attempts(
+    tmp_path: Path, harness: Harness
+) -> None:
+    """Each reconnect attempt (connecting, then offline again) restarted the link's `since`, by which /healthz,
+    `edge-outbox status` and the fleet report judge the link: an outage never lasted longer than the backoff
+    (at most 60 s), so no --max-offline above it ever said the bridge was unreachable, however long it was."""
+    code = await asyncio.to_thread(harness.bridge.registry.create_code, "acme", "edge-1", 600, time.time())
+    edge_dir = tmp_path / "edge"
+    await asyncio.to_thread(enroll, edge_dir, harness.base_url, code, harness.ca_file)
+    identity = load_identity(edge_dir)
+    assert identity is not None
+    gone = dataclasses.replace(identity, mqtt_port=free_port())  # the bridge moved; nothing listens here
+    store = Store(edge_dir)
+    await store.start()
+    started = now_ms()
+    settings = ForwarderSettings(backoff_base_s=0.01, backoff_cap_s=0.05)
+    forwarder = Forwarder(store, edge_dir, gone, settings, now_ms)
+    task = asyncio.create_task(forwarder.run())
+    try:
+        await until(lambda: forwarder.snapshot().failures >= 5, what="five failed attempts")
+        link = forwarder.snapshot()
+        assert link.state in (LinkState.OFFLINE, LinkState.CONNECTING) and link.since <= started
+        later = link.since + 61_000
+        found = problems(
+            link_state=link.state.value, link_since_ms=link.since, intake_held_since_ms=None, intake_reason="",
+            now_ms=later, max_offline_s=60,
+        )  # fmt: skip
+        assert found == ["no link to the bridge for 61 s (more than 60 s)"]
+    finally:
+        forwarder.request_stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await store.close()

@@ -84,6 +84,11 @@ async def flush(data_dir: Path, timeout_s: float, clock_ms: Callable[[], int], p
     identity = load_identity(data_dir)
     if identity is None:
         raise PermanentError("not enrolled: there is no bridge to flush to")
+    if not identity.http_url:  # enrolled on files without a bridge address: no link can ever come
+        raise PermanentError(
+            "this device has no bridge address (enrolled offline): it cannot connect; its intents leave in "
+            "bundles (edge-outbox export)"
+        )
     if lock.running(data_dir) is not None:
         return await _through_running_outbox(data_dir, identity.device_id, timeout_s, clock_ms, progress)
     outbox_lock = lock.DataDirLock(data_dir)

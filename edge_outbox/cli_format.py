@@ -70,13 +70,20 @@ def print_table(rows: list[IntentRow]) -> None:
     plain_console().print(table)
 
 
-def link_view(link: dict[str, Any] | None, identity: Identity | None, pending: int) -> dict[str, Any]:
-    """What status shows of the bridge link, from what the running outbox last recorded."""
+def link_view(link: dict[str, Any] | None, identity: Identity | None, pending: int, *, running: bool) -> dict[str, Any]:
+    """What status shows of the bridge link, from what the running outbox last recorded (none: it forwards
+    nothing, or none runs)."""
     if identity is None:
         return {"state": "not enrolled", "device_id": None, "last_contact": None, "rate": 0.0, "drain_s": None}
     if link is None:
+        if not identity.http_url:
+            state = "none (enrolled offline, no bridge address: intents leave in bundles, edge-outbox export)"
+        elif running:
+            state = "unknown (the running outbox recorded none: starting, or run with --no-forward)"
+        else:
+            state = "unknown (outbox not running)"
         return {
-            "state": "unknown (outbox not running)",
+            "state": state,
             "device_id": identity.device_id,
             "last_contact": None,
             "rate": 0.0,
@@ -111,7 +118,9 @@ def status_report(
         "pending_bytes": summary.pending_bytes,
         "oldest_pending_age_s": (now_ms() - oldest) / 1000 if oldest else None,
         "database_bytes": sum(p.stat().st_size for p in data_dir.glob(DB_NAME + "*")),
-        "link": link_view(link if isinstance(link, dict) else None, identity, summary.pending),
+        "link": link_view(
+            link if isinstance(link, dict) else None, identity, summary.pending, running=running is not None
+        ),
         "intake": intake,
     }
 

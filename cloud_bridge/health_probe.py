@@ -32,7 +32,7 @@ def check(url: str, *, ca: Path | None = None, server_name: str | None = None, t
         with httpx.Client(verify=verify, timeout=timeout) as client:
             response = client.get(url, extensions=extensions)
     except httpx.HTTPError as exc:
-        raise TransientError(f"{url}: {exc or type(exc).__name__}") from None
+        raise TransientError(f"{url}: {exc or type(exc).__name__}{_what_to_do(str(exc))}") from None
     if response.status_code != 200:
         problems = _problems(response)
         raise TransientError(f"{url} answered HTTP {response.status_code}{': ' + problems if problems else ''}")
@@ -48,3 +48,12 @@ def _problems(response: httpx.Response) -> str:
     if not isinstance(found, list):
         return ""
     return readable("; ".join(str(p) for p in found))[:500]
+
+
+def _what_to_do(failure: str) -> str:
+    """The option that fixes a certificate the probe could not verify (the error alone named neither)."""
+    if "CERTIFICATE_VERIFY_FAILED" not in failure:
+        return ""
+    if "not valid for" in failure or "Hostname mismatch" in failure:
+        return " (probing by another name than the certificate's? --server-name NAME checks it for NAME)"
+    return " (a private CA, such as dev-certs' ca.pem? --ca FILE trusts it)"

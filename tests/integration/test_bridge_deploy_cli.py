@@ -105,12 +105,22 @@ def test_health_passes_over_verified_tls(bridge: BridgeProcess) -> None:
     ("args", "says"),
     [
         (["--server-name", "bridge.example"], "certificate is not valid for 'bridge.example'"),
+        (["--server-name", "bridge.example"], "--server-name NAME checks it for NAME"),
         (["--ca", "OTHER_CA"], "certificate verify failed"),
+        (["--ca", "OTHER_CA"], "--ca FILE trusts it"),
         (["--url", "https://localhost:{closed}/healthz"], "Connection refused"),
         (["--url", "http://localhost:{port}/healthz"], "the bridge serves /healthz over HTTPS only"),
         (["--url", "https://localhost:{port}/nothing"], "answered HTTP 404"),
     ],
-    ids=["wrong-name", "other-ca", "nothing-listening", "plain-http", "not-found"],
+    ids=[
+        "wrong-name",
+        "wrong-name-says-what-to-do",
+        "other-ca",
+        "other-ca-says-what-to-do",
+        "nothing-listening",
+        "plain-http",
+        "not-found",
+    ],
 )
 def test_health_fails_in_one_line(bridge: BridgeProcess, tmp_path: Path, args: list[str], says: str) -> None:
     other_ca = tmp_path / "other.pem"

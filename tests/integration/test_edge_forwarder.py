@@ -37,6 +37,7 @@ from edge_outbox.store import Store
 from intent_contract.codec import Envelope
 from intent_contract.device_token import public_key_pem
 from tests.support.bridge import CountingIntegration, Creds, Harness, make_settings, running_bridge, until
+from tests.support.edge import stored_ids
 from tests.support.https_stub import https_losing_answers
 from tests.support.net import free_port, sockets_to
 
@@ -84,14 +85,6 @@ async def run_forwarder(edge_dir: Path, settings: ForwarderSettings) -> tuple[St
     assert identity is not None
     forwarder = Forwarder(store, edge_dir, identity, settings, now_ms)
     return store, forwarder, asyncio.create_task(forwarder.run())
-
-
-def states(edge_dir: Path) -> dict[str, str]:
-    conn = db.connect(edge_dir)
-    try:
-        return dict(conn.execute("SELECT id, state FROM intents"))
-    finally:
-        conn.close()
 
 
 async def test_enrollment_keeps_a_private_key_and_refuses_to_replace_it(tmp_path: Path, bridge: Harness) -> None:
@@ -170,7 +163,7 @@ async def test_intents_are_delivered_confirmed_and_statuses_applied(
     try:
         await queue_intents(store, 300)
         forwarder.wake()
-        await until(lambda: set(states(edge_dir).values()) == {"delivered"}, timeout=60, what="all delivered")
+        await until(lambda: set(stored_ids(edge_dir).values()) == {"delivered"}, timeout=60, what="all delivered")
         assert sorted(j.intent_id for j in counting.calls) == sorted(f"f{n}" for n in range(300))  # each executed once
         identity = load_identity(edge_dir)
         assert identity is not None
@@ -208,7 +201,7 @@ async def test_a_fault_of_the_forwarders_own_is_logged_and_it_starts_again(
             assert last is not None and last.code == "forwarder_failed"
             assert last.detail == "the forwarder failed: ValueError"
             key_file(edge_dir).write_bytes(key)  # repaired: the next start forwards, with no restart of the outbox
-            await until(lambda: set(states(edge_dir).values()) == {"delivered"}, timeout=60, what="all delivered")
+            await until(lambda: set(stored_ids(edge_dir).values()) == {"delivered"}, timeout=60, what="all delivered")
             assert sorted(j.intent_id for j in counting.calls) == [f"f{n}" for n in range(5)]
         finally:
             forwarder.request_stop()
@@ -239,7 +232,7 @@ async def test_a_stored_payload_the_wire_cannot_carry_is_rejected_and_holds_noth
         await queue_intents(store, 3, prefix="after")
         forwarder.wake()
         good = {f"{p}{n}" for p in ("before", "after") for n in range(3)}
-        await until(lambda: {i for i, s in states(edge_dir).items() if s == "delivered"} == good, what="good ones")
+        await until(lambda: {i for i, s in stored_ids(edge_dir).items() if s == "delivered"} == good, what="good ones")
         conn = db.connect(edge_dir)
         try:
             rows = {i: ops.get(conn, i) for i in ("lone", "huge")}
@@ -291,7 +284,7 @@ async def test_an_edge_speaking_another_wire_version_gets_its_intents_rejected(
         await queue_intents(store, 3, "v")
         forwarder.wake()
         # Not resent forever: the bridge names each intent it cannot read and the edge ends them.
-        await until(lambda: set(states(edge_dir).values()) == {"rejected"}, timeout=20, what="rejected at the edge")
+        await until(lambda: set(stored_ids(edge_dir).values()) == {"rejected"}, timeout=20, what="rejected at the edge")
         rows = [await store.call(ops.get, f"v{n}") for n in range(3)]
         assert {(r.code, r.attempt) for r in rows} == {("unsupported_version", 1)}
         assert "wire version 2 is not supported" in rows[0].detail
@@ -341,7 +334,7 @@ async def test_websocket_over_tls_transport(tmp_path: Path, bridge: Harness, cou
         await queue_intents(store, 20, "ws")
         forwarder.wake()
         await until(
-            lambda: states(edge_dir) and set(states(edge_dir).values()) == {"delivered"},
+            lambda: stored_ids(edge_dir) and set(stored_ids(edge_dir).values()) == {"delivered"},
             timeout=30,
             what="delivered over WebSocket",
         )
@@ -359,7 +352,7 @@ async def test_unreachable_bridge_backs_off_and_status_shows_the_link(tmp_path: 
     try:
         await queue_intents(store, 3)
         await until(lambda: forwarder.snapshot().state is LinkState.OFFLINE, timeout=20, what="offline")
-        assert set(states(edge_dir).values()) == {State.ACCEPTED.value}
+        assert set(stored_ids(edge_dir).values()) == {State.ACCEPTED.value}
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -449,7 +442,9 @@ async def test_ops_retry_runs_a_failed_intent_again_as_a_new_attempt(
         try:
             await queue_intents(store, 3, "r")
             forwarder.wake()
-            await until(lambda: set(states(edge_dir).values()) == {"failed"}, timeout=30, what="first attempt failed")
+            await until(
+                lambda: set(stored_ids(edge_dir).values()) == {"failed"}, timeout=30, what="first attempt failed"
+            )
             failed = await store.call(ops.get, "r0")
             assert (failed.code, failed.attempt) == ("smtp_552", 1)
             # the operator retries: attempt 2 goes out and the bridge runs it again
@@ -457,7 +452,7 @@ async def test_ops_retry_runs_a_failed_intent_again_as_a_new_attempt(
             assert [r.attempt for r in retried] == [2, 2, 2]
             forwarder.wake()
             await until(
-                lambda: set(states(edge_dir).values()) == {"delivered"}, timeout=20, what="retried delivered"
+                lambda: set(stored_ids(edge_dir).values()) == {"delivered"}, timeout=20, what="retried delivered"
             )  # under the 30 s ack timeout
         finally:
             task.cancel()

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from edge_outbox import db, forward_ops, ops
+from edge_outbox import forward_ops, ops
 from edge_outbox.enroll_client import enroll
 from edge_outbox.forward_wire import LinkState
 from edge_outbox.forwarder import Forwarder
@@ -19,6 +19,7 @@ from edge_outbox.ops import QueueLimits
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
 from tests.support.bridge import CountingIntegration, Harness, counting, harness
+from tests.support.edge import stored_ids
 from tests.support.net import free_port, until
 
 __all__ = ["counting", "harness"]  # fixtures
@@ -29,14 +30,6 @@ HOURS_3_MS = 3 * 3600 * 1000
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def states(edge_dir: Path) -> dict[str, str]:
-    conn = db.connect(edge_dir)
-    try:
-        return dict(conn.execute("SELECT id, state FROM intents"))
-    finally:
-        conn.close()
 
 
 async def test_intents_sent_before_the_clock_stepped_back_go_again(
@@ -64,7 +57,7 @@ async def test_intents_sent_before_the_clock_stepped_back_go_again(
         forwarder = Forwarder(store, edge_dir, identity, ForwarderSettings(), lambda: now_ms() - HOURS_3_MS)
         task = asyncio.create_task(forwarder.run())
         try:
-            await until(lambda: set(states(edge_dir).values()) == {"delivered"}, timeout=60, what="all delivered")
+            await until(lambda: set(stored_ids(edge_dir).values()) == {"delivered"}, timeout=60, what="all delivered")
             assert sorted(j.intent_id for j in counting.calls) == sorted(f"s{n}" for n in range(20))
         finally:
             forwarder.request_stop()

@@ -118,7 +118,10 @@ class JobRun:
         now = self._now()
         verdict = after_run(entry, result, now=now, policy=self._retry_policy, jitter=self._rand())
         if verdict.retry_at is None:
-            return await self._finish(entry, verdict.state, verdict.code, verdict.detail, name, started)
+            ack = await self._finish(entry, verdict.state, verdict.code, verdict.detail, name, started)
+            if self._revoked(entry.device_id):  # revoked during the call: no edge will confirm it (see above)
+                await self._ledger.confirm(entry.device_id, [entry.intent_id], entry.attempt)
+            return ack
         await self._ledger.reschedule(entry, verdict.retry_at, verdict.code, verdict.detail, now)
         self._observe(entry.kind, "retried", verdict.code, time.perf_counter() - started)
         logger.info("%s/%s: %s; retry in %.1fs", entry.device_id, entry.intent_id, verdict.code, verdict.retry_at - now,

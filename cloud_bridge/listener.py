@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from cloud_bridge.device_gate import DeviceGate
@@ -64,6 +64,7 @@ class BridgeListener:
         watch: ConnectionWatch | None = None,
         on_topic_refused: Callable[[str], None] | None = None,
         front_door: FrontDoorFactory = MqttFrontDoor,
+        settle: Callable[[str], Awaitable[int]] | None = None,
     ) -> None:
         if settings.tls_cert is None or settings.tls_key is None:
             raise ConfigError("the MQTT listener needs --tls-cert and --tls-key")
@@ -78,7 +79,11 @@ class BridgeListener:
         self._refusal_logs = LogThrottles(REFUSAL_LOG_INTERVAL)
         self._on_topic_refused = on_topic_refused  # counts every refusal (the log line is throttled)
         self._revocations = RevocationWatcher(
-            registry, settings.revocation_poll, sessions=self._door.session_keys, drop=self._end_session
+            registry,
+            settings.revocation_poll,
+            sessions=self._door.session_keys,
+            drop=self._end_session,
+            settle=settle,
         )
 
     @property

@@ -46,6 +46,7 @@ from cloud_bridge.own_threads import own_thread
 from cloud_bridge.refusals import ConnectAudit
 from cloud_bridge.registry import Registry
 from cloud_bridge.retention import Retention
+from cloud_bridge.revocations import settle_results
 from cloud_bridge.service import BridgeService
 from cloud_bridge.settings import BridgeSettings
 from cloud_bridge.store import open_store
@@ -195,6 +196,8 @@ class Bridge:
             reports=desk,
             watch=self.metrics,
             on_topic_refused=lambda action: self.metrics.topics_refused.labels(action).inc(),
+            # SQLite: the registry's revocation cannot settle the ledger's rows (another file); the watcher does
+            settle=None if self.store.url.shared else settle_results(self.ledger),
         )
         slots = executor if self.ledger.claims_at_admission else None
         service.attach(listener.publish, executor.wake, listener.holds, slots=slots, revoked=self._revoked)

@@ -7,6 +7,10 @@ ids again and drops every connected device among them, and checks the key every 
 with: a session whose key no longer authenticates its device (the old key of a rotation, maybe a stolen one)
 is dropped, and the new key's session stays. The executor reads the revoked set to skip a revoked device's
 queued work.
+
+On a SQLite store, whose registry and ledger are separate files, the watcher also settles each newly revoked
+device's final results that no edge will ever confirm (`settle_results`), so that retention deletes them; on
+PostgreSQL `devices revoke` does it in its own transaction.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from cloud_bridge.errors import BridgeError
+from cloud_bridge.ledger import Ledger
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry
 
@@ -32,6 +37,17 @@ def sessions_to_end(
     return good, {d: k for d, k in sessions.items() if d not in good}
 
 
+def settle_results(ledger: Ledger) -> Callable[[str], Awaitable[int]]:
+    """Confirm a revoked device's final results: it can never connect again and a revoked device's receipt
+    carries none, and an unconfirmed result is never deleted. A result that becomes final after this read is
+    confirmed by its finish (`job_run`), which reads the watcher's set, updated before this runs."""
+
+    async def settle(device_id: str) -> int:
+        return await ledger.confirm(device_id, [ack.id for ack in await ledger.unconfirmed(device_id)])
+
+    return settle
+
+
 class RevocationWatcher:
     """Polls the registry's revocation counter every `poll` seconds; drops connected revoked devices and
     sessions opened with a key that was replaced."""
@@ -43,6 +59,7 @@ class RevocationWatcher:
         *,
         sessions: Callable[[], dict[str, str]],
         drop: Callable[[str, str | None], Awaitable[bool]],
+        settle: Callable[[str], Awaitable[int]] | None = None,
     ) -> None:
         self._registry = registry
         self._poll = poll
@@ -53,12 +70,16 @@ class RevocationWatcher:
         self.revoked: frozenset[str] = frozenset()
         # Sessions whose key was found active since the counter last moved: checked again only when it moves.
         self._checked: dict[str, str] = {}
+        self._settle = settle  # (device id): settles its results; None where the revocation itself does
+        self._unsettled: set[str] = set()  # revoked devices whose results are not settled yet
 
     async def start(self) -> None:
         """Read the revoked ids, then watch for more."""
         # Counter first, then the ids: a revocation in between is seen again by the watcher.
         counter = await own_thread(self._registry.revocation_counter)
         self.revoked = frozenset(await own_thread(self._registry.revoked_ids))
+        if self._settle is not None:  # those revoked while this node was down too (settled in the watcher)
+            self._unsettled = set(self.revoked)
         self._task = asyncio.create_task(self._watch(counter), name="revocation-watcher")
 
     async def stop(self) -> None:
@@ -73,11 +94,15 @@ class RevocationWatcher:
             try:
                 counter = await own_thread(self._registry.revocation_counter)
                 if counter != last:
-                    self.revoked = frozenset(await own_thread(self._registry.revoked_ids))
+                    revoked = frozenset(await own_thread(self._registry.revoked_ids))
+                    if self._settle is not None:
+                        self._unsettled |= revoked - self.revoked
+                    self.revoked = revoked
                     self._checked.clear()  # a key may have ended: every session is checked again
                     last = counter
             except BridgeError:
                 logger.exception("revocation watcher cannot read the registry")
+            await self._settle_unsettled()
             # Every poll, not only when the counter moved: a CONNECT whose revocation check came before the
             # revocation can be accepted after the poll that saw it (its signature and replay checks take
             # their time), and it must not stay connected.
@@ -85,6 +110,21 @@ class RevocationWatcher:
                 if device_id in self.revoked:
                     await self._drop(device_id, None)
             await self._check_keys()
+
+    async def _settle_unsettled(self) -> None:
+        """Settle the results of devices revoked since the last poll; one that fails is tried at the next."""
+        if self._settle is None:
+            return
+        for device_id in sorted(self._unsettled):
+            try:
+                settled = await self._settle(device_id)
+            except BridgeError:
+                logger.exception("cannot settle the results of revoked device %s", device_id)
+                return
+            self._unsettled.discard(device_id)
+            if settled:
+                logger.info("results of revoked device %s settled: %d", device_id, settled,
+                            extra={"device_id": device_id, "code": "device_revoked"})  # fmt: skip
 
     async def _check_keys(self) -> None:
         """End the sessions whose key no longer authenticates their device. A session not checked since the

@@ -187,3 +187,64 @@ async def test_a_revoked_devices_results_are_settled_so_that_retention_deletes_t
         assert purged.intents == 2
         assert a.bridge.store.intents.rows(query) == []
         assert [job.intent_id for job in held.calls] == ["c0", "c1"]
+
+
+async def test_a_single_nodes_revoked_devices_results_are_settled_as_it_sees_the_revocation(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    """The same on one node with its SQLite store, whose registry and ledger are separate files (so the
+    revocation cannot settle the ledger's rows in its transaction, as PostgreSQL's does): they stayed
+    unconfirmed for good. The node's watcher settles them when it sees the revocation, and the finish of the
+    call under way at it settles its own row."""
+    held = HeldIntegration()
+    settings = make_settings(tmp_path, server_cert_files)
+    async for h in running_bridge(settings, server_cert_files["ca"], {"email.send": held}):
+        creds, client = await _delivered_unconfirmed(h, held)
+        try:
+            held.release.clear()
+            client.send([email("c1")])
+            await until(lambda: len(held.calls) == 2, what="c1's call under way")
+            h.bridge.registry.revoke(creds.device_id, time.time())
+            await until(client.disconnected.is_set, what="the node dropped the revoked device")
+            held.release.set()
+        finally:
+            await client.stop()
+        await _purged(h, creds, 2)
+
+
+async def test_a_device_revoked_while_its_single_node_was_down_has_its_results_settled_at_the_start(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    """`devices revoke` while the SQLite node is stopped: the node's next start settles the device's results."""
+    held = HeldIntegration()
+    settings = make_settings(tmp_path, server_cert_files)
+    async for h in running_bridge(settings, server_cert_files["ca"], {"email.send": held}):
+        creds, client = await _delivered_unconfirmed(h, held)
+        await client.stop()
+    h.bridge.registry.revoke(creds.device_id, time.time())  # as `cloud-bridge devices revoke` does, node down
+    async for h in running_bridge(settings, server_cert_files["ca"], {"email.send": held}):
+        await _purged(h, creds, 1)
+
+
+async def _delivered_unconfirmed(h: Harness, held: HeldIntegration) -> tuple[Creds, DeviceClient]:
+    """A device that never confirms (its confirms were lost), and its c0 delivered."""
+    creds = await h.enroll()
+    client = await h.connect(creds)
+    held.release.set()
+    client.send([email("c0")])
+    await until(lambda: "delivered" in client.states().get("c0", []), what="c0 delivered")
+    return creds, client
+
+
+async def _purged(h: Harness, creds: Creds, count: int) -> None:
+    """The device's `count` rows end and are settled (at the watcher's next poll), and then purged."""
+    query = IntentQuery(device_id=creds.device_id)
+
+    def settled() -> bool:
+        rows = h.bridge.store.intents.rows(query)
+        return len(rows) == count and all(r.state.final and r.confirmed for r in rows)
+
+    await until(settled, what="its rows ended and settled")
+    later = time.time() + 60
+    assert h.bridge.store.intents.purge(later, None, later * 1000).intents == count
+    assert h.bridge.store.intents.rows(query) == []

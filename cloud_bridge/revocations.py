@@ -119,7 +119,8 @@ class RevocationWatcher:
             try:
                 settled = await self._settle(device_id)
             except BridgeError:
-                logger.exception("cannot settle the results of revoked device %s", device_id)
+                logger.exception("cannot settle the results of revoked device %s", device_id,
+                                 extra={"device_id": device_id})  # fmt: skip
                 return
             self._unsettled.discard(device_id)
             if settled:

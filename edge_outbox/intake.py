@@ -43,6 +43,8 @@ MAX_BATCH = 2000
 # (its keepalive unread) left them waiting, and a QoS 0 app that came back added 1,000 more each time: 12 MB per
 # reconnection with 10 KB intents on a full queue, for as long as it lasted.
 MAX_WAITING_BYTES = 64 << 20
+# What a committed publish can come to: stored accepted, refused (rejected), expired on arrival, a duplicate.
+INTAKE_OUTCOMES = (State.ACCEPTED.value, State.REJECTED.value, State.EXPIRED.value, "duplicate")
 
 
 @dataclass(slots=True)
@@ -86,7 +88,9 @@ class Intake:
             kind: LogThrottles(REFUSAL_LOG_INTERVAL, lines=REFUSAL_LOG_LINES, keys=REFUSAL_LOG_APPS)
             for kind in ("rejected", "duplicate")
         }
-        self.outcomes: dict[str, int] = {}  # committed publishes by outcome (a state, or "duplicate")
+        # Committed publishes by outcome (a state, or "duplicate"), each from 0: a series that appears at its
+        # first event is missed by Prometheus's rate() and increase().
+        self.outcomes: dict[str, int] = dict.fromkeys(INTAKE_OUTCOMES, 0)
         self.max_waiting_bytes = MAX_WAITING_BYTES
         self.waiting_bytes = 0  # payload bytes of the publishes in `_waiting`
         self._readable = asyncio.Event()

@@ -16,7 +16,7 @@ from cloud_bridge import intent_sql
 from cloud_bridge.errors import TransientError
 from cloud_bridge.fleet_schema import FLEET_DB, FLEET_TABLES
 from cloud_bridge.ledger import WAITING_INDEX
-from cloud_bridge.store.migrations import Migration, pending, require_current
+from cloud_bridge.store.migrations import Migration, compatible_from, compatible_key, latest, pending, require_current
 from cloud_bridge.usage_sql import SCHEMA_SUMMARY as USAGE_SUMMARY
 from cloud_bridge.usage_sql import SQLITE_SCHEMA as USAGE_SCHEMA
 from intent_contract.sqlite_rows import ManyRows
@@ -70,15 +70,31 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
+# Where each step records the store's marker (store.migrations.compatible_from), outside the steps: a step of its
+# own would be one an older bridge does not know.
+_META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+
 # The audit table's one insert: admission (ledger_sqlite_admit) and the ledger's other writes append rows.
 _AUDIT_HEAD = "INSERT INTO audit (at, device_id, tenant, intent_id, kind, event, integration, code, detail)"
 AUDIT_INSERT = f"{_AUDIT_HEAD} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 AUDIT_ROWS = ManyRows(_AUDIT_HEAD, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")  # many audit rows, in as few statements as fit
 
 
-def _pending(conn: sqlite3.Connection, *, at_start: bool) -> list[Migration]:
+def _schema_state(conn: sqlite3.Connection) -> tuple[int, int | None]:
+    """The ledger's schema version, and its marker when it is newer than this code (None: no marker)."""
     current = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    return pending(current, MIGRATIONS, at_start=at_start, what="the SQLite ledger")
+    if current <= latest(MIGRATIONS):
+        return current, None
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (compatible_key(current),)).fetchone()
+    except sqlite3.OperationalError:  # no meta table: steps applied by a bridge before the marker
+        return current, None
+    return current, None if row is None else int(row[0])
+
+
+def _pending(conn: sqlite3.Connection, *, at_start: bool) -> list[Migration]:
+    current, compatible = _schema_state(conn)
+    return pending(current, MIGRATIONS, at_start=at_start, what="the SQLite ledger", compatible=compatible)
 
 
 def migrate(conn: sqlite3.Connection, *, at_start: bool) -> list[int]:
@@ -98,6 +114,12 @@ def migrate(conn: sqlite3.Connection, *, at_start: bool) -> list[int]:
                 for statement in steps[0].statements:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {steps[0].version:d}")
+                conn.execute(_META)
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (compatible_key(steps[0].version), compatible_from(steps[0].version, MIGRATIONS)),
+                )
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -123,7 +145,7 @@ def check_file(path: Path) -> None:
     command: `store.migrations.require_current`)."""
     try:
         with closing(sqlite3.connect(path, isolation_level=None, timeout=10)) as conn:
-            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            current, compatible = _schema_state(conn)
     except sqlite3.Error as exc:
         raise TransientError(f"ledger {path}: {exc}", code="ledger_error") from exc
-    require_current(current, MIGRATIONS, what="the SQLite ledger")
+    require_current(current, MIGRATIONS, what="the SQLite ledger", compatible=compatible)

@@ -4,19 +4,33 @@ Each backend keeps an ordered list of `Migration`s and records the version it re
 `PRAGMA user_version`; PostgreSQL: the `schema_version` table). `cloud-bridge db upgrade` applies
 every pending one. `run` applies them at start only when that is safe: each pending step is marked
 `online` (it only adds tables, columns with defaults or indexes, so nodes still on the older code keep
-working). A database newer than the code is never touched: an older bridge must not run on it. The
-operators' commands apply nothing (`require_current`): a step applied under the older nodes makes the
-store newer than their code, and they would refuse it at their next start.
+working). The operators' commands apply nothing (`require_current`).
+
+A database newer than the code is refused unless its steps since the code's version are all online: each
+step records, beside the version, the oldest schema version whose code can still run on the store
+(`compatible_from`: the version of the last step that is not online). So an older node keeps running, and
+starting, on a store that a newer node or `db upgrade` moved by an additive step (a rolling upgrade), and
+refuses one a breaking step moved. A store whose marker is missing (steps applied by a bridge before the
+marker) is taken as compatible from its own version only.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cloud_bridge.errors import SchemaError
 
-__all__ = ["Migration", "SchemaError", "latest", "pending", "require_current"]
+__all__ = ["Migration", "SchemaError", "compatible_from", "compatible_key", "latest", "pending", "require_current"]
+
+logger = logging.getLogger(__name__)
+
+
+def compatible_key(version: int) -> str:
+    """The key of the marker the step to `version` wrote in the store's `meta` table. One per version: a version
+    raised by anything but a step that wrote its marker (a marker left by an earlier step) is not trusted."""
+    return f"schema {version} compatible from"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +55,22 @@ def latest(migrations: Sequence[Migration]) -> int:
     return len(versions)
 
 
-def pending(current: int, migrations: Sequence[Migration], *, at_start: bool, what: str) -> list[Migration]:
-    """The steps to apply from `current`; SchemaError when the database is newer than the code, or
-    (at start) when a pending step is not online-safe and needs `cloud-bridge db upgrade`."""
+def compatible_from(version: int, migrations: Sequence[Migration]) -> int:
+    """The marker a store at `version` carries: the oldest schema version whose code can run on it (that of the
+    last step up to `version` that is not online; 1 when every one is)."""
+    return max((m.version for m in migrations[:version] if not m.online), default=1)
+
+
+def pending(
+    current: int, migrations: Sequence[Migration], *, at_start: bool, what: str, compatible: int | None = None
+) -> list[Migration]:
+    """The steps to apply from `current`; SchemaError when the database is newer than the code and not
+    `compatible` with it (the store's marker, None when it has none), or (at start) when a pending step is not
+    online-safe and needs `cloud-bridge db upgrade`."""
     known = latest(migrations)
     if current > known:
-        raise _newer(current, known, what)
+        _check_newer(current, known, compatible, what)
+        return []
     steps = [m for m in migrations if m.version > current]
     offline = [m for m in steps if not m.online]
     if at_start and offline:
@@ -57,13 +81,14 @@ def pending(current: int, migrations: Sequence[Migration], *, at_start: bool, wh
     return steps
 
 
-def require_current(current: int, migrations: Sequence[Migration], *, what: str) -> None:
+def require_current(current: int, migrations: Sequence[Migration], *, what: str, compatible: int | None = None) -> None:
     """SchemaError unless the database is at the code's version: for the operators' commands, which change no
     schema. They used to apply pending steps as a node does at start, and a `devices ls` of a newer
     cloud-bridge made the store newer than the nodes still running on it, which then refused to start again."""
     known = latest(migrations)
     if current > known:
-        raise _newer(current, known, what)
+        _check_newer(current, known, compatible, what)
+        return
     if current < known:
         raise SchemaError(
             f"{what} has schema version {current}, older than this bridge's ({known}): an operator's command changes"
@@ -72,7 +97,17 @@ def require_current(current: int, migrations: Sequence[Migration], *, what: str)
         )
 
 
-def _newer(current: int, known: int, what: str) -> SchemaError:
-    return SchemaError(
-        f"{what} has schema version {current}, newer than this bridge knows ({known}); upgrade the bridge"
+def _check_newer(current: int, known: int, compatible: int | None, what: str) -> None:
+    """Nothing when the steps that made the store newer than the code are all online (its marker is at most the
+    code's version); else SchemaError."""
+    if compatible is not None and compatible <= known:
+        logger.info(
+            "%s has schema version %d, newer than this bridge's (%d); its steps since are additive (compatible from"
+            " %d), so this bridge runs on it",
+            what, current, known, compatible,
+        )  # fmt: skip
+        return
+    needs = "" if compatible is None else f" (it needs schema version {compatible} at least)"
+    raise SchemaError(
+        f"{what} has schema version {current}, newer than this bridge knows ({known}){needs}; upgrade the bridge"
     )

@@ -24,7 +24,7 @@ from cloud_bridge.errors import TransientError
 from cloud_bridge.fleet_schema import PG_SCHEMA, SCHEMA_SUMMARY
 from cloud_bridge.ledger import WAITING_INDEX
 from cloud_bridge.store import Store
-from cloud_bridge.store.migrations import Migration, pending, require_current
+from cloud_bridge.store.migrations import Migration, compatible_from, compatible_key, latest, pending, require_current
 from cloud_bridge.store.url import StoreUrl
 from cloud_bridge.usage_sql import PG_SCHEMA as USAGE_SCHEMA
 from cloud_bridge.usage_sql import SCHEMA_SUMMARY as USAGE_SUMMARY
@@ -136,9 +136,9 @@ def migrate(
             conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
-            row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-            current = int(row[0]) if row is not None else 0
-            for step in pending(current, MIGRATIONS, at_start=at_start, what="the PostgreSQL store"):
+            current, compatible = _schema_state(conn)
+            steps = pending(current, MIGRATIONS, at_start=at_start, what="the PostgreSQL store", compatible=compatible)
+            for step in steps:
                 _apply(conn, step, lock_timeout=lock_timeout, clock=clock, sleep=sleep, rand=rand)
                 applied.append(step.version)
         finally:
@@ -150,8 +150,18 @@ def check(conninfo: str) -> None:
     """SchemaError unless the store's schema is at this code's version; it applies nothing (an operator's
     command: `store.migrations.require_current`)."""
     with converted("PostgreSQL store"), psycopg.connect(conninfo, autocommit=True) as conn:
-        row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-    require_current(int(row[0]) if row is not None else 0, MIGRATIONS, what="the PostgreSQL store")
+        current, compatible = _schema_state(conn)
+    require_current(current, MIGRATIONS, what="the PostgreSQL store", compatible=compatible)
+
+
+def _schema_state(conn: psycopg.Connection[Any]) -> tuple[int, int | None]:
+    """The store's schema version, and its marker when it is newer than this code (None: no marker)."""
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    current = int(row[0]) if row is not None else 0
+    if current <= latest(MIGRATIONS):
+        return current, None
+    row = conn.execute("SELECT value FROM meta WHERE key = %s", (compatible_key(current),)).fetchone()
+    return current, None if row is None else int(row[0])
 
 
 def made(conninfo: str) -> bool:
@@ -180,6 +190,11 @@ def _apply(
                 for statement in step.statements:
                     conn.execute(statement.encode())
                 conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (step.version,))
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (%s, %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (compatible_key(step.version), compatible_from(step.version, MIGRATIONS)),
+                )
         except psycopg.errors.LockNotAvailable:
             pause = compute_backoff(tries, base=1.0, cap=DDL_RETRY_CAP, jitter=0.5 + rand() / 2)
             logger.warning(

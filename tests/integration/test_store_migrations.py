@@ -15,13 +15,14 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
+from cloud_bridge import ledger_sqlite_schema
 from cloud_bridge.cli import main
 from cloud_bridge.fleet_schema import FLEET_DB, migrate_fleet_file
 from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE
 from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.ledger_sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
 from cloud_bridge.policy import Decision, DeviceRef
-from cloud_bridge.store import open_store
+from cloud_bridge.store import open_store, pg
 from cloud_bridge.store.migrations import Migration, SchemaError, pending
 from cloud_bridge.store.pg import MIGRATIONS as PG_MIGRATIONS
 from cloud_bridge.store.pg import migrate
@@ -259,3 +260,69 @@ async def test_a_sqlite_fleet_file_of_a_newer_bridge_is_refused(tmp_path: Path) 
     await store.close()
     with closing(sqlite3.connect(tmp_path / FLEET_DB)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def newer(migrations: tuple[Migration, ...]) -> tuple[Migration, Migration]:
+    """The steps a newer bridge would add: one additive (a table the older code never reads), then one that is not
+    safe for the older code."""
+    n = len(migrations)
+    return (
+        Migration(n + 1, "a table of the newer bridge", ("CREATE TABLE later_things (x integer)",)),
+        Migration(n + 2, "a rewrite", ("ALTER TABLE later_things RENAME TO renamed_things",), online=False),
+    )
+
+
+async def test_an_older_node_runs_on_a_postgresql_store_an_additive_step_moved_and_refuses_a_breaking_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rolling upgrade: a node of the next version starts beside the running ones and applies its additive step.
+    The older nodes refused the store at their next start or check (`newer than this bridge knows`), so one
+    newer node locked every older one out before they were upgraded. Each step now records the oldest version
+    that can run on the store: an older node keeps running on an additive step, and refuses a breaking one."""
+    additive, breaking = newer(PG_MIGRATIONS)
+    with pg_database() as url:
+        async with opened(url, node="old-1") as old:
+            monkeypatch.setattr(pg, "MIGRATIONS", (*PG_MIGRATIONS, additive))
+            assert migrate(url.conninfo(), at_start=True) == [additive.version]  # the newer node starts
+            monkeypatch.undo()
+            old.check_schema()  # the older node's check, as an operator's command of its version
+            async with opened(url, node="old-2"):  # an older node (re)starts
+                pass
+            result = CliRunner().invoke(main, ["devices", "ls", "--store", str(url)])
+            assert result.exit_code == 0, result.output
+            monkeypatch.setattr(pg, "MIGRATIONS", (*PG_MIGRATIONS, additive, breaking))
+            assert migrate(url.conninfo(), at_start=False) == [breaking.version]  # `db upgrade` of a newer bridge
+            monkeypatch.undo()
+            wanted = (
+                f"the PostgreSQL store has schema version {breaking.version}, newer than this bridge knows"
+                f" ({len(PG_MIGRATIONS)}) (it needs schema version {breaking.version} at least); upgrade the bridge"
+            )
+            with pytest.raises(SchemaError) as refused:
+                old.check_schema()
+            assert str(refused.value) == wanted
+            store = open_store(url, node="old-3")
+            with pytest.raises(SchemaError):
+                await store.open()
+
+
+async def test_an_older_bridge_runs_on_a_sqlite_ledger_an_additive_step_moved_and_refuses_a_breaking_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on SQLite: a newer bridge run on a data directory, then the older one again (a rollback)."""
+    additive, breaking = newer(SQLITE_MIGRATIONS)
+    url = StoreUrl.sqlite(tmp_path)
+    monkeypatch.setattr(ledger_sqlite_schema, "MIGRATIONS", (*SQLITE_MIGRATIONS, additive))
+    async with opened(url, node="newer"):
+        pass
+    monkeypatch.undo()
+    async with opened(url, node="older") as old:
+        old.check_schema()
+    monkeypatch.setattr(ledger_sqlite_schema, "MIGRATIONS", (*SQLITE_MIGRATIONS, additive, breaking))
+    code, output = upgrade("--data-dir", str(tmp_path))
+    assert code == 0, output
+    assert json.loads(output)["applied"] == [breaking.version]
+    monkeypatch.undo()
+    store = open_store(url, node="older")
+    with pytest.raises(SchemaError, match=f"it needs schema version {breaking.version} at least"):
+        await store.open()
+    await store.close()

@@ -250,12 +250,15 @@ def db() -> None:
 
 @db.command("upgrade")
 @store_options
+@click.option(
+    "--force", is_flag=True, help="Apply a step that is not safe while nodes run even though some run on the store."
+)
 @json_option
 @clean_errors
-def db_upgrade(data_dir: Path, store: str | None, config_path: Path | None, as_json: bool) -> None:
-    """Apply every pending schema migration, including those not safe while other nodes run."""
+def db_upgrade(data_dir: Path, store: str | None, config_path: Path | None, force: bool, as_json: bool) -> None:
+    """Apply every pending schema migration, including those not safe while other nodes run (stop them first)."""
     opened = _store(data_dir, store, config_path)
-    applied = opened.migrate(False)
+    applied = opened.upgrade(force)
     opened.registry.open()
     opened.registry.close()
     if as_json:

@@ -9,11 +9,14 @@ steps. The version is SQLite's `user_version`; each step runs in its own transac
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
 from cloud_bridge import intent_sql
 from cloud_bridge.errors import TransientError
+from cloud_bridge.fleet_rules import STALE_AFTER_S
 from cloud_bridge.fleet_schema import FLEET_DB, FLEET_TABLES
 from cloud_bridge.ledger import WAITING_INDEX
 from cloud_bridge.store.migrations import Migration, compatible_from, compatible_key, latest, pending, require_current
@@ -92,24 +95,41 @@ def _schema_state(conn: sqlite3.Connection) -> tuple[int, int | None]:
     return current, None if row is None else int(row[0])
 
 
-def _pending(conn: sqlite3.Connection, *, at_start: bool) -> list[Migration]:
+def _pending(
+    conn: sqlite3.Connection, *, at_start: bool, running: Callable[[], list[str]] | None = None
+) -> list[Migration]:
     current, compatible = _schema_state(conn)
-    return pending(current, MIGRATIONS, at_start=at_start, what="the SQLite ledger", compatible=compatible)
+    return pending(
+        current, MIGRATIONS, at_start=at_start, what="the SQLite ledger", compatible=compatible, running=running
+    )
 
 
-def migrate(conn: sqlite3.Connection, *, at_start: bool) -> list[int]:
+def running_nodes(path: Path) -> list[str]:
+    """The nodes whose heartbeat in the fleet file beside the ledger at `path` is fresh (fleet_rules'
+    rule), by the clock of this process; none when there is no fleet file."""
+    fleet = path.parent / FLEET_DB
+    if not fleet.is_file():
+        return []
+    since = time.time() - STALE_AFTER_S
+    with closing(sqlite3.connect(fleet, isolation_level=None, timeout=10)) as conn:
+        rows = conn.execute("SELECT node FROM fleet_nodes WHERE heartbeat_at >= ? ORDER BY node", (since,)).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def migrate(conn: sqlite3.Connection, *, at_start: bool, running: Callable[[], list[str]] | None = None) -> list[int]:
     """Apply pending migrations (each in its own transaction); returns the versions applied.
 
     The version is read again under the write lock before each step: processes opening one file together
     (a node starting beside a CLI command) each read it before, and the second one applied the step again
-    (`duplicate column name: digest`)."""
+    (`duplicate column name: digest`). `running` (`db upgrade`, not forced) names the nodes running on the
+    file, which a step that is not online refuses."""
     applied: list[int] = []
-    if not _pending(conn, at_start=at_start):  # the usual case, without taking the write lock
+    if not _pending(conn, at_start=at_start, running=running):  # the usual case, without taking the write lock
         return applied
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            steps = _pending(conn, at_start=at_start)
+            steps = _pending(conn, at_start=at_start, running=running)
             if steps:
                 for statement in steps[0].statements:
                     conn.execute(statement)
@@ -129,13 +149,14 @@ def migrate(conn: sqlite3.Connection, *, at_start: bool) -> list[int]:
         applied.append(steps[0].version)
 
 
-def migrate_file(path: Path, *, at_start: bool) -> list[int]:
-    """Migrate the ledger file at `path` (created if missing, with its directory); see `migrate`."""
+def migrate_file(path: Path, *, at_start: bool, force: bool = True) -> list[int]:
+    """Migrate the ledger file at `path` (created if missing, with its directory); see `migrate`. Unless `force`,
+    a step that is not online is refused while a node runs on the data directory."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with closing(sqlite3.connect(path, isolation_level=None, timeout=10)) as conn:
             use_wal(conn)
-            return migrate(conn, at_start=at_start)
+            return migrate(conn, at_start=at_start, running=None if force else lambda: running_nodes(path))
     except (sqlite3.Error, OSError) as exc:
         raise TransientError(f"ledger {path}: {exc}", code="ledger_error") from exc
 

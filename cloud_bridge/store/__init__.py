@@ -60,6 +60,9 @@ class Store:
     made: Callable[[], bool]
     # SchemaError unless the schema is at the code's version; applies nothing (`for_operators`).
     check_schema: Callable[[], None]
+    # `cloud-bridge db upgrade`: applies every pending step; one that is not online only while no node runs on the
+    # store (a fresh heartbeat), or when forced (the argument).
+    upgrade: Callable[[bool], list[int]]
 
     async def open(self, *, migrate: bool = True) -> None:
         """Migrate (what is safe at start) unless told not to, then open the registry, the fleet tables and the
@@ -111,6 +114,7 @@ def open_store(
             SqlIntents(sqlite_transaction(ledger_path, "ledger"), signal=add_signal, purge_pace=PurgePace()),
             ledger_path.is_file,
             lambda: check_file(ledger_path),
+            lambda force: migrate_file(ledger_path, at_start=False, force=force),
         )
     from cloud_bridge.store.pg import open_pg_store  # noqa: PLC0415
 

@@ -17,10 +17,11 @@ marker) is taken as compatible from its own version only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cloud_bridge.errors import SchemaError
+from cloud_bridge.fleet_rules import STALE_AFTER_S
 
 __all__ = ["Migration", "SchemaError", "compatible_from", "compatible_key", "latest", "pending", "require_current"]
 
@@ -62,11 +63,18 @@ def compatible_from(version: int, migrations: Sequence[Migration]) -> int:
 
 
 def pending(
-    current: int, migrations: Sequence[Migration], *, at_start: bool, what: str, compatible: int | None = None
+    current: int,
+    migrations: Sequence[Migration],
+    *,
+    at_start: bool,
+    what: str,
+    compatible: int | None = None,
+    running: Callable[[], Sequence[str]] | None = None,
 ) -> list[Migration]:
     """The steps to apply from `current`; SchemaError when the database is newer than the code and not
-    `compatible` with it (the store's marker, None when it has none), or (at start) when a pending step is not
-    online-safe and needs `cloud-bridge db upgrade`."""
+    `compatible` with it (the store's marker, None when it has none), when (at start) a pending step is not
+    online-safe and needs `cloud-bridge db upgrade`, or when (`db upgrade`) such a step is pending and
+    `running()` names nodes that run on the store (None: the operator forces it)."""
     known = latest(migrations)
     if current > known:
         _check_newer(current, known, compatible, what)
@@ -77,6 +85,12 @@ def pending(
         raise SchemaError(
             f"{what} needs schema step {offline[0].version} ({offline[0].summary}), which is not safe while other"
             " nodes run: stop them and run `cloud-bridge db upgrade`"
+        )
+    if offline and running is not None and (nodes := running()):
+        raise SchemaError(
+            f"{what} needs schema step {offline[0].version} ({offline[0].summary}), which is not safe while nodes"
+            f" run, and {len(nodes)} run on it ({', '.join(nodes)}: a heartbeat in the last {STALE_AFTER_S:.0f} s):"
+            " stop them first, or pass --force to apply it anyway (they then refuse the store at their next start)"
         )
     return steps
 

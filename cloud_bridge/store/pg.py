@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from cloud_bridge import intent_sql
 from cloud_bridge.errors import TransientError
+from cloud_bridge.fleet_rules import STALE_AFTER_S
 from cloud_bridge.fleet_schema import PG_SCHEMA, SCHEMA_SUMMARY
 from cloud_bridge.ledger import WAITING_INDEX
 from cloud_bridge.store import Store
@@ -119,12 +120,15 @@ def migrate(
     conninfo: str,
     *,
     at_start: bool,
+    force: bool = False,
     lock_timeout: float = DDL_LOCK_TIMEOUT,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     rand: Callable[[], float] = random.random,
 ) -> list[int]:
-    """Apply pending steps under a cluster-wide advisory lock; returns the versions applied.
+    """Apply pending steps under a cluster-wide advisory lock; returns the versions applied. Unless `force`, a
+    step that is not online is refused while nodes run on the store (their heartbeats in `fleet_nodes`): a
+    node starting takes the same lock, so none starts between that look and the step.
 
     Each step waits at most `lock_timeout` seconds for the locks of its tables, then rolls back and tries
     again after a pause (backoff, up to DDL_RETRY_CAP), saying so in the log, until it gets them."""
@@ -137,7 +141,15 @@ def migrate(
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
             current, compatible = _schema_state(conn)
-            steps = pending(current, MIGRATIONS, at_start=at_start, what="the PostgreSQL store", compatible=compatible)
+            running = None if force else lambda: _running_nodes(conn)
+            steps = pending(
+                current,
+                MIGRATIONS,
+                at_start=at_start,
+                what="the PostgreSQL store",
+                compatible=compatible,
+                running=running,
+            )
             for step in steps:
                 _apply(conn, step, lock_timeout=lock_timeout, clock=clock, sleep=sleep, rand=rand)
                 applied.append(step.version)
@@ -162,6 +174,16 @@ def _schema_state(conn: psycopg.Connection[Any]) -> tuple[int, int | None]:
         return current, None
     row = conn.execute("SELECT value FROM meta WHERE key = %s", (compatible_key(current),)).fetchone()
     return current, None if row is None else int(row[0])
+
+
+def _running_nodes(conn: psycopg.Connection[Any]) -> list[str]:
+    """The nodes whose heartbeat is fresh (fleet_rules.session_live's rule), by the clock of this process."""
+    row = conn.execute("SELECT to_regclass('fleet_nodes') IS NOT NULL").fetchone()
+    if row is None or not row[0]:  # a store from before the fleet tables: no node says it runs
+        return []
+    since = time.time() - STALE_AFTER_S
+    rows = conn.execute("SELECT node FROM fleet_nodes WHERE heartbeat_at >= %s ORDER BY node", (since,)).fetchall()
+    return [str(r[0]) for r in rows]
 
 
 def made(conninfo: str) -> bool:
@@ -340,4 +362,5 @@ def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int, clock: Ca
         ),
         lambda: made(conninfo),
         lambda: check(conninfo),
+        lambda force: migrate(conninfo, at_start=False, force=force),
     )

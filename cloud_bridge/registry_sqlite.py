@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
-from cloud_bridge.errors import AuthError, TransientError
+from cloud_bridge.errors import AuthError, SchemaError, TransientError
 from cloud_bridge.registry import (
     KEYS_CHUNK,
     REPLACED_KEYS_KEPT,
@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revocations', 0);
 """
 
+# The file's user_version: its schema above (key rotation's column included). A file a newer bridge left at a
+# higher one is refused, as the ledger and fleet.db are: it was taken as this bridge's and written to.
+REGISTRY_VERSION = 1
+
 
 def _device(row: sqlite3.Row) -> Device:
     return Device(
@@ -82,20 +86,38 @@ class SqliteRegistry:
         return f"SqliteRegistry({str(self.path)!r})"
 
     def open(self) -> None:
-        """Create the file and tables if needed."""
+        """Create the file and tables if needed; SchemaError for a file a newer bridge made (REGISTRY_VERSION)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with closing(sqlite3.connect(self.path, timeout=10, isolation_level=None)) as db:
+                self._refuse_newer(db)
                 use_wal(db)
                 db.executescript(_SCHEMA)  # IF NOT EXISTS, OR IGNORE: the same whoever runs it first
-                if not self._has_next_key(db):  # a registry made before key rotation
+                if not self._has_next_key(db) or self._version(db) < REGISTRY_VERSION:
                     db.execute("BEGIN IMMEDIATE")
-                    # Again under the write lock: another process opening the file may have added it meanwhile.
-                    if not self._has_next_key(db):
-                        db.execute("ALTER TABLE devices ADD COLUMN next_public_key TEXT")
+                    try:
+                        # Again under the write lock: another process opening the file may have added it meanwhile.
+                        self._refuse_newer(db)
+                        if not self._has_next_key(db):  # a registry made before key rotation
+                            db.execute("ALTER TABLE devices ADD COLUMN next_public_key TEXT")
+                        db.execute(f"PRAGMA user_version = {REGISTRY_VERSION:d}")
+                    except BaseException:
+                        db.execute("ROLLBACK")
+                        raise
                     db.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             raise TransientError(f"device registry {self.path}: {exc}", code="registry_error") from exc
+
+    @staticmethod
+    def _version(db: sqlite3.Connection) -> int:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _refuse_newer(self, db: sqlite3.Connection) -> None:
+        if (found := self._version(db)) > REGISTRY_VERSION:
+            raise SchemaError(
+                f"the SQLite device registry ({self.path}) has schema version {found}, newer than this bridge knows"
+                f" ({REGISTRY_VERSION}); upgrade the bridge"
+            )
 
     @staticmethod
     def _has_next_key(db: sqlite3.Connection) -> bool:

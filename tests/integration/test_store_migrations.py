@@ -326,3 +326,23 @@ async def test_an_older_bridge_runs_on_a_sqlite_ledger_an_additive_step_moved_an
     with pytest.raises(SchemaError, match=f"it needs schema version {breaking.version} at least"):
         await store.open()
     await store.close()
+
+
+async def test_a_sqlite_registry_of_a_newer_bridge_is_refused(tmp_path: Path) -> None:
+    """registry.db had no version (the ledger's does not cover it): a file a newer bridge left was taken as this
+    bridge's, by a node's start and by `devices ls`, and written with this one's statements."""
+    code, output = upgrade("--data-dir", str(tmp_path))
+    assert code == 0, output
+    with closing(sqlite3.connect(tmp_path / "registry.db")) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        conn.execute("PRAGMA user_version = 2")
+    result = CliRunner().invoke(main, ["devices", "ls", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    wanted = f"the SQLite device registry ({tmp_path / 'registry.db'}) has schema version 2, newer than this bridge"
+    assert f"{wanted} knows (1); upgrade the bridge" in result.output
+    store = open_store(StoreUrl.sqlite(tmp_path), node="node-a")
+    with pytest.raises(SchemaError, match=r"device registry .* newer than this bridge knows"):
+        await store.open()  # a node's start
+    await store.close()
+    with closing(sqlite3.connect(tmp_path / "registry.db")) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -36,7 +36,8 @@ def compatible_key(version: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """One schema step: `statements` run in order in one transaction."""
+    """One schema step: `statements` run in order in one transaction (on PostgreSQL, a step of CREATE INDEX
+    statements only builds each one CONCURRENTLY, then records the step: store/pg_index.py)."""
 
     version: int
     summary: str

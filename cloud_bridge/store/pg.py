@@ -26,6 +26,7 @@ from cloud_bridge.fleet_schema import PG_SCHEMA, SCHEMA_SUMMARY
 from cloud_bridge.ledger import WAITING_INDEX
 from cloud_bridge.store import Store
 from cloud_bridge.store.migrations import Migration, compatible_from, compatible_key, latest, pending, require_current
+from cloud_bridge.store.pg_index import build, index_builds
 from cloud_bridge.store.url import StoreUrl
 from cloud_bridge.usage_sql import PG_SCHEMA as USAGE_SCHEMA
 from cloud_bridge.usage_sql import SCHEMA_SUMMARY as USAGE_SUMMARY
@@ -40,6 +41,7 @@ _MIGRATION_LOCK = 0x6272_6964_6765  # "bridge"
 # behind it, so the running nodes stall for as long as it waits: at most this long, per try.
 DDL_LOCK_TIMEOUT = 2.0
 DDL_RETRY_CAP = 30.0  # the longest pause between tries
+LOCK_POLL = 0.2  # how often a process waiting for another's schema steps asks for their lock again
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -133,11 +135,16 @@ def migrate(
     Each step waits at most `lock_timeout` seconds for the locks of its tables, then rolls back and tries
     again after a pause (backoff, up to DDL_RETRY_CAP), saying so in the log, until it gets them."""
     applied: list[int] = []
+    waited = False
     with converted("PostgreSQL store migration"), psycopg.connect(conninfo, autocommit=True) as conn:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_MIGRATION_LOCK,)).fetchone()
-        if row is None or not row[0]:
-            logger.info("waiting for another process applying schema steps to the PostgreSQL store")
-            conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        # Asked again and again rather than waited for in one statement (pg_advisory_lock): a concurrent index
+        # build under the lock (pg_index) waits for every statement under way, this one's too, and the two
+        # processes deadlocked, failing one node's start.
+        while not _locked(conn):
+            if not waited:
+                logger.info("waiting for another process applying schema steps to the PostgreSQL store")
+            waited = True
+            sleep(LOCK_POLL)
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
             current, compatible = _schema_state(conn)
@@ -156,6 +163,11 @@ def migrate(
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     return applied
+
+
+def _locked(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_MIGRATION_LOCK,)).fetchone()
+    return row is not None and bool(row[0])
 
 
 def check(conninfo: str) -> None:
@@ -202,14 +214,25 @@ def _apply(
     sleep: Callable[[float], None],
     rand: Callable[[], float],
 ) -> None:
-    """One step in one transaction, tried until it gets its locks within `lock_timeout`."""
+    """One step in one transaction, tried until it gets its locks within `lock_timeout`. A step of indexes only is
+    built CONCURRENTLY first, each index on its own (`pg_index`), and the transaction records the step."""
+    statements = step.statements
+    if (builds := index_builds(step)) is not None:
+        for name, statement in builds:
+            logger.info(
+                "schema step %d (%s): building index %s concurrently (writes go on; it waits for transactions"
+                " begun before it, a backup's included)",
+                step.version, step.summary, name,
+            )  # fmt: skip
+            build(conn, name, statement)
+        statements = ()
     started, tries = clock(), 0
     while True:
         tries += 1
         try:
             with conn.transaction():
                 conn.execute(f"SET LOCAL lock_timeout = {round(lock_timeout * 1000):d}")
-                for statement in step.statements:
+                for statement in statements:
                     conn.execute(statement.encode())
                 conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (step.version,))
                 conn.execute(

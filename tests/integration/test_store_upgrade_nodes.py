@@ -1,9 +1,11 @@
-"""`cloud-bridge db upgrade` beside running nodes: a step that is not safe while they run is refused unless forced."""
+"""Schema steps beside running nodes: `cloud-bridge db upgrade` refuses a step that is not safe while they run
+unless forced; a step of indexes lets their writes through while it builds."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -20,7 +22,8 @@ from cloud_bridge.store.migrations import Migration
 from cloud_bridge.store.pg import MIGRATIONS as PG_MIGRATIONS
 from cloud_bridge.store.url import StoreUrl
 from tests.support.bridge import CountingIntegration, node, until
-from tests.support.stores import pg_url
+from tests.support.net import wait_until
+from tests.support.stores import pg_url, waiting_for_a_lock
 
 __all__ = ["pg_url"]  # fixtures
 
@@ -92,3 +95,69 @@ async def test_db_upgrade_refuses_a_breaking_step_while_the_node_runs_on_sqlite(
     code, output = upgrade("--data-dir", str(data_dir))
     assert code == 0, output
     assert json.loads(output)["applied"] == [len(SQLITE_MIGRATIONS) + 1]
+
+
+def at_step_5(url: StoreUrl) -> None:
+    """A store as a release before step 6 (an index on intents) left it, with two intents."""
+    pg.migrate(url.conninfo(), at_start=False)
+    with psycopg.connect(url.conninfo(), autocommit=True) as conn:
+        for statement in (
+            "DROP INDEX intents_tenant_due",  # step 6
+            "DROP TABLE replaced_keys",  # step 7
+            "DELETE FROM schema_version WHERE version >= 6",
+            "INSERT INTO intents (device_id, intent_id, tenant, app, kind, payload, attempt, priority, created, state,"
+            " code, detail, tries, next_run, overrides, confirmed, updated) SELECT 'dev-1', 'i-' || n, 'acme', 'app',"
+            " 'email.send', '\\x80', 1, 0, 0, 'queued', '', '', 0, 0, '\\x80', false, 0 FROM generate_series(1, 2) n",
+        ):
+            conn.execute(statement.encode())
+
+
+def tenant_due_index(url: StoreUrl) -> tuple[bool, str]:
+    with psycopg.connect(url.conninfo()) as conn:
+        row = conn.execute(
+            "SELECT i.indisvalid, pg_get_indexdef(i.indexrelid) FROM pg_index i"
+            " WHERE i.indexrelid = to_regclass('intents_tenant_due')"
+        ).fetchone()
+    assert row is not None
+    return bool(row[0]), str(row[1])
+
+
+def test_an_index_step_lets_the_running_nodes_write_while_it_waits_and_builds(pg_url: StoreUrl) -> None:
+    """Step 6 (an index on intents) is applied at a node's start while another node's write transaction is under
+    way. A plain CREATE INDEX in the step's transaction waits for that write, and every later write on intents
+    queued behind it: the running nodes could not write for as long as it waited, then for the whole build. Built
+    CONCURRENTLY it waits without holding up a write."""
+    at_step_5(pg_url)
+    conninfo = pg_url.conninfo()
+    applied: list[list[int]] = []
+    with psycopg.connect(conninfo) as under_way, psycopg.connect(conninfo) as writer:
+        under_way.execute("LOCK TABLE intents IN ROW EXCLUSIVE MODE")  # a node's write transaction, not yet ended
+        starting = threading.Thread(target=lambda: applied.append(pg.migrate(conninfo, at_start=True)))
+        starting.start()
+        try:
+            wait_until(lambda: waiting_for_a_lock(pg_url, "CREATE INDEX"), what="the index step waiting")
+            writer.execute("LOCK TABLE intents IN ROW EXCLUSIVE MODE NOWAIT")  # a running node's write: not held up
+            writer.execute("UPDATE intents SET updated = 1 WHERE intent_id = 'i-1'")
+            writer.commit()
+        finally:
+            under_way.rollback()
+            starting.join(60)
+    assert applied == [[6, 7]]
+    assert tenant_due_index(pg_url) == (
+        True,
+        "CREATE INDEX intents_tenant_due ON public.intents USING btree (kind, tenant, priority DESC, seq)"
+        " WHERE (state = 'queued'::text)",
+    )
+
+
+def test_an_index_an_interrupted_build_left_invalid_is_built_again(pg_url: StoreUrl) -> None:
+    """A concurrent build that fails or is interrupted leaves its index INVALID (here a unique build over two equal
+    rows); the step drops it and builds it again, rather than keep it (IF NOT EXISTS) or fail on the name."""
+    at_step_5(pg_url)
+    with psycopg.connect(pg_url.conninfo(), autocommit=True) as conn, pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("CREATE UNIQUE INDEX CONCURRENTLY intents_tenant_due ON intents (kind)")
+    assert tenant_due_index(pg_url)[0] is False
+    assert pg.migrate(pg_url.conninfo(), at_start=True) == [6, 7]
+    valid, definition = tenant_due_index(pg_url)
+    assert valid
+    assert definition.startswith("CREATE INDEX intents_tenant_due ON public.intents USING btree (kind, tenant")

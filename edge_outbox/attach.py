@@ -16,12 +16,15 @@ Whatever the broker sends is answered: a message too large to take is cut as it 
 (too_large), QoS 0 messages count towards MAX_UNCOMMITTED like QoS 1 ones, and a stop acknowledges what
 it took once committed before it disconnects, so the broker sends again only what was not taken.
 
-The client is asyncio on the endpoint's own MQTT 3.1.1 codec (`intent_contract.mqtt_packets`): one
-task reads and hands each message to the intake, the acknowledgements one commit releases go out in
-one write, and reading pauses while MAX_UNCOMMITTED messages wait for their commit, so a backlog
-stays with the broker. It replaced paho, whose thread and one-byte reads of each packet's header cost
-more than the intake did (bench/findings.md F22). With `mqtts://` the connection is TLS, the broker's
-certificate and name always verified (`--attach-ca`, or the system's trust store).
+The client is asyncio on the endpoints' codecs, MQTT 5 (the `mqtt5` package) and, with a broker that speaks
+only that, 3.1.1 (`intent_contract.mqtt_packets`): edge_outbox.attach_wire. Through MQTT 5 an app's message
+expiry reaches the outbox (the intent's deadline, as on the endpoint), the broker's receive maximum bounds the
+statuses in flight, its server keep alive is used, and a status it refuses is named. One task reads and hands
+each message to the intake, the acknowledgements one commit releases go out in one write, and reading pauses
+while MAX_UNCOMMITTED messages wait for their commit, so a backlog stays with the broker. It replaced paho,
+whose thread and one-byte reads of each packet's header cost more than the intake did (bench/findings.md
+F22). With `mqtts://` the connection is TLS, the broker's certificate and name always verified
+(`--attach-ca`, or the system's trust store).
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ import ssl
 import time
 from typing import Any
 
-from edge_outbox.attach_link import Link, Received, connack_reason, tls_context, why
+from edge_outbox.attach_link import READ_CHUNK, Link, Received, RetainedNames, first_packets, tls_context, why
 from edge_outbox.attach_peers import PEER_TOPIC, Peers, hello
 from edge_outbox.attach_replays import ReadAppStatuses, Replays
-from edge_outbox.errors import AttachRefusedError, StorageError
+from edge_outbox.attach_wire import Refused, wire_of
+from edge_outbox.errors import AttachRefusedError, AttachVersionError, StorageError
 from edge_outbox.intake import Intake
 from edge_outbox.intake_rules import CUT_KEEP, MAX_PAYLOAD_BYTES, TOPIC_ROOT
 from edge_outbox.mqtt.session import StatusCursor
@@ -47,11 +51,12 @@ from intent_contract import mqtt_packets as p
 from intent_contract.backoff import compute_backoff
 from intent_contract.errors import MalformedPacketError
 from intent_contract.logs import LogThrottle, left_out
-from intent_contract.mqtt_packets import ConnackCode, Type
+from intent_contract.mqtt_packets import Type
 
 log = logging.getLogger(__name__)
 
 INTAKE_FILTER = f"{TOPIC_ROOT}/+/+"
+STATUS_FILTER = f"{TOPIC_ROOT}/+/status/#"  # what the outbox writes statuses to, for the words of a refusal
 STATUS_WINDOW = 1000  # statuses published to the broker and not yet acknowledged by it
 KEEPALIVE_S = 30
 CONNECT_TIMEOUT_S = 10.0
@@ -66,21 +71,19 @@ STABLE_S = 60.0
 # Before, a packet over 16 MiB closed the connection; the broker sent it again on the next, for ever, and no
 # message behind it was taken.
 MAX_PACKET = 1 + 4 + 2 + 0xFFFF + 2 + MAX_PAYLOAD_BYTES
-READ_CHUNK = 1 << 16
 # Messages read and not yet committed: reading pauses beyond this, so TCP holds the broker back (it
 # keeps the rest in its session) instead of the outbox holding a backlog in memory.
 MAX_UNCOMMITTED = 1000
 # A stop waits at most this long for the commits of what was taken, so their acknowledgements go out first.
 STOP_COMMIT_S = 5.0
 SUBSCRIBE_ID = 1  # the only SUBSCRIBE, once per connection
-RETAINED_TOPICS_NAMED = 1024  # topics whose retained copies were named in the log; forgotten beyond
 # PINGREQs after which a connection on which the broker sent no PUBLISH at all, not even our own hello, is named:
 # a broker whose ACL does not let us read outbox/+/+ grants the subscription and sends nothing (Mosquitto).
 NOTHING_HEARD_PINGS = 2
 
 
 class AttachedClient:
-    """An MQTT 3.1.1 client on the event loop: connects, keeps its session, reconnects with backoff."""
+    """An MQTT 5 (or 3.1.1) client on the event loop: connects, keeps its session, reconnects with backoff."""
 
     def __init__(
         self,
@@ -105,10 +108,12 @@ class AttachedClient:
         # Whether the broker holds a session for us, as far as we know: once attached, or (at start) once the broker
         # acknowledged a status, which it did on a session of ours.
         self._had_session = position > 0
-        self._retained_named: set[str] = set()
+        self._retained = RetainedNames()
         self._peers = Peers(target.client_id)
         self.fault = ""  # what is wrong with a connection that is up, for health: the broker sends us nothing
         self._store_log = LogThrottle(10.0)
+        self._refused_log = LogThrottle(10.0)  # statuses the broker refused (MQTT 5 PUBACK reason codes)
+        self.version = 5  # the MQTT version to attach with: 3.1.1 once the broker refused 5 (edge_outbox.attach_wire)
         feed.listen(self._wake.set)
 
     async def start(self) -> None:
@@ -119,7 +124,7 @@ class AttachedClient:
         link = self._link
         if link is not None and not link.writer.is_closing():
             link.stopping = True
-            await self._settle(link)
+            await link.settle(STOP_COMMIT_S)
         if link is not None and not link.writer.is_closing():
             link.writer.write(p.encode(p.Bare(Type.DISCONNECT)))  # leave the session cleanly: no reconnect race
         if self._task is not None:
@@ -127,27 +132,17 @@ class AttachedClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    @staticmethod
-    async def _settle(link: Link) -> None:
-        """Wait (at most STOP_COMMIT_S) until what was taken is committed and acknowledged. The broker sends again
-        what was not acknowledged when the connection ended, and the stop ended it at once: every intent without
-        an id of the app's committed and not yet acknowledged was taken again, as a new one, after the restart
-        (7,453 of 60,000 over 6 stops of a draining outbox)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STOP_COMMIT_S
-        while link.received and not link.writer.is_closing() and (left := deadline - loop.time()) > 0:
-            waiting = [r.done for r in link.received if not r.done.done()]
-            if waiting:
-                await asyncio.wait(waiting, timeout=left)
-            else:
-                await asyncio.sleep(0)  # the acknowledging callback runs on the loop's next turn
-
     async def _run(self) -> None:
         """Connect, serve the connection until it ends, wait, and connect again."""
         failures = 0
         while True:
             try:
                 await self._connection()
+            except AttachVersionError as exc:
+                log.warning("%s: attaching with MQTT 3.1.1, through which an app's message expiry does not reach "
+                            "the outbox (put ttl in the intent)", exc)  # fmt: skip
+                self.version = 4
+                continue  # at once: the broker answered
             except AttachRefusedError as exc:
                 log.error("attach broker refused the connection: %s", exc)
             except ssl.SSLError as exc:  # before OSError, of which it is one: not a broker that is away
@@ -179,20 +174,20 @@ class AttachedClient:
             asyncio.open_connection(t.host, t.port, ssl=self._tls, server_hostname=t.host if self._tls else None),
             CONNECT_TIMEOUT_S,
         )
-        link = Link(writer)
+        link = Link(writer, wire := wire_of(self.version))
         framer = p.CuttingFramer(MAX_PACKET, CUT_KEEP)
         tasks: list[asyncio.Task[None]] = []
         try:
-            password = t.password.encode() if t.password is not None else None
-            connect = p.Connect("MQTT", 4, t.client_id, False, KEEPALIVE_S, None, t.username, password)
-            subscribe = p.encode(p.Subscribe(SUBSCRIBE_ID, ((INTAKE_FILTER, 1),)))
-            writer.write(p.encode(connect) + subscribe + hello(t.client_id, answer=False))  # after it: heard by us too
-            first = await asyncio.wait_for(self._first_packets(reader, framer), CONNECT_TIMEOUT_S)
-            connack = p.decode(first[0][0] & 0xFF, first[0][1])
+            connect = wire.connect(t, KEEPALIVE_S, MAX_UNCOMMITTED) + wire.subscribe(SUBSCRIBE_ID, INTAKE_FILTER)
+            writer.write(connect + wire.publish(PEER_TOPIC, hello(t.client_id, answer=False), 0, None))  # heard by us
+            first = await asyncio.wait_for(first_packets(reader, framer), CONNECT_TIMEOUT_S)
+            connack = wire.decode(first[0][0] & 0xFF, first[0][1])
             if not isinstance(connack, p.Connack):
                 raise MalformedPacketError(f"expected CONNACK, got {type(connack).__name__}")
-            if connack.code != ConnackCode.ACCEPTED:
-                raise AttachRefusedError(connack_reason(connack.code))
+            if connack.code != 0:
+                raise AttachRefusedError(wire.refusal(connack.code))
+            link.window = min(STATUS_WINDOW, wire.receive_max)  # MQTT 5: the broker's receive maximum
+            link.keepalive = wire.server_keepalive or KEEPALIVE_S  # MQTT 5: the broker's, which we must use
             if not connack.session_present and self._had_session:
                 log.warning(
                     "the attach broker had no session for %s (it lost it: restarted without persistence?): what was "
@@ -238,36 +233,29 @@ class AttachedClient:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    @staticmethod
-    async def _first_packets(reader: asyncio.StreamReader, framer: p.CuttingFramer) -> list[tuple[int, bytes]]:
-        """Read until the CONNACK is in; returns it and whatever came after it in the same reads."""
-        while True:
-            data = await reader.read(READ_CHUNK)
-            if not data:
-                raise EOFError("the broker closed the connection before CONNACK")
-            packets = framer.feed(data)
-            if packets:
-                return packets
-
     def _handle(self, link: Link, framer: p.CuttingFramer, first: int, body: bytes) -> None:
         if first & p.CUT:  # a PUBLISH over MAX_PACKET, of which `body` is the head
-            cut = p.decode(first & 0xFF, body)
+            cut = link.wire.decode(first & 0xFF, body)
             assert isinstance(cut, p.Publish)
             self._received(link, cut, framer.cut_sizes.popleft() - (len(body) - len(cut.payload)))
             return
-        packet = p.decode(first, body)
+        packet = link.wire.decode(first, body)
         if isinstance(packet, p.Publish):
             self._received(link, packet, None)
-        elif isinstance(packet, p.PacketIdOnly) and packet.type is Type.PUBACK:
+        elif isinstance(packet, Refused) or (isinstance(packet, p.PacketIdOnly) and packet.type is Type.PUBACK):
+            if isinstance(packet, Refused) and (not_logged := self._refused_log.allow(time.monotonic())) is not None:
+                who = f"user {self._target.username!r}" if self._target.username else "this client"
+                log.error("the attach broker refused a status (%s): apps do not hear it; let %s write %s%s",
+                          packet.reason, who, STATUS_FILTER, left_out(not_logged))  # fmt: skip
             seq = link.statuses.pop(packet.packet_id, None)
             if seq is not None:
                 if seq:
                     self.status.closed(seq)
                 self._wake.set()
         elif isinstance(packet, p.Suback):
-            if p.SUBACK_FAILURE in packet.codes:
+            if any(code >= p.SUBACK_FAILURE for code in packet.codes):
                 raise AttachRefusedError(f"subscribing to {INTAKE_FILTER} was refused")
-            log.info("attached; subscribed to %s", INTAKE_FILTER)
+            log.info("attached; subscribed to %s (MQTT %s)", INTAKE_FILTER, "5" if link.wire.version == 5 else "3.1.1")
             if packet.codes == (0,):  # the intents still flow, without the promises of attach mode: said each time
                 log.error(
                     "the attach broker granted %s at QoS 0 only (Mosquitto: max_qos): it keeps no intent for the "
@@ -298,11 +286,11 @@ class AttachedClient:
             # we hold comes with RETAIN=0 [MQTT-3.3.1-9]. The broker replays a retained intent on every
             # SUBSCRIBE (one per connection): taken, each replay was a new intent, the email sent again.
             if packet.retain:
-                self._name_retained(packet.topic)
+                self._retained.name(packet.topic)
             future = asyncio.get_running_loop().create_future()
             future.set_result(None)
         else:
-            future = self._intake.submit(packet.topic, packet.payload, size=size)
+            future = self._intake.submit(packet.topic, packet.payload, expiry_s=packet.expiry_s, size=size)
         if packet.qos == 1 or not future.done():
             # A QoS 0 intent waits in the queue too, with nothing to acknowledge: it counts towards
             # MAX_UNCOMMITTED. Uncounted, an app publishing at QoS 0 (mosquitto_pub's default) while commits
@@ -322,20 +310,7 @@ class AttachedClient:
                 left_out(heard.not_logged),
             )
         if heard.answer is not None and not link.writer.is_closing():
-            link.writer.write(heard.answer)
-
-    def _name_retained(self, topic: str) -> None:
-        if topic in self._retained_named:
-            return
-        if len(self._retained_named) >= RETAINED_TOPICS_NAMED:
-            self._retained_named.clear()
-        self._retained_named.add(topic)
-        log.warning(
-            "the attach broker holds a retained message on %s: it is sent again on every subscribe, so it is "
-            "acknowledged and not taken as an intent (publish intents without the retain flag; clear it with an "
-            "empty retained publish to that topic)",
-            topic,
-        )
+            link.writer.write(link.wire.publish(PEER_TOPIC, heard.answer, 0, None))
 
     def _watch(self, link: Link, oldest: asyncio.Future[Any]) -> None:
         """Acknowledge once `oldest` is committed. Acknowledgements go from the left, so nothing else can
@@ -367,7 +342,7 @@ class AttachedClient:
             link.resume()
 
     async def _publish_statuses(self, link: Link) -> None:
-        """Publish statuses in order, at most STATUS_WINDOW unacknowledged, one write per read. A read the store fails
+        """Publish statuses in order, at most `link.window` unacknowledged, one write per read. A read the store fails
         (a full disk fails each group commit, and the reads in it) is tried again: it ended this task without a word,
         and no status went to the broker until the connection ended."""
         cursor = self.status
@@ -375,7 +350,8 @@ class AttachedClient:
             await self._wake.wait()
             self._wake.clear()
             try:
-                events = await self._feed.read(cursor.sent, STATUS_WINDOW - cursor.open)
+                room = min(STATUS_WINDOW - cursor.open, link.window - len(link.statuses))
+                events = await self._feed.read(cursor.sent, room) if room > 0 else []
                 if link.writer.is_closing():
                     return
                 if events:
@@ -383,8 +359,8 @@ class AttachedClient:
                     for event in events:
                         cursor.opened(event.seq)
                     self._wake.set()
-                if self._replays and len(link.statuses) < STATUS_WINDOW:
-                    await self._replays.serve(link, STATUS_WINDOW - len(link.statuses))
+                if self._replays and len(link.statuses) < link.window:
+                    await self._replays.serve(link, link.window - len(link.statuses))
                     self._wake.set()
             except StorageError as exc:
                 if (not_logged := self._store_log.allow(time.monotonic())) is not None:
@@ -397,10 +373,10 @@ class AttachedClient:
         what we wrote) is gone [MQTT-3.1.2-24]. Aborted, not closed: a close waits until the broker has read what
         is buffered, and one that reads nothing never does."""
         while True:
-            await asyncio.sleep(KEEPALIVE_S / 2)
-            if link.room.is_set() and time.monotonic() - link.last_heard > KEEPALIVE_S * 1.5:
+            await asyncio.sleep(link.keepalive / 2)
+            if link.room.is_set() and time.monotonic() - link.last_heard > link.keepalive * 1.5:
                 log.warning(
-                    "attach broker silent (or not reading) for %d s: dropping the connection", int(KEEPALIVE_S * 1.5)
+                    "attach broker silent (or not reading) for %d s: dropping the connection", int(link.keepalive * 1.5)
                 )
                 link.writer.transport.abort()
                 return
@@ -411,7 +387,7 @@ class AttachedClient:
                     "the attach broker sent nothing on %s in %d s, not even the outbox's own hello on %s: it does "
                     "not let %s read %s (or write %s), and the intents apps publish are acknowledged to them and "
                     "never reach the outbox; allow both (Mosquitto: acl_file)",
-                    INTAKE_FILTER, int(KEEPALIVE_S / 2 * NOTHING_HEARD_PINGS), PEER_TOPIC,
+                    INTAKE_FILTER, int(link.keepalive / 2 * NOTHING_HEARD_PINGS), PEER_TOPIC,
                     f"user {self._target.username!r}" if self._target.username else "this client",
                     INTAKE_FILTER, PEER_TOPIC,
                 )  # fmt: skip

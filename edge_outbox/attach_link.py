@@ -4,19 +4,25 @@ and the words and TLS context of the link (edge_outbox.attach serves it)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from edge_outbox.attach_wire import V311
 from edge_outbox.db import StatusEvent
 from edge_outbox.errors import ConfigError
 from edge_outbox.mqtt.session import MAX_PACKET_ID
 from edge_outbox.settings import AttachTarget
 from edge_outbox.status import status_payload, status_topic
 from intent_contract import mqtt_packets as p
-from intent_contract.mqtt_packets import ConnackCode
+
+log = logging.getLogger("edge_outbox.attach")  # the attach client's lines, under its name
+
+READ_CHUNK = 1 << 16
+RETAINED_TOPICS_NAMED = 1024  # topics whose retained copies were named in the log; forgotten beyond
 
 
 @dataclass(slots=True)
@@ -30,8 +36,11 @@ class Received:
 class Link:
     """One connection to the broker: what it has sent us to acknowledge and what we sent it."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, wire: V311) -> None:
         self.writer = writer
+        self.wire = wire  # the MQTT version spoken on it
+        self.window = 1  # statuses in flight at most: attach.STATUS_WINDOW, or less as the broker says (MQTT 5)
+        self.keepalive = 1.0  # seconds: attach.KEEPALIVE_S, or the broker's server keep alive (MQTT 5)
         self.received: deque[Received] = deque()  # in arrival order; acknowledged from the left
         self.watching = False  # a callback waits on the oldest message not yet committed
         self.room = asyncio.Event()  # set while fewer than attach.MAX_UNCOMMITTED messages wait for their commit
@@ -42,6 +51,20 @@ class Link:
         self.stopping = False  # the outbox stops: nothing more is taken, what was is acknowledged once committed
         self.heard_publish = False  # a PUBLISH came on this connection (at least our own hello should)
         self.pings = 0  # PINGREQs sent on this connection
+
+    async def settle(self, within_s: float) -> None:
+        """Wait (at most `within_s`) until what was taken is committed and acknowledged. The broker sends again
+        what was not acknowledged when the connection ended, and the stop ended it at once: every intent without
+        an id of the app's committed and not yet acknowledged was taken again, as a new one, after the restart
+        (7,453 of 60,000 over 6 stops of a draining outbox)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while self.received and not self.writer.is_closing() and (left := deadline - loop.time()) > 0:
+            waiting = [r.done for r in self.received if not r.done.done()]
+            if waiting:
+                await asyncio.wait(waiting, timeout=left)
+            else:
+                await asyncio.sleep(0)  # the acknowledging callback runs on the loop's next turn
 
     def resume(self) -> None:
         """Let reading go on. The broker's silence counts from now: a paused reader hears nothing, and the
@@ -56,9 +79,8 @@ class Link:
         out = bytearray()
         for event in events:
             packet_id = self.new_id()
-            out += p.encode_publish(
-                status_topic(event.app, event.id), status_payload(event), 1, packet_id, retain=False, dup=False
-            )
+            topic = status_topic(event.app, event.id)
+            out += self.wire.publish(topic, status_payload(event), 1, packet_id, status=True)
             self.statuses[packet_id] = 0 if replayed else event.seq
         return out
 
@@ -70,19 +92,43 @@ class Link:
                 return self.next_id
 
 
+async def first_packets(reader: asyncio.StreamReader, framer: p.CuttingFramer) -> list[tuple[int, bytes]]:
+    """Read until the CONNACK is in; returns it and whatever came after it in the same reads."""
+    while True:
+        data = await reader.read(READ_CHUNK)
+        if not data:
+            raise EOFError("the broker closed the connection before CONNACK")
+        packets = framer.feed(data)
+        if packets:
+            return packets
+
+
+class RetainedNames:
+    """The topics on which the broker holds a retained message, each named once in the log."""
+
+    def __init__(self) -> None:
+        self._named: set[str] = set()
+
+    def name(self, topic: str) -> None:
+        if topic in self._named:
+            return
+        if len(self._named) >= RETAINED_TOPICS_NAMED:
+            self._named.clear()
+        self._named.add(topic)
+        log.warning(
+            "the attach broker holds a retained message on %s: it is sent again on every subscribe, so it is "
+            "acknowledged and not taken as an intent (publish intents without the retain flag; clear it with an "
+            "empty retained publish to that topic)",
+            topic,
+        )
+
+
 def tls_context(target: AttachTarget) -> ssl.SSLContext:
     """Verify the broker's certificate and name, against `--attach-ca` or the system's trust store."""
     try:
         return ssl.create_default_context(cafile=None if target.ca_file is None else str(target.ca_file))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"--attach-ca {target.ca_file}: cannot load CA certificates (PEM) from it: {exc}") from None
-
-
-def connack_reason(code: int) -> str:
-    try:
-        return ConnackCode(code).name.lower().replace("_", " ")
-    except ValueError:
-        return f"CONNACK code {code}"
 
 
 def why(exc: BaseException) -> str:

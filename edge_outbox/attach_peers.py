@@ -20,7 +20,6 @@ from edge_outbox.intake_rules import TOPIC_ROOT
 from intent_contract import json_bounded
 from intent_contract.errors import DecodeError
 from intent_contract.logs import LogThrottle
-from intent_contract.mqtt_packets import encode_publish
 
 PEER_TOPIC = f"{TOPIC_ROOT}/.attach/hello"
 MAX_HELLO_BYTES = 1000
@@ -29,14 +28,14 @@ ANSWERED_MAX = 16  # outboxes answered on one connection; past it no more are (a
 
 
 def hello(client_id: str, *, answer: bool) -> bytes:
-    """The PUBLISH (QoS 0) saying that `client_id` is attached; an answer is not answered."""
-    return encode_publish(
-        PEER_TOPIC, orjson.dumps({"attached": client_id, "answer": answer}), 0, None, retain=False, dup=False
-    )
+    """The payload of the PUBLISH (QoS 0, on PEER_TOPIC) saying that `client_id` is attached; an answer is not
+    answered."""
+    return orjson.dumps({"attached": client_id, "answer": answer})
 
 
 class Heard(NamedTuple):
-    """What to do about a hello: name `peer` (None: nothing to say), and send `answer` (None: nothing)."""
+    """What to do about a hello: name `peer` (None: nothing to say), and send `answer` (a hello's payload; None:
+    nothing)."""
 
     peer: str | None
     not_logged: int

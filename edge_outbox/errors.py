@@ -21,6 +21,10 @@ class AttachRefusedError(TransientError):
     Retried with backoff: an operator may fix the broker's side without restarting the outbox."""
 
 
+class AttachVersionError(AttachRefusedError):
+    """The attached broker refused MQTT 5 as a 3.1.1 broker does: the outbox attaches with 3.1.1 instead."""
+
+
 class PermanentError(OutboxError):
     """Will fail the same way again: bad input, an illegal transition, a bad setting."""
 

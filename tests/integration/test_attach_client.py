@@ -37,7 +37,9 @@ class HeldIntake:
     taken: list[tuple[str, bytes, asyncio.Future[Any]]] = field(default_factory=list)
     grew: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def submit(self, topic: str, raw: bytes, *, size: int | None = None) -> asyncio.Future[Any]:
+    def submit(
+        self, topic: str, raw: bytes, *, expiry_s: int | None = None, size: int | None = None
+    ) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.taken.append((topic, raw, future))
         self.grew.set()
@@ -67,15 +69,27 @@ class Peer:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self._framer = p.Framer(1 << 20)
-        self._packets: list[p.Packet] = []
+        self._packets: list[tuple[int, bytes]] = []  # decoded as they are taken: after an MQTT 5 CONNECT, none is
 
     async def next(self) -> p.Packet:
         while not self._packets:
             data = await asyncio.wait_for(self.reader.read(1 << 16), 10)
             if not data:
                 raise EOFError("the client closed the connection")
-            self._packets += [p.decode(first, body) for first, body in self._framer.feed(data)]
-        return self._packets.pop(0)
+            self._packets += self._framer.feed(data)
+        return p.decode(*self._packets.pop(0))
+
+    async def refused_mqtt5(self) -> bool:
+        """Answer an MQTT 5 CONNECT as a broker that speaks 3.1.1 only does (CONNACK 1) and close; False for a
+        3.1.1 one, left to be read."""
+        connect = await self.next()
+        assert isinstance(connect, p.Connect)
+        if connect.level != 5:
+            self._packets.insert(0, (0x10, p.encode(connect)[2:]))
+            return False
+        self.writer.write(p.encode(p.Connack(False, p.ConnackCode.BAD_PROTOCOL_VERSION)))
+        self.writer.close()
+        return True
 
     async def handshake(self, *, session_present: bool = False) -> p.Connect:
         connect = await self.next()
@@ -108,7 +122,10 @@ class Peer:
 
 
 class ScriptedBroker:
+    """A broker that speaks MQTT 3.1.1 only: it refuses the client's MQTT 5 CONNECT as such a broker does."""
+
     def __init__(self) -> None:
+        self.refused_mqtt5 = 0
         self.peers: asyncio.Queue[Peer] = asyncio.Queue()
         self._all: list[Peer] = []
         self.server: asyncio.Server | None = None
@@ -118,6 +135,9 @@ class ScriptedBroker:
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             peer = Peer(reader, writer)
             self._all.append(peer)
+            if await peer.refused_mqtt5():
+                self.refused_mqtt5 += 1
+                return
             await self.peers.put(peer)
 
         self.server = await asyncio.start_server(accept, "127.0.0.1", 0)
@@ -416,3 +436,23 @@ async def test_a_status_read_the_store_fails_is_tried_again(
             published = [packet for _ in range(3) if isinstance(packet := await peer.next(), p.Publish)]
             assert [json.loads(m.payload)["seq"] for m in published] == [1, 2, 3]
     assert "statuses to the attach broker wait for the store: could not commit" in caplog.text
+
+
+async def test_a_broker_that_speaks_mqtt_3_1_1_only_is_attached_to_with_it(
+    broker: ScriptedBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client asks for MQTT 5 first; a 3.1.1 broker refuses that CONNECT (CONNACK 1, unacceptable protocol
+    version), and the client attaches with 3.1.1 at once and from then on, saying what it goes without."""
+    with caplog.at_level(logging.INFO, logger="edge_outbox.attach"):
+        async with running(broker) as client:
+            peer, connect = await broker.session()
+            assert connect.level == 4
+            assert not connect.clean
+            await asyncio.wait_for(client.connected.wait(), 10)
+            peer.writer.close()  # a lost connection: the next is 3.1.1 at once, not MQTT 5 refused again
+            _again, connect = await broker.session(present=True)
+            assert connect.level == 4
+    assert broker.refused_mqtt5 == 1
+    assert caplog.text.count("the broker speaks MQTT 3.1.1 only") == 1
+    assert "attaching with MQTT 3.1.1, through which an app's message expiry does not reach the outbox" in caplog.text
+    assert "attached; subscribed to outbox/+/+ (MQTT 3.1.1)" in caplog.text

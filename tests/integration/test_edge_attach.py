@@ -20,6 +20,7 @@ from edge_outbox.attach_peers import PEER_TOPIC
 from edge_outbox.intake import Intake
 from edge_outbox.settings import AttachTarget
 from edge_outbox.status import StatusFeed
+from tests.support.attach import attached, site_mosquitto
 from tests.support.edge import Client, OutboxProcess, cli, email, stored_ids
 from tests.support.mqtt_raw import RawClient
 from tests.support.net import free_port, until, wait_for_port, wait_until
@@ -28,31 +29,8 @@ from tests.support.services import require_binary
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[int]:
-    binary = require_binary("mosquitto")
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    # max_queued_messages 0: hold every message for the outbox's persistent session while it is away.
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 0\nmax_inflight_messages 100\n"
-    )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
+    with site_mosquitto(tmp_path) as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def attached(tmp_path: Path, broker_port: int) -> OutboxProcess:
-    return OutboxProcess(
-        tmp_path / "data",
-        broker_port,
-        f"--attach=mqtt://127.0.0.1:{broker_port}",
-        "--attach-client-id",
-        "outbox-under-test",
-    )
 
 
 def test_mosquitto_pub_intent_is_committed_and_status_published(tmp_path: Path, mosquitto: int) -> None:
@@ -449,13 +427,16 @@ async def test_a_broker_that_sends_the_outbox_nothing_is_named(
     assert bool(client.fault) is not can_read  # for /healthz and `edge-outbox status`
 
 
-def acl_mosquitto(tmp_path: Path, port: int, reads: str) -> subprocess.Popen[bytes]:
-    """Mosquitto whose user `outbox` (password `pw`) may write statuses and hellos, and read what `reads` says."""
+def acl_mosquitto(
+    tmp_path: Path, port: int, reads: str, writes: str = "topic write outbox/+/status/#\n"
+) -> subprocess.Popen[bytes]:
+    """Mosquitto whose user `outbox` (password `pw`) may write hellos and what `writes` says (statuses), and read
+    what `reads` says."""
     passwords = tmp_path / "passwords"
     passwords.write_text("")
     subprocess.run([require_binary("mosquitto_passwd"), "-b", str(passwords), "outbox", "pw"], check=True, timeout=30)
     acl = tmp_path / "acl"
-    acl.write_text(f"user outbox\n{reads}topic write outbox/+/status/#\ntopic write {PEER_TOPIC}\n")
+    acl.write_text(f"user outbox\n{reads}{writes}topic write {PEER_TOPIC}\n")
     conf = tmp_path / "acl.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\nacl_file {acl}\n"

@@ -2,18 +2,11 @@
 
 import orjson
 
-from edge_outbox.attach_peers import ANSWERED_MAX, PEER_TOPIC, Peers, hello
-from intent_contract import mqtt_packets as p
+from edge_outbox.attach_peers import ANSWERED_MAX, Peers, hello
 
 
 def payload(client_id: str, *, answer: bool = False) -> bytes:
-    ((first, body),) = p.Framer(1 << 16).feed(hello(client_id, answer=answer))
-    packet = p.decode(first, body)
-    assert isinstance(packet, p.Publish)
-    assert packet.topic == PEER_TOPIC
-    assert packet.qos == 0
-    assert not packet.retain
-    return packet.payload
+    return hello(client_id, answer=answer)
 
 
 def test_our_own_hello_and_garbage_are_no_peer() -> None:

@@ -281,12 +281,14 @@ class AttachedClient:
                 self._wake.set()
         elif peer and not packet.retain:
             self._peer_hello(link, packet.payload)
-        if packet.retain or app is not None or peer:  # acknowledged in turn, not taken
+        if packet.retain or app is not None or peer or not packet.payload:  # acknowledged in turn, not taken
             # RETAIN=1 marks a copy sent because we subscribed [MQTT-3.3.1-8]; a message on the subscription
             # we hold comes with RETAIN=0 [MQTT-3.3.1-9]. The broker replays a retained intent on every
             # SUBSCRIBE (one per connection): taken, each replay was a new intent, the email sent again.
-            if packet.retain:
-                self._retained.name(packet.topic)
+            # An empty message is how a retained one is cleared (the broker relays it with RETAIN=0): no intent
+            # either. Taken, it was stored as a rejected intent (bad_json) whose status no app waited for.
+            if packet.retain or not packet.payload:
+                self._retained.name(packet.topic, cleared=not packet.payload)
             future = asyncio.get_running_loop().create_future()
             future.set_result(None)
         else:

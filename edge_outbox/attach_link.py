@@ -104,17 +104,23 @@ async def first_packets(reader: asyncio.StreamReader, framer: p.CuttingFramer) -
 
 
 class RetainedNames:
-    """The topics on which the broker holds a retained message, each named once in the log."""
+    """The topics on which the broker holds a retained message, or on which one was cleared, each named once."""
 
     def __init__(self) -> None:
         self._named: set[str] = set()
 
-    def name(self, topic: str) -> None:
-        if topic in self._named:
+    def name(self, topic: str, *, cleared: bool = False) -> None:
+        """`cleared`: an empty message came on `topic`, which is how a retained message is cleared."""
+        key = f"{topic} cleared" if cleared else topic  # a topic's clear is named once too, after its retained copy
+        if key in self._named:
             return
         if len(self._named) >= RETAINED_TOPICS_NAMED:
             self._named.clear()
-        self._named.add(topic)
+        self._named.add(key)
+        if cleared:
+            log.info("an empty message on %s (how a retained message is cleared) is acknowledged and not taken as "
+                     "an intent", topic)  # fmt: skip
+            return
         log.warning(
             "the attach broker holds a retained message on %s: it is sent again on every subscribe, so it is "
             "acknowledged and not taken as an intent (publish intents without the retain flag; clear it with an "

@@ -90,6 +90,23 @@ def test_a_retained_intent_is_taken_once_not_again_on_every_subscribe(tmp_path: 
         outbox.stop()
 
 
+def test_clearing_a_retained_intent_as_the_docs_advise_stores_nothing(tmp_path: Path, mosquitto: int) -> None:
+    """The empty retained publish that clears a retained message reaches the outbox (with RETAIN=0, as any message
+    on its subscription): it was taken as an intent, and stored as rejected (bad_json) with a status for no one."""
+    app = RawClient(mosquitto)
+    with attached(tmp_path, mosquitto) as outbox:
+        wait_until(lambda: "attached; subscribed" in outbox.log(), what="outbox attached")
+        assert app.connect("retaining-app").code == 0
+        app.publish("outbox/hvac/email.send", json.dumps(email("kept")).encode(), 1, retain=True)
+        app.publish("outbox/hvac/email.send", b"", 1, retain=True)  # mosquitto_pub -r -n -t outbox/hvac/email.send
+        app.publish("outbox/hvac/email.send", json.dumps(email("after-clear")).encode(), 1)
+        wait_until(lambda: "after-clear" in stored_ids(outbox.data_dir), what="the intent after the clear")
+        assert stored_ids(outbox.data_dir) == {"kept": "accepted", "after-clear": "accepted"}
+        assert "rejected input" not in outbox.log()
+        assert "an empty message on outbox/hvac/email.send (how a retained message is cleared)" in outbox.log()
+    app.close()
+
+
 def test_a_replay_request_through_the_broker_publishes_the_apps_statuses_again(tmp_path: Path, mosquitto: int) -> None:
     """It was taken as an intent of the unknown kind `replay`: the app had a rejection, not its statuses."""
     app = Client(mosquitto, "replaying-app").connect()

@@ -359,8 +359,10 @@ class AttachedClient:
                 if events:
                     link.writer.write(link.publish_statuses(events))
                     for event in events:
-                        cursor.opened(event.seq)
+                        (cursor.opened if link.wire.max_qos else cursor.passed)(event.seq)  # QoS 0: none to wait for
                     self._wake.set()
+                    if not link.wire.max_qos:
+                        await link.writer.drain()  # no PUBACK to wait for: the broker's reading paces them
                 if self._replays and len(link.statuses) < link.window:
                     await self._replays.serve(link, link.window - len(link.statuses))
                     self._wake.set()

@@ -75,11 +75,14 @@ class Link:
 
     def publish_statuses(self, events: list[StatusEvent], *, replayed: bool = False) -> bytearray:
         """The PUBLISHes of `events`, in flight until the broker's PUBACK (a replayed one's seq kept as 0: its
-        acknowledgement moves no position)."""
+        acknowledgement moves no position); at QoS 0 to a broker that takes no more (MQTT 5 maximum QoS 0)."""
         out = bytearray()
         for event in events:
-            packet_id = self.new_id()
             topic = status_topic(event.app, event.id)
+            if not self.wire.max_qos:  # nothing to wait for: the broker takes no more
+                out += self.wire.publish(topic, status_payload(event), 0, None, status=True)
+                continue
+            packet_id = self.new_id()
             out += self.wire.publish(topic, status_payload(event), 1, packet_id, status=True)
             self.statuses[packet_id] = 0 if replayed else event.seq
         return out

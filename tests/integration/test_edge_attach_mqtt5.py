@@ -12,7 +12,7 @@ from pathlib import Path
 import mqtt5
 import pytest
 
-from tests.integration.test_edge_attach import acl_mosquitto
+from tests.integration.test_edge_attach import acl_mosquitto, start_mosquitto
 from tests.support.attach import attached, site_mosquitto
 from tests.support.edge import OutboxProcess, email, stored_ids
 from tests.support.mqtt_raw import RawClient
@@ -124,5 +124,30 @@ def test_a_status_the_brokers_acl_refuses_is_named(tmp_path: Path, monkeypatch: 
         assert "let user 'outbox' write outbox/+/status/#" in outbox.log()
     finally:
         outbox.stop()
+        broker.terminate()
+        broker.wait(10)
+
+
+def test_statuses_reach_apps_through_a_broker_that_takes_qos_0_only(tmp_path: Path) -> None:
+    """Mosquitto's max_qos 0 ends the connection of a client that publishes at QoS 1 ("Too high QoS in PUBLISH"):
+    each status the outbox published ended its link, no app heard one, and the outbox reconnected for ever.
+    Its MQTT 5 CONNACK says maximum QoS 0, and statuses go at QoS 0."""
+    port = free_port()
+    conf = tmp_path / "qos0.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nmax_qos 0\nallow_anonymous true\npersistence false\n")
+    broker = start_mosquitto(require_binary("mosquitto"), conf, port)
+    app = RawClient(port)
+    try:
+        assert app.connect("watching-app").code == 0
+        assert app.subscribe("outbox/hvac/status/#", 0) == (0,)
+        with attached(tmp_path, port) as outbox:
+            wait_until(lambda: "attached; subscribed" in outbox.log(), what="attached")
+            for name in ("q0-first", "q0-second"):
+                app.publish("outbox/hvac/email.send", json.dumps(email(name)).encode(), 0)
+            statuses = [json.loads(m.payload) for m in app.messages(2)]
+            assert [(s["id"], s["state"]) for s in statuses] == [("q0-first", "accepted"), ("q0-second", "accepted")]
+            assert "connection lost" not in outbox.log()
+    finally:
+        app.close()
         broker.terminate()
         broker.wait(10)

@@ -357,9 +357,10 @@ class AttachedClient:
                 if link.writer.is_closing():
                     return
                 if events:
-                    link.writer.write(link.publish_statuses(events))
+                    out, awaited = link.publish_statuses(events)
+                    link.writer.write(out)
                     for event in events:
-                        (cursor.opened if link.wire.max_qos else cursor.passed)(event.seq)  # QoS 0: none to wait for
+                        (cursor.opened if event.seq in awaited else cursor.passed)(event.seq)  # QoS 0, or not sent
                     self._wake.set()
                     if not link.wire.max_qos:
                         await link.writer.drain()  # no PUBACK to wait for: the broker's reading paces them

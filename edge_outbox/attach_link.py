@@ -73,19 +73,27 @@ class Link:
             self.last_heard = time.monotonic()
             self.room.set()
 
-    def publish_statuses(self, events: list[StatusEvent], *, replayed: bool = False) -> bytearray:
-        """The PUBLISHes of `events`, in flight until the broker's PUBACK (a replayed one's seq kept as 0: its
-        acknowledgement moves no position); at QoS 0 to a broker that takes no more (MQTT 5 maximum QoS 0)."""
-        out = bytearray()
+    def publish_statuses(self, events: list[StatusEvent], *, replayed: bool = False) -> tuple[bytearray, set[int]]:
+        """The PUBLISHes of `events`, and the seqs of those in flight until the broker's PUBACK (a replayed one's
+        seq kept as 0: its acknowledgement moves no position). At QoS 0 to a broker that takes no more (MQTT 5
+        maximum QoS 0); one over the broker's maximum packet size (MQTT 5) is not sent, and counts as delivered:
+        the broker ends the connection on it [MQTT-3.2.2-15], and it was sent again on every connection."""
+        out, awaited = bytearray(), set()
+        qos, limit = self.wire.max_qos, self.wire.max_packet
         for event in events:
             topic = status_topic(event.app, event.id)
-            if not self.wire.max_qos:  # nothing to wait for: the broker takes no more
-                out += self.wire.publish(topic, status_payload(event), 0, None, status=True)
+            packet_id = self.new_id() if qos else None
+            packet = self.wire.publish(topic, status_payload(event), qos, packet_id, status=True)
+            if limit is not None and len(packet) > limit:
+                log.warning("the status %s of %s (%d bytes) is over the attach broker's maximum packet size (%d): "
+                            "not sent (Mosquitto: max_packet_size)", event.state.value, event.id, len(packet), limit,
+                            extra={"app": event.app, "intent_id": event.id})  # fmt: skip
                 continue
-            packet_id = self.new_id()
-            out += self.wire.publish(topic, status_payload(event), 1, packet_id, status=True)
-            self.statuses[packet_id] = 0 if replayed else event.seq
-        return out
+            out += packet
+            if packet_id is not None:
+                self.statuses[packet_id] = 0 if replayed else event.seq
+                awaited.add(event.seq)
+        return out, awaited
 
     def new_id(self) -> int:
         """A packet id no status in flight uses (the window keeps far fewer in flight than there are ids)."""

@@ -62,7 +62,7 @@ class Replays:
         events = await self._read(app, after, room)
         if link.writer.is_closing():
             return  # the request stays: it goes on on the next connection
-        link.writer.write(link.publish_statuses(events, replayed=True))
+        link.writer.write(link.publish_statuses(events, replayed=True)[0])
         after = events[-1].seq if events else after
         if len(events) < room:
             del self._pending[app]

@@ -40,6 +40,7 @@ class V311:
     receive_max = 65535  # how many QoS 1 publishes the broker takes in flight: 3.1.1 cannot say
     server_keepalive: int | None = None  # the keepalive the broker says we must use instead of ours (MQTT 5)
     max_qos = 1  # the highest QoS of a status: 0 for a broker whose CONNACK says it takes no more (MQTT 5)
+    max_packet: int | None = None  # the largest packet the broker takes (MQTT 5; None: no limit said)
 
     def connect(self, target: AttachTarget, keepalive: int, receive_max: int) -> bytes:
         password = target.password.encode() if target.password is not None else None
@@ -70,6 +71,7 @@ class V5(V311):
         self.receive_max = 65535
         self.server_keepalive: int | None = None
         self.max_qos = 1
+        self.max_packet: int | None = None
 
     def connect(self, target: AttachTarget, keepalive: int, receive_max: int) -> bytes:
         password = target.password.encode() if target.password is not None else None
@@ -136,6 +138,7 @@ class V5(V311):
             self.server_keepalive = packet.server_keep_alive  # Mosquitto's max_keepalive, when ours is longer
             # Mosquitto's max_qos 0: a PUBLISH at QoS 1 is a protocol error, and it ends the connection on it
             self.max_qos = min(1, int(packet.max_qos))
+            self.max_packet = packet.max_packet_size  # Mosquitto's max_packet_size: it ends the link on a larger one
             return p.Connack(packet.session_present, int(packet.reason_code))
         if isinstance(packet, mqtt5.SubAckPacket):
             return p.Suback(packet.packet_id, tuple(int(c) for c in packet.reason_codes))

@@ -151,3 +151,31 @@ def test_statuses_reach_apps_through_a_broker_that_takes_qos_0_only(tmp_path: Pa
         app.close()
         broker.terminate()
         broker.wait(10)
+
+
+def test_a_status_over_the_brokers_maximum_packet_size_is_not_sent_and_the_rest_go_on(tmp_path: Path) -> None:
+    """Mosquitto's max_packet_size ends the connection of a client that sends a larger packet: a status over it
+    ended the outbox's link, was sent again on the next, for ever, and no status behind it reached an app."""
+    port = free_port()
+    conf = tmp_path / "small.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nmax_packet_size 250\nallow_anonymous true\npersistence false\n")
+    broker = start_mosquitto(require_binary("mosquitto"), conf, port)
+    app = RawClient(port)
+    long_id = "L" * 64  # in the status's topic and payload: about 280 bytes, where the intent is about 180
+    try:
+        assert app.connect("watching-app").code == 0
+        assert app.subscribe("outbox/hvac/status/#", 1) == (1,)
+        with attached(tmp_path, port) as outbox:
+            wait_until(lambda: "attached; subscribed" in outbox.log(), what="attached")
+            for name in (long_id, "short"):
+                app.publish("outbox/hvac/email.send", json.dumps(email(name)).encode(), 1)
+            (status,) = [json.loads(m.payload) for m in app.messages(1)]
+            assert (status["id"], status["state"]) == ("short", "accepted")
+            assert stored_ids(outbox.data_dir) == {long_id: "accepted", "short": "accepted"}
+            assert f"the status accepted of {long_id} (" in outbox.log()
+            assert "over the attach broker's maximum packet size (250): not sent" in outbox.log()
+            assert "connection lost" not in outbox.log()
+    finally:
+        app.close()
+        broker.terminate()
+        broker.wait(10)

@@ -245,8 +245,9 @@ class AttachedClient:
         elif isinstance(packet, Refused) or (isinstance(packet, p.PacketIdOnly) and packet.type is Type.PUBACK):
             if isinstance(packet, Refused) and (not_logged := self._refused_log.allow(time.monotonic())) is not None:
                 who = f"user {self._target.username!r}" if self._target.username else "this client"
-                log.error("the attach broker refused a status (%s): apps do not hear it; let %s write %s%s",
-                          packet.reason, who, STATUS_FILTER, left_out(not_logged))  # fmt: skip
+                acl = f"; let {who} write {STATUS_FILTER}" if packet.reason.startswith("not authorized") else ""
+                log.error("the attach broker refused a status (%s): apps do not hear it%s%s",
+                          packet.reason, acl, left_out(not_logged))  # fmt: skip
             seq = link.statuses.pop(packet.packet_id, None)
             if seq is not None:
                 if seq:

@@ -58,6 +58,15 @@ class AttachTarget:
             raise ConfigError(f"--attach {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)")
         if parts.password:
             raise ConfigError("--attach: put the password in EDGE_OUTBOX_ATTACH_PASSWORD, not in the URL")
+        if password and not parts.username:
+            # MQTT 3.1.1 forbids a password without a user name [MQTT-3.1.2-22] (Mosquitto closes the connection:
+            # it was retried for ever as a broker that is away) and Mosquitto's password_file needs one anyway.
+            raise ConfigError(
+                f"--attach {url!r}: EDGE_OUTBOX_ATTACH_PASSWORD is set and the URL names no user: "
+                "use mqtt[s]://USER@HOST:PORT"
+            )
+        if not parts.username:
+            password = None  # an empty EDGE_OUTBOX_ATTACH_PASSWORD= line (systemd's EnvironmentFile) is none
         tls = parts.scheme == "mqtts"
         if ca_file is not None and not tls:
             raise ConfigError(f"--attach-ca is for a TLS broker: use mqtts:// in --attach, not {url!r}")

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -386,6 +387,31 @@ def test_attach_tls_settings_that_cannot_work_stop_the_outbox_in_one_line(tmp_pa
         )
         assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_a_password_without_a_user_stops_the_outbox_in_one_line(tmp_path: Path) -> None:
+    """A 3.1.1 CONNECT may not carry a password without a user name: Mosquitto closed the connection on it, and
+    the outbox said it could not reach the broker and retried for ever."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_outbox",
+            "run",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--attach=mqtt://127.0.0.1:1",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "EDGE_OUTBOX_ATTACH_PASSWORD": "s3cret-pw"},
+    )
+    assert done.returncode == 1, done.stderr
+    assert "EDGE_OUTBOX_ATTACH_PASSWORD is set and the URL names no user: use mqtt[s]://USER@HOST:PORT" in done.stderr
+    assert "s3cret-pw" not in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_second_outbox_attached_to_the_same_broker_is_named_by_both(tmp_path: Path, mosquitto: int) -> None:

@@ -62,7 +62,8 @@ class Flush:
     now: float
     sightings: tuple[Sighting, ...] = ()
     reports: tuple[Received, ...] = ()
-    held: tuple[str, ...] = ()  # devices whose session this node holds now and did not at the last flush
+    # Devices whose session this node holds now and did not at the last flush, or that connected here again since.
+    held: tuple[str, ...] = ()
     released: tuple[str, ...] = ()  # devices whose session this node held at the last flush and no longer does
     volume: Mapping[tuple[str, int], int] | None = None  # (device id, hour created) -> intents admitted
 

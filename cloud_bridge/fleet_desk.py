@@ -82,6 +82,11 @@ class FleetDesk:
         self._reports: dict[str, Received] = {}
         self._volume: Counter[tuple[str, int]] = Counter()
         self._held_before: set[str] = set()
+        # Devices that connected here since the last flush: written as held here even when they were held here
+        # at the last flush too (they left and came back, and another node may have written them as its own
+        # meanwhile: with only the difference of the two sets written, such a device stayed the other node's,
+        # then nobody's once that node saw its session end, while it was connected here).
+        self._connects: set[str] = set()
         self._last_report: dict[str, float] = {}
         self._drop_logs = LogThrottles(DROP_LOG_INTERVAL)  # reports dropped: a line per device per interval
         self._history_at: dict[str, float] = {}
@@ -119,6 +124,7 @@ class FleetDesk:
     def connected(self, device_id: str, address: str, at: float) -> None:
         """The gate let an enrolled device in (device_gate.ConnectTelemetry)."""
         self._sight(Sighting(device_id, at, address_key(address)))
+        self._connects.add(device_id)
         self._history_at.pop(device_id, None)  # its first report after a connect goes to the history
         self._connected_at[device_id] = at
 
@@ -252,17 +258,20 @@ class FleetDesk:
             await asyncio.sleep(POLL_S)
 
     def _dirty(self) -> bool:
-        return bool(self._sightings or self._reports or self._volume or set(self._held()) != self._held_before)
+        return bool(
+            self._sightings or self._reports or self._volume or self._connects or set(self._held()) != self._held_before
+        )
 
     async def flush(self, held: Sequence[str] | None = None) -> None:
         """Write what gathered and the heartbeat, in one transaction; kept for the next try when it fails."""
         now_held = set(self._held() if held is None else held)
+        connects, self._connects = self._connects, set()
         flush = Flush(
             node=self._node,
             now=self._clock(),
             sightings=tuple(self._sightings),
             reports=tuple(self._reports.values()),
-            held=tuple(now_held - self._held_before),
+            held=tuple(sorted((now_held - self._held_before) | (now_held & connects))),
             released=tuple(self._held_before - now_held),
             volume=dict(self._volume),
         )
@@ -273,6 +282,7 @@ class FleetDesk:
             self._sightings[:0] = flush.sightings
             self._reports = {r.device_id: r for r in flush.reports} | self._reports
             self._volume.update(flush.volume or {})
+            self._connects |= connects
             raise
         self._held_before = now_held
         self._dropped = False

@@ -48,6 +48,7 @@ REQUEUED = "requeued"  # the code of a row an operator retried, until it runs
 # An operation's UPDATE is tried again when the row moved, between it and the SELECT after it, into a state
 # the operation may start from; a row that keeps moving is answered "try again".
 OPERATE_TRIES = 3
+DUE_AT_ONCE = 0.0  # a retried row's next_run: due on every node, whatever its clock and the operator's
 
 SQLITE_SCHEMA_SUMMARY = "operator retry and cancel: statuses to announce, signals between processes"
 SQLITE_SCHEMA: tuple[str, ...] = (
@@ -231,13 +232,15 @@ class SqlIntents:
             raise ValueError(f"{event} is not an operator's event")
         detail = operator_detail(event, operator)
         if event is LedgerEvent.REQUEUE:
-            # A new attempt (a new provider idempotency key: device:intent:attempt), due now, without the
-            # deadline it may have passed, as the edge's own `retry` does.
+            # A new attempt (a new provider idempotency key: device:intent:attempt), due at once, without the
+            # deadline it may have passed, as the edge's own `retry` does. Due at once by every node's clock:
+            # `now` is the operator's machine's (the CLI runs anywhere), and a retry made on a clock an hour
+            # ahead of the nodes' waited an hour in the queue.
             changes = (
                 "attempt = attempt + 1, tries = 0, next_run = ?, expires = NULL, code = ?, detail = ?,"
                 f" announce = {self._true}"
             )
-            values: tuple[Any, ...] = (now, REQUEUED, detail)
+            values: tuple[Any, ...] = (DUE_AT_ONCE, REQUEUED, detail)
             code = REQUEUED
         else:
             changes, values, code = (

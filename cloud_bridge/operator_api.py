@@ -7,7 +7,7 @@ intent, retry a queued one) raises LedgerStateError and changes nothing; an unkn
 UnknownIntentError; both are BridgeErrors (one line, non-zero exit at the CLI).
 
 - retry: a failed or expired row goes back to the queue as a new attempt (attempt + 1, so the provider
-  sees a new idempotency key `device:intent:attempt`, as after the edge's own `retry`), due now and
+  sees a new idempotency key `device:intent:attempt`, as after the edge's own `retry`), due at once and
   without its old deadline. The device hears `accepted` for it (now if its node holds it, else on its
   next connect), then the new final result.
 - cancel: a queued row (never a running one) ends failed with code `cancelled`; the device hears it as

@@ -112,3 +112,21 @@ async def test_each_retried_row_is_announced_once_not_again_on_every_later_signa
             assert {i: _seen(client, i).count((AckState.ACCEPTED, 2)) for i in ids} == dict.fromkeys(ids, 1)
         finally:
             await client.stop()
+
+
+async def test_a_retry_made_on_a_clock_ahead_of_the_nodes_runs_at_once(
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
+) -> None:
+    """`cloud-bridge intents retry` runs on any machine with the store's settings, and the retried row was due
+    at that machine's time: made on a laptop whose clock was an hour ahead of the nodes', the retry answered
+    `now queued` and the intent waited an hour in the queue (a node claims rows due by its own clock)."""
+    on_a, on_b = CountingIntegration(), CountingIntegration()
+    async with a_admits_b_executes(tmp_path, server_cert_files, pg_url, on_a, on_b) as (_a, b, _creds, client):
+        client.send([email("x1", subject="fail")])
+        failed = [(AckState.ACCEPTED, 1), (AckState.FAILED, 1)]
+        await until(lambda: _seen(client, "x1") == failed, what="the first failure at the device")
+        ahead = time.time() + 3600  # the operator's machine's clock
+        done = operator_api.retry(b.bridge.store.intents, ["x1"], "alice", ahead)
+        assert (done.intent.state, done.intent.attempt) == ("queued", 2)
+        await until(lambda: (AckState.FAILED, 2) in _seen(client, "x1"), what="the retried attempt run and its result")
+        assert [(j.intent_id, j.attempt) for j in on_b.calls] == [("x1", 1), ("x1", 2)]

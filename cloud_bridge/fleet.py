@@ -140,7 +140,7 @@ class FleetStore(Protocol):
         """The state of these devices (None: of every device that was ever seen)."""
 
     def nodes(self) -> dict[str, float]:
-        """Every node's last heartbeat."""
+        """Every node's last heartbeat, on this process's clock (aged by the store's: clocks may differ)."""
 
     def history(self, device_id: str, limit: int) -> list[HistoryEntry]:
         """The device's kept reports, newest first."""

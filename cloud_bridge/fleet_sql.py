@@ -9,6 +9,7 @@ Rows are written sorted by key, so that two nodes flushing at once lock them in 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -132,13 +133,29 @@ def _rows_addresses(flush: Flush) -> list[tuple[str, str, float, float, int, int
     return [(d, a, first, last, int(ok), int(bad)) for (d, a), (first, last, ok, bad) in sorted(seen.items())]
 
 
-class SqlFleet:
-    """The FleetStore protocol on a SQL connection of either backend."""
+# The store's own clock (seconds since the epoch), in SQL: node heartbeats are written and judged by it.
+SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+PG_NOW = "extract(epoch from clock_timestamp())::float8"
 
-    def __init__(self, transaction: Transaction, *, marker: str = "?", on_open: Callable[[], object] = lambda: None):
+
+class SqlFleet:
+    """The FleetStore protocol on a SQL connection of either backend (`now_sql`: the store's clock in SQL;
+    `clock`: this process's)."""
+
+    def __init__(
+        self,
+        transaction: Transaction,
+        *,
+        marker: str = "?",
+        on_open: Callable[[], object] = lambda: None,
+        now_sql: str = SQLITE_NOW,
+        clock: Callable[[], float] = time.time,
+    ):
         self._transaction = transaction
         self._marker = marker
         self._on_open = on_open
+        self._now_sql = now_sql
+        self._clock = clock
 
     def _sql(self, text: str) -> str:
         return text if self._marker == "?" else text.replace("?", self._marker)
@@ -159,11 +176,12 @@ class SqlFleet:
     def flush(self, flush: Flush) -> None:
         sightings = sorted(flush.sightings, key=lambda s: (s.device_id, s.at))
         with self._transaction() as conn:
+            # In the store's time, not the node's: see `nodes`.
             self._run(
                 conn,
-                "INSERT INTO fleet_nodes (node, heartbeat_at) VALUES (?, ?)"
+                f"INSERT INTO fleet_nodes (node, heartbeat_at) VALUES (?, {self._now_sql})"
                 " ON CONFLICT (node) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-                (flush.node, flush.now),
+                (flush.node,),
             )
             # The last word per device: its latest connect, then its latest refusal (addresses keep the rest).
             connected = {s.device_id: s for s in sightings if not s.refused}
@@ -214,9 +232,18 @@ class SqlFleet:
         return {row["device_id"]: _state(row) for row in rows}
 
     def nodes(self) -> dict[str, float]:
+        """Each node's last heartbeat on this process's clock: its age by the store's clock, before our now.
+
+        Heartbeats are written and aged in the store's time, so that neither a node's clock nor the reader's
+        (`devices ls` runs on any machine; each node serves the dashboard) has to agree with the others'. A
+        node 30 s behind wrote heartbeats that every correct reader took as 30 s old (its devices shown gone),
+        and a reader 30 s ahead took every node as stopped and every device as gone."""
         with self._transaction() as conn:
-            rows = self._run(conn, "SELECT node, heartbeat_at FROM fleet_nodes").fetchall()
-        return {row["node"]: row["heartbeat_at"] for row in rows}
+            rows = self._run(
+                conn, f"SELECT node, heartbeat_at, {self._now_sql} AS store_now FROM fleet_nodes"
+            ).fetchall()
+        now = self._clock()
+        return {row["node"]: now - max(0.0, row["store_now"] - row["heartbeat_at"]) for row in rows}
 
     def history(self, device_id: str, limit: int) -> list[HistoryEntry]:
         with self._transaction() as conn:

@@ -359,7 +359,7 @@ class PgPools:
 
 def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int, clock: Callable[[], float] = time.time) -> Store:
     """The PostgreSQL store of `url` for node `node`, not yet opened."""
-    from cloud_bridge.fleet_sql import SqlFleet  # noqa: PLC0415
+    from cloud_bridge.fleet_sql import PG_NOW, SqlFleet  # noqa: PLC0415
     from cloud_bridge.store.pg_ledger import PgLedger  # noqa: PLC0415 - these import this module
     from cloud_bridge.store.pg_registry import PgRegistry, PgReplayCache  # noqa: PLC0415
     from cloud_bridge.store.pg_signals import PgSignals, operator_signal  # noqa: PLC0415
@@ -374,7 +374,13 @@ def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int, clock: Ca
         PgSignals(conninfo, node=node),
         lambda at_start: migrate(conninfo, at_start=at_start),
         # The registry closes the sync pool they share.
-        SqlFleet(lambda: pools.sync_transaction("fleet tables"), marker="%s", on_open=pools.open_sync),
+        SqlFleet(
+            lambda: pools.sync_transaction("fleet tables"),
+            marker="%s",
+            on_open=pools.open_sync,
+            now_sql=PG_NOW,
+            clock=clock,
+        ),
         intent_sql.SqlIntents(
             lambda: pools.sync_transaction("ledger"),
             signal=operator_signal(node),

@@ -302,19 +302,25 @@ class SqlFleet:
         return {d: Telemetry(**fields) for d, fields in found.items() if wanted is None or d in wanted}
 
     def ask(self, request_id: str, device_id: str, now: float) -> None:
+        """A request asked at `now` on this process's clock, kept in the store's time (see `pending`)."""
         with self._transaction() as conn:
             self._run(
                 conn,
-                "INSERT INTO fleet_requests (request_id, device_id, asked_at, state) VALUES (?, ?, ?, ?)",
-                (request_id, device_id, now, str(RequestState.PENDING)),
+                "INSERT INTO fleet_requests (request_id, device_id, asked_at, state)"
+                f" VALUES (?, ?, {self._now_sql} - ?, ?)",
+                (request_id, device_id, self._clock() - now, str(RequestState.PENDING)),
             )
 
     def pending(self, since: float) -> list[DiagnoseRequest]:
+        """Requests asked from `since` on (this process's clock), judged in the store's time: `devices diagnose`
+        runs on any machine, and one whose clock was a minute behind the nodes' asked requests that every node
+        took as too old to send (the operator waited `--timeout` for nothing)."""
         with self._transaction() as conn:
             rows = self._run(
                 conn,
-                "SELECT * FROM fleet_requests WHERE state = 'pending' AND asked_at >= ? ORDER BY asked_at",
-                (since,),
+                f"SELECT * FROM fleet_requests WHERE state = 'pending' AND asked_at >= {self._now_sql} - ?"
+                " ORDER BY asked_at",
+                (self._clock() - since,),
             ).fetchall()
         return [_request(r) for r in rows]
 

@@ -17,6 +17,7 @@ import pytest
 from cloud_bridge import fleet_query, listener
 from cloud_bridge.fleet import DiagnoseRequest
 from cloud_bridge.settings import BridgeSettings
+from cloud_bridge.store import open_store
 from cloud_bridge.topic_acl import Access
 from edge_outbox import ops
 from edge_outbox.enroll_client import enroll
@@ -189,6 +190,38 @@ async def test_a_diagnosis_is_asked_through_the_store_and_answered_by_the_node_h
                 assert result.request is not None and result.request.node == "node-b"
                 assert result.diagnosis is not None and result.diagnosis.health.counts["delivered"] == 2
                 assert result.diagnosis.bridge == f"127.0.0.1:{b.mqtt_port}"
+
+
+async def test_a_diagnose_asked_from_a_machine_whose_clock_is_behind_is_sent_and_answered(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    """`devices diagnose` on a machine whose clock is 90 s behind the nodes': its request was stored at that
+    machine's time, every node took it as older than a minute (asked long ago, its asker gone) and never sent
+    it, and the operator waited `--timeout` for "no answer" from a device that was connected and answering."""
+    with pg_database() as url:
+        settings = make_settings(tmp_path / "node-a", server_cert_files, store=url, node_id="node-a")
+        async with _harness(settings, server_cert_files["ca"]) as a, running_edge(tmp_path, a, 1) as (store, _fw):
+            await delivered(store, 1)
+            device_id = next(iter((await _overview(a)).keys()))
+
+            async def connected() -> bool:
+                return (await _overview(a))[device_id].connected
+
+            await until(connected, what="the edge shown connected")
+
+            def behind() -> float:
+                return time.time() - 90
+
+            laptop = open_store(url, node="laptop", clock=behind)
+            await laptop.open(migrate=False)
+            try:
+                result = await asyncio.to_thread(
+                    fleet_query.diagnose, laptop.registry, laptop.fleet, device_id, timeout=15, clock=behind
+                )
+            finally:
+                await laptop.close()
+            assert result.outcome is fleet_query.Outcome.ANSWERED, result
+            assert result.request is not None and result.request.node == "node-a"
 
 
 @contextlib.asynccontextmanager

@@ -100,6 +100,12 @@ class UnknownIntentError(PermanentError):
     code = "unknown_intent"
 
 
+class RevokedDeviceError(PermanentError):
+    """An operation that would run a revoked device's intent again (an operator's retry); nothing changed."""
+
+    code = "device_revoked"
+
+
 class BadOperatorError(PermanentError):
     """An operator name that is not a valid name."""
 

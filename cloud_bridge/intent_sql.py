@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud_bridge.audit import AuditEvent, AuditRecord
-from cloud_bridge.errors import TransientError, UnknownIntentError
+from cloud_bridge.errors import RevokedDeviceError, TransientError, UnknownIntentError
 from cloud_bridge.ledger import PURGE_BATCH, LedgerEntry, clip_detail, entry_from_row
 from cloud_bridge.ledger_states import (
     AUDIT,
@@ -159,8 +159,10 @@ class SqlIntents:
         false: str = "0",
         on_open: Callable[[], None] = lambda: None,
         purge_pace: PurgePace | None = None,
+        revoked: Callable[[str], bool],
     ) -> None:
         self._transaction = transaction
+        self._revoked = revoked  # whether a device is revoked (the registry's word)
         self.purge_pace = purge_pace  # None: no pause (PostgreSQL has no one write lock)
         self._signal = signal
         self._marker = marker
@@ -230,6 +232,12 @@ class SqlIntents:
         """
         if event not in OPERATOR_EVENTS:
             raise ValueError(f"{event} is not an operator's event")
+        if event is LedgerEvent.REQUEUE and self._revoked(device_id):
+            # Queued again, the row was claimed and failed `device_revoked` at once: the retry answered "now
+            # queued" and ran nothing. (A revocation committed after this look ends the row so too, unrun.)
+            raise RevokedDeviceError(
+                f"cannot requeue intent {intent_id}: device {device_id} is revoked, its intents never run again"
+            )
         detail = operator_detail(event, operator)
         if event is LedgerEvent.REQUEUE:
             # A new attempt (a new provider idempotency key: device:intent:attempt), due at once, without the

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -105,6 +105,16 @@ def checked_key(public_key_pem: str) -> tuple[str, str]:
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     return pem, hashlib.sha256(der).hexdigest()
+
+
+def revoked_in(registry: Registry) -> Callable[[str], bool]:
+    """Whether a device is revoked, as `registry` says now (False for a device it does not know)."""
+
+    def revoked(device_id: str) -> bool:
+        device = registry.get(device_id)
+        return device is not None and device.revoked_at is not None
+
+    return revoked
 
 
 class Registry(Protocol):

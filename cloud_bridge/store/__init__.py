@@ -15,7 +15,7 @@ from cloud_bridge.fleet import FleetStore
 from cloud_bridge.intent_sql import PurgePace, SqlIntents
 from cloud_bridge.ledger import Ledger
 from cloud_bridge.own_threads import own_thread
-from cloud_bridge.registry import Registry
+from cloud_bridge.registry import Registry, revoked_in
 from cloud_bridge.store.url import StoreKind, StoreUrl
 from cloud_bridge.tokens import DEFAULT_TOKENS_PER_DEVICE, ReplayCache
 
@@ -103,15 +103,21 @@ def open_store(
 
         directory = url.directory
         ledger_path = directory / "ledger.db"
+        registry = SqliteRegistry(directory / "registry.db")
         return Store(
             url,
             SqliteLedger(ledger_path),
-            SqliteRegistry(directory / "registry.db"),
+            registry,
             MemoryReplayCache(per_device=tokens_per_device),
             SqliteSignals(ledger_path),
             lambda at_start: migrate_file(ledger_path, at_start=at_start),
             sqlite_fleet(directory / FLEET_DB),
-            SqlIntents(sqlite_transaction(ledger_path, "ledger"), signal=add_signal, purge_pace=PurgePace()),
+            SqlIntents(
+                sqlite_transaction(ledger_path, "ledger"),
+                signal=add_signal,
+                purge_pace=PurgePace(),
+                revoked=revoked_in(registry),
+            ),
             ledger_path.is_file,
             lambda: check_file(ledger_path),
             lambda force: migrate_file(ledger_path, at_start=False, force=force),

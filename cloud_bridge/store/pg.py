@@ -360,16 +360,18 @@ class PgPools:
 def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int, clock: Callable[[], float] = time.time) -> Store:
     """The PostgreSQL store of `url` for node `node`, not yet opened."""
     from cloud_bridge.fleet_sql import PG_NOW, SqlFleet  # noqa: PLC0415
+    from cloud_bridge.registry import revoked_in  # noqa: PLC0415
     from cloud_bridge.store.pg_ledger import PgLedger  # noqa: PLC0415 - these import this module
     from cloud_bridge.store.pg_registry import PgRegistry, PgReplayCache  # noqa: PLC0415
     from cloud_bridge.store.pg_signals import PgSignals, operator_signal  # noqa: PLC0415
 
     conninfo = url.conninfo(application_name=f"cloud-bridge {node}")
     pools = PgPools(conninfo)
+    registry = PgRegistry(pools)
     return Store(
         url,
         PgLedger(pools, node=node, clock=clock),
-        PgRegistry(pools),
+        registry,
         PgReplayCache(pools, per_device=tokens_per_device),
         PgSignals(conninfo, node=node),
         lambda at_start: migrate(conninfo, at_start=at_start),
@@ -388,6 +390,7 @@ def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int, clock: Ca
             true="true",
             false="false",
             on_open=pools.open_sync,
+            revoked=revoked_in(registry),
         ),
         lambda: made(conninfo),
         lambda: check(conninfo),

@@ -323,7 +323,12 @@ async def test_a_purge_that_waits_for_a_row_an_operator_retries_leaves_the_retri
         pools = PgPools(pg_url.conninfo(application_name="cli"))
         pools.open_sync()
         cli = SqlIntents(
-            lambda: pools.sync_transaction("ledger"), signal=signal_then_hold, marker="%s", true="true", false="false"
+            lambda: pools.sync_transaction("ledger"),
+            signal=signal_then_hold,
+            marker="%s",
+            true="true",
+            false="false",
+            revoked=lambda _device_id: False,
         )
         try:
             retry = asyncio.ensure_future(asyncio.to_thread(operator_api.retry, cli, ["dev-1", "a"], "alice", NOW))
@@ -362,7 +367,7 @@ class _MovedAfterUpdate(SqlIntents):
     def __init__(self, pools: PgPools, loop: asyncio.AbstractEventLoop, move: Callable[[], Awaitable[object]]) -> None:
         super().__init__(
             lambda: pools.sync_transaction("ledger"), signal=operator_signal("cli"), marker="%s", true="true",
-            false="false",
+            false="false", revoked=lambda _device_id: False,
         )  # fmt: skip
         self.updates: list[int] = []
         self._loop, self._move = loop, move

@@ -10,7 +10,10 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from cloud_bridge import operator_api
+from cloud_bridge.errors import RevokedDeviceError
 from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.store.url import StoreUrl
 from intent_contract.codec import Ack, AckState
@@ -130,3 +133,23 @@ async def test_a_retry_made_on_a_clock_ahead_of_the_nodes_runs_at_once(
         assert (done.intent.state, done.intent.attempt) == ("queued", 2)
         await until(lambda: (AckState.FAILED, 2) in _seen(client, "x1"), what="the retried attempt run and its result")
         assert [(j.intent_id, j.attempt) for j in on_b.calls] == [("x1", 1), ("x1", 2)]
+
+
+async def test_a_retry_of_a_revoked_devices_intent_is_refused_not_queued_to_fail_at_once(
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
+) -> None:
+    """The ledger lets a failed row go back to the queue whatever its device, and a claim ends a revoked device's
+    row `device_revoked` unrun: retrying an intent of a revoked device answered "retried ...: now queued
+    (attempt 2)" and ran nothing. It is refused, saying why, and nothing changes."""
+    on_a, on_b = CountingIntegration(), CountingIntegration()
+    async with a_admits_b_executes(tmp_path, server_cert_files, pg_url, on_a, on_b) as (_a, b, creds, client):
+        client.send([email("x1", subject="fail")])
+        await until(lambda: (AckState.FAILED, 1) in _seen(client, "x1"), what="the first failure at the device")
+        b.bridge.registry.revoke(creds.device_id, time.time())
+        with pytest.raises(RevokedDeviceError, match=f"device {creds.device_id} is revoked"):
+            operator_api.retry(b.bridge.store.intents, ["x1"], "alice", time.time())
+        [row] = b.bridge.store.intents.find("x1")
+        assert (row.state, row.attempt, row.code) == (EntryState.FAILED, 1, "test_refused")
+        events = [r.event for r in b.bridge.store.intents.history(creds.device_id, "x1")]
+        assert "requeue" not in events
+        assert [(j.intent_id, j.attempt) for j in on_b.calls] == [("x1", 1)]

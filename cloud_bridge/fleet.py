@@ -139,8 +139,12 @@ class FleetStore(Protocol):
     def states(self, device_ids: Collection[str] | None = None) -> dict[str, DeviceState]:
         """The state of these devices (None: of every device that was ever seen)."""
 
+    def now(self) -> float:
+        """The store's clock (seconds since the epoch): the time the fleet view is read at, whatever this
+        process's clock says (heartbeats are in it; the nodes' own times are as close to it as NTP keeps them)."""
+
     def nodes(self) -> dict[str, float]:
-        """Every node's last heartbeat, on this process's clock (aged by the store's: clocks may differ)."""
+        """Every node's last heartbeat, in the store's time (`now`)."""
 
     def history(self, device_id: str, limit: int) -> list[HistoryEntry]:
         """The device's kept reports, newest first."""

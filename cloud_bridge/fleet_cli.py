@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -186,8 +185,8 @@ def devices_ls(
     stuck_after: float, sort: str, as_json: bool,
 ) -> None:  # fmt: skip
     """List devices: tenant, link, backlog, oldest pending, last error, version, clock offset, flags."""
-    now = time.time()
     with _opened(data_dir, store, config_path) as opened:
+        now = opened.fleet.now()  # the store's time: this machine's clock may be off (fleet_query.overview)
         rows = fleet_query.overview(
             opened.registry, opened.fleet, now=now, stuck_after=stuck_after, tenant=tenant, stuck_only=stuck_only,
             sort=sort,
@@ -207,8 +206,8 @@ def devices_show(
     as_json: bool,
 ) -> None:  # fmt: skip
     """Show one device: identity, link, its last health report, anomalies and its report history."""
-    now = time.time()
     with _opened(data_dir, store, config_path) as opened:
+        now = opened.fleet.now()
         found = fleet_query.detail(opened.registry, opened.fleet, device_id, now=now, stuck_after=stuck_after,
                                    history=history)  # fmt: skip
     if as_json:
@@ -258,7 +257,7 @@ def devices_diagnose(
     answer within --timeout."""
     with _opened(data_dir, store, config_path) as opened:
         result = fleet_query.diagnose(opened.registry, opened.fleet, device_id, timeout=timeout)
-    now = time.time()
+        now = opened.fleet.now()
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

@@ -30,13 +30,15 @@ def overview(
     registry: Registry,
     fleet: FleetStore,
     *,
-    now: float,
+    now: float | None = None,
     stuck_after: float = DEFAULT_STUCK_AFTER_S,
     tenant: str | None = None,
     stuck_only: bool = False,
     sort: str = "id",
 ) -> list[DeviceRow]:
-    """Every enrolled device's row (of one tenant; only the stuck ones), sorted by `sort` (fleet_rules.SORT_KEYS)."""
+    """Every enrolled device's row (of one tenant; only the stuck ones), sorted by `sort` (fleet_rules.SORT_KEYS),
+    at `now` (default: the store's time, `FleetStore.now`)."""
+    now = fleet.now() if now is None else now
     devices = [d for d in registry.all_devices() if tenant is None or d.tenant == tenant]
     states, nodes, telemetry = fleet.states(), fleet.nodes(), fleet.telemetry(now)
     rows = [
@@ -98,12 +100,14 @@ def detail(
     fleet: FleetStore,
     device_id: str,
     *,
-    now: float,
+    now: float | None = None,
     stuck_after: float = DEFAULT_STUCK_AFTER_S,
     history: int = 20,
 ) -> DeviceDetail:
-    """One device with its history (newest first); UnknownDeviceError when there is no such device."""
+    """One device with its history (newest first) at `now` (default: the store's time); UnknownDeviceError when
+    there is no such device."""
     device = _device(registry, device_id)
+    now = fleet.now() if now is None else now
     state = fleet.states([device_id]).get(device_id)
     telemetry = fleet.telemetry(now, [device_id]).get(device_id)
     row = device_row(device, state, fleet.nodes(), telemetry, now=now, stuck_after=stuck_after)
@@ -161,9 +165,9 @@ def diagnose(
     """
     device = _device(registry, device_id)
 
-    def row() -> DeviceRow:
+    def row() -> DeviceRow:  # at the store's time, as every fleet view (`overview`)
         state = fleet.states([device_id]).get(device_id)
-        return device_row(device, state, fleet.nodes(), None, now=clock(), stuck_after=DEFAULT_STUCK_AFTER_S)
+        return device_row(device, state, fleet.nodes(), None, now=fleet.now(), stuck_after=DEFAULT_STUCK_AFTER_S)
 
     current = row()
     if not current.connected:

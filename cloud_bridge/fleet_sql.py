@@ -231,19 +231,18 @@ class SqlFleet:
                 ]
         return {row["device_id"]: _state(row) for row in rows}
 
-    def nodes(self) -> dict[str, float]:
-        """Each node's last heartbeat on this process's clock: its age by the store's clock, before our now.
-
-        Heartbeats are written and aged in the store's time, so that neither a node's clock nor the reader's
-        (`devices ls` runs on any machine; each node serves the dashboard) has to agree with the others'. A
-        node 30 s behind wrote heartbeats that every correct reader took as 30 s old (its devices shown gone),
-        and a reader 30 s ahead took every node as stopped and every device as gone."""
+    def now(self) -> float:
         with self._transaction() as conn:
-            rows = self._run(
-                conn, f"SELECT node, heartbeat_at, {self._now_sql} AS store_now FROM fleet_nodes"
-            ).fetchall()
-        now = self._clock()
-        return {row["node"]: now - max(0.0, row["store_now"] - row["heartbeat_at"]) for row in rows}
+            return float(self._run(conn, f"SELECT {self._now_sql} AS store_now").fetchone()["store_now"])
+
+    def nodes(self) -> dict[str, float]:
+        """Each node's last heartbeat, in the store's time: heartbeats are written and read by the store's clock,
+        so that neither a node's clock nor the reader's (`devices ls` runs on any machine; each node serves the
+        dashboard) has to agree with the others'. A node 30 s behind wrote heartbeats that every correct reader
+        took as 30 s old (its devices shown gone), and a reader 30 s ahead took every node as stopped."""
+        with self._transaction() as conn:
+            rows = self._run(conn, "SELECT node, heartbeat_at FROM fleet_nodes").fetchall()
+        return {row["node"]: row["heartbeat_at"] for row in rows}
 
     def history(self, device_id: str, limit: int) -> list[HistoryEntry]:
         with self._transaction() as conn:

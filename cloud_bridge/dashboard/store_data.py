@@ -68,12 +68,12 @@ class StoreData:
         self._intents = intents
 
     async def fleet(self) -> list[FleetRow]:
-        rows = await own_thread(fleet_query.overview, self._registry, self._fleet, now=self._clock())
+        rows = await own_thread(fleet_query.overview, self._registry, self._fleet)  # at the store's time
         return [fleet_row(r) for r in rows]
 
     async def device(self, device_id: str) -> DeviceView | None:
         try:
-            found = await own_thread(fleet_query.detail, self._registry, self._fleet, device_id, now=self._clock())
+            found = await own_thread(fleet_query.detail, self._registry, self._fleet, device_id)
         except UnknownDeviceError:
             return None
         return DeviceView(fleet_row(found.row), [health_point(h) for h in found.history])

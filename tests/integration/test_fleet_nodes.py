@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
 import time
 from pathlib import Path
 
 from cloud_bridge import fleet_query
+from cloud_bridge.dashboard.store_data import StoreData
 from cloud_bridge.fleet_desk import FleetDesk
 from cloud_bridge.node import Bridge
 from cloud_bridge.store.url import StoreUrl
+from intent_contract.device_wire import encode_health
+from intent_contract.wire import HEALTH
 from tests.support.bridge import CountingIntegration, Harness, make_settings, node, until
+from tests.support.fleet import sample_report
+from tests.support.stack import bridge_cli
 from tests.support.stores import pg_url
 
 __all__ = ["pg_url"]  # fixtures
@@ -81,15 +88,53 @@ async def test_nodes_whose_clocks_differ_show_the_same_devices_connected(
         on_a, on_b = await a.connect(await a.enroll(name="on-a")), await b.connect(await b.enroll(name="on-b"))
         try:
 
-            def seen_from(h: Harness, skew: float) -> dict[str, tuple[bool, str]]:
-                # At the node's own time, as its dashboard reads the view.
-                rows = fleet_query.overview(h.bridge.registry, h.bridge.store.fleet, now=time.time() + skew)
-                return {r.name: (r.connected, r.node) for r in rows}
+            async def seen_from(h: Harness, skew: float) -> dict[str, tuple[bool, str]]:
+                # What the node's dashboard shows, the node's clock as its own.
+                view = StoreData(h.bridge.registry, h.bridge.store.fleet, lambda: time.time() + skew)
+                rows = {r.name: r for r in await view.fleet()}
+                states = h.bridge.store.fleet.states()
+                return {n: (r.connected, s.node if (s := states.get(r.device_id)) else "") for n, r in rows.items()}
 
             both = {"on-a": (True, "node-a"), "on-b": (True, "node-b")}
-            await until(lambda: seen_from(a, 0.0) == both, what="both devices connected, seen from node A")
-            assert seen_from(b, SKEW) == both
+
+            async def seen_from_a() -> bool:
+                return await seen_from(a, 0.0) == both
+
+            await until(seen_from_a, what="both devices connected, seen from node A")
+            assert await seen_from(b, SKEW) == both
         finally:
             await on_a.stop()
             await on_b.stop()
             await b_bridge.stop()
+
+
+async def test_devices_ls_on_a_machine_an_hour_ahead_judges_backlogs_and_links_by_the_stores_time(
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
+) -> None:
+    """`devices ls` runs on any machine. On one whose clock was an hour ahead (a hardware clock kept in local
+    time, say), it aged every report and every last contact by that hour: a connected device whose oldest
+    pending intent was 90 s old was listed as stuck ("6 pending, the oldest for 1h01m"). The view is now read at
+    the store's time."""
+    async with node(tmp_path, server_cert_files, pg_url, "node-a", CountingIntegration()) as a:
+        creds = await a.enroll()
+        client = await a.connect(creds)
+        try:
+            report = sample_report(at=int(time.time() * 1000), pending=6, oldest_pending_age_ms=90_000)
+            client.publish(HEALTH, encode_health(report))
+
+            def reported() -> bool:
+                [row] = fleet_query.overview(a.bridge.registry, a.bridge.store.fleet, now=time.time())
+                return row.connected and row.report == report
+
+            await until(reported, what="the device connected with its report stored")
+            later = ["faketime", "-f", "+1h", *bridge_cli(), "devices", "ls", "--json"]
+            store = ["--store", str(pg_url), "--data-dir", str(tmp_path / "operator")]
+            for extra in ((), ("--stuck",)):
+                done = await asyncio.to_thread(
+                    subprocess.run, [*later, *extra, *store], capture_output=True, text=True, timeout=60, check=False
+                )
+                assert done.returncode == 0, done.stderr
+                listed = [(r["name"], r["connected"], r["stuck"]) for r in json.loads(done.stdout)]
+                assert listed == ([] if extra else [("boiler-7", True, None)])
+        finally:
+            await client.stop()

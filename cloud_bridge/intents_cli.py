@@ -27,7 +27,9 @@ from cloud_bridge.operator_api import IntentDetail, IntentInfo
 from cloud_bridge.settings import build_settings
 from cloud_bridge.store import for_operators, open_store
 from intent_contract.console import plain_console
+from intent_contract.names import is_name
 from intent_contract.progress import progress_line
+from intent_contract.readable import readable
 from intent_contract.timefmt import format_age, parse_duration
 
 Decorator = Callable[[Any], Any]
@@ -83,6 +85,14 @@ def _show(detail: IntentDetail) -> None:
         click.echo(f"  {doc['at']}  {doc['event']:<8} {record.code} {record.detail}".rstrip())
 
 
+def _name(flag: str, name: str | None) -> str | None:
+    """`name`, or a refusal saying which flag when it is no name, as `audit` does (a tenant was "not a valid
+    device or intent id")."""
+    if name is not None and not is_name(name):
+        raise click.ClickException(f"{flag}: '{readable(name)}' is not a valid name")
+    return name
+
+
 def _operator(value: str | None) -> str:
     return value or os.environ.get("CLOUD_BRIDGE_OPERATOR") or getpass.getuser()
 
@@ -134,7 +144,11 @@ def register(main: click.Group, store_options: Decorator, json_option: Decorator
         try:
             # One more than shown, to say when more match (a script retrying what `ls` lists would miss them).
             query = IntentQuery(
-                device, tenant, operator_api.state_of(state), kind, min(limit + 1, IntentQuery.MAX_LIMIT)
+                _name("--device", device),
+                _name("--tenant", tenant),
+                operator_api.state_of(state),
+                kind,
+                min(limit + 1, IntentQuery.MAX_LIMIT),
             )
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--state") from None

@@ -223,6 +223,19 @@ def test_arguments_past_any_sense_are_refused_not_tracebacks(tmp_path: Path) -> 
     assert "enroll_codes" not in run_cli("cloud_bridge", "status", "--json", "--data-dir", bridge).stdout
 
 
+def test_a_tenant_or_device_filter_that_is_no_name_is_refused_by_the_listings(tmp_path: Path) -> None:
+    """`devices ls --tenant acme,beta` printed an empty table, exit 0, as for a tenant without devices; `intents
+    ls --tenant 'a b'` said "'a b' is not a valid device or intent id". Both now say which flag, as `audit`."""
+    bridge = str(made(StoreUrl.sqlite(tmp_path / "bridge")).directory)
+    cases = [
+        (("devices", "ls", "--tenant", "acme,beta"), "--tenant: 'acme,beta' is not a valid name"),
+        (("intents", "ls", "--tenant", "a b"), "--tenant: 'a b' is not a valid name"),
+        (("intents", "ls", "--device", "../x"), "--device: '../x' is not a valid name"),
+    ]
+    for args, text in cases:
+        assert_refused(run_cli("cloud_bridge", *args, "--data-dir", bridge), text)
+
+
 def test_edge_a_database_a_later_outbox_marked_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
     """Going back to an earlier outbox on a database a later one marked as not for it (db.SCHEMA_VERSION): `run`
     and the ops commands took it silently (`run` ran its own schema over it). Now each refuses in one line, before

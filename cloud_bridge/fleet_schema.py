@@ -77,3 +77,9 @@ def migrate_fleet_file(path: Path) -> list[int]:
             return [1]
     except (sqlite3.Error, OSError) as exc:
         raise TransientError(f"fleet tables in {path}: {exc}", code="store_error") from exc
+
+
+# The store's own clock (seconds since the epoch), in SQL: node heartbeats are written and judged by it
+# (fleet_sql; `db upgrade`'s check of running nodes).
+SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+PG_NOW = "extract(epoch from clock_timestamp())::float8"

@@ -30,7 +30,7 @@ from cloud_bridge.fleet import (
     hour_of,
 )
 from cloud_bridge.fleet_rules import BASELINE_HOURS, VOLUME_FLOOR
-from cloud_bridge.fleet_schema import migrate_fleet_file
+from cloud_bridge.fleet_schema import SQLITE_NOW, migrate_fleet_file
 from cloud_bridge.sqlite_calls import Transaction, sqlite_transaction
 from intent_contract.device_wire import Diagnosis, diagnosis_from_wire, health_from_wire
 from intent_contract.errors import DecodeError
@@ -131,11 +131,6 @@ def _rows_addresses(flush: Flush) -> list[tuple[str, str, float, float, int, int
         entry[0], entry[1] = min(entry[0], s.at), max(entry[1], s.at)
         entry[3 if s.refused else 2] += 1
     return [(d, a, first, last, int(ok), int(bad)) for (d, a), (first, last, ok, bad) in sorted(seen.items())]
-
-
-# The store's own clock (seconds since the epoch), in SQL: node heartbeats are written and judged by it.
-SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
-PG_NOW = "extract(epoch from clock_timestamp())::float8"
 
 
 class SqlFleet:

@@ -9,7 +9,6 @@ steps. The version is SQLite's `user_version`; each step runs in its own transac
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from cloud_bridge import intent_sql
 from cloud_bridge.errors import TransientError
 from cloud_bridge.fleet_rules import STALE_AFTER_S
-from cloud_bridge.fleet_schema import FLEET_DB, FLEET_TABLES
+from cloud_bridge.fleet_schema import FLEET_DB, FLEET_TABLES, SQLITE_NOW
 from cloud_bridge.ledger import WAITING_INDEX
 from cloud_bridge.store.migrations import Migration, compatible_from, compatible_key, latest, pending, require_current
 from cloud_bridge.usage_sql import SCHEMA_SUMMARY as USAGE_SUMMARY
@@ -106,13 +105,14 @@ def _pending(
 
 def running_nodes(path: Path) -> list[str]:
     """The nodes whose heartbeat in the fleet file beside the ledger at `path` is fresh (fleet_rules'
-    rule), by the clock of this process; none when there is no fleet file."""
+    rule), by the store's clock (heartbeats are written by it); none when there is no fleet file."""
     fleet = path.parent / FLEET_DB
     if not fleet.is_file():
         return []
-    since = time.time() - STALE_AFTER_S
     with closing(sqlite3.connect(fleet, isolation_level=None, timeout=10)) as conn:
-        rows = conn.execute("SELECT node FROM fleet_nodes WHERE heartbeat_at >= ? ORDER BY node", (since,)).fetchall()
+        rows = conn.execute(
+            f"SELECT node FROM fleet_nodes WHERE heartbeat_at >= {SQLITE_NOW} - ? ORDER BY node", (STALE_AFTER_S,)
+        ).fetchall()
     return [str(r[0]) for r in rows]
 
 

@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from cloud_bridge import intent_sql
 from cloud_bridge.errors import TransientError
 from cloud_bridge.fleet_rules import STALE_AFTER_S
-from cloud_bridge.fleet_schema import PG_SCHEMA, SCHEMA_SUMMARY
+from cloud_bridge.fleet_schema import PG_NOW, PG_SCHEMA, SCHEMA_SUMMARY
 from cloud_bridge.ledger import WAITING_INDEX
 from cloud_bridge.store import Store
 from cloud_bridge.store.migrations import Migration, compatible_from, compatible_key, latest, pending, require_current
@@ -189,12 +189,14 @@ def _schema_state(conn: psycopg.Connection[Any]) -> tuple[int, int | None]:
 
 
 def _running_nodes(conn: psycopg.Connection[Any]) -> list[str]:
-    """The nodes whose heartbeat is fresh (fleet_rules.session_live's rule), by the clock of this process."""
+    """The nodes whose heartbeat is fresh (fleet_rules.session_live's rule), by the store's clock (heartbeats are
+    written by it)."""
     row = conn.execute("SELECT to_regclass('fleet_nodes') IS NOT NULL").fetchone()
     if row is None or not row[0]:  # a store from before the fleet tables: no node says it runs
         return []
-    since = time.time() - STALE_AFTER_S
-    rows = conn.execute("SELECT node FROM fleet_nodes WHERE heartbeat_at >= %s ORDER BY node", (since,)).fetchall()
+    rows = conn.execute(
+        f"SELECT node FROM fleet_nodes WHERE heartbeat_at >= {PG_NOW} - %s ORDER BY node", (STALE_AFTER_S,)
+    ).fetchall()
     return [str(r[0]) for r in rows]
 
 
@@ -359,7 +361,7 @@ class PgPools:
 
 def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int, clock: Callable[[], float] = time.time) -> Store:
     """The PostgreSQL store of `url` for node `node`, not yet opened."""
-    from cloud_bridge.fleet_sql import PG_NOW, SqlFleet  # noqa: PLC0415
+    from cloud_bridge.fleet_sql import SqlFleet  # noqa: PLC0415
     from cloud_bridge.registry import revoked_in  # noqa: PLC0415
     from cloud_bridge.store.pg_ledger import PgLedger  # noqa: PLC0415 - these import this module
     from cloud_bridge.store.pg_registry import PgRegistry, PgReplayCache  # noqa: PLC0415

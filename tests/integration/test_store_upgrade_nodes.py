@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from contextlib import closing
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -161,3 +163,21 @@ def test_an_index_an_interrupted_build_left_invalid_is_built_again(pg_url: Store
     valid, definition = tenant_due_index(pg_url)
     assert valid
     assert definition.startswith("CREATE INDEX intents_tenant_due ON public.intents USING btree (kind, tenant")
+
+
+async def test_db_upgrade_on_a_machine_whose_clock_is_ahead_still_sees_the_running_node(
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Heartbeats are written in the store's time (fleet view); `db upgrade` judged them by the operator machine's
+    clock, so from a machine a minute ahead every running node looked stopped and the breaking step was applied."""
+    async with node(tmp_path, server_cert_files, pg_url, "bridge-1", CountingIntegration()):
+        await until(lambda: "bridge-1" in pg_heartbeats(pg_url), what="the node's heartbeat")
+        # The operator's machine a minute ahead, for the store module's reading of the clock only (the node's too
+        # would move its heartbeat's age, which the store's clock now writes)
+        ahead = SimpleNamespace(time=lambda: time.time() + 60, monotonic=time.monotonic, sleep=time.sleep)
+        monkeypatch.setattr(pg, "time", ahead, raising=False)
+        monkeypatch.setattr(pg, "MIGRATIONS", breaking(PG_MIGRATIONS))
+        code, output = upgrade("--store", str(pg_url))
+        assert code == 1, output
+        assert "1 run on it (bridge-1: a heartbeat in the last 20 s)" in output
+        assert pg_version(pg_url) == len(PG_MIGRATIONS)

@@ -160,6 +160,8 @@ class AttachedClient:
                     )
                 elif failures == 0:
                     log.warning("cannot reach the attach broker (%s); retrying until it answers", why(exc))
+            except Exception:  # a defect: it ended the task silently, and the outbox looked attached and took nothing
+                log.exception("attach link failed unexpectedly; reconnecting")
             if self.connected.is_set():
                 self.connected.clear()
                 self.down_since = time.time()

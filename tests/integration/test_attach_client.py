@@ -277,6 +277,34 @@ async def test_a_failed_commit_drops_the_connection_so_the_broker_sends_again(
         assert not connect.clean
 
 
+async def test_an_unexpected_error_on_the_link_is_logged_and_the_link_connected_again(
+    broker: ScriptedBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error no handler expected (a defect: here the intake's) ended the attach task without a line, with
+    `connected` still set: the outbox looked attached and healthy, and took nothing more."""
+
+    class FailingOnce(HeldIntake):
+        def submit(self, topic: str, raw: bytes, **kw: Any) -> asyncio.Future[Any]:
+            if not self.taken:
+                self.taken.append((topic, raw, asyncio.get_running_loop().create_future()))
+                raise RuntimeError("a defect")
+            return super().submit(topic, raw, **kw)
+
+    intake = FailingOnce()
+    with caplog.at_level(logging.ERROR, logger="edge_outbox.attach"):
+        async with running(broker, intake) as client:
+            peer, _connect = await broker.session()
+            peer.publish(range(1, 2))
+            again, _connect = await broker.session(present=True)  # connected again, on its session
+            again.publish(range(1, 2))  # the broker sends the unacknowledged one again
+            await intake.wait_for(2)
+            intake.commit(1)
+            assert await again.pubacks(1) == [1]
+            assert client.connected.is_set()
+    assert "attach link failed unexpectedly; reconnecting" in caplog.text
+    assert "RuntimeError: a defect" in caplog.text
+
+
 async def test_a_stop_acknowledges_what_was_taken_once_committed_before_it_disconnects(broker: ScriptedBroker) -> None:
     """The stop sent DISCONNECT at once: what was committed and not yet acknowledged came again after the restart,
     and an intent without an app's id was then taken a second time, as a new one."""

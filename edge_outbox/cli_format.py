@@ -97,6 +97,7 @@ def link_view(link: dict[str, Any] | None, identity: Identity | None, pending: i
         "last_contact": format_ms(link["last_contact"]) if link.get("last_contact") else None,
         "rate": round(rate, 1),
         "drain_s": None if (drain := drain_seconds(pending, rate)) is None else round(drain, 1),
+        "error": link.get("error") or None,  # why the last attempt failed, while down
     }
 
 
@@ -144,6 +145,8 @@ def print_status(report: dict[str, Any]) -> None:
     else:
         drain_text = format_age(drain) if drain is not None else "-"
     console.print(f"link: {link['state']}; last contact: {link['last_contact'] or '-'}; estimated drain: {drain_text}")
+    if link.get("error"):
+        click.echo(f"link error: {cell(link['error'])}")  # one line, as it is: not wrapped to the terminal
     oldest = report["oldest_pending_age_s"]
     console.print(
         f"pending: {report['pending']} ({report['pending_bytes']} bytes); oldest pending: "

@@ -41,6 +41,7 @@ class LinkSnapshot:
     rate: float  # intents acknowledged per second over the last minute (0.0: none)
     connects: int = 0  # connections made since the outbox started
     failures: int = 0  # connection attempts that failed
+    error: str = ""  # while down: why the last attempt failed (forward_wire.link_failure's line, a refusal)
 
 
 def envelope_of(row: IntentRow, clock: BridgeClock) -> Envelope:
@@ -97,3 +98,25 @@ def confirm_groups(to_confirm: dict[str, int]) -> dict[int, list[str]]:
     for intent_id, attempt in to_confirm.items():
         groups.setdefault(attempt, []).append(intent_id)
     return groups
+
+
+def link_failure(failure: str, bridge_host: str) -> tuple[str, str]:
+    """(code, line) for a connection to the bridge that failed before MQTT spoke: `bridge_certificate` names what
+    fixes a certificate this device cannot verify (the TLS library's words named neither the pinned CA nor the
+    address); `bridge_unreachable` for anything else (refused, timed out, no route)."""
+    if "CERTIFICATE_VERIFY_FAILED" not in failure:
+        return "bridge_unreachable", f"bridge unreachable: {failure}"
+    if "mismatch" in failure or "not valid for" in failure:
+        fix = (
+            f"it does not name {bridge_host!r}, the bridge address this device was enrolled with (bridge_host in"
+            " DATA_DIR/identity/device.json): the bridge's certificate must name it, or, for a bridge that moved,"
+            " set bridge_host to a name its certificate has and restart `edge-outbox run`"
+        )
+    elif "expired" in failure or "not yet valid" in failure:
+        fix = "its validity period does not cover this device's clock: renew it at the bridge, or set the clock"
+    else:
+        fix = (
+            "it is not signed by the CA pinned at enrollment (DATA_DIR/identity/ca.pem, from `enroll --ca`): put"
+            " the CA that signs the bridge's certificate in that file (read at each connect)"
+        )
+    return "bridge_certificate", f"the bridge's certificate does not verify ({failure}): {fix}"

@@ -32,7 +32,7 @@ from edge_outbox.device_check import check_device
 from edge_outbox.errors import StorageError
 from edge_outbox.fleet_link import DeviceReporter, ReporterSettings, disk_facts
 from edge_outbox.fleet_report import EdgeFacts, RecentErrors
-from edge_outbox.forward_wire import LinkSnapshot, LinkState, confirm_groups, encode_rows
+from edge_outbox.forward_wire import LinkSnapshot, LinkState, confirm_groups, encode_rows, link_failure
 from edge_outbox.identity import Identity
 from edge_outbox.link_gate import LinkGate
 from edge_outbox.link_rate import AckRate
@@ -105,6 +105,7 @@ class Forwarder:
         )
         self._connects = 0
         self._failures = 0
+        self._error = ""  # why the last connection attempt failed; "" once connected
         self.errors = RecentErrors()
         self._reporter = DeviceReporter(
             store,
@@ -140,8 +141,9 @@ class Forwarder:
         self._rate.record(now, self._acked)
         rate = self._rate.rate(now)
         return LinkSnapshot(
-            self._state, self._since, self._last_contact, self._sent, self._acked, rate, self._connects, self._failures
-        )
+            self._state, self._since, self._last_contact, self._sent, self._acked, rate, self._connects, self._failures,
+            "" if self._state is LinkState.CONNECTED else self._error,
+        )  # fmt: skip
 
     def _set_state(self, state: LinkState) -> None:
         if state is not self._state:
@@ -195,7 +197,8 @@ class Forwarder:
             except aiomqtt.MqttCodeError as exc:
                 code = getattr(exc.rc, "value", exc.rc)
                 self._log.warning("bridge refused the connection: %s", exc)
-                self.errors.add(self._clock_ms(), "connect_refused", f"the bridge refused the connection: {exc}")
+                self._error = f"the bridge refused the connection: {exc}"
+                self.errors.add(self._clock_ms(), "connect_refused", self._error)
                 if code in _REFUSED_CODES:
                     answer = await check_device(
                         self._data_dir, self._identity, self._clock_ms, self._gate.clock, self._log
@@ -211,13 +214,15 @@ class Forwarder:
                         )
                         self._log.error("%s", detail)
                         self.errors.add(self._clock_ms(), "key_replaced", detail)
+                        self._error = detail
                     # A token refused for our clock: once, try again at once on the corrected clock.
                     if answer.time is not None and await self._learn_time(answer.time) and not retried_for_clock:
                         retried_for_clock = True
                         continue
             except (aiomqtt.MqttError, OSError) as exc:
-                self._log.warning("bridge unreachable: %s", exc)
-                self.errors.add(self._clock_ms(), "bridge_unreachable", f"bridge unreachable: {exc}")
+                code, self._error = link_failure(str(exc), self._identity.bridge_host)
+                self._log.warning("%s", self._error)
+                self.errors.add(self._clock_ms(), code, self._error)
             except StorageError as exc:  # before connecting (_send_as_this_device): try again later
                 self._log.error("not connecting: %s", exc)
                 self.errors.add(self._clock_ms(), "storage_error", f"not connecting: {exc}")
@@ -300,7 +305,7 @@ class Forwarder:
             self._last_contact = self._connected_at
             self._window.reset(self._connected_at)
             self._set_state(LinkState.CONNECTED)
-            self._connects += 1
+            self._connects, self._error = self._connects + 1, ""
             await client.subscribe(self._acks_topic, qos=1)
             await self._reporter.subscribe(client)
             self._stop_if_asked()  # a stop that came with the SUBACK (edge_outbox/cancelling.py)

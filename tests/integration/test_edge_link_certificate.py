@@ -1,0 +1,84 @@
+"""`edge-outbox run` facing a bridge whose certificate it cannot verify: `status` says it is the certificate, and what
+fixes it, where it said only that the link was connecting (and the log and the fleet report `bridge unreachable`).
+
+A real outbox process, a real TLS listener on loopback (trustme certificates) where the bridge should be."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from edge_outbox.identity import Identity, save_identity
+from intent_contract.device_token import generate_private_key_pem
+from tests.support.edge import OutboxProcess, cli
+from tests.support.net import free_port, wait_until
+
+Issue = Callable[[trustme.CA], trustme.LeafCert]
+CERTS: dict[str, Issue] = {
+    "wrong_name": lambda pinned: pinned.issue_cert("bridge.example"),  # the pinned CA, another name
+    "other_ca": lambda _pinned: trustme.CA().issue_cert("127.0.0.1"),  # the right name, a CA this device never saw
+}
+SAYS = {
+    "wrong_name": ("certificate is not valid for '127.0.0.1'", "set bridge_host to a name its certificate has"),
+    "other_ca": ("certificate verify failed", "put the CA that signs the bridge's certificate in that file"),
+}
+
+
+@contextlib.contextmanager
+def tls_listener(leaf: trustme.LeafCert) -> Iterator[int]:
+    """Accepts TLS handshakes on loopback (each fails at the client's check) until the test ends."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    leaf.configure_cert(context)
+    port = free_port()
+    server = socket.create_server(("127.0.0.1", port))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with contextlib.suppress(OSError), conn:
+                conn.settimeout(5)
+                context.wrap_socket(conn, server_side=True).close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+@pytest.mark.parametrize("kind", sorted(CERTS))
+def test_status_names_the_certificate_and_its_fix(tmp_path: Path, ca: trustme.CA, kind: str) -> None:
+    pinned = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(pinned))
+    data_dir = tmp_path / "edge"
+    with tls_listener(CERTS[kind](ca)) as port:
+        identity = Identity("edge-1", "acme", "edge-1", "127.0.0.1", port, f"https://127.0.0.1:{port}", "bridge")
+        save_identity(data_dir, identity, generate_private_key_pem(), pinned, None)
+        with OutboxProcess(data_dir, free_port()):
+
+            def link_error() -> str:
+                result = cli(data_dir, "status", "--json")
+                return json.loads(result.stdout)["link"].get("error") or "" if result.stdout else ""
+
+            error = wait_until(link_error, timeout=30, what="a failed connect recorded")
+            text = cli(data_dir, "status").stdout
+    assert error.startswith("the bridge's certificate does not verify (")
+    for words in SAYS[kind]:
+        assert words in error
+    assert f"link error: {error}" in text

@@ -107,16 +107,19 @@ def import_receipt(data_dir: Path, receipt_file: Path, max_bytes: int, as_json: 
 
     Statuses reach the apps as over MQTT (within a second when `run` is live, else when it starts).
     """
-    from edge_outbox.key_rotation import adopt_next_key, drop_refused  # noqa: PLC0415
+    from edge_outbox.key_rotation import adopt_next_key, drop_refused, one_rotation  # noqa: PLC0415
     from edge_outbox.receipt import apply_receipt, read_receipt  # noqa: PLC0415
 
     body, acks = read_receipt(data_dir, _read(receipt_file, max_bytes, " (--max-bytes)"), max_bytes)
-    with connection(data_dir) as conn:
-        applied = apply_receipt(conn, body, acks, now_ms())
-    if adopt_next_key(data_dir, body.next_key):
-        applied = replace(applied, key_rotated=True)
-    if body.rotation_refused is not None and drop_refused(data_dir, body.refused_key):
-        applied = replace(applied, key_refused=body.rotation_refused)
+    # Not beside a running rotate-key: this receipt may switch to its next key, or delete it, under it. Refused
+    # whole (a receipt applied again changes nothing it already changed).
+    with one_rotation(data_dir, "then import this receipt again: nothing of it was applied"):
+        with connection(data_dir) as conn:
+            applied = apply_receipt(conn, body, acks, now_ms())
+        if adopt_next_key(data_dir, body.next_key):
+            applied = replace(applied, key_rotated=True)
+        if body.rotation_refused is not None and drop_refused(data_dir, body.refused_key):
+            applied = replace(applied, key_refused=body.rotation_refused)
     if as_json:
         print_json(asdict(applied))
     else:

@@ -7,7 +7,8 @@ bridge takes that first use as the switch, after which the old key no longer wor
 whose answer was lost is simply made again with the same next key.
 
 One rotation at a time (`one_rotation`): two runs at once proposed the same next key, and the second to hear
-back found next.key already made device.key by the first, and ended in a traceback.
+back found next.key already made device.key by the first, and ended in a traceback. `import-receipt` holds it
+too: a receipt that accepts (or refuses) the next key switches to it (or deletes it) under a running rotation.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def one_rotation(data_dir: Path) -> Iterator[None]:
-    """Held for one rotation: an exclusive flock on the identity directory (the kernel ends it with the process,
-    however it ends); TransientError at once when another rotation holds it."""
+def one_rotation(data_dir: Path, then: str = "run it again if it failed") -> Iterator[None]:
+    """Held for one rotation, or one receipt's switch of keys (`import-receipt`): an exclusive flock on the identity
+    directory (the kernel ends it with the process, however it ends); TransientError at once, ending in `then`,
+    when another holds it."""
     try:
         fd = os.open(identity_dir(data_dir), os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
@@ -50,7 +52,7 @@ def one_rotation(data_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise TransientError(
-                f"another rotate-key is running on {data_dir}: wait for it to end (run it again if it failed)"
+                f"another rotate-key or import-receipt is running on {data_dir}: wait for it to end ({then})"
             ) from None
         yield
     finally:

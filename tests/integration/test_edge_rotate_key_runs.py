@@ -53,7 +53,8 @@ async def test_a_second_rotate_key_while_one_runs_is_refused_in_one_line(
     assert "Traceback" not in second.stderr and "Traceback" not in err
     assert second.returncode == 1
     assert second.stderr.strip().splitlines() == [
-        f"Error: another rotate-key is running on {edge_dir}: wait for it to end (run it again if it failed)"
+        f"Error: another rotate-key or import-receipt is running on {edge_dir}: wait for it to end (run it again if it"
+        " failed)"
     ]
     assert first.returncode == 0, err
     assert f"device {identity.device_id} signs with its new key" in out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_outbox.key_rotation import one_rotation
 from tests.support.offline_site import backlog, bridge, enrolled_site, import_file
 from tests.support.sneakernet import edge_cli
 from tests.support.stack import TENANT
@@ -68,3 +69,32 @@ def test_a_rotation_the_bridge_refuses_is_told_to_the_technician_and_the_operato
     audit = bridge(tmp_path / "bridge", "audit", "--json")
     assert audit.returncode == 0, audit.stderr
     assert '"key_in_use"' in audit.stdout
+
+
+@pytest.mark.timeout(180)
+def test_a_receipt_is_not_applied_while_a_rotation_runs(tmp_path: Path) -> None:
+    """`import-receipt` took no part in rotate-key's hold on identity/: a receipt accepting the next key switched to
+    it (or, refusing it, deleted it) under a running rotate-key, which then found no next.key (a traceback) or
+    switched to a key the bridge had refused."""
+    site = enrolled_site(tmp_path)
+    backlog(site, 1)
+    config = tmp_path / "bridge.toml"
+    config.write_text(f'[tenants.{TENANT}.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n')
+    assert edge_cli(site, "rotate-key", "--offline").returncode == 0
+    receipt = import_file(tmp_path, _export(site, tmp_path / "one.bundle"), config)
+    identity = site / "identity"
+    keys = {name: (identity / name).read_bytes() for name in ("device.key", "next.key")}
+
+    with one_rotation(site):  # what a running `edge-outbox rotate-key` holds
+        refused = edge_cli(site, "import-receipt", str(receipt))
+        assert refused.returncode == 1
+        assert refused.stderr.strip().splitlines() == [
+            f"Error: another rotate-key or import-receipt is running on {site}: wait for it to end (then import"
+            " this receipt again: nothing of it was applied)"
+        ]
+        assert {name: (identity / name).read_bytes() for name in keys} == keys
+
+    applied = edge_cli(site, "import-receipt", str(receipt))
+    assert applied.returncode == 0, applied.stderr
+    assert "accepted this device's new key" in applied.stdout
+    assert (identity / "device.key").read_bytes() == keys["next.key"]

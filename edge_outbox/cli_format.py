@@ -25,6 +25,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def counted(count: int, noun: str, plural: str = "") -> str:
+    """`1 intent`, `2 intents`: what the commands print used to say `1 intents` and `intent(s)`."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 def row_json(row: IntentRow, *, payload: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {k: v for k, v in row._asdict().items() if k not in ("payload", "seq", "confirmed")}
     out["state"] = str(row.state)
@@ -158,7 +163,10 @@ def print_status(report: dict[str, Any]) -> None:
         console.print(
             Text.assemble(
                 ("intake paused", "bold red"),
-                cell(f" since {intake['held_since']}: {intake['reason']}; {intake['held']} publishes held"),
+                cell(
+                    f" since {intake['held_since']}: {intake['reason']};"
+                    f" {counted(intake['held'], 'publish', 'publishes')} held"
+                ),
                 " (their PUBACK waits)",
             )
         )

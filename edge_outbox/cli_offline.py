@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from edge_outbox.cli_db import connection
-from edge_outbox.cli_format import now_ms, print_json
+from edge_outbox.cli_format import counted, now_ms, print_json
 from edge_outbox.cli_options import data_dir_option, json_option
 from edge_outbox.db import db_path
 from edge_outbox.identity import load_identity
@@ -76,25 +76,27 @@ def export_cmd(data_dir: Path, out: Path, max_bytes: int, as_json: bool) -> None
         print_json({**asdict(done), "file": str(out)})
         return
     click.echo(
-        f"bundle {done.bundle_id}: {done.intents} intents, {done.confirms} confirms, {done.bytes:,} bytes -> {out}"
+        f"bundle {done.bundle_id}: {counted(done.intents, 'intent')}, {counted(done.confirms, 'confirm')},"
+        f" {done.bytes:,} bytes -> {out}"
     )
     if done.left_out:
         # Not "export again": until a receipt says the bridge has this bundle's intents, the next export
         # takes them again first, and leaves out the same ones.
         click.echo(
-            f"{done.left_out} intents did not fit in this bundle (at most {MAX_BUNDLE_INTENTS:,} intents, within"
-            " --max-bytes): they go in the bundle you export after this one's receipt is applied",
+            f"{counted(done.left_out, 'intent')} did not fit in this bundle (at most {MAX_BUNDLE_INTENTS:,} intents,"
+            " within --max-bytes): they go in the bundle you export after this one's receipt is applied",
             err=True,
         )
     if done.identity_changed:
         click.echo(
-            f"{done.identity_changed} intents sent as the device this data dir was before it was enrolled again:"
-            " ended failed/identity_changed, not sent again",
+            f"{counted(done.identity_changed, 'intent')} sent as the device this data dir was before it was enrolled"
+            " again: ended failed/identity_changed, not sent again",
             err=True,
         )
     if done.unsendable:
         click.echo(
-            f"{done.unsendable} stored intents cannot be sent (stored by an older outbox): ended rejected/bad_json",
+            f"{counted(done.unsendable, 'stored intent')} cannot be sent (stored by an older outbox):"
+            " ended rejected/bad_json",
             err=True,
         )
 
@@ -124,7 +126,7 @@ def import_receipt(data_dir: Path, receipt_file: Path, max_bytes: int, as_json: 
         print_json(asdict(applied))
     else:
         states = ", ".join(f"{n} {state}" for state, n in sorted(applied.states.items())) or "no results"
-        click.echo(f"receipt {applied.receipt_id}: {states}; {applied.changed} intents changed state")
+        click.echo(f"receipt {applied.receipt_id}: {states}; {counted(applied.changed, 'intent')} changed state")
         offset = applied.clock.offset_ms
         if offset:
             side = "behind" if offset > 0 else "ahead of"
@@ -138,7 +140,9 @@ def import_receipt(data_dir: Path, receipt_file: Path, max_bytes: int, as_json: 
             err=True,
         )
     if applied.revoked:
-        raise click.ClickException(f"this device is revoked at the bridge: {applied.ended} pending intents ended")
+        raise click.ClickException(
+            f"this device is revoked at the bridge: {counted(applied.ended, 'pending intent')} ended"
+        )
 
 
 @click.command(name="flush")
@@ -182,7 +186,7 @@ def flush_cmd(data_dir: Path, timeout_text: str, as_json: bool) -> None:
         raise click.ClickException("this device is revoked at the bridge: its pending intents were ended")
     if result.pending:
         raise click.ClickException(
-            f"{result.pending} intents still pending after {format_age(timeout)} (link {result.link})"
+            f"{counted(result.pending, 'intent')} still pending after {format_age(timeout)} (link {result.link})"
         )
 
 
@@ -248,7 +252,8 @@ def intents_in_doubt(data_dir: Path) -> int:
 def say_identity_changed(ended: int) -> None:
     if ended:
         click.echo(
-            f"{ended} intents sent as the device this data dir was before were ended failed/identity_changed:"
+            f"{counted(ended, 'intent')} sent as the device this data dir was before"
+            f" {'was' if ended == 1 else 'were'} ended failed/identity_changed:"
             " the bridge has them under that device, and they are not sent again as this one",
             err=True,
         )

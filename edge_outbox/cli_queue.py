@@ -14,6 +14,7 @@ from click.core import ParameterSource
 from edge_outbox import lock, offline_ops, ops, paced, retention
 from edge_outbox.cli_db import connection
 from edge_outbox.cli_format import (
+    counted,
     now_ms,
     print_json,
     print_row,
@@ -110,7 +111,7 @@ def retry(data_dir: Path, intent_id: str | None, state: str | None, as_json: boo
     if as_json:
         print_json(shown)
     else:
-        click.echo(f"queued again: {count} intent(s)")
+        click.echo(f"queued again: {counted(count, 'intent')}")
 
 
 def _retry_state(data_dir: Path, state: State, as_json: bool) -> tuple[list[dict[str, Any]], int]:
@@ -171,14 +172,16 @@ def purge(data_dir: Path, older_than: float, state: str | None, dry_run: bool, y
         count = retention.purge(conn, before, states, True)
     if not dry_run and count and not yes:
         what = state or "final"
-        click.confirm(f"delete {count} {what} intent(s) older than {format_age(older_than)}?", abort=True, err=True)
+        click.confirm(
+            f"delete {counted(count, what + ' intent')} older than {format_age(older_than)}?", abort=True, err=True
+        )
     if not dry_run and count:
         with connection(data_dir) as conn:  # in paced steps: a running outbox's intake waits for one at most
             count = paced.in_transactions(conn, lambda c, step: retention.purge(c, before, states, limit=step))
     if as_json:
         print_json({"would_purge" if dry_run else "purged": count})
     else:
-        click.echo(f"{'would purge' if dry_run else 'purged'} {count} intent(s)")
+        click.echo(f"{'would purge' if dry_run else 'purged'} {counted(count, 'intent')}")
 
 
 COMMANDS = (status, list_intents, show, retry, cancel, purge)

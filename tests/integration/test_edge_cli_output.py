@@ -20,6 +20,7 @@ from edge_outbox import db, ops
 from edge_outbox.cli import main
 from edge_outbox.intake_rules import Refused, admit
 from edge_outbox.ops import QueueLimits
+from tests.support.edge import old_final_intents
 
 NOW = time.time_ns() // 1_000_000
 _ids = itertools.count()
@@ -110,3 +111,34 @@ def test_ls_does_not_hold_the_payloads_it_does_not_show(tmp_path: Path) -> None:
     listed = json.loads(result.output)
     assert len(listed) == 400 and listed[0]["id"] == "big-400" and listed[0]["size"] == 250_000
     assert peak < 20_000_000, peak  # before: over 100 MB, every payload read
+
+
+def test_counts_of_one_are_said_in_the_singular(tmp_path: Path) -> None:
+    """`purged 1 intent(s)`, `delete 1 final intent(s) ...?`, `queued again: 1 intent(s)`: the commands wrote
+    every count with a `(s)` (and `1 intents` elsewhere)."""
+    conn = db.connect(tmp_path)
+    try:
+        old_final_intents(conn, 1, NOW - 3 * 3600 * 1000)
+        conn.execute("UPDATE intents SET state = 'failed', code = 'smtp_550' WHERE id = 'old-1'")
+    finally:
+        conn.close()
+    retried = edge(tmp_path, "retry", "--state", "failed")
+    assert (retried.returncode, retried.stdout) == (0, "queued again: 1 intent\n"), retried.stderr
+    conn = db.connect(tmp_path)
+    try:
+        old_final_intents(conn, 2, NOW - 3 * 3600 * 1000, app="two")
+    finally:
+        conn.close()
+    assert edge(tmp_path, "purge", "--older-than", "1h", "--dry-run").stdout == "would purge 2 intents\n"
+    asked = edge(tmp_path, "purge", "--older-than", "1h", "--state", "delivered")  # no terminal: no answer
+    assert asked.returncode == 1 and "delete 2 delivered intents older than 1h00m?" in asked.stderr
+    edge(tmp_path, "purge", "--older-than", "1h", "--yes")
+    conn = db.connect(tmp_path)
+    try:
+        old_final_intents(conn, 1, NOW - 3 * 3600 * 1000, app="one")
+    finally:
+        conn.close()
+    asked = edge(tmp_path, "purge", "--older-than", "1h")
+    assert asked.returncode == 1 and "delete 1 final intent older than 1h00m?" in asked.stderr
+    purged = edge(tmp_path, "purge", "--older-than", "1h", "--yes")
+    assert (purged.returncode, purged.stdout) == (0, "purged 1 intent\n"), purged.stderr

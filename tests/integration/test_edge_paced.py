@@ -141,7 +141,7 @@ def test_edge_outbox_retry_state_commits_each_step_and_retries_each_intent_once(
     monkeypatch.setattr(paced, "rest_between_transactions", fail_again_in_the_rest, raising=False)
     result = CliRunner().invoke(main, ["retry", "--state", "failed", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == f"queued again: {2 * STEP + 1} intent(s)"
+    assert result.output.strip() == f"queued again: {2 * STEP + 1} intents"
     assert steps == [STEP, STEP, 1]
     rows = dict(db.connect(tmp_path).execute("SELECT state || '/' || attempt, COUNT(*) FROM intents GROUP BY 1"))
     assert rows == {"accepted/2": 2 * STEP, "failed/2": 1}  # old-1 was retried once, not again

@@ -25,13 +25,14 @@ from edge_outbox.fleet_link import disk_facts
 from edge_outbox.fleet_report import EdgeFacts
 from edge_outbox.forwarder import Forwarder
 from edge_outbox.health import BEAT_EVERY_S
-from edge_outbox.identity import load_identity
+from edge_outbox.identity import Identity, load_identity
 from edge_outbox.intake import Intake
 from edge_outbox.lock import ATTACH_KEY, BEAT_KEY, INTAKE_KEY, LINK_KEY, MAX_OFFLINE_KEY, DataDirLock
 from edge_outbox.mqtt.ports import EndpointSettings
 from edge_outbox.mqtt.server import MqttEndpoint
 from edge_outbox.ops import QueueLimits
 from edge_outbox.probe import Observed, Probe, held_since_ms
+from edge_outbox.reload import identity_to_forward, reload_at_each
 from edge_outbox.settings import OutboxSettings
 from edge_outbox.status import StatusFeed
 from edge_outbox.store import Store
@@ -154,22 +155,47 @@ class Outbox:
                 "not enrolled with a bridge: intents are kept here until `edge-outbox enroll` is run "
                 "and the outbox restarted"
             )
-        elif s.forward and not identity.http_url:
-            log.info("enrolled offline with no bridge address: intents leave in bundles (edge-outbox export)")
         elif s.forward:
-            self.forwarder = Forwarder(self.store, s.data_dir, identity, s.forwarder, now_ms, facts=self._edge_facts)
-            self._forwarding = asyncio.create_task(self.forwarder.run(), name="forwarder")
-            self._tasks.append(self._forwarding)
-            log.info("forwarding as device %s to %s", identity.device_id, identity.bridge_host)
+            self._forward(identity)
         log.info("edge outbox %s, data in %s", where, s.data_dir)
+
+    def _forward(self, identity: Identity) -> None:
+        if not identity.http_url:
+            log.info("enrolled offline with no bridge address: intents leave in bundles (edge-outbox export)")
+            return
+        s = self.settings
+        self.forwarder = Forwarder(self.store, s.data_dir, identity, s.forwarder, now_ms, facts=self._edge_facts)
+        self._forwarding = asyncio.create_task(self.forwarder.run(), name="forwarder")
+        self._tasks.append(self._forwarding)
+        log.info("forwarding as device %s to %s:%d", identity.device_id, identity.bridge_host, identity.mqtt_port)
+
+    def _stop_forwarding(self) -> asyncio.Task[None] | None:
+        """Stop sending (everything unacknowledged is resent by the next forwarder); the task, to await."""
+        task, self._forwarding = self._forwarding, None
+        if task is not None:
+            assert self.forwarder is not None
+            self.forwarder.request_stop()
+            task.cancel()
+            self._tasks.remove(task)
+        self.forwarder = None
+        return task
+
+    async def reload(self) -> None:
+        """SIGHUP: forward to the bridge device.json names now, on the CA ca.pem holds now (edge_outbox.reload)."""
+        identity = identity_to_forward(self.settings.data_dir, self._device_id)
+        if identity is None or not self.settings.forward:
+            return
+        if (task := self._stop_forwarding()) is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        self._forward(identity)
+        log.info("reloaded device.json and ca.pem")
 
     async def stop(self) -> None:
         if self.probe is not None:
             await self.probe.stop()
-        if self._forwarding is not None:
-            assert self.forwarder is not None
-            self.forwarder.request_stop()
-            self._forwarding.cancel()  # stop sending first; everything unacknowledged is resent next time
+        forwarding = self._stop_forwarding()  # stop sending first
+        if forwarding is not None:
+            self._tasks.append(forwarding)
         if self._transport is not None:
             await self._transport.stop()
         for task in self._tasks:
@@ -361,13 +387,16 @@ async def serve(
     ready: Callable[[], Awaitable[None] | None] | None = None,
     notify_socket: str | None = None,
 ) -> None:
-    """Run until SIGINT or SIGTERM; tells systemd at `notify_socket` (Type=notify) once it serves, and as it stops."""
+    """Run until SIGINT or SIGTERM, reloading at SIGHUP; tells systemd at `notify_socket` (Type=notify) once it
+    serves, and as it stops."""
     outbox = Outbox(settings)
-    stop = asyncio.Event()
+    stop, hup = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    # Before start(): the port opens inside it, and a SIGTERM from then on must stop us cleanly.
+    # Before start(): the port opens inside it, and a SIGTERM from then on must stop us cleanly. A SIGHUP during
+    # the start is held, and reloads once the outbox runs.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hup.set)
     await outbox.start()
     tune_garbage_collector()
     if ready is not None:
@@ -375,7 +404,10 @@ async def serve(
         if result is not None:
             await result
     notify(notify_socket, READY)
+    reloads = asyncio.create_task(reload_at_each(hup, outbox.reload), name="reloads")
     await stop.wait()
+    reloads.cancel()
+    await asyncio.gather(reloads, return_exceptions=True)
     log.info("stopping")
     notify(notify_socket, STOPPING)
     await outbox.stop()

@@ -1,0 +1,77 @@
+"""SIGHUP to a running `edge-outbox run` (`systemctl reload edge-outbox`): it reads the bridge's address in
+identity/device.json again and forwards there, where the signal used to end it (and systemd, counting SIGHUP a
+clean exit, did not start it again). A real outbox process, a real bridge on loopback TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_outbox.enroll_client import enroll
+from edge_outbox.identity import identity_dir
+from tests.support.bridge import Harness, counting, harness
+from tests.support.edge import OutboxProcess, cli
+from tests.support.net import free_port, until
+
+__all__ = ["counting", "harness"]  # fixtures
+
+
+def _link(data_dir: Path) -> dict[str, Any]:
+    result = cli(data_dir, "status", "--json")
+    return dict(json.loads(result.stdout)["link"]) if result.stdout else {}
+
+
+async def _enrolled(tmp_path: Path, harness: Harness) -> tuple[Path, dict[str, Any]]:
+    code = await asyncio.to_thread(harness.bridge.registry.create_code, "acme", "edge-1", 600, time.time())
+    edge_dir = tmp_path / "edge"
+    await asyncio.to_thread(enroll, edge_dir, harness.base_url, code, harness.ca_file)
+    return edge_dir, json.loads((identity_dir(edge_dir) / "device.json").read_text())
+
+
+async def test_a_sighup_forwards_to_the_address_device_json_names_now(tmp_path: Path, harness: Harness) -> None:
+    edge_dir, enrolled = await _enrolled(tmp_path, harness)
+    device = identity_dir(edge_dir) / "device.json"
+    device.write_text(json.dumps({**enrolled, "mqtt_port": free_port()}))  # the bridge is not (or no longer) there
+    outbox = await asyncio.to_thread(OutboxProcess(edge_dir, free_port()).start)
+    try:
+        await until(
+            lambda: asyncio.to_thread(lambda: "Connection refused" in (_link(edge_dir).get("error") or "")),
+            timeout=30, what="a refused connect recorded",
+        )  # fmt: skip
+        device.write_text(json.dumps(enrolled))  # the bridge's address as it is now
+        assert outbox.proc is not None
+        outbox.proc.send_signal(signal.SIGHUP)
+        await until(
+            lambda: asyncio.to_thread(lambda: _link(edge_dir).get("state") == "connected"),
+            timeout=30, what="connected to the address device.json names now",
+        )  # fmt: skip
+        assert outbox.proc.poll() is None
+    finally:
+        code = await asyncio.to_thread(outbox.stop)
+    assert code == 0, outbox.log()
+    assert "reloaded device.json and ca.pem" in outbox.log()
+
+
+async def test_a_sighup_for_another_device_is_refused_and_the_outbox_goes_on(tmp_path: Path, harness: Harness) -> None:
+    """A device.json naming another device (enrolled again beside the running outbox) takes a restart: a reload
+    that forwarded as it would send the old device's intents in flight as the new one."""
+    edge_dir, enrolled = await _enrolled(tmp_path, harness)
+    device = identity_dir(edge_dir) / "device.json"
+    outbox = await asyncio.to_thread(OutboxProcess(edge_dir, free_port()).start)
+    try:
+        await until(
+            lambda: asyncio.to_thread(lambda: _link(edge_dir).get("state") == "connected"), timeout=30, what="up"
+        )
+        device.write_text(json.dumps({**enrolled, "device_id": "another-device"}))
+        assert outbox.proc is not None
+        outbox.proc.send_signal(signal.SIGHUP)
+        await until(lambda: "reload refused: device.json is now device another-device" in outbox.log(), what="told")
+        assert outbox.proc.poll() is None
+        assert (await asyncio.to_thread(_link, edge_dir))["state"] == "connected"  # the link it had
+    finally:
+        code = await asyncio.to_thread(outbox.stop)
+    assert code == 0, outbox.log()

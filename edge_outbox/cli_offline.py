@@ -186,7 +186,8 @@ def flush_cmd(data_dir: Path, timeout_text: str, as_json: bool) -> None:
         raise click.ClickException("this device is revoked at the bridge: its pending intents were ended")
     if result.pending:
         raise click.ClickException(
-            f"{counted(result.pending, 'intent')} still pending after {format_age(timeout)} (link {result.link})"
+            f"{counted(result.pending, 'intent')} still pending after {format_age(timeout)} (link {result.link}"
+            f"{': ' + result.link_error if result.link_error else ''})"
         )
 
 

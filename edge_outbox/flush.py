@@ -41,23 +41,26 @@ class Flushed:
     link: str
     revoked: bool
     seconds: float
+    link_error: str = ""  # at the end, while the link was down: why its last attempt failed (a certificate, say)
 
 
 def _ended(before: Summary, after: Summary) -> dict[str, int]:
     return {s.value: after.counts[s.value] - before.counts[s.value] for s in State if s in FINAL}
 
 
-def _watch_state(conn: sqlite3.Connection, data_dir: Path, device_id: str) -> tuple[Summary, str, bool]:
+Watched = tuple[Summary, str, bool, str]  # the queue, the link's state, revoked, why the link's last attempt failed
+
+
+def _watch_state(conn: sqlite3.Connection, data_dir: Path, device_id: str) -> Watched:
     link = (lock.running(data_dir) or {}).get(LINK_KEY)  # as the running outbox recorded it
-    state = link.get("state", "offline") if isinstance(link, dict) else "offline"
-    return ops.summary(conn), str(state), offline_ops.revocation(conn, device_id) is not None
+    link = link if isinstance(link, dict) else {}
+    revoked = offline_ops.revocation(conn, device_id) is not None
+    return ops.summary(conn), str(link.get("state", "offline")), revoked, str(link.get("error") or "")
 
 
-async def _watch(
-    read: Callable[[], Awaitable[tuple[Summary, str, bool]]], timeout_s: float, progress: Progress | None
-) -> Flushed:
+async def _watch(read: Callable[[], Awaitable[Watched]], timeout_s: float, progress: Progress | None) -> Flushed:
     started = time.monotonic()
-    first, link, revoked = await read()
+    first, link, revoked, error = await read()
     last = first
     while True:
         done = max(0, first.pending - last.pending)
@@ -66,9 +69,9 @@ async def _watch(
         if last.pending == 0 or time.monotonic() - started >= timeout_s:
             break
         await asyncio.sleep(_POLL_S)
-        last, link, revoked = await read()
+        last, link, revoked, error = await read()
     ended = {k: v for k, v in _ended(first, last).items() if v > 0}
-    return Flushed(first.pending, last.pending, ended, link, revoked, time.monotonic() - started)
+    return Flushed(first.pending, last.pending, ended, link, revoked, time.monotonic() - started, error)
 
 
 def _set_flush(data_dir: Path, until: int) -> None:
@@ -99,10 +102,11 @@ async def flush(data_dir: Path, timeout_s: float, clock_ms: Callable[[], int], p
         forwarder = Forwarder(store, data_dir, identity, ForwarderSettings(), clock_ms)
         forwarding = asyncio.create_task(forwarder.run(), name="flush-forwarder")
 
-        async def read() -> tuple[Summary, str, bool]:
+        async def read() -> Watched:
             summary = await store.read(ops.summary)
             revoked = await store.read(offline_ops.revocation, identity.device_id) is not None
-            return summary, forwarder.snapshot().state.value, revoked
+            link = forwarder.snapshot()
+            return summary, link.state.value, revoked, link.error
 
         try:
             return await _watch(read, timeout_s, progress)
@@ -121,14 +125,14 @@ async def _through_running_outbox(
 ) -> Flushed:
     await asyncio.to_thread(_set_flush, data_dir, clock_ms() + int(timeout_s * 1000) + 1000)
 
-    def read_now() -> tuple[Summary, str, bool]:
+    def read_now() -> Watched:
         conn = db.connect(data_dir, create=False)
         try:
             return _watch_state(conn, data_dir, device_id)
         finally:
             conn.close()
 
-    async def read() -> tuple[Summary, str, bool]:
+    async def read() -> Watched:
         return await asyncio.to_thread(read_now)
 
     try:

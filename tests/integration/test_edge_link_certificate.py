@@ -1,5 +1,6 @@
 """`edge-outbox run` facing a bridge whose certificate it cannot verify: `status` says it is the certificate, and what
-fixes it, where it said only that the link was connecting (and the log and the fleet report `bridge unreachable`).
+fixes it, where it said only that the link was connecting (and the log and the fleet report `bridge unreachable`);
+so does a `flush` that ends with intents pending.
 
 A real outbox process, a real TLS listener on loopback (trustme certificates) where the bridge should be."""
 
@@ -10,13 +11,17 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
+from edge_outbox import db, ops
 from edge_outbox.identity import Identity, save_identity
+from edge_outbox.intake_rules import admit
+from edge_outbox.ops import QueueLimits
 from intent_contract.device_token import generate_private_key_pem
 from tests.support.edge import OutboxProcess, cli
 from tests.support.net import free_port, wait_until
@@ -78,7 +83,23 @@ def test_status_names_the_certificate_and_its_fix(tmp_path: Path, ca: trustme.CA
 
             error = wait_until(link_error, timeout=30, what="a failed connect recorded")
             text = cli(data_dir, "status").stdout
+            pending(data_dir)
+            flushed = cli(data_dir, "flush", "--timeout", "1s")  # a technician's link, through the running outbox
     assert error.startswith("the bridge's certificate does not verify (")
     for words in SAYS[kind]:
         assert words in error
     assert f"link error: {error}" in text
+    assert flushed.returncode == 1
+    assert flushed.stderr.splitlines()[-1].startswith("Error: 1 intent still pending after 1s (link ")
+    assert flushed.stderr.splitlines()[-1].endswith(f": {error})")
+
+
+def pending(data_dir: Path) -> None:
+    """One intent waiting, stored as the intake stores it."""
+    conn = db.connect(data_dir)
+    try:
+        payload = json.dumps({"to": "ops@example.com", "subject": "s", "text": "t"}).encode()
+        now = time.time_ns() // 1_000_000
+        ops.commit_intake(conn, admit("outbox/hvac/email.send", payload, now, lambda: "m1"), QueueLimits(), now)
+    finally:
+        conn.close()

@@ -110,7 +110,7 @@ def link_failure(failure: str, bridge_host: str) -> tuple[str, str]:
         fix = (
             f"it does not name {bridge_host!r}, the bridge address this device was enrolled with (bridge_host in"
             " DATA_DIR/identity/device.json): the bridge's certificate must name it, or, for a bridge that moved,"
-            " set bridge_host to a name its certificate has and restart `edge-outbox run`"
+            " set bridge_host to a name its certificate has and reload `edge-outbox run` (SIGHUP)"
         )
     elif "expired" in failure or "not yet valid" in failure:
         fix = "its validity period does not cover this device's clock: renew it at the bridge, or set the clock"

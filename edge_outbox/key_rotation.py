@@ -24,6 +24,7 @@ import httpx
 
 from edge_outbox.bridge_access import ANSWER_LIMIT, client_tls_context
 from edge_outbox.errors import PermanentError, TransientError
+from edge_outbox.forward_wire import link_failure
 from edge_outbox.identity import DEVICE_KEY, Identity, identity_dir
 from intent_contract import json_bounded, signed
 from intent_contract.device_token import generate_private_key_pem, is_private_key, public_key_pem
@@ -163,6 +164,9 @@ def rotate_online(data_dir: Path, identity: Identity, now: int) -> None:
             timeout=30,
         )
     except httpx.HTTPError as exc:
+        code, line = link_failure(str(exc), identity.bridge_host)
+        if code == "bridge_certificate":  # running it again meets the same certificate
+            raise PermanentError(f"cannot rotate the key: {line}") from None
         raise TransientError(f"cannot reach the bridge to rotate the key (run it again): {exc}") from None
     try:
         body = json_bounded.loads(response.content, max_bytes=ANSWER_LIMIT)

@@ -94,6 +94,26 @@ def test_status_names_the_certificate_and_its_fix(tmp_path: Path, ca: trustme.CA
     assert flushed.stderr.splitlines()[-1].endswith(f": {error})")
 
 
+@pytest.mark.parametrize("kind", sorted(CERTS))
+def test_rotate_key_names_the_certificate_and_its_fix(tmp_path: Path, ca: trustme.CA, kind: str) -> None:
+    """`rotate-key` said `cannot reach the bridge to rotate the key (run it again)`, which meets the same
+    certificate however often it is run."""
+    pinned = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(pinned))
+    data_dir = tmp_path / "edge"
+    with tls_listener(CERTS[kind](ca)) as port:
+        identity = Identity("edge-1", "acme", "edge-1", "127.0.0.1", port, f"https://127.0.0.1:{port}", "bridge")
+        save_identity(data_dir, identity, generate_private_key_pem(), pinned, None)
+        key = (data_dir / "identity" / "device.key").read_bytes()
+        rotated = cli(data_dir, "rotate-key")
+    assert rotated.returncode == 1
+    [line] = rotated.stderr.splitlines()
+    assert line.startswith("Error: cannot rotate the key: the bridge's certificate does not verify (")
+    for words in SAYS[kind]:
+        assert words in line
+    assert (data_dir / "identity" / "device.key").read_bytes() == key
+
+
 def pending(data_dir: Path) -> None:
     """One intent waiting, stored as the intake stores it."""
     conn = db.connect(data_dir)

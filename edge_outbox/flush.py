@@ -14,7 +14,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge_outbox import db, event_log, lock, offline_ops, ops
@@ -106,6 +106,7 @@ async def flush(data_dir: Path, timeout_s: float, clock_ms: Callable[[], int], p
             summary = await store.read(ops.summary)
             revoked = await store.read(offline_ops.revocation, identity.device_id) is not None
             link = forwarder.snapshot()
+            outbox_lock.record({LINK_KEY: asdict(link)})  # for `edge-outbox status` meanwhile (no heartbeat: not run)
             return summary, link.state.value, revoked, link.error
 
         try:

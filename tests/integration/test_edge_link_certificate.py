@@ -10,10 +10,13 @@ import contextlib
 import json
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -112,6 +115,32 @@ def test_rotate_key_names_the_certificate_and_its_fix(tmp_path: Path, ca: trustm
     for words in SAYS[kind]:
         assert words in line
     assert (data_dir / "identity" / "device.key").read_bytes() == key
+
+
+def test_status_beside_a_flush_shows_its_link(tmp_path: Path, ca: trustme.CA) -> None:
+    """A flush with no outbox running runs the forwarder itself and holds the data dir's lock: status said
+    `link: unknown (the running outbox recorded none: starting, or run with --no-forward)` all the while."""
+    pinned = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(pinned))
+    data_dir = tmp_path / "edge"
+    with tls_listener(CERTS["wrong_name"](ca)) as port:
+        identity = Identity("edge-1", "acme", "edge-1", "127.0.0.1", port, f"https://127.0.0.1:{port}", "bridge")
+        save_identity(data_dir, identity, generate_private_key_pem(), pinned, None)
+        pending(data_dir)
+        args = [sys.executable, "-m", "edge_outbox", "flush", "--timeout", "10m", "--data-dir", str(data_dir)]
+        with subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as flushing:
+            try:
+
+                def link() -> dict[str, Any]:
+                    result = cli(data_dir, "status", "--json")
+                    shown = json.loads(result.stdout) if result.stdout else {}
+                    return dict(shown["link"]) if shown.get("running") and shown["link"].get("error") else {}
+
+                shown = wait_until(link, timeout=30, what="the flush's link in status")
+            finally:
+                flushing.terminate()
+    assert shown["state"] in ("offline", "connecting")
+    assert "set bridge_host to a name its certificate has" in shown["error"]
 
 
 def pending(data_dir: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import mqtt5
 
 from edge_outbox.mqtt.session import Message
+from edge_outbox.mqtt.v5_strings import check_strings
 from edge_outbox.states import State
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
@@ -150,6 +151,7 @@ class V5:
         self.client_max: int | None = None  # the client's maximum packet size, once its CONNECT is read
 
     def decode(self, first: int, body: bytes) -> p.Packet:
+        check_strings(first, body)  # before the codec, which prints a traceback and a panic for such a string
         try:
             packet, _size = mqtt5.read(memoryview(p.whole(first, body)))
         except (ValueError, IndexError) as exc:

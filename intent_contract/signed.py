@@ -96,9 +96,13 @@ def read(data: bytes, *, typ: str, max_bytes: int) -> SignedDocument:
 
 
 def verify(document: SignedDocument, public_key_pem: str | bytes) -> bytes:
-    """The body, once its signature verifies with `public_key_pem`; SignatureError otherwise."""
+    """The body, once its signature verifies with `public_key_pem`; SignatureError otherwise, also for a key that
+    cannot be loaded. The key may come from the document itself (an enrollment request, a key rotation's next key):
+    one pyjwt reads as an OpenSSH key of a type cryptography does not know (`ecdsa-sha2-x ...`), or a PEM key on an
+    unknown curve, raised UnsupportedAlgorithm, which is no ValueError: `cloud-bridge devices enroll-offline`
+    printed a traceback for such a request, and POST /v1/rotate-key answered 500."""
     try:
         _JWS.decode_complete(document.signature, public_key_pem, algorithms=[ALGORITHM], detached_payload=document.body)
-    except (jwt.PyJWTError, ValueError) as exc:
-        raise SignatureError(f"the {document.typ} signature does not verify: {exc}") from exc
+    except (jwt.PyJWTError, ValueError, UnsupportedAlgorithm) as exc:
+        raise SignatureError(f"the {document.typ} signature does not verify: {exc!s:.200}") from exc
     return document.body

@@ -3,12 +3,18 @@ what it does to the sessions the old key opened."""
 
 from __future__ import annotations
 
+import base64
+import struct
+import time
+
 import pytest
 
 from cloud_bridge.device_keys import accept_rotation
 from cloud_bridge.errors import AuthError
 from cloud_bridge.store import Store
+from intent_contract import signed
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
+from intent_contract.offline_wire import KEY_ROTATION_TYPE, NEW_KEY_TYPE, NewKey
 from tests.support.bridge import Creds, Harness, counting, harness, rotation_document, until
 from tests.support.stores import store, store_url
 
@@ -75,3 +81,21 @@ async def test_the_replaced_key_is_refused_as_replaced_and_a_strangers_key_as_no
         assert harness.bridge.metrics.connects_refused.labels("key_replaced")._value.get() == 1
     finally:
         await old.stop()
+
+
+# An OpenSSH key of a type cryptography does not know: pyjwt reads a key beginning `ecdsa-sha2-` as one.
+UNLOADABLE_KEY = "ecdsa-sha2-x " + base64.b64encode(struct.pack("!I", 12) + b"ecdsa-sha2-x").decode()
+
+
+async def test_a_proposed_key_that_cannot_be_loaded_is_refused_and_the_device_keeps_its_key(harness: Harness) -> None:
+    """Its UnsupportedAlgorithm went past every handler of the rotation: a 500 and a traceback in the log."""
+    creds = await harness.enroll()
+    made = int(time.time() * 1000)
+    inner = signed.sign(NewKey(creds.device_id, UNLOADABLE_KEY, made).encode(), generate_private_key_pem(),
+                        typ=NEW_KEY_TYPE, kid=creds.device_id)  # fmt: skip
+    document = signed.sign(inner, creds.private_pem, typ=KEY_ROTATION_TYPE, kid=creds.device_id)
+    status, body = await harness.post("/v1/rotate-key", document)
+    assert (status, body["error"]) == (403, "rotation_refused")
+    assert (await harness.device_status(creds))[0] == 200
+    device = harness.bridge.registry.get(creds.device_id)
+    assert device is not None and device.next_public_key is None

@@ -5,17 +5,27 @@ anything is spent or lost."""
 
 from __future__ import annotations
 
+import base64
 import json
 import resource
 import stat
+import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from intent_contract import signed
+from intent_contract import sealed, signed
 from intent_contract.device_token import generate_private_key_pem
-from intent_contract.offline_wire import ENROLL_FILE_BYTES, ENROLL_RESPONSE_TYPE, RECEIPT_TYPE, Receipt
+from intent_contract.offline_wire import (
+    ENROLL_FILE_BYTES,
+    ENROLL_REQUEST_TYPE,
+    ENROLL_RESPONSE_TYPE,
+    RECEIPT_TYPE,
+    EnrollRequest,
+    Receipt,
+)
 from tests.support import disk
 from tests.support.cli_output import assert_one_line
 from tests.support.offline_site import bridge, enrolled_site, request, response, ticket
@@ -182,3 +192,20 @@ def test_a_ticket_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     made = ticket(tmp_path, "secret")
     assert json.loads(made.read_text())["code"]
     assert stat.S_IMODE(made.stat().st_mode) == 0o600
+
+
+def test_a_request_whose_key_cannot_be_loaded_is_refused_in_one_line_and_spends_nothing(tmp_path: Path) -> None:
+    """A key pyjwt reads as an OpenSSH key of a type cryptography does not know raised UnsupportedAlgorithm, which
+    no handler took: `enroll-offline` printed a traceback."""
+    made = json.loads(ticket(tmp_path, "s").read_text())
+    odd_key = "ecdsa-sha2-x " + base64.b64encode(struct.pack("!I", 12) + b"ecdsa-sha2-x").decode()
+    body = EnrollRequest(made["code"], odd_key, made["bridge"]["key_id"], int(time.time() * 1000)).encode()
+    document = signed.sign(body, generate_private_key_pem(), typ=ENROLL_REQUEST_TYPE, kid="device")
+    odd = tmp_path / "odd.request"
+    odd.write_bytes(sealed.seal(document, made["bridge"]["recipient"]))
+
+    refused = bridge(tmp_path / "bridge", "devices", "enroll-offline", str(odd), "--out", str(tmp_path / "odd.r"))
+
+    assert_one_line(refused, "the enrollment request is not signed by the key it enrolls")
+    devices = json.loads(bridge(tmp_path / "bridge", "devices", "ls", "--json").stdout)
+    assert devices == []

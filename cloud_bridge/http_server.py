@@ -18,8 +18,9 @@ from aiohttp import web
 
 from cloud_bridge.errors import ConfigError
 from cloud_bridge.settings import HostPort
-from intent_contract.accept import ConnectionWatch, GuardedListener, HeadDeadlines, ServerLog, within_deadlines
+from intent_contract.accept import ConnectionWatch, GuardedListener, HeadDeadlines, within_deadlines
 from intent_contract.accept_limits import DEFAULT_CONNECTION_LIMITS, ConnectionLimits
+from intent_contract.server_log import ServerLog
 
 REQUEST_HEAD_TIMEOUT_S = 30.0  # from the TLS handshake, or the last response, to a request's whole head
 REQUEST_TIMEOUT_S = 60.0  # from a request's head to its answer: its body read and the handler done

@@ -34,10 +34,11 @@ from cloud_bridge.front_door import MAX_CONNECT, MAX_PACKET, DeviceEvents, Liste
 from cloud_bridge.http_server import server_ssl_context
 from cloud_bridge.topic_acl import Access
 from intent_contract import mqtt_packets as p
-from intent_contract.accept import GuardedListener, HeadDeadlines, ServerLog, settle
+from intent_contract.accept import GuardedListener, HeadDeadlines, settle
 from intent_contract.errors import MalformedPacketError
 from intent_contract.logs import LogThrottle, left_out
 from intent_contract.mqtt_packets import ConnackCode, Type
+from intent_contract.server_log import ServerLog
 from intent_contract.turns import Turns
 
 logger = logging.getLogger(__name__)

@@ -25,8 +25,9 @@ from prometheus_client.registry import Collector
 from edge_outbox.errors import ConfigError
 from edge_outbox.health import problems
 from edge_outbox.ops import Summary
-from intent_contract.accept import GuardedListener, HeadDeadlines, ServerLog, within_deadlines
+from intent_contract.accept import GuardedListener, HeadDeadlines, within_deadlines
 from intent_contract.accept_limits import ConnectionLimits
+from intent_contract.server_log import ServerLog
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,9 @@ import ssl
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
 from intent_contract import proxied, proxy_header
@@ -382,28 +381,3 @@ def within_deadlines(heads: HeadDeadlines, request_timeout: float) -> Middleware
             heads.start(transport)  # the next request's head, on a kept-alive connection
 
     return middleware
-
-
-class ServerLog(logging.LoggerAdapter[logging.Logger]):
-    """aiohttp's server logger (`AppRunner(..., logger=ServerLog())`): a request aiohttp cannot parse is a line
-    of its own at most once per `interval`, saying why and how many were left out.
-
-    aiohttp logs each at ERROR with its traceback (about 600 bytes): a stranger sending malformed requests
-    grew the log by megabytes a second. What is not a bad request (a bug in a handler) keeps its traceback.
-    """
-
-    def __init__(self, interval: float = 10.0) -> None:
-        super().__init__(logging.getLogger("aiohttp.server"), {})
-        self._throttle = LogThrottle(interval)
-
-    def exception(self, msg: object, *args: object, exc_info: object = True, **kwargs: Any) -> None:
-        if not isinstance(exc_info, HttpProcessingError):
-            self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
-            return
-        not_logged = self._throttle.allow(time.monotonic())
-        if not_logged is not None:
-            reason = " ".join(str(exc_info.message).split())[:200]
-            self.logger.warning(
-                f"{msg}: %d %s%s", *args, exc_info.code, reason, left_out(not_logged),
-                extra={"code": "bad_request", "not_logged": not_logged},
-            )  # fmt: skip

@@ -120,6 +120,24 @@ async def test_a_body_that_is_not_its_content_encoding_is_malformed(harness: Har
     assert status in (400, 403) and json.loads(response.split(b"\r\n\r\n", 1)[1])["error"] != "malformed"
 
 
+async def test_a_body_nobody_reads_that_is_not_its_content_encoding_writes_no_traceback(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp reads the body of a request whose handler did not (a GET /healthz, a 404, a 405) after the answer;
+    one that is not the deflate it claims raised RequestPayloadError there, logged "Unhandled exception" with
+    three chained tracebacks (about 30 lines), for each such request from anyone, unthrottled."""
+    caplog.set_level(logging.WARNING)
+    headers = [("Content-Encoding", b"deflate")]
+    for method, path, expected in [("GET", "/healthz", 200), ("GET", "/nowhere", 404), ("PUT", "/v1/enroll", 405)]:
+        for _ in range(3):
+            status, _response = await raw_request(harness, method, path, headers, b"\x00\xff" * 4000)
+            assert status == expected, (method, path)
+    server_lines = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert not [r for r in server_lines if r.exc_info], [r.getMessage() for r in server_lines]
+    assert server_lines and all(getattr(r, "code", None) == "bad_request" for r in server_lines)
+    assert "Can not decode content-encoding: deflate" in server_lines[0].getMessage()
+
+
 @pytest.mark.parametrize(
     ("what", "lines"),
     [

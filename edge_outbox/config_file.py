@@ -33,11 +33,15 @@ SHARED = ("data_dir", "max_offline")
 
 def _wrong_type(param: click.Option, value: object) -> str | None:
     """Why a TOML value cannot stand for `param` where its converter would not say (a number for a path
-    was taken as a file descriptor; a number for a flag failed in click)."""
+    was taken as a file descriptor; a number for a flag failed in click; a fraction or a boolean for a count
+    was cut to an integer)."""
     if param.is_flag:
         return None if isinstance(value, bool) else "must be true or false"
     if isinstance(param.type, click.Path) and not isinstance(value, str):
         return "must be a string (a path)"
+    if isinstance(param.type, click.types.IntParamType) and (type(value) is not int):
+        # click takes int(value): 0.5 was 0, which `max_queue_items` takes for "no limit", and true was 1.
+        return "must be a whole number"
     if param.multiple:
         return None if isinstance(value, list) else "must be a list"
     if isinstance(value, list | dict):

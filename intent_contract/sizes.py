@@ -19,4 +19,6 @@ def parse_size(text: str) -> int:
         raise ValueError(f"{text!r} is not a size (e.g. 500M, 2G, 1048576)") from None
     if not abs(size) <= MAX_SIZE:  # also NaN
         raise ValueError(f"{text!r} is not a size of at most 8 PiB")
+    if size != int(size):  # "0.5" was 0 bytes, which a limit takes for "no limit"; "1.5" was 1 byte
+        raise ValueError(f"{text!r} is not a whole number of bytes (e.g. 500M, 1.5G, 1048576)")
     return int(size)

@@ -6,6 +6,7 @@ behind messages that look like an operator's mistake.
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -272,3 +273,21 @@ def test_edge_run_marks_the_database_and_an_older_one_is_upgraded(tmp_path: Path
     with sqlite3.connect(older / db.DB_NAME) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (db.SCHEMA_VERSION,)
     conn.close()
+
+
+def test_a_fraction_for_a_size_or_a_count_is_refused_not_cut_to_no_limit(tmp_path: Path) -> None:
+    """`--max-queue-bytes 0.5` and `max_queue_items = 0.5` in the config file were cut to 0, which these limits
+    take for "no limit"; `1.5` to 1 (every intent then held as over the queue's limit), `true` to 1. The outbox
+    ran with them without a word. A port held here makes a run that got past its options end at once."""
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        listen = f"127.0.0.1:{held.getsockname()[1]}"
+        edge = str(tmp_path / "edge")
+        for size in ("0.5", "1.5", "0.3K"):
+            result = run_cli("edge_outbox", "run", "--data-dir", edge, "--listen", listen, "--max-queue-bytes", size)
+            assert_refused(result, f"'{size}' is not a whole number of bytes")
+        for value in ("0.5", "1.5", "true"):
+            config = tmp_path / "config.toml"
+            config.write_text(f'listen = "{listen}"\nmax_queue_items = {value}\n')
+            result = run_cli("edge_outbox", "--config", str(config), "run", "--data-dir", edge)
+            assert_refused(result, f"max_queue_items = {value.capitalize()}: must be a whole number")
+        assert_refused(run_cli("edge_outbox", "run", "--data-dir", edge, "--listen", listen), "already in use")

@@ -105,6 +105,10 @@ def test_durations_and_sizes_past_their_bounds_are_value_errors() -> None:
     for text in ("1e309", "inf", "-inf", "nan", f"{MAX_SIZE + 2**11}", "9999999999G"):
         with pytest.raises(ValueError, match="size"):
             parse_size(text)
+    assert (parse_size("1.5G"), parse_size("0.5K"), parse_size("2e9")) == (3 << 29, 512, 2_000_000_000)
+    for text in ("0.5", "1.5", "0.3K"):  # were 0 ("no limit" to a queue limit), 1 and 307
+        with pytest.raises(ValueError, match="not a whole number of bytes"):
+            parse_size(text)
 
 
 def test_rfc3339() -> None:

@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from edge_outbox.errors import ConfigError, PermanentError
 from intent_contract import sealed
 from intent_contract.files import write_atomic
@@ -27,7 +31,7 @@ class BridgePins:
     signing_key: str
 
     def __post_init__(self) -> None:
-        if not is_name(self.key_id) or not sealed.is_recipient(self.recipient) or "PUBLIC KEY" not in self.signing_key:
+        if not is_name(self.key_id) or not sealed.is_recipient(self.recipient) or not _p256(self.signing_key):
             raise ConfigError("the bridge's offline keys are malformed (key_id, recipient, signing_key)")
 
     @classmethod
@@ -38,6 +42,16 @@ class BridgePins:
             return cls(str(data["key_id"]), str(data["recipient"]), str(data["signing_key"]))
         except KeyError as exc:
             raise ConfigError(f"the bridge's offline keys lack {exc}") from None
+
+
+def _p256(pem: str) -> bool:
+    """Whether `pem` is a P-256 public key. It was only looked for "PUBLIC KEY" in: a ticket's key that no
+    receipt could ever verify with was pinned, and each receipt was then refused as not verifying."""
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm, UnicodeError):
+        return False
+    return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
 
 
 def save_pins(identity_dir: Path, pins: BridgePins) -> None:

@@ -74,6 +74,18 @@ def test_a_huge_ticket_is_refused_without_reading_it(tmp_path: Path) -> None:
     assert_one_line(result, f"{huge}: 4,294,967,296 bytes is over the {ENROLL_FILE_BYTES:,}-byte limit")
 
 
+def test_a_ticket_whose_signing_key_is_not_a_p256_key_is_refused_before_a_request_is_made(tmp_path: Path) -> None:
+    """Any text holding "PUBLIC KEY" was pinned as the bridge's receipt key: the site enrolled, and every receipt
+    was then refused as one that does not verify."""
+    good = json.loads(ticket(tmp_path, "k").read_text())
+    bad = tmp_path / "bad.ticket"
+    for key in ("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n", "PUBLIC KEY"):
+        bad.write_text(json.dumps({**good, "bridge": {**good["bridge"], "signing_key": key}}))
+        refused = edge_cli(tmp_path / "site", "enroll-request", "--ticket", str(bad), "--out", str(tmp_path / "k.r"))
+        assert_one_line(refused, "the bridge's offline keys are malformed (key_id, recipient, signing_key)")
+        assert not (tmp_path / "k.r").exists()
+
+
 BAD_URL = "https://[bridge.example.com]:8443"
 
 

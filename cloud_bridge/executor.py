@@ -42,6 +42,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
+from cloud_bridge.errors import BridgeError
 from cloud_bridge.fair_share import FairRound, Shares
 from cloud_bridge.integrations.base import Integration
 from cloud_bridge.job_run import JobRun, Observe, ignore
@@ -111,6 +112,7 @@ class Executor:
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
+        self._renew_owed = False  # the last renewal failed: no claim until one goes through
         self._stopping = False
 
     def use(
@@ -283,6 +285,10 @@ class Executor:
         due): only those may sleep until the next due time; a kind with a full or capped pool waits for
         a job to end.
         """
+        if self._renew_owed and not await self._renew():
+            # A claim before the renewal would take this node's own lapsed rows, whose results may wait to be
+            # recorded (job_run): on a full disk, each such call ran twice once space came back.
+            return 0, []
         taken = 0
         idle: set[str] = set()
         busy: set[str] = set()
@@ -371,13 +377,27 @@ class Executor:
         """Every third of a lease, extend the leases of the jobs still running, so no other node takes them."""
         while True:
             await asyncio.sleep(self._lease / 3)
-            held = [*self._held.values()] + [entry for ready in self._ready.values() for entry, _ in ready]
-            if not held:
-                continue
-            try:
+            await self._renew()
+
+    async def _renew(self) -> bool:
+        """Extend the leases of the running jobs and the rows claimed ahead; False when the store failed (logged
+        once until a renewal goes through again)."""
+        held = [*self._held.values()] + [entry for ready in self._ready.values() for entry, _ in ready]
+        try:
+            if held:
                 await self._ledger.renew(held, self._now() + self._lease)
-            except Exception:
-                logger.exception("could not renew the leases of %d running jobs", len(held))
+        except Exception as exc:
+            if not self._renew_owed:
+                ours = isinstance(exc, BridgeError)  # a store failing; anything else is a bug: its traceback
+                code = exc.code if isinstance(exc, BridgeError) else type(exc).__name__
+                logger.error("could not renew the leases of %d running jobs (%s); no claims until they are",
+                             len(held), code, extra={"code": code}, exc_info=not ours)  # fmt: skip
+            self._renew_owed = True
+            return False
+        if self._renew_owed:
+            logger.warning("leases renewed again; claiming again")
+            self._renew_owed = False
+        return True
 
     async def _idle_delay(self, kinds: list[str]) -> float:
         """How long to sleep when `kinds` have free slots but nothing due: until the next is due, at most idle_poll."""

@@ -4,8 +4,9 @@ The executor (cloud_bridge/executor.py) claims rows and holds a slot for each wh
 `outcome.before_run` may end it first (past its deadline, its device revoked), else the integration is
 called and `outcome.after_run` decides (delivered, failed, expired, or back to the queue for a retry);
 the ledger records it, and a final result goes to the device (`on_final`). A result the store fails to
-record is tried again (FINISH_TRIES); one it never could leaves the row running: it resumes at restart, or
-another node claims it when its lease runs out.
+record is tried again for as long as the store fails (the job keeps its slot, the executor its lease); one
+never recorded (the node stopped meanwhile) leaves the row running: it resumes at restart, or another
+node claims it when its lease runs out.
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ from intent_contract.codec import Ack
 
 logger = logging.getLogger(__name__)
 
-# A result the store failed to record is tried again, FINISH_TRIES times in all, waiting FINISH_RETRY_FIRST
-# seconds, then twice as long each time up to FINISH_RETRY_CAP (about 9 s in all: within a lease, which the
-# executor renews meanwhile).
-FINISH_TRIES = 10
+# A result the store failed to record is tried again until it is recorded, waiting FINISH_RETRY_FIRST seconds,
+# then twice as long each time up to FINISH_RETRY_CAP, under the lease the executor keeps renewing.
 FINISH_RETRY_FIRST = 0.05
 FINISH_RETRY_CAP = 2.0
 
@@ -142,20 +141,30 @@ class JobRun:
     async def _record(
         self, entry: LedgerEntry, state: EntryState, code: str, detail: str, name: str, seconds: float | None
     ) -> Ack:
-        """`Ledger.finish`, tried again while the store fails (FINISH_TRIES in all): a result not recorded leaves
-        the row running, and once its lease runs out it runs again. One failed transaction (a connection the
-        database ended: a failover, a pooler restart, pg_terminate_backend) sent an email twice. A finish whose
-        commit went through unanswered is found recorded by the next try (the row is no longer held)."""
+        """`Ledger.finish`, tried again for as long as the store fails: a result not recorded leaves the row
+        running, and once its lease runs out it runs again. One failed transaction (a connection the database
+        ended: a failover, a pooler restart, pg_terminate_backend) sent an email twice; so did a full disk that
+        outlasted the 10 tries (about 9 s) this used to make. A finish whose commit went through unanswered is
+        found recorded by the next try (the row is no longer held). Logged when it first fails and when it is
+        recorded, not at every try."""
         delay = FINISH_RETRY_FIRST
-        for _ in range(FINISH_TRIES - 1):
+        failed = 0
+        while True:
             try:
-                return await self._ledger.finish(entry, state, code, detail, self._now(), name, seconds=seconds)
+                ack = await self._ledger.finish(entry, state, code, detail, self._now(), name, seconds=seconds)
             except TransientError as exc:
-                logger.warning("%s/%s: result not recorded (%s); trying again in %.1fs", entry.device_id,
-                               entry.intent_id, exc.code, delay, extra=log_context(entry, code=exc.code))  # fmt: skip
+                if not failed:
+                    logger.warning("%s/%s: result not recorded (%s); trying again until the store takes it",
+                                   entry.device_id, entry.intent_id, exc.code,
+                                   extra=log_context(entry, code=exc.code))  # fmt: skip
+                failed += 1
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, FINISH_RETRY_CAP)
-        return await self._ledger.finish(entry, state, code, detail, self._now(), name, seconds=seconds)
+                continue
+            if failed:
+                logger.warning("%s/%s: result recorded after %d failed tries", entry.device_id, entry.intent_id,
+                               failed, extra=log_context(entry, code="recorded"))  # fmt: skip
+            return ack
 
     async def _notify(self, entry: LedgerEntry, ack: Ack) -> None:
         try:

@@ -22,11 +22,12 @@ from collections.abc import Awaitable, Callable
 
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.metrics import BridgeMetrics
-from intent_contract.logs import LogThrottle, left_out
+from intent_contract.logs import LogThrottle, LogThrottles, left_out
 
 logger = logging.getLogger(__name__)
 
 DROP_LOG_INTERVAL = 10.0  # seconds between a device's "queue full" lines
+ERROR_LOG_INTERVAL = 10.0  # seconds between "message not processed" lines of one code
 
 Stage = Callable[[], Awaitable[object]]
 Handle = Callable[[str, str, bytes], Awaitable[Stage]]  # a message's first stage; it returns the second
@@ -45,6 +46,7 @@ class DeviceQueues:
         self._queues: dict[str, deque[tuple[str, bytes]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._drop_logs: dict[str, LogThrottle] = {}  # per device that dropped (enrolled devices only)
+        self._error_logs = LogThrottles(ERROR_LOG_INTERVAL)  # per error code (ours: a handful)
 
     def submit(self, device_id: str, leaf: str, data: bytes) -> None:
         """Queue one permitted publish of `device_id`; drops it when that device's queue is full."""
@@ -82,9 +84,12 @@ class DeviceQueues:
                     await second()
                 except BridgeError as exc:  # the edge resends anything not acked: keep serving this device
                     self._metrics.batches.labels("error").inc()
-                    logger.error(
-                        "message not processed: %s", exc.code, extra={"device_id": device_id, "code": exc.code}
-                    )
+                    # A line per code per ERROR_LOG_INTERVAL (the metric counts every one): a store refusing every
+                    # batch (a full disk, an outage) wrote a line per batch of every device, and its resends.
+                    not_logged = self._error_logs.allow(exc.code, time.monotonic())
+                    if not_logged is not None:
+                        context = {"device_id": device_id, "code": exc.code, "not_logged": not_logged}
+                        logger.error("message not processed: %s%s", exc.code, left_out(not_logged), extra=context)
                 finally:
                     self._queued_bytes[device_id] -= len(data)
         finally:

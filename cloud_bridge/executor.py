@@ -46,10 +46,12 @@ from cloud_bridge.errors import BridgeError
 from cloud_bridge.fair_share import FairRound, Shares
 from cloud_bridge.integrations.base import Integration
 from cloud_bridge.job_run import JobRun, Observe, ignore
+from cloud_bridge.lease_renewal import LeaseRenewal
 from cloud_bridge.ledger import DEFAULT_LEASE, ClaimOffer, Ledger, LedgerEntry, log_context
 from cloud_bridge.outcome import RetryPolicy
 from cloud_bridge.tenant_pools import VENDOR, Claims, Pool, Pools
 from intent_contract.codec import Ack
+from intent_contract.logs import FailureEpisode
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +114,8 @@ class Executor:
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
-        self._renew_owed = False  # the last renewal failed: no claim until one goes through
+        self._leases = LeaseRenewal(ledger, lease, now)  # owed: the last renewal failed, no claim until one works
+        self._reads = FailureEpisode(logger, "executor cannot read the ledger")
         self._stopping = False
 
     def use(
@@ -270,9 +273,14 @@ class Executor:
                 # With every slot busy, a finishing job wakes us; only free slots need the next due time
                 # (asking on every pass scanned all queued rows, 11% of the bridge's time in a drain).
                 delay = await self._idle_delay(idle_kinds) if idle_kinds else self._idle_poll
+            except BridgeError as exc:  # the store refuses (a full disk, an outage): a line at its start and end
+                self._reads.failed(exc)
+                delay = self._idle_poll
             except Exception:
                 logger.exception("executor could not read the ledger; trying again in %.1fs", self._idle_poll)
                 delay = self._idle_poll
+            else:
+                self._reads.worked()
             if self._stopping:
                 return
             with contextlib.suppress(TimeoutError):
@@ -285,10 +293,8 @@ class Executor:
         due): only those may sleep until the next due time; a kind with a full or capped pool waits for
         a job to end.
         """
-        if self._renew_owed and not await self._renew():
-            # A claim before the renewal would take this node's own lapsed rows, whose results may wait to be
-            # recorded (job_run): on a full disk, each such call ran twice once space came back.
-            return 0, []
+        if self._leases.owed and not await self._leases.renew(self._holding()):
+            return 0, []  # a claim first would take our own lapsed rows (lease_renewal.py)
         taken = 0
         idle: set[str] = set()
         busy: set[str] = set()
@@ -377,27 +383,11 @@ class Executor:
         """Every third of a lease, extend the leases of the jobs still running, so no other node takes them."""
         while True:
             await asyncio.sleep(self._lease / 3)
-            await self._renew()
+            await self._leases.renew(self._holding())
 
-    async def _renew(self) -> bool:
-        """Extend the leases of the running jobs and the rows claimed ahead; False when the store failed (logged
-        once until a renewal goes through again)."""
-        held = [*self._held.values()] + [entry for ready in self._ready.values() for entry, _ in ready]
-        try:
-            if held:
-                await self._ledger.renew(held, self._now() + self._lease)
-        except Exception as exc:
-            if not self._renew_owed:
-                ours = isinstance(exc, BridgeError)  # a store failing; anything else is a bug: its traceback
-                code = exc.code if isinstance(exc, BridgeError) else type(exc).__name__
-                logger.error("could not renew the leases of %d running jobs (%s); no claims until they are",
-                             len(held), code, extra={"code": code}, exc_info=not ours)  # fmt: skip
-            self._renew_owed = True
-            return False
-        if self._renew_owed:
-            logger.warning("leases renewed again; claiming again")
-            self._renew_owed = False
-        return True
+    def _holding(self) -> list[LedgerEntry]:
+        """The rows this executor holds: its jobs running and the rows claimed ahead."""
+        return [*self._held.values()] + [entry for ready in self._ready.values() for entry, _ in ready]
 
     async def _idle_delay(self, kinds: list[str]) -> float:
         """How long to sleep when `kinds` have free slots but nothing due: until the next is due, at most idle_poll."""

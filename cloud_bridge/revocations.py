@@ -24,6 +24,7 @@ from cloud_bridge.errors import BridgeError
 from cloud_bridge.ledger import Ledger
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry
+from intent_contract.logs import FailureEpisode
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class RevocationWatcher:
         self._checked: dict[str, str] = {}
         self._settle = settle  # (device id): settles its results; None where the revocation itself does
         self._unsettled: set[str] = set()  # revoked devices whose results are not settled yet
+        # A registry or ledger refusing every poll (a full disk) is a line when it starts and when it ends.
+        self._reads = FailureEpisode(logger, "revocation watcher cannot read the registry")
+        self._key_reads = FailureEpisode(logger, "revocation watcher cannot read the devices' keys")
+        self._settles = FailureEpisode(logger, "revocation watcher cannot settle revoked devices' results")
 
     async def start(self) -> None:
         """Read the revoked ids, then watch for more."""
@@ -100,8 +105,9 @@ class RevocationWatcher:
                     self.revoked = revoked
                     self._checked.clear()  # a key may have ended: every session is checked again
                     last = counter
-            except BridgeError:
-                logger.exception("revocation watcher cannot read the registry")
+                self._reads.worked()
+            except BridgeError as exc:
+                self._reads.failed(exc)
             await self._settle_unsettled()
             # Every poll, not only when the counter moved: a CONNECT whose revocation check came before the
             # revocation can be accepted after the poll that saw it (its signature and replay checks take
@@ -118,10 +124,10 @@ class RevocationWatcher:
         for device_id in sorted(self._unsettled):
             try:
                 settled = await self._settle(device_id)
-            except BridgeError:
-                logger.exception("cannot settle the results of revoked device %s", device_id,
-                                 extra={"device_id": device_id})  # fmt: skip
+            except BridgeError as exc:
+                self._settles.failed(exc)
                 return
+            self._settles.worked()
             self._unsettled.discard(device_id)
             if settled:
                 logger.info("results of revoked device %s settled: %d", device_id, settled,
@@ -138,8 +144,9 @@ class RevocationWatcher:
             return
         try:
             keys = await own_thread(self._registry.active_keys, list(unchecked))
-        except BridgeError:
-            logger.exception("revocation watcher cannot read the devices' keys")
+            self._key_reads.worked()
+        except BridgeError as exc:
+            self._key_reads.failed(exc)
             return
         good, ended = sessions_to_end(unchecked, keys)
         self._checked.update(good)

@@ -179,3 +179,27 @@ class LogThrottles:
 def left_out(not_logged: int) -> str:
     """What a throttled line adds to its message: how many like it were left out since the last."""
     return f" ({not_logged} more since the last line)" if not_logged else ""
+
+
+@dataclass(slots=True)
+class FailureEpisode:
+    """A repeated operation's failures (a loop reading a store that a full disk or an outage refuses), logged
+    once when they start (ERROR, without a traceback: they are not bugs) and once when it works again: a store
+    down for an hour is two lines, where every try wrote an ERROR line and its traceback (several a second)."""
+
+    logger: logging.Logger
+    what: str
+    failures: int = 0
+
+    def failed(self, exc: BaseException) -> None:
+        """One more failure: the first of an episode is logged."""
+        self.failures += 1
+        if self.failures == 1:
+            self.logger.error("%s: %s; tried again, one line when it works again", self.what, exc,
+                              extra={"code": getattr(exc, "code", None)})  # fmt: skip
+
+    def worked(self) -> None:
+        """It worked: the end of an episode is logged."""
+        if self.failures:
+            self.logger.warning("%s: works again after %d failed tries", self.what, self.failures)
+            self.failures = 0

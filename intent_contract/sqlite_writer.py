@@ -186,7 +186,9 @@ class GroupCommitWriter:
             failure = self._hooks.convert(exc)
             results = [(op.future, None, failure) for op in group]
         else:
-            if self.failing:
+            # A write's commit ends the episode; a group of reads alone went through on a full disk as well, and
+            # every one of them wrote "commit again", then the next write "transactions fail", a pair a second.
+            if self.failing and writes:
                 log.warning("%s: transactions commit again", self._name)
                 self.failing = False
             if writes:

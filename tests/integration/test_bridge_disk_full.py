@@ -4,14 +4,28 @@ itself once space returns (a real tmpfs, filled; tests/support/disk.py)."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from cloud_bridge.errors import TransientError
+import pytest
+
+from cloud_bridge.errors import BridgeError, TransientError
 from cloud_bridge.ledger import Ledger
-from tests.support.bridge import HeldIntegration, email, make_settings, running_bridge, until
+from tests.support.bridge import (
+    CountingIntegration,
+    HeldIntegration,
+    counting,
+    email,
+    make_settings,
+    running_bridge,
+    until,
+)
 from tests.support.disk import fill, small_disk
+
+__all__ = ["counting"]  # fixtures
 
 
 class RefusedFinishes:
@@ -28,6 +42,77 @@ class RefusedFinishes:
         except TransientError:
             self.count += 1
             raise
+
+
+class Refusals:
+    """Counts the calls of `owner.name` (the real one, sync or async) that the store refused."""
+
+    def __init__(self, owner: object, name: str) -> None:
+        self.count = 0
+        real = getattr(owner, name)
+
+        def sync(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return real(*args, **kwargs)
+            except BridgeError:
+                self.count += 1
+                raise
+
+        async def coro(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await real(*args, **kwargs)
+            except BridgeError:
+                self.count += 1
+                raise
+
+        setattr(owner, name, coro if asyncio.iscoroutinefunction(real) else sync)
+
+    def reached(self, n: int) -> bool:
+        return self.count >= n
+
+
+async def test_a_full_disk_is_a_line_when_it_starts_and_one_when_it_ends_and_nothing_is_acked_meanwhile(
+    tmp_path: Path,
+    server_cert_files: dict[str, Path],
+    counting: CountingIntegration,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On a full disk the revocation watcher wrote two ERROR lines with their tracebacks at every poll (four a
+    second by default), the executor one a second, the ledger's writer "transactions fail" then "commit again"
+    at every read between two writes, and every refused batch of every device a line."""
+    caplog.set_level(logging.WARNING)
+    with small_disk(tmp_path / "disk") as disk:
+        settings = make_settings(disk, server_cert_files)
+        async for node in running_bridge(settings, server_cert_files["ca"], {"email.send": counting}):
+            client = await node.connect(await node.enroll())
+            client.send([email("before")])
+            await until(partial(lambda c: "delivered" in c.states().get("before", []), client), what="first")
+            polls = Refusals(node.bridge.registry, "revocation_counter")
+            registry = node.bridge.metrics.registry
+            caplog.clear()
+            filler = await asyncio.to_thread(fill, disk)
+            try:
+                for n in range(20):
+                    client.send([email(f"full-{n}")])
+                refused = partial(registry.get_sample_value, "bridge_batches_total", {"outcome": "error"})
+                await until(partial(lambda r: (r() or 0) >= 20, refused), timeout=60, what="the batches refused")
+                await until(partial(lambda r: r.reached(10), polls), timeout=60, what="revocation polls refused")
+            finally:
+                filler.unlink()
+            acked = client.states()
+            assert [i for i in acked if i.startswith("full-")] == [], acked
+            client.send([email("room-again")])
+            await until(partial(lambda c: "delivered" in c.states().get("room-again", []), client), timeout=60,
+                        what="admitted and run again, without a restart")  # fmt: skip
+            await client.stop()
+    ours = [r for r in caplog.records if r.name.startswith(("cloud_bridge", "intent_contract"))]
+    assert [r.getMessage() for r in ours if r.exc_info] == []  # a full disk is no bug: no traceback
+    # Per kind of line: the template, or its first argument where the template starts with it ("%s: ...").
+    kinds = [(r.args[0] if r.msg.startswith("%s:") and r.args else r.msg) for r in ours if r.levelno >= logging.ERROR]
+    errors = collections.Counter(kinds)
+    throttled = errors.pop("message not processed: %s%s", 0)
+    assert 1 <= throttled <= 2, [r.getMessage() for r in ours]
+    assert all(n == 1 for n in errors.values()), errors
 
 
 async def test_a_result_the_full_disk_refused_is_recorded_once_space_returns_and_never_runs_again(

@@ -26,6 +26,7 @@ from cloud_bridge.errors import BridgeError
 from cloud_bridge.settings import BridgeSettings, default_node_id
 from intent_contract.logs import LogFormat
 from intent_contract.logs import configure as configure_logging
+from intent_contract.loop_errors import AcceptErrors
 from intent_contract.runtime import tune_garbage_collector
 from intent_contract.service_notify import READY, STOPPING, notify
 
@@ -109,6 +110,7 @@ def run(
         bridge = Bridge(settings, load=load)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        AcceptErrors().install(loop)  # past the descriptor limit: a line per listener per 10 s, not 2,000 a second
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         reloads: set[asyncio.Task[None]] = set()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_bridge.own_threads import own_thread
+from intent_contract.logs import FailureEpisode
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +63,17 @@ class SqliteSignals:
                 await task
 
     async def _run(self, on_results: Callable[[str], None], on_work: Callable[[], None]) -> None:
+        # A file that cannot be opened (the process out of descriptors) is a line when it starts and one at its
+        # end, not a WARNING at every poll (two a second).
+        failures = FailureEpisode(logger, "cannot read the store's signals")
         while True:
             await asyncio.sleep(self._poll)
             try:
                 self._seen, devices = await own_thread(self._read, self._seen)
             except sqlite3.Error as exc:
-                logger.warning("cannot read the store's signals: %s", exc)
+                failures.failed(exc)
                 continue
+            failures.worked()
             for device_id in dict.fromkeys(devices):
                 on_results(device_id)
             if devices:

@@ -132,8 +132,10 @@ class BridgeProcess:
         run_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         name: str = "bridge",
+        nofile: tuple[int, int] | None = None,
     ) -> None:
         self.work = work
+        self.nofile = nofile  # the process's RLIMIT_NOFILE (soft, hard); None: this process's
         self.certs = certs
         self.data_dir = work / name
         self.mqtt_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
@@ -180,6 +182,8 @@ class BridgeProcess:
         ]
         with self.log_path.open("ab") as log:
             log.write(f"\n--- start {self.starts} ---\n".encode())
+            if self.nofile is not None:  # util-linux's prlimit sets it, then runs the bridge
+                args = ["prlimit", f"--nofile={self.nofile[0]}:{self.nofile[1]}", "--", *args]
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self.starts += 1
         wait_for_port(self.http_port, timeout=30)

@@ -27,7 +27,7 @@ from cloud_bridge.settings import BridgeSettings, default_node_id
 from intent_contract.logs import LogFormat
 from intent_contract.logs import configure as configure_logging
 from intent_contract.loop_errors import AcceptErrors
-from intent_contract.runtime import tune_garbage_collector
+from intent_contract.runtime import raise_descriptor_limit, tune_garbage_collector
 from intent_contract.service_notify import READY, STOPPING, notify
 
 
@@ -103,6 +103,7 @@ def run(
 
     settings = load()
     configure_logging(log_level, log_format)
+    descriptors = raise_descriptor_limit()  # logged once the node runs: a start that fails says one line
     if log_level != "debug":  # httpx logs every provider request at INFO: one line per intent
         logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -128,6 +129,7 @@ def run(
         try:
             await bridge.start()
             tune_garbage_collector()
+            logging.getLogger(__name__).info("file descriptors: up to %d", descriptors)
             click.echo(f"cloud-bridge listening: mqtts {settings.listen}, https {settings.http_listen}", err=True)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # one held since the start reloads now
             notify(notify_socket, READY)

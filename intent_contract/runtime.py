@@ -23,3 +23,28 @@ def tune_garbage_collector() -> None:
     gc.freeze()
     _young, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+
+
+# Where the hard limit is unlimited, the soft one is raised to this (a descriptor table that large costs nothing
+# until used; the kernel's fs.nr_open caps it anyway).
+NOFILE_WANTED = 1 << 20
+
+
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; returns the soft limit now in force.
+
+    Every connection is a descriptor. A container engine gives its processes a soft limit of 1,024 (with a hard
+    one of 524,288), and a bridge serving 1,000 devices could accept no more: Python, unlike Go's runtime or
+    nginx, keeps the soft limit it was given. The hard limit is the operator's (systemd's LimitNOFILE, a
+    container's --ulimit): it is left as it is."""
+    import resource  # noqa: PLC0415 - POSIX only, and only the long-running commands need it
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = NOFILE_WANTED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError):  # above fs.nr_open: keep what we have
+            return soft
+        return wanted
+    return soft

@@ -78,3 +78,35 @@ def test_a_bridge_out_of_descriptors_logs_a_line_not_a_flood_and_serves_again(
     assert len(pollers) <= 4, "\n".join(pollers)
     assert "Traceback" not in log, log[-3000:]
     assert f"127.0.0.1:{bridge.mqtt_port} cannot accept connections: Too many open files" in lines[0]
+
+
+def _open_files_limit(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no Max open files")
+
+
+def test_the_bridge_raises_its_soft_descriptor_limit_to_the_hard_one(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    """A container engine's soft limit of 1,024 (hard 524,288) was the bridge's: past about 1,000 devices it
+    accepted no more connections. Here a soft 200 under a hard 4,000: 300 connections are all taken."""
+    bridge = BridgeProcess(tmp_path, server_cert_files, free_port(), nofile=(LIMIT, 4000)).start()
+    held: list[socket.socket] = []
+    try:
+        assert bridge.proc is not None
+        assert _open_files_limit(bridge.proc.pid) == (4000, 4000)
+        for n in range(300):
+            sock = _open(bridge.mqtt_port, f"127.0.0.{2 + n // 100}")
+            assert sock is not None, f"connection {n} not taken"
+            held.append(sock)
+        assert _handshake(bridge.mqtt_port, server_cert_files["ca"])
+    finally:
+        for sock in held:
+            sock.close()
+        bridge.stop()
+    log = bridge.log_path.read_text()
+    assert "Too many open files" not in log, log[-3000:]
+    assert "file descriptors: up to 4000" in log

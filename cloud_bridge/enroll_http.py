@@ -15,10 +15,11 @@ from collections.abc import Callable
 
 import jwt
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from cloud_bridge.device_keys import accept_rotation, verify_with_device_key
 from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits
-from cloud_bridge.errors import AuthError, KeyReplacedError, UnknownDeviceError
+from cloud_bridge.errors import AuthError, KeyReplacedError, TransientError, UnknownDeviceError
 from cloud_bridge.metrics import BridgeMetrics
 from cloud_bridge.offline_keys import BridgePublicKeys
 from cloud_bridge.ops_http import Ops
@@ -27,13 +28,16 @@ from cloud_bridge.registry import Device, Registry
 from cloud_bridge.tokens import verify_device_token
 from intent_contract import json_bounded
 from intent_contract.errors import DecodeError
-from intent_contract.logs import LogThrottle
+from intent_contract.logs import LogThrottle, left_out
 
 logger = logging.getLogger(__name__)
 
 _MAX_BODY = 16 * 1024
 _MAX_PEM = 4096
 _NOT_VERIFIED = "the token does not verify for this device"
+_STORE_DETAIL = "the bridge cannot use its store now; try again later (an enrollment: with the same code)"
+STORE_RETRY_AFTER = 30  # seconds, in a 503's Retry-After
+STORE_LOG_INTERVAL = 10.0  # seconds between "not served: the store failed" lines
 
 
 def _error(status: int, code: str, detail: str, now: float | None = None) -> web.Response:
@@ -203,7 +207,24 @@ def build_http_app(
         logger.info("device proposed its next key", extra={"device_id": device.device_id})
         return web.json_response({"device_id": device.device_id, "next_key": "accepted", "time": int(clock() * 1000)})
 
-    app = web.Application(client_max_size=_MAX_BODY)
+    store_logs = LogThrottle(STORE_LOG_INTERVAL)
+
+    @web.middleware
+    async def store_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A store that fails (a full disk, a database down) is 503 with a JSON answer: it was 500 text/plain, and
+        aiohttp's traceback at ERROR for each request; `edge-outbox enroll` said its code was refused."""
+        try:
+            return await handler(request)
+        except TransientError as exc:
+            not_logged = store_logs.allow(time.monotonic())
+            if not_logged is not None:  # the code, not the message: it names the store's files or address
+                logger.error("%s %s not served: the store failed (%s)%s", request.method, request.path, exc.code,
+                             left_out(not_logged), extra={"code": exc.code, "not_logged": not_logged})  # fmt: skip
+            response = _error(503, "store_unavailable", _STORE_DETAIL, clock())
+            response.headers["Retry-After"] = str(STORE_RETRY_AFTER)
+            return response
+
+    app = web.Application(client_max_size=_MAX_BODY, middlewares=[store_unavailable])
     app.router.add_post("/v1/enroll", enrollment.handle)
     app.router.add_get("/v1/device", device_status)
     app.router.add_post("/v1/rotate-key", rotate_key)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from cloud_bridge.errors import BridgeError, TransientError
 from cloud_bridge.ledger import Ledger
+from intent_contract.device_token import generate_private_key_pem, public_key_pem
 from tests.support.bridge import (
     CountingIntegration,
     HeldIntegration,
@@ -141,3 +143,30 @@ async def test_a_result_the_full_disk_refused_is_recorded_once_space_returns_and
             assert len(held.calls) == 1, [job.attempt for job in held.calls]
             assert client.states()["once"] == ["accepted", "delivered"]
             await client.stop()
+
+
+async def test_enrolling_and_asking_on_a_full_disk_is_503_and_the_same_code_enrolls_once_space_returns(
+    tmp_path: Path, server_cert_files: dict[str, Path], counting: CountingIntegration
+) -> None:
+    """The device API answered a store that failed with 500 text/plain (and aiohttp's traceback at ERROR for each
+    request): `edge-outbox enroll` said `the bridge refused enrollment (HTTP 500): Internal Server Error`."""
+    with small_disk(tmp_path / "disk") as disk:
+        settings = make_settings(disk, server_cert_files)
+        async for node in running_bridge(settings, server_cert_files["ca"], {"email.send": counting}):
+            creds = await node.enroll()
+            code = node.bridge.registry.create_code("acme", "boiler-8", 3600, time.time())
+            key = public_key_pem(generate_private_key_pem())
+            filler = await asyncio.to_thread(fill, disk)
+            try:
+                answers = [await node.enroll_request(code, key), (*await node.device_status(creds), {})]
+            finally:
+                filler.unlink()
+            for status, body, _ in answers:
+                assert status == 503, body
+                assert body["error"] == "store_unavailable"
+                assert "try again later" in body["detail"]
+                assert str(disk) not in str(body)  # why, never where
+            assert answers[0][2]["Retry-After"] == "30"
+            status, body = await node.post_enroll(code, key)  # the code was not spent
+            assert status == 201, body
+            assert (await node.device_status(creds))[0] == 200

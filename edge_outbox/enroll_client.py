@@ -76,6 +76,11 @@ def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path) -> Identity:
             raise PermanentError(f"the bridge's enrollment answer is not usable JSON: {exc}") from None
     if response.status_code != 201:
         reason = body.get("detail", "") if isinstance(body, dict) else response.reason_phrase
+        if response.status_code == 429 or response.status_code >= 500:  # busy, or its store failing: not a refusal
+            raise TransientError(
+                f"the bridge could not enroll now (HTTP {response.status_code}): {reason}; run it again with the"
+                " same code"
+            )
         raise PermanentError(f"the bridge refused enrollment (HTTP {response.status_code}): {reason}")
     identity = _identity_in(body, host, bridge_url.rstrip("/"))
     pins = BridgePins.from_json(body["offline"]) if "offline" in body else None

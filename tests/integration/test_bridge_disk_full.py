@@ -15,6 +15,8 @@ import pytest
 
 from cloud_bridge.errors import BridgeError, TransientError
 from cloud_bridge.ledger import Ledger
+from edge_outbox.enroll_client import enroll
+from edge_outbox.errors import TransientError as EdgeTransientError
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
 from tests.support.bridge import (
     CountingIntegration,
@@ -155,10 +157,15 @@ async def test_enrolling_and_asking_on_a_full_disk_is_503_and_the_same_code_enro
         async for node in running_bridge(settings, server_cert_files["ca"], {"email.send": counting}):
             creds = await node.enroll()
             code = node.bridge.registry.create_code("acme", "boiler-8", 3600, time.time())
+            site_code = node.bridge.registry.create_code("acme", "boiler-9", 3600, time.time())
             key = public_key_pem(generate_private_key_pem())
             filler = await asyncio.to_thread(fill, disk)
+            site = tmp_path / "site"
             try:
                 answers = [await node.enroll_request(code, key), (*await node.device_status(creds), {})]
+                # The site's enroll said the bridge *refused* the code (a permanent error): it is told to try again
+                with pytest.raises(EdgeTransientError, match=r"could not enroll now \(HTTP 503\).*run it again"):
+                    await asyncio.to_thread(enroll, site, node.base_url, site_code, node.ca_file)
             finally:
                 filler.unlink()
             for status, body, _ in answers:
@@ -170,3 +177,5 @@ async def test_enrolling_and_asking_on_a_full_disk_is_503_and_the_same_code_enro
             status, body = await node.post_enroll(code, key)  # the code was not spent
             assert status == 201, body
             assert (await node.device_status(creds))[0] == 200
+            identity = await asyncio.to_thread(enroll, site, node.base_url, site_code, node.ca_file)  # run again
+            assert identity.name == "boiler-9"

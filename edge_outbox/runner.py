@@ -37,7 +37,8 @@ from edge_outbox.settings import OutboxSettings
 from edge_outbox.status import StatusFeed
 from edge_outbox.store import Store
 from intent_contract.ids import IdGenerator
-from intent_contract.runtime import tune_garbage_collector
+from intent_contract.loop_errors import AcceptErrors
+from intent_contract.runtime import raise_descriptor_limit, tune_garbage_collector
 from intent_contract.service_notify import READY, STOPPING, notify
 
 log = logging.getLogger(__name__)
@@ -397,7 +398,9 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hup.set)
+    AcceptErrors().install(loop)  # past the descriptor limit: a line per listener per 10 s, not 2,000 a second
     await outbox.start()
+    log.info("file descriptors: up to %d", raise_descriptor_limit())  # a container's soft 1,024 was ours
     tune_garbage_collector()
     if ready is not None:
         result = ready()

@@ -36,7 +36,8 @@ class IntentInfo:
     cancellable: bool
 
     @classmethod
-    def of(cls, entry: LedgerEntry) -> IntentInfo:
+    def of(cls, entry: LedgerEntry, *, revoked: bool = False) -> IntentInfo:
+        """`revoked`: the row's device is revoked, so a retry is refused (its intents never run again)."""
         return cls(
             device_id=entry.device_id,
             intent_id=entry.intent_id,
@@ -52,7 +53,7 @@ class IntentInfo:
             expires=entry.expires,
             updated=entry.updated,
             confirmed=entry.confirmed,
-            retryable=(entry.state, LedgerEvent.REQUEUE) in TRANSITIONS,
+            retryable=(entry.state, LedgerEvent.REQUEUE) in TRANSITIONS and not revoked,
             cancellable=(entry.state, LedgerEvent.CANCEL) in TRANSITIONS,
         )
 

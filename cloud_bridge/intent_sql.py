@@ -162,7 +162,7 @@ class SqlIntents:
         revoked: Callable[[str], bool],
     ) -> None:
         self._transaction = transaction
-        self._revoked = revoked  # whether a device is revoked (the registry's word)
+        self.revoked = revoked  # whether a device is revoked (the registry's word)
         self.purge_pace = purge_pace  # None: no pause (PostgreSQL has no one write lock)
         self._signal = signal
         self._marker = marker
@@ -232,7 +232,7 @@ class SqlIntents:
         """
         if event not in OPERATOR_EVENTS:
             raise ValueError(f"{event} is not an operator's event")
-        if event is LedgerEvent.REQUEUE and self._revoked(device_id):
+        if event is LedgerEvent.REQUEUE and self.revoked(device_id):
             # Queued again, the row was claimed and failed `device_revoked` at once: the retry answered "now
             # queued" and ran nothing. (A revocation committed after this look ends the row so too, unrun.)
             raise RevokedDeviceError(

@@ -106,7 +106,9 @@ def _check_names(*names: str | None) -> None:
 def list_intents(intents: SqlIntents, query: IntentQuery) -> list[IntentInfo]:
     """Rows matching `query`, the most recently changed first."""
     _check_names(query.device_id, query.tenant)
-    return [IntentInfo.of(entry) for entry in intents.rows(query)]
+    rows = intents.rows(query)
+    revoked = {d for d in {e.device_id for e in rows} if intents.revoked(d)}  # a registry read per device listed
+    return [IntentInfo.of(entry, revoked=entry.device_id in revoked) for entry in rows]
 
 
 def _one(intents: SqlIntents, ids: Sequence[str]) -> LedgerEntry:
@@ -128,7 +130,8 @@ def _one(intents: SqlIntents, ids: Sequence[str]) -> LedgerEntry:
 def show_intent(intents: SqlIntents, ids: Sequence[str]) -> IntentDetail:
     """One row and its audit trail: `ids` is (DEVICE, INTENT_ID) or (INTENT_ID,) when that id is unique."""
     entry = _one(intents, ids)
-    return IntentDetail(IntentInfo.of(entry), tuple(intents.history(entry.device_id, entry.intent_id)))
+    info = IntentInfo.of(entry, revoked=intents.revoked(entry.device_id))
+    return IntentDetail(info, tuple(intents.history(entry.device_id, entry.intent_id)))
 
 
 def _operate(intents: SqlIntents, ids: Sequence[str], event: LedgerEvent, operator: str, now: float) -> Operated:

@@ -14,6 +14,7 @@ import pytest
 
 from cloud_bridge import operator_api
 from cloud_bridge.errors import RevokedDeviceError
+from cloud_bridge.intent_sql import IntentQuery
 from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.store.url import StoreUrl
 from intent_contract.codec import Ack, AckState
@@ -145,7 +146,14 @@ async def test_a_retry_of_a_revoked_devices_intent_is_refused_not_queued_to_fail
     async with a_admits_b_executes(tmp_path, server_cert_files, pg_url, on_a, on_b) as (_a, b, creds, client):
         client.send([email("x1", subject="fail")])
         await until(lambda: (AckState.FAILED, 1) in _seen(client, "x1"), what="the first failure at the device")
+        intents = b.bridge.store.intents
+        [listed] = operator_api.list_intents(intents, IntentQuery(device_id=creds.device_id))
+        assert listed.retryable
         b.bridge.registry.revoke(creds.device_id, time.time())
+        # Listed (CLI, `--json`, the dashboard's Retry button) and shown as not retryable: it was, then refused
+        [listed] = operator_api.list_intents(intents, IntentQuery(device_id=creds.device_id))
+        assert not listed.retryable
+        assert not operator_api.show_intent(intents, ["x1"]).intent.retryable
         with pytest.raises(RevokedDeviceError, match=f"device {creds.device_id} is revoked"):
             operator_api.retry(b.bridge.store.intents, ["x1"], "alice", time.time())
         [row] = b.bridge.store.intents.find("x1")

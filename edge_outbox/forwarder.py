@@ -27,12 +27,13 @@ from edge_outbox import forward_ops, offline_ops, ops
 from edge_outbox.bridge_access import client_tls_context, device_token
 from edge_outbox.bridge_clock import TimeSample
 from edge_outbox.cancelling import raise_if_cancelled
+from edge_outbox.confirms import Confirms
 from edge_outbox.db import IntentRow
 from edge_outbox.device_check import check_device
 from edge_outbox.errors import StorageError
 from edge_outbox.fleet_link import DeviceReporter, ReporterSettings, disk_facts
 from edge_outbox.fleet_report import EdgeFacts, RecentErrors
-from edge_outbox.forward_wire import LinkSnapshot, LinkState, confirm_groups, encode_rows, link_failure
+from edge_outbox.forward_wire import LinkSnapshot, LinkState, encode_rows, link_failure
 from edge_outbox.identity import Identity
 from edge_outbox.link_gate import LinkGate
 from edge_outbox.link_rate import AckRate
@@ -40,19 +41,15 @@ from edge_outbox.send_window import SendWindow
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
 from intent_contract.backoff import compute_backoff
-from intent_contract.codec import Ack, encode_confirms, read_acks
+from intent_contract.codec import Ack, read_acks
 from intent_contract.errors import DecodeError
 from intent_contract.timefmt import format_age
-from intent_contract.wire import ACKS, BATCHES_IN_FLIGHT, CONFIRMS, CONFIRMS_PER_MESSAGE, INTENTS, device_topic
+from intent_contract.wire import ACKS, BATCHES_IN_FLIGHT, CONFIRMS, INTENTS, device_topic
 
 log = logging.getLogger(__name__)
 
 _REFUSED_CODES = {4, 5, 134, 135}  # bad user name or password / not authorized (3.1.1 and 5 numbering)
 _MAX_ACK_MESSAGES = 100  # acks messages applied in one commit
-# Results arriving this close together are confirmed in one message: the bridge sends one message
-# per result, and one confirm per result would fill the device's queue at the bridge, which then
-# drops messages, intent batches included.
-_CONFIRM_DELAY_S = 0.2
 # A learned clock that moves by more than this (a third of the bridge's token leeway) is worth a
 # reconnect at once: the refused token was made on the old one.
 CLOCK_MOVE_MS = 10_000
@@ -86,11 +83,6 @@ class Forwarder:
         self._clock_ms = clock_ms
         self._wake = asyncio.Event()
         self._stopping = False
-        # Ids to confirm, each once (an ordered set): the bridge re-sends every unconfirmed result at each
-        # (re)subscribe, so a list kept across a link that failed before its confirms went out gained a copy
-        # of the whole set per reconnect, without bound while each link failed so.
-        self._to_confirm: dict[str, int] = {}  # id -> the attempt of its result (0: the bridge did not say)
-        self._confirm_wake = asyncio.Event()
         self._window = SendWindow(settings.window, BATCHES_IN_FLIGHT, int(settings.ack_timeout_s * 1000))
         self._connected_at = 0
         self._state = LinkState.OFFLINE
@@ -100,9 +92,8 @@ class Forwarder:
         self._acked = 0
         self._rate = AckRate()
         self._gate = LinkGate(settings.windows, store, clock_ms)
-        self._intents_topic, self._acks_topic, self._confirms_topic = (
-            device_topic(identity.device_id, leaf) for leaf in (INTENTS, ACKS, CONFIRMS)
-        )
+        self._intents_topic, self._acks_topic = (device_topic(identity.device_id, leaf) for leaf in (INTENTS, ACKS))
+        self._confirms = Confirms(device_topic(identity.device_id, CONFIRMS))
         self._connects = 0
         self._failures = 0
         self._error = ""  # why the last connection attempt failed; "" once connected
@@ -315,7 +306,7 @@ class Forwarder:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._send_loop(client))
                     group.create_task(self._receive_loop(client))
-                    group.create_task(self._confirm_loop(client))
+                    group.create_task(self._confirms.loop(client))
                     group.create_task(self._expire_after(lifetime))
                     group.create_task(self._window_closes())
                     group.create_task(self._reporter.report_loop(client))
@@ -410,29 +401,8 @@ class Forwarder:
                 if self._window.acked(ack.id):
                     self._acked += 1
             if applied.final:
-                for intent_id, attempt in applied.final:
-                    self._to_confirm[intent_id] = max(attempt, self._to_confirm.get(intent_id, 0))
-                self._confirm_wake.set()
+                self._confirms.add(applied.final)
             self._wake.set()
-
-    async def _confirm_loop(self, client: aiomqtt.Client) -> None:
-        """Confirm applied final results, a batch at a time (ids kept across reconnects: repeats are harmless)."""
-        while True:
-            await self._confirm_wake.wait()
-            await asyncio.sleep(_CONFIRM_DELAY_S)
-            self._confirm_wake.clear()
-            taken, self._to_confirm = self._to_confirm, {}
-            try:
-                for attempt, ids in confirm_groups(taken).items():
-                    for start in range(0, len(ids), CONFIRMS_PER_MESSAGE):
-                        body = encode_confirms(ids[start : start + CONFIRMS_PER_MESSAGE], attempt or None)
-                        await client.publish(self._confirms_topic, body, qos=1)
-                        raise_if_cancelled()
-            except BaseException:
-                for intent_id, attempt in taken.items():  # the link failed: on the next one
-                    self._to_confirm[intent_id] = max(attempt, self._to_confirm.get(intent_id, 0))
-                self._confirm_wake.set()
-                raise
 
     async def _stay_revoked(self) -> None:
         """This device may send nothing more: end every pending intent, now and as they arrive."""

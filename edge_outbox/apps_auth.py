@@ -6,13 +6,13 @@ makes the hash (scrypt). With no users file, anonymous local clients may use any
 
 from __future__ import annotations
 
-__all__ = ["hash_password", "load_users", "verify_password"]
+__all__ = ["UNUSABLE_HASH", "hash_password", "load_users", "verify_password"]
 
 from pathlib import Path
 
 from edge_outbox.errors import ConfigError
 from intent_contract.names import is_name
-from intent_contract.passwords import hash_password, verify_password
+from intent_contract.passwords import UNUSABLE_HASH, hash_password, verify_password
 
 
 def load_users(path: Path) -> dict[str, str]:

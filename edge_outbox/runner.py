@@ -17,7 +17,7 @@ from typing import Any
 
 from edge_outbox import event_log, offline_ops, ops, paced, retention
 from edge_outbox.app_sessions import StoredSessions, oldest_cursor, save_cursors
-from edge_outbox.apps_auth import verify_password
+from edge_outbox.apps_auth import UNUSABLE_HASH, verify_password
 from edge_outbox.attach import AttachedClient
 from edge_outbox.db import STATUS_KEY
 from edge_outbox.errors import StorageError
@@ -92,11 +92,15 @@ class Outbox:
         users = self.settings.users
         if not users:
             return True
-        stored = users.get(username or "")
-        if stored is None or password is None:
+        if password is None:
             return False
-        # scrypt takes tens of milliseconds: off the event loop.
-        return await asyncio.to_thread(verify_password, password.decode("utf-8", "replace"), stored)
+        # scrypt takes tens of milliseconds: off the event loop. A name that is not an app is checked against
+        # UNUSABLE_HASH, the same work: refused at once, it answered in microseconds where an app's name took a
+        # scrypt, telling anyone who could connect which apps exist (and which names to guess passwords for).
+        stored = users.get(username or "")
+        checked = UNUSABLE_HASH if stored is None else stored
+        matches = await asyncio.to_thread(verify_password, password.decode("utf-8", "replace"), checked)
+        return stored is not None and matches
 
     async def start(self) -> None:
         s = self.settings

@@ -6,13 +6,21 @@ makes the hash (scrypt). With no users file, anonymous local clients may use any
 
 from __future__ import annotations
 
-__all__ = ["UNUSABLE_HASH", "hash_password", "load_users", "verify_password"]
+__all__ = ["AppLogins", "hash_password", "load_users", "verify_password"]
 
+import asyncio
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from edge_outbox.errors import ConfigError
 from intent_contract.names import is_name
 from intent_contract.passwords import UNUSABLE_HASH, hash_password, verify_password
+
+# Password checks run on a thread of their own, one at a time (as the bridge's dashboard logins do): on the
+# loop's default pool a flood of CONNECTs, each a scrypt of tens of milliseconds, held every thread of it, and
+# the reads of /healthz and /metrics (Store.read_aside) waited behind them.
+LOGIN_THREADS = 1
 
 
 def load_users(path: Path) -> dict[str, str]:
@@ -31,3 +39,33 @@ def load_users(path: Path) -> dict[str, str]:
             raise ConfigError(f"{path}:{number}: expected `app:scrypt$...` (make one with edge-outbox hash-password)")
         users[app] = stored
     return users
+
+
+class AppLogins:
+    """Checks a CONNECT's app name and password against the users file (slow on purpose: scrypt)."""
+
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self._users = dict(users)
+        self._checks = ThreadPoolExecutor(LOGIN_THREADS, thread_name_prefix="app-login")
+
+    async def check(self, username: str | None, password: bytes | None) -> bool:
+        """True for a known app with that password; every login without one is refused.
+
+        A name that is not an app is checked against UNUSABLE_HASH, the same scrypt work: refused at once, it
+        answered in microseconds where an app's name took a scrypt, telling anyone who could connect which apps
+        exist (and so which names to guess passwords for).
+        """
+        if not self._users:
+            return True
+        if password is None:
+            return False
+        stored = self._users.get(username or "")
+        text = password.decode("utf-8", "replace")
+        checked = UNUSABLE_HASH if stored is None else stored
+        loop = asyncio.get_running_loop()
+        matches = await loop.run_in_executor(self._checks, verify_password, text, checked)
+        return stored is not None and matches
+
+    def close(self) -> None:
+        """Stop taking checks; one under way ends on its own (its CONNECT is gone with the endpoint)."""
+        self._checks.shutdown(wait=False, cancel_futures=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from edge_outbox import event_log, offline_ops, ops, paced, retention
 from edge_outbox.app_sessions import StoredSessions, oldest_cursor, save_cursors
-from edge_outbox.apps_auth import UNUSABLE_HASH, verify_password
+from edge_outbox.apps_auth import AppLogins
 from edge_outbox.attach import AttachedClient
 from edge_outbox.db import STATUS_KEY
 from edge_outbox.errors import StorageError
@@ -67,6 +67,7 @@ class Outbox:
             on_commit=self.probe.commit_seconds.observe if self.probe is not None else None,
             wants_events=lambda: self.feed is not None and self.feed.wanted,
         )
+        self._logins = AppLogins(settings.users)
         self.feed: StatusFeed | None = None
         self.intake: Intake | None = None
         self.forwarder: Forwarder | None = None
@@ -87,20 +88,6 @@ class Outbox:
             self.forwarder.wake()
         if self.intake is not None and seen.final:
             self.intake.room()
-
-    async def _authenticate(self, username: str | None, password: bytes | None) -> bool:
-        users = self.settings.users
-        if not users:
-            return True
-        if password is None:
-            return False
-        # scrypt takes tens of milliseconds: off the event loop. A name that is not an app is checked against
-        # UNUSABLE_HASH, the same work: refused at once, it answered in microseconds where an app's name took a
-        # scrypt, telling anyone who could connect which apps exist (and which names to guess passwords for).
-        stored = users.get(username or "")
-        checked = UNUSABLE_HASH if stored is None else stored
-        matches = await asyncio.to_thread(verify_password, password.decode("utf-8", "replace"), checked)
-        return stored is not None and matches
 
     async def start(self) -> None:
         s = self.settings
@@ -140,7 +127,7 @@ class Outbox:
             else:
                 sessions = StoredSessions(self.store, now_ms, int(s.session_expiry_s * 1000))
                 endpoint = EndpointSettings(s.listen_host, s.listen_port, logins=bool(s.users))
-                self._transport = MqttEndpoint(endpoint, self.intake, self.feed, sessions, self._authenticate)
+                self._transport = MqttEndpoint(endpoint, self.intake, self.feed, sessions, self._logins.check)
             if self.probe is not None:
                 await self.probe.start()
             await self._transport.start()
@@ -203,6 +190,7 @@ class Outbox:
             self._tasks.append(forwarding)
         if self._transport is not None:
             await self._transport.stop()
+        self._logins.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -59,6 +59,16 @@ def main(ctx: click.Context, config: Path | None) -> None:
         ctx.default_map = config_file.load(config, main, ctx)
 
 
+def _env_only(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A secret option taken from its environment variable, refused on the command line (the value is not shown)."""
+    if ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError(
+            f"{param.opts[0]}: a password on the command line shows in process listings (ps) and the shell's"
+            f" history; put it in {param.envvar} (systemd: EnvironmentFile=, mode 0600)"
+        )
+    return value
+
+
 @main.command()
 @data_dir_option
 @click.option(
@@ -84,7 +94,8 @@ def main(ctx: click.Context, config: Path | None) -> None:
     show_default=True,
     help="Client id of the persistent session on the attached broker.",
 )
-@click.option("--attach-password", envvar="EDGE_OUTBOX_ATTACH_PASSWORD", hidden=True)
+# Read from the environment only (never a file: config_file.NOT_IN_FILE): on the command line it shows in `ps`.
+@click.option("--attach-password", envvar="EDGE_OUTBOX_ATTACH_PASSWORD", hidden=True, callback=_env_only)
 @click.option(
     "--users",
     "users_file",

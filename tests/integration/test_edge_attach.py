@@ -414,6 +414,21 @@ def test_a_password_without_a_user_stops_the_outbox_in_one_line(tmp_path: Path) 
     assert "Traceback" not in done.stderr
 
 
+def test_an_attach_password_on_the_command_line_is_refused_unshown(tmp_path: Path, mosquitto: int) -> None:
+    """--attach-password is how the environment variable reaches the outbox; given as a flag, the password
+    showed in `ps` and the shell's history, and the outbox ran with it (here it attached, anonymous broker)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_outbox", "run", "--data-dir", str(tmp_path / "data"),
+         f"--attach=mqtt://app@127.0.0.1:{mosquitto}", "--attach-password", "s3cret-pw"],
+        check=False, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "--attach-password: a password on the command line shows in process listings (ps)" in done.stderr
+    assert "put it in EDGE_OUTBOX_ATTACH_PASSWORD" in done.stderr
+    assert "s3cret-pw" not in done.stderr + done.stdout
+    assert not (tmp_path / "data").exists()  # refused before anything started
+
+
 def test_a_second_outbox_attached_to_the_same_broker_is_named_by_both(tmp_path: Path, mosquitto: int) -> None:
     """Two outboxes on one broker each take every intent, so each is sent twice; nothing said so (the docs even
     asked for a client id of its own for each outbox attached to one broker)."""

@@ -54,18 +54,31 @@ def parse_owner(text: str) -> tuple[int, int]:
 
 
 def _write(path: Path, data: bytes, *, private: bool = False, owner: tuple[int, int] | None = None) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    """Write a new file (its mode and owner set before any byte is in it) and rename it over `path`.
+
+    Not `path` opened with O_TRUNC: that kept the mode of a file already there, so `dev-certs` run again over a
+    key file that was 0644 (an older copy, a `cp`, a chmod for a container) wrote the new private key into a
+    file every local user could read; and anyone who had it open kept reading it. A symlink at `path` is
+    replaced, not followed.
+    """
+    aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(path, flags, 0o600 if private else 0o644)
+        aside.unlink(missing_ok=True)  # left by a killed run that had our pid
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600 if private else 0o644)
         with os.fdopen(fd, "wb") as handle:
             if owner is not None:
                 os.fchown(handle.fileno(), *owner)
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        aside.replace(path)
     except PermissionError as exc:
         hint = " (giving files to another user needs root)" if owner is not None else ""
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}{hint}") from exc
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def write_dev_certs(

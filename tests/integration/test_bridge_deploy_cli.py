@@ -70,6 +70,31 @@ def test_dev_certs_owner_makes_the_key_readable_by_the_image_user_and_no_one_els
     assert not readable_by(IMAGE_UID + 1, key)
 
 
+def test_dev_certs_run_again_over_readable_key_files_leaves_the_new_keys_private(shared_dir: Path) -> None:
+    """The key files were opened with O_TRUNC, which keeps the mode of a file already there: a run over key files
+    that were 0644 wrote the new private keys where every local user could read them (and a reader that held
+    the old file open read the new key through it)."""
+    certs = shared_dir / "again"
+    certs.mkdir(mode=0o755)
+    held = {}
+    for name in ("ca.key", "server.key"):
+        (certs / name).write_text("an old key\n")
+        (certs / name).chmod(0o644)
+        held[name] = (certs / name).open("rb")  # opened before the run, as another user's reader could
+    try:
+        result = run(sys.executable, "-m", "cloud_bridge", "dev-certs", certs)
+        assert result.returncode == 0, result.stderr
+        for name, reader in held.items():
+            assert (certs / name).stat().st_mode & 0o777 == 0o600, name
+            assert not readable_by(IMAGE_UID + 1, certs / name), name
+            assert reader.read() == b"an old key\n", name  # the new key is in a file of its own
+            assert (certs / name).read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    finally:
+        for reader in held.values():
+            reader.close()
+    assert sorted(p.name for p in certs.iterdir()) == ["ca.key", "ca.pem", "server.key", "server.pem"]
+
+
 def test_dev_certs_owner_must_be_numbers(tmp_path: Path) -> None:
     result = run(sys.executable, "-m", "cloud_bridge", "dev-certs", tmp_path, "--owner", "outbox")
     assert result.returncode == 1

@@ -103,6 +103,9 @@ def blocked_reason(ip: IPAddress) -> str | None:
         (ip.is_loopback, "loopback"),
         (ip.is_unspecified, "unspecified"),
         (ip.is_link_local, "link-local"),
+        # fec0::/10: deprecated (RFC 3879) but still routed inside some networks (Windows' fec0:0:0:ffff::1-3 DNS
+        # servers); Python's is_private and is_global do not count it, so it passed as a public address.
+        (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local, "site-local"),
         (ip.is_multicast, "multicast"),
         (isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT, "carrier-grade NAT"),
         (ip.is_private, "private"),

@@ -87,7 +87,10 @@ def named_integration(recorder: Recorder, ca_file: Path, allow: list[str], resol
     return HttpIntegration.from_config(section, ENV, guard=SsrfGuard(allow, resolver=resolver))
 
 
-@pytest.mark.parametrize("answers", [["127.0.0.1"], ["93.184.215.14", "127.0.0.1"], ["::ffff:127.0.0.1"]])
+@pytest.mark.parametrize(
+    "answers",
+    [["127.0.0.1"], ["93.184.215.14", "127.0.0.1"], ["::ffff:127.0.0.1"], ["fec0::1"], ["fec0:0:0:ffff::1"]],
+)
 async def test_a_name_whose_dns_answer_is_private_is_refused(
     named_api: Recorder, server_cert_files: dict[str, Path], answers: list[str]
 ) -> None:

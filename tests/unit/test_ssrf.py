@@ -48,6 +48,8 @@ BLOCKED_HOSTS = [
     "[fc00::1]",
     "[fe80::1]",
     "[fe80::1%eth0]",
+    "[fec0::1]",  # site-local (deprecated, still routed in places): Python calls it neither private nor not global
+    "[fec0:0:0:ffff::1]",
     "[ff02::1]",
 ]
 

@@ -120,6 +120,17 @@ class Dashboard:
 
     @web.middleware
     async def _security(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The gate, and HEADERS on every answer: also a refusal, a redirect or an error page, which are raised
+        (they went out without them: a 404 or 403 page could be framed, and the login's redirect cached)."""
+        try:
+            response = await self._gate(request, handler)
+        except web.HTTPException as exc:
+            exc.headers.update(HEADERS)
+            raise
+        response.headers.update(HEADERS)
+        return response
+
+    async def _gate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         # Decided by the route the request matched, never by the path's text (a device named "login").
         handler_of = request.match_info.route.handler
         public = handler_of in (self._login_page, self._login, self._static_file)
@@ -137,9 +148,7 @@ class Dashboard:
                 raise web.HTTPForbidden(text="cross-site request refused")
         if operator is not None:
             request[OPERATOR] = operator
-        response = await handler(request)
-        response.headers.update(HEADERS)
-        return response
+        return await handler(request)
 
     def _page(self, request: web.Request, template: str, **values: Any) -> web.Response:
         operator = request.get(OPERATOR)  # only then is the cookie ours (and ASCII)

@@ -83,3 +83,29 @@ async def test_only_the_login_and_static_routes_are_open_to_strangers(dashboard_
         assert status == 303 and b"Location: /ui/login" in response, (path, status)
     assert (await raw_request(dashboard_bridge, "GET", "/ui/login"))[0] == 200
     assert (await raw_request(dashboard_bridge, "GET", "/ui/static/style.css"))[0] == 200
+
+
+async def test_every_answer_carries_the_security_headers_refusals_and_errors_too(dashboard_bridge: Harness) -> None:
+    """The headers were added to pages a handler returned only: a 404, 400 or 403 and every redirect (raised, not
+    returned) went out without X-Frame-Options, the CSP or no-store."""
+    cookie = ("Cookie", f"{COOKIE}={await session(dashboard_bridge)}".encode())
+    login = b"user=alice&password=" + PASSWORD.replace(" ", "+").encode()
+    answers = {
+        "no such device": await raw_request(dashboard_bridge, "GET", "/ui/devices/nope", [cookie]),
+        "bad filter": await raw_request(dashboard_bridge, "GET", "/ui/intents?kind=fax", [cookie]),
+        "no such file": await raw_request(dashboard_bridge, "GET", "/ui/static/nope.css"),
+        "no session": await raw_request(dashboard_bridge, "GET", "/ui/"),
+        "no token": await raw_request(dashboard_bridge, "POST", "/ui/logout", [origin(dashboard_bridge), cookie, FORM]),
+        "cross-site login": await raw_request(dashboard_bridge, "POST", "/ui/login",
+                                              [("Origin", b"https://evil.example"), FORM], login),
+        "logged in": await raw_request(dashboard_bridge, "POST", "/ui/login", [origin(dashboard_bridge), FORM], login),
+    }  # fmt: skip
+    assert {what: status for what, (status, _) in answers.items()} == {
+        "no such device": 404, "bad filter": 400, "no such file": 404, "no session": 303, "no token": 403,
+        "cross-site login": 403, "logged in": 303,
+    }  # fmt: skip
+    for what, (_, response) in answers.items():
+        head = response.split(b"\r\n\r\n", 1)[0]
+        for header in (b"X-Frame-Options: DENY", b"Content-Security-Policy: default-src 'none';",
+                       b"X-Content-Type-Options: nosniff", b"Cache-Control: no-store"):  # fmt: skip
+            assert header in head, (what, header)

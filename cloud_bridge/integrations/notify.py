@@ -50,8 +50,13 @@ def _secret_parts(url: str) -> list[str]:
         parts += [split.password, unquote(split.password)]
         userinfo = f"{unquote(split.username or '')}:{unquote(split.password)}"
         parts.append(base64.b64encode(userinfo.encode()).decode())
-    if split.hostname and "." not in split.hostname:
-        parts.append(split.hostname)  # e.g. tgram://{bot_token}/...: the "host" is a token
+    # The "host" may be a token, and so may what follows a ':' in it: tgram://{bot_id}:{secret}/{chat} takes the
+    # bot token 123456789:AAH... for a host and a port. Only the host (the bot id) was masked, and Apprise's debug
+    # line "Telegram POST URL: https://api.telegram.org/bot***:AAH.../sendMessage" showed the secret half.
+    # Pieces with a '.' are host names (hooks.slack.com), not tokens.
+    if "." not in split.netloc:
+        parts.append(unquote(split.netloc))
+    parts += [unquote(piece) for piece in re.split(r"[:@]", split.netloc) if piece and "." not in piece]
     parts += [unquote(s) for s in split.path.split("/") if s]
     parts += [v for _, v in parse_qsl(split.query)]
     return parts

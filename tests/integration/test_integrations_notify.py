@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from apprise.plugins.telegram import NotifyTelegram
 
 from cloud_bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
 from cloud_bridge.integrations import notify as notify_module
@@ -84,6 +85,22 @@ async def test_failure_is_transient_and_never_leaks(hook: Hook, caplog: pytest.L
     for text in (str(info.value), repr(info.value), repr(info.value.__dict__), repr(notify.__dict__), caplog.text):
         assert CANARY not in text
         assert basic not in text
+
+
+async def test_a_telegram_bot_token_is_masked_whole_in_the_debug_log(
+    hook: Hook, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tgram://{bot_id}:{secret}/{chat}: urlsplit takes the token for a host and a port, and only the host (the
+    bot id) was masked: Apprise's "Telegram POST URL: .../bot***:{secret}/sendMessage" and urllib3's request
+    line showed the secret half at DEBUG. Apprise's own Telegram plugin, sending to the local server."""
+    monkeypatch.setattr(NotifyTelegram, "notify_url", f"http://127.0.0.1:{hook.port}/bot")
+    caplog.set_level(logging.DEBUG)
+    secret = "AAH" + CANARY.replace("-", "")
+    notify = make(hook, f"tgram://123456789:{secret}/987654")
+    assert await notify.execute(job()) == Outcome("notified 1 services")
+    assert [r["path"] for r in hook.requests] == [f"/bot123456789:{secret}/sendMessage"]  # the token went out
+    assert "Telegram POST URL" in caplog.text and "sendMessage" in caplog.text
+    assert secret not in caplog.text
 
 
 async def test_unreachable_service_is_transient() -> None:

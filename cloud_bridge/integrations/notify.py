@@ -84,6 +84,10 @@ def split_urls(secret: Secret) -> list[str]:
     """The Apprise URLs of a target's secret, each checked by Apprise; ConfigError naming the bad one by number."""
     _load_plugins()
     urls = [u for u in _SEPARATORS.split(secret.reveal()) if u]
+    # Masked before Apprise reads them: it logs a URL it cannot load, whole, at ERROR ("Unparseable URL
+    # tgram://...", "Could not load Discord URL: discord://..."), and that line showed the token at every
+    # start and reload, while our own error named the URL by its position only.
+    redact_in_logs(part for url in urls for part in _secret_parts(url))
     checker = apprise.Apprise(asset=_asset())
     for index, url in enumerate(urls, start=1):
         if not checker.add(url):

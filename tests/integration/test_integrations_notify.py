@@ -161,3 +161,17 @@ def test_bad_config(target: dict[str, str]) -> None:
     with pytest.raises(ConfigError) as info:
         NotifyIntegration.from_config({"targets": {"oncall": target}}, env)
     assert CANARY not in str(info.value)
+
+
+@pytest.mark.parametrize("template", ["discord:/123456789012345678/{token}", "json:/ops:{token}@hooks.example/alarm"])
+def test_a_url_apprise_cannot_load_is_not_logged(template: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Our error names the URL by its position; Apprise's own line at ERROR printed it whole, token and all, at
+    every start and reload: "Unsupported URL: discord:/123.../{token}" for a slash left out."""
+    caplog.set_level(logging.DEBUG)
+    token = f"Tok{os.urandom(12).hex()}"  # one no earlier test registered (the masking is process-wide)
+    urls = f"json://127.0.0.1/ok {template.format(token=token)}"
+    with pytest.raises(ConfigError) as info:
+        NotifyIntegration.from_config({"targets": {"oncall": {"urls_env": "U"}}}, {"U": urls})
+    assert "URL #2 is not a valid Apprise URL" in str(info.value)
+    assert any(r.name == "apprise" and r.levelno >= logging.ERROR for r in caplog.records)  # it did say why
+    assert token not in caplog.text

@@ -230,7 +230,7 @@ class Bridge:
                 self.registry, self.store.fleet, self._clock, ledger=self.ledger, intents=self.store.intents
             )
             dashboard = self._dashboard = Dashboard(data, auth, clock=self._clock)
-            app.add_subapp(dashboard.prefix, dashboard.app())
+            dashboard.mount(app)
         self._servers.append(self._https_server(app, context))
         if settings.metrics_listen is not None:
             self._servers.append(

@@ -99,6 +99,15 @@ class Dashboard:
         """Operators and session key from now on (a reload): a removed operator's or an old key's cookie is refused."""
         self._auth = auth
 
+    def mount(self, parent: web.Application) -> None:
+        """Serve the dashboard under `prefix` on `parent`, and the prefix without its slash ("/ui", typed by
+        hand: it was a 404) as a redirect to it."""
+        parent.router.add_get(self.prefix.rstrip("/"), self._to_root)  # first: the sub-app takes "/ui" too
+        parent.add_subapp(self.prefix, self.app())
+
+    async def _to_root(self, _request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(self.prefix)
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._security])
         app.on_cleanup.append(self._close)

@@ -85,6 +85,13 @@ async def test_only_the_login_and_static_routes_are_open_to_strangers(dashboard_
     assert (await raw_request(dashboard_bridge, "GET", "/ui/static/style.css"))[0] == 200
 
 
+async def test_the_prefix_without_its_slash_leads_to_the_dashboard(dashboard_bridge: Harness) -> None:
+    """`https://bridge:8443/ui`, typed by hand by an operator logged in, was a 404."""
+    cookie = ("Cookie", f"{COOKIE}={await session(dashboard_bridge)}".encode())
+    status, response = await raw_request(dashboard_bridge, "GET", "/ui", [cookie])
+    assert status == 302 and b"Location: /ui/\r\n" in response, response[:300]
+
+
 async def test_every_answer_carries_the_security_headers_refusals_and_errors_too(dashboard_bridge: Harness) -> None:
     """The headers were added to pages a handler returned only: a 404, 400 or 403 and every redirect (raised, not
     returned) went out without X-Frame-Options, the CSP or no-store."""

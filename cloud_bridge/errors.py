@@ -94,6 +94,19 @@ class LedgerStateError(PermanentError):
     code = "illegal_transition"
 
 
+class CallUnderWayError(LedgerStateError):
+    """An operator's cancel of a running row whose provider call had started: it finishes; nothing changed."""
+
+    code = "call_under_way"
+
+
+class CancelPendingError(TransientError):
+    """An operator's cancel of a running row that its node did not answer in time: the ask stays, and the row
+    ends cancelled unless its call has started."""
+
+    code = "cancel_pending"
+
+
 class UnknownIntentError(PermanentError):
     """No ledger row with that id (for that device)."""
 

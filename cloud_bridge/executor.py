@@ -10,9 +10,11 @@ Claimed ahead: each fill claims up to `AHEAD` times a pool's slots, the jobs run
 for the next free slots (RUNNING too, under leases this executor renews). A slot that frees starts the
 next of them at once, while the loop claims more, instead of waiting for a claim's commit
 (bench/findings.md F23). They start in the order claimed, passing over a tenant already running its
-cap; a stopping executor starts none of them and leaves them RUNNING, like a node that died. A job
-holds its slot from its start through its result's commit, so at most the slots' number of calls can
-have reached a provider with no result recorded when a node dies: the calls that may run twice.
+cap; a stopping executor starts none of them and leaves them RUNNING, like a node that died. An operator
+may cancel one until it starts (`unstarted`; cloud_bridge.cancel_asks); a row claimed with a cancel asked
+of it goes to `on_asked`, never to a slot. A job holds its slot from its start through its result's
+commit, so at most the slots' number of calls can have reached a provider with no result recorded when a
+node dies: the calls that may run twice.
 
 `use()` swaps the integrations (a config reload): new jobs run on the new ones, a job already running
 keeps the integration it started with, and an integration no longer in use is closed once its last
@@ -42,6 +44,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
+from cloud_bridge.cancel_sql import pending
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.fair_share import FairRound, Shares
 from cloud_bridge.integrations.base import Integration
@@ -81,6 +84,7 @@ class Executor:
         tenants: Mapping[str, Mapping[str, Integration]] | None = None,
         shares: Shares | None = None,
         orphan_grace: float = 0.0,
+        on_asked: Callable[[LedgerEntry], None] = lambda _entry: None,
     ) -> None:
         self._ledger = ledger
         self._pools = Pools.build({})
@@ -95,6 +99,7 @@ class Executor:
         self._idle: set[Pool] = set()  # pools whose last fill left slots free: nothing due waited
         self._reserved: dict[Pool, int] = {}  # slots offered to admissions under way
         self._offers: dict[ClaimOffer, tuple[Pools, dict[Pool, int]]] = {}
+        self._on_asked = on_asked
         self.use(integrations, tenants, shares)
         self._jobs = JobRun(
             ledger,
@@ -313,7 +318,12 @@ class Executor:
                 self._idle.discard(pool)
             elif self._pools is pools:  # not replaced by a reload meanwhile
                 self._idle.add(pool)
-            self._ready.setdefault(pool, deque()).extend((entry, pools) for entry in claimed)
+            ready = self._ready.setdefault(pool, deque())
+            for entry in claimed:
+                if entry.cancel_ask and pending(entry):  # an operator's cancel waits for it: it ends so, unrun
+                    self._on_asked(entry)
+                else:
+                    ready.append((entry, pools))
             self._start_ready(pool)
             taken += len(claimed)
         if not self._stopping:
@@ -322,6 +332,17 @@ class Executor:
                 await self._jobs.end_unrun(entry, "no_integration", detail)
                 taken += 1
         return taken, sorted(idle - busy)
+
+    def unstarted(self, entry: LedgerEntry) -> bool | None:
+        """An operator cancels `entry` (a row held here): True when it waited claimed ahead (it is taken out, it
+        will not start), False when its job runs (its call started), None when neither (not held here)."""
+        key = (entry.device_id, entry.intent_id, entry.attempt)
+        for ready in self._ready.values():
+            for item in ready:
+                if (item[0].device_id, item[0].intent_id, item[0].attempt) == key:
+                    ready.remove(item)
+                    return True
+        return False if any((e.device_id, e.intent_id, e.attempt) == key for e in self._held.values()) else None
 
     def _held_by_tenant(self, pool: Pool) -> dict[str, int]:
         """The pool's running jobs and rows claimed ahead, counted by tenant (what fills share out)."""

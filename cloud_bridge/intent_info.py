@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud_bridge.ledger import LedgerEntry
-from cloud_bridge.ledger_states import TRANSITIONS, LedgerEvent
+from cloud_bridge.ledger_states import TRANSITIONS, EntryState, LedgerEvent
 from intent_contract.timefmt import format_ms
 
 
@@ -54,7 +54,8 @@ class IntentInfo:
             updated=entry.updated,
             confirmed=entry.confirmed,
             retryable=(entry.state, LedgerEvent.REQUEUE) in TRANSITIONS and not revoked,
-            cancellable=(entry.state, LedgerEvent.CANCEL) in TRANSITIONS,
+            # a running row too: its node cancels it if its call has not started (cloud_bridge.cancel_asks)
+            cancellable=(entry.state, LedgerEvent.CANCEL) in TRANSITIONS or entry.state is EntryState.RUNNING,
         )
 
     def to_json(self) -> dict[str, Any]:

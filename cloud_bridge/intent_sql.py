@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud_bridge.audit import AuditEvent, AuditRecord
+from cloud_bridge.cancel_sql import ask_cancel
 from cloud_bridge.errors import RevokedDeviceError, TransientError, UnknownIntentError
 from cloud_bridge.ledger import PURGE_BATCH, LedgerEntry, clip_detail, entry_from_row
 from cloud_bridge.ledger_states import (
@@ -114,14 +115,17 @@ def operator_detail(event: LedgerEvent, operator: str) -> str:
 # when it ended without the provider's answer (a timeout), that it may have reached the provider: the device
 # and the operator are not told only "cancelled" of an email that may have gone. In the UPDATE, where the
 # row's code is the one it had before, so a row that moves meanwhile (PostgreSQL) is described as it was.
-_CANCEL_DETAIL = (
-    "CASE WHEN tries = 0 THEN ? ELSE substr(? || code"
-    f" || CASE WHEN code IN ({', '.join('?' * len(UNANSWERED))}) THEN ? ELSE '' END, 1, {MAX_DETAIL}) END"
-)
+def cancel_detail_sql(tries: str = "tries") -> str:
+    """The SQL of that detail, `tries` being the row's tries of this attempt (a row claimed ahead: `tries - 1`,
+    its claim's try never started)."""
+    return (
+        f"CASE WHEN {tries} = 0 THEN ? ELSE substr(? || code"
+        f" || CASE WHEN code IN ({', '.join('?' * len(UNANSWERED))}) THEN ? ELSE '' END, 1, {MAX_DETAIL}) END"
+    )
 
 
 def cancel_detail(detail: str) -> tuple[str, ...]:
-    """The parameters of _CANCEL_DETAIL for an operator's `detail`."""
+    """The parameters of `cancel_detail_sql` for an operator's `detail`."""
     return (detail, f"{detail}; its last try ended ", *sorted(UNANSWERED), ": it may have reached the provider")
 
 
@@ -154,6 +158,7 @@ class SqlIntents:
         transaction: Transaction,
         *,
         signal: Signal,
+        ask: Signal | None = None,
         marker: str = "?",
         true: str = "1",
         false: str = "0",
@@ -165,6 +170,7 @@ class SqlIntents:
         self.revoked = revoked  # whether a device is revoked (the registry's word)
         self.purge_pace = purge_pace  # None: no pause (PostgreSQL has no one write lock)
         self._signal = signal
+        self.ask_signal = ask or signal  # tells the nodes of a cancel asked of a running row (cloud_bridge.cancel_sql)
         self._marker = marker
         self._true = true
         self._false = false
@@ -173,8 +179,20 @@ class SqlIntents:
     def open(self) -> None:
         self._on_open()
 
-    def _run(self, conn: Any, text: str, params: Sequence[Any] = ()) -> Any:
+    def run(self, conn: Any, text: str, params: Sequence[Any] = ()) -> Any:
+        """`text` (with `?` markers) on `conn`, a connection of `transaction()`."""
         return conn.execute(text if self._marker == "?" else text.replace("?", self._marker), params)
+
+    _run = run
+
+    @property
+    def false(self) -> str:
+        """The backend's false literal."""
+        return self._false
+
+    def transaction(self) -> Any:
+        """A transaction of the store's driver, as a context manager yielding its connection."""
+        return self._transaction()
 
     def rows(self, query: IntentQuery) -> list[LedgerEntry]:
         """Rows matching `query`, the most recently changed first."""
@@ -228,7 +246,8 @@ class SqlIntents:
         """Apply an operator's event to one row; returns the row after it.
 
         UnknownIntentError when there is no such row; LedgerStateError (nothing changed) when the row's
-        state does not allow the event.
+        state does not allow the event. A cancel of a running row records an ask of the node holding it and
+        returns the row still running (cloud_bridge.cancel_sql; `operator_api.cancel` waits for the answer).
         """
         if event not in OPERATOR_EVENTS:
             raise ValueError(f"{event} is not an operator's event")
@@ -252,7 +271,7 @@ class SqlIntents:
             code = REQUEUED
         else:
             changes, values, code = (
-                f"code = ?, detail = {_CANCEL_DETAIL}",
+                f"code = ?, detail = {cancel_detail_sql()}",
                 (CANCELLED, *cancel_detail(detail)),
                 CANCELLED,
             )
@@ -275,6 +294,11 @@ class SqlIntents:
                 # naming it), or the row moved into a state that allows it after the UPDATE looked and before
                 # the SELECT (PostgreSQL, READ COMMITTED: each statement sees what committed before it, such
                 # as an executor putting a running row back in the queue or failing it): try again.
+                if event is LedgerEvent.CANCEL and entry.state is EntryState.RUNNING:
+                    # Claimed, maybe ahead of its call: its node decides (cloud_bridge.cancel_asks).
+                    if asked := ask_cancel(self, conn, entry, operator):
+                        return asked
+                    continue
                 step(entry.state, event)
             else:
                 raise TransientError(
@@ -282,21 +306,25 @@ class SqlIntents:
                     " try again",
                     code="intent_busy",
                 )
-            audit = AUDIT[event]
-            assert audit is not None
-            self._run(
-                conn,
-                "INSERT INTO audit (at, device_id, tenant, intent_id, kind, event, integration, code, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (now, device_id, entry.tenant, intent_id, entry.kind, str(audit), "", code, entry.detail),
-            )
-            # A cancel ends the intent: counted in usage with its audit row, as every other end is (it was not).
-            ended = tally(entry.tenant, device_id, entry.kind, audit, now)
-            if ended is not None:
-                [row] = upsert_rows([ended], USAGE_WRITER)
-                self._run(conn, USAGE_UPSERT, row)
-            self._signal(conn, device_id)
+            self.record(conn, entry, event, code, now)
         return entry
+
+    def record(self, conn: Any, entry: LedgerEntry, event: LedgerEvent, code: str, now: float) -> None:
+        """Audit an operator's event on `entry` (the row after it), count an end in usage, signal the nodes."""
+        audit = AUDIT[event]
+        assert audit is not None
+        self._run(
+            conn,
+            "INSERT INTO audit (at, device_id, tenant, intent_id, kind, event, integration, code, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (now, entry.device_id, entry.tenant, entry.intent_id, entry.kind, str(audit), "", code, entry.detail),
+        )
+        # A cancel ends the intent: counted in usage with its audit row, as every other end is (it was not).
+        ended = tally(entry.tenant, entry.device_id, entry.kind, audit, now)
+        if ended is not None:
+            [row] = upsert_rows([ended], USAGE_WRITER)
+            self._run(conn, USAGE_UPSERT, row)
+        self._signal(conn, entry.device_id)
 
     def purge(
         self,

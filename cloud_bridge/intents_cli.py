@@ -188,7 +188,10 @@ def register(main: click.Group, store_options: Decorator, json_option: Decorator
         return run
 
     retry_help = "Queue a failed or expired intent again, as a new attempt; its edge hears `accepted`, then the result."
-    cancel_help = "End a queued (not running) intent failed, code `cancelled`; its edge hears the result."
+    cancel_help = (
+        "End a queued intent, or a running one whose call has not started, failed, code `cancelled`; its edge"
+        " hears the result."
+    )
     for action, text in (("retry", retry_help), ("cancel", cancel_help)):
         command = json_option(operator_option(store_options(ids_argument(_act(action)))))
         intents.command(action, help=text)(command)

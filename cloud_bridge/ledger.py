@@ -109,6 +109,9 @@ class LedgerEntry:
     # The device was revoked when the row was claimed (a shared store reads it in the claim: a node runs no
     # row of a device revoked before its own watcher saw it); the executor also asks its watcher's set.
     revoked: bool = False
+    # An operator's cancel of this running row, not yet acted on by the node holding it: "ATTEMPT OPERATOR",
+    # then "ATTEMPT OPERATOR started" once that node answered that its call had started (cloud_bridge.cancel_asks).
+    cancel_ask: str = ""
 
     def __post_init__(self) -> None:
         if not is_name(self.intent_id):
@@ -249,7 +252,15 @@ def _entry(row: StoredRow, state: EntryState, tries: int, updated: float, owner:
         updated=updated,
         owner=owner,
         lease_until=until,
+        cancel_ask=_ask(row),
     )
+
+
+def _ask(row: StoredRow) -> str:
+    try:
+        return str(row["cancel_ask"])
+    except (KeyError, IndexError):  # a row read without that column
+        return ""
 
 
 class Ledger(Protocol):

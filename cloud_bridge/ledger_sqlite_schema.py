@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
-from cloud_bridge import intent_sql
+from cloud_bridge import cancel_sql, intent_sql
 from cloud_bridge.errors import TransientError
 from cloud_bridge.fleet_rules import STALE_AFTER_S
 from cloud_bridge.fleet_schema import FLEET_DB, FLEET_TABLES, SQLITE_NOW
@@ -69,6 +69,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, USAGE_SUMMARY, USAGE_SCHEMA),
     Migration(5, intent_sql.SQLITE_SCHEMA_SUMMARY, intent_sql.SQLITE_SCHEMA),
     Migration(6, "claims by tenant", (WAITING_INDEX,)),
+    Migration(7, cancel_sql.SUMMARY, cancel_sql.SQLITE_SCHEMA),
 )
 
 

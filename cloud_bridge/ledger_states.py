@@ -5,7 +5,8 @@
     (new row) --expire--> expired           running --reclaim--> running (a lease ran out: another executor)
     failed | expired --queue/reject/expire--> ... (re-admitted: a higher attempt from the edge)
     failed | expired --requeue--> queued   (an operator's retry at the bridge: a new attempt)
-    queued --cancel--> failed              (an operator's cancel, code `cancelled`; a running row is not)
+    queued --cancel--> failed              (an operator's cancel, code `cancelled`; of a running row, its node
+                                            ends it so unless its call started: cloud_bridge.cancel_sql)
 
 Every backend derives its SQL from this table: an UPDATE for an event sets `target(event)` and only
 touches rows whose state is in `sources(event)`, so no backend can make a move the table does not allow.

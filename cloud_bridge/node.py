@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cloud_bridge.cancel_asks import CancelAsks
 from cloud_bridge.control import MAX_ERROR_CHARS, ControlServer
 from cloud_bridge.dashboard.auth import OperatorAuth
 from cloud_bridge.dashboard.store_data import StoreData
@@ -111,6 +112,7 @@ class Bridge:
         self.service: BridgeService | None = None
         self.listener: BridgeListener | None = None
         self._executor: Executor | None = None
+        self._asks: CancelAsks | None = None
         self._servers: list[HttpServer] = []
         self._control: ControlServer | None = None
         self._reload_lock = asyncio.Lock()
@@ -130,6 +132,12 @@ class Bridge:
         if self._given_integrations is not None:
             return dict(self._given_integrations), own
         return build_integrations(settings.config.integrations), own
+
+    def _cancel_asks(self, node_id: str) -> CancelAsks:
+        """The node's answers to operators' cancels of the rows its executor holds (made once)."""
+        if self._asks is None:
+            self._asks = CancelAsks(self.store.intents, node_id, self._clock, held=lambda: self._executor)
+        return self._asks
 
     async def start(self) -> None:
         """Open the stores and bind every listener; BridgeError (one line) on any problem."""
@@ -178,6 +186,7 @@ class Bridge:
             tenants=self.tenant_integrations,
             shares=settings.config.shares(),
             orphan_grace=SHARED_ORPHAN_GRACE if self.store.url.shared else 0.0,
+            on_asked=self._cancel_asks(settings.node_id).claimed,
         )
         self._refusals = ConnectAudit(desk, self.ledger, self._tenant_of)  # audits refused connects, then the desk
         gate = DeviceGate(
@@ -242,7 +251,7 @@ class Bridge:
         await listener.start()
         await desk.start()
         await executor.start()
-        await self.store.signals.start(service.on_results, executor.wake)
+        await self.store.signals.start(service.on_results, executor.wake, self._cancel_asks(settings.node_id).look)
         bridge = settings.config.bridge
         self.retention = Retention(
             self.store.intents, intent_age=bridge.intent_retention, audit_age=bridge.audit_retention,
@@ -387,6 +396,8 @@ class Bridge:
         if self.retention is not None:
             await self.retention.stop()
         await self.store.signals.stop()
+        if self._asks is not None:
+            await self._asks.stop()
         if self.listener is not None:
             await self.listener.stop()
         if self.fleet_desk is not None:

@@ -10,8 +10,9 @@ UnknownIntentError; both are BridgeErrors (one line, non-zero exit at the CLI).
   sees a new idempotency key `device:intent:attempt`, as after the edge's own `retry`), due at once and
   without its old deadline. The device hears `accepted` for it (now if its node holds it, else on its
   next connect), then the new final result.
-- cancel: a queued row (never a running one) ends failed with code `cancelled`; the device hears it as
-  any final result.
+- cancel: a queued row ends failed with code `cancelled`; the device hears it as any final result. A
+  running row is asked of the node holding it (cloud_bridge.cancel_asks), which ends it so if its call had
+  not started (a row claimed ahead), else answers that it had: CallUnderWayError, the call finishes.
 Both are audited (`requeue`, `cancel`) with the operator's name and the time.
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud_bridge.audit import AuditRecord
+from cloud_bridge.cancel_asks import CANCEL_WAIT, wait_answer
 from cloud_bridge.errors import AmbiguousIntentError, BadOperatorError, UnknownIntentError
 from cloud_bridge.intent_info import IntentInfo
 from cloud_bridge.intent_sql import IntentQuery, Purged, SqlIntents
@@ -147,9 +149,19 @@ def retry(intents: SqlIntents, ids: Sequence[str], operator: str, now: float) ->
     return _operate(intents, ids, LedgerEvent.REQUEUE, operator, now)
 
 
-def cancel(intents: SqlIntents, ids: Sequence[str], operator: str, now: float) -> Operated:
-    """End a queued intent failed/`cancelled`; LedgerStateError for any other state (running too)."""
-    return _operate(intents, ids, LedgerEvent.CANCEL, operator, now)
+def cancel(
+    intents: SqlIntents, ids: Sequence[str], operator: str, now: float, *, wait: float = CANCEL_WAIT
+) -> Operated:
+    """End a queued intent failed/`cancelled`, or a running one whose call has not started (its node is asked
+    and answers within `wait` seconds: CallUnderWayError when the call had started, CancelPendingError when
+    it did not answer); LedgerStateError for any other state."""
+    if not is_name(operator):
+        raise BadOperatorError(f"operator {operator[:70]!r} is not a valid name")
+    row = _one(intents, ids)
+    after = intents.operate(row.device_id, row.intent_id, LedgerEvent.CANCEL, operator, now)
+    if after.state is EntryState.RUNNING:
+        after = wait_answer(intents, after, operator, now, wait=wait)
+    return Operated("cancel", operator, now, IntentInfo.of(after))
 
 
 def purge(

@@ -4,7 +4,9 @@ SQLite has no NOTIFY, so an operation that needs the node (an operator's retry o
 must hear the row's status, the executor must look for work) adds a line to the `signals` table in its
 own transaction, and the node reads the lines after the last one it saw every POLL_S (from its
 start: a signal from before it started is not needed, it sends every device its results on
-subscribe). Lines older than KEEP_S are deleted by the node when it reads new ones.
+subscribe). Lines older than KEEP_S are deleted by the node when it reads new ones. A line is also where
+a cancel asked of a running row is signalled (cloud_bridge.cancel_sql): each line's device is also given
+to `on_cancel`, since lines come only from operators.
 """
 
 from __future__ import annotations
@@ -51,9 +53,14 @@ class SqliteSignals:
                 conn.execute("DELETE FROM signals WHERE at < ?", (time.time() - KEEP_S,))
             return (rows[-1][0] if rows else after), [r[1] for r in rows]
 
-    async def start(self, on_results: Callable[[str], None], on_work: Callable[[], None]) -> None:
+    async def start(
+        self,
+        on_results: Callable[[str], None],
+        on_work: Callable[[], None],
+        on_cancel: Callable[[str], None] = lambda _device_id: None,
+    ) -> None:
         self._seen, _ = await own_thread(self._read, None)
-        self._task = asyncio.create_task(self._run(on_results, on_work), name="store-signals")
+        self._task = asyncio.create_task(self._run(on_results, on_work, on_cancel), name="store-signals")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -62,7 +69,9 @@ class SqliteSignals:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _run(self, on_results: Callable[[str], None], on_work: Callable[[], None]) -> None:
+    async def _run(
+        self, on_results: Callable[[str], None], on_work: Callable[[], None], on_cancel: Callable[[str], None]
+    ) -> None:
         # A file that cannot be opened (the process out of descriptors) is a line when it starts and one at its
         # end, not a WARNING at every poll (two a second).
         failures = FailureEpisode(logger, "cannot read the store's signals")
@@ -76,5 +85,6 @@ class SqliteSignals:
             failures.worked()
             for device_id in dict.fromkeys(devices):
                 on_results(device_id)
+                on_cancel(device_id)
             if devices:
                 on_work()

@@ -23,9 +23,12 @@ from cloud_bridge.tokens import DEFAULT_TOKENS_PER_DEVICE, ReplayCache
 class Signals(Protocol):
     """Wake-ups between nodes sharing a store: a final result for a device, new work for the executors."""
 
-    async def start(self, on_results: Callable[[str], None], on_work: Callable[[], None]) -> None:
+    async def start(
+        self, on_results: Callable[[str], None], on_work: Callable[[], None], on_cancel: Callable[[str], None] = ...
+    ) -> None:
         """Start delivering: `on_results(device_id)` when another node finished a result of that device
-        (or when signals may have been missed: then for every device, as `on_results("*")`)."""
+        (or when signals may have been missed: then for every device, as `on_results("*")`);
+        `on_cancel(device_id)` when an operator asked to cancel a running row of that device (or "*")."""
 
     async def stop(self) -> None:
         """Stop delivering."""
@@ -34,7 +37,12 @@ class Signals(Protocol):
 class NoSignals:
     """Signals of a single-node store: there is no other node to hear from."""
 
-    async def start(self, on_results: Callable[[str], None], on_work: Callable[[], None]) -> None:
+    async def start(
+        self,
+        on_results: Callable[[str], None],
+        on_work: Callable[[], None],
+        on_cancel: Callable[[str], None] = lambda _device_id: None,
+    ) -> None:
         return None
 
     async def stop(self) -> None:

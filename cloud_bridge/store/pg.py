@@ -19,7 +19,7 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from cloud_bridge import intent_sql
+from cloud_bridge import cancel_sql, intent_sql
 from cloud_bridge.errors import TransientError
 from cloud_bridge.fleet_rules import STALE_AFTER_S
 from cloud_bridge.fleet_schema import PG_NOW, PG_SCHEMA, SCHEMA_SUMMARY
@@ -98,6 +98,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX replaced_keys_device ON replaced_keys (device_id, replaced_at)",
         ),
     ),
+    Migration(8, cancel_sql.SUMMARY, cancel_sql.PG_SCHEMA),
 )
 
 
@@ -365,7 +366,7 @@ def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int, clock: Ca
     from cloud_bridge.registry import revoked_in  # noqa: PLC0415
     from cloud_bridge.store.pg_ledger import PgLedger  # noqa: PLC0415 - these import this module
     from cloud_bridge.store.pg_registry import PgRegistry, PgReplayCache  # noqa: PLC0415
-    from cloud_bridge.store.pg_signals import PgSignals, operator_signal  # noqa: PLC0415
+    from cloud_bridge.store.pg_signals import PgSignals, cancel_signal, operator_signal  # noqa: PLC0415
 
     conninfo = url.conninfo(application_name=f"cloud-bridge {node}")
     pools = PgPools(conninfo)
@@ -388,6 +389,7 @@ def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int, clock: Ca
         intent_sql.SqlIntents(
             lambda: pools.sync_transaction("ledger"),
             signal=operator_signal(node),
+            ask=cancel_signal,
             marker="%s",
             true="true",
             false="false",

@@ -3,7 +3,9 @@
 The ledger notifies in the transaction that commits the change, so a signal is never seen before the
 row it names. Payloads carry the sending node, and a node ignores its own (it acted already). A lost
 connection is reopened with backoff; since signals may have been missed meanwhile, every device held
-here is then treated as having new results, and the executor is woken.
+here is then treated as having new results, and the executor is woken. An operator's cancel of a
+running row is signalled on a channel of its own (CANCEL_CHANNEL, the device's id: cloud_bridge.cancel_sql),
+so that a node looks for cancels asked of its rows only then, not on every result.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from intent_contract.backoff import compute_backoff
 logger = logging.getLogger(__name__)
 
 ALL_DEVICES = "*"
+CANCEL_CHANNEL = "bridge_cancel_asks"
+
+
+def _ignore(_device_id: str) -> None:
+    return None
 
 
 class PgSignals:
@@ -33,12 +40,16 @@ class PgSignals:
         self._node = node
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # set while the LISTEN connection is up (for tests)
+        self._on_cancel: Callable[[str], None] = _ignore
 
-    async def start(self, on_results: Callable[[str], None], on_work: Callable[[], None]) -> None:
+    async def start(
+        self, on_results: Callable[[str], None], on_work: Callable[[], None], on_cancel: Callable[[str], None] = _ignore
+    ) -> None:
         """Listen until `stop()`; returns once the first LISTEN is in place (or its first attempt failed)."""
         if self._task is not None:
             raise RuntimeError("signals already started")
         first = asyncio.get_running_loop().create_future()
+        self._on_cancel = on_cancel
         self._task = asyncio.create_task(self._run(on_results, on_work, first), name="store-signals")
         await first
 
@@ -58,12 +69,14 @@ class PgSignals:
                 async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {RESULTS_CHANNEL}")
                     await conn.execute(f"LISTEN {WORK_CHANNEL}")
+                    await conn.execute(f"LISTEN {CANCEL_CHANNEL}")
                     self.listening.set()
                     if not first.done():
                         first.set_result(None)
                     elif failures:
                         on_results(ALL_DEVICES)  # what was signalled while we were away
                         on_work()
+                        self._on_cancel(ALL_DEVICES)
                     failures = 0
                     async for notice in conn.notifies():
                         self._dispatch(notice.channel, notice.payload, on_results, on_work)
@@ -83,6 +96,9 @@ class PgSignals:
             if payload != self._node:
                 on_work()
             return
+        if channel == CANCEL_CHANNEL:
+            self._on_cancel(payload)
+            return
         device_id, _, node = payload.rpartition(" ")
         if device_id and node != self._node:
             on_results(device_id)
@@ -97,3 +113,8 @@ def operator_signal(node: str) -> Callable[[Any, str], None]:
                      (RESULTS_CHANNEL, f"{device_id} {sender}", WORK_CHANNEL, sender))  # fmt: skip
 
     return signal
+
+
+def cancel_signal(conn: Any, device_id: str) -> None:
+    """`SqlIntents.ask_signal` for PostgreSQL: a cancel asked of a running row of `device_id`, to every node."""
+    conn.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, device_id))

@@ -175,7 +175,6 @@ async def test_what_the_table_does_not_allow_is_refused_and_changes_nothing(stor
     before = operator_api.list_intents(store.intents, IntentQuery())
     cases = [
         (operator_api.cancel, delivered, "cannot cancel an intent that is delivered"),
-        (operator_api.cancel, live, "cannot cancel an intent that is running"),
         (operator_api.retry, delivered, "cannot requeue an intent that is delivered"),
         (operator_api.retry, queued, "cannot requeue an intent that is queued"),
         (operator_api.retry, live, "cannot requeue an intent that is running"),
@@ -190,6 +189,33 @@ async def test_what_the_table_does_not_allow_is_refused_and_changes_nothing(stor
     assert operator_api.list_intents(store.intents, IntentQuery()) == before
     assert [r.event for r in operator_api.show_intent(store.intents, ["dev-1", queued]).history] == [AuditEvent.ACCEPT]
     assert not [r for r in await store.ledger.audit() if r.event in (AuditEvent.CANCEL, AuditEvent.REQUEUE)]
+
+
+async def test_a_cancel_of_a_running_row_asks_its_node_and_says_so_when_it_does_not_answer(
+    store_url: object, store: Store
+) -> None:
+    """The cancel of a running row is asked of the node holding it (cloud_bridge.cancel_asks), which is signalled;
+    no node answers here, and the row runs on: its result is recorded as any other."""
+    asked: list[str] = []
+    heard = asyncio.Event()
+    await store.signals.start(lambda _d: None, lambda: None, lambda device_id: (asked.append(device_id), heard.set()))
+    try:
+        await admit(store.ledger, DEV, [env("live")], allow, NOW)
+        [running] = await store.ledger.claim(["email.send"], 1, NOW, owner="node-a")
+        async with opened(store_url, node="cli") as cli:  # type: ignore[arg-type]
+            with pytest.raises(BridgeError, match="node node-a holds it and has not answered in 0 s") as raised:
+                operator_api.cancel(cli.intents, ["dev-1", "live"], "alice", NOW + 1, wait=0)
+        assert raised.value.code == "cancel_pending"
+        await asyncio.wait_for(heard.wait(), 30)
+        assert asked == ["dev-1"]
+        [row] = store.intents.find("live")
+        assert (row.state, row.cancel_ask, row.code) == (EntryState.RUNNING, "1 alice", "")
+        await store.ledger.finish(running, EntryState.DELIVERED, "", "", NOW + 2, "smtp")
+        [row] = store.intents.find("live")
+        assert row.state is EntryState.DELIVERED
+        assert not [r for r in await store.ledger.audit() if r.event is AuditEvent.CANCEL]
+    finally:
+        await store.signals.stop()
 
 
 async def test_retry_and_cancel_signal_the_running_nodes(store_url: object, store: Store) -> None:

@@ -156,6 +156,7 @@ def test_a_schema_step_waiting_behind_a_long_read_stalls_the_running_nodes_at_mo
                 "DROP INDEX intents_announce",
                 "ALTER TABLE intents DROP COLUMN announce",
                 "DROP TABLE replaced_keys",  # step 7
+                "ALTER TABLE intents DROP COLUMN cancel_ask",  # step 8
                 "DELETE FROM schema_version WHERE version >= 5",
             ):
                 conn.execute(statement.encode())
@@ -194,7 +195,7 @@ OPERATORS_COMMANDS = (
 
 
 def test_operators_commands_of_a_newer_bridge_leave_a_postgresql_schema_to_the_nodes() -> None:
-    """An operator's newer cloud-bridge against a store its nodes run on at the version before (step 7 not applied).
+    """An operator's newer cloud-bridge against a store its nodes run on at the version before (steps 7-8 not applied).
     Each command applied the pending steps, as a node does at start: `devices ls` made the store newer than
     the running nodes' code, and each of them refused it at its next start ("newer than this bridge knows").
     Now each says the store is older and how to upgrade it, and the schema stays as the nodes know it."""
@@ -203,16 +204,17 @@ def test_operators_commands_of_a_newer_bridge_leave_a_postgresql_schema_to_the_n
         assert code == 0, output
         with psycopg.connect(url.conninfo(), autocommit=True) as conn:  # as the release before step 7 left it
             conn.execute("DROP TABLE replaced_keys")
+            conn.execute("ALTER TABLE intents DROP COLUMN cancel_ask")  # step 8
             conn.execute("DELETE FROM schema_version WHERE version >= 7")
         for command in OPERATORS_COMMANDS:
             result = CliRunner().invoke(main, [*command, "--store", str(url)])
             assert result.exit_code == 1, (command, result.output)
-            assert "the PostgreSQL store has schema version 6, older than this bridge's (7)" in result.output, command
+            assert "the PostgreSQL store has schema version 6, older than this bridge's (8)" in result.output, command
             assert "cloud-bridge db upgrade" in result.output
             assert "Traceback" not in result.output
             with psycopg.connect(url.conninfo()) as conn:
                 assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (6,), command
-        assert json.loads(upgrade("--store", str(url))[1])["applied"] == [7]
+        assert json.loads(upgrade("--store", str(url))[1])["applied"] == [7, 8]
         result = CliRunner().invoke(main, ["devices", "ls", "--store", str(url)])
         assert result.exit_code == 0, result.output
 

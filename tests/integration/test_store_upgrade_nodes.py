@@ -106,6 +106,7 @@ def at_step_5(url: StoreUrl) -> None:
         for statement in (
             "DROP INDEX intents_tenant_due",  # step 6
             "DROP TABLE replaced_keys",  # step 7
+            "ALTER TABLE intents DROP COLUMN cancel_ask",  # step 8
             "DELETE FROM schema_version WHERE version >= 6",
             "INSERT INTO intents (device_id, intent_id, tenant, app, kind, payload, attempt, priority, created, state,"
             " code, detail, tries, next_run, overrides, confirmed, updated) SELECT 'dev-1', 'i-' || n, 'acme', 'app',"
@@ -144,7 +145,7 @@ def test_an_index_step_lets_the_running_nodes_write_while_it_waits_and_builds(pg
         finally:
             under_way.rollback()
             starting.join(60)
-    assert applied == [[6, 7]]
+    assert applied == [[6, 7, 8]]
     assert tenant_due_index(pg_url) == (
         True,
         "CREATE INDEX intents_tenant_due ON public.intents USING btree (kind, tenant, priority DESC, seq)"
@@ -159,7 +160,7 @@ def test_an_index_an_interrupted_build_left_invalid_is_built_again(pg_url: Store
     with psycopg.connect(pg_url.conninfo(), autocommit=True) as conn, pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute("CREATE UNIQUE INDEX CONCURRENTLY intents_tenant_due ON intents (kind)")
     assert tenant_due_index(pg_url)[0] is False
-    assert pg.migrate(pg_url.conninfo(), at_start=True) == [6, 7]
+    assert pg.migrate(pg_url.conninfo(), at_start=True) == [6, 7, 8]
     valid, definition = tenant_due_index(pg_url)
     assert valid
     assert definition.startswith("CREATE INDEX intents_tenant_due ON public.intents USING btree (kind, tenant")

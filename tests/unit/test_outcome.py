@@ -169,5 +169,5 @@ def test_a_transient_error_ends_in_exactly_one_of_retry_fail_expire(
     ],
 )
 def test_the_integrations_codes_for_a_try_without_an_answer_are_unanswered(error: BridgeError) -> None:
-    """A cancel tells the device such a try may have reached the provider (intent_sql._CANCEL_DETAIL)."""
+    """A cancel tells the device such a try may have reached the provider (intent_sql.cancel_detail_sql)."""
     assert error.code in UNANSWERED

@@ -10,7 +10,7 @@ Claimed ahead: each fill claims up to `AHEAD` times a pool's slots, the jobs run
 for the next free slots (RUNNING too, under leases this executor renews). A slot that frees starts the
 next of them at once, while the loop claims more, instead of waiting for a claim's commit
 (bench/findings.md F23). They start in the order claimed, passing over a tenant already running its
-cap; a stopping executor starts none of them and leaves them RUNNING, like a node that died. An operator
+cap; a stopping executor starts none of them and puts them back in the queue (`Ledger.unclaim`). An operator
 may cancel one until it starts (`unstarted`; cloud_bridge.cancel_asks); a row claimed with a cancel asked
 of it goes to `on_asked`, never to a slot. A job holds its slot from its start through its result's
 commit, so at most the slots' number of calls can have reached a provider with no result recorded when a
@@ -229,16 +229,19 @@ class Executor:
             self._reserved[pool] -= n
 
     async def stop(self) -> None:
-        """Stop claiming; give running jobs `stop_grace` seconds, then cancel them (they resume at start)."""
+        """Stop claiming, give back the rows claimed ahead (`Ledger.unclaim`); give running jobs `stop_grace`
+        seconds, then cancel them (they resume at start)."""
         self._stopping = True
         self._wakeup.set()
         if self._loop_task is not None:
             await self._loop_task
             self._loop_task = None
-        left = sum(len(ready) for ready in self._ready.values())
-        if left:  # RUNNING without a job, as when the node dies: taken again at the next start or their lease's end
-            logger.info("%d rows claimed ahead were not started: the executor stops", left)
-            self._ready.clear()
+        left = [entry for ready in self._ready.values() for entry, _ in ready]
+        self._ready.clear()
+        try:  # as before their claim: a restart or a lease's end took each for a try (it may have reached the provider)
+            await self._ledger.unclaim(left)
+        except Exception:  # RUNNING without a job, as when the node dies: taken again at the next start or lease's end
+            logger.exception("could not give back %d rows claimed ahead and not started", len(left))
         tasks = {t for tasks in self._running.values() for t in tasks}
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self._stop_grace)

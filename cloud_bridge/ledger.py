@@ -331,6 +331,10 @@ class Ledger(Protocol):
     async def renew(self, entries: Sequence[LedgerEntry], until: float) -> int:
         """Extend the leases of running rows this executor still holds; returns how many it still holds."""
 
+    async def unclaim(self, entries: Sequence[LedgerEntry]) -> int:
+        """Put rows this executor claimed and never started back in the queue as before their claim (`tries`
+        as it was, no owner, not audited: a claim is not); returns how many it still held."""
+
     async def next_due(self, kinds: Collection[str]) -> float | None:
         """When the earliest queued row of `kinds` becomes due (seconds), or None."""
 

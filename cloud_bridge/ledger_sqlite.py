@@ -43,7 +43,7 @@ from cloud_bridge.ledger import (
 from cloud_bridge.ledger_finish import Finish, JoinedFinishes, final_state
 from cloud_bridge.ledger_plan import Request
 from cloud_bridge.ledger_sqlite_admit import KNOWN, admit, admit_plan, known_of
-from cloud_bridge.ledger_sqlite_jobs import HELD, claim_rows, due_sql, finish_rows, lapsed_sql
+from cloud_bridge.ledger_sqlite_jobs import HELD, claim_rows, due_sql, finish_rows, lapsed_sql, unclaim_rows
 from cloud_bridge.ledger_sqlite_schema import AUDIT_INSERT, AUDIT_ROWS, migrate
 from cloud_bridge.ledger_states import (
     LIVE_STATES,
@@ -278,6 +278,10 @@ class SqliteLedger:
             return cursor.rowcount
 
         return await self._call(run) if params else 0
+
+    async def unclaim(self, entries: Sequence[LedgerEntry]) -> int:
+        """Put rows claimed and never started back in the queue, as before their claim."""
+        return await self._call(lambda conn: unclaim_rows(conn, entries)) if entries else 0
 
     async def waiting_tenants(self, kinds: Collection[str], now: float) -> list[str]:
         """Tenants with rows of `kinds` queued or running past their lease, sorted (a skip scan per kind)."""

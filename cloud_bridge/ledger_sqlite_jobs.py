@@ -96,3 +96,16 @@ def claim_rows(
     for chunk, chunk_marks in in_chunks(seqs):
         conn.execute(f"UPDATE intents SET {_CLAIMED} WHERE seq IN ({chunk_marks})", (owner, until, now, *chunk))
     return [claimed_entry(row, owner, until, now) for row in rows]
+
+
+# Rows claimed ahead and never started, given back by a stopping executor (params: HELD's).
+UNCLAIM_SQL = (
+    f"UPDATE intents SET state = '{target(LedgerEvent.RESUME)}', tries = tries - 1, owner = '', lease_until = 0"
+    f" WHERE {HELD} AND {state_in(sources(LedgerEvent.RESUME))}"
+)
+
+
+def unclaim_rows(conn: sqlite3.Connection, entries: Sequence[LedgerEntry]) -> int:
+    """Put `entries` (claimed, never started) back in the queue as they were before their claim."""
+    params = [(e.device_id, e.intent_id, e.attempt, e.tries) for e in entries]
+    return conn.executemany(UNCLAIM_SQL, params).rowcount

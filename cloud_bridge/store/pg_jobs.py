@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -193,3 +193,20 @@ async def finish_rows(conn: AsyncConn, finishes: list[Finish], node: str) -> lis
         signals = sorted({f"{finishes[n].entry.device_id} {node}" for n in held})
         await conn.execute("SELECT pg_notify(%s, signal) FROM unnest(%s::text[]) AS signal", (RESULTS_CHANNEL, signals))
     return acks
+
+
+async def unclaim_rows(conn: AsyncConn, entries: Sequence[LedgerEntry]) -> int:
+    """Put `entries` (claimed, never started) back in the queue as they were before their claim."""
+    cursor = await conn.execute(
+        f"UPDATE intents AS i SET state = '{target(LedgerEvent.RESUME)}', tries = i.tries - 1, owner = '',"
+        " lease_until = 0 FROM unnest(%s::text[], %s::text[], %s::int[], %s::int[]) AS h(device_id, intent_id,"
+        " attempt, tries) WHERE i.device_id = h.device_id AND i.intent_id = h.intent_id AND i.attempt = h.attempt"
+        f" AND i.tries = h.tries AND {state_in(sources(LedgerEvent.RESUME), 'i.state')}",
+        (
+            [e.device_id for e in entries],
+            [e.intent_id for e in entries],
+            [e.attempt for e in entries],
+            [e.tries for e in entries],
+        ),
+    )
+    return cursor.rowcount

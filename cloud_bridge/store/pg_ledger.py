@@ -47,7 +47,7 @@ from cloud_bridge.ledger_states import (
 from cloud_bridge.store.pg import AsyncConn, PgPools
 from cloud_bridge.store.pg_admit import PgAdmissions
 from cloud_bridge.store.pg_group import PgGroupCommit
-from cloud_bridge.store.pg_jobs import AUDIT_INSERT, USAGE_UPSERT_PG, LeaseClock, claim_rows, finish_rows
+from cloud_bridge.store.pg_jobs import AUDIT_INSERT, USAGE_UPSERT_PG, LeaseClock, claim_rows, finish_rows, unclaim_rows
 from cloud_bridge.usage import UsageQuery, UsageRow, merged, row_from_sums, tally
 from cloud_bridge.usage_sql import select as usage_select
 from cloud_bridge.usage_sql import upsert_rows
@@ -215,6 +215,12 @@ class PgLedger:
             return cursor.rowcount
 
         return await self._group.call(run, "ledger renew")
+
+    async def unclaim(self, entries: Sequence[LedgerEntry]) -> int:
+        """Put rows claimed and never started back in the queue, as before their claim."""
+        if not entries:
+            return 0
+        return await self._group.call(lambda conn: unclaim_rows(conn, entries), "ledger unclaim")
 
     async def waiting_tenants(self, kinds: Collection[str], now: float) -> list[str]:
         """Tenants with rows of `kinds` queued or running past their lease, sorted (a skip scan per kind)."""

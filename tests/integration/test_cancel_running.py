@@ -6,11 +6,9 @@ PostgreSQL nodes (the row held on node A, the cancel made through node B's store
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -18,60 +16,16 @@ import pytest
 from cloud_bridge import cancel_asks, operator_api
 from cloud_bridge.audit import AuditEvent
 from cloud_bridge.errors import CallUnderWayError, CancelPendingError
-from cloud_bridge.integrations.base import Job, Outcome
-from cloud_bridge.intent_sql import SqlIntents
 from cloud_bridge.ledger import LedgerEntry
 from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.policy import Decision, DeviceRef
 from cloud_bridge.store.url import StoreUrl
 from intent_contract.codec import AckState, Envelope
-from tests.support.bridge import (
-    CountingIntegration,
-    DeviceClient,
-    Harness,
-    email,
-    make_settings,
-    node,
-    running_bridge,
-    until,
-)
+from tests.support.bridge import CountingIntegration, DeviceClient, node, until
+from tests.support.held_calls import GatedIntegration, claimed_ahead, row, sqlite_node
 from tests.support.stores import admit, opened, pg_url
 
 __all__ = ["pg_url"]  # fixtures
-
-
-class GatedIntegration(CountingIntegration):
-    """One slot; each call waits until its intent's gate opens (a provider call under way)."""
-
-    concurrency = 1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gates: dict[str, asyncio.Event] = {}
-
-    def gate(self, intent_id: str) -> asyncio.Event:
-        return self.gates.setdefault(intent_id, asyncio.Event())
-
-    async def execute(self, job: Job) -> Outcome:
-        self.calls.append(job)
-        await self.gate(job.intent_id).wait()
-        return Outcome("sent")
-
-
-def _row(intents: SqlIntents, intent_id: str) -> LedgerEntry:
-    [entry] = intents.find(intent_id)
-    return entry
-
-
-def _state(intents: SqlIntents, intent_id: str) -> EntryState | None:
-    return next((entry.state for entry in intents.find(intent_id)), None)
-
-
-@contextlib.asynccontextmanager
-async def _sqlite_node(tmp_path: Path, files: dict[str, Path], gated: GatedIntegration) -> AsyncIterator[Harness]:
-    settings = make_settings(tmp_path, files)
-    async for harness in running_bridge(settings, files["ca"], {"email.send": gated}):
-        yield harness
 
 
 def _heard(client: DeviceClient, intent_id: str) -> list[tuple[AckState, str, str]]:
@@ -90,36 +44,23 @@ async def _cli_cancel(data_dir: Path, device_id: str, intent_id: str) -> tuple[i
     return process.returncode, out.decode(), err.decode()
 
 
-async def _claimed_ahead(
-    harness: Harness, gated: GatedIntegration, client: DeviceClient
-) -> tuple[SqlIntents, Callable[[], list[str]]]:
-    """x1's call under way in the one slot, x2 claimed ahead of it: running in the store, never called."""
-    intents = harness.bridge.store.intents
-    client.send([email("x1")])
-    await until(lambda: [j.intent_id for j in gated.calls] == ["x1"], what="x1's call")
-    client.send([email("x2")])
-    await until(lambda: _state(intents, "x2") is EntryState.RUNNING, what="x2 claimed ahead")
-    assert [j.intent_id for j in gated.calls] == ["x1"]
-    return intents, lambda: [j.intent_id for j in gated.calls]
-
-
 async def test_a_sqlite_cancel_ends_a_row_claimed_ahead_unrun_and_answers_a_started_call_truthfully(
     tmp_path: Path, server_cert_files: dict[str, Path]
 ) -> None:
     """The CLI answered "cannot cancel an intent that is running" for x2, claimed ahead (running in the
     store) with no call under way, so an operator could cancel nothing next in line."""
     gated = GatedIntegration()
-    async with _sqlite_node(tmp_path, server_cert_files, gated) as harness:
+    async with sqlite_node(tmp_path, server_cert_files, gated) as harness:
         data_dir = harness.settings.data_dir
         creds = await harness.enroll()
         client = await harness.connect(creds)
         try:
-            intents, calls = await _claimed_ahead(harness, gated, client)
+            intents, calls = await claimed_ahead(harness, gated, client)
             code, out, err = await _cli_cancel(data_dir, creds.device_id, "x2")
             assert (code, out, err) == (0, f"cancelled {creds.device_id}/x2: now failed (attempt 1)\n", "")
             await until(lambda: len(_heard(client, "x2")) == 2, what="x2's result at the device")
             assert _heard(client, "x2")[1] == (AckState.FAILED, "cancelled", "cancelled by operator alice")
-            x2 = _row(intents, "x2")
+            x2 = row(intents, "x2")
             assert (x2.tries, x2.owner) == (0, "")  # its claim's try never started
             assert [r.event for r in intents.history(creds.device_id, "x2")] == [AuditEvent.ACCEPT, AuditEvent.CANCEL]
 
@@ -148,12 +89,12 @@ async def test_a_cancel_racing_the_calls_start_ends_in_the_call_when_the_call_st
 
     monkeypatch.setattr(cancel_asks.cancel_sql, "asked", held_read)
     gated = GatedIntegration()
-    async with _sqlite_node(tmp_path, server_cert_files, gated) as harness:
+    async with sqlite_node(tmp_path, server_cert_files, gated) as harness:
         data_dir = harness.settings.data_dir
         creds = await harness.enroll()
         client = await harness.connect(creds)
         try:
-            _, calls = await _claimed_ahead(harness, gated, client)
+            _, calls = await claimed_ahead(harness, gated, client)
             cancel = asyncio.create_task(_cli_cancel(data_dir, creds.device_id, "x2"))
             await until(reading.is_set, what="the node reading the ask")
             gated.gate("x1").set()
@@ -169,7 +110,7 @@ async def test_a_cancel_racing_the_calls_start_ends_in_the_call_when_the_call_st
             await client.stop()
 
 
-async def test_a_cancel_made_on_node_b_ends_a_row_node_a_claimed_ahead(
+async def test_a_cancel_made_on_node_b_ends_a_row_node_aclaimed_ahead(
     tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
 ) -> None:
     gated, idle = GatedIntegration(), CountingIntegration()
@@ -182,9 +123,9 @@ async def test_a_cancel_made_on_node_b_ends_a_row_node_a_claimed_ahead(
         creds = await a.enroll()
         client = await a.connect(creds)
         try:
-            _, calls = await _claimed_ahead(a, gated, client)
+            _, calls = await claimed_ahead(a, gated, client)
             on_b = b.bridge.store.intents
-            assert _row(on_b, "x2").owner == "node-a"
+            assert row(on_b, "x2").owner == "node-a"
             done = await asyncio.to_thread(operator_api.cancel, on_b, ["x2"], "bob", time.time())
             assert (done.intent.state, done.intent.code) == ("failed", "cancelled")
             await until(lambda: len(_heard(client, "x2")) == 2, what="x2's result at the device")
@@ -213,11 +154,11 @@ async def test_a_cancel_its_node_never_answers_ends_the_row_when_another_node_cl
         assert held.state is EntryState.RUNNING
         with pytest.raises(CancelPendingError, match="node node-dead holds it and has not answered"):
             operator_api.cancel(dead.intents, ["x1"], "carol", now, wait=0)
-        assert _row(dead.intents, "x1").state is EntryState.RUNNING
+        assert row(dead.intents, "x1").state is EntryState.RUNNING
         async with node(tmp_path, server_cert_files, pg_url, "node-b", counting) as b:
             intents = b.bridge.store.intents
-            await until(lambda: _row(intents, "x1").state is EntryState.FAILED, what="x1 ended by node B")
-            ended = _row(intents, "x1")
+            await until(lambda: row(intents, "x1").state is EntryState.FAILED, what="x1 ended by node B")
+            ended = row(intents, "x1")
             # Whether the dead node's call had started nobody knows: the detail says it may have reached the provider.
             detail = "cancelled by operator carol; its last try ended resumed: it may have reached the provider"
             assert (ended.code, ended.detail, ended.tries) == ("cancelled", detail, 1)

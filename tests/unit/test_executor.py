@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -398,7 +400,7 @@ async def test_rows_claimed_ahead_never_run_a_tenant_past_its_cap(ledger: Sqlite
     assert smtp.max_active == 2
 
 
-async def test_rows_claimed_ahead_keep_their_leases_and_a_stop_leaves_them_to_the_next_start(
+async def test_rows_claimed_ahead_keep_their_leases_and_a_stop_gives_them_back_unrun(
     ledger: SqliteLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     renewed: set[str] = set()
@@ -419,7 +421,11 @@ async def test_rows_claimed_ahead_keep_their_leases_and_a_stop_leaves_them_to_th
     await executor.stop()
     assert executor.in_flight == 0
     assert [j.intent_id for j in smtp.jobs] == ["a"]  # "b" was not started by a stopping executor
-    assert await ledger.recover(NOW) == 2  # both back in the queue for the next start
+    # ... and is back in the queue as before its claim (it never reached the provider): only "a" is resumed
+    with contextlib.closing(sqlite3.connect(ledger.path)) as conn:
+        b = conn.execute("SELECT state, tries, owner FROM intents WHERE intent_id = 'b'").fetchone()
+    assert b == ("queued", 0, "")
+    assert await ledger.recover(NOW) == 1
     finals = Finals()
     assert await make(ledger, FakeIntegration(), clock=clock, finals=finals).run_due() == 3
     assert sorted(finals.states()) == ["a", "b", "c"]

@@ -83,7 +83,18 @@ def _held(entry: LedgerEntry) -> tuple[str, tuple[Any, ...]]:
 
 def end_asked(intents: SqlIntents, entry: LedgerEntry, now: float) -> LedgerEntry | None:
     """End `entry`, held here with a cancel asked and its call not started, `failed`/`cancelled` (its claim's
-    try taken back), audited and counted as an operator's cancel; None when it is no longer so held."""
+    try taken back), audited and counted as an operator's cancel; None when it is no longer so held. A row
+    asked again meanwhile (another operator) is ended for the last ask."""
+    for _ in range(3):
+        ended = _end_asked(intents, entry, now)
+        if isinstance(ended, LedgerEntry) or ended is None:
+            return ended
+        entry = ended[0]
+    return None
+
+
+def _end_asked(intents: SqlIntents, entry: LedgerEntry, now: float) -> LedgerEntry | tuple[LedgerEntry] | None:
+    """`end_asked` once: the row ended, or (the row as it now is) when only its ask changed, or None."""
     from cloud_bridge.intent_sql import CANCELLED, cancel_detail, cancel_detail_sql, operator_detail  # noqa: PLC0415
 
     operator = pending(entry)
@@ -98,12 +109,14 @@ def end_asked(intents: SqlIntents, entry: LedgerEntry, now: float) -> LedgerEntr
             f" confirmed = {intents.false}, cancel_ask = '' WHERE {where}",
             (CANCELLED, *cancel_detail(operator_detail(LedgerEvent.CANCEL, operator)), now, *params),
         ).rowcount
-        if not changed:
-            return None
         row = intents.run(conn, f"SELECT * FROM intents WHERE {_ROW}", (entry.device_id, entry.intent_id)).fetchone()
-        ended = entry_from_row(row)
-        intents.record(conn, ended, LedgerEvent.CANCEL, CANCELLED, now)
-    return ended
+        now_is = entry_from_row(row)
+        if not changed:
+            same = (now_is.state, now_is.owner, now_is.attempt, now_is.tries)
+            held = same == (EntryState.RUNNING, entry.owner, entry.attempt, entry.tries)
+            return (now_is,) if held and now_is.cancel_ask != entry.cancel_ask else None
+        intents.record(conn, now_is, LedgerEvent.CANCEL, CANCELLED, now)
+    return now_is
 
 
 def answer_started(intents: SqlIntents, entry: LedgerEntry) -> bool:

@@ -16,6 +16,7 @@ import pytest
 from cloud_bridge import cancel_asks, operator_api
 from cloud_bridge.audit import AuditEvent
 from cloud_bridge.errors import CallUnderWayError, CancelPendingError
+from cloud_bridge.intent_sql import SqlIntents
 from cloud_bridge.ledger import LedgerEntry
 from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.policy import Decision, DeviceRef
@@ -163,3 +164,36 @@ async def test_a_cancel_its_node_never_answers_ends_the_row_when_another_node_cl
             detail = "cancelled by operator carol; its last try ended resumed: it may have reached the provider"
             assert (ended.code, ended.detail, ended.tries) == ("cancelled", detail, 1)
             assert counting.calls == []
+
+
+async def test_a_row_asked_again_while_its_node_ends_it_is_ended_for_the_last_ask(
+    tmp_path: Path, server_cert_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bob asks to cancel x2 after the node read Alice's ask and before it ended the row: the node's end,
+    conditioned on the ask it read, changed nothing, and x2 stayed running, held by nobody, for a lease."""
+    read = cancel_asks.cancel_sql.asked
+
+    def read_then_bob_asks(intents: SqlIntents, owner: str, device_id: str | None) -> list[LedgerEntry]:
+        rows = read(intents, owner, device_id)
+        with intents.transaction() as conn:
+            intents.run(conn, "UPDATE intents SET cancel_ask = '1 bob' WHERE intent_id = 'x2'")
+        return rows
+
+    monkeypatch.setattr(cancel_asks.cancel_sql, "asked", read_then_bob_asks)
+    gated = GatedIntegration()
+    async with sqlite_node(tmp_path, server_cert_files, gated) as harness:
+        creds = await harness.enroll()
+        client = await harness.connect(creds)
+        try:
+            intents, calls = await claimed_ahead(harness, gated, client)
+            done = await asyncio.to_thread(operator_api.cancel, intents, ["x2"], "alice", time.time())
+            assert (done.intent.state, done.intent.code, done.intent.detail) == (
+                "failed",
+                "cancelled",
+                "cancelled by operator bob",
+            )
+            gated.gate("x1").set()
+            await until(lambda: _heard(client, "x1")[-1][0] is AckState.DELIVERED, what="x1 delivered")
+            assert calls() == ["x1"]
+        finally:
+            await client.stop()

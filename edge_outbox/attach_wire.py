@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, NoReturn
 import mqtt5
 
 from edge_outbox.errors import AttachVersionError
-from edge_outbox.mqtt.dialect import _PANIC_DETAIL, _no_nul, _panicked
+from edge_outbox.mqtt.dialect import _no_nul, read_mqtt5
 from edge_outbox.settings import AttachTarget
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
@@ -111,15 +111,7 @@ class V5(V311):
                 return p.decode(first, body[:at] + body[at + 1 :])
         if first >> 4 == Type.CONNACK and len(body) == 2 and body[1] == ConnackCode.BAD_PROTOCOL_VERSION:
             raise AttachVersionError("the broker speaks MQTT 3.1.1 only (CONNACK: unacceptable protocol version)")
-        try:
-            packet, _size = mqtt5.read(memoryview(p.whole(first, body)))
-        except (ValueError, IndexError) as exc:
-            raise MalformedPacketError(f"malformed MQTT 5 packet: {exc}") from None
-        except BaseException as exc:
-            if not _panicked(exc):
-                raise
-            raise MalformedPacketError(_PANIC_DETAIL) from None
-        return self._ours(packet)
+        return self._ours(read_mqtt5(first, body))
 
     def _ours(self, packet: Any) -> p.Packet | Refused:
         if isinstance(packet, mqtt5.PublishPacket):

@@ -137,6 +137,20 @@ class V311:
         return b""
 
 
+def read_mqtt5(first: int, body: bytes) -> Any:
+    """The `mqtt5` codec's packet of this first byte and body; MalformedPacketError for one it refuses or
+    panics on (the endpoint's and attach mode's reads)."""
+    try:
+        packet, _size = mqtt5.read(memoryview(p.whole(first, body)))
+    except (ValueError, IndexError) as exc:
+        raise MalformedPacketError(f"malformed MQTT 5 packet: {exc}") from None
+    except BaseException as exc:
+        if not _panicked(exc):
+            raise
+        raise MalformedPacketError(_PANIC_DETAIL) from None
+    return packet
+
+
 class V5:
     """MQTT 5 on the `mqtt5` package: its packets in, ours out to the endpoint, and back.
 
@@ -152,15 +166,7 @@ class V5:
 
     def decode(self, first: int, body: bytes) -> p.Packet:
         check_strings(first, body)  # before the codec, which prints a traceback and a panic for such a string
-        try:
-            packet, _size = mqtt5.read(memoryview(p.whole(first, body)))
-        except (ValueError, IndexError) as exc:
-            raise MalformedPacketError(f"malformed MQTT 5 packet: {exc}") from None
-        except BaseException as exc:
-            if not _panicked(exc):
-                raise
-            raise MalformedPacketError(_PANIC_DETAIL) from None
-        return self._ours(packet)
+        return self._ours(read_mqtt5(first, body))
 
     def _ours(self, packet: Any) -> p.Packet:
         if isinstance(packet, mqtt5.PublishPacket):

@@ -8,22 +8,10 @@ import ssl
 import urllib.request
 from pathlib import Path
 
-from tests.support.net import free_port, wait_until
+from tests.support.net import free_port, open_files_limit, open_to, wait_until
 from tests.support.stack import BridgeProcess
 
 LIMIT = 200  # descriptors the bridge may hold: the connections below take every one left
-
-
-def _open(port: int, source: str) -> socket.socket | None:
-    sock = socket.socket()
-    sock.settimeout(2)
-    sock.bind((source, 0))
-    try:
-        sock.connect(("127.0.0.1", port))
-    except OSError:
-        sock.close()
-        return None
-    return sock
 
 
 def _healthy(port: int) -> bool:
@@ -55,7 +43,7 @@ def test_a_bridge_out_of_descriptors_logs_a_line_not_a_flood_and_serves_again(
         assert bridge.proc is not None
         # Not yet authenticated, from three addresses: within the per-address limit (128), past the descriptors.
         for n in range(300):
-            sock = _open(bridge.mqtt_port, f"127.0.0.{2 + n // 100}")
+            sock = open_to(bridge.mqtt_port, f"127.0.0.{2 + n // 100}")
             if sock is None:  # the kernel's accept queue is full too: the bridge takes no more
                 break
             held.append(sock)
@@ -80,14 +68,6 @@ def test_a_bridge_out_of_descriptors_logs_a_line_not_a_flood_and_serves_again(
     assert f"127.0.0.1:{bridge.mqtt_port} cannot accept connections: Too many open files" in lines[0]
 
 
-def _open_files_limit(pid: int) -> tuple[int, int]:
-    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
-        if line.startswith("Max open files"):
-            soft, hard = line.split()[3:5]
-            return int(soft), int(hard)
-    raise AssertionError("no Max open files")
-
-
 def test_the_bridge_raises_its_soft_descriptor_limit_to_the_hard_one(
     tmp_path: Path, server_cert_files: dict[str, Path]
 ) -> None:
@@ -97,9 +77,9 @@ def test_the_bridge_raises_its_soft_descriptor_limit_to_the_hard_one(
     held: list[socket.socket] = []
     try:
         assert bridge.proc is not None
-        assert _open_files_limit(bridge.proc.pid) == (4000, 4000)
+        assert open_files_limit(bridge.proc.pid) == (4000, 4000)
         for n in range(300):
-            sock = _open(bridge.mqtt_port, f"127.0.0.{2 + n // 100}")
+            sock = open_to(bridge.mqtt_port, f"127.0.0.{2 + n // 100}")
             assert sock is not None, f"connection {n} not taken"
             held.append(sock)
         assert _handshake(bridge.mqtt_port, server_cert_files["ca"])

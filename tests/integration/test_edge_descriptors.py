@@ -7,28 +7,9 @@ import socket
 from pathlib import Path
 
 from tests.support.edge import Client, OutboxProcess, email
-from tests.support.net import free_port, wait_until
+from tests.support.net import free_port, open_files_limit, open_to, wait_until
 
 LIMIT = 100  # descriptors the outbox may hold: the connections below take every one left
-
-
-def _open(port: int) -> socket.socket | None:
-    sock = socket.socket()
-    sock.settimeout(2)
-    try:
-        sock.connect(("127.0.0.1", port))
-    except OSError:
-        sock.close()
-        return None
-    return sock
-
-
-def _limits(pid: int) -> tuple[int, int]:
-    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
-        if line.startswith("Max open files"):
-            soft, hard = line.split()[3:5]
-            return int(soft), int(hard)
-    raise AssertionError("no Max open files")
 
 
 def test_an_outbox_out_of_descriptors_logs_a_line_not_a_flood_and_serves_again(tmp_path: Path) -> None:
@@ -39,7 +20,7 @@ def test_an_outbox_out_of_descriptors_logs_a_line_not_a_flood_and_serves_again(t
     with OutboxProcess(tmp_path / "data", free_port(), prefix=prefix) as outbox:
         try:
             for _ in range(3 * LIMIT):
-                sock = _open(outbox.port)
+                sock = open_to(outbox.port)
                 if sock is None:  # the kernel's accept queue is full too
                     break
                 held.append(sock)
@@ -64,4 +45,4 @@ def test_the_outbox_raises_its_soft_descriptor_limit_to_the_hard_one(tmp_path: P
     with OutboxProcess(tmp_path / "data", free_port(), prefix=prefix) as outbox:
         assert outbox.proc is not None
         wait_until(lambda: "file descriptors: up to 4000" in outbox.log(), what="the limit raised")
-        assert _limits(outbox.proc.pid) == (4000, 4000)
+        assert open_files_limit(outbox.proc.pid) == (4000, 4000)

@@ -136,3 +136,27 @@ async def sockets_closed(port: int, timeout: float = 30.0) -> None:
         return not found
 
     await until(none_left, timeout=timeout, what=f"sockets to port {port} closed")
+
+
+def open_to(port: int, source: str = "127.0.0.1") -> socket.socket | None:
+    """A TCP connection from `source` to `port` on 127.0.0.1 (left open, for the caller to close), or None when
+    it cannot be made within 2 s (the server's accept queue full, say)."""
+    sock = socket.socket()
+    sock.settimeout(2)
+    sock.bind((source, 0))
+    try:
+        sock.connect(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def open_files_limit(pid: int) -> tuple[int, int]:
+    """The process's RLIMIT_NOFILE (soft, hard), as /proc says."""
+    with open(f"/proc/{pid}/limits") as limits:
+        for line in limits:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError("no Max open files")

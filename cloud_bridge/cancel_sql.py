@@ -34,14 +34,6 @@ def ask_of(attempt: int, operator: str) -> str:
     return f"{attempt} {operator}"
 
 
-def pending(entry: LedgerEntry) -> str | None:
-    """The operator whose cancel of `entry`'s attempt waits for an answer, or None."""
-    attempt, _, operator = entry.cancel_ask.partition(" ")
-    if not operator or " " in operator or attempt != str(entry.attempt):
-        return None
-    return operator
-
-
 def answered(entry: LedgerEntry, ask: str) -> bool:
     """Whether the node holding `entry` answered `ask`: its call had started."""
     return entry.cancel_ask == ask + STARTED
@@ -70,7 +62,7 @@ def asked(intents: SqlIntents, owner: str, device_id: str | None) -> list[Ledger
         where, params = f"device_id = ? AND {where}", (device_id, owner)
     with intents.transaction() as conn:
         rows = intents.run(conn, f"SELECT * FROM intents WHERE {where}", params).fetchall()
-    return [entry for entry in map(entry_from_row, rows) if pending(entry) is not None]
+    return [entry for entry in map(entry_from_row, rows) if entry.cancel_pending is not None]
 
 
 def _held(entry: LedgerEntry) -> tuple[str, tuple[Any, ...]]:
@@ -97,7 +89,7 @@ def _end_asked(intents: SqlIntents, entry: LedgerEntry, now: float) -> LedgerEnt
     """`end_asked` once: the row ended, or (the row as it now is) when only its ask changed, or None."""
     from cloud_bridge.intent_sql import CANCELLED, cancel_detail, cancel_detail_sql, operator_detail  # noqa: PLC0415
 
-    operator = pending(entry)
+    operator = entry.cancel_pending
     if operator is None:
         return None
     where, params = _held(entry)

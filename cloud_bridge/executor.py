@@ -44,7 +44,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
-from cloud_bridge.cancel_sql import pending
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.fair_share import FairRound, Shares
 from cloud_bridge.integrations.base import Integration
@@ -323,7 +322,7 @@ class Executor:
                 self._idle.add(pool)
             ready = self._ready.setdefault(pool, deque())
             for entry in claimed:
-                if entry.cancel_ask and pending(entry):  # an operator's cancel waits for it: it ends so, unrun
+                if entry.cancel_ask and entry.cancel_pending:  # an operator's cancel waits for it: it ends so, unrun
                     self._on_asked(entry)
                 else:
                     ready.append((entry, pools))

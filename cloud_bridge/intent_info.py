@@ -34,6 +34,7 @@ class IntentInfo:
     confirmed: bool
     retryable: bool
     cancellable: bool
+    cancel_asked: str | None = None  # the operator whose cancel of this running row waits for its node's answer
 
     @classmethod
     def of(cls, entry: LedgerEntry, *, revoked: bool = False) -> IntentInfo:
@@ -56,6 +57,7 @@ class IntentInfo:
             retryable=(entry.state, LedgerEvent.REQUEUE) in TRANSITIONS and not revoked,
             # a running row too: its node cancels it if its call has not started (cloud_bridge.cancel_asks)
             cancellable=(entry.state, LedgerEvent.CANCEL) in TRANSITIONS or entry.state is EntryState.RUNNING,
+            cancel_asked=entry.cancel_pending if entry.state is EntryState.RUNNING else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -76,4 +78,5 @@ class IntentInfo:
             "confirmed": self.confirmed,
             "retryable": self.retryable,
             "cancellable": self.cancellable,
+            "cancel_asked": self.cancel_asked,
         }

@@ -123,6 +123,14 @@ class LedgerEntry:
         if len(self.detail) > MAX_DETAIL:
             raise ValueError(f"detail over {MAX_DETAIL} characters")
 
+    @property
+    def cancel_pending(self) -> str | None:
+        """The operator whose cancel of this attempt waits for its node's answer, or None."""
+        attempt, _, operator = self.cancel_ask.partition(" ")
+        if not operator or " " in operator or attempt != str(self.attempt):
+            return None
+        return operator
+
     def expired_at(self, now: float) -> bool:
         """True when the intent's deadline has passed at `now` (seconds)."""
         return self.expires is not None and self.expires <= now * 1000

@@ -156,6 +156,8 @@ async def test_a_cancel_its_node_never_answers_ends_the_row_when_another_node_cl
         with pytest.raises(CancelPendingError, match="node node-dead holds it and has not answered"):
             operator_api.cancel(dead.intents, ["x1"], "carol", now, wait=0)
         assert row(dead.intents, "x1").state is EntryState.RUNNING
+        # What the refusal points to: `intents show` names the cancel still waiting (it said nothing of it)
+        assert operator_api.show_intent(dead.intents, ["x1"]).intent.to_json()["cancel_asked"] == "carol"
         async with node(tmp_path, server_cert_files, pg_url, "node-b", counting) as b:
             intents = b.bridge.store.intents
             await until(lambda: row(intents, "x1").state is EntryState.FAILED, what="x1 ended by node B")
@@ -164,6 +166,7 @@ async def test_a_cancel_its_node_never_answers_ends_the_row_when_another_node_cl
             detail = "cancelled by operator carol; its last try ended resumed: it may have reached the provider"
             assert (ended.code, ended.detail, ended.tries) == ("cancelled", detail, 1)
             assert counting.calls == []
+            assert operator_api.show_intent(intents, ["x1"]).intent.cancel_asked is None  # answered: ended
 
 
 async def test_a_row_asked_again_while_its_node_ends_it_is_ended_for_the_last_ask(

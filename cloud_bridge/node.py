@@ -217,7 +217,7 @@ class Bridge:
         app = build_http_app(
             self.registry,
             self.metrics,
-            mqtt_port=settings.listen.port,
+            mqtt_port=settings.public_mqtt_port,
             audience=settings.audience,
             clock=self._clock,
             enroll_limits=settings.enroll_limits,

@@ -120,6 +120,12 @@ class BridgeSettings:
         return self.config.bridge.max_intent_age
 
     @property
+    def public_mqtt_port(self) -> int:
+        """The MQTT/TLS port devices are told at enrollment: a balancer's, by default the node's own."""
+        configured = self.config.bridge.public_mqtt_port
+        return configured if configured is not None else self.listen.port
+
+    @property
     def lease(self) -> float:
         return self.config.bridge.lease
 

@@ -45,6 +45,11 @@ class BridgeSection(SecretSection):
         description="addresses or networks of TCP balancers that send a PROXY header (send-proxy-v2): their "
         "connections are counted, logged and checked under the client address it names",
     )
+    public_mqtt_port: PositiveInt | None = Field(
+        None,
+        description="the MQTT/TLS port devices are told at enrollment, where they reach the bridge (a balancer's "
+        "port); default: --listen's port",
+    )
     store: str | None = Field(
         None, description="`sqlite:///DIR` or `postgresql://USER@HOST:PORT/DB`; default: SQLite in the data dir"
     )
@@ -76,6 +81,8 @@ class BridgeSection(SecretSection):
         if self.pending_connections_per_address > self.pending_connections:
             found.append("pending_connections_per_address must be at most pending_connections")
         found.extend(_proxy_problems(self.proxy_protocol_from))
+        if self.public_mqtt_port is not None and self.public_mqtt_port > 65535:
+            found.append("public_mqtt_port must be a TCP port (1..65535)")
         if not 3.0 <= self.lease <= 3600.0:
             found.append("lease must be within 3..3600 seconds")
         if self.store is not None:

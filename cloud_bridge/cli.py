@@ -24,9 +24,9 @@ from cloud_bridge.cli_common import (
     clean_errors,
     data_dir_option,
     json_option,
+    operator_settings,
     run_async,
     seconds,
-    settings_from,
     store_option,
     store_options,
 )
@@ -41,7 +41,7 @@ from intent_contract.timefmt import format_ms, parse_duration, parse_rfc3339_ms
 
 
 def _store(data_dir: Path, store: str | None, config_path: Path | None) -> Store:
-    settings = settings_from(data_dir, config_path=config_path, store=store, node_id="cli")
+    settings = operator_settings(data_dir, config_path=config_path, store=store, node_id="cli")
     return open_store(settings.store_url, node=settings.node_id)
 
 

@@ -64,6 +64,12 @@ def settings_from(data_dir: Path, **kwargs: Any) -> BridgeSettings:
     return build_settings(data_dir=data_dir, env=dict(os.environ), **kwargs)
 
 
+def operator_settings(data_dir: Path, **kwargs: Any) -> BridgeSettings:
+    """Settings for an operator's command: the config without the providers' keys, which only nodes use (an
+    operator's machine with the nodes' config but not their secrets was refused for want of them)."""
+    return settings_from(data_dir, node_secrets=False, **kwargs)
+
+
 def run_async(coro: Coroutine[Any, Any, R]) -> R:
     return asyncio.run(coro)
 

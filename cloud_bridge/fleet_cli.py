@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ from rich.table import Table
 from rich.text import Text
 
 from cloud_bridge import fleet_query
+from cloud_bridge.cli_common import operator_settings
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.fleet_rules import SORT_KEYS, DeviceRow, clock_text
-from cloud_bridge.settings import build_settings
 from cloud_bridge.store import Store, for_operators, open_store
 from intent_contract.console import plain_console
 from intent_contract.device_wire import Diagnosis, HealthReport
@@ -44,7 +43,7 @@ def _duration(_ctx: click.Context, param: click.Parameter, value: str) -> float:
 def _opened(data_dir: Path, store: str | None, config_path: Path | None) -> Iterator[Store]:
     """The store's registry and fleet tables, open (its schema at this code's version: `for_operators`)."""
     try:
-        settings = build_settings(data_dir=data_dir, env=dict(os.environ), config_path=config_path, store=store)
+        settings = operator_settings(data_dir, config_path=config_path, store=store)
         opened = open_store(settings.store_url, node="cli")
         for_operators(opened)
         opened.registry.open()

@@ -20,11 +20,11 @@ import click
 from rich.table import Table
 
 from cloud_bridge import operator_api
+from cloud_bridge.cli_common import operator_settings
 from cloud_bridge.config.bridge import BridgeSection
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.intent_sql import IntentQuery, SqlIntents
 from cloud_bridge.operator_api import IntentDetail, IntentInfo
-from cloud_bridge.settings import build_settings
 from cloud_bridge.store import for_operators, open_store
 from intent_contract.console import plain_console
 from intent_contract.names import is_name
@@ -40,7 +40,7 @@ def _opened(data_dir: Path, store: str | None, config_path: Path | None) -> Iter
     """The store's intent operations (its schema at this code's version: `for_operators`), and the config's
     [bridge]."""
     try:
-        settings = build_settings(data_dir=data_dir, env=dict(os.environ), config_path=config_path, store=store)
+        settings = operator_settings(data_dir, config_path=config_path, store=store)
         opened = open_store(settings.store_url, node="cli")
         for_operators(opened)
         opened.registry.open()  # the PostgreSQL registry owns the sync pool the intents share

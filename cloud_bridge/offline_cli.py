@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -18,13 +17,14 @@ from typing import Any
 
 import click
 
+from cloud_bridge.cli_common import operator_settings
 from cloud_bridge.errors import BridgeError, ConfigError, OfflineFileError
 from cloud_bridge.offline_enroll import answer, ticket
 from cloud_bridge.offline_import import Imported, OfflineDesk
 from cloud_bridge.offline_keys import load_or_create
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry
-from cloud_bridge.settings import BridgeSettings, build_settings
+from cloud_bridge.settings import BridgeSettings
 from cloud_bridge.store import for_operators, open_store
 from intent_contract.bridge_url import bridge_url_host
 from intent_contract.errors import DecodeError
@@ -163,7 +163,7 @@ def import_bundle(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--wait") from None
     try:
-        settings = build_settings(data_dir=data_dir, env=dict(os.environ), config_path=config_path, store=store)
+        settings = operator_settings(data_dir, config_path=config_path, store=store)
         data = read_file(bundle_file, max_bytes)
         imported, final, receipt_data = asyncio.run(_import(settings, data, max_bytes, wait_s))
     except BridgeError as exc:
@@ -220,7 +220,7 @@ async def _import(settings: BridgeSettings, data: bytes, max_bytes: int, wait_s:
 def receipt(device_id: str, data_dir: Path, store: str | None, out_path: Path, as_json: bool) -> None:
     """Write a receipt for a device without a bundle: its results so far, its revocation, the bridge's time."""
     try:
-        settings = build_settings(data_dir=data_dir, env=dict(os.environ), store=store)
+        settings = operator_settings(data_dir, store=store)
         asyncio.run(_receipt(settings, device_id, out_path))
     except BridgeError as exc:
         raise _fail(exc) from None
@@ -289,7 +289,7 @@ def enroll_ticket(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--bridge-url") from None
     try:
-        registry = _opened_registry(build_settings(data_dir=data_dir, env=dict(os.environ), store=store))
+        registry = _opened_registry(operator_settings(data_dir, store=store))
         keys = load_or_create(data_dir)
         now = time.time()
         code = registry.create_code(tenant, name, seconds, now)
@@ -315,7 +315,7 @@ def enroll_ticket(
 def enroll_offline(data_dir: Path, store: str | None, request_file: Path, out_path: Path, as_json: bool) -> None:
     """Answer a device's offline enrollment request (from `edge-outbox enroll-request`) with a signed response."""
     try:
-        settings = build_settings(data_dir=data_dir, env=dict(os.environ), store=store)
+        settings = operator_settings(data_dir, store=store)
         registry = _opened_registry(settings)
         data = read_file(request_file, ENROLL_FILE_BYTES)
         device, response = answer(load_or_create(data_dir), registry, data, audience=settings.audience, now=time.time)

@@ -166,10 +166,13 @@ def build_settings(
     revocation_poll: float = 0.5,
     store: str | None = None,
     node_id: str | None = None,
+    node_secrets: bool = True,
 ) -> BridgeSettings:
-    """The flags, and the config file (if any) read with its secrets from `env` or their files."""
+    """The flags, and the config file (if any) read with its secrets from `env` or their files (without
+    `node_secrets`, the store's password only: `load_config`)."""
     document = read_config_file(config_path) if config_path is not None else {}
-    config = load_config(document, env, str(config_path) if config_path is not None else "config")
+    source = str(config_path) if config_path is not None else "config"
+    config = load_config(document, env, source, node_secrets=node_secrets)
     defaults = BridgeSettings(data_dir=data_dir)
     return BridgeSettings(
         data_dir=data_dir,

@@ -17,7 +17,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cloud_bridge.cli_common import clean_errors, run_async, settings_from
+from cloud_bridge.cli_common import clean_errors, operator_settings, run_async
 from cloud_bridge.store import for_operators, open_store
 from cloud_bridge.usage import Dimension, UsageQuery, UsageRow, day_of, parse_day, totals
 from intent_contract.console import plain_console
@@ -35,7 +35,7 @@ def _ms(value: float | None) -> str:
 
 
 def _read(data_dir: Path, store: str | None, config_path: Path | None, query: UsageQuery) -> list[UsageRow]:
-    settings = settings_from(data_dir, config_path=config_path, store=store, node_id="cli")
+    settings = operator_settings(data_dir, config_path=config_path, store=store, node_id="cli")
     opened = open_store(settings.store_url, node=settings.node_id)
     for_operators(opened)
 

@@ -100,10 +100,16 @@ def parse_section(model: type[S], table: object, env: Mapping[str, str], where: 
     raise ConfigError("; ".join(problems))
 
 
-def load_config(document: Mapping[str, Any], env: Mapping[str, str], source: str = "config") -> BridgeConfig:
-    """The whole config from a parsed TOML document; ConfigError naming `source` and every problem."""
+def load_config(
+    document: Mapping[str, Any], env: Mapping[str, str], source: str = "config", *, node_secrets: bool = True
+) -> BridgeConfig:
+    """The whole config from a parsed TOML document; ConfigError naming `source` and every problem.
+
+    Without `node_secrets` (the operators' commands) only `[bridge]`'s store password is read: the providers'
+    keys and the dashboard's session key are a node's, which an operator's machine need not hold.
+    """
     try:
-        return BridgeConfig.model_validate(document, context={"env": env})
+        return BridgeConfig.model_validate(document, context={"env": env, "node_secrets": node_secrets})
     except ValidationError as exc:
         problems = describe(exc, whole_file=True)
     raise ConfigError(f"{source}: " + "; ".join(problems))

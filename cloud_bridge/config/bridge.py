@@ -25,6 +25,7 @@ class BridgeSection(SecretSection):
     """`[bridge]`."""
 
     SECRETS = ("store_password",)
+    NODE_ONLY = False  # the operators' commands open the store too
 
     audience: Text = Field(DEFAULT_AUDIENCE, description="the `aud` every device token must carry")
     max_attempts: PositiveInt = Field(8, description="executions of one attempt before it ends `failed`")

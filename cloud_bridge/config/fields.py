@@ -48,10 +48,14 @@ class Section(BaseModel):
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> Self:
-        found = self.problems((info.context or {}).get("env", {}))
+        found = self.checked(info.context or {})
         if found:
             raise invalid("; ".join(found))
         return self
+
+    def checked(self, context: Mapping[str, Any]) -> list[str]:
+        """`problems`, given the validation's context (`env`, and `node_secrets`: see `load_config`)."""
+        return self.problems(context.get("env", {}))
 
     def problems(self, env: Mapping[str, str]) -> list[str]:
         """What is wrong across this table's keys (each key's own type is checked before); none by default."""
@@ -107,6 +111,8 @@ class SecretSection(Section):
     """
 
     SECRETS: ClassVar[tuple[str, ...]] = ()
+    # Only a node uses these (a provider's key, the dashboard's): the operators' commands do not read them.
+    NODE_ONLY: ClassVar[bool] = True
     _secrets: dict[str, Secret] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="before")
@@ -117,6 +123,11 @@ class SecretSection(Section):
                 if name in data:
                     raise invalid(f"{name!r} must not be written in the config file; give {name}_env or {name}_file")
         return data
+
+    def checked(self, context: Mapping[str, Any]) -> list[str]:
+        if self.NODE_ONLY and not context.get("node_secrets", True):
+            return self.secret_problems()  # an operator's command: the node's secrets are neither needed nor read
+        return super().checked(context)
 
     def problems(self, env: Mapping[str, str]) -> list[str]:
         found = []

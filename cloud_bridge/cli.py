@@ -271,7 +271,7 @@ def db_upgrade(data_dir: Path, store: str | None, config_path: Path | None, forc
 
 main.add_command(cli_run.run)
 main.add_command(cli_run.reload)
-offline_cli.register(main, data_dir_option, store_option, json_option)
+offline_cli.register(main, data_dir_option, store_option, json_option, store_options)
 fleet_cli.register(devices, store_options, json_option)  # devices ls, show, diagnose
 usage_cli.register(main, store_options, json_option)
 intents_cli.register(main, store_options, json_option)  # intents ls, show, retry, cancel, purge

@@ -217,10 +217,12 @@ async def _import(settings: BridgeSettings, data: bytes, max_bytes: int, wait_s:
 @click.option(
     "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Receipt file to write."
 )
-def receipt(device_id: str, data_dir: Path, store: str | None, out_path: Path, as_json: bool) -> None:
+def receipt(
+    device_id: str, data_dir: Path, store: str | None, config_path: Path | None, out_path: Path, as_json: bool
+) -> None:
     """Write a receipt for a device without a bundle: its results so far, its revocation, the bridge's time."""
     try:
-        settings = operator_settings(data_dir, store=store)
+        settings = operator_settings(data_dir, store=store, config_path=config_path)
         asyncio.run(_receipt(settings, device_id, out_path))
     except BridgeError as exc:
         raise _fail(exc) from None
@@ -267,6 +269,7 @@ def offline_keys(data_dir: Path, as_json: bool) -> None:
 def enroll_ticket(
     data_dir: Path,
     store: str | None,
+    config_path: Path | None,
     tenant: str,
     name: str,
     ttl: str,
@@ -289,7 +292,7 @@ def enroll_ticket(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--bridge-url") from None
     try:
-        registry = _opened_registry(operator_settings(data_dir, store=store))
+        registry = _opened_registry(operator_settings(data_dir, store=store, config_path=config_path))
         keys = load_or_create(data_dir)
         now = time.time()
         code = registry.create_code(tenant, name, seconds, now)
@@ -312,10 +315,12 @@ def enroll_ticket(
 @click.option(
     "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Response file."
 )
-def enroll_offline(data_dir: Path, store: str | None, request_file: Path, out_path: Path, as_json: bool) -> None:
+def enroll_offline(
+    data_dir: Path, store: str | None, config_path: Path | None, request_file: Path, out_path: Path, as_json: bool
+) -> None:
     """Answer a device's offline enrollment request (from `edge-outbox enroll-request`) with a signed response."""
     try:
-        settings = operator_settings(data_dir, store=store)
+        settings = operator_settings(data_dir, store=store, config_path=config_path)
         registry = _opened_registry(settings)
         data = read_file(request_file, ENROLL_FILE_BYTES)
         device, response = answer(load_or_create(data_dir), registry, data, audience=settings.audience, now=time.time)
@@ -330,12 +335,22 @@ def enroll_offline(data_dir: Path, store: str | None, request_file: Path, out_pa
         )
 
 
-def register(group: click.Group, data_dir_option: Decorator, store_option: Decorator, json_option: Decorator) -> None:
-    """Add these commands to the bridge's CLI, with its own --data-dir, --store and --json options."""
+def register(
+    group: click.Group,
+    data_dir_option: Decorator,
+    store_option: Decorator,
+    json_option: Decorator,
+    store_options: Decorator,
+) -> None:
+    """Add these commands to the bridge's CLI, with its own --data-dir, --store (and --config) and --json options.
+
+    `import` has a --config of its own (required: its policy); the others take the optional one of every command
+    on the store (the store and its password, the audience), which they lacked: on a PostgreSQL store whose
+    password the config names they could not open it."""
     group.add_command(json_option(data_dir_option(offline_keys)))
-    for command in (import_bundle, receipt):
-        group.add_command(json_option(data_dir_option(store_option(command))))
+    group.add_command(json_option(data_dir_option(store_option(import_bundle))))
+    group.add_command(json_option(store_options(receipt)))
     devices = group.commands["devices"]
     assert isinstance(devices, click.Group)
     for command in (enroll_ticket, enroll_offline):
-        devices.add_command(json_option(data_dir_option(store_option(command))))
+        devices.add_command(json_option(store_options(command)))

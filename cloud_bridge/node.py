@@ -41,7 +41,7 @@ from cloud_bridge.listen_check import check_port_free
 from cloud_bridge.listener import BridgeListener
 from cloud_bridge.metrics import BridgeMetrics
 from cloud_bridge.node_lock import NodeLock
-from cloud_bridge.offline_keys import load_or_create
+from cloud_bridge.offline_keys import load_for_store
 from cloud_bridge.ops_http import Ops
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.refusals import ConnectAudit
@@ -221,7 +221,7 @@ class Bridge:
             audience=settings.audience,
             clock=self._clock,
             enroll_limits=settings.enroll_limits,
-            offline=(await own_thread(load_or_create, settings.data_dir)).public,
+            offline=(await own_thread(load_for_store, settings.data_dir, self.registry.offline_key_id)).public,
             ops=ops,
         )
         dashboard_config = settings.config.dashboard

@@ -21,7 +21,7 @@ from cloud_bridge.cli_common import operator_settings
 from cloud_bridge.errors import BridgeError, ConfigError, OfflineFileError
 from cloud_bridge.offline_enroll import answer, ticket
 from cloud_bridge.offline_import import Imported, OfflineDesk
-from cloud_bridge.offline_keys import load_or_create
+from cloud_bridge.offline_keys import load_for_store, load_or_create
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry
 from cloud_bridge.settings import BridgeSettings
@@ -77,7 +77,7 @@ class _Offline:
         # The device must be enrolled in it: a mistyped store is said so, not made (with new offline keys).
         for_operators(self.store)
         await self.store.open(migrate=False)
-        keys = await own_thread(load_or_create, self.settings.data_dir)
+        keys = await own_thread(load_for_store, self.settings.data_dir, self.store.registry.offline_key_id)
         policy = self.settings.config.policy()
         store = self.store
         service = BridgeService(
@@ -292,8 +292,9 @@ def enroll_ticket(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--bridge-url") from None
     try:
-        registry = _opened_registry(operator_settings(data_dir, store=store, config_path=config_path))
-        keys = load_or_create(data_dir)
+        settings = operator_settings(data_dir, store=store, config_path=config_path)
+        registry = _opened_registry(settings)
+        keys = load_for_store(data_dir, registry.offline_key_id)
         now = time.time()
         code = registry.create_code(tenant, name, seconds, now)
         ca_pem = ca_path.read_text() if ca_path is not None else ""
@@ -323,7 +324,13 @@ def enroll_offline(
         settings = operator_settings(data_dir, store=store, config_path=config_path)
         registry = _opened_registry(settings)
         data = read_file(request_file, ENROLL_FILE_BYTES)
-        device, response = answer(load_or_create(data_dir), registry, data, audience=settings.audience, now=time.time)
+        device, response = answer(
+            load_for_store(data_dir, registry.offline_key_id),
+            registry,
+            data,
+            audience=settings.audience,
+            now=time.time,
+        )
         write_file(out_path, response)
     except BridgeError as exc:
         raise _fail(exc) from None

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,35 @@ def load_or_create(data_dir: Path) -> OfflineKeys:
         age_identity,
         signing_key,
     )
+
+
+def load_for_store(data_dir: Path, recorded: Callable[[str | None], str | None]) -> OfflineKeys:
+    """The offline keys in `data_dir`, which must be those the store's bridges use: `recorded` is its registry's
+    `offline_key_id`, which records the first ones (a store of one data dir records none).
+    ConfigError, with what to do, for a data dir without keys beside a store whose devices pin some, and for
+    keys that are not those.
+
+    Each node and operator's machine keeps its own copy (docs/scale-out.md). One started without it made keys of
+    its own: devices enrolled through it pinned keys the other nodes did not hold, and their bundles and
+    receipts were refused there."""
+    directory = keys_dir(data_dir)
+    pinned = recorded(None)
+    if pinned is not None and not directory.exists():
+        raise ConfigError(
+            f"no offline keys in {directory}, and this store's bridges use the keys {pinned}: copy their"
+            " offline-keys directory there (every node must hold the same ones: docs/scale-out.md)",
+            code="offline_keys",
+        )
+    keys = load_or_create(data_dir)
+    pinned = recorded(keys.public.key_id)
+    if pinned != keys.public.key_id:
+        raise ConfigError(
+            f"the offline keys in {directory} ({keys.public.key_id}) are not the ones this store's bridges use"
+            f" ({pinned}): put their offline-keys directory there (every node must hold the same ones:"
+            " docs/scale-out.md)",
+            code="offline_keys",
+        )
+    return keys
 
 
 def _create(directory: Path) -> None:

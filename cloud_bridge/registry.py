@@ -117,6 +117,15 @@ def revoked_in(registry: Registry) -> Callable[[str], bool]:
     return revoked
 
 
+def key_id_value(key_id: str) -> int:
+    """An offline key id (16 hex digits) as the signed 64-bit integer the stores' `meta` tables hold."""
+    return int.from_bytes(bytes.fromhex(key_id), "big", signed=True)
+
+
+def key_id_text(value: int) -> str:
+    return value.to_bytes(8, "big", signed=True).hex()
+
+
 class Registry(Protocol):
     """Devices and enrollment codes; free of any one database."""
 
@@ -162,6 +171,11 @@ class Registry(Protocol):
 
     def revocation_counter(self) -> int:
         """A number that grows with every revocation and every key promotion (a key ended): cheap to poll."""
+
+    def offline_key_id(self, key_id: str | None) -> str | None:
+        """The id of the offline keys this store's bridges use (devices pin them), after recording `key_id` as
+        that when none is yet; None when none is and `key_id` is None. A shared store's (PostgreSQL: its nodes
+        and operators' machines must all hold the same keys); SQLite's, of one data dir, records none."""
 
     def revoked_ids(self) -> set[str]:
         """Ids of every revoked device."""

@@ -274,6 +274,11 @@ class SqliteRegistry:
             row = db.execute("SELECT value FROM meta WHERE key = 'revocations'").fetchone()
         return int(row["value"])
 
+    def offline_key_id(self, key_id: str | None) -> str | None:
+        """`key_id`: one bridge runs on a data dir's store, and its keys are in that data dir (lost, a node of its
+        own would refuse to start at all, its online devices with it, for what only its offline sites need)."""
+        return key_id
+
     def revoked_ids(self) -> set[str]:
         """Ids of every revoked device."""
         with self._tx() as db:

@@ -21,6 +21,8 @@ from cloud_bridge.registry import (
     check_code_request,
     checked_key,
     hash_code,
+    key_id_text,
+    key_id_value,
     new_code,
     new_id,
 )
@@ -202,6 +204,17 @@ class PgRegistry:
         with self._pools.sync_transaction("device registry") as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'revocations'").fetchone()
         return 0 if row is None else int(row["value"])
+
+    def offline_key_id(self, key_id: str | None) -> str | None:
+        """The offline keys' id every node of this store uses, recorded by the first to ask with one."""
+        with self._pools.sync_transaction("device registry") as db:
+            if key_id is not None:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('offline_keys', %s) ON CONFLICT (key) DO NOTHING",
+                    (key_id_value(key_id),),
+                )
+            row = db.execute("SELECT value FROM meta WHERE key = 'offline_keys'").fetchone()
+        return None if row is None else key_id_text(int(row["value"]))
 
     def revoked_ids(self) -> set[str]:
         """Ids of every revoked device."""

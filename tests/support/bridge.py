@@ -34,6 +34,7 @@ from intent_contract.device_token import generate_private_key_pem, public_key_pe
 from intent_contract.offline_wire import KEY_ROTATION_TYPE, NEW_KEY_TYPE, NewKey
 from tests.support.mqtt_raw import connect_packet
 from tests.support.net import free_port, release_paho, until
+from tests.support.offline_keys import share_offline_keys
 
 TENANTS: dict[str, Any] = {
     "acme": {
@@ -334,6 +335,8 @@ def make_settings(
         "integrations": dict(integrations or {}),
         "dashboard": dict(dashboard or {}),
     }
+    if store is not None and store.shared:
+        share_offline_keys(tmp_path / "data")  # every node of one store holds the same
     return BridgeSettings(
         data_dir=tmp_path / "data",
         listen=HostPort("127.0.0.1", free_port()),

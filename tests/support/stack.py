@@ -27,6 +27,7 @@ from aiosmtpd.controller import Controller
 
 from tests.support.edge import Client, OutboxProcess, stored_ids
 from tests.support.net import free_port, wait_for_port, wait_until
+from tests.support.offline_keys import share_offline_keys
 
 APP = "e2e"
 TENANT = "e2e"
@@ -138,6 +139,8 @@ class BridgeProcess:
         self.nofile = nofile  # the process's RLIMIT_NOFILE (soft, hard); None: this process's
         self.certs = certs
         self.data_dir = work / name
+        if any("postgresql" in text for text in (*store_args, config_text or "")):
+            share_offline_keys(self.data_dir)  # every node of one store holds the same
         self.mqtt_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.config = work / f"{name}.toml"
         self.config.write_text(

@@ -130,7 +130,7 @@ def run(
             await bridge.start()
             tune_garbage_collector()
             logging.getLogger(__name__).info("file descriptors: up to %d", descriptors)
-            click.echo(f"cloud-bridge listening: mqtts {settings.listen}, https {settings.http_listen}", err=True)
+            click.echo(f"cloud-bridge listening: {settings.listening()}", err=True)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # one held since the start reloads now
             notify(notify_socket, READY)
             await stop.wait()

@@ -262,14 +262,7 @@ class Bridge:
             self._control = ControlServer(settings.data_dir, {"reload": self._reload_answer})
             if not await self._control.start():
                 self._control = None
-        logger.info(
-            "bridge node %s running: mqtt %s, https %s, metrics %s, store %s",
-            settings.node_id,
-            settings.listen,
-            settings.http_listen,
-            settings.metrics_listen or "off",
-            settings.store_url,
-        )
+        logger.info("bridge node %s running: %s, store %s", settings.node_id, settings.listening(), settings.store_url)
 
     async def _open_store(self) -> None:
         """Open the store; a SQLite one under its data directory's lock (node_lock), taken before the executor's

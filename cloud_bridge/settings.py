@@ -125,6 +125,16 @@ class BridgeSettings:
         configured = self.config.bridge.public_mqtt_port
         return configured if configured is not None else self.listen.port
 
+    def listening(self) -> str:
+        """Every listener, for the start's log line (the WebSocket one was left out: `--ws-listen` looked unused)."""
+        told = self.public_mqtt_port
+        parts = [f"mqtt {self.listen}" + (f" (devices told port {told})" if told != self.listen.port else "")]
+        if self.ws_listen is not None:
+            parts.append(f"websocket {self.ws_listen}")
+        parts.append(f"https {self.http_listen}")
+        parts.append(f"metrics {self.metrics_listen or 'off'}")
+        return ", ".join(parts)
+
     @property
     def lease(self) -> float:
         return self.config.bridge.lease

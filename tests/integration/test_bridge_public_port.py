@@ -23,7 +23,8 @@ from intent_contract import mqtt_packets as p
 from tests.support.bridge import CountingIntegration, Creds, Harness, counting, make_settings, running_bridge
 from tests.support.haproxy import running_haproxy, tcp_balancer
 from tests.support.mqtt_raw import connect_packet
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_until
+from tests.support.stack import BridgeProcess
 
 __all__ = ["counting"]  # fixture
 
@@ -73,3 +74,24 @@ async def _connack(port: int, creds: Creds, context: ssl.SSLContext) -> bytes:
         return await reader.readexactly(4)
     finally:
         writer.close()
+
+
+def test_the_start_line_names_every_listener_and_the_port_devices_are_told(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    """`cloud-bridge listening: mqtts ..., https ...` left out the WebSocket listener given with --ws-listen."""
+    ws, told = free_port(), free_port()
+    config = f'[bridge]\npublic_mqtt_port = {told}\n[tenants.acme.policy]\nkinds = ["email.send"]\n'
+    node = BridgeProcess(tmp_path, server_cert_files, smtp_port=free_port(), config_text=config,
+                         run_args=("--ws-listen", f"127.0.0.1:{ws}"))  # fmt: skip
+    try:
+        node.start()
+        wait_until(lambda: "cloud-bridge listening:" in node.log(), what="the start's line")
+    finally:
+        node.stop()
+        node.close()
+    line = next(x for x in node.log().splitlines() if x.startswith("cloud-bridge listening:"))
+    assert line == (
+        f"cloud-bridge listening: mqtt 127.0.0.1:{node.mqtt_port} (devices told port {told}), websocket 127.0.0.1:{ws},"
+        f" https 127.0.0.1:{node.http_port}, metrics 127.0.0.1:{node.metrics_port}"
+    )

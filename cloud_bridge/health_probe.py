@@ -51,7 +51,15 @@ def _problems(response: httpx.Response) -> str:
 
 
 def _what_to_do(failure: str) -> str:
-    """The option that fixes a certificate the probe could not verify (the error alone named neither)."""
+    """The option that fixes a certificate the probe could not verify (the error alone named neither), or why a
+    node closed the probe before TLS."""
+    if "UNEXPECTED_EOF" in failure or "EOF occurred in violation of protocol" in failure:
+        # A node closes a connection without a PROXY header from an address in its proxy_protocol_from, before TLS:
+        # behind a balancer on the node's own host, probing localhost met only the TLS library's words for it.
+        return (
+            " (closed before TLS: a node does so to an address in its [bridge] proxy_protocol_from that sends no"
+            " PROXY header; probe from another address, or the metrics listener: GET http://METRICS/healthz)"
+        )
     if "CERTIFICATE_VERIFY_FAILED" not in failure:
         return ""
     if "not valid for" in failure or "Hostname mismatch" in failure:

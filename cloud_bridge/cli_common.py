@@ -15,6 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from cloud_bridge.errors import BridgeError
+from cloud_bridge.node_lock import refuse_other_store
 from cloud_bridge.settings import BridgeSettings, build_settings
 from intent_contract.timefmt import parse_duration
 
@@ -66,8 +67,12 @@ def settings_from(data_dir: Path, **kwargs: Any) -> BridgeSettings:
 
 def operator_settings(data_dir: Path, **kwargs: Any) -> BridgeSettings:
     """Settings for an operator's command: the config without the providers' keys, which only nodes use (an
-    operator's machine with the nodes' config but not their secrets was refused for want of them)."""
-    return settings_from(data_dir, node_secrets=False, **kwargs)
+    operator's machine with the nodes' config but not their secrets was refused for want of them). ConfigError
+    for SQLite files in a data dir whose nodes run on a shared store (`node_lock.refuse_other_store`)."""
+    settings = settings_from(data_dir, node_secrets=False, **kwargs)
+    if settings.store is None:
+        refuse_other_store(data_dir)
+    return settings
 
 
 def run_async(coro: Coroutine[Any, Any, R]) -> R:

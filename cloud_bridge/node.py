@@ -40,7 +40,7 @@ from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.listen_check import check_port_free
 from cloud_bridge.listener import BridgeListener
 from cloud_bridge.metrics import BridgeMetrics
-from cloud_bridge.node_lock import NodeLock
+from cloud_bridge.node_lock import NodeLock, mark_shared_store
 from cloud_bridge.offline_keys import load_for_store
 from cloud_bridge.ops_http import Ops
 from cloud_bridge.own_threads import own_thread
@@ -270,6 +270,8 @@ class Bridge:
         if not self.store.url.shared:
             self._lock = NodeLock(self.store.url.directory)
             self._lock.acquire(self.settings.node_id)
+        else:
+            mark_shared_store(self.settings.data_dir, str(self.store.url))
         await self.store.open()
         self._opened = True
 

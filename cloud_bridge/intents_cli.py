@@ -27,7 +27,7 @@ from cloud_bridge.intent_sql import IntentQuery, SqlIntents
 from cloud_bridge.operator_api import IntentDetail, IntentInfo
 from cloud_bridge.store import for_operators, open_store
 from intent_contract.console import plain_console
-from intent_contract.names import is_name
+from intent_contract.names import KINDS, is_name
 from intent_contract.progress import progress_line
 from intent_contract.readable import readable
 from intent_contract.timefmt import format_age, parse_duration
@@ -127,7 +127,8 @@ def register(main: click.Group, store_options: Decorator, json_option: Decorator
         default=None,
         help="Only this state (queued, running, delivered, failed, expired, rejected).",
     )
-    @click.option("--kind", default=None, help="Only this kind (e.g. email.send).")
+    # A kind no intent can have was "no intents" (exit 0), where the dashboard's filter answers 400
+    @click.option("--kind", default=None, type=click.Choice(sorted(KINDS)), help="Only this kind.")
     @click.option(
         "--limit",
         default=100,

@@ -21,6 +21,7 @@ from cloud_bridge.cli_common import clean_errors, operator_settings, run_async
 from cloud_bridge.store import for_operators, open_store
 from cloud_bridge.usage import Dimension, UsageQuery, UsageRow, day_of, parse_day, totals
 from intent_contract.console import plain_console
+from intent_contract.names import KINDS
 
 Decorator = Callable[[Any], Any]
 
@@ -73,7 +74,7 @@ def _print(query: UsageQuery, rows: list[UsageRow]) -> None:
 @click.command("usage")
 @click.option("--tenant", default=None, help="Only this tenant.")
 @click.option("--device", default=None, help="Only this device id.")
-@click.option("--kind", default=None, help="Only this intent kind (e.g. email.send).")
+@click.option("--kind", default=None, type=click.Choice(sorted(KINDS)), help="Only this intent kind.")
 @click.option(
     "--since", default="7d", show_default=True, help="First day: YYYY-MM-DD, or a duration back from now (7d)."
 )

@@ -232,6 +232,8 @@ def test_a_tenant_or_device_filter_that_is_no_name_is_refused_by_the_listings(tm
         (("devices", "ls", "--tenant", "acme,beta"), "--tenant: 'acme,beta' is not a valid name"),
         (("intents", "ls", "--tenant", "a b"), "--tenant: 'a b' is not a valid name"),
         (("intents", "ls", "--device", "../x"), "--device: '../x' is not a valid name"),
+        (("intents", "ls", "--kind", "fax.send"), "'fax.send' is not one of"),  # it printed "no intents", exit 0
+        (("usage", "--kind", "fax.send"), "'fax.send' is not one of"),  # an empty table, exit 0
     ]
     for args, text in cases:
         assert_refused(run_cli("cloud_bridge", *args, "--data-dir", bridge), text)

@@ -30,6 +30,8 @@ from intent_contract.loop_errors import AcceptErrors
 from intent_contract.runtime import raise_descriptor_limit, tune_garbage_collector
 from intent_contract.service_notify import READY, STOPPING, notify
 
+log = logging.getLogger(__name__)
+
 
 @click.command()
 @store_options
@@ -129,14 +131,16 @@ def run(
         try:
             await bridge.start()
             tune_garbage_collector()
-            logging.getLogger(__name__).info("file descriptors: up to %d", descriptors)
+            log.info("file descriptors: up to %d", descriptors)
             click.echo(f"cloud-bridge listening: {settings.listening()}", err=True)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # one held since the start reloads now
             notify(notify_socket, READY)
             await stop.wait()
+            log.info("stopping")
         finally:
             notify(notify_socket, STOPPING)
             await bridge.stop()
+        log.info("stopped")  # after a SIGTERM, once everything is closed (nothing said it before)
 
     run_async(serve())
 

@@ -32,6 +32,7 @@ from tests.support.bridge import (
     until,
 )
 from tests.support.net import free_port, wait_for_port
+from tests.support.stack import BridgeProcess
 
 __all__ = ["counting", "harness"]
 
@@ -218,3 +219,14 @@ async def _revoke_with_work_queued(bridge: Harness, held: HeldIntegration) -> No
     purged = await asyncio.to_thread(bridge.bridge.store.intents.purge, later, None, later * 1000)
     assert purged.intents == len(ids)
     assert len(held.calls) == held.concurrency
+
+
+def test_a_sigterm_is_logged_stopping_then_stopped_and_exits_0(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    """A node stopped by SIGTERM (systemd, a deploy) left no line saying so: its log ended where it last worked."""
+    bridge = BridgeProcess(tmp_path, server_cert_files, free_port()).start()
+    assert bridge.stop() == 0
+    lines = bridge.log_path.read_text().splitlines()
+    said = [n for n, line in enumerate(lines) if line.endswith((" stopping", " stopped"))]
+    assert [lines[n].rsplit(" ", 1)[1] for n in said] == ["stopping", "stopped"], lines[-5:]

@@ -183,8 +183,6 @@ class SqlIntents:
         """`text` (with `?` markers) on `conn`, a connection of `transaction()`."""
         return conn.execute(text if self._marker == "?" else text.replace("?", self._marker), params)
 
-    _run = run
-
     @property
     def false(self) -> str:
         """The backend's false literal."""
@@ -207,16 +205,16 @@ class SqlIntents:
                 where.append(f"{column} = ?")
                 params.append(value)
         with self._transaction() as conn:
-            rows = self._run(conn, listing_sql(where), (*params, query.limit)).fetchall()
+            rows = self.run(conn, listing_sql(where), (*params, query.limit)).fetchall()
         return [entry_from_row(row) for row in rows]
 
     def find(self, intent_id: str, device_id: str | None = None) -> list[LedgerEntry]:
         """The row (device_id, intent_id), or every row with that intent id (of any device, at most 10)."""
         with self._transaction() as conn:
             if device_id is None:
-                rows = self._run(conn, "SELECT * FROM intents WHERE intent_id = ? ORDER BY seq LIMIT 10", (intent_id,))
+                rows = self.run(conn, "SELECT * FROM intents WHERE intent_id = ? ORDER BY seq LIMIT 10", (intent_id,))
             else:
-                rows = self._run(
+                rows = self.run(
                     conn, "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?", (device_id, intent_id)
                 )
             return [entry_from_row(row) for row in rows.fetchall()]
@@ -226,7 +224,7 @@ class SqlIntents:
         the counts are the window's however many there are (`cloud-bridge status` read at most 100,000 records
         into memory and counted those)."""
         with self._transaction() as conn:
-            rows = self._run(
+            rows = self.run(
                 conn, "SELECT event, count(*) AS n FROM audit WHERE at >= ? GROUP BY event ORDER BY event", (since,)
             ).fetchall()
         return {str(row["event"]): int(row["n"]) for row in rows}
@@ -234,7 +232,7 @@ class SqlIntents:
     def history(self, device_id: str, intent_id: str, limit: int = 100) -> list[AuditRecord]:
         """The row's audit records, oldest first (the last `limit`)."""
         with self._transaction() as conn:
-            rows = self._run(
+            rows = self.run(
                 conn,
                 "SELECT at, device_id, tenant, intent_id, kind, event, integration, code, detail FROM audit"
                 " WHERE device_id = ? AND intent_id = ? ORDER BY seq DESC LIMIT ?",
@@ -281,8 +279,8 @@ class SqlIntents:
         )
         with self._transaction() as conn:
             for _ in range(OPERATE_TRIES):
-                changed = self._run(conn, update, (*values, now, device_id, intent_id)).rowcount
-                row = self._run(
+                changed = self.run(conn, update, (*values, now, device_id, intent_id)).rowcount
+                row = self.run(
                     conn, "SELECT * FROM intents WHERE device_id = ? AND intent_id = ?", (device_id, intent_id)
                 ).fetchone()
                 if row is None:
@@ -313,7 +311,7 @@ class SqlIntents:
         """Audit an operator's event on `entry` (the row after it), count an end in usage, signal the nodes."""
         audit = AUDIT[event]
         assert audit is not None
-        self._run(
+        self.run(
             conn,
             "INSERT INTO audit (at, device_id, tenant, intent_id, kind, event, integration, code, detail)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -323,7 +321,7 @@ class SqlIntents:
         ended = tally(entry.tenant, entry.device_id, entry.kind, audit, now)
         if ended is not None:
             [row] = upsert_rows([ended], USAGE_WRITER)
-            self._run(conn, USAGE_UPSERT, row)
+            self.run(conn, USAGE_UPSERT, row)
         self._signal(conn, entry.device_id)
 
     def purge(
@@ -356,7 +354,7 @@ class SqlIntents:
             while not stop.is_set():
                 began = time.monotonic()
                 with self._transaction() as conn:
-                    done = max(0, int(self._run(conn, text, (*params, *params, batch)).rowcount))
+                    done = max(0, int(self.run(conn, text, (*params, *params, batch)).rowcount))
                 deleted[table] += done
                 if progress is not None:
                     progress(sum(deleted.values()))
@@ -370,7 +368,7 @@ class SqlIntents:
         """How many rows (intents and audit) a purge with these bounds would delete now: its progress's total."""
         with self._transaction() as conn:
             return sum(
-                int(self._run(conn, f"SELECT count(*) AS n FROM {table} WHERE {where}", params).fetchone()["n"])
+                int(self.run(conn, f"SELECT count(*) AS n FROM {table} WHERE {where}", params).fetchone()["n"])
                 for table, where, params in self._purge_where(intents_before, audit_before, created_before)
             )
 

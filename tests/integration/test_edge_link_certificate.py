@@ -70,14 +70,19 @@ def tls_listener(leaf: trustme.LeafCert) -> Iterator[int]:
         server.close()
 
 
+def enrolled_at(data_dir: Path, port: int, ca: trustme.CA) -> None:
+    """`data_dir` enrolled as device edge-1 of a bridge at 127.0.0.1:`port`, `ca` pinned."""
+    pinned = data_dir.parent / "ca.pem"
+    ca.cert_pem.write_to_path(str(pinned))
+    identity = Identity("edge-1", "acme", "edge-1", "127.0.0.1", port, f"https://127.0.0.1:{port}", "bridge")
+    save_identity(data_dir, identity, generate_private_key_pem(), pinned, None)
+
+
 @pytest.mark.parametrize("kind", sorted(CERTS))
 def test_status_names_the_certificate_and_its_fix(tmp_path: Path, ca: trustme.CA, kind: str) -> None:
-    pinned = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(pinned))
     data_dir = tmp_path / "edge"
     with tls_listener(CERTS[kind](ca)) as port:
-        identity = Identity("edge-1", "acme", "edge-1", "127.0.0.1", port, f"https://127.0.0.1:{port}", "bridge")
-        save_identity(data_dir, identity, generate_private_key_pem(), pinned, None)
+        enrolled_at(data_dir, port, ca)
         with OutboxProcess(data_dir, free_port()):
 
             def link_error() -> str:
@@ -101,12 +106,9 @@ def test_status_names_the_certificate_and_its_fix(tmp_path: Path, ca: trustme.CA
 def test_rotate_key_names_the_certificate_and_its_fix(tmp_path: Path, ca: trustme.CA, kind: str) -> None:
     """`rotate-key` said `cannot reach the bridge to rotate the key (run it again)`, which meets the same
     certificate however often it is run."""
-    pinned = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(pinned))
     data_dir = tmp_path / "edge"
     with tls_listener(CERTS[kind](ca)) as port:
-        identity = Identity("edge-1", "acme", "edge-1", "127.0.0.1", port, f"https://127.0.0.1:{port}", "bridge")
-        save_identity(data_dir, identity, generate_private_key_pem(), pinned, None)
+        enrolled_at(data_dir, port, ca)
         key = (data_dir / "identity" / "device.key").read_bytes()
         rotated = cli(data_dir, "rotate-key")
     assert rotated.returncode == 1
@@ -120,12 +122,9 @@ def test_rotate_key_names_the_certificate_and_its_fix(tmp_path: Path, ca: trustm
 def test_status_beside_a_flush_shows_its_link(tmp_path: Path, ca: trustme.CA) -> None:
     """A flush with no outbox running runs the forwarder itself and holds the data dir's lock: status said
     `link: unknown (the running outbox recorded none: starting, or run with --no-forward)` all the while."""
-    pinned = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(pinned))
     data_dir = tmp_path / "edge"
     with tls_listener(CERTS["wrong_name"](ca)) as port:
-        identity = Identity("edge-1", "acme", "edge-1", "127.0.0.1", port, f"https://127.0.0.1:{port}", "bridge")
-        save_identity(data_dir, identity, generate_private_key_pem(), pinned, None)
+        enrolled_at(data_dir, port, ca)
         pending(data_dir)
         args = [sys.executable, "-m", "edge_outbox", "flush", "--timeout", "10m", "--data-dir", str(data_dir)]
         with subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as flushing:

@@ -398,8 +398,8 @@ class _MovedAfterUpdate(SqlIntents):
         self.updates: list[int] = []
         self._loop, self._move = loop, move
 
-    def _run(self, conn: Any, text: str, params: Sequence[Any] = ()) -> Any:
-        cursor = super()._run(conn, text, params)
+    def run(self, conn: Any, text: str, params: Sequence[Any] = ()) -> Any:
+        cursor = super().run(conn, text, params)
         if text.startswith("UPDATE intents SET state"):
             self.updates.append(cursor.rowcount)
             if len(self.updates) == 1:

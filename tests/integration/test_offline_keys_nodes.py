@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,17 +21,11 @@ from cloud_bridge.offline_keys import keys_dir, load_or_create
 from cloud_bridge.store.url import StoreUrl
 from tests.support.bridge import CountingIntegration, counting, make_settings, node
 from tests.support.stack import TENANT, bridge_cli
-from tests.support.stores import pg_database
+from tests.support.stores import pg_url
 
-__all__ = ["counting"]  # fixture
+__all__ = ["counting", "pg_url"]  # fixtures
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[StoreUrl]:
-    with pg_database() as url:
-        yield url
 
 
 async def test_a_second_node_without_the_first_ones_keys_refuses_to_start(

@@ -10,7 +10,6 @@ SQLite files there, naming it.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,11 @@ from cloud_bridge.node_lock import NodeLock
 from cloud_bridge.store.url import StoreUrl
 from tests.support.bridge import CountingIntegration, counting, node
 from tests.support.stack import TENANT, bridge_cli
-from tests.support.stores import pg_database
+from tests.support.stores import pg_url
 
-__all__ = ["counting"]  # fixture
+__all__ = ["counting", "pg_url"]  # fixtures
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[StoreUrl]:
-    with pg_database() as url:
-        yield url
 
 
 def _enroll_code(data_dir: Path) -> subprocess.CompletedProcess[str]:

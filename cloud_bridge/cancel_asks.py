@@ -76,10 +76,10 @@ class CancelAsks:
             return
         for entry in rows:
             executor = self._held()
-            started = None if executor is None else executor.unstarted(entry)
-            if started is True:
+            waiting = None if executor is None else executor.unstarted(entry)  # None: not held here
+            if waiting is True:
                 await self._end(entry)
-            elif started is False:
+            elif waiting is False:  # its call started
                 await self._answer(entry)
 
     async def _end(self, entry: LedgerEntry) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edge_outbox.errors import ConfigError
 from intent_contract.names import is_name
-from intent_contract.passwords import UNUSABLE_HASH, hash_password, verify_password
+from intent_contract.passwords import check_login, hash_password, verify_password
 
 # Password checks run on a thread of their own, one at a time (as the bridge's dashboard logins do): on the
 # loop's default pool a flood of CONNECTs, each a scrypt of tens of milliseconds, held every thread of it, and
@@ -49,22 +49,15 @@ class AppLogins:
         self._checks = ThreadPoolExecutor(LOGIN_THREADS, thread_name_prefix="app-login")
 
     async def check(self, username: str | None, password: bytes | None) -> bool:
-        """True for a known app with that password; every login without one is refused.
-
-        A name that is not an app is checked against UNUSABLE_HASH, the same scrypt work: refused at once, it
-        answered in microseconds where an app's name took a scrypt, telling anyone who could connect which apps
-        exist (and so which names to guess passwords for).
-        """
+        """True for a known app with that password; every login without one is refused. A name that is no app
+        costs the same scrypt (`check_login`): refused at once, it told anyone who could connect which apps exist."""
         if not self._users:
             return True
         if password is None:
             return False
-        stored = self._users.get(username or "")
         text = password.decode("utf-8", "replace")
-        checked = UNUSABLE_HASH if stored is None else stored
         loop = asyncio.get_running_loop()
-        matches = await loop.run_in_executor(self._checks, verify_password, text, checked)
-        return stored is not None and matches
+        return await loop.run_in_executor(self._checks, check_login, self._users, username or "", text)
 
     def close(self) -> None:
         """Stop taking checks; one under way ends on its own (its CONNECT is gone with the endpoint)."""

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from intent_contract.names import is_name
-from intent_contract.passwords import UNUSABLE_HASH, verify_password
+from intent_contract.passwords import UNUSABLE_HASH, check_login
 
 SESSION_S = 12 * 3600.0
 COOKIE = "__Host-bridge_dashboard"  # __Host-: Secure, Path=/, no Domain: only ever this origin
@@ -45,14 +45,9 @@ class OperatorAuth:
         return bool(self._users)
 
     def check_password(self, name: str, password: str) -> bool:
-        """True for a known operator with that password (slow on purpose: scrypt).
-
-        An unknown name is checked against UNUSABLE_HASH, the same scrypt work: skipping it made a refusal
-        for a name that does not exist 20 times faster, telling who the operators are.
-        """
-        stored = self._users.get(name)
-        matches = verify_password(password, stored if stored is not None else UNUSABLE_HASH)
-        return stored is not None and matches
+        """True for a known operator with that password (slow on purpose: scrypt; an unknown name costs the
+        same: `check_login`)."""
+        return check_login(self._users, name, password)
 
     def _sign(self, text: str) -> str:
         return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()

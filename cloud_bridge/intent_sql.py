@@ -22,6 +22,7 @@ from typing import Any
 from cloud_bridge.audit import AuditEvent, AuditRecord
 from cloud_bridge.cancel_sql import ask_cancel
 from cloud_bridge.errors import RevokedDeviceError, TransientError, UnknownIntentError
+from cloud_bridge.fleet_schema import SQLITE_NOW
 from cloud_bridge.ledger import PURGE_BATCH, LedgerEntry, clip_detail, entry_from_row
 from cloud_bridge.ledger_states import (
     AUDIT,
@@ -151,7 +152,7 @@ class PurgePace:
 
 class SqlIntents:
     """Operators' intent operations on a SQL connection of either backend (`marker`: `?` or `%s`;
-    `true`/`false`: the backend's boolean literals)."""
+    `true`/`false`: the backend's boolean literals; `now_sql`: its clock, as seconds since the epoch)."""
 
     def __init__(
         self,
@@ -165,8 +166,10 @@ class SqlIntents:
         on_open: Callable[[], None] = lambda: None,
         purge_pace: PurgePace | None = None,
         revoked: Callable[[str], bool],
+        now_sql: str = SQLITE_NOW,
     ) -> None:
         self._transaction = transaction
+        self._now_sql = now_sql
         self.revoked = revoked  # whether a device is revoked (the registry's word)
         self.purge_pace = purge_pace  # None: no pause (PostgreSQL has no one write lock)
         self._signal = signal
@@ -178,6 +181,13 @@ class SqlIntents:
 
     def open(self) -> None:
         self._on_open()
+
+    def store_now(self) -> float:
+        """The store's time. An operator's command runs on any machine: what it records (a row's `updated`, the
+        audit's time, the usage day) and the bounds a purge deletes by are the nodes' time, not that machine's
+        (one a few days ahead purged rows the bridge would still admit again, so a late copy ran twice)."""
+        with self._transaction() as conn:
+            return float(self.run(conn, f"SELECT {self._now_sql} AS now").fetchone()["now"])
 
     def run(self, conn: Any, text: str, params: Sequence[Any] = ()) -> Any:
         """`text` (with `?` markers) on `conn`, a connection of `transaction()`."""

@@ -11,7 +11,6 @@ import contextlib
 import getpass
 import json
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -154,11 +153,12 @@ def register(main: click.Group, store_options: Decorator, json_option: Decorator
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--state") from None
         with _opened(data_dir, store, config_path) as (ops, _):
-            rows = _at_most(operator_api.list_intents(ops, query), limit)
+            # Aged by the store's clock: this machine's may be off.
+            rows, now = _at_most(operator_api.list_intents(ops, query), limit), ops.store_now()
         if as_json:
             click.echo(json.dumps([r.to_json() for r in rows], indent=2))
         elif rows:
-            _print_rows(rows, time.time())
+            _print_rows(rows, now)
         else:
             click.echo("no intents")
 
@@ -183,7 +183,7 @@ def register(main: click.Group, store_options: Decorator, json_option: Decorator
             as_json: bool,
         ) -> None:  # fmt: skip
             with _opened(data_dir, store, config_path) as (ops, _):
-                done = fn(ops, ids, _operator(operator), time.time())
+                done = fn(ops, ids, _operator(operator), ops.store_now())
             click.echo(json.dumps(done.to_json(), indent=2) if as_json else done.line())
 
         return run
@@ -219,7 +219,7 @@ def register(main: click.Group, store_options: Decorator, json_option: Decorator
                     ops,
                     intents_age=bridge.intent_retention if intents_age is None else intents_age,
                     audit_age=bridge.audit_retention if audit_age is None else audit_age,
-                    now=time.time(),
+                    now=ops.store_now(),
                     progress=progress,
                     max_intent_age=bridge.max_intent_age,
                 )

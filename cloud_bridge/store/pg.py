@@ -395,6 +395,7 @@ def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int, clock: Ca
             false="false",
             on_open=pools.open_sync,
             revoked=revoked_in(registry),
+            now_sql=PG_NOW,
         ),
         lambda: made(conninfo),
         lambda: check(conninfo),

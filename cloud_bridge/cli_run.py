@@ -175,3 +175,5 @@ def reload(data_dir: Path, timeout: str, as_json: bool) -> None:
     if not as_json:
         enabled = ", ".join(answer.get("integrations") or []) or "none"
         click.echo(f"reloaded: config generation {answer.get('generation')}, integrations {enabled}")
+        if cert := answer.get("certificate"):
+            click.echo(f"certificate {', '.join(cert['names']) or '(no names)'} valid until {cert['not_after']}")

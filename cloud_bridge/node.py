@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from cloud_bridge.cancel_asks import CancelAsks
+from cloud_bridge.cert_info import CertInfo, valid_cert
 from cloud_bridge.control import MAX_ERROR_CHARS, ControlServer
 from cloud_bridge.dashboard.auth import OperatorAuth
 from cloud_bridge.dashboard.store_data import StoreData
@@ -118,6 +119,7 @@ class Bridge:
         self._reload_lock = asyncio.Lock()
         self._stopping = False  # a reload from then on is refused; one under way ends before the stop goes on
         self.generation = 1  # the config in force: 1 at start, one more for each reload applied
+        self.certificate: CertInfo | None = None  # what the last reload loaded (cloud_bridge.cert_info)
         self._opened = False
         self.fleet_desk: FleetDesk | None = None
         self._refusals: ConnectAudit | None = None
@@ -293,6 +295,8 @@ class Bridge:
                 # The certificate and key read again (a renewal keeps their paths); a pair that does not load
                 # is refused here, and the running one stays.
                 tls = await own_thread(_server_tls, new)
+                assert new.tls_cert is not None  # _server_tls refused a config without one
+                self.certificate = await own_thread(valid_cert, new.tls_cert, self._clock())
                 auth = self._operator_auth(new)
                 policy = new.config.policy()
                 # Off the event loop: each client builds its TLS context (about 28 ms each, 2.8 s for 50 tenants with
@@ -317,8 +321,8 @@ class Bridge:
             self.generation += 1
             self.metrics.reloads.labels("applied").inc()
             own = "; ".join(f"{t}: {', '.join(sorted(k))}" for t, k in sorted(tenant_integrations.items()))
-            logger.info("config reloaded (generation %d): integrations %s; tenants' own %s", self.generation,
-                        ", ".join(sorted(integrations)) or "none", own or "none",
+            logger.info("config reloaded (generation %d): integrations %s; tenants' own %s; %s", self.generation,
+                        ", ".join(sorted(integrations)) or "none", own or "none", self.certificate.line(),
                         extra={"code": "reloaded"})  # fmt: skip
             return sorted(integrations)
 
@@ -360,7 +364,8 @@ class Bridge:
             integrations = await self.reload()
         except BridgeError as exc:
             return {"ok": False, "error": clip(exc.detail, MAX_ERROR_CHARS), "generation": self.generation}
-        return {"ok": True, "generation": self.generation, "integrations": integrations}
+        certificate = None if self.certificate is None else self.certificate.to_json()
+        return {"ok": True, "generation": self.generation, "integrations": integrations, "certificate": certificate}
 
     @property
     def executor(self) -> Executor | None:

@@ -89,6 +89,8 @@ def test_rotating_the_provider_key_mid_drain_fails_and_loses_nothing(
         )  # fmt: skip
         assert reload.returncode == 0, reload.stderr
         assert "reloaded: config generation 2, integrations http.request" in reload.stdout
+        # The certificate the reload took, trustme's (valid until its default end).
+        assert "certificate localhost, 127.0.0.1 valid until 3000-01-01T00:00:00.000Z" in reload.stdout
 
         wait_until(
             lambda: all(app.status_of(i) and app.status_of(i)[-1] in {"delivered", "failed"} for i in intent_ids),

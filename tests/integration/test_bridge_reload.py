@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import hashlib
 import logging
 import socket
 import ssl
@@ -196,6 +198,10 @@ async def test_reload_reads_the_tls_certificate_again_and_refuses_a_pair_that_do
         second = issue()
         await bridge.reload()
         after = [await asyncio.to_thread(_served_certificate, port, server_cert_files["ca"]) for port in listening]
+        # The answer names what was taken (it said only "reloaded": was the renewed file the one read?).
+        assert bridge.certificate is not None
+        assert bridge.certificate.names == ("127.0.0.1",)
+        assert bridge.certificate.sha256 == hashlib.sha256(_der(second)).hexdigest()
         # A key that is not the certificate's: refused, and the running pair stays.
         ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(key))
         with pytest.raises(ConfigError, match="cannot load TLS certificate"):
@@ -357,3 +363,32 @@ async def test_a_stop_during_a_reload_waits_for_it_and_closes_what_it_built(
         assert integration._client.is_closed  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="the bridge is stopping"):
         await bridge.reload()
+
+
+async def test_a_reload_of_a_certificate_out_of_its_validity_is_refused_and_the_running_one_stays(
+    tmp_path: Path, ca: trustme.CA, server_cert_files: dict[str, Path]
+) -> None:
+    """A stale or wrong certificate file (one that had expired) was taken by a reload that answered "reloaded":
+    every device refused the bridge at its next connect. Refused, naming the certificate and when it ended."""
+    cert, key, config = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "bridge.toml"
+
+    def issue(**validity: datetime.datetime) -> trustme.LeafCert:
+        leaf = ca.issue_cert("127.0.0.1", **validity)
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+        return leaf
+
+    good = issue()
+    config.write_text('[tenants.acme.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n')
+    now = datetime.datetime.now(datetime.UTC)
+    async with reloadable(tmp_path, config, {"cert": cert, "key": key}, ("listen",)) as (bridge, ports):
+        [port] = [int(address.rsplit(":", 1)[1]) for address in ports.values()]
+        issue(not_before=now - datetime.timedelta(days=400), not_after=now - datetime.timedelta(days=1))
+        with pytest.raises(ConfigError, match=r"TLS certificate .*server.pem expired at 20\d\d-.*devices would refuse"):
+            await bridge.reload()
+        issue(not_before=now + datetime.timedelta(days=1), not_after=now + datetime.timedelta(days=400))
+        with pytest.raises(ConfigError, match="is not valid before"):
+            await bridge.reload()
+        served = await asyncio.to_thread(_served_certificate, port, server_cert_files["ca"])
+    assert served == _der(good)
+    assert bridge.generation == 1

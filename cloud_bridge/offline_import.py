@@ -28,7 +28,14 @@ from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Device, Registry
 from intent_contract import sealed, signed
 from intent_contract.codec import Ack, decode_batch, encode_acks
-from intent_contract.errors import DecodeError, SignatureError, UnsupportedVersionError
+from intent_contract.errors import (
+    DecodeError,
+    NotSealedError,
+    OtherRecipientError,
+    SignatureError,
+    UnsupportedVersionError,
+)
+from intent_contract.offline_kinds import file_kind
 from intent_contract.offline_wire import BUNDLE_TYPE, MAX_BUNDLE_INTENTS, RECEIPT_TYPE, Bundle, BundleEcho, Receipt
 from intent_contract.timefmt import format_ms
 from intent_contract.wire import ACKS_PER_MESSAGE
@@ -98,15 +105,14 @@ class OfflineDesk:
             raise OfflineFileError(f"bundle of {len(data):,} bytes is over the {max_bytes:,}-byte limit (--max-bytes)")
         try:
             plain = sealed.unseal(data, self._keys.age_identity)
-        except DecodeError:
-            raise OfflineFileError(
-                "bundle cannot be decrypted: not an edge-outbox bundle, damaged, or encrypted to another"
-                f" bridge's key (this bridge's offline key is {self._keys.public.key_id})",
-                code="bundle_unreadable",
-            ) from None
+        except DecodeError as exc:
+            raise self._unsealed(data, exc, max_bytes) from None
         try:
             document = signed.read(plain, typ=BUNDLE_TYPE, max_bytes=max_bytes)
         except DecodeError as exc:
+            kind = file_kind(plain, max_bytes)  # an enrollment request is encrypted to the bridge too
+            if kind is not None:
+                raise OfflineFileError(f"not a bundle: it is {kind}; nothing admitted", code="not_a_bundle") from None
             raise OfflineFileError(f"bundle is not readable: {exc}", code="bundle_unreadable") from None
         del plain  # the document holds its own copy of the body: one copy of the bundle fewer from here
         device = self._registry.get(document.kid)
@@ -139,6 +145,27 @@ class OfflineDesk:
                 code="bundle_forged",
             )
         return device, body
+
+    def _unsealed(self, data: bytes, exc: DecodeError, max_bytes: int) -> OfflineFileError:
+        """Why a file given as a bundle cannot be decrypted, told apart: the technician's next step differs (another
+        file from the stick, the device's own bridge, a new export). All three used to get one message."""
+        key_id = self._keys.public.key_id
+        if isinstance(exc, NotSealedError):
+            kind = file_kind(data, max_bytes)
+            said = f"it is {kind}" if kind is not None else "not an edge-outbox file"
+            return OfflineFileError(f"not a bundle: {said}; nothing admitted", code="not_a_bundle")
+        if isinstance(exc, OtherRecipientError):
+            return OfflineFileError(
+                f"bundle is encrypted to another bridge's offline key, not this bridge's ({key_id}): import it at"
+                " the bridge the device was enrolled with; nothing admitted",
+                code="bundle_other_bridge",
+            )
+        return OfflineFileError(
+            f"bundle cannot be decrypted: damaged or cut short ({len(data):,} bytes; a copy ended early when the"
+            " stick was pulled out?); nothing admitted: copy it again, or export again on the site (every intent"
+            " the bridge has not accepted goes in the next bundle)",
+            code="bundle_unreadable",
+        )
 
     async def import_bundle(self, data: bytes, *, max_bytes: int, progress: Progress | None = None) -> Imported:
         """Admit a bundle's intents and apply its confirms (nothing, when the device is revoked)."""

@@ -22,6 +22,7 @@ from edge_outbox.identity import identity_dir, load_identity
 from intent_contract import signed
 from intent_contract.codec import Ack, decode_acks
 from intent_contract.errors import DecodeError, SignatureError
+from intent_contract.offline_kinds import file_kind, maybe_cut_short
 from intent_contract.offline_wire import RECEIPT_TYPE, Receipt
 
 
@@ -47,7 +48,15 @@ def read_receipt(data_dir: Path, data: bytes, max_bytes: int) -> tuple[Receipt, 
     try:
         document = signed.read(data, typ=RECEIPT_TYPE, max_bytes=max_bytes)
     except DecodeError as exc:
-        raise PermanentError(f"not a readable receipt: {exc}") from None
+        kind = file_kind(data, max_bytes)
+        if kind is not None:  # another file from the stick: said so, not as msgpack's words on its bytes
+            raise PermanentError(f"not a receipt: it is {kind}; nothing applied") from None
+        if not maybe_cut_short(data):
+            raise PermanentError("not a receipt: not an edge-outbox file; nothing applied") from None
+        raise PermanentError(
+            f"not a readable receipt ({exc}): damaged or cut short (a copy ended early when the stick was pulled"
+            " out?); nothing applied: copy it again, or write another at the bridge (`cloud-bridge receipt`)"
+        ) from None
     if document.kid != pins.key_id:
         raise PermanentError(
             f"receipt signed by bridge key {document.kid}, but this device pins {pins.key_id}: refused"

@@ -48,5 +48,13 @@ class ProxyHeaderError(DecodeError):
     """Bytes from a balancer that do not start with a PROXY header; the connection is closed."""
 
 
+class NotSealedError(DecodeError):
+    """A file that is not age-encrypted at all (a receipt, a ticket, another file given for a bundle)."""
+
+
+class OtherRecipientError(DecodeError):
+    """An age file whole and readable, but encrypted to another key (a bundle for another bridge)."""
+
+
 class SignatureError(ContractError):
     """A signed document whose signature does not verify with the key it must be checked with."""

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import pyrage
 
-from intent_contract.errors import DecodeError
+from intent_contract.errors import DecodeError, NotSealedError, OtherRecipientError
 
 RECIPIENT_PREFIX = "age1"
 IDENTITY_PREFIX = "AGE-SECRET-KEY-1"
+MAGIC = b"age-encryption.org/v1\n"  # every age file's first line (age-encryption.org/v1, "Header")
+# rage's words for a header none of whose stanzas opens with the identity given: the one way to tell a file
+# for another key from a damaged one (tests/unit/test_offline_files.py fails if an upgrade changes them).
+_NO_MATCHING_KEY = "No matching keys found"
 
 
 def new_identity() -> tuple[str, str]:
@@ -45,12 +49,22 @@ def seal(data: bytes, recipient: str) -> bytes:
     return sealed
 
 
+def is_sealed(data: bytes) -> bool:
+    """Whether `data` starts as an age file does (whole or not)."""
+    return data.startswith(MAGIC)
+
+
 def unseal(data: bytes, identity: str) -> bytes:
-    """The plaintext of `data`; DecodeError when it is not age, damaged, or not encrypted to `identity`."""
+    """The plaintext of `data`. NotSealedError when it is not age at all, OtherRecipientError when it is encrypted
+    to another key, DecodeError when it is damaged or cut short (a copy ended early: a stick pulled out)."""
+    if not is_sealed(data) and not MAGIC.startswith(data):  # an empty file, or a start of one, is one cut short
+        raise NotSealedError("not an age-encrypted file", data[:64])
     try:
         plain: bytes = pyrage.decrypt(data, [_identity(identity)])
     except pyrage.DecryptError as exc:
-        raise DecodeError(f"cannot decrypt: not encrypted to this key, or damaged ({exc})", data[:64]) from exc
+        if str(exc) == _NO_MATCHING_KEY:
+            raise OtherRecipientError("not encrypted to this key", data[:64], exc) from exc
+        raise DecodeError(f"damaged or cut short ({exc})", data[:64], exc) from exc
     return plain
 
 

@@ -63,6 +63,24 @@ def check_signing_key(private_key_pem: bytes) -> None:
 
 def read(data: bytes, *, typ: str, max_bytes: int) -> SignedDocument:
     """The document in `data`, of type `typ`; DecodeError when it is not one (nothing is verified here)."""
+    document = _document(data, max_bytes)
+    if document.typ != typ:
+        raise DecodeError(f"expected a document of type {typ!r}, found {document.typ!r}", data)
+    if not document.kid:
+        raise DecodeError("the signature names no signer (kid)", data)
+    return document
+
+
+def peek_type(data: bytes, max_bytes: int) -> str | None:
+    """The type a signed document in `data` names, nothing verified; None when `data` is no signed document. To
+    say what a file given for another is (a receipt given to `cloud-bridge import`, a bundle to import-receipt)."""
+    try:
+        return _document(data, max_bytes).typ
+    except DecodeError:
+        return None
+
+
+def _document(data: bytes, max_bytes: int) -> SignedDocument:
     if len(data) > max_bytes:
         raise DecodeError(f"file of {len(data)} bytes is over the {max_bytes}-byte limit", data)
     try:
@@ -87,12 +105,8 @@ def read(data: bytes, *, typ: str, max_bytes: int) -> SignedDocument:
         header = jwt.get_unverified_header(signature)
     except jwt.PyJWTError as exc:
         raise DecodeError(f"the signature is not a JWS: {exc}", data, exc) from exc
-    if header.get("typ") != typ:
-        raise DecodeError(f"expected a document of type {typ!r}, found {header.get('typ')!r}", data)
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise DecodeError("the signature names no signer (kid)", data)
-    return SignedDocument(typ, kid, body, signature)
+    typ, kid = header.get("typ"), header.get("kid")
+    return SignedDocument(typ if isinstance(typ, str) else "", kid if isinstance(kid, str) else "", body, signature)
 
 
 def verify(document: SignedDocument, public_key_pem: str | bytes) -> bytes:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from intent_contract import files, sealed, signed
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
-from intent_contract.errors import DecodeError, SignatureError
+from intent_contract.errors import DecodeError, NotSealedError, OtherRecipientError, SignatureError
 from intent_contract.offline_wire import BUNDLE_TYPE, RECEIPT_TYPE, Bundle, BundleEcho, Receipt
 
 KEY = generate_private_key_pem()
@@ -46,10 +46,27 @@ def test_sealed_data_opens_only_with_its_identity() -> None:
     box = sealed.seal(b"secret", recipient)
     assert b"secret" not in box
     assert sealed.unseal(box, identity) == b"secret"
-    with pytest.raises(DecodeError, match="not encrypted to this key"):
+    with pytest.raises(OtherRecipientError, match="not encrypted to this key"):
         sealed.unseal(box, other)
-    with pytest.raises(DecodeError):
+    with pytest.raises(DecodeError, match="damaged or cut short") as damaged:
         sealed.unseal(box[:-1] + bytes([box[-1] ^ 1]), identity)
+    assert not isinstance(damaged.value, OtherRecipientError | NotSealedError)
+
+
+def test_an_age_file_cut_short_another_file_and_one_for_another_key_are_told_apart() -> None:
+    """The bridge's import tells the technician which (cloud_bridge.offline_import); rage's words for a file for
+    another key are the one way to tell, and this fails if an upgrade of pyrage changes them."""
+    identity, recipient = sealed.new_identity()
+    other, _ = sealed.new_identity()
+    box = sealed.seal(b"x" * 200_000, recipient)
+    for cut in (box[:0], box[:10], box[:100], box[: len(box) // 2], box[:-1]):
+        with pytest.raises(DecodeError, match="damaged or cut short") as cut_short:
+            sealed.unseal(cut, identity)
+        assert not isinstance(cut_short.value, OtherRecipientError | NotSealedError), len(cut)
+    with pytest.raises(OtherRecipientError):
+        sealed.unseal(box, other)
+    with pytest.raises(NotSealedError):
+        sealed.unseal(b'{"code": "x"}', identity)
 
 
 def test_bodies_round_trip() -> None:

@@ -128,9 +128,12 @@ def import_receipt(data_dir: Path, receipt_file: Path, max_bytes: int, as_json: 
         states = ", ".join(f"{n} {state}" for state, n in sorted(applied.states.items())) or "no results"
         click.echo(f"receipt {applied.receipt_id}: {states}; {counted(applied.changed, 'intent')} changed state")
         offset = applied.clock.offset_ms
-        if offset:
+        if applied.corrected_ms:  # only what this receipt taught: one applied again (or an older one) teaches nothing
             side = "behind" if offset > 0 else "ahead of"
-            click.echo(f"this device's clock is {format_age(abs(offset) / 1000)} {side} the bridge's; corrected")
+            click.echo(
+                f"this device's clock is {format_age(abs(offset) / 1000)} {side} the bridge's; corrected by"
+                f" {format_age(abs(applied.corrected_ms) / 1000)}"
+            )
         if applied.key_rotated:
             click.echo("the bridge accepted this device's new key: it signs with it from now on")
     if applied.key_refused is not None:

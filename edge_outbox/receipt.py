@@ -37,6 +37,7 @@ class Applied:
     clock: BridgeClock
     key_rotated: bool = False  # the bridge accepted this device's next key: it signs with it from now on
     key_refused: str | None = None  # the bridge refused this device's proposed key for good: why
+    corrected_ms: int = 0  # how far this receipt moved the bridge clock (0: it proved nothing new)
 
 
 def read_receipt(data_dir: Path, data: bytes, max_bytes: int) -> tuple[Receipt, list[Ack]]:
@@ -94,6 +95,7 @@ def apply_receipt(conn: sqlite3.Connection, body: Receipt, acks: list[Ack], now:
             echo.imported_at if echo else None,
             f"receipt {body.id}",
         )
+        before = offline_ops.bridge_clock(conn)
         clock = offline_ops.learn_time(conn, sample, now)
         ended = 0
         if body.revoked_at is not None:
@@ -106,4 +108,7 @@ def apply_receipt(conn: sqlite3.Connection, body: Receipt, acks: list[Ack], now:
     states: dict[str, int] = {}
     for ack in acks:
         states[str(ack.state)] = states.get(str(ack.state), 0) + 1
-    return Applied(body.id, len(acks), applied.changed, states, body.revoked_at is not None, ended, clock)
+    corrected = clock.offset_ms - before.offset_ms
+    return Applied(
+        body.id, len(acks), applied.changed, states, body.revoked_at is not None, ended, clock, corrected_ms=corrected
+    )

@@ -14,7 +14,10 @@ import pytest
 
 from cloud_bridge.ledger_states import EntryState
 from edge_outbox import bundle, db
+from edge_outbox.bridge_clock import BridgeClock
+from edge_outbox.db import CLOCK_KEY
 from edge_outbox.errors import ConfigError
+from edge_outbox.event_log import set_meta
 from edge_outbox.identity import load_identity
 from intent_contract import files
 from intent_contract.codec import AckState
@@ -201,3 +204,31 @@ def test_an_import_whose_receipt_cannot_be_written_says_what_it_admitted_and_how
         ("bulk-000000", AckState.ACCEPTED), ("bulk-000001", AckState.ACCEPTED)
     ]  # fmt: skip
     assert executed(tmp_path / "bridge", EntryState.DELIVERED) == 2  # each intent once
+
+
+@pytest.mark.timeout(300)
+def test_import_receipt_says_the_clock_was_corrected_only_when_this_receipt_corrected_it(tmp_path: Path) -> None:
+    """Every receipt said `this device's clock is ... ; corrected`, the one applied again and an older one too, which
+    taught nothing: the technician could not tell whether the clock was still being fixed. It says by how much."""
+    site = enrolled_site(tmp_path)
+    days_ahead = BridgeClock(-3 * 86_400_000, "test", 0)  # as if this device's clock were 3 days ahead
+    conn = db.connect(site)
+    try:
+        set_meta(conn, CLOCK_KEY, days_ahead.to_json())
+        conn.commit()
+    finally:
+        conn.close()
+    device_id = load_identity(site).device_id  # type: ignore[union-attr]
+    receipt = tmp_path / "site.receipt"
+    assert bridge(tmp_path / "bridge", "receipt", device_id, "--out", str(receipt)).returncode == 0
+
+    first = edge_cli(site, "import-receipt", str(receipt))
+    assert first.returncode == 0, first.stderr
+    assert "corrected by 2d23h" in first.stdout, first.stdout  # from 3 days ahead to within the trip's bounds
+
+    again = edge_cli(site, "import-receipt", str(receipt))
+    assert again.returncode == 0, again.stderr
+    assert "clock" not in again.stdout, again.stdout
+    as_json = edge_cli(site, "import-receipt", str(receipt), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["corrected_ms"] == 0

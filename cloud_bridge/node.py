@@ -37,7 +37,6 @@ from cloud_bridge.http_server import METRICS_CONNECTIONS, HttpServer, server_ssl
 from cloud_bridge.integrations import build_integrations, build_tenant_integrations
 from cloud_bridge.integrations.base import Integration
 from cloud_bridge.ledger import Ledger
-from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.listen_check import check_port_free
 from cloud_bridge.listener import BridgeListener
 from cloud_bridge.metrics import BridgeMetrics
@@ -47,6 +46,7 @@ from cloud_bridge.ops_http import Ops
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.refusals import ConnectAudit
 from cloud_bridge.registry import Registry
+from cloud_bridge.reload_guard import Serving, every_integration, refuse_stranding
 from cloud_bridge.retention import Retention
 from cloud_bridge.revocations import settle_results
 from cloud_bridge.service import BridgeService
@@ -70,15 +70,6 @@ def restart_only_changes(running: BridgeSettings, new: BridgeSettings) -> list[s
     if running.config.dashboard.enabled != new.config.dashboard.enabled:  # its pages are mounted at start, or not
         changed.append("[dashboard]")
     return changed
-
-
-def _all(integrations: Mapping[str, Integration], own: Mapping[str, Mapping[str, Integration]]) -> list[Integration]:
-    return [*integrations.values(), *(i for tenant in own.values() for i in tenant.values())]
-
-
-def _served(integrations: Mapping[str, Integration], own: Mapping[str, Mapping[str, Integration]]) -> set[str]:
-    """The kinds some integration serves (the vendor's, or a tenant's own)."""
-    return set(integrations) | {kind for tenant in own.values() for kind in tenant}
 
 
 def _server_tls(settings: BridgeSettings) -> ssl.SSLContext:
@@ -331,33 +322,18 @@ class Bridge:
         config = settings.config.dashboard
         return OperatorAuth(config.operators, config.key_bytes() or self._own_session_key)
 
-    async def _refuse_stranding(
-        self, integrations: Mapping[str, Integration], own: Mapping[str, Mapping[str, Integration]]
-    ) -> None:
-        """ConfigError when the new integrations serve no more a kind that live rows wait for (closing them).
-
-        Those rows would all end failed/no_integration at once: a config file read while it was being written
-        (cut off before `[integrations.http]`) failed 9 of 10 queued intents for good, and the whole file was
-        back a second later. Removing an integration on purpose takes its live rows first (`cloud-bridge
-        intents cancel`), or a restart.
-        """
-        gone = _served(self.integrations, self.tenant_integrations) - _served(integrations, own)
-        if not gone:
-            return
-        depth = await self.ledger.depth()
-        waiting = dict.fromkeys(sorted(gone), 0)
-        for (state, kind), count in depth.counts.items():
-            if kind in waiting and state in (EntryState.QUEUED, EntryState.RUNNING):
-                waiting[kind] += count
-        stranded = {kind: count for kind, count in waiting.items() if count}
-        if stranded:
-            running = _all(self.integrations, self.tenant_integrations)
-            await asyncio.gather(*(i.aclose() for i in _all(integrations, own) if not any(i is r for r in running)))
-            named = ", ".join(f"{kind} ({count} queued or running)" for kind, count in stranded.items())
-            raise ConfigError(
-                f"no integration would serve {named}: they would all fail at once; cancel them first"
-                " (cloud-bridge intents cancel) or keep the integration"
-            )
+    async def _refuse_stranding(self, integrations: Mapping[str, Integration], own: Mapping[str, Owned]) -> None:
+        """ConfigError when the new integrations serve no more rows that wait for them (closing them), a kind's
+        or a tenant's rows of a kind (cloud_bridge/reload_guard.py). Removing an integration on purpose takes
+        its live rows first (`cloud-bridge intents cancel`), or a restart."""
+        old, new = Serving.of(self.integrations, self.tenant_integrations), Serving.of(integrations, own)
+        try:
+            await refuse_stranding(self.ledger, old, new, self._clock())
+        except ConfigError:
+            running = every_integration(self.integrations, self.tenant_integrations)
+            built = every_integration(integrations, own)
+            await asyncio.gather(*(i.aclose() for i in built if not any(i is r for r in running)))
+            raise
 
     async def _reload_answer(self) -> dict[str, Any]:
         try:
@@ -410,7 +386,7 @@ class Bridge:
             await self.service.close()
         for server in self._servers:
             await server.stop()
-        for integration in _all(self.integrations, self.tenant_integrations):
+        for integration in every_integration(self.integrations, self.tenant_integrations):
             try:
                 await integration.aclose()
             except BridgeError:

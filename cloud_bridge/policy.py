@@ -8,19 +8,20 @@ transaction (`ratelimit.take`).
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from cloud_bridge.errors import ConfigError, NotAMailboxError, PermanentError
 from cloud_bridge.integrations.url_scope import UrlScope
+from cloud_bridge.limit_rules import quotas, rates, tenant_limits
 from cloud_bridge.mailbox import is_mailbox, parse_mailbox
 from cloud_bridge.ratelimit import NO_LIMITS, Limits, RateRule
 from intent_contract.names import KINDS, is_name
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CODES: Final = frozenset(
     {
@@ -36,7 +37,6 @@ CODES: Final = frozenset(
         "policy_tenant",
     }
 )
-_PERIODS: Final = {"per_second": 1.0, "per_minute": 60.0, "per_hour": 3600.0}
 _KEYS: Final = frozenset(
     {
         "kinds",
@@ -138,6 +138,15 @@ class Rules:
             ):
                 raise ConfigError(f"{where}.sms_prefixes must be a list of '+<digits>' prefixes")
             prefixes = tuple(prefixes)
+        # What the policy names that the integrations must have: every such problem of the table at once.
+        problems: list[str] = []
+        none: frozenset[str] = frozenset()
+        credentials_named = _collected(problems, none, _known, table, "http_credentials", where, credentials)
+        targets_named = _collected(problems, none, _known, table, "notify_targets", where, targets)
+        scope_table = table.get("http_scope", {})
+        scopes = _collected(problems, None, _http_scopes, scope_table, f"{where}.http_scope", credentials)
+        if problems:
+            raise ConfigError("; ".join(problems))
         return cls(
             kinds=kinds,
             email_domains=frozenset(
@@ -145,13 +154,22 @@ class Rules:
             ),
             email_from=email_from,
             allow_app_from=allow_app_from,
-            http_credentials=_known(table, "http_credentials", where, credentials),
-            notify_targets=_known(table, "notify_targets", where, targets),
+            http_credentials=credentials_named,
+            notify_targets=targets_named,
             sms_prefixes=prefixes,
-            rate=_rates(table.get("rate", {}), f"{where}.rate"),
-            daily_quota=_quotas(table.get("daily_quota", {}), f"{where}.daily_quota"),
-            http_scopes=_http_scopes(table.get("http_scope", {}), f"{where}.http_scope", credentials),
+            rate=rates(table.get("rate", {}), f"{where}.rate"),
+            daily_quota=quotas(table.get("daily_quota", {}), f"{where}.daily_quota"),
+            http_scopes=scopes,
         )
+
+
+def _collected(problems: list[str], default: T, check: Callable[..., T], *args: Any) -> T:
+    """`check(*args)`, or `default` with its ConfigError's detail added to `problems`."""
+    try:
+        return check(*args)
+    except ConfigError as exc:
+        problems.append(exc.detail)
+        return default
 
 
 def _strings(value: object, where: str) -> list[str]:
@@ -178,51 +196,6 @@ def _known(table: Mapping[str, Any], key: str, where: str, configured: Collectio
         what = key.split("_")[1]
         raise ConfigError(f"{where}.{key}: unknown {what} {sorted(unknown)}; configured: {sorted(configured or ())}")
     return names
-
-
-def _table(value: object, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where} must be a table")
-    for kind in value:
-        if kind not in KINDS:
-            raise ConfigError(f"{where}: unknown kind (known: {', '.join(KINDS)})")
-    return value
-
-
-def _rates(value: object, where: str) -> dict[str, RateRule]:
-    rules: dict[str, RateRule] = {}
-    for kind, spec in _table(value, where).items():
-        if not isinstance(spec, Mapping) or set(spec) - {*_PERIODS, "burst"}:
-            raise ConfigError(f"{where}.{kind} must be a table of one of {sorted(_PERIODS)} and optional burst")
-        periods = [p for p in _PERIODS if p in spec]
-        if len(periods) != 1:
-            raise ConfigError(f"{where}.{kind} needs exactly one of {sorted(_PERIODS)}")
-        count = spec[periods[0]]
-        burst = spec.get("burst", max(1, math.ceil(count)) if isinstance(count, int | float) else 0)
-        if isinstance(count, bool) or not isinstance(count, int | float) or count <= 0:
-            raise ConfigError(f"{where}.{kind}.{periods[0]} must be a positive number")
-        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-            raise ConfigError(f"{where}.{kind}.burst must be a positive integer")
-        rules[kind] = RateRule(rate=float(count) / _PERIODS[periods[0]], burst=burst)
-    return rules
-
-
-def _quotas(value: object, where: str) -> dict[str, int]:
-    quotas: dict[str, int] = {}
-    for kind, limit in _table(value, where).items():
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ConfigError(f"{where}.{kind} must be a non-negative integer")
-        quotas[kind] = limit
-    return quotas
-
-
-def _tenant_limits(value: object, where: str) -> dict[str, Limits]:
-    """A tenant's own rate and daily quota per kind (`[tenants.T.limits]`), for all its devices together."""
-    if not isinstance(value, Mapping) or set(value) - {"rate", "daily_quota"}:
-        raise ConfigError(f"{where} must be a table of rate and daily_quota")
-    rates = _rates(value.get("rate", {}), f"{where}.rate")
-    quotas = _quotas(value.get("daily_quota", {}), f"{where}.daily_quota")
-    return {kind: Limits(rates.get(kind), quotas.get(kind)) for kind in {*rates, *quotas}}
 
 
 def _http_scopes(value: object, where: str, credentials: Mapping[str, UrlScope] | None) -> dict[str, UrlScope] | None:
@@ -281,6 +254,7 @@ class PolicyEngine:
         by_tenant: dict[str, Rules] = {}
         by_device: dict[tuple[str, str], Rules] = {}
         whole: dict[str, dict[str, Limits]] = {}
+        problems: list[str] = []  # every tenant's and device's, reported at once
         for tenant, body in tenants.items():
             where = f"tenants.{tenant}"
             if not is_name(tenant) or not isinstance(body, Mapping):
@@ -290,7 +264,7 @@ class PolicyEngine:
                 raise ConfigError(f"{where}.policy must be a table")
             own = (tenant_credentials or {}).get(tenant, credentials)
             notify = (tenant_targets or {}).get(tenant, targets)
-            tenant_rules = by_tenant[tenant] = Rules.from_table(base, f"{where}.policy", own, notify)
+            tenant_rules = _collected(problems, None, Rules.from_table, base, f"{where}.policy", own, notify)
             devices = body.get("devices", {})
             if not isinstance(devices, Mapping):
                 raise ConfigError(f"{where}.devices must be a table")
@@ -299,9 +273,16 @@ class PolicyEngine:
                 override = device.get("policy", {}) if isinstance(device, Mapping) else None
                 if not is_name(name) or not isinstance(override, Mapping):
                     raise ConfigError(f"{dwhere}: device names must be valid names with a policy table")
-                merged = {**base, **override}
-                by_device[(tenant, name)] = Rules.from_table(merged, dwhere, tenant_rules.http_scopes, notify)
-            whole[tenant] = _tenant_limits(body.get("limits", {}), f"{where}.limits")
+                if tenant_rules is not None:  # else the tenant's problem, which its devices share, is reported
+                    merged, scopes = {**base, **override}, tenant_rules.http_scopes
+                    found = _collected(problems, None, Rules.from_table, merged, dwhere, scopes, notify)
+                    if found is not None:
+                        by_device[(tenant, name)] = found
+            if tenant_rules is not None:
+                by_tenant[tenant] = tenant_rules
+            whole[tenant] = tenant_limits(body.get("limits", {}), f"{where}.limits")
+        if problems:
+            raise ConfigError("; ".join(problems))
         return cls(by_tenant, by_device, whole)
 
     def rules_for(self, device: DeviceRef) -> Rules | None:

@@ -110,3 +110,29 @@ def test_policy_names_only_credentials_and_targets_the_tenants_devices_can_use()
         vendors.value.detail
     )
     assert CANARY not in typo.value.detail + target.value.detail + vendors.value.detail
+
+
+def test_every_tenants_and_devices_policy_problem_is_reported_at_once() -> None:
+    """docs/config.md: every problem of the file at once. Policy naming what the integrations lack was
+    reported one at a time: the first tenant's first problem, and the next only after it was fixed."""
+    http = {"credentials": {"crm": {"base_urls": ["https://crm.vendor.example/v1/"], "token_env": "CRM"}}}
+    acme = {"policy": {"kinds": ["http.request"], "http_credentials": ["cmr"], "notify_targets": ["pager"]}}
+    bravo = {
+        "policy": {"kinds": ["http.request"], "http_credentials": ["crm"]},
+        "devices": {
+            "pump-1": {"policy": {"http_credentials": ["crn"]}},
+            "pump-2": {"policy": {"http_scope": {"crm": {"base_urls": ["https://elsewhere.example/"]}}}},
+        },
+    }
+    notify = {"targets": {"oncall": {"urls_env": "PAGER"}}}
+    document = {"integrations": {"http": http, "notify": notify}, "tenants": {"acme": acme, "bravo": bravo}}
+    with pytest.raises(ConfigError) as refused:
+        load_config(document, {"CRM": CANARY, "PAGER": "json://127.0.0.1:9/"})
+    problems = [
+        "tenants.acme.policy.http_credentials: unknown credentials ['cmr']",
+        "tenants.acme.policy.notify_targets: unknown targets ['pager']",
+        "tenants.bravo.devices.pump-1.policy.http_credentials: unknown credentials ['crn']",
+        "tenants.bravo.devices.pump-2.policy.http_scope.crm.base_urls: entry 0 not under the credential's own",
+    ]
+    assert [p in refused.value.detail for p in problems] == [True] * len(problems), refused.value.detail
+    assert CANARY not in refused.value.detail

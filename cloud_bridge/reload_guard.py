@@ -5,19 +5,22 @@ A tenant's rows of a kind run on its own integration of that kind, else on the v
 So a reload strands rows when it takes away the last integration of a kind (every tenant's rows of it), and
 also when it takes a tenant's own integration away where the vendor has none of that kind: that tenant's
 rows, while other tenants still bring their own (a file cut off in the middle of `[tenants.*]`). Both would
-end `failed`/`no_integration` at the next claim, for good. `Serving` and the functions on it are pure; the
-node reads the ledger (`refuse_stranding`).
+end `failed`/`no_integration` at the next claim, for good. Likewise a reload that drops a tenant's whole
+`[tenants.T]` table while T has devices (the file cut off before it): every intent they send from then on
+would be `rejected`/`policy_tenant`, for good. The checks are pure; the node reads the ledger and the
+registry (`refuse_stranding`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from cloud_bridge.errors import ConfigError
 from cloud_bridge.integrations.base import Integration
 from cloud_bridge.ledger import Ledger
 from cloud_bridge.ledger_states import EntryState
+from cloud_bridge.registry import Device
 
 Integrations = Mapping[str, Integration]  # by kind
 Owned = Mapping[str, Integrations]  # the tenants' own, by tenant, then kind
@@ -68,8 +71,21 @@ def stranded(kind: str, tenants: Iterable[str], old: Serving, new: Serving) -> l
     return sorted(t for t in set(tenants) if old.serves(kind, t) and not new.serves(kind, t))
 
 
-async def refuse_stranding(ledger: Ledger, old: Serving, new: Serving, now: float) -> None:
-    """ConfigError naming what would be stranded; nothing when the new integrations serve every live row."""
+def dropped(old: Collection[str], new: Collection[str], devices: Iterable[Device]) -> dict[str, int]:
+    """Tenants with a table in `old` and none in `new`, with how many of `devices` (not revoked) each has."""
+    gone = set(old) - set(new)
+    counts: dict[str, int] = {}
+    for device in devices:
+        if device.tenant in gone and device.revoked_at is None:
+            counts[device.tenant] = counts.get(device.tenant, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+async def refuse_stranding(
+    ledger: Ledger, old: Serving, new: Serving, now: float, tenants: Mapping[str, int] | None = None
+) -> None:
+    """ConfigError naming what would be stranded: live rows the new integrations serve no more, and the
+    `tenants` (`dropped`: devices by tenant) whose devices would have no policy; nothing when neither."""
     problems: list[str] = []
     lost = gone(old, new)
     if lost:
@@ -79,12 +95,22 @@ async def refuse_stranding(ledger: Ledger, old: Serving, new: Serving, now: floa
                 waiting[kind] += count
         problems += [f"{kind} ({count} queued or running)" for kind, count in waiting.items() if count]
     for kind in narrowed(old, new):
-        tenants = stranded(kind, await ledger.waiting_tenants([kind], now), old, new)
-        if tenants:
-            which = "tenant" if len(tenants) == 1 else "tenants"
-            problems.append(f"{kind} of {which} {', '.join(tenants)} (intents waiting)")
+        tenants_left = stranded(kind, await ledger.waiting_tenants([kind], now), old, new)
+        if tenants_left:
+            which = "tenant" if len(tenants_left) == 1 else "tenants"
+            problems.append(f"{kind} of {which} {', '.join(tenants_left)} (intents waiting)")
+    refusals = []
     if problems:
-        raise ConfigError(
+        refusals.append(
             f"no integration would serve {'; '.join(problems)}: they would all fail at once; cancel them first"
             " (cloud-bridge intents cancel) or keep the integration"
         )
+    if tenants:
+        named = ", ".join(f"{tenant} ({count} device{'s' if count > 1 else ''})" for tenant, count in tenants.items())
+        refusals.append(
+            f"no [tenants.T] table for {named}: every intent of their devices would be rejected policy_tenant;"
+            " revoke the devices first (cloud-bridge devices revoke) or keep the table (an empty one refuses"
+            " their intents on purpose)"
+        )
+    if refusals:
+        raise ConfigError("; ".join(refusals))

@@ -5,6 +5,7 @@ SQLite and PostgreSQL). It was applied, and the waiting intents ended failed/no_
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,32 @@ async def test_a_reload_stranding_one_tenants_intents_is_refused(
     finally:
         await bridge.stop()
         alpha.stop()
+
+
+async def test_a_reload_dropping_a_tenant_with_devices_is_refused(
+    tmp_path: Path, server_cert_files: dict[str, Path], store_url: StoreUrl
+) -> None:
+    """A file cut off before `[tenants.zeta]` (written in place while the reload read it) still parses: it was
+    applied, and every intent zeta's devices sent from then on was rejected/policy_tenant, for good."""
+    whole = {"acme": {"policy": policy("a@acme.example")}, "zeta": {"policy": policy("z@zeta.example")}}
+    settings = make_settings(tmp_path, server_cert_files, tenants=whole, store=store_url)
+    current = {"settings": settings}
+    bridge = Bridge(settings, load=lambda: current["settings"])
+    await bridge.start()
+    try:
+        harness = Harness(bridge, settings, server_cert_files["ca"])
+        zeta = await harness.connect(await harness.enroll("zeta", "pump-1"))
+        cut = settings.config.model_copy(update={"tenants": {"acme": settings.config.tenants["acme"]}})
+        current["settings"] = dataclasses.replace(settings, config=cut)
+        with pytest.raises(ConfigError, match=r"no \[tenants\.T\] table for zeta \(1 device\)"):
+            await bridge.reload()
+        assert bridge.generation == 1
+        zeta.send([email("z-1")])
+        await until(lambda: "accepted" in zeta.states().get("z-1", []), what="zeta's intent still admitted")
+        # Once zeta's device is revoked (or zeta keeps a table), the tenant may go.
+        bridge.registry.revoke(zeta.device_id, time.time())
+        await bridge.reload()
+        assert bridge.generation == 2
+        await zeta.stop()
+    finally:
+        await bridge.stop()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from cloud_bridge.reload_guard import Serving, gone, narrowed, stranded
+from cloud_bridge.registry import Device
+from cloud_bridge.reload_guard import Serving, dropped, gone, narrowed, stranded
 
 EMAIL, SMS = "email.send", "sms.send"
 
@@ -42,3 +43,13 @@ def test_rows_no_integration_served_before_are_not_the_reloads_doing() -> None:
     old, new = serving(set(), alpha={EMAIL}), serving(set(), alpha={EMAIL}, bravo={SMS})
     assert narrowed(old, new) == []
     assert stranded(EMAIL, ["alpha", "zeta"], old, new) == []
+
+
+def device(tenant: str, n: int, *, revoked: bool = False) -> Device:
+    return Device(f"dev-{tenant}-{n}", tenant, f"pump-{n}", "PEM", 1.0, 2.0 if revoked else None)
+
+
+def test_a_tenant_dropped_with_devices_left_is_named_with_their_count() -> None:
+    devices = [device("zeta", 1), device("zeta", 2), device("omega", 1, revoked=True), device("acme", 1)]
+    assert dropped({"acme", "zeta", "omega", "empty"}, {"acme"}, devices) == {"zeta": 2}
+    assert dropped({"acme", "zeta"}, {"acme", "zeta", "new"}, devices) == {}

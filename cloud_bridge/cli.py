@@ -24,6 +24,7 @@ from cloud_bridge.cli_common import (
     clean_errors,
     data_dir_option,
     json_option,
+    name_flag,
     operator_settings,
     run_async,
     seconds,
@@ -36,7 +37,6 @@ from cloud_bridge.store import Store, for_operators, open_store
 from intent_contract.cli_args import TextArgsGroup
 from intent_contract.names import is_name
 from intent_contract.passwords import hash_password
-from intent_contract.readable import readable
 from intent_contract.timefmt import format_ms, parse_duration, parse_rfc3339_ms
 
 
@@ -196,9 +196,8 @@ def audit(
 ) -> None:
     """Print the audit log (oldest first): admissions, results, and every refusal (policy, limits, schema,
     expired on arrival, refused connects)."""
-    for flag, name in (("--device", device), ("--tenant", tenant)):
-        if name is not None and not is_name(name):
-            raise click.ClickException(f"{flag}: '{readable(name)}' is not a valid name")
+    name_flag("--device", device)
+    name_flag("--tenant", tenant)
     since_s = None if since is None else _parse_since(since, time.time())
     # One more than shown, to say when the limit cut the window: oldest first, what it cuts is the newest.
     asked = min(limit + 1, AuditQuery.MAX_LIMIT)

@@ -17,6 +17,8 @@ import click
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.node_lock import refuse_other_store
 from cloud_bridge.settings import BridgeSettings, build_settings
+from intent_contract.names import is_name
+from intent_contract.readable import readable
 from intent_contract.timefmt import parse_duration
 
 P = ParamSpec("P")
@@ -85,3 +87,11 @@ def seconds(text: str, flag: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise click.ClickException(f"{flag}: {exc}") from None
+
+
+def name_flag(flag: str, name: str | None) -> str | None:
+    """A name filter (`--tenant`, `--device`), or a one-line error naming the flag when it is no name: such a
+    filter can match nothing, and an empty listing would pass it off as a tenant or device with none."""
+    if name is not None and not is_name(name):
+        raise click.ClickException(f"{flag}: '{readable(name)}' is not a valid name")
+    return name

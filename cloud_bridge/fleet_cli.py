@@ -19,14 +19,12 @@ from rich.table import Table
 from rich.text import Text
 
 from cloud_bridge import fleet_query
-from cloud_bridge.cli_common import operator_settings
+from cloud_bridge.cli_common import name_flag, operator_settings
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.fleet_rules import SORT_KEYS, DeviceRow, clock_text
 from cloud_bridge.store import Store, for_operators, open_store
 from intent_contract.console import plain_console
 from intent_contract.device_wire import Diagnosis, HealthReport
-from intent_contract.names import is_name
-from intent_contract.readable import readable
 from intent_contract.timefmt import format_age, format_ms, parse_duration
 
 Decorator = Callable[[Any], Any]
@@ -186,8 +184,7 @@ def devices_ls(
     stuck_after: float, sort: str, as_json: bool,
 ) -> None:  # fmt: skip
     """List devices: tenant, link, backlog, oldest pending, last error, version, clock offset, flags."""
-    if tenant is not None and not is_name(tenant):  # it can match no device: an empty list would pass it off as one
-        raise click.ClickException(f"--tenant: '{readable(tenant)}' is not a valid name")
+    name_flag("--tenant", tenant)
     with _opened(data_dir, store, config_path) as opened:
         now = opened.fleet.now()  # the store's time: this machine's clock may be off (fleet_query.overview)
         rows = fleet_query.overview(

@@ -19,16 +19,15 @@ import click
 from rich.table import Table
 
 from cloud_bridge import operator_api
-from cloud_bridge.cli_common import operator_settings
+from cloud_bridge.cli_common import name_flag, operator_settings
 from cloud_bridge.config.bridge import BridgeSection
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.intent_sql import IntentQuery, SqlIntents
 from cloud_bridge.operator_api import IntentDetail, IntentInfo
 from cloud_bridge.store import for_operators, open_store
 from intent_contract.console import plain_console
-from intent_contract.names import KINDS, is_name
+from intent_contract.names import KINDS
 from intent_contract.progress import progress_line
-from intent_contract.readable import readable
 from intent_contract.timefmt import format_age, parse_duration
 
 Decorator = Callable[[Any], Any]
@@ -84,14 +83,6 @@ def _show(detail: IntentDetail) -> None:
         click.echo(f"  {doc['at']}  {doc['event']:<8} {record.code} {record.detail}".rstrip())
 
 
-def _name(flag: str, name: str | None) -> str | None:
-    """`name`, or a refusal saying which flag when it is no name, as `audit` does (a tenant was "not a valid
-    device or intent id")."""
-    if name is not None and not is_name(name):
-        raise click.ClickException(f"{flag}: '{readable(name)}' is not a valid name")
-    return name
-
-
 def _operator(value: str | None) -> str:
     return value or os.environ.get("CLOUD_BRIDGE_OPERATOR") or getpass.getuser()
 
@@ -144,8 +135,8 @@ def register(main: click.Group, store_options: Decorator, json_option: Decorator
         try:
             # One more than shown, to say when more match (a script retrying what `ls` lists would miss them).
             query = IntentQuery(
-                _name("--device", device),
-                _name("--tenant", tenant),
+                name_flag("--device", device),
+                name_flag("--tenant", tenant),
                 operator_api.state_of(state),
                 kind,
                 min(limit + 1, IntentQuery.MAX_LIMIT),

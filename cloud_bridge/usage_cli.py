@@ -17,7 +17,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cloud_bridge.cli_common import clean_errors, operator_settings, run_async
+from cloud_bridge.cli_common import clean_errors, name_flag, operator_settings, run_async
 from cloud_bridge.store import for_operators, open_store
 from cloud_bridge.usage import Dimension, UsageQuery, UsageRow, day_of, parse_day, totals
 from intent_contract.console import plain_console
@@ -96,6 +96,8 @@ def usage(
     Counted when an intent ends at the bridge: delivered, failed, expired, or rejected (policy, limits,
     schema of a known kind). Provider time is the integration call that ended it, from the bridge's executor.
     """
+    name_flag("--tenant", tenant)
+    name_flag("--device", device)
     now = time.time()
     try:
         query = UsageQuery(parse_day(since, now), parse_day(until, now), tenant, device, kind, (Dimension(by),))

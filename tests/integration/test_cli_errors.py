@@ -234,6 +234,9 @@ def test_a_tenant_or_device_filter_that_is_no_name_is_refused_by_the_listings(tm
         (("intents", "ls", "--device", "../x"), "--device: '../x' is not a valid name"),
         (("intents", "ls", "--kind", "fax.send"), "'fax.send' is not one of"),  # it printed "no intents", exit 0
         (("usage", "--kind", "fax.send"), "'fax.send' is not one of"),  # an empty table, exit 0
+        # "not a valid name: 'acme,beta'": which of --tenant and --device (given both) was not said
+        (("usage", "--tenant", "acme,beta", "--device", "dev-1"), "--tenant: 'acme,beta' is not a valid name"),
+        (("usage", "--tenant", "acme", "--device", "a\x1b[2J"), "--device: 'a\\u001b[2J' is not a valid name"),
     ]
     for args, text in cases:
         assert_refused(run_cli("cloud_bridge", *args, "--data-dir", bridge), text)

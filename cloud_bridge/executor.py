@@ -16,9 +16,8 @@ of it goes to `on_asked`, never to a slot. A job holds its slot from its start t
 commit, so at most the slots' number of calls can have reached a provider with no result recorded when a
 node dies: the calls that may run twice.
 
-`use()` swaps the integrations (a config reload): new jobs run on the new ones, a job already running
-keeps the integration it started with, and an integration no longer in use is closed once its last
-job has ended.
+`use()` swaps the integrations (a config reload): new jobs and rows claimed ahead run on the new ones, a job
+already running keeps the integration it started with, and one no longer in use closes after its last job.
 
 Claimed while admitted (`offer`, `adopt`): a pool with free slots and nothing due waiting (as its last fill
 found it, since the last admission woke us) offers its free slots to the next admission of a tenant it
@@ -51,7 +50,7 @@ from cloud_bridge.job_run import JobRun, Observe, ignore
 from cloud_bridge.lease_renewal import LeaseRenewal
 from cloud_bridge.ledger import DEFAULT_LEASE, ClaimOffer, Ledger, LedgerEntry, log_context
 from cloud_bridge.outcome import RetryPolicy
-from cloud_bridge.tenant_pools import VENDOR, Claims, Pool, Pools
+from cloud_bridge.tenant_pools import VENDOR, Claims, Pool, Pools, Ready, rehomed
 from intent_contract.codec import Ack
 from intent_contract.logs import FailureEpisode
 
@@ -89,9 +88,7 @@ class Executor:
         self._pools = Pools.build({})
         self._claims = Claims(ledger, owner=owner, lease=lease, now=now, idle_poll=idle_poll, orphan_grace=orphan_grace)
         self._running: dict[Pool, set[asyncio.Task[None]]] = {}
-        # Rows claimed ahead for each pool (RUNNING, leases renewed) with the pools of their claim: a slot
-        # that frees starts the next at once instead of waiting for a claim's commit.
-        self._ready: dict[Pool, deque[tuple[LedgerEntry, Pools]]] = {}
+        self._ready: Ready = {}  # claimed ahead (RUNNING, leases renewed): a freed slot starts the next at once
         self._uses: dict[asyncio.Task[None], Integration] = {}
         self._retiring: list[Integration] = []
         self._closing: set[asyncio.Task[None]] = set()
@@ -128,14 +125,15 @@ class Executor:
         tenants: Mapping[str, Mapping[str, Integration]] | None = None,
         shares: Shares | None = None,
     ) -> None:
-        """Run new jobs on `integrations` (the vendor's, by kind) and `tenants`' own (by tenant, then kind),
-        sharing the vendor's slots by `shares`; those replaced are closed when their running jobs have ended."""
+        """Run new jobs, and rows claimed ahead, on `integrations` (the vendor's, by kind) and `tenants`' own (by
+        tenant, then kind), sharing the vendor's slots by `shares`; those replaced close once their jobs end."""
         pools = Pools.build(integrations, tenants, shares)  # raises before anything changes
         old = list(self._pools.integrations.values())
-        self._pools = pools
+        self._pools, self._ready = pools, rehomed(self._ready, pools)
         self._idle.clear()
         for pool in pools.integrations:
             self._running.setdefault(pool, set())
+            self._start_ready(pool)
         self._claims.woken()  # which rows wait, and for whom, may have changed
         current = [id(i) for i in pools.integrations.values()]
         for integration in old:

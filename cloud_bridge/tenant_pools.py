@@ -9,6 +9,7 @@ tenants with work waiting (read from the store only when stale) and claimed tena
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -69,6 +70,22 @@ class Pools:
             if pool in self.integrations:
                 return pool
         return None
+
+
+Ready = dict[Pool, deque[tuple[LedgerEntry, Pools]]]  # rows claimed ahead, by pool, with the pools of their claim
+
+
+def rehomed(ready: Ready, pools: Pools) -> Ready:
+    """Rows claimed ahead (not started) under new `pools` (a reload): each in the pool that now runs its tenant's
+    kind, on the new integrations, in the order claimed; so a rotated key or a tenant's new account serves them.
+    A row no pool runs any more stays where it was, on the integration of its claim."""
+    moved: Ready = {}
+    for pool, rows in ready.items():
+        for entry, claimed_in in rows:
+            now = pools.pool_of(entry.kind, entry.tenant)
+            where, on = (pool, claimed_in) if now is None else (now, pools)
+            moved.setdefault(where, deque()).append((entry, on))
+    return moved
 
 
 class Claims:

@@ -164,6 +164,39 @@ async def test_reload_swaps_the_key_for_new_jobs_and_lets_running_ones_finish(
     assert all(OLD not in repr(v) and NEW not in repr(v) for v in (settings, bridge.settings))
 
 
+async def test_rows_claimed_ahead_before_a_reload_start_on_the_new_key(
+    tmp_path: Path, server_cert_files: dict[str, Path], provider: tuple[Provider, int]
+) -> None:
+    """docs/operations.md: a reload's integrations take every job that starts from then on. A row the executor had
+    claimed ahead of its one slot started, after the reload, on the integration of its claim: with the key
+    just rotated away (revoked at the provider, the reason to rotate), such rows failed, up to the slots'
+    number per pool."""
+    recorder, port = provider
+    token_file, config = tmp_path / "token", tmp_path / "bridge.toml"
+    token_file.write_text(OLD)
+    one_slot = "\n[integrations.http]\nconcurrency = 1\n"
+    text = config_text(port, server_cert_files["ca"], token_file).replace("\n[integrations.http]\n", one_slot, 1)
+    config.write_text(text)
+    async with reloadable(tmp_path, config, server_cert_files, ("listen", "http_listen")) as (bridge, _ports):
+        harness = Harness(bridge, bridge.settings, server_cert_files["ca"])
+        client = await harness.connect(await harness.enroll())
+        client.send([call("slow-1", "slow")])  # type: ignore[list-item]
+        await until(lambda: ("slow", f"Bearer {OLD}") in recorder.seen, what="the slow job holds the one slot")
+        client.send([call("next-1", "next")])  # type: ignore[list-item]
+
+        def claimed_ahead() -> bool:
+            return [row.state for row in bridge.store.intents.find("next-1")] == ["running"]
+
+        await until(claimed_ahead, what="next-1 claimed ahead of the slot")
+        token_file.write_text(NEW)
+        await bridge.reload()
+        recorder.release.set()
+        await until(lambda: client.states().get("next-1", [""])[-1] == "delivered", what="next-1 delivered")
+        assert ("next", f"Bearer {NEW}") in recorder.seen, recorder.seen
+        assert ("next", f"Bearer {OLD}") not in recorder.seen
+        await client.stop()
+
+
 def _served_certificate(port: int, ca: Path) -> bytes:
     context = ssl.create_default_context(cafile=str(ca))
     with (

@@ -84,7 +84,8 @@ class _Offline:
             ledger=store.ledger, policy=policy, registry=store.registry, max_intent_age=self.settings.max_intent_age
         )
         new_id = IdGenerator(lambda: int(time.time() * 1000), secrets.token_bytes).new
-        return OfflineDesk(keys, store.registry, store.ledger, service, new_id=new_id)
+        tenants = set(self.settings.config.tenants)
+        return OfflineDesk(keys, store.registry, store.ledger, service, new_id=new_id, tenants=tenants)
 
     async def __aexit__(self, *_: object) -> None:
         await self.store.close()
@@ -155,8 +156,9 @@ def import_bundle(
 ) -> None:
     """Import a device's bundle (from `edge-outbox export`) and write its receipt.
 
-    Exits 1 when the bundle is refused (unreadable, forged, unknown device, too large); for a revoked
-    device nothing is admitted, and the receipt that tells the device so is written before it exits 1.
+    Exits 1 when the bundle is refused (unreadable, forged, unknown device, too large, a tenant the config has
+    no table for); for a revoked device nothing is admitted, and the receipt that tells the device so is
+    written before it exits 1.
     """
     try:
         wait_s = parse_duration(wait)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
@@ -91,8 +91,10 @@ class OfflineDesk:
         *,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str],
+        tenants: Collection[str] | None = None,
     ) -> None:
         self._keys = keys
+        self._tenants = tenants  # those the config has a table for (None: not checked)
         self._registry = registry
         self._ledger = ledger
         self._service = service
@@ -178,6 +180,15 @@ class OfflineDesk:
                 extra={"device_id": device.device_id, "tenant": device.tenant, "code": "device_revoked"},
             )
             return Imported(device, bundle, [], imported_at)
+        if self._tenants is not None and device.tenant not in self._tenants:
+            # A config other than the one `run` uses (a staging file, a stale copy): every intent would end
+            # rejected/policy_tenant for good, and the receipt would tell the site so. Nothing is admitted.
+            raise OfflineFileError(
+                f"the config has no [tenants.{device.tenant}] table: every intent of device {device.device_id}'s"
+                " bundle would be rejected policy_tenant; nothing imported (give the config `run` uses, or add the"
+                " table: an empty one refuses them on purpose)",
+                code="policy_tenant",
+            )
         sizes = await own_thread(_batch_sizes, bundle)
         total, done = sum(sizes), 0
         if total > MAX_BUNDLE_INTENTS:

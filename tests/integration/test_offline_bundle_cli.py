@@ -232,3 +232,27 @@ def test_import_receipt_says_the_clock_was_corrected_only_when_this_receipt_corr
     as_json = edge_cli(site, "import-receipt", str(receipt), "--json")
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout)["corrected_ms"] == 0
+
+
+def test_an_import_under_a_config_without_the_devices_tenant_admits_nothing(tmp_path: Path) -> None:
+    """`cloud-bridge import --config` with another file than the nodes' (a staging copy, a stale one) that has no
+    table for the device's tenant: every intent of the bundle was rejected policy_tenant for good, and the
+    receipt told the site so. Now the import is refused, nothing admitted and no receipt written; the same
+    bundle imported under the right config is admitted whole."""
+    site = enrolled_site(tmp_path)
+    backlog(site, 3)
+    assert edge_cli(site, "export", "--out", str(tmp_path / "one.bundle")).returncode == 0
+    wrong = tmp_path / "staging.toml"
+    wrong.write_text('[tenants.someone-else.policy]\nkinds = ["email.send"]\n')
+    receipt = tmp_path / "one.receipt"
+    refused = bridge(tmp_path / "bridge", "import", str(tmp_path / "one.bundle"), "--config", str(wrong),
+                     "--receipt", str(receipt))  # fmt: skip
+    assert refused.returncode == 1, refused.stdout
+    assert f"the config has no [tenants.{TENANT}] table" in refused.stderr, refused.stderr
+    assert "nothing imported" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not receipt.exists()
+    assert executed(tmp_path / "bridge", EntryState.DELIVERED) == 0  # no row was admitted
+    accepted = import_file(tmp_path, tmp_path / "one.bundle", email_policy(tmp_path))
+    assert {ack.state for ack in receipt_acks(accepted)} == {AckState.ACCEPTED}
+    assert len(receipt_acks(accepted)) == 3

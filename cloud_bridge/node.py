@@ -287,7 +287,7 @@ class Bridge:
                 # is refused here, and the running one stays.
                 tls = await own_thread(_server_tls, new)
                 assert new.tls_cert is not None  # _server_tls refused a config without one
-                self.certificate = await own_thread(valid_cert, new.tls_cert, self._clock())
+                certificate = await own_thread(valid_cert, new.tls_cert, self._clock())
                 auth = self._operator_auth(new)
                 policy = new.config.policy()
                 # Off the event loop: each client builds its TLS context (about 28 ms each, 2.8 s for 50 tenants with
@@ -307,13 +307,13 @@ class Bridge:
                 server.use_tls(tls)
             if self._dashboard is not None:
                 self._dashboard.use_auth(auth)
-            self.settings, self.integrations = new, integrations
+            self.settings, self.integrations, self.certificate = new, integrations, certificate
             self.tenant_integrations = tenant_integrations
             self.generation += 1
             self.metrics.reloads.labels("applied").inc()
             own = "; ".join(f"{t}: {', '.join(sorted(k))}" for t, k in sorted(tenant_integrations.items()))
             logger.info("config reloaded (generation %d): integrations %s; tenants' own %s; %s", self.generation,
-                        ", ".join(sorted(integrations)) or "none", own or "none", self.certificate.line(),
+                        ", ".join(sorted(integrations)) or "none", own or "none", certificate.line(),
                         extra={"code": "reloaded"})  # fmt: skip
             return sorted(integrations)
 

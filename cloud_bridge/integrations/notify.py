@@ -16,7 +16,9 @@ import asyncio
 import base64
 import logging
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from functools import cache
 from typing import Any, Final
@@ -37,6 +39,37 @@ _SEPARATORS: Final = re.compile(r"[\s,]+")
 # The bridge stops waiting for a notification (a free thread included) after this long (Apprise's own default
 # per service): notify_timeout, retried. The thread keeps its place until its call ends.
 CALL_TIMEOUT_S: Final = 60.0
+# How many intent attempts' partial deliveries one integration remembers (those still being retried).
+KEEP_PARTIAL: Final = 4096
+
+
+class Accepted:
+    """Which services of a target took each intent attempt that did not reach them all, so that a retry sends
+    only to the others. A retry sent to every URL again: a target of Slack and a Telegram bot with a revoked
+    token posted the same alarm to Slack at every try, eight times. Kept in memory, per integration (a retry
+    on another node, or after a restart or a reload, sends to every service again); a worker thread records
+    what a service took, also after the bridge stopped waiting for it, so the next try skips it."""
+
+    def __init__(self, keep: int = KEEP_PARTIAL) -> None:
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._taken: OrderedDict[tuple[str, str], set[int]] = OrderedDict()
+
+    def taken(self, key: tuple[str, str]) -> frozenset[int]:
+        """The positions of the target's URLs that took this attempt on an earlier try."""
+        with self._lock:
+            return frozenset(self._taken.get(key, ()))
+
+    def add(self, key: tuple[str, str], index: int) -> None:
+        with self._lock:
+            self._taken.setdefault(key, set()).add(index)
+            self._taken.move_to_end(key)
+            while len(self._taken) > self._keep:
+                self._taken.popitem(last=False)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._taken.pop(key, None)
 
 
 def _secret_parts(url: str) -> list[str]:
@@ -107,6 +140,7 @@ class NotifyIntegration:
         self.concurrency = concurrency
         self._targets = dict(targets)
         self._threads = BoundedThreads(concurrency, "notify")
+        self._accepted = Accepted()
         for urls in self._targets.values():
             redact_in_logs(part for url in urls for part in _secret_parts(url.reveal()))
 
@@ -125,32 +159,49 @@ class NotifyIntegration:
         """Notify every URL of the target; any failure is retried (Apprise does not say which kind)."""
         target = job.payload.get("target")
         urls = self._targets.get(target) if isinstance(target, str) else None
-        if urls is None:
+        if urls is None or not isinstance(target, str):
             raise PermanentError("notify target is not configured at the bridge", code="policy_target")
         body, title = str(job.payload.get("body", "")), str(job.payload.get("title", ""))
         if not body:
             raise PermanentError("notify needs a body", code="bad_message")
+        key = (job.idempotency_key, target)
+        earlier = self._accepted.taken(key)
         try:
             async with asyncio.timeout(CALL_TIMEOUT_S):
-                delivered = await self._threads.run(lambda: self._notify(urls, title, body))
+                failed = await self._threads.run(lambda: self._notify(urls, title, body, key, earlier))
         except TimeoutError:
             raise TransientError(f"notify target {target!r}: no answer in {CALL_TIMEOUT_S:.0f} s",
                                  code="notify_timeout") from None  # fmt: skip
-        if not delivered:
-            raise TransientError(f"notify target {target!r}: a service did not accept it", code="notify_failed")
+        if failed:
+            took = len(urls) - failed
+            again = f"; {took} took it and are not sent it again" if took else ""
+            raise TransientError(f"notify target {target!r}: {failed} of {len(urls)} services did not accept it"
+                                 f"{again}", code="notify_failed")  # fmt: skip
+        self._accepted.forget(key)
         log.debug("notify to target %s delivered to %d services", target, len(urls))
-        return Outcome(f"notified {len(urls)} services")
+        before = f" ({len(earlier)} on an earlier try)" if earlier else ""
+        return Outcome(f"notified {len(urls)} services{before}")
 
-    @staticmethod
-    def _notify(urls: tuple[Secret, ...], title: str, body: str) -> bool:
-        sender = apprise.Apprise(asset=_asset())
-        for url in urls:
+    def _notify(
+        self, urls: tuple[Secret, ...], title: str, body: str, key: tuple[str, str], earlier: frozenset[int]
+    ) -> int:
+        """Send to each URL that has not taken this attempt yet, one after another; how many did not take it."""
+        failed = 0
+        for index, url in enumerate(urls):
+            if index in earlier:
+                continue
+            sender = apprise.Apprise(asset=_asset())
             sender.add(url.reveal())
-        try:
-            return bool(sender.notify(body=body, title=title))
-        except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; its text may hold the URL
-            log.debug("apprise raised %s", exc.__class__.__name__)
-            return False
+            try:
+                taken = bool(sender.notify(body=body, title=title))
+            except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; its text may hold the URL
+                log.debug("apprise raised %s", exc.__class__.__name__)
+                taken = False
+            if taken:
+                self._accepted.add(key, index)
+            else:
+                failed += 1
+        return failed
 
     async def aclose(self) -> None:
         """Nothing to close: Apprise opens a connection per notification; a thread still running ends with it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ class Hook:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.port = 0
+        self.flaky_fails = True  # /flaky answers 500 while set
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -38,6 +40,8 @@ class Hook:
             auth = request.headers.get("Authorization", "")
             decoded = base64.b64decode(auth.partition(" ")[2] or "").decode(errors="replace")
             return web.Response(status=500, text=f"bad auth {auth} ({decoded}) path {request.path}")
+        if request.path.startswith("/flaky") and self.flaky_fails:
+            return web.Response(status=503)
         return web.json_response({"ok": True})
 
 
@@ -85,6 +89,28 @@ async def test_failure_is_transient_and_never_leaks(hook: Hook, caplog: pytest.L
     for text in (str(info.value), repr(info.value), repr(info.value.__dict__), repr(notify.__dict__), caplog.text):
         assert CANARY not in text
         assert basic not in text
+
+
+async def test_a_retry_is_sent_only_to_the_services_that_did_not_take_it(hook: Hook) -> None:
+    """A target of two services, one down: the retry sent the notification to both again, and the service that
+    was up posted it once per try."""
+    notify = make(hook, "json://127.0.0.1:{port}/up, json://127.0.0.1:{port}/flaky")
+    failures = []
+    for _ in range(2):
+        with pytest.raises(TransientError) as info:
+            await notify.execute(job())
+        failures.append(info.value)
+    assert [r["path"] for r in hook.requests] == ["/up", "/flaky", "/flaky"]
+    assert [error.code for error in failures] == ["notify_failed", "notify_failed"]
+    assert failures[0].detail == (
+        "notify target 'oncall': 1 of 2 services did not accept it; 1 took it and are not sent it again"
+    )
+    hook.flaky_fails = False
+    assert await notify.execute(job()) == Outcome("notified 2 services (1 on an earlier try)")
+    assert [r["path"] for r in hook.requests] == ["/up", "/flaky", "/flaky", "/flaky"]
+    # another attempt of the intent (a resend after the operator's retry) is a new notification to every service
+    assert await notify.execute(dataclasses.replace(job(), attempt=2)) == Outcome("notified 2 services")
+    assert [r["path"] for r in hook.requests][4:] == ["/up", "/flaky"]
 
 
 async def test_a_telegram_bot_token_is_masked_whole_in_the_debug_log(

@@ -27,6 +27,7 @@ from cloud_bridge.config import parse_section
 from cloud_bridge.config.integrations import HttpConfig
 from cloud_bridge.errors import BridgeError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
+from cloud_bridge.integrations.faults import talking_to
 from cloud_bridge.integrations.http_credentials import (
     HEADER_NAME,
     AuthKind,
@@ -57,7 +58,7 @@ _TARGET_SAFE: Final = "!$&'()*+,/:;=?@[]~%"
 
 
 def aiohttp_error(exc: BaseException, host: str, prefix: str = "http") -> BridgeError:
-    """Map an aiohttp exception (or timeout) to a bridge error naming only its class and the host.
+    """Map an aiohttp exception (or timeout) to a bridge error naming its class, the host and what failed.
 
     A BridgeError from the SSRF guard in the resolver comes back as itself, however aiohttp wrapped it.
     """
@@ -66,7 +67,7 @@ def aiohttp_error(exc: BaseException, host: str, prefix: str = "http") -> Bridge
         if isinstance(cause, BridgeError):
             return cause
         cause = cause.__cause__
-    detail = f"{exc.__class__.__name__} talking to {host}"
+    detail = talking_to(exc, host)
     if isinstance(exc, TimeoutError):  # aiohttp's own timeouts subclass it too
         return TransientError(detail, code=f"{prefix}_timeout")
     # ClientResponseError here is a response aiohttp could not parse: a transport fault, as in httpx.

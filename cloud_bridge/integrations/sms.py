@@ -17,6 +17,7 @@ from cloud_bridge.config import parse_section
 from cloud_bridge.config.integrations import SID, SmsConfig
 from cloud_bridge.errors import PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
+from cloud_bridge.integrations.faults import talking_to
 from cloud_bridge.integrations.http_status import CALL_TIMEOUTS, parse_retry_after, status_error
 from cloud_bridge.integrations.tls import tls_context
 from cloud_bridge.secrets import Secret, redact_in_logs
@@ -163,9 +164,10 @@ def _answer(body: bytes) -> dict[str, Any]:
 
 
 def transport_error(exc: httpx.HTTPError, host: str, prefix: str = "http") -> TransientError | PermanentError:
-    """Map an httpx exception to a bridge error naming only its class and the host."""
+    """Map an httpx exception to a bridge error naming its class, the host and what failed (never its text)."""
+    detail = talking_to(exc, host)
     if isinstance(exc, httpx.TimeoutException):
-        return TransientError(f"{exc.__class__.__name__} talking to {host}", code=f"{prefix}_timeout")
+        return TransientError(detail, code=f"{prefix}_timeout")
     if isinstance(exc, httpx.TransportError):
-        return TransientError(f"{exc.__class__.__name__} talking to {host}", code=f"{prefix}_connection")
-    return PermanentError(f"{exc.__class__.__name__} talking to {host}", code=f"{prefix}_error")
+        return TransientError(detail, code=f"{prefix}_connection")
+    return PermanentError(detail, code=f"{prefix}_error")

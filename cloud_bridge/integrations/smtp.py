@@ -30,6 +30,7 @@ from cloud_bridge.config import parse_section
 from cloud_bridge.config.integrations import SmtpConfig
 from cloud_bridge.errors import NotAMailboxError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
+from cloud_bridge.integrations.faults import talking_to
 from cloud_bridge.integrations.http_status import CALL_TIMEOUTS
 from cloud_bridge.integrations.threads import BoundedThreads
 from cloud_bridge.integrations.tls import tls_context
@@ -283,8 +284,7 @@ class SmtpIntegration:
         except aiosmtplib.SMTPResponseException as exc:
             raise self._response_error(exc.code, exc.message) from None
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            raise TransientError(f"{exc.__class__.__name__} talking to {self._host}:{self._port}",
-                                 code="smtp_connection") from None  # fmt: skip
+            raise TransientError(talking_to(exc, f"{self._host}:{self._port}"), code="smtp_connection") from None
         except ValueError:  # after ssl.SSLError: a certificate that fails verification is a ValueError too
             # aiosmtplib's own check of an address it is to put on a command line ("a<@x" reads as "a<"):
             # it fails the same way on every attempt.

@@ -97,6 +97,8 @@ Name = Annotated[str, AfterValidator(_name)]
 Kind = Annotated[str, AfterValidator(_kind)]
 Text = Annotated[str, Field(min_length=1)]
 PositiveInt = Annotated[int, Field(gt=0)]
+# A TCP port: getaddrinfo takes 70000 and connects to 70000 % 65536 (4464).
+Port = Annotated[int, Field(gt=0, le=65535)]
 Positive = Annotated[float, Field(gt=0), AfterValidator(_finite)]
 # Seconds, written as a number or a duration: 30, "30s", "15m", "24h", "90d".
 Duration = Annotated[float, BeforeValidator(_duration), AfterValidator(_finite)]

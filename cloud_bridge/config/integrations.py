@@ -7,12 +7,14 @@ when that table is present.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Final, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field
 
-from cloud_bridge.config.fields import Name, Positive, PositiveInt, SecretSection, Section, Text, invalid
+from cloud_bridge.config.fields import Name, Port, Positive, PositiveInt, SecretSection, Section, Text, invalid
 from cloud_bridge.errors import ConfigError
 from cloud_bridge.integrations.http_credentials import HEADER_NAME, reserved_header
 from cloud_bridge.integrations.tls import tls_context
@@ -46,11 +48,13 @@ class SmtpConfig(SecretSection):
 
     SECRETS = ("password",)
 
-    host: Text = Field(description="the SMTP relay")
+    host: Annotated[str, AfterValidator(_relay_host)] = Field(
+        min_length=1, description="the SMTP relay (a host name or an IP address)"
+    )
     security: Security = Field(
         "starttls", description="`starttls` (required, never downgraded), `tls` (implicit TLS) or `none`"
     )
-    port: PositiveInt | None = Field(None, description="default 587, 465 or 25, by `security`")
+    port: Port | None = Field(None, description="default 587, 465 or 25, by `security`")
     username: Text | None = Field(None, description="AUTH user name; needs a password")
     password_env: Text | None = Field(None, description="environment variable holding the AUTH password")
     password_file: Text | None = Field(None, description="file holding the AUTH password")
@@ -71,9 +75,41 @@ class SmtpConfig(SecretSection):
         return self.port if self.port is not None else DEFAULT_PORTS[self.security]
 
 
-def _https(value: str) -> str:
+def _relay_host(value: str) -> str:
+    """A host name or an IP address: what the relay's name lookup takes. A port or a URL written here (the usual
+    slips: `smtp.example.com:587`, `smtps://...`) was taken, and every email was retried until it failed."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        return value
+    if any(c.isspace() or not c.isprintable() or c in "/:@?#[]\\" for c in value):
+        raise invalid("must be a host name or an IP address (no port: that is `port`; no scheme)")
+    return value
+
+
+def _api_base(value: str) -> str:
+    """An https:// URL with a host and a valid port, and no user, password, query or fragment.
+
+    `https://`, a port past 65535 or a space in it was taken, and every sms.send was retried until it failed
+    (`UnsupportedProtocol talking to `); a password in it would be a secret in a key that is not one.
+    """
     if not value.startswith("https://"):
         raise invalid("must be an https:// URL")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise invalid("must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise invalid("must be an https:// URL with a valid host and port") from None
+    if not parts.hostname:
+        raise invalid("must name a host")
+    if "@" in parts.netloc:
+        raise invalid("must not carry a user or password (the token goes in auth_token_env or auth_token_file)")
+    if "?" in value or "#" in value:
+        raise invalid("must not have a query or a fragment")
     return value
 
 
@@ -88,7 +124,7 @@ class SmsConfig(SecretSection):
 
     SECRETS = ("auth_token",)
 
-    base_url: Annotated[str, AfterValidator(_https)] = Field(
+    base_url: Annotated[str, AfterValidator(_api_base)] = Field(
         "https://api.twilio.com", description="the API's base URL (https only)"
     )
     account_sid: Annotated[str, AfterValidator(_sid)] = Field(description="the account id (basic auth user)")

@@ -228,6 +228,12 @@ async def test_bad_number_is_permanent_without_a_request(
     [
         {"auth_token": CANARY},
         {"base_url": "http://api.twilio.com"},
+        # taken, and every sms.send retried until it failed (`UnsupportedProtocol talking to `)
+        {"base_url": "https://"},
+        {"base_url": "https://api.twilio.com:70000"},
+        {"base_url": "https://api twilio.com"},
+        {"base_url": f"https://AC1:{CANARY}@api.twilio.com"},
+        {"base_url": "https://api.twilio.com/?region=us1"},
         {"account_sid": "AC/../x"},
         {"from": ""},
         {"auth_token_env": "UNSET"},

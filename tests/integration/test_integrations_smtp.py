@@ -301,6 +301,11 @@ async def test_header_fields_that_cannot_be_sent_are_refused(plain: Server, fiel
         {"host": "h", "username": "u"},
         {"host": "h", "port": 0},
         {"host": "h", "hostname": "typo"},
+        # getaddrinfo took 70000 and connected to port 4464; a port or scheme in `host` failed every email
+        {"host": "h", "port": 70000},
+        {"host": "smtp.example.com:587"},
+        {"host": "smtps://smtp.example.com"},
+        {"host": "smtp.example.com "},
     ],
 )
 def test_bad_config(section: dict[str, Any]) -> None:

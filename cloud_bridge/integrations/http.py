@@ -52,6 +52,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _MAX_DRAIN: Final = 64 * 1024
+# The longest header line (and field) of an answer read: aiohttp's default, 8,190 bytes, made a 200 carrying a
+# 9 KB Content-Security-Policy or cookie a broken connection (http_connection), and the request was sent
+# again, up to max_attempts times. Python's http.client reads 64 KiB lines; httpx (sms.send) 100 KiB of head.
+MAX_HEADER_LINE: Final = 64 * 1024
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Kept as written in a request target; everything else (non-ASCII, '{', '|', ...) is percent-encoded.
 _TARGET_SAFE: Final = "!$&'()*+,/:;=?@[]~%"
@@ -123,6 +127,8 @@ class HttpIntegration:
                 cookie_jar=aiohttp.DummyCookieJar(),
                 # Bodies are dropped: no work (or decompression bomb) inflating them.
                 auto_decompress=False,
+                max_line_size=MAX_HEADER_LINE,
+                max_field_size=MAX_HEADER_LINE,
             )
         return self._client
 

@@ -123,6 +123,21 @@ async def test_an_unparseable_response_is_a_connection_error() -> None:
     assert error.code == "http_connection"
 
 
+@pytest.mark.parametrize("size", [9_000, 60_000])
+async def test_a_long_header_line_in_a_providers_answer_is_no_broken_connection(size: int) -> None:
+    """aiohttp read header lines of at most 8,190 bytes: a 200 with a 9 KB policy header or cookie was
+    http_connection, retried, and the request reached the provider once per try."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Security-Policy: " + b"a" * size + b"\r\nContent-Length: 2\r\n\r\nok"
+    async with running(RawServer(response=answer)) as raw:
+        http = integration(raw.port)
+        try:
+            outcome = await http.execute(make_job({"credential": "crm", "method": "POST", "path": "/x", "json": {}}))
+        finally:
+            await http.aclose()
+    assert outcome == Outcome("HTTP 200")
+    assert len(raw.heads) == 1
+
+
 @pytest.mark.parametrize("then_close", [True, False])  # the server hangs up, or stalls until the timeout
 async def test_a_body_cut_short_after_the_status_still_delivers(then_close: bool) -> None:
     cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-this"

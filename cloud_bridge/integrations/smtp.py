@@ -113,6 +113,18 @@ def next_transaction(pending: list[str], errors: Mapping[str, aiosmtplib.SMTPRes
     return over, len(errors) - len(set(over))
 
 
+def relay_text(text: str) -> str:
+    """A relay's reply text as it meant it: aiosmtplib keeps bytes that are not UTF-8 as lone surrogates, and a
+    Latin-1 relay's "250 Nachricht \\xfcbernommen" reached the audit and the device as `\\udcfcbernommen`."""
+    if text.isascii():
+        return text
+    raw = text.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")  # the usual 8-bit charset of relays that do not speak UTF-8; never fails
+
+
 def message_id(idempotency_key: str) -> str:
     """A Message-ID that is the same for every send of one intent attempt."""
     return f"<{hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]}@edge-outbox>"
@@ -252,6 +264,7 @@ class SmtpIntegration:
         return cls.from_settings(parse_section(SmtpConfig, section, env, "integrations.smtp"))
 
     def _scrub(self, text: str) -> str:
+        text = relay_text(text)
         for value in self._masks:
             text = text.replace(value.reveal(), "***")
         return text[:200]

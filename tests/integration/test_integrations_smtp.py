@@ -174,6 +174,33 @@ async def test_refusals(plain: Server) -> None:
     assert [m[1] for m in plain.sink.messages] == [["ops@example.com"]]
 
 
+@dataclass
+class Latin1Sink(Sink):
+    """A relay that answers in Latin-1, as relays that do not speak UTF-8 do; refuses the data of `Subject: x`."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> Any:
+        if b"Subject: x" in envelope.content:
+            return "554 Inhalt ung\u00fcltig".encode("latin-1")
+        await super().handle_DATA(server, session, envelope)
+        return "250 Nachricht \u00fcbernommen".encode("latin-1")
+
+
+async def test_a_relays_latin1_reply_is_read_as_written() -> None:
+    """aiosmtplib keeps bytes that are not UTF-8 as lone surrogates: the detail said `\\udcfcbernommen`."""
+    controller = TrackingController(Latin1Sink(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        smtp = SmtpIntegration.from_config({"host": "127.0.0.1", "port": controller.port, "security": "none"}, {})
+        outcome = await smtp.execute(job({"to": "ops@example.com", "subject": "s", "text": "t"}))
+        with pytest.raises(PermanentError) as info:
+            await smtp.execute(job({"to": "ops@example.com", "subject": "x", "text": "t"}))
+        await sockets_closed(controller.port)
+    finally:
+        controller.stop()
+    assert outcome.detail == "Nachricht \u00fcbernommen"
+    assert (info.value.code, info.value.detail) == ("smtp_554", "SMTP 554 Inhalt ung\u00fcltig")
+
+
 async def test_connection_refused_is_transient() -> None:
     smtp = SmtpIntegration.from_config({"host": "127.0.0.1", "port": free_port(), "security": "none", "timeout": 5}, {})
     with pytest.raises(TransientError) as info:

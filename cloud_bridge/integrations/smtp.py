@@ -181,7 +181,7 @@ class SmtpIntegration:
         return TransientError(detail, code="smtp_protocol")
 
     async def execute(self, job: Job) -> Outcome:
-        """Send one email; 5xx fails, 4xx and connection trouble are retried."""
+        """Send one email; a 5xx to the message fails it, 4xx, a refused session and connection trouble are retried."""
         message, recipients = build_message(job, self._now())
         try:
             delivery = await self._send(message, recipients)
@@ -200,7 +200,10 @@ class SmtpIntegration:
         except aiosmtplib.SMTPResponseException as exc:
             raise self._response_error(exc.code, exc.message) from None
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            raise TransientError(talking_to(exc, f"{self._host}:{self._port}"), code="smtp_connection") from None
+            detail = talking_to(exc, f"{self._host}:{self._port}")
+            if type(exc) is aiosmtplib.SMTPException:  # aiosmtplib's words: no STARTTLS or AUTH offered, and the like
+                detail += f": {self._scrub(str(exc))}"
+            raise TransientError(detail, code="smtp_connection") from None
         except ValueError:  # after ssl.SSLError: a certificate that fails verification is a ValueError too
             # aiosmtplib's own check of an address it is to put on a command line ("a<@x" reads as "a<"):
             # it fails the same way on every attempt.
@@ -240,7 +243,7 @@ class SmtpIntegration:
                     timeout=self._timeout,
                 )
                 sock = None
-                await client.connect()
+                await self._open(client)
                 while pending:  # each transaction the relay takes has at least one recipient fewer
                     errors, response = await client.send_message(
                         message, sender=str(message["From"]), recipients=pending
@@ -260,6 +263,27 @@ class SmtpIntegration:
             if sock is not None:  # connected, but no client took it
                 sock.close()
         return delivery
+
+    async def _open(self, client: aiosmtplib.SMTP) -> None:
+        """The session before any message: greeting, EHLO, STARTTLS, AUTH. A 5xx there refuses the bridge's session
+        (its address, its EHLO name, the relay's TLS), not a message: retried as a refused AUTH is, where a 501 to
+        STARTTLS or a 554 greeting failed every email meanwhile for good, and no STARTTLS offered was retried."""
+        try:
+            await client.connect()
+            if client.is_ehlo_or_helo_needed:  # with neither STARTTLS nor AUTH, it came with the first MAIL
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    if not client.is_connected:
+                        raise
+                    await client.helo()  # as aiosmtplib does: a relay that does not speak ESMTP
+        except aiosmtplib.SMTPAuthenticationError:
+            raise
+        except aiosmtplib.SMTPResponseException as exc:
+            if not 500 <= exc.code < 600:
+                raise
+            detail = f"SMTP {exc.code} {self._scrub(exc.message)}: the relay refused the bridge's session"
+            raise TransientError(detail, code=f"smtp_{exc.code}") from None
 
     async def _connect(self) -> socket.socket:
         """A socket connected to the relay within `timeout`, its name looked up in the integration's own threads.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,6 +26,7 @@ from tests.support.notify import HeldHook, held_hook
 __all__ = ["held_hook"]  # fixtures
 
 CANARY = "canary-SECRET-5f3a"
+LONG_ANSWER = 64 * 1024 * 1024
 
 
 class Hook:
@@ -32,9 +34,12 @@ class Hook:
         self.requests: list[dict[str, Any]] = []
         self.port = 0
         self.flaky_fails = True  # /flaky answers 500 while set
+        self.streamed = 0  # bytes of /long's answer written before the client hung up
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if request.path.startswith("/long"):
+            return await self.long_answer(request)
         self.requests.append({"path": request.path, "headers": dict(request.headers), "json": json.loads(body)})
         if request.path.startswith("/broken"):
             auth = request.headers.get("Authorization", "")
@@ -43,6 +48,17 @@ class Hook:
         if request.path.startswith("/flaky") and self.flaky_fails:
             return web.Response(status=503)
         return web.json_response({"ok": True})
+
+    async def long_answer(self, request: web.Request) -> web.StreamResponse:
+        """200, then a body of LONG_ANSWER bytes, written until the client hangs up."""
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        chunk = b" " * 65536
+        with contextlib.suppress(ConnectionError):
+            while self.streamed < LONG_ANSWER:
+                await response.write(chunk)
+                self.streamed += len(chunk)
+        return response
 
 
 @pytest.fixture
@@ -111,6 +127,15 @@ async def test_a_retry_is_sent_only_to_the_services_that_did_not_take_it(hook: H
     # another attempt of the intent (a resend after the operator's retry) is a new notification to every service
     assert await notify.execute(dataclasses.replace(job(), attempt=2)) == Outcome("notified 2 services")
     assert [r["path"] for r in hook.requests][4:] == ["/up", "/flaky"]
+
+
+async def test_a_long_answer_is_not_read_into_memory(hook: Hook) -> None:
+    """Apprise reads an answer through requests without streaming: a target answering 200 and a body without end
+    grew the bridge by its every byte (200 MB: 380 MB more) until the kernel killed it. The body is dropped after
+    64 KiB and the connection closed: the server could not write its 64 MiB."""
+    notify = make(hook, "json://127.0.0.1:{port}/long")
+    assert await notify.execute(job()) == Outcome("notified 1 services")
+    assert 0 < hook.streamed < LONG_ANSWER
 
 
 async def test_a_telegram_bot_token_is_masked_whole_in_the_debug_log(

@@ -179,14 +179,22 @@ def _split(text: str) -> SplitResult:
     """Parse a URL strictly; raises ValueError for anything a server might read differently."""
     if _UNSAFE.search(text):
         raise ValueError("whitespace, control characters or backslashes in URL")
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        # Not its words: "netloc 'user:s3cret@api.example℀' contains invalid characters under NFKC normalization"
+        # quoted the URL's password in the refusal's detail (ledger, audit, the app's status).
+        raise ValueError("the URL does not parse (a bracket or a character its host may not have)") from None
     if parts.scheme not in _DEFAULT_PORTS:
         raise ValueError("only http and https URLs")
     if "@" in parts.netloc:
         raise ValueError("userinfo in URL")
     if not parts.hostname:
         raise ValueError("no host in URL")
-    port_of(parts)  # raises ValueError for a bad port
+    try:
+        port_of(parts)
+    except ValueError:  # its words quote what stands after the ':'
+        raise ValueError("the URL's port is not a number from 0 to 65535") from None
     for segment in parts.path.split("/"):
         decoded = _fully_decoded(segment)
         # ';' starts a path parameter: Tomcat and Spring read '/api/..;/admin' as '/admin'.

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trustme
 
-from cloud_bridge.errors import BridgeError, PermanentError, TransientError
+from cloud_bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Outcome
 from cloud_bridge.integrations.http import HttpIntegration
 from cloud_bridge.integrations.http_status import MAX_RETRY_AFTER_S
@@ -114,6 +114,34 @@ async def test_urls_outside_the_base_are_refused_before_any_request(
         await http.execute(make_job(payload))
     assert info.value.code == "policy_url"
     assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://ops:{secret}@127.0.0.1\u2100:{port}/v1/x",  # urlsplit's NFKC check quoted the netloc, password and all
+        "https://[ops:{secret}@127.0.0.1:{port}/v1/x",
+        "https://127.0.0.1:{secret}/v1/x",  # the port's parse quoted it
+    ],
+)
+async def test_a_url_refused_is_never_quoted(http: HttpIntegration, api: Recorder, url: str) -> None:
+    """The refusal's detail goes to the ledger, the audit and the app's status: a URL's userinfo is a credential."""
+    payload = {"credential": "crm", "method": "GET", "url": url.format(port=api.port, secret=CANARY)}
+    with pytest.raises(PermanentError) as info:
+        await http.execute(make_job(payload))
+    assert CANARY not in info.value.detail
+    assert info.value.code == "policy_url"
+    assert info.value.detail.startswith("URL refused: the URL")
+    assert api.requests == []
+
+
+def test_a_base_url_refused_is_never_quoted(server_cert_files: dict[str, Path]) -> None:
+    """Config problems never quote a value (docs/config.md): the same parse quoted a base URL's password."""
+    section = config(443, server_cert_files["ca"], base_urls=[f"https://ops:{CANARY}@api.example\u2100/v1/"])
+    with pytest.raises(ConfigError) as info:
+        HttpIntegration.from_config(section, ENV)
+    assert CANARY not in str(info.value)
+    assert "the URL does not parse" in str(info.value)
 
 
 async def test_full_url_under_the_base_is_allowed(http: HttpIntegration, api: Recorder) -> None:

@@ -66,9 +66,16 @@ class SmtpConfig(SecretSection):
         return self.username is not None
 
     def secret_problems(self) -> list[str]:
+        found = []
         if self.username is None and self.secret("password") is not None:
-            return ["a password needs a username"]
-        return []
+            found.append("a password needs a username")
+        # The client waited for a greeting while the relay waited for a TLS hello (or the reverse): every email
+        # held its slot for `timeout` and ended `SMTPConnectTimeoutError` (or a TLS failure), the relay up.
+        if self.port == 465 and self.security != "tls":
+            found.append('port 465 is implicit TLS (RFC 8314): give security = "tls"')
+        if self.port in (25, 587) and self.security == "tls":
+            found.append(f'port {self.port} starts in plain SMTP: give security = "starttls" for TLS')
+        return found
 
     @property
     def effective_port(self) -> int:

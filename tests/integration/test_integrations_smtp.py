@@ -333,6 +333,10 @@ async def test_header_fields_that_cannot_be_sent_are_refused(plain: Server, fiel
         {"host": "smtp.example.com:587"},
         {"host": "smtps://smtp.example.com"},
         {"host": "smtp.example.com "},
+        # the client waited for a greeting while the relay waited for a TLS hello, or the reverse, at every email
+        {"host": "h", "port": 465},
+        {"host": "h", "port": 465, "security": "none"},
+        {"host": "h", "port": 587, "security": "tls"},
     ],
 )
 def test_bad_config(section: dict[str, Any]) -> None:

@@ -46,7 +46,7 @@ from cloud_bridge.ops_http import Ops
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.refusals import ConnectAudit
 from cloud_bridge.registry import Registry
-from cloud_bridge.reload_guard import Serving, dropped, every_integration, refuse_stranding
+from cloud_bridge.reload_guard import Serving, dropped, every_integration, refuse_stranding, without_policy
 from cloud_bridge.retention import Retention
 from cloud_bridge.revocations import settle_results
 from cloud_bridge.service import BridgeService
@@ -259,7 +259,7 @@ class Bridge:
 
     async def _open_store(self) -> None:
         """Open the store; a SQLite one under its data directory's lock (node_lock), taken before the executor's
-        start takes back the rows left running."""
+        start takes back the rows left running. Warn of enrolled tenants the config has no table for."""
         if not self.store.url.shared:
             self._lock = NodeLock(self.store.url.directory)
             self._lock.acquire(self.settings.node_id)
@@ -267,6 +267,10 @@ class Bridge:
             mark_shared_store(self.settings.data_dir, str(self.store.url))
         await self.store.open()
         self._opened = True
+        if self.settings.configured:  # (without a config, a warning says every intent is rejected)
+            devices = await own_thread(self.registry.all_devices)
+            if unpolicied := without_policy(self.settings.config.tenants, devices):
+                logger.warning("%s", unpolicied, extra={"code": "tenant_without_policy"})
 
     async def reload(self) -> list[str]:
         """Read the config again and apply it; returns the integrations now enabled.

@@ -8,7 +8,8 @@ rows, while other tenants still bring their own (a file cut off in the middle of
 end `failed`/`no_integration` at the next claim, for good. Likewise a reload that drops a tenant's whole
 `[tenants.T]` table while T has devices (the file cut off before it): every intent they send from then on
 would be `rejected`/`policy_tenant`, for good. The checks are pure; the node reads the ledger and the
-registry (`refuse_stranding`).
+registry (`refuse_stranding`). A start cannot be refused so (the config may be what the operator means, and
+the node must run to be reloaded): it logs such tenants (`without_policy`).
 """
 
 from __future__ import annotations
@@ -79,6 +80,20 @@ def dropped(old: Collection[str], new: Collection[str], devices: Iterable[Device
         if device.tenant in gone and device.revoked_at is None:
             counts[device.tenant] = counts.get(device.tenant, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def without_policy(tables: Collection[str], devices: Iterable[Device]) -> str | None:
+    """At start: the tenants whose devices (not revoked) the config has no `[tenants.T]` table for, with their
+    counts, as a warning; None when there are none."""
+    devices = list(devices)
+    counts = dropped({d.tenant for d in devices}, tables, devices)
+    if not counts:
+        return None
+    named = ", ".join(f"{tenant} ({n} device{'s' * (n != 1)})" for tenant, n in counts.items())
+    return (
+        f"enrolled devices of tenants the config has no [tenants.T] table for: {named}; every intent they send is"
+        " rejected policy_tenant: add the tables (a reload takes them), or revoke the devices"
+    )
 
 
 async def refuse_stranding(

@@ -5,6 +5,7 @@ SQLite and PostgreSQL). It was applied, and the waiting intents ended failed/no_
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,32 @@ async def test_a_reload_dropping_a_tenant_with_devices_is_refused(
         await zeta.stop()
     finally:
         await bridge.stop()
+
+
+async def test_a_start_without_a_table_for_an_enrolled_tenant_says_so(
+    tmp_path: Path, server_cert_files: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload that drops zeta's table is refused; a node started on such a file (a restart after an edit, a
+    copy of another site's config) ran without a word, and every intent of zeta's devices was rejected
+    policy_tenant for good. The start logs the tenants and their device counts."""
+    whole = {"acme": {"policy": policy("a@acme.example")}, "zeta": {"policy": policy("z@zeta.example")}}
+    settings = make_settings(tmp_path, server_cert_files, tenants=whole)
+    bridge = Bridge(settings)
+    await bridge.start()
+    try:
+        harness = Harness(bridge, settings, server_cert_files["ca"])
+        for name in ("pump-1", "pump-2"):
+            await harness.enroll("zeta", name)
+        await harness.enroll("acme", "boiler-7")
+    finally:
+        await bridge.stop()
+    assert "tenant_without_policy" not in [getattr(r, "code", None) for r in caplog.records]
+    caplog.set_level(logging.WARNING, logger="cloud_bridge.node")
+    cut = settings.config.model_copy(update={"tenants": {"acme": settings.config.tenants["acme"]}})
+    restarted = Bridge(dataclasses.replace(settings, config=cut))
+    await restarted.start()
+    await restarted.stop()
+    [warning] = [r for r in caplog.records if getattr(r, "code", None) == "tenant_without_policy"]
+    assert "no [tenants.T] table for: zeta (2 devices); every intent they send is rejected policy_tenant" in (
+        warning.getMessage()
+    )

@@ -21,6 +21,7 @@ from cloud_bridge import cli_run, fleet_cli, intents_cli, offline_cli, usage_cli
 from cloud_bridge.audit import AuditQuery
 from cloud_bridge.certs import parse_owner, write_dev_certs
 from cloud_bridge.cli_common import (
+    check_tenant,
     clean_errors,
     data_dir_option,
     json_option,
@@ -130,6 +131,7 @@ def enroll_code(
     """Print a one-time enrollment code for a new device."""
     now = time.time()
     valid = seconds(ttl, "--ttl")
+    check_tenant(operator_settings(data_dir, config_path=config_path, store=store), tenant, config_path)
     code = _registry(data_dir, store, config_path).create_code(tenant, name, valid, now)
     expires = format_ms(int((now + valid) * 1000))
     if as_json:

@@ -77,6 +77,19 @@ def operator_settings(data_dir: Path, **kwargs: Any) -> BridgeSettings:
     return settings
 
 
+def check_tenant(settings: BridgeSettings, tenant: str, config_path: Path | None) -> None:
+    """Given the nodes' --config, a one-line error when it has no `[tenants.T]` table for the new device's
+    `tenant`: a typo made a device whose every intent was rejected `policy_tenant`, for good. Nothing to check
+    without one, or with an operator's file that has no tenant at all (only the store's settings)."""
+    tables = settings.config.tenants
+    if config_path is not None and tables and tenant not in tables:
+        raise click.ClickException(
+            f"--tenant {readable(tenant)}: {config_path} has no [tenants.{readable(tenant)}] table (it has:"
+            f" {', '.join(sorted(tables))}); every intent of the device would be rejected policy_tenant: add the"
+            " table first (and reload the nodes)"
+        )
+
+
 def run_async(coro: Coroutine[Any, Any, R]) -> R:
     return asyncio.run(coro)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from cloud_bridge.cli_common import operator_settings
+from cloud_bridge.cli_common import check_tenant, operator_settings
 from cloud_bridge.errors import BridgeError, ConfigError, OfflineFileError
 from cloud_bridge.offline_enroll import answer, ticket
 from cloud_bridge.offline_import import Imported, OfflineDesk
@@ -295,6 +295,7 @@ def enroll_ticket(
         raise click.BadParameter(str(exc), param_hint="--bridge-url") from None
     try:
         settings = operator_settings(data_dir, store=store, config_path=config_path)
+        check_tenant(settings, tenant, config_path)
         registry = _opened_registry(settings)
         keys = load_for_store(data_dir, registry.offline_key_id)
         now = time.time()

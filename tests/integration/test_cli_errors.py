@@ -242,6 +242,21 @@ def test_a_tenant_or_device_filter_that_is_no_name_is_refused_by_the_listings(tm
         assert_refused(run_cli("cloud_bridge", *args, "--data-dir", bridge), text)
 
 
+def test_a_new_devices_tenant_the_config_has_no_table_for_is_refused(tmp_path: Path) -> None:
+    """`enroll-code --tenant acmee` (a typo) printed a code, and the device it enrolled had every intent rejected
+    policy_tenant, for good. Given the nodes' --config, a tenant it has no table for is refused; no code made."""
+    bridge = made(StoreUrl.sqlite(tmp_path / "bridge")).directory
+    config = tmp_path / "bridge.toml"
+    config.write_text('[tenants.acme.policy]\nkinds = ["email.send"]\nemail_domains = ["example.com"]\n')
+    where = ("--data-dir", str(bridge), "--config", str(config))
+    refused = f"--tenant acmee: {config} has no [tenants.acmee] table (it has: acme); every intent of the device"
+    for command in (("devices", "enroll-code"), ("devices", "enroll-ticket", "--out", str(tmp_path / "t"))):
+        assert_refused(run_cli("cloud_bridge", *command, "--tenant", "acmee", "--name", "pump-1", *where), refused)
+    assert not (tmp_path / "t").exists()
+    done = run_cli("cloud_bridge", "devices", "enroll-code", "--tenant", "acme", "--name", "pump-1", *where)
+    assert done.returncode == 0 and len(done.stdout.strip()) > 20, done.stderr
+
+
 def test_edge_a_database_a_later_outbox_marked_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
     """Going back to an earlier outbox on a database a later one marked as not for it (db.SCHEMA_VERSION): `run`
     and the ops commands took it silently (`run` ran its own schema over it). Now each refuses in one line, before

@@ -15,6 +15,17 @@ from edge_outbox.errors import StorageError
 log = logging.getLogger(__name__)
 
 MAX_PENDING_ACKS = 1000  # publishes read but not yet answered; reading pauses beyond (backpressure)
+CLOSE_GRACE_S = 2.0  # how long a closed connection's client has to read what is still written to it
+
+
+def shut(writer: asyncio.StreamWriter) -> None:
+    """Close `writer` once what was written to it is sent, and cut it after CLOSE_GRACE_S if its client does not
+    read that. asyncio closes only once the buffer is sent: a client that stopped reading (hung, or gone without
+    a word) kept its connection for ever, and the app back on its client id waited for it without a CONNACK."""
+    writer.close()
+    transport = writer.transport
+    if transport.get_write_buffer_size():
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.abort)
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from edge_outbox.errors import StorageError
 from edge_outbox.intake_rules import CUT_KEEP, replay_after
 from edge_outbox.mqtt import dialect as d
 from edge_outbox.mqtt import qos2_in
-from edge_outbox.mqtt.answers import Answers
+from edge_outbox.mqtt.answers import Answers, shut
 from edge_outbox.mqtt.dialect import V311, Dialect, dialect_of
 from edge_outbox.mqtt.fill import REPLAY_CHUNK, Replay, queue_replay, queue_statuses
 from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, Send, Session
@@ -81,7 +81,7 @@ class Connection:
             self.writer.write(
                 dialect.disconnect(reason) if self.session is not None else dialect.refuse_connect(reason)
             )
-        self.writer.close()
+        shut(self.writer)
 
     def context(self) -> Context:
         """What a log line about this client carries: its client id (once known) and address."""
@@ -117,7 +117,7 @@ class Connection:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.writer.close()
+            shut(self.writer)
             with contextlib.suppress(Exception):
                 await self.writer.wait_closed()
             self.endpoint.detach(self)

@@ -446,3 +446,25 @@ def test_a_will_on_a_status_topic_is_dropped_like_a_publish_there(
     late.publish("outbox/app/email.send", json.dumps(email("real-2")).encode(), 1)
     assert statuses_until(late, "real-2") == ["real-2"]
     wait_until(lambda: "published to status topic 'outbox/app/status/alarm-1'" in outbox.log(), what="the log line")
+
+
+def test_an_app_back_on_its_client_id_is_not_held_by_its_old_connection_that_stopped_reading(
+    outbox: OutboxProcess, raw: Callable[[], RawClient]
+) -> None:
+    # The app hung (or its machine dropped off) holding a connection that no longer reads: what the outbox writes
+    # to it stays in the outbox's buffer. Closing a connection waited for that buffer to be sent, for ever, so the
+    # app restarted on its client id never got a CONNACK (nor did any later try), and the stuck handler stayed.
+    hung = socket.socket()
+    hung.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hung.connect(("127.0.0.1", outbox.port))
+    hung.sendall(p.encode(p.Connect("MQTT", 4, "app", False, 60)) + p.encode(p.Subscribe(1, (("t/#", 0),))))
+    publisher = raw()
+    publisher.connect("pub")
+    # Until the session's queue overflows: its pump is stuck behind a full write buffer.
+    wait_until(lambda: publisher.publish("t/x", b"x" * 60_000, 1) or "session app had" in outbox.log(),
+               timeout=60, what="the hung connection's queue to overflow")  # fmt: skip
+    back = raw()
+    assert back.connect("app", clean=False).session_present
+    publisher.publish("t/x", b"after", 1)
+    wait_until(lambda: back.messages(1)[0].payload == b"after", what="the session's messages, then the new one")
+    hung.close()

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING, Any
 
 from edge_outbox.errors import StorageError
@@ -320,7 +321,7 @@ class Connection:
                 self._replay = Replay(app, after)
                 self.wake.set()
         elif may_publish(self.principal, topic):
-            self.endpoint.route(topic, packet.payload, qos, packet.retain, self.name)
+            self.endpoint.route(topic, packet.payload, qos, packet.retain, self.name, packet.expiry_s)
         if qos:
             assert packet.packet_id is not None
             kind, packet_id, dialect = (Type.PUBACK if qos == 1 else Type.PUBREC), packet.packet_id, self.dialect
@@ -388,8 +389,8 @@ class Connection:
             except StorageError as exc:  # a full disk fails the reads grouped with its commits: try again
                 self.endpoint.log_input("status_read", "statuses to %s wait for the store: %s", self.name, exc)
                 asyncio.get_running_loop().call_later(STATUS_RETRY_S, self.wake.set)
-            for send in session.take():
-                data = self.dialect.publish(send.message, send.packet_id, send.dup)
+            for send in session.take(time.monotonic()):
+                data = self.dialect.publish(send)
                 if self._client_max is not None and len(data) > self._client_max:
                     self._not_sent(session, send, len(data))
                     continue

@@ -2,7 +2,8 @@
 answers out as bytes. MQTT 3.1.1 (and 3.1) uses our own codec; MQTT 5 uses the `mqtt5` package's
 sans-IO codec and adds what version 5 can say that 3.1.1 cannot: reason codes on PUBACK (a rejected
 intent is answered 0x99 "payload format invalid" with its code and detail as the reason string),
-CONNACK and DISCONNECT, the client's receive maximum, message expiry on intents, and a content type
+CONNACK and DISCONNECT, the client's receive maximum, message expiry (an intent's deadline, what is left
+of it on a message passed on), and a content type
 on status messages. Pure: no I/O.
 """
 
@@ -14,7 +15,7 @@ from typing import Any, Protocol
 
 import mqtt5
 
-from edge_outbox.mqtt.session import Message
+from edge_outbox.mqtt.session import Send
 from edge_outbox.mqtt.v5_strings import check_strings
 from edge_outbox.states import State
 from intent_contract import mqtt_packets as p
@@ -83,7 +84,7 @@ class Dialect(Protocol):
     ) -> bytes:
         """The answer to CONNECT; `session_expiry` (MQTT 5): the interval granted, when lower than asked."""
 
-    def publish(self, message: Message, packet_id: int | None, dup: bool) -> bytes: ...
+    def publish(self, send: Send) -> bytes: ...
 
     def ack(self, kind: Type, packet_id: int, verdict: Verdict = OK) -> bytes:
         """PUBACK, PUBREC, PUBREL, PUBCOMP."""
@@ -115,8 +116,10 @@ class V311:
     ) -> bytes:
         return p.encode(p.Connack(present, code))
 
-    def publish(self, message: Message, packet_id: int | None, dup: bool) -> bytes:
-        return p.encode_publish(message.topic, message.payload, message.qos, packet_id, retain=message.retain, dup=dup)
+    def publish(self, send: Send) -> bytes:
+        message = send.message
+        return p.encode_publish(message.topic, message.payload, message.qos, send.packet_id, retain=message.retain,
+                                dup=send.dup)  # fmt: skip
 
     def ack(self, kind: Type, packet_id: int, verdict: Verdict = OK) -> bytes:
         return p.encode_ack(kind, packet_id)
@@ -219,7 +222,8 @@ class V5:
             ).write()
         )
 
-    def publish(self, message: Message, packet_id: int | None, dup: bool) -> bytes:
+    def publish(self, send: Send) -> bytes:
+        message = send.message
         status = bool(message.seq)
         return bytes(
             mqtt5.PublishPacket(
@@ -227,9 +231,10 @@ class V5:
                 message.payload,
                 qos=mqtt5.QoS(message.qos),
                 retain=message.retain,
-                packet_id=packet_id,
-                duplicate=dup,
+                packet_id=send.packet_id,
+                duplicate=send.dup,
                 payload_format_indicator=1 if status else 0,
+                message_expiry_interval=send.expiry_s,
                 content_type=_STATUS_CONTENT_TYPE if status else None,
             ).write()
         )

@@ -328,17 +328,21 @@ class MqttEndpoint:
         if not write.cancelled() and write.exception() is not None:  # the housekeeping reports a failing store
             log.debug("last seen not written: %s", write.exception())
 
-    def route(self, topic: str, payload: bytes, qos: int, retain: bool, sender: str) -> None:
+    def route(
+        self, topic: str, payload: bytes, qos: int, retain: bool, sender: str, expiry_s: int | None = None
+    ) -> None:
         """Deliver an ordinary publish or a will to every matching session (queued for absent persistent ones).
 
         Nothing on a status topic: only the outbox publishes statuses, from its status log. A will was routed
         there unchecked (only a PUBLISH was refused), so any local client could leave behind a forged
-        `delivered` status for another app's intent, retained and sent again to every later subscriber."""
+        `delivered` status for another app's intent, retained and sent again to every later subscriber.
+        `expiry_s`: its MQTT 5 message expiry interval; past it, it is no longer sent nor kept retained."""
         if is_status_topic(topic):
             self.log_input("status topic", "client %s published to status topic %r, which only the outbox does: "
                            "dropped", sender, topic[:100])  # fmt: skip
             return
-        if retain and not self.retained.keep(topic, payload, qos):
+        expires = None if expiry_s is None else time.monotonic() + expiry_s
+        if retain and not self.retained.keep(topic, payload, qos, expires):
             self.log_input("retained", "no room: retained message on %r not kept (%d in all)", topic[:100],
                            self.retained.refused)  # fmt: skip
         for client_id, session in self.sessions.items():
@@ -346,7 +350,7 @@ class MqttEndpoint:
             if connection is None and qos == 0:
                 continue  # QoS 0 is not kept for absent clients
             dropped = session.dropped
-            if session.offer(topic, payload, qos) and connection is not None:
+            if session.offer(topic, payload, qos, expires=expires) and connection is not None:
                 connection.wake.set()
             if session.dropped > dropped:
                 self.log_input("dropped", "no room: session %s had %d messages dropped in all, the oldest first",
@@ -366,8 +370,8 @@ class MqttEndpoint:
             log.log(level, message + "%s", *args, left_out(not_logged), extra=extra)
 
     def retained_for(self, session: Session, topic_filter: str, granted: int) -> None:
-        for topic, payload, qos in self.retained.matching(topic_filter):
-            session.enqueue(Message(topic, payload, min(qos, granted), retain=True))
+        for topic, payload, qos, expires in self.retained.matching(topic_filter, time.monotonic()):
+            session.enqueue(Message(topic, payload, min(qos, granted), retain=True, expires=expires))
 
     def status_interest_changed(self, client_id: str) -> None:
         """The session of `client_id` came, went or changed its subscriptions. The store reads status events

@@ -9,6 +9,7 @@ absent client).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ class Message:
     qos: int
     retain: bool = False
     seq: int = 0  # the status event it carries; 0 for any other message
+    expires: float | None = None  # MQTT 5 message expiry: the monotonic time it is deleted at if not sent by then
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,12 @@ class SessionRecord:
     taken: tuple[int, ...] = ()  # inbound QoS 2 packet ids stored with their intent, awaiting PUBREL (as loaded)
 
 
+def left(message: Message, now: float) -> int | None:
+    """The message expiry interval to send `message` with at `now`: what is left of it, in whole seconds (at least
+    1: a message in flight is sent again whatever is left) [MQTT-3.3.2-6]."""
+    return None if message.expires is None else max(1, math.ceil(message.expires - now))
+
+
 def session_expiry_ms(asked_ms: int | None, server_ms: int) -> int:
     """How long a session outlives its client: what the client asked for (MQTT 5), at most the outbox's."""
     return server_ms if asked_ms is None else min(asked_ms, server_ms)
@@ -66,6 +74,7 @@ class Send:
     message: Message
     packet_id: int | None
     dup: bool
+    expiry_s: int | None = None  # MQTT 5: what is left of its message expiry interval, sent with it
 
 
 class StatusCursor:
@@ -160,14 +169,16 @@ class Session:
                 best = qos
         return best
 
-    def offer(self, topic: str, payload: bytes, qos: int, *, retain: bool = False, seq: int = 0) -> bool:
+    def offer(
+        self, topic: str, payload: bytes, qos: int, *, retain: bool = False, seq: int = 0, expires: float | None = None
+    ) -> bool:
         """Queue a published message if a subscription matches, at min(published, granted) QoS."""
         granted = self.granted_qos(topic)
         if granted is None:
             if seq:
                 self.status.passed(seq)
             return False
-        self.enqueue(Message(topic, payload, min(qos, granted), retain, seq))
+        self.enqueue(Message(topic, payload, min(qos, granted), retain, seq, expires))
         return True
 
     def enqueue(self, message: Message) -> None:
@@ -193,23 +204,27 @@ class Session:
                 self.dropped += 1
                 return
 
-    def take(self) -> list[Send]:
-        """What to write now: messages in flight from an earlier connection first, then the queue."""
-        out = [Send(self.inflight[pid], pid, True) for pid in sorted(self.resend) if pid in self.inflight]
+    def take(self, now: float = 0.0) -> list[Send]:
+        """What to write now: messages in flight from an earlier connection first, then the queue. A queued
+        message whose expiry passed (`now`, monotonic) is deleted unsent [MQTT-3.3.2-5]."""
+        out = [Send(self.inflight[pid], pid, True, left(self.inflight[pid], now))
+               for pid in sorted(self.resend) if pid in self.inflight]  # fmt: skip
         self.resend.clear()
         while self.queue and (self.queue[0].qos == 0 or len(self.inflight) + len(self.released) < self.window):
             message = self.queue.popleft()
             if not message.seq:
                 self.queued_bytes -= message_bytes(message.topic, message.payload)
+            if message.expires is not None and message.expires <= now:
+                continue
             dup = bool(message.seq) and message.seq <= self.high_status
             if message.seq:
                 self.high_status = max(self.high_status, message.seq)
             if message.qos == 0:
-                out.append(Send(message, None, False))
+                out.append(Send(message, None, False, left(message, now)))
                 continue
             packet_id = self._new_id()
             self.inflight[packet_id] = message
-            out.append(Send(message, packet_id, dup))
+            out.append(Send(message, packet_id, dup, left(message, now)))
         return out
 
     def _new_id(self) -> int:

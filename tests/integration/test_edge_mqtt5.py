@@ -162,6 +162,59 @@ def test_message_expiry_becomes_the_intents_deadline(outbox: OutboxProcess) -> N
     assert expires - created == 120_000
 
 
+def _expiring(seconds: int) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = seconds
+    return props
+
+
+def _retained_on(port: int, topic_filter: str, marker_topic: str) -> list[str]:
+    """The topics of the retained messages a new subscriber to `topic_filter` gets: those before a marker published
+    after its SUBACK (sent in order)."""
+    client = RawClient(port)
+    try:
+        client.connect("retained-probe")
+        client.subscribe(topic_filter, 0)
+        client.publish(marker_topic, b"{}", 0)
+        topics: list[str] = []
+        while (message := client.messages(1)[0]).topic != marker_topic:
+            topics.append(message.topic)
+        return topics
+    finally:
+        client.close()
+
+
+def test_a_message_expiry_deletes_retained_and_queued_messages_and_is_passed_on(outbox: OutboxProcess) -> None:
+    """The message expiry interval of an ordinary message was dropped: a retained message and one queued for an
+    absent session outlived it for ever, and the subscriber was not told what was left of it [MQTT-3.3.2-5/6]."""
+    away = App5(outbox.port, "v5-away", session_expiry=3600)
+    away.subscribe("q/#")
+    away.close()
+    publisher = App5(outbox.port, "v5-sender")
+    try:
+        sent = [
+            publisher.client.publish("r/short", b'{"m": "r-short"}', qos=1, retain=True, properties=_expiring(1)),
+            publisher.client.publish("r/long", b'{"m": "r-long"}', qos=1, retain=True, properties=_expiring(3600)),
+            publisher.client.publish("q/short", b'{"m": "q-short"}', qos=1, properties=_expiring(1)),
+            publisher.client.publish("q/long", b'{"m": "q-long"}', qos=1, properties=_expiring(3600)),
+        ]
+        wait_until(lambda: {m.mid for m in sent} <= publisher.acks.keys(), what="PUBACKs")
+        # Past the short expiry: the retained message is gone, the long-lived one is still there.
+        wait_until(lambda: _retained_on(outbox.port, "r/#", "r/marker") == ["r/long"], what="r/short to expire")
+        back = App5(outbox.port, "v5-away", session_expiry=3600)
+        try:
+            publisher.client.publish("q/marker", b'{"m": "marker"}', qos=1)
+            wait_until(lambda: any(m == {"m": "marker"} for m, _p in back.statuses), what="the marker")
+            assert [m["m"] for m, _p in back.statuses] == ["q-long", "marker"]
+            left = back.statuses[0][1].MessageExpiryInterval
+            assert 3500 < left <= 3600
+            assert not hasattr(back.statuses[1][1], "MessageExpiryInterval")
+        finally:
+            back.close()
+    finally:
+        publisher.close()
+
+
 def test_a_string_that_is_not_utf8_closes_the_client_as_malformed_and_others_go_on(outbox: OutboxProcess) -> None:
     """The `mqtt5` codec panics on such a string (a BaseException): it went past every handler and the
     connection ended in asyncio's "Unhandled exception", without MQTT 5's DISCONNECT."""

@@ -119,3 +119,15 @@ def test_with_a_principal_only_the_apps_own_statuses_match() -> None:
     assert s.granted_qos("outbox/appa/status/x") is None
     assert not s.offer("outbox/appa/status/x", b"x", 1, seq=1)
     assert s.offer("outbox/appb/status/y", b"y", 1, seq=2)
+
+
+def test_a_message_past_its_expiry_is_deleted_unsent_and_one_in_flight_goes_again_with_what_is_left() -> None:
+    s = session(t=1)
+    s.offer("t", b"short", 1, expires=10.0)
+    s.offer("t", b"long", 1, expires=100.0)
+    s.offer("t", b"never", 1)
+    sent = s.take(now=20.0)
+    assert [(x.message.payload, x.expiry_s) for x in sent] == [(b"long", 80), (b"never", None)]
+    s.disconnected()
+    again = s.take(now=99.5)
+    assert [(x.message.payload, x.dup, x.expiry_s) for x in again] == [(b"long", True, 1), (b"never", True, None)]

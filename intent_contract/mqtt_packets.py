@@ -92,6 +92,7 @@ class Publish(NamedTuple):
     dup: bool = False
     packet_id: int | None = None
     expiry_s: int | None = None  # MQTT 5 message expiry interval
+    props: object = None  # MQTT 5: the properties a broker passes on to subscribers (edge_outbox.mqtt.session.Passed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -321,7 +321,7 @@ class Connection:
                 self._replay = Replay(app, after)
                 self.wake.set()
         elif may_publish(self.principal, topic):
-            self.endpoint.route(topic, packet.payload, qos, packet.retain, self.name, packet.expiry_s)
+            self.endpoint.route(topic, packet.payload, qos, packet.retain, self.name, packet.expiry_s, packet.props)
         if qos:
             assert packet.packet_id is not None
             kind, packet_id, dialect = (Type.PUBACK if qos == 1 else Type.PUBREC), packet.packet_id, self.dialect

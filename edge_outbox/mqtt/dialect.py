@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import mqtt5
 
-from edge_outbox.mqtt.session import Send
+from edge_outbox.mqtt.session import Passed, Send
 from edge_outbox.mqtt.v5_strings import check_strings
 from edge_outbox.states import State
 from intent_contract import mqtt_packets as p
@@ -140,6 +140,16 @@ class V311:
         return b""
 
 
+_NOTHING_PASSED = Passed()
+
+
+def _passed(packet: Any) -> Passed | None:
+    """The properties of an MQTT 5 PUBLISH to pass on to its subscribers, if it has any."""
+    props = Passed(packet.payload_format_indicator, packet.content_type, packet.response_topic,
+                   packet.correlation_data, tuple(packet.user_properties or ()))  # fmt: skip
+    return None if props == _NOTHING_PASSED else props
+
+
 def read_mqtt5(first: int, body: bytes) -> Any:
     """The `mqtt5` codec's packet of this first byte and body; MalformedPacketError for one it refuses or
     panics on (the endpoint's and attach mode's reads)."""
@@ -177,7 +187,7 @@ class V5:
                 raise MalformedPacketError("topic aliases are not accepted (topic alias maximum 0)")
             _no_nul(packet.topic)
             return p.Publish(packet.topic, bytes(packet.payload), int(packet.qos), packet.retain, packet.duplicate,
-                             packet.packet_id, packet.message_expiry_interval)  # fmt: skip
+                             packet.packet_id, packet.message_expiry_interval, _passed(packet))  # fmt: skip
         if isinstance(packet, mqtt5.ConnectPacket):
             will = None
             _no_nul(packet.client_id, packet.username)
@@ -225,6 +235,7 @@ class V5:
     def publish(self, send: Send) -> bytes:
         message = send.message
         status = bool(message.seq)
+        props = message.props or _NOTHING_PASSED
         return bytes(
             mqtt5.PublishPacket(
                 message.topic,
@@ -233,9 +244,12 @@ class V5:
                 retain=message.retain,
                 packet_id=send.packet_id,
                 duplicate=send.dup,
-                payload_format_indicator=1 if status else 0,
+                payload_format_indicator=1 if status else props.payload_format,
                 message_expiry_interval=send.expiry_s,
-                content_type=_STATUS_CONTENT_TYPE if status else None,
+                content_type=_STATUS_CONTENT_TYPE if status else props.content_type,
+                response_topic=props.response_topic,
+                correlation_data=props.correlation_data,
+                user_properties=list(props.user_properties) or None,
             ).write()
         )
 

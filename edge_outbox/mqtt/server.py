@@ -30,7 +30,7 @@ from edge_outbox.mqtt.connection import Connection, note_subscriptions
 from edge_outbox.mqtt.dialect import SERVER_SHUTTING_DOWN, SESSION_TAKEN_OVER
 from edge_outbox.mqtt.ports import Authenticator, EndpointSettings, IntakePort, SessionsPort, keeps_session
 from edge_outbox.mqtt.retained import Retained
-from edge_outbox.mqtt.session import Message, Session, SessionRecord, StatusCursor
+from edge_outbox.mqtt.session import Passed, Session, SessionRecord, StatusCursor
 from edge_outbox.mqtt.topics import is_status_topic
 from edge_outbox.status import StatusFeed
 from intent_contract import mqtt_packets as p
@@ -329,20 +329,29 @@ class MqttEndpoint:
             log.debug("last seen not written: %s", write.exception())
 
     def route(
-        self, topic: str, payload: bytes, qos: int, retain: bool, sender: str, expiry_s: int | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        sender: str,
+        expiry_s: int | None = None,
+        props: object = None,
     ) -> None:
         """Deliver an ordinary publish or a will to every matching session (queued for absent persistent ones).
 
         Nothing on a status topic: only the outbox publishes statuses, from its status log. A will was routed
         there unchecked (only a PUBLISH was refused), so any local client could leave behind a forged
         `delivered` status for another app's intent, retained and sent again to every later subscriber.
-        `expiry_s`: its MQTT 5 message expiry interval; past it, it is no longer sent nor kept retained."""
+        `expiry_s`: its MQTT 5 message expiry interval; past it, it is no longer sent nor kept retained. `props`: its
+        other MQTT 5 properties, passed on."""
         if is_status_topic(topic):
             self.log_input("status topic", "client %s published to status topic %r, which only the outbox does: "
                            "dropped", sender, topic[:100])  # fmt: skip
             return
         expires = None if expiry_s is None else time.monotonic() + expiry_s
-        if retain and not self.retained.keep(topic, payload, qos, expires):
+        props = props if isinstance(props, Passed) else None
+        if retain and not self.retained.keep(topic, payload, qos, expires, props):
             self.log_input("retained", "no room: retained message on %r not kept (%d in all)", topic[:100],
                            self.retained.refused)  # fmt: skip
         for client_id, session in self.sessions.items():
@@ -350,7 +359,7 @@ class MqttEndpoint:
             if connection is None and qos == 0:
                 continue  # QoS 0 is not kept for absent clients
             dropped = session.dropped
-            if session.offer(topic, payload, qos, expires=expires) and connection is not None:
+            if session.offer(topic, payload, qos, expires=expires, props=props) and connection is not None:
                 connection.wake.set()
             if session.dropped > dropped:
                 self.log_input("dropped", "no room: session %s had %d messages dropped in all, the oldest first",
@@ -370,8 +379,8 @@ class MqttEndpoint:
             log.log(level, message + "%s", *args, left_out(not_logged), extra=extra)
 
     def retained_for(self, session: Session, topic_filter: str, granted: int) -> None:
-        for topic, payload, qos, expires in self.retained.matching(topic_filter, time.monotonic()):
-            session.enqueue(Message(topic, payload, min(qos, granted), retain=True, expires=expires))
+        for message in self.retained.matching(topic_filter, time.monotonic()):
+            session.enqueue(replace(message, qos=min(message.qos, granted)))
 
     def status_interest_changed(self, client_id: str) -> None:
         """The session of `client_id` came, went or changed its subscriptions. The store reads status events

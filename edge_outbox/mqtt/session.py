@@ -32,6 +32,23 @@ def message_bytes(topic: str, payload: bytes) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Passed:
+    """The properties of an MQTT 5 PUBLISH a broker passes on unaltered to subscribers [MQTT-3.3.2-4/15/16/17/20]:
+    what they mean is the apps' own (a request's response topic and correlation data, user properties)."""
+
+    payload_format: int = 0
+    content_type: str | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+
+    def size(self) -> int:
+        """What they count against a byte bound, with the message's topic and payload."""
+        texts = [self.content_type or "", self.response_topic or "", *(t for kv in self.user_properties for t in kv)]
+        return sum(map(len, texts)) + len(self.correlation_data or b"")
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """A message to deliver to one session, at the QoS it will be delivered with."""
 
@@ -41,6 +58,11 @@ class Message:
     retain: bool = False
     seq: int = 0  # the status event it carries; 0 for any other message
     expires: float | None = None  # MQTT 5 message expiry: the monotonic time it is deleted at if not sent by then
+    props: Passed | None = None  # MQTT 5: the publisher's properties to pass on
+
+    def size(self) -> int:
+        """What it counts against a session's byte bound."""
+        return message_bytes(self.topic, self.payload) + (self.props.size() if self.props else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +192,15 @@ class Session:
         return best
 
     def offer(
-        self, topic: str, payload: bytes, qos: int, *, retain: bool = False, seq: int = 0, expires: float | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        *,
+        retain: bool = False,
+        seq: int = 0,
+        expires: float | None = None,
+        props: Passed | None = None,
     ) -> bool:
         """Queue a published message if a subscription matches, at min(published, granted) QoS."""
         granted = self.granted_qos(topic)
@@ -178,7 +208,7 @@ class Session:
             if seq:
                 self.status.passed(seq)
             return False
-        self.enqueue(Message(topic, payload, min(qos, granted), retain, seq, expires))
+        self.enqueue(Message(topic, payload, min(qos, granted), retain, seq, expires, props))
         return True
 
     def enqueue(self, message: Message) -> None:
@@ -188,7 +218,7 @@ class Session:
             else:
                 self.status.passed(message.seq)
         else:
-            size = message_bytes(message.topic, message.payload)
+            size = message.size()
             while self.queued_bytes and (
                 len(self.queue) >= self.max_queued or self.queued_bytes + size > self.max_queued_bytes
             ):
@@ -200,7 +230,7 @@ class Session:
         for index, queued in enumerate(self.queue):
             if not queued.seq:  # statuses are never dropped: they are bounded by the status window
                 del self.queue[index]
-                self.queued_bytes -= message_bytes(queued.topic, queued.payload)
+                self.queued_bytes -= queued.size()
                 self.dropped += 1
                 return
 
@@ -213,7 +243,7 @@ class Session:
         while self.queue and (self.queue[0].qos == 0 or len(self.inflight) + len(self.released) < self.window):
             message = self.queue.popleft()
             if not message.seq:
-                self.queued_bytes -= message_bytes(message.topic, message.payload)
+                self.queued_bytes -= message.size()
             if message.expires is not None and message.expires <= now:
                 continue
             dup = bool(message.seq) and message.seq <= self.high_status

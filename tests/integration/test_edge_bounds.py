@@ -200,12 +200,12 @@ async def test_what_waits_for_an_absent_session_and_retained_messages_are_bounde
         session = endpoint.sessions["away"]
         assert [m.payload[0] for m in session.queue] == [4, 5, 6, 7]  # the oldest dropped first
         assert session.queued_bytes <= 5 * 100_000 and session.dropped == 4
-        kept = [t for t, _p, _q, _e in endpoint.retained.matching("#")]
+        kept = [m.topic for m in endpoint.retained.matching("#")]
         assert kept == [f"big/{i}" for i in range(4)]  # later: refused
         assert endpoint.retained.refused == 4
         await asyncio.to_thread(publisher.publish, "big/0", b"", 1, retain=True)  # clearing one makes room
         await asyncio.to_thread(publisher.publish, "big/7", b"x", 1, retain=True)
-        assert sorted(t for t, _p, _q, _e in endpoint.retained.matching("#")) == ["big/1", "big/2", "big/3", "big/7"]
+        assert sorted(m.topic for m in endpoint.retained.matching("#")) == ["big/1", "big/2", "big/3", "big/7"]
     finally:
         away.close()
         publisher.close()

@@ -215,6 +215,40 @@ def test_a_message_expiry_deletes_retained_and_queued_messages_and_is_passed_on(
         publisher.close()
 
 
+def test_a_publishs_properties_reach_its_subscribers_as_a_broker_passes_them_on(outbox: OutboxProcess) -> None:
+    """MQTT 5 request/response between local apps: the response topic, correlation data, user properties, content
+    type and payload format of a PUBLISH were dropped on the way [MQTT-3.3.2-4/15/16/17/20], so the responder never
+    knew where to answer; on a retained message too."""
+    responder = App5(outbox.port, "v5-responder")
+    requester = App5(outbox.port, "v5-requester")
+    try:
+        responder.subscribe("req/#")
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "resp/v5-requester"
+        props.CorrelationData = b"call-1"
+        props.UserProperty = [("trace", "t-1"), ("trace", "t-2")]
+        props.ContentType = "application/json"
+        props.PayloadFormatIndicator = 1
+        requester.client.publish("req/time", b'{"q": "now"}', qos=1, properties=props)
+        requester.client.publish("req/kept", b'{"q": "kept"}', qos=1, retain=True, properties=props)
+        wait_until(lambda: len(responder.statuses) == 2, what="the requests")
+        late = App5(outbox.port, "v5-late")
+        try:
+            late.subscribe("req/kept")
+            wait_until(lambda: late.statuses, what="the retained request")
+            got = [p for _m, p in responder.statuses] + [late.statuses[0][1]]
+        finally:
+            late.close()
+        for received in got:
+            assert received.ResponseTopic == "resp/v5-requester"
+            assert received.CorrelationData == b"call-1"
+            assert received.UserProperty == [("trace", "t-1"), ("trace", "t-2")]
+            assert (received.ContentType, received.PayloadFormatIndicator) == ("application/json", 1)
+    finally:
+        requester.close()
+        responder.close()
+
+
 def test_a_string_that_is_not_utf8_closes_the_client_as_malformed_and_others_go_on(outbox: OutboxProcess) -> None:
     """The `mqtt5` codec panics on such a string (a BaseException): it went past every handler and the
     connection ended in asyncio's "Unhandled exception", without MQTT 5's DISCONNECT."""

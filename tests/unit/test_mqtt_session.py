@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_outbox.mqtt.session import Session, StatusCursor
+from edge_outbox.mqtt.session import Passed, Session, StatusCursor
 
 
 def session(**subscriptions: int) -> Session:
@@ -131,3 +131,13 @@ def test_a_message_past_its_expiry_is_deleted_unsent_and_one_in_flight_goes_agai
     s.disconnected()
     again = s.take(now=99.5)
     assert [(x.message.payload, x.dup, x.expiry_s) for x in again] == [(b"long", True, 1), (b"never", True, None)]
+
+
+def test_the_properties_passed_on_count_against_the_byte_bound() -> None:
+    s = Session("c", persistent=True, max_queued_bytes=1000)
+    s.subscriptions = {"t": 1}
+    heavy = Passed(user_properties=(("k", "v" * 600),))
+    s.offer("t", b"a", 1, props=heavy)
+    s.offer("t", b"b", 1, props=heavy)  # the two do not fit: the oldest goes
+    assert [m.payload for m in s.queue] == [b"b"] and s.dropped == 1
+    assert s.queued_bytes == len("t") + 1 + 601

@@ -135,9 +135,10 @@ class Intake:
         now = self._clock_ms()
         decision = admit(topic, raw, now, self._ids.new, expiry_s=expiry_s, size=size)
         if principal is not None and decision.app != principal:
-            # Answer in the publisher's own namespace: a client may not write into another app's outbox.
+            # Answer in the publisher's own namespace: a client may not write into another app's outbox. On the id
+            # its payload carries, where it waits (one was made up for every such refusal: it heard nothing).
             decision = Refused(
-                decision.id if decision.app == principal else self._ids.new(),
+                decision.id,
                 principal,
                 decision.kind,
                 "not_authorized",

@@ -165,9 +165,11 @@ def test_app_logins_and_topic_limits(tmp_path: Path) -> None:
         refused = [s for _, s in app.statuses if s["code"] == "not_authorized"]
         assert len(refused) == 1
         assert "outbox/hvac/" in refused[0]["detail"]
+        # On the id it published, in its own namespace, where it waits (the id was made up: it heard nothing).
+        assert refused[0]["id"] == "theirs" and app.status_of("theirs") == ["rejected"]
         stored = stored_ids(outbox.data_dir)
         assert stored["mine"] == "accepted"
-        assert "theirs" not in stored
+        assert stored["theirs"] == "rejected"  # a refusal of its own, never an intent of the other app
         app.close()
 
 

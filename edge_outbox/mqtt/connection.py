@@ -21,7 +21,7 @@ from edge_outbox.mqtt import qos2_in
 from edge_outbox.mqtt.answers import Answers, shut
 from edge_outbox.mqtt.dialect import V311, Dialect, dialect_of
 from edge_outbox.mqtt.fill import REPLAY_CHUNK, Replay, queue_replay, queue_statuses
-from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, Send, Session
+from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, QOS_BITS, Send, Session
 from edge_outbox.mqtt.topics import STATUS_SHAPE, may_match, may_publish, may_subscribe, valid_filter
 from edge_outbox.status import STATUS_RETRY_S, StatusFeed
 from intent_contract import mqtt_packets as p
@@ -321,7 +321,9 @@ class Connection:
                 self._replay = Replay(app, after)
                 self.wake.set()
         elif may_publish(self.principal, topic):
-            self.endpoint.route(topic, packet.payload, qos, packet.retain, self.name, packet.expiry_s, packet.props)
+            self.endpoint.route(
+                topic, packet.payload, qos, packet.retain, self.name, packet.expiry_s, packet.props, self.client_id
+            )
         if qos:
             assert packet.packet_id is not None
             kind, packet_id, dialect = (Type.PUBACK if qos == 1 else Type.PUBREC), packet.packet_id, self.dialect
@@ -341,7 +343,7 @@ class Connection:
         codes: list[int] = []
         granted: list[tuple[str, int]] = []
         context = self.context()
-        for topic_filter, qos in packet.filters:
+        for topic_filter, options in packet.filters:
             if not valid_filter(topic_filter):
                 self.endpoint.log_input("filter", "client %s may not subscribe to %r: not a valid filter",
                                         self.name, topic_filter[:100], level=logging.INFO, context=context)  # fmt: skip
@@ -357,9 +359,9 @@ class Connection:
                                         self.name, MAX_SUBSCRIPTIONS, level=logging.INFO, context=context)  # fmt: skip
                 codes.append(d.QUOTA_EXCEEDED)
                 continue
-            session.subscriptions[topic_filter] = qos
-            codes.append(qos)
-            granted.append((topic_filter, qos))
+            codes.append(options & QOS_BITS)
+            if session.subscribe(topic_filter, options):
+                granted.append((topic_filter, options & QOS_BITS))
         note_subscriptions(session)
         self.endpoint.status_interest_changed(session.client_id)
 
@@ -426,4 +428,4 @@ class Connection:
         if intake.is_intake(will.topic):
             await intake.receive(will.topic, will.payload, principal=self.principal)
         else:
-            self.endpoint.route(will.topic, will.payload, will.qos, will.retain, self.name)
+            self.endpoint.route(will.topic, will.payload, will.qos, will.retain, self.name, origin=self.client_id)

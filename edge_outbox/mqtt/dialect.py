@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import mqtt5
 
-from edge_outbox.mqtt.session import Passed, Send
+from edge_outbox.mqtt.session import NO_LOCAL, RETAIN_AS_PUBLISHED, Passed, Send
 from edge_outbox.mqtt.v5_strings import check_strings
 from edge_outbox.states import State
 from intent_contract import mqtt_packets as p
@@ -143,6 +143,16 @@ class V311:
 _NOTHING_PASSED = Passed()
 
 
+def _options(topic_filter: Any) -> int:
+    """An MQTT 5 subscription's options in one int, as the SUBSCRIBE packet has them (edge_outbox.mqtt.session)."""
+    return (
+        int(topic_filter.max_qos)
+        | (NO_LOCAL if topic_filter.no_local else 0)
+        | (RETAIN_AS_PUBLISHED if topic_filter.retain_as_published else 0)
+        | int(topic_filter.retain_handling.value) << 4
+    )
+
+
 def _passed(packet: Any) -> Passed | None:
     """The properties of an MQTT 5 PUBLISH to pass on to its subscribers, if it has any."""
     props = Passed(packet.payload_format_indicator, packet.content_type, packet.response_topic,
@@ -205,7 +215,7 @@ class V5:
                 return p.PacketIdOnly(kind, packet.packet_id)  # type: ignore[attr-defined]
         if isinstance(packet, mqtt5.SubscribePacket):
             _no_nul(*(f.pattern for f in packet.topic_filters))
-            return p.Subscribe(packet.packet_id, tuple((f.pattern, int(f.max_qos)) for f in packet.topic_filters))
+            return p.Subscribe(packet.packet_id, tuple((f.pattern, _options(f)) for f in packet.topic_filters))
         if isinstance(packet, mqtt5.UnsubscribePacket):
             _no_nul(*packet.patterns)
             return p.Unsubscribe(packet.packet_id, tuple(packet.patterns))

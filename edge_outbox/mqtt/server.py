@@ -337,6 +337,7 @@ class MqttEndpoint:
         sender: str,
         expiry_s: int | None = None,
         props: object = None,
+        origin: str | None = None,
     ) -> None:
         """Deliver an ordinary publish or a will to every matching session (queued for absent persistent ones).
 
@@ -344,7 +345,8 @@ class MqttEndpoint:
         there unchecked (only a PUBLISH was refused), so any local client could leave behind a forged
         `delivered` status for another app's intent, retained and sent again to every later subscriber.
         `expiry_s`: its MQTT 5 message expiry interval; past it, it is no longer sent nor kept retained. `props`: its
-        other MQTT 5 properties, passed on."""
+        other MQTT 5 properties, passed on. `origin`: the publisher's client id (a no-local subscription of its session
+        does not take it)."""
         if is_status_topic(topic):
             self.log_input("status topic", "client %s published to status topic %r, which only the outbox does: "
                            "dropped", sender, topic[:100])  # fmt: skip
@@ -359,7 +361,10 @@ class MqttEndpoint:
             if connection is None and qos == 0:
                 continue  # QoS 0 is not kept for absent clients
             dropped = session.dropped
-            if session.offer(topic, payload, qos, expires=expires, props=props) and connection is not None:
+            offered = session.offer(
+                topic, payload, qos, retain=retain, expires=expires, props=props, own=client_id == origin
+            )
+            if offered and connection is not None:
                 connection.wake.set()
             if session.dropped > dropped:
                 self.log_input("dropped", "no room: session %s had %d messages dropped in all, the oldest first",

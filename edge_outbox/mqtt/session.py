@@ -24,6 +24,11 @@ MAX_SUBSCRIPTIONS = 100
 # beyond either the oldest are dropped. A count alone let 10,000 messages of 1 MB wait for one absent app.
 MAX_QUEUED = 10_000
 MAX_QUEUED_BYTES = 8 << 20
+# A subscription's options, as MQTT 5's SUBSCRIBE carries them in one byte (3.1.1: the QoS alone).
+QOS_BITS = 0x03
+NO_LOCAL = 0x04  # not the subscriber's own messages
+RETAIN_AS_PUBLISHED = 0x08  # a message keeps its RETAIN flag
+SEND_RETAINED_IF_NEW, SEND_RETAINED_NEVER = 0x10, 0x20  # retain handling 1 and 2 (0: retained sent at SUBSCRIBE)
 
 
 def message_bytes(topic: str, payload: bytes) -> int:
@@ -142,7 +147,7 @@ class Session:
     client_id: str
     persistent: bool
     username: str | None = None
-    subscriptions: dict[str, int] = field(default_factory=dict)  # filter -> granted QoS
+    subscriptions: dict[str, int] = field(default_factory=dict)  # filter -> its options (QoS in QOS_BITS)
     status: StatusCursor = field(default_factory=lambda: StatusCursor(0))
     principal: str | None = None  # with app logins, the app it belongs to: nothing else of it is delivered
     window: int = 256  # QoS 1/2 messages in flight at once
@@ -176,19 +181,33 @@ class Session:
         """Whether subscribing to `topic_filter` stays within MAX_SUBSCRIPTIONS (a filter held already does)."""
         return topic_filter in self.subscriptions or len(self.subscriptions) < MAX_SUBSCRIPTIONS
 
-    def granted_qos(self, topic: str) -> int | None:
+    def subscribe(self, topic_filter: str, options: int) -> bool:
+        """Hold `topic_filter` with its options; whether its retained messages go out now (MQTT 5 retain handling:
+        always, for a new subscription only, or never)."""
+        new = topic_filter not in self.subscriptions
+        self.subscriptions[topic_filter] = options
+        return not options & SEND_RETAINED_NEVER and (new or not options & SEND_RETAINED_IF_NEW)
+
+    def granted_qos(self, topic: str, *, own: bool = False) -> int | None:
         """The highest QoS of the subscriptions matching `topic`, or None (one message per session).
+        `own`: the message is this session's client's, which a no-local subscription does not take."""
+        options = self.options_for(topic, own=own)
+        return None if options is None else options & QOS_BITS
+
+    def options_for(self, topic: str, *, own: bool = False) -> int | None:
+        """The options of the subscription of highest QoS matching `topic` (see `granted_qos`), or None.
 
         A subscription the session's app may not hold (one kept from before logins were turned on) never
         matches: what a session receives is checked against its app at delivery, not only at SUBSCRIBE."""
         best: int | None = None
-        for topic_filter, qos in self.subscriptions.items():
+        for topic_filter, options in self.subscriptions.items():
             if (
-                (best is None or qos > best)
+                (best is None or options & QOS_BITS > best & QOS_BITS)
+                and not (own and options & NO_LOCAL)
                 and matches(topic_filter, topic)
                 and may_subscribe(self.principal, topic_filter)
             ):
-                best = qos
+                best = options
         return best
 
     def offer(
@@ -201,14 +220,17 @@ class Session:
         seq: int = 0,
         expires: float | None = None,
         props: Passed | None = None,
+        own: bool = False,
     ) -> bool:
-        """Queue a published message if a subscription matches, at min(published, granted) QoS."""
-        granted = self.granted_qos(topic)
-        if granted is None:
+        """Queue a published message if a subscription matches, at min(published, granted) QoS; its RETAIN flag kept
+        only for a subscription that asks for it. `own`: published by this session's client (see `granted_qos`)."""
+        options = self.options_for(topic, own=own)
+        if options is None:
             if seq:
                 self.status.passed(seq)
             return False
-        self.enqueue(Message(topic, payload, min(qos, granted), retain, seq, expires, props))
+        retain = retain and bool(options & RETAIN_AS_PUBLISHED)
+        self.enqueue(Message(topic, payload, min(qos, options & QOS_BITS), retain, seq, expires, props))
         return True
 
     def enqueue(self, message: Message) -> None:

@@ -17,6 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from tests.support.edge import OutboxProcess, email, stored_ids, stored_sessions
 from tests.support.mqtt_raw import RawClient
@@ -247,6 +248,68 @@ def test_a_publishs_properties_reach_its_subscribers_as_a_broker_passes_them_on(
     finally:
         requester.close()
         responder.close()
+
+
+class Subscriber5:
+    """A paho MQTT 5 client that records (topic, payload, retain) of what it receives, and subscribes with options."""
+
+    def __init__(self, port: int, client_id: str) -> None:
+        self.got: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        connected = threading.Event()
+        self.client.on_connect = lambda *_args: connected.set()
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+        assert connected.wait(10), "no CONNACK"
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.got.append((message.topic, message.payload, bool(message.retain)))
+
+    def subscribe(self, topic_filter: str, **options: Any) -> None:
+        done = threading.Event()
+        self.client.on_subscribe = lambda *_args: done.set()
+        self.client.subscribe(topic_filter, options=SubscribeOptions(qos=1, **options))
+        assert done.wait(10), "no SUBACK"
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def until(self, topic: str) -> list[tuple[str, bytes, bool]]:
+        """What it got until a message on `topic` (which comes last), that one included."""
+        wait_until(lambda: any(t == topic for t, _p, _r in self.got), what=f"a message on {topic}")
+        with self._lock:
+            return list(self.got)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        release_paho(self.client)
+
+
+def test_no_local_retain_handling_and_retain_as_published_are_kept_to(outbox: OutboxProcess) -> None:
+    """The options of an MQTT 5 subscription were ignored: an app subscribed with no local got its own messages
+    back, one with retain handling 2 got the retained messages anyway (1: at every SUBSCRIBE again), and retain as
+    published never kept a message's RETAIN flag."""
+    app, other = Subscriber5(outbox.port, "v5-opts"), Subscriber5(outbox.port, "v5-other")
+    try:
+        other.publish("cfg/x", b"retained", retain=True)
+        app.subscribe("chat/#", noLocal=True)
+        app.publish("chat/mine", b"own")
+        other.publish("chat/theirs", b"theirs")
+        assert app.until("chat/theirs") == [("chat/theirs", b"theirs", False)]
+        app.subscribe("cfg/#", retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        app.subscribe("cfg/+", retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+        app.subscribe("cfg/+", retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)  # held already: not again
+        app.subscribe("rap/#", retainAsPublished=True)
+        other.publish("rap/live", b"kept flag", retain=True)
+        got = app.until("rap/live")[1:]
+        assert got == [("cfg/x", b"retained", True), ("rap/live", b"kept flag", True)]
+    finally:
+        app.close()
+        other.close()
 
 
 def test_a_string_that_is_not_utf8_closes_the_client_as_malformed_and_others_go_on(outbox: OutboxProcess) -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_outbox.mqtt.session import Passed, Session, StatusCursor
+from edge_outbox.mqtt.session import (
+    NO_LOCAL,
+    RETAIN_AS_PUBLISHED,
+    SEND_RETAINED_IF_NEW,
+    SEND_RETAINED_NEVER,
+    Passed,
+    Session,
+    StatusCursor,
+)
 
 
 def session(**subscriptions: int) -> Session:
@@ -141,3 +149,16 @@ def test_the_properties_passed_on_count_against_the_byte_bound() -> None:
     s.offer("t", b"b", 1, props=heavy)  # the two do not fit: the oldest goes
     assert [m.payload for m in s.queue] == [b"b"] and s.dropped == 1
     assert s.queued_bytes == len("t") + 1 + 601
+
+
+def test_subscription_options_no_local_retain_as_published_and_retain_handling() -> None:
+    s = Session("c", persistent=False)
+    assert s.subscribe("a/#", 1 | NO_LOCAL)
+    assert not s.offer("a/b", b"own", 1, own=True)
+    assert s.offer("a/b", b"theirs", 1, retain=True)  # its RETAIN flag dropped: not retain as published
+    assert s.subscribe("r/#", 1 | RETAIN_AS_PUBLISHED)
+    assert s.offer("r/x", b"kept", 0, retain=True)
+    assert [(m.payload, m.qos, m.retain) for m in s.queue] == [(b"theirs", 1, False), (b"kept", 0, True)]
+    assert not s.subscribe("n/#", 2 | SEND_RETAINED_NEVER)
+    assert s.subscribe("i/#", 2 | SEND_RETAINED_IF_NEW) and not s.subscribe("i/#", 2 | SEND_RETAINED_IF_NEW)
+    assert s.granted_qos("i/1") == 2

@@ -123,7 +123,7 @@ class Connection:
                 await self.writer.wait_closed()
             self.endpoint.detach(self)
             self.closed.set()
-            if self._will is not None and not self._graceful:
+            if self._will is not None and not self._graceful and not self.endpoint.stopping:
                 await self._publish_will(self._will)
 
     async def _read_packets(self) -> list[tuple[int, bytes]]:

@@ -66,6 +66,9 @@ class MqttEndpoint:
         self._sweeping: asyncio.Task[None] | None = None
         self._interested: set[str] = set()  # client ids of the sessions that subscribe to statuses
         self._input_logs: dict[str, LogThrottle] = {}  # by kind of line: see `log_input`
+        # The outbox is stopping: the connections it closes now are no failure of their clients, whose wills are not
+        # sent (a will on an intake topic, "the app is down", was stored as an intent at every restart of the outbox).
+        self.stopping = False
         feed.listen(self._status_arrived)
         feed.wanted = False
 
@@ -105,6 +108,7 @@ class MqttEndpoint:
         self._sweeping = asyncio.create_task(self._keep_sessions(), name="mqtt-sessions")
 
     async def stop(self) -> None:
+        self.stopping = True
         if self._server is not None:
             self._server.close()
         for connection in list(self._connections.values()):

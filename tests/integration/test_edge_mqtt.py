@@ -468,3 +468,22 @@ def test_an_app_back_on_its_client_id_is_not_held_by_its_old_connection_that_sto
     publisher.publish("t/x", b"after", 1)
     wait_until(lambda: back.messages(1)[0].payload == b"after", what="the session's messages, then the new one")
     hung.close()
+
+
+def test_a_will_is_sent_when_its_client_fails_not_when_the_outbox_stops(outbox: OutboxProcess) -> None:
+    # An app's will on an intake topic ("email ops: the hvac app is down") was stored as an intent each time the
+    # outbox stopped (an upgrade, systemctl restart) while the app was fine: every restart a false alarm.
+    def will(intent_id: str) -> p.Will:
+        return p.Will("outbox/hvac/email.send", json.dumps(email(intent_id)).encode(), 1, False)
+
+    failing = RawClient(outbox.port)
+    failing.connect("hvac-1", will=will("hvac-1-down"))
+    failing.close()  # gone without DISCONNECT: its will is sent
+    wait_until(lambda: stored_ids(outbox.data_dir).get("hvac-1-down") == "accepted", what="the failed client's will")
+    fine = RawClient(outbox.port)
+    fine.connect("hvac-2", will=will("hvac-2-down"))
+    try:
+        assert outbox.stop() == 0
+    finally:
+        fine.close()
+    assert "hvac-2-down" not in stored_ids(outbox.data_dir)

@@ -186,6 +186,7 @@ class V5:
         self._window = window
         self._max_packet = max_packet
         self.client_max: int | None = None  # the client's maximum packet size, once its CONNECT is read
+        self.problem_info = True  # the client's request problem information: False, no reason string on a PUBACK
 
     def decode(self, first: int, body: bytes) -> p.Packet:
         check_strings(first, body)  # before the codec, which prints a traceback and a panic for such a string
@@ -199,6 +200,7 @@ class V5:
             return p.Publish(packet.topic, bytes(packet.payload), int(packet.qos), packet.retain, packet.duplicate,
                              packet.packet_id, packet.message_expiry_interval, _passed(packet))  # fmt: skip
         if isinstance(packet, mqtt5.ConnectPacket):
+            self.problem_info = packet.request_problem_info
             will = None
             _no_nul(packet.client_id, packet.username)
             if packet.will is not None:
@@ -264,7 +266,10 @@ class V5:
         )
 
     def ack(self, kind: Type, packet_id: int, verdict: Verdict = OK) -> bytes:
-        data = self._ack(kind, packet_id, verdict.code, readable(verdict.why)[:200] or None)  # no U+0000 in MQTT 5
+        # A client that asked for no problem information takes a reason string on a PUBACK as a protocol error
+        # [MQTT-3.1.2-29]: it left at each rejected intent, and sent it again on its next connection.
+        why = readable(verdict.why)[:200] if self.problem_info else ""  # readable: no U+0000 in MQTT 5
+        data = self._ack(kind, packet_id, verdict.code, why or None)
         if self.client_max is not None and len(data) > self.client_max:
             # The reason string is left out rather than go past the client's maximum [MQTT-3.4.2-2]
             data = self._ack(kind, packet_id, verdict.code, None)

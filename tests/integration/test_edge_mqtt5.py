@@ -104,6 +104,21 @@ def test_puback_reason_codes_say_what_became_of_each_intent(outbox: OutboxProces
     assert " ERROR " not in outbox.log()
 
 
+def test_a_client_that_asks_for_no_problem_information_gets_no_reason_string(outbox: OutboxProcess) -> None:
+    """A PUBACK of a rejected intent carried its reason string whatever the client asked: one that set request
+    problem information 0 must take that as a protocol error [MQTT-3.1.2-29], leave, and send the intent again on
+    its next connection. Now it gets the reason code alone."""
+    with socket.create_connection(("127.0.0.1", outbox.port), timeout=10) as sock:
+        sock.sendall(bytes(mqtt5.ConnectPacket("v5-quiet", request_problem_info=False).write()))
+        connack, _size = mqtt5.read(memoryview(sock.recv(1024)))
+        assert isinstance(connack, mqtt5.ConnAckPacket) and connack.reason_code == 0, connack
+        bad = json.dumps({"id": "v5-quiet", "to": "not an address"}).encode()
+        sock.sendall(bytes(mqtt5.PublishPacket("outbox/v5/email.send", bad, qos=mqtt5.QoS(1), packet_id=7).write()))
+        puback, _size = mqtt5.read(memoryview(sock.recv(1024)))
+    assert isinstance(puback, mqtt5.PubAckPacket) and puback.packet_id == 7
+    assert (int(puback.reason_code), puback.reason_str) == (0x99, None)
+
+
 def test_nothing_over_the_clients_maximum_packet_size_is_sent_to_it(outbox: OutboxProcess) -> None:
     """A client's maximum packet size was ignored: a status too large for it (a rejection's detail) was sent
     anyway, which such a client takes as a protocol error [MQTT-3.1.2-24] and disconnects, to be sent it again

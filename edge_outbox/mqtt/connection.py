@@ -22,7 +22,7 @@ from edge_outbox.mqtt.answers import Answers, shut
 from edge_outbox.mqtt.dialect import V311, Dialect, dialect_of
 from edge_outbox.mqtt.fill import REPLAY_CHUNK, Replay, queue_replay, queue_statuses
 from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS, QOS_BITS, Send, Session
-from edge_outbox.mqtt.topics import STATUS_SHAPE, may_match, may_publish, may_subscribe, valid_filter
+from edge_outbox.mqtt.topics import is_status_topic, may_publish, may_subscribe, refusal, valid_filter
 from edge_outbox.status import STATUS_RETRY_S, StatusFeed
 from intent_contract import mqtt_packets as p
 from intent_contract.errors import MalformedPacketError
@@ -37,13 +37,6 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 WRITE_HIGH_WATER = 1 << 20
 CONNECT_BYTE = 0x10
-
-
-def note_subscriptions(session: Session) -> None:
-    """The session's subscriptions changed: note whether one of them can match a status topic. Kept, not asked
-    at each wake of its connection nor for each status event: a scan of every filter each time made another
-    app's publish 90 times slower with 100,000 filters."""
-    session.wants_statuses = any(may_match(f, STATUS_SHAPE) for f in session.subscriptions)
 
 
 class _NotMqttError(Exception):
@@ -270,7 +263,7 @@ class Connection:
         elif isinstance(packet, p.Unsubscribe):
             for topic_filter in packet.filters:
                 session.subscriptions.pop(topic_filter, None)
-            note_subscriptions(session)
+            session.note_subscriptions()
             self.endpoint.status_interest_changed(session.client_id)
             saved = self._save(session)
             self._answers.add(saved, self.dialect.unsuback(packet.packet_id, len(packet.filters)))
@@ -299,6 +292,7 @@ class Connection:
         topic, qos = packet.topic, packet.qos
         intake = self.endpoint.intake
         ready: asyncio.Future[Any] | None = None
+        verdict: d.Verdict | None = None  # a refusal of a topic the client may not publish to
         if qos2_in.is_resend(session, packet):
             assert packet.packet_id is not None
             ready = session.incoming_qos2[packet.packet_id]
@@ -307,6 +301,13 @@ class Connection:
             ready = intake.submit(
                 topic, packet.payload, principal=self.principal, expiry_s=packet.expiry_s, size=size, taken=taken
             )
+        elif (why := refusal(self.principal, topic)) is not None:  # acknowledged as refused (MQTT 5: 0x87)
+            verdict = d.Verdict(d.NOT_AUTHORIZED, why)
+            if is_status_topic(topic):  # dropped and logged there, as a will on one is
+                self.endpoint.route(topic, packet.payload, qos, packet.retain, self.name)
+            else:  # dropped without a word, and an MQTT 5 client told it was taken
+                self.endpoint.log_input("acl", "client %s may not publish to %r: %s; dropped", self.name, topic[:100],
+                                        why, level=logging.INFO, context=self.context())  # fmt: skip
         elif (app := intake.replay_app(topic)) is not None:
             after = replay_after(packet.payload)
             if after is None:
@@ -317,10 +318,10 @@ class Connection:
                     packet.payload[:100],
                     context={**self.context(), "app": app},
                 )
-            elif may_publish(self.principal, topic):
+            else:
                 self._replay = Replay(app, after)
                 self.wake.set()
-        elif may_publish(self.principal, topic):
+        else:
             self.endpoint.route(
                 topic, packet.payload, qos, packet.retain, self.name, packet.expiry_s, packet.props, self.client_id
             )
@@ -331,7 +332,8 @@ class Connection:
                 session.incoming_qos2[packet_id] = ready
                 ready = None if ready is None else asyncio.shield(ready)
             if dialect.version == 5:  # its acknowledgement can name a refusal: made once the commit is done
-                self._answers.add(ready, lambda result: dialect.ack(kind, packet_id, d.intake_verdict(result)))
+                verdict_of = d.intake_verdict if verdict is None else lambda _result: verdict
+                self._answers.add(ready, lambda result: dialect.ack(kind, packet_id, verdict_of(result)))
             else:
                 self._answers.add(ready, dialect.ack(kind, packet_id))
         elif ready is not None:
@@ -362,7 +364,7 @@ class Connection:
             codes.append(options & QOS_BITS)
             if session.subscribe(topic_filter, options):
                 granted.append((topic_filter, options & QOS_BITS))
-        note_subscriptions(session)
+        session.note_subscriptions()
         self.endpoint.status_interest_changed(session.client_id)
 
         def deliver_retained() -> None:

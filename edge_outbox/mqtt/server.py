@@ -26,7 +26,7 @@ from typing import Any
 
 from edge_outbox.errors import ConfigError, StorageError
 from edge_outbox.intake import REFUSAL_LOG_INTERVAL
-from edge_outbox.mqtt.connection import Connection, note_subscriptions
+from edge_outbox.mqtt.connection import Connection
 from edge_outbox.mqtt.dialect import SERVER_SHUTTING_DOWN, SESSION_TAKEN_OVER
 from edge_outbox.mqtt.ports import Authenticator, EndpointSettings, IntakePort, SessionsPort, keeps_session
 from edge_outbox.mqtt.retained import Retained
@@ -92,7 +92,7 @@ class MqttEndpoint:
                 incoming_qos2=dict.fromkeys(record.taken),
             )
             self.sessions[record.client_id] = session
-            note_subscriptions(session)
+            session.note_subscriptions()
             self.status_interest_changed(record.client_id)
         try:
             self._server = await asyncio.start_server(

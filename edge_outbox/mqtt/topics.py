@@ -73,6 +73,15 @@ def may_publish(principal: str | None, topic: str) -> bool:
     )
 
 
+def refusal(principal: str | None, topic: str) -> str | None:
+    """Why a client may not publish to `topic`, not an intake topic (None: it may)."""
+    if is_status_topic(topic):
+        return "only the outbox publishes on status topics"
+    if not may_publish(principal, topic):
+        return f"app {principal!r} may publish only under outbox/{principal}/"
+    return None
+
+
 def may_subscribe(principal: str | None, topic_filter: str) -> bool:
     """With logins, an app subscribes only to its own statuses."""
     return principal is None or topic_filter.startswith(f"outbox/{principal}/status/")

@@ -17,7 +17,7 @@ import mqtt5
 import pytest
 
 from edge_outbox.errors import StorageError
-from edge_outbox.mqtt import connection
+from edge_outbox.mqtt import session as session_module
 from edge_outbox.mqtt.server import MqttEndpoint
 from edge_outbox.mqtt.session import MAX_SUBSCRIPTIONS
 from edge_outbox.mqtt.topics import MAX_FILTER_BYTES
@@ -87,14 +87,14 @@ async def test_a_session_that_wants_no_statuses_has_its_filters_scanned_only_whe
     outbox: Outbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     scans = 0
-    real_may_match = connection.may_match
+    real_may_match = session_module.may_match
 
     def counted(topic_filter: str, shape: tuple[str | None, ...]) -> bool:
         nonlocal scans
         scans += 1
         return real_may_match(topic_filter, shape)
 
-    monkeypatch.setattr(connection, "may_match", counted)
+    monkeypatch.setattr(session_module, "may_match", counted)
     endpoint, feed = endpoint_of(outbox), outbox.feed
     assert feed is not None
     quiet, publisher = RawClient(outbox.settings.listen_port), RawClient(outbox.settings.listen_port)

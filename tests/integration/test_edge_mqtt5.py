@@ -19,6 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge_outbox.apps_auth import hash_password
 from tests.support.edge import OutboxProcess, email, stored_ids, stored_sessions
 from tests.support.mqtt_raw import RawClient
 from tests.support.net import free_port, release_paho, wait_until
@@ -117,6 +118,46 @@ def test_a_client_that_asks_for_no_problem_information_gets_no_reason_string(out
         puback, _size = mqtt5.read(memoryview(sock.recv(1024)))
     assert isinstance(puback, mqtt5.PubAckPacket) and puback.packet_id == 7
     assert (int(puback.reason_code), puback.reason_str) == (0x99, None)
+
+
+def test_a_publish_the_app_may_not_make_is_acknowledged_as_not_authorized(tmp_path: Path) -> None:
+    """With app logins, a publish outside the app's topics (another app's replay topic, any other topic) and one on a
+    status topic were dropped and acknowledged with success: the app was told its message was taken. Now MQTT 5's
+    PUBACK says 0x87 and why, and the log names the topic."""
+    users = tmp_path / "users"
+    users.write_text(f"appa:{hash_password('pa')}\n")
+    with OutboxProcess(tmp_path / "data", free_port(), "--users", str(users)) as outbox:
+        sock = socket.create_connection(("127.0.0.1", outbox.port), timeout=10)
+        with sock:
+            sock.sendall(bytes(mqtt5.ConnectPacket("appa-1", username="appa", password=b"pa").write()))
+            (connack,) = _read5(sock, 1)
+            assert isinstance(connack, mqtt5.ConnAckPacket) and connack.reason_code == 0, connack
+            topics = ["elsewhere/x", "outbox/appb/replay", "outbox/appa/status/a-1"]
+            for packet_id, topic in enumerate(topics, 1):
+                publish = mqtt5.PublishPacket(topic, b'{"after": 0}', qos=mqtt5.QoS(1), packet_id=packet_id)
+                sock.sendall(bytes(publish.write()))
+            answers = [(a.packet_id, int(a.reason_code), a.reason_str) for a in _read5(sock, len(topics))]
+    assert answers == [
+        (1, 0x87, "app 'appa' may publish only under outbox/appa/"),
+        (2, 0x87, "app 'appa' may publish only under outbox/appa/"),
+        (3, 0x87, "only the outbox publishes on status topics"),
+    ]
+    assert "may not publish to 'elsewhere/x'" in outbox.log()
+
+
+def _read5(sock: socket.socket, count: int) -> list[Any]:
+    """The next `count` MQTT 5 packets from `sock`."""
+    data, packets = b"", []
+    while len(packets) < count:
+        data += sock.recv(65536)
+        while data:
+            try:
+                packet, size = mqtt5.read(memoryview(data))
+            except IndexError:  # mqtt5: not a whole packet yet
+                break
+            packets.append(packet)
+            data = data[size:]
+    return packets
 
 
 def test_nothing_over_the_clients_maximum_packet_size_is_sent_to_it(outbox: OutboxProcess) -> None:

@@ -346,10 +346,12 @@ class Connection:
         granted: list[tuple[str, int]] = []
         context = self.context()
         for topic_filter, options in packet.filters:
-            if not valid_filter(topic_filter):
-                self.endpoint.log_input("filter", "client %s may not subscribe to %r: not a valid filter",
-                                        self.name, topic_filter[:100], level=logging.INFO, context=context)  # fmt: skip
-                codes.append(d.TOPIC_FILTER_INVALID)
+            shared = topic_filter.startswith("$share/")  # not offered (CONNACK says so): it would match nothing
+            if shared or not valid_filter(topic_filter):
+                why = "shared subscriptions are not supported" if shared else "not a valid filter"
+                self.endpoint.log_input("filter", "client %s may not subscribe to %r: %s", self.name,
+                                        topic_filter[:100], why, level=logging.INFO, context=context)  # fmt: skip
+                codes.append(d.SHARED_NOT_SUPPORTED if shared else d.TOPIC_FILTER_INVALID)
                 continue
             if not may_subscribe(self.principal, topic_filter):
                 self.endpoint.log_input("filter", "client %s may not subscribe to %r", self.name, topic_filter[:100],

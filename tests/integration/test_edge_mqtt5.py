@@ -160,6 +160,26 @@ def _read5(sock: socket.socket, count: int) -> list[Any]:
     return packets
 
 
+def test_a_shared_subscription_is_refused_not_granted_for_nothing(outbox: OutboxProcess) -> None:
+    """CONNACK says shared subscriptions are not available, yet one was granted, as a filter that begins with the
+    level `$share` and so matches no topic anyone publishes: the app's workers waited for jobs that never came.
+    Now it is refused, 0x9E (3.1.1: 0x80), and the other filters of the SUBSCRIBE are granted."""
+    with socket.create_connection(("127.0.0.1", outbox.port), timeout=10) as sock:
+        sock.sendall(bytes(mqtt5.ConnectPacket("v5-worker").write()))
+        (connack,) = _read5(sock, 1)
+        assert connack.shared_subscription_available is False
+        filters = [mqtt5.TopicFilter(f, max_qos=mqtt5.QoS(1)) for f in ("$share/workers/jobs/#", "jobs/#")]
+        sock.sendall(bytes(mqtt5.SubscribePacket(1, filters).write()))
+        (suback,) = _read5(sock, 1)
+    assert [int(code) for code in suback.reason_codes] == [0x9E, 1]
+    legacy = RawClient(outbox.port)
+    try:
+        legacy.connect("v311-worker")
+        assert legacy.subscribe("$share/workers/jobs/#", 1) == (0x80,)
+    finally:
+        legacy.close()
+
+
 def test_nothing_over_the_clients_maximum_packet_size_is_sent_to_it(outbox: OutboxProcess) -> None:
     """A client's maximum packet size was ignored: a status too large for it (a rejection's detail) was sent
     anyway, which such a client takes as a protocol error [MQTT-3.1.2-24] and disconnects, to be sent it again

@@ -301,6 +301,8 @@ class Connection:
             ready = intake.submit(
                 topic, packet.payload, principal=self.principal, expiry_s=packet.expiry_s, size=size, taken=taken
             )
+            if qos == 2 and self.dialect.version == 5:  # a PUBREC that refuses frees its packet id
+                ready = qos2_in.freed_if_refused(session, packet, ready, self.endpoint.sessions_port)
         elif (why := refusal(self.principal, topic)) is not None:  # acknowledged as refused (MQTT 5: 0x87)
             verdict = d.Verdict(d.NOT_AUTHORIZED, why)
             if is_status_topic(topic):  # dropped and logged there, as a will on one is
@@ -329,7 +331,8 @@ class Connection:
             assert packet.packet_id is not None
             kind, packet_id, dialect = (Type.PUBACK if qos == 1 else Type.PUBREC), packet.packet_id, self.dialect
             if qos == 2:  # shielded: this connection's end cancels what its answers await, and a resend awaits it too
-                session.incoming_qos2[packet_id] = ready
+                if verdict is None or dialect.version != 5:  # (one refused in its PUBREC is done: its id is free)
+                    session.incoming_qos2[packet_id] = ready
                 ready = None if ready is None else asyncio.shield(ready)
             if dialect.version == 5:  # its acknowledgement can name a refusal: made once the commit is done
                 verdict_of = d.intake_verdict if verdict is None else lambda _result: verdict

@@ -64,6 +64,11 @@ OK = Verdict()
 VerdictOf = Callable[[Any], Verdict]  # the verdict of a commit's result
 
 
+def refuses(result: object) -> bool:
+    """Whether the MQTT 5 acknowledgement of an intake publish refuses it (a reason code of 0x80 or more)."""
+    return intake_verdict(result).code >= UNSPECIFIED
+
+
 def intake_verdict(result: object) -> Verdict:
     """What an acknowledgement of an intake publish says: refused input is stored, and named (MQTT 5)."""
     row = getattr(result, "row", None)

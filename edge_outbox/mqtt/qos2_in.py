@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from edge_outbox.mqtt.dialect import refuses
 from edge_outbox.mqtt.ports import SessionsPort
 from edge_outbox.mqtt.session import Session
 from intent_contract import mqtt_packets as p
@@ -50,3 +51,21 @@ async def _released(client_id: str, packet_id: int, taken: asyncio.Future[Any] |
     if taken is not None:  # its intent's commit, which stores the id, comes first
         await asyncio.shield(taken)
     await port.release(client_id, packet_id)
+
+
+def freed_if_refused(
+    session: Session, packet: p.Publish, ready: asyncio.Future[Any], port: SessionsPort
+) -> asyncio.Future[Any]:
+    """`ready` (an MQTT 5 client's QoS 2 intent committed), then, if its PUBREC `refuses` it, its packet id freed, in
+    the database first. Such a PUBREC ends the exchange: no PUBREL comes and the client uses the id for its next
+    message [MQTT-4.3.3], which was taken for a resend of the refused one, answered with its refusal and lost."""
+
+    async def freed() -> Any:
+        result = await ready
+        if refuses(result) and packet.packet_id is not None:
+            session.incoming_qos2.pop(packet.packet_id, None)
+            if session.persistent:
+                await port.release(session.client_id, packet.packet_id)
+        return result
+
+    return asyncio.ensure_future(freed())

@@ -180,6 +180,34 @@ def test_a_shared_subscription_is_refused_not_granted_for_nothing(outbox: Outbox
         legacy.close()
 
 
+def test_a_qos2_intent_refused_in_its_pubrec_frees_its_packet_id_for_the_next(outbox: OutboxProcess) -> None:
+    """A PUBREC of reason code 0x80 or more ends a QoS 2 exchange: the client sends no PUBREL and uses the packet id
+    again [MQTT-4.3.3]. The outbox kept the id as taken, so the next intent under it was taken for a resend of the
+    refused one: answered with the old refusal and never stored. Lost, for a clean and a persistent session alike."""
+    for client_id, expiry in (("q2-clean", 0), ("q2-kept", 3600)):
+        with socket.create_connection(("127.0.0.1", outbox.port), timeout=10) as sock:
+            sock.sendall(bytes(mqtt5.ConnectPacket(client_id, session_expiry_interval=expiry).write()))
+            _read5(sock, 1)
+            answers = []
+            for intent in ({"id": f"{client_id}-bad", "to": "x"}, email(f"{client_id}-good")):
+                body = json.dumps(intent).encode()
+                sock.sendall(
+                    bytes(mqtt5.PublishPacket("outbox/q2/email.send", body, qos=mqtt5.QoS(2), packet_id=5).write())
+                )
+                (pubrec,) = _read5(sock, 1)
+                answers.append(int(pubrec.reason_code))
+            sock.sendall(bytes(mqtt5.PubRelPacket(5).write()))
+            (pubcomp,) = _read5(sock, 1)
+        assert answers == [0x99, 0] and isinstance(pubcomp, mqtt5.PubCompPacket)
+        stored = stored_ids(outbox.data_dir)
+        assert (stored[f"{client_id}-bad"], stored.get(f"{client_id}-good")) == ("rejected", "accepted")
+    conn = sqlite3.connect(outbox.data_dir / "outbox.db")
+    try:  # and the persistent session's ids are not kept taken in the database
+        assert conn.execute("SELECT client_id, packet_id FROM qos2_taken").fetchall() == []
+    finally:
+        conn.close()
+
+
 def test_nothing_over_the_clients_maximum_packet_size_is_sent_to_it(outbox: OutboxProcess) -> None:
     """A client's maximum packet size was ignored: a status too large for it (a rejection's detail) was sent
     anyway, which such a client takes as a protocol error [MQTT-3.1.2-24] and disconnects, to be sent it again

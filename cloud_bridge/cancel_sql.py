@@ -78,20 +78,21 @@ def end_asked(intents: SqlIntents, entry: LedgerEntry, now: float) -> LedgerEntr
     try taken back), audited and counted as an operator's cancel; None when it is no longer so held. A row
     asked again meanwhile (another operator) is ended for the last ask."""
     for _ in range(3):
-        ended = _end_asked(intents, entry, now)
-        if isinstance(ended, LedgerEntry) or ended is None:
-            return ended
-        entry = ended[0]
+        ended, row = _end_asked(intents, entry, now)
+        if ended or row is None:
+            return row
+        entry = row  # asked again meanwhile: ended for the last ask
     return None
 
 
-def _end_asked(intents: SqlIntents, entry: LedgerEntry, now: float) -> LedgerEntry | tuple[LedgerEntry] | None:
-    """`end_asked` once: the row ended, or (the row as it now is) when only its ask changed, or None."""
+def _end_asked(intents: SqlIntents, entry: LedgerEntry, now: float) -> tuple[bool, LedgerEntry | None]:
+    """`end_asked` once: (True, the row ended); (False, the row as it now is) when only its ask changed; (False,
+    None) when it is no longer so held."""
     from cloud_bridge.intent_sql import CANCELLED, cancel_detail, cancel_detail_sql, operator_detail  # noqa: PLC0415
 
     operator = entry.cancel_pending
     if operator is None:
-        return None
+        return False, None
     where, params = _held(entry)
     with intents.transaction() as conn:
         changed = intents.run(
@@ -106,9 +107,9 @@ def _end_asked(intents: SqlIntents, entry: LedgerEntry, now: float) -> LedgerEnt
         if not changed:
             same = (now_is.state, now_is.owner, now_is.attempt, now_is.tries)
             held = same == (EntryState.RUNNING, entry.owner, entry.attempt, entry.tries)
-            return (now_is,) if held and now_is.cancel_ask != entry.cancel_ask else None
+            return False, now_is if held and now_is.cancel_ask != entry.cancel_ask else None
         intents.record(conn, now_is, LedgerEvent.CANCEL, CANCELLED, now)
-    return now_is
+    return True, now_is
 
 
 def answer_started(intents: SqlIntents, entry: LedgerEntry) -> bool:

@@ -120,3 +120,9 @@ def link_failure(failure: str, bridge_host: str) -> tuple[str, str]:
             " the CA that signs the bridge's certificate in that file (read at each connect)"
         )
     return "bridge_certificate", f"the bridge's certificate does not verify ({failure}): {fix}"
+
+
+def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception that is no group: what ended a connection's TaskGroup."""
+    first = group.exceptions[0]
+    return first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -33,7 +33,8 @@ from edge_outbox.device_check import check_device
 from edge_outbox.errors import StorageError
 from edge_outbox.fleet_link import DeviceReporter, ReporterSettings, disk_facts
 from edge_outbox.fleet_report import EdgeFacts, RecentErrors
-from edge_outbox.forward_wire import LinkSnapshot, LinkState, encode_rows, link_failure
+from edge_outbox.forward_recheck import Recheck
+from edge_outbox.forward_wire import LinkSnapshot, LinkState, encode_rows, first_leaf, link_failure
 from edge_outbox.identity import Identity
 from edge_outbox.link_gate import LinkGate
 from edge_outbox.link_rate import AckRate
@@ -84,6 +85,7 @@ class Forwarder:
         self._wake = asyncio.Event()
         self._stopping = False
         self._window = SendWindow(settings.window, BATCHES_IN_FLIGHT, int(settings.ack_timeout_s * 1000))
+        self._recheck = Recheck(clock_ms())
         self._connected_at = 0
         self._state = LinkState.OFFLINE
         self._since = clock_ms()
@@ -312,7 +314,7 @@ class Forwarder:
                     group.create_task(self._reporter.report_loop(client))
             except BaseExceptionGroup as failed:
                 # Report the first failure as itself, so run() can tell a lost link from a token refresh.
-                raise _first_leaf(failed) from None
+                raise first_leaf(failed) from None
             finally:
                 self._reporter.stop()
 
@@ -342,6 +344,8 @@ class Forwarder:
                     sent_before=window.sent_before(now),
                     now=now,
                 )
+                if not rows:  # nothing new: a forwarded intent's result may never come (forward_recheck)
+                    rows = await self._recheck.take(self._store, min(s.batch_items, room), s.batch_bytes, now)
             if not rows:
                 try:
                     async with asyncio.timeout(s.idle_poll_s):
@@ -427,8 +431,3 @@ class Forwarder:
                     await self._wake.wait()
             except TimeoutError:
                 pass
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

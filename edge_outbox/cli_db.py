@@ -24,4 +24,4 @@ def connection(data_dir: Path) -> Iterator[sqlite3.Connection]:
     except sqlite3.Error as exc:
         if not is_storage_fault(exc):
             raise
-        raise StorageError(f"database error: {exc}") from exc
+        raise StorageError(db.fault_text(data_dir, exc, "database error in")) from exc

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from edge_outbox.errors import ConfigError
 from edge_outbox.states import FINAL, PENDING, State, sql_set, unknown_state
-from intent_contract import sqlite_wal
+from intent_contract import sqlite_faults, sqlite_wal
 
 DB_NAME = "outbox.db"
 # meta keys the running outbox keeps for itself and for `edge-outbox status`
@@ -214,6 +214,19 @@ class StatusEvent(NamedTuple):
 
 def db_path(data_dir: Path) -> Path:
     return data_dir / DB_NAME
+
+
+def fault_text(data_dir: Path, exc: sqlite3.Error, failed: str) -> str:
+    """The one line for a fault of the database: `failed` ("could not commit to") and the file, or what to do
+    with a damaged one (a disk-full-like "could not commit" sent operators looking at the disk)."""
+    path = db_path(data_dir)
+    if sqlite_faults.is_damaged(exc):
+        return (
+            f"{path} is damaged or not an outbox database ({exc}); `edge-outbox run` does not start on it (nor makes"
+            f" a new one). Stop the outbox, keep a copy of the data dir (SQLite's tools may save some of what it"
+            f" holds), then restore the last backup of {DB_NAME} (docs/durability.md: what a restored one sends again)"
+        )
+    return f"{failed} {path}: {exc}"
 
 
 # Applying the bridge's acks uses UPDATE ... FROM (SQLite 3.33) and the JSON functions (built in from 3.38;

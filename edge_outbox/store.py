@@ -94,7 +94,7 @@ class Store:
         try:
             return await asyncio.to_thread(run)
         except sqlite3.Error as exc:
-            raise StorageError(f"could not read {db.db_path(self.data_dir)}: {exc}") from exc
+            raise StorageError(db.fault_text(self.data_dir, exc, "could not read")) from exc
 
     def _connect(self) -> sqlite3.Connection:
         conn = db.connect(self.data_dir)
@@ -103,7 +103,7 @@ class Store:
 
     def _convert(self, exc: BaseException) -> BaseException:
         if isinstance(exc, sqlite3.Error):
-            return StorageError(f"could not commit to {db.db_path(self.data_dir)}: {exc}")
+            return StorageError(db.fault_text(self.data_dir, exc, "could not commit to"))
         return exc
 
     def _report_events(self, conn: sqlite3.Connection) -> None:

@@ -15,7 +15,16 @@ _FAULTS = frozenset(
 )
 
 
+def _primary(exc: sqlite3.Error) -> str:
+    name: str = getattr(exc, "sqlite_errorname", None) or ""  # e.g. SQLITE_IOERR_WRITE; absent for API misuse
+    return name.removeprefix("SQLITE_").split("_")[0]
+
+
 def is_storage_fault(exc: sqlite3.Error) -> bool:
     """True for an error of the disk or the database file; False for one of our SQL or API use."""
-    name: str = getattr(exc, "sqlite_errorname", None) or ""  # e.g. SQLITE_IOERR_WRITE; absent for API misuse
-    return name.removeprefix("SQLITE_").split("_")[0] in _FAULTS
+    return _primary(exc) in _FAULTS
+
+
+def is_damaged(exc: sqlite3.Error) -> bool:
+    """True when the file is no SQLite database or a damaged one: no retry mends it, an operator must."""
+    return _primary(exc) in {"CORRUPT", "NOTADB"}

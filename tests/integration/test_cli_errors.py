@@ -117,6 +117,33 @@ def test_edge_a_database_without_the_outbox_tables_is_one_line(tmp_path: Path) -
         "SELECT name FROM sqlite_master")}  # fmt: skip
 
 
+def test_edge_a_damaged_database_is_named_damaged_and_left_as_it_is(tmp_path: Path) -> None:
+    """A database with damaged pages (a failing SD card, a power cut on a disk that lies about fsync): `run`
+    said `could not commit to ...: database disk image is malformed`, which reads as a full disk, with no word
+    on what to do. It still refuses, leaves the file as it is, and says it is damaged and how to get the queue
+    back."""
+    conn = db.connect(tmp_path)
+    rows = [(f"i{n}", "a", "email.send", "accepted", 1, 1, b"x" * 500, 500) for n in range(2000)]
+    conn.executemany(
+        "INSERT INTO intents(id, app, kind, state, created, updated, payload, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    path = tmp_path / db.DB_NAME
+    damaged = bytearray(path.read_bytes())
+    damaged[5 * 4096 : 40 * 4096] = b"Z" * (35 * 4096)  # the header is whole: SQLite opens it
+    path.write_bytes(damaged)
+    wanted = f"{path} is damaged or not an outbox database (database disk image is malformed)"
+    for args in (("run", "--listen", f"127.0.0.1:{free_port()}"), ("status",)):
+        result = run_cli("edge_outbox", *args, "--data-dir", str(tmp_path))
+        assert_one_line(result, wanted)
+        assert (
+            "keep a copy of the data dir" in result.stderr and "restore the last backup of outbox.db" in result.stderr
+        )
+    assert path.read_bytes() == damaged
+
+
 # -- cloud-bridge ------------------------------------------------------------------------------
 
 

@@ -14,13 +14,17 @@ file's name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from edge_outbox.errors import ConfigError
+from edge_outbox.settings import parse_host_port
+from edge_outbox.windows import parse_windows
 from intent_contract.errors import DecodeError
+from intent_contract.sizes import parse_size
 from intent_contract.toml_file import read_toml
 
 # Options that a file must not hold: secrets come from the environment or a file of their own.
@@ -29,6 +33,18 @@ NOT_IN_FILE = frozenset({"attach_password"})
 # how long without a link is unhealthy (`status` answered with its own default of 1 h while the outbox's
 # /healthz used the file's `max_offline`: a site with forward windows failed its health check every day).
 SHARED = ("data_dir", "max_offline")
+# Values `run` reads only in its body, after click (which stops at the first bad option, and names the flag,
+# not the file): checked here too, so that each bad one is named with the others. Until December 2026 a file
+# with `retention = "7x"` and `listen = "x"` said only "Invalid value for '--retention'", and the next start
+# the next one.
+_READ_BY_RUN: dict[str, Callable[[Any], object]] = {
+    "listen": lambda text: parse_host_port(text, "--listen"),
+    "metrics": lambda text: parse_host_port(text, "--metrics", default_port=9464),
+    "max_queue_bytes": parse_size,
+    "forward_window": parse_windows,
+}
+# A value not echoed in an error: an attach URL may hold a user's password (refused, but not to be shown).
+_NOT_SHOWN = frozenset({"attach"})
 
 
 def _wrong_type(param: click.Option, value: object) -> str | None:
@@ -65,17 +81,22 @@ def load(path: Path, group: click.Group, ctx: click.Context) -> dict[str, dict[s
         if param is None:
             errors.append(f"{key}: not an option of `edge-outbox run` (known: {', '.join(sorted(params))})")
             continue
+        shown = key if key in _NOT_SHOWN else f"{key} = {value!r}"
         problem = _wrong_type(param, value)
         if problem is not None:
-            errors.append(f"{key} = {value!r}: {problem}")
+            errors.append(f"{shown}: {problem}")
             continue
         try:
-            param.type_cast_value(ctx, value)
+            param.process_value(ctx, value)  # its type, and its callback (a duration's)
+            if (check := _READ_BY_RUN.get(key)) is not None:
+                check(value)
         except click.BadParameter as exc:
-            errors.append(f"{key} = {value!r}: {exc.message}")
-        except (TypeError, ValueError, AttributeError, OverflowError):
+            errors.append(f"{shown}: {exc.message}")
+        except (ConfigError, ValueError) as exc:
+            errors.append(f"{shown}: {exc}")
+        except (TypeError, AttributeError, OverflowError):
             # A converter that met a TOML type it never sees from a flag.
-            errors.append(f"{key} = {value!r}: not a value of --{key.replace('_', '-')}")
+            errors.append(f"{shown}: not a value of --{key.replace('_', '-')}")
     if errors:
         raise ConfigError(f"{path}: " + "; ".join(errors))
     defaults: dict[str, dict[str, Any]] = {"run": dict(document)}

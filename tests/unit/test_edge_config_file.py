@@ -95,6 +95,30 @@ def test_values_of_the_wrong_toml_type_are_reported_not_raised(tmp_path: Path) -
     assert "Traceback" not in message
 
 
+def test_bad_values_run_reads_itself_are_reported_with_the_others_and_no_password(tmp_path: Path) -> None:
+    """Durations and the values `run` parses in its body (listen, metrics, sizes, windows) were not checked when
+    the file was read: click stopped at the first (`Invalid value for '--retention'`, naming a flag the operator
+    never gave), and each start showed the next one. An attach URL is never echoed: it may hold a password."""
+    text = (
+        'retention = "7x"\nmax_queue_bytes = "2Q"\nmetrics = "127.0.0.1:port"\nforward_window = ["25:00-01:00"]\n'
+        'session_expiry = "soon"\nattach = ["mqtt://user:hunter2pw@broker:1883"]\n'
+    )
+    result = CliRunner().invoke(main, ["--config", str(write(tmp_path, text)), "run"])
+    assert result.exit_code == 1, result.output
+    message = result.output
+    assert message.count("Error:") == 1 and str(tmp_path / "config.toml") in message
+    for named in (
+        "retention = '7x': not a duration",
+        "max_queue_bytes = '2Q': '2Q' is not a size",
+        "metrics = '127.0.0.1:port': --metrics '127.0.0.1:port': port must be a number",
+        "forward_window = ['25:00-01:00']: --forward-window '25:00-01:00': not a time of day",
+        "session_expiry = 'soon': not a duration",
+        "attach: must be a single value",
+    ):
+        assert named in message, named
+    assert "hunter2pw" not in message and "Invalid value for" not in message
+
+
 def test_a_broken_file_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--config", str(write(tmp_path, "data_dir = \n")), "status"])
     assert result.exit_code == 1

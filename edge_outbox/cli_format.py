@@ -108,7 +108,7 @@ def link_view(link: dict[str, Any] | None, identity: Identity | None, pending: i
 
 def status_report(
     summary: Summary, live: dict[str, Any], identity: Identity | None, running: dict[str, Any] | None,
-    data_dir: Path,
+    data_dir: Path, free_bytes: int,
 ) -> dict[str, Any]:  # fmt: skip
     """What `edge-outbox status` says; `live` holds what the running outbox last recorded (empty when none runs)."""
     link, intake = live.get(LINK_KEY), live.get(INTAKE_KEY)
@@ -124,6 +124,7 @@ def status_report(
         "pending_bytes": summary.pending_bytes,
         "oldest_pending_age_s": (now_ms() - oldest) / 1000 if oldest else None,
         "database_bytes": sum(p.stat().st_size for p in data_dir.glob(DB_NAME + "*")),
+        "database_free_bytes": free_bytes,  # of them, pages freed by retention: reused before the file grows
         "link": link_view(
             link if isinstance(link, dict) else None, identity, summary.pending, running=running is not None
         ),
@@ -156,6 +157,7 @@ def print_status(report: dict[str, Any]) -> None:
     console.print(
         f"pending: {report['pending']} ({report['pending_bytes']} bytes); oldest pending: "
         f"{format_age(oldest) if oldest is not None else '-'}; database: {report['database_bytes']} bytes"
+        f" ({report['database_free_bytes']} free, reused before it grows)"
     )
     for problem in report.get("problems", []):
         console.print(Text.assemble(("unhealthy:", "bold red"), f" {cell(problem)}"))

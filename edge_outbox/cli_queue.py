@@ -11,7 +11,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from edge_outbox import lock, offline_ops, ops, paced, retention
+from edge_outbox import db, lock, offline_ops, ops, paced, retention
 from edge_outbox.cli_db import connection
 from edge_outbox.cli_format import (
     counted,
@@ -44,13 +44,14 @@ def status(data_dir: Path, max_offline: float, as_json: bool) -> None:
     identity = load_identity(data_dir)
     with connection(data_dir) as conn:
         summary = ops.summary(conn)
+        free = db.free_bytes(conn)
         revoked = identity is not None and offline_ops.revocation(conn, identity.device_id) is not None
     running = lock.running(data_dir)  # and what it recorded last (the link, intake): {} when none runs
     own = (running or {}).get(lock.MAX_OFFLINE_KEY)
     given = click.get_current_context().get_parameter_source("max_offline") is not ParameterSource.DEFAULT
     if not given and isinstance(own, int | float) and not isinstance(own, bool) and own > 0:
         max_offline = float(own)  # none given to status: the running outbox's, by which its /healthz judges
-    report = status_report(summary, running or {}, identity, running, data_dir)
+    report = status_report(summary, running or {}, identity, running, data_dir, free)
     report["problems"] = report_problems(running or {}, max_offline, revoked=revoked)
     if as_json:
         print_json(report)

@@ -314,6 +314,12 @@ def _add_columns(conn: sqlite3.Connection) -> None:
                     raise
 
 
+def free_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes of the database file that hold nothing (pages freed by retention): reused before the file grows."""
+    pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    return pages * int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+
 def pending_totals(conn: sqlite3.Connection) -> tuple[int, int]:
     """(items, bytes) not yet in a final state: what counts against the queue limits."""
     row = conn.execute(

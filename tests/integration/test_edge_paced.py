@@ -145,3 +145,29 @@ def test_edge_outbox_retry_state_commits_each_step_and_retries_each_intent_once(
     assert steps == [STEP, STEP, 1]
     rows = dict(db.connect(tmp_path).execute("SELECT state || '/' || attempt, COUNT(*) FROM intents GROUP BY 1"))
     assert rows == {"accepted/2": 2 * STEP, "failed/2": 1}  # old-1 was retried once, not again
+
+
+def test_status_says_how_much_of_the_database_a_purge_freed(tmp_path: Path) -> None:
+    """A purge frees pages inside outbox.db and the file keeps its size (SQLite reuses them): `status` said
+    only `database: N bytes`, the same before and after, and an owner could not tell a full file from one
+    mostly free."""
+    conn = db.connect(tmp_path)
+    old_final_intents(conn, 20_000, updated=1)
+    conn.execute("UPDATE intents SET payload = zeroblob(2000)")  # ~40 MB of old results
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+    def status() -> dict[str, int]:
+        result = CliRunner().invoke(main, ["status", "--json", "--data-dir", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output)
+        return {k: report[k] for k in ("database_bytes", "database_free_bytes")}
+
+    before = status()
+    assert before["database_free_bytes"] < before["database_bytes"] // 10
+    result = CliRunner().invoke(main, ["purge", "--older-than", "1d", "--yes", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    after = status()
+    assert after["database_free_bytes"] > 40_000_000 and after["database_bytes"] >= after["database_free_bytes"]
+    text = CliRunner().invoke(main, ["status", "--data-dir", str(tmp_path)]).output
+    assert f"({after['database_free_bytes']} free, reused before it grows)" in text

@@ -8,6 +8,7 @@ from its own position; see edge_outbox.status).
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from pathlib import Path
@@ -226,7 +227,19 @@ def fault_text(data_dir: Path, exc: sqlite3.Error, failed: str) -> str:
             f" a new one). Stop the outbox, keep a copy of the data dir (SQLite's tools may save some of what it"
             f" holds), then restore the last backup of {DB_NAME} (docs/durability.md: what a restored one sends again)"
         )
+    if sqlite_faults.cannot_open(exc) and _read_only(data_dir):
+        return (
+            f"{failed} {path}: {exc}: {data_dir} is on a read-only file system, and SQLite writes {DB_NAME}-shm"
+            " beside a WAL database even to read it; copy the data dir somewhere writable to look at it"
+        )
     return f"{failed} {path}: {exc}"
+
+
+def _read_only(data_dir: Path) -> bool:
+    try:
+        return bool(os.statvfs(data_dir).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 # Applying the bridge's acks uses UPDATE ... FROM (SQLite 3.33) and the JSON functions (built in from 3.38;

@@ -28,3 +28,8 @@ def is_storage_fault(exc: sqlite3.Error) -> bool:
 def is_damaged(exc: sqlite3.Error) -> bool:
     """True when the file is no SQLite database or a damaged one: no retry mends it, an operator must."""
     return _primary(exc) in {"CORRUPT", "NOTADB"}
+
+
+def cannot_open(exc: sqlite3.Error) -> bool:
+    """True when SQLite could not open the file (or the files beside it: a WAL database's -shm and -wal)."""
+    return _primary(exc) == "CANTOPEN"

@@ -19,6 +19,7 @@ import trustme
 from cloud_bridge.store.url import StoreUrl
 from edge_outbox import db
 from tests.support.cli_output import assert_one_line, assert_traceback
+from tests.support.disk import small_disk
 from tests.support.https_stub import https_answering
 from tests.support.net import free_port
 from tests.support.stores import made, store_url
@@ -142,6 +143,19 @@ def test_edge_a_damaged_database_is_named_damaged_and_left_as_it_is(tmp_path: Pa
             "keep a copy of the data dir" in result.stderr and "restore the last backup of outbox.db" in result.stderr
         )
     assert path.read_bytes() == damaged
+
+
+def test_edge_a_data_dir_on_a_read_only_file_system_is_named_so(tmp_path: Path) -> None:
+    """A backup or a card mounted read-only to look at: every command said `database error: unable to open
+    database file`, of a file that is there and readable."""
+    with small_disk(tmp_path / "card") as card:
+        db.connect(card).close()
+        subprocess.run(["mount", "-o", "remount,ro", str(card)], check=True)
+        for args in (("ls",), ("status",)):
+            result = run_cli("edge_outbox", *args, "--data-dir", str(card))
+            assert_one_line(result, f"{card} is on a read-only file system, and SQLite writes outbox.db-shm")
+        run = run_cli("edge_outbox", "run", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(card))
+        assert_one_line(run, f"cannot use {card} as the data directory: Read-only file system")
 
 
 # -- cloud-bridge ------------------------------------------------------------------------------

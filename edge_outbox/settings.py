@@ -132,8 +132,9 @@ class OutboxSettings:
     forwarder: ForwarderSettings = field(default_factory=ForwarderSettings)
 
     def __post_init__(self) -> None:
-        if self.max_queue_items < 0 or self.max_queue_bytes < 0:
-            raise ConfigError("queue limits cannot be negative (0 means no limit)")
+        for flag, limit in (("--max-queue-items", self.max_queue_items), ("--max-queue-bytes", self.max_queue_bytes)):
+            if limit < 0:  # (it said "queue limits", not which one)
+                raise ConfigError(f"{flag} cannot be negative (0 means no limit)")
         for name, value in (
             ("--retention", self.retention_s),
             ("--session-expiry", self.session_expiry_s),

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from edge_outbox import runner
 from edge_outbox.cli import main
+from edge_outbox.errors import ConfigError
 from edge_outbox.settings import OutboxSettings
 
 
@@ -123,3 +124,11 @@ def test_a_broken_file_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--config", str(write(tmp_path, "data_dir = \n")), "status"])
     assert result.exit_code == 1
     assert "is not valid TOML" in result.output
+
+
+@pytest.mark.parametrize("field", ["max_queue_items", "max_queue_bytes"])
+def test_a_negative_queue_limit_names_its_flag(field: str) -> None:
+    """It said "queue limits cannot be negative", not which of the two."""
+    flag = "--" + field.replace("_", "-")
+    with pytest.raises(ConfigError, match=f"^{flag} cannot be negative"):
+        OutboxSettings(**{field: -1})  # type: ignore[arg-type]

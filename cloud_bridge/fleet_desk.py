@@ -34,8 +34,8 @@ from cloud_bridge.fleet_rules import (
 )
 from cloud_bridge.own_threads import own_thread
 from intent_contract.accept_limits import address_key
-from intent_contract.codec import Envelope
 from intent_contract.device_wire import Diagnosis, HealthReport, decode_diagnosis, decode_health, encode_diagnose
+from intent_contract.envelope import Envelope
 from intent_contract.errors import DecodeError
 from intent_contract.ids import IdGenerator
 from intent_contract.logs import LogThrottles, left_out

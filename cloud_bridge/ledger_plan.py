@@ -21,7 +21,8 @@ from cloud_bridge.audit import AuditEvent
 from cloud_bridge.ledger import DecisionLike, DeviceLike, clip_detail
 from cloud_bridge.ledger_states import AUDIT, EntryState, LedgerEvent, is_duplicate, step
 from cloud_bridge.ratelimit import NO_LIMITS, Limits, LimitState, take
-from intent_contract.codec import Ack, Envelope
+from intent_contract.codec import Ack
+from intent_contract.envelope import Envelope
 
 DEFAULT_MAX_AGE = 90 * 86_400.0  # seconds; see docs/ledger.md "Too old"
 

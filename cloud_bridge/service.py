@@ -35,12 +35,12 @@ from intent_contract.codec import (
     Ack,
     AckState,
     DecodedBatch,
-    Envelope,
     decode_batch,
     encode_acks,
     read_confirms,
     refuse_version,
 )
+from intent_contract.envelope import Envelope
 from intent_contract.errors import DecodeError, UnsupportedVersionError
 from intent_contract.logs import LogThrottles, left_out
 from intent_contract.names import is_name

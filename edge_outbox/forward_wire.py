@@ -14,7 +14,8 @@ import orjson
 
 from edge_outbox.bridge_clock import BridgeClock
 from edge_outbox.db import IntentRow
-from intent_contract.codec import Envelope, encode_batch
+from intent_contract.codec import encode_batch
+from intent_contract.envelope import Envelope
 
 
 class LinkState(StrEnum):

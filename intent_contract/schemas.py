@@ -56,6 +56,11 @@ def known_schemas() -> tuple[str, ...]:
     return tuple(_validators())
 
 
+def is_valid(name: str, document: object) -> bool:
+    """Whether `document` matches schema `name` (a known one); ValueError for what JSON has no word for."""
+    return bool(_validators()[name].is_valid(document))
+
+
 def validate(name: str, document: object) -> None:
     """Raise SchemaViolationError('schema_violation', ...) unless `document` matches schema `name`."""
     validator = _validators().get(name)

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from msgspec.structs import replace as struct_replace
 
 from cloud_bridge.ledger import LedgerEntry
 from cloud_bridge.node import Bridge
@@ -124,9 +125,9 @@ async def test_times_past_what_the_ledger_stores_are_rejected_and_the_rest_of_th
 ) -> None:
     # msgpack carries integers to 2**64 - 1; the ledgers' (SQLite, PostgreSQL bigint) stop at 2**63 - 1.
     # The schema's bound is 2**53 - 1.
-    late = [replace(email("t-1"), created=2**63), replace(email("t-2"), expires=2**64 - 1)]
-    late += [replace(email("t-3"), expires=2**53)]
-    items = [e.to_wire() for e in [*late, email("t-4"), replace(email("t-5"), expires=2**53 - 1)]]
+    late = [struct_replace(email("t-1"), created=2**63), struct_replace(email("t-2"), expires=2**64 - 1)]
+    late += [struct_replace(email("t-3"), expires=2**53)]
+    items = [e.to_wire() for e in [*late, email("t-4"), struct_replace(email("t-5"), expires=2**53 - 1)]]
     await refused_alone(harness, counting, items, [e.id for e in late], ["t-4", "t-5"])
 
 

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from cloud_bridge import ledger_sqlite
@@ -87,7 +88,7 @@ async def test_a_batch_the_store_refuses_fails_only_its_own_admission(ledger: Le
     the store refuses in one device's batch fails that batch's admission, not the other devices' beside it
     (on PostgreSQL it failed the whole group, on every resend). The codec never lets such a value through
     (an attempt past the schema's bound here); the store must not depend on it alone."""
-    bad = dataclasses.replace(env("x"), attempt=2**64 - 1)
+    bad = msgspec.structs.replace(env("x"), attempt=2**64 - 1)
     third = DeviceRef("dev-3", "acme", "boiler-9")
     results = await asyncio.gather(
         admit(ledger, OTHER, [env("o")], Decider(), NOW),

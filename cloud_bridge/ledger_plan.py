@@ -15,6 +15,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from cloud_bridge.audit import AuditEvent
@@ -43,6 +44,9 @@ class Verdict:
             raise ValueError(f"a verdict queues, rejects or expires, not {self.event}")
         if (self.event is LedgerEvent.QUEUE) == bool(self.code):
             raise ValueError("a queued verdict has no code; a refusal needs one")
+
+
+QUEUED = Verdict(LedgerEvent.QUEUE, overrides=MappingProxyType({}))  # queued, nothing to add, nothing to spend
 
 
 class Request(NamedTuple):
@@ -103,8 +107,10 @@ def judge(envelope: Envelope, decide: Callable[[Envelope], DecisionLike], now: f
     decision = decide(envelope)
     if not decision.allowed:
         return Verdict(LedgerEvent.REJECT, decision.code or "policy", clip_detail(decision.detail))
-    overrides, limits, whole = dict(decision.overrides), decision.limits, decision.tenant_limits
-    return Verdict(LedgerEvent.QUEUE, overrides=overrides, limits=limits, tenant_limits=whole)
+    overrides, limits, whole = decision.overrides, decision.limits, decision.tenant_limits
+    if not overrides and not limits.any and not whole.any:
+        return QUEUED  # the usual verdict: shared, since a frozen dataclass built per envelope cost 1.5 us
+    return Verdict(LedgerEvent.QUEUE, overrides=dict(overrides), limits=limits, tenant_limits=whole)
 
 
 def requests_for(

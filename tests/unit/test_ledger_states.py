@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from cloud_bridge.audit import AuditEvent
 from cloud_bridge.errors import LedgerStateError
-from cloud_bridge.ledger_plan import Known, Request, Verdict, body_digest, plan_admission
+from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE, Known, Request, Verdict, body_digest, judge, plan_admission
 from cloud_bridge.ledger_states import (
     AUDIT,
     FINISH,
@@ -25,7 +25,7 @@ from cloud_bridge.ledger_states import (
     step,
     target,
 )
-from cloud_bridge.policy import DeviceRef
+from cloud_bridge.policy import ALLOWED, Decision, DeviceRef
 from cloud_bridge.ratelimit import Bucket, Limits, LimitState, RateRule
 from intent_contract.codec import AckState, Envelope
 
@@ -176,3 +176,18 @@ def test_body_digest_covers_app_kind_and_payload_only() -> None:
     assert body_digest(Envelope("a", "x", "notify", 0, None, 1, {"a": 1, "b": 2})) == body_digest(
         Envelope("a", "x", "notify", 0, None, 1, {"b": 2, "a": 1})
     )
+
+
+def test_the_plain_allowed_verdict_is_shared_and_one_with_overrides_or_limits_is_its_own() -> None:
+    env = envelope("v")
+    plain = judge(env, lambda _e: Decision(True), NOW, DEFAULT_MAX_AGE)
+    assert plain is judge(envelope("w"), lambda _e: ALLOWED, NOW, DEFAULT_MAX_AGE)
+    assert plain == Verdict(LedgerEvent.QUEUE)
+    with pytest.raises(TypeError):
+        plain.overrides["from"] = "x"  # type: ignore[index]  # shared: nobody may change it
+    overrides = {"from": "a@example.com"}
+    own = judge(env, lambda _e: Decision(True, overrides=overrides), NOW, DEFAULT_MAX_AGE)
+    assert own == Verdict(LedgerEvent.QUEUE, overrides=overrides)
+    assert own.overrides is not overrides  # a copy: the policy's own dict is not held
+    limited = Decision(True, limits=Limits(rate=RateRule(1.0, 60)))
+    assert judge(env, lambda _e: limited, NOW, DEFAULT_MAX_AGE).limits.any

@@ -1,8 +1,8 @@
 """Micro-benchmarks of five hot paths, each against its floor (or its predecessor) measured in the same run.
 
 `python -m bench.micro` prints CPU microseconds per intent (median of 5 repetitions):
-- decoding a 500-intent batch at the bridge (`decode_batch`: msgpack, depth check, schema
-  validation, envelopes) against msgpack's bare unpack of the same bytes;
+- decoding a 500-intent batch at the bridge (`decode_batch`: a valid batch takes the typed lane,
+  msgspec with the payload schemas and the limits' walk, F50) against msgpack's bare unpack of the same bytes;
 - an `http.request` through `HttpIntegration.execute` (credential, URL scope, SSRF check, aiohttp
   with the guarded resolver) against a bare aiohttp session, both to the local HTTP sink at 16
   concurrent requests;

@@ -98,8 +98,8 @@ def typed_batch(data: bytes, limits: Limits) -> list[Envelope] | None:
         return None
     try:
         items = _DECODER.decode(data).items
-    except (msgspec.DecodeError, ValueError):  # msgspec.ValidationError is a DecodeError
-        return None
+    except (msgspec.DecodeError, ValueError, RecursionError):  # ValidationError is a DecodeError; a payload
+        return None  # nested past the interpreter's limit is the general path's to refuse (by depth)
     if len(items) > limits.max_items or not _within(items, limits):
         return None
     try:

@@ -28,6 +28,12 @@ def batch(*items: object, **top: object) -> bytes:
     return msgpack.packb({"v": 1, "items": list(items), **top}, use_bin_type=True, datetime=False)
 
 
+def nested(levels: int) -> bytes:
+    """A batch whose payload's `json` is `levels` lists deep (one byte each), past any recursion limit."""
+    marker = {**PAYLOAD, "json": "HERE"}
+    return batch(wire(1, payload=marker)).replace(msgpack.packb("HERE"), b"\x91" * levels + b"\xc0")
+
+
 def general(data: bytes, limits: Limits = DEFAULT_LIMITS) -> DecodedBatch | DecodeError:
     try:
         return decode_batch_general(data, limits)
@@ -96,6 +102,8 @@ def test_a_valid_batch_takes_the_typed_lane_and_reads_as_the_general_path_reads_
         ("too many top-level keys", batch(wire(1), **{f"k{n}": n for n in range(20)}), DEFAULT_LIMITS),
         ("another version", msgpack.packb({"v": 2, "items": [wire(1)]}), DEFAULT_LIMITS),
         ("not msgpack", b"\xc1", DEFAULT_LIMITS),
+        # msgspec's decoder raised RecursionError out of decode_batch (the general path refuses it by depth)
+        ("a payload nested past the interpreter's recursion limit", nested(200_000), DEFAULT_LIMITS),
     ],
 )
 def test_what_the_general_path_refuses_or_explains_goes_to_it(why: str, data: bytes, limits: Limits) -> None:

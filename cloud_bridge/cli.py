@@ -43,7 +43,7 @@ from intent_contract.timefmt import format_ms, parse_duration, parse_rfc3339_ms
 
 def _store(data_dir: Path, store: str | None, config_path: Path | None) -> Store:
     settings = operator_settings(data_dir, config_path=config_path, store=store, node_id="cli")
-    return open_store(settings.store_url, node=settings.node_id)
+    return open_store(settings.store_url, node=settings.node_id, timeout=settings.store_timeout)
 
 
 def _registry(data_dir: Path, store: str | None, config_path: Path | None, *, make: bool = True) -> Registry:

@@ -39,7 +39,7 @@ def _opened(data_dir: Path, store: str | None, config_path: Path | None) -> Iter
     [bridge]."""
     try:
         settings = operator_settings(data_dir, config_path=config_path, store=store)
-        opened = open_store(settings.store_url, node="cli")
+        opened = open_store(settings.store_url, node="cli", timeout=settings.store_timeout)
         for_operators(opened)
         opened.registry.open()  # the PostgreSQL registry owns the sync pool the intents share
         opened.intents.open()

@@ -92,7 +92,13 @@ class Bridge:
         self.settings = settings
         self.metrics = BridgeMetrics(process=True)
         per_device = settings.tokens_per_device
-        self.store = open_store(settings.store_url, node=settings.node_id, tokens_per_device=per_device, clock=clock)
+        self.store = open_store(
+            settings.store_url,
+            node=settings.node_id,
+            tokens_per_device=per_device,
+            timeout=settings.store_timeout,
+            clock=clock,
+        )
         self.registry: Registry = self.store.registry
         self.ledger: Ledger = self.store.ledger
         self.metrics.count_commits(lambda: self.ledger.commits)

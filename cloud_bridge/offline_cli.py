@@ -69,7 +69,12 @@ class _Offline:
 
     def __init__(self, settings: BridgeSettings) -> None:
         self.settings = settings
-        self.store = open_store(settings.store_url, node="cli-import", tokens_per_device=settings.tokens_per_device)
+        self.store = open_store(
+            settings.store_url,
+            node="cli-import",
+            tokens_per_device=settings.tokens_per_device,
+            timeout=settings.store_timeout,
+        )
 
     async def __aenter__(self) -> OfflineDesk:
         from cloud_bridge.service import BridgeService  # noqa: PLC0415 - keeps the other commands quick to start
@@ -94,7 +99,7 @@ class _Offline:
 def _opened_registry(settings: BridgeSettings) -> Registry:
     """The store's registry (made if need be, its schema at this code's version: `for_operators`) and open; the
     process exit releases it."""
-    store = open_store(settings.store_url, node="cli")
+    store = open_store(settings.store_url, node="cli", timeout=settings.store_timeout)
     for_operators(store, make=True)
     store.registry.open()
     return store.registry

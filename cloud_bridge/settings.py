@@ -143,6 +143,10 @@ class BridgeSettings:
     def tokens_per_device(self) -> int:
         return self.config.bridge.tokens_per_device
 
+    @property
+    def store_timeout(self) -> float:
+        return self.config.bridge.store_timeout
+
 
 # The `cloud-bridge run` flag that sets each field (docs/config.md); `config` is the file's content, None:
 # fixed in code. tests/unit/test_config_reference.py fails for a field missing here or a flag missing there.

@@ -37,7 +37,7 @@ def _ms(value: float | None) -> str:
 
 def _read(data_dir: Path, store: str | None, config_path: Path | None, query: UsageQuery) -> list[UsageRow]:
     settings = operator_settings(data_dir, config_path=config_path, store=store, node_id="cli")
-    opened = open_store(settings.store_url, node=settings.node_id)
+    opened = open_store(settings.store_url, node=settings.node_id, timeout=settings.store_timeout)
     for_operators(opened)
 
     async def read() -> list[UsageRow]:

@@ -11,6 +11,7 @@ from cloud_bridge.enroll_limits import EnrollLimits
 from cloud_bridge.errors import ConfigError
 from cloud_bridge.ledger import DEFAULT_LEASE
 from cloud_bridge.ledger_plan import DEFAULT_MAX_AGE
+from cloud_bridge.store.pg_deadline import DEFAULT_STORE_TIMEOUT
 from cloud_bridge.store.url import StoreUrl
 from cloud_bridge.tokens import DEFAULT_TOKENS_PER_DEVICE
 from intent_contract.accept_limits import ConnectionLimits
@@ -56,6 +57,11 @@ class BridgeSection(SecretSection):
     )
     store_password_env: Text | None = Field(None, description="environment variable holding the PostgreSQL password")
     store_password_file: Text | None = Field(None, description="file holding the PostgreSQL password")
+    store_timeout: Duration = Field(
+        DEFAULT_STORE_TIMEOUT,
+        description="longest use of one PostgreSQL connection (a query, a transaction, a connect) before it is "
+        "given up as the store being unreachable",
+    )
     max_intent_age: Duration = Field(DEFAULT_MAX_AGE, description="older intents are rejected `too_old`")
     lease: Duration = Field(DEFAULT_LEASE, description="how long a claimed job is held without renewal")
     intent_retention: Duration = Field(
@@ -86,6 +92,8 @@ class BridgeSection(SecretSection):
             found.append("public_mqtt_port must be a TCP port (1..65535)")
         if not 3.0 <= self.lease <= 3600.0:
             found.append("lease must be within 3..3600 seconds")
+        if not 1.0 <= self.store_timeout <= 3600.0:
+            found.append("store_timeout must be within 1..3600 seconds")
         if self.store is not None:
             try:
                 self.store_url(None)  # refuses a bad URL, or a password written into it

@@ -16,6 +16,7 @@ from cloud_bridge.intent_sql import PurgePace, SqlIntents
 from cloud_bridge.ledger import Ledger
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry, revoked_in
+from cloud_bridge.store.pg_deadline import DEFAULT_STORE_TIMEOUT
 from cloud_bridge.store.url import StoreKind, StoreUrl
 from cloud_bridge.tokens import DEFAULT_TOKENS_PER_DEVICE, ReplayCache
 
@@ -94,10 +95,12 @@ def open_store(
     *,
     node: str,
     tokens_per_device: int = DEFAULT_TOKENS_PER_DEVICE,
+    timeout: float = DEFAULT_STORE_TIMEOUT,
     clock: Callable[[], float] = time.time,
 ) -> Store:
     """The store `url` names, not yet opened; `node` names this process in leases and signals. `clock` is the
-    node's (a shared store keeps leases in its own time, and measures how far the node's is from it)."""
+    node's (a shared store keeps leases in its own time, and measures how far the node's is from it). `timeout`
+    limits each use of a PostgreSQL connection (`[bridge] store_timeout`)."""
     if url.kind is StoreKind.SQLITE:
         # Imported here: the backends import store.migrations, and a process needs only one of them.
         from cloud_bridge.fleet_schema import FLEET_DB  # noqa: PLC0415
@@ -132,7 +135,7 @@ def open_store(
         )
     from cloud_bridge.store.pg import open_pg_store  # noqa: PLC0415
 
-    return open_pg_store(url, node=node, tokens_per_device=tokens_per_device, clock=clock)
+    return open_pg_store(url, node=node, tokens_per_device=tokens_per_device, timeout=timeout, clock=clock)
 
 
 def require_made(store: Store) -> None:

@@ -8,25 +8,22 @@ caller may retry; the edge resends what was not acked).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from cloud_bridge import cancel_sql, intent_sql
-from cloud_bridge.errors import TransientError
 from cloud_bridge.fleet_rules import STALE_AFTER_S
 from cloud_bridge.fleet_schema import PG_NOW, PG_SCHEMA, SCHEMA_SUMMARY
 from cloud_bridge.ledger import WAITING_INDEX
 from cloud_bridge.store import Store
 from cloud_bridge.store.migrations import Migration, compatible_from, compatible_key, latest, pending, require_current
 from cloud_bridge.store.pg_index import build, index_builds
+from cloud_bridge.store.pg_pools import PgPools, converted
 from cloud_bridge.store.url import StoreUrl
 from cloud_bridge.usage_sql import PG_SCHEMA as USAGE_SCHEMA
 from cloud_bridge.usage_sql import SCHEMA_SUMMARY as USAGE_SUMMARY
@@ -100,23 +97,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(8, cancel_sql.SUMMARY, cancel_sql.PG_SCHEMA),
 )
-
-
-def database_error(exc: psycopg.Error | PoolTimeout, what: str) -> TransientError:
-    """A psycopg error as ours; its text names the failed check or server message, never the password."""
-    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-    converted = TransientError(f"{what}: {first}", code="store_error")
-    converted.__cause__ = exc
-    return converted
-
-
-@contextlib.contextmanager
-def converted(what: str) -> Iterator[None]:
-    """Turn psycopg errors raised in the block into TransientError."""
-    try:
-        yield
-    except (psycopg.Error, PoolTimeout) as exc:
-        raise database_error(exc, what) from exc
 
 
 def migrate(
@@ -260,108 +240,10 @@ def _apply(
         return
 
 
-AsyncConn = psycopg.AsyncConnection[DictRow]
-SyncConn = psycopg.Connection[DictRow]
-
-
-class PgPools:
-    """The node's connections: an async pool (ledger, replay cache) and a small sync pool (registry, CLI)."""
-
-    def __init__(self, conninfo: str, *, async_size: int = 8, sync_size: int = 4) -> None:
-        self.conninfo = conninfo
-        self._async: AsyncConnectionPool[AsyncConn] | None = None
-        self._sync: ConnectionPool[SyncConn] | None = None
-        self._async_size = async_size
-        self._sync_size = sync_size
-        self.commits = 0  # write transactions of this process, for metrics and benchmarks
-
-    # Both pools check a connection as they hand it out (an empty query: one round trip, against a commit's
-    # disk write). A connection the database ended (a restart, a failover, pg_terminate_backend) is replaced
-    # then, where it failed the first transaction each idle one was lent to: a batch not acked (the edge sent
-    # it again after its ack timeout), a connect refused `store_unavailable`, a result not recorded.
-
-    def _kwargs(self) -> dict[str, Any]:
-        return {"row_factory": dict_row, "autocommit": False}
-
-    async def open_async(self) -> None:
-        if self._async is not None:
-            raise RuntimeError("the PostgreSQL pool is already open")
-        pool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
-            self.conninfo,
-            connection_class=psycopg.AsyncConnection[DictRow],
-            kwargs=self._kwargs(),
-            min_size=2,
-            max_size=self._async_size,
-            open=False,
-            name="bridge-async",
-            check=AsyncConnectionPool.check_connection,
-        )
-        with converted("PostgreSQL store"):
-            await pool.open(wait=True, timeout=15)
-        self._async = pool
-
-    async def close_async(self) -> None:
-        pool, self._async = self._async, None
-        if pool is not None:
-            await pool.close()
-
-    def open_sync(self) -> None:
-        if self._sync is not None:
-            return
-        pool: ConnectionPool[SyncConn] = ConnectionPool(
-            self.conninfo,
-            connection_class=psycopg.Connection[DictRow],
-            kwargs=self._kwargs(),
-            min_size=1,
-            max_size=self._sync_size,
-            open=False,
-            name="bridge-sync",
-            check=ConnectionPool.check_connection,
-        )
-        with converted("PostgreSQL store"):
-            pool.open(wait=True, timeout=15)
-        self._sync = pool
-
-    def close_sync(self) -> None:
-        pool, self._sync = self._sync, None
-        if pool is not None:
-            pool.close()
-
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[AsyncConn]:
-        """A pooled connection (the caller opens transactions and converts errors)."""
-        if self._async is None:
-            raise RuntimeError("the store is not open")
-        async with self._async.connection() as conn:
-            yield conn
-
-    @contextlib.asynccontextmanager
-    async def transaction(self, what: str, *, writes: bool = True) -> AsyncIterator[AsyncConn]:
-        """A connection in a transaction, committed at the end of the block; psycopg errors converted."""
-        if self._async is None:
-            raise RuntimeError("the store is not open")
-        try:
-            async with self._async.connection() as conn, conn.transaction():
-                yield conn
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise database_error(exc, what) from exc
-        if writes:
-            self.commits += 1
-
-    @contextlib.contextmanager
-    def sync_transaction(self, what: str) -> Iterator[SyncConn]:
-        """The sync pool's counterpart of `transaction` (the registry's calls run in threads)."""
-        if self._sync is None:
-            raise RuntimeError("the registry is not open")
-        try:
-            with self._sync.connection() as conn, conn.transaction():
-                yield conn
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise database_error(exc, what) from exc
-
-
-def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int, clock: Callable[[], float] = time.time) -> Store:
-    """The PostgreSQL store of `url` for node `node`, not yet opened."""
+def open_pg_store(
+    url: StoreUrl, *, node: str, tokens_per_device: int, timeout: float, clock: Callable[[], float] = time.time
+) -> Store:
+    """The PostgreSQL store of `url` for node `node`, not yet opened; `timeout` limits each use of a connection."""
     from cloud_bridge.fleet_sql import SqlFleet  # noqa: PLC0415
     from cloud_bridge.registry import revoked_in  # noqa: PLC0415
     from cloud_bridge.store.pg_ledger import PgLedger  # noqa: PLC0415 - these import this module
@@ -369,7 +251,7 @@ def open_pg_store(url: StoreUrl, *, node: str, tokens_per_device: int, clock: Ca
     from cloud_bridge.store.pg_signals import PgSignals, cancel_signal, operator_signal  # noqa: PLC0415
 
     conninfo = url.conninfo(application_name=f"cloud-bridge {node}")
-    pools = PgPools(conninfo)
+    pools = PgPools(conninfo, timeout=timeout)
     registry = PgRegistry(pools)
     return Store(
         url,

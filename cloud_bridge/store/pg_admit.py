@@ -35,7 +35,7 @@ from cloud_bridge.ledger import DeviceLike, pack
 from cloud_bridge.ledger_plan import Known, Plan, Request, limited_kinds, plan_admission, tenant_limited_kinds
 from cloud_bridge.ledger_states import EntryState, LedgerEvent, sources, state_in
 from cloud_bridge.ratelimit import LimitState, tenant_subject
-from cloud_bridge.store.pg import AsyncConn, PgPools, converted
+from cloud_bridge.store.pg_pools import AsyncConn, PgPools, converted
 from cloud_bridge.usage import merged, tally
 from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
 from cloud_bridge.usage_sql import sql, upsert_rows

@@ -24,7 +24,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from cloud_bridge.errors import BridgeError
-from cloud_bridge.store.pg import AsyncConn, PgPools, database_error
+from cloud_bridge.store.pg_pools import AsyncConn, PgPools, database_error
 
 logger = logging.getLogger(__name__)
 

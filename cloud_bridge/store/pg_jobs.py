@@ -19,7 +19,7 @@ from cloud_bridge.audit import AuditEvent
 from cloud_bridge.ledger import LedgerEntry, audit_params, entry_from_row, lapsed_detail, log_context
 from cloud_bridge.ledger_finish import Finish
 from cloud_bridge.ledger_states import AUDIT, FINISH, LedgerEvent, sources, state_in, target
-from cloud_bridge.store.pg import AsyncConn
+from cloud_bridge.store.pg_pools import AsyncConn
 from cloud_bridge.usage import merged, tally
 from cloud_bridge.usage_sql import UPSERT as USAGE_UPSERT
 from cloud_bridge.usage_sql import sql, upsert_rows

@@ -44,10 +44,10 @@ from cloud_bridge.ledger_states import (
     state_in,
     target,
 )
-from cloud_bridge.store.pg import AsyncConn, PgPools
 from cloud_bridge.store.pg_admit import PgAdmissions
 from cloud_bridge.store.pg_group import PgGroupCommit
 from cloud_bridge.store.pg_jobs import AUDIT_INSERT, USAGE_UPSERT_PG, LeaseClock, claim_rows, finish_rows, unclaim_rows
+from cloud_bridge.store.pg_pools import AsyncConn, PgPools
 from cloud_bridge.usage import UsageQuery, UsageRow, merged, row_from_sums, tally
 from cloud_bridge.usage_sql import select as usage_select
 from cloud_bridge.usage_sql import upsert_rows

@@ -26,7 +26,7 @@ from cloud_bridge.registry import (
     new_code,
     new_id,
 )
-from cloud_bridge.store.pg import PgPools
+from cloud_bridge.store.pg_pools import PgPools
 from cloud_bridge.tokens import LEEWAY_S, TokenClaims, replay_refusal
 from intent_contract.names import is_name
 

@@ -20,7 +20,7 @@ from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.policy import Decision, DeviceRef
 from cloud_bridge.retention import Retention
 from cloud_bridge.store import Store
-from cloud_bridge.store.pg import PgPools
+from cloud_bridge.store.pg_pools import PgPools
 from cloud_bridge.store.pg_signals import operator_signal
 from cloud_bridge.store.url import StoreUrl
 from intent_contract.codec import AckState, Envelope

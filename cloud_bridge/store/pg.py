@@ -258,7 +258,7 @@ def open_pg_store(
         PgLedger(pools, node=node, clock=clock),
         registry,
         PgReplayCache(pools, per_device=tokens_per_device),
-        PgSignals(conninfo, node=node),
+        PgSignals(pools.conninfo, node=node, timeout=timeout),
         lambda at_start: migrate(conninfo, at_start=at_start),
         # The registry closes the sync pool they share.
         SqlFleet(

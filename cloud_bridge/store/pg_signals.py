@@ -6,6 +6,11 @@ connection is reopened with backoff; since signals may have been missed meanwhil
 here is then treated as having new results, and the executor is woken. An operator's cancel of a
 running row is signalled on a channel of its own (CANCEL_CHANNEL, the device's id: cloud_bridge.cancel_sql),
 so that a node looks for cancels asked of its rows only then, not on every result.
+
+A connection that waits for notifications sends nothing, so nothing tells it that its link went silent (a
+failover behind a TCP proxy, a NAT that forgot it): it waited for ever, and the node heard no other node's
+results again until each of its devices reconnected. It is asked a trivial query every `timeout` seconds,
+which must answer within `timeout` (`pg_deadline`), else it is opened again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import psycopg
 
 from cloud_bridge.store.pg_admit import WORK_CHANNEL
+from cloud_bridge.store.pg_deadline import DEFAULT_STORE_TIMEOUT, async_limit
 from cloud_bridge.store.pg_jobs import RESULTS_CHANNEL
 from intent_contract.backoff import compute_backoff
 
@@ -35,9 +41,10 @@ def _ignore(_device_id: str) -> None:
 class PgSignals:
     """The Signals protocol on LISTEN/NOTIFY."""
 
-    def __init__(self, conninfo: str, *, node: str) -> None:
+    def __init__(self, conninfo: str, *, node: str, timeout: float = DEFAULT_STORE_TIMEOUT) -> None:
         self._conninfo = conninfo
         self._node = node
+        self._timeout = timeout
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # set while the LISTEN connection is up (for tests)
         self._on_cancel: Callable[[str], None] = _ignore
@@ -67,9 +74,8 @@ class PgSignals:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {RESULTS_CHANNEL}")
-                    await conn.execute(f"LISTEN {WORK_CHANNEL}")
-                    await conn.execute(f"LISTEN {CANCEL_CHANNEL}")
+                    with async_limit(conn, self._timeout):
+                        await conn.execute(f"LISTEN {RESULTS_CHANNEL}; LISTEN {WORK_CHANNEL}; LISTEN {CANCEL_CHANNEL}")
                     self.listening.set()
                     if not first.done():
                         first.set_result(None)
@@ -78,8 +84,11 @@ class PgSignals:
                         on_work()
                         self._on_cancel(ALL_DEVICES)
                     failures = 0
-                    async for notice in conn.notifies():
-                        self._dispatch(notice.channel, notice.payload, on_results, on_work)
+                    while True:
+                        async for notice in conn.notifies(timeout=self._timeout):
+                            self._dispatch(notice.channel, notice.payload, on_results, on_work)
+                        with async_limit(conn, self._timeout):  # is the link still there?
+                            await conn.execute("SELECT 1")
             except psycopg.Error as exc:
                 self.listening.clear()
                 failures += 1

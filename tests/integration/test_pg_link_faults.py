@@ -8,16 +8,49 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from cloud_bridge.store.url import StoreUrl
-from tests.support.bridge import Harness, HeldIntegration, email, make_settings, running_bridge, until
+from intent_contract.codec import Envelope
+from tests.support.bridge import (
+    CountingIntegration,
+    DeviceClient,
+    Harness,
+    HeldIntegration,
+    email,
+    make_settings,
+    running_bridge,
+    until,
+)
 from tests.support.pg_proxy import PgProxy, pg_proxy
 from tests.support.stores import pg_url
 
 __all__ = ["pg_url"]  # fixtures
 
+NOT_PROCESSED = "message not processed: store_error"
+
+
+async def sent_until_accepted(client: DeviceClient, envelope: Envelope, caplog: pytest.LogCaptureFixture) -> None:
+    """Send `envelope` again each time the node says it did not process it, as the edge does after its ack timeout
+    (a call that drew a stranded connection fails, and the batch is not acked), until it is accepted."""
+
+    def refusals() -> int:
+        return sum(NOT_PROCESSED in record.getMessage() for record in caplog.records)
+
+    def accepted() -> bool:
+        return "accepted" in client.states().get(envelope.id, [])
+
+    for _ in range(5):
+        before = refusals()
+        client.send([envelope])
+        await until(lambda: accepted() or refusals() > before, what=f"{envelope.id} accepted or refused")  # noqa: B023
+        if accepted():
+            return
+    raise AssertionError(f"{envelope.id} was never accepted")
+
 
 async def test_connections_gone_silent_are_given_up_and_the_node_serves_on_new_ones(
-    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Every call on a pooled connection whose link went silent waited for ever (psycopg has no timeout, and the
     pool's check of a connection is a query too): the batch sent after it was never acked, the result of the call
@@ -28,19 +61,20 @@ async def test_connections_gone_silent_are_given_up_and_the_node_serves_on_new_o
             tmp_path, server_cert_files, store=proxy.url(pg_url), node_id="node-a", bridge={"store_timeout": "1s"}
         )
         async for bridge in running_bridge(settings, server_cert_files["ca"], {"email.send": provider}):
-            await _stranded_under_way(bridge, proxy, provider)
+            await _stranded_under_way(bridge, proxy, provider, caplog)
     assert sorted(job.intent_id for job in provider.calls) == ["a1", "b1"]
 
 
-async def _stranded_under_way(bridge: Harness, proxy: PgProxy, provider: HeldIntegration) -> None:
+async def _stranded_under_way(
+    bridge: Harness, proxy: PgProxy, provider: HeldIntegration, caplog: pytest.LogCaptureFixture
+) -> None:
     creds = await bridge.enroll()
     client = await bridge.connect(creds)
     try:
         client.send([email("a1")])
         await until(lambda: len(provider.calls) == 1, what="a1's call under way")
         assert await asyncio.to_thread(proxy.strand) > 0
-        client.send([email("b1")])
-        await until(lambda: "accepted" in client.states().get("b1", []), what="b1 accepted")
+        await sent_until_accepted(client, email("b1"), caplog)
         provider.release.set()
         await until(lambda: "delivered" in client.states().get("a1", []), what="a1 delivered")
         await until(lambda: "delivered" in client.states().get("b1", []), what="b1 delivered")
@@ -51,3 +85,37 @@ async def _stranded_under_way(bridge: Harness, proxy: PgProxy, provider: HeldInt
         assert again.accepted
     finally:
         await again.stop()
+
+
+async def test_a_node_whose_listening_connection_went_silent_hears_the_other_nodes_again(
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Node A (behind the proxy) admits, node B runs. A's LISTEN connection waits for notifications and sends
+    nothing, so it never learnt that its link went silent: A heard none of B's results again, and its devices
+    got them only when they reconnected."""
+    on_a, on_b = CountingIntegration(), CountingIntegration()
+    files = server_cert_files
+    with pg_proxy() as proxy:
+        settings_a = make_settings(
+            tmp_path / "a", files, store=proxy.url(pg_url), node_id="node-a", bridge={"store_timeout": "1s"}
+        )
+        settings_b = make_settings(tmp_path / "b", files, store=pg_url, node_id="node-b")
+        async for a in running_bridge(settings_a, files["ca"], {"email.send": on_a}):
+            assert a.bridge.executor is not None
+            await a.bridge.executor.stop()
+            async for _ in running_bridge(settings_b, files["ca"], {"email.send": on_b}):
+                await _results_after_a_strand(a, proxy, caplog)
+    assert [job.intent_id for job in on_b.calls] == ["c1", "c2"]
+    assert on_a.calls == []
+
+
+async def _results_after_a_strand(a: Harness, proxy: PgProxy, caplog: pytest.LogCaptureFixture) -> None:
+    client = await a.connect(await a.enroll())
+    try:
+        client.send([email("c1")])
+        await until(lambda: "delivered" in client.states().get("c1", []), what="c1 delivered through B's signal")
+        assert await asyncio.to_thread(proxy.strand) > 0
+        await sent_until_accepted(client, email("c2"), caplog)
+        await until(lambda: "delivered" in client.states().get("c2", []), what="c2 delivered through B's signal")
+    finally:
+        await client.stop()

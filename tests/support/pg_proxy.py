@@ -39,7 +39,6 @@ class PgProxy:
         self._server: asyncio.Server | None = None
         self._flowing: asyncio.Event | None = None  # new connections wait for it
         self._links: dict[asyncio.StreamWriter, asyncio.Event] = {}  # client side -> its connection's flow
-        self._flows: set[asyncio.Event] = set()  # of every connection open, stranded ones too
         self._refusing = False
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0  # accepted since start
@@ -129,7 +128,6 @@ class PgProxy:
         self._writers.add(client_w)
         flow = asyncio.Event()
         self._links[client_w] = flow
-        self._flows.add(flow)
         try:
             assert self._flowing is not None
             await self._flowing.wait()
@@ -144,7 +142,6 @@ class PgProxy:
         finally:
             self._writers.discard(client_w)
             self._links.pop(client_w, None)
-            self._flows.discard(flow)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flow: asyncio.Event) -> None:
         with contextlib.suppress(OSError, ConnectionError):
@@ -161,9 +158,10 @@ class PgProxy:
                 self._server.close()
             for writer in list(self._writers):
                 _reset(writer)
-            for flow in [*self._flows, self._flowing]:  # held pipes end on their reset sockets
-                if flow is not None:
-                    flow.set()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             self._call(close())

@@ -26,7 +26,9 @@ import psycopg
 from cloud_bridge.store.pg_admit import WORK_CHANNEL
 from cloud_bridge.store.pg_deadline import DEFAULT_STORE_TIMEOUT, async_limit
 from cloud_bridge.store.pg_jobs import RESULTS_CHANNEL
+from cloud_bridge.store.pg_pools import database_error
 from intent_contract.backoff import compute_backoff
+from intent_contract.logs import FailureEpisode
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class PgSignals:
         self._conninfo = conninfo
         self._node = node
         self._timeout = timeout
+        self._episode = FailureEpisode(logger, "store signals lost (other nodes' results are heard on reconnect)")
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # set while the LISTEN connection is up (for tests)
         self._on_cancel: Callable[[str], None] = _ignore
@@ -84,6 +87,7 @@ class PgSignals:
                         on_work()
                         self._on_cancel(ALL_DEVICES)
                     failures = 0
+                    self._episode.worked()
                     while True:
                         async for notice in conn.notifies(timeout=self._timeout):
                             self._dispatch(notice.channel, notice.payload, on_results, on_work)
@@ -93,7 +97,7 @@ class PgSignals:
                 self.listening.clear()
                 failures += 1
                 delay = compute_backoff(failures, base=0.2, cap=5.0, jitter=0.5)
-                logger.warning("store signals lost (%s); listening again in %.1fs", type(exc).__name__, delay)
+                self._episode.failed(database_error(exc, "store"))  # one line for an outage, not one per try
                 if not first.done():
                     first.set_result(None)
                 await asyncio.sleep(delay)

@@ -6,10 +6,12 @@ nothing runs twice, and no call waits for ever."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
 
+from cloud_bridge.store.pg_signals import ALL_DEVICES, PgSignals
 from cloud_bridge.store.url import StoreUrl
 from intent_contract.codec import Envelope
 from tests.support.bridge import (
@@ -28,6 +30,7 @@ from tests.support.stores import pg_url
 __all__ = ["pg_url"]  # fixtures
 
 NOT_PROCESSED = "message not processed: store_error"
+SIGNALS_LOST = "store signals lost (other nodes' results are heard on reconnect)"
 
 
 async def sent_until_accepted(client: DeviceClient, envelope: Envelope, caplog: pytest.LogCaptureFixture) -> None:
@@ -119,3 +122,29 @@ async def _results_after_a_strand(a: Harness, proxy: PgProxy, caplog: pytest.Log
         await until(lambda: "delivered" in client.states().get("c2", []), what="c2 delivered through B's signal")
     finally:
         await client.stop()
+
+
+async def test_a_database_refusing_the_signals_connection_is_one_line_then_one_when_it_is_back(
+    pg_url: StoreUrl, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each try to listen again wrote a warning (`store signals lost (OperationalError); listening again in 5.0s`):
+    720 lines an hour per node for a database that was down, where the node's other loops wrote two."""
+    caplog.set_level(logging.INFO, logger="cloud_bridge.store.pg_signals")
+    heard: list[str] = []
+    with pg_proxy() as proxy:
+        signals = PgSignals(proxy.url(pg_url).conninfo(), node="node-a", timeout=1.0)
+        await signals.start(heard.append, lambda: None)
+        try:
+            assert signals.listening.is_set()
+            proxy.refuse()
+            tries = proxy.connections
+            assert await asyncio.to_thread(proxy.cut) == 2  # the LISTEN connection, both sides
+            await until(lambda: proxy.connections >= tries + 4, what="four tries to listen again")
+            proxy.accept()
+            await until(signals.listening.is_set, what="listening again")
+            await until(lambda: ALL_DEVICES in heard, what="every device refreshed")
+        finally:
+            await signals.stop()
+    lines = [r for r in caplog.records if r.name == "cloud_bridge.store.pg_signals" and r.levelno >= logging.WARNING]
+    assert [r.getMessage().split(":")[0] for r in lines] == [SIGNALS_LOST, SIGNALS_LOST], lines
+    assert "works again after" in lines[1].getMessage()

@@ -42,7 +42,7 @@ def _opened(data_dir: Path, store: str | None, config_path: Path | None) -> Iter
     """The store's registry and fleet tables, open (its schema at this code's version: `for_operators`)."""
     try:
         settings = operator_settings(data_dir, config_path=config_path, store=store)
-        opened = open_store(settings.store_url, node="cli")
+        opened = open_store(settings.store_url, node="cli", timeout=settings.store_timeout)
         for_operators(opened)
         opened.registry.open()
         opened.fleet.open()

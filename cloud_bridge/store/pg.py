@@ -23,7 +23,7 @@ from cloud_bridge.ledger import WAITING_INDEX
 from cloud_bridge.store import Store
 from cloud_bridge.store.migrations import Migration, compatible_from, compatible_key, latest, pending, require_current
 from cloud_bridge.store.pg_index import build, index_builds
-from cloud_bridge.store.pg_pools import PgPools, converted
+from cloud_bridge.store.pg_pools import PgPools, converted, with_connect_timeout
 from cloud_bridge.store.url import StoreUrl
 from cloud_bridge.usage_sql import PG_SCHEMA as USAGE_SCHEMA
 from cloud_bridge.usage_sql import SCHEMA_SUMMARY as USAGE_SUMMARY
@@ -250,7 +250,9 @@ def open_pg_store(
     from cloud_bridge.store.pg_registry import PgRegistry, PgReplayCache  # noqa: PLC0415
     from cloud_bridge.store.pg_signals import PgSignals, cancel_signal, operator_signal  # noqa: PLC0415
 
-    conninfo = url.conninfo(application_name=f"cloud-bridge {node}")
+    # Every connection, the one-shot ones of schema checks and steps too (an operator's command makes one first),
+    # gives up connecting after `timeout`: one to a database host that was down waited for ever.
+    conninfo = with_connect_timeout(url.conninfo(application_name=f"cloud-bridge {node}"), timeout)
     pools = PgPools(conninfo, timeout=timeout)
     registry = PgRegistry(pools)
     return Store(
@@ -258,7 +260,7 @@ def open_pg_store(
         PgLedger(pools, node=node, clock=clock),
         registry,
         PgReplayCache(pools, per_device=tokens_per_device),
-        PgSignals(pools.conninfo, node=node, timeout=timeout),
+        PgSignals(conninfo, node=node, timeout=timeout),
         lambda at_start: migrate(conninfo, at_start=at_start),
         # The registry closes the sync pool they share.
         SqlFleet(

@@ -10,7 +10,9 @@ import logging
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from cloud_bridge.cli import main
 from cloud_bridge.store.pg_signals import ALL_DEVICES, PgSignals
 from cloud_bridge.store.url import StoreUrl
 from intent_contract.codec import Envelope
@@ -25,7 +27,7 @@ from tests.support.bridge import (
     until,
 )
 from tests.support.pg_proxy import PgProxy, pg_proxy
-from tests.support.stores import pg_url
+from tests.support.stores import made, pg_url
 
 __all__ = ["pg_url"]  # fixtures
 
@@ -148,3 +150,20 @@ async def test_a_database_refusing_the_signals_connection_is_one_line_then_one_w
     lines = [r for r in caplog.records if r.name == "cloud_bridge.store.pg_signals" and r.levelno >= logging.WARNING]
     assert [r.getMessage().split(":")[0] for r in lines] == [SIGNALS_LOST, SIGNALS_LOST], lines
     assert "works again after" in lines[1].getMessage()
+
+
+@pytest.mark.timeout(60)
+def test_an_operators_command_against_a_database_that_does_not_answer_fails_in_one_line(
+    tmp_path: Path, pg_url: StoreUrl
+) -> None:
+    """`cloud-bridge devices ls` against a database host that answered nothing (down, or its packets dropped) waited
+    for ever: the store's first look (is a store made there?) connected without libpq's connect_timeout."""
+    made(pg_url)
+    config = tmp_path / "bridge.toml"
+    config.write_text('[bridge]\nstore_timeout = "1s"\n')
+    with pg_proxy() as proxy:
+        proxy.blackhole()
+        command = ["devices", "ls", "--store", str(proxy.url(pg_url)), "--config", str(config)]
+        result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == ["Error: PostgreSQL store: connection timeout expired"]

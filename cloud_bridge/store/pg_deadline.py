@@ -10,6 +10,12 @@ keepalive takes hours and is answered by any proxy on the way.
 Shutting the socket down (not closing it: the descriptor stays psycopg's) wakes the waiting call with
 psycopg's own "connection closed" error, which the callers already handle as the store being unreachable,
 and the pool discards the connection. The limit is the `[bridge] store_timeout` setting.
+
+Before that, the server is asked to cancel the statement (a cancel request on a connection of its own, itself
+limited by libpq's connect_timeout): a server that is up but slow (a statement waiting for a lock that a long
+transaction holds) does not notice that the client went away until the statement ends, and each session given
+up so stayed, waiting for the lock, while the node opened new ones: a node left one every second or so, and a
+lock held for minutes used up the server's connections, for every other client too.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import logging
 import os
 import socket
 import threading
@@ -25,7 +32,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_STORE_TIMEOUT = 10.0
+CANCEL_TIMEOUT = 5.0  # the longest a cancel request is waited for, before the socket is shut down all the same
 
 
 def _dup_socket(conn: Any) -> socket.socket | None:
@@ -51,7 +61,7 @@ class Watchdog:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._due: list[tuple[float, int, socket.socket]] = []
+        self._due: list[tuple[float, int, socket.socket, Any]] = []
         self._live: set[int] = set()
         self._ids = itertools.count()
         self._cond = threading.Condition()
@@ -67,7 +77,7 @@ class Watchdog:
             return
         with self._cond:
             key = next(self._ids)
-            heapq.heappush(self._due, (self._clock() + seconds, key, sock))
+            heapq.heappush(self._due, (self._clock() + seconds, key, sock, conn))
             self._live.add(key)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="pg-deadline", daemon=True)
@@ -86,7 +96,7 @@ class Watchdog:
                 if not self._due:
                     self._cond.wait()
                     continue
-                at, key, sock = self._due[0]
+                at, key, sock, conn = self._due[0]
                 wait = at - self._clock()
                 if wait > 0 and key in self._live:
                     self._cond.wait(wait)
@@ -95,7 +105,35 @@ class Watchdog:
                 if key in self._live:
                     self._live.discard(key)
                     self.fired += 1
-                    _shut(sock)  # the block still running closes it
+                    # The cancel may wait (connect_timeout): in a thread of its own, not to hold the other limits.
+                    threading.Thread(target=_cancel_then_shut, args=(conn, sock), name="pg-cancel", daemon=True).start()
+
+
+def _cancel_then_shut(conn: Any, sock: socket.socket) -> None:
+    """Ask the server to cancel `conn`'s statement, then shut its socket down (the block still running closes it)."""
+    try:
+        conn.cancel_safe(timeout=CANCEL_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - the server unreachable too: the shutdown still frees the caller
+        logger.debug("cancel request failed: %s", type(exc).__name__)
+    _shut(sock)
+
+
+async def _cancel_then_shut_async(conn: Any, sock: socket.socket) -> None:
+    try:
+        await conn.cancel_safe(timeout=CANCEL_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - as in _cancel_then_shut
+        logger.debug("cancel request failed: %s", type(exc).__name__)
+    _shut(sock)
+
+
+_cancels: set[asyncio.Task[None]] = set()  # held until done (the loop keeps only weak references to tasks)
+
+
+def _start_cancel(conn: Any, sock: socket.socket, fired: list[asyncio.Task[None]]) -> None:
+    task = asyncio.get_running_loop().create_task(_cancel_then_shut_async(conn, sock), name="pg-cancel")
+    fired.append(task)
+    _cancels.add(task)
+    task.add_done_callback(_cancels.discard)
 
 
 @contextlib.contextmanager
@@ -105,9 +143,12 @@ def async_limit(conn: Any, seconds: float) -> Iterator[None]:
     if sock is None:
         yield
         return
-    handle = asyncio.get_running_loop().call_later(seconds, _shut, sock)
+    fired: list[asyncio.Task[None]] = []
+    handle = asyncio.get_running_loop().call_later(seconds, _start_cancel, conn, sock, fired)
     try:
         yield
     finally:
         handle.cancel()
+        for task in fired:  # the block ended (the cancel worked): the connection may serve another call now
+            task.cancel()
         sock.close()

@@ -9,6 +9,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -27,35 +28,37 @@ from tests.support.bridge import (
     until,
 )
 from tests.support.pg_proxy import PgProxy, pg_proxy
-from tests.support.stores import made, pg_url
+from tests.support.stores import PG_ADMIN, made, pg_url
 
 __all__ = ["pg_url"]  # fixtures
 
-NOT_PROCESSED = "message not processed: store_error"
 SIGNALS_LOST = "store signals lost (other nodes' results are heard on reconnect)"
 
 
-async def sent_until_accepted(client: DeviceClient, envelope: Envelope, caplog: pytest.LogCaptureFixture) -> None:
-    """Send `envelope` again each time the node says it did not process it, as the edge does after its ack timeout
-    (a call that drew a stranded connection fails, and the batch is not acked), until it is accepted."""
+def batches_refused(bridge: Harness) -> float:
+    """Batches the node did not process (not acked: the edge sends them again); the log says so once a minute."""
+    value = bridge.bridge.metrics.registry.get_sample_value("bridge_batches_total", {"outcome": "error"})
+    return value or 0.0
 
-    def refusals() -> int:
-        return sum(NOT_PROCESSED in record.getMessage() for record in caplog.records)
+
+async def sent_until_accepted(client: DeviceClient, envelope: Envelope, bridge: Harness) -> None:
+    """Send `envelope` again each time the node did not process it, as the edge does after its ack timeout (a
+    call that drew a stranded connection fails, and the batch is not acked), until it is accepted."""
 
     def accepted() -> bool:
         return "accepted" in client.states().get(envelope.id, [])
 
     for _ in range(5):
-        before = refusals()
+        before = batches_refused(bridge)
         client.send([envelope])
-        await until(lambda: accepted() or refusals() > before, what=f"{envelope.id} accepted or refused")  # noqa: B023
+        await until(lambda: accepted() or batches_refused(bridge) > before, what=f"{envelope.id} answered")  # noqa: B023
         if accepted():
             return
     raise AssertionError(f"{envelope.id} was never accepted")
 
 
 async def test_connections_gone_silent_are_given_up_and_the_node_serves_on_new_ones(
-    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
 ) -> None:
     """Every call on a pooled connection whose link went silent waited for ever (psycopg has no timeout, and the
     pool's check of a connection is a query too): the batch sent after it was never acked, the result of the call
@@ -66,20 +69,18 @@ async def test_connections_gone_silent_are_given_up_and_the_node_serves_on_new_o
             tmp_path, server_cert_files, store=proxy.url(pg_url), node_id="node-a", bridge={"store_timeout": "1s"}
         )
         async for bridge in running_bridge(settings, server_cert_files["ca"], {"email.send": provider}):
-            await _stranded_under_way(bridge, proxy, provider, caplog)
+            await _stranded_under_way(bridge, proxy, provider)
     assert sorted(job.intent_id for job in provider.calls) == ["a1", "b1"]
 
 
-async def _stranded_under_way(
-    bridge: Harness, proxy: PgProxy, provider: HeldIntegration, caplog: pytest.LogCaptureFixture
-) -> None:
+async def _stranded_under_way(bridge: Harness, proxy: PgProxy, provider: HeldIntegration) -> None:
     creds = await bridge.enroll()
     client = await bridge.connect(creds)
     try:
         client.send([email("a1")])
         await until(lambda: len(provider.calls) == 1, what="a1's call under way")
         assert await asyncio.to_thread(proxy.strand) > 0
-        await sent_until_accepted(client, email("b1"), caplog)
+        await sent_until_accepted(client, email("b1"), bridge)
         provider.release.set()
         await until(lambda: "delivered" in client.states().get("a1", []), what="a1 delivered")
         await until(lambda: "delivered" in client.states().get("b1", []), what="b1 delivered")
@@ -93,7 +94,7 @@ async def _stranded_under_way(
 
 
 async def test_a_node_whose_listening_connection_went_silent_hears_the_other_nodes_again(
-    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
 ) -> None:
     """Node A (behind the proxy) admits, node B runs. A's LISTEN connection waits for notifications and sends
     nothing, so it never learnt that its link went silent: A heard none of B's results again, and its devices
@@ -109,18 +110,18 @@ async def test_a_node_whose_listening_connection_went_silent_hears_the_other_nod
             assert a.bridge.executor is not None
             await a.bridge.executor.stop()
             async for _ in running_bridge(settings_b, files["ca"], {"email.send": on_b}):
-                await _results_after_a_strand(a, proxy, caplog)
+                await _results_after_a_strand(a, proxy)
     assert [job.intent_id for job in on_b.calls] == ["c1", "c2"]
     assert on_a.calls == []
 
 
-async def _results_after_a_strand(a: Harness, proxy: PgProxy, caplog: pytest.LogCaptureFixture) -> None:
+async def _results_after_a_strand(a: Harness, proxy: PgProxy) -> None:
     client = await a.connect(await a.enroll())
     try:
         client.send([email("c1")])
         await until(lambda: "delivered" in client.states().get("c1", []), what="c1 delivered through B's signal")
         assert await asyncio.to_thread(proxy.strand) > 0
-        await sent_until_accepted(client, email("c2"), caplog)
+        await sent_until_accepted(client, email("c2"), a)
         await until(lambda: "delivered" in client.states().get("c2", []), what="c2 delivered through B's signal")
     finally:
         await client.stop()
@@ -167,3 +168,49 @@ def test_an_operators_command_against_a_database_that_does_not_answer_fails_in_o
         result = CliRunner().invoke(main, command)
     assert result.exit_code == 1, result.output
     assert result.output.splitlines() == ["Error: PostgreSQL store: connection timeout expired"]
+
+
+def _given_up_and_still_waiting(url: StoreUrl, older_than: float) -> int:
+    """Sessions of the node (cloud-bridge ...) on `url`'s database waiting for a lock for over `older_than` s."""
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name LIKE 'cloud-bridge%%'"
+            " AND wait_event_type = 'Lock' AND query_start < clock_timestamp() - make_interval(secs => %s)",
+            (url.location.rsplit("/", 1)[1], older_than),
+        ).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+async def test_calls_given_up_behind_a_long_lock_leave_no_session_waiting_on_the_server(
+    tmp_path: Path, server_cert_files: dict[str, Path], pg_url: StoreUrl
+) -> None:
+    """A statement waiting for a lock that a long transaction holds (a report, a DBA's LOCK TABLE) was given up
+    after store_timeout by shutting its socket down, but the server does not notice a client gone while its
+    statement waits: every session given up stayed, waiting for the lock, while the node opened new ones (one a
+    second or so), until the server's connections ran out for every client. They are cancelled first now."""
+    counting = CountingIntegration()
+    settings = make_settings(
+        tmp_path, server_cert_files, store=pg_url, node_id="node-a", bridge={"store_timeout": "1s"}
+    )
+    async for bridge in running_bridge(settings, server_cert_files["ca"], {"email.send": counting}):
+        await _behind_a_long_lock(bridge, pg_url)
+    assert [job.intent_id for job in counting.calls] == ["a1", "b1"]
+
+
+async def _behind_a_long_lock(bridge: Harness, pg_url: StoreUrl) -> None:
+    client = await bridge.connect(await bridge.enroll())
+    try:
+        client.send([email("a1")])
+        await until(lambda: "delivered" in client.states().get("a1", []), what="a1 delivered")
+        async with await psycopg.AsyncConnection.connect(pg_url.conninfo("test lock holder")) as holder:
+            await holder.execute("LOCK TABLE intents IN ACCESS EXCLUSIVE MODE")
+            for _ in range(6):  # the edge sends its batch again and again: each is given up
+                before = batches_refused(bridge)
+                client.send([email("b1")])
+                await until(lambda: batches_refused(bridge) > before, what="b1 given up")  # noqa: B023 - called here
+            assert await asyncio.to_thread(_given_up_and_still_waiting, pg_url, 3.0) == 0
+            await holder.rollback()
+        await sent_until_accepted(client, email("b1"), bridge)
+        await until(lambda: "delivered" in client.states().get("b1", []), what="b1 delivered")
+    finally:
+        await client.stop()

@@ -25,6 +25,7 @@ from intent_contract.codec import (
 )
 from intent_contract.errors import DecodeError, UnsupportedVersionError
 from intent_contract.wire import MAX_ATTEMPT, MAX_CODE, MAX_DETAIL, MAX_TIME
+from tests.support.msgpack_values import msgpack_values as msgpack_values_of
 
 PAYLOAD = {"to": "a@example.com", "subject": "S", "text": "t"}
 
@@ -198,19 +199,7 @@ def test_arbitrary_structures_inside_v1_batches(value: object) -> None:
 
 
 # What msgpack carries beyond JSON: binary values and keys, floats with NaN and infinities, integers to 2**64 - 1.
-msgpack_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats()
-    | st.text(max_size=20)
-    | st.binary(max_size=8),
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(st.text(max_size=8) | st.binary(max_size=4), children, max_size=4)
-    ),
-    max_leaves=30,
-)
+msgpack_values = msgpack_values_of()
 _FIELDS = ["id", "app", "kind", "created", "expires", "attempt", "priority", "payload", "subject", "extra"]
 _LEDGER_INTEGERS = range(-(2**63), 2**63)  # what SQLite's INTEGER and PostgreSQL's bigint hold
 

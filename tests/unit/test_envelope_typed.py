@@ -15,6 +15,8 @@ from intent_contract.errors import DecodeError
 from intent_contract.names import KINDS
 from intent_contract.schemas import schema_dir
 from intent_contract.wire import DEFAULT_LIMITS, Limits
+from tests.support.msgpack_values import MSGPACK_KEYS
+from tests.support.msgpack_values import msgpack_values as msgpack_values_of
 
 PAYLOAD = {"credential": "sink", "method": "POST", "path": "/hook", "json": {"n": 1, "list": [1, {"a": None}]}}
 
@@ -117,19 +119,7 @@ def test_what_the_general_path_refuses_or_explains_goes_to_it(why: str, data: by
         assert decode_batch(data, limits) == decoded, why
 
 
-msgpack_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats()
-    | st.text(max_size=20)
-    | st.binary(max_size=8),
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(st.text(max_size=8) | st.binary(max_size=4) | st.integers(0, 9), children, max_size=4)
-    ),
-    max_leaves=30,
-)
+msgpack_values = msgpack_values_of(MSGPACK_KEYS | st.integers(0, 9))
 _FIELDS = ["id", "app", "kind", "created", "expires", "attempt", "priority", "payload", "json", "extra"]
 
 

@@ -5,23 +5,14 @@ import re
 
 import pytest
 from hypothesis import example, given
-from hypothesis import strategies as st
 
 from cloud_bridge.ledger_plan import body_digest, canonical_text
 from intent_contract.codec import Envelope
+from tests.support.msgpack_values import TEXT_KEYS, msgpack_values
 
 # What a payload decoded from msgpack may hold: JSON's values, floats with NaN and the infinities, integers past
 # 64 bits' signed range, text beyond ASCII, binary values (str() of them, as json.dumps's default=str writes).
-values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats()
-    | st.text(max_size=20)
-    | st.binary(max_size=8),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=30,
-)
+values = msgpack_values(TEXT_KEYS)
 
 
 def standard(value: object) -> str:

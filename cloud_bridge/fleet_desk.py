@@ -51,6 +51,7 @@ REPORT_GAP_S = 1.0  # a device's reports closer together than this are dropped
 DROP_LOG_INTERVAL = 10.0  # seconds between lines about one device's dropped reports (the metric counts each)
 MAX_SIGHTINGS = 100_000  # connects kept between two flushes (beyond: dropped, and said so once)
 PRUNE_EVERY_S = 3600.0
+REPORT_OUTCOMES = ("health", "diagnosis", "too_often", "undecodable", "unasked")  # bridge_device_reports_total
 ANOMALIES_EVERY_S = 60.0  # `bridge_device_anomalies` is counted again this often ...
 ANOMALIES_AFTER_S = 10.0  # ... or this soon after connects or intents were written
 
@@ -100,6 +101,8 @@ class FleetDesk:
             "bridge_device_reports", "Health reports and diagnoses from devices, by outcome", ["outcome"],
             registry=metrics,
         )  # fmt: skip
+        for outcome in REPORT_OUTCOMES:  # from 0, so that `increase()` sees the first (cloud_bridge.metrics)
+            self.reports.labels(outcome)
         self.anomalies = Gauge(
             "bridge_device_anomalies", "Devices flagged now, by anomaly (fleet-wide: every node says the same)",
             ["kind"], registry=metrics,

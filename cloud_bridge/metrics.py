@@ -14,6 +14,16 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cloud_bridge.ledger import LedgerDepth
+from intent_contract.codec import AckState
+
+# Each labelled counter's values that are known in advance, exported at 0 from the start: a series that first
+# appears at 1 is no increase to Prometheus (`increase()`, `rate()` need two samples), so an alert on the first
+# refused reload, undecodable batch or shed connection since the node started never fired.
+ENROLLMENT_RESULTS = ("enrolled", "repeated", "refused", "malformed", "limited")
+BATCH_OUTCOMES = ("admitted", "undecodable", "dropped_busy", "unsupported_version", "error")
+RELOAD_RESULTS = ("applied", "refused")
+TOPIC_ACTIONS = ("publish", "subscribe")
+SHED_LIMITS = ("address", "total")
 
 # Provider calls take milliseconds (a local relay) to tens of seconds (a slow API up to its timeout).
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -99,8 +109,23 @@ class BridgeMetrics:
             "bridge_store_up", "1 when the store answered this scrape's queries, else 0", registry=registry
         )
 
+        self._listeners: set[str] = set()
+        for counter, values in (
+            (self.enrollments, ENROLLMENT_RESULTS),
+            (self.batches, BATCH_OUTCOMES),
+            (self.reloads, RELOAD_RESULTS),
+            (self.topics_refused, TOPIC_ACTIONS),
+            (self.acks, tuple(AckState)),
+        ):
+            for value in values:
+                counter.labels(str(value))
+
     def connections_pending(self, listener: str, count: int) -> None:
         self.pending_connections.labels(listener).set(count)
+        if listener not in self._listeners:  # told first as the listener opens: its shed counters from 0
+            self._listeners.add(listener)
+            for limit in SHED_LIMITS:
+                self.connections_shed.labels(listener, limit)
 
     def connection_shed(self, listener: str, limit: str) -> None:
         self.connections_shed.labels(listener, limit).inc()

@@ -8,6 +8,7 @@ would refuse it at its next connect) is refused, the running one staying in forc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,11 @@ from cryptography.hazmat.primitives import hashes
 
 from cloud_bridge.errors import ConfigError
 from intent_contract.timefmt import format_ms
+
+
+def describe(names: Sequence[str], not_after: str) -> str:
+    """The line naming a certificate: in the reload's log, and printed by `cloud-bridge reload` from its answer."""
+    return f"certificate {', '.join(names) or '(no names)'} valid until {not_after}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +43,7 @@ class CertInfo:
         }
 
     def line(self) -> str:
-        names = ", ".join(self.names) or "(no names)"
-        return f"certificate {names} valid until {format_ms(int(self.not_after * 1000))}"
+        return describe(self.names, format_ms(int(self.not_after * 1000)))
 
     def check_valid(self, path: Path, now: float) -> None:
         """ConfigError when `now` is outside the certificate's validity."""

@@ -176,4 +176,6 @@ def reload(data_dir: Path, timeout: str, as_json: bool) -> None:
         enabled = ", ".join(answer.get("integrations") or []) or "none"
         click.echo(f"reloaded: config generation {answer.get('generation')}, integrations {enabled}")
         if cert := answer.get("certificate"):
-            click.echo(f"certificate {', '.join(cert['names']) or '(no names)'} valid until {cert['not_after']}")
+            from cloud_bridge.cert_info import describe  # noqa: PLC0415 - as `request` above
+
+            click.echo(describe(cert["names"], cert["not_after"]))

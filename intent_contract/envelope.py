@@ -46,17 +46,8 @@ class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     priority: Priority = 0
 
     def to_wire(self) -> dict[str, Any]:
-        # Not a generic conversion, which would copy the payload: 13% of the edge's time in a drain (as a dataclass).
-        return {
-            "id": self.id,
-            "app": self.app,
-            "kind": self.kind,
-            "created": self.created,
-            "expires": self.expires,
-            "attempt": self.attempt,
-            "payload": self.payload,
-            "priority": self.priority,
-        }
+        # Shallow, in field order: the payload is not copied (a deep copy was 13% of the edge's time in a drain).
+        return msgspec.structs.asdict(self)
 
 
 class _BatchV1(msgspec.Struct):

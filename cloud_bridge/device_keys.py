@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from cloud_bridge.errors import AuthError, KeyReplacedError, UnknownDeviceError
+from cloud_bridge.errors import AuthError, KeyReplacedError, SignedTokenError, UnknownDeviceError
 from cloud_bridge.registry import Device, Registry
 from intent_contract import signed
 from intent_contract.errors import DecodeError, SignatureError
@@ -32,14 +32,21 @@ def verify_with_device_key(
     registry: Registry, device: Device, verify: Callable[[str], T], now: Callable[[], float] = time.time
 ) -> T:
     """`verify(public_key_pem)` with the device's key, else with its proposed next key, whose first use
-    makes it the device's key (the old one stops working). Raises KeyReplacedError when it verifies with a key
-    a rotation replaced, else what the current key's check raised."""
+    makes it the device's key (the old one stops working). Raises KeyReplacedError when it was signed with a key
+    a rotation replaced; else what the check of the key that signed it raised (SignedTokenError: a token of the
+    next key refused for its claims, an expired one say, is refused as that, not as not verifying with the
+    current key); else what the current key's check raised."""
     try:
         return verify(device.public_key)
+    except SignedTokenError:
+        raise
     except (AuthError, SignatureError):
+        signed_by_next: SignedTokenError | None = None
         if device.next_public_key is not None:
             try:
                 result = verify(device.next_public_key)
+            except SignedTokenError as exc:  # the next key made it: not a use of it (nothing promoted)
+                signed_by_next = exc
             except (AuthError, SignatureError):
                 pass
             else:
@@ -49,6 +56,8 @@ def verify_with_device_key(
                     extra={"device_id": device.device_id},
                 )
                 return result
+        if signed_by_next is not None:
+            raise signed_by_next from None
         _refuse_replaced(registry, device, verify)
         raise
 
@@ -56,10 +65,13 @@ def verify_with_device_key(
 def _refuse_replaced(registry: Registry, device: Device, verify: Callable[[str], object]) -> None:
     """KeyReplacedError when `verify` passes with a key the device's rotations replaced: its own old key (a
     bundle made before the switch, a restored backup; or a thief's copy), not a forgery. Only a holder of that
-    key learns it, and only what the device knew: that its key was replaced."""
+    key learns it, and only what the device knew: that its key was replaced. A token that key made and that is
+    refused for its claims as well (expired, say) is still the replaced key's: told so."""
     for key, replaced_at in registry.replaced_keys(device.device_id):
         try:
             verify(key)
+        except SignedTokenError:
+            pass
         except (AuthError, SignatureError):
             continue
         raise KeyReplacedError(

@@ -66,6 +66,12 @@ class AuthError(PermanentError):
     code = "auth"
 
 
+class SignedTokenError(AuthError):
+    """A device token whose signature verified with the key tried, refused for what it says (expired, issued in
+    the future, another audience, a lifetime or claim out of bounds): that key made it, so its refusal, not a
+    mismatch of another key tried before, is what the caller is told."""
+
+
 class KeyReplacedError(AuthError):
     """Signed with a key the device used to have: a rotation replaced it at `replaced_at` (seconds)."""
 

@@ -18,7 +18,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cloud_bridge.errors import AuthError
+from cloud_bridge.errors import AuthError, SignedTokenError
 from intent_contract.device_token import ALGORITHM, MAX_LIFETIME_S
 
 LEEWAY_S = 30.0
@@ -59,13 +59,13 @@ def _number(claims: dict[str, object], name: str) -> float:
     the replay cache never let its entry go), and an integer past the float range raised OverflowError."""
     value = claims[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise AuthError(f"claim {name} must be a number", code="token_invalid")
+        raise SignedTokenError(f"claim {name} must be a number", code="token_invalid")
     try:
         number = float(value)
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        raise AuthError(f"claim {name} must be a finite number", code="token_invalid")
+        raise SignedTokenError(f"claim {name} must be a finite number", code="token_invalid")
     return number
 
 
@@ -101,30 +101,33 @@ def verify_device_token(
                 "verify_nbf": False,
             },
         )
-    except jwt.InvalidAudienceError as exc:
-        raise AuthError("token audience is wrong", code="token_audience") from exc
-    except jwt.MissingRequiredClaimError as exc:
-        raise AuthError(f"token lacks claim {exc.claim}", code="token_claims") from exc
-    except jwt.InvalidTokenError as exc:
+    except (jwt.DecodeError, jwt.InvalidAlgorithmError) as exc:
+        # Before the signature verified (InvalidSignatureError is a DecodeError): not this key's token, or no token.
         # The exception text names the failed check, never key material.
         raise AuthError(f"token rejected: {exc}", code="token_invalid") from exc
+    except jwt.InvalidAudienceError as exc:
+        raise SignedTokenError("token audience is wrong", code="token_audience") from exc
+    except jwt.MissingRequiredClaimError as exc:
+        raise SignedTokenError(f"token lacks claim {exc.claim}", code="token_claims") from exc
+    except jwt.InvalidTokenError as exc:  # a claim pyjwt checks (the subject), after the signature
+        raise SignedTokenError(f"token rejected: {exc}", code="token_invalid") from exc
     iat = _number(claims, "iat")
     exp = _number(claims, "exp")
     if exp <= iat:
-        raise AuthError("token exp is not after iat", code="token_invalid")
+        raise SignedTokenError("token exp is not after iat", code="token_invalid")
     if exp - iat > max_lifetime:
-        raise AuthError(f"token lifetime over {max_lifetime:.0f} s", code="token_lifetime")
+        raise SignedTokenError(f"token lifetime over {max_lifetime:.0f} s", code="token_lifetime")
     if now > exp + leeway:
-        raise AuthError("token expired", code="token_expired")
+        raise SignedTokenError("token expired", code="token_expired")
     if iat > now + leeway:
-        raise AuthError("token issued in the future", code="token_not_yet_valid")
+        raise SignedTokenError("token issued in the future", code="token_not_yet_valid")
     if "nbf" in claims and _number(claims, "nbf") > now + leeway:
-        raise AuthError("token not yet valid", code="token_not_yet_valid")
+        raise SignedTokenError("token not yet valid", code="token_not_yet_valid")
     jti = claims["jti"]
     # Printable ASCII: the replay cache stores it, and PostgreSQL's text refuses a NUL (a connect refused as
     # if the store were down) and a lone surrogate cannot be encoded at all (an unhandled exception).
     if not isinstance(jti, str) or _JTI.fullmatch(jti) is None:
-        raise AuthError("claim jti must be 8-128 printable ASCII characters", code="token_claims")
+        raise SignedTokenError("claim jti must be 8-128 printable ASCII characters", code="token_claims")
     return TokenClaims(device_id=device_id, jti=jti, iat=iat, exp=exp)
 
 

@@ -13,7 +13,7 @@ from cloud_bridge.device_keys import accept_rotation
 from cloud_bridge.errors import AuthError
 from cloud_bridge.store import Store
 from intent_contract import signed
-from intent_contract.device_token import generate_private_key_pem, public_key_pem
+from intent_contract.device_token import generate_private_key_pem, public_key_pem, sign_device_token
 from intent_contract.offline_wire import KEY_ROTATION_TYPE, NEW_KEY_TYPE, NewKey
 from tests.support.bridge import Creds, Harness, counting, harness, rotation_document, until
 from tests.support.stores import store, store_url
@@ -99,3 +99,33 @@ async def test_a_proposed_key_that_cannot_be_loaded_is_refused_and_the_device_ke
     assert (await harness.device_status(creds))[0] == 200
     device = harness.bridge.registry.get(creds.device_id)
     assert device is not None and device.next_public_key is None
+
+
+async def test_a_token_of_the_next_key_refused_for_its_clock_says_so_not_that_it_does_not_verify(
+    harness: Harness,
+) -> None:
+    """A device that had just rotated, its clock an hour slow, was refused `token_invalid` (the current key's
+    "Signature verification failed") where the same token of its current key was `token_expired`: the log, the
+    metrics and the audit sent its operator looking for a forger instead of at the device's clock."""
+    creds = await harness.enroll()
+    new, document = creds.rotated()
+    assert (await harness.post("/v1/rotate-key", document))[0] == 200
+    an_hour_ago = int(time.time()) - 3600
+    slow = sign_device_token(new.private_pem, new.device_id, an_hour_ago, lifetime_s=600, audience="cloud-bridge")
+    status, body = await harness.device_status(new, token=slow)
+    assert (status, body["error"]) == (401, "token_expired")
+    refused = await harness.connect(new, password=sign_device_token(
+        new.private_pem, new.device_id, an_hour_ago, lifetime_s=600, audience="cloud-bridge"))  # fmt: skip
+    try:
+        assert not refused.accepted
+        assert harness.bridge.metrics.connects_refused.labels("token_expired")._value.get() == 1
+        assert harness.bridge.metrics.connects_refused.labels("token_invalid")._value.get() == 0
+    finally:
+        await refused.stop()
+    device = harness.bridge.registry.get(creds.device_id)  # an expired token is no use of the next key
+    assert device is not None and device.next_public_key == public_key_pem(new.private_pem)
+    # Its first use, on the clock put right; then the old key's expired token is the replaced key's.
+    assert (await harness.device_status(new))[0] == 200
+    stale = sign_device_token(creds.private_pem, creds.device_id, an_hour_ago, lifetime_s=600, audience="cloud-bridge")
+    status, body = await harness.device_status(creds, token=stale)
+    assert (status, body["error"]) == (401, "key_replaced")

@@ -186,9 +186,9 @@ class Harness:
         ):
             return response.status, await response.json()
 
-    async def device_status(self, creds: Creds) -> tuple[int, dict[str, Any]]:
-        """GET /v1/device with a fresh token of `creds`: status and JSON body."""
-        headers = {"Authorization": f"Bearer {creds.token()}"}
+    async def device_status(self, creds: Creds, token: str | None = None) -> tuple[int, dict[str, Any]]:
+        """GET /v1/device with `token`, by default a fresh one of `creds`: status and JSON body."""
+        headers = {"Authorization": f"Bearer {token if token is not None else creds.token()}"}
         async with (
             aiohttp.ClientSession() as http,
             http.get(f"{self.base_url}/v1/device", headers=headers, ssl=self.client_ssl()) as response,

@@ -36,6 +36,10 @@ _MAX_BODY = 16 * 1024
 _MAX_PEM = 4096
 _NOT_VERIFIED = "the token does not verify for this device"
 _STORE_DETAIL = "the bridge cannot use its store now; try again later (an enrollment: with the same code)"
+_KEY_REPLACED_ROTATION = (
+    "signed with a key of this device that a key rotation replaced (this identity is older than the device's:"
+    " a restored backup or a copy of the data dir): put back the identity that rotated, or enroll again"
+)
 STORE_RETRY_AFTER = 30  # seconds, in a 503's Retry-After
 STORE_LOG_INTERVAL = 10.0  # seconds between "not served: the store failed" lines
 
@@ -199,6 +203,8 @@ def build_http_app(
         except (AuthError, UnknownDeviceError) as exc:
             if exc.code == "rotation_malformed":
                 return _error(400, exc.code, exc.detail, clock())
+            if isinstance(exc, KeyReplacedError):  # the caller holds the old key: it learns what the device knew
+                return _error(403, exc.code, _KEY_REPLACED_ROTATION, clock())
             if exc.code == "device_revoked":  # only after the device's key verified: that caller holds it
                 detail = "this device is revoked at the bridge: it cannot rotate its key (enroll again with a new code)"
                 return _error(403, exc.code, detail, clock())

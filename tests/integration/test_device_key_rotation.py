@@ -129,3 +129,23 @@ async def test_a_token_of_the_next_key_refused_for_its_clock_says_so_not_that_it
     stale = sign_device_token(creds.private_pem, creds.device_id, an_hour_ago, lifetime_s=600, audience="cloud-bridge")
     status, body = await harness.device_status(creds, token=stale)
     assert (status, body["error"]) == (401, "key_replaced")
+
+
+async def test_a_rotation_signed_with_the_replaced_key_is_told_so(harness: Harness) -> None:
+    """A device restored from a backup made before its rotation runs rotate-key to get going again: it was told
+    403 `rotation_refused`, "the rotation does not verify for this device" (a forgery's answer), while its
+    connects were refused `key_replaced` and `/v1/device` told it so."""
+    creds = await harness.enroll()
+    new, document = creds.rotated()
+    assert (await harness.post("/v1/rotate-key", document))[0] == 200
+    assert (await harness.device_status(new))[0] == 200  # the switch
+    _, from_backup = creds.rotated()  # the old identity, restored, proposes a key of its own
+    status, body = await harness.post("/v1/rotate-key", from_backup)
+    assert (status, body["error"]) == (403, "key_replaced")
+    assert "replaced" in body["detail"] and "enroll again" in body["detail"]
+    device = harness.bridge.registry.get(creds.device_id)
+    assert device is not None and device.next_public_key is None
+    # A stranger's signature is still told nothing.
+    _, forged = Creds(creds.device_id, generate_private_key_pem()).rotated()
+    status, body = await harness.post("/v1/rotate-key", forged)
+    assert (status, body["error"]) == (403, "rotation_refused")

@@ -174,6 +174,11 @@ def rotate_online(data_dir: Path, identity: Identity, now: int) -> None:
         body = None
     if response.status_code != 200:
         reason = body.get("detail", "") if isinstance(body, dict) else response.reason_phrase
+        if response.status_code == 429 or response.status_code >= 500:  # busy, restarting, its store down
+            raise TransientError(
+                f"the bridge could not take the key rotation now (HTTP {response.status_code}): {reason}; run it"
+                " again (it proposes the same next key)"
+            )
         raise PermanentError(f"the bridge refused the key rotation (HTTP {response.status_code}): {reason}")
     if not took_next_key(body, identity.device_id):
         # Switching on any 200 signed with a key the bridge may not hold, the old one gone: locked out.

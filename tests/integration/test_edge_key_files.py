@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trustme
 
 from edge_outbox import key_rotation
 from edge_outbox.identity import Identity, identity_dir, key_file, save_identity
@@ -16,6 +17,7 @@ from intent_contract import signed
 from intent_contract.device_token import generate_private_key_pem, public_key_pem
 from intent_contract.offline_wire import KEY_ROTATION_TYPE, NEW_KEY_TYPE, NewKey
 from tests.support import disk
+from tests.support.https_stub import https_answering
 
 DEVICE_ID = "dev-1"
 MAX = 16 * 1024
@@ -137,3 +139,32 @@ def test_an_identity_is_synced_file_by_file_before_device_json_marks_it_enrolled
     assert key_file(data_dir).read_bytes() == key
     assert synced.index("device.key") < synced.index("device.json")  # the key is whole before it counts
     assert synced[-1] == "dir:device.json,device.key"  # and device.json's name is durable
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "said"),
+    [
+        (503, b'{"error": "store_unavailable", "detail": "the bridge cannot use its store now; try again later"}',
+         "the bridge cannot use its store now"),
+        (502, b"<html>Bad Gateway</html>", "Bad Gateway"),  # a balancer in front of a bridge that restarts
+        (429, b'{"error": "rate_limited", "detail": "slow down"}', "slow down"),
+    ],
+)  # fmt: skip
+def test_rotate_key_against_a_bridge_that_cannot_answer_now_says_run_it_again(
+    tmp_path: Path, ca: trustme.CA, status: int, answer: bytes, said: str
+) -> None:
+    """A bridge restarting behind its balancer (502), its database down (503) or busy (429) was "the bridge
+    refused the key rotation (HTTP 503)", as if for good: the operator took the device's key for one the bridge
+    would not have. Nothing was refused: running it again proposes the same next key."""
+    with https_answering(ca, status, answer) as port:
+        url = f"https://127.0.0.1:{port}"
+        identity = Identity(DEVICE_ID, "acme", "boiler-7", "127.0.0.1", 8883, url, "cloud-bridge")
+        current = generate_private_key_pem()
+        save_identity(tmp_path, identity, current, ca.cert_pem.bytes(), None)
+        args = [sys.executable, "-m", "edge_outbox", "rotate-key", "--data-dir", str(tmp_path)]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert f"the bridge could not take the key rotation now (HTTP {status})" in result.stderr, result.stderr
+    assert said in result.stderr and "run it again" in result.stderr and "refused" not in result.stderr
+    assert key_file(tmp_path).read_bytes() == current  # still signing with its current key
+    assert (identity_dir(tmp_path) / "next.key").exists()  # proposed again by the next run

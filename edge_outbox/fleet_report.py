@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from intent_contract.device_wire import Diagnosis, ErrorLine, FailingKind, HealthReport, LinkStats, clip
-from intent_contract.wire import DIAGNOSIS_ERRORS, DIAGNOSIS_FAILING
+from intent_contract.wire import DIAGNOSIS_ERRORS, DIAGNOSIS_FAILING, DIAGNOSIS_WINDOWS
 
 
 class SummaryLike(Protocol):
@@ -147,5 +147,15 @@ def build_diagnosis(
         failing_window_ms=failing_window_ms,
         bridge=clip(bridge),
         transport=transport,
-        windows=tuple(windows),
+        windows=_windows(windows),
     )
+
+
+def _windows(windows: Sequence[str]) -> tuple[str, ...]:
+    """The forwarding windows as a diagnosis carries them: at most DIAGNOSIS_WINDOWS, the last saying how many
+    were left out. A site with more (every half hour: 48) sent diagnoses the bridge refused, and
+    `devices diagnose` waited its --timeout for an answer that never came."""
+    if len(windows) <= DIAGNOSIS_WINDOWS:
+        return tuple(windows)
+    shown = DIAGNOSIS_WINDOWS - 1
+    return (*windows[:shown], f"+{len(windows) - shown} more")

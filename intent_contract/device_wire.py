@@ -20,7 +20,7 @@ from intent_contract.errors import DecodeError, UnsupportedVersionError
 from intent_contract.names import is_name
 from intent_contract.readable import readable
 from intent_contract.timefmt import MAX_DURATION_S
-from intent_contract.wire import DIAGNOSIS_ERRORS, DIAGNOSIS_FAILING, REPORT_DETAIL, REPORT_LIMITS
+from intent_contract.wire import DIAGNOSIS_ERRORS, DIAGNOSIS_FAILING, DIAGNOSIS_WINDOWS, REPORT_DETAIL, REPORT_LIMITS
 
 REPORT_VERSION = 1
 T = TypeVar("T")
@@ -334,7 +334,7 @@ def _diagnosis(f: _Fields) -> Diagnosis:
         failing_window_ms=f.age("failing_window_ms"),
         bridge=f.text("bridge", 300),
         transport=f.text("transport", 32),
-        windows=f.texts("windows", 24),
+        windows=f.texts("windows", DIAGNOSIS_WINDOWS),
     )
 
 

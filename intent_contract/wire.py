@@ -86,5 +86,7 @@ REPORT_LIMITS: Final = Limits(max_bytes=64 * 1024, max_items=64, max_depth=4, ma
 # A diagnosis carries at most this many recent errors and failing (kind, code) pairs.
 DIAGNOSIS_ERRORS: Final = 20
 DIAGNOSIS_FAILING: Final = 10
+# ... and at most this many forwarding windows: an edge with more sends the first ones and "+N more" last.
+DIAGNOSIS_WINDOWS: Final = 24
 # Characters of an error's detail in a report (longer ones are cut by the edge).
 REPORT_DETAIL: Final = 300

@@ -27,8 +27,9 @@ from edge_outbox.intake_rules import admit
 from edge_outbox.ops import QueueLimits
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
+from edge_outbox.windows import Window, parse_windows
 from intent_contract.device_wire import Diagnosis, decode_diagnose, encode_diagnosis, encode_health
-from intent_contract.wire import ACKS, CONFIRMS, DIAGNOSE, DIAGNOSIS, HEALTH, INTENTS
+from intent_contract.wire import ACKS, CONFIRMS, DIAGNOSE, DIAGNOSIS, DIAGNOSIS_WINDOWS, HEALTH, INTENTS
 from tests.support.bridge import (
     CountingIntegration,
     Harness,
@@ -107,7 +108,9 @@ async def test_reports_for_another_device_unasked_diagnoses_and_floods_are_dropp
 
 
 @contextlib.asynccontextmanager
-async def running_edge(tmp_path: Path, bridge: Harness, intents: int) -> AsyncIterator[tuple[Store, Forwarder]]:
+async def running_edge(
+    tmp_path: Path, bridge: Harness, intents: int, windows: tuple[Window, ...] = ()
+) -> AsyncIterator[tuple[Store, Forwarder]]:
     """An edge enrolled at `bridge` with `intents` queued, its forwarder running (health reports every 0.2 s)."""
     code = await asyncio.to_thread(bridge.bridge.registry.create_code, "acme", "edge-1", 600, time.time())
     edge_dir = tmp_path / "edge"
@@ -120,7 +123,7 @@ async def running_edge(tmp_path: Path, bridge: Harness, intents: int) -> AsyncIt
         raw = json.dumps({"to": "ops@example.com", "subject": "Alarm", "text": "hot", "id": f"new-{n}"}).encode()
         now = time.time_ns() // 1_000_000
         await store.call(ops.commit_intake, admit("outbox/app/email.send", raw, now, lambda: "x"), QueueLimits(), now)
-    settings = ForwarderSettings(health_interval_s=0.2)
+    settings = ForwarderSettings(health_interval_s=0.2, windows=windows)
     forwarder = Forwarder(store, edge_dir, identity, settings, lambda: time.time_ns() // 1_000_000)
     task = asyncio.create_task(forwarder.run())
     try:
@@ -190,6 +193,30 @@ async def test_a_diagnosis_is_asked_through_the_store_and_answered_by_the_node_h
                 assert result.request is not None and result.request.node == "node-b"
                 assert result.diagnosis is not None and result.diagnosis.health.counts["delivered"] == 2
                 assert result.diagnosis.bridge == f"127.0.0.1:{b.mqtt_port}"
+
+
+async def test_an_edge_with_more_forwarding_windows_than_a_diagnosis_carries_is_still_diagnosed(
+    tmp_path: Path, harness: Harness
+) -> None:
+    """A site that may reach the bridge every half hour (48 windows, here chained over the whole day so that the
+    link is up) answered every diagnose request with a diagnosis the bridge refused (at most 24 windows): counted
+    `undecodable`, and `devices diagnose` waited its --timeout for "no answer" (exit 1)."""
+    halves = [f"{m // 60:02d}:{m % 60:02d}-{(m + 30) // 60 % 24:02d}:{(m + 30) % 60:02d}" for m in range(0, 1440, 30)]
+    async with running_edge(tmp_path, harness, 1, parse_windows(halves)) as (store, _forwarder):
+        await delivered(store, 1)
+        device_id = next(iter((await _overview(harness)).keys()))
+
+        async def connected() -> bool:
+            return (await _overview(harness))[device_id].connected
+
+        await until(connected, what="the store shows the device connected")
+        fleet = harness.bridge.store.fleet
+        result = await asyncio.to_thread(fleet_query.diagnose, harness.bridge.registry, fleet, device_id, timeout=15)
+    assert result.outcome is fleet_query.Outcome.ANSWERED, result
+    assert result.diagnosis is not None
+    windows = result.diagnosis.windows
+    assert len(windows) == DIAGNOSIS_WINDOWS and windows[:-1] == tuple(halves[: DIAGNOSIS_WINDOWS - 1])
+    assert windows[-1] == f"+{len(halves) - DIAGNOSIS_WINDOWS + 1} more"
 
 
 async def test_a_diagnose_asked_from_a_machine_whose_clock_is_behind_is_sent_and_answered(

@@ -18,6 +18,7 @@ import click
 from rich.table import Table
 
 from cloud_bridge.cli_common import clean_errors, name_flag, operator_settings, run_async
+from cloud_bridge.own_threads import own_thread
 from cloud_bridge.store import for_operators, open_store
 from cloud_bridge.usage import Dimension, UsageQuery, UsageRow, day_of, parse_day, totals
 from intent_contract.console import plain_console
@@ -35,15 +36,21 @@ def _ms(value: float | None) -> str:
     return f"{value:.1f} ms" if value < 10 else f"{value:,.0f} ms"
 
 
-def _read(data_dir: Path, store: str | None, config_path: Path | None, query: UsageQuery) -> list[UsageRow]:
+def _read(
+    data_dir: Path, store: str | None, config_path: Path | None, query: Callable[[float], UsageQuery]
+) -> tuple[UsageQuery, list[UsageRow], float]:
+    """The query made at the store's time (`query(now)`), its rows, and that time: this machine's clock may be
+    off, and one ten days ahead asked for days still to come at the store ("no usage" for a busy bridge)."""
     settings = operator_settings(data_dir, config_path=config_path, store=store, node_id="cli")
     opened = open_store(settings.store_url, node=settings.node_id, timeout=settings.store_timeout)
     for_operators(opened)
 
-    async def read() -> list[UsageRow]:
+    async def read() -> tuple[UsageQuery, list[UsageRow], float]:
         await opened.open(migrate=False)
         try:
-            return await opened.ledger.usage(query)
+            now = await own_thread(opened.intents.store_now)
+            asked = query(now)
+            return asked, await opened.ledger.usage(asked), now
         finally:
             await opened.close()
 
@@ -98,12 +105,15 @@ def usage(
     """
     name_flag("--tenant", tenant)
     name_flag("--device", device)
-    now = time.time()
-    try:
-        query = UsageQuery(parse_day(since, now), parse_day(until, now), tenant, device, kind, (Dimension(by),))
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    rows = _read(data_dir, store, config_path, query)
+
+    def query_at(now: float) -> UsageQuery:  # the days counted from the store's today, not this machine's
+        try:
+            return UsageQuery(parse_day(since, now), parse_day(until, now), tenant, device, kind, (Dimension(by),))
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    query_at(time.time())  # a bad --since or --until is refused before the store is opened
+    query, rows, now = _read(data_dir, store, config_path, query_at)
     if as_json:
         doc = {
             "since": query.since,

@@ -14,6 +14,7 @@ from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.policy import Decision, DeviceRef
 from cloud_bridge.store import Store
 from cloud_bridge.store.url import StoreUrl
+from cloud_bridge.usage import day_of
 from intent_contract.codec import AckState, Envelope
 from tests.support.stack import bridge_cli
 from tests.support.stores import admit, opened, pg_url
@@ -78,3 +79,17 @@ async def test_retry_and_ls_from_a_machine_days_ahead_record_and_read_the_stores
         assert now <= shown.history[-1].at <= after
         listed = await _cli(tmp_path, pg_url, "ls")
         assert "dev-1" in listed and "ago" in listed and "d ago" not in listed
+
+
+async def test_usage_from_a_machine_days_ahead_counts_the_stores_days(tmp_path: Path, pg_url: StoreUrl) -> None:
+    """`usage` (the last 7 days to today by default) from a machine ten days ahead counted from that machine's
+    today: its days were all still to come at the store, and it said "no usage" for a bridge that delivered
+    today; one a day behind left today out."""
+    now = time.time()
+    async with opened(pg_url) as store:
+        await _ended(store, env("c", now), EntryState.DELIVERED, now)
+    command = [*AHEAD, *bridge_cli(), "usage", "--json", "--store", str(pg_url), "--data-dir", str(tmp_path / "op")]
+    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    usage = json.loads(done.stdout)
+    assert (usage["today"], usage["until"], usage["total"]["count"]) == (day_of(now), day_of(now), 1), usage

@@ -25,7 +25,7 @@ import aiomqtt
 
 from edge_outbox import forward_ops, offline_ops, ops
 from edge_outbox.bridge_access import client_tls_context, device_token
-from edge_outbox.bridge_clock import TimeSample
+from edge_outbox.bridge_clock import BridgeClock, TimeSample
 from edge_outbox.cancelling import raise_if_cancelled
 from edge_outbox.confirms import Confirms
 from edge_outbox.db import IntentRow
@@ -128,6 +128,11 @@ class Forwarder:
     def wake(self) -> None:
         """New intents are waiting."""
         self._wake.set()
+
+    def use_clock(self, clock: BridgeClock) -> None:
+        """The bridge's clock as stored now: this device's clock stepped, and the store's times were moved with it
+        (edge_outbox.clock_steps). The next batch's times are corrected by it."""
+        self._gate.clock = clock
 
     def snapshot(self) -> LinkSnapshot:
         now = time.monotonic()

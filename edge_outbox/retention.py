@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
+from edge_outbox.app_sessions import oldest_cursor
 from edge_outbox.errors import IllegalTransitionError
 from edge_outbox.states import FINAL, State, sql_set
 from intent_contract.sql_text import marks
@@ -45,3 +46,11 @@ def prune_events(conn: sqlite3.Connection, upto_seq: int, before: int, limit: in
         "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? AND at < ? LIMIT ?)",
         (upto_seq, before, limit),
     ).rowcount
+
+
+def prune_seen_events(conn: sqlite3.Connection, wanted_after: int, before: int, limit: int = -1) -> int:
+    """Events every consumer has (after `wanted_after` a connected one may still read; the stored positions of
+    app sessions count too), older than `before` (ms), are dropped: `prune_events`."""
+    stored = oldest_cursor(conn)
+    upto = wanted_after if stored is None else min(wanted_after, stored)
+    return prune_events(conn, upto, before, limit)

@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
-from edge_outbox import event_log, offline_ops, ops, paced, retention
-from edge_outbox.app_sessions import StoredSessions, oldest_cursor, save_cursors
+from edge_outbox import clock_steps, event_log, offline_ops, ops, paced, retention
+from edge_outbox.app_sessions import StoredSessions, save_cursors
 from edge_outbox.apps_auth import AppLogins
 from edge_outbox.attach import AttachedClient
+from edge_outbox.bridge_clock import BridgeClock
 from edge_outbox.db import STATUS_KEY
 from edge_outbox.errors import StorageError
 from edge_outbox.fleet_link import disk_facts
@@ -46,15 +47,13 @@ log = logging.getLogger(__name__)
 RETENTION_INTERVAL_S = 3600.0  # how often retention purges (and at start)
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class Outbox:
     """The running outbox. `start()` returns once it serves; `stop()` shuts it down in order."""
 
-    def __init__(self, settings: OutboxSettings) -> None:
+    def __init__(self, settings: OutboxSettings, clock: clock_steps.LocalClock | None = None) -> None:
         self.settings = settings
+        self._clock = clock or clock_steps.LocalClock()  # follows a step of the wall clock (edge_outbox.clock_steps)
+        self._run_start = clock_steps.RunStart(0, 0)
         self._lock = DataDirLock(settings.data_dir)
         self._transport: MqttEndpoint | AttachedClient | None = None
         self.probe: Probe | None = None
@@ -93,7 +92,7 @@ class Outbox:
         s = self.settings
         where = f"attached to {s.attach.url}" if s.attach else f"listening on {s.listen_host}:{s.listen_port}"
         # max_offline_s: `edge-outbox status` given no --max-offline judges as this outbox's /healthz does.
-        started = now_ms()
+        started = self._clock.now_ms()
         self._lock.acquire({"where": where, "started": started, MAX_OFFLINE_KEY: s.max_offline_s, BEAT_KEY: started})
         try:
             await self._start(where)
@@ -103,8 +102,10 @@ class Outbox:
 
     async def _start(self, where: str) -> None:
         s = self.settings
+        now_ms = self._clock.now_ms
         await self.store.start()
-        head = await self.store.read(event_log.last_event_seq)
+        self._run_start = await self.store.read(clock_steps.run_start)
+        head = self._run_start.events_after
         self.feed = StatusFeed(lambda after, limit: self.store.read(event_log.events_after, after, limit), head)
         self.intake = Intake(
             self.store,
@@ -156,7 +157,9 @@ class Outbox:
             log.info("enrolled offline with no bridge address: intents leave in bundles (edge-outbox export)")
             return
         s = self.settings
-        self.forwarder = Forwarder(self.store, s.data_dir, identity, s.forwarder, now_ms, facts=self._edge_facts)
+        self.forwarder = Forwarder(
+            self.store, s.data_dir, identity, s.forwarder, self._clock.now_ms, facts=self._edge_facts
+        )
         self._forwarding = asyncio.create_task(self.forwarder.run(), name="forwarder")
         self._tasks.append(self._forwarding)
         log.info("forwarding as device %s to %s:%d", identity.device_id, identity.bridge_host, identity.mqtt_port)
@@ -207,7 +210,7 @@ class Outbox:
         health = self.intake.health
         return Observed(
             summary=summary,
-            now_ms=now_ms(),
+            now_ms=self._clock.now_ms(),
             link_state=link.state.value if link else None,
             link_since_ms=link.since if link else None,
             sent=link.sent if link else 0,
@@ -278,7 +281,7 @@ class Outbox:
         live = self._live()
         if live == recorded and self._beat - self._recorded_at < BEAT_EVERY_S:
             return live
-        if not self._lock.record({**live, BEAT_KEY: now_ms()}):
+        if not self._lock.record({**live, BEAT_KEY: self._clock.now_ms()}):
             return recorded  # tried again next tick
         self._recorded_at = self._beat
         return live
@@ -300,7 +303,8 @@ class Outbox:
             await asyncio.sleep(self.settings.housekeeping_s)
             recorded = self._record_live(recorded)
             try:
-                now = now_ms()
+                await clock_steps.follow_step(self._clock, self.store, self._run_start, self._bridge_clock_moved)
+                now = self._clock.now_ms()
                 current = self._positions()
                 changed = {k: v for k, v in current.items() if written.get(k) != v}
                 expired, ended = await self.store.call(_tick, now, changed, self._device_id)
@@ -316,7 +320,9 @@ class Outbox:
                     log.error("housekeeping cannot write, trying again every tick: %s", exc)
                     failing = True
                     if self.forwarder is not None:
-                        self.forwarder.errors.add(now_ms(), "storage_error", f"housekeeping cannot write: {exc}")
+                        self.forwarder.errors.add(
+                            self._clock.now_ms(), "storage_error", f"housekeeping cannot write: {exc}"
+                        )
             except Exception:
                 log.exception("housekeeping failed; trying again")
 
@@ -327,19 +333,23 @@ class Outbox:
         await asyncio.sleep(self.settings.housekeeping_s)
         while True:
             try:
-                now = now_ms()
+                now = self._clock.now_ms()
                 purged = await paced.in_operations(
                     self.store.call, retention.purge, now - int(self.settings.retention_s * 1000)
                 )
                 if purged:
                     log.info("retention: purged %d final intents", purged)
                 history = now - int(self.settings.status_history_s * 1000)
-                await paced.in_operations(self.store.call, _prune_events, self._oldest_wanted(), history)
+                await paced.in_operations(self.store.call, retention.prune_seen_events, self._oldest_wanted(), history)
             except StorageError as exc:  # housekeeping and intake report a disk that fails
                 log.warning("retention: cannot purge, trying again in an hour: %s", exc)
             except Exception:
                 log.exception("retention failed; trying again in an hour")
             await asyncio.sleep(RETENTION_INTERVAL_S)
+
+    def _bridge_clock_moved(self, clock: BridgeClock) -> None:
+        if self.forwarder is not None:
+            self.forwarder.use_clock(clock)
 
     def _on_revocation(self, ended: int | None) -> None:
         """Log what the tick did about a revocation (`ended` None: the device is not revoked)."""
@@ -366,13 +376,6 @@ def _tick(conn: sqlite3.Connection, now: int, changed: dict[str, int], device_id
     expired = ops.expire_due(conn, now)
     ended = None if device_id is None else offline_ops.end_if_revoked(conn, device_id, now)
     return expired, ended
-
-
-def _prune_events(conn: sqlite3.Connection, wanted_after: int, before: int, limit: int) -> int:
-    """Events every consumer has, older than the status history, are dropped; stored positions count too."""
-    stored = oldest_cursor(conn)
-    upto = wanted_after if stored is None else min(wanted_after, stored)
-    return retention.prune_events(conn, upto, before, limit)
 
 
 async def serve(

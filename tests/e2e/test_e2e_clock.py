@@ -71,3 +71,52 @@ def test_a_never_online_edge_whose_clock_is_a_day_behind_keeps_its_deadlines(sta
         assert max(stack.sink.executions().values()) == 1
     finally:
         edge.stop()
+
+
+def _stepping_clock(clock_file: Path) -> tuple[str, ...]:
+    """The outbox under libfaketime with the offset in `clock_file`, read at every clock read: the test steps the
+    wall clock by rewriting it, as NTP does once it reaches a box that booted on a wrong clock. The monotonic and
+    boot clocks stay real (a real step moves only the wall clock)."""
+    require_binary("faketime", "apt-get install faketime")
+    library = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+    if not library.exists():
+        pytest.skip(f"no {library}")
+    return (
+        "env",
+        f"LD_PRELOAD={library}",
+        f"FAKETIME_TIMESTAMP_FILE={clock_file}",
+        "FAKETIME_NO_CACHE=1",
+        "FAKETIME_DONT_FAKE_MONOTONIC=1",
+    )
+
+
+@pytest.mark.timeout(240)
+def test_intents_taken_in_before_the_clock_is_corrected_keep_their_deadlines(stack: Stack, tmp_path: Path) -> None:
+    clock_file = tmp_path / "clock"
+    clock_file.write_text("-1d\n")  # booted a day behind (a flat RTC battery)
+    assert stack.bridge.stop() == 0, stack.bridge.log()  # no link yet: the intents wait on the edge
+    edge = stack.start_edge(prefix=_stepping_clock(clock_file))
+    app = stack.app(subscribe=False)
+    intent_ids = ids("stepped", COUNT)
+    _publish_with_deadline(app, intent_ids)  # a one-hour ttl, taken in on the wrong clock
+    clock_file.write_text("+0\n")  # NTP steps the clock a day forward, minutes (here seconds) after the intents
+
+    def noticed() -> bool:
+        states = stack.edge_states()
+        return "clock stepped" in edge.log() or any(states[i] != "accepted" for i in intent_ids)
+
+    wait_until(noticed, 60, what="the step noticed, or the intents ended")
+    stack.bridge.start()
+    # Before: the next housekeeping tick found every deadline a day past and expired them all, unsent; one the
+    # forwarder sent first reached the bridge created a day ago and already expired.
+    ended = wait_until(lambda: _ended(stack, intent_ids), 120, what="a result for every intent")
+    assert set(ended.values()) == {"delivered"}, stack.diagnostics()
+    stack.wait_delivered(intent_ids, 60)
+    assert_exactly_once(set(intent_ids), stack.sink, stack.edge_states())
+    assert "this device's clock stepped 1d00h forward" in edge.log()
+
+
+def _ended(stack: Stack, intent_ids: list[str]) -> dict[str, str] | None:
+    states = stack.edge_states()
+    ended = {i: states[i] for i in intent_ids}
+    return None if {"accepted", "forwarded"} & set(ended.values()) else ended

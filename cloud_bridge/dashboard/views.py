@@ -24,11 +24,13 @@ from cloud_bridge.dashboard.auth import COOKIE, SESSION_S, Operator, OperatorAut
 from cloud_bridge.dashboard.data import DashboardData, FleetRow
 from cloud_bridge.dashboard.notice import NOTICE_COOKIE, NOTICE_S, notice_text, notice_value
 from cloud_bridge.dashboard.usage_chart import HEIGHT, WIDTH, bars
+from cloud_bridge.enroll_http import STORE_LOG_INTERVAL, STORE_RETRY_AFTER
 from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits
+from cloud_bridge.errors import TransientError
 from cloud_bridge.fleet_rules import clock_text
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.usage import day_of
-from intent_contract.logs import LogThrottle
+from intent_contract.logs import LogThrottle, left_out
 from intent_contract.names import KINDS, is_name
 from intent_contract.timefmt import format_age, format_ms
 
@@ -56,6 +58,10 @@ INTENT_ROWS = 200  # the intents page's rows; the device page shows DEVICE_INTEN
 DEVICE_INTENT_ROWS = 50
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPERATOR = web.RequestKey("operator", Operator)
+STORE_DOWN = (
+    "The bridge cannot reach its store now ({code}), so this page cannot be shown: reload it in a while; if it"
+    " stays so, check the store (the database server, or the data directory's disk) and the bridge's log."
+)
 
 
 def _when(seconds: float | None) -> str:
@@ -86,6 +92,7 @@ class Dashboard:
         self._templates.filters.update(when=_when, age=_age, clock=_clock)
         self._login_gate = EnrollGate(LOGIN_LIMITS)  # enrollment's limiter: the same buckets, other limits
         self._log_refusal = LogThrottle()
+        self._log_store = LogThrottle(STORE_LOG_INTERVAL)
         self._password_checks = ThreadPoolExecutor(LOGIN_THREADS, thread_name_prefix="dashboard-login")
         # The few files under static/, read once: a request names one of them or gets a 404, and never
         # reaches the file system (aiohttp's static route raised OSError, a 500, on a 300-character name).
@@ -136,6 +143,8 @@ class Dashboard:
         except web.HTTPException as exc:
             exc.headers.update(HEADERS)
             raise
+        except TransientError as exc:  # the store failed: the page says so (it was the enrollment API's JSON)
+            response = self._store_down(request, exc)
         response.headers.update(HEADERS)
         return response
 
@@ -158,6 +167,16 @@ class Dashboard:
         if operator is not None:
             request[OPERATOR] = operator
         return await handler(request)
+
+    def _store_down(self, request: web.Request, exc: TransientError) -> web.Response:
+        not_logged = self._log_store.allow(time.monotonic())
+        if not_logged is not None:  # the code, not the message: it names the store's files or address
+            logger.error("%s %s not served: the store failed (%s)%s", request.method, request.path, exc.code,
+                         left_out(not_logged), extra={"code": exc.code, "not_logged": not_logged})  # fmt: skip
+        response = self._page(request, "error.html", error=STORE_DOWN.format(code=exc.code))
+        response.set_status(503)
+        response.headers["Retry-After"] = str(STORE_RETRY_AFTER)
+        return response
 
     def _page(self, request: web.Request, template: str, **values: Any) -> web.Response:
         operator = request.get(OPERATOR)  # only then is the cookie ours (and ASCII)

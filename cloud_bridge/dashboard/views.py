@@ -58,6 +58,9 @@ INTENT_ROWS = 200  # the intents page's rows; the device page shows DEVICE_INTEN
 DEVICE_INTENT_ROWS = 50
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPERATOR = web.RequestKey("operator", Operator)
+SESSION_ENDED = (
+    "Your session had ended (it expired, or was logged out in another tab): nothing was done. Log in and try again."
+)
 STORE_DOWN = (
     "The bridge cannot reach its store now ({code}), so this page cannot be shown: reload it in a while; if it"
     " stays so, check the store (the database server, or the data directory's disk) and the bridge's log."
@@ -155,9 +158,15 @@ class Dashboard:
         cookie = request.cookies.get(COOKIE)
         operator = self._auth.operator(cookie, self._clock())
         if not public and operator is None:
-            if request.method != "GET":
+            if request.method != "GET" and not _same_origin(request):
                 raise web.HTTPForbidden(text="log in first")
-            raise web.HTTPSeeOther(self.prefix + "login")
+            # A form of a page shown before the session ended (it expired, or was logged out in another tab) was a
+            # bare 403 "log in first": it leads to the login page, which says the action was not taken.
+            redirect = web.HTTPSeeOther(self.prefix + "login")
+            if request.method != "GET" and handler_of != self._logout:
+                redirect.set_cookie(NOTICE_COOKIE, notice_value(SESSION_ENDED), max_age=NOTICE_S, path="/",
+                                    secure=True, httponly=True, samesite="Strict")  # fmt: skip
+            raise redirect
         if request.method == "POST" and handler_of != self._login:
             form = await read_form(request)
             if not _same_origin(request) or not self._auth.csrf_ok(cookie, _text(form.get("csrf"))):
@@ -198,7 +207,9 @@ class Dashboard:
     # -- login ---------------------------------------------------------------------------------
 
     async def _login_page(self, request: web.Request) -> web.Response:
-        return self._page(request, "login.html", error="")
+        response = self._page(request, "login.html", error="", notice=notice_text(request.cookies.get(NOTICE_COOKIE)))
+        _shown(request, response)
+        return response
 
     async def _login(self, request: web.Request) -> web.StreamResponse:
         if not _same_origin(request):
@@ -212,7 +223,7 @@ class Dashboard:
         ok = bool(name) and await loop.run_in_executor(self._password_checks, self._auth.check_password, name, password)
         if not ok:
             logger.warning("dashboard login refused", extra={"client": request.remote, "code": "bad_login"})
-            response = self._page(request, "login.html", error="Unknown operator or wrong password.")
+            response = self._page(request, "login.html", error="Unknown operator or wrong password.", notice="")
             response.set_status(401)
             return response
         logger.info("dashboard login", extra={"client": request.remote, "app": name})
@@ -230,7 +241,9 @@ class Dashboard:
                 "dashboard login refused from %s: too many attempts%s", request.remote, more,
                 extra={"client": request.remote, "code": "rate_limited", "not_logged": not_logged},
             )  # fmt: skip
-        response = self._page(request, "login.html", error=f"Too many login attempts; try again in {retry} s.")
+        response = self._page(
+            request, "login.html", error=f"Too many login attempts; try again in {retry} s.", notice=""
+        )
         response.set_status(429)
         response.headers["Retry-After"] = retry
         return response
@@ -277,8 +290,7 @@ class Dashboard:
         notice = notice_text(request.cookies.get(NOTICE_COOKIE))
         response = self._page(request, "intents.html", intents=intents[:INTENT_ROWS], query=query, states=STATES,
                               notice=notice, more=len(intents) > INTENT_ROWS, more_href="")  # fmt: skip
-        if NOTICE_COOKIE in request.cookies:  # shown once: a reload shows the page without it
-            response.del_cookie(NOTICE_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+        _shown(request, response)
         return response
 
     async def _act(self, request: web.Request) -> web.StreamResponse:
@@ -327,6 +339,12 @@ async def read_form(request: web.Request) -> Mapping[str, object]:
         # not the Content-Encoding it claims (RequestPayloadError).
         logger.info("dashboard form refused: %s", type(exc).__name__, extra={"client": request.remote})
         raise web.HTTPBadRequest(text="the form could not be read") from None
+
+
+def _shown(request: web.Request, response: web.Response) -> None:
+    """Delete the notice cookie a page has shown: a reload shows the page without it."""
+    if NOTICE_COOKIE in request.cookies:
+        response.del_cookie(NOTICE_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
 
 
 def _text(value: object) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.wait import WebDriverWait
 
 from cloud_bridge.dashboard.auth import COOKIE
@@ -145,3 +146,51 @@ async def test_nodes_sharing_a_store_without_a_session_key_say_their_sessions_ar
     assert (on_a, on_b) == (True, False)  # what an operator behind a load balancer meets
     warnings = [r for r in caplog.records if "[dashboard] has no session key" in r.getMessage()]
     assert len(warnings) == 2, caplog.text  # each node said so
+
+
+async def test_a_form_of_a_tab_whose_session_ended_leads_to_the_login_page(
+    dashboard_bridge: Harness, server_cert_files: dict[str, Path], counting: CountingIntegration
+) -> None:
+    """Logged out in one tab, the operator clicks retry, then Log out, in tabs opened before: each was a bare 403
+    "log in first" page. Now each leads to the login page, the retry's saying that nothing was done."""
+    bridge = dashboard_bridge
+    creds = await bridge.enroll()
+    client = await bridge.connect(creds)
+    try:
+        client.send([email("t-1", subject="fail")])
+        await until(lambda: "failed" in client.states().get("t-1", []), what="the intent failed")
+    finally:
+        await client.stop()
+    base = bridge.base_url
+
+    def click(driver: WebDriver, css: str) -> tuple[str, str]:
+        """Click the button at `css` and wait for the next page: its URL and its notice ("" for none)."""
+        button = driver.find_element(By.CSS_SELECTOR, css)
+        button.click()
+        WebDriverWait(driver, 30).until(lambda _: detached(button))
+        notice = driver.find_elements(By.ID, "notice")
+        return driver.current_url, notice[0].text if notice else ""
+
+    def browse() -> tuple[tuple[str, str], tuple[str, str], bool]:
+        with chromium(server_cert_files["cert"]) as driver:
+            log_in(driver, base, PASSWORD)
+            driver.get(f"{base}/ui/intents?device={creds.device_id}")
+            intents_tab = driver.current_window_handle
+            driver.switch_to.new_window("tab")
+            driver.get(f"{base}/ui/")
+            fleet_tab = driver.current_window_handle
+            driver.switch_to.new_window("tab")
+            driver.get(f"{base}/ui/")
+            click(driver, "header form button")  # logged out in this third tab
+            driver.switch_to.window(intents_tab)
+            retried = click(driver, 'tr[data-intent="t-1"] button.retry')
+            login_form = bool(driver.find_elements(By.ID, "login"))
+            driver.switch_to.window(fleet_tab)
+            logged_out = click(driver, "header form button")
+            return retried, logged_out, login_form and bool(driver.find_elements(By.ID, "login"))
+
+    (retry_url, retry_notice), (logout_url, logout_notice), login_pages = await asyncio.to_thread(browse)
+    assert retry_url.endswith("/ui/login") and logout_url.endswith("/ui/login") and login_pages
+    assert retry_notice.startswith("Your session had ended"), retry_notice
+    assert "nothing was done" in retry_notice and logout_notice == ""
+    assert [job.attempt for job in counting.calls] == [1]  # not retried

@@ -73,10 +73,11 @@ class DashboardData(Protocol):
         self, *, device_id: str | None, tenant: str | None, state: str | None, kind: str | None, limit: int
     ) -> list[IntentInfo]: ...
 
-    async def retry(self, device_id: str, intent_id: str, operator: str) -> str:
-        """Queue the intent again; a one-line outcome (its new state, or why not)."""
+    async def retry(self, device_id: str, intent_id: str, operator: str, attempt: int | None = None) -> str:
+        """Queue the intent again; a one-line outcome (its new state, or why not). `attempt`: the one the page
+        showed; an intent at another attempt now is left alone."""
 
-    async def cancel(self, device_id: str, intent_id: str, operator: str) -> str:
-        """End a queued intent; a one-line outcome."""
+    async def cancel(self, device_id: str, intent_id: str, operator: str, attempt: int | None = None) -> str:
+        """End a queued intent; a one-line outcome (`attempt` as for retry)."""
 
     async def usage(self, tenant: str | None, days: int) -> list[UsageView]: ...

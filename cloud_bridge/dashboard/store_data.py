@@ -18,6 +18,13 @@ from cloud_bridge.registry import Registry
 from cloud_bridge.usage import DAY_S, Dimension, UsageQuery, day_of
 from intent_contract.device_wire import HealthReport
 
+# A retry or cancel sent from a page that showed an earlier attempt of the intent: left alone (it was taken, and a
+# row another operator had retried, which failed again, ran once more).
+MOVED_ON = (
+    "{action} not done: {device_id}/{intent_id} changed since the page was shown (now {state}, attempt {attempt});"
+    " look at it again"
+)
+
 
 def fleet_row(row: DeviceRow) -> FleetRow:
     return FleetRow(
@@ -86,21 +93,26 @@ class StoreData:
         query = IntentQuery(device_id, tenant, operator_api.state_of(state), kind, limit)
         return await own_thread(operator_api.list_intents, self._intents, query)
 
-    async def _operate(self, action: str, device_id: str, intent_id: str, operator: str) -> str:
+    async def _operate(self, action: str, device_id: str, intent_id: str, operator: str, attempt: int | None) -> str:
         if self._intents is None:
             return f"{action} is not available on this bridge"
         fn = operator_api.retry if action == "retry" else operator_api.cancel
         try:
+            if attempt is not None:  # the attempt the page showed: a row retried since is another operator's doing
+                found = await own_thread(self._intents.find, intent_id, device_id)
+                if found and found[0].attempt != attempt:
+                    return MOVED_ON.format(action=action, device_id=device_id, intent_id=intent_id,
+                                           state=found[0].state, attempt=found[0].attempt)  # fmt: skip
             done = await own_thread(fn, self._intents, (device_id, intent_id), operator, self._clock())
         except BridgeError as exc:
             return f"{action} refused: {exc.detail}"
         return done.line()
 
-    async def retry(self, device_id: str, intent_id: str, operator: str) -> str:
-        return await self._operate("retry", device_id, intent_id, operator)
+    async def retry(self, device_id: str, intent_id: str, operator: str, attempt: int | None = None) -> str:
+        return await self._operate("retry", device_id, intent_id, operator, attempt)
 
-    async def cancel(self, device_id: str, intent_id: str, operator: str) -> str:
-        return await self._operate("cancel", device_id, intent_id, operator)
+    async def cancel(self, device_id: str, intent_id: str, operator: str, attempt: int | None = None) -> str:
+        return await self._operate("cancel", device_id, intent_id, operator, attempt)
 
     async def usage(self, tenant: str | None, days: int) -> list[UsageView]:
         """The last `days` UTC days per day, tenant and kind, oldest first (the rollup `cloud-bridge usage` reads)."""

@@ -299,7 +299,8 @@ class Dashboard:
             raise web.HTTPBadRequest(text="bad device or intent id")
         operator = request[OPERATOR]
         act = self._data.retry if action == "retry" else self._data.cancel
-        outcome = await act(device_id, intent_id, operator.name)
+        shown = _text((await read_form(request)).get("attempt"))  # read by the gate already: cached
+        outcome = await act(device_id, intent_id, operator.name, int(shown) if shown.isdecimal() else None)
         logger.info("dashboard %s: %s", action, outcome,
                     extra={"device_id": device_id, "intent_id": intent_id, "app": operator.name})  # fmt: skip
         # Post/Redirect/Get: the page after an action is a GET, so reloading it does not send the action again

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.wait import WebDriverWait
 
+from cloud_bridge import operator_api
 from cloud_bridge.dashboard.auth import COOKIE
 from cloud_bridge.dashboard.views import DEVICE_INTENT_ROWS, INTENT_ROWS
 from cloud_bridge.store.url import StoreUrl
@@ -194,3 +196,39 @@ async def test_a_form_of_a_tab_whose_session_ended_leads_to_the_login_page(
     assert retry_notice.startswith("Your session had ended"), retry_notice
     assert "nothing was done" in retry_notice and logout_notice == ""
     assert [job.attempt for job in counting.calls] == [1]  # not retried
+
+
+async def test_a_retry_from_a_page_shown_before_the_intent_changed_does_nothing(
+    dashboard_bridge: Harness, server_cert_files: dict[str, Path], counting: CountingIntegration
+) -> None:
+    """Two operators see t-2 failed; one retries it from the CLI and it fails again; the other then clicks retry
+    on the page they opened before: that ran it a third time. The page's form names the attempt it showed; a row
+    that moved on since is left alone, and the notice says what it is now."""
+    bridge = dashboard_bridge
+    creds = await bridge.enroll()
+    client = await bridge.connect(creds)
+    try:
+        client.send([email("t-2", subject="fail")])
+        await until(lambda: "failed" in client.states().get("t-2", []), what="the intent failed")
+        base, store = bridge.base_url, bridge.bridge.store
+
+        def retry_on_a_stale_page() -> str:
+            with chromium(server_cert_files["cert"]) as driver:
+                log_in(driver, base, PASSWORD)
+                driver.get(f"{base}/ui/intents?device={creds.device_id}")
+                button = driver.find_element(By.CSS_SELECTOR, 'tr[data-intent="t-2"] button.retry')
+                # Meanwhile `cloud-bridge intents retry` by another operator; attempt 2 fails too.
+                operator_api.retry(store.intents, (creds.device_id, "t-2"), "bob", time.time())
+                WebDriverWait(driver, 30).until(lambda _: client.states()["t-2"].count("failed") == 2)
+                button.click()
+                WebDriverWait(driver, 30).until(lambda _: detached(button))
+                return str(driver.find_element(By.ID, "notice").text)
+
+        notice = await asyncio.to_thread(retry_on_a_stale_page)
+    finally:
+        await client.stop()
+    assert [job.attempt for job in counting.calls] == [1, 2], notice  # not a third time
+    assert notice == (
+        f"retry not done: {creds.device_id}/t-2 changed since the page was shown (now failed, attempt 2);"
+        " look at it again"
+    )

@@ -31,6 +31,9 @@ class FleetRow:
     clock_offset_s: float | None = None  # the bridge's clock minus the edge's (fleet_rules.clock_text shows it)
     stuck: bool = False
     anomalies: tuple[str, ...] = ()
+    last_error_age_s: float | None = None  # how long before the row's time the last error was (`devices ls`)
+    stuck_reason: str = ""  # why it is stuck, as `devices show` says it
+    anomaly_details: tuple[str, ...] = ()  # "kind: detail", as `devices show` says them
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,8 @@ MOVED_ON = (
 )
 
 
-def fleet_row(row: DeviceRow) -> FleetRow:
+def fleet_row(row: DeviceRow, now: float) -> FleetRow:
+    """The row at `now` (the store's time the row was made at: the last error's age is from then)."""
     return FleetRow(
         device_id=row.device_id,
         tenant=row.tenant,
@@ -41,6 +42,9 @@ def fleet_row(row: DeviceRow) -> FleetRow:
         clock_offset_s=None if row.clock_offset_ms is None else row.clock_offset_ms / 1000,
         stuck=row.stuck is not None,
         anomalies=tuple(str(a.kind) for a in row.anomalies),
+        last_error_age_s=None if row.last_error is None else max(0.0, now - row.last_error[0]),
+        stuck_reason=row.stuck or "",
+        anomaly_details=tuple(f"{a.kind}: {a.detail}" for a in row.anomalies),
     )
 
 
@@ -75,15 +79,17 @@ class StoreData:
         self._intents = intents
 
     async def fleet(self) -> list[FleetRow]:
-        rows = await own_thread(fleet_query.overview, self._registry, self._fleet)  # at the store's time
-        return [fleet_row(r) for r in rows]
+        now = await own_thread(self._fleet.now)  # the store's time, as `devices ls`: this node's clock may be off
+        rows = await own_thread(fleet_query.overview, self._registry, self._fleet, now=now)
+        return [fleet_row(r, now) for r in rows]
 
     async def device(self, device_id: str) -> DeviceView | None:
+        now = await own_thread(self._fleet.now)
         try:
-            found = await own_thread(fleet_query.detail, self._registry, self._fleet, device_id)
+            found = await own_thread(fleet_query.detail, self._registry, self._fleet, device_id, now=now)
         except UnknownDeviceError:
             return None
-        return DeviceView(fleet_row(found.row), [health_point(h) for h in found.history])
+        return DeviceView(fleet_row(found.row, now), [health_point(h) for h in found.history])
 
     async def intents(
         self, *, device_id: str | None, tenant: str | None, state: str | None, kind: str | None, limit: int

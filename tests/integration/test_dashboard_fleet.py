@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from cloud_bridge import fleet_query
 from cloud_bridge.fleet_cli import link_text
-from cloud_bridge.fleet_rules import clock_text
-from intent_contract.device_wire import encode_health
+from cloud_bridge.fleet_rules import DeviceRow, clock_text
+from intent_contract.device_wire import ErrorLine, encode_health
 from intent_contract.wire import HEALTH
 from tests.support.bridge import Harness, counting
 from tests.support.browser import chromium, log_in
@@ -75,3 +76,47 @@ async def test_a_device_never_seen_is_said_so_as_devices_ls_says_it(
     fleet, summary = await asyncio.to_thread(browse)
     assert link_text(row, time.time()) == "never seen"  # devices ls
     assert fleet == "never seen" and summary.startswith("never seen;"), (fleet, summary)  # was "last seen -"
+
+
+async def test_a_stuck_device_says_why_and_how_old_its_last_error_is_as_the_cli_does(
+    dashboard_bridge: Harness, server_cert_files: dict[str, Path]
+) -> None:
+    """The fleet page flagged a device `stuck` and showed its last error, with neither why it was stuck nor when the
+    error was (`devices ls` says `smtp_refused (3h00m ago)`, `devices show` says `stuck: 6 pending, the oldest for
+    2h00m`): a week-old error looked like today's, and the device page said nothing of it being stuck."""
+    bridge = dashboard_bridge
+    store = bridge.bridge.store
+    creds = await bridge.enroll()
+    client = await bridge.connect(creds)
+    try:
+        error = ErrorLine(3 * 3600 * 1000, "smtp_refused", "550 mailbox <unavailable>")
+        report = sample_report(at=int(time.time() * 1000), last_error=error, oldest_pending_age_ms=2 * 3600 * 1000)
+        client.publish(HEALTH, encode_health(report))
+
+        def row() -> DeviceRow | None:
+            rows = fleet_query.overview(store.registry, store.fleet, now=time.time())
+            return rows[0] if rows and rows[0].report is not None else None
+
+        await until(lambda: asyncio.to_thread(row), what="the store holds the device's report")
+
+        def browse() -> tuple[str, str, str]:
+            def text(driver: WebDriver, how: str, what: str) -> str:
+                found = driver.find_elements(how, what)
+                return str(found[0].text) if found else ""
+
+            with chromium(server_cert_files["cert"]) as driver:
+                log_in(driver, bridge.base_url, PASSWORD)
+                fleet = text(driver, By.CSS_SELECTOR, f'tr[data-device="{creds.device_id}"] td:nth-child(7)')
+                driver.get(f"{bridge.base_url}/ui/devices/{creds.device_id}")
+                return fleet, text(driver, By.ID, "summary"), text(driver, By.ID, "stuck")
+
+        fleet, summary, stuck = await asyncio.to_thread(browse)
+        found = await asyncio.to_thread(row)
+    finally:
+        await client.stop()
+    assert found is not None and found.stuck == "6 pending, the oldest for 2h00m"  # as `devices show` prints it
+    assert fleet == "smtp_refused: 550 mailbox <unavailable> (3h00m ago)", (
+        fleet
+    )  # `devices ls`: smtp_refused (3h00m ago)
+    assert "last error: smtp_refused: 550 mailbox <unavailable> (3h00m ago)" in summary, summary
+    assert stuck == f"stuck: {found.stuck}"

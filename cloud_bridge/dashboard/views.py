@@ -10,6 +10,7 @@ import asyncio
 import logging
 import math
 import mimetypes
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,7 @@ INTENT_ROWS = 200  # the intents page's rows; the device page shows DEVICE_INTEN
 DEVICE_INTENT_ROWS = 50
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPERATOR = web.RequestKey("operator", Operator)
+ATTEMPT = re.compile(r"[0-9]{1,9}")  # the attempt an action's page showed
 SESSION_ENDED = (
     "Your session had ended (it expired, or was logged out in another tab): nothing was done. Log in and try again."
 )
@@ -300,7 +302,9 @@ class Dashboard:
         operator = request[OPERATOR]
         act = self._data.retry if action == "retry" else self._data.cancel
         shown = _text((await read_form(request)).get("attempt"))  # read by the gate already: cached
-        outcome = await act(device_id, intent_id, operator.name, int(shown) if shown.isdecimal() else None)
+        if shown and ATTEMPT.fullmatch(shown) is None:  # no page shows it (5,000 digits made int() raise: a 500)
+            raise web.HTTPBadRequest(text="bad attempt")
+        outcome = await act(device_id, intent_id, operator.name, int(shown) if shown else None)
         logger.info("dashboard %s: %s", action, outcome,
                     extra={"device_id": device_id, "intent_id": intent_id, "app": operator.name})  # fmt: skip
         # Post/Redirect/Get: the page after an action is a GET, so reloading it does not send the action again

@@ -6,6 +6,7 @@ work as before for everyone else.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from cloud_bridge import dashboard
@@ -116,3 +117,19 @@ async def test_every_answer_carries_the_security_headers_refusals_and_errors_too
         for header in (b"X-Frame-Options: DENY", b"Content-Security-Policy: default-src 'none';",
                        b"X-Content-Type-Options: nosniff", b"Cache-Control: no-store"):  # fmt: skip
             assert header in head, (what, header)
+
+
+async def test_an_attempt_of_thousands_of_digits_is_no_500(dashboard_bridge: Harness) -> None:
+    """A retry's form carries the attempt its page showed; 5,000 digits made int() raise (Python's limit on the
+    digits of a string it converts, 4,300) out of the handler: a 500. No page shows such an attempt: 400; one that
+    may be is judged (here: no such intent, the notice says so on the intents page)."""
+    cookie = ("Cookie", f"{COOKIE}={await session(dashboard_bridge)}".encode())
+    _, page = await raw_request(dashboard_bridge, "GET", "/ui/intents", [cookie])
+    csrf = re.search(rb'name="csrf" value="([^"]+)"', page)
+    assert csrf is not None
+    for attempt, expected in ((b"9" * 5000, 400), (b"%D9%A3", 400), (b"-1", 400), (b"3", 303)):
+        body = b"csrf=" + csrf.group(1) + b"&attempt=" + attempt
+        status, _ = await raw_request(
+            dashboard_bridge, "POST", "/ui/intents/dev-1/i-1/retry", [origin(dashboard_bridge), cookie, FORM], body
+        )
+        assert status == expected, attempt[:20]

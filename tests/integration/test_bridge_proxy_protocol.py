@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from websockets.sync.client import connect as ws_connect
+from websockets.asyncio.client import connect as ws_connect
 from websockets.typing import Subprotocol
 
 from cloud_bridge.settings import HostPort
@@ -121,12 +121,17 @@ def _mqtt_connect(front: int, device_id: str, token: str, ca_file: Path) -> byte
         return sock.recv(4)
 
 
-def _ws_connect(front: int, device_id: str, token: str, context: ssl.SSLContext) -> bytes:
+async def _ws_connect(front: int, device_id: str, token: str, context: ssl.SSLContext) -> bytes:
+    """In this event loop: websockets' sync client reads the TLS socket in a thread while another writes on it, a
+    race in Python's ssl that lost a request now and then (tests/integration/test_bridge_front_door.py)."""
     sock = _open(front, "127.0.0.4")
     url = f"wss://127.0.0.1:{front}/mqtt"
-    with ws_connect(url, sock=sock, ssl=context, subprotocols=[Subprotocol("mqtt")], open_timeout=15) as ws:
-        ws.send(connect_packet(device_id, device_id, token))
-        return bytes(ws.recv(timeout=15))
+    async with (
+        ws_connect(url, sock=sock, ssl=context, subprotocols=[Subprotocol("mqtt")], open_timeout=15) as ws,
+        asyncio.timeout(15),
+    ):
+        await ws.send(connect_packet(device_id, device_id, token))
+        return await ws.recv(decode=False)
 
 
 async def test_the_address_a_device_connects_from_is_its_own_in_the_log_over_tls_and_websocket(
@@ -140,8 +145,8 @@ async def test_the_address_a_device_connects_from_is_its_own_in_the_log_over_tls
     answers = [
         await asyncio.to_thread(_mqtt_connect, mqtt, creds.device_id, creds.token(), bridge.ca_file),
         await asyncio.to_thread(_mqtt_connect, mqtt, creds.device_id, creds.token(audience="other"), bridge.ca_file),
-        await asyncio.to_thread(_ws_connect, ws, creds.device_id, token, bridge.client_ssl()),
-        await asyncio.to_thread(_ws_connect, ws, creds.device_id, token, bridge.client_ssl()),  # replayed
+        await _ws_connect(ws, creds.device_id, token, bridge.client_ssl()),
+        await _ws_connect(ws, creds.device_id, token, bridge.client_ssl()),  # replayed
     ]
     assert answers == [accepted, refused, accepted, refused]
     peers = {r.code: r.peer for r in caplog.records if r.name == "cloud_bridge.device_gate"}  # type: ignore[attr-defined]

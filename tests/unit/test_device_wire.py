@@ -109,9 +109,9 @@ def test_control_characters_in_text_are_written_out() -> None:
     """The dashboard and `cloud-bridge devices` show these strings: an ESC from a device must not reach a
     terminal, nor a NUL a page."""
     error = {"age_ms": MAX_AGE_MS, "code": "c\x1b[2J", "detail": "a\x00b\nc"}
-    report = decode_health(_message(software="1.0\x07", last_error=error))
+    report = decode_health(_message(software="1.0\x07\u202e", last_error=error))
     assert (report.software, report.last_error) == (
-        "1.0\\u0007",
+        "1.0\\u0007\\u202e",
         ErrorLine(MAX_AGE_MS, "c\\u001b[2J", "a\\u0000b\\u000ac"),
     )
     diagnosis = Diagnosis("r", sample_report(), (), (FailingKind("k\x00", "c", 1),), 1, "b\x1b", "mqtt", ("0\x00",))

@@ -67,8 +67,8 @@ class DeviceView:
 
 
 class DashboardData(Protocol):
-    async def fleet(self) -> list[FleetRow]:
-        """Every device, stuck ones first."""
+    async def fleet(self, tenant: str | None = None, stuck_only: bool = False) -> list[FleetRow]:
+        """Every device (of `tenant`; only the stuck ones), in no particular order."""
 
     async def device(self, device_id: str) -> DeviceView | None: ...
 

@@ -78,9 +78,11 @@ class StoreData:
         self._ledger = ledger
         self._intents = intents
 
-    async def fleet(self) -> list[FleetRow]:
+    async def fleet(self, tenant: str | None = None, stuck_only: bool = False) -> list[FleetRow]:
         now = await own_thread(self._fleet.now)  # the store's time, as `devices ls`: this node's clock may be off
-        rows = await own_thread(fleet_query.overview, self._registry, self._fleet, now=now)
+        rows = await own_thread(
+            fleet_query.overview, self._registry, self._fleet, now=now, tenant=tenant, stuck_only=stuck_only
+        )
         return [fleet_row(r, now) for r in rows]
 
     async def device(self, device_id: str) -> DeviceView | None:

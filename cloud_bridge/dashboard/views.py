@@ -55,6 +55,7 @@ LOGIN_LIMITS = EnrollLimits(per_address_per_minute=10.0, per_minute=100.0)
 # logins queued ahead of device authentication (/v1/device, MQTT CONNECT) and held it for seconds.
 LOGIN_THREADS = 1
 STATES = ("queued", "running", "delivered", "failed", "expired", "rejected")
+FLEET_ROWS = 500  # the fleet page's rows, stuck ones first; the header counts them all
 INTENT_ROWS = 200  # the intents page's rows; the device page shows DEVICE_INTENT_ROWS
 DEVICE_INTENT_ROWS = 50
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -260,8 +261,14 @@ class Dashboard:
     # -- pages ---------------------------------------------------------------------------------
 
     async def _fleet(self, request: web.Request) -> web.Response:
-        rows = stuck_first(await self._data.fleet())
-        return self._page(request, "fleet.html", rows=rows, stuck=sum(r.stuck for r in rows))
+        tenant, stuck_only = request.query.get("tenant") or None, request.query.get("stuck") == "1"
+        if tenant is not None and not is_name(tenant):
+            raise web.HTTPBadRequest(text="tenant must be a valid name")
+        rows = stuck_first(await self._data.fleet(tenant, stuck_only))
+        # At most FLEET_ROWS rows: the page listed every device, tens of thousands of rows for a large fleet, with
+        # no way to look at one tenant's or only the stuck ones (`devices ls --tenant --stuck` could).
+        return self._page(request, "fleet.html", rows=rows[:FLEET_ROWS], total=len(rows),
+                          stuck=sum(r.stuck for r in rows), tenant=tenant or "", stuck_only=stuck_only)  # fmt: skip
 
     async def _device(self, request: web.Request) -> web.Response:
         device_id = request.match_info["device_id"]

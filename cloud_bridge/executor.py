@@ -298,7 +298,7 @@ class Executor:
         due): only those may sleep until the next due time; a kind with a full or capped pool waits for
         a job to end.
         """
-        if self._leases.owed and not await self._leases.renew(self._holding()):
+        if self._leases.owed and not await self._leases.renew(*self._holding()):
             return 0, []  # a claim first would take our own lapsed rows (lease_renewal.py)
         taken = 0
         idle: set[str] = set()
@@ -312,7 +312,9 @@ class Executor:
                 busy.add(pool[0])
                 self._idle.discard(pool)
                 continue
+            at = time.monotonic()  # each row's lease runs from no earlier (lease_renewal.py)
             claimed, full = await self._claims.fill(pools, pool, room, self._held_by_tenant(pool), held)
+            self._leases.claimed(claimed, at)
             (busy if full else idle).add(pool[0])
             if full:
                 self._idle.discard(pool)
@@ -376,12 +378,14 @@ class Executor:
                     passed.append((entry, claimed_in))
                     continue
                 tenants[entry.tenant] = tenants.get(entry.tenant, 0) + 1
-            self._start(pool, entry, claimed_in.integrations[pool])
+            self._start(pool, entry, claimed_in.integrations[pool], checked=not self._leases.sure(entry))
         ready.extendleft(reversed(passed))
 
-    def _start(self, pool: Pool, entry: LedgerEntry, integration: Integration) -> None:
+    def _start(self, pool: Pool, entry: LedgerEntry, integration: Integration, *, checked: bool = False) -> None:
+        """Run `entry` in a slot of `pool`; `checked`: once its lease is renewed (it may have run out: a stall)."""
         slots = self._running.setdefault(pool, set())
-        task = asyncio.create_task(self._jobs.run(entry, integration), name=f"job {entry.intent_id}")
+        job = self._run_held(entry, integration) if checked else self._jobs.run(entry, integration)
+        task = asyncio.create_task(job, name=f"job {entry.intent_id}")
         slots.add(task)
         self._held[task] = entry
         self._uses[task] = integration
@@ -395,8 +399,13 @@ class Executor:
         self._start_ready(pool)
         self._wakeup.set()
 
+    async def _run_held(self, entry: LedgerEntry, integration: Integration) -> None:
+        if await self._leases.hold(entry):
+            await self._jobs.run(entry, integration)
+
     def _release(self, task: asyncio.Task[None]) -> None:
-        self._held.pop(task, None)
+        if (entry := self._held.pop(task, None)) is not None:
+            self._leases.forget(entry)
         if self._uses.pop(task, None) is not None and self._retiring:
             self._close_unused()
 
@@ -404,11 +413,11 @@ class Executor:
         """Every third of a lease, extend the leases of the jobs still running, so no other node takes them."""
         while True:
             await asyncio.sleep(self._lease / 3)
-            await self._leases.renew(self._holding())
+            await self._leases.renew(*self._holding())
 
-    def _holding(self) -> list[LedgerEntry]:
-        """The rows this executor holds: its jobs running and the rows claimed ahead."""
-        return [*self._held.values()] + [entry for ready in self._ready.values() for entry, _ in ready]
+    def _holding(self) -> tuple[list[LedgerEntry], list[LedgerEntry]]:
+        """The rows this executor holds: its jobs running, and the rows claimed ahead."""
+        return [*self._held.values()], [entry for ready in self._ready.values() for entry, _ in ready]
 
     async def _idle_delay(self, kinds: list[str]) -> float:
         """How long to sleep when `kinds` have free slots but nothing due: until the next is due, at most idle_poll."""

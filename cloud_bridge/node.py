@@ -254,7 +254,7 @@ class Bridge:
         bridge = settings.config.bridge
         self.retention = Retention(
             self.store.intents, intent_age=bridge.intent_retention, audit_age=bridge.audit_retention,
-            max_intent_age=bridge.max_intent_age, clock=self._clock,
+            max_intent_age=bridge.max_intent_age,
         )  # fmt: skip
         self.retention.start()
         if self._load is not None:

@@ -4,6 +4,9 @@ Final ledger rows the edge confirmed, unchanged for `intent_retention`, and audi
 `audit_retention` (operator_api.purge, as `cloud-bridge intents purge` does). Live rows, results an
 edge has not confirmed, and rows whose intent is younger than `max_intent_age` (a copy of it would be
 admitted again: a USB bundle imported twice) are never deleted. Every node runs it; the deletes are idempotent.
+Its bounds are in the store's time (`SqlIntents.store_now`), as `cloud-bridge intents purge`'s: a node whose
+clock was a day ahead of the others deleted, every hour, rows that they would still admit a copy of, which then
+ran a second time.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class Retention:
         intent_age: float,
         audit_age: float,
         max_intent_age: float,
-        clock: Callable[[], float],
+        clock: Callable[[], float] | None = None,
         interval: float = INTERVAL_S,
         first: float = FIRST_S,
     ) -> None:
@@ -43,21 +46,25 @@ class Retention:
         self._intent_age = intent_age
         self._audit_age = audit_age
         self._max_intent_age = max_intent_age
-        self._clock = clock
+        self._clock = clock  # None: the store's clock
         self._interval = interval
         self._first = first
         self._task: asyncio.Task[None] | None = None
         self._stopping = threading.Event()  # a purge under way ends after its transaction (SQLite: paced)
 
     async def run_once(self) -> operator_api.PurgeResult:
-        done = await own_thread(
-            operator_api.purge, self._intents, intents_age=self._intent_age, audit_age=self._audit_age,
-            now=self._clock(), max_intent_age=self._max_intent_age, stop=self._stopping,
-        )  # fmt: skip
+        done = await own_thread(self._purge)
         if done.intents or done.audit:
             logger.info("retention: deleted %d final intents and %d audit rows", done.intents, done.audit,
                         extra={"code": "retention"})  # fmt: skip
         return done
+
+    def _purge(self) -> operator_api.PurgeResult:
+        now = self._intents.store_now() if self._clock is None else self._clock()
+        return operator_api.purge(
+            self._intents, intents_age=self._intent_age, audit_age=self._audit_age, now=now,
+            max_intent_age=self._max_intent_age, stop=self._stopping,
+        )  # fmt: skip
 
     def start(self) -> None:
         self._stopping.clear()

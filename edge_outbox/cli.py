@@ -98,7 +98,6 @@ def _env_only(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--attach-password", envvar="EDGE_OUTBOX_ATTACH_PASSWORD", hidden=True, callback=_env_only)
 @click.option(
     "--users",
-    "users_file",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     envvar="EDGE_OUTBOX_USERS",
     help="File of `app:hash` lines; when given, apps must log in.",
@@ -188,7 +187,7 @@ def run(
     attach_client_id: str,
     attach_ca: Path | None,
     attach_password: str | None,
-    users_file: Path | None,
+    users: Path | None,
     max_queue_items: int,
     max_queue_bytes: str,
     retention: float,
@@ -213,7 +212,7 @@ def run(
         listen_host=host,
         listen_port=port,
         attach=AttachTarget.parse(attach, attach_password, attach_client_id, attach_ca) if attach else None,
-        users=load_users(users_file) if users_file else {},
+        users=load_users(users) if users else {},
         max_queue_items=max_queue_items,
         max_queue_bytes=_size(max_queue_bytes),
         retention_s=retention,

@@ -43,6 +43,9 @@ _READ_BY_RUN: dict[str, Callable[[Any], object]] = {
     "max_queue_bytes": parse_size,
     "forward_window": parse_windows,
 }
+# Earlier names of keys, still read: `users` was `users_file` (the option's name in the code, against the rule
+# above) until December 2026, while the example config and docs/deploy.md wrote `users`, which stopped the outbox.
+RENAMED = {"users_file": "users"}
 # A value not echoed in an error: an attach URL may hold a user's password (refused, but not to be shown).
 _NOT_SHOWN = frozenset({"attach"})
 
@@ -76,6 +79,12 @@ def load(path: Path, group: click.Group, ctx: click.Context) -> dict[str, dict[s
     run = group.commands["run"]
     params = {p.name: p for p in run.params if isinstance(p, click.Option) and p.name not in NOT_IN_FILE}
     errors: list[str] = []
+    for old, new in RENAMED.items():
+        if old in document and new in document:
+            errors.append(f"{old}: the earlier name of {new}; give only {new}")
+            document.pop(old)
+        elif old in document:
+            document[new] = document.pop(old)
     for key, value in document.items():
         param = params.get(key)
         if param is None:

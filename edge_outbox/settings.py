@@ -149,7 +149,7 @@ OUTBOX_KEYS: Final[Mapping[str, str | None]] = {
     "listen_host": "listen",
     "listen_port": "listen",
     "attach": "attach",
-    "users": "users_file",
+    "users": "users",
     "max_queue_items": "max_queue_items",
     "max_queue_bytes": "max_queue_bytes",
     "retention_s": "retention",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from edge_outbox import runner
 from edge_outbox.cli import main
 from edge_outbox.errors import ConfigError
 from edge_outbox.settings import OutboxSettings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -132,3 +135,43 @@ def test_a_negative_queue_limit_names_its_flag(field: str) -> None:
     flag = "--" + field.replace("_", "-")
     with pytest.raises(ConfigError, match=f"^{flag} cannot be negative"):
         OutboxSettings(**{field: -1})  # type: ignore[arg-type]
+
+
+def test_every_key_is_its_flags_long_name(tmp_path: Path, captured: list[OutboxSettings]) -> None:
+    """The rule the page and the example config give: `--users` is `users`. It was `users_file` (the option's
+    name in the code), so `users = ...`, as deploy/edge-outbox.toml and docs/deploy.md wrote it, stopped the
+    outbox at start: `users: not an option of edge-outbox run`."""
+    run = main.commands["run"]
+    assert {p.name for p in run.params} == {p.opts[0].removeprefix("--").replace("-", "_") for p in run.params}
+    users = tmp_path / "users"
+    users.write_text(CliRunner().invoke(main, ["hash-password", "--app", "hvac", "--password", "pw"]).output)
+    result = CliRunner().invoke(main, ["--config", str(write(tmp_path, f'users = "{users}"\n')), "run"])
+    assert result.exit_code == 0, result.output
+    assert set(captured[0].users) == {"hvac"}
+
+
+def test_the_keys_earlier_name_users_file_is_still_read(tmp_path: Path, captured: list[OutboxSettings]) -> None:
+    users = tmp_path / "users"
+    users.write_text(CliRunner().invoke(main, ["hash-password", "--app", "hvac", "--password", "pw"]).output)
+    result = CliRunner().invoke(main, ["--config", str(write(tmp_path, f'users_file = "{users}"\n')), "run"])
+    assert result.exit_code == 0, result.output
+    assert set(captured[0].users) == {"hvac"}
+    both = write(tmp_path, f'users = "{users}"\nusers_file = "{users}"\n')
+    result = CliRunner().invoke(main, ["--config", str(both), "run"])
+    assert result.exit_code == 1
+    assert "users_file: the earlier name of users; give only users" in result.output
+
+
+def test_every_key_the_example_config_shows_commented_out_is_read(tmp_path: Path) -> None:
+    """deploy/edge-outbox.toml's commented keys are the ones an operator uncomments: each must be a key the file
+    takes (checked here with its value, paths aside)."""
+    example = (ROOT / "deploy/edge-outbox.toml").read_text()
+    commented = re.findall(r"^# ?([a-z_]+) = (.*?)(?:[ \t]+#.*)?$", example, re.MULTILINE)
+    assert {key for key, _ in commented} >= {"users", "attach", "attach_ca", "max_offline"}
+    path = tmp_path / "exists"
+    path.write_text("")
+    for key, value in commented:
+        text = f'{key} = "{path}"\n' if value.startswith('"/') else f"{key} = {value}\n"
+        config = write(tmp_path, text)
+        result = CliRunner().invoke(main, ["--config", str(config), "status", "--json"])
+        assert f"Error: {config}" not in result.output, result.output  # a problem of the file names it

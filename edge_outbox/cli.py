@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -228,7 +229,10 @@ def run(
         else ForwarderSettings(windows=windows, health_interval_s=health_interval),
     )
     configure_logging(log_level, log_format)
-    asyncio.run(serve(settings, notify_socket=os.environ.get("NOTIFY_SOCKET")))  # systemd's, for Type=notify
+    started = click.get_current_context().meta.get(config_file.STARTED_WITH)
+    changed = None if started is None else functools.partial(config_file.changed_since, *started)
+    # NOTIFY_SOCKET: systemd's, for Type=notify
+    asyncio.run(serve(settings, notify_socket=os.environ.get("NOTIFY_SOCKET"), config_changed=changed))
 
 
 @main.command(name="hash-password")

@@ -14,7 +14,7 @@ file's name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ _READ_BY_RUN: dict[str, Callable[[Any], object]] = {
 # Earlier names of keys, still read: `users` was `users_file` (the option's name in the code, against the rule
 # above) until December 2026, while the example config and docs/deploy.md wrote `users`, which stopped the outbox.
 RENAMED = {"users_file": "users"}
+# Where click's context keeps (path, document) of the file as read at start: `run` hands it to the reload.
+STARTED_WITH = "edge_outbox.config_file"
 # A value not echoed in an error: an attach URL may hold a user's password (refused, but not to be shown).
 _NOT_SHOWN = frozenset({"attach"})
 
@@ -76,6 +78,7 @@ def load(path: Path, group: click.Group, ctx: click.Context) -> dict[str, dict[s
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except DecodeError as exc:
         raise ConfigError(f"{path} {exc}") from None
+    ctx.meta[STARTED_WITH] = (path, dict(document))  # for a reload to say whether the file changed since
     run = group.commands["run"]
     params = {p.name: p for p in run.params if isinstance(p, click.Option) and p.name not in NOT_IN_FILE}
     errors: list[str] = []
@@ -114,3 +117,24 @@ def load(path: Path, group: click.Group, ctx: click.Context) -> dict[str, dict[s
         if name != "run" and shared:
             defaults[name] = shared
     return defaults
+
+
+def changed_since(path: Path, started: Mapping[str, Any]) -> str | None:
+    """What a reload (SIGHUP) says of the config file the outbox started with: None when it holds the same, else
+    that its keys take a restart, naming the keys that changed (never a value: an attach URL names a user).
+    Before, a reload said only "reloaded device.json and ca.pem", and an edited file seemed applied."""
+    keep = "the outbox goes on with those it started with"
+    try:
+        now = read_toml(path)
+    except OSError as exc:
+        return f"config file {path} cannot be read now ({exc.strerror}): {keep}; fix it before the next start"
+    except DecodeError as exc:
+        return f"config file {path} {exc}: {keep}; fix it before the next start"
+    missing = object()
+    changed = sorted(key for key in started.keys() | now.keys() if started.get(key, missing) != now.get(key, missing))
+    if not changed:
+        return None
+    return (
+        f"config file {path} changed since the outbox started ({', '.join(changed)}): run's options take a restart"
+        f" (systemctl restart edge-outbox); {keep}"
+    )

@@ -4,7 +4,8 @@ What a reload takes: the bridge's address in DATA_DIR/identity/device.json (`bri
 `http_url`; a bridge that moved) and the CA in identity/ca.pem (which each connect reads anyway): the forwarder
 is made anew on them and connects at once, instead of at the end of its backoff. What it cannot take, said in
 the log and changing nothing: another device in device.json (enrolled again: intents sent as the old one must
-end first), a first enrollment, a device.json that does not read, and `run`'s own flags; each takes a restart.
+end first), a first enrollment, a device.json that does not read, and `run`'s own flags and config file (a changed
+file is named with its changed keys); each takes a restart.
 Before, the outbox had no SIGHUP handler: the signal's default action ended it, and systemd, which counts
 SIGHUP as a clean exit, did not start it again under Restart=on-failure.
 """
@@ -49,8 +50,11 @@ def identity_to_forward(data_dir: Path, running_as: str | None) -> Identity | No
     return identity
 
 
-async def reload_at_each(hup: asyncio.Event, reload: Callable[[], Awaitable[None]]) -> None:
-    """One reload per SIGHUP (`hup` set by its handler; several while one runs: one more after it)."""
+async def reload_at_each(
+    hup: asyncio.Event, reload: Callable[[], Awaitable[None]], config_changed: Callable[[], str | None] | None = None
+) -> None:
+    """One reload per SIGHUP (`hup` set by its handler; several while one runs: one more after it). `config_changed`
+    says whether `run`'s config file differs from the one the outbox started with (it is not read again)."""
     while True:
         await hup.wait()
         hup.clear()
@@ -59,3 +63,5 @@ async def reload_at_each(hup: asyncio.Event, reload: Callable[[], Awaitable[None
             await reload()
         except Exception:
             log.exception("reload failed; the outbox goes on as before")
+        if config_changed is not None and (said := config_changed()) is not None:
+            log.warning("reload: %s", said)

@@ -382,9 +382,10 @@ async def serve(
     settings: OutboxSettings,
     ready: Callable[[], Awaitable[None] | None] | None = None,
     notify_socket: str | None = None,
+    config_changed: Callable[[], str | None] | None = None,
 ) -> None:
-    """Run until SIGINT or SIGTERM, reloading at SIGHUP; tells systemd at `notify_socket` (Type=notify) once it
-    serves, and as it stops."""
+    """Run until SIGINT or SIGTERM, reloading at SIGHUP (`config_changed`: edge_outbox.reload); tells systemd at
+    `notify_socket` (Type=notify) once it serves, and as it stops."""
     outbox = Outbox(settings)
     stop, hup = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -402,7 +403,7 @@ async def serve(
         if result is not None:
             await result
     notify(notify_socket, READY)
-    reloads = asyncio.create_task(reload_at_each(hup, outbox.reload), name="reloads")
+    reloads = asyncio.create_task(reload_at_each(hup, outbox.reload, config_changed), name="reloads")
     await stop.wait()
     reloads.cancel()
     await asyncio.gather(reloads, return_exceptions=True)

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge_outbox.enroll_client import enroll
 from edge_outbox.identity import identity_dir
 from tests.support.bridge import Harness, counting, harness
@@ -75,3 +77,39 @@ async def test_a_sighup_for_another_device_is_refused_and_the_outbox_goes_on(tmp
     finally:
         code = await asyncio.to_thread(outbox.stop)
     assert code == 0, outbox.log()
+
+
+async def test_a_sighup_after_the_config_file_changed_says_the_change_takes_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/operations.md: a reload cannot take `run`'s config file, and the log says so. It said only "reloaded
+    device.json and ca.pem": an operator who edited /etc/edge-outbox/config.toml and ran `systemctl reload
+    edge-outbox` (as for the bridge, whose reload reads its file) took the change for applied."""
+    config = tmp_path / "config.toml"
+    config.write_text('retention = "14d"\nattach_client_id = "edge-outbox"\n')
+    monkeypatch.setenv("EDGE_OUTBOX_CONFIG", str(config))
+    outbox = await asyncio.to_thread(OutboxProcess(tmp_path / "edge", free_port(), "--no-forward").start)
+    try:
+        assert outbox.proc is not None
+        outbox.proc.send_signal(signal.SIGHUP)  # the file as the outbox started with it: nothing to say of it
+        await until(lambda: outbox.log().count("SIGHUP: reloading") == 1 and "reload refused" in outbox.log())
+        config.write_text('retention = "10d"\nmax_queue_items = 5\n# a secret-looking value is never shown\n')
+        outbox.proc.send_signal(signal.SIGHUP)
+        await until(lambda: "changed since the outbox started" in outbox.log(), what="the change named")
+        config.write_text("retention = \n")
+        outbox.proc.send_signal(signal.SIGHUP)
+        await until(lambda: "is not valid TOML" in outbox.log(), what="the broken file named")
+        assert outbox.proc.poll() is None
+    finally:
+        code = await asyncio.to_thread(outbox.stop)
+    assert code == 0, outbox.log()
+    lines = [line for line in outbox.log().splitlines() if str(config) in line]
+    assert len(lines) == 2, outbox.log()
+    assert "WARNING" in lines[0]
+    assert (
+        f"config file {config} changed since the outbox started (attach_client_id, max_queue_items, retention):"
+        " run's options take a restart (systemctl restart edge-outbox); the outbox goes on with those it started"
+        " with" in lines[0]
+    )
+    assert "10d" not in lines[0] and 'edge-outbox"' not in lines[0]
+    assert f"config file {config} is not valid TOML" in lines[1] and "the outbox goes on with" in lines[1]

@@ -41,6 +41,18 @@ def max_offline_option(fn: F) -> F:
     )(fn)
 
 
+def status_max_offline_option(fn: F) -> F:
+    """`status`'s: given none, it judges by the running outbox's own (its /healthz's rule), 1 h with none running;
+    its help said `[default: 1h]` alone."""
+    return click.option(
+        "--max-offline",
+        default="1h",
+        show_default="the running outbox's --max-offline; with none running, 1h",
+        callback=duration_seconds,
+        help="Without a link to the bridge for longer than this, the outbox counts as unhealthy.",
+    )(fn)
+
+
 def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
 

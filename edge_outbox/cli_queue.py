@@ -24,7 +24,14 @@ from edge_outbox.cli_format import (
     row_json,
     status_report,
 )
-from edge_outbox.cli_options import STATES, data_dir_option, duration_seconds, json_option, max_offline_option, write_op
+from edge_outbox.cli_options import (
+    STATES,
+    data_dir_option,
+    duration_seconds,
+    json_option,
+    status_max_offline_option,
+    write_op,
+)
 from edge_outbox.identity import load_identity
 from edge_outbox.states import FINAL, RETRYABLE, State
 from intent_contract.timefmt import format_age
@@ -32,7 +39,7 @@ from intent_contract.timefmt import format_age
 
 @click.command()
 @data_dir_option
-@max_offline_option
+@status_max_offline_option
 @json_option
 def status(data_dir: Path, max_offline: float, as_json: bool) -> None:
     """Counts per state, bytes used, the oldest pending intent, the link and whether intake is held.

@@ -14,8 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from edge_outbox import lock
+from edge_outbox.cli import main
 from tests.support.edge import OutboxProcess, cli
 from tests.support.net import free_port, wait_for_port, wait_until
 from tests.support.offline_site import backlog, enrolled_site
@@ -147,3 +149,13 @@ def test_a_flush_holding_the_lock_is_not_judged_by_the_heartbeat(tmp_path: Path)
     finally:
         flushing.terminate()
         flushing.wait(30)
+
+
+def test_status_help_gives_the_default_it_judges_by() -> None:
+    """`status --help` said `[default: 1h]` while status, given none, judges by the running outbox's own
+    --max-offline (docs/operations.md); only with no outbox running is it 1 h."""
+    status_help = " ".join(CliRunner().invoke(main, ["status", "--help"]).output.split())
+    assert "[default: 1h]" not in status_help
+    assert "[default: (the running outbox's --max-offline; with none running, 1h)]" in status_help
+    run_help = " ".join(CliRunner().invoke(main, ["run", "--help"]).output.split())
+    assert "unhealthy. [default: 1h]" in run_help

@@ -14,7 +14,8 @@ another outbox's hello on PEER_TOPIC, which is named as an error (edge_outbox.at
 
 Whatever the broker sends is answered: a message too large to take is cut as it arrives and refused
 (too_large), QoS 0 messages count towards MAX_UNCOMMITTED like QoS 1 ones, and a stop acknowledges what
-it took once committed before it disconnects, so the broker sends again only what was not taken.
+it took once committed before it disconnects, so the broker sends again only what was not taken. A copy the
+broker sends again (DUP) of a message taken on a connection that ended is answered by its commit (attach_carried).
 
 The client is asyncio on the endpoints' codecs, MQTT 5 (the `mqtt5` package) and, with a broker that speaks
 only that, 3.1.1 (`intent_contract.mqtt_packets`): edge_outbox.attach_wire. Through MQTT 5 an app's message
@@ -37,6 +38,7 @@ import ssl
 import time
 from typing import Any
 
+from edge_outbox.attach_carried import Carried
 from edge_outbox.attach_link import READ_CHUNK, Link, Received, RetainedNames, first_packets, tls_context, why
 from edge_outbox.attach_peers import PEER_TOPIC, Peers, hello
 from edge_outbox.attach_replays import ReadAppStatuses, Replays
@@ -109,6 +111,7 @@ class AttachedClient:
         # acknowledged a status, which it did on a session of ours.
         self._had_session = position > 0
         self._retained = RetainedNames()
+        self._carried = Carried()  # taken on a connection that ended, not acknowledged: the broker sends them again
         self._peers = Peers(target.client_id)
         self.fault = ""  # what is wrong with a connection that is up, for health: the broker sends us nothing
         self._store_log = LogThrottle(10.0)
@@ -196,6 +199,7 @@ class AttachedClient:
                     "published while the outbox was not connected was not kept for it",
                     t.client_id,
                 )
+                self._carried.forget()  # it sends nothing again, and its packet ids start over
             self._had_session = True
             self._peers.connected()
             self._link = link
@@ -228,6 +232,7 @@ class AttachedClient:
                 await writer.drain()
         finally:
             self._link = None
+            self._carried.keep(link)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -277,6 +282,7 @@ class AttachedClient:
         if packet.qos == 2:  # we subscribed at QoS 1; a broker may not send more [MQTT-3.8.4-6]
             raise MalformedPacketError("the broker sent a QoS 2 message on a QoS 1 subscription")
         future: asyncio.Future[Any]
+        taken = None
         app = Intake.replay_app(packet.topic)
         peer = packet.topic == PEER_TOPIC
         if app is not None and not packet.retain:
@@ -295,12 +301,17 @@ class AttachedClient:
             future = asyncio.get_running_loop().create_future()
             future.set_result(None)
         else:
-            future = self._intake.submit(packet.topic, packet.payload, expiry_s=packet.expiry_s, size=size)
+            taken = (packet.topic, packet.payload, size)
+            carried = self._carried.commit_of(packet, taken) if self._carried else None  # a copy of one taken
+            if carried is None:
+                future = self._intake.submit(packet.topic, packet.payload, expiry_s=packet.expiry_s, size=size)
+            else:
+                future = carried
         if packet.qos == 1 or not future.done():
             # A QoS 0 intent waits in the queue too, with nothing to acknowledge: it counts towards
             # MAX_UNCOMMITTED. Uncounted, an app publishing at QoS 0 (mosquitto_pub's default) while commits
             # were held (a full queue or disk) grew the outbox's memory by every byte it sent.
-            link.received.append(Received(packet.packet_id, future))
+            link.received.append(Received(packet.packet_id, future, taken))
             if not link.watching:
                 self._watch(link, future)
 
@@ -339,6 +350,8 @@ class AttachedClient:
                 return
             if head.packet_id is not None:
                 acks += p.encode_ack(Type.PUBACK, head.packet_id)
+                if head.taken is not None:
+                    link.acked.append((head.packet_id, hash(head.taken)))
         if received:
             self._watch(link, received[0].done)
         if acks:

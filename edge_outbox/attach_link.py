@@ -22,6 +22,7 @@ from intent_contract import mqtt_packets as p
 log = logging.getLogger("edge_outbox.attach")  # the attach client's lines, under its name
 
 READ_CHUNK = 1 << 16
+ACKED_KEPT = 1000  # intents acknowledged last on a connection, known by packet id when it ends (Carried)
 RETAINED_TOPICS_NAMED = 1024  # topics whose retained copies were named in the log; forgotten beyond
 
 
@@ -31,6 +32,7 @@ class Received:
 
     packet_id: int | None
     done: asyncio.Future[Any]  # the intake's commit, or one done at once for a copy not taken (a retained one)
+    taken: tuple[str, bytes, int | None] | None = None  # an intake's message: its topic, payload and full size
 
 
 class Link:
@@ -42,6 +44,7 @@ class Link:
         self.window = 1  # statuses in flight at most: attach.STATUS_WINDOW, or less as the broker says (MQTT 5)
         self.keepalive = 1.0  # seconds: attach.KEEPALIVE_S, or the broker's server keep alive (MQTT 5)
         self.received: deque[Received] = deque()  # in arrival order; acknowledged from the left
+        self.acked: deque[tuple[int, int]] = deque(maxlen=ACKED_KEPT)  # (packet id, digest) of the last intents acked
         self.watching = False  # a callback waits on the oldest message not yet committed
         self.room = asyncio.Event()  # set while fewer than attach.MAX_UNCOMMITTED messages wait for their commit
         self.room.set()

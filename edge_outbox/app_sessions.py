@@ -20,9 +20,14 @@ from edge_outbox.status import status_payload, status_topic
 from edge_outbox.store import Store
 
 
+def drop_expired(conn: sqlite3.Connection, now: int, expiry_ms: int) -> None:
+    """Delete the persistent sessions unseen for their expiry (at most `expiry_ms`)."""
+    conn.execute("DELETE FROM sessions WHERE last_seen + MIN(COALESCE(expiry_ms, ?1), ?1) < ?2", (expiry_ms, now))
+
+
 def load_sessions(conn: sqlite3.Connection, now: int, expiry_ms: int) -> list[SessionRecord]:
     """Persistent sessions seen within their expiry (at most `expiry_ms`); older ones are deleted."""
-    conn.execute("DELETE FROM sessions WHERE last_seen + MIN(COALESCE(expiry_ms, ?1), ?1) < ?2", (expiry_ms, now))
+    drop_expired(conn, now, expiry_ms)
     taken = qos2_taken.load(conn)
     rows = conn.execute("SELECT client_id, username, subscriptions, status_seq, last_seen, expiry_ms FROM sessions")
     return [SessionRecord(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], taken.get(r[0], ())) for r in rows]

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from edge_outbox import clock_steps, event_log, offline_ops, ops, paced, retention
-from edge_outbox.app_sessions import StoredSessions, save_cursors
+from edge_outbox.app_sessions import StoredSessions, drop_expired, save_cursors
 from edge_outbox.apps_auth import AppLogins
 from edge_outbox.attach import AttachedClient
 from edge_outbox.bridge_clock import BridgeClock
@@ -339,6 +339,8 @@ class Outbox:
                 )
                 if purged:
                     log.info("retention: purged %d final intents", purged)
+                if isinstance(self._transport, AttachedClient):  # the sessions of an earlier embedded endpoint
+                    await self.store.call(drop_expired, now, int(self.settings.session_expiry_s * 1000))
                 history = now - int(self.settings.status_history_s * 1000)
                 await paced.in_operations(self.store.call, retention.prune_seen_events, self._oldest_wanted(), history)
             except StorageError as exc:  # housekeeping and intake report a disk that fails

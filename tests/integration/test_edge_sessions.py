@@ -13,6 +13,7 @@ import pytest
 
 from intent_contract import mqtt_packets as p
 from intent_contract.mqtt_packets import Type
+from tests.support.attach import attached, site_mosquitto
 from tests.support.edge import OutboxProcess, email, stored_sessions
 from tests.support.mqtt_raw import RawClient
 from tests.support.net import free_port, wait_until
@@ -93,3 +94,22 @@ def test_a_quiet_connected_session_outlives_a_crash(tmp_path: Path) -> None:
             assert json.loads(status.payload)["id"] == "while-away"
         finally:
             back.close()
+
+
+def test_sessions_of_the_embedded_endpoint_expire_after_the_outbox_moved_to_attach_mode(tmp_path: Path) -> None:
+    """A site moved its outbox from the embedded endpoint to attach mode (docs/edge.md's fast path for busy sites):
+    no endpoint dropped the persistent sessions stored before, and each held every status event after its position
+    for ever (events are pruned only once every stored session has them), so the database grew without end."""
+    data = tmp_path / "data"
+    with OutboxProcess(data, free_port(), "--session-expiry", "2s") as embedded:
+        app = RawClient(embedded.port)
+        app.connect("moved-away", clean=False)
+        app.subscribe(STATUSES, 1)
+        leave(app)
+        wait_until(lambda: "moved-away" in stored_sessions(data), what="the session stored")
+        assert embedded.stop() == 0
+    left = stored_sessions(data)["moved-away"]
+    wait_until(lambda: now_ms() > left + 2500, 10, what="the session's expiry to pass")
+    with site_mosquitto(tmp_path) as broker, attached(tmp_path, broker, "--session-expiry", "2s") as outbox:
+        wait_until(lambda: "attached; subscribed" in outbox.log(), what="outbox attached")
+        wait_until(lambda: "moved-away" not in stored_sessions(data), 15, what="the session dropped in attach mode")

@@ -32,12 +32,14 @@ def site_mosquitto(tmp_path: Path) -> Iterator[int]:
         proc.wait(10)
 
 
-def attached(tmp_path: Path, broker_port: int) -> OutboxProcess:
-    """An outbox (not started) attached to the broker on `broker_port` as `outbox-under-test`."""
+def attached(tmp_path: Path, broker_port: int, *extra: str) -> OutboxProcess:
+    """An outbox (not started) attached to the broker on `broker_port` as `outbox-under-test`, with `extra`
+    options."""
     return OutboxProcess(
         tmp_path / "data",
         broker_port,
         f"--attach=mqtt://127.0.0.1:{broker_port}",
         "--attach-client-id",
         "outbox-under-test",
+        *extra,
     )

@@ -10,7 +10,8 @@ position (every status up to it acknowledged by the broker) is kept under STATUS
 sends again what the broker may not have. After a lost connection the statuses not yet acknowledged
 are read again from that position. A replay request (`{"after": SEQ}` on outbox/{app}/replay) is
 acknowledged, not taken, and the app's stored statuses after SEQ are published to the broker again. So is
-another outbox's hello on PEER_TOPIC, which is named as an error (edge_outbox.attach_peers).
+another outbox's hello on PEER_TOPIC, which is named as an error (edge_outbox.attach_peers). The broker's count of
+messages it dropped over its queue limits is read from $SYS and named (edge_outbox.attach_drops).
 
 Whatever the broker sends is answered: a message too large to take is cut as it arrives and refused
 (too_large), QoS 0 messages count towards MAX_UNCOMMITTED like QoS 1 ones, and a stop acknowledges what
@@ -39,8 +40,9 @@ import time
 from typing import Any
 
 from edge_outbox.attach_carried import Carried
+from edge_outbox.attach_drops import DROPPED_TOPIC, DROPS_SUBSCRIBE_ID, BrokerDrops
 from edge_outbox.attach_link import READ_CHUNK, Link, Received, RetainedNames, first_packets, tls_context, why
-from edge_outbox.attach_peers import PEER_TOPIC, Peers, hello
+from edge_outbox.attach_peers import PEER_TOPIC, Peers, greet, hello
 from edge_outbox.attach_replays import ReadAppStatuses, Replays
 from edge_outbox.attach_wire import Refused, wire_of
 from edge_outbox.errors import AttachRefusedError, AttachVersionError, StorageError
@@ -112,6 +114,7 @@ class AttachedClient:
         self._had_session = position > 0
         self._retained = RetainedNames()
         self._carried = Carried()  # taken on a connection that ended, not acknowledged: the broker sends them again
+        self._drops = BrokerDrops()  # what the broker dropped over its queue limits (edge_outbox.attach_drops)
         self._peers = Peers(target.client_id)
         self.fault = ""  # what is wrong with a connection that is up, for health: the broker sends us nothing
         self._store_log = LogThrottle(10.0)
@@ -183,8 +186,9 @@ class AttachedClient:
         framer = p.CuttingFramer(MAX_PACKET, CUT_KEEP)
         tasks: list[asyncio.Task[None]] = []
         try:
-            connect = wire.connect(t, KEEPALIVE_S, MAX_UNCOMMITTED) + wire.subscribe(SUBSCRIBE_ID, INTAKE_FILTER)
-            writer.write(connect + wire.publish(PEER_TOPIC, hello(t.client_id, answer=False), 0, None))  # heard by us
+            greeting = wire.publish(PEER_TOPIC, hello(t.client_id, answer=False), 0, None)  # heard by us
+            writer.write(wire.connect(t, KEEPALIVE_S, MAX_UNCOMMITTED) + wire.subscribe(SUBSCRIBE_ID, INTAKE_FILTER)
+                         + greeting + wire.subscribe(DROPS_SUBSCRIBE_ID, DROPPED_TOPIC, 0))  # fmt: skip
             first = await asyncio.wait_for(first_packets(reader, framer), CONNECT_TIMEOUT_S)
             connack = wire.decode(first[0][0] & 0xFF, first[0][1])
             if not isinstance(connack, p.Connack):
@@ -260,6 +264,8 @@ class AttachedClient:
                 if seq:
                     self.status.closed(seq)
                 self._wake.set()
+        elif isinstance(packet, p.Suback) and packet.packet_id == DROPS_SUBSCRIBE_ID:
+            pass  # refused or not, a broker without $SYS or an ACL that keeps it from us sends nothing
         elif isinstance(packet, p.Suback):
             if any(code >= p.SUBACK_FAILURE for code in packet.codes):
                 raise AttachRefusedError(f"subscribing to {INTAKE_FILTER} was refused")
@@ -277,6 +283,9 @@ class AttachedClient:
 
     def _received(self, link: Link, packet: p.Publish, size: int | None) -> None:
         """`size`: the payload's full size, when `packet` holds only its head."""
+        if packet.topic == DROPPED_TOPIC:  # QoS 0, nothing to acknowledge; and not heard on outbox/+/+
+            self._drops.heard(packet.payload)
+            return
         link.heard_publish = True
         self.fault = ""
         if packet.qos == 2:  # we subscribed at QoS 1; a broker may not send more [MQTT-3.8.4-6]
@@ -289,7 +298,7 @@ class AttachedClient:
             if self._replays.asked(app, packet.payload):
                 self._wake.set()
         elif peer and not packet.retain:
-            self._peer_hello(link, packet.payload)
+            greet(self._peers, link, packet.payload)
         if packet.retain or app is not None or peer or not packet.payload:  # acknowledged in turn, not taken
             # RETAIN=1 marks a copy sent because we subscribed [MQTT-3.3.1-8]; a message on the subscription
             # we hold comes with RETAIN=0 [MQTT-3.3.1-9]. The broker replays a retained intent on every
@@ -314,19 +323,6 @@ class AttachedClient:
             link.received.append(Received(packet.packet_id, future, taken))
             if not link.watching:
                 self._watch(link, future)
-
-    def _peer_hello(self, link: Link, raw: bytes) -> None:
-        """Another outbox says it is attached (edge_outbox.attach_peers): name it, and answer so it names us."""
-        heard = self._peers.heard(raw, time.monotonic())
-        if heard.peer is not None:
-            log.error(
-                "another edge outbox is attached to this broker as %r: each outbox takes every intent, so each is "
-                "sent twice (once by each); attach one outbox per broker%s",
-                heard.peer,
-                left_out(heard.not_logged),
-            )
-        if heard.answer is not None and not link.writer.is_closing():
-            link.writer.write(link.wire.publish(PEER_TOPIC, heard.answer, 0, None))
 
     def _watch(self, link: Link, oldest: asyncio.Future[Any]) -> None:
         """Acknowledge once `oldest` is committed. Acknowledgements go from the left, so nothing else can

@@ -6,20 +6,25 @@ an outbox publishes a hello (QoS 0, not retained) on PEER_TOPIC, under outbox/+/
 ACL to read is needed, and its app level `.attach` is no app's (an app name starts with a letter or digit).
 An outbox that hears another's hello names it and answers once per connection, so both name each other: the
 one attached first hears the newcomer's hello, and the newcomer its answer. Pure: `Peers.heard` decides what
-to log and what to send; edge_outbox.attach does it.
+to log and what to send, and `greet` does it for edge_outbox.attach.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import orjson
 
+from edge_outbox.attach_link import Link
 from edge_outbox.intake_rules import TOPIC_ROOT
 from intent_contract import json_bounded
 from intent_contract.errors import DecodeError
-from intent_contract.logs import LogThrottle
+from intent_contract.logs import LogThrottle, left_out
+
+log = logging.getLogger("edge_outbox.attach")  # the attach client's lines, under its name
 
 PEER_TOPIC = f"{TOPIC_ROOT}/.attach/hello"
 MAX_HELLO_BYTES = 1000
@@ -69,3 +74,17 @@ class Peers:
             answer = hello(self.client_id, answer=True)
         not_logged = self._throttle.allow(now)
         return Heard(None if not_logged is None else peer, not_logged or 0, answer)
+
+
+def greet(peers: Peers, link: Link, raw: bytes) -> None:
+    """Another outbox says it is attached: name it, and answer so it names us."""
+    heard = peers.heard(raw, time.monotonic())
+    if heard.peer is not None:
+        log.error(
+            "another edge outbox is attached to this broker as %r: each outbox takes every intent, so each is "
+            "sent twice (once by each); attach one outbox per broker%s",
+            heard.peer,
+            left_out(heard.not_logged),
+        )
+    if heard.answer is not None and not link.writer.is_closing():
+        link.writer.write(link.wire.publish(PEER_TOPIC, heard.answer, 0, None))

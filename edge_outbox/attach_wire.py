@@ -46,8 +46,8 @@ class V311:
         password = target.password.encode() if target.password is not None else None
         return p.encode(p.Connect("MQTT", 4, target.client_id, False, keepalive, None, target.username, password))
 
-    def subscribe(self, packet_id: int, topic_filter: str) -> bytes:
-        return p.encode(p.Subscribe(packet_id, ((topic_filter, 1),)))
+    def subscribe(self, packet_id: int, topic_filter: str, qos: int = 1) -> bytes:
+        return p.encode(p.Subscribe(packet_id, ((topic_filter, qos),)))
 
     def publish(self, topic: str, payload: bytes, qos: int, packet_id: int | None, *, status: bool = False) -> bytes:
         return p.encode_publish(topic, payload, qos, packet_id, retain=False, dup=False)
@@ -87,10 +87,10 @@ class V5(V311):
             ).write()
         )
 
-    def subscribe(self, packet_id: int, topic_filter: str) -> bytes:
+    def subscribe(self, packet_id: int, topic_filter: str, qos: int = 1) -> bytes:
         # Retain as published off and retained messages sent at subscribe, as in 3.1.1: a copy sent because we
         # subscribed comes with RETAIN=1, a message published since with RETAIN=0 [MQTT-3.3.1-12, -9].
-        topic = mqtt5.TopicFilter(topic_filter, max_qos=mqtt5.QoS.AT_LEAST_ONCE, retain_as_published=False,
+        topic = mqtt5.TopicFilter(topic_filter, max_qos=mqtt5.QoS(qos), retain_as_published=False,
                                   retain_handling=mqtt5.RetainHandling.SEND_ALWAYS)  # fmt: skip
         return bytes(mqtt5.SubscribePacket(packet_id, [topic]).write())
 

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import pytest
 
-from edge_outbox import attach, attach_peers
+from edge_outbox import attach, attach_drops, attach_peers
 from edge_outbox.attach import AttachedClient
 from edge_outbox.db import StatusEvent
 from edge_outbox.errors import StorageError
@@ -98,6 +98,8 @@ class Peer:
         assert subscribe == p.Subscribe(attach.SUBSCRIBE_ID, ((attach.INTAKE_FILTER, 1),))
         hello = await self.next()  # to any other outbox attached to this broker (edge_outbox.attach_peers)
         assert isinstance(hello, p.Publish) and (hello.topic, hello.qos) == (attach_peers.PEER_TOPIC, 0)
+        drops = await self.next()  # the broker's count of messages it dropped (edge_outbox.attach_drops)
+        assert drops == p.Subscribe(attach_drops.DROPS_SUBSCRIBE_ID, ((attach_drops.DROPPED_TOPIC, 0),))
         self.writer.write(p.encode(p.Connack(session_present, 0)) + p.encode(p.Suback(subscribe.packet_id, (1,))))
         return connect
 

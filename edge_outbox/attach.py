@@ -96,6 +96,8 @@ class AttachedClient:
         feed: StatusFeed,
         position: int,
         read_app_statuses: ReadAppStatuses | None = None,
+        *,
+        first: bool = False,  # no attach on this data dir before: `position` is where it starts, not one acknowledged
     ) -> None:
         self._target = target
         self._replays = Replays(read_app_statuses)
@@ -111,7 +113,7 @@ class AttachedClient:
         self.down_since: float | None = time.time()  # since when no connection is up (None: attached), for health
         # Whether the broker holds a session for us, as far as we know: once attached, or (at start) once the broker
         # acknowledged a status, which it did on a session of ours.
-        self._had_session = position > 0
+        self._had_session = position > 0 and not first
         self._retained = RetainedNames()
         self._carried = Carried()  # taken on a connection that ended, not acknowledged: the broker sends them again
         self._drops = BrokerDrops()  # what the broker dropped over its queue limits (edge_outbox.attach_drops)

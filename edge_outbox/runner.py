@@ -118,12 +118,15 @@ class Outbox:
         try:
             if s.attach is not None:
                 position = await self.store.read(event_log.get_meta, STATUS_KEY)
+                if first := position is None:  # the broker is a new consumer: from the newest, as a new session is
+                    await self.store.call(event_log.set_meta, STATUS_KEY, position := str(head))
                 self._transport = AttachedClient(
                     s.attach,
                     self.intake,
                     self.feed,
-                    int(position or 0),
+                    int(position),
                     lambda app, after, limit: self.store.read(event_log.app_statuses, app, after, limit),
+                    first=first,
                 )
             else:
                 sessions = StoredSessions(self.store, now_ms, int(s.session_expiry_s * 1000))

@@ -1,4 +1,5 @@
-"""Attach mode across restarts of a Mosquitto with persistence, under load: every intent once."""
+"""Attach mode across restarts: of a Mosquitto with persistence under load (every intent once), and of the outbox
+moved from its embedded endpoint to attach mode."""
 
 import collections
 import re
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.attach import attached
-from tests.support.edge import Client, email, stored_ids
+from tests.support.attach import attached, site_mosquitto
+from tests.support.edge import Client, OutboxProcess, email, stored_ids
 from tests.support.net import free_port, wait_for_port, wait_until
 from tests.support.services import require_binary
 
@@ -71,3 +72,28 @@ def test_intents_without_an_id_are_taken_once_across_broker_restarts_under_load(
         app.close()
         broker.terminate()
         broker.wait(10)
+
+
+def test_an_outbox_moved_to_attach_mode_does_not_publish_its_status_history_again(tmp_path: Path) -> None:
+    """The first attach on a data dir the embedded endpoint had used published every stored status (up to
+    --status-history, 24 h of them on a busy site) to the site broker and every app listening there: the broker, a
+    new consumer, started at position 0. Now it starts where a new persistent session does, at the newest."""
+    data = tmp_path / "data"
+    with OutboxProcess(data, free_port()) as embedded:
+        app = Client(embedded.port, "before").connect()
+        for n in range(3):
+            app.publish("outbox/hvac/email.send", email(f"old-{n}"), name=f"old-{n}")
+        wait_until(lambda: len(app.acked) == 3, what="PUBACKs of the embedded endpoint")
+        app.close()
+        assert embedded.stop() == 0
+    with site_mosquitto(tmp_path) as broker:
+        listener = Client(broker, "listener").connect()
+        listener.subscribe("outbox/+/status/#")
+        with attached(tmp_path, broker) as outbox:
+            wait_until(lambda: "attached; subscribed" in outbox.log(), what="outbox attached")
+            listener.publish("outbox/hvac/email.send", email("new"))
+            wait_until(lambda: listener.status_of("new") == ["accepted"], what="the new intent's status")
+            # Statuses go out in seq order: an old one would have come before.
+            assert [s["id"] for _topic, s in listener.statuses] == ["new"]
+            assert "had no session" not in outbox.log()  # a first attach: the broker had none to lose
+        listener.close()

@@ -144,11 +144,22 @@ class RetainedNames:
 
 
 def tls_context(target: AttachTarget) -> ssl.SSLContext:
-    """Verify the broker's certificate and name, against `--attach-ca` or the system's trust store."""
+    """Verify the broker's certificate and name, against `--attach-ca` or the system's trust store; show it our
+    certificate (`--attach-cert`) when there is one."""
     try:
-        return ssl.create_default_context(cafile=None if target.ca_file is None else str(target.ca_file))
+        context = ssl.create_default_context(cafile=None if target.ca_file is None else str(target.ca_file))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"--attach-ca {target.ca_file}: cannot load CA certificates (PEM) from it: {exc}") from None
+    if target.cert_file is not None:
+        try:  # an encrypted key gets an empty password (and fails) instead of a prompt on the terminal
+            context.load_cert_chain(target.cert_file, target.key_file, password=lambda: b"")
+        except (OSError, ssl.SSLError) as exc:
+            key = f" and --attach-key {target.key_file}" if target.key_file else ""
+            raise ConfigError(
+                f"--attach-cert {target.cert_file}{key}: cannot load a client certificate (PEM) and its key "
+                f"(PEM, not encrypted) that belong together: {exc}"
+            ) from None
+    return context
 
 
 def why(exc: BaseException) -> str:

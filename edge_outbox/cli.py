@@ -90,6 +90,17 @@ def _env_only(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     help="CA certificates (PEM) that sign an mqtts:// attach broker's certificate (default: the system's).",
 )
 @click.option(
+    "--attach-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Client certificate (PEM, its chain after it) for an mqtts:// broker that asks for one (Mosquitto: "
+    "require_certificate).",
+)
+@click.option(
+    "--attach-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The --attach-cert certificate's private key (PEM, not encrypted; default: in the --attach-cert file).",
+)
+@click.option(
     "--attach-client-id",
     default="edge-outbox",
     show_default=True,
@@ -187,6 +198,8 @@ def run(
     attach: str | None,
     attach_client_id: str,
     attach_ca: Path | None,
+    attach_cert: Path | None,
+    attach_key: Path | None,
     attach_password: str | None,
     users: Path | None,
     max_queue_items: int,
@@ -212,7 +225,9 @@ def run(
         data_dir=data_dir,
         listen_host=host,
         listen_port=port,
-        attach=AttachTarget.parse(attach, attach_password, attach_client_id, attach_ca) if attach else None,
+        attach=AttachTarget.parse(attach, attach_password, attach_client_id, attach_ca, (attach_cert, attach_key))
+        if attach
+        else None,
         users=load_users(users) if users else {},
         max_queue_items=max_queue_items,
         max_queue_bytes=_size(max_queue_bytes),

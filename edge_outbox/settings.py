@@ -45,6 +45,8 @@ class AttachTarget:
     client_id: str = "edge-outbox"
     tls: bool = False
     ca_file: Path | None = None
+    cert_file: Path | None = None  # a client certificate, for a broker that asks for one
+    key_file: Path | None = None  # its key, when not in cert_file
 
     @property
     def url(self) -> str:
@@ -52,7 +54,15 @@ class AttachTarget:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @classmethod
-    def parse(cls, url: str, password: str | None, client_id: str, ca_file: Path | None = None) -> AttachTarget:
+    def parse(
+        cls,
+        url: str,
+        password: str | None,
+        client_id: str,
+        ca_file: Path | None = None,
+        client_cert: tuple[Path | None, Path | None] = (None, None),
+    ) -> AttachTarget:
+        """`client_cert`: the client certificate's file and its key's (None: in the certificate's file)."""
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ConfigError(f"--attach {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)")
@@ -70,11 +80,16 @@ class AttachTarget:
         tls = parts.scheme == "mqtts"
         if ca_file is not None and not tls:
             raise ConfigError(f"--attach-ca is for a TLS broker: use mqtts:// in --attach, not {url!r}")
+        cert_file, key_file = client_cert
+        if (cert_file is not None or key_file is not None) and not tls:
+            raise ConfigError(f"--attach-cert is for a TLS broker: use mqtts:// in --attach, not {url!r}")
+        if key_file is not None and cert_file is None:
+            raise ConfigError("--attach-key is the key of --attach-cert: give the certificate too")
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError:
             raise ConfigError(f"--attach {url!r}: bad port") from None
-        return cls(parts.hostname, port, parts.username, password, client_id, tls, ca_file)
+        return cls(parts.hostname, port, parts.username, password, client_id, tls, ca_file, cert_file, key_file)
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,7 +80,7 @@ MAX_PACKET = 1 + 4 + 2 + 0xFFFF + 2 + MAX_PAYLOAD_BYTES
 MAX_UNCOMMITTED = 1000
 # A stop waits at most this long for the commits of what was taken, so their acknowledgements go out first.
 STOP_COMMIT_S = 5.0
-SUBSCRIBE_ID = 1  # the only SUBSCRIBE, once per connection
+SUBSCRIBE_ID = 1  # the intake's SUBSCRIBE, once per connection (attach_link.SUBSCRIBE_IDS)
 # PINGREQs after which a connection on which the broker sent no PUBLISH at all, not even our own hello, is named:
 # a broker whose ACL does not let us read outbox/+/+ grants the subscription and sends nothing (Mosquitto).
 NOTHING_HEARD_PINGS = 2

@@ -15,7 +15,7 @@ import logging
 log = logging.getLogger("edge_outbox.attach")  # the attach client's lines, under its name
 
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
-DROPS_SUBSCRIBE_ID = 2  # the SUBSCRIBE to DROPPED_TOPIC, once per connection after the intake's
+DROPS_SUBSCRIBE_ID = 2  # the SUBSCRIBE to DROPPED_TOPIC, after the intake's (attach_link.SUBSCRIBE_IDS)
 _WHAT = (
     "messages it had to queue for a client away or behind, over Mosquitto's max_queued_messages or "
     "max_queued_bytes; if any were for this outbox, they are intents the apps had their PUBACK for and that are "

@@ -22,6 +22,9 @@ from intent_contract import mqtt_packets as p
 log = logging.getLogger("edge_outbox.attach")  # the attach client's lines, under its name
 
 READ_CHUNK = 1 << 16
+# Packet ids of our SUBSCRIBEs (attach.SUBSCRIBE_ID, attach_drops.DROPS_SUBSCRIBE_ID), sent as each connection
+# starts: a status is never given one, which may still await its SUBACK [MQTT-2.3.1-2].
+SUBSCRIBE_IDS = 2
 ACKED_KEPT = 1000  # intents acknowledged last on a connection, known by packet id when it ends (Carried)
 RETAINED_TOPICS_NAMED = 1024  # topics whose retained copies were named in the log; forgotten beyond
 
@@ -99,9 +102,11 @@ class Link:
         return out, awaited
 
     def new_id(self) -> int:
-        """A packet id no status in flight uses (the window keeps far fewer in flight than there are ids)."""
+        """A packet id no status in flight uses (the window keeps far fewer in flight than there are ids), nor a
+        SUBSCRIBE: a connection's first statuses took ids 1 and 2, those of its SUBSCRIBEs still awaiting their
+        SUBACKs."""
         while True:
-            self.next_id = self.next_id % MAX_PACKET_ID + 1
+            self.next_id = max(self.next_id % MAX_PACKET_ID, SUBSCRIBE_IDS) + 1
             if self.next_id not in self.statuses:
                 return self.next_id
 

@@ -1,7 +1,8 @@
 """Optional per-app logins for local clients of the embedded broker (the plugins are in broker.py).
 
 The users file has one `app:hash` line per app (`#` starts a comment); `edge-outbox hash-password`
-makes the hash (scrypt). With no users file, anonymous local clients may use any app name.
+makes the hash (scrypt). With no users file, anonymous local clients may use any app name; a users file that
+names no app lets no client in.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 __all__ = ["AppLogins", "hash_password", "load_users", "verify_password"]
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +23,8 @@ from intent_contract.passwords import check_login, hash_password, verify_passwor
 # loop's default pool a flood of CONNECTs, each a scrypt of tens of milliseconds, held every thread of it, and
 # the reads of /healthz and /metrics (Store.read_aside) waited behind them.
 LOGIN_THREADS = 1
+
+log = logging.getLogger(__name__)
 
 
 def load_users(path: Path) -> dict[str, str]:
@@ -44,14 +48,21 @@ def load_users(path: Path) -> dict[str, str]:
 class AppLogins:
     """Checks a CONNECT's app name and password against the users file (slow on purpose: scrypt)."""
 
-    def __init__(self, users: Mapping[str, str]) -> None:
-        self._users = dict(users)
+    def __init__(self, users: Mapping[str, str] | None) -> None:
+        """`users` None: no users file, every login is taken. An empty one refuses every login: taken as no users
+        file, a file whose apps were all taken out (or not yet put in) let any client in as any app."""
+        self._users = None if users is None else dict(users)
+        if self._users == {}:
+            log.warning(
+                "the users file names no app: every local client is refused; add a line per app"
+                " (edge-outbox hash-password --app NAME) and restart edge-outbox run"
+            )
         self._checks = ThreadPoolExecutor(LOGIN_THREADS, thread_name_prefix="app-login")
 
     async def check(self, username: str | None, password: bytes | None) -> bool:
         """True for a known app with that password; every login without one is refused. A name that is no app
         costs the same scrypt (`check_login`): refused at once, it told anyone who could connect which apps exist."""
-        if not self._users:
+        if self._users is None:
             return True
         if password is None:
             return False

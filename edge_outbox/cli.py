@@ -228,7 +228,7 @@ def run(
         attach=AttachTarget.parse(attach, attach_password, attach_client_id, attach_ca, (attach_cert, attach_key))
         if attach
         else None,
-        users=load_users(users) if users else {},
+        users=load_users(users) if users else None,
         max_queue_items=max_queue_items,
         max_queue_bytes=_size(max_queue_bytes),
         retention_s=retention,

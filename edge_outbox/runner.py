@@ -130,7 +130,7 @@ class Outbox:
                 )
             else:
                 sessions = StoredSessions(self.store, now_ms, int(s.session_expiry_s * 1000))
-                endpoint = EndpointSettings(s.listen_host, s.listen_port, logins=bool(s.users))
+                endpoint = EndpointSettings(s.listen_host, s.listen_port, logins=s.users is not None)
                 self._transport = MqttEndpoint(endpoint, self.intake, self.feed, sessions, self._logins.check)
             if self.probe is not None:
                 await self.probe.start()

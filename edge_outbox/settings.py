@@ -134,7 +134,8 @@ class OutboxSettings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 1883
     attach: AttachTarget | None = None
-    users: dict[str, str] = field(default_factory=dict, repr=False)  # app -> scrypt hash
+    # app -> scrypt hash; None: no --users, apps do not log in (an empty dict: a users file naming no app, none may)
+    users: dict[str, str] | None = field(default=None, repr=False)
     max_queue_items: int = 1_000_000
     max_queue_bytes: int = 1 << 30
     retention_s: float = 7 * 86400.0

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from edge_outbox.apps_auth import hash_password
 from intent_contract import mqtt_packets as p
-from intent_contract.mqtt_packets import Type
-from tests.support.edge import OutboxProcess, email
+from intent_contract.mqtt_packets import ConnackCode, Type
+from tests.support.edge import Client, OutboxProcess, email
 from tests.support.mqtt_raw import RawClient
 from tests.support.net import free_port
 
@@ -71,3 +71,20 @@ def test_a_subscription_kept_from_before_logins_delivers_nothing_the_app_may_not
         assert watcher.subscribe("outbox/appb/status/#", 1) == (1,)
         assert first_status_after(watcher, outbox.port).topic == "outbox/appb/status/appb-1"
         watcher.close()
+
+
+def test_a_users_file_that_names_no_app_lets_no_client_in(tmp_path: Path) -> None:
+    """Every app taken out of the users file (or one not filled in yet) is no app may log in, not logins turned off:
+    the outbox took any client, anonymous or not, as any app."""
+    users = tmp_path / "users"
+    users.write_text("# appa:... removed\n")
+    data = tmp_path / "data"
+    with OutboxProcess(data, free_port(), "--users", str(users)) as outbox:
+        for username in (None, "appa"):
+            client = Client(outbox.port, f"{username}-client", username=username, password="pa").connect()
+            assert client.connect_result is not None and client.connect_result.is_failure, username
+            client.close()
+        raw = RawClient(outbox.port)
+        assert raw.connect("anon").code == ConnackCode.NOT_AUTHORIZED
+        raw.close()
+    assert "the users file names no app: every local client is refused" in outbox.log()

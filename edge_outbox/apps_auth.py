@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from edge_outbox.errors import ConfigError
-from intent_contract.names import is_name
+from intent_contract.names import NAME_PATTERN, is_name
 from intent_contract.passwords import check_login, hash_password, verify_password
 
 # Password checks run on a thread of their own, one at a time (as the bridge's dashboard logins do): on the
@@ -39,7 +39,9 @@ def load_users(path: Path) -> dict[str, str]:
         if not text or text.startswith("#"):
             continue
         app, sep, stored = text.partition(":")
-        if not sep or not is_name(app) or not stored.startswith("scrypt$"):
+        if sep and not is_name(app):
+            raise ConfigError(f"{path}:{number}: app name {app[:80]!r} must match {NAME_PATTERN[1:-1]}")
+        if not sep or not stored.startswith("scrypt$"):
             raise ConfigError(f"{path}:{number}: expected `app:scrypt$...` (make one with edge-outbox hash-password)")
         users[app] = stored
     return users

@@ -22,6 +22,7 @@ from edge_outbox.windows import parse_windows
 from intent_contract.cli_args import TextArgsGroup
 from intent_contract.logs import LogFormat
 from intent_contract.logs import configure as configure_logging
+from intent_contract.names import NAME_PATTERN, is_name
 from intent_contract.readable import readable
 from intent_contract.sizes import parse_size
 
@@ -250,8 +251,15 @@ def run(
     asyncio.run(serve(settings, notify_socket=os.environ.get("NOTIFY_SOCKET"), config_changed=changed))
 
 
+def _app_name(_ctx: click.Context, _param: click.Parameter, app: str) -> str:
+    """An app name a users file can hold (`load_users`): one it refused was printed, and `run` stopped on its line."""
+    if not is_name(app):
+        raise click.BadParameter(f"app name {app[:80]!r} must match {NAME_PATTERN[1:-1]}: an app logs in by it")
+    return app
+
+
 @main.command(name="hash-password")
-@click.option("--app", required=True, help="The app name the login is for.")
+@click.option("--app", required=True, callback=_app_name, help="The app name the login is for.")
 @click.password_option(help="The password (prompted twice when not given; never echoed).")
 def hash_password_cmd(app: str, password: str) -> None:
     """Print a users-file line `app:hash` for `edge-outbox run --users FILE`."""

@@ -4,6 +4,8 @@ session receives only what its app may subscribe to, however its subscriptions c
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from edge_outbox.apps_auth import hash_password
@@ -88,3 +90,29 @@ def test_a_users_file_that_names_no_app_lets_no_client_in(tmp_path: Path) -> Non
         assert raw.connect("anon").code == ConnackCode.NOT_AUTHORIZED
         raw.close()
     assert "the users file names no app: every local client is refused" in outbox.log()
+
+
+def hash_password_cli(app: str, password: str) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, "-m", "edge_outbox", "hash-password", "--app", app, "--password", password]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_hash_password_refuses_an_app_name_the_users_file_cannot_hold(tmp_path: Path) -> None:
+    """It printed `hvac ui:scrypt$...`, and `run --users` then stopped on that line with `expected app:scrypt$...`,
+    not saying the name was what was wrong."""
+    for app in ("hvac ui", "", "a:b", "app/x", "+", "#"):
+        made = hash_password_cli(app, "pa")
+        assert (made.returncode, made.stdout) == (2, ""), app
+        assert "app name" in made.stderr and "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}" in made.stderr, made.stderr
+    made = hash_password_cli("hvac-ui", "pa")
+    assert made.returncode == 0, made.stderr
+    users = tmp_path / "users"
+    users.write_text(made.stdout.replace("hvac-ui:", "hvac ui:"))  # a file written by hand says what is wrong too
+    refused = OutboxProcess(tmp_path / "data", free_port(), "--users", str(users)).start(wait=False)
+    assert refused.proc is not None and refused.proc.wait(60) == 1
+    assert f"{users}:1: app name 'hvac ui' must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}" in refused.log()
+    users.write_text(made.stdout)
+    with OutboxProcess(tmp_path / "data", free_port(), "--users", str(users)) as outbox:
+        client = RawClient(outbox.port)
+        assert client.connect("hvac-1", username="hvac-ui", password=b"pa").code == 0
+        client.close()

@@ -7,11 +7,11 @@ names no app lets no client in.
 
 from __future__ import annotations
 
-__all__ = ["AppLogins", "hash_password", "load_users", "verify_password"]
+__all__ = ["AppLogins", "hash_password", "load_users", "reload_users", "verify_password"]
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,11 +54,7 @@ class AppLogins:
         """`users` None: no users file, every login is taken. An empty one refuses every login: taken as no users
         file, a file whose apps were all taken out (or not yet put in) let any client in as any app."""
         self._users = None if users is None else dict(users)
-        if self._users == {}:
-            log.warning(
-                "the users file names no app: every local client is refused; add a line per app"
-                " (edge-outbox hash-password --app NAME) and restart edge-outbox run"
-            )
+        self._warn_if_empty()
         self._checks = ThreadPoolExecutor(LOGIN_THREADS, thread_name_prefix="app-login")
 
     async def check(self, username: str | None, password: bytes | None) -> bool:
@@ -68,10 +64,44 @@ class AppLogins:
             return True
         if password is None:
             return False
-        text = password.decode("utf-8", "replace")
+        text, name, users = password.decode("utf-8", "replace"), username or "", self._users
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._checks, check_login, self._users, username or "", text)
+        ok = await loop.run_in_executor(self._checks, check_login, users, name, text)
+        now = self._users or {}
+        return ok and now.get(name) == users.get(name)  # not removed nor changed by a reload meanwhile
+
+    def replace(self, users: Mapping[str, str]) -> set[str]:
+        """Take a users file read again (a reload); the apps removed or given another password, whose logins end."""
+        old = self._users or {}
+        self._users = dict(users)
+        self._warn_if_empty()
+        return {app for app, stored in old.items() if self._users.get(app) != stored}
+
+    def _warn_if_empty(self) -> None:
+        if self._users == {}:
+            log.warning(
+                "the users file names no app: every local client is refused; add a line per app"
+                " (edge-outbox hash-password --app NAME) and reload edge-outbox run (SIGHUP)"
+            )
 
     def close(self) -> None:
         """Stop taking checks; one under way ends on its own (its CONNECT is gone with the endpoint)."""
         self._checks.shutdown(wait=False, cancel_futures=True)
+
+
+def reload_users(path: Path, logins: AppLogins, end_logins: Callable[[set[str]], int]) -> None:
+    """SIGHUP: read the users file again; `end_logins` closes the connections of the apps it no longer lets in
+    (removed, or given another password) and says how many. A file that does not read changes nothing. Before, the
+    file was read only at start: an app taken out of it went on publishing until the outbox restarted."""
+    try:
+        users = load_users(path)
+    except ConfigError as exc:
+        log.error("reload: users file not taken: %s; app logins go on as before", exc)
+        return
+    ended = end_logins(logins.replace(users))
+    log.info(
+        "reloaded the users file: %d apps; closed %d connection%s of apps removed or given another password",
+        len(users),
+        ended,
+        "" if ended == 1 else "s",
+    )

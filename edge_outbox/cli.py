@@ -230,6 +230,7 @@ def run(
         if attach
         else None,
         users=load_users(users) if users else None,
+        users_file=users,
         max_queue_items=max_queue_items,
         max_queue_bytes=_size(max_queue_bytes),
         retention_s=retention,

@@ -17,7 +17,7 @@ from typing import Any
 
 from edge_outbox import clock_steps, event_log, offline_ops, ops, paced, retention
 from edge_outbox.app_sessions import StoredSessions, drop_expired, save_cursors
-from edge_outbox.apps_auth import AppLogins
+from edge_outbox.apps_auth import AppLogins, reload_users
 from edge_outbox.attach import AttachedClient
 from edge_outbox.bridge_clock import BridgeClock
 from edge_outbox.db import STATUS_KEY
@@ -179,7 +179,10 @@ class Outbox:
         return task
 
     async def reload(self) -> None:
-        """SIGHUP: forward to the bridge device.json names now, on the CA ca.pem holds now (edge_outbox.reload)."""
+        """SIGHUP: forward to the bridge device.json names now, on the CA ca.pem holds now (edge_outbox.reload); take
+        the users file again (apps_auth.reload_users)."""
+        if self.settings.users_file is not None and isinstance(self._transport, MqttEndpoint):
+            reload_users(self.settings.users_file, self._logins, self._transport.end_logins)
         identity = identity_to_forward(self.settings.data_dir, self._device_id)
         if identity is None or not self.settings.forward:
             return

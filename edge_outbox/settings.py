@@ -136,6 +136,7 @@ class OutboxSettings:
     attach: AttachTarget | None = None
     # app -> scrypt hash; None: no --users, apps do not log in (an empty dict: a users file naming no app, none may)
     users: dict[str, str] | None = field(default=None, repr=False)
+    users_file: Path | None = None  # where `users` was read, again at each reload (SIGHUP)
     max_queue_items: int = 1_000_000
     max_queue_bytes: int = 1 << 30
     retention_s: float = 7 * 86400.0
@@ -166,6 +167,7 @@ OUTBOX_KEYS: Final[Mapping[str, str | None]] = {
     "listen_port": "listen",
     "attach": "attach",
     "users": "users",
+    "users_file": "users",
     "max_queue_items": "max_queue_items",
     "max_queue_bytes": "max_queue_bytes",
     "retention_s": "retention",

@@ -77,6 +77,11 @@ class Connection:
             )
         shut(self.writer)
 
+    def end_login(self) -> None:
+        """Its app may no longer log in (a reload): closed, without its will (which would publish for that app)."""
+        self._graceful = True
+        self.close(d.NOT_AUTHORIZED)
+
     def context(self) -> Context:
         """What a log line about this client carries: its client id (once known) and address."""
         return {"client": self.client_id, "peer": self.peer}

@@ -321,6 +321,14 @@ class MqttEndpoint:
             session.expiry_ms = self._expiry_ms(leave)
             self._write_later(port.save(self.record(session)))
 
+    def end_logins(self, apps: set[str]) -> int:
+        """Close the connections logged in as one of `apps` (a reload took them out of the users file, or changed
+        their password), their CONNECTs not yet answered too; how many."""
+        ended = [c for c in self._handlers.values() if c.principal in apps] if apps else []
+        for connection in ended:
+            connection.end_login()
+        return len(ended)
+
     def _write_later(self, write: Coroutine[Any, Any, None]) -> None:
         """A session's write from a step that cannot await (a connection's end), kept until it is done."""
         future = asyncio.ensure_future(write)

@@ -4,6 +4,7 @@ session receives only what its app may subscribe to, however its subscriptions c
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from intent_contract import mqtt_packets as p
 from intent_contract.mqtt_packets import ConnackCode, Type
 from tests.support.edge import Client, OutboxProcess, email
 from tests.support.mqtt_raw import RawClient
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_until
 
 
 def users_file(tmp_path: Path) -> Path:
@@ -116,3 +117,37 @@ def test_hash_password_refuses_an_app_name_the_users_file_cannot_hold(tmp_path: 
         client = RawClient(outbox.port)
         assert client.connect("hvac-1", username="hvac-ui", password=b"pa").code == 0
         client.close()
+
+
+def test_a_reload_takes_the_users_file_again_and_ends_the_connections_of_apps_removed_or_changed(
+    tmp_path: Path,
+) -> None:
+    """`systemctl reload` after editing the users file: an app taken out (or given a new password) is out now,
+    its live connection too, where the file was read only at start and the removed app went on publishing."""
+    users = users_file(tmp_path)
+    with OutboxProcess(tmp_path / "data", free_port(), "--users", str(users)) as outbox:
+        removed, kept = RawClient(outbox.port), RawClient(outbox.port)
+        assert removed.connect("a-1", username="appa", password=b"pa").code == 0
+        assert kept.connect("b-1", username="appb", password=b"pb").code == 0
+        appb_line = users.read_text().splitlines()[1]
+        users.write_text(f"{appb_line}\nappc:{hash_password('pc')}\n")
+        assert outbox.proc is not None
+        outbox.proc.send_signal(signal.SIGHUP)
+        assert removed.closed_by_server()
+        removed.close()
+        kept.publish("outbox/appb/email.send", json.dumps(email("b-after")).encode(), qos=1)  # PUBACK: it goes on
+        kept.close()
+        for app, password in (("appa", "pa"), ("appc", "pc")):
+            client = Client(outbox.port, f"{app}-2", username=app, password=password).connect()
+            assert client.connect_result is not None
+            assert client.connect_result.is_failure == (app == "appa"), app
+            client.close()
+        users.write_text("appb pb\n")  # a file that does not read changes nothing
+        outbox.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "users file not taken" in outbox.log(), 10, what="the refused reload")
+        again = RawClient(outbox.port)
+        assert again.connect("c-3", username="appc", password=b"pc").code == 0
+        again.close()
+    assert "reloaded the users file: 2 apps; closed 1 connection of apps removed or given another password" in (
+        outbox.log()
+    )

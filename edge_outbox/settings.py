@@ -149,6 +149,12 @@ class OutboxSettings:
     forwarder: ForwarderSettings = field(default_factory=ForwarderSettings)
 
     def __post_init__(self) -> None:
+        if self.attach is not None and self.users is not None:  # (it was ignored: any broker client was any app)
+            raise ConfigError(
+                "--users is for the outbox's own endpoint: with --attach, apps log in to the site's broker; give each"
+                " app a login there and an ACL to outbox/{app}/# (write) and outbox/{app}/status/# (read), and drop"
+                " --users"
+            )
         for flag, limit in (("--max-queue-items", self.max_queue_items), ("--max-queue-bytes", self.max_queue_bytes)):
             if limit < 0:  # (it said "queue limits", not which one)
                 raise ConfigError(f"{flag} cannot be negative (0 means no limit)")

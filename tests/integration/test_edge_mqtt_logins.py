@@ -151,3 +151,12 @@ def test_a_reload_takes_the_users_file_again_and_ends_the_connections_of_apps_re
     assert "reloaded the users file: 2 apps; closed 1 connection of apps removed or given another password" in (
         outbox.log()
     )
+
+
+def test_run_refuses_a_users_file_in_attach_mode_where_no_app_logs_in_to_the_outbox(tmp_path: Path) -> None:
+    """In attach mode apps publish to the site's broker, which logs them in: the users file was ignored without a
+    word, and any client of that broker published as any app while the vendor took the apps for confined."""
+    args = ("--attach", f"mqtt://127.0.0.1:{free_port()}", "--users", str(users_file(tmp_path)))
+    with OutboxProcess(tmp_path / "data", free_port(), *args) as outbox:
+        assert outbox.proc is not None and outbox.proc.wait(60) == 1
+    assert "--users is for the outbox's own endpoint" in outbox.log()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edge_outbox.errors import ConfigError
 from intent_contract.names import NAME_PATTERN, is_name
-from intent_contract.passwords import check_login, hash_password, verify_password
+from intent_contract.passwords import check_login, hash_password, is_hash, verify_password
 
 # Password checks run on a thread of their own, one at a time (as the bridge's dashboard logins do): on the
 # loop's default pool a flood of CONNECTs, each a scrypt of tens of milliseconds, held every thread of it, and
@@ -43,6 +43,11 @@ def load_users(path: Path) -> dict[str, str]:
             raise ConfigError(f"{path}:{number}: app name {app[:80]!r} must match {NAME_PATTERN[1:-1]}")
         if not sep or not stored.startswith("scrypt$"):
             raise ConfigError(f"{path}:{number}: expected `app:scrypt$...` (make one with edge-outbox hash-password)")
+        if not is_hash(stored):  # it started, and the app was refused at every login as if its password were wrong
+            raise ConfigError(
+                f"{path}:{number}: the hash of app {app!r} is not one edge-outbox hash-password makes (cut short, or a"
+                f" `$` part lost to the shell?): make it again with edge-outbox hash-password --app {app}"
+            )
         users[app] = stored
     return users
 

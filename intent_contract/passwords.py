@@ -25,6 +25,18 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
 UNUSABLE_HASH = f"scrypt${_N}${_R}${_P}${base64.b64encode(bytes(16)).decode()}${base64.b64encode(bytes(64)).decode()}"
 
 
+def is_hash(stored: str) -> bool:
+    """Whether `stored` is a whole hash in hash_password's form (one cut short in a copy matches no password)."""
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt" or not all(part.isdigit() for part in parts[1:4]):
+        return False
+    try:
+        salt, digest = base64.b64decode(parts[4], validate=True), base64.b64decode(parts[5], validate=True)
+    except ValueError:
+        return False
+    return bool(salt) and len(digest) == 64
+
+
 def verify_password(password: str, stored: str) -> bool:
     try:
         scheme, n, r, p, salt, digest = stored.split("$")

@@ -160,3 +160,18 @@ def test_run_refuses_a_users_file_in_attach_mode_where_no_app_logs_in_to_the_out
     with OutboxProcess(tmp_path / "data", free_port(), *args) as outbox:
         assert outbox.proc is not None and outbox.proc.wait(60) == 1
     assert "--users is for the outbox's own endpoint" in outbox.log()
+
+
+def test_run_refuses_a_users_file_line_whose_hash_is_cut_short(tmp_path: Path) -> None:
+    """A hash cut short in the copy (or with a `$` part eaten by the shell) started, and its app was refused at every
+    login with nothing saying why: `login as 'appb' refused`, as for a wrong password."""
+    good, cut = hash_password("pa"), hash_password("pb")
+    for broken in (cut[:40], cut.replace("$8$", "$$"), cut[:-20] + "!!!!", "scrypt$"):
+        users = tmp_path / "users"
+        users.write_text(f"appa:{good}\nappb:{broken}\n")
+        outbox = OutboxProcess(tmp_path / "data", free_port(), "--users", str(users)).start(wait=False)
+        try:
+            assert outbox.proc is not None and outbox.proc.wait(60) == 1, broken
+        finally:
+            outbox.__exit__()
+        assert f"{users}:2: the hash of app 'appb' is not one edge-outbox hash-password makes" in outbox.log()

@@ -259,9 +259,16 @@ def _app_name(_ctx: click.Context, _param: click.Parameter, app: str) -> str:
     return app
 
 
+def _not_empty(_ctx: click.Context, _param: click.Parameter, password: str) -> str:
+    """An empty password (`--password "$VAR"` with VAR unset) let any client in that knew the app's name."""
+    if not password:
+        raise click.BadParameter("the password is empty: give the app's password (or leave --password out to be asked)")
+    return password
+
+
 @main.command(name="hash-password")
 @click.option("--app", required=True, callback=_app_name, help="The app name the login is for.")
-@click.password_option(help="The password (prompted twice when not given; never echoed).")
+@click.password_option(callback=_not_empty, help="The password (prompted twice when not given; never echoed).")
 def hash_password_cmd(app: str, password: str) -> None:
     """Print a users-file line `app:hash` for `edge-outbox run --users FILE`."""
     click.echo(f"{app}:{hash_password(password)}")

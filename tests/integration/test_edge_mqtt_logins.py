@@ -175,3 +175,17 @@ def test_run_refuses_a_users_file_line_whose_hash_is_cut_short(tmp_path: Path) -
         finally:
             outbox.__exit__()
         assert f"{users}:2: the hash of app 'appb' is not one edge-outbox hash-password makes" in outbox.log()
+
+
+def test_hash_password_refuses_an_empty_password(tmp_path: Path) -> None:
+    """`--password "$APP_PASSWORD"` with the variable unset made a hash of the empty password, and any client that
+    sent the app's name with an empty password logged in as it."""
+    made = hash_password_cli("appa", "")
+    assert (made.returncode, made.stdout) == (2, ""), made.stdout
+    assert "the password is empty" in made.stderr, made.stderr
+    users = tmp_path / "users"
+    users.write_text(hash_password_cli("appa", "pa").stdout)
+    with OutboxProcess(tmp_path / "data", free_port(), "--users", str(users)) as outbox:
+        guess = Client(outbox.port, "guess", username="appa", password="").connect()
+        assert guess.connect_result is not None and guess.connect_result.is_failure
+        guess.close()

@@ -1,4 +1,4 @@
-"""Optional per-app logins for local clients of the embedded broker (the plugins are in broker.py).
+"""Optional per-app logins for local clients of the embedded endpoint (edge_outbox.mqtt checks each CONNECT here).
 
 The users file has one `app:hash` line per app (`#` starts a comment); `edge-outbox hash-password`
 makes the hash (scrypt). With no users file, anonymous local clients may use any app name; a users file that

@@ -22,6 +22,7 @@ from cloud_bridge.mqtt_door import MqttFrontDoor
 from cloud_bridge.registry import Registry
 from cloud_bridge.revocations import RevocationWatcher
 from cloud_bridge.settings import BridgeSettings
+from cloud_bridge.store_loss import StoreLoss
 from cloud_bridge.topic_acl import Access, topic_allowed
 from intent_contract.accept import ConnectionWatch
 from intent_contract.logs import LogThrottles, left_out
@@ -84,6 +85,10 @@ class BridgeListener:
             sessions=self._door.session_keys,
             drop=self._end_session,
             settle=settle,
+            # Other nodes may reach a shared store this one cannot: past the lease its devices go to them.
+            lost=StoreLoss(settings.lease, sessions=self._door.connected, drop=self._door.drop)
+            if settings.store is not None and settings.store.shared
+            else None,
         )
 
     @property

@@ -24,6 +24,7 @@ from cloud_bridge.errors import BridgeError
 from cloud_bridge.ledger import Ledger
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Registry
+from cloud_bridge.store_loss import StoreLoss
 from intent_contract.logs import FailureEpisode
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,10 @@ class RevocationWatcher:
         sessions: Callable[[], dict[str, str]],
         drop: Callable[[str, str | None], Awaitable[bool]],
         settle: Callable[[str], Awaitable[int]] | None = None,
+        lost: StoreLoss | None = None,
     ) -> None:
         self._registry = registry
+        self._lost = lost  # told of each poll: a node cut off from a shared store lets its devices go
         self._poll = poll
         self._sessions = sessions  # device id -> the key its session opened with
         self._drop = drop  # (device id, None: whatever session it has; a key: only the session of that key)
@@ -106,8 +109,12 @@ class RevocationWatcher:
                     self._checked.clear()  # a key may have ended: every session is checked again
                     last = counter
                 self._reads.worked()
+                if self._lost is not None:
+                    self._lost.worked()
             except BridgeError as exc:
                 self._reads.failed(exc)
+                if self._lost is not None:
+                    await self._lost.failed()
             await self._settle_unsettled()
             # Every poll, not only when the counter moved: a CONNECT whose revocation check came before the
             # revocation can be accepted after the poll that saw it (its signature and replay checks take

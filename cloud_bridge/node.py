@@ -115,6 +115,7 @@ class Bridge:
         self._control: ControlServer | None = None
         self._reload_lock = asyncio.Lock()
         self._stopping = False  # a reload from then on is refused; one under way ends before the stop goes on
+        self._ops: Ops | None = None  # /healthz and /metrics (set at start)
         self.generation = 1  # the config in force: 1 at start, one more for each reload applied
         self.certificate: CertInfo | None = None  # what the last reload loaded (cloud_bridge.cert_info)
         self._opened = False
@@ -210,7 +211,7 @@ class Bridge:
         slots = executor if self.ledger.claims_at_admission else None
         service.attach(listener.publish, executor.wake, listener.holds, slots=slots, revoked=self._revoked)
         desk.attach(listener.send, listener.connected, listener.subscribed)
-        ops = Ops(
+        ops = self._ops = Ops(
             self.metrics, self.ledger, self.registry, connected=lambda: len(listener.connected()), clock=self._clock
         )
         app = build_http_app(
@@ -377,6 +378,8 @@ class Bridge:
     async def stop(self) -> None:
         """Stop in reverse order, after a reload under way; safe after a failed start."""
         self._stopping = True  # a reload went on under a stop: its integrations swapped in, open, never closed
+        if self._ops is not None:  # /healthz fails from now: a balancer sends no device back here
+            self._ops.stopping = True
         if self._reload_lock.locked():
             logger.info("stopping: the stop waits for the reload under way")
         async with self._reload_lock:

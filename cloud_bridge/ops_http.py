@@ -28,6 +28,7 @@ from intent_contract.logs import LogThrottle
 logger = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 2.0  # a health check that waits longer than its caller is no answer
+STOPPING = "the node is stopping"
 
 
 class Ops:
@@ -48,6 +49,9 @@ class Ops:
         self._connected = connected
         self._clock = clock
         self._log_failure = LogThrottle(interval=10.0)  # a balancer may ask every second
+        # Set when the node starts to stop: it lets its devices go at once, and a balancer must send them to the
+        # others, not back here (its MQTT port closed) while its running jobs get their grace.
+        self.stopping = False
 
     async def store_problem(self) -> str | None:
         """None when the store answers now, else why not (no secret: our errors never carry one).
@@ -72,6 +76,8 @@ class Ops:
         return None
 
     async def healthz(self, _: web.Request) -> web.Response:
+        if self.stopping:
+            return web.json_response({"status": "stopping", "problems": [STOPPING]}, status=503)
         problem = await self.store_problem()
         if problem is None:
             return web.json_response({"status": "ok", "problems": []})

@@ -209,3 +209,36 @@ async def test_a_scrape_answers_while_the_registry_does_not(harness: Harness) ->
     finally:
         released.set()
     assert value(metrics["bridge_store_up"], "bridge_store_up") == 0
+
+
+async def test_healthz_says_stopping_from_the_start_of_a_stop(
+    tmp_path: Path, server_cert_files: dict[str, Path]
+) -> None:
+    """A stopping node closed its MQTT port at once, then gave its running jobs their grace (10 s) and answered
+    /healthz 200 all the while: a balancer kept sending the devices it had just let go back to it (leastconn picks
+    the emptiest node: this one), refused each time, until the stop ended and its checks failed."""
+    provider = HeldIntegration()
+    settings = make_settings(tmp_path, server_cert_files)
+    bridge = Bridge(settings, integrations={"email.send": provider})
+    await bridge.start()
+    node = Harness(bridge, settings, server_cert_files["ca"])
+    stopping: asyncio.Task[None] | None = None
+    try:
+        client = await node.connect(await node.enroll())
+        try:
+            client.send([email("h1")])
+            await until(lambda: len(provider.calls) == 1, what="h1's call under way")
+            stopping = asyncio.create_task(bridge.stop())
+            await until(client.disconnected.is_set, what="the device let go")
+        finally:
+            await client.stop()
+        assert not stopping.done()  # h1's call holds the stop
+        async with aiohttp.ClientSession() as session:
+            for tls in (True, False):
+                assert await health(session, node, tls=tls) == (
+                    503,
+                    {"status": "stopping", "problems": ["the node is stopping"]},
+                )
+    finally:
+        provider.release.set()
+        await (stopping if stopping is not None else bridge.stop())

@@ -22,7 +22,7 @@ from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits
 from cloud_bridge.errors import AuthError, KeyReplacedError, TransientError, UnknownDeviceError
 from cloud_bridge.metrics import BridgeMetrics
 from cloud_bridge.offline_keys import BridgePublicKeys
-from cloud_bridge.ops_http import Ops
+from cloud_bridge.ops_http import Ops, not_stored
 from cloud_bridge.own_threads import own_thread
 from cloud_bridge.registry import Device, Registry
 from cloud_bridge.tokens import verify_device_token
@@ -42,6 +42,7 @@ _KEY_REPLACED_ROTATION = (
 )
 STORE_RETRY_AFTER = 30  # seconds, in a 503's Retry-After
 STORE_LOG_INTERVAL = 10.0  # seconds between "not served: the store failed" lines
+API_PATHS = frozenset({"/v1/enroll", "/v1/device", "/v1/rotate-key", "/healthz"})  # the dashboard's are its own
 
 
 def _error(status: int, code: str, detail: str, now: float | None = None) -> web.Response:
@@ -231,9 +232,14 @@ def build_http_app(
             return response
 
     app = web.Application(client_max_size=_MAX_BODY, middlewares=[store_unavailable])
-    app.router.add_post("/v1/enroll", enrollment.handle)
-    app.router.add_get("/v1/device", device_status)
-    app.router.add_post("/v1/rotate-key", rotate_key)
+    app.on_response_prepare.append(not_stored(API_PATHS))
+    app.add_routes(
+        [
+            web.post("/v1/enroll", enrollment.handle),
+            web.get("/v1/device", device_status),
+            web.post("/v1/rotate-key", rotate_key),
+        ]
+    )
     if ops is not None:
         app.router.add_get("/healthz", ops.healthz)
     return app

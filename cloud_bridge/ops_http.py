@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,6 +29,18 @@ logger = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 2.0  # a health check that waits longer than its caller is no answer
 STOPPING = "the node is stopping"
+
+
+def not_stored(paths: Collection[str] | None = None) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An `on_response_prepare` hook: every answer on `paths` (all when None), errors included, says `Cache-Control:
+    no-store`. They said nothing, and a caching proxy that ignores Authorization could keep one device's
+    `/v1/device` answer, with the bridge's `time` in it, and give it to every device, or a health check's 200."""
+
+    async def hook(request: web.Request, response: web.StreamResponse) -> None:
+        if paths is None or request.path in paths:
+            response.headers.setdefault("Cache-Control", "no-store")
+
+    return hook
 
 
 class Ops:
@@ -104,6 +116,7 @@ class Ops:
     def app(self) -> web.Application:
         """The metrics listener's application: /metrics and /healthz."""
         app = web.Application(client_max_size=1024)
+        app.on_response_prepare.append(not_stored())
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
         return app

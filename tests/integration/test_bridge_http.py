@@ -11,9 +11,10 @@ import time
 import aiohttp
 import pytest
 
+from cloud_bridge.errors import TransientError
 from cloud_bridge.http_server import REQUEST_HEAD_TIMEOUT_S
-from intent_contract.device_token import generate_private_key_pem, sign_device_token
-from tests.support.bridge import Harness, counting, harness
+from intent_contract.device_token import generate_private_key_pem, public_key_pem, sign_device_token
+from tests.support.bridge import Harness, counting, harness, rotation_document
 from tests.support.mqtt_raw import read_until_closed, tls_connect
 from tests.support.raw_http import raw_request
 
@@ -161,3 +162,46 @@ async def test_a_request_head_past_its_limits_is_refused_at_once(harness: Harnes
 
     answer = await asyncio.to_thread(scenario)
     assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n"), (what, answer[:100])
+
+
+async def test_no_answer_of_the_api_may_be_stored_by_a_cache(harness: Harness) -> None:
+    """A device's answers (its id, status, the bridge's `time`, its offline keys) carried no Cache-Control: a
+    caching proxy in front of the bridge that ignores Authorization (docs/wire.md) could keep one device's
+    `/v1/device` answer and give it to every device, with a `time` that grows stale (each edge then corrects its
+    clock by it, and its tokens are refused). The dashboard's pages said `no-store`; the API now does too."""
+    creds = await harness.enroll()
+    code = harness.bridge.registry.create_code("acme", "boiler-8", 3600, time.time())
+    enrollment = json.dumps({"code": code, "public_key": public_key_pem(generate_private_key_pem())}).encode()
+    rotation = rotation_document(creds.device_id, creds.private_pem, generate_private_key_pem())
+    json_type = ("Content-Type", b"application/json")
+    requests: list[tuple[str, str, list[tuple[str, bytes]], bytes, int]] = [
+        ("POST", "/v1/enroll", [json_type], enrollment, 201),
+        ("POST", "/v1/enroll", [json_type], enrollment.replace(code.encode(), b"no-such-code"), 403),
+        ("POST", "/v1/enroll", [json_type], b"{nope", 400),
+        ("GET", "/v1/device", [("Authorization", f"Bearer {creds.token()}".encode())], b"", 200),
+        ("GET", "/v1/device", [("Authorization", b"Bearer forged")], b"", 401),
+        ("POST", "/v1/rotate-key", [], rotation, 200),
+        ("POST", "/v1/rotate-key", [], b"nope", 400),
+        ("GET", "/healthz", [], b"", 200),
+        ("PUT", "/v1/device", [], b"", 405),
+    ]
+    for method, path, headers, body, expected in requests:
+        status, response = await raw_request(harness, method, path, headers, body)
+        assert status == expected, (method, path, response)
+        head = response.split(b"\r\n\r\n", 1)[0].lower()
+        assert b"\r\ncache-control: no-store\r\n" in head + b"\r\n", (method, path, head)
+
+    def failing(device_id: str) -> None:
+        raise TransientError("the store is down", code="store_error")
+
+    harness.bridge.registry.get = failing  # type: ignore[assignment,method-assign]
+    status, response = await raw_request(harness, "GET", "/v1/device", [("Authorization", b"Bearer " + b"x.y.z")])
+    assert status == 401  # not a JWT: the store is not asked
+    token = creds.token().encode()
+    status, response = await raw_request(harness, "GET", "/v1/device", [("Authorization", b"Bearer " + token)])
+    assert status == 503, response
+    assert b"\r\ncache-control: no-store\r\n" in response.split(b"\r\n\r\n", 1)[0].lower() + b"\r\n"
+    async with aiohttp.ClientSession() as http, http.get(f"{harness.metrics_url}/healthz") as answer:
+        assert answer.headers.get("Cache-Control") == "no-store"
+    async with aiohttp.ClientSession() as http, http.get(f"{harness.metrics_url}/metrics") as answer:
+        assert answer.headers.get("Cache-Control") == "no-store"

@@ -92,14 +92,21 @@ class Enrollment:
         if not isinstance(code, str) or not isinstance(public_key, str) or not code or len(public_key) > _MAX_PEM:
             return self._refuse(request, 400, "malformed", "expected string fields code and public_key (SPKI PEM)")
         try:
-            device = await own_thread(self._registry.redeem, code[:200], public_key, self._clock())
+            return await self._redeem(request, code[:200], public_key)
+        except TransientError:  # answered 503 by the app's middleware; an attempt all the same
+            self._metrics.enrollments.labels("unavailable").inc()
+            raise
+
+    async def _redeem(self, request: web.Request, code: str, public_key: str) -> web.Response:
+        try:
+            device = await own_thread(self._registry.redeem, code, public_key, self._clock())
         except AuthError as exc:
             if exc.code == "bad_public_key":
                 return self._refuse(request, 400, exc.code, exc.detail)
             # The request that spent this code, made again with the same key: its answer was lost (a cut
             # link, a timeout) and the device, which holds that key, asks again. Answered as before, else
             # the site could not enroll without a new code and the bridge kept a device nobody could use.
-            again = await own_thread(self._registry.redeemed, code[:200], public_key)
+            again = await own_thread(self._registry.redeemed, code, public_key)
             if again is None:
                 return self._refuse(request, 403, "enroll_refused", "enrollment code unknown, used or expired")
             self._metrics.enrollments.labels("repeated").inc()

@@ -19,7 +19,7 @@ from intent_contract.codec import AckState
 # Each labelled counter's values that are known in advance, exported at 0 from the start: a series that first
 # appears at 1 is no increase to Prometheus (`increase()`, `rate()` need two samples), so an alert on the first
 # refused reload, undecodable batch or shed connection since the node started never fired.
-ENROLLMENT_RESULTS = ("enrolled", "repeated", "refused", "malformed", "limited")
+ENROLLMENT_RESULTS = ("enrolled", "repeated", "refused", "malformed", "limited", "unavailable")
 BATCH_OUTCOMES = ("admitted", "undecodable", "dropped_busy", "unsupported_version", "error")
 RELOAD_RESULTS = ("applied", "refused")
 TOPIC_ACTIONS = ("publish", "subscribe")
@@ -52,7 +52,8 @@ class BridgeMetrics:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
         self.enrollments = Counter(
-            "bridge_enrollments", "Enrollment requests by result (enrolled, repeated, refused, malformed, limited)",
+            "bridge_enrollments",
+            "Enrollment requests by result (enrolled, repeated, refused, malformed, limited, unavailable)",
             ["result"], registry=registry,
         )  # fmt: skip
         self.connects_refused = Counter(

@@ -16,6 +16,7 @@ from prometheus_client.samples import Sample
 
 from cloud_bridge.node import Bridge
 from cloud_bridge.store.url import StoreUrl
+from intent_contract.device_token import generate_private_key_pem, public_key_pem
 from tests.support.bridge import (
     CountingIntegration,
     Harness,
@@ -242,3 +243,29 @@ async def test_healthz_says_stopping_from_the_start_of_a_stop(
     finally:
         provider.release.set()
         await (stopping if stopping is not None else bridge.stop())
+
+
+async def test_an_enrollment_the_store_could_not_serve_is_counted(
+    tmp_path: Path, server_cert_files: dict[str, Path], counting: CountingIntegration
+) -> None:
+    """bridge_enrollments_total counts "enrollment attempts by result"; one answered 503 because the registry's disk
+    was full was counted under none, so during a store outage the enrollments failing were not seen there."""
+    with small_disk(tmp_path / "disk") as disk:
+        settings = make_settings(disk, server_cert_files)
+        async for node in running_bridge(settings, server_cert_files["ca"], {"email.send": counting}):
+            code = node.bridge.registry.create_code("acme", "boiler-7", 3600, time.time())
+            key = public_key_pem(generate_private_key_pem())
+            filler = await asyncio.to_thread(fill, disk)
+            try:
+                status, body = await node.post_enroll(code, key)
+                assert (status, body["error"]) == (503, "store_unavailable")
+            finally:
+                filler.unlink()
+            metrics = await scrape(node)
+            samples = metrics["bridge_enrollments"]
+            assert value(samples, "bridge_enrollments_total", result="unavailable") == 1
+            assert sum(s.value for s in samples if s.name == "bridge_enrollments_total") == 1
+            status, _ = await node.post_enroll(code, key)  # the code was not spent
+            assert status == 201
+            samples = (await scrape(node))["bridge_enrollments"]
+            assert value(samples, "bridge_enrollments_total", result="enrolled") == 1

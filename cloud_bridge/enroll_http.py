@@ -45,6 +45,30 @@ STORE_LOG_INTERVAL = 10.0  # seconds between "not served: the store failed" line
 API_PATHS = frozenset({"/v1/enroll", "/v1/device", "/v1/rotate-key", "/healthz"})  # the dashboard's are its own
 
 
+_EXPECTED = "expected a JSON object {code, public_key} of two strings (public_key: an SPKI PEM)"
+
+
+def _malformed(document: object) -> str | None:
+    """What is wrong with an enrollment request's JSON, for its answer; None when its fields are usable.
+
+    Each fault is named: every one was told "expected string fields code and public_key", also a request of two
+    strings whose key was a certificate chain (over the length), which read as if it had sent no strings."""
+    if not isinstance(document, dict):
+        return f"not a JSON object: {_EXPECTED}"
+    for field in ("code", "public_key"):
+        value = document.get(field)
+        if value is None or value == "":
+            return f"{field} is missing or empty: {_EXPECTED}"
+        if not isinstance(value, str):
+            return f"{field} is not a string: {_EXPECTED}"
+    if len(document["public_key"]) > _MAX_PEM:
+        return (
+            f"public_key is over {_MAX_PEM} characters: expected the device's P-256 public key alone as an SPKI PEM"
+            " (-----BEGIN PUBLIC KEY-----), not a certificate or a chain"
+        )
+    return None
+
+
 def _error(status: int, code: str, detail: str, now: float | None = None) -> web.Response:
     body: dict[str, object] = {"error": code, "detail": detail}
     if now is not None:
@@ -84,15 +108,17 @@ class Enrollment:
             return response
         try:
             document = json_bounded.loads(await request.read(), max_bytes=_MAX_BODY)
-        except (DecodeError, web.HTTPRequestEntityTooLarge, web.RequestPayloadError):
-            # RequestPayloadError: the body is not the Content-Encoding it claims (gzip that is not gzip).
-            return self._refuse(request, 400, "malformed", "expected a JSON object {code, public_key}")
-        code = document.get("code") if isinstance(document, dict) else None
-        public_key = document.get("public_key") if isinstance(document, dict) else None
-        if not isinstance(code, str) or not isinstance(public_key, str) or not code or len(public_key) > _MAX_PEM:
-            return self._refuse(request, 400, "malformed", "expected string fields code and public_key (SPKI PEM)")
+        except DecodeError as exc:
+            return self._refuse(request, 400, "malformed", f"{exc}: {_EXPECTED}")
+        except web.HTTPRequestEntityTooLarge:
+            return self._refuse(request, 400, "malformed", f"the body is over {_MAX_BODY} bytes: {_EXPECTED}")
+        except web.RequestPayloadError:  # the body is not the Content-Encoding it claims (gzip that is not gzip)
+            return self._refuse(request, 400, "malformed", "the body is not the Content-Encoding it names")
+        wrong = _malformed(document)
+        if wrong is not None:
+            return self._refuse(request, 400, "malformed", wrong)
         try:
-            return await self._redeem(request, code[:200], public_key)
+            return await self._redeem(request, document["code"][:200], document["public_key"])
         except TransientError:  # answered 503 by the app's middleware; an attempt all the same
             self._metrics.enrollments.labels("unavailable").inc()
             raise

@@ -205,3 +205,26 @@ async def test_no_answer_of_the_api_may_be_stored_by_a_cache(harness: Harness) -
         assert answer.headers.get("Cache-Control") == "no-store"
     async with aiohttp.ClientSession() as http, http.get(f"{harness.metrics_url}/metrics") as answer:
         assert answer.headers.get("Cache-Control") == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"code": "c", "public_key": "' + b"A" * 17_000 + b'"}', "over 16384 bytes"),
+        (b'{"code": "c", "public_key": "' + b"A" * 5_000 + b'"}', "public_key is over 4096 characters"),
+        (b'{"code": "c", "public_key": 5}', "public_key is not a string"),
+        (b'{"public_key": "k"}', "code is missing"),
+        (b'{"code": "c"', "not JSON"),
+        (b'{"code": "\xff", "public_key": "k"}', "not UTF-8"),
+        (b'["c", "k"]', "not a JSON object"),
+    ],
+)
+async def test_a_malformed_enrollment_is_told_what_is_wrong(harness: Harness, body: bytes, says: str) -> None:
+    """Every malformed enrollment was told "expected a JSON object {code, public_key}" or "expected string fields
+    code and public_key (SPKI PEM)": a device maker who sent a certificate chain (over 4,096 characters) or a body
+    over 16 KiB, both strings in a JSON object, read that what they sent was not what they had sent."""
+    status, response = await raw_request(harness, "POST", "/v1/enroll", [("Content-Type", b"application/json")], body)
+    assert status == 400, response[:200]
+    answer = json.loads(response.split(b"\r\n\r\n", 1)[1])
+    assert answer["error"] == "malformed"
+    assert says in answer["detail"], answer

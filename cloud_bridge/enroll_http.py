@@ -76,6 +76,20 @@ def _error(status: int, code: str, detail: str, now: float | None = None) -> web
     return web.json_response(body, status=status)
 
 
+def _unauthorized(code: str, detail: str, now: float) -> web.Response:
+    """A 401 of GET /v1/device, which names the scheme it takes (RFC 9110 requires it on a 401)."""
+    response = _error(401, code, detail, now)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="cloud-bridge"'
+    return response
+
+
+def _bearer_token(authorization: str) -> str:
+    """The token of an `Authorization: Bearer TOKEN` header, the scheme in any case (RFC 9110: `bearer TOKEN` was
+    refused as a token that does not verify); a header of one word, as before, is taken as the token itself."""
+    scheme, space, rest = authorization.strip().partition(" ")
+    return rest.strip() if space and scheme.lower() == "bearer" else authorization.strip()
+
+
 class Enrollment:
     """POST /v1/enroll: limited per source address and overall; the registry redeems the code atomically."""
 
@@ -194,7 +208,7 @@ def build_http_app(
         Answered for revoked devices too, so that an edge whose connects are refused can tell
         "revoked" (end its backlog with a clear status) from a passing fault (keep retrying).
         """
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        token = _bearer_token(request.headers.get("Authorization", ""))
         subject = None
         # A token is ASCII (base64url and dots); a header byte that is not UTF-8 reaches us as a surrogate,
         # on which PyJWT raised UnicodeEncodeError (a 500). Such a token is just not one.
@@ -208,7 +222,7 @@ def build_http_app(
         # (token_expired, token_not_yet_valid) learns from it how far off it is.
         now = clock()
         if device is None:
-            return _error(401, "token_invalid", _NOT_VERIFIED, now)
+            return _unauthorized("token_invalid", _NOT_VERIFIED, now)
 
         def verify(key: str) -> object:
             return verify_device_token(
@@ -218,9 +232,9 @@ def build_http_app(
         try:
             await own_thread(verify_with_device_key, registry, device, verify, clock)
         except KeyReplacedError:  # the caller holds the old key: it learns what the device knew
-            return _error(401, "key_replaced", "signed with a key of this device that a key rotation replaced", now)
+            return _unauthorized("key_replaced", "signed with a key of this device that a key rotation replaced", now)
         except AuthError as exc:
-            return _error(401, exc.code, _NOT_VERIFIED, now)
+            return _unauthorized(exc.code, _NOT_VERIFIED, now)
         status = "revoked" if device.revoked_at is not None else "active"
         return web.json_response({"device_id": device.device_id, "status": status, "time": int(now * 1000)})
 

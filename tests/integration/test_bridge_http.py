@@ -228,3 +228,19 @@ async def test_a_malformed_enrollment_is_told_what_is_wrong(harness: Harness, bo
     answer = json.loads(response.split(b"\r\n\r\n", 1)[1])
     assert answer["error"] == "malformed"
     assert says in answer["detail"], answer
+
+
+async def test_device_status_reads_the_bearer_scheme_in_any_case_and_says_it_on_401(harness: Harness) -> None:
+    """`Authorization: bearer TOKEN` (an auth scheme is case-insensitive, RFC 9110 11.1; some HTTP stacks send it
+    so) was refused `token_invalid`, "the token does not verify for this device", with the device's own good
+    token; and no 401 said which scheme it wanted (WWW-Authenticate, which RFC 9110 requires on a 401)."""
+    real = await harness.enroll()
+    for scheme in (b"bearer", b"BEARER", b"Bearer"):
+        authorization = scheme + b" " + real.token().encode()
+        status, response = await raw_request(harness, "GET", "/v1/device", [("Authorization", authorization)])
+        assert status == 200, (scheme, response)
+    for headers in ([], [("Authorization", b"Basic dXNlcjpwYXNz")], [("Authorization", b"Bearer forged")]):
+        status, response = await raw_request(harness, "GET", "/v1/device", headers)
+        assert status == 401, headers
+        head = response.split(b"\r\n\r\n", 1)[0].lower() + b"\r\n"
+        assert b'\r\nwww-authenticate: bearer realm="cloud-bridge"\r\n' in head, (headers, head)

@@ -10,6 +10,8 @@ that its rotation arrived keeps working with its old key and can send the rotati
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +20,9 @@ from typing import TypeVar
 from cloud_bridge.errors import AuthError, KeyReplacedError, SignedTokenError, UnknownDeviceError
 from cloud_bridge.registry import Device, Registry
 from intent_contract import signed
+from intent_contract.device_token import generate_private_key_pem, public_key_pem
 from intent_contract.errors import DecodeError, SignatureError
+from intent_contract.names import is_name
 from intent_contract.offline_wire import KEY_ROTATION_TYPE, NEW_KEY_TYPE, NewKey
 from intent_contract.timefmt import format_ms
 
@@ -62,6 +66,23 @@ def verify_with_device_key(
         raise
 
 
+@functools.cache
+def _decoy_key() -> str:
+    """A P-256 public key whose private half nobody holds (dropped as it is made): what is checked for no device."""
+    return public_key_pem(generate_private_key_pem())
+
+
+def refuse_unknown(registry: Registry, device_id: str, verify: Callable[[str], object]) -> None:
+    """UnknownDeviceError, after the work a signature that fails costs for a device that exists: a check with a key
+    (one nobody holds), a read of the device's replaced keys. An unknown id was refused at once, about 0.9 ms
+    sooner on loopback than a real device's forged token: the time told a stranger which ids exist."""
+    with contextlib.suppress(AuthError, SignatureError):
+        verify(_decoy_key())
+    if is_name(device_id):  # as the registry's read: what cannot be a device id is not looked up
+        registry.replaced_keys(device_id)  # none: no device has that id
+    raise UnknownDeviceError(f"no device {device_id!r}")
+
+
 def _refuse_replaced(registry: Registry, device: Device, verify: Callable[[str], object]) -> None:
     """KeyReplacedError when `verify` passes with a key the device's rotations replaced: its own old key (a
     bundle made before the switch, a restored backup; or a thief's copy), not a forgery. Only a holder of that
@@ -100,7 +121,8 @@ def accept_rotation(registry: Registry, data: bytes, now: float) -> Device:
         raise AuthError(f"not a key rotation document: {exc}", code="rotation_malformed") from None
     device = registry.get(outer.kid)
     if device is None:
-        raise UnknownDeviceError(f"no device {outer.kid!r}")
+        refuse_unknown(registry, outer.kid, lambda key: signed.verify(outer, key))
+        raise AssertionError("refuse_unknown raises")  # for the type checker: device is a Device below
     try:
         # A device that switched to its next key and rotates again before using it otherwise signs with
         # the proposed key: that is its first use, like any other (else the device could not rotate

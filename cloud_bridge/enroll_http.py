@@ -17,7 +17,7 @@ import jwt
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from cloud_bridge.device_keys import accept_rotation, verify_with_device_key
+from cloud_bridge.device_keys import accept_rotation, refuse_unknown, verify_with_device_key
 from cloud_bridge.enroll_limits import EnrollGate, EnrollLimits
 from cloud_bridge.errors import AuthError, KeyReplacedError, TransientError, UnknownDeviceError
 from cloud_bridge.metrics import BridgeMetrics
@@ -81,6 +81,20 @@ def _unauthorized(code: str, detail: str, now: float) -> web.Response:
     response = _error(401, code, detail, now)
     response.headers["WWW-Authenticate"] = 'Bearer realm="cloud-bridge"'
     return response
+
+
+def _subject(token: str) -> str | None:
+    """The `sub` a token names, nothing verified; None when it is no JWT or names none.
+
+    A token is ASCII (base64url and dots); a header byte that is not UTF-8 reaches us as a surrogate, on which
+    PyJWT raised UnicodeEncodeError (a 500). Such a token is just not one."""
+    if not token.isascii():
+        return None
+    try:
+        subject = jwt.decode(token, options={"verify_signature": False}).get("sub")
+    except jwt.PyJWTError:
+        return None
+    return subject if isinstance(subject, str) else None
 
 
 def _bearer_token(authorization: str) -> str:
@@ -209,25 +223,22 @@ def build_http_app(
         "revoked" (end its backlog with a clear status) from a passing fault (keep retrying).
         """
         token = _bearer_token(request.headers.get("Authorization", ""))
-        subject = None
-        # A token is ASCII (base64url and dots); a header byte that is not UTF-8 reaches us as a surrogate,
-        # on which PyJWT raised UnicodeEncodeError (a 500). Such a token is just not one.
-        if token.isascii():
-            with contextlib.suppress(jwt.PyJWTError):
-                subject = jwt.decode(token, options={"verify_signature": False}).get("sub")
-        device = await own_thread(registry.get, subject) if isinstance(subject, str) else None
-        # An unknown device gets the answer a bad signature gets, so a forger cannot probe for ids.
-        # Other codes come only after the signature verified: that caller holds the device's key.
+        subject = _subject(token)
+        device = await own_thread(registry.get, subject) if subject is not None else None
+        # An unknown device gets the answer a bad signature gets, after the same work, so a forger cannot probe
+        # for ids. Other codes come only after the signature verified: that caller holds the device's key.
         # Every answer carries the bridge's time: a device refused for a token made with a wrong clock
         # (token_expired, token_not_yet_valid) learns from it how far off it is.
         now = clock()
-        if device is None:
-            return _unauthorized("token_invalid", _NOT_VERIFIED, now)
 
         def verify(key: str) -> object:
-            return verify_device_token(
-                token, device_id=device.device_id, public_key_pem=key, audience=audience, now=now
-            )
+            return verify_device_token(token, device_id=str(subject), public_key_pem=key, audience=audience, now=now)
+
+        if device is None:
+            if subject is not None:
+                with contextlib.suppress(UnknownDeviceError):
+                    await own_thread(refuse_unknown, registry, subject, verify)
+            return _unauthorized("token_invalid", _NOT_VERIFIED, now)
 
         try:
             await own_thread(verify_with_device_key, registry, device, verify, clock)

@@ -57,7 +57,7 @@ def _malformed(document: object) -> str | None:
         return f"not a JSON object: {_EXPECTED}"
     for field in ("code", "public_key"):
         value = document.get(field)
-        if value is None or value == "":
+        if value is None or (isinstance(value, str) and not value.strip()):
             return f"{field} is missing or empty: {_EXPECTED}"
         if not isinstance(value, str):
             return f"{field} is not a string: {_EXPECTED}"
@@ -146,7 +146,8 @@ class Enrollment:
         if wrong is not None:
             return self._refuse(request, 400, "malformed", wrong)
         try:
-            return await self._redeem(request, document["code"][:200], document["public_key"])
+            # A code has no whitespace (token_urlsafe): what is around it was pasted with it (a chat, a mail, a file).
+            return await self._redeem(request, document["code"].strip()[:200], document["public_key"])
         except TransientError:  # answered 503 by the app's middleware; an attempt all the same
             self._metrics.enrollments.labels("unavailable").inc()
             raise

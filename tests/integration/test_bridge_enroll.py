@@ -103,3 +103,17 @@ async def test_enrollment_is_limited_overall(tmp_path: Path, server_cert_files: 
         key = public_key_pem(generate_private_key_pem())
         statuses = [(await bridge.post_enroll("guess", key, source=f"127.0.0.{n}"))[0] for n in range(1, 6)]
         assert statuses == [403, 403, 403, 429, 429]
+
+
+async def test_a_code_pasted_with_spaces_or_a_line_end_around_it_enrolls(harness: Harness) -> None:
+    """A code copied from a chat or a mail came with a space or a line end around it (`--code " Xy...Q "`, a
+    file read whole): 403 "enrollment code unknown, used or expired", and a new code pasted the same way failed
+    alike. A code has no whitespace in it (`secrets.token_urlsafe`): what is around it is not part of it."""
+    code = harness.bridge.registry.create_code("acme", "boiler-7", 3600, time.time())
+    key = public_key_pem(generate_private_key_pem())
+    status, body = await harness.post_enroll(f" {code}\r\n", key)
+    assert status == 201, body
+    again = await harness.post_enroll(f"\u00a0{code}\t", key)  # its answer lost, asked again: the same device
+    assert again == (201, {**body, "time": again[1]["time"]})
+    status, body = await harness.post_enroll(" \n ", key)
+    assert (status, body["error"]) == (400, "malformed")

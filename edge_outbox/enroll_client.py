@@ -45,6 +45,9 @@ def enroll(data_dir: Path, bridge_url: str, code: str, ca: Path) -> Identity:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"--ca {ca}: not a readable PEM CA certificate ({exc})") from None
+    # The bridge takes a code with whitespace around it (pasted from a mail or a chat): the key is kept for the code
+    # without it, or the same code typed again without it after a lost answer made a new key, refused (403).
+    code = code.strip()
     key_pem = _key_for_code(data_dir, code)
     url = bridge_url.rstrip("/") + "/v1/enroll"
     sent = _local_ms()

@@ -155,6 +155,22 @@ async def test_an_enrollment_whose_answer_was_lost_runs_again_with_the_same_code
     assert not (edge_dir / "identity" / "enroll.pending").exists()  # the key is device.key now
 
 
+async def test_a_code_pasted_with_whitespace_whose_answer_was_lost_runs_again_without_it(
+    tmp_path: Path, bridge: Harness, ca: trustme.CA
+) -> None:
+    """The bridge takes a code with whitespace around it (pasted from a mail); the edge kept its key for the code as
+    typed, so the same code typed again without the whitespace, after a lost answer, made a new key: 403."""
+    code = await asyncio.to_thread(bridge.bridge.registry.create_code, "acme", "edge-1", 600, time.time())
+    edge_dir = tmp_path / "edge"
+    with https_losing_answers(ca, bridge.base_url, bridge.ca_file, lose=1) as relay:
+        with pytest.raises(TransientError, match="run it again"):
+            await asyncio.to_thread(enroll, edge_dir, relay.url, f" {code}\n", bridge.ca_file)
+        identity = await asyncio.to_thread(enroll, edge_dir, relay.url, code, bridge.ca_file)
+        assert relay.statuses == [201, 201]
+    devices = await asyncio.to_thread(bridge.bridge.registry.all_devices)
+    assert [d.device_id for d in devices] == [identity.device_id]
+
+
 async def test_intents_are_delivered_confirmed_and_statuses_applied(
     tmp_path: Path, bridge: Harness, counting: CountingIntegration
 ) -> None:

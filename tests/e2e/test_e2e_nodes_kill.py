@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import TOPIC, Cluster, intent
+from tests.support.cluster import TOPIC, Cluster, intent, pg_cluster
 from tests.support.net import wait_until
-from tests.support.stores import pg_database
 
 NODES = 3
 EDGES = 10
@@ -21,12 +20,8 @@ PER_EDGE = 1000
 
 @pytest.fixture
 def cluster(tmp_path: Path, server_cert_files: dict[str, Path]) -> Iterator[Cluster]:
-    with pg_database() as url:
-        c = Cluster(tmp_path, server_cert_files, url, NODES)
-        try:
-            yield c.start()
-        finally:
-            c.close()
+    with pg_cluster(tmp_path, server_cert_files, NODES) as c:
+        yield c
 
 
 @pytest.mark.slow

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import TOPIC, Cluster, intent
+from tests.support.cluster import TOPIC, Cluster, intent, pg_cluster
 from tests.support.net import wait_until
-from tests.support.stores import pg_database
 
 NODES = 3
 EDGES = 6
@@ -23,12 +22,8 @@ PACE_S = 0.02  # between rounds of one intent per edge: 300 intents/s for about 
 
 @pytest.fixture
 def cluster(tmp_path: Path, server_cert_files: dict[str, Path]) -> Iterator[Cluster]:
-    with pg_database() as url:
-        c = Cluster(tmp_path, server_cert_files, url, NODES)
-        try:
-            yield c.start()
-        finally:
-            c.close()
+    with pg_cluster(tmp_path, server_cert_files, NODES) as c:
+        yield c
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from edge_outbox.attach_peers import PEER_TOPIC
 from edge_outbox.intake import Intake
 from edge_outbox.settings import AttachTarget
 from edge_outbox.status import StatusFeed
-from tests.support.attach import attached, site_mosquitto
+from tests.support.attach import assert_refused_at_start, attached, site_mosquitto
 from tests.support.edge import Client, OutboxProcess, cli, email, stored_ids
 from tests.support.mqtt_raw import RawClient
 from tests.support.net import free_port, until, wait_for_port, wait_until
@@ -377,16 +377,7 @@ def test_attach_tls_settings_that_cannot_work_stop_the_outbox_in_one_line(tmp_pa
         (["--attach=mqtts://127.0.0.1:1", "--attach-ca", str(not_pem)], "cannot load CA certificates (PEM) from it"),
         (["--attach=tls://127.0.0.1:1"], "expected mqtt://HOST:PORT or mqtts://HOST:PORT"),
     ]
-    for args, message in cases:
-        done = subprocess.run(
-            [sys.executable, "-m", "edge_outbox", "run", "--data-dir", str(tmp_path / "data"), *args],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
-        assert "Traceback" not in done.stderr
+    assert_refused_at_start(tmp_path / "data", cases)
 
 
 def test_a_password_without_a_user_stops_the_outbox_in_one_line(tmp_path: Path) -> None:

@@ -2,17 +2,15 @@
 1000 a client): the outbox names what the broker counts as dropped."""
 
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.attach import attached
+from tests.support.attach import attached, mosquitto
 from tests.support.edge import Client, email
 from tests.support.mqtt_raw import RawClient
-from tests.support.net import free_port, wait_for_port, wait_until
-from tests.support.services import require_binary
+from tests.support.net import free_port, wait_until
 
 DROPPED = "$SYS/broker/publish/messages/dropped"
 
@@ -21,17 +19,9 @@ DROPPED = "$SYS/broker/publish/messages/dropped"
 def dropping_mosquitto(tmp_path: Path) -> Iterator[int]:
     """A Mosquitto that queues at most 10 messages for a client away (or behind), and says its counts each second."""
     port = free_port()
-    conf = tmp_path / "dropping.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 10\nsys_interval 1\n")
-    proc = subprocess.Popen(
-        [require_binary("mosquitto"), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_for_port(port)
+    text = f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 10\nsys_interval 1\n"
+    with mosquitto(tmp_path / "dropping.conf", text, port):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_intents_the_site_broker_dropped_while_the_outbox_was_away_are_named(

@@ -4,23 +4,13 @@ moved from its embedded endpoint to attach mode."""
 import collections
 import re
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.support.attach import attached, site_mosquitto
+from tests.support.attach import attached, site_mosquitto, start_mosquitto
 from tests.support.edge import Client, OutboxProcess, email, stored_ids
-from tests.support.net import free_port, wait_for_port, wait_until
-from tests.support.services import require_binary
-
-
-def start_mosquitto(conf: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [require_binary("mosquitto"), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wait_for_port(port)
-    return proc
+from tests.support.net import free_port, wait_until
 
 
 def taken_per_marker(data_dir: Path) -> collections.Counter[str]:

@@ -1,25 +1,22 @@
 """Attach mode to a Mosquitto that asks its clients for a certificate (require_certificate), as sites that
 authenticate clients by certificate run it."""
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
+from tests.support.attach import assert_refused_at_start, mosquitto
 from tests.support.edge import Client, OutboxProcess, email, stored_ids
-from tests.support.net import free_port, wait_for_port, wait_until
-from tests.support.services import require_binary
+from tests.support.net import free_port, wait_until
 
 
 @pytest.fixture
 def certificate_mosquitto(tmp_path: Path, server_cert_files: dict[str, Path]) -> Iterator[tuple[int, int]]:
     """A plain listener for the test's apps and a TLS one that takes only clients with a certificate of the CA."""
     plain, tls = free_port(), free_port()
-    conf = tmp_path / "mosquitto-certs.conf"
-    conf.write_text(
+    text = (
         f"per_listener_settings true\nlistener {plain} 127.0.0.1\nallow_anonymous true\n"
         f"listener {tls} 127.0.0.1\nallow_anonymous true\ncafile {server_cert_files['ca']}\n"
         f"certfile {server_cert_files['cert']}\nkeyfile {server_cert_files['key']}\nrequire_certificate true\n"
@@ -27,16 +24,8 @@ def certificate_mosquitto(tmp_path: Path, server_cert_files: dict[str, Path]) ->
         # private): `user root` keeps it root.
         "persistence false\nmax_queued_messages 0\nuser root\n"
     )
-    proc = subprocess.Popen(
-        [require_binary("mosquitto"), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_for_port(plain)
-        wait_for_port(tls)
+    with mosquitto(tmp_path / "mosquitto-certs.conf", text, plain, tls):
         yield plain, tls
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def client_cert(ca: trustme.CA, directory: Path) -> tuple[Path, Path]:
@@ -81,13 +70,4 @@ def test_client_certificate_settings_that_cannot_work_stop_the_outbox_in_one_lin
         ),
         (["--attach=mqtts://127.0.0.1:1", "--attach-cert", str(cert)], "cannot load a client certificate"),  # no key
     ]
-    for args, message in cases:
-        done = subprocess.run(
-            [sys.executable, "-m", "edge_outbox", "run", "--data-dir", str(tmp_path / "data"), *args],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
-        assert "Traceback" not in done.stderr
+    assert_refused_at_start(tmp_path / "data", cases)

@@ -12,7 +12,7 @@ import contextlib
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from cloud_bridge.store.url import StoreUrl
 from tests.support.edge import Client, OutboxProcess, stored_ids
 from tests.support.net import free_port, wait_for_port
 from tests.support.stack import BridgeProcess, point_edge_at
+from tests.support.stores import pg_database
 
 TENANT = "fleet"
 APP = "fleet"
@@ -258,3 +259,14 @@ class Cluster:
 
 
 TOPIC = f"outbox/{APP}/http.request"
+
+
+@contextlib.contextmanager
+def pg_cluster(tmp_path: Path, server_cert_files: dict[str, Path], nodes: int) -> Iterator[Cluster]:
+    """`nodes` bridge nodes started on a PostgreSQL database of their own (dropped after), behind the balancer."""
+    with pg_database() as url:
+        cluster = Cluster(tmp_path, server_cert_files, url, nodes)
+        try:
+            yield cluster.start()
+        finally:
+            cluster.close()

@@ -74,6 +74,7 @@ class Forwarder:
         clock_ms: Callable[[], int],
         *,
         facts: Callable[[], EdgeFacts] | None = None,
+        carried: LinkSnapshot | None = None,
     ) -> None:
         self._store = store
         self._data_dir = data_dir
@@ -90,14 +91,13 @@ class Forwarder:
         self._state = LinkState.OFFLINE
         self._since = clock_ms()
         self._last_contact: int | None = None
-        self._sent = 0
-        self._acked = 0
+        # Counted since the outbox started: a reload's forwarder goes on from the one before it (`carried`).
+        self._sent, self._acked = (carried.sent, carried.acked) if carried else (0, 0)
         self._rate = AckRate()
         self._gate = LinkGate(settings.windows, store, clock_ms)
         self._intents_topic, self._acks_topic = (device_topic(identity.device_id, leaf) for leaf in (INTENTS, ACKS))
         self._confirms = Confirms(device_topic(identity.device_id, CONFIRMS))
-        self._connects = 0
-        self._failures = 0
+        self._connects, self._failures = (carried.connects, carried.failures) if carried else (0, 0)
         self._error = ""  # why the last connection attempt failed; "" once connected
         self.errors = RecentErrors()
         self._reporter = DeviceReporter(

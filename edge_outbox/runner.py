@@ -24,6 +24,7 @@ from edge_outbox.db import STATUS_KEY
 from edge_outbox.errors import StorageError
 from edge_outbox.fleet_link import disk_facts
 from edge_outbox.fleet_report import EdgeFacts
+from edge_outbox.forward_wire import LinkSnapshot
 from edge_outbox.forwarder import Forwarder
 from edge_outbox.health import BEAT_EVERY_S
 from edge_outbox.identity import Identity, load_identity
@@ -70,6 +71,7 @@ class Outbox:
         self.feed: StatusFeed | None = None
         self.intake: Intake | None = None
         self.forwarder: Forwarder | None = None
+        self._link_before: LinkSnapshot | None = None  # the counts of the forwarder a reload stopped
         self._forwarding: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._device_id: str | None = None  # the identity enrolled when the outbox started
@@ -161,8 +163,9 @@ class Outbox:
             return
         s = self.settings
         self.forwarder = Forwarder(
-            self.store, s.data_dir, identity, s.forwarder, self._clock.now_ms, facts=self._edge_facts
-        )
+            self.store, s.data_dir, identity, s.forwarder, self._clock.now_ms, facts=self._edge_facts,
+            carried=self._link_before,
+        )  # fmt: skip
         self._forwarding = asyncio.create_task(self.forwarder.run(), name="forwarder")
         self._tasks.append(self._forwarding)
         log.info("forwarding as device %s to %s:%d", identity.device_id, identity.bridge_host, identity.mqtt_port)
@@ -172,6 +175,8 @@ class Outbox:
         task, self._forwarding = self._forwarding, None
         if task is not None:
             assert self.forwarder is not None
+            # Counters count from the outbox's start (docs/operations.md): a reload's forwarder goes on from these.
+            self._link_before = self.forwarder.snapshot()
             self.forwarder.request_stop()
             task.cancel()
             self._tasks.remove(task)

@@ -8,15 +8,17 @@ import asyncio
 import json
 import signal
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_outbox.enroll_client import enroll
 from edge_outbox.identity import identity_dir
 from tests.support.bridge import Harness, counting, harness
-from tests.support.edge import OutboxProcess, cli
+from tests.support.edge import Client, OutboxProcess, cli, email
 from tests.support.net import free_port, until
 
 __all__ = ["counting", "harness"]  # fixtures
@@ -56,6 +58,40 @@ async def test_a_sighup_forwards_to_the_address_device_json_names_now(tmp_path: 
         code = await asyncio.to_thread(outbox.stop)
     assert code == 0, outbox.log()
     assert "reloaded device.json and ca.pem" in outbox.log()
+
+
+def _counters(port: int) -> dict[str, float]:
+    """The unlabelled samples of the outbox's /metrics, parsed by prometheus_client's own parser."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+
+
+async def test_a_sighup_keeps_the_link_counters_counting_from_the_start(tmp_path: Path, harness: Harness) -> None:
+    """docs/operations.md: counters count from the start of the process. A reload starts a new forwarder, and
+    edge_outbox_forwarded_intents_total and edge_outbox_bridge_acks_total (with the fleet report's sent, acked and
+    connects) fell back to 0 at each `systemctl reload`, the outbox running on."""
+    edge_dir, _ = await _enrolled(tmp_path, harness)
+    metrics = free_port()
+    outbox = await asyncio.to_thread(OutboxProcess(edge_dir, free_port(), "--metrics", f"127.0.0.1:{metrics}").start)
+    app = await asyncio.to_thread(Client(outbox.port, "app").connect)
+    try:
+        for n in range(3):
+            app.publish("outbox/app/email.send", email(f"m{n}"), name=f"m{n}")
+        await until(
+            lambda: asyncio.to_thread(lambda: _counters(metrics).get("edge_outbox_bridge_acks_total") == 3),
+            timeout=30, what="3 intents acknowledged by the bridge",
+        )  # fmt: skip
+        assert outbox.proc is not None
+        outbox.proc.send_signal(signal.SIGHUP)
+        await until(lambda: "reloaded device.json and ca.pem" in outbox.log(), what="reloaded")
+        after = await asyncio.to_thread(_counters, metrics)
+    finally:
+        app.close()
+        code = await asyncio.to_thread(outbox.stop)
+    assert code == 0, outbox.log()
+    assert after["edge_outbox_forwarded_intents_total"] >= 3
+    assert after["edge_outbox_bridge_acks_total"] >= 3
 
 
 async def test_a_sighup_for_another_device_is_refused_and_the_outbox_goes_on(tmp_path: Path, harness: Harness) -> None:

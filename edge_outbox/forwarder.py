@@ -134,6 +134,12 @@ class Forwarder:
         (edge_outbox.clock_steps). The next batch's times are corrected by it."""
         self._gate.clock = clock
 
+    def clock_stepped(self, step_ms: int) -> None:
+        """This outbox's clock followed a step of the wall clock: the link's times move with it, as the store's did
+        (a link down for seconds was "down for 86400 s" once NTP corrected a clock a day behind)."""
+        self._since += step_ms
+        self._last_contact = None if self._last_contact is None else self._last_contact + step_ms
+
     def snapshot(self) -> LinkSnapshot:
         now = time.monotonic()
         self._rate.record(now, self._acked)

@@ -314,7 +314,9 @@ class Outbox:
             await asyncio.sleep(self.settings.housekeeping_s)
             recorded = self._record_live(recorded)
             try:
-                await clock_steps.follow_step(self._clock, self.store, self._run_start, self._bridge_clock_moved)
+                step = await clock_steps.follow_step(self._clock, self.store, self._run_start, self._bridge_clock_moved)
+                if step and self.forwarder is not None:
+                    self.forwarder.clock_stepped(step)
                 now = self._clock.now_ms()
                 current = self._positions()
                 changed = {k: v for k, v in current.items() if written.get(k) != v}

@@ -5,6 +5,8 @@ uncorrected clock two hours or a day behind reaches the bridge already expired."
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,38 @@ def _ended(stack: Stack, intent_ids: list[str]) -> dict[str, str] | None:
     states = stack.edge_states()
     ended = {i: states[i] for i in intent_ids}
     return None if {"accepted", "forwarded"} & set(ended.values()) else ended
+
+
+def _health(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.timeout(120)
+def test_a_clock_step_moves_the_link_outage_with_it(stack: Stack, tmp_path: Path) -> None:
+    """A box booted a day behind, its bridge away for seconds, when NTP steps its clock forward. The outbox moved
+    what it stored with the step, not when its link went down: /healthz and `edge-outbox status` said "no link to
+    the bridge for 86400 s (more than 3600 s)" the moment the clock was corrected, and went on saying it until the
+    link came back (outside its forwarding windows, hours)."""
+    clock_file = tmp_path / "clock"
+    clock_file.write_text("-1d\n")
+    assert stack.bridge.stop() == 0, stack.bridge.log()
+    metrics = free_port()
+    edge = stack.start_edge("--metrics", f"127.0.0.1:{metrics}", prefix=_stepping_clock(clock_file))
+    try:
+        wait_until(lambda: "bridge link offline" in edge.log(), 30, what="the link down")
+        clock_file.write_text("+0\n")
+        wait_until(lambda: "this device's clock stepped 1d00h forward" in edge.log(), 30, what="the step followed")
+        health = _health(metrics)
+        assert health == (200, '{"status": "ok", "problems": []}'), edge.log()[-3000:]
+
+        def status_problems() -> list[str]:
+            result = edge_cli(stack.edge_dir, "status", "--json")
+            return list(json.loads(result.stdout)["problems"])
+
+        wait_until(lambda: status_problems() == [], 30, what="status on the corrected clock")
+    finally:
+        edge.stop()

@@ -218,7 +218,7 @@ def run(
     log_level: str,
 ) -> None:
     """Run the outbox: take intents from local apps, store them durably, forward them, publish their status."""
-    from edge_outbox.runner import serve  # noqa: PLC0415 - keeps the ops commands quick to start
+    from edge_outbox.process import serve  # noqa: PLC0415 - keeps the ops commands quick to start
 
     host, port = parse_host_port(listen, "--listen")
     windows = parse_windows(forward_window)

@@ -8,10 +8,8 @@ import dataclasses
 import logging
 import os
 import random
-import signal
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -34,14 +32,11 @@ from edge_outbox.mqtt.ports import EndpointSettings
 from edge_outbox.mqtt.server import MqttEndpoint
 from edge_outbox.ops import QueueLimits
 from edge_outbox.probe import Observed, Probe, held_since_ms
-from edge_outbox.reload import identity_to_forward, reload_at_each
+from edge_outbox.reload import identity_to_forward
 from edge_outbox.settings import OutboxSettings
 from edge_outbox.status import StatusFeed
 from edge_outbox.store import Store
 from intent_contract.ids import IdGenerator
-from intent_contract.loop_errors import AcceptErrors
-from intent_contract.runtime import raise_descriptor_limit, tune_garbage_collector
-from intent_contract.service_notify import READY, STOPPING, notify
 
 log = logging.getLogger(__name__)
 
@@ -391,37 +386,3 @@ def _tick(conn: sqlite3.Connection, now: int, changed: dict[str, int], device_id
     expired = ops.expire_due(conn, now)
     ended = None if device_id is None else offline_ops.end_if_revoked(conn, device_id, now)
     return expired, ended
-
-
-async def serve(
-    settings: OutboxSettings,
-    ready: Callable[[], Awaitable[None] | None] | None = None,
-    notify_socket: str | None = None,
-    config_changed: Callable[[], str | None] | None = None,
-) -> None:
-    """Run until SIGINT or SIGTERM, reloading at SIGHUP (`config_changed`: edge_outbox.reload); tells systemd at
-    `notify_socket` (Type=notify) once it serves, and as it stops."""
-    outbox = Outbox(settings)
-    stop, hup = asyncio.Event(), asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # Before start(): the port opens inside it, and a SIGTERM from then on must stop us cleanly. A SIGHUP during
-    # the start is held, and reloads once the outbox runs.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, hup.set)
-    AcceptErrors().install(loop)  # past the descriptor limit: a line per listener per 10 s, not 2,000 a second
-    await outbox.start()
-    log.info("file descriptors: up to %d", raise_descriptor_limit())  # a container's soft 1,024 was ours
-    tune_garbage_collector()
-    if ready is not None:
-        result = ready()
-        if result is not None:
-            await result
-    notify(notify_socket, READY)
-    reloads = asyncio.create_task(reload_at_each(hup, outbox.reload, config_changed), name="reloads")
-    await stop.wait()
-    reloads.cancel()
-    await asyncio.gather(reloads, return_exceptions=True)
-    log.info("stopping")
-    notify(notify_socket, STOPPING)
-    await outbox.stop()

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote, quote_plus
 
 from cloud_bridge.errors import ConfigError
 
@@ -99,6 +100,12 @@ THIRD_PARTY_LOGGERS: Final = (
 )
 
 
+def url_forms(value: str) -> set[str]:
+    """`value` and the forms a client writes it in a URL: a key with a '/' or '+' (base64 keys have both) went
+    into urllib3's request line and Apprise's "Loaded JSON URL" as `S3CR3T%2Fa%2Bb`, past a mask of `S3CR3T/a+b`."""
+    return {value, quote(value, safe=""), quote(value), quote_plus(value), quote_plus(value, safe="/")}
+
+
 class RedactingFilter(logging.Filter):
     """Replaces registered secret values in a record's message with '***'."""
 
@@ -110,7 +117,7 @@ class RedactingFilter(logging.Filter):
     def add(self, values: Iterable[str]) -> None:
         with self._lock:
             # Short values would mask ordinary words; secrets this short are refused elsewhere anyway.
-            self._values.update(v for v in values if len(v) >= 6)
+            self._values.update(form for v in values if len(v) >= 6 for form in url_forms(v))
 
     def filter(self, record: logging.LogRecord) -> bool:
         values = self._values

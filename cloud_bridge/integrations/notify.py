@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from functools import cache
 from typing import Any, Final
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 import apprise
 
@@ -92,7 +92,11 @@ def _secret_parts(url: str) -> list[str]:
         parts.append(unquote(split.netloc))
     parts += [unquote(piece) for piece in re.split(r"[:@]", split.netloc) if piece and "." not in piece]
     parts += [unquote(s) for s in split.path.split("/") if s]
-    parts += [v for _, v in parse_qsl(split.query)]
+    # A query value as written, decoded with its '+' kept (Apprise sends `?+X-Token=a+b` as `a+b`), and as
+    # parse_qsl reads it ('+' a space).
+    for pair in split.query.split("&"):
+        raw = pair.partition("=")[2]
+        parts += [raw, unquote(raw), unquote_plus(raw)]
     return parts
 
 

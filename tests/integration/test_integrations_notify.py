@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 from aiohttp import web
@@ -152,6 +153,26 @@ async def test_a_telegram_bot_token_is_masked_whole_in_the_debug_log(
     assert [r["path"] for r in hook.requests] == [f"/bot123456789:{secret}/sendMessage"]  # the token went out
     assert "Telegram POST URL" in caplog.text and "sendMessage" in caplog.text
     assert secret not in caplog.text
+
+
+async def test_a_key_with_url_escapes_is_masked_as_sent(hook: Hook, caplog: pytest.LogCaptureFixture) -> None:
+    """A key with a '/' or '+' (base64 keys have both) in a query value: Apprise's "Loaded JSON URL" line, urllib3's
+    request line and the requests error's text ("Max retries exceeded with url: /x?apikey=...") write it
+    percent-encoded (`%2F`, `%2B`), and only its decoded form (with '+' read as a space) was masked."""
+    caplog.set_level(logging.DEBUG)
+    key = f"Key{os.urandom(8).hex()}/a+b"  # one no earlier test registered (the masking is process-wide)
+    written = quote(key, safe="")
+    forms = {key, written, quote(key), quote_plus(key), key.replace("+", " ")}
+    notify = make(hook, f"json://127.0.0.1:{{port}}/alarm?+X-Token={written}, "
+                        f"json://127.0.0.1:{free_port()}/down?-apikey={written}&cto=2")  # fmt: skip
+    with pytest.raises(TransientError) as info:
+        await notify.execute(job())
+    assert str(info.value).startswith("notify target 'oncall': 1 of 2 services did not accept it")  # still says so
+    assert [r["headers"]["X-Token"] for r in hook.requests] == [key]  # the key went out as written
+    assert "Loaded JSON URL" in caplog.text and "Socket Exception" in caplog.text  # the lines that quoted it
+    assert "/down?apikey=***" in caplog.text
+    for text in (caplog.text, str(info.value)):
+        assert not [form for form in forms if form in text]
 
 
 async def test_unreachable_service_is_transient() -> None:

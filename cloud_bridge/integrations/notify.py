@@ -31,6 +31,7 @@ from cloud_bridge.config.integrations import NotifyConfig
 from cloud_bridge.errors import ConfigError, PermanentError, TransientError
 from cloud_bridge.integrations.base import Job, Outcome
 from cloud_bridge.integrations.requests_bodies import bounded_bodies
+from cloud_bridge.integrations.requests_redirects import same_origin_redirects
 from cloud_bridge.integrations.threads import BoundedThreads
 from cloud_bridge.secrets import Secret, redact_in_logs
 
@@ -198,7 +199,8 @@ class NotifyIntegration:
             sender = apprise.Apprise(asset=_asset())
             sender.add(url.reveal())
             try:
-                with bounded_bodies():  # an endless answer grew the process until the kernel killed it
+                # An endless answer grew the process until the kernel killed it; a redirect took a key elsewhere.
+                with bounded_bodies(), same_origin_redirects():
                     taken = bool(sender.notify(body=body, title=title))
             except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; its text may hold the URL
                 log.debug("apprise raised %s", exc.__class__.__name__)

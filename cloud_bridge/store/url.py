@@ -1,7 +1,9 @@
 """The one store setting: `sqlite:///DIR` (single node, the default) or `postgresql://USER@HOST:PORT/DB`.
 
 A PostgreSQL password is never part of the URL (it would show in `ps`, logs and config files): it
-comes from `[bridge] store_password_env` / `store_password_file`, or from libpq's own ~/.pgpass.
+comes from `[bridge] store_password_env` / `store_password_file`, or from libpq's own ~/.pgpass. libpq's
+`sslpassword` (the passphrase of an encrypted `sslkey`) can only be given in the URL: the URL prints with its
+value masked.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Final
+from urllib.parse import unquote
 
 from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -22,6 +26,8 @@ class StoreKind(StrEnum):
     POSTGRESQL = "postgresql"
 
 
+# URL parameters that hold a secret libpq takes nowhere else; their values are never printed.
+_MASKED_PARAMS: Final = frozenset({"sslpassword"})
 _SCHEMES = {"sqlite://": StoreKind.SQLITE, "postgresql://": StoreKind.POSTGRESQL, "postgres://": StoreKind.POSTGRESQL}
 
 
@@ -83,4 +89,9 @@ class StoreUrl:
         return self.kind is StoreKind.POSTGRESQL
 
     def __str__(self) -> str:
-        return f"sqlite://{self.location}" if self.kind is StoreKind.SQLITE else self.location
+        """The store as logs and messages show it: `sslpassword`'s value masked (the start line printed it whole)."""
+        if self.kind is StoreKind.SQLITE:
+            return f"sqlite://{self.location}"
+        head, sep, query = self.location.partition("?")
+        pairs = [(pair, unquote(pair.partition("=")[0]).strip().lower()) for pair in query.split("&")] if sep else []
+        return head + sep + "&".join(f"{key}=***" if key in _MASKED_PARAMS else pair for pair, key in pairs)

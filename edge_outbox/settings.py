@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,23 @@ def parse_host_port(text: str, flag: str, default_port: int = 1883) -> tuple[str
     if not 0 < port < 65536:
         raise ConfigError(f"{flag} {text!r}: port must be within 1..65535")
     return host, port
+
+
+_SCHEME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/*")
+
+
+def shown_url(url: str) -> str:
+    """`url` as an error may quote it: a password in it (after the user name's ':', up to the last '@') as ***.
+
+    Read without a URL parser: the URL is quoted because it did not parse as one ("tcp://site:pw@broker", the
+    scheme Paho's clients take, quoted the password in the refusal)."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme = _SCHEME.match(head)
+    start = scheme.end() if scheme else 0
+    user, colon, _ = head[start:].partition(":")
+    return f"{head[:start]}{user}:***@{tail}" if colon else url
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,32 +81,40 @@ class AttachTarget:
         client_cert: tuple[Path | None, Path | None] = (None, None),
     ) -> AttachTarget:
         """`client_cert`: the client certificate's file and its key's (None: in the certificate's file)."""
-        parts = urlsplit(url)
+        shown = shown_url(url)
+        # A password in a URL refused for another reason is said to be in the wrong place too.
+        also = "; and put the password in EDGE_OUTBOX_ATTACH_PASSWORD, not in the URL" if shown != url else ""
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # its words quote the URL's host part, a password in it included
+            raise ConfigError(
+                f"--attach {shown!r}: not a URL (a bracket, or a character a host name may not have){also}"
+            ) from None
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ConfigError(f"--attach {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)")
+            raise ConfigError(f"--attach {shown!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT (TLS){also}")
         if parts.password:
             raise ConfigError("--attach: put the password in EDGE_OUTBOX_ATTACH_PASSWORD, not in the URL")
         if password and not parts.username:
             # MQTT 3.1.1 forbids a password without a user name [MQTT-3.1.2-22] (Mosquitto closes the connection:
             # it was retried for ever as a broker that is away) and Mosquitto's password_file needs one anyway.
             raise ConfigError(
-                f"--attach {url!r}: EDGE_OUTBOX_ATTACH_PASSWORD is set and the URL names no user: "
+                f"--attach {shown!r}: EDGE_OUTBOX_ATTACH_PASSWORD is set and the URL names no user: "
                 "use mqtt[s]://USER@HOST:PORT"
             )
         if not parts.username:
             password = None  # an empty EDGE_OUTBOX_ATTACH_PASSWORD= line (systemd's EnvironmentFile) is none
         tls = parts.scheme == "mqtts"
         if ca_file is not None and not tls:
-            raise ConfigError(f"--attach-ca is for a TLS broker: use mqtts:// in --attach, not {url!r}")
+            raise ConfigError(f"--attach-ca is for a TLS broker: use mqtts:// in --attach, not {shown!r}")
         cert_file, key_file = client_cert
         if (cert_file is not None or key_file is not None) and not tls:
-            raise ConfigError(f"--attach-cert is for a TLS broker: use mqtts:// in --attach, not {url!r}")
+            raise ConfigError(f"--attach-cert is for a TLS broker: use mqtts:// in --attach, not {shown!r}")
         if key_file is not None and cert_file is None:
             raise ConfigError("--attach-key is the key of --attach-cert: give the certificate too")
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError:
-            raise ConfigError(f"--attach {url!r}: bad port") from None
+            raise ConfigError(f"--attach {shown!r}: bad port") from None
         return cls(parts.hostname, port, parts.username, password, client_id, tls, ca_file, cert_file, key_file)
 
 

@@ -37,6 +37,7 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from edge_outbox.attach_carried import Carried
@@ -98,6 +99,7 @@ class AttachedClient:
         read_app_statuses: ReadAppStatuses | None = None,
         *,
         first: bool = False,  # no attach on this data dir before: `position` is where it starts, not one acknowledged
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._target = target
         self._replays = Replays(read_app_statuses)
@@ -110,7 +112,8 @@ class AttachedClient:
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self._connected_at = 0.0  # time.monotonic() of the last CONNACK
-        self.down_since: float | None = time.time()  # since when no connection is up (None: attached), for health
+        self._clock = clock  # the outbox's (edge_outbox.clock_steps), in seconds: a step moves `down_since` with it
+        self.down_since: float | None = clock()  # since when no connection is up (None: attached), for health
         # Whether the broker holds a session for us, as far as we know: once attached, or (at start) once the broker
         # acknowledged a status, which it did on a session of ours.
         self._had_session = position > 0 and not first
@@ -172,7 +175,7 @@ class AttachedClient:
                 log.exception("attach link failed unexpectedly; reconnecting")
             if self.connected.is_set():
                 self.connected.clear()
-                self.down_since = time.time()
+                self.down_since = self._clock()
                 if time.monotonic() - self._connected_at >= STABLE_S:
                     failures = 0
             failures += 1

@@ -51,7 +51,7 @@ INTAKE_OUTCOMES = (State.ACCEPTED.value, State.REJECTED.value, State.EXPIRED.val
 class IntakeHealth:
     """What `edge-outbox status` shows of intake: held publishes and why."""
 
-    held_since: float | None = None  # time.time() when storing stopped, None while it works
+    held_since: float | None = None  # when storing stopped (s, the outbox's clock), None while it works
     reason: str = ""
     held: int = 0  # publishes waiting right now
     held_total: int = 0  # publishes that had to wait, since start
@@ -241,7 +241,7 @@ class Intake:
     def _hold(self, batch: list[_Waiting], reason: str) -> None:
         health = self.health
         if health.held_since is None:
-            health.held_since = time.time()
+            health.held_since = self._clock_ms() / 1000
             health.reason = reason
             health.episodes += 1
             health.episode_held = 0
@@ -258,7 +258,7 @@ class Intake:
         assert health.held_since is not None
         log.warning(
             "intake resumed after %.1f s; %d publishes were held and are now stored",
-            time.time() - health.held_since,
+            self._clock_ms() / 1000 - health.held_since,
             health.episode_held,
         )
         health.held_since = None

@@ -124,6 +124,7 @@ class Outbox:
                     int(position),
                     lambda app, after, limit: self.store.read(event_log.app_statuses, app, after, limit),
                     first=first,
+                    clock=lambda: self._clock.now_ms() / 1000,
                 )
             else:
                 sessions = StoredSessions(self.store, now_ms, int(s.session_expiry_s * 1000))
@@ -310,8 +311,8 @@ class Outbox:
             recorded = self._record_live(recorded)
             try:
                 step = await clock_steps.follow_step(self._clock, self.store, self._run_start, self._bridge_clock_moved)
-                if step and self.forwarder is not None:
-                    self.forwarder.clock_stepped(step)
+                if step:
+                    self._clock_stepped(step)
                 now = self._clock.now_ms()
                 current = self._positions()
                 changed = {k: v for k, v in current.items() if written.get(k) != v}
@@ -356,6 +357,16 @@ class Outbox:
             except Exception:
                 log.exception("retention failed; trying again in an hour")
             await asyncio.sleep(RETENTION_INTERVAL_S)
+
+    def _clock_stepped(self, step_ms: int) -> None:
+        """What this outbox keeps in memory on its clock moves with a step, as the store's times did: a link, a broker
+        connection or an intake held for seconds was "for 86400 s" once NTP corrected a clock a day behind."""
+        if self.forwarder is not None:
+            self.forwarder.clock_stepped(step_ms)
+        if isinstance(self._transport, AttachedClient) and self._transport.down_since is not None:
+            self._transport.down_since += step_ms / 1000
+        if self.intake is not None and self.intake.health.held_since is not None:
+            self.intake.health.held_since += step_ms / 1000
 
     def _bridge_clock_moved(self, clock: BridgeClock) -> None:
         if self.forwarder is not None:

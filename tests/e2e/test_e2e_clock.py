@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.attach import attached
 from tests.support.edge import Client, OutboxProcess
-from tests.support.net import free_port, wait_until
+from tests.support.net import free_port, wait_for_port, wait_until
 from tests.support.services import require_binary
 from tests.support.sneakernet import cut_off, edge_cli, imported
 from tests.support.stack import INTENT_TOPIC, Stack, assert_exactly_once, ids, intent
@@ -157,3 +158,22 @@ def test_a_clock_step_moves_the_link_outage_with_it(stack: Stack, tmp_path: Path
         wait_until(lambda: status_problems() == [], 30, what="status on the corrected clock")
     finally:
         edge.stop()
+
+
+def test_a_clock_step_moves_an_attached_outbox_s_broker_outage_with_it(tmp_path: Path) -> None:
+    """Attach mode: a box booted a day behind, the site's broker away for seconds, when NTP steps the clock forward.
+    The time the broker connection went down was on the wall clock, not the outbox's: /healthz said the broker was
+    away for 86400 s (more than --max-offline) the moment the clock was corrected, until the broker came back."""
+    clock_file = tmp_path / "clock"
+    clock_file.write_text("-1d\n")
+    metrics = free_port()
+    outbox = attached(tmp_path, free_port(), "--metrics", f"127.0.0.1:{metrics}")  # nothing listens there
+    outbox.prefix = _stepping_clock(clock_file)
+    outbox.start()
+    try:
+        wait_for_port(metrics)
+        clock_file.write_text("+0\n")
+        wait_until(lambda: "this device's clock stepped 1d00h forward" in outbox.log(), 30, what="the step followed")
+        assert _health(metrics) == (200, '{"status": "ok", "problems": []}'), outbox.log()[-3000:]
+    finally:
+        outbox.stop()

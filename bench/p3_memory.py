@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from bench.load import publish_timed
-from bench.procs import free_port, rss_kb
+from bench.procs import free_port, rss_mb
 from bench.report import Figure
 from bench.stack import EnrolledPair, Stack, edge_counts, intent_body
 
@@ -79,9 +79,9 @@ def run(stack: Stack, runs: int, sizes: list[int]) -> list[Figure]:
             port = free_port()
             edge = stack.start_edge(data, port, "--max-queue-items", "0", name="edge-p3")
             time.sleep(3.0)
-            idle.samples.append(rss_kb(edge.pid)[0] / 1024)
+            idle.samples.append(rss_mb(edge.pid)[0])
             asyncio.run(publish_timed(port, 1, 3600, intent_body, max_messages=2000))
-            busy.samples.append(rss_kb(edge.pid)[1] / 1024)
+            busy.samples.append(rss_mb(edge.pid)[1])
             edge.stop()
         stack.discard(data)
         figures += [idle, busy]

@@ -156,6 +156,13 @@ def rss_kb(pid: int) -> tuple[int, int]:
     return values["VmRSS"], values["VmHWM"]
 
 
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MB (10^6 bytes), as P3's figures and its target are labelled; /proc's "kB"
+    are KiB, and KiB / 1024 (MiB) read 4.9% low."""
+    rss, hwm = rss_kb(pid)
+    return rss * 1024 / 1_000_000, hwm * 1024 / 1_000_000
+
+
 def ensure_mosquitto() -> str:
     """Path of the mosquitto binary; installs the Debian package when it is missing."""
     found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)

@@ -16,7 +16,7 @@ import pytest
 
 from bench import mqttraw, report
 from bench.p3_memory import grow
-from bench.procs import CpuWatch, Proc, cpu_seconds, thread_names
+from bench.procs import CpuWatch, Proc, cpu_seconds, rss_mb, thread_names
 from bench.report import Figure, Survival, fmt_num, ratio, render, survival_table, table, tenths_table
 from edge_outbox import db
 from tests.support.net import wait_until
@@ -236,3 +236,14 @@ def test_io_stall_time_is_read_from_the_kernel_and_only_grows() -> None:
         pytest.skip("this kernel has no pressure stall information (/proc/pressure/io)")
     second = report.io_stall_us()
     assert isinstance(first, int) and second is not None and second >= first >= 0
+
+
+def test_rss_is_read_in_megabytes_as_p3_labels_it() -> None:
+    """P3's figures and target say MB: 10^6 bytes (the kernel's "kB" are KiB); KiB / 1024 gave MiB, 4.9% less."""
+    ballast = bytearray(50_000_000)  # the peak now holds at least these 50 MB
+    with open("/proc/self/status") as f:
+        hwm_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    rss, peak = rss_mb(os.getpid())
+    assert peak == pytest.approx(hwm_kib * 1024 / 1_000_000, rel=0.01)  # MiB would be 4.9% off
+    assert 0 < rss <= peak
+    del ballast

@@ -93,6 +93,8 @@ async def main(spec_path: str, out_path: str) -> None:
     await asyncio.gather(*(d.client.close() for d in devices if d.client), return_exceptions=True)
     out = {
         "connect_s": connect_s,
+        "connect_start": t_connect,  # wall times of the first connect and the last SUBACK of this process
+        "connected": t_connect + connect_s,
         "first": first,
         "last": last[0],
         "latencies": [x for d in devices for x in d.latencies],

@@ -247,3 +247,14 @@ def test_rss_is_read_in_megabytes_as_p3_labels_it() -> None:
     assert peak == pytest.approx(hwm_kib * 1024 / 1_000_000, rel=0.01)  # MiB would be 4.9% off
     assert 0 < rss <= peak
     del ballast
+
+
+def test_p4_connect_rate_counts_from_the_first_connect_to_the_last_suback_not_from_the_load_processes_start() -> None:
+    from bench.p4_fanin import connect_rate
+
+    # Two load processes: Python and their imports took their first 0.3 s, then each connected its half.
+    outs = [
+        {"connect_start": 100.3, "connected": 102.3},
+        {"connect_start": 100.4, "connected": 102.8},
+    ]
+    assert connect_rate(1000, outs) == pytest.approx(1000 / 2.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -59,8 +60,11 @@ def connect_rate(devices: int, outs: list[dict[str, Any]]) -> float:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank `q` quantile: the smallest value that `q` of the values are at or under (p99 of 100
+    values is the 99th; `int(q * n)` took the next one up, the maximum)."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    rank = math.ceil(round(q * len(ordered), 9))  # round: 0.29 * 100 is 28.999999999999996 in floats
+    return ordered[min(len(ordered), max(rank, 1)) - 1]
 
 
 def run(stack: Stack, runs: int, devices: int, batches: int) -> list[Figure]:

@@ -258,3 +258,13 @@ def test_p4_connect_rate_counts_from_the_first_connect_to_the_last_suback_not_fr
         {"connect_start": 100.4, "connected": 102.8},
     ]
     assert connect_rate(1000, outs) == pytest.approx(1000 / 2.5)
+
+
+def test_p99_is_the_nearest_rank_value_not_the_next_one_up() -> None:
+    from bench.p4_fanin import percentile
+
+    latencies = [float(ms) for ms in range(100, 0, -1)]  # 1 .. 100 ms, unordered
+    assert percentile(latencies, 0.99) == 99.0  # 99 of the 100 are at or under it; it was the maximum, 100
+    assert percentile(latencies, 0.5) == 50.0
+    assert percentile([float(n) for n in range(1, 2001)], 0.99) == 1980.0  # P5's 2,000 intents
+    assert percentile([7.0], 0.99) == 7.0

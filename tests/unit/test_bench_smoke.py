@@ -5,6 +5,8 @@ No benchmark runs here: these take well under a second.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import sqlite3
 import sys
@@ -16,10 +18,12 @@ import pytest
 
 from bench import mqttraw, report
 from bench.p3_memory import grow
-from bench.procs import CpuWatch, Proc, cpu_seconds, rss_mb, thread_names
+from bench.procs import CpuWatch, Proc, cpu_seconds, free_port, rss_mb, thread_names
 from bench.report import Figure, Survival, fmt_num, ratio, render, survival_table, table, tenths_table
+from bench.stack import intent_body
 from edge_outbox import db
 from tests.support.net import wait_until
+from tests.support.services import require_binary
 
 
 def test_table_shows_median_range_and_ratio_to_each_peer() -> None:
@@ -268,3 +272,44 @@ def test_p99_is_the_nearest_rank_value_not_the_next_one_up() -> None:
     assert percentile(latencies, 0.5) == 50.0
     assert percentile([float(n) for n in range(1, 2001)], 0.99) == 1980.0  # P5's 2,000 intents
     assert percentile([7.0], 0.99) == 7.0
+
+
+def test_the_durability_tables_cloud_mosquitto_keeps_all_a_bridge_brings_while_its_subscriber_lags(
+    tmp_path: Path,
+) -> None:
+    """The cloud broker only counts what arrived: a queue limit there (Mosquitto's default 1,000 per session)
+    dropped what the restarted edge's bridge brought faster than the subscriber took, and that loss was
+    charged to the edge Mosquitto's persistence."""
+    from bench.durability import start_collector
+    from bench.mqttraw import MqttClient
+
+    port = free_port()
+    collector = start_collector(require_binary("mosquitto"), "cloud", tmp_path, port)
+    sent = 1500
+
+    async def lagging_subscriber() -> set[int]:
+        sub = await MqttClient.connect("127.0.0.1", port, "counter", clean=False)
+        await sub.subscribe("outbox/#", 1)
+        await sub.close()  # away while the messages come: all of them wait in its session
+        pub = await MqttClient.connect("127.0.0.1", port, "bridge")
+        await asyncio.gather(*(pub.publish("outbox/app/http.request", intent_body(n)) for n in range(sent)))
+        received: set[int] = set()
+        marker = asyncio.Event()
+
+        def on_message(topic: str, payload: bytes) -> None:
+            if topic == "outbox/marker":
+                marker.set()
+            else:
+                received.add(json.loads(payload)["json"]["n"])
+
+        sub = await MqttClient.connect("127.0.0.1", port, "counter", clean=False)
+        sub.on_message = on_message
+        await pub.publish("outbox/marker", b"")  # after every queued message in the session's order
+        await asyncio.wait_for(marker.wait(), 60)
+        await asyncio.gather(sub.close(), pub.close())
+        return received
+
+    try:
+        assert len(asyncio.run(lagging_subscriber())) == sent
+    finally:
+        collector.stop()

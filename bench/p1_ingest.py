@@ -10,7 +10,7 @@ from pathlib import Path
 from bench.load import publish_timed
 from bench.procs import CpuWatch, Proc, free_port, start_mosquitto
 from bench.report import Figure
-from bench.stack import EnrolledPair, Stack, edge_counts, intent_body
+from bench.stack import EnrolledPair, Stack, edge_counts, intent_body, wait_linked
 
 SECTION = "P1"
 EDGE = "edge outbox + live bridge"
@@ -52,6 +52,7 @@ def run(stack: Stack, mosquitto: str, runs: int, seconds: float, publishers: lis
             bridge = pair.start_bridge(bridge_dir)
             port = free_port()
             edge = stack.start_edge(edge_dir, port)
+            wait_linked(edge)  # from the listening port, its first ~0.1 s ran as store only
             fig = _fig(figs, EDGE, pubs, (MOSQ_DEFAULT, MOSQ_DURABLE, AMQTT), TARGET)
             _measure(fig, port, pubs, seconds, edge=edge, bridge=bridge)
             edge.stop()

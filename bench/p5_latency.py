@@ -18,9 +18,9 @@ from pathlib import Path
 from bench.load import APP, TOPIC
 from bench.mqttraw import MqttClient
 from bench.p4_fanin import percentile
-from bench.procs import CpuWatch, Proc, free_port
+from bench.procs import CpuWatch, free_port
 from bench.report import Figure
-from bench.stack import EnrolledPair, Stack, intent_body
+from bench.stack import EnrolledPair, Stack, intent_body, wait_linked
 
 SECTION = "P5"
 
@@ -112,7 +112,7 @@ def _with_history(pair: EnrolledPair, rate: float, history: int) -> tuple[Path, 
     port = free_port()
     edge = stack.start_edge(edge_dir, port)
     try:
-        _wait_linked(edge)
+        wait_linked(edge)
         latencies, total = asyncio.run(_drive(port, rate, 10.0, prefix="seed"))
         if len(latencies) < total:
             raise RuntimeError(f"P5 history seed: {total - len(latencies)} of {total} intents not delivered")
@@ -138,12 +138,6 @@ def _wait_confirmed(ledger: Path, timeout: float = 30.0) -> None:
             conn.close()
         time.sleep(0.1)
     raise RuntimeError(f"P5 history seed: results still unconfirmed after {timeout:.0f} s")
-
-
-def _wait_linked(edge: Proc) -> None:
-    deadline = time.monotonic() + 30
-    while "bridge link connected" not in edge.tail() and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def run(stack: Stack, runs: int, rate: float, seconds: float, history: int = 0) -> list[Figure]:
@@ -174,7 +168,7 @@ def _measure(
         bridge = pair.start_bridge(bridge_dir)
         port = free_port()
         edge = stack.start_edge(edge_dir, port)
-        _wait_linked(edge)
+        wait_linked(edge)
         try:
             cpu = CpuWatch(edge=edge.pid, bridge=bridge.pid)
             latencies, total = asyncio.run(_drive(port, rate, seconds))

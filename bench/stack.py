@@ -7,6 +7,7 @@ import os
 import shutil
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 from bench.procs import BIN, Proc, cli, free_port
@@ -114,6 +115,16 @@ class Stack:
         for proc in reversed(self.procs):
             proc.stop()
         self.procs.clear()
+
+
+def wait_linked(edge: Proc, timeout: float = 30.0) -> None:
+    """Until an enrolled outbox logs that its link to the bridge is up. RuntimeError (with its log) when it
+    exits first or `timeout` passes: a figure "with the bridge" measured without it is another figure."""
+    deadline = time.monotonic() + timeout
+    while "bridge link connected" not in edge.tail(1 << 20):
+        if edge.popen.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{edge.name}: no link to the bridge; log:\n{edge.tail()}")
+        time.sleep(0.05)
 
 
 def edge_counts(data_dir: Path) -> dict[str, int]:

@@ -313,3 +313,17 @@ def test_the_durability_tables_cloud_mosquitto_keeps_all_a_bridge_brings_while_i
         assert len(asyncio.run(lagging_subscriber())) == sent
     finally:
         collector.stop()
+
+
+def test_wait_linked_returns_once_the_outbox_logs_its_link_and_raises_when_it_exits_without(tmp_path: Path) -> None:
+    """P1's "edge outbox + live bridge" measured from the listening port, before the link was up (its first
+    part ran as store only), and P5 went on after 30 s without a link: both now wait for it, or fail."""
+    from bench.stack import wait_linked
+
+    linked = Proc("edge", [sys.executable, "-c", "print('starting'); print('bridge link connected')"], tmp_path)
+    wait_linked(linked)
+    linked.popen.wait(60)
+    alone = Proc("edge-alone", [sys.executable, "-c", "print('not enrolled: storing only')"], tmp_path)
+    with pytest.raises(RuntimeError, match="no link to the bridge") as raised:
+        wait_linked(alone)
+    assert "not enrolled: storing only" in str(raised.value)  # its log, to see why

@@ -98,14 +98,21 @@ def run(stack: Stack, mosquitto: str, runs: int, seconds: float, publishers: lis
 def mosquitto_pair(fig: Figure, mosquitto: str, work: Path, persistence: str, pubs: int, seconds: float) -> None:
     """One sample of `fig`: the PUBACK rate of a Mosquitto bridged to another, with `persistence` on both."""
     cloud_port, edge_port = free_port(), free_port()
-    cloud = start_mosquitto(mosquitto, f"mosq-cloud-{persistence}", work, cloud_port, persistence=persistence)
-    edge = start_mosquitto(
-        mosquitto, f"mosq-edge-{persistence}", work, edge_port, persistence=persistence, bridge_to=cloud_port
-    )
+    cloud = start_pair_broker(mosquitto, f"mosq-cloud-{persistence}", work, cloud_port, persistence)
+    edge = start_pair_broker(mosquitto, f"mosq-edge-{persistence}", work, edge_port, persistence, cloud_port)
     time.sleep(0.5)  # let the bridge connection come up
     _measure(fig, edge_port, pubs, seconds, edge=edge, cloud=cloud)
     edge.stop()
     cloud.stop()
+
+
+def start_pair_broker(
+    mosquitto: str, name: str, work: Path, port: int, persistence: str, bridge_to: int | None = None
+) -> Proc:
+    """One Mosquitto of a P1 bridge pair, with no limit on what it queues for a session (`max_queued_messages
+    0`, as P6's pair and attach mode's broker): with the default (1,000) the edge Mosquitto acknowledged what
+    its bridge could not take yet and then dropped it, and P1 counted those PUBACKs."""
+    return start_mosquitto(mosquitto, name, work, port, persistence=persistence, bridge_to=bridge_to, max_queued=0)
 
 
 def _attach(fig: Figure, stack: Stack, mosquitto: str, work: Path, pubs: int, seconds: float) -> None:

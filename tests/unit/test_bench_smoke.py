@@ -1,6 +1,7 @@
-"""Smoke tests for the benchmark's parts (report writer, MQTT packet encoding, backlog growth, CPU readings).
+"""Smoke tests for the benchmark's parts (report writer, MQTT packet encoding, backlog growth, CPU readings,
+the peers' Mosquitto settings against a real Mosquitto).
 
-No benchmark runs here: these take well under a second.
+No benchmark runs here: these take a few seconds in all.
 """
 
 from __future__ import annotations

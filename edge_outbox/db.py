@@ -23,6 +23,9 @@ DB_NAME = "outbox.db"
 STATUS_KEY = "status_published_seq"  # attach mode: statuses up to here are acknowledged by the broker
 CLOCK_KEY = "bridge_clock"  # the bridge's clock as learned (edge_outbox.bridge_clock)
 REVOKED_KEY = "revoked"  # set when the bridge said this device is revoked (online or in a receipt)
+# ms: the last contact with the bridge (or, before any, the first start): /healthz's outage counts from it across
+# restarts (edge_outbox.forwarder)
+LINK_SEEN_KEY = "link_seen"
 SENT_AS_KEY = "sent_as"  # the device id this database's intents are sent as (edge_outbox.offline_ops.send_as)
 BUSY_TIMEOUT_MS = 10_000
 # The database's generation (SQLite's user_version): an outbox refuses a database whose version is higher, in one

@@ -75,7 +75,10 @@ class Forwarder:
         *,
         facts: Callable[[], EdgeFacts] | None = None,
         carried: LinkSnapshot | None = None,
+        offline_since: int | None = None,
     ) -> None:
+        """`carried`: the counts of the forwarder a reload stopped; `offline_since`: the last contact with the bridge
+        known (ms; an earlier run's too), from which the link is offline until it connects."""
         self._store = store
         self._data_dir = data_dir
         self._identity = identity
@@ -89,7 +92,7 @@ class Forwarder:
         self._recheck = Recheck(clock_ms())
         self._connected_at = 0
         self._state = LinkState.OFFLINE
-        self._since = clock_ms()
+        self._since = clock_ms() if offline_since is None else min(clock_ms(), offline_since)
         self._last_contact: int | None = None
         # Counted since the outbox started: a reload's forwarder goes on from the one before it (`carried`).
         self._sent, self._acked = (carried.sent, carried.acked) if carried else (0, 0)
@@ -139,6 +142,11 @@ class Forwarder:
         (a link down for seconds was "down for 86400 s" once NTP corrected a clock a day behind)."""
         self._since += step_ms
         self._last_contact = None if self._last_contact is None else self._last_contact + step_ms
+
+    @property
+    def last_contact(self) -> int | None:
+        """The last contact with the bridge in this run (ms), None before any."""
+        return self._last_contact
 
     def snapshot(self) -> LinkSnapshot:
         now = time.monotonic()

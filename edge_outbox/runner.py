@@ -8,17 +8,16 @@ import dataclasses
 import logging
 import os
 import random
-import sqlite3
 import time
 from dataclasses import asdict
 from typing import Any
 
-from edge_outbox import clock_steps, event_log, offline_ops, ops, paced, retention
-from edge_outbox.app_sessions import StoredSessions, drop_expired, save_cursors
+from edge_outbox import clock_steps, event_log, ops, paced, retention, tick
+from edge_outbox.app_sessions import StoredSessions, drop_expired
 from edge_outbox.apps_auth import AppLogins, reload_users
 from edge_outbox.attach import AttachedClient
 from edge_outbox.bridge_clock import BridgeClock
-from edge_outbox.db import STATUS_KEY
+from edge_outbox.db import LINK_SEEN_KEY, STATUS_KEY
 from edge_outbox.errors import StorageError
 from edge_outbox.fleet_link import disk_facts
 from edge_outbox.fleet_report import EdgeFacts
@@ -67,6 +66,7 @@ class Outbox:
         self.intake: Intake | None = None
         self.forwarder: Forwarder | None = None
         self._link_before: LinkSnapshot | None = None  # the counts of the forwarder a reload stopped
+        self._link_seen: int | None = None  # the last contact with the bridge as stored (db.LINK_SEEN_KEY)
         self._forwarding: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._device_id: str | None = None  # the identity enrolled when the outbox started
@@ -102,6 +102,7 @@ class Outbox:
         now_ms = self._clock.now_ms
         await self.store.start()
         self._run_start = await self.store.read(clock_steps.run_start)
+        self._link_seen = await self.store.call(tick.link_seen, self._clock.now_ms())
         head = self._run_start.events_after
         self.feed = StatusFeed(lambda after, limit: self.store.read(event_log.events_after, after, limit), head)
         self.intake = Intake(
@@ -158,9 +159,11 @@ class Outbox:
             log.info("enrolled offline with no bridge address: intents leave in bundles (edge-outbox export)")
             return
         s = self.settings
+        carried = self._link_before
+        seen = carried.last_contact if carried and carried.last_contact else self._link_seen
         self.forwarder = Forwarder(
             self.store, s.data_dir, identity, s.forwarder, self._clock.now_ms, facts=self._edge_facts,
-            carried=self._link_before,
+            carried=carried, offline_since=seen,
         )  # fmt: skip
         self._forwarding = asyncio.create_task(self.forwarder.run(), name="forwarder")
         self._tasks.append(self._forwarding)
@@ -205,7 +208,7 @@ class Outbox:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(StorageError):
-            await self.store.call(_save_positions, self._positions())
+            await self.store.call(tick.save_positions, self._positions())
         await self.store.close()
         self._lock.release()
 
@@ -315,8 +318,10 @@ class Outbox:
                     self._clock_stepped(step)
                 now = self._clock.now_ms()
                 current = self._positions()
+                if self.forwarder is not None and (contact := self.forwarder.last_contact) is not None:
+                    current[LINK_SEEN_KEY] = self._link_seen = contact
                 changed = {k: v for k, v in current.items() if written.get(k) != v}
-                expired, ended = await self.store.call(_tick, now, changed, self._device_id)
+                expired, ended = await self.store.call(tick.tick, now, changed, self._device_id)
                 written.update(changed)
                 if expired:
                     log.info("%d intents expired before they could be forwarded", expired)
@@ -382,18 +387,3 @@ class Outbox:
             log.error("this device was revoked at the bridge; every new intent ends as failed", extra=context)
         if ended:
             log.warning("%d intents ended: device revoked", ended, extra=context)
-
-
-def _save_positions(conn: sqlite3.Connection, positions: dict[str, int]) -> None:
-    status = positions.pop(STATUS_KEY, None)
-    if status is not None:
-        event_log.set_meta(conn, STATUS_KEY, str(status))
-    save_cursors(conn, positions)
-
-
-def _tick(conn: sqlite3.Connection, now: int, changed: dict[str, int], device_id: str | None) -> tuple[int, int | None]:
-    """(intents expired, intents ended as revoked: None when `device_id` is not revoked)."""
-    _save_positions(conn, dict(changed))
-    expired = ops.expire_due(conn, now)
-    ended = None if device_id is None else offline_ops.end_if_revoked(conn, device_id, now)
-    return expired, ended

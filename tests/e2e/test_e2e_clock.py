@@ -5,12 +5,14 @@ uncorrected clock two hours or a day behind reaches the bridge already expired."
 from __future__ import annotations
 
 import json
+import sqlite3
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from edge_outbox.db import LINK_SEEN_KEY
 from tests.support.attach import attached
 from tests.support.edge import Client, OutboxProcess
 from tests.support.net import free_port, wait_for_port, wait_until
@@ -177,3 +179,31 @@ def test_a_clock_step_moves_an_attached_outbox_s_broker_outage_with_it(tmp_path:
         assert _health(metrics) == (200, '{"status": "ok", "problems": []}'), outbox.log()[-3000:]
     finally:
         outbox.stop()
+
+
+def test_an_outage_counts_from_the_last_contact_across_a_restart(stack: Stack) -> None:
+    """The link's outage counted from the outbox's start: a box offline for days that restarted (a nightly reboot,
+    a crash loop, a supervisor restarting it for being unhealthy) was healthy again for --max-offline after each
+    start. Here the outbox restarts two hours after its last contact (faketime +2h)."""
+    metrics = free_port()
+    edge = stack.start_edge("--metrics", f"127.0.0.1:{metrics}")
+    wait_until(lambda: "bridge link connected" in edge.log(), 60, what="the link up")
+    wait_until(lambda: _stored(stack.edge_dir, LINK_SEEN_KEY) is not None, 30, what="the last contact kept")
+    assert edge.stop() == 0
+    assert stack.bridge.stop() == 0, stack.bridge.log()
+    edge = stack.start_edge("--metrics", f"127.0.0.1:{metrics}", prefix=_faketime("+2h"))
+    try:
+        wait_for_port(metrics)
+        status, body = _health(metrics)
+        assert status == 503 and "no link to the bridge for 72" in body, (body, edge.log()[-3000:])
+    finally:
+        edge.stop()
+
+
+def _stored(data_dir: Path, key: str) -> str | None:
+    conn = sqlite3.connect(f"file:{data_dir / 'outbox.db'}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])

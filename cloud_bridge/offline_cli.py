@@ -27,6 +27,7 @@ from cloud_bridge.registry import Registry
 from cloud_bridge.settings import BridgeSettings
 from cloud_bridge.store import for_operators, open_store
 from intent_contract.bridge_url import bridge_url_host
+from intent_contract.cli_args import FileToWrite
 from intent_contract.errors import DecodeError
 from intent_contract.files import read_bounded, write_atomic
 from intent_contract.ids import IdGenerator
@@ -132,7 +133,7 @@ def _summary(imported: Imported, receipt: Path, final: int) -> dict[str, Any]:
 @click.option(
     "--receipt",
     "receipt_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FileToWrite(),
     required=True,
     help="Where to write the signed receipt to carry back to the device.",
 )
@@ -221,9 +222,7 @@ async def _import(settings: BridgeSettings, data: bytes, max_bytes: int, wait_s:
 
 @click.command("receipt")
 @click.argument("device_id")
-@click.option(
-    "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Receipt file to write."
-)
+@click.option("--out", "out_path", type=FileToWrite(), required=True, help="Receipt file to write.")
 def receipt(
     device_id: str, data_dir: Path, store: str | None, config_path: Path | None, out_path: Path, as_json: bool
 ) -> None:
@@ -264,7 +263,7 @@ def offline_keys(data_dir: Path, as_json: bool) -> None:
 @click.option("--tenant", required=True, help="Tenant the device belongs to (names its policy).")
 @click.option("--name", required=True, help="Device name; a per-device policy override is keyed by it.")
 @click.option("--ttl", default="7d", show_default=True, help="How long the code stays valid (e.g. 24h, 30d).")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Ticket file.")
+@click.option("--out", "out_path", type=FileToWrite(), required=True, help="Ticket file.")
 @click.option(
     "--bridge-url",
     default="",
@@ -321,9 +320,7 @@ def enroll_ticket(
 
 @click.command("enroll-offline")
 @click.argument("request_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option(
-    "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Response file."
-)
+@click.option("--out", "out_path", type=FileToWrite(), required=True, help="Response file.")
 def enroll_offline(
     data_dir: Path, store: str | None, config_path: Path | None, request_file: Path, out_path: Path, as_json: bool
 ) -> None:

@@ -18,6 +18,7 @@ from edge_outbox.cli_format import counted, now_ms, print_json
 from edge_outbox.cli_options import data_dir_option, json_option
 from edge_outbox.db import db_path
 from edge_outbox.identity import load_identity
+from intent_contract.cli_args import FileToWrite
 from intent_contract.errors import DecodeError
 from intent_contract.files import read_bounded
 from intent_contract.ids import IdGenerator
@@ -56,7 +57,7 @@ def bundle_size_option(what: str) -> Callable[[F], F]:
 
 
 @click.command(name="export")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The bundle file to write.")
+@click.option("--out", required=True, type=FileToWrite(), help="The bundle file to write.")
 @bundle_size_option("bundle")
 def export_cmd(data_dir: Path, out: Path, max_bytes: int, as_json: bool) -> None:
     """Write every intent the bridge has not accepted yet into a bundle for `cloud-bridge import`.
@@ -202,7 +203,7 @@ def flush_cmd(data_dir: Path, timeout_text: str, as_json: bool) -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="The ticket from `cloud-bridge devices enroll-ticket` (one-time code and the bridge's keys).",
 )
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Request file to write.")
+@click.option("--out", required=True, type=FileToWrite(), help="Request file to write.")
 @click.option(
     "--new-key",
     is_flag=True,

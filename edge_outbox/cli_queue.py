@@ -72,12 +72,22 @@ def status(data_dir: Path, max_offline: float, as_json: bool) -> None:
 @data_dir_option
 @click.option("--state", type=STATES, help="Only intents in this state.")
 @click.option("--app", help="Only intents of this app.")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="At most this many.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="At most this many, the newest (a line on stderr says when more match).",
+)
 @json_option
 def list_intents(data_dir: Path, state: str | None, app: str | None, limit: int, as_json: bool) -> None:
     """List intents, newest first."""
     with connection(data_dir) as conn:
-        rows = ops.listing(conn, State(state) if state else None, app, limit)
+        rows = ops.listing(conn, State(state) if state else None, app, limit + 1)  # one more: do more match?
+    if len(rows) > limit:
+        # A script retrying or counting what it lists would miss the rest (as `cloud-bridge intents ls` says)
+        rows = rows[:limit]
+        click.echo(f"only the {limit} newest intents are shown; more match (raise --limit, or filter)", err=True)
     if as_json:
         print_json([row_json(r) for r in rows])
     else:

@@ -142,3 +142,18 @@ def test_counts_of_one_are_said_in_the_singular(tmp_path: Path) -> None:
     assert asked.returncode == 1 and "delete 1 final intent older than 1h00m?" in asked.stderr
     purged = edge(tmp_path, "purge", "--older-than", "1h", "--yes")
     assert (purged.returncode, purged.stdout) == (0, "purged 1 intent\n"), purged.stderr
+
+
+def test_ls_says_on_stderr_when_more_intents_match_than_it_shows(tmp_path: Path) -> None:
+    """`ls` showed its --limit (50) newest and stopped without a word, text or --json: a script that retried or
+    counted what `ls --state failed --json` listed missed the rest, where `cloud-bridge intents ls` and `audit`
+    say so on stderr. As many as match, or fewer, stay silent."""
+    ids = [store(tmp_path, "outbox/app1/email.send", EMAIL) for _ in range(3)]
+    cut = edge(tmp_path, "ls", "--limit", "2", "--json")
+    assert cut.returncode == 0, cut.stderr
+    assert [row["id"] for row in json.loads(cut.stdout)] == ids[:0:-1]  # the 2 newest, and valid JSON
+    assert cut.stderr == "only the 2 newest intents are shown; more match (raise --limit, or filter)\n"
+    assert edge(tmp_path, "ls", "--limit", "2").stderr == cut.stderr
+    for whole in (("--limit", "3"), ("--limit", "3", "--json"), ("--state", "accepted")):
+        listed = edge(tmp_path, "ls", *whole)
+        assert (listed.returncode, listed.stderr) == (0, ""), listed.stderr

@@ -24,7 +24,7 @@ from intent_contract.files import read_bounded
 from intent_contract.ids import IdGenerator
 from intent_contract.offline_wire import DEFAULT_FILE_BYTES, ENROLL_FILE_BYTES, MAX_BUNDLE_INTENTS, file_limit
 from intent_contract.progress import progress_line
-from intent_contract.timefmt import format_age, parse_duration
+from intent_contract.timefmt import format_age, format_ms, parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -124,7 +124,11 @@ def import_receipt(data_dir: Path, receipt_file: Path, max_bytes: int, as_json: 
         if body.rotation_refused is not None and drop_refused(data_dir, body.refused_key):
             applied = replace(applied, key_refused=body.rotation_refused)
     if as_json:
-        print_json(asdict(applied))
+        doc = asdict(applied)
+        # In RFC 3339, as every other time the two CLIs print (it was milliseconds since the epoch); 0: never
+        learned = applied.clock.learned_at
+        doc["clock"]["learned_at"] = format_ms(learned) if learned else None
+        print_json(doc)
     else:
         states = ", ".join(f"{n} {state}" for state, n in sorted(applied.states.items())) or "no results"
         click.echo(f"receipt {applied.receipt_id}: {states}; {counted(applied.changed, 'intent')} changed state")

@@ -35,7 +35,7 @@ from cloud_bridge.cli_common import (
 from cloud_bridge.health_probe import check as check_health
 from cloud_bridge.registry import Device, Registry
 from cloud_bridge.store import Store, for_operators, open_store
-from intent_contract.cli_args import TextArgsGroup
+from intent_contract.cli_args import DirectoryToWrite, TextArgsGroup
 from intent_contract.names import is_name
 from intent_contract.passwords import hash_password
 from intent_contract.timefmt import format_ms, parse_duration, parse_rfc3339_ms
@@ -78,7 +78,7 @@ def main() -> None:
 
 
 @main.command("dev-certs")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", type=DirectoryToWrite())
 @click.option("--host", "hosts", multiple=True, help="Extra host name or IP for the certificate (repeatable).")
 @click.option(
     "--owner",

@@ -31,10 +31,22 @@ class FileToWrite(click.Path):
     with the variable unset named the current directory (`Path("")` is `.`), which click's directory check does
     not see: the atomic write failed after the work was done, a ValueError traceback."""
 
+    what = "file"
+
     def __init__(self) -> None:
         super().__init__(dir_okay=False, path_type=Path)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and not value:
-            self.fail("an empty path names no file", param, ctx)
+            self.fail(f"an empty path names no {self.what}", param, ctx)
         return super().convert(value, param, ctx)
+
+
+class DirectoryToWrite(FileToWrite):
+    """A directory a command writes files into: refused when empty (`cloud-bridge dev-certs "$DIR"`, the variable
+    unset, wrote a CA key and a server key into the current directory)."""
+
+    what = "directory"
+
+    def __init__(self) -> None:
+        click.Path.__init__(self, file_okay=False, path_type=Path)

@@ -6,6 +6,8 @@ Real processes on real data dirs (an offline-enrolled site and its bridge, tests
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,17 @@ def test_an_empty_path_for_a_file_to_write_is_refused_before_anything_is_done(tm
 
     assert executed(bridge_dir, EntryState.DELIVERED) == 0  # the bundle was not admitted
     assert not (tmp_path / "new-site" / "identity").exists()  # no key made for a request never written
+
+
+def test_an_empty_directory_for_dev_certs_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    """`cloud-bridge dev-certs "$DIR"` with the variable unset wrote a CA key and a server key into the current
+    directory (the CLI helper found a checkout with them in it)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cloud_bridge", "dev-certs", ""],
+        cwd=tmp_path, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert (
+        done.stderr.strip().splitlines()[-1] == "Error: Invalid value for 'DIRECTORY': an empty path names no directory"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -194,6 +194,16 @@ class Enrollment:
         return _error(status, code, detail)
 
 
+def _device_answer(device: Device, now: float, offline: BridgePublicKeys | None) -> dict[str, object]:
+    """`GET /v1/device`'s answer to the device itself: with the offline keys enrollment gives, which a device
+    enrolled before they existed pins from here (edge_outbox.pins_learn)."""
+    status = "revoked" if device.revoked_at is not None else "active"
+    answer: dict[str, object] = {"device_id": device.device_id, "status": status, "time": int(now * 1000)}
+    if offline is not None:
+        answer["offline"] = offline.to_json()
+    return answer
+
+
 def build_http_app(
     registry: Registry,
     metrics: BridgeMetrics,
@@ -247,8 +257,7 @@ def build_http_app(
             return _unauthorized("key_replaced", "signed with a key of this device that a key rotation replaced", now)
         except AuthError as exc:
             return _unauthorized(exc.code, _NOT_VERIFIED, now)
-        status = "revoked" if device.revoked_at is not None else "active"
-        return web.json_response({"device_id": device.device_id, "status": status, "time": int(now * 1000)})
+        return web.json_response(_device_answer(device, now, offline))
 
     async def rotate_key(request: web.Request) -> web.Response:
         """POST /v1/rotate-key: a rotation document (device_keys); the next key counts from its first use."""

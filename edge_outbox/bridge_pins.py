@@ -63,7 +63,8 @@ def load_pins(identity_dir: Path) -> BridgePins:
     path = identity_dir / PINS_FILE
     if not path.exists():
         raise PermanentError(
-            f"no bridge offline keys pinned in {path}: this device was enrolled without them; enroll it again"
+            f"no bridge offline keys pinned in {path}: this device was enrolled by a bridge before offline bundles;"
+            " let `edge-outbox run` connect to the (upgraded) bridge once, which pins them"
         )
     try:
         return BridgePins.from_json(json.loads(path.read_text()))

@@ -17,6 +17,8 @@ import httpx
 
 from edge_outbox.bridge_access import ANSWER_LIMIT, client_tls_context, device_token
 from edge_outbox.bridge_clock import BridgeClock, TimeSample
+from edge_outbox.bridge_pins import BridgePins
+from edge_outbox.errors import ConfigError
 from edge_outbox.identity import Identity
 from intent_contract import json_bounded
 from intent_contract.errors import DecodeError
@@ -29,21 +31,30 @@ class DeviceAnswer:
     # The token verified with a key this device's key rotation replaced: another copy of this device rotated
     # (a cloned or restored data dir), and this one cannot connect with the key it has.
     key_replaced: bool = False
+    # The bridge's offline keys, when it gives them (a bridge before offline bundles gives none).
+    pins: BridgePins | None = None
 
 
 async def check_device(
     data_dir: Path, identity: Identity, local_ms: Callable[[], int], clock: BridgeClock, log: logging.LoggerAdapter[Any]
 ) -> DeviceAnswer:
     """Ask with a token signed by our key on the clock as learned; no answer is DeviceAnswer(False, None)."""
-    sent = local_ms()
-    token = device_token(data_dir, identity, clock.bridge_ms(sent) // 1000, 120)
     try:
-        async with httpx.AsyncClient(verify=client_tls_context(data_dir), timeout=15) as http:
-            response = await http.get(f"{identity.http_url}/v1/device", headers={"Authorization": f"Bearer {token}"})
-        return read_answer(response.content, response.status_code, sent, local_ms(), identity.device_id)
+        return await ask_device(data_dir, identity, local_ms, clock)
     except (httpx.HTTPError, DecodeError) as exc:
         log.warning("could not ask the bridge whether this device is revoked: %s", exc)
         return DeviceAnswer(False, None)
+
+
+async def ask_device(
+    data_dir: Path, identity: Identity, local_ms: Callable[[], int], clock: BridgeClock
+) -> DeviceAnswer:
+    """`check_device` without its fallback: httpx.HTTPError or DecodeError when no answer could be read."""
+    sent = local_ms()
+    token = device_token(data_dir, identity, clock.bridge_ms(sent) // 1000, 120)
+    async with httpx.AsyncClient(verify=client_tls_context(data_dir), timeout=15) as http:
+        response = await http.get(f"{identity.http_url}/v1/device", headers={"Authorization": f"Bearer {token}"})
+    return read_answer(response.content, response.status_code, sent, local_ms(), identity.device_id)
 
 
 def read_answer(
@@ -60,4 +71,11 @@ def read_answer(
     sample = None
     if type(bridge_ms) is int:
         sample = TimeSample.between(bridge_ms, sent_local_ms, received_local_ms, "bridge /v1/device")
-    return DeviceAnswer(revoked, sample, key_replaced=status == 401 and body.get("error") == "key_replaced")
+    pins = None
+    if status == 200 and body.get("device_id") == device_id and "offline" in body:
+        try:
+            pins = BridgePins.from_json(body["offline"])
+        except ConfigError:  # malformed: none learned (the device keeps asking at its next connection)
+            pins = None
+    key_replaced = status == 401 and body.get("error") == "key_replaced"
+    return DeviceAnswer(revoked, sample, key_replaced=key_replaced, pins=pins)

@@ -38,6 +38,7 @@ from edge_outbox.forward_wire import LinkSnapshot, LinkState, encode_rows, first
 from edge_outbox.identity import Identity
 from edge_outbox.link_gate import LinkGate
 from edge_outbox.link_rate import AckRate
+from edge_outbox.pins_learn import has_pins, learn_pins
 from edge_outbox.send_window import SendWindow
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
@@ -331,11 +332,16 @@ class Forwarder:
                     group.create_task(self._expire_after(lifetime))
                     group.create_task(self._window_closes())
                     group.create_task(self._reporter.report_loop(client))
+                    if not has_pins(self._data_dir):  # enrolled by a bridge before offline bundles
+                        group.create_task(self._learn_pins())
             except BaseExceptionGroup as failed:
                 # Report the first failure as itself, so run() can tell a lost link from a token refresh.
                 raise first_leaf(failed) from None
             finally:
                 self._reporter.stop()
+
+    async def _learn_pins(self) -> None:
+        await learn_pins(self._data_dir, self._identity, self._clock_ms, self._gate.clock, self._log)
 
     async def _expire_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

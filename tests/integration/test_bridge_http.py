@@ -90,7 +90,10 @@ async def test_device_status_does_not_tell_a_forger_which_ids_exist(harness: Har
     assert existing == (401, {"error": "token_invalid", "detail": "the token does not verify for this device"})
     assert await ask(forged("no-such-device")) == existing
     assert await ask("not-a-jwt") == existing
-    assert await ask(real.token()) == (200, {"device_id": real.device_id, "status": "active"})
+    status, answer = await ask(real.token())
+    assert isinstance(answer, dict)
+    assert set(answer.pop("offline")) == {"key_id", "recipient", "signing_key"}  # only to the device's own key
+    assert (status, answer) == (200, {"device_id": real.device_id, "status": "active"})
 
 
 async def test_a_token_or_rotation_that_is_not_utf8_is_refused_like_any_bad_one(harness: Harness) -> None:

@@ -179,6 +179,12 @@ def rotate_online(data_dir: Path, identity: Identity, now: int) -> None:
                 f"the bridge could not take the key rotation now (HTTP {response.status_code}): {reason}; run it"
                 " again (it proposes the same next key)"
             )
+        if response.status_code == 404:  # the bridge's own refusals are 400 and 403: it has no such request
+            raise PermanentError(
+                f"the bridge does not take key rotations (HTTP 404 for {identity.http_url}/v1/rotate-key: a bridge"
+                " older than this edge, or a proxy in front of it that does not pass the path): upgrade the bridge,"
+                " then run it again (it proposes the same next key); this device keeps signing with its current key"
+            )
         raise PermanentError(f"the bridge refused the key rotation (HTTP {response.status_code}): {reason}")
     if not took_next_key(body, identity.device_id):
         # Switching on any 200 signed with a key the bridge may not hold, the old one gone: locked out.

@@ -168,3 +168,21 @@ def test_rotate_key_against_a_bridge_that_cannot_answer_now_says_run_it_again(
     assert said in result.stderr and "run it again" in result.stderr and "refused" not in result.stderr
     assert key_file(tmp_path).read_bytes() == current  # still signing with its current key
     assert (identity_dir(tmp_path) / "next.key").exists()  # proposed again by the next run
+
+
+def test_rotate_key_against_a_bridge_older_than_key_rotation_says_to_upgrade_it(tmp_path: Path, ca: trustme.CA) -> None:
+    """A bridge from before key rotation has no /v1/rotate-key: aiohttp answers `404: Not Found` (text/plain), as
+    a bridge of 30 Nov 2026 did. The edge said "the bridge refused the key rotation (HTTP 404): Not Found", as if
+    this device's key were refused; the bridge only does not know the request."""
+    with https_answering(ca, 404, b"404: Not Found") as port:
+        url = f"https://127.0.0.1:{port}"
+        identity = Identity(DEVICE_ID, "acme", "boiler-7", "127.0.0.1", 8883, url, "cloud-bridge")
+        current = generate_private_key_pem()
+        save_identity(tmp_path, identity, current, ca.cert_pem.bytes(), None)
+        args = [sys.executable, "-m", "edge_outbox", "rotate-key", "--data-dir", str(tmp_path)]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "refused" not in result.stderr, result.stderr
+    assert "does not take key rotations" in result.stderr and "upgrade the bridge" in result.stderr, result.stderr
+    assert key_file(tmp_path).read_bytes() == current
+    assert (identity_dir(tmp_path) / "next.key").exists()

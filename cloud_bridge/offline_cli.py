@@ -31,7 +31,7 @@ from intent_contract.cli_args import FileToWrite
 from intent_contract.errors import DecodeError
 from intent_contract.files import read_bounded, write_atomic
 from intent_contract.ids import IdGenerator
-from intent_contract.offline_wire import DEFAULT_FILE_BYTES, ENROLL_FILE_BYTES, file_limit
+from intent_contract.offline_wire import DEFAULT_FILE_BYTES, ENROLL_FILE_BYTES, MAX_BUNDLE_INTENTS, file_limit
 from intent_contract.progress import progress_line
 from intent_contract.timefmt import format_ms, parse_duration
 
@@ -118,6 +118,7 @@ def _summary(imported: Imported, receipt: Path, final: int) -> dict[str, Any]:
         "bridge_time": format_ms(imported.imported_at),
         "key_rotation_accepted": imported.next_key is not None,
         "key_rotation_refused": imported.rotation_refused,
+        "left_out": imported.left_out,
     }
 
 
@@ -197,6 +198,12 @@ def import_bundle(
             click.echo(
                 f"key rotation refused ({imported.rotation_refused}): the receipt tells the device, which keeps its"
                 " current key"
+            )
+        if imported.left_out:
+            click.echo(
+                f"{imported.left_out} more intents in the bundle, over the {MAX_BUNDLE_INTENTS:,} a bundle may carry"
+                " (made by an edge-outbox before 4 Dec 2026), were not admitted: the receipt names none of them, and"
+                " the device sends them again in its next bundle"
             )
     if imported.device.revoked:
         raise click.ClickException(

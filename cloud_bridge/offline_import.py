@@ -54,11 +54,14 @@ class Imported:
 
     device: Device
     bundle: Bundle
-    acks: list[Ack] = field(repr=False)  # one per intent of the bundle, in order (empty when the device is revoked)
+    acks: list[Ack] = field(repr=False)  # one per intent admitted, in order (empty when the device is revoked)
     imported_at: int  # ms, bridge time
     next_key: str | None = None  # the next key the bundle proposed, accepted
     rotation_refused: str | None = None  # why the bundle's rotation was refused (for good: not a passing fault)
     refused_key: str | None = None  # the key that rotation proposed, when readable
+    # Intents of the bundle past MAX_BUNDLE_INTENTS (an edge before 4 Dec 2026 did not stop there): not admitted,
+    # no ack in the receipt, so the device sends them again in its next bundle.
+    left_out: int = 0
 
     @property
     def states(self) -> dict[str, int]:
@@ -190,14 +193,17 @@ class OfflineDesk:
                 code="policy_tenant",
             )
         sizes = await own_thread(_batch_sizes, bundle)
-        total, done = sum(sizes), 0
-        if total > MAX_BUNDLE_INTENTS:
-            raise OfflineFileError(
-                f"bundle of {total:,} intents is over the {MAX_BUNDLE_INTENTS:,} a bundle may carry: refused",
-                code="bundle_too_large",
-            )
+        taken = _batches_within(sizes)
+        total, done, left_out = sum(sizes[:taken]), 0, sum(sizes[taken:])
+        if left_out:
+            logger.warning(
+                "bundle %s carries %d intents, over the %d a bundle may carry (an edge-outbox before 4 Dec 2026"
+                " did not stop there): the first %d admitted, the other %d wait for the device's next bundle",
+                bundle.id, total + left_out, MAX_BUNDLE_INTENTS, total, left_out,
+                extra={"device_id": device.device_id, "tenant": device.tenant, "code": "bundle_too_large"},
+            )  # fmt: skip
         acks: list[Ack] = []
-        for batch, size in zip(bundle.batches, sizes, strict=True):
+        for batch, size in zip(bundle.batches[:taken], sizes[:taken], strict=True):
             acks.extend(await self._service.handle_intents(device.device_id, batch))
             done += size
             if progress is not None:
@@ -219,7 +225,7 @@ class OfflineDesk:
             extra={"device_id": device.device_id, "tenant": device.tenant},
         )
         refused_key = None if refused is None or bundle.rotation is None else proposed_key(bundle.rotation)
-        return Imported(device, bundle, acks, imported_at, next_key, refused, refused_key)
+        return Imported(device, bundle, acks, imported_at, next_key, refused, refused_key, left_out)
 
     async def _rotation_refused(self, device: Device, bundle: Bundle, exc: BridgeError) -> str | None:
         """Log and audit a refused rotation; its code when refused for good, which the receipt tells the device
@@ -280,6 +286,19 @@ class OfflineDesk:
         )
         final = sum(1 for ack in acks if ack.state.final)
         return signed.sign(body.encode(), self._keys.signing_key, typ=RECEIPT_TYPE, kid=self._keys.public.key_id), final
+
+
+def _batches_within(sizes: list[int]) -> int:
+    """How many of the bundle's first batches together hold at most MAX_BUNDLE_INTENTS intents. A larger bundle was
+    refused whole, and an edge before 4 Dec 2026, which does not stop its bundles there, made the same bundle
+    again at every export: its site could never send its backlog. The bridge holds an ack per intent admitted
+    until the receipt is written, so the bound on memory stays."""
+    done = 0
+    for index, size in enumerate(sizes):
+        if done + size > MAX_BUNDLE_INTENTS:
+            return index
+        done += size
+    return len(sizes)
 
 
 def _batch_sizes(bundle: Bundle) -> list[int]:

@@ -14,7 +14,7 @@ from edge_outbox.identity import key_file, load_identity
 from edge_outbox.intake_rules import Admitted
 from edge_outbox.ops import QueueLimits
 from intent_contract import sealed, signed
-from intent_contract.codec import Ack, AckState, encode_acks, encode_batch
+from intent_contract.codec import Ack, AckState, decode_acks, encode_acks, encode_batch
 from intent_contract.device_token import generate_private_key_pem
 from intent_contract.offline_wire import BUNDLE_TYPE, MAX_BUNDLE_INTENTS, RECEIPT_TYPE, Bundle, Receipt
 from tests.support.bridge import email as email_envelope
@@ -150,7 +150,7 @@ def test_tampered_bundle_and_bundle_over_the_size_limit_are_refused(stack: Stack
 def test_a_bundle_carries_at_most_max_bundle_intents(stack: Stack, tmp_path: Path) -> None:
     """The bridge holds an ack per intent of a bundle until its receipt is written: a bundle the device
     signed with 100,000 bare ids was 100,000 refusals and a receipt nine times its size. Export stops at
-    the bound (the rest waits for the next bundle); import refuses a bundle over it and admits nothing."""
+    the bound (the rest waits for the next bundle); import admits a bundle's batches up to it, no more."""
     _offline_edge(stack, "many", 1)
     conn = db.connect(stack.edge_dir)
     try:
@@ -173,13 +173,18 @@ def test_a_bundle_carries_at_most_max_bundle_intents(stack: Stack, tmp_path: Pat
         over.encode(), key_file(stack.edge_dir).read_bytes(), typ=BUNDLE_TYPE, kid=identity.device_id
     )
     (tmp_path / "over.bundle").write_bytes(sealed.seal(document, bridge_public_keys(stack)["recipient"]))
+    # Over the bound (as an edge before 4 Dec 2026 made them): its first batches up to the bound are admitted, each
+    # answered in the receipt; the rest is not admitted (the device sends it again in its next bundle).
     result = import_bundle(stack, tmp_path / "over.bundle", tmp_path / "over.receipt")
-    assert result.returncode == 1, result.stderr
-    assert f"bundle of 50,500 intents is over the {MAX_BUNDLE_INTENTS:,}" in result.stderr
-    assert not (tmp_path / "over.receipt").exists()
-    audit = bridge_cmd(stack, "audit", "--device", identity.device_id, "--json", "--config", str(stack.bridge.config))
-    assert audit.returncode == 0, audit.stderr
-    assert json.loads(audit.stdout) == []  # nothing admitted, not even refused
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["intents"], summary["left_out"]) == (MAX_BUNDLE_INTENTS, 500)
+    receipt = Receipt.decode(
+        signed.read((tmp_path / "over.receipt").read_bytes(), typ=RECEIPT_TYPE, max_bytes=1 << 30).body
+    )
+    answered = [ack.id for message in receipt.acks for ack in decode_acks(message)]
+    assert len(answered) == MAX_BUNDLE_INTENTS
+    assert set(answered) == {f"x{b}-{i}" for b in range(100) for i in range(500)}
 
 
 def _forged_bundle(stack: Stack, path: Path, kid: str) -> None:

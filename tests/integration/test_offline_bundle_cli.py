@@ -5,8 +5,10 @@ Every result the site applied is confirmed once and no other; what the commands 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from edge_outbox.event_log import set_meta
 from edge_outbox.identity import load_identity
 from intent_contract import files
 from intent_contract.codec import AckState
-from intent_contract.offline_wire import DEFAULT_FILE_BYTES
+from intent_contract.offline_wire import DEFAULT_FILE_BYTES, MAX_BUNDLE_INTENTS
 from tests.support.cli_output import on_a_terminal
 from tests.support.edge import stored_ids
 from tests.support.offline_site import (
@@ -256,3 +258,48 @@ def test_an_import_under_a_config_without_the_devices_tenant_admits_nothing(tmp_
     accepted = import_file(tmp_path, tmp_path / "one.bundle", email_policy(tmp_path))
     assert {ack.state for ack in receipt_acks(accepted)} == {AckState.ACCEPTED}
     assert len(receipt_acks(accepted)) == 3
+
+
+@pytest.mark.timeout(300)
+def test_a_bundle_over_the_bound_from_an_older_edge_is_taken_in_part_and_the_rest_comes_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edge-outbox before 4 Dec 2026 does not stop a bundle at MAX_BUNDLE_INTENTS (its only bound is the
+    file's 64 MiB): a site with a larger backlog made one, and the bridge refused it whole (`bundle_too_large`),
+    admitting nothing. That edge makes the same bundle again at every export: the site's backlog never went
+    through. Now the bridge admits the first batches up to the bound; the rest, not in the receipt, go in the next
+    bundle, and every intent is admitted once."""
+    count = MAX_BUNDLE_INTENTS + 500
+    site = enrolled_site(tmp_path)
+    backlog(site, count)
+    config = email_policy(tmp_path)
+    old = tmp_path / "old-edge.bundle"
+    monkeypatch.setattr(bundle, "MAX_BUNDLE_INTENTS", 1 << 30)  # the export of an edge before the bound
+    conn = db.connect(site)
+    try:
+        made = bundle.export(conn, site, old, max_bytes=DEFAULT_FILE_BYTES, now=time.time_ns() // 1_000_000,
+                             new_id=lambda: "OLDEDGE")  # fmt: skip
+    finally:
+        conn.close()
+    monkeypatch.undo()
+    assert (made.intents, made.left_out) == (count, 0)
+
+    result = bridge(tmp_path / "bridge", "import", str(old), "--config", str(config), "--receipt",
+                    str(tmp_path / "old.receipt"), "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["intents"], summary["left_out"]) == (MAX_BUNDLE_INTENTS, 500)
+    first = receipt_acks(tmp_path / "old.receipt")
+    assert len(first) == MAX_BUNDLE_INTENTS and {a.state for a in first} == {AckState.ACCEPTED}
+    applied = edge_cli(site, "import-receipt", str(tmp_path / "old.receipt"), "--json")
+    assert applied.returncode == 0, applied.stderr
+
+    rest = edge_cli(site, "export", "--out", str(tmp_path / "rest.bundle"), "--json")
+    assert rest.returncode == 0, rest.stderr
+    assert json.loads(rest.stdout)["intents"] == 500
+    second = receipt_acks(import_file(tmp_path, tmp_path / "rest.bundle", config))
+    assert {a.state for a in second} == {AckState.ACCEPTED}  # none a duplicate of the first bundle's
+    assert {a.id for a in first} | {a.id for a in second} == {f"bulk-{i:06d}" for i in range(count)}
+    with contextlib.closing(sqlite3.connect(tmp_path / "bridge" / "ledger.db")) as ledger:
+        rows = ledger.execute("SELECT COUNT(*), COUNT(DISTINCT intent_id) FROM intents").fetchone()
+    assert rows == (count, count)  # each admitted once

@@ -100,8 +100,24 @@ def _pending(
 ) -> list[Migration]:
     current, compatible = _schema_state(conn)
     return pending(
-        current, MIGRATIONS, at_start=at_start, what="the SQLite ledger", compatible=compatible, running=running
+        current,
+        MIGRATIONS,
+        at_start=at_start,
+        what="the SQLite ledger",
+        compatible=compatible,
+        running=running,
+        marked=_marked(conn, current),
     )
+
+
+def _marked(conn: sqlite3.Connection, current: int) -> bool:
+    """Whether the ledger's version carries its marker (a new file's 0 does: nothing runs on it)."""
+    if current == 0:
+        return True
+    try:
+        return conn.execute("SELECT 1 FROM meta WHERE key = ?", (compatible_key(current),)).fetchone() is not None
+    except sqlite3.OperationalError:  # no meta table: steps applied by a bridge before the marker
+        return False
 
 
 def running_nodes(path: Path) -> list[str]:

@@ -71,16 +71,21 @@ def pending(
     what: str,
     compatible: int | None = None,
     running: Callable[[], Sequence[str]] | None = None,
+    marked: bool = True,
 ) -> list[Migration]:
     """The steps to apply from `current`; SchemaError when the database is newer than the code and not
     `compatible` with it (the store's marker, None when it has none), when (at start) a pending step is not
     online-safe and needs `cloud-bridge db upgrade`, or when (`db upgrade`) such a step is pending and
-    `running()` names nodes that run on the store (None: the operator forces it)."""
+    `running()` names nodes that run on the store (None: the operator forces it). `marked`: whether the store's
+    version carries its marker; one that does not was left by a bridge before the marker, whose running nodes
+    fail on any step (`_check_unmarked`)."""
     known = latest(migrations)
     if current > known:
         _check_newer(current, known, compatible, what)
         return []
     steps = [m for m in migrations if m.version > current]
+    if steps and not marked and running is not None:
+        _check_unmarked(current, what, running, at_start=at_start)
     offline = [m for m in steps if not m.online]
     if at_start and offline:
         raise SchemaError(
@@ -94,6 +99,21 @@ def pending(
             " stop them first, or pass --force to apply it anyway (they then refuse the store at their next start)"
         )
     return steps
+
+
+def _check_unmarked(current: int, what: str, running: Callable[[], Sequence[str]], *, at_start: bool) -> None:
+    """SchemaError when nodes run on a store whose version carries no marker (a bridge before 5 Dec 2026 applied
+    its steps): such a node builds its ledger rows from every column, and failed on every claim after an online
+    step added one (`unexpected keyword argument 'cancel_ask'`), executing nothing, without a word."""
+    if not (nodes := running()):
+        return
+    what_now = "stop them, then start this version" if at_start else "stop them first, or pass --force to apply it"
+    raise SchemaError(
+        f"{what} is at schema version {current}, left by a bridge before 5 Dec 2026, and {len(nodes)} run on it"
+        f" ({', '.join(nodes)}: a heartbeat in the last {STALE_AFTER_S:.0f} s): a node of that bridge stops"
+        f" executing after any schema step, an added column too; {what_now} (the first upgrade from such a bridge"
+        " takes every node)"
+    )
 
 
 def require_current(current: int, migrations: Sequence[Migration], *, what: str, compatible: int | None = None) -> None:

@@ -137,6 +137,7 @@ def migrate(
                 what="the PostgreSQL store",
                 compatible=compatible,
                 running=running,
+                marked=current == 0 or _has_marker(conn, current),
             )
             for step in steps:
                 _apply(conn, step, lock_timeout=lock_timeout, clock=clock, sleep=sleep, rand=rand)
@@ -167,6 +168,11 @@ def _schema_state(conn: psycopg.Connection[Any]) -> tuple[int, int | None]:
         return current, None
     row = conn.execute("SELECT value FROM meta WHERE key = %s", (compatible_key(current),)).fetchone()
     return current, None if row is None else int(row[0])
+
+
+def _has_marker(conn: psycopg.Connection[Any], version: int) -> bool:
+    """Whether the step to `version` wrote its marker (a bridge before 5 Dec 2026 wrote none)."""
+    return conn.execute("SELECT 1 FROM meta WHERE key = %s", (compatible_key(version),)).fetchone() is not None
 
 
 def _running_nodes(conn: psycopg.Connection[Any]) -> list[str]:

@@ -4,6 +4,7 @@ unless forced; a step of indexes lets their writes through while it builds."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -17,10 +18,10 @@ from click.testing import CliRunner
 
 from cloud_bridge import ledger_sqlite_schema
 from cloud_bridge.cli import main
-from cloud_bridge.fleet_schema import FLEET_DB
+from cloud_bridge.fleet_schema import FLEET_DB, PG_NOW, SQLITE_NOW, migrate_fleet_file
 from cloud_bridge.ledger_sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
 from cloud_bridge.store import pg
-from cloud_bridge.store.migrations import Migration
+from cloud_bridge.store.migrations import Migration, SchemaError
 from cloud_bridge.store.pg import MIGRATIONS as PG_MIGRATIONS
 from cloud_bridge.store.url import StoreUrl
 from tests.support.bridge import CountingIntegration, node, until
@@ -182,3 +183,65 @@ async def test_db_upgrade_on_a_machine_whose_clock_is_ahead_still_sees_the_runni
         assert code == 1, output
         assert "1 run on it (bridge-1: a heartbeat in the last 20 s)" in output
         assert pg_version(pg_url) == len(PG_MIGRATIONS)
+
+
+OLD_BRIDGE_LEDGER = Path(__file__).parent.parent / "data" / "bridge-2026-12-02" / "ledger.db"
+
+
+def test_db_upgrade_refuses_any_step_under_a_running_node_of_a_bridge_before_the_marker_on_sqlite(
+    tmp_path: Path,
+) -> None:
+    """A bridge before 5 Dec 2026 builds its ledger rows from every column: after `db upgrade` of this version
+    applied its online step 7 (a column) under it, it failed on every claim (`unexpected keyword argument
+    'cancel_ask'`) and executed nothing, while `db upgrade` had said only "applied schema steps 7". Its ledger
+    (recorded: version 6, no marker) with its node's heartbeat fresh is now refused; once the node stopped (its
+    heartbeat gone), upgraded."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copyfile(OLD_BRIDGE_LEDGER, data_dir / "ledger.db")
+    migrate_fleet_file(data_dir / FLEET_DB)
+    with closing(sqlite3.connect(data_dir / FLEET_DB, isolation_level=None)) as conn:
+        conn.execute(f"INSERT INTO fleet_nodes (node, heartbeat_at) VALUES ('bridge-old', {SQLITE_NOW})")
+
+    code, output = upgrade("--data-dir", str(data_dir))
+
+    assert code == 1, output
+    assert (
+        "the SQLite ledger is at schema version 6, left by a bridge before 5 Dec 2026, and 1 run on it (bridge-old:"
+        " a heartbeat in the last 20 s)" in output
+    )
+    assert "stop them first, or pass --force" in output and "Traceback" not in output
+    with closing(sqlite3.connect(data_dir / "ledger.db")) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
+        assert "cancel_ask" not in {r[1] for r in conn.execute("PRAGMA table_info(intents)")}
+    with closing(sqlite3.connect(data_dir / FLEET_DB, isolation_level=None)) as conn:
+        conn.execute("DELETE FROM fleet_nodes")  # the node stopped (as it says at its stop)
+    code, output = upgrade("--data-dir", str(data_dir))
+    assert code == 0, output
+    assert json.loads(output)["applied"] == [m.version for m in SQLITE_MIGRATIONS[6:]]
+
+
+def test_a_node_does_not_start_beside_running_nodes_of_a_bridge_before_the_marker_on_postgresql(
+    pg_url: StoreUrl,
+) -> None:
+    """On PostgreSQL a node of this version starting beside nodes of a bridge before 5 Dec 2026 applied its online
+    steps at start, and those nodes stopped executing (as on SQLite). Now it refuses to start while they run."""
+    pg.migrate(pg_url.conninfo(), at_start=False)
+    with psycopg.connect(pg_url.conninfo(), autocommit=True) as conn:
+        for statement in (  # as that bridge left it: version 7 (replaced_keys), no marker
+            "ALTER TABLE intents DROP COLUMN cancel_ask",
+            "DELETE FROM schema_version WHERE version >= 8",
+            "DELETE FROM meta WHERE key LIKE 'schema % compatible from'",
+            f"INSERT INTO fleet_nodes (node, heartbeat_at) VALUES ('bridge-old', {PG_NOW})",
+        ):
+            conn.execute(statement.encode())
+
+    with pytest.raises(SchemaError, match=r"at schema version 7, left by a bridge before 5 Dec 2026, and 1 run on it"):
+        pg.migrate(pg_url.conninfo(), at_start=True)
+    code, output = upgrade("--store", str(pg_url))
+    assert code == 1 and "stop them first, or pass --force" in output, output
+    assert pg_version(pg_url) == 7
+
+    code, output = upgrade("--store", str(pg_url), "--force")
+    assert code == 0, output
+    assert json.loads(output)["applied"] == [8]

@@ -84,10 +84,14 @@ def _audit_row(
     conn.execute(AUDIT_INSERT, audit_params(at, entry, event, integration, code, detail))
 
 
+# The audit columns a record is made of, by name: `SELECT *` met a column a newer bridge's additive step added
+# (a rolling upgrade, a rollback) as an unknown keyword, and `cloud-bridge audit` ended in a traceback.
+_AUDIT_COLUMNS = "at, device_id, tenant, intent_id, kind, event, integration, code, detail"
+
+
 def _audit_record(row: sqlite3.Row) -> AuditRecord:
-    fields = dict(zip(row.keys(), row, strict=True))
-    del fields["seq"]
-    return AuditRecord(**{**fields, "event": AuditEvent(row["event"])})
+    """A record from a row selected with _AUDIT_COLUMNS."""
+    return AuditRecord(**{**dict(zip(row.keys(), row, strict=True)), "event": AuditEvent(row["event"])})
 
 
 class SqliteLedger:
@@ -390,7 +394,8 @@ class SqliteLedger:
 
         def run(conn: sqlite3.Connection) -> list[AuditRecord]:
             rows = conn.execute(
-                f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", (*params, query.limit)
+                f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+                (*params, query.limit),
             ).fetchall()
             return [_audit_record(row) for row in rows]
 

@@ -348,3 +348,27 @@ async def test_a_sqlite_registry_of_a_newer_bridge_is_refused(tmp_path: Path) ->
     await store.close()
     with closing(sqlite3.connect(tmp_path / "registry.db")) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_this_bridges_audit_reads_a_sqlite_ledger_a_newer_bridge_added_columns_to(tmp_path: Path) -> None:
+    """A newer bridge's additive step (a column with a default, online: this bridge keeps running on the store)
+    added a column to `audit` and `intents`: this bridge's `cloud-bridge audit` on SQLite read `SELECT *` and
+    made each record of every column, and ended in a traceback (`unexpected keyword argument`)."""
+    code, output = upgrade("--data-dir", str(tmp_path))
+    assert code == 0, output
+    with closing(sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)) as conn:
+        n = len(SQLITE_MIGRATIONS) + 1
+        for table in ("audit", "intents"):  # as that step of the newer bridge, and its marker
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN later_note TEXT NOT NULL DEFAULT ''")
+        conn.execute(f"PRAGMA user_version = {n}")
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, 1)", (f"schema {n} compatible from",))
+        conn.execute(
+            "INSERT INTO audit (at, device_id, tenant, intent_id, kind, event, integration, code, detail, later_note)"
+            " VALUES (1.0, 'dev-1', 'acme', 'i-1', 'email.send', 'accept', '', '', '', 'of the newer bridge')"
+        )
+
+    result = CliRunner().invoke(main, ["audit", "--device", "dev-1", "--json", "--data-dir", str(tmp_path)])
+
+    assert result.exit_code == 0, result.output
+    [record] = json.loads(result.output)
+    assert (record["intent_id"], record["event"]) == ("i-1", "accept")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from edge_outbox import runner
+from edge_outbox import process
 from edge_outbox.cli import main
 from edge_outbox.errors import ConfigError
 from edge_outbox.settings import OutboxSettings
@@ -26,7 +26,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[OutboxSettings]:
     async def fake_serve(settings: OutboxSettings, *_: Any, **__: Any) -> None:
         seen.append(settings)
 
-    monkeypatch.setattr(runner, "serve", fake_serve)
+    monkeypatch.setattr(process, "serve", fake_serve)
     # `run` sets up logging for the process, as a CLI does; give the test process its own back.
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", root.handlers[:])

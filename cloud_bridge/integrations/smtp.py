@@ -180,15 +180,24 @@ class SmtpIntegration:
             return PermanentError(detail, code=f"smtp_{code}")
         return TransientError(detail, code="smtp_protocol")
 
+    def _all_refused(self, refusals: list[aiosmtplib.SMTPRecipientRefused]) -> TransientError | PermanentError:
+        """Every recipient refused: retried when one was refused for now (4xx), even beside some refused for good.
+
+        Nobody took the message, so a retry sends nobody a second copy; failing it for the 5xx of a mistyped
+        address kept it from a mailbox that was full for a moment (the worst code was taken before December 2026).
+        """
+        for_now = [r for r in refusals if 400 <= r.code < 500]
+        said = max(for_now or refusals, key=lambda r: (r.code >= 500, r.code))
+        note = f" ({len(for_now)} for now)" if for_now and len(for_now) < len(refusals) else ""
+        return self._response_error(said.code, f"{said.message}: all {len(refusals)} recipients refused{note}")
+
     async def execute(self, job: Job) -> Outcome:
         """Send one email; a 5xx to the message fails it, 4xx, a refused session and connection trouble are retried."""
         message, recipients = build_message(job, self._now())
         try:
             delivery = await self._send(message, recipients)
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            codes = sorted({r.code for r in exc.recipients})
-            worst = max(codes, key=lambda c: (c >= 500, c))
-            raise self._response_error(worst, f"all {len(exc.recipients)} recipients refused") from None
+            raise self._all_refused(exc.recipients) from None
         except aiosmtplib.SMTPNotSupported as exc:
             raise PermanentError(f"SMTP server lacks a required feature: {self._scrub(str(exc))}",
                                  code="smtp_not_supported") from None  # fmt: skip

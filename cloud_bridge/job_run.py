@@ -82,7 +82,8 @@ class JobRun:
 
     async def _execute(self, entry: LedgerEntry, integration: Integration) -> Ack | None:
         name = getattr(integration, "name", entry.kind)
-        stop = before_run(entry, now=self._now(), revoked=entry.revoked or self._revoked(entry.device_id))
+        revoked = entry.revoked or self._revoked(entry.device_id)
+        stop = before_run(entry, now=self._now(), revoked=revoked, max_attempts=self._retry_policy.max_attempts)
         if stop is not None:
             ack = await self._finish(entry, stop.state, stop.code, stop.detail, name)
             if stop.settled:  # a revoked device never confirms: left unconfirmed, no purge ever deleted it

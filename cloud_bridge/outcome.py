@@ -122,14 +122,23 @@ def retry_delay(
     return delay
 
 
-def before_run(entry: LedgerEntry, *, now: float, revoked: bool) -> Verdict | None:
-    """The verdict that stops a claimed row before its call, or None to run it."""
+def before_run(entry: LedgerEntry, *, now: float, revoked: bool, max_attempts: int) -> Verdict | None:
+    """The verdict that stops a claimed row before its call, or None to run it.
+
+    `entry.tries` counts this claim: past `max_attempts`, every try of the attempt is used up without a result
+    (each ended with no answer recorded: the bridge stopped or crashed, or the node lost its lease, during the
+    call). Such an intent was run again at every restart, past any bound, even one that takes the bridge down.
+    """
     if entry.expired_at(now):
         return Verdict(EntryState.EXPIRED, "expired", "expired before it ran")
     if revoked:
         # Revocation stops the device's queued work too, not only its connection.
         detail = "the device was revoked at the bridge before this ran"
         return Verdict(EntryState.FAILED, "device_revoked", detail, settled=True)
+    if entry.tries > max_attempts:
+        done = entry.tries - 1
+        detail = f"gave up after {done} tries, none with a result (max_attempts is {max_attempts})"
+        return Verdict(EntryState.FAILED, "tries_used_up", detail)
     return None
 
 

@@ -58,21 +58,30 @@ def test_retry_delay_is_backoff_until_max_attempts() -> None:
 
 
 def test_a_row_past_its_deadline_expires_before_it_runs() -> None:
-    verdict = before_run(entry(expires=NOW), now=NOW, revoked=True)
+    verdict = before_run(entry(expires=NOW), now=NOW, revoked=True, max_attempts=8)
     assert verdict == Verdict(EntryState.EXPIRED, "expired", "expired before it ran")
 
 
 def test_a_revoked_device_s_row_fails_before_it_runs() -> None:
-    verdict = before_run(entry(expires=NOW + 1), now=NOW, revoked=True)
+    verdict = before_run(entry(expires=NOW + 1), now=NOW, revoked=True, max_attempts=8)
     assert verdict is not None
     assert (verdict.state, verdict.code) == (EntryState.FAILED, "device_revoked")
     assert verdict.settled  # no edge will confirm it: counted as confirmed, so retention can delete it
-    assert before_run(entry(expires=NOW - 1), now=NOW, revoked=False).settled is False  # type: ignore[union-attr]
+    assert before_run(entry(expires=NOW - 1), now=NOW, revoked=False, max_attempts=8).settled is False  # type: ignore[union-attr]
 
 
 def test_a_live_row_of_a_device_in_good_standing_runs() -> None:
-    assert before_run(entry(expires=NOW + 1), now=NOW, revoked=False) is None
-    assert before_run(entry(), now=NOW, revoked=False) is None
+    assert before_run(entry(expires=NOW + 1), now=NOW, revoked=False, max_attempts=8) is None
+    assert before_run(entry(), now=NOW, revoked=False, max_attempts=8) is None
+
+
+def test_a_row_claimed_past_its_tries_fails_before_it_runs() -> None:
+    """Its tries all ended without a result (the bridge stopped, or lost its lease, during each call)."""
+    assert before_run(entry(tries=8), now=NOW, revoked=False, max_attempts=8) is None
+    verdict = before_run(entry(tries=9), now=NOW, revoked=False, max_attempts=8)
+    detail = "gave up after 8 tries, none with a result (max_attempts is 8)"
+    assert verdict == Verdict(EntryState.FAILED, "tries_used_up", detail)
+    assert before_run(entry(tries=9, expires=NOW), now=NOW, revoked=False, max_attempts=8).state is EntryState.EXPIRED  # type: ignore[union-attr]
 
 
 def test_a_return_is_delivered_with_the_provider_s_reference() -> None:

@@ -122,6 +122,13 @@ def retry_delay(
     return delay
 
 
+def last_try(code: str) -> str:
+    """How a row's last try ended, by the code it left, and whether the provider may have its request."""
+    if not code or code in UNANSWERED:  # no code: its try was cut off before anything was recorded (a lost lease)
+        return f"its last try ended {code or 'without a result'}: it may have reached the provider"
+    return f"its last try ended {code}"
+
+
 def before_run(entry: LedgerEntry, *, now: float, revoked: bool, max_attempts: int) -> Verdict | None:
     """The verdict that stops a claimed row before its call, or None to run it.
 
@@ -130,7 +137,10 @@ def before_run(entry: LedgerEntry, *, now: float, revoked: bool, max_attempts: i
     call). Such an intent was run again at every restart, past any bound, even one that takes the bridge down.
     """
     if entry.expired_at(now):
-        return Verdict(EntryState.EXPIRED, "expired", "expired before it ran")
+        if entry.tries <= 1:  # this claim is its first try
+            return Verdict(EntryState.EXPIRED, "expired", "expired before it ran")
+        # It ran before: "before it ran" told the app it was never sent, of a request the provider may have.
+        return Verdict(EntryState.EXPIRED, "expired", f"expired before its next try; {last_try(entry.code)}")
     if revoked:
         # Revocation stops the device's queued work too, not only its connection.
         detail = "the device was revoked at the bridge before this ran"
@@ -159,5 +169,6 @@ def after_run(entry: LedgerEntry, result: CallResult, *, now: float, policy: Ret
     if delay is None:
         return Verdict(EntryState.FAILED, result.code, f"{result.detail} (gave up after {entry.tries} tries)")
     if entry.expired_at(now + delay):
-        return Verdict(EntryState.EXPIRED, "expired", f"expires before its retry: {result.detail}")
+        reached = "; it may have reached the provider" if result.code in UNANSWERED else ""
+        return Verdict(EntryState.EXPIRED, "expired", f"expires before its retry: {result.detail}{reached}")
     return Verdict(EntryState.QUEUED, result.code, result.detail, retry_at=now + delay)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import aiohttp
 import httpx
 import pytest
@@ -62,6 +64,20 @@ def test_a_row_past_its_deadline_expires_before_it_runs() -> None:
     assert verdict == Verdict(EntryState.EXPIRED, "expired", "expired before it ran")
 
 
+def test_a_row_that_ran_before_and_is_past_its_deadline_says_how_its_last_try_ended() -> None:
+    ran = replace(entry(tries=3, expires=NOW), code="http_503")
+    assert before_run(ran, now=NOW, revoked=False, max_attempts=8) == Verdict(
+        EntryState.EXPIRED, "expired", "expired before its next try; its last try ended http_503"
+    )
+    for code, said in (("http_timeout", "http_timeout"), ("resumed", "resumed"), ("", "without a result")):
+        verdict = before_run(replace(ran, code=code), now=NOW, revoked=False, max_attempts=8)
+        assert verdict is not None
+        assert (
+            verdict.detail
+            == f"expired before its next try; its last try ended {said}: it may have reached the provider"
+        )
+
+
 def test_a_revoked_device_s_row_fails_before_it_runs() -> None:
     verdict = before_run(entry(expires=NOW + 1), now=NOW, revoked=True, max_attempts=8)
     assert verdict is not None
@@ -115,6 +131,10 @@ def test_a_retry_due_at_or_after_the_deadline_expires_now() -> None:
     result = Transient("timeout", "no answer", retry_after=5.0)
     verdict = after_run(entry(tries=1, expires=NOW + 5.0), result, now=NOW, policy=POLICY, jitter=0.0)
     assert verdict == Verdict(EntryState.EXPIRED, "expired", "expires before its retry: no answer")
+    unanswered = Transient("http_timeout", "SocketTimeoutError talking to api.example", retry_after=5.0)
+    verdict = after_run(entry(tries=1, expires=NOW + 5.0), unanswered, now=NOW, policy=POLICY, jitter=0.0)
+    detail = "expires before its retry: SocketTimeoutError talking to api.example; it may have reached the provider"
+    assert verdict == Verdict(EntryState.EXPIRED, "expired", detail)
     later = after_run(entry(tries=1, expires=NOW + 5.001), result, now=NOW, policy=POLICY, jitter=0.0)
     assert later.state is EntryState.QUEUED
 

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cloud_bridge.errors import PermanentError, TransientError
 from cloud_bridge.integrations.base import Integration, Job
@@ -25,6 +25,8 @@ from cloud_bridge.outcome import CallResult, Permanent, RetryPolicy, Returned, T
 from intent_contract.codec import Ack
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A result the store failed to record is tried again until it is recorded, waiting FINISH_RETRY_FIRST seconds,
 # then twice as long each time up to FINISH_RETRY_CAP, under the lease the executor keeps renewing.
@@ -122,7 +124,10 @@ class JobRun:
             if self._revoked(entry.device_id):  # revoked during the call: no edge will confirm it (see above)
                 await self._ledger.confirm(entry.device_id, [entry.intent_id], entry.attempt)
             return ack
-        await self._ledger.reschedule(entry, verdict.retry_at, verdict.code, verdict.detail, now)
+        retry_at = verdict.retry_at
+        await self._recorded(
+            entry, lambda: self._ledger.reschedule(entry, retry_at, verdict.code, verdict.detail, self._now())
+        )
         self._observe(entry.kind, "retried", verdict.code, time.perf_counter() - started)
         logger.info("%s/%s: %s; retry in %.1fs", entry.device_id, entry.intent_id, verdict.code, verdict.retry_at - now,
                     extra=log_context(entry, code=verdict.code, state="queued"))  # fmt: skip
@@ -148,11 +153,20 @@ class JobRun:
         outlasted the 10 tries (about 9 s) this used to make. A finish whose commit went through unanswered is
         found recorded by the next try (the row is no longer held). Logged when it first fails and when it is
         recorded, not at every try."""
+        return await self._recorded(
+            entry, lambda: self._ledger.finish(entry, state, code, detail, self._now(), name, seconds=seconds)
+        )
+
+    async def _recorded(self, entry: LedgerEntry, write: Callable[[], Awaitable[T]]) -> T:
+        """`write` (a finish, or a retry's reschedule), tried again for as long as the store fails (see `_record`).
+
+        A retry the store refused was dropped before December 2026: the row stayed running until its lease ran
+        out and was claimed again at once, the provider's Retry-After lost and the try audited `lease_expired`."""
         delay = FINISH_RETRY_FIRST
         failed = 0
         while True:
             try:
-                ack = await self._ledger.finish(entry, state, code, detail, self._now(), name, seconds=seconds)
+                done = await write()
             except TransientError as exc:
                 if not failed:
                     logger.warning("%s/%s: result not recorded (%s); trying again until the store takes it",
@@ -165,7 +179,7 @@ class JobRun:
             if failed:
                 logger.warning("%s/%s: result recorded after %d failed tries", entry.device_id, entry.intent_id,
                                failed, extra=log_context(entry, code="recorded"))  # fmt: skip
-            return ack
+            return done
 
     async def _notify(self, entry: LedgerEntry, ack: Ack) -> None:
         try:

@@ -6,6 +6,7 @@ no client library here, so neither imports the other's.
 
 from __future__ import annotations
 
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Final
@@ -34,6 +35,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return min(float(text), MAX_RETRY_AFTER_S)
     try:
         when = parsedate_to_datetime(text)
+        if when.tzinfo is None:  # asctime, or "-0000": GMT (RFC 9110 5.6.7), not the bridge host's local time
+            when = when.replace(tzinfo=UTC)
         wait = when.timestamp() - now
     except (TypeError, ValueError, IndexError, OverflowError):
         return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from cloud_bridge.errors import PermanentError, TransientError
@@ -16,6 +18,27 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after("soon", 0.0) is None
     assert parse_retry_after("", 0.0) is None
     assert parse_retry_after(None, 0.0) is None
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        "Wed, 21 Oct 2015 07:28:00 GMT",  # IMF-fixdate
+        "Wednesday, 21-Oct-15 07:28:00 GMT",  # RFC 850
+        "Wed Oct 21 07:28:00 2015",  # asctime: no zone written, GMT by RFC 9110
+        "Wed, 21 Oct 2015 07:28:00 -0000",  # RFC 5322's "UTC, no local zone known"
+    ],
+)
+def test_retry_after_dates_are_gmt_whatever_the_bridge_s_zone(date: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A date without a zone (asctime, one of the three forms RFC 9110 has recipients accept) was read in the
+    bridge host's local time: on a host in New York a provider's "in 10 s" became a wait of 4 hours."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert parse_retry_after(date, 1445412470.0) == 10.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,12 @@ UNANSWERED = frozenset(
 )
 
 
+# A provider that keeps idempotency keys answers a request whose key's earlier request it is still working on
+# 409 Conflict (draft-ietf-httpapi-idempotency-key-header; Stripe). After a try of ours left unanswered (or such
+# a 409), a retry's 409 is that, not a conflict of the intent's own: retried, it gets the earlier request's answer.
+KEY_IN_USE = frozenset({"http_409"})
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What to do with the row: end it in `state`, or (QUEUED) run it again at `retry_at`."""
@@ -122,6 +128,12 @@ def retry_delay(
     return delay
 
 
+def key_in_use(entry: LedgerEntry, code: str) -> bool:
+    """Whether `code` answers a retry whose earlier try (left unanswered) the provider may still be working on."""
+    earlier = entry.code
+    return code in KEY_IN_USE and entry.tries > 1 and (not earlier or earlier in UNANSWERED or earlier in KEY_IN_USE)
+
+
 def last_try(code: str) -> str:
     """How a row's last try ended, by the code it left, and whether the provider may have its request."""
     if not code or code in UNANSWERED:  # no code: its try was cut off before anything was recorded (a lost lease)
@@ -156,8 +168,10 @@ def after_run(entry: LedgerEntry, result: CallResult, *, now: float, policy: Ret
     """The verdict on `entry` after its call ended with `result` at `now`; `jitter` is a draw in [0, 1]."""
     if isinstance(result, Returned):
         return Verdict(EntryState.DELIVERED, "", result.detail)
-    if isinstance(result, Permanent):
+    if isinstance(result, Permanent) and not key_in_use(entry, result.code):
         return Verdict(EntryState.FAILED, result.code, result.detail)
+    if isinstance(result, Permanent):
+        result = Transient(result.code, f"{result.detail}: the provider may still be at an earlier try with this key")
     delay = retry_delay(
         entry.tries,
         max_attempts=policy.max_attempts,

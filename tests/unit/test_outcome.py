@@ -100,6 +100,22 @@ def test_a_row_claimed_past_its_tries_fails_before_it_runs() -> None:
     assert before_run(entry(tries=9, expires=NOW), now=NOW, revoked=False, max_attempts=8).state is EntryState.EXPIRED  # type: ignore[union-attr]
 
 
+def test_a_409_is_retried_only_after_a_try_the_provider_may_still_be_at() -> None:
+    conflict = Permanent("http_409", "HTTP 409 Conflict")
+    first = after_run(entry(tries=1), conflict, now=NOW, policy=POLICY, jitter=1.0)
+    assert (first.state, first.code) == (EntryState.FAILED, "http_409")
+    answered = after_run(replace(entry(tries=2), code="http_503"), conflict, now=NOW, policy=POLICY, jitter=1.0)
+    assert answered.state is EntryState.FAILED
+    for earlier in ("http_timeout", "http_connection", "resumed", "http_409", ""):
+        verdict = after_run(replace(entry(tries=2), code=earlier), conflict, now=NOW, policy=POLICY, jitter=1.0)
+        assert (verdict.state, verdict.code) == (EntryState.QUEUED, "http_409"), earlier
+        assert verdict.detail == "HTTP 409 Conflict: the provider may still be at an earlier try with this key"
+    last = after_run(
+        replace(entry(tries=POLICY.max_attempts), code="http_409"), conflict, now=NOW, policy=POLICY, jitter=1.0
+    )
+    assert (last.state, last.code) == (EntryState.FAILED, "http_409")  # bounded by max_attempts as any retry
+
+
 def test_a_return_is_delivered_with_the_provider_s_reference() -> None:
     verdict = after_run(entry(tries=4), Returned("250 queued as 42"), now=NOW, policy=POLICY, jitter=0.5)
     assert verdict == Verdict(EntryState.DELIVERED, "", "250 queued as 42")

@@ -35,6 +35,9 @@ class IntentInfo:
     retryable: bool
     cancellable: bool
     cancel_asked: str | None = None  # the operator whose cancel of this running row waits for its node's answer
+    # Seconds since the epoch a queued row waits for before its next try (its backoff, or the provider's
+    # Retry-After, up to a day); None when it is not waiting for a retry.
+    next_try: float | None = None
 
     @classmethod
     def of(cls, entry: LedgerEntry, *, revoked: bool = False) -> IntentInfo:
@@ -58,6 +61,9 @@ class IntentInfo:
             # a running row too: its node cancels it if its call has not started (cloud_bridge.cancel_asks)
             cancellable=(entry.state, LedgerEvent.CANCEL) in TRANSITIONS or entry.state is EntryState.RUNNING,
             cancel_asked=entry.cancel_pending if entry.state is EntryState.RUNNING else None,
+            # A retry sets next_run past the change it records; an admission, a resume or an operator's retry
+            # make the row due at once (next_run at or before `updated`).
+            next_try=entry.next_run if entry.state is EntryState.QUEUED and entry.next_run > entry.updated else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -79,4 +85,5 @@ class IntentInfo:
             "retryable": self.retryable,
             "cancellable": self.cancellable,
             "cancel_asked": self.cancel_asked,
+            "next_try": None if self.next_try is None else format_ms(int(self.next_try * 1000)),
         }

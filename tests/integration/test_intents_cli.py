@@ -127,3 +127,21 @@ async def test_ls_says_when_its_limit_left_rows_out(store: Store, store_url: Sto
     assert cut.stderr == "only the 1 most recently changed are shown; more match (raise --limit, or filter)\n"
     whole = cli(store_url, tmp_path, "ls", "--limit", "2", "--json")
     assert (len(json.loads(whole.stdout)), whole.stderr) == (2, "")
+
+
+async def test_show_says_when_an_intent_waiting_for_its_retry_is_tried_next(
+    store: Store, store_url: StoreUrl, tmp_path: Path
+) -> None:
+    """A row waiting out a provider's Retry-After (up to a day) showed as `queued` with its last code and tries,
+    and nothing said whether it would run in a second or tomorrow: stuck or waiting, the operator could not tell."""
+    await _setup(store)
+    await admit(store.ledger, DEV, [env("waiting-1")], allow, NOW)
+    [entry] = [e for e in await store.ledger.claim(["email.send"], 5, NOW) if e.intent_id == "waiting-1"]
+    await store.ledger.reschedule(entry, NOW + 3600, "http_429", "HTTP 429 Too Many Requests", NOW)
+    shown = json.loads(cli(store_url, tmp_path, "show", "waiting-1", "--json").output)
+    assert (shown["state"], shown["code"], shown["tries"]) == ("queued", "http_429", 1)
+    assert shown["next_try"] == "2027-01-15T09:00:00.000Z"
+    text = cli(store_url, tmp_path, "show", "waiting-1").output
+    assert "next_try:    2027-01-15T09:00:00.000Z\n" in text
+    others = {r["intent_id"]: r["next_try"] for r in json.loads(cli(store_url, tmp_path, "ls", "--json").output)}
+    assert others == {"waiting-1": "2027-01-15T09:00:00.000Z", "queued-1": None, "failed-1": None}

@@ -14,7 +14,8 @@ cap; a stopping executor starts none of them and puts them back in the queue (`L
 may cancel one until it starts (`unstarted`; cloud_bridge.cancel_asks); a row claimed with a cancel asked
 of it goes to `on_asked`, never to a slot. A job holds its slot from its start through its result's
 commit, so at most the slots' number of calls can have reached a provider with no result recorded when a
-node dies: the calls that may run twice.
+node dies: the calls that may run twice. A pool whose provider answered "slow down" claims and starts no row
+until the time it gave (provider_pause.py); its jobs running finish.
 
 `use()` swaps the integrations (a config reload): new jobs and rows claimed ahead run on the new ones, a job
 already running keeps the integration it started with, and one no longer in use closes after its last job.
@@ -50,6 +51,7 @@ from cloud_bridge.job_run import JobRun, Observe, ignore
 from cloud_bridge.lease_renewal import LeaseRenewal
 from cloud_bridge.ledger import DEFAULT_LEASE, ClaimOffer, Ledger, LedgerEntry, log_context
 from cloud_bridge.outcome import RetryPolicy
+from cloud_bridge.provider_pause import Pauses
 from cloud_bridge.tenant_pools import VENDOR, Claims, Pool, Pools, Ready, rehomed
 from intent_contract.codec import Ack
 from intent_contract.logs import FailureEpisode
@@ -71,6 +73,7 @@ class Executor:
         max_attempts: int = 8,
         retry_base: float = 1.0,
         retry_cap: float = 300.0,
+        max_rate_limited: int = 100,
         now: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         idle_poll: float = 1.0,
@@ -94,17 +97,19 @@ class Executor:
         self._closing: set[asyncio.Task[None]] = set()
         self._idle: set[Pool] = set()  # pools whose last fill left slots free: nothing due waited
         self._reserved: dict[Pool, int] = {}  # slots offered to admissions under way
+        self._pauses = Pauses()  # pools whose provider asked us to slow down (provider_pause.py)
         self._offers: dict[ClaimOffer, tuple[Pools, dict[Pool, int]]] = {}
         self._on_asked = on_asked
         self.use(integrations, tenants, shares)
         self._jobs = JobRun(
             ledger,
             on_final=on_final,
-            retry_policy=RetryPolicy(max_attempts, retry_base, retry_cap),
+            retry_policy=RetryPolicy(max_attempts, retry_base, retry_cap, max_rate_limited),
             now=now,
             rand=rand,
             revoked=revoked,
             observe=observe,
+            slowed=self._slowed,
         )
         self._now = now
         self._idle_poll = idle_poll
@@ -277,7 +282,7 @@ class Executor:
                 _, idle_kinds = await self._fill()
                 # With every slot busy, a finishing job wakes us; only free slots need the next due time
                 # (asking on every pass scanned all queued rows, 11% of the bridge's time in a drain).
-                delay = await self._idle_delay(idle_kinds) if idle_kinds else self._idle_poll
+                delay = await self._idle_delay(idle_kinds)
             except BridgeError as exc:  # the store refuses (a full disk, an outage): a line at its start and end
                 self._reads.failed(exc)
                 delay = self._idle_poll
@@ -308,7 +313,7 @@ class Executor:
             self._start_ready(pool)
             held = AHEAD * pools.slots[pool]
             room = held - len(self._running[pool]) - len(self._ready.get(pool, ())) - self._reserved.get(pool, 0)
-            if room <= 0 or self._stopping:
+            if room <= 0 or self._stopping or self._pauses.paused(pool, self._now()):
                 busy.add(pool[0])
                 self._idle.discard(pool)
                 continue
@@ -365,7 +370,7 @@ class Executor:
         integrations of their claim; a row whose tenant runs as many jobs as its cap (`max_share` of a vendor
         pool's slots) waits for one of them to end, and rows behind it go first."""
         ready = self._ready.get(pool)
-        if not ready or self._stopping:
+        if not ready or self._stopping or self._pauses.paused(pool, self._now()):
             return
         pools = self._pools if pool in self._pools.slots else ready[0][1]
         slots, running = pools.slots[pool], self._running[pool]
@@ -391,6 +396,12 @@ class Executor:
         self._uses[task] = integration
         task.add_done_callback(functools.partial(self._ended, pool))
         task.add_done_callback(self._release)
+
+    def _slowed(self, entry: LedgerEntry, until: float) -> None:
+        """A provider asked to slow down: start and claim no row of `entry`'s pool before `until` (provider_pause)."""
+        if (pool := self._pools.pool_of(entry.kind, entry.tenant)) is not None:
+            self._pauses.pause(pool, until)
+            self._idle.discard(pool)  # nor offered to admissions
 
     def _ended(self, pool: Pool, task: asyncio.Task[None]) -> None:
         """A job has ended (its result committed, or not recordable): its slot starts the next row claimed
@@ -420,8 +431,7 @@ class Executor:
         return [*self._held.values()], [entry for ready in self._ready.values() for entry, _ in ready]
 
     async def _idle_delay(self, kinds: list[str]) -> float:
-        """How long to sleep when `kinds` have free slots but nothing due: until the next is due, at most idle_poll."""
-        due = await self._ledger.next_due(kinds)
-        if due is None:
-            return self._idle_poll
-        return max(0.0, min(self._idle_poll, due - self._now()))
+        """How long to sleep: until the next row of `kinds` is due or a provider's pause ends, at most idle_poll."""
+        due = await self._ledger.next_due(kinds) if kinds else None
+        delay = self._idle_poll if due is None else max(0.0, min(self._idle_poll, due - self._now()))
+        return self._pauses.wait(delay, self._now())

@@ -57,6 +57,7 @@ class JobRun:
         rand: Callable[[], float],
         revoked: Callable[[str], bool],
         observe: Observe,
+        slowed: Callable[[LedgerEntry, float], None] = lambda _entry, _until: None,
     ) -> None:
         self._ledger = ledger
         self._on_final = on_final
@@ -65,6 +66,7 @@ class JobRun:
         self._rand = rand
         self._revoked = revoked
         self._observe = observe
+        self._slowed = slowed  # told of a provider's rate limit: no call to it before that time (provider_pause.py)
 
     async def run(self, entry: LedgerEntry, integration: Integration) -> None:
         """Run one claimed row through `integration`: its result recorded, then told to its device."""
@@ -125,8 +127,13 @@ class JobRun:
                 await self._ledger.confirm(entry.device_id, [entry.intent_id], entry.attempt)
             return ack
         retry_at = verdict.retry_at
+        if not verdict.counted:
+            self._slowed(entry, retry_at)
         await self._recorded(
-            entry, lambda: self._ledger.reschedule(entry, retry_at, verdict.code, verdict.detail, self._now())
+            entry,
+            lambda: self._ledger.reschedule(
+                entry, retry_at, verdict.code, verdict.detail, self._now(), counted=verdict.counted
+            ),
         )
         self._observe(entry.kind, "retried", verdict.code, time.perf_counter() - started)
         logger.info("%s/%s: %s; retry in %.1fs", entry.device_id, entry.intent_id, verdict.code, verdict.retry_at - now,

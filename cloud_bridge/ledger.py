@@ -99,7 +99,7 @@ class LedgerEntry:
     state: EntryState
     code: str = ""
     detail: str = ""
-    tries: int = 0  # executions started for this attempt
+    tries: int = 0  # executions started for this attempt, less those a provider's rate limit gave back
     next_run: float = 0.0  # seconds since the epoch
     overrides: dict[str, Any] = field(default_factory=dict)
     confirmed: bool = False
@@ -229,6 +229,11 @@ def entry_from_row(row: StoredRow) -> LedgerEntry:
     """A LedgerEntry from a stored row (payload and overrides as msgpack); columns it does not carry are
     not read."""
     return _entry(row, EntryState(row["state"]), row["tries"], row["updated"], row["owner"], row["lease_until"])
+
+
+def held_by(entry: LedgerEntry) -> tuple[str, str, int, int]:
+    """The parameters of a claim's hold on its row (device, intent, attempt, tries: `HELD` in the stores' SQL)."""
+    return entry.device_id, entry.intent_id, entry.attempt, entry.tries
 
 
 def claimed_entry(row: StoredRow, owner: str, until: float, now: float) -> LedgerEntry:
@@ -364,8 +369,13 @@ class Ledger(Protocol):
         changed) is left alone and its current state returned.
         """
 
-    async def reschedule(self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float) -> None:
-        """Put the row held by `entry`'s claim back in the queue, due at `next_run`, after a transient error."""
+    async def reschedule(
+        self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float, *, counted: bool = True
+    ) -> None:
+        """Put the row held by `entry`'s claim back in the queue, due at `next_run`, after a transient error.
+        Not `counted` (a provider's rate limit: provider_pause.py), its claim's try is given back (`tries` - 1), and
+        the row is taken as held only while its `next_run` is still the claim's: the next claim has the same
+        `tries`, and a write tried again (its commit went through unanswered) must not take that one's row."""
 
     async def audit(
         self, device_id: str | None = None, since: float | None = None, limit: int = 1000, *, tenant: str | None = None

@@ -37,6 +37,7 @@ from cloud_bridge.ledger import (
     clip_detail,
     depth_from_rows,
     entry_from_row,
+    held_by,
     lapsed_detail,
     log_context,
 )
@@ -330,16 +331,19 @@ class SqliteLedger:
         finish = Finish(entry, final_state(state), code, clip_detail(detail), now, integration, seconds)
         return await self._finishes.finish(finish)
 
-    async def reschedule(self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float) -> None:
-        """Put the row `entry` holds back in the queue, due at `next_run`, and audit the retry."""
+    async def reschedule(
+        self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float, *, counted: bool = True
+    ) -> None:
+        """Put the row `entry` holds back in the queue, due at `next_run` (`Ledger.reschedule`); audit the retry."""
         detail = clip_detail(detail)
         event = LedgerEvent.RETRY
 
         def run(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(
-                f"UPDATE intents SET state = '{target(event)}', code = ?, detail = ?, next_run = ?, updated = ?,"
-                f" owner = '', lease_until = 0 WHERE {HELD} AND {state_in(sources(event))}",
-                (code, detail, next_run, now, entry.device_id, entry.intent_id, entry.attempt, entry.tries),
+                f"UPDATE intents SET state = '{target(event)}', tries = tries - {int(not counted)}, code = ?,"
+                f" detail = ?, next_run = ?, updated = ?, owner = '', lease_until = 0"
+                f" WHERE {HELD} AND {state_in(sources(event))}{'' if counted else ' AND next_run = ?'}",
+                (code, detail, next_run, now, *held_by(entry), *(() if counted else (entry.next_run,))),
             )
             if cursor.rowcount == 0:
                 logger.warning("reschedule of %s/%s ignored: no longer held", entry.device_id, entry.intent_id,

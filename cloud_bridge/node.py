@@ -177,6 +177,7 @@ class Bridge:
             max_attempts=settings.max_attempts,
             retry_base=settings.retry_base,
             retry_cap=settings.retry_cap,
+            max_rate_limited=settings.max_rate_limited,
             on_final=service.on_final,
             now=self._clock,
             revoked=self._revoked,

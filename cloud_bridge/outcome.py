@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from cloud_bridge.ledger import LedgerEntry
 from cloud_bridge.ledger_states import EntryState
+from cloud_bridge.provider_pause import rate_limited_detail, rate_limited_times, slow_down
 from intent_contract.backoff import compute_backoff
 
 # What a verdict may set: a final state, or back to the queue for a retry.
@@ -25,10 +26,11 @@ class RetryPolicy:
     max_attempts: int = 8  # tries per attempt, the first included
     base: float = 1.0  # seconds: the backoff ceiling of the first retry
     cap: float = 300.0  # seconds: the backoff ceiling never exceeds this
+    max_rate_limited: int = 100  # rate-limit answers in a row (not counted in max_attempts) before giving up
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+        if self.max_attempts < 1 or self.max_rate_limited < 1:
+            raise ValueError("max_attempts and max_rate_limited must be at least 1")
         if self.base <= 0 or self.cap < self.base:
             raise ValueError("need 0 < retry_base <= retry_cap")
 
@@ -97,6 +99,8 @@ class Verdict:
     # No edge will ever confirm this result (its device is revoked): it counts as confirmed at once, so that
     # retention and `intents purge` can delete it like any other old result.
     settled: bool = False
+    # A retry after the provider's rate limit (provider_pause.py): its try is given back, not counted in max_attempts.
+    counted: bool = True
 
     def __post_init__(self) -> None:
         if self.state not in VERDICT_STATES:
@@ -105,6 +109,8 @@ class Verdict:
             raise ValueError("retry_at is set for a retry and only for a retry")
         if self.settled and self.state is EntryState.QUEUED:
             raise ValueError("only a final verdict can be settled")
+        if not self.counted and self.state is not EntryState.QUEUED:
+            raise ValueError("only a retry can leave its try uncounted")
 
 
 def retry_delay(
@@ -149,7 +155,7 @@ def before_run(entry: LedgerEntry, *, now: float, revoked: bool, max_attempts: i
     call). Such an intent was run again at every restart, past any bound, even one that takes the bridge down.
     """
     if entry.expired_at(now):
-        if entry.tries <= 1:  # this claim is its first try
+        if entry.tries <= 1 and not rate_limited_times(entry.code, entry.detail):  # this claim is its first try
             return Verdict(EntryState.EXPIRED, "expired", "expired before it ran")
         # It ran before: "before it ran" told the app it was never sent, of a request the provider may have.
         return Verdict(EntryState.EXPIRED, "expired", f"expired before its next try; {last_try(entry.code)}")
@@ -170,6 +176,8 @@ def after_run(entry: LedgerEntry, result: CallResult, *, now: float, policy: Ret
         return Verdict(EntryState.DELIVERED, "", result.detail)
     if isinstance(result, Permanent) and not key_in_use(entry, result.code):
         return Verdict(EntryState.FAILED, result.code, result.detail)
+    if isinstance(result, Transient) and slow_down(result.code, result.retry_after):
+        return _slowed(entry, result, now=now, policy=policy, jitter=jitter)
     if isinstance(result, Permanent):
         result = Transient(result.code, f"{result.detail}: the provider may still be at an earlier try with this key")
     delay = retry_delay(
@@ -186,3 +194,20 @@ def after_run(entry: LedgerEntry, result: CallResult, *, now: float, policy: Ret
         reached = "; it may have reached the provider" if result.code in UNANSWERED else ""
         return Verdict(EntryState.EXPIRED, "expired", f"expires before its retry: {result.detail}{reached}")
     return Verdict(EntryState.QUEUED, result.code, result.detail, retry_at=now + delay)
+
+
+def _slowed(entry: LedgerEntry, result: Transient, *, now: float, policy: RetryPolicy, jitter: float) -> Verdict:
+    """The verdict after a rate-limit answer (provider_pause.py): again at the provider's Retry-After (none given:
+    backoff on the answers in a row), its try not counted, unless the deadline comes first or the answers in a
+    row pass `max_rate_limited`."""
+    times = rate_limited_times(entry.code, entry.detail) + 1
+    if times > policy.max_rate_limited:
+        detail = f"{result.detail} (gave up after {times} rate-limit answers in a row; max_rate_limited is "
+        return Verdict(EntryState.FAILED, result.code, f"{detail}{policy.max_rate_limited})")
+    delay = result.retry_after
+    if delay is None:
+        delay = compute_backoff(times, base=policy.base, cap=policy.cap, jitter=jitter)
+    if entry.expired_at(now + delay):
+        return Verdict(EntryState.EXPIRED, "expired", f"expires before its retry: {result.detail}")
+    detail = rate_limited_detail(times, result.detail)
+    return Verdict(EntryState.QUEUED, result.code, detail, retry_at=now + delay, counted=False)

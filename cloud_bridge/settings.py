@@ -108,6 +108,10 @@ class BridgeSettings:
         return self.config.bridge.retry_cap
 
     @property
+    def max_rate_limited(self) -> int:
+        return self.config.bridge.max_rate_limited
+
+    @property
     def enroll_limits(self) -> EnrollLimits:
         return self.config.bridge.enroll_limits
 

@@ -32,6 +32,9 @@ class BridgeSection(SecretSection):
     max_attempts: PositiveInt = Field(8, description="executions of one attempt before it ends `failed`")
     retry_base: Positive = Field(1.0, description="first backoff between retries, seconds (full jitter)")
     retry_cap: Positive = Field(300.0, description="longest backoff between retries, seconds")
+    max_rate_limited: PositiveInt = Field(
+        100, description="a provider's rate-limit answers in a row (not counted in max_attempts) before `failed`"
+    )
     enroll_per_address_per_minute: Positive = Field(
         _ENROLL.per_address_per_minute, description="POST /v1/enroll requests from one address (an IPv6 /64)"
     )

@@ -31,6 +31,7 @@ from cloud_bridge.ledger import (
     clip_detail,
     depth_from_rows,
     entry_from_row,
+    held_by,
     log_context,
 )
 from cloud_bridge.ledger_finish import Finish, JoinedFinishes, final_state
@@ -265,16 +266,19 @@ class PgLedger:
         finish = Finish(entry, final_state(state), code, clip_detail(detail), now, integration, seconds)
         return await self._finishes.finish(finish)
 
-    async def reschedule(self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float) -> None:
-        """Put the row `entry` holds back in the queue, due at `next_run`, and audit the retry."""
+    async def reschedule(
+        self, entry: LedgerEntry, next_run: float, code: str, detail: str, now: float, *, counted: bool = True
+    ) -> None:
+        """Put the row `entry` holds back in the queue, due at `next_run` (`Ledger.reschedule`); audit the retry."""
         detail = clip_detail(detail)
         event = LedgerEvent.RETRY
 
         async def run(conn: AsyncConn) -> None:
             cursor = await conn.execute(
-                f"UPDATE intents SET state = '{target(event)}', code = %s, detail = %s, next_run = %s, updated = %s,"
-                f" owner = '', lease_until = 0 WHERE {_HELD} AND {state_in(sources(event))}",
-                (code, detail, next_run, now, entry.device_id, entry.intent_id, entry.attempt, entry.tries),
+                f"UPDATE intents SET state = '{target(event)}', tries = tries - {int(not counted)}, code = %s,"
+                f" detail = %s, next_run = %s, updated = %s, owner = '', lease_until = 0"
+                f" WHERE {_HELD} AND {state_in(sources(event))}{'' if counted else ' AND next_run = %s'}",
+                (code, detail, next_run, now, *held_by(entry), *(() if counted else (entry.next_run,))),
             )
             if cursor.rowcount == 0:
                 logger.warning("reschedule of %s/%s ignored: no longer held", entry.device_id, entry.intent_id,

@@ -123,7 +123,7 @@ async def test_a_retry_the_full_disk_refused_is_recorded_once_space_returns(
             row = entry_from_row(conn.execute("SELECT * FROM intents").fetchone())
     assert api.keys == ["dev-1:i-1:1"]
     assert row.state is EntryState.QUEUED, row
-    assert (row.code, row.tries) == ("http_503", 1)
+    assert (row.code, row.tries) == ("http_503", 0)  # a 503 saying when is the provider's, no try (provider_pause)
     assert row.next_run >= now + 3600  # the provider's Retry-After kept
     assert [(r.event, r.code) for r in history] == [(AuditEvent.ACCEPT, ""), (AuditEvent.RETRY, "http_503")]
     ours = [r for r in caplog.records if r.name.startswith("cloud_bridge")]

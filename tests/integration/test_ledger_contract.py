@@ -419,6 +419,21 @@ async def test_sqlite_finishes_recorded_together_each_match_their_holder(tmp_pat
         await ledger.close()
 
 
+async def test_a_retry_not_counted_gives_its_try_back_and_a_stale_claim_cannot(ledger: Ledger) -> None:
+    """A provider's rate limit (provider_pause.py) is not the intent's try: the reschedule that records it takes
+    the claim's try back in the same UPDATE, so the next claim is the same try again; a counted one keeps it."""
+    await admit(ledger, DEV, [env("a")], Decider(), NOW)
+    [first] = await ledger.claim(["email.send"], 1, NOW, owner="node-a", lease=10)
+    await ledger.reschedule(first, NOW + 1, "http_429", "slow down", NOW, counted=False)
+    [again] = await ledger.claim(["email.send"], 1, NOW + 1, owner="node-a", lease=10)
+    assert (again.tries, again.code, again.detail) == (1, "http_429", "slow down")
+    await ledger.reschedule(first, NOW + 2, "x", "", NOW + 1, counted=False)  # no longer held: nothing changes
+    assert await ledger.renew([again], NOW + 20) == 1
+    await ledger.reschedule(again, NOW + 2, "http_500", "", NOW + 1)
+    [third] = await ledger.claim(["email.send"], 1, NOW + 2, owner="node-a", lease=10)
+    assert third.tries == 2
+
+
 async def test_finish_and_reschedule_ignore_rows_not_running(ledger: Ledger) -> None:
     decide = Decider()
     await admit(ledger, DEV, [env("a")], decide, NOW)

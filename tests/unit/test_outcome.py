@@ -155,6 +155,40 @@ def test_a_retry_due_at_or_after_the_deadline_expires_now() -> None:
     assert later.state is EntryState.QUEUED
 
 
+def test_a_rate_limit_is_retried_at_the_provider_s_time_without_spending_a_try() -> None:
+    """A 429 (or a 503 saying when) is the provider's load, not the intent: before December 2026 it spent a try,
+    and a backlog against a provider allowing 5 calls/s ended 474 of 1,000 intents `failed`/`http_429`."""
+    policy = RetryPolicy(max_attempts=2, base=1.0, cap=10.0, max_rate_limited=3)
+    row = entry(tries=2)  # the last try max_attempts allows
+    verdict = after_run(
+        row, Transient("http_429", "HTTP 429 Too Many Requests", 1.0), now=NOW, policy=policy, jitter=1.0
+    )
+    detail = "rate limited 1 time in a row, not counted in max_attempts: HTTP 429 Too Many Requests"
+    assert verdict == Verdict(EntryState.QUEUED, "http_429", detail, retry_at=NOW + 1.0, counted=False)
+    for times in (2, 3):  # the count rides in the detail the row keeps
+        row = replace(row, code=verdict.code, detail=verdict.detail)
+        verdict = after_run(row, Transient("sms_503", "busy", 60.0), now=NOW, policy=policy, jitter=1.0)
+        assert (verdict.retry_at, verdict.counted) == (NOW + 60.0, False)
+        assert verdict.detail.startswith(f"rate limited {times} times in a row")
+    row = replace(row, code=verdict.code, detail=verdict.detail)
+    given_up = after_run(row, Transient("http_429", "slow", 1.0), now=NOW, policy=policy, jitter=1.0)
+    assert (given_up.state, given_up.code) == (EntryState.FAILED, "http_429")
+    assert given_up.detail == "slow (gave up after 4 rate-limit answers in a row; max_rate_limited is 3)"
+    no_time = after_run(entry(tries=1), Transient("http_429", "slow"), now=NOW, policy=policy, jitter=0.5)
+    assert (no_time.retry_at, no_time.counted) == (NOW + 0.5, False)  # no Retry-After: backoff on the answers
+    plain_503 = after_run(entry(tries=2), Transient("http_503", "down"), now=NOW, policy=policy, jitter=0.5)
+    assert plain_503.state is EntryState.FAILED  # a 503 that says nothing of when is an outage: it counts
+    late = after_run(entry(expires=NOW + 1.0), Transient("http_429", "slow", 1.0), now=NOW, policy=policy, jitter=1.0)
+    assert (late.state, late.detail) == (EntryState.EXPIRED, "expires before its retry: slow")
+
+
+def test_a_row_rate_limited_at_its_first_try_and_then_past_its_deadline_says_so() -> None:
+    row = replace(entry(tries=1, expires=NOW - 1.0), code="http_429", detail="rate limited 1 time in a row, not"
+                  " counted in max_attempts: HTTP 429 Too Many Requests")  # fmt: skip
+    verdict = before_run(row, now=NOW, revoked=False, max_attempts=4)
+    assert verdict is not None and verdict.detail == "expired before its next try; its last try ended http_429"
+
+
 def test_bad_policies_and_verdicts_are_refused() -> None:
     with pytest.raises(ValueError, match="max_attempts"):
         RetryPolicy(max_attempts=0)
@@ -168,6 +202,10 @@ def test_bad_policies_and_verdicts_are_refused() -> None:
         Verdict(EntryState.FAILED, "timeout", "", retry_at=NOW)
     with pytest.raises(ValueError, match="cannot end"):
         Verdict(EntryState.RUNNING, "", "")
+    with pytest.raises(ValueError, match="uncounted"):
+        Verdict(EntryState.FAILED, "http_429", "", counted=False)
+    with pytest.raises(ValueError, match="max_rate_limited"):
+        RetryPolicy(max_rate_limited=0)
 
 
 transients = st.builds(

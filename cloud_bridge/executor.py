@@ -70,7 +70,7 @@ class Executor:
         integrations: Mapping[str, Integration],
         *,
         on_final: Callable[[str, Ack], Awaitable[None]],
-        max_attempts: int = 8,
+        max_attempts: int = 20,
         retry_base: float = 1.0,
         retry_cap: float = 300.0,
         max_rate_limited: int = 100,

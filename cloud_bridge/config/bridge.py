@@ -29,7 +29,9 @@ class BridgeSection(SecretSection):
     NODE_ONLY = False  # the operators' commands open the store too
 
     audience: Text = Field(DEFAULT_AUDIENCE, description="the `aud` every device token must carry")
-    max_attempts: PositiveInt = Field(8, description="executions of one attempt before it ends `failed`")
+    max_attempts: PositiveInt = Field(
+        20, description="executions of one attempt before it ends `failed` (with the defaults: up to about an hour)"
+    )
     retry_base: Positive = Field(1.0, description="first backoff between retries, seconds (full jitter)")
     retry_cap: Positive = Field(300.0, description="longest backoff between retries, seconds")
     max_rate_limited: PositiveInt = Field(

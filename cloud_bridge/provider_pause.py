@@ -60,5 +60,8 @@ class Pauses:
         return until is not None and until > now
 
     def wait(self, delay: float, now: float) -> float:
-        """`delay`, or less so as to look again when the earliest pause ends."""
-        return min([delay, *(max(0.0, until - now) for until in self._until.values())])
+        """`delay`, or less so as to look again when the earliest pause ends. Ended pauses go here: `paused` is
+        asked only of pools with room (or still configured), and an ended one kept made this 0 at every pass of
+        the executor's loop, a busy loop while every slot was taken."""
+        self._until = {pool: until for pool, until in self._until.items() if until > now}
+        return min([delay, *(until - now for until in self._until.values())])

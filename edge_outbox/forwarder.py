@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import aiomqtt
 
 from edge_outbox import forward_ops, offline_ops, ops
-from edge_outbox.bridge_access import client_tls_context, device_token
+from edge_outbox.bridge_access import ACK_WAIT_S, bridge_client, device_token
 from edge_outbox.bridge_clock import BridgeClock, TimeSample
 from edge_outbox.cancelling import raise_if_cancelled
 from edge_outbox.confirms import Confirms
@@ -37,6 +36,7 @@ from edge_outbox.forward_recheck import Recheck
 from edge_outbox.forward_wire import LinkSnapshot, LinkState, encode_rows, first_leaf, link_failure
 from edge_outbox.identity import Identity
 from edge_outbox.link_gate import LinkGate
+from edge_outbox.link_pace import LinkPace
 from edge_outbox.link_rate import AckRate
 from edge_outbox.pins_learn import has_pins, learn_pins
 from edge_outbox.send_window import SendWindow
@@ -90,6 +90,7 @@ class Forwarder:
         self._wake = asyncio.Event()
         self._stopping = False
         self._window = SendWindow(settings.window, BATCHES_IN_FLIGHT, int(settings.ack_timeout_s * 1000))
+        self._pace = LinkPace(settings.batch_items, settings.batch_bytes)  # batch sizes this link carries
         self._recheck = Recheck(clock_ms())
         self._connected_at = 0
         self._state = LinkState.OFFLINE
@@ -233,6 +234,7 @@ class Forwarder:
                         retried_for_clock = True
                         continue
             except (aiomqtt.MqttError, OSError) as exc:
+                self._pace.link_lost()
                 code, self._error = link_failure(str(exc), self._identity.bridge_host)
                 self._log.warning("%s", self._error)
                 self.errors.add(self._clock_ms(), code, self._error)
@@ -296,24 +298,9 @@ class Forwarder:
         token = device_token(
             self._data_dir, self._identity, clock.bridge_ms(self._clock_ms()) // 1000, s.token_lifetime_s
         )
-        port = s.websocket_port if s.transport == "websockets" else self._identity.mqtt_port
-        client = aiomqtt.Client(
-            self._identity.bridge_host,
-            port,
-            identifier=self._identity.device_id,
-            username=self._identity.device_id,
-            password=token,
-            tls_context=client_tls_context(self._data_dir),
-            clean_session=True,
-            keepalive=30,
-            timeout=15,
-            transport=s.transport,
-            max_inflight_messages=64,
-            # paho leaves Nagle's algorithm on: a batch written while the previous one's TCP ACK was
-            # outstanding waited for the bridge's delayed ACK, 40 ms (bench/findings.md F18).
-            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
-        )
+        client = bridge_client(self._data_dir, self._identity, s, token)
         async with client:
+            client.timeout = ACK_WAIT_S  # for PUBACKs and SUBACKs over a slow link
             self._connected_at = self._clock_ms()
             self._last_contact = self._connected_at
             self._window.reset(self._connected_at)
@@ -361,16 +348,14 @@ class Forwarder:
             window.expire(now)
             rows: list[IntentRow] = []
             if (room := window.room()) > 0:
+                limit, max_bytes = self._pace.limits(room)
                 # Eligible: never sent, sent on an earlier connection, or not acked within ack_timeout.
                 rows = await self._store.call(
-                    forward_ops.take_batch,
-                    limit=min(s.batch_items, room),
-                    max_bytes=s.batch_bytes,
-                    sent_before=window.sent_before(now),
+                    forward_ops.take_batch, limit=limit, max_bytes=max_bytes, sent_before=window.sent_before(now),
                     now=now,
-                )
+                )  # fmt: skip
                 if not rows:  # nothing new: a forwarded intent's result may never come (forward_recheck)
-                    rows = await self._recheck.take(self._store, min(s.batch_items, room), s.batch_bytes, now)
+                    rows = await self._recheck.take(self._store, limit, max_bytes, now)
             if not rows:
                 try:
                     async with asyncio.timeout(s.idle_poll_s):
@@ -389,7 +374,10 @@ class Forwarder:
                 self.errors.add(now, "unsendable", f"{ended} stored intents could not be sent: {unsendable[0][1]}")
             if batch is None:
                 continue
+            self._pace.sending()
+            started = time.monotonic()
             await client.publish(self._intents_topic, batch, qos=1)
+            self._pace.went(len(batch), len(sendable), time.monotonic() - started)
             window.sent([r.id for r in sendable], now)
             self._sent += len(sendable)
             raise_if_cancelled()

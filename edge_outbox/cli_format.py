@@ -193,4 +193,5 @@ def report_problems(live: dict[str, Any], max_offline_s: float, *, revoked: bool
         attach_down_since_ms=attach.get("down_since_ms"),
         silent_s=(now_ms() - beat) / 1000 if isinstance(beat, int) and not isinstance(beat, bool) else None,
         attach_fault=attach.get("fault", ""),
+        link_unanswered_since_ms=link.get("unanswered_since") if link else None,
     )

@@ -43,6 +43,9 @@ class LinkSnapshot:
     connects: int = 0  # connections made since the outbox started
     failures: int = 0  # connection attempts that failed
     error: str = ""  # while down: why the last attempt failed (forward_wire.link_failure's line, a refusal)
+    # Since when intents sent to the bridge have had no ack at all, through every reconnect (None: none waits). A link
+    # that connects and drops mid-batch, again and again, is up at times but delivers nothing (edge_outbox.health).
+    unanswered_since: int | None = None
 
 
 def envelope_of(row: IntentRow, clock: BridgeClock) -> Envelope:

@@ -96,6 +96,7 @@ class Forwarder:
         self._state = LinkState.OFFLINE
         self._since = clock_ms() if offline_since is None else min(clock_ms(), offline_since)
         self._last_contact: int | None = None
+        self._unanswered_since: int | None = None  # LinkSnapshot.unanswered_since
         # Counted since the outbox started: a reload's forwarder goes on from the one before it (`carried`).
         self._sent, self._acked = (carried.sent, carried.acked) if carried else (0, 0)
         self._rate = AckRate()
@@ -144,6 +145,7 @@ class Forwarder:
         (a link down for seconds was "down for 86400 s" once NTP corrected a clock a day behind)."""
         self._since += step_ms
         self._last_contact = None if self._last_contact is None else self._last_contact + step_ms
+        self._unanswered_since = None if self._unanswered_since is None else self._unanswered_since + step_ms
 
     @property
     def last_contact(self) -> int | None:
@@ -156,7 +158,7 @@ class Forwarder:
         rate = self._rate.rate(now)
         return LinkSnapshot(
             self._state, self._since, self._last_contact, self._sent, self._acked, rate, self._connects, self._failures,
-            "" if self._state is LinkState.CONNECTED else self._error,
+            "" if self._state is LinkState.CONNECTED else self._error, self._unanswered_since,
         )  # fmt: skip
 
     def _set_state(self, state: LinkState) -> None:
@@ -261,6 +263,7 @@ class Forwarder:
 
     def _waiting(self, seconds: float) -> None:
         self._set_state(LinkState.OFFLINE)
+        self._unanswered_since = None  # outside the windows the link is down by design: judged by --max-offline
         self._log.info("outside the forwarding windows; the next opens in %s", format_age(seconds))
 
     async def _learn_time(self, sample: TimeSample) -> bool:
@@ -375,6 +378,8 @@ class Forwarder:
             if batch is None:
                 continue
             self._pace.sending()
+            if self._unanswered_since is None:
+                self._unanswered_since = now
             started = time.monotonic()
             await client.publish(self._intents_topic, batch, qos=1)
             self._pace.went(len(batch), len(sendable), time.monotonic() - started)
@@ -413,6 +418,7 @@ class Forwarder:
             if not acks:
                 continue
             self._last_contact = self._clock_ms()
+            self._unanswered_since = None
             applied = await self._store.call(forward_ops.apply_acks, acks, self._last_contact)
             for ack in acks:
                 if self._window.acked(ack.id):

@@ -22,6 +22,7 @@ def problems(
     attach_down_since_ms: int | None = None,
     silent_s: float | None = None,
     attach_fault: str = "",
+    link_unanswered_since_ms: int | None = None,
 ) -> list[str]:
     """What is wrong, in words; empty when healthy.
 
@@ -29,7 +30,9 @@ def problems(
     the link is doing now: a site with no link, or outside its forwarding windows, learns it from a
     receipt); intake cannot store (a full disk or a full queue
     holds the apps' acknowledgements); the link to the bridge has been down longer than
-    `max_offline_s` (None: not enrolled or not forwarding, which is not a fault here); in attach mode, the
+    `max_offline_s` (None: not enrolled or not forwarding, which is not a fault here), or intents sent to it have
+    had no ack at all for longer than that (`link_unanswered_since_ms`: a link that connects and drops mid-batch,
+    again and again, is up at times and delivers nothing); in attach mode, the
     connection to the site's broker, through which every intent comes, has been down longer than ATTACH_GRACE_S
     (or `max_offline_s` if shorter), or the broker sends the outbox nothing (`attach_fault`: its ACL, say);
     the outbox's heartbeat is `silent_s` old, more than SILENT_AFTER_S (None: none to judge).
@@ -40,10 +43,20 @@ def problems(
     if intake_held_since_ms is not None:
         held_s = max(0.0, (now_ms - intake_held_since_ms) / 1000)
         found.append(f"intake paused for {held_s:.0f} s: {intake_reason}")
+    down_long = False
     if link_state in ("offline", "connecting") and link_since_ms is not None:
         down_s = (now_ms - link_since_ms) / 1000
         if down_s > max_offline_s:
+            down_long = True
             found.append(f"no link to the bridge for {down_s:.0f} s (more than {max_offline_s:.0f} s)")
+    if link_unanswered_since_ms is not None and link_state != "revoked" and not down_long:
+        waited_s = (now_ms - link_unanswered_since_ms) / 1000
+        if waited_s > max_offline_s:
+            found.append(
+                f"the bridge has acknowledged nothing sent to it for {waited_s:.0f} s (more than"
+                f" {max_offline_s:.0f} s): the link connects but carries nothing through (the log says why each"
+                " connection ended)"
+            )
     if attach_down_since_ms is not None:
         down_s = max(0.0, (now_ms - attach_down_since_ms) / 1000)
         if down_s > min(max_offline_s, ATTACH_GRACE_S):

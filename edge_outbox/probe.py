@@ -58,6 +58,7 @@ class Observed:
     attach_down_since_ms: int | None = None  # attach mode: since when the broker connection is down (None: up)
     silent_s: float = 0.0  # since the housekeeping's last tick (edge_outbox.health.SILENT_AFTER_S)
     attach_fault: str = ""  # attach mode: what is wrong with a connection that is up (edge_outbox.attach)
+    link_unanswered_since_ms: int | None = None  # edge_outbox.forward_wire.LinkSnapshot.unanswered_since
 
 
 class _Collector(Collector):
@@ -178,6 +179,7 @@ class Probe:
             attach_down_since_ms=seen.attach_down_since_ms,
             silent_s=seen.silent_s,
             attach_fault=seen.attach_fault,
+            link_unanswered_since_ms=seen.link_unanswered_since_ms,
         )
         body = {"status": "ok" if not found else "unhealthy", "problems": found}
         return web.Response(status=200 if not found else 503, text=json.dumps(body), content_type="application/json")

@@ -235,6 +235,7 @@ class Outbox:
             attach_down_since_ms=self._attach_down_since_ms(),
             silent_s=time.monotonic() - self._beat,
             attach_fault=self._transport.fault if isinstance(self._transport, AttachedClient) else "",
+            link_unanswered_since_ms=link.unanswered_since if link else None,
         )
 
     def _edge_facts(self) -> EdgeFacts:

@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 
 from edge_outbox import ops
+from edge_outbox.cli_format import report_problems
 from edge_outbox.enroll_client import enroll
+from edge_outbox.forward_wire import LinkSnapshot, LinkState
 from edge_outbox.forwarder import Forwarder
+from edge_outbox.health import problems
 from edge_outbox.identity import Identity, load_identity
 from edge_outbox.intake_rules import admit
+from edge_outbox.lock import LINK_KEY
 from edge_outbox.ops import QueueLimits
 from edge_outbox.settings import ForwarderSettings
 from edge_outbox.store import Store
@@ -134,6 +138,52 @@ async def test_a_link_of_two_seconds_each_way_connects(
             assert forwarder.snapshot().error == ""
             assert forwarder.snapshot().failures == 0
             assert sorted(j.intent_id for j in counting.calls) == ids
+        finally:
+            forwarder.request_stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await store.close()
+
+
+async def test_a_link_that_connects_and_drops_mid_batch_every_time_is_unhealthy(
+    tmp_path: Path, harness: Harness, counting: CountingIntegration
+) -> None:
+    """A link that connects, then drops before any batch is through, again and again (a cellular cell at its edge).
+    The link was up now and then, so its outage never outlasted the reconnect backoff, and `status` and /healthz
+    said healthy for as long as it went on, while nothing reached the bridge."""
+    edge_dir, identity = await enrolled(tmp_path, harness)
+    store = Store(edge_dir)
+    await store.start()
+    # Each connection carries its TLS handshake and CONNECT (about 1.3 KB), never a whole batch of these.
+    async with SlowLink(harness.mqtt_port, rate=20_000, delay_s=0.2, cut_after=[2_000] * 1000) as link:
+        settings = ForwarderSettings(backoff_base_s=0.05, backoff_cap_s=0.2)
+        forwarder = Forwarder(store, edge_dir, dataclasses.replace(identity, mqtt_port=link.port), settings, now_ms)
+        task = asyncio.create_task(forwarder.run())
+        seen: list[LinkSnapshot] = []
+
+        def up_after_drops() -> bool:
+            seen.append(forwarder.snapshot())
+            return link.cuts >= 3 and seen[-1].state is LinkState.CONNECTED
+
+        try:
+            await queue(store, 5, 3_000)
+            forwarder.wake()
+            await until(up_after_drops, timeout=120, what="the link up again after three drops")
+            snapshot = seen[-1]
+            assert counting.calls == []  # nothing got through
+            assert snapshot.unanswered_since is not None
+            later = snapshot.unanswered_since + 61_000
+            found = problems(
+                link_state=snapshot.state.value, link_since_ms=snapshot.since, intake_held_since_ms=None,
+                intake_reason="", now_ms=later, max_offline_s=60, link_unanswered_since_ms=snapshot.unanswered_since,
+            )  # fmt: skip
+            assert found == [
+                "the bridge has acknowledged nothing sent to it for 61 s (more than 60 s): the link connects but"
+                " carries nothing through (the log says why each connection ended)"
+            ]
+            # `edge-outbox status` reads the same from what the running outbox records.
+            live = {LINK_KEY: dataclasses.asdict(snapshot)}
+            assert report_problems(live, 0.0, revoked=False)[0].startswith("the bridge has acknowledged nothing")
         finally:
             forwarder.request_stop()
             task.cancel()

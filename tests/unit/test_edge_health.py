@@ -76,3 +76,17 @@ def test_an_attached_broker_that_sends_nothing_is_a_problem() -> None:
         link_state=None, link_since_ms=None, intake_held_since_ms=None, intake_reason="", now_ms=0, attach_fault=fault
     )
     assert found == [fault]
+
+
+def test_nothing_acknowledged_counts_past_the_threshold_and_once_with_a_link_down_as_long() -> None:
+    def found(state: str, since: int, unanswered: int) -> list[str]:
+        return problems(
+            link_state=state, link_since_ms=since, intake_held_since_ms=None, intake_reason="", now_ms=NOW,
+            link_unanswered_since_ms=unanswered,
+        )  # fmt: skip
+
+    assert found("connected", NOW - 10_000, NOW - 3_000_000) == []
+    (flapping,) = found("connected", NOW - 10_000, NOW - 7_200_000)
+    assert flapping.startswith("the bridge has acknowledged nothing sent to it for 7200 s (more than 3600 s)")
+    assert found("offline", NOW - 5_000, NOW - 7_200_000) == [flapping]  # between two of its connections
+    assert found("offline", NOW - 7_200_000, NOW - 7_200_000) == ["no link to the bridge for 7200 s (more than 3600 s)"]

@@ -204,6 +204,7 @@ class Forwarder:
                 await self._stay_revoked()
                 return
             self._set_state(LinkState.CONNECTING)
+            acked_before = self._acked
             try:
                 await self._connection()
                 failures, retried_for_clock = 0, False
@@ -237,6 +238,9 @@ class Forwarder:
                         continue
             except (aiomqtt.MqttError, OSError) as exc:
                 self._pace.link_lost()
+                # A link that delivered is a new outage when it drops: its backoff starts again (it kept growing
+                # over a flapping link's every drop, to a minute's wait after each, until a token refresh).
+                failures = 0 if self._acked > acked_before else failures
                 code, self._error = link_failure(str(exc), self._identity.bridge_host)
                 self._log.warning("%s", self._error)
                 self.errors.add(self._clock_ms(), code, self._error)

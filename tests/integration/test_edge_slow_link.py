@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_outbox import forwarder as forwarder_module
 from edge_outbox import ops
 from edge_outbox.cli_format import report_problems
 from edge_outbox.enroll_client import enroll
@@ -184,6 +185,41 @@ async def test_a_link_that_connects_and_drops_mid_batch_every_time_is_unhealthy(
             # `edge-outbox status` reads the same from what the running outbox records.
             live = {LINK_KEY: dataclasses.asdict(snapshot)}
             assert report_problems(live, 0.0, revoked=False)[0].startswith("the bridge has acknowledged nothing")
+        finally:
+            forwarder.request_stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await store.close()
+
+
+async def test_a_link_that_delivered_before_it_dropped_is_reconnected_at_the_first_backoff_step(
+    tmp_path: Path, harness: Harness, counting: CountingIntegration, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconnect backoff counted every drop since the last token refresh (12 minutes), also of connections that
+    delivered: over a link that drops every few minutes, each drop soon cost up to a minute's wait (60 s cap)."""
+    steps: list[int] = []
+
+    def backoff(failures: int, *, base: float, cap: float, jitter: float) -> float:
+        steps.append(failures)
+        return 0.05
+
+    monkeypatch.setattr(forwarder_module, "compute_backoff", backoff)
+    edge_dir, identity = await enrolled(tmp_path, harness)
+    store = Store(edge_dir)
+    await store.start()
+    # Each connection carries about 30 KB before it drops: a few batches, acknowledged.
+    async with SlowLink(harness.mqtt_port, rate=100_000, delay_s=0.05, cut_after=[30_000] * 6) as link:
+        forwarder = Forwarder(
+            store, edge_dir, dataclasses.replace(identity, mqtt_port=link.port), ForwarderSettings(), now_ms
+        )
+        task = asyncio.create_task(forwarder.run())
+        try:
+            ids = await queue(store, 60, 3_000)
+            forwarder.wake()
+            await until(lambda: set(stored_ids(edge_dir).values()) == {"delivered"}, timeout=120, what="all delivered")
+            assert link.cuts == 6
+            assert sorted(j.intent_id for j in counting.calls) == ids
+            assert steps == [1] * 6
         finally:
             forwarder.request_stop()
             task.cancel()

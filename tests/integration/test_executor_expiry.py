@@ -4,7 +4,6 @@ SqliteLedger and the real http.request integration against a local HTTPS API tha
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,8 +17,7 @@ from cloud_bridge.integrations.http import HttpIntegration
 from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.policy import Decision, DeviceRef
 from intent_contract.codec import Ack, AckState, Envelope
-from tests.support.http_api import ENV, config
-from tests.support.net import free_port
+from tests.support.http_api import ENV, config, serve
 from tests.support.stores import admit
 
 DEV = DeviceRef("dev-1", "acme", "boiler-7")
@@ -51,14 +49,7 @@ class HoldingApi:
 @pytest.fixture
 async def api(server_cert_files: dict[str, Path]) -> AsyncIterator[HoldingApi]:
     holding = HoldingApi()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", holding.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(server_cert_files["cert"]), str(server_cert_files["key"]))
-    holding.port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", holding.port, ssl_context=context).start()
+    runner = await serve(holding, server_cert_files["cert"], server_cert_files["key"])
     yield holding
     holding.release.set()
     await runner.cleanup()

@@ -5,7 +5,6 @@ IETF draft (draft-ietf-httpapi-idempotency-key-header) and Stripe do."""
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,8 +18,7 @@ from cloud_bridge.integrations.http import HttpIntegration
 from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.policy import Decision, DeviceRef
 from intent_contract.codec import Ack, AckState, Envelope
-from tests.support.http_api import ENV, config
-from tests.support.net import free_port
+from tests.support.http_api import ENV, config, serve
 from tests.support.stores import admit
 
 DEV = DeviceRef("dev-1", "acme", "boiler-7")
@@ -67,14 +65,7 @@ class KeyedApi:
 @pytest.fixture
 async def api(server_cert_files: dict[str, Path]) -> AsyncIterator[KeyedApi]:
     keyed = KeyedApi()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", keyed.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(server_cert_files["cert"]), str(server_cert_files["key"]))
-    keyed.port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", keyed.port, ssl_context=context).start()
+    runner = await serve(keyed, server_cert_files["cert"], server_cert_files["key"])
     yield keyed
     keyed.release.set()
     await asyncio.gather(*keyed.work.values())

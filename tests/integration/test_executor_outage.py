@@ -8,7 +8,6 @@ on average: a two-minute outage failed every intent it caught, and `retry_cap` (
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,8 +22,7 @@ from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.outcome import RetryPolicy
 from cloud_bridge.policy import Decision, DeviceRef
 from intent_contract.codec import Ack, AckState, Envelope
-from tests.support.http_api import ENV, config
-from tests.support.net import free_port
+from tests.support.http_api import ENV, config, serve
 from tests.support.stores import admit
 
 DEV = DeviceRef("dev-1", "acme", "boiler-7")
@@ -58,14 +56,7 @@ class DownApi:
 @pytest.fixture
 async def api(server_cert_files: dict[str, Path]) -> AsyncIterator[DownApi]:
     down = DownApi(Clock())
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", down.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(server_cert_files["cert"]), str(server_cert_files["key"]))
-    down.port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", down.port, ssl_context=context).start()
+    runner = await serve(down, server_cert_files["cert"], server_cert_files["key"])
     yield down
     await runner.cleanup()
 

@@ -11,7 +11,6 @@ the pool: after one, only the calls already under way reach the provider before 
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -25,8 +24,7 @@ from cloud_bridge.integrations.http import HttpIntegration
 from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.policy import Decision, DeviceRef
 from intent_contract.codec import Ack, AckState, Envelope
-from tests.support.http_api import ENV, config
-from tests.support.net import free_port
+from tests.support.http_api import ENV, config, serve
 from tests.support.stores import admit
 
 DEV = DeviceRef("dev-1", "acme", "boiler-7")
@@ -61,14 +59,7 @@ class LimitedApi:
 @pytest.fixture
 async def api(server_cert_files: dict[str, Path]) -> AsyncIterator[LimitedApi]:
     limited = LimitedApi()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", limited.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(server_cert_files["cert"]), str(server_cert_files["key"]))
-    limited.port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", limited.port, ssl_context=context).start()
+    runner = await serve(limited, server_cert_files["cert"], server_cert_files["key"])
     yield limited
     await runner.cleanup()
 

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,8 +25,7 @@ from cloud_bridge.ledger_states import EntryState
 from cloud_bridge.policy import Decision, DeviceRef
 from intent_contract.codec import Envelope
 from tests.support.disk import fill, small_disk
-from tests.support.http_api import ENV, config
-from tests.support.net import free_port
+from tests.support.http_api import ENV, config, serve
 from tests.support.stores import admit
 
 DEV = DeviceRef("dev-1", "acme", "boiler-7")
@@ -51,14 +49,7 @@ class BusyApi:
 @pytest.fixture
 async def api(server_cert_files: dict[str, Path]) -> AsyncIterator[BusyApi]:
     busy = BusyApi()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", busy.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(server_cert_files["cert"]), str(server_cert_files["key"]))
-    busy.port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", busy.port, ssl_context=context).start()
+    runner = await serve(busy, server_cert_files["cert"], server_cert_files["key"])
     yield busy
     busy.release.set()
     await runner.cleanup()

@@ -10,7 +10,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from aiohttp import web
@@ -57,7 +57,16 @@ class Recorder:
         )
 
 
-async def serve(recorder: Recorder, cert: Path, key: Path) -> web.AppRunner:
+class Handling(Protocol):
+    """A loopback HTTPS API's handler: `handle` answers every request; `port` is set by `serve`."""
+
+    port: int
+
+    async def handle(self, request: web.Request) -> web.StreamResponse: ...
+
+
+async def serve(recorder: Handling, cert: Path, key: Path) -> web.AppRunner:
+    """`recorder.handle` answering every path and method over TLS (`cert`, `key`) on a free loopback port."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", recorder.handle)
     runner = web.AppRunner(app, access_log=None)

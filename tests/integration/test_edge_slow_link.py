@@ -4,9 +4,11 @@ satellite site: a few KB/s, a second each way), `tests.support.slow_link.SlowLin
 Counted at the bridge's integration: every intent executed once, none lost."""
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,26 @@ async def queue(store: Store, count: int, text_bytes: int) -> list[str]:
     return ids
 
 
+@contextlib.asynccontextmanager
+async def forwarding(
+    edge_dir: Path, identity: Identity, port: int, settings: ForwarderSettings, *, started: bool = True
+) -> AsyncIterator[tuple[Store, Forwarder]]:
+    """The outbox's store and a forwarder to the bridge through the link on `port` (running unless not `started`:
+    then `forwarder.run()` is the test's to start), stopped and closed after the block."""
+    store = Store(edge_dir)
+    await store.start()
+    forwarder = Forwarder(store, edge_dir, dataclasses.replace(identity, mqtt_port=port), settings, now_ms)
+    tasks = [asyncio.create_task(forwarder.run())] if started else []
+    try:
+        yield store, forwarder
+    finally:
+        forwarder.request_stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await store.close()
+
+
 @pytest.mark.slow
 async def test_a_backlog_drains_over_a_link_of_a_few_kb_a_second(
     tmp_path: Path, harness: Harness, counting: CountingIntegration
@@ -64,31 +86,28 @@ async def test_a_backlog_drains_over_a_link_of_a_few_kb_a_second(
     a packet must be through in about a minute): the link was dropped mid-batch, the same batch sent again on the
     next, for ever; nothing drained, and the link's bandwidth went on resends."""
     edge_dir, identity = await enrolled(tmp_path, harness)
-    store = Store(edge_dir)
-    await store.start()
-    async with SlowLink(harness.mqtt_port, rate=4_000, delay_s=0.5) as link:
-        forwarder = Forwarder(
-            store, edge_dir, dataclasses.replace(identity, mqtt_port=link.port), ForwarderSettings(), now_ms
-        )
+    async with (
+        SlowLink(harness.mqtt_port, rate=4_000, delay_s=0.5) as link,
+        forwarding(edge_dir, identity, link.port, ForwarderSettings(), started=False) as (store, forwarder),
+    ):
+        ids = await queue(store, 70, 4_000)
+        task = asyncio.create_task(forwarder.run())
+
+        def settled() -> bool:
+            link_now = forwarder.snapshot()
+            done = set(stored_ids(edge_dir).values()) == {"delivered"}
+            return done or link_now.failures > 0 or link.connections > 1
+
         try:
-            ids = await queue(store, 70, 4_000)
-            task = asyncio.create_task(forwarder.run())
-
-            def settled() -> bool:
-                link_now = forwarder.snapshot()
-                done = set(stored_ids(edge_dir).values()) == {"delivered"}
-                return done or link_now.failures > 0 or link.connections > 1
-
             await until(settled, timeout=280, what="the backlog delivered, or the link dropped")
-            assert (forwarder.snapshot().failures, link.connections) == (0, 1)
-            assert sorted(j.intent_id for j in counting.calls) == ids
-            # Each intent went over the link once: the bytes carried are not much more than the payloads.
-            assert link.up_bytes < 70 * 4_000 * 1.2
         finally:
             forwarder.request_stop()
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            await store.close()
+        assert (forwarder.snapshot().failures, link.connections) == (0, 1)
+        assert sorted(j.intent_id for j in counting.calls) == ids
+        # Each intent went over the link once: the bytes carried are not much more than the payloads.
+        assert link.up_bytes < 70 * 4_000 * 1.2
 
 
 @pytest.mark.slow
@@ -97,53 +116,35 @@ async def test_every_intent_executed_once_through_a_link_that_drops_mid_frame(
 ) -> None:
     """A link of 20 KB/s, 0.3 s each way, dropped mid-frame five times (in the CONNECT, a batch, a confirm, ...)."""
     edge_dir, identity = await enrolled(tmp_path, harness)
-    store = Store(edge_dir)
-    await store.start()
     cuts = [700, 2_500, 6_000, 11_000, 24_000]
     async with SlowLink(harness.mqtt_port, rate=20_000, delay_s=0.3, cut_after=cuts) as link:
         settings = ForwarderSettings(backoff_base_s=0.05, backoff_cap_s=0.2)
-        forwarder = Forwarder(store, edge_dir, dataclasses.replace(identity, mqtt_port=link.port), settings, now_ms)
-        task = asyncio.create_task(forwarder.run())
-        try:
+        async with forwarding(edge_dir, identity, link.port, settings) as (store, forwarder):
             ids = await queue(store, 150, 300)
             forwarder.wake()
             await until(lambda: set(stored_ids(edge_dir).values()) == {"delivered"}, timeout=280, what="all delivered")
             assert link.cuts == len(cuts)
             assert sorted(j.intent_id for j in counting.calls) == ids
-        finally:
-            forwarder.request_stop()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await store.close()
 
 
 async def test_a_link_of_two_seconds_each_way_connects(
     tmp_path: Path, harness: Harness, counting: CountingIntegration
 ) -> None:
     edge_dir, identity = await enrolled(tmp_path, harness)
-    store = Store(edge_dir)
-    await store.start()
-    async with SlowLink(harness.mqtt_port, rate=10_000, delay_s=2.0) as link:
-        forwarder = Forwarder(
-            store, edge_dir, dataclasses.replace(identity, mqtt_port=link.port), ForwarderSettings(), now_ms
-        )
-        task = asyncio.create_task(forwarder.run())
-        try:
-            ids = await queue(store, 5, 300)
-            forwarder.wake()
+    async with (
+        SlowLink(harness.mqtt_port, rate=10_000, delay_s=2.0) as link,
+        forwarding(edge_dir, identity, link.port, ForwarderSettings()) as (store, forwarder),
+    ):
+        ids = await queue(store, 5, 300)
+        forwarder.wake()
 
-            def settled() -> bool:
-                return set(stored_ids(edge_dir).values()) == {"delivered"} or forwarder.snapshot().failures > 0
+        def settled() -> bool:
+            return set(stored_ids(edge_dir).values()) == {"delivered"} or forwarder.snapshot().failures > 0
 
-            await until(settled, timeout=280, what="delivered, or a failed connect")
-            assert forwarder.snapshot().error == ""
-            assert forwarder.snapshot().failures == 0
-            assert sorted(j.intent_id for j in counting.calls) == ids
-        finally:
-            forwarder.request_stop()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await store.close()
+        await until(settled, timeout=280, what="delivered, or a failed connect")
+        assert forwarder.snapshot().error == ""
+        assert forwarder.snapshot().failures == 0
+        assert sorted(j.intent_id for j in counting.calls) == ids
 
 
 async def test_a_link_that_connects_and_drops_mid_batch_every_time_is_unhealthy(
@@ -153,20 +154,16 @@ async def test_a_link_that_connects_and_drops_mid_batch_every_time_is_unhealthy(
     The link was up now and then, so its outage never outlasted the reconnect backoff, and `status` and /healthz
     said healthy for as long as it went on, while nothing reached the bridge."""
     edge_dir, identity = await enrolled(tmp_path, harness)
-    store = Store(edge_dir)
-    await store.start()
     # Each connection carries its TLS handshake and CONNECT (about 1.3 KB), never a whole batch of these.
     async with SlowLink(harness.mqtt_port, rate=20_000, delay_s=0.2, cut_after=[2_000] * 1000) as link:
         settings = ForwarderSettings(backoff_base_s=0.05, backoff_cap_s=0.2)
-        forwarder = Forwarder(store, edge_dir, dataclasses.replace(identity, mqtt_port=link.port), settings, now_ms)
-        task = asyncio.create_task(forwarder.run())
         seen: list[LinkSnapshot] = []
 
         def up_after_drops() -> bool:
             seen.append(forwarder.snapshot())
             return link.cuts >= 3 and seen[-1].state is LinkState.CONNECTED
 
-        try:
+        async with forwarding(edge_dir, identity, link.port, settings) as (store, forwarder):
             await queue(store, 5, 3_000)
             forwarder.wake()
             await until(up_after_drops, timeout=120, what="the link up again after three drops")
@@ -185,11 +182,6 @@ async def test_a_link_that_connects_and_drops_mid_batch_every_time_is_unhealthy(
             # `edge-outbox status` reads the same from what the running outbox records.
             live = {LINK_KEY: dataclasses.asdict(snapshot)}
             assert report_problems(live, 0.0, revoked=False)[0].startswith("the bridge has acknowledged nothing")
-        finally:
-            forwarder.request_stop()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await store.close()
 
 
 async def test_a_link_that_delivered_before_it_dropped_is_reconnected_at_the_first_backoff_step(
@@ -205,23 +197,14 @@ async def test_a_link_that_delivered_before_it_dropped_is_reconnected_at_the_fir
 
     monkeypatch.setattr(forwarder_module, "compute_backoff", backoff)
     edge_dir, identity = await enrolled(tmp_path, harness)
-    store = Store(edge_dir)
-    await store.start()
     # Each connection carries about 30 KB before it drops: a few batches, acknowledged.
-    async with SlowLink(harness.mqtt_port, rate=100_000, delay_s=0.05, cut_after=[30_000] * 6) as link:
-        forwarder = Forwarder(
-            store, edge_dir, dataclasses.replace(identity, mqtt_port=link.port), ForwarderSettings(), now_ms
-        )
-        task = asyncio.create_task(forwarder.run())
-        try:
-            ids = await queue(store, 60, 3_000)
-            forwarder.wake()
-            await until(lambda: set(stored_ids(edge_dir).values()) == {"delivered"}, timeout=120, what="all delivered")
-            assert link.cuts == 6
-            assert sorted(j.intent_id for j in counting.calls) == ids
-            assert steps == [1] * 6
-        finally:
-            forwarder.request_stop()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await store.close()
+    async with (
+        SlowLink(harness.mqtt_port, rate=100_000, delay_s=0.05, cut_after=[30_000] * 6) as link,
+        forwarding(edge_dir, identity, link.port, ForwarderSettings()) as (store, forwarder),
+    ):
+        ids = await queue(store, 60, 3_000)
+        forwarder.wake()
+        await until(lambda: set(stored_ids(edge_dir).values()) == {"delivered"}, timeout=120, what="all delivered")
+        assert link.cuts == 6
+        assert sorted(j.intent_id for j in counting.calls) == ids
+        assert steps == [1] * 6

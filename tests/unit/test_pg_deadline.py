@@ -56,7 +56,10 @@ def test_a_block_within_its_limit_is_left_alone_and_leaves_no_descriptor(
         with watchdog.limit(_Conn(_PgConn(ours.fileno())), 3600):
             theirs.sendall(b"x")
             assert ours.recv(1) == b"x"
-    assert _open_fds() == before
+    # At most as many as before: a descriptor each limit kept would be 50 more. Not equal: the count is the
+    # process's, and another test's leftover (a socket its garbage collected, a thread ending) may close one
+    # meanwhile, as it did once in a full run (30 against 31).
+    assert _open_fds() <= before
     assert watchdog.fired == 0
 
 

@@ -5,7 +5,6 @@ IETF draft (draft-ietf-httpapi-idempotency-key-header) and Stripe do."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,18 +17,11 @@ from cloud_bridge.integrations.http import HttpIntegration
 from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.policy import Decision, DeviceRef
 from intent_contract.codec import Ack, AckState, Envelope
+from tests.support.clocks import Clock
 from tests.support.http_api import ENV, config, serve
 from tests.support.stores import admit
 
 DEV = DeviceRef("dev-1", "acme", "boiler-7")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class KeyedApi:

@@ -8,7 +8,6 @@ on average: a two-minute outage failed every intent it caught, and `retry_cap` (
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,19 +21,12 @@ from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.outcome import RetryPolicy
 from cloud_bridge.policy import Decision, DeviceRef
 from intent_contract.codec import Ack, AckState, Envelope
+from tests.support.clocks import Clock
 from tests.support.http_api import ENV, config, serve
 from tests.support.stores import admit
 
 DEV = DeviceRef("dev-1", "acme", "boiler-7")
 OUTAGE = 15 * 60.0  # seconds of the simulated clock
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class DownApi:

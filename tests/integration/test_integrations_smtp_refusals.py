@@ -4,7 +4,6 @@ over a real SqliteLedger and the real SMTP integration against aiosmtpd."""
 from __future__ import annotations
 
 import email
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -19,6 +18,7 @@ from cloud_bridge.integrations.smtp import SmtpIntegration
 from cloud_bridge.ledger_sqlite import SqliteLedger
 from cloud_bridge.policy import Decision, DeviceRef
 from intent_contract.codec import Ack, AckState, Envelope
+from tests.support.clocks import Clock
 from tests.support.net import free_port, sockets_closed
 from tests.support.smtp import TrackingController
 from tests.support.stores import admit
@@ -46,14 +46,6 @@ class Relay:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append((list(envelope.rcpt_tos), email.message_from_bytes(envelope.content)))
         return "250 2.0.0 queued as Q1"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
